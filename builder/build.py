@@ -1,0 +1,176 @@
+"""The build pipeline: spec -> plan -> libOS artifacts -> outputs -> BuildResult.
+
+This is the Python API behind ``enclave-build build``; the CLI only parses arguments, calls
+:func:`build` and prints.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from attestation.measurements import ImageRef, Measurements
+
+from .errors import EnclaveBuildError, UsageError
+from .gramine.signer import DetachedSigner, PemSigner, Signer
+from .hashing import HashCache
+from .plan import ServicePlan
+from .plugin_api import BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress
+from .plugins import PluginRegistry
+from .rootfs import RootFS
+from .spec import Spec, load_spec
+
+
+class SignatureNeeded(EnclaveBuildError):
+    """External signing, step one done: the bytes to sign were written."""
+
+    exit_code = 3
+
+
+class DebugEnclaveWarning(UserWarning):
+    pass
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    spec: Spec
+    plan: ServicePlan
+    artifacts: LibOSArtifacts
+    measurements: Measurements | None
+    output: Path | None
+
+
+def load(spec_path: str | Path, registry: PluginRegistry | None = None) -> tuple[Spec, PluginRegistry]:
+    registry = registry or PluginRegistry()
+    spec = load_spec(spec_path, registry.framework_sections(), tuple(registry.libos))
+    return spec, registry
+
+
+def make_plan(spec: Spec, registry: PluginRegistry) -> ServicePlan:
+    framework = registry.framework(spec.service.framework)
+    plan = framework.plan(spec)
+    if not isinstance(plan, ServicePlan):
+        raise EnclaveBuildError(f"framework {framework.name!r} returned {type(plan).__name__}, "
+                                "not a ServicePlan")
+    registry.pm.hook.enclave_build_configure(spec=spec, plan=plan)
+    return plan
+
+
+def make_signer(spec: Spec, signature: Path | None = None) -> Signer | None:
+    signing = spec.signing
+    if signing.external:
+        sig = signature or signing.signature
+        if sig is None:
+            return None
+        return DetachedSigner.from_files(signing.public_key, sig)  # type: ignore[arg-type]
+    passphrase = None
+    if signing.passphrase_env:
+        value = os.environ.get(signing.passphrase_env)
+        if value is None:
+            raise UsageError(f"{spec.path}: signing.passphrase_env names "
+                             f"{signing.passphrase_env}, which is not set in the environment")
+        passphrase = value.encode()
+    return PemSigner.from_file(signing.key, passphrase)  # type: ignore[arg-type]
+
+
+def open_base(ref: str) -> RootFS:
+    """A root filesystem for *ref*. ``dir:PATH`` is a directory holding an image's rootfs."""
+    if ref.startswith("dir:"):
+        return RootFS(Path(ref[4:]).resolve(), ref)
+    raise UsageError(
+        f"base {ref!r}: only dir:PATH bases (an unpacked root filesystem) can be read so far; "
+        "image transports (docker://, docker-daemon:, oci:, oci-archive:, docker-archive:) are "
+        "not implemented yet")
+
+
+def build(spec_path: str | Path, *, output: str | Path | None = None, base: str | None = None,
+          signature: str | Path | None = None, registry: PluginRegistry | None = None,
+          progress: Progress | None = None, hash_cache: HashCache | None = None) -> BuildResult:
+    spec, registry = load(spec_path, registry)
+    plan = make_plan(spec, registry)
+    if plan.enclave.debug:
+        warnings.warn("building a DEBUG enclave: the host can read and modify its memory; "
+                      "never use it for real secrets (secret servers refuse it by default)",
+                      DebugEnclaveWarning, stacklevel=2)
+    backend = registry.libos_backend(plan.libos)
+    rootfs = open_base(base or plan.base_image)
+    own_cache = hash_cache is None
+    cache = hash_cache or HashCache()
+    try:
+        options = BuildOptions(signer=make_signer(spec, Path(signature) if signature else None),
+                               sig_date=spec.signing.date, progress=progress or NullProgress(),
+                               hash_cache=cache)
+        artifacts = backend.build(plan, rootfs, options)
+    finally:
+        if own_cache:
+            cache.close()
+
+    if artifacts.pending is not None:
+        written = _write_pending(artifacts, plan, Path(output) if output else spec.directory)
+        raise SignatureNeeded(_pending_message(artifacts.pending, written, spec))
+
+    identity = artifacts.identity
+    assert identity is not None
+    measurements = Measurements(
+        service=plan.service, framework=plan.framework, libos=artifacts.libos,
+        mr_enclave=identity.mr_enclave, mr_signer=identity.mr_signer,
+        isv_prod_id=identity.isv_prod_id, isv_svn=identity.isv_svn, debug=identity.debug,
+        image=ImageRef(plan.image_tag, None))
+    out = Path(output) if output else None
+    if out is not None:
+        write_output(out, artifacts, measurements)
+    result = BuildResult(spec, plan, artifacts, measurements, out)
+    registry.pm.hook.enclave_build_finished(result=result)
+    return result
+
+
+def write_output(out: Path, artifacts: LibOSArtifacts, measurements: Measurements) -> None:
+    """Write the output directory atomically: a sibling temp dir renamed into place."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for item in artifacts.files:
+            if item.data is None:
+                continue  # files with a host source go into image layers, not the output dir
+            target = staging / item.dest.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(item.data)
+        (staging / "measurements.json").write_text(measurements.to_json())
+        _replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.rename(out, old)
+    os.rename(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_pending(artifacts: LibOSArtifacts, plan: ServicePlan, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / "sigstruct.tbs"
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(artifacts.pending.signing_data)  # type: ignore[union-attr]
+    os.replace(tmp, target)
+    return target
+
+
+def _pending_message(pending: PendingSignature, tbs: Path, spec: Spec) -> str:
+    return (
+        f"external signing: MRENCLAVE {pending.mr_enclave}\n"
+        f"wrote the {len(pending.signing_data)} bytes to sign to {tbs}.\n"
+        "Sign them with the enclave key (RSA-3072, e=3, PKCS#1 v1.5, SHA-256), e.g.\n"
+        f"  openssl dgst -sha256 -sign enclave-key.pem -out sigstruct.sig {tbs}\n"
+        "or your HSM/KMS, then finish the build with the detached signature:\n"
+        f"  enclave-build build {spec.path} --signature sigstruct.sig")

@@ -1,0 +1,313 @@
+"""Command-line interface. Parses arguments, calls the library, prints; no logic of its own.
+
+``enclave-build SPEC`` is short for ``enclave-build build SPEC``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+from . import __version__
+from .errors import EnclaveBuildError
+
+
+class _DefaultToBuild(click.Group):
+    """A group whose unknown first argument is taken as a spec for ``build``."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["build", *args]
+        return super().resolve_command(ctx, args)
+
+
+def _fail(exc: EnclaveBuildError) -> None:
+    """Every line of the message prefixed with 'error: ' on stderr; exit with its code."""
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        click.echo(f"error: {line}", err=True)
+    sys.exit(exc.exit_code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    def show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        click.echo(f"warning: {message}", err=True)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show_warning
+    try:
+        yield
+    except EnclaveBuildError as exc:
+        _fail(exc)
+    finally:
+        warnings.showwarning = previous
+
+
+class _RichProgress:
+    """Progress bars on stderr (only when it is a terminal, unless forced)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._progress = None
+
+    def __enter__(self) -> "_RichProgress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                      DownloadColumn(), TransferSpeedColumn(),
+                                      TimeRemainingColumn(), console=Console(stderr=True),
+                                      transient=False)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def task(self, description: str, total: int | None) -> Callable[[int], None]:
+        if self._progress is None:
+            return lambda n: None
+        task_id = self._progress.add_task(description, total=total)
+        return lambda n: self._progress.advance(task_id, n)  # type: ignore[union-attr]
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@click.group(cls=_DefaultToBuild, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="enclave-build")
+def main() -> None:
+    """Build signed SGX enclave images for ML model servers from one spec.toml.
+
+    \b
+    Quick start:
+      enclave-build keygen --out enclave-key.pem
+      enclave-build build examples/tfserving/spec.toml --output out/
+    """
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the build outputs (manifest, SIGSTRUCT, measurements.json) here.")
+@click.option("--base", metavar="REF", help="Base image to build on (overrides [image] base). "
+              "dir:PATH reads an unpacked root filesystem.")
+@click.option("--signature", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Detached signature over sigstruct.tbs (external signing, step two).")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
+def build(spec: Path, output: Path | None, base: str | None, signature: Path | None,
+          as_json: bool, quiet: bool) -> None:
+    """Build the enclave described by SPEC (a spec.toml)."""
+    from .build import build as run_build
+
+    with _errors(), _RichProgress(not quiet and not as_json and sys.stderr.isatty()) as progress:
+        result = run_build(spec, output=output, base=base, signature=signature,
+                           progress=progress)
+    measurements = result.measurements
+    assert measurements is not None
+    if as_json:
+        click.echo(measurements.to_json(), nl=False)
+    elif not quiet:
+        click.echo(f"service      {measurements.service} ({measurements.framework}, "
+                   f"{measurements.libos})")
+        click.echo(f"mr_enclave   {measurements.mr_enclave}")
+        click.echo(f"mr_signer    {measurements.mr_signer}")
+        click.echo(f"isv          prod_id {measurements.isv_prod_id}, svn {measurements.isv_svn}"
+                   f"{', DEBUG' if measurements.debug else ''}")
+        if result.output:
+            click.echo(f"output       {result.output}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins: name, version, source, hooks and what they provide."""
+    from .plugins import PluginRegistry
+
+    with _errors():
+        infos = PluginRegistry().describe()
+    if as_json:
+        _print_json([info.__dict__ for info in infos])
+        return
+    for info in infos:
+        provides = [f"framework {n}" for n in info.frameworks] + [f"libos {n}" for n in info.libos]
+        click.echo(f"{info.name} {info.version}  ({info.source})")
+        click.echo(f"    hooks:    {', '.join(info.hooks)}")
+        if provides:
+            click.echo(f"    provides: {', '.join(provides)}")
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the new PEM private key (created with mode 0600).")
+@click.option("--passphrase-env", metavar="VAR",
+              help="Encrypt the key with the passphrase in environment variable VAR.")
+@click.option("--public-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the public key (PEM) here.")
+def keygen(out: Path, passphrase_env: str | None, public_out: Path | None) -> None:
+    """Generate an SGX enclave signing key (RSA-3072, public exponent 3)."""
+    from .gramine.signer import public_key_pem, write_new_key
+
+    with _errors():
+        passphrase = _passphrase(passphrase_env)
+        key = write_new_key(out, passphrase)
+        if public_out:
+            public_out.write_bytes(public_key_pem(key))
+    click.echo(f"wrote {out} (RSA-3072, e=3, mode 0600)", err=True)
+
+
+def _passphrase(var: str | None) -> bytes | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise EnclaveBuildError(f"environment variable {var} (--passphrase-env) is not set")
+    return value.encode()
+
+
+# --------------------------------------------------------------------------- gramine
+
+
+@main.group()
+def gramine() -> None:
+    """Gramine tools: measure and sign manifests, read SIGSTRUCTs."""
+
+
+@gramine.command()
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="The final manifest (.manifest.sgx); its exact bytes are measured.")
+@click.option("--libpal", required=True, type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Gramine's sgx/libpal.so.")
+@click.option("--offsets", required=True, type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Gramine's _graminelibos_offsets.py (read as data).")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="RSA-3072 (e=3) PEM private key.")
+@click.option("--passphrase-env", metavar="VAR", help="Environment variable with the key's passphrase.")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="External signing: the signer's public key (PEM).")
+@click.option("--signature", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="External signing: detached signature over the --tbs-out bytes.")
+@click.option("--tbs-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="External signing, step one: write the 256 bytes to sign here and stop.")
+@click.option("--date", default=None, metavar="YYYY-MM-DD|0000-00-00",
+              help="SIGSTRUCT date (default: today; 0000-00-00 for reproducible signatures).")
+@click.option("--sigfile", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the SIGSTRUCT.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print mr_enclave, mr_signer, isv_prod_id and isv_svn as JSON.")
+def sign(manifest: Path, libpal: Path, offsets: Path, key: Path | None,
+         passphrase_env: str | None, public_key: Path | None, signature: Path | None,
+         tbs_out: Path | None, date: str | None, sigfile: Path | None, as_json: bool) -> None:
+    """Measure MANIFEST and write its SIGSTRUCT (like gramine-sgx-sign, byte for byte)."""
+    from .errors import UsageError
+    from .gramine.measure import PalImage
+    from .gramine.offsets import Offsets
+    from .gramine.sign import sign_manifest, signing_data_for
+    from .gramine.signer import DetachedSigner, PemSigner
+    from .gramine.sigstruct import SigDate
+
+    with _errors():
+        modes = [key is not None, public_key is not None or signature is not None,
+                 tbs_out is not None]
+        if sum(modes) != 1:
+            raise UsageError("give exactly one of --key, --public-key with --signature, "
+                             "or --tbs-out")
+        if tbs_out is None and sigfile is None:
+            raise UsageError("--sigfile is required (where to write the SIGSTRUCT)")
+        sig_date = SigDate.parse(date) if date else SigDate.today()
+        offs = Offsets.load(offsets)
+        pal = PalImage.load(libpal)
+        data = manifest.read_bytes()
+        if tbs_out is not None:
+            mr_enclave, tbs = signing_data_for(data, pal, offs, sig_date, str(manifest))
+            _atomic_write(tbs_out, tbs)
+            click.echo(f"mr_enclave {mr_enclave.hex()}; wrote {len(tbs)} bytes to sign to "
+                       f"{tbs_out}", err=True)
+            return
+        if key is not None:
+            signer = PemSigner.from_file(key, _passphrase(passphrase_env))
+        else:
+            if public_key is None or signature is None:
+                raise UsageError("external signing needs both --public-key and --signature")
+            signer = DetachedSigner.from_files(public_key, signature)
+        signed = sign_manifest(data, pal, offs, signer, sig_date, str(manifest))
+        _atomic_write(sigfile, signed.sigstruct_bytes)  # type: ignore[arg-type]
+    if as_json:
+        _print_json(signed.summary())
+    else:
+        click.echo(f"mr_enclave {signed.mr_enclave.hex()}")
+        click.echo(f"mr_signer  {signed.mr_signer.hex()}")
+
+
+@gramine.command()
+@click.argument("sigfile", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def sigstruct(sigfile: Path, as_json: bool) -> None:
+    """Show the identity in a SIGSTRUCT (.sig) file and check its signature."""
+    from .gramine.sigstruct import ARCH_LAYOUT, Sigstruct, describe
+
+    with _errors():
+        sig = Sigstruct.from_bytes(sigfile.read_bytes(), ARCH_LAYOUT, str(sigfile))
+        info = describe(sig)
+        info["signature_valid"] = sig.verify_signature(ARCH_LAYOUT)
+    if as_json:
+        _print_json(info)
+    else:
+        for name, value in info.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}={v}" for k, v in value.items())
+            click.echo(f"{name:<16} {value}")
+    if not info["signature_valid"]:
+        click.echo("error: the SIGSTRUCT's signature does not verify", err=True)
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- base
+
+
+@main.group()
+def base() -> None:
+    """Base images: the root filesystems enclaves are built on."""
+
+
+@base.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def standin(directory: Path) -> None:
+    """Write a STAND-IN Gramine 1.9 root filesystem to DIRECTORY (for demos and tests).
+
+    It has Gramine's layout and a synthetic libpal.so, so builds measure and sign exactly as
+    with real files, but nothing in it runs. Use it as --base dir:DIRECTORY.
+    """
+    from .standin import make_standin_rootfs
+
+    make_standin_rootfs(directory)
+    click.echo(f"wrote stand-in Gramine rootfs to {directory} (use --base dir:{directory}); "
+               "it is NOT a runnable Gramine", err=True)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise EnclaveBuildError(f"{path}: cannot write: {exc.strerror}") from exc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

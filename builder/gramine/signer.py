@@ -1,0 +1,150 @@
+"""Who signs the SIGSTRUCT.
+
+A :class:`Signer` turns the 256 bytes of SIGSTRUCT signing data into an RSA-3072 (e = 3)
+PKCS#1 v1.5 / SHA-256 signature. Two kinds ship:
+
+* :class:`PemSigner` — a local PEM private key (optionally passphrase-protected).
+* :class:`DetachedSigner` — the two-step flow for HSMs and cloud KMSs: the build writes the bytes
+  to sign, the key holder signs them elsewhere, and the build is finished with the detached
+  signature and the public key. The private key never touches the build machine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from ..errors import EnclaveBuildError
+
+KEY_BITS = 3072
+PUBLIC_EXPONENT = 3
+
+
+class SignerError(EnclaveBuildError):
+    """The key or signature cannot be used for SGX."""
+
+
+@dataclass(frozen=True)
+class Signature:
+    modulus: int
+    signature: int
+    exponent: int = PUBLIC_EXPONENT
+
+
+class Signer(Protocol):
+    def sign(self, data: bytes) -> Signature:
+        """Sign SIGSTRUCT signing data (256 bytes)."""
+
+
+def _check_public_key(key: object, source: str) -> rsa.RSAPublicKey:
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise SignerError(f"{source}: expected an RSA key, found {type(key).__name__}")
+    if key.key_size != KEY_BITS:
+        raise SignerError(f"{source}: SGX needs a {KEY_BITS}-bit RSA key, this one has {key.key_size}")
+    exponent = key.public_numbers().e
+    if exponent != PUBLIC_EXPONENT:
+        raise SignerError(f"{source}: SGX needs public exponent 3, this key has {exponent}")
+    return key
+
+
+class PemSigner:
+    """Signs with a local PEM private key."""
+
+    def __init__(self, private_key: rsa.RSAPrivateKey, source: str = "key"):
+        _check_public_key(private_key.public_key(), source)
+        self._key = private_key
+
+    @classmethod
+    def from_file(cls, path: str | Path, passphrase: bytes | None = None) -> "PemSigner":
+        path = Path(path)
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise SignerError(f"{path}: cannot read signing key: {exc.strerror}") from exc
+        try:
+            key = serialization.load_pem_private_key(pem, password=passphrase)
+        except TypeError as exc:
+            if passphrase is None:
+                raise SignerError(f"{path}: the key is encrypted: give its passphrase") from exc
+            raise SignerError(f"{path}: the key is not encrypted, but a passphrase was given") from exc
+        except ValueError as exc:
+            hint = "wrong passphrase, or " if passphrase is not None else ""
+            raise SignerError(f"{path}: cannot load the signing key ({hint}not a PEM private key)") from exc
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise SignerError(f"{path}: expected an RSA private key, found {type(key).__name__}")
+        return cls(key, str(path))
+
+    def sign(self, data: bytes) -> Signature:
+        raw = self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        return Signature(self._key.public_key().public_numbers().n, int.from_bytes(raw, "big"))
+
+
+class DetachedSigner:
+    """Accepts a signature made elsewhere, checking it against the public key and the data."""
+
+    def __init__(self, public_key: rsa.RSAPublicKey, signature: bytes, source: str = "signature"):
+        self._key = _check_public_key(public_key, "public key")
+        if len(signature) != KEY_BITS // 8:
+            raise SignerError(
+                f"{source}: {len(signature)} bytes; an RSA-3072 signature is {KEY_BITS // 8} bytes "
+                "(raw, big-endian, as `openssl dgst -sha256 -sign` writes it)")
+        self._signature = signature
+        self._source = source
+
+    @classmethod
+    def from_files(cls, public_key: str | Path, signature: str | Path) -> "DetachedSigner":
+        public_key, signature = Path(public_key), Path(signature)
+        try:
+            pem = public_key.read_bytes()
+            sig = signature.read_bytes()
+        except OSError as exc:
+            raise SignerError(f"{exc.filename}: {exc.strerror}") from exc
+        try:
+            key = serialization.load_pem_public_key(pem)
+        except ValueError as exc:
+            raise SignerError(f"{public_key}: not a PEM public key") from exc
+        return cls(key, sig, str(signature))  # type: ignore[arg-type]
+
+    def sign(self, data: bytes) -> Signature:
+        try:
+            self._key.verify(self._signature, data, padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            raise SignerError(
+                f"{self._source}: the signature does not match the data to sign and the public "
+                "key (was it made over this build's sigstruct.tbs, with SHA-256 and PKCS#1 v1.5?)"
+            ) from None
+        return Signature(self._key.public_numbers().n, int.from_bytes(self._signature, "big"))
+
+
+def generate_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=PUBLIC_EXPONENT, key_size=KEY_BITS)
+
+
+def write_new_key(path: str | Path, passphrase: bytes | None = None) -> rsa.RSAPrivateKey:
+    """Create a new SGX signing key at *path* (mode 0600); refuses to overwrite."""
+    path = Path(path)
+    key = generate_key()
+    encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
+                  else serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM,
+                            serialization.PrivateFormat.TraditionalOpenSSL, encryption)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise SignerError(f"{path}: already exists; not overwriting a key") from None
+    except OSError as exc:
+        raise SignerError(f"{path}: cannot create key file: {exc.strerror}") from exc
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    return key
+
+
+def public_key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)

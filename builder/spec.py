@@ -1,0 +1,299 @@
+"""spec.toml: parsing and validation into typed dataclasses.
+
+Every problem is reported as ``FILE:LINE: KEY: what is wrong; allowed: ...``; all problems of a
+spec are collected and raised together in one :class:`SpecError` (exit code 2). Nothing is
+written while loading a spec.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ._tomlpos import KeyLocator
+from .errors import UsageError
+from .schema import Field, Problem, Section, did_you_mean, validate_section
+
+_NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_NAME_DOC = "lower-case letters, digits and '-', at most 63 characters (a DNS label)"
+_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+_MODEL_NAME_DOC = "letters, digits, '_', '.' and '-', starting with a letter or digit"
+_HOSTPORT = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}"
+_KEY_NAME = r"[A-Za-z0-9_-]{1,64}"
+
+SERVICE = Section("service", "what is served and how", (
+    Field("name", "str", "the service's name, used for image and key names", required=True,
+          pattern=_NAME, pattern_doc=_NAME_DOC),
+    Field("framework", "str", "the serving framework plugin, e.g. tfserving", required=True),
+    Field("libos", "str", "the library OS that runs the enclave", default="gramine"),
+), required=True)
+
+MODELS = Section("models", "the models to serve", (
+    Field("name", "str", "the model's name as clients address it", required=True,
+          pattern=_MODEL_NAME, pattern_doc=_MODEL_NAME_DOC),
+    Field("path", "path", "a model file or directory on the build machine", required=True),
+    Field("encrypt", "bool", "ship the model encrypted (Gramine protected files)", default=True),
+    Field("version", "int", "the model version served", default=1, minimum=1),
+    Field("key", "str", "name of the wrap key for this model (default: one key per service)",
+          pattern=_KEY_NAME, pattern_doc="letters, digits, '_' and '-', at most 64 characters"),
+), array=True)
+
+ENCLAVE = Section("enclave", "enclave resources and identity", (
+    Field("size", "size", "enclave size, a power of two (framework default if unset)"),
+    Field("max_threads", "int", "maximum enclave threads", minimum=4, maximum=4096),
+    Field("edmm", "bool", "use SGX2 EDMM (dynamic memory)", default=False),
+    Field("debug", "bool", "build a DEBUG enclave (insecure: memory readable by the host)",
+          default=False),
+    Field("isv_prod_id", "int", "ISV product id in SIGSTRUCT", default=0, minimum=0,
+          maximum=0xFFFF),
+    Field("isv_svn", "int", "ISV security version number in SIGSTRUCT", default=0, minimum=0,
+          maximum=0xFFFF),
+))
+
+IMAGE = Section("image", "the base image and the image to produce", (
+    Field("base", "str", "base image reference (framework default if unset)"),
+    Field("tag", "str", "name:tag of the image to produce (default: SERVICE:latest)"),
+))
+
+SIGNING = Section("signing", "how the SIGSTRUCT is signed", (
+    Field("key", "path", "RSA-3072 (e=3) PEM private key"),
+    Field("passphrase_env", "str", "environment variable holding the key's passphrase",
+          pattern=r"[A-Za-z_][A-Za-z0-9_]*", pattern_doc="an environment variable name"),
+    Field("public_key", "path", "public key PEM, for external (HSM/KMS) signing"),
+    Field("signature", "path", "detached signature over sigstruct.tbs, for external signing"),
+    Field("date", "str", "SIGSTRUCT date, YYYY-MM-DD or 0000-00-00 (reproducible)",
+          default="0000-00-00", pattern=r"\d{4}-\d{2}-\d{2}",
+          pattern_doc='"YYYY-MM-DD" or "0000-00-00"'),
+), required=True)
+
+SECRETS = Section("secrets", "where the enclave fetches its keys at start-up", (
+    Field("server", "str", "secret server HOST:PORT", pattern=_HOSTPORT,
+          pattern_doc='"HOST:PORT", e.g. "secrets.example.com:4433"'),
+    Field("ca", "path", "PEM CA certificate that signed the secret server's TLS certificate"),
+))
+
+CORE_SECTIONS = (SERVICE, MODELS, ENCLAVE, IMAGE, SIGNING, SECRETS)
+
+
+class SpecError(UsageError):
+    """A spec failed to parse or validate; carries every problem found."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        out = []
+        for p in self.problems:
+            where = f"{self.source}:{p.line}" if p.line else self.source
+            key = f" {p.key}:" if p.path else ""
+            out.append(f"{where}:{key} {p.message}")
+        return out
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    framework: str
+    libos: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path
+    encrypt: bool
+    version: int
+    key: str | None
+
+
+@dataclass(frozen=True)
+class EnclaveSpec:
+    size: int | None          # bytes; None = framework default
+    max_threads: int | None   # None = framework default
+    edmm: bool
+    debug: bool
+    isv_prod_id: int
+    isv_svn: int
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    base: str | None
+    tag: str | None
+
+
+@dataclass(frozen=True)
+class SigningSpec:
+    key: Path | None
+    passphrase_env: str | None
+    public_key: Path | None
+    signature: Path | None
+    date: str
+
+    @property
+    def external(self) -> bool:
+        return self.public_key is not None
+
+
+@dataclass(frozen=True)
+class SecretsSpec:
+    server: str | None
+    ca: Path | None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated spec.toml. ``plugin_sections`` holds the framework's own section, validated
+    against the schema the plugin declared (keys it did not set carry their defaults)."""
+
+    path: Path
+    service: ServiceSpec
+    models: tuple[ModelSpec, ...]
+    enclave: EnclaveSpec
+    image: ImageSpec
+    signing: SigningSpec
+    secrets: SecretsSpec
+    plugin_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """A plugin-declared section's validated values (defaults if absent from the file)."""
+        return self.plugin_sections.get(name, {})
+
+
+def load_spec(path: str | Path, frameworks: Mapping[str, Section | None],
+              libos_names: tuple[str, ...] = ("gramine",)) -> Spec:
+    """Read and validate *path*.
+
+    *frameworks* maps each installed framework's name to the section schema it declares (or
+    None); *libos_names* are the installed libOS backends.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, [Problem((), "spec file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(source, [Problem((), f"cannot read spec: {exc}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+        raise SpecError(source, [Problem((), f"invalid TOML: {exc}", line)]) from None
+    return spec_from_dict(data, path.resolve(), frameworks, libos_names, KeyLocator(text), source)
+
+
+def _line_from_message(message: str) -> int | None:
+    match = re.search(r"at line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Section | None],
+                   libos_names: tuple[str, ...], locator: KeyLocator | None = None,
+                   source: str | None = None) -> Spec:
+    base_dir = path.parent
+    problems: list[Problem] = []
+    plugin_sections = {name: sec for name, sec in frameworks.items() if sec is not None}
+    known = [s.name for s in CORE_SECTIONS] + sorted(plugin_sections)
+
+    for key in data:
+        if key not in known:
+            problems.append(Problem((key,), f"unknown section; {did_you_mean(key, known)}"
+                                            f"allowed: {', '.join(known)}"))
+
+    values = {s.name: validate_section(s, data.get(s.name), base_dir, problems)
+              for s in CORE_SECTIONS}
+    service, models, signing = values["service"], values["models"], values["signing"]
+
+    framework = service.get("framework")
+    if isinstance(framework, str) and framework not in frameworks:
+        names = sorted(frameworks)
+        problems.append(Problem(("service", "framework"),
+                                f"{framework!r} is not an installed framework; "
+                                f"{did_you_mean(framework, names)}allowed: {', '.join(names)} "
+                                "(see `enclave-build plugins`)"))
+    libos = service.get("libos")
+    if isinstance(libos, str) and libos not in libos_names:
+        problems.append(Problem(("service", "libos"),
+                                f"{libos!r} is not an installed libOS backend; "
+                                f"{did_you_mean(libos, list(libos_names))}"
+                                f"allowed: {', '.join(libos_names)}"))
+
+    seen: dict[str, int] = {}
+    for index, model in enumerate(models):
+        name = model.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(Problem(("models", index, "name"),
+                                        f"duplicate model name {name!r} (also models[{seen[name]}])"))
+            seen.setdefault(name, index)
+
+    _check_signing(signing, problems)
+
+    plugin_values: dict[str, Mapping[str, Any]] = {}
+    for name, section in plugin_sections.items():
+        if name in data and name != framework:
+            problems.append(Problem((name,), f"section [{name}] belongs to framework {name!r}, "
+                                             f"but service.framework is {framework!r}"))
+            continue
+        if name == framework:
+            plugin_values[name] = validate_section(section, data.get(name), base_dir, problems)
+
+    if problems:
+        if locator is not None:
+            problems = [Problem(p.path, p.message, p.line or locator.line(p.path)) for p in problems]
+        raise SpecError(source or str(path), problems)
+
+    enclave, image, secrets = values["enclave"], values["image"], values["secrets"]
+    return Spec(
+        path=path,
+        service=ServiceSpec(service["name"], service["framework"], service["libos"]),
+        models=tuple(ModelSpec(m["name"], m["path"], m["encrypt"], m["version"], m["key"])
+                     for m in models),
+        enclave=EnclaveSpec(enclave["size"], enclave["max_threads"], enclave["edmm"],
+                            enclave["debug"], enclave["isv_prod_id"], enclave["isv_svn"]),
+        image=ImageSpec(image["base"], image["tag"]),
+        signing=SigningSpec(signing["key"], signing["passphrase_env"], signing["public_key"],
+                            signing["signature"], signing["date"]),
+        secrets=SecretsSpec(secrets["server"], secrets["ca"]),
+        plugin_sections=plugin_values,
+    )
+
+
+def _check_signing(signing: dict[str, Any], problems: list[Problem]) -> None:
+    key, public_key = signing.get("key"), signing.get("public_key")
+    already = {p.path for p in problems}
+    if key is None and public_key is None and not (
+            ("signing", "key") in already or ("signing", "public_key") in already
+            or ("signing",) in already):
+        problems.append(Problem(("signing",), "no signing key: set signing.key to an RSA-3072 "
+                                              "PEM key (`enclave-build keygen --out FILE` makes "
+                                              "one) or signing.public_key for external signing"))
+    if key is not None and public_key is not None:
+        problems.append(Problem(("signing", "public_key"),
+                                "give either signing.key (local signing) or signing.public_key "
+                                "(external signing), not both"))
+    if signing.get("signature") is not None and public_key is None:
+        problems.append(Problem(("signing", "signature"),
+                                "a detached signature needs signing.public_key"))
+    if signing.get("passphrase_env") is not None and key is None:
+        problems.append(Problem(("signing", "passphrase_env"),
+                                "passphrase_env only applies to signing.key"))
+    date = signing.get("date")
+    if isinstance(date, str) and date != "0000-00-00" and re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        try:
+            _dt.date.fromisoformat(date)
+        except ValueError:
+            problems.append(Problem(("signing", "date"),
+                                    f"{date!r} is not a calendar date; allowed: "
+                                    '"YYYY-MM-DD" or "0000-00-00"'))

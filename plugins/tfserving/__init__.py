@@ -1,0 +1,70 @@
+"""TensorFlow Serving framework plugin.
+
+Runs the real ``tensorflow_model_server`` binary from the base image inside the enclave. Models
+are laid out as TF Serving expects (``/models/NAME/VERSION/saved_model.pb``); with more than one
+model a ``model_config_file`` is generated and shipped as a trusted file.
+"""
+
+from __future__ import annotations
+
+from builder.plugin_api import (Field, FileKind, Framework, Port, Section, Spec, ServicePlan,
+                                add_model, base_plan, hookimpl)
+
+BINARY = "/usr/bin/tensorflow_model_server"
+MODEL_ROOT = "/models"
+CONFIG_DEST = "/enclave/tfserving-models.config"
+
+SECTION = Section("tfserving", "TensorFlow Serving options", (
+    Field("grpc_port", "int", "gRPC port (PredictionService)", default=8500, minimum=1,
+          maximum=65535),
+    Field("rest_port", "int", "REST port (/v1/models/NAME:predict)", default=8501, minimum=1,
+          maximum=65535),
+    Field("enable_batching", "bool", "server-side request batching", default=False),
+    Field("extra_args", "list[str]", "more tensorflow_model_server flags", default=[]),
+), owner="tfserving")
+
+
+def _model_config(spec: Spec) -> str:
+    entries = "".join(
+        f'  config {{\n    name: "{m.name}"\n    base_path: "{MODEL_ROOT}/{m.name}"\n'
+        f'    model_platform: "tensorflow"\n  }}\n' for m in spec.models)
+    return f"model_config_list {{\n{entries}}}\n"
+
+
+def plan(spec: Spec) -> ServicePlan:
+    opts = spec.section("tfserving")
+    argv = [BINARY, f"--port={opts['grpc_port']}", f"--rest_api_port={opts['rest_port']}"]
+    if opts["enable_batching"]:
+        argv.append("--enable_batching=true")
+    result = base_plan(
+        spec, FRAMEWORK, entrypoint=BINARY, argv=argv,
+        env={"LD_LIBRARY_PATH": "/lib:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"},
+        trusted=[BINARY, "/usr/lib/x86_64-linux-gnu/", "/etc/ld.so.cache"],
+        ports=[Port(opts["grpc_port"], "grpc"), Port(opts["rest_port"], "http")])
+    result.allowed += ["/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf"]
+    for model in spec.models:
+        add_model(result, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
+    if len(spec.models) == 1:
+        model = spec.models[0]
+        argv += [f"--model_name={model.name}", f"--model_base_path={MODEL_ROOT}/{model.name}"]
+    elif spec.models:
+        result.add_file(None, CONFIG_DEST, FileKind.TRUSTED, data=_model_config(spec).encode())
+        argv.append(f"--model_config_file={CONFIG_DEST}")
+    argv += list(opts["extra_args"])
+    return result
+
+
+FRAMEWORK = Framework(
+    name="tfserving",
+    description="TensorFlow Serving (tensorflow_model_server) in Gramine",
+    default_base="enclave-build/gramine-tfserving:1.9-2.15.1",
+    plan=plan,
+    section=SECTION,
+    default_enclave_size=8 << 30,
+    default_max_threads=256,
+)
+
+
+@hookimpl
+def enclave_build_frameworks():
+    return [FRAMEWORK]
