@@ -110,7 +110,8 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
             cache.close()
 
     if artifacts.pending is not None:
-        written = _write_pending(artifacts, plan, Path(output) if output else spec.directory)
+        # Next to the spec, never inside the output directory: the output stays all-or-nothing.
+        written = _write_pending(artifacts, spec.directory / f"{plan.service}.sigstruct.tbs")
         raise SignatureNeeded(_pending_message(artifacts.pending, written, spec))
 
     identity = artifacts.identity
@@ -157,9 +158,7 @@ def _replace_dir(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_pending(artifacts: LibOSArtifacts, plan: ServicePlan, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / "sigstruct.tbs"
+def _write_pending(artifacts: LibOSArtifacts, target: Path) -> Path:
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_bytes(artifacts.pending.signing_data)  # type: ignore[union-attr]
     os.replace(tmp, target)
@@ -171,6 +170,6 @@ def _pending_message(pending: PendingSignature, tbs: Path, spec: Spec) -> str:
         f"external signing: MRENCLAVE {pending.mr_enclave}\n"
         f"wrote the {len(pending.signing_data)} bytes to sign to {tbs}.\n"
         "Sign them with the enclave key (RSA-3072, e=3, PKCS#1 v1.5, SHA-256), e.g.\n"
-        f"  openssl dgst -sha256 -sign enclave-key.pem -out sigstruct.sig {tbs}\n"
+        f"  openssl dgst -sha256 -sign enclave-key.pem -out {tbs.with_suffix('.sig')} {tbs}\n"
         "or your HSM/KMS, then finish the build with the detached signature:\n"
-        f"  enclave-build build {spec.path} --signature sigstruct.sig")
+        f"  enclave-build build {spec.path} --signature {tbs.with_suffix('.sig')}")

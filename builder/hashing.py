@@ -81,20 +81,20 @@ def hash_files(paths: Iterable[Path], cache: HashCache | None = None,
                workers: int | None = None,
                progress: Callable[[int], None] | None = None) -> dict[Path, str]:
     """SHA-256 hex digest of every path; *progress* is called with bytes hashed as work ends."""
-    paths = list(dict.fromkeys(paths))
-    stats = [(str(p), os.stat(p)) for p in paths]
+    originals = list(dict.fromkeys(paths))
+    names = [os.fspath(p) for p in originals]
+    stats = [(name, os.stat(name)) for name in names]
     cached = cache.lookup_many(stats) if cache else {}
-    todo = [(p, st) for p, st in stats if p not in cached]
-    results: dict[Path, str] = {Path(p): d for p, d in cached.items()}
+    todo = [(name, st) for name, st in stats if name not in cached]
     if progress and cached:
-        progress(sum(st.st_size for p, st in stats if p in cached))
+        progress(sum(st.st_size for name, st in stats if name in cached))
 
     def work(item: tuple[str, os.stat_result]) -> tuple[str, os.stat_result, str]:
-        path, st = item
-        digest = sha256_file(path)
+        name, st = item
+        digest = sha256_file(name)
         if progress:
             progress(st.st_size)
-        return path, st, digest
+        return name, st, digest
 
     # Largest first: keeps both cores busy to the end instead of one finishing a big file alone.
     todo.sort(key=lambda item: -item[1].st_size)
@@ -104,8 +104,8 @@ def hash_files(paths: Iterable[Path], cache: HashCache | None = None,
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             done = list(pool.map(work, todo))
-    for path, _, digest in done:
-        results[Path(path)] = digest
+    digests = dict(cached)
+    digests.update((name, digest) for name, _, digest in done)
     if cache:
         cache.store_many(done)
-    return results
+    return {original: digests[name] for original, name in zip(originals, names)}

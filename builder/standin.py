@@ -67,8 +67,8 @@ def standin_elf(label: str, text_size: int = 0x1800, data_size: int = 0x500,
     """A synthetic ELF64 x86-64 shared object: an R+X segment at vaddr 0 and an unaligned RW
     segment with .bss (memsz > filesz), sharing no page. Only program headers, no sections."""
     phnum = 2
-    data_offset = 0x2010
-    data_vaddr = 0x3010  # same offset within its page as in the file, as linkers emit
+    data_offset = max(0x2010, (text_size + 0xFFF) // 0x1000 * 0x1000 + 0x10)
+    data_vaddr = data_offset + 0x1000  # same offset within its page as in the file
     image = bytearray(_filler(label, data_offset + data_size))
     header = struct.pack(
         "<4sBBBBB7sHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, b"\0" * 7,

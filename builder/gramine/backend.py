@@ -83,7 +83,7 @@ def render_manifest(plan: ServicePlan, runtime: GramineRuntime,
         trusted.append(f"file:{ca_cert_dest(plan)}")
     allowed = [f"file:{p}" for p in plan.allowed]
     allowed += [f"file:{f.dest}" for f in plan.files if f.kind is FileKind.ALLOWED]
-    env = sorted(plan.env.items())
+    env = sorted((k, v) for k, v in plan.env.items() if k != "LD_LIBRARY_PATH")
     mounts = [{"path": m.path, "type": m.type.value, "uri": m.uri, "key_name": m.key_name}
               for m in plan.mounts]
     try:

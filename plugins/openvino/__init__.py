@@ -34,9 +34,9 @@ def plan(spec: Spec) -> ServicePlan:
         add_model(result, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
     if len(spec.models) == 1:
         model = spec.models[0]
-        argv += ["--model_name", model.name, "--model_path", f"{MODEL_ROOT}/{model.name}",
+        result.argv += ["--model_name", model.name, "--model_path", f"{MODEL_ROOT}/{model.name}",
                  "--target_device", opts["target_device"]]
-    argv += list(opts["extra_args"])
+    result.argv += list(opts["extra_args"])
     return result
 
 

@@ -36,7 +36,7 @@ def plan(spec: Spec) -> ServicePlan:
     for model in spec.models:
         dest = f"{MODEL_ROOT}/{model.name}/{model.version}"
         add_model(result, model, dest)
-        argv += ["--model", f"{model.name}={dest}"]
+        result.argv += ["--model", f"{model.name}={dest}"]
     return result
 
 

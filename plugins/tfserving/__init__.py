@@ -46,11 +46,11 @@ def plan(spec: Spec) -> ServicePlan:
         add_model(result, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
     if len(spec.models) == 1:
         model = spec.models[0]
-        argv += [f"--model_name={model.name}", f"--model_base_path={MODEL_ROOT}/{model.name}"]
+        result.argv += [f"--model_name={model.name}", f"--model_base_path={MODEL_ROOT}/{model.name}"]
     elif spec.models:
         result.add_file(None, CONFIG_DEST, FileKind.TRUSTED, data=_model_config(spec).encode())
-        argv.append(f"--model_config_file={CONFIG_DEST}")
-    argv += list(opts["extra_args"])
+        result.argv.append(f"--model_config_file={CONFIG_DEST}")
+    result.argv += list(opts["extra_args"])
     return result
 
 

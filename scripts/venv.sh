@@ -1,0 +1,20 @@
+# Source this: creates (once) and activates .venv with enclave-build and its test tools.
+# A project venv because Debian 12's system Python refuses `pip install` (PEP 668).
+set -euo pipefail
+_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+  else
+    echo "python3-venv is missing: sudo apt-get install python3-venv" >&2; exit 1
+  fi
+fi
+[ -x "$_repo/.venv/bin/python" ] || python3 -m venv "$_repo/.venv"
+# shellcheck disable=SC1091
+source "$_repo/.venv/bin/activate"
+_stamp="$_repo/.venv/.installed-$(sha256sum "$_repo/pyproject.toml" | cut -c1-16)"
+if [ ! -f "$_stamp" ]; then
+  python -m pip install --quiet --upgrade pip
+  python -m pip install --quiet -e "$_repo[test]"
+  touch "$_stamp"
+fi

@@ -1,0 +1,58 @@
+"""Every bad spec fails with exit code 2, the exact message (file:line, key, what is allowed),
+and writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from builder.spec import SpecError
+
+from .conftest import run_cli
+from .spec_corpus import CASES, GOOD
+
+
+def _prepare(tmp_path, text, signing_key):
+    (tmp_path / "model.tflite").write_bytes(b"TFL3" + bytes(60))
+    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    (tmp_path / "spec.toml").write_text(text)
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("case_id,text,expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_spec_error_text(tmp_path, monkeypatch, signing_key, case_id, text, expected):
+    from builder.build import load
+
+    _prepare(tmp_path, text, signing_key)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as info:
+        load("spec.toml")
+    assert info.value.lines() == [line.format(dir=tmp_path) for line in expected]
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("case_id", ["size-not-power-of-two", "unknown-key-typo",
+                                     "model-file-missing"])
+def test_cli_exits_2_and_writes_nothing(tmp_path, signing_key, standin_root, case_id):
+    text, expected = next((t, e) for c, t, e in CASES if c == case_id)
+    _prepare(tmp_path, text, signing_key)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
+                   cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == [f"error: {line.format(dir=tmp_path)}"
+                                                 for line in expected]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_good_spec_loads(tmp_path, monkeypatch, signing_key):
+    from builder.build import load
+
+    _prepare(tmp_path, GOOD, signing_key)
+    monkeypatch.chdir(tmp_path)
+    spec, _ = load("spec.toml")
+    assert spec.enclave.size == 2 << 30
+    assert spec.models[0].path == tmp_path / "model.tflite"
+    assert spec.section("tflite")["threads"] == 2  # plugin default filled in
