@@ -6,6 +6,7 @@ This is the Python API behind ``enclave-build build``; the CLI only parses argum
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 from attestation.measurements import ImageRef, Measurements
 
 from .errors import EnclaveBuildError, UsageError
+from .gramine.protected_files import read_wrap_key, write_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache
 from .plan import ServicePlan
@@ -42,6 +44,39 @@ class BuildResult:
     artifacts: LibOSArtifacts
     measurements: Measurements | None
     output: Path | None
+    generated_keys: tuple[Path, ...] = ()   # wrap keys this build created (keep them safe)
+    key_files: dict[str, Path] | None = None  # key name -> wrap key file (never its bytes)
+
+
+def load_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None
+                   ) -> tuple[dict[str, bytes], dict[str, Path], list[Path]]:
+    """Read (or create, mode 0600) the wrap key of every key the plan provisions.
+
+    Keys live in ``[secrets] keys_dir``, outside the image and the output directory."""
+    if plan.secrets is None or not plan.secrets.keys:
+        return {}, {}, []
+    keys_dir = spec.secrets.keys_dir.resolve()
+    if output is not None:
+        out = output.resolve()
+        if keys_dir == out or out in keys_dir.parents:
+            raise UsageError(f"{spec.path}: secrets.keys_dir ({keys_dir}) is inside the output "
+                             f"directory ({out}); keys must never be part of build outputs")
+    keys: dict[str, bytes] = {}
+    files: dict[str, Path] = {}
+    created: list[Path] = []
+    for item in plan.secrets.keys:
+        path = keys_dir / f"{item.name}.key"
+        if path.exists():
+            keys[item.name] = read_wrap_key(path)
+            if path.stat().st_mode & 0o077:
+                warnings.warn(f"{path}: wrap key is readable by other users (chmod 600 it)",
+                              UserWarning, stacklevel=3)
+        else:
+            keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            keys[item.name] = write_wrap_key(path)
+            created.append(path)
+        files[item.name] = path
+    return keys, files, created
 
 
 def load(spec_path: str | Path, registry: PluginRegistry | None = None) -> tuple[Spec, PluginRegistry]:
@@ -98,16 +133,30 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
                       DebugEnclaveWarning, stacklevel=2)
     backend = registry.libos_backend(plan.libos)
     rootfs = open_base(base or plan.base_image)
+    out = Path(output) if output else None
+    signer = make_signer(spec, Path(signature) if signature else None)
+    wrap_keys, key_files, created = load_wrap_keys(spec, plan, out)
     own_cache = hash_cache is None
     cache = hash_cache or HashCache()
+    staging = Path(tempfile.mkdtemp(prefix="enclave-build-"))  # mode 0700
     try:
-        options = BuildOptions(signer=make_signer(spec, Path(signature) if signature else None),
-                               sig_date=spec.signing.date, progress=progress or NullProgress(),
-                               hash_cache=cache)
+        options = BuildOptions(signer=signer, sig_date=spec.signing.date,
+                               progress=progress or NullProgress(), hash_cache=cache,
+                               wrap_keys=wrap_keys, staging=staging,
+                               reproducible=spec.build.reproducible)
         artifacts = backend.build(plan, rootfs, options)
+        result = _finish(spec, plan, artifacts, out, created, key_files)
+        # Inside the try: staged files (encrypted models) still exist while hooks run.
+        registry.pm.hook.enclave_build_finished(result=result)
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
         if own_cache:
             cache.close()
+    return result
+
+
+def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, out: Path | None,
+            created: list[Path], key_files: dict[str, Path]) -> BuildResult:
 
     if artifacts.pending is not None:
         # Next to the spec, never inside the output directory: the output stays all-or-nothing.
@@ -121,27 +170,52 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
         mr_enclave=identity.mr_enclave, mr_signer=identity.mr_signer,
         isv_prod_id=identity.isv_prod_id, isv_svn=identity.isv_svn, debug=identity.debug,
         image=ImageRef(plan.image_tag, None))
-    out = Path(output) if output else None
+    policy = policy_fragment(plan, measurements, key_files) if key_files else None
     if out is not None:
-        write_output(out, artifacts, measurements)
-    result = BuildResult(spec, plan, artifacts, measurements, out)
-    registry.pm.hook.enclave_build_finished(result=result)
-    return result
+        write_output(out, artifacts, measurements, policy)
+    return BuildResult(spec, plan, artifacts, measurements, out, tuple(created), key_files)
 
 
-def write_output(out: Path, artifacts: LibOSArtifacts, measurements: Measurements) -> None:
-    """Write the output directory atomically: a sibling temp dir renamed into place."""
+def policy_fragment(plan: ServicePlan, measurements: Measurements,
+                    key_files: dict[str, Path]) -> str:
+    """The secret-server configuration this build needs: which key goes to which enclave."""
+    lines = [
+        f"# Secret-server policy fragment for service {plan.service!r}, written by enclave-build.",
+        "# Merge it into the secret server's secrets.toml; the key file stays on the server.",
+        f"# The enclave identity is in measurements.json (mr_enclave {measurements.mr_enclave}).",
+        'measurements = ["measurements.json"]',
+    ]
+    for name, path in sorted(key_files.items()):
+        lines += ["", "[[secrets]]", f"name = {json.dumps(name)}", f"file = {json.dumps(str(path))}",
+                  f"allow = [{json.dumps(plan.service)}]"]
+    return "\n".join(lines) + "\n"
+
+
+def write_output(out: Path, artifacts: LibOSArtifacts, measurements: Measurements,
+                 policy: str | None = None) -> None:
+    """Write the output directory atomically: a sibling temp dir renamed into place.
+
+    ``rootfs/`` holds every file the build adds to the image (manifest, SIGSTRUCT, encrypted
+    models, trusted files, CA certificate), at its path in the image; wrap keys never do."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         for item in artifacts.files:
-            if item.data is None:
-                continue  # files with a host source go into image layers, not the output dir
-            target = staging / item.dest.lstrip("/")
+            target = staging / "rootfs" / item.dest.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(item.data)
+            if item.data is not None:
+                target.write_bytes(item.data)
+            elif item.source is not None and item.source.is_dir():
+                shutil.copytree(item.source, target, dirs_exist_ok=True)
+                continue
+            elif item.source is not None:
+                shutil.copyfile(item.source, target)
+            os.chmod(target, item.mode)
         (staging / "measurements.json").write_text(measurements.to_json())
+        if policy is not None:
+            (staging / "secrets-policy.toml").write_text(policy)
+        os.chmod(staging, 0o755)
         _replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -20,14 +20,14 @@ from .spec import ModelSpec, Spec
 
 __all__ = [
     "hookimpl", "Framework", "LibOS", "BuildOptions", "Progress", "NullProgress",
-    "LibOSArtifacts", "ArtifactFile", "EnclaveIdentity", "PendingSignature", "base_plan",
+    "LibOSArtifacts", "ArtifactFile", "EnclaveIdentity", "PendingSignature",
     "EnclaveResources", "FileKind", "Mount", "MountType", "PlanFile", "Port", "ProvisionedKey",
     "SecretProvisioning", "ServicePlan", "Field", "Section", "Spec", "ModelSpec", "RootFS",
-    "EnclaveBuildError", "DEFAULT_MODEL_KEY",
+    "EnclaveBuildError", "SECRETS_DIR", "base_plan", "service_key_name", "add_model", "add_secret_file",
 ]
 
-#: Name of the wrap key models are encrypted with when the spec names none.
-DEFAULT_MODEL_KEY = "models"
+#: Where encrypted non-model files (TLS material, configs) live inside the enclave.
+SECRETS_DIR = "/enclave/secrets"
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,9 @@ class BuildOptions:
     progress: Progress = field(default_factory=NullProgress)
     hash_cache: object | None = None  # builder.hashing.HashCache
     log_level: str = "error"
+    wrap_keys: dict[str, bytes] = field(default_factory=dict, repr=False)  # never logged
+    staging: Path | None = None       # private directory for files the build generates
+    reproducible: bool = False        # deterministic protected files
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,6 @@ class LibOS:
     build: Callable[[ServicePlan, RootFS, BuildOptions], LibOSArtifacts]
 
 
-def model_key_name(model: ModelSpec) -> str:
-    return model.key or DEFAULT_MODEL_KEY
-
-
 def base_plan(spec: Spec, framework: Framework, *, entrypoint: str, argv: list[str],
               env: dict[str, str] | None = None, trusted: list[str] | None = None,
               ports: list[Port] | None = None, user: str = "root",
@@ -150,21 +149,51 @@ def base_plan(spec: Spec, framework: Framework, *, entrypoint: str, argv: list[s
     return plan
 
 
-def add_model(plan: ServicePlan, model: ModelSpec, dest_dir: str) -> None:
+def service_key_name(spec: Spec) -> str:
+    """The one wrap key this service's enclave receives at start-up.
+
+    Gramine's provisioning constructor fetches exactly one 16-byte key per enclave start, so all
+    encrypted content of a service (models, TLS material) shares it. Models may name it
+    (``[[models]] key``), e.g. to share a key between services; otherwise it is SERVICE-key.
+    """
+    named = [m.key for m in spec.models if m.encrypt and m.key]
+    return named[0] if named else f"{spec.service.name}-key"
+
+
+def _provision(plan: ServicePlan, key: str) -> None:
+    if plan.secrets is None:
+        raise EnclaveBuildError("encrypted content needs [secrets] server and ca in the spec")
+    if all(k.name != key for k in plan.secrets.keys):
+        plan.secrets.keys.append(ProvisionedKey(key))
+
+
+def _encrypted_mount(plan: ServicePlan, directory: str, key: str) -> None:
+    directory = directory.rstrip("/")
+    if not any(m.path == directory for m in plan.mounts):
+        plan.mounts.append(Mount(directory, MountType.ENCRYPTED, "file:" + directory, key))
+
+
+def add_model(plan: ServicePlan, spec: Spec, model: ModelSpec, dest_dir: str) -> None:
     """Add *model* under *dest_dir* (a directory inside the image): trusted when clear-text,
-    or as protected files under an encrypted mount keyed by the model's wrap key."""
+    otherwise as protected files under an encrypted mount keyed by the service key."""
     source = Path(model.path)
     dest = dest_dir.rstrip("/") + ("/" if source.is_dir() else "/" + source.name)
     if not model.encrypt:
         plan.add_file(source, dest, FileKind.TRUSTED)
         return
-    key = model_key_name(model)
+    key = service_key_name(spec)
     plan.add_file(source, dest, FileKind.ENCRYPTED, key_name=key)
-    plan.mounts.append(Mount(dest_dir.rstrip("/"), MountType.ENCRYPTED,
-                             "file:" + dest_dir.rstrip("/"), key))
-    if plan.secrets is None:
-        raise EnclaveBuildError(
-            f"model {model.name!r} is encrypted, so its key must be provisioned: set "
-            "[secrets] server and ca in the spec (or encrypt = false)")
-    if all(k.name != key for k in plan.secrets.keys):
-        plan.secrets.keys.append(ProvisionedKey(key))
+    _encrypted_mount(plan, dest_dir, key)
+    _provision(plan, key)
+
+
+def add_secret_file(plan: ServicePlan, spec: Spec, name: str, *, data: bytes | None = None,
+                    source: Path | None = None) -> str:
+    """Ship a confidential file (TLS key, credentials) encrypted under SECRETS_DIR; returns the
+    path the server inside the enclave opens."""
+    key = service_key_name(spec)
+    dest = f"{SECRETS_DIR}/{name}"
+    plan.add_file(source, dest, FileKind.ENCRYPTED, mode=0o600, key_name=key, data=data)
+    _encrypted_mount(plan, SECRETS_DIR, key)
+    _provision(plan, key)
+    return dest

@@ -207,7 +207,10 @@ def validate_section(section: Section, data: Any, base_dir: Path,
             problems.append(Problem(path, f"required section [{section.name}] is missing "
                                           f"({section.doc})"))
             return {f.name: f.default for f in section.fields}
-        data = {}
+        # An absent optional section: only its defaults, converted (paths resolved); its
+        # required keys are required only when the section is given.
+        defaults = {f.name: f.default for f in section.fields if f.default is not None}
+        return validate_table(section, defaults, path, base_dir, [])
     return validate_table(section, data, path, base_dir, problems)
 
 

@@ -74,9 +74,22 @@ SECRETS = Section("secrets", "where the enclave fetches its keys at start-up", (
     Field("server", "str", "secret server HOST:PORT", pattern=_HOSTPORT,
           pattern_doc='"HOST:PORT", e.g. "secrets.example.com:4433"'),
     Field("ca", "path", "PEM CA certificate that signed the secret server's TLS certificate"),
+    Field("keys_dir", "path", "where wrap keys are read from, or created (mode 0600) when missing; "
+          "never inside the image or the output", default="keys", must_exist=False),
 ))
 
-CORE_SECTIONS = (SERVICE, MODELS, ENCLAVE, IMAGE, SIGNING, SECRETS)
+TLS = Section("tls", "TLS for the served endpoint (certificate and key ship encrypted)", (
+    Field("cert", "path", "PEM certificate (chain) the model server presents", required=True),
+    Field("key", "path", "PEM private key of that certificate", required=True),
+))
+
+BUILD = Section("build", "build behaviour", (
+    Field("reproducible", "bool", "derive protected-file node keys and nonces from the wrap key, "
+          "path and content, so the same inputs give byte-identical encrypted files (reveals "
+          "which files, or 4 KiB blocks at the same position, are equal)", default=False),
+))
+
+CORE_SECTIONS = (SERVICE, MODELS, ENCLAVE, IMAGE, SIGNING, SECRETS, TLS, BUILD)
 
 
 class SpecError(UsageError):
@@ -145,6 +158,18 @@ class SigningSpec:
 class SecretsSpec:
     server: str | None
     ca: Path | None
+    keys_dir: Path
+
+
+@dataclass(frozen=True)
+class TLSSpec:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    reproducible: bool
 
 
 @dataclass(frozen=True)
@@ -159,6 +184,8 @@ class Spec:
     image: ImageSpec
     signing: SigningSpec
     secrets: SecretsSpec
+    tls: TLSSpec | None = None
+    build: BuildSpec = BuildSpec(False)
     plugin_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
@@ -239,6 +266,7 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
             seen.setdefault(name, index)
 
     _check_signing(signing, problems)
+    _check_secrets(values["secrets"], models, data, problems)
 
     plugin_values: dict[str, Mapping[str, Any]] = {}
     for name, section in plugin_sections.items():
@@ -265,9 +293,36 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
         image=ImageSpec(image["base"], image["tag"]),
         signing=SigningSpec(signing["key"], signing["passphrase_env"], signing["public_key"],
                             signing["signature"], signing["date"]),
-        secrets=SecretsSpec(secrets["server"], secrets["ca"]),
+        secrets=SecretsSpec(secrets["server"], secrets["ca"], secrets["keys_dir"]),
+        tls=TLSSpec(values["tls"]["cert"], values["tls"]["key"]) if "tls" in data else None,
+        build=BuildSpec(values["build"]["reproducible"]),
         plugin_sections=plugin_values,
     )
+
+
+def _check_secrets(secrets: dict[str, Any], models: list[dict[str, Any]], data: dict[str, Any],
+                   problems: list[Problem]) -> None:
+    """Encrypted content needs a secret server to get its key from, and one key per enclave."""
+    encrypted = [i for i, m in enumerate(models) if m.get("encrypt")]
+    needs_key = encrypted or "tls" in data
+    if secrets.get("server") and secrets.get("ca") is None and ("secrets", "ca") not in \
+            {p.path for p in problems}:
+        problems.append(Problem(("secrets", "ca"), "required with secrets.server: the enclave "
+                                "checks the secret server's certificate against this CA"))
+    if needs_key and not secrets.get("server") and ("secrets", "server") not in \
+            {p.path for p in problems}:
+        where = ("models", encrypted[0], "encrypt") if encrypted else ("tls",)
+        what = "encrypted models need" if encrypted else "[tls] material ships encrypted and needs"
+        problems.append(Problem(where, f"{what} a key from the secret server at start-up: set "
+                                       "[secrets] server and ca (or encrypt = false)"))
+    names = {m.get("key") for i, m in enumerate(models) if i in encrypted}
+    if len(names) > 1:
+        index = next(i for i in encrypted if models[i].get("key") != models[encrypted[0]].get("key"))
+        problems.append(Problem(
+            ("models", index, "key"),
+            "all encrypted models of one service must use the same key: Gramine's provisioning "
+            "constructor gives an enclave exactly one key per start; serve models with "
+            "different keys from separate services"))
 
 
 def _check_signing(signing: dict[str, Any], problems: list[Problem]) -> None:

@@ -115,6 +115,10 @@ def make_standin_rootfs(root: str | Path) -> Path:
     for lib in ("ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libpthread.so.0",
                 "libdl.so.2", "librt.so.1"):
         _write(root, f"{PKGLIBDIR}/runtime/glibc/{lib}", standin_elf(f"glibc/{lib}", 0x1000), 0o755)
+    _write(root, "/usr/lib/x86_64-linux-gnu/libsecret_prov_attest.so",
+           standin_elf("libsecret_prov_attest"), 0o644)
+    _link(root, f"{PKGLIBDIR}/runtime/glibc/libsecret_prov_attest.so",
+          "../../../libsecret_prov_attest.so")
     _write(root, "/usr/bin/gramine-sgx", b"#!/bin/sh\necho 'stand-in gramine-sgx: no SGX here' >&2\nexit 1\n", 0o755)
 
     # Libraries and configuration every framework trusts.

@@ -6,9 +6,11 @@
 #   3. write a STAND-IN Gramine 1.9 root filesystem (Gramine's layout, synthetic libpal.so):
 #      Gramine cannot be installed here; with a real base use --base docker://... instead;
 #   4. generate an enclave signing key (RSA-3072, e=3; mode 0600; never committed);
-#   5. build examples/tflite/spec.toml: render the Gramine 1.9 manifest, hash trusted files,
-#      measure MRENCLAVE, sign the SIGSTRUCT, write examples/out/ with measurements.json;
-#   6. read the SIGSTRUCT back and show that it verifies.
+#   5. build examples/tflite/spec.toml: encrypt the model as a Gramine protected file (wrap key
+#      created in examples/keys/), render the Gramine 1.9 manifest with the secret-provisioning
+#      hooks, hash trusted files, measure MRENCLAVE, sign the SIGSTRUCT, and write
+#      examples/out/face-detect/ (rootfs/, measurements.json, secrets-policy.toml);
+#   6. read the SIGSTRUCT back, and decrypt the model the way the enclave will.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
@@ -31,6 +33,25 @@ PY
 fi
 echo "model: $model ($(stat -c %s "$model") bytes)"
 
+if [ ! -f examples/keys/demo-ca.pem ]; then   # demo-only CA for the secret server's TLS cert
+  python - examples/keys/demo-ca.pem <<'PY'
+import datetime, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+key = ec.generate_private_key(ec.SECP384R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "enclave-build demo CA")])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA384()))
+open(sys.argv[1], "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+PY
+fi
+
 base_dir=examples/out/standin-rootfs
 enclave-build base standin "$base_dir"
 [ -f examples/keys/enclave-key.pem ] || enclave-build keygen --out examples/keys/enclave-key.pem
@@ -39,7 +60,15 @@ enclave-build build examples/tflite/spec.toml --base "dir:$base_dir" --output ex
 echo
 echo "== measurements.json"
 cat examples/out/face-detect/measurements.json
+echo "== secrets-policy.toml (for the secret server)"
+cat examples/out/face-detect/secrets-policy.toml
 echo "== SIGSTRUCT"
-enclave-build gramine sigstruct examples/out/face-detect/enclave/face-detect.sig
+enclave-build gramine sigstruct examples/out/face-detect/rootfs/enclave/face-detect.sig
+echo "== the encrypted model, as the enclave will open it"
+enc=examples/out/face-detect/rootfs/models/face_detection/1/face_detection_short_range.tflite
+enclave-build pf info "$enc" --wrap-key examples/keys/face-detect-key.key
+enclave-build pf decrypt --wrap-key examples/keys/face-detect-key.key --input "$enc" \
+  --output examples/out/decrypted.tflite --path /models/face_detection/1/face_detection_short_range.tflite
+cmp examples/out/decrypted.tflite "$model" && echo "decrypted model is identical to the original"
 echo
-echo "Demo done. The manifest is examples/out/face-detect/enclave/face-detect.manifest.sgx."
+echo "Demo done. The manifest is examples/out/face-detect/rootfs/enclave/face-detect.manifest.sgx."

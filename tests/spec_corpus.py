@@ -32,7 +32,7 @@ CASES = [
      ["spec.toml:2: invalid TOML: Illegal character '\\n' (at line 2, column 12)"]),
     ("unknown-section-typo", GOOD + '\n[enclaev]\nsize = "1G"\n',
      ["spec.toml:17: enclaev: unknown section; did you mean 'enclave'? allowed: service, models, "
-      "enclave, image, signing, secrets, openvino, tflite, tfserving"]),
+      "enclave, image, signing, secrets, tls, build, openvino, tflite, tfserving"]),
     ("unknown-key-typo", replace('max_threads = 8', 'max_thread = 8'),
      ["spec.toml:12: enclave.max_thread: unknown key; did you mean 'max_threads'? allowed: size, "
       "max_threads, edmm, debug, isv_prod_id, isv_svn"]),
@@ -113,4 +113,20 @@ CASES = [
      ["spec.toml:11: enclave.size: '3G' is not a power of two; allowed: a power of two with a K, "
       'M or G suffix, e.g. "512M" or "4G"',
       "spec.toml:12: enclave.max_threads: expected an integer, got string 'x'"]),
+]
+
+CASES += [
+    ("encrypted-without-secret-server", replace("encrypt = false", "encrypt = true"),
+     ["spec.toml:8: models[0].encrypt: encrypted models need a key from the secret server at "
+      "start-up: set [secrets] server and ca (or encrypt = false)"]),
+    ("secret-server-without-ca", GOOD + '\n[secrets]\nserver = "s.example.com:4433"\n',
+     ["spec.toml:17: secrets.ca: required with secrets.server: the enclave checks the secret "
+      "server's certificate against this CA"]),
+    ("two-keys-in-one-service",
+     replace("encrypt = false\n", 'encrypt = true\nkey = "a"\n\n[[models]]\nname = "m2"\n'
+             'path = "model.tflite"\nkey = "b"\n') + '\n[secrets]\nserver = "s.example.com:1"\n'
+     'ca = "key.pem"\n',
+     ["spec.toml:14: models[1].key: all encrypted models of one service must use the same key: "
+      "Gramine's provisioning constructor gives an enclave exactly one key per start; serve "
+      "models with different keys from separate services"]),
 ]

@@ -26,7 +26,7 @@ from ..plan import FileKind, PlanFile, ServicePlan
 from ..plugin_api import (ArtifactFile, BuildOptions, EnclaveIdentity, LibOSArtifacts,
                           PendingSignature)
 from ..rootfs import RootFS
-from . import trusted_files
+from . import protected_files, trusted_files
 from .manifest_schema import check_manifest
 from .measure import PalImage
 from .offsets import Offsets
@@ -83,7 +83,8 @@ def render_manifest(plan: ServicePlan, runtime: GramineRuntime,
         trusted.append(f"file:{ca_cert_dest(plan)}")
     allowed = [f"file:{p}" for p in plan.allowed]
     allowed += [f"file:{f.dest}" for f in plan.files if f.kind is FileKind.ALLOWED]
-    env = sorted((k, v) for k, v in plan.env.items() if k != "LD_LIBRARY_PATH")
+    env = sorted((k, v) for k, v in {**plan.env, **provisioning_env(plan)}.items()
+                 if k != "LD_LIBRARY_PATH")
     mounts = [{"path": m.path, "type": m.type.value, "uri": m.uri, "key_name": m.key_name}
               for m in plan.mounts]
     try:
@@ -93,6 +94,7 @@ def render_manifest(plan: ServicePlan, runtime: GramineRuntime,
                                          "/lib:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"),
             enclave_size=size_text(plan.enclave.size),
             remote_attestation="dcap" if plan.secrets else "none",
+            provisioning=bool(plan.secrets and plan.secrets.keys),
             trusted=list(dict.fromkeys(trusted)), allowed=list(dict.fromkeys(allowed)))
     except jinja2.TemplateError as exc:
         raise ManifestRenderError(f"manifest template: {exc}") from exc
@@ -104,12 +106,39 @@ def render_manifest(plan: ServicePlan, runtime: GramineRuntime,
     return manifest
 
 
+PROVISION_LIBRARY = "libsecret_prov_attest.so"
+
+
+def provisioning_env(plan: ServicePlan) -> dict[str, str]:
+    """Environment for Gramine's secret-provisioning constructor (LD_PRELOADed): before main(),
+    it attests to the secret server over RA-TLS and installs the one key it receives as
+    /dev/attestation/keys/<name>, which the encrypted mounts use."""
+    if plan.secrets is None or not plan.secrets.keys:
+        return {}
+    if len(plan.secrets.keys) != 1:
+        names = ", ".join(k.name for k in plan.secrets.keys)
+        raise ManifestRenderError(
+            f"the plan needs several provisioned keys ({names}), but Gramine's provisioning "
+            "constructor installs exactly one key per enclave start: use one key per service")
+    if plan.secrets.ca_cert is None:
+        raise ManifestRenderError("secret provisioning needs the secret server's CA ([secrets] ca)")
+    preload = plan.env.get("LD_PRELOAD")
+    return {
+        "LD_PRELOAD": f"{PROVISION_LIBRARY}:{preload}" if preload else PROVISION_LIBRARY,
+        "SECRET_PROVISION_CONSTRUCTOR": "1",
+        "SECRET_PROVISION_SET_KEY": plan.secrets.keys[0].name,
+        "SECRET_PROVISION_SERVERS": plan.secrets.server,
+        "SECRET_PROVISION_CA_CHAIN_PATH": ca_cert_dest(plan),
+    }
+
+
 def ca_cert_dest(plan: ServicePlan) -> str:
     return f"{ENCLAVE_DIR}/secret-server-ca.pem"
 
 
 def _plan_sources(plan: ServicePlan) -> list[PlanFile]:
-    files = list(plan.files)
+    """Files the plan adds in clear text (trusted or allowed), including the secret server CA."""
+    files = [f for f in plan.files if f.kind is not FileKind.ENCRYPTED]
     if plan.secrets and plan.secrets.ca_cert:
         files.append(PlanFile(plan.secrets.ca_cert, ca_cert_dest(plan), FileKind.TRUSTED))
     return files
@@ -165,8 +194,57 @@ def finalize_manifest(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootF
     return tomli_w.dumps(manifest).encode("utf-8")
 
 
+def _encrypted_items(item: PlanFile) -> list[tuple[str, Path | bytes]]:
+    if item.data is not None:
+        return [(item.dest, item.data)]
+    assert item.source is not None
+    if item.source.is_dir():
+        base = item.dest.rstrip("/") + "/"
+        return [(base + p.relative_to(item.source).as_posix(), p)
+                for p in sorted(item.source.rglob("*")) if p.is_file()]
+    return [(item.dest, item.source)]
+
+
+def encrypt_plan_files(plan: ServicePlan, options: BuildOptions) -> list[ArtifactFile]:
+    """Encrypt every ENCRYPTED plan file as a Gramine protected file into the staging directory.
+
+    The embedded path is the file's normalized absolute path in the image: the enclave opens it
+    there through its encrypted mount (mount uri = mount path), and Gramine checks the two match.
+    """
+    todo = [(item, dest, content) for item in plan.files if item.kind is FileKind.ENCRYPTED
+            for dest, content in _encrypted_items(item)]
+    if not todo:
+        return []
+    if options.staging is None:
+        raise EnclaveBuildError("internal: encrypted files need a staging directory")
+    total = sum(len(c) if isinstance(c, bytes) else c.stat().st_size for _, _, c in todo)
+    advance = options.progress.task("encrypting", total)
+    out = []
+    for item, dest, content in todo:
+        key = options.wrap_keys.get(item.key_name or "")
+        if key is None:
+            raise EnclaveBuildError(f"{dest}: no wrap key {item.key_name!r} was loaded")
+        embedded = posixpath.normpath(dest)
+        staged = options.staging / "encrypted" / embedded.lstrip("/")
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            protected_files.encrypt_bytes(key, content, staged, embedded,
+                                          reproducible=options.reproducible)
+            advance(len(content))
+        else:
+            protected_files.encrypt_file(key, content, staged, embedded,
+                                         reproducible=options.reproducible, progress=advance)
+        out.append(ArtifactFile(embedded, source=staged, mode=item.mode))
+    return out
+
+
 def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArtifacts:
     runtime = discover(rootfs)
+    if plan.secrets and plan.secrets.keys and not rootfs.exists(
+            posixpath.join(runtime.runtimedir, PROVISION_LIBRARY)):
+        raise EnclaveBuildError(
+            f"the base image's Gramine has no {runtime.runtimedir}/{PROVISION_LIBRARY}, which "
+            "encrypted models need to receive their key (install Gramine's SGX build with RA-TLS)")
     if not rootfs.exists(plan.entrypoint):
         raise EnclaveBuildError(f"entrypoint {plan.entrypoint} not found in the base image ({rootfs})")
     manifest = render_manifest(plan, runtime, options.log_level)
@@ -178,10 +256,9 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
     date = SigDate.parse(options.sig_date)
 
     files = [ArtifactFile(manifest_path(plan), data=final)]
-    if any(f.kind is FileKind.ENCRYPTED for f in plan.files):
-        raise EnclaveBuildError("encrypted files are not supported yet (protected files pending)")
     for item in _plan_sources(plan):
         files.append(ArtifactFile(item.dest, data=item.data, source=item.source, mode=item.mode))
+    files += encrypt_plan_files(plan, options)
     entrypoint = ("gramine-sgx", posixpath.join(ENCLAVE_DIR, plan.service))
 
     if options.signer is None:

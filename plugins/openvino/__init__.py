@@ -8,7 +8,7 @@ APIs) and REST.
 from __future__ import annotations
 
 from builder.plugin_api import (Field, Framework, Port, Section, Spec, ServicePlan, add_model,
-                                base_plan, hookimpl)
+                                EnclaveBuildError, base_plan, hookimpl)
 
 BINARY = "/ovms/bin/ovms"
 MODEL_ROOT = "/models"
@@ -23,6 +23,10 @@ SECTION = Section("openvino", "OpenVINO Model Server options", (
 
 def plan(spec: Spec) -> ServicePlan:
     opts = spec.section("openvino")
+    if spec.tls is not None:
+        raise EnclaveBuildError(
+            "[tls]: OpenVINO Model Server has no built-in TLS; terminate TLS in front of it "
+            "(e.g. an ingress) and remove [tls] from the spec")
     argv = [BINARY, "--port", str(opts["grpc_port"]), "--rest_port", str(opts["rest_port"])]
     result = base_plan(
         spec, FRAMEWORK, entrypoint=BINARY, argv=argv,
@@ -31,7 +35,7 @@ def plan(spec: Spec) -> ServicePlan:
         ports=[Port(opts["grpc_port"], "grpc"), Port(opts["rest_port"], "http")])
     result.allowed += ["/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf"]
     for model in spec.models:
-        add_model(result, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
+        add_model(result, spec, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
     if len(spec.models) == 1:
         model = spec.models[0]
         result.argv += ["--model_name", model.name, "--model_path", f"{MODEL_ROOT}/{model.name}",

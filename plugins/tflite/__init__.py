@@ -9,7 +9,7 @@ TFLite has no standard model server, so this plugin runs enclave-build's own Pyt
 from __future__ import annotations
 
 from builder.plugin_api import (Field, Framework, Port, Section, Spec, ServicePlan, add_model,
-                                base_plan, hookimpl)
+                                add_secret_file, base_plan, hookimpl)
 
 PYTHON = "/usr/bin/python3"
 SERVER_DIR = "/opt/enclave-build/server/"
@@ -35,8 +35,12 @@ def plan(spec: Spec) -> ServicePlan:
     result.allowed += ["/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf"]
     for model in spec.models:
         dest = f"{MODEL_ROOT}/{model.name}/{model.version}"
-        add_model(result, model, dest)
+        add_model(result, spec, model, dest)
         result.argv += ["--model", f"{model.name}={dest}"]
+    if spec.tls is not None:
+        cert = add_secret_file(result, spec, "tls.crt", source=spec.tls.cert)
+        key = add_secret_file(result, spec, "tls.key", source=spec.tls.key)
+        result.argv += ["--tls-cert", cert, "--tls-key", key]
     return result
 
 

@@ -7,8 +7,10 @@ model a ``model_config_file`` is generated and shipped as a trusted file.
 
 from __future__ import annotations
 
+import json
+
 from builder.plugin_api import (Field, FileKind, Framework, Port, Section, Spec, ServicePlan,
-                                add_model, base_plan, hookimpl)
+                                add_model, add_secret_file, base_plan, hookimpl)
 
 BINARY = "/usr/bin/tensorflow_model_server"
 MODEL_ROOT = "/models"
@@ -31,6 +33,15 @@ def _model_config(spec: Spec) -> str:
     return f"model_config_list {{\n{entries}}}\n"
 
 
+def _ssl_config(spec: Spec) -> bytes:
+    """TF Serving's --ssl_config_file (an SSLConfig text proto with the PEMs inline)."""
+    assert spec.tls is not None
+    cert = spec.tls.cert.read_text()
+    key = spec.tls.key.read_text()
+    return (f"server_key: {json.dumps(key)}\nserver_cert: {json.dumps(cert)}\n"
+            'custom_ca: ""\nclient_verify: false\n').encode()
+
+
 def plan(spec: Spec) -> ServicePlan:
     opts = spec.section("tfserving")
     argv = [BINARY, f"--port={opts['grpc_port']}", f"--rest_api_port={opts['rest_port']}"]
@@ -43,13 +54,16 @@ def plan(spec: Spec) -> ServicePlan:
         ports=[Port(opts["grpc_port"], "grpc"), Port(opts["rest_port"], "http")])
     result.allowed += ["/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf"]
     for model in spec.models:
-        add_model(result, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
+        add_model(result, spec, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
     if len(spec.models) == 1:
         model = spec.models[0]
         result.argv += [f"--model_name={model.name}", f"--model_base_path={MODEL_ROOT}/{model.name}"]
     elif spec.models:
         result.add_file(None, CONFIG_DEST, FileKind.TRUSTED, data=_model_config(spec).encode())
         result.argv.append(f"--model_config_file={CONFIG_DEST}")
+    if spec.tls is not None:
+        config = add_secret_file(result, spec, "ssl.cfg", data=_ssl_config(spec))
+        result.argv.append(f"--ssl_config_file={config}")
     result.argv += list(opts["extra_args"])
     return result
 

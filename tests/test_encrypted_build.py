@@ -1,0 +1,187 @@
+"""Encrypted models in builds: protected files under encrypted mounts, the provisioning hooks in
+the manifest, wrap-key handling, the secret-server policy fragment and secret hygiene."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from builder.gramine import protected_files as pf
+
+from .conftest import run_cli, write_spec
+from .test_manifest import GOLDEN
+
+SPEC = '''[service]
+name = "tfs-secure"
+framework = "tfserving"
+
+[[models]]
+name = "half_plus_two"
+path = "saved_model"
+
+[enclave]
+size = "8G"
+max_threads = 64
+
+[secrets]
+server = "secrets.example.com:4433"
+ca = "ca.pem"
+keys_dir = "../keys"
+
+[tls]
+cert = "tls.crt"
+key = "tls.key"
+
+[signing]
+key = "key.pem"
+'''
+
+TLS_KEY = b"-----BEGIN PRIVATE KEY-----\nTLSPRIVATEKEYMATERIAL0123456789\n-----END PRIVATE KEY-----\n"
+
+
+def _project(root: Path, signing_key: Path, spec: str = SPEC) -> Path:
+    project = root / "project"
+    (project / "saved_model" / "variables").mkdir(parents=True)
+    (project / "saved_model" / "saved_model.pb").write_bytes(b"\x08\x01MODELWEIGHTS" * 500)
+    (project / "saved_model" / "variables" / "variables.data").write_bytes(b"SECRETWEIGHTS" * 900)
+    (project / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
+    (project / "tls.crt").write_text("-----BEGIN CERTIFICATE-----\nLEAF\n-----END CERTIFICATE-----\n")
+    (project / "tls.key").write_bytes(TLS_KEY)
+    shutil.copy(signing_key, project / "key.pem")
+    return write_spec(project, spec)
+
+
+def _build(tmp_path, standin_root, *extra, spec_dir="project"):
+    return run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "../out",
+                   *extra, cwd=tmp_path / spec_dir)
+
+
+def test_encrypted_build_end_to_end(tmp_path, standin_root, signing_key):
+    _project(tmp_path, signing_key)
+    proc = _build(tmp_path, standin_root)
+    assert proc.returncode == 0, proc.stderr.decode()
+    key_file = tmp_path / "keys" / "tfs-secure-key.key"
+    assert f"generated wrap key {key_file} (mode 0600)".encode() in proc.stderr
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = key_file.read_bytes()
+    rootfs = tmp_path / "out" / "rootfs"
+
+    manifest = tomllib.loads((rootfs / "enclave/tfs-secure.manifest.sgx").read_text())
+    env = manifest["loader"]["env"]
+    assert env["LD_PRELOAD"] == "libsecret_prov_attest.so"
+    assert env["SECRET_PROVISION_CONSTRUCTOR"] == "1"
+    assert env["SECRET_PROVISION_SET_KEY"] == "tfs-secure-key"
+    assert env["SECRET_PROVISION_SERVERS"] == "secrets.example.com:4433"
+    assert env["SECRET_PROVISION_CA_CHAIN_PATH"] == "/enclave/secret-server-ca.pem"
+    assert manifest["sgx"]["remote_attestation"] == "dcap"
+    assert manifest["sys"]["enable_extra_runtime_domain_names_conf"] is True
+    mounts = {m["path"]: m for m in manifest["fs"]["mounts"]}
+    assert mounts["/models/half_plus_two/1"] == {
+        "path": "/models/half_plus_two/1", "type": "encrypted",
+        "uri": "file:/models/half_plus_two/1", "key_name": "tfs-secure-key"}
+    assert mounts["/enclave/secrets"]["type"] == "encrypted"
+    uris = [tf["uri"] for tf in manifest["sgx"]["trusted_files"]]
+    assert "file:/enclave/secret-server-ca.pem" in uris
+    assert not [u for u in uris if u.startswith("file:/models/") or "secrets/" in u]
+    assert "--ssl_config_file=/enclave/secrets/ssl.cfg" in manifest["loader"]["argv"]
+
+    # The encrypted files decrypt with the service key under the path the enclave opens.
+    model = rootfs / "models/half_plus_two/1/saved_model.pb"
+    out = tmp_path / "check"
+    pf.decrypt_file(key, model, out, "/models/half_plus_two/1/saved_model.pb")
+    assert out.read_bytes() == b"\x08\x01MODELWEIGHTS" * 500
+    pf.decrypt_file(key, rootfs / "models/half_plus_two/1/variables/variables.data", out,
+                    "/models/half_plus_two/1/variables/variables.data")
+    pf.decrypt_file(key, rootfs / "enclave/secrets/ssl.cfg", out, "/enclave/secrets/ssl.cfg")
+    assert b"server_key: \"-----BEGIN PRIVATE KEY-----\\nTLSPRIVATEKEYMATERIAL" in out.read_bytes()
+
+    policy = tomllib.loads((tmp_path / "out/secrets-policy.toml").read_text())
+    assert policy == {"measurements": ["measurements.json"], "secrets": [
+        {"name": "tfs-secure-key", "file": str(key_file), "allow": ["tfs-secure"]}]}
+
+    # A rebuild reuses the key (and says nothing about generating one).
+    again = _build(tmp_path, standin_root)
+    assert again.returncode == 0 and b"generated wrap key" not in again.stderr
+    assert key_file.read_bytes() == key
+
+
+def test_secret_hygiene_no_key_material_in_outputs_or_logs(tmp_path, standin_root, signing_key):
+    _project(tmp_path, signing_key)
+    proc = _build(tmp_path, standin_root, "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    wrap_key = (tmp_path / "keys/tfs-secure-key.key").read_bytes()
+    signing_pem = signing_key.read_bytes()
+    from cryptography.hazmat.primitives import serialization
+    private = serialization.load_pem_private_key(signing_pem, None)
+    d = private.private_numbers().d.to_bytes(384, "big")
+    needles = [wrap_key, wrap_key.hex().encode(), base64.b64encode(wrap_key),
+               b"TLSPRIVATEKEYMATERIAL", b"SECRETWEIGHTS", b"MODELWEIGHTS", signing_pem[40:80],
+               d[:32], d[-32:]]
+    haystacks = {"stdout": proc.stdout, "stderr": proc.stderr}
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            haystacks[str(path)] = path.read_bytes()
+    assert len(haystacks) > 6
+    for name, content in haystacks.items():
+        for needle in needles:
+            assert needle not in content, f"secret material found in {name}"
+    # Nothing of the build is left in the temp directory.
+    import tempfile
+    assert not [p for p in Path(tempfile.gettempdir()).glob("enclave-build-*")
+                if p.stat().st_mtime > (tmp_path / "out").stat().st_mtime - 60 and any(p.iterdir())]
+
+
+def test_reproducible_builds_give_identical_encrypted_files(tmp_path, standin_root, signing_key):
+    spec = SPEC.replace("[signing]", "[build]\nreproducible = true\n\n[signing]")
+    outputs = []
+    for run in ("a", "b"):
+        root = tmp_path / run
+        _project(root, signing_key, spec)
+        if run == "b":  # same wrap key: the reproducibility contract is per key
+            (root / "keys").mkdir()
+            shutil.copy(tmp_path / "a/keys/tfs-secure-key.key", root / "keys/tfs-secure-key.key")
+        assert _build(root, standin_root).returncode == 0
+        outputs.append({p.relative_to(root / "out"): p.read_bytes()
+                        for p in (root / "out/rootfs").rglob("*") if p.is_file()})
+    assert outputs[0] == outputs[1]
+
+
+def test_random_mode_encrypts_differently_each_build(tmp_path, standin_root, signing_key):
+    _project(tmp_path, signing_key)
+    model = tmp_path / "out/rootfs/models/half_plus_two/1/saved_model.pb"
+    assert _build(tmp_path, standin_root).returncode == 0
+    first = model.read_bytes()
+    assert _build(tmp_path, standin_root).returncode == 0
+    assert model.read_bytes() != first
+
+
+def test_keys_dir_inside_output_is_refused(tmp_path, standin_root, signing_key):
+    _project(tmp_path, signing_key, SPEC.replace('keys_dir = "../keys"', 'keys_dir = "../out/keys"'))
+    proc = _build(tmp_path, standin_root)
+    assert proc.returncode == 2
+    assert b"is inside the output directory" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_golden_manifest_with_encrypted_mounts_and_provisioning(tmp_path, standin_root,
+                                                                signing_key):
+    _project(tmp_path, signing_key)
+    assert _build(tmp_path, standin_root).returncode == 0
+    manifest = (tmp_path / "out/rootfs/enclave/tfs-secure.manifest.sgx").read_bytes()
+    golden = GOLDEN / "tfserving-encrypted.manifest.sgx"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_bytes(manifest)
+    assert manifest.decode() == golden.read_text()
+
+
+def test_openvino_with_tls_is_refused_clearly(tmp_path, standin_root, signing_key):
+    spec = SPEC.replace('framework = "tfserving"', 'framework = "openvino"')
+    _project(tmp_path, signing_key, spec)
+    proc = _build(tmp_path, standin_root)
+    assert proc.returncode == 1
+    assert b"OpenVINO Model Server has no built-in TLS" in proc.stderr
