@@ -185,3 +185,29 @@ def test_openvino_with_tls_is_refused_clearly(tmp_path, standin_root, signing_ke
     proc = _build(tmp_path, standin_root)
     assert proc.returncode == 1
     assert b"OpenVINO Model Server has no built-in TLS" in proc.stderr
+
+
+def test_a_model_key_shared_by_two_services(tmp_path, standin_root, signing_key):
+    """Per-model keys: a model names its key; every service serving it uses that key file."""
+    policies = []
+    for service in ("face-a", "face-b"):
+        spec = (SPEC.replace('name = "tfs-secure"', f'name = "{service}"')
+                .replace('path = "saved_model"', 'path = "saved_model"\nkey = "face-model"')
+                .replace("[tls]\ncert = \"tls.crt\"\nkey = \"tls.key\"\n", ""))
+        root = tmp_path / service
+        _project(root, signing_key, spec)
+        spec_path = root / "project/spec.toml"
+        spec_path.write_text(spec.replace('keys_dir = "../keys"', f'keys_dir = "{tmp_path}/shared-keys"'))
+        proc = _build(root, standin_root)
+        assert proc.returncode == 0, proc.stderr.decode()
+        manifest = tomllib.loads((root / f"out/rootfs/enclave/{service}.manifest.sgx").read_text())
+        assert manifest["loader"]["env"]["SECRET_PROVISION_SET_KEY"] == "face-model"
+        policies.append(tomllib.loads((root / "out/secrets-policy.toml").read_text()))
+    key_file = tmp_path / "shared-keys/face-model.key"
+    assert [p["secrets"] for p in policies] == [
+        [{"name": "face-model", "file": str(key_file), "allow": ["face-a"]}],
+        [{"name": "face-model", "file": str(key_file), "allow": ["face-b"]}]]
+    key = key_file.read_bytes()
+    for service in ("face-a", "face-b"):
+        pf.decrypt_file(key, tmp_path / service / "out/rootfs/models/half_plus_two/1/saved_model.pb",
+                        tmp_path / "x", "/models/half_plus_two/1/saved_model.pb")
