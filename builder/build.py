@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from attestation.measurements import ImageRef, Measurements
@@ -20,10 +20,14 @@ from .errors import EnclaveBuildError, UsageError
 from .gramine.protected_files import read_wrap_key, write_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache
+from .image.assemble import assemble
+from .image.oci import BlobStore, Image
+from .image.output import load_into_docker, push, tidy_stale_temps, write_oci_layout
+from .image.reference import DOCKER_HUB, parse_registry_ref
+from .image.sources import cache_root, open_base
 from .plan import ServicePlan
 from .plugin_api import BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress
 from .plugins import PluginRegistry
-from .rootfs import RootFS
 from .spec import Spec, load_spec
 
 
@@ -46,6 +50,8 @@ class BuildResult:
     output: Path | None
     generated_keys: tuple[Path, ...] = ()   # wrap keys this build created (keep them safe)
     key_files: dict[str, Path] | None = None  # key name -> wrap key file (never its bytes)
+    image: Image | None = None                # the built image (blobs in the build cache)
+    pushed: str | None = None                 # NAME@sha256:... when pushed
 
 
 def load_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None
@@ -112,40 +118,57 @@ def make_signer(spec: Spec, signature: Path | None = None) -> Signer | None:
     return PemSigner.from_file(signing.key, passphrase)  # type: ignore[arg-type]
 
 
-def open_base(ref: str) -> RootFS:
-    """A root filesystem for *ref*. ``dir:PATH`` is a directory holding an image's rootfs."""
-    if ref.startswith("dir:"):
-        return RootFS(Path(ref[4:]).resolve(), ref)
-    raise UsageError(
-        f"base {ref!r}: only dir:PATH bases (an unpacked root filesystem) can be read so far; "
-        "image transports (docker://, docker-daemon:, oci:, oci-archive:, docker-archive:) are "
-        "not implemented yet")
+@dataclass(frozen=True)
+class ImageOptions:
+    """Where the built image goes besides the build cache."""
+
+    load: bool = False      # `docker load` into the local engine
+    push: bool = False      # push to the registry named by the image tag
+    tag: str | None = None  # overrides [image] tag
 
 
 def build(spec_path: str | Path, *, output: str | Path | None = None, base: str | None = None,
           signature: str | Path | None = None, registry: PluginRegistry | None = None,
-          progress: Progress | None = None, hash_cache: HashCache | None = None) -> BuildResult:
+          progress: Progress | None = None, hash_cache: HashCache | None = None,
+          image: ImageOptions = ImageOptions()) -> BuildResult:
     spec, registry = load(spec_path, registry)
     plan = make_plan(spec, registry)
+    if image.tag:
+        plan.image_tag = image.tag
+    if image.push:
+        _check_push_target(plan.image_tag)
     if plan.enclave.debug:
         warnings.warn("building a DEBUG enclave: the host can read and modify its memory; "
                       "never use it for real secrets (secret servers refuse it by default)",
                       DebugEnclaveWarning, stacklevel=2)
     backend = registry.libos_backend(plan.libos)
-    rootfs = open_base(base or plan.base_image)
-    out = Path(output) if output else None
+    progress = progress or NullProgress()
+    out = Path(output).resolve() if output else None
+    if out is not None:
+        tidy_stale_temps(out.parent, out.name)
+    tidy_stale_temps(Path(tempfile.gettempdir()), "enclave-build")
     signer = make_signer(spec, Path(signature) if signature else None)
     wrap_keys, key_files, created = load_wrap_keys(spec, plan, out)
     own_cache = hash_cache is None
     cache = hash_cache or HashCache()
-    staging = Path(tempfile.mkdtemp(prefix="enclave-build-"))  # mode 0700
     try:
-        options = BuildOptions(signer=signer, sig_date=spec.signing.date,
-                               progress=progress or NullProgress(), hash_cache=cache,
-                               wrap_keys=wrap_keys, staging=staging,
+        base_image = open_base(base or plan.base_image, progress.task, hash_cache=cache)
+    except BaseException:
+        if own_cache:
+            cache.close()
+        raise
+    staging = Path(tempfile.mkdtemp(prefix=f".enclave-build.tmp-{os.getpid()}-"))  # mode 0700
+    try:
+        options = BuildOptions(signer=signer, sig_date=spec.signing.date, progress=progress,
+                               hash_cache=cache, wrap_keys=wrap_keys, staging=staging,
                                reproducible=spec.build.reproducible)
-        artifacts = backend.build(plan, rootfs, options)
-        result = _finish(spec, plan, artifacts, out, created, key_files)
+        artifacts = backend.build(plan, base_image.rootfs, options)
+        if artifacts.pending is not None:
+            # Next to the spec, never inside the output directory: outputs stay all-or-nothing.
+            written = _write_pending(artifacts, spec.directory / f"{plan.service}.sigstruct.tbs")
+            raise SignatureNeeded(_pending_message(artifacts.pending, written, spec))
+        result = _finish(spec, plan, artifacts, base_image.image, out, created, key_files,
+                         cache, progress, image)
         # Inside the try: staged files (encrypted models) still exist while hooks run.
         registry.pm.hook.enclave_build_finished(result=result)
     finally:
@@ -155,14 +178,16 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
     return result
 
 
-def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, out: Path | None,
-            created: list[Path], key_files: dict[str, Path]) -> BuildResult:
+def _check_push_target(tag: str) -> None:
+    ref = parse_registry_ref(tag)
+    if ref.host == DOCKER_HUB and "/" not in tag.split(":")[0]:
+        raise UsageError(f"--push: the image tag {tag!r} names no registry; set [image] tag = "
+                         "\"HOST/NAME:TAG\" or pass --tag HOST/NAME:TAG")
 
-    if artifacts.pending is not None:
-        # Next to the spec, never inside the output directory: the output stays all-or-nothing.
-        written = _write_pending(artifacts, spec.directory / f"{plan.service}.sigstruct.tbs")
-        raise SignatureNeeded(_pending_message(artifacts.pending, written, spec))
 
+def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Image,
+            out: Path | None, created: list[Path], key_files: dict[str, Path],
+            cache: HashCache, progress: Progress, options: ImageOptions) -> BuildResult:
     identity = artifacts.identity
     assert identity is not None
     measurements = Measurements(
@@ -170,10 +195,20 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, out: Path 
         mr_enclave=identity.mr_enclave, mr_signer=identity.mr_signer,
         isv_prod_id=identity.isv_prod_id, isv_svn=identity.isv_svn, debug=identity.debug,
         image=ImageRef(plan.image_tag, None))
+    store = BlobStore(cache_root() / "blobs")
+    built = assemble(base, plan, artifacts, measurements, store, cache, progress.task)
+    pushed = None
+    if options.push:
+        pushed = push(built, plan.image_tag, progress.task)
+    if options.load:
+        load_into_docker(built, plan.image_tag)
+    measurements = replace(measurements, image=ImageRef(pushed or plan.image_tag,
+                                                        built.manifest_digest))
     policy = policy_fragment(plan, measurements, key_files) if key_files else None
     if out is not None:
-        write_output(out, artifacts, measurements, policy)
-    return BuildResult(spec, plan, artifacts, measurements, out, tuple(created), key_files)
+        write_output(out, built, plan.image_tag, measurements, policy)
+    return BuildResult(spec, plan, artifacts, measurements, out, tuple(created), key_files,
+                       built, pushed)
 
 
 def policy_fragment(plan: ServicePlan, measurements: Measurements,
@@ -191,27 +226,16 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
     return "\n".join(lines) + "\n"
 
 
-def write_output(out: Path, artifacts: LibOSArtifacts, measurements: Measurements,
+def write_output(out: Path, image: Image, tag: str | None, measurements: Measurements,
                  policy: str | None = None) -> None:
     """Write the output directory atomically: a sibling temp dir renamed into place.
 
-    ``rootfs/`` holds every file the build adds to the image (manifest, SIGSTRUCT, encrypted
-    models, trusted files, CA certificate), at its path in the image; wrap keys never do."""
-    out = out.resolve()
+    ``oci/`` is an OCI image layout of the built image; ``measurements.json`` its identity;
+    ``secrets-policy.toml`` the secret server's fragment. Wrap keys never go here."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
-        for item in artifacts.files:
-            target = staging / "rootfs" / item.dest.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if item.data is not None:
-                target.write_bytes(item.data)
-            elif item.source is not None and item.source.is_dir():
-                shutil.copytree(item.source, target, dirs_exist_ok=True)
-                continue
-            elif item.source is not None:
-                shutil.copyfile(item.source, target)
-            os.chmod(target, item.mode)
+        write_oci_layout(image, staging / "oci", tag)
         (staging / "measurements.json").write_text(measurements.to_json())
         if policy is not None:
             (staging / "secrets-policy.toml").write_text(policy)

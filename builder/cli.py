@@ -102,21 +102,28 @@ def main() -> None:
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
-              help="Write the build outputs (manifest, SIGSTRUCT, measurements.json) here.")
-@click.option("--base", metavar="REF", help="Base image to build on (overrides [image] base). "
-              "dir:PATH reads an unpacked root filesystem.")
+              help="Write DIR/oci (an OCI image layout), DIR/measurements.json and, with "
+                   "encrypted content, DIR/secrets-policy.toml. Atomic.")
+@click.option("--base", metavar="REF", help="Base image (overrides [image] base): "
+              "docker://HOST/NAME:TAG or NAME:TAG (registry), docker-daemon:NAME:TAG, "
+              "oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, dir:ROOTFS.")
+@click.option("--tag", metavar="REF", help="Name of the built image (overrides [image] tag).")
+@click.option("--load", is_flag=True, help="Load the image into the Docker engine.")
+@click.option("--push", is_flag=True, help="Push to the registry the tag names; prints "
+              "NAME@sha256:DIGEST.")
 @click.option("--signature", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Detached signature over sigstruct.tbs (external signing, step two).")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
-def build(spec: Path, output: Path | None, base: str | None, signature: Path | None,
-          as_json: bool, quiet: bool) -> None:
-    """Build the enclave described by SPEC (a spec.toml)."""
+def build(spec: Path, output: Path | None, base: str | None, tag: str | None, load: bool,
+          push: bool, signature: Path | None, as_json: bool, quiet: bool) -> None:
+    """Build the enclave image described by SPEC (a spec.toml)."""
+    from .build import ImageOptions
     from .build import build as run_build
 
     with _errors(), _RichProgress(not quiet and not as_json and sys.stderr.isatty()) as progress:
         result = run_build(spec, output=output, base=base, signature=signature,
-                           progress=progress)
+                           progress=progress, image=ImageOptions(load=load, push=push, tag=tag))
     measurements = result.measurements
     assert measurements is not None
     for path in result.generated_keys:
@@ -131,8 +138,40 @@ def build(spec: Path, output: Path | None, base: str | None, signature: Path | N
         click.echo(f"mr_signer    {measurements.mr_signer}")
         click.echo(f"isv          prod_id {measurements.isv_prod_id}, svn {measurements.isv_svn}"
                    f"{', DEBUG' if measurements.debug else ''}")
+        click.echo(f"image        {measurements.image.ref} ({measurements.image.digest})")
         if result.output:
             click.echo(f"output       {result.output}")
+    if result.pushed and not as_json:
+        click.echo(result.pushed)
+
+
+@main.command()
+@click.argument("image")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def inspect(image: str, as_json: bool) -> None:
+    """Read the enclave identity back from IMAGE (a reference, or a build output directory)
+    and check that its labels, SIGSTRUCT (and measurements.json) agree. Exit 1 if not."""
+    from .image.inspect import inspect_image
+
+    with _errors():
+        result = inspect_image(image)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        click.echo(f"image            {result.image}")
+        click.echo(f"digest           {result.digest}")
+        for key in ("service", "framework", "libos", "mr_enclave", "mr_signer", "isv_prod_id",
+                    "isv_svn", "debug"):
+            if key in result.labels:
+                click.echo(f"{key:<16} {result.labels[key]}")
+        if result.sigstruct:
+            click.echo(f"signature        {'valid' if result.sigstruct['signature_valid'] else 'INVALID'}"
+                       f", date {result.sigstruct['date']}")
+        click.echo("agrees           yes" if result.agrees else "agrees           NO")
+    for problem in result.problems:
+        click.echo(f"error: {problem}", err=True)
+    if not result.agrees:
+        sys.exit(1)
 
 
 @main.command()
@@ -374,6 +413,35 @@ def pf_keygen(out: Path) -> None:
 @main.group()
 def base() -> None:
     """Base images: the root filesystems enclaves are built on."""
+
+
+@base.command("list")
+def base_list() -> None:
+    """The base images enclave-build ships Dockerfiles for."""
+    from base_images import BASES
+
+    for recipe in BASES.values():
+        click.echo(f"{recipe.name:<18} {recipe.tag:<44} {recipe.description}")
+
+
+@base.command("build")
+@click.argument("name", required=False)
+@click.option("--dir", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Build this Dockerfile directory instead of a named base.")
+@click.option("--tag", help="Tag for the image (default: the base's standard tag).")
+@click.option("--build-arg", "build_args", multiple=True, metavar="NAME=VALUE",
+              help="Override a pinned version (repeatable).")
+@click.option("--network", default="host", show_default=True,
+              help="Network mode for RUN steps.")
+def base_build(name: str | None, directory: Path | None, tag: str | None,
+               build_args: tuple[str, ...], network: str) -> None:
+    """Build base image NAME (see `enclave-build base list`) with the Docker engine."""
+    from .image.base_build import build_base
+
+    with _errors():
+        image_id, final_tag = build_base(name, directory, tag, build_args, network,
+                                         log=lambda line: click.echo(line, err=True))
+    click.echo(f"{final_tag} {image_id}")
 
 
 @base.command()

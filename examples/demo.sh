@@ -6,11 +6,13 @@
 #   3. write a STAND-IN Gramine 1.9 root filesystem (Gramine's layout, synthetic libpal.so):
 #      Gramine cannot be installed here; with a real base use --base docker://... instead;
 #   4. generate an enclave signing key (RSA-3072, e=3; mode 0600; never committed);
-#   5. build examples/tflite/spec.toml: encrypt the model as a Gramine protected file (wrap key
-#      created in examples/keys/), render the Gramine 1.9 manifest with the secret-provisioning
-#      hooks, hash trusted files, measure MRENCLAVE, sign the SIGSTRUCT, and write
-#      examples/out/face-detect/ (rootfs/, measurements.json, secrets-policy.toml);
-#   6. read the SIGSTRUCT back, and decrypt the model the way the enclave will.
+#   5. build examples/tflite/spec.toml into a complete image: encrypt the model as a Gramine
+#      protected file (wrap key created in examples/keys/), render the Gramine 1.9 manifest with
+#      the secret-provisioning hooks, hash trusted files, measure MRENCLAVE, sign the SIGSTRUCT,
+#      write deterministic layers on the base and save examples/out/face-detect/ (oci/ image
+#      layout, measurements.json, secrets-policy.toml);
+#   6. inspect the image (labels vs SIGSTRUCT), and decrypt the model the way the enclave will.
+# With a Docker engine running, add --load to step 5 (or --push with a registry tag).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
@@ -62,13 +64,21 @@ echo "== measurements.json"
 cat examples/out/face-detect/measurements.json
 echo "== secrets-policy.toml (for the secret server)"
 cat examples/out/face-detect/secrets-policy.toml
-echo "== SIGSTRUCT"
-enclave-build gramine sigstruct examples/out/face-detect/rootfs/enclave/face-detect.sig
-echo "== the encrypted model, as the enclave will open it"
-enc=examples/out/face-detect/rootfs/models/face_detection/1/face_detection_short_range.tflite
+echo "== the image: labels and SIGSTRUCT agree?"
+enclave-build inspect examples/out/face-detect
+echo "== the encrypted model in the image, as the enclave will open it"
+python - examples/out/face-detect examples/out/model.enc <<'PY'
+import sys
+from builder.image.inspect import open_image, read_file
+image, _ = open_image(sys.argv[1])
+data = read_file(image, "/models/face_detection/1/face_detection_short_range.tflite")
+open(sys.argv[2], "wb").write(data)
+PY
+enc=examples/out/model.enc
 enclave-build pf info "$enc" --wrap-key examples/keys/face-detect-key.key
 enclave-build pf decrypt --wrap-key examples/keys/face-detect-key.key --input "$enc" \
   --output examples/out/decrypted.tflite --path /models/face_detection/1/face_detection_short_range.tflite
 cmp examples/out/decrypted.tflite "$model" && echo "decrypted model is identical to the original"
 echo
-echo "Demo done. The manifest is examples/out/face-detect/rootfs/enclave/face-detect.manifest.sgx."
+echo "Demo done: OCI image layout in examples/out/face-detect/oci (load it with"
+echo "  enclave-build build examples/tflite/spec.toml --base dir:$base_dir --load   # needs dockerd)"

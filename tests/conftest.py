@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .services import start_dockerd, start_registry, stop
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_VECTORS = Path(os.environ.get("ENCLAVE_BUILD_VECTORS", REPO.parent / "shared" / "vectors"))
 
@@ -64,3 +66,41 @@ def write_spec(directory: Path, text: str, name: str = "spec.toml") -> Path:
     path = directory / name
     path.write_text(text)
     return path
+
+
+def image_rootfs(output_dir: Path) -> Path:
+    """The root filesystem of the image in a build output (DIR/oci), unpacked for reading."""
+    from builder.image.oci import BlobStore
+    from builder.image.sources import cache_root, read_oci_layout
+    from builder.image.unpack import unpacked_rootfs
+
+    store = BlobStore(cache_root() / "blobs")
+    image = read_oci_layout(Path(output_dir) / "oci", None, store, str(output_dir))
+    return unpacked_rootfs(store, image.layers, image.diff_ids, cache_root() / "rootfs",
+                           str(output_dir)).root
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory):
+    """A Docker engine of our own (vfs storage, no iptables/bridge), for the whole session."""
+    import tempfile
+
+    engine = start_dockerd(Path(tempfile.mkdtemp(prefix="eb-dockerd-", dir="/tmp")))
+    previous = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = engine.host
+    yield engine
+    if previous is None:
+        os.environ.pop("DOCKER_HOST", None)
+    else:
+        os.environ["DOCKER_HOST"] = previous
+    stop(engine.process)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """docker-registry on 127.0.0.1 (random port), for the whole session."""
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    stop(reg.process)
+
+

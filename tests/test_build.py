@@ -11,7 +11,7 @@ import pytest
 
 from attestation.measurements import Measurements
 
-from .conftest import run_cli, write_spec
+from .conftest import image_rootfs, run_cli, write_spec
 
 SPEC = '''[service]
 name = "face"
@@ -52,16 +52,17 @@ def test_build_via_default_command_writes_outputs(tmp_path, standin_root, signin
 
     # The SIGSTRUCT written agrees with measurements.json and re-signing the manifest with
     # `gramine sign` (the gramine-sgx-sign equivalent) gives the same bytes.
-    info = json.loads(run_cli("gramine", "sigstruct", "out/rootfs/enclave/face.sig", "--json",
+    files = image_rootfs(tmp_path / "out")
+    info = json.loads(run_cli("gramine", "sigstruct", str(files / "enclave/face.sig"), "--json",
                               cwd=tmp_path).stdout)
     assert (info["mr_enclave"], info["mr_signer"]) == (m.mr_enclave, m.mr_signer)
-    resign = run_cli("gramine", "sign", "--manifest", "out/rootfs/enclave/face.manifest.sgx",
+    resign = run_cli("gramine", "sign", "--manifest", str(files / "enclave/face.manifest.sgx"),
                      "--libpal", f"{standin_root}/usr/lib/x86_64-linux-gnu/gramine/sgx/libpal.so",
                      "--offsets", f"{standin_root}/usr/lib/python3/dist-packages/_graminelibos_offsets.py",
                      "--key", "key.pem", "--date", "0000-00-00", "--sigfile", "again.sig",
                      cwd=tmp_path)
     assert resign.returncode == 0, resign.stderr.decode()
-    assert (tmp_path / "again.sig").read_bytes() == (tmp_path / "out/rootfs/enclave/face.sig").read_bytes()
+    assert (tmp_path / "again.sig").read_bytes() == (files / "enclave/face.sig").read_bytes()
 
 
 def test_same_inputs_in_other_directories_give_identical_measurements(tmp_path, standin_root,
@@ -72,9 +73,10 @@ def test_same_inputs_in_other_directories_give_identical_measurements(tmp_path, 
         proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "o",
                        cwd=tmp_path / name)
         assert proc.returncode == 0, proc.stderr.decode()
+        files = image_rootfs(tmp_path / name / "o")
         results.append(((tmp_path / name / "o/measurements.json").read_text(),
-                        (tmp_path / name / "o/rootfs/enclave/face.manifest.sgx").read_bytes(),
-                        (tmp_path / name / "o/rootfs/enclave/face.sig").read_bytes()))
+                        (files / "enclave/face.manifest.sgx").read_bytes(),
+                        (files / "enclave/face.sig").read_bytes()))
     assert results[0] == results[1]
 
 
@@ -169,8 +171,8 @@ def test_external_signing_two_step_build(tmp_path, standin_root, signing_key):
     step2 = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
                     "--signature", "sigstruct.sig", cwd=ext)
     assert step2.returncode == 0, step2.stderr.decode()
-    assert (ext / "out/rootfs/enclave/face.sig").read_bytes() == \
-        (tmp_path / "local/out/rootfs/enclave/face.sig").read_bytes()
+    assert (image_rootfs(ext / "out") / "enclave/face.sig").read_bytes() == \
+        (image_rootfs(tmp_path / "local/out") / "enclave/face.sig").read_bytes()
 
 
 @pytest.mark.parametrize("command", [[], ["build"], ["plugins"], ["keygen"], ["gramine"],

@@ -13,7 +13,7 @@ import pytest
 
 from builder.gramine import protected_files as pf
 
-from .conftest import run_cli, write_spec
+from .conftest import image_rootfs, run_cli, write_spec
 from .test_manifest import GOLDEN
 
 SPEC = '''[service]
@@ -69,7 +69,7 @@ def test_encrypted_build_end_to_end(tmp_path, standin_root, signing_key):
     assert f"generated wrap key {key_file} (mode 0600)".encode() in proc.stderr
     assert key_file.stat().st_mode & 0o777 == 0o600
     key = key_file.read_bytes()
-    rootfs = tmp_path / "out" / "rootfs"
+    rootfs = image_rootfs(tmp_path / "out")
 
     manifest = tomllib.loads((rootfs / "enclave/tfs-secure.manifest.sgx").read_text())
     env = manifest["loader"]["env"]
@@ -123,10 +123,16 @@ def test_secret_hygiene_no_key_material_in_outputs_or_logs(tmp_path, standin_roo
                b"TLSPRIVATEKEYMATERIAL", b"SECRETWEIGHTS", b"MODELWEIGHTS", signing_pem[40:80],
                d[:32], d[-32:]]
     haystacks = {"stdout": proc.stdout, "stderr": proc.stderr}
+    import gzip
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
-            haystacks[str(path)] = path.read_bytes()
-    assert len(haystacks) > 6
+            content = path.read_bytes()
+            haystacks[str(path)] = content
+            if content[:2] == b"\x1f\x8b":  # image layers: search the tar inside
+                haystacks[f"{path} (uncompressed)"] = gzip.decompress(content)
+    layers = [name for name in haystacks if name.endswith("(uncompressed)")]
+    assert len(layers) >= 3  # base + service files + enclave files
+    assert any(b"models/half_plus_two/1/saved_model.pb" in haystacks[n] for n in layers)
     for name, content in haystacks.items():
         for needle in needles:
             assert needle not in content, f"secret material found in {name}"
@@ -146,18 +152,19 @@ def test_reproducible_builds_give_identical_encrypted_files(tmp_path, standin_ro
             (root / "keys").mkdir()
             shutil.copy(tmp_path / "a/keys/tfs-secure-key.key", root / "keys/tfs-secure-key.key")
         assert _build(root, standin_root).returncode == 0
-        outputs.append({p.relative_to(root / "out"): p.read_bytes()
-                        for p in (root / "out/rootfs").rglob("*") if p.is_file()})
-    assert outputs[0] == outputs[1]
+        files = image_rootfs(root / "out")
+        outputs.append(({p.relative_to(files): p.read_bytes() for p in files.rglob("*")
+                         if p.is_file()}, (root / "out/measurements.json").read_text()))
+    assert outputs[0] == outputs[1]  # same files, and so the same image digest
 
 
 def test_random_mode_encrypts_differently_each_build(tmp_path, standin_root, signing_key):
     _project(tmp_path, signing_key)
-    model = tmp_path / "out/rootfs/models/half_plus_two/1/saved_model.pb"
+    model = "models/half_plus_two/1/saved_model.pb"
     assert _build(tmp_path, standin_root).returncode == 0
-    first = model.read_bytes()
+    first = (image_rootfs(tmp_path / "out") / model).read_bytes()
     assert _build(tmp_path, standin_root).returncode == 0
-    assert model.read_bytes() != first
+    assert (image_rootfs(tmp_path / "out") / model).read_bytes() != first
 
 
 def test_keys_dir_inside_output_is_refused(tmp_path, standin_root, signing_key):
@@ -172,7 +179,7 @@ def test_golden_manifest_with_encrypted_mounts_and_provisioning(tmp_path, standi
                                                                 signing_key):
     _project(tmp_path, signing_key)
     assert _build(tmp_path, standin_root).returncode == 0
-    manifest = (tmp_path / "out/rootfs/enclave/tfs-secure.manifest.sgx").read_bytes()
+    manifest = (image_rootfs(tmp_path / "out") / "enclave/tfs-secure.manifest.sgx").read_bytes()
     golden = GOLDEN / "tfserving-encrypted.manifest.sgx"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_bytes(manifest)
@@ -200,7 +207,7 @@ def test_a_model_key_shared_by_two_services(tmp_path, standin_root, signing_key)
         spec_path.write_text(spec.replace('keys_dir = "../keys"', f'keys_dir = "{tmp_path}/shared-keys"'))
         proc = _build(root, standin_root)
         assert proc.returncode == 0, proc.stderr.decode()
-        manifest = tomllib.loads((root / f"out/rootfs/enclave/{service}.manifest.sgx").read_text())
+        manifest = tomllib.loads((image_rootfs(root / "out") / f"enclave/{service}.manifest.sgx").read_text())
         assert manifest["loader"]["env"]["SECRET_PROVISION_SET_KEY"] == "face-model"
         policies.append(tomllib.loads((root / "out/secrets-policy.toml").read_text()))
     key_file = tmp_path / "shared-keys/face-model.key"
@@ -209,5 +216,5 @@ def test_a_model_key_shared_by_two_services(tmp_path, standin_root, signing_key)
         [{"name": "face-model", "file": str(key_file), "allow": ["face-b"]}]]
     key = key_file.read_bytes()
     for service in ("face-a", "face-b"):
-        pf.decrypt_file(key, tmp_path / service / "out/rootfs/models/half_plus_two/1/saved_model.pb",
+        pf.decrypt_file(key, image_rootfs(tmp_path / service / "out") / "models/half_plus_two/1/saved_model.pb",
                         tmp_path / "x", "/models/half_plus_two/1/saved_model.pb")

@@ -14,7 +14,7 @@ from builder.errors import EnclaveBuildError
 from builder.plugin_api import Framework, hookimpl
 from builder.plugins import PluginError, PluginRegistry
 
-from .conftest import run_cli, write_spec
+from .conftest import image_rootfs, run_cli, write_spec
 
 THIRD_PARTY = Path(__file__).parent / "thirdparty_plugin"
 
@@ -93,7 +93,7 @@ def test_third_party_plugin_is_listed_and_builds(installed_plugin, tmp_path, sta
     assert proc.returncode == 0, proc.stderr.decode()
     measurements = json.loads(proc.stdout)
     assert measurements["framework"] == "echo"
-    manifest = tomllib.loads((tmp_path / "out/rootfs/enclave/echo.manifest.sgx").read_text())
+    manifest = tomllib.loads((image_rootfs(tmp_path / "out") / "enclave/echo.manifest.sgx").read_text())
     assert manifest["loader"]["env"]["ECHO_GREETING"] == "hi there"
     assert manifest["loader"]["env"]["ECHO_CONFIGURED_BY"] == "echo-plugin"
     assert manifest["loader"]["argv"][-2:] == ["--port", "7007"]
