@@ -47,7 +47,7 @@ def plan(spec: Spec) -> ServicePlan:
 FRAMEWORK = Framework(
     name="openvino",
     description="OpenVINO Model Server (ovms) in Gramine",
-    default_base="enclave-build/gramine-openvino:1.9-2024.5",
+    default_base="docker-daemon:enclave-build/gramine-openvino:1.9-2024.5",
     plan=plan,
     section=SECTION,
     default_enclave_size=8 << 30,

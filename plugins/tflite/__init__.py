@@ -47,7 +47,7 @@ def plan(spec: Spec) -> ServicePlan:
 FRAMEWORK = Framework(
     name="tflite",
     description="TFLite models behind enclave-build's KServe v2 model server (Python)",
-    default_base="enclave-build/gramine-python:1.9-3.11",
+    default_base="docker-daemon:enclave-build/gramine-python:1.9-3.11",
     plan=plan,
     section=SECTION,
     default_enclave_size=2 << 30,

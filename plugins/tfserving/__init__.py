@@ -71,7 +71,7 @@ def plan(spec: Spec) -> ServicePlan:
 FRAMEWORK = Framework(
     name="tfserving",
     description="TensorFlow Serving (tensorflow_model_server) in Gramine",
-    default_base="enclave-build/gramine-tfserving:1.9-2.15.1",
+    default_base="docker-daemon:enclave-build/gramine-tfserving:1.9-2.15.1",
     plan=plan,
     section=SECTION,
     default_enclave_size=8 << 30,

@@ -1,0 +1,38 @@
+"""Dockerfiles of the base images enclave-build builds on (see README.md in this directory).
+
+``enclave-build base build NAME`` builds one with the Docker engine; the files ship inside the
+Python package so the command works from an installed enclave-build too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class BaseImageRecipe:
+    name: str
+    tag: str            # the tag `base build` gives it (frameworks' default bases)
+    description: str
+
+    @property
+    def directory(self) -> Path:
+        return HERE / self.name
+
+
+BASES = {b.name: b for b in (
+    BaseImageRecipe("gramine", "enclave-build/gramine:1.9",
+                    "Debian 12 + Gramine 1.9 (SGX build, RA-TLS / secret provisioning) + DCAP "
+                    "quote library"),
+    BaseImageRecipe("gramine-tfserving", "enclave-build/gramine-tfserving:1.9-2.15.1",
+                    "the Gramine base + tensorflow_model_server 2.15.1"),
+    BaseImageRecipe("gramine-openvino", "enclave-build/gramine-openvino:1.9-2024.5",
+                    "OpenVINO Model Server 2024.5 (Ubuntu 22.04) + Gramine 1.9"),
+    BaseImageRecipe("gramine-python", "enclave-build/gramine-python:1.9-3.11",
+                    "the Gramine base + Python 3.11, tflite-runtime and OpenVINO's Python runtime"),
+    BaseImageRecipe("occlum", "enclave-build/occlum:0.31.0",
+                    "the Occlum 0.31 toolchain image (for the Occlum backend)"),
+)}
