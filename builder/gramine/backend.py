@@ -184,7 +184,7 @@ def finalize_manifest(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootF
     libos_host = rootfs.host_path(rootfs.resolve(manifest["loader"]["entrypoint"]["uri"][5:]))
 
     paths = [c for c in entries.values() if isinstance(c, Path)]
-    total = sum(p.stat().st_size for p in paths)
+    total = sum(p.stat().st_size for p in paths + [libos_host])
     advance = progress("hashing trusted files", total) if progress else None
     digests: dict[Any, str] = dict(hash_files(paths + [libos_host], cache=cache, progress=advance))
     manifest["sgx"]["trusted_files"] = [
