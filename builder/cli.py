@@ -318,6 +318,149 @@ def sigstruct(sigfile: Path, as_json: bool) -> None:
         sys.exit(1)
 
 
+# --------------------------------------------------------------------------- attestation
+
+
+def _tcb_policy(allow_status: tuple[str, ...], allow_debug: bool):  # noqa: ANN202
+    from attestation.verify import TcbPolicy, VerifierConfigError
+
+    try:
+        return TcbPolicy(frozenset({"UpToDate", *allow_status}), allow_debug=allow_debug)
+    except VerifierConfigError as exc:
+        raise EnclaveBuildError(str(exc)) from None
+
+
+def _root_der(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    from attestation.server import _load_root
+
+    root = _load_root(path)
+    click.echo(f"warning: trusting the root CA in {path} instead of Intel's: quotes it vouches "
+               "for are not backed by Intel", err=True)
+    return root
+
+
+@main.group()
+def quote() -> None:
+    """SGX DCAP quotes."""
+
+
+@quote.command("verify")
+@click.argument("quote_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--collateral", required=True, type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Collateral JSON (dcap-qvl's nine keys).")
+@click.option("--root-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trust this root (PEM/DER) instead of Intel's SGX root CA (tests only).")
+@click.option("--at", "at", metavar="ISO-8601", help="Verify as of this time (default: now).")
+@click.option("--allow-tcb-status", multiple=True, metavar="STATUS",
+              help="Accept this TCB status besides UpToDate (repeatable; prints a warning).")
+@click.option("--allow-debug", is_flag=True, help="Accept DEBUG enclaves (refused: the verifier "
+              "cannot honour it).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def quote_verify(quote_file: Path, collateral: Path, root_ca: Path | None, at: str | None,
+                 allow_tcb_status: tuple[str, ...], allow_debug: bool, as_json: bool) -> None:
+    """Verify QUOTE_FILE; exit 1 when it is refused."""
+    import datetime as dt
+
+    from attestation.verify import QuoteRejected, load_collateral, verify_quote
+
+    with _errors():
+        policy = _tcb_policy(allow_tcb_status, allow_debug)
+        for status in sorted(set(allow_tcb_status) - {"UpToDate"}):
+            click.echo(f"warning: accepting TCB status {status}", err=True)
+        moment = None
+        if at:
+            try:
+                moment = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+            except ValueError:
+                raise EnclaveBuildError(f"--at {at!r}: not an ISO-8601 time") from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=dt.timezone.utc)
+        try:
+            result = verify_quote(quote_file.read_bytes(), load_collateral(collateral),
+                                  root_ca_der=_root_der(root_ca), now=moment, policy=policy)
+        except QuoteRejected as exc:
+            if as_json:
+                _print_json({"verified": False, "reason": str(exc)})
+            click.echo(f"error: quote refused: {exc}", err=True)
+            sys.exit(1)
+    if as_json:
+        _print_json({"verified": True, **result.to_json()})
+        return
+    for key, value in result.to_json().items():
+        if key != "report_data":
+            click.echo(f"{key:<14} {', '.join(value) if isinstance(value, list) else value}")
+
+
+@main.group()
+def secrets() -> None:
+    """The RA-TLS secret server that releases keys to attested enclaves."""
+
+
+@secrets.command("serve")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="secrets.toml ([server], [attestation], measurements, [[secrets]]).")
+def secrets_serve(config_path: Path) -> None:
+    """Serve secrets until SIGINT/SIGTERM; SIGHUP reloads the configuration."""
+    from attestation.config import ConfigError
+    from attestation.policy import PolicyError
+    from attestation.server import serve
+
+    try:
+        serve(config_path, ready=lambda addr: click.echo(
+            f"serving on {addr[0]}:{addr[1]}", err=True))
+    except (ConfigError, PolicyError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2 if not isinstance(exc, OSError) else 1)
+
+
+@main.command()
+@click.argument("endpoint", metavar="HOST:PORT")
+@click.option("--measurements", "measurement_files", required=True, multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="measurements.json of the builds that may serve it (repeatable).")
+@click.option("--collateral", required=True, type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Collateral JSON to verify the quote with.")
+@click.option("--root-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trust this root instead of Intel's (tests only).")
+@click.option("--allow-tcb-status", multiple=True, metavar="STATUS")
+@click.option("--json", "as_json", is_flag=True)
+def attest(endpoint: str, measurement_files: tuple[Path, ...], collateral: Path,
+           root_ca: Path | None, allow_tcb_status: tuple[str, ...], as_json: bool) -> None:
+    """Check that ENDPOINT presents RA-TLS evidence of one of the given builds."""
+    from attestation.client import attest_endpoint
+    from attestation.measurements import Measurements, MeasurementsError
+    from attestation.ratls import EvidenceError
+    from attestation.verify import QuoteRejected, load_collateral
+
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"{endpoint!r} is not HOST:PORT", param_hint="ENDPOINT")
+    with _errors():
+        try:
+            builds = [Measurements.load(p) for p in measurement_files]
+        except MeasurementsError as exc:
+            raise EnclaveBuildError(str(exc)) from None
+        try:
+            result = attest_endpoint(host.strip("[]"), int(port), builds,
+                                     load_collateral(collateral), root_ca_der=_root_der(root_ca),
+                                     policy=_tcb_policy(allow_tcb_status, False))
+        except (QuoteRejected, EvidenceError, OSError) as exc:
+            click.echo(f"error: {endpoint} not attested: {exc}", err=True)
+            sys.exit(1)
+    info = {"endpoint": endpoint, "evidence": result.evidence_format,
+            "service": result.build.service, "image": result.build.image.ref,
+            **result.quote.to_json()}
+    info.pop("report_data")
+    if as_json:
+        _print_json(info)
+    else:
+        for key, value in info.items():
+            click.echo(f"{key:<14} {value}")
+
+
 # --------------------------------------------------------------------------- pf
 
 

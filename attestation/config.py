@@ -1,0 +1,182 @@
+"""secrets.toml: the secret server's configuration.
+
+    measurements = ["builds/*/measurements.json"]   # top level: before any [table]
+
+    [server]
+    listen = "0.0.0.0:4433"          # HOST:PORT ([::]:4433 for IPv6)
+    cert = "server.crt"              # CA-signed certificate the enclaves check
+    key = "server.key"
+    max_connections = 1024           # concurrent connections; more are refused at once
+    timeout = 10.0                   # seconds a connection may take, handshake to reply
+    max_tls = "1.3"                  # "1.2" for Gramine 1.8 clients (mbedTLS 3.6.0)
+    audit_log = "audit.jsonl"        # JSON lines; "-" = stderr
+
+    [attestation]
+    root_ca = "intel"                # or a PEM/DER file: a custom (e.g. synthetic test) root
+    collateral = "collateral.json"   # offline collateral, or:
+    pccs_url = "https://pccs.example.com:8081/sgx/certification/v4/"
+    allowed_tcb_statuses = ["UpToDate"]
+    allowed_advisories = ["INTEL-SA-00615"]   # optional allow-list
+    denied_advisories = []
+    allow_debug = false
+
+    [[secrets]]
+    name = "face-detect-key"
+    file = "keys/face-detect-key.key"
+    allow = ["face-detect"]          # services and/or MRENCLAVE hex
+    match = "mr_enclave"             # or "signer" (MRSIGNER + ISV_PROD_ID, ISV_SVN >= built)
+
+Relative paths are resolved against the file's directory. Errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .policy import SecretRule
+from .verify import TCB_STATUSES, TcbPolicy, VerifierConfigError
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    port: int
+    cert: Path
+    key: Path
+    max_connections: int = 1024
+    timeout: float = 10.0
+    max_tls: str = "1.3"
+    audit_log: str | None = None
+
+
+@dataclass(frozen=True)
+class AttestationSettings:
+    root_ca: Path | None                 # None = Intel's SGX root
+    collateral: Path | None
+    pccs_url: str | None
+    tcb: TcbPolicy
+
+
+@dataclass(frozen=True)
+class SecretsConfig:
+    path: Path
+    server: ServerSettings
+    attestation: AttestationSettings
+    measurements: tuple[str, ...]
+    secrets: tuple[SecretRule, ...] = field(default_factory=tuple)
+
+
+def _get(table: dict, key: str, kind: type, where: str, default: Any = ..., source: str = ""):
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"{source}: {where}.{key}: required key is missing")
+        return default
+    value = table[key]
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"{source}: {where}.{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _unknown(table: dict, allowed: set[str], where: str, source: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        hint = (" (measurements is a top-level key: put it before the first [table])"
+                if extra[0] == "measurements" else "")
+        raise ConfigError(f"{source}: {where}.{extra[0]}: unknown key; allowed: "
+                          f"{', '.join(sorted(allowed))}{hint}")
+
+
+def _resolve_log(value: str | None, base: Path) -> str | None:
+    if value is None or value == "-":
+        return value
+    return str(base / value)
+
+
+def load_config(path: str | Path) -> SecretsConfig:
+    path = Path(path).resolve()
+    source = str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    base = path.parent
+    _unknown(data, {"server", "attestation", "measurements", "secrets"}, "", source)
+
+    srv = data.get("server", {})
+    _unknown(srv, {"listen", "cert", "key", "max_connections", "timeout", "max_tls",
+                   "audit_log"}, "server", source)
+    listen = _get(srv, "listen", str, "server", source=source)
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{source}: server.listen: {listen!r} is not HOST:PORT")
+    max_tls = _get(srv, "max_tls", str, "server", "1.3", source)
+    if max_tls not in ("1.2", "1.3"):
+        raise ConfigError(f"{source}: server.max_tls: {max_tls!r}; allowed: \"1.2\", \"1.3\"")
+    server = ServerSettings(
+        host=host.strip("[]"), port=int(port),
+        cert=base / _get(srv, "cert", str, "server", source=source),
+        key=base / _get(srv, "key", str, "server", source=source),
+        max_connections=_get(srv, "max_connections", int, "server", 1024, source),
+        timeout=_get(srv, "timeout", float, "server", 10.0, source),
+        max_tls=max_tls,
+        audit_log=_resolve_log(_get(srv, "audit_log", str, "server", None, source), base))
+    for name in ("cert", "key"):
+        if not getattr(server, name).is_file():
+            raise ConfigError(f"{source}: server.{name}: file not found: {getattr(server, name)}")
+
+    att = data.get("attestation", {})
+    _unknown(att, {"root_ca", "collateral", "pccs_url", "allowed_tcb_statuses",
+                   "allowed_advisories", "denied_advisories", "allow_debug"}, "attestation",
+             source)
+    root = _get(att, "root_ca", str, "attestation", "intel", source)
+    collateral = _get(att, "collateral", str, "attestation", None, source)
+    pccs = _get(att, "pccs_url", str, "attestation", None, source)
+    if (collateral is None) == (pccs is None):
+        raise ConfigError(f"{source}: attestation: give exactly one of collateral (a file) and "
+                          "pccs_url")
+    statuses = _get(att, "allowed_tcb_statuses", list, "attestation", ["UpToDate"], source)
+    for status in statuses:
+        if status not in TCB_STATUSES:
+            raise ConfigError(f"{source}: attestation.allowed_tcb_statuses: {status!r}; allowed: "
+                              f"{', '.join(TCB_STATUSES)}")
+    allowed_adv = _get(att, "allowed_advisories", list, "attestation", None, source)
+    try:
+        tcb = TcbPolicy(frozenset(statuses),
+                        frozenset(allowed_adv) if allowed_adv is not None else None,
+                        frozenset(_get(att, "denied_advisories", list, "attestation", [], source)),
+                        _get(att, "allow_debug", bool, "attestation", False, source))
+    except VerifierConfigError as exc:
+        raise ConfigError(f"{source}: attestation: {exc}") from None
+    attestation = AttestationSettings(
+        root_ca=None if root == "intel" else base / root,
+        collateral=base / collateral if collateral else None, pccs_url=pccs, tcb=tcb)
+    if attestation.root_ca is not None and not attestation.root_ca.is_file():
+        raise ConfigError(f"{source}: attestation.root_ca: file not found: {attestation.root_ca}")
+
+    measurements = data.get("measurements", [])
+    if not isinstance(measurements, list) or not all(isinstance(m, str) for m in measurements):
+        raise ConfigError(f"{source}: measurements: expected an array of paths or globs")
+    rules = []
+    for index, item in enumerate(data.get("secrets", [])):
+        where = f"secrets[{index}]"
+        _unknown(item, {"name", "file", "allow", "match"}, where, source)
+        allow = _get(item, "allow", list, where, source=source)
+        file = base / _get(item, "file", str, where, source=source)
+        if not file.is_file():
+            raise ConfigError(f"{source}: {where}.file: file not found: {file}")
+        rules.append(SecretRule(_get(item, "name", str, where, source=source), file,
+                                tuple(str(a) for a in allow),
+                                _get(item, "match", str, where, "mr_enclave", source)))
+    return SecretsConfig(path, server, attestation, tuple(measurements), tuple(rules))

@@ -1,0 +1,150 @@
+"""RA-TLS certificates: find the SGX evidence in an X.509 certificate and check that the quote
+binds the certificate's public key. Three formats exist in the field:
+
+* **TCG DICE tagged evidence** (Gramine >= 1.8), extension 2.23.133.5.4.9: CBOR tag 60000 over
+  ``[quote, claims]`` (both byte strings); *claims* is a CBOR map whose ``"pubkey-hash"`` is the
+  serialized CBOR array ``[1, SHA-256(DER SubjectPublicKeyInfo)]``; the quote's
+  report_data[0:32] is SHA-256 of the serialized claims. If this extension is present but
+  invalid, the certificate is refused: no fallback to another format.
+* **Gramine legacy**: Gramine's mis-encoded OID (read by standard parsers as
+  0.6.9.42.840.113741.1337.6) holding the raw quote; report_data[0:32] = SHA-256(DER SPKI).
+* **CCZoo / Occlum gRPC RA-TLS**: extension 1.2.840.113741.1 holding the raw quote, same binding.
+
+This module only extracts and binds; :mod:`attestation.verify` decides whether the quote is good.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import cbor2
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from .quote import Quote, QuoteFormatError
+
+DICE_OID = x509.ObjectIdentifier("2.23.133.5.4.9")
+LEGACY_OID = x509.ObjectIdentifier("0.6.9.42.840.113741.1337.6")
+CCZOO_OID = x509.ObjectIdentifier("1.2.840.113741.1")
+DICE_TAG = 60000
+SHA256_ALG = 1  # IANA named-information hash algorithm registry
+
+FORMATS = ("tcg-dice", "gramine-legacy", "cczoo")
+
+
+class EvidenceError(ValueError):
+    """The certificate carries no usable SGX evidence, or it does not bind the key."""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    format: str
+    quote: bytes
+    public_key_der: bytes   # DER SubjectPublicKeyInfo of the certificate
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _report_data(quote: bytes) -> bytes:
+    try:
+        return Quote.parse(quote).report.report_data
+    except QuoteFormatError as exc:
+        raise EvidenceError(f"the certificate's quote is malformed: {exc}") from None
+
+
+def _extension(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | None:
+    try:
+        ext = cert.extensions.get_extension_for_oid(oid)
+    except x509.ExtensionNotFound:
+        return None
+    value = ext.value
+    return value.value if isinstance(value, x509.UnrecognizedExtension) else None
+
+
+def _dice(evidence: bytes, spki: bytes) -> bytes:
+    try:
+        tagged = cbor2.loads(evidence)
+    except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
+        raise EvidenceError(f"TCG DICE evidence is not CBOR: {exc}") from None
+    if not isinstance(tagged, cbor2.CBORTag) or tagged.tag != DICE_TAG:
+        raise EvidenceError(f"TCG DICE evidence is not CBOR tag {DICE_TAG}")
+    value = tagged.value
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, bytes) for v in value)):
+        raise EvidenceError("TCG DICE evidence must be [quote, claims] byte strings")
+    quote, claims_raw = value
+    try:
+        claims = cbor2.loads(claims_raw)
+        entry = cbor2.loads(claims["pubkey-hash"])
+    except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise EvidenceError(f"TCG DICE claims lack a valid pubkey-hash ({exc})") from None
+    if not isinstance(entry, list) or len(entry) != 2 or entry[0] != SHA256_ALG:
+        raise EvidenceError("TCG DICE pubkey-hash must be [1 (SHA-256), hash]")
+    if entry[1] != hashlib.sha256(spki).digest():
+        raise EvidenceError("TCG DICE pubkey-hash does not match the certificate's public key")
+    if _report_data(quote)[:32] != hashlib.sha256(claims_raw).digest():
+        raise EvidenceError("the quote's report_data does not bind the TCG DICE claims")
+    return quote
+
+
+def extract_evidence(cert: x509.Certificate) -> Evidence:
+    """The certificate's quote, checked to bind the certificate's public key."""
+    spki = _spki(cert)
+    dice = _extension(cert, DICE_OID)
+    if dice is not None:
+        return Evidence("tcg-dice", _dice(dice, spki), spki)
+    for fmt, oid in (("gramine-legacy", LEGACY_OID), ("cczoo", CCZOO_OID)):
+        quote = _extension(cert, oid)
+        if quote is not None:
+            if _report_data(quote)[:32] != hashlib.sha256(spki).digest():
+                raise EvidenceError(f"{fmt} RA-TLS: the quote's report_data does not bind the "
+                                    "certificate's public key")
+            return Evidence(fmt, quote, spki)
+    raise EvidenceError("the certificate carries no SGX evidence (not an RA-TLS certificate)")
+
+
+# --------------------------------------------------------------------------- creating
+
+QuoteMaker = Callable[[bytes], bytes]   # report_data (64 bytes) -> quote
+
+
+def create_certificate(fmt: str, make_quote: QuoteMaker, key=None,
+                       days: int = 1) -> tuple[x509.Certificate, object]:
+    """A self-signed RA-TLS certificate in format *fmt* (what an enclave presents).
+
+    Gramine's formats use an ECDSA P-384 key and subject CN=RATLS,O=GramineDevelopers,C=US;
+    CCZoo's uses RSA-2048."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown RA-TLS format {fmt!r}; known: {', '.join(FORMATS)}")
+    if key is None:
+        key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if fmt == "cczoo"
+               else ec.generate_private_key(ec.SECP384R1()))
+    spki = key.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    if fmt == "tcg-dice":
+        entry = cbor2.dumps([SHA256_ALG, hashlib.sha256(spki).digest()])
+        claims = cbor2.dumps({"pubkey-hash": entry})
+        quote = make_quote(hashlib.sha256(claims).digest() + bytes(32))
+        value, oid = cbor2.dumps(cbor2.CBORTag(DICE_TAG, [quote, claims])), DICE_OID
+    else:
+        value = make_quote(hashlib.sha256(spki).digest() + bytes(32))
+        oid = LEGACY_OID if fmt == "gramine-legacy" else CCZOO_OID
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RATLS"),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "GramineDevelopers"),
+                      x509.NameAttribute(NameOID.COUNTRY_NAME, "US")])
+    now = _dt.datetime.now(_dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - _dt.timedelta(minutes=5))
+            .not_valid_after(now + _dt.timedelta(days=days))
+            .add_extension(x509.UnrecognizedExtension(oid, value), critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert, key

@@ -1,0 +1,266 @@
+"""Synthetic SGX attestation: a test root CA, PCK chain, TCB signing certificate, CRLs, TCB info,
+QE identity, and quotes for any enclave identity — all accepted by dcap-qvl's
+``verify_with_root_ca`` *with this root*, and by nothing that trusts Intel's root.
+
+FOR TESTS AND SIMULATION ONLY. Anyone holding this module can mint quotes for any MRENCLAVE, so
+a verifier trusts a synthetic root only when its configuration names that root explicitly (and
+then warns on every start). Every certificate says "SYNTHETIC TEST" in its subject.
+
+The structure follows Intel's PCS formats so that the real verification path runs: ECDSA P-256
+everywhere, the PCK leaf carries the SGX extension (1.2.840.113741.1.13.1: PPID, TCB components,
+PCESVN, CPUSVN, PCE-ID, FMSPC, SGX type), CRLs are v2, TCB info is version 3, QE identity
+version 2, signatures over the exact JSON text as raw r||s.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from .quote import (FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT, FLAG_PROVISION_KEY, EnclaveReport,
+                    assemble_quote, signed_part)
+
+SGX_EXTENSION = "1.2.840.113741.1.13.1"
+FMSPC = bytes.fromhex("00906ED50000")
+PCE_ID = bytes.fromhex("0000")
+QE_MRSIGNER = hashlib.sha256(b"enclave-build synthetic QE signer").digest()
+QE_ISVSVN = 8
+# The platform's TCB: 16 CPU SVN components and the PCE SVN, as the PCK certificate states them.
+PLATFORM_CPU_SVN = bytes([11, 11, 2, 2, 255, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+PLATFORM_PCE_SVN = 13
+
+
+# ------------------------------------------------------------------------------ DER helpers
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    n = len(value)
+    if n < 0x80:
+        length = bytes([n])
+    else:
+        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        length = bytes([0x80 | len(raw)]) + raw
+    return bytes([tag]) + length + value
+
+
+def _oid(dotted: str) -> bytes:
+    parts = [int(p) for p in dotted.split(".")]
+    body = bytes([40 * parts[0] + parts[1]])
+    for part in parts[2:]:
+        chunk = [part & 0x7F]
+        part >>= 7
+        while part:
+            chunk.append(0x80 | (part & 0x7F))
+            part >>= 7
+        body += bytes(reversed(chunk))
+    return _tlv(0x06, body)
+
+
+def _int(value: int) -> bytes:
+    raw = value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big")
+    return _tlv(0x02, raw)
+
+
+def _seq(*items: bytes) -> bytes:
+    return _tlv(0x30, b"".join(items))
+
+
+def sgx_extension(cpu_svn: bytes, pce_svn: int, fmspc: bytes = FMSPC,
+                  ppid: bytes = b"\x11" * 16) -> bytes:
+    """DER value of the Intel SGX extension of a PCK certificate."""
+    tcb = [_seq(_oid(f"{SGX_EXTENSION}.2.{i + 1}"), _int(svn)) for i, svn in enumerate(cpu_svn)]
+    tcb.append(_seq(_oid(f"{SGX_EXTENSION}.2.17"), _int(pce_svn)))
+    tcb.append(_seq(_oid(f"{SGX_EXTENSION}.2.18"), _tlv(0x04, cpu_svn)))
+    return _seq(
+        _seq(_oid(f"{SGX_EXTENSION}.1"), _tlv(0x04, ppid)),
+        _seq(_oid(f"{SGX_EXTENSION}.2"), _seq(*tcb)),
+        _seq(_oid(f"{SGX_EXTENSION}.3"), _tlv(0x04, PCE_ID)),
+        _seq(_oid(f"{SGX_EXTENSION}.4"), _tlv(0x04, fmspc)),
+        _seq(_oid(f"{SGX_EXTENSION}.5"), _tlv(0x0A, b"\x00")),  # SGX type: Standard
+    )
+
+
+def raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    """ECDSA-P256/SHA-256 as the 64-byte r || s that Intel's formats use."""
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def _raw_public(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.X962,
+                                         serialization.PublicFormat.UncompressedPoint)[1:]
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SYNTHETIC TEST - NOT INTEL"),
+                      x509.NameAttribute(NameOID.COUNTRY_NAME, "US")])
+
+
+def _iso(moment: _dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class SyntheticPKI:
+    """A complete synthetic collateral set, valid from *now - 1 day* for *days* days."""
+
+    now: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
+    days: int = 30
+    tcb_status: str = "UpToDate"          # status of the level the platform matches
+    advisories: tuple[str, ...] = ()
+    revoke_pck: bool = False
+    root_key: ec.EllipticCurvePrivateKey = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.not_before = self.now - _dt.timedelta(days=1)
+        self.not_after = self.now + _dt.timedelta(days=self.days)
+        self.root_key = ec.generate_private_key(ec.SECP256R1())
+        self.pck_ca_key = ec.generate_private_key(ec.SECP256R1())
+        self.pck_key = ec.generate_private_key(ec.SECP256R1())
+        self.tcb_key = ec.generate_private_key(ec.SECP256R1())
+        self.attestation_key = ec.generate_private_key(ec.SECP256R1())
+        self.root = self._cert(_name("SYNTHETIC TEST SGX Root CA"), self.root_key.public_key(),
+                               _name("SYNTHETIC TEST SGX Root CA"), self.root_key, ca=True)
+        self.pck_ca = self._cert(_name("SYNTHETIC TEST SGX PCK Processor CA"),
+                                 self.pck_ca_key.public_key(), self.root.subject, self.root_key,
+                                 ca=True)
+        self.pck = self._cert(_name("SYNTHETIC TEST SGX PCK Certificate"),
+                              self.pck_key.public_key(), self.pck_ca.subject, self.pck_ca_key,
+                              ca=False, extension=sgx_extension(PLATFORM_CPU_SVN,
+                                                                PLATFORM_PCE_SVN))
+        self.tcb_signer = self._cert(_name("SYNTHETIC TEST SGX TCB Signing"),
+                                     self.tcb_key.public_key(), self.root.subject,
+                                     self.root_key, ca=False)
+
+    # -------------------------------------------------------------------- certificates
+
+    def _cert(self, subject: x509.Name, public_key, issuer: x509.Name, signing_key,
+              ca: bool, extension: bytes | None = None) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                   .public_key(public_key).serial_number(x509.random_serial_number())
+                   .not_valid_before(self.not_before).not_valid_after(self.not_after)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False))
+        if ca:
+            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                                            critical=True)
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False), critical=True)
+        else:
+            builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                                            critical=True)
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=True, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                encipher_only=False, decipher_only=False), critical=True)
+        if extension is not None:
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_EXTENSION), extension),
+                critical=False)
+        return builder.sign(signing_key, hashes.SHA256())
+
+    def _crl(self, issuer: x509.Certificate, key, revoked: list[x509.Certificate]) -> bytes:
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
+                   .last_update(self.not_before).next_update(self.not_after)
+                   .add_extension(x509.CRLNumber(1), False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       issuer.public_key()), False))
+        for cert in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
+                .revocation_date(self.not_before).build())
+        return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+    @staticmethod
+    def _pem(*certs: x509.Certificate) -> str:
+        return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+
+    @property
+    def root_der(self) -> bytes:
+        return self.root.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def root_pem(self) -> bytes:
+        return self.root.public_bytes(serialization.Encoding.PEM)
+
+    # -------------------------------------------------------------------- collateral
+
+    def tcb_info(self) -> str:
+        levels = [{
+            "tcb": {"sgxtcbcomponents": [{"svn": s} for s in PLATFORM_CPU_SVN],
+                    "pcesvn": PLATFORM_PCE_SVN},
+            "tcbDate": _iso(self.not_before), "tcbStatus": self.tcb_status,
+            **({"advisoryIDs": list(self.advisories)} if self.advisories else {}),
+        }, {
+            "tcb": {"sgxtcbcomponents": [{"svn": 0} for _ in PLATFORM_CPU_SVN], "pcesvn": 0},
+            "tcbDate": "2018-01-01T00:00:00Z", "tcbStatus": "OutOfDate",
+            "advisoryIDs": ["INTEL-SA-00000"],
+        }]
+        return json.dumps({"id": "SGX", "version": 3, "issueDate": _iso(self.not_before),
+                           "nextUpdate": _iso(self.not_after), "fmspc": FMSPC.hex().upper(),
+                           "pceId": PCE_ID.hex().upper(), "tcbType": 0,
+                           "tcbEvaluationDataNumber": 17, "tcbLevels": levels},
+                          separators=(",", ":"))
+
+    def qe_identity(self) -> str:
+        return json.dumps({
+            "id": "QE", "version": 2, "issueDate": _iso(self.not_before),
+            "nextUpdate": _iso(self.not_after), "tcbEvaluationDataNumber": 17,
+            "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
+            "attributes": "11000000000000000000000000000000",
+            "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+            "mrsigner": QE_MRSIGNER.hex().upper(), "isvprodid": 1,
+            "tcbLevels": [{"tcb": {"isvsvn": QE_ISVSVN}, "tcbDate": _iso(self.not_before),
+                           "tcbStatus": "UpToDate"}],
+        }, separators=(",", ":"))
+
+    def collateral_json(self) -> str:
+        """The nine fields dcap-qvl's QuoteCollateralV3.from_json wants."""
+        tcb_info, qe_identity = self.tcb_info(), self.qe_identity()
+        revoked = [self.pck] if self.revoke_pck else []
+        return json.dumps({
+            "pck_crl_issuer_chain": self._pem(self.pck_ca, self.root),
+            "root_ca_crl": self._crl(self.root, self.root_key, []).hex(),
+            "pck_crl": self._crl(self.pck_ca, self.pck_ca_key, revoked).hex(),
+            "tcb_info_issuer_chain": self._pem(self.tcb_signer, self.root),
+            "tcb_info": tcb_info,
+            "tcb_info_signature": raw_signature(self.tcb_key, tcb_info.encode()).hex(),
+            "qe_identity_issuer_chain": self._pem(self.tcb_signer, self.root),
+            "qe_identity": qe_identity,
+            "qe_identity_signature": raw_signature(self.tcb_key, qe_identity.encode()).hex(),
+        })
+
+    # -------------------------------------------------------------------- quotes
+
+    def quote(self, mr_enclave: bytes, mr_signer: bytes, report_data: bytes = bytes(64),
+              isv_prod_id: int = 0, isv_svn: int = 0, debug: bool = False,
+              flags: int | None = None) -> bytes:
+        """A v3 quote for an enclave with this identity, signed through this PKI."""
+        if flags is None:
+            flags = FLAG_INIT | FLAG_MODE64BIT | (FLAG_DEBUG if debug else 0)
+        attributes = flags.to_bytes(8, "little") + (0xE7).to_bytes(8, "little")
+        report = EnclaveReport(PLATFORM_CPU_SVN, 0, attributes, mr_enclave, mr_signer,
+                               isv_prod_id, isv_svn, report_data.ljust(64, b"\0"))
+        signed = signed_part(report, QE_ISVSVN, PLATFORM_PCE_SVN)
+        signature = raw_signature(self.attestation_key, signed)
+        attestation_key = _raw_public(self.attestation_key)
+        qe_auth = hashlib.sha256(b"synthetic QE auth data").digest()
+        qe_flags = FLAG_INIT | FLAG_PROVISION_KEY | FLAG_MODE64BIT
+        qe_report = EnclaveReport(
+            PLATFORM_CPU_SVN, 0, qe_flags.to_bytes(8, "little") + (0xE7).to_bytes(8, "little"),
+            hashlib.sha256(b"synthetic QE").digest(), QE_MRSIGNER, 1, QE_ISVSVN,
+            hashlib.sha256(attestation_key + qe_auth).digest() + bytes(32)).to_bytes()
+        qe_signature = raw_signature(self.pck_key, qe_report)
+        chain = (self._pem(self.pck, self.pck_ca, self.root)).encode() + b"\0"
+        return assemble_quote(signed, signature, attestation_key, qe_report, qe_signature,
+                              qe_auth, chain)
