@@ -6,7 +6,8 @@
     listen = "0.0.0.0:4433"          # HOST:PORT ([::]:4433 for IPv6)
     cert = "server.crt"              # CA-signed certificate the enclaves check
     key = "server.key"
-    max_connections = 1024           # concurrent connections; more are refused at once
+    max_connections = 1024           # connections at once; more are refused immediately
+    workers = 128                    # threads handling connections (the rest wait their turn)
     timeout = 10.0                   # seconds a connection may take, handshake to reply
     max_tls = "1.3"                  # "1.2" for Gramine 1.8 clients (mbedTLS 3.6.0)
     audit_log = "audit.jsonl"        # JSON lines; "-" = stderr
@@ -51,6 +52,7 @@ class ServerSettings:
     cert: Path
     key: Path
     max_connections: int = 1024
+    workers: int = 128
     timeout: float = 10.0
     max_tls: str = "1.3"
     audit_log: str | None = None
@@ -115,7 +117,7 @@ def load_config(path: str | Path) -> SecretsConfig:
     _unknown(data, {"server", "attestation", "measurements", "secrets"}, "", source)
 
     srv = data.get("server", {})
-    _unknown(srv, {"listen", "cert", "key", "max_connections", "timeout", "max_tls",
+    _unknown(srv, {"listen", "cert", "key", "max_connections", "workers", "timeout", "max_tls",
                    "audit_log"}, "server", source)
     listen = _get(srv, "listen", str, "server", source=source)
     host, sep, port = listen.rpartition(":")
@@ -129,6 +131,7 @@ def load_config(path: str | Path) -> SecretsConfig:
         cert=base / _get(srv, "cert", str, "server", source=source),
         key=base / _get(srv, "key", str, "server", source=source),
         max_connections=_get(srv, "max_connections", int, "server", 1024, source),
+        workers=_get(srv, "workers", int, "server", 128, source),
         timeout=_get(srv, "timeout", float, "server", 10.0, source),
         max_tls=max_tls,
         audit_log=_resolve_log(_get(srv, "audit_log", str, "server", None, source), base))

@@ -118,9 +118,14 @@ class SecretServer:
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self._slots = threading.BoundedSemaphore(config.server.max_connections)
-        self._pool = ThreadPoolExecutor(max_workers=config.server.max_connections,
-                                        thread_name_prefix="secret-conn")
+        # Connections beyond the workers wait in the queue (still within max_connections); their
+        # deadline starts when a worker takes them. A bounded pool keeps 1000 simultaneous
+        # clients from becoming 1000 threads fighting over two cores.
+        self._pool = ThreadPoolExecutor(
+            max_workers=min(config.server.workers, config.server.max_connections),
+            thread_name_prefix="secret-conn")
         self._acceptor: threading.Thread | None = None
+        self._watchdog = _Watchdog()
         self.address: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ setup
@@ -198,6 +203,7 @@ class SecretServer:
         if self._acceptor is not None:
             self._acceptor.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=False)
+        self._watchdog.stop()
         self.audit.write(event="stop")
         self.audit.close()
 
@@ -206,9 +212,7 @@ class SecretServer:
     def _serve_one(self, sock: socket.socket, peer: tuple) -> None:
         state = self._state
         record: dict = {"peer": _peer(peer)}
-        deadline = threading.Timer(state.config.server.timeout, _kill, args=(sock,))
-        deadline.daemon = True
-        deadline.start()
+        ticket = self._watchdog.watch(sock, state.config.server.timeout)
         conn = SSL.Connection(self._ctx, sock)
         conn.set_accept_state()
         try:
@@ -218,32 +222,14 @@ class SecretServer:
                 record.update(decision="deny", reason=f"TLS handshake failed: {_describe(exc)}")
                 return
             record["tls"] = conn.get_protocol_version_name()
-            peer_cert = conn.get_peer_certificate()
-            if peer_cert is None:
-                record.update(decision="deny", reason="no client certificate")
-                return
-            try:
-                evidence = extract_evidence(peer_cert.to_cryptography())
-                record["evidence"] = evidence.format
-                verified = verify_quote(evidence.quote, state.collateral.for_quote(evidence.quote),
-                                        root_ca_der=state.root_der, now=self._now(),
-                                        policy=state.config.attestation.tcb)
-            except (EvidenceError, QuoteRejected, VerifierConfigError) as exc:
-                record.update(decision="deny", reason=str(exc))
-                return
-            record.update(mr_enclave=verified.mr_enclave, mr_signer=verified.mr_signer,
-                          isv_prod_id=verified.isv_prod_id, isv_svn=verified.isv_svn,
-                          tcb_status=verified.status, advisories=list(verified.advisory_ids))
-            sni = conn.get_servername()
-            decision = state.policy.decide(
-                Identity(verified.mr_enclave, verified.mr_signer, verified.isv_prod_id,
-                         verified.isv_svn, verified.debug),
-                sni.decode() if sni else None)
-            if decision.secret is None:
-                record.update(decision="deny", reason=decision.reason)
+            decision = self._attest(conn, state, record)
+            if decision is None:
                 return
             record["secret"] = decision.secret.name
             request = _read_exact(conn, len(REQUEST))
+            if conn.pending():
+                record.update(decision="deny", reason=f"request longer than {len(REQUEST)} bytes")
+                return
             if request != REQUEST:
                 record.update(decision="deny", reason="malformed request "
                               f"({len(request)} bytes, not {REQUEST[:-1].decode()!r})")
@@ -258,7 +244,7 @@ class SecretServer:
             record.setdefault("decision", "deny")
             record.setdefault("reason", f"connection failed: {_describe(exc)}")
         finally:
-            deadline.cancel()
+            self._watchdog.forget(ticket)
             try:
                 conn.shutdown()
             except (SSL.Error, OSError):
@@ -266,6 +252,35 @@ class SecretServer:
             sock.close()
             self.audit.write(**record)
             self._slots.release()
+
+    def _attest(self, conn: SSL.Connection, state: _State, record: dict):  # noqa: ANN202
+        """Verify the client's RA-TLS evidence and decide; None (with the reason recorded)
+        when nothing is released. Runs before the request is read."""
+        peer_cert = conn.get_peer_certificate()
+        if peer_cert is None:
+            record.update(decision="deny", reason="no client certificate")
+            return None
+        try:
+            evidence = extract_evidence(peer_cert.to_cryptography())
+            record["evidence"] = evidence.format
+            verified = verify_quote(evidence.quote, state.collateral.for_quote(evidence.quote),
+                                    root_ca_der=state.root_der, now=self._now(),
+                                    policy=state.config.attestation.tcb)
+        except (EvidenceError, QuoteRejected, VerifierConfigError) as exc:
+            record.update(decision="deny", reason=str(exc))
+            return None
+        record.update(mr_enclave=verified.mr_enclave, mr_signer=verified.mr_signer,
+                      isv_prod_id=verified.isv_prod_id, isv_svn=verified.isv_svn,
+                      tcb_status=verified.status, advisories=list(verified.advisory_ids))
+        sni = conn.get_servername()
+        decision = state.policy.decide(
+            Identity(verified.mr_enclave, verified.mr_signer, verified.isv_prod_id,
+                     verified.isv_svn, verified.debug),
+            sni.decode() if sni else None)
+        if decision.secret is None:
+            record.update(decision="deny", reason=decision.reason)
+            return None
+        return decision
 
 
 def _read_exact(conn: SSL.Connection, size: int) -> bytes:
@@ -281,12 +296,59 @@ def _read_exact(conn: SSL.Connection, size: int) -> bytes:
     return data
 
 
-def _kill(sock: socket.socket) -> None:
-    """Deadline passed: unblock whatever the connection's thread is waiting on."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+class _Watchdog:
+    """One thread that enforces every connection's deadline (a thread per connection would
+    cost more than the work): when a deadline passes, the socket is shut down, which unblocks
+    whatever its worker is waiting on."""
+
+    def __init__(self):
+        self._lock = threading.Condition()
+        self._heap: list[tuple[float, int, socket.socket]] = []
+        self._live: set[int] = set()
+        self._counter = 0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="secret-watchdog", daemon=True)
+        self._thread.start()
+
+    def watch(self, sock: socket.socket, seconds: float) -> int:
+        import heapq
+        with self._lock:
+            self._counter += 1
+            heapq.heappush(self._heap, (time.monotonic() + seconds, self._counter, sock))
+            self._live.add(self._counter)
+            self._lock.notify()
+            return self._counter
+
+    def forget(self, ticket: int) -> None:
+        with self._lock:
+            self._live.discard(ticket)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._lock.notify()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        import heapq
+        with self._lock:
+            while not self._stopped:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)  # finished in time
+                if not self._heap:
+                    self._lock.wait()
+                    continue
+                deadline, ticket, sock = self._heap[0]
+                now = time.monotonic()
+                if now < deadline:
+                    self._lock.wait(deadline - now)
+                    continue
+                heapq.heappop(self._heap)
+                self._live.discard(ticket)
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 def _peer(peer: tuple) -> str:

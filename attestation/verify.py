@@ -18,6 +18,7 @@ Every refusal raises :class:`QuoteRejected` with a reason meant for logs and use
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,23 @@ def collateral_validity(collateral_json: str) -> tuple[_dt.datetime, _dt.datetim
     return parse(tcb["issueDate"]), parse(tcb["nextUpdate"])
 
 
+_verified_chains: dict[bytes, bool] = {}   # sha256(cert data + root) of chains that verified
+_CHAIN_CACHE_SIZE = 256
+
+
 def _check_embedded_chain(quote: Quote, root_der: bytes | None) -> None:
+    """Every quote from one platform carries the same PCK chain: a chain whose exact bytes
+    already verified against this root is not verified again."""
+    key = hashlib.sha256(quote.cert_data + b"|" + (root_der or b"intel")).digest()
+    if key in _verified_chains:
+        return
+    _verify_embedded_chain(quote, root_der)
+    if len(_verified_chains) >= _CHAIN_CACHE_SIZE:
+        _verified_chains.clear()
+    _verified_chains[key] = True
+
+
+def _verify_embedded_chain(quote: Quote, root_der: bytes | None) -> None:
     try:
         certs = [x509.load_der_x509_certificate(der) for der in quote.pem_chain()]
     except (QuoteFormatError, UnsupportedAlgorithm, ValueError) as exc:

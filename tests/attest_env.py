@@ -4,20 +4,14 @@ identities, wrap-key secrets, and secrets.toml. Everything on 127.0.0.1."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from attestation.measurements import ImageRef, Measurements
 from attestation.ratls import create_certificate
-from attestation.synthetic import SyntheticPKI
+from attestation.synthetic import SyntheticPKI, tls_ca_and_server
 
 MR_SIGNER = hashlib.sha256(b"test signer").digest()
 PROD_ID = {"face": 1, "ocr": 2}  # one signing key, two products
@@ -25,38 +19,6 @@ PROD_ID = {"face": 1, "ocr": 2}  # one signing key, two products
 
 def identity(name: str) -> bytes:
     return hashlib.sha256(name.encode()).digest()
-
-
-def tls_ca_and_server(directory: Path, hostname: str = "localhost") -> tuple[Path, Path, Path]:
-    """(ca.pem, server.crt, server.key): an ordinary CA-signed server certificate."""
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test secret-server CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(1)
-          .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=9))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress
-    server = (x509.CertificateBuilder()
-              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-              .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
-              .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=9))
-              .add_extension(x509.SubjectAlternativeName([
-                  x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)
-              .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)
-              .sign(ca_key, hashes.SHA256()))
-    paths = directory / "ca.pem", directory / "server.crt", directory / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
 
 
 @dataclass
