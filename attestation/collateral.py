@@ -50,7 +50,7 @@ class PccsCollateral:
         import dcap_qvl
 
         parsed = dcap_qvl.parse_quote(quote)
-        return hashlib.sha256(f"{parsed.fmspc}:{parsed.ca}".encode()).hexdigest()[:32]
+        return hashlib.sha256(f"{parsed.fmspc()}:{parsed.ca()}".encode()).hexdigest()[:32]
 
     @staticmethod
     def _fresh(text: str) -> bool:
@@ -77,7 +77,10 @@ class PccsCollateral:
     def _fetch(self, quote: bytes) -> str:
         import dcap_qvl
 
-        collateral = asyncio.run(dcap_qvl.get_collateral(self.url, quote))
+        async def fetch():  # dcap-qvl's binding needs a running loop when it is called
+            return await dcap_qvl.get_collateral(self.url, quote)
+
+        collateral = asyncio.run(fetch())
         text = collateral.to_json()
         json.loads(text)
         return text

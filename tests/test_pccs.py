@@ -1,0 +1,110 @@
+"""Collateral from a PCCS: a PCCS stand-in on 127.0.0.1 serves the synthetic PKI's collateral
+through the PCCS v4 API that dcap-qvl's client calls; the result is cached until nextUpdate.
+(Against Intel's PCS or a real PCCS the same code runs; neither is reachable here.)"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote as urlquote
+from urllib.parse import urlparse
+
+import pytest
+
+from attestation.collateral import PccsCollateral
+from attestation.synthetic import SyntheticPKI
+from attestation.verify import verify_quote
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pccs():
+    pki = SyntheticPKI()
+    collateral = json.loads(pki.collateral_json())
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def do_GET(self):  # noqa: N802
+            path = urlparse(self.path).path
+            hits.append(path)
+            prefix = "/sgx/certification/v4/"
+            if path == prefix + "pckcrl":
+                body = bytes.fromhex(collateral["pck_crl"])
+                header = ("SGX-PCK-CRL-Issuer-Chain", collateral["pck_crl_issuer_chain"])
+            elif path == prefix + "tcb":
+                body = ('{"tcbInfo":' + collateral["tcb_info"] + ',"signature":"'
+                        + collateral["tcb_info_signature"] + '"}').encode()
+                header = ("SGX-TCB-Info-Issuer-Chain", collateral["tcb_info_issuer_chain"])
+            elif path == prefix + "qe/identity":
+                body = ('{"enclaveIdentity":' + collateral["qe_identity"] + ',"signature":"'
+                        + collateral["qe_identity_signature"] + '"}').encode()
+                header = ("SGX-Enclave-Identity-Issuer-Chain", collateral["qe_identity_issuer_chain"])
+            elif path == prefix + "rootcacrl":
+                body, header = collateral["root_ca_crl"].encode(), None
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            if header:
+                self.send_header(header[0], urlquote(header[1], safe=""))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/sgx/certification/v4/", pki, hits
+    server.shutdown()
+
+
+def test_collateral_from_pccs_verifies_and_is_cached(pccs, tmp_path):
+    url, pki, hits = pccs
+    me = hashlib.sha256(b"e").digest()
+    quote = pki.quote(me, hashlib.sha256(b"s").digest())
+    source = PccsCollateral(url, cache_dir=tmp_path)
+    text = source.for_quote(quote)
+    assert verify_quote(quote, text, root_ca_der=pki.root_der).mr_enclave == me.hex()
+    fetched = len(hits)
+    assert fetched >= 4
+    assert source.for_quote(pki.quote(me, bytes(32))) == text    # memory cache
+    assert len(hits) == fetched
+    again = PccsCollateral(url, cache_dir=tmp_path)               # disk cache, new process
+    assert again.for_quote(quote) == text and len(hits) == fetched
+    assert len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_pccs_failure_is_an_error(tmp_path):
+    source = PccsCollateral("http://127.0.0.1:9/sgx/certification/v4/", cache_dir=tmp_path)
+    pki = SyntheticPKI()
+    with pytest.raises(Exception):
+        source.for_quote(pki.quote(bytes(32), bytes(32)))
+
+
+def test_secret_server_with_pccs_url(pccs, tmp_path, monkeypatch):
+    from attestation.client import fetch_secret
+    from attestation.config import load_config
+    from attestation.server import SecretServer
+
+    from .attest_env import make_env
+
+    url, pki, hits = pccs
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    env = make_env(tmp_path / "env", pki=pki)
+    env.config.write_text(env.config.read_text().replace('collateral = "collateral.json"',
+                                                         f'pccs_url = "{url}"'))
+    server = SecretServer(load_config(env.config))
+    host, port = server.start()
+    try:
+        for _ in range(3):
+            assert fetch_secret(host, port, env.ca, *env.enclave_cert("face"),
+                                server_name="localhost") == env.secrets["face"]
+        assert hits.count("/sgx/certification/v4/tcb") == 1  # fetched once, then cached
+    finally:
+        server.shutdown()
