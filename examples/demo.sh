@@ -11,7 +11,10 @@
 #      the secret-provisioning hooks, hash trusted files, measure MRENCLAVE, sign the SIGSTRUCT,
 #      write deterministic layers on the base and save examples/out/face-detect/ (oci/ image
 #      layout, measurements.json, secrets-policy.toml);
-#   6. inspect the image (labels vs SIGSTRUCT), and decrypt the model the way the enclave will.
+#   6. inspect the image (labels vs SIGSTRUCT), and decrypt the model the way the enclave will;
+#   7. start the secret server (`enclave-build secrets serve`) with the build's policy fragment and
+#      let a SIMULATED enclave (synthetic quote with the build's MRENCLAVE — no SGX here) fetch the
+#      model key over RA-TLS and decrypt the model; an enclave with another MRENCLAVE is refused.
 # With a Docker engine running, add --load to step 5 (or --push with a registry tag).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,22 +38,16 @@ PY
 fi
 echo "model: $model ($(stat -c %s "$model") bytes)"
 
-if [ ! -f examples/keys/demo-ca.pem ]; then   # demo-only CA for the secret server's TLS cert
-  python - examples/keys/demo-ca.pem <<'PY'
-import datetime, sys
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-key = ec.generate_private_key(ec.SECP384R1())
-name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "enclave-build demo CA")])
-now = datetime.datetime.now(datetime.timezone.utc)
-cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA384()))
-open(sys.argv[1], "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+if [ ! -f examples/keys/demo-ca.pem ]; then   # demo-only CA + the secret server's TLS cert
+  python - examples/keys <<'PY'
+import sys
+from pathlib import Path
+from attestation.synthetic import tls_ca_and_server
+ca, cert, key = tls_ca_and_server(Path(sys.argv[1]))
+ca.rename(Path(sys.argv[1]) / "demo-ca.pem")
+cert.rename(Path(sys.argv[1]) / "secret-server.crt")
+key.rename(Path(sys.argv[1]) / "secret-server.key")
+key.with_name("secret-server.key").chmod(0o600)
 PY
 fi
 
@@ -79,6 +76,8 @@ enclave-build pf info "$enc" --wrap-key examples/keys/face-detect-key.key
 enclave-build pf decrypt --wrap-key examples/keys/face-detect-key.key --input "$enc" \
   --output examples/out/decrypted.tflite --path /models/face_detection/1/face_detection_short_range.tflite
 cmp examples/out/decrypted.tflite "$model" && echo "decrypted model is identical to the original"
+echo "== the secret server releases the key only to the built enclave (simulated attestation)"
+python examples/demo_secret_server.py examples/out examples/keys
 echo
 echo "Demo done: OCI image layout in examples/out/face-detect/oci (load it with"
 echo "  enclave-build build examples/tflite/spec.toml --base dir:$base_dir --load   # needs dockerd)"
