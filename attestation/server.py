@@ -40,7 +40,7 @@ from .collateral import CollateralSource, source_for
 from .config import SecretsConfig, load_config
 from .policy import Identity, Policy
 from .ratls import EvidenceError, extract_evidence
-from .verify import QuoteRejected, VerifierConfigError, verify_quote
+from .verify import QuoteRejected, VerifierConfigError, load_root_der, verify_quote
 
 REQUEST = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"
 RESPONSE = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"
@@ -82,21 +82,11 @@ class _State:
     collateral: CollateralSource
 
 
-def _load_root(path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    data = path.read_bytes()
-    if b"-----BEGIN" in data:
-        from cryptography.hazmat.primitives.serialization import Encoding
-        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
-    return data
-
-
 def startup_warnings(config: SecretsConfig) -> list[str]:
     warnings = []
     root = config.attestation.root_ca
     if root is not None:
-        der = _load_root(root)
+        der = load_root_der(root)
         subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
         kind = "SYNTHETIC TEST root" if "SYNTHETIC TEST" in subject else "non-Intel root"
         warnings.append(f"WARNING: trusting a {kind} CA ({subject}) from {root}: quotes it "
@@ -133,7 +123,7 @@ class SecretServer:
     @staticmethod
     def _load(config: SecretsConfig) -> _State:
         policy = Policy.build(list(config.measurements), list(config.secrets), config.path.parent)
-        return _State(config, policy, _load_root(config.attestation.root_ca),
+        return _State(config, policy, load_root_der(config.attestation.root_ca),
                       source_for(config.attestation))
 
     @staticmethod
@@ -389,4 +379,3 @@ def serve(config_path: str | Path, ready: Callable[[tuple[str, int]], None] | No
     while not stop.wait(0.5):
         pass
     server.shutdown()
-    time.sleep(0)

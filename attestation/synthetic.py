@@ -149,20 +149,14 @@ class SyntheticPKI:
                    .public_key(public_key).serial_number(x509.random_serial_number())
                    .not_valid_before(self.not_before).not_valid_after(self.not_after)
                    .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False))
-        if ca:
-            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None),
-                                            critical=True)
-            builder = builder.add_extension(x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False), critical=True)
-        else:
-            builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None),
-                                            critical=True)
-            builder = builder.add_extension(x509.KeyUsage(
-                digital_signature=True, content_commitment=True, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False), critical=True)
+        # CAs sign certificates and CRLs; leaves (PCK, TCB signer) sign data. No EKU: webpki
+        # checks the leaves for server_auth, which an absent EKU satisfies.
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None),
+                                        critical=True)
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=not ca, content_commitment=not ca, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+            encipher_only=False, decipher_only=False), critical=True)
         if extension is not None:
             builder = builder.add_extension(
                 x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_EXTENSION), extension),

@@ -85,6 +85,17 @@ class VerifiedQuote:
                 "attributes": self.attributes, "report_data": self.report_data.hex()}
 
 
+def load_root_der(path: str | Path | None) -> bytes | None:
+    """A root CA certificate (PEM or DER file) as DER; None stays None (Intel's root)."""
+    if path is None:
+        return None
+    data = Path(path).read_bytes()
+    if b"-----BEGIN" in data:
+        from cryptography.hazmat.primitives.serialization import Encoding
+        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    return data
+
+
 def load_collateral(path: str | Path) -> str:
     path = Path(path)
     try:

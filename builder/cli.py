@@ -333,9 +333,9 @@ def _tcb_policy(allow_status: tuple[str, ...], allow_debug: bool):  # noqa: ANN2
 def _root_der(path: Path | None) -> bytes | None:
     if path is None:
         return None
-    from attestation.server import _load_root
+    from attestation.verify import load_root_der
 
-    root = _load_root(path)
+    root = load_root_der(path)
     click.echo(f"warning: trusting the root CA in {path} instead of Intel's: quotes it vouches "
                "for are not backed by Intel", err=True)
     return root

@@ -16,7 +16,7 @@ from .oci import BlobStore, Image, ImageError
 from .reference import parse_source
 from .registry import RegistryClient
 from .sources import cache_root, read_docker_archive, read_oci_layout
-from .unpack import OPAQUE, WHITEOUT, _clean, _open_uncompressed
+from .unpack import OPAQUE, WHITEOUT, member_path, open_layer
 
 
 def read_file(image: Image, path: str) -> bytes | None:
@@ -25,10 +25,10 @@ def read_file(image: Image, path: str) -> bytes | None:
     parent = posixpath.dirname(want)
     for layer in reversed(image.layers):
         with open(image.store.path(layer.digest), "rb") as handle:
-            with tarfile.open(fileobj=_open_uncompressed(handle), mode="r|") as tar:  # type: ignore[arg-type]
+            with tarfile.open(fileobj=open_layer(handle), mode="r|") as tar:  # type: ignore[arg-type]
                 hidden = False
                 for member in tar:
-                    name = _clean(member.name)
+                    name = member_path(member.name)
                     if name == want and member.isfile():
                         data = tar.extractfile(member)
                         return data.read() if data else None

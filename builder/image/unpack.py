@@ -39,7 +39,7 @@ class _DiffIdReader:
         return data
 
 
-def _open_uncompressed(handle: BinaryIO) -> BinaryIO:
+def open_layer(handle: BinaryIO) -> BinaryIO:
     magic = handle.read(4)
     handle.seek(0)
     if magic[:2] == b"\x1f\x8b":
@@ -51,7 +51,7 @@ def _open_uncompressed(handle: BinaryIO) -> BinaryIO:
     return handle
 
 
-def _clean(name: str) -> str | None:
+def member_path(name: str) -> str | None:
     """The member's path relative to the root, or None if it would escape the root."""
     while name.startswith("./"):
         name = name[2:]
@@ -90,7 +90,7 @@ class _LayerApplier:
             shutil.rmtree(host)
 
     def apply(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
-        rel = _clean(member.name)
+        rel = member_path(member.name)
         if rel is None or rel == "":
             return
         base = posixpath.basename(rel)
@@ -121,7 +121,7 @@ class _LayerApplier:
         if member.issym():
             os.symlink(member.linkname, host)
         elif member.islnk():
-            link_rel = _clean(member.linkname)
+            link_rel = member_path(member.linkname)
             if link_rel is None:
                 return
             try:
@@ -144,7 +144,7 @@ class _LayerApplier:
 
 def apply_layer(root: Path, handle: BinaryIO, source: str = "layer") -> str:
     """Apply one layer (gzip or plain tar) onto *root*; returns its diff_id."""
-    reader = _DiffIdReader(_open_uncompressed(handle))
+    reader = _DiffIdReader(open_layer(handle))
     applier = _LayerApplier(root)
     try:
         with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[arg-type]
