@@ -177,7 +177,11 @@ def test_external_signing_two_step_build(tmp_path, standin_root, signing_key):
 
 @pytest.mark.parametrize("command", [[], ["build"], ["plugins"], ["keygen"], ["gramine"],
                                      ["gramine", "sign"], ["gramine", "sigstruct"], ["base"],
-                                     ["base", "standin"]])
+                                     ["base", "standin"], ["base", "list"], ["base", "build"],
+                                     ["inspect"], ["pf"], ["pf", "encrypt"], ["pf", "decrypt"],
+                                     ["pf", "info"], ["pf", "keygen"], ["quote"],
+                                     ["quote", "verify"], ["secrets"], ["secrets", "serve"],
+                                     ["attest"]])
 def test_every_command_has_help(command):
     proc = run_cli(*command, "--help")
     assert proc.returncode == 0
