@@ -25,6 +25,7 @@ from .measurements import Measurements
 from .ratls import extract_evidence
 from .verify import QuoteRejected, TcbPolicy, VerifiedQuote, verify_quote
 
+#: The wire protocol of Gramine's secret provisioning (the server imports these too).
 REQUEST = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"
 RESPONSE = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"
 

@@ -36,14 +36,13 @@ from typing import Callable, TextIO
 from cryptography import x509
 from OpenSSL import SSL
 
+from .client import REQUEST, RESPONSE
 from .collateral import CollateralSource, source_for
 from .config import SecretsConfig, load_config
 from .policy import Identity, Policy
 from .ratls import EvidenceError, extract_evidence
 from .verify import QuoteRejected, VerifierConfigError, load_root_der, verify_quote
 
-REQUEST = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"
-RESPONSE = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"
 MAX_SECRET = 64 * 1024
 
 

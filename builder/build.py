@@ -24,7 +24,8 @@ from .image.assemble import assemble
 from .image.oci import BlobStore, Image
 from .image.output import load_into_docker, push, tidy_stale_temps, write_oci_layout
 from .image.reference import DOCKER_HUB, parse_registry_ref
-from .image.sources import cache_root, open_base
+from .cache import cache_root
+from .image.sources import open_base
 from .plan import ServicePlan
 from .plugin_api import BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress
 from .plugins import PluginRegistry

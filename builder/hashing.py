@@ -15,12 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .cache import cache_root
+
 _BUFFER = 1 << 20
 
 
 def default_cache_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "enclave-build" / "hashes.sqlite"
+    return cache_root() / "hashes.sqlite"
 
 
 def sha256_file(path: Path | str) -> str:

@@ -71,7 +71,8 @@ def write_spec(directory: Path, text: str, name: str = "spec.toml") -> Path:
 def image_rootfs(output_dir: Path) -> Path:
     """The root filesystem of the image in a build output (DIR/oci), unpacked for reading."""
     from builder.image.oci import BlobStore
-    from builder.image.sources import cache_root, read_oci_layout
+    from builder.cache import cache_root
+    from builder.image.sources import read_oci_layout
     from builder.image.unpack import unpacked_rootfs
 
     store = BlobStore(cache_root() / "blobs")

@@ -74,11 +74,7 @@ def parse_final_manifest(manifest: bytes, source: str = "manifest") -> dict[str,
 def sign_manifest(manifest: bytes, pal: PalImage, offs: Offsets, signer: Signer,
                   date: SigDate, source: str = "manifest") -> SignedEnclave:
     """Measure *manifest* (its exact bytes) and return the signed SIGSTRUCT."""
-    data = parse_final_manifest(manifest, source)
-    sgx = data.get("sgx", {})
-    attrs = enclave_attributes(sgx)
-    mr_enclave = measure_enclave(manifest, attrs, pal, offs)
-    unsigned = Sigstruct(body_from_manifest(sgx, mr_enclave, date, offs))
+    mr_enclave, unsigned = _unsigned(manifest, pal, offs, date, source)
     sig = signer.sign(unsigned.signing_data(offs))
     signed = unsigned.with_signature(sig.modulus, sig.signature, sig.exponent)
     return SignedEnclave(mr_enclave, signed, signed.to_bytes(offs))
@@ -87,8 +83,13 @@ def sign_manifest(manifest: bytes, pal: PalImage, offs: Offsets, signer: Signer,
 def signing_data_for(manifest: bytes, pal: PalImage, offs: Offsets, date: SigDate,
                      source: str = "manifest") -> tuple[bytes, bytes]:
     """(MRENCLAVE, the 256 bytes to sign): step one of the detached-signature flow."""
-    data = parse_final_manifest(manifest, source)
-    sgx = data.get("sgx", {})
-    mr_enclave = measure_enclave(manifest, enclave_attributes(sgx), pal, offs)
-    unsigned = Sigstruct(body_from_manifest(sgx, mr_enclave, date, offs))
+    mr_enclave, unsigned = _unsigned(manifest, pal, offs, date, source)
     return mr_enclave, unsigned.signing_data(offs)
+
+
+def _unsigned(manifest: bytes, pal: PalImage, offs: Offsets, date: SigDate,
+              source: str) -> tuple[bytes, Sigstruct]:
+    """MRENCLAVE of the final *manifest* and its SIGSTRUCT before signing."""
+    sgx = parse_final_manifest(manifest, source).get("sgx", {})
+    mr_enclave = measure_enclave(manifest, enclave_attributes(sgx), pal, offs)
+    return mr_enclave, Sigstruct(body_from_manifest(sgx, mr_enclave, date, offs))

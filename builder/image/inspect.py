@@ -15,7 +15,8 @@ from .assemble import LABEL_PREFIX
 from .oci import BlobStore, Image, ImageError
 from .reference import parse_source
 from .registry import RegistryClient
-from .sources import cache_root, read_docker_archive, read_oci_layout
+from ..cache import cache_root
+from .sources import read_docker_archive, read_oci_layout
 from .unpack import OPAQUE, WHITEOUT, member_path, open_layer
 
 

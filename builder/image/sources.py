@@ -8,13 +8,13 @@ without image metadata) become a one-layer image made deterministically from the
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..cache import cache_root
 from ..errors import UsageError
 from ..hashing import HashCache
 from ..rootfs import RootFS
@@ -26,11 +26,6 @@ from .registry import RegistryClient
 from .unpack import unpacked_rootfs
 
 ProgressTask = Callable[[str, "int | None"], Callable[[int], None]]
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "enclave-build"
 
 
 @dataclass
@@ -195,4 +190,4 @@ def copy_blobs(image: Image, target: BlobStore) -> None:
 
 
 __all__ = ["BaseImage", "open_base", "read_oci_layout", "read_docker_archive", "copy_blobs",
-           "cache_root", "LayerEntry"]
+           "LayerEntry"]

@@ -13,7 +13,6 @@ import hashlib
 import os
 import posixpath
 import shutil
-import stat
 import tarfile
 import tempfile
 from pathlib import Path
