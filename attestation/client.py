@@ -24,10 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from .measurements import Measurements
 from .ratls import extract_evidence
 from .verify import QuoteRejected, TcbPolicy, VerifiedQuote, verify_quote
-
-#: The wire protocol of Gramine's secret provisioning (the server imports these too).
-REQUEST = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"
-RESPONSE = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"
+from .wire import HEADER_LEN, REQUEST, RESPONSE, parse_header  # noqa: F401  (re-exported)
 
 
 class ProvisioningError(RuntimeError):
@@ -62,13 +59,18 @@ def fetch_secret(host: str, port: int, ca_cert: str | Path, ratls_cert: x509.Cer
     try:
         with context.wrap_socket(raw, server_hostname=server_name or host) as tls:
             tls.sendall(request)
-            header = _recv_exact(tls, len(RESPONSE) + 4)
-            if len(header) < len(RESPONSE) + 4:
+            header = _recv_exact(tls, HEADER_LEN)
+            if len(header) < HEADER_LEN:
                 raise ProvisioningError("the secret server closed the connection: the enclave "
                                         "was refused (see the server's audit log)")
-            if header[:len(RESPONSE)] != RESPONSE:
-                raise ProvisioningError("unexpected response from the secret server")
-            size = int.from_bytes(header[len(RESPONSE):], "big")
+            try:
+                released, size = parse_header(header)
+            except ValueError as exc:
+                raise ProvisioningError(f"unexpected response from the secret server: {exc}") \
+                    from None
+            if not released:
+                reason = _recv_exact(tls, size).decode("utf-8", "replace")
+                raise ProvisioningError(f"the secret server refused: {reason}")
             secret = _recv_exact(tls, size)
             if len(secret) != size:
                 raise ProvisioningError("truncated secret")

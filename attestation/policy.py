@@ -9,8 +9,13 @@ or MRENCLAVE values. How a service's builds are matched is the secret's ``match`
   ISV_SVN — later builds signed by the same key qualify without a policy change; rollback to a
   lower SVN does not.
 
-When several secrets would be released to the same enclave, the TLS server name (SNI) the client
-sent chooses among them by secret name; otherwise the request is refused as ambiguous.
+The TLS server name (SNI) the client sent:
+
+* equal to the name of a configured secret (enclave-build's in-enclave client asks for each key
+  this way): only that secret may be released, and it is refused if this enclave is not allowed
+  it — even when other secrets would match;
+* anything else (Gramine's constructor sends the server's host name): the one secret released to
+  this enclave; when several would be, the request is refused as ambiguous.
 """
 
 from __future__ import annotations
@@ -106,6 +111,14 @@ class Policy:
         return None
 
     def decide(self, who: Identity, server_name: str | None = None) -> Decision:
+        named = [rule for rule in self.secrets if rule.name == server_name]
+        if named:
+            via = self._matches(named[0], who)
+            if via is None:
+                return Decision(None, f"secret {named[0].name!r} (the TLS server name) is not "
+                                      "released to this enclave identity")
+            return Decision(named[0], f"allowed via {via} (named by the TLS server name)",
+                            via if not _HEX64.match(via) else None)
         candidates = [(rule, via) for rule in self.secrets
                       if (via := self._matches(rule, who)) is not None]
         if not candidates:

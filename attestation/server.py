@@ -7,10 +7,12 @@ Per connection (on a worker thread; no global lock):
    because the standard chain validation cannot);
 2. extract the SGX evidence from the client certificate and check it binds the key;
 3. verify the quote (dcap-qvl + TCB / attribute policy) and decide from the attested identity
-   (and SNI when several secrets match) which secret, if any, it receives;
+   and the TLS server name (see :mod:`attestation.policy`) which secret, if any, it receives;
 4. only then read the request — exactly ``SECRET_PROVISION_RA_TLS_REQUEST_V1`` + NUL (35 bytes) —
    and answer ``SECRET_PROVISION_RA_TLS_RESPONSE_V1:`` + NUL (37 bytes), a 4-byte big-endian
-   length and the secret; then close_notify.
+   length and the secret; then close_notify. When step 2 or 3 refuses, the request is read and
+   answered with :data:`attestation.wire.REFUSAL` and the reason (the same text as the audit
+   record), so the enclave can say why it was refused.
 
 Every decision is one JSON line in the audit log (peer, evidence format, identity, TCB status,
 secret name, decision, reason — never secret bytes). Each connection has a deadline enforced by a
@@ -36,14 +38,12 @@ from typing import Callable, TextIO
 from cryptography import x509
 from OpenSSL import SSL
 
-from .client import REQUEST, RESPONSE
 from .collateral import CollateralSource, source_for
 from .config import SecretsConfig, load_config
 from .policy import Identity, Policy
 from .ratls import EvidenceError, extract_evidence
 from .verify import QuoteRejected, VerifierConfigError, load_root_der, verify_quote
-
-MAX_SECRET = 64 * 1024
+from .wire import MAX_SECRET, REQUEST, RESPONSE, refusal
 
 
 class ServerError(RuntimeError):
@@ -213,6 +213,7 @@ class SecretServer:
             record["tls"] = conn.get_protocol_version_name()
             decision = self._attest(conn, state, record)
             if decision is None:
+                _refuse(conn, record["reason"])
                 return
             record["secret"] = decision.secret.name
             request = _read_exact(conn, len(REQUEST))
@@ -270,6 +271,16 @@ class SecretServer:
             record.update(decision="deny", reason=decision.reason)
             return None
         return decision
+
+
+def _refuse(conn: SSL.Connection, reason: str) -> None:
+    """Tell an attested-and-refused client why: read its request (so closing does not reset
+    the connection under the answer), then send the refusal. Best effort."""
+    try:
+        _read_exact(conn, len(REQUEST))
+        conn.sendall(refusal(reason))
+    except (SSL.Error, OSError):
+        pass
 
 
 def _read_exact(conn: SSL.Connection, size: int) -> bytes:

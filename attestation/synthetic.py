@@ -17,7 +17,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -109,6 +112,35 @@ def _iso(moment: _dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+ROOT_FILE = "root.pem"
+COLLATERAL_FILE = "collateral.json"
+PRIVATE_FILE = "pki-private.json"
+_PRIVATE_FORMAT = "enclave-build synthetic SGX PKI v1"
+_KEYS = ("root_key", "pck_ca_key", "pck_key", "tcb_key", "attestation_key")
+_CERTS = ("root", "pck_ca", "pck", "tcb_signer")
+
+
+class PKIError(ValueError):
+    """A synthetic PKI directory cannot be written or read."""
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 @dataclass
 class SyntheticPKI:
     """A complete synthetic collateral set, valid from *now - 1 day* for *days* days."""
@@ -140,6 +172,89 @@ class SyntheticPKI:
         self.tcb_signer = self._cert(_name("SYNTHETIC TEST SGX TCB Signing"),
                                      self.tcb_key.public_key(), self.root.subject,
                                      self.root_key, ca=False)
+
+    # -------------------------------------------------------------------- persistence
+
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> list[Path]:
+        """Write root.pem, collateral.json and pki-private.json (mode 0600: every private key)
+        into *directory* (created 0700 if missing), each atomically. A secret server trusts
+        quotes of this PKI with ``root_ca = "DIR/root.pem"`` and ``collateral =
+        "DIR/collateral.json"``. Refuses to replace an existing PKI unless *overwrite*."""
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise PKIError(f"{directory}: exists and is not a directory")
+        private = directory / PRIVATE_FILE
+        if private.exists() and not overwrite:
+            raise PKIError(f"{directory}: already holds a synthetic PKI ({PRIVATE_FILE}); not "
+                           "replacing it (servers may trust its root)")
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            record = {
+                "format": _PRIVATE_FORMAT,
+                "warning": "SYNTHETIC TEST PKI: anyone holding this file can mint SGX quotes "
+                           "for any enclave identity. Never trust its root in production.",
+                "now": self.now.isoformat(), "days": self.days, "tcb_status": self.tcb_status,
+                "advisories": list(self.advisories), "revoke_pck": self.revoke_pck,
+                "keys": {name: getattr(self, name).private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption()).decode() for name in _KEYS},
+                "certs": {name: getattr(self, name).public_bytes(
+                    serialization.Encoding.PEM).decode() for name in _CERTS},
+            }
+            written = [private, directory / ROOT_FILE, directory / COLLATERAL_FILE]
+            _atomic_write(written[0], json.dumps(record, indent=1).encode(), 0o600)
+            _atomic_write(written[1], self.root_pem, 0o644)
+            _atomic_write(written[2], self.collateral_json().encode(), 0o644)
+        except OSError as exc:
+            raise PKIError(f"{directory}: cannot write the synthetic PKI: "
+                           f"{exc.strerror or exc}") from None
+        return written
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "SyntheticPKI":
+        """The PKI :meth:`save` wrote to *directory* (same keys, certificates and settings)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise PKIError(f"{directory}: no such directory (create one with `enclave-build "
+                           "secrets simulate-pki DIR`)")
+        private = directory / PRIVATE_FILE
+        try:
+            record = json.loads(private.read_text())
+        except FileNotFoundError:
+            raise PKIError(f"{directory}: not a synthetic PKI directory ({PRIVATE_FILE} is "
+                           "missing)") from None
+        except (OSError, ValueError) as exc:
+            raise PKIError(f"{private}: unreadable: {exc}") from None
+        if not isinstance(record, dict) or record.get("format") != _PRIVATE_FORMAT:
+            raise PKIError(f"{private}: not a {_PRIVATE_FORMAT!r} file")
+        self = cls.__new__(cls)
+        try:
+            self.now = _dt.datetime.fromisoformat(record["now"])
+            self.days = int(record["days"])
+            self.tcb_status = str(record["tcb_status"])
+            self.advisories = tuple(record["advisories"])
+            self.revoke_pck = bool(record["revoke_pck"])
+            for name in _KEYS:
+                key = serialization.load_pem_private_key(record["keys"][name].encode(), None)
+                if not isinstance(key, ec.EllipticCurvePrivateKey):
+                    raise ValueError(f"{name} is not an EC key")
+                setattr(self, name, key)
+            for name in _CERTS:
+                setattr(self, name, x509.load_pem_x509_certificate(
+                    record["certs"][name].encode()))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PKIError(f"{private}: malformed synthetic PKI ({type(exc).__name__}: "
+                           f"{exc})") from None
+        self.not_before = self.now - _dt.timedelta(days=1)
+        self.not_after = self.now + _dt.timedelta(days=self.days)
+        try:
+            root_file = (directory / ROOT_FILE).read_bytes()
+        except OSError as exc:
+            raise PKIError(f"{directory / ROOT_FILE}: cannot read: {exc.strerror}") from None
+        if root_file.strip() != self.root_pem.strip():
+            raise PKIError(f"{directory / ROOT_FILE} is not the root of {private}: the "
+                           "directory was mixed up; write a new one")
+        return self
 
     # -------------------------------------------------------------------- certificates
 

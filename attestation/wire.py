@@ -1,0 +1,51 @@
+"""The wire protocol of secret provisioning, shared by the secret server, the host-side client
+and the in-enclave key fetcher (this module ships into enclave images: standard library only).
+
+After the TLS handshake (the enclave presents a self-signed RA-TLS certificate):
+
+* client -> server: :data:`REQUEST` (35 bytes, Gramine's ``secret_prov`` request);
+* server -> client, released: :data:`RESPONSE` (37 bytes), the secret's length as a 4-byte
+  big-endian integer, the secret; then TLS close_notify.
+* server -> client, refused (an enclave-build extension; Gramine's server simply closes):
+  :data:`REFUSAL` (37 bytes, so a client reading a response header reads exactly it), a 4-byte
+  big-endian length and the UTF-8 reason; then close_notify. Gramine's own client treats it as
+  the malformed response it is and fails, as it would on a bare close.
+
+Which secret is wanted is not in the request: the server chooses from the attested identity and
+the TLS server name (SNI), which enclave-build's in-enclave client sets to the key name.
+"""
+
+from __future__ import annotations
+
+REQUEST = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"
+RESPONSE = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"
+REFUSAL = b"SECRET_PROVISION_RA_TLS_REJECTED_V1:\0"
+LENGTH_BYTES = 4
+HEADER_LEN = len(RESPONSE) + LENGTH_BYTES   # what a client reads first, either way
+MAX_SECRET = 64 * 1024                      # larger lengths are a protocol error
+MAX_REASON = 1024                           # a refusal's reason is cut to this many bytes
+WRAP_KEY_SIZE = 16                          # a key for an encrypted mount: 16 raw bytes
+
+assert len(REQUEST) == 35 and len(RESPONSE) == 37 and len(REFUSAL) == len(RESPONSE)
+
+
+def refusal(reason: str) -> bytes:
+    """The bytes a server sends to refuse, reason included (cut to :data:`MAX_REASON`)."""
+    text = reason.encode("utf-8", "replace")[:MAX_REASON]
+    return REFUSAL + len(text).to_bytes(LENGTH_BYTES, "big") + text
+
+
+def parse_header(header: bytes) -> tuple[bool, int]:
+    """(released?, length) of a :data:`HEADER_LEN`-byte answer header; ValueError otherwise."""
+    if len(header) != HEADER_LEN:
+        raise ValueError(f"answer header is {len(header)} bytes, not {HEADER_LEN}")
+    magic, length = header[:len(RESPONSE)], int.from_bytes(header[len(RESPONSE):], "big")
+    if magic == RESPONSE:
+        if not 0 < length <= MAX_SECRET:
+            raise ValueError(f"announced secret length {length} is outside 1..{MAX_SECRET}")
+        return True, length
+    if magic == REFUSAL:
+        if length > MAX_REASON:
+            raise ValueError(f"announced refusal reason length {length} exceeds {MAX_REASON}")
+        return False, length
+    raise ValueError("not a secret-provisioning answer")

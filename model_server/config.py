@@ -1,0 +1,169 @@
+"""The model server's configuration: one JSON file, written by the framework plugin at build time
+and shipped into the image as a trusted (measured) file, so what the enclave serves is part of
+its identity.
+
+Paths in the file are absolute paths inside the image. A plain-process simulation runs the image
+unpacked under some host directory; it sets ``ENCLAVE_BUILD_ROOT`` to that directory and
+:func:`host_path` maps image paths under it. Inside an enclave the variable is never set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT_ENV = "ENCLAVE_BUILD_ROOT"
+CONFIG_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str                     # image path of the PEM certificate (may be encrypted)
+    key: str                      # image path of the PEM key (may be encrypted)
+    key_name: str | None = None   # wrap key of the encrypted mount holding cert and key
+    client_ca: str | None = None  # image path of a CA bundle: mutual TLS when set
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_bytes: int = 64 << 20
+    max_concurrent_requests: int = 64   # requests executing or queued for an interpreter
+    max_queue: int = 256                # waiting beyond that: refused (RESOURCE_EXHAUSTED / 503)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    version: str
+    backend: str                  # a registered backend name: tflite, openvino, ...
+    path: str                     # image path of the model file (or directory)
+    key: str | None = None        # wrap key name when the file is encrypted
+    instances: int = 1            # interpreter instances in this model's pool
+    threads: int = 1              # runtime threads per instance
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    """Keys fetched inside the enclave before any model is opened, one RA-TLS connection each."""
+
+    server: str                   # HOST:PORT of the secret server
+    ca: str                       # image path of the secret server's CA certificate (trusted)
+    names: tuple[str, ...]        # key names; each is asked for by TLS server name (SNI)
+    timeout_seconds: float = 10.0
+    evidence: str = "tcg-dice"    # RA-TLS certificate format presented
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    service: str
+    models: tuple[ModelConfig, ...]
+    grpc: Listener | None = Listener("0.0.0.0", 8001)
+    rest: Listener | None = Listener("0.0.0.0", 8000)
+    tls: TLSConfig | None = None
+    limits: Limits = Limits()
+    keys: KeysConfig | None = None
+    drain_seconds: float = 20.0
+    metrics: bool = True
+
+
+def host_path(image_path: str) -> Path:
+    """Where an image path is on this machine (identity unless a simulation root is set)."""
+    root = os.environ.get(ROOT_ENV)
+    if not root:
+        return Path(image_path)
+    return Path(root) / image_path.lstrip("/")
+
+
+def _listener(value: Any, where: str) -> Listener | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("port"), int):
+        raise ConfigError(f"{where}: expected {{host, port}}")
+    port = value["port"]
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}.port: {port} is not a TCP port")
+    return Listener(str(value.get("host", "0.0.0.0")), port)
+
+
+def _known(table: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> ServerConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object")
+    _known(data, {"version", "service", "models", "grpc", "rest", "tls", "limits", "keys",
+                  "drain_seconds", "metrics"}, source)
+    if data.get("version") != CONFIG_VERSION:
+        raise ConfigError(f"{source}: version must be {CONFIG_VERSION}")
+    models = []
+    for i, item in enumerate(data.get("models") or []):
+        where = f"{source}: models[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected an object")
+        _known(item, {"name", "version", "backend", "path", "key", "instances", "threads",
+                      "options"}, where)
+        try:
+            models.append(ModelConfig(
+                name=str(item["name"]), version=str(item.get("version", "1")),
+                backend=str(item["backend"]), path=str(item["path"]), key=item.get("key"),
+                instances=int(item.get("instances", 1)), threads=int(item.get("threads", 1)),
+                options=dict(item.get("options") or {})))
+        except KeyError as exc:
+            raise ConfigError(f"{where}: missing {exc.args[0]}") from None
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: model names must be unique")
+    tls = None
+    if data.get("tls") is not None:
+        t = data["tls"]
+        _known(t, {"cert", "key", "key_name", "client_ca"}, f"{source}: tls")
+        tls = TLSConfig(t["cert"], t["key"], t.get("key_name"), t.get("client_ca"))
+    keys = None
+    if data.get("keys") is not None:
+        k = data["keys"]
+        _known(k, {"server", "ca", "names", "timeout_seconds", "evidence"}, f"{source}: keys")
+        keys = KeysConfig(k["server"], k["ca"], tuple(k["names"]),
+                          float(k.get("timeout_seconds", 10.0)), k.get("evidence", "tcg-dice"))
+    limits_table = data.get("limits") or {}
+    if not isinstance(limits_table, dict):
+        raise ConfigError(f"{source}: limits: expected an object")
+    _known(limits_table, {"max_request_bytes", "max_concurrent_requests", "max_queue"},
+           f"{source}: limits")
+    for k, v in limits_table.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "max_queue" else 1):
+            raise ConfigError(f"{source}: limits.{k}: expected a positive integer, got {v!r}")
+    limits = Limits(**limits_table)
+    return ServerConfig(
+        service=str(data.get("service", "model-server")), models=tuple(models),
+        grpc=_listener(data.get("grpc"), f"{source}: grpc") if "grpc" in data else Listener("0.0.0.0", 8001),
+        rest=_listener(data.get("rest"), f"{source}: rest") if "rest" in data else Listener("0.0.0.0", 8000),
+        tls=tls, limits=limits, keys=keys,
+        drain_seconds=float(data.get("drain_seconds", 20.0)), metrics=bool(data.get("metrics", True)))
+
+
+def load_config(path: str) -> ServerConfig:
+    try:
+        data = json.loads(host_path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    return parse_config(data, path)
