@@ -1,0 +1,68 @@
+"""The ``tflite`` backend: LiteRT (``ai-edge-litert``), or ``tflite-runtime`` where that is the
+only wheel for the platform.
+
+Options (``models[].options``): none yet; unknown options are refused so typos do not pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import Backend, BackendError, TensorSpec, from_numpy_dtype
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise BackendError("the tflite backend needs ai-edge-litert (or tflite-runtime); "
+                               "neither is installed") from None
+    return Interpreter
+
+
+class TFLiteBackend(Backend):
+    platform = "tensorflowlite"
+
+    def __init__(self, model, source) -> None:
+        super().__init__(model, source)
+        if model.options:
+            raise BackendError(f"model {model.name}: the tflite backend takes no options "
+                               f"(got {', '.join(sorted(model.options))})")
+        Interpreter = _interpreter_class()
+        self._it = Interpreter(model_path=str(source.path), num_threads=max(1, model.threads))
+        self._it.allocate_tensors()
+        self._in = self._it.get_input_details()
+        self._out = self._it.get_output_details()
+        self._shapes = {d["name"]: tuple(int(x) for x in d["shape"]) for d in self._in}
+
+    @staticmethod
+    def _spec(d) -> TensorSpec:
+        sig = d.get("shape_signature")
+        shape = sig if sig is not None and len(sig) else d["shape"]
+        return TensorSpec(d["name"], from_numpy_dtype(d["dtype"]), [int(x) for x in shape])
+
+    def inputs(self) -> list[TensorSpec]:
+        return [self._spec(d) for d in self._in]
+
+    def outputs(self) -> list[TensorSpec]:
+        return [self._spec(d) for d in self._out]
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        it = self._it
+        resized = False
+        for d in self._in:
+            arr = inputs[d["name"]]
+            if arr.shape != self._shapes[d["name"]]:
+                it.resize_tensor_input(d["index"], list(arr.shape))
+                self._shapes[d["name"]] = arr.shape
+                resized = True
+        if resized:
+            it.allocate_tensors()
+        for d in self._in:
+            it.set_tensor(d["index"], inputs[d["name"]])
+        it.invoke()
+        # get_tensor returns a copy: safe to hand out after this instance serves the next request
+        return {d["name"]: it.get_tensor(d["index"]) for d in self._out}

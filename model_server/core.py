@@ -1,0 +1,233 @@
+"""What both protocols share: loaded models with their interpreter pools, request validation,
+admission control (bounded concurrency and queue), and the errors the protocols translate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from .backends import Backend, TensorSpec, load_backend_class
+from .config import Limits, ModelConfig
+from .datatypes import TensorError
+
+log = logging.getLogger("model_server")
+
+
+class ServeError(Exception):
+    """A request failed; ``kind`` picks the protocol status (see grpc_service / rest)."""
+
+    INVALID = "invalid"          # INVALID_ARGUMENT / 400
+    NOT_FOUND = "not_found"      # NOT_FOUND / 404
+    UNAVAILABLE = "unavailable"  # UNAVAILABLE / 503 (queue full, draining)
+    TOO_LARGE = "too_large"      # RESOURCE_EXHAUSTED / 413
+    INTERNAL = "internal"        # INTERNAL / 500
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class LoadedModel:
+    """One model: its metadata and a pool of backend instances, each serving one request at a
+    time."""
+
+    def __init__(self, config: ModelConfig, instances: list[Backend]) -> None:
+        self.config = config
+        self.name = config.name
+        self.version = config.version
+        first = instances[0]
+        self.platform = getattr(first, "platform", "unknown")
+        self.inputs: list[TensorSpec] = list(first.inputs())
+        self.outputs: list[TensorSpec] = list(first.outputs())
+        self.input_specs = {s.name: s for s in self.inputs}
+        self.output_names = [s.name for s in self.outputs]
+        self._instances = instances
+        self._free: collections.deque[Backend] = collections.deque(instances)
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def check_input(self, name: str, datatype: str, shape: list[int]) -> TensorSpec:
+        spec = self.input_specs.get(name)
+        if spec is None:
+            raise ServeError(ServeError.INVALID, f"model {self.name!r} has no input {name!r}; "
+                             f"inputs: {', '.join(self.input_specs)}")
+        if datatype != spec.datatype:
+            raise ServeError(ServeError.INVALID, f"input {name!r}: datatype {datatype!r}, "
+                             f"model expects {spec.datatype}")
+        if not spec.accepts(shape):
+            raise ServeError(ServeError.INVALID, f"input {name!r}: shape {list(shape)}, model "
+                             f"expects {spec.shape} (-1 = any)")
+        return spec
+
+    def check_complete(self, arrays: dict[str, np.ndarray]) -> None:
+        missing = [n for n in self.input_specs if n not in arrays]
+        if missing:
+            raise ServeError(ServeError.INVALID, f"model {self.name!r}: missing input(s) "
+                             f"{', '.join(missing)}")
+
+    def check_outputs(self, names: Iterable[str]) -> list[str]:
+        names = list(names)
+        for n in names:
+            if n not in self.output_names:
+                raise ServeError(ServeError.INVALID, f"model {self.name!r} has no output {n!r}; "
+                                 f"outputs: {', '.join(self.output_names)}")
+        return names or list(self.output_names)
+
+    async def _acquire(self) -> Backend:
+        if self._free:
+            return self._free.pop()          # LIFO: the most recently used (cache-warm) instance
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release(fut.result())
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def _release(self, instance: Backend) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(instance)
+                return
+        self._free.append(instance)
+
+    async def run(self, executor: ThreadPoolExecutor, arrays: dict[str, np.ndarray]
+                  ) -> dict[str, np.ndarray]:
+        instance = await self._acquire()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, instance.infer, arrays)
+        finally:
+            self._release(instance)
+
+    def close(self) -> None:
+        for inst in self._instances:
+            try:
+                inst.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing an instance of model %s", self.name)
+
+
+class Admission:
+    """At most ``max_concurrent`` requests in flight; up to ``max_queue`` more wait; beyond that
+    a request is refused at once (UNAVAILABLE / 503)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.max_concurrent = max(1, limits.max_concurrent_requests)
+        self.max_queue = max(0, limits.max_queue)
+        self.in_flight = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self.in_flight < self.max_concurrent and not self._waiters:
+            self.in_flight += 1
+            return
+        if len(self._waiters) >= self.max_queue:
+            raise ServeError(ServeError.UNAVAILABLE,
+                             f"server busy: {self.in_flight} requests in flight and "
+                             f"{len(self._waiters)} queued (limits.max_queue)")
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut      # the releasing request hands its slot over (in_flight unchanged)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.in_flight -= 1
+
+
+@dataclass
+class Counters:
+    accepted: int = 0    # inference requests that reached a model (passed parsing)
+    answered: int = 0    # ... and got an answer (ok or error)
+    ok: int = 0
+
+
+class Engine:
+    """The models of this server and how a validated request runs on them."""
+
+    def __init__(self, models: dict[str, LoadedModel], limits: Limits) -> None:
+        self.models = models
+        self.limits = limits
+        self.admission = Admission(limits)
+        workers = sum(len(m._instances) for m in models.values()) or 1
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
+        self.ready = True
+        self.counters = Counters()
+
+    def model(self, name: str, version: str = "") -> LoadedModel:
+        m = self.models.get(name)
+        if m is None:
+            raise ServeError(ServeError.NOT_FOUND, f"unknown model {name!r}; served: "
+                             f"{', '.join(self.models) or 'none'}")
+        if version and version != m.version:
+            raise ServeError(ServeError.NOT_FOUND, f"model {name!r} has no version {version!r} "
+                             f"(served: {m.version})")
+        return m
+
+    @property
+    def queue_depth(self) -> int:
+        return self.admission.waiting + sum(m.waiting for m in self.models.values())
+
+    async def infer(self, model: LoadedModel, arrays: dict[str, np.ndarray]
+                    ) -> dict[str, np.ndarray]:
+        model.check_complete(arrays)
+        await self.admission.acquire()
+        try:
+            try:
+                return await model.run(self.executor, arrays)
+            except TensorError as exc:          # includes backends.InferenceError
+                raise ServeError(ServeError.INVALID, f"model {model.name!r}: {exc}") from None
+            except ServeError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a runtime failure must not stop serving
+                log.exception("model %s: inference failed", model.name)
+                raise ServeError(ServeError.INTERNAL,
+                                 f"model {model.name!r}: inference failed: {exc}") from None
+        finally:
+            self.admission.release()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        for m in self.models.values():
+            m.close()
+
+
+def load_models(configs: Iterable[ModelConfig], open_source) -> dict[str, LoadedModel]:
+    """Construct every model's instances. ``open_source(model_config) -> ModelSource``."""
+    models = {}
+    for mc in configs:
+        cls = load_backend_class(mc.backend)
+        source = open_source(mc)
+        instances = [cls(mc, source) for _ in range(max(1, mc.instances))]
+        models[mc.name] = LoadedModel(mc, instances)
+    return models

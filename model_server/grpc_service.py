@@ -1,0 +1,168 @@
+"""KServe v2 over gRPC (grpc.aio): ``inference.GRPCInferenceService``.
+
+Handlers are registered with a generic handler (no generated ``_pb2_grpc`` module). Requests
+arrive as bytes and are parsed in the handler, so a garbage message is answered with
+INVALID_ARGUMENT (instead of grpc's generic deserialization failure) and the server carries on.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from . import __version__, protocol as pb
+from .core import Engine, LoadedModel, ServeError, log
+from .datatypes import (CONTENTS_FIELD, TensorError, from_list, from_numpy_dtype, from_raw,
+                        to_raw)
+from .metrics import UNKNOWN_MODEL, Metrics
+
+CODES = {
+    ServeError.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    ServeError.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ServeError.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ServeError.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ServeError.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+EXTENSIONS = ("binary_tensor_data",)
+
+
+def _parse(cls, raw: bytes):
+    try:
+        return cls.FromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ServeError(ServeError.INVALID, f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
+
+
+def _typed_contents(tensor, datatype: str, shape: list[int]) -> np.ndarray:
+    """An input sent as InferTensorContents (the client's choice: per-element conversion)."""
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise TensorError(f"input {tensor.name!r}: {datatype} must be sent in "
+                          "raw_input_contents")
+    return from_list(list(getattr(tensor.contents, field)), datatype, shape)
+
+
+def decode_request(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], list[str]]:
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise ServeError(ServeError.INVALID, f"{len(req.inputs)} inputs but {len(raw)} "
+                         "raw_input_contents")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        for i, tensor in enumerate(req.inputs):
+            shape = list(tensor.shape)
+            model.check_input(tensor.name, tensor.datatype, shape)
+            if tensor.name in arrays:
+                raise ServeError(ServeError.INVALID, f"input {tensor.name!r} given twice")
+            if raw:
+                arrays[tensor.name] = from_raw(raw[i], tensor.datatype, shape)
+            else:
+                arrays[tensor.name] = _typed_contents(tensor, tensor.datatype, shape)
+    except TensorError as exc:
+        raise ServeError(ServeError.INVALID, str(exc)) from None
+    outputs = model.check_outputs(o.name for o in req.outputs)
+    return arrays, outputs
+
+
+def encode_response(model: LoadedModel, req_id: str, result: dict[str, np.ndarray],
+                    outputs: list[str]) -> bytes:
+    resp = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=req_id)
+    for name in outputs:
+        arr = result[name]
+        resp.outputs.add(name=name, datatype=from_numpy_dtype(arr.dtype), shape=arr.shape)
+        resp.raw_output_contents.append(to_raw(arr))
+    return resp.SerializeToString()
+
+
+class GRPCService:
+    def __init__(self, engine: Engine, metrics: Metrics, service_name: str) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.service_name = service_name
+
+    async def _fail(self, context, exc: ServeError):
+        await context.abort(CODES[exc.kind], exc.message)
+
+    async def server_live(self, raw: bytes, context) -> bytes:
+        return pb.ServerLiveResponse(live=True).SerializeToString()
+
+    async def server_ready(self, raw: bytes, context) -> bytes:
+        return pb.ServerReadyResponse(ready=self.engine.ready).SerializeToString()
+
+    async def model_ready(self, raw: bytes, context) -> bytes:
+        try:
+            req = _parse(pb.ModelReadyRequest, raw)
+            self.engine.model(req.name, req.version)
+        except ServeError as exc:
+            if exc.kind == ServeError.NOT_FOUND:
+                return pb.ModelReadyResponse(ready=False).SerializeToString()
+            await self._fail(context, exc)
+        return pb.ModelReadyResponse(ready=self.engine.ready).SerializeToString()
+
+    async def server_metadata(self, raw: bytes, context) -> bytes:
+        return pb.ServerMetadataResponse(name=self.service_name, version=__version__,
+                                         extensions=EXTENSIONS).SerializeToString()
+
+    async def model_metadata(self, raw: bytes, context) -> bytes:
+        try:
+            req = _parse(pb.ModelMetadataRequest, raw)
+            m = self.engine.model(req.name, req.version)
+        except ServeError as exc:
+            await self._fail(context, exc)
+        resp = pb.ModelMetadataResponse(name=m.name, versions=[m.version], platform=m.platform)
+        for spec in m.inputs:
+            resp.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        for spec in m.outputs:
+            resp.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        return resp.SerializeToString()
+
+    async def model_infer(self, raw: bytes, context) -> bytes:
+        t0 = time.perf_counter()
+        label = UNKNOWN_MODEL
+        engine = self.engine
+        try:
+            req = _parse(pb.ModelInferRequest, raw)
+            model = engine.model(req.model_name, req.model_version)
+            label = model.name
+            arrays, outputs = decode_request(model, req)
+            engine.counters.accepted += 1
+            try:
+                result = await engine.infer(model, arrays)
+                body = encode_response(model, req.id, result, outputs)
+            finally:
+                engine.counters.answered += 1
+        except ServeError as exc:
+            self.metrics.observe(label, "grpc", exc.kind, time.perf_counter() - t0)
+            await self._fail(context, exc)
+        except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
+            log.exception("gRPC ModelInfer failed")
+            self.metrics.observe(label, "grpc", ServeError.INTERNAL, time.perf_counter() - t0)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        engine.counters.ok += 1
+        self.metrics.observe(label, "grpc", "ok", time.perf_counter() - t0)
+        return body
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn):
+            return grpc.unary_unary_rpc_method_handler(fn)   # bytes in, bytes out
+        return grpc.method_handlers_generic_handler(pb.SERVICE_FULL_NAME, {
+            "ServerLive": unary(self.server_live),
+            "ServerReady": unary(self.server_ready),
+            "ModelReady": unary(self.model_ready),
+            "ServerMetadata": unary(self.server_metadata),
+            "ModelMetadata": unary(self.model_metadata),
+            "ModelInfer": unary(self.model_infer),
+        })
+
+
+def make_server(service: GRPCService, max_request_bytes: int) -> "grpc.aio.Server":
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+    ])
+    server.add_generic_rpc_handlers((service.handler(),))
+    return server

@@ -1,0 +1,190 @@
+"""Start-up, serving and shutdown.
+
+Order: load the config -> fetch keys (:func:`model_server.keys.prepare_keys`) -> open the models
+and TLS files through the key ring -> start gRPC and REST -> one readiness line on stderr.
+SIGTERM (or SIGINT): readiness goes false, both listeners stop accepting, every accepted request
+is finished (up to ``drain_seconds``), then the process exits 0.
+
+Exit codes: 0 after a drain, 1 a model or listener failed to start, 2 a bad configuration
+(including an unknown backend), 3 a key could not be fetched (the reason is printed; nothing is
+served).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from typing import Sequence
+
+from . import __version__
+from .backends import BackendError
+from .config import ConfigError, ServerConfig, load_config
+from .core import Engine, load_models
+from .keys import KeyFetchError, KeyRing, prepare_keys
+from .metrics import Metrics
+
+log = logging.getLogger("model_server")
+PREFIX = "model_server:"
+
+
+def _say(message: str) -> None:
+    print(f"{PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class TLSMaterial:
+    def __init__(self, config: ServerConfig, keyring: KeyRing) -> None:
+        tls = config.tls
+        cert = keyring.open(tls.cert, tls.key_name)
+        key = keyring.open(tls.key, tls.key_name)
+        self.cert_path, self.key_path = cert.path, key.path
+        self.cert_pem, self.key_pem = cert.read_bytes(), key.read_bytes()
+        self.ca_path = self.ca_pem = None
+        if tls.client_ca:
+            ca = keyring.open(tls.client_ca, None)
+            self.ca_path, self.ca_pem = ca.path, ca.read_bytes()
+
+    def grpc_credentials(self):
+        import grpc
+
+        return grpc.ssl_server_credentials([(self.key_pem, self.cert_pem)],
+                                           root_certificates=self.ca_pem,
+                                           require_client_auth=self.ca_pem is not None)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.cert_path), str(self.key_path))
+        if self.ca_path is not None:
+            ctx.load_verify_locations(cafile=str(self.ca_path))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+
+async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -> int:
+    from .grpc_service import GRPCService, make_server
+    from .rest import RESTServer
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics = Metrics()
+    limit = config.limits.max_request_bytes
+    grpc_server = rest = None
+    listening = []
+    try:
+        if config.grpc is not None:
+            grpc_server = make_server(GRPCService(engine, metrics, config.service), limit)
+            addr = _address(config.grpc.host, config.grpc.port)
+            try:
+                port = (grpc_server.add_secure_port(addr, tls.grpc_credentials()) if tls
+                        else grpc_server.add_insecure_port(addr))
+            except RuntimeError as exc:
+                port = 0
+                reason = str(exc)
+            else:
+                reason = "address in use or not available"
+            if not port:
+                _say(f"cannot listen for gRPC on {addr}: {reason}")
+                return 1
+            await grpc_server.start()
+            listening.append(f"grpc {_address(config.grpc.host, port)}")
+        if config.rest is not None:
+            rest = RESTServer(engine, metrics, config.service, limit, config.metrics)
+            try:
+                port = await rest.start(config.rest.host, config.rest.port,
+                                        tls.ssl_context() if tls else None)
+            except OSError as exc:
+                _say(f"cannot listen for REST on "
+                     f"{_address(config.rest.host, config.rest.port)}: {exc.strerror or exc}")
+                return 1
+            listening.append(f"rest {_address(config.rest.host, port)}")
+        _say(f"serving {' '.join(listening) or 'nothing'}{' (TLS)' if tls else ''} "
+             f"(models: {', '.join(engine.models)})")
+        await stop.wait()
+        _say(f"draining (up to {config.drain_seconds:g} s)")
+        engine.ready = False
+        waits = []
+        if grpc_server is not None:
+            waits.append(grpc_server.stop(config.drain_seconds))
+        if rest is not None:
+            waits.append(rest.drain(config.drain_seconds))
+        results = await asyncio.gather(*waits)
+        left = results[-1] if rest is not None else 0
+        c = engine.counters
+        _say(f"stopped: {c.accepted} inference requests accepted, {c.answered} answered "
+             f"({c.ok} ok), {c.accepted - c.answered} unanswered"
+             + (f", {left} REST requests cut off at the drain deadline" if left else ""))
+        return 0
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m model_server",
+        description="enclave-build's model server: KServe Open Inference Protocol v2 over gRPC "
+                    "and REST, for models run by LiteRT (tflite), OpenVINO or a backend plugin.",
+        epilog="Exit codes: 0 stopped after SIGTERM, 1 a model or listener failed, 2 bad "
+               "configuration, 3 a key could not be fetched.")
+    p.add_argument("--config", required=True, metavar="PATH",
+                   help="the server's JSON configuration (an image path; ENCLAVE_BUILD_ROOT maps "
+                        "it under a host directory in a simulation)")
+    p.add_argument("--log-level", default="WARNING",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: WARNING")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format=f"{PREFIX} %(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+        if not config.models:
+            raise ConfigError(f"{args.config}: no models to serve")
+    except ConfigError as exc:
+        _say(f"bad configuration: {exc}")
+        return 2
+    except (TypeError, ValueError, KeyError) as exc:
+        _say(f"bad configuration: {args.config}: {exc}")
+        return 2
+    try:
+        keyring = prepare_keys(config.keys)
+    except KeyFetchError as exc:
+        _say(f"cannot fetch keys, not serving: {exc}")
+        return 3
+    engine = None
+    try:
+        try:
+            tls = TLSMaterial(config, keyring) if config.tls else None
+            if tls is not None:
+                tls.ssl_context()          # fail now on a bad certificate/key, not per client
+            models = load_models(config.models, lambda mc: keyring.open(mc.path, mc.key))
+        except KeyFetchError as exc:
+            _say(f"cannot open an encrypted file, not serving: {exc}")
+            return 3
+        except BackendError as exc:
+            _say(f"bad configuration: {exc}")
+            return 2
+        except (OSError, ssl.SSLError) as exc:
+            _say(f"cannot start: {exc}")
+            return 1
+        except Exception as exc:  # noqa: BLE001 - a runtime refusing a model
+            _say(f"cannot load the models: {type(exc).__name__}: {exc}")
+            return 1
+        engine = Engine(models, config.limits)
+        return asyncio.run(serve(config, engine, tls))
+    finally:
+        if engine is not None:
+            engine.close()
+        keyring.close()
