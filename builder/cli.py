@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from . import __version__
-from .errors import EnclaveBuildError
+from .errors import EnclaveBuildError, UsageError
 
 
 class _DefaultToBuild(click.Group):
@@ -416,6 +416,36 @@ def secrets_serve(config_path: Path) -> None:
         sys.exit(2 if not isinstance(exc, OSError) else 1)
 
 
+@secrets.command("simulate-pki")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 3650),
+              help="Validity of the certificates and collateral.")
+@click.option("--force", is_flag=True, help="Replace a PKI already in DIRECTORY.")
+def secrets_simulate_pki(directory: Path, days: int, force: bool) -> None:
+    """Write a SYNTHETIC TEST SGX PKI to DIRECTORY, for simulated attestation.
+
+    `run --simulate` signs its quotes with it; a secret server accepts them only when told to
+    trust DIRECTORY/root.pem. Never trust this root in production: whoever holds
+    DIRECTORY/pki-private.json can mint quotes for any enclave.
+    """
+    from attestation.synthetic import PKIError, SyntheticPKI
+
+    try:
+        written = SyntheticPKI(days=days).save(directory, overwrite=force)
+    except PKIError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for path in written:
+        click.echo(f"wrote {path}" + (" (private keys, mode 0600)" if path.name.endswith(
+            "private.json") else ""))
+    root, collateral = directory.resolve() / "root.pem", directory.resolve() / "collateral.json"
+    click.echo("\nTo trust it, put this in the secret server's secrets.toml:\n\n"
+               f"[attestation]\nroot_ca = \"{root}\"\ncollateral = \"{collateral}\"\n")
+    click.echo("WARNING: this is a SYNTHETIC TEST root, not Intel's: a secret server that trusts "
+               "it releases secrets to simulated enclaves that prove nothing. For tests and "
+               "`run --simulate` only.", err=True)
+
+
 @main.command()
 @click.argument("endpoint", metavar="HOST:PORT")
 @click.option("--measurements", "measurement_files", required=True, multiple=True,
@@ -459,6 +489,54 @@ def attest(endpoint: str, measurement_files: tuple[Path, ...], collateral: Path,
     else:
         for key, value in info.items():
             click.echo(f"{key:<14} {value}")
+
+
+# --------------------------------------------------------------------------- run
+
+
+@main.command(epilog="""\b
+Example:
+  enclave-build build spec.toml --base dir:/srv/gramine-base --output out
+  enclave-build secrets simulate-pki pki/
+  sudo enclave-build run out --simulate --pki pki/ --env LOG_LEVEL=debug
+""")
+@click.argument("build_dir", metavar="BUILD_DIR",
+                type=click.Path(file_okay=False, path_type=Path))
+@click.option("--simulate", is_flag=True,
+              help="Run without SGX (required: the only mode today). NOT an enclave; nothing "
+                   "is attested.")
+@click.option("--pki", type=click.Path(file_okay=False, path_type=Path),
+              help="Synthetic PKI directory for the simulated quoter (from `secrets "
+                   "simulate-pki`); default: one kept in the cache.")
+@click.option("--env", "env_items", multiple=True, metavar="NAME=VALUE",
+              help="Environment for the service (repeatable). Under gramine-direct only "
+                   "variables the manifest passes through reach it.")
+@click.option("--mode", type=click.Choice(["auto", "gramine-direct", "process"]),
+              default="auto", show_default=True,
+              help="auto: gramine-direct if the image holds a real Gramine and we are root, "
+                   "else a plain process (Python-server frameworks only).")
+def run(build_dir: Path, simulate: bool, pki: Path | None, env_items: tuple[str, ...],
+        mode: str) -> None:
+    """Run the image built into BUILD_DIR here, as a SIMULATION (no SGX).
+
+    Unpacks BUILD_DIR/oci into a private root, starts a simulated quoter for the build's
+    measurements.json and runs the service: under gramine-direct (the real LibOS in a chroot of
+    the image, as the image's user) when the image holds a real Gramine and you are root,
+    otherwise as a plain process with this Python (Python-server frameworks only; binary
+    frameworks such as tfserving exit with status 2). SIGINT/SIGTERM are forwarded; the exit
+    status is the service's.
+    """
+    from .run import RunOptions, parse_env, run_build
+
+    with _errors():
+        if not simulate:
+            raise UsageError("only simulation is supported: pass --simulate (real SGX "
+                                    "runs use the image itself, e.g. `docker run` with the "
+                                    "SGX devices)")
+        options = RunOptions(pki=pki, env=parse_env(env_items), mode=mode,
+                             log=lambda line: click.echo(line, err=True))
+        code = run_build(build_dir, options)
+    sys.exit(code)
 
 
 # --------------------------------------------------------------------------- pf

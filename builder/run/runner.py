@@ -1,0 +1,285 @@
+"""`enclave-build run BUILD_DIR --simulate`: run a built image here, without SGX.
+
+SIMULATION ONLY. Nothing is attested: the quotes come from a simulated quoter signing with a
+synthetic test PKI, which a secret server accepts only when told to trust that PKI's root.
+
+The image (BUILD_DIR/oci) is unpacked once into the cache and each run gets a private, writable
+view of it with the layers' owners and modes restored (builder.run.rootfs). Then:
+
+- **gramine-direct** when the root holds a real Gramine and we are root: the enclave's own
+  manifest runs under the real LibOS, in a chroot of the image, as the image's user
+  (builder.run.gramine_direct). The trusted-file checks are real; attestation is not.
+- **plain process** otherwise, for Python-server images: the host's Python runs the manifest's
+  argv (``python -m model_server --config ...``) with ``ENCLAVE_BUILD_ROOT`` = the private root
+  (the server maps image paths under it) and ``PYTHONPATH`` = the manifest's PYTHONPATH mapped
+  under the root. Frameworks that run a binary (tfserving, ovms) cannot run this way: exit 2.
+
+In both modes a :class:`attestation.simulated_quoter.SimulatedQuoter` serves quotes for the
+build's measurements on 127.0.0.1 and ``ENCLAVE_BUILD_SIMULATED_QUOTER=HOST:PORT`` names it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Mapping
+
+from attestation.measurements import Measurements, MeasurementsError
+
+from ..cache import cache_root
+from ..errors import EnclaveBuildError, UsageError
+from ..image.oci import Image
+from ..image.unpack import unpacked_rootfs
+from . import gramine_direct
+from .gramine_direct import DirectLaunch, resolve_user, wait_forwarding
+from .rootfs import apply_ownership, image_ownership, private_root
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[no-redef]
+
+QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
+ROOT_ENV = "ENCLAVE_BUILD_ROOT"
+SERVER_PYTHONPATH = "/opt/enclave-build/python"
+BANNER = ("SIMULATION: not an SGX enclave; nothing here is attested. Quotes come from a "
+          "simulated quoter signed by a SYNTHETIC test PKI; a secret server accepts them only "
+          "if configured to trust that PKI's root. Never use this for real secrets.")
+_PYTHON = re.compile(r"python(3(\.\d+)?)?$")
+
+
+class RunError(EnclaveBuildError):
+    """The build cannot be run (missing outputs, unreadable image, no way to start it)."""
+
+
+class CannotSimulate(UsageError):
+    """This build cannot run in this simulation mode (exit code 2)."""
+
+
+@dataclass
+class RunOptions:
+    pki: Path | None = None            # synthetic PKI directory (default: in the cache)
+    env: Mapping[str, str] = field(default_factory=dict)
+    mode: str = "auto"                 # "auto", "gramine-direct" or "process"
+    stdout: IO[Any] | int | None = None
+    stderr: IO[Any] | int | None = None
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+    started: Callable[[subprocess.Popen], None] | None = None   # called with the process
+
+
+@dataclass
+class Build:
+    directory: Path
+    image: Image
+    measurements: Measurements
+    app: str                   # /enclave/SERVICE
+    manifest: dict[str, Any]   # the parsed SERVICE.manifest.sgx
+    user: str | None           # the image config's User
+    ownership: list = field(default_factory=list)   # builder.run.rootfs entries to restore
+
+
+def parse_env(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise UsageError(f"--env {item!r}: expected NAME=VALUE")
+        env[key] = value
+    return env
+
+
+def open_build(directory: str | Path) -> tuple[Build, Path]:
+    """Check BUILD_DIR's outputs, read the image and its manifest; returns the build and the
+    cached unpacked root filesystem."""
+    from ..image.inspect import open_image, read_file
+
+    directory = Path(directory)
+    if not directory.exists():
+        raise RunError(f"{directory}: no such build directory (give the --output directory of "
+                       "`enclave-build build`)")
+    if not directory.is_dir():
+        raise RunError(f"{directory}: not a directory (give the --output directory of "
+                       "`enclave-build build`)")
+    if not (directory / "oci").is_dir():
+        raise RunError(f"{directory / 'oci'}: no OCI image layout; is {directory} the output "
+                       "directory of `enclave-build build`?")
+    if not (directory / "measurements.json").is_file():
+        raise RunError(f"{directory / 'measurements.json'}: not found; the simulated quoter "
+                       "needs the build's identity")
+    try:
+        image, measurements = open_image(str(directory))
+    except MeasurementsError as exc:
+        raise RunError(f"{directory / 'measurements.json'}: {exc}") from None
+    assert measurements is not None
+    config = image.config.get("config") or {}
+    entrypoint = config.get("Entrypoint") or []
+    app = entrypoint[1] if len(entrypoint) == 2 and str(entrypoint[0]).startswith("gramine") \
+        else f"/enclave/{measurements.service}"
+    raw = read_file(image, f"{app}.manifest.sgx")
+    if raw is None:
+        raise RunError(f"{directory / 'oci'}: the image has no manifest {app}.manifest.sgx")
+    try:
+        manifest = tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RunError(f"{app}.manifest.sgx in {directory / 'oci'}: not TOML: {exc}") from None
+    build = Build(directory, image, measurements, app, manifest, config.get("User") or None)
+    # Reading the layers' owners and unpacking both decompress every layer: do them together.
+    with ThreadPoolExecutor(1) as pool:
+        ownership = pool.submit(image_ownership, image)
+        rootfs = unpacked_rootfs(image.store, image.layers, image.diff_ids,
+                                 cache_root() / "rootfs", str(directory / "oci"))
+        build.ownership = ownership.result()
+    return build, rootfs.root
+
+
+def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
+    """'gramine-direct' or 'process', or CannotSimulate saying why neither works."""
+    real = gramine_direct.has_gramine_direct(root)
+    if requested == "gramine-direct" or (requested == "auto" and real and os.geteuid() == 0):
+        if not real:
+            raise CannotSimulate(f"{build.directory}: the image has no real Gramine "
+                                 f"({gramine_direct.DIRECT_LOADER}); it was built on a stand-in "
+                                 "base. Rebuild with a real base, e.g. --base dir:ROOTFS from "
+                                 "scripts/gramine-base.sh")
+        if os.geteuid() != 0:
+            raise CannotSimulate("gramine-direct runs need root (chroot and bind mounts)")
+        return "gramine-direct"
+    entry = str(build.manifest.get("libos", {}).get("entrypoint", ""))
+    if not _PYTHON.search(entry.rsplit("/", 1)[-1]):
+        why = ("the image has no real Gramine (built on a stand-in base)" if not real
+               else "gramine-direct needs root")
+        raise CannotSimulate(
+            f"{build.measurements.framework!r} runs a binary ({entry}), not our Python model "
+            f"server, so it cannot run as a plain process here, and {why}. Simulate it under "
+            "gramine-direct: build on a real Gramine base (scripts/gramine-base.sh ROOTFS, then "
+            "--base dir:ROOTFS) and run as root.")
+    return "process"
+
+
+def _loader_env(manifest: dict[str, Any]) -> dict[str, Any]:
+    return dict((manifest.get("loader") or {}).get("env") or {})
+
+
+def process_command(build: Build, root: Path, env: Mapping[str, str]) -> tuple[list[str],
+                                                                                dict[str, str],
+                                                                                Path]:
+    """argv, environment and cwd of a plain-process run of the manifest's Python argv."""
+    argv = list((build.manifest.get("loader") or {}).get("argv") or [])
+    if not argv:
+        raise RunError(f"{build.app}.manifest.sgx has no loader.argv")
+    manifest_env = _loader_env(build.manifest)
+    pythonpath = manifest_env.get("PYTHONPATH")
+    inner = pythonpath.split(":") if isinstance(pythonpath, str) and pythonpath \
+        else [SERVER_PYTHONPATH]
+    out_env = dict(os.environ)
+    for name, value in manifest_env.items():
+        # plain values only; LD_LIBRARY_PATH names Gramine's C library, not the host's
+        if isinstance(value, str) and name not in ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH",
+                                                   "HOME", "PATH"):
+            out_env[name] = value
+    out_env.update(env)
+    out_env[ROOT_ENV] = str(root)
+    out_env["PYTHONPATH"] = ":".join(str(root / p.lstrip("/")) for p in inner if p)
+    out_env["PYTHONDONTWRITEBYTECODE"] = "1"
+    start_dir = str((build.manifest.get("fs") or {}).get("start_dir") or "/")
+    cwd = root / start_dir.lstrip("/")
+    return [sys.executable, *argv[1:]], out_env, cwd if cwd.is_dir() else root
+
+
+def _pki(directory: Path | None, log: Callable[[str], None]):
+    from attestation.synthetic import PKIError, SyntheticPKI
+
+    try:
+        if directory is not None:
+            return SyntheticPKI.load(directory), Path(directory)
+        default = cache_root() / "simulated-pki"
+        if (default / "root.pem").is_file():
+            return SyntheticPKI.load(default), default
+        pki = SyntheticPKI()
+        pki.save(default)
+        log(f"run: created a synthetic test PKI in {default} (a secret server must set "
+            f"root_ca = \"{default / 'root.pem'}\" to accept its quotes)")
+        return pki, default
+    except PKIError as exc:
+        raise RunError(str(exc)) from None
+
+
+def _check_encrypted_files(build: Build, root: Path, uid: int, gid: int,
+                           log: Callable[[str], None]) -> None:
+    """Warn about encrypted-mount files the runtime user cannot open read-write (Gramine opens
+    them O_RDWR; the run will fail on them, as it would in a real container)."""
+    if uid == 0:
+        return
+    bad = []
+    for mount in (build.manifest.get("fs") or {}).get("mounts") or []:
+        if not isinstance(mount, dict) or mount.get("type") != "encrypted":
+            continue
+        uri = str(mount.get("uri", ""))
+        host = root / uri.removeprefix("file:").lstrip("/")
+        paths = [host] if host.is_file() else [p for p in host.rglob("*") if p.is_file()] \
+            if host.is_dir() else []
+        for path in paths:
+            st = path.stat()
+            ok = (st.st_uid == uid and st.st_mode & 0o600 == 0o600) or \
+                 (st.st_gid == gid and st.st_mode & 0o060 == 0o060) or st.st_mode & 0o006 == 0o006
+            if not ok:
+                bad.append(f"/{path.relative_to(root)}")
+    if bad:
+        log(f"run: warning: the image user ({uid}:{gid}) cannot open these encrypted files "
+            f"read-write, and Gramine opens them read-write: {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}")
+
+
+def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
+    """Run the build in BUILD_DIR (simulation); returns the service's exit code."""
+    from attestation.simulated_quoter import QuoterError, SimulatedQuoter
+
+    options = options or RunOptions()
+    log = options.log
+    build, cached = open_build(directory)
+    mode = choose_mode(build, cached, options.mode)
+    pki, pki_dir = _pki(options.pki, log)
+    log(BANNER)
+    with private_root(cached) as root:
+        apply_ownership(root, build.ownership)
+        uid, gid = resolve_user(root, build.user) if mode == "gramine-direct" else \
+            (os.getuid(), os.getgid())
+        quoter = SimulatedQuoter(pki, build.measurements)
+        try:
+            host, port = quoter.start()
+        except QuoterError as exc:
+            raise RunError(str(exc)) from None
+        try:
+            env = {**options.env, QUOTER_ENV: f"{host}:{port}"}
+            log(f"run: {build.measurements.service} ({build.measurements.framework}), mode "
+                f"{mode}, mr_enclave {build.measurements.mr_enclave}, quoter {host}:{port}, "
+                f"PKI {pki_dir}")
+            if mode == "gramine-direct":
+                declared = _loader_env(build.manifest)
+                for name in options.env:
+                    value = declared.get(name)
+                    if not (isinstance(value, dict) and value.get("passthrough")):
+                        log(f"run: warning: the manifest does not pass {name} through "
+                            f"(loader.env.{name} = {{ passthrough = true }}); the enclave will "
+                            "not see it")
+                _check_encrypted_files(build, root, uid, gid, log)
+                process = gramine_direct.start(DirectLaunch(root, build.app, uid, gid, env),
+                                               stdout=options.stdout, stderr=options.stderr)
+            else:
+                argv, full_env, cwd = process_command(build, root, env)
+                process = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=options.stdout,
+                                           stderr=options.stderr, start_new_session=True)
+            if options.started is not None:
+                options.started(process)
+            return wait_forwarding(process)
+        finally:
+            quoter.stop()
+
+
+__all__ = ["run_build", "RunOptions", "RunError", "CannotSimulate", "open_build", "choose_mode",
+           "process_command", "parse_env", "BANNER", "QUOTER_ENV", "ROOT_ENV"]
