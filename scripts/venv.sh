@@ -12,9 +12,11 @@ fi
 [ -x "$_repo/.venv/bin/python" ] || python3 -m venv "$_repo/.venv"
 # shellcheck disable=SC1091
 source "$_repo/.venv/bin/activate"
-_stamp="$_repo/.venv/.installed-$(sha256sum "$_repo/pyproject.toml" | cut -c1-16)"
+_stamp="$_repo/.venv/.installed-$(cat "$_repo/pyproject.toml" "$_repo/constraints.txt" | sha256sum | cut -c1-16)"
 if [ ! -f "$_stamp" ]; then
+  echo "scripts/venv.sh: installing enclave-build and its pinned dependencies into $_repo/.venv (first run: a minute or two)" >&2
   python -m pip install --quiet --upgrade pip
-  python -m pip install --quiet -e "$_repo[test]"
+  python -m pip install --quiet -c "$_repo/constraints.txt" -e "$_repo[test,serve]"
+  rm -f "$_repo"/.venv/.installed-*
   touch "$_stamp"
 fi
