@@ -29,6 +29,7 @@ from .image.sources import open_base
 from .plan import ServicePlan
 from .plugin_api import BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress
 from .plugins import PluginRegistry
+from .rootfs import RootFS
 from .spec import Spec, load_spec
 
 
@@ -169,7 +170,7 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
             written = _write_pending(artifacts, spec.directory / f"{plan.service}.sigstruct.tbs")
             raise SignatureNeeded(_pending_message(artifacts.pending, written, spec))
         result = _finish(spec, plan, artifacts, base_image.image, out, created, key_files,
-                         cache, progress, image)
+                         cache, progress, image, base_image.rootfs)
         # Inside the try: staged files (encrypted models) still exist while hooks run.
         registry.pm.hook.enclave_build_finished(result=result)
     finally:
@@ -188,7 +189,8 @@ def _check_push_target(tag: str) -> None:
 
 def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Image,
             out: Path | None, created: list[Path], key_files: dict[str, Path],
-            cache: HashCache, progress: Progress, options: ImageOptions) -> BuildResult:
+            cache: HashCache, progress: Progress, options: ImageOptions,
+            rootfs: RootFS | None = None) -> BuildResult:
     identity = artifacts.identity
     assert identity is not None
     measurements = Measurements(
@@ -197,7 +199,7 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
         isv_prod_id=identity.isv_prod_id, isv_svn=identity.isv_svn, debug=identity.debug,
         image=ImageRef(plan.image_tag, None))
     store = BlobStore(cache_root() / "blobs")
-    built = assemble(base, plan, artifacts, measurements, store, cache, progress.task)
+    built = assemble(base, plan, artifacts, measurements, store, cache, progress.task, rootfs)
     pushed = None
     if options.push:
         pushed = push(built, plan.image_tag, progress.task)
@@ -221,9 +223,14 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
         f"# The enclave identity is in measurements.json (mr_enclave {measurements.mr_enclave}).",
         'measurements = ["measurements.json"]',
     ]
+    users: dict[str, list[str]] = {}
+    for mount in plan.mounts:
+        if mount.key_name:
+            users.setdefault(mount.key_name, []).append(mount.path)
     for name, path in sorted(key_files.items()):
-        lines += ["", "[[secrets]]", f"name = {json.dumps(name)}", f"file = {json.dumps(str(path))}",
-                  f"allow = [{json.dumps(plan.service)}]"]
+        used = ", ".join(users.get(name, [])) or "the service"
+        lines += ["", f"# {name}: decrypts {used}", "[[secrets]]", f"name = {json.dumps(name)}",
+                  f"file = {json.dumps(str(path))}", f"allow = [{json.dumps(plan.service)}]"]
     return "\n".join(lines) + "\n"
 
 

@@ -72,6 +72,9 @@ class EnclaveResources:
     debug: bool = False
     isv_prod_id: int = 0
     isv_svn: int = 0
+    #: Stack of the main thread and every thread's default stack (RLIMIT_STACK). Gramine's own
+    #: default (256K) crashes deep C recursion; 8M matches a native process.
+    stack_size: int = 8 << 20
 
 
 @dataclass
@@ -81,11 +84,65 @@ class ProvisionedKey:
     name: str
 
 
+class KeyDelivery(enum.Enum):
+    """How the enclave gets its wrap keys from the secret server."""
+
+    #: Gramine's secret-provisioning constructor (LD_PRELOAD libsecret_prov_attest.so) attests
+    #: before main() and installs exactly one key. For binaries we cannot change (TF Serving, OVMS).
+    CONSTRUCTOR = "constructor"
+    #: The program fetches its own keys after start (enclave-build's model server): one RA-TLS
+    #: connection per key, SNI naming the key; any number of keys.
+    IN_ENCLAVE = "in-enclave"
+
+
 @dataclass
 class SecretProvisioning:
     server: str                    # HOST:PORT
     ca_cert: Path | None = None    # the server's CA, shipped as a trusted file
     keys: list[ProvisionedKey] = field(default_factory=list)
+    delivery: KeyDelivery = KeyDelivery.CONSTRUCTOR
+
+
+#: Standard-library trees and extension modules that never run in a model server; left out of
+#: the trusted files (each trusted entry costs start-up time in the enclave). Patterns are matched
+#: against paths relative to the stdlib directory; a trailing ``/`` names a directory, and a
+#: directory name in ``test``/``tests``/``idle_test`` is excluded wherever it appears.
+STDLIB_UNUSED: tuple[str, ...] = (
+    "test/", "idlelib/", "tkinter/", "turtledemo/", "ensurepip/", "lib2to3/", "pydoc_data/",
+    "distutils/", "venv/", "sqlite3/", "curses/", "dbm/", "__phello__/", "turtle.py",
+    "__hello__.py", "config-*/", "site-packages/", "dist-packages/",
+    "lib-dynload/_test*", "lib-dynload/_ctypes_test*", "lib-dynload/xx*", "lib-dynload/_xx*",
+    "lib-dynload/_curses*", "lib-dynload/readline*", "lib-dynload/_dbm*",
+    "lib-dynload/_gdbm*", "lib-dynload/_tkinter*", "lib-dynload/nis*",
+    "lib-dynload/ossaudiodev*", "lib-dynload/audioop*", "lib-dynload/_sqlite3*",
+    "lib-dynload/_crypt*",
+)
+
+#: Where Debian's python3 (and pip with --break-system-packages) put packages, in sys.path order.
+SITE_DIRS: tuple[str, ...] = ("/usr/local/lib/python3.11/dist-packages",
+                              "/usr/lib/python3/dist-packages")
+
+
+@dataclass
+class PythonRuntime:
+    """A Python interpreter and the code it runs, to be trusted file by file.
+
+    The libOS backend resolves this against the base image's root filesystem: the interpreter,
+    its standard library minus *stdlib_exclude*, the files of each installed *distribution*
+    (from its ``.dist-info/RECORD``, following ``Requires-Dist``), the *modules* named by import
+    name (for packages installed without metadata), and then the ELF closure of all of it.
+    """
+
+    interpreter: str = "/usr/bin/python3.11"
+    version: str = "3.11"
+    distributions: list[str] = field(default_factory=list)  # e.g. ["numpy", "grpcio"]
+    modules: list[str] = field(default_factory=list)         # e.g. ["_cffi_backend"]
+    site_dirs: tuple[str, ...] = SITE_DIRS
+    stdlib_exclude: tuple[str, ...] = STDLIB_UNUSED
+
+    @property
+    def stdlib(self) -> str:
+        return f"/usr/lib/python{self.version}"
 
 
 @dataclass
@@ -108,6 +165,13 @@ class ServicePlan:
     ports: list[Port] = field(default_factory=list)
     secrets: SecretProvisioning | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    #: Paths in the base image trusted only when the base has them (e.g. /etc/ld.so.cache).
+    trusted_if_present: list[str] = field(default_factory=list)
+    #: Environment variables taken from the host at start (Gramine ``{ passthrough = true }``);
+    #: never for anything that decides what the enclave trusts.
+    env_passthrough: list[str] = field(default_factory=list)
+    #: The Python interpreter and code this service runs (None for binary entrypoints).
+    python: PythonRuntime | None = None
 
     def add_file(self, source: Path | None, dest: str, kind: FileKind = FileKind.TRUSTED,
                  mode: int = 0o644, key_name: str | None = None,

@@ -6,28 +6,61 @@ Plugins (builtin or third-party) use only this module, :mod:`builder.hookspecs`,
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import importlib.util
+import json
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from .errors import EnclaveBuildError
 from .hookspecs import hookimpl
-from .plan import (EnclaveResources, FileKind, Mount, MountType, PlanFile, Port,
-                   ProvisionedKey, SecretProvisioning, ServicePlan)
+from .plan import (STDLIB_UNUSED, EnclaveResources, FileKind, KeyDelivery, Mount, MountType,
+                   PlanFile, Port, ProvisionedKey, PythonRuntime, SecretProvisioning,
+                   ServicePlan)
 from .rootfs import RootFS
-from .schema import Field, Section
-from .spec import ModelSpec, Spec
+from .schema import Field, Problem, Section
+from .spec import ModelSpec, Spec, SpecError
 
 __all__ = [
     "hookimpl", "Framework", "LibOS", "BuildOptions", "Progress", "NullProgress",
     "LibOSArtifacts", "ArtifactFile", "EnclaveIdentity", "PendingSignature",
-    "EnclaveResources", "FileKind", "Mount", "MountType", "PlanFile", "Port", "ProvisionedKey",
-    "SecretProvisioning", "ServicePlan", "Field", "Section", "Spec", "ModelSpec", "RootFS",
-    "EnclaveBuildError", "SECRETS_DIR", "base_plan", "service_key_name", "add_model", "add_secret_file",
+    "EnclaveResources", "FileKind", "KeyDelivery", "Mount", "MountType", "PlanFile", "Port",
+    "ProvisionedKey", "PythonRuntime", "SecretProvisioning", "ServicePlan", "Field", "Section",
+    "Spec", "ModelSpec", "RootFS", "EnclaveBuildError", "SpecError", "STDLIB_UNUSED",
+    "SECRETS_DIR", "MODEL_ROOT", "SECRET_SERVER_CA", "PYTHON", "SERVER_PYTHONPATH",
+    "SERVER_CONFIG", "SERVER_DISTRIBUTIONS", "SERVER_MODULES", "BACKEND_ENTRY_POINTS",
+    "base_plan", "service_key_name", "model_key_name", "default_key_name", "require_one_key",
+    "spec_error", "add_model", "add_secret_file", "model_image_path", "python_server_plan",
+    "ship_python_package", "server_config",
 ]
 
 #: Where encrypted non-model files (TLS material, configs) live inside the enclave.
 SECRETS_DIR = "/enclave/secrets"
+#: Models live at MODEL_ROOT/NAME/VERSION/ in every builtin framework.
+MODEL_ROOT = "/models"
+#: The secret server's CA certificate in the image (trusted).
+SECRET_SERVER_CA = "/enclave/secret-server-ca.pem"
+#: Debian's CPython in the base images.
+PYTHON = "/usr/bin/python3.11"
+#: Where the model server's code (and backend plugins' code) ships in the image (PYTHONPATH).
+SERVER_PYTHONPATH = "/opt/enclave-build/python"
+#: The model server's configuration file in the image (trusted: part of the measurement).
+SERVER_CONFIG = "/enclave/model-server.json"
+#: Runtime distributions the model server imports, installed in the base image (pip names).
+SERVER_DISTRIBUTIONS: tuple[str, ...] = ("grpcio", "protobuf", "numpy", "cbor2", "cryptography")
+#: Import names needed without distribution metadata (Debian's python3-cffi-backend, which
+#: Debian's python3-cryptography loads).
+SERVER_MODULES: tuple[str, ...] = ("_cffi_backend",)
+#: Entry-point group of model-server backends (``name = "pkg.module:BackendClass"``).
+BACKEND_ENTRY_POINTS = "enclave_model_server.backends"
+#: Backends the model server imports directly (no entry point needed in the image).
+BUILTIN_BACKENDS = ("tflite", "openvino")
+#: Runtime distributions of the builtin backends.
+BACKEND_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {"tflite": ("ai-edge-litert",),
+                                                      "openvino": ("openvino",)}
 
 
 @dataclass(frozen=True)
@@ -77,6 +110,9 @@ class ArtifactFile:
     data: bytes | None = None
     source: Path | None = None
     mode: int = 0o644
+    #: Owned by (and writable for) the image's runtime user, e.g. Gramine protected files,
+    #: whose host file the LibOS opens read-write; the directory holding it too.
+    writable: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,15 +155,20 @@ class LibOS:
 def base_plan(spec: Spec, framework: Framework, *, entrypoint: str, argv: list[str],
               env: dict[str, str] | None = None, trusted: list[str] | None = None,
               ports: list[Port] | None = None, user: str = "root",
-              working_dir: str = "/") -> ServicePlan:
+              working_dir: str = "/", default_base: str | None = None,
+              key_delivery: KeyDelivery = KeyDelivery.CONSTRUCTOR) -> ServicePlan:
     """A plan with everything the spec fixes regardless of framework: identity, resources,
-    image names and the secret-provisioning endpoint. Frameworks add their models and files."""
+    image names and the secret-provisioning endpoint. Frameworks add their models and files.
+
+    *default_base* replaces the framework's default base image (for frameworks whose modes
+    need different bases); *key_delivery* says who fetches the keys (see :class:`KeyDelivery`).
+    """
     enclave = spec.enclave
     plan = ServicePlan(
         service=spec.service.name,
         framework=framework.name,
         libos=spec.service.libos,
-        base_image=spec.image.base or framework.default_base,
+        base_image=spec.image.base or default_base or framework.default_base,
         image_tag=spec.image.tag or f"{spec.service.name}:latest",
         entrypoint=entrypoint,
         argv=list(argv),
@@ -145,19 +186,75 @@ def base_plan(spec: Spec, framework: Framework, *, entrypoint: str, argv: list[s
     plan.labels["org.enclave-build.service"] = spec.service.name
     plan.labels["org.enclave-build.framework"] = framework.name
     if spec.secrets.server:
-        plan.secrets = SecretProvisioning(spec.secrets.server, spec.secrets.ca)
+        plan.secrets = SecretProvisioning(spec.secrets.server, spec.secrets.ca,
+                                          delivery=key_delivery)
     return plan
 
 
-def service_key_name(spec: Spec) -> str:
-    """The one wrap key this service's enclave receives at start-up.
+def default_key_name(spec: Spec) -> str:
+    """The key used where the spec names none: ``SERVICE-key``."""
+    return f"{spec.service.name}-key"
 
-    Gramine's provisioning constructor fetches exactly one 16-byte key per enclave start, so all
-    encrypted content of a service (models, TLS material) shares it. Models may name it
-    (``[[models]] key``), e.g. to share a key between services; otherwise it is SERVICE-key.
+
+def model_key_name(spec: Spec, model: ModelSpec) -> str:
+    """The wrap key of one model: ``[[models]] key``, else ``SERVICE-key``."""
+    return model.key or default_key_name(spec)
+
+
+def service_key_name(spec: Spec) -> str:
+    """The one wrap key of a service whose keys Gramine's provisioning constructor fetches.
+
+    That constructor installs exactly one 16-byte key per enclave start, so all encrypted
+    content of such a service (models, TLS material) shares it (see :func:`require_one_key`).
+    Models may name it (``[[models]] key``), e.g. to share a key between services; otherwise it
+    is SERVICE-key.
     """
     named = [m.key for m in spec.models if m.encrypt and m.key]
-    return named[0] if named else f"{spec.service.name}-key"
+    return named[0] if named else default_key_name(spec)
+
+
+def spec_error(spec: Spec, key: tuple, message: str) -> SpecError:
+    """A :class:`SpecError` for *key* (e.g. ``("models", 1, "key")``), located at its line in
+    the spec file, formatted like every other spec error (``FILE:LINE: KEY: message``)."""
+    from ._tomlpos import KeyLocator
+
+    line = None
+    try:
+        text = spec.path.read_text(encoding="utf-8")
+    except OSError:
+        text = None
+    source = str(spec.path)
+    if text is not None:
+        locator = KeyLocator(text)
+        probe = key
+        while probe and line is None:
+            line = locator.line(probe)
+            probe = probe[:-1]
+        try:
+            source = str(spec.path.relative_to(Path.cwd()))
+        except ValueError:
+            pass
+    return SpecError(source, [Problem(key, message, line)])
+
+
+def require_one_key(spec: Spec, framework: str) -> str:
+    """For frameworks whose keys Gramine's constructor fetches: every encrypted model (and the
+    TLS material) must use one key. Returns it; otherwise raises a located :class:`SpecError`
+    at the first model whose key differs from the first encrypted model's."""
+    encrypted = [(i, m) for i, m in enumerate(spec.models) if m.encrypt]
+    if not encrypted:
+        return service_key_name(spec)
+    key = model_key_name(spec, encrypted[0][1])
+    for index, model in encrypted[1:]:
+        if model_key_name(spec, model) != key:
+            raise spec_error(
+                spec, ("models", index, "key") if model.key else ("models", index),
+                f"all encrypted models must use the same key ({key!r}) with framework "
+                f"{framework}: Gramine's provisioning constructor gives the enclave exactly one "
+                "key per start; serve models with different keys from separate services, or "
+                "with a framework whose server fetches its own keys (tflite, openvino mode "
+                '"python")')
+    return key
 
 
 def _provision(plan: ServicePlan, key: str) -> None:
@@ -169,31 +266,265 @@ def _provision(plan: ServicePlan, key: str) -> None:
 
 def _encrypted_mount(plan: ServicePlan, directory: str, key: str) -> None:
     directory = directory.rstrip("/")
-    if not any(m.path == directory for m in plan.mounts):
-        plan.mounts.append(Mount(directory, MountType.ENCRYPTED, "file:" + directory, key))
+    for mount in plan.mounts:
+        if mount.path == directory:
+            if mount.key_name != key:
+                raise EnclaveBuildError(f"{directory}: one encrypted mount cannot use two keys "
+                                        f"({mount.key_name} and {key})")
+            return
+    plan.mounts.append(Mount(directory, MountType.ENCRYPTED, "file:" + directory, key))
 
 
-def add_model(plan: ServicePlan, spec: Spec, model: ModelSpec, dest_dir: str) -> None:
+def model_image_path(model: ModelSpec, dest_dir: str) -> str:
+    """Where *model* is in the image when added under *dest_dir*: the file, or the directory."""
+    source = Path(model.path)
+    return dest_dir.rstrip("/") + ("" if source.is_dir() else "/" + source.name)
+
+
+def add_model(plan: ServicePlan, spec: Spec, model: ModelSpec, dest_dir: str,
+              key: str | None = None) -> str:
     """Add *model* under *dest_dir* (a directory inside the image): trusted when clear-text,
-    otherwise as protected files under an encrypted mount keyed by the service key."""
+    otherwise as protected files under an encrypted mount of *dest_dir* keyed by *key*
+    (default: the model's key, :func:`model_key_name`). Returns the model's image path."""
     source = Path(model.path)
     dest = dest_dir.rstrip("/") + ("/" if source.is_dir() else "/" + source.name)
     if not model.encrypt:
         plan.add_file(source, dest, FileKind.TRUSTED)
-        return
-    key = service_key_name(spec)
+        return model_image_path(model, dest_dir)
+    key = key or model_key_name(spec, model)
     plan.add_file(source, dest, FileKind.ENCRYPTED, key_name=key)
     _encrypted_mount(plan, dest_dir, key)
     _provision(plan, key)
+    return model_image_path(model, dest_dir)
 
 
 def add_secret_file(plan: ServicePlan, spec: Spec, name: str, *, data: bytes | None = None,
-                    source: Path | None = None) -> str:
+                    source: Path | None = None, key: str | None = None) -> str:
     """Ship a confidential file (TLS key, credentials) encrypted under SECRETS_DIR; returns the
-    path the server inside the enclave opens."""
-    key = service_key_name(spec)
+    path the server inside the enclave opens. *key* defaults to the service's one key for
+    constructor-provisioned plans and to SERVICE-key when the server fetches its own keys."""
+    if key is None:
+        in_enclave = plan.secrets is not None and plan.secrets.delivery is KeyDelivery.IN_ENCLAVE
+        key = default_key_name(spec) if in_enclave else service_key_name(spec)
     dest = f"{SECRETS_DIR}/{name}"
     plan.add_file(source, dest, FileKind.ENCRYPTED, mode=0o600, key_name=key, data=data)
     _encrypted_mount(plan, SECRETS_DIR, key)
     _provision(plan, key)
     return dest
+
+
+# --- Python model-server plans -----------------------------------------------------------------
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise EnclaveBuildError(f"the Python package {name!r} is not installed where "
+                                "enclave-build runs, so it cannot be shipped into the image")
+    if spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    if spec.origin is None:
+        raise EnclaveBuildError(f"{name!r} has no files to ship")
+    return Path(spec.origin)
+
+
+def _source_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                  and not p.name.endswith((".pyc", ".pyo")))
+
+
+def ship_python_package(plan: ServicePlan, name: str, *,
+                        target: str = SERVER_PYTHONPATH) -> list[str]:
+    """Copy the installed top-level package (or module) *name* from the environment running
+    the build into the image under *target* (on the server's PYTHONPATH), as trusted files, so
+    the code in the image is exactly the code installed with the builder. Returns image paths."""
+    root = _package_dir(name)
+    out = []
+    base = root.parent
+    for path in _source_files(root):
+        dest = posixpath.join(target, path.relative_to(base).as_posix())
+        if not any(f.dest == dest for f in plan.files):
+            plan.add_file(path, dest, FileKind.TRUSTED)
+        out.append(dest)
+    return out
+
+
+def _attestation_imports(files: Iterable[Path]) -> set[str]:
+    """Names of ``attestation`` submodules the given sources import (absolute or relative)."""
+    names: set[str] = set()
+    for path in files:
+        if path.suffix != ".py":
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        inside = path.parent.name == "attestation"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    parts = alias.name.split(".")
+                    if parts[0] == "attestation" and len(parts) > 1:
+                        names.add(parts[1])
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level == 0 and module.split(".")[0] == "attestation":
+                    parts = module.split(".")
+                    if len(parts) > 1:
+                        names.add(parts[1])
+                    else:
+                        names.update(a.name for a in node.names)
+                elif node.level == 1 and inside:
+                    if module:
+                        names.add(module.split(".")[0])
+                    else:
+                        names.update(a.name for a in node.names)
+    return names
+
+
+def _ship_attestation(plan: ServicePlan, server_files: list[Path]) -> None:
+    """Ship the attestation modules the server imports (transitively), plus a bare
+    ``attestation/__init__.py`` (the real one belongs to the builder's side)."""
+    package = _package_dir("attestation")
+    wanted = _attestation_imports(server_files)
+    done: set[str] = set()
+    while wanted - done:
+        name = sorted(wanted - done)[0]
+        done.add(name)
+        source = package / f"{name}.py"
+        if not source.is_file():
+            raise EnclaveBuildError(f"the model server imports attestation.{name}, which the "
+                                    f"installed enclave-build does not have ({source})")
+        plan.add_file(source, f"{SERVER_PYTHONPATH}/attestation/{name}.py", FileKind.TRUSTED)
+        wanted |= _attestation_imports([source])
+    plan.add_file(None, f"{SERVER_PYTHONPATH}/attestation/__init__.py", FileKind.TRUSTED,
+                  data=b'"""The attestation modules the model server uses."""\n')
+
+
+def _backend_entry_point(name: str) -> importlib.metadata.EntryPoint | None:
+    matches = [ep for ep in importlib.metadata.entry_points(group=BACKEND_ENTRY_POINTS)
+               if ep.name == name]
+    return matches[0] if matches else None
+
+
+def _backend_metadata(entry_points: Mapping[str, str]) -> bytes:
+    lines = [f"[{BACKEND_ENTRY_POINTS}]"] + [f"{n} = {v}" for n, v in sorted(entry_points.items())]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def server_config(spec: Spec, plan: ServicePlan, models: Sequence[Mapping[str, Any]], *,
+                  grpc_port: int, rest_port: int, tls: Mapping[str, Any] | None = None,
+                  limits: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The model server's configuration (schema: model_server/config.py) for *plan*: keys are
+    the plan's provisioned keys, fetched by the server from the spec's secret server."""
+    keys = None
+    if plan.secrets is not None and plan.secrets.keys:
+        keys = {"server": plan.secrets.server, "ca": SECRET_SERVER_CA,
+                "names": [k.name for k in plan.secrets.keys], "timeout_seconds": 10,
+                "evidence": "tcg-dice"}
+    return {
+        "version": 1, "service": spec.service.name,
+        "grpc": {"host": "0.0.0.0", "port": grpc_port},
+        "rest": {"host": "0.0.0.0", "port": rest_port},
+        "tls": dict(tls) if tls else None,
+        "limits": dict(limits or {"max_request_bytes": 64 << 20, "max_concurrent_requests": 64,
+                                  "max_queue": 256}),
+        "drain_seconds": 20, "metrics": True,
+        "models": [dict(m) for m in models],
+        "keys": keys,
+    }
+
+
+def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
+                       packages: Sequence[str] = (), modules: Sequence[str] = (),
+                       grpc_port: int = 8001, rest_port: int = 8000, instances: int = 1,
+                       threads: int = 1, options: Mapping[str, Any] | None = None,
+                       default_base: str | None = None,
+                       python: PythonRuntime | None = None,
+                       user: str = "10001") -> ServicePlan:
+    """A plan that runs enclave-build's own model server (KServe v2 over gRPC and REST) with
+    *backend* for every model of the spec.
+
+    - Entrypoint ``PYTHON -m model_server --config SERVER_CONFIG``; the configuration is
+      written here and shipped as a trusted file.
+    - The server's code ships from the installed distribution to SERVER_PYTHONPATH (with the
+      ``attestation`` modules it imports); a backend that is not builtin is found through the
+      entry-point group BACKEND_ENTRY_POINTS and its top-level package ships too.
+    - Runtimes come from the base image: SERVER_DISTRIBUTIONS plus *packages* (pip
+      distribution names, e.g. ``["onnxruntime"]``) and *modules* (import names without
+      metadata) are trusted file by file, with Python's standard library and the ELF closure.
+    - Keys: the server fetches them itself inside the enclave (one RA-TLS connection per key),
+      so every model may have its own key (``[[models]] key``, default SERVICE-key); each model
+      directory is an encrypted mount keyed by its model's key; [tls] files use SERVICE-key.
+    - *instances*/*threads*/*options* go to every model's entry; adjust ``plan.files`` or call
+      :func:`server_config` yourself for per-model values.
+    - *user*: the image's runtime user (uid 10001, as in enclave-build's base images); it owns
+      the encrypted files, which Gramine opens read-write.
+    """
+    argv = [PYTHON, "-m", "model_server", "--config", SERVER_CONFIG]
+    plan = base_plan(
+        spec, framework, entrypoint=(python.interpreter if python else PYTHON), argv=argv,
+        env={"PYTHONPATH": SERVER_PYTHONPATH, "PYTHONDONTWRITEBYTECODE": "1",
+             "PYTHONUNBUFFERED": "1", "HOME": "/tmp",
+             "LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu"},
+        ports=[Port(grpc_port, "grpc"), Port(rest_port, "http")], default_base=default_base,
+        key_delivery=KeyDelivery.IN_ENCLAVE, user=user)
+    if python is not None:
+        plan.argv[0] = python.interpreter
+    plan.env_passthrough.append("ENCLAVE_BUILD_SIMULATED_QUOTER")
+    plan.allowed.append("/etc/resolv.conf")
+    # Docker and Kubernetes replace /etc/hosts at run time, so it cannot be a trusted file; the
+    # image carries one (a minimal base has none) so that `localhost` resolves everywhere.
+    plan.add_file(None, "/etc/hosts", FileKind.ALLOWED,
+                  data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    plan.trusted_if_present += ["/etc/nsswitch.conf", "/etc/ld.so.cache", "/etc/passwd",
+                                "/etc/group", "/etc/ssl/openssl.cnf",
+                                # Debian's cryptography 38 insists on OpenSSL's legacy provider,
+                                # which libcrypto dlopens (no DT_NEEDED names it).
+                                "/usr/lib/x86_64-linux-gnu/ossl-modules/legacy.so"]
+
+    entry_points: dict[str, str] = {}
+    ep = _backend_entry_point(backend)
+    if ep is not None:
+        entry_points[backend] = ep.value
+        top = ep.value.split(":")[0].split(".")[0]
+        if top != "model_server":
+            ship_python_package(plan, top)
+    elif backend not in BUILTIN_BACKENDS:
+        raise EnclaveBuildError(
+            f"no model-server backend named {backend!r} is installed (entry-point group "
+            f"{BACKEND_ENTRY_POINTS}); builtin: {', '.join(BUILTIN_BACKENDS)}")
+    ship_python_package(plan, "model_server")
+    _ship_attestation(plan, [f.source for f in plan.files if f.source is not None])
+    if entry_points:
+        info = f"{SERVER_PYTHONPATH}/enclave_build_image_backends-0.dist-info"
+        plan.add_file(None, f"{info}/METADATA", FileKind.TRUSTED,
+                      data=b"Metadata-Version: 2.1\nName: enclave-build-image-backends\n"
+                           b"Version: 0\n")
+        plan.add_file(None, f"{info}/entry_points.txt", FileKind.TRUSTED,
+                      data=_backend_metadata(entry_points))
+
+    runtime = python or PythonRuntime()
+    wanted = list(SERVER_DISTRIBUTIONS) + list(BACKEND_DISTRIBUTIONS.get(backend, ()))
+    wanted += list(packages)
+    runtime.distributions = list(dict.fromkeys(runtime.distributions + wanted))
+    runtime.modules = list(dict.fromkeys(runtime.modules + list(SERVER_MODULES) + list(modules)))
+    plan.python = runtime
+
+    entries = []
+    for model in spec.models:
+        path = add_model(plan, spec, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
+        entries.append({"name": model.name, "version": str(model.version), "backend": backend,
+                        "path": path, "key": model_key_name(spec, model) if model.encrypt else None,
+                        "instances": instances, "threads": threads,
+                        "options": dict(options or {})})
+    tls = None
+    if spec.tls is not None:
+        cert = add_secret_file(plan, spec, "tls.crt", source=spec.tls.cert)
+        key = add_secret_file(plan, spec, "tls.key", source=spec.tls.key)
+        tls = {"cert": cert, "key": key, "key_name": default_key_name(spec), "client_ca": None}
+    config = server_config(spec, plan, entries, grpc_port=grpc_port, rest_port=rest_port, tls=tls)
+    plan.add_file(None, SERVER_CONFIG, FileKind.TRUSTED,
+                  data=(json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    return plan

@@ -38,7 +38,8 @@ MODELS = Section("models", "the models to serve", (
     Field("path", "path", "a model file or directory on the build machine", required=True),
     Field("encrypt", "bool", "ship the model encrypted (Gramine protected files)", default=True),
     Field("version", "int", "the model version served", default=1, minimum=1),
-    Field("key", "str", "name of the wrap key for this model (default: one key per service)",
+    Field("key", "str", "name of the wrap key for this model (default: SERVICE-key); frameworks "
+          "that run a binary (tfserving, openvino mode \"ovms\") allow one key per service",
           pattern=_KEY_NAME, pattern_doc="letters, digits, '_' and '-', at most 64 characters"),
 ), array=True)
 
@@ -302,7 +303,8 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
 
 def _check_secrets(secrets: dict[str, Any], models: list[dict[str, Any]], data: dict[str, Any],
                    problems: list[Problem]) -> None:
-    """Encrypted content needs a secret server to get its key from, and one key per enclave."""
+    """Encrypted content needs a secret server to get its keys from. (How many keys one service
+    may use is the framework's rule: see builder.plugin_api.require_one_key.)"""
     encrypted = [i for i, m in enumerate(models) if m.get("encrypt")]
     needs_key = encrypted or "tls" in data
     if secrets.get("server") and secrets.get("ca") is None and ("secrets", "ca") not in \
@@ -315,14 +317,6 @@ def _check_secrets(secrets: dict[str, Any], models: list[dict[str, Any]], data: 
         what = "encrypted models need" if encrypted else "[tls] material ships encrypted and needs"
         problems.append(Problem(where, f"{what} a key from the secret server at start-up: set "
                                        "[secrets] server and ca (or encrypt = false)"))
-    names = {m.get("key") for i, m in enumerate(models) if i in encrypted}
-    if len(names) > 1:
-        index = next(i for i in encrypted if models[i].get("key") != models[encrypted[0]].get("key"))
-        problems.append(Problem(
-            ("models", index, "key"),
-            "all encrypted models of one service must use the same key: Gramine's provisioning "
-            "constructor gives an enclave exactly one key per start; serve models with "
-            "different keys from separate services"))
 
 
 def _check_signing(signing: dict[str, Any], problems: list[Problem]) -> None:

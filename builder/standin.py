@@ -63,10 +63,27 @@ def _filler(label: str, size: int) -> bytes:
 
 
 def standin_elf(label: str, text_size: int = 0x1800, data_size: int = 0x500,
-                bss_size: int = 0x3000) -> bytes:
+                bss_size: int = 0x3000, needed: tuple[str, ...] = (),
+                runpath: str | None = None) -> bytes:
     """A synthetic ELF64 x86-64 shared object: an R+X segment at vaddr 0 and an unaligned RW
-    segment with .bss (memsz > filesz), sharing no page. Only program headers, no sections."""
-    phnum = 2
+    segment with .bss (memsz > filesz), sharing no page. Only program headers, no sections.
+    With *needed* (or *runpath*), the data segment starts with a PT_DYNAMIC table naming those
+    libraries (DT_NEEDED, DT_RUNPATH), so library-closure code reads it as from a real ELF."""
+    dynamic = b""
+    if needed or runpath:
+        names = list(needed) + ([runpath] if runpath else [])
+        strtab = b"\0"
+        offsets = []
+        for name in names:
+            offsets.append(len(strtab))
+            strtab += name.encode() + b"\0"
+        count = len(names) + 3  # + DT_STRTAB, DT_STRSZ, DT_NULL
+        tags = [(1, off) for off in offsets[:len(needed)]]  # DT_NEEDED
+        if runpath:
+            tags.append((29, offsets[-1]))  # DT_RUNPATH
+        dynamic_size = count * 16
+        data_size = max(data_size, dynamic_size + len(strtab))
+    phnum = 3 if dynamic or needed or runpath else 2
     data_offset = max(0x2010, (text_size + 0xFFF) // 0x1000 * 0x1000 + 0x10)
     data_vaddr = data_offset + 0x1000  # same offset within its page as in the file
     image = bytearray(_filler(label, data_offset + data_size))
@@ -76,6 +93,13 @@ def standin_elf(label: str, text_size: int = 0x1800, data_size: int = 0x500,
     phdrs = struct.pack("<IIQQQQQQ", 1, 5, 0, 0, 0, text_size, text_size, 0x1000)
     phdrs += struct.pack("<IIQQQQQQ", 1, 6, data_offset, data_vaddr, data_vaddr, data_size,
                          data_size + bss_size, 0x1000)
+    if phnum == 3:
+        strtab_vaddr = data_vaddr + dynamic_size
+        tags += [(5, strtab_vaddr), (10, len(strtab)), (0, 0)]  # DT_STRTAB, DT_STRSZ, DT_NULL
+        dynamic = b"".join(struct.pack("<qQ", t, v) for t, v in tags)
+        phdrs += struct.pack("<IIQQQQQQ", 2, 6, data_offset, data_vaddr, data_vaddr,
+                             dynamic_size, dynamic_size, 8)
+        image[data_offset:data_offset + dynamic_size + len(strtab)] = dynamic + strtab
     image[:len(header) + len(phdrs)] = header + phdrs
     return bytes(image)
 
@@ -121,22 +145,154 @@ def make_standin_rootfs(root: str | Path) -> Path:
           "../../../libsecret_prov_attest.so")
     _write(root, "/usr/bin/gramine-sgx", b"#!/bin/sh\necho 'stand-in gramine-sgx: no SGX here' >&2\nexit 1\n", 0o755)
 
-    # Libraries and configuration every framework trusts.
-    _write(root, "/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30", standin_elf("libstdc++"), 0o644)
-    _link(root, "/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "libstdc++.so.6.0.30")
-    _write(root, "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1", standin_elf("libgcc_s", 0x1000))
+    # Libraries and configuration the frameworks need (a merged-/usr Debian layout).
+    arch = "/usr/lib/x86_64-linux-gnu"
+    _link(root, "/lib", "usr/lib")
+    _write(root, f"{arch}/libstdc++.so.6.0.30",
+           standin_elf("libstdc++", needed=("libm.so.6", "libc.so.6", "libgcc_s.so.1")), 0o644)
+    _link(root, f"{arch}/libstdc++.so.6", "libstdc++.so.6.0.30")
+    _write(root, f"{arch}/libgcc_s.so.1", standin_elf("libgcc_s", 0x1000, needed=("libc.so.6",)))
+    for lib in ("libz.so.1", "libexpat.so.1", "libffi.so.8"):
+        _write(root, f"{arch}/{lib}", standin_elf(lib, 0x1000, needed=("libc.so.6",)))
+    _write(root, f"{arch}/libcrypto.so.3", standin_elf("libcrypto", needed=("libc.so.6",)))
+    _write(root, f"{arch}/libssl.so.3",
+           standin_elf("libssl", needed=("libcrypto.so.3", "libc.so.6")))
+    _write(root, f"{arch}/libunused.so.1", standin_elf("libunused", 0x1000))  # never needed
     _write(root, "/etc/ld.so.cache", _placeholder("ld.so.cache"))
-    _write(root, "/etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n")
     _write(root, "/etc/resolv.conf", b"nameserver 127.0.0.53\n")
     _write(root, "/etc/nsswitch.conf", b"hosts: files dns\n")
+    _write(root, "/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"
+                                b"enclave:x:10001:10001::/home/enclave:/usr/sbin/nologin\n"
+                                b"ovms:x:5000:5000::/home/ovms:/usr/sbin/nologin\n")
+    _write(root, "/etc/group", b"root:x:0:\nenclave:x:10001:\novms:x:5000:\n")
 
     # Framework runtimes.
-    _write(root, "/usr/bin/tensorflow_model_server", standin_elf("tensorflow_model_server"), 0o755)
-    _write(root, "/ovms/bin/ovms", standin_elf("ovms"), 0o755)
-    _write(root, "/ovms/lib/libovms_shared.so", standin_elf("libovms_shared"), 0o755)
-    _write(root, "/usr/bin/python3.11", standin_elf("python3.11"), 0o755)
-    _link(root, "/usr/bin/python3", "python3.11")
-    _write(root, "/usr/lib/python3/dist-packages/numpy/__init__.py", _placeholder("numpy"))
-    _write(root, "/opt/enclave-build/server/enclave_model_server/__init__.py",
-           _placeholder("enclave_model_server"))
+    cxx = ("libstdc++.so.6", "libgcc_s.so.1", "libm.so.6", "libc.so.6")
+    _write(root, "/usr/bin/tensorflow_model_server",
+           standin_elf("tensorflow_model_server", needed=cxx + ("libz.so.1",)), 0o755)
+    _write(root, "/ovms/bin/ovms",
+           standin_elf("ovms", needed=("libovms_shared.so",) + cxx, runpath="$ORIGIN/../lib"),
+           0o755)
+    _write(root, "/ovms/lib/libovms_shared.so",
+           standin_elf("libovms_shared", needed=("libssl.so.3",) + cxx), 0o755)
+    _write(root, "/ovms/lib/libopenvino_intel_cpu_plugin.so",
+           standin_elf("libopenvino_intel_cpu_plugin", needed=cxx), 0o755)
+    _python(root)
     return root
+
+
+PY_STDLIB = "/usr/lib/python3.11"
+PY_LOCAL = "/usr/local/lib/python3.11/dist-packages"
+PY_DEBIAN = "/usr/lib/python3/dist-packages"
+_EXT = ".cpython-311-x86_64-linux-gnu.so"
+
+
+def _pyc(hash_based: bool) -> bytes:
+    """A .pyc header (3.11 magic) with the hash-based flag set or not, and a stand-in body."""
+    return (bytes.fromhex("a70d0d0a") + (3 if hash_based else 0).to_bytes(4, "little")
+            + bytes(8) + b"stand-in code object")
+
+
+def _dist(root: Path, site: str, name: str, version: str, files: dict[str, bytes],
+          requires: tuple[str, ...] = ()) -> None:
+    """A stand-in installed distribution: its files plus a .dist-info with METADATA/RECORD."""
+    info = f"{name.replace('-', '_')}-{version}.dist-info"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires)
+    files = {**files, f"{info}/METADATA": meta.encode(), f"{info}/WHEEL": b"Wheel-Version: 1.0\n"}
+    record = "".join(f"{rel},sha256={hashlib.sha256(data).hexdigest()},{len(data)}\n"
+                     for rel, data in sorted(files.items()))
+    record += f"{info}/RECORD,,\n../../../bin/{name}-stand-in,,\n"
+    files[f"{info}/RECORD"] = record.encode()
+    for rel, data in files.items():
+        mode = 0o755 if rel.endswith(".so") else 0o644
+        _write(root, f"{site}/{rel}", data, mode)
+
+
+def _python(root: Path) -> None:
+    """Stand-ins for Debian's python3.11 and the runtimes the gramine-python base installs."""
+    _write(root, "/usr/bin/python3.11", standin_elf(
+        "python3.11", needed=("libm.so.6", "libz.so.1", "libexpat.so.1", "libc.so.6")), 0o755)
+    _link(root, "/usr/bin/python3", "python3.11")
+    for rel in ("os.py", "site.py", "ssl.py", "ctypes/__init__.py", "encodings/__init__.py",
+                "encodings/utf_8.py", "json/__init__.py", "asyncio/__init__.py",
+                "unittest/__init__.py", "unittest/test/test_case.py", "ctypes/test/test_x.py",
+                "test/__init__.py", "test/test_os.py", "tkinter/__init__.py",
+                "idlelib/__init__.py", "lib2to3/__init__.py", "ensurepip/__init__.py",
+                "pydoc_data/topics.py", "turtledemo/__init__.py", "distutils/__init__.py",
+                "config-3.11-x86_64-linux-gnu/Makefile"):
+        _write(root, f"{PY_STDLIB}/{rel}", _placeholder(f"python3.11/{rel}"))
+    _write(root, f"{PY_STDLIB}/__pycache__/os.cpython-311.pyc", _pyc(True))
+    _write(root, f"{PY_STDLIB}/__pycache__/site.cpython-311.pyc", _pyc(False))  # timestamp
+    _write(root, f"{PY_STDLIB}/__pycache__/os.cpython-311.opt-1.pyc", _pyc(True))
+    dynload = f"{PY_STDLIB}/lib-dynload"
+    _write(root, f"{dynload}/_ssl{_EXT}",
+           standin_elf("_ssl", needed=("libssl.so.3", "libcrypto.so.3", "libc.so.6")), 0o644)
+    _write(root, f"{dynload}/_ctypes{_EXT}",
+           standin_elf("_ctypes", needed=("libffi.so.8", "libc.so.6")), 0o644)
+    _write(root, f"{dynload}/_testcapi{_EXT}", standin_elf("_testcapi"), 0o644)
+    _write(root, f"{dynload}/_tkinter{_EXT}",
+           standin_elf("_tkinter", needed=("libtk8.6.so",)), 0o644)
+
+    elf = standin_elf
+    _dist(root, PY_LOCAL, "numpy", "2.4.0", {
+        "numpy/__init__.py": _placeholder("numpy"),
+        f"numpy/_core/_multiarray_umath{_EXT}": elf(
+            "numpy/_multiarray_umath", needed=("libscipy_openblas64_-standin.so", "libc.so.6"),
+            runpath="$ORIGIN/../../numpy.libs"),
+        "numpy/_core/include/numpy/ndarraytypes.h": b"/* stand-in header */\n",
+        "numpy/_core/tests/test_multiarray.py": _placeholder("numpy test"),
+        "numpy/__init__.pyi": b"# stand-in stub\n",
+        "numpy.libs/libscipy_openblas64_-standin.so": elf(
+            "openblas", needed=("libgfortran-standin.so.5", "libm.so.6", "libc.so.6"),
+            runpath="$ORIGIN"),
+        "numpy.libs/libgfortran-standin.so.5": elf("libgfortran", needed=("libc.so.6",)),
+    })
+    _dist(root, PY_LOCAL, "grpcio", "1.76.0", {
+        "grpc/__init__.py": _placeholder("grpc"),
+        "grpc/aio/__init__.py": _placeholder("grpc.aio"),
+        f"grpc/_cython/cygrpc{_EXT}": elf("cygrpc", needed=cxx_names()),
+    }, requires=("typing-extensions~=4.12",))
+    _dist(root, PY_LOCAL, "typing_extensions", "4.15.0",
+          {"typing_extensions.py": _placeholder("typing_extensions")})
+    _dist(root, PY_LOCAL, "protobuf", "6.33.0", {
+        "google/protobuf/__init__.py": _placeholder("protobuf"),
+        "google/_upb/_message.abi3.so": elf("upb", needed=("libc.so.6",)),
+    })
+    _dist(root, PY_LOCAL, "cbor2", "5.7.0", {"cbor2/__init__.py": _placeholder("cbor2")})
+    _dist(root, PY_LOCAL, "ai-edge-litert", "2.1.0", {
+        "ai_edge_litert/__init__.py": _placeholder("ai_edge_litert"),
+        "ai_edge_litert/interpreter.py": _placeholder("ai_edge_litert.interpreter"),
+        "ai_edge_litert/_pywrap_tensorflow_interpreter_wrapper.so": elf(
+            "litert", needed=cxx_names()),
+    }, requires=("numpy>=1.23.2", "tqdm; extra == 'model-utils'",
+                 "backports.strenum; python_version < '3.11'"))
+    _dist(root, PY_LOCAL, "openvino", "2025.4.0", {
+        "openvino/__init__.py": _placeholder("openvino"),
+        f"openvino/_pyopenvino{_EXT}": elf("_pyopenvino", needed=("libopenvino.so.2540",)
+                                           + cxx_names(), runpath="$ORIGIN/libs"),
+        "openvino/libs/libopenvino.so.2540": elf("libopenvino", needed=("libtbb.so.12",)
+                                                 + cxx_names(), runpath="$ORIGIN"),
+        "openvino/libs/libopenvino_intel_cpu_plugin.so": elf(
+            "ov_cpu", needed=("libopenvino.so.2540",), runpath="$ORIGIN"),
+        "openvino/libs/libopenvino_intel_gpu_plugin.so": elf(
+            "ov_gpu", needed=("libOpenCL.so.1",), runpath="$ORIGIN"),  # not loadable here
+        "openvino/libs/libtbb.so.12": elf("tbb", needed=("libc.so.6",)),
+        "openvino/libs/plugins.xml": b"<ie><plugins/></ie>\n",
+    }, requires=("numpy<2.5,>=1.16.6", "openvino-telemetry>=2023.2.1", "packaging"))
+    _dist(root, PY_LOCAL, "openvino-telemetry", "2025.2.0",
+          {"openvino_telemetry/__init__.py": _placeholder("openvino_telemetry")})
+    _dist(root, PY_LOCAL, "packaging", "25.0", {"packaging/__init__.py": _placeholder("packaging")})
+    _dist(root, PY_LOCAL, "unused-runtime", "1.0", {"unused/__init__.py": _placeholder("unused")})
+    _dist(root, PY_DEBIAN, "cryptography", "38.0.4", {
+        "cryptography/__init__.py": _placeholder("cryptography"),
+        "cryptography/hazmat/bindings/_rust.abi3.so": elf(
+            "cryptography-rust", needed=("libssl.so.3", "libcrypto.so.3", "libc.so.6")),
+    }, requires=("cffi>=1.12",))
+    _write(root, f"{PY_DEBIAN}/_cffi_backend{_EXT}",
+           standin_elf("_cffi_backend", needed=("libffi.so.8", "libc.so.6")), 0o644)
+    _write(root, f"{PY_DEBIAN}/graminelibos/sgx_sign.py", _placeholder("graminelibos"))
+
+
+def cxx_names() -> tuple[str, ...]:
+    return ("libstdc++.so.6", "libgcc_s.so.1", "libm.so.6", "libc.so.6")

@@ -105,7 +105,7 @@ CASES = [
       "service.framework is 'tflite'"]),
     ("plugin-section-unknown-key", GOOD + '\n[tflite]\nthread = 4\n',
      ["spec.toml:18: tflite.thread: unknown key; did you mean 'threads'? allowed: grpc_port, "
-      "rest_port, threads"]),
+      "rest_port, threads, instances"]),
     ("plugin-section-range", GOOD + '\n[tflite]\nrest_port = 70000\n',
      ["spec.toml:18: tflite.rest_port: 70000 is out of range; allowed: 1 to 65535"]),
     ("several-problems-at-once", replace('size = "2G"', 'size = "3G"').replace(
@@ -122,11 +122,4 @@ CASES += [
     ("secret-server-without-ca", GOOD + '\n[secrets]\nserver = "s.example.com:4433"\n',
      ["spec.toml:17: secrets.ca: required with secrets.server: the enclave checks the secret "
       "server's certificate against this CA"]),
-    ("two-keys-in-one-service",
-     replace("encrypt = false\n", 'encrypt = true\nkey = "a"\n\n[[models]]\nname = "m2"\n'
-             'path = "model.tflite"\nkey = "b"\n') + '\n[secrets]\nserver = "s.example.com:1"\n'
-     'ca = "key.pem"\n',
-     ["spec.toml:14: models[1].key: all encrypted models of one service must use the same key: "
-      "Gramine's provisioning constructor gives an enclave exactly one key per start; serve "
-      "models with different keys from separate services"]),
 ]

@@ -187,7 +187,8 @@ def test_golden_manifest_with_encrypted_mounts_and_provisioning(tmp_path, standi
 
 
 def test_openvino_with_tls_is_refused_clearly(tmp_path, standin_root, signing_key):
-    spec = SPEC.replace('framework = "tfserving"', 'framework = "openvino"')
+    spec = SPEC.replace('framework = "tfserving"', 'framework = "openvino"') + \
+        '\n[openvino]\nmode = "ovms"\n'
     _project(tmp_path, signing_key, spec)
     proc = _build(tmp_path, standin_root)
     assert proc.returncode == 1

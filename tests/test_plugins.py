@@ -102,3 +102,183 @@ def test_third_party_plugin_is_listed_and_builds(installed_plugin, tmp_path, sta
     bare = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", cwd=tmp_path)
     assert bare.returncode == 2
     assert b"'echo' is not an installed framework" in bare.stderr
+
+
+# --- keys, ownership and Python-server plans ----------------------------------------------------
+
+import gzip
+import io
+import tarfile
+
+CA = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"
+
+
+def _keys_project(tmp_path: Path, signing_key: Path, framework: str, extra: str = "") -> Path:
+    (tmp_path / "a.tflite").write_bytes(b"TFL3 model a" * 40)
+    (tmp_path / "b.tflite").write_bytes(b"TFL3 model b" * 40)
+    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    (tmp_path / "ca.pem").write_text(CA)
+    return write_spec(tmp_path, f'''[service]
+name = "multi"
+framework = "{framework}"
+
+[[models]]
+name = "a"
+path = "a.tflite"
+
+[[models]]
+name = "b"
+path = "b.tflite"
+key = "owner-b"
+
+[secrets]
+server = "secrets.example.com:4433"
+ca = "ca.pem"
+keys_dir = "keys"
+
+[signing]
+key = "key.pem"
+{extra}''')
+
+
+def test_python_server_serves_models_with_several_keys(tmp_path, standin_root, signing_key):
+    from builder.build import build
+
+    spec = _keys_project(tmp_path, signing_key, "tflite")
+    result = build(spec, base=f"dir:{standin_root}", output=tmp_path / "out")
+    manifest = tomllib.loads(result.artifacts.manifest.decode())
+    mounts = {m["path"]: m for m in manifest["fs"]["mounts"]}
+    assert mounts["/models/a/1"]["key_name"] == "multi-key"
+    assert mounts["/models/b/1"]["key_name"] == "owner-b"
+    assert mounts["/models/b/1"]["type"] == "encrypted"
+    env = manifest["loader"]["env"]
+    assert "LD_PRELOAD" not in env and "SECRET_PROVISION_SET_KEY" not in env
+    assert manifest["sgx"]["remote_attestation"] == "dcap"
+    config = json.loads(next(f.data for f in result.artifacts.files
+                             if f.dest == "/enclave/model-server.json"))
+    assert config["keys"] == {"server": "secrets.example.com:4433",
+                              "ca": "/enclave/secret-server-ca.pem",
+                              "names": ["multi-key", "owner-b"], "timeout_seconds": 10,
+                              "evidence": "tcg-dice"}
+    assert [(m["name"], m["key"], m["path"]) for m in config["models"]] == [
+        ("a", "multi-key", "/models/a/1/a.tflite"), ("b", "owner-b", "/models/b/1/b.tflite")]
+    policy = tomllib.loads((tmp_path / "out/secrets-policy.toml").read_text())
+    assert [(s["name"], Path(s["file"]).name) for s in policy["secrets"]] == [
+        ("multi-key", "multi-key.key"), ("owner-b", "owner-b.key")]
+    assert "# owner-b: decrypts /models/b/1" in (tmp_path / "out/secrets-policy.toml").read_text()
+
+
+@pytest.mark.parametrize("framework,extra,what", [
+    ("tfserving", "", "tfserving"),
+    ("openvino", '\n[openvino]\nmode = "ovms"\n', 'openvino (mode "ovms")')])
+def test_binary_frameworks_allow_one_key_with_a_located_error(tmp_path, monkeypatch, standin_root,
+                                                              signing_key, framework, extra, what):
+    from builder.build import build
+    from builder.spec import SpecError
+
+    _keys_project(tmp_path, signing_key, framework, extra)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as info:
+        build("spec.toml", base=f"dir:{standin_root}")
+    assert info.value.exit_code == 2
+    assert info.value.lines() == [
+        f"spec.toml:12: models[1].key: all encrypted models must use the same key ('multi-key') "
+        f"with framework {what}: Gramine's provisioning constructor gives the enclave exactly "
+        "one key per start; serve models with different keys from separate services, or with a "
+        'framework whose server fetches its own keys (tflite, openvino mode "python")']
+
+
+def _layer_members(output: Path) -> dict[str, tarfile.TarInfo]:
+    index = json.loads((output / "oci/index.json").read_text())
+    blobs = output / "oci/blobs/sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    members = {}
+    for layer in manifest["layers"][1:]:  # the layers the build added
+        data = gzip.decompress((blobs / layer["digest"].split(":")[1]).read_bytes())
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members.update({m.name: m for m in tar.getmembers()})
+    return members
+
+
+def test_encrypted_files_belong_to_the_runtime_user(tmp_path, standin_root, signing_key):
+    """Gramine opens an encrypted file's host file read-write: uid 10001 must own it."""
+    from builder.build import build
+
+    spec = _keys_project(tmp_path, signing_key, "tflite", "\n[build]\nreproducible = true\n")
+    build(spec, base=f"dir:{standin_root}", output=tmp_path / "out")
+    members = _layer_members(tmp_path / "out")
+    for path in ("models/a/1/a.tflite", "models/b/1/b.tflite"):
+        info = members[path]
+        assert (info.uid, info.gid) == (10001, 10001), path
+        assert info.mode & 0o600 == 0o600
+    for directory in ("models/a/1", "models/b/1"):
+        assert (members[directory].uid, members[directory].mode & 0o700) == (10001, 0o700)
+    assert (members["models"].uid, members["models/a"].uid) == (0, 0)
+    config = members["enclave/model-server.json"]
+    assert (config.uid, config.mode) == (0, 0o644)            # trusted files stay root's
+    # Deterministic: the same build gives the same layers.
+    build(spec, base=f"dir:{standin_root}", output=tmp_path / "again")
+    assert (tmp_path / "out/oci/index.json").read_bytes() == \
+        (tmp_path / "again/oci/index.json").read_bytes()
+
+
+def test_runtime_user_names_resolve_through_the_base_passwd(standin_root):
+    from builder.image.assemble import UserError, runtime_owner
+    from builder.rootfs import RootFS
+
+    rootfs = RootFS(standin_root)
+    assert runtime_owner("ovms", rootfs) == (5000, 5000)
+    assert runtime_owner("10001", rootfs) == (10001, 10001)
+    assert runtime_owner("4242", rootfs) == (4242, 0)
+    assert runtime_owner("ovms:root", rootfs) == (5000, 0)
+    assert runtime_owner(None, rootfs) == (0, 0)
+    with pytest.raises(UserError, match="user 'nobody-here', which is not in /etc/passwd"):
+        runtime_owner("nobody-here", rootfs)
+
+
+def test_a_third_party_backend_plugin_uses_python_server_plan(tmp_path, monkeypatch,
+                                                              standin_root, signing_key):
+    """Only the public API: a framework plugin adding a backend to our server, the backend's
+    code found through its entry point and shipped, its runtime trusted from the base."""
+    from builder.build import build
+    from builder.plugin_api import Framework, python_server_plan
+
+    site = tmp_path / "site"
+    (site / "eb_fake_backend").mkdir(parents=True)
+    (site / "eb_fake_backend/__init__.py").write_text("class Backend:\n    pass\n")
+    info = site / "eb_fake_backend-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: eb-fake-backend\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[enclave_model_server.backends]\nfake = eb_fake_backend:Backend\n")
+    monkeypatch.syspath_prepend(str(site))
+
+    framework = Framework("fakefw", "a third-party framework", f"dir:{standin_root}",
+                          plan=lambda spec: python_server_plan(
+                              spec, framework, backend="fake", packages=["unused-runtime"]))
+
+    class Plugin:
+        @hookimpl
+        def enclave_build_frameworks(self):
+            return [framework]
+
+    (tmp_path / "m.onnx").write_bytes(b"ONNX")
+    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    spec = write_spec(tmp_path, '[service]\nname = "fake"\nframework = "fakefw"\n\n'
+                                '[[models]]\nname = "m"\npath = "m.onnx"\nencrypt = false\n\n'
+                                '[signing]\nkey = "key.pem"\n')
+    result = build(spec, registry=PluginRegistry(extra_plugins=[Plugin()]))
+    manifest = tomllib.loads(result.artifacts.manifest.decode())
+    uris = {tf["uri"] for tf in manifest["sgx"]["trusted_files"]}
+    assert "file:/opt/enclave-build/python/eb_fake_backend/__init__.py" in uris
+    assert "file:/usr/local/lib/python3.11/dist-packages/unused/__init__.py" in uris
+    entry = next(f for f in result.artifacts.files if f.dest.endswith("entry_points.txt"))
+    assert entry.data == b"[enclave_model_server.backends]\nfake = eb_fake_backend:Backend\n"
+    config = json.loads(next(f.data for f in result.artifacts.files
+                             if f.dest == "/enclave/model-server.json"))
+    assert config["models"][0]["backend"] == "fake"
+
+    bad = Framework("badfw", "unknown backend", f"dir:{standin_root}",
+                    plan=lambda spec: python_server_plan(spec, bad, backend="onnxruntime"))
+    with pytest.raises(EnclaveBuildError, match="no model-server backend named 'onnxruntime'"):
+        bad.plan(result.spec)

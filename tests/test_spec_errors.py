@@ -55,4 +55,4 @@ def test_good_spec_loads(tmp_path, monkeypatch, signing_key):
     spec, _ = load("spec.toml")
     assert spec.enclave.size == 2 << 30
     assert spec.models[0].path == tmp_path / "model.tflite"
-    assert spec.section("tflite")["threads"] == 2  # plugin default filled in
+    assert spec.section("tflite")["threads"] == 1  # plugin default filled in

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import stat
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -22,8 +23,10 @@ import tomli_w
 
 from ..errors import EnclaveBuildError
 from ..hashing import HashCache, hash_files
-from ..plan import FileKind, PlanFile, ServicePlan
-from ..plugin_api import (ArtifactFile, BuildOptions, EnclaveIdentity, LibOSArtifacts,
+from ..elf import LoaderView, closure, read_deps
+from ..plan import FileKind, KeyDelivery, PlanFile, ServicePlan
+from ..python_closure import python_closure
+from ..plugin_api import (SECRET_SERVER_CA, ArtifactFile, BuildOptions, EnclaveIdentity, LibOSArtifacts,
                           PendingSignature)
 from ..rootfs import RootFS
 from . import protected_files, trusted_files
@@ -73,25 +76,47 @@ def sigstruct_path(plan: ServicePlan) -> str:
     return f"{ENCLAVE_DIR}/{plan.service}.sig"
 
 
-def render_manifest(plan: ServicePlan, runtime: GramineRuntime,
-                    log_level: str = "error") -> dict[str, Any]:
-    """The manifest as a dict, with trusted files not yet expanded or hashed."""
+DEFAULT_LD_LIBRARY_PATH = "/lib:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"
+DEFAULT_HOME = "/tmp"
+
+
+ARCH_LIBDIR = "/lib/x86_64-linux-gnu"
+
+
+def render_manifest(plan: ServicePlan, runtime: GramineRuntime, log_level: str = "error",
+                    extra_trusted: list[str] | None = None,
+                    arch_libdir: bool = False) -> dict[str, Any]:
+    """The manifest as a dict, with trusted files not yet expanded or hashed.
+
+    *extra_trusted* are image paths resolved against the base before rendering (the Python
+    closure, paths trusted when present); the ELF closure is added by :func:`finalize_manifest`.
+    *arch_libdir*: the base keeps libraries in a real /lib/x86_64-linux-gnu (no merged /usr),
+    which Gramine's /lib mount would hide: mount it too and search it.
+    """
     trusted = [f"file:{runtime.runtimedir}/", f"file:{plan.entrypoint}"]
     trusted += [f"file:{p}" for p in plan.trusted]
+    trusted += [f"file:{p}" for p in extra_trusted or []]
     trusted += [f"file:{f.dest}" for f in plan.files if f.kind is FileKind.TRUSTED]
     if plan.secrets and plan.secrets.ca_cert:
         trusted.append(f"file:{ca_cert_dest(plan)}")
     allowed = [f"file:{p}" for p in plan.allowed]
     allowed += [f"file:{f.dest}" for f in plan.files if f.kind is FileKind.ALLOWED]
-    env = sorted((k, v) for k, v in {**plan.env, **provisioning_env(plan)}.items()
-                 if k != "LD_LIBRARY_PATH")
+    values = {"HOME": DEFAULT_HOME, **plan.env, **provisioning_env(plan)}
+    clash = sorted(set(values) & set(plan.env_passthrough))
+    if clash:
+        raise ManifestRenderError(f"environment variable(s) {', '.join(clash)} both set and "
+                                  "passed through from the host")
+    env = sorted((k, v) for k, v in values.items() if k != "LD_LIBRARY_PATH")
     mounts = [{"path": m.path, "type": m.type.value, "uri": m.uri, "key_name": m.key_name}
               for m in plan.mounts]
     try:
         text = _environment().get_template(TEMPLATE).render(
             plan=plan, runtime=runtime, log_level=log_level, env=env, mounts=mounts,
-            ld_library_path=plan.env.get("LD_LIBRARY_PATH",
-                                         "/lib:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"),
+            passthrough=sorted(set(plan.env_passthrough)),
+            ld_library_path=_library_path(plan, arch_libdir),
+            arch_libdir=ARCH_LIBDIR if arch_libdir else "",
+            tmpfs_tmp=not any(m.path.rstrip("/") == "/tmp" for m in plan.mounts),
+            stack_size=size_text(plan.enclave.stack_size),
             enclave_size=size_text(plan.enclave.size),
             remote_attestation="dcap" if plan.secrets else "none",
             provisioning=bool(plan.secrets and plan.secrets.keys),
@@ -106,6 +131,21 @@ def render_manifest(plan: ServicePlan, runtime: GramineRuntime,
     return manifest
 
 
+def _library_path(plan: ServicePlan, arch_libdir: bool) -> str:
+    dirs = plan.env.get("LD_LIBRARY_PATH", DEFAULT_LD_LIBRARY_PATH).split(":")
+    if arch_libdir and ARCH_LIBDIR not in dirs:
+        dirs.insert(1 if dirs and dirs[0] == "/lib" else 0, ARCH_LIBDIR)
+    return ":".join(dirs)
+
+
+def has_arch_libdir(rootfs: RootFS) -> bool:
+    """True when /lib is a real directory holding x86_64-linux-gnu (no merged /usr)."""
+    st = rootfs.lstat("/lib")
+    arch = rootfs.lstat(ARCH_LIBDIR)
+    return st is not None and stat.S_ISDIR(st.st_mode) and arch is not None and \
+        stat.S_ISDIR(arch.st_mode)
+
+
 PROVISION_LIBRARY = "libsecret_prov_attest.so"
 
 
@@ -115,6 +155,8 @@ def provisioning_env(plan: ServicePlan) -> dict[str, str]:
     /dev/attestation/keys/<name>, which the encrypted mounts use."""
     if plan.secrets is None or not plan.secrets.keys:
         return {}
+    if plan.secrets.delivery is KeyDelivery.IN_ENCLAVE:
+        return {}  # the program fetches its own keys; nothing runs before main()
     if len(plan.secrets.keys) != 1:
         names = ", ".join(k.name for k in plan.secrets.keys)
         raise ManifestRenderError(
@@ -133,7 +175,7 @@ def provisioning_env(plan: ServicePlan) -> dict[str, str]:
 
 
 def ca_cert_dest(plan: ServicePlan) -> str:
-    return f"{ENCLAVE_DIR}/secret-server-ca.pem"
+    return SECRET_SERVER_CA
 
 
 def _plan_sources(plan: ServicePlan) -> list[PlanFile]:
@@ -158,11 +200,45 @@ def _expand_plan_file(item: PlanFile, uri_path: str) -> list[tuple[str, Path | b
     return [(f"file:{uri_path}", item.source)]
 
 
+def loader_view(manifest: dict[str, Any], rootfs: RootFS) -> LoaderView:
+    """The enclave's dynamic-loader view of the image, from the manifest's mounts and
+    LD_LIBRARY_PATH (Gramine's glibc at /lib first)."""
+    mounts = {m["path"]: m["uri"][len("file:"):] for m in manifest["fs"]["mounts"]
+              if m.get("type", "chroot") == "chroot" and m.get("uri", "").startswith("file:")}
+    path = manifest["loader"].get("env", {}).get("LD_LIBRARY_PATH", "")
+    if isinstance(path, dict):
+        path = path.get("value", "")
+    return LoaderView(rootfs, mounts, tuple(p for p in path.split(":") if p.startswith("/")))
+
+
+def elf_closure_uris(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootFS,
+                     image_files: list[str], plan_files: dict[str, Path]) -> list[str]:
+    """file: URIs of the libraries the trusted ELF files need that are not trusted yet.
+
+    The entrypoint's closure is strict (a missing library is an error naming it); libraries
+    other trusted objects need (plugins a runtime may never load) are added when present."""
+    view = loader_view(manifest, rootfs)
+    known = {dest: read_deps(source) for dest, source in plan_files.items()}
+    entry = closure([plan.entrypoint], view, strict=True, known=known)
+    rest = closure(list(plan_files) + image_files, view, known=known)
+    out: list[str] = []
+    for lib in list(entry.libraries) + list(rest.libraries):
+        out.append(f"file:{lib}")
+        try:
+            resolved = rootfs.resolve(lib)
+        except Exception:  # noqa: BLE001 - found by the resolver, so it resolves
+            continue
+        if resolved != lib:
+            out.append(f"file:{resolved}")  # the target too, should the LibOS follow the link
+    return list(dict.fromkeys(out))
+
+
 def finalize_manifest(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootFS,
                       cache: HashCache | None = None,
                       progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
                       ) -> bytes:
-    """Expand and hash every trusted file and the LibOS entrypoint; return the final bytes."""
+    """Expand and hash every trusted file, the ELF closure of the trusted ELF files and the
+    LibOS entrypoint; return the final bytes."""
     added = _plan_sources(plan)
     from_plan: list[tuple[str, Path | bytes]] = []
     from_image: list[str] = []
@@ -181,6 +257,15 @@ def finalize_manifest(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootF
         if isinstance(content, Path) and not content.is_file():
             raise trusted_files.TrustedFileError(f"{content}: added by the plan but not found")
         entries[uri] = content  # what the plan adds replaces the base image's file
+    plan_elves = {uri[len("file:"):]: c for uri, c in from_plan if isinstance(c, Path)
+                  and not c.name.endswith((".py", ".pyc", ".json", ".txt"))}
+    extra = elf_closure_uris(manifest, plan, rootfs,
+                             [f.uri[len("file:"):] for f in image_files
+                              if f.uri[len("file:"):] not in plan_elves],
+                             plan_elves)
+    extra = [uri for uri in extra if uri not in entries]
+    for item in trusted_files.expand(extra, rootfs):
+        entries.setdefault(item.uri, rootfs.host_path(item.inner))
     libos_host = rootfs.host_path(rootfs.resolve(manifest["loader"]["entrypoint"]["uri"][5:]))
 
     paths = [c for c in entries.values() if isinstance(c, Path)]
@@ -234,20 +319,33 @@ def encrypt_plan_files(plan: ServicePlan, options: BuildOptions) -> list[Artifac
         else:
             protected_files.encrypt_file(key, content, staged, embedded,
                                          reproducible=options.reproducible, progress=advance)
-        out.append(ArtifactFile(embedded, source=staged, mode=item.mode))
+        # Gramine opens an encrypted file's host file read-write: the runtime user must own it.
+        out.append(ArtifactFile(embedded, source=staged, mode=item.mode | 0o600, writable=True))
     return out
+
+
+def resolve_trusted(plan: ServicePlan, rootfs: RootFS) -> list[str]:
+    """Image paths the plan trusts that depend on what the base holds: the Python closure and
+    the paths trusted when present."""
+    paths: list[str] = []
+    if plan.python is not None:
+        paths += python_closure(plan.python, rootfs).files
+    paths += [p for p in plan.trusted_if_present if rootfs.exists(p.rstrip("/") or "/")]
+    return paths
 
 
 def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArtifacts:
     runtime = discover(rootfs)
-    if plan.secrets and plan.secrets.keys and not rootfs.exists(
+    if plan.secrets and plan.secrets.keys and \
+            plan.secrets.delivery is KeyDelivery.CONSTRUCTOR and not rootfs.exists(
             posixpath.join(runtime.runtimedir, PROVISION_LIBRARY)):
         raise EnclaveBuildError(
             f"the base image's Gramine has no {runtime.runtimedir}/{PROVISION_LIBRARY}, which "
             "encrypted models need to receive their key (install Gramine's SGX build with RA-TLS)")
     if not rootfs.exists(plan.entrypoint):
         raise EnclaveBuildError(f"entrypoint {plan.entrypoint} not found in the base image ({rootfs})")
-    manifest = render_manifest(plan, runtime, options.log_level)
+    manifest = render_manifest(plan, runtime, options.log_level, resolve_trusted(plan, rootfs),
+                               arch_libdir=has_arch_libdir(rootfs))
     final = finalize_manifest(manifest, plan, rootfs, options.hash_cache,  # type: ignore[arg-type]
                               options.progress.task)
     offs = Offsets.parse(rootfs.read_bytes(runtime.offsets).decode("utf-8", "replace"),

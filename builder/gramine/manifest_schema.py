@@ -130,6 +130,10 @@ def check_manifest(manifest: dict[str, Any]) -> None:
     sgx = manifest.get("sgx", {})
     if sgx.get("edmm_enable") and sgx.get("preheat_enclave"):
         problems.append("sgx.preheat_enclave: conflicts with sgx.edmm_enable")
+    env = manifest.get("loader", {}).get("env", {})
+    if isinstance(env, dict):
+        for name, value in env.items():
+            problems += _env_problems(name, value)
     for index, mount in enumerate(manifest.get("fs", {}).get("mounts", [])):
         if isinstance(mount, dict):
             if "path" not in mount:
@@ -139,6 +143,26 @@ def check_manifest(manifest: dict[str, Any]) -> None:
     if problems:
         raise ManifestSchemaError("manifest rejected by the Gramine 1.9 schema:\n  "
                                   + "\n  ".join(problems))
+
+
+def _env_problems(name: str, value: Any) -> list[str]:
+    """Gramine 1.9: ``loader.env.NAME`` is a string, ``{ value = "..." }`` or
+    ``{ passthrough = true }`` (taken from the host at start)."""
+    where = f"loader.env.{name}"
+    if isinstance(value, str):
+        return []
+    if not isinstance(value, dict):
+        return [f"{where}: expected a string or a table {{value}} / {{passthrough = true}}"]
+    unknown = sorted(set(value) - {"value", "passthrough"})
+    if unknown:
+        return [f"{where}.{unknown[0]}: unknown key; allowed: value, passthrough"]
+    if len(value) != 1:
+        return [f"{where}: give exactly one of value and passthrough"]
+    if "value" in value and not isinstance(value["value"], str):
+        return [f"{where}.value: expected a string"]
+    if "passthrough" in value and value["passthrough"] is not True:
+        return [f"{where}.passthrough: only true is allowed (leave the variable out instead)"]
+    return []
 
 
 def _walk(value: Any, schema: Any, path: str, problems: list[str]) -> None:

@@ -4,6 +4,11 @@ Two layers are added: the service's files (models, encrypted files, CA certifica
 and the enclave files (manifest, SIGSTRUCT), so a rebuild that only re-signs reuses the first.
 The config keeps the base's environment and settings, and gets the entrypoint, exposed ports and
 labels carrying the enclave identity. Timestamps are SOURCE_DATE_EPOCH (or 0).
+
+Files the enclave opens read-write on the host (Gramine protected files: the LibOS opens their
+host file with read-write access) and the directories holding them belong to the image's
+runtime user (the plan's user, else the base image's ``User``), resolved through the base's
+``/etc/passwd`` and ``/etc/group``; everything else is 0:0.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from typing import Any, Callable
 
 from attestation.measurements import Measurements
 
+from ..errors import EnclaveBuildError
 from ..hashing import HashCache
 from ..plan import ServicePlan
+from ..rootfs import RootFS, RootFSError
 from ..plugin_api import ArtifactFile, LibOSArtifacts
 from .layers import LayerEntry, source_date_epoch, write_layer
 from .oci import (OCI_CONFIG, TO_OCI, BlobStore, Descriptor, Image, ImageError, canonical_json,
@@ -40,12 +47,58 @@ def identity_labels(measurements: Measurements) -> dict[str, str]:
     }
 
 
-def _entries(files: list[ArtifactFile]) -> list[LayerEntry]:
+class UserError(EnclaveBuildError):
+    """The image's runtime user cannot be resolved in the base image."""
+
+
+def _table(rootfs: RootFS | None, path: str) -> list[list[str]]:
+    if rootfs is None:
+        return []
+    try:
+        text = rootfs.read_bytes(path).decode("utf-8", "replace")
+    except (OSError, RootFSError):
+        return []
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def runtime_owner(user: str | None, rootfs: RootFS | None) -> tuple[int, int]:
+    """uid and gid of a Docker ``User`` value (``name``, ``uid``, ``name:group``, ``uid:gid``)
+    inside the base image. A numeric uid without a passwd entry gets gid 0, as Docker does."""
+    if not user or user in ("root", "0", "0:0"):
+        return 0, 0
+    name, _, group = user.partition(":")
+    passwd = _table(rootfs, "/etc/passwd")
+    entry = next((r for r in passwd if len(r) >= 4 and (r[0] == name or r[2] == name)), None)
+    if name.isdigit():
+        uid = int(name)
+    elif entry is not None:
+        uid = int(entry[2])
+    else:
+        raise UserError(f"the image runs as user {name!r}, which is not in /etc/passwd of the "
+                        f"base image ({rootfs}); set a numeric User or add the user")
+    if group:
+        if group.isdigit():
+            return uid, int(group)
+        row = next((r for r in _table(rootfs, "/etc/group") if len(r) >= 3 and r[0] == group),
+                   None)
+        if row is None:
+            raise UserError(f"the image runs as group {group!r}, which is not in /etc/group of "
+                            f"the base image ({rootfs})")
+        return uid, int(row[2])
+    return uid, int(entry[3]) if entry is not None else 0
+
+
+def _entries(files: list[ArtifactFile], owner: tuple[int, int] = (0, 0)) -> list[LayerEntry]:
     out = []
+    owned_dirs: set[str] = set()
     for item in files:
         dest = posixpath.normpath(item.dest)
+        uid, gid = owner if item.writable else (0, 0)
+        mode = item.mode | 0o600 if item.writable else item.mode
+        if item.writable and owner != (0, 0):
+            owned_dirs.add(posixpath.dirname(dest))
         if item.data is not None:
-            out.append(LayerEntry(dest, "file", item.mode, data=item.data))
+            out.append(LayerEntry(dest, "file", mode, data=item.data, uid=uid, gid=gid))
         elif item.source is not None and Path(item.source).is_dir():
             root = Path(item.source)
             for path in sorted(root.rglob("*")):
@@ -55,9 +108,16 @@ def _entries(files: list[ArtifactFile]) -> list[LayerEntry]:
                 if path.is_dir():
                     out.append(LayerEntry(inner, "dir", 0o755))
                 elif path.is_file():
-                    out.append(LayerEntry(inner, "file", item.mode, source=path))
+                    out.append(LayerEntry(inner, "file", mode, source=path, uid=uid, gid=gid))
+                    if item.writable and owner != (0, 0):
+                        owned_dirs.add(posixpath.dirname(inner))
         elif item.source is not None:
-            out.append(LayerEntry(dest, "file", item.mode, source=Path(item.source)))
+            out.append(LayerEntry(dest, "file", mode, source=Path(item.source), uid=uid, gid=gid))
+    explicit = {e.path for e in out}
+    out = [LayerEntry(e.path, e.kind, e.mode, uid=owner[0], gid=owner[1])
+           if e.kind == "dir" and e.path in owned_dirs else e for e in out]
+    out += [LayerEntry(d, "dir", 0o755, uid=owner[0], gid=owner[1])
+            for d in sorted(owned_dirs - explicit) if d != "/"]
     return out
 
 
@@ -68,13 +128,17 @@ def _created() -> str:
 
 def assemble(base: Image, plan: ServicePlan, artifacts: LibOSArtifacts,
              measurements: Measurements, store: BlobStore, hash_cache: HashCache | None = None,
-             progress: Callable[[str, int | None], Callable[[int], None]] | None = None) -> Image:
-    """The service image: base layers + service files + enclave files."""
+             progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+             rootfs: RootFS | None = None) -> Image:
+    """The service image: base layers + service files + enclave files. *rootfs* (the base's)
+    resolves the runtime user's name to the owner of the files it must open read-write."""
+    base_user = (base.config.get("config") or {}).get("User") or None
+    owner = runtime_owner(plan.user if plan.user and plan.user != "root" else base_user, rootfs)
     enclave_files = [f for f in artifacts.files if f.dest.startswith(ENCLAVE_DIR)
                      and f.data is not None and not f.dest.startswith(ENCLAVE_DIR + "secrets/")]
     service_files = [f for f in artifacts.files if f not in enclave_files]
     groups = [(what, group) for what, group in (
-        ("service files (models, encrypted files, configs)", _entries(service_files)),
+        ("service files (models, encrypted files, configs)", _entries(service_files, owner)),
         ("enclave manifest and SIGSTRUCT", _entries(enclave_files))) if group]
     total = sum(e.source.stat().st_size if e.source else len(e.data or b"")
                 for _, group in groups for e in group)

@@ -1,7 +1,8 @@
 """Deterministic image layers.
 
 Entries are sorted by path, every parent directory is written explicitly, owners are 0:0 with
-no names, and every mtime is SOURCE_DATE_EPOCH (or 0). The tar (PAX) is gzip-compressed with a
+no names (or the uid:gid an entry names, e.g. the image's runtime user for files it must open
+read-write), and every mtime is SOURCE_DATE_EPOCH (or 0). The tar (PAX) is gzip-compressed with a
 zero gzip timestamp and no file name, so the same entries give the same diff_id and digest on
 any machine with the same zlib. A layer whose entries are unchanged since an earlier build is
 taken from the cache instead of being written again.
@@ -45,6 +46,8 @@ class LayerEntry:
     source: Path | None = None
     data: bytes | None = None
     link: str | None = None
+    uid: int = 0
+    gid: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,8 @@ def _cache_key(entries: list[LayerEntry], hash_cache: HashCache | None) -> str:
         content = (digests[e.source] if e.source is not None
                    else hashlib.sha256(e.data).hexdigest() if e.data is not None
                    else e.link or "")
-        h.update(json.dumps([e.path, e.kind, e.mode, content]).encode() + b"\n")
+        owner = [e.uid, e.gid] if (e.uid or e.gid) else []
+        h.update(json.dumps([e.path, e.kind, e.mode, content, *owner]).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -124,7 +128,7 @@ def write_layer(entries: list[LayerEntry], store: BlobStore,
             for entry in entries:
                 info = tarfile.TarInfo(entry.path.lstrip("/"))
                 info.mtime = epoch
-                info.uid = info.gid = 0
+                info.uid, info.gid = entry.uid, entry.gid
                 info.uname = info.gname = ""
                 info.mode = entry.mode
                 if entry.kind == "dir":

@@ -1,53 +1,98 @@
-"""OpenVINO Model Server framework plugin.
+"""OpenVINO framework plugin, in two modes.
 
-Runs the real ``ovms`` binary from the base image. Models are laid out as OVMS expects
-(``/models/NAME/VERSION/model.xml`` + ``.bin``) and served over gRPC (TF Serving and KServe v2
-APIs) and REST.
+- ``mode = "python"`` (default): enclave-build's own model server (KServe v2 over gRPC and
+  REST) with its ``openvino`` backend (the OpenVINO runtime from PyPI: IR, ONNX and TFLite
+  files) on the gramine-python base. The server fetches its own keys inside the enclave, so
+  every model may have its own key.
+- ``mode = "ovms"``: the real OpenVINO Model Server binary (``/ovms/bin/ovms``) from the
+  gramine-openvino base. Models are laid out as OVMS expects (``/models/NAME/VERSION/``); one
+  model is passed on the command line, several through a generated ``config.json``. Keys come
+  from Gramine's provisioning constructor: one key per service.
 """
 
 from __future__ import annotations
 
-from builder.plugin_api import (Field, Framework, Port, Section, Spec, ServicePlan, add_model,
-                                EnclaveBuildError, base_plan, hookimpl)
+import json
+
+from builder.plugin_api import (MODEL_ROOT, EnclaveBuildError, Field, FileKind, Framework, Port,
+                                Section, ServicePlan, Spec, add_model, base_plan, hookimpl,
+                                python_server_plan, require_one_key)
 
 BINARY = "/ovms/bin/ovms"
-MODEL_ROOT = "/models"
+OVMS_LIBS = "/ovms/lib/"
+CONFIG_DEST = "/enclave/ovms-config.json"
+PYTHON_BASE = "docker-daemon:enclave-build/gramine-python:1.9-3.11"
+OVMS_BASE = "docker-daemon:enclave-build/gramine-openvino:1.9-2024.5"
 
-SECTION = Section("openvino", "OpenVINO Model Server options", (
+SECTION = Section("openvino", "OpenVINO options", (
+    Field("mode", "str", 'what serves the models: "python" (enclave-build\'s KServe v2 server '
+          'on the OpenVINO runtime) or "ovms" (the OpenVINO Model Server binary)',
+          default="python", choices=("python", "ovms")),
     Field("grpc_port", "int", "gRPC port", default=9000, minimum=1, maximum=65535),
     Field("rest_port", "int", "REST port", default=8000, minimum=1, maximum=65535),
     Field("target_device", "str", "OpenVINO device", default="CPU", choices=("CPU",)),
-    Field("extra_args", "list[str]", "more ovms flags", default=[]),
+    Field("instances", "int", "python mode: compiled-model instances per model", default=2,
+          minimum=1, maximum=256),
+    Field("threads", "int", "python mode: inference threads per instance", default=1,
+          minimum=1, maximum=256),
+    Field("extra_args", "list[str]", "ovms mode: more ovms flags", default=[]),
 ), owner="openvino")
 
 
-def plan(spec: Spec) -> ServicePlan:
-    opts = spec.section("openvino")
+def ovms_config(spec: Spec, target_device: str) -> bytes:
+    """OVMS's --config_path file: every model of the spec with its base path and device."""
+    config = {"model_config_list": [
+        {"config": {"name": m.name, "base_path": f"{MODEL_ROOT}/{m.name}",
+                    "target_device": target_device}} for m in spec.models]}
+    return (json.dumps(config, indent=2) + "\n").encode()
+
+
+def _ovms_plan(spec: Spec, opts) -> ServicePlan:
     if spec.tls is not None:
         raise EnclaveBuildError(
             "[tls]: OpenVINO Model Server has no built-in TLS; terminate TLS in front of it "
-            "(e.g. an ingress) and remove [tls] from the spec")
+            '(e.g. an ingress), remove [tls] from the spec, or use mode = "python"')
+    require_one_key(spec, 'openvino (mode "ovms")')
     argv = [BINARY, "--port", str(opts["grpc_port"]), "--rest_port", str(opts["rest_port"])]
     result = base_plan(
-        spec, FRAMEWORK, entrypoint=BINARY, argv=argv,
-        env={"LD_LIBRARY_PATH": "/lib:/ovms/lib:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"},
-        trusted=[BINARY, "/ovms/lib/", "/usr/lib/x86_64-linux-gnu/", "/etc/ld.so.cache"],
+        spec, FRAMEWORK, entrypoint=BINARY, argv=argv, default_base=OVMS_BASE,
+        env={"LD_LIBRARY_PATH": "/lib:/ovms/lib:/usr/lib/x86_64-linux-gnu", "HOME": "/tmp"},
+        # OpenVINO dlopens its device plugins and frontends from /ovms/lib, so that directory
+        # is trusted whole; system libraries come from the ELF closure.
+        trusted=[BINARY, OVMS_LIBS],
         ports=[Port(opts["grpc_port"], "grpc"), Port(opts["rest_port"], "http")])
-    result.allowed += ["/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf"]
+    result.trusted_if_present += ["/etc/ld.so.cache", "/etc/nsswitch.conf"]
+    result.allowed += ["/etc/hosts", "/etc/resolv.conf"]
     for model in spec.models:
         add_model(result, spec, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
     if len(spec.models) == 1:
         model = spec.models[0]
         result.argv += ["--model_name", model.name, "--model_path", f"{MODEL_ROOT}/{model.name}",
-                 "--target_device", opts["target_device"]]
+                        "--target_device", opts["target_device"]]
+    elif spec.models:
+        result.add_file(None, CONFIG_DEST, FileKind.TRUSTED,
+                        data=ovms_config(spec, opts["target_device"]))
+        result.argv += ["--config_path", CONFIG_DEST]
     result.argv += list(opts["extra_args"])
     return result
 
 
+def plan(spec: Spec) -> ServicePlan:
+    opts = spec.section("openvino")
+    if opts["mode"] == "ovms":
+        return _ovms_plan(spec, opts)
+    if opts["extra_args"]:
+        raise EnclaveBuildError('[openvino] extra_args: only for mode = "ovms"')
+    return python_server_plan(
+        spec, FRAMEWORK, backend="openvino", grpc_port=opts["grpc_port"],
+        rest_port=opts["rest_port"], instances=opts["instances"], threads=opts["threads"],
+        options={"device": opts["target_device"]}, default_base=PYTHON_BASE)
+
+
 FRAMEWORK = Framework(
     name="openvino",
-    description="OpenVINO Model Server (ovms) in Gramine",
-    default_base="docker-daemon:enclave-build/gramine-openvino:1.9-2024.5",
+    description="OpenVINO: enclave-build's KServe v2 server on the OpenVINO runtime, or OVMS",
+    default_base=PYTHON_BASE,
     plan=plan,
     section=SECTION,
     default_enclave_size=8 << 30,

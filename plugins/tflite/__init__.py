@@ -1,47 +1,33 @@
 """TFLite framework plugin.
 
-TFLite has no standard model server, so this plugin runs enclave-build's own Python model server
-(KServe Open Inference Protocol v2 over gRPC and REST) with the base image's Python runtime and
-``tflite-runtime``. The server module is installed in the base image
-(``enclave-build/gramine-python``) at SERVER_DIR.
+TFLite has no standard model server, so this plugin runs enclave-build's own model server
+(``model_server``: KServe Open Inference Protocol v2 over gRPC and REST) with its ``tflite``
+backend (LiteRT, ``ai-edge-litert``). The server's code ships into the image from the installed
+enclave-build; the base image (``enclave-build/gramine-python``) supplies Debian's Python 3.11
+and the runtimes. The server fetches its own keys inside the enclave, so every model may have
+its own key.
 """
 
 from __future__ import annotations
 
-from builder.plugin_api import (Field, Framework, Port, Section, Spec, ServicePlan, add_model,
-                                add_secret_file, base_plan, hookimpl)
-
-PYTHON = "/usr/bin/python3"
-SERVER_DIR = "/opt/enclave-build/server/"
-MODEL_ROOT = "/models"
+from builder.plugin_api import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
+                                python_server_plan)
 
 SECTION = Section("tflite", "TFLite model server options", (
     Field("grpc_port", "int", "gRPC port (KServe v2)", default=8001, minimum=1, maximum=65535),
     Field("rest_port", "int", "REST port (KServe v2)", default=8000, minimum=1, maximum=65535),
-    Field("threads", "int", "interpreter threads per model", default=2, minimum=1, maximum=256),
+    Field("threads", "int", "interpreter threads per model instance", default=1, minimum=1,
+          maximum=256),
+    Field("instances", "int", "interpreter instances per model (concurrent requests served)",
+          default=2, minimum=1, maximum=256),
 ), owner="tflite")
 
 
 def plan(spec: Spec) -> ServicePlan:
     opts = spec.section("tflite")
-    argv = [PYTHON, "-m", "enclave_model_server", "--grpc-port", str(opts["grpc_port"]),
-            "--rest-port", str(opts["rest_port"]), "--threads", str(opts["threads"])]
-    result = base_plan(
-        spec, FRAMEWORK, entrypoint=PYTHON, argv=argv,
-        env={"PYTHONPATH": SERVER_DIR.rstrip("/"), "PYTHONDONTWRITEBYTECODE": "1"},
-        trusted=[PYTHON, "/usr/lib/python3/", "/usr/lib/x86_64-linux-gnu/", SERVER_DIR,
-                 "/etc/ld.so.cache"],
-        ports=[Port(opts["grpc_port"], "grpc"), Port(opts["rest_port"], "http")])
-    result.allowed += ["/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf"]
-    for model in spec.models:
-        dest = f"{MODEL_ROOT}/{model.name}/{model.version}"
-        add_model(result, spec, model, dest)
-        result.argv += ["--model", f"{model.name}={dest}"]
-    if spec.tls is not None:
-        cert = add_secret_file(result, spec, "tls.crt", source=spec.tls.cert)
-        key = add_secret_file(result, spec, "tls.key", source=spec.tls.key)
-        result.argv += ["--tls-cert", cert, "--tls-key", key]
-    return result
+    return python_server_plan(spec, FRAMEWORK, backend="tflite",
+                              grpc_port=opts["grpc_port"], rest_port=opts["rest_port"],
+                              instances=opts["instances"], threads=opts["threads"])
 
 
 FRAMEWORK = Framework(

@@ -2,18 +2,20 @@
 
 Runs the real ``tensorflow_model_server`` binary from the base image inside the enclave. Models
 are laid out as TF Serving expects (``/models/NAME/VERSION/saved_model.pb``); with more than one
-model a ``model_config_file`` is generated and shipped as a trusted file.
+model a ``model_config_file`` is generated and shipped as a trusted file. Only the binary and
+its shared-library closure (resolved in the base image) are trusted. Keys come from Gramine's
+provisioning constructor: one key per service.
 """
 
 from __future__ import annotations
 
 import json
 
-from builder.plugin_api import (Field, FileKind, Framework, Port, Section, Spec, ServicePlan,
-                                add_model, add_secret_file, base_plan, hookimpl)
+from builder.plugin_api import (MODEL_ROOT, Field, FileKind, Framework, Port, Section, Spec,
+                                ServicePlan, add_model, add_secret_file, base_plan, hookimpl,
+                                require_one_key)
 
 BINARY = "/usr/bin/tensorflow_model_server"
-MODEL_ROOT = "/models"
 CONFIG_DEST = "/enclave/tfserving-models.config"
 
 SECTION = Section("tfserving", "TensorFlow Serving options", (
@@ -26,7 +28,7 @@ SECTION = Section("tfserving", "TensorFlow Serving options", (
 ), owner="tfserving")
 
 
-def _model_config(spec: Spec) -> str:
+def model_config(spec: Spec) -> str:
     entries = "".join(
         f'  config {{\n    name: "{m.name}"\n    base_path: "{MODEL_ROOT}/{m.name}"\n'
         f'    model_platform: "tensorflow"\n  }}\n' for m in spec.models)
@@ -44,22 +46,24 @@ def _ssl_config(spec: Spec) -> bytes:
 
 def plan(spec: Spec) -> ServicePlan:
     opts = spec.section("tfserving")
+    require_one_key(spec, "tfserving")
     argv = [BINARY, f"--port={opts['grpc_port']}", f"--rest_api_port={opts['rest_port']}"]
     if opts["enable_batching"]:
         argv.append("--enable_batching=true")
     result = base_plan(
         spec, FRAMEWORK, entrypoint=BINARY, argv=argv,
-        env={"LD_LIBRARY_PATH": "/lib:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu"},
-        trusted=[BINARY, "/usr/lib/x86_64-linux-gnu/", "/etc/ld.so.cache"],
+        env={"LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu", "HOME": "/tmp"},
+        trusted=[BINARY],
         ports=[Port(opts["grpc_port"], "grpc"), Port(opts["rest_port"], "http")])
-    result.allowed += ["/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf"]
+    result.trusted_if_present += ["/etc/ld.so.cache", "/etc/nsswitch.conf"]
+    result.allowed += ["/etc/hosts", "/etc/resolv.conf"]
     for model in spec.models:
         add_model(result, spec, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
     if len(spec.models) == 1:
         model = spec.models[0]
         result.argv += [f"--model_name={model.name}", f"--model_base_path={MODEL_ROOT}/{model.name}"]
     elif spec.models:
-        result.add_file(None, CONFIG_DEST, FileKind.TRUSTED, data=_model_config(spec).encode())
+        result.add_file(None, CONFIG_DEST, FileKind.TRUSTED, data=model_config(spec).encode())
         result.argv.append(f"--model_config_file={CONFIG_DEST}")
     if spec.tls is not None:
         config = add_secret_file(result, spec, "ssl.cfg", data=_ssl_config(spec))
