@@ -1,0 +1,207 @@
+"""End-to-end serving environments: build a spec, start the real secret server with the build's
+policy, start ``enclave-build run --simulate`` and wait until the model server is serving.
+
+Everything listens on 127.0.0.1. The secret server trusts a synthetic PKI made for the test;
+the run's simulated quoter signs with the same PKI, so the real verification path (dcap-qvl,
+policy, SNI selection) decides who gets which key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attestation.synthetic import SyntheticPKI, tls_ca_and_server
+
+SERVING = re.compile(r"model_server: serving grpc (\S+):(\d+) rest (\S+):(\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Output:
+    """Collects a subprocess's merged output lines in a thread (for waiting and asserting)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("<EOF>")
+            self._cond.notify_all()
+
+    def wait_for(self, pattern: re.Pattern, timeout: float) -> re.Match | None:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if (m := pattern.search(line)) is not None:
+                        return m
+                    if line == "<EOF>":
+                        return None
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    @property
+    def text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+
+@dataclass
+class Keys:
+    """The pieces a build and a secret server share: TLS CA, server certificate, PKI, keys."""
+
+    directory: Path
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    pki_dir: Path
+    keys_dir: Path
+    signing_key: Path
+    secret_port: int = field(default_factory=free_port)
+
+    @classmethod
+    def make(cls, directory: Path, signing_key: Path) -> "Keys":
+        directory.mkdir(parents=True, exist_ok=True)
+        ca, cert, key = tls_ca_and_server(directory)
+        pki_dir = directory / "pki"
+        SyntheticPKI().save(pki_dir)
+        return cls(directory, ca, cert, key, pki_dir, directory / "wrap-keys", signing_key)
+
+
+def write_spec(directory: Path, keys: Keys, *, service: str, framework: str,
+               models: list[tuple[str, Path, str | None]], section: str = "",
+               extra: str = "") -> Path:
+    """A spec whose encrypted models (name, path, key name or None for SERVICE-key) get their
+    keys from the test's secret server."""
+    lines = [f'[service]\nname = "{service}"\nframework = "{framework}"\n']
+    for name, path, key in models:
+        lines.append(f'[[models]]\nname = "{name}"\npath = "{path}"\nencrypt = true\n'
+                     + (f'key = "{key}"\n' if key else ""))
+    lines.append('[enclave]\nsize = "2G"\nmax_threads = 32\nisv_prod_id = 7\nisv_svn = 3\n')
+    lines.append(f'[secrets]\nserver = "localhost:{keys.secret_port}"\nca = "{keys.ca}"\n'
+                 f'keys_dir = "{keys.keys_dir}"\n')
+    lines.append(f'[signing]\nkey = "{keys.signing_key}"\n')
+    if section:
+        lines.append(section)
+    if extra:
+        lines.append(extra)
+    spec = directory / "spec.toml"
+    spec.write_text("\n".join(lines))
+    return spec
+
+
+def secret_server_config(keys: Keys, builds: list[Path], *, allow_override: str | None = None,
+                         name: str = "secrets.toml") -> Path:
+    """secrets.toml: [server] and [attestation] for this test plus the [[secrets]] of every
+    build's secrets-policy.toml. *allow_override* replaces every rule's allow list (to make a
+    policy that admits some other enclave)."""
+    measurements = [str(b / "measurements.json") for b in builds]
+    secrets = []
+    for build in builds:
+        fragment = (build / "secrets-policy.toml").read_text()
+        secrets.append(fragment[fragment.index("[[secrets]]"):] if "[[secrets]]" in fragment
+                       else "")
+    body = "\n".join(secrets)
+    if allow_override is not None:
+        body = re.sub(r"^allow = .*$", f"allow = {allow_override}", body, flags=re.M)
+    config = keys.directory / name
+    config.write_text(f"""measurements = {json.dumps(measurements)}
+
+[server]
+listen = "127.0.0.1:{keys.secret_port}"
+cert = "{keys.server_cert}"
+key = "{keys.server_key}"
+audit_log = "{keys.directory / (name + '.audit.jsonl')}"
+
+[attestation]
+root_ca = "{keys.pki_dir / 'root.pem'}"
+collateral = "{keys.pki_dir / 'collateral.json'}"
+
+{body}""")
+    return config
+
+
+def audit(config: Path) -> list[dict]:
+    path = config.with_name(config.name + ".audit.jsonl")
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen
+    output: Output
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.output._thread.join(5)
+        return self.proc.returncode
+
+
+def _cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "builder.cli", *args], cwd=cwd,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def start_secret_server(config: Path) -> Process:
+    proc = _cli("secrets", "serve", "--config", str(config))
+    out = Output(proc)
+    if out.wait_for(re.compile(r"serving on "), 60) is None:
+        proc.kill()
+        raise AssertionError(f"the secret server did not start:\n{out.text}")
+    return Process(proc, out)
+
+
+@dataclass
+class Served:
+    process: Process
+    grpc: str
+    http: str
+
+
+def start_run(build_dir: Path, keys: Keys, *, env: dict | None = None,
+              extra: tuple[str, ...] = (), timeout: float = 120) -> tuple[Process, Served | None]:
+    """`enclave-build run BUILD --simulate`; (process, endpoints) once it serves, or
+    (process, None) if it ended (or timed out) without serving."""
+    proc = _cli("run", str(build_dir), "--simulate", "--pki", str(keys.pki_dir), *extra, env=env)
+    out = Output(proc)
+    match = out.wait_for(SERVING, timeout)
+    process = Process(proc, out)
+    if match is None:
+        return process, None
+    host = lambda h: "127.0.0.1" if h in ("0.0.0.0", "::") else h  # noqa: E731
+    return process, Served(process, f"{host(match[1])}:{match[2]}", f"{host(match[3])}:{match[4]}")
