@@ -416,6 +416,53 @@ def secrets_serve(config_path: Path) -> None:
         sys.exit(2 if not isinstance(exc, OSError) else 1)
 
 
+@secrets.command("config", epilog="""\b
+Example (one secret server for two services, verifying quotes against Intel's root):
+  enclave-build secrets config out/face-detect out/ocr --cert server.crt --key server.key \\
+      --pccs-url https://pccs.internal:8081/sgx/certification/v4/ --out secrets.toml
+  enclave-build secrets serve --config secrets.toml
+""")
+@click.argument("policies", nargs=-1, required=True, metavar="BUILD_DIR_OR_FRAGMENT...",
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The server's CA-signed TLS certificate (enclaves check it against the CA "
+                   "in their spec's [secrets] ca).")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Its private key.")
+@click.option("--listen", default="0.0.0.0:4433", show_default=True, metavar="HOST:PORT")
+@click.option("--root-ca", default="intel", show_default=True,
+              help="Root of the quote's PCK chain: 'intel', or a PEM/DER file (a synthetic test "
+                   "root for simulation; the server warns about it at every start).")
+@click.option("--collateral", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Offline collateral file (JSON) ...")
+@click.option("--pccs-url", help="... or the PCCS to fetch collateral from.")
+@click.option("--audit-log", default="audit.jsonl", show_default=True,
+              help="Audit log (JSON lines; relative to the config file; '-' = stderr).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write secrets.toml.")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+def secrets_config(policies: tuple[Path, ...], cert: Path, key: Path, listen: str, root_ca: str,
+                   collateral: Path | None, pccs_url: str | None, audit_log: str, out: Path,
+                   force: bool) -> None:
+    """Write a secret server's secrets.toml from builds' policy fragments.
+
+    Each BUILD_DIR is a build output (its secrets-policy.toml is used), or name the fragment
+    file itself. Measurements and key files are referenced by absolute path; the result is
+    checked by the secret server's own loader before it is written.
+    """
+    from .secrets_config import ServerSide, compose_config, write_config
+
+    with _errors():
+        root = root_ca if root_ca == "intel" else str(Path(root_ca).resolve())
+        config = compose_config(list(policies), ServerSide(
+            cert=cert, key=key, listen=listen, root_ca=root, collateral=collateral,
+            pccs_url=pccs_url, audit_log=audit_log))
+        written = write_config(out, config, force=force)
+        click.echo(f"wrote {written}: {len(config['secrets'])} secret(s) for "
+                   f"{len(config['measurements'])} build(s); serve it with "
+                   f"`enclave-build secrets serve --config {written}`")
+
+
 @secrets.command("simulate-pki")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--days", default=365, show_default=True, type=click.IntRange(1, 3650),

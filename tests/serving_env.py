@@ -117,33 +117,19 @@ def write_spec(directory: Path, keys: Keys, *, service: str, framework: str,
 
 def secret_server_config(keys: Keys, builds: list[Path], *, allow_override: str | None = None,
                          name: str = "secrets.toml") -> Path:
-    """secrets.toml: [server] and [attestation] for this test plus the [[secrets]] of every
-    build's secrets-policy.toml. *allow_override* replaces every rule's allow list (to make a
-    policy that admits some other enclave)."""
-    measurements = [str(b / "measurements.json") for b in builds]
-    secrets = []
-    for build in builds:
-        fragment = (build / "secrets-policy.toml").read_text()
-        secrets.append(fragment[fragment.index("[[secrets]]"):] if "[[secrets]]" in fragment
-                       else "")
-    body = "\n".join(secrets)
+    """secrets.toml from the builds' policy fragments (`enclave-build secrets config`'s code),
+    trusting the test's synthetic PKI. *allow_override* (a TOML array) replaces every rule's
+    allow list, to make a policy that admits some other enclave."""
+    from builder.secrets_config import ServerSide, compose_config, write_config
+
+    config = compose_config(builds, ServerSide(
+        cert=keys.server_cert, key=keys.server_key, listen=f"127.0.0.1:{keys.secret_port}",
+        root_ca=str(keys.pki_dir / "root.pem"), collateral=keys.pki_dir / "collateral.json",
+        audit_log=str(keys.directory / (name + ".audit.jsonl"))))
     if allow_override is not None:
-        body = re.sub(r"^allow = .*$", f"allow = {allow_override}", body, flags=re.M)
-    config = keys.directory / name
-    config.write_text(f"""measurements = {json.dumps(measurements)}
-
-[server]
-listen = "127.0.0.1:{keys.secret_port}"
-cert = "{keys.server_cert}"
-key = "{keys.server_key}"
-audit_log = "{keys.directory / (name + '.audit.jsonl')}"
-
-[attestation]
-root_ca = "{keys.pki_dir / 'root.pem'}"
-collateral = "{keys.pki_dir / 'collateral.json'}"
-
-{body}""")
-    return config
+        for rule in config["secrets"]:
+            rule["allow"] = json.loads(allow_override)
+    return write_config(keys.directory / name, config, force=True)
 
 
 def audit(config: Path) -> list[dict]:
