@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -35,10 +36,75 @@ TO_OCI = {DOCKER_LAYER_GZIP: OCI_LAYER_GZIP, DOCKER_LAYER: OCI_LAYER, DOCKER_CON
           OCI_LAYER_ZSTD: OCI_LAYER_ZSTD}
 
 _CHUNK = 1 << 20
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class ImageError(EnclaveBuildError):
     """An image cannot be read, written or trusted."""
+
+
+def check_digest(digest: Any, where: str = "digest") -> str:
+    """*digest* if it is ``sha256:`` + 64 lower-case hex digits; :class:`ImageError` otherwise.
+
+    Every digest that comes from outside (registry answers, layouts, indexes, archives) passes
+    here before it names a file, so a digest can never be a path."""
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        shown = digest if isinstance(digest, str) and len(digest) <= 100 else \
+            f"{str(digest)[:100]}..."
+        raise ImageError(f"{where}: invalid digest {shown!r} (expected sha256: and 64 lower-case "
+                         "hex digits)")
+    return digest
+
+
+def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from untrusted bytes; :class:`ImageError` for anything else."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ImageError(f"{what}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ImageError(f"{what}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def parse_manifest(data: dict[str, Any], what: str) -> tuple["Descriptor", list["Descriptor"]]:
+    """(config, layers) of an image manifest (OCI or Docker v2 schema 2)."""
+    if data.get("schemaVersion") != 2 or not isinstance(data.get("config"), dict):
+        raise ImageError(f"{what}: unsupported manifest (need schemaVersion 2 with a config)")
+    layers = data.get("layers", [])
+    if not isinstance(layers, list):
+        raise ImageError(f"{what}: manifest layers must be a list")
+    return (Descriptor.from_json(data["config"], f"{what} config"),
+            [Descriptor.from_json(layer, f"{what} layer {i}") for i, layer in enumerate(layers)])
+
+
+def parse_index(data: dict[str, Any], what: str) -> list["Descriptor"]:
+    """The manifests an image index (or Docker manifest list) names."""
+    manifests = data.get("manifests", [])
+    if not isinstance(manifests, list):
+        raise ImageError(f"{what}: index manifests must be a list")
+    return [Descriptor.from_json(m, f"{what} manifest {i}") for i, m in enumerate(manifests)]
+
+
+def parse_config(raw: bytes, what: str) -> dict[str, Any]:
+    """An image config, with the parts enclave-build reads checked for shape."""
+    config = parse_json_object(raw, what)
+    rootfs = config.get("rootfs", {})
+    if not isinstance(rootfs, dict):
+        raise ImageError(f"{what}: rootfs must be an object")
+    diff_ids = rootfs.get("diff_ids", [])
+    if not isinstance(diff_ids, list):
+        raise ImageError(f"{what}: rootfs.diff_ids must be a list")
+    for index, diff_id in enumerate(diff_ids):
+        check_digest(diff_id, f"{what} diff_id {index}")
+    inner = config.get("config")
+    if inner is not None and not isinstance(inner, dict):
+        raise ImageError(f"{what}: config must be an object")
+    labels = (inner or {}).get("Labels")
+    if labels is not None and (not isinstance(labels, dict) or
+                               not all(isinstance(v, str) for v in labels.values())):
+        raise ImageError(f"{what}: config.Labels must map names to strings")
+    return config
 
 
 def canonical_json(data: Any) -> bytes:
@@ -55,21 +121,36 @@ class Descriptor:
     digest: str
     size: int
     annotations: dict[str, str] | None = None
+    platform: dict[str, Any] | None = None   # index entries only
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
                                "size": self.size}
         if self.annotations:
             out["annotations"] = dict(self.annotations)
+        if self.platform:
+            out["platform"] = dict(self.platform)
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Descriptor":
-        try:
-            return cls(data["mediaType"], data["digest"], int(data["size"]),
-                       data.get("annotations"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ImageError(f"malformed descriptor {data!r}") from exc
+    def from_json(cls, data: Any, where: str = "descriptor") -> "Descriptor":
+        """A descriptor from untrusted JSON: digest, size, media type and the optional maps are
+        checked for shape; :class:`ImageError` names *where* it came from otherwise."""
+        if not isinstance(data, dict):
+            raise ImageError(f"{where}: malformed descriptor (not an object)")
+        media_type, size = data.get("mediaType"), data.get("size")
+        annotations, platform = data.get("annotations"), data.get("platform")
+        if not isinstance(media_type, str):
+            raise ImageError(f"{where}: malformed descriptor (mediaType missing or not a string)")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ImageError(f"{where}: malformed descriptor (size {size!r})")
+        if annotations is not None and (not isinstance(annotations, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())):
+            raise ImageError(f"{where}: malformed descriptor (annotations)")
+        if platform is not None and not isinstance(platform, dict):
+            raise ImageError(f"{where}: malformed descriptor (platform)")
+        return cls(media_type, check_digest(data.get("digest"), where), size, annotations,
+                   platform)
 
 
 class _Hashing:
@@ -98,10 +179,7 @@ class BlobStore:
         (root / "sha256").mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
-        algorithm, _, hexdigest = digest.partition(":")
-        if algorithm != "sha256" or len(hexdigest) != 64:
-            raise ImageError(f"unsupported digest {digest!r}")
-        return self.root / "sha256" / hexdigest
+        return self.root / "sha256" / check_digest(digest, f"blob in {self.root}")[7:]
 
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
@@ -208,7 +286,7 @@ class Image:
 
     @property
     def diff_ids(self) -> list[str]:
-        return list(self.config.get("rootfs", {}).get("diff_ids", []))
+        return list((self.config.get("rootfs") or {}).get("diff_ids") or [])
 
     @property
     def labels(self) -> dict[str, str]:

@@ -12,7 +12,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from ..cache import cache_root
 from ..errors import UsageError
@@ -20,7 +20,8 @@ from ..hashing import HashCache
 from ..rootfs import RootFS
 from .layers import LayerEntry, directory_entries, write_layer
 from .oci import (DOCKER_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_LAYER_GZIP, BlobStore,
-                  Descriptor, Image, ImageError, canonical_json, sha256_digest)
+                  Descriptor, Image, ImageError, canonical_json, parse_config, parse_index,
+                  parse_json_object, parse_manifest, sha256_digest)
 from .reference import ImageSource, parse_source
 from .registry import RegistryClient
 from .unpack import unpacked_rootfs
@@ -79,48 +80,58 @@ def _image_from_directory(root: Path, store: BlobStore, text: str,
     return Image(store, config, desc, [layer.descriptor], None, text)
 
 
-def _pick_manifest(index: dict[str, Any], tag: str | None, source: str) -> dict[str, Any]:
-    manifests = index.get("manifests", [])
+def _pick_manifest(manifests: list[Descriptor], tag: str | None, source: str) -> Descriptor:
     if tag is not None:
         manifests = [m for m in manifests
-                     if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag]
+                     if (m.annotations or {}).get("org.opencontainers.image.ref.name") == tag]
         if not manifests:
             raise ImageError(f"{source}: no image tagged {tag!r} in the layout")
     if not manifests:
         raise ImageError(f"{source}: the layout's index.json lists no images")
     if len(manifests) > 1:
-        amd64 = [m for m in manifests if (m.get("platform") or {}).get("architecture") == "amd64"]
+        amd64 = [m for m in manifests if (m.platform or {}).get("architecture") == "amd64"]
         if len(amd64) == 1:
             return amd64[0]
         raise ImageError(f"{source}: several images in the layout; name one as oci:DIR:TAG")
     return manifests[0]
 
 
+def _read_verified(local: BlobStore, digest: str, source: str, what: str) -> bytes:
+    data = local.read(digest)
+    if sha256_digest(data) != digest:
+        raise ImageError(f"{source}: {what} blob does not match its digest {digest}")
+    return data
+
+
 def read_oci_layout(directory: Path, tag: str | None, store: BlobStore, source: str) -> Image:
     try:
-        layout = json.loads((directory / "oci-layout").read_text())
-        index = json.loads((directory / "index.json").read_text())
+        layout = parse_json_object((directory / "oci-layout").read_bytes(), f"{source}: oci-layout")
+        index = parse_json_object((directory / "index.json").read_bytes(), f"{source}: index.json")
     except FileNotFoundError as exc:
         raise ImageError(f"{source}: not an OCI image layout (missing {Path(exc.filename).name})") \
             from None
+    except OSError as exc:
+        raise ImageError(f"{source}: cannot read the layout: {exc.strerror or exc}") from None
     if layout.get("imageLayoutVersion") != "1.0.0":
-        raise ImageError(f"{source}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')}")
+        raise ImageError(f"{source}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')!r}")
     local = BlobStore(directory / "blobs")
-    chosen = _pick_manifest(index, tag, source)
-    manifest_bytes = local.read(chosen["digest"])
-    if sha256_digest(manifest_bytes) != chosen["digest"]:
-        raise ImageError(f"{source}: manifest blob does not match its digest")
-    manifest = json.loads(manifest_bytes)
-    if chosen.get("mediaType") in (OCI_INDEX, DOCKER_LIST) or "manifests" in manifest:
-        nested = _pick_manifest(manifest, None, source)
-        manifest_bytes = local.read(nested["digest"])
-        manifest = json.loads(manifest_bytes)
-    config_desc = Descriptor.from_json(manifest["config"])
-    layers = [Descriptor.from_json(layer) for layer in manifest["layers"]]
+    chosen = _pick_manifest(parse_index(index, f"{source}: index.json"), tag, source)
+    manifest_bytes = _read_verified(local, chosen.digest, source, "manifest")
+    manifest = parse_json_object(manifest_bytes, f"{source}: manifest {chosen.digest}")
+    if chosen.media_type in (OCI_INDEX, DOCKER_LIST) or "manifests" in manifest:
+        nested = _pick_manifest(parse_index(manifest, f"{source}: index {chosen.digest}"), None,
+                                source)
+        manifest_bytes = _read_verified(local, nested.digest, source, "manifest")
+        manifest = parse_json_object(manifest_bytes, f"{source}: manifest {nested.digest}")
+    config_desc, layers = parse_manifest(manifest, f"{source}: manifest")
     for desc in [config_desc, *layers]:
-        with open(local.path(desc.digest), "rb") as handle:
+        try:
+            handle = open(local.path(desc.digest), "rb")
+        except OSError:
+            raise ImageError(f"{source}: blob {desc.digest} is missing from the layout") from None
+        with handle:
             store.put_stream(handle, expected=desc.digest)
-    config = json.loads(store.read(config_desc.digest))
+    config = parse_config(store.read(config_desc.digest), f"{source}: config")
     return Image(store, config, config_desc, layers, manifest_bytes, source)
 
 
@@ -130,27 +141,46 @@ def _read_oci_archive(path: Path, tag: str | None, store: BlobStore, source: str
         return read_oci_layout(Path(tmp), tag, store, source)
 
 
+def _archive_member(top: Path, name: object, source: str, what: str) -> Path:
+    """The file *name* (from an archive's manifest.json) inside the extracted archive *top*:
+    a relative path without ``..`` that stays inside *top* after resolving links."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ImageError(f"{source}: manifest.json {what} {name!r} is not a file name")
+    if name.startswith("/") or ".." in name.split("/"):
+        raise ImageError(f"{source}: manifest.json {what} {name!r} points outside the archive")
+    path = (top / name).resolve()
+    if not path.is_relative_to(top.resolve()) or not path.is_file():
+        raise ImageError(f"{source}: manifest.json {what} {name!r} is not a file in the archive")
+    return path
+
+
 def read_docker_archive(path: Path, store: BlobStore, source: str) -> Image:
     """A `docker save` tar: manifest.json names the config and the layer files."""
     with tempfile.TemporaryDirectory(prefix="enclave-build-docker-") as tmp:
-        _safe_extract(path, Path(tmp), source)
+        top = Path(tmp)
+        _safe_extract(path, top, source)
         try:
-            entries = json.loads((Path(tmp) / "manifest.json").read_text())
-        except (FileNotFoundError, ValueError):
-            raise ImageError(f"{source}: not a docker-archive (no manifest.json)") from None
+            entries = json.loads((top / "manifest.json").read_bytes())
+        except (OSError, ValueError, RecursionError):
+            raise ImageError(f"{source}: not a docker-archive (no readable manifest.json)") \
+                from None
+        if not isinstance(entries, list):
+            raise ImageError(f"{source}: manifest.json is not a list of images")
         if len(entries) != 1:
             raise ImageError(f"{source}: holds {len(entries)} images; save exactly one")
         entry = entries[0]
-        with open(Path(tmp) / entry["Config"], "rb") as handle:
+        if not isinstance(entry, dict) or not isinstance(entry.get("Layers"), list):
+            raise ImageError(f"{source}: manifest.json entry lacks Config or Layers")
+        with open(_archive_member(top, entry.get("Config"), source, "Config"), "rb") as handle:
             config_digest, config_size = store.put_stream(handle)
         layers = []
-        for name in entry["Layers"]:
-            with open(Path(tmp) / name, "rb") as handle:
+        for index, name in enumerate(entry["Layers"]):
+            with open(_archive_member(top, name, source, f"Layers[{index}]"), "rb") as handle:
                 gzipped = handle.read(2) == b"\x1f\x8b"
                 handle.seek(0)
                 digest, size = store.put_stream(handle)
             layers.append(Descriptor(OCI_LAYER_GZIP if gzipped else OCI_LAYER, digest, size))
-    config = json.loads(store.read(config_digest))
+    config = parse_config(store.read(config_digest), f"{source}: config")
     return Image(store, config, Descriptor(OCI_CONFIG, config_digest, config_size), layers, None,
                  source)
 

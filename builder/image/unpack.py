@@ -13,12 +13,14 @@ import hashlib
 import os
 import posixpath
 import shutil
+import stat
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from ..rootfs import RootFS, RootFSError
+from ..rootfs import RootFS
 from .oci import BlobStore, Descriptor, ImageError, OCI_LAYER_ZSTD
 
 WHITEOUT = ".wh."
@@ -60,99 +62,253 @@ def member_path(name: str) -> str | None:
     return "/".join(parts)
 
 
-class _LayerApplier:
-    def __init__(self, root: Path):
-        self.root = root
-        self.view = RootFS(root)
-        self.added: set[str] = set()   # paths this layer created (whiteouts don't remove them)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 40
 
-    def _parent(self, rel: str) -> Path:
-        """Host directory for *rel*'s parent, resolving symlinks inside the root."""
-        parent = posixpath.dirname(rel)
-        if not parent:
-            return self.root
+
+class _LayerApplier:
+    """Applies tar members below *root* with openat(2) semantics: every path is walked one
+    component at a time from a descriptor of the root, each component opened with O_NOFOLLOW,
+    and a symlink met on the way is interpreted by this code *as if the root were ``/``* (an
+    absolute target restarts at the root, ``..`` stops at it). Nothing the layer contains can
+    make a host path outside the root be opened, created or removed; members that cannot be
+    applied that way are refused with an :class:`ImageError` naming the member."""
+
+    def __init__(self, root: Path, source: str = "layer"):
+        self.root = root
+        self.source = source
+        self.added: set[str] = set()   # paths this layer created (whiteouts don't remove them)
+        self._root_fd = os.open(root, _DIR_FLAGS)
+
+    def close(self) -> None:
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+    def _fail(self, member: str, why: str) -> ImageError:
+        return ImageError(f"{self.source}: member {member!r}: {why}")
+
+    def _open_dir(self, parts: list[str], member: str, create: bool) -> int | None:
+        """A new descriptor of the directory *parts* (relative to the root, symlinks resolved
+        inside the root); missing directories are created when *create*, else None."""
+        stack = list(reversed(parts))
+        fds = [os.dup(self._root_fd)]
+        links = 0
         try:
-            inner = self.view.resolve("/" + parent)
-        except RootFSError:
-            inner = "/" + parent
-        host = self.root / inner.lstrip("/")
-        if host.is_symlink() or (host.exists() and not host.is_dir()):
-            self._remove(host)
-        host.mkdir(parents=True, exist_ok=True)
-        return host
+            while stack:
+                part = stack.pop()
+                if part in ("", "."):
+                    continue
+                if part == "..":   # only from a symlink target: never above the root
+                    if len(fds) > 1:
+                        os.close(fds.pop())
+                    continue
+                try:
+                    st = os.lstat(part, dir_fd=fds[-1])
+                except FileNotFoundError:
+                    if not create:
+                        return None
+                    os.mkdir(part, 0o755, dir_fd=fds[-1])
+                    st = os.lstat(part, dir_fd=fds[-1])
+                if stat.S_ISLNK(st.st_mode):
+                    links += 1
+                    if links > _MAX_LINKS:
+                        raise self._fail(member, "too many levels of symbolic links")
+                    target = os.readlink(part, dir_fd=fds[-1])
+                    if target.startswith("/"):
+                        for fd in fds[1:]:
+                            os.close(fd)
+                        del fds[1:]
+                    stack.extend(reversed(target.split("/")))
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    raise self._fail(member, f"a parent path component ({part!r}) is not a "
+                                     "directory")
+                fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))
+            result = fds.pop()
+            return result
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     @staticmethod
-    def _remove(host: Path) -> None:
-        if host.is_symlink() or not host.is_dir():
-            host.unlink(missing_ok=True)
+    def _remove(name: str, dir_fd: int) -> None:
+        """Remove the entry *name* of *dir_fd* (a directory tree without following links)."""
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=dir_fd)
         else:
-            shutil.rmtree(host)
+            os.unlink(name, dir_fd=dir_fd)
 
     def apply(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        try:
+            self._apply(member, tar)
+        except ImageError:
+            raise
+        except OSError as exc:
+            raise self._fail(member.name, f"cannot apply: {exc.strerror or exc}") from None
+
+    def _apply(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         rel = member_path(member.name)
-        if rel is None or rel == "":
-            return
-        base = posixpath.basename(rel)
-        if base == OPAQUE:
-            directory = self._parent(rel)
-            rel_dir = posixpath.dirname(rel)
-            for child in list(directory.iterdir()):
-                if posixpath.join(rel_dir, child.name) not in self.added:
-                    self._remove(child)
-            return
+        if rel is None:
+            raise self._fail(member.name, "path contains '..' (would escape the root)")
+        if "\0" in rel:
+            raise self._fail(member.name, "path contains a NUL byte")
+        if rel == "":
+            return  # the root directory itself
+        parts = rel.split("/")
+        base = parts[-1]
+        rel_dir = "/".join(parts[:-1])
         if base.startswith(WHITEOUT):
-            target = self._parent(rel) / base[len(WHITEOUT):]
-            if os.path.lexists(target) and \
-                    posixpath.join(posixpath.dirname(rel), base[len(WHITEOUT):]) not in self.added:
-                self._remove(target)
+            self._whiteout(member.name, parts, base, rel_dir)
             return
-        host = self._parent(rel) / base
-        self.added.add(rel)
-        mode = member.mode & 0o777
-        if member.isdir():
-            if os.path.lexists(host) and not host.is_dir():
-                self._remove(host)
-            host.mkdir(exist_ok=True)
-            os.chmod(host, mode | 0o700)
+        if member.ischr() or member.isblk():
+            # Device nodes are not created: unpacking is for reading files, and a device node
+            # in the cache would hand its device to whoever can read the cache. The path is
+            # still taken by this layer (a lower layer's file there does not show through).
+            dev_fd = self._open_dir(parts[:-1], member.name, create=True)
+            try:
+                self._remove(base, dev_fd)  # type: ignore[arg-type]
+            finally:
+                os.close(dev_fd)  # type: ignore[arg-type]
+            self.added.add(rel)
             return
-        if os.path.lexists(host):
-            self._remove(host)
-        if member.issym():
-            os.symlink(member.linkname, host)
-        elif member.islnk():
-            link_rel = member_path(member.linkname)
-            if link_rel is None:
+        parent = self._open_dir(parts[:-1], member.name, create=True)
+        assert parent is not None
+        try:
+            self.added.add(rel)
+            self._entry(member, tar, parent, base)
+        finally:
+            os.close(parent)
+
+    def _whiteout(self, name: str, parts: list[str], base: str, rel_dir: str) -> None:
+        if base == OPAQUE:
+            directory = self._open_dir(parts[:-1], name, create=False)
+            if directory is None:
                 return
             try:
-                source = self.root / self.view.resolve("/" + link_rel).lstrip("/")
-            except RootFSError:
+                for child in os.listdir(directory):
+                    if posixpath.join(rel_dir, child) not in self.added:
+                        self._remove(child, directory)
+            finally:
+                os.close(directory)
+            return
+        hidden = base[len(WHITEOUT):]
+        if hidden in ("", ".", ".."):
+            raise self._fail(name, f"whiteout names {hidden!r}, not an entry")
+        if hidden.startswith(WHITEOUT):
+            return  # other aufs metadata (.wh..wh.plnk and the like): nothing to apply
+        directory = self._open_dir(parts[:-1], name, create=False)
+        if directory is None:
+            return  # nothing below to hide
+        try:
+            if posixpath.join(rel_dir, hidden) not in self.added:
+                self._remove(hidden, directory)
+        finally:
+            os.close(directory)
+
+    def _entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile, parent: int,
+               base: str) -> None:
+        mode = member.mode & 0o777   # set-id and sticky bits dropped
+        if member.isdir():
+            try:
+                st = os.lstat(base, dir_fd=parent)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(base, dir_fd=parent)
+                    os.mkdir(base, 0o700, dir_fd=parent)
+            except FileNotFoundError:
+                os.mkdir(base, 0o700, dir_fd=parent)
+            fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
+            try:
+                os.fchmod(fd, mode | 0o700)
+            finally:
+                os.close(fd)
+            return
+        if member.islnk():
+            source = self._link_source(member)
+            self._remove(base, parent)
+            if source is None:
                 return
-            if source.is_file():
-                try:
-                    os.link(source, host)
-                except OSError:
-                    shutil.copyfile(source, host)
+            src_dir, src_name = source
+            try:
+                os.link(src_name, base, src_dir_fd=src_dir, dst_dir_fd=parent,
+                        follow_symlinks=False)
+            except OSError:
+                self._copy(src_dir, src_name, parent, base)
+            finally:
+                os.close(src_dir)
+            return
+        self._remove(base, parent)
+        if member.issym():
+            os.symlink(member.linkname, base, dir_fd=parent)  # stored, never followed here
         elif member.isfile():
             extracted = tar.extractfile(member)
             assert extracted is not None
-            with open(host, "wb") as out:
+            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                         os.O_CLOEXEC, 0o600, dir_fd=parent)
+            with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(extracted, out, 1 << 20)
-            os.chmod(host, mode | 0o400)
-        # character/block devices and FIFOs are not needed to read files: skipped
+                os.fchmod(out.fileno(), mode | 0o400)
+        # FIFOs (and any other special type) are not needed to read files: the path is
+        # cleared, nothing is created.
+
+    def _link_source(self, member: tarfile.TarInfo) -> tuple[int, str] | None:
+        """(directory fd, name) of a hard link's target inside the root."""
+        target = member.linkname
+        if target.startswith("/"):
+            raise self._fail(member.name, f"hard link target {target!r} is absolute")
+        link_rel = member_path(target)
+        if link_rel is None:
+            raise self._fail(member.name, f"hard link target {target!r} contains '..'")
+        if link_rel == "" or "\0" in link_rel:
+            raise self._fail(member.name, f"hard link target {target!r} is not a file")
+        parts = link_rel.split("/")
+        directory = self._open_dir(parts[:-1], member.name, create=False)
+        if directory is None:
+            raise self._fail(member.name, f"hard link target {target!r} does not exist")
+        try:
+            st = os.lstat(parts[-1], dir_fd=directory)
+        except FileNotFoundError:
+            os.close(directory)
+            raise self._fail(member.name, f"hard link target {target!r} does not exist") \
+                from None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            os.close(directory)
+            raise self._fail(member.name, f"hard link target {target!r} is not a file")
+        return directory, parts[-1]
+
+    @staticmethod
+    def _copy(src_dir: int, src_name: str, dst_dir: int, dst_name: str) -> None:
+        st = os.lstat(src_name, dir_fd=src_dir)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src_name, dir_fd=src_dir), dst_name, dir_fd=dst_dir)
+            return
+        src = os.open(src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+        with os.fdopen(src, "rb") as inp:
+            dst = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                          os.O_CLOEXEC, 0o600, dir_fd=dst_dir)
+            with os.fdopen(dst, "wb") as out:
+                shutil.copyfileobj(inp, out, 1 << 20)
+                os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
 
 
 def apply_layer(root: Path, handle: BinaryIO, source: str = "layer") -> str:
     """Apply one layer (gzip or plain tar) onto *root*; returns its diff_id."""
     reader = _DiffIdReader(open_layer(handle))
-    applier = _LayerApplier(root)
+    applier = _LayerApplier(root, source)
     try:
         with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[arg-type]
             for member in tar:
                 applier.apply(member, tar)
         while reader.read(1 << 20):  # hash trailing padding too: diff_id covers the whole tar
             pass
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError, zlib.error, UnicodeError) as exc:
         raise ImageError(f"{source}: cannot read layer: {exc}") from exc
+    finally:
+        applier.close()
     return "sha256:" + reader.hash.hexdigest()
 
 
