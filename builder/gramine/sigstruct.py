@@ -12,7 +12,7 @@ import datetime as _dt
 import hashlib
 import re
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from ..errors import EnclaveBuildError
@@ -158,6 +158,9 @@ class Sigstruct:
     modulus: int = 0
     signature: int = 0
     exponent: int = 0
+    #: the bytes this was parsed from (None when built here): verification uses them, never a
+    #: re-serialization, so every byte the signature covers is checked as the CPU would.
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     # ----------------------------------------------------------------------- serialization
 
@@ -225,7 +228,7 @@ class Sigstruct:
         )
         return cls(body, big(offs.SGX_ARCH_SIGSTRUCT_MODULUS),
                    big(offs.SGX_ARCH_SIGSTRUCT_SIGNATURE),
-                   u("<L", offs.SGX_ARCH_SIGSTRUCT_EXPONENT)[0])
+                   u("<L", offs.SGX_ARCH_SIGSTRUCT_EXPONENT)[0], bytes(data))
 
     # ----------------------------------------------------------------------- signing
 
@@ -240,23 +243,50 @@ class Sigstruct:
             raise SigstructError(f"SGX requires RSA public exponent 3, got {exponent}")
         if modulus.bit_length() != RSA_KEY_BYTES * 8:
             raise SigstructError(f"SGX requires an RSA-3072 key, got {modulus.bit_length()} bits")
-        return replace(self, modulus=modulus, signature=signature, exponent=exponent)
+        return replace(self, modulus=modulus, signature=signature, exponent=exponent, raw=None)
 
-    def verify_signature(self, offs: Offsets) -> bool:
-        """Check the embedded signature against the embedded modulus (textbook RSA, e = 3)."""
+    def signed_bytes(self, offs: Offsets) -> bytes:
+        """The 256 signed bytes: from the parsed file itself when there is one (bytes 0-127 and
+        the 128 from MISC_SELECT), so reserved bytes no field models are covered too."""
+        if self.raw is None:
+            return self.signing_data(offs)
+        misc = offs.SGX_ARCH_SIGSTRUCT_MISC_SELECT
+        return self.raw[:128] + self.raw[misc:misc + 128]
+
+    def signature_problem(self, offs: Offsets) -> str | None:
+        """Why EINIT would refuse this SIGSTRUCT's signature, or None if it verifies: exponent
+        3, a 3072-bit modulus, the signature below it, PKCS#1 v1.5 / SHA-256 over the signed
+        bytes, and Q1 = floor(S^2 / M), Q2 = floor((S^3 - Q1*S*M) / M) as stored."""
         if not self.modulus:
-            return False
+            return "the SIGSTRUCT is not signed (no modulus)"
+        if self.exponent != RSA_EXPONENT:
+            return f"public exponent is {self.exponent}, SGX requires 3"
+        if self.modulus.bit_length() != RSA_KEY_BYTES * 8 or not self.modulus & 1:
+            return "the modulus is not an odd 3072-bit number"
+        if not 0 < self.signature < self.modulus:
+            return "the signature is not below the modulus"
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-        key = rsa.RSAPublicNumbers(self.exponent, self.modulus).public_key()
         try:
-            key.verify(self.signature.to_bytes(RSA_KEY_BYTES, "big"), self.signing_data(offs),
+            key = rsa.RSAPublicNumbers(self.exponent, self.modulus).public_key()
+            key.verify(self.signature.to_bytes(RSA_KEY_BYTES, "big"), self.signed_bytes(offs),
                        padding.PKCS1v15(), hashes.SHA256())
-        except InvalidSignature:
-            return False
-        return True
+        except (InvalidSignature, ValueError):
+            return "the RSA signature does not verify over the signed bytes"
+        if self.raw is not None:
+            q1, q2 = _q1_q2(self.signature, self.modulus)
+            for name, off, want in (("Q1", offs.SGX_ARCH_SIGSTRUCT_Q1, q1),
+                                    ("Q2", offs.SGX_ARCH_SIGSTRUCT_Q2, q2)):
+                if int.from_bytes(self.raw[off:off + RSA_KEY_BYTES], "little") != want:
+                    return f"{name} does not match the signature and modulus (EINIT would fail)"
+        return None
+
+    def verify_signature(self, offs: Offsets) -> bool:
+        """True if the SIGSTRUCT would pass EINIT's signature checks (see
+        :meth:`signature_problem`)."""
+        return self.signature_problem(offs) is None
 
     @property
     def mr_signer(self) -> bytes:
@@ -269,7 +299,7 @@ def _q1_q2(signature: int, modulus: int) -> tuple[int, int]:
     """The two helper values SGX's EINIT uses to check the signature without division."""
     square = signature * signature
     q1 = square // modulus
-    q2 = (square % modulus) * signature // modulus
+    q2 = (signature * square - q1 * signature * modulus) // modulus
     return q1, q2
 
 

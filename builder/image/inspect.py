@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import posixpath
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from attestation.measurements import Measurements
 
+from ..errors import EnclaveBuildError
 from ..gramine.sigstruct import ARCH_LAYOUT, Sigstruct, describe
 from .assemble import LABEL_PREFIX
 from .oci import BlobStore, Image, ImageError
@@ -24,20 +26,24 @@ def read_file(image: Image, path: str) -> bytes | None:
     """The file at *path*, read from the topmost layer that has it (no full unpacking)."""
     want = path.lstrip("/")
     parent = posixpath.dirname(want)
-    for layer in reversed(image.layers):
-        with open(image.store.path(layer.digest), "rb") as handle:
-            with tarfile.open(fileobj=open_layer(handle), mode="r|") as tar:  # type: ignore[arg-type]
-                hidden = False
-                for member in tar:
-                    name = member_path(member.name)
-                    if name == want and member.isfile():
-                        data = tar.extractfile(member)
-                        return data.read() if data else None
-                    if name in (posixpath.join(parent, WHITEOUT + posixpath.basename(want)),
-                                posixpath.join(parent, OPAQUE)):
-                        hidden = True
-                if hidden:
-                    return None
+    for index, layer in enumerate(reversed(image.layers)):
+        try:
+            with open(image.store.path(layer.digest), "rb") as handle:
+                with tarfile.open(fileobj=open_layer(handle), mode="r|") as tar:  # type: ignore[arg-type]
+                    hidden = False
+                    for member in tar:
+                        name = member_path(member.name)
+                        if name == want and member.isfile():
+                            data = tar.extractfile(member)
+                            return data.read() if data else None
+                        if name in (posixpath.join(parent, WHITEOUT + posixpath.basename(want)),
+                                    posixpath.join(parent, OPAQUE)):
+                            hidden = True
+                    if hidden:
+                        return None
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise ImageError(f"{image.source}: layer {layer.digest}: cannot read: {exc}") \
+                from None
     return None
 
 
@@ -97,14 +103,15 @@ def inspect_image(text: str) -> Inspection:
         return result
     try:
         sig = Sigstruct.from_bytes(raw, ARCH_LAYOUT, sig_path)
-    except ImageError as exc:
+    except EnclaveBuildError as exc:
         result.problems.append(str(exc))
         return result
     info = describe(sig)
-    info["signature_valid"] = sig.verify_signature(ARCH_LAYOUT)
+    problem = sig.signature_problem(ARCH_LAYOUT)   # over the file's own signed bytes
+    info["signature_valid"] = problem is None
     result.sigstruct = info
-    if not info["signature_valid"]:
-        result.problems.append("the SIGSTRUCT's signature does not verify")
+    if problem is not None:
+        result.problems.append(f"the SIGSTRUCT's signature does not verify: {problem}")
     expected = {"mr_enclave": info["mr_enclave"], "mr_signer": info["mr_signer"],
                 "isv_prod_id": str(info["isv_prod_id"]), "isv_svn": str(info["isv_svn"]),
                 "debug": "true" if info["debug"] else "false"}
