@@ -2,7 +2,11 @@
 
 PCCS collateral is fetched with dcap-qvl's client (by the quote's FMSPC and PCK CA) and cached in
 memory and on disk until the TCB info's ``nextUpdate``, so a burst of enclaves starting at once
-costs one fetch.
+costs one fetch. Fetches are single-flight *per platform* (FMSPC + CA): the first connection that
+needs a platform's collateral starts one fetch, later ones for the same platform wait for it,
+and connections for other platforms are not held up at all. Every fetch has a deadline, and so
+has every wait (the caller's own, e.g. what is left of its connection's deadline). Every failure
+is a :class:`CollateralError` with a reason.
 """
 
 from __future__ import annotations
@@ -13,15 +17,23 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
 from .verify import collateral_validity, load_collateral
 
+DEFAULT_TIMEOUT = 10.0
+
+
+class CollateralError(Exception):
+    """Collateral for a quote cannot be had (PCCS down, slow or answering garbage)."""
+
 
 class CollateralSource(Protocol):
-    def for_quote(self, quote: bytes) -> str:
-        """Collateral JSON (dcap-qvl's nine-key format) to verify *quote* with."""
+    def for_quote(self, quote: bytes, timeout: float | None = None) -> str:
+        """Collateral JSON (dcap-qvl's nine-key format) to verify *quote* with; waits at most
+        *timeout* seconds (None: the source's own deadline)."""
 
 
 class FileCollateral:
@@ -29,7 +41,7 @@ class FileCollateral:
         self.path = path
         self._text = load_collateral(path)
 
-    def for_quote(self, quote: bytes) -> str:
+    def for_quote(self, quote: bytes, timeout: float | None = None) -> str:
         return self._text
 
 
@@ -38,55 +50,116 @@ def _cache_dir() -> Path:
     return Path(base) / "enclave-build" / "collateral"
 
 
+class _Flight:
+    """One fetch in progress; whoever needs its result waits on *done*."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.text: str | None = None
+        self.error: str | None = None
+
+
 class PccsCollateral:
-    def __init__(self, url: str, cache_dir: Path | None = None):
+    def __init__(self, url: str, cache_dir: Path | None = None,
+                 timeout: float = DEFAULT_TIMEOUT):
         self.url = url
         self.cache_dir = cache_dir or _cache_dir()
+        self.timeout = timeout
         self._memory: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self._lock = threading.Lock()   # guards the two dicts only; never held while fetching
 
     @staticmethod
     def _key(quote: bytes) -> str:
         import dcap_qvl
 
-        parsed = dcap_qvl.parse_quote(quote)
-        return hashlib.sha256(f"{parsed.fmspc()}:{parsed.ca()}".encode()).hexdigest()[:32]
+        try:
+            parsed = dcap_qvl.parse_quote(quote)
+            platform = f"{parsed.fmspc()}:{parsed.ca()}"
+        except Exception as exc:  # noqa: BLE001 - the binding raises assorted types
+            raise CollateralError(f"cannot read the quote's platform (FMSPC): {exc}") from None
+        return hashlib.sha256(platform.encode()).hexdigest()[:32]
 
     @staticmethod
     def _fresh(text: str) -> bool:
-        _, next_update = collateral_validity(text)
+        try:
+            _, next_update = collateral_validity(text)
+        except (ValueError, KeyError, TypeError):
+            return False
         return _dt.datetime.now(_dt.timezone.utc) < next_update
 
-    def for_quote(self, quote: bytes) -> str:
+    def _cached(self, key: str) -> str | None:
+        text = self._memory.get(key)
+        if text is None:
+            try:
+                text = (self.cache_dir / f"{key}.json").read_text()
+            except (OSError, UnicodeDecodeError):
+                return None
+        return text if self._fresh(text) else None
+
+    def for_quote(self, quote: bytes, timeout: float | None = None) -> str:
         key = self._key(quote)
+        wait = self.timeout if timeout is None else max(0.0, min(timeout, self.timeout))
         with self._lock:
-            text = self._memory.get(key)
-            if text is None:
-                path = self.cache_dir / f"{key}.json"
-                if path.exists():
-                    text = path.read_text()
-            if text is None or not self._fresh(text):
-                text = self._fetch(quote)
+            text = self._cached(key)
+            if text is not None:
+                self._memory[key] = text
+                return text
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+                threading.Thread(target=self._run, args=(key, quote, flight), daemon=True,
+                                 name=f"pccs-{key[:8]}").start()
+        if not flight.done.wait(wait):
+            raise CollateralError(f"PCCS {self.url} did not deliver collateral within "
+                                  f"{wait:.1f} s")
+        if flight.error is not None:
+            raise CollateralError(flight.error)
+        assert flight.text is not None
+        return flight.text
+
+    def _run(self, key: str, quote: bytes, flight: _Flight) -> None:
+        """The one fetch for *key*: bounded by the source's deadline, result shared."""
+        started = time.monotonic()
+        try:
+            text = self._fetch(quote)
+            try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp = self.cache_dir / f".{key}.{os.getpid()}"
+                tmp = self.cache_dir / f".{key}.{os.getpid()}.{threading.get_ident()}"
                 tmp.write_text(text)
                 os.replace(tmp, self.cache_dir / f"{key}.json")
-            self._memory[key] = text
-            return text
+            except OSError:
+                pass  # the disk cache is an optimisation
+            flight.text = text
+        except asyncio.TimeoutError:
+            flight.error = (f"PCCS {self.url} did not answer within {self.timeout:.1f} s "
+                            f"(gave up after {time.monotonic() - started:.1f} s)")
+        except Exception as exc:  # noqa: BLE001 - any failure of the fetch is reported
+            flight.error = f"cannot fetch collateral from PCCS {self.url}: {exc}"
+        finally:
+            with self._lock:
+                if flight.text is not None:
+                    self._memory[key] = flight.text
+                self._flights.pop(key, None)
+            flight.done.set()
 
     def _fetch(self, quote: bytes) -> str:
         import dcap_qvl
 
         async def fetch():  # dcap-qvl's binding needs a running loop when it is called
-            return await dcap_qvl.get_collateral(self.url, quote)
+            return await asyncio.wait_for(dcap_qvl.get_collateral(self.url, quote),
+                                          self.timeout)
 
         collateral = asyncio.run(fetch())
         text = collateral.to_json()
-        json.loads(text)
+        data = json.loads(text)
+        if not isinstance(data, dict) or "tcb_info" not in data:
+            raise ValueError("the PCCS answer is not collateral")
         return text
 
 
 def source_for(settings) -> CollateralSource:  # noqa: ANN001 - AttestationSettings
     if settings.collateral is not None:
         return FileCollateral(settings.collateral)
-    return PccsCollateral(settings.pccs_url)
+    return PccsCollateral(settings.pccs_url, timeout=getattr(settings, "pccs_timeout",
+                                                             DEFAULT_TIMEOUT))

@@ -7,6 +7,7 @@
     cert = "server.crt"              # CA-signed certificate the enclaves check
     key = "server.key"
     max_connections = 1024           # connections at once; more are refused immediately
+    max_connections_per_peer = 64    # connections at once from one IP address (same refusal)
     workers = 128                    # threads handling connections (the rest wait their turn)
     timeout = 10.0                   # seconds a connection may take, handshake to reply
     max_tls = "1.3"                  # "1.2" for Gramine 1.8 clients (mbedTLS 3.6.0)
@@ -16,6 +17,7 @@
     root_ca = "intel"                # or a PEM/DER file: a custom (e.g. synthetic test) root
     collateral = "collateral.json"   # offline collateral, or:
     pccs_url = "https://pccs.example.com:8081/sgx/certification/v4/"
+    pccs_timeout = 10.0              # seconds one collateral fetch may take (per FMSPC)
     allowed_tcb_statuses = ["UpToDate"]
     allowed_advisories = ["INTEL-SA-00615"]   # optional allow-list
     denied_advisories = []
@@ -52,6 +54,7 @@ class ServerSettings:
     cert: Path
     key: Path
     max_connections: int = 1024
+    max_connections_per_peer: int = 64
     workers: int = 128
     timeout: float = 10.0
     max_tls: str = "1.3"
@@ -64,6 +67,7 @@ class AttestationSettings:
     collateral: Path | None
     pccs_url: str | None
     tcb: TcbPolicy
+    pccs_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,8 @@ def load_config(path: str | Path) -> SecretsConfig:
     _unknown(data, {"server", "attestation", "measurements", "secrets"}, "", source)
 
     srv = data.get("server", {})
-    _unknown(srv, {"listen", "cert", "key", "max_connections", "workers", "timeout", "max_tls",
-                   "audit_log"}, "server", source)
+    _unknown(srv, {"listen", "cert", "key", "max_connections", "max_connections_per_peer",
+                   "workers", "timeout", "max_tls", "audit_log"}, "server", source)
     listen = _get(srv, "listen", str, "server", source=source)
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -131,16 +135,22 @@ def load_config(path: str | Path) -> SecretsConfig:
         cert=base / _get(srv, "cert", str, "server", source=source),
         key=base / _get(srv, "key", str, "server", source=source),
         max_connections=_get(srv, "max_connections", int, "server", 1024, source),
+        max_connections_per_peer=_get(srv, "max_connections_per_peer", int, "server", 64, source),
         workers=_get(srv, "workers", int, "server", 128, source),
         timeout=_get(srv, "timeout", float, "server", 10.0, source),
         max_tls=max_tls,
         audit_log=_resolve_log(_get(srv, "audit_log", str, "server", None, source), base))
+    for name in ("max_connections", "max_connections_per_peer", "workers"):
+        if getattr(server, name) < 1:
+            raise ConfigError(f"{source}: server.{name}: must be at least 1")
+    if not server.timeout > 0:
+        raise ConfigError(f"{source}: server.timeout: must be more than 0 seconds")
     for name in ("cert", "key"):
         if not getattr(server, name).is_file():
             raise ConfigError(f"{source}: server.{name}: file not found: {getattr(server, name)}")
 
     att = data.get("attestation", {})
-    _unknown(att, {"root_ca", "collateral", "pccs_url", "allowed_tcb_statuses",
+    _unknown(att, {"root_ca", "collateral", "pccs_url", "pccs_timeout", "allowed_tcb_statuses",
                    "allowed_advisories", "denied_advisories", "allow_debug"}, "attestation",
              source)
     root = _get(att, "root_ca", str, "attestation", "intel", source)
@@ -162,9 +172,13 @@ def load_config(path: str | Path) -> SecretsConfig:
                         _get(att, "allow_debug", bool, "attestation", False, source))
     except VerifierConfigError as exc:
         raise ConfigError(f"{source}: attestation: {exc}") from None
+    pccs_timeout = _get(att, "pccs_timeout", float, "attestation", 10.0, source)
+    if not pccs_timeout > 0:
+        raise ConfigError(f"{source}: attestation.pccs_timeout: must be more than 0 seconds")
     attestation = AttestationSettings(
         root_ca=None if root == "intel" else base / root,
-        collateral=base / collateral if collateral else None, pccs_url=pccs, tcb=tcb)
+        collateral=base / collateral if collateral else None, pccs_url=pccs, tcb=tcb,
+        pccs_timeout=pccs_timeout)
     if attestation.root_ca is not None and not attestation.root_ca.is_file():
         raise ConfigError(f"{source}: attestation.root_ca: file not found: {attestation.root_ca}")
 

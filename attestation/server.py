@@ -14,12 +14,15 @@ Per connection (on a worker thread; no global lock):
    answered with :data:`attestation.wire.REFUSAL` and the reason (the same text as the audit
    record), so the enclave can say why it was refused.
 
-Every decision is one JSON line in the audit log (peer, evidence format, identity, TCB status,
-secret name, decision, reason — never secret bytes). Each connection has a deadline enforced by a
-watchdog, the number of connections is capped (excess ones are closed at once), no TLS session
+Every connection ends in exactly one JSON line in the audit log with a decision and a reason
+(peer, evidence format, identity, TCB status, secret name — never secret bytes), whatever the
+client sent: malformed certificates, unreadable server names and collateral failures are
+refusals with a reason like any other. Each connection has a deadline from the moment it is
+accepted (also while it waits for a worker), enforced by a watchdog; the number of connections
+is capped in total and per peer address (excess ones are refused at once); no TLS session
 tickets are issued for TLS 1.2 and the TLS version can be capped at 1.2 for Gramine 1.8 clients.
-The policy reloads on ``reload()`` (SIGHUP in the CLI); ``shutdown()`` stops accepting and waits
-for connections in flight.
+``reload()`` (SIGHUP in the CLI) re-reads the policy and the TLS certificate and key;
+``shutdown()`` stops accepting and waits for connections in flight.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Callable, TextIO
 from cryptography import x509
 from OpenSSL import SSL
 
-from .collateral import CollateralSource, source_for
+from .collateral import CollateralError, CollateralSource, source_for
 from .config import SecretsConfig, load_config
 from .policy import Identity, Policy
 from .ratls import EvidenceError, extract_evidence
@@ -107,9 +110,11 @@ class SecretServer:
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self._slots = threading.BoundedSemaphore(config.server.max_connections)
+        self._per_peer: dict[str, int] = {}
+        self._peer_lock = threading.Lock()
         # Connections beyond the workers wait in the queue (still within max_connections); their
-        # deadline starts when a worker takes them. A bounded pool keeps 1000 simultaneous
-        # clients from becoming 1000 threads fighting over two cores.
+        # deadline runs from the accept, so a queued one cannot outlive it either. A bounded pool
+        # keeps 1000 simultaneous clients from becoming 1000 threads fighting over two cores.
         self._pool = ThreadPoolExecutor(
             max_workers=min(config.server.workers, config.server.max_connections),
             thread_name_prefix="secret-conn")
@@ -143,11 +148,20 @@ class SecretServer:
         return ctx
 
     def reload(self, path: str | Path | None = None) -> None:
-        """Re-read the configuration, measurements and keys; keep the old state on error."""
+        """Re-read the configuration, measurements, secrets and the TLS certificate and key;
+        keep the old state (all of it) on any error. The listening address, worker count and
+        connection caps stay as started."""
         config = load_config(path or self._state.config.path)
-        self._state = self._load(config)
+        state = self._load(config)
+        try:
+            ctx = self._context(config)
+        except SSL.Error as exc:
+            raise ServerError(f"{config.server.cert} / {config.server.key}: cannot use the TLS "
+                              f"certificate and key: {_describe(exc)}") from None
+        self._state, self._ctx = state, ctx   # new connections use both; old ones finish as is
         self.audit.write(event="reload", measurements=len(self._state.policy.measurements),
-                         secrets=len(self._state.policy.secrets))
+                         secrets=len(self._state.policy.secrets),
+                         cert=str(config.server.cert))
 
     # ------------------------------------------------------------------ serving
 
@@ -178,12 +192,46 @@ class SecretServer:
                 if self._stopping.is_set():
                     return
                 raise
-            if not self._slots.acquire(blocking=False):
-                self.audit.write(peer=_peer(peer), decision="deny",
-                                 reason="too many concurrent connections")
-                sock.close()
-                continue
-            self._pool.submit(self._serve_one, sock, peer)
+            self._admit(sock, peer)
+
+    def _admit(self, sock: socket.socket, peer: tuple) -> None:
+        """Queue an accepted connection, or refuse it at once (one audit line either way)."""
+        server = self._state.config.server
+        address = peer[0]
+        if not self._slots.acquire(blocking=False):
+            self.audit.write(peer=_peer(peer), decision="deny",
+                             reason="too many concurrent connections")
+            sock.close()
+            return
+        with self._peer_lock:
+            count = self._per_peer.get(address, 0)
+            if count < server.max_connections_per_peer:
+                self._per_peer[address] = count + 1
+        if count >= server.max_connections_per_peer:
+            self._slots.release()
+            self.audit.write(peer=_peer(peer), decision="deny",
+                             reason="too many concurrent connections from this peer "
+                                    f"(max_connections_per_peer = {server.max_connections_per_peer})")
+            sock.close()
+            return
+        deadline = time.monotonic() + server.timeout
+        ticket = self._watchdog.watch(sock, server.timeout)
+        try:
+            self._pool.submit(self._serve_one, sock, peer, ticket, deadline)
+        except RuntimeError:   # shutting down
+            self._watchdog.forget(ticket)
+            sock.close()
+            self._release(address)
+            self.audit.write(peer=_peer(peer), decision="deny", reason="server shutting down")
+
+    def _release(self, address: str) -> None:
+        with self._peer_lock:
+            left = self._per_peer.get(address, 1) - 1
+            if left > 0:
+                self._per_peer[address] = left
+            else:
+                self._per_peer.pop(address, None)
+        self._slots.release()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stopping.set()
@@ -198,52 +246,69 @@ class SecretServer:
 
     # ------------------------------------------------------------------ one connection
 
-    def _serve_one(self, sock: socket.socket, peer: tuple) -> None:
-        state = self._state
+    def _serve_one(self, sock: socket.socket, peer: tuple, ticket: int,
+                   deadline: float) -> None:
+        state, ctx = self._state, self._ctx
         record: dict = {"peer": _peer(peer)}
-        ticket = self._watchdog.watch(sock, state.config.server.timeout)
-        conn = SSL.Connection(self._ctx, sock)
-        conn.set_accept_state()
+        conn: SSL.Connection | None = None
         try:
-            try:
-                conn.do_handshake()
-            except (SSL.Error, OSError) as exc:
-                record.update(decision="deny", reason=f"TLS handshake failed: {_describe(exc)}")
+            if time.monotonic() >= deadline:
+                record.update(decision="deny", reason="deadline passed while waiting for a "
+                                                      "worker (server overloaded)")
                 return
-            record["tls"] = conn.get_protocol_version_name()
-            decision = self._attest(conn, state, record)
-            if decision is None:
-                _refuse(conn, record["reason"])
-                return
-            record["secret"] = decision.secret.name
-            request = _read_exact(conn, len(REQUEST))
-            if conn.pending():
-                record.update(decision="deny", reason=f"request longer than {len(REQUEST)} bytes")
-                return
-            if request != REQUEST:
-                record.update(decision="deny", reason="malformed request "
-                              f"({len(request)} bytes, not {REQUEST[:-1].decode()!r})")
-                return
-            secret = decision.secret.file.read_bytes()
-            if not secret or len(secret) > MAX_SECRET:
-                record.update(decision="deny", reason="secret file is empty or too large")
-                return
-            conn.sendall(RESPONSE + len(secret).to_bytes(4, "big") + secret)
-            record.update(decision="allow", reason=decision.reason)
+            conn = SSL.Connection(ctx, sock)
+            conn.set_accept_state()
+            self._converse(conn, state, record, deadline)
         except (SSL.Error, OSError) as exc:
             record.setdefault("decision", "deny")
             record.setdefault("reason", f"connection failed: {_describe(exc)}")
+        except Exception as exc:  # noqa: BLE001 - whatever happens, the refusal is audited
+            record["decision"] = "deny"
+            record["reason"] = f"internal error handling the connection: {type(exc).__name__}: " \
+                               f"{str(exc)[:300]}"
         finally:
             self._watchdog.forget(ticket)
-            try:
-                conn.shutdown()
-            except (SSL.Error, OSError):
-                pass
+            if conn is not None:
+                try:
+                    conn.shutdown()
+                except (SSL.Error, OSError):
+                    pass
             sock.close()
+            if "decision" not in record:   # cannot happen; never leave a line without one
+                record.update(decision="deny", reason="connection ended without a decision")
             self.audit.write(**record)
-            self._slots.release()
+            self._release(peer[0])
 
-    def _attest(self, conn: SSL.Connection, state: _State, record: dict):  # noqa: ANN202
+    def _converse(self, conn: SSL.Connection, state: _State, record: dict,
+                  deadline: float) -> None:
+        try:
+            conn.do_handshake()
+        except (SSL.Error, OSError) as exc:
+            record.update(decision="deny", reason=f"TLS handshake failed: {_describe(exc)}")
+            return
+        record["tls"] = conn.get_protocol_version_name()
+        decision = self._attest(conn, state, record, deadline)
+        if decision is None:
+            _refuse(conn, record["reason"])
+            return
+        record["secret"] = decision.secret.name
+        request = _read_exact(conn, len(REQUEST))
+        if conn.pending():
+            record.update(decision="deny", reason=f"request longer than {len(REQUEST)} bytes")
+            return
+        if request != REQUEST:
+            record.update(decision="deny", reason="malformed request "
+                          f"({len(request)} bytes, not {REQUEST[:-1].decode()!r})")
+            return
+        secret = decision.secret.file.read_bytes()
+        if not secret or len(secret) > MAX_SECRET:
+            record.update(decision="deny", reason="secret file is empty or too large")
+            return
+        conn.sendall(RESPONSE + len(secret).to_bytes(4, "big") + secret)
+        record.update(decision="allow", reason=decision.reason)
+
+    def _attest(self, conn: SSL.Connection, state: _State, record: dict,
+                deadline: float):  # noqa: ANN202
         """Verify the client's RA-TLS evidence and decide; None (with the reason recorded)
         when nothing is released. Runs before the request is read."""
         peer_cert = conn.get_peer_certificate()
@@ -251,22 +316,35 @@ class SecretServer:
             record.update(decision="deny", reason="no client certificate")
             return None
         try:
-            evidence = extract_evidence(peer_cert.to_cryptography())
+            try:
+                certificate = peer_cert.to_cryptography()
+            except Exception as exc:  # noqa: BLE001 - anything the parser chokes on
+                raise EvidenceError(f"the client certificate cannot be parsed: {exc}") from None
+            evidence = extract_evidence(certificate)
             record["evidence"] = evidence.format
-            verified = verify_quote(evidence.quote, state.collateral.for_quote(evidence.quote),
+            collateral = state.collateral.for_quote(
+                evidence.quote, timeout=max(0.0, deadline - time.monotonic()))
+            verified = verify_quote(evidence.quote, collateral,
                                     root_ca_der=state.root_der, now=self._now(),
                                     policy=state.config.attestation.tcb)
         except (EvidenceError, QuoteRejected, VerifierConfigError) as exc:
             record.update(decision="deny", reason=str(exc))
             return None
+        except CollateralError as exc:
+            record.update(decision="deny", reason=f"no collateral to verify the quote: {exc}")
+            return None
         record.update(mr_enclave=verified.mr_enclave, mr_signer=verified.mr_signer,
                       isv_prod_id=verified.isv_prod_id, isv_svn=verified.isv_svn,
                       tcb_status=verified.status, advisories=list(verified.advisory_ids))
         sni = conn.get_servername()
+        try:
+            server_name = sni.decode() if sni else None
+        except UnicodeDecodeError:
+            record.update(decision="deny", reason="the TLS server name (SNI) is not valid UTF-8")
+            return None
         decision = state.policy.decide(
             Identity(verified.mr_enclave, verified.mr_signer, verified.isv_prod_id,
-                     verified.isv_svn, verified.debug),
-            sni.decode() if sni else None)
+                     verified.isv_svn, verified.debug), server_name)
         if decision.secret is None:
             record.update(decision="deny", reason=decision.reason)
             return None

@@ -74,6 +74,7 @@ listen = "127.0.0.1:0"
 cert = "server.crt"
 key = "server.key"
 max_connections = 1100
+max_connections_per_peer = 1100
 timeout = 60
 audit_log = "audit.jsonl"
 

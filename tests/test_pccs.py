@@ -7,17 +7,20 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote as urlquote
 from urllib.parse import urlparse
 
 import pytest
 
-from attestation.collateral import PccsCollateral
+from attestation.collateral import CollateralError, PccsCollateral
 from attestation.synthetic import SyntheticPKI
 from attestation.verify import verify_quote
 
 pytestmark = pytest.mark.integration
+
+SLOW = {"seconds": 0.0}   # how long the stand-in stalls before answering a TCB info request
 
 
 @pytest.fixture
@@ -38,6 +41,7 @@ def pccs():
                 body = bytes.fromhex(collateral["pck_crl"])
                 header = ("SGX-PCK-CRL-Issuer-Chain", collateral["pck_crl_issuer_chain"])
             elif path == prefix + "tcb":
+                time.sleep(SLOW["seconds"])
                 body = ('{"tcbInfo":' + collateral["tcb_info"] + ',"signature":"'
                         + collateral["tcb_info_signature"] + '"}').encode()
                 header = ("SGX-TCB-Info-Issuer-Chain", collateral["tcb_info_issuer_chain"])
@@ -58,6 +62,7 @@ def pccs():
             self.wfile.write(body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.handle_error = lambda request, address: None  # clients that gave up on a stall
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/sgx/certification/v4/", pki, hits
@@ -83,8 +88,34 @@ def test_collateral_from_pccs_verifies_and_is_cached(pccs, tmp_path):
 def test_pccs_failure_is_an_error(tmp_path):
     source = PccsCollateral("http://127.0.0.1:9/sgx/certification/v4/", cache_dir=tmp_path)
     pki = SyntheticPKI()
-    with pytest.raises(Exception):
+    with pytest.raises(CollateralError, match="cannot fetch collateral from PCCS"):
         source.for_quote(pki.quote(bytes(32), bytes(32)))
+
+
+def test_a_stalled_pccs_is_given_up_at_the_deadline(pccs, tmp_path, monkeypatch):
+    url, pki, hits = pccs
+    monkeypatch.setitem(SLOW, "seconds", 3.0)
+    source = PccsCollateral(url, cache_dir=tmp_path, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(CollateralError, match="within 0.5 s"):
+        source.for_quote(pki.quote(bytes(32), bytes(32)))
+    assert time.monotonic() - started < 2.0
+
+
+def test_concurrent_requests_for_one_platform_fetch_once(pccs, tmp_path, monkeypatch):
+    url, pki, hits = pccs
+    monkeypatch.setitem(SLOW, "seconds", 0.5)
+    source = PccsCollateral(url, cache_dir=tmp_path)
+    quote = pki.quote(bytes(32), bytes(32))
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(source.for_quote(quote)))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == 8 and len(set(results)) == 1
+    assert hits.count("/sgx/certification/v4/tcb") == 1
 
 
 def test_secret_server_with_pccs_url(pccs, tmp_path, monkeypatch):
