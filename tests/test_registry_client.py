@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
 import requests
@@ -41,6 +42,10 @@ class FakeSession:
         self.calls.append(("TOKEN", url, {"params": params, "auth": auth}))
         return self.answers.pop(0)
 
+    def post(self, url, data=None, **kwargs):
+        self.calls.append(("OAUTH", url, {"data": data}))
+        return self.answers.pop(0)
+
 
 @pytest.fixture(autouse=True)
 def _no_sleep(monkeypatch):
@@ -66,7 +71,7 @@ def test_bearer_challenge_uses_docker_config_credentials(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps(
         {"auths": {"registry.example.com": {"auth": base64.b64encode(b"ci:pw").decode()}}}))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
-    challenge = {"WWW-Authenticate": 'Bearer realm="https://auth.example.com/token",'
+    challenge = {"WWW-Authenticate": 'Bearer realm="https://registry.example.com/token",'
                                      'service="registry.example.com"'}
     session = FakeSession([FakeResponse(401, challenge),
                            FakeResponse(200, body=b'{"token": "T0K"}'),
@@ -123,3 +128,140 @@ def test_sources(text, transport, location, tag):
 def test_bad_references(text, message):
     with pytest.raises(UsageError, match=message):
         parse_registry_ref(text)
+
+
+# ------------------------------------------------------------------ credentials and token realms
+
+
+def _docker_config(tmp_path, monkeypatch, auths: dict, **extra) -> None:
+    entries = {host: {"auth": base64.b64encode(f"{user}:{pw}".encode()).decode()}
+               for host, (user, pw) in auths.items()}
+    (tmp_path / "config.json").write_text(json.dumps({"auths": entries, **extra}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+
+
+def _token_request(realm: str, host: str = "registry.example.com") -> dict:
+    challenge = {"WWW-Authenticate": f'Bearer realm="{realm}",service="{host}"'}
+    session = FakeSession([FakeResponse(401, challenge),
+                           FakeResponse(200, body=b'{"token": "T0K"}'),
+                           FakeResponse(200, body=b"ok")])
+    client = reg.RegistryClient(host, session)
+    client._request("GET", f"{client.base}/team/app/manifests/1", "team/app",
+                    "repository:team/app:pull")
+    assert session.calls[1][0] == "TOKEN" and session.calls[1][1] == realm
+    return session.calls[1][2]
+
+
+def test_credentials_are_not_sent_to_a_realm_on_another_host(tmp_path, monkeypatch):
+    _docker_config(tmp_path, monkeypatch, {"registry.example.com": ("ci", "pw")})
+    assert _token_request("https://evil.example.net/token")["auth"] is None
+
+
+def test_credentials_are_not_sent_to_a_plain_http_realm(tmp_path, monkeypatch):
+    _docker_config(tmp_path, monkeypatch, {"registry.example.com": ("ci", "pw")})
+    assert _token_request("http://registry.example.com/token")["auth"] is None
+
+
+def test_a_realm_on_another_host_gets_only_its_own_credentials(tmp_path, monkeypatch):
+    _docker_config(tmp_path, monkeypatch, {"registry.example.com": ("ci", "pw"),
+                                           "auth.example.com": ("tok", "en")})
+    assert _token_request("https://auth.example.com/token")["auth"] == ("tok", "en")
+
+
+def test_loopback_http_realm_of_a_loopback_registry_gets_credentials(tmp_path, monkeypatch):
+    _docker_config(tmp_path, monkeypatch, {"127.0.0.1:5000": ("ci", "pw")})
+    assert _token_request("http://127.0.0.1:5001/token", "127.0.0.1:5000")["auth"] == \
+        ("ci", "pw")
+
+
+def test_docker_hub_credentials_go_to_its_token_service(tmp_path, monkeypatch):
+    _docker_config(tmp_path, monkeypatch, {"https://index.docker.io/v1/": ("hub", "pw")})
+    assert _token_request("https://auth.docker.io/token", "registry-1.docker.io")["auth"] == \
+        ("hub", "pw")
+
+
+def test_refused_token_request_says_why_credentials_were_withheld(tmp_path, monkeypatch):
+    _docker_config(tmp_path, monkeypatch, {"registry.example.com": ("ci", "pw")})
+    challenge = {"WWW-Authenticate": 'Bearer realm="http://registry.example.com/t"'}
+    session = FakeSession([FakeResponse(401, challenge), FakeResponse(401)])
+    client = reg.RegistryClient("registry.example.com", session)
+    with pytest.raises(reg.RegistryAuthError, match="not sent because the token realm .* plain http"):
+        client._request("GET", f"{client.base}/a/manifests/1", "a", "repository:a:pull")
+
+
+def test_basic_credentials_are_not_sent_over_plain_http_to_a_remote_registry(tmp_path,
+                                                                            monkeypatch):
+    _docker_config(tmp_path, monkeypatch, {"10.0.0.5:5000": ("ci", "pw")})
+    monkeypatch.setenv("ENCLAVE_BUILD_INSECURE_REGISTRIES", "10.0.0.5:5000")
+    session = FakeSession([FakeResponse(401, {"WWW-Authenticate": 'Basic realm="r"'})])
+    client = reg.RegistryClient("10.0.0.5:5000", session)
+    with pytest.raises(reg.RegistryAuthError, match="only sent over https"):
+        client._request("GET", f"{client.base}/a/manifests/1", "a", "repository:a:pull")
+    assert len(session.calls) == 1
+
+
+def test_an_expired_token_is_fetched_again_on_401(tmp_path, monkeypatch):
+    _docker_config(tmp_path, monkeypatch, {"registry.example.com": ("ci", "pw")})
+    challenge = {"WWW-Authenticate": 'Bearer realm="https://registry.example.com/token"'}
+    session = FakeSession([FakeResponse(401, challenge),
+                           FakeResponse(200, body=b'{"token": "T1", "expires_in": 300}'),
+                           FakeResponse(200, body=b"first"),
+                           FakeResponse(401, challenge),          # T1 revoked / expired early
+                           FakeResponse(200, body=b'{"token": "T2", "expires_in": 300}'),
+                           FakeResponse(200, body=b"second")])
+    client = reg.RegistryClient("registry.example.com", session)
+    url = f"{client.base}/a/manifests/1"
+    assert client._request("GET", url, "a", "repository:a:pull").content == b"first"
+    assert client._request("GET", url, "a", "repository:a:pull").content == b"second"
+    assert session.calls[3][2]["Authorization"] == "Bearer T1"
+    assert session.calls[5][2]["Authorization"] == "Bearer T2"
+
+
+def test_a_token_is_refreshed_before_it_expires(tmp_path, monkeypatch):
+    _docker_config(tmp_path, monkeypatch, {"registry.example.com": ("ci", "pw")})
+    clock = [1000.0]
+    monkeypatch.setattr(reg.time, "monotonic", lambda: clock[0])
+    challenge = {"WWW-Authenticate": 'Bearer realm="https://registry.example.com/token"'}
+    session = FakeSession([FakeResponse(401, challenge),
+                           FakeResponse(200, body=b'{"token": "T1", "expires_in": 60}'),
+                           FakeResponse(200, body=b"first"),
+                           FakeResponse(200, body=b'{"token": "T2", "expires_in": 60}'),
+                           FakeResponse(200, body=b"second")])
+    client = reg.RegistryClient("registry.example.com", session)
+    url = f"{client.base}/a/manifests/1"
+    client._request("GET", url, "a", "repository:a:pull")
+    clock[0] += 120
+    assert client._request("GET", url, "a", "repository:a:pull").content == b"second"
+    assert session.calls[3][0] == "TOKEN"
+    assert session.calls[4][2]["Authorization"] == "Bearer T2"
+
+
+def test_credential_helpers_through_the_docker_sdk(tmp_path, monkeypatch):
+    helper = tmp_path / "bin" / "docker-credential-fake"
+    helper.parent.mkdir()
+    helper.write_text("#!/bin/sh\nread server\n"
+                      'echo "{\\"ServerURL\\":\\"$server\\",\\"Username\\":\\"h\\",'
+                      '\\"Secret\\":\\"s3\\"}"\n')
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"credHelpers": {"registry.example.com": "fake"}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    assert reg.credentials("registry.example.com") == reg.Credentials("h", "s3")
+    assert reg.credentials("other.example.com") is None
+
+
+def test_identity_token_is_exchanged_with_oauth(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"auths": {"registry.example.com": {"identitytoken": "REFRESH"}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    challenge = {"WWW-Authenticate": 'Bearer realm="https://registry.example.com/oauth2/token",'
+                                     'service="registry.example.com"'}
+    session = FakeSession([FakeResponse(401, challenge),
+                           FakeResponse(200, body=b'{"access_token": "AT"}'),
+                           FakeResponse(200, body=b"ok")])
+    client = reg.RegistryClient("registry.example.com", session)
+    client._request("GET", f"{client.base}/a/manifests/1", "a", "repository:a:pull")
+    assert session.calls[1][0] == "OAUTH"
+    assert session.calls[1][2]["data"]["refresh_token"] == "REFRESH"
+    assert session.calls[2][2]["Authorization"] == "Bearer AT"

@@ -1,36 +1,48 @@
 """A small OCI distribution (registry v2) client: pull by tag or digest, push by digest.
 
 Credentials come from the Docker config (``$DOCKER_CONFIG/config.json`` or
-``~/.docker/config.json``): ``auths`` entries, ``credHelpers`` and ``credsStore`` (through the
-same ``docker-credential-*`` helpers Docker uses). Bearer-token and Basic challenges are both
-answered. Connection errors, 429 and 5xx answers are retried with backoff.
+``~/.docker/config.json``) through the docker SDK (:mod:`docker.auth`): ``auths`` entries,
+``credHelpers`` and ``credsStore`` (the same ``docker-credential-*`` helpers Docker uses).
+Bearer-token and Basic challenges are both answered; an expired or revoked token is fetched
+again. Connection errors, 429 and 5xx answers are retried with backoff.
+
+A secret only goes to the host it is stored for. Basic credentials are sent to the registry, and
+to a bearer-token realm only over https (plain http only on loopback, for tests) and only if the
+realm is the registry's own host (Docker Hub's registry and its token service auth.docker.io
+count as one, as Docker itself stores them); a realm on another host receives that host's own
+credentials from the Docker config, if it has any, else an anonymous token request.
 
 Plain HTTP is used only for loopback registries (localhost, 127.0.0.0/8, ::1), like Docker's
-default, or hosts listed in ``ENCLAVE_BUILD_INSECURE_REGISTRIES`` (comma-separated).
+default, or hosts listed in ``ENCLAVE_BUILD_INSECURE_REGISTRIES`` (comma-separated); credentials
+are never sent over plain HTTP to a host that is not loopback.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import ipaddress
-import json
 import os
 import re
-import subprocess
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import requests
 
 from .oci import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, BlobStore, Descriptor,
-                  Image, ImageError, sha256_digest)
+                  Image, ImageError, check_digest, parse_config, parse_index, parse_json_object,
+                  parse_manifest, sha256_digest)
 from .reference import DOCKER_HUB, RegistryRef
 
 _ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 _RETRIES = 4
 _TIMEOUT = (10, 300)
+_HUB_TOKEN_HOST = "auth.docker.io"
+_DEFAULT_TOKEN_LIFETIME = 60   # seconds, when the token answer names none (distribution spec)
+_EXPIRY_MARGIN = 5             # refresh this long before a token expires
+_MAX_MANIFEST = 4 << 20
 
 
 class RegistryError(ImageError):
@@ -41,63 +53,70 @@ class RegistryAuthError(RegistryError):
     pass
 
 
-def _docker_config() -> dict[str, Any]:
-    directory = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+@dataclass(frozen=True)
+class Credentials:
+    username: str = ""
+    password: str = ""
+    identity_token: str = ""   # an OAuth2 refresh token (`docker login` to some registries)
+
+
+def credentials(host: str) -> Credentials | None:
+    """The credentials the Docker config holds for *host* (docker SDK lookup), or None."""
+    import docker.auth
+    from docker.errors import DockerException
+
     try:
-        return json.loads((directory / "config.json").read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise RegistryAuthError(f"{directory / 'config.json'}: unreadable Docker config: {exc}")
-
-
-def credentials(host: str) -> tuple[str, str] | None:
-    """(username, secret) for *host* from the Docker config, or None."""
-    config = _docker_config()
-    keys = [host, f"https://{host}", f"http://{host}"]
-    if host == DOCKER_HUB:
-        keys += ["https://index.docker.io/v1/", "index.docker.io", "docker.io"]
-    helper = next((config.get("credHelpers", {}).get(k) for k in keys
-                   if k in config.get("credHelpers", {})), None) or config.get("credsStore")
-    if helper:
-        found = _from_helper(helper, keys[0] if host != DOCKER_HUB else keys[-3])
-        if found:
-            return found
-    for key in keys:
-        entry = config.get("auths", {}).get(key)
-        if entry and entry.get("auth"):
-            try:
-                user, _, secret = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                raise RegistryAuthError(f"Docker config: malformed auth entry for {key}") from None
-            return user, secret
-        if entry and entry.get("identitytoken"):
-            return "<token>", entry["identitytoken"]
-    return None
-
-
-def _from_helper(helper: str, server: str) -> tuple[str, str] | None:
-    try:
-        proc = subprocess.run([f"docker-credential-{helper}", "get"], input=server.encode(),
-                              capture_output=True, timeout=30)
-    except FileNotFoundError:
-        raise RegistryAuthError(f"Docker config names credential helper {helper!r}, but "
-                                f"docker-credential-{helper} is not installed") from None
-    if proc.returncode != 0:
+        config = docker.auth.load_config()
+        if host in (DOCKER_HUB, "docker.io", "index.docker.io"):
+            entry = config.resolve_authconfig(None)   # Hub: "https://index.docker.io/v1/"
+        else:
+            entry = None
+            for key in (host, f"https://{host}", f"http://{host}"):
+                entry = config.resolve_authconfig(key)
+                if entry:
+                    break
+    except (DockerException, binascii.Error, ValueError, OSError) as exc:
+        raise RegistryAuthError(f"Docker config: cannot read the credentials for {host}: {exc}") \
+            from None
+    if not entry:
         return None
-    data = json.loads(proc.stdout)
-    return data.get("Username", ""), data.get("Secret", "")
+    token = entry.get("IdentityToken") or entry.get("identitytoken")
+    if token:
+        return Credentials(identity_token=str(token))
+    user = entry.get("Username") or entry.get("username") or ""
+    secret = entry.get("Password") or entry.get("password") or ""
+    if not user and not secret:
+        return None
+    return Credentials(str(user), str(secret))
 
 
-def _plain_http(host: str) -> bool:
-    name = host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") else host[1:host.index("]")]
-    insecure = {h.strip() for h in os.environ.get("ENCLAVE_BUILD_INSECURE_REGISTRIES", "").split(",")}
-    if host in insecure or name in insecure or name == "localhost":
+def _hostname(netloc: str) -> str:
+    if netloc.startswith("["):
+        return netloc[1:netloc.index("]")] if "]" in netloc else netloc
+    return netloc.rsplit(":", 1)[0]
+
+
+def _loopback(netloc: str) -> bool:
+    name = _hostname(netloc)
+    if name == "localhost":
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def _plain_http(host: str) -> bool:
+    name = _hostname(host)
+    insecure = {h.strip() for h in os.environ.get("ENCLAVE_BUILD_INSECURE_REGISTRIES", "").split(",")}
+    return host in insecure or name in insecure or _loopback(host)
+
+
+@dataclass
+class _Token:
+    header: str
+    expires: float            # time.monotonic() after which it is fetched again
+    challenge: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,9 +127,9 @@ class RegistryClient:
     def __post_init__(self) -> None:
         self.session = self.session or requests.Session()
         scheme = "http" if _plain_http(self.host) else "https"
-        api_host = "registry-1.docker.io" if self.host == DOCKER_HUB else self.host
-        self.base = f"{scheme}://{api_host}/v2"
-        self._token: dict[str, str] = {}
+        self.api_host = "registry-1.docker.io" if self.host == DOCKER_HUB else self.host
+        self.base = f"{scheme}://{self.api_host}/v2"
+        self._token: dict[str, _Token] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -118,9 +137,11 @@ class RegistryClient:
                  **kwargs: Any) -> requests.Response:
         headers = dict(kwargs.pop("headers", {}))
         delay = 0.5
-        for attempt in range(_RETRIES):
-            if scope in self._token:
-                headers["Authorization"] = self._token[scope]
+        refreshed = False
+        for attempt in range(_RETRIES + 1):
+            token = self._valid_token(scope)
+            if token is not None:
+                headers["Authorization"] = token.header
             body = kwargs.get("data")
             if hasattr(body, "seek"):
                 body.seek(0)
@@ -128,12 +149,16 @@ class RegistryClient:
                 response = self.session.request(method, url, headers=headers,  # type: ignore[union-attr]
                                                 timeout=_TIMEOUT, **kwargs)
             except requests.ConnectionError as exc:
-                if attempt == _RETRIES - 1:
+                if attempt >= _RETRIES - 1:
                     raise RegistryError(f"cannot reach registry {self.host}: {exc}") from None
                 time.sleep(delay)
                 delay *= 2
                 continue
-            if response.status_code == 401 and scope not in self._token:
+            if response.status_code == 401 and (token is None or not refreshed):
+                # No token yet, or the one we hold expired early or was revoked: (re)authenticate
+                # once for this request.
+                refreshed = token is not None
+                self._token.pop(scope, None)
                 self._authenticate(response, repository, scope)
                 continue
             if response.status_code == 401:
@@ -145,7 +170,7 @@ class RegistryClient:
                 raise RegistryAuthError(f"registry {self.host}: access to {repository} denied "
                                         f"({scope.split(':')[-1]})")
             if response.status_code == 429 or response.status_code >= 500:
-                if attempt == _RETRIES - 1:
+                if attempt >= _RETRIES - 1:
                     raise RegistryError(f"registry {self.host}: {method} {url} failed with "
                                         f"HTTP {response.status_code} after {_RETRIES} tries")
                 time.sleep(delay)
@@ -154,35 +179,94 @@ class RegistryClient:
             return response
         raise RegistryError(f"registry {self.host}: {method} {url} failed")
 
+    def _valid_token(self, scope: str) -> _Token | None:
+        """The token for *scope*, fetched again first if it is about to expire."""
+        token = self._token.get(scope)
+        if token is None or time.monotonic() < token.expires:
+            return token
+        del self._token[scope]
+        if token.challenge:
+            self._fetch_token(token.challenge, scope.split(":")[1] if ":" in scope else scope,
+                              scope)
+            return self._token.get(scope)
+        return None
+
     def _authenticate(self, response: requests.Response, repository: str, scope: str) -> None:
         challenge = response.headers.get("WWW-Authenticate", "")
-        creds = credentials(self.host)
         if challenge.lower().startswith("basic"):
-            if creds is None:
+            if self.base.startswith("http://") and not _loopback(self.api_host):
+                raise RegistryAuthError(f"registry {self.host} asks for a password over plain "
+                                        "http: credentials are only sent over https")
+            creds = credentials(self.host)
+            if creds is None or not creds.username:
                 raise RegistryAuthError(f"registry {self.host} needs credentials for "
                                         f"{repository}: run `docker login {self.host}`")
-            token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
-            self._token[scope] = f"Basic {token}"
+            token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+            self._token[scope] = _Token(f"Basic {token}", float("inf"))
             return
         if not challenge.lower().startswith("bearer"):
             raise RegistryAuthError(f"registry {self.host}: unsupported auth challenge "
-                                    f"{challenge!r}")
+                                    f"{challenge[:200]!r}")
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        if "realm" not in params:
+            raise RegistryAuthError(f"registry {self.host}: bearer challenge without a realm")
+        self._fetch_token(params, repository, scope)
+
+    def _realm_credentials(self, realm: str) -> tuple[Credentials | None, str | None]:
+        """(credentials to send to the token *realm*, why none are sent)."""
+        parts = urlsplit(realm)
+        netloc = parts.netloc.rsplit("@", 1)[-1].lower()
+        if parts.scheme == "http" and not _loopback(netloc):
+            return None, f"token realm {realm} is plain http"
+        if parts.scheme not in ("http", "https") or not netloc:
+            raise RegistryAuthError(f"registry {self.host}: token realm {realm!r} is not an "
+                                    "http(s) URL")
+        # Same host name, any port: a registry and its token service on another port of the same
+        # machine are one operator.
+        same = _hostname(netloc) == _hostname(self.api_host.lower())
+        if self.host == DOCKER_HUB and _hostname(netloc) == _HUB_TOKEN_HOST:
+            same = True
+        if same:
+            return credentials(self.host), None
+        # Another host: only the credentials the user stored for *that* host.
+        own = credentials(netloc)
+        return own, None if own else f"token realm {realm} is not {self.api_host}"
+
+    def _fetch_token(self, params: dict[str, str], repository: str, scope: str) -> None:
+        realm = params["realm"]
+        creds, withheld = self._realm_credentials(realm)
         query = {"service": params.get("service", ""), "scope": scope}
-        auth = creds if creds and creds[0] != "<token>" else None
         try:
-            answer = self.session.get(params["realm"], params=query, auth=auth,  # type: ignore[union-attr]
-                                      timeout=_TIMEOUT)
-        except (KeyError, requests.RequestException) as exc:
+            if creds is not None and creds.identity_token:
+                answer = self.session.post(  # type: ignore[union-attr]
+                    realm, data={**query, "grant_type": "refresh_token", "client_id":
+                                 "enclave-build", "refresh_token": creds.identity_token},
+                    timeout=_TIMEOUT)
+            else:
+                auth = (creds.username, creds.password) if creds is not None else None
+                answer = self.session.get(realm, params=query, auth=auth,  # type: ignore[union-attr]
+                                          timeout=_TIMEOUT)
+        except requests.RequestException as exc:
             raise RegistryAuthError(f"registry {self.host}: token request failed: {exc}") from None
         if answer.status_code in (401, 403):
+            why = f"; credentials were not sent because the {withheld}" if withheld else ""
             raise RegistryAuthError(f"registry {self.host} refused the credentials for "
-                                    f"{repository} (run `docker login {self.host}`)")
+                                    f"{repository} (run `docker login {self.host}`){why}")
         if answer.status_code != 200:
             raise RegistryAuthError(f"registry {self.host}: token request answered "
                                     f"HTTP {answer.status_code}")
-        data = answer.json()
-        self._token[scope] = f"Bearer {data.get('token') or data.get('access_token')}"
+        try:
+            data = answer.json()
+        except ValueError:
+            data = None
+        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise RegistryAuthError(f"registry {self.host}: the token service answered no token")
+        lifetime = data.get("expires_in", _DEFAULT_TOKEN_LIFETIME)  # type: ignore[union-attr]
+        if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
+            lifetime = _DEFAULT_TOKEN_LIFETIME
+        expires = time.monotonic() + max(float(lifetime) - _EXPIRY_MARGIN, 1.0)
+        self._token[scope] = _Token(f"Bearer {token}", expires, dict(params))
 
     @staticmethod
     def _check(response: requests.Response, what: str) -> None:
@@ -197,33 +281,36 @@ class RegistryClient:
              progress: Callable[[str, int | None], Callable[[int], None]] | None = None) -> Image:
         scope = f"repository:{ref.repository}:pull"
         manifest_bytes, media_type = self._get_manifest(ref, ref.reference, scope)
-        data = json.loads(manifest_bytes)
+        data = parse_json_object(manifest_bytes, f"{ref}: manifest")
         if media_type in (OCI_INDEX, DOCKER_LIST) or "manifests" in data:
-            chosen = next((m for m in data.get("manifests", [])
-                           if m.get("platform", {}).get("os") == "linux"
-                           and m.get("platform", {}).get("architecture") == "amd64"), None)
+            chosen = next((m for m in parse_index(data, f"{ref}: index")
+                           if (m.platform or {}).get("os") == "linux"
+                           and (m.platform or {}).get("architecture") == "amd64"), None)
             if chosen is None:
                 raise RegistryError(f"{ref}: no linux/amd64 image in the index")
-            manifest_bytes, media_type = self._get_manifest(ref, chosen["digest"], scope)
-            data = json.loads(manifest_bytes)
-        if data.get("schemaVersion") != 2 or "config" not in data:
-            raise RegistryError(f"{ref}: unsupported manifest ({media_type})")
-        config_desc = Descriptor.from_json(data["config"])
-        layers = [Descriptor.from_json(layer) for layer in data.get("layers", [])]
+            manifest_bytes, media_type = self._get_manifest(ref, chosen.digest, scope)
+            data = parse_json_object(manifest_bytes, f"{ref}: manifest {chosen.digest}")
+        if "manifests" in data:
+            raise RegistryError(f"{ref}: an index nested in an index is not supported")
+        config_desc, layers = parse_manifest(data, f"{ref}: manifest ({media_type})")
         total = sum(d.size for d in layers if not store.has(d.digest))
         advance = progress(f"pulling {ref}", total) if progress else None
         for desc in [config_desc, *layers]:
             if not store.has(desc.digest):
                 self._get_blob(ref.repository, desc.digest, store, scope,
                                advance if desc is not config_desc else None)
-        config = json.loads(store.read(config_desc.digest))
+        config = parse_config(store.read(config_desc.digest), f"{ref}: config")
         return Image(store, config, config_desc, layers, manifest_bytes, f"docker://{ref}")
 
     def _get_manifest(self, ref: RegistryRef, reference: str, scope: str) -> tuple[bytes, str]:
+        if reference.startswith("sha256:"):
+            check_digest(reference, f"{ref}: manifest")
         url = f"{self.base}/{ref.repository}/manifests/{reference}"
         response = self._request("GET", url, ref.repository, scope, headers={"Accept": _ACCEPT})
         self._check(response, f"image {ref.host}/{ref.repository}:{reference}")
         body = response.content
+        if len(body) > _MAX_MANIFEST:
+            raise RegistryError(f"{ref}: manifest of {len(body)} bytes is implausibly large")
         if reference.startswith("sha256:") and sha256_digest(body) != reference:
             raise RegistryError(f"{ref}: manifest does not match digest {reference}")
         return body, response.headers.get("Content-Type", "").split(";")[0]
@@ -255,6 +342,8 @@ class RegistryClient:
         self._check(response, f"pushing the manifest of {ref}")
         digest = image.manifest_digest
         answered = response.headers.get("Docker-Content-Digest")
+        if answered:
+            check_digest(answered, f"{ref}: Docker-Content-Digest answered by the registry")
         if answered and answered != digest:
             raise RegistryError(f"{ref}: registry stored manifest {answered}, expected {digest}")
         return digest  # type: ignore[return-value]
