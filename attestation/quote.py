@@ -88,6 +88,9 @@ class Quote:
     @classmethod
     def parse(cls, data: bytes) -> "Quote":
         """Strict parse: every length field must agree with the total size."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise QuoteFormatError(f"a quote is bytes, not {type(data).__name__}")
+        data = bytes(data)
         if len(data) < SIGNED_LEN + 4:
             raise QuoteFormatError(f"{len(data)} bytes is too short for an SGX quote")
         version, key_type, tee_type, qe_svn, pce_svn, vendor, user = _HEADER.unpack_from(data)
@@ -102,6 +105,9 @@ class Quote:
             raise QuoteFormatError(f"signature data length {sig_len} does not match the quote "
                                    f"size {len(data)} (truncated or extended)")
         at = SIGNED_LEN + 4
+        if at + 576 + 2 > len(data):
+            raise QuoteFormatError(f"signature data of {sig_len} bytes is too short for the "
+                                   "ECDSA signature, attestation key and QE report")
         signature, key = data[at:at + 64], data[at + 64:at + 128]
         qe_raw = data[at + 128:at + 512]
         qe_sig = data[at + 512:at + 576]
@@ -110,7 +116,8 @@ class Quote:
         auth = data[at + 2:at + 2 + auth_len]
         at += 2 + auth_len
         if at + 6 > len(data):
-            raise QuoteFormatError("quote ends inside the certification data header")
+            raise QuoteFormatError("quote ends inside the QE authentication data or the "
+                                   "certification data header")
         cert_type, cert_len = struct.unpack_from("<HI", data, at)
         cert = data[at + 6:at + 6 + cert_len]
         if at + 6 + cert_len != len(data):
@@ -130,13 +137,15 @@ class Quote:
         text = self.cert_data[:-1] if self.cert_data.endswith(b"\0") else self.cert_data
         try:
             certs = x509.load_pem_x509_certificates(text)
-        except ValueError as exc:
+            encoded = b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+            ders = [c.public_bytes(Encoding.DER) for c in certs]
+        except (ValueError, TypeError) as exc:
             raise QuoteFormatError(f"embedded PCK chain is not valid PEM: {exc}") from None
         # Canonical PEM only (what Intel's QE writes): otherwise bytes that PEM parsers ignore
         # (whitespace variants) could change without any check noticing.
-        if b"".join(c.public_bytes(Encoding.PEM) for c in certs) != text:
+        if encoded != text:
             raise QuoteFormatError("embedded PCK chain is not canonical PEM")
-        return [c.public_bytes(Encoding.DER) for c in certs]
+        return ders
 
 
 def signed_part(report: EnclaveReport, qe_svn: int = 8, pce_svn: int = 13) -> bytes:

@@ -22,6 +22,7 @@ from typing import Callable
 
 import cbor2
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
@@ -49,8 +50,12 @@ class Evidence:
 
 
 def _spki(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        key = cert.public_key()
+        return key.public_bytes(serialization.Encoding.DER,
+                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise EvidenceError(f"the certificate's public key cannot be read: {exc}") from None
 
 
 def _report_data(quote: bytes) -> bytes:
@@ -65,6 +70,9 @@ def _extension(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | No
         ext = cert.extensions.get_extension_for_oid(oid)
     except x509.ExtensionNotFound:
         return None
+    except (ValueError, TypeError) as exc:   # e.g. a known extension with a malformed value
+        raise EvidenceError(f"the certificate has an extension that cannot be parsed: {exc}") \
+            from None
     value = ext.value
     return value.value if isinstance(value, x509.UnrecognizedExtension) else None
 
@@ -72,7 +80,8 @@ def _extension(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | No
 def _dice(evidence: bytes, spki: bytes) -> bytes:
     try:
         tagged = cbor2.loads(evidence)
-    except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, MemoryError,
+            OverflowError, LookupError) as exc:
         raise EvidenceError(f"TCG DICE evidence is not CBOR: {exc}") from None
     if not isinstance(tagged, cbor2.CBORTag) or tagged.tag != DICE_TAG:
         raise EvidenceError(f"TCG DICE evidence is not CBOR tag {DICE_TAG}")
@@ -84,9 +93,11 @@ def _dice(evidence: bytes, spki: bytes) -> bytes:
     try:
         claims = cbor2.loads(claims_raw)
         entry = cbor2.loads(claims["pubkey-hash"])
-    except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, RecursionError,
+            MemoryError, OverflowError, LookupError) as exc:
         raise EvidenceError(f"TCG DICE claims lack a valid pubkey-hash ({exc})") from None
-    if not isinstance(entry, list) or len(entry) != 2 or entry[0] != SHA256_ALG:
+    if not isinstance(entry, list) or len(entry) != 2 or entry[0] != SHA256_ALG \
+            or isinstance(entry[0], bool):
         raise EvidenceError("TCG DICE pubkey-hash must be [1 (SHA-256), hash]")
     if entry[1] != hashlib.sha256(spki).digest():
         raise EvidenceError("TCG DICE pubkey-hash does not match the certificate's public key")
