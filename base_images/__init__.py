@@ -32,7 +32,7 @@ BASES = {b.name: b for b in (
     BaseImageRecipe("gramine-openvino", "enclave-build/gramine-openvino:1.9-2024.5",
                     "OpenVINO Model Server 2024.5 (Ubuntu 22.04) + Gramine 1.9"),
     BaseImageRecipe("gramine-python", "enclave-build/gramine-python:1.9-3.11",
-                    "the Gramine base + Python 3.11, tflite-runtime and OpenVINO's Python runtime"),
+                    "the Gramine base + Python 3.11 with LiteRT, OpenVINO, grpcio, numpy (system Python)"),
     BaseImageRecipe("occlum", "enclave-build/occlum:0.31.0",
                     "the Occlum 0.31 toolchain image (for the Occlum backend)"),
 )}
