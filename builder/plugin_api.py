@@ -480,6 +480,12 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
                   data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     plan.trusted_if_present += ["/etc/nsswitch.conf", "/etc/ld.so.cache", "/etc/passwd",
                                 "/etc/group", "/etc/ssl/openssl.cnf",
+                                # The LibOS checks the path a program opens, not a symlink's
+                                # target: OpenSSL reads its config through OPENSSLDIR's link.
+                                "/usr/lib/ssl/openssl.cnf",
+                                # glibc: the resolver's options (resolving `localhost`) and
+                                # the time zone (localtime(), e.g. for log timestamps).
+                                "/etc/host.conf", "/etc/gai.conf", "/etc/localtime",
                                 # Debian's cryptography 38 insists on OpenSSL's legacy provider,
                                 # which libcrypto dlopens (no DT_NEEDED names it).
                                 "/usr/lib/x86_64-linux-gnu/ossl-modules/legacy.so"]

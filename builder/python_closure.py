@@ -6,7 +6,11 @@ lists exactly: the interpreter, its standard library minus the trees that never 
 and the files of the installed distributions the service imports (their ``.dist-info/RECORD``,
 following ``Requires-Dist``). Compiled ``.pyc`` files are trusted only when Python can use them
 inside the LibOS: hash-based ones (``compileall --invalidation-mode unchecked-hash``), because
-file timestamps read 0 there and every timestamp-based ``.pyc`` looks stale.
+file timestamps read 0 there and every timestamp-based ``.pyc`` looks stale. A RECORD lists the
+``.pyc`` files only when pip compiled them itself; those a base compiled afterwards (as
+enclave-build's bases do, hash-based) are found next to each listed ``.py``: Python opens the
+``.pyc`` of every module it imports, and under the real LibOS an existing but untrusted one is
+refused (Gramine logs "Disallowing access to file ...") and the module recompiled at every start.
 """
 
 from __future__ import annotations
@@ -85,13 +89,13 @@ def python_closure(runtime: PythonRuntime, rootfs: RootFS) -> PythonFiles:
             continue  # a dependency the base provides otherwise (e.g. a Debian package)
         site, info = dist
         included.append(f"{info[:-len('.dist-info')]} ({site})")
-        for path in _dist_files(rootfs, site, info):
+        for path in _dist_files(rootfs, site, info, runtime.version):
             out[path] = None
         for requirement in _requirements(rootfs, posixpath.join(site, info)):
             queue.append((requirement, False))
 
     for module in runtime.modules:
-        paths = _module_files(rootfs, runtime.site_dirs, module)
+        paths = _module_files(rootfs, runtime.site_dirs, module, runtime.version)
         if not paths:
             raise PythonClosureError(
                 f"the Python module {module!r} is not in the base image ({rootfs}); looked in "
@@ -189,7 +193,18 @@ def _read(rootfs: RootFS, path: str) -> str | None:
         return None
 
 
-def _dist_files(rootfs: RootFS, site: str, info: str) -> list[str]:
+def _cached_pyc(rootfs: RootFS, source: str, version: str) -> str | None:
+    """The usable (hash-based) ``__pycache__`` file of *source* for Python *version*, if any."""
+    directory, name = posixpath.split(source)
+    tag = "cpython-" + version.replace(".", "")
+    pyc = posixpath.join(directory, "__pycache__", f"{name[:-3]}.{tag}.pyc")
+    st = rootfs.stat(pyc)
+    if st is None or not stat.S_ISREG(st.st_mode) or not _useful(rootfs, pyc):
+        return None
+    return pyc
+
+
+def _dist_files(rootfs: RootFS, site: str, info: str, version: str = "3.11") -> list[str]:
     record = _read(rootfs, posixpath.join(site, info, "RECORD"))
     if record is None:
         # No RECORD (some distro packages): the import packages named in top_level.txt.
@@ -197,7 +212,7 @@ def _dist_files(rootfs: RootFS, site: str, info: str) -> list[str]:
         files = [posixpath.join(site, info, m) for m in KEPT_METADATA
                  if rootfs.exists(posixpath.join(site, info, m))]
         for module in top.split():
-            files += _module_files(rootfs, (site,), module)
+            files += _module_files(rootfs, (site,), module, version)
         return files
     files = []
     for row in csv.reader(io.StringIO(record)):
@@ -216,7 +231,11 @@ def _dist_files(rootfs: RootFS, site: str, info: str) -> list[str]:
         st = rootfs.stat(inner)
         if st is not None and stat.S_ISREG(st.st_mode):
             files.append(inner)
-    return sorted(files)
+            if inner.endswith(".py"):
+                pyc = _cached_pyc(rootfs, inner, version)
+                if pyc is not None:
+                    files.append(pyc)
+    return sorted(set(files))
 
 
 def _requirements(rootfs: RootFS, info_dir: str) -> list[str]:
@@ -244,7 +263,8 @@ def _marker_true(marker: str) -> bool:
         return False
 
 
-def _module_files(rootfs: RootFS, site_dirs: tuple[str, ...], module: str) -> list[str]:
+def _module_files(rootfs: RootFS, site_dirs: tuple[str, ...], module: str,
+                  version: str = "3.11") -> list[str]:
     """Files of the top-level import *module* (a package directory, a .py or an extension)."""
     for site in site_dirs:
         package = posixpath.join(site, module)
@@ -258,5 +278,6 @@ def _module_files(rootfs: RootFS, site_dirs: tuple[str, ...], module: str) -> li
         hits = [posixpath.join(site, n) for n in names
                 if n == f"{module}.py" or (n.startswith(f"{module}.") and n.endswith(".so"))]
         if hits:
-            return hits
+            pycs = [_cached_pyc(rootfs, h, version) for h in hits if h.endswith(".py")]
+            return hits + [p for p in pycs if p is not None]
     return []

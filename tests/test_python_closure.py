@@ -56,6 +56,36 @@ def test_only_hash_based_pyc_files_are_trusted(standin):
     assert f"{STDLIB}/__pycache__/os.cpython-311.opt-1.pyc" not in files
 
 
+def test_compiled_files_a_record_does_not_list_are_trusted_when_hash_based(tmp_path):
+    """pip --no-compile, then compileall by the base: RECORD names only the sources, yet Python
+    opens each module's __pycache__ file, and the real LibOS refuses an untrusted one."""
+    site = tmp_path / LOCAL.lstrip("/")
+    (site / "pkg/__pycache__").mkdir(parents=True)
+    (site / "__pycache__").mkdir()
+    info = site / "pkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n")
+    (info / "RECORD").write_text("pkg/__init__.py,,\npkg/old.py,,\nsingle.py,,\n"
+                                 "pkg-1.0.dist-info/METADATA,,\n")
+    for rel in ("pkg/__init__.py", "pkg/old.py", "single.py"):
+        (site / rel).write_text("x = 1\n")
+    magic = b"\xa7\r\r\n"
+    hashed, timestamped = magic + (1).to_bytes(4, "little") + bytes(8), magic + bytes(12)
+    (site / "pkg/__pycache__/__init__.cpython-311.pyc").write_bytes(hashed)
+    (site / "pkg/__pycache__/old.cpython-311.pyc").write_bytes(timestamped)
+    (site / "pkg/__pycache__/__init__.cpython-312.pyc").write_bytes(hashed)   # other Python
+    (site / "__pycache__/single.cpython-311.pyc").write_bytes(hashed)
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/python3.11").write_bytes(b"")
+    (tmp_path / STDLIB.lstrip("/")).mkdir(parents=True)
+    (tmp_path / STDLIB.lstrip("/") / "os.py").write_text("")
+    files = _files(PythonRuntime(distributions=["pkg"]), RootFS(tmp_path))
+    assert f"{LOCAL}/pkg/__pycache__/__init__.cpython-311.pyc" in files
+    assert f"{LOCAL}/__pycache__/single.cpython-311.pyc" in files
+    assert f"{LOCAL}/pkg/__pycache__/old.cpython-311.pyc" not in files      # timestamp-based
+    assert f"{LOCAL}/pkg/__pycache__/__init__.cpython-312.pyc" not in files
+
+
 def test_distributions_follow_record_and_requires_dist(standin):
     result = python_closure(PythonRuntime(distributions=["openvino", "grpcio"]), standin)
     files = set(result.files)

@@ -4,9 +4,16 @@
 Options (``models[].options``): ``device`` (default ``"CPU"``) and ``config``, a dict of
 OpenVINO properties passed to ``compile_model`` (``INFERENCE_NUM_THREADS`` defaults to the
 model's ``threads``).
+
+``import openvino`` sends a usage event to Google Analytics (``openvino.tools.ovc`` through
+``openvino_telemetry``, in a forked process, unless a consent file in $HOME says no). A model
+server must not phone home, and inside Gramine that fork checkpoints the whole process (seconds):
+the telemetry package is blocked before the import, so OpenVINO uses its own no-op stub.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
@@ -24,6 +31,12 @@ def _spec(port, fallback: str) -> TensorSpec:
     return TensorSpec(name, from_numpy_dtype(port.get_element_type().to_dtype()), shape)
 
 
+def _block_telemetry() -> None:
+    """Make ``import openvino_telemetry`` fail (OpenVINO then falls back to its stub)."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+
+
 class OpenVINOBackend(Backend):
     platform = "openvino"
 
@@ -34,6 +47,7 @@ class OpenVINOBackend(Backend):
             raise BackendError(f"model {model.name}: unknown openvino option(s) "
                                f"{', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_OPTIONS))}")
         try:
+            _block_telemetry()
             import openvino as ov
         except ImportError:
             raise BackendError("the openvino backend needs the openvino runtime (pip install "
