@@ -1,5 +1,11 @@
 """What both protocols share: loaded models with their interpreter pools, request validation,
 admission control (bounded concurrency and queue), and the errors the protocols translate.
+
+Both are used from two sides at once: REST requests are asyncio tasks on the event loop
+(:meth:`Engine.infer`, inference in :attr:`Engine.executor`), gRPC requests run in the gRPC
+server's handler threads and infer right there (:meth:`Engine.infer_sync`, no second thread hop).
+Admission slots and interpreter instances are handed over FIFO under a lock to either kind of
+waiter.
 """
 
 from __future__ import annotations
@@ -7,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable
@@ -35,6 +42,72 @@ class ServeError(Exception):
         self.message = message
 
 
+class _Waiter:
+    """One request waiting for a slot or an instance: an asyncio future (woken on its loop) or a
+    thread (woken through a lock). ``granted``/``abandoned`` only change under the owner's lock."""
+
+    __slots__ = ("granted", "abandoned", "value", "_loop", "_fut", "_lock")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.granted = self.abandoned = False
+        self.value = None
+        self._loop = loop
+        if loop is None:
+            self._lock = threading.Lock()
+            self._lock.acquire()
+        else:
+            self._fut = loop.create_future()
+
+    def wake(self) -> None:
+        if self._loop is None:
+            self._lock.release()
+        else:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is self._loop:
+                _resolve(self._fut)
+            else:
+                self._loop.call_soon_threadsafe(_resolve, self._fut)
+
+    def wait_thread(self):
+        self._lock.acquire()
+        return self.value
+
+    async def wait_async(self, lock: threading.Lock, waiters: collections.deque,
+                         give_back) -> object:
+        try:
+            await self._fut
+        except asyncio.CancelledError:
+            with lock:
+                owned = self.granted
+                if not owned:
+                    self.abandoned = True
+                    waiters.remove(self)
+            if owned:                  # handed over just before the cancellation: pass it on
+                give_back(self.value)
+            raise
+        return self.value
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _grant(waiters: collections.deque, value) -> _Waiter | None:
+    """Under the owner's lock: give *value* to the first waiter still waiting (None: nobody
+    waits). The caller wakes it after releasing the lock."""
+    while waiters:
+        w = waiters.popleft()
+        if not w.abandoned:
+            w.granted = True
+            w.value = value
+            return w
+    return None
+
+
 class LoadedModel:
     """One model: its metadata and a pool of backend instances, each serving one request at a
     time."""
@@ -51,7 +124,8 @@ class LoadedModel:
         self.output_names = [s.name for s in self.outputs]
         self._instances = instances
         self._free: collections.deque[Backend] = collections.deque(instances)
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._lock = threading.Lock()
 
     @property
     def waiting(self) -> int:
@@ -85,26 +159,28 @@ class LoadedModel:
         return names or list(self.output_names)
 
     async def _acquire(self) -> Backend:
-        if self._free:
-            return self._free.pop()          # LIFO: the most recently used (cache-warm) instance
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self._release(fut.result())
-            else:
-                self._waiters.remove(fut)
-            raise
+        with self._lock:
+            if self._free:
+                return self._free.pop()      # LIFO: the most recently used (cache-warm) instance
+            w = _Waiter(asyncio.get_running_loop())
+            self._waiters.append(w)
+        return await w.wait_async(self._lock, self._waiters, self._release)
+
+    def _acquire_sync(self) -> Backend:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            w = _Waiter(None)
+            self._waiters.append(w)
+        return w.wait_thread()
 
     def _release(self, instance: Backend) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(instance)
+        with self._lock:
+            w = _grant(self._waiters, instance)
+            if w is None:
+                self._free.append(instance)
                 return
-        self._free.append(instance)
+        w.wake()
 
     async def run(self, executor: ThreadPoolExecutor, arrays: dict[str, np.ndarray]
                   ) -> dict[str, np.ndarray]:
@@ -112,6 +188,14 @@ class LoadedModel:
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 executor, instance.infer, arrays)
+        finally:
+            self._release(instance)
+
+    def run_sync(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Infer in the calling thread (a gRPC handler thread)."""
+        instance = self._acquire_sync()
+        try:
+            return instance.infer(arrays)
         finally:
             self._release(instance)
 
@@ -131,38 +215,44 @@ class Admission:
         self.max_concurrent = max(1, limits.max_concurrent_requests)
         self.max_queue = max(0, limits.max_queue)
         self.in_flight = 0
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._lock = threading.Lock()
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
+    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> _Waiter | None:
+        """A slot now (None), a place in the queue (the waiter), or UNAVAILABLE."""
+        with self._lock:
+            if self.in_flight < self.max_concurrent and not self._waiters:
+                self.in_flight += 1
+                return None
+            if len(self._waiters) >= self.max_queue:
+                raise ServeError(ServeError.UNAVAILABLE,
+                                 f"server busy: {self.in_flight} requests in flight and "
+                                 f"{len(self._waiters)} queued (limits.max_queue)")
+            w = _Waiter(loop)
+            self._waiters.append(w)
+            return w
+
     async def acquire(self) -> None:
-        if self.in_flight < self.max_concurrent and not self._waiters:
-            self.in_flight += 1
-            return
-        if len(self._waiters) >= self.max_queue:
-            raise ServeError(ServeError.UNAVAILABLE,
-                             f"server busy: {self.in_flight} requests in flight and "
-                             f"{len(self._waiters)} queued (limits.max_queue)")
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut      # the releasing request hands its slot over (in_flight unchanged)
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()
-            else:
-                self._waiters.remove(fut)
-            raise
+        w = self._enter(asyncio.get_running_loop())
+        if w is not None:   # the releasing request hands its slot over (in_flight unchanged)
+            await w.wait_async(self._lock, self._waiters, lambda _: self.release())
+
+    def acquire_sync(self) -> None:
+        w = self._enter(None)
+        if w is not None:
+            w.wait_thread()
 
     def release(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
+        with self._lock:
+            w = _grant(self._waiters, None)
+            if w is None:
+                self.in_flight -= 1
                 return
-        self.in_flight -= 1
+        w.wake()
 
 
 @dataclass
@@ -170,6 +260,14 @@ class Counters:
     accepted: int = 0    # inference requests that reached a model (passed parsing)
     answered: int = 0    # ... and got an answer (ok or error)
     ok: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, name: str) -> None:
+        """Count one (gRPC handler threads and the event loop count at the same time)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
 
 
 class Engine:
@@ -205,14 +303,21 @@ class Engine:
         try:
             try:
                 return await model.run(self.executor, arrays)
-            except TensorError as exc:          # includes backends.InferenceError
-                raise ServeError(ServeError.INVALID, f"model {model.name!r}: {exc}") from None
-            except ServeError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a runtime failure must not stop serving
-                log.exception("model %s: inference failed", model.name)
-                raise ServeError(ServeError.INTERNAL,
-                                 f"model {model.name!r}: inference failed: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - translated (or re-raised) below
+                raise _inference_error(model, exc) from None
+        finally:
+            self.admission.release()
+
+    def infer_sync(self, model: LoadedModel, arrays: dict[str, np.ndarray]
+                   ) -> dict[str, np.ndarray]:
+        """:meth:`infer` for a gRPC handler thread: waits in the thread, infers in it."""
+        model.check_complete(arrays)
+        self.admission.acquire_sync()
+        try:
+            try:
+                return model.run_sync(arrays)
+            except Exception as exc:  # noqa: BLE001 - translated (or re-raised) below
+                raise _inference_error(model, exc) from None
         finally:
             self.admission.release()
 
@@ -220,6 +325,16 @@ class Engine:
         self.executor.shutdown(wait=True)
         for m in self.models.values():
             m.close()
+
+
+def _inference_error(model: LoadedModel, exc: Exception) -> ServeError:
+    if isinstance(exc, ServeError):
+        return exc
+    if isinstance(exc, TensorError):          # includes backends.InferenceError
+        return ServeError(ServeError.INVALID, f"model {model.name!r}: {exc}")
+    # a runtime failure must not stop serving
+    log.error("model %s: inference failed", model.name, exc_info=exc)
+    return ServeError(ServeError.INTERNAL, f"model {model.name!r}: inference failed: {exc}")
 
 
 def load_models(configs: Iterable[ModelConfig], open_source) -> dict[str, LoadedModel]:

@@ -1,13 +1,22 @@
-"""KServe v2 over gRPC (grpc.aio): ``inference.GRPCInferenceService``.
+"""KServe v2 over gRPC: ``inference.GRPCInferenceService``.
 
 Handlers are registered with a generic handler (no generated ``_pb2_grpc`` module). Requests
 arrive as bytes and are parsed in the handler, so a garbage message is answered with
 INVALID_ARGUMENT (instead of grpc's generic deserialization failure) and the server carries on.
+
+The server is grpc's threaded one (not grpc.aio): a handler thread parses the request, waits for
+admission and an interpreter, runs the model and serializes the answer itself, so a request
+costs one thread hand-off (grpc's poller to the handler) instead of poller -> event loop ->
+inference thread -> event loop. Admission, queueing and the interpreter pools are the ones REST
+shares (:class:`~model_server.core.Engine`, thread-safe). The handler pool holds enough threads
+for every request admission may hold (in flight plus queued) and a few for health checks, so
+requests past the queue are still refused with UNAVAILABLE; threads are started on demand only.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -27,6 +36,7 @@ CODES = {
     ServeError.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 EXTENSIONS = ("binary_tensor_data",)
+_LIVE = b"\x08\x01"          # ServerLiveResponse(live=True)
 
 
 def _parse(cls, raw: bytes):
@@ -83,35 +93,35 @@ class GRPCService:
         self.metrics = metrics
         self.service_name = service_name
 
-    async def _fail(self, context, exc: ServeError):
-        await context.abort(CODES[exc.kind], exc.message)
+    def _fail(self, context, exc: ServeError):
+        context.abort(CODES[exc.kind], exc.message)      # raises
 
-    async def server_live(self, raw: bytes, context) -> bytes:
-        return pb.ServerLiveResponse(live=True).SerializeToString()
+    def server_live(self, raw: bytes, context) -> bytes:
+        return _LIVE
 
-    async def server_ready(self, raw: bytes, context) -> bytes:
+    def server_ready(self, raw: bytes, context) -> bytes:
         return pb.ServerReadyResponse(ready=self.engine.ready).SerializeToString()
 
-    async def model_ready(self, raw: bytes, context) -> bytes:
+    def model_ready(self, raw: bytes, context) -> bytes:
         try:
             req = _parse(pb.ModelReadyRequest, raw)
             self.engine.model(req.name, req.version)
         except ServeError as exc:
             if exc.kind == ServeError.NOT_FOUND:
                 return pb.ModelReadyResponse(ready=False).SerializeToString()
-            await self._fail(context, exc)
+            self._fail(context, exc)
         return pb.ModelReadyResponse(ready=self.engine.ready).SerializeToString()
 
-    async def server_metadata(self, raw: bytes, context) -> bytes:
+    def server_metadata(self, raw: bytes, context) -> bytes:
         return pb.ServerMetadataResponse(name=self.service_name, version=__version__,
                                          extensions=EXTENSIONS).SerializeToString()
 
-    async def model_metadata(self, raw: bytes, context) -> bytes:
+    def model_metadata(self, raw: bytes, context) -> bytes:
         try:
             req = _parse(pb.ModelMetadataRequest, raw)
             m = self.engine.model(req.name, req.version)
         except ServeError as exc:
-            await self._fail(context, exc)
+            self._fail(context, exc)
         resp = pb.ModelMetadataResponse(name=m.name, versions=[m.version], platform=m.platform)
         for spec in m.inputs:
             resp.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
@@ -119,7 +129,7 @@ class GRPCService:
             resp.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         return resp.SerializeToString()
 
-    async def model_infer(self, raw: bytes, context) -> bytes:
+    def model_infer(self, raw: bytes, context) -> bytes:
         t0 = time.perf_counter()
         label = UNKNOWN_MODEL
         engine = self.engine
@@ -128,20 +138,20 @@ class GRPCService:
             model = engine.model(req.model_name, req.model_version)
             label = model.name
             arrays, outputs = decode_request(model, req)
-            engine.counters.accepted += 1
+            engine.counters.add("accepted")
             try:
-                result = await engine.infer(model, arrays)
+                result = engine.infer_sync(model, arrays)      # in this thread
                 body = encode_response(model, req.id, result, outputs)
             finally:
-                engine.counters.answered += 1
+                engine.counters.add("answered")
         except ServeError as exc:
             self.metrics.observe(label, "grpc", exc.kind, time.perf_counter() - t0)
-            await self._fail(context, exc)
+            self._fail(context, exc)
         except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
             log.exception("gRPC ModelInfer failed")
             self.metrics.observe(label, "grpc", ServeError.INTERNAL, time.perf_counter() - t0)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
-        engine.counters.ok += 1
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        engine.counters.add("ok")
         self.metrics.observe(label, "grpc", "ok", time.perf_counter() - t0)
         return body
 
@@ -158,11 +168,41 @@ class GRPCService:
         })
 
 
-def make_server(service: GRPCService, max_request_bytes: int) -> "grpc.aio.Server":
-    server = grpc.aio.server(options=[
+class HandlerPool(ThreadPoolExecutor):
+    """grpc's handler threads. Where threads are scarce (an enclave's ``max_threads``), a thread
+    that cannot be started is not an error: the call waits for a busy thread instead."""
+
+    _warned = False
+
+    def _adjust_thread_count(self) -> None:
+        try:
+            super()._adjust_thread_count()
+        except RuntimeError as exc:                  # "can't start new thread"
+            if not self._threads:
+                raise
+            if not HandlerPool._warned:
+                HandlerPool._warned = True
+                log.warning("gRPC: cannot start another handler thread (%s); calls wait for "
+                            "one of the %d running", exc, len(self._threads))
+
+
+def handler_threads(max_concurrent: int, max_queue: int) -> int:
+    """Every request admission may hold (in flight or queued), plus a few for health checks."""
+    return max(1, max_concurrent) + max(0, max_queue) + 4
+
+
+def make_server(service: GRPCService, max_request_bytes: int, threads: int = 8
+                ) -> tuple[grpc.Server, HandlerPool]:
+    pool = HandlerPool(max_workers=threads, thread_name_prefix="grpc")
+    server = grpc.server(pool, handlers=(service.handler(),), options=[
         ("grpc.max_receive_message_length", max_request_bytes),
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 0),
     ])
-    server.add_generic_rpc_handlers((service.handler(),))
-    return server
+    return server, pool
+
+
+def stop_server(server: grpc.Server, pool: HandlerPool, grace: float | None) -> None:
+    """Stop accepting, let running calls finish (up to *grace* seconds), wait for the threads."""
+    server.stop(grace).wait()
+    pool.shutdown(wait=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
 from collections import defaultdict
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -58,29 +59,34 @@ class Metrics:
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self.hist: dict[tuple[str, str], list] = {}
+        self._lock = threading.Lock()   # gRPC handler threads and the event loop observe
 
     def observe(self, model: str, protocol: str, status: str, seconds: float) -> None:
-        self.requests[(model, protocol, status)] += 1
-        h = self.hist.get((model, protocol))
-        if h is None:
-            h = self.hist[(model, protocol)] = [[0] * (len(BUCKETS) + 1), 0.0, 0]
-        h[0][bisect.bisect_left(BUCKETS, seconds)] += 1
-        h[1] += seconds
-        h[2] += 1
+        with self._lock:
+            self.requests[(model, protocol, status)] += 1
+            h = self.hist.get((model, protocol))
+            if h is None:
+                h = self.hist[(model, protocol)] = [[0] * (len(BUCKETS) + 1), 0.0, 0]
+            h[0][bisect.bisect_left(BUCKETS, seconds)] += 1
+            h[1] += seconds
+            h[2] += 1
 
     def render(self, queue_depth: int, in_flight: int, models: list[str]) -> str:
         lines = [
             "# HELP model_server_requests_total Inference requests by model, protocol and status.",
             "# TYPE model_server_requests_total counter",
         ]
-        for (model, protocol, status), n in sorted(self.requests.items()):
+        with self._lock:
+            requests = sorted(self.requests.items())
+            hist = sorted((k, (list(v[0]), v[1], v[2])) for k, v in self.hist.items())
+        for (model, protocol, status), n in requests:
             lines.append(f"model_server_requests_total"
                          f"{_labels(model=model, protocol=protocol, status=status)} {n}")
         lines += [
             "# HELP model_server_request_duration_seconds Inference request latency in the server.",
             "# TYPE model_server_request_duration_seconds histogram",
         ]
-        for (model, protocol), (counts, total, n) in sorted(self.hist.items()):
+        for (model, protocol), (counts, total, n) in hist:
             cum = 0
             for bound, c in zip(BUCKETS + (float("inf"),), counts):
                 cum += c

@@ -240,8 +240,8 @@ class RESTServer:
         lines += [f"{k}: {v}" for k, v in extra.items()]
         if not keep:
             lines.append("Connection: close")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        writer.write(body)
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        writer.write(head + body)       # one send: a copy of the body is cheaper than a syscall
         await writer.drain()
 
     async def _request(self, reader, writer, head: bytes) -> bool:
@@ -371,12 +371,12 @@ class RESTServer:
                 raise ServeError(ServeError.INVALID, "bad Inference-Header-Content-Length") \
                     from None
             req, arrays, outputs = decode_infer(model, body, header_len)
-            engine.counters.accepted += 1
+            engine.counters.add("accepted")
             try:
                 result = await engine.infer(model, arrays)
                 out, ctype, extra = encode_infer(model, req, result, outputs)
             finally:
-                engine.counters.answered += 1
+                engine.counters.add("answered")
         except ServeError as exc:
             self.metrics.observe(label, "rest", exc.kind, time.perf_counter() - t0)
             return _error(STATUS[exc.kind], exc.message)
@@ -384,6 +384,6 @@ class RESTServer:
             log.exception("REST infer failed")
             self.metrics.observe(label, "rest", ServeError.INTERNAL, time.perf_counter() - t0)
             return _error(500, f"internal error: {exc}")
-        engine.counters.ok += 1
+        engine.counters.add("ok")
         self.metrics.observe(label, "rest", "ok", time.perf_counter() - t0)
         return 200, out, ctype, extra

@@ -69,7 +69,7 @@ class TLSMaterial:
 
 
 async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -> int:
-    from .grpc_service import GRPCService, make_server
+    from .grpc_service import GRPCService, handler_threads, make_server, stop_server
     from .rest import RESTServer
 
     loop = asyncio.get_running_loop()
@@ -78,11 +78,13 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
         loop.add_signal_handler(sig, stop.set)
     metrics = Metrics()
     limit = config.limits.max_request_bytes
-    grpc_server = rest = None
+    grpc_server = grpc_pool = rest = None
     listening = []
     try:
         if config.grpc is not None:
-            grpc_server = make_server(GRPCService(engine, metrics, config.service), limit)
+            grpc_server, grpc_pool = make_server(
+                GRPCService(engine, metrics, config.service), limit,
+                handler_threads(config.limits.max_concurrent_requests, config.limits.max_queue))
             addr = _address(config.grpc.host, config.grpc.port)
             try:
                 port = (grpc_server.add_secure_port(addr, tls.grpc_credentials()) if tls
@@ -95,7 +97,7 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
             if not port:
                 _say(f"cannot listen for gRPC on {addr}: {reason}")
                 return 1
-            await grpc_server.start()
+            grpc_server.start()
             listening.append(f"grpc {_address(config.grpc.host, port)}")
         if config.rest is not None:
             rest = RESTServer(engine, metrics, config.service, limit, config.metrics)
@@ -114,7 +116,8 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
         engine.ready = False
         waits = []
         if grpc_server is not None:
-            waits.append(grpc_server.stop(config.drain_seconds))
+            waits.append(asyncio.to_thread(stop_server, grpc_server, grpc_pool,
+                                           config.drain_seconds))
         if rest is not None:
             waits.append(rest.drain(config.drain_seconds))
         results = await asyncio.gather(*waits)
@@ -126,7 +129,7 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
         return 0
     finally:
         if grpc_server is not None:
-            await grpc_server.stop(0)
+            await asyncio.to_thread(stop_server, grpc_server, grpc_pool, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -62,7 +63,9 @@ def test_infer_request_round_trips_through_tritonclient_messages():
     r.parameters["timeout"].double_param = 0.5
     r.raw_input_contents.append(b"\x00" * 8)
     ours = pb.ModelInferRequest.FromString(r.SerializeToString())
-    assert ours.SerializeToString() == r.SerializeToString()
+    # Map fields have no defined order on the wire: compare deterministic serializations.
+    assert (ours.SerializeToString(deterministic=True)
+            == r.SerializeToString(deterministic=True))
     assert ours.inputs[0].parameters["binary_data_size"].int64_param == 8
     assert list(ours.inputs[0].contents.fp32_contents) == [1.5, -2.0]
     assert ours.parameters["priority"].uint64_param == 3
@@ -279,6 +282,72 @@ def test_cancelled_waiter_leaves_no_slot_behind():
         adm.release()
         assert adm.in_flight == 0 and adm.waiting == 0
     asyncio.run(scenario())
+
+
+def test_admission_hands_slots_between_threads_and_tasks():
+    """gRPC handler threads and REST tasks share one Admission: a slot released by either side
+    goes to the longest waiter on the other, FIFO, and the queue bound counts both."""
+    import threading
+
+    async def scenario():
+        adm = Admission(Limits(max_concurrent_requests=1, max_queue=2))
+        await adm.acquire()                              # a REST request holds the slot
+        got = threading.Event()
+
+        def handler_thread():
+            adm.acquire_sync()                           # queued behind it
+            got.set()
+            time.sleep(0.05)
+            adm.release()                                # hands over to the task below
+        t = threading.Thread(target=handler_thread)
+        t.start()
+        while adm.waiting < 1:
+            await asyncio.sleep(0.001)
+        task = asyncio.ensure_future(adm.acquire())
+        while adm.waiting < 2:
+            await asyncio.sleep(0.001)
+        with pytest.raises(ServeError) as info:
+            await adm.acquire()                          # 1 in flight + 2 queued: refused
+        assert info.value.kind == ServeError.UNAVAILABLE
+        adm.release()
+        await asyncio.wait_for(task, 2)                  # woken from the thread
+        assert got.is_set() and adm.in_flight == 1 and adm.waiting == 0
+        t.join(2)
+        adm.release()
+        assert adm.in_flight == 0
+    asyncio.run(scenario())
+
+
+def test_infer_sync_shares_the_pool_with_async_requests():
+    import threading
+
+    from model_server.core import Engine
+
+    m = _echo_model()
+    engine = Engine({"echo": m}, Limits(max_concurrent_requests=4, max_queue=8))
+    x = np.ones((3, 2), np.float32)
+    out = engine.infer_sync(m, {"x": x})
+    assert out["y"].tolist() == (x * 2).tolist() and out["n"].tolist() == [3]
+    results = []
+
+    def worker():
+        for _ in range(50):
+            results.append(int(engine.infer_sync(m, {"x": x})["n"][0]))
+            engine.counters.add("ok")
+
+    async def tasks():
+        return [await engine.infer(m, {"x": x}) for _ in range(50)]
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    assert len(asyncio.run(tasks())) == 50
+    for t in threads:
+        t.join(5)
+    assert results == [3] * 200 and engine.counters.ok == 200
+    assert engine.admission.in_flight == 0 and len(m._free) == 1
+    with pytest.raises(ServeError, match="missing input"):
+        engine.infer_sync(m, {})
+    engine.close()
 
 
 # ---------------------------------------------------------------- metrics
