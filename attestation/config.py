@@ -6,9 +6,11 @@
     listen = "0.0.0.0:4433"          # HOST:PORT ([::]:4433 for IPv6)
     cert = "server.crt"              # CA-signed certificate the enclaves check
     key = "server.key"
-    max_connections = 1024           # connections at once; more are refused immediately
-    max_connections_per_peer = 64    # connections at once from one IP address (same refusal)
-    workers = 128                    # threads handling connections (the rest wait their turn)
+    max_connections = 1024           # connections at once (per process); more are refused at once
+    max_connections_per_peer = 64    # connections at once from one IP address (per process)
+    workers = 128                    # threads per process handling connections (the rest wait)
+    processes = 2                    # worker processes sharing the listening socket
+                                     # (default: the number of cores this process may use)
     timeout = 10.0                   # seconds a connection may take, handshake to reply
     max_tls = "1.3"                  # "1.2" for Gramine 1.8 clients (mbedTLS 3.6.0)
     audit_log = "audit.jsonl"        # JSON lines; "-" = stderr
@@ -22,6 +24,7 @@
     allowed_advisories = ["INTEL-SA-00615"]   # optional allow-list
     denied_advisories = []
     allow_debug = false
+    verification_cache = true        # reuse per-platform verification (see attestation.verify)
 
     [[secrets]]
     name = "face-detect-key"
@@ -29,11 +32,16 @@
     allow = ["face-detect"]          # services and/or MRENCLAVE hex
     match = "mr_enclave"             # or "signer" (MRSIGNER + ISV_PROD_ID, ISV_SVN >= built)
 
+With ``processes`` > 1 every process has its own workers, connection limits, deadline watchdog
+and verification cache, so the limits apply per process (the totals are ``processes`` times the
+values); the kernel hands each new connection to whichever process accepts it first.
+
 Relative paths are resolved against the file's directory. Errors name the file and the key.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +67,7 @@ class ServerSettings:
     timeout: float = 10.0
     max_tls: str = "1.3"
     audit_log: str | None = None
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,15 @@ class AttestationSettings:
     pccs_url: str | None
     tcb: TcbPolicy
     pccs_timeout: float = 10.0
+    verification_cache: bool = True
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -122,7 +140,7 @@ def load_config(path: str | Path) -> SecretsConfig:
 
     srv = data.get("server", {})
     _unknown(srv, {"listen", "cert", "key", "max_connections", "max_connections_per_peer",
-                   "workers", "timeout", "max_tls", "audit_log"}, "server", source)
+                   "workers", "timeout", "max_tls", "audit_log", "processes"}, "server", source)
     listen = _get(srv, "listen", str, "server", source=source)
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -139,8 +157,9 @@ def load_config(path: str | Path) -> SecretsConfig:
         workers=_get(srv, "workers", int, "server", 128, source),
         timeout=_get(srv, "timeout", float, "server", 10.0, source),
         max_tls=max_tls,
-        audit_log=_resolve_log(_get(srv, "audit_log", str, "server", None, source), base))
-    for name in ("max_connections", "max_connections_per_peer", "workers"):
+        audit_log=_resolve_log(_get(srv, "audit_log", str, "server", None, source), base),
+        processes=_get(srv, "processes", int, "server", available_cores(), source))
+    for name in ("max_connections", "max_connections_per_peer", "workers", "processes"):
         if getattr(server, name) < 1:
             raise ConfigError(f"{source}: server.{name}: must be at least 1")
     if not server.timeout > 0:
@@ -151,7 +170,8 @@ def load_config(path: str | Path) -> SecretsConfig:
 
     att = data.get("attestation", {})
     _unknown(att, {"root_ca", "collateral", "pccs_url", "pccs_timeout", "allowed_tcb_statuses",
-                   "allowed_advisories", "denied_advisories", "allow_debug"}, "attestation",
+                   "allowed_advisories", "denied_advisories", "allow_debug",
+                   "verification_cache"}, "attestation",
              source)
     root = _get(att, "root_ca", str, "attestation", "intel", source)
     collateral = _get(att, "collateral", str, "attestation", None, source)
@@ -178,7 +198,8 @@ def load_config(path: str | Path) -> SecretsConfig:
     attestation = AttestationSettings(
         root_ca=None if root == "intel" else base / root,
         collateral=base / collateral if collateral else None, pccs_url=pccs, tcb=tcb,
-        pccs_timeout=pccs_timeout)
+        pccs_timeout=pccs_timeout,
+        verification_cache=_get(att, "verification_cache", bool, "attestation", True, source))
     if attestation.root_ca is not None and not attestation.root_ca.is_file():
         raise ConfigError(f"{source}: attestation.root_ca: file not found: {attestation.root_ca}")
 

@@ -23,12 +23,33 @@ is capped in total and per peer address (excess ones are refused at once); no TL
 tickets are issued for TLS 1.2 and the TLS version can be capped at 1.2 for Gramine 1.8 clients.
 ``reload()`` (SIGHUP in the CLI) re-reads the policy and the TLS certificate and key;
 ``shutdown()`` stops accepting and waits for connections in flight.
+
+**Processes.** ``[server] processes`` (default: the cores this process may use) worker
+processes are forked at ``start()``; they share the one listening socket (each accepts from it;
+the kernel gives every connection to one of them) and each has its own worker threads,
+connection limits, deadline watchdog and verification cache, so the GIL of one process never
+holds up another. The starting process supervises: ``reload()`` re-reads the configuration
+there first (an error keeps every process on the old one), then tells every worker to reload
+and waits for each to answer; ``shutdown()`` sends every worker SIGTERM, and each one stops
+accepting, finishes its connections in flight and exits. A worker also obeys SIGHUP and SIGTERM
+sent to it directly (e.g. to the whole process group), and stops by itself when the supervisor
+goes away. Audit lines from all processes go to one file opened O_APPEND, each line a single
+write, so lines never interleave. With ``processes = 1`` everything runs in the calling process.
+
+**Verification cache.** Each process keeps a :class:`attestation.verify.VerificationCache`
+(``[attestation] verification_cache``, on by default): after the first quote from a platform,
+the next ones cost one ECDSA verification instead of a full dcap-qvl run; a reload starts an
+empty one.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import heapq
 import json
+import os
+import select
+import signal
 import socket
 import sys
 import threading
@@ -45,7 +66,8 @@ from .collateral import CollateralError, CollateralSource, source_for
 from .config import SecretsConfig, load_config
 from .policy import Identity, Policy
 from .ratls import EvidenceError, extract_evidence
-from .verify import QuoteRejected, VerifierConfigError, load_root_der, verify_quote
+from .verify import (QuoteRejected, VerificationCache, VerifierConfigError, load_root_der,
+                     verify_quote)
 from .wire import MAX_SECRET, REQUEST, RESPONSE, refusal
 
 
@@ -54,24 +76,41 @@ class ServerError(RuntimeError):
 
 
 class AuditLog:
-    """JSON lines, one per decision, written whole under a lock (safe across threads)."""
+    """JSON lines, one per decision. A file target is opened O_APPEND and every line is one
+    write(2): lines from any number of threads and processes land whole, one after another."""
 
     def __init__(self, target: str | None):
         self._lock = threading.Lock()
         self._own = target not in (None, "-")
-        self._out: TextIO = (open(target, "a", buffering=1) if self._own  # noqa: SIM115
-                             else sys.stderr)
+        self._fd: int | None = None
+        if self._own:
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                               0o666)
+        else:
+            try:
+                self._fd = sys.stderr.fileno()
+            except (AttributeError, OSError, ValueError):
+                self._fd = None   # a stderr without a descriptor (captured): write through it
 
     def write(self, **record) -> None:
         record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
                   **record}
-        line = json.dumps(record, sort_keys=False)
-        with self._lock:
-            self._out.write(line + "\n")
+        line = (json.dumps(record, sort_keys=False) + "\n").encode()
+        if self._fd is None:
+            with self._lock:
+                sys.stderr.write(line.decode())
+            return
+        try:
+            written = os.write(self._fd, line)
+            while written < len(line):   # only on a full disk or a signal: finish the line
+                written += os.write(self._fd, line[written:])
+        except OSError as exc:
+            print(f"secret server: cannot write the audit log: {exc}", file=sys.stderr)
 
     def close(self) -> None:
-        if self._own:
-            self._out.close()
+        if self._own and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass
@@ -82,6 +121,7 @@ class _State:
     policy: Policy
     root_der: bytes | None
     collateral: CollateralSource
+    cache: VerificationCache | None
 
 
 def startup_warnings(config: SecretsConfig) -> list[str]:
@@ -107,19 +147,12 @@ class SecretServer:
         self._state = self._load(config)
         self.audit = AuditLog(config.server.audit_log)
         self._ctx = self._context(config)
+        self.processes = config.server.processes
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
-        self._slots = threading.BoundedSemaphore(config.server.max_connections)
-        self._per_peer: dict[str, int] = {}
-        self._peer_lock = threading.Lock()
-        # Connections beyond the workers wait in the queue (still within max_connections); their
-        # deadline runs from the accept, so a queued one cannot outlive it either. A bounded pool
-        # keeps 1000 simultaneous clients from becoming 1000 threads fighting over two cores.
-        self._pool = ThreadPoolExecutor(
-            max_workers=min(config.server.workers, config.server.max_connections),
-            thread_name_prefix="secret-conn")
+        self._children: dict[int, socket.socket] = {}   # pid -> control channel (supervisor)
+        self._serving = False   # this process accepts connections (set in _start_serving)
         self._acceptor: threading.Thread | None = None
-        self._watchdog = _Watchdog()
         self.address: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ setup
@@ -128,7 +161,8 @@ class SecretServer:
     def _load(config: SecretsConfig) -> _State:
         policy = Policy.build(list(config.measurements), list(config.secrets), config.path.parent)
         return _State(config, policy, load_root_der(config.attestation.root_ca),
-                      source_for(config.attestation))
+                      source_for(config.attestation),
+                      VerificationCache() if config.attestation.verification_cache else None)
 
     @staticmethod
     def _context(config: SecretsConfig) -> SSL.Context:
@@ -142,15 +176,17 @@ class SecretServer:
         ctx.use_privatekey_file(str(config.server.key))
         ctx.check_privatekey()
         # Accept any client certificate here; the RA-TLS evidence is verified after the
-        # handshake, before the request is read.
+        # handshake, before the request is read. (No Python verify callback: OpenSSL's own
+        # chain check of a self-signed certificate fails, and that is ignored below.)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-                       lambda conn, cert, errno, depth, ok: True)
+                       _accept_any_certificate)
         return ctx
 
     def reload(self, path: str | Path | None = None) -> None:
         """Re-read the configuration, measurements, secrets and the TLS certificate and key;
-        keep the old state (all of it) on any error. The listening address, worker count and
-        connection caps stay as started."""
+        keep the old state (all of it) on any error. The listening address, process and worker
+        counts and connection caps stay as started. With worker processes, the configuration
+        is checked here first, then every worker reloads it; an error in any raises."""
         config = load_config(path or self._state.config.path)
         state = self._load(config)
         try:
@@ -159,9 +195,26 @@ class SecretServer:
             raise ServerError(f"{config.server.cert} / {config.server.key}: cannot use the TLS "
                               f"certificate and key: {_describe(exc)}") from None
         self._state, self._ctx = state, ctx   # new connections use both; old ones finish as is
+        if self._children:
+            self._reload_children(config.path)
+            return
         self.audit.write(event="reload", measurements=len(self._state.policy.measurements),
                          secrets=len(self._state.policy.secrets),
-                         cert=str(config.server.cert))
+                         cert=str(config.server.cert), pid=os.getpid())
+
+    def _reload_children(self, path: Path) -> None:
+        failures = []
+        for pid, control in list(self._children.items()):
+            try:
+                control.sendall(b"reload " + str(path).encode() + b"\n")
+            except OSError as exc:
+                failures.append(f"worker {pid}: {exc}")
+        for pid, control in list(self._children.items()):
+            answer = _read_line(control, 30.0)
+            if answer != "ok":
+                failures.append(f"worker {pid}: {answer or 'no answer'}")
+        if failures:
+            raise ServerError("reload failed in " + "; ".join(failures))
 
     # ------------------------------------------------------------------ serving
 
@@ -171,29 +224,151 @@ class SecretServer:
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((cfg.host, cfg.port))
-        listener.listen(1024)
+        listener.listen(4096)
         listener.settimeout(0.2)
         self._listener = listener
         self.address = listener.getsockname()[:2]
+        if self.processes == 1:
+            self._start_serving()
+            self.audit.write(event="start", listen=f"{self.address[0]}:{self.address[1]}",
+                             processes=1, pid=os.getpid())
+            return self.address
+        for _ in range(self.processes):
+            self._spawn()
+        for pid, control in list(self._children.items()):
+            if _read_line(control, 30.0) != "ready":
+                self.shutdown()
+                raise ServerError(f"worker process {pid} did not start")
+        self.audit.write(event="start", listen=f"{self.address[0]}:{self.address[1]}",
+                         processes=self.processes, pids=sorted(self._children))
+        return self.address
+
+    def _spawn(self) -> int:
+        """Fork one worker process serving from the shared listening socket."""
+        parent_end, child_end = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:   # the worker: never returns
+            status = 1
+            try:
+                parent_end.close()
+                for other in self._children.values():
+                    other.close()
+                self._children = {}
+                status = self._worker_main(child_end)
+            except BaseException:  # noqa: BLE001 - a worker must never run its parent's code
+                import traceback
+                traceback.print_exc()
+            finally:
+                os._exit(status)
+        child_end.close()
+        self._children[pid] = parent_end
+        return pid
+
+    def _worker_main(self, control: socket.socket) -> int:
+        stop, hup = threading.Event(), threading.Event()
+        signal.signal(signal.SIGTERM, lambda s, f: stop.set())
+        signal.signal(signal.SIGINT, lambda s, f: stop.set())
+        signal.signal(signal.SIGHUP, lambda s, f: hup.set())
+        import gc
+        gc.freeze()   # what the parent built is long-lived: keep the collector off it
+        self._start_serving()
+        control.sendall(b"ready\n")
+        buffer = b""
+        while not stop.is_set():
+            if hup.is_set():
+                hup.clear()
+                try:
+                    self.reload()
+                except Exception as exc:  # noqa: BLE001 - keep serving with the old policy
+                    print(f"worker {os.getpid()}: reload failed, keeping the previous policy: "
+                          f"{exc}", file=sys.stderr)
+            try:
+                ready, _, _ = select.select([control], [], [], 0.2)
+            except InterruptedError:
+                continue
+            if not ready:
+                continue
+            chunk = control.recv(4096)
+            if not chunk:
+                break   # the supervisor is gone: stop too
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                command, _, argument = line.decode().partition(" ")
+                if command == "reload":
+                    try:
+                        self.reload(argument or None)
+                        control.sendall(b"ok\n")
+                    except Exception as exc:  # noqa: BLE001 - reported to the supervisor
+                        control.sendall(f"{type(exc).__name__}: {exc}".replace("\n", " ")
+                                        .encode()[:2000] + b"\n")
+                elif command == "stop":
+                    stop.set()
+        self._stop_serving()
+        control.close()
+        return 0
+
+    def supervise(self) -> list[int]:
+        """Replace worker processes that exited without being asked to (the CLI calls this
+        periodically); returns the pids of the replacements."""
+        replaced = []
+        if self._stopping.is_set():
+            return replaced
+        for pid in list(self._children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done == 0:
+                continue
+            self._children.pop(pid).close()
+            self.audit.write(event="worker exited", pid=pid,
+                             status=os.waitstatus_to_exitcode(status) if status else 0)
+            new = self._spawn()
+            if _read_line(self._children[new], 30.0) == "ready":
+                replaced.append(new)
+        return replaced
+
+    def _start_serving(self) -> None:
+        """This process's connection machinery: limits, worker threads, watchdog, acceptor."""
+        server = self._state.config.server
+        self._serving = True
+        self._slots = threading.BoundedSemaphore(server.max_connections)
+        self._per_peer: dict[str, int] = {}
+        self._peer_lock = threading.Lock()
+        # Connections beyond the workers wait in the queue (still within max_connections); their
+        # deadline runs from the accept, so a queued one cannot outlive it either. A bounded pool
+        # keeps 1000 simultaneous clients from becoming 1000 threads fighting over two cores.
+        self._pool = ThreadPoolExecutor(
+            max_workers=min(server.workers, server.max_connections),
+            thread_name_prefix="secret-conn")
+        self._watchdog = _Watchdog()
         self._acceptor = threading.Thread(target=self._accept_loop, name="secret-accept",
                                           daemon=True)
         self._acceptor.start()
-        self.audit.write(event="start", listen=f"{self.address[0]}:{self.address[1]}")
-        return self.address
+
+    def _stop_serving(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.close()
+        if self._acceptor is not None:
+            self._acceptor.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        self._watchdog.stop()
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while not self._stopping.is_set():
             try:
                 sock, peer = self._listener.accept()
-            except (socket.timeout, TimeoutError):
+            except (socket.timeout, TimeoutError, BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 if self._stopping.is_set():
                     return
-                raise
+                time.sleep(0.05)   # e.g. out of file descriptors: retry, never die
+                continue
             self._admit(sock, peer)
-
     def _admit(self, sock: socket.socket, peer: tuple) -> None:
         """Queue an accepted connection, or refuse it at once (one audit line either way)."""
         server = self._state.config.server
@@ -234,14 +409,36 @@ class SecretServer:
         self._slots.release()
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
-        if self._listener is not None:
+        if self._children:
+            self._stopping.set()
+            for pid in self._children:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            end = time.monotonic() + timeout + 5
+            for pid, control in list(self._children.items()):
+                while True:
+                    try:
+                        done, _ = os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if done:
+                        break
+                    if time.monotonic() > end:
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                        break
+                    time.sleep(0.02)
+                control.close()
+            self._children.clear()
+            if self._listener is not None:
+                self._listener.close()
+        elif self._serving:
+            self._stop_serving(timeout)
+        elif self._listener is not None:
             self._listener.close()
-        if self._acceptor is not None:
-            self._acceptor.join(timeout)
-        self._pool.shutdown(wait=True, cancel_futures=False)
-        self._watchdog.stop()
-        self.audit.write(event="stop")
+        self.audit.write(event="stop", pid=os.getpid())
         self.audit.close()
 
     # ------------------------------------------------------------------ one connection
@@ -268,15 +465,17 @@ class SecretServer:
                                f"{str(exc)[:300]}"
         finally:
             self._watchdog.forget(ticket)
+            if "decision" not in record:   # cannot happen; never leave a line without one
+                record.update(decision="deny", reason="connection ended without a decision")
+            # The line is written before the connection is closed: once a client has seen the
+            # end of its connection, its audit line exists.
+            self.audit.write(**record)
             if conn is not None:
                 try:
                     conn.shutdown()
                 except (SSL.Error, OSError):
                     pass
             sock.close()
-            if "decision" not in record:   # cannot happen; never leave a line without one
-                record.update(decision="deny", reason="connection ended without a decision")
-            self.audit.write(**record)
             self._release(peer[0])
 
     def _converse(self, conn: SSL.Connection, state: _State, record: dict,
@@ -326,7 +525,7 @@ class SecretServer:
                 evidence.quote, timeout=max(0.0, deadline - time.monotonic()))
             verified = verify_quote(evidence.quote, collateral,
                                     root_ca_der=state.root_der, now=self._now(),
-                                    policy=state.config.attestation.tcb)
+                                    policy=state.config.attestation.tcb, cache=state.cache)
         except (EvidenceError, QuoteRejected, VerifierConfigError) as exc:
             record.update(decision="deny", reason=str(exc))
             return None
@@ -389,12 +588,16 @@ class _Watchdog:
         self._thread.start()
 
     def watch(self, sock: socket.socket, seconds: float) -> int:
-        import heapq
+        deadline = time.monotonic() + seconds
         with self._lock:
             self._counter += 1
-            heapq.heappush(self._heap, (time.monotonic() + seconds, self._counter, sock))
+            # Wake the watchdog only when this deadline comes first (with one timeout for every
+            # connection, almost never): a wake-up per connection would cost a thread switch.
+            earliest = not self._heap or deadline < self._heap[0][0]
+            heapq.heappush(self._heap, (deadline, self._counter, sock))
             self._live.add(self._counter)
-            self._lock.notify()
+            if earliest:
+                self._lock.notify()
             return self._counter
 
     def forget(self, ticket: int) -> None:
@@ -408,7 +611,6 @@ class _Watchdog:
         self._thread.join(5)
 
     def _run(self) -> None:
-        import heapq
         with self._lock:
             while not self._stopped:
                 while self._heap and self._heap[0][1] not in self._live:
@@ -429,6 +631,27 @@ class _Watchdog:
                     pass
 
 
+def _accept_any_certificate(conn, cert, errno, depth, ok) -> bool:  # noqa: ANN001
+    return True
+
+
+def _read_line(sock: socket.socket, timeout: float) -> str:
+    """One newline-terminated line from a worker's control channel ('' on EOF or timeout)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(1)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    finally:
+        sock.settimeout(None)
+    return data.decode(errors="replace").strip()
+
+
 def _peer(peer: tuple) -> str:
     host, port = peer[0], peer[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -442,28 +665,29 @@ def _describe(exc: BaseException) -> str:
 
 
 def serve(config_path: str | Path, ready: Callable[[tuple[str, int]], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM; SIGHUP reloads the configuration (the CLI's entry point)."""
-    import signal
-
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the configuration in every process (the CLI's
+    entry point). Worker processes that die are replaced."""
     config = load_config(config_path)
     for warning in startup_warnings(config):
         print(warning, file=sys.stderr)
     server = SecretServer(config)
+    stop, hup = threading.Event(), threading.Event()
+    # Handlers only set flags (the main loop acts on them): a reload must never run inside a
+    # signal handler that interrupted the same code. Installed before the workers fork, which
+    # replace them with their own.
+    signal.signal(signal.SIGHUP, lambda s, f: hup.set())
+    signal.signal(signal.SIGTERM, lambda s, f: stop.set())
+    signal.signal(signal.SIGINT, lambda s, f: stop.set())
     address = server.start()
     if ready:
         ready(address)
-    stop = threading.Event()
-
-    def on_reload(signum, frame):  # noqa: ANN001
-        try:
-            server.reload()
-            print("configuration reloaded", file=sys.stderr)
-        except Exception as exc:  # noqa: BLE001 - keep serving with the old policy
-            print(f"reload failed, keeping the previous policy: {exc}", file=sys.stderr)
-
-    signal.signal(signal.SIGHUP, on_reload)
-    signal.signal(signal.SIGTERM, lambda s, f: stop.set())
-    signal.signal(signal.SIGINT, lambda s, f: stop.set())
-    while not stop.wait(0.5):
-        pass
+    while not stop.wait(0.2):
+        if hup.is_set():
+            hup.clear()
+            try:
+                server.reload()
+                print("configuration reloaded", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - keep serving with the old policy
+                print(f"reload failed, keeping the previous policy: {exc}", file=sys.stderr)
+        server.supervise()
     server.shutdown()

@@ -13,6 +13,22 @@ TCB. On top of that this module:
   EINITTOKEN_KEY clear, DEBUG refused unless allowed.
 
 Every refusal raises :class:`QuoteRejected` with a reason meant for logs and users.
+
+**Verification cache** (:class:`VerificationCache`, opt-in per call; the secret server uses one
+per process). Of everything dcap-qvl checks, only two things depend on the 384-byte ISV
+enclave report and its signature: the ECDSA signature over header + ISV report by the quote's
+attestation key, and the report's DEBUG attribute. Everything else — the PCK chain up to the
+root with the CRLs, the TCB info and QE identity signatures and dates, the QE report, its
+signature by the PCK key and its binding of the attestation key, the TCB level match — depends
+only on the rest of the quote, the collateral and the root. So an accepted outcome (TCB status
+and advisories) is cached under SHA-256 of exactly those inputs (the quote minus the ISV report
+and its signature, the whole collateral, the root), and a later quote that matches byte for
+byte gets only its own checks: the ISV signature by the (same, already vouched-for) attestation
+key and the attribute checks. An entry is used only from the second it was verified at until
+(excluded) the earliest expiry of anything verification relied on: the TCB info's and QE
+identity's nextUpdate, both CRLs' nextUpdate, and the notAfter of every certificate in the
+quote's PCK chain, the collateral's issuer chains and the trusted root. Refusals are never
+cached; a collateral that cannot be read for those dates is never cached under.
 """
 
 from __future__ import annotations
@@ -20,15 +36,19 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dcap_qvl
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from .quote import (FLAG_DEBUG, FLAG_EINITTOKEN_KEY, FLAG_INIT, FLAG_MODE64BIT,
-                    FLAG_PROVISION_KEY, Quote, QuoteFormatError)
+                    FLAG_PROVISION_KEY, HEADER_LEN, SIGNED_LEN, Quote, QuoteFormatError)
 
 TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
                 "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded")
@@ -155,20 +175,161 @@ def _verify_embedded_chain(quote: Quote, root_der: bytes | None) -> None:
             raise QuoteRejected("the quote's PCK chain ends in another root than the trusted one")
 
 
-def verify_quote(raw: bytes, collateral_json: str, *, root_ca_der: bytes | None = None,
-                 now: _dt.datetime | None = None, policy: TcbPolicy = TcbPolicy()) -> VerifiedQuote:
-    """Verify *raw* against the collateral and the policy; raise QuoteRejected if refused.
+# ----------------------------------------------------------------------------- cache
 
-    *root_ca_der* None means Intel's SGX root CA (built into dcap-qvl)."""
+_ISV_SIG_START = SIGNED_LEN + 4          # after the u32 signature-data length
+_ISV_SIG_END = _ISV_SIG_START + 64       # r || s
+
+
+def _parse_time(text: str) -> _dt.datetime:
+    moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"time without a zone: {text!r}")
+    return moment
+
+
+def _not_after(certs: list[x509.Certificate]) -> _dt.datetime:
+    return min(c.not_valid_after_utc for c in certs)
+
+
+def _crl_bytes(value) -> bytes:  # noqa: ANN001 - hex text (the JSON form) or bytes
+    if isinstance(value, str):
+        return bytes.fromhex(value)
+    if isinstance(value, list):
+        return bytes(value)
+    raise ValueError("CRL is neither hex nor a byte list")
+
+
+@dataclass(frozen=True)
+class _CollateralFacts:
+    digest: bytes
+    expires: _dt.datetime   # earliest nextUpdate / notAfter in the collateral
+
+
+def _collateral_facts(collateral_json: str) -> _CollateralFacts | None:
+    """What the cache needs to know about a collateral: its digest and the earliest moment any
+    part of it stops being valid. None when any of those dates cannot be read (never cache)."""
     try:
-        quote = Quote.parse(raw)
-    except QuoteFormatError as exc:
-        raise QuoteRejected(f"malformed quote: {exc}") from None
-    _check_embedded_chain(quote, root_ca_der)
-    moment = now or _dt.datetime.now(_dt.timezone.utc)
+        data = json.loads(collateral_json)
+        moments = [_parse_time(json.loads(data["tcb_info"])["nextUpdate"]),
+                   _parse_time(json.loads(data["qe_identity"])["nextUpdate"])]
+        for name in ("root_ca_crl", "pck_crl"):
+            crl = x509.load_der_x509_crl(_crl_bytes(data[name]))
+            if crl.next_update_utc is None:
+                return None   # a CRL without nextUpdate gives no bound: do not cache
+            moments.append(crl.next_update_utc)
+        for name in ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain"):
+            certs = x509.load_pem_x509_certificates(data[name].encode())
+            moments.append(_not_after(certs))
+    except Exception:  # noqa: BLE001 - unreadable: dcap-qvl decides every time
+        return None
+    return _CollateralFacts(hashlib.sha256(collateral_json.encode()).digest(), min(moments))
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """dcap-qvl's acceptance of one platform part, and when it may be reused."""
+
+    status: str
+    advisories: tuple[str, ...]
+    valid_from: int          # the second (Unix time) dcap-qvl accepted it at
+    valid_until: int         # first second it may no longer be used (exclusive)
+    attestation_key: ec.EllipticCurvePublicKey
+
+
+class VerificationCache:
+    """dcap-qvl outcomes by platform part of the quote + collateral + root (see the module
+    docstring for why a hit is as strict as a full verification). Thread-safe; bounded."""
+
+    def __init__(self, max_entries: int = 4096):
+        self.max_entries = max_entries
+        self._entries: dict[bytes, _Outcome] = {}
+        self._collaterals: dict[str, _CollateralFacts | None] = {}
+        self._roots: dict[bytes | None, _dt.datetime | None] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._collaterals.clear()
+            self._roots.clear()
+
+    def _facts(self, collateral_json: str) -> _CollateralFacts | None:
+        # str keys hash once (CPython caches a str's hash) and the same object compares by
+        # identity: looking up the collateral a source hands out again and again is cheap.
+        try:
+            return self._collaterals[collateral_json]
+        except KeyError:
+            facts = _collateral_facts(collateral_json)
+            with self._lock:
+                if len(self._collaterals) >= 16:
+                    self._collaterals.clear()
+                self._collaterals[collateral_json] = facts
+            return facts
+
+    def _root_expiry(self, root_der: bytes | None) -> _dt.datetime | None:
+        if root_der is None:
+            return None   # Intel's root, inside dcap-qvl (valid until 2049)
+        try:
+            return self._roots[root_der]
+        except KeyError:
+            try:
+                expiry = x509.load_der_x509_certificate(root_der).not_valid_after_utc
+            except ValueError:
+                expiry = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)  # never cache
+            self._roots[root_der] = expiry
+            return expiry
+
+    @staticmethod
+    def key(raw: bytes, facts: _CollateralFacts, root_der: bytes | None) -> bytes:
+        """Everything dcap-qvl's verdict depends on except the ISV report and its signature."""
+        digest = hashlib.sha256(b"enclave-build verification cache v1\0")
+        digest.update(hashlib.sha256(root_der).digest() if root_der is not None else b"intel")
+        digest.update(facts.digest)
+        digest.update(raw[:HEADER_LEN])
+        digest.update(raw[SIGNED_LEN:_ISV_SIG_START])
+        digest.update(raw[_ISV_SIG_END:])
+        return digest.digest()
+
+    def lookup(self, key: bytes, seconds: int) -> _Outcome | None:
+        outcome = self._entries.get(key)
+        if outcome is None or not outcome.valid_from <= seconds < outcome.valid_until:
+            return None
+        return outcome
+
+    def store(self, key: bytes, outcome: _Outcome) -> None:
+        with self._lock:
+            if key not in self._entries and len(self._entries) >= self.max_entries:
+                # drop the oldest entries (insertion order): a burst of new platforms costs
+                # re-verification of old ones, never unbounded memory
+                for old in list(self._entries)[: max(1, self.max_entries // 8)]:
+                    del self._entries[old]
+            self._entries[key] = outcome
+
+
+def _pck_chain_expiry(quote: Quote) -> _dt.datetime:
+    return _not_after([x509.load_der_x509_certificate(der) for der in quote.pem_chain()])
+
+
+def _isv_signature_ok(outcome: _Outcome, raw: bytes) -> bool:
+    signature = raw[_ISV_SIG_START:_ISV_SIG_END]
+    der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
+                               int.from_bytes(signature[32:], "big"))
+    try:
+        outcome.attestation_key.verify(der, raw[:SIGNED_LEN], ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _dcap_qvl(raw: bytes, collateral_json: str, root_ca_der: bytes | None,
+              seconds: int) -> tuple[str, tuple[str, ...]]:
     try:
         collateral = dcap_qvl.QuoteCollateralV3.from_json(collateral_json)
-        seconds = int(moment.timestamp())
         if root_ca_der is None:
             report = dcap_qvl.verify(raw, collateral, seconds)
         else:
@@ -178,9 +339,62 @@ def verify_quote(raw: bytes, collateral_json: str, *, root_ca_der: bytes | None 
         if "Debug mode is enabled" in reason:
             raise QuoteRejected("DEBUG enclave: refused") from None
         raise QuoteRejected(f"quote verification failed: {reason}") from None
+    return report.status, tuple(report.advisory_ids)
 
-    status = report.status
-    advisories = tuple(report.advisory_ids)
+
+def _verified_outcome(raw: bytes, quote: Quote, collateral_json: str, root_ca_der: bytes | None,
+                      seconds: int, cache: VerificationCache | None) -> tuple[str, tuple[str, ...]]:
+    """(TCB status, advisories) as dcap-qvl gives them, from the cache when it may be."""
+    if cache is None:
+        _check_embedded_chain(quote, root_ca_der)
+        return _dcap_qvl(raw, collateral_json, root_ca_der, seconds)
+    facts = cache._facts(collateral_json)
+    key = VerificationCache.key(raw, facts, root_ca_der) if facts is not None else None
+    outcome = cache.lookup(key, seconds) if key is not None else None
+    if outcome is not None:
+        cache.hits += 1
+        # The two checks dcap-qvl makes on the ISV report, in its order.
+        if not _isv_signature_ok(outcome, raw):
+            raise QuoteRejected("quote verification failed: ISV enclave report signature is "
+                                "invalid")
+        if quote.report.flags & FLAG_DEBUG:
+            raise QuoteRejected("DEBUG enclave: refused")
+        return outcome.status, outcome.advisories
+    cache.misses += 1
+    _check_embedded_chain(quote, root_ca_der)
+    status, advisories = _dcap_qvl(raw, collateral_json, root_ca_der, seconds)
+    if key is not None:
+        try:
+            bounds = [facts.expires, _pck_chain_expiry(quote)]
+            root_expiry = cache._root_expiry(root_ca_der)
+            if root_expiry is not None:
+                bounds.append(root_expiry)
+            until = int(min(bounds).timestamp())   # floor: the expiry second itself is out
+            attestation_key = ec.EllipticCurvePublicKey.from_encoded_point(
+                ec.SECP256R1(), b"\x04" + quote.attestation_key)
+        except (ValueError, QuoteFormatError, OverflowError):
+            return status, advisories   # not cacheable; the verdict stands
+        if seconds < until:
+            cache.store(key, _Outcome(status, advisories, seconds, until, attestation_key))
+    return status, advisories
+
+
+def verify_quote(raw: bytes, collateral_json: str, *, root_ca_der: bytes | None = None,
+                 now: _dt.datetime | None = None, policy: TcbPolicy = TcbPolicy(),
+                 cache: VerificationCache | None = None) -> VerifiedQuote:
+    """Verify *raw* against the collateral and the policy; raise QuoteRejected if refused.
+
+    *root_ca_der* None means Intel's SGX root CA (built into dcap-qvl). With a *cache*, the
+    platform part of the verification is reused while it is valid (see the module docstring);
+    the result is the same as without."""
+    try:
+        quote = Quote.parse(raw)
+    except QuoteFormatError as exc:
+        raise QuoteRejected(f"malformed quote: {exc}") from None
+    moment = now or _dt.datetime.now(_dt.timezone.utc)
+    status, advisories = _verified_outcome(quote.raw, quote, collateral_json, root_ca_der,
+                                           int(moment.timestamp()), cache)
+
     if status not in policy.allowed_statuses:
         raise QuoteRejected(
             f"TCB status {status} is not allowed (allowed: {', '.join(sorted(policy.allowed_statuses))})"

@@ -40,7 +40,8 @@ class Env:
 
 def make_env(directory: Path, *, statuses=("UpToDate",), extra: str = "",
              pki: SyntheticPKI | None = None, max_tls: str = "1.3", timeout: float = 3.0,
-             max_connections: int = 1024) -> Env:
+             max_connections: int = 1024, processes: int | None = 1) -> Env:
+    """*processes* None leaves the server's default (one process per core)."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = pki or SyntheticPKI()
     (directory / "collateral.json").write_text(pki.collateral_json())
@@ -67,6 +68,7 @@ key = "server.key"
 timeout = {timeout}
 max_tls = "{max_tls}"
 max_connections = {max_connections}
+{f"processes = {processes}" if processes is not None else ""}
 audit_log = "audit.jsonl"
 
 [attestation]
@@ -86,3 +88,42 @@ allow = ["ocr"]
 match = "signer"
 {extra}''')
     return Env(directory, pki, ca, config, secrets)
+
+
+class Platform:
+    """One SGX platform as a real quoting enclave behaves: the QE report (binding the
+    attestation key) and the PCK's signature over it are made once, when the attestation key
+    is certified, and every quote of the platform carries the same bytes; only the ISV
+    report and its signature differ from quote to quote. (SyntheticPKI.quote re-signs the QE
+    report every time, so no two of its quotes share a platform part.)"""
+
+    def __init__(self, pki: SyntheticPKI):
+        from attestation.quote import SIGNED_LEN
+        self.pki = pki
+        template = pki.quote(bytes(32), bytes(32))
+        self._tail = template[SIGNED_LEN + 4 + 64:]   # attestation key .. certification data
+
+    def quote(self, mr_enclave: bytes, mr_signer: bytes = MR_SIGNER,
+              report_data: bytes = bytes(64), isv_prod_id: int = 0, isv_svn: int = 0,
+              debug: bool = False, flags: int | None = None) -> bytes:
+        import struct
+
+        from attestation.quote import (FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT, EnclaveReport,
+                                       signed_part)
+        from attestation.synthetic import PLATFORM_CPU_SVN, PLATFORM_PCE_SVN, QE_ISVSVN, \
+            raw_signature
+        if flags is None:
+            flags = FLAG_INIT | FLAG_MODE64BIT | (FLAG_DEBUG if debug else 0)
+        attributes = flags.to_bytes(8, "little") + (0xE7).to_bytes(8, "little")
+        report = EnclaveReport(PLATFORM_CPU_SVN, 0, attributes, mr_enclave, mr_signer,
+                               isv_prod_id, isv_svn, report_data.ljust(64, b"\0"))
+        signed = signed_part(report, QE_ISVSVN, PLATFORM_PCE_SVN)
+        tail = raw_signature(self.pki.attestation_key, signed) + self._tail
+        return signed + struct.pack("<I", len(tail)) + tail
+
+    def enclave_cert(self, service: str = "face", fmt: str = "tcg-dice", *, mr_enclave=None,
+                     mr_signer=MR_SIGNER, isv_prod_id=None, isv_svn=2, debug=False):
+        me = mr_enclave if mr_enclave is not None else identity(service)
+        isv_prod_id = PROD_ID.get(service, 9) if isv_prod_id is None else isv_prod_id
+        return create_certificate(fmt, lambda rd: self.quote(me, mr_signer, rd, isv_prod_id,
+                                                             isv_svn, debug))

@@ -360,3 +360,94 @@ def test_serve_command_runs_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# --------------------------------------------------------------------------- worker processes
+
+
+def test_worker_processes_serve_reload_and_stop(tmp_path):
+    """processes = 2: both workers serve (each its own verification cache), one audit line per
+    connection from whichever worker served it, a reload reaches every worker, and shutdown
+    stops them all."""
+    env = make_env(tmp_path, processes=2)
+    srv = SecretServer(load_config(env.config))
+    srv.start()
+    pids = sorted(srv._children)
+    try:
+        assert len(pids) == 2
+        for _ in range(12):
+            assert _fetch(srv, env, env.enclave_cert("face")) == env.secrets["face"]
+        time.sleep(0.1)
+        served = [r for r in _audit(env) if r.get("decision") == "allow"]
+        assert len(served) == 12
+        original = env.config.read_text()
+        env.config.write_text(original.replace('allow = ["face"]', 'allow = ["ocr"]'))
+        srv.reload()
+        reloads = [r for r in _audit(env) if r.get("event") == "reload"]
+        assert sorted(r["pid"] for r in reloads) == pids
+        for _ in range(6):   # whichever worker takes it, the new policy applies
+            with pytest.raises(ProvisioningError):
+                _fetch(srv, env, env.enclave_cert("face"))
+        env.config.write_text(original.replace("[server]", "[server]\nbogus = 1"))
+        with pytest.raises(ConfigError):
+            srv.reload()   # refused before any worker is told
+        assert len([r for r in _audit(env) if r.get("event") == "reload"]) == 2
+    finally:
+        srv.shutdown()
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)   # reaped
+    lines = (env.directory / "audit.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)   # whole lines only
+    assert json.loads(lines[-1])["event"] == "stop"
+
+
+def test_a_worker_that_dies_is_replaced(tmp_path):
+    env = make_env(tmp_path, processes=2)
+    srv = SecretServer(load_config(env.config))
+    srv.start()
+    try:
+        victim = sorted(srv._children)[0]
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(0.2)
+        replaced = srv.supervise()
+        assert len(replaced) == 1 and victim not in srv._children and len(srv._children) == 2
+        for _ in range(6):
+            assert _fetch(srv, env, env.enclave_cert("face")) == env.secrets["face"]
+        assert any(r.get("event") == "worker exited" and r["pid"] == victim for r in _audit(env))
+    finally:
+        srv.shutdown()
+
+
+def test_serve_command_with_worker_processes_reloads_and_stops_all(tmp_path):
+    env = make_env(tmp_path, processes=2)
+    proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "secrets", "serve", "--config",
+                             str(env.config)], stderr=subprocess.PIPE, text=True)
+    try:
+        while True:
+            line = proc.stderr.readline()
+            assert line
+            if line.startswith("serving on "):
+                break
+        host, port = line.split()[-1].rsplit(":", 1)
+        start = [r for r in _audit(env) if r.get("event") == "start"][-1]
+        assert start["processes"] == 2 and len(start["pids"]) == 2
+        cert_key = env.enclave_cert("face")
+        assert fetch_secret(host, int(port), env.ca, *cert_key, server_name="localhost") == \
+            env.secrets["face"]
+        env.config.write_text(env.config.read_text().replace('allow = ["face"]', 'allow = ["ocr"]'))
+        proc.send_signal(signal.SIGHUP)
+        assert proc.stderr.readline().strip() == "configuration reloaded"
+        assert sorted(r["pid"] for r in _audit(env) if r.get("event") == "reload") == \
+            sorted(start["pids"])
+        for _ in range(4):
+            with pytest.raises(ProvisioningError):
+                fetch_secret(host, int(port), env.ca, *cert_key, server_name="localhost")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        for pid in start["pids"]:   # the workers are gone too
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
