@@ -6,14 +6,17 @@ This is the Python API behind ``enclave-build build``; the CLI only parses argum
 
 from __future__ import annotations
 
-import json
+import ctypes
+import errno
 import os
+import platform
 import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import tomli_w
 from attestation.measurements import ImageRef, Measurements
 
 from .errors import EnclaveBuildError, UsageError
@@ -23,7 +26,7 @@ from .hashing import HashCache
 from .image.assemble import assemble
 from .image.oci import BlobStore, Image
 from .image.output import load_into_docker, push, tidy_stale_temps, write_oci_layout
-from .image.reference import DOCKER_HUB, parse_registry_ref
+from .image.reference import DOCKER_HUB, parse_registry_ref, parse_source
 from .cache import cache_root
 from .image.sources import open_base
 from .plan import ServicePlan
@@ -133,6 +136,10 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
           signature: str | Path | None = None, registry: PluginRegistry | None = None,
           progress: Progress | None = None, hash_cache: HashCache | None = None,
           image: ImageOptions = ImageOptions()) -> BuildResult:
+    out = Path(output).resolve() if output else None
+    if out is not None:  # what a build killed earlier left (even if this one fails)
+        recover_output(out)
+        tidy_stale_temps(out.parent, out.name)
     spec, registry = load(spec_path, registry)
     plan = make_plan(spec, registry)
     if image.tag:
@@ -145,9 +152,7 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
                       DebugEnclaveWarning, stacklevel=2)
     backend = registry.libos_backend(plan.libos)
     progress = progress or NullProgress()
-    out = Path(output).resolve() if output else None
-    if out is not None:
-        tidy_stale_temps(out.parent, out.name)
+    parse_source(base or plan.base_image)  # a bad reference fails before anything is written
     tidy_stale_temps(Path(tempfile.gettempdir()), "enclave-build")
     signer = make_signer(spec, Path(signature) if signature else None)
     wrap_keys, key_files, created = load_wrap_keys(spec, plan, out)
@@ -163,7 +168,8 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
     try:
         options = BuildOptions(signer=signer, sig_date=spec.signing.date, progress=progress,
                                hash_cache=cache, wrap_keys=wrap_keys, staging=staging,
-                               reproducible=spec.build.reproducible)
+                               reproducible=spec.build.reproducible,
+                               log_level=spec.enclave.log_level)
         artifacts = backend.build(plan, base_image.rootfs, options)
         if artifacts.pending is not None:
             # Next to the spec, never inside the output directory: outputs stay all-or-nothing.
@@ -207,7 +213,7 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
         load_into_docker(built, plan.image_tag)
     measurements = replace(measurements, image=ImageRef(pushed or plan.image_tag,
                                                         built.manifest_digest))
-    policy = policy_fragment(plan, measurements, key_files) if key_files else None
+    policy = policy_fragment(plan, measurements, key_files, out) if key_files else None
     if out is not None:
         write_output(out, built, plan.image_tag, measurements, policy)
     return BuildResult(spec, plan, artifacts, measurements, out, tuple(created), key_files,
@@ -215,23 +221,37 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
 
 
 def policy_fragment(plan: ServicePlan, measurements: Measurements,
-                    key_files: dict[str, Path]) -> str:
-    """The secret-server configuration this build needs: which key goes to which enclave."""
-    lines = [
-        f"# Secret-server policy fragment for service {plan.service!r}, written by enclave-build.",
-        "# Merge it into the secret server's secrets.toml; the key file stays on the server.",
-        f"# The enclave identity is in measurements.json (mr_enclave {measurements.mr_enclave}).",
-        'measurements = ["measurements.json"]',
+                    key_files: dict[str, Path], relative_to: Path | None = None) -> str:
+    """The secret-server configuration this build needs: which key goes to which enclave.
+
+    The data is written by tomli-w; only the comments are ours. Paths are relative to
+    *relative_to* (the output directory the fragment is written to), like the
+    ``measurements.json`` it names, so no host path enters the outputs: `enclave-build secrets
+    config` (and the secret server) resolve them against the fragment's own directory."""
+    header = [
+        f"Secret-server policy fragment for service {plan.service!r}, written by enclave-build.",
+        "Merge it into the secret server's secrets.toml (`enclave-build secrets config`); the "
+        "key files stay on the server.",
+        "Paths are relative to this file's directory.",
+        f"The enclave identity is in measurements.json (mr_enclave {measurements.mr_enclave}).",
     ]
+    parts = [_comment(header) + tomli_w.dumps({"measurements": ["measurements.json"]})]
     users: dict[str, list[str]] = {}
     for mount in plan.mounts:
         if mount.key_name:
             users.setdefault(mount.key_name, []).append(mount.path)
     for name, path in sorted(key_files.items()):
         used = ", ".join(users.get(name, [])) or "the service"
-        lines += ["", f"# {name}: decrypts {used}", "[[secrets]]", f"name = {json.dumps(name)}",
-                  f"file = {json.dumps(str(path))}", f"allow = [{json.dumps(plan.service)}]"]
-    return "\n".join(lines) + "\n"
+        file = os.path.relpath(path, relative_to) if relative_to is not None else str(path)
+        rule = {"name": name, "file": file, "allow": [plan.service]}
+        parts.append(_comment([f"{name}: decrypts {used}"]) + tomli_w.dumps({"secrets": [rule]}))
+    return "\n".join(parts)
+
+
+def _comment(lines: list[str]) -> str:
+    """TOML comment lines; characters a comment cannot hold (newlines, controls) become '?'."""
+    return "".join("# " + "".join(c if c.isprintable() else "?" for c in line) + "\n"
+                   for line in lines)
 
 
 def write_output(out: Path, image: Image, tag: str | None, measurements: Measurements,
@@ -255,13 +275,75 @@ def write_output(out: Path, image: Image, tag: str | None, measurements: Measure
 
 
 def _replace_dir(new: Path, out: Path) -> None:
-    if not out.exists():
+    """Put the directory *new* at *out*, replacing what is there; at every instant *out* is the
+    old or the new output (an exchange), or, where the filesystem cannot exchange, the old one
+    is parked as ``.NAME.old-PID`` for the moment between two renames and
+    :func:`recover_output` puts it back if the build dies there."""
+    if not os.path.lexists(out):
         os.rename(new, out)
+        return
+    if _exchange(new, out):
+        shutil.rmtree(new, ignore_errors=True)  # now the old output (a leftover: tidied later)
         return
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     os.rename(out, old)
     os.rename(new, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap the paths *a* and *b* (Linux >= 3.15 renameat2 RENAME_EXCHANGE).
+    False where the kernel, libc or filesystem cannot; other failures raise OSError."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    args = (ctypes.c_int(_AT_FDCWD), os.fsencode(a), ctypes.c_int(_AT_FDCWD), os.fsencode(b),
+            ctypes.c_uint(_RENAME_EXCHANGE))
+    if hasattr(libc, "renameat2"):  # glibc >= 2.28
+        result = libc.renameat2(*args)
+    elif platform.machine() in _SYS_RENAMEAT2 and hasattr(libc, "syscall"):
+        result = libc.syscall(ctypes.c_long(_SYS_RENAMEAT2[platform.machine()]), *args)
+    else:
+        return False
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def recover_output(out: Path) -> None:
+    """Undo what a build killed while replacing *out* left: an output parked as
+    ``.NAME.old-PID`` (its build is gone) goes back to *out* if *out* is missing, else it is
+    removed. Parked outputs of builds still running are left alone."""
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+        try:
+            pid = int(old.name.rsplit(".old-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and _alive(pid):
+            continue
+        if not os.path.lexists(out):
+            os.rename(old, out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_pending(artifacts: LibOSArtifacts, target: Path) -> Path:

@@ -53,6 +53,9 @@ ENCLAVE = Section("enclave", "enclave resources and identity", (
           maximum=0xFFFF),
     Field("isv_svn", "int", "ISV security version number in SIGSTRUCT", default=0, minimum=0,
           maximum=0xFFFF),
+    Field("log_level", "str", "Gramine's log level (loader.log_level, measured); \"warning\" "
+          "also reports files the manifest does not trust", default="error",
+          choices=("none", "error", "warning", "debug", "trace", "all")),
 ))
 
 IMAGE = Section("image", "the base image and the image to produce", (
@@ -134,6 +137,7 @@ class EnclaveSpec:
     debug: bool
     isv_prod_id: int
     isv_svn: int
+    log_level: str = "error"  # Gramine loader.log_level (part of the measured manifest)
 
 
 @dataclass(frozen=True)
@@ -290,7 +294,8 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
         models=tuple(ModelSpec(m["name"], m["path"], m["encrypt"], m["version"], m["key"])
                      for m in models),
         enclave=EnclaveSpec(enclave["size"], enclave["max_threads"], enclave["edmm"],
-                            enclave["debug"], enclave["isv_prod_id"], enclave["isv_svn"]),
+                            enclave["debug"], enclave["isv_prod_id"], enclave["isv_svn"],
+                            enclave["log_level"]),
         image=ImageSpec(image["base"], image["tag"]),
         signing=SigningSpec(signing["key"], signing["passphrase_env"], signing["public_key"],
                             signing["signature"], signing["date"]),

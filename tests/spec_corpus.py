@@ -35,10 +35,13 @@ CASES = [
       "enclave, image, signing, secrets, tls, build, openvino, tflite, tfserving"]),
     ("unknown-key-typo", replace('max_threads = 8', 'max_thread = 8'),
      ["spec.toml:12: enclave.max_thread: unknown key; did you mean 'max_threads'? allowed: size, "
-      "max_threads, edmm, debug, isv_prod_id, isv_svn"]),
+      "max_threads, edmm, debug, isv_prod_id, isv_svn, log_level"]),
     ("unknown-key-no-suggestion", replace('max_threads = 8', 'max_threads = 8\nturbo = true'),
      ["spec.toml:13: enclave.turbo: unknown key; allowed: size, max_threads, edmm, debug, "
-      "isv_prod_id, isv_svn"]),
+      "isv_prod_id, isv_svn, log_level"]),
+    ("log-level-not-a-choice", replace('max_threads = 8', 'max_threads = 8\nlog_level = "warn"'),
+     ["spec.toml:13: enclave.log_level: 'warn' is not allowed; did you mean 'warning'? allowed: "
+      "none, error, warning, debug, trace, all"]),
     ("size-not-power-of-two", replace('size = "2G"', 'size = "3G"'),
      ["spec.toml:11: enclave.size: '3G' is not a power of two; allowed: a power of two with a K, "
       'M or G suffix, e.g. "512M" or "4G"']),

@@ -91,6 +91,25 @@ def test_changed_model_changes_mrenclave(tmp_path, standin_root, signing_key):
     assert first.mr_signer == second.mr_signer
 
 
+def test_log_level_goes_into_the_measured_manifest(tmp_path, standin_root, signing_key):
+    import tomllib
+
+    from builder.build import build
+
+    spec = _project(tmp_path, signing_key)
+    out = tmp_path / "out"
+    default = build(spec, base=f"dir:{standin_root}", output=out).measurements
+    manifest = tomllib.loads((image_rootfs(out) / "enclave/face.manifest.sgx")
+                             .read_text())
+    assert manifest["loader"]["log_level"] == "error"
+    _project(tmp_path, signing_key, SPEC.replace("isv_svn = 9", 'isv_svn = 9\nlog_level = "warning"'))
+    warning = build(spec, base=f"dir:{standin_root}", output=out).measurements
+    manifest = tomllib.loads((image_rootfs(out) / "enclave/face.manifest.sgx")
+                             .read_text())
+    assert manifest["loader"]["log_level"] == "warning"
+    assert warning.mr_enclave != default.mr_enclave
+
+
 def test_debug_build_warns(tmp_path, standin_root, signing_key):
     _project(tmp_path, signing_key, SPEC.replace("isv_svn = 9", "isv_svn = 9\ndebug = true"))
     proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--json", cwd=tmp_path)
