@@ -36,7 +36,13 @@ def _fail(exc: EnclaveBuildError) -> None:
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(foreign: dict[type[Exception], type[EnclaveBuildError]] | None = None
+            ) -> Iterator[None]:
+    """Print warnings as ``warning:`` lines and errors as ``error:`` lines with the error's exit
+    code. *foreign* maps other libraries' error types (e.g. attestation's, which knows nothing of
+    the builder) to the EnclaveBuildError class, and so the exit code, they are reported as."""
+    foreign = foreign or {}
+
     def show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
         click.echo(f"warning: {message}", err=True)
 
@@ -46,6 +52,9 @@ def _errors() -> Iterator[None]:
         yield
     except EnclaveBuildError as exc:
         _fail(exc)
+    except tuple(foreign) as exc:  # type: ignore[misc]
+        kind = next(to for source, to in foreign.items() if isinstance(exc, source))
+        _fail(kind(str(exc) or type(exc).__name__))
     finally:
         warnings.showwarning = previous
 
@@ -93,9 +102,12 @@ def main() -> None:
     """Build signed SGX enclave images for ML model servers from one spec.toml.
 
     \b
-    Quick start:
-      enclave-build keygen --out enclave-key.pem
-      enclave-build build examples/tfserving/spec.toml --output out/
+    Quick start: `bash examples/demo.sh` runs the whole flow once (model, keys, CA,
+    base, build, secret server, run --simulate, a photo through KServe v2). Then:
+      enclave-build build examples/tflite/spec.toml --base dir:examples/out/standin-rootfs \\
+          --output out/
+      enclave-build inspect out/
+      enclave-build run out/ --simulate --pki examples/keys/pki   # needs the secret server
     """
 
 
@@ -217,7 +229,11 @@ def _passphrase(var: str | None) -> bytes | None:
         return None
     value = os.environ.get(var)
     if value is None:
-        raise EnclaveBuildError(f"environment variable {var} (--passphrase-env) is not set")
+        raise UsageError(f"environment variable {var} (--passphrase-env) is not set")
+    if not value:
+        raise UsageError(f"environment variable {var} (--passphrase-env) is empty; an empty "
+                         "passphrase would leave the key unencrypted (drop --passphrase-env "
+                         "for an unencrypted key)")
     return value.encode()
 
 
@@ -255,44 +271,21 @@ def sign(manifest: Path, libpal: Path, offsets: Path, key: Path | None,
          passphrase_env: str | None, public_key: Path | None, signature: Path | None,
          tbs_out: Path | None, date: str | None, sigfile: Path | None, as_json: bool) -> None:
     """Measure MANIFEST and write its SIGSTRUCT (like gramine-sgx-sign, byte for byte)."""
-    from .errors import UsageError
-    from .gramine.measure import PalImage
-    from .gramine.offsets import Offsets
-    from .gramine.sign import sign_manifest, signing_data_for
-    from .gramine.signer import DetachedSigner, PemSigner
-    from .gramine.sigstruct import SigDate
+    from .gramine.sign import sign_manifest_file
 
     with _errors():
-        modes = [key is not None, public_key is not None or signature is not None,
-                 tbs_out is not None]
-        if sum(modes) != 1:
-            raise UsageError("give exactly one of --key, --public-key with --signature, "
-                             "or --tbs-out")
-        if tbs_out is None and sigfile is None:
-            raise UsageError("--sigfile is required (where to write the SIGSTRUCT)")
-        sig_date = SigDate.parse(date) if date else SigDate.today()
-        offs = Offsets.load(offsets)
-        pal = PalImage.load(libpal)
-        data = manifest.read_bytes()
-        if tbs_out is not None:
-            mr_enclave, tbs = signing_data_for(data, pal, offs, sig_date, str(manifest))
-            _atomic_write(tbs_out, tbs)
-            click.echo(f"mr_enclave {mr_enclave.hex()}; wrote {len(tbs)} bytes to sign to "
-                       f"{tbs_out}", err=True)
-            return
-        if key is not None:
-            signer = PemSigner.from_file(key, _passphrase(passphrase_env))
-        else:
-            if public_key is None or signature is None:
-                raise UsageError("external signing needs both --public-key and --signature")
-            signer = DetachedSigner.from_files(public_key, signature)
-        signed = sign_manifest(data, pal, offs, signer, sig_date, str(manifest))
-        _atomic_write(sigfile, signed.sigstruct_bytes)  # type: ignore[arg-type]
-    if as_json:
-        _print_json(signed.summary())
+        result = sign_manifest_file(manifest, libpal, offsets, key=key,
+                                    passphrase=_passphrase(passphrase_env), public_key=public_key,
+                                    signature=signature, tbs_out=tbs_out, date=date,
+                                    sigfile=sigfile)
+    if result.signed is None:
+        click.echo(f"mr_enclave {result.mr_enclave.hex()}; wrote {result.tbs_size} bytes to sign "
+                   f"to {result.written}", err=True)
+    elif as_json:
+        _print_json(result.signed.summary())
     else:
-        click.echo(f"mr_enclave {signed.mr_enclave.hex()}")
-        click.echo(f"mr_signer  {signed.mr_signer.hex()}")
+        click.echo(f"mr_enclave {result.signed.mr_enclave.hex()}")
+        click.echo(f"mr_signer  {result.signed.mr_signer.hex()}")
 
 
 @gramine.command()
@@ -406,14 +399,22 @@ def secrets_serve(config_path: Path) -> None:
     """Serve secrets until SIGINT/SIGTERM; SIGHUP reloads the configuration."""
     from attestation.config import ConfigError
     from attestation.policy import PolicyError
-    from attestation.server import serve
+    from attestation.server import ServerError, serve
 
-    try:
-        serve(config_path, ready=lambda addr: click.echo(
-            f"serving on {addr[0]}:{addr[1]}", err=True))
-    except (ConfigError, PolicyError, OSError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2 if not isinstance(exc, OSError) else 1)
+    # A bad secrets.toml is a usage error (2); a server that cannot start (TLS material it
+    # cannot use, an address in use) a runtime one (1).
+    from OpenSSL import SSL
+
+    with _errors({ConfigError: UsageError, PolicyError: UsageError,
+                  ServerError: EnclaveBuildError, OSError: EnclaveBuildError}):
+        try:
+            serve(config_path, ready=lambda addr: click.echo(
+                f"serving on {addr[0]}:{addr[1]}", err=True))
+        except SSL.Error as exc:  # the [server] cert/key, loaded at start-up
+            reasons = "; ".join(str(e[-1]) for e in exc.args[0] if isinstance(e, tuple)) \
+                if exc.args and isinstance(exc.args[0], list) else str(exc)
+            raise EnclaveBuildError(f"{config_path}: cannot use the TLS certificate and key of "
+                                    f"[server]: {reasons or 'OpenSSL error'}") from None
 
 
 @secrets.command("config", epilog="""\b
@@ -477,11 +478,8 @@ def secrets_simulate_pki(directory: Path, days: int, force: bool) -> None:
     """
     from attestation.synthetic import PKIError, SyntheticPKI
 
-    try:
+    with _errors({PKIError: EnclaveBuildError}):
         written = SyntheticPKI(days=days).save(directory, overwrite=force)
-    except PKIError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
     for path in written:
         click.echo(f"wrote {path}" + (" (private keys, mode 0600)" if path.name.endswith(
             "private.json") else ""))
@@ -725,16 +723,6 @@ def standin(directory: Path) -> None:
     make_standin_rootfs(directory)
     click.echo(f"wrote stand-in Gramine rootfs to {directory} (use --base dir:{directory}); "
                "it is NOT a runnable Gramine", err=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise EnclaveBuildError(f"{path}: cannot write: {exc.strerror}") from exc
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 _KINDS = {
     "str": "a string",
@@ -163,6 +163,14 @@ def _check_value(f: Field, value: Any, base_dir: Path) -> tuple[Any, str | None]
     return value, None
 
 
+def _default(f: Field, base_dir: Path) -> Any:
+    """A missing key's value: its default, converted like a given value would be (a ``path``
+    default is relative to the spec's directory, as a written value is; no existence check)."""
+    if f.kind == "path" and isinstance(f.default, str) and f.default:
+        return (base_dir / f.default).resolve()
+    return f.default
+
+
 def validate_table(section: Section, table: Any, path: tuple, base_dir: Path,
                    problems: list[Problem]) -> dict[str, Any]:
     """Check one table against *section*; return converted values with defaults filled in."""
@@ -180,7 +188,7 @@ def validate_table(section: Section, table: Any, path: tuple, base_dir: Path,
         if f.name not in table:
             if f.required:
                 problems.append(Problem(path + (f.name,), f"required key is missing ({f.doc})"))
-            out[f.name] = f.default
+            out[f.name] = _default(f, base_dir)
             continue
         value, problem = _check_value(f, table[f.name], base_dir)
         if problem:
@@ -213,5 +221,3 @@ def validate_section(section: Section, data: Any, base_dir: Path,
         return validate_table(section, defaults, path, base_dir, [])
     return validate_table(section, data, path, base_dir, problems)
 
-
-Validator = Callable[[dict[str, Any], list[Problem]], None]

@@ -1,7 +1,8 @@
 """Shared fixtures.
 
 Conformance tests read ../shared/vectors in place (made by the real Gramine 1.9 tools) and skip
-with a reason when it is absent (a fresh clone has no ../shared; CI always has it).
+with a reason when it is absent (a fresh clone has no ../shared); under CI=true (CI always has
+it) a missing vectors directory FAILS, so conformance can never pass by not running.
 """
 
 from __future__ import annotations
@@ -22,14 +23,37 @@ SHARED_VECTORS = Path(os.environ.get("ENCLAVE_BUILD_VECTORS", REPO.parent / "sha
 def vectors_dir(name: str) -> Path:
     path = SHARED_VECTORS / name
     if not path.is_dir():
-        pytest.skip(f"conformance vectors not found at {path} (../shared is absent in a fresh "
-                    "clone; set ENCLAVE_BUILD_VECTORS to point at them)")
+        message = (f"conformance vectors not found at {path} (../shared is absent in a fresh "
+                   "clone; set ENCLAVE_BUILD_VECTORS to point at them)")
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message)
     return path
 
 
+def optional_vectors(name: str) -> Path | None:
+    """The vectors directory *name* for an optional cross-check: None when absent, except under
+    CI=true, where a missing one fails the test instead of silently skipping the check."""
+    path = SHARED_VECTORS / name
+    if path.is_dir():
+        return path
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"CI=true: conformance vectors not found at {path}", pytrace=False)
+    return None
+
+
 @pytest.fixture(scope="session")
-def sign_vectors() -> Path:
-    return vectors_dir("sgx-sign")
+def sign_vectors(tmp_path_factory) -> Path:
+    """A private copy of the gramine-sgx-sign vectors: their (public, test-only) signing key is
+    world-readable in ../shared, and enclave-build refuses such keys; the copy is mode 0600."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("vectors") / "sgx-sign"
+    shutil.copytree(vectors_dir("sgx-sign"), copy)
+    os.chmod(copy, 0o755)
+    for path in copy.iterdir():
+        os.chmod(path, 0o600 if path.suffix == ".pem" else 0o644 | (path.stat().st_mode & 0o111))
+    return copy
 
 
 @pytest.fixture(scope="session")

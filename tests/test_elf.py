@@ -152,7 +152,7 @@ def _build_tfs(tmp_path, base: Path, signing_key: Path):
 
     (tmp_path / "model").mkdir(exist_ok=True)
     (tmp_path / "model/saved_model.pb").write_bytes(b"\x08\x01")
-    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     return build(write_spec(tmp_path, TFS_SPEC), base=f"dir:{base}")
 
 

@@ -56,9 +56,9 @@ def _project(root: Path, signing_key: Path, spec: str = SPEC) -> Path:
     return write_spec(project, spec)
 
 
-def _build(tmp_path, standin_root, *extra, spec_dir="project"):
+def _build(tmp_path, standin_root, *extra, spec_dir="project", env=None):
     return run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "../out",
-                   *extra, cwd=tmp_path / spec_dir)
+                   *extra, cwd=tmp_path / spec_dir, env=env)
 
 
 def test_encrypted_build_end_to_end(tmp_path, standin_root, signing_key):
@@ -100,9 +100,11 @@ def test_encrypted_build_end_to_end(tmp_path, standin_root, signing_key):
     pf.decrypt_file(key, rootfs / "enclave/secrets/ssl.cfg", out, "/enclave/secrets/ssl.cfg")
     assert b"server_key: \"-----BEGIN PRIVATE KEY-----\\nTLSPRIVATEKEYMATERIAL" in out.read_bytes()
 
+    # Paths relative to the fragment's directory (no host path in the outputs).
     policy = tomllib.loads((tmp_path / "out/secrets-policy.toml").read_text())
     assert policy == {"measurements": ["measurements.json"], "secrets": [
-        {"name": "tfs-secure-key", "file": str(key_file), "allow": ["tfs-secure"]}]}
+        {"name": "tfs-secure-key", "file": "../keys/tfs-secure-key.key", "allow": ["tfs-secure"]}]}
+    assert (tmp_path / "out" / policy["secrets"][0]["file"]).resolve() == key_file
 
     # A rebuild reuses the key (and says nothing about generating one).
     again = _build(tmp_path, standin_root)
@@ -112,7 +114,9 @@ def test_encrypted_build_end_to_end(tmp_path, standin_root, signing_key):
 
 def test_secret_hygiene_no_key_material_in_outputs_or_logs(tmp_path, standin_root, signing_key):
     _project(tmp_path, signing_key)
-    proc = _build(tmp_path, standin_root, "--json")
+    private_tmp = tmp_path / "tmp"  # the build's own temp directory: all of it is checked below
+    private_tmp.mkdir()
+    proc = _build(tmp_path, standin_root, "--json", env={"TMPDIR": str(private_tmp)})
     assert proc.returncode == 0, proc.stderr.decode()
     wrap_key = (tmp_path / "keys/tfs-secure-key.key").read_bytes()
     signing_pem = signing_key.read_bytes()
@@ -136,10 +140,11 @@ def test_secret_hygiene_no_key_material_in_outputs_or_logs(tmp_path, standin_roo
     for name, content in haystacks.items():
         for needle in needles:
             assert needle not in content, f"secret material found in {name}"
-    # Nothing of the build is left in the temp directory.
-    import tempfile
-    assert not [p for p in Path(tempfile.gettempdir()).glob("enclave-build-*")
-                if p.stat().st_mtime > (tmp_path / "out").stat().st_mtime - 60 and any(p.iterdir())]
+    # Nothing of the build is left in its temp directory (the staging directory
+    # .enclave-build.tmp-PID-*, unpacked archives enclave-build-*, ...) nor next to the output
+    # (.out.tmp-PID-*, .out.old-PID).
+    assert sorted(p.name for p in private_tmp.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_reproducible_builds_give_identical_encrypted_files(tmp_path, standin_root, signing_key):
@@ -213,8 +218,8 @@ def test_a_model_key_shared_by_two_services(tmp_path, standin_root, signing_key)
         policies.append(tomllib.loads((root / "out/secrets-policy.toml").read_text()))
     key_file = tmp_path / "shared-keys/face-model.key"
     assert [p["secrets"] for p in policies] == [
-        [{"name": "face-model", "file": str(key_file), "allow": ["face-a"]}],
-        [{"name": "face-model", "file": str(key_file), "allow": ["face-b"]}]]
+        [{"name": "face-model", "file": "../../shared-keys/face-model.key", "allow": ["face-a"]}],
+        [{"name": "face-model", "file": "../../shared-keys/face-model.key", "allow": ["face-b"]}]]
     key = key_file.read_bytes()
     for service in ("face-a", "face-b"):
         pf.decrypt_file(key, image_rootfs(tmp_path / service / "out") / "models/half_plus_two/1/saved_model.pb",

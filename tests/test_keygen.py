@@ -54,3 +54,17 @@ def test_wrong_key_shape_is_refused(tmp_path, sign_vectors):
                    "--key", str(path), "--sigfile", str(tmp_path / "x.sig"))
     assert proc.returncode == 1
     assert f"error: {path}: SGX needs a 3072-bit RSA key, this one has 2048".encode() in proc.stderr
+
+
+def test_keygen_empty_or_unset_passphrase_env_writes_no_key(tmp_path):
+    """--passphrase-env naming an empty variable used to write the key UNENCRYPTED."""
+    out = tmp_path / "k.pem"
+    empty = run_cli("keygen", "--out", str(out), "--passphrase-env", "KEYPASS",
+                    env={"KEYPASS": ""})
+    assert empty.returncode == 2, empty.stderr
+    assert b"error: environment variable KEYPASS (--passphrase-env) is empty" in empty.stderr
+    assert not out.exists()
+    unset = run_cli("keygen", "--out", str(out), "--passphrase-env", "UNSET_KEYPASS_VAR")
+    assert unset.returncode == 2, unset.stderr
+    assert b"UNSET_KEYPASS_VAR (--passphrase-env) is not set" in unset.stderr
+    assert not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def build_manifest(framework: str, tmp_path: Path, standin_root: Path, signing_k
     from builder.build import build
 
     _model_files(tmp_path)
-    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     spec = write_spec(tmp_path, SPECS[framework])
     result = build(spec, base=f"dir:{standin_root}")
     return result.artifacts.manifest
@@ -203,7 +204,7 @@ def test_tfserving_several_models_get_a_trusted_model_config(tmp_path, standin_r
     from builder.build import build
 
     _model_files(tmp_path)
-    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     text = SPECS["tfserving"].replace('[enclave]', '[[models]]\nname = "second"\npath = '
                                       '"saved_model"\nencrypt = false\nversion = 2\n\n[enclave]')
     result = build(write_spec(tmp_path, text), base=f"dir:{standin_root}")
@@ -223,7 +224,7 @@ def _build_text(tmp_path, standin_root, signing_key, text):
     from builder.build import build
 
     _model_files(tmp_path)
-    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     return build(write_spec(tmp_path, text), base=f"dir:{standin_root}")
 
 

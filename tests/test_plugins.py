@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -55,7 +56,7 @@ def test_configure_hook_can_stop_a_build(tmp_path, standin_root, signing_key):
         def enclave_build_configure(self, spec, plan):
             raise EnclaveBuildError("policy plugin: debug builds are not allowed here")
 
-    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     spec = write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n'
                                 '[signing]\nkey = "key.pem"\n')
     with pytest.raises(EnclaveBuildError, match="debug builds are not allowed here"):
@@ -85,7 +86,7 @@ def test_third_party_plugin_is_listed_and_builds(installed_plugin, tmp_path, sta
     assert "echo 0.3.0  (enclave-build-echo-plugin)" in listing.stdout.decode()
     assert "enclave_build_configure, enclave_build_frameworks" in listing.stdout.decode()
 
-    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     write_spec(tmp_path, '[service]\nname = "echo"\nframework = "echo"\n\n'
                          '[signing]\nkey = "key.pem"\n\n[echo]\ngreeting = "hi there"\n')
     proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
@@ -116,7 +117,7 @@ CA = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"
 def _keys_project(tmp_path: Path, signing_key: Path, framework: str, extra: str = "") -> Path:
     (tmp_path / "a.tflite").write_bytes(b"TFL3 model a" * 40)
     (tmp_path / "b.tflite").write_bytes(b"TFL3 model b" * 40)
-    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     (tmp_path / "ca.pem").write_text(CA)
     return write_spec(tmp_path, f'''[service]
 name = "multi"
@@ -263,7 +264,7 @@ def test_a_third_party_backend_plugin_uses_python_server_plan(tmp_path, monkeypa
             return [framework]
 
     (tmp_path / "m.onnx").write_bytes(b"ONNX")
-    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     spec = write_spec(tmp_path, '[service]\nname = "fake"\nframework = "fakefw"\n\n'
                                 '[[models]]\nname = "m"\npath = "m.onnx"\nencrypt = false\n\n'
                                 '[signing]\nkey = "key.pem"\n')
@@ -282,3 +283,80 @@ def test_a_third_party_backend_plugin_uses_python_server_plan(tmp_path, monkeypa
                     plan=lambda spec: python_server_plan(spec, bad, backend="onnxruntime"))
     with pytest.raises(EnclaveBuildError, match="no model-server backend named 'onnxruntime'"):
         bad.plan(result.spec)
+
+
+# --------------------------------------------------------------------------- python-server spec checks
+
+_SERVER_SPEC = '''[service]
+name = "svc"
+framework = "{framework}"
+
+[[models]]
+name = "m"
+path = "m.tflite"
+encrypt = false
+{enclave}
+[{framework}]
+{section}
+
+[signing]
+key = "key.pem"
+'''
+
+
+def _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, framework: str,
+                       section: str, enclave: str = ""):
+    from builder.build import build
+    from builder.spec import SpecError
+
+    (tmp_path / "m.tflite").write_bytes(b"TFL3" + bytes(60))
+    shutil.copy(signing_key, tmp_path / "key.pem")
+    write_spec(tmp_path, _SERVER_SPEC.format(framework=framework, section=section,
+                                             enclave=enclave))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as info:
+        build("spec.toml", base=f"dir:{standin_root}", output=tmp_path / "out")
+    assert info.value.exit_code == 2
+    assert not (tmp_path / "out").exists()      # nothing built, nothing signed
+    return info.value.lines()
+
+
+@pytest.mark.parametrize("framework", ["tflite", "openvino"])
+def test_python_server_same_grpc_and_rest_port_is_a_located_spec_error(
+        tmp_path, monkeypatch, standin_root, signing_key, framework):
+    lines = _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, framework,
+                               "grpc_port = 8000\nrest_port = 8000")
+    assert lines == [f"spec.toml:12: {framework}.rest_port: the REST port equals grpc_port "
+                     "(8000): the gRPC and REST servers need two different ports"]
+
+
+def test_python_server_needing_more_threads_than_max_threads_is_a_located_spec_error(
+        tmp_path, monkeypatch, standin_root, signing_key):
+    lines = _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, "tflite",
+                               "instances = 4\nthreads = 4",
+                               enclave="\n[enclave]\nmax_threads = 16\n")
+    assert lines == ["spec.toml:11: enclave.max_threads: the enclave needs at least 24 threads "
+                     "(1 model(s) x 4 instance(s) x 4 thread(s) + 8 of the model server's own) "
+                     "but [enclave] max_threads is 16: raise [enclave] max_threads to 24 or "
+                     "more, or lower [tflite] instances or threads"]
+
+
+def test_python_server_threads_over_the_framework_default_point_at_instances(
+        tmp_path, monkeypatch, standin_root, signing_key):
+    lines = _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, "tflite",
+                               "instances = 8\nthreads = 4")       # default max_threads 32
+    assert lines[0].startswith("spec.toml:11: tflite.instances: the enclave needs at least 40 "
+                               "threads")
+
+
+def test_openvino_extra_args_in_python_mode_is_a_located_spec_error_exit_2(
+        tmp_path, monkeypatch, standin_root, signing_key):
+    lines = _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, "openvino",
+                               'extra_args = ["--log_level", "DEBUG"]')
+    assert lines == ['spec.toml:11: openvino.extra_args: only for mode = "ovms" (the python '
+                     "mode's server takes no ovms flags): remove extra_args or set mode = "
+                     '"ovms"']
+    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out2",
+                   cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert b"error: spec.toml:11: openvino.extra_args: only for mode" in proc.stderr

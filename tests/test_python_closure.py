@@ -140,7 +140,7 @@ def test_missing_runtime_fails_the_build_with_the_base_named(tmp_path, standin_r
     shutil.copytree(standin_root, base, symlinks=True)
     shutil.rmtree(base / LOCAL.lstrip("/") / "ai_edge_litert-2.1.0.dist-info")
     (tmp_path / "m.tflite").write_bytes(b"TFL3")
-    (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     (tmp_path / "spec.toml").write_text('[service]\nname = "x"\nframework = "tflite"\n\n'
                                         '[[models]]\nname = "m"\npath = "m.tflite"\n'
                                         'encrypt = false\n\n[signing]\nkey = "key.pem"\n')

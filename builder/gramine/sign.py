@@ -5,15 +5,17 @@ Pure library: bytes and files in, bytes out; no Docker, no Gramine installation 
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ..errors import EnclaveBuildError
+from ..errors import EnclaveBuildError, UsageError
 from .measure import PalImage, measure_enclave
 from .offsets import Offsets
 from .sigstruct import SigDate, Sigstruct, body_from_manifest, enclave_attributes
-from .signer import Signer
+from .signer import DetachedSigner, PemSigner, Signer
 
 
 class ManifestNotFinalError(EnclaveBuildError):
@@ -93,3 +95,59 @@ def _unsigned(manifest: bytes, pal: PalImage, offs: Offsets, date: SigDate,
     sgx = parse_final_manifest(manifest, source).get("sgx", {})
     mr_enclave = measure_enclave(manifest, enclave_attributes(sgx), pal, offs)
     return mr_enclave, Sigstruct(body_from_manifest(sgx, mr_enclave, date, offs))
+
+
+@dataclass(frozen=True)
+class SignFileResult:
+    """What :func:`sign_manifest_file` did: wrote the SIGSTRUCT (*signed* is set) or, in step
+    one of external signing, the bytes to sign (*signed* is None)."""
+
+    mr_enclave: bytes
+    written: Path
+    signed: SignedEnclave | None = None
+    tbs_size: int = 0
+
+
+def sign_manifest_file(manifest: Path, libpal: Path, offsets: Path, *, key: Path | None = None,
+                       passphrase: bytes | None = None, public_key: Path | None = None,
+                       signature: Path | None = None, tbs_out: Path | None = None,
+                       date: str | None = None, sigfile: Path | None = None) -> SignFileResult:
+    """`gramine-sgx-sign` on files: measure *manifest* with Gramine's *libpal* and *offsets*
+    and write its SIGSTRUCT to *sigfile* (atomically), signed with one of: the PEM *key*; a
+    detached *signature* over the bytes to sign with the signer's *public_key*; or, with
+    *tbs_out*, write the 256 bytes to sign there and stop (external signing, step one).
+    *date* is YYYY-MM-DD or 0000-00-00 (default: today)."""
+    modes = [key is not None, public_key is not None or signature is not None,
+             tbs_out is not None]
+    if sum(modes) != 1:
+        raise UsageError("give exactly one of --key, --public-key with --signature, "
+                         "or --tbs-out")
+    if tbs_out is None and sigfile is None:
+        raise UsageError("--sigfile is required (where to write the SIGSTRUCT)")
+    if key is None and tbs_out is None and (public_key is None or signature is None):
+        raise UsageError("external signing needs both --public-key and --signature")
+    sig_date = SigDate.parse(date) if date else SigDate.today()
+    offs = Offsets.load(offsets)
+    pal = PalImage.load(libpal)
+    data = manifest.read_bytes()
+    if tbs_out is not None:
+        mr_enclave, tbs = signing_data_for(data, pal, offs, sig_date, str(manifest))
+        atomic_write(tbs_out, tbs)
+        return SignFileResult(mr_enclave, tbs_out, None, len(tbs))
+    signer: Signer = (PemSigner.from_file(key, passphrase) if key is not None
+                      else DetachedSigner.from_files(public_key, signature))  # type: ignore[arg-type]
+    signed = sign_manifest(data, pal, offs, signer, sig_date, str(manifest))
+    assert sigfile is not None
+    atomic_write(sigfile, signed.sigstruct_bytes)
+    return SignFileResult(signed.mr_enclave, sigfile, signed)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write *data* to *path* through a temp file renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise EnclaveBuildError(f"{path}: cannot write: {exc.strerror}") from exc

@@ -12,6 +12,8 @@ PKCS#1 v1.5 / SHA-256 signature. Two kinds ship:
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +26,7 @@ from ..errors import EnclaveBuildError
 
 KEY_BITS = 3072
 PUBLIC_EXPONENT = 3
+ALLOW_OPEN_KEY_ENV = "ENCLAVE_BUILD_ALLOW_OPEN_KEY"
 
 
 class SignerError(EnclaveBuildError):
@@ -78,7 +81,9 @@ class PemSigner:
             raise SignerError(f"{path}: cannot load the signing key ({hint}not a PEM private key)") from exc
         if not isinstance(key, rsa.RSAPrivateKey):
             raise SignerError(f"{path}: expected an RSA private key, found {type(key).__name__}")
-        return cls(key, str(path))
+        signer = cls(key, str(path))
+        check_key_permissions(path)
+        return signer
 
     def sign(self, data: bytes) -> Signature:
         raw = self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
@@ -122,6 +127,27 @@ class DetachedSigner:
         return Signature(self._key.public_numbers().n, int.from_bytes(self._signature, "big"))
 
 
+def check_key_permissions(path: Path) -> None:
+    """Refuse a private key file that users other than its owner can read (or write): whoever
+    can read it can sign enclaves with this identity. ``ENCLAVE_BUILD_ALLOW_OPEN_KEY=1``
+    accepts it with a warning."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise SignerError(f"{path}: cannot read signing key: {exc.strerror}") from exc
+    if not mode & 0o077:
+        return
+    who = " and ".join(w for w, bits in (("its group", 0o070), ("other users", 0o007))
+                       if mode & bits)
+    problem = (f"{path}: the signing key is accessible to {who} (mode {mode:04o}); whoever reads "
+               f"it can sign enclaves as you. Fix: chmod 600 {path}")
+    if os.environ.get(ALLOW_OPEN_KEY_ENV) == "1":
+        warnings.warn(f"{problem} (used anyway: {ALLOW_OPEN_KEY_ENV}=1)", UserWarning,
+                      stacklevel=3)
+        return
+    raise SignerError(f"{problem}\n(or set {ALLOW_OPEN_KEY_ENV}=1 to use it anyway)")
+
+
 def generate_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=PUBLIC_EXPONENT, key_size=KEY_BITS)
 
@@ -129,6 +155,9 @@ def generate_key() -> rsa.RSAPrivateKey:
 def write_new_key(path: str | Path, passphrase: bytes | None = None) -> rsa.RSAPrivateKey:
     """Create a new SGX signing key at *path* (mode 0600); refuses to overwrite."""
     path = Path(path)
+    if passphrase is not None and not passphrase:
+        raise SignerError(f"{path}: empty passphrase: refusing to write the key unencrypted "
+                          "(give a passphrase, or none at all for an unencrypted key)")
     key = generate_key()
     encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
                   else serialization.NoEncryption())

@@ -12,10 +12,8 @@ import os
 import posixpath
 import stat
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import EnclaveBuildError
-from ..hashing import HashCache, hash_files
 from ..rootfs import RootFS, RootFSError
 
 
@@ -92,14 +90,3 @@ def _walk(directory: str, rootfs: RootFS) -> list[TrustedFile]:
         elif stat.S_ISREG(lst.st_mode) and os.access(host, os.R_OK):
             found.append(TrustedFile(f"file:{inner}", inner, lst.st_size))
     return found
-
-
-def hash_trusted(files: list[TrustedFile], rootfs: RootFS, cache: HashCache | None = None,
-                 progress: Callable[[int], None] | None = None) -> list[dict[str, str]]:
-    """Manifest entries ``{uri, sha256}`` for *files*, in order."""
-    hosts = [rootfs.host_path(f.inner) for f in files]
-    try:
-        digests = hash_files(hosts, cache=cache, progress=progress)
-    except OSError as exc:
-        raise TrustedFileError(f"cannot hash {exc.filename}: {exc.strerror}") from None
-    return [{"uri": f.uri, "sha256": digests[h]} for f, h in zip(files, hosts)]

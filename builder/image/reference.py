@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ from ..errors import UsageError
 
 DOCKER_HUB = "registry-1.docker.io"
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?")
 TRANSPORTS = ("docker://", "docker-daemon:", "oci:", "oci-archive:", "docker-archive:", "dir:")
 
 
@@ -37,9 +40,6 @@ class RegistryRef:
         host = "" if self.host == DOCKER_HUB else f"{self.host}/"
         suffix = f"@{self.digest}" if self.digest else f":{self.tag or 'latest'}"
         return f"{host}{self.repository}{suffix}"
-
-    def with_digest(self, digest: str) -> "RegistryRef":
-        return RegistryRef(self.host, self.repository, None, digest)
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ def parse_registry_ref(text: str) -> RegistryRef:
             path = f"library/{path}"
     if host == "docker.io":
         host = DOCKER_HUB
+    if not _HOST.fullmatch(host):
+        raise UsageError(f"image reference {original!r}: invalid registry host {host!r} "
+                         "(HOST or HOST:PORT)")
     if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", path):
         raise UsageError(f"image reference {original!r}: invalid repository name {path!r} "
                          "(lower-case letters, digits, '.', '_', '-', '/')")
@@ -88,6 +91,9 @@ def parse_registry_ref(text: str) -> RegistryRef:
 
 
 def parse_source(text: str) -> ImageSource:
+    """An image reference with its transport (see the module docstring). A bare reference is a
+    registry's; an unknown or mistyped transport, or a path without ``dir:``/``oci:``, is a
+    :class:`UsageError` naming what was probably meant."""
     if text.startswith("docker://"):
         return ImageSource("docker", text[9:], registry=parse_registry_ref(text[9:]))
     for transport in ("docker-daemon", "docker-archive", "dir"):
@@ -104,4 +110,52 @@ def parse_source(text: str) -> ImageSource:
             if not location:
                 raise UsageError(f"{text!r}: {transport}: needs a path")
             return ImageSource(transport, location, tag)
+    _refuse_non_registry(text)
     return ImageSource("docker", text, registry=parse_registry_ref(text))
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+_-]*):(.*)", re.S)
+_TRANSPORT_NAMES = [t.rstrip(":/") for t in TRANSPORTS]
+
+
+def _refuse_non_registry(text: str) -> None:
+    """A registry reference is what is left; refuse what clearly is not one."""
+    valid = ", ".join(TRANSPORTS)
+    if text.startswith(("/", "./", "../", "~")) or text in (".", "..") or _is_dir(text):
+        hint = f"oci:{text}" if _is_dir(text) and os.path.exists(
+            os.path.join(text, "oci-layout")) else f"dir:{text}"
+        raise UsageError(f"image reference {text!r} looks like a path, not a registry image; "
+                         f"did you mean {hint}? (transports: {valid})")
+    match = _SCHEME.fullmatch(text)
+    if match is None:
+        return
+    scheme, rest = match.groups()
+    if re.match(r"\d+(/|$)", rest):
+        return  # HOST:PORT/NAME
+    name = scheme.lower()
+    ratio = {t: difflib.SequenceMatcher(None, name, t).ratio() for t in _TRANSPORT_NAMES}
+    mistyped = sorted((t for t in _TRANSPORT_NAMES if (t != "docker" or rest.startswith("//"))
+                       and (ratio[t] >= 0.75 or sorted(name) == sorted(t))),
+                      key=lambda t: (sorted(name) != sorted(t), -ratio[t]))
+    registry_name = False
+    if not rest.startswith("//"):
+        try:
+            parse_registry_ref(text)
+            registry_name = True
+        except UsageError:
+            if not re.search(r"[/:]", rest):
+                raise  # NAME:TAG with a bad name or tag: the registry's message says which
+    if registry_name and not mistyped:
+        return  # NAME:TAG, e.g. ubuntu:24.04
+    nearest = mistyped or difflib.get_close_matches(name, _TRANSPORT_NAMES, n=1, cutoff=0.5)
+    hint = f"did you mean {TRANSPORTS[_TRANSPORT_NAMES.index(nearest[0])]}? " if nearest else ""
+    why = f" (for the registry image of that name write docker://{text})" if registry_name else ""
+    raise UsageError(f"image reference {text!r}: unknown transport {scheme + ':'!r}; {hint}"
+                     f"valid transports: {valid}, or a registry image [HOST/]NAME[:TAG]{why}")
+
+
+def _is_dir(text: str) -> bool:
+    try:
+        return os.path.isdir(text)
+    except (OSError, ValueError):
+        return False

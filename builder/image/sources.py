@@ -73,7 +73,8 @@ def _image_from_directory(root: Path, store: BlobStore, text: str,
     config = {
         "architecture": "amd64", "os": "linux", "config": {},
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
-        "history": [{"created_by": f"enclave-build: root filesystem from {text}"}],
+        # Never the directory's path: the same tree elsewhere must give the same digest.
+        "history": [{"created_by": "enclave-build: root filesystem from a dir: base"}],
     }
     raw = canonical_json(config)
     desc = Descriptor(OCI_CONFIG, store.put_bytes(raw), len(raw))
