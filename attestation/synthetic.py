@@ -375,40 +375,68 @@ class SyntheticPKI:
                               qe_auth, chain)
 
 
-def tls_ca_and_server(directory, hostname: str = "localhost"):  # noqa: ANN001, ANN201
-    """Write (ca.pem, server.crt, server.key) into *directory*: an ordinary CA-signed TLS
-    certificate for *hostname* and 127.0.0.1, as the secret server uses (tests, simulation)."""
-    import ipaddress
-    from pathlib import Path
+TEST_TLS_CA_NAME = "SYNTHETIC TEST secret-server CA"
 
+
+def _host_name(name: str) -> x509.GeneralName:
+    import ipaddress
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def tls_ca_and_server(directory, hostname: "str | list[str] | tuple[str, ...]" = "localhost",  # noqa: ANN001, ANN201
+                      *, days: int = 30, ca_name: str = TEST_TLS_CA_NAME, overwrite: bool = True):
+    """Write (ca.pem, server.crt, server.key) into *directory*: a CA (its private key is not
+    kept) and an ordinary CA-signed TLS server certificate, as the secret server uses.
+
+    *hostname*: one name, certified with 127.0.0.1 (tests, simulation); or a list of names
+    (DNS names and/or IP addresses), certified exactly. server.key is written mode 0600.
+    Without *overwrite*, existing files are refused (FileExistsError, nothing written)."""
     directory = Path(directory)
+    hosts = [hostname, "127.0.0.1"] if isinstance(hostname, str) else list(hostname)
+    if not hosts:
+        raise ValueError("no host name to certify")
+    paths = directory / "ca.pem", directory / "server.crt", directory / "server.key"
+    if not overwrite:
+        for path in paths:
+            if path.exists():
+                raise FileExistsError(f"{path} exists")
     now = _dt.datetime.now(_dt.timezone.utc)
+    until = now + _dt.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SYNTHETIC TEST secret-server CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+    ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+    ca = (x509.CertificateBuilder().subject_name(ca_subject).issuer_name(ca_subject)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - _dt.timedelta(days=1)).not_valid_after(now + _dt.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .not_valid_before(now - _dt.timedelta(days=1)).not_valid_after(until)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
           .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
                          critical=True)
           .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
+    names = list(dict.fromkeys(_host_name(h) for h in hosts))
     server = (x509.CertificateBuilder()
-              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-              .issuer_name(ca_name).public_key(key.public_key())
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+              .issuer_name(ca_subject).public_key(key.public_key())
               .serial_number(x509.random_serial_number())
-              .not_valid_before(now - _dt.timedelta(days=1)).not_valid_after(now + _dt.timedelta(days=30))
-              .add_extension(x509.SubjectAlternativeName([
-                  x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+              .not_valid_before(now - _dt.timedelta(days=1)).not_valid_after(until)
+              .add_extension(x509.SubjectAlternativeName(names), False)
               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                              False)
               .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)
               .sign(ca_key, hashes.SHA256()))
-    paths = directory / "ca.pem", directory / "server.crt", directory / "server.key"
+    directory.mkdir(parents=True, exist_ok=True)
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    if paths[2].exists():
+        paths[2].unlink()
+    fd = os.open(paths[2], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    os.chmod(paths[2], 0o600)
     return paths

@@ -491,6 +491,83 @@ def secrets_simulate_pki(directory: Path, days: int, force: bool) -> None:
                "`run --simulate` only.", err=True)
 
 
+@secrets.command("tls", epilog="""\b
+Example:
+  enclave-build secrets tls tls/ --host secrets.example.com --host 10.0.0.5
+\b
+The same with openssl (keep ca.key offline, or delete it):
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \\
+      -keyout ca.key -out ca.pem -days 365 -subj "/CN=secret-server CA" \\
+      -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \\
+      -addext "keyUsage=critical,keyCertSign,cRLSign"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \\
+      -keyout server.key -out server.csr -subj "/CN=secrets.example.com"
+  echo "subjectAltName=DNS:secrets.example.com,IP:10.0.0.5" > ext.cnf
+  echo "extendedKeyUsage=serverAuth" >> ext.cnf
+  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
+      -days 365 -extfile ext.cnf -out server.crt
+  chmod 600 server.key
+""")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", "hosts", required=True, multiple=True, metavar="NAME",
+              help="Name the enclaves connect to ([secrets] server = \"NAME:PORT\"): a DNS name "
+                   "or an IP address (repeatable; the first is the subject's CN).")
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 3650),
+              help="Validity of the CA and the server certificate.")
+@click.option("--port", default=4433, show_default=True, type=click.IntRange(1, 65535),
+              help="The secret server's port (only for the printed spec lines).")
+@click.option("--force", is_flag=True, help="Replace ca.pem, server.crt, server.key in DIRECTORY.")
+def secrets_tls(directory: Path, hosts: tuple[str, ...], days: int, port: int,
+                force: bool) -> None:
+    """Write a small CA and a TLS certificate for the secret server to DIRECTORY.
+
+    DIRECTORY/ca.pem is the CA the enclaves trust ([secrets] ca in every spec: it is built into
+    the image, so replacing it changes MRENCLAVE); server.crt and server.key (mode 0600) are the
+    secret server's certificate, for the --host names, and key. The CA's private key is not
+    kept: nothing else can be issued under it; when server.crt expires, run this again and
+    rebuild the services with the new ca.pem. For production, prefer a certificate from your
+    organisation's own PKI (see the openssl equivalent below to do it by hand).
+    """
+    import ipaddress
+    import re as _re
+
+    from attestation.synthetic import tls_ca_and_server
+
+    with _errors():
+        for host in hosts:
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+                continue
+            except ValueError:
+                pass
+            if not _re.fullmatch(r"(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                                 r"[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                                 r"[A-Za-z0-9])?)*\.?", host):
+                raise UsageError(f"--host {host!r}: not a DNS name or an IP address")
+        try:
+            ca, cert, key = tls_ca_and_server(directory, list(hosts), days=days,
+                                              ca_name="enclave-build secret-server CA",
+                                              overwrite=force)
+        except FileExistsError as exc:
+            raise UsageError(f"{exc} (use --force to replace ca.pem, server.crt and "
+                             "server.key)") from None
+        except OSError as exc:
+            raise EnclaveBuildError(f"{directory}: cannot write: {exc}") from None
+    ca, cert, key = ca.resolve(), cert.resolve(), key.resolve()
+    click.echo(f"wrote {ca} (the CA the enclaves trust)")
+    click.echo(f"wrote {cert} (for {', '.join(hosts)}; valid {days} days)")
+    click.echo(f"wrote {key} (private key, mode 0600)")
+    first = hosts[0] if ":" not in hosts[0] else f"[{hosts[0].strip('[]')}]"
+    click.echo("\nIn each service's spec:\n\n"
+               f"[secrets]\nserver = \"{first}:{port}\"\nca = \"{ca}\"\n")
+    click.echo("For the secret server:\n\n"
+               f"  enclave-build secrets config BUILD_DIR... --cert {cert} --key {key} "
+               f"--listen 0.0.0.0:{port} ...\n")
+    click.echo("Note: a CA of its own for the secret server only. In production prefer a "
+               "certificate from your organisation's PKI (then set [secrets] ca to its CA).",
+               err=True)
+
+
 @main.command()
 @click.argument("endpoint", metavar="HOST:PORT")
 @click.option("--measurements", "measurement_files", required=True, multiple=True,

@@ -436,6 +436,33 @@ def server_config(spec: Spec, plan: ServicePlan, models: Sequence[Mapping[str, A
     }
 
 
+#: Threads the model server needs besides its models' runtime threads: the main thread, the
+#: event loop, the REST server, gRPC handlers (started on demand) and the key fetches.
+SERVER_OWN_THREADS = 8
+
+
+def _check_server_resources(spec: Spec, framework: Framework, *, grpc_port: int, rest_port: int,
+                            instances: int, threads: int) -> None:
+    """Located spec errors, before anything is built or signed, for a Python-server spec that
+    cannot work: both servers on one port, or more threads than the enclave may have."""
+    section = framework.section.name if framework.section is not None else framework.name
+    if grpc_port == rest_port:
+        raise spec_error(spec, (section, "rest_port"),
+                         f"the REST port equals grpc_port ({grpc_port}): the gRPC and REST "
+                         "servers need two different ports")
+    models = max(1, len(spec.models))
+    needed = models * instances * threads + SERVER_OWN_THREADS
+    max_threads = spec.enclave.max_threads or framework.default_max_threads
+    if needed > max_threads:
+        where = ("enclave", "max_threads") if spec.enclave.max_threads else (section, "instances")
+        raise spec_error(spec, where,
+                         f"the enclave needs at least {needed} threads ({models} model(s) x "
+                         f"{instances} instance(s) x {threads} thread(s) + {SERVER_OWN_THREADS} "
+                         f"of the model server's own) but [enclave] max_threads is "
+                         f"{max_threads}: raise [enclave] max_threads to {needed} or more, or "
+                         f"lower [{section}] instances or threads")
+
+
 def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
                        packages: Sequence[str] = (), modules: Sequence[str] = (),
                        grpc_port: int = 8001, rest_port: int = 8000, instances: int = 1,
@@ -462,6 +489,8 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     - *user*: the image's runtime user (uid 10001, as in enclave-build's base images); it owns
       the encrypted files, which Gramine opens read-write.
     """
+    _check_server_resources(spec, framework, grpc_port=grpc_port, rest_port=rest_port,
+                            instances=instances, threads=threads)
     argv = [PYTHON, "-m", "model_server", "--config", SERVER_CONFIG]
     plan = base_plan(
         spec, framework, entrypoint=(python.interpreter if python else PYTHON), argv=argv,

@@ -5,19 +5,31 @@ refers to and one ``[[secrets]]`` rule per key. A secret server serving several 
 all of them, plus its own ``[server]`` and ``[attestation]`` settings.
 :func:`compose_config` merges the fragments (paths made absolute against each fragment's
 directory), adds those settings, checks the result with the secret server's own loader and
-writes it atomically with tomli-w. ``enclave-build secrets config`` is the CLI for it.
+policy (as the server builds them) and writes it atomically with tomli-w. ``enclave-build
+secrets config`` is the CLI for it.
+
+A fragment is not trusted: its keys must have the right types, its measurements files must
+parse, every key file must be a private (mode 0600) regular file of 16 bytes used by one secret
+name only, and every allow entry must be a 64-hex MRENCLAVE or the service of a merged build.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import stat
+import sys
 import tempfile
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import tomli_w
+
+from attestation.measurements import Measurements, MeasurementsError
 
 from .errors import EnclaveBuildError, UsageError
 
@@ -42,6 +54,39 @@ class ServerSide:
     extra_server: dict[str, Any] = field(default_factory=dict)
 
 
+class FragmentError(SecretsConfigError):
+    """A policy fragment with a wrongly typed key (``FILE: KEY: expected ...``): exit code 2."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Which fragment contributes which key file (printed when the configuration is written)."""
+
+    fragment: Path
+    secret: str
+    file: str
+
+
+class ComposedConfig(dict):
+    """The secrets.toml data (a plain dict to tomli-w) and where its key files came from."""
+
+    sources: list[KeySource]
+
+
+#: Gramine's wrap keys (the secret server releases each key file's bytes as is).
+WRAP_KEY_SIZE = 16
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_RULE_KEYS = {"name", "file", "allow", "match"}
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+    return kind if isinstance(value, dict) else f"{kind} {value!r}"
+
+
 def _fragment(path: Path) -> tuple[Path, dict[str, Any]]:
     if path.is_dir():
         path = path / POLICY_FILE
@@ -50,13 +95,53 @@ def _fragment(path: Path) -> tuple[Path, dict[str, Any]]:
     except FileNotFoundError:
         raise UsageError(f"{path}: no such policy fragment (a build with encrypted content "
                          f"writes {POLICY_FILE} into its output directory)") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SecretsConfigError(f"{path}: not TOML ({exc})") from None
     unknown = sorted(set(data) - {"measurements", "secrets"})
     if unknown:
         raise SecretsConfigError(f"{path}: {', '.join(unknown)}: not part of a policy fragment "
                                  "(only measurements and [[secrets]])")
+    _check_types(path, data)
     return path, data
+
+
+def _check_types(path: Path, data: dict[str, Any]) -> None:
+    """``FILE: KEY: expected ...`` for every wrongly typed key of a fragment."""
+    def bad(key: str, expected: str, value: Any) -> FragmentError:
+        return FragmentError(f"{path}: {key}: expected {expected}, got {_describe(value)}")
+
+    measurements = data.get("measurements", [])
+    if not isinstance(measurements, list):
+        raise bad("measurements", "an array of measurements.json paths", measurements)
+    for index, item in enumerate(measurements):
+        if not isinstance(item, str):
+            raise bad(f"measurements[{index}]", "a measurements.json path (a string)", item)
+    secrets = data.get("secrets", [])
+    if not isinstance(secrets, list):
+        raise bad("secrets", "an array of [[secrets]] tables", secrets)
+    for index, rule in enumerate(secrets):
+        where = f"secrets[{index}]"
+        if not isinstance(rule, dict):
+            raise bad(where, "a [[secrets]] table (name, file, allow)", rule)
+        extra = sorted(set(rule) - _RULE_KEYS)
+        if extra:
+            raise FragmentError(f"{path}: {where}.{extra[0]}: unknown key; allowed: "
+                                f"{', '.join(sorted(_RULE_KEYS))}")
+        for key in ("name", "file", "allow"):
+            if key not in rule:
+                raise FragmentError(f"{path}: {where}.{key}: required key is missing")
+        for key, what in (("name", "a string (the secret's name)"),
+                          ("file", "a string (the key file's path)"),
+                          ("match", 'a string ("mr_enclave" or "signer")')):
+            if key in rule and not isinstance(rule[key], str):
+                raise bad(f"{where}.{key}", what, rule[key])
+        allow = rule["allow"]
+        if not isinstance(allow, list):
+            raise bad(f"{where}.allow", "an array of services and/or MRENCLAVE values", allow)
+        for number, entry in enumerate(allow):
+            if not isinstance(entry, str):
+                raise bad(f"{where}.allow[{number}]", "a service name or MRENCLAVE (a string)",
+                          entry)
 
 
 def _absolute(base: Path, value: str) -> str:
@@ -64,23 +149,92 @@ def _absolute(base: Path, value: str) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
-def merge_fragments(paths: list[Path]) -> tuple[list[str], list[dict[str, Any]]]:
-    """All measurements (absolute, in order, once each) and all [[secrets]] rules; the same
-    secret named twice must be the same rule."""
+def _load_measurements(fragment: Path, pattern: str) -> list[Measurements]:
+    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    if not paths:
+        raise SecretsConfigError(f"{fragment}: measurements: {pattern!r} matches no file")
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append(Measurements.load(path))
+        except MeasurementsError as exc:
+            raise SecretsConfigError(f"{fragment}: measurements: not a measurements.json: "
+                                     f"{exc}") from None
+    return loaded
+
+
+def _check_allow(fragment: Path, name: str, allow: list[str], services: set[str]) -> None:
+    if not allow:
+        raise SecretsConfigError(
+            f"{fragment}: secret {name!r}: allow = []: the secret would be released to no "
+            "enclave; name the services (or 64-hex MRENCLAVE values) that may receive it")
+    for entry in allow:
+        if _HEX64.match(entry) or entry in services:
+            continue
+        hint = ""
+        if entry in ("*", "any", "all") or glob.has_magic(entry):
+            hint = "; there are no wildcards: name each service"
+        elif re.fullmatch(r"[0-9a-fA-F]{64}", entry):
+            hint = "; MRENCLAVE values are lower-case hex"
+        elif re.fullmatch(r"[0-9a-fA-F]+", entry):
+            hint = f"; an MRENCLAVE has 64 hex digits, this has {len(entry)}"
+        raise SecretsConfigError(
+            f"{fragment}: secret {name!r}: allow entry {entry!r} is neither a 64-hex MRENCLAVE "
+            f"nor the service of one of the merged measurements (services: "
+            f"{', '.join(sorted(services)) or 'none'}){hint}")
+
+
+def _check_key_file(fragment: Path, name: str, file: str, allow_readable: bool) -> os.stat_result:
+    what = f"{fragment}: secret {name!r}: key file {file}"
+    try:
+        info = os.stat(file)
+    except FileNotFoundError:
+        raise SecretsConfigError(f"{what}: not found") from None
+    except OSError as exc:
+        raise SecretsConfigError(f"{what}: cannot stat: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SecretsConfigError(f"{what}: not a regular file")
+    if info.st_size != WRAP_KEY_SIZE:
+        raise SecretsConfigError(f"{what}: {info.st_size} bytes; a Gramine wrap key is exactly "
+                                 f"{WRAP_KEY_SIZE} bytes")
+    if info.st_mode & 0o077:
+        message = (f"{what}: group/others may access it (mode {stat.S_IMODE(info.st_mode):04o}); "
+                   f"make it private to the secret server's user: chmod 600 {file}")
+        if not allow_readable:
+            raise SecretsConfigError(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return info
+
+
+def _merge(paths: list[Path], allow_readable_keys: bool = False
+           ) -> tuple[list[str], list[dict[str, Any]], list[KeySource]]:
+    fragments = [_fragment(Path(given)) for given in paths]
     measurements: list[str] = []
-    secrets: dict[str, dict[str, Any]] = {}
-    for given in paths:
-        path, data = _fragment(Path(given))
-        base = path.parent
+    services: set[str] = set()
+    for path, data in fragments:
         for item in data.get("measurements", []):
-            absolute = _absolute(base, item)
+            absolute = _absolute(path.parent, item)
             if absolute not in measurements:
                 measurements.append(absolute)
+                services.update(m.service for m in _load_measurements(path, absolute))
+    secrets: dict[str, dict[str, Any]] = {}
+    sources: list[KeySource] = []
+    key_names: dict[tuple[int, int], tuple[str, str, Path]] = {}   # (dev, ino) -> name, file
+    for path, data in fragments:
+        base = path.parent
         for rule in data.get("secrets", []):
             rule = dict(rule)
-            if "file" in rule:
-                rule["file"] = _absolute(base, rule["file"])
-            name = rule.get("name")
+            rule["file"] = _absolute(base, rule["file"])
+            name = rule["name"]
+            _check_allow(path, name, rule["allow"], services)
+            info = _check_key_file(path, name, rule["file"], allow_readable_keys)
+            other = key_names.setdefault((info.st_dev, info.st_ino), (name, rule["file"], path))
+            if other[0] != name:
+                raise SecretsConfigError(
+                    f"{path}: secret {name!r}: key file {rule['file']} is also the key file of "
+                    f"secret {other[0]!r} (in {other[2]}); one key file per secret name (name "
+                    "the same secret in both builds, e.g. [[models]] key, to share a key)")
+            sources.append(KeySource(path, name, rule["file"]))
             if name in secrets:
                 if secrets[name] != rule:
                     merged = secrets[name]
@@ -93,11 +247,26 @@ def merge_fragments(paths: list[Path]) -> tuple[list[str], list[dict[str, Any]]]
                     merged["allow"] = list(dict.fromkeys(merged["allow"] + rule["allow"]))
                 continue
             secrets[name] = rule
-    return measurements, list(secrets.values())
+    return measurements, list(secrets.values()), sources
 
 
-def compose_config(policies: list[Path], server: ServerSide) -> dict[str, Any]:
-    measurements, secrets = merge_fragments(policies)
+def merge_fragments(paths: list[Path], *, allow_readable_keys: bool = False
+                    ) -> tuple[list[str], list[dict[str, Any]]]:
+    """All measurements (absolute, in order, once each) and all [[secrets]] rules; the same
+    secret named twice must be the same rule.
+
+    Refused (naming the fragment): wrongly typed keys (exit code 2), measurements files that do
+    not parse, key files that are missing, not regular files, not 16 bytes, or open to
+    group/others (only warned with *allow_readable_keys*), one key file under two secret names,
+    and allow entries that are neither a 64-hex MRENCLAVE nor a merged measurement's service
+    (including ``allow = []``)."""
+    measurements, secrets, _ = _merge(paths, allow_readable_keys)
+    return measurements, secrets
+
+
+def compose_config(policies: list[Path], server: ServerSide, *,
+                   allow_readable_keys: bool = False) -> ComposedConfig:
+    measurements, secrets, sources = _merge(policies, allow_readable_keys)
     if not secrets:
         raise UsageError("the policy fragments release no secret: nothing to serve")
     srv: dict[str, Any] = {"listen": server.listen, "cert": str(server.cert.resolve()),
@@ -111,13 +280,24 @@ def compose_config(policies: list[Path], server: ServerSide) -> dict[str, Any]:
         att["collateral"] = str(server.collateral.resolve())
     else:
         att["pccs_url"] = server.pccs_url
-    return {"measurements": measurements, "server": srv, "attestation": att, "secrets": secrets}
+    config = ComposedConfig(measurements=measurements, server=srv, attestation=att,
+                            secrets=secrets)
+    config.sources = sources
+    return config
 
 
-def write_config(target: Path, config: dict[str, Any], *, force: bool = False) -> Path:
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def write_config(target: Path, config: dict[str, Any], *, force: bool = False,
+                 log: Callable[[str], None] | None = _stderr) -> Path:
     """Write *config* as TOML to *target* atomically, after the secret server's own loader
-    accepted it (relative paths in it resolve against *target*'s directory)."""
+    accepted it and its policy was built exactly as the server builds it at start-up and on
+    reload (relative paths in it resolve against *target*'s directory). *log* gets one line per
+    key file of a :class:`ComposedConfig`: which fragment contributes it."""
     from attestation.config import ConfigError, load_config
+    from attestation.policy import Policy, PolicyError
 
     target = Path(target)
     if target.exists() and not force:
@@ -130,8 +310,10 @@ def write_config(target: Path, config: dict[str, Any], *, force: bool = False) -
                          b"`enclave-build secrets config`.\n")
             tomli_w.dump(config, handle)
         try:
-            load_config(tmp)
-        except ConfigError as exc:
+            loaded = load_config(tmp)
+            # As attestation.server.SecretServer._load does (start-up and every reload).
+            Policy.build(list(loaded.measurements), list(loaded.secrets), loaded.path.parent)
+        except (ConfigError, PolicyError) as exc:
             raise SecretsConfigError(f"the composed configuration is not valid: {exc}") from None
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
@@ -139,4 +321,7 @@ def write_config(target: Path, config: dict[str, Any], *, force: bool = False) -
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if log is not None:
+        for source in getattr(config, "sources", ()):
+            log(f"key file {source.file} (secret {source.secret!r}) from {source.fragment}")
     return target

@@ -177,6 +177,52 @@ def test_plain_process_run_gets_quotes_and_exit_code(tmp_path, standin_root, sig
     assert root.startswith("/") and not Path(root).exists()   # the private root is gone
 
 
+def test_tampered_measurements_json_is_refused_naming_both_values(tmp_path, standin_root,
+                                                                 signing_key):
+    out = _build(tmp_path, standin_root, signing_key)
+    path = out / "measurements.json"
+    data = json.loads(path.read_text())
+    real = data["mr_enclave"]
+    data["mr_enclave"] = "0" * 64
+    path.write_text(json.dumps(data))
+    with pytest.raises(RunError) as info:
+        open_build(out)
+    assert info.value.exit_code == 1
+    assert f"measurements.json mr_enclave = '{'0' * 64}', but the SIGSTRUCT says '{real}'" \
+        in str(info.value)
+    proc = run_cli("run", str(out), "--simulate")
+    assert proc.returncode == 1, proc.stderr.decode()
+    stderr = proc.stderr.decode()
+    assert "measurements.json and the image disagree; not starting" in stderr
+    assert "0" * 64 in stderr and real in stderr
+    assert "SIMULATION" not in stderr            # refused before the quoter started
+
+
+def test_measurements_json_of_another_build_is_refused(tmp_path, standin_root, signing_key):
+    (tmp_path / "a").mkdir()
+    first = _build(tmp_path / "a", standin_root, signing_key)
+    (tmp_path / "b").mkdir()
+    project = tmp_path / "b" / "project"
+    project.mkdir()
+    shutil.copy(signing_key, project / "key.pem")
+    spec = write_spec(project, '[service]\nname = "probe"\nframework = "probe"\n\n'
+                               '[enclave]\nisv_svn = 9\n\n[signing]\nkey = "key.pem"\n')
+    build(spec, output=tmp_path / "b" / "out", base=f"dir:{standin_root}",
+          registry=PluginRegistry(extra_plugins=[ProbePlugin()]))
+    second = tmp_path / "b" / "out"
+    other = json.loads((second / "measurements.json").read_text())
+    own = json.loads((first / "measurements.json").read_text())
+    assert other["mr_enclave"] != own["mr_enclave"]
+    shutil.copy(second / "measurements.json", first / "measurements.json")
+    proc = run_cli("run", str(first), "--simulate")
+    assert proc.returncode == 1, proc.stderr.decode()
+    stderr = proc.stderr.decode()
+    assert (f"measurements.json mr_enclave = '{other['mr_enclave']}', but the SIGSTRUCT says "
+            f"'{own['mr_enclave']}'") in stderr
+    assert "measurements.json isv_svn = 9, but the SIGSTRUCT says 0" in stderr
+    assert "measurements.json names image" in stderr
+
+
 # --------------------------------------------------------------------------- real Gramine
 
 

@@ -31,6 +31,13 @@ def _build(root: Path, service: str, secrets: dict[str, str]) -> Path:
     return out
 
 
+def _key(path: Path, size: int = 16, mode: int = 0o600) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(range(size)))
+    path.chmod(mode)
+    return path
+
+
 @pytest.fixture()
 def server_side(tmp_path) -> ServerSide:
     pki = SyntheticPKI()
@@ -46,7 +53,7 @@ def test_fragments_merge_with_absolute_paths_and_load(tmp_path, server_side):
     keys = tmp_path / "keys"
     keys.mkdir()
     for name in ("a-key", "b-key", "shared-key"):
-        (keys / f"{name}.key").write_bytes(bytes(16))
+        _key(keys / f"{name}.key")
     a = _build(tmp_path / "builds", "alpha", {"a-key": str(keys / "a-key.key"),
                                               "shared-key": str(keys / "shared-key.key")})
     b = _build(tmp_path / "builds", "beta", {"b-key": "../../keys/b-key.key",
@@ -65,8 +72,9 @@ def test_fragments_merge_with_absolute_paths_and_load(tmp_path, server_side):
 
 
 def test_conflicting_rules_and_bad_fragments_are_refused(tmp_path, server_side):
-    a = _build(tmp_path, "alpha", {"k": "/keys/one.key"})
-    b = _build(tmp_path, "beta", {"k": "/keys/two.key"})
+    one, two = _key(tmp_path / "keys/one.key"), _key(tmp_path / "keys/two.key")
+    a = _build(tmp_path, "alpha", {"k": str(one)})
+    b = _build(tmp_path, "beta", {"k": str(two)})
     with pytest.raises(SecretsConfigError, match="secret 'k' differs"):
         merge_fragments([a, b])
     with pytest.raises(UsageError, match="no such policy fragment"):
@@ -77,8 +85,9 @@ def test_conflicting_rules_and_bad_fragments_are_refused(tmp_path, server_side):
 
 
 def test_invalid_result_is_never_written(tmp_path, server_side):
-    a = _build(tmp_path, "alpha", {"k": str(tmp_path / "missing.key")})
+    a = _build(tmp_path, "alpha", {"k": str(_key(tmp_path / "k.key"))})
     config = compose_config([a], server_side)
+    config["server"]["max_tls"] = "1.1"      # the secret server's loader refuses it
     with pytest.raises(SecretsConfigError, match="not valid"):
         write_config(tmp_path / "secrets.toml", config)
     assert not (tmp_path / "secrets.toml").exists()
@@ -86,7 +95,7 @@ def test_invalid_result_is_never_written(tmp_path, server_side):
 
 
 def test_cli(tmp_path, server_side):
-    (tmp_path / "k.key").write_bytes(bytes(16))
+    _key(tmp_path / "k.key")
     a = _build(tmp_path, "alpha", {"k": str(tmp_path / "k.key")})
     proc = run_cli("secrets", "config", str(a), "--cert", str(server_side.cert), "--key",
                    str(server_side.key), "--root-ca", server_side.root_ca, "--collateral",
@@ -98,3 +107,173 @@ def test_cli(tmp_path, server_side):
                    str(server_side.key), "--out", str(tmp_path / "t.toml"))
     assert both.returncode == 2
     assert b"exactly one of --collateral FILE and --pccs-url URL" in both.stderr
+
+
+# --------------------------------------------------------------------------- untrusted fragments
+
+def _fragment(root: Path, body: str, service: str = "alpha") -> Path:
+    """A fragment next to a valid measurements.json of *service*; *body* follows the
+    measurements line (or replaces it when it sets measurements itself)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "measurements.json").write_text(MEASUREMENTS % (service, "a" * 64, "c" * 64))
+    head = "" if body.lstrip().startswith("measurements") else 'measurements = ["measurements.json"]\n'
+    (root / "secrets-policy.toml").write_text(head + body)
+    return root / "secrets-policy.toml"
+
+
+def _rule(file: Path | str, name: str = "k", allow: str = '["alpha"]', extra: str = "") -> str:
+    return f'\n[[secrets]]\nname = "{name}"\nfile = "{file}"\nallow = {allow}\n{extra}'
+
+
+@pytest.mark.parametrize("size,mode,message", [
+    (15, 0o600, "15 bytes; a Gramine wrap key is exactly 16 bytes"),
+    (32, 0o600, "32 bytes; a Gramine wrap key is exactly 16 bytes"),
+    (16, 0o644, "group/others may access it (mode 0644); make it private to the secret "
+                "server's user: chmod 600 "),
+    (16, 0o640, "group/others may access it (mode 0640)"),
+])
+def test_key_files_must_be_private_16_byte_files(tmp_path, server_side, size, mode, message):
+    key = _key(tmp_path / "k.key", size, mode)
+    fragment = _fragment(tmp_path / "alpha", _rule(key))
+    with pytest.raises(SecretsConfigError) as info:
+        compose_config([fragment], server_side)
+    assert str(info.value).startswith(f"{fragment}: secret 'k': key file {key}: {message}")
+
+
+def test_missing_and_non_regular_key_files_are_refused(tmp_path, server_side):
+    fragment = _fragment(tmp_path / "alpha", _rule(tmp_path / "nope.key"))
+    with pytest.raises(SecretsConfigError, match=f"key file {tmp_path / 'nope.key'}: not found"):
+        compose_config([fragment], server_side)
+    (tmp_path / "dir.key").mkdir()
+    fragment = _fragment(tmp_path / "alpha", _rule(tmp_path / "dir.key"))
+    with pytest.raises(SecretsConfigError, match="dir.key: not a regular file"):
+        compose_config([fragment], server_side)
+
+
+def test_readable_key_file_only_warns_when_allowed(tmp_path, server_side):
+    key = _key(tmp_path / "k.key", mode=0o644)
+    fragment = _fragment(tmp_path / "alpha", _rule(key))
+    with pytest.warns(UserWarning, match="chmod 600"):
+        config = compose_config([fragment], server_side, allow_readable_keys=True)
+    assert config["secrets"][0]["file"] == str(key)
+
+
+def test_measurements_must_parse(tmp_path, server_side):
+    key = _key(tmp_path / "k.key")
+    fragment = _fragment(tmp_path / "alpha", 'measurements = ["/etc/passwd"]\n' + _rule(key))
+    with pytest.raises(SecretsConfigError) as info:
+        compose_config([fragment], server_side)
+    assert str(info.value).startswith(f"{fragment}: measurements: not a measurements.json: "
+                                      "/etc/passwd: cannot read measurements")
+    fragment = _fragment(tmp_path / "beta", 'measurements = ["none-*.json"]\n' + _rule(key))
+    with pytest.raises(SecretsConfigError, match="matches no file"):
+        compose_config([fragment], server_side)
+
+
+def test_one_key_file_under_two_secret_names_is_refused(tmp_path, server_side):
+    key = _key(tmp_path / "k.key")
+    a = _fragment(tmp_path / "alpha", _rule(key, "first"))
+    b = _fragment(tmp_path / "beta", _rule(key, "second", '["beta"]'), service="beta")
+    with pytest.raises(SecretsConfigError) as info:
+        compose_config([a, b], server_side)
+    assert str(info.value).startswith(f"{b}: secret 'second': key file {key} is also the key "
+                                      f"file of secret 'first' (in {a})")
+    (tmp_path / "link.key").symlink_to(key)     # the same file by another path
+    c = _fragment(tmp_path / "gamma", _rule(key, "first") + _rule(tmp_path / "link.key", "x"))
+    with pytest.raises(SecretsConfigError, match="secret 'x': key file .*link.key is also"):
+        compose_config([c], server_side)
+    # The same secret (same name, same file) shared by two builds stays fine.
+    d = _fragment(tmp_path / "delta", _rule(key, "first", '["beta"]'), service="beta")
+    config = compose_config([a, d], server_side)
+    assert config["secrets"][0]["allow"] == ["alpha", "beta"]
+
+
+@pytest.mark.parametrize("allow,message", [
+    ("[]", "allow = []: the secret would be released to no enclave"),
+    ('["deadbeef"]', "allow entry 'deadbeef' is neither a 64-hex MRENCLAVE nor the service of "
+                     "one of the merged measurements (services: alpha); an MRENCLAVE has 64 hex "
+                     "digits, this has 8"),
+    ('["*"]', "allow entry '*' is neither a 64-hex MRENCLAVE nor the service of one of the "
+              "merged measurements (services: alpha); there are no wildcards"),
+    ('["alpha", "gamma"]', "allow entry 'gamma' is neither"),
+    (f'["{"AB" * 32}"]', "MRENCLAVE values are lower-case hex"),
+])
+def test_allow_entries_must_be_mrenclaves_or_merged_services(tmp_path, server_side, allow,
+                                                             message):
+    key = _key(tmp_path / "k.key")
+    fragment = _fragment(tmp_path / "alpha", _rule(key, allow=allow))
+    with pytest.raises(SecretsConfigError) as info:
+        compose_config([fragment], server_side)
+    assert str(info.value).startswith(f"{fragment}: secret 'k': ")
+    assert message in str(info.value)
+
+
+def test_allow_may_name_an_mrenclave_or_another_fragments_service(tmp_path, server_side):
+    key, other = _key(tmp_path / "k.key"), _key(tmp_path / "o.key")
+    a = _fragment(tmp_path / "alpha", _rule(key, allow=f'["{"ab" * 32}", "beta"]'))
+    b = _fragment(tmp_path / "beta", _rule(other, "o", '["beta"]'), service="beta")
+    config = compose_config([a, b], server_side)
+    write_config(tmp_path / "secrets.toml", config, log=None)
+    assert load_config(tmp_path / "secrets.toml").secrets[0].allow == ("ab" * 32, "beta")
+
+
+def test_match_is_checked_by_the_servers_policy_before_writing(tmp_path, server_side):
+    key = _key(tmp_path / "k.key")
+    fragment = _fragment(tmp_path / "alpha", _rule(key, extra='match = "bogus"\n'))
+    config = compose_config([fragment], server_side)
+    with pytest.raises(SecretsConfigError) as info:
+        write_config(tmp_path / "secrets.toml", config)
+    assert str(info.value) == ("the composed configuration is not valid: secret 'k': match must "
+                               "be \"mr_enclave\" or \"signer\", not 'bogus'")
+    assert not (tmp_path / "secrets.toml").exists()
+    assert not list(tmp_path.glob(".secrets.toml.*"))
+
+
+@pytest.mark.parametrize("body,message", [
+    ("secrets = 5\n", "secrets: expected an array of [[secrets]] tables, got an integer 5"),
+    ("secrets = [1, 2]\n", "secrets[0]: expected a [[secrets]] table (name, file, allow), got "
+                           "an integer 1"),
+    ('measurements = [5]\n', "measurements[0]: expected a measurements.json path (a string), "
+                             "got an integer 5"),
+    ('measurements = "measurements.json"\n', "measurements: expected an array of "
+                                             "measurements.json paths, got a string "
+                                             "'measurements.json'"),
+    ('[[secrets]]\nname = 5\nfile = "k.key"\nallow = ["alpha"]\n',
+     "secrets[0].name: expected a string (the secret's name), got an integer 5"),
+    ('[[secrets]]\nname = "k"\nfile = [1]\nallow = ["alpha"]\n',
+     "secrets[0].file: expected a string (the key file's path), got an array [1]"),
+    ('[[secrets]]\nname = "k"\nfile = "k.key"\nallow = "alpha"\n',
+     "secrets[0].allow: expected an array of services and/or MRENCLAVE values, got a string "
+     "'alpha'"),
+    ('[[secrets]]\nname = "k"\nfile = "k.key"\nallow = [1]\n',
+     "secrets[0].allow[0]: expected a service name or MRENCLAVE (a string), got an integer 1"),
+    ('[[secrets]]\nname = "k"\nfile = "k.key"\nallow = ["alpha"]\nmatch = 1\n',
+     "secrets[0].match: expected a string (\"mr_enclave\" or \"signer\"), got an integer 1"),
+    ('[[secrets]]\nname = "k"\nallow = ["alpha"]\n', "secrets[0].file: required key is missing"),
+    ('[[secrets]]\nname = "k"\nfile = "k.key"\nallow = ["alpha"]\nalow = []\n',
+     "secrets[0].alow: unknown key; allowed: allow, file, match, name"),
+])
+def test_wrongly_typed_fragments_exit_2_with_file_and_key(tmp_path, server_side, body, message):
+    _key(tmp_path / "alpha" / "k.key")
+    fragment = _fragment(tmp_path / "alpha", body)
+    proc = run_cli("secrets", "config", str(fragment), "--cert", str(server_side.cert), "--key",
+                   str(server_side.key), "--root-ca", server_side.root_ca, "--collateral",
+                   str(server_side.collateral), "--out", str(tmp_path / "s.toml"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.decode().splitlines() == [f"error: {fragment}: {message}"]
+    assert not (tmp_path / "s.toml").exists()
+
+
+def test_cli_prints_which_fragment_contributes_which_key_file(tmp_path, server_side):
+    shared, own = _key(tmp_path / "shared.key"), _key(tmp_path / "own.key")
+    a = _fragment(tmp_path / "alpha", _rule(shared, "shared") + _rule(own, "own"))
+    b = _fragment(tmp_path / "beta", _rule(shared, "shared", '["beta"]'), service="beta")
+    proc = run_cli("secrets", "config", str(a.parent), str(b), "--cert", str(server_side.cert),
+                   "--key", str(server_side.key), "--root-ca", server_side.root_ca,
+                   "--collateral", str(server_side.collateral), "--out", str(tmp_path / "s.toml"))
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in (proc.stdout + proc.stderr).decode().splitlines()
+             if line.startswith("key file ")]
+    assert lines == [f"key file {shared} (secret 'shared') from {a}",
+                     f"key file {own} (secret 'own') from {a}",
+                     f"key file {shared} (secret 'shared') from {b}"]

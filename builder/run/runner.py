@@ -93,6 +93,19 @@ def parse_env(items: tuple[str, ...] | list[str]) -> dict[str, str]:
     return env
 
 
+def _check_identity(directory: Path) -> None:
+    """The simulated quoter vouches for measurements.json: refuse unless it agrees with the
+    image's labels and its SIGSTRUCT (read from the image and verified from its own bytes) --
+    the comparison `enclave-build inspect` makes."""
+    from ..image.inspect import inspect_image
+
+    result = inspect_image(str(directory))
+    if not result.agrees:
+        raise RunError(f"{directory}: measurements.json and the image disagree; not starting "
+                       "(run `enclave-build inspect` on it, or rebuild):\n  - "
+                       + "\n  - ".join(result.problems))
+
+
 def open_build(directory: str | Path) -> tuple[Build, Path]:
     """Check BUILD_DIR's outputs, read the image and its manifest; returns the build and the
     cached unpacked root filesystem."""
@@ -116,6 +129,7 @@ def open_build(directory: str | Path) -> tuple[Build, Path]:
     except MeasurementsError as exc:
         raise RunError(f"{directory / 'measurements.json'}: {exc}") from None
     assert measurements is not None
+    _check_identity(directory)
     config = image.config.get("config") or {}
     entrypoint = config.get("Entrypoint") or []
     app = entrypoint[1] if len(entrypoint) == 2 and str(entrypoint[0]).startswith("gramine") \

@@ -16,7 +16,7 @@ import json
 
 from builder.plugin_api import (MODEL_ROOT, EnclaveBuildError, Field, FileKind, Framework, Port,
                                 Section, ServicePlan, Spec, add_model, base_plan, hookimpl,
-                                python_server_plan, require_one_key)
+                                python_server_plan, require_one_key, spec_error)
 
 BINARY = "/ovms/bin/ovms"
 OVMS_LIBS = "/ovms/lib/"
@@ -82,7 +82,9 @@ def plan(spec: Spec) -> ServicePlan:
     if opts["mode"] == "ovms":
         return _ovms_plan(spec, opts)
     if opts["extra_args"]:
-        raise EnclaveBuildError('[openvino] extra_args: only for mode = "ovms"')
+        raise spec_error(spec, ("openvino", "extra_args"),
+                         'only for mode = "ovms" (the python mode\'s server takes no ovms flags): '
+                         'remove extra_args or set mode = "ovms"')
     return python_server_plan(
         spec, FRAMEWORK, backend="openvino", grpc_port=opts["grpc_port"],
         rest_port=opts["rest_port"], instances=opts["instances"], threads=opts["threads"],
