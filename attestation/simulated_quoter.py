@@ -22,12 +22,10 @@ import sys
 import threading
 from pathlib import Path
 
+from . import wire
 from .measurements import Measurements
 from .synthetic import SyntheticPKI
-
-REPORT_DATA_SIZE = 64
-LENGTH_BYTES = 4
-MAX_QUOTE = 64 * 1024
+from .wire import LENGTH_BYTES, REPORT_DATA_SIZE
 WARNING = ("WARNING: SIMULATED ATTESTATION: the simulated quoter signs quotes with a SYNTHETIC "
            "TEST PKI for whoever connects. This is NOT an enclave and proves nothing; for tests "
            "and simulation only.")
@@ -142,7 +140,7 @@ class SimulatedQuoter:
     def _serve_one(self, sock: socket.socket) -> None:
         try:
             sock.settimeout(self._timeout)
-            report_data = _recv_exact(sock, REPORT_DATA_SIZE)
+            report_data = wire.recv_exact(sock, REPORT_DATA_SIZE)
             if len(report_data) != REPORT_DATA_SIZE or _more_pending(sock):
                 self.rejected += 1
                 return
@@ -156,16 +154,6 @@ class SimulatedQuoter:
             self._slots.release()
             with self._lock:
                 self._workers.discard(threading.current_thread())
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def _more_pending(sock: socket.socket) -> bool:
@@ -183,24 +171,15 @@ def _more_pending(sock: socket.socket) -> bool:
 def request_quote(address: str, report_data: bytes, timeout: float = 10.0) -> bytes:
     """Ask the simulated quoter at HOST:PORT for a quote over *report_data* (64 bytes).
 
-    (The in-enclave client in :mod:`model_server.keys` speaks the same protocol.)"""
+    (The in-enclave client in :mod:`model_server.keys` uses the same wire.request_quote.)"""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise QuoterError(f"simulated quoter address {address!r} is not HOST:PORT")
     if len(report_data) != REPORT_DATA_SIZE:
         raise QuoterError(f"report data must be {REPORT_DATA_SIZE} bytes")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
-            sock.sendall(report_data)
-            header = _recv_exact(sock, LENGTH_BYTES)
-            if len(header) != LENGTH_BYTES:
-                raise QuoterError(f"simulated quoter {address} closed without a quote")
-            size = int.from_bytes(header, "big")
-            if not 0 < size <= MAX_QUOTE:
-                raise QuoterError(f"simulated quoter {address} announced a {size}-byte quote")
-            quote = _recv_exact(sock, size)
+        return wire.request_quote(host.strip("[]"), int(port), report_data, timeout)
+    except wire.QuoteAnswerError as exc:
+        raise QuoterError(f"simulated quoter {address} {exc}") from None
     except OSError as exc:
         raise QuoterError(f"simulated quoter {address}: {exc}") from None
-    if len(quote) != size:
-        raise QuoterError(f"simulated quoter {address}: truncated quote")
-    return quote

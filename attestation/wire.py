@@ -17,6 +17,8 @@ the TLS server name (SNI), which enclave-build's in-enclave client sets to the k
 
 from __future__ import annotations
 
+import socket
+
 REQUEST = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"
 RESPONSE = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"
 REFUSAL = b"SECRET_PROVISION_RA_TLS_REJECTED_V1:\0"
@@ -25,6 +27,11 @@ HEADER_LEN = len(RESPONSE) + LENGTH_BYTES   # what a client reads first, either 
 MAX_SECRET = 64 * 1024                      # larger lengths are a protocol error
 MAX_REASON = 1024                           # a refusal's reason is cut to this many bytes
 WRAP_KEY_SIZE = 16                          # a key for an encrypted mount: 16 raw bytes
+
+#: The simulated quoter's protocol (simulation only): 64 bytes of report data in; a 4-byte
+#: big-endian length and the quote out.
+REPORT_DATA_SIZE = 64
+MAX_QUOTE = 64 * 1024
 
 assert len(REQUEST) == 35 and len(RESPONSE) == 37 and len(REFUSAL) == len(RESPONSE)
 
@@ -49,3 +56,37 @@ def parse_header(header: bytes) -> tuple[bool, int]:
             raise ValueError(f"announced refusal reason length {length} exceeds {MAX_REASON}")
         return False, length
     raise ValueError("not a secret-provisioning answer")
+
+
+def recv_exact(sock, size: int) -> bytes:
+    """Up to *size* bytes from a socket (fewer only when the peer closed first)."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class QuoteAnswerError(ValueError):
+    """The simulated quoter's answer is not a well-formed quote."""
+
+
+def request_quote(host: str, port: int, report_data: bytes, timeout: float) -> bytes:
+    """Ask the simulated quoter at HOST:PORT for a quote over *report_data*. Raises OSError
+    (connection) or :class:`QuoteAnswerError` (the answer)."""
+    if len(report_data) != REPORT_DATA_SIZE:
+        raise ValueError(f"report data must be {REPORT_DATA_SIZE} bytes, not {len(report_data)}")
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(report_data)
+        header = recv_exact(sock, LENGTH_BYTES)
+        if len(header) != LENGTH_BYTES:
+            raise QuoteAnswerError("closed the connection without a quote")
+        size = int.from_bytes(header, "big")
+        if not 0 < size <= MAX_QUOTE:
+            raise QuoteAnswerError(f"announced a {size}-byte quote")
+        quote = recv_exact(sock, size)
+    if len(quote) != size:
+        raise QuoteAnswerError(f"sent a truncated quote ({len(quote)} of {size} bytes)")
+    return quote

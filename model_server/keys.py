@@ -54,7 +54,6 @@ from .config import KeysConfig, host_path
 
 SIMULATED_QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
 REPORT_DATA_SIZE = 64
-MAX_QUOTE = 64 * 1024
 
 #: Where Gramine's attestation pseudo-files are; tests point this at a fake tree.
 _ATTESTATION_ROOT = Path("/dev/attestation")
@@ -98,11 +97,11 @@ def _device_quote_source(root: Path) -> QuoteSource | None:
                 with open(root / "user_report_data", "wb", buffering=0) as out:
                     out.write(report_data)
                 with open(root / "quote", "rb") as src:
-                    quote = src.read(MAX_QUOTE + 1)
+                    quote = src.read(wire.MAX_QUOTE + 1)
             except OSError as exc:
                 raise KeyFetchError(f"the Gramine quote device ({root}) failed: "
                                     f"{exc.strerror or exc}") from None
-        if not quote or len(quote) > MAX_QUOTE:
+        if not quote or len(quote) > wire.MAX_QUOTE:
             raise KeyFetchError(f"the Gramine quote device ({root}) returned a "
                                 f"{len(quote)}-byte quote")
         return quote
@@ -117,36 +116,17 @@ def _parse_address(value: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def _simulated_quote_source(address: str, timeout: float) -> QuoteSource:
     host, port = _parse_address(address, SIMULATED_QUOTER_ENV)
 
     def make_quote(report_data: bytes) -> bytes:
         where = f"simulated quoter {host}:{port}"
         try:
-            with socket.create_connection((host, port), timeout=timeout) as sock:
-                sock.sendall(report_data)
-                header = _recv_exact(sock, 4)
-                if len(header) != 4:
-                    raise KeyFetchError(f"{where} closed the connection without a quote")
-                size = int.from_bytes(header, "big")
-                if not 0 < size <= MAX_QUOTE:
-                    raise KeyFetchError(f"{where} announced a {size}-byte quote")
-                quote = _recv_exact(sock, size)
+            return wire.request_quote(host, port, report_data, timeout)
+        except wire.QuoteAnswerError as exc:
+            raise KeyFetchError(f"{where} {exc}") from None
         except OSError as exc:
             raise KeyFetchError(f"{where} ({SIMULATED_QUOTER_ENV}): {exc}") from None
-        if len(quote) != size:
-            raise KeyFetchError(f"{where} sent a truncated quote ({len(quote)} of {size} bytes)")
-        return quote
     return make_quote
 
 
@@ -258,7 +238,7 @@ def fetch_key(name: str, server: str, ca_file: Path, make_quote: QuoteSource, *,
                 raise KeyFetchError(f"secret server {peer}: its certificate is not issued for "
                                     f"{host!r} (subject alternative names / common name)")
             tls.sendall(wire.REQUEST)
-            header = _recv_exact(tls, wire.HEADER_LEN)
+            header = wire.recv_exact(tls, wire.HEADER_LEN)
             if len(header) < wire.HEADER_LEN:
                 raise KeyFetchError(f"secret server {peer} refused key {name}: it closed the "
                                     "connection without a reason (see its audit log)")
@@ -267,7 +247,7 @@ def fetch_key(name: str, server: str, ca_file: Path, make_quote: QuoteSource, *,
             except ValueError as exc:
                 raise KeyFetchError(f"secret server {peer}: protocol error for key {name}: "
                                     f"{exc}") from None
-            body = _recv_exact(tls, size)
+            body = wire.recv_exact(tls, size)
             if not released:
                 reason = body.decode("utf-8", "replace") or "no reason given"
                 raise KeyFetchError(f"secret server {peer} refused key {name}: {reason}")

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from attestation.synthetic import SyntheticPKI, tls_ca_and_server
 
 SERVING = re.compile(r"model_server: serving grpc (\S+):(\d+) rest (\S+):(\d+)")
@@ -191,3 +193,56 @@ def start_run(build_dir: Path, keys: Keys, *, env: dict | None = None,
         return process, None
     host = lambda h: "127.0.0.1" if h in ("0.0.0.0", "::") else h  # noqa: E731
     return process, Served(process, f"{host(match[1])}:{match[2]}", f"{host(match[3])}:{match[4]}")
+
+
+# --------------------------------------------------------------------------- asking the service
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def face_input() -> np.ndarray:
+    """The demo's photo, preprocessed for the face detector exactly as the demo client does."""
+    from .models import photo
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import face_detect_client
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    return face_detect_client.preprocess(str(photo()))
+
+
+def litert(model: Path, tensor: np.ndarray, threads: int = 1) -> dict[str, np.ndarray]:
+    """A direct LiteRT call: what the served answer must equal."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(model), num_threads=threads)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], tensor)
+    it.invoke()
+    return {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}
+
+
+def clients(served: Served):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    return (grpcclient.InferenceServerClient(served.grpc),
+            httpclient.InferenceServerClient(served.http))
+
+
+def infer_both(served: Served, model: str, name: str, tensor: np.ndarray, outputs: list[str],
+               datatype: str = "FP32") -> tuple[dict, dict]:
+    """The same request over gRPC and over HTTP (binary tensors), with tritonclient."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    g, h = clients(served)
+    gi = grpcclient.InferInput(name, list(tensor.shape), datatype)
+    gi.set_data_from_numpy(tensor)
+    gr = g.infer(model, [gi], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
+    hi = httpclient.InferInput(name, list(tensor.shape), datatype)
+    hi.set_data_from_numpy(tensor, binary_data=True)
+    hr = h.infer(model, [hi], outputs=[httpclient.InferRequestedOutput(o, binary_data=True)
+                                       for o in outputs])
+    return ({o: gr.as_numpy(o) for o in outputs}, {o: hr.as_numpy(o) for o in outputs})

@@ -22,49 +22,11 @@ import pytest
 
 from . import serving_env as se
 from .conftest import run_cli
-from .models import face_detection_tflite, ocr_cls_onnx, photo
+from .models import face_detection_tflite, ocr_cls_onnx
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-ONNX_PLUGIN = EXAMPLES / "plugins" / "onnxruntime"
-
-
-def _face_input() -> np.ndarray:
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import face_detect_client
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return face_detect_client.preprocess(str(photo()))
-
-
-def _litert(model: Path, tensor: np.ndarray, threads: int = 1) -> dict[str, np.ndarray]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(model), num_threads=threads)
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], tensor)
-    it.invoke()
-    return {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}
-
-
-def _infer(served: se.Served, model: str, name: str, tensor: np.ndarray, outputs: list[str],
-           datatype: str = "FP32") -> tuple[dict, dict]:
-    """The same request over gRPC and over HTTP (binary tensors)."""
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-
-    g = grpcclient.InferenceServerClient(served.grpc)
-    gi = grpcclient.InferInput(name, list(tensor.shape), datatype)
-    gi.set_data_from_numpy(tensor)
-    gr = g.infer(model, [gi], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
-    h = httpclient.InferenceServerClient(served.http)
-    hi = httpclient.InferInput(name, list(tensor.shape), datatype)
-    hi.set_data_from_numpy(tensor, binary_data=True)
-    hr = h.infer(model, [hi], outputs=[httpclient.InferRequestedOutput(o, binary_data=True)
-                                       for o in outputs])
-    return ({o: gr.as_numpy(o) for o in outputs}, {o: hr.as_numpy(o) for o in outputs})
+ONNX_PLUGIN = se.EXAMPLES / "plugins" / "onnxruntime"
 
 
 @pytest.fixture()
@@ -98,11 +60,11 @@ def test_tflite_two_models_two_keys_each_fetched_separately(tmp_path, keys, stan
     try:
         run, served = se.start_run(out, keys)
         assert served is not None, run.output.text
-        tensor = _face_input()
-        expected = _litert(model, tensor)
+        tensor = se.face_input()
+        expected = se.litert(model, tensor)
         names = ["regressors", "classificators"]
         for name in ("owner_a", "owner_b"):
-            by_grpc, by_http = _infer(served, name, "input", tensor, names)
+            by_grpc, by_http = se.infer_both(served, name, "input", tensor, names)
             for o in names:
                 assert np.array_equal(by_grpc[o], expected[o]), (name, o, "grpc")
                 assert np.array_equal(by_http[o], expected[o]), (name, o, "http")
@@ -151,19 +113,19 @@ def test_openvino_python_mode_serves_the_tflite_file(tmp_path, keys, standin_roo
     try:
         run, served = se.start_run(out, keys)
         assert served is not None, run.output.text
-        tensor = _face_input()
+        tensor = se.face_input()
         import openvino as ov
 
         compiled = ov.Core().compile_model(str(model), "CPU")
         direct = compiled(tensor)
         expected = {o.get_any_name(): direct[o] for o in compiled.outputs}
-        by_grpc, by_http = _infer(served, "faces", compiled.inputs[0].get_any_name(), tensor,
+        by_grpc, by_http = se.infer_both(served, "faces", compiled.inputs[0].get_any_name(), tensor,
                                   list(expected))
         for o in expected:
             assert np.array_equal(by_grpc[o], expected[o]), o
             assert np.array_equal(by_http[o], expected[o]), o
         # OpenVINO and LiteRT agree on the same model to within float rounding.
-        lite = _litert(model, tensor)
+        lite = se.litert(model, tensor)
         assert np.allclose(expected["regressors"], lite["regressors"], atol=5e-3)
         assert run.stop() == 0
     finally:
@@ -221,7 +183,7 @@ def test_onnxruntime_example_plugin_serves(tmp_path, keys, onnx_base, onnx_plugi
         crops = rng.random((2, 3, 48, 192), dtype=np.float32)
         output = session.get_outputs()[0].name
         (expected,) = session.run([output], {"x": crops})
-        by_grpc, by_http = _infer(served, "textdir", "x", crops, [output])
+        by_grpc, by_http = se.infer_both(served, "textdir", "x", crops, [output])
         assert np.array_equal(by_grpc[output], expected)
         assert np.array_equal(by_http[output], expected)
         assert run.stop() == 0

