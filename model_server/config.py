@@ -39,9 +39,34 @@ class TLSConfig:
 
 @dataclass(frozen=True)
 class Limits:
+    """``limits`` in the configuration file.
+
+    * ``max_request_bytes``: one request's body / message (HTTP 413, gRPC RESOURCE_EXHAUSTED).
+    * ``max_concurrent_requests`` / ``max_queue``: requests executing, and waiting beyond that;
+      past both a request is refused (UNAVAILABLE / 503).
+    * ``max_buffered_bytes``: server-wide budget of request bytes being received or held (REST
+      bodies, gRPC messages, decompressed bodies), reserved before a REST body is read; when it
+      is used up a request is refused with HTTP 503 / gRPC RESOURCE_EXHAUSTED. 0 (the default)
+      means 4 x ``max_request_bytes``; never less than ``max_request_bytes``.
+    * ``max_connections``: open REST connections; one more is answered 503 and closed.
+    * ``header_timeout``: seconds a REST client has to send a whole request header block
+      (from its first byte), and for a TLS handshake; ``idle_timeout``: seconds a keep-alive
+      connection may sit idle between requests (and a response may wait for a client that does
+      not read); ``body_timeout``: seconds to receive a request body.
+    """
+
     max_request_bytes: int = 64 << 20
     max_concurrent_requests: int = 64   # requests executing or queued for an interpreter
     max_queue: int = 256                # waiting beyond that: refused (RESOURCE_EXHAUSTED / 503)
+    max_buffered_bytes: int = 0         # 0: 4 x max_request_bytes
+    max_connections: int = 256          # open REST connections
+    header_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    body_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        budget = self.max_buffered_bytes or 4 * self.max_request_bytes
+        object.__setattr__(self, "max_buffered_bytes", max(budget, self.max_request_bytes))
 
 
 @dataclass(frozen=True)
@@ -145,10 +170,15 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ServerConfig:
     limits_table = data.get("limits") or {}
     if not isinstance(limits_table, dict):
         raise ConfigError(f"{source}: limits: expected an object")
-    _known(limits_table, {"max_request_bytes", "max_concurrent_requests", "max_queue"},
-           f"{source}: limits")
+    _known(limits_table, {"max_request_bytes", "max_concurrent_requests", "max_queue",
+                          "max_buffered_bytes", "max_connections", "header_timeout",
+                          "idle_timeout", "body_timeout"}, f"{source}: limits")
     for k, v in limits_table.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "max_queue" else 1):
+        if k.endswith("_timeout"):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise ConfigError(f"{source}: limits.{k}: expected a positive number of "
+                                  f"seconds, got {v!r}")
+        elif not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "max_queue" else 1):
             raise ConfigError(f"{source}: limits.{k}: expected a positive integer, got {v!r}")
     limits = Limits(**limits_table)
     return ServerConfig(

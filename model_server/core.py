@@ -118,6 +118,8 @@ class LoadedModel:
         self.version = config.version
         first = instances[0]
         self.platform = getattr(first, "platform", "unknown")
+        # a zero-sized dynamic dimension reaches the backend only when it says it handles one
+        self.accepts_empty = bool(getattr(first, "accepts_empty", False))
         self.inputs: list[TensorSpec] = list(first.inputs())
         self.outputs: list[TensorSpec] = list(first.outputs())
         self.input_specs = {s.name: s for s in self.inputs}
@@ -142,7 +144,32 @@ class LoadedModel:
         if not spec.accepts(shape):
             raise ServeError(ServeError.INVALID, f"input {name!r}: shape {list(shape)}, model "
                              f"expects {spec.shape} (-1 = any)")
+        if not self.accepts_empty and any(got == 0 and want < 0
+                                          for want, got in zip(spec.shape, shape)):
+            raise ServeError(ServeError.INVALID, f"input {name!r}: shape {list(shape)} has a "
+                             f"zero-sized dimension; model {self.name!r} does not take empty "
+                             "tensors")
         return spec
+
+    def check_result(self, result) -> dict[str, np.ndarray]:
+        """What a backend returned: every declared output, an array whose shape fits the
+        output's spec (rank, fixed dimensions). Anything else is the server's fault (INTERNAL),
+        never passed on to a client."""
+        if not isinstance(result, dict):
+            raise ServeError(ServeError.INTERNAL, f"model {self.name!r}: the backend returned "
+                             f"{type(result).__name__}, not a dict of outputs")
+        checked = {}
+        for spec in self.outputs:
+            if spec.name not in result:
+                raise ServeError(ServeError.INTERNAL, f"model {self.name!r}: the backend "
+                                 f"returned no output {spec.name!r}")
+            arr = np.asarray(result[spec.name])
+            if not spec.accepts(arr.shape):
+                raise ServeError(ServeError.INTERNAL, f"model {self.name!r}: output "
+                                 f"{spec.name!r} has shape {list(arr.shape)}, the model declares "
+                                 f"{spec.shape}")
+            checked[spec.name] = arr
+        return checked
 
     def check_complete(self, arrays: dict[str, np.ndarray]) -> None:
         missing = [n for n in self.input_specs if n not in arrays]
@@ -186,18 +213,20 @@ class LoadedModel:
                   ) -> dict[str, np.ndarray]:
         instance = await self._acquire()
         try:
-            return await asyncio.get_running_loop().run_in_executor(
+            result = await asyncio.get_running_loop().run_in_executor(
                 executor, instance.infer, arrays)
         finally:
             self._release(instance)
+        return self.check_result(result)
 
     def run_sync(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Infer in the calling thread (a gRPC handler thread)."""
         instance = self._acquire_sync()
         try:
-            return instance.infer(arrays)
+            result = instance.infer(arrays)
         finally:
             self._release(instance)
+        return self.check_result(result)
 
     def close(self) -> None:
         for inst in self._instances:
@@ -255,11 +284,42 @@ class Admission:
         w.wake()
 
 
+class ByteBudget:
+    """Server-wide budget of request bytes being received or held (``limits.max_buffered_bytes``),
+    shared by REST (reserved before a body is read) and gRPC (reserved for a message before it
+    is queued for admission). Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def try_reserve(self, n: int) -> bool:
+        with self._lock:
+            if n > self.limit - self.used:
+                return False
+            self.used += n
+            return True
+
+    def reserve(self, n: int) -> None:
+        """:meth:`try_reserve` or UNAVAILABLE."""
+        if not self.try_reserve(n):
+            raise ServeError(ServeError.UNAVAILABLE, f"server busy: {self.used} request bytes "
+                             f"held, no room for {n} more (limits.max_buffered_bytes "
+                             f"{self.limit})")
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
 @dataclass
 class Counters:
-    accepted: int = 0    # inference requests that reached a model (passed parsing)
+    accepted: int = 0    # inference requests admitted: passed parsing, handed to the engine
     answered: int = 0    # ... and got an answer (ok or error)
     ok: int = 0
+    refused: int = 0     # inference requests refused before admission (malformed, too large,
+    #                      unknown model, no buffer room)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -281,6 +341,7 @@ class Engine:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         self.ready = True
         self.counters = Counters()
+        self.budget = ByteBudget(limits.max_buffered_bytes)
 
     def model(self, name: str, version: str = "") -> LoadedModel:
         m = self.models.get(name)

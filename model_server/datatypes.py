@@ -135,7 +135,13 @@ def from_list(data: Any, datatype: str, shape: list[int]) -> np.ndarray:
             for i, item in enumerate(items):
                 flat[i] = item.encode() if isinstance(item, str) else bytes(item)
             return flat.reshape(shape)
-        array = np.asarray(data, dtype=dtype)
+        with np.errstate(over="ignore"):
+            array = np.asarray(data, dtype=dtype)
+        if dtype.kind == "f" and array.size and not np.isfinite(array).all():
+            # a finite JSON number that does not fit (1e39 as FP32) must not become inf
+            wide = np.asarray(data, dtype=np.float64).reshape(array.shape)
+            if (np.isfinite(wide) & ~np.isfinite(array)).any():
+                raise TensorError(f"tensor data has a value out of range for {datatype}")
     except (TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, TensorError):
             raise

@@ -57,6 +57,9 @@ def _typed_contents(tensor, datatype: str, shape: list[int]) -> np.ndarray:
 
 def decode_request(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], list[str]]:
     raw = req.raw_input_contents
+    if raw and any(t.HasField("contents") for t in req.inputs):
+        raise ServeError(ServeError.INVALID, "raw_input_contents and typed contents in one "
+                         "request: use one or the other (KServe v2)")
     if raw and len(raw) != len(req.inputs):
         raise ServeError(ServeError.INVALID, f"{len(req.inputs)} inputs but {len(raw)} "
                          "raw_input_contents")
@@ -133,24 +136,39 @@ class GRPCService:
         t0 = time.perf_counter()
         label = UNKNOWN_MODEL
         engine = self.engine
+        held = len(raw)
+        if not engine.budget.try_reserve(held):      # bytes held while queued and inferring
+            engine.counters.add("refused")
+            self.metrics.observe(label, "grpc", ServeError.TOO_LARGE, time.perf_counter() - t0)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"server busy: no room for {held} more request bytes "
+                          f"(limits.max_buffered_bytes {engine.budget.limit})")
+        admitted = False
         try:
             req = _parse(pb.ModelInferRequest, raw)
             model = engine.model(req.model_name, req.model_version)
             label = model.name
             arrays, outputs = decode_request(model, req)
             engine.counters.add("accepted")
+            admitted = True
             try:
                 result = engine.infer_sync(model, arrays)      # in this thread
                 body = encode_response(model, req.id, result, outputs)
             finally:
                 engine.counters.add("answered")
         except ServeError as exc:
+            if not admitted:
+                engine.counters.add("refused")
             self.metrics.observe(label, "grpc", exc.kind, time.perf_counter() - t0)
             self._fail(context, exc)
         except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
             log.exception("gRPC ModelInfer failed")
+            if not admitted:
+                engine.counters.add("refused")
             self.metrics.observe(label, "grpc", ServeError.INTERNAL, time.perf_counter() - t0)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        finally:
+            engine.budget.release(held)
         engine.counters.add("ok")
         self.metrics.observe(label, "grpc", "ok", time.perf_counter() - t0)
         return body
@@ -193,12 +211,17 @@ def handler_threads(max_concurrent: int, max_queue: int) -> int:
 
 def make_server(service: GRPCService, max_request_bytes: int, threads: int = 8
                 ) -> tuple[grpc.Server, HandlerPool]:
+    """At most *threads* calls at a time (one more is refused RESOURCE_EXHAUSTED by grpc before
+    its message is read), so at most *threads* x *max_request_bytes* bytes are ever being
+    received; what stays held past parsing (queued, inferring) is reserved in the engine's
+    ``limits.max_buffered_bytes`` budget, shared with REST."""
     pool = HandlerPool(max_workers=threads, thread_name_prefix="grpc")
     server = grpc.server(pool, handlers=(service.handler(),), options=[
         ("grpc.max_receive_message_length", max_request_bytes),
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 0),
-    ])
+        ("grpc.max_concurrent_streams", threads),
+    ], maximum_concurrent_rpcs=threads)
     return server, pool
 
 

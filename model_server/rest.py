@@ -11,6 +11,17 @@ written after the JSON response the same way. Request bodies may be gzip/deflate
 (``Content-Encoding``), as tritonclient can send them; responses are not compressed.
 
 Persistent connections (HTTP/1.1 keep-alive) are served one request at a time per connection.
+
+Hostile clients: at most ``limits.max_connections`` open connections (one more gets 503 and is
+closed); a request's body bytes are reserved in the server-wide ``limits.max_buffered_bytes``
+budget before it is read (503 when there is no room); the header block must arrive within
+``limits.header_timeout`` of its first byte, a body within ``limits.body_timeout``, and a
+keep-alive connection idle for ``limits.idle_timeout`` is closed. Framing is strict, so a body
+is never read as the next request: a POST needs one decimal ``Content-Length`` (411 without,
+400 for a duplicate or anything but digits), ``Transfer-Encoding`` is refused (411). A request
+line over 8 KiB gets 414, a header block over 64 KiB 431. Every refusal closes the connection
+after reading (and dropping) what the client still sends, so the client sees the answer
+instead of a reset.
 """
 
 from __future__ import annotations
@@ -25,7 +36,8 @@ from urllib.parse import unquote
 import numpy as np
 
 from . import __version__
-from .core import Engine, LoadedModel, ServeError
+from .config import Limits
+from .core import ByteBudget, Engine, LoadedModel, ServeError
 from .datatypes import TensorError, from_list, from_numpy_dtype, from_raw, to_list, to_raw
 from .metrics import UNKNOWN_MODEL, Metrics
 
@@ -36,10 +48,16 @@ STATUS = {
     ServeError.TOO_LARGE: 413, ServeError.INTERNAL: 500,
 }
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
+           408: "Request Timeout", 411: "Length Required", 413: "Content Too Large",
+           414: "URI Too Long", 415: "Unsupported Media Type",
            431: "Request Header Fields Too Large", 500: "Internal Server Error",
            501: "Not Implemented", 503: "Service Unavailable"}
 HEADER_LIMIT = 64 << 10
+URL_LIMIT = 8 << 10          # request line
+LINGER_BYTES = 8 << 20       # after a refusal: read and drop up to this much ...
+LINGER_SECONDS = 5.0         # ... for up to this long, then close
+_SINGLE = ("content-length", "transfer-encoding", "inference-header-content-length",
+           "content-encoding")   # framing headers that must not repeat
 EXTENSIONS = ["binary_tensor_data"]
 _DISCARD_FACTOR = 4   # oversize bodies up to this many times the limit are read and dropped
 
@@ -82,6 +100,8 @@ def decode_infer(model: LoadedModel, body: bytes, header_len: int | None
         req = json.loads(bytes(head) if isinstance(head, memoryview) else head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ServeError(ServeError.INVALID, f"request is not JSON: {exc}") from None
+    except RecursionError:
+        raise ServeError(ServeError.INVALID, "request JSON is nested too deeply") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list):
         raise ServeError(ServeError.INVALID, "request must be a JSON object with an 'inputs' list")
     arrays: dict[str, np.ndarray] = {}
@@ -102,7 +122,10 @@ def decode_infer(model: LoadedModel, body: bytes, header_len: int | None
             params = t.get("parameters") or {}
             size = params.get("binary_data_size") if isinstance(params, dict) else None
             if size is not None:
-                if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                if not isinstance(size, int) or isinstance(size, bool):
+                    raise ServeError(ServeError.INVALID, f"input {name!r}: binary_data_size "
+                                     f"{size!r} is not an integer")
+                if size < 0 or offset + size > len(binary):
                     raise ServeError(ServeError.INVALID, f"input {name!r}: binary_data_size "
                                      f"{size!r} does not fit the {len(binary) - offset} binary "
                                      "bytes left")
@@ -115,6 +138,8 @@ def decode_infer(model: LoadedModel, body: bytes, header_len: int | None
                                  "binary_data_size")
     except TensorError as exc:
         raise ServeError(ServeError.INVALID, str(exc)) from None
+    except RecursionError:
+        raise ServeError(ServeError.INVALID, "tensor data is nested too deeply") from None
     if offset != len(binary):
         raise ServeError(ServeError.INVALID, f"{len(binary) - offset} binary bytes after the last "
                          "input")
@@ -161,14 +186,22 @@ def encode_infer(model: LoadedModel, req: dict, result: dict[str, np.ndarray],
         {"Inference-Header-Content-Length": str(len(head))}
 
 
+class _Close(Exception):
+    """End this connection now (the client vanished, timed out or is being refused)."""
+
+
 class RESTServer:
     def __init__(self, engine: Engine, metrics: Metrics, service_name: str,
-                 max_request_bytes: int, expose_metrics: bool = True) -> None:
+                 max_request_bytes: int, expose_metrics: bool = True,
+                 limits: Limits | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
         self.expose_metrics = expose_metrics
         self.service_name = service_name
         self.max_request_bytes = max_request_bytes
+        self.limits = limits or getattr(engine, "limits", None) or Limits()
+        self.budget: ByteBudget = getattr(engine, "budget", None) or \
+            ByteBudget(self.limits.max_buffered_bytes)
         self.draining = False
         self._idle: dict[asyncio.StreamWriter, bool] = {}   # writer -> idle (between requests)
         self._busy = 0
@@ -176,8 +209,9 @@ class RESTServer:
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int, ssl_context=None) -> int:
+        kw = {"ssl_handshake_timeout": self.limits.header_timeout} if ssl_context else {}
         self.server = await asyncio.start_server(self._connection, host, port, ssl=ssl_context,
-                                                 limit=HEADER_LIMIT, reuse_address=True)
+                                                 limit=HEADER_LIMIT, reuse_address=True, **kw)
         return self.server.sockets[0].getsockname()[1]
 
     async def drain(self, timeout: float) -> int:
@@ -198,20 +232,30 @@ class RESTServer:
                 break
         for writer in list(self._idle):
             writer.close()
+        # let the connections finish closing: an answer still in a transport's buffer is sent
+        # before the loop ends (drain() only waits for the buffer to drop below the high mark)
+        close_by = min(deadline, time.monotonic() + 2.0)
+        while self._idle and time.monotonic() < close_by:
+            await asyncio.sleep(0.01)
         return self._busy
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        if len(self._idle) >= self.limits.max_connections:
+            try:
+                await self._write(writer, *_error(503, f"too many connections (limits."
+                                                       f"max_connections "
+                                                       f"{self.limits.max_connections})"), False)
+            except Exception:  # noqa: BLE001
+                pass
+            writer.close()
+            return
         self._idle[writer] = True
         try:
             while not self.draining:
                 self._idle[writer] = True
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError, OSError):
-                    return
-                except asyncio.LimitOverrunError:
-                    await self._write(writer, *_error(431, "request headers too large"), False)
-                    return
+                head = await self._read_head(reader, writer)
+                if head is None or writer.is_closing():   # closed by drain() meanwhile: the
+                    return                                # answer could not be sent
                 self._idle[writer] = False
                 self._busy += 1
                 try:
@@ -222,16 +266,61 @@ class RESTServer:
                         self._drained.set()
                 if not keep:
                     return
-        except (ConnectionError, OSError):
+        except (_Close, ConnectionError, OSError, asyncio.IncompleteReadError):
             return
         except Exception:  # noqa: BLE001 - one broken connection must not stop the server
             log.exception("REST connection failed")
         finally:
-            self._idle.pop(writer, None)
             try:
                 writer.close()
-            except Exception:  # noqa: BLE001
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            except Exception:  # noqa: BLE001 - closed already, reset, or too slow
                 pass
+            self._idle.pop(writer, None)
+
+    async def _read_head(self, reader, writer) -> bytes | None:
+        """The next request's header block, or None: the connection is to be closed (idle too
+        long, closed by the client, or refused here)."""
+        try:       # idle: waiting for the next request's first byte
+            first = await asyncio.wait_for(reader.readexactly(1), self.limits.idle_timeout)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
+            return None
+        try:       # then the whole header block, against one deadline
+            rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
+                                          self.limits.header_timeout)
+        except asyncio.TimeoutError:        # (before OSError: TimeoutError is one)
+            await self._refuse(reader, writer, 408, f"request headers not received within "
+                               f"{self.limits.header_timeout:g} s (limits.header_timeout)")
+            return None
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            return None
+        except asyncio.LimitOverrunError:
+            seen = first + await reader.read(HEADER_LIMIT)
+            if b"\r\n" not in seen[:URL_LIMIT + 2]:
+                await self._refuse(reader, writer, 414, f"request line longer than "
+                                   f"{URL_LIMIT} bytes")
+            else:
+                await self._refuse(reader, writer, 431, f"request headers larger than "
+                                   f"{HEADER_LIMIT} bytes")
+            return None
+        return first + rest
+
+    async def _refuse(self, reader, writer, status: int, message: str) -> None:
+        """Answer *status* with Connection: close, then read and drop what the client still
+        sends (bounded), so closing with unread data does not reset the answer away."""
+        try:
+            await self._write(writer, *_error(status, message), False)
+            if writer.can_write_eof():
+                writer.write_eof()
+            left, deadline = LINGER_BYTES, time.monotonic() + LINGER_SECONDS
+            while left > 0:
+                chunk = await asyncio.wait_for(reader.read(min(left, 1 << 16)),
+                                               max(0.0, deadline - time.monotonic()))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except (asyncio.TimeoutError, _Close, ConnectionError, OSError, RuntimeError):
+            pass
 
     async def _write(self, writer, status: int, body: bytes, ctype: str, extra: dict,
                      keep: bool) -> None:
@@ -242,66 +331,109 @@ class RESTServer:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         writer.write(head + body)       # one send: a copy of the body is cheaper than a syscall
-        await writer.drain()
+        try:                            # a client that does not read its answer is dropped
+            await asyncio.wait_for(writer.drain(), self.limits.idle_timeout)
+        except asyncio.TimeoutError:
+            raise _Close() from None
 
     async def _request(self, reader, writer, head: bytes) -> bool:
         try:
             text = head.decode("latin-1")
             request_line, *header_lines = text[:-4].split("\r\n")
+        except ValueError:
+            request_line, header_lines = "", []
+        if len(request_line) > URL_LIMIT:
+            await self._refuse(reader, writer, 414, f"request line longer than {URL_LIMIT} "
+                               "bytes")
+            return False
+        try:
             method, target, version = request_line.split(" ")
         except ValueError:
-            await self._write(writer, *_error(400, "malformed request line"), False)
+            await self._refuse(reader, writer, 400, "malformed request line")
             return False
-        headers = {}
+        headers: dict[str, str] = {}
         for line in header_lines:
             k, sep, v = line.partition(":")
             if not sep:
-                await self._write(writer, *_error(400, "malformed header line"), False)
+                await self._refuse(reader, writer, 400, "malformed header line")
                 return False
-            headers[k.strip().lower()] = v.strip()
+            k = k.strip().lower()
+            if k in headers and k in _SINGLE:
+                await self._refuse(reader, writer, 400, f"header {k} given more than once")
+                return False
+            headers[k] = v.strip()
         conn = headers.get("connection", "").lower()
         keep = (version == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
         keep = keep and not self.draining
         if "transfer-encoding" in headers:
-            await self._write(writer, *_error(411, "chunked bodies are not supported; send "
-                                                   "Content-Length"), False)
+            self._observe_fail(target, ServeError.INVALID)
+            await self._refuse(reader, writer, 411, "Transfer-Encoding (chunked bodies) is not "
+                               "supported; send Content-Length")
             return False
-        try:
-            length = int(headers.get("content-length", "0"))
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            await self._write(writer, *_error(400, "bad Content-Length"), False)
+        cl = headers.get("content-length")
+        if cl is None:
+            if method in ("POST", "PUT", "PATCH"):
+                self._observe_fail(target, ServeError.INVALID)
+                await self._refuse(reader, writer, 411, f"{method} needs a Content-Length")
+                return False
+            length = 0
+        elif not (cl.isascii() and cl.isdigit()) or len(cl) > 20:
+            self._observe_fail(target, ServeError.INVALID)
+            await self._refuse(reader, writer, 400, "bad Content-Length (decimal digits only)")
             return False
+        else:
+            length = int(cl)
         if length > self.max_request_bytes:
             message = (f"request body of {length} bytes exceeds {self.max_request_bytes} "
                        "(limits.max_request_bytes)")
             self._observe_fail(target, ServeError.TOO_LARGE)
             if headers.get("expect", "").lower() == "100-continue" or \
                     length > _DISCARD_FACTOR * self.max_request_bytes:
-                await self._write(writer, *_error(413, message), False)
+                await self._refuse(reader, writer, 413, message)
                 return False
             left = length                      # read and drop, so the client sees the 413
+            deadline = time.monotonic() + self.limits.body_timeout
             while left:
-                chunk = await reader.read(min(left, 1 << 20))
+                try:
+                    chunk = await asyncio.wait_for(reader.read(min(left, 1 << 20)),
+                                                   max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    return False
                 if not chunk:
                     return False
                 left -= len(chunk)
             await self._write(writer, *_error(413, message), keep)
             return keep
-        if headers.get("expect", "").lower() == "100-continue" and length:
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        try:
-            body = await reader.readexactly(length) if length else b""
-        except asyncio.IncompleteReadError:
+        if not self.budget.try_reserve(length):
+            self._observe_fail(target, ServeError.UNAVAILABLE)
+            await self._refuse(reader, writer, 503, f"server busy: no room for {length} more "
+                               f"request bytes (limits.max_buffered_bytes "
+                               f"{self.budget.limit})")
             return False
-        status, out, ctype, extra = await self._route(method, target, headers, body)
-        await self._write(writer, status, out, ctype, extra, keep)
+        try:
+            if headers.get("expect", "").lower() == "100-continue" and length:
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            try:
+                body = await asyncio.wait_for(reader.readexactly(length),
+                                              self.limits.body_timeout) if length else b""
+            except asyncio.IncompleteReadError:
+                return False
+            except asyncio.TimeoutError:
+                self._observe_fail(target, ServeError.INVALID)
+                await self._refuse(reader, writer, 408, f"request body not received within "
+                                   f"{self.limits.body_timeout:g} s (limits.body_timeout)")
+                return False
+            status, out, ctype, extra = await self._route(method, target, headers, body)
+            del body
+            await self._write(writer, status, out, ctype, extra, keep)
+        finally:
+            self.budget.release(length)
         return keep
 
     def _observe_fail(self, target: str, kind: str) -> None:
         if target.rstrip("/").endswith("/infer"):
             self.metrics.observe(UNKNOWN_MODEL, "rest", kind, 0.0)
+            self.engine.counters.add("refused")
 
     async def _route(self, method: str, target: str, headers: dict, body: bytes):
         path = target.split("?", 1)[0]
@@ -359,11 +491,16 @@ class RESTServer:
         t0 = time.perf_counter()
         engine = self.engine
         label = UNKNOWN_MODEL
+        admitted = False
+        held = 0
         try:
             model = engine.model(name, version)
             label = model.name
-            body = _decompress(body, headers.get("content-encoding", "").lower(),
-                               self.max_request_bytes)
+            encoding = headers.get("content-encoding", "").lower()
+            body = _decompress(body, encoding, self.max_request_bytes)
+            if encoding not in ("", "identity"):
+                self.budget.reserve(len(body))          # the decompressed copy is held too
+                held = len(body)
             hl = headers.get("inference-header-content-length")
             try:
                 header_len = int(hl) if hl is not None else None
@@ -372,18 +509,26 @@ class RESTServer:
                     from None
             req, arrays, outputs = decode_infer(model, body, header_len)
             engine.counters.add("accepted")
+            admitted = True
             try:
                 result = await engine.infer(model, arrays)
                 out, ctype, extra = encode_infer(model, req, result, outputs)
             finally:
                 engine.counters.add("answered")
         except ServeError as exc:
+            if not admitted:
+                engine.counters.add("refused")
             self.metrics.observe(label, "rest", exc.kind, time.perf_counter() - t0)
             return _error(STATUS[exc.kind], exc.message)
         except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
             log.exception("REST infer failed")
+            if not admitted:
+                engine.counters.add("refused")
             self.metrics.observe(label, "rest", ServeError.INTERNAL, time.perf_counter() - t0)
             return _error(500, f"internal error: {exc}")
+        finally:
+            if held:
+                self.budget.release(held)
         engine.counters.add("ok")
         self.metrics.observe(label, "rest", "ok", time.perf_counter() - t0)
         return 200, out, ctype, extra

@@ -100,7 +100,8 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
             grpc_server.start()
             listening.append(f"grpc {_address(config.grpc.host, port)}")
         if config.rest is not None:
-            rest = RESTServer(engine, metrics, config.service, limit, config.metrics)
+            rest = RESTServer(engine, metrics, config.service, limit, config.metrics,
+                              config.limits)
             try:
                 port = await rest.start(config.rest.host, config.rest.port,
                                         tls.ssl_context() if tls else None)
@@ -123,9 +124,10 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
         results = await asyncio.gather(*waits)
         left = results[-1] if rest is not None else 0
         c = engine.counters
-        _say(f"stopped: {c.accepted} inference requests accepted, {c.answered} answered "
-             f"({c.ok} ok), {c.accepted - c.answered} unanswered"
-             + (f", {left} REST requests cut off at the drain deadline" if left else ""))
+        _say(f"stopped: {c.accepted} inference requests admitted, {c.answered} answered "
+             f"({c.ok} ok), {c.accepted - c.answered} unanswered; {c.refused} refused before "
+             "admission (malformed, too large, unknown model or server busy)"
+             + (f"; {left} REST requests cut off at the drain deadline" if left else ""))
         return 0
     finally:
         if grpc_server is not None:

@@ -210,6 +210,31 @@ def test_openvino_onnx_dynamic_batch(server, cls_model):
     np.testing.assert_allclose(got.sum(axis=1), 1, atol=1e-5)      # softmax rows
 
 
+def test_openvino_outputs_never_reach_another_client(server, cls_model):
+    """After a batch of 4, tiny or empty inputs got HTTP 200 with the batch's (4, 2) result (a
+    reused InferRequest keeps its old outputs when the runtime writes none)."""
+    rng = np.random.default_rng(1)
+    out = "save_infer_model/scale_0.tmp_1"
+
+    def infer(x):
+        client = thttp.InferenceServerClient(server.rest)
+        inp = thttp.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        return client.infer("cls", [inp]).as_numpy(out)
+
+    victim = rng.standard_normal((4, 3, 48, 192)).astype(np.float32) * 3
+    assert infer(victim).shape == (4, 2)
+    for shape in [(1, 3, 1, 1), (1, 3, 8, 8), (1, 3, 0, 0), (0, 3, 48, 192)]:
+        with pytest.raises(InferenceServerException) as info:
+            infer(np.zeros(shape, np.float32))
+        assert info.value.status() == "400", (shape, info.value)
+    assert _grpc_code(lambda: grpc_infer(server.grpc, "cls", np.zeros((1, 3, 8, 8), np.float32),
+                                         name="x")) == "StatusCode.INVALID_ARGUMENT"
+    x = rng.standard_normal((2, 3, 48, 192)).astype(np.float32)
+    (want,) = openvino_direct(cls_model, x)
+    assert np.array_equal(infer(x), want)
+
+
 def test_typed_grpc_contents(server, fd_model, image):
     """A request with InferTensorContents.fp32_contents instead of raw bytes."""
     from model_server import protocol as pb
@@ -579,9 +604,10 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path, fd_model, i
     for t in threads:
         t.join(30)
     s.ready.wait(5)
-    m = re.search(r"stopped: (\d+) inference requests accepted, (\d+) answered \((\d+) ok\)",
+    m = re.search(r"stopped: (\d+) inference requests admitted, (\d+) answered \((\d+) ok\)",
                   s.stderr)
     assert rc == 0 and m, s.stderr
+    assert re.search(r"0 unanswered; \d+ refused before admission", s.stderr), s.stderr
     accepted, answered, served_ok = map(int, m.groups())
     assert sum(ok) > 50                                   # there was load
     assert accepted == answered == served_ok              # nothing dropped or failed inside

@@ -53,13 +53,19 @@ The contract
 * ``inputs()`` / ``outputs()``: lists of :class:`TensorSpec` (name, KServe datatype such as
   ``"FP32"``, shape with ``-1`` for a dynamic dimension). They are called once after
   construction; the server validates every request against them (names, datatypes, ranks and
-  fixed dimensions), so ``infer`` only sees well-formed inputs.
+  fixed dimensions), so ``infer`` only sees well-formed inputs. A zero-sized value in a dynamic
+  dimension is refused (INVALID_ARGUMENT / 400) unless the class sets ``accepts_empty = True``.
+  What ``infer`` returns is checked against ``outputs()`` too (every output present, rank and
+  fixed dimensions): a mismatch is answered INTERNAL / 500, never passed on.
 * ``infer(inputs: dict[str, numpy.ndarray]) -> dict[str, numpy.ndarray]``: one array per input
   name, already of the spec's dtype and a matching shape. Arrays are **read-only views over the
   request bytes** (zero copy): copy before writing into one. Return every output (the server
   picks the ones a request asked for); the server converts each array's dtype to a datatype with
   :func:`from_numpy_dtype` and serializes it with one ``tobytes``. Returned arrays must not be
-  reused by the backend for later requests (return copies of internal buffers).
+  reused by the backend for later requests (return copies of internal buffers), and must come
+  from this call: a runtime object reused across calls (an infer request, an interpreter) can
+  keep an earlier request's outputs when an odd input makes it write none, so bind fresh output
+  buffers per call or check what came back.
 * ``close()``: optional; called once at shutdown.
 * Errors in ``infer``: raise :class:`InferenceError` for a problem with the request (the client
   gets INVALID_ARGUMENT / HTTP 400 with your message); any other exception is a server error

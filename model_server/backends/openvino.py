@@ -1,9 +1,20 @@
 """The ``openvino`` backend: the OpenVINO runtime (PyPI ``openvino``) reading an IR model
 (``.xml`` with its ``.bin`` next to it), an ``.onnx`` file or a ``.tflite`` file.
 
-Options (``models[].options``): ``device`` (default ``"CPU"``) and ``config``, a dict of
+Options (``models[].options``): ``device`` (default ``"CPU"``), ``config``, a dict of
 OpenVINO properties passed to ``compile_model`` (``INFERENCE_NUM_THREADS`` defaults to the
-model's ``threads``).
+model's ``threads``), and ``check_batch`` (default true: an output whose first dimension is
+dynamic must have the first dimension of the inputs, when theirs is dynamic too; set false for a
+model whose outputs are not batched that way, e.g. a variable number of detections).
+
+Each instance keeps one ``InferRequest`` (creating one per call makes OpenVINO's CPU plugin
+crash or answer wrongly after some dynamic shapes), but every call binds fresh tensors: new input
+tensors over the request's arrays, and a new zero-filled (for a dynamic output: empty) output
+tensor per output, so whatever the runtime does not write is that placeholder, never an earlier
+request's result (a reused request otherwise keeps the previous outputs when an odd input makes
+the runtime skip them, and those belong to another client). Outputs are copied out and checked
+against the compiled model's output shapes and the batch (see above); a mismatch is refused as
+the request's fault (HTTP 400 / INVALID_ARGUMENT). Zero-sized dimensions are refused.
 
 ``import openvino`` sends a usage event to Google Analytics (``openvino.tools.ovc`` through
 ``openvino_telemetry``, in a forked process, unless a consent file in $HOME says no). A model
@@ -17,9 +28,9 @@ import sys
 
 import numpy as np
 
-from . import Backend, BackendError, TensorSpec, from_numpy_dtype
+from . import Backend, BackendError, InferenceError, TensorSpec, from_numpy_dtype
 
-_OPTIONS = {"device", "config"}
+_OPTIONS = {"device", "config", "check_batch"}
 
 
 def _spec(port, fallback: str) -> TensorSpec:
@@ -52,15 +63,24 @@ class OpenVINOBackend(Backend):
         except ImportError:
             raise BackendError("the openvino backend needs the openvino runtime (pip install "
                                "openvino)") from None
-        core = ov.Core()
-        path = str(source.path)
-        config = {"INFERENCE_NUM_THREADS": max(1, model.threads)}
-        config.update(model.options.get("config") or {})
-        ov_model = core.read_model(path)
-        self._compiled = core.compile_model(ov_model, model.options.get("device", "CPU"), config)
+        self._ov = ov
+        self._core = ov.Core()
+        self._device = model.options.get("device", "CPU")
+        self._config = {"INFERENCE_NUM_THREADS": max(1, model.threads)}
+        self._config.update(model.options.get("config") or {})
+        self._check_batch = bool(model.options.get("check_batch", True))
+        self._ov_model = self._core.read_model(str(source.path))
+        self._compiled = self._compile()
+        # one request per instance: creating and dropping requests per call makes OpenVINO's
+        # CPU plugin crash or answer wrongly after some dynamic shapes
         self._request = self._compiled.create_infer_request()
         self._inputs = [_spec(p, f"input_{i}") for i, p in enumerate(self._compiled.inputs)]
         self._outputs = [_spec(p, f"output_{i}") for i, p in enumerate(self._compiled.outputs)]
+        self._batched_in = [i for i, s in enumerate(self._inputs) if s.shape[:1] == [-1]]
+        self._batched_out = [i for i, s in enumerate(self._outputs) if s.shape[:1] == [-1]]
+
+    def _compile(self):
+        return self._core.compile_model(self._ov_model, self._device, self._config)
 
     def inputs(self) -> list[TensorSpec]:
         return list(self._inputs)
@@ -68,9 +88,46 @@ class OpenVINOBackend(Backend):
     def outputs(self) -> list[TensorSpec]:
         return list(self._outputs)
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        ov, request = self._ov, self._request
+        # fresh output bindings: what the runtime does not write stays this placeholder (zeros,
+        # or an empty shape for a dynamic output), never an earlier request's result
+        for i, (port, spec) in enumerate(zip(self._compiled.outputs, self._outputs)):
+            shape = [0] * len(spec.shape) if -1 in spec.shape else spec.shape
+            request.set_output_tensor(i, ov.Tensor(np.zeros(shape, port.get_element_type()
+                                                            .to_dtype())))
         feed = {i: inputs[spec.name] for i, spec in enumerate(self._inputs)}
-        # share_inputs: no copy of the request bytes; the results are copied out below because
-        # the request's output tensors are reused by the next inference on this instance
-        result = self._request.infer(feed, share_inputs=True, share_outputs=False)
-        return {spec.name: np.asarray(result[i]) for i, spec in enumerate(self._outputs)}
+        # share_inputs: new input tensors over the request's bytes (no copy); the outputs are
+        # copied out, the placeholders above are dropped at the next call
+        result = request.infer(feed, share_inputs=True, share_outputs=False)
+        return [np.array(result[i], copy=True) for i in range(len(self._outputs))]
+
+    def _mismatch(self, inputs: dict[str, np.ndarray], outs: list[np.ndarray]) -> str | None:
+        batch = None
+        if self._check_batch and self._batched_in:
+            sizes = {inputs[self._inputs[i].name].shape[0] for i in self._batched_in}
+            batch = sizes.pop() if len(sizes) == 1 else None
+        for i, (spec, arr) in enumerate(zip(self._outputs, outs)):
+            if -1 in spec.shape and arr.shape == (0,) * len(spec.shape):
+                return (f"the runtime produced no output {spec.name!r} for input shape(s) "
+                        f"{', '.join(str(list(a.shape)) for a in inputs.values())} (is the "
+                        "input too small for this model?)")
+            if not spec.accepts(arr.shape):
+                return (f"output {spec.name!r} has shape {list(arr.shape)}, the model declares "
+                        f"{spec.shape}")
+            if batch is not None and i in self._batched_out and arr.shape[0] != batch:
+                return (f"output {spec.name!r} has shape {list(arr.shape)} for a batch of "
+                        f"{batch} (is the input too small for this model?)")
+        return None
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for spec in self._inputs:
+            if 0 in inputs[spec.name].shape:
+                raise InferenceError(f"input {spec.name!r}: shape "
+                                     f"{list(inputs[spec.name].shape)} has a zero-sized "
+                                     "dimension")
+        outs = self._run(inputs)
+        problem = self._mismatch(inputs, outs)
+        if problem is not None:
+            raise InferenceError(problem)
+        return {spec.name: arr for spec, arr in zip(self._outputs, outs)}

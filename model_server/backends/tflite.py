@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Backend, BackendError, TensorSpec, from_numpy_dtype
+from . import Backend, BackendError, InferenceError, TensorSpec, from_numpy_dtype
 
 
 def _interpreter_class():
@@ -52,17 +52,33 @@ class TFLiteBackend(Backend):
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         it = self._it
-        resized = False
         for d in self._in:
-            arr = inputs[d["name"]]
-            if arr.shape != self._shapes[d["name"]]:
-                it.resize_tensor_input(d["index"], list(arr.shape))
-                self._shapes[d["name"]] = arr.shape
-                resized = True
-        if resized:
-            it.allocate_tensors()
-        for d in self._in:
-            it.set_tensor(d["index"], inputs[d["name"]])
-        it.invoke()
-        # get_tensor returns a copy: safe to hand out after this instance serves the next request
-        return {d["name"]: it.get_tensor(d["index"]) for d in self._out}
+            if 0 in inputs[d["name"]].shape:
+                raise InferenceError(f"input {d['name']!r}: shape "
+                                     f"{list(inputs[d['name']].shape)} has a zero-sized "
+                                     "dimension")
+        try:
+            resized = False
+            for d in self._in:
+                arr = inputs[d["name"]]
+                if arr.shape != self._shapes[d["name"]]:
+                    self._shapes[d["name"]] = None     # unknown until allocate_tensors succeeds
+                    it.resize_tensor_input(d["index"], list(arr.shape))
+                    resized = True
+            if resized:
+                it.allocate_tensors()
+                for d in self._in:
+                    self._shapes[d["name"]] = tuple(inputs[d["name"]].shape)
+            for d in self._in:
+                it.set_tensor(d["index"], inputs[d["name"]])
+            it.invoke()
+            # get_tensor returns a copy: safe to hand out after this instance serves the next
+            # request
+            out = {d["name"]: it.get_tensor(d["index"]) for d in self._out}
+        except Exception:
+            # a failed resize/allocate/set/invoke leaves the interpreter half-changed: force a
+            # resize and allocation next time instead of invoking on stale tensors
+            for name in self._shapes:
+                self._shapes[name] = None
+            raise
+        return out

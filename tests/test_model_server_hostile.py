@@ -1,0 +1,411 @@
+"""The model server against hostile or broken input: stale outputs across requests, zero-sized
+tensors, memory held across connections, HTTP request smuggling, slow and idle clients, and the
+small protocol rules (JSON depth, FP32 range, header/URL size, gRPC contents)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from model_server.backends import Backend, InferenceError, TensorSpec
+from model_server.config import ConfigError, Limits, ModelConfig, parse_config
+from model_server.core import ByteBudget, Engine, LoadedModel, ServeError
+from model_server.datatypes import TensorError, from_list
+from model_server.metrics import Metrics
+from model_server.rest import RESTServer, decode_infer
+
+from . import models as test_models
+from .test_model_server import BASE, EchoBackend, _echo_model
+
+
+# ---------------------------------------------------------------- outputs of other requests
+
+
+class _Src:
+    def __init__(self, path) -> None:
+        self.path = path
+
+
+def test_openvino_never_returns_an_earlier_requests_outputs():
+    """A reused InferRequest kept the (4, 2) result of a batch of 4 and handed it to the next
+    client whose (tiny) input made the runtime write nothing."""
+    pytest.importorskip("openvino")
+    from model_server.backends.openvino import OpenVINOBackend
+
+    path = test_models.ocr_cls_onnx()
+    mc = ModelConfig("cls", "1", "openvino", str(path))
+    backend = OpenVINOBackend(mc, _Src(path))
+    model = LoadedModel(mc, [backend])
+    out = "save_infer_model/scale_0.tmp_1"
+    rng = np.random.default_rng(1)
+    victim = backend.infer({"x": rng.standard_normal((4, 3, 48, 192)).astype(np.float32)})[out]
+    assert victim.shape == (4, 2)
+    for shape in [(1, 3, 1, 1), (1, 3, 8, 8)]:
+        x = np.frombuffer(np.zeros(shape, np.float32).tobytes(), np.float32).reshape(shape)
+        with pytest.raises(InferenceError, match="too small|shape"):
+            backend.infer({"x": x})
+    for shape in [(1, 3, 0, 0), (0, 3, 48, 192)]:
+        with pytest.raises(ServeError, match="zero-sized") as info:        # refused generically
+            model.check_input("x", "FP32", list(shape))
+        assert info.value.kind == ServeError.INVALID
+        with pytest.raises(InferenceError, match="zero-sized"):            # and by the backend
+            backend.infer({"x": np.zeros(shape, np.float32)})
+    import openvino as ov
+    x = rng.standard_normal((1, 3, 48, 192)).astype(np.float32)
+    want = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1})(x)[0]
+    got = backend.infer({"x": x})[out]                    # the instance still serves correctly
+    assert got.shape == (1, 2) and np.array_equal(got, want)
+
+
+class _EmptyOK(EchoBackend):
+    accepts_empty = True
+
+
+def test_zero_sized_dynamic_dimension_refused_unless_the_backend_accepts_it():
+    m = _echo_model()
+    with pytest.raises(ServeError, match="zero-sized"):
+        m.check_input("x", "FP32", [0, 2])
+    mc = ModelConfig("e", "1", "x:y", "/none")
+    assert LoadedModel(mc, [_EmptyOK(mc, None)]).check_input("x", "FP32", [0, 2])
+
+
+class _WrongShape(EchoBackend):
+    def infer(self, inputs):
+        return {"y": np.zeros((1, 3), np.float32), "n": np.array([1], np.int64)}
+
+
+def test_core_refuses_outputs_that_do_not_fit_the_declared_shapes():
+    mc = ModelConfig("w", "1", "x:y", "/none")
+    m = LoadedModel(mc, [_WrongShape(mc, None)])
+    engine = Engine({"w": m}, Limits())
+    with pytest.raises(ServeError, match=r"output 'y' has shape \[1, 3\]") as info:
+        engine.infer_sync(m, {"x": np.ones((1, 2), np.float32)})
+    assert info.value.kind == ServeError.INTERNAL
+    engine.close()
+
+
+class _FakeInterpreter:
+    """Enough of LiteRT's Interpreter for the tflite backend; allocate_tensors fails once."""
+
+    fail_next_allocate = False
+
+    def __init__(self, model_path, num_threads):
+        self.shape = [-1, 2]
+        self.allocated = None
+        self.calls = []
+
+    def allocate_tensors(self):
+        self.calls.append("allocate")
+        if _FakeInterpreter.fail_next_allocate:
+            _FakeInterpreter.fail_next_allocate = False
+            raise RuntimeError("allocation failed")
+        self.allocated = list(self.shape)
+
+    def get_input_details(self):
+        return [{"name": "x", "index": 0, "shape": np.array([1, 2]), "dtype": np.float32,
+                 "shape_signature": np.array([-1, 2])}]
+
+    def get_output_details(self):
+        return [{"name": "y", "index": 1, "shape": np.array([1, 2]), "dtype": np.float32,
+                 "shape_signature": np.array([-1, 2])}]
+
+    def resize_tensor_input(self, index, shape):
+        self.calls.append("resize")
+        self.shape = list(shape)
+
+    def set_tensor(self, index, value):
+        if list(value.shape) != self.allocated:
+            raise ValueError("tensor not allocated for this shape")
+        self.value = np.array(value)
+
+    def invoke(self):
+        self.result = self.value * 2
+
+    def get_tensor(self, index):
+        return np.array(self.result)
+
+
+def test_tflite_backend_reallocates_after_a_failed_resize(monkeypatch):
+    from model_server.backends import tflite
+
+    monkeypatch.setattr(tflite, "_interpreter_class", lambda: _FakeInterpreter)
+    b = tflite.TFLiteBackend(ModelConfig("t", "1", "tflite", "/none"), _Src("/none"))
+    x3 = np.ones((3, 2), np.float32)
+    _FakeInterpreter.fail_next_allocate = True
+    with pytest.raises(RuntimeError):
+        b.infer({"x": x3})
+    # the same shape again: resized and allocated again, not invoked on stale tensors
+    assert b.infer({"x": x3})["y"].tolist() == (x3 * 2).tolist()
+    assert b._it.calls[-2:] == ["resize", "allocate"]
+    with pytest.raises(InferenceError, match="zero-sized"):
+        b.infer({"x": np.ones((0, 2), np.float32)})
+
+
+# ---------------------------------------------------------------- small protocol rules
+
+
+def test_fp32_out_of_range_is_refused_not_inf():
+    with pytest.raises(TensorError, match="out of range for FP32"):
+        from_list([1.0, 1e39], "FP32", [2])
+    assert from_list([1e39], "FP64", [1]).tolist() == [1e39]
+    assert np.isinf(from_list([float("inf")], "FP32", [1])).all()     # explicit inf stays
+
+
+def test_deep_json_and_non_integer_binary_size_are_client_errors():
+    deep = b'{"inputs":' + b"[" * 100000 + b"]" * 100000 + b"}"
+    with pytest.raises(ServeError, match="nested too deeply") as info:
+        decode_infer(_echo_model(), deep, None)
+    assert info.value.kind == ServeError.INVALID
+    head = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], ' \
+           b'"parameters": {"binary_data_size": "x"}}]}'
+    with pytest.raises(ServeError, match="binary_data_size 'x' is not an integer"):
+        decode_infer(_echo_model(), head + b"\0" * 8, len(head))
+
+
+def test_grpc_raw_and_typed_contents_together_are_refused():
+    from model_server import protocol as pb
+    from model_server.grpc_service import decode_request
+
+    req = pb.ModelInferRequest(model_name="echo")
+    t = req.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+    t.contents.fp32_contents.extend([1.0, 2.0])
+    req.raw_input_contents.append(np.ones(2, np.float32).tobytes())
+    with pytest.raises(ServeError, match="raw_input_contents and typed contents") as info:
+        decode_request(_echo_model(), req)
+    assert info.value.kind == ServeError.INVALID
+
+
+def test_config_buffer_connection_and_timeout_limits():
+    c = parse_config(dict(BASE, limits={"max_request_bytes": 1000}))
+    assert c.limits.max_buffered_bytes == 4000 and c.limits.max_connections == 256
+    assert c.limits.header_timeout == 10 and c.limits.idle_timeout == 30
+    c = parse_config(dict(BASE, limits={"max_request_bytes": 1000, "max_buffered_bytes": 10,
+                                        "idle_timeout": 0.5}))
+    assert c.limits.max_buffered_bytes == 1000 and c.limits.idle_timeout == 0.5
+    with pytest.raises(ConfigError, match="limits.header_timeout"):
+        parse_config(dict(BASE, limits={"header_timeout": 0}))
+    with pytest.raises(ConfigError, match="limits.max_connections"):
+        parse_config(dict(BASE, limits={"max_connections": "9"}))
+
+
+def test_byte_budget():
+    b = ByteBudget(10)
+    assert b.try_reserve(6) and not b.try_reserve(5)
+    with pytest.raises(ServeError, match="max_buffered_bytes") as info:
+        b.reserve(5)
+    assert info.value.kind == ServeError.UNAVAILABLE
+    b.release(6)
+    assert b.try_reserve(10) and b.used == 10
+
+
+class _Ctx:
+    def abort(self, code, details):
+        raise RuntimeError(code, details)
+
+
+def test_grpc_message_refused_when_the_buffer_budget_is_used_up():
+    import grpc
+
+    from model_server import protocol as pb
+    from model_server.grpc_service import GRPCService
+
+    m = _echo_model()
+    engine = Engine({"echo": m}, Limits(max_request_bytes=100, max_buffered_bytes=100))
+    svc = GRPCService(engine, Metrics(), "t")
+    req = pb.ModelInferRequest(model_name="echo")
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+    req.raw_input_contents.append(np.ones(2, np.float32).tobytes())
+    raw = req.SerializeToString()
+    assert pb.ModelInferResponse.FromString(svc.model_infer(raw, _Ctx())).outputs
+    assert engine.budget.used == 0
+    engine.budget.reserve(90)                              # held by other requests
+    with pytest.raises(RuntimeError) as info:
+        svc.model_infer(raw, _Ctx())
+    assert info.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert engine.counters.refused == 1 and engine.budget.used == 90
+    engine.close()
+
+
+# ---------------------------------------------------------------- REST on a real socket
+
+
+class RestInThread:
+    """A RESTServer on 127.0.0.1 serving the echo model, in its own event loop thread."""
+
+    def __init__(self, **limits) -> None:
+        limits = {"max_request_bytes": 4096, "header_timeout": 0.5, "idle_timeout": 0.8,
+                  "body_timeout": 0.5, **limits}
+        self.limits = Limits(**limits)
+        self.engine = Engine({"echo": _echo_model()}, self.limits)
+        self.loop = asyncio.new_event_loop()
+        self.rest = RESTServer(self.engine, Metrics(), "t", self.limits.max_request_bytes,
+                               True, self.limits)
+        started = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.port = self.loop.run_until_complete(self.rest.start("127.0.0.1", 0))
+            started.set()
+            self.loop.run_forever()
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert started.wait(5)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.rest.drain(1), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.engine.close()
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+    def exchange(self, data: bytes, shutdown: bool = True) -> bytes:
+        """Send, half-close, read everything until the server closes."""
+        with self.connect() as s:
+            s.sendall(data)
+            if shutdown:
+                s.shutdown(socket.SHUT_WR)
+            return _read_all(s)
+
+
+def _read_all(s: socket.socket) -> bytes:
+    out = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+
+
+@pytest.fixture
+def rest():
+    srv = RestInThread()
+    yield srv
+    srv.close()
+
+
+_INFER = (b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]}]}')
+
+
+def _post(body: bytes, headers: str) -> bytes:
+    return (b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n" + headers.encode() +
+            b"\r\n" + body)
+
+
+def test_rest_request_smuggling_is_refused_and_the_connection_closed(rest):
+    ok = rest.exchange(_post(_INFER, f"Content-Length: {len(_INFER)}\r\nConnection: close\r\n"))
+    assert ok.startswith(b"HTTP/1.1 200")
+    smuggled = b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n"
+    cases = {
+        "duplicate": f"Content-Length: {len(_INFER)}\r\nContent-Length: {len(_INFER)}\r\n",
+        "conflicting": f"Content-Length: {len(_INFER)}\r\nContent-Length: 5\r\n",
+        "plus sign": f"Content-Length: +{len(_INFER)}\r\n",
+        "missing": "",
+        "chunked": "Transfer-Encoding: chunked\r\n",
+        "chunked + length": f"Content-Length: {len(_INFER)}\r\nTransfer-Encoding: chunked\r\n",
+    }
+    for name, headers in cases.items():
+        answer = rest.exchange(_post(_INFER + smuggled, headers))
+        status = answer.split(b" ", 2)[1]
+        assert status == (b"400" if name in ("duplicate", "conflicting", "plus sign")
+                          else b"411"), (name, answer)
+        assert answer.count(b"HTTP/1.1 ") == 1, (name, answer)     # nothing parsed after it
+        assert b"Connection: close" in answer, name
+
+
+def test_rest_header_body_and_idle_deadlines(rest):
+    t0 = time.monotonic()
+    with rest.connect() as idle, rest.connect() as partial, rest.connect() as body:
+        partial.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\n")          # never ends its headers
+        body.sendall(_post(b"{", "Content-Length: 100\r\n"))       # never ends its body
+        assert _read_all(partial).startswith(b"HTTP/1.1 408")
+        assert _read_all(body).startswith(b"HTTP/1.1 408")
+        assert _read_all(idle) == b""                                 # closed silently
+    assert time.monotonic() - t0 < 4
+    # a slowloris dribbling header lines is answered at the header deadline too
+    with rest.connect() as s:
+        t0 = time.monotonic()
+        s.sendall(b"GET /v2 HTTP/1.1\r\n")
+        stop = threading.Event()
+
+        def dribble():
+            try:
+                while not stop.is_set():
+                    s.sendall(b"X-a: b\r\n")
+                    time.sleep(0.1)
+            except OSError:
+                pass
+        t = threading.Thread(target=dribble)
+        t.start()
+        try:
+            assert s.recv(100).startswith(b"HTTP/1.1 408")
+            assert time.monotonic() - t0 < 2
+        finally:
+            stop.set()
+            t.join(5)
+
+
+def test_rest_connection_cap():
+    srv = RestInThread(max_connections=2)
+    try:
+        a, b = srv.connect(), srv.connect()
+        time.sleep(0.1)
+        answer = srv.exchange(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503") and b"max_connections" in answer
+        a.close()
+        b.close()
+        time.sleep(0.2)
+        answer = srv.exchange(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"
+                              b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200")
+    finally:
+        srv.close()
+
+
+def test_rest_buffer_budget_across_connections():
+    """Two connections each announcing a body of max_request_bytes: with a budget of 1.5x, the
+    second is refused with 503 before its body is read; once the first is done, there is room."""
+    srv = RestInThread(max_request_bytes=4096, max_buffered_bytes=6000, body_timeout=5)
+    try:
+        body = _INFER + b" " * (4096 - len(_INFER))
+        with srv.connect() as holder:
+            holder.sendall(_post(body[:10], "Content-Length: 4096\r\n"))
+            time.sleep(0.2)
+            answer = srv.exchange(_post(body, "Content-Length: 4096\r\n"))
+            assert answer.startswith(b"HTTP/1.1 503") and b"max_buffered_bytes" in answer
+            holder.sendall(body[10:])
+            assert holder.recv(100).startswith(b"HTTP/1.1 200")
+        answer = srv.exchange(_post(body, "Content-Length: 4096\r\nConnection: close\r\n"))
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert srv.rest.budget.used == 0
+    finally:
+        srv.close()
+
+
+def test_rest_oversize_header_and_url_are_answered_not_reset(rest):
+    answer = rest.exchange(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 2_000_000 +
+                           b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431")
+    answer = rest.exchange(b"GET /" + b"a" * 1_000_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 414")
+    answer = rest.exchange(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 414")
+
+
+def test_rest_deep_json_is_a_400(rest):
+    deep = b'{"inputs":' + b"[" * 100000 + b"]" * 100000 + b"}"
+    srv = RestInThread(max_request_bytes=1 << 20)
+    try:
+        answer = srv.exchange(_post(deep, f"Content-Length: {len(deep)}\r\n"
+                                          "Connection: close\r\n"))
+    finally:
+        srv.close()
+    assert answer.startswith(b"HTTP/1.1 400") and b"nested too deeply" in answer
+    assert srv.engine.counters.refused == 1
