@@ -77,6 +77,7 @@ Helpers exported here: :class:`TensorSpec`, :func:`to_numpy_dtype`, :func:`from_
 
 from __future__ import annotations
 
+import abc
 import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -137,8 +138,9 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-class Backend:
-    """Base class of a backend (see the module docstring for the full contract)."""
+class Backend(abc.ABC):
+    """Base class of a backend (see the module docstring for the full contract). A subclass
+    that leaves out inputs, outputs or infer cannot be instantiated (TypeError at start-up)."""
 
     platform: ClassVar[str] = "unknown"
 
@@ -146,14 +148,17 @@ class Backend:
         self.model = model
         self.source = source
 
+    @abc.abstractmethod
     def inputs(self) -> list[TensorSpec]:
-        raise NotImplementedError
+        """See the module docstring."""
 
+    @abc.abstractmethod
     def outputs(self) -> list[TensorSpec]:
-        raise NotImplementedError
+        """See the module docstring."""
 
+    @abc.abstractmethod
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """See the module docstring."""
 
     def close(self) -> None:
         pass
