@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .services import start_dockerd, start_registry, stop
+from .services import dockerd_unavailable, remove_tree, start_dockerd, start_registry, stop
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_VECTORS = Path(os.environ.get("ENCLAVE_BUILD_VECTORS", REPO.parent / "shared" / "vectors"))
@@ -110,15 +110,25 @@ def dockerd(tmp_path_factory):
     """A Docker engine of our own (vfs storage, no iptables/bridge), for the whole session."""
     import tempfile
 
-    engine = start_dockerd(Path(tempfile.mkdtemp(prefix="eb-dockerd-", dir="/tmp")))
+    reason = dockerd_unavailable()
+    if reason:
+        pytest.skip(reason)
+    # In /tmp, not tmp_path_factory's deeper directory: the socket's path must stay short.
+    workdir = Path(tempfile.mkdtemp(prefix="eb-dockerd-", dir="/tmp"))
     previous = os.environ.get("DOCKER_HOST")
-    os.environ["DOCKER_HOST"] = engine.host
-    yield engine
-    if previous is None:
-        os.environ.pop("DOCKER_HOST", None)
-    else:
-        os.environ["DOCKER_HOST"] = previous
-    stop(engine.process)
+    engine = None
+    try:
+        engine = start_dockerd(workdir)
+        os.environ["DOCKER_HOST"] = engine.host
+        yield engine
+    finally:
+        if previous is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = previous
+        if engine is not None:
+            stop(engine.process)
+        remove_tree(workdir)  # the engine's data root and exec root are in it
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
 """Real services for integration tests: a Docker engine and `docker-registry` on 127.0.0.1.
 
 Each is started by the tests themselves (nothing from the host is reused) and stopped at the end
-of the session. Tests that need one skip with the reason when the binary is not installed (CI
-installs docker.io and docker-registry from apt). Base images are never pulled from Docker Hub:
-the tests build their own FROM scratch.
+of the session. Tests that need one skip with the reason when the binary is not installed
+(scripts/test.sh installs docker.io and docker-registry from apt when run as root). Base images
+are never pulled from Docker Hub: the tests build their own FROM scratch.
 """
 
 from __future__ import annotations
@@ -48,19 +48,31 @@ class Dockerd:
         return {"DOCKER_HOST": self.host}
 
 
-def start_dockerd(workdir: Path) -> Dockerd:
+def dockerd_unavailable() -> str | None:
+    """Why this machine cannot start a test engine (the skip reason), or None."""
     if shutil.which("dockerd") is None:
-        pytest.skip("dockerd is not installed (apt-get install docker.io); .ci/run installs it")
+        return ("dockerd is not installed (apt-get install docker.io; scripts/test.sh installs "
+                "it when run as root)")
     if os.geteuid() != 0:
-        pytest.skip("starting dockerd needs root")
+        return "starting dockerd needs root"
+    return None
+
+
+def start_dockerd(workdir: Path) -> Dockerd:
+    """An engine whose data root, exec root and socket are all in *workdir* (keep its path
+    short: a unix socket path has at most 107 bytes). Remove it with remove_tree after stop."""
+    reason = dockerd_unavailable()
+    if reason:
+        pytest.skip(reason)
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "docker.sock"
     log = workdir / "dockerd.log"
-    process = subprocess.Popen(
-        ["dockerd", "--storage-driver=vfs", "--iptables=false", "--bridge=none",
-         "--data-root", str(workdir / "root"), "--exec-root", str(workdir / "exec"),
-         "--pidfile", str(workdir / "dockerd.pid"), "-H", f"unix://{sock}"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["dockerd", "--storage-driver=vfs", "--iptables=false", "--bridge=none",
+             "--data-root", str(workdir / "root"), "--exec-root", str(workdir / "exec"),
+             "--pidfile", str(workdir / "dockerd.pid"), "-H", f"unix://{sock}"],
+            stdout=out, stderr=subprocess.STDOUT)
     host = f"unix://{sock}"
 
     def up() -> bool:
@@ -69,10 +81,27 @@ def start_dockerd(workdir: Path) -> Dockerd:
 
     try:
         _wait(up, "dockerd", 90, log)
-    except RuntimeError:
-        process.terminate()
+    except BaseException:
+        stop(process)
         raise
     return Dockerd(host, process)
+
+
+def remove_tree(path: Path) -> None:
+    """rm -r *path*, first unmounting what an engine left mounted under it (dockerd bind-mounts
+    its data root onto itself and leaves it when killed). Warns instead of failing."""
+    import warnings
+
+    prefix = os.path.realpath(path) + "/"
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        mounts = []
+    for point in sorted((m for m in mounts if (m + "/").startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        warnings.warn(f"could not remove {path}", stacklevel=2)
 
 
 @dataclass
@@ -84,8 +113,8 @@ class Registry:
 def start_registry(workdir: Path, htpasswd: Path | None = None) -> Registry:
     binary = shutil.which("docker-registry") or shutil.which("registry")
     if binary is None:
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry); "
-                    ".ci/run installs it")
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry; "
+                    "scripts/test.sh installs it when run as root)")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     auth = (f"auth:\n  htpasswd:\n    realm: enclave-build-test\n    path: {htpasswd}\n"

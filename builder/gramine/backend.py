@@ -268,10 +268,12 @@ def finalize_manifest(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootF
         entries.setdefault(item.uri, rootfs.host_path(item.inner))
     libos_host = rootfs.host_path(rootfs.resolve(manifest["loader"]["entrypoint"]["uri"][5:]))
 
-    paths = [c for c in entries.values() if isinstance(c, Path)]
-    total = sum(p.stat().st_size for p in paths + [libos_host])
+    # Several URIs can name one host file (a link and its target, the LibOS entrypoint): hash
+    # and count each once, so the progress total is what hashing advances.
+    paths = list(dict.fromkeys([c for c in entries.values() if isinstance(c, Path)] + [libos_host]))
+    total = sum(p.stat().st_size for p in paths)
     advance = progress("hashing trusted files", total) if progress else None
-    digests: dict[Any, str] = dict(hash_files(paths + [libos_host], cache=cache, progress=advance))
+    digests: dict[Any, str] = dict(hash_files(paths, cache=cache, progress=advance))
     manifest["sgx"]["trusted_files"] = [
         {"uri": uri, "sha256": digests[c] if isinstance(c, Path) else hashlib.sha256(c).hexdigest()}
         for uri, c in entries.items()]

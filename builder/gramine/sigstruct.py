@@ -319,6 +319,15 @@ ARCH_LAYOUT = Offsets({
 }, "SGX architecture (Intel SDM)")
 
 
+def summarize(sig: Sigstruct, layout: Offsets = ARCH_LAYOUT) -> dict[str, Any]:
+    """:func:`describe` plus the signature check: ``signature_valid`` (bool) and
+    ``signature_problem`` (why it does not verify, or None). The stable JSON of `gramine
+    sigstruct --json` and of the ``sigstruct`` object of `inspect --json`."""
+    problem = sig.signature_problem(layout)
+    return {**describe(sig, layout), "signature_valid": problem is None,
+            "signature_problem": problem}
+
+
 def describe(sig: Sigstruct, layout: Offsets = ARCH_LAYOUT) -> dict[str, Any]:
     """The fields a user checks: identity, date, debug and attributes."""
     body = sig.body

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import posixpath
+import re
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -11,8 +14,8 @@ from typing import Any
 
 from attestation.measurements import Measurements
 
-from ..errors import EnclaveBuildError
-from ..gramine.sigstruct import ARCH_LAYOUT, Sigstruct, describe
+from ..errors import EnclaveBuildError, UsageError
+from ..gramine.sigstruct import ARCH_LAYOUT, Sigstruct, summarize
 from .assemble import LABEL_PREFIX
 from .oci import BlobStore, Image, ImageError
 from .reference import parse_source
@@ -88,6 +91,18 @@ class Inspection:
 
 def inspect_image(text: str) -> Inspection:
     image, measurements = open_image(text)
+    return _inspect(text, image, measurements)
+
+
+def _enclave_paths(image: Image, service: str) -> tuple[str, str]:
+    """Where the image keeps its manifest and SIGSTRUCT (next to the entrypoint's argument)."""
+    entrypoint = (image.config.get("config") or {}).get("Entrypoint") or []
+    stem = entrypoint[1] if len(entrypoint) == 2 and isinstance(entrypoint[1], str) \
+        else f"/enclave/{service}"
+    return f"{stem}.manifest.sgx", f"{stem}.sig"
+
+
+def _inspect(text: str, image: Image, measurements: Measurements | None) -> Inspection:
     labels = {k[len(LABEL_PREFIX):]: v for k, v in image.labels.items()
               if k.startswith(LABEL_PREFIX)}
     result = Inspection(text, image.manifest_digest, labels, None)
@@ -95,8 +110,7 @@ def inspect_image(text: str) -> Inspection:
     if not service or "mr_enclave" not in labels:
         result.problems.append("no enclave-build labels: not an image built by enclave-build")
         return result
-    entrypoint = (image.config.get("config") or {}).get("Entrypoint") or []
-    sig_path = f"{entrypoint[1]}.sig" if len(entrypoint) == 2 else f"/enclave/{service}.sig"
+    sig_path = _enclave_paths(image, service)[1]
     raw = read_file(image, sig_path)
     if raw is None:
         result.problems.append(f"the image has no SIGSTRUCT at {sig_path}")
@@ -106,9 +120,8 @@ def inspect_image(text: str) -> Inspection:
     except EnclaveBuildError as exc:
         result.problems.append(str(exc))
         return result
-    info = describe(sig)
-    problem = sig.signature_problem(ARCH_LAYOUT)   # over the file's own signed bytes
-    info["signature_valid"] = problem is None
+    info = summarize(sig)   # the signature is checked over the file's own signed bytes
+    problem = info["signature_problem"]
     result.sigstruct = info
     if problem is not None:
         result.problems.append(f"the SIGSTRUCT's signature does not verify: {problem}")
@@ -132,4 +145,69 @@ def inspect_image(text: str) -> Inspection:
     return result
 
 
-__all__ = ["inspect_image", "read_file", "open_image", "Inspection"]
+@dataclass
+class Extraction:
+    """What :func:`extract_image` wrote, and the inspection of the same image."""
+
+    inspection: Inspection
+    written: list[Path]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.inspection.to_json(), "extracted": [str(p) for p in self.written]}
+
+
+def extract_image(text: str, directory: str | Path) -> Extraction:
+    """Write the image's enclave files into *directory* for auditors: ``SERVICE.manifest.sgx``
+    and ``SERVICE.sig`` exactly as the image holds them, and ``measurements.json`` (given a build
+    output directory: its file, byte for byte) or else ``labels.json`` (the image's reference,
+    digest and ``org.enclave-build.*`` labels). Never overwrites: if any of those files exists,
+    nothing is written (UsageError, exit 2). The files are written even when the inspection
+    finds disagreements (see ``Extraction.inspection.problems``)."""
+    image, measurements = open_image(text)
+    result = _inspect(text, image, measurements)
+    labels = {k: v for k, v in image.labels.items() if k.startswith(LABEL_PREFIX)}
+    service = result.labels.get("service", "")
+    if not service or "mr_enclave" not in result.labels:
+        raise EnclaveBuildError(f"{text}: no enclave-build labels: not an image built by "
+                                "enclave-build, nothing to extract")
+    # The label comes from the image: only a service name (a DNS label) names our files.
+    stem = service if re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", service) else "enclave"
+    manifest_path, sig_path = _enclave_paths(image, service)
+    files: list[tuple[str, bytes]] = []
+    for path, name in ((manifest_path, f"{stem}.manifest.sgx"), (sig_path, f"{stem}.sig")):
+        data = read_file(image, path)
+        if data is None:
+            raise EnclaveBuildError(f"{text}: the image has no {path}")
+        files.append((name, data))
+    build_dir = Path(text)
+    if measurements is not None and (build_dir / "measurements.json").is_file():
+        files.append(("measurements.json", (build_dir / "measurements.json").read_bytes()))
+    else:
+        files.append(("labels.json", (json.dumps(
+            {"image": text, "digest": image.manifest_digest, "labels": labels},
+            indent=2, sort_keys=True) + "\n").encode()))
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target}: exists and is not a directory")
+    existing = [str(target / name) for name, _ in files
+                if (target / name).exists() or (target / name).is_symlink()]
+    if existing:
+        raise UsageError(f"{', '.join(existing)}: already exist{'s' if len(existing) == 1 else ''}"
+                         "; not overwriting (extract into an empty directory)")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, data in files:
+            fd = os.open(target / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            written.append(target / name)
+    except FileExistsError as exc:
+        raise UsageError(f"{exc.filename}: already exists; not overwriting") from None
+    except OSError as exc:
+        raise EnclaveBuildError(f"{target}: cannot write: {exc.strerror}") from None
+    return Extraction(result, written)
+
+
+__all__ = ["inspect_image", "extract_image", "read_file", "open_image", "Inspection",
+           "Extraction"]

@@ -1,0 +1,227 @@
+"""`enclave-build doctor`: every check through replaced probes (no network, no devices)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+
+import pytest
+from click.testing import CliRunner
+
+from builder import doctor
+from builder.cli import main
+from builder.doctor import MISSING, OK, WARN, Probes, diagnose
+
+IDS = ["docker.engine", "registry.credentials", "sgx.enclave_device", "sgx.provision_device",
+       "sgx.aesmd", "sgx.pccs", "realbase.mmdebstrap", "realbase.gramine_archive",
+       "runtime.ai_edge_litert", "runtime.openvino", "runtime.grpc"]
+
+
+class Bare(Probes):
+    """A machine with nothing: no engine, no config, no devices, no PCCS, no runtimes."""
+
+    def __init__(self, **overrides):
+        self.env_vars: dict[str, str] = {}
+        self.kinds: dict[str, str] = {}
+        self.files: dict[str, str] = {}
+        self.programs: set[str] = set()
+        self.modules: dict[str, str] = {}
+        self.http: list[tuple[str, float]] = []
+        self.http_result: object = 200
+        self.config: tuple = (None, {})
+        self.root = 1000
+        self.__dict__.update(overrides)
+
+    def env(self, name):
+        return self.env_vars.get(name)
+
+    def which(self, name):
+        return f"/usr/bin/{name}" if name in self.programs else None
+
+    def euid(self):
+        return self.root
+
+    def kernel(self):
+        return "6.1.0-test"
+
+    def path_kind(self, path):
+        return self.kinds.get(str(path))
+
+    def read_text(self, path):
+        return self.files.get(str(path))
+
+    def docker_version(self):
+        if "engine" not in self.programs:
+            raise ConnectionError("Error while fetching server API version: no socket")
+        return "26.1.5"
+
+    def docker_config(self):
+        return self.config
+
+    def http_status(self, url, timeout):
+        self.http.append((url, timeout))
+        if isinstance(self.http_result, BaseException):
+            raise self.http_result
+        return self.http_result
+
+    def import_version(self, module):
+        if module not in self.modules:
+            raise ModuleNotFoundError(f"No module named {module!r}")
+        return self.modules[module]
+
+    def gramine_in_base(self, ref):  # pragma: no cover - replaced where used
+        raise AssertionError("not asked for a base")
+
+
+def _by_id(report):
+    return {c.id: c for c in report.checks}
+
+
+def test_a_bare_machine_gets_a_fix_for_everything_and_nothing_is_contacted():
+    probes = Bare()
+    report = diagnose(probes=probes)
+    assert [c.id for c in report.checks] == IDS
+    for check in report.checks:
+        assert check.status == MISSING, check
+        assert check.fix, check
+    assert probes.http == []          # no PCCS configured: nothing contacted
+    checks = _by_id(report)
+    assert "apt-get install docker.io" in checks["docker.engine"].fix
+    assert "--base dir:" in checks["docker.engine"].fix
+    assert "5.11" in checks["sgx.enclave_device"].fix and "DCAP" in checks["sgx.enclave_device"].fix
+    assert "not configured" in checks["sgx.pccs"].detail
+    assert "pip install ai-edge-litert" in checks["runtime.ai_edge_litert"].fix
+    assert report.ok is False and report.counts() == {OK: 0, MISSING: len(IDS), WARN: 0}
+
+
+def test_a_complete_sgx_machine():
+    probes = Bare(
+        programs={"engine", "docker", "mmdebstrap", "docker-credential-pass"},
+        kinds={doctor.SGX_ENCLAVE: "char", doctor.SGX_PROVISION: "char",
+               doctor.AESMD_SOCKET: "socket", "/archive.tgz": "file"},
+        env_vars={"GRAMINE_ARCHIVE": "/archive.tgz"},
+        files={doctor.QCNL_CONF: '{\n  // the PCCS\n  "pccs_url": '
+                                 '"https://pccs.internal:8081/sgx/certification/v4/",\n'
+                                 '  "use_secure_cert": true\n}\n'},
+        config=("/home/u/.docker/config.json",
+                {"auths": ["registry.example.com"], "credHelpers": {"gcr.io": "pass"},
+                 "credsStore": None}),
+        modules={"ai_edge_litert": "2.3.0", "openvino": "2026.4", "grpc": "1.85"},
+        root=0)
+    report = diagnose(probes=probes)
+    assert all(c.status == OK for c in report.checks), [c for c in report.checks if c.status != OK]
+    assert report.ok
+    assert probes.http == [("https://pccs.internal:8081/sgx/certification/v4/rootcacrl",
+                            doctor.PCCS_TIMEOUT)]
+    assert doctor.PCCS_TIMEOUT <= 10
+    checks = _by_id(report)
+    assert "Docker 26.1.5" in checks["docker.engine"].detail
+    assert "registry.example.com" in checks["registry.credentials"].detail
+
+
+@pytest.mark.parametrize("result, status, words", [
+    (404, WARN, "HTTP 404"),
+    (ssl.SSLCertVerificationError("self-signed certificate"), WARN, "does not verify"),
+    (TimeoutError("timed out"), MISSING, "not reachable"),
+])
+def test_pccs_answers(result, status, words):
+    probes = Bare(env_vars={"PCCS_URL": "https://127.0.0.1:8081/sgx/certification/v4"},
+                  http_result=result)
+    check = _by_id(diagnose(probes=probes))["sgx.pccs"]
+    assert check.status == status and words in check.detail and check.fix
+    assert probes.http[0][0] == "https://127.0.0.1:8081/sgx/certification/v4/rootcacrl"
+
+
+def test_pccs_url_from_the_legacy_qcnl_format_and_bad_urls():
+    probes = Bare(files={doctor.QCNL_CONF: "# old format\nPCCS_URL=https://old:8081/sgx/"
+                                           "certification/v3/\nUSE_SECURE_CERT=FALSE\n"})
+    assert doctor.pccs_url(probes) == ("https://old:8081/sgx/certification/v3/", doctor.QCNL_CONF)
+    probes = Bare(env_vars={"PCCS_URL": "ftp://x"})
+    assert _by_id(diagnose(probes=probes))["sgx.pccs"].status == WARN
+    assert probes.http == []
+
+
+def test_credentials_helper_missing_is_a_warning():
+    probes = Bare(config=("/c.json", {"auths": [], "credHelpers": {}, "credsStore": "desktop"}))
+    check = _by_id(diagnose(probes=probes))["registry.credentials"]
+    assert check.status == WARN and "credsStore desktop" in check.detail
+
+
+def test_engine_installed_but_stopped_and_legacy_sgx_driver():
+    probes = Bare(programs={"dockerd"}, kinds={doctor.SGX_LEGACY: "char"})
+    checks = _by_id(diagnose(probes=probes))
+    assert "start dockerd" in checks["docker.engine"].fix
+    assert "legacy" in checks["sgx.enclave_device"].detail
+
+
+def test_tflite_runtime_is_accepted_instead_of_litert():
+    probes = Bare(modules={"tflite_runtime": "2.14.0"})
+    check = _by_id(diagnose(probes=probes))["runtime.ai_edge_litert"]
+    assert check.status == OK and "tflite_runtime 2.14.0" in check.detail
+
+
+def test_gramine_in_a_base(standin_root, tmp_path):
+    real = Probes()
+    probes = Bare()
+    probes.gramine_in_base = real.gramine_in_base   # the real discovery, on the stand-in
+    check = _by_id(diagnose(f"dir:{standin_root}", probes))["gramine.base"]
+    # The stand-in has Gramine's layout but no gramine-direct: found, with a warning.
+    assert check.status == WARN and "Gramine 1.9" in check.detail
+    assert "/usr/lib/x86_64-linux-gnu/gramine/sgx/libpal.so" in check.detail
+    missing = _by_id(diagnose(f"dir:{tmp_path / 'nothing'}", probes))["gramine.base"]
+    assert missing.status == MISSING and "not found" in missing.detail and missing.fix
+    (tmp_path / "empty").mkdir()
+    empty = _by_id(diagnose(f"dir:{tmp_path / 'empty'}", probes))["gramine.base"]
+    assert empty.status == MISSING and "no Gramine installation" in empty.detail
+
+
+def test_cli_json_schema_exit_codes_and_text(monkeypatch):
+    monkeypatch.setattr(doctor, "Probes", Bare)
+    runner = CliRunner()
+    result = runner.invoke(main, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data) == {"schema", "ok", "counts", "checks"} and data["schema"] == 1
+    assert data["ok"] is False
+    for check in data["checks"]:
+        assert set(check) == {"id", "title", "status", "detail", "fix"}
+    assert [c["id"] for c in data["checks"]] == IDS
+
+    assert runner.invoke(main, ["doctor", "--strict"]).exit_code == 1
+    text = runner.invoke(main, ["doctor"]).output
+    assert text.splitlines()[0].startswith("missing  Docker engine: ")
+    assert "         fix: " in text
+    assert f"0 ok, {len(IDS)} missing, 0 warn" in text
+
+
+def test_the_real_http_probe_on_loopback():
+    """Probes.http_status itself, against a PCCS stand-in on 127.0.0.1 (nothing else)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200 if self.path.endswith("/rootcacrl") else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/sgx/certification/v4/"
+        probes = Bare(env_vars={"PCCS_URL": url})
+        probes.http_status = Probes().http_status
+        assert _by_id(diagnose(probes=probes))["sgx.pccs"].status == OK
+        assert Probes().http_status(f"http://127.0.0.1:{server.server_port}/x", 2) == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_help_has_an_example():
+    for command in (["doctor"], ["init"]):
+        result = CliRunner().invoke(main, [*command, "--help"])
+        assert result.exit_code == 0 and "Example" in result.output

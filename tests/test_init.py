@@ -1,0 +1,205 @@
+"""`enclave-build init`: a commented spec, a signing key and keys/ for the user's own model; and
+the newcomer's whole path from an empty directory: init -> build -> inspect (--extract)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from builder.errors import UsageError
+from builder.gramine.signer import PemSigner
+from builder.init import (MODEL_PLACEHOLDER, init_project, installed_frameworks,
+                          render_section, size_text)
+from builder.plugins import PluginRegistry
+from builder.schema import Field, Section
+from builder.spec import SpecError, load_spec
+
+from .conftest import run_cli
+
+BUILTIN = ("tflite", "tfserving", "openvino")
+
+
+def _sections():
+    return PluginRegistry().framework_sections()
+
+
+def _make_model(project: Path, framework: str) -> Path:
+    """The user's step 1: a model where the spec's placeholder points."""
+    path = project / MODEL_PLACEHOLDER
+    if framework == "tfserving":   # a SavedModel directory
+        (path / "variables").mkdir(parents=True)
+        (path / "saved_model.pb").write_bytes(b"\x08\x01")
+    else:
+        path.write_bytes(b"TFL3" + bytes(64))
+    return path
+
+
+def _make_ca(project: Path) -> None:
+    """The user's step 2 (`enclave-build secrets tls DIR/tls --host localhost`)."""
+    from attestation.synthetic import tls_ca_and_server
+
+    tls_ca_and_server(project / "tls", ["localhost"], days=30, ca_name="test CA")
+
+
+@pytest.mark.parametrize("framework", BUILTIN)
+def test_generated_spec_validates_once_the_model_exists(tmp_path, framework):
+    project = tmp_path / f"my-{framework}"
+    result = init_project(project, framework=framework)
+    assert (result.service, result.framework, result.key_created) == \
+        (f"my-{framework}", framework, True)
+
+    # Placeholder model (and the CA of step 2) missing: clear problems, naming the files.
+    with pytest.raises(SpecError) as missing:
+        load_spec(result.spec, _sections())
+    lines = missing.value.lines()
+    assert any("models[0].path: file not found" in line and
+               str(project.resolve() / MODEL_PLACEHOLDER) in line for line in lines), lines
+    assert all("models[0].path" in line or "secrets.ca" in line for line in lines), lines
+
+    _make_model(project, framework)
+    _make_ca(project)
+    spec = load_spec(result.spec, _sections())
+
+    fw = installed_frameworks()[framework]
+    assert spec.service.name == f"my-{framework}" and spec.service.framework == framework
+    assert spec.models[0].path == (project / MODEL_PLACEHOLDER).resolve()
+    assert spec.models[0].encrypt is True
+    assert spec.secrets.server == "localhost:4433"
+    assert spec.signing.key == (project / "keys/enclave-key.pem").resolve()
+    assert spec.enclave.size == fw.default_enclave_size
+    assert spec.enclave.max_threads == fw.default_max_threads
+    # The framework section is generated from its schema: every field, with its default.
+    assert dict(spec.section(framework)) == {f.name: f.default for f in fw.section.fields}
+    data = tomllib.loads(result.spec.read_text())
+    assert list(data[framework]) == fw.section.field_names()
+
+
+def test_key_and_directories(tmp_path):
+    result = init_project(tmp_path / "svc")
+    keys = tmp_path / "svc/keys"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert stat.S_IMODE(result.key.stat().st_mode) == 0o600
+    assert (tmp_path / "svc/models").is_dir()
+    PemSigner.from_file(result.key)   # RSA-3072, e=3, accepted for signing
+
+
+def test_never_overwrites_and_force_replaces_only_the_spec(tmp_path):
+    project = tmp_path / "svc"
+    first = init_project(project)
+    key = first.key.read_bytes()
+    first.spec.write_text("# edited by the user\n")
+
+    with pytest.raises(UsageError) as refused:
+        init_project(project)
+    assert str(first.spec) in str(refused.value) and str(first.key) in str(refused.value)
+    assert first.spec.read_text() == "# edited by the user\n"
+
+    proc = run_cli("init", str(project))
+    assert proc.returncode == 2
+    assert "spec.toml" in proc.stderr.decode() and "enclave-key.pem" in proc.stderr.decode()
+
+    again = init_project(project, framework="openvino", force=True)
+    assert again.key_created is False and again.key.read_bytes() == key
+    assert 'framework = "openvino"' in again.spec.read_text()
+
+
+def test_unknown_framework_and_bad_directory_names(tmp_path):
+    proc = run_cli("init", "--framework", "x", str(tmp_path / "svc"))
+    assert proc.returncode == 2
+    assert "no such framework 'x'; did you mean 'tflite'?" in proc.stderr.decode()
+    proc = run_cli("init", "--framework", "openvin", str(tmp_path / "svc"))
+    assert proc.returncode == 2 and "did you mean 'openvino'?" in proc.stderr.decode()
+    assert not (tmp_path / "svc").exists()
+
+    proc = run_cli("init", str(tmp_path / "My_Model"))
+    assert proc.returncode == 2
+    assert "--name my-model" in proc.stderr.decode()
+    assert not (tmp_path / "My_Model").exists()
+    result = init_project(tmp_path / "My_Model", name="face")
+    assert result.service == "face"
+    with pytest.raises(UsageError):
+        init_project(tmp_path / "other", name="Not A Label")
+
+
+def test_cli_prints_the_next_three_commands(tmp_path):
+    proc = run_cli("init", "svc", "--secret-server", "secrets.example.com:4433", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert "cp -r YOUR_MODEL svc/models/" in out
+    assert "enclave-build secrets tls svc/tls --host secrets.example.com" in out
+    assert "enclave-build build svc/spec.toml --base dir:ROOTFS --output svc/out" in out
+    as_json = run_cli("init", "svc2", "--json", cwd=tmp_path)
+    info = json.loads(as_json.stdout)
+    assert [s["command"].split()[0:2] for s in info["next_steps"]] == \
+        [["cp", "-r"], ["enclave-build", "secrets"], ["enclave-build", "build"]]
+    assert set(info) == {"directory", "spec", "key", "key_created", "framework", "service",
+                         "secret_server", "next_steps"}
+
+
+def test_render_section_of_a_third_party_schema_is_valid_toml():
+    section = Section("thing", "a plugin's options", (
+        Field("port", "int", "a port", default=1, minimum=1, maximum=9),
+        Field("on", "bool", "a switch", default=True),
+        Field("args", "list[str]", "flags", default=["-a", 'quote"d']),
+        Field("env", "table[str]", "variables", default={"A": "1"}),
+        Field("mode", "str", "a mode", default="x", choices=("x", "y")),
+        Field("token", "str", "no default"),
+        Field("must", "str", "required", required=True),
+    ))
+    text = "\n".join(render_section(section))
+    data = tomllib.loads(text)
+    assert data == {"thing": {"port": 1, "on": True, "args": ["-a", 'quote"d'],
+                              "env": {"A": "1"}, "mode": "x"}}
+    assert "# must = ...   # REQUIRED" in text and "(1 to 9)" in text
+    assert size_text(2 << 30) == "2G" and size_text(512 << 20) == "512M"
+
+
+def test_init_build_inspect_from_an_empty_directory(tmp_path, standin_root):
+    """A newcomer's path, all through the CLI, from an empty directory: init, a model of
+    their own, the secret server's CA, build, inspect, and the auditor's --extract."""
+    assert run_cli("init", "face", cwd=tmp_path).returncode == 0
+    project = tmp_path / "face"
+    (project / "models/face.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 4)
+    spec = project / "spec.toml"
+    spec.write_text(spec.read_text().replace(f'"{MODEL_PLACEHOLDER}"', '"models/face.tflite"'))
+    tls = run_cli("secrets", "tls", "face/tls", "--host", "localhost", "--json", cwd=tmp_path)
+    assert tls.returncode == 0, tls.stderr.decode()
+    assert json.loads(tls.stdout)["server"] == "localhost:4433"
+
+    build = run_cli("build", "face/spec.toml", "--base", f"dir:{standin_root}", "--output",
+                    "face/out", "--json", cwd=tmp_path)
+    assert build.returncode == 0, build.stderr.decode()
+    measurements = json.loads(build.stdout)
+    assert measurements["service"] == "face"
+
+    check = run_cli("inspect", "face/out", cwd=tmp_path)
+    assert check.returncode == 0, check.stderr.decode()
+    assert "agrees           yes" in check.stdout.decode()
+
+    extract = run_cli("inspect", "face/out", "--extract", "audit", "--json", cwd=tmp_path)
+    assert extract.returncode == 0, extract.stderr.decode()
+    info = json.loads(extract.stdout)
+    audit = tmp_path / "audit"
+    assert sorted(Path(p).name for p in info["extracted"]) == \
+        ["face.manifest.sgx", "face.sig", "measurements.json"]
+    assert (audit / "measurements.json").read_bytes() == \
+        (project / "out/measurements.json").read_bytes()
+    sig = run_cli("gramine", "sigstruct", str(audit / "face.sig"), "--json")
+    assert json.loads(sig.stdout)["mr_enclave"] == measurements["mr_enclave"]
+    assert 'sgx.' in (audit / "face.manifest.sgx").read_text()
+
+    # The policy fragment the build wrote feeds `secrets config --json`.
+    pki = run_cli("secrets", "simulate-pki", "pki", "--json", cwd=tmp_path)
+    assert pki.returncode == 0, pki.stderr.decode()
+    pki_info = json.loads(pki.stdout)
+    config = run_cli("secrets", "config", "face/out", "--cert", "face/tls/server.crt", "--key",
+                     "face/tls/server.key", "--root-ca", pki_info["root_ca"], "--collateral",
+                     pki_info["collateral"], "--out", "secrets.toml", "--json", cwd=tmp_path)
+    assert config.returncode == 0, config.stderr.decode()
+    config_info = json.loads(config.stdout)
+    assert config_info["secrets"] == ["face-key"]
+    assert [Path(k["file"]).name for k in config_info["keys"]] == ["face-key.key"]
