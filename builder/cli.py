@@ -211,7 +211,8 @@ def main() -> None:
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/oci (an OCI image layout), DIR/measurements.json and, with "
-                   "encrypted content, DIR/secrets-policy.toml. Atomic.")
+                   "encrypted content, DIR/secrets-policy.toml. Atomic. Default: out/ next to "
+                   "the spec.")
 @click.option("--base", metavar="REF", help="Base image (overrides [image] base): "
               "docker://HOST/NAME:TAG or NAME:TAG (registry), docker-daemon:NAME:TAG, "
               "oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, dir:ROOTFS.")
@@ -229,6 +230,8 @@ def build(spec: Path, output: Path | None, base: str | None, tag: str | None, lo
     from .build import ImageOptions
     from .build import build as run_build
 
+    if output is None:
+        output = spec.parent / "out"   # the headline `enclave-build spec.toml` writes something
     with _errors(), _RichProgress(not quiet and not as_json) as progress:
         result = run_build(spec, output=output, base=base, signature=signature,
                            progress=progress, image=ImageOptions(load=load, push=push, tag=tag))

@@ -118,6 +118,20 @@ def test_debug_build_warns(tmp_path, standin_root, signing_key):
     assert json.loads(proc.stdout)["debug"] is True
 
 
+def test_headline_command_writes_the_default_output(tmp_path, standin_root, signing_key):
+    """`enclave-build spec.toml` (no --output) writes out/ next to the spec and says so."""
+    _project(tmp_path, signing_key)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    proc = run_cli(str(tmp_path / "spec.toml"), "--base", f"dir:{standin_root}", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    assert json.loads((out / "measurements.json").read_text())["service"] == "face"
+    assert (out / "oci" / "index.json").is_file()
+    assert f"output       {out}" in proc.stdout.decode()
+    assert not list(elsewhere.iterdir())
+
+
 def test_failed_build_keeps_previous_output(tmp_path, standin_root, signing_key):
     _project(tmp_path, signing_key)
     ok = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",

@@ -202,7 +202,10 @@ def _read_daemon(name: str, store: BlobStore, source: str) -> Image:
         raise ImageError(f"{source}: the Docker engine has no image {name!r}") from None
     except DockerException as exc:
         raise ImageError(f"{source}: cannot talk to the Docker engine ({exc}); is it running, "
-                         "and is DOCKER_HOST right?") from None
+                         "and is DOCKER_HOST right? Without an engine, build on an unpacked "
+                         "root filesystem with --base dir:ROOTFS (scripts/gramine-base.sh makes "
+                         "a real Gramine one; `enclave-build base standin DIR` a stand-in), or "
+                         "pull from a registry with --base docker://HOST/NAME:TAG") from None
 
 
 def _safe_extract(archive: Path, target: Path, source: str) -> None:
