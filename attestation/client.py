@@ -24,21 +24,11 @@ from cryptography.hazmat.primitives import serialization
 from .measurements import Measurements
 from .ratls import extract_evidence
 from .verify import QuoteRejected, TcbPolicy, VerifiedQuote, verify_quote
-from .wire import HEADER_LEN, REQUEST, RESPONSE, parse_header  # noqa: F401  (re-exported)
+from .wire import HEADER_LEN, REQUEST, RESPONSE, parse_header, recv_exact  # noqa: F401  (re-exported)
 
 
 class ProvisioningError(RuntimeError):
     """The secret could not be obtained (refused, or protocol error)."""
-
-
-def _recv_exact(sock: ssl.SSLSocket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def fetch_secret(host: str, port: int, ca_cert: str | Path, ratls_cert: x509.Certificate,
@@ -59,7 +49,7 @@ def fetch_secret(host: str, port: int, ca_cert: str | Path, ratls_cert: x509.Cer
     try:
         with context.wrap_socket(raw, server_hostname=server_name or host) as tls:
             tls.sendall(request)
-            header = _recv_exact(tls, HEADER_LEN)
+            header = recv_exact(tls, HEADER_LEN)
             if len(header) < HEADER_LEN:
                 raise ProvisioningError("the secret server closed the connection: the enclave "
                                         "was refused (see the server's audit log)")
@@ -69,9 +59,9 @@ def fetch_secret(host: str, port: int, ca_cert: str | Path, ratls_cert: x509.Cer
                 raise ProvisioningError(f"unexpected response from the secret server: {exc}") \
                     from None
             if not released:
-                reason = _recv_exact(tls, size).decode("utf-8", "replace")
+                reason = recv_exact(tls, size).decode("utf-8", "replace")
                 raise ProvisioningError(f"the secret server refused: {reason}")
-            secret = _recv_exact(tls, size)
+            secret = recv_exact(tls, size)
             if len(secret) != size:
                 raise ProvisioningError("truncated secret")
             return secret
