@@ -54,44 +54,31 @@ def read_deps(path: Path) -> ElfDeps | None:
     """DT_NEEDED, DT_RPATH and DT_RUNPATH of an ELF file; None if it is not a (readable) ELF."""
     if not is_elf(path):
         return None
-    needed: list[str] = []
-    rpath: list[str] = []
-    runpath: list[str] = []
     try:
         with open(path, "rb") as handle:
             elf = ELFFile(handle)
-            for section in elf.iter_sections():
-                if not isinstance(section, DynamicSection):
-                    continue
-                for tag in section.iter_tags():
-                    if tag.entry.d_tag == "DT_NEEDED":
-                        needed.append(tag.needed)
-                    elif tag.entry.d_tag == "DT_RPATH":
-                        rpath += [p for p in tag.rpath.split(":") if p]
-                    elif tag.entry.d_tag == "DT_RUNPATH":
-                        runpath += [p for p in tag.runpath.split(":") if p]
-            if not needed and elf.num_sections() == 0:
-                needed, rpath, runpath = _deps_from_segments(elf)
+            tables = [s for s in elf.iter_sections() if isinstance(s, DynamicSection)]
+            if not tables and elf.num_sections() == 0:
+                # Section headers stripped: the PT_DYNAMIC segment holds the same tags.
+                tables = [g for g in elf.iter_segments() if g["p_type"] == "PT_DYNAMIC"]
+            needed, rpath, runpath = _collect(tag for table in tables for tag in table.iter_tags())
     except (ELFError, ValueError, OSError, KeyError, AssertionError):
         return None
     return ElfDeps(tuple(needed), tuple(rpath), tuple(runpath))
 
 
-def _deps_from_segments(elf: ELFFile) -> tuple[list[str], list[str], list[str]]:
-    """Section headers stripped: read the PT_DYNAMIC segment instead."""
+def _collect(tags: Iterable) -> tuple[list[str], list[str], list[str]]:
+    """DT_NEEDED names, DT_RPATH and DT_RUNPATH directories, in file order."""
     needed: list[str] = []
     rpath: list[str] = []
     runpath: list[str] = []
-    for segment in elf.iter_segments():
-        if segment["p_type"] != "PT_DYNAMIC":
-            continue
-        for tag in segment.iter_tags():
-            if tag.entry.d_tag == "DT_NEEDED":
-                needed.append(tag.needed)
-            elif tag.entry.d_tag == "DT_RPATH":
-                rpath += [p for p in tag.rpath.split(":") if p]
-            elif tag.entry.d_tag == "DT_RUNPATH":
-                runpath += [p for p in tag.runpath.split(":") if p]
+    for tag in tags:
+        if tag.entry.d_tag == "DT_NEEDED":
+            needed.append(tag.needed)
+        elif tag.entry.d_tag == "DT_RPATH":
+            rpath += [p for p in tag.rpath.split(":") if p]
+        elif tag.entry.d_tag == "DT_RUNPATH":
+            runpath += [p for p in tag.runpath.split(":") if p]
     return needed, rpath, runpath
 
 
