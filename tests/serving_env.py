@@ -246,3 +246,19 @@ def infer_both(served: Served, model: str, name: str, tensor: np.ndarray, output
     hr = h.infer(model, [hi], outputs=[httpclient.InferRequestedOutput(o, binary_data=True)
                                        for o in outputs])
     return ({o: gr.as_numpy(o) for o in outputs}, {o: hr.as_numpy(o) for o in outputs})
+
+
+FACE_OUTPUTS = ["regressors", "classificators"]
+
+
+def assert_face_models_match(served: Served, model_file: Path, names: list[str]) -> np.ndarray:
+    """Each served face-detection model answers over gRPC and HTTP exactly as LiteRT does
+    directly on the same input; returns that input for further requests."""
+    tensor = face_input()
+    expected = litert(model_file, tensor)
+    for name in names:
+        by_grpc, by_http = infer_both(served, name, "input", tensor, FACE_OUTPUTS)
+        for o in FACE_OUTPUTS:
+            assert np.array_equal(by_grpc[o], expected[o]), (name, o, "grpc")
+            assert np.array_equal(by_http[o], expected[o]), (name, o, "http")
+    return tensor

@@ -60,14 +60,7 @@ def test_tflite_two_models_two_keys_each_fetched_separately(tmp_path, keys, stan
     try:
         run, served = se.start_run(out, keys)
         assert served is not None, run.output.text
-        tensor = se.face_input()
-        expected = se.litert(model, tensor)
-        names = ["regressors", "classificators"]
-        for name in ("owner_a", "owner_b"):
-            by_grpc, by_http = se.infer_both(served, name, "input", tensor, names)
-            for o in names:
-                assert np.array_equal(by_grpc[o], expected[o]), (name, o, "grpc")
-                assert np.array_equal(by_http[o], expected[o]), (name, o, "http")
+        se.assert_face_models_match(served, model, ["owner_a", "owner_b"])
         assert run.stop() == 0, run.output.text
         assert "0 unanswered" in run.output.text
     finally:

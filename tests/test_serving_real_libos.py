@@ -201,14 +201,7 @@ def test_tflite_two_models_two_keys_under_the_real_libos(keys, tflite_build, env
     try:
         run, served, ready = _start(out, keys, env)
         assert served is not None, run.output.text
-        tensor = se.face_input()
-        expected = se.litert(model, tensor)
-        names = ["regressors", "classificators"]
-        for name in ("owner_a", "owner_b"):
-            by_grpc, by_http = se.infer_both(served, name, "input", tensor, names)
-            for o in names:
-                assert np.array_equal(by_grpc[o], expected[o]), (name, o, "grpc")
-                assert np.array_equal(by_http[o], expected[o]), (name, o, "http")
+        tensor = se.assert_face_models_match(served, model, ["owner_a", "owner_b"])
         in_libos = _p50_grpc_ms(served, "owner_a", "input", tensor)
         assert _loader_uids(run) == {10001}     # the image's user, not root
         assert run.stop() == 0, run.output.text
