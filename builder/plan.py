@@ -145,6 +145,61 @@ class PythonRuntime:
         return f"/usr/lib/python{self.version}"
 
 
+@dataclass(frozen=True)
+class SpecOrigin:
+    """Where a plan's values came from, so a backend's refusal can name the spec key and line
+    (``spec.toml:14: enclave.size: ...``) without reading the spec again."""
+
+    source: str                                            # the spec file as the user named it
+    lines: dict[str, int] = field(default_factory=dict)    # dotted key -> 1-based line
+
+    def locate(self, key: str) -> str:
+        """``SOURCE:LINE: KEY`` (the line of the key, or of its nearest parent in the file)."""
+        probe = key
+        while probe:
+            if probe in self.lines:
+                return f"{self.source}:{self.lines[probe]}: {key}"
+            probe = probe.rpartition(".")[0]
+        return f"{self.source}: {key}"
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """An enclave identity the service's own enclave requires of the secret server (Occlum's
+    init verifies the server's quote too: mutual RA-TLS)."""
+
+    mr_enclave: str
+    mr_signer: str
+    isv_prod_id: int
+    isv_svn: int
+    debug: bool
+
+
+@dataclass(frozen=True)
+class OcclumPlanOptions:
+    """Occlum-only knobs, from the spec's optional ``[occlum]`` section (sizes in bytes; None =
+    derived by the Occlum backend, see builder/occlum/occlum_json.py)."""
+
+    kernel_heap: int = 32 << 20
+    kernel_heap_max: int | None = None       # EDMM only
+    kernel_stack: int = 1 << 20
+    user_space_init: int | None = None       # EDMM only
+    init_threads: int | None = None          # EDMM only
+    process_heap: int = 32 << 20
+    process_mmap: int = 100 << 20
+    amx: int = 0
+    pkru: int = 0
+    io_uring: int = 0
+    posix_shm: bool = False
+    enable_kss: bool = False
+    family_id: int = 0                        # 128-bit ISVFAMILYID (KSS)
+    ext_prod_id: int = 0                      # 128-bit ISVEXTPRODID (KSS)
+    encrypt_image: bool = False
+    hostfs: tuple[tuple[str, str], ...] = ()  # (target in the enclave, source on the host)
+    server_identities: tuple[ServerIdentity, ...] = ()
+    server_pin: str = "mr_enclave"            # "mr_enclave" | "mr_signer"
+
+
 @dataclass
 class ServicePlan:
     service: str
@@ -172,6 +227,10 @@ class ServicePlan:
     env_passthrough: list[str] = field(default_factory=list)
     #: The Python interpreter and code this service runs (None for binary entrypoints).
     python: PythonRuntime | None = None
+    #: Occlum-only options ([occlum] in the spec); None = defaults.
+    occlum: OcclumPlanOptions | None = None
+    #: Where the spec's keys are, for backends' error messages (None for hand-made plans).
+    origin: SpecOrigin | None = None
 
     def add_file(self, source: Path | None, dest: str, kind: FileKind = FileKind.TRUSTED,
                  mode: int = 0o644, key_name: str | None = None,

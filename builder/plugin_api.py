@@ -23,6 +23,7 @@ from .plan import (STDLIB_UNUSED, EnclaveResources, FileKind, KeyDelivery, Mount
 from .rootfs import RootFS
 from .schema import Field, Problem, Section
 from .spec import ModelSpec, Spec, SpecError
+from .spec_origin import spec_origin
 
 __all__ = [
     "hookimpl", "Framework", "LibOS", "BuildOptions", "Progress", "NullProgress",
@@ -183,6 +184,8 @@ def base_plan(spec: Spec, framework: Framework, *, entrypoint: str, argv: list[s
         trusted=list(trusted or []),
         ports=list(ports or []),
     )
+    plan.occlum = spec.occlum
+    plan.origin = spec_origin(spec.path)
     plan.labels["org.enclave-build.service"] = spec.service.name
     plan.labels["org.enclave-build.framework"] = framework.name
     if spec.secrets.server:

@@ -32,7 +32,8 @@ CASES = [
      ["spec.toml:2: invalid TOML: Illegal character '\\n' (at line 2, column 12)"]),
     ("unknown-section-typo", GOOD + '\n[enclaev]\nsize = "1G"\n',
      ["spec.toml:17: enclaev: unknown section; did you mean 'enclave'? allowed: service, models, "
-      "enclave, image, signing, secrets, tls, build, openvino, tflite, tfserving"]),
+      "enclave, image, signing, secrets, tls, build, occlum, deploy, openvino, secret-server, "
+      "tflite, tfserving"]),
     ("unknown-key-typo", replace('max_threads = 8', 'max_thread = 8'),
      ["spec.toml:12: enclave.max_thread: unknown key; did you mean 'max_threads'? allowed: size, "
       "max_threads, edmm, debug, isv_prod_id, isv_svn, log_level"]),
@@ -71,10 +72,11 @@ CASES = [
       "digits and '-', at most 63 characters (a DNS label)"]),
     ("unknown-framework-typo", replace('framework = "tflite"', 'framework = "tfservin"'),
      ["spec.toml:3: service.framework: 'tfservin' is not an installed framework; did you mean "
-      "'tfserving'? allowed: openvino, tflite, tfserving (see `enclave-build plugins`)"]),
+      "'tfserving'? allowed: openvino, secret-server, tflite, tfserving (see `enclave-build "
+      "plugins`)"]),
     ("unknown-libos", replace('framework = "tflite"', 'framework = "tflite"\nlibos = "gramin"'),
      ["spec.toml:4: service.libos: 'gramin' is not an installed libOS backend; did you mean "
-      "'gramine'? allowed: gramine"]),
+      "'gramine'? allowed: gramine, occlum"]),
     ("model-file-missing", replace('path = "model.tflite"', 'path = "missing.tflite"'),
      ["spec.toml:7: models[0].path: file not found: {dir}/missing.tflite (relative paths are "
       "resolved against the spec's directory)"]),

@@ -22,8 +22,8 @@ THIRD_PARTY = Path(__file__).parent / "thirdparty_plugin"
 
 def test_builtins_are_loaded_from_entry_points():
     registry = PluginRegistry()
-    assert set(registry.frameworks) == {"tfserving", "tflite", "openvino"}
-    assert set(registry.libos) == {"gramine"}
+    assert set(registry.frameworks) == {"tfserving", "tflite", "openvino", "secret-server"}
+    assert set(registry.libos) == {"gramine", "occlum"}
     names = {info.name: info for info in registry.describe()}
     assert names["tfserving"].source == "enclave-build"
     assert names["tfserving"].hooks == ("enclave_build_frameworks",)

@@ -1,0 +1,150 @@
+"""ServicePlan -> Occlum 0.31 configuration: Occlum.json, a copy_bom YAML, init_ra_conf.json.
+
+Occlum-only knobs come from the spec's optional ``[occlum]`` section (builder/occlum_spec.py),
+carried in the plan as :class:`builder.plan.OcclumPlanOptions`; everything else from the
+libOS-neutral plan (see occlum_json.py for the mapping, bom.py for what is copied from where,
+init_ra.py for how keys and the encrypted image work).
+
+Every document is checked against Occlum 0.31's parser rules (rules.py) before it is returned;
+a refusal names the spec key the value came from (``spec.toml:14: enclave.size: ...``), located
+through the plan's :class:`builder.plan.SpecOrigin`.
+
+Encrypted models: Occlum has no Gramine protected files. When the plan has ENCRYPTED files (or
+``occlum.encrypt_image``), the whole SEFS image is encrypted (``occlum build --image-key``) with
+the wrap key named by :attr:`OcclumConfig.image_key`, which Occlum's init fetches over RA-TLS
+as the secret ``image_key``; the plan's provisioned keys are fetched to
+``KEYS_DIR/NAME`` (:attr:`OcclumConfig.kms_keys`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..plan import FileKind, OcclumPlanOptions, ServicePlan
+from ..rootfs import RootFS
+from . import rules
+from .bom import bom, to_yaml
+from .init_ra import KmsKey, init_ra_conf, kms_keys
+from .occlum_json import FRAMEWORK_KEY, KEYS_DIR, OcclumConfigError, locate, occlum_json
+
+ROOTFS = "/eb/rootfs"   # where the build container sees the base image's root filesystem (read-only)
+STAGE = "/eb/stage"     # where it sees the files the plan generates/adds (plan.files), laid out by their dest path
+
+__all__ = ["ROOTFS", "STAGE", "KEYS_DIR", "OcclumConfig", "OcclumOptions", "OcclumConfigError",
+           "KmsKey", "render"]
+
+
+@dataclass(frozen=True)
+class OcclumOptions:
+    """What render needs besides the plan."""
+
+    #: The base image's root filesystem as the builder sees it, to resolve the Python and ELF
+    #: closures (required when the plan has a Python runtime or paths trusted when present).
+    rootfs: RootFS | None = None
+    stage: str = STAGE
+    rootfs_dir: str = ROOTFS
+
+
+@dataclass(frozen=True)
+class OcclumConfig:
+    occlum_json: bytes          # Occlum.json for the instance directory
+    bom_yaml: bytes             # copy_bom YAML: plan files from STAGE, the runtime from ROOTFS
+    init_ra_conf: bytes | None  # None when init fetches nothing (no keys, clear image)
+    entry_points: tuple[str, ...]
+    kms_keys: tuple[KmsKey, ...]  # what init fetches (the image key first, if any)
+    #: The wrap key (keys_dir/NAME) that encrypts the SEFS image: give it to
+    #: ``occlum build --image-key`` in init_ra.image_key_text form; None = integrity-only image.
+    image_key: str | None
+
+
+def _spec_key(origins: dict[str, str], path: str, default: str) -> str:
+    """The spec key behind JSON *path*: the longest matching origin prefix."""
+    probe = path
+    while probe:
+        if probe in origins:
+            return origins[probe]
+        probe = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe)
+    return default
+
+
+def _refuse(plan: ServicePlan, exc: rules.OcclumRuleError, origins: dict[str, str],
+            default: str) -> OcclumConfigError:
+    key = _spec_key(origins, exc.path, default)
+    return OcclumConfigError(locate(plan, key), f"{exc.document} {exc.path or '(top)'}: "
+                                                f"{exc.reason}")
+
+
+def _dumps(doc: Any) -> bytes:
+    return (json.dumps(doc, indent=4, ensure_ascii=True) + "\n").encode()
+
+
+def _image_key(plan: ServicePlan, opts: OcclumPlanOptions) -> str | None:
+    encrypted = [f for f in plan.files if f.kind is FileKind.ENCRYPTED]
+    if encrypted:
+        return encrypted[0].key_name or f"{plan.service}-key"
+    if opts.encrypt_image:
+        if plan.secrets is None:
+            raise OcclumConfigError(locate(plan, "occlum.encrypt_image"),
+                                    "an encrypted image needs its key from a secret server at "
+                                    "start: set [secrets] server")
+        return f"{plan.service}-key"
+    return None
+
+
+def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumConfig:
+    """Occlum.json, the copy_bom YAML and init_ra_conf.json for *plan*, checked against
+    Occlum 0.31's rules. Raises :class:`OcclumConfigError` naming the spec key."""
+    options = options or OcclumOptions()
+    opts = plan.occlum or OcclumPlanOptions()
+    image_key = _image_key(plan, opts)
+    keys = kms_keys(plan, image_key, KEYS_DIR)
+    if image_key is not None and rules.IMAGE_KEY_SECRET in {k.secret for k in keys[1:]}:
+        raise OcclumConfigError(locate(plan, "models"), f"a key may not be named "
+                                f"{rules.IMAGE_KEY_SECRET!r}: Occlum's init uses that name for "
+                                "the image key")
+
+    rendered = occlum_json(plan, opts, keys=any(k.path for k in keys))
+    try:
+        rules.check_occlum_json(rendered.doc, edmm=plan.enclave.edmm)
+    except rules.OcclumRuleError as exc:
+        raise _refuse(plan, exc, rendered.origins, FRAMEWORK_KEY) from None
+
+    conf = None
+    if keys:
+        if plan.secrets is None:
+            raise OcclumConfigError(locate(plan, "secrets.server"), "required: Occlum's init "
+                                    "fetches the keys from a secret server")
+        if not opts.server_identities:
+            raise OcclumConfigError(
+                locate(plan, "occlum.server_measurements"),
+                "required when the enclave fetches keys: Occlum's init verifies the secret "
+                "server's own enclave (mutual RA-TLS), so give the measurements.json of the "
+                "secret-server enclave build")
+        doc = init_ra_conf(plan, opts, keys)
+        origins = {"kms_server": "secrets.server", "kms_keys": "models",
+                   "ra_config": "occlum.server_measurements"}
+        try:
+            rules.check_init_ra_conf(doc)
+        except rules.OcclumRuleError as exc:
+            raise _refuse(plan, exc, origins, "secrets") from None
+        conf = _dumps(doc)
+
+    bom_doc = bom(plan, options.rootfs, options.stage.rstrip("/"),
+                  options.rootfs_dir.rstrip("/"), rendered.mount_targets)
+    try:
+        rules.check_bom(bom_doc)
+    except rules.OcclumRuleError as exc:
+        raise _refuse(plan, exc, {}, FRAMEWORK_KEY) from None
+    header = (f"copy_bom for {plan.service} (written by enclave-build; "
+              f"plan files from {options.stage}, the runtime from {options.rootfs_dir})")
+    return OcclumConfig(
+        occlum_json=_dumps(rendered.doc),
+        bom_yaml=to_yaml(bom_doc, header),
+        init_ra_conf=conf,
+        entry_points=tuple(rendered.doc["entry_points"]),
+        kms_keys=keys,
+        image_key=image_key,
+    )

@@ -1,0 +1,186 @@
+"""The optional ``[occlum]`` spec section: Occlum-only knobs, checked while the spec loads.
+
+Everything libOS-neutral stays where it is (``[enclave] size``, ``max_threads``, ``edmm``,
+``debug``, ``isv_prod_id``, ``isv_svn``); this section holds only what Occlum has and Gramine
+does not. It is allowed only with ``service.libos = "occlum"``. Its values reach the Occlum
+backend as :class:`builder.plan.OcclumPlanOptions` (nothing downstream reads the spec)::
+
+    [occlum]
+    kernel_heap = "64M"            # Occlum.json resource_limits.kernel_space_heap_size
+    kernel_stack = "1M"            # resource_limits.kernel_space_stack_size
+    kernel_heap_max = "256M"       # EDMM only: resource_limits.kernel_space_heap_max_size
+    user_space_init = "512M"       # EDMM only: resource_limits.user_space_size (initial)
+    init_threads = 8               # EDMM only: resource_limits.init_num_of_threads
+    process_heap = "32M"           # process.default_heap_size (brk)
+    process_mmap = "100M"          # process.default_mmap_size (unused by Occlum 0.31)
+    amx = 0                        # feature.amx: 0 off, 1 required, 2 if the CPU has it
+    pkru = 0                       # feature.pkru, same values
+    io_uring = 0                   # feature.io_uring: 0 off, 1..16 instances
+    posix_shm = false              # feature.enable_posix_shm
+    enable_kss = false             # metadata.enable_kss; then family_id / ext_prod_id count
+    family_id = "0x0"              # metadata.family_id, up to 128 bits in hex
+    ext_prod_id = "0x0"            # metadata.ext_prod_id, up to 128 bits in hex
+    encrypt_image = false          # encrypt the SEFS image even without encrypted models
+    server_measurements = ["../secret-server/out/measurements.json"]
+    server_pin = "mr_enclave"      # or "mr_signer": what init requires of the secret server
+    allow_debug_server = false     # accept a DEBUG secret-server enclave (insecure)
+
+    [occlum.hostfs]                # host directories visible in the enclave: only when asked
+    "/host/data" = "/var/lib/app"  # target in the enclave = directory on the host
+
+Sizes are ``<integer><K|M|G|T>`` with an optional trailing ``B`` (``"64M"``, ``"64MB"``).
+``server_measurements`` are the measurements.json files of the secret-server enclave(s) that
+Occlum's init may fetch keys from (init verifies the server's quote: mutual RA-TLS); they are
+required when the service has keys to fetch.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from .plan import OcclumPlanOptions, ServerIdentity
+from .schema import Field, Problem, Section
+
+SECTION = Section("occlum", "Occlum-only options (service.libos = \"occlum\")", (
+    Field("kernel_heap", "str", "LibOS kernel heap (Occlum.json kernel_space_heap_size)",
+          default="32M"),
+    Field("kernel_heap_max", "str", "EDMM only: kernel heap maximum (kernel_space_heap_max_size)"),
+    Field("kernel_stack", "str", "LibOS kernel stack per thread (kernel_space_stack_size)",
+          default="1M"),
+    Field("user_space_init", "str", "EDMM only: initial user space (user_space_size); the "
+          "maximum is [enclave] size minus the kernel's share"),
+    Field("init_threads", "int", "EDMM only: threads created at start (init_num_of_threads)",
+          minimum=1, maximum=4096),
+    Field("process_heap", "str", "brk heap of each process (process.default_heap_size)",
+          default="32M"),
+    Field("process_mmap", "str", "process.default_mmap_size (kept for Occlum's parser)",
+          default="100M"),
+    Field("amx", "int", "feature.amx: 0 off, 1 required, 2 when the CPU has it", default=0,
+          minimum=0, maximum=2),
+    Field("pkru", "int", "feature.pkru: 0 off, 1 required, 2 when the CPU has it", default=0,
+          minimum=0, maximum=2),
+    Field("io_uring", "int", "feature.io_uring: 0 off, 1..16 io_uring instances", default=0,
+          minimum=0, maximum=16),
+    Field("posix_shm", "bool", "feature.enable_posix_shm", default=False),
+    Field("enable_kss", "bool", "metadata.enable_kss (Key Separation and Sharing)",
+          default=False),
+    Field("family_id", "str", "metadata.family_id (KSS), hex up to 128 bits", default="0x0"),
+    Field("ext_prod_id", "str", "metadata.ext_prod_id (KSS), hex up to 128 bits",
+          default="0x0"),
+    Field("encrypt_image", "bool", "encrypt the SEFS image (occlum build --image-key) even "
+          "when no model is encrypted", default=False),
+    Field("hostfs", "table[str]", "host directories mounted in the enclave (hostfs): "
+          "\"/target\" = \"/host/dir\"; none unless listed", default={}),
+    Field("server_measurements", "list[str]", "measurements.json files of the secret-server "
+          "enclave(s) Occlum's init may fetch keys from", default=[]),
+    Field("server_pin", "str", "what init requires of the secret server's enclave",
+          default="mr_enclave", choices=("mr_enclave", "mr_signer")),
+    Field("allow_debug_server", "bool", "accept a DEBUG secret-server enclave (insecure)",
+          default=False),
+), owner="occlum")
+
+_SIZE = re.compile(r"^([0-9]+)\s*([KMGT]?)B?$")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_HEX = re.compile(r"^0x[0-9a-fA-F]{1,32}$")
+_TARGET = re.compile(r"^/[A-Za-z0-9._/-]*$")
+SIZE_DOC = '<integer><K|M|G|T>, optionally with a trailing B, e.g. "64M" or "64MB"'
+
+
+def parse_size(text: str) -> int | None:
+    """``"64M"``/``"64MB"`` -> bytes; a bare number needs the ``B`` (``"4096B"``)."""
+    match = _SIZE.match(text.strip())
+    if not match or (not match.group(2) and not text.strip().endswith("B")):
+        return None
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def check(values: dict[str, Any], given: bool, libos: Any, edmm: bool, base_dir: Path,
+          problems: list[Problem]) -> OcclumPlanOptions | None:
+    """Convert the validated ``[occlum]`` table; append located problems. *given*: the
+    section is in the file. Returns None when the service is not an Occlum one."""
+    if libos != "occlum":
+        if given:
+            problems.append(Problem(("occlum",), f"[occlum] applies only to service.libos = "
+                                                 f"\"occlum\" (this spec's libos is {libos!r})"))
+        return None
+    sizes: dict[str, int | None] = {}
+    for name in ("kernel_heap", "kernel_heap_max", "kernel_stack", "user_space_init",
+                 "process_heap", "process_mmap"):
+        text = values.get(name)
+        if text is None:
+            sizes[name] = None
+            continue
+        size = parse_size(text)
+        if size is None or size == 0:
+            problems.append(Problem(("occlum", name), f"{text!r} is not a size; allowed: "
+                                                      f"{SIZE_DOC}, not zero"))
+        sizes[name] = size
+    if not edmm:
+        for name in ("kernel_heap_max", "user_space_init", "init_threads"):
+            if values.get(name) is not None:
+                problems.append(Problem(("occlum", name), "only with enclave.edmm = true (without "
+                                        "EDMM Occlum sizes the enclave statically)"))
+    ids: dict[str, int] = {}
+    for name in ("family_id", "ext_prod_id"):
+        text = values.get(name)
+        if isinstance(text, str) and not _HEX.match(text):
+            problems.append(Problem(("occlum", name), f"{text!r} is not allowed; allowed: "
+                                                      '"0x" and 1 to 32 hex digits (128 bits)'))
+            ids[name] = 0
+        else:
+            ids[name] = int(text, 16) if isinstance(text, str) else 0
+    hostfs: list[tuple[str, str]] = []
+    for target, source in (values.get("hostfs") or {}).items():
+        key = ("occlum", "hostfs", target)
+        norm = "/" + "/".join(p for p in target.split("/") if p not in ("", "."))
+        if not _TARGET.match(target) or ".." in target.split("/") or norm == "/":
+            problems.append(Problem(key, "the target must be an absolute path in the enclave "
+                                         "other than \"/\", without \"..\" (letters, digits, "
+                                         "'.', '_', '-', '/')"))
+        elif not source:
+            problems.append(Problem(key, "empty host directory: a hostfs mount needs its source"))
+        else:
+            hostfs.append((norm, source))
+    identities = []
+    for index, name in enumerate(values.get("server_measurements") or []):
+        identity = _load_identity(name, base_dir, ("occlum", "server_measurements", index),
+                                  values.get("allow_debug_server", False), problems)
+        if identity is not None:
+            identities.append(identity)
+    if any(s is None for n, s in sizes.items() if values.get(n) is not None):
+        return None
+    defaults = OcclumPlanOptions()
+    return OcclumPlanOptions(
+        kernel_heap=sizes["kernel_heap"] or defaults.kernel_heap,
+        kernel_heap_max=sizes["kernel_heap_max"],
+        kernel_stack=sizes["kernel_stack"] or defaults.kernel_stack,
+        user_space_init=sizes["user_space_init"],
+        init_threads=values.get("init_threads"),
+        process_heap=sizes["process_heap"] or defaults.process_heap,
+        process_mmap=sizes["process_mmap"] or defaults.process_mmap,
+        amx=values.get("amx", 0), pkru=values.get("pkru", 0),
+        io_uring=values.get("io_uring", 0), posix_shm=bool(values.get("posix_shm")),
+        enable_kss=bool(values.get("enable_kss")), family_id=ids["family_id"],
+        ext_prod_id=ids["ext_prod_id"], encrypt_image=bool(values.get("encrypt_image")),
+        hostfs=tuple(sorted(hostfs)), server_identities=tuple(identities),
+        server_pin=values.get("server_pin") or "mr_enclave")
+
+
+def _load_identity(name: str, base_dir: Path, key: tuple, allow_debug: bool,
+                   problems: list[Problem]) -> ServerIdentity | None:
+    from attestation.measurements import Measurements, MeasurementsError
+
+    path = Path(name) if Path(name).is_absolute() else (base_dir / name).resolve()
+    try:
+        m = Measurements.load(path)
+    except MeasurementsError as exc:
+        problems.append(Problem(key, f"{path}: not a usable measurements.json ({exc})"))
+        return None
+    if m.debug and not allow_debug:
+        problems.append(Problem(key, f"{path}: the secret server there is a DEBUG enclave "
+                                     "(its memory is readable by its host); rebuild it without "
+                                     "debug or set occlum.allow_debug_server = true"))
+        return None
+    return ServerIdentity(m.mr_enclave, m.mr_signer, m.isv_prod_id, m.isv_svn, m.debug)
