@@ -23,12 +23,13 @@ from .errors import EnclaveBuildError, UsageError
 from .gramine.protected_files import read_wrap_key, write_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache
-from .image.assemble import assemble
+from .image.assemble import assemble, runtime_owner
 from .image.oci import BlobStore, Image
 from .image.output import load_into_docker, push, tidy_stale_temps, write_oci_layout
 from .image.reference import DOCKER_HUB, parse_registry_ref, parse_source
 from .cache import cache_root
 from .image.sources import open_base
+from .k8s.service_info import SERVICE_FILE, ServiceInfo, service_info
 from .plan import ServicePlan
 from .plugin_api import BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress
 from .plugins import PluginRegistry
@@ -215,9 +216,22 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
                                                         built.manifest_digest))
     policy = policy_fragment(plan, measurements, key_files, out) if key_files else None
     if out is not None:
-        write_output(out, built, plan.image_tag, measurements, policy)
+        write_output(out, built, plan.image_tag, measurements, policy,
+                     deploy_info(spec, plan, base, rootfs))
     return BuildResult(spec, plan, artifacts, measurements, out, tuple(created), key_files,
                        built, pushed)
+
+
+def deploy_info(spec: Spec, plan: ServicePlan, base: Image,
+                rootfs: RootFS | None) -> ServiceInfo | None:
+    """service.json: how the built service runs (ports, health, drain, numeric user, ...)
+    for `enclave-build k8s`; the user is resolved as the image assembly resolves it. None for
+    a service that listens on no port (nothing to deploy behind a Service)."""
+    if not plan.ports:
+        return None
+    base_user = (base.config.get("config") or {}).get("User") or None
+    owner = runtime_owner(plan.user if plan.user and plan.user != "root" else base_user, rootfs)
+    return service_info(plan, spec.deploy, owner, tls=spec.tls is not None)
 
 
 def policy_fragment(plan: ServicePlan, measurements: Measurements,
@@ -255,11 +269,12 @@ def _comment(lines: list[str]) -> str:
 
 
 def write_output(out: Path, image: Image, tag: str | None, measurements: Measurements,
-                 policy: str | None = None) -> None:
+                 policy: str | None = None, service: ServiceInfo | None = None) -> None:
     """Write the output directory atomically: a sibling temp dir renamed into place.
 
     ``oci/`` is an OCI image layout of the built image; ``measurements.json`` its identity;
-    ``secrets-policy.toml`` the secret server's fragment. Wrap keys never go here."""
+    ``secrets-policy.toml`` the secret server's fragment; ``service.json`` how it runs
+    (builder.k8s.service_info). Wrap keys never go here."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
@@ -267,6 +282,8 @@ def write_output(out: Path, image: Image, tag: str | None, measurements: Measure
         (staging / "measurements.json").write_text(measurements.to_json())
         if policy is not None:
             (staging / "secrets-policy.toml").write_text(policy)
+        if service is not None:
+            (staging / SERVICE_FILE).write_text(service.to_json())
         os.chmod(staging, 0o755)
         _replace_dir(staging, out)
     except BaseException:

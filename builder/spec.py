@@ -17,6 +17,9 @@ from typing import Any, Mapping
 from ._tomlpos import KeyLocator
 from .errors import UsageError
 from .schema import Field, Problem, Section, did_you_mean, validate_section
+from . import occlum_spec
+from .plan import OcclumPlanOptions
+from .k8s.settings import DEPLOY, DeploySpec, check_deploy
 
 _NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _NAME_DOC = "lower-case letters, digits and '-', at most 63 characters (a DNS label)"
@@ -93,7 +96,8 @@ BUILD = Section("build", "build behaviour", (
           "which files, or 4 KiB blocks at the same position, are equal)", default=False),
 ))
 
-CORE_SECTIONS = (SERVICE, MODELS, ENCLAVE, IMAGE, SIGNING, SECRETS, TLS, BUILD)
+CORE_SECTIONS = (SERVICE, MODELS, ENCLAVE, IMAGE, SIGNING, SECRETS, TLS, BUILD,
+                 occlum_spec.SECTION, DEPLOY)
 
 
 class SpecError(UsageError):
@@ -191,6 +195,10 @@ class Spec:
     secrets: SecretsSpec
     tls: TLSSpec | None = None
     build: BuildSpec = BuildSpec(False)
+    #: [occlum] options, converted (None unless service.libos is "occlum").
+    occlum: OcclumPlanOptions | None = None
+    #: [deploy]: how `enclave-build k8s` runs it (copied into the build's service.json).
+    deploy: DeploySpec = field(default_factory=DeploySpec)
     plugin_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
@@ -272,6 +280,9 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
 
     _check_signing(signing, problems)
     _check_secrets(values["secrets"], models, data, problems)
+    occlum = occlum_spec.check(values["occlum"], "occlum" in data, libos,
+                               bool(values["enclave"].get("edmm")), base_dir, problems)
+    check_deploy(values["deploy"], values["enclave"], problems)
 
     plugin_values: dict[str, Mapping[str, Any]] = {}
     for name, section in plugin_sections.items():
@@ -302,6 +313,8 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
         secrets=SecretsSpec(secrets["server"], secrets["ca"], secrets["keys_dir"]),
         tls=TLSSpec(values["tls"]["cert"], values["tls"]["key"]) if "tls" in data else None,
         build=BuildSpec(values["build"]["reproducible"]),
+        occlum=occlum,
+        deploy=DeploySpec.from_values(values["deploy"]),
         plugin_sections=plugin_values,
     )
 

@@ -10,7 +10,9 @@
 * Memory: ``model_server_process_resident_bytes`` / ``model_server_process_virtual_bytes``
   (``/proc/self/statm``) and ``model_server_memory_total_bytes`` /
   ``model_server_memory_available_bytes`` (``/proc/meminfo``; inside Gramine these describe the
-  enclave's memory). A file the platform does not provide just leaves its metrics out.
+  enclave's memory), ``model_server_memory_in_use_bytes`` and
+  ``model_server_memory_in_use_ratio`` (in use / total: the autoscaler's EPC-pressure signal).
+  A file the platform does not provide just leaves its metrics out.
 """
 
 from __future__ import annotations
@@ -137,4 +139,12 @@ class Metrics:
                     "# TYPE model_server_memory_in_use_bytes gauge",
                     f"model_server_memory_in_use_bytes {mem['MemTotal'] - avail}",
                 ]
+                if mem["MemTotal"] > 0:
+                    ratio = (mem["MemTotal"] - avail) / mem["MemTotal"]
+                    lines += [
+                        "# HELP model_server_memory_in_use_ratio Memory in use / total (in "
+                        "Gramine: of the enclave size; an autoscaling signal).",
+                        "# TYPE model_server_memory_in_use_ratio gauge",
+                        f"model_server_memory_in_use_ratio {ratio:.6f}",
+                    ]
         return "\n".join(lines) + "\n"

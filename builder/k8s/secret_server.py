@@ -1,0 +1,251 @@
+"""The secret server as its own Deployment + Service: stateless replicas behind one Service.
+
+* ``secrets.toml`` and the build's ``measurements.json`` go into a ConfigMap. The rules come
+  from the build's ``secrets-policy.toml``, read and checked by :mod:`builder.secrets_config`
+  (the same code ``enclave-build secrets config`` uses), with the key files moved to where the
+  Secret is mounted; the result is loaded by the secret server's own loader and policy before
+  anything is written.
+* The TLS certificate and the wrap keys are Secrets the operator supplies: the kustomize
+  overlay generates them from files put into ``overlays/NAME/secrets/`` (never from the
+  build's keys_dir: key bytes never enter generated files).
+* The enclave was built to reach ``[secrets] server`` (HOST:PORT, measured into it), so the
+  Service takes its name and namespace from HOST when HOST is a cluster name
+  (``NAME.NAMESPACE.svc[.cluster.local]``); otherwise HOST must be made to resolve to the
+  Service (DNS), which :func:`address_note` says.
+* A NetworkPolicy admits only the service's model-server pods to the secret server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ..secrets_config import _check_allow, _fragment
+from .deployment import (ANNOTATION, disruption_budget, labels, metadata, namespace,
+                         pod_context, restricted_context, selector)
+from .inputs import BuildOutput, K8sError
+
+PORT = 4433
+CONFIG_DIR = "/etc/enclave-build/config"
+TLS_DIR = "/etc/enclave-build/tls"
+KEYS_DIR = "/etc/enclave-build/keys"
+USER = 10001
+COMPONENT = "secret-server"
+PROCESSES = 2
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SecretServerNames:
+    service: str           # the Service (and Deployment) name
+    namespace: str
+    port: int              # the Service port the enclave dials
+    matches_build: bool    # HOST is this Service's cluster name
+
+    @property
+    def config(self) -> str:
+        return f"{self.service}-config"
+
+    @property
+    def tls(self) -> str:
+        return f"{self.service}-tls"
+
+    @property
+    def keys(self) -> str:
+        return f"{self.service}-keys"
+
+    def fqdn(self) -> str:
+        return f"{self.service}.{self.namespace}.svc.cluster.local"
+
+
+def names(build: BuildOutput) -> SecretServerNames:
+    info = build.service
+    ns = namespace(info)
+    host, _, port = (info.secret_server or f"{info.service}-secrets:{PORT}").rpartition(":")
+    parts = host.split(".")
+    if len(parts) >= 3 and parts[2] == "svc" and (len(parts) == 3 or
+                                                   parts[3:] == ["cluster", "local"]):
+        if parts[1] != ns:
+            raise K8sError(f"the enclave was built to reach the secret server at {host} (in "
+                           f"namespace {parts[1]!r}) but [deploy] namespace is {ns!r}; set "
+                           f"[deploy] namespace = {parts[1]!r} or rebuild with [secrets] server "
+                           f"in namespace {ns!r}")
+        return SecretServerNames(parts[0], ns, int(port), True)
+    return SecretServerNames(f"{info.service}-secrets", ns, int(port), False)
+
+
+def address_note(build: BuildOutput) -> str | None:
+    """What the operator must do when the build's [secrets] server is not a cluster name."""
+    n = names(build)
+    if n.matches_build or not build.service.keys:
+        return None
+    return (f"the enclave dials the secret server at {build.service.secret_server} (measured "
+            f"into it), not at the Service {n.fqdn()}:{n.port}; make that name resolve to the "
+            f"Service (DNS), or rebuild with [secrets] server = \"{n.fqdn()}:{n.port}\" (and a "
+            "certificate for that name: `enclave-build secrets tls DIR --host ...`)")
+
+
+def secrets_toml(build: BuildOutput) -> str:
+    """The in-cluster secrets.toml, paths relative to its ConfigMap mount."""
+    assert build.policy is not None
+    info = build.service
+    fragment, data = _fragment(build.policy)
+    measurements_file = f"{info.service}.measurements.json"
+    rules = []
+    for rule in data.get("secrets", []):
+        _check_allow(fragment, rule["name"], rule["allow"], {build.measurements.service})
+        rules.append({**rule, "file": os.path.relpath(f"{KEYS_DIR}/{rule['name']}.key",
+                                                      CONFIG_DIR)})
+    if not rules:
+        raise K8sError(f"{fragment}: releases no secret, but the service fetches keys "
+                       f"({', '.join(info.keys)})")
+    if not info.deploy.pccs_url:
+        raise K8sError(f"{build.directory}/service.json: the secret server verifies quotes "
+                       "against collateral from a PCCS: set [deploy] pccs_url in the spec and "
+                       "rebuild, or pass --pccs-url")
+    config = {
+        "measurements": [measurements_file],
+        "server": {"listen": f"0.0.0.0:{PORT}",
+                   "cert": os.path.relpath(f"{TLS_DIR}/tls.crt", CONFIG_DIR),
+                   "key": os.path.relpath(f"{TLS_DIR}/tls.key", CONFIG_DIR),
+                   "audit_log": "-", "processes": PROCESSES},
+        "attestation": {"root_ca": "intel", "pccs_url": info.deploy.pccs_url},
+        "secrets": rules,
+    }
+    text = ("# secrets.toml of the in-cluster secret server, written by `enclave-build k8s` "
+            "from the build's\n# secrets-policy.toml. Paths are relative to this file "
+            f"({CONFIG_DIR}); key files and the TLS\n# certificate are mounted from Secrets "
+            "the operator supplies.\n" + tomli_w.dumps(config))
+    _check_loads(text, measurements_file, build.measurements_text, [r["name"] for r in rules])
+    return text
+
+
+def _check_loads(text: str, measurements_file: str, measurements: str,
+                 key_names: list[str]) -> None:
+    """Load *text* with the secret server's own loader and policy, laid out as in the pod
+    (placeholder key and certificate files in a private temporary tree)."""
+    from attestation.config import ConfigError, load_config
+    from attestation.policy import Policy, PolicyError
+
+    with tempfile.TemporaryDirectory(prefix="enclave-build-k8s-") as tmp:
+        root = Path(tmp)
+        config_dir = root / CONFIG_DIR.lstrip("/")
+        for directory in (config_dir, root / TLS_DIR.lstrip("/"), root / KEYS_DIR.lstrip("/")):
+            directory.mkdir(parents=True, mode=0o700)
+        (config_dir / "secrets.toml").write_text(text)
+        (config_dir / measurements_file).write_text(measurements)
+        for name in ("tls.crt", "tls.key"):
+            (root / TLS_DIR.lstrip("/") / name).write_bytes(b"placeholder\n")
+        for name in key_names:
+            path = root / KEYS_DIR.lstrip("/") / f"{name}.key"
+            path.write_bytes(bytes(16))
+            path.chmod(0o600)
+        try:
+            loaded = load_config(config_dir / "secrets.toml")
+            Policy.build(list(loaded.measurements), list(loaded.secrets), loaded.path.parent)
+        except (ConfigError, PolicyError) as exc:
+            message = str(exc).replace(str(root), "")
+            raise K8sError(f"the generated secrets.toml is not valid: {message}") from None
+
+
+def config_map(build: BuildOutput, toml_text: str) -> Obj:
+    n = names(build)
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": metadata(build.service, n.config, COMPONENT),
+            "data": {"secrets.toml": toml_text,
+                     f"{build.service.service}.measurements.json": build.measurements_text}}
+
+
+def deployment(build: BuildOutput, toml_text: str) -> Obj:
+    info = build.service
+    n = names(build)
+    image = info.deploy.secret_server_image
+    if not image:
+        raise K8sError(f"{build.directory}/service.json: the service fetches keys, so a secret "
+                       "server is deployed; set [deploy] secret_server_image in the spec (an "
+                       "image with enclave-build installed) and rebuild, or pass "
+                       "--secret-server-image")
+    # Pods restart when the configuration changes (the server also reloads on SIGHUP).
+    digest = hashlib.sha256((toml_text + build.measurements_text).encode()).hexdigest()
+    probe = {"tcpSocket": {"port": "ra-tls"}}
+    container = {
+        "name": "secret-server", "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": ["enclave-build", "secrets", "serve", "--config",
+                    f"{CONFIG_DIR}/secrets.toml"],
+        "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+        "ports": [{"name": "ra-tls", "containerPort": PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "250m", "memory": "128Mi"},
+                      "limits": {"cpu": str(PROCESSES), "memory": "512Mi"}},
+        "securityContext": restricted_context(USER, USER),
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
+            {"name": "keys", "mountPath": KEYS_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": metadata(info, n.service, COMPONENT),
+        "spec": {
+            "replicas": info.deploy.secret_server_replicas,
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": selector(info, COMPONENT)},
+            "template": {
+                "metadata": {"labels": labels(info, COMPONENT),
+                             "annotations": {f"{ANNOTATION}/config-sha256": digest}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    # Secret files are root-owned; fsGroup lets the server's group read them.
+                    "securityContext": pod_context(USER, USER, fs_group=USER),
+                    "terminationGracePeriodSeconds": 30,
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": {"matchLabels": selector(info, COMPONENT)}}],
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": n.config}},
+                        {"name": "tls", "secret": {"secretName": n.tls, "defaultMode": 0o440}},
+                        {"name": "keys", "secret": {"secretName": n.keys, "defaultMode": 0o440}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]}}}}
+
+
+def service(build: BuildOutput) -> Obj:
+    n = names(build)
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": metadata(build.service, n.service, COMPONENT),
+            "spec": {"type": "ClusterIP", "selector": selector(build.service, COMPONENT),
+                     "ports": [{"name": "ra-tls", "port": n.port, "targetPort": "ra-tls",
+                                "protocol": "TCP"}]}}
+
+
+def network_policy(build: BuildOutput) -> Obj:
+    info = build.service
+    n = names(build)
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata(info, n.service, COMPONENT),
+            "spec": {"podSelector": {"matchLabels": selector(info, COMPONENT)},
+                     "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [{"podSelector": {
+                         "matchLabels": selector(info, "model-server")}}],
+                         "ports": [{"port": "ra-tls", "protocol": "TCP"}]}]}}
+
+
+def pdb(build: BuildOutput) -> Obj:
+    return disruption_budget(build.service, names(build).service, COMPONENT)
+
+
+def key_files(build: BuildOutput) -> list[str]:
+    """The key files the overlay's Secret is generated from (names only)."""
+    _, data = _fragment(build.policy) if build.policy else (None, {})
+    return sorted(f"{rule['name']}.key" for rule in data.get("secrets", []))

@@ -1,0 +1,41 @@
+"""The model server's autoscaling signals: queue depth, latency histogram, enclave memory."""
+
+from __future__ import annotations
+
+import re
+
+from model_server import metrics
+from model_server.metrics import Metrics
+
+
+def _value(text: str, name: str) -> float:
+    match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+    assert match, f"{name} missing from:\n{text}"
+    return float(match.group(1))
+
+
+def test_memory_in_use_ratio_follows_meminfo(monkeypatch):
+    monkeypatch.setattr(metrics, "_meminfo", lambda: {"MemTotal": 2 << 30,
+                                                      "MemAvailable": 512 << 20})
+    text = Metrics().render(queue_depth=3, in_flight=1, models=["m"])
+    assert _value(text, "model_server_memory_in_use_bytes") == (2 << 30) - (512 << 20)
+    assert _value(text, "model_server_memory_in_use_ratio") == 0.75
+    assert "# TYPE model_server_memory_in_use_ratio gauge" in text
+    assert _value(text, "model_server_queue_depth") == 3
+
+
+def test_no_ratio_without_meminfo(monkeypatch):
+    monkeypatch.setattr(metrics, "_meminfo", lambda: {})
+    text = Metrics().render(queue_depth=0, in_flight=0, models=[])
+    assert "model_server_memory_in_use_ratio" not in text
+
+
+def test_latency_histogram_the_adapter_rule_reads():
+    m = Metrics()
+    m.observe("m", "grpc", "ok", 0.003)
+    m.observe("m", "grpc", "ok", 0.2)
+    text = m.render(queue_depth=0, in_flight=0, models=["m"])
+    assert 'model_server_request_duration_seconds_bucket{model="m",protocol="grpc",le="0.005"} 1' \
+        in text
+    assert 'model_server_request_duration_seconds_bucket{model="m",protocol="grpc",le="+Inf"} 2' \
+        in text
