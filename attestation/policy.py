@@ -48,7 +48,7 @@ class Identity:
 @dataclass(frozen=True)
 class SecretRule:
     name: str
-    file: Path
+    file: Path | None   # None: uploaded by an owner at run time (attestation.upload)
     allow: tuple[str, ...]
     match: str = "mr_enclave"
 

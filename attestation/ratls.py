@@ -127,12 +127,21 @@ def extract_evidence(cert: x509.Certificate) -> Evidence:
 QuoteMaker = Callable[[bytes], bytes]   # report_data (64 bytes) -> quote
 
 
-def create_certificate(fmt: str, make_quote: QuoteMaker, key=None,
-                       days: int = 1) -> tuple[x509.Certificate, object]:
+GRAMINE_SUBJECT = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RATLS"),
+                             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "GramineDevelopers"),
+                             x509.NameAttribute(NameOID.COUNTRY_NAME, "US")])
+#: The subject Occlum's gRPC RA-TLS library gives its certificates (peers do not check it).
+OCCLUM_SUBJECT = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CN"),
+                            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Intel Inc."),
+                            x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+
+
+def create_certificate(fmt: str, make_quote: QuoteMaker, key=None, days: int = 1,
+                       subject: x509.Name | None = None) -> tuple[x509.Certificate, object]:
     """A self-signed RA-TLS certificate in format *fmt* (what an enclave presents).
 
     Gramine's formats use an ECDSA P-384 key and subject CN=RATLS,O=GramineDevelopers,C=US;
-    CCZoo's uses RSA-2048."""
+    CCZoo's uses RSA-2048 (and the same subject unless *subject* is given)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown RA-TLS format {fmt!r}; known: {', '.join(FORMATS)}")
     if key is None:
@@ -148,9 +157,7 @@ def create_certificate(fmt: str, make_quote: QuoteMaker, key=None,
     else:
         value = make_quote(hashlib.sha256(spki).digest() + bytes(32))
         oid = LEGACY_OID if fmt == "gramine-legacy" else CCZOO_OID
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RATLS"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "GramineDevelopers"),
-                      x509.NameAttribute(NameOID.COUNTRY_NAME, "US")])
+    name = subject if subject is not None else GRAMINE_SUBJECT
     now = _dt.datetime.now(_dt.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -159,3 +166,38 @@ def create_certificate(fmt: str, make_quote: QuoteMaker, key=None,
             .add_extension(x509.UnrecognizedExtension(oid, value), critical=False)
             .sign(key, hashes.SHA256()))
     return cert, key
+
+
+# --------------------------------------------------------------------------- server identity
+
+#: Formats of :func:`server_certificate`: what the peer expects of the server.
+SERVER_FORMATS = {"dice": "tcg-dice", "occlum": "cczoo"}
+SERVER_CERT_DAYS = 3650   # the key is fresh per start: validity is not what protects it
+
+
+def server_certificate(fmt: str, quote_source: QuoteMaker, *,
+                       days: int = SERVER_CERT_DAYS) -> tuple[bytes, bytes]:
+    """The secret server's own RA-TLS identity, made fresh (new key) each time it is called:
+    ``(cert_pem, key_pem)`` (the key PKCS#8, unencrypted: keep it in memory or a 0600 file).
+
+    *fmt* is what the peer expects:
+
+    * ``"dice"`` (Gramine peers): ECDSA P-384, TCG DICE tagged evidence (2.23.133.5.4.9),
+      subject CN=RATLS,O=GramineDevelopers,C=US;
+    * ``"occlum"`` (Occlum's init and its gRPC RA-TLS library): RSA-2048, the raw quote in
+      extension 1.2.840.113741.1 with report_data[0:32] = SHA-256 of the DER
+      SubjectPublicKeyInfo, subject C=CN,O=Intel Inc.,CN=localhost as Occlum's library makes.
+
+    *quote_source* turns 64 bytes of report data into a quote: inside Gramine
+    :func:`attestation.quote_source.discover` gives the quote device
+    (``/dev/attestation/user_report_data`` -> ``/dev/attestation/quote``), in a simulation the
+    simulated quoter. Raises ValueError for an unknown *fmt*; whatever *quote_source* raises
+    passes through."""
+    if fmt not in SERVER_FORMATS:
+        raise ValueError(f"unknown server RA-TLS format {fmt!r}; known: "
+                         f"{', '.join(SERVER_FORMATS)}")
+    cert, key = create_certificate(SERVER_FORMATS[fmt], quote_source, days=days,
+                                   subject=OCCLUM_SUBJECT if fmt == "occlum" else None)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem

@@ -36,6 +36,14 @@ sent to it directly (e.g. to the whole process group), and stops by itself when 
 goes away. Audit lines from all processes go to one file opened O_APPEND, each line a single
 write, so lines never interleave. With ``processes = 1`` everything runs in the calling process.
 
+**Occlum's GrSecret** (``[grsecret]``, :mod:`attestation.grsecret`): a second listener, shared
+by the worker processes like the first, serves ``ratls.GrSecret/GetSecret`` over mutual RA-TLS
+(the server presents an Occlum-format RA-TLS certificate made at start,
+:mod:`attestation.server_identity`). The client's evidence is verified exactly as above, right
+after the handshake; Occlum's optional ``client_ra_config`` filter applies next; then each call's
+``SecretRequest.name`` is decided by the same policy (the name must be a configured secret).
+Refusals are gRPC statuses with the reason; one audit line per call.
+
 **Verification cache.** Each process keeps a :class:`attestation.verify.VerificationCache`
 (``[attestation] verification_cache``, on by default): after the first quote from a platform,
 the next ones cost one ECDSA verification instead of a full dcap-qvl run; a reload starts an
@@ -69,6 +77,10 @@ from .ratls import EvidenceError, extract_evidence
 from .verify import (QuoteRejected, VerificationCache, VerifierConfigError, load_root_der,
                      verify_quote)
 from .wire import MAX_SECRET, REQUEST, RESPONSE, refusal
+from . import upload as _upload
+from . import grsecret as _grsecret
+from .occlum_ra import PeerIdentity, RaConfig
+from .server_identity import IdentityError, ServerIdentity, grsecret_context, use_pem
 
 
 class ServerError(RuntimeError):
@@ -122,6 +134,7 @@ class _State:
     root_der: bytes | None
     collateral: CollateralSource
     cache: VerificationCache | None
+    client_ra_config: RaConfig | None = None   # [grsecret] client_ra_config (Occlum's filter)
 
 
 def startup_warnings(config: SecretsConfig) -> list[str]:
@@ -138,6 +151,25 @@ def startup_warnings(config: SecretsConfig) -> list[str]:
     if config.server.max_tls == "1.3":
         warnings.append("note: TLS 1.3 enabled; set [server] max_tls = \"1.2\" for Gramine 1.8 "
                         "clients (mbedTLS 3.6.0 cannot handle TLS 1.3 session tickets)")
+    if config.grsecret is not None:
+        warnings.extend(_grsecret_warnings(config))
+    return warnings
+
+
+def _grsecret_warnings(config: SecretsConfig) -> list[str]:
+    warnings = []
+    grpc = config.grsecret
+    if grpc.client_ra_config is not None and RaConfig.load(grpc.client_ra_config).checks_nothing:
+        warnings.append(f"note: {grpc.client_ra_config}: every verify_* flag is \"off\"; "
+                        "GrSecret clients are filtered by the [[secrets]] policy alone")
+    for rule in config.secrets:
+        if rule.file is None:
+            continue
+        size = rule.file.stat().st_size
+        if size % 3:
+            warnings.append(
+                f"note: secret {rule.name!r} is {size} bytes, not a multiple of 3: Occlum's "
+                f"GrSecret client appends {3 - size % 3} NUL byte(s) when it decodes it")
     return warnings
 
 
@@ -146,7 +178,17 @@ class SecretServer:
         self._now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
         self._state = self._load(config)
         self.audit = AuditLog(config.server.audit_log)
-        self._ctx = self._context(config)
+        try:   # the server's own RA-TLS certificates (if configured): once per start
+            self._identity = ServerIdentity.make(config)
+        except IdentityError as exc:
+            raise ServerError(str(exc)) from None
+        self._ctx = self._context(config, self._identity)
+        self._grpc_ctx = (grsecret_context(config, self._identity) if config.grsecret
+                          else None)
+        self._grpc_listener: socket.socket | None = None
+        self._grpc_acceptor: threading.Thread | None = None
+        self.grsecret_address: tuple[str, int] | None = None
+        self.uploads = _upload.UploadStore()   # keys owners uploaded ([upload]); memory only
         self.processes = config.server.processes
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
@@ -160,21 +202,27 @@ class SecretServer:
     @staticmethod
     def _load(config: SecretsConfig) -> _State:
         policy = Policy.build(list(config.measurements), list(config.secrets), config.path.parent)
+        ra_config = (RaConfig.load(config.grsecret.client_ra_config)
+                     if config.grsecret and config.grsecret.client_ra_config else None)
         return _State(config, policy, load_root_der(config.attestation.root_ca),
                       source_for(config.attestation),
-                      VerificationCache() if config.attestation.verification_cache else None)
+                      VerificationCache() if config.attestation.verification_cache else None,
+                      ra_config)
 
     @staticmethod
-    def _context(config: SecretsConfig) -> SSL.Context:
+    def _context(config: SecretsConfig, identity: ServerIdentity) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_max_proto_version(SSL.TLS1_2_VERSION if config.server.max_tls == "1.2"
                                   else SSL.TLS1_3_VERSION)
         ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-        ctx.use_certificate_chain_file(str(config.server.cert))
-        ctx.use_privatekey_file(str(config.server.key))
-        ctx.check_privatekey()
+        if identity.dice is not None:   # identity = "ratls": our own TCG DICE certificate
+            use_pem(ctx, identity.dice)
+        else:
+            ctx.use_certificate_chain_file(str(config.server.cert))
+            ctx.use_privatekey_file(str(config.server.key))
+            ctx.check_privatekey()
         # Accept any client certificate here; the RA-TLS evidence is verified after the
         # handshake, before the request is read. (No Python verify callback: OpenSSL's own
         # chain check of a self-signed certificate fails, and that is ignored below.)
@@ -188,9 +236,13 @@ class SecretServer:
         counts and connection caps stay as started. With worker processes, the configuration
         is checked here first, then every worker reloads it; an error in any raises."""
         config = load_config(path or self._state.config.path)
+        if not self._identity.matches(config) or _address(config.grsecret) != _address(
+                self._state.config.grsecret):
+            raise ServerError(f"{config.path}: server.identity and [grsecret] (its presence and "
+                              "listen address) cannot change on reload: restart the server")
         state = self._load(config)
         try:
-            ctx = self._context(config)
+            ctx = self._context(config, self._identity)
         except SSL.Error as exc:
             raise ServerError(f"{config.server.cert} / {config.server.key}: cannot use the TLS "
                               f"certificate and key: {_describe(exc)}") from None
@@ -220,18 +272,22 @@ class SecretServer:
 
     def start(self) -> tuple[str, int]:
         cfg = self._state.config.server
-        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((cfg.host, cfg.port))
-        listener.listen(4096)
-        listener.settimeout(0.2)
-        self._listener = listener
-        self.address = listener.getsockname()[:2]
+        self._listener = _listen(cfg.host, cfg.port)
+        self.address = self._listener.getsockname()[:2]
+        grpc = self._state.config.grsecret
+        extra = {}
+        if grpc is not None:   # a port of its own, shared by the worker processes like the other
+            try:
+                self._grpc_listener = _listen(grpc.host, grpc.port)
+            except OSError:
+                self._listener.close()
+                raise
+            self.grsecret_address = self._grpc_listener.getsockname()[:2]
+            extra["grsecret"] = f"{self.grsecret_address[0]}:{self.grsecret_address[1]}"
         if self.processes == 1:
             self._start_serving()
             self.audit.write(event="start", listen=f"{self.address[0]}:{self.address[1]}",
-                             processes=1, pid=os.getpid())
+                             **extra, processes=1, pid=os.getpid())
             return self.address
         for _ in range(self.processes):
             self._spawn()
@@ -240,7 +296,7 @@ class SecretServer:
                 self.shutdown()
                 raise ServerError(f"worker process {pid} did not start")
         self.audit.write(event="start", listen=f"{self.address[0]}:{self.address[1]}",
-                         processes=self.processes, pids=sorted(self._children))
+                         **extra, processes=self.processes, pids=sorted(self._children))
         return self.address
 
     def _spawn(self) -> int:
@@ -346,21 +402,30 @@ class SecretServer:
         self._acceptor = threading.Thread(target=self._accept_loop, name="secret-accept",
                                           daemon=True)
         self._acceptor.start()
+        if self._grpc_listener is not None:
+            self._grpc_acceptor = threading.Thread(
+                target=self._accept_loop, args=(self._grpc_listener, "grsecret"),
+                name="grsecret-accept", daemon=True)
+            self._grpc_acceptor.start()
 
     def _stop_serving(self, timeout: float = 10.0) -> None:
         self._stopping.set()
-        if self._listener is not None:
-            self._listener.close()
-        if self._acceptor is not None:
-            self._acceptor.join(timeout)
+        for listener in (self._listener, self._grpc_listener):
+            if listener is not None:
+                listener.close()
+        for acceptor in (self._acceptor, self._grpc_acceptor):
+            if acceptor is not None:
+                acceptor.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=False)
         self._watchdog.stop()
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
+    def _accept_loop(self, listener: socket.socket | None = None,
+                     kind: str = "secret_prov") -> None:
+        listener = listener or self._listener
+        assert listener is not None
         while not self._stopping.is_set():
             try:
-                sock, peer = self._listener.accept()
+                sock, peer = listener.accept()
             except (socket.timeout, TimeoutError, BlockingIOError, InterruptedError):
                 continue
             except OSError:
@@ -368,8 +433,9 @@ class SecretServer:
                     return
                 time.sleep(0.05)   # e.g. out of file descriptors: retry, never die
                 continue
-            self._admit(sock, peer)
-    def _admit(self, sock: socket.socket, peer: tuple) -> None:
+            self._admit(sock, peer, kind)
+
+    def _admit(self, sock: socket.socket, peer: tuple, kind: str = "secret_prov") -> None:
         """Queue an accepted connection, or refuse it at once (one audit line either way)."""
         server = self._state.config.server
         address = peer[0]
@@ -392,7 +458,7 @@ class SecretServer:
         deadline = time.monotonic() + server.timeout
         ticket = self._watchdog.watch(sock, server.timeout)
         try:
-            self._pool.submit(self._serve_one, sock, peer, ticket, deadline)
+            self._pool.submit(self._serve_one, sock, peer, ticket, deadline, kind)
         except RuntimeError:   # shutting down
             self._watchdog.forget(ticket)
             sock.close()
@@ -432,20 +498,24 @@ class SecretServer:
                     time.sleep(0.02)
                 control.close()
             self._children.clear()
-            if self._listener is not None:
-                self._listener.close()
+            for listener in (self._listener, self._grpc_listener):
+                if listener is not None:
+                    listener.close()
         elif self._serving:
             self._stop_serving(timeout)
-        elif self._listener is not None:
-            self._listener.close()
+        else:
+            for listener in (self._listener, self._grpc_listener):
+                if listener is not None:
+                    listener.close()
         self.audit.write(event="stop", pid=os.getpid())
         self.audit.close()
 
     # ------------------------------------------------------------------ one connection
 
     def _serve_one(self, sock: socket.socket, peer: tuple, ticket: int,
-                   deadline: float) -> None:
-        state, ctx = self._state, self._ctx
+                   deadline: float, kind: str = "secret_prov") -> None:
+        state = self._state
+        ctx = self._grpc_ctx if kind == "grsecret" else self._ctx
         record: dict = {"peer": _peer(peer)}
         conn: SSL.Connection | None = None
         try:
@@ -455,7 +525,10 @@ class SecretServer:
                 return
             conn = SSL.Connection(ctx, sock)
             conn.set_accept_state()
-            self._converse(conn, state, record, deadline)
+            if kind == "grsecret":
+                self._converse_grsecret(conn, state, record, deadline)
+            else:
+                self._converse(conn, state, record, deadline)
         except (SSL.Error, OSError) as exc:
             record.setdefault("decision", "deny")
             record.setdefault("reason", f"connection failed: {_describe(exc)}")
@@ -468,8 +541,9 @@ class SecretServer:
             if "decision" not in record:   # cannot happen; never leave a line without one
                 record.update(decision="deny", reason="connection ended without a decision")
             # The line is written before the connection is closed: once a client has seen the
-            # end of its connection, its audit line exists.
-            self.audit.write(**record)
+            # end of its connection, its audit line exists. (GrSecret wrote one per call.)
+            if not record.pop("_audited", False):
+                self.audit.write(**record)
             if conn is not None:
                 try:
                     conn.shutdown()
@@ -486,6 +560,13 @@ class SecretServer:
             record.update(decision="deny", reason=f"TLS handshake failed: {_describe(exc)}")
             return
         record["tls"] = conn.get_protocol_version_name()
+        peer = conn.get_peer_certificate(as_cryptography=True) if state.config.upload else None
+        if peer is not None and _upload.is_owner_certificate(_der(peer)):
+            # An owner (a certificate without SGX evidence) uploading keys: attestation.upload.
+            _upload.serve_upload(lambda n: _read_exact(conn, n), conn.sendall, _der(peer),
+                                 state.config.upload, self.uploads,
+                                 [r.name for r in state.config.secrets if r.file is None], record)
+            return
         decision = self._attest(conn, state, record, deadline)
         if decision is None:
             _refuse(conn, record["reason"])
@@ -499,7 +580,13 @@ class SecretServer:
             record.update(decision="deny", reason="malformed request "
                           f"({len(request)} bytes, not {REQUEST[:-1].decode()!r})")
             return
-        secret = decision.secret.file.read_bytes()
+        secret = (decision.secret.file.read_bytes() if decision.secret.file is not None
+                  else self.uploads.get(decision.secret.name))
+        if secret is None:
+            record.update(decision="deny", reason=f"secret {decision.secret.name!r} has not been "
+                          "uploaded by its owner yet (enclave-build secrets upload)")
+            conn.sendall(refusal(record["reason"]))   # the request was read already
+            return
         if not secret or len(secret) > MAX_SECRET:
             record.update(decision="deny", reason="secret file is empty or too large")
             return
@@ -510,31 +597,11 @@ class SecretServer:
                 deadline: float):  # noqa: ANN202
         """Verify the client's RA-TLS evidence and decide; None (with the reason recorded)
         when nothing is released. Runs before the request is read."""
-        peer_cert = conn.get_peer_certificate()
-        if peer_cert is None:
-            record.update(decision="deny", reason="no client certificate")
-            return None
         try:
-            try:
-                certificate = peer_cert.to_cryptography()
-            except Exception as exc:  # noqa: BLE001 - anything the parser chokes on
-                raise EvidenceError(f"the client certificate cannot be parsed: {exc}") from None
-            evidence = extract_evidence(certificate)
-            record["evidence"] = evidence.format
-            collateral = state.collateral.for_quote(
-                evidence.quote, timeout=max(0.0, deadline - time.monotonic()))
-            verified = verify_quote(evidence.quote, collateral,
-                                    root_ca_der=state.root_der, now=self._now(),
-                                    policy=state.config.attestation.tcb, cache=state.cache)
-        except (EvidenceError, QuoteRejected, VerifierConfigError) as exc:
-            record.update(decision="deny", reason=str(exc))
+            verified, _ = self._verify_client(conn, state, record, deadline)
+        except _Refused as refused:
+            record.update(decision="deny", reason=refused.reason)
             return None
-        except CollateralError as exc:
-            record.update(decision="deny", reason=f"no collateral to verify the quote: {exc}")
-            return None
-        record.update(mr_enclave=verified.mr_enclave, mr_signer=verified.mr_signer,
-                      isv_prod_id=verified.isv_prod_id, isv_svn=verified.isv_svn,
-                      tcb_status=verified.status, advisories=list(verified.advisory_ids))
         sni = conn.get_servername()
         try:
             server_name = sni.decode() if sni else None
@@ -548,6 +615,114 @@ class SecretServer:
             record.update(decision="deny", reason=decision.reason)
             return None
         return decision
+
+    def _verify_client(self, conn: SSL.Connection, state: _State, record: dict,
+                       deadline: float):  # noqa: ANN202 - (VerifiedQuote, raw quote)
+        """The client certificate's RA-TLS evidence, verified (the identity is recorded);
+        raises :class:`_Refused` with the reason otherwise."""
+        peer_cert = conn.get_peer_certificate()
+        if peer_cert is None:
+            raise _Refused("no client certificate")
+        try:
+            try:
+                certificate = peer_cert.to_cryptography()
+            except Exception as exc:  # noqa: BLE001 - anything the parser chokes on
+                raise EvidenceError(f"the client certificate cannot be parsed: {exc}") from None
+            evidence = extract_evidence(certificate)
+            record["evidence"] = evidence.format
+            collateral = state.collateral.for_quote(
+                evidence.quote, timeout=max(0.0, deadline - time.monotonic()))
+            verified = verify_quote(evidence.quote, collateral,
+                                    root_ca_der=state.root_der, now=self._now(),
+                                    policy=state.config.attestation.tcb, cache=state.cache)
+        except (EvidenceError, QuoteRejected, VerifierConfigError) as exc:
+            raise _Refused(str(exc)) from None
+        except CollateralError as exc:
+            raise _Refused(f"no collateral to verify the quote: {exc}",
+                           _grsecret.Status.UNAVAILABLE) from None
+        record.update(mr_enclave=verified.mr_enclave, mr_signer=verified.mr_signer,
+                      isv_prod_id=verified.isv_prod_id, isv_svn=verified.isv_svn,
+                      tcb_status=verified.status, advisories=list(verified.advisory_ids))
+        return verified, evidence.quote
+
+    # ------------------------------------------------------------------ GrSecret (Occlum)
+
+    def _converse_grsecret(self, conn: SSL.Connection, state: _State, record: dict,
+                           deadline: float) -> None:
+        """Occlum's ratls.GrSecret/GetSecret: the client's RA-TLS evidence is verified right
+        after the handshake, before any HTTP/2 is read, then (if it passes Occlum's optional
+        client_ra_config filter) each call's SecretRequest.name is decided by the same policy
+        as secret_prov (the name plays the part of the TLS server name, and must be a
+        configured secret). One audit line per call; one for a connection with no call."""
+        record["protocol"] = "grsecret"
+        try:
+            conn.do_handshake()
+        except (SSL.Error, OSError) as exc:
+            record.update(decision="deny", reason=f"TLS handshake failed: {_describe(exc)}")
+            return
+        record["tls"] = conn.get_protocol_version_name()
+        if conn.get_alpn_proto_negotiated() != _grsecret.ALPN:
+            record.update(decision="deny", reason="the client did not negotiate HTTP/2 (ALPN "
+                                                  "h2): GrSecret is a gRPC service")
+            return
+        denial: _grsecret.RpcOutcome | None = None
+        identity: Identity | None = None
+        try:
+            verified, raw_quote = self._verify_client(conn, state, record, deadline)
+            identity = Identity(verified.mr_enclave, verified.mr_signer, verified.isv_prod_id,
+                                verified.isv_svn, verified.debug)
+            if state.client_ra_config is not None:
+                mismatch = state.client_ra_config.mismatch(PeerIdentity.of(verified, raw_quote))
+                if mismatch is not None:
+                    denial = _grsecret.RpcOutcome(_grsecret.Status.PERMISSION_DENIED,
+                                                   f"client_ra_config: {mismatch}")
+        except _Refused as refused:
+            denial = _grsecret.RpcOutcome(refused.code, refused.reason)
+        base = dict(record)
+
+        def handle(name: str) -> _grsecret.RpcOutcome:
+            if denial is not None:
+                return denial
+            if name not in {rule.name for rule in state.policy.secrets}:
+                return _grsecret.RpcOutcome(_grsecret.Status.NOT_FOUND,
+                                            f"no secret named {name!r}")
+            decision = state.policy.decide(identity, name)
+            if decision.secret is None:
+                return _grsecret.RpcOutcome(_grsecret.Status.PERMISSION_DENIED, decision.reason)
+            rule = decision.secret
+            secret = rule.file.read_bytes() if rule.file is not None else self.uploads.get(
+                rule.name)
+            if secret is None:
+                return _grsecret.RpcOutcome(_grsecret.Status.UNAVAILABLE,
+                                            f"secret {rule.name!r} has not been uploaded by its "
+                                            "owner yet (enclave-build secrets upload)")
+            if not secret or len(secret) > MAX_SECRET:
+                return _grsecret.RpcOutcome(_grsecret.Status.INTERNAL,
+                                            "secret file is empty or too large")
+            return _grsecret.RpcOutcome(_grsecret.Status.OK, decision.reason, secret)
+
+        def audit(name: str, outcome: _grsecret.RpcOutcome) -> None:
+            allowed = outcome.code == _grsecret.Status.OK
+            self.audit.write(**base, secret=name, decision="allow" if allowed else "deny",
+                             reason=outcome.message,
+                             grpc_status=_grsecret.Status.NAMES.get(outcome.code, outcome.code))
+
+        grpc = state.config.grsecret
+        summary = _grsecret.serve(conn, handle, deadline=deadline, idle=grpc.idle,
+                                  max_requests=grpc.max_requests, on_answer=audit)
+        if summary.requests:
+            record["_audited"] = True
+        else:
+            record.update(decision="deny", reason=(denial.message if denial is not None
+                                                   else "no GetSecret call") + f" ({summary.end})")
+
+
+class _Refused(Exception):
+    """The client's evidence is refused: *reason*, and the gRPC status GrSecret answers with."""
+
+    def __init__(self, reason: str, code: int = _grsecret.Status.UNAUTHENTICATED):
+        super().__init__(reason)
+        self.reason, self.code = reason, code
 
 
 def _refuse(conn: SSL.Connection, reason: str) -> None:
@@ -631,6 +806,11 @@ class _Watchdog:
                     pass
 
 
+def _der(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+    return cert.public_bytes(Encoding.DER)
+
+
 def _accept_any_certificate(conn, cert, errno, depth, ok) -> bool:  # noqa: ANN001
     return True
 
@@ -650,6 +830,24 @@ def _read_line(sock: socket.socket, timeout: float) -> str:
     finally:
         sock.settimeout(None)
     return data.decode(errors="replace").strip()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(4096)
+    except OSError:
+        listener.close()
+        raise
+    listener.settimeout(0.2)
+    return listener
+
+
+def _address(settings) -> tuple[str, int] | None:  # noqa: ANN001 - GrSecretSettings | None
+    return None if settings is None else (settings.host, settings.port)
 
 
 def _peer(peer: tuple) -> str:

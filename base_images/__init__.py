@@ -33,6 +33,9 @@ BASES = {b.name: b for b in (
                     "OpenVINO Model Server 2024.5 (Ubuntu 22.04) + Gramine 1.9"),
     BaseImageRecipe("gramine-python", "enclave-build/gramine-python:1.9-3.11",
                     "the Gramine base + Python 3.11 with LiteRT, OpenVINO, grpcio, numpy (system Python)"),
+    BaseImageRecipe("gramine-secret-server", "enclave-build/gramine-secret-server:1.9-3.11",
+                    "the Gramine base + Python 3.11 with pyOpenSSL, cryptography, dcap-qvl, cbor2 "
+                    "(the secret server as an enclave)"),
     BaseImageRecipe("occlum", "enclave-build/occlum:0.31.0",
                     "the Occlum 0.31 toolchain image (for the Occlum backend)"),
 )}

@@ -1,0 +1,376 @@
+"""Occlum's ``ratls.GrSecret/GetSecret`` gRPC service, spoken over an already-attested TLS
+connection (HTTP/2 from the ``h2`` library, gRPC message framing and protobuf messages here).
+
+Why not grpcio's server: the TLS peer is an enclave with a fresh self-signed RA-TLS certificate
+that must be *verified by its quote* before anything is served, and grpcio's Python server has
+no hook for a custom certificate verifier. So the secret server does the TLS itself (pyOpenSSL,
+ALPN ``h2``, every client certificate accepted by the handshake and then verified as RA-TLS,
+exactly as for Gramine's secret_prov exchange) and hands the connection to :func:`serve`.
+
+The service, as Occlum's ``ratls.proto`` declares it (package ``ratls``; proto3)::
+
+    service GrSecret { rpc GetSecret (SecretRequest) returns (SecretReply) {} }
+    message SecretRequest { string name = 1; }
+    message SecretReply { string secret = 1; }    // the secret, base64
+
+``SecretReply.secret`` is written as Occlum's own server writes it: the JSON text of the base64
+string, double quotes included (its server prints the ``secret_config.json`` value with cJSON).
+Occlum's client decoder skips characters outside the base64 alphabet, and it needs those two
+extra characters: without them it drops the secret's last byte. Its decoder also turns each
+``=`` of padding into a NUL byte, so a secret whose length is not a multiple of 3 reaches
+Occlum's init with 1 or 2 NUL bytes appended (the server warns about such secrets).
+:func:`decode_secret` reads both forms exactly.
+
+Per connection, :func:`serve` answers unary GetSecret calls until the client closes, *max_requests*
+were answered, or it has been idle (no open call) for *idle* seconds, then sends GOAWAY. Each
+call's outcome comes from the *handler* (name -> :class:`RpcOutcome`); statuses are proper gRPC
+statuses with a reason in ``grpc-message``: UNAUTHENTICATED (no usable RA-TLS evidence),
+PERMISSION_DENIED (attested, not allowed), NOT_FOUND (no such secret), UNAVAILABLE (no
+collateral, or an uploaded key not there yet), INVALID_ARGUMENT, UNIMPLEMENTED (another method,
+compression), RESOURCE_EXHAUSTED (oversized message).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import select
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+from h2.settings import SettingCodes
+from OpenSSL import SSL
+
+PACKAGE = "ratls"
+SERVICE = f"{PACKAGE}.GrSecret"
+METHOD_PATH = f"/{SERVICE}/GetSecret"
+ALPN = b"h2"
+
+MAX_REQUEST = 4096          # bytes of one SecretRequest (a name)
+MAX_NAME = 256
+MAX_STREAMS = 8             # concurrent calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS)
+MAX_HEADER_LIST = 16384
+
+
+class Status:
+    """gRPC status codes used here."""
+
+    OK = 0
+    CANCELLED = 1
+    INVALID_ARGUMENT = 3
+    NOT_FOUND = 5
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+    NAMES = {0: "OK", 1: "CANCELLED", 3: "INVALID_ARGUMENT", 5: "NOT_FOUND",
+             7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 12: "UNIMPLEMENTED",
+             13: "INTERNAL", 14: "UNAVAILABLE", 16: "UNAUTHENTICATED"}
+
+
+# --------------------------------------------------------------------------- messages
+
+def _message_classes():
+    """SecretRequest and SecretReply, built from a descriptor declared here (no generated code,
+    so no gencode/runtime version check)."""
+    proto = descriptor_pb2.FileDescriptorProto(name="enclave_build/ratls_grsecret.proto",
+                                               package=PACKAGE, syntax="proto3")
+    for name, field_name in (("SecretRequest", "name"), ("SecretReply", "secret")):
+        message = proto.message_type.add(name=name)
+        message.field.add(name=field_name, number=1,
+                          type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                          label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    service = proto.service.add(name="GrSecret")
+    service.method.add(name="GetSecret", input_type=f".{PACKAGE}.SecretRequest",
+                       output_type=f".{PACKAGE}.SecretReply")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{n}"))
+                 for n in ("SecretRequest", "SecretReply"))
+
+
+SecretRequest, SecretReply = _message_classes()
+
+
+def encode_secret(secret: bytes) -> str:
+    """The SecretReply.secret text for *secret*: base64 in double quotes, as Occlum's server
+    sends it (see the module docstring)."""
+    return json.dumps(base64.b64encode(secret).decode("ascii"))
+
+
+def decode_secret(text: str) -> bytes:
+    """The secret bytes of a SecretReply.secret, quoted (Occlum's server, ours) or bare."""
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError(f"SecretReply.secret is not base64: {exc}") from None
+
+
+def frame(message: bytes) -> bytes:
+    """One gRPC length-prefixed message (uncompressed)."""
+    return struct.pack(">BI", 0, len(message)) + message
+
+
+def _percent_encode(text: str) -> str:
+    """grpc-message encoding: printable ASCII except '%' as is, every other byte %XX."""
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}"
+                   for b in text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- serving
+
+@dataclass(frozen=True)
+class RpcOutcome:
+    code: int
+    message: str = ""
+    secret: bytes | None = None     # only with code OK
+
+
+@dataclass
+class ServeSummary:
+    requests: int = 0               # calls answered (any status)
+    end: str = "client closed the connection"
+
+
+@dataclass
+class _Call:
+    headers: dict[str, str]
+    name: str = ""                  # SecretRequest.name, once parsed
+    body: bytearray = field(default_factory=bytearray)
+    out: bytes = b""                # response DATA not yet sent (flow control)
+    trailers: list | None = None    # sent once out is empty
+    answered: bool = False
+
+
+Handler = Callable[[str], RpcOutcome]
+Request = Callable[[str, RpcOutcome], None]   # audit hook: (name, outcome) per answered call
+
+
+class _Connection:
+    def __init__(self, tls: SSL.Connection, handler: Handler, on_answer: Request | None,
+                 max_requests: int):
+        self.tls = tls
+        self.max_requests = max_requests
+        self.handler = handler
+        self.on_answer = on_answer
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding="utf-8"))
+        self.calls: dict[int, _Call] = {}
+        self.summary = ServeSummary()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.tls.sendall(data)
+
+    # ----------------------------------------------------------------- responses
+
+    def _respond(self, stream_id: int, call: _Call, outcome: RpcOutcome) -> None:
+        call.answered = True
+        self.summary.requests += 1
+        if self.on_answer is not None:
+            self.on_answer(call.name, outcome)
+        headers = [(":status", "200"), ("content-type", "application/grpc")]
+        if outcome.code == Status.OK and outcome.secret is not None:
+            reply = SecretReply(secret=encode_secret(outcome.secret)).SerializeToString()
+            self.h2.send_headers(stream_id, headers)
+            call.out = frame(reply)
+            call.trailers = [("grpc-status", "0")]
+            self._drain(stream_id, call)
+            return
+        code = outcome.code if outcome.code != Status.OK else Status.INTERNAL
+        headers += [("grpc-status", str(code)), ("grpc-message", _percent_encode(outcome.message))]
+        self.h2.send_headers(stream_id, headers, end_stream=True)   # trailers-only response
+        self.calls.pop(stream_id, None)
+
+    def _drain(self, stream_id: int, call: _Call) -> None:
+        """Send what flow control allows of the response; the trailers when all is sent."""
+        while call.out:
+            window = min(self.h2.local_flow_control_window(stream_id),
+                         self.h2.max_outbound_frame_size)
+            if window <= 0:
+                return   # wait for WINDOW_UPDATE
+            chunk, call.out = call.out[:window], call.out[window:]
+            self.h2.send_data(stream_id, chunk)
+        if call.trailers is not None:
+            self.h2.send_headers(stream_id, call.trailers, end_stream=True)
+            call.trailers = None
+            self.calls.pop(stream_id, None)
+
+    def _http_error(self, stream_id: int, status: str) -> None:
+        self.h2.send_headers(stream_id, [(":status", status)], end_stream=True)
+        self.calls.pop(stream_id, None)
+
+    # ----------------------------------------------------------------- requests
+
+    def _request(self, event: h2.events.RequestReceived) -> None:
+        headers = {}
+        for name, value in event.headers or ():
+            headers[name] = value   # h2 decoded them (header_encoding) and validated them
+        call = _Call(headers)
+        self.calls[event.stream_id] = call
+        if self.summary.requests >= self.max_requests:
+            self.calls.pop(event.stream_id, None)
+            self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        elif headers.get(":method") != "POST":
+            self._http_error(event.stream_id, "405")
+        elif not headers.get("content-type", "").startswith("application/grpc"):
+            self._http_error(event.stream_id, "415")
+
+    def _data(self, event: h2.events.DataReceived) -> None:
+        self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        call = self.calls.get(event.stream_id)
+        if call is None or call.answered:
+            return
+        call.body += event.data
+        if len(call.body) > MAX_REQUEST + 5:
+            self._respond(event.stream_id, call, RpcOutcome(
+                Status.RESOURCE_EXHAUSTED, f"request larger than {MAX_REQUEST} bytes"))
+            self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    def _ended(self, stream_id: int) -> None:
+        call = self.calls.get(stream_id)
+        if call is None or call.answered:
+            return
+        self._respond(stream_id, call, self._call_outcome(call))
+
+    def _call_outcome(self, call: _Call) -> RpcOutcome:
+        path = call.headers.get(":path", "")
+        if path != METHOD_PATH:
+            return RpcOutcome(Status.UNIMPLEMENTED, f"unknown method {path[:100]!r}; this server "
+                                                    f"offers {METHOD_PATH}")
+        body = bytes(call.body)
+        if len(body) < 5:
+            return RpcOutcome(Status.INVALID_ARGUMENT, "no request message")
+        compressed, length = struct.unpack(">BI", body[:5])
+        if compressed:
+            return RpcOutcome(Status.UNIMPLEMENTED, "compressed messages are not supported")
+        if length != len(body) - 5:
+            return RpcOutcome(Status.INVALID_ARGUMENT, "exactly one request message is expected")
+        request = SecretRequest()
+        try:
+            request.ParseFromString(body[5:])
+        except DecodeError:
+            return RpcOutcome(Status.INVALID_ARGUMENT, "the request is not a SecretRequest")
+        name = call.name = request.name
+        if not name:
+            return RpcOutcome(Status.INVALID_ARGUMENT, "SecretRequest.name is empty")
+        if len(name) > MAX_NAME:
+            return RpcOutcome(Status.INVALID_ARGUMENT, f"SecretRequest.name is longer than "
+                                                       f"{MAX_NAME} characters")
+        outcome = self.handler(name)
+        if outcome.code == Status.OK and outcome.secret is None:
+            return RpcOutcome(Status.INTERNAL, "no secret")
+        return outcome
+
+    # ----------------------------------------------------------------- loop
+
+    def events(self, events: list) -> bool:
+        """Act on h2 events; False when the connection is over."""
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                self._request(event)
+                if event.stream_ended is not None:
+                    self._ended(event.stream_id)
+            elif isinstance(event, h2.events.DataReceived):
+                self._data(event)
+                if event.stream_ended is not None:
+                    self._ended(event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                self._ended(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                self.calls.pop(event.stream_id, None)
+            elif isinstance(event, h2.events.WindowUpdated):
+                for stream_id, call in list(self.calls.items()):
+                    if call.answered:
+                        self._drain(stream_id, call)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.summary.end = "client sent GOAWAY"
+                return False
+        return True
+
+
+def _readable(tls: SSL.Connection, seconds: float) -> bool:
+    if tls.pending():
+        return True
+    if seconds <= 0:
+        return False
+    try:
+        ready, _, _ = select.select([tls.fileno()], [], [], seconds)
+    except (OSError, ValueError):
+        return True   # let recv report the state of the socket
+    return bool(ready)
+
+
+def serve(tls: SSL.Connection, handler: Handler, *, deadline: float, idle: float = 2.0,
+          max_requests: int = 32, on_answer: Request | None = None) -> ServeSummary:
+    """Serve GrSecret calls on *tls* (handshake done, ALPN h2 negotiated) until the client
+    closes, *max_requests* calls were answered, no call was open for *idle* seconds, or the
+    monotonic *deadline* passes; then GOAWAY. HTTP/2 protocol errors end the connection
+    (GOAWAY with the error) and are reported in the summary; TLS and socket errors propagate."""
+    conn = _Connection(tls, handler, on_answer, max_requests)
+    conn.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+        SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+        SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+        SettingCodes.ENABLE_PUSH: 0})
+    conn.h2.initiate_connection()
+    conn.flush()
+    last_activity = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            conn.summary.end = "connection deadline reached"
+            break
+        if conn.summary.requests >= max_requests and not conn.calls:
+            conn.summary.end = f"{max_requests} calls answered on one connection"
+            break
+        wait = deadline - now
+        if not conn.calls:
+            wait = min(wait, last_activity + idle - now)
+            if wait <= 0:
+                conn.summary.end = "idle"
+                break
+        if not _readable(tls, wait):
+            continue
+        try:
+            data = tls.recv(65536)
+        except SSL.ZeroReturnError:
+            data = b""
+        except SSL.SysCallError as exc:
+            if exc.args and exc.args[0] == -1:   # unexpected EOF: the client went away
+                data = b""
+            else:
+                raise
+        if not data:
+            return conn.summary
+        last_activity = time.monotonic()
+        try:
+            going = conn.events(conn.h2.receive_data(data))
+        except (h2.exceptions.ProtocolError, UnicodeDecodeError) as exc:
+            conn.summary.end = f"HTTP/2 protocol error: {type(exc).__name__}: {str(exc)[:200]}"
+            try:
+                conn.flush()   # h2 queued a GOAWAY with the error code
+            except (SSL.Error, OSError):
+                pass
+            return conn.summary
+        conn.flush()
+        if not going:
+            return conn.summary
+    conn.h2.close_connection()
+    conn.flush()
+    return conn.summary

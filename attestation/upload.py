@@ -1,0 +1,293 @@
+"""Key upload: a key's owner hands keys to a secret server running in an enclave, at run time.
+
+A secret server built as an enclave image (framework ``secret-server``) carries no keys: they
+would be readable in the image. Its secrets.toml lists them as ``[[secrets]]`` rules without a
+``file``, and names in ``[upload] owners`` the certificates of the people allowed to provide them::
+
+    [upload]
+    owners = ["owner.crt"]      # PEM certificates, pinned (exact certificate), one or more
+
+**Owner authentication.** An owner connects with TLS presenting one of those certificates as
+its client certificate (the handshake proves it holds the private key). The certificate is
+pinned by its SHA-256 fingerprint, not chained to a CA: the list is part of the image, so it is
+measured into the server's MRENCLAVE, and whoever attests the server (``enclave-build attest``)
+knows exactly who else can upload. Expired or not-yet-valid certificates are refused.
+
+**Where it happens.** On the server's one port: a client certificate *without* SGX evidence is an
+owner's (only when ``[upload]`` is configured; otherwise it is refused as before); one with SGX
+evidence is an enclave asking for a key. The owner's client (``enclave-build secrets upload``)
+first attests the server on the same TLS connection (:mod:`attestation.attest_client`) and only
+then sends the keys on it.
+
+**Protocol** (after the handshake, client first):
+
+* request: :data:`REQUEST` (24 bytes), a 2-byte big-endian count (1..:data:`MAX_KEYS`), and per
+  key a 2-byte name length, the UTF-8 name, a 4-byte length (exactly
+  :data:`attestation.wire.WRAP_KEY_SIZE`) and the key bytes;
+* answer: :data:`ACCEPTED` or :data:`REFUSED` (32 bytes each), a 4-byte length and a UTF-8 text
+  (what was stored, or why not); then close_notify.
+
+All keys of a request are stored, or none. Stored keys live in the server process's memory only
+(inside the enclave: enclave memory) and are lost when it stops: the owner uploads them again
+after every start. Key bytes are never logged; the audit line names the secrets and the owner's
+certificate fingerprint.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .wire import WRAP_KEY_SIZE
+
+REQUEST = b"ENCLAVE_BUILD_UPLOAD_V1\0"
+ACCEPTED = b"ENCLAVE_BUILD_UPLOAD_ACCEPT_V1:\0"
+REFUSED = b"ENCLAVE_BUILD_UPLOAD_REFUSE_V1:\0"
+ANSWER_HEADER = len(ACCEPTED) + 4
+MAX_KEYS = 64
+MAX_NAME = 255
+MAX_TEXT = 2048
+
+assert len(ACCEPTED) == len(REFUSED) == 32 and len(REQUEST) == 24
+
+#: OIDs of the three RA-TLS evidence formats (see attestation.ratls).
+_EVIDENCE_OIDS = ("2.23.133.5.4.9", "0.6.9.42.840.113741.1337.6", "1.2.840.113741.1")
+
+
+class UploadConfigError(ValueError):
+    """``[upload]`` in secrets.toml is invalid."""
+
+
+class UploadRefused(Exception):
+    """The server refused the upload, or did not answer as the protocol says."""
+
+
+@dataclass(frozen=True)
+class OwnerCertificate:
+    path: Path
+    sha256: str             # of the DER certificate
+    subject: str
+    not_before: _dt.datetime
+    not_after: _dt.datetime
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    owners: tuple[OwnerCertificate, ...]
+
+    def owner(self, fingerprint: str) -> OwnerCertificate | None:
+        return next((o for o in self.owners if o.sha256 == fingerprint), None)
+
+
+def load_owner_certificate(path: Path) -> OwnerCertificate:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UploadConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                else x509.load_der_x509_certificate(data))
+    except ValueError as exc:
+        raise UploadConfigError(f"{path}: not an X.509 certificate: {exc}") from None
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return OwnerCertificate(path, hashlib.sha256(der).hexdigest(), cert.subject.rfc4514_string(),
+                            cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+def load_settings(table: object, base: Path, source: str) -> UploadSettings:
+    """``[upload]`` of secrets.toml (relative paths against *base*); errors name file and key."""
+    if not isinstance(table, dict):
+        raise UploadConfigError(f"{source}: upload: expected a table")
+    extra = sorted(set(table) - {"owners"})
+    if extra:
+        raise UploadConfigError(f"{source}: upload.{extra[0]}: unknown key; allowed: owners")
+    owners = table.get("owners")
+    if not isinstance(owners, list) or not owners or \
+            not all(isinstance(o, str) and o for o in owners):
+        raise UploadConfigError(f"{source}: upload.owners: expected a non-empty array of "
+                                "certificate files (PEM): the owners who may upload keys")
+    loaded = []
+    for index, name in enumerate(owners):
+        try:
+            loaded.append(load_owner_certificate(base / name))
+        except UploadConfigError as exc:
+            raise UploadConfigError(f"{source}: upload.owners[{index}]: {exc}") from None
+    return UploadSettings(tuple(loaded))
+
+
+def is_owner_certificate(der: bytes) -> bool:
+    """True when a client certificate carries no RA-TLS evidence (it is not an enclave's)."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        oids = {ext.oid.dotted_string for ext in cert.extensions}
+    except ValueError:
+        return False   # unparseable: let the enclave path refuse it with its own reason
+    return not oids & set(_EVIDENCE_OIDS)
+
+
+class UploadStore:
+    """Uploaded keys by secret name, in this process's memory only. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def put_all(self, keys: dict[str, bytes]) -> list[str]:
+        """Store every key; returns the names that replaced an earlier upload."""
+        with self._lock:
+            replaced = [name for name in keys if name in self._keys]
+            self._keys.update(keys)
+        return replaced
+
+    def get(self, name: str) -> bytes | None:
+        with self._lock:
+            return self._keys.get(name)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._keys)
+
+
+# --------------------------------------------------------------------------- wire format
+
+
+def encode_request(keys: Iterable[tuple[str, bytes]]) -> bytes:
+    keys = list(keys)
+    if not 1 <= len(keys) <= MAX_KEYS:
+        raise ValueError(f"between 1 and {MAX_KEYS} keys per upload, not {len(keys)}")
+    out = bytearray(REQUEST + len(keys).to_bytes(2, "big"))
+    for name, key in keys:
+        raw = name.encode("utf-8")
+        if not 1 <= len(raw) <= MAX_NAME:
+            raise ValueError(f"secret name {name!r}: 1..{MAX_NAME} bytes")
+        if len(key) != WRAP_KEY_SIZE:
+            raise ValueError(f"secret {name!r}: a key is exactly {WRAP_KEY_SIZE} bytes, not "
+                             f"{len(key)}")
+        out += len(raw).to_bytes(2, "big") + raw + len(key).to_bytes(4, "big") + key
+    return bytes(out)
+
+
+def read_request(recv_exact: Callable[[int], bytes]) -> list[tuple[str, bytes]]:
+    """Parse a request from *recv_exact(n)* (returns fewer bytes only at the end of the
+    stream); ValueError with a reason (never containing key bytes) if malformed."""
+    magic = recv_exact(len(REQUEST))
+    if magic != REQUEST:
+        raise ValueError("not an upload request")
+    count = int.from_bytes(_need(recv_exact, 2, "key count"), "big")
+    if not 1 <= count <= MAX_KEYS:
+        raise ValueError(f"key count {count} is outside 1..{MAX_KEYS}")
+    keys: list[tuple[str, bytes]] = []
+    for _ in range(count):
+        size = int.from_bytes(_need(recv_exact, 2, "name length"), "big")
+        if not 1 <= size <= MAX_NAME:
+            raise ValueError(f"name length {size} is outside 1..{MAX_NAME}")
+        try:
+            name = _need(recv_exact, size, "name").decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("a secret name is not UTF-8") from None
+        length = int.from_bytes(_need(recv_exact, 4, "key length"), "big")
+        if length != WRAP_KEY_SIZE:
+            raise ValueError(f"secret {name!r}: announced {length} bytes; a key is exactly "
+                             f"{WRAP_KEY_SIZE}")
+        keys.append((name, _need(recv_exact, length, "key")))
+    names = [n for n, _ in keys]
+    if len(set(names)) != len(names):
+        raise ValueError("a secret is named twice in one upload")
+    return keys
+
+
+def _need(recv_exact: Callable[[int], bytes], size: int, what: str) -> bytes:
+    data = recv_exact(size)
+    if len(data) != size:
+        raise ValueError(f"request truncated (in the {what})")
+    return data
+
+
+def answer(accepted: bool, text: str) -> bytes:
+    raw = text.encode("utf-8", "replace")[:MAX_TEXT]
+    return (ACCEPTED if accepted else REFUSED) + len(raw).to_bytes(4, "big") + raw
+
+
+# --------------------------------------------------------------------------- server side
+
+
+def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], None],
+                 peer_der: bytes, settings: UploadSettings, store: UploadStore,
+                 uploadable: Iterable[str], record: dict, *,
+                 now: _dt.datetime | None = None) -> None:
+    """Handle one owner connection (after the TLS handshake): authenticate the client
+    certificate, read the request, store all keys or none, answer. Fills *record* (the audit
+    line: decision, reason, owner fingerprint, secret names; never key bytes)."""
+    fingerprint = hashlib.sha256(peer_der).hexdigest()
+    record.update(event="upload", owner=fingerprint)
+    owner = settings.owner(fingerprint)
+    moment = now or _dt.datetime.now(_dt.timezone.utc)
+    try:
+        keys = read_request(recv_exact)
+    except ValueError as exc:
+        keys, problem = None, f"malformed upload request: {exc}"
+    else:
+        problem = None
+    if owner is None:
+        reason = ("the client certificate is not one of the owners in [upload] owners "
+                  f"(sha256 {fingerprint}); an enclave would present an RA-TLS certificate")
+    elif not owner.not_before <= moment <= owner.not_after:
+        reason = (f"the owner certificate {owner.subject} is not valid now (valid "
+                  f"{owner.not_before.isoformat()} to {owner.not_after.isoformat()})")
+    elif keys is None:
+        reason = problem or "malformed upload request"
+    else:
+        allowed = set(uploadable)
+        names = [name for name, _ in keys]
+        record["secrets"] = names
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            reason = (f"secret {unknown[0]!r} is not an uploaded secret of this server "
+                      f"(uploaded secrets: {', '.join(sorted(allowed)) or 'none'})")
+        else:
+            replaced = store.put_all(dict(keys))
+            text = f"stored {len(names)} key(s): {', '.join(names)}" + (
+                f" (replacing the earlier upload of {', '.join(replaced)})" if replaced else "")
+            record.update(decision="allow", reason=f"{text}; by owner {owner.subject}")
+            send(answer(True, text))
+            return
+    record.update(decision="deny", reason=reason)
+    try:
+        send(answer(False, reason))
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def upload_keys(tls, keys: list[tuple[str, bytes]]) -> str:  # noqa: ANN001 - ssl.SSLSocket
+    """Send *keys* on the (already attested) TLS connection *tls*; the server's confirmation,
+    or :class:`UploadRefused` with its reason."""
+    from .wire import recv_exact
+
+    tls.sendall(encode_request(keys))
+    header = recv_exact(tls, ANSWER_HEADER)
+    if len(header) != ANSWER_HEADER:
+        raise UploadRefused("the server closed the connection without answering the upload "
+                            "(is [upload] configured on it? see its audit log)")
+    magic, size = header[:len(ACCEPTED)], int.from_bytes(header[len(ACCEPTED):], "big")
+    if magic not in (ACCEPTED, REFUSED) or size > MAX_TEXT:
+        raise UploadRefused("the server's answer is not an upload answer")
+    text = recv_exact(tls, size).decode("utf-8", "replace")
+    if magic == REFUSED:
+        raise UploadRefused(f"the server refused the upload: {text}")
+    return text
+
+
+__all__ = ["REQUEST", "ACCEPTED", "REFUSED", "UploadConfigError", "UploadRefused",
+           "UploadSettings", "OwnerCertificate", "UploadStore", "load_settings",
+           "load_owner_certificate", "is_owner_certificate", "encode_request", "read_request",
+           "answer", "serve_upload", "upload_keys"]
