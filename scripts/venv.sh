@@ -9,14 +9,19 @@ if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
     echo "python3-venv is missing: sudo apt-get install python3-venv" >&2; exit 1
   fi
 fi
-[ -x "$_repo/.venv/bin/python" ] || python3 -m venv "$_repo/.venv"
+if [ ! -x "$_repo/.venv/bin/python" ]; then
+  echo "scripts/venv.sh: creating $_repo/.venv (once)" >&2
+  python3 -m venv "$_repo/.venv"
+fi
 # shellcheck disable=SC1091
 source "$_repo/.venv/bin/activate"
 _stamp="$_repo/.venv/.installed-$(cat "$_repo/pyproject.toml" "$_repo/constraints.txt" | sha256sum | cut -c1-16)"
 if [ ! -f "$_stamp" ]; then
   echo "scripts/venv.sh: installing enclave-build and its pinned dependencies into $_repo/.venv (first run: a minute or two)" >&2
   python -m pip install --quiet --upgrade pip
-  python -m pip install --quiet -c "$_repo/constraints.txt" -e "$_repo[test,serve]"
+  # pip's own progress, one line per package (a bar would not show in a log or a pipe).
+  python -m pip install --progress-bar off -c "$_repo/constraints.txt" -e "$_repo[test,serve]" \
+    | { grep --line-buffered -E '^(Collecting|Processing|Installing|Successfully)' >&2 || true; }
   rm -f "$_repo"/.venv/.installed-*
   touch "$_stamp"
 fi

@@ -178,7 +178,7 @@ def test_init_build_inspect_from_an_empty_directory(tmp_path, standin_root):
 
     check = run_cli("inspect", "face/out", cwd=tmp_path)
     assert check.returncode == 0, check.stderr.decode()
-    assert "agrees           yes" in check.stdout.decode()
+    assert "agrees           true" in check.stdout.decode()
 
     extract = run_cli("inspect", "face/out", "--extract", "audit", "--json", cwd=tmp_path)
     assert extract.returncode == 0, extract.stderr.decode()

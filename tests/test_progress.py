@@ -47,10 +47,11 @@ def test_build_prints_one_plain_line_per_stage_when_not_a_terminal(tmp_path, sta
     for stream in (proc.stdout, proc.stderr):
         assert b"\x1b" not in stream and b"\r" not in stream, stream
     stages = _stages(proc.stderr)
-    assert set(stages) >= {"hashing trusted files", "writing layers"}, proc.stderr.decode()
+    assert set(stages) >= {"reading base directory", "hashing trusted files", "writing layers"}, \
+        proc.stderr.decode()
     # The model is a trusted file and goes into a layer; the stand-in base is well under 10 MB.
     # A bare size (not "X of Y") means the stage ended exactly at its total.
-    for what in ("hashing trusted files", "writing layers"):
+    for what in ("hashing trusted files", "writing layers"):  # (the base: only its own files)
         assert MODEL_SIZE <= stages[what] < 10e6, (what, proc.stderr.decode())
     assert " of " not in proc.stderr.decode()
     assert proc.stdout.decode().startswith("service      face")

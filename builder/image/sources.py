@@ -46,7 +46,8 @@ def open_base(text: str, progress: ProgressTask | None = None,
     if source.transport == "dir":
         root = Path(source.location).resolve()
         rootfs = RootFS(root, text)
-        return BaseImage(_image_from_directory(root, store, text, hash_cache), rootfs, source)
+        return BaseImage(_image_from_directory(root, store, text, hash_cache, progress), rootfs,
+                         source)
     if source.transport == "docker":
         assert source.registry is not None
         image = RegistryClient(source.registry.host).pull(source.registry, store, progress)
@@ -67,9 +68,14 @@ def open_base(text: str, progress: ProgressTask | None = None,
 
 
 def _image_from_directory(root: Path, store: BlobStore, text: str,
-                          hash_cache: HashCache | None = None) -> Image:
+                          hash_cache: HashCache | None = None,
+                          progress: ProgressTask | None = None) -> Image:
     """A one-layer image of *root* (deterministic: same tree, same digests)."""
-    layer = write_layer(directory_entries(root), store, hash_cache)
+    entries = directory_entries(root)
+    advance = progress("reading base directory", sum(
+        e.source.stat().st_size for e in entries if e.source) + sum(
+        len(e.data) for e in entries if e.data)) if progress else None
+    layer = write_layer(entries, store, hash_cache, progress=advance)
     config = {
         "architecture": "amd64", "os": "linux", "config": {},
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
