@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .k8s.capacity import CapacityPlan
 
 _SIZE = re.compile(r"^([1-9][0-9]*)(K|M|G|T|Ki|Mi|Gi|Ti)?$")
 _SCALE = {None: 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -28,14 +32,36 @@ class Size(click.ParamType):
         if not match:
             self.fail(f"{value!r} is not a size; allowed: an integer with K, M, G or T (binary "
                       "units, Gi etc. also accepted), e.g. 4G or 512Mi", param, ctx)
-        return int(match.group(1)) * _SCALE[(match.group(2) or "")[:1] or None]
+        size = int(match.group(1)) * _SCALE[(match.group(2) or "")[:1] or None]
+        if size > (1 << 63) - 1:
+            self.fail(f"{value!r} is out of range; allowed: at most 2^63-1 bytes", param, ctx)
+        return size
+
+
+class BytesQuantity(click.ParamType):
+    """A Kubernetes quantity of bytes: 64Gi (binary), 64G (= 64 x 10^9, as Kubernetes reads
+    it) or plain bytes."""
+
+    name = "QUANTITY"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001
+        from .k8s.quantity import bytes_quantity
+
+        if isinstance(value, int):
+            return value
+        try:
+            return bytes_quantity(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @click.command("k8s", epilog="""\b
 Example (build and push by digest, then generate and apply):
   enclave-build build examples/tflite/spec.toml --push --tag registry.example.com/face-detect:1
   enclave-build k8s examples/tflite/out --output deploy/face-detect
-  cp keys/face-detect-key.key server.crt server.key deploy/face-detect/overlays/production/secrets/
+  S=deploy/face-detect/overlays/production/secrets      # its README.md lists the files
+  cp examples/keys/face-detect-key.key $S/              # the wrap key, from keys_dir
+  cp TLS_DIR/server.crt $S/tls.crt; cp TLS_DIR/server.key $S/tls.key   # `secrets tls TLS_DIR`
   kubectl apply -k deploy/face-detect/overlays/production
 \b
 Output (DIR):
@@ -61,10 +87,14 @@ to change), 1 anything else.
 @click.option("--secret-server-image", metavar="REF",
               help="Overrides [deploy] secret_server_image.")
 @click.option("--pccs-url", metavar="URL", help="Overrides [deploy] pccs_url.")
+@click.option("--allow-debug", is_flag=True,
+              help="Deploy a DEBUG enclave (refused otherwise: the host can read its memory); "
+                   "for test clusters only, with a warning.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print as JSON: output, files (relative paths), notes.")
 def k8s(build_dir: Path, output: Path, image: str | None, aesmd_image: str | None,
-        secret_server_image: str | None, pccs_url: str | None, as_json: bool) -> None:
+        secret_server_image: str | None, pccs_url: str | None, allow_debug: bool,
+        as_json: bool) -> None:
     """Generate Kubernetes manifests (a kustomize base and overlay) for BUILD_DIR.
 
     BUILD_DIR is a build output (`enclave-build build SPEC --output DIR`): measurements.json
@@ -87,7 +117,7 @@ def k8s(build_dir: Path, output: Path, image: str | None, aesmd_image: str | Non
     with _errors():
         manifests, notes = generate_k8s(build_dir, output, Overrides(
             image=image, aesmd_image=aesmd_image, secret_server_image=secret_server_image,
-            pccs_url=pccs_url))
+            pccs_url=pccs_url, allow_debug=allow_debug))
     files = sorted(manifests.files) + sorted(f"overlays/production/{p}"
                                              for p in manifests.overlay)
     if as_json:
@@ -101,24 +131,28 @@ def k8s(build_dir: Path, output: Path, image: str | None, aesmd_image: str | Non
 
 @click.command("plan-capacity", epilog="""\b
 Examples:
-  enclave-build plan-capacity --enclave-size 4G --epc-per-node 64G --nodes 3
-  enclave-build plan-capacity --enclave-size 4G --epc-per-node 64G --nodes 3 --libos occlum \\
+  enclave-build plan-capacity --enclave-size 4G --epc-per-node 64Gi --nodes 3
+  enclave-build plan-capacity --enclave-size 4G --epc-per-node 64Gi --nodes 3 --libos occlum \\
       --max-threads 64 --json
-  enclave-build plan-capacity out/ --epc-per-node 128G --nodes 5   # size etc. from a build
+  enclave-build plan-capacity out/ --epc-per-node 128Gi --nodes 5   # size etc. from a build
 \b
 EPC per replica = enclave size + libOS margin (Gramine: 1 MiB for SECS and version-array
 pages; Occlum: 96 MiB + 1 MiB per thread for its kernel heap, kernel stacks and LibOS image),
 rounded up to MiB, plus 8 MiB for the aesmd sidecar of pods that attest. Replicas per node are
 also limited by the SGX device plugin's per-node container limit for /dev/sgx_enclave
 (-enclave-limit, default 20; an attesting pod uses two).
+\b
+Exit codes: 0 at least one replica fits per node, 2 none does (the plan is still printed,
+then why) or bad arguments.
 """)
 @click.argument("build_dir", required=False,
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--enclave-size", type=Size(), help="Enclave size, e.g. 4G (default: the "
-              "build's).")
-@click.option("--epc-per-node", type=Size(), required=True,
-              help="Allocatable sgx.intel.com/epc of one node, e.g. 64G "
-                   "(`kubectl describe node` shows it).")
+@click.option("--enclave-size", type=Size(), help="Enclave size in the spec's notation, "
+              "binary units: 4G = 4 GiB (default: the build's).")
+@click.option("--epc-per-node", type=BytesQuantity(), required=True,
+              help="Allocatable sgx.intel.com/epc of one node as Kubernetes writes it "
+                   "(`kubectl describe node` shows it, in bytes): 68719476736, 64Gi, or 64G "
+                   "(= 64 x 10^9 bytes, as the scheduler reads it; unlike --enclave-size).")
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="SGX nodes in the cluster.")
 @click.option("--libos", type=click.Choice(["gramine", "occlum"]), help="Default: the "
@@ -142,7 +176,7 @@ def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node
     """
     from .cli import _errors, _print_json
     from .k8s.capacity import plan_capacity as plan
-    from .k8s.quantity import format_mebibytes, memory_bytes
+    from .k8s.quantity import memory_bytes
     from .k8s.service_info import SERVICE_FILE, ServiceInfo
 
     with _errors():
@@ -162,14 +196,25 @@ def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node
                       enclave_limit=enclave_limit)
     if as_json:
         _print_json(result.to_json())
-        return
+    else:
+        _print_plan(result)
+    reason = result.why_none_fit()
+    if reason:
+        with _errors():
+            raise UsageError(reason)
+
+
+def _print_plan(result: "CapacityPlan") -> None:
+    from .k8s.quantity import MI, format_mebibytes
+
     mib = format_mebibytes
     click.echo(f"libos              {result.libos}")
     click.echo(f"enclave            {mib(result.enclave_size)} + margin {mib(result.margin)}"
                + (f" + aesmd {mib(result.sidecar_epc)}" if result.sidecar_epc else ""))
     click.echo(f"EPC per replica    {mib(result.epc_per_pod)}")
-    click.echo(f"EPC per node       {mib(result.epc_per_node)} "
-               f"({mib(result.epc_unused_per_node)} left over)")
+    click.echo(f"EPC per node       {result.epc_per_node} bytes = "
+               f"{result.epc_per_node / MI:.0f}Mi ({result.epc_unused_per_node // MI}Mi left "
+               "over)")
     click.echo(f"per node           {result.replicas_per_node} replicas (limited by "
                f"{result.limited_by}; enclave-limit {result.enclave_limit}, "
                f"{result.enclave_devices_per_pod} per pod)")

@@ -213,7 +213,7 @@ def test_model_server_deployment_for_the_tflite_example(examples):
     assert pod["terminationGracePeriodSeconds"] == timing.grace_period(2 << 30, 20.0)
     # The encrypted model directory is copied into an emptyDir (Gramine opens it read-write).
     stage = next(c for c in pod["initContainers"] if c["name"].startswith("stage-"))
-    assert stage["command"][:2] == ["cp", "-a"] and stage["image"] == enclave["image"]
+    assert stage["command"][:2] == ["cp", "-R"] and stage["image"] == enclave["image"]
     mounted = {m["mountPath"] for m in enclave["volumeMounts"]}
     assert "/var/run/aesmd" in mounted and any(p.startswith("/models/") for p in mounted)
     assert [m["pods"]["metric"]["name"] for m in
@@ -359,7 +359,8 @@ def test_service_json_round_trips(tmp_path):
     assert info.deploy.max_replicas == 6
     bad = json.loads(info.to_json())
     bad["health"]["port"] = "nope"
-    with pytest.raises(ServiceInfoError, match="no port named 'nope'"):
+    with pytest.raises(ServiceInfoError, match=r"service\.json: health\.port: 'nope' is not "
+                       "allowed; allowed: grpc, http"):
         ServiceInfo.from_dict(bad, "service.json")
 
 

@@ -101,6 +101,20 @@ class CapacityPlan:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def why_none_fit(self) -> str | None:
+        """What keeps every replica off a node, or None when at least one fits."""
+        if self.replicas_per_node:
+            return None
+        if self.epc_per_pod > self.epc_per_node:
+            return (f"no replica fits: one needs {self.epc_per_pod} bytes of EPC (enclave "
+                    f"{self.enclave_size} + margin {self.margin} + aesmd {self.sidecar_epc}) "
+                    f"but a node has {self.epc_per_node}; use a smaller [enclave] size "
+                    "(with EDMM the enclave still reserves its whole size) or nodes with "
+                    "more EPC")
+        return (f"no replica fits: a pod opens /dev/sgx_enclave from "
+                f"{self.enclave_devices_per_pod} containers but the device plugin allows "
+                f"{self.enclave_limit} per node (-enclave-limit)")
+
 
 def plan_capacity(enclave_size: int, epc_per_node: int, nodes: int, *, libos: str = "gramine",
                   max_threads: int = 64, attests: bool = True, margin: int | None = None,

@@ -42,6 +42,19 @@ _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 Obj = dict[str, Any]
 
 
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def check_object_name(name: str, what: str) -> str:
+    """*name* if it can name a Service (a DNS-1035 label: what Kubernetes requires of
+    Services, the strictest of the names used here), else a K8sError saying why."""
+    if not _DNS1035.match(name):
+        raise K8sError(f"{what} {name!r} cannot name a Kubernetes Service: it must be a "
+                       "DNS-1035 label (at most 63 lower-case letters, digits and '-', starting "
+                       "with a letter and ending with a letter or digit)")
+    return name
+
+
 def namespace(info: ServiceInfo) -> str:
     return info.deploy.namespace or info.service
 
@@ -163,7 +176,9 @@ def _staging(build: BuildOutput) -> tuple[list[Obj], list[Obj], list[Obj]]:
         mounts.append({"name": name, "mountPath": path})
         inits.append({
             "name": f"stage-{name}", "image": build.image, "imagePullPolicy": "IfNotPresent",
-            "command": ["cp", "-a", f"{path.rstrip('/')}/.", "/staged/"],
+            # -R, not -a: the emptyDir's root belongs to root, and preserving the source
+            # directory's times or mode on it fails for a non-root user (cp exits 1).
+            "command": ["cp", "-R", f"{path.rstrip('/')}/.", "/staged/"],
             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
                           "limits": {"cpu": "1", "memory": "256Mi"}},
             "securityContext": ctx,
@@ -219,6 +234,11 @@ def qcnl_configmap(build: BuildOutput) -> Obj:
 def model_server_deployment(build: BuildOutput) -> Obj:
     info = build.service
     _check_ports(info)
+    check_object_name(info.service, f"{build.directory}/service.json: service")
+    if info.run_as.user == 0:
+        raise K8sError(f"{build.directory}/service.json: run_as.user: the image runs as root "
+                       "(uid 0); Pod Security \"restricted\" admits only non-root containers: "
+                       "build on a base image whose User is a non-root user and rebuild")
     epc = format_mebibytes(epc_for(info).enclave_container)
     cpu, cpu_limit = cpu_resources(info)
     sgx = {EPC: epc, ENCLAVE: "1"}
@@ -284,12 +304,30 @@ def model_server_deployment(build: BuildOutput) -> Obj:
                          "spec": pod}}}
 
 
+def app_protocol(info: ServiceInfo, port_name: str) -> str | None:
+    """A Service port's appProtocol, so meshes, Gateway API implementations and ingress
+    controllers speak the right protocol to it: gRPC is HTTP/2, in clear text
+    ``kubernetes.io/h2c``; with [tls] both ports are TLS ending in the enclave (``https``:
+    a proxy must pass it through, not speak clear text to it). Other ports get none."""
+    if port_name not in ("grpc", "http"):
+        return None
+    if info.tls:
+        return "https"
+    return "kubernetes.io/h2c" if port_name == "grpc" else "http"
+
+
 def model_server_service(info: ServiceInfo) -> Obj:
+    ports = []
+    for p in info.ports:
+        port: Obj = {"name": p.name, "port": p.number, "targetPort": p.name,
+                     "protocol": p.protocol}
+        if (protocol := app_protocol(info, p.name)) is not None:
+            port["appProtocol"] = protocol
+        ports.append(port)
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": metadata(info, info.service, "model-server"),
             "spec": {"type": "ClusterIP", "selector": selector(info, "model-server"),
-                     "ports": [{"name": p.name, "port": p.number, "targetPort": p.name,
-                                "protocol": p.protocol} for p in info.ports]}}
+                     "ports": ports}}
 
 
 def disruption_budget(info: ServiceInfo, name: str, component: str) -> Obj:
@@ -303,7 +341,12 @@ def disruption_budget(info: ServiceInfo, name: str, component: str) -> Obj:
 def ingress(info: ServiceInfo) -> Obj | None:
     """gRPC from outside the cluster with TLS passthrough (ingress-nginx: the controller runs
     with --enable-ssl-passthrough and routes on SNI without terminating TLS), so TLS ends in
-    the enclave. Plain-text services get no Ingress."""
+    the enclave. Plain-text services get no Ingress.
+
+    Passthrough works at layer 4, so ingress-nginx ignores every other annotation (and the
+    path); none is set. In particular no ``backend-protocol: GRPCS``: on a controller without
+    the flag it would make nginx terminate TLS itself and re-encrypt to the enclave, which
+    must fail instead."""
     host = info.deploy.ingress_host
     if not host:
         return None
@@ -315,8 +358,7 @@ def ingress(info: ServiceInfo) -> Obj | None:
     grpc = next((p.name for p in info.ports if p.name == "grpc"), info.ports[0].name)
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
             "metadata": metadata(info, info.service, "model-server", annotations={
-                "nginx.ingress.kubernetes.io/ssl-passthrough": "true",
-                "nginx.ingress.kubernetes.io/backend-protocol": "GRPCS"}),
+                "nginx.ingress.kubernetes.io/ssl-passthrough": "true"}),
             "spec": {"ingressClassName": info.deploy.ingress_class,
                      "rules": [{"host": host, "http": {"paths": [{
                          "path": "/", "pathType": "Prefix",

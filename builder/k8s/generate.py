@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .inputs import read_build_output
+from ..errors import UsageError
+from .inputs import K8sError, read_build_output
 from .layout import Manifests, generate, write
+from .settings import validate_deploy
 
 
 @dataclass(frozen=True)
@@ -17,17 +20,29 @@ class Overrides:
     aesmd_image: str | None = None
     secret_server_image: str | None = None
     pccs_url: str | None = None
+    allow_debug: bool = False               # deploy a DEBUG enclave (test clusters only)
 
 
 def render(build_dir: str | Path, overrides: Overrides = Overrides()) -> Manifests:
-    build = read_build_output(build_dir, overrides.image)
+    build = read_build_output(build_dir, overrides.image, allow_debug=overrides.allow_debug)
     changes = {k: v for k, v in (("aesmd_image", overrides.aesmd_image),
                                  ("secret_server_image", overrides.secret_server_image),
-                                 ("pccs_url", overrides.pccs_url)) if v}
+                                 ("pccs_url", overrides.pccs_url)) if v is not None}
     if changes:
+        # The same checks as the spec's [deploy] keys they replace.
+        try:
+            validate_deploy(changes, {}, "command line")
+        except UsageError as exc:
+            raise K8sError(re.sub(r"command line: deploy\.(\w+)",
+                                  lambda m: "--" + m.group(1).replace("_", "-"),
+                                  str(exc))) from None
         service = replace(build.service, deploy=replace(build.service.deploy, **changes))
         build = replace(build, service=service)
-    return generate(build)
+    manifests = generate(build)
+    if build.measurements.debug:
+        manifests.notes.insert(0, "WARNING: this is a DEBUG enclave (--allow-debug): the host "
+                               "can read its memory; never run it with real models or keys")
+    return manifests
 
 
 def generate_k8s(build_dir: str | Path, output: str | Path,

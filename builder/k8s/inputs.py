@@ -79,7 +79,8 @@ def pinned_image(measurements: Measurements, override: str | None = None,
     return f"{name}@{digest}"
 
 
-def read_build_output(directory: str | Path, image: str | None = None) -> BuildOutput:
+def read_build_output(directory: str | Path, image: str | None = None, *,
+                      allow_debug: bool = False) -> BuildOutput:
     directory = Path(directory)
     if not directory.is_dir():
         raise UsageError(f"{directory}: not a build output directory")
@@ -92,6 +93,10 @@ def read_build_output(directory: str | Path, image: str | None = None) -> BuildO
                        "(`enclave-build build SPEC --output DIR` writes one)") from None
     except MeasurementsError as exc:
         raise K8sError(str(exc)) from None
+    if measurements.debug and not allow_debug:
+        raise K8sError(f"{path}: debug: the build is a DEBUG enclave (the host can read its "
+                       "memory, and the secret server never releases keys to it); rebuild "
+                       "without [enclave] debug, or pass --allow-debug for a test cluster")
     service = ServiceInfo.load(directory / SERVICE_FILE)
     if service.service != measurements.service:
         raise K8sError(f"{directory}: service.json describes {service.service!r} but "

@@ -23,6 +23,7 @@ YAML is PyYAML's safe_dump with sorted keys: the same build output gives the sam
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -45,7 +46,29 @@ Obj = dict[str, Any]
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    """safe_dump that never writes an anchor or alias (one object used twice is written twice)
+    and quotes every string another YAML reader could take for a non-string.
+
+    PyYAML resolves scalars by YAML 1.1 as PyYAML reads them, so it leaves ``y``, ``n``,
+    ``1e3``, ``0o17`` or ``08`` plain; kubectl (go-yaml, YAML 1.1 booleans ``y``/``n``) and
+    kustomize (YAML 1.2: ``1e3`` is a float, ``0o17`` an int) would read a namespace, label
+    value or host written that way as a bool or a number. The resolvers below only decide
+    quoting: every value dumped here is a string, an int or a bool already."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+_AMBIGUOUS = "tag:enclave-build,2024:ambiguous"
+for _pattern, _first in (
+        # booleans and nulls of YAML 1.1 (go-yaml v2) and 1.2
+        (r"^(?:[yYnN]|[Yy]es|YES|[Nn]o|NO|[Tt]rue|TRUE|[Ff]alse|FALSE|[Oo]n|ON|[Oo]ff|OFF"
+         r"|[Nn]ull|NULL|~)$", list("yYnNtTfFoO~")),
+        # anything a YAML 1.1 or 1.2 reader, or Go's strconv, may take for a number
+        (r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$"
+         r"|^[-+]?0[bBoOxX][0-9a-fA-F_]+$|^[-+]?\.(?:inf|Inf|INF|nan|NaN|NAN)$",
+         list("-+.0123456789"))):
+    _Dumper.add_implicit_resolver(_AMBIGUOUS, re.compile(_pattern), _first)
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -101,6 +124,10 @@ def check_settings(build: BuildOutput) -> None:
 def generate(build: BuildOutput) -> Manifests:
     info = build.service
     check_settings(build)
+    # Names first: each object below would otherwise fail on its own, later.
+    deployment.check_object_name(info.service, f"{build.directory}/service.json: service")
+    if deployment.attests(info):
+        secret_server.names(build)
     out = Manifests()
     header = HEADER.format(source=f"{info.service} (mr_enclave {build.measurements.mr_enclave})")
     ms = "base/model-server"
@@ -114,6 +141,11 @@ def generate(build: BuildOutput) -> Manifests:
     ingress = deployment.ingress(info)
     if ingress is not None:
         out.add(f"{ms}/ingress.yaml", ingress, header)
+        out.notes.append(f"the Ingress for {info.deploy.ingress_host} passes TLS through to "
+                         "the enclave: ingress-nginx must run with --enable-ssl-passthrough "
+                         "(without it the annotation is ignored and clients reach nginx, not "
+                         "the enclave), and the enclave's [tls] certificate must name "
+                         f"{info.deploy.ingress_host}")
     hpa = autoscaling.hpa(info)
     if hpa is not None:
         out.add(f"{ms}/hpa.yaml", hpa, header)

@@ -26,9 +26,9 @@ from typing import Any
 
 import tomli_w
 
-from ..secrets_config import _check_allow, _fragment
-from .deployment import (ANNOTATION, disruption_budget, labels, metadata, namespace,
-                         pod_context, restricted_context, selector)
+from ..secrets_config import SecretsConfigError, _check_allow, _fragment
+from .deployment import (ANNOTATION, check_object_name, disruption_budget, labels, metadata,
+                         namespace, pod_context, restricted_context, selector)
 from .inputs import BuildOutput, K8sError
 
 PORT = 4433
@@ -77,8 +77,12 @@ def names(build: BuildOutput) -> SecretServerNames:
                            f"namespace {parts[1]!r}) but [deploy] namespace is {ns!r}; set "
                            f"[deploy] namespace = {parts[1]!r} or rebuild with [secrets] server "
                            f"in namespace {ns!r}")
+        check_object_name(parts[0], f"{build.directory}/service.json: secret_server {host}: "
+                                    "the Service name")
         return SecretServerNames(parts[0], ns, int(port), True)
-    return SecretServerNames(f"{info.service}-secrets", ns, int(port), False)
+    name = check_object_name(f"{info.service}-secrets", "the secret server's Service name "
+                             "(the service's name + '-secrets'; shorten [service] name)")
+    return SecretServerNames(name, ns, int(port), False)
 
 
 def address_note(build: BuildOutput) -> str | None:
@@ -92,20 +96,33 @@ def address_note(build: BuildOutput) -> str | None:
             "certificate for that name: `enclave-build secrets tls DIR --host ...`)")
 
 
+def _policy(build: BuildOutput) -> tuple[Path, dict[str, Any]]:
+    """The build's secrets-policy.toml, read and type-checked (a bad one is the build
+    output's fault: exit 2)."""
+    assert build.policy is not None
+    try:
+        return _fragment(build.policy)
+    except SecretsConfigError as exc:
+        raise K8sError(str(exc)) from None
+
+
 def secrets_toml(build: BuildOutput) -> str:
     """The in-cluster secrets.toml, paths relative to its ConfigMap mount."""
-    assert build.policy is not None
     info = build.service
-    fragment, data = _fragment(build.policy)
+    fragment, data = _policy(build)
     measurements_file = f"{info.service}.measurements.json"
     rules = []
     for rule in data.get("secrets", []):
-        _check_allow(fragment, rule["name"], rule["allow"], {build.measurements.service})
+        try:
+            _check_allow(fragment, rule["name"], rule["allow"], {build.measurements.service})
+        except SecretsConfigError as exc:
+            raise K8sError(str(exc)) from None
         rules.append({**rule, "file": os.path.relpath(f"{KEYS_DIR}/{rule['name']}.key",
                                                       CONFIG_DIR)})
-    if not rules:
-        raise K8sError(f"{fragment}: releases no secret, but the service fetches keys "
-                       f"({', '.join(info.keys)})")
+    missing = sorted(set(info.keys) - {r["name"] for r in rules})
+    if missing:
+        raise K8sError(f"{fragment}: releases no secret named {', '.join(missing)}, but the "
+                       f"service fetches it (service.json keys): files of two builds?")
     if not info.deploy.pccs_url:
         raise K8sError(f"{build.directory}/service.json: the secret server verifies quotes "
                        "against collateral from a PCCS: set [deploy] pccs_url in the spec and "
@@ -247,5 +264,5 @@ def pdb(build: BuildOutput) -> Obj:
 
 def key_files(build: BuildOutput) -> list[str]:
     """The key files the overlay's Secret is generated from (names only)."""
-    _, data = _fragment(build.policy) if build.policy else (None, {})
+    _, data = _policy(build) if build.policy else (None, {})
     return sorted(f"{rule['name']}.key" for rule in data.get("secrets", []))

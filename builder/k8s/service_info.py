@@ -24,13 +24,15 @@ on the gRPC port).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import EnclaveBuildError
+from ..errors import EnclaveBuildError, UsageError
 from ..plan import MountType, ServicePlan
-from .settings import DeploySpec
+from .capacity import LIBOS
+from .settings import DeploySpec, validate_deploy
 
 SERVICE_FILE = "service.json"
 FORMAT_VERSION = 1
@@ -112,43 +114,87 @@ class ServiceInfo:
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "ServiceInfo":
+        """Every key checked for type and range (the file may have been edited): a
+        ServiceInfoError names *source* and the key."""
         if not isinstance(data, dict):
             raise ServiceInfoError(f"{source}: expected a JSON object")
         if data.get("version") != FORMAT_VERSION:
             raise ServiceInfoError(f"{source}: version: {data.get('version')!r}; this "
                                    f"enclave-build reads version {FORMAT_VERSION} (rebuild)")
-        try:
-            deploy_values = data.get("deploy") or {}
-            unknown = set(deploy_values) - set(DeploySpec().to_dict())
-            if unknown:
-                raise ServiceInfoError(f"{source}: deploy: unknown keys "
-                                       f"{', '.join(sorted(unknown))}")
-            metrics = data.get("metrics")
-            info = cls(
-                service=_typed(data, "service", str, source),
-                framework=_typed(data, "framework", str, source),
-                libos=_typed(data, "libos", str, source),
-                enclave=EnclaveInfo(**_typed(data, "enclave", dict, source)),
-                ports=tuple(ServicePort(**p) for p in _typed(data, "ports", list, source)),
-                health=Health(**_typed(data, "health", dict, source)),
-                run_as=RunAs(**_typed(data, "run_as", dict, source)),
-                metrics=MetricsEndpoint(**metrics) if metrics is not None else None,
-                drain_seconds=data.get("drain_seconds"),
-                writable_paths=tuple(data.get("writable_paths", ())),
-                keys=tuple(data.get("keys", ())),
-                secret_server=data.get("secret_server"),
-                tls=bool(data.get("tls", False)),
-                deploy=DeploySpec.from_values(deploy_values))
-        except TypeError as exc:
-            raise ServiceInfoError(f"{source}: malformed: {exc}") from None
-        if info.enclave.size <= 0 or info.enclave.max_threads < 1:
-            raise ServiceInfoError(f"{source}: enclave: size and max_threads must be positive")
-        if info.health.kind not in ("kserve-v2", "tcp"):
-            raise ServiceInfoError(f"{source}: health.kind: {info.health.kind!r}; allowed: "
-                                   "kserve-v2, tcp")
-        info.port(info.health.port)
-        if info.metrics is not None:
-            info.port(info.metrics.port)
+        r = _Reader(source)
+        r.keys(data, "", _TOP_KEYS)
+        enclave = r.table(data, "enclave", {"size", "max_threads", "edmm"})
+        ports = []
+        port_list = r.get(data, "ports", list, "a non-empty array of port objects")
+        if not port_list:
+            r.fail("ports", "expected a non-empty array of port objects")
+        for index, item in enumerate(port_list):
+            where = f"ports[{index}]"
+            item = r.table({where: item}, where, {"name", "number", "protocol"})
+            ports.append(ServicePort(
+                name=r.text(item, "name", _PORT_NAME, "a Kubernetes port name (at most 15 "
+                            "lower-case letters, digits, '-', with a letter)", where),
+                number=r.integer(item, "number", 1, 65535, where),
+                protocol=r.choice(item, "protocol", ("TCP", "UDP", "SCTP"), where, "TCP")))
+        for attr in ("name", "number"):
+            seen = [getattr(p, attr) for p in ports]
+            if len(set(seen)) != len(seen):
+                r.fail("ports", f"two ports with the same {attr}")
+        names = {p.name for p in ports}
+        health = r.table(data, "health", {"kind", "port", "scheme", "live", "ready"})
+        kind = r.choice(health, "kind", ("kserve-v2", "tcp"), "health")
+        paths = {key: (r.text(health, key, _HTTP_PATH, "an absolute URL path", "health")
+                       if kind == "kserve-v2" or health.get(key) is not None else None)
+                 for key in ("live", "ready")}
+        run_as = r.table(data, "run_as", {"user", "group"})
+        metrics = data.get("metrics")
+        if metrics is not None:
+            metrics = r.table(data, "metrics", {"port", "path", "scheme"})
+        drain = data.get("drain_seconds")
+        if drain is not None and (isinstance(drain, bool) or not isinstance(drain, (int, float))
+                                  or not 0 <= drain <= 3600):
+            r.fail("drain_seconds", f"expected seconds from 0 to 3600 or null, got {drain!r}")
+        writable = r.get(data, "writable_paths", list, "an array of absolute paths", [])
+        for index, path in enumerate(writable):
+            if not isinstance(path, str) or not _ABS_PATH.match(path) or \
+                    "/../" in f"{path}/" or "/./" in f"{path}/":
+                r.fail(f"writable_paths[{index}]", f"expected an absolute path, got {path!r}")
+        keys = r.get(data, "keys", list, "an array of key names", [])
+        for index, name in enumerate(keys):
+            if not isinstance(name, str) or not _KEY_NAME.match(name):
+                r.fail(f"keys[{index}]", f"expected a key name (letters, digits, '_', '-'), "
+                       f"got {name!r}")
+        server = data.get("secret_server")
+        if server is not None or keys:
+            server = r.text(data, "secret_server", _HOST_PORT, "HOST:PORT of the secret "
+                            "server (required when keys are fetched)")
+            if not 1 <= int(server.rpartition(":")[2]) <= 65535:
+                r.fail("secret_server", f"port of {server!r} is out of range 1 to 65535")
+        info = cls(
+            service=r.text(data, "service", _SERVICE_NAME, "a DNS label"),
+            framework=r.text(data, "framework", _WORD, "a plugin name"),
+            libos=r.text(data, "libos", _WORD, "a libOS name"),
+            enclave=EnclaveInfo(r.integer(enclave, "size", 1, 1 << 46, "enclave"),
+                                r.integer(enclave, "max_threads", 1, 1 << 16, "enclave"),
+                                r.boolean(enclave, "edmm", "enclave", False)),
+            ports=tuple(ports),
+            health=Health(kind, r.choice(health, "port", sorted(names), "health"),
+                          r.choice(health, "scheme", ("HTTP", "HTTPS"), "health", "HTTP"),
+                          paths["live"], paths["ready"]),
+            run_as=RunAs(r.integer(run_as, "user", 0, (1 << 31) - 1, "run_as"),
+                         r.integer(run_as, "group", 0, (1 << 31) - 1, "run_as")),
+            metrics=None if metrics is None else MetricsEndpoint(
+                r.choice(metrics, "port", sorted(names), "metrics"),
+                r.text(metrics, "path", _HTTP_PATH, "an absolute URL path", "metrics"),
+                r.choice(metrics, "scheme", ("HTTP", "HTTPS"), "metrics", "HTTP")),
+            drain_seconds=None if drain is None else float(drain),
+            writable_paths=tuple(writable), keys=tuple(keys), secret_server=server,
+            tls=r.boolean(data, "tls", "", False),
+            deploy=_deploy({} if data.get("deploy") is None else data["deploy"],
+                           enclave, source))
+        if info.libos not in LIBOS and info.deploy.epc_margin is None:
+            r.fail("libos", f"{info.libos!r}: no EPC margin known for it (known: "
+                   f"{', '.join(LIBOS)}); set [deploy] epc_margin in the spec and rebuild")
         return info
 
     @classmethod
@@ -164,11 +210,87 @@ class ServiceInfo:
         return cls.from_dict(data, str(path))
 
 
-def _typed(data: dict, key: str, kind: type, source: str) -> Any:
-    value = data.get(key)
-    if not isinstance(value, kind):
-        raise ServiceInfoError(f"{source}: {key}: expected {kind.__name__}")
-    return value
+_TOP_KEYS = {"version", "service", "framework", "libos", "enclave", "ports", "health", "run_as",
+             "metrics", "drain_seconds", "writable_paths", "keys", "secret_server", "tls",
+             "deploy"}
+_SERVICE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_WORD = re.compile(r"^[a-z0-9][-a-z0-9_.]{0,63}$")
+_HTTP_PATH = re.compile(r"^/[-A-Za-z0-9._~/%]*$")
+_ABS_PATH = re.compile(r"^/[^\x00-\x1f\x7f]*$")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")  # as [secrets] server
+
+
+def _deploy(values: Any, enclave: dict, source: str) -> DeploySpec:
+    try:
+        return validate_deploy(values, enclave, source)
+    except UsageError as exc:
+        raise ServiceInfoError(str(exc)) from None
+
+
+class _Reader:
+    """Typed look-ups in a JSON object; every failure names the file and the key path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> None:
+        raise ServiceInfoError(f"{self.source}: {key}: {message}")
+
+    @staticmethod
+    def _key(where: str, key: str) -> str:
+        return f"{where}.{key}" if where else key
+
+    def keys(self, data: dict, where: str, allowed: set[str]) -> None:
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            self.fail(where or "(top level)", f"unknown keys {', '.join(unknown)}; allowed: "
+                      f"{', '.join(sorted(allowed))}")
+
+    def get(self, data: dict, key: str, kind: type, what: str, default: Any = None,
+            where: str = "") -> Any:
+        if key not in data or data[key] is None:
+            if default is not None:
+                return default
+            self.fail(self._key(where, key), f"missing; expected {what}")
+        value = data[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.fail(self._key(where, key), f"expected {what}, got {json.dumps(value)}")
+        return value
+
+    def table(self, data: dict, key: str, allowed: set[str]) -> dict:
+        value = self.get(data, key, dict, "a JSON object")
+        self.keys(value, key, allowed)
+        return value
+
+    def text(self, data: dict, key: str, pattern: re.Pattern, what: str,
+             where: str = "") -> str:
+        value = self.get(data, key, str, f"a string ({what})", where=where)
+        if not pattern.match(value):
+            self.fail(self._key(where, key), f"{value!r} is not allowed; expected {what}")
+        return value
+
+    def integer(self, data: dict, key: str, low: int, high: int, where: str = "") -> int:
+        value = self.get(data, key, int, "an integer", where=where)
+        if not low <= value <= high:
+            self.fail(self._key(where, key), f"{value} is out of range {low} to {high}")
+        return value
+
+    def boolean(self, data: dict, key: str, where: str, default: bool) -> bool:
+        if data.get(key) is None:
+            return default
+        return self.get(data, key, bool, "true or false", where=where)
+
+    def choice(self, data: dict, key: str, allowed: Any, where: str,
+               default: str | None = None) -> str:
+        if default is not None and data.get(key) is None:
+            return default
+        value = self.get(data, key, str, "a string", where=where)
+        if value not in allowed:
+            self.fail(self._key(where, key), f"{value!r} is not allowed; allowed: "
+                      f"{', '.join(allowed)}")
+        return value
 
 
 def _server_config(plan: ServicePlan) -> dict[str, Any] | None:

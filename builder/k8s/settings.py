@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-from ..schema import Field, Problem, Section
+import re
+from pathlib import Path
+
+from ..errors import UsageError
+from ..schema import Field, Problem, Section, validate_table
 from .quantity import (CPU_DOC, CPU_PATTERN, MEMORY_DOC, MEMORY_PATTERN, cpu_millis,
                        memory_bytes)
 
@@ -51,9 +55,10 @@ DEPLOY = Section("deploy", "how `enclave-build k8s` deploys the service on Kuber
           "certificates and collateral from", pattern=r"https://\S+",
           pattern_doc='an https:// URL, e.g. "https://pccs.internal:8081/sgx/certification/v4/"'),
     Field("aesmd_image", "str", "image of the aesmd sidecar (Intel's SGX PSW with the DCAP "
-          "quote provider) that quotes for the enclave; NAME@sha256:... recommended"),
+          "quote provider) that quotes for the enclave, pinned by digest: "
+          "REGISTRY/NAME@sha256:..."),
     Field("secret_server_image", "str", "image running `enclave-build secrets serve` "
-          "(enclave-build installed); NAME@sha256:... recommended"),
+          "(enclave-build installed), pinned by digest: REGISTRY/NAME@sha256:..."),
     Field("secret_server_replicas", "int", "secret-server replicas (stateless)", default=2,
           minimum=1, maximum=100),
     Field("target_queue_depth", "int", "autoscaling: requests waiting per replica", default=4,
@@ -106,6 +111,46 @@ class DeploySpec:
         return data
 
 
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)" + _DNS_NAME + "$")
+_DIGEST_DOC = ("an image reference pinned by digest, REGISTRY/NAME@sha256:<64 hex> (Kubernetes "
+               "must run the image that was reviewed; `skopeo inspect docker://REF` or `docker "
+               "buildx imagetools inspect REF` prints the digest)")
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why *key* is not a Kubernetes label key (``[PREFIX/]NAME``), or None."""
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and not _SUBDOMAIN.match(prefix):
+        return f"label key {key!r}: the prefix before '/' must be a DNS subdomain"
+    if not _LABEL_NAME.match(name):
+        return (f"label key {key!r}: the name must be 1 to 63 letters, digits, '-', '_' or '.', "
+                "starting and ending with a letter or digit")
+    return None
+
+
+def label_value_problem(value: str) -> str | None:
+    if value and not _LABEL_NAME.match(value):
+        return (f"label value {value!r}: at most 63 letters, digits, '-', '_' or '.', starting "
+                "and ending with a letter or digit (or empty)")
+    return None
+
+
+def image_problem(ref: str) -> str | None:
+    """Why *ref* cannot name a container image run next to an enclave, or None."""
+    from ..image.reference import parse_registry_ref
+
+    if not ref:
+        return f"empty; allowed: {_DIGEST_DOC}"
+    try:
+        parsed = parse_registry_ref(ref)
+    except UsageError as exc:
+        return f"{exc}; allowed: {_DIGEST_DOC}"
+    if parsed.digest is None:
+        return f"{ref!r} is not pinned by digest; allowed: {_DIGEST_DOC}"
+    return None
+
+
 def check_deploy(values: Mapping[str, Any], enclave: Mapping[str, Any],
                  problems: list[Problem]) -> None:
     """Cross-key checks of ``[deploy]`` (each key's own type and pattern are checked already)."""
@@ -113,6 +158,28 @@ def check_deploy(values: Mapping[str, Any], enclave: Mapping[str, Any],
 
     def ok(key: str) -> bool:
         return values.get(key) is not None and ("deploy", key) not in bad
+
+    for key in ("aesmd_image", "secret_server_image"):
+        if ok(key) and (problem := image_problem(values[key])):
+            problems.append(Problem(("deploy", key), problem))
+    host = values["ingress_host"] if ok("ingress_host") else ""
+    if len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
+        problems.append(Problem(("deploy", "ingress_host"), "too long; allowed: a DNS name of at "
+                                "most 253 characters, each label at most 63"))
+    if ok("node_selector"):
+        for key, value in values["node_selector"].items():
+            problem = label_key_problem(key) or label_value_problem(value)
+            if problem:
+                problems.append(Problem(("deploy", "node_selector", key), problem))
+    if ok("cpu") and cpu_millis(values["cpu"]) == 0:
+        problems.append(Problem(("deploy", "cpu"), f"{values['cpu']!r} is no CPU at all; "
+                                f"allowed: {CPU_DOC}, more than 0"))
+    threads = enclave.get("max_threads")
+    if ok("cpu") and isinstance(threads, int) and cpu_millis(values["cpu"]) > threads * 1000:
+        problems.append(Problem(("deploy", "cpu"),
+                                f"{values['cpu']!r} is more than [enclave] max_threads "
+                                f"({threads}): the enclave cannot use it; allowed: at most "
+                                f"{threads}"))
 
     if ok("max_replicas") and ok("replicas") and values["max_replicas"] < values["replicas"]:
         problems.append(Problem(("deploy", "max_replicas"),
@@ -122,7 +189,6 @@ def check_deploy(values: Mapping[str, Any], enclave: Mapping[str, Any],
         problems.append(Problem(("deploy", "cpu_limit"),
                                 f"{values['cpu_limit']!r} is less than the request cpu = "
                                 f"{values['cpu']!r}"))
-    threads = enclave.get("max_threads")
     if ok("cpu_limit") and isinstance(threads, int) and \
             cpu_millis(values["cpu_limit"]) > threads * 1000:
         problems.append(Problem(("deploy", "cpu_limit"),
@@ -135,3 +201,18 @@ def check_deploy(values: Mapping[str, Any], enclave: Mapping[str, Any],
         problems.append(Problem(("deploy", "memory_limit"),
                                 f"{values['memory_limit']!r} is less than the request memory = "
                                 f"{values['memory']!r}"))
+
+
+def validate_deploy(values: Any, enclave: Mapping[str, Any], source: str) -> DeploySpec:
+    """``deploy`` as read back from a build's service.json: the same checks as the spec's
+    ``[deploy]`` (the file may have been edited or come from elsewhere). Raises UsageError
+    naming *source* and every bad key."""
+    if not isinstance(values, dict):
+        raise UsageError(f"{source}: deploy: expected a JSON object")
+    given = {k: v for k, v in values.items() if v is not None}
+    problems: list[Problem] = []
+    checked = validate_table(DEPLOY, given, ("deploy",), Path("."), problems)
+    check_deploy(checked, enclave, problems)
+    if problems:
+        raise UsageError("\n".join(f"{source}: {p.key}: {p.message}" for p in problems))
+    return DeploySpec.from_values(checked)
