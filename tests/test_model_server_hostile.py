@@ -23,6 +23,9 @@ from model_server.rest import RESTServer, decode_infer
 from . import models as test_models
 from .test_model_server import BASE, EchoBackend, _echo_model
 
+# as the server compiles it: f32 (not bfloat16 on CPUs with bf16 units), one thread
+F32_ONE_THREAD = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+
 
 # ---------------------------------------------------------------- outputs of other requests
 
@@ -58,7 +61,7 @@ def test_openvino_never_returns_an_earlier_requests_outputs():
             backend.infer({"x": np.zeros(shape, np.float32)})
     import openvino as ov
     x = rng.standard_normal((1, 3, 48, 192)).astype(np.float32)
-    want = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1})(x)[0]
+    want = ov.Core().compile_model(str(path), "CPU", F32_ONE_THREAD)(x)[0]
     got = backend.infer({"x": x})[out]                    # the instance still serves correctly
     assert got.shape == (1, 2) and np.array_equal(got, want)
 

@@ -39,6 +39,9 @@ READY = re.compile(r"model_server: serving (?:grpc (\S+))? ?(?:rest (\S+))?")
 FD_SHAPE = (1, 128, 128, 3)
 LIMIT = 1 << 20          # max_request_bytes of the servers here (the fd input is 196 KiB)
 
+# as the server compiles it: f32 (not bfloat16 on CPUs with bf16 units), one thread
+F32_ONE_THREAD = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+
 
 class Server:
     def __init__(self, tmp: Path, config: dict, env: dict | None = None) -> None:
@@ -134,7 +137,7 @@ def litert_direct(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 def openvino_direct(path: Path, x: np.ndarray) -> list[np.ndarray]:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    compiled = ov.Core().compile_model(str(path), "CPU", F32_ONE_THREAD)
     result = compiled.create_infer_request().infer({0: x})
     return [np.asarray(result[i]) for i in range(len(compiled.outputs))]
 

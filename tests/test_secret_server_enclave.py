@@ -27,7 +27,7 @@ from attestation.collateral import FileCollateral
 from attestation.measurements import ImageRef, Measurements
 from attestation.synthetic import SyntheticPKI
 from builder.build import build
-from builder.standin import PY_LOCAL, standin_distribution
+from builder.standin import add_standin_runtimes
 
 from . import serving_env as se
 from .attest_env import MR_SIGNER, identity
@@ -59,10 +59,7 @@ def secret_server_base(standin: Path, directory: Path) -> Path:
     """The stand-in base plus stand-ins of the secret server's runtimes."""
     root = directory / "rootfs"
     shutil.copytree(standin, root, symlinks=True)
-    for name, version, top in (("pyOpenSSL", "26.4.0", "OpenSSL"), ("dcap-qvl", "0.7.0", "dcap_qvl"),
-                               ("cffi", "2.1.1", "cffi"), ("h2", "4.4.1", "h2")):
-        standin_distribution(root, name, version, {f"{top}/__init__.py": b"# stand-in\n"})
-    return root
+    return add_standin_runtimes(root, ["secret-server"])
 
 
 @pytest.fixture(scope="module")

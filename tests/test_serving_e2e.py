@@ -109,7 +109,8 @@ def test_openvino_python_mode_serves_the_tflite_file(tmp_path, keys, standin_roo
         tensor = se.face_input()
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(model), "CPU")
+        compiled = ov.Core().compile_model(str(model), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": "f32"})
         direct = compiled(tensor)
         expected = {o.get_any_name(): direct[o] for o in compiled.outputs}
         by_grpc, by_http = se.infer_both(served, "faces", compiled.inputs[0].get_any_name(), tensor,
@@ -144,16 +145,11 @@ def onnx_base(tmp_path, standin_root) -> Path:
     """The stand-in base plus a stand-in ONNX Runtime, where the plugin's base image has it."""
     import shutil
 
-    from builder.standin import standin_distribution
+    from builder.standin import add_standin_runtimes
 
     root = tmp_path / "onnx-base"
     shutil.copytree(standin_root, root, symlinks=True)
-    standin_distribution(root, "onnxruntime", "1.32.0", {
-        "onnxruntime/__init__.py": b"# stand-in\n",
-        "onnxruntime/capi/onnxruntime_pybind11_state.so": b"stand-in, not an ELF\n",
-    }, requires=("numpy>=1.21.6", "protobuf", "packaging", "flatbuffers"))
-    standin_distribution(root, "flatbuffers", "25.12.19", {"flatbuffers/__init__.py": b"#\n"})
-    return root
+    return add_standin_runtimes(root, ["onnxruntime"])
 
 
 def test_onnxruntime_example_plugin_serves(tmp_path, keys, onnx_base, onnx_plugin):

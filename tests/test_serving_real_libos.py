@@ -241,7 +241,8 @@ def test_openvino_python_mode_under_the_real_libos(tmp_path, keys, real_base, en
         sys.modules.setdefault("openvino_telemetry", None)  # no usage event from the test either
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(model), "CPU")
+        compiled = ov.Core().compile_model(str(model), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": "f32"})
         direct = compiled(tensor)
         expected = {o.get_any_name(): direct[o] for o in compiled.outputs}
         input_name = compiled.inputs[0].get_any_name()
