@@ -480,3 +480,14 @@ cpu = "2"
     # The build's [secrets] server is a cluster name: the Service takes that name and port.
     assert m.objects["base/secret-server/service.yaml"]["metadata"]["name"] == "face-secrets"
     assert not m.notes
+
+
+def test_secret_server_address_note_fits_the_address(examples):
+    """A loopback [secrets] server can't be fixed with DNS (it is the pod itself): rebuild;
+    any other name may be made to resolve to the Service."""
+    tflite = [n for n in examples["tflite"].notes if "dials the secret server" in n]
+    assert len(tflite) == 1 and "localhost:4433" in tflite[0]
+    assert "the pod itself" in tflite[0] and "resolve" not in tflite[0]
+    assert "rebuild with [secrets] server" in tflite[0]
+    other = [n for n in examples["openvino"].notes if "dials the secret server" in n]
+    assert len(other) == 1 and "make that name resolve to the Service" in other[0]

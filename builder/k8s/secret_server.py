@@ -90,10 +90,17 @@ def address_note(build: BuildOutput) -> str | None:
     n = names(build)
     if n.matches_build or not build.service.keys:
         return None
+    host = (build.service.secret_server or "").rpartition(":")[0].strip("[]")
+    rebuild = (f"rebuild with [secrets] server = \"{n.fqdn()}:{n.port}\" (and a certificate "
+               "for that name: `enclave-build secrets tls DIR --host ...`)")
+    if host in ("localhost", "::1") or host.startswith("127."):
+        # Inside a pod the loopback address is the pod itself: no DNS entry can fix that.
+        return (f"the enclave dials the secret server at {build.service.secret_server} "
+                f"(measured into it), which inside a pod is the pod itself, not the Service "
+                f"{n.fqdn()}:{n.port}; {rebuild}")
     return (f"the enclave dials the secret server at {build.service.secret_server} (measured "
             f"into it), not at the Service {n.fqdn()}:{n.port}; make that name resolve to the "
-            f"Service (DNS), or rebuild with [secrets] server = \"{n.fqdn()}:{n.port}\" (and a "
-            "certificate for that name: `enclave-build secrets tls DIR --host ...`)")
+            f"Service (DNS), or {rebuild}")
 
 
 def _policy(build: BuildOutput) -> tuple[Path, dict[str, Any]]:
