@@ -127,6 +127,8 @@ def _client_context(client_cert: Path | None, client_key: Path | None) -> ssl.SS
     # is the SGX evidence inside it, right after the handshake and before anything is sent.
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    # The attested certificate must stay the connection's: no renegotiation to another one.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     if client_cert is not None:
         try:
             context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)

@@ -33,6 +33,9 @@
     file = "keys/face-detect-key.key"
     allow = ["face-detect"]          # services and/or MRENCLAVE hex
     match = "mr_enclave"             # or "signer" (MRSIGNER + ISV_PROD_ID, ISV_SVN >= built)
+    encoding = "raw"                 # or "hex-dashes": Occlum's image-key text (16-byte keys)
+    requested_as = "image_key"       # optional: the name a GrSecret client asks for, if not
+                                     # `name` (an Occlum build's KEY@image_key rule)
 
     [grsecret]                       # optional: Occlum's ratls.GrSecret/GetSecret over mutual
     listen = "0.0.0.0:50051"         # RA-TLS on a port of its own (attestation.grsecret); the
@@ -62,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .policy import SecretRule
+from .policy import ENCODINGS, KEY_SIZE, SecretRule
 from .upload import UploadConfigError, UploadSettings, load_settings as _load_upload
 from .verify import TCB_STATUSES, TcbPolicy, VerifierConfigError
 
@@ -297,7 +300,8 @@ def load_config(path: str | Path) -> SecretsConfig:
     rules = []
     for index, item in enumerate(data.get("secrets", [])):
         where = f"secrets[{index}]"
-        _unknown(item, {"name", "file", "allow", "match"}, where, source)
+        _unknown(item, {"name", "file", "allow", "match", "encoding", "requested_as"}, where,
+                 source)
         allow = _get(item, "allow", list, where, source=source)
         if upload is not None and "file" not in item:
             file = None   # uploaded by an owner at run time (attestation.upload)
@@ -305,13 +309,28 @@ def load_config(path: str | Path) -> SecretsConfig:
             file = base / _get(item, "file", str, where, source=source)
             if not file.is_file():
                 raise ConfigError(f"{source}: {where}.file: file not found: {file}")
+        encoding = _get(item, "encoding", str, where, "raw", source)
+        if encoding not in ENCODINGS:
+            raise ConfigError(f"{source}: {where}.encoding: {encoding!r}; allowed: "
+                              + ", ".join(f'"{e}"' for e in ENCODINGS)
+                              + " (hex-dashes: Occlum's image-key text, for 16-byte keys)")
+        requested_as = _get(item, "requested_as", str, where, None, source)
+        if requested_as is not None and not requested_as:
+            raise ConfigError(f"{source}: {where}.requested_as: empty; give the name a GrSecret "
+                              "client asks for (e.g. \"image_key\"), or leave it out")
+        if encoding == "hex-dashes" and file is not None \
+                and file.stat().st_size != KEY_SIZE:
+            raise ConfigError(f"{source}: {where}.file: {file} has {file.stat().st_size} bytes; "
+                              f"encoding \"hex-dashes\" needs a {KEY_SIZE}-byte key")
         rules.append(SecretRule(_get(item, "name", str, where, source=source), file,
                                 tuple(str(a) for a in allow),
-                                _get(item, "match", str, where, "mr_enclave", source)))
+                                _get(item, "match", str, where, "mr_enclave", source),
+                                encoding, requested_as))
     grsecret = _grsecret(data["grsecret"], base, source) if "grsecret" in data else None
-    if grsecret is not None and (grsecret.host, grsecret.port) == (server.host, server.port) \
-            and server.port != 0:
-        raise ConfigError(f"{source}: grsecret.listen: the same address as server.listen; "
-                          "GrSecret needs a port of its own")
+    wildcard = {"", "0.0.0.0", "::"}   # all addresses: overlaps any host with that port
+    if grsecret is not None and grsecret.port == server.port != 0 and (
+            grsecret.host == server.host or {grsecret.host, server.host} & wildcard):
+        raise ConfigError(f"{source}: grsecret.listen: port {grsecret.port} is also "
+                          "server.listen's; GrSecret needs a port of its own")
     return SecretsConfig(path, server, attestation, tuple(measurements), tuple(rules), upload,
                          grsecret)

@@ -28,12 +28,26 @@ statuses with a reason in ``grpc-message``: UNAUTHENTICATED (no usable RA-TLS ev
 PERMISSION_DENIED (attested, not allowed), NOT_FOUND (no such secret), UNAVAILABLE (no
 collateral, or an uploaded key not there yet), INVALID_ARGUMENT, UNIMPLEMENTED (another method,
 compression), RESOURCE_EXHAUSTED (oversized message).
+
+**Hostile peers.** Every call is answered and audited, HTTP-level refusals (405 for a method other
+than POST, 415 for a content type that is not gRPC) included, and counts towards *max_requests*.
+A call's audit line is written once its whole response was handed to TLS; a response still
+held back by the client's flow-control window when the connection ends (a client that stops
+reading) is audited with "response not delivered" and why. Besides h2's own checks (frame
+sizes, CONTINUATION backlog, window overflow, concurrent streams) a connection is ended with
+GOAWAY ENHANCE_YOUR_CALM, and the reason reported, when it opens more streams than
+*max_requests* + :data:`MAX_STREAMS` (HTTP/2 "rapid reset": streams opened and reset at once
+cost the server work but are never calls), or sends more than :data:`MAX_CONTROL_FRAMES` frames
+that carry no call (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, unknown types, empty DATA). The
+header list limit the server announces (:data:`MAX_HEADER_LIST`) is the one its decoder
+enforces from the first frame on.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
 import select
 import struct
@@ -60,6 +74,7 @@ MAX_REQUEST = 4096          # bytes of one SecretRequest (a name)
 MAX_NAME = 256
 MAX_STREAMS = 8             # concurrent calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS)
 MAX_HEADER_LIST = 16384
+MAX_CONTROL_FRAMES = 1024   # frames per connection that carry no call (see the module docstring)
 
 
 class Status:
@@ -145,6 +160,12 @@ class RpcOutcome:
 class ServeSummary:
     requests: int = 0               # calls answered (any status)
     end: str = "client closed the connection"
+    clean: bool = True              # False: ended by an error, a limit or the deadline
+    streams: int = 0                # streams the client opened
+    control_frames: int = 0         # frames that carried no call
+
+    def abort(self, reason: str) -> None:
+        self.end, self.clean = reason, False
 
 
 @dataclass
@@ -155,6 +176,7 @@ class _Call:
     out: bytes = b""                # response DATA not yet sent (flow control)
     trailers: list | None = None    # sent once out is empty
     answered: bool = False
+    outcome: RpcOutcome | None = None   # audited once the response is handed to TLS
 
 
 Handler = Callable[[str], RpcOutcome]
@@ -166,6 +188,7 @@ class _Connection:
                  max_requests: int):
         self.tls = tls
         self.max_requests = max_requests
+        self.max_streams = max_requests + MAX_STREAMS
         self.handler = handler
         self.on_answer = on_answer
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
@@ -180,23 +203,39 @@ class _Connection:
 
     # ----------------------------------------------------------------- responses
 
+    def _audit(self, call: _Call, outcome: RpcOutcome) -> None:
+        if self.on_answer is not None:
+            self.on_answer(call.name, outcome)
+
     def _respond(self, stream_id: int, call: _Call, outcome: RpcOutcome) -> None:
         call.answered = True
         self.summary.requests += 1
-        if self.on_answer is not None:
-            self.on_answer(call.name, outcome)
         headers = [(":status", "200"), ("content-type", "application/grpc")]
         if outcome.code == Status.OK and outcome.secret is not None:
             reply = SecretReply(secret=encode_secret(outcome.secret)).SerializeToString()
             self.h2.send_headers(stream_id, headers)
             call.out = frame(reply)
             call.trailers = [("grpc-status", "0")]
+            call.outcome = outcome
             self._drain(stream_id, call)
             return
         code = outcome.code if outcome.code != Status.OK else Status.INTERNAL
         headers += [("grpc-status", str(code)), ("grpc-message", _percent_encode(outcome.message))]
         self.h2.send_headers(stream_id, headers, end_stream=True)   # trailers-only response
         self.calls.pop(stream_id, None)
+        self._audit(call, outcome)
+
+    def _undelivered(self, call: _Call, why: str) -> None:
+        outcome, call.outcome = call.outcome, None
+        self._audit(call, RpcOutcome(outcome.code, f"{outcome.message} (response not "
+                                                   f"delivered: {why})"))
+
+    def undelivered(self, why: str) -> None:
+        """Audit the answered calls whose response is still (partly) unsent, saying *why*."""
+        for stream_id, call in list(self.calls.items()):
+            if call.outcome is not None:
+                self.calls.pop(stream_id, None)
+                self._undelivered(call, why)
 
     def _drain(self, stream_id: int, call: _Call) -> None:
         """Send what flow control allows of the response; the trailers when all is sent."""
@@ -211,10 +250,19 @@ class _Connection:
             self.h2.send_headers(stream_id, call.trailers, end_stream=True)
             call.trailers = None
             self.calls.pop(stream_id, None)
+            if call.outcome is not None:
+                outcome, call.outcome = call.outcome, None
+                self._audit(call, outcome)
 
-    def _http_error(self, stream_id: int, status: str) -> None:
+    def _http_error(self, stream_id: int, call: _Call, status: str, code: int,
+                    reason: str) -> None:
+        """Refuse a request that is not a gRPC call with an HTTP status; counted and audited
+        like a call (*code* is the gRPC status the audit line names)."""
+        call.answered = True
+        self.summary.requests += 1
         self.h2.send_headers(stream_id, [(":status", status)], end_stream=True)
         self.calls.pop(stream_id, None)
+        self._audit(call, RpcOutcome(code, f"HTTP {status}: {reason}"))
 
     # ----------------------------------------------------------------- requests
 
@@ -224,15 +272,22 @@ class _Connection:
             headers[name] = value   # h2 decoded them (header_encoding) and validated them
         call = _Call(headers)
         self.calls[event.stream_id] = call
+        method = headers.get(":method", "")
+        content_type = headers.get("content-type", "")
         if self.summary.requests >= self.max_requests:
             self.calls.pop(event.stream_id, None)
             self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-        elif headers.get(":method") != "POST":
-            self._http_error(event.stream_id, "405")
-        elif not headers.get("content-type", "").startswith("application/grpc"):
-            self._http_error(event.stream_id, "415")
+        elif method != "POST":
+            self._http_error(event.stream_id, call, "405", Status.UNIMPLEMENTED,
+                             f"method {method[:20]!r}; gRPC calls are POST")
+        elif not content_type.startswith("application/grpc"):
+            self._http_error(event.stream_id, call, "415", Status.INVALID_ARGUMENT,
+                             f"content-type {content_type[:60]!r}; gRPC calls are "
+                             "application/grpc")
 
     def _data(self, event: h2.events.DataReceived) -> None:
+        if not event.data and event.stream_ended is None:
+            self.summary.control_frames += 1   # an empty DATA frame carries nothing
         self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         call = self.calls.get(event.stream_id)
         if call is None or call.answered:
@@ -267,12 +322,14 @@ class _Connection:
             request.ParseFromString(body[5:])
         except DecodeError:
             return RpcOutcome(Status.INVALID_ARGUMENT, "the request is not a SecretRequest")
-        name = call.name = request.name
+        name = request.name
         if not name:
             return RpcOutcome(Status.INVALID_ARGUMENT, "SecretRequest.name is empty")
-        if len(name) > MAX_NAME:
+        if len(name) > MAX_NAME:   # the audit line gets its start only
+            call.name = name[:64] + f"... ({len(name)} characters)"
             return RpcOutcome(Status.INVALID_ARGUMENT, f"SecretRequest.name is longer than "
                                                        f"{MAX_NAME} characters")
+        call.name = name
         outcome = self.handler(name)
         if outcome.code == Status.OK and outcome.secret is None:
             return RpcOutcome(Status.INTERNAL, "no secret")
@@ -283,7 +340,12 @@ class _Connection:
     def events(self, events: list) -> bool:
         """Act on h2 events; False when the connection is over."""
         for event in events:
+            if isinstance(event, (h2.events.PingReceived, h2.events.RemoteSettingsChanged,
+                                  h2.events.PriorityUpdated, h2.events.WindowUpdated,
+                                  h2.events.UnknownFrameReceived)):
+                self.summary.control_frames += 1
             if isinstance(event, h2.events.RequestReceived):
+                self.summary.streams += 1
                 self._request(event)
                 if event.stream_ended is not None:
                     self._ended(event.stream_id)
@@ -294,7 +356,9 @@ class _Connection:
             elif isinstance(event, h2.events.StreamEnded):
                 self._ended(event.stream_id)
             elif isinstance(event, h2.events.StreamReset):
-                self.calls.pop(event.stream_id, None)
+                call = self.calls.pop(event.stream_id, None)
+                if call is not None and call.outcome is not None:
+                    self._undelivered(call, "the client reset the stream")
             elif isinstance(event, h2.events.WindowUpdated):
                 for stream_id, call in list(self.calls.items()):
                     if call.answered:
@@ -302,7 +366,24 @@ class _Connection:
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.summary.end = "client sent GOAWAY"
                 return False
-        return True
+        return self._within_budget()
+
+    def _within_budget(self) -> bool:
+        """False (GOAWAY ENHANCE_YOUR_CALM queued, the reason in the summary) when the client
+        opened too many streams or sent too many frames that carry no call."""
+        if self.summary.streams > self.max_streams:
+            reason = (f"{self.summary.streams} streams opened on one connection (at most "
+                      f"{self.max_streams}: max_requests + {MAX_STREAMS}); streams opened and "
+                      "reset without a call are an HTTP/2 rapid-reset attack")
+        elif self.summary.control_frames > MAX_CONTROL_FRAMES:
+            reason = (f"more than {MAX_CONTROL_FRAMES} frames without a call (PING, SETTINGS, "
+                      "PRIORITY, WINDOW_UPDATE, empty DATA, unknown types): a flood")
+        else:
+            return True
+        self.summary.abort(reason)
+        self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+                                 additional_data=b"too many frames")
+        return False
 
 
 def _readable(tls: SSL.Connection, seconds: float) -> bool:
@@ -322,19 +403,32 @@ def serve(tls: SSL.Connection, handler: Handler, *, deadline: float, idle: float
     """Serve GrSecret calls on *tls* (handshake done, ALPN h2 negotiated) until the client
     closes, *max_requests* calls were answered, no call was open for *idle* seconds, or the
     monotonic *deadline* passes; then GOAWAY. HTTP/2 protocol errors end the connection
-    (GOAWAY with the error) and are reported in the summary; TLS and socket errors propagate."""
+    (GOAWAY with the error) and are reported in the summary; TLS and socket errors propagate
+    (answered calls whose response was not sent yet are audited first)."""
     conn = _Connection(tls, handler, on_answer, max_requests)
+    try:
+        return _serve(conn, deadline, idle, max_requests)
+    except BaseException as exc:
+        conn.undelivered(f"the connection failed: {type(exc).__name__}: {str(exc)[:120]}")
+        raise
+
+
+def _serve(conn: _Connection, deadline: float, idle: float, max_requests: int) -> ServeSummary:
+    tls = conn.tls
     conn.h2.local_settings = h2.settings.Settings(client=False, initial_values={
         SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
         SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
         SettingCodes.ENABLE_PUSH: 0})
+    # The announced header list limit, enforced from the first frame (h2 would apply it to its
+    # decoder only once the client acknowledged a change from its default of 64 KiB).
+    conn.h2.decoder.max_header_list_size = MAX_HEADER_LIST
     conn.h2.initiate_connection()
     conn.flush()
     last_activity = time.monotonic()
     while True:
         now = time.monotonic()
         if now >= deadline:
-            conn.summary.end = "connection deadline reached"
+            conn.summary.abort("connection deadline reached")
             break
         if conn.summary.requests >= max_requests and not conn.calls:
             conn.summary.end = f"{max_requests} calls answered on one connection"
@@ -352,25 +446,36 @@ def serve(tls: SSL.Connection, handler: Handler, *, deadline: float, idle: float
         except SSL.ZeroReturnError:
             data = b""
         except SSL.SysCallError as exc:
-            if exc.args and exc.args[0] == -1:   # unexpected EOF: the client went away
+            if exc.args and exc.args[0] in (-1, errno.ECONNRESET):   # the client went away
                 data = b""
             else:
                 raise
         if not data:
+            if time.monotonic() >= deadline:   # the server's watchdog shut the socket
+                conn.summary.abort("connection deadline reached")
+                conn.undelivered("connection deadline reached; the client's flow-control "
+                                 "window held it back")
+            else:
+                conn.undelivered("the client closed the connection first")
             return conn.summary
         last_activity = time.monotonic()
         try:
             going = conn.events(conn.h2.receive_data(data))
         except (h2.exceptions.ProtocolError, UnicodeDecodeError) as exc:
-            conn.summary.end = f"HTTP/2 protocol error: {type(exc).__name__}: {str(exc)[:200]}"
+            conn.summary.abort(f"HTTP/2 protocol error: {type(exc).__name__}: "
+                               f"{str(exc)[:200]}")
+            conn.undelivered(conn.summary.end)
             try:
                 conn.flush()   # h2 queued a GOAWAY with the error code
             except (SSL.Error, OSError):
                 pass
             return conn.summary
+        if not going:
+            conn.undelivered(conn.summary.end)
         conn.flush()
         if not going:
             return conn.summary
+    conn.undelivered(f"{conn.summary.end}; the client's flow-control window held it back")
     conn.h2.close_connection()
     conn.flush()
     return conn.summary

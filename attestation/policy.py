@@ -16,6 +16,13 @@ The TLS server name (SNI) the client sent:
   it — even when other secrets would match;
 * anything else (Gramine's constructor sends the server's host name): the one secret released to
   this enclave; when several would be, the request is refused as ambiguous.
+
+Occlum's GrSecret clients name what they ask for (:meth:`Policy.decide_request`): a secret's
+name, or its ``requested_as`` (Occlum's init asks for its image key as ``image_key``; each
+service's image-key rule, ``KEY@image_key``, is released only to that service, so one server
+holds many). A secret's ``encoding`` says what the enclave receives: the stored bytes
+(``raw``) or, for Occlum's image key, ``hex-dashes`` text. Only raw secrets asked for by their
+own name take part in the secret_prov exchange.
 """
 
 from __future__ import annotations
@@ -45,12 +52,35 @@ class Identity:
     debug: bool = False
 
 
+#: How a secret is handed over: its bytes as stored (``raw``), or, for a 16-byte key, the text
+#: ``xx-xx-...-xx`` + newline (``hex-dashes``) that Occlum's init parses for its image key.
+ENCODINGS = ("raw", "hex-dashes")
+KEY_SIZE = 16
+
+
+def hex_dashes(key: bytes) -> bytes:
+    """A 16-byte key as Occlum's init and ``occlum build --image-key`` read it (the format of
+    ``occlum gen-image-key``): 16 lower-case hex bytes joined by '-', then a newline (48 bytes,
+    a multiple of 3, so Occlum's GrSecret client decodes it with nothing appended)."""
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"an Occlum image key has {KEY_SIZE} bytes, not {len(key)}")
+    return ("-".join(f"{b:02x}" for b in key) + "\n").encode()
+
+
 @dataclass(frozen=True)
 class SecretRule:
     name: str
     file: Path | None   # None: uploaded by an owner at run time (attestation.upload)
     allow: tuple[str, ...]
     match: str = "mr_enclave"
+    encoding: str = "raw"            # one of ENCODINGS
+    #: The name a GrSecret client asks for when it is not *name* (Occlum's init asks for its
+    #: image key as "image_key"); several rules may share it, each for its own enclaves.
+    requested_as: str | None = None
+
+    def encode(self, secret: bytes) -> bytes:
+        """What the enclave receives for the stored *secret* (ValueError if it cannot be)."""
+        return secret if self.encoding == "raw" else hex_dashes(secret)
 
 
 @dataclass(frozen=True)
@@ -87,11 +117,26 @@ class Policy:
             if rule.match not in ("mr_enclave", "signer"):
                 raise PolicyError(f"secret {rule.name!r}: match must be \"mr_enclave\" or "
                                   f"\"signer\", not {rule.match!r}")
+            if rule.encoding not in ENCODINGS:
+                raise PolicyError(f"secret {rule.name!r}: encoding must be one of "
+                                  + ", ".join(f'"{e}"' for e in ENCODINGS)
+                                  + f", not {rule.encoding!r}")
             for entry in rule.allow:
                 if not _HEX64.match(entry) and entry not in services:
                     raise PolicyError(f"secret {rule.name!r} allows {entry!r}, which is neither a "
                                       "64-hex MRENCLAVE nor a service in the measurements files")
+        for rule in secrets:
+            if rule.requested_as is not None and (not rule.requested_as
+                                                  or rule.requested_as in names):
+                raise PolicyError(f"secret {rule.name!r}: requested_as {rule.requested_as!r} "
+                                  "is " + ("empty" if not rule.requested_as else
+                                           "the name of a secret: a name asked for must mean "
+                                           "one thing"))
         return cls(found, list(secrets))
+
+    def knows(self, name: str) -> bool:
+        """Whether a client may ask for *name* (a secret's name or a requested_as)."""
+        return any(name in (rule.name, rule.requested_as) for rule in self.secrets)
 
     def _matches(self, rule: SecretRule, who: Identity) -> str | None:
         """The service (or MRENCLAVE) through which *rule* admits *who*, or None."""
@@ -110,8 +155,34 @@ class Policy:
                     return entry
         return None
 
+    def decide_request(self, who: Identity, name: str) -> Decision:
+        """The secret a GrSecret client asks for by *name*: the rule of that name, or the one
+        rule with ``requested_as = name`` released to *who* (ambiguity is refused)."""
+        named = [rule for rule in self.secrets if rule.name == name]
+        if named:
+            via = self._matches(named[0], who)
+            if via is None:
+                return Decision(None, f"secret {name!r} is not released to this enclave "
+                                      "identity")
+            return Decision(named[0], f"allowed via {via}", via if not _HEX64.match(via) else None)
+        candidates = [(rule, via) for rule in self.secrets if rule.requested_as == name
+                      if (via := self._matches(rule, who)) is not None]
+        if not candidates:
+            return Decision(None, f"no secret asked for as {name!r} is released to this "
+                                  "enclave identity")
+        if len(candidates) > 1:
+            names = ", ".join(sorted(c[0].name for c in candidates))
+            return Decision(None, f"several secrets ({names}) are asked for as {name!r} and "
+                                  "released to this enclave identity")
+        rule, via = candidates[0]
+        return Decision(rule, f"allowed via {via} (secret {rule.name!r})",
+                        via if not _HEX64.match(via) else None)
+
     def decide(self, who: Identity, server_name: str | None = None) -> Decision:
-        named = [rule for rule in self.secrets if rule.name == server_name]
+        """Gramine's secret_prov exchange (the TLS server name may name the secret). Only
+        raw secrets asked for by their own name take part: the others are for GrSecret."""
+        rules = [r for r in self.secrets if r.encoding == "raw" and r.requested_as is None]
+        named = [rule for rule in rules if rule.name == server_name]
         if named:
             via = self._matches(named[0], who)
             if via is None:
@@ -119,7 +190,7 @@ class Policy:
                                       "released to this enclave identity")
             return Decision(named[0], f"allowed via {via} (named by the TLS server name)",
                             via if not _HEX64.match(via) else None)
-        candidates = [(rule, via) for rule in self.secrets
+        candidates = [(rule, via) for rule in rules
                       if (via := self._matches(rule, who)) is not None]
         if not candidates:
             return Decision(None, "no secret is released to this enclave identity")

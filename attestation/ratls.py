@@ -10,6 +10,15 @@ binds the certificate's public key. Three formats exist in the field:
   0.6.9.42.840.113741.1337.6) holding the raw quote; report_data[0:32] = SHA-256(DER SPKI).
 * **CCZoo / Occlum gRPC RA-TLS**: extension 1.2.840.113741.1 holding the raw quote, same binding.
 
+A certificate is refused outright (EvidenceError) when its key is too weak to bind anything
+(RSA under 2048 bits, elliptic curves other than P-256/P-384/P-521, other key types: in TLS 1.2
+a client certificate travels in the clear, so a breakable key lets an eavesdropper replay the
+certificate and its quote), when an extension appears twice, or when it carries both raw-quote
+extensions (Gramine legacy and CCZoo) without TCG DICE evidence: which one would be "the"
+identity is ambiguous, and no producer writes both. Other extensions next to TCG DICE evidence
+are ignored, as Gramine's verifier ignores them (Intel's DCAP TLS library writes a raw quote
+beside it).
+
 This module only extracts and binds; :mod:`attestation.verify` decides whether the quote is good.
 """
 
@@ -49,13 +58,42 @@ class Evidence:
     public_key_der: bytes   # DER SubjectPublicKeyInfo of the certificate
 
 
+MIN_RSA_BITS = 2048
+EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+
 def _spki(cert: x509.Certificate) -> bytes:
     try:
         key = cert.public_key()
-        return key.public_bytes(serialization.Encoding.DER,
+        spki = key.public_bytes(serialization.Encoding.DER,
                                 serialization.PublicFormat.SubjectPublicKeyInfo)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise EvidenceError(f"the certificate's public key cannot be read: {exc}") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise EvidenceError(f"the certificate's RSA key has {key.key_size} bits; RA-TLS "
+                                f"needs at least {MIN_RSA_BITS} (a weaker key could be broken "
+                                "and the certificate replayed)")
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in EC_CURVES:
+            raise EvidenceError(f"the certificate's EC key is on {key.curve.name}; RA-TLS keys "
+                                f"are on {', '.join(EC_CURVES)}")
+    else:
+        raise EvidenceError(f"the certificate's key is {type(key).__name__.lstrip('_')}; RA-TLS "
+                            "keys are RSA (2048 bits or more) or ECDSA (P-256, P-384, P-521)")
+    return spki
+
+
+def _extension_oids(cert: x509.Certificate) -> set[str]:
+    """The certificate's extension OIDs; EvidenceError for an unreadable or repeated one."""
+    try:
+        return {ext.oid.dotted_string for ext in cert.extensions}
+    except x509.DuplicateExtension as exc:
+        raise EvidenceError(f"the certificate carries the extension {exc.oid.dotted_string} "
+                            "twice") from None
+    except (ValueError, TypeError) as exc:
+        raise EvidenceError(f"the certificate has an extension that cannot be parsed: {exc}") \
+            from None
 
 
 def _report_data(quote: bytes) -> bytes:
@@ -108,7 +146,13 @@ def _dice(evidence: bytes, spki: bytes) -> bytes:
 
 def extract_evidence(cert: x509.Certificate) -> Evidence:
     """The certificate's quote, checked to bind the certificate's public key."""
+    oids = _extension_oids(cert)
     spki = _spki(cert)
+    if DICE_OID.dotted_string not in oids and {LEGACY_OID.dotted_string,
+                                               CCZOO_OID.dotted_string} <= oids:
+        raise EvidenceError("the certificate carries two raw SGX quotes (Gramine legacy "
+                            f"{LEGACY_OID.dotted_string} and CCZoo {CCZOO_OID.dotted_string}): "
+                            "ambiguous evidence is refused")
     dice = _extension(cert, DICE_OID)
     if dice is not None:
         return Evidence("tcg-dice", _dice(dice, spki), spki)

@@ -53,6 +53,7 @@ empty one.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import heapq
 import json
 import os
@@ -165,7 +166,7 @@ def _grsecret_warnings(config: SecretsConfig) -> list[str]:
     for rule in config.secrets:
         if rule.file is None:
             continue
-        size = rule.file.stat().st_size
+        size = rule.file.stat().st_size if rule.encoding == "raw" else 48  # hex-dashes text
         if size % 3:
             warnings.append(
                 f"note: secret {rule.name!r} is {size} bytes, not a multiple of 3: Occlum's "
@@ -215,7 +216,8 @@ class SecretServer:
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_max_proto_version(SSL.TLS1_2_VERSION if config.server.max_tls == "1.2"
                                   else SSL.TLS1_3_VERSION)
-        ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
+        # No renegotiation: the certificate that was verified stays the connection's certificate.
+        ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         if identity.dice is not None:   # identity = "ratls": our own TCG DICE certificate
             use_pem(ctx, identity.dice)
@@ -272,16 +274,23 @@ class SecretServer:
 
     def start(self) -> tuple[str, int]:
         cfg = self._state.config.server
-        self._listener = _listen(cfg.host, cfg.port)
+        source = self._state.config.path
+        try:
+            self._listener = _listen(cfg.host, cfg.port)
+        except OSError as exc:
+            raise ServerError(f"{source}: server.listen: cannot listen on "
+                              f"{_peer((cfg.host, cfg.port))}: {exc.strerror or exc}") from None
         self.address = self._listener.getsockname()[:2]
         grpc = self._state.config.grsecret
         extra = {}
         if grpc is not None:   # a port of its own, shared by the worker processes like the other
             try:
                 self._grpc_listener = _listen(grpc.host, grpc.port)
-            except OSError:
+            except OSError as exc:
                 self._listener.close()
-                raise
+                raise ServerError(f"{source}: grsecret.listen: cannot listen on "
+                                  f"{_peer((grpc.host, grpc.port))}: {exc.strerror or exc}"
+                                  ) from None
             self.grsecret_address = self._grpc_listener.getsockname()[:2]
             extra["grsecret"] = f"{self.grsecret_address[0]}:{self.grsecret_address[1]}"
         if self.processes == 1:
@@ -683,10 +692,10 @@ class SecretServer:
         def handle(name: str) -> _grsecret.RpcOutcome:
             if denial is not None:
                 return denial
-            if name not in {rule.name for rule in state.policy.secrets}:
+            if not state.policy.knows(name):
                 return _grsecret.RpcOutcome(_grsecret.Status.NOT_FOUND,
                                             f"no secret named {name!r}")
-            decision = state.policy.decide(identity, name)
+            decision = state.policy.decide_request(identity, name)
             if decision.secret is None:
                 return _grsecret.RpcOutcome(_grsecret.Status.PERMISSION_DENIED, decision.reason)
             rule = decision.secret
@@ -699,6 +708,11 @@ class SecretServer:
             if not secret or len(secret) > MAX_SECRET:
                 return _grsecret.RpcOutcome(_grsecret.Status.INTERNAL,
                                             "secret file is empty or too large")
+            try:
+                secret = rule.encode(secret)   # e.g. Occlum's image-key text (hex-dashes)
+            except ValueError as exc:
+                return _grsecret.RpcOutcome(_grsecret.Status.INTERNAL,
+                                            f"secret {rule.name!r}: {exc}")
             return _grsecret.RpcOutcome(_grsecret.Status.OK, decision.reason, secret)
 
         def audit(name: str, outcome: _grsecret.RpcOutcome) -> None:
@@ -710,8 +724,11 @@ class SecretServer:
         grpc = state.config.grsecret
         summary = _grsecret.serve(conn, handle, deadline=deadline, idle=grpc.idle,
                                   max_requests=grpc.max_requests, on_answer=audit)
-        if summary.requests:
-            record["_audited"] = True
+        if summary.requests and summary.clean:
+            record["_audited"] = True   # one line per call, nothing else to say
+        elif summary.requests:   # calls audited above; how the connection ended is news too
+            record.update(decision="deny", reason=f"connection ended after {summary.requests} "
+                                                  f"call(s): {summary.end}")
         else:
             record.update(decision="deny", reason=(denial.message if denial is not None
                                                    else "no GetSecret call") + f" ({summary.end})")
@@ -742,6 +759,10 @@ def _read_exact(conn: SSL.Connection, size: int) -> bytes:
             chunk = conn.recv(size - len(data))
         except SSL.ZeroReturnError:
             break
+        except SSL.SysCallError as exc:   # closed without close_notify, or reset: short read
+            if exc.args and exc.args[0] in (-1, errno.ECONNRESET):
+                break
+            raise
         if not chunk:
             break
         data += chunk

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -127,7 +129,7 @@ def is_owner_certificate(der: bytes) -> bool:
     try:
         cert = x509.load_der_x509_certificate(der)
         oids = {ext.oid.dotted_string for ext in cert.extensions}
-    except ValueError:
+    except (ValueError, x509.DuplicateExtension):
         return False   # unparseable: let the enclave path refuse it with its own reason
     return not oids & set(_EVIDENCE_OIDS)
 
@@ -268,23 +270,57 @@ def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], Non
 # --------------------------------------------------------------------------- client side
 
 
-def upload_keys(tls, keys: list[tuple[str, bytes]]) -> str:  # noqa: ANN001 - ssl.SSLSocket
+def upload_keys(tls, keys: list[tuple[str, bytes]],  # noqa: ANN001 - ssl.SSLSocket
+                timeout: float = 30.0) -> str:
     """Send *keys* on the (already attested) TLS connection *tls*; the server's confirmation,
-    or :class:`UploadRefused` with its reason."""
-    from .wire import recv_exact
+    or :class:`UploadRefused` with its reason. The whole exchange takes at most *timeout*
+    seconds, however slowly the server sends its answer."""
+    from .wire import REFUSAL
 
-    tls.sendall(encode_request(keys))
-    header = recv_exact(tls, ANSWER_HEADER)
+    deadline = time.monotonic() + timeout
+    request = encode_request(keys)
+    _within(deadline, timeout, "sending the keys", lambda: tls.sendall(request), tls)
+    header = _recv_within(tls, ANSWER_HEADER, deadline, timeout)
     if len(header) != ANSWER_HEADER:
         raise UploadRefused("the server closed the connection without answering the upload "
                             "(is [upload] configured on it? see its audit log)")
+    if header == REFUSAL[:ANSWER_HEADER]:   # it took this connection for an enclave's
+        rest = _recv_within(tls, len(REFUSAL) + 4 - ANSWER_HEADER, deadline, timeout)
+        size = int.from_bytes(rest[-4:], "big") if len(rest) == 5 else 0
+        reason = _recv_within(tls, min(size, MAX_TEXT), deadline, timeout)
+        raise UploadRefused("the server answered as to an enclave asking for a secret, not to "
+                            "an owner (does the owner certificate carry SGX evidence?): "
+                            + reason.decode("utf-8", "replace"))
     magic, size = header[:len(ACCEPTED)], int.from_bytes(header[len(ACCEPTED):], "big")
     if magic not in (ACCEPTED, REFUSED) or size > MAX_TEXT:
         raise UploadRefused("the server's answer is not an upload answer")
-    text = recv_exact(tls, size).decode("utf-8", "replace")
+    text = _recv_within(tls, size, deadline, timeout).decode("utf-8", "replace")
     if magic == REFUSED:
         raise UploadRefused(f"the server refused the upload: {text}")
     return text
+
+
+def _within(deadline: float, timeout: float, what: str, action, tls):  # noqa: ANN001, ANN202
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise UploadRefused(f"no complete answer to the upload within {timeout:g} s")
+    tls.settimeout(left)
+    try:
+        return action()
+    except (socket.timeout, TimeoutError):
+        raise UploadRefused(f"timed out after {timeout:g} s {what}") from None
+
+
+def _recv_within(tls, size: int, deadline: float, timeout: float) -> bytes:  # noqa: ANN001
+    """Up to *size* bytes (fewer only if the server closed), all before *deadline*."""
+    data = b""
+    while len(data) < size:
+        chunk = _within(deadline, timeout, "waiting for the server's answer",
+                        lambda: tls.recv(size - len(data)), tls)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 __all__ = ["REQUEST", "ACCEPTED", "REFUSED", "UploadConfigError", "UploadRefused",

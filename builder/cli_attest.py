@@ -46,7 +46,8 @@ def _verification_options(command):  # noqa: ANN001, ANN202 - a click decorator
         click.option("--allow-tcb-status", multiple=True, metavar="STATUS",
                      help="Accept this TCB status besides UpToDate (repeatable; warned)."),
         click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),
-                     help="Seconds for connecting, the handshake and collateral."),
+                     help="Seconds for connecting, the handshake and collateral; "
+                          "for an upload, also for the server's answer."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print the verdict as JSON (stable schema, see below)."),
     ]
@@ -267,6 +268,7 @@ def upload(endpoint: str, names: tuple[str, ...], files: tuple[Path, ...], owner
         if len(set(names)) != len(names):
             raise UsageError("a --name is given twice")
         keys = [(name, _read_key(name, path)) for name, path in zip(names, files)]
+        _check_owner_certificate(owner_cert)
         expectation, synthetic = _expectation(measurement_files, collateral, pccs_url,
                                               synthetic_root, legacy_root, allow_tcb_status,
                                               require_framework="secret-server")
@@ -277,7 +279,7 @@ def upload(endpoint: str, names: tuple[str, ...], files: tuple[Path, ...], owner
             _refused(endpoint, exc, synthetic, as_json)
         try:
             with channel:
-                answer = upload_keys(channel.tls, keys)
+                answer = upload_keys(channel.tls, keys, timeout=timeout)
         except (UploadRefused, OSError) as exc:
             click.echo(f"error: {endpoint}: upload failed: {exc}", err=True)
             sys.exit(1)
@@ -289,6 +291,26 @@ def upload(endpoint: str, names: tuple[str, ...], files: tuple[Path, ...], owner
     click.echo(f"attested: {endpoint} is build {info['service']!r} (mr_enclave "
                f"{info['mr_enclave']})" + (" [SYNTHETIC root]" if synthetic else ""))
     click.echo(f"uploaded: {answer}")
+
+
+def _check_owner_certificate(path: Path) -> None:
+    """An owner certificate must be an ordinary one: the server takes a certificate with SGX
+    evidence for an enclave's and would never treat the connection as an upload."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from attestation.upload import is_owner_certificate
+
+    data = path.read_bytes()
+    try:
+        cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                else x509.load_der_x509_certificate(data))
+    except ValueError as exc:
+        raise UsageError(f"--owner-cert {path}: not an X.509 certificate: {exc}") from None
+    if not is_owner_certificate(cert.public_bytes(Encoding.DER)):
+        raise UsageError(f"--owner-cert {path}: carries SGX evidence (an RA-TLS certificate, or "
+                         "one that cannot be read); the server would take it for an enclave's. "
+                         "Use the ordinary certificate listed in the server's owners")
 
 
 def register(main: click.Group) -> None:

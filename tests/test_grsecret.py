@@ -65,6 +65,8 @@ def stubs(tmp_path_factory):
                           str(PROTOS / "ratls.proto")])
     assert status == 0, "grpcio-tools could not compile tests/protos/ratls.proto"
     sys.path.insert(0, str(out))
+    for name in ("ratls_pb2", "ratls_pb2_grpc"):   # generated once per module that uses them
+        sys.modules.pop(name, None)
     try:
         pb2 = importlib.import_module("ratls_pb2")
         pb2_grpc = importlib.import_module("ratls_pb2_grpc")
