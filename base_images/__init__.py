@@ -38,4 +38,8 @@ BASES = {b.name: b for b in (
                     "(the secret server as an enclave)"),
     BaseImageRecipe("occlum", "enclave-build/occlum:0.31.0",
                     "the Occlum 0.31 toolchain image (for the Occlum backend)"),
+    BaseImageRecipe("occlum-python", "enclave-build/occlum-python:0.31.0-3.11",
+                    "Occlum 0.31's runtime (Ubuntu 20.04, glibc 2.31 = Occlum's) + Python 3.11 "
+                    "with the gramine-python runtimes (the Occlum runtime base of the Python "
+                    "model server)"),
 )}

@@ -31,7 +31,8 @@ from .cache import cache_root
 from .image.sources import open_base
 from .k8s.service_info import SERVICE_FILE, ServiceInfo, service_info
 from .plan import ServicePlan
-from .plugin_api import BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress
+from .plugin_api import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
+                         SecretRelease)
 from .plugins import PluginRegistry
 from .rootfs import RootFS
 from .spec import Spec, load_spec
@@ -214,7 +215,8 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
         load_into_docker(built, plan.image_tag)
     measurements = replace(measurements, image=ImageRef(pushed or plan.image_tag,
                                                         built.manifest_digest))
-    policy = policy_fragment(plan, measurements, key_files, out) if key_files else None
+    policy = (policy_fragment(plan, measurements, key_files, out, artifacts.releases)
+              if key_files else None)
     if out is not None:
         write_output(out, built, plan.image_tag, measurements, policy,
                      deploy_info(spec, plan, base, rootfs))
@@ -235,8 +237,15 @@ def deploy_info(spec: Spec, plan: ServicePlan, base: Image,
 
 
 def policy_fragment(plan: ServicePlan, measurements: Measurements,
-                    key_files: dict[str, Path], relative_to: Path | None = None) -> str:
+                    key_files: dict[str, Path], relative_to: Path | None = None,
+                    releases: tuple[SecretRelease, ...] = ()) -> str:
     """The secret-server configuration this build needs: which key goes to which enclave.
+
+    Without *releases* (Gramine) one rule per key: its raw bytes under its own name. With the
+    libOS backend's *releases* (Occlum) one rule per release with its ``encoding``; a release
+    asked for under another name than its key's (Occlum's fixed ``image_key``) is the rule
+    ``KEY@NAME`` with ``requested_as = NAME``, so several services' image keys can live on one
+    secret server (each released only to its own enclave).
 
     The data is written by tomli-w; only the comments are ours. Paths are relative to
     *relative_to* (the output directory the fragment is written to), like the
@@ -254,11 +263,32 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
     for mount in plan.mounts:
         if mount.key_name:
             users.setdefault(mount.key_name, []).append(mount.path)
-    for name, path in sorted(key_files.items()):
-        used = ", ".join(users.get(name, [])) or "the service"
-        file = os.path.relpath(path, relative_to) if relative_to is not None else str(path)
-        rule = {"name": name, "file": file, "allow": [plan.service]}
-        parts.append(_comment([f"{name}: decrypts {used}"]) + tomli_w.dumps({"secrets": [rule]}))
+    def file_of(name: str) -> str:
+        if name not in key_files:
+            raise EnclaveBuildError(f"internal: the enclave asks for key {name!r}, which the "
+                                    "build did not load")
+        path = key_files[name]
+        return os.path.relpath(path, relative_to) if relative_to is not None else str(path)
+
+    if not releases:
+        for name in sorted(key_files):
+            used = ", ".join(users.get(name, [])) or "the service"
+            rule = {"name": name, "file": file_of(name), "allow": [plan.service]}
+            parts.append(_comment([f"{name}: decrypts {used}"])
+                         + tomli_w.dumps({"secrets": [rule]}))
+    for release in releases:
+        rule = {"name": release.key if release.request == release.key
+                else f"{release.key}@{release.request}",
+                "file": file_of(release.key), "allow": [plan.service],
+                "encoding": release.encoding}
+        if release.request != release.key:
+            rule["requested_as"] = release.request
+            note = (f"{release.request}: what the enclave asks for; the secret server answers "
+                    f"with key {release.key} as {release.encoding}")
+        else:
+            used = ", ".join(users.get(release.key, [])) or "the service"
+            note = f"{release.key}: decrypts {used} ({release.encoding})"
+        parts.append(_comment([note]) + tomli_w.dumps({"secrets": [rule]}))
     return "\n".join(parts)
 
 

@@ -93,6 +93,10 @@ class KeyDelivery(enum.Enum):
     #: The program fetches its own keys after start (enclave-build's model server): one RA-TLS
     #: connection per key, SNI naming the key; any number of keys.
     IN_ENCLAVE = "in-enclave"
+    #: The libOS fetches every key before the program starts and leaves each in a file
+    #: (Occlum's init over mutual RA-TLS, ``ratls.GrSecret``); the program reads them there.
+    #: A libOS backend switches IN_ENCLAVE plans to it (see builder.occlum.model_server).
+    LIBOS_FILES = "libos-files"
 
 
 @dataclass
@@ -198,6 +202,7 @@ class OcclumPlanOptions:
     hostfs: tuple[tuple[str, str], ...] = ()  # (target in the enclave, source on the host)
     server_identities: tuple[ServerIdentity, ...] = ()
     server_pin: str = "mr_enclave"            # "mr_enclave" | "mr_signer"
+    build_image: str | None = None            # Occlum toolchain image (None: the default)
 
 
 @dataclass

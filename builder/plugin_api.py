@@ -27,7 +27,8 @@ from .spec_origin import spec_origin
 
 __all__ = [
     "hookimpl", "Framework", "LibOS", "BuildOptions", "Progress", "NullProgress",
-    "LibOSArtifacts", "ArtifactFile", "EnclaveIdentity", "PendingSignature",
+    "LibOSArtifacts", "ArtifactFile", "EnclaveIdentity", "PendingSignature", "SecretRelease",
+    "SECRET_ENCODINGS",
     "EnclaveResources", "FileKind", "KeyDelivery", "Mount", "MountType", "PlanFile", "Port",
     "ProvisionedKey", "PythonRuntime", "SecretProvisioning", "ServicePlan", "Field", "Section",
     "Spec", "ModelSpec", "RootFS", "EnclaveBuildError", "SpecError", "STDLIB_UNUSED",
@@ -35,7 +36,7 @@ __all__ = [
     "SERVER_CONFIG", "SERVER_DISTRIBUTIONS", "SERVER_MODULES", "BACKEND_ENTRY_POINTS",
     "base_plan", "service_key_name", "model_key_name", "default_key_name", "require_one_key",
     "spec_error", "add_model", "add_secret_file", "model_image_path", "python_server_plan",
-    "ship_python_package", "server_config",
+    "ship_python_package", "server_config", "deliver_keys_as_files",
 ]
 
 #: Where encrypted non-model files (TLS material, configs) live inside the enclave.
@@ -133,6 +134,22 @@ class PendingSignature:
     signing_data: bytes
 
 
+#: How a secret server hands a wrap key over: its 16 bytes as they are, or (Occlum's image key)
+#: the text ``xx-xx-...-xx`` + newline that Occlum's init parses (``occlum gen-image-key``).
+SECRET_ENCODINGS = ("raw", "hex-dashes")
+
+
+@dataclass(frozen=True)
+class SecretRelease:
+    """A secret the enclave asks its secret server for, as its libOS backend knows it: wrap key
+    *key* (``keys_dir/KEY.key``), asked for under the name *request*, in *encoding* (one of
+    SECRET_ENCODINGS). The policy fragment (secrets-policy.toml) carries one rule for each."""
+
+    key: str
+    request: str
+    encoding: str = "raw"
+
+
 @dataclass(frozen=True)
 class LibOSArtifacts:
     libos: str
@@ -142,6 +159,9 @@ class LibOSArtifacts:
     pending: PendingSignature | None = None
     manifest: bytes = b""
     sigstruct: bytes = b""
+    #: What the enclave asks the secret server for; empty: each provisioned key, raw, under its
+    #: own name (Gramine). Occlum's init also asks for ``image_key`` (see builder.occlum).
+    releases: tuple[SecretRelease, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -437,6 +457,29 @@ def server_config(spec: Spec, plan: ServicePlan, models: Sequence[Mapping[str, A
         "models": [dict(m) for m in models],
         "keys": keys,
     }
+
+
+def deliver_keys_as_files(plan: ServicePlan, directory: str) -> bool:
+    """For a libOS whose own init fetches every key before the program starts and leaves each
+    in ``DIRECTORY/NAME`` (Occlum): switch a plan whose program fetches its own keys
+    (KeyDelivery.IN_ENCLAVE) to KeyDelivery.LIBOS_FILES, and point enclave-build's model server
+    (its SERVER_CONFIG, if the plan has one) at those files: ``keys = {source = "files",
+    directory, names}`` (model_server/config.py); the server then opens its models as they are.
+    Idempotent; True when the plan changed. For libOS backends (their configure hook)."""
+    if plan.secrets is None or plan.secrets.delivery is not KeyDelivery.IN_ENCLAVE:
+        return False
+    plan.secrets.delivery = KeyDelivery.LIBOS_FILES
+    for index, item in enumerate(plan.files):
+        if item.dest != SERVER_CONFIG or item.data is None:
+            continue
+        config = json.loads(item.data)
+        if config.get("keys"):
+            config["keys"] = {"source": "files", "directory": directory,
+                              "names": list(config["keys"]["names"])}
+            plan.files[index] = PlanFile(None, item.dest, item.kind, item.mode, item.key_name,
+                                         (json.dumps(config, indent=2, sort_keys=True)
+                                          + "\n").encode())
+    return True
 
 
 #: Threads the model server needs besides its models' runtime threads: the main thread, the

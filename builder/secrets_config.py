@@ -10,7 +10,13 @@ secrets config`` is the CLI for it.
 
 A fragment is not trusted: its keys must have the right types, its measurements files must
 parse, every key file must be a private (mode 0600) regular file of 16 bytes used by one secret
-name only, and every allow entry must be a 64-hex MRENCLAVE or the service of a merged build.
+name only (per ``encoding``), and every allow entry must be a 64-hex MRENCLAVE or the service of
+a merged build.
+
+An Occlum build's fragment also has ``encoding`` per rule and a ``KEY@image_key`` rule with
+``requested_as = "image_key"`` (the name Occlum's init asks for, answered with the key's
+``hex-dashes`` text); those are served by the GrSecret listener, which ``--grsecret-listen``
+(:attr:`ServerSide.grsecret_listen`) adds as ``[grsecret] listen``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any, Callable
 import tomli_w
 
 from attestation.measurements import Measurements, MeasurementsError
+from attestation.policy import ENCODINGS
 
 from .errors import EnclaveBuildError, UsageError
 
@@ -52,6 +59,8 @@ class ServerSide:
     pccs_url: str | None = None            # a PCCS to fetch it from
     audit_log: str | None = "audit.jsonl"
     extra_server: dict[str, Any] = field(default_factory=dict)
+    #: HOST:PORT of Occlum's GrSecret service ([grsecret] listen); None: not served
+    grsecret_listen: str | None = None
 
 
 class FragmentError(SecretsConfigError):
@@ -78,7 +87,7 @@ class ComposedConfig(dict):
 #: Gramine's wrap keys (the secret server releases each key file's bytes as is).
 WRAP_KEY_SIZE = 16
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_RULE_KEYS = {"name", "file", "allow", "match"}
+_RULE_KEYS = {"name", "file", "allow", "match", "encoding", "requested_as"}
 
 
 def _describe(value: Any) -> str:
@@ -132,9 +141,14 @@ def _check_types(path: Path, data: dict[str, Any]) -> None:
                 raise FragmentError(f"{path}: {where}.{key}: required key is missing")
         for key, what in (("name", "a string (the secret's name)"),
                           ("file", "a string (the key file's path)"),
-                          ("match", 'a string ("mr_enclave" or "signer")')):
+                          ("match", 'a string ("mr_enclave" or "signer")'),
+                          ("encoding", 'a string ("raw" or "hex-dashes")'),
+                          ("requested_as", "a string (the name a GrSecret client asks for)")):
             if key in rule and not isinstance(rule[key], str):
                 raise bad(f"{where}.{key}", what, rule[key])
+        if rule.get("encoding", "raw") not in ENCODINGS:
+            raise FragmentError(f"{path}: {where}.encoding: {rule['encoding']!r}; allowed: "
+                                + ", ".join(f'"{e}"' for e in ENCODINGS))
         allow = rule["allow"]
         if not isinstance(allow, list):
             raise bad(f"{where}.allow", "an array of services and/or MRENCLAVE values", allow)
@@ -219,7 +233,9 @@ def _merge(paths: list[Path], allow_readable_keys: bool = False
                 services.update(m.service for m in _load_measurements(path, absolute))
     secrets: dict[str, dict[str, Any]] = {}
     sources: list[KeySource] = []
-    key_names: dict[tuple[int, int], tuple[str, str, Path]] = {}   # (dev, ino) -> name, file
+    # (dev, ino, encoding) -> name, file, fragment: one key file per secret name and encoding
+    # (an Occlum build releases its image key raw under its name and as KEY@image_key text)
+    key_names: dict[tuple[int, int, str], tuple[str, str, Path]] = {}
     for path, data in fragments:
         base = path.parent
         for rule in data.get("secrets", []):
@@ -228,12 +244,14 @@ def _merge(paths: list[Path], allow_readable_keys: bool = False
             name = rule["name"]
             _check_allow(path, name, rule["allow"], services)
             info = _check_key_file(path, name, rule["file"], allow_readable_keys)
-            other = key_names.setdefault((info.st_dev, info.st_ino), (name, rule["file"], path))
+            other = key_names.setdefault((info.st_dev, info.st_ino, rule.get("encoding", "raw")),
+                                         (name, rule["file"], path))
             if other[0] != name:
                 raise SecretsConfigError(
                     f"{path}: secret {name!r}: key file {rule['file']} is also the key file of "
-                    f"secret {other[0]!r} (in {other[2]}); one key file per secret name (name "
-                    "the same secret in both builds, e.g. [[models]] key, to share a key)")
+                    f"secret {other[0]!r} (in {other[2]}); one key file per secret name and "
+                    "encoding (name the same secret in both builds, e.g. [[models]] key, to "
+                    "share a key)")
             sources.append(KeySource(path, name, rule["file"]))
             if name in secrets:
                 if secrets[name] != rule:
@@ -242,7 +260,8 @@ def _merge(paths: list[Path], allow_readable_keys: bool = False
                             {k: v for k, v in rule.items() if k != "allow"}:
                         raise SecretsConfigError(
                             f"{path}: secret {name!r} differs from the rule of the same name in "
-                            "an earlier fragment (another key file or match mode)")
+                            "an earlier fragment (another key file, match mode, encoding or "
+                            "requested_as)")
                     # The same key shared by several services: admit all of them.
                     merged["allow"] = list(dict.fromkeys(merged["allow"] + rule["allow"]))
                 continue
@@ -282,6 +301,13 @@ def compose_config(policies: list[Path], server: ServerSide, *,
         att["pccs_url"] = server.pccs_url
     config = ComposedConfig(measurements=measurements, server=srv, attestation=att,
                             secrets=secrets)
+    if server.grsecret_listen is not None:
+        config["grsecret"] = {"listen": server.grsecret_listen}
+    elif any(rule.get("requested_as") or rule.get("encoding", "raw") != "raw"
+             for rule in secrets):
+        warnings.warn("the fragments have Occlum secrets (encoding/requested_as), which only "
+                      "Occlum's GrSecret service serves: pass --grsecret-listen HOST:PORT",
+                      UserWarning, stacklevel=2)
     config.sources = sources
     return config
 

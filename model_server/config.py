@@ -81,15 +81,27 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific
 
 
+#: How the keys reach the server: fetched by the server itself over RA-TLS (Gramine), or left
+#: in files by the libOS before the server starts (Occlum's init, which fetched them over its
+#: own mutual RA-TLS and decrypted the whole image; no quote device exists for the server).
+KEY_SOURCES = ("ra-tls", "files")
+
+
 @dataclass(frozen=True)
 class KeysConfig:
-    """Keys fetched inside the enclave before any model is opened, one RA-TLS connection each."""
+    """The wrap keys the server needs before any model is opened.
 
-    server: str                   # HOST:PORT of the secret server
+    ``source = "ra-tls"`` (default): fetched inside the enclave, one RA-TLS connection each,
+    from *server*, checked against *ca*. ``source = "files"``: read from *directory*/NAME,
+    where the libOS put them (Occlum); the models are then opened as they are."""
+
+    server: str                   # HOST:PORT of the secret server ("" with source "files")
     ca: str                       # image path of the secret server's CA certificate (trusted)
     names: tuple[str, ...]        # key names; each is asked for by TLS server name (SNI)
     timeout_seconds: float = 10.0
     evidence: str = "tcg-dice"    # RA-TLS certificate format presented
+    source: str = "ra-tls"        # one of KEY_SOURCES
+    directory: str | None = None  # image path of the key files (source "files")
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,31 @@ def _known(table: dict, allowed: set[str], where: str) -> None:
                           f"allowed: {', '.join(sorted(allowed))}")
 
 
+def _keys(k: Any, where: str) -> KeysConfig:
+    if not isinstance(k, dict):
+        raise ConfigError(f"{where}: expected an object")
+    kind = k.get("source", "ra-tls")
+    if kind not in KEY_SOURCES:
+        raise ConfigError(f"{where}.source: {kind!r}; allowed: "
+                          + ", ".join(f'"{s}"' for s in KEY_SOURCES))
+    names = k.get("names")
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{where}.names: expected an array of key names")
+    if kind == "files":
+        _known(k, {"source", "directory", "names"}, where)
+        directory = k.get("directory")
+        if not isinstance(directory, str) or not directory.startswith("/"):
+            raise ConfigError(f"{where}.directory: expected the absolute image path of the "
+                              "key files (source \"files\")")
+        return KeysConfig("", "", tuple(names), source=kind, directory=directory)
+    _known(k, {"source", "server", "ca", "names", "timeout_seconds", "evidence"}, where)
+    for name in ("server", "ca"):
+        if not isinstance(k.get(name), str):
+            raise ConfigError(f"{where}.{name}: required (a string) with source \"ra-tls\"")
+    return KeysConfig(k["server"], k["ca"], tuple(names), float(k.get("timeout_seconds", 10.0)),
+                      k.get("evidence", "tcg-dice"))
+
+
 def parse_config(data: dict[str, Any], source: str = "config") -> ServerConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object")
@@ -163,10 +200,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ServerConfig:
         tls = TLSConfig(t["cert"], t["key"], t.get("key_name"), t.get("client_ca"))
     keys = None
     if data.get("keys") is not None:
-        k = data["keys"]
-        _known(k, {"server", "ca", "names", "timeout_seconds", "evidence"}, f"{source}: keys")
-        keys = KeysConfig(k["server"], k["ca"], tuple(k["names"]),
-                          float(k.get("timeout_seconds", 10.0)), k.get("evidence", "tcg-dice"))
+        keys = _keys(data["keys"], f"{source}: keys")
     limits_table = data.get("limits") or {}
     if not isinstance(limits_table, dict):
         raise ConfigError(f"{source}: limits: expected an object")

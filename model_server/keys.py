@@ -6,7 +6,11 @@ API used by the server:
   installs it: at ``/dev/attestation/keys/NAME`` inside Gramine (the LibOS then decrypts the
   encrypted mount keyed NAME transparently), or in memory in a plain-process simulation.
 * :meth:`KeyRing.open` gives a :class:`ModelSource` for an image path: the file itself inside
-  Gramine, or a decrypted private copy in a plain process.
+  Gramine (and Occlum), or a decrypted private copy in a plain process.
+* Under Occlum (``keys.source = "files"``) there is nothing to fetch and no quote device: the
+  libOS's init fetched every key before the server started (mutual RA-TLS, Occlum's
+  ``ratls.GrSecret``) and wrote each to ``keys.directory/NAME``; the whole image is encrypted,
+  so models are opened as they are. :func:`read_key_files` checks that every key is there.
 
 Per key: a fresh ECDSA P-384 key pair; a quote whose report_data binds it (TCG DICE RA-TLS
 certificate, :func:`attestation.ratls.create_certificate`); a TLS connection to the secret
@@ -278,6 +282,7 @@ class KeyRing:
     """Keys this process holds, and how encrypted files are opened with them.
 
     ``mode`` is ``"gramine"`` (keys installed in /dev/attestation/keys; the LibOS decrypts),
+    ``"libos"`` (Occlum: the libOS fetched the keys and decrypts the whole image),
     ``"memory"`` (plain process: :meth:`open` decrypts into a private temporary directory) or
     ``"none"`` (no keys)."""
 
@@ -295,7 +300,7 @@ class KeyRing:
         if key not in self.names:
             raise KeyFetchError(f"{image_path}: encrypted with key {key!r}, which was not fetched "
                                 f"(keys.names: {', '.join(self.names) or 'none'})")
-        if self.mode == "gramine":
+        if self.mode in ("gramine", "libos"):
             return ModelSource(image_path, host_path(image_path))
         return ModelSource(image_path, self._decrypt(image_path, key))
 
@@ -381,12 +386,51 @@ def _install(root: Path, name: str, key: bytes) -> None:
                             f"{exc.strerror or exc}") from None
 
 
+#: Occlum's GrSecret client decodes base64 padding ('=') into NUL bytes, so a 16-byte key
+#: arrives in init's file followed by two NULs (attestation.grsecret explains the decoder).
+OCCLUM_KEY_PADDING = b"\0\0"
+
+
+def _key_name_ok(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..")
+
+
+def read_key_files(config: KeysConfig) -> KeyRing:
+    """The keys the libOS left in ``config.directory`` (``keys.source = "files"``): each file
+    must hold the 16-byte key, as is or followed by the two NUL bytes Occlum's GrSecret client
+    appends. The files stay where they are (the libOS's memory); the ring keeps only names and
+    opens files as they are (the libOS decrypts the image)."""
+    assert config.directory is not None
+    for name in config.names:
+        if not _key_name_ok(name):
+            raise KeyFetchError(f"keys.names: {name!r} is not a valid key name")
+        path = f"{config.directory.rstrip('/')}/{name}"
+        try:
+            with open(host_path(path), "rb") as src:
+                data = src.read(wire.WRAP_KEY_SIZE + len(OCCLUM_KEY_PADDING) + 1)
+        except OSError as exc:
+            raise KeyFetchError(f"key {name}: cannot read {path} ({exc.strerror or exc}); the "
+                                "libOS's init writes it there before the server starts (did it "
+                                "fetch its keys from the secret server?)") from None
+        key = data[:wire.WRAP_KEY_SIZE]
+        rest = data[wire.WRAP_KEY_SIZE:]
+        if len(key) != wire.WRAP_KEY_SIZE or rest not in (b"", OCCLUM_KEY_PADDING):
+            raise KeyFetchError(f"key {name}: {path} holds {len(data)}"
+                                f"{'+' if len(data) > 18 else ''} bytes; a wrap key is "
+                                f"{wire.WRAP_KEY_SIZE} bytes (optionally followed by the two "
+                                "NUL bytes Occlum's GrSecret client appends)")
+    return KeyRing({name: b"" for name in config.names}, "libos")
+
+
 def prepare_keys(config: KeysConfig | None) -> KeyRing:
-    """Fetch and install every key of *config* (nothing to do for None or no names)."""
+    """Fetch and install every key of *config* (nothing to do for None or no names); with
+    ``source = "files"`` read them where the libOS put them (:func:`read_key_files`)."""
     if config is None or not config.names:
         return KeyRing()
     if len(set(config.names)) != len(config.names):
         raise KeyFetchError(f"keys.names lists a key twice: {', '.join(config.names)}")
+    if config.source == "files":
+        return read_key_files(config)
     root = _ATTESTATION_ROOT
     in_gramine = (root / "keys").is_dir()
     make_quote = quote_source(config.timeout_seconds)

@@ -51,7 +51,7 @@ def test_no_secrets_in_bases(name):
 
 
 @pytest.mark.parametrize("name", ["gramine", "gramine-tfserving", "gramine-python",
-                                  "gramine-openvino"])
+                                  "gramine-openvino", "occlum-python"])
 def test_runtime_bases_drop_root(name):
     users = [l.split()[1] for l in _lines(DOCKERFILES[name]) if l.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), f"{name} runs as root"
@@ -113,3 +113,35 @@ def test_ci_templates(template):
     assert "measurements.json" in text
     assert "BEGIN" not in text  # no key material in a template
     assert "--signature" in text  # the external-signing path is shown
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"{path}: {line!r} is not pinned"
+            pins[name.lower()] = version
+    return pins
+
+
+def test_occlum_python_base_matches_occlums_glibc_and_the_gramine_runtimes():
+    """The Occlum runtime base is Ubuntu 20.04 (glibc 2.31, Occlum 0.31's own) with the same
+    Python runtime pins as gramine-python, in the layout the framework plugins trust."""
+    text = " ".join(_lines(DOCKERFILES["occlum-python"]))
+    assert "ARG OCCLUM_RUNTIME=occlum/occlum:0.31.0-rt-ubuntu20.04" in text
+    assert "ARG GLIBC_VERSION=2.31" in text and "platform.libc_ver()" in text
+    assert "--only-binary=:all:" in text
+    assert "/usr/local/lib/python${PYTHON_VERSION}/dist-packages/numpy" in text
+    gramine = _pins(BASES["gramine-python"].directory / "requirements.txt")
+    occlum = _pins(BASES["occlum-python"].directory / "requirements.txt")
+    assert {k: v for k, v in occlum.items() if k in gramine} == gramine
+    assert set(occlum) - set(gramine) == {"cryptography", "cffi", "pycparser"}
+    constraints = _pins(REPO / "constraints.txt")
+    for name in ("cryptography", "cffi", "pycparser"):
+        assert occlum[name] == constraints[name], f"{name}: keep the test environment's pin"
+    from builder.occlum.backend import PYTHON_RUNTIME_BASE
+    from builder.plugin_api import PYTHON
+    assert BASES["occlum-python"].tag == PYTHON_RUNTIME_BASE
+    assert PYTHON == "/usr/bin/python3.11" and "ARG PYTHON_VERSION=3.11" in text

@@ -251,7 +251,7 @@ def test_match_is_checked_by_the_servers_policy_before_writing(tmp_path, server_
      "secrets[0].match: expected a string (\"mr_enclave\" or \"signer\"), got an integer 1"),
     ('[[secrets]]\nname = "k"\nallow = ["alpha"]\n', "secrets[0].file: required key is missing"),
     ('[[secrets]]\nname = "k"\nfile = "k.key"\nallow = ["alpha"]\nalow = []\n',
-     "secrets[0].alow: unknown key; allowed: allow, file, match, name"),
+     "secrets[0].alow: unknown key; allowed: allow, encoding, file, match, name, requested_as"),
 ])
 def test_wrongly_typed_fragments_exit_2_with_file_and_key(tmp_path, server_side, body, message):
     _key(tmp_path / "alpha" / "k.key")

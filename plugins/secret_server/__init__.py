@@ -105,13 +105,18 @@ def _fragments(spec: Spec, policies: list[str]) -> tuple[list[Path], list[dict]]
                 raise spec_error(spec, where, f"{path}: a [[secrets]] rule needs name and allow")
             entry = {"name": rule["name"], "allow": [str(a) for a in rule["allow"]],
                      "match": str(rule.get("match", "mr_enclave"))}
+            # Occlum builds: how the key is handed over, and the name init asks for.
+            for key in ("encoding", "requested_as"):
+                if key in rule:
+                    entry[key] = str(rule[key])
             known = rules.get(entry["name"])
             if known is None:
                 rules[entry["name"]] = entry
-            elif known["match"] != entry["match"]:
-                raise spec_error(spec, where, f"{path}: secret {entry['name']!r} has match "
-                                              f"{entry['match']!r} here but {known['match']!r} "
-                                              "in an earlier policy")
+            elif {k: v for k, v in known.items() if k != "allow"} != \
+                    {k: v for k, v in entry.items() if k != "allow"}:
+                raise spec_error(spec, where, f"{path}: secret {entry['name']!r} has match, "
+                                              "encoding or requested_as other than in an "
+                                              "earlier policy")
             else:
                 known["allow"] = list(dict.fromkeys(known["allow"] + entry["allow"]))
     if not rules:
