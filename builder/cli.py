@@ -20,12 +20,25 @@ from .errors import EnclaveBuildError, UsageError
 
 
 class _DefaultToBuild(click.Group):
-    """A group whose unknown first argument is taken as a spec for ``build``."""
+    """A group whose unknown first argument is taken as a spec for ``build`` when it looks like
+    a path (it exists, or has a ``/`` or a ``.``); a bare word such as ``buidl`` is a mistyped
+    command and gets click's "No such command ... Did you mean" instead of build's usage."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+        if args and args[0] not in self.commands and not args[0].startswith("-") \
+                and _looks_like_spec(args[0]):
             args = ["build", *args]
-        return super().resolve_command(ctx, args)
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            if isinstance(exc, click.exceptions.NoSuchCommand) and not exc.possibilities:
+                exc.message += (f" Nor is it a spec file: to build one, give its path "
+                                f"(e.g. ./{args[0]}.toml).")
+            raise
+
+
+def _looks_like_spec(word: str) -> bool:
+    return os.path.lexists(word) or "/" in word or "." in word
 
 
 def _fail(exc: EnclaveBuildError) -> None:
@@ -218,7 +231,7 @@ def main() -> None:
       enclave-build build examples/tfserving/spec.toml --base dir:/tmp/standin
       enclave-build inspect examples/tfserving/out   # output: out/ next to the spec
       enclave-build doctor                     # what this machine can do
-      enclave-build init my-model/             # your own model: prints the next commands
+      enclave-build init --model FILE my-model/  # your own model: prints the next commands
     \b
     Every command has --help with an example; completion: see README ("Shell completion").
     """
@@ -618,6 +631,11 @@ Example (one secret server for two services, verifying quotes against Intel's ro
   enclave-build secrets config out/face-detect out/ocr --cert server.crt --key server.key \\
       --pccs-url https://pccs.internal:8081/sgx/certification/v4/ --out secrets.toml
   enclave-build secrets serve --config secrets.toml
+\b
+An Occlum build (its init asks over GrSecret; run the server in an enclave of its own):
+  enclave-build secrets config out/face-occlum --cert server.crt --key server.key \\
+      --pccs-url https://pccs.internal:8081/sgx/certification/v4/ \\
+      --grsecret-listen 0.0.0.0:50051 --out secrets.toml
 """)
 @click.argument("policies", nargs=-1, required=True, metavar="BUILD_DIR_OR_FRAGMENT...",
                 type=click.Path(exists=True, path_type=Path))
@@ -636,14 +654,18 @@ Example (one secret server for two services, verifying quotes against Intel's ro
 @click.option("--pccs-url", help="... or the PCCS to fetch collateral from.")
 @click.option("--audit-log", default="audit.jsonl", show_default=True,
               help="Audit log (JSON lines; relative to the config file; '-' = stderr).")
+@click.option("--grsecret-listen", metavar="HOST:PORT",
+              help="Also serve Occlum's ratls.GrSecret/GetSecret (mutual RA-TLS) there "
+                   "([grsecret] listen): needed by Occlum builds, whose init fetches its keys "
+                   "and its image key (image_key) this way.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write secrets.toml.")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON: written, secrets (names), "
               "measurements (files), keys ({secret, file, fragment}).")
 def secrets_config(policies: tuple[Path, ...], cert: Path, key: Path, listen: str, root_ca: str,
-                   collateral: Path | None, pccs_url: str | None, audit_log: str, out: Path,
-                   force: bool, as_json: bool) -> None:
+                   collateral: Path | None, pccs_url: str | None, audit_log: str,
+                   grsecret_listen: str | None, out: Path, force: bool, as_json: bool) -> None:
     """Write a secret server's secrets.toml from builds' policy fragments.
 
     Each BUILD_DIR is a build output (its secrets-policy.toml is used), or name the fragment
@@ -656,7 +678,7 @@ def secrets_config(policies: tuple[Path, ...], cert: Path, key: Path, listen: st
         root = root_ca if root_ca == "intel" else str(Path(root_ca).resolve())
         config = compose_config(list(policies), ServerSide(
             cert=cert, key=key, listen=listen, root_ca=root, collateral=collateral,
-            pccs_url=pccs_url, audit_log=audit_log))
+            pccs_url=pccs_url, audit_log=audit_log, grsecret_listen=grsecret_listen))
         written = write_config(out, config, force=force)
     if as_json:
         _print_json({"written": str(written),
@@ -980,8 +1002,10 @@ def base_list(as_json: bool) -> None:
         _print_json([{"name": r.name, "tag": r.tag, "description": r.description}
                      for r in BASES.values()])
         return
+    name_width = max((len(r.name) for r in BASES.values()), default=0)
+    tag_width = max((len(r.tag) for r in BASES.values()), default=0)
     for recipe in BASES.values():
-        click.echo(f"{recipe.name:<18} {recipe.tag:<44} {recipe.description}")
+        click.echo(f"{recipe.name:<{name_width}}  {recipe.tag:<{tag_width}}  {recipe.description}")
 
 
 @base.command("build", epilog="""\b
@@ -1010,21 +1034,37 @@ def base_build(name: str | None, directory: Path | None, tag: str | None,
     click.echo(f"{final_tag} {image_id}")
 
 
+#: builder.standin.STANDIN_RUNTIMES' names (listed here to keep the CLI's start-up lazy; a test
+#: checks that they agree).
+STANDIN_RUNTIME_NAMES = ("onnxruntime", "secret-server")
+
+
 @base.command(epilog="""\b
 Example:
   enclave-build base standin /tmp/standin
   enclave-build build examples/tflite/spec.toml --base dir:/tmp/standin
+\b
+The examples whose bases add runtimes (examples/secret-server, examples/plugins/onnxruntime):
+  enclave-build base standin /tmp/standin-all --runtimes secret-server --runtimes onnxruntime
+  enclave-build build examples/secret-server/spec.toml --base dir:/tmp/standin-all
 """)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def standin(directory: Path) -> None:
+@click.option("--runtimes", "runtimes", multiple=True,
+              type=click.Choice(STANDIN_RUNTIME_NAMES),
+              help="Also add stand-ins of these runtimes (repeatable): secret-server = what "
+                   "base gramine-secret-server adds (pyOpenSSL, dcap-qvl, ...), onnxruntime = "
+                   "what the onnxruntime example plugin's base adds.")
+def standin(directory: Path, runtimes: tuple[str, ...]) -> None:
     """Write a STAND-IN Gramine 1.9 root filesystem to DIRECTORY (for demos and tests).
 
-    It has Gramine's layout and a synthetic libpal.so, so builds measure and sign exactly as
-    with real files, but nothing in it runs. Use it as --base dir:DIRECTORY.
+    It has Gramine's layout, a synthetic libpal.so and placeholders of the Python runtimes of
+    base gramine-python (LiteRT, OpenVINO, grpcio, numpy), so builds measure and sign exactly
+    as with real files, but nothing in it runs. Use it as --base dir:DIRECTORY.
     """
-    from .standin import make_standin_rootfs
+    from .standin import add_standin_runtimes, make_standin_rootfs
 
     make_standin_rootfs(directory)
+    add_standin_runtimes(directory, runtimes)
     click.echo(f"wrote stand-in Gramine rootfs to {directory} (use --base dir:{directory}); "
                "it is NOT a runnable Gramine", err=True)
 
@@ -1032,17 +1072,28 @@ def standin(directory: Path) -> None:
 # --------------------------------------------------------------------------- init, doctor
 
 
+def _complete_framework(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    from .plugins import PluginRegistry
+
+    return sorted(n for n in PluginRegistry().frameworks if n.startswith(incomplete))
+
+
 @main.command("init", epilog="""\b
 Example:
-  enclave-build init --framework tflite face-detect/
-  cp face_detection.tflite face-detect/models/     # and set [[models]] path
+  enclave-build init --framework tflite --model face_detection.tflite face-detect/
   enclave-build secrets tls face-detect/tls --host localhost
   enclave-build build face-detect/spec.toml --base dir:ROOTFS --output face-detect/out
+\b
+Without --model, put the model into face-detect/models/ and set [[models]] path yourself.
 """)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--framework", default="tflite", show_default=True, metavar="NAME",
+              shell_complete=_complete_framework,
               help="An installed framework (`enclave-build plugins`): tflite, tfserving, "
-                   "openvino, ...")
+                   "openvino, secret-server, ...")
+@click.option("--model", type=click.Path(exists=True, path_type=Path), metavar="PATH",
+              help="Copy this model file or directory into DIRECTORY/models/ and name it in "
+                   "[[models]] path (an OpenVINO .xml brings its .bin).")
 @click.option("--name", metavar="SERVICE",
               help="The service name (a DNS label); default: DIRECTORY's name.")
 @click.option("--secret-server", default="localhost:4433", show_default=True,
@@ -1051,20 +1102,22 @@ Example:
               "is kept, never replaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON: directory, spec, key, "
               "key_created, framework, service, secret_server, next_steps ({what, command}).")
-def init_command(directory: Path, framework: str, name: str | None, secret_server: str,
-                 force: bool, as_json: bool) -> None:
+def init_command(directory: Path, framework: str, model: Path | None, name: str | None,
+                 secret_server: str, force: bool, as_json: bool) -> None:
     """Start a project for your own model in DIRECTORY.
 
     Writes DIRECTORY/spec.toml (a commented spec for the framework, with its options and
     defaults), DIRECTORY/keys/ (mode 0700) with a new enclave signing key enclave-key.pem (mode
-    0600) and an empty DIRECTORY/models/; prints the next three commands. Never overwrites a
-    file (exit 2 naming it; --force replaces spec.toml only).
+    0600) and DIRECTORY/models/ (with --model, a copy of the model, named in the spec); prints
+    the next commands (three; two with --model). Never overwrites a file (exit 2 naming it;
+    --force replaces spec.toml only). Framework secret-server (the secret server as an enclave)
+    gets a spec without models and its own next steps.
     """
     from .init import init_project
 
     with _errors():
         result = init_project(directory, framework=framework, name=name, force=force,
-                              secret_server=secret_server)
+                              secret_server=secret_server, model=model)
     if as_json:
         _print_json(result.to_json())
         return

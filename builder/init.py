@@ -11,7 +11,10 @@ The spec is complete except for two things the user supplies: the model (``model
 placeholder the spec check reports as "file not found" until it exists) and the secret server's
 CA certificate (``tls/ca.pem``, from ``enclave-build secrets tls DIR/tls --host HOST`` or the
 user's own CA), because models are encrypted by default and an encrypted model's key comes from
-the secret server.
+the secret server. ``model`` (``init --model PATH``) copies the model into ``models/`` and names
+it, leaving only the CA. Framework ``secret-server`` (the secret server as an enclave) serves no
+models and fetches no keys: its spec has neither, and its steps are an owner certificate and
+the policies, the build, and the attested key upload.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import stat
 import textwrap
 import warnings
@@ -47,6 +51,13 @@ _MODEL_HINTS = {
                 'mode "ovms": a model directory as OVMS expects it',
     "onnxruntime": "an .onnx file",
 }
+#: Frameworks that serve no models of their own (the secret server as an enclave): their spec
+#: has no [[models]] and no [secrets], and their next steps differ.
+_NO_MODELS = frozenset({"secret-server"})
+#: `enclave-build base standin ROOTFS --runtimes NAME` for frameworks whose base adds runtimes.
+_STANDIN_RUNTIMES = {"secret-server": "secret-server", "onnxruntime": "onnxruntime"}
+OWNER_CERT = "owner.crt"
+OWNER_KEY = "keys/owner.key"
 
 
 @dataclass
@@ -164,11 +175,49 @@ def render_section(section: Section, values: Mapping[str, Any] | None = None) ->
     return lines
 
 
+def _models_block(service: str, hint: str, model_path: str | None = None) -> list[str]:
+    where = (["# the model file or directory (copied here by `init --model`)"] if model_path else
+             _comment(f"PLACEHOLDER: put your model in models/ and name it here ({hint})"))
+    return [
+        "# One [[models]] table per model.",
+        "[[models]]",
+        "# the name clients address the model by",
+        'name = "model"',
+        *where,
+        f"path = {toml_value(model_path or MODEL_PLACEHOLDER)}",
+        "# ship it encrypted (Gramine protected file); its key is released at start-up by the",
+        "# secret server, only to this enclave",
+        "encrypt = true",
+        "# version = 1",
+        f"# key = {toml_value(service + '-key')}   # wrap-key name (default SERVICE-key)",
+        "",
+    ]
+
+
+def _secrets_block(secret_server: str) -> list[str]:
+    return [
+        "[secrets]",
+        "# the secret server (HOST:PORT) the enclave attests to at start-up to get its keys",
+        f"server = {toml_value(secret_server)}",
+        "# the CA of that server's TLS certificate: `enclave-build secrets tls tls --host HOST`",
+        "# writes one, or name your organisation's CA. Built into the image: changing it",
+        "# changes MRENCLAVE.",
+        f"ca = {toml_value(CA_PATH)}",
+        "# wrap keys (NAME.key) are read here, or created (mode 0600) on the first build that",
+        "# needs them; never written into the image or the output",
+        'keys_dir = "keys"',
+        "",
+    ]
+
+
 def render_spec(framework: Framework, service: str,
                 secret_server: str = DEFAULT_SECRET_SERVER,
-                frameworks: tuple[str, ...] = ()) -> str:
-    """The commented spec.toml :func:`init_project` writes."""
+                frameworks: tuple[str, ...] = (), model_path: str | None = None) -> str:
+    """The commented spec.toml :func:`init_project` writes; *model_path* (relative to the spec)
+    replaces the models/MODEL placeholder. A framework that serves no models (the secret
+    server) gets no [[models]] and no [secrets]."""
     hint = _MODEL_HINTS.get(framework.name, "the model file or directory the framework serves")
+    serves_models = framework.name not in _NO_MODELS
     enclave_values: dict[str, Any] = {}
     if framework.default_enclave_size:
         enclave_values["size"] = size_text(framework.default_enclave_size)
@@ -188,18 +237,7 @@ def render_spec(framework: Framework, service: str,
                   + " (`enclave-build plugins`)"),
         f"framework = {toml_value(framework.name)}",
         "",
-        "# One [[models]] table per model.",
-        "[[models]]",
-        "# the name clients address the model by",
-        'name = "model"',
-        *_comment(f"PLACEHOLDER: put your model in models/ and name it here ({hint})"),
-        f"path = {toml_value(MODEL_PLACEHOLDER)}",
-        "# ship it encrypted (Gramine protected file); its key is released at start-up by the",
-        "# secret server, only to this enclave",
-        "encrypt = true",
-        "# version = 1",
-        f"# key = {toml_value(service + '-key')}   # wrap-key name (default SERVICE-key)",
-        "",
+        *(_models_block(service, hint, model_path) if serves_models else []),
         "# Enclave resources and identity (the defaults of framework "
         f"{framework.name}); all of it is measured.",
         *render_section(ENCLAVE, enclave_values),
@@ -208,17 +246,7 @@ def render_spec(framework: Framework, service: str,
         f"# base = {toml_value(framework.default_base or '...')}",
         f"# tag = {toml_value(service + ':latest')}",
         "",
-        "[secrets]",
-        "# the secret server (HOST:PORT) the enclave attests to at start-up to get its keys",
-        f"server = {toml_value(secret_server)}",
-        "# the CA of that server's TLS certificate: `enclave-build secrets tls tls --host HOST`",
-        "# writes one, or name your organisation's CA. Built into the image: changing it",
-        "# changes MRENCLAVE.",
-        f"ca = {toml_value(CA_PATH)}",
-        "# wrap keys (NAME.key) are read here, or created (mode 0600) on the first build that",
-        "# needs them; never written into the image or the output",
-        'keys_dir = "keys"',
-        "",
+        *(_secrets_block(secret_server) if serves_models else []),
         "[signing]",
         "# the enclave signing key (RSA-3072, e=3; written by init, mode 0600): it is the",
         "# enclave's MRSIGNER. For an HSM/KMS set public_key instead (README, External signing).",
@@ -226,8 +254,9 @@ def render_spec(framework: Framework, service: str,
         '# date = "0000-00-00"   # the zero date keeps SIGSTRUCTs reproducible',
     ]
     if framework.section is not None:
+        values = {} if serves_models else {"owners": [OWNER_CERT]}
         lines += ["", f"# Options of framework {framework.name} (their defaults).",
-                  *render_section(framework.section)]
+                  *render_section(framework.section, values)]
     return "\n".join(lines) + "\n"
 
 
@@ -243,27 +272,59 @@ class Step:
         return {"what": self.what, "command": self.command}
 
 
-def next_steps(directory: Path, framework: Framework, secret_server: str) -> list[Step]:
+def _build_step(d: str, framework: Framework) -> Step:
+    runtimes = _STANDIN_RUNTIMES.get(framework.name)
+    standin = "enclave-build base standin ROOTFS" + (f" --runtimes {runtimes}" if runtimes else "")
+    return Step("Build: ROOTFS is a real Gramine base (`scripts/gramine-base.sh ROOTFS`, as root) "
+                f"or the stand-in (`{standin}`: measures and signs, does not boot); without "
+                f"--base the framework's {framework.default_base}",
+                f"enclave-build build {d}/{SPEC_NAME} --base dir:ROOTFS --output {d}/out")
+
+
+def next_steps(directory: Path, framework: Framework, secret_server: str,
+               model_copied: bool = False) -> list[Step]:
+    """What to run next; with *model_copied* (``init --model``) the model step is left out."""
     d = shlex.quote(str(directory))
     host = secret_server.rpartition(":")[0].strip("[]")
+    if framework.name in _NO_MODELS:
+        return [
+            Step(f"In {d}/{SPEC_NAME} [secret-server], list the build directories of the model "
+                 "enclaves it serves in policies and set collateral (a file) or pccs_url "
+                 "(simulation: root_ca and collateral from `enclave-build secrets simulate-pki "
+                 "PKI_DIR`, as in examples/secret-server/spec.toml); make the certificate of a "
+                 f"key owner who may upload keys (owners = [\"{OWNER_CERT}\"])",
+                 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                 f"-days 365 -subj '/CN=model owner' -keyout {d}/{OWNER_KEY} "
+                 f"-out {d}/{OWNER_CERT} && chmod 600 {d}/{OWNER_KEY}"),
+            _build_step(d, framework),
+            Step("Start it (SGX: `docker run --device /dev/sgx_enclave ...`; here: `enclave-build "
+                 f"run {d}/out --simulate --pki PKI_DIR`), then attest it and upload each key "
+                 "over that connection (--collateral FILE instead of --pccs offline)",
+                 f"enclave-build secrets upload {shlex.quote(secret_server)} --measurements "
+                 f"{d}/out/measurements.json --pccs PCCS_URL --owner-cert {d}/{OWNER_CERT} "
+                 f"--owner-key {d}/{OWNER_KEY} --name KEY_NAME --file KEYS_DIR/KEY_NAME.key"),
+        ]
     hint = _MODEL_HINTS.get(framework.name, "the model file or directory the framework serves")
-    return [
+    model = [] if model_copied else [
         Step(f"Put your model in {d}/models/ and set [[models]] path in {d}/{SPEC_NAME} "
-             f"({framework.name}: {hint})", f"cp -r YOUR_MODEL {d}/models/"),
+             f"({framework.name}: {hint}), or start again with `init --model FILE`",
+             f"cp -r YOUR_MODEL {d}/models/")]
+    return [
+        *model,
         Step("Make the secret server's CA and TLS certificate (or set [secrets] ca to your "
              "own CA)", f"enclave-build secrets tls {d}/tls --host {shlex.quote(host)}"),
-        Step("Build: ROOTFS is a real Gramine base (`scripts/gramine-base.sh ROOTFS`, as root) "
-             "or the stand-in (`enclave-build base standin ROOTFS`: measures and signs, does "
-             f"not boot); without --base the framework's {framework.default_base}",
-             f"enclave-build build {d}/{SPEC_NAME} --base dir:ROOTFS --output {d}/out"),
+        _build_step(d, framework),
     ]
 
 
 def init_project(directory: str | Path, framework: str = DEFAULT_FRAMEWORK,
                  name: str | None = None, force: bool = False,
                  secret_server: str = DEFAULT_SECRET_SERVER,
-                 frameworks: Mapping[str, Framework] | None = None) -> InitResult:
-    """Write DIR/spec.toml, DIR/keys/enclave-key.pem and DIR/models/ (see the module doc)."""
+                 frameworks: Mapping[str, Framework] | None = None,
+                 model: str | Path | None = None) -> InitResult:
+    """Write DIR/spec.toml, DIR/keys/enclave-key.pem and DIR/models/ (see the module doc).
+    *model* (a file or directory) is copied into DIR/models/ and named in [[models]] path
+    (an OpenVINO IR ``.xml`` brings the ``.bin`` next to it)."""
     from .gramine.signer import write_new_key
 
     directory = Path(directory)
@@ -288,7 +349,9 @@ def init_project(directory: str | Path, framework: str = DEFAULT_FRAMEWORK,
     if spec_path.is_dir() or (key_path.exists() and not key_path.is_file()):
         raise UsageError(f"{spec_path if spec_path.is_dir() else key_path}: exists and is not "
                          "a file")
-    text = render_spec(chosen, service, secret_server, tuple(sorted(frameworks)))
+    copies = _model_copies(Path(model), models_dir, chosen) if model is not None else []
+    model_path = f"models/{copies[0][1].name}" if copies else None
+    text = render_spec(chosen, service, secret_server, tuple(sorted(frameworks)), model_path)
 
     directory.mkdir(parents=True, exist_ok=True)
     if keys_dir.is_dir():
@@ -300,12 +363,39 @@ def init_project(directory: str | Path, framework: str = DEFAULT_FRAMEWORK,
         keys_dir.mkdir(mode=0o700)
         os.chmod(keys_dir, 0o700)    # whatever the umask
     models_dir.mkdir(exist_ok=True)
+    for source, target in copies:
+        if source.is_dir():
+            shutil.copytree(source, target, symlinks=False)
+        else:
+            shutil.copyfile(source, target)
     key_created = not key_path.exists()
     if key_created:
         write_new_key(key_path)
     _write_text(spec_path, text, replace=force)
     return InitResult(directory, spec_path, key_path, key_created, chosen.name, service,
-                      secret_server, next_steps(directory, chosen, secret_server))
+                      secret_server, next_steps(directory, chosen, secret_server,
+                                                model_copied=bool(copies)))
+
+
+def _model_copies(model: Path, models_dir: Path, framework: Framework) -> list[tuple[Path, Path]]:
+    """(source, target) pairs for ``init --model``, checked before anything is written: the
+    model exists, the framework serves models, nothing in DIR/models/ is overwritten."""
+    if framework.name in _NO_MODELS:
+        raise UsageError(f"--model: framework {framework.name} serves no models")
+    if not model.exists():
+        raise UsageError(f"--model {model}: no such file or directory")
+    if not (model.is_file() or model.is_dir()):
+        raise UsageError(f"--model {model}: not a regular file or a directory")
+    sources = [model]
+    weights = model.with_suffix(".bin")
+    if model.suffix == ".xml" and weights.is_file():   # OpenVINO IR: graph + weights
+        sources.append(weights)
+    pairs = [(source, models_dir / source.name) for source in sources]
+    taken = [str(target) for _, target in pairs if target.exists() or target.is_symlink()]
+    if taken:
+        raise UsageError(f"{', '.join(taken)}: already exist{'s' if len(taken) == 1 else ''}; "
+                         "not overwriting")
+    return pairs
 
 
 def _write_text(path: Path, text: str, replace: bool) -> None:

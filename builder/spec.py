@@ -8,6 +8,7 @@ written while loading a spec.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -210,6 +211,16 @@ class Spec:
         return self.plugin_sections.get(name, {})
 
 
+def _nearby_spec(path: Path) -> str:
+    """"; did you mean DIR/spec.toml?" for a mistyped spec name whose directory holds one."""
+    try:
+        names = sorted(p.name for p in path.parent.glob("*.toml") if p.name != "pyproject.toml")
+    except OSError:
+        return ""
+    hint = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return f"; did you mean {path.with_name(hint[0])}?" if hint else ""
+
+
 def load_spec(path: str | Path, frameworks: Mapping[str, Section | None],
               libos_names: tuple[str, ...] = ("gramine",)) -> Spec:
     """Read and validate *path*.
@@ -222,7 +233,8 @@ def load_spec(path: str | Path, frameworks: Mapping[str, Section | None],
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(source, [Problem((), "spec file not found")]) from None
+        raise SpecError(source, [Problem((), "spec file not found" + _nearby_spec(path))]) \
+            from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(source, [Problem((), f"cannot read spec: {exc}")]) from None
     try:

@@ -304,3 +304,40 @@ def _python(root: Path) -> None:
 
 def cxx_names() -> tuple[str, ...]:
     return ("libstdc++.so.6", "libgcc_s.so.1", "libm.so.6", "libc.so.6")
+
+
+#: Stand-ins of the runtimes other bases add to gramine-python's (base_images/), by name: what
+#: ``enclave-build base standin DIR --runtimes NAME`` adds, so that the examples needing them
+#: (examples/secret-server: base gramine-secret-server; examples/plugins/onnxruntime: its
+#: base/Dockerfile) build on the stand-in as shipped. Each entry: (distribution, version,
+#: files under site-packages, Requires-Dist). Like everything here, placeholders that run nothing.
+STANDIN_RUNTIMES: dict[str, tuple[tuple[str, str, dict[str, bytes], tuple[str, ...]], ...]] = {
+    "secret-server": (
+        ("pyOpenSSL", "26.4.0", {"OpenSSL/__init__.py": b"# stand-in\n"}, ()),
+        ("dcap-qvl", "0.7.0", {"dcap_qvl/__init__.py": b"# stand-in\n"}, ()),
+        ("cffi", "2.1.1", {"cffi/__init__.py": b"# stand-in\n"}, ()),
+        ("h2", "4.4.1", {"h2/__init__.py": b"# stand-in\n"}, ()),
+    ),
+    "onnxruntime": (
+        ("onnxruntime", "1.32.0", {
+            "onnxruntime/__init__.py": b"# stand-in\n",
+            "onnxruntime/capi/onnxruntime_pybind11_state.so": b"stand-in, not an ELF\n",
+        }, ("numpy>=1.21.6", "protobuf", "packaging", "flatbuffers")),
+        ("flatbuffers", "25.12.19", {"flatbuffers/__init__.py": b"#\n"}, ()),
+    ),
+}
+
+
+def add_standin_runtimes(root: str | Path, names: tuple[str, ...] | list[str]) -> Path:
+    """Add the :data:`STANDIN_RUNTIMES` *names* to the stand-in rootfs at *root*."""
+    root = Path(root)
+    unknown = sorted(set(names) - set(STANDIN_RUNTIMES))
+    if unknown:
+        from .errors import UsageError
+
+        raise UsageError(f"no stand-in runtimes {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(STANDIN_RUNTIMES))}")
+    for name in names:
+        for dist, version, files, requires in STANDIN_RUNTIMES[name]:
+            _dist(root, PY_LOCAL, dist, version, files, requires)
+    return root

@@ -39,6 +39,8 @@ def test_bash_completion_script_completes_commands_and_options(tmp_path):
     assert complete("enclave-build gramine si") == ["sign", "sigstruct"]
     assert "--output" in complete("enclave-build build spec.toml --o")
     assert "--output" in complete("enclave-build spec.toml --o")  # the default command, too
+    assert complete("enclave-build init --framework tf") == ["tflite", "tfserving"]
+    assert "--runtimes" in complete("enclave-build base standin /tmp/x --r")
 
     for shell in ("zsh", "fish"):
         other = subprocess.run(["enclave-build"], env={**env, "_ENCLAVE_BUILD_COMPLETE":

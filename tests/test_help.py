@@ -114,3 +114,79 @@ def test_readme_tells_how_to_get_the_command_and_completion():
     assert "pipx install" in text
     assert "_ENCLAVE_BUILD_COMPLETE=bash_source enclave-build" in text
     assert "## Concepts" in text
+
+
+def _readme_command_rows() -> list[tuple[int, list[str]]]:
+    """(line, [command spans]) of each row of the README's `| command | what it does |` table;
+    a span that does not start with enclave-build leaves that word out
+    (`enclave-build base list` / `base build NAME`)."""
+    (block,) = [b for b in _table_blocks(README.read_text())
+                if re.fullmatch(r"\|\s*command\s*\|\s*what it does\s*\|", b[0][1].strip())]
+    rows = []
+    for number, line in block[2:]:
+        first_cell = re.split(r"(?<!\\)\|", line.strip().strip("|"))[0]
+        spans = re.findall(r"`([^`]+)`", first_cell.replace("\\|", "|"))
+        rows.append((number, [s if s.startswith("enclave-build") else f"enclave-build {s}"
+                              for s in spans]))
+    return rows
+
+
+def _command_of(span: str) -> str:
+    words = span.split()
+    for n in range(len(words), 0, -1):
+        if " ".join(words[:n]) in COMMANDS:
+            return " ".join(words[:n])
+    raise AssertionError(f"no such command: {span}")
+
+
+def test_readme_command_table_lists_every_command_with_real_options():
+    """Each command a user can run has a row, and every --option a row shows exists (a stale
+    `--root-ca` or a missing `k8s` row is what a newcomer trips over)."""
+    listed = set()
+    for number, spans in _readme_command_rows():
+        for span in spans:
+            path = _command_of(span)
+            listed.add(path)
+            known = {opt for param in COMMANDS[path].params if isinstance(param, click.Option)
+                     and not param.hidden for opt in param.opts}
+            for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", span):
+                assert option in known, f"README.md:{number}: `{path}` has no option {option}"
+    leaves = {path for path, command in COMMANDS.items() if not isinstance(command, click.Group)}
+    assert leaves <= listed, f"README.md's command table lacks: {sorted(leaves - listed)}"
+
+
+def test_a_mistyped_command_is_named_not_taken_for_a_spec(tmp_path):
+    """`enclave-build buidl x` must not print build's usage ("unexpected extra argument")."""
+    from .conftest import run_cli
+
+    for argv, wanted in ((["buidl", "x"], "Did you mean 'build'?"),
+                         (["inspct", "out"], "'inspect'"),
+                         (["doctr"], "Did you mean 'doctor'?"),
+                         (["zzz"], "Nor is it a spec file: to build one, give its path")):
+        proc = run_cli(*argv, cwd=tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2, (argv, err)
+        assert f"No such command '{argv[0]}'" in err and wanted in err, (argv, err)
+        assert "Usage: enclave-build build" not in err, (argv, err)
+    # Paths still go to build: a mistyped spec name is answered with the spec next to it.
+    (tmp_path / "spec.toml").write_text("[service]\n")
+    proc = run_cli("spec.tml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "spec.tml: spec file not found; did you mean spec.toml?" in proc.stderr.decode()
+
+
+def test_base_list_columns_line_up():
+    from .conftest import run_cli
+
+    lines = run_cli("base", "list").stdout.decode().splitlines()
+    from base_images import BASES
+
+    starts = {line.index(recipe.tag) for line, recipe in zip(lines, BASES.values())}
+    assert len(lines) == len(BASES) and len(starts) == 1, lines
+
+
+def test_standin_runtime_names_match_the_library():
+    from builder.cli import STANDIN_RUNTIME_NAMES
+    from builder.standin import STANDIN_RUNTIMES
+
+    assert tuple(sorted(STANDIN_RUNTIMES)) == STANDIN_RUNTIME_NAMES

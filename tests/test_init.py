@@ -203,3 +203,64 @@ def test_init_build_inspect_from_an_empty_directory(tmp_path, standin_root):
     config_info = json.loads(config.stdout)
     assert config_info["secrets"] == ["face-key"]
     assert [Path(k["file"]).name for k in config_info["keys"]] == ["face-key.key"]
+
+
+def test_init_model_copies_it_and_the_printed_commands_build_it(tmp_path, standin_root):
+    """`init --model FILE`: the model is copied and named in the spec, so the printed commands
+    (two: the CA, the build) are all a newcomer runs; `ROOTFS` is the stand-in here."""
+    model = tmp_path / "face.tflite"
+    model.write_bytes(b"TFL3" + bytes(range(256)) * 4)
+    proc = run_cli("init", "--model", str(model), "--json", "face", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    info = json.loads(proc.stdout)
+    project = tmp_path / "face"
+    assert (project / "models/face.tflite").read_bytes() == model.read_bytes()
+    assert tomllib.loads((project / "spec.toml").read_text())["models"][0]["path"] == \
+        "models/face.tflite"
+    commands = [step["command"] for step in info["next_steps"]]
+    assert [c.split()[:3] for c in commands] == [["enclave-build", "secrets", "tls"],
+                                                  ["enclave-build", "build", "face/spec.toml"]]
+    for command in commands:
+        argv = command.replace("dir:ROOTFS", f"dir:{standin_root}").split()[1:]
+        ran = run_cli(*argv, cwd=tmp_path)
+        assert ran.returncode == 0, (command, ran.stderr.decode())
+    assert run_cli("inspect", "face/out", cwd=tmp_path).returncode == 0
+
+
+def test_init_model_refusals_write_nothing(tmp_path):
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"TFL3")
+    with pytest.raises(UsageError, match="serves no models"):
+        init_project(tmp_path / "srv", framework="secret-server", model=model)
+    assert not (tmp_path / "srv").exists()
+    (tmp_path / "p/models").mkdir(parents=True)
+    (tmp_path / "p/models/m.tflite").write_bytes(b"mine")
+    with pytest.raises(UsageError, match="already exists; not overwriting"):
+        init_project(tmp_path / "p", model=model)
+    assert (tmp_path / "p/models/m.tflite").read_bytes() == b"mine"
+    assert not (tmp_path / "p/spec.toml").exists()
+    # An OpenVINO IR graph brings its weights.
+    (tmp_path / "ir.xml").write_text("<net/>")
+    (tmp_path / "ir.bin").write_bytes(b"\0" * 8)
+    init_project(tmp_path / "ov", framework="openvino", model=tmp_path / "ir.xml")
+    assert sorted(p.name for p in (tmp_path / "ov/models").iterdir()) == ["ir.bin", "ir.xml"]
+
+
+def test_init_secret_server_writes_its_own_spec_and_steps(tmp_path):
+    """The secret server as an enclave serves no models and fetches no keys: no [[models]], no
+    [secrets]; its steps are owner certificate + policies, build (stand-in with its runtimes),
+    upload."""
+    result = init_project(tmp_path / "keys-srv", framework="secret-server")
+    data = tomllib.loads(result.spec.read_text())
+    assert "models" not in data and "secrets" not in data
+    assert data["secret-server"]["owners"] == ["owner.crt"]
+    assert "# policies = ...   # REQUIRED" in result.spec.read_text()
+    commands = [step.command for step in result.next_steps]
+    assert commands[0].startswith("openssl req -x509") and "keys-srv/keys/owner.key" in commands[0]
+    assert "--runtimes secret-server" in result.next_steps[1].what
+    assert commands[2].startswith("enclave-build secrets upload localhost:4433")
+    # What is left for the user is named by the spec check, file, line and key.
+    with pytest.raises(SpecError) as missing:
+        load_spec(result.spec, _sections())
+    assert any("secret-server.policies: required key is missing" in line
+               for line in missing.value.lines()), missing.value.lines()
