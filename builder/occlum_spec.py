@@ -24,6 +24,9 @@ backend as :class:`builder.plan.OcclumPlanOptions` (nothing downstream reads the
     server_measurements = ["../secret-server/out/measurements.json"]
     server_pin = "mr_enclave"      # or "mr_signer": what init requires of the secret server
     allow_debug_server = false     # accept a DEBUG secret-server enclave (insecure)
+    build_image = "enclave-build/occlum:0.31.0"   # the Occlum toolchain image the build runs
+                                   # in (default occlum/occlum:0.31.0-ubuntu22.04); the
+                                   # ENCLAVE_BUILD_OCCLUM_IMAGE environment variable overrides it
 
     [occlum.hostfs]                # host directories visible in the enclave: only when asked
     "/host/data" = "/var/lib/app"  # target in the enclave = directory on the host
@@ -79,6 +82,8 @@ SECTION = Section("occlum", "Occlum-only options (service.libos = \"occlum\")", 
           default="mr_enclave", choices=("mr_enclave", "mr_signer")),
     Field("allow_debug_server", "bool", "accept a DEBUG secret-server enclave (insecure)",
           default=False),
+    Field("build_image", "str", "the Occlum 0.31 toolchain image `occlum build` runs in "
+          "(NAME:TAG or NAME@sha256:...; $ENCLAVE_BUILD_OCCLUM_IMAGE overrides it)"),
 ), owner="occlum")
 
 _SIZE = re.compile(r"^([0-9]+)\s*([KMGT]?)B?$")
@@ -149,6 +154,9 @@ def check(values: dict[str, Any], given: bool, libos: Any, edmm: bool, base_dir:
                                   values.get("allow_debug_server", False), problems)
         if identity is not None:
             identities.append(identity)
+    build_image = values.get("build_image")
+    if build_image is not None and not _image_ref_ok(build_image, problems):
+        build_image = None
     if any(s is None for n, s in sizes.items() if values.get(n) is not None):
         return None
     defaults = OcclumPlanOptions()
@@ -165,7 +173,28 @@ def check(values: dict[str, Any], given: bool, libos: Any, edmm: bool, base_dir:
         enable_kss=bool(values.get("enable_kss")), family_id=ids["family_id"],
         ext_prod_id=ids["ext_prod_id"], encrypt_image=bool(values.get("encrypt_image")),
         hostfs=tuple(sorted(hostfs)), server_identities=tuple(identities),
-        server_pin=values.get("server_pin") or "mr_enclave")
+        server_pin=values.get("server_pin") or "mr_enclave", build_image=build_image)
+
+
+def _image_ref_ok(text: str, problems: list[Problem]) -> bool:
+    """The build image is pulled by the Docker engine: a registry reference, no transport."""
+    from .errors import UsageError
+    from .image.reference import parse_registry_ref
+
+    key = ("occlum", "build_image")
+    if not text.strip() or text != text.strip() or "://" in text or text.startswith(
+            ("docker-daemon:", "oci:", "oci-archive:", "dir:")):
+        problems.append(Problem(key, f"{text!r} is not an image reference; allowed: NAME:TAG or "
+                                     "NAME@sha256:<64 hex> as `docker pull` takes it, e.g. "
+                                     '"occlum/occlum:0.31.0-ubuntu22.04"'))
+        return False
+    try:
+        parse_registry_ref(text)
+    except UsageError as exc:
+        problems.append(Problem(key, f"{exc}; allowed: NAME:TAG or NAME@sha256:<64 hex>, e.g. "
+                                     '"occlum/occlum:0.31.0-ubuntu22.04"'))
+        return False
+    return True
 
 
 def _load_identity(name: str, base_dir: Path, key: tuple, allow_debug: bool,

@@ -225,6 +225,13 @@ def test_tflite_occlum_build_end_to_end(encrypted_build, signing_key):
 
     policy = (out / "secrets-policy.toml").read_text()
     assert measurements["mr_enclave"] in policy and 'name = "face-detect-key"' in policy
+    # Occlum's init asks for the image key as "image_key", in its text form; the model key raw.
+    import tomllib
+    rules = {r["name"]: r for r in tomllib.loads(policy)["secrets"]}
+    assert rules["face-detect-key@image_key"]["requested_as"] == "image_key"
+    assert rules["face-detect-key@image_key"]["encoding"] == "hex-dashes"
+    assert rules["face-detect-key"]["encoding"] == "raw"
+    assert rules["face-detect-key"]["file"] == rules["face-detect-key@image_key"]["file"]
 
     files = _image_files(out)
     signed = files["/enclave/build/lib/libocclum-libos.signed.so"]
@@ -406,4 +413,4 @@ def test_a_gramine_base_is_refused_for_occlum(signing_key, tmp_path, standin_roo
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert "image.base: the base image" in err and "/opt/occlum/build/bin/occlum" in err
-    assert "occlum/occlum:0.31.0-rt-ubuntu22.04" in err
+    assert "occlum/occlum:0.31.0-rt-ubuntu20.04" in err and "base build occlum-python" in err

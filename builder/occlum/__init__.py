@@ -16,3 +16,11 @@ def enclave_build_libos():
                   description="Occlum 0.31 (Occlum.json, copy_bom, occlum build/package in "
                               "Occlum's container; needs a Docker engine)",
                   build=backend.build)]
+
+
+@hookimpl
+def enclave_build_configure(spec, plan):  # noqa: ARG001 - the spec is not read
+    """Occlum's init fetches the keys and decrypts the image (builder.occlum.configure)."""
+    from .configure import configure_plan
+
+    configure_plan(plan)

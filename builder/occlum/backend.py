@@ -4,8 +4,8 @@ What runs where
     The renderer (:mod:`builder.occlum.render`) turns the plan into Occlum.json, a copy_bom
     YAML and init_ra_conf.json. This module runs Occlum's real tool chain on them in ONE
     container of the Occlum *build image* (default ``occlum/occlum:0.31.0-ubuntu22.04``; the
-    ``ENCLAVE_BUILD_OCCLUM_IMAGE`` environment variable, or ``build_image`` in ``[occlum]``
-    once the spec has it, names another, e.g. ``enclave-build/occlum:0.31.0`` from
+    ``build_image`` in ``[occlum]``, or the ``ENCLAVE_BUILD_OCCLUM_IMAGE`` environment
+    variable, which overrides it, names another, e.g. ``enclave-build/occlum:0.31.0`` from
     ``enclave-build base build occlum``), as a user would by hand::
 
         occlum new instance --init-ra grpc_ratls     # plain `occlum new` when no keys are fetched
@@ -27,10 +27,12 @@ Bases
     ``plan.base_image`` (``[image] base``) is the *runtime base*: the final image is assembled on
     it, and copy_bom takes the application (interpreter, runtimes) from its root filesystem. It
     must therefore hold Occlum's runtime (``/opt/occlum/build/bin/occlum``, as the
-    ``occlum-runtime`` package installs it, e.g. ``FROM occlum/occlum:0.31.0-rt-ubuntu22.04``)
+    ``occlum-runtime`` package installs it, e.g. ``FROM occlum/occlum:0.31.0-rt-ubuntu20.04``)
     and the framework's runtimes. A framework's default base is a Gramine one: it has no
     Occlum runtime, and the build says so (set ``[image] base``). The build image is never
-    part of the output.
+    part of the output. Every library copied from the base runs on Occlum's glibc (2.31 in
+    Occlum 0.31), so the base's own libraries must have been built for glibc <= 2.31 (Ubuntu
+    20.04): base_images/occlum-python is such a base for enclave-build's Python server.
 
 Signing: the private key never enters the container
     ``occlum build`` runs our sign tool (``--sign-tool``), which Occlum's makefile invokes as
@@ -101,7 +103,9 @@ LOG = logging.getLogger("enclave_build.occlum")
 
 DEFAULT_BUILD_IMAGE = "occlum/occlum:0.31.0-ubuntu22.04"
 BUILD_IMAGE_ENV = "ENCLAVE_BUILD_OCCLUM_IMAGE"
-RUNTIME_BASE_EXAMPLE = "occlum/occlum:0.31.0-rt-ubuntu22.04"
+RUNTIME_BASE_EXAMPLE = "occlum/occlum:0.31.0-rt-ubuntu20.04"
+#: The runtime base for enclave-build's Python model server (base_images/occlum-python).
+PYTHON_RUNTIME_BASE = "enclave-build/occlum-python:0.31.0-3.11"
 
 ROOTFS = "/eb/rootfs"
 STAGE = "/eb/stage"
@@ -283,10 +287,10 @@ def _public_pem(modulus: int, exponent: int) -> bytes:
 # --- inputs ----------------------------------------------------------------------------------
 
 def build_image(plan: ServicePlan) -> str:
-    """The Occlum toolchain image: ``[occlum] build_image`` when the spec has it, else
-    $ENCLAVE_BUILD_OCCLUM_IMAGE, else :data:`DEFAULT_BUILD_IMAGE`."""
-    configured = getattr(plan.occlum, "build_image", None) if plan.occlum else None
-    return configured or os.environ.get(BUILD_IMAGE_ENV) or DEFAULT_BUILD_IMAGE
+    """The Occlum toolchain image: $ENCLAVE_BUILD_OCCLUM_IMAGE (the operator's override), else
+    ``[occlum] build_image``, else :data:`DEFAULT_BUILD_IMAGE`."""
+    configured = plan.occlum.build_image if plan.occlum else None
+    return os.environ.get(BUILD_IMAGE_ENV) or configured or DEFAULT_BUILD_IMAGE
 
 
 def check_runtime_base(plan: ServicePlan, rootfs: RootFS) -> None:
@@ -299,7 +303,8 @@ def check_runtime_base(plan: ServicePlan, rootfs: RootFS) -> None:
             f"libos = \"occlum\" the image is assembled on it and runs `occlum run`, so it must "
             f"be an Occlum runtime base with your runtimes, e.g. FROM {RUNTIME_BASE_EXAMPLE} "
             "plus the framework's interpreter and packages (a framework's default base is a "
-            "Gramine one)")
+            "Gramine one; for enclave-build's Python model server: `enclave-build base build "
+            f"occlum-python`, then [image] base = \"docker-daemon:{PYTHON_RUNTIME_BASE}\")")
     if not rootfs.exists(plan.entrypoint):
         raise OcclumBuildError(f"entrypoint {plan.entrypoint} not found in the base image "
                                f"({rootfs}); copy_bom takes the program from there")
@@ -435,7 +440,8 @@ def entrypoint(plan: ServicePlan, entry_points: tuple[str, ...]) -> tuple[str, .
 def _hint(image: str, plan: ServicePlan) -> str:
     spec = plan.origin.source if plan.origin else "spec.toml"
     return (f"  docker pull {image}\n  enclave-build build {spec}\n"
-            f"(another Occlum 0.31 toolchain image: {BUILD_IMAGE_ENV}=IMAGE)")
+            f"(another Occlum 0.31 toolchain image: [occlum] build_image, or "
+            f"{BUILD_IMAGE_ENV}=IMAGE)")
 
 
 def _line_sink(progress: Any) -> Callable[[str], None]:
@@ -579,8 +585,11 @@ def collect(plan: ServicePlan, config: Any, rootfs: RootFS, space: Workspace,
     files = package_files(space.work / INSTANCE / f"{PACKAGE}.tar.gz", space.package, rootfs)
     identity = EnclaveIdentity(mr_enclave, mr_signer, data.isv_prod_id, data.isv_svn,
                                data.debug)
+    from .configure import releases
+
     return LibOSArtifacts("occlum", tuple(files), entrypoint(plan, tuple(config.entry_points)),
-                          identity, manifest=config.occlum_json)
+                          identity, manifest=config.occlum_json,
+                          releases=releases(config.kms_keys))
 
 
 def _check_signed_body(plan: ServicePlan, data: SigningData) -> None:

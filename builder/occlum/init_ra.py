@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from attestation.policy import hex_dashes
+
 from ..plan import OcclumPlanOptions, ServicePlan
 from .rules import IMAGE_KEY_SECRET
 
@@ -47,10 +49,9 @@ class KmsKey:
 
 
 def image_key_text(key: bytes) -> bytes:
-    """A 16-byte key in the text form init and ``occlum build --image-key`` read."""
-    if len(key) != 16:
-        raise ValueError("an Occlum image key has 16 bytes")
-    return ("-".join(f"{b:02x}" for b in key) + "\n").encode()
+    """A 16-byte key in the text form init and ``occlum build --image-key`` read (the secret
+    server serves the same text for rules with ``encoding = "hex-dashes"``)."""
+    return hex_dashes(key)
 
 
 def ra_config(opts: OcclumPlanOptions) -> dict[str, Any]:

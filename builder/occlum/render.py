@@ -23,10 +23,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..plan import FileKind, OcclumPlanOptions, ServicePlan
+from ..errors import EnclaveBuildError
+from ..plan import KeyDelivery, OcclumPlanOptions, ServicePlan
 from ..rootfs import RootFS
 from . import rules
 from .bom import bom, to_yaml
+from .configure import image_key_name
 from .init_ra import KmsKey, init_ra_conf, kms_keys
 from .occlum_json import FRAMEWORK_KEY, KEYS_DIR, OcclumConfigError, locate, occlum_json
 
@@ -66,7 +68,10 @@ def _spec_key(origins: dict[str, str], path: str, default: str) -> str:
     while probe:
         if probe in origins:
             return origins[probe]
-        probe = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe)
+        shorter = re.sub(r"(\.?[^.\[]*|\[\d+\])$", "", probe)
+        if shorter == probe:  # nothing left to strip (never loop on an odd path)
+            break
+        probe = shorter
     return default
 
 
@@ -82,16 +87,12 @@ def _dumps(doc: Any) -> bytes:
 
 
 def _image_key(plan: ServicePlan, opts: OcclumPlanOptions) -> str | None:
-    encrypted = [f for f in plan.files if f.kind is FileKind.ENCRYPTED]
-    if encrypted:
-        return encrypted[0].key_name or f"{plan.service}-key"
-    if opts.encrypt_image:
-        if plan.secrets is None:
-            raise OcclumConfigError(locate(plan, "occlum.encrypt_image"),
-                                    "an encrypted image needs its key from a secret server at "
-                                    "start: set [secrets] server")
-        return f"{plan.service}-key"
-    return None
+    name = image_key_name(plan)
+    if name is not None and plan.secrets is None:
+        raise OcclumConfigError(locate(plan, "occlum.encrypt_image"),
+                                "an encrypted image needs its key from a secret server at "
+                                "start: set [secrets] server")
+    return name
 
 
 def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumConfig:
@@ -99,6 +100,10 @@ def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumCon
     Occlum 0.31's rules. Raises :class:`OcclumConfigError` naming the spec key."""
     options = options or OcclumOptions()
     opts = plan.occlum or OcclumPlanOptions()
+    if plan.secrets is not None and plan.secrets.delivery is KeyDelivery.IN_ENCLAVE:
+        raise EnclaveBuildError("internal: the plan was not configured for Occlum (its "
+                                "enclave_build_configure hook, builder.occlum.configure, did "
+                                "not run): build plans with builder.build.make_plan")
     image_key = _image_key(plan, opts)
     keys = kms_keys(plan, image_key, KEYS_DIR)
     if image_key is not None and rules.IMAGE_KEY_SECRET in {k.secret for k in keys[1:]}:
