@@ -17,7 +17,9 @@ Per connection (on a worker thread; no global lock):
 Every connection ends in exactly one JSON line in the audit log with a decision and a reason
 (peer, evidence format, identity, TCB status, secret name — never secret bytes), whatever the
 client sent: malformed certificates, unreadable server names and collateral failures are
-refusals with a reason like any other. Each connection has a deadline from the moment it is
+refusals with a reason like any other. Decisions: ``allow``, ``deny``, and, on a server with an
+RA-TLS identity, ``identity-only`` for a client that only read its certificate (``enclave-build
+attest``). Each connection has a deadline from the moment it is
 accepted (also while it waits for a worker), enforced by a watchdog; the number of connections
 is capped in total and per peer address (excess ones are refused at once); no TLS session
 tickets are issued for TLS 1.2 and the TLS version can be capped at 1.2 for Gramine 1.8 clients.
@@ -566,7 +568,15 @@ class SecretServer:
         try:
             conn.do_handshake()
         except (SSL.Error, OSError) as exc:
-            record.update(decision="deny", reason=f"TLS handshake failed: {_describe(exc)}")
+            reason = _describe(exc)
+            if self._identity.dice is not None and "did not return a certificate" in reason:
+                # `enclave-build attest`: an owner reading this server's RA-TLS certificate
+                # (no client certificate, nothing asked for) is not a refused enclave.
+                record.update(decision="identity-only", reason="the client read this server's "
+                              "RA-TLS certificate without presenting one (enclave-build "
+                              "attest); nothing was requested")
+                return
+            record.update(decision="deny", reason=f"TLS handshake failed: {reason}")
             return
         record["tls"] = conn.get_protocol_version_name()
         peer = conn.get_peer_certificate(as_cryptography=True) if state.config.upload else None

@@ -169,6 +169,12 @@ def test_attest_matches_the_build(served):
     assert info["framework"] == "secret-server" and info["evidence"] == "tcg-dice"
     assert info["mr_enclave"] == built["mr_enclave"] and info["synthetic_root"] is True
     assert b"SYNTHETIC TEST root" in proc.stderr
+    # The server's audit log (stdout here) records the owner's check as what it was, not as
+    # a refused enclave.
+    output = served["process"].output
+    line = output.wait_for(re.compile(r'\{[^\n]*"decision": "identity-only"[^\n]*\}'), 10)
+    assert line is not None, output.text
+    assert "did not return a certificate" not in output.text
 
 
 def test_attest_refuses_another_build_naming_mr_enclave(served, tmp_path):
