@@ -90,8 +90,10 @@ def test_its_output_is_accepted_by_secrets_config(tmp_path):
     assert proc.returncode == 0, proc.stderr
     from attestation.config import load_config
     from attestation.server import SecretServer
+    from attestation.server_identity import ServerIdentity
 
-    SecretServer._context(load_config(tmp_path / "s.toml"))   # the server can use them
+    config = load_config(tmp_path / "s.toml")
+    SecretServer._context(config, ServerIdentity.make(config))   # the server can use them
 
 
 def test_existing_files_and_bad_names_are_refused_with_exit_2(tmp_path):
