@@ -40,6 +40,7 @@ required when the service has keys to fetch.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,17 @@ SECTION = Section("occlum", "Occlum-only options (service.libos = \"occlum\")", 
           "(NAME:TAG or NAME@sha256:...; $ENCLAVE_BUILD_OCCLUM_IMAGE overrides it)"),
 ), owner="occlum")
 
+class DebugServerWarning(UserWarning):
+    """``occlum.allow_debug_server`` let a DEBUG secret-server enclave be trusted."""
+
+
 _SIZE = re.compile(r"^([0-9]+)\s*([KMGT]?)B?$")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _HEX = re.compile(r"^0x[0-9a-fA-F]{1,32}$")
 _TARGET = re.compile(r"^/[A-Za-z0-9._/-]*$")
+#: Sizes that become Enclave.xml stack/heap/reserved sizes, which sgx_sign wants page-aligned.
+PAGE_ALIGNED = ("kernel_heap", "kernel_heap_max", "kernel_stack", "user_space_init")
+PAGE = 0x1000
 SIZE_DOC = '<integer><K|M|G|T>, optionally with a trailing B, e.g. "64M" or "64MB"'
 
 
@@ -121,6 +129,12 @@ def check(values: dict[str, Any], given: bool, libos: Any, edmm: bool, base_dir:
         if size is None or size == 0:
             problems.append(Problem(("occlum", name), f"{text!r} is not a size; allowed: "
                                                       f"{SIZE_DOC}, not zero"))
+        elif name in PAGE_ALIGNED and size % PAGE:
+            problems.append(Problem(("occlum", name), f"{text!r} is not a multiple of 4K: it "
+                                    "becomes an enclave stack/heap/reserved size, which the SGX "
+                                    "SDK's signer refuses unaligned; allowed: a multiple of 4K, "
+                                    'e.g. "64M"'))
+            size = None
         sizes[name] = size
     if not edmm:
         for name in ("kernel_heap_max", "user_space_init", "init_threads"):
@@ -136,6 +150,10 @@ def check(values: dict[str, Any], given: bool, libos: Any, edmm: bool, base_dir:
             ids[name] = 0
         else:
             ids[name] = int(text, 16) if isinstance(text, str) else 0
+            if ids[name] and not values.get("enable_kss"):
+                problems.append(Problem(("occlum", name), "only with occlum.enable_kss = true "
+                                        "(without KSS Occlum leaves the id out of the enclave: "
+                                        "it would not be in the measurement)"))
     hostfs: list[tuple[str, str]] = []
     for target, source in (values.get("hostfs") or {}).items():
         key = ("occlum", "hostfs", target)
@@ -146,6 +164,11 @@ def check(values: dict[str, Any], given: bool, libos: Any, edmm: bool, base_dir:
                                          "'.', '_', '-', '/')"))
         elif not source:
             problems.append(Problem(key, "empty host directory: a hostfs mount needs its source"))
+        elif not source.startswith("/") or ".." in source.split("/") or any(
+                ord(c) < 0x20 or ord(c) == 0x7F for c in source):
+            problems.append(Problem(key, f"{source!r}: the host directory must be an absolute "
+                                         "path without \"..\" or control characters, e.g. "
+                                         '"/var/lib/app"'))
         else:
             hostfs.append((norm, source))
     identities = []
@@ -212,4 +235,8 @@ def _load_identity(name: str, base_dir: Path, key: tuple, allow_debug: bool,
                                      "(its memory is readable by its host); rebuild it without "
                                      "debug or set occlum.allow_debug_server = true"))
         return None
+    if m.debug:
+        warnings.warn(f"{path}: occlum.allow_debug_server: this enclave's init will trust a "
+                      "DEBUG secret server, whose host can read every key it holds; never use "
+                      "it for real secrets", DebugServerWarning, stacklevel=2)
     return ServerIdentity(m.mr_enclave, m.mr_signer, m.isv_prod_id, m.isv_svn, m.debug)

@@ -240,7 +240,8 @@ def test_tflite_occlum_build_end_to_end(encrypted_build, signing_key):
     assert int.from_bytes(sigstruct[0x80:0x200], "little") == modulus
     occlum_json = json.loads(files["/enclave/Occlum.json"])
     assert occlum_json["metadata"]["product_id"] == 7
-    assert occlum_json["entry_points"] == ["/usr/bin/python3.11"]
+    # Occlum takes the command line from the host: the measured launcher is the only entry.
+    assert occlum_json["entry_points"] == ["/opt/enclave-build/occlum/launch.py"]
     # Symbolic links of the package became the files they reach.
     assert files["/enclave/build/lib/libocclum-pal.so.0"] == \
         files["/enclave/build/lib/libocclum-pal.so.0.31.0"]
@@ -257,8 +258,7 @@ def test_tflite_occlum_build_end_to_end(encrypted_build, signing_key):
                         .read_bytes())
     entry = config["config"]["Entrypoint"]
     assert entry[:2] == ["/bin/sh", "-c"] and "/opt/occlum/build/bin/occlum run" in entry[2]
-    assert entry[4:] == ["/usr/bin/python3.11", "-m", "model_server", "--config",
-                         "/enclave/model-server.json"]
+    assert entry[4:] == ["/opt/enclave-build/occlum/launch.py"]
     assert config["config"]["WorkingDir"] == "/enclave"
     assert config["config"]["Labels"]["org.enclave-build.mr_enclave"] == measurements["mr_enclave"]
 
@@ -332,8 +332,8 @@ def test_failing_step_names_it_quotes_its_output_and_writes_nothing(
     spec = _project(tmp_path / "project", runtime_base, signing_key)
     original = backend.stage_plan_files
 
-    def tampered(plan, stage):
-        original(plan, stage)
+    def tampered(plan, stage, generated=()):
+        original(plan, stage, generated)
         victim = next(stage.rglob("model.tflite"))
         victim.write_bytes(victim.read_bytes() + b"changed")
 

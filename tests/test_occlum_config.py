@@ -20,6 +20,7 @@ from builder.build import make_plan
 from builder.occlum import rules
 from builder.occlum.bom import to_yaml
 from builder.occlum.init_ra import image_key_text
+from builder.occlum.launcher import LAUNCHER
 from builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
 from builder.plan import OcclumPlanOptions
 from builder.plugin_api import SERVER_PYTHONPATH
@@ -126,7 +127,9 @@ def test_golden_per_framework(framework, tmp_path, registry, standin_root):
     # The model is in the (encrypted) image, and its key is fetched by init.
     assert config.image_key is not None
     assert [k.secret for k in config.kms_keys][0] == "image_key"
-    assert config.entry_points == (plan.entrypoint,)
+    # Python services: the measured launcher is the only program `occlum run` may start.
+    expected = LAUNCHER if plan.python is not None else plan.entrypoint
+    assert config.entry_points == (expected,) and config.program == expected
 
 
 def test_bom_copies_what_the_plan_lists(tmp_path, registry, standin_root):
@@ -295,7 +298,8 @@ def test_debug_server_refused_unless_allowed(tmp_path, registry):
     with pytest.raises(SpecError, match=r"occlum.server_measurements\[0\]: .*DEBUG"):
         plan_of(spec, registry)
     spec.write_text(spec.read_text() + "allow_debug_server = true\n")
-    assert plan_of(spec, registry).occlum.server_identities[0].debug is True
+    with pytest.warns(UserWarning, match="DEBUG secret server"):
+        assert plan_of(spec, registry).occlum.server_identities[0].debug is True
 
 
 def test_occlum_section_needs_occlum_libos(tmp_path, registry):

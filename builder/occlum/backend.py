@@ -310,26 +310,29 @@ def check_runtime_base(plan: ServicePlan, rootfs: RootFS) -> None:
                                f"({rootfs}); copy_bom takes the program from there")
 
 
-def stage_plan_files(plan: ServicePlan, stage: Path) -> None:
-    """Lay the plan's files (and the secret server's CA) out under *stage* by destination."""
-    items = [(f.dest, f.source, f.data, f.mode) for f in plan.files]
+def stage_plan_files(plan: ServicePlan, stage: Path, generated: tuple[Any, ...] = ()) -> None:
+    """Lay out under *stage*, by image path, exactly the files the bom lists
+    (:func:`builder.occlum.bom.staged_files`: a model directory's regular files only, never
+    what a symbolic link in it reaches; and the renderer's *generated* files, the launcher),
+    plus the secret server's CA."""
+    from .bom import staged_files
+
+    items = [(f.dest, f.source, f.data, f.mode) for f in staged_files(plan) + list(generated)]
     if plan.secrets and plan.secrets.ca_cert:
         items.append((SECRET_SERVER_CA, plan.secrets.ca_cert, None, 0o644))
+    root = stage.resolve()
     for dest, source, data, mode in items:
         target = stage / posixpath.normpath(dest).lstrip("/")
-        if not target.resolve().is_relative_to(stage.resolve()):
+        if not target.resolve().is_relative_to(root):
             raise OcclumBuildError(f"{dest}: a plan file's destination leaves the image root")
         target.parent.mkdir(parents=True, exist_ok=True)
         if data is not None:
             target.write_bytes(data)
-            os.chmod(target, mode)
-        elif source is not None and source.is_dir():
-            shutil.copytree(source, target, symlinks=False, dirs_exist_ok=True)
         elif source is not None and source.is_file():
             shutil.copyfile(source, target)
-            os.chmod(target, mode)
         else:
             raise OcclumBuildError(f"{source}: added by the plan (as {dest}) but not found")
+        os.chmod(target, mode)
 
 
 # --- outputs ---------------------------------------------------------------------------------
@@ -422,17 +425,22 @@ def _resolve_link(rel: str, link: str, regular: dict[str, tuple[Path, int]],
         raise OcclumBuildError(f"{what}: {rel} links to {link}, which is not in the package")
 
 
-def entrypoint(plan: ServicePlan, entry_points: tuple[str, ...]) -> tuple[str, ...]:
+def entrypoint(plan: ServicePlan, entry_points: tuple[str, ...],
+               program: str | None = None) -> tuple[str, ...]:
     """``occlum run PROGRAM ARGS`` from the instance directory (the image's working directory,
-    /enclave), after creating the run/ directories Occlum writes at start."""
-    program = plan.entrypoint
+    /enclave), after creating the run/ directories Occlum writes at start. PROGRAM and ARGS
+    are positional parameters of the fixed script, never part of it. *program*: the
+    renderer's (its launcher for Python services, which fixes the command line itself and so
+    gets no arguments); default the plan's entrypoint with the plan's arguments."""
+    args = list(plan.argv[1:]) if program in (None, plan.entrypoint) else []
+    program = program or plan.entrypoint
     if entry_points and not any(program == p or program.startswith(p.rstrip("/") + "/")
                                 for p in entry_points):
         raise OcclumBuildError(f"the entrypoint {program} is under none of Occlum.json's "
                                f"entry_points ({', '.join(entry_points)})")
     script = ('mkdir -p run/mount/__ROOT run/initfs/__ROOT && '
               f'exec {OCCLUM} run "$@"')
-    return ("/bin/sh", "-c", script, "occlum-run", program, *plan.argv[1:])
+    return ("/bin/sh", "-c", script, "occlum-run", program, *args)
 
 
 # --- the backend -----------------------------------------------------------------------------
@@ -501,7 +509,7 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
     config = render(plan, OcclumOptions(rootfs=rootfs))
     image = build_image(plan)
     space = Workspace.create(options.staging / "occlum")
-    stage_plan_files(plan, space.stage)
+    stage_plan_files(plan, space.stage, config.generated)
     job = prepare_job(plan, config, rootfs, space, image, options.wrap_keys)
 
     hint = _hint(image, plan)
@@ -587,7 +595,8 @@ def collect(plan: ServicePlan, config: Any, rootfs: RootFS, space: Workspace,
                                data.debug)
     from .configure import releases
 
-    return LibOSArtifacts("occlum", tuple(files), entrypoint(plan, tuple(config.entry_points)),
+    return LibOSArtifacts("occlum", tuple(files), entrypoint(plan, tuple(config.entry_points),
+                                                         config.program or None),
                           identity, manifest=config.occlum_json,
                           releases=releases(config.kms_keys))
 

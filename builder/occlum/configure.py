@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ..plan import FileKind, ProvisionedKey, ServicePlan
 from ..plugin_api import SecretRelease, deliver_keys_as_files
-from .occlum_json import KEYS_DIR
+from .occlum_json import KEYS_DIR, OcclumConfigError
 
 
 def image_key_name(plan: ServicePlan) -> str | None:
@@ -39,6 +39,12 @@ def configure_plan(plan: ServicePlan) -> None:
     """Adjust an Occlum plan (idempotent); other libOSes' plans are left alone."""
     if plan.libos != "occlum":
         return
+    if plan.needs_gramine_quotes:
+        where = plan.origin.locate("service.libos") if plan.origin else "service.libos"
+        raise OcclumConfigError(where, f"framework {plan.framework!r} makes its own SGX quotes "
+                                "through Gramine's /dev/attestation, which Occlum does not "
+                                "have: build it with libos = \"gramine\" (Occlum services "
+                                "fetch their keys from it over GrSecret)")
     deliver_keys_as_files(plan, KEYS_DIR)
     name = image_key_name(plan)
     if name is not None and plan.secrets is not None \

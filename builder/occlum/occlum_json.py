@@ -13,8 +13,9 @@ How the libOS-neutral plan maps onto Occlum:
   raises the EDMM maxima to at least 1 GB kernel heap / 16 GB user space, see
   rules.EDMM_*; memory is committed on demand.)
 - ``process.default_stack_size`` is the plan's stack size; heap and mmap from ``[occlum]``.
-- ``entry_points``: exactly the plan's entrypoint (Occlum matches program paths by prefix, so a
-  file path admits that one program).
+- ``entry_points``: exactly one program (Occlum matches program paths by prefix, so a file path
+  admits that one program): the measured launcher for Python services (launcher.py: Occlum
+  takes the command line from the host), else the plan's entrypoint.
 - ``env.default``: the plan's environment, measured (sorted ``NAME=VALUE``), with Occlum's glibc
   first on ``LD_LIBRARY_PATH``; ``env.untrusted``: the plan's passthrough names only.
 - ``metadata``: product_id / version_number / debuggable from ``[enclave]``; ``disable_log`` is
@@ -175,10 +176,12 @@ def _mounts(plan: ServicePlan, opts: OcclumPlanOptions, keys: bool, out: Rendere
     return mounts
 
 
-def occlum_json(plan: ServicePlan, opts: OcclumPlanOptions, *, keys: bool) -> Rendered:
-    """The Occlum.json document for *plan* (*keys*: init writes fetched keys to KEYS_DIR)."""
+def occlum_json(plan: ServicePlan, opts: OcclumPlanOptions, *, keys: bool,
+                entry_point: str | None = None) -> Rendered:
+    """The Occlum.json document for *plan* (*keys*: init writes fetched keys to KEYS_DIR;
+    *entry_point*: the only program `occlum run` may start, default the plan's entrypoint)."""
     out = Rendered({})
-    entry = plan.entrypoint
+    entry = entry_point or plan.entrypoint
     out.origins["entry_points"] = FRAMEWORK_KEY
     out.origins["process.default_stack_size"] = FRAMEWORK_KEY
     out.origins["process.default_heap_size"] = "occlum.process_heap"

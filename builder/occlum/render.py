@@ -19,6 +19,7 @@ as the secret ``image_key``; the plan's provisioned keys are fetched to
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +28,12 @@ from ..errors import EnclaveBuildError
 from ..plan import KeyDelivery, OcclumPlanOptions, ServicePlan
 from ..rootfs import RootFS
 from . import rules
-from .bom import bom, to_yaml
+from .bom import StagedFile, bom, to_yaml
 from .configure import image_key_name
 from .init_ra import KmsKey, init_ra_conf, kms_keys
-from .occlum_json import FRAMEWORK_KEY, KEYS_DIR, OcclumConfigError, locate, occlum_json
+from .launcher import python_launcher
+from .occlum_json import (FRAMEWORK_KEY, KEYS_DIR, OCCLUM_GLIBC_LIB, OcclumConfigError, locate,
+                          occlum_json)
 
 ROOTFS = "/eb/rootfs"   # where the build container sees the base image's root filesystem (read-only)
 STAGE = "/eb/stage"     # where it sees the files the plan generates/adds (plan.files), laid out by their dest path
@@ -60,6 +63,10 @@ class OcclumConfig:
     #: The wrap key (keys_dir/NAME) that encrypts the SEFS image: give it to
     #: ``occlum build --image-key`` in init_ra.image_key_text form; None = integrity-only image.
     image_key: str | None
+    #: What ``occlum run`` starts: the launcher for Python services, else the entrypoint.
+    program: str = ""
+    #: Files the renderer generates (the launcher), staged and copied like the plan's files.
+    generated: tuple[StagedFile, ...] = ()
 
 
 def _spec_key(origins: dict[str, str], path: str, default: str) -> str:
@@ -80,6 +87,49 @@ def _refuse(plan: ServicePlan, exc: rules.OcclumRuleError, origins: dict[str, st
     key = _spec_key(origins, exc.path, default)
     return OcclumConfigError(locate(plan, key), f"{exc.document} {exc.path or '(top)'}: "
                                                 f"{exc.reason}")
+
+
+#: Directories a hostfs mount may never cover, besides every file the bom copies and every
+#: other mount: what `occlum new` puts in the image itself (Occlum's glibc, the loader, musl's
+#: libc in /lib, /bin) and /etc.
+HOSTFS_FORBIDDEN = (OCCLUM_GLIBC_LIB, "/lib64", "/lib", "/bin", "/etc")
+
+
+def _bom_paths(bom_doc: dict[str, Any]) -> list[str]:
+    """Every image path the bom fills."""
+    out = []
+    for target in bom_doc["targets"]:
+        for source in target.get("copy", []):
+            for entry in source.get("files", []):
+                name = entry if isinstance(entry, str) else entry.get("rename") or entry["name"]
+                out.append(posixpath.join(target["target"], name))
+    return out
+
+
+def _check_hostfs(plan: ServicePlan, opts: OcclumPlanOptions, mounts: list[dict[str, Any]],
+                  image_paths: list[str]) -> None:
+    """A hostfs mount shows a host directory in place of whatever the image has there, and it
+    is mounted after the others: one over a measured file (the program, its libraries, a model)
+    would let the host choose what runs, and one over (or inside) the key ramfs would make
+    Occlum's init write the fetched keys to the host's disk. Refuse both."""
+    others = {m["target"] for m in mounts if m["type"] != "hostfs" and m["target"] != "/"}
+    covered = set(others)
+    covered |= set(HOSTFS_FORBIDDEN) | {KEYS_DIR} | set(image_paths)
+    for target, _ in opts.hostfs:
+        if target.startswith(KEYS_DIR + "/"):
+            hit = KEYS_DIR
+        else:
+            hit = next((p for p in sorted(covered)
+                        if p == target or p.startswith(target.rstrip("/") + "/")), None)
+        if hit is None:
+            continue
+        what = ("the ramfs Occlum's init writes the fetched keys to (they would land on the "
+                "host's disk)" if hit == KEYS_DIR else
+                f"the {hit} mount" if hit in others else
+                f"{hit} of the measured image (the host would choose its content)")
+        raise OcclumConfigError(locate(plan, f"occlum.hostfs.{target}"),
+                                f"a hostfs mount at {target} would cover {what}; allowed: a "
+                                "directory the image does not use, e.g. \"/host/data\"")
 
 
 def _dumps(doc: Any) -> bytes:
@@ -111,7 +161,9 @@ def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumCon
                                 f"{rules.IMAGE_KEY_SECRET!r}: Occlum's init uses that name for "
                                 "the image key")
 
-    rendered = occlum_json(plan, opts, keys=any(k.path for k in keys))
+    launcher = python_launcher(plan)
+    program = launcher.dest if launcher is not None else plan.entrypoint
+    rendered = occlum_json(plan, opts, keys=any(k.path for k in keys), entry_point=program)
     try:
         rules.check_occlum_json(rendered.doc, edmm=plan.enclave.edmm)
     except rules.OcclumRuleError as exc:
@@ -137,12 +189,17 @@ def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumCon
             raise _refuse(plan, exc, origins, "secrets") from None
         conf = _dumps(doc)
 
+    generated = (launcher,) if launcher is not None else ()
+    if launcher is not None and any(f.dest == launcher.dest for f in plan.files):
+        raise OcclumConfigError(locate(plan, FRAMEWORK_KEY), f"{launcher.dest} is where the "
+                                "Occlum backend puts its launcher; the plan adds a file there")
     bom_doc = bom(plan, options.rootfs, options.stage.rstrip("/"),
-                  options.rootfs_dir.rstrip("/"), rendered.mount_targets)
+                  options.rootfs_dir.rstrip("/"), rendered.mount_targets, generated)
     try:
         rules.check_bom(bom_doc)
     except rules.OcclumRuleError as exc:
         raise _refuse(plan, exc, {}, FRAMEWORK_KEY) from None
+    _check_hostfs(plan, opts, rendered.doc["mount"], _bom_paths(bom_doc))
     header = (f"copy_bom for {plan.service} (written by enclave-build; "
               f"plan files from {options.stage}, the runtime from {options.rootfs_dir})")
     return OcclumConfig(
@@ -152,4 +209,6 @@ def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumCon
         entry_points=tuple(rendered.doc["entry_points"]),
         kms_keys=keys,
         image_key=image_key,
+        program=program,
+        generated=generated,
     )

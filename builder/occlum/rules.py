@@ -40,6 +40,10 @@ MIN_DISK_SIZE = 5 << 30
 EDMM_KERNEL_HEAP_MAX = 1 << 30
 EDMM_USER_SPACE_MAX = 16 << 30
 EDMM_TCS_INIT = 16
+#: The SGX SDK's sgx_sign (CMetadata::check_xml_parameter) needs StackMaxSize, the Heap*Size
+#: and ReservedMem*Size of Enclave.xml, which gen_internal_conf takes from resource_limits, to
+#: be multiples of the page size.
+PAGE_SIZE = 0x1000
 #: Documented ranges of the feature flags (docs/.../occlum_configuration.md, "feature").
 FEATURE_RANGES = {"amx": (0, 2), "pkru": (0, 2), "io_uring": (0, 16)}
 #: grpc_ratls (tools/toolchains/grpc_ratls, ``SGX_MESUREMENTS_MAX_SIZE``): sgx_mrs entries
@@ -47,6 +51,14 @@ FEATURE_RANGES = {"amx": (0, 2), "pkru": (0, 2), "io_uring": (0, 16)}
 SGX_MRS_MAX = 16
 #: init_grpc_ratls ``main``: the secret name init asks for when the image is encrypted.
 IMAGE_KEY_SECRET = "image_key"
+#: Environment variables the host may never set (env.untrusted): each changes what code or
+#: configuration is loaded, so the measurement would not say what runs. glibc's own list of
+#: variables it ignores for set-uid programs (UNSECURE_ENVVARS) is the model, plus Python's and
+#: OpenSSL's.
+UNTRUSTED_FORBIDDEN_PREFIXES = ("LD_", "PYTHON", "GCONV_", "OPENSSL_", "SSL_CERT_", "MALLOC_")
+UNTRUSTED_FORBIDDEN = frozenset({"GLIBC_TUNABLES", "LOCPATH", "NLSPATH", "HOSTALIASES",
+                                 "RESOLV_HOST_CONF", "RES_OPTIONS", "LOCALDOMAIN", "GETCONF_DIR",
+                                 "TZDIR", "NIS_PATH", "TMPDIR", "HOME", "PATH"})
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX_ID = re.compile(r"^(0x)?[0-9a-fA-F]{1,16}$")
@@ -134,7 +146,8 @@ class _Checker:
             raise self.fail(path, f"expected true or false ({rule})")
         return value
 
-    def size(self, value: Any, path: str, rule: str, nonzero: bool = True) -> int:
+    def size(self, value: Any, path: str, rule: str, nonzero: bool = True,
+             page: bool = False) -> int:
         text = self.string(value, path, rule)
         try:
             size = parse_memory_size(text)
@@ -144,6 +157,11 @@ class _Checker:
                                   "(parse_memory_size)") from None
         if nonzero and size == 0:
             raise self.fail(path, f"{text!r} is zero ({rule})")
+        if page and size % PAGE_SIZE:
+            raise self.fail(path, f"{text!r} is not a multiple of 4KB: it becomes an enclave "
+                                  "stack, heap or reserved-memory size in Enclave.xml, which "
+                                  "the SGX SDK's sgx_sign refuses unaligned "
+                                  "(CMetadata::check_xml_parameter)")
         return size
 
     def strings(self, value: Any, path: str, rule: str) -> list[str]:
@@ -194,14 +212,14 @@ def _check_resource_limits(c: _Checker, rl: Any, edmm: bool) -> int:
                          f"{init} exceeds max_num_of_threads {threads} (gen_internal_conf: "
                          "\"init_num_of_threads ... wrong configuration\")")
     c.size(rl["kernel_space_stack_size"], "resource_limits.kernel_space_stack_size",
-           f"{rule}.kernel_space_stack_size")
+           f"{rule}.kernel_space_stack_size", page=True)
     heap = c.size(rl["kernel_space_heap_size"], "resource_limits.kernel_space_heap_size",
-                  f"{rule}.kernel_space_heap_size")
+                  f"{rule}.kernel_space_heap_size", page=True)
     heap_max = heap
     if rl.get("kernel_space_heap_max_size") is not None:
         heap_max = c.size(rl["kernel_space_heap_max_size"],
                           "resource_limits.kernel_space_heap_max_size",
-                          f"{rule}.kernel_space_heap_max_size")
+                          f"{rule}.kernel_space_heap_max_size", page=True)
         if heap > heap_max:
             raise c.fail("resource_limits.kernel_space_heap_size",
                          f"the initial kernel heap exceeds kernel_space_heap_max_size "
@@ -210,10 +228,10 @@ def _check_resource_limits(c: _Checker, rl: Any, edmm: bool) -> int:
     if edmm:
         heap_max = max(heap_max, EDMM_KERNEL_HEAP_MAX)
     user = c.size(rl["user_space_size"], "resource_limits.user_space_size",
-                  f"{rule}.user_space_size")
+                  f"{rule}.user_space_size", page=True)
     if rl.get("user_space_max_size") is not None:
         user_max = c.size(rl["user_space_max_size"], "resource_limits.user_space_max_size",
-                          f"{rule}.user_space_max_size")
+                          f"{rule}.user_space_max_size", page=True)
         if user > user_max:
             raise c.fail("resource_limits.user_space_size",
                          "the initial user space exceeds user_space_max_size "
@@ -267,6 +285,11 @@ def _check_env(c: _Checker, env: Any) -> None:
                                                              "(HashSet<String>)")
     for i, name in enumerate(untrusted):
         _env_name(c, name, f"env.untrusted[{i}]")
+        if name.startswith(UNTRUSTED_FORBIDDEN_PREFIXES) or name in UNTRUSTED_FORBIDDEN:
+            raise c.fail(f"env.untrusted[{i}]",
+                         f"{name} decides what code or configuration the enclave loads (the "
+                         "dynamic loader, the interpreter, glibc, OpenSSL); taken from the host "
+                         "it would let the host change what runs behind the measurement")
         if name in names:
             raise c.fail(f"env.untrusted[{i}]",
                          f"{name} is also measured in env.default[{names[name]}]; an untrusted "
@@ -394,8 +417,11 @@ def _check_mounts(c: _Checker, mounts: Any, heap_max: int) -> None:
         target = m["target"].rstrip("/") or "/"
         if target == "/":
             roots.append(i)
-        if target in RESERVED_TARGETS:
-            raise c.fail(f"{path}.target", f"{target} is mounted by Occlum itself (procfs/devfs, "
+        reserved = next((r for r in RESERVED_TARGETS
+                         if target == r or target.startswith(r + "/")), None)
+        if reserved is not None:
+            where = target if target == reserved else f"{target} is inside {reserved}, which"
+            raise c.fail(f"{path}.target", f"{where} is mounted by Occlum itself (procfs/devfs, "
                                            "gen_internal_conf gen_app_config)")
         if target in seen:
             raise c.fail(f"{path}.target", f"{target} is mounted twice (also mount"

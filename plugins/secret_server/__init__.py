@@ -227,6 +227,7 @@ def plan(spec: Spec) -> ServicePlan:
     # Simulation only: where quotes come from when there is no quote device. It decides nothing
     # about trust: a quote from it verifies only against a synthetic root.
     plan.env_passthrough.append("ENCLAVE_BUILD_SIMULATED_QUOTER")
+    plan.needs_gramine_quotes = True  # its RA-TLS identity: quotes from /dev/attestation
     plan.allowed.append("/etc/resolv.conf")
     plan.add_file(None, "/etc/hosts", FileKind.ALLOWED,
                   data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
