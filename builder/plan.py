@@ -105,6 +105,9 @@ class SecretProvisioning:
     ca_cert: Path | None = None    # the server's CA, shipped as a trusted file
     keys: list[ProvisionedKey] = field(default_factory=list)
     delivery: KeyDelivery = KeyDelivery.CONSTRUCTOR
+    #: Instead of a CA: the secret server is an attested enclave ([secrets] server_measurements;
+    #: see builder.server_trust). Exactly one of ca_cert and server_trust is set for IN_ENCLAVE.
+    server_trust: "ServerTrust | None" = None
 
 
 #: Standard-library trees and extension modules that never run in a model server; left out of
@@ -179,6 +182,27 @@ class ServerIdentity:
     debug: bool
 
 
+#: How a model enclave pins its secret server: every identity field, or the signer only
+#: (MRSIGNER and ISV_PROD_ID equal, ISV_SVN at least the named build's).
+SERVER_PINS = ("mr_enclave", "mr_signer")
+
+
+@dataclass(frozen=True)
+class ServerTrust:
+    """What enclave-build's model server requires of an RA-TLS secret server (one that runs in
+    an enclave of its own and presents a self-signed RA-TLS certificate): one of *identities*
+    (from the secret-server builds' measurements.json), compared as *pin* says; the quote
+    verified against *root_ca* (None: Intel's SGX root) with *collateral* (a file, measured)
+    or collateral fetched from *pccs_url*, accepting only *allowed_tcb_statuses*."""
+
+    identities: tuple[ServerIdentity, ...]
+    pin: str = "mr_enclave"                   # one of SERVER_PINS
+    root_ca: Path | None = None               # None: Intel's root (inside dcap-qvl)
+    collateral: Path | None = None
+    pccs_url: str | None = None
+    allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
+
+
 @dataclass(frozen=True)
 class OcclumPlanOptions:
     """Occlum-only knobs, from the spec's optional ``[occlum]`` section (sizes in bytes; None =
@@ -234,6 +258,9 @@ class ServicePlan:
     python: PythonRuntime | None = None
     #: Occlum-only options ([occlum] in the spec); None = defaults.
     occlum: OcclumPlanOptions | None = None
+    #: The program itself makes SGX quotes through Gramine's /dev/attestation (the secret
+    #: server's own RA-TLS identity); a libOS without that device (Occlum) refuses the plan.
+    needs_gramine_quotes: bool = False
     #: Where the spec's keys are, for backends' error messages (None for hand-made plans).
     origin: SpecOrigin | None = None
 

@@ -24,6 +24,7 @@ from .rootfs import RootFS
 from .schema import Field, Problem, Section
 from .spec import ModelSpec, Spec, SpecError
 from .spec_origin import spec_origin
+from . import server_trust
 
 __all__ = [
     "hookimpl", "Framework", "LibOS", "BuildOptions", "Progress", "NullProgress",
@@ -210,7 +211,10 @@ def base_plan(spec: Spec, framework: Framework, *, entrypoint: str, argv: list[s
     plan.labels["org.enclave-build.framework"] = framework.name
     if spec.secrets.server:
         plan.secrets = SecretProvisioning(spec.secrets.server, spec.secrets.ca,
-                                          delivery=key_delivery)
+                                          delivery=key_delivery,
+                                          server_trust=spec.secrets.server_trust)
+        if spec.secrets.server_trust is not None:   # an attested secret server, not a CA
+            server_trust.add_to_plan(spec, plan, framework.name)
     return plan
 
 
@@ -440,12 +444,17 @@ def server_config(spec: Spec, plan: ServicePlan, models: Sequence[Mapping[str, A
                   grpc_port: int, rest_port: int, tls: Mapping[str, Any] | None = None,
                   limits: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The model server's configuration (schema: model_server/config.py) for *plan*: keys are
-    the plan's provisioned keys, fetched by the server from the spec's secret server."""
+    the plan's provisioned keys, fetched by the server from the spec's secret server (checked
+    against ``[secrets] ca``, or by its RA-TLS quote with ``server_measurements``: see
+    :mod:`builder.server_trust`)."""
     keys = None
     if plan.secrets is not None and plan.secrets.keys:
         keys = {"server": plan.secrets.server, "ca": SECRET_SERVER_CA,
                 "names": [k.name for k in plan.secrets.keys], "timeout_seconds": 10,
                 "evidence": "tcg-dice"}
+        if plan.secrets.server_trust is not None:   # verified by its quote (builder.server_trust)
+            del keys["ca"]
+            keys["server_identity"] = server_trust.identity_config(plan.secrets.server_trust)
     return {
         "version": 1, "service": spec.service.name,
         "grpc": {"host": "0.0.0.0", "port": grpc_port},
@@ -589,6 +598,8 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     runtime = python or PythonRuntime()
     wanted = list(SERVER_DISTRIBUTIONS) + list(BACKEND_DISTRIBUTIONS.get(backend, ()))
     wanted += list(packages)
+    if plan.secrets is not None and plan.secrets.server_trust is not None:
+        wanted += list(server_trust.TRUST_DISTRIBUTIONS)   # verifies the server's quote
     runtime.distributions = list(dict.fromkeys(runtime.distributions + wanted))
     runtime.modules = list(dict.fromkeys(runtime.modules + list(SERVER_MODULES) + list(modules)))
     plan.python = runtime

@@ -18,8 +18,8 @@ from typing import Any, Mapping
 from ._tomlpos import KeyLocator
 from .errors import UsageError
 from .schema import Field, Problem, Section, did_you_mean, validate_section
-from . import occlum_spec
-from .plan import OcclumPlanOptions
+from . import occlum_spec, server_trust
+from .plan import OcclumPlanOptions, ServerTrust
 from .k8s.settings import DEPLOY, DeploySpec, check_deploy
 
 _NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -84,7 +84,7 @@ SECRETS = Section("secrets", "where the enclave fetches its keys at start-up", (
     Field("ca", "path", "PEM CA certificate that signed the secret server's TLS certificate"),
     Field("keys_dir", "path", "where wrap keys are read from, or created (mode 0600) when missing; "
           "never inside the image or the output", default="keys", must_exist=False),
-))
+) + server_trust.FIELDS)   # server_measurements & co.: an attested secret server (instead of ca)
 
 TLS = Section("tls", "TLS for the served endpoint (certificate and key ship encrypted)", (
     Field("cert", "path", "PEM certificate (chain) the model server presents", required=True),
@@ -169,6 +169,7 @@ class SecretsSpec:
     server: str | None
     ca: Path | None
     keys_dir: Path
+    server_trust: ServerTrust | None = None   # [secrets] server_measurements (builder.server_trust)
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,7 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
 
     _check_signing(signing, problems)
     _check_secrets(values["secrets"], models, data, problems)
+    trust = server_trust.check(values["secrets"], data.get("secrets"), libos, base_dir, problems)
     occlum = occlum_spec.check(values["occlum"], "occlum" in data, libos,
                                bool(values["enclave"].get("edmm")), base_dir, problems)
     check_deploy(values["deploy"], values["enclave"], problems)
@@ -322,7 +324,7 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
         image=ImageSpec(image["base"], image["tag"]),
         signing=SigningSpec(signing["key"], signing["passphrase_env"], signing["public_key"],
                             signing["signature"], signing["date"]),
-        secrets=SecretsSpec(secrets["server"], secrets["ca"], secrets["keys_dir"]),
+        secrets=SecretsSpec(secrets["server"], secrets["ca"], secrets["keys_dir"], trust),
         tls=TLSSpec(values["tls"]["cert"], values["tls"]["key"]) if "tls" in data else None,
         build=BuildSpec(values["build"]["reproducible"]),
         occlum=occlum,
@@ -338,7 +340,8 @@ def _check_secrets(secrets: dict[str, Any], models: list[dict[str, Any]], data: 
     encrypted = [i for i, m in enumerate(models) if m.get("encrypt")]
     needs_key = encrypted or "tls" in data
     if secrets.get("server") and secrets.get("ca") is None and ("secrets", "ca") not in \
-            {p.path for p in problems}:
+            {p.path for p in problems} and "server_measurements" not in (
+                data["secrets"] if isinstance(data.get("secrets"), dict) else ()):
         problems.append(Problem(("secrets", "ca"), "required with secrets.server: the enclave "
                                 "checks the secret server's certificate against this CA"))
     if needs_key and not secrets.get("server") and ("secrets", "server") not in \

@@ -87,12 +87,51 @@ class ModelConfig:
 KEY_SOURCES = ("ra-tls", "files")
 
 
+#: How ``keys.server_identity`` pins the secret server's enclave.
+SERVER_PINS = ("mr_enclave", "mr_signer")
+TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
+                "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded")
+
+
+@dataclass(frozen=True)
+class ExpectedServer:
+    """One secret-server build the server may be. *mr_enclave* is None with pin "mr_signer"."""
+
+    mr_signer: str
+    isv_prod_id: int
+    isv_svn: int
+    debug: bool = False
+    mr_enclave: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerTrustConfig:
+    """``keys.server_identity``: the secret server is an enclave with a self-signed RA-TLS
+    certificate, verified by its quote (model_server.server_attest) instead of a CA::
+
+        {"pin": "mr_enclave" | "mr_signer",
+         "builds": [{"mr_enclave"?, "mr_signer", "isv_prod_id", "isv_svn", "debug": false}],
+         "root_ca": "intel" | IMAGE_PATH, "collateral": IMAGE_PATH | null,
+         "pccs_url": URL | null, "allowed_tcb_statuses": ["UpToDate", ...]}
+
+    pin "mr_enclave": every field equal to one build; "mr_signer": mr_signer and isv_prod_id
+    equal, isv_svn at least the build's. Exactly one of collateral and pccs_url."""
+
+    pin: str
+    builds: tuple[ExpectedServer, ...]
+    root_ca: str | None           # image path of a PEM root; None: Intel's SGX root
+    collateral: str | None        # image path of the collateral JSON (trusted)
+    pccs_url: str | None
+    allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
+
+
 @dataclass(frozen=True)
 class KeysConfig:
     """The wrap keys the server needs before any model is opened.
 
     ``source = "ra-tls"`` (default): fetched inside the enclave, one RA-TLS connection each,
-    from *server*, checked against *ca*. ``source = "files"``: read from *directory*/NAME,
+    from *server*, checked against *ca* — or, with *server_identity*, a secret server in an
+    enclave, verified by its RA-TLS quote. ``source = "files"``: read from *directory*/NAME,
     where the libOS put them (Occlum); the models are then opened as they are."""
 
     server: str                   # HOST:PORT of the secret server ("" with source "files")
@@ -102,6 +141,7 @@ class KeysConfig:
     evidence: str = "tcg-dice"    # RA-TLS certificate format presented
     source: str = "ra-tls"        # one of KEY_SOURCES
     directory: str | None = None  # image path of the key files (source "files")
+    server_identity: ServerTrustConfig | None = None   # instead of ca ("" then)
 
 
 @dataclass(frozen=True)
@@ -160,12 +200,83 @@ def _keys(k: Any, where: str) -> KeysConfig:
             raise ConfigError(f"{where}.directory: expected the absolute image path of the "
                               "key files (source \"files\")")
         return KeysConfig("", "", tuple(names), source=kind, directory=directory)
-    _known(k, {"source", "server", "ca", "names", "timeout_seconds", "evidence"}, where)
-    for name in ("server", "ca"):
-        if not isinstance(k.get(name), str):
-            raise ConfigError(f"{where}.{name}: required (a string) with source \"ra-tls\"")
-    return KeysConfig(k["server"], k["ca"], tuple(names), float(k.get("timeout_seconds", 10.0)),
-                      k.get("evidence", "tcg-dice"))
+    _known(k, {"source", "server", "ca", "names", "timeout_seconds", "evidence",
+               "server_identity"}, where)
+    if not isinstance(k.get("server"), str):
+        raise ConfigError(f"{where}.server: required (a string) with source \"ra-tls\"")
+    trust = None
+    if "server_identity" in k:
+        if "ca" in k:
+            raise ConfigError(f"{where}: give ca or server_identity, not both")
+        trust = _server_identity(k["server_identity"], f"{where}.server_identity")
+    elif not isinstance(k.get("ca"), str):
+        raise ConfigError(f"{where}.ca: required (a string) with source \"ra-tls\" unless "
+                          "server_identity is given")
+    return KeysConfig(k["server"], k.get("ca", ""), tuple(names),
+                      float(k.get("timeout_seconds", 10.0)), k.get("evidence", "tcg-dice"),
+                      server_identity=trust)
+
+
+def _hex32(value: Any) -> bool:
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))
+
+
+def _u16(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFF
+
+
+def _server_identity(t: Any, where: str) -> ServerTrustConfig:
+    if not isinstance(t, dict):
+        raise ConfigError(f"{where}: expected an object")
+    _known(t, {"pin", "builds", "root_ca", "collateral", "pccs_url", "allowed_tcb_statuses"},
+           where)
+    pin = t.get("pin")
+    if pin not in SERVER_PINS:
+        raise ConfigError(f"{where}.pin: {pin!r}; allowed: "
+                          + ", ".join(f'"{p}"' for p in SERVER_PINS))
+    items = t.get("builds")
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{where}.builds: expected a non-empty array of identities")
+    builds = []
+    for i, b in enumerate(items):
+        at = f"{where}.builds[{i}]"
+        if not isinstance(b, dict):
+            raise ConfigError(f"{at}: expected an object")
+        _known(b, {"mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "debug"}, at)
+        if not _hex32(b.get("mr_signer")):
+            raise ConfigError(f"{at}.mr_signer: expected 64 lower-case hex digits")
+        if (pin == "mr_enclave") != ("mr_enclave" in b) or (
+                "mr_enclave" in b and not _hex32(b["mr_enclave"])):
+            raise ConfigError(f"{at}.mr_enclave: " + (
+                "expected 64 lower-case hex digits (pin \"mr_enclave\")"
+                if pin == "mr_enclave" else "not with pin \"mr_signer\""))
+        for name in ("isv_prod_id", "isv_svn"):
+            if not _u16(b.get(name)):
+                raise ConfigError(f"{at}.{name}: expected an integer 0..65535")
+        if b.get("debug", False) is not False:
+            raise ConfigError(f"{at}.debug: must be false (a DEBUG secret server cannot be "
+                              "trusted: its host reads its memory)")
+        builds.append(ExpectedServer(b["mr_signer"], b["isv_prod_id"], b["isv_svn"], False,
+                                     b.get("mr_enclave")))
+    root = t.get("root_ca", "intel")
+    if not isinstance(root, str) or not (root == "intel" or root.startswith("/")):
+        raise ConfigError(f"{where}.root_ca: \"intel\" or the absolute image path of a PEM root")
+    collateral, pccs = t.get("collateral"), t.get("pccs_url")
+    if (collateral is None) == (pccs is None):
+        raise ConfigError(f"{where}: give exactly one of collateral and pccs_url")
+    if collateral is not None and not (isinstance(collateral, str) and collateral.startswith("/")):
+        raise ConfigError(f"{where}.collateral: expected the absolute image path of a file")
+    if pccs is not None and not (isinstance(pccs, str) and pccs.startswith(("https://",
+                                                                             "http://"))):
+        raise ConfigError(f"{where}.pccs_url: expected an http(s) URL")
+    statuses = t.get("allowed_tcb_statuses", ["UpToDate"])
+    if (not isinstance(statuses, list) or not statuses
+            or not all(s in TCB_STATUSES for s in statuses)):
+        raise ConfigError(f"{where}.allowed_tcb_statuses: expected a non-empty array of "
+                          f"{', '.join(TCB_STATUSES)}")
+    return ServerTrustConfig(pin, tuple(builds), None if root == "intel" else root, collateral,
+                             pccs, tuple(statuses))
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> ServerConfig:

@@ -18,6 +18,12 @@ server whose certificate must chain to ``keys.ca`` and name the host of ``keys.s
 server name (SNI) is the *key name*, which is how the secret server is asked for that key; then
 Gramine's provisioning exchange (:mod:`attestation.wire`) and exactly 16 bytes.
 
+With ``keys.server_identity`` instead of ``keys.ca`` (the secret server runs in an enclave of
+its own and presents a self-signed RA-TLS certificate: mutual RA-TLS), the handshake accepts
+that certificate and :class:`model_server.server_attest.ServerVerifier` checks its quote and
+identity right after it, before the request is sent; a server that fails is refused like a
+refused key (:class:`KeyFetchError`, exit 3) and nothing is sent to it.
+
 Where quotes come from:
 
 * the Gramine quote device (SGX): ``/dev/attestation/attestation_type`` reads ``dcap``; the
@@ -55,6 +61,7 @@ from attestation import protected_files, wire
 from attestation.ratls import FORMATS, create_certificate
 
 from .config import KeysConfig, host_path
+from .server_attest import ServerRefused, ServerVerifier
 
 SIMULATED_QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
 REPORT_DATA_SIZE = 64
@@ -190,16 +197,24 @@ def _hostname_matches(cert: x509.Certificate, host: str) -> bool:
     return False
 
 
-def _client_context(ca_file: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey,
-                    workdir: Path) -> ssl.SSLContext:
+def _client_context(ca_file: Path | None, cert: x509.Certificate,
+                    key: ec.EllipticCurvePrivateKey, workdir: Path) -> ssl.SSLContext:
+    """*ca_file* None: the server's certificate is a self-signed RA-TLS one, accepted by the
+    handshake and verified by its quote right after (no CA can vouch for it)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False        # SNI carries the key name; the host is checked below
-    context.verify_mode = ssl.CERT_REQUIRED
-    try:
-        context.load_verify_locations(cafile=str(ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise KeyFetchError(f"cannot load the secret server's CA {ca_file}: {exc}") from None
+    if ca_file is None:
+        context.verify_mode = ssl.CERT_NONE
+        # The attested certificate must stay the connection's: no renegotiation to another.
+        context.options |= ssl.OP_NO_RENEGOTIATION
+    else:
+        context.verify_mode = ssl.CERT_REQUIRED
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise KeyFetchError(f"cannot load the secret server's CA {ca_file}: {exc}") \
+                from None
     cert_path, key_path = workdir / "ratls.crt", workdir / "ratls.key"
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -215,9 +230,15 @@ def _client_context(ca_file: Path, cert: x509.Certificate, key: ec.EllipticCurve
     return context
 
 
-def fetch_key(name: str, server: str, ca_file: Path, make_quote: QuoteSource, *,
-              timeout: float = 10.0, evidence: str = "tcg-dice") -> bytes:
-    """One RA-TLS connection to *server* asking (by SNI) for key *name*: its 16 bytes."""
+def fetch_key(name: str, server: str, ca_file: Path | None, make_quote: QuoteSource, *,
+              timeout: float = 10.0, evidence: str = "tcg-dice",
+              verifier: ServerVerifier | None = None) -> bytes:
+    """One RA-TLS connection to *server* asking (by SNI) for key *name*: its 16 bytes. The
+    server is checked against *ca_file*, or (exactly one of the two) by *verifier* (an
+    attested secret server, see :mod:`model_server.server_attest`)."""
+    if (ca_file is None) == (verifier is None):
+        raise KeyFetchError("internal: a secret server is checked against a CA or by its "
+                            "quote (exactly one)")
     host, port = _parse_address(server, "keys.server")
     peer = f"{host}:{port}"
     if evidence not in FORMATS:
@@ -238,7 +259,16 @@ def fetch_key(name: str, server: str, ca_file: Path, make_quote: QuoteSource, *,
                                 f"{ca_file}: {exc.verify_message}") from None
         with tls:
             der = tls.getpeercert(binary_form=True)
-            if der is None or not _hostname_matches(x509.load_der_x509_certificate(der), host):
+            if verifier is not None:
+                if not der:
+                    raise KeyFetchError(f"secret server {peer} presented no certificate")
+                try:
+                    verifier.check(der, peer)
+                except ServerRefused as exc:
+                    raise KeyFetchError(f"secret server {peer} is refused: {exc}. Nothing was "
+                                        f"sent to it (key {name} not asked for)") from None
+            elif der is None or not _hostname_matches(x509.load_der_x509_certificate(der),
+                                                      host):
                 raise KeyFetchError(f"secret server {peer}: its certificate is not issued for "
                                     f"{host!r} (subject alternative names / common name)")
             tls.sendall(wire.REQUEST)
@@ -434,13 +464,23 @@ def prepare_keys(config: KeysConfig | None) -> KeyRing:
     root = _ATTESTATION_ROOT
     in_gramine = (root / "keys").is_dir()
     make_quote = quote_source(config.timeout_seconds)
-    ca_file = host_path(config.ca)
+    verifier = None
+    ca_file: Path | None = None
+    if config.server_identity is not None:
+        try:
+            verifier = ServerVerifier(config.server_identity, config.timeout_seconds)
+        except ServerRefused as exc:
+            raise KeyFetchError(f"secret server {config.server}: {exc}") from None
+        verifier.announce()
+    else:
+        ca_file = host_path(config.ca)
     keys: dict[str, bytes] = {}
     for name in config.names:
         if not name or "/" in name or name in (".", ".."):
             raise KeyFetchError(f"keys.names: {name!r} is not a valid key name")
         key = fetch_key(name, config.server, ca_file, make_quote,
-                        timeout=config.timeout_seconds, evidence=config.evidence)
+                        timeout=config.timeout_seconds, evidence=config.evidence,
+                        verifier=verifier)
         if in_gramine:
             _install(root, name, key)
         keys[name] = key
