@@ -24,6 +24,7 @@ import tomli_w
 from ..errors import EnclaveBuildError
 from ..hashing import HashCache, hash_files
 from ..elf import LoaderView, closure, read_deps
+from ..model_files import regular_files
 from ..plan import FileKind, KeyDelivery, PlanFile, ServicePlan
 from ..python_closure import python_closure
 from ..plugin_api import (SECRET_SERVER_CA, ArtifactFile, BuildOptions, EnclaveIdentity, LibOSArtifacts,
@@ -195,7 +196,7 @@ def _expand_plan_file(item: PlanFile, uri_path: str) -> list[tuple[str, Path | b
         base = item.source / uri_path[len(item.dest):]
         if base.is_dir():
             return [(f"file:{item.dest}{p.relative_to(item.source).as_posix()}", p)
-                    for p in sorted(base.rglob("*")) if p.is_file()]
+                    for p in regular_files(base)]
         return [(f"file:{uri_path}", base)]
     return [(f"file:{uri_path}", item.source)]
 
@@ -288,7 +289,7 @@ def _encrypted_items(item: PlanFile) -> list[tuple[str, Path | bytes]]:
     if item.source.is_dir():
         base = item.dest.rstrip("/") + "/"
         return [(base + p.relative_to(item.source).as_posix(), p)
-                for p in sorted(item.source.rglob("*")) if p.is_file()]
+                for p in regular_files(item.source)]
     return [(item.dest, item.source)]
 
 

@@ -34,6 +34,7 @@ from typing import Any, Iterable
 
 from ..elf import LoaderView, closure
 from ..errors import EnclaveBuildError
+from ..model_files import regular_files
 from ..plan import ServicePlan
 from ..python_closure import python_closure
 from ..rootfs import RootFS, RootFSError
@@ -74,23 +75,6 @@ class StagedFile:
     data: bytes | None
     mode: int
     sha256: str
-
-
-def _regular_files(top: Path) -> list[Path]:
-    """Regular files under the directory *top*, sorted, never through a symbolic link.
-
-    As for Gramine (builder.image.assemble), only a model directory's own regular files are
-    shipped: a symbolic link (to /etc/shadow, the signing key, a directory elsewhere or a loop),
-    a FIFO, a device node or a socket in it is left out, so nothing outside the directory the
-    spec names reaches the image and nothing blocks the build."""
-    out: list[Path] = []
-    for directory, dirs, files in os.walk(top, followlinks=False):
-        dirs.sort()
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
-            path = Path(directory) / name
-            if stat.S_ISREG(path.lstat().st_mode):
-                out.append(path)
-    return sorted(out)
 
 
 def _check_name(plan: ServicePlan, dest: str, source: Path | None) -> None:
@@ -135,7 +119,7 @@ def staged_files(plan: ServicePlan) -> list[StagedFile]:
         if item.dest.endswith("/"):
             if item.source is None or not item.source.is_dir():
                 raise BomError(f"{item.dest}: a directory entry needs a source directory")
-            for path in _regular_files(item.source):
+            for path in regular_files(item.source):
                 add(item.dest + path.relative_to(item.source).as_posix(), path, None, item.mode)
         else:
             if item.source is not None and not item.source.is_file():
