@@ -27,6 +27,21 @@ class MountType(enum.Enum):
     TMPFS = "tmpfs"
 
 
+#: Environment variables the host may never set for the enclave (Gramine passthrough, Occlum
+#: env.untrusted): each changes what code or configuration is loaded, so the measurement would
+#: not say what runs. glibc's list of variables it ignores for set-uid programs
+#: (UNSECURE_ENVVARS) is the model, plus Python's and OpenSSL's.
+HOST_FORBIDDEN_ENV_PREFIXES = ("LD_", "PYTHON", "GCONV_", "OPENSSL_", "SSL_CERT_", "MALLOC_")
+HOST_FORBIDDEN_ENV = frozenset({"GLIBC_TUNABLES", "LOCPATH", "NLSPATH", "HOSTALIASES",
+                                "RESOLV_HOST_CONF", "RES_OPTIONS", "LOCALDOMAIN", "GETCONF_DIR",
+                                "TZDIR", "NIS_PATH", "TMPDIR", "HOME", "PATH"})
+
+
+def host_may_set(name: str) -> bool:
+    """Whether an environment variable may come from the host (see HOST_FORBIDDEN_ENV)."""
+    return not (name.startswith(HOST_FORBIDDEN_ENV_PREFIXES) or name in HOST_FORBIDDEN_ENV)
+
+
 @dataclass
 class PlanFile:
     """A file (or directory, with a trailing ``/`` in *dest*) the build adds to the image.

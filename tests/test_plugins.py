@@ -63,6 +63,27 @@ def test_configure_hook_can_stop_a_build(tmp_path, standin_root, signing_key):
         build(spec, base=f"dir:{standin_root}", registry=PluginRegistry(extra_plugins=[Refuse()]))
 
 
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "PYTHONPATH", "GLIBC_TUNABLES", "OPENSSL_CONF"])
+def test_a_plugin_cannot_pass_loader_variables_through_from_the_host(tmp_path, standin_root,
+                                                                      signing_key, name):
+    """A passthrough of a variable that changes what the enclave loads would make the
+    measurement say nothing about what runs: refused, naming it."""
+    from builder.build import build
+    from builder.errors import EnclaveBuildError
+
+    class Passthrough:
+        @hookimpl
+        def enclave_build_configure(self, spec, plan):
+            plan.env_passthrough.append(name)
+
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
+    spec = write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n'
+                                '[signing]\nkey = "key.pem"\n')
+    with pytest.raises(EnclaveBuildError, match=f"{name} would be passed through from the host"):
+        build(spec, base=f"dir:{standin_root}",
+              registry=PluginRegistry(extra_plugins=[Passthrough()]))
+
+
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory) -> Path:
     """pip-install the third-party plugin into its own directory (not into this environment)."""

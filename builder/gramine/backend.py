@@ -25,7 +25,7 @@ from ..errors import EnclaveBuildError
 from ..hashing import HashCache, hash_files
 from ..elf import LoaderView, closure, read_deps
 from ..model_files import regular_files
-from ..plan import FileKind, KeyDelivery, PlanFile, ServicePlan
+from ..plan import FileKind, KeyDelivery, PlanFile, ServicePlan, host_may_set
 from ..python_closure import python_closure
 from ..plugin_api import (SECRET_SERVER_CA, ArtifactFile, BuildOptions, EnclaveIdentity, LibOSArtifacts,
                           PendingSignature)
@@ -103,6 +103,11 @@ def render_manifest(plan: ServicePlan, runtime: GramineRuntime, log_level: str =
     allowed = [f"file:{p}" for p in plan.allowed]
     allowed += [f"file:{f.dest}" for f in plan.files if f.kind is FileKind.ALLOWED]
     values = {"HOME": DEFAULT_HOME, **plan.env, **provisioning_env(plan)}
+    unsafe = sorted(n for n in set(plan.env_passthrough) if not host_may_set(n))
+    if unsafe:
+        raise ManifestRenderError(f"environment variable(s) {', '.join(unsafe)} would be "
+                                  "passed through from the host, but each changes what the "
+                                  "enclave loads (set it as a measured value instead)")
     clash = sorted(set(values) & set(plan.env_passthrough))
     if clash:
         raise ManifestRenderError(f"environment variable(s) {', '.join(clash)} both set and "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
+from ..plan import HOST_FORBIDDEN_ENV, HOST_FORBIDDEN_ENV_PREFIXES
 from ..errors import EnclaveBuildError
 
 U32_MAX = (1 << 32) - 1
@@ -51,14 +52,9 @@ FEATURE_RANGES = {"amx": (0, 2), "pkru": (0, 2), "io_uring": (0, 16)}
 SGX_MRS_MAX = 16
 #: init_grpc_ratls ``main``: the secret name init asks for when the image is encrypted.
 IMAGE_KEY_SECRET = "image_key"
-#: Environment variables the host may never set (env.untrusted): each changes what code or
-#: configuration is loaded, so the measurement would not say what runs. glibc's own list of
-#: variables it ignores for set-uid programs (UNSECURE_ENVVARS) is the model, plus Python's and
-#: OpenSSL's.
-UNTRUSTED_FORBIDDEN_PREFIXES = ("LD_", "PYTHON", "GCONV_", "OPENSSL_", "SSL_CERT_", "MALLOC_")
-UNTRUSTED_FORBIDDEN = frozenset({"GLIBC_TUNABLES", "LOCPATH", "NLSPATH", "HOSTALIASES",
-                                 "RESOLV_HOST_CONF", "RES_OPTIONS", "LOCALDOMAIN", "GETCONF_DIR",
-                                 "TZDIR", "NIS_PATH", "TMPDIR", "HOME", "PATH"})
+#: Environment variables the host may never set (env.untrusted): see builder.plan.
+UNTRUSTED_FORBIDDEN_PREFIXES = HOST_FORBIDDEN_ENV_PREFIXES
+UNTRUSTED_FORBIDDEN = HOST_FORBIDDEN_ENV
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX_ID = re.compile(r"^(0x)?[0-9a-fA-F]{1,16}$")
