@@ -86,12 +86,18 @@ def test_links_fifos_and_loops_in_a_model_directory_never_reach_the_image(
     (models / "etc").symlink_to("/etc")               # a directory outside it
     (models / "loop").symlink_to(models)              # a loop
     os.mkfifo(models / "pipe")                        # would block a copy forever
-    plan, config = _render(write_spec(tmp_path, CLEAR_MODEL_DIR), registry, standin_root)
+    from builder.model_files import SkippedModelFile
+
+    with pytest.warns(SkippedModelFile) as caught:   # what is left out is said, by name
+        plan, config = _render(write_spec(tmp_path, CLEAR_MODEL_DIR), registry, standin_root)
+    said = " ".join(str(w.message) for w in caught)
+    assert "key.pem: a symbolic link" in said and "etc: a symbolic link to /etc" in said
     assert list(_copied(config.bom_yaml, "/models/")) == ["/models/face/1/model.tflite"]
 
     stage = tmp_path / "stage"
     stage.mkdir()
-    stage_plan_files(plan, stage, config.generated)
+    with pytest.warns(SkippedModelFile):
+        stage_plan_files(plan, stage, config.generated)
     staged = sorted(p.relative_to(stage / "models").as_posix()
                     for p in (stage / "models").rglob("*"))
     assert staged == ["face", "face/1", "face/1/model.tflite"]
