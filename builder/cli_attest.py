@@ -133,6 +133,11 @@ def _refused(endpoint: str, exc, synthetic: bool, as_json: bool) -> None:  # noq
     for m in exc.mismatches:
         click.echo(f"error:   {m.field}: {m.build} has {m.expected!r}, the server has "
                    f"{m.actual!r}", err=True)
+    if not synthetic and "quote verification failed" in exc.reason:
+        click.echo("hint: the quote was verified up to Intel's SGX root CA. A server run with "
+                   "`enclave-build run --simulate` quotes with a SYNTHETIC test PKI: for such a "
+                   "simulation only, add --allow-synthetic-root PKI/root.pem (the root.pem of "
+                   "the --pki directory it was run with)", err=True)
     sys.exit(1)
 
 

@@ -339,7 +339,11 @@ def _check_secrets(secrets: dict[str, Any], models: list[dict[str, Any]], data: 
     may use is the framework's rule: see builder.plugin_api.require_one_key.)"""
     encrypted = [i for i, m in enumerate(models) if m.get("encrypt")]
     needs_key = encrypted or "tls" in data
-    if secrets.get("server") and secrets.get("ca") is None and ("secrets", "ca") not in \
+    service = data.get("service") if isinstance(data.get("service"), dict) else {}
+    # On Occlum the libOS's init verifies the server by its quote ([occlum]
+    # server_measurements); no CA is used there, so none is required.
+    if service.get("libos") != "occlum" and \
+            secrets.get("server") and secrets.get("ca") is None and ("secrets", "ca") not in \
             {p.path for p in problems} and "server_measurements" not in (
                 data["secrets"] if isinstance(data.get("secrets"), dict) else ()):
         problems.append(Problem(("secrets", "ca"), "required with secrets.server: the enclave "

@@ -414,3 +414,48 @@ def test_a_gramine_base_is_refused_for_occlum(signing_key, tmp_path, standin_roo
     assert proc.returncode == 1, err
     assert "image.base: the base image" in err and "/opt/occlum/build/bin/occlum" in err
     assert "occlum/occlum:0.31.0-rt-ubuntu20.04" in err and "base build occlum-python" in err
+
+
+def test_the_refusal_names_the_base_actually_read(runtime_base, signing_key, tmp_path,
+                                                  standin_root):
+    """`--base` overrides [image] base: the refusal names the base that was read, not the
+    spec's; a runtime base without the framework's program says so, naming image.base."""
+    spec = _project(tmp_path / "project", runtime_base, signing_key)
+    proc = run_cli("build", str(spec), "--output", str(tmp_path / "out"),
+                   "--base", f"dir:{standin_root}")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert f"the base image dir:{standin_root} has no /opt/occlum/build/bin/occlum" in err
+    assert str(runtime_base) not in err
+
+    bare = tmp_path / "occlum-runtime-only"
+    shutil.copytree(runtime_base, bare, symlinks=True)
+    python = next(p for p in (bare / "usr/bin").glob("python3*") if not p.is_symlink())
+    for path in (bare / "usr/bin").glob("python3*"):
+        path.unlink()
+    proc = run_cli("build", str(spec), "--output", str(tmp_path / "out"), "--base",
+                   f"dir:{bare}")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "image.base: the base image" in err and f"has no /usr/bin/{python.name}" in err
+    assert "framework's runtimes" in err and "base build occlum-python" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_inspect_and_run_say_plainly_they_do_not_handle_occlum_builds(encrypted_build):
+    """inspect reads Gramine's SIGSTRUCT only and `run --simulate` runs Gramine builds only:
+    for an Occlum build both say so (not "no SIGSTRUCT ... rebuild"), and neither claims the
+    identity agrees."""
+    out = encrypted_build["out"]
+    inspected = run_cli("inspect", str(out), "--json")
+    assert inspected.returncode == 1
+    report = json.loads(inspected.stdout)
+    assert report["agrees"] is False and report["labels"]["libos"] == "occlum"
+    assert report["problems"] == [p for p in report["problems"]
+                                  if "libos = 'occlum'" in p and "Gramine's SIGSTRUCT" in p]
+    assert len(report["problems"]) == 1
+    ran = run_cli("run", str(out), "--simulate")
+    err = ran.stderr.decode()
+    assert ran.returncode == 1, err
+    assert "built with libos = 'occlum'; `run --simulate` runs Gramine builds only" in err
+    assert "disagree" not in err

@@ -23,7 +23,7 @@ from builder.occlum.init_ra import image_key_text
 from builder.occlum.launcher import LAUNCHER
 from builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
 from builder.plan import OcclumPlanOptions
-from builder.plugin_api import SERVER_PYTHONPATH
+from builder.plugin_api import SERVER_CONFIG, SERVER_PYTHONPATH
 from builder.plugins import PluginRegistry
 from builder.rootfs import RootFS
 from builder.spec import SpecError, load_spec
@@ -132,6 +132,23 @@ def test_golden_per_framework(framework, tmp_path, registry, standin_root):
     assert config.entry_points == (expected,) and config.program == expected
 
 
+def test_golden_openvino_ovms_mode(tmp_path, registry, standin_root):
+    """openvino's other mode, the OVMS binary: a binary service (no launcher; `occlum run`
+    starts OVMS itself, with the host's arguments)."""
+    spec = example_spec("openvino", tmp_path)
+    spec.write_text(spec.read_text().replace('mode = "python"', 'mode = "ovms"', 1))
+    plan = plan_of(spec, registry)
+    assert plan.python is None
+    config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
+    rules.check_occlum_json(json.loads(config.occlum_json))
+    rules.check_init_ra_conf(json.loads(config.init_ra_conf))
+    rules.check_bom(yaml.safe_load(config.bom_yaml))
+    check_golden("openvino-ovms.Occlum.json", config.occlum_json)
+    check_golden("openvino-ovms.init_ra_conf.json", config.init_ra_conf)
+    check_golden("openvino-ovms.bom.yaml", config.bom_yaml)
+    assert config.entry_points == (plan.entrypoint,) and config.program == plan.entrypoint
+
+
 def test_bom_copies_what_the_plan_lists(tmp_path, registry, standin_root):
     plan = plan_of(example_spec("tfserving", tmp_path), registry)
     bom = yaml.safe_load(render(plan, OcclumOptions(rootfs=RootFS(standin_root))).bom_yaml)
@@ -172,6 +189,24 @@ key = "../keys/enclave-key.pem"
     mounts = json.loads(config.occlum_json)["mount"]
     assert {"target": "/host/data", "type": "hostfs", "source": "/var/lib/data"} in mounts
     assert not any(m["target"] == KEYS_DIR for m in mounts)
+
+
+def test_occlum_needs_no_secret_server_ca(tmp_path, registry, standin_root):
+    """Occlum's init verifies the secret server by its quote ([occlum] server_measurements),
+    never against a CA: [secrets] ca is not required there (it still is for Gramine)."""
+    spec = example_spec("tflite", tmp_path)
+    spec.write_text(re.sub(r'(?m)^ca = .*\n', "", spec.read_text()))
+    plan = plan_of(spec, registry)
+    assert plan.secrets.ca_cert is None
+    config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
+    assert json.loads(config.init_ra_conf)["ra_config"]["sgx_mrs"][0]["mr_enclave"] == "5e" * 32
+    server = next(f for f in plan.files if f.dest == SERVER_CONFIG)
+    keys = json.loads(server.data)["keys"]
+    assert keys["source"] == "files" and "ca" not in keys
+    spec.write_text(spec.read_text().replace('libos = "occlum"', 'libos = "gramine"')
+                    .split("\n[occlum]")[0])
+    with pytest.raises(SpecError, match=r"secrets\.ca: required with secrets\.server"):
+        plan_of(spec, registry)
 
 
 def test_no_hostfs_unless_asked(tmp_path, registry, standin_root):
@@ -356,6 +391,8 @@ OCCLUM_JSON_RULES = [
     # (JSON path to change, new value, path reported, words in the message)
     ("extra", 1, "extra", "unknown field"),
     ("process", _DELETE, "process", "missing field"),
+    (R, [], R, "expected an object"),
+    ("mount", {}, "mount", "expected an array of mounts"),
     (f"{R}.max_num_of_threads", 0, f"{R}.max_num_of_threads", "out of range"),
     (f"{R}.max_num_of_threads", 1 << 32, f"{R}.max_num_of_threads", "out of range"),
     (f"{R}.max_num_of_threads", "32", f"{R}.max_num_of_threads", "expected an integer"),
@@ -373,6 +410,7 @@ OCCLUM_JSON_RULES = [
     ("process.default_stack_size", "4 M", "process.default_stack_size", "No unit"),
     ("process.stack", "4MB", "process.stack", "unknown field"),
     ("entry_points", [], "entry_points", "empty"),
+    ("entry_points", "/bin", "entry_points", "expected an array of strings"),
     ("entry_points", ["bin"], "entry_points[0]", "not an absolute path"),
     ("entry_points", ["/bin/../root"], "entry_points[0]", "contains \"..\""),
     ("env.default", ["OCCLUM"], "env.default[0]", "not NAME=VALUE"),
@@ -500,6 +538,7 @@ INIT_RA_RULES = [
     ("ra_config.verify_mr_signer", "yes", "ra_config.verify_mr_signer", "neither"),
     ("ra_config.verify_mr_signer", True, "ra_config.verify_mr_signer", "expected a string"),
     (MRS, [], MRS, "accepts no server"),
+    (MRS, {}, MRS, "expected an array"),
     (MRS, [_valid_init_ra()["ra_config"]["sgx_mrs"][0]] * 17, MRS, "only the first 16"),
     (f"{MRS}[0].mr_enclave", "AB" * 32, f"{MRS}[0].mr_enclave", "64 lower-case hex"),
     (f"{MRS}[0].mr_signer", "", f"{MRS}[0].mr_signer", "64 lower-case hex"),
@@ -539,7 +578,9 @@ def _valid_bom() -> dict:
 
 BOM_RULES = [
     ("extra", 1, "extra", "unknown field"),
+    ("targets", {"target": "/"}, "targets", "expected an array"),
     ("targets[0].mkdirs", ["/abs"], "targets[0].mkdirs[0]", "is absolute"),
+    ("targets[0].mkdirs", ["a\nb"], "targets[0].mkdirs[0]", "control characters"),
     ("targets[0].mkdirs", ["$HOME/x"], "targets[0].mkdirs[0]", "environment variable"),
     ("targets[0].target", "bin", "targets[0].target", "not absolute"),
     ("targets[0].extra", [], "targets[0].extra", "unknown field"),

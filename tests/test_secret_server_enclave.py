@@ -193,6 +193,12 @@ def test_attest_refuses_without_the_synthetic_root(served):
     proc = _attest(served, "--measurements", str(served["out"] / "measurements.json"))
     assert proc.returncode == 1
     assert b"not attested" in proc.stderr and b"root" in proc.stderr
+    # ... and says what a user running the simulation forgot.
+    assert b"hint: the quote was verified up to Intel's SGX root CA" in proc.stderr
+    assert b"--allow-synthetic-root PKI/root.pem" in proc.stderr
+    allowed = _attest(served, "--measurements", str(served["out"] / "measurements.json"),
+                      "--allow-synthetic-root", str(served["pki"] / "root.pem"))
+    assert allowed.returncode == 0 and b"hint:" not in allowed.stderr
 
 
 def _model_enclave_fetch(served) -> bytes:

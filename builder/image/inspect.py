@@ -110,6 +110,14 @@ def _inspect(text: str, image: Image, measurements: Measurements | None) -> Insp
     if not service or "mr_enclave" not in labels:
         result.problems.append("no enclave-build labels: not an image built by enclave-build")
         return result
+    if labels.get("libos", "gramine") != "gramine":
+        # Occlum: the SIGSTRUCT is in the SGX SDK metadata of the signed LibOS
+        # (/enclave/build/lib/libocclum-libos.signed.so), which is not read here.
+        result.problems.append(f"built with libos = {labels['libos']!r}: inspect reads "
+                               "Gramine's SIGSTRUCT only, so its identity cannot be checked "
+                               "here (the build compared `occlum print mrenclave|mrsigner` "
+                               "with what it signed)")
+        return result
     sig_path = _enclave_paths(image, service)[1]
     raw = read_file(image, sig_path)
     if raw is None:

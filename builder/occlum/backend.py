@@ -296,18 +296,23 @@ def build_image(plan: ServicePlan) -> str:
 def check_runtime_base(plan: ServicePlan, rootfs: RootFS) -> None:
     """The base the image is assembled on must run Occlum instances."""
     missing = [p for p in (OCCLUM, "/bin/sh") if not rootfs.exists(p)]
+    # The base read (rootfs): [image] base, or the --base that overrode it.
+    where = plan.origin.locate("image.base") if plan.origin else "[image] base"
     if missing:
-        where = plan.origin.locate("image.base") if plan.origin else "[image] base"
         raise OcclumBuildError(
-            f"{where}: the base image {plan.base_image} has no {' or '.join(missing)}: with "
+            f"{where}: the base image {rootfs} has no {' or '.join(missing)}: with "
             f"libos = \"occlum\" the image is assembled on it and runs `occlum run`, so it must "
             f"be an Occlum runtime base with your runtimes, e.g. FROM {RUNTIME_BASE_EXAMPLE} "
             "plus the framework's interpreter and packages (a framework's default base is a "
             "Gramine one; for enclave-build's Python model server: `enclave-build base build "
             f"occlum-python`, then [image] base = \"docker-daemon:{PYTHON_RUNTIME_BASE}\")")
     if not rootfs.exists(plan.entrypoint):
-        raise OcclumBuildError(f"entrypoint {plan.entrypoint} not found in the base image "
-                               f"({rootfs}); copy_bom takes the program from there")
+        raise OcclumBuildError(f"{where}: the base image {rootfs} has no {plan.entrypoint}, "
+                               f"the {plan.framework} service's program; copy_bom takes it "
+                               "from there, so the Occlum runtime base must hold the "
+                               "framework's runtimes too (an Occlum runtime image alone has "
+                               "none; for enclave-build's Python model server: "
+                               "`enclave-build base build occlum-python`)")
 
 
 def stage_plan_files(plan: ServicePlan, stage: Path, generated: tuple[Any, ...] = ()) -> None:
@@ -447,7 +452,8 @@ def entrypoint(plan: ServicePlan, entry_points: tuple[str, ...],
 
 def _hint(image: str, plan: ServicePlan) -> str:
     spec = plan.origin.source if plan.origin else "spec.toml"
-    return (f"  docker pull {image}\n  enclave-build build {spec}\n"
+    return (f"  docker pull {image}\n  enclave-build build {spec}   # again, with the options "
+            "you gave\n"
             f"(another Occlum 0.31 toolchain image: [occlum] build_image, or "
             f"{BUILD_IMAGE_ENV}=IMAGE)")
 

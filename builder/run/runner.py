@@ -129,6 +129,12 @@ def open_build(directory: str | Path) -> tuple[Build, Path]:
     except MeasurementsError as exc:
         raise RunError(f"{directory / 'measurements.json'}: {exc}") from None
     assert measurements is not None
+    if measurements.libos != "gramine":
+        raise RunError(f"{directory}: built with libos = {measurements.libos!r}; `run "
+                       "--simulate` runs Gramine builds only (there is no Occlum runtime "
+                       "here). Run an Occlum "
+                       "image with its own runtime on an SGX machine: docker run --device "
+                       "/dev/sgx_enclave --device /dev/sgx_provision IMAGE")
     _check_identity(directory)
     config = image.config.get("config") or {}
     entrypoint = config.get("Entrypoint") or []
