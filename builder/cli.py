@@ -843,8 +843,12 @@ Example:
               default="auto", show_default=True,
               help="auto: gramine-direct if the image holds a real Gramine and we are root, "
                    "else a plain process (Python-server frameworks only).")
+@click.option("--listen-all", is_flag=True,
+              help="Plain process: serve on the image's addresses (usually 0.0.0.0, reachable "
+                   "from the network) instead of 127.0.0.1. (Under gramine-direct the measured "
+                   "configuration decides.)")
 def run(build_dir: Path, simulate: bool, pki: Path | None, env_items: tuple[str, ...],
-        mode: str) -> None:
+        mode: str, listen_all: bool) -> None:
     """Run the image built into BUILD_DIR here, as a SIMULATION (no SGX).
 
     Unpacks BUILD_DIR/oci into a private root, starts a simulated quoter for the build's
@@ -862,7 +866,7 @@ def run(build_dir: Path, simulate: bool, pki: Path | None, env_items: tuple[str,
                                     "runs use the image itself, e.g. `docker run` with the "
                                     "SGX devices)")
         options = RunOptions(pki=pki, env=parse_env(env_items), mode=mode,
-                             log=lambda line: click.echo(line, err=True))
+                             log=lambda line: click.echo(line, err=True), listen_all=listen_all)
         code = run_build(build_dir, options)
     sys.exit(code)
 

@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT_ENV = "ENCLAVE_BUILD_ROOT"
+#: Plain-process simulation only (with ROOT_ENV): the address that replaces the wildcard
+#: listen addresses of the image's configuration, so a simulation on a developer's machine is
+#: not served to the network (`enclave-build run --simulate` sets 127.0.0.1 unless told
+#: --listen-all). Never set inside an enclave: the manifest does not pass it through.
+LISTEN_ENV = "ENCLAVE_BUILD_SIMULATION_LISTEN"
 CONFIG_VERSION = 1
 
 
@@ -173,7 +178,15 @@ def _listener(value: Any, where: str) -> Listener | None:
     port = value["port"]
     if not 0 <= port <= 65535:
         raise ConfigError(f"{where}.port: {port} is not a TCP port")
-    return Listener(str(value.get("host", "0.0.0.0")), port)
+    return _simulated(Listener(str(value.get("host", "0.0.0.0")), port))
+
+
+def _simulated(listener: Listener) -> Listener:
+    """*listener*, with a wildcard host replaced by LISTEN_ENV in a plain-process simulation."""
+    override = os.environ.get(LISTEN_ENV) if os.environ.get(ROOT_ENV) else None
+    if override and listener.host in ("0.0.0.0", "::", ""):
+        return Listener(override, listener.port)
+    return listener
 
 
 def _known(table: dict, allowed: set[str], where: str) -> None:
@@ -328,8 +341,10 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ServerConfig:
     limits = Limits(**limits_table)
     return ServerConfig(
         service=str(data.get("service", "model-server")), models=tuple(models),
-        grpc=_listener(data.get("grpc"), f"{source}: grpc") if "grpc" in data else Listener("0.0.0.0", 8001),
-        rest=_listener(data.get("rest"), f"{source}: rest") if "rest" in data else Listener("0.0.0.0", 8000),
+        grpc=_listener(data.get("grpc"), f"{source}: grpc") if "grpc" in data
+        else _simulated(Listener("0.0.0.0", 8001)),
+        rest=_listener(data.get("rest"), f"{source}: rest") if "rest" in data
+        else _simulated(Listener("0.0.0.0", 8000)),
         tls=tls, limits=limits, keys=keys,
         drain_seconds=float(data.get("drain_seconds", 20.0)), metrics=bool(data.get("metrics", True)))
 

@@ -13,6 +13,8 @@ same input bytes); numpy.array_equal, not allclose.
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +72,10 @@ def test_tflite_two_models_two_keys_each_fetched_separately(tmp_path, keys, stan
     assert sorted(s for s, _ in released) == ["owner-a-key", "owner-b-key"]
     assert all("TLS server name" in reason for _, reason in released)
     assert "SIMULATION: not an SGX enclave" in run.output.text
+    # A plain-process simulation is not served to the network: the image says 0.0.0.0.
+    assert "listens on 127.0.0.1 only" in run.output.text
+    assert re.search(r"grpc 127\.0\.0\.1:\d+", run.output.text), run.output.text
+    assert "0.0.0.0" not in run.output.text
 
 
 def test_wrong_measurement_is_refused_and_never_serves(tmp_path, keys, standin_root):

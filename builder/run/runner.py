@@ -46,6 +46,7 @@ except ModuleNotFoundError:  # pragma: no cover
 
 QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
 ROOT_ENV = "ENCLAVE_BUILD_ROOT"
+LISTEN_ENV = "ENCLAVE_BUILD_SIMULATION_LISTEN"   # model_server.config.LISTEN_ENV (test holds it)
 SERVER_PYTHONPATH = "/opt/enclave-build/python"
 BANNER = ("SIMULATION: not an SGX enclave; nothing here is attested. Quotes come from a "
           "simulated quoter signed by a SYNTHETIC test PKI; a secret server accepts them only "
@@ -70,6 +71,8 @@ class RunOptions:
     stderr: IO[Any] | int | None = None
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
     started: Callable[[subprocess.Popen], None] | None = None   # called with the process
+    #: plain process: serve on the image's wildcard addresses instead of 127.0.0.1
+    listen_all: bool = False
 
 
 @dataclass
@@ -292,6 +295,10 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
                                                stdout=options.stdout, stderr=options.stderr)
             else:
                 argv, full_env, cwd = process_command(build, root, env)
+                if not options.listen_all:
+                    full_env[LISTEN_ENV] = "127.0.0.1"
+                    log("run: plain process: the model server listens on 127.0.0.1 only "
+                        "(--listen-all for the image's addresses)")
                 process = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=options.stdout,
                                            stderr=options.stderr, start_new_session=True)
             if options.started is not None:
@@ -302,4 +309,4 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
 
 
 __all__ = ["run_build", "RunOptions", "RunError", "CannotSimulate", "open_build", "choose_mode",
-           "process_command", "parse_env", "BANNER", "QUOTER_ENV", "ROOT_ENV"]
+           "process_command", "parse_env", "BANNER", "QUOTER_ENV", "ROOT_ENV", "LISTEN_ENV"]
