@@ -70,7 +70,8 @@ Output (DIR):
                         quote-provider ConfigMap; secret-server ConfigMap, Deployment,
                         Service, PodDisruptionBudget, NetworkPolicy
   overlays/production/  written once, then yours; Secrets from files in its secrets/
-  monitoring/           prometheus-adapter rules for the autoscaler's custom metrics
+  monitoring/           prometheus-adapter rules for the autoscaler's custom metrics:
+                        its config.yaml rules, and the same as Helm chart values
 \b
 Exit codes: 0 written, 2 the build output cannot be deployed as it is (the message says what
 to change), 1 anything else.
@@ -140,7 +141,8 @@ EPC per replica = enclave size + libOS margin (Gramine: 1 MiB for SECS and versi
 pages; Occlum: 96 MiB + 1 MiB per thread for its kernel heap, kernel stacks and LibOS image),
 rounded up to MiB, plus 8 MiB for the aesmd sidecar of pods that attest. Replicas per node are
 also limited by the SGX device plugin's per-node container limit for /dev/sgx_enclave
-(-enclave-limit, default 20; an attesting pod uses two).
+(-enclave-limit, default 20; an attesting pod uses two). A rolling update starts one replica
+more before it stops an old one, so run at most the cluster's replicas minus one.
 \b
 Exit codes: 0 at least one replica fits per node, 2 none does (the plan is still printed,
 then why) or bad arguments.
@@ -219,6 +221,9 @@ def _print_plan(result: "CapacityPlan") -> None:
                f"{result.limited_by}; enclave-limit {result.enclave_limit}, "
                f"{result.enclave_devices_per_pod} per pod)")
     click.echo(f"cluster            {result.replicas} replicas on {result.nodes} node(s)")
+    if result.replicas:
+        click.echo(f"rolling update     the Deployment surges by one replica: at most "
+                   f"{result.replicas - 1} replicas (and HPA max_replicas) leave it room")
 
 
 def register(main: click.Group) -> None:

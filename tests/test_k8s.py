@@ -69,14 +69,19 @@ def _model_files(models: Path, example: str) -> None:
 
 
 def make_build(tmp: Path, example: str, *, deploy: str = DEPLOY, size: str | None = None,
-               extra: str = "", image_ref: str | None = None) -> Path:
-    """A build output directory for examples/EXAMPLE/spec.toml (+ *deploy*), without Docker."""
+               extra: str = "", image_ref: str | None = None,
+               replace: dict[str, str] | None = None) -> Path:
+    """A build output directory for examples/EXAMPLE/spec.toml (+ *deploy*), without Docker;
+    *replace* maps text of the example spec to what it becomes."""
     base = tmp / "examples"
     spec_dir = base / example
     spec_dir.mkdir(parents=True, exist_ok=True)
     text = (ROOT / "examples" / example / "spec.toml").read_text()
     if size is not None:
         text = re.sub(r'(?m)^size = "[0-9]+[KMG]"', f'size = "{size}"', text)
+    for old, new in (replace or {}).items():
+        assert old in text, f"{old!r} is not in examples/{example}/spec.toml"
+        text = text.replace(old, new)
     (spec_dir / "spec.toml").write_text(text + deploy + extra)
     _model_files(base / "models", example)
     keys = base / "keys"

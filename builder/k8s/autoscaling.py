@@ -76,17 +76,31 @@ def _rule(series: str, name: str, query: str) -> Obj:
             "metricsQuery": query}
 
 
+#: p95 over two minutes; a pod that served nothing in that window has no quantile
+#: (``histogram_quantile`` of all-zero rates is NaN), so ``>= 0`` drops the NaN and the ``or``
+#: branch reports 0 for it. Without that the HPA gets NaN (older prometheus-adapters turn it
+#: into -9223372036854775808m) or no value for an idle pod, and a metric it cannot read stops
+#: it from ever scaling down.
+LATENCY_QUERY = ("histogram_quantile(0.95, sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) "
+                 "by (le, <<.GroupBy>>)) >= 0 or "
+                 "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>) * 0")
+
+
 def adapter_rules() -> Obj:
-    """prometheus-adapter's ``rules`` (its config.yaml; the Helm chart's ``rules.custom``).
-    Prometheus must scrape the pods (their prometheus.io/* annotations) with ``namespace``
-    and ``pod`` labels, as the usual kubernetes-pods scrape job does."""
+    """prometheus-adapter's ``rules`` (its config.yaml). Prometheus must scrape the pods
+    (their prometheus.io/* annotations) with ``namespace`` and ``pod`` labels, as the usual
+    kubernetes-pods scrape job does."""
     return {"rules": [
         _rule(QUEUE, QUEUE, "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"),
-        _rule("model_server_request_duration_seconds_bucket", LATENCY,
-              "histogram_quantile(0.95, sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) "
-              "by (le, <<.GroupBy>>))"),
+        _rule("model_server_request_duration_seconds_bucket", LATENCY, LATENCY_QUERY),
         _rule(MEMORY, MEMORY, "max(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"),
     ]}
 
 
-__all__ = ["hpa", "adapter_rules", "wanted", "labels"]
+def adapter_helm_values() -> Obj:
+    """The same rules as values of the prometheus-community/prometheus-adapter Helm chart
+    (``rules.custom``); the chart's default rules stay as they are."""
+    return {"rules": {"custom": adapter_rules()["rules"]}}
+
+
+__all__ = ["hpa", "adapter_rules", "adapter_helm_values", "wanted", "labels"]

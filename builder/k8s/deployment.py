@@ -103,6 +103,13 @@ def attests(info: ServiceInfo) -> bool:
     return bool(info.keys)
 
 
+def deploys_secret_server(info: ServiceInfo) -> bool:
+    """The in-cluster secret server (``enclave-build secrets serve``, a CA-signed TLS identity)
+    can serve the enclave's keys; an enclave that accepts only an attested secret-server
+    enclave gets none (see :func:`builder.k8s.layout.external_secret_server_note`)."""
+    return attests(info) and not info.secret_server_enclave
+
+
 def epc_for(info: ServiceInfo) -> EpcRequest:
     margin = memory_bytes(info.deploy.epc_margin) if info.deploy.epc_margin else None
     return epc_request(info.enclave.size, info.libos, info.enclave.max_threads,
@@ -368,4 +375,4 @@ def ingress(info: ServiceInfo) -> Obj | None:
 
 __all__ = ["EPC", "ENCLAVE", "PROVISION", "MI", "model_server_deployment",
            "model_server_service", "disruption_budget", "ingress", "qcnl_configmap",
-           "namespace_object", "epc_for"]
+           "namespace_object", "epc_for", "attests", "deploys_secret_server"]

@@ -12,7 +12,8 @@ and per-environment changes are patches in an overlay instead of a templating la
     DIR/overlays/production/               written once, then the operator's
         kustomization.yaml                 Secrets generated from secrets/ (key files, TLS)
         secrets/README.md  .gitignore      which files to put there; never committed
-    DIR/monitoring/prometheus-adapter-rules.yaml
+    DIR/monitoring/prometheus-adapter-rules.yaml    its config.yaml ``rules`` (with an HPA)
+    DIR/monitoring/prometheus-adapter-values.yaml   the same for its Helm chart
 
 Everything is rendered before anything is written; ``base/``, ``monitoring/`` and README.md
 are then each replaced by a rename. An existing overlay is left alone (it may hold the
@@ -107,26 +108,55 @@ _NEEDED_TO_ATTEST = {
 }
 
 
+def check_supported(build: BuildOutput) -> None:
+    """Refuse, saying why, what this generator cannot deploy correctly."""
+    info = build.service
+    if info.ra_tls_identity:
+        raise K8sError(
+            f"{build.directory}/service.json: ra_tls_identity: {info.service!r} (framework "
+            f"{info.framework}) presents an RA-TLS identity of its own: it is a secret server "
+            "in an enclave, which `enclave-build k8s` does not deploy. Its keys are uploaded "
+            "into each replica's enclave memory by their owners, so replicas behind one "
+            "Service would not be interchangeable and a restarted pod would hold no keys. Run "
+            "it on an SGX host as README \"The secret server in an enclave of its own\" "
+            "shows; `k8s` deploys the model enclaves that trust it (their pods dial its "
+            "[secrets] server address)")
+
+
 def check_settings(build: BuildOutput) -> None:
     """Every [deploy] setting a service that fetches keys needs, reported together."""
     info = build.service
     if not deployment.attests(info):
         return
-    missing = [(key, *_NEEDED_TO_ATTEST[key]) for key in _NEEDED_TO_ATTEST
+    needed = [key for key in _NEEDED_TO_ATTEST if key != "secret_server_image"
+              or deployment.deploys_secret_server(info)]
+    missing = [(key, *_NEEDED_TO_ATTEST[key]) for key in needed
                if not getattr(info.deploy, key)]
     if missing:
         lines = "".join(f"\n  [deploy] {key} (or {flag}): {what}" for key, flag, what in missing)
+        where = ("from an in-cluster secret server" if deployment.deploys_secret_server(info)
+                 else f"from the secret-server enclave at {info.secret_server}")
         raise K8sError(f"{build.directory}/service.json: the service fetches keys "
-                       f"({', '.join(info.keys)}) from an in-cluster secret server; set in the "
-                       f"spec and rebuild, or pass:{lines}")
+                       f"({', '.join(info.keys)}) {where}; set in the spec and rebuild, or "
+                       f"pass:{lines}")
+
+
+def external_secret_server_note(build: BuildOutput) -> str:
+    info = build.service
+    return (f"no in-cluster secret server: the enclave accepts its secret server only as an "
+            f"attested enclave (its quote is checked, not a CA-signed certificate), and the "
+            f"secret server `k8s` deploys is a plain process; run the secret-server enclave "
+            f"build (framework secret-server) on an SGX host and make {info.secret_server} "
+            f"reach it from the pods (measured into the enclave)")
 
 
 def generate(build: BuildOutput) -> Manifests:
     info = build.service
+    check_supported(build)
     check_settings(build)
     # Names first: each object below would otherwise fail on its own, later.
     deployment.check_object_name(info.service, f"{build.directory}/service.json: service")
-    if deployment.attests(info):
+    if deployment.deploys_secret_server(info):
         secret_server.names(build)
     out = Manifests()
     header = HEADER.format(source=f"{info.service} (mr_enclave {build.measurements.mr_enclave})")
@@ -151,12 +181,18 @@ def generate(build: BuildOutput) -> Manifests:
         out.add(f"{ms}/hpa.yaml", hpa, header)
         out.files["monitoring/prometheus-adapter-rules.yaml"] = header + dump(
             autoscaling.adapter_rules())
+        out.files["monitoring/prometheus-adapter-values.yaml"] = header + (
+            "# Values for the prometheus-community/prometheus-adapter Helm chart (the same rules "
+            "as\n# prometheus-adapter-rules.yaml); set prometheus.url to your Prometheus.\n"
+        ) + dump(autoscaling.adapter_helm_values())
     elif info.deploy.max_replicas is not None and info.deploy.max_replicas > info.deploy.replicas:
         out.notes.append(f"no HorizontalPodAutoscaler: {info.framework}'s server exports none of "
                          "the model server's metrics (queue depth, latency, enclave memory), and "
                          "CPU alone is the wrong signal for an enclave; scale by hand or export "
                          "metrics")
-    if deployment.attests(info):
+    if deployment.attests(info) and not deployment.deploys_secret_server(info):
+        out.notes.append(external_secret_server_note(build))
+    if deployment.deploys_secret_server(info):
         ss = "base/secret-server"
         toml_text = secret_server.secrets_toml(build)
         out.add(f"{ss}/configmap.yaml", secret_server.config_map(build, toml_text), header)
@@ -167,6 +203,12 @@ def generate(build: BuildOutput) -> Manifests:
         note = secret_server.address_note(build)
         if note:
             out.notes.append(note)
+    registry = build.image.split("/", 1)[0]
+    if secret_server.is_loopback(registry.rpartition(":")[0] if registry.count(":") == 1
+                                 or registry.startswith("[") else registry):
+        out.notes.append(f"the image is in a loopback registry ({registry}): each node pulls "
+                         "from its own loopback, so copy it to a registry the nodes reach "
+                         "(keeping the digest) and pass --image")
     if deployment.read_only_root(info) is False and info.deploy.read_only_root:
         out.notes.append(f"root filesystem left writable: {info.libos} keeps run-time state in "
                          "its instance directory")
@@ -186,9 +228,10 @@ def _overlay(build: BuildOutput) -> dict[str, str]:
     head = ("# The production overlay: written once by `enclave-build k8s`, then yours (patch "
             "replicas, hosts,\n# resources here). Secrets are generated from files in "
             "secrets/, which never enter git.\n")
-    if deployment.attests(info):
+    if deployment.deploys_secret_server(info):
         n = secret_server.names(build)
         keys = secret_server.key_files(build)
+        host = (info.secret_server or "").rpartition(":")[0]
         kustomization["secretGenerator"] = [
             {"name": n.tls, "namespace": n.namespace, "type": "kubernetes.io/tls",
              "files": ["tls.crt=secrets/tls.crt", "tls.key=secrets/tls.key"]},
@@ -199,10 +242,14 @@ def _overlay(build: BuildOutput) -> dict[str, str]:
             f"# Secret-server material for {info.service}\n\n"
             "Put these files here (they become Secrets at `kubectl apply -k`; never commit "
             "them):\n\n"
-            "- `tls.crt`, `tls.key`: the secret server's TLS certificate (for "
-            f"`{n.fqdn()}` or the host the enclave was built to dial, "
-            f"`{info.secret_server}`) and key, signed by the CA in the spec's [secrets] ca "
-            "(`enclave-build secrets tls DIR --host NAME` makes a pair).\n"
+            "- `tls.crt`, `tls.key`: the secret server's TLS certificate and key, signed by "
+            f"the CA in the spec's [secrets] ca, for the host the enclave was built to dial, "
+            f"`{host}`" + ("" if n.matches_build else
+                           f" (a loopback address: rebuild the enclave to dial `{n.fqdn()}`)"
+                           if secret_server.is_loopback(host) else
+                           f" (made to resolve to `{n.fqdn()}`)") +
+            ". `enclave-build secrets tls DIR --host NAME` makes `server.crt` and `server.key`:"
+            " copy them here as `tls.crt` and `tls.key`.\n"
             + "".join(f"- `{k}`: the 16-byte wrap key from the build machine's keys_dir "
                       f"(`cp KEYS_DIR/{k} .`, mode 0600).\n" for k in keys))
     files["kustomization.yaml"] = head + dump(kustomization)
@@ -231,7 +278,7 @@ def _readme(build: BuildOutput, out: Manifests) -> str:
         "",
         "```",
     ]
-    if deployment.attests(info):
+    if deployment.deploys_secret_server(info):
         lines.append(f"# first put the files listed in {OVERLAY}/secrets/README.md there")
     lines += [f"kubectl apply -k {OVERLAY}",
               f"kubectl -n {deployment.namespace(info)} rollout status deployment/{info.service}",

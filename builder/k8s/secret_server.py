@@ -85,6 +85,12 @@ def names(build: BuildOutput) -> SecretServerNames:
     return SecretServerNames(name, ns, int(port), False)
 
 
+def is_loopback(host: str) -> bool:
+    """A loopback address: inside a pod it is the pod itself, whatever DNS says."""
+    host = host.strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def address_note(build: BuildOutput) -> str | None:
     """What the operator must do when the build's [secrets] server is not a cluster name."""
     n = names(build)
@@ -93,7 +99,7 @@ def address_note(build: BuildOutput) -> str | None:
     host = (build.service.secret_server or "").rpartition(":")[0].strip("[]")
     rebuild = (f"rebuild with [secrets] server = \"{n.fqdn()}:{n.port}\" (and a certificate "
                "for that name: `enclave-build secrets tls DIR --host ...`)")
-    if host in ("localhost", "::1") or host.startswith("127."):
+    if is_loopback(host):
         # Inside a pod the loopback address is the pod itself: no DNS entry can fix that.
         return (f"the enclave dials the secret server at {build.service.secret_server} "
                 f"(measured into it), which inside a pod is the pod itself, not the Service "

@@ -14,7 +14,13 @@ secret. ``enclave-build k8s`` reads only the build output directory::
      "metrics": {"port": "http", "path": "/metrics", "scheme": "HTTP"} | null,
      "drain_seconds": 20.0 | null, "run_as": {"user": 10001, "group": 0},
      "writable_paths": ["/models/face_detection"], "keys": ["face-detect-key"],
-     "secret_server": "localhost:4433" | null, "tls": false, "deploy": {...}}
+     "secret_server": "localhost:4433" | null, "secret_server_enclave": false,
+     "ra_tls_identity": false, "tls": false, "deploy": {...}}
+
+``secret_server_enclave``: the enclave accepts its secret server only as an attested enclave
+(``[secrets] server_measurements``, or Occlum's init over mutual RA-TLS), not by a CA-signed
+certificate. ``ra_tls_identity``: the program presents an RA-TLS identity of its own, quoting
+through ``/dev/attestation`` (enclave-build's secret server built as an enclave).
 
 ``health.kind`` is ``kserve-v2`` for enclave-build's model server (HTTP probes on its REST
 port) and ``tcp`` for servers whose health endpoints enclave-build does not know (a TCP check
@@ -30,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EnclaveBuildError, UsageError
-from ..plan import MountType, ServicePlan
+from ..plan import KeyDelivery, MountType, ServicePlan
 from .capacity import LIBOS
 from .settings import DeploySpec, validate_deploy
 
@@ -96,6 +102,8 @@ class ServiceInfo:
     writable_paths: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()
     secret_server: str | None = None
+    secret_server_enclave: bool = False
+    ra_tls_identity: bool = False
     tls: bool = False
     deploy: DeploySpec = field(default_factory=DeploySpec)
     version: int = FORMAT_VERSION
@@ -189,6 +197,8 @@ class ServiceInfo:
                 r.choice(metrics, "scheme", ("HTTP", "HTTPS"), "metrics", "HTTP")),
             drain_seconds=None if drain is None else float(drain),
             writable_paths=tuple(writable), keys=tuple(keys), secret_server=server,
+            secret_server_enclave=r.boolean(data, "secret_server_enclave", "", False),
+            ra_tls_identity=r.boolean(data, "ra_tls_identity", "", False),
             tls=r.boolean(data, "tls", "", False),
             deploy=_deploy({} if data.get("deploy") is None else data["deploy"],
                            enclave, source))
@@ -211,8 +221,8 @@ class ServiceInfo:
 
 
 _TOP_KEYS = {"version", "service", "framework", "libos", "enclave", "ports", "health", "run_as",
-             "metrics", "drain_seconds", "writable_paths", "keys", "secret_server", "tls",
-             "deploy"}
+             "metrics", "drain_seconds", "writable_paths", "keys", "secret_server",
+             "secret_server_enclave", "ra_tls_identity", "tls", "deploy"}
 _SERVICE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _WORD = re.compile(r"^[a-z0-9][-a-z0-9_.]{0,63}$")
@@ -334,4 +344,9 @@ def service_info(plan: ServicePlan, deploy: DeploySpec, run_as: tuple[int, int],
         drain_seconds=drain, writable_paths=writable,
         keys=tuple(k.name for k in secrets.keys) if secrets else (),
         secret_server=secrets.server if secrets and secrets.keys else None,
+        # Occlum's init fetches every key over mutual RA-TLS: the server must quote too.
+        secret_server_enclave=bool(secrets and secrets.keys and (
+            secrets.server_trust is not None or plan.libos == "occlum"
+            or secrets.delivery is KeyDelivery.LIBOS_FILES)),
+        ra_tls_identity=plan.needs_gramine_quotes,
         tls=tls, deploy=deploy)
