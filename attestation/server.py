@@ -444,6 +444,7 @@ class SecretServer:
                     return
                 time.sleep(0.05)   # e.g. out of file descriptors: retry, never die
                 continue
+            _no_delay(sock)
             self._admit(sock, peer, kind)
 
     def _admit(self, sock: socket.socket, peer: tuple, kind: str = "secret_prov") -> None:
@@ -840,6 +841,16 @@ class _Watchdog:
 def _der(cert: x509.Certificate) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding
     return cert.public_bytes(Encoding.DER)
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """Small writes go out at once: without TCP_NODELAY, Nagle's algorithm holds the server's
+    small TLS/HTTP/2 records until the client's delayed ACK (~40 ms per GrSecret connection,
+    measured by benchmarks/grsecret.py)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass   # not a TCP socket (e.g. a test's socketpair)
 
 
 def _accept_any_certificate(conn, cert, errno, depth, ok) -> bool:  # noqa: ANN001

@@ -474,3 +474,36 @@ def test_the_attest_client_refuses_renegotiation():
     from attestation.attest_client import _client_context
 
     assert _client_context(None, None).options & ssl.OP_NO_RENEGOTIATION
+
+
+@pytest.mark.integration
+def test_accepted_sockets_send_small_records_at_once(env, monkeypatch):
+    """TCP_NODELAY on every accepted socket, both listeners: without it Nagle's algorithm held
+    GrSecret's small HTTP/2 writes ~40 ms for the client's delayed ACK (benchmarks/grsecret.py)."""
+    import attestation.server as server_module
+
+    seen: list[int] = []
+    real = server_module._no_delay
+
+    def recording(sock):
+        real(sock)
+        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(server_module, "_no_delay", recording)   # one process (env's config)
+    build = Measurements("secret-server", "secret-server", "gramine",
+                         identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3, False,
+                         ImageRef(None, None))
+    with SimulatedQuoter(env.pki, build, warn=False) as quoter:
+        monkeypatch.setenv(SIMULATED_QUOTER_ENV, quoter.env_value)
+        srv = SecretServer(load_config(env.config))
+        address = srv.start()
+        try:
+            for address in (address, srv.grsecret_address):
+                with socket.create_connection(address, timeout=5):
+                    pass
+            deadline = time.monotonic() + 5
+            while len(seen) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            srv.shutdown()
+    assert seen[:2] == [1, 1], seen
