@@ -399,8 +399,8 @@ def _runtime(p: Probes, check_id: str, module: str, package: str, use: str,
         except Exception:  # noqa: BLE001
             continue
     return Check(check_id, title, MISSING, f"cannot import {module} in {sys.executable}: "
-                 f"{reason} ({use})", f"{sys.executable} -m pip install {package} (pinned in "
-                 "constraints.txt: pip install -c constraints.txt .)")
+                 f"{reason} ({use})", f"{sys.executable} -m pip install {package} (or all of "
+                 "them, pinned, from the checkout: pip install -c constraints.txt '.[serve]')")
 
 
 def diagnose(base: str | None = None, probes: Probes | None = None) -> Report:

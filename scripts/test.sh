@@ -57,9 +57,11 @@ try:
                 reasons[(skipped.get("message") or "no reason given")] += 1
 except (OSError, ET.ParseError):
     pass  # pytest stopped before writing it (a usage error): its own output says why
-if not reasons and not not_installed:
+if counts is None and not reasons and not not_installed:
     sys.exit(0)
 print()
+if counts is not None and not reasons:
+    print("scripts/test.sh: every selected test ran on this machine (none skipped)")
 if reasons:
     print(f"scripts/test.sh: {sum(reasons.values())} test(s) did not run on this machine:")
     for message, count in reasons.most_common():

@@ -22,7 +22,10 @@ _eb_venv_setup() (
     echo "scripts/venv.sh: installing enclave-build and its pinned dependencies into $_repo/.venv (first run: a minute or two)" >&2
     "$_repo/.venv/bin/python" -m pip install --quiet --upgrade pip
     # pip's own progress, one line per package (a bar would not show in a log or a pipe).
-    "$_repo/.venv/bin/python" -m pip install --progress-bar off -c "$_repo/constraints.txt" -e "$_repo[test,serve]" \
+    # PYTHONWARNINGS hides only setuptools' "Editable installation" notice (a block of
+    # asterisks about folders named like the package, which is what an editable install is).
+    PYTHONWARNINGS="ignore:Editable installation" \
+      "$_repo/.venv/bin/python" -m pip install --progress-bar off -c "$_repo/constraints.txt" -e "$_repo[test,serve]" \
       | { grep --line-buffered -E '^(Collecting|Processing|Installing|Successfully)' >&2 || true; }
     rm -f "$_repo"/.venv/.installed-*
     touch "$_stamp"

@@ -4,6 +4,13 @@ Each case is (id, spec text, expected stderr lines). The spec is written as spec
 directory that also holds model.tflite and key.pem; {dir} in expected lines is that directory.
 """
 
+from builder.plugins import PluginRegistry
+
+#: the installed frameworks as errors list them: the builtins, plus any third-party plugin
+#: installed next to enclave-build (README installs the onnxruntime example's into .venv)
+FRAMEWORKS = ", ".join(sorted({"openvino", "secret-server", "tflite", "tfserving"}
+                              | set(PluginRegistry().frameworks)))
+
 GOOD = '''[service]
 name = "svc"
 framework = "tflite"
@@ -32,8 +39,7 @@ CASES = [
      ["spec.toml:2: invalid TOML: Illegal character '\\n' (at line 2, column 12)"]),
     ("unknown-section-typo", GOOD + '\n[enclaev]\nsize = "1G"\n',
      ["spec.toml:17: enclaev: unknown section; did you mean 'enclave'? allowed: service, models, "
-      "enclave, image, signing, secrets, tls, build, occlum, deploy, openvino, secret-server, "
-      "tflite, tfserving"]),
+      f"enclave, image, signing, secrets, tls, build, occlum, deploy, {FRAMEWORKS}"]),
     ("unknown-key-typo", replace('max_threads = 8', 'max_thread = 8'),
      ["spec.toml:12: enclave.max_thread: unknown key; did you mean 'max_threads'? allowed: size, "
       "max_threads, edmm, debug, isv_prod_id, isv_svn, log_level"]),
@@ -72,8 +78,7 @@ CASES = [
       "digits and '-', at most 63 characters (a DNS label)"]),
     ("unknown-framework-typo", replace('framework = "tflite"', 'framework = "tfservin"'),
      ["spec.toml:3: service.framework: 'tfservin' is not an installed framework; did you mean "
-      "'tfserving'? allowed: openvino, secret-server, tflite, tfserving (see `enclave-build "
-      "plugins`)"]),
+      f"'tfserving'? allowed: {FRAMEWORKS} (see `enclave-build plugins`)"]),
     ("unknown-libos", replace('framework = "tflite"', 'framework = "tflite"\nlibos = "gramin"'),
      ["spec.toml:4: service.libos: 'gramin' is not an installed libOS backend; did you mean "
       "'gramine'? allowed: gramine, occlum"]),

@@ -91,6 +91,7 @@ def test_a_bare_machine_gets_a_fix_for_everything_and_nothing_is_contacted():
     assert "5.11" in checks["sgx.enclave_device"].fix and "DCAP" in checks["sgx.enclave_device"].fix
     assert "not configured" in checks["sgx.pccs"].detail
     assert "pip install ai-edge-litert" in checks["runtime.ai_edge_litert"].fix
+    assert "pip install -c constraints.txt '.[serve]'" in checks["runtime.openvino"].fix
     assert report.ok is False and report.counts() == {OK: 0, MISSING: len(IDS), WARN: 0}
 
 

@@ -53,7 +53,9 @@ def build_base(name: str | None, directory: Path | None, tag: str | None,
     except (BuildError, APIError) as exc:
         raise ImageError(f"building {tag} failed: {exc}") from None
     except DockerException as exc:
-        raise ImageError(f"cannot talk to the Docker engine ({exc}); is it running?") from None
+        raise ImageError(f"cannot talk to the Docker engine ({exc}); is it running, and is "
+                         "DOCKER_HOST right? (`enclave-build doctor` says how to start one; "
+                         "without an engine, build on --base dir:ROOTFS)") from None
     if image_id is None:
         image_id = client.images.get(tag).id
     return image_id, tag

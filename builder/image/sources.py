@@ -205,13 +205,29 @@ def _read_daemon(name: str, store: BlobStore, source: str) -> Image:
             tmp.flush()
             return read_docker_archive(Path(tmp.name), store, source)
     except ImageNotFound:
-        raise ImageError(f"{source}: the Docker engine has no image {name!r}") from None
+        recipe = _recipe_named(name)
+        make = (f"make it with `enclave-build base build {recipe}` (base_images/{recipe})"
+                if recipe else f"`docker pull {name}` or `docker build -t {name} ...` first")
+        raise ImageError(f"{source}: the Docker engine has no image {name!r}; {make}, or build "
+                         "without it on an unpacked root filesystem: --base dir:ROOTFS") from None
     except DockerException as exc:
+        recipe = _recipe_named(name)
+        later = (f"; with an engine running, `enclave-build base build {recipe}` makes this "
+                 "base" if recipe else "")
         raise ImageError(f"{source}: cannot talk to the Docker engine ({exc}); is it running, "
                          "and is DOCKER_HOST right? Without an engine, build on an unpacked "
                          "root filesystem with --base dir:ROOTFS (scripts/gramine-base.sh makes "
                          "a real Gramine one; `enclave-build base standin DIR` a stand-in), or "
-                         "pull from a registry with --base docker://HOST/NAME:TAG") from None
+                         f"pull from a registry with --base docker://HOST/NAME:TAG{later}") from None
+
+
+def _recipe_named(name: str) -> str | None:
+    """The base_images/ recipe whose `base build` tag is *name* (the frameworks' default
+    bases), or None."""
+    from base_images import BASES
+
+    bare = name.removeprefix("docker.io/")
+    return next((recipe.name for recipe in BASES.values() if recipe.tag == bare), None)
 
 
 def _safe_extract(archive: Path, target: Path, source: str) -> None:
