@@ -81,6 +81,18 @@ def _audit(env) -> list[dict]:
     return [json.loads(line) for line in (env.directory / "audit.jsonl").read_text().splitlines()]
 
 
+def _allowed_since(env, before: int, want: int, timeout: float = 5.0) -> list[dict]:
+    """The 'allow' audit lines after the first *before* lines, once there are *want* of them
+    (or the timeout passed): the client has its key as soon as it read the reply, and the
+    server writes its line when it ends the connection, a moment later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        allowed = [r for r in _audit(env)[before:] if r.get("decision") == "allow"]
+        if len(allowed) >= want or time.monotonic() > deadline:
+            return allowed
+        time.sleep(0.02)
+
+
 def _last_decision(env) -> dict:
     time.sleep(0.05)
     return [r for r in _audit(env) if "decision" in r][-1]
@@ -98,7 +110,7 @@ def test_two_keys_of_one_enclave_fetched_separately_by_sni(server, env, plain):
         assert bytes(ring._keys["face-model-2"]) == env.secrets["face2"]
     finally:
         ring.close()
-    allowed = [r for r in _audit(env)[before:] if r.get("decision") == "allow"]
+    allowed = _allowed_since(env, before, 2)
     assert [r["secret"] for r in allowed] == ["face-key", "face-model-2"]  # two connections
     assert all(r["evidence"] == "tcg-dice" and "TLS server name" in r["reason"] for r in allowed)
     assert plain.served == 2   # a fresh quote (and key pair) per connection
