@@ -127,3 +127,26 @@ class Platform:
         isv_prod_id = PROD_ID.get(service, 9) if isv_prod_id is None else isv_prod_id
         return create_certificate(fmt, lambda rd: self.quote(me, mr_signer, rd, isv_prod_id,
                                                              isv_svn, debug))
+
+
+def settled_audit(path: Path, settle: float = 0.1, timeout: float = 5.0) -> list[dict]:
+    """The audit log's records once it has stopped growing for *settle* seconds.
+
+    A client may have its answer (or its refusal) a moment before the server writes that
+    connection's line (the server writes it when it ends the connection), so a test reads the
+    log only after the server is quiet rather than after a fixed sleep."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    size, quiet_since = -1, time.monotonic()
+    while True:
+        now_size = path.stat().st_size if path.exists() else 0
+        now = time.monotonic()
+        if now_size != size:
+            size, quiet_since = now_size, now
+        elif now - quiet_since >= settle or now > deadline:
+            break
+        time.sleep(0.01)
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.splitlines()]

@@ -4,7 +4,6 @@ installed in a fake /dev/attestation/keys or kept in memory to decrypt protected
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -26,7 +25,7 @@ from builder.gramine import protected_files as builder_pf
 from model_server import keys
 from model_server.config import KeysConfig
 
-from .attest_env import make_env
+from .attest_env import make_env, settled_audit
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +77,7 @@ def _config(server, env, *names, host="127.0.0.1", ca=None, timeout=5.0) -> Keys
 
 
 def _audit(env) -> list[dict]:
-    return [json.loads(line) for line in (env.directory / "audit.jsonl").read_text().splitlines()]
+    return settled_audit(env.directory / "audit.jsonl")
 
 
 def _allowed_since(env, before: int, want: int, timeout: float = 5.0) -> list[dict]:

@@ -43,7 +43,7 @@ from attestation.simulated_quoter import SimulatedQuoter
 from attestation.synthetic import SyntheticPKI
 from attestation.verify import QuoteRejected
 
-from .attest_env import MR_SIGNER, identity, make_env
+from .attest_env import MR_SIGNER, identity, make_env, settled_audit
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,7 @@ def server(env, quoter):
 
 
 def _audit(env) -> list[dict]:
-    return [json.loads(line) for line in (env.directory / "audit.jsonl").read_text().splitlines()]
+    return settled_audit(env.directory / "audit.jsonl")
 
 
 def _ra_config(**changes) -> dict:

@@ -33,7 +33,7 @@ from attestation.ratls import CCZOO_OID, DICE_OID, LEGACY_OID, EvidenceError, ex
 from attestation.server import SecretServer, ServerError
 from attestation.simulated_quoter import SimulatedQuoter
 
-from .attest_env import MR_SIGNER, identity, make_env
+from .attest_env import MR_SIGNER, identity, make_env, settled_audit
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -189,9 +189,7 @@ def server(env):
 
 
 def _audit(env, since: int = 0) -> list[dict]:
-    time.sleep(0.05)
-    lines = (env.directory / "audit.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines[since:]]
+    return settled_audit(env.directory / "audit.jsonl")[since:]
 
 
 def _mark(env) -> int:

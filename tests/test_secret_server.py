@@ -24,7 +24,7 @@ from attestation.ratls import create_certificate
 from attestation.server import REQUEST, RESPONSE, SecretServer, startup_warnings
 from attestation.synthetic import SyntheticPKI
 
-from .attest_env import MR_SIGNER, identity, make_env
+from .attest_env import MR_SIGNER, identity, make_env, settled_audit
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def server(env):
 
 
 def _audit(env) -> list[dict]:
-    return [json.loads(line) for line in (env.directory / "audit.jsonl").read_text().splitlines()]
+    return settled_audit(env.directory / "audit.jsonl")
 
 
 def _fetch(server, env, cert_key, **kw) -> bytes:
