@@ -94,7 +94,7 @@ from typing import Any, Callable
 
 from ..errors import EnclaveBuildError
 from ..plan import ServicePlan
-from ..plugin_api import (SECRET_SERVER_CA, ArtifactFile, BuildOptions, EnclaveIdentity,
+from ..plugin_api import (ArtifactFile, BuildOptions, EnclaveIdentity,
                           LibOSArtifacts, PendingSignature)
 from ..rootfs import RootFS, RootFSError
 from . import container
@@ -318,13 +318,11 @@ def check_runtime_base(plan: ServicePlan, rootfs: RootFS) -> None:
 def stage_plan_files(plan: ServicePlan, stage: Path, generated: tuple[Any, ...] = ()) -> None:
     """Lay out under *stage*, by image path, exactly the files the bom lists
     (:func:`builder.occlum.bom.staged_files`: a model directory's regular files only, never
-    what a symbolic link in it reaches; and the renderer's *generated* files, the launcher),
-    plus the secret server's CA."""
+    what a symbolic link in it reaches; and the renderer's *generated* files, the launcher).
+    No secret-server CA: Occlum's init checks the server by its quote, not a CA."""
     from .bom import staged_files
 
     items = [(f.dest, f.source, f.data, f.mode) for f in staged_files(plan) + list(generated)]
-    if plan.secrets and plan.secrets.ca_cert:
-        items.append((SECRET_SERVER_CA, plan.secrets.ca_cert, None, 0o644))
     root = stage.resolve()
     for dest, source, data, mode in items:
         target = stage / posixpath.normpath(dest).lstrip("/")
