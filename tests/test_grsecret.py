@@ -172,6 +172,12 @@ class Client:
     def close(self) -> None:
         self.channel.close()
 
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _occlum_cert(env, service="face", **kw):
     return env.enclave_cert(service, "cczoo", **kw)
@@ -180,14 +186,11 @@ def _occlum_cert(env, service="face", **kw):
 # --------------------------------------------------------------------------- end to end
 
 def test_right_enclave_gets_its_key(server, env, stubs):
-    client = Client(server, env, stubs, _occlum_cert(env, "face"))
-    try:
+    with Client(server, env, stubs, _occlum_cert(env, "face")) as client:
         reply = client.stub.GetSecret(client.pb2.SecretRequest(name="face-key"), timeout=10)
         # As Occlum's server sends it: base64 text in double quotes.
         assert reply.secret == '"' + base64.b64encode(env.secrets["face"]).decode() + '"'
         assert client.get("face-key") == env.secrets["face"]   # same connection, again
-    finally:
-        client.close()
     time.sleep(0.05)
     calls = [r for r in _audit(env) if r.get("protocol") == "grsecret" and r.get("secret")]
     assert calls[-1]["decision"] == "allow" and calls[-1]["grpc_status"] == "OK"
@@ -197,14 +200,11 @@ def test_right_enclave_gets_its_key(server, env, stubs):
 
 
 def test_large_secret_and_reconnect_after_idle(server, env, stubs):
-    client = Client(server, env, stubs, _occlum_cert(env, "big", mr_enclave=identity("big")))
-    try:
+    with Client(server, env, stubs, _occlum_cert(env, "big", mr_enclave=identity("big"))) as client:
         assert client.get("face-big") == env.secrets["big"]
         time.sleep(1.5)   # idle = 1.0: the server said GOAWAY; the channel connects again
         assert client.get("face-big") == env.secrets["big"]
         assert client.refused("face-key").code() == grpc.StatusCode.PERMISSION_DENIED
-    finally:
-        client.close()
 
 
 def test_signer_policy_and_no_key_leaks_across_enclaves(server, env, stubs):
@@ -225,31 +225,22 @@ def test_signer_policy_and_no_key_leaks_across_enclaves(server, env, stubs):
 
 
 def test_wrong_mr_enclave_permission_denied(server, env, stubs):
-    client = Client(server, env, stubs, _occlum_cert(env, "face", mr_enclave=os.urandom(32)))
-    try:
+    with Client(server, env, stubs, _occlum_cert(env, "face", mr_enclave=os.urandom(32))) as client:
         denied = client.refused("face-key")
-    finally:
-        client.close()
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "not released to this enclave identity" in denied.details()
 
 
 def test_unknown_key_name_not_found(server, env, stubs):
-    client = Client(server, env, stubs, _occlum_cert(env, "face"))
-    try:
+    with Client(server, env, stubs, _occlum_cert(env, "face")) as client:
         missing = client.refused("image_key")
-    finally:
-        client.close()
     assert missing.code() == grpc.StatusCode.NOT_FOUND
     assert "no secret named 'image_key'" in missing.details()
 
 
 def test_client_without_certificate_unauthenticated(server, env, stubs):
-    client = Client(server, env, stubs, cert_key=None)
-    try:
+    with Client(server, env, stubs, cert_key=None) as client:
         refused = client.refused("face-key")
-    finally:
-        client.close()
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
     assert refused.details() == "no client certificate"
 
@@ -259,11 +250,8 @@ def test_tampered_quote_unauthenticated(server, env, stubs):
         quote = bytearray(env.pki.quote(identity("face"), MR_SIGNER, report_data, 1, 2))
         quote[48 + 16] ^= 1   # MISCSELECT: signed, not part of the key binding
         return bytes(quote)
-    client = Client(server, env, stubs, create_certificate("cczoo", tampered))
-    try:
+    with Client(server, env, stubs, create_certificate("cczoo", tampered)) as client:
         refused = client.refused("face-key")
-    finally:
-        client.close()
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "signature is invalid" in refused.details()
 
@@ -283,13 +271,10 @@ def test_untrusted_root_and_unbound_key_unauthenticated(server, env, stubs):
 
 
 def test_other_method_unimplemented(server, env, stubs):
-    client = Client(server, env, stubs, _occlum_cert(env, "face"))
-    try:
+    with Client(server, env, stubs, _occlum_cert(env, "face")) as client:
         call = client.channel.unary_unary("/ratls.GrSecret/ListSecrets")
         with pytest.raises(grpc.RpcError) as info:
             call(b"", timeout=10)
-    finally:
-        client.close()
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
@@ -411,11 +396,8 @@ def test_client_checks_the_server_with_init_ra_conf(server, env, stubs):
     wrong_enclave = _ra_config(entry={"mr_enclave": os.urandom(32).hex()})
     with pytest.raises(PeerRejected, match="mr_enclave differ"):
         Client(server, env, stubs, cert, wrong_enclave)
-    off = Client(server, env, stubs, cert, dict(wrong_enclave, verify_mr_enclave="off"))
-    try:
+    with Client(server, env, stubs, cert, dict(wrong_enclave, verify_mr_enclave="off")) as off:
         assert off.get("face-key") == env.secrets["face"]
-    finally:
-        off.close()
     wrong_signer = _ra_config(entry={"mr_signer": os.urandom(32).hex()})
     with pytest.raises(PeerRejected, match="mr_signer differ"):
         Client(server, env, stubs, cert, wrong_signer)
@@ -463,40 +445,28 @@ def test_server_side_verify_flags(env, quoter, stubs, tmp_path):
     srv = SecretServer(load_config(config))
     srv.start()
     try:
-        client = Client(srv, env, stubs, _occlum_cert(env, "face"))
-        try:
+        with Client(srv, env, stubs, _occlum_cert(env, "face")) as client:
             denied = client.refused("face-key")
             assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
             assert denied.details().startswith("client_ra_config: ")
             assert "mr_signer differ" in denied.details()
-        finally:
-            client.close()
         (tmp_path / "dynamic_config.json").write_text(json.dumps(dict(dynamic,
                                                                       verify_mr_signer="off")))
         srv.reload()
-        client = Client(srv, env, stubs, _occlum_cert(env, "face"))
-        try:
+        with Client(srv, env, stubs, _occlum_cert(env, "face")) as client:
             assert client.get("face-key") == env.secrets["face"]
             # the filter never widens the policy: ocr-key is still not face's
             assert client.refused("ocr-key").code() == grpc.StatusCode.PERMISSION_DENIED
-        finally:
-            client.close()
         # an enclave the filter lists nowhere is refused by it
-        other = Client(srv, env, stubs, _occlum_cert(env, "ocr"))
-        try:
+        with Client(srv, env, stubs, _occlum_cert(env, "ocr")) as other:
             assert "mr_enclave differ" in other.refused("ocr-key").details()
-        finally:
-            other.close()
         # the RA-TLS identity and the GrSecret port are fixed for the life of the process
         without = env.directory / "without-grsecret.toml"
         without.write_text(config.read_text().split("[grsecret]")[0])
         with pytest.raises(ServerError, match="cannot change on reload"):
             srv.reload(without)
-        client = Client(srv, env, stubs, _occlum_cert(env, "face"))
-        try:
+        with Client(srv, env, stubs, _occlum_cert(env, "face")) as client:
             assert client.get("face-key") == env.secrets["face"]   # still the old state
-        finally:
-            client.close()
     finally:
         srv.shutdown()
 
@@ -510,11 +480,8 @@ def test_worker_processes_serve_grsecret(env, quoter, stubs, tmp_path):
     srv.start()
     try:
         for _ in range(3):
-            client = Client(srv, env, stubs, _occlum_cert(env, "face"))
-            try:
+            with Client(srv, env, stubs, _occlum_cert(env, "face")) as client:
                 assert client.get("face-key") == env.secrets["face"]
-            finally:
-                client.close()
     finally:
         srv.shutdown()
     lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
