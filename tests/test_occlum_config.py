@@ -479,16 +479,22 @@ def test_valid_occlum_json_passes():
     rules.check_occlum_json(doc)
 
 
+def _refused(check, doc: dict, path, value, reported: str, words: str) -> rules.OcclumRuleError:
+    """*doc* with *value* at *path* is refused by *check*, at *reported*, saying *words*."""
+    _set(doc, path, value)
+    with pytest.raises(rules.OcclumRuleError) as info:
+        check(doc)
+    assert info.value.path == reported, str(info.value)
+    assert words in info.value.reason
+    return info.value
+
+
 @pytest.mark.parametrize("path, value, reported, words", OCCLUM_JSON_RULES,
                          ids=[f"{r[0]}={r[1]!r}"[:60] for r in OCCLUM_JSON_RULES])
 def test_occlum_json_rule(path, value, reported, words):
-    doc = _valid_occlum_json()
-    _set(doc, path, value)
-    with pytest.raises(rules.OcclumRuleError) as info:
-        rules.check_occlum_json(doc)
-    assert info.value.document == "Occlum.json"
-    assert info.value.path == reported, str(info.value)
-    assert words in info.value.reason
+    refusal = _refused(rules.check_occlum_json, _valid_occlum_json(), path, value, reported,
+                       words)
+    assert refusal.document == "Occlum.json"
 
 
 def test_memory_size_parser_matches_occlum():
@@ -552,12 +558,7 @@ INIT_RA_RULES = [
                          ids=[f"{r[0]}={r[1]!r}"[:60] for r in INIT_RA_RULES])
 def test_init_ra_rule(path, value, reported, words):
     rules.check_init_ra_conf(_valid_init_ra())
-    doc = _valid_init_ra()
-    _set(doc, path, value)
-    with pytest.raises(rules.OcclumRuleError) as info:
-        rules.check_init_ra_conf(doc)
-    assert info.value.path == reported, str(info.value)
-    assert words in info.value.reason
+    _refused(rules.check_init_ra_conf, _valid_init_ra(), path, value, reported, words)
 
 
 def test_mr_enclave_may_be_blank_when_not_verified():
@@ -606,12 +607,7 @@ BOM_RULES = [
                          ids=[f"{r[0]}={r[1]!r}"[:60] for r in BOM_RULES])
 def test_bom_rule(path, value, reported, words):
     rules.check_bom(_valid_bom())
-    doc = _valid_bom()
-    _set(doc, path, value)
-    with pytest.raises(rules.OcclumRuleError) as info:
-        rules.check_bom(doc)
-    assert info.value.path == reported, str(info.value)
-    assert words in info.value.reason
+    _refused(rules.check_bom, _valid_bom(), path, value, reported, words)
 
 
 def test_rule_errors_map_to_spec_keys(tmp_path, registry, standin_root):
