@@ -56,6 +56,7 @@ HEADER_LIMIT = 64 << 10
 URL_LIMIT = 8 << 10          # request line
 LINGER_BYTES = 8 << 20       # after a refusal: read and drop up to this much ...
 LINGER_SECONDS = 5.0         # ... for up to this long, then close
+OVER_CAP_LINGER = (64 << 10, 0.5)   # the same for a connection over max_connections
 _SINGLE = ("content-length", "transfer-encoding", "inference-header-content-length",
            "content-encoding")   # framing headers that must not repeat
 EXTENSIONS = ["binary_tensor_data"]
@@ -241,13 +242,14 @@ class RESTServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         if len(self._idle) >= self.limits.max_connections:
+            # a short lingering close: a client that sent its request before our 503 arrived
+            # reads the 503 instead of a reset; short, since these connections are not counted
             try:
-                await self._write(writer, *_error(503, f"too many connections (limits."
-                                                       f"max_connections "
-                                                       f"{self.limits.max_connections})"), False)
-            except Exception:  # noqa: BLE001
-                pass
-            writer.close()
+                await self._refuse(reader, writer, 503, f"too many connections (limits."
+                                   f"max_connections {self.limits.max_connections})",
+                                   OVER_CAP_LINGER)
+            finally:
+                writer.close()
             return
         self._idle[writer] = True
         try:
@@ -305,14 +307,16 @@ class RESTServer:
             return None
         return first + rest
 
-    async def _refuse(self, reader, writer, status: int, message: str) -> None:
+    async def _refuse(self, reader, writer, status: int, message: str,
+                      linger: tuple[int, float] = (LINGER_BYTES, LINGER_SECONDS)) -> None:
         """Answer *status* with Connection: close, then read and drop what the client still
-        sends (bounded), so closing with unread data does not reset the answer away."""
+        sends (at most *linger* = bytes, seconds), so closing with unread data does not reset
+        the answer away."""
         try:
             await self._write(writer, *_error(status, message), False)
             if writer.can_write_eof():
                 writer.write_eof()
-            left, deadline = LINGER_BYTES, time.monotonic() + LINGER_SECONDS
+            left, deadline = linger[0], time.monotonic() + linger[1]
             while left > 0:
                 chunk = await asyncio.wait_for(reader.read(min(left, 1 << 16)),
                                                max(0.0, deadline - time.monotonic()))
