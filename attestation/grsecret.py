@@ -38,7 +38,15 @@ sizes, CONTINUATION backlog, window overflow, concurrent streams) a connection i
 GOAWAY ENHANCE_YOUR_CALM, and the reason reported, when it opens more streams than
 *max_requests* + :data:`MAX_STREAMS` (HTTP/2 "rapid reset": streams opened and reset at once
 cost the server work but are never calls), or sends more than :data:`MAX_CONTROL_FRAMES` frames
-that carry no call (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, unknown types, empty DATA). The
+that carry no call. Frames are counted one by one (h2 is given the client's bytes a frame at a
+time), not by the events h2 makes of them: h2 turns several kinds into no event at all (ALTSVC,
+WINDOW_UPDATE or RST_STREAM on a closed stream, DATA on a reset one) and acknowledgements of
+PING and SETTINGS into events of their own.
+A frame carries a call when it starts a request (HEADERS) or brings request data (in at most
+:data:`MAX_CALL_DATA_FRAMES` frames per call: a request is one small message) or its end to a
+call not answered yet; every other one (PING, SETTINGS and their ACKs, PRIORITY, WINDOW_UPDATE,
+RST_STREAM, unknown types, empty DATA, the HEADERS and CONTINUATION frames of a header block
+but its last, frames on closed streams) counts against the budget. The
 header list limit the server announces (:data:`MAX_HEADER_LIST`) is the one its decoder
 enforces from the first frame on.
 """
@@ -75,6 +83,9 @@ MAX_NAME = 256
 MAX_STREAMS = 8             # concurrent calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS)
 MAX_HEADER_LIST = 16384
 MAX_CONTROL_FRAMES = 1024   # frames per connection that carry no call (see the module docstring)
+MAX_CALL_DATA_FRAMES = 16   # DATA frames of one call that count as carrying it
+FRAME_HEADER = 9            # bytes: length (3), type, flags, stream id (4)
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class Status:
@@ -173,6 +184,7 @@ class _Call:
     headers: dict[str, str]
     name: str = ""                  # SecretRequest.name, once parsed
     body: bytearray = field(default_factory=bytearray)
+    data_frames: int = 0            # DATA frames with payload received for it
     out: bytes = b""                # response DATA not yet sent (flow control)
     trailers: list | None = None    # sent once out is empty
     answered: bool = False
@@ -286,8 +298,6 @@ class _Connection:
                              "application/grpc")
 
     def _data(self, event: h2.events.DataReceived) -> None:
-        if not event.data and event.stream_ended is None:
-            self.summary.control_frames += 1   # an empty DATA frame carries nothing
         self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         call = self.calls.get(event.stream_id)
         if call is None or call.answered:
@@ -337,13 +347,25 @@ class _Connection:
 
     # ----------------------------------------------------------------- loop
 
-    def events(self, events: list) -> bool:
-        """Act on h2 events; False when the connection is over."""
+    def _open_call(self, stream_id: int) -> bool:
+        call = self.calls.get(stream_id)
+        return call is not None and not call.answered
+
+    def events(self, events: list, frame: bool = True) -> bool:
+        """Act on the h2 events of one received *frame* (False: of the preface); False when
+        the connection is over. A frame that carries no call counts against the budget."""
+        carries_call = False
         for event in events:
-            if isinstance(event, (h2.events.PingReceived, h2.events.RemoteSettingsChanged,
-                                  h2.events.PriorityUpdated, h2.events.WindowUpdated,
-                                  h2.events.UnknownFrameReceived)):
-                self.summary.control_frames += 1
+            if isinstance(event, h2.events.RequestReceived):
+                carries_call = True
+            elif isinstance(event, h2.events.DataReceived) and self._open_call(event.stream_id):
+                call = self.calls[event.stream_id]
+                if event.data:
+                    call.data_frames += 1
+                    carries_call |= call.data_frames <= MAX_CALL_DATA_FRAMES
+                carries_call |= event.stream_ended is not None   # (an empty one may end it)
+            elif isinstance(event, h2.events.StreamEnded):
+                carries_call |= self._open_call(event.stream_id)
             if isinstance(event, h2.events.RequestReceived):
                 self.summary.streams += 1
                 self._request(event)
@@ -366,6 +388,8 @@ class _Connection:
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.summary.end = "client sent GOAWAY"
                 return False
+        if frame and not carries_call:
+            self.summary.control_frames += 1
         return self._within_budget()
 
     def _within_budget(self) -> bool:
@@ -377,13 +401,52 @@ class _Connection:
                       "reset without a call are an HTTP/2 rapid-reset attack")
         elif self.summary.control_frames > MAX_CONTROL_FRAMES:
             reason = (f"more than {MAX_CONTROL_FRAMES} frames without a call (PING, SETTINGS, "
-                      "PRIORITY, WINDOW_UPDATE, empty DATA, unknown types): a flood")
+                      "PRIORITY, WINDOW_UPDATE, RST_STREAM, ALTSVC, empty DATA, unknown types, "
+                      "frames on closed streams): a flood")
         else:
             return True
         self.summary.abort(reason)
         self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
                                  additional_data=b"too many frames")
         return False
+
+
+class _Frames:
+    """Cuts the client's bytes into the preface and then whole frames, so that h2 is given
+    one frame at a time and each can be counted (see the module docstring). A frame longer than
+    h2 accepts is handed over as soon as its header is in (h2 refuses it from the header), and
+    everything after it too: nothing is buffered beyond one frame."""
+
+    def __init__(self) -> None:
+        self.preface = len(PREFACE)     # preface bytes still to come
+        self.buffer = bytearray()
+        self.passthrough = False
+
+    def split(self, data: bytes, max_frame: int):  # noqa: ANN201 - Iterator[tuple[bytes, bool]]
+        """(bytes for h2, whether they are one whole frame), in order."""
+        if self.passthrough:
+            yield data, False
+            return
+        self.buffer += data
+        if self.preface:
+            take = min(self.preface, len(self.buffer))
+            self.preface -= take
+            chunk = bytes(self.buffer[:take])
+            del self.buffer[:take]
+            yield chunk, False
+        while not self.preface and len(self.buffer) >= FRAME_HEADER:
+            size = FRAME_HEADER + int.from_bytes(self.buffer[:3], "big")
+            if size > FRAME_HEADER + max_frame:
+                self.passthrough = True
+                chunk = bytes(self.buffer)
+                self.buffer.clear()
+                yield chunk, False
+                return
+            if len(self.buffer) < size:
+                return
+            chunk = bytes(self.buffer[:size])
+            del self.buffer[:size]
+            yield chunk, True
 
 
 def _readable(tls: SSL.Connection, seconds: float) -> bool:
@@ -424,6 +487,7 @@ def _serve(conn: _Connection, deadline: float, idle: float, max_requests: int) -
     conn.h2.decoder.max_header_list_size = MAX_HEADER_LIST
     conn.h2.initiate_connection()
     conn.flush()
+    frames = _Frames()
     last_activity = time.monotonic()
     while True:
         now = time.monotonic()
@@ -460,7 +524,11 @@ def _serve(conn: _Connection, deadline: float, idle: float, max_requests: int) -
             return conn.summary
         last_activity = time.monotonic()
         try:
-            going = conn.events(conn.h2.receive_data(data))
+            going = True
+            for chunk, whole in frames.split(data, conn.h2.max_inbound_frame_size):
+                going = conn.events(conn.h2.receive_data(chunk), frame=whole)
+                if not going:
+                    break
         except (h2.exceptions.ProtocolError, UnicodeDecodeError) as exc:
             conn.summary.abort(f"HTTP/2 protocol error: {type(exc).__name__}: "
                                f"{str(exc)[:200]}")

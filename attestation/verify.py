@@ -4,9 +4,10 @@ dcap-qvl checks the PCK chain (with CRLs) up to the root, the TCB info and QE id
 signatures and validity, the QE report and the ISV report signatures, and matches the platform
 TCB. On top of that this module:
 
-* parses the quote strictly (length fields must add up; the embedded PCK chain must be a chain of
-  valid signatures ending in a self-signed root, equal to the trusted root when one is given —
-  dcap-qvl ignores the embedded copy of the root, so a modified copy would otherwise pass);
+* parses the quote strictly (length fields must add up; the embedded PCK chain must be at most
+  3 certificates, a chain of valid signatures ending in a self-signed root, equal to the trusted
+  root when one is given — dcap-qvl ignores the embedded copy of the root, so a modified copy
+  would otherwise pass; the length and the root are checked before any signature);
 * applies the TCB-status policy: only ``UpToDate`` unless other statuses are allowed by name, with
   advisory allow/deny lists;
 * checks attributes like Gramine's verifier: INIT and MODE64BIT set, PROVISION_KEY and
@@ -139,6 +140,10 @@ def collateral_validity(collateral_json: str) -> tuple[_dt.datetime, _dt.datetim
     return parse(tcb["issueDate"]), parse(tcb["nextUpdate"])
 
 
+#: Intel's PCK certificate chain (certification data type 5) is PCK, PCK Platform/Processor
+#: CA, root: 3 certificates.
+MAX_PCK_CHAIN = 3
+
 _verified_chains: dict[bytes, bool] = {}   # sha256(cert data + root) of chains that verified
 _CHAIN_CACHE_SIZE = 256
 
@@ -162,6 +167,15 @@ def _verify_embedded_chain(quote: Quote, root_der: bytes | None) -> None:
         raise QuoteRejected(f"malformed PCK certificate chain in the quote: {exc}") from None
     if len(certs) < 2:
         raise QuoteRejected("the quote's PCK certificate chain is too short")
+    # Cheap checks first: the chain comes from an unauthenticated peer, and every signature
+    # costs (~100 KB of certificates fit into one TLS certificate message).
+    if len(certs) > MAX_PCK_CHAIN:
+        raise QuoteRejected(f"the quote's PCK certificate chain has {len(certs)} certificates; "
+                            f"a PCK chain has at most {MAX_PCK_CHAIN} (PCK, PCK CA, root)")
+    if root_der is not None:
+        from cryptography.hazmat.primitives.serialization import Encoding
+        if certs[-1].public_bytes(Encoding.DER) != root_der:
+            raise QuoteRejected("the quote's PCK chain ends in another root than the trusted one")
     try:
         for child, parent in zip(certs, certs[1:]):
             child.verify_directly_issued_by(parent)
@@ -169,10 +183,6 @@ def _verify_embedded_chain(quote: Quote, root_der: bytes | None) -> None:
     except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
         raise QuoteRejected(f"the quote's embedded PCK chain does not verify ({exc or 'bad signature'})") \
             from None
-    if root_der is not None:
-        from cryptography.hazmat.primitives.serialization import Encoding
-        if certs[-1].public_bytes(Encoding.DER) != root_der:
-            raise QuoteRejected("the quote's PCK chain ends in another root than the trusted one")
 
 
 # ----------------------------------------------------------------------------- cache

@@ -18,6 +18,7 @@ the TLS server name (SNI), which enclave-build's in-enclave client sets to the k
 from __future__ import annotations
 
 import socket
+import time
 
 REQUEST = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"
 RESPONSE = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"
@@ -58,10 +59,17 @@ def parse_header(header: bytes) -> tuple[bool, int]:
     raise ValueError("not a secret-provisioning answer")
 
 
-def recv_exact(sock, size: int) -> bytes:
-    """Up to *size* bytes from a socket (fewer only when the peer closed first)."""
+def recv_exact(sock, size: int, deadline: float | None = None) -> bytes:
+    """Up to *size* bytes from a socket (fewer only when the peer closed first). With a
+    *deadline* (time.monotonic()), all of them by then, however slowly the peer sends them
+    (a socket timeout bounds each read only): socket.timeout otherwise."""
     data = b""
     while len(data) < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout(f"{len(data)} of {size} bytes by the deadline")
+            sock.settimeout(left)
         chunk = sock.recv(size - len(data))
         if not chunk:
             break

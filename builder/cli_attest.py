@@ -263,7 +263,7 @@ def upload(endpoint: str, names: tuple[str, ...], files: tuple[Path, ...], owner
     are provided by upload.
     """
     from attestation.attest_client import AttestationRefused, open_attested, verdict
-    from attestation.upload import UploadRefused, upload_keys
+    from attestation.upload import UploadRefused, encode_request, upload_keys
     from .cli import _errors, _print_json
 
     host, port = _endpoint(endpoint)
@@ -273,6 +273,10 @@ def upload(endpoint: str, names: tuple[str, ...], files: tuple[Path, ...], owner
         if len(set(names)) != len(names):
             raise UsageError("a --name is given twice")
         keys = [(name, _read_key(name, path)) for name, path in zip(names, files)]
+        try:   # what the protocol cannot carry is refused here, not after attesting the server
+            encode_request(keys)
+        except ValueError as exc:
+            raise UsageError(f"--name: {exc}") from None
         _check_owner_certificate(owner_cert)
         expectation, synthetic = _expectation(measurement_files, collateral, pccs_url,
                                               synthetic_root, legacy_root, allow_tcb_status,

@@ -24,6 +24,8 @@ Rules (each violation is a spec error naming file, line and key):
 * exactly one of ``server_collateral`` and ``server_pccs_url``;
 * ``server_root_ca`` is ``"intel"`` or a PEM certificate file; anything else than Intel's root
   makes the build warn (:class:`SyntheticServerRootWarning`): it is for simulation only;
+* ``server_allowed_tcb_statuses`` other than ``"UpToDate"`` make the build warn
+  (:class:`RelaxedServerTcbWarning`), and the model server at every start;
 * only enclave-build's model server (tflite, openvino ``mode = "python"``, third-party Python
   backends) on Gramine can verify such a server: Gramine's provisioning constructor (tfserving,
   ovms) checks a CA only, and Occlum's init has its own ``[occlum] server_measurements``.
@@ -76,6 +78,10 @@ NAMES = tuple(f.name for f in FIELDS)
 
 class SyntheticServerRootWarning(UserWarning):
     """The model enclave will trust a root CA other than Intel's for its secret server."""
+
+
+class RelaxedServerTcbWarning(UserWarning):
+    """The model enclave will accept a secret server whose platform's TCB is not UpToDate."""
 
 
 def _located(problems: list[Problem], key: tuple, message: str) -> None:
@@ -201,6 +207,16 @@ def warn_if_synthetic(trust: ServerTrust | None) -> None:
                       SyntheticServerRootWarning, stacklevel=2)
 
 
+def warn_if_relaxed(trust: ServerTrust | None) -> None:
+    """Warn (at build time) that TCB statuses other than UpToDate will be accepted for the
+    server (the model server says so again at every start)."""
+    relaxed = sorted(set(trust.allowed_tcb_statuses) - {"UpToDate"}) if trust else []
+    if relaxed:
+        warnings.warn(f"[secrets] server_allowed_tcb_statuses accepts {', '.join(relaxed)}: the "
+                      "enclave will take keys from a secret server on a platform with known, "
+                      "unpatched vulnerabilities", RelaxedServerTcbWarning, stacklevel=2)
+
+
 # --------------------------------------------------------------------------- into the plan
 
 #: Where the verification inputs are in the image (trusted files: measured).
@@ -241,6 +257,7 @@ def add_to_plan(spec, plan, framework: str) -> None:  # noqa: ANN001 - Spec, Ser
     if trust.collateral is not None:
         plan.add_file(trust.collateral, TRUST_COLLATERAL, FileKind.TRUSTED)
     warn_if_synthetic(trust)
+    warn_if_relaxed(trust)
 
 
 def _own_mr_signer(spec) -> str | None:  # noqa: ANN001 - Spec
@@ -295,6 +312,6 @@ def identity_config(trust: ServerTrust) -> dict[str, Any]:
             "allowed_tcb_statuses": list(trust.allowed_tcb_statuses)}
 
 
-__all__ = ["FIELDS", "NAMES", "SyntheticServerRootWarning", "TRUST_COLLATERAL", "TRUST_DIR",
-           "TRUST_DISTRIBUTIONS", "TRUST_ROOT", "add_to_plan", "check", "identity_config",
-           "warn_if_synthetic"]
+__all__ = ["FIELDS", "NAMES", "RelaxedServerTcbWarning", "SyntheticServerRootWarning",
+           "TRUST_COLLATERAL", "TRUST_DIR", "TRUST_DISTRIBUTIONS", "TRUST_ROOT", "add_to_plan",
+           "check", "identity_config", "warn_if_relaxed", "warn_if_synthetic"]

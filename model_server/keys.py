@@ -48,6 +48,7 @@ import ssl
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -271,8 +272,11 @@ def fetch_key(name: str, server: str, ca_file: Path | None, make_quote: QuoteSou
                                                       host):
                 raise KeyFetchError(f"secret server {peer}: its certificate is not issued for "
                                     f"{host!r} (subject alternative names / common name)")
+            # The whole answer within *timeout*: a server dripping it a byte at a time would
+            # otherwise hold the start of the enclave for timeout seconds per byte.
+            answer_by = time.monotonic() + timeout
             tls.sendall(wire.REQUEST)
-            header = wire.recv_exact(tls, wire.HEADER_LEN)
+            header = wire.recv_exact(tls, wire.HEADER_LEN, answer_by)
             if len(header) < wire.HEADER_LEN:
                 raise KeyFetchError(f"secret server {peer} refused key {name}: it closed the "
                                     "connection without a reason (see its audit log)")
@@ -281,16 +285,16 @@ def fetch_key(name: str, server: str, ca_file: Path | None, make_quote: QuoteSou
             except ValueError as exc:
                 raise KeyFetchError(f"secret server {peer}: protocol error for key {name}: "
                                     f"{exc}") from None
-            body = wire.recv_exact(tls, size)
+            if released and size != wire.WRAP_KEY_SIZE:   # refused before reading it
+                raise KeyFetchError(f"secret server {peer}: key {name} is {size} bytes; a wrap "
+                                    f"key must be exactly {wire.WRAP_KEY_SIZE}")
+            body = wire.recv_exact(tls, size, answer_by)
             if not released:
                 reason = body.decode("utf-8", "replace") or "no reason given"
                 raise KeyFetchError(f"secret server {peer} refused key {name}: {reason}")
             if len(body) != size:
                 raise KeyFetchError(f"secret server {peer}: key {name} truncated "
                                     f"({len(body)} of {size} bytes)")
-            if size != wire.WRAP_KEY_SIZE:
-                raise KeyFetchError(f"secret server {peer}: key {name} is {size} bytes; a wrap "
-                                    f"key must be exactly {wire.WRAP_KEY_SIZE}")
             return body
     except ssl.SSLError as exc:
         raise KeyFetchError(f"secret server {peer}: TLS failed for key {name}: "

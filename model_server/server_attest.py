@@ -123,12 +123,19 @@ class ServerVerifier:
         self.policy = _verify.TcbPolicy(frozenset(trust.allowed_tcb_statuses))
 
     def announce(self) -> None:
-        """Say on stderr what this process will trust (loudly for a non-Intel root)."""
+        """Say on stderr what this process will trust beyond the strict default (loudly: a
+        non-Intel root, TCB statuses other than UpToDate)."""
         if self.trust.root_ca is not None:
             print(f"WARNING: the secret server is verified against the root CA "
                   f"{self.trust.root_ca} built into this image, NOT Intel's SGX root: a "
                   "synthetic test PKI is for simulation only; a production build uses "
                   "server_root_ca = \"intel\".", file=sys.stderr, flush=True)
+        relaxed = sorted(set(self.trust.allowed_tcb_statuses) - {"UpToDate"})
+        if relaxed:
+            print(f"WARNING: the secret server is accepted with TCB status "
+                  f"{', '.join(relaxed)} (server_allowed_tcb_statuses of this build): its "
+                  "platform may have known, unpatched vulnerabilities, and the keys it hands "
+                  "out are only as safe as it is.", file=sys.stderr, flush=True)
 
     def check(self, certificate_der: bytes, endpoint: str) -> AttestedServer:
         """Verify the secret server's certificate; :class:`ServerRefused` with the reason."""

@@ -24,7 +24,8 @@ from attestation.ratls import server_certificate
 from attestation.synthetic import SyntheticPKI
 from builder.build import load, make_plan
 from builder.plugin_api import SERVER_CONFIG
-from builder.server_trust import TRUST_COLLATERAL, TRUST_ROOT, SyntheticServerRootWarning
+from builder.server_trust import (TRUST_COLLATERAL, TRUST_ROOT, RelaxedServerTcbWarning,
+                                  SyntheticServerRootWarning)
 from builder.spec import SpecError
 from model_server.config import ConfigError, ExpectedServer, ServerTrustConfig, parse_config
 from model_server.server_attest import ServerRefused, ServerVerifier
@@ -231,6 +232,7 @@ def test_mr_enclave_pin_with_intel_root_and_pccs(tmp_path, pki):
     assert identity["allowed_tcb_statuses"] == ["UpToDate", "SWHardeningNeeded"]
     assert not any(f.dest.startswith("/enclave/secret-server-trust/") for f in plan.files)
     assert not [w for w in caught if issubclass(w.category, SyntheticServerRootWarning)]
+    assert [w for w in caught if issubclass(w.category, RelaxedServerTcbWarning)]
 
 
 def test_ca_mode_is_unchanged(tmp_path, pki):
