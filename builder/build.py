@@ -145,6 +145,10 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
     spec, registry = load(spec_path, registry)
     plan = make_plan(spec, registry)
     if image.tag:
+        try:
+            parse_registry_ref(image.tag)
+        except UsageError as exc:
+            raise UsageError(f"--tag: {exc}") from None
         plan.image_tag = image.tag
     if image.push:
         _check_push_target(plan.image_tag)

@@ -297,10 +297,17 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
     occlum = occlum_spec.check(values["occlum"], "occlum" in data, libos,
                                bool(values["enclave"].get("edmm")), base_dir, problems)
     check_deploy(values["deploy"], values["enclave"], problems)
+    if isinstance(values["image"].get("tag"), str):   # a name `--push`/`--load` can use
+        from .image.reference import parse_registry_ref
+        try:
+            parse_registry_ref(values["image"]["tag"])
+        except UsageError as exc:
+            problems.append(Problem(("image", "tag"), str(exc)))
 
     plugin_values: dict[str, Mapping[str, Any]] = {}
     for name, section in plugin_sections.items():
-        if name in data and name != framework:
+        # (with service.framework missing, that error alone is the one to report)
+        if name in data and name != framework and framework is not None:
             problems.append(Problem((name,), f"section [{name}] belongs to framework {name!r}, "
                                              f"but service.framework is {framework!r}"))
             continue

@@ -21,6 +21,8 @@ and checks the model in DIR (it imports nothing but the standard library and ten
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -80,9 +82,29 @@ def _run_with_lines(argv: list[str], what: str, timeout: float) -> None:
         raise MakeError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 
+@contextlib.contextmanager
+def _exclusive(lock: Path, what: str):
+    """Hold an flock on *lock* (made if missing): two runs on one machine (a CI job next to a
+    user's, two test sessions) must not install or make into the same directory at once,
+    nor remove what the other is still writing."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"waiting for another process that is {what} (lock {lock})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_venv() -> Path:
     """The virtual environment with the pinned TensorFlow (created on first use)."""
     venv = venv_dir()
+    with _exclusive(venv.parent / f"{venv.name}.lock", f"installing into {venv}"):
+        return _ensure_venv_locked(venv)
+
+
+def _ensure_venv_locked(venv: Path) -> Path:
     ready = venv / ".enclave-build-ready"
     # What was installed: the pin and the constraints' digest (a changed pin means a new venv).
     stamp = TENSORFLOW + " " + (hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()
@@ -114,6 +136,14 @@ def ensure_model(cache: Path) -> Path:
     target = cache / "half_plus_two"
     if is_made(target):
         return target
+    with _exclusive(cache / ".half_plus_two.lock", f"making {target}"):
+        return _ensure_model_locked(target)
+
+
+def _ensure_model_locked(target: Path) -> Path:
+    if is_made(target):  # made by whoever held the lock before us
+        return target
+    cache = target.parent
     venv = ensure_venv()
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".half_plus_two-", dir=cache))

@@ -110,9 +110,18 @@ CASES = [
     ("secrets-bad-server", GOOD + '\n[secrets]\nserver = "secrets.example.com"\n',
      ["spec.toml:18: secrets.server: 'secrets.example.com' is not allowed; allowed: \"HOST:PORT\", "
       "e.g. \"secrets.example.com:4433\""]),
+    ("image-tag-not-a-name", GOOD + '\n[image]\ntag = "Face Detect"\n',
+     ["spec.toml:18: image.tag: image reference 'Face Detect': invalid repository name "
+      "'library/Face Detect' (lower-case letters, digits, '.', '_', '-', '/')"]),
     ("other-frameworks-section", GOOD + '\n[tfserving]\ngrpc_port = 8500\n',
      ["spec.toml:17: tfserving: section [tfserving] belongs to framework 'tfserving', but "
       "service.framework is 'tflite'"]),
+    ("framework-key-typo-with-its-section",
+     replace('framework = "tflite"', 'framwork = "tflite"') + '\n[tflite]\nthreads = 1\n',
+     ["spec.toml:3: service.framwork: unknown key; did you mean 'framework'? allowed: name, "
+      "framework, libos",
+      "spec.toml:1: service.framework: required key is missing (the serving framework plugin, "
+      "e.g. tfserving)"]),
     ("plugin-section-unknown-key", GOOD + '\n[tflite]\nthread = 4\n',
      ["spec.toml:18: tflite.thread: unknown key; did you mean 'threads'? allowed: grpc_port, "
       "rest_port, threads, instances"]),

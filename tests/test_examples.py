@@ -155,6 +155,58 @@ def test_half_plus_two_is_a_real_savedmodel_that_computes_half_plus_two(tmp_path
     assert b"serving_default" in pb
 
 
+def test_a_second_run_waits_for_the_tensorflow_install_instead_of_removing_it(tmp_path,
+                                                                               monkeypatch):
+    """Seen: `fetch_models.py tfserving` started while a CI job was installing TensorFlow into
+    the same cached venv took it for a half-made one, removed it under the running pip and
+    left a venv marked ready with its packages gone. The second run must wait for the first."""
+    import threading
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import half_plus_two
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    venv = tmp_path / "tf-venv"
+    monkeypatch.setenv("ENCLAVE_BUILD_TF_VENV", str(venv))
+    installing, waiting = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def fake_run(argv, what, timeout):  # creating the venv, then pip install
+        calls.append(what)
+        if what == "creating the venv":
+            (venv / "bin").mkdir(parents=True)
+            (venv / "bin/python").touch()
+            return
+        (venv / "installed").write_text("tensorflow")
+        installing.set()
+        assert waiting.wait(30), "the second run did not wait for the first one's install"
+
+    said = half_plus_two._say
+
+    def say(message):
+        if message.startswith("waiting for another process"):
+            waiting.set()
+        said(message)
+
+    monkeypatch.setattr(half_plus_two, "_run_with_lines", fake_run)
+    monkeypatch.setattr(half_plus_two, "_say", say)
+    results: dict[str, Path] = {}
+
+    def run(name):
+        results[name] = half_plus_two.ensure_venv()
+
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    assert installing.wait(30)
+    second = threading.Thread(target=run, args=("second",))
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert results == {"first": venv, "second": venv}
+    assert calls == ["creating the venv", f"pip install {half_plus_two.TENSORFLOW}"]
+    assert (venv / "installed").read_text() == "tensorflow"
+
+
 def test_readme_shows_how_to_build_each_example_on_the_standin():
     """What test_example_builds_as_shipped does for the examples needing runtimes is what the
     README tells a user to run (the stand-in alone lacks them: the build would stop)."""

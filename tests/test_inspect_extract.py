@@ -89,6 +89,33 @@ def test_extract_never_overwrites(built, tmp_path):
     assert proc.returncode == 2 and "not overwriting" in proc.stderr.decode()
 
 
+def test_a_mistyped_build_dir_is_named_when_the_registry_fails(built, monkeypatch):
+    """`inspect my-model/ot` (for my-model/out) reads as the Docker Hub image my-model/ot; when
+    that fails the error also says which build directory was probably meant."""
+    from builder.image import inspect as inspect_module
+    from builder.image.inspect import inspect_image
+    from builder.image.registry import RegistryClient, RegistryError
+
+    def unreachable(self, *args, **kwargs):
+        raise RegistryError("cannot reach registry registry-1.docker.io: no network")
+
+    monkeypatch.setattr(RegistryClient, "pull", unreachable)
+    project = built.parent
+    monkeypatch.chdir(project.parent)
+    with pytest.raises(inspect_module.ImageError) as mistyped:
+        inspect_image(f"{project.name}/ot")
+    assert str(mistyped.value) == (
+        "cannot reach registry registry-1.docker.io: no network; as a build directory, "
+        f"{project.name}/ot does not exist: did you mean {project.name}/out?")
+    monkeypatch.chdir(project)
+    with pytest.raises(inspect_module.ImageError) as bare:
+        inspect_image("ot")
+    assert str(bare.value).endswith("did you mean out?")
+    with pytest.raises(inspect_module.ImageError) as unrelated:   # nothing near: as it was
+        inspect_image("library-image")
+    assert str(unrelated.value) == "cannot reach registry registry-1.docker.io: no network"
+
+
 def test_one_output_style_for_sigstruct_and_inspect(built, tmp_path):
     run_cli("inspect", str(built), "--extract", str(tmp_path / "audit"))
     sig = tmp_path / "audit/face.sig"

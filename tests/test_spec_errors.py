@@ -56,3 +56,17 @@ def test_good_spec_loads(tmp_path, monkeypatch, signing_key):
     assert spec.enclave.size == 2 << 30
     assert spec.models[0].path == tmp_path / "model.tflite"
     assert spec.section("tflite")["threads"] == 1  # plugin default filled in
+
+
+def test_cli_refuses_a_tag_that_is_no_image_name(tmp_path, signing_key, standin_root):
+    """`--tag` is checked as `[image] tag` is: before, it went into measurements.json and the
+    OCI index as given, and only `--push` refused it."""
+    _prepare(tmp_path, GOOD.replace("max_threads = 8", "max_threads = 16"), signing_key)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
+                   "--tag", "Face:1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == [
+        "error: --tag: image reference 'Face:1': invalid repository name 'library/Face' "
+        "(lower-case letters, digits, '.', '_', '-', '/')"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

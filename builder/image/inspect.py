@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import posixpath
@@ -63,13 +64,42 @@ def open_image(text: str) -> tuple[Image, Measurements | None]:
     source = parse_source(text)
     if source.transport == "docker":
         assert source.registry is not None
-        return RegistryClient(source.registry.host).pull(source.registry, store), None
+        try:
+            return RegistryClient(source.registry.host).pull(source.registry, store), None
+        except ImageError as exc:
+            hint = _build_dir_hint(text)
+            if hint is None:
+                raise
+            raise ImageError(f"{exc}; {hint}") from None
     if source.transport == "oci":
         return read_oci_layout(Path(source.location), source.tag, store, text), None
     if source.transport == "docker-archive":
         return read_docker_archive(Path(source.location), store, text), None
     from .sources import open_base
     return open_base(text).image, None
+
+
+def _build_dir_hint(text: str) -> str | None:
+    """For a bare reference that failed as a registry image: was a build directory meant?
+    (`inspect my-model/ot` for my-model/out reads as Docker Hub's my-model/ot.)"""
+    if text.startswith("docker://"):
+        return None
+    path = Path(text)
+    parent = path.parent
+    if not parent.is_dir():
+        return None
+    try:
+        builds = [entry.name for entry in parent.iterdir()
+                  if entry.is_dir() and ((entry / "oci").is_dir()
+                                         or (entry / "oci-layout").is_file())]
+    except OSError:
+        return None
+    close = difflib.get_close_matches(path.name, builds, n=1, cutoff=0.6)
+    if close:
+        return f"as a build directory, {text} does not exist: did you mean {parent / close[0]}?"
+    if parent != Path("."):
+        return f"as a build directory, {text} does not exist either"
+    return None
 
 
 @dataclass
