@@ -61,8 +61,11 @@ class _Flight:
 
 class PccsCollateral:
     def __init__(self, url: str, cache_dir: Path | None = None,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float = DEFAULT_TIMEOUT, disk: bool = True):
+        """*disk* False: collateral is kept in memory only (an enclave's own cache, where
+        nothing the host left on disk may be read back, and nothing is left behind)."""
         self.url = url
+        self.disk = disk
         self.cache_dir = cache_dir or _cache_dir()
         self.timeout = timeout
         self._memory: dict[str, str] = {}
@@ -90,11 +93,13 @@ class PccsCollateral:
 
     def _cached(self, key: str) -> str | None:
         text = self._memory.get(key)
-        if text is None:
+        if text is None and self.disk:
             try:
                 text = (self.cache_dir / f"{key}.json").read_text()
             except (OSError, UnicodeDecodeError):
                 return None
+        if text is None:
+            return None
         return text if self._fresh(text) else None
 
     def for_quote(self, quote: bytes, timeout: float | None = None) -> str:
@@ -124,6 +129,8 @@ class PccsCollateral:
         try:
             text = self._fetch(quote)
             try:
+                if not self.disk:
+                    raise OSError("memory only")
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
                 tmp = self.cache_dir / f".{key}.{os.getpid()}.{threading.get_ident()}"
                 tmp.write_text(text)

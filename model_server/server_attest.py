@@ -34,9 +34,7 @@ latter two only when a server is verified (so CA-mode images need neither).
 from __future__ import annotations
 
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from .config import ExpectedServer, ServerTrustConfig, host_path
 
@@ -114,10 +112,10 @@ class ServerVerifier:
                 self.collateral = _collateral.FileCollateral(host_path(trust.collateral))
             else:
                 assert trust.pccs_url is not None
-                # A private cache: nothing the host left on disk is read back.
-                cache = Path(tempfile.mkdtemp(prefix="enclave-build-collateral-"))
-                self.collateral = _collateral.PccsCollateral(trust.pccs_url, cache_dir=cache,
-                                                             timeout=timeout)
+                # In memory only: nothing the host left on disk is read back, and nothing is
+                # left in /tmp (which, as a plain process, is the host's).
+                self.collateral = _collateral.PccsCollateral(trust.pccs_url, timeout=timeout,
+                                                             disk=False)
         except _verify.VerifierConfigError as exc:
             raise ServerRefused(str(exc)) from None
         self.policy = _verify.TcbPolicy(frozenset(trust.allowed_tcb_statuses))
