@@ -217,8 +217,9 @@ def _registry_credentials(p: Probes) -> Check:
                      f"the Docker config cannot be read: {_first_line(exc)}",
                      "fix or remove the file ($DOCKER_CONFIG/config.json or "
                      "~/.docker/config.json)")
+    # Optional: public pulls and registries without auth need none, so absent is a warning.
     if path is None:
-        return Check("registry.credentials", title, MISSING,
+        return Check("registry.credentials", title, WARN,
                      "no Docker config ($DOCKER_CONFIG/config.json or ~/.docker/config.json)",
                      fix)
     found, broken = list(config.get("auths") or []), []
@@ -237,7 +238,7 @@ def _registry_credentials(p: Probes) -> Check:
                      "install the docker-credential-NAME helper on PATH, or remove it from the "
                      "config and `docker login` again")
     if not found:
-        return Check("registry.credentials", title, MISSING, f"{path} holds no credentials", fix)
+        return Check("registry.credentials", title, WARN, f"{path} holds no credentials", fix)
     return Check("registry.credentials", title, OK, f"{path}: {', '.join(found)}")
 
 
@@ -296,7 +297,11 @@ def _pccs(p: Probes) -> Check:
     url, origin = pccs_url(p)
     if url is None:
         where = f"{QCNL_CONF} names none" if origin else f"PCCS_URL unset, no {QCNL_CONF}"
-        return Check("sgx.pccs", title, MISSING, f"not configured ({where}); nothing contacted",
+        # needed where quotes are made (an SGX machine); elsewhere only a warning
+        sgx = p.path_kind(SGX_ENCLAVE) == "char"
+        return Check("sgx.pccs", title, MISSING if sgx else WARN,
+                     f"not configured ({where}); nothing contacted"
+                     + ("" if sgx else " (only SGX machines need one)"),
                      f"on SGX machines the quote provider needs one: set \"pccs_url\" in "
                      f"{QCNL_CONF} (or PCCS_URL); a secret server takes --pccs-url or offline "
                      "--collateral")
