@@ -702,7 +702,7 @@ Example:
   enclave-build secrets simulate-pki pki/
   enclave-build secrets config out/ --cert server.crt --key server.key \\
       --root-ca pki/root.pem --collateral pki/collateral.json --out secrets.toml
-  sudo enclave-build run out --simulate --pki pki/
+  sudo "$(command -v enclave-build)" run out --simulate --pki pki/
 """)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--days", default=365, show_default=True, type=click.IntRange(1, 3650),
@@ -826,7 +826,7 @@ def secrets_tls(directory: Path, hosts: tuple[str, ...], days: int, port: int,
 Example:
   enclave-build build spec.toml --base dir:/srv/gramine-base --output out
   enclave-build secrets simulate-pki pki/
-  sudo enclave-build run out --simulate --pki pki/ --env LOG_LEVEL=debug
+  sudo "$(command -v enclave-build)" run out --simulate --pki pki/ --env LOG_LEVEL=debug
 """)
 @click.argument("build_dir", metavar="BUILD_DIR",
                 type=click.Path(file_okay=False, path_type=Path))

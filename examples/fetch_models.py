@@ -200,18 +200,23 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no such example {group!r}" + (f"; did you mean {near[0]!r}?" if near
                          else f"; choose from {', '.join(GROUPS)}"))
     names = list(dict.fromkeys(n for g in (args.groups or GROUPS) for n in GROUPS[g]))
-    for name in names:
+    failed: list[str] = []
+    for name in names:   # one failure does not stop the others; all are named at the end
         try:
             path = fetch(name, args.dest)
         except FetchError as exc:
             print(f"fetch_models: {exc}", file=sys.stderr)
-            return 1
+            failed.append(name)
+            continue
         if name in MADE:
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
             print(f"{path}/ ({size} bytes): TF SavedModel y = 0.5 * x + 2 (serving_default: "
                   "x float32 [-1] -> y float32 [-1]), made with TensorFlow")
         else:
             print(f"{path} ({path.stat().st_size} bytes): {ASSETS[name].what}")
+    if failed:
+        print(f"fetch_models: not fetched: {', '.join(failed)} (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

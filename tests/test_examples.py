@@ -215,3 +215,21 @@ def test_readme_shows_how_to_build_each_example_on_the_standin():
         assert f"--runtimes {runtimes}" in readme, spec
         assert f"enclave-build build examples/{spec} --base dir:" in readme, spec
         assert f"--runtimes {runtimes}" in (EXAMPLES / spec).read_text(), spec
+
+
+def test_one_model_that_cannot_be_fetched_does_not_stop_the_others(tmp_path, monkeypatch,
+                                                                    capsys):
+    done = []
+
+    def fake_fetch(name, models_dir):
+        if name == "half_plus_two":
+            raise fetch_models.FetchError("cannot make half_plus_two: no TensorFlow here")
+        target = models_dir / name.replace("/", "_")
+        target.write_bytes(b"x")
+        done.append(name)
+        return target
+    monkeypatch.setattr(fetch_models, "fetch", fake_fetch)
+    assert fetch_models.main(["tfserving", "onnxruntime", "--dest", str(tmp_path)]) == 1
+    assert done == ["text_direction_cls.onnx"]          # fetched after the failure
+    err = capsys.readouterr().err
+    assert "no TensorFlow here" in err and "not fetched: half_plus_two" in err
