@@ -351,6 +351,8 @@ def init_project(directory: str | Path, framework: str = DEFAULT_FRAMEWORK,
                          "a file")
     copies = _model_copies(Path(model), models_dir, chosen) if model is not None else []
     model_path = f"models/{copies[0][1].name}" if copies else None
+    if model_path is None and force and chosen.name not in _NO_MODELS:
+        model_path = _model_already_there(models_dir)   # --force keeps what models/ holds
     text = render_spec(chosen, service, secret_server, tuple(sorted(frameworks)), model_path)
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -374,7 +376,19 @@ def init_project(directory: str | Path, framework: str = DEFAULT_FRAMEWORK,
     _write_text(spec_path, text, replace=force)
     return InitResult(directory, spec_path, key_path, key_created, chosen.name, service,
                       secret_server, next_steps(directory, chosen, secret_server,
-                                                model_copied=bool(copies)))
+                                                model_copied=model_path is not None))
+
+
+def _model_already_there(models_dir: Path) -> str | None:
+    """``models/NAME`` when DIR/models/ holds exactly one model (an OpenVINO IR's ``.xml``
+    with its ``.bin`` counts as one), else None (the placeholder stays)."""
+    if not models_dir.is_dir():
+        return None
+    entries = sorted(p for p in models_dir.iterdir() if not p.name.startswith("."))
+    names = {p.name for p in entries}
+    entries = [p for p in entries
+               if not (p.suffix == ".bin" and p.with_suffix(".xml").name in names)]
+    return f"models/{entries[0].name}" if len(entries) == 1 else None
 
 
 def _model_copies(model: Path, models_dir: Path, framework: Framework) -> list[tuple[Path, Path]]:

@@ -107,6 +107,19 @@ def test_never_overwrites_and_force_replaces_only_the_spec(tmp_path):
     assert 'framework = "openvino"' in again.spec.read_text()
 
 
+def test_force_keeps_the_model_that_models_holds(tmp_path):
+    project = tmp_path / "svc"
+    init_project(project, framework="openvino")
+    (project / "models/face.xml").write_text("<net/>")
+    (project / "models/face.bin").write_bytes(b"w")
+    again = init_project(project, framework="openvino", force=True)
+    models = tomllib.loads(again.spec.read_text())["models"]
+    assert [m["path"] for m in models] == ["models/face.xml"]
+    (project / "models/other.xml").write_text("<net/>")      # two: which one is not guessed
+    third = init_project(project, framework="openvino", force=True)
+    assert MODEL_PLACEHOLDER in third.spec.read_text()
+
+
 def test_unknown_framework_and_bad_directory_names(tmp_path):
     proc = run_cli("init", "--framework", "x", str(tmp_path / "svc"))
     assert proc.returncode == 2
