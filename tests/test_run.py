@@ -129,7 +129,7 @@ def test_cli_errors(tmp_path: Path) -> None:
     bad_env = run_cli("run", str(tmp_path), "--simulate", "--env", "NOEQUALS")
     assert bad_env.returncode == 2 and b"expected NAME=VALUE" in bad_env.stderr
     helped = run_cli("run", "--help")
-    assert helped.returncode == 0 and b"enclave-build run out --simulate" in helped.stdout
+    assert helped.returncode == 0 and b'"$(command -v enclave-build)" run out --simulate' in helped.stdout
 
 
 # --------------------------------------------------------------------------- stand-in base
