@@ -106,8 +106,9 @@ def k8s(build_dir: Path, output: Path, image: str | None, aesmd_image: str | Non
 
     \b
     The enclave container requests sgx.intel.com/epc = enclave size + libOS margin and
-    sgx.intel.com/enclave; an aesmd sidecar (pods that fetch keys) gets
-    sgx.intel.com/enclave and sgx.intel.com/provision. Nothing is privileged or mounts a host
+    sgx.intel.com/enclave; an aesmd sidecar (Gramine pods that fetch keys) gets
+    sgx.intel.com/enclave and sgx.intel.com/provision (an Occlum enclave container quotes
+    itself and gets sgx.intel.com/provision instead). Nothing is privileged or mounts a host
     path; containers run as the image's non-root user with a read-only root filesystem,
     every capability dropped and seccomp RuntimeDefault. Probes use the model server's
     /v2/health/{live,ready}; the startup probe allows for creating an enclave of that size.
@@ -139,10 +140,12 @@ Examples:
 \b
 EPC per replica = enclave size + libOS margin (Gramine: 1 MiB for SECS and version-array
 pages; Occlum: 96 MiB + 1 MiB per thread for its kernel heap, kernel stacks and LibOS image),
-rounded up to MiB, plus 8 MiB for the aesmd sidecar of pods that attest. Replicas per node are
+rounded up to MiB, plus 8 MiB for the quoting enclaves of pods that attest (Gramine: in an
+aesmd sidecar; Occlum: loaded by the enclave container itself). Replicas per node are
 also limited by the SGX device plugin's per-node container limit for /dev/sgx_enclave
-(-enclave-limit, default 20; an attesting pod uses two). A rolling update starts one replica
-more before it stops an old one, so run at most the cluster's replicas minus one.
+(-enclave-limit, default 20; an attesting Gramine pod uses two, an Occlum pod one). A
+rolling update starts one replica more before it stops an old one, so run at most the
+cluster's replicas minus one.
 \b
 Exit codes: 0 at least one replica fits per node, 2 none does (the plan is still printed,
 then why) or bad arguments.
@@ -161,12 +164,13 @@ then why) or bad arguments.
               "build's, else gramine.")
 @click.option("--max-threads", type=click.IntRange(min=1), help="Enclave threads (Occlum's "
               "margin grows with them; default: the build's, else 64).")
-@click.option("--no-attestation", is_flag=True, help="Pods without the aesmd sidecar "
-              "(services that fetch no keys; default: the build's).")
+@click.option("--no-attestation", is_flag=True, help="Pods that do not quote: no aesmd "
+              "sidecar or quoting enclaves (services that fetch no keys; default: the build's).")
 @click.option("--enclave-limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="The device plugin's -enclave-limit.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON (sizes in bytes): "
-              "libos, enclave_size, margin, sidecar_epc, epc_per_pod, epc_per_node, nodes, "
+              "libos, enclave_size, margin, sidecar_epc, quoting_epc, epc_per_pod, "
+              "epc_per_node, nodes, "
               "enclave_devices_per_pod, enclave_limit, replicas_per_node, replicas, "
               "limited_by, epc_unused_per_node.")
 def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node: int,
@@ -212,7 +216,9 @@ def _print_plan(result: "CapacityPlan") -> None:
     mib = format_mebibytes
     click.echo(f"libos              {result.libos}")
     click.echo(f"enclave            {mib(result.enclave_size)} + margin {mib(result.margin)}"
-               + (f" + aesmd {mib(result.sidecar_epc)}" if result.sidecar_epc else ""))
+               + (f" + aesmd {mib(result.sidecar_epc)}" if result.sidecar_epc else "")
+               + (f" + quoting enclaves {mib(result.quoting_epc)} (loaded by the enclave "
+                  "container)" if result.quoting_epc else ""))
     click.echo(f"EPC per replica    {mib(result.epc_per_pod)}")
     click.echo(f"EPC per node       {result.epc_per_node} bytes = "
                f"{result.epc_per_node / MI:.0f}Mi ({result.epc_unused_per_node // MI}Mi left "

@@ -401,7 +401,9 @@ def test_cli_k8s_and_plan_capacity(tmp_path):
     result = runner.invoke(main, ["plan-capacity", "--enclave-size", "4G", "--epc-per-node",
                                   "64Gi", "--nodes", "3", "--libos", "occlum"])
     assert result.exit_code == 0, result.output
-    assert "margin 160Mi" in result.output and "30 replicas on 3 node(s)" in result.output
+    # 4096 + 160 + 8 MiB (quoting enclaves in the enclave container, no sidecar): 15 a node
+    assert "margin 160Mi + quoting enclaves 8Mi" in result.output
+    assert "45 replicas on 3 node(s)" in result.output and "aesmd" not in result.output
     unpushed = make_build(tmp_path / "u", "tflite", image_ref="face-detect:demo")
     result = runner.invoke(main, ["k8s", str(unpushed), "--output", str(tmp_path / "e")])
     assert result.exit_code == 2 and "push it first" in result.output

@@ -26,7 +26,7 @@ from builder.k8s.autoscaling import LATENCY, adapter_helm_values, adapter_rules
 from builder.k8s.generate import render
 from builder.k8s.inputs import K8sError
 from builder.k8s.service_info import SERVICE_FILE, ServiceInfo, service_info
-from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build
+from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build, walk
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -124,6 +124,52 @@ def test_an_occlum_enclave_that_fetches_keys_needs_an_attested_secret_server(tmp
     # 2G + Occlum's margin: 96 MiB + 1 MiB for each of the 32 threads.
     assert m.objects["base/model-server/deployment.yaml"]["spec"]["template"]["spec"][
         "containers"][0]["resources"]["limits"]["sgx.intel.com/epc"] == f"{2048 + 96 + 32}Mi"
+
+
+def test_an_occlum_pod_quotes_in_its_enclave_container(tmp_path):
+    """Occlum's runtime loads Intel's quoting enclaves itself (its PAL calls the DCAP quote
+    library; Occlum runs with /dev/sgx_provision and /etc/sgx_default_qcnl.conf in its own
+    container): the enclave container gets sgx.intel.com/provision, the quote provider's
+    configuration and the quoting enclaves' EPC; the pod has no aesmd sidecar, so none is
+    asked for; the capacity plan counts one device per pod."""
+    out = make_build(tmp_path, "tflite", replace={'libos = "gramine"': 'libos = "occlum"'},
+                     deploy=DEPLOY.replace("aesmd_image", "# aesmd_image"))
+    info = ServiceInfo.load(out / SERVICE_FILE)
+    assert info.libos == "occlum" and info.keys and not info.deploy.aesmd_image
+    m = render(out)
+    spec = m.objects["base/model-server/deployment.yaml"]["spec"]["template"]["spec"]
+    assert "initContainers" not in spec                     # no aesmd sidecar
+    (enclave,) = spec["containers"]
+    for kind in ("requests", "limits"):
+        sgx = {k: v for k, v in enclave["resources"][kind].items() if k.startswith("sgx.")}
+        # 2G + Occlum's margin (96 MiB + 32 threads) + 8 MiB for QE3 and PCE
+        assert sgx == {"sgx.intel.com/epc": f"{2048 + 96 + 32 + 8}Mi",
+                       "sgx.intel.com/enclave": "1", "sgx.intel.com/provision": "1"}
+    assert {"name": "qcnl-config", "mountPath": "/etc/sgx_default_qcnl.conf",
+            "subPath": "sgx_default_qcnl.conf", "readOnly": True} in enclave["volumeMounts"]
+    assert {"name": "qcnl-config", "configMap": {"name": "face-detect-qcnl"}} in spec["volumes"]
+    qcnl = m.objects["base/model-server/qcnl-configmap.yaml"]
+    assert json.loads(qcnl["data"]["sgx_default_qcnl.conf"])["pccs_url"] == PCCS
+    assert any("quotes in the enclave container" in n for n in m.notes)
+    for path, obj in m.objects.items():
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+        for where, key, value in walk(obj):   # the provisioning device is a plugin resource
+            assert key != "hostPath" and not (key == "privileged" and value is True), path
+    assert enclave["securityContext"]["allowPrivilegeEscalation"] is False
+    assert enclave["securityContext"]["runAsNonRoot"] is True
+    result = CliRunner().invoke(main, ["plan-capacity", str(out), "--epc-per-node", "64Gi",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert (plan["sidecar_epc"], plan["quoting_epc"], plan["enclave_devices_per_pod"]) == (
+        0, 8 << 20, 1)
+    assert plan["epc_per_pod"] == (2048 + 96 + 32 + 8) << 20
+    # ... while a Gramine pod still quotes through its aesmd sidecar
+    gramine = render(make_build(tmp_path / "g", "tflite"))
+    gspec = gramine.objects["base/model-server/deployment.yaml"]["spec"]["template"]["spec"]
+    assert "sgx.intel.com/provision" not in gspec["containers"][0]["resources"]["limits"]
+    assert [c["name"] for c in gspec["initContainers"]][-1] == "aesmd"
 
 
 def _owner_cert(path: Path) -> Path:

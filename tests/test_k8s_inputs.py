@@ -354,7 +354,8 @@ def test_plan_capacity_json_schema():
     result = CliRunner().invoke(main, ["plan-capacity", "--enclave-size", "4G", "--epc-per-node",
                                        "64Gi", "--nodes", "2", "--json"])
     plan = json.loads(result.output)
-    assert set(plan) == {"libos", "enclave_size", "margin", "sidecar_epc", "epc_per_pod",
+    assert set(plan) == {"libos", "enclave_size", "margin", "sidecar_epc", "quoting_epc",
+                         "epc_per_pod",
                          "epc_per_node", "nodes", "enclave_devices_per_pod", "enclave_limit",
                          "replicas_per_node", "replicas", "limited_by", "epc_unused_per_node"}
     assert all(isinstance(plan[k], int) for k in plan if k not in ("libos", "limited_by"))

@@ -32,6 +32,7 @@ from builder.standin import add_standin_runtimes
 from . import serving_env as se
 from .attest_env import MR_SIGNER, identity
 from .conftest import image_rootfs, run_cli
+from .test_grsecret import stubs  # noqa: F401 - a fixture: ratls stubs made from the .proto
 
 pytestmark = pytest.mark.integration
 
@@ -99,15 +100,18 @@ key = "key.pem"
 ''')
     base = secret_server_base(standin_root, work)
     out = work / "out"
-    build(spec, output=out, base=f"dir:{base}")
+    from plugins.secret_server import SyntheticRootWarning
+    with pytest.warns(SyntheticRootWarning):   # root_ca is the synthetic test root
+        build(spec, output=out, base=f"dir:{base}")
     proc = se._cli("run", str(out), "--simulate", "--pki", str(pki_dir), "--mode", "process")
     output = se.Output(proc)
     process = se.Process(proc, output)
     try:
-        if output.wait_for(SERVING, 60) is None:
+        serving = output.wait_for(SERVING, 60)
+        if serving is None:
             raise AssertionError(f"the secret server did not start:\n{output.text}")
         yield {"work": work, "out": out, "pki": pki_dir, "port": port, "spec": spec,
-               "grsecret_port": grsecret_port,
+               "grsecret_port": grsecret_port, "serving": serving, "output": output,
                "owner": (owner_cert, owner_key), "process": process}
     finally:
         process.stop()
@@ -129,6 +133,45 @@ def test_the_image_carries_policy_and_owners_but_no_key(served):
     assert measurements["framework"] == "secret-server"
     manifest = next(root.glob("enclave/*.manifest.sgx")).read_text()
     assert "/enclave/secret-server/owners/00.pem" in manifest   # measured
+
+
+def test_simulation_listens_on_loopback_only(served):
+    """`run --simulate` (plain process, no --listen-all): both of the server's ports are bound
+    to 127.0.0.1, not the measured configuration's 0.0.0.0, as for the model server."""
+    assert served["serving"].group(1) == "127.0.0.1", served["output"].text
+    start = next(json.loads(line) for line in served["output"].lines
+                 if line.startswith("{") and '"event": "start"' in line)
+    assert start["listen"] == f"127.0.0.1:{served['port']}"
+    assert start["grsecret"] == f"127.0.0.1:{served['grsecret_port']}"
+
+
+def test_a_synthetic_root_ca_is_warned_about_at_build_time(served, tmp_path):
+    import warnings
+
+    from builder.build import make_plan
+    from builder.plugins import PluginRegistry
+    from builder.spec import load_spec
+    from plugins.secret_server import SyntheticRootWarning
+
+    registry = PluginRegistry()
+
+    def plan(spec_path: Path) -> list[warnings.WarningMessage]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make_plan(load_spec(spec_path, registry.framework_sections(), ("gramine",)),
+                      registry)
+        return [w for w in caught if issubclass(w.category, SyntheticRootWarning)]
+
+    caught = plan(served["spec"])
+    assert len(caught) == 1 and "root.pem" in str(caught[0].message)
+    assert 'production builds use root_ca = "intel"' in str(caught[0].message)
+    intel = served["spec"].parent / "intel.toml"
+    intel.write_text(re.sub(r'(?m)^root_ca = .*$', 'root_ca = "intel"',
+                            served["spec"].read_text()))
+    try:
+        assert plan(intel) == []
+    finally:
+        intel.unlink()
 
 
 def test_grsecret_port_presents_the_builds_identity_to_occlum_peers(served):
@@ -228,7 +271,49 @@ def _model_enclave_fetch(served) -> bytes:
     return body
 
 
-def test_upload_then_a_model_enclave_gets_the_key(served, tmp_path):
+def _grsecret_fetch(served, stubs, name: str) -> bytes:
+    """What Occlum's init does against the enclave image's GrSecret port, with a gRPC client
+    generated from tests/protos/ratls.proto: check the server's quote and identity (its
+    measurements.json as init_ra_conf's ra_config), then GetSecret over mutual RA-TLS pinned
+    to that certificate, presenting a (synthetic) Occlum-format certificate of 'face'."""
+    import ssl
+
+    import grpc
+
+    from attestation import grsecret
+    from attestation.occlum_ra import RaConfig, verify_peer_certificate
+    from attestation.ratls import create_certificate
+
+    pb2, pb2_grpc = stubs
+    address = ("127.0.0.1", served["grsecret_port"])
+    pem = ssl.get_server_certificate(address).encode()
+    built = json.loads((served["out"] / "measurements.json").read_text())
+    ra_config = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
+                                         "verify_isv_prod_id", "verify_isv_svn",
+                                         "verify_enclave_debuggable")}
+    ra_config["verify_config_svn"] = "off"
+    ra_config["sgx_mrs"] = [{"mr_enclave": built["mr_enclave"], "mr_signer": built["mr_signer"],
+                             "isv_prod_id": built["isv_prod_id"], "isv_svn": built["isv_svn"],
+                             "config_svn": 0, "debuggable": False}]
+    pki = SyntheticPKI.load(served["pki"])
+    verify_peer_certificate(x509.load_pem_x509_certificate(pem), RaConfig.from_dict(ra_config),
+                            (served["pki"] / "collateral.json").read_text(),
+                            root_ca_der=pki.root_der)
+    cert, key = create_certificate("cczoo", lambda rd: pki.quote(identity("face"), MR_SIGNER,
+                                                                  rd, 1, 2))
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=pem, certificate_chain=cert.public_bytes(serialization.Encoding.PEM),
+        private_key=key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    with grpc.secure_channel("%s:%d" % address, creds, options=[
+            ("grpc.ssl_target_name_override", "localhost")]) as channel:
+        reply = pb2_grpc.GrSecretStub(channel).GetSecret(pb2.SecretRequest(name=name),
+                                                          timeout=10)
+    return grsecret.decode_secret(reply.secret)
+
+
+def test_upload_then_a_model_enclave_gets_the_key(served, tmp_path, stubs):
     with pytest.raises(AttestationRefused, match="has not been uploaded by its owner yet"):
         _model_enclave_fetch(served)
     key = os.urandom(16)
@@ -255,6 +340,8 @@ def test_upload_then_a_model_enclave_gets_the_key(served, tmp_path):
     assert info["uploaded"] == ["face-key"] and info["attested"] is True
     assert key.hex().encode() not in proc.stdout + proc.stderr
     assert _model_enclave_fetch(served) == key
+    # ... and an Occlum enclave's init gets it from the same server over GrSecret
+    assert _grsecret_fetch(served, stubs, "face-key") == key
     log = served["process"].output.text
     assert key.hex() not in log
     assert '"event": "upload"' in log and hashlib.sha256(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -37,3 +38,68 @@ def test_wildcards_become_loopback_only_in_a_plain_process_simulation(tmp_path, 
     assert loaded.rest.host == "10.1.2.3"          # an explicit address is left alone
     defaults = server_config.load_config(_config(tmp_path))
     assert defaults.grpc.host == defaults.rest.host == ("127.0.0.1" if simulated else "0.0.0.0")
+
+
+# --- the secret-server framework's launcher (plain-process `run --simulate` of its image) ---
+
+SECRETS_TOML = """# The secret server's configuration (measured), written by enclave-build.
+measurements = []
+
+[server]
+listen = "0.0.0.0:4433"
+identity = "ratls"
+
+[grsecret]
+listen = "0.0.0.0:4434"
+"""
+
+
+def _launcher():
+    from plugins.secret_server import launcher
+    return launcher
+
+
+def test_secret_server_launcher_names_the_runners_variables():
+    launcher = _launcher()
+    assert launcher.LISTEN_ENV == runner.LISTEN_ENV and launcher.ROOT_ENV == runner.ROOT_ENV
+
+
+@pytest.mark.parametrize("simulated", [True, False])
+def test_secret_server_serves_loopback_only_in_a_plain_process_simulation(tmp_path, monkeypatch,
+                                                                          simulated):
+    import tomllib
+
+    launcher = _launcher()
+    monkeypatch.setenv(runner.LISTEN_ENV, "127.0.0.1")
+    if simulated:
+        monkeypatch.setenv(runner.ROOT_ENV, str(tmp_path))
+    else:
+        monkeypatch.delenv(runner.ROOT_ENV, raising=False)
+    config = tmp_path / "secrets.toml"
+    config.write_text(SECRETS_TOML)
+    served = launcher.simulation_config(str(config))
+    assert config.read_text() == SECRETS_TOML            # the measured file is never changed
+    data = tomllib.loads(open(served).read())
+    if simulated:
+        assert served != str(config) and os.path.dirname(served) == str(tmp_path)
+        assert data["server"]["listen"] == "127.0.0.1:4433"
+        assert data["grsecret"]["listen"] == "127.0.0.1:4434"
+        # everything else is the measured configuration's
+        data["server"]["listen"], data["grsecret"]["listen"] = "0.0.0.0:4433", "0.0.0.0:4434"
+        assert data == tomllib.loads(SECRETS_TOML)
+    else:
+        assert served == str(config)
+
+
+def test_secret_server_explicit_address_kept_and_odd_layout_refused(tmp_path, monkeypatch):
+    launcher = _launcher()
+    monkeypatch.setenv(runner.LISTEN_ENV, "127.0.0.1")
+    monkeypatch.setenv(runner.ROOT_ENV, str(tmp_path))
+    config = tmp_path / "secrets.toml"
+    config.write_text(SECRETS_TOML.replace("0.0.0.0:4433", "10.1.2.3:4433").replace(
+        '[grsecret]\nlisten = "0.0.0.0:4434"\n', ""))
+    assert launcher.simulation_config(str(config)) == str(config)   # nothing to restrict
+    # a wildcard the line rewrite cannot reach (inline table): refused, never served on it
+    config.write_text('measurements = []\nserver = { listen = "0.0.0.0:4433" }\n')
+    with pytest.raises(launcher.SimulationConfigError, match="--listen-all"):
+        launcher.simulation_config(str(config))

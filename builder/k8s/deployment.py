@@ -8,10 +8,16 @@ devices come from the Intel SGX device plugin as extended resources:
 
 * enclave container: ``sgx.intel.com/epc`` (enclave size + libOS margin,
   :mod:`builder.k8s.capacity`) and ``sgx.intel.com/enclave`` (/dev/sgx_enclave);
-* aesmd sidecar (pods that attest): ``sgx.intel.com/enclave`` and ``sgx.intel.com/provision``
-  (/dev/sgx_provision: only the quoting enclaves need the provisioning key; the application
-  enclave must not have it) plus its own small EPC. Gramine asks aesmd for quotes over
-  ``/var/run/aesmd/aesm.socket``, shared through an emptyDir, so no host path is needed.
+* aesmd sidecar (Gramine pods that attest): ``sgx.intel.com/enclave`` and
+  ``sgx.intel.com/provision`` (/dev/sgx_provision: only the quoting enclaves need the
+  provisioning key; the application enclave's container need not have it) plus its own small
+  EPC. Gramine asks aesmd for quotes over ``/var/run/aesmd/aesm.socket``, shared through an
+  emptyDir, so no host path is needed.
+* Occlum pods that attest have no sidecar: Occlum's runtime quotes in-process (its PAL calls
+  the DCAP quote library, which loads QE3 and PCE itself, as Occlum's own demos run it with
+  ``--device /dev/sgx/provision`` and ``/etc/sgx_default_qcnl.conf``), so the enclave
+  container gets ``sgx.intel.com/provision``, the quoting enclaves' EPC and the quote
+  provider's configuration.
 
 Gramine opens an encrypted file's host file read-write, so with a read-only root the encrypted
 mount directories are copied by an init container (the same image, by digest) into emptyDir
@@ -24,7 +30,7 @@ import json
 import re
 from typing import Any
 
-from .capacity import AESMD_EPC, EpcRequest, epc_request
+from .capacity import AESMD_EPC, EpcRequest, epc_request, quotes_in_process
 from .inputs import BuildOutput, K8sError
 from .quantity import (MI, cpu_millis, format_cpu, format_mebibytes, memory_bytes)
 from .service_info import ServiceInfo
@@ -101,6 +107,12 @@ def namespace_object(info: ServiceInfo) -> Obj:
 
 def attests(info: ServiceInfo) -> bool:
     return bool(info.keys)
+
+
+def quotes_in_enclave_container(info: ServiceInfo) -> bool:
+    """The enclave container itself loads the quoting enclaves (Occlum pods that attest), so
+    it needs /dev/sgx_provision and the quote provider's configuration, and no aesmd."""
+    return attests(info) and quotes_in_process(info.libos)
 
 
 def deploys_secret_server(info: ServiceInfo) -> bool:
@@ -250,7 +262,12 @@ def model_server_deployment(build: BuildOutput) -> Obj:
     cpu, cpu_limit = cpu_resources(info)
     sgx = {EPC: epc, ENCLAVE: "1"}
     inits, volumes, mounts = _staging(build)
-    if attests(info):
+    if quotes_in_enclave_container(info):
+        sgx[PROVISION] = "1"
+        volumes.append({"name": "qcnl-config", "configMap": {"name": qcnl_name(info)}})
+        mounts.append({"name": "qcnl-config", "mountPath": QCNL_CONFIG,
+                       "subPath": "sgx_default_qcnl.conf", "readOnly": True})
+    elif attests(info):
         inits.append(aesmd_sidecar(build))
         volumes += [{"name": "aesmd-socket", "emptyDir": {"medium": "Memory",
                                                           "sizeLimit": "1Mi"}},
@@ -375,4 +392,5 @@ def ingress(info: ServiceInfo) -> Obj | None:
 
 __all__ = ["EPC", "ENCLAVE", "PROVISION", "MI", "model_server_deployment",
            "model_server_service", "disruption_budget", "ingress", "qcnl_configmap",
-           "namespace_object", "epc_for", "attests", "deploys_secret_server"]
+           "namespace_object", "epc_for", "attests", "deploys_secret_server",
+           "quotes_in_enclave_container"]

@@ -128,8 +128,9 @@ def check_settings(build: BuildOutput) -> None:
     info = build.service
     if not deployment.attests(info):
         return
-    needed = [key for key in _NEEDED_TO_ATTEST if key != "secret_server_image"
-              or deployment.deploys_secret_server(info)]
+    needed = [key for key in _NEEDED_TO_ATTEST
+              if (key != "secret_server_image" or deployment.deploys_secret_server(info))
+              and (key != "aesmd_image" or not deployment.quotes_in_enclave_container(info))]
     missing = [(key, *_NEEDED_TO_ATTEST[key]) for key in needed
                if not getattr(info.deploy, key)]
     if missing:
@@ -192,6 +193,12 @@ def generate(build: BuildOutput) -> Manifests:
                          "metrics")
     if deployment.attests(info) and not deployment.deploys_secret_server(info):
         out.notes.append(external_secret_server_note(build))
+    if deployment.quotes_in_enclave_container(info):
+        out.notes.append(f"{info.libos} quotes in the enclave container (its runtime loads "
+                         "Intel's quoting enclaves itself): that container gets "
+                         "sgx.intel.com/provision and the quote provider's configuration, and "
+                         "the pod no aesmd sidecar" + ("; [deploy] aesmd_image is not used"
+                                                       if info.deploy.aesmd_image else ""))
     if deployment.deploys_secret_server(info):
         ss = "base/secret-server"
         toml_text = secret_server.secrets_toml(build)
@@ -268,8 +275,10 @@ def _readme(build: BuildOutput, out: Manifests) -> str:
         f"- image: `{build.image}` (mr_enclave `{build.measurements.mr_enclave}`)",
         f"- EPC per replica: `{format_mebibytes(epc.enclave_container)}` for the enclave "
         f"({format_size(info.enclave.size)} + {format_mebibytes(epc.margin)} {info.libos} "
-        f"margin)" + (f" + `{format_mebibytes(epc.sidecar)}` for the aesmd sidecar"
-                      if epc.sidecar else ""),
+        f"margin" + (f" + {format_mebibytes(epc.in_process_quoting)} for the quoting "
+                     "enclaves Occlum's runtime loads itself" if epc.in_process_quoting else "")
+        + ")" + (f" + `{format_mebibytes(epc.sidecar)}` for the aesmd sidecar"
+                 if epc.sidecar else ""),
         f"- a node with 64 GiB of EPC fits {capacity.replicas_per_node} replicas "
         f"(limited by {capacity.limited_by}); `enclave-build plan-capacity BUILD_DIR "
         "--epc-per-node SIZE --nodes N` for your cluster",

@@ -297,8 +297,8 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
                 argv, full_env, cwd = process_command(build, root, env)
                 if not options.listen_all:
                     full_env[LISTEN_ENV] = "127.0.0.1"
-                    log("run: plain process: the model server listens on 127.0.0.1 only "
-                        "(--listen-all for the image's addresses)")
+                    log(f"run: plain process: {build.measurements.service} listens on 127.0.0.1 "
+                        "only (--listen-all for the image's addresses)")
                 process = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=options.stdout,
                                            stderr=options.stderr, start_new_session=True)
             if options.started is not None:

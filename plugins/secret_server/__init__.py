@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import tempfile
 import tomllib
+import warnings
 from pathlib import Path
 
 import tomli_w
@@ -68,6 +69,10 @@ SECTION = Section("secret-server", "the secret server in an enclave: whom it ser
     Field("max_tls", "str", "highest TLS version", default="1.3", choices=("1.2", "1.3")),
     Field("workers", "int", "threads handling connections", default=16, minimum=1, maximum=256),
 ), owner="secret-server")
+
+
+class SyntheticRootWarning(UserWarning):
+    """The server's measured configuration trusts a root CA other than Intel's."""
 
 
 def _resolve(spec: Spec, value: str) -> Path:
@@ -161,6 +166,11 @@ def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], dict]:  # noqa: A
             raise spec_error(spec, ("secret-server", "root_ca"),
                              f"{path}: cannot read: {exc.strerror}")
         attestation["root_ca"] = "root.pem"
+        # As for a model's [secrets] server_root_ca: said at build time, not only at each start.
+        warnings.warn(f"[secret-server] root_ca = {str(path)!r}: the server will release keys to "
+                      "enclaves whose quotes chain to this root instead of Intel's SGX root CA. "
+                      "That is for simulation with a synthetic test PKI only; production builds "
+                      'use root_ca = "intel"', SyntheticRootWarning, stacklevel=2)
     if (opts.get("collateral") is None) == (opts.get("pccs_url") is None):
         raise spec_error(spec, ("secret-server",), "give exactly one of collateral (a file, "
                                                    "measured) and pccs_url")
@@ -262,4 +272,5 @@ def enclave_build_frameworks():
     return [FRAMEWORK]
 
 
-__all__ = ["FRAMEWORK", "SECTION", "CONFIG", "CONFIG_DIR", "LAUNCHER", "plan"]
+__all__ = ["FRAMEWORK", "SECTION", "CONFIG", "CONFIG_DIR", "LAUNCHER", "SyntheticRootWarning",
+           "plan"]

@@ -5,15 +5,63 @@ Shipped into the image as the top-level module ``enclave_secret_server`` and run
 locates the configuration (under ``ENCLAVE_BUILD_ROOT`` in a plain-process simulation, where the
 image is unpacked in a host directory) and calls :func:`attestation.server.serve`; everything
 else (the RA-TLS identity, uploads, policy) is the server's. Imports nothing of the builder.
+
+In a plain-process simulation (``enclave-build run --simulate`` without ``--listen-all``) the
+runner asks for loopback only (``ENCLAVE_BUILD_SIMULATION_LISTEN``): the server then reads a
+copy of its configuration, next to it in the unpacked image, whose wildcard ``listen`` hosts
+(``[server]``, ``[grsecret]``) are that address, exactly as the model server does. Inside an
+enclave (no ``ENCLAVE_BUILD_ROOT``) the measured configuration is used as it is.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 ROOT_ENV = "ENCLAVE_BUILD_ROOT"
+LISTEN_ENV = "ENCLAVE_BUILD_SIMULATION_LISTEN"   # builder.run.runner.LISTEN_ENV (a test holds it)
+SIMULATION_CONFIG = ".simulation-secrets.toml"
+_WILDCARDS = ("0.0.0.0", "[::]", "")
+_LISTEN_LINE = re.compile(r'(?m)^(listen\s*=\s*")(0\.0\.0\.0|\[::\]|)(:[0-9]+")[ \t]*$')
+
+
+class SimulationConfigError(ValueError):
+    pass
+
+
+def simulation_config(path: str) -> str:
+    """The configuration to serve: *path* itself, or in a plain-process simulation asking for
+    one address (LISTEN_ENV) a copy beside it whose wildcard listen hosts are that address. The
+    copy must parse to the original with only those hosts changed, else the server refuses to
+    start (never a silent fall-back to all addresses)."""
+    override = os.environ.get(LISTEN_ENV) if os.environ.get(ROOT_ENV) else None
+    if not override:
+        return path
+    import tomllib
+
+    host = f"[{override}]" if ":" in override and not override.startswith("[") else override
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    expected = tomllib.loads(text)
+    for table in ("server", "grsecret"):
+        listen = expected.get(table, {}).get("listen")
+        if isinstance(listen, str):
+            current, _, port = listen.rpartition(":")
+            if current in _WILDCARDS:
+                expected[table]["listen"] = f"{host}:{port}"
+    rewritten = _LISTEN_LINE.sub(lambda m: f"{m.group(1)}{host}{m.group(3)}", text)
+    if tomllib.loads(rewritten) != expected:
+        raise SimulationConfigError(
+            f"{path}: cannot restrict its listen addresses to {override} for the simulation "
+            "(run with --listen-all to serve on the configured addresses)")
+    if rewritten == text:
+        return path
+    copy = os.path.join(os.path.dirname(path), SIMULATION_CONFIG)
+    with open(copy, "w", encoding="utf-8") as handle:
+        handle.write(rewritten)
+    return copy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from attestation.server import ServerError, serve
 
     try:
+        path = simulation_config(path)
         serve(path, ready=lambda address: print(
             f"secret server: serving on {address[0]}:{address[1]}", file=sys.stderr, flush=True))
     except (ConfigError, PolicyError, ServerError, OSError, ValueError, RuntimeError) as exc:
