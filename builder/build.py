@@ -154,7 +154,10 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
         _check_push_target(plan.image_tag)
     if plan.enclave.debug:
         warnings.warn("building a DEBUG enclave: the host can read and modify its memory; "
-                      "never use it for real secrets (secret servers refuse it by default)",
+                      "never use it for real secrets (enclave-build's secret server refuses "
+                      "every DEBUG enclave"
+                      + (", so this one will never get its keys)" if plan.secrets is not None
+                         and plan.secrets.keys else ")"),
                       DebugEnclaveWarning, stacklevel=2)
     backend = registry.libos_backend(plan.libos)
     progress = progress or NullProgress()

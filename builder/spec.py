@@ -355,6 +355,11 @@ def _check_secrets(secrets: dict[str, Any], models: list[dict[str, Any]], data: 
                 data["secrets"] if isinstance(data.get("secrets"), dict) else ()):
         problems.append(Problem(("secrets", "ca"), "required with secrets.server: the enclave "
                                 "checks the secret server's certificate against this CA"))
+    server = secrets.get("server")
+    if isinstance(server, str) and not 1 <= int(server.rpartition(":")[2]) <= 65535:
+        problems.append(Problem(("secrets", "server"),
+                                f"port {int(server.rpartition(':')[2])} of {server!r} is out of "
+                                "range; allowed: 1 to 65535"))
     if needs_key and not secrets.get("server") and ("secrets", "server") not in \
             {p.path for p in problems}:
         where = ("models", encrypted[0], "encrypt") if encrypted else ("tls",)

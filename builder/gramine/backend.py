@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jinja2
 import tomli_w
 
-from ..errors import EnclaveBuildError
+from ..errors import EnclaveBuildError, UsageError
 from ..hashing import HashCache, hash_files
 from ..elf import LoaderView, closure, read_deps
 from ..model_files import regular_files
@@ -32,7 +32,7 @@ from ..plugin_api import (SECRET_SERVER_CA, ArtifactFile, BuildOptions, EnclaveI
 from ..rootfs import RootFS
 from . import protected_files, trusted_files
 from .manifest_schema import check_manifest
-from .measure import PalImage
+from .measure import EnclaveTooSmall, PalImage
 from .offsets import Offsets
 from .runtime import GramineRuntime, discover
 from .sign import sign_manifest, signing_data_for
@@ -342,6 +342,23 @@ def resolve_trusted(plan: ServicePlan, rootfs: RootFS) -> list[str]:
     return paths
 
 
+def _size_text(size: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return f"{size:#x}"
+
+
+def _too_small(plan: ServicePlan, exc: EnclaveTooSmall) -> UsageError:
+    """The spec's enclave size (or the framework default) cannot hold the enclave: a spec error
+    naming [enclave] size, its line and the smallest size that fits."""
+    where = plan.origin.locate("enclave.size") if plan.origin is not None else "enclave.size"
+    size = _size_text(plan.enclave.size)
+    return UsageError(f"{where}: {size!r} is too small for {exc.threads} threads, the manifest "
+                      f"and libpal; allowed: a power of two of at least "
+                      f"{_size_text(exc.needed)!r} (or fewer [enclave] max_threads)")
+
+
 def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArtifacts:
     runtime = discover(rootfs)
     if plan.secrets and plan.secrets.keys and \
@@ -367,13 +384,15 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
     files += encrypt_plan_files(plan, options)
     entrypoint = ("gramine-sgx", posixpath.join(ENCLAVE_DIR, plan.service))
 
-    if options.signer is None:
-        mr_enclave, tbs = signing_data_for(final, pal, offs, date, manifest_path(plan))
-        return LibOSArtifacts("gramine", tuple(files), entrypoint, None,
-                              PendingSignature(mr_enclave.hex(), tbs), manifest=final)
-
-    signed = sign_manifest(final, pal, offs, options.signer, date,  # type: ignore[arg-type]
-                           manifest_path(plan))
+    try:
+        if options.signer is None:
+            mr_enclave, tbs = signing_data_for(final, pal, offs, date, manifest_path(plan))
+            return LibOSArtifacts("gramine", tuple(files), entrypoint, None,
+                                  PendingSignature(mr_enclave.hex(), tbs), manifest=final)
+        signed = sign_manifest(final, pal, offs, options.signer,  # type: ignore[arg-type]
+                               date, manifest_path(plan))
+    except EnclaveTooSmall as exc:
+        raise _too_small(plan, exc) from None
     files.append(ArtifactFile(sigstruct_path(plan), data=signed.sigstruct_bytes))
     identity = EnclaveIdentity(signed.mr_enclave.hex(), signed.mr_signer.hex(),
                                signed.sigstruct.body.isv_prod_id, signed.sigstruct.body.isv_svn,

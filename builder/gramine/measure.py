@@ -51,6 +51,16 @@ class MeasureError(EnclaveBuildError):
     """The manifest or libpal cannot be measured."""
 
 
+class EnclaveTooSmall(MeasureError):
+    """sgx.enclave_size cannot hold the threads' areas, the manifest and libpal; *needed* is
+    the smallest power of two that can (with *threads* threads)."""
+
+    def __init__(self, message: str, needed: int, threads: int):
+        super().__init__(message)
+        self.needed = needed
+        self.threads = threads
+
+
 # --------------------------------------------------------------------------------------------
 # Inputs
 
@@ -188,10 +198,12 @@ def _layout(attrs: EnclaveAttributes, manifest: bytes, pal: PalImage, offs: Offs
         area.size = _round_up(area.size, page)
         area.addr = top - area.size
         if area.addr < heap_min:
-            raise MeasureError(
+            fixed = sum(_round_up(a.size, page) for a in areas)
+            needed = 1 << max(0, heap_min - base + fixed - 1).bit_length()
+            raise EnclaveTooSmall(
                 f"sgx.enclave_size {attrs.enclave_size:#x} is too small for {threads} threads, "
-                f"the manifest and libpal; use a larger power of two"
-            )
+                f"the manifest and libpal; use a larger power of two (at least {needed:#x})",
+                needed, threads)
         top = area.addr
     pal_area = areas[-1]
 

@@ -12,11 +12,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
-from builder.plugin_api import (MODEL_ROOT, EnclaveBuildError, Field, FileKind, Framework, Port,
-                                Section, ServicePlan, Spec, add_model, base_plan, hookimpl,
-                                python_server_plan, require_one_key, spec_error)
+from builder.plugin_api import (MODEL_ROOT, SERVER_CONFIG, EnclaveBuildError, Field, FileKind,
+                                Framework, ModelSpec, Port, Section, ServicePlan, Spec, add_model,
+                                base_plan, hookimpl, python_server_plan, require_one_key,
+                                spec_error)
 
 BINARY = "/ovms/bin/ovms"
 OVMS_LIBS = "/ovms/lib/"
@@ -63,8 +66,11 @@ def _ovms_plan(spec: Spec, opts) -> ServicePlan:
         ports=[Port(opts["grpc_port"], "grpc"), Port(opts["rest_port"], "http")])
     result.trusted_if_present += ["/etc/ld.so.cache", "/etc/nsswitch.conf"]
     result.allowed += ["/etc/hosts", "/etc/resolv.conf"]
-    for model in spec.models:
+    for index, model in enumerate(spec.models):
         add_model(result, spec, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
+        weights = _ir_weights(spec, index, model)
+        if weights is not None:
+            add_model(result, spec, weights, f"{MODEL_ROOT}/{model.name}/{model.version}")
     if len(spec.models) == 1:
         model = spec.models[0]
         result.argv += ["--model_name", model.name, "--model_path", f"{MODEL_ROOT}/{model.name}",
@@ -77,6 +83,61 @@ def _ovms_plan(spec: Spec, opts) -> ServicePlan:
     return result
 
 
+#: What the OpenVINO runtime of mode "python" opens in a model directory, preferred first.
+_MODEL_SUFFIXES = (".xml", ".onnx", ".tflite")
+
+
+def _ir_weights(spec: Spec, index: int, model: ModelSpec) -> ModelSpec | None:
+    """An IR graph named as the model's path (``X.xml``) is read with its weights ``X.bin``
+    next to it: that file ships too, into the same directory, encrypted as the graph is."""
+    source = Path(model.path)
+    if source.is_dir() or source.suffix.lower() != ".xml":
+        return None
+    weights = source.with_suffix(".bin")
+    if not weights.is_file():
+        raise spec_error(spec, ("models", index, "path"),
+                         f"{source.name} is an OpenVINO IR graph, but its weights "
+                         f"{weights.name} are not next to it ({weights}); the runtime reads "
+                         "both: put the .bin there")
+    return dataclasses.replace(model, path=weights)
+
+
+def _model_file(spec: Spec, index: int, model: ModelSpec) -> str | None:
+    """For a model directory: the one file in it the runtime opens (mode "python")."""
+    source = Path(model.path)
+    if not source.is_dir():
+        return None
+    names = sorted(p.name for p in source.iterdir() if p.is_file() and not p.is_symlink())
+    for suffix in _MODEL_SUFFIXES:
+        found = [n for n in names if n.lower().endswith(suffix)]
+        if len(found) > 1:
+            raise spec_error(spec, ("models", index, "path"),
+                             f"the directory {source} holds several {suffix} models "
+                             f"({', '.join(found)}); name the one to serve as path (an IR "
+                             ".xml brings its .bin)")
+        if found:
+            if suffix == ".xml":   # the IR's weights must be there too
+                _ir_weights(spec, index, dataclasses.replace(model, path=source / found[0]))
+            return found[0]
+    raise spec_error(spec, ("models", index, "path"),
+                     f"no model in the directory {source}: mode \"python\" serves an IR .xml "
+                     "(with its .bin), an .onnx or a .tflite file directly in it")
+
+
+def _point_at_model_files(plan: ServicePlan, files: dict[str, str]) -> None:
+    """Make the server configuration's path of each model in *files* (name -> file name in its
+    directory) that file, so the runtime opens the model, not its directory."""
+    for index, item in enumerate(plan.files):
+        if item.dest != SERVER_CONFIG or item.data is None:
+            continue
+        config = json.loads(item.data)
+        for entry in config["models"]:
+            if entry["name"] in files:
+                entry["path"] = entry["path"].rstrip("/") + "/" + files[entry["name"]]
+        plan.files[index] = dataclasses.replace(
+            item, data=(json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+
+
 def plan(spec: Spec) -> ServicePlan:
     opts = spec.section("openvino")
     if opts["mode"] == "ovms":
@@ -85,10 +146,18 @@ def plan(spec: Spec) -> ServicePlan:
         raise spec_error(spec, ("openvino", "extra_args"),
                          'only for mode = "ovms" (the python mode\'s server takes no ovms flags): '
                          'remove extra_args or set mode = "ovms"')
-    return python_server_plan(
+    files = {m.name: name for i, m in enumerate(spec.models)
+             if (name := _model_file(spec, i, m)) is not None}
+    weights = [(m, w) for i, m in enumerate(spec.models)
+               if (w := _ir_weights(spec, i, m)) is not None]
+    result = python_server_plan(
         spec, FRAMEWORK, backend="openvino", grpc_port=opts["grpc_port"],
         rest_port=opts["rest_port"], instances=opts["instances"], threads=opts["threads"],
         options={"device": opts["target_device"]}, default_base=PYTHON_BASE)
+    for model, bin_model in weights:
+        add_model(result, spec, bin_model, f"{MODEL_ROOT}/{model.name}/{model.version}")
+    _point_at_model_files(result, files)
+    return result
 
 
 FRAMEWORK = Framework(

@@ -10,8 +10,10 @@ its own key.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from builder.plugin_api import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
-                                python_server_plan)
+                                python_server_plan, spec_error)
 
 SECTION = Section("tflite", "TFLite model server options", (
     Field("grpc_port", "int", "gRPC port (KServe v2)", default=8001, minimum=1, maximum=65535),
@@ -25,6 +27,11 @@ SECTION = Section("tflite", "TFLite model server options", (
 
 def plan(spec: Spec) -> ServicePlan:
     opts = spec.section("tflite")
+    for index, model in enumerate(spec.models):
+        if Path(model.path).is_dir():   # LiteRT opens one flatbuffer file, never a directory
+            raise spec_error(spec, ("models", index, "path"),
+                             f"{model.path} is a directory; the tflite framework serves one "
+                             ".tflite file per model: name that file as path")
     return python_server_plan(spec, FRAMEWORK, backend="tflite",
                               grpc_port=opts["grpc_port"], rest_port=opts["rest_port"],
                               instances=opts["instances"], threads=opts["threads"])
