@@ -5,6 +5,8 @@ unpacked once per machine and every later build reads files straight from disk. 
 for *reading* (hashing trusted files, libpal.so, the offsets file): device nodes are skipped,
 set-id bits dropped, and nothing is ever written outside the target directory, whatever
 symlinks and ``..`` the layers contain.
+
+The cache is bounded and its entries locked while in use: see :mod:`.rootfs_cache`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import BinaryIO, Callable
 
 from ..rootfs import RootFS
 from .oci import BlobStore, Descriptor, ImageError, OCI_LAYER_ZSTD
+from .rootfs_cache import COMPLETE, hold, prune_cache, report, touch
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -321,15 +324,24 @@ def chain_id(layers: list[Descriptor]) -> str:
 
 def unpacked_rootfs(store: BlobStore, layers: list[Descriptor], diff_ids: list[str],
                     cache_dir: Path, description: str,
-                    progress: Callable[[int], None] | None = None) -> RootFS:
+                    progress: Callable[[int], None] | None = None,
+                    log: Callable[[str], None] | None = None) -> RootFS:
     """The image's root filesystem, unpacked (once) under *cache_dir*, layers verified against
-    the config's diff_ids."""
+    the config's diff_ids. The entry stays locked against pruning while this process lives;
+    making a new one prunes the cache (see the module docstring), reporting through *log*
+    (default: stderr)."""
     if diff_ids and len(diff_ids) != len(layers):
         raise ImageError(f"{description}: {len(layers)} layers but {len(diff_ids)} diff_ids")
-    target = cache_dir / chain_id(layers)
-    if (target / ".enclave-build-complete").exists():
+    name = chain_id(layers)
+    target = cache_dir / name
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass   # an existing read-only cache can still be read; unpacking reports the error
+    hold(cache_dir, name)     # before looking: a pruner cannot take the entry from now on
+    if (target / COMPLETE).exists():
+        touch(target)
         return RootFS(target / "rootfs", description)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache_dir))
     try:
         root = work / "rootfs"
@@ -345,12 +357,24 @@ def unpacked_rootfs(store: BlobStore, layers: list[Descriptor], diff_ids: list[s
                                  f"{diff_id}, but the config says {diff_ids[index]}")
             if progress:
                 progress(layer.size)
-        (work / ".enclave-build-complete").write_text(description + "\n")
+        (work / COMPLETE).write_text(description + "\n")
+        touch(work)
+        created = True
         try:
             os.rename(work, target)
         except OSError:  # another build finished the same chain first
             shutil.rmtree(work, ignore_errors=True)
+            created = False
+            if not (target / COMPLETE).exists():
+                raise ImageError(f"{target}: exists but is not a complete unpacked image; "
+                                 "remove it and try again") from None
+            touch(target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    if created:
+        try:
+            prune_cache(cache_dir, name, log or report)
+        except OSError:
+            pass   # pruning is housekeeping: never fails the build or run that needed the tree
     return RootFS(target / "rootfs", description)

@@ -109,9 +109,10 @@ def _check_identity(directory: Path) -> None:
                        + "\n  - ".join(result.problems))
 
 
-def open_build(directory: str | Path) -> tuple[Build, Path]:
+def open_build(directory: str | Path, log: Callable[[str], None] | None = None
+               ) -> tuple[Build, Path]:
     """Check BUILD_DIR's outputs, read the image and its manifest; returns the build and the
-    cached unpacked root filesystem."""
+    cached unpacked root filesystem (*log*: where cache pruning reports; default stderr)."""
     from ..image.inspect import open_image, read_file
 
     directory = Path(directory)
@@ -155,7 +156,7 @@ def open_build(directory: str | Path) -> tuple[Build, Path]:
     with ThreadPoolExecutor(1) as pool:
         ownership = pool.submit(image_ownership, image)
         rootfs = unpacked_rootfs(image.store, image.layers, image.diff_ids,
-                                 cache_root() / "rootfs", str(directory / "oci"))
+                                 cache_root() / "rootfs", str(directory / "oci"), log=log)
         build.ownership = ownership.result()
     return build, rootfs.root
 
@@ -264,7 +265,7 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
 
     options = options or RunOptions()
     log = options.log
-    build, cached = open_build(directory)
+    build, cached = open_build(directory, log)
     mode = choose_mode(build, cached, options.mode)
     pki, pki_dir = _pki(options.pki, log)
     log(BANNER)
