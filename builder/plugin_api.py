@@ -36,6 +36,7 @@ __all__ = [
     "SECRETS_DIR", "MODEL_ROOT", "SECRET_SERVER_CA", "PYTHON", "SERVER_PYTHONPATH",
     "SERVER_CONFIG", "SERVER_DISTRIBUTIONS", "SERVER_MODULES", "BACKEND_ENTRY_POINTS",
     "base_plan", "service_key_name", "model_key_name", "default_key_name", "require_one_key",
+    "require_models",
     "spec_error", "add_model", "add_secret_file", "model_image_path", "python_server_plan",
     "ship_python_package", "server_config", "deliver_keys_as_files",
 ]
@@ -262,6 +263,14 @@ def spec_error(spec: Spec, key: tuple, message: str) -> SpecError:
         except ValueError:
             pass
     return SpecError(source, [Problem(key, message, line)])
+
+
+def require_models(spec: Spec, framework: str) -> None:
+    """For model servers: at least one ``[[models]]`` table (a server with nothing to serve is
+    a mistake in the spec, not an image to build)."""
+    if not spec.models:
+        raise spec_error(spec, ("models",), f"framework {framework} serves models, and the spec "
+                                            "has no [[models]] table: add one (name, path)")
 
 
 def require_one_key(spec: Spec, framework: str) -> str:
@@ -544,6 +553,7 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     - *user*: the image's runtime user (uid 10001, as in enclave-build's base images); it owns
       the encrypted files, which Gramine opens read-write.
     """
+    require_models(spec, framework.name)
     _check_server_resources(spec, framework, grpc_port=grpc_port, rest_port=rest_port,
                             instances=instances, threads=threads)
     argv = [PYTHON, "-m", "model_server", "--config", SERVER_CONFIG]

@@ -142,6 +142,17 @@ def test_tflite_model_directory_is_a_located_spec_error(tmp_path, signing_key):
         _plan(spec)
 
 
+@pytest.mark.parametrize("framework, extra", [("tflite", ""), ("tfserving", ""),
+                                              ("openvino", ""),
+                                              ("openvino", '[openvino]\nmode = "ovms"\n')])
+def test_a_model_server_without_models_is_a_spec_error(tmp_path, signing_key, framework, extra):
+    spec = _spec(tmp_path / "p", f'[service]\nname = "t"\nframework = "{framework}"\n\n'
+                                 f'[signing]\nkey = "{signing_key}"\n{extra}')
+    with pytest.raises(SpecError, match=rf"spec\.toml: models: framework {framework} serves "
+                                        r"models, and the spec has no \[\[models\]\] table"):
+        _plan(spec)
+
+
 @pytest.mark.parametrize("port", ["0", "65536", "99999"])
 def test_secret_server_port_out_of_range_is_refused(tmp_path, signing_key, port):
     (tmp_path / "m.tflite").write_bytes(b"TFL3")

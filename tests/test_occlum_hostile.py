@@ -33,9 +33,11 @@ from .test_occlum_config import (SERVER, _valid_occlum_json, example_spec, plan_
                                  write_spec)
 from .test_occlum_config import registry  # noqa: F401 - the module-scoped fixture
 
+# tfserving: a framework whose model is a directory (a SavedModel), so the directory's
+# entries are what the backend copies
 CLEAR_MODEL_DIR = '''[service]
 name = "lite"
-framework = "tflite"
+framework = "tfserving"
 libos = "occlum"
 
 [[models]]

@@ -61,7 +61,9 @@ def test_configure_hook_can_stop_a_build(tmp_path, standin_root, signing_key):
             raise EnclaveBuildError("policy plugin: debug builds are not allowed here")
 
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
+    (tmp_path / "m.tflite").write_bytes(b"TFL3")
     spec = write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n'
+                                '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
                                 '[signing]\nkey = "key.pem"\n')
     with pytest.raises(EnclaveBuildError, match="debug builds are not allowed here"):
         build(spec, base=f"dir:{standin_root}", registry=PluginRegistry(extra_plugins=[Refuse()]))
@@ -81,7 +83,9 @@ def test_a_plugin_cannot_pass_loader_variables_through_from_the_host(tmp_path, s
             plan.env_passthrough.append(name)
 
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
+    (tmp_path / "m.tflite").write_bytes(b"TFL3")
     spec = write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n'
+                                '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
                                 '[signing]\nkey = "key.pem"\n')
     with pytest.raises(EnclaveBuildError, match=f"{name} would be passed through from the host"):
         build(spec, base=f"dir:{standin_root}",

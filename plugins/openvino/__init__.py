@@ -18,7 +18,8 @@ from pathlib import Path
 
 from builder.plugin_api import (MODEL_ROOT, SERVER_CONFIG, EnclaveBuildError, Field, FileKind,
                                 Framework, ModelSpec, Port, Section, ServicePlan, Spec, add_model,
-                                base_plan, hookimpl, python_server_plan, require_one_key,
+                                base_plan, hookimpl, python_server_plan, require_models,
+                                require_one_key,
                                 spec_error)
 
 BINARY = "/ovms/bin/ovms"
@@ -51,6 +52,7 @@ def ovms_config(spec: Spec, target_device: str) -> bytes:
 
 
 def _ovms_plan(spec: Spec, opts) -> ServicePlan:
+    require_models(spec, "openvino")
     if spec.tls is not None:
         raise EnclaveBuildError(
             "[tls]: OpenVINO Model Server has no built-in TLS; terminate TLS in front of it "
