@@ -5,7 +5,9 @@ identities, wrap-key secrets, and secrets.toml. Everything on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,16 +131,35 @@ class Platform:
                                                              isv_svn, debug))
 
 
-def settled_audit(path: Path, settle: float = 0.1, timeout: float = 5.0) -> list[dict]:
-    """The audit log's records once it has stopped growing for *settle* seconds.
+def audit_mark(path: Path) -> int:
+    """How many whole lines the audit log has now (pass it as *since* to :func:`settled_audit`)."""
+    return len(audit_records(path))
+
+
+def audit_records(path: Path) -> list[dict]:
+    """The audit log's whole lines, as records, now (a line being written is left out)."""
+    text = path.read_text() if path.exists() else ""
+    if not text.endswith("\n"):          # a line being written: not yet a record
+        text = text[:text.rfind("\n") + 1]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def settled_audit(path: Path, until=None, *, since: int = 0, settle: float = 0.1,
+                  timeout: float = 15.0) -> list[dict]:
+    """The audit log's records after the first *since*: once *until*(those records) is true
+    (when given), and then once the log has not grown for *settle* seconds.
 
     A client may have its answer (or its refusal) a moment before the server writes that
-    connection's line (the server writes it when it ends the connection), so a test reads the
-    log only after the server is quiet rather than after a fixed sleep."""
-    import json
-    import time
-
+    connection's line (the server writes it when it ends the connection), so a test that
+    expects a line says which, as *until*: a quiet spell alone proves nothing on a loaded
+    machine, where the server's thread may simply not have run yet. *timeout* bounds the
+    whole wait; then the records are returned as they are, for the caller's assertion to
+    fail on."""
     deadline = time.monotonic() + timeout
+    while until is not None and time.monotonic() < deadline:
+        if until(audit_records(path)[since:]):
+            break
+        time.sleep(0.01)
     size, quiet_since = -1, time.monotonic()
     while True:
         now_size = path.stat().st_size if path.exists() else 0
@@ -148,5 +169,4 @@ def settled_audit(path: Path, settle: float = 0.1, timeout: float = 5.0) -> list
         elif now - quiet_since >= settle or now > deadline:
             break
         time.sleep(0.01)
-    text = path.read_text() if path.exists() else ""
-    return [json.loads(line) for line in text.splitlines()]
+    return audit_records(path)[since:]

@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from builder.gramine import protected_files as builder_pf
 from model_server import keys
 from model_server.config import KeysConfig
 
-from .attest_env import make_env, settled_audit
+from .attest_env import audit_mark, make_env, settled_audit
 
 pytestmark = pytest.mark.integration
 
@@ -76,32 +75,34 @@ def _config(server, env, *names, host="127.0.0.1", ca=None, timeout=5.0) -> Keys
     return KeysConfig(f"{host}:{server.address[1]}", str(ca or env.ca), tuple(names), timeout)
 
 
-def _audit(env) -> list[dict]:
-    return settled_audit(env.directory / "audit.jsonl")
-
-
-def _allowed_since(env, before: int, want: int, timeout: float = 5.0) -> list[dict]:
+def _allowed_since(env, before: int, want: int) -> list[dict]:
     """The 'allow' audit lines after the first *before* lines, once there are *want* of them
-    (or the timeout passed): the client has its key as soon as it read the reply, and the
+    (or the wait timed out): the client has its key as soon as it read the reply, and the
     server writes its line when it ends the connection, a moment later."""
-    deadline = time.monotonic() + timeout
-    while True:
-        allowed = [r for r in _audit(env)[before:] if r.get("decision") == "allow"]
-        if len(allowed) >= want or time.monotonic() > deadline:
-            return allowed
-        time.sleep(0.02)
+    allowed = lambda records: [r for r in records if r.get("decision") == "allow"]  # noqa: E731
+    return allowed(settled_audit(env.directory / "audit.jsonl",
+                                 lambda records: len(allowed(records)) >= want, since=before))
 
 
-def _last_decision(env) -> dict:
-    time.sleep(0.05)
-    return [r for r in _audit(env) if "decision" in r][-1]
+def _mark(env) -> int:
+    return audit_mark(env.directory / "audit.jsonl")
+
+
+def _denial_since(env, since: int) -> dict:
+    """The one 'deny' line after the first *since* lines, once the server has written it: a
+    refused client has the refusal a moment before the server writes the line."""
+    has_deny = lambda records: any(r.get("decision") == "deny" for r in records)  # noqa: E731
+    records = settled_audit(env.directory / "audit.jsonl", has_deny, since=since)
+    denied = [r for r in records if r.get("decision") == "deny"]
+    assert len(denied) == 1, records
+    return denied[0]
 
 
 # --------------------------------------------------------------------------- plain process
 
 
 def test_two_keys_of_one_enclave_fetched_separately_by_sni(server, env, plain):
-    before = len(_audit(env))
+    before = _mark(env)
     ring = keys.prepare_keys(_config(server, env, "face-key", "face-model-2"))
     try:
         assert ring.mode == "memory" and ring.names == ("face-key", "face-model-2")
@@ -123,22 +124,24 @@ def test_host_name_check_by_dns_name(server, env, plain):
 def test_wrong_mr_enclave_refused_with_the_servers_reason(server, env, plain, monkeypatch):
     wrong = SimulatedQuoter(env.pki, _measurements(env, mr_enclave="ab" * 32), warn=False)
     monkeypatch.setenv(ENV, "%s:%d" % wrong.start())
+    since = _mark(env)
     try:
         with pytest.raises(keys.KeyFetchError) as info:
             keys.prepare_keys(_config(server, env, "face-key"))
     finally:
         wrong.stop()
-    reason = _last_decision(env)["reason"]
+    reason = _denial_since(env, since)["reason"]
     assert "not released to this enclave identity" in reason
     assert str(info.value) == (f"secret server 127.0.0.1:{server.address[1]} refused key "
                                f"face-key: {reason}")
 
 
 def test_key_not_given_to_this_enclave_refused_although_another_matches(server, env, plain):
+    since = _mark(env)
     with pytest.raises(keys.KeyFetchError, match=r"refused key ocr-key: secret 'ocr-key' \(the "
                        r"TLS server name\) is not released to this enclave identity"):
         keys.prepare_keys(_config(server, env, "face-key", "ocr-key"))
-    record = _last_decision(env)
+    record = _denial_since(env, since)
     assert record["decision"] == "deny" and record["mr_enclave"] == _measurements(env).mr_enclave
 
 
@@ -380,13 +383,14 @@ def test_refusal_wire_bytes(server, env):
     ctx = ssl.create_default_context(cafile=str(env.ca))
     ctx.check_hostname = False   # the server name is the key's, not the host's
     ctx.load_cert_chain(env.directory / "r.pem", env.directory / "rk.pem")
+    since = _mark(env)
     with ctx.wrap_socket(socket.create_connection(server.address, timeout=10),
                          server_hostname="face-key") as tls:
         tls.sendall(wire.REQUEST)
         data = b""
         while chunk := tls.recv(4096):
             data += chunk
-    reason = _last_decision(env)["reason"].encode()
+    reason = _denial_since(env, since)["reason"].encode()
     assert len(wire.REFUSAL) == 37
     assert data == wire.REFUSAL + len(reason).to_bytes(4, "big") + reason
 

@@ -206,8 +206,19 @@ def test_sigterm_is_forwarded_to_the_application(root: Path) -> None:
     process = start(DirectLaunch(root, app, RUNTIME_UID, 0), stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready"
-    # SIGTERM to *us* reaches the application through wait_forwarding
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    # SIGTERM to *us* reaches the application through wait_forwarding. Sent once its handler
+    # is installed (not after a fixed delay: a SIGTERM before that would end pytest itself).
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate_us() -> None:
+        deadline = time.monotonic() + 60
+        while signal.getsignal(signal.SIGTERM) is before:
+            if time.monotonic() > deadline:
+                process.kill()   # never forwarding: fail the test, not the whole run
+                return
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=terminate_us, daemon=True).start()
     code_ = wait_forwarding(process)
     assert code_ == 7
     assert process.stdout.read().strip() == "got SIGTERM"

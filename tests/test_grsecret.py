@@ -43,7 +43,7 @@ from attestation.simulated_quoter import SimulatedQuoter
 from attestation.synthetic import SyntheticPKI
 from attestation.verify import QuoteRejected
 
-from .attest_env import MR_SIGNER, identity, make_env, settled_audit
+from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
 
 pytestmark = pytest.mark.integration
 
@@ -113,8 +113,19 @@ def server(env, quoter):
     srv.shutdown()
 
 
-def _audit(env) -> list[dict]:
-    return settled_audit(env.directory / "audit.jsonl")
+def _audit(env, since: int = 0, until=None) -> list[dict]:
+    return settled_audit(env.directory / "audit.jsonl", until, since=since)
+
+
+def _mark(env) -> int:
+    return audit_mark(env.directory / "audit.jsonl")
+
+
+def _reason_since(env, since: int, text: str) -> list[dict]:
+    """The lines after the first *since* whose reason contains *text*, once there is one (the
+    server may write a line a moment after the client has seen the end of its call)."""
+    matching = lambda r: text in r.get("reason", "")  # noqa: E731
+    return [r for r in _audit(env, since, lambda rs: any(map(matching, rs))) if matching(r)]
 
 
 def _ra_config(**changes) -> dict:
@@ -186,13 +197,16 @@ def _occlum_cert(env, service="face", **kw):
 # --------------------------------------------------------------------------- end to end
 
 def test_right_enclave_gets_its_key(server, env, stubs):
+    since = _mark(env)
     with Client(server, env, stubs, _occlum_cert(env, "face")) as client:
         reply = client.stub.GetSecret(client.pb2.SecretRequest(name="face-key"), timeout=10)
         # As Occlum's server sends it: base64 text in double quotes.
         assert reply.secret == '"' + base64.b64encode(env.secrets["face"]).decode() + '"'
         assert client.get("face-key") == env.secrets["face"]   # same connection, again
-    time.sleep(0.05)
-    calls = [r for r in _audit(env) if r.get("protocol") == "grsecret" and r.get("secret")]
+    of_calls = lambda records: [r for r in records  # noqa: E731
+                                if r.get("protocol") == "grsecret" and r.get("secret")]
+    calls = of_calls(_audit(env, since, lambda records: len(of_calls(records)) >= 2))
+    assert len(calls) == 2, calls   # one line per call
     assert calls[-1]["decision"] == "allow" and calls[-1]["grpc_status"] == "OK"
     assert calls[-1]["mr_enclave"] == identity("face").hex()
     assert calls[-1]["evidence"] == "cczoo"
@@ -201,8 +215,23 @@ def test_right_enclave_gets_its_key(server, env, stubs):
 
 def test_large_secret_and_reconnect_after_idle(server, env, stubs):
     with Client(server, env, stubs, _occlum_cert(env, "big", mr_enclave=identity("big"))) as client:
+        states: list = []   # the channel's connectivity, as grpcio reports it (a thread)
+        watch = states.append
+        client.channel.subscribe(watch)
         assert client.get("face-big") == env.secrets["big"]
-        time.sleep(1.5)   # idle = 1.0: the server said GOAWAY; the channel connects again
+        # idle = 1.0: the server says GOAWAY and closes; the channel goes from READY to IDLE,
+        # then connects again for the next call. Wait for that rather than sleep past it: a
+        # call sent while the server is closing the connection would race the close.
+        ready, idle = grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.IDLE
+
+        def went_idle() -> bool:
+            seen = list(states)
+            return ready in seen and idle in seen[seen.index(ready):]
+        deadline = time.monotonic() + 15
+        while not went_idle() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client.channel.unsubscribe(watch)
+        assert went_idle(), states
         assert client.get("face-big") == env.secrets["big"]
         assert client.refused("face-key").code() == grpc.StatusCode.PERMISSION_DENIED
 
@@ -356,10 +385,10 @@ def test_hostile_http2_requests(server, env):
 
     def garbage(conn, tls):
         tls.sendall(b"\x00" * 64)   # not an HTTP/2 frame sequence
+    since = _mark(env)
     headers, closed = _raw_h2(server, env, garbage)
     assert headers is None and closed
-    time.sleep(0.05)
-    assert "HTTP/2 protocol error" in _audit(env)[-1]["reason"]
+    assert _reason_since(env, since, "HTTP/2 protocol error")
 
     # an unattested peer never gets past the refusal, whatever it asks
     headers, _ = _raw_h2(server, env, body(request),
@@ -368,6 +397,7 @@ def test_hostile_http2_requests(server, env):
 
 
 def test_not_http2_is_refused_and_audited(server, env):
+    since = _mark(env)
     with socket.create_connection(server.grsecret_address, timeout=10) as raw:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
@@ -377,8 +407,8 @@ def test_not_http2_is_refused_and_audited(server, env):
                 assert tls.recv(100) == b""
             except (ssl.SSLError, ConnectionError):
                 pass
-    time.sleep(0.05)
-    assert "did not negotiate HTTP/2" in _audit(env)[-1]["reason"]
+    (line,) = _reason_since(env, since, "did not negotiate HTTP/2")
+    assert line["decision"] == "deny"
 
 
 def test_secret_prov_port_keeps_serving(server, env):

@@ -58,32 +58,35 @@ def test_one_fetch_per_platform_however_many_ask(tmp_path):
 
 
 def test_a_slow_platform_does_not_hold_up_another(tmp_path):
-    source = _Fake(tmp_path, {b"S": 3.0}, timeout=5.0)
+    source = _Fake(tmp_path, {b"S": 5.0}, timeout=8.0)
     slow = threading.Thread(target=lambda: pytest.raises(CollateralError,
                                                          source.for_quote, b"S", timeout=1.0))
     slow.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while b"S" not in source.fetches and time.monotonic() < deadline:   # S is being fetched
+        time.sleep(0.01)
+    assert source.fetches == [b"S"]
     started = time.monotonic()
     assert source.for_quote(b"F") == '{"tcb_info": "46"}'
-    assert time.monotonic() - started < 0.5
-    slow.join(5)
+    assert time.monotonic() - started < 2.5   # held up behind S would be ~5 s
+    slow.join(10)
 
 
 def test_waiters_give_up_at_their_own_deadline(tmp_path):
-    source = _Fake(tmp_path, {b"S": 2.0}, timeout=5.0)
+    source = _Fake(tmp_path, {b"S": 5.0}, timeout=8.0)
     started = time.monotonic()
     with pytest.raises(CollateralError, match="did not deliver collateral within 0.3 s"):
         source.for_quote(b"S", timeout=0.3)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.5   # the 0.3 s, not the 5 s fetch
 
 
 def test_the_fetch_itself_has_a_deadline(tmp_path, monkeypatch):
     """Nobody waits forever, even without a caller deadline: the source's timeout bounds it."""
-    source = _Fake(tmp_path, {b"S": 2.0}, timeout=0.3)
+    source = _Fake(tmp_path, {b"S": 5.0}, timeout=0.3)
     started = time.monotonic()
     with pytest.raises(CollateralError):
         source.for_quote(b"S")
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.5   # the 0.3 s, not the 5 s fetch
 
 
 def test_a_failed_fetch_is_a_collateral_error_for_every_waiter(tmp_path):

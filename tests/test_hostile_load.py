@@ -23,7 +23,9 @@ def _module():
 
 def test_legitimate_clients_are_served_among_hostile_ones(tmp_path):
     hostile_load = _module()
-    r = hostile_load.run(legit=80, hostile_share=0.2, concurrency=40, timeout=1.5, processes=2,
+    # The server's connection deadline bounds every legitimate client too (queue + handshake +
+    # verification, 40 at once): 3 s, several times the ~0.4 s p99 of a loaded 2-core machine.
+    r = hostile_load.run(legit=80, hostile_share=0.2, concurrency=40, timeout=3.0, processes=2,
                          directory=tmp_path)
     assert r["failures"] == [] and r["served"] == 80, r["failures"][:3]
     assert r["hostile_errors"] == [], r["hostile_errors"][:3]

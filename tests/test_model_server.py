@@ -263,7 +263,7 @@ def test_admission_bounds_in_flight_and_queue():
             await adm.acquire()                      # 2 in flight + 1 queued: refused
         assert info.value.kind == ServeError.UNAVAILABLE
         adm.release()                                # hands the slot to the waiter
-        await asyncio.wait_for(waiter, 1)
+        await asyncio.wait_for(waiter, 10)
         assert adm.in_flight == 2 and adm.waiting == 0
         adm.release()
         adm.release()
@@ -310,9 +310,9 @@ def test_admission_hands_slots_between_threads_and_tasks():
             await adm.acquire()                          # 1 in flight + 2 queued: refused
         assert info.value.kind == ServeError.UNAVAILABLE
         adm.release()
-        await asyncio.wait_for(task, 2)                  # woken from the thread
+        await asyncio.wait_for(task, 10)                 # woken from the thread
         assert got.is_set() and adm.in_flight == 1 and adm.waiting == 0
-        t.join(2)
+        t.join(10)
         adm.release()
         assert adm.in_flight == 0
     asyncio.run(scenario())
@@ -342,7 +342,7 @@ def test_infer_sync_shares_the_pool_with_async_requests():
         t.start()
     assert len(asyncio.run(tasks())) == 50
     for t in threads:
-        t.join(5)
+        t.join(30)
     assert results == [3] * 200 and engine.counters.ok == 200
     assert engine.admission.in_flight == 0 and len(m._free) == 1
     with pytest.raises(ServeError, match="missing input"):

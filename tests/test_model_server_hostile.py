@@ -349,22 +349,31 @@ def test_rest_header_body_and_idle_deadlines(rest):
         t.start()
         try:
             assert s.recv(100).startswith(b"HTTP/1.1 408")
-            assert time.monotonic() - t0 < 2
+            assert time.monotonic() - t0 < 4   # 0.5 s for the whole block, not per line
         finally:
             stop.set()
             t.join(5)
 
 
+def _wait_until(condition, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not reached within {timeout:g} s: {what}"
+        time.sleep(0.01)
+
+
 def test_rest_connection_cap():
-    srv = RestInThread(max_connections=2)
+    # idle_timeout long enough that the two idle connections are still open, however slowly
+    # the machine runs, when the third one arrives
+    srv = RestInThread(max_connections=2, idle_timeout=30)
     try:
         a, b = srv.connect(), srv.connect()
-        time.sleep(0.1)
+        _wait_until(lambda: len(srv.rest._idle) == 2, "the server holds both connections")
         answer = srv.exchange(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 503") and b"max_connections" in answer
         a.close()
         b.close()
-        time.sleep(0.2)
+        _wait_until(lambda: not srv.rest._idle, "the server saw both connections close")
         answer = srv.exchange(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"
                               b"Connection: close\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200")
@@ -380,7 +389,7 @@ def test_rest_buffer_budget_across_connections():
         body = _INFER + b" " * (4096 - len(_INFER))
         with srv.connect() as holder:
             holder.sendall(_post(body[:10], "Content-Length: 4096\r\n"))
-            time.sleep(0.2)
+            _wait_until(lambda: srv.rest.budget.used >= 4096, "the first body's bytes reserved")
             answer = srv.exchange(_post(body, "Content-Length: 4096\r\n"))
             assert answer.startswith(b"HTTP/1.1 503") and b"max_buffered_bytes" in answer
             holder.sendall(body[10:])

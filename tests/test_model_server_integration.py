@@ -615,5 +615,8 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path, fd_model, i
     assert sum(ok) > 50                                   # there was load
     assert accepted == answered == served_ok              # nothing dropped or failed inside
     assert served_ok == sum(ok), (ok, errors, s.stderr)   # every answer reached its client
-    assert elapsed < 10
+    # bounded by drain_seconds (10). Usually ~0.3 s, but about 1 run in 100 on a loaded
+    # machine grpcio's server.stop(grace) waits out the whole grace although every request
+    # was answered (checked above); that wait is not what this test is about
+    assert elapsed < 10 + 5
     assert len(errors) == 6                               # every client was refused afterwards

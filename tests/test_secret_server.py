@@ -24,7 +24,7 @@ from attestation.ratls import create_certificate
 from attestation.server import REQUEST, RESPONSE, SecretServer, startup_warnings
 from attestation.synthetic import SyntheticPKI
 
-from .attest_env import MR_SIGNER, identity, make_env, settled_audit
+from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +42,34 @@ def server(env):
     srv.shutdown()
 
 
-def _audit(env) -> list[dict]:
-    return settled_audit(env.directory / "audit.jsonl")
+def _audit(env, since: int = 0, until=None) -> list[dict]:
+    return settled_audit(env.directory / "audit.jsonl", until, since=since)
+
+
+def _mark(env) -> int:
+    return audit_mark(env.directory / "audit.jsonl")
+
+
+def _denial_since(env, since: int) -> dict:
+    """The one 'deny' line after the first *since* lines, once the server has written it (a
+    refused client has the refusal a moment before the server writes the line)."""
+    has_deny = lambda records: any(r.get("decision") == "deny" for r in records)  # noqa: E731
+    denied = [r for r in _audit(env, since, has_deny) if r.get("decision") == "deny"]
+    assert len(denied) == 1, denied
+    return denied[0]
+
+
+def _reason_since(env, since: int, text: str) -> list[dict]:
+    """The lines after the first *since* whose reason contains *text*, once there is one."""
+    matching = lambda r: text in r.get("reason", "")  # noqa: E731
+    return [r for r in _audit(env, since, lambda rs: any(map(matching, rs))) if matching(r)]
+
+
+def _wait_until(condition, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not reached within {timeout:g} s: {what}"
+        time.sleep(0.01)
 
 
 def _fetch(server, env, cert_key, **kw) -> bytes:
@@ -52,11 +78,10 @@ def _fetch(server, env, cert_key, **kw) -> bytes:
 
 
 def _refused(server, env, cert_key, reason: str, **kw) -> None:
+    since = _mark(env)
     with pytest.raises(ProvisioningError):
         _fetch(server, env, cert_key, **kw)
-    time.sleep(0.05)
-    last = [r for r in _audit(env) if "decision" in r][-1]
-    assert last["decision"] == "deny"
+    last = _denial_since(env, since)
     assert reason in last["reason"], last
     # ... and the server keeps serving good enclaves.
     assert _fetch(server, env, env.enclave_cert("face")) == env.secrets["face"]
@@ -155,37 +180,39 @@ def test_denied_wrong_root(server, env):
 
 
 def test_denied_malformed_request(server, env):
+    since = _mark(env)
     with _raw_tls(server, env, env.enclave_cert("face")) as tls:
         wrong = b"SECRET_PROVISION_RA_TLS_REQUEST_V2\0"  # right size, wrong protocol version
         assert len(wrong) == len(REQUEST)
         tls.sendall(wrong)
         assert _read_until_closed(tls) == b""
-    time.sleep(0.05)
-    assert _audit(env)[-1]["reason"].startswith("malformed request")
+    (line,) = _reason_since(env, since, "malformed request")
+    assert line["decision"] == "deny" and line["reason"].startswith("malformed request")
     assert _fetch(server, env, env.enclave_cert("face")) == env.secrets["face"]
 
 
 def test_denied_oversize_request(server, env):
+    since = _mark(env)
     with _raw_tls(server, env, env.enclave_cert("face")) as tls:
         tls.sendall(REQUEST + b"A" * 10000)
         assert _read_until_closed(tls) == b""
-    time.sleep(0.05)
-    assert _audit(env)[-1]["reason"] == "request longer than 35 bytes"
+    (line,) = _reason_since(env, since, "request longer")
+    assert line["decision"] == "deny" and line["reason"] == "request longer than 35 bytes"
     assert _fetch(server, env, env.enclave_cert("face")) == env.secrets["face"]
 
 
 def test_denied_slow_client(server, env):
     """A client that connects and then says nothing is cut off at the deadline (3 s here),
     while others are served meanwhile."""
-    idle = socket.create_connection(server.address)
+    since = _mark(env)
     started = time.monotonic()
+    idle = socket.create_connection(server.address)
     assert _fetch(server, env, env.enclave_cert("face")) == env.secrets["face"]
     idle.settimeout(10)
     assert idle.recv(1) == b""
     assert 2.5 < time.monotonic() - started < 8
     idle.close()
-    time.sleep(0.05)
-    assert any("TLS handshake failed" in r.get("reason", "") for r in _audit(env))
+    assert _reason_since(env, since, "TLS handshake failed")
 
 
 def test_denied_no_client_certificate(server, env):
@@ -202,10 +229,10 @@ def _separate(tmp_path, env_kwargs, cert_for, reason, now=None):
     srv = SecretServer(load_config(env.config), now=now)
     srv.start()
     try:
+        since = _mark(env)
         with pytest.raises(ProvisioningError):
             _fetch(srv, env, cert_for(env))
-        time.sleep(0.05)
-        last = [r for r in _audit(env) if "decision" in r][-1]
+        last = _denial_since(env, since)
         assert reason in last["reason"], last
     finally:
         srv.shutdown()
@@ -260,16 +287,17 @@ def test_connection_cap(tmp_path):
     srv = SecretServer(load_config(env.config))
     srv.start()
     try:
+        # (one acceptor thread takes connections in order: the third is admitted after these)
         idle = [socket.create_connection(srv.address) for _ in range(2)]
-        time.sleep(0.2)
         third = socket.create_connection(srv.address)
         third.settimeout(5)
         assert third.recv(1) == b""  # closed at once, not after the deadline
-        time.sleep(0.1)
-        assert _audit(env)[-1]["reason"] == "too many concurrent connections"
+        (line,) = _reason_since(env, 0, "too many concurrent connections")
+        assert line["reason"] == "too many concurrent connections"
         for sock in idle + [third]:
             sock.close()
-        time.sleep(2.5)
+        # the server frees a slot once it has seen a connection end: wait for that, not a guess
+        _wait_until(lambda: srv._slots._value == 2, "both connection slots free again")
         assert _fetch(srv, env, env.enclave_cert("face")) == env.secrets["face"]
     finally:
         srv.shutdown()
@@ -283,8 +311,7 @@ def test_sni_selects_among_several_matching_secrets(tmp_path):
     try:
         with pytest.raises(ProvisioningError):
             _fetch(srv, env, env.enclave_cert("face"))  # SNI "localhost" selects none
-        time.sleep(0.05)
-        assert "several secrets (face-extra, face-key) match" in _audit(env)[-1]["reason"]
+        assert "several secrets (face-extra, face-key) match" in _denial_since(env, 0)["reason"]
     finally:
         srv.shutdown()
 
@@ -377,8 +404,8 @@ def test_worker_processes_serve_reload_and_stop(tmp_path):
         assert len(pids) == 2
         for _ in range(12):
             assert _fetch(srv, env, env.enclave_cert("face")) == env.secrets["face"]
-        time.sleep(0.1)
-        served = [r for r in _audit(env) if r.get("decision") == "allow"]
+        allowed = lambda records: [r for r in records if r.get("decision") == "allow"]  # noqa: E731
+        served = allowed(_audit(env, until=lambda records: len(allowed(records)) >= 12))
         assert len(served) == 12
         original = env.config.read_text()
         env.config.write_text(original.replace('allow = ["face"]', 'allow = ["ocr"]'))
@@ -409,7 +436,9 @@ def test_a_worker_that_dies_is_replaced(tmp_path):
     try:
         victim = sorted(srv._children)[0]
         os.kill(victim, signal.SIGKILL)
-        time.sleep(0.2)
+        # dead (a zombie, not yet reaped: supervise() reaps it), however long the kernel took
+        _wait_until(lambda: os.waitid(os.P_PID, victim, os.WEXITED | os.WNOHANG | os.WNOWAIT),
+                    f"worker {victim} killed")
         replaced = srv.supervise()
         assert len(replaced) == 1 and victim not in srv._children and len(srv._children) == 2
         for _ in range(6):

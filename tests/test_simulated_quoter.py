@@ -8,7 +8,7 @@ import json
 import os
 import socket
 import stat
-import threading
+import time
 
 import pytest
 from cryptography import x509
@@ -49,14 +49,13 @@ def _closed_without_answer(sock: socket.socket) -> bool:
         return True
 
 
-def _wait_for(predicate) -> None:
+def _wait_for(predicate, timeout: float = 15.0) -> None:
     """Poll (connection handling is asynchronous); fails after a generous bound."""
-    done = threading.Event()
-    for _ in range(500):
-        if predicate():
-            return
-        done.wait(0.01)
-    raise AssertionError("condition not reached")
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.01)
 
 
 def test_quote_is_for_the_measured_identity_and_the_given_report_data(pki, quoter):
@@ -105,18 +104,25 @@ def test_silent_client_is_cut_off_at_the_deadline(quoter):
     _wait_for(lambda: quoter.rejected == 1)
 
 
-def test_connections_are_bounded(quoter):
-    idle = [socket.create_connection(quoter.address) for _ in range(2)]
+def test_connections_are_bounded(pki):
+    # a deadline long enough that the two idle connections still hold both slots, however
+    # slowly the machine runs, when the third arrives (and only the third is rejected)
+    quoter = SimulatedQuoter(pki, MEASURED, warn=False, timeout=30.0, max_connections=2)
+    quoter.start()
     try:
-        _wait_for(lambda: len(quoter._workers) == 2)
-        with socket.create_connection(quoter.address) as third:
-            assert _closed_without_answer(third)
-        _wait_for(lambda: quoter.rejected == 1)
+        idle = [socket.create_connection(quoter.address) for _ in range(2)]
+        try:
+            _wait_for(lambda: len(quoter._workers) == 2)
+            with socket.create_connection(quoter.address) as third:
+                assert _closed_without_answer(third)
+            _wait_for(lambda: quoter.rejected == 1)
+        finally:
+            for sock in idle:
+                sock.close()
+        _wait_for(lambda: not quoter._workers)
+        request_quote(quoter.env_value, bytes(64))
     finally:
-        for sock in idle:
-            sock.close()
-    _wait_for(lambda: not quoter._workers)
-    request_quote(quoter.env_value, bytes(64))
+        quoter.stop()
 
 
 def test_stop_is_clean(pki):
