@@ -33,20 +33,17 @@ from hyperframe.frame import (AltSvcFrame, DataFrame, HeadersFrame, PingFrame, S
 from attestation import grsecret, upload, wire
 from attestation.attest_client import AttestationRefused, Expectation, open_attested
 from attestation.collateral import FileCollateral
-from attestation.config import load_config
 from attestation.measurements import ImageRef, Measurements
 from attestation.policy import hex_dashes
 from attestation.quote import Quote, assemble_quote
-from attestation.quote_source import SIMULATED_QUOTER_ENV
-from attestation.server import SecretServer
-from attestation.simulated_quoter import SimulatedQuoter
 from attestation.synthetic import SyntheticPKI
 from attestation.verify import QuoteRejected, verify_quote
 from model_server import keys
 from model_server.config import ExpectedServer, ServerTrustConfig
 from model_server.server_attest import ServerRefused, ServerVerifier
 
-from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
+from .attest_env import MR_SIGNER, identity, make_env, settled_audit
+from .test_hostile_peers import _audit, _drain, _h2_tls, _mark, running_server
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -151,46 +148,8 @@ max_requests = 4
 
 @pytest.fixture(scope="module")
 def server(env):
-    build = Measurements("secret-server", "secret-server", "gramine",
-                         identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3, False,
-                         ImageRef(None, None))
-    with SimulatedQuoter(env.pki, build, warn=False) as quoter:
-        patch = pytest.MonkeyPatch()
-        patch.setenv(SIMULATED_QUOTER_ENV, quoter.env_value)
-        try:
-            srv = SecretServer(load_config(env.config))
-            srv.start()
-            try:
-                yield srv
-            finally:
-                srv.shutdown()
-        finally:
-            patch.undo()
-
-
-def _audit(env, since: int, count: int) -> list[dict]:
-    """The lines after the first *since*, once there are *count* of them and the log is quiet
-    (the server writes a connection's line as it ends it: a moment after the client saw that)."""
-    return settled_audit(env.directory / "audit.jsonl", lambda lines: len(lines) >= count,
-                         since=since)
-
-
-def _mark(env) -> int:
-    settled_audit(env.directory / "audit.jsonl")   # (what earlier tests left is written)
-    return audit_mark(env.directory / "audit.jsonl")
-
-
-def _h2_tls(server, env, tmp_path) -> ssl.SSLSocket:
-    cert, key = env.enclave_cert("face", "cczoo")
-    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "k.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
-    ctx.set_alpn_protocols(["h2"])
-    return ctx.wrap_socket(socket.create_connection(server.grsecret_address, timeout=5))
+    with running_server(env) as srv:
+        yield srv
 
 
 def _call(encoder: hpack.Encoder, stream: int, name: str) -> bytes:
@@ -204,20 +163,6 @@ def _call(encoder: hpack.Encoder, stream: int, name: str) -> bytes:
     data.data = grsecret.frame(grsecret.SecretRequest(name=name).SerializeToString())
     data.flags.add("END_STREAM")
     return headers.serialize() + data.serialize()
-
-
-def _drain(tls: ssl.SSLSocket, seconds: float = 6.0) -> bytes:
-    tls.settimeout(seconds)
-    received = b""
-    try:
-        while True:
-            chunk = tls.recv(65536)
-            if not chunk:
-                break
-            received += chunk
-    except (OSError, ssl.SSLError):
-        pass
-    return received
 
 
 # --------------------------------------------------------------------------- GrSecret floods
@@ -266,7 +211,7 @@ def test_frames_h2_swallows_without_an_event_count_towards_the_flood_limit(serve
                 tls.sendall(FLOODS[kind]() * 100)
         except OSError:
             pass   # cut off
-        _drain(tls)
+        _drain(tls, 6.0)
     lines = _audit(env, since, 2)
     assert [r["decision"] for r in lines] == ["allow", "deny"], lines
     assert "frames without a call" in lines[1]["reason"], lines[1]
@@ -295,7 +240,7 @@ def test_a_request_dribbled_in_one_byte_data_frames_counts_towards_the_flood_lim
                 tls.sendall(byte.serialize() * 100)
         except OSError:
             pass
-        _drain(tls)
+        _drain(tls, 6.0)
     (line,) = _audit(env, since, 1)
     assert line["decision"] == "deny" and "frames without a call" in line["reason"], line
 
@@ -313,7 +258,7 @@ def test_an_ordinary_client_stays_within_the_frame_budget(server, env, tmp_path)
                     + update.serialize() + PingFrame(0).serialize())
         for stream in (1, 3, 5, 7):
             tls.sendall(_call(encoder, stream, "face-key") + update.serialize())
-        _drain(tls)
+        _drain(tls, 6.0)
     lines = _audit(env, since, 4)
     assert [r["decision"] for r in lines] == ["allow"] * 4, lines
 

@@ -6,6 +6,7 @@ input pass); the server-side ones run against a real SecretServer on 127.0.0.1."
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -169,8 +170,10 @@ def test_a_busy_port_names_the_key(env):
 
 # --------------------------------------------------------------------------- a running server
 
-@pytest.fixture(scope="module")
-def server(env):
+@contextlib.contextmanager
+def running_server(env):
+    """A SecretServer on env.config whose own RA-TLS evidence comes from a simulated quoter
+    (for test_hostile_attestation2 too)."""
     build = Measurements("secret-server", "secret-server", "gramine",
                          identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3, False,
                          ImageRef(None, None))
@@ -186,6 +189,12 @@ def server(env):
                 srv.shutdown()
         finally:
             patch.undo()
+
+
+@pytest.fixture(scope="module")
+def server(env):
+    with running_server(env) as srv:
+        yield srv
 
 
 def _audit(env, since: int, count: int) -> list[dict]:
