@@ -383,7 +383,8 @@ collateral = "collateral.json"
 [signing]
 key = "key.pem"
 ''')
-    with pytest.raises(OcclumConfigError) as info:
+    from plugins.secret_server import SyntheticRootWarning
+    with pytest.raises(OcclumConfigError) as info, pytest.warns(SyntheticRootWarning):
         plan_of(spec, registry)
     assert f"{spec}:4: service.libos: " in str(info.value)
     assert "/dev/attestation" in str(info.value) and 'libos = "gramine"' in str(info.value)
