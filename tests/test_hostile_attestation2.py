@@ -43,7 +43,7 @@ from model_server.config import ExpectedServer, ServerTrustConfig
 from model_server.server_attest import ServerRefused, ServerVerifier
 
 from .attest_env import MR_SIGNER, identity, make_env, settled_audit
-from .test_hostile_peers import _audit, _drain, _h2_tls, _mark, running_server
+from .test_hostile_peers import _audit, _drain, _h2_tls, _mark, running_server, write_owner
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -111,17 +111,7 @@ def _tls_server(env, answer):  # noqa: ANN001, ANN202
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     directory = tmp_path_factory.mktemp("hostile2")
-    owner_key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "owner")])
-    now = dt.datetime.now(dt.timezone.utc)
-    owner = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-             .public_key(owner_key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(hours=1))
-             .not_valid_after(now + dt.timedelta(days=1)).sign(owner_key, hashes.SHA256()))
-    (directory / "owner.crt").write_bytes(owner.public_bytes(serialization.Encoding.PEM))
-    (directory / "owner.key").write_bytes(owner_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    owner = write_owner(directory)
     built = make_env(directory / "env", timeout=4.0, extra=f'''
 [[secrets]]
 name = "up-key"
@@ -142,7 +132,7 @@ listen = "127.0.0.1:0"
 idle = 1.0
 max_requests = 4
 ''')
-    built.owner = (directory / "owner.crt", directory / "owner.key")
+    built.owner = owner
     return built
 
 

@@ -15,6 +15,7 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 
 import hpack
 import pytest
@@ -77,15 +78,22 @@ def _duplicated(key, value: bytes) -> x509.Certificate:  # noqa: ANN001
     return x509.load_der_x509_certificate(der)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("hostile")
+def write_owner(directory: Path) -> tuple[Path, Path]:
+    """A key owner's self-signed certificate and key, as DIRECTORY/owner.crt and owner.key
+    (for test_hostile_attestation2 too)."""
     owner_key = ec.generate_private_key(ec.SECP256R1())
     owner = _cert(owner_key, [])
     (directory / "owner.crt").write_bytes(owner.public_bytes(serialization.Encoding.PEM))
     (directory / "owner.key").write_bytes(owner_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
+    return directory / "owner.crt", directory / "owner.key"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("hostile")
+    owner = write_owner(directory)
     built = make_env(directory / "env", timeout=3.0, extra=f'''
 [[secrets]]
 name = "up-key"
@@ -99,7 +107,7 @@ listen = "127.0.0.1:0"
 idle = 1.0
 max_requests = 4
 ''')
-    built.owner = (directory / "owner.crt", directory / "owner.key")
+    built.owner = owner
     return built
 
 
