@@ -13,14 +13,14 @@ import platform
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tomli_w
 from attestation.measurements import ImageRef, Measurements
 
 from .errors import EnclaveBuildError, UsageError
-from .gramine.protected_files import read_wrap_key, write_wrap_key
+from .gramine.protected_files import KEY_SIZE as WRAP_KEY_SIZE, read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache
 from .image.assemble import assemble, runtime_owner
@@ -29,6 +29,8 @@ from .image.output import load_into_docker, push, tidy_stale_temps, write_oci_la
 from .image.reference import DOCKER_HUB, parse_registry_ref, parse_source
 from .cache import cache_root
 from .image.sources import open_base
+from .key_scan import KeyScanner
+from .leak_guard import check_model_paths, scan_artifacts, scan_plan
 from .k8s.service_info import SERVICE_FILE, ServiceInfo, service_info
 from .plan import ServicePlan
 from .plugin_api import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
@@ -61,35 +63,80 @@ class BuildResult:
     pushed: str | None = None                 # NAME@sha256:... when pushed
 
 
-def load_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None
-                   ) -> tuple[dict[str, bytes], dict[str, Path], list[Path]]:
-    """Read (or create, mode 0600) the wrap key of every key the plan provisions.
+@dataclass
+class WrapKeys:
+    """The wrap keys of a build: each key's bytes and file; keys that do not exist yet are made
+    in memory and written only by :meth:`persist`, once the build has got that far (a build
+    that fails before leaves no key behind)."""
+
+    keys: dict[str, bytes] = field(default_factory=dict, repr=False)
+    files: dict[str, Path] = field(default_factory=dict)
+    new: dict[str, bytes] = field(default_factory=dict, repr=False)   # name -> not yet written
+    written: list[Path] = field(default_factory=list)
+
+    def persist(self) -> list[Path]:
+        """Write every new key (mode 0600, atomically: a temp file linked into place, never over
+        an existing file); the files written. Another build that made the same key meanwhile
+        wins, and this build fails: its encrypted files use the other bytes."""
+        for name in sorted(self.new):
+            path = self.files[name]
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(self.new[name])
+                    out.flush()
+                    os.fsync(out.fileno())
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise EnclaveBuildError(
+                        f"{path}: another build created this wrap key meanwhile; this build "
+                        "encrypted with other bytes: build again (it will use that key)") from None
+            finally:
+                os.unlink(tmp)
+            del self.new[name]
+            self.written.append(path)
+        return list(self.written)
+
+
+def prepare_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None) -> WrapKeys:
+    """Read the wrap key of every key the plan provisions, making the missing ones in memory.
 
     Keys live in ``[secrets] keys_dir``, outside the image and the output directory."""
+    result = WrapKeys()
     if plan.secrets is None or not plan.secrets.keys:
-        return {}, {}, []
+        return result
     keys_dir = spec.secrets.keys_dir.resolve()
     if output is not None:
         out = output.resolve()
         if keys_dir == out or out in keys_dir.parents:
             raise UsageError(f"{spec.path}: secrets.keys_dir ({keys_dir}) is inside the output "
                              f"directory ({out}); keys must never be part of build outputs")
-    keys: dict[str, bytes] = {}
-    files: dict[str, Path] = {}
-    created: list[Path] = []
     for item in plan.secrets.keys:
         path = keys_dir / f"{item.name}.key"
         if path.exists():
-            keys[item.name] = read_wrap_key(path)
+            result.keys[item.name] = read_wrap_key(path)
             if path.stat().st_mode & 0o077:
                 warnings.warn(f"{path}: wrap key is readable by other users (chmod 600 it)",
                               UserWarning, stacklevel=3)
         else:
-            keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            keys[item.name] = write_wrap_key(path)
-            created.append(path)
-        files[item.name] = path
-    return keys, files, created
+            result.keys[item.name] = result.new[item.name] = os.urandom(WRAP_KEY_SIZE)
+        result.files[item.name] = path
+    return result
+
+
+def load_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None
+                   ) -> tuple[dict[str, bytes], dict[str, Path], list[Path]]:
+    """Read (or create, mode 0600, at once) the wrap key of every key the plan provisions:
+    (bytes by name, file by name, files created)."""
+    keys = prepare_wrap_keys(spec, plan, output)
+    created = keys.persist()
+    return keys.keys, keys.files, created
+
+
+class GeneratedKeyWarning(UserWarning):
+    """A build that failed had already written a new wrap key (e.g. after pushing the image)."""
 
 
 def load(spec_path: str | Path, registry: PluginRegistry | None = None) -> tuple[Spec, PluginRegistry]:
@@ -164,10 +211,14 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
     parse_source(base or plan.base_image)  # a bad reference fails before anything is written
     tidy_stale_temps(Path(tempfile.gettempdir()), "enclave-build")
     signer = make_signer(spec, Path(signature) if signature else None)
-    wrap_keys, key_files, created = load_wrap_keys(spec, plan, out)
+    wrap = prepare_wrap_keys(spec, plan, out)
     own_cache = hash_cache is None
     cache = hash_cache or HashCache()
     try:
+        # Nothing of the key material this build can see may ship in clear (exit 2, first).
+        scanner = KeyScanner(wrap.keys)
+        check_model_paths(spec, scanner)
+        scanned = scan_plan(spec, plan, scanner, cache)
         base_image = open_base(base or plan.base_image, progress.task, hash_cache=cache)
     except BaseException:
         if own_cache:
@@ -176,18 +227,29 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
     staging = Path(tempfile.mkdtemp(prefix=f".enclave-build.tmp-{os.getpid()}-"))  # mode 0700
     try:
         options = BuildOptions(signer=signer, sig_date=spec.signing.date, progress=progress,
-                               hash_cache=cache, wrap_keys=wrap_keys, staging=staging,
+                               hash_cache=cache, wrap_keys=wrap.keys, staging=staging,
                                reproducible=spec.build.reproducible,
                                log_level=spec.enclave.log_level)
         artifacts = backend.build(plan, base_image.rootfs, options)
         if artifacts.pending is not None:
             # Next to the spec, never inside the output directory: outputs stay all-or-nothing.
+            # Step two must encrypt with the same keys (an Occlum image key is measured).
             written = _write_pending(artifacts, spec.directory / f"{plan.service}.sigstruct.tbs")
-            raise SignatureNeeded(_pending_message(artifacts.pending, written, spec))
-        result = _finish(spec, plan, artifacts, base_image.image, out, created, key_files,
-                         cache, progress, image, base_image.rootfs)
+            created = wrap.persist()
+            raise SignatureNeeded(_pending_message(artifacts.pending, written, spec, created))
+        scan_artifacts(artifacts.files, scanner, cache, scanned)
+        result = _finish(spec, plan, artifacts, base_image.image, out, wrap, cache, progress,
+                         image, base_image.rootfs)
         # Inside the try: staged files (encrypted models) still exist while hooks run.
         registry.pm.hook.enclave_build_finished(result=result)
+    except BaseException as exc:
+        if wrap.written and not isinstance(exc, SignatureNeeded):
+            for path in wrap.written:
+                warnings.warn(f"generated wrap key {path} (mode 0600) before the build failed: "
+                              "keep it, the secret server needs it for what was already "
+                              "pushed or written, and it cannot be recovered",
+                              GeneratedKeyWarning, stacklevel=2)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if own_cache:
@@ -203,9 +265,8 @@ def _check_push_target(tag: str) -> None:
 
 
 def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Image,
-            out: Path | None, created: list[Path], key_files: dict[str, Path],
-            cache: HashCache, progress: Progress, options: ImageOptions,
-            rootfs: RootFS | None = None) -> BuildResult:
+            out: Path | None, wrap: WrapKeys, cache: HashCache, progress: Progress,
+            options: ImageOptions, rootfs: RootFS | None = None) -> BuildResult:
     identity = artifacts.identity
     assert identity is not None
     measurements = Measurements(
@@ -215,6 +276,9 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
         image=ImageRef(plan.image_tag, None))
     store = BlobStore(cache_root() / "blobs")
     built = assemble(base, plan, artifacts, measurements, store, cache, progress.task, rootfs)
+    # The image exists; before it leaves this machine (push, load, output), its keys must.
+    created = wrap.persist()
+    key_files = wrap.files
     pushed = None
     if options.push:
         pushed = push(built, plan.image_tag, progress.task)
@@ -407,8 +471,11 @@ def _write_pending(artifacts: LibOSArtifacts, target: Path) -> Path:
     return target
 
 
-def _pending_message(pending: PendingSignature, tbs: Path, spec: Spec) -> str:
-    return (
+def _pending_message(pending: PendingSignature, tbs: Path, spec: Spec,
+                     created: list[Path] = ()) -> str:  # type: ignore[assignment]
+    keys = "".join(f"generated wrap key {path} (mode 0600): keep it, step two and the secret "
+                   "server need it, and it cannot be recovered\n" for path in created)
+    return keys + (
         f"external signing: MRENCLAVE {pending.mr_enclave}\n"
         f"wrote the {len(pending.signing_data)} bytes to sign to {tbs}.\n"
         "Sign them with the enclave key (RSA-3072, e=3, PKCS#1 v1.5, SHA-256), e.g.\n"

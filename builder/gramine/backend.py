@@ -328,7 +328,8 @@ def encrypt_plan_files(plan: ServicePlan, options: BuildOptions) -> list[Artifac
             protected_files.encrypt_file(key, content, staged, embedded,
                                          reproducible=options.reproducible, progress=advance)
         # Gramine opens an encrypted file's host file read-write: the runtime user must own it.
-        out.append(ArtifactFile(embedded, source=staged, mode=item.mode | 0o600, writable=True))
+        out.append(ArtifactFile(embedded, source=staged, mode=item.mode | 0o600, writable=True,
+                                ciphertext=True))
     return out
 
 
