@@ -75,7 +75,7 @@ def _spec_key(origins: dict[str, str], path: str, default: str) -> str:
     while probe:
         if probe in origins:
             return origins[probe]
-        shorter = re.sub(r"(\.?[^.\[]*|\[\d+\])$", "", probe)
+        shorter = re.sub(r"(\.?[^.\[]*|\[\d+\])\Z", "", probe)
         if shorter == probe:  # nothing left to strip (never loop on an odd path)
             break
         probe = shorter
