@@ -326,10 +326,17 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
         f"Secret-server policy fragment for service {plan.service!r}, written by enclave-build.",
         "Merge it into the secret server's secrets.toml (`enclave-build secrets config`); the "
         "key files stay on the server.",
-        "Paths are relative to this file's directory.",
+        "Paths are relative to this file's directory; keys_dir is the build's [secrets] "
+        "keys_dir.",
         f"The enclave identity is in measurements.json (mr_enclave {measurements.mr_enclave}).",
     ]
-    parts = [_comment(header) + tomli_w.dumps({"measurements": ["measurements.json"]})]
+    top: dict[str, object] = {"measurements": ["measurements.json"]}
+    directories = {path.parent for path in key_files.values()}
+    if len(directories) == 1:   # [secrets] keys_dir: `secrets config` takes key files only there
+        (keys_dir,) = directories
+        top["keys_dir"] = os.path.relpath(keys_dir, relative_to) if relative_to is not None \
+            else str(keys_dir)
+    parts = [_comment(header) + tomli_w.dumps(top)]
     users: dict[str, list[str]] = {}
     for mount in plan.mounts:
         if mount.key_name:
