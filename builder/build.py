@@ -24,6 +24,7 @@ from .gramine.protected_files import KEY_SIZE as WRAP_KEY_SIZE, read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache
 from .image.assemble import assemble, runtime_owner
+from .image.blob_cache import BlobCache, Limits, report as blob_cache_report
 from .image.oci import BlobStore, Image
 from .image.output import load_into_docker, push, tidy_stale_temps, write_oci_layout
 from .image.reference import DOCKER_HUB, parse_registry_ref, parse_source
@@ -185,6 +186,26 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
           signature: str | Path | None = None, registry: PluginRegistry | None = None,
           progress: Progress | None = None, hash_cache: HashCache | None = None,
           image: ImageOptions = ImageOptions()) -> BuildResult:
+    """Build the spec at *spec_path*; then bound the blob cache (builder.image.blob_cache),
+    keeping what this build made."""
+    blobs = BlobCache(cache_root())
+    with blobs.in_use():   # no blob this build finds disappears before its output links it
+        result = _build(spec_path, output=output, base=base, signature=signature,
+                        registry=registry, progress=progress, hash_cache=hash_cache,
+                        image=image)
+    keep = _image_digests(result.image) if result.image is not None else []
+    blobs.prune(Limits.from_env(), keep, log=blob_cache_report)
+    return result
+
+
+def _image_digests(image: Image) -> list[str]:
+    return [image.config_descriptor.digest, *(layer.digest for layer in image.layers)]
+
+
+def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None,
+           signature: str | Path | None, registry: PluginRegistry | None,
+           progress: Progress | None, hash_cache: HashCache | None,
+           image: ImageOptions) -> BuildResult:
     out = Path(output).resolve() if output else None
     if out is not None:  # what a build killed earlier left (even if this one fails)
         recover_output(out)
@@ -276,6 +297,7 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
         image=ImageRef(plan.image_tag, None))
     store = BlobStore(cache_root() / "blobs")
     built = assemble(base, plan, artifacts, measurements, store, cache, progress.task, rootfs)
+    BlobCache(cache_root()).touch(_image_digests(built) + [base.config_descriptor.digest])
     # The image exists; before it leaves this machine (push, load, output), its keys must.
     created = wrap.persist()
     key_files = wrap.files

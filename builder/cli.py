@@ -1184,6 +1184,7 @@ def doctor(base: str | None, as_json: bool, strict: bool) -> None:
 
 from .cli_attest import register as _register_attest; _register_attest(main)  # noqa: E402,E702
 from .cli_k8s import register as _register_k8s; _register_k8s(main)  # noqa: E402,E702
+from .cli_cache import register as _register_cache; _register_cache(main)  # noqa: E402,E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()
