@@ -319,3 +319,22 @@ def test_hash_cache_stores_non_utf8_paths(tmp_path):
     first = hash_files([path], cache=cache)
     assert hash_files([path], cache=cache) == first
     cache.close()
+
+
+def test_non_utf8_name_in_the_base_is_named_not_a_traceback(tmp_path, standin_root,
+                                                           signing_key):
+    """A trusted directory of the base holding a file whose name is not UTF-8."""
+    from builder.errors import EnclaveBuildError
+    from builder.build import build
+
+    root = tmp_path / "rootfs"
+    shutil.copytree(standin_root, root, symlinks=True)
+    runtime = next((root / "usr/lib/x86_64-linux-gnu/gramine").glob("runtime/glibc"))
+    (runtime / os.fsdecode(b"lib-\xff.so")).write_bytes(b"\x7fELF")
+    project = _clean_project(tmp_path, signing_key)
+    project.joinpath("spec.toml").write_text(
+        (project / "spec.toml").read_text().replace('key = "owner-key"\n', "")
+        .replace('path = "private/other.onnx"', 'path = "private/other.onnx"\nencrypt = false'))
+    with pytest.raises(EnclaveBuildError, match=r"lib-\\udcff.so'?: a trusted file whose name "
+                                                "is not UTF-8"):
+        build(project / "spec.toml", base=f"dir:{root}")
