@@ -38,13 +38,13 @@ _BEHIND = 128
 _PEM = b"PRIVATE KEY-----"
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]{0,40})\Z")
 _OPENSSH = b"openssh-key-v1\x00"
-#: INTEGER 0 or 1 (a key's version) followed by INTEGER (PKCS#1, DSA), SEQUENCE (PKCS#8) or
-#: OCTET STRING (SEC1). The literal prefix keeps the regular expression on its fast path.
-_DER_VERSION = re.compile(rb"\x02\x01[\x00\x01][\x02\x30\x04]")
-#: OBJECT IDENTIFIER headers of password-based encryption: 1.2.840.113549.1.5.* (PBES1,
-#: PBES2) and 1.2.840.113549.1.12.1.* (PKCS#12 PBE).
-_PBE_OIDS = (b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x05",
-             b"\x06\x0a\x2a\x86\x48\x86\xf7\x0d\x01\x0c\x01")
+#: INTEGER 0 (a key's version) followed by INTEGER (PKCS#1, DSA) or SEQUENCE (PKCS#8), or
+#: INTEGER 1 followed by OCTET STRING (SEC1) or SEQUENCE (PKCS#8 v2). The literal prefix keeps the regular expression on its fast path.
+_DER_VERSION = re.compile(rb"\x02\x01(?:\x00[\x02\x30]|\x01[\x04\x30])")
+#: Password-based encryption OIDs: 1.2.840.113549.1.5.* (PBES1, PBES2) and
+#: 1.2.840.113549.1.12.1.* (PKCS#12 PBE), found by their content (one pass, literal prefix);
+#: the OBJECT IDENTIFIER header (06 09 / 06 0a) is checked before it.
+_PBE_OID = re.compile(rb"\x2a\x86\x48\x86\xf7\x0d\x01(?:\x05|\x0c\x01)")
 
 _SEQUENCE, _INTEGER, _OCTETS, _OID = 0x30, 0x02, 0x04, 0x06
 
@@ -235,14 +235,17 @@ class KeyScanner:
             if key is not None:
                 hits.append(key)
                 break
-        for oid in _PBE_OIDS:
-            i = lo
-            while (i := buf.find(oid, i, hi + len(oid) - 1)) >= 0:
-                start = _encrypted_key_at(buf, i)
-                if start is not None:
-                    hits.append((start, "an encrypted PKCS#8 private key (DER)"))
-                    break
-                i += 1
+        for match in _PBE_OID.finditer(buf, max(0, lo + 2), min(len(buf), hi + 11)):
+            oid = match.start() - 2     # the OBJECT IDENTIFIER tag and length
+            if oid >= hi:
+                break
+            length = match.end() - match.start() + 1   # the OID's content length
+            if oid < lo or buf[oid] != _OID or buf[oid + 1] != length:
+                continue
+            start = _encrypted_key_at(buf, oid)
+            if start is not None:
+                hits.append((start, "an encrypted PKCS#8 private key (DER)"))
+                break
         if not hits:
             return None
         offset, what = min(hits)
