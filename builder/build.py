@@ -13,8 +13,10 @@ import platform
 import shutil
 import tempfile
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import tomli_w
 from attestation.measurements import ImageRef, Measurements
@@ -189,10 +191,12 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
     """Build the spec at *spec_path*; then bound the blob cache (builder.image.blob_cache),
     keeping what this build made."""
     blobs = BlobCache(cache_root())
-    with blobs.in_use():   # no blob this build finds disappears before its output links it
+    with ExitStack() as held:
+        # From the moment the build reads its base: no blob it finds disappears before its
+        # output links it (a spec error before that touches no cache).
         result = _build(spec_path, output=output, base=base, signature=signature,
                         registry=registry, progress=progress, hash_cache=hash_cache,
-                        image=image)
+                        image=image, hold_cache=lambda: held.enter_context(blobs.in_use()))
     keep = _image_digests(result.image) if result.image is not None else []
     blobs.prune(Limits.from_env(), keep, log=blob_cache_report)
     return result
@@ -205,7 +209,7 @@ def _image_digests(image: Image) -> list[str]:
 def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None,
            signature: str | Path | None, registry: PluginRegistry | None,
            progress: Progress | None, hash_cache: HashCache | None,
-           image: ImageOptions) -> BuildResult:
+           image: ImageOptions, hold_cache: Callable[[], None]) -> BuildResult:
     out = Path(output).resolve() if output else None
     if out is not None:  # what a build killed earlier left (even if this one fails)
         recover_output(out)
@@ -240,6 +244,7 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
         scanner = KeyScanner(wrap.keys)
         check_model_paths(spec, scanner)
         scanned = scan_plan(spec, plan, scanner, cache)
+        hold_cache()
         base_image = open_base(base or plan.base_image, progress.task, hash_cache=cache)
     except BaseException:
         if own_cache:
