@@ -338,3 +338,17 @@ def test_non_utf8_name_in_the_base_is_named_not_a_traceback(tmp_path, standin_ro
     with pytest.raises(EnclaveBuildError, match=r"lib-\\udcff.so'?: a trusted file whose name "
                                                 "is not UTF-8"):
         build(project / "spec.toml", base=f"dir:{root}")
+
+
+def test_a_build_failing_after_writing_its_key_says_so(tmp_path, standin_root, signing_key):
+    """--load fails (no Docker engine) after the image was assembled and its new key written:
+    the key stays (what was made may need it) and the build names it."""
+    project = _clean_project(tmp_path, signing_key)
+    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
+                   "--load", cwd=project, env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert proc.returncode != 0
+    key_file = tmp_path / "keys" / "owner-key.key"
+    assert key_file.exists()
+    assert f"warning: generated wrap key {key_file} (mode 0600) before the build failed: keep " \
+           "it".encode() in proc.stderr
+    assert not (project / "out").exists()
