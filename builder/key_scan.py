@@ -3,7 +3,8 @@
 A :class:`KeyScanner` looks, anywhere in a file (streamed in chunks, never read whole), for
 
 - PEM armor of any private key: ``-----BEGIN ... PRIVATE KEY-----`` (PKCS#8, encrypted PKCS#8,
-  PKCS#1 ``RSA``, SEC1 ``EC``, ``DSA``, ``OPENSSH``, ...): the armor line alone is enough;
+  PKCS#1 ``RSA``, SEC1 ``EC``, ``DSA``, ``OPENSSH``, ...) followed by a body (optional
+  headers, then base64; line breaks may be escaped, as in a JSON string);
 - DER private keys: PKCS#8 ``PrivateKeyInfo``/``OneAsymmetricKey``, PKCS#1 ``RSAPrivateKey``
   (and OpenSSL's DSA form), SEC1 ``ECPrivateKey`` and ``EncryptedPrivateKeyInfo`` (PBES1/PBES2,
   PKCS#12 PBE, so also the key bags of a PKCS#12 file): a candidate is found from a short
@@ -37,6 +38,13 @@ _BEHIND = 128
 
 _PEM = b"PRIVATE KEY-----"
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]{0,40})\Z")
+#: What follows a key's armor line: optional RFC 1421 headers (Proc-Type, DEK-Info), then at
+#: least 64 base64 characters (an Ed25519 PKCS#8 key has exactly 64), line breaks raw or
+#: escaped (a key inside a JSON, YAML or text-proto string). A library's bare armor string
+#: (mbedTLS keeps "-----BEGIN RSA PRIVATE KEY-----" as a C string) has no body: no key.
+_GAP = rb"(?:[ \t\r\n]|\\[rn])*"
+_PEM_BODY = re.compile(_GAP + rb"(?:[A-Za-z-]+: ?[^\r\n\\]*(?:\r?\n|\\r?\\n)" + _GAP + rb")*"
+                       rb"(?:[A-Za-z0-9+/=]" + _GAP + rb"){64}")
 _OPENSSH = b"openssh-key-v1\x00"
 #: INTEGER 0 (a key's version) followed by INTEGER (PKCS#1, DSA) or SEQUENCE (PKCS#8), or
 #: INTEGER 1 followed by OCTET STRING (SEC1) or SEQUENCE (PKCS#8 v2). The literal prefix keeps the regular expression on its fast path.
@@ -220,7 +228,7 @@ class KeyScanner:
         while (i := buf.find(_PEM, i, hi + len(_PEM) - 1)) >= 0:
             line_start = buf.rfind(b"\n", max(0, i - 64), i) + 1
             armor = _PEM_BEGIN.search(buf, line_start, i)
-            if armor is not None:
+            if armor is not None and _PEM_BODY.match(buf, i + len(_PEM)):
                 label = (armor.group(1) + b"PRIVATE KEY").decode("ascii")
                 hits.append((armor.start(), f"a PEM private key ({label})"))
                 break

@@ -61,6 +61,19 @@ def test_every_encoding_is_found_alone_and_embedded(keys):
         assert len(before) - 64 <= found.offset <= len(before) + len(blob), (label, found)
 
 
+def test_keys_inside_strings_of_config_files_are_found(keys):
+    """A key pasted into JSON or a text proto (newlines escaped), or with legacy headers."""
+    scanner = KeyScanner()
+    pem = keys["ec"].private_bytes(Enc.PEM, Fmt.PKCS8, NONE).decode()
+    escaped = pem.replace("\n", "\\n")
+    for text in (f'{{"tls": {{"key": "{escaped}"}}}}', f'server_key: "{escaped}"\n'):
+        found = scanner.scan_bytes(text.encode(), "config")
+        assert found is not None and found.what == "a PEM private key (PRIVATE KEY)", text[:40]
+    legacy = keys["rsa"].private_bytes(Enc.PEM, Fmt.TraditionalOpenSSL, PASSWORD)
+    assert b"Proc-Type: 4,ENCRYPTED" in legacy
+    assert scanner.scan_bytes(legacy).what == "a PEM private key (RSA PRIVATE KEY)"
+
+
 def test_whole_file_parsing_accepts_every_private_key_and_no_public_one(keys):
     for label, blob in _encodings(keys).items():
         if label != "pkcs12":
@@ -121,6 +134,9 @@ def test_ordinary_content_is_not_a_key(tmp_path, keys):
     assert scanner.scan_bytes(rng.integers(-128, 128, 8 << 20, dtype=np.int8).tobytes()) is None
     text = b"PRIVATE KEY-----" + b" a comment mentioning -----BEGIN CERTIFICATE----- " * 3
     assert scanner.scan_bytes(text) is None
+    library = (b"\x00-----BEGIN RSA PRIVATE KEY-----\x00-----END RSA PRIVATE KEY-----\x00"
+               b"-----BEGIN EC PRIVATE KEY-----\x00Proc-Type: 4,ENCRYPTED\x00")   # C strings
+    assert scanner.scan_bytes(b"\x7fELF" + bytes(100) + library + bytes(100)) is None
     public = keys["rsa"].public_key()
     for fmt in (serialization.PublicFormat.SubjectPublicKeyInfo,
                 serialization.PublicFormat.PKCS1):
