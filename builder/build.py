@@ -242,7 +242,7 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
     try:
         # Nothing of the key material this build can see may ship in clear (exit 2, first).
         scanner = KeyScanner(wrap.keys)
-        check_model_paths(spec, scanner)
+        check_model_paths(spec, scanner, wrap.files.values())
         scanned = scan_plan(spec, plan, scanner, cache)
         hold_cache()
         base_image = open_base(base or plan.base_image, progress.task, hash_cache=cache)

@@ -101,9 +101,12 @@ def _name_problem(top: Path, path: Path) -> str | None:
     return None
 
 
-def check_model_paths(spec: Spec, scanner: KeyScanner) -> None:
-    """Refuse model paths that would take secrets along (see the module's point 1)."""
+def check_model_paths(spec: Spec, scanner: KeyScanner,
+                      wrap_key_files: Iterable[Path] = ()) -> None:
+    """Refuse model paths that would take secrets along (see the module's point 1);
+    *wrap_key_files* (the build's, existing or about to be made) are named in the error."""
     places = secret_places(spec)
+    key_names = ", ".join(sorted(p.name for p in wrap_key_files))
     for index, model in enumerate(spec.models):
         where = ("models", index, "path")
         path = _resolve(model.path)
@@ -111,9 +114,11 @@ def check_model_paths(spec: Spec, scanner: KeyScanner) -> None:
             if _within(place.path, path) or (place.inside_too and _within(path, place.path)):
                 relation = ("is inside" if _within(path, place.path) and path != place.path
                             else "is" if path == place.path else "contains")
+                holding = (f", holding this build's {key_names}"
+                           if place.key == "secrets.keys_dir" and key_names else "")
                 raise spec_error(spec, where, f"{path} {relation} {place.what} ({place.key}: "
-                                 f"{place.path}): it would ship in the image; point path at the "
-                                 "model file, or a directory holding only the model")
+                                 f"{place.path}{holding}): it would ship in the image; point "
+                                 "path at the model file, or a directory holding only the model")
         for file in _model_files(path):
             problem = _name_problem(path, file)
             if problem is None and file.stat().st_size <= SMALL_FILE:

@@ -90,8 +90,8 @@ def test_the_project_directory_as_model_is_refused_before_anything_is_written(
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert f"spec.toml:7: models[0].path: {project.resolve()} contains" in err
-    assert f"contains the wrap keys' directory (secrets.keys_dir: {project.resolve() / 'keys'})" \
-        in err
+    assert f"contains the wrap keys' directory (secrets.keys_dir: {project.resolve() / 'keys'}, " \
+        "holding this build's owner-key.key)" in err
     assert not (project / "out").exists()
     assert not (project / "keys").exists()    # the wrap key was never written
 
