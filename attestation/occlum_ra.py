@@ -43,7 +43,7 @@ FLAGS = ("verify_mr_enclave", "verify_mr_signer", "verify_isv_prod_id", "verify_
          "verify_config_svn", "verify_enclave_debuggable")
 MAX_MEASUREMENTS = 16           # Occlum's SGX_MESUREMENTS_MAX_SIZE
 CONFIG_SVN_OFFSET = 308         # u16 LE in a v3 quote (report body 48 + 260)
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}\Z")
 
 
 class RaConfigError(ValueError):

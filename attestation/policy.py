@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .measurements import Measurements, MeasurementsError
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class PolicyError(ValueError):

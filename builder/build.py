@@ -13,22 +13,27 @@ import platform
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import tomli_w
 from attestation.measurements import ImageRef, Measurements
 
 from .errors import EnclaveBuildError, UsageError
-from .gramine.protected_files import read_wrap_key, write_wrap_key
+from .gramine.protected_files import KEY_SIZE as WRAP_KEY_SIZE, read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache
 from .image.assemble import assemble, runtime_owner
+from .image.blob_cache import BlobCache, Limits, report as blob_cache_report
 from .image.oci import BlobStore, Image
 from .image.output import load_into_docker, push, tidy_stale_temps, write_oci_layout
 from .image.reference import DOCKER_HUB, parse_registry_ref, parse_source
 from .cache import cache_root
 from .image.sources import open_base
+from .key_scan import KeyScanner
+from .leak_guard import check_model_paths, scan_artifacts, scan_plan
 from .k8s.service_info import SERVICE_FILE, ServiceInfo, service_info
 from .plan import ServicePlan
 from .plugin_api import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
@@ -61,35 +66,80 @@ class BuildResult:
     pushed: str | None = None                 # NAME@sha256:... when pushed
 
 
-def load_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None
-                   ) -> tuple[dict[str, bytes], dict[str, Path], list[Path]]:
-    """Read (or create, mode 0600) the wrap key of every key the plan provisions.
+@dataclass
+class WrapKeys:
+    """The wrap keys of a build: each key's bytes and file; keys that do not exist yet are made
+    in memory and written only by :meth:`persist`, once the build has got that far (a build
+    that fails before leaves no key behind)."""
+
+    keys: dict[str, bytes] = field(default_factory=dict, repr=False)
+    files: dict[str, Path] = field(default_factory=dict)
+    new: dict[str, bytes] = field(default_factory=dict, repr=False)   # name -> not yet written
+    written: list[Path] = field(default_factory=list)
+
+    def persist(self) -> list[Path]:
+        """Write every new key (mode 0600, atomically: a temp file linked into place, never over
+        an existing file); the files written. Another build that made the same key meanwhile
+        wins, and this build fails: its encrypted files use the other bytes."""
+        for name in sorted(self.new):
+            path = self.files[name]
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(self.new[name])
+                    out.flush()
+                    os.fsync(out.fileno())
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise EnclaveBuildError(
+                        f"{path}: another build created this wrap key meanwhile; this build "
+                        "encrypted with other bytes: build again (it will use that key)") from None
+            finally:
+                os.unlink(tmp)
+            del self.new[name]
+            self.written.append(path)
+        return list(self.written)
+
+
+def prepare_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None) -> WrapKeys:
+    """Read the wrap key of every key the plan provisions, making the missing ones in memory.
 
     Keys live in ``[secrets] keys_dir``, outside the image and the output directory."""
+    result = WrapKeys()
     if plan.secrets is None or not plan.secrets.keys:
-        return {}, {}, []
+        return result
     keys_dir = spec.secrets.keys_dir.resolve()
     if output is not None:
         out = output.resolve()
         if keys_dir == out or out in keys_dir.parents:
             raise UsageError(f"{spec.path}: secrets.keys_dir ({keys_dir}) is inside the output "
                              f"directory ({out}); keys must never be part of build outputs")
-    keys: dict[str, bytes] = {}
-    files: dict[str, Path] = {}
-    created: list[Path] = []
     for item in plan.secrets.keys:
         path = keys_dir / f"{item.name}.key"
         if path.exists():
-            keys[item.name] = read_wrap_key(path)
+            result.keys[item.name] = read_wrap_key(path)
             if path.stat().st_mode & 0o077:
                 warnings.warn(f"{path}: wrap key is readable by other users (chmod 600 it)",
                               UserWarning, stacklevel=3)
         else:
-            keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            keys[item.name] = write_wrap_key(path)
-            created.append(path)
-        files[item.name] = path
-    return keys, files, created
+            result.keys[item.name] = result.new[item.name] = os.urandom(WRAP_KEY_SIZE)
+        result.files[item.name] = path
+    return result
+
+
+def load_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None
+                   ) -> tuple[dict[str, bytes], dict[str, Path], list[Path]]:
+    """Read (or create, mode 0600, at once) the wrap key of every key the plan provisions:
+    (bytes by name, file by name, files created)."""
+    keys = prepare_wrap_keys(spec, plan, output)
+    created = keys.persist()
+    return keys.keys, keys.files, created
+
+
+class GeneratedKeyWarning(UserWarning):
+    """A build that failed had already written a new wrap key (e.g. after pushing the image)."""
 
 
 def load(spec_path: str | Path, registry: PluginRegistry | None = None) -> tuple[Spec, PluginRegistry]:
@@ -138,6 +188,28 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
           signature: str | Path | None = None, registry: PluginRegistry | None = None,
           progress: Progress | None = None, hash_cache: HashCache | None = None,
           image: ImageOptions = ImageOptions()) -> BuildResult:
+    """Build the spec at *spec_path*; then bound the blob cache (builder.image.blob_cache),
+    keeping what this build made."""
+    blobs = BlobCache(cache_root())
+    with ExitStack() as held:
+        # From the moment the build reads its base: no blob it finds disappears before its
+        # output links it (a spec error before that touches no cache).
+        result = _build(spec_path, output=output, base=base, signature=signature,
+                        registry=registry, progress=progress, hash_cache=hash_cache,
+                        image=image, hold_cache=lambda: held.enter_context(blobs.in_use()))
+    keep = _image_digests(result.image) if result.image is not None else []
+    blobs.prune(Limits.from_env(), keep, log=blob_cache_report)
+    return result
+
+
+def _image_digests(image: Image) -> list[str]:
+    return [image.config_descriptor.digest, *(layer.digest for layer in image.layers)]
+
+
+def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None,
+           signature: str | Path | None, registry: PluginRegistry | None,
+           progress: Progress | None, hash_cache: HashCache | None,
+           image: ImageOptions, hold_cache: Callable[[], None]) -> BuildResult:
     out = Path(output).resolve() if output else None
     if out is not None:  # what a build killed earlier left (even if this one fails)
         recover_output(out)
@@ -164,10 +236,15 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
     parse_source(base or plan.base_image)  # a bad reference fails before anything is written
     tidy_stale_temps(Path(tempfile.gettempdir()), "enclave-build")
     signer = make_signer(spec, Path(signature) if signature else None)
-    wrap_keys, key_files, created = load_wrap_keys(spec, plan, out)
+    wrap = prepare_wrap_keys(spec, plan, out)
     own_cache = hash_cache is None
     cache = hash_cache or HashCache()
     try:
+        # Nothing of the key material this build can see may ship in clear (exit 2, first).
+        scanner = KeyScanner(wrap.keys)
+        check_model_paths(spec, scanner, wrap.files.values())
+        scanned = scan_plan(spec, plan, scanner, cache)
+        hold_cache()
         base_image = open_base(base or plan.base_image, progress.task, hash_cache=cache)
     except BaseException:
         if own_cache:
@@ -176,18 +253,29 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
     staging = Path(tempfile.mkdtemp(prefix=f".enclave-build.tmp-{os.getpid()}-"))  # mode 0700
     try:
         options = BuildOptions(signer=signer, sig_date=spec.signing.date, progress=progress,
-                               hash_cache=cache, wrap_keys=wrap_keys, staging=staging,
+                               hash_cache=cache, wrap_keys=wrap.keys, staging=staging,
                                reproducible=spec.build.reproducible,
                                log_level=spec.enclave.log_level)
         artifacts = backend.build(plan, base_image.rootfs, options)
         if artifacts.pending is not None:
             # Next to the spec, never inside the output directory: outputs stay all-or-nothing.
+            # Step two must encrypt with the same keys (an Occlum image key is measured).
             written = _write_pending(artifacts, spec.directory / f"{plan.service}.sigstruct.tbs")
-            raise SignatureNeeded(_pending_message(artifacts.pending, written, spec))
-        result = _finish(spec, plan, artifacts, base_image.image, out, created, key_files,
-                         cache, progress, image, base_image.rootfs)
+            created = wrap.persist()
+            raise SignatureNeeded(_pending_message(artifacts.pending, written, spec, created))
+        scan_artifacts(artifacts.files, scanner, cache, scanned)
+        result = _finish(spec, plan, artifacts, base_image.image, out, wrap, cache, progress,
+                         image, base_image.rootfs)
         # Inside the try: staged files (encrypted models) still exist while hooks run.
         registry.pm.hook.enclave_build_finished(result=result)
+    except BaseException as exc:
+        if wrap.written and not isinstance(exc, SignatureNeeded):
+            for path in wrap.written:
+                warnings.warn(f"generated wrap key {path} (mode 0600) before the build failed: "
+                              "keep it, the secret server needs it for what was already "
+                              "pushed or written, and it cannot be recovered",
+                              GeneratedKeyWarning, stacklevel=2)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if own_cache:
@@ -203,9 +291,8 @@ def _check_push_target(tag: str) -> None:
 
 
 def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Image,
-            out: Path | None, created: list[Path], key_files: dict[str, Path],
-            cache: HashCache, progress: Progress, options: ImageOptions,
-            rootfs: RootFS | None = None) -> BuildResult:
+            out: Path | None, wrap: WrapKeys, cache: HashCache, progress: Progress,
+            options: ImageOptions, rootfs: RootFS | None = None) -> BuildResult:
     identity = artifacts.identity
     assert identity is not None
     measurements = Measurements(
@@ -215,6 +302,10 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
         image=ImageRef(plan.image_tag, None))
     store = BlobStore(cache_root() / "blobs")
     built = assemble(base, plan, artifacts, measurements, store, cache, progress.task, rootfs)
+    BlobCache(cache_root()).touch(_image_digests(built) + [base.config_descriptor.digest])
+    # The image exists; before it leaves this machine (push, load, output), its keys must.
+    created = wrap.persist()
+    key_files = wrap.files
     pushed = None
     if options.push:
         pushed = push(built, plan.image_tag, progress.task)
@@ -262,10 +353,17 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
         f"Secret-server policy fragment for service {plan.service!r}, written by enclave-build.",
         "Merge it into the secret server's secrets.toml (`enclave-build secrets config`); the "
         "key files stay on the server.",
-        "Paths are relative to this file's directory.",
+        "Paths are relative to this file's directory; keys_dir is the build's [secrets] "
+        "keys_dir.",
         f"The enclave identity is in measurements.json (mr_enclave {measurements.mr_enclave}).",
     ]
-    parts = [_comment(header) + tomli_w.dumps({"measurements": ["measurements.json"]})]
+    top: dict[str, object] = {"measurements": ["measurements.json"]}
+    directories = {path.parent for path in key_files.values()}
+    if len(directories) == 1:   # [secrets] keys_dir: `secrets config` takes key files only there
+        (keys_dir,) = directories
+        top["keys_dir"] = os.path.relpath(keys_dir, relative_to) if relative_to is not None \
+            else str(keys_dir)
+    parts = [_comment(header) + tomli_w.dumps(top)]
     users: dict[str, list[str]] = {}
     for mount in plan.mounts:
         if mount.key_name:
@@ -407,8 +505,11 @@ def _write_pending(artifacts: LibOSArtifacts, target: Path) -> Path:
     return target
 
 
-def _pending_message(pending: PendingSignature, tbs: Path, spec: Spec) -> str:
-    return (
+def _pending_message(pending: PendingSignature, tbs: Path, spec: Spec,
+                     created: list[Path] = ()) -> str:  # type: ignore[assignment]
+    keys = "".join(f"generated wrap key {path} (mode 0600): keep it, step two and the secret "
+                   "server need it, and it cannot be recovered\n" for path in created)
+    return keys + (
         f"external signing: MRENCLAVE {pending.mr_enclave}\n"
         f"wrote the {len(pending.signing_data)} bytes to sign to {tbs}.\n"
         "Sign them with the enclave key (RSA-3072, e=3, PKCS#1 v1.5, SHA-256), e.g.\n"

@@ -666,16 +666,23 @@ An Occlum build (its init asks over GrSecret; run the server in an enclave of it
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write secrets.toml.")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
+@click.option("--allow-keys-outside", is_flag=True,
+              help="Accept key files outside a fragment's own keys directory (its build's "
+                   "[secrets] keys_dir) or owned by another user than the fragment; each is "
+                   "warned about. Without it they are refused (exit 2).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON: written, secrets (names), "
               "measurements (files), keys ({secret, file, fragment}).")
 def secrets_config(policies: tuple[Path, ...], cert: Path, key: Path, listen: str, root_ca: str,
                    collateral: Path | None, pccs_url: str | None, audit_log: str,
-                   grsecret_listen: str | None, out: Path, force: bool, as_json: bool) -> None:
+                   grsecret_listen: str | None, out: Path, force: bool,
+                   allow_keys_outside: bool, as_json: bool) -> None:
     """Write a secret server's secrets.toml from builds' policy fragments.
 
     Each BUILD_DIR is a build output (its secrets-policy.toml is used), or name the fragment
     file itself. Measurements and key files are referenced by absolute path; the result is
-    checked by the secret server's own loader before it is written.
+    checked by the secret server's own loader before it is written. A fragment's key files must
+    be in its own keys directory (its build's [secrets] keys_dir) and belong to the fragment's
+    owner, unless --allow-keys-outside.
     """
     from .secrets_config import ServerSide, compose_config, write_config
 
@@ -683,7 +690,8 @@ def secrets_config(policies: tuple[Path, ...], cert: Path, key: Path, listen: st
         root = root_ca if root_ca == "intel" else str(Path(root_ca).resolve())
         config = compose_config(list(policies), ServerSide(
             cert=cert, key=key, listen=listen, root_ca=root, collateral=collateral,
-            pccs_url=pccs_url, audit_log=audit_log, grsecret_listen=grsecret_listen))
+            pccs_url=pccs_url, audit_log=audit_log, grsecret_listen=grsecret_listen),
+            allow_keys_outside=allow_keys_outside)
         written = write_config(out, config, force=force)
     if as_json:
         _print_json({"written": str(written),
@@ -787,7 +795,7 @@ def secrets_tls(directory: Path, hosts: tuple[str, ...], days: int, port: int,
                 continue
             except ValueError:
                 pass
-            if not _re.fullmatch(r"(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+            if not _re.fullmatch(r"(?=.{1,253}\Z)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}"
                                  r"[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
                                  r"[A-Za-z0-9])?)*\.?", host):
                 raise UsageError(f"--host {host!r}: not a DNS name or an IP address")
@@ -1176,6 +1184,7 @@ def doctor(base: str | None, as_json: bool, strict: bool) -> None:
 
 from .cli_attest import register as _register_attest; _register_attest(main)  # noqa: E402,E702
 from .cli_k8s import register as _register_k8s; _register_k8s(main)  # noqa: E402,E702
+from .cli_cache import register as _register_cache; _register_cache(main)  # noqa: E402,E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()

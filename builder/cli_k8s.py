@@ -16,7 +16,7 @@ from .errors import UsageError
 if TYPE_CHECKING:
     from .k8s.capacity import CapacityPlan
 
-_SIZE = re.compile(r"^([1-9][0-9]*)(K|M|G|T|Ki|Mi|Gi|Ti)?$")
+_SIZE = re.compile(r"^([1-9][0-9]*)(K|M|G|T|Ki|Mi|Gi|Ti)?\Z")
 _SCALE = {None: 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 

@@ -33,6 +33,16 @@ def _cache_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _db_path(name: str) -> str | bytes:
+    """The database key of a path: its text, or its raw bytes when the name is not UTF-8
+    (os.fsdecode's surrogate escapes cannot be stored as SQLite text)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+    return name
+
+
 class HashCache:
     """Digest cache; keys include inode, size, mtime and ctime so edits are never missed."""
 
@@ -45,12 +55,16 @@ class HashCache:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, dev INTEGER, "
             "ino INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER, sha256 TEXT)")
+        # Files builder.key_scan found clean, per scanner fingerprint (version and wrap keys).
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS key_scan (path TEXT PRIMARY KEY, dev INTEGER, "
+            "ino INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER, fingerprint TEXT)")
 
     def lookup_many(self, entries: list[tuple[str, os.stat_result]]) -> dict[str, str]:
         found: dict[str, str] = {}
         with self._lock:
             rows = {}
-            names = [p for p, _ in entries]
+            names = [_db_path(p) for p, _ in entries]
             for start in range(0, len(names), 900):
                 chunk = names[start:start + 900]
                 marks = ",".join("?" * len(chunk))
@@ -59,7 +73,7 @@ class HashCache:
                         f"WHERE path IN ({marks})", chunk):
                     rows[row[0]] = row
         for path, st in entries:
-            row = rows.get(path)
+            row = rows.get(_db_path(path))
             if row is not None and tuple(row[1:6]) == _cache_key(st):
                 found[path] = row[6]
         return found
@@ -71,7 +85,30 @@ class HashCache:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(path, *_cache_key(st), digest) for path, st, digest in items])
+                [(_db_path(path), *_cache_key(st), digest) for path, st, digest in items])
+            self._db.execute("COMMIT")
+
+    def clean_files(self, entries: list[tuple[str, os.stat_result]], fingerprint: str) -> set[str]:
+        """The paths among *entries* a scanner with *fingerprint* found clean, unchanged since."""
+        clean: set[str] = set()
+        with self._lock:
+            for path, st in entries:
+                row = self._db.execute(
+                    "SELECT dev, ino, size, mtime, ctime, fingerprint FROM key_scan "
+                    "WHERE path = ?", (_db_path(path),)).fetchone()
+                if row is not None and tuple(row[:5]) == _cache_key(st) and \
+                        row[5] == fingerprint:
+                    clean.add(path)
+        return clean
+
+    def mark_clean(self, items: list[tuple[str, os.stat_result]], fingerprint: str) -> None:
+        if not items:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO key_scan VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(_db_path(path), *_cache_key(st), fingerprint) for path, st in items])
             self._db.execute("COMMIT")
 
     def close(self) -> None:

@@ -91,10 +91,10 @@ class DebugServerWarning(UserWarning):
     """``occlum.allow_debug_server`` let a DEBUG secret-server enclave be trusted."""
 
 
-_SIZE = re.compile(r"^([0-9]+)\s*([KMGT]?)B?$")
+_SIZE = re.compile(r"^([0-9]+)\s*([KMGT]?)B?\Z")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_HEX = re.compile(r"^0x[0-9a-fA-F]{1,32}$")
-_TARGET = re.compile(r"^/[A-Za-z0-9._/-]*$")
+_HEX = re.compile(r"^0x[0-9a-fA-F]{1,32}\Z")
+_TARGET = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
 #: Sizes that become Enclave.xml stack/heap/reserved sizes, which sgx_sign wants page-aligned.
 PAGE_ALIGNED = ("kernel_heap", "kernel_heap_max", "kernel_stack", "user_space_init")
 PAGE = 0x1000

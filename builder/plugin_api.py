@@ -117,6 +117,8 @@ class ArtifactFile:
     #: Owned by (and writable for) the image's runtime user, e.g. Gramine protected files,
     #: whose host file the LibOS opens read-write; the directory holding it too.
     writable: bool = False
+    #: The content is ciphertext (e.g. a Gramine protected file): not scanned for key material.
+    ciphertext: bool = False
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ def _tree(rootfs: RootFS, top: str, exclude: tuple[str, ...]) -> list[str]:
     return found
 
 
-_PYC_TAG = re.compile(r"\.cpython-\d+\.pyc$")
+_PYC_TAG = re.compile(r"\.cpython-\d+\.pyc\Z")
 
 
 def _useful(rootfs: RootFS, inner: str) -> bool:

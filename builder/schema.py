@@ -23,7 +23,7 @@ _KINDS = {
     "table[str]": "a table of string values",
 }
 
-_SIZE = re.compile(r"^([1-9][0-9]*)([KMG])$")
+_SIZE = re.compile(r"^([1-9][0-9]*)([KMG])\Z")
 _SCALE = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 

@@ -11,7 +11,11 @@ secrets config`` is the CLI for it.
 A fragment is not trusted: its keys must have the right types, its measurements files must
 parse, every key file must be a private (mode 0600) regular file of 16 bytes used by one secret
 name only (per ``encoding``), and every allow entry must be a 64-hex MRENCLAVE or the service of
-a merged build.
+a merged build. Key files are confined to the fragment's own keys directory: the ``keys_dir``
+its build recorded (``[secrets] keys_dir``, relative to the fragment), or the fragment's own
+directory for a fragment without one; a key file outside it (``../`` or an absolute path, also
+through a symbolic link) or owned by another user than the fragment is refused, unless
+``allow_keys_outside`` (``--allow-keys-outside``) says otherwise, which warns for each.
 
 An Occlum build's fragment also has ``encoding`` per rule and a ``KEY@image_key`` rule with
 ``requested_as = "image_key"`` (the name Occlum's init asks for, answered with the key's
@@ -69,6 +73,16 @@ class FragmentError(SecretsConfigError):
     exit_code = 2
 
 
+class KeyOutsideError(SecretsConfigError):
+    """A fragment names a key file outside its own keys directory, or another user's: exit 2."""
+
+    exit_code = 2
+
+
+class KeyOutsideWarning(UserWarning):
+    """A key file outside its fragment's keys directory is used (``--allow-keys-outside``)."""
+
+
 @dataclass(frozen=True)
 class KeySource:
     """Which fragment contributes which key file (printed when the configuration is written)."""
@@ -86,7 +100,7 @@ class ComposedConfig(dict):
 
 #: Gramine's wrap keys (the secret server releases each key file's bytes as is).
 WRAP_KEY_SIZE = 16
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _RULE_KEYS = {"name", "file", "allow", "match", "encoding", "requested_as"}
 
 
@@ -106,10 +120,10 @@ def _fragment(path: Path) -> tuple[Path, dict[str, Any]]:
                          f"writes {POLICY_FILE} into its output directory)") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SecretsConfigError(f"{path}: not TOML ({exc})") from None
-    unknown = sorted(set(data) - {"measurements", "secrets"})
+    unknown = sorted(set(data) - {"measurements", "secrets", "keys_dir"})
     if unknown:
         raise SecretsConfigError(f"{path}: {', '.join(unknown)}: not part of a policy fragment "
-                                 "(only measurements and [[secrets]])")
+                                 "(only measurements, keys_dir and [[secrets]])")
     _check_types(path, data)
     return path, data
 
@@ -119,6 +133,8 @@ def _check_types(path: Path, data: dict[str, Any]) -> None:
     def bad(key: str, expected: str, value: Any) -> FragmentError:
         return FragmentError(f"{path}: {key}: expected {expected}, got {_describe(value)}")
 
+    if "keys_dir" in data and not isinstance(data["keys_dir"], str):
+        raise bad("keys_dir", "the build's keys directory (a string)", data["keys_dir"])
     measurements = data.get("measurements", [])
     if not isinstance(measurements, list):
         raise bad("measurements", "an array of measurements.json paths", measurements)
@@ -220,7 +236,37 @@ def _check_key_file(fragment: Path, name: str, file: str, allow_readable: bool) 
     return info
 
 
-def _merge(paths: list[Path], allow_readable_keys: bool = False
+def own_keys_dir(fragment: Path, data: dict[str, Any]) -> Path:
+    """The fragment's own keys directory (resolved): its ``keys_dir`` against its directory,
+    or, for a fragment without one, its directory."""
+    return Path(os.path.realpath(fragment.parent / data.get("keys_dir", ".")))
+
+
+def _check_key_place(fragment: Path, name: str, file: str, keys_dir: Path,
+                     allow_outside: bool) -> None:
+    """Refuse (or, with *allow_outside*, warn about) a key file outside *keys_dir* or owned by
+    another user than the fragment."""
+    what = f"{fragment}: secret {name!r}: key file {file}"
+    real = Path(os.path.realpath(file))
+    problem = None
+    if real != keys_dir and keys_dir not in real.parents:
+        problem = (f"{what}: outside the fragment's keys directory {keys_dir} (its build's "
+                   "[secrets] keys_dir); a fragment may only name its own keys")
+    else:
+        owner, mine = os.stat(real).st_uid, os.stat(fragment).st_uid
+        if owner != mine:
+            problem = (f"{what}: belongs to another user (uid {owner}) than the fragment "
+                       f"(uid {mine})")
+    if problem is None:
+        return
+    if not allow_outside:
+        raise KeyOutsideError(f"{problem}; pass --allow-keys-outside to use it anyway")
+    warnings.warn(f"{problem}; used because of --allow-keys-outside", KeyOutsideWarning,
+                  stacklevel=4)
+
+
+def _merge(paths: list[Path], allow_readable_keys: bool = False,
+           allow_keys_outside: bool = False
            ) -> tuple[list[str], list[dict[str, Any]], list[KeySource]]:
     fragments = [_fragment(Path(given)) for given in paths]
     measurements: list[str] = []
@@ -238,12 +284,14 @@ def _merge(paths: list[Path], allow_readable_keys: bool = False
     key_names: dict[tuple[int, int, str], tuple[str, str, Path]] = {}
     for path, data in fragments:
         base = path.parent
+        keys_dir = own_keys_dir(path, data)
         for rule in data.get("secrets", []):
             rule = dict(rule)
             rule["file"] = _absolute(base, rule["file"])
             name = rule["name"]
             _check_allow(path, name, rule["allow"], services)
             info = _check_key_file(path, name, rule["file"], allow_readable_keys)
+            _check_key_place(path, name, rule["file"], keys_dir, allow_keys_outside)
             other = key_names.setdefault((info.st_dev, info.st_ino, rule.get("encoding", "raw")),
                                          (name, rule["file"], path))
             if other[0] != name:
@@ -269,7 +317,8 @@ def _merge(paths: list[Path], allow_readable_keys: bool = False
     return measurements, list(secrets.values()), sources
 
 
-def merge_fragments(paths: list[Path], *, allow_readable_keys: bool = False
+def merge_fragments(paths: list[Path], *, allow_readable_keys: bool = False,
+                    allow_keys_outside: bool = False
                     ) -> tuple[list[str], list[dict[str, Any]]]:
     """All measurements (absolute, in order, once each) and all [[secrets]] rules; the same
     secret named twice must be the same rule.
@@ -277,15 +326,17 @@ def merge_fragments(paths: list[Path], *, allow_readable_keys: bool = False
     Refused (naming the fragment): wrongly typed keys (exit code 2), measurements files that do
     not parse, key files that are missing, not regular files, not 16 bytes, or open to
     group/others (only warned with *allow_readable_keys*), one key file under two secret names,
-    and allow entries that are neither a 64-hex MRENCLAVE nor a merged measurement's service
-    (including ``allow = []``)."""
-    measurements, secrets, _ = _merge(paths, allow_readable_keys)
+    key files outside the fragment's own keys directory or owned by another user (only warned
+    with *allow_keys_outside*), and allow entries that are neither a 64-hex MRENCLAVE nor a
+    merged measurement's service (including ``allow = []``)."""
+    measurements, secrets, _ = _merge(paths, allow_readable_keys, allow_keys_outside)
     return measurements, secrets
 
 
 def compose_config(policies: list[Path], server: ServerSide, *,
-                   allow_readable_keys: bool = False) -> ComposedConfig:
-    measurements, secrets, sources = _merge(policies, allow_readable_keys)
+                   allow_readable_keys: bool = False,
+                   allow_keys_outside: bool = False) -> ComposedConfig:
+    measurements, secrets, sources = _merge(policies, allow_readable_keys, allow_keys_outside)
     if not secrets:
         raise UsageError("the policy fragments release no secret: nothing to serve")
     srv: dict[str, Any] = {"listen": server.listen, "cert": str(server.cert.resolve()),

@@ -102,7 +102,7 @@ def test_encrypted_build_end_to_end(tmp_path, standin_root, signing_key):
 
     # Paths relative to the fragment's directory (no host path in the outputs).
     policy = tomllib.loads((tmp_path / "out/secrets-policy.toml").read_text())
-    assert policy == {"measurements": ["measurements.json"], "secrets": [
+    assert policy == {"measurements": ["measurements.json"], "keys_dir": "../keys", "secrets": [
         {"name": "tfs-secure-key", "file": "../keys/tfs-secure-key.key", "allow": ["tfs-secure"]}]}
     assert (tmp_path / "out" / policy["secrets"][0]["file"]).resolve() == key_file
 

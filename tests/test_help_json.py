@@ -40,6 +40,11 @@ SCHEMAS = {
     "enclave-build quote verify": {"verified", "status", "advisory_ids", "mr_enclave",
                                    "mr_signer", "isv_prod_id", "isv_svn", "debug", "attributes",
                                    "report_data"},
+    "enclave-build cache ls": {"root", "blobs", "rootfs", "limits"},
+    "enclave-build cache prune": {"removed", "freed", "kept", "kept_bytes", "rootfs_freed",
+                                  "records_removed"},
+    "enclave-build cache clean": {"removed", "freed", "kept", "kept_bytes", "rootfs_freed",
+                                  "records_removed"},
 }
 # Not here: commands whose JSON is checked by their own tests against a served endpoint
 # (attest, secrets upload: tests/test_attest_cli.py); they must still name their keys in --help.
@@ -174,6 +179,19 @@ def test_json_of_plugins_base_list_pf_info_init_doctor(tmp_path):
     doctor = _json("doctor")
     assert set(doctor) == SCHEMAS["enclave-build doctor"] and doctor["schema"] == 1
     assert all(set(c) == {"id", "title", "status", "detail", "fix"} for c in doctor["checks"])
+
+
+def test_json_of_cache_ls_prune_clean(project):
+    from builder.cache import cache_root
+    from builder.image.oci import BlobStore
+
+    BlobStore(cache_root() / "blobs").put_bytes(b"a cached blob")
+    listed = _json("cache", "ls")
+    assert set(listed) == SCHEMAS["enclave-build cache ls"] and listed["blobs"]["count"] > 0
+    assert set(listed["blobs"]["items"][0]) == {"digest", "size", "last_used", "shared"}
+    for command in ("prune", "clean"):
+        report = _json("cache", command)
+        assert set(report) == SCHEMAS[f"enclave-build cache {command}"]
 
 
 def test_every_json_command_is_exercised():

@@ -307,10 +307,12 @@ def test_debug_enclave_with_encrypted_models_is_told_it_gets_no_keys(tmp_path, s
     from builder.build import DebugEnclaveWarning
 
     (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    ca = tmp_path / "ca.pem"   # a certificate (a private key there is refused: it would ship)
+    ca.write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
     spec = _spec(tmp_path / "p", f'[service]\nname = "t"\nframework = "tflite"\n\n'
                                  f'[[models]]\nname = "m"\npath = "{tmp_path / "m.tflite"}"\n\n'
                                  '[enclave]\ndebug = true\n\n'
-                                 f'[secrets]\nserver = "localhost:4433"\nca = "{signing_key}"\n\n'
+                                 f'[secrets]\nserver = "localhost:4433"\nca = "{ca}"\n\n'
                                  f'[signing]\nkey = "{signing_key}"\n')
     with pytest.warns(DebugEnclaveWarning, match="refuses every DEBUG enclave, so this one will "
                                                  "never get its keys"):

@@ -221,8 +221,9 @@ def test_policy_fragment_is_tomli_w_data_with_safe_comments(tmp_path):
                                 ImageRef("svc:1", None))
     out = tmp_path / "out"
     text = build_module.policy_fragment(plan, measurements, {'k"1': tmp_path / "keys/k.key"}, out)
-    assert tomllib.loads(text) == {"measurements": ["measurements.json"], "secrets": [
-        {"name": 'k"1', "file": "../keys/k.key", "allow": ["svc"]}]}
+    assert tomllib.loads(text) == {"measurements": ["measurements.json"], "keys_dir": "../keys",
+                                   "secrets": [{"name": 'k"1', "file": "../keys/k.key",
+                                                "allow": ["svc"]}]}
     assert text.startswith("# Secret-server policy fragment for service 'svc'")
     assert '# k"1: decrypts /models/a"b?[[secrets]]?name = "evil"\n' in text
 

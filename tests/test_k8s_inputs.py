@@ -112,6 +112,8 @@ def test_kustomize_reads_ambiguous_values_as_strings(tmp_path):
     ('node_selector = { "bad key!" = "true" }', "deploy.node_selector.bad key!",
      "label key"),
     ('node_selector = { "sgx" = "a b" }', "deploy.node_selector.sgx", "label value"),
+    ('node_selector = { "sgx" = "true\\n" }', "deploy.node_selector.sgx", "label value"),
+    ('node_selector = { "sgx\\n" = "true" }', "deploy.node_selector.sgx\n", "label key"),
     ('node_selector = { "Bad_Prefix/sgx" = "true" }', "deploy.node_selector.Bad_Prefix/sgx",
      "DNS subdomain"),
     ('cpu = "0"', "deploy.cpu", "no CPU at all"),
@@ -175,6 +177,14 @@ SERVICE_CASES = [
     (("deploy",), [], "deploy: expected a JSON object"),
     (("libos",), "sgx-lkl", "libos: 'sgx-lkl': no EPC margin known"),
     (("surprise",), 1, "(top level): unknown keys surprise"),
+    # a trailing newline is not the end of a name: full matches only
+    (("service",), "face-detect\n", "service: 'face-detect\\n' is not allowed"),
+    (("keys",), ["face-detect-key\n"], "keys[0]: expected a key name"),
+    (("secret_server",), "localhost:4433\n", "secret_server: 'localhost:4433\\n' is not "
+     "allowed"),
+    (("health", "live"), "/v2/health/live\n", "health.live: '/v2/health/live\\n' is not "
+     "allowed"),
+    (("writable_paths",), ["/models/x\n"], "writable_paths[0]: expected an absolute path"),
 ]
 
 

@@ -388,3 +388,33 @@ key = "key.pem"
         plan_of(spec, registry)
     assert f"{spec}:4: service.libos: " in str(info.value)
     assert "/dev/attestation" in str(info.value) and 'libos = "gramine"' in str(info.value)
+
+
+@pytest.mark.parametrize("target", [
+    "/tmp/.local",                                   # the user site with HOME=/tmp
+    "/root/.local/lib",
+    "/usr/lib/python3.11/dist-packages",
+    "/usr/lib/python3.11/site-packages",
+    "/usr/local/lib/python3.12/site-packages",       # any version
+    "/usr/lib/python3/dist-packages/extra",          # inside one
+    "/usr/lib64/python3.11/site-packages",
+    "/usr/local/lib/python3.9",                      # another version
+    "/opt/enclave-build/python/newpkg",              # inside PYTHONPATH
+])
+def test_hostfs_on_pythons_import_path_is_refused(target, tmp_path, registry,
+                                                  standin_root):  # noqa: F811
+    """Was: accepted; a host-written .pth there ran in the enclave before the launcher."""
+    spec = example_spec("tflite", tmp_path, f'[occlum.hostfs]\n"{target}" = "/srv/data"\n')
+    with pytest.raises(OcclumConfigError) as info:
+        _render(spec, registry, standin_root)
+    line = next(i for i, t in enumerate(spec.read_text().splitlines(), 1) if t.startswith(
+        f'"{target}"'))
+    assert f"spec.toml:{line}: occlum.hostfs.{target}: " in str(info.value)
+    assert "on Python's import path" in str(info.value)
+
+
+def test_a_python_service_runs_without_the_user_site(tmp_path, registry,
+                                                     standin_root):  # noqa: F811
+    spec = example_spec("tflite", tmp_path)
+    _, config = _render(spec, registry, standin_root)
+    assert "PYTHONNOUSERSITE=1" in json.loads(config.occlum_json)["env"]["default"]

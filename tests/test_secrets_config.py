@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -21,10 +22,16 @@ MEASUREMENTS = ('{"service": "%s", "framework": "tflite", "libos": "gramine", "m
 
 
 def _build(root: Path, service: str, secrets: dict[str, str]) -> Path:
+    """A build output whose fragment names its keys_dir (the directory of its key files) as
+    enclave-build writes it."""
     out = root / service
     out.mkdir(parents=True)
     (out / "measurements.json").write_text(MEASUREMENTS % (service, service[0] * 64, "c" * 64))
     text = 'measurements = ["measurements.json"]\n'
+    directories = {os.path.dirname(os.path.normpath(os.path.join(out, file)))
+                   for file in secrets.values()}
+    if len(directories) == 1:
+        text += f'keys_dir = "{os.path.relpath(directories.pop(), out)}"\n'
     for name, file in secrets.items():
         text += f'\n[[secrets]]\nname = "{name}"\nfile = "{file}"\nallow = ["{service}"]\n'
     (out / "secrets-policy.toml").write_text(text)
@@ -111,13 +118,14 @@ def test_cli(tmp_path, server_side):
 
 # --------------------------------------------------------------------------- untrusted fragments
 
-def _fragment(root: Path, body: str, service: str = "alpha") -> Path:
+def _fragment(root: Path, body: str, service: str = "alpha", keys_dir: str = "..") -> Path:
     """A fragment next to a valid measurements.json of *service*; *body* follows the
-    measurements line (or replaces it when it sets measurements itself)."""
+    measurements line (or replaces it when it sets measurements itself). Its keys_dir is the
+    fragment directory's parent (these tests' key files are there)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "measurements.json").write_text(MEASUREMENTS % (service, "a" * 64, "c" * 64))
     head = "" if body.lstrip().startswith("measurements") else 'measurements = ["measurements.json"]\n'
-    (root / "secrets-policy.toml").write_text(head + body)
+    (root / "secrets-policy.toml").write_text(f'keys_dir = "{keys_dir}"\n' + head + body)
     return root / "secrets-policy.toml"
 
 
@@ -277,3 +285,80 @@ def test_cli_prints_which_fragment_contributes_which_key_file(tmp_path, server_s
     assert lines == [f"key file {shared} (secret 'shared') from {a}",
                      f"key file {own} (secret 'own') from {a}",
                      f"key file {shared} (secret 'shared') from {b}"]
+
+
+# ------------------------------------------------------- key files stay in the fragment's keys_dir
+
+
+def _victim(tmp_path: Path) -> Path:
+    """Another owner's project: its wrap key, 0600, 16 bytes."""
+    return _key(tmp_path / "other-team" / "keys" / "their-key.key")
+
+
+@pytest.mark.parametrize("file", ["../../other-team/keys/their-key.key",   # ../
+                                  "{victim}",                               # absolute
+                                  "../keys/link.key"])                      # a link out
+def test_a_fragment_may_not_name_a_key_outside_its_keys_dir(tmp_path, server_side, file):
+    """Was: any private 16-byte file was read as the fragment's key."""
+    victim = _victim(tmp_path)
+    own = tmp_path / "mine" / "keys"
+    _key(own / "my-key.key")
+    (own / "link.key").symlink_to(victim)
+    fragment = _fragment(tmp_path / "mine" / "out", _rule(own / "my-key.key", "my-key") +
+                         _rule(file.format(victim=victim), "stolen"), keys_dir="../keys")
+    args = ["secrets", "config", str(fragment), "--cert", str(server_side.cert), "--key",
+            str(server_side.key), "--root-ca", server_side.root_ca, "--collateral",
+            str(server_side.collateral), "--out", str(tmp_path / "secrets.toml")]
+    proc = run_cli(*args)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert f"secret 'stolen': key file " in err
+    assert f"outside the fragment's keys directory {own.resolve()} (its build's [secrets] " \
+           "keys_dir)" in err and "pass --allow-keys-outside" in err
+    assert not (tmp_path / "secrets.toml").exists()
+    allowed = run_cli(*args, "--allow-keys-outside")
+    assert allowed.returncode == 0, allowed.stderr.decode()
+    assert b"warning: " in allowed.stderr and b"used because of --allow-keys-outside" \
+        in allowed.stderr
+    rules = {r["name"]: r for r in tomllib.loads((tmp_path / "secrets.toml").read_text())
+             ["secrets"]}
+    assert Path(rules["stolen"]["file"]).resolve() == victim.resolve()
+
+
+def test_a_fragment_without_keys_dir_keeps_to_its_own_directory(tmp_path, server_side):
+    inside = _key(tmp_path / "build" / "k.key")
+    fragment = tmp_path / "build" / "secrets-policy.toml"
+    _fragment(tmp_path / "build", _rule("k.key"))
+    fragment.write_text(fragment.read_text().replace('keys_dir = ".."\n', ""))
+    assert compose_config([fragment], server_side)["secrets"][0]["file"] == str(inside)
+    _key(tmp_path / "up.key")
+    fragment.write_text(fragment.read_text().replace('"k.key"', '"../up.key"'))
+    with pytest.raises(SecretsConfigError, match="outside the fragment's keys directory"):
+        compose_config([fragment], server_side)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a file to another user")
+def test_another_users_key_is_refused_even_inside_keys_dir(tmp_path, server_side):
+    key = _key(tmp_path / "k.key")
+    os.chown(key, 12345, -1)
+    fragment = _fragment(tmp_path / "alpha", _rule(key))
+    with pytest.raises(SecretsConfigError, match=r"belongs to another user \(uid 12345\) than "
+                                                 r"the fragment \(uid 0\)") as info:
+        compose_config([fragment], server_side)
+    assert info.value.exit_code == 2
+    with pytest.warns(UserWarning, match="belongs to another user"):
+        compose_config([fragment], server_side, allow_keys_outside=True)
+
+
+def test_the_build_writes_its_keys_dir_into_the_fragment(tmp_path):
+    from attestation.measurements import ImageRef, Measurements
+    from builder.build import policy_fragment
+    from builder.plan import EnclaveResources, ServicePlan
+
+    plan = ServicePlan("svc", "tflite", "gramine", "b", "svc:1", "/bin/x", ["x"],
+                       EnclaveResources(1 << 30, 16))
+    measurements = Measurements("svc", "tflite", "gramine", "a" * 64, "b" * 64, 0, 0, False,
+                                ImageRef("svc:1", None))
+    text = policy_fragment(plan, measurements, {"k": tmp_path / "project/keys/k.key"},
+                           tmp_path / "project/out")
+    assert tomllib.loads(text)["keys_dir"] == "../keys"

@@ -284,6 +284,13 @@ def finalize_manifest(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootF
         {"uri": uri, "sha256": digests[c] if isinstance(c, Path) else hashlib.sha256(c).hexdigest()}
         for uri, c in entries.items()]
     manifest["loader"]["entrypoint"]["sha256"] = digests[libos_host]
+    for uri in entries:
+        try:
+            uri.encode("utf-8")
+        except UnicodeEncodeError:
+            raise trusted_files.TrustedFileError(
+                f"{uri!a}: a trusted file whose name is not UTF-8; the Gramine manifest (TOML) "
+                "cannot name it: rename it, or leave it out of the image") from None
     return tomli_w.dumps(manifest).encode("utf-8")
 
 
@@ -328,7 +335,8 @@ def encrypt_plan_files(plan: ServicePlan, options: BuildOptions) -> list[Artifac
             protected_files.encrypt_file(key, content, staged, embedded,
                                          reproducible=options.reproducible, progress=advance)
         # Gramine opens an encrypted file's host file read-write: the runtime user must own it.
-        out.append(ArtifactFile(embedded, source=staged, mode=item.mode | 0o600, writable=True))
+        out.append(ArtifactFile(embedded, source=staged, mode=item.mode | 0o600, writable=True,
+                                ciphertext=True))
     return out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import EnclaveBuildError
 
-_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(0x[0-9a-fA-F]+|[0-9]+)\s*$")
+_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(0x[0-9a-fA-F]+|[0-9]+)\s*\Z")
 
 #: Every constant the measurement and SIGSTRUCT code reads.
 REQUIRED = (

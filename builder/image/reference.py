@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..errors import UsageError
 
 DOCKER_HUB = "registry-1.docker.io"
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?")
 TRANSPORTS = ("docker://", "docker-daemon:", "oci:", "oci-archive:", "docker-archive:", "dir:")
 
@@ -130,7 +130,7 @@ def _refuse_non_registry(text: str) -> None:
     if match is None:
         return
     scheme, rest = match.groups()
-    if re.match(r"\d+(/|$)", rest):
+    if re.match(r"\d+(/|\Z)", rest):
         return  # HOST:PORT/NAME
     name = scheme.lower()
     ratio = {t: difflib.SequenceMatcher(None, name, t).ratio() for t in _TRANSPORT_NAMES}

@@ -25,6 +25,7 @@ import stat
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -224,13 +225,34 @@ def _remove_orphan_lock(cache_dir: Path, lock_name: str) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class RootfsEntry:
+    """An unpacked root filesystem of the cache."""
+
+    chain_id: str
+    size: int            # bytes on disk
+    last_used: float     # seconds since the epoch
+
+
+def list_entries(cache_dir: Path) -> list[RootfsEntry]:
+    """The cache's complete entries, most recently used first (sizes walk each tree)."""
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:
+        return []
+    out = [RootfsEntry(name, _tree_size(cache_dir / name), _last_used(cache_dir / name) / 1e9)
+           for name in names if _ENTRY_NAME.fullmatch(name) and _is_real_dir(cache_dir / name)]
+    out.sort(key=lambda e: (-e.last_used, e.chain_id))
+    return out
+
+
 def prune_cache(cache_dir: Path, current: str | None = None,
-                log: Callable[[str], None] = report) -> int:
-    """Keep the :func:`cache_keep` most recently used entries of *cache_dir* (the entry
-    *current* always), removing older ones nobody holds, plus leftover ``.trash-*`` and stale
-    ``.unpack-*`` directories. Logs one line if it freed anything; returns the bytes freed.
-    Skipped (0) while another process prunes the same cache."""
-    keep = cache_keep(log)
+                log: Callable[[str], None] = report, keep: int | None = None) -> int:
+    """Keep the :func:`cache_keep` (or *keep*, 0 for none) most recently used entries of
+    *cache_dir* (the entry *current* always), removing older ones nobody holds, plus leftover
+    ``.trash-*`` and stale ``.unpack-*`` directories. Logs one line if it freed anything;
+    returns the bytes freed. Skipped (0) while another process prunes the same cache."""
+    keep = cache_keep(log) if keep is None else keep
     try:
         guard = os.open(cache_dir / PRUNE_LOCK, _LOCK_FLAGS, 0o600)
     except OSError:

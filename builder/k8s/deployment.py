@@ -43,12 +43,12 @@ AESMD_SOCKET_DIR = "/var/run/aesmd"
 QCNL_CONFIG = "/etc/sgx_default_qcnl.conf"
 ANNOTATION = "enclave-build"          # prefix of our annotations
 DEFAULT_CPU_LIMIT = 4000              # millicores, when [deploy] cpu_limit is unset
-_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 
 Obj = dict[str, Any]
 
 
-_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 
 
 def check_object_name(name: str, what: str) -> str:

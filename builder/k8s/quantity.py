@@ -7,8 +7,8 @@ import re
 
 MI = 1 << 20
 GI = 1 << 30
-_CPU = re.compile(r"^([0-9]+)m$|^([0-9]+(?:\.[0-9]{1,3})?)$")
-_MEMORY = re.compile(r"^([1-9][0-9]*)(Ki|Mi|Gi|Ti)?$")
+_CPU = re.compile(r"^([0-9]+)m\Z|^([0-9]+(?:\.[0-9]{1,3})?)\Z")
+_MEMORY = re.compile(r"^([1-9][0-9]*)(Ki|Mi|Gi|Ti)?\Z")
 _BINARY = {None: 1, "Ki": 1 << 10, "Mi": MI, "Gi": GI, "Ti": 1 << 40}
 
 CPU_DOC = 'CPUs, e.g. "2", "1.5" or "500m"'
@@ -34,7 +34,7 @@ def memory_bytes(text: str) -> int:
     return int(match.group(1)) * _BINARY[match.group(2)]
 
 
-_BYTES_QUANTITY = re.compile(r"^([0-9]+)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_BYTES_QUANTITY = re.compile(r"^([0-9]+)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?\Z")
 _QUANTITY_SCALE = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
                    "E": 10**18, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
                    "Pi": 1 << 50, "Ei": 1 << 60}

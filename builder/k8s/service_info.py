@@ -223,13 +223,13 @@ class ServiceInfo:
 _TOP_KEYS = {"version", "service", "framework", "libos", "enclave", "ports", "health", "run_as",
              "metrics", "drain_seconds", "writable_paths", "keys", "secret_server",
              "secret_server_enclave", "ra_tls_identity", "tls", "deploy"}
-_SERVICE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_PORT_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_WORD = re.compile(r"^[a-z0-9][-a-z0-9_.]{0,63}$")
-_HTTP_PATH = re.compile(r"^/[-A-Za-z0-9._~/%]*$")
-_ABS_PATH = re.compile(r"^/[^\x00-\x1f\x7f]*$")
-_KEY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")  # as [secrets] server
+_SERVICE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+_PORT_NAME = re.compile(r"^(?=.{1,15}\Z)(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+_WORD = re.compile(r"^[a-z0-9][-a-z0-9_.]{0,63}\Z")
+_HTTP_PATH = re.compile(r"^/[-A-Za-z0-9._~/%]*\Z")
+_ABS_PATH = re.compile(r"^/[^\x00-\x1f\x7f]*\Z")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z")  # as [secrets] server
 
 
 def _deploy(values: Any, enclave: dict, source: str) -> DeploySpec:

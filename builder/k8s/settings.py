@@ -111,8 +111,8 @@ class DeploySpec:
         return data
 
 
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)" + _DNS_NAME + "$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+_SUBDOMAIN = re.compile(r"^(?=.{1,253}\Z)" + _DNS_NAME + r"\Z")
 _DIGEST_DOC = ("an image reference pinned by digest, REGISTRY/NAME@sha256:<64 hex> (Kubernetes "
                "must run the image that was reviewed; `skopeo inspect docker://REF` or `docker "
                "buildx imagetools inspect REF` prints the digest)")

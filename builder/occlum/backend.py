@@ -120,7 +120,7 @@ SIGNED_ENCLAVE = "build/lib/libocclum-libos.signed.so"
 #: How long the sign tool waits for the builder's answer, in seconds.
 SIGN_TIMEOUT = 600
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class OcclumBuildError(EnclaveBuildError):

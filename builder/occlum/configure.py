@@ -8,6 +8,11 @@
   server's configuration says ``keys.source = "files"``, ``directory = KEYS_DIR``
   (:func:`builder.plugin_api.deliver_keys_as_files`). Encrypted files are inside the SEFS
   image, which Occlum decrypts as a whole, so the server opens its models as they are.
+- **No user site.** A Python service runs with ``PYTHONNOUSERSITE=1`` (measured in
+  ``env.default``; the host may not set ``PYTHON*``): Occlum starts the measured launcher as
+  ``INTERPRETER LAUNCHER`` (no interpreter options such as ``-s`` or ``-I``), and without it the
+  interpreter would run ``.pth`` files from ``~/.local`` before the launcher.
+  :func:`builder.occlum.render` also refuses hostfs mounts on any import-path directory.
 - **The image key is provisioned.** ``[occlum] encrypt_image`` without encrypted files still
   encrypts the image with SERVICE-key; it is added to the plan's provisioned keys so that the
   build loads (or creates) its wrap key and the policy fragment releases it to this enclave.
@@ -46,6 +51,8 @@ def configure_plan(plan: ServicePlan) -> None:
                                 "have: build it with libos = \"gramine\" (Occlum services "
                                 "fetch their keys from it over GrSecret)")
     deliver_keys_as_files(plan, KEYS_DIR)
+    if plan.python is not None:
+        plan.env["PYTHONNOUSERSITE"] = "1"
     name = image_key_name(plan)
     if name is not None and plan.secrets is not None \
             and all(k.name != name for k in plan.secrets.keys):

@@ -75,7 +75,7 @@ def _spec_key(origins: dict[str, str], path: str, default: str) -> str:
     while probe:
         if probe in origins:
             return origins[probe]
-        shorter = re.sub(r"(\.?[^.\[]*|\[\d+\])$", "", probe)
+        shorter = re.sub(r"(\.?[^.\[]*|\[\d+\])\Z", "", probe)
         if shorter == probe:  # nothing left to strip (never loop on an odd path)
             break
         probe = shorter
@@ -106,12 +106,49 @@ def _bom_paths(bom_doc: dict[str, Any]) -> list[str]:
     return out
 
 
+#: Python's library directories, of any version, under /usr and /usr/local (lib or lib64):
+#: the standard library, its zip, lib-dynload, site-packages and dist-packages.
+_PYTHON_LIB = re.compile(r"/usr(/local)?/lib(64)?/python[0-9][^/]*")
+
+
+def python_import_dirs(plan: ServicePlan) -> list[str]:
+    """Directories whose content Python may run before (or instead of) the measured launcher:
+    the plan's sys.path (PYTHONPATH, the standard library, its site directories) and the user
+    site directories (``~/.local`` for the plan's HOME, /tmp and /root: a ``.pth`` file there
+    runs at interpreter start, even with PYTHONNOUSERSITE unset by mistake)."""
+    dirs = [p for p in plan.env.get("PYTHONPATH", "").split(":") if p.startswith("/")]
+    if plan.python is not None:
+        dirs += [plan.python.stdlib, *plan.python.site_dirs]
+    homes = {plan.env.get("HOME", "/tmp"), "/tmp", "/root"}
+    dirs += [posixpath.join(home, ".local") for home in sorted(homes)]
+    return [posixpath.normpath(d) for d in dirs]
+
+
+def _python_path_hit(plan: ServicePlan, target: str) -> str | None:
+    """The import-path directory a hostfs mount at *target* would cover or sit inside."""
+    for directory in python_import_dirs(plan):
+        if target == directory or target.startswith(directory + "/") or \
+                directory.startswith(target.rstrip("/") + "/"):
+            return directory
+    match = _PYTHON_LIB.match(target)
+    if match is not None:
+        return match.group(0)
+    for example in ("/usr/lib/python3", "/usr/local/lib/python3", "/usr/lib64/python3",
+                    "/usr/local/lib64/python3"):
+        if example.startswith(target.rstrip("/") + "/"):
+            return posixpath.dirname(example) + "/python*"
+    return None
+
+
 def _check_hostfs(plan: ServicePlan, opts: OcclumPlanOptions, mounts: list[dict[str, Any]],
                   image_paths: list[str]) -> None:
     """A hostfs mount shows a host directory in place of whatever the image has there, and it
     is mounted after the others: one over a measured file (the program, its libraries, a model)
-    would let the host choose what runs, and one over (or inside) the key ramfs would make
-    Occlum's init write the fetched keys to the host's disk. Refuse both."""
+    would let the host choose what runs, one over (or inside) the key ramfs would make
+    Occlum's init write the fetched keys to the host's disk, and one over or inside a directory
+    on Python's import path (any Python's site or dist-packages, the user site, PYTHONPATH)
+    would let a host-written ``.pth`` file or module run in the enclave before the measured
+    launcher. Refuse all three."""
     others = {m["target"] for m in mounts if m["type"] != "hostfs" and m["target"] != "/"}
     covered = set(others)
     covered |= set(HOSTFS_FORBIDDEN) | {KEYS_DIR} | set(image_paths)
@@ -122,7 +159,15 @@ def _check_hostfs(plan: ServicePlan, opts: OcclumPlanOptions, mounts: list[dict[
             hit = next((p for p in sorted(covered)
                         if p == target or p.startswith(target.rstrip("/") + "/")), None)
         if hit is None:
-            continue
+            python_dir = _python_path_hit(plan, target)
+            if python_dir is None:
+                continue
+            raise OcclumConfigError(
+                locate(plan, f"occlum.hostfs.{target}"),
+                f"a hostfs mount at {target} would reach {python_dir}, on Python's import "
+                "path: a .pth file or module the host writes there would run in the enclave "
+                "before the measured launcher; allowed: a directory the image does not use, "
+                "e.g. \"/host/data\"")
         what = ("the ramfs Occlum's init writes the fetched keys to (they would land on the "
                 "host's disk)" if hit == KEYS_DIR else
                 f"the {hit} mount" if hit in others else

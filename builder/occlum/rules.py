@@ -55,10 +55,10 @@ IMAGE_KEY_SECRET = "image_key"
 #: Environment variables the host may never set (env.untrusted): see builder.plan.
 UNTRUSTED_FORBIDDEN_PREFIXES = HOST_FORBIDDEN_ENV_PREFIXES
 UNTRUSTED_FORBIDDEN = HOST_FORBIDDEN_ENV
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HEX_ID = re.compile(r"^(0x)?[0-9a-fA-F]{1,16}$")
-_HASH = re.compile(r"^[0-9A-F]{64}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_HEX_ID = re.compile(r"^(0x)?[0-9a-fA-F]{1,16}\Z")
+_HASH = re.compile(r"^[0-9A-F]{64}\Z")
 
 
 class OcclumRuleError(EnclaveBuildError):
@@ -448,7 +448,7 @@ def _check_mounts(c: _Checker, mounts: Any, heap_max: int) -> None:
 
 _VERIFY = ("verify_mr_enclave", "verify_mr_signer", "verify_isv_prod_id", "verify_isv_svn",
            "verify_config_svn", "verify_enclave_debuggable")
-_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z")
 
 
 def check_init_ra_conf(doc: Any) -> None:
