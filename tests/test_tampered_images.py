@@ -31,6 +31,7 @@ from builder.plugin_api import Framework, base_plan, hookimpl
 from builder.plugins import PluginRegistry
 from builder.rootfs import RootFS
 from builder.run import RunError, open_build
+from builder.run.gramine_direct import prepare_manifest
 from builder.run.view import ViewError, populate
 
 from .conftest import write_spec
@@ -290,6 +291,26 @@ def test_view_holds_only_what_the_enclave_may_open(tmp_path):
     verification.problems.append("tampered")
     with pytest.raises(ViewError, match="does not agree"):
         populate(tmp_path / "other", verification)
+
+
+def test_gramine_direct_manifest_copy_stays_inside_the_root(tmp_path):
+    """gramine-direct loads APP.manifest, copied from APP.manifest.sgx in the private root: a
+    symlink in the image must not make that copy write (as root) or read a file of the host."""
+    root = tmp_path / "root"
+    (root / "enclave").mkdir(parents=True)
+    (root / "enclave/app.manifest.sgx").write_text("signed")
+    victim = tmp_path / "host-file"
+    victim.write_text("host")
+    os.symlink(str(victim), root / "enclave/app.manifest")
+    plain = prepare_manifest(root, "/enclave/app")
+    assert victim.read_text() == "host"
+    assert plain == root / "enclave/app.manifest" and not plain.is_symlink()
+    assert plain.read_text() == "signed"
+
+    (root / "srv").mkdir()
+    (root / "srv/other.sgx").write_text("inside the image")
+    os.symlink("/srv/other.sgx", root / "enclave/linked.manifest.sgx")   # absolute, in-image
+    assert prepare_manifest(root, "/enclave/linked").read_text() == "inside the image"
 
 
 def test_open_build_refuses_before_anything_runs(probe_out, tmp_path):
