@@ -308,8 +308,8 @@ def _check_import_path(result: EnclaveVerification) -> None:
                     continue
                 problems.append(f"{path}: on the manifest's PYTHONPATH ({directory}) but not a "
                                 "trusted file; the build puts only trusted files there, so it "
-                                "was added to the image afterwards (a plain process would "
-                                "import it)")
+                                "was added to the image afterwards (Gramine would refuse to "
+                                "open it; a plain Python process could load it)")
     _listed(result.problems, problems, "untrusted files on the PYTHONPATH")
 
 
