@@ -310,15 +310,19 @@ Examples:
 """)
 @click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON: image, digest, labels, "
-              "sigstruct (as `gramine sigstruct --json`), agrees, problems (+ extracted).")
+              "sigstruct (as `gramine sigstruct --json`), rederived (app, mr_enclave, "
+              "trusted_files_checked), agrees, problems (+ extracted).")
 @click.option("--extract", "extract_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write SERVICE.manifest.sgx, SERVICE.sig and measurements.json (a build "
                    "directory) or labels.json (an image) into DIR, for auditors; never "
                    "overwrites.")
 def inspect(image: str, as_json: bool, extract_dir: Path | None) -> None:
     """Read the enclave identity back from IMAGE (a reference, or a build output directory)
-    and check that its labels, SIGSTRUCT (and measurements.json) agree. Exit 1 if not
-    (files asked for with --extract are written all the same)."""
+    and check that its labels, SIGSTRUCT (and measurements.json) agree, and that the image's
+    own files are what the SIGSTRUCT vouches for: MRENCLAVE re-derived from its manifest and
+    libpal.so, every trusted file's hash, nothing untrusted on the server's PYTHONPATH (the
+    image is unpacked into the cache for this). Exit 1 if not (files asked for with --extract
+    are written all the same)."""
     from .image.inspect import extract_image, inspect_image
 
     written: list[Path] = []
@@ -341,6 +345,10 @@ def inspect(image: str, as_json: bool, extract_dir: Path | None) -> None:
         if result.sigstruct:
             click.echo(f"signature        {_signature_text(result.sigstruct)}"
                        f", date {result.sigstruct['date']}")
+        rederived = result.verification.to_json() if result.verification else None
+        if rederived and rederived["mr_enclave"]:
+            click.echo(f"rederived        mr_enclave {rederived['mr_enclave']} (manifest + "
+                       f"libpal.so), {rederived['trusted_files_checked']} trusted files checked")
         click.echo(f"agrees           {_text(result.agrees)}")
         for path in written:
             click.echo(f"wrote            {path}")

@@ -75,7 +75,7 @@ fi
 step "5. build examples/tflite/spec.toml"
 enclave-build build examples/tflite/spec.toml --base "dir:$base" --output "$out/face-detect"
 echo "-- measurements.json"; cat "$out/face-detect/measurements.json"
-echo "-- the image's labels and SIGSTRUCT agree:"; enclave-build inspect "$out/face-detect"
+echo "-- labels, SIGSTRUCT and the image's own files (MRENCLAVE re-derived, trusted files) agree:"; enclave-build inspect "$out/face-detect"
 
 step "6. the secret server, trusting the synthetic PKI (it warns: nothing is really attested)"
 enclave-build secrets config "$out/face-detect" --force --listen 127.0.0.1:4433 \

@@ -24,7 +24,8 @@ SIGSTRUCT = {"mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "date", "debug
 # command -> its documented top-level keys (a list's items for commands that print a list)
 SCHEMAS = {
     "enclave-build build": MEASUREMENTS,
-    "enclave-build inspect": {"image", "digest", "labels", "sigstruct", "agrees", "problems"},
+    "enclave-build inspect": {"image", "digest", "labels", "sigstruct", "rederived", "agrees",
+                              "problems"},
     "enclave-build gramine sigstruct": SIGSTRUCT,
     "enclave-build gramine sign": {"mr_enclave", "mr_signer", "isv_prod_id", "isv_svn"},
     "enclave-build plugins": {"name", "version", "source", "hooks", "frameworks", "libos"},

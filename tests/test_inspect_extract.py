@@ -133,7 +133,9 @@ def test_one_output_style_for_sigstruct_and_inspect(built, tmp_path):
     assert as_json["signature_valid"] is True and as_json["signature_problem"] is None
     inspected = json.loads(run_cli("inspect", str(built), "--json").stdout)
     assert inspected["sigstruct"] == as_json
-    assert set(inspected) == {"image", "digest", "labels", "sigstruct", "agrees", "problems"}
+    assert set(inspected) == {"image", "digest", "labels", "sigstruct", "rederived", "agrees",
+                              "problems"}
+    assert inspected["rederived"]["mr_enclave"] == as_json["mr_enclave"]
     inspect_text = run_cli("inspect", str(built)).stdout.decode()
     assert not _REPR.search(inspect_text)
     assert re.search(r"^signature\s+valid, date 0000-00-00$", inspect_text, re.M)

@@ -1,4 +1,5 @@
-"""Read an enclave image's identity back: its labels and its SIGSTRUCT, and check they agree."""
+"""Read an enclave image's identity back -- labels, SIGSTRUCT, measurements.json -- and check that
+they agree with each other and with the image's own files (:mod:`builder.image.verify`)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,20 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from attestation.measurements import Measurements
 
+from ..cache import cache_root
 from ..errors import EnclaveBuildError, UsageError
-from ..gramine.sigstruct import ARCH_LAYOUT, Sigstruct, summarize
+from ..hashing import HashCache
 from .assemble import LABEL_PREFIX
 from .oci import BlobStore, Image, ImageError
 from .reference import parse_source
 from .registry import RegistryClient
-from ..cache import cache_root
 from .sources import read_docker_archive, read_oci_layout
-from .unpack import OPAQUE, WHITEOUT, member_path, open_layer
+from .unpack import OPAQUE, WHITEOUT, member_path, open_layer, unpacked_rootfs
+from .verify import EnclaveVerification, verify_enclave
 
 
 def read_file(image: Image, path: str) -> bytes | None:
@@ -109,6 +111,8 @@ class Inspection:
     labels: dict[str, str]
     sigstruct: dict[str, Any] | None
     problems: list[str] = field(default_factory=list)
+    #: the image's own files checked against its SIGSTRUCT (None: not a Gramine enclave image)
+    verification: EnclaveVerification | None = None
 
     @property
     def agrees(self) -> bool:
@@ -116,23 +120,44 @@ class Inspection:
 
     def to_json(self) -> dict[str, Any]:
         return {"image": self.image, "digest": self.digest, "labels": self.labels,
-                "sigstruct": self.sigstruct, "agrees": self.agrees, "problems": self.problems}
+                "sigstruct": self.sigstruct,
+                "rederived": self.verification.to_json() if self.verification else None,
+                "agrees": self.agrees, "problems": self.problems}
 
 
-def inspect_image(text: str) -> Inspection:
+def inspect_image(text: str, hash_cache: HashCache | None = None,
+                  log: Callable[[str], None] | None = None) -> Inspection:
+    """Read IMAGE's identity back and check it: labels, SIGSTRUCT, measurements.json (for a
+    build directory), and the image's own files -- MRENCLAVE re-derived from its manifest and
+    libpal.so, every trusted file's hash, nothing untrusted on the server's PYTHONPATH
+    (:mod:`builder.image.verify`). The image is unpacked into the cache to do so (*log*: where
+    cache pruning reports)."""
     image, measurements = open_image(text)
-    return _inspect(text, image, measurements)
+    return inspect_opened(text, image, measurements, hash_cache, log)
+
+
+def enclave_app(image: Image, service: str) -> str:
+    """The enclave an image runs, ``/enclave/SERVICE``: the argument of its ``gramine-*``
+    entrypoint, else the service's default place. Inspect, extract and run all use this one."""
+    entrypoint = (image.config.get("config") or {}).get("Entrypoint") or []
+    if len(entrypoint) == 2 and isinstance(entrypoint[0], str) and \
+            posixpath.basename(entrypoint[0]).startswith("gramine") and \
+            isinstance(entrypoint[1], str) and entrypoint[1].startswith("/") and \
+            ".." not in entrypoint[1].split("/"):
+        return posixpath.normpath(entrypoint[1])
+    return f"/enclave/{service}"
 
 
 def _enclave_paths(image: Image, service: str) -> tuple[str, str]:
-    """Where the image keeps its manifest and SIGSTRUCT (next to the entrypoint's argument)."""
-    entrypoint = (image.config.get("config") or {}).get("Entrypoint") or []
-    stem = entrypoint[1] if len(entrypoint) == 2 and isinstance(entrypoint[1], str) \
-        else f"/enclave/{service}"
+    """Where the image keeps its manifest and SIGSTRUCT."""
+    stem = enclave_app(image, service)
     return f"{stem}.manifest.sgx", f"{stem}.sig"
 
 
-def _inspect(text: str, image: Image, measurements: Measurements | None) -> Inspection:
+def inspect_opened(text: str, image: Image, measurements: Measurements | None,
+                   hash_cache: HashCache | None = None,
+                   log: Callable[[str], None] | None = None) -> Inspection:
+    """:func:`inspect_image` of an image already opened (with :func:`open_image`)."""
     labels = {k[len(LABEL_PREFIX):]: v for k, v in image.labels.items()
               if k.startswith(LABEL_PREFIX)}
     result = Inspection(text, image.manifest_digest, labels, None)
@@ -148,38 +173,42 @@ def _inspect(text: str, image: Image, measurements: Measurements | None) -> Insp
                                "here (the build compared `occlum print mrenclave|mrsigner` "
                                "with what it signed)")
         return result
-    sig_path = _enclave_paths(image, service)[1]
-    raw = read_file(image, sig_path)
-    if raw is None:
-        result.problems.append(f"the image has no SIGSTRUCT at {sig_path}")
-        return result
     try:
-        sig = Sigstruct.from_bytes(raw, ARCH_LAYOUT, sig_path)
-    except EnclaveBuildError as exc:
-        result.problems.append(str(exc))
+        rootfs = unpacked_rootfs(image.store, image.layers, image.diff_ids,
+                                 cache_root() / "rootfs", text, log=log)
+    except ImageError as exc:
+        result.problems.append(f"cannot unpack the image to check its files: {exc}")
         return result
-    info = summarize(sig)   # the signature is checked over the file's own signed bytes
-    problem = info["signature_problem"]
+    own_cache = hash_cache is None
+    cache = hash_cache or HashCache()
+    try:
+        verification = verify_enclave(rootfs, enclave_app(image, service), cache)
+    finally:
+        if own_cache:
+            cache.close()
+    result.verification = verification
+    info = verification.identity.sigstruct if verification.identity else None
     result.sigstruct = info
-    if problem is not None:
-        result.problems.append(f"the SIGSTRUCT's signature does not verify: {problem}")
-    expected = {"mr_enclave": info["mr_enclave"], "mr_signer": info["mr_signer"],
-                "isv_prod_id": str(info["isv_prod_id"]), "isv_svn": str(info["isv_svn"]),
-                "debug": "true" if info["debug"] else "false"}
-    for key, value in expected.items():
-        if labels.get(key) != value:
-            result.problems.append(f"label {LABEL_PREFIX}{key} = {labels.get(key)!r}, but the "
-                                   f"SIGSTRUCT says {value!r}")
-    if measurements is not None:
-        for key in ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "debug"):
-            got = getattr(measurements, key)
-            want = info[key]
-            if got != want:
-                result.problems.append(f"measurements.json {key} = {got!r}, but the SIGSTRUCT "
-                                       f"says {want!r}")
-        if measurements.image.digest and measurements.image.digest != image.manifest_digest:
-            result.problems.append(f"measurements.json names image {measurements.image.digest}, "
-                                   f"the layout holds {image.manifest_digest}")
+    if info is not None:
+        expected = {"mr_enclave": info["mr_enclave"], "mr_signer": info["mr_signer"],
+                    "isv_prod_id": str(info["isv_prod_id"]), "isv_svn": str(info["isv_svn"]),
+                    "debug": "true" if info["debug"] else "false"}
+        for key, value in expected.items():
+            if labels.get(key) != value:
+                result.problems.append(f"label {LABEL_PREFIX}{key} = {labels.get(key)!r}, but "
+                                       f"the SIGSTRUCT says {value!r}")
+        if measurements is not None:
+            for key in ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "debug"):
+                got = getattr(measurements, key)
+                want = info[key]
+                if got != want:
+                    result.problems.append(f"measurements.json {key} = {got!r}, but the "
+                                           f"SIGSTRUCT says {want!r}")
+    if measurements is not None and measurements.image.digest and \
+            measurements.image.digest != image.manifest_digest:
+        result.problems.append(f"measurements.json names image {measurements.image.digest}, "
+                               f"the layout holds {image.manifest_digest}")
+    result.problems += verification.problems
     return result
 
 
@@ -202,7 +231,7 @@ def extract_image(text: str, directory: str | Path) -> Extraction:
     nothing is written (UsageError, exit 2). The files are written even when the inspection
     finds disagreements (see ``Extraction.inspection.problems``)."""
     image, measurements = open_image(text)
-    result = _inspect(text, image, measurements)
+    result = inspect_opened(text, image, measurements)
     labels = {k: v for k, v in image.labels.items() if k.startswith(LABEL_PREFIX)}
     service = result.labels.get("service", "")
     if not service or "mr_enclave" not in result.labels:
@@ -247,5 +276,5 @@ def extract_image(text: str, directory: str | Path) -> Extraction:
     return Extraction(result, written)
 
 
-__all__ = ["inspect_image", "extract_image", "read_file", "open_image", "Inspection",
-           "Extraction"]
+__all__ = ["inspect_image", "inspect_opened", "enclave_app", "extract_image", "read_file",
+           "open_image", "Inspection", "Extraction"]

@@ -21,6 +21,7 @@ coreutils) on the host.
 from __future__ import annotations
 
 import os
+import posixpath
 import shlex
 import shutil
 import signal
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
 
 from ..errors import EnclaveBuildError
+from ..rootfs import RootFS, RootFSError
 
 GRAMINE_DIRECT = "/usr/bin/gramine-direct"
 #: the direct-mode loader gramine-direct execs (Debian package layout)
@@ -103,16 +105,39 @@ def _table(path: Path) -> list[list[str]]:
 
 
 def prepare_manifest(root: Path, app: str) -> Path:
-    """Copy ``APP.manifest.sgx`` to ``APP.manifest`` inside *root* (what gramine-direct loads)."""
-    signed = root / f"{app.lstrip('/')}.manifest.sgx"
-    plain = signed.with_suffix("")   # drops .sgx
-    if not signed.is_file():
-        if plain.is_file():
+    """Copy ``APP.manifest.sgx`` to ``APP.manifest`` inside *root* (what gramine-direct loads).
+
+    Both paths resolve inside *root*, as the LibOS in the chroot sees them: a symlink in the
+    image (``APP.manifest -> /etc/...``, or a linked directory) never makes this read or write a
+    file of the host. The copy replaces whatever is at ``APP.manifest`` (renamed into place)."""
+    rootfs = RootFS(Path(root))
+    name = posixpath.basename(app)
+    try:
+        inner = rootfs.resolve(posixpath.dirname(app) or "/")
+    except RootFSError as exc:
+        raise LaunchError(f"{app}: {exc}") from None
+    directory = rootfs.host_path(inner)
+    plain = directory / f"{name}.manifest"
+    try:
+        data = rootfs.read_bytes(posixpath.join(inner, f"{name}.manifest.sgx"))
+    except RootFSError as exc:
+        if plain.is_file() and not plain.is_symlink():
             return plain
-        raise LaunchError(f"{signed}: the image has no manifest for {app} (expected "
-                          f"{app}.manifest.sgx)")
-    if not plain.is_file() or plain.read_bytes() != signed.read_bytes():
-        shutil.copyfile(signed, plain)
+        raise LaunchError(f"the image has no manifest for {app} (expected "
+                          f"{app}.manifest.sgx): {exc}") from None
+    tmp = directory / f".{name}.manifest.tmp-{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, plain)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise LaunchError(f"{app}.manifest: cannot write it next to {app}.manifest.sgx: "
+                          f"{exc.strerror or exc}") from None
     return plain
 
 

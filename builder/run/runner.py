@@ -3,24 +3,35 @@
 SIMULATION ONLY. Nothing is attested: the quotes come from a simulated quoter signing with a
 synthetic test PKI, which a secret server accepts only when told to trust that PKI's root.
 
-The image (BUILD_DIR/oci) is unpacked once into the cache and each run gets a private, writable
-view of it with the layers' owners and modes restored (builder.run.rootfs). Then:
+Before anything starts, the image is checked as `enclave-build inspect` checks it
+(:func:`builder.image.inspect.inspect_opened`): labels, measurements.json and the SIGSTRUCT
+agree, MRENCLAVE re-derived from the image's own manifest and libpal.so is the one signed, every
+trusted file hashes to the manifest's value, and nothing untrusted lies on the server's
+PYTHONPATH. Any disagreement refuses the run (exit 1), naming what differs.
+
+The image is unpacked once into the cache. Then:
 
 - **gramine-direct** when the root holds a real Gramine and we are root: the enclave's own
-  manifest runs under the real LibOS, in a chroot of the image, as the image's user
-  (builder.run.gramine_direct). The trusted-file checks are real; attestation is not.
+  manifest runs under the real LibOS, in a chroot of a private, writable view of the image with
+  the layers' owners and modes restored (builder.run.rootfs), as the image's user
+  (builder.run.gramine_direct). The LibOS enforces the trusted files; attestation is simulated.
 - **plain process** otherwise, for Python-server images: the host's Python runs the manifest's
-  argv (``python -m model_server --config ...``) with ``ENCLAVE_BUILD_ROOT`` = the private root
-  (the server maps image paths under it) and ``PYTHONPATH`` = the manifest's PYTHONPATH mapped
-  under the root. Frameworks that run a binary (tfserving, ovms) cannot run this way: exit 2.
+  argv (``python -m model_server --config ...``) in a fresh root holding only the files Gramine
+  would let the enclave open (builder.run.view), with ``ENCLAVE_BUILD_ROOT`` = that root (the
+  server maps image paths under it) and ``PYTHONPATH`` = the manifest's PYTHONPATH mapped under
+  it. Frameworks that run a binary (tfserving, ovms) cannot run this way: exit 2.
 
-In both modes a :class:`attestation.simulated_quoter.SimulatedQuoter` serves quotes for the
-build's measurements on 127.0.0.1 and ``ENCLAVE_BUILD_SIMULATED_QUOTER=HOST:PORT`` names it.
+In both modes a :class:`attestation.simulated_quoter.SimulatedQuoter` serves quotes on
+127.0.0.1 (``ENCLAVE_BUILD_SIMULATED_QUOTER=HOST:PORT`` names it) for the identity re-derived
+from what runs: the MRENCLAVE measured from the image's manifest and libpal.so, and the
+signer, ISV ids and debug flag of its verified SIGSTRUCT.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import posixpath
 import re
 import subprocess
 import sys
@@ -34,20 +45,15 @@ from attestation.measurements import Measurements, MeasurementsError
 from ..cache import cache_root
 from ..errors import EnclaveBuildError, UsageError
 from ..image.oci import Image
-from ..image.unpack import unpacked_rootfs
+from ..image.verify import EnclaveVerification, python_path
 from . import gramine_direct
 from .gramine_direct import DirectLaunch, resolve_user, wait_forwarding
 from .rootfs import apply_ownership, image_ownership, private_root
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[no-redef]
+from .view import enclave_view
 
 QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
 ROOT_ENV = "ENCLAVE_BUILD_ROOT"
 LISTEN_ENV = "ENCLAVE_BUILD_SIMULATION_LISTEN"   # model_server.config.LISTEN_ENV (test holds it)
-SERVER_PYTHONPATH = "/opt/enclave-build/python"
 BANNER = ("SIMULATION: not an SGX enclave; nothing here is attested. Quotes come from a "
           "simulated quoter signed by a SYNTHETIC test PKI; a secret server accepts them only "
           "if configured to trust that PKI's root. Never use this for real secrets.")
@@ -84,6 +90,23 @@ class Build:
     manifest: dict[str, Any]   # the parsed SERVICE.manifest.sgx
     user: str | None           # the image config's User
     ownership: list = field(default_factory=list)   # builder.run.rootfs entries to restore
+    #: the image's files checked against its SIGSTRUCT (they agree, or there is no Build)
+    verification: EnclaveVerification | None = None
+
+    @property
+    def quoted(self) -> Measurements:
+        """The identity the simulated quoter vouches for: re-derived from what runs (the
+        image's manifest and libpal.so measured here; signer, ISV ids and debug from its
+        verified SIGSTRUCT), not read from measurements.json."""
+        identity = self.verification.identity if self.verification else None
+        if identity is None or not identity.agrees or identity.mr_enclave is None or \
+                identity.sigstruct is None:
+            raise RunError(f"{self.directory}: the image's identity was not verified; no "
+                           "quotes are made for it")
+        sig = identity.sigstruct
+        return dataclasses.replace(self.measurements, mr_enclave=identity.mr_enclave,
+                                   mr_signer=sig["mr_signer"], isv_prod_id=sig["isv_prod_id"],
+                                   isv_svn=sig["isv_svn"], debug=sig["debug"])
 
 
 def parse_env(items: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -96,24 +119,12 @@ def parse_env(items: tuple[str, ...] | list[str]) -> dict[str, str]:
     return env
 
 
-def _check_identity(directory: Path) -> None:
-    """The simulated quoter vouches for measurements.json: refuse unless it agrees with the
-    image's labels and its SIGSTRUCT (read from the image and verified from its own bytes) --
-    the comparison `enclave-build inspect` makes."""
-    from ..image.inspect import inspect_image
-
-    result = inspect_image(str(directory))
-    if not result.agrees:
-        raise RunError(f"{directory}: measurements.json and the image disagree; not starting "
-                       "(run `enclave-build inspect` on it, or rebuild):\n  - "
-                       + "\n  - ".join(result.problems))
-
-
 def open_build(directory: str | Path, log: Callable[[str], None] | None = None
                ) -> tuple[Build, Path]:
-    """Check BUILD_DIR's outputs, read the image and its manifest; returns the build and the
-    cached unpacked root filesystem (*log*: where cache pruning reports; default stderr)."""
-    from ..image.inspect import open_image, read_file
+    """Check BUILD_DIR's outputs, read the image, and verify it (as `inspect` does; RunError
+    naming every disagreement); returns the build and the cached unpacked root filesystem
+    (*log*: where cache pruning reports; default stderr)."""
+    from ..image.inspect import inspect_opened, open_image
 
     directory = Path(directory)
     if not directory.exists():
@@ -139,26 +150,21 @@ def open_build(directory: str | Path, log: Callable[[str], None] | None = None
                        "here). Run an Occlum "
                        "image with its own runtime on an SGX machine: docker run --device "
                        "/dev/sgx_enclave --device /dev/sgx_provision IMAGE")
-    _check_identity(directory)
-    config = image.config.get("config") or {}
-    entrypoint = config.get("Entrypoint") or []
-    app = entrypoint[1] if len(entrypoint) == 2 and str(entrypoint[0]).startswith("gramine") \
-        else f"/enclave/{measurements.service}"
-    raw = read_file(image, f"{app}.manifest.sgx")
-    if raw is None:
-        raise RunError(f"{directory / 'oci'}: the image has no manifest {app}.manifest.sgx")
-    try:
-        manifest = tomllib.loads(raw.decode())
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise RunError(f"{app}.manifest.sgx in {directory / 'oci'}: not TOML: {exc}") from None
-    build = Build(directory, image, measurements, app, manifest, config.get("User") or None)
     # Reading the layers' owners and unpacking both decompress every layer: do them together.
     with ThreadPoolExecutor(1) as pool:
         ownership = pool.submit(image_ownership, image)
-        rootfs = unpacked_rootfs(image.store, image.layers, image.diff_ids,
-                                 cache_root() / "rootfs", str(directory / "oci"), log=log)
-        build.ownership = ownership.result()
-    return build, rootfs.root
+        result = inspect_opened(str(directory), image, measurements, log=log)
+        owners = ownership.result()
+    if not result.agrees or result.verification is None or result.verification.manifest is None:
+        raise RunError(f"{directory}: the image is not what its identity says "
+                       "(measurements.json, labels, SIGSTRUCT and the image's own manifest, "
+                       "libpal.so and trusted files must agree); not starting (run `enclave-build "
+                       "inspect` on it, or rebuild):\n  - " + "\n  - ".join(result.problems))
+    verification = result.verification
+    config = image.config.get("config") or {}
+    build = Build(directory, image, measurements, verification.app, verification.manifest,
+                  config.get("User") or None, owners, verification)
+    return build, verification.rootfs.root
 
 
 def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
@@ -192,15 +198,15 @@ def _loader_env(manifest: dict[str, Any]) -> dict[str, Any]:
 def process_command(build: Build, root: Path, env: Mapping[str, str]) -> tuple[list[str],
                                                                                 dict[str, str],
                                                                                 Path]:
-    """argv, environment and cwd of a plain-process run of the manifest's Python argv."""
+    """argv, environment and cwd of a plain-process run of the manifest's Python argv in
+    *root* (the run's view of the image): the manifest's PYTHONPATH, mapped under *root*, is
+    the only one (none if the manifest sets none, as in the enclave)."""
     argv = list((build.manifest.get("loader") or {}).get("argv") or [])
     if not argv:
         raise RunError(f"{build.app}.manifest.sgx has no loader.argv")
     manifest_env = _loader_env(build.manifest)
-    pythonpath = manifest_env.get("PYTHONPATH")
-    inner = pythonpath.split(":") if isinstance(pythonpath, str) and pythonpath \
-        else [SERVER_PYTHONPATH]
     out_env = dict(os.environ)
+    out_env.pop("PYTHONPATH", None)
     for name, value in manifest_env.items():
         # plain values only; LD_LIBRARY_PATH names Gramine's C library, not the host's
         if isinstance(value, str) and name not in ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH",
@@ -208,11 +214,22 @@ def process_command(build: Build, root: Path, env: Mapping[str, str]) -> tuple[l
             out_env[name] = value
     out_env.update(env)
     out_env[ROOT_ENV] = str(root)
-    out_env["PYTHONPATH"] = ":".join(str(root / p.lstrip("/")) for p in inner if p)
+    pythonpath = [str(_under(root, p)) for p in python_path(build.manifest) if _under(root, p)]
+    if pythonpath:
+        out_env["PYTHONPATH"] = ":".join(pythonpath)
+    else:
+        out_env.pop("PYTHONPATH", None)
     out_env["PYTHONDONTWRITEBYTECODE"] = "1"
     start_dir = str((build.manifest.get("fs") or {}).get("start_dir") or "/")
-    cwd = root / start_dir.lstrip("/")
+    cwd = _under(root, start_dir) or root
     return [sys.executable, *argv[1:]], out_env, cwd if cwd.is_dir() else root
+
+
+def _under(root: Path, image_path: str) -> Path | None:
+    """*image_path* inside *root* (None for a relative path or one with '..')."""
+    if not image_path.startswith("/") or ".." in image_path.split("/"):
+        return None
+    return root / posixpath.normpath(image_path).lstrip("/")
 
 
 def _pki(directory: Path | None, log: Callable[[str], None]):
@@ -269,11 +286,15 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
     mode = choose_mode(build, cached, options.mode)
     pki, pki_dir = _pki(options.pki, log)
     log(BANNER)
-    with private_root(cached) as root:
-        apply_ownership(root, build.ownership)
-        uid, gid = resolve_user(root, build.user) if mode == "gramine-direct" else \
-            (os.getuid(), os.getgid())
-        quoter = SimulatedQuoter(pki, build.measurements)
+    quoted = build.quoted
+    view = private_root(cached) if mode == "gramine-direct" else enclave_view(build.verification)
+    with view as root:
+        if mode == "gramine-direct":
+            apply_ownership(root, build.ownership)
+            uid, gid = resolve_user(root, build.user)
+        else:
+            uid, gid = os.getuid(), os.getgid()
+        quoter = SimulatedQuoter(pki, quoted)
         try:
             host, port = quoter.start()
         except QuoterError as exc:
@@ -281,8 +302,9 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
         try:
             env = {**options.env, QUOTER_ENV: f"{host}:{port}"}
             log(f"run: {build.measurements.service} ({build.measurements.framework}), mode "
-                f"{mode}, mr_enclave {build.measurements.mr_enclave}, quoter {host}:{port}, "
-                f"PKI {pki_dir}")
+                f"{mode}, mr_enclave {quoted.mr_enclave} (re-derived from the image's manifest "
+                f"and libpal.so; {len(build.verification.trusted)} trusted files checked), "
+                f"quoter {host}:{port}, PKI {pki_dir}")
             if mode == "gramine-direct":
                 declared = _loader_env(build.manifest)
                 for name in options.env:
