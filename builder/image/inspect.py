@@ -20,6 +20,7 @@ from ..cache import cache_root
 from ..errors import EnclaveBuildError, UsageError
 from ..hashing import HashCache
 from .assemble import LABEL_PREFIX
+from .blob_cache import BlobCache
 from .oci import BlobStore, Image, ImageError
 from .reference import parse_source
 from .registry import RegistryClient
@@ -132,8 +133,9 @@ def inspect_image(text: str, hash_cache: HashCache | None = None,
     libpal.so, every trusted file's hash, nothing untrusted on the server's PYTHONPATH
     (:mod:`builder.image.verify`). The image is unpacked into the cache to do so (*log*: where
     cache pruning reports)."""
-    image, measurements = open_image(text)
-    return inspect_opened(text, image, measurements, hash_cache, log)
+    with BlobCache(cache_root()).in_use():     # no prune removes a blob while it is read
+        image, measurements = open_image(text)
+        return inspect_opened(text, image, measurements, hash_cache, log)
 
 
 def enclave_app(image: Image, service: str) -> str:
@@ -230,8 +232,9 @@ def extract_image(text: str, directory: str | Path) -> Extraction:
     digest and ``org.enclave-build.*`` labels). Never overwrites: if any of those files exists,
     nothing is written (UsageError, exit 2). The files are written even when the inspection
     finds disagreements (see ``Extraction.inspection.problems``)."""
-    image, measurements = open_image(text)
-    result = inspect_opened(text, image, measurements)
+    with BlobCache(cache_root()).in_use():
+        image, measurements = open_image(text)
+        result = inspect_opened(text, image, measurements)
     labels = {k: v for k, v in image.labels.items() if k.startswith(LABEL_PREFIX)}
     service = result.labels.get("service", "")
     if not service or "mr_enclave" not in result.labels:

@@ -44,6 +44,7 @@ from attestation.measurements import Measurements, MeasurementsError
 
 from ..cache import cache_root
 from ..errors import EnclaveBuildError, UsageError
+from ..image.blob_cache import BlobCache
 from ..image.oci import Image
 from ..image.verify import EnclaveVerification, python_path
 from . import gramine_direct
@@ -57,7 +58,7 @@ LISTEN_ENV = "ENCLAVE_BUILD_SIMULATION_LISTEN"   # model_server.config.LISTEN_EN
 BANNER = ("SIMULATION: not an SGX enclave; nothing here is attested. Quotes come from a "
           "simulated quoter signed by a SYNTHETIC test PKI; a secret server accepts them only "
           "if configured to trust that PKI's root. Never use this for real secrets.")
-_PYTHON = re.compile(r"python(3(\.\d+)?)?$")
+_PYTHON = re.compile(r"python(3(\.\d+)?)?\Z")
 
 
 class RunError(EnclaveBuildError):
@@ -124,8 +125,6 @@ def open_build(directory: str | Path, log: Callable[[str], None] | None = None
     """Check BUILD_DIR's outputs, read the image, and verify it (as `inspect` does; RunError
     naming every disagreement); returns the build and the cached unpacked root filesystem
     (*log*: where cache pruning reports; default stderr)."""
-    from ..image.inspect import inspect_opened, open_image
-
     directory = Path(directory)
     if not directory.exists():
         raise RunError(f"{directory}: no such build directory (give the --output directory of "
@@ -139,6 +138,13 @@ def open_build(directory: str | Path, log: Callable[[str], None] | None = None
     if not (directory / "measurements.json").is_file():
         raise RunError(f"{directory / 'measurements.json'}: not found; the simulated quoter "
                        "needs the build's identity")
+    with BlobCache(cache_root()).in_use():     # no prune removes a blob while it is read
+        return _open_verified(directory, log)
+
+
+def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple["Build", Path]:
+    from ..image.inspect import inspect_opened, open_image
+
     try:
         image, measurements = open_image(str(directory))
     except MeasurementsError as exc:
