@@ -14,11 +14,12 @@ Each connection has one deadline (one timer, re-armed lazily) whose meaning foll
 
 Body bytes are reserved in the server-wide byte budget as they arrive (not when a length is
 announced), so a peer holds only what it really sent; when the budget is used up the request is
-refused with 503. At ``max_connections`` a new connection evicts the connection idle the
-longest; when none is idle, up to :data:`HEADROOM` more connections are admitted for health
-checks only. Every refusal is answered with ``Connection: close`` and the connection keeps
-reading (and dropping) what the client still sends for a while, so the client reads the answer
-instead of a reset.
+refused with 503. At ``max_connections`` a new connection evicts a lingering refusal, else the
+connection idle the longest, else the oldest one still sending its header block; when every
+connection is receiving a body or being served, up to :data:`HEADROOM` more connections are
+admitted for health checks only. Every refusal is answered with ``Connection: close`` and the
+connection keeps reading (and dropping) what the client still sends for a while, so the client
+reads the answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class Connection(asyncio.Protocol):
         self.reserved = 0             # body bytes reserved in the budget
         self.body_start = 0.0
         self.linger_left = 0
+        self.refusing = False         # lingering after a refusal (reading and dropping)
         self.discard_message = ""
         # header parsing (httptools callbacks)
         self._url = b""
@@ -476,7 +478,7 @@ class Connection(asyncio.Protocol):
             result = self.server.app.handle(req)
         except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
             log.exception("REST request failed")
-            result = error_response(500, f"internal error: {exc}")
+            result = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
         if isinstance(result, Response):
             self._respond(result)
         else:
@@ -492,7 +494,7 @@ class Connection(asyncio.Protocol):
         elif task.exception() is not None:
             exc = task.exception()
             log.error("REST request failed", exc_info=exc)
-            resp = error_response(500, f"internal error: {exc}")
+            resp = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
         else:
             resp = task.result()
         self._respond(resp)
@@ -573,6 +575,7 @@ class Connection(asyncio.Protocol):
             self.reading_paused = False
             self.transport.resume_reading()
         self.linger_left = linger[0]
+        self.refusing = True
         self._arm(self.loop.time() + linger[1])
 
     def _release(self) -> None:
@@ -586,6 +589,7 @@ class Connection(asyncio.Protocol):
             return
         self.server.idle.pop(self, None)
         self.state = _LINGER              # until connection_lost: nothing more is read
+        self.refusing = False
         self.linger_left = 0
         self.transport.close()
         if self.transport.get_write_buffer_size():
@@ -603,9 +607,30 @@ class Connection(asyncio.Protocol):
     def idle(self) -> bool:
         return self.state == _IDLE
 
+    @property
+    def evictable(self) -> int:
+        """0: closing (a refusal lingering), 1: idle, 2: still sending its header block, -1:
+        not evictable (a body arriving, a request being served)."""
+        if self.state == _LINGER:
+            return 0 if self.refusing else -1      # (a normal close: its answer is flushing)
+        return {_IDLE: 1, _HEAD: 2}.get(self.state, -1)
+
     def evict(self) -> None:
-        """Close an idle connection to make room (the client reconnects when it needs to)."""
-        self._close()
+        """Make room at the cap: drop a lingering refusal, close an idle connection (its
+        client reconnects when it needs to), refuse a header block still arriving."""
+        state = self.state
+        if state == _LINGER:
+            self.transport.abort()
+        elif state == _HEAD:
+            self.server.idle.pop(self, None)
+            try:
+                self._write(error_response(503, f"too many connections (limits.max_connections "
+                                           f"{self.server.cap})"), False)
+            except (RuntimeError, OSError):
+                pass
+            self._close()
+        else:
+            self._close()
 
     def cut(self, message: str) -> bool:
         """Drain deadline: refuse what is still arriving or waiting to run (503). False when
@@ -684,8 +709,9 @@ class HTTPServer:
     def admit(self, conn: Connection) -> str:
         """"ok", "restricted" (past the cap: health checks only) or "refuse"."""
         if len(self.connections) >= self.cap:
-            if self.idle:
-                next(iter(self.idle)).evict()
+            victim = self._victim()
+            if victim is not None:
+                victim.evict()
             elif len(self.connections) < self.cap + HEADROOM:
                 self.connections[conn] = None
                 return "restricted"
@@ -693,6 +719,22 @@ class HTTPServer:
                 return "refuse"
         self.connections[conn] = None
         return "ok"
+
+    def _victim(self) -> Connection | None:
+        """The connection to close for a new one: a lingering refusal, else the connection
+        idle the longest, else the oldest still sending its header block."""
+        if self.idle:
+            first_idle = next(iter(self.idle))
+        else:
+            first_idle = None
+        best, rank = None, 3
+        for conn in self.connections:       # (in the order they were admitted)
+            r = conn.evictable
+            if r == 0:
+                return conn
+            if r == 2 and rank > 2:
+                best, rank = conn, 2
+        return first_idle or best
 
     def closed(self, conn: Connection) -> None:
         self.connections.pop(conn, None)

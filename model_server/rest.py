@@ -239,7 +239,7 @@ class RESTServer:
             if not admitted:
                 engine.counters.add("refused")
             self.metrics.observe(label, "rest", ServeError.INTERNAL, time.perf_counter() - t0)
-            return error_response(500, f"internal error: {exc}")
+            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             if held:
                 self.budget.release(held)

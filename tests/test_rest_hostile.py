@@ -156,6 +156,32 @@ def test_health_is_answered_when_idle_connections_fill_the_cap():
         srv.close()
 
 
+def test_slow_header_blocks_cannot_hold_every_connection():
+    """Connections dribbling a header block (slowloris) are not idle, but a new connection at
+    the cap still gets in: the oldest of them is refused to make room."""
+    srv = RestInThread(max_connections=4, first_byte_timeout=30, idle_timeout=30,
+                       header_timeout=30)
+    slow = []
+    try:
+        for i in range(12):          # the cap, and the health-check headroom too
+            s = srv.connect()
+            s.sendall(b"GET /v2 HTTP/1.1\r\nX-Slow: ")
+            slow.append(s)
+            _wait_until(lambda: srv.rest.open_connections == min(i + 1, 4),
+                        "the server holds the slow connection")
+        assert _status(srv.exchange(HEALTH)) == 200
+        answer = srv.exchange(_post(_INFER, f"Content-Length: {len(_INFER)}\r\n"
+                                            "Connection: close\r\n"))
+        assert _status(answer) == 200, answer
+        slow[0].settimeout(5)
+        answer = _read_all(slow[0])
+        assert _status(answer) == 503 and b"limits.max_connections 4" in answer, answer
+    finally:
+        for s in slow:
+            s.close()
+        srv.close()
+
+
 def test_health_is_answered_when_every_connection_is_busy():
     """No idle connection to close: a few more connections are admitted for health checks only;
     anything else on them is refused with a 503 that names the limit."""
