@@ -208,6 +208,31 @@ def test_health_is_answered_when_every_connection_is_busy():
         srv.close()
 
 
+def test_expect_continue_and_oversize_bodies():
+    """Kept from the stream-based server: 100 Continue before a body that fits; an oversize body
+    announced with Expect is refused at once; one up to 4x the limit is read, dropped and
+    answered 413 on a connection that stays usable."""
+    srv = RestInThread(max_request_bytes=1000, idle_timeout=30, header_timeout=30,
+                       body_timeout=30, body_stall_timeout=30)
+    try:
+        with srv.connect() as s:
+            s.sendall(_post(b"", f"Content-Length: {len(_INFER)}\r\nExpect: 100-continue\r\n"))
+            assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            s.sendall(_INFER)
+            assert s.recv(1000).startswith(b"HTTP/1.1 200")
+            s.sendall(_post(b"", "Content-Length: 5000\r\nExpect: 100-continue\r\n"))
+            answer = _read_all(s)
+            assert _status(answer) == 413 and b"limits.max_request_bytes" in answer
+        with srv.connect() as s:
+            s.sendall(_post(b"x" * 3000, "Content-Length: 3000\r\n"))
+            answer = s.recv(1000)
+            assert _status(answer) == 413 and b"Connection: close" not in answer, answer
+            s.sendall(_post(_INFER, f"Content-Length: {len(_INFER)}\r\n"))
+            assert s.recv(1000).startswith(b"HTTP/1.1 200")
+    finally:
+        srv.close()
+
+
 # ---------------------------------------------------------------- JSON outputs
 
 
