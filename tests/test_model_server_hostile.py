@@ -195,6 +195,12 @@ def test_config_buffer_connection_and_timeout_limits():
     assert c.limits.max_buffered_bytes == 1000 and c.limits.idle_timeout == 0.5
     with pytest.raises(ConfigError, match="limits.header_timeout"):
         parse_config(dict(BASE, limits={"header_timeout": 0}))
+    assert c.limits.first_byte_timeout == 5 and c.limits.body_stall_timeout == 10
+    c = parse_config(dict(BASE, limits={"first_byte_timeout": 0.25, "body_stall_timeout": 2}))
+    assert c.limits.first_byte_timeout == 0.25 and c.limits.body_stall_timeout == 2
+    for key in ("first_byte_timeout", "body_stall_timeout"):
+        with pytest.raises(ConfigError, match=f"limits.{key}"):
+            parse_config(dict(BASE, limits={key: -1}))
     with pytest.raises(ConfigError, match="limits.max_connections"):
         parse_config(dict(BASE, limits={"max_connections": "9"}))
 
