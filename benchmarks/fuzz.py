@@ -1,8 +1,8 @@
 """Long fuzzing runs of the targets in tests/test_fuzz.py; prints executions per target.
 
 Each target (layer applier, RA-TLS certificates, quote parsing, PF decryption, SIGSTRUCT
-parsing, registry manifests/indexes) is run in rounds of generated inputs until its time budget
-is used up. A target that lets anything but the project's own error escape (or breaks one of its
+parsing, registry manifests/indexes, REST requests on a real connection, KServe REST bodies) is
+run in rounds of generated inputs until its time budget is used up. A target that lets anything but the project's own error escape (or breaks one of its
 properties: nothing written outside the unpack root, no modified PF/SIGSTRUCT/quote accepted)
 stops the run with hypothesis' minimal failing example and exit status 1.
 

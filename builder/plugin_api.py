@@ -54,7 +54,8 @@ SERVER_PYTHONPATH = "/opt/enclave-build/python"
 #: The model server's configuration file in the image (trusted: part of the measurement).
 SERVER_CONFIG = "/enclave/model-server.json"
 #: Runtime distributions the model server imports, installed in the base image (pip names).
-SERVER_DISTRIBUTIONS: tuple[str, ...] = ("grpcio", "protobuf", "numpy", "cbor2", "cryptography")
+SERVER_DISTRIBUTIONS: tuple[str, ...] = ("grpcio", "protobuf", "numpy", "cbor2", "cryptography",
+                                         "httptools")
 #: Import names needed without distribution metadata (Debian's python3-cffi-backend, which
 #: Debian's python3-cryptography loads).
 SERVER_MODULES: tuple[str, ...] = ("_cffi_backend",)

@@ -268,6 +268,10 @@ def _python(root: Path) -> None:
         "google/_upb/_message.abi3.so": elf("upb", needed=("libc.so.6",)),
     })
     _dist(root, PY_LOCAL, "cbor2", "5.7.0", {"cbor2/__init__.py": _placeholder("cbor2")})
+    _dist(root, PY_LOCAL, "httptools", "0.9.0", {
+        "httptools/__init__.py": _placeholder("httptools"),
+        f"httptools/parser/parser{_EXT}": elf("httptools/parser", needed=("libc.so.6",)),
+    })
     _dist(root, PY_LOCAL, "ai-edge-litert", "2.1.0", {
         "ai_edge_litert/__init__.py": _placeholder("ai_edge_litert"),
         "ai_edge_litert/interpreter.py": _placeholder("ai_edge_litert.interpreter"),

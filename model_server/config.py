@@ -50,14 +50,21 @@ class Limits:
     * ``max_concurrent_requests`` / ``max_queue``: requests executing, and waiting beyond that;
       past both a request is refused (UNAVAILABLE / 503).
     * ``max_buffered_bytes``: server-wide budget of request bytes being received or held (REST
-      bodies, gRPC messages, decompressed bodies), reserved before a REST body is read; when it
-      is used up a request is refused with HTTP 503 / gRPC RESOURCE_EXHAUSTED. 0 (the default)
-      means 4 x ``max_request_bytes``; never less than ``max_request_bytes``.
-    * ``max_connections``: open REST connections; one more is answered 503 and closed.
-    * ``header_timeout``: seconds a REST client has to send a whole request header block
-      (from its first byte), and for a TLS handshake; ``idle_timeout``: seconds a keep-alive
-      connection may sit idle between requests (and a response may wait for a client that does
-      not read); ``body_timeout``: seconds to receive a request body.
+      bodies, gRPC messages, decompressed bodies); when it is used up a request is refused with
+      HTTP 503 / gRPC RESOURCE_EXHAUSTED. 0 (the default)
+      means 4 x ``max_request_bytes``; never less than ``max_request_bytes``. A REST body's
+      bytes are reserved as they arrive, so a slow client holds only what it has sent.
+    * ``max_connections``: open REST connections. At the cap a new connection closes the one
+      idle the longest; when none is idle, a few more are admitted for health checks only and
+      anything else is answered 503. Lowered (with a warning) when the process's file
+      descriptor limit could not hold that many.
+    * ``first_byte_timeout``: seconds a new REST connection may take to send its first byte
+      (then it is closed); ``header_timeout``: seconds a REST client has to send a whole request
+      header block (from its first byte), and for a TLS handshake; ``idle_timeout``: seconds a
+      keep-alive connection may sit idle between requests (and a response may wait for a client
+      that does not read); ``body_timeout``: seconds to receive a whole request body;
+      ``body_stall_timeout``: the longest pause while a body arrives (a body that stops
+      making progress is answered 408 and its bytes released).
     """
 
     max_request_bytes: int = 64 << 20
@@ -65,9 +72,11 @@ class Limits:
     max_queue: int = 256                # waiting beyond that: refused (RESOURCE_EXHAUSTED / 503)
     max_buffered_bytes: int = 0         # 0: 4 x max_request_bytes
     max_connections: int = 256          # open REST connections
+    first_byte_timeout: float = 5.0
     header_timeout: float = 10.0
     idle_timeout: float = 30.0
     body_timeout: float = 60.0
+    body_stall_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         budget = self.max_buffered_bytes or 4 * self.max_request_bytes
@@ -329,8 +338,9 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ServerConfig:
     if not isinstance(limits_table, dict):
         raise ConfigError(f"{source}: limits: expected an object")
     _known(limits_table, {"max_request_bytes", "max_concurrent_requests", "max_queue",
-                          "max_buffered_bytes", "max_connections", "header_timeout",
-                          "idle_timeout", "body_timeout"}, f"{source}: limits")
+                          "max_buffered_bytes", "max_connections", "first_byte_timeout",
+                          "header_timeout", "idle_timeout", "body_timeout",
+                          "body_stall_timeout"}, f"{source}: limits")
     for k, v in limits_table.items():
         if k.endswith("_timeout"):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:

@@ -16,7 +16,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -209,10 +209,14 @@ class LoadedModel:
                 return
         w.wake()
 
-    async def run(self, executor: ThreadPoolExecutor, arrays: dict[str, np.ndarray]
-                  ) -> dict[str, np.ndarray]:
+    async def run(self, executor: ThreadPoolExecutor, arrays: dict[str, np.ndarray],
+                  started: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+        """*started* is called once the request has its instance (before that it only waits,
+        and may be cancelled)."""
         instance = await self._acquire()
         try:
+            if started is not None:
+                started()
             result = await asyncio.get_running_loop().run_in_executor(
                 executor, instance.infer, arrays)
         finally:
@@ -357,13 +361,14 @@ class Engine:
     def queue_depth(self) -> int:
         return self.admission.waiting + sum(m.waiting for m in self.models.values())
 
-    async def infer(self, model: LoadedModel, arrays: dict[str, np.ndarray]
-                    ) -> dict[str, np.ndarray]:
+    async def infer(self, model: LoadedModel, arrays: dict[str, np.ndarray],
+                    started: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+        """*started*: see :meth:`LoadedModel.run`."""
         model.check_complete(arrays)
         await self.admission.acquire()
         try:
             try:
-                return await model.run(self.executor, arrays)
+                return await model.run(self.executor, arrays, started)
             except Exception as exc:  # noqa: BLE001 - translated (or re-raised) below
                 raise _inference_error(model, exc) from None
         finally:

@@ -4,10 +4,15 @@ Tensors stay bytes end to end: a raw input becomes an array with ``numpy.frombuf
 no per-element Python work) and an output array becomes bytes with one ``tobytes``. Only BYTES
 tensors (length-prefixed strings) and JSON ``data`` lists need per-element work, and JSON is the
 client's choice.
+
+A request's shape is a number the client wrote: it is checked against the data actually sent
+(bytes, or elements present) before anything is allocated, so no allocation is sized by a shape
+alone. Both protocols decode through :func:`from_raw` and :func:`from_list`.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any, Iterable
 
@@ -42,6 +47,20 @@ class TensorError(ValueError):
     """A tensor in a request does not fit what the model expects (a client error)."""
 
 
+class TensorTooLarge(TensorError):
+    """A tensor's shape implies more data than a request may carry (HTTP 413 /
+    RESOURCE_EXHAUSTED rather than 400 / INVALID_ARGUMENT)."""
+
+
+#: Most dimensions a tensor may have (numpy's own limit is 64).
+MAX_RANK = 32
+#: Largest nominal tensor size (elements x item size, zero dimensions counted as one) numpy can
+#: describe; any larger shape is refused before numpy sees it.
+_MAX_NOMINAL = 1 << 62
+#: Fewest bytes one BYTES element takes in the raw encoding (its 4-byte length).
+BYTES_ELEMENT_MIN = 4
+
+
 def to_numpy_dtype(datatype: str) -> np.dtype:
     """numpy dtype for a KServe datatype name ("FP32" -> float32). BYTES -> object."""
     try:
@@ -63,30 +82,61 @@ def from_numpy_dtype(dtype: Any) -> str:
         raise TensorError(f"numpy dtype {dt} has no KServe v2 datatype") from None
 
 
-def element_count(shape: Iterable[int]) -> int:
-    n = 1
+def element_count(shape: Iterable[int], itemsize: int = 1) -> int:
+    """Elements of a tensor of *shape*, after checking the shape can describe an array at all:
+    at most MAX_RANK integer dimensions, none negative, and a nominal size numpy can hold.
+    Nothing is allocated; the caller checks the count against the bytes it actually received."""
+    shape = list(shape)
+    if len(shape) > MAX_RANK:
+        raise TensorError(f"shape has {len(shape)} dimensions; at most {MAX_RANK} are supported")
+    count = nominal = 1
     for d in shape:
+        if not isinstance(d, (int, np.integer)) or isinstance(d, bool):
+            raise TensorError(f"shape {shape}: dimensions must be integers")
         if d < 0:
-            raise TensorError(f"shape {list(shape)} has a negative dimension")
-        n *= d
-    return n
+            raise TensorError(f"shape {shape} has a negative dimension")
+        count *= d
+        nominal *= max(int(d), 1)
+        if nominal * max(itemsize, 1) > _MAX_NOMINAL:
+            raise TensorError(f"shape {shape} is too large to describe an array")
+    return count
+
+
+def _check_max(count: int, per_element: int, datatype: str, shape, max_bytes: int | None
+               ) -> None:
+    """TensorTooLarge when *count* elements need more than *max_bytes* at *per_element* each
+    (the request could never carry them)."""
+    if max_bytes is not None and count * per_element > max_bytes:
+        raise TensorTooLarge(f"{datatype} tensor of shape {list(shape)} needs at least "
+                             f"{count * per_element} bytes, more than a request may carry "
+                             f"({max_bytes} bytes, limits.max_request_bytes)")
+
+
+_U32 = struct.Struct("<I").unpack_from
 
 
 def decode_bytes_tensor(raw: bytes | memoryview, count: int) -> np.ndarray:
-    """BYTES raw encoding (per element: 4-byte little-endian length, then the bytes)."""
-    out = np.empty(count, dtype=object)
+    """BYTES raw encoding (per element: 4-byte little-endian length, then the bytes). The
+    element count is checked against the data's size before anything is allocated: every
+    element takes at least BYTES_ELEMENT_MIN bytes."""
     view = memoryview(raw)
+    size = len(view)
+    if count * BYTES_ELEMENT_MIN > size:
+        raise TensorError(f"BYTES tensor of {count} elements needs at least "
+                          f"{count * BYTES_ELEMENT_MIN} bytes ({BYTES_ELEMENT_MIN} per element), "
+                          f"got {size}")
+    out = np.empty(count, dtype=object)
     pos = 0
     for i in range(count):
-        if pos + 4 > len(view):
+        if pos + 4 > size:
             raise TensorError("BYTES tensor data is shorter than its shape says")
-        (n,) = struct.unpack_from("<I", view, pos)
+        (n,) = _U32(view, pos)
         pos += 4
-        if pos + n > len(view):
+        if pos + n > size:
             raise TensorError("BYTES tensor element runs past the end of the data")
         out[i] = bytes(view[pos:pos + n])
         pos += n
-    if pos != len(view):
+    if pos != size:
         raise TensorError("BYTES tensor data is longer than its shape says")
     return out
 
@@ -100,12 +150,18 @@ def encode_bytes_tensor(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def from_raw(raw: bytes | memoryview, datatype: str, shape: list[int]) -> np.ndarray:
-    """An array over raw tensor bytes (zero copy for numeric types; read-only)."""
+def from_raw(raw: bytes | memoryview, datatype: str, shape: list[int], *,
+             max_bytes: int | None = None) -> np.ndarray:
+    """An array over raw tensor bytes (zero copy for numeric types; read-only). The shape is
+    checked against the bytes received before anything is allocated; with *max_bytes*, a shape
+    implying more than that many bytes is refused with :class:`TensorTooLarge`."""
     dtype = to_numpy_dtype(datatype)
-    count = element_count(shape)
     if datatype == "BYTES":
+        count = element_count(shape, dtype.itemsize)
+        _check_max(count, BYTES_ELEMENT_MIN, datatype, shape, max_bytes)
         return decode_bytes_tensor(raw, count).reshape(shape)
+    count = element_count(shape, dtype.itemsize)
+    _check_max(count, dtype.itemsize, datatype, shape, max_bytes)
     if len(raw) != count * dtype.itemsize:
         raise TensorError(f"{datatype} tensor of shape {list(shape)} needs "
                           f"{count * dtype.itemsize} bytes, got {len(raw)}")
@@ -121,20 +177,59 @@ def to_raw(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
-def from_list(data: Any, datatype: str, shape: list[int]) -> np.ndarray:
-    """An array from a JSON ``data`` value (flat or nested list)."""
-    dtype = to_numpy_dtype(datatype)
-    count = element_count(shape)
-    try:
-        if datatype == "BYTES":
-            flat = np.empty(count, dtype=object)
-            items = np.asarray(data, dtype=object).reshape(-1)
-            if items.size != count:
+def _bytes_elements(data: Any, count: int, shape) -> list[bytes]:
+    """The elements of a BYTES ``data`` value (flat or nested lists of strings or bytes), as
+    bytes, refusing anything else; stops as soon as there are more than *count*."""
+    if not isinstance(data, (list, tuple)):
+        raise TensorError(f"BYTES tensor data must be a list of strings, got "
+                          f"{type(data).__name__}")
+    out: list[bytes] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, str):
+                try:
+                    out.append(item.encode())
+                except UnicodeEncodeError:
+                    raise TensorError("BYTES tensor data has a string that is not valid "
+                                      "Unicode (a lone surrogate)") from None
+            elif isinstance(item, (bytes, bytearray, memoryview)):
+                out.append(bytes(item))
+            elif isinstance(item, (list, tuple)):
+                if len(stack) >= MAX_RANK:
+                    raise TensorError(f"BYTES tensor data is nested more than {MAX_RANK} deep")
+                stack.append(iter(item))
+                break
+            else:
+                raise TensorError(f"BYTES tensor data must be strings, got "
+                                  f"{type(item).__name__}")
+            if len(out) > count:
                 raise TensorError(f"BYTES tensor of shape {list(shape)} needs {count} "
-                                  f"elements, got {items.size}")
-            for i, item in enumerate(items):
-                flat[i] = item.encode() if isinstance(item, str) else bytes(item)
-            return flat.reshape(shape)
+                                  "elements, got more")
+        else:
+            stack.pop()
+    return out
+
+
+def from_list(data: Any, datatype: str, shape: list[int], *,
+              max_bytes: int | None = None) -> np.ndarray:
+    """An array from a JSON ``data`` value (flat or nested list) or a gRPC typed contents
+    list. Only the elements present are converted: the shape is checked against their number
+    before the array takes the shape's form. BYTES elements must be strings or bytes. With
+    *max_bytes*, a shape implying more than that many bytes is refused with
+    :class:`TensorTooLarge`."""
+    dtype = to_numpy_dtype(datatype)
+    if datatype == "BYTES":
+        count = element_count(shape, dtype.itemsize)
+        _check_max(count, 1, datatype, shape, max_bytes)
+        items = _bytes_elements(data, count, shape)
+        if len(items) != count:
+            raise TensorError(f"BYTES tensor of shape {list(shape)} needs {count} elements, "
+                              f"got {len(items)}")
+        return np.fromiter(items, dtype=object, count=count).reshape(shape)
+    count = element_count(shape, dtype.itemsize)
+    _check_max(count, dtype.itemsize, datatype, shape, max_bytes)
+    try:
         with np.errstate(over="ignore"):
             array = np.asarray(data, dtype=dtype)
         if dtype.kind == "f" and array.size and not np.isfinite(array).all():
@@ -152,9 +247,17 @@ def from_list(data: Any, datatype: str, shape: list[int]) -> np.ndarray:
     return array.reshape(shape)
 
 
+#: JSON has no literal for these: written as strings (the protobuf JSON mapping's names), which
+#: :func:`from_list` (and numpy, e.g. in tritonclient's ``as_numpy``) reads back.
+NONFINITE_NAMES = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 def to_list(array: np.ndarray) -> list:
-    """A flat JSON-able list (BYTES elements as UTF-8 strings)."""
+    """A flat JSON-able list (BYTES elements as UTF-8 strings; NaN and infinities of float
+    tensors as the strings "NaN", "Infinity", "-Infinity", since JSON has no such numbers)."""
     flat = array.reshape(-1)
     if array.dtype.kind in ("O", "S"):
         return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in flat]
+    if array.dtype.kind == "f" and not np.isfinite(flat).all():
+        return [v if math.isfinite(v) else NONFINITE_NAMES[repr(v)] for v in flat.tolist()]
     return flat.tolist()

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import tarfile
 import tempfile
@@ -368,6 +369,108 @@ def check_manifest(body: bytes) -> None:
             assert str(exc)
 
 
+# ------------------------------------------------------------------ the model server's REST side
+
+
+def _rest_requests() -> list[bytes]:
+    """Well-formed requests the REST server answers 200 (JSON, binary, gzip, keep-alive)."""
+    import gzip
+
+    import numpy as np
+
+    x = np.arange(4, dtype=np.float32).tobytes()
+    head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2],
+                                   "parameters": {"binary_data_size": 16}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    plain = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]}]}'
+    strings = b'{"inputs":[{"name":"s","datatype":"BYTES","shape":[2],"data":["ab",""]}]}'
+    packed = gzip.compress(plain)
+
+    def post(model: str, body: bytes, extra: str = "") -> bytes:
+        return (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\n{extra}"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return [
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" + post("echo", plain),
+        post("echo", head + x, f"Inference-Header-Content-Length: {len(head)}\r\n"),
+        post("echo", packed, "Content-Encoding: gzip\r\n"),
+        post("len", strings) + b"GET /v2/models/echo HTTP/1.1\r\n\r\n",
+        b"GET /metrics HTTP/1.0\r\n\r\n",
+    ]
+
+
+_RESPONSE = re.compile(rb"HTTP/1\.1 (\d{3}) [^\r\n]*\r\n((?:[^\r\n]+\r\n)*)\r\n")
+
+
+@functools.lru_cache(maxsize=None)
+def _rest_server():
+    """One REST server on 127.0.0.1 for the whole run (echo and BYTES models)."""
+    import atexit
+
+    from model_server.config import ModelConfig
+    from model_server.core import LoadedModel
+
+    from .ms_backends import BytesLength
+    from .rest_env import RestInThread, echo_model
+
+    mc = ModelConfig("len", "1", "tests.ms_backends:BytesLength", "/none")
+    srv = RestInThread({"echo": echo_model(), "len": LoadedModel(mc, [BytesLength(mc, None)])},
+                       max_request_bytes=1 << 16)
+    atexit.register(srv.close)
+    return srv
+
+
+rest_cases = st.tuples(st.integers(0, len(_rest_requests()) - 1), mutations)
+
+
+def check_rest(case: tuple) -> None:
+    """A mutated request on a real connection: the answer is nothing (an incomplete request)
+    or a sequence of complete, well-framed responses, never a 500, and the server serves on."""
+    COUNTS["REST requests"] += 1
+    index, mutation = case
+    srv = _rest_server()
+    data = mutate(_rest_requests()[index], mutation)
+    answer = srv.exchange(data)
+    pos = 0
+    while pos < len(answer):
+        m = _RESPONSE.match(answer, pos)
+        assert m, (data, answer[pos:pos + 200])
+        status = int(m.group(1))
+        assert 200 <= status < 600 and status != 500, (data, answer)
+        lengths = re.findall(rb"(?im)^content-length: (\d+)\r$", m.group(2))
+        assert len(lengths) == 1, (data, answer)
+        pos = m.end() + int(lengths[0])
+        assert pos <= len(answer), (data, answer)
+    if mutation == ([], None, b""):
+        assert answer.count(b" 200 OK") >= 1, answer
+    health = srv.exchange(b"GET /v2/health/ready HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200"), health
+
+
+def check_rest_body(case: tuple) -> None:
+    """A mutated inference body decoded for the echo and BYTES models: arrays, or ServeError
+    with a message (never another exception)."""
+    from model_server.config import ModelConfig
+    from model_server.core import LoadedModel, ServeError
+    from model_server.rest import decode_infer
+
+    from .ms_backends import BytesLength
+    from .rest_env import echo_model
+
+    COUNTS["KServe REST bodies"] += 1
+    index, mutation = case
+    request = _rest_requests()[index]
+    head, _, body = request.partition(b"\r\n\r\n")
+    m = re.search(rb"Inference-Header-Content-Length: (\d+)", head)
+    header_len = int(m.group(1)) if m else None
+    body = mutate(body, mutation)
+    mc = ModelConfig("len", "1", "tests.ms_backends:BytesLength", "/none")
+    for model in (echo_model(), LoadedModel(mc, [BytesLength(mc, None)])):
+        try:
+            decode_infer(model, body, header_len, 1 << 16)
+        except ServeError as exc:
+            assert exc.message and exc.kind in (ServeError.INVALID, ServeError.TOO_LARGE), exc
+
+
 # ------------------------------------------------------------------ registry of targets
 
 TARGETS: dict[str, tuple[Any, Callable[[Any], None]]] = {
@@ -377,6 +480,8 @@ TARGETS: dict[str, tuple[Any, Callable[[Any], None]]] = {
     "PF decryption": (mutations, check_pf),
     "SIGSTRUCT parsing": (mutations, check_sigstruct),
     "registry manifests/indexes": (manifest_cases, check_manifest),
+    "REST requests": (rest_cases, check_rest),
+    "KServe REST bodies": (rest_cases, check_rest_body),
 }
 
 

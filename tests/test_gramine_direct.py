@@ -104,7 +104,8 @@ def root(gramine_base_dir: Path):  # noqa: F811
 def test_base_has_real_gramine_and_runtimes(gramine_base_dir: Path) -> None:  # noqa: F811
     assert has_gramine_direct(gramine_base_dir)
     site = gramine_base_dir / "usr/local/lib/python3.11/dist-packages"
-    for package in ("numpy", "grpc", "google/protobuf", "ai_edge_litert", "openvino", "cbor2"):
+    for package in ("numpy", "grpc", "google/protobuf", "ai_edge_litert", "openvino", "cbor2",
+                    "httptools"):
         assert (site / package).is_dir(), package
     assert resolve_user(gramine_base_dir, "10001") == (10001, 0)
     assert resolve_user(gramine_base_dir, "enclave") == (10001, 0)

@@ -4,9 +4,6 @@ small protocol rules (JSON depth, FP32 range, header/URL size, gRPC contents).""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import socket
 import threading
 import time
 
@@ -18,9 +15,14 @@ from model_server.config import ConfigError, Limits, ModelConfig, parse_config
 from model_server.core import ByteBudget, Engine, LoadedModel, ServeError
 from model_server.datatypes import TensorError, from_list
 from model_server.metrics import Metrics
-from model_server.rest import RESTServer, decode_infer
+from model_server.rest import decode_infer
 
 from . import models as test_models
+from .rest_env import INFER as _INFER
+from .rest_env import RestInThread
+from .rest_env import post_request as _post
+from .rest_env import read_all as _read_all
+from .rest_env import wait_until as _wait_until
 from .test_model_server import BASE, EchoBackend, _echo_model
 
 # as the server compiles it: f32 (not bfloat16 on CPUs with bf16 units), one thread
@@ -193,6 +195,12 @@ def test_config_buffer_connection_and_timeout_limits():
     assert c.limits.max_buffered_bytes == 1000 and c.limits.idle_timeout == 0.5
     with pytest.raises(ConfigError, match="limits.header_timeout"):
         parse_config(dict(BASE, limits={"header_timeout": 0}))
+    assert c.limits.first_byte_timeout == 5 and c.limits.body_stall_timeout == 10
+    c = parse_config(dict(BASE, limits={"first_byte_timeout": 0.25, "body_stall_timeout": 2}))
+    assert c.limits.first_byte_timeout == 0.25 and c.limits.body_stall_timeout == 2
+    for key in ("first_byte_timeout", "body_stall_timeout"):
+        with pytest.raises(ConfigError, match=f"limits.{key}"):
+            parse_config(dict(BASE, limits={key: -1}))
     with pytest.raises(ConfigError, match="limits.max_connections"):
         parse_config(dict(BASE, limits={"max_connections": "9"}))
 
@@ -238,68 +246,11 @@ def test_grpc_message_refused_when_the_buffer_budget_is_used_up():
 # ---------------------------------------------------------------- REST on a real socket
 
 
-class RestInThread:
-    """A RESTServer on 127.0.0.1 serving the echo model, in its own event loop thread."""
-
-    def __init__(self, **limits) -> None:
-        limits = {"max_request_bytes": 4096, "header_timeout": 0.5, "idle_timeout": 0.8,
-                  "body_timeout": 0.5, **limits}
-        self.limits = Limits(**limits)
-        self.engine = Engine({"echo": _echo_model()}, self.limits)
-        self.loop = asyncio.new_event_loop()
-        self.rest = RESTServer(self.engine, Metrics(), "t", self.limits.max_request_bytes,
-                               True, self.limits)
-        started = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(self.loop)
-            self.port = self.loop.run_until_complete(self.rest.start("127.0.0.1", 0))
-            started.set()
-            self.loop.run_forever()
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert started.wait(5)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.rest.drain(1), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.engine.close()
-
-    def connect(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
-
-    def exchange(self, data: bytes, shutdown: bool = True) -> bytes:
-        """Send, half-close, read everything until the server closes."""
-        with self.connect() as s:
-            s.sendall(data)
-            if shutdown:
-                s.shutdown(socket.SHUT_WR)
-            return _read_all(s)
-
-
-def _read_all(s: socket.socket) -> bytes:
-    out = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            return out
-        out += chunk
-
-
 @pytest.fixture
 def rest():
     srv = RestInThread()
     yield srv
     srv.close()
-
-
-_INFER = (b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]}]}')
-
-
-def _post(body: bytes, headers: str) -> bytes:
-    return (b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n" + headers.encode() +
-            b"\r\n" + body)
 
 
 def test_rest_request_smuggling_is_refused_and_the_connection_closed(rest):
@@ -355,48 +306,46 @@ def test_rest_header_body_and_idle_deadlines(rest):
             t.join(5)
 
 
-def _wait_until(condition, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not reached within {timeout:g} s: {what}"
-        time.sleep(0.01)
-
-
-def test_rest_connection_cap():
-    # idle_timeout long enough that the two idle connections are still open, however slowly
-    # the machine runs, when the third one arrives
-    srv = RestInThread(max_connections=2, idle_timeout=30)
+def test_rest_connection_cap_closes_the_longest_idle_connection():
+    """At max_connections a new connection is served: the connection idle the longest is
+    closed to make room (it was refused with 503 before, so idle sockets locked clients out)."""
+    # timeouts long enough that the idle connections are still open, however slowly the
+    # machine runs, when the third one arrives
+    srv = RestInThread(max_connections=2, idle_timeout=30, first_byte_timeout=30)
     try:
-        a, b = srv.connect(), srv.connect()
-        _wait_until(lambda: len(srv.rest._idle) == 2, "the server holds both connections")
+        a = srv.connect()
+        _wait_until(lambda: srv.rest.open_connections == 1, "the server holds the first")
+        b = srv.connect()
+        _wait_until(lambda: srv.rest.open_connections == 2, "the server holds both connections")
         answer = srv.exchange(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert answer.startswith(b"HTTP/1.1 503") and b"max_connections" in answer
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert _read_all(a) == b""                       # the oldest idle one was closed
+        b.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _read_all(b).startswith(b"HTTP/1.1 200")  # the younger one still serves
         a.close()
         b.close()
-        _wait_until(lambda: not srv.rest._idle, "the server saw both connections close")
-        answer = srv.exchange(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"
-                              b"Connection: close\r\n\r\n")
-        assert answer.startswith(b"HTTP/1.1 200")
     finally:
         srv.close()
 
 
 def test_rest_buffer_budget_across_connections():
-    """Two connections each announcing a body of max_request_bytes: with a budget of 1.5x, the
-    second is refused with 503 before its body is read; once the first is done, there is room."""
-    srv = RestInThread(max_request_bytes=4096, max_buffered_bytes=6000, body_timeout=5)
+    """Body bytes are reserved as they arrive: with a budget of 6000 and one body holding 4000
+    received bytes, a second 4096-byte body does not fit and is refused with 503; once the first
+    is done, there is room again."""
+    srv = RestInThread(max_request_bytes=4096, max_buffered_bytes=6000, body_timeout=5,
+                       body_stall_timeout=5)
     try:
         body = _INFER + b" " * (4096 - len(_INFER))
         with srv.connect() as holder:
-            holder.sendall(_post(body[:10], "Content-Length: 4096\r\n"))
-            _wait_until(lambda: srv.rest.budget.used >= 4096, "the first body's bytes reserved")
+            holder.sendall(_post(body[:4000], "Content-Length: 4096\r\n"))
+            _wait_until(lambda: srv.rest.budget.used >= 4000, "the first body's bytes reserved")
             answer = srv.exchange(_post(body, "Content-Length: 4096\r\n"))
             assert answer.startswith(b"HTTP/1.1 503") and b"max_buffered_bytes" in answer
-            holder.sendall(body[10:])
+            holder.sendall(body[4000:])
             assert holder.recv(100).startswith(b"HTTP/1.1 200")
         answer = srv.exchange(_post(body, "Content-Length: 4096\r\nConnection: close\r\n"))
         assert answer.startswith(b"HTTP/1.1 200")
-        assert srv.rest.budget.used == 0
+        _wait_until(lambda: srv.rest.budget.used == 0, "every reservation released")
     finally:
         srv.close()
 
