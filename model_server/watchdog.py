@@ -18,7 +18,7 @@ class Deadline:
 
     def __init__(self, due: float, action: Callable[[], None]) -> None:
         self.due = due
-        self.action = action
+        self.action: Callable[[], None] | None = action
         self.fired = self.disarmed = False
 
 
@@ -39,11 +39,14 @@ class Watchdog:
         return deadline
 
     def disarm(self, deadline: Deadline) -> bool:
-        """True if the action will never run; False if it ran (or is running) already."""
+        """True if the action will never run; False if it ran (or is running) already. The
+        action is dropped at once: it may hold a whole call alive (a grpc context keeps its
+        call, and with it an HTTP/2 stream counted against the connection's limit)."""
         with self._lock:
             if deadline.fired:
                 return False
             deadline.disarmed = True
+            deadline.action = None
             return True
 
     def _run(self) -> None:
@@ -56,10 +59,12 @@ class Watchdog:
                     if deadline.disarmed:
                         continue
                     deadline.fired = True
+                    action, deadline.action = deadline.action, None
                 try:
-                    deadline.action()
+                    action()
                 except Exception:  # noqa: BLE001 - one failing action must not stop the rest
                     log.exception("a deadline's action failed")
+                del action
             wait = self._tick
             if armed:
                 wait = min(wait, max(0.0, armed[0].due - now))

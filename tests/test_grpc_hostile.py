@@ -185,6 +185,24 @@ def test_streams_without_a_message_cannot_lock_out_grpc(tmp_path):
         server.stderr
 
 
+def test_calls_on_one_connection_give_their_streams_back(tmp_path):
+    """40 calls one after the other on one connection allowing 4 at once: every call's stream
+    is released when it ends (a deadline that kept the call alive once made the 5th call fail
+    with REFUSED_STREAM)."""
+    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {"max_streams_per_connection": 4})
+    client = tgrpc.InferenceServerClient(server.grpc)
+    try:
+        inp = tgrpc.InferInput("x", list(X.shape), "FP32")
+        inp.set_data_from_numpy(X)
+        for _ in range(40):
+            assert np.array_equal(client.infer("m", [inp], client_timeout=10).as_numpy("y"),
+                                  X * 2)
+            assert client.is_server_live(client_timeout=10)
+    finally:
+        client.close()
+        assert server.stop() == 0, server.stderr
+
+
 # ---------------------------------------------------------------- item 5: connections
 
 

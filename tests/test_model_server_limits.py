@@ -113,6 +113,28 @@ def test_watchdog_fires_late_deadlines_in_order_and_never_disarmed_ones():
         dog.stop()
 
 
+def test_watchdog_lets_go_of_a_disarmed_action():
+    """A disarmed deadline keeps nothing alive: its action is a grpc context's cancel, and a
+    context kept alive keeps its call's HTTP/2 stream open, which ran a connection out of
+    streams after max_streams_per_connection calls."""
+    import gc
+    import weakref
+
+    class Call:
+        def cancel(self):
+            pass
+    dog = Watchdog(60)
+    try:
+        call = Call()
+        gone = weakref.ref(call)
+        assert dog.disarm(dog.arm(call.cancel))
+        del call
+        gc.collect()
+        assert gone() is None
+    finally:
+        dog.stop()
+
+
 def test_watchdog_survives_a_failing_action():
     done = threading.Event()
     dog = Watchdog(0.01)
