@@ -20,7 +20,7 @@ import logging
 import signal
 import ssl
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .backends import BackendError
@@ -29,6 +29,10 @@ from .core import Engine, load_models
 from .keys import KeyFetchError, KeyRing, prepare_keys
 from .metrics import Metrics
 from .resources import fit_open_files
+
+if TYPE_CHECKING:
+    from .grpc_service import GRPCServer
+    from .rest import RESTServer
 
 log = logging.getLogger("model_server")
 PREFIX = "model_server:"
@@ -135,7 +139,8 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
             await asyncio.to_thread(grpc_server.stop, 0)
 
 
-async def drain(config: ServerConfig, engine: Engine, grpc_server, rest) -> int:
+async def drain(config: ServerConfig, engine: Engine, grpc_server: "GRPCServer | None",
+                rest: "RESTServer | None") -> int:
     """Readiness false, listeners closed; at ``drain_seconds`` every request still queued fails
     (:meth:`Engine.stop_admitting`); running requests get FINISH_SECONDS more. Returns the REST
     requests cut off."""
@@ -152,7 +157,7 @@ async def drain(config: ServerConfig, engine: Engine, grpc_server, rest) -> int:
     except asyncio.TimeoutError:
         failed = engine.stop_admitting(
             f"server shutting down: the drain deadline (drain_seconds {config.drain_seconds:g}"
-            " s) passed while this request was queued")
+            " s) has passed")
         if failed:
             log.warning("drain deadline: %d queued requests answered UNAVAILABLE", failed)
     results = await everything
