@@ -4,12 +4,16 @@ starts a thread only when no started one is idle, up to ``max_workers``, and run
 Where threads are scarce (an enclave has ``sgx.max_threads``), a thread that cannot be started
 is not an error: the pool's capacity becomes the threads it has (``on_capacity`` is told, once,
 so admission can share that many among the models) and calls wait for one of them.
+
+Calls wait in a :class:`queue.SimpleQueue` (workers block in C, no Python lock juggling per
+call); who takes the next call is counted exactly under a lock: an idle thread, a thread
+started for it, or (at capacity) the next thread to finish.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
+import queue
 import threading
 from concurrent.futures import Executor, Future
 from typing import Callable
@@ -25,9 +29,10 @@ class HandlerPool(Executor):
         self._prefix = thread_name_prefix
         self._on_capacity = on_capacity
         self._thread_factory = thread_factory
-        self._work: collections.deque = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
-        self._idle = 0          # started threads waiting for work and not yet spoken for
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0          # threads blocked (or about to block) on an empty queue
+        self._backlog = 0       # calls queued at capacity, for the next thread that finishes
         self._threads: list[threading.Thread] = []
         self._shutdown = False
 
@@ -38,13 +43,11 @@ class HandlerPool(Executor):
     def submit(self, fn, /, *args, **kwargs) -> Future:
         future: Future = Future()
         reduced = None
-        with self._cond:
+        with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new calls after shutdown")
-            self._work.append((future, fn, args, kwargs))
             if self._idle:
                 self._idle -= 1
-                self._cond.notify()
             elif len(self._threads) < self.capacity:
                 thread = self._thread_factory(target=self._run, daemon=True,
                                               name=f"{self._prefix}_{len(self._threads)}")
@@ -52,26 +55,28 @@ class HandlerPool(Executor):
                     thread.start()
                 except RuntimeError as exc:          # "can't start new thread"
                     if not self._threads:
-                        self._work.pop()
                         raise
                     self.capacity = reduced = len(self._threads)
+                    self._backlog += 1
                     log.warning("gRPC: cannot start another handler thread (%s); calls wait "
                                 "for one of the %d running", exc, reduced)
                 else:
                     self._threads.append(thread)
+            else:
+                self._backlog += 1
+            self._queue.put((future, fn, args, kwargs))
         if reduced is not None and self._on_capacity is not None:
             self._on_capacity(reduced)
         return future
 
     def _run(self) -> None:
+        get, lock = self._queue.get, self._lock
         while True:
-            with self._cond:
-                while not self._work:
-                    if self._shutdown:
-                        return
-                    self._idle += 1
-                    self._cond.wait()
-                future, fn, args, kwargs = self._work.popleft()
+            item = get()
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            del item
             if future.set_running_or_notify_cancel():
                 try:
                     result = fn(*args, **kwargs)
@@ -80,17 +85,29 @@ class HandlerPool(Executor):
                 else:
                     future.set_result(result)
             del future, fn, args, kwargs
+            with lock:
+                if self._backlog:
+                    self._backlog -= 1
+                else:
+                    self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; the queued ones still run (grpc answers them) unless *cancel_futures*."""
-        with self._cond:
-            self._shutdown = True
-            if cancel_futures:
-                while self._work:
-                    self._work.popleft()[0].cancel()
-            self._idle = 0
-            self._cond.notify_all()
-            threads = list(self._threads)
+        with self._lock:
+            if self._shutdown:
+                threads = []
+            else:
+                self._shutdown = True
+                if cancel_futures:
+                    while True:
+                        try:
+                            item = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        item[0].cancel()
+                threads = list(self._threads)
+                for _ in threads:
+                    self._queue.put(None)
         if wait:
             for thread in threads:
                 thread.join()
