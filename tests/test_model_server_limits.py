@@ -6,7 +6,6 @@ The same limits over real connections: test_grpc_hostile."""
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ import pytest
 from model_server.config import Limits, ModelConfig, parse_config
 from model_server.grpc_service import control_pool, server_options
 from model_server.handler_pool import HandlerPool
-from model_server.resources import OWN_FDS, config_fds, fds_needed, fit_open_files
+from model_server.resources import OWN_FDS, config_fds, fds_needed
 from model_server.watchdog import Watchdog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -214,4 +213,3 @@ def test_config_fds_leaves_out_a_listener_that_is_off():
     c = parse_config({"version": 1, "service": "s", "grpc": None,
                       "models": [{"name": "m", "backend": "tflite", "path": "/m"}]})
     assert config_fds(c) == 256 + 2 + OWN_FDS
-    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 0
