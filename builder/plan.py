@@ -90,6 +90,9 @@ class EnclaveResources:
     #: Stack of the main thread and every thread's default stack (RLIMIT_STACK). Gramine's own
     #: default (256K) crashes deep C recursion; 8M matches a native process.
     stack_size: int = 8 << 20
+    #: File descriptors the program may hold open (Gramine ``sys.fds.limit``); None: the
+    #: libOS default (Gramine's is 900).
+    max_open_files: int | None = None
 
 
 @dataclass

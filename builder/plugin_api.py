@@ -38,7 +38,8 @@ __all__ = [
     "base_plan", "service_key_name", "model_key_name", "default_key_name", "require_one_key",
     "require_models",
     "spec_error", "add_model", "add_secret_file", "model_image_path", "python_server_plan",
-    "ship_python_package", "server_config", "deliver_keys_as_files",
+    "ship_python_package", "server_config", "deliver_keys_as_files", "server_open_files",
+    "refuse_model_server_keys",
 ]
 
 #: Where encrypted non-model files (TLS material, configs) live inside the enclave.
@@ -624,6 +625,8 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
                         "path": path, "key": model_key_name(spec, model) if model.encrypt else None,
                         "instances": instances, "threads": threads,
                         "options": dict(options or {})})
+        if model.max_queue is not None:
+            entries[-1]["max_queue"] = model.max_queue
     tls = None
     if spec.tls is not None:
         cert = add_secret_file(plan, spec, "tls.crt", source=spec.tls.cert)
@@ -632,4 +635,26 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     config = server_config(spec, plan, entries, grpc_port=grpc_port, rest_port=rest_port, tls=tls)
     plan.add_file(None, SERVER_CONFIG, FileKind.TRUSTED,
                   data=(json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    plan.enclave.max_open_files = server_open_files(config)
     return plan
+
+
+def server_open_files(config: Mapping[str, Any]) -> int:
+    """The file descriptors enclave-build's model server may hold with *config* (its
+    connection caps, model files and its own; ``model_server.resources``): the enclave's
+    ``sys.fds.limit``, so idle connections meet the server's caps before the libOS's limit."""
+    from model_server.config import parse_config
+    from model_server.resources import config_fds
+
+    return config_fds(parse_config(dict(config), SERVER_CONFIG))
+
+
+def refuse_model_server_keys(spec: Spec, framework: str) -> None:
+    """For frameworks that run their own server binary: a located spec error for ``[[models]]``
+    keys only enclave-build's model server reads (``max_queue``)."""
+    for index, model in enumerate(spec.models):
+        if model.max_queue is not None:
+            raise spec_error(spec, ("models", index, "max_queue"),
+                             f"max_queue applies to enclave-build's model server (tflite, "
+                             f'openvino mode "python"); framework {framework} runs its own '
+                             "server, which queues by its own settings: remove it")

@@ -45,6 +45,10 @@ MODELS = Section("models", "the models to serve", (
     Field("key", "str", "name of the wrap key for this model (default: SERVICE-key); frameworks "
           "that run a binary (tfserving, openvino mode \"ovms\") allow one key per service",
           pattern=_KEY_NAME, pattern_doc="letters, digits, '_' and '-', at most 64 characters"),
+    Field("max_queue", "int", "enclave-build's model server (tflite, openvino mode \"python\"): "
+          "requests that may wait for this model's instances, beyond them refused at once "
+          "(default: the model's share of the server's queue, 256, in proportion to its "
+          "instances)", minimum=0, maximum=65536),
 ), array=True)
 
 ENCLAVE = Section("enclave", "enclave resources and identity", (
@@ -132,6 +136,7 @@ class ModelSpec:
     encrypt: bool
     version: int
     key: str | None
+    max_queue: int | None = None   # enclave-build's model server only
 
 
 @dataclass(frozen=True)
@@ -323,8 +328,8 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
     return Spec(
         path=path,
         service=ServiceSpec(service["name"], service["framework"], service["libos"]),
-        models=tuple(ModelSpec(m["name"], m["path"], m["encrypt"], m["version"], m["key"])
-                     for m in models),
+        models=tuple(ModelSpec(m["name"], m["path"], m["encrypt"], m["version"], m["key"],
+                               m["max_queue"]) for m in models),
         enclave=EnclaveSpec(enclave["size"], enclave["max_threads"], enclave["edmm"],
                             enclave["debug"], enclave["isv_prod_id"], enclave["isv_svn"],
                             enclave["log_level"]),

@@ -48,7 +48,9 @@ class Limits:
 
     * ``max_request_bytes``: one request's body / message (HTTP 413, gRPC RESOURCE_EXHAUSTED).
     * ``max_concurrent_requests`` / ``max_queue``: requests executing, and waiting beyond that;
-      past both a request is refused (UNAVAILABLE / 503).
+      past both a request is refused (UNAVAILABLE / 503). Waiting is per model: a model runs
+      ``instances`` requests at once and queues at most its ``max_queue`` (default: its share
+      of ``max_queue`` in proportion to its instances); these two bound the whole server.
     * ``max_buffered_bytes``: server-wide budget of request bytes being received or held (REST
       bodies, gRPC messages, decompressed bodies); when it is used up a request is refused with
       HTTP 503 / gRPC RESOURCE_EXHAUSTED. 0 (the default)
@@ -58,6 +60,9 @@ class Limits:
       idle the longest; when none is idle, a few more are admitted for health checks only and
       anything else is answered 503. Lowered (with a warning) when the process's file
       descriptor limit could not hold that many.
+    * ``max_grpc_connections``: open gRPC (HTTP/2) connections; one more is closed at once.
+    * ``max_streams_per_connection``: gRPC calls open at once on one connection (HTTP/2
+      SETTINGS_MAX_CONCURRENT_STREAMS); a client's further calls wait for one of them to end.
     * ``first_byte_timeout``: seconds a new REST connection may take to send its first byte
       (then it is closed); ``header_timeout``: seconds a REST client has to send a whole request
       header block (from its first byte), and for a TLS handshake; ``idle_timeout``: seconds a
@@ -65,6 +70,9 @@ class Limits:
       that does not read); ``body_timeout``: seconds to receive a whole request body;
       ``body_stall_timeout``: the longest pause while a body arrives (a body that stops
       making progress is answered 408 and its bytes released).
+    * gRPC: ``header_timeout`` bounds a connection's handshake (TLS, HTTP/2 settings),
+      ``idle_timeout`` a connection without calls, ``body_timeout`` the wait for a call's
+      request message (the call is then cancelled).
     """
 
     max_request_bytes: int = 64 << 20
@@ -72,6 +80,8 @@ class Limits:
     max_queue: int = 256                # waiting beyond that: refused (RESOURCE_EXHAUSTED / 503)
     max_buffered_bytes: int = 0         # 0: 4 x max_request_bytes
     max_connections: int = 256          # open REST connections
+    max_grpc_connections: int = 256     # open gRPC connections
+    max_streams_per_connection: int = 32  # gRPC calls at once on one connection
     first_byte_timeout: float = 5.0
     header_timeout: float = 10.0
     idle_timeout: float = 30.0
@@ -93,6 +103,7 @@ class ModelConfig:
     instances: int = 1            # interpreter instances in this model's pool
     threads: int = 1              # runtime threads per instance
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific
+    max_queue: int | None = None  # requests waiting for an instance; None: share of limits
 
 
 #: How the keys reach the server: fetched by the server itself over RA-TLS (Gramine), or left
@@ -314,13 +325,17 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ServerConfig:
         if not isinstance(item, dict):
             raise ConfigError(f"{where}: expected an object")
         _known(item, {"name", "version", "backend", "path", "key", "instances", "threads",
-                      "options"}, where)
+                      "options", "max_queue"}, where)
+        queue = item.get("max_queue")
+        if queue is not None and (not isinstance(queue, int) or isinstance(queue, bool)
+                                  or queue < 0):
+            raise ConfigError(f"{where}.max_queue: expected an integer >= 0, got {queue!r}")
         try:
             models.append(ModelConfig(
                 name=str(item["name"]), version=str(item.get("version", "1")),
                 backend=str(item["backend"]), path=str(item["path"]), key=item.get("key"),
                 instances=int(item.get("instances", 1)), threads=int(item.get("threads", 1)),
-                options=dict(item.get("options") or {})))
+                options=dict(item.get("options") or {}), max_queue=queue))
         except KeyError as exc:
             raise ConfigError(f"{where}: missing {exc.args[0]}") from None
     names = [m.name for m in models]
@@ -338,7 +353,8 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ServerConfig:
     if not isinstance(limits_table, dict):
         raise ConfigError(f"{source}: limits: expected an object")
     _known(limits_table, {"max_request_bytes", "max_concurrent_requests", "max_queue",
-                          "max_buffered_bytes", "max_connections", "first_byte_timeout",
+                          "max_buffered_bytes", "max_connections", "max_grpc_connections",
+                          "max_streams_per_connection", "first_byte_timeout",
                           "header_timeout", "idle_timeout", "body_timeout",
                           "body_stall_timeout"}, f"{source}: limits")
     for k, v in limits_table.items():

@@ -1,17 +1,16 @@
 """What both protocols share: loaded models with their interpreter pools, request validation,
-admission control (bounded concurrency and queue), and the errors the protocols translate.
+admission control (per-model queues and a server-wide bound, see :mod:`model_server.admission`),
+and the errors the protocols translate.
 
 Both are used from two sides at once: REST requests are asyncio tasks on the event loop
 (:meth:`Engine.infer`, inference in :attr:`Engine.executor`), gRPC requests run in the gRPC
 server's handler threads and infer right there (:meth:`Engine.infer_sync`, no second thread hop).
-Admission slots and interpreter instances are handed over FIFO under a lock to either kind of
-waiter.
+Interpreter instances are handed over FIFO under a lock to either kind of waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,92 +19,16 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .admission import Admission, InstancePool
 from .backends import Backend, TensorSpec, load_backend_class
 from .config import Limits, ModelConfig
 from .datatypes import TensorError
+from .errors import ServeError
+
+__all__ = ["Admission", "ByteBudget", "Counters", "Engine", "InstancePool", "LoadedModel",
+           "ServeError", "load_models", "queue_shares"]
 
 log = logging.getLogger("model_server")
-
-
-class ServeError(Exception):
-    """A request failed; ``kind`` picks the protocol status (see grpc_service / rest)."""
-
-    INVALID = "invalid"          # INVALID_ARGUMENT / 400
-    NOT_FOUND = "not_found"      # NOT_FOUND / 404
-    UNAVAILABLE = "unavailable"  # UNAVAILABLE / 503 (queue full, draining)
-    TOO_LARGE = "too_large"      # RESOURCE_EXHAUSTED / 413
-    INTERNAL = "internal"        # INTERNAL / 500
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-class _Waiter:
-    """One request waiting for a slot or an instance: an asyncio future (woken on its loop) or a
-    thread (woken through a lock). ``granted``/``abandoned`` only change under the owner's lock."""
-
-    __slots__ = ("granted", "abandoned", "value", "_loop", "_fut", "_lock")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.granted = self.abandoned = False
-        self.value = None
-        self._loop = loop
-        if loop is None:
-            self._lock = threading.Lock()
-            self._lock.acquire()
-        else:
-            self._fut = loop.create_future()
-
-    def wake(self) -> None:
-        if self._loop is None:
-            self._lock.release()
-        else:
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is self._loop:
-                _resolve(self._fut)
-            else:
-                self._loop.call_soon_threadsafe(_resolve, self._fut)
-
-    def wait_thread(self):
-        self._lock.acquire()
-        return self.value
-
-    async def wait_async(self, lock: threading.Lock, waiters: collections.deque,
-                         give_back) -> object:
-        try:
-            await self._fut
-        except asyncio.CancelledError:
-            with lock:
-                owned = self.granted
-                if not owned:
-                    self.abandoned = True
-                    waiters.remove(self)
-            if owned:                  # handed over just before the cancellation: pass it on
-                give_back(self.value)
-            raise
-        return self.value
-
-
-def _resolve(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _grant(waiters: collections.deque, value) -> _Waiter | None:
-    """Under the owner's lock: give *value* to the first waiter still waiting (None: nobody
-    waits). The caller wakes it after releasing the lock."""
-    while waiters:
-        w = waiters.popleft()
-        if not w.abandoned:
-            w.granted = True
-            w.value = value
-            return w
-    return None
 
 
 class LoadedModel:
@@ -125,13 +48,12 @@ class LoadedModel:
         self.input_specs = {s.name: s for s in self.inputs}
         self.output_names = [s.name for s in self.outputs]
         self._instances = instances
-        self._free: collections.deque[Backend] = collections.deque(instances)
-        self._waiters: collections.deque[_Waiter] = collections.deque()
-        self._lock = threading.Lock()
+        # one request per instance; the engine sets pool.max_queue from the limits
+        self.pool: InstancePool[Backend] = InstancePool(self.name, list(instances), 0)
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return self.pool.waiting
 
     def check_input(self, name: str, datatype: str, shape: list[int]) -> TensorSpec:
         spec = self.input_specs.get(name)
@@ -185,51 +107,27 @@ class LoadedModel:
                                  f"outputs: {', '.join(self.output_names)}")
         return names or list(self.output_names)
 
-    async def _acquire(self) -> Backend:
-        with self._lock:
-            if self._free:
-                return self._free.pop()      # LIFO: the most recently used (cache-warm) instance
-            w = _Waiter(asyncio.get_running_loop())
-            self._waiters.append(w)
-        return await w.wait_async(self._lock, self._waiters, self._release)
-
-    def _acquire_sync(self) -> Backend:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-            w = _Waiter(None)
-            self._waiters.append(w)
-        return w.wait_thread()
-
-    def _release(self, instance: Backend) -> None:
-        with self._lock:
-            w = _grant(self._waiters, instance)
-            if w is None:
-                self._free.append(instance)
-                return
-        w.wake()
-
     async def run(self, executor: ThreadPoolExecutor, arrays: dict[str, np.ndarray],
                   started: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
         """*started* is called once the request has its instance (before that it only waits,
         and may be cancelled)."""
-        instance = await self._acquire()
+        instance = await self.pool.acquire()
         try:
             if started is not None:
                 started()
             result = await asyncio.get_running_loop().run_in_executor(
                 executor, instance.infer, arrays)
         finally:
-            self._release(instance)
+            self.pool.release(instance)
         return self.check_result(result)
 
     def run_sync(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Infer in the calling thread (a gRPC handler thread)."""
-        instance = self._acquire_sync()
+        instance = self.pool.acquire_sync()
         try:
             result = instance.infer(arrays)
         finally:
-            self._release(instance)
+            self.pool.release(instance)
         return self.check_result(result)
 
     def close(self) -> None:
@@ -238,54 +136,6 @@ class LoadedModel:
                 inst.close()
             except Exception:  # noqa: BLE001
                 log.exception("closing an instance of model %s", self.name)
-
-
-class Admission:
-    """At most ``max_concurrent`` requests in flight; up to ``max_queue`` more wait; beyond that
-    a request is refused at once (UNAVAILABLE / 503)."""
-
-    def __init__(self, limits: Limits) -> None:
-        self.max_concurrent = max(1, limits.max_concurrent_requests)
-        self.max_queue = max(0, limits.max_queue)
-        self.in_flight = 0
-        self._waiters: collections.deque[_Waiter] = collections.deque()
-        self._lock = threading.Lock()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> _Waiter | None:
-        """A slot now (None), a place in the queue (the waiter), or UNAVAILABLE."""
-        with self._lock:
-            if self.in_flight < self.max_concurrent and not self._waiters:
-                self.in_flight += 1
-                return None
-            if len(self._waiters) >= self.max_queue:
-                raise ServeError(ServeError.UNAVAILABLE,
-                                 f"server busy: {self.in_flight} requests in flight and "
-                                 f"{len(self._waiters)} queued (limits.max_queue)")
-            w = _Waiter(loop)
-            self._waiters.append(w)
-            return w
-
-    async def acquire(self) -> None:
-        w = self._enter(asyncio.get_running_loop())
-        if w is not None:   # the releasing request hands its slot over (in_flight unchanged)
-            await w.wait_async(self._lock, self._waiters, lambda _: self.release())
-
-    def acquire_sync(self) -> None:
-        w = self._enter(None)
-        if w is not None:
-            w.wait_thread()
-
-    def release(self) -> None:
-        with self._lock:
-            w = _grant(self._waiters, None)
-            if w is None:
-                self.in_flight -= 1
-                return
-        w.wake()
 
 
 class ByteBudget:
@@ -324,28 +174,63 @@ class Counters:
     ok: int = 0
     refused: int = 0     # inference requests refused before admission (malformed, too large,
     #                      unknown model, no buffer room)
+    cut_off: int = 0     # admitted, still queued at the drain deadline: answered UNAVAILABLE
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
 
-    def add(self, name: str) -> None:
-        """Count one (gRPC handler threads and the event loop count at the same time)."""
+    def add(self, name: str, n: int = 1) -> None:
+        """Count *n* (gRPC handler threads and the event loop count at the same time)."""
         with self._lock:
-            setattr(self, name, getattr(self, name) + 1)
+            setattr(self, name, getattr(self, name) + n)
+
+
+def queue_shares(models: Iterable[LoadedModel], places: int) -> dict[str, int]:
+    """*places* shared among *models* in proportion to their instances (rounded down)."""
+    models = list(models)
+    total = sum(m.pool.size for m in models) or 1
+    return {m.name: places * m.pool.size // total for m in models}
 
 
 class Engine:
-    """The models of this server and how a validated request runs on them."""
+    """The models of this server and how a validated request runs on them.
+
+    Admission: a request is refused (UNAVAILABLE) when ``limits.max_concurrent_requests +
+    limits.max_queue`` requests are admitted server-wide; otherwise it runs on a free instance
+    of its model or waits in that model's queue (``models[].max_queue``, default its share of
+    ``limits.max_queue`` in proportion to its instances), refused when that queue is full. No
+    request ever waits on another model's traffic."""
 
     def __init__(self, models: dict[str, LoadedModel], limits: Limits) -> None:
         self.models = models
         self.limits = limits
-        self.admission = Admission(limits)
-        workers = sum(len(m._instances) for m in models.values()) or 1
+        self.admission = Admission(limits.max_concurrent_requests + limits.max_queue)
+        shares = queue_shares(models.values(), limits.max_queue)
+        for m in models.values():
+            m.pool.max_queue = (shares[m.name] if m.config.max_queue is None
+                                else m.config.max_queue)
+        workers = sum(m.pool.size for m in models.values()) or 1
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         self.ready = True
         self.counters = Counters()
         self.budget = ByteBudget(limits.max_buffered_bytes)
+
+    def share_handler_threads(self, threads: int) -> None:
+        """gRPC requests wait in handler threads, and there are *threads* of those: each model
+        may keep at most its share (in proportion to its instances) of the threads not needed
+        by running requests waiting, so one model's calls cannot hold every thread."""
+        running = sum(m.pool.size for m in self.models.values())
+        shares = queue_shares(self.models.values(), max(0, threads - running))
+        for m in self.models.values():
+            m.pool.max_thread_waiters = shares[m.name]
+
+    def stop_admitting(self, message: str) -> int:
+        """The drain deadline: every queued request fails now, and every later one, with
+        UNAVAILABLE and *message*; running requests finish. Returns how many queued requests
+        failed."""
+        failed = sum(m.pool.close(message) for m in self.models.values())
+        self.counters.add("cut_off", failed)
+        return failed
 
     def model(self, name: str, version: str = "") -> LoadedModel:
         m = self.models.get(name)
@@ -359,33 +244,37 @@ class Engine:
 
     @property
     def queue_depth(self) -> int:
-        return self.admission.waiting + sum(m.waiting for m in self.models.values())
+        return sum(m.waiting for m in self.models.values())
 
     async def infer(self, model: LoadedModel, arrays: dict[str, np.ndarray],
                     started: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
         """*started*: see :meth:`LoadedModel.run`."""
         model.check_complete(arrays)
-        await self.admission.acquire()
+        self.admission.enter()
         try:
             try:
                 return await model.run(self.executor, arrays, started)
             except Exception as exc:  # noqa: BLE001 - translated (or re-raised) below
                 raise _inference_error(model, exc) from None
         finally:
-            self.admission.release()
+            self.admission.leave()
 
     def infer_sync(self, model: LoadedModel, arrays: dict[str, np.ndarray]
                    ) -> dict[str, np.ndarray]:
         """:meth:`infer` for a gRPC handler thread: waits in the thread, infers in it."""
         model.check_complete(arrays)
-        self.admission.acquire_sync()
+        self.admission.enter()
         try:
             try:
                 return model.run_sync(arrays)
             except Exception as exc:  # noqa: BLE001 - translated (or re-raised) below
                 raise _inference_error(model, exc) from None
         finally:
-            self.admission.release()
+            self.admission.leave()
+
+    def busy(self) -> int:
+        """Requests admitted and not yet answered (running, or waiting for an instance)."""
+        return self.admission.in_flight
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

@@ -5,16 +5,30 @@ arrive as bytes and are parsed in the handler, so a garbage message is answered 
 INVALID_ARGUMENT (instead of grpc's generic deserialization failure) and the server carries on.
 
 The server is grpc's threaded one (not grpc.aio): a handler thread parses the request, waits for
-admission and an interpreter, runs the model and serializes the answer itself, so a request
-costs one thread hand-off (grpc's poller to the handler) instead of poller -> event loop ->
-inference thread -> event loop. Admission, queueing and the interpreter pools are the ones REST
-shares (:class:`~model_server.core.Engine`, thread-safe). The handler pool holds enough threads
-for every request admission may hold (in flight plus queued) and a few for health checks, so
-requests past the queue are still refused with UNAVAILABLE; threads are started on demand only.
+its model's instance, runs the model and serializes the answer itself, so a request costs one
+thread hand-off (grpc's poller to the handler) instead of poller -> event loop -> inference
+thread -> event loop. Admission and the per-model queues are the ones REST shares
+(:class:`~model_server.core.Engine`, thread-safe).
+
+Hostile clients:
+
+* Two sets of threads. Health and metadata calls (ServerLive, ServerReady, ModelReady,
+  ServerMetadata, ModelMetadata) run in a small pool of their own, started with the server, so
+  they are answered however many inference calls are open. ModelInfer runs in a
+  :class:`~model_server.handler_pool.HandlerPool` sized for every request admission may hold.
+* ModelInfer is registered as a client-streaming method: its handler starts before the request
+  message has arrived (a unary handler's thread would wait inside grpc, out of reach), arms a
+  deadline of ``limits.body_timeout`` and cancels the call if no message has arrived by then,
+  which frees the thread. The client sees CANCELLED; the log says which limit.
+* Connections: at most ``limits.max_grpc_connections`` (one more is closed at once), each with
+  at most ``limits.max_streams_per_connection`` calls at once (HTTP/2
+  SETTINGS_MAX_CONCURRENT_STREAMS), ``limits.header_timeout`` for the handshake and
+  ``limits.idle_timeout`` without calls before the server closes it.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,10 +37,13 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from . import __version__, protocol as pb
+from .config import Limits
 from .core import Engine, LoadedModel, ServeError, log
 from .datatypes import (CONTENTS_FIELD, TensorError, from_list, from_numpy_dtype, from_raw,
                         to_raw)
+from .handler_pool import HandlerPool
 from .metrics import UNKNOWN_MODEL, Metrics
+from .watchdog import Watchdog
 
 CODES = {
     ServeError.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
@@ -91,10 +108,43 @@ def encode_response(model: LoadedModel, req_id: str, result: dict[str, np.ndarra
 
 
 class GRPCService:
-    def __init__(self, engine: Engine, metrics: Metrics, service_name: str) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, service_name: str,
+                 receive_timeout: float | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
         self.service_name = service_name
+        self.receive_timeout = receive_timeout or engine.limits.body_timeout
+        self._watchdog: Watchdog | None = None
+
+    def start(self) -> None:
+        """Start the deadline thread (before the server takes calls)."""
+        if self._watchdog is None:
+            self._watchdog = Watchdog(self.receive_timeout, name="grpc-deadlines")
+
+    def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+
+    def _receive(self, requests, context) -> bytes:
+        """The call's request message, or the call ends (RpcError/abort) when none arrives
+        within ``receive_timeout`` or the client sends none."""
+        watchdog = self._watchdog
+        deadline = watchdog.arm(context.cancel) if watchdog is not None else None
+        try:
+            return next(requests)
+        except StopIteration:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "ModelInfer: the call ended without a request message")
+        except grpc.RpcError:
+            if deadline is not None and deadline.fired:
+                log.info("gRPC ModelInfer from %s: no request message within "
+                         "limits.body_timeout (%g s); call cancelled", context.peer(),
+                         self.receive_timeout)
+            raise
+        finally:
+            if deadline is not None:
+                watchdog.disarm(deadline)
 
     def _fail(self, context, exc: ServeError):
         context.abort(CODES[exc.kind], exc.message)      # raises
@@ -132,7 +182,8 @@ class GRPCService:
             resp.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         return resp.SerializeToString()
 
-    def model_infer(self, raw: bytes, context) -> bytes:
+    def model_infer(self, requests, context) -> bytes:
+        raw = self._receive(requests, context)
         t0 = time.perf_counter()
         label = UNKNOWN_MODEL
         engine = self.engine
@@ -173,59 +224,82 @@ class GRPCService:
         self.metrics.observe(label, "grpc", "ok", time.perf_counter() - t0)
         return body
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        def unary(fn):
-            return grpc.unary_unary_rpc_method_handler(fn)   # bytes in, bytes out
+    def handler(self, control_pool: ThreadPoolExecutor | None = None
+                ) -> grpc.GenericRpcHandler:
+        """The service's methods; health and metadata run in *control_pool* when given (grpc
+        reads ``experimental_thread_pool`` off a handler's behaviour)."""
+        def control(fn):
+            def behaviour(raw: bytes, context) -> bytes:
+                return fn(raw, context)
+            if control_pool is not None:
+                behaviour.experimental_thread_pool = control_pool
+            return grpc.unary_unary_rpc_method_handler(behaviour)   # bytes in, bytes out
         return grpc.method_handlers_generic_handler(pb.SERVICE_FULL_NAME, {
-            "ServerLive": unary(self.server_live),
-            "ServerReady": unary(self.server_ready),
-            "ModelReady": unary(self.model_ready),
-            "ServerMetadata": unary(self.server_metadata),
-            "ModelMetadata": unary(self.model_metadata),
-            "ModelInfer": unary(self.model_infer),
+            "ServerLive": control(self.server_live),
+            "ServerReady": control(self.server_ready),
+            "ModelReady": control(self.model_ready),
+            "ServerMetadata": control(self.server_metadata),
+            "ModelMetadata": control(self.model_metadata),
+            # client-streaming: the handler runs before the message arrives (see _receive)
+            "ModelInfer": grpc.stream_unary_rpc_method_handler(self.model_infer),
         })
 
 
-class HandlerPool(ThreadPoolExecutor):
-    """grpc's handler threads. Where threads are scarce (an enclave's ``max_threads``), a thread
-    that cannot be started is not an error: the call waits for a busy thread instead."""
+#: Threads for health and metadata calls, started with the server.
+CONTROL_THREADS = 2
 
-    _warned = False
 
-    def _adjust_thread_count(self) -> None:
-        try:
-            super()._adjust_thread_count()
-        except RuntimeError as exc:                  # "can't start new thread"
-            if not self._threads:
-                raise
-            if not HandlerPool._warned:
-                HandlerPool._warned = True
-                log.warning("gRPC: cannot start another handler thread (%s); calls wait for "
-                            "one of the %d running", exc, len(self._threads))
+def control_pool(threads: int = CONTROL_THREADS) -> ThreadPoolExecutor:
+    """A pool whose *threads* are all started now (where threads are scarce, an enclave's
+    ``max_threads``, they exist before inference calls could take every one)."""
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc-health")
+    started = threading.Barrier(threads + 1)
+    for _ in range(threads):
+        pool.submit(started.wait)
+    started.wait()
+    return pool
 
 
 def handler_threads(max_concurrent: int, max_queue: int) -> int:
-    """Every request admission may hold (in flight or queued), plus a few for health checks."""
+    """Every request admission may hold (in flight or queued), plus a few for calls that are
+    being refused or are still receiving their message."""
     return max(1, max_concurrent) + max(0, max_queue) + 4
 
 
-def make_server(service: GRPCService, max_request_bytes: int, threads: int = 8
-                ) -> tuple[grpc.Server, HandlerPool]:
-    """At most *threads* calls at a time (one more is refused RESOURCE_EXHAUSTED by grpc before
-    its message is read), so at most *threads* x *max_request_bytes* bytes are ever being
-    received; what stays held past parsing (queued, inferring) is reserved in the engine's
-    ``limits.max_buffered_bytes`` budget, shared with REST."""
-    pool = HandlerPool(max_workers=threads, thread_name_prefix="grpc")
-    server = grpc.server(pool, handlers=(service.handler(),), options=[
-        ("grpc.max_receive_message_length", max_request_bytes),
+class GRPCServer:
+    """grpc's server with the service, its two thread pools and the connection limits."""
+
+    def __init__(self, service: GRPCService, limits: Limits, threads: int) -> None:
+        self.service = service
+        self.pool = HandlerPool(threads, on_capacity=service.engine.share_handler_threads)
+        service.engine.share_handler_threads(threads)
+        self.control = control_pool()
+        self.server = grpc.server(self.pool, handlers=(service.handler(self.control),),
+                                  options=server_options(limits))
+
+    def start(self) -> None:
+        self.service.start()
+        self.server.start()
+
+    def stop(self, grace: float | None, finish: float | None = None) -> bool:
+        """Stop accepting, let running calls finish (up to *grace* seconds; grpc then cancels
+        them), and wait up to *finish* more seconds (None: as long as they run) for the handler
+        threads, whose inference grpc cannot interrupt. True when every thread has ended."""
+        self.server.stop(grace).wait()
+        ended = self.pool.shutdown(wait=True, timeout=finish)
+        self.control.shutdown(wait=True)
+        self.service.stop()
+        return ended
+
+
+def server_options(limits: Limits) -> list[tuple[str, int]]:
+    """grpc core's channel arguments for the limits (see the module docstring)."""
+    return [
+        ("grpc.max_receive_message_length", limits.max_request_bytes),
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 0),
-        ("grpc.max_concurrent_streams", threads),
-    ], maximum_concurrent_rpcs=threads)
-    return server, pool
-
-
-def stop_server(server: grpc.Server, pool: HandlerPool, grace: float | None) -> None:
-    """Stop accepting, let running calls finish (up to *grace* seconds), wait for the threads."""
-    server.stop(grace).wait()
-    pool.shutdown(wait=True)
+        ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
+        ("grpc.max_allowed_incoming_connections", limits.max_grpc_connections),
+        ("grpc.server_handshake_timeout_ms", max(1, round(limits.header_timeout * 1000))),
+        ("grpc.max_connection_idle_ms", max(1, round(limits.idle_timeout * 1000))),
+    ]

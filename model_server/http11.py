@@ -763,11 +763,11 @@ class HTTPServer:
                 return condition()
         return True
 
-    async def drain(self, timeout: float, message: str) -> int:
+    async def drain(self, timeout: float, message: str, finish: float = 2.0) -> int:
         """Stop accepting, close idle connections, let requests finish for *timeout* seconds;
-        then answer what has not started running 503 (*message*) and wait for the ones
-        running on an interpreter. Returns how many requests were answered 503 at the
-        deadline."""
+        then answer what has not started running 503 (*message*) and wait up to *finish*
+        seconds for the ones running on an interpreter. Returns how many requests were answered
+        503 at the deadline."""
         self.draining = True
         self.cut_message = message
         self._changed = asyncio.Event()
@@ -781,7 +781,7 @@ class HTTPServer:
             cut = sum(conn.cut(message) for conn in list(self.connections))
             # what runs on an interpreter cannot be stopped: its answer is still sent
             await self._wait(lambda: not any(c.state == _BUSY for c in self.connections),
-                             self.loop.time() + max(timeout, 1.0))
+                             self.loop.time() + finish)
         for conn in list(self.connections):
             if not conn.active:
                 conn.evict()

@@ -91,12 +91,13 @@ class RESTServer:
     async def start(self, host: str, port: int, ssl_context=None) -> int:
         return await self.http.start(host, port, ssl_context)
 
-    async def drain(self, timeout: float) -> int:
+    async def drain(self, timeout: float, finish: float = 2.0) -> int:
         """Stop accepting, finish the requests being served for *timeout* seconds, then answer
-        503 to those that have not started running. Returns how many were answered 503."""
+        503 to those that have not started running and give the running ones *finish* seconds
+        more. Returns how many were answered 503."""
         try:
             return await self.http.drain(timeout, f"server shutting down: the request had not "
-                                         f"started within drain_seconds ({timeout:g} s)")
+                                         f"started within drain_seconds ({timeout:g} s)", finish)
         finally:
             if self._decoder is not None:
                 self._decoder.shutdown(wait=False)

@@ -2,8 +2,10 @@
 
 Order: load the config -> fetch keys (:func:`model_server.keys.prepare_keys`) -> open the models
 and TLS files through the key ring -> start gRPC and REST -> one readiness line on stderr.
-SIGTERM (or SIGINT): readiness goes false, both listeners stop accepting, every accepted request
-is finished (up to ``drain_seconds``), then the process exits 0.
+SIGTERM (or SIGINT): readiness goes false, both listeners stop accepting, and the requests
+already admitted are answered. At ``drain_seconds`` every request still queued for a model is
+answered UNAVAILABLE / 503; the requests running then get :data:`FINISH_SECONDS` more, and the
+process exits 0.
 
 Exit codes: 0 after a drain, 1 a model or listener failed to start, 2 a bad configuration
 (including an unknown backend), 3 a key could not be fetched (the reason is printed; nothing is
@@ -15,10 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import ssl
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .backends import BackendError
@@ -26,9 +29,17 @@ from .config import ConfigError, ServerConfig, load_config
 from .core import Engine, load_models
 from .keys import KeyFetchError, KeyRing, prepare_keys
 from .metrics import Metrics
+from .resources import fit_open_files
+
+if TYPE_CHECKING:
+    from .grpc_service import GRPCServer
+    from .rest import RESTServer
 
 log = logging.getLogger("model_server")
 PREFIX = "model_server:"
+#: After the drain deadline, how long requests already running may take to be answered (the
+#: Kubernetes grace period the builder writes leaves 5 s beyond ``drain_seconds``).
+FINISH_SECONDS = 2.0
 
 
 def _say(message: str) -> None:
@@ -69,7 +80,7 @@ class TLSMaterial:
 
 
 async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -> int:
-    from .grpc_service import GRPCService, handler_threads, make_server, stop_server
+    from .grpc_service import GRPCServer, GRPCService, handler_threads
     from .rest import RESTServer
 
     loop = asyncio.get_running_loop()
@@ -77,18 +88,18 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = Metrics()
-    limit = config.limits.max_request_bytes
-    grpc_server = grpc_pool = rest = None
+    limits = config.limits
+    grpc_server = rest = None
     listening = []
     try:
         if config.grpc is not None:
-            grpc_server, grpc_pool = make_server(
-                GRPCService(engine, metrics, config.service), limit,
-                handler_threads(config.limits.max_concurrent_requests, config.limits.max_queue))
+            grpc_server = GRPCServer(GRPCService(engine, metrics, config.service), limits,
+                                     handler_threads(limits.max_concurrent_requests,
+                                                     limits.max_queue))
             addr = _address(config.grpc.host, config.grpc.port)
             try:
-                port = (grpc_server.add_secure_port(addr, tls.grpc_credentials()) if tls
-                        else grpc_server.add_insecure_port(addr))
+                port = (grpc_server.server.add_secure_port(addr, tls.grpc_credentials()) if tls
+                        else grpc_server.server.add_insecure_port(addr))
             except RuntimeError as exc:
                 port = 0
                 reason = str(exc)
@@ -100,8 +111,8 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
             grpc_server.start()
             listening.append(f"grpc {_address(config.grpc.host, port)}")
         if config.rest is not None:
-            rest = RESTServer(engine, metrics, config.service, limit, config.metrics,
-                              config.limits)
+            rest = RESTServer(engine, metrics, config.service, limits.max_request_bytes,
+                              config.metrics, limits)
             try:
                 port = await rest.start(config.rest.host, config.rest.port,
                                         tls.ssl_context() if tls else None)
@@ -114,24 +125,44 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
              f"(models: {', '.join(engine.models)})")
         await stop.wait()
         _say(f"draining (up to {config.drain_seconds:g} s)")
-        engine.ready = False
-        waits = []
-        if grpc_server is not None:
-            waits.append(asyncio.to_thread(stop_server, grpc_server, grpc_pool,
-                                           config.drain_seconds))
-        if rest is not None:
-            waits.append(rest.drain(config.drain_seconds))
-        results = await asyncio.gather(*waits)
-        left = results[-1] if rest is not None else 0
+        left = await drain(config, engine, grpc_server, rest)
+        grpc_server = None
         c = engine.counters
         _say(f"stopped: {c.accepted} inference requests admitted, {c.answered} answered "
              f"({c.ok} ok), {c.accepted - c.answered} unanswered; {c.refused} refused before "
              "admission (malformed, too large, unknown model or server busy)"
+             + (f"; {c.cut_off} still queued at the drain deadline, answered UNAVAILABLE"
+                if c.cut_off else "")
              + (f"; {left} REST requests cut off at the drain deadline" if left else ""))
         return 0
     finally:
         if grpc_server is not None:
-            await asyncio.to_thread(stop_server, grpc_server, grpc_pool, 0)
+            await asyncio.to_thread(grpc_server.stop, 0)
+
+
+async def drain(config: ServerConfig, engine: Engine, grpc_server: "GRPCServer | None",
+                rest: "RESTServer | None") -> int:
+    """Readiness false, listeners closed; at ``drain_seconds`` every request still queued fails
+    (:meth:`Engine.stop_admitting`); running requests get FINISH_SECONDS more. Returns the REST
+    requests cut off."""
+    engine.ready = False
+    waits = []
+    if grpc_server is not None:
+        waits.append(asyncio.to_thread(grpc_server.stop, config.drain_seconds + FINISH_SECONDS,
+                                       FINISH_SECONDS))
+    if rest is not None:
+        waits.append(rest.drain(config.drain_seconds, FINISH_SECONDS))
+    everything = asyncio.ensure_future(asyncio.gather(*waits))
+    try:
+        await asyncio.wait_for(asyncio.shield(everything), config.drain_seconds)
+    except asyncio.TimeoutError:
+        failed = engine.stop_admitting(
+            f"server shutting down: the drain deadline (drain_seconds {config.drain_seconds:g}"
+            " s) has passed")
+        if failed:
+            log.warning("drain deadline: %d queued requests answered UNAVAILABLE", failed)
+    results = await everything
+    return results[-1] if rest is not None else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,8 +218,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - a runtime refusing a model
             _say(f"cannot load the models: {type(exc).__name__}: {exc}")
             return 1
+        config, lowered = fit_open_files(config)
+        if lowered:
+            _say(f"warning: {lowered}")
         engine = Engine(models, config.limits)
-        return asyncio.run(serve(config, engine, tls))
+        code = asyncio.run(serve(config, engine, tls))
+        if engine.busy():
+            # An inference still running past drain_seconds + FINISH_SECONDS cannot be
+            # interrupted (runtimes do not stop mid-call) and would hold the process beyond the
+            # grace period Kubernetes gives it: leave without waiting for it.
+            _say(f"exiting with {engine.busy()} inference(s) still running after the drain "
+                 f"bound (drain_seconds {config.drain_seconds:g} s + {FINISH_SECONDS:g} s)")
+            keyring.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     finally:
         if engine is not None:
             engine.close()

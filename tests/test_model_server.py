@@ -16,7 +16,8 @@ from model_server import datatypes, protocol as pb
 from model_server.backends import (Backend, BackendError, TensorSpec, from_numpy_dtype,
                                    load_backend_class, to_numpy_dtype)
 from model_server.config import ConfigError, Limits, ModelConfig, parse_config
-from model_server.core import Admission, LoadedModel, ServeError
+from model_server.admission import InstancePool
+from model_server.core import LoadedModel, ServeError
 from model_server.metrics import Metrics
 from model_server.rest import decode_infer, encode_infer
 
@@ -251,70 +252,71 @@ def test_rest_bad_requests(body, header_len, message):
 # ---------------------------------------------------------------- admission
 
 
-def test_admission_bounds_in_flight_and_queue():
+def test_pool_bounds_running_and_queued_requests():
     async def scenario():
-        adm = Admission(Limits(max_concurrent_requests=2, max_queue=1))
-        await adm.acquire()
-        await adm.acquire()
-        waiter = asyncio.ensure_future(adm.acquire())
+        pool = InstancePool("m", ["a", "b"], max_queue=1)
+        got = {await pool.acquire(), await pool.acquire()}
+        assert got == {"a", "b"} and pool.idle == 0
+        waiter = asyncio.ensure_future(pool.acquire())
         await asyncio.sleep(0)
-        assert adm.waiting == 1 and not waiter.done()
-        with pytest.raises(ServeError) as info:
-            await adm.acquire()                      # 2 in flight + 1 queued: refused
+        assert pool.waiting == 1 and not waiter.done()
+        with pytest.raises(ServeError, match="model 'm' is busy.*max_queue is 1") as info:
+            await pool.acquire()                     # 2 running + 1 queued: refused
         assert info.value.kind == ServeError.UNAVAILABLE
-        adm.release()                                # hands the slot to the waiter
-        await asyncio.wait_for(waiter, 10)
-        assert adm.in_flight == 2 and adm.waiting == 0
-        adm.release()
-        adm.release()
-        assert adm.in_flight == 0
+        pool.release("a")                            # handed straight to the waiter
+        assert await asyncio.wait_for(waiter, 10) == "a"
+        assert pool.idle == 0 and pool.waiting == 0
+        pool.release("a")
+        pool.release("b")
+        assert pool.idle == 2
     asyncio.run(scenario())
 
 
-def test_cancelled_waiter_leaves_no_slot_behind():
+def test_cancelled_waiter_leaves_no_instance_behind():
     async def scenario():
-        adm = Admission(Limits(max_concurrent_requests=1, max_queue=4))
-        await adm.acquire()
-        waiter = asyncio.ensure_future(adm.acquire())
+        pool = InstancePool("m", ["a"], max_queue=4)
+        await pool.acquire()
+        waiter = asyncio.ensure_future(pool.acquire())
         await asyncio.sleep(0)
         waiter.cancel()
         await asyncio.sleep(0)
-        adm.release()
-        assert adm.in_flight == 0 and adm.waiting == 0
+        pool.release("a")
+        assert pool.idle == 1 and pool.waiting == 0
     asyncio.run(scenario())
 
 
-def test_admission_hands_slots_between_threads_and_tasks():
-    """gRPC handler threads and REST tasks share one Admission: a slot released by either side
-    goes to the longest waiter on the other, FIFO, and the queue bound counts both."""
+def test_pool_hands_instances_between_threads_and_tasks():
+    """gRPC handler threads and REST tasks wait in one queue per model: an instance released
+    by either side goes to the longest waiter on the other, FIFO, and the queue bound counts
+    both."""
     import threading
 
     async def scenario():
-        adm = Admission(Limits(max_concurrent_requests=1, max_queue=2))
-        await adm.acquire()                              # a REST request holds the slot
+        pool = InstancePool("m", ["i"], max_queue=2)
+        await pool.acquire()                             # a REST request holds the instance
         got = threading.Event()
 
         def handler_thread():
-            adm.acquire_sync()                           # queued behind it
+            item = pool.acquire_sync()                   # queued behind it
             got.set()
             time.sleep(0.05)
-            adm.release()                                # hands over to the task below
+            pool.release(item)                           # hands over to the task below
         t = threading.Thread(target=handler_thread)
         t.start()
-        while adm.waiting < 1:
+        while pool.waiting < 1:
             await asyncio.sleep(0.001)
-        task = asyncio.ensure_future(adm.acquire())
-        while adm.waiting < 2:
+        task = asyncio.ensure_future(pool.acquire())
+        while pool.waiting < 2:
             await asyncio.sleep(0.001)
         with pytest.raises(ServeError) as info:
-            await adm.acquire()                          # 1 in flight + 2 queued: refused
+            await pool.acquire()                         # 1 running + 2 queued: refused
         assert info.value.kind == ServeError.UNAVAILABLE
-        adm.release()
-        await asyncio.wait_for(task, 10)                 # woken from the thread
-        assert got.is_set() and adm.in_flight == 1 and adm.waiting == 0
+        pool.release("i")
+        assert await asyncio.wait_for(task, 10) == "i"   # woken from the thread
+        assert got.is_set() and pool.idle == 0 and pool.waiting == 0
         t.join(10)
-        adm.release()
-        assert adm.in_flight == 0
+        pool.release("i")
+        assert pool.idle == 1
     asyncio.run(scenario())
 
 
@@ -344,7 +346,7 @@ def test_infer_sync_shares_the_pool_with_async_requests():
     for t in threads:
         t.join(30)
     assert results == [3] * 200 and engine.counters.ok == 200
-    assert engine.admission.in_flight == 0 and len(m._free) == 1
+    assert engine.admission.in_flight == 0 and m.pool.idle == 1
     with pytest.raises(ServeError, match="missing input"):
         engine.infer_sync(m, {})
     engine.close()

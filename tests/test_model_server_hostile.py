@@ -233,11 +233,11 @@ def test_grpc_message_refused_when_the_buffer_budget_is_used_up():
     req.inputs.add(name="x", datatype="FP32", shape=[1, 2])
     req.raw_input_contents.append(np.ones(2, np.float32).tobytes())
     raw = req.SerializeToString()
-    assert pb.ModelInferResponse.FromString(svc.model_infer(raw, _Ctx())).outputs
+    assert pb.ModelInferResponse.FromString(svc.model_infer(iter([raw]), _Ctx())).outputs
     assert engine.budget.used == 0
     engine.budget.reserve(90)                              # held by other requests
     with pytest.raises(RuntimeError) as info:
-        svc.model_infer(raw, _Ctx())
+        svc.model_infer(iter([raw]), _Ctx())
     assert info.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert engine.counters.refused == 1 and engine.budget.used == 90
     engine.close()

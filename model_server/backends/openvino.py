@@ -17,6 +17,13 @@ the runtime skip them, and those belong to another client). Outputs are copied o
 against the compiled model's output shapes and the batch (see above); a mismatch is refused as
 the request's fault (HTTP 400 / INVALID_ARGUMENT). Zero-sized dimensions are refused.
 
+Element types: a model is served only when every input and output has a numeric or boolean
+type that maps one to one onto a KServe datatype (f32/f16/f64, i8-i64, u8-u64, boolean). A model
+with a string tensor (KServe BYTES), bf16, or a packed type (u1, i4/u4, nf4, f8, f4) is refused
+at start-up with the tensor's name: numpy has no dtype for those, so the runtime cannot take or
+give them as arrays (a string input always failed, a dynamic string output crashes the
+process), and advertising them as another datatype would mean answering wrong numbers.
+
 ``import openvino`` sends a usage event to Google Analytics (``openvino.tools.ovc`` through
 ``openvino_telemetry``, in a forked process, unless a consent file in $HOME says no). A model
 server must not phone home, and inside Gramine that fork checkpoints the whole process (seconds):
@@ -32,15 +39,25 @@ import numpy as np
 from . import Backend, BackendError, InferenceError, TensorSpec, from_numpy_dtype
 
 _OPTIONS = {"device", "config", "check_batch"}
+#: OpenVINO element types served, each equal to a numpy dtype (and so to a KServe datatype).
+SERVED_TYPES = ("f32", "f16", "f64", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64",
+                "boolean")
 
 
-def _spec(port, fallback: str) -> TensorSpec:
+def _spec(port, fallback: str, model: str, kind: str) -> TensorSpec:
     try:
         name = port.get_any_name()
     except RuntimeError:          # an unnamed port
         name = fallback
+    element = port.get_element_type()
+    type_name = element.get_type_name()
+    if type_name not in SERVED_TYPES:
+        raise BackendError(f"model {model}: {kind} {name!r} has element type {type_name}, "
+                           "which the openvino backend does not serve (string tensors, i.e. "
+                           "KServe BYTES, bf16 and packed types cannot be passed as arrays); "
+                           f"served: {', '.join(SERVED_TYPES)}")
     shape = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
-    return TensorSpec(name, from_numpy_dtype(port.get_element_type().to_dtype()), shape)
+    return TensorSpec(name, from_numpy_dtype(element.to_dtype()), shape)
 
 
 def _block_telemetry() -> None:
@@ -79,8 +96,10 @@ class OpenVINOBackend(Backend):
         # one request per instance: creating and dropping requests per call makes OpenVINO's
         # CPU plugin crash or answer wrongly after some dynamic shapes
         self._request = self._compiled.create_infer_request()
-        self._inputs = [_spec(p, f"input_{i}") for i, p in enumerate(self._compiled.inputs)]
-        self._outputs = [_spec(p, f"output_{i}") for i, p in enumerate(self._compiled.outputs)]
+        self._inputs = [_spec(p, f"input_{i}", model.name, "input")
+                        for i, p in enumerate(self._compiled.inputs)]
+        self._outputs = [_spec(p, f"output_{i}", model.name, "output")
+                         for i, p in enumerate(self._compiled.outputs)]
         self._batched_in = [i for i, s in enumerate(self._inputs) if s.shape[:1] == [-1]]
         self._batched_out = [i for i, s in enumerate(self._outputs) if s.shape[:1] == [-1]]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from builder.plugin_api import (MODEL_ROOT, SERVER_CONFIG, EnclaveBuildError, Field, FileKind,
                                 Framework, ModelSpec, Port, Section, ServicePlan, Spec, add_model,
-                                base_plan, hookimpl, python_server_plan, require_models,
-                                require_one_key,
+                                base_plan, hookimpl, python_server_plan,
+                                refuse_model_server_keys, require_models, require_one_key,
                                 spec_error)
 
 BINARY = "/ovms/bin/ovms"
@@ -58,6 +58,7 @@ def _ovms_plan(spec: Spec, opts) -> ServicePlan:
             "[tls]: OpenVINO Model Server has no built-in TLS; terminate TLS in front of it "
             '(e.g. an ingress), remove [tls] from the spec, or use mode = "python"')
     require_one_key(spec, 'openvino (mode "ovms")')
+    refuse_model_server_keys(spec, 'openvino (mode "ovms")')
     argv = [BINARY, "--port", str(opts["grpc_port"]), "--rest_port", str(opts["rest_port"])]
     result = base_plan(
         spec, FRAMEWORK, entrypoint=BINARY, argv=argv, default_base=OVMS_BASE,

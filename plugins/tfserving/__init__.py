@@ -13,7 +13,7 @@ import json
 
 from builder.plugin_api import (MODEL_ROOT, Field, FileKind, Framework, Port, Section, Spec,
                                 ServicePlan, add_model, add_secret_file, base_plan, hookimpl,
-                                require_models, require_one_key)
+                                refuse_model_server_keys, require_models, require_one_key)
 
 BINARY = "/usr/bin/tensorflow_model_server"
 CONFIG_DEST = "/enclave/tfserving-models.config"
@@ -48,6 +48,7 @@ def plan(spec: Spec) -> ServicePlan:
     opts = spec.section("tfserving")
     require_models(spec, "tfserving")
     require_one_key(spec, "tfserving")
+    refuse_model_server_keys(spec, "tfserving")
     argv = [BINARY, f"--port={opts['grpc_port']}", f"--rest_api_port={opts['rest_port']}"]
     if opts["enable_batching"]:
         argv.append("--enable_batching=true")

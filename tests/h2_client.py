@@ -1,0 +1,89 @@
+"""A raw HTTP/2 (h2c, prior knowledge) client for attacking a gRPC port the way no grpc client
+would: streams opened with HEADERS and never given their DATA, connections that stay idle.
+Frames are built and parsed with hyperframe/hpack (what the h2 package uses)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import hpack
+from hyperframe.frame import (DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame,
+                              SettingsFrame)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SERVICE = "/inference.GRPCInferenceService/"
+
+
+class H2Connection:
+    def __init__(self, address: str, timeout: float = 10.0) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.encoder, self.decoder = hpack.Encoder(), hpack.Decoder()
+        self.buffer = b""
+        self.closed = False
+        self.sock.sendall(PREFACE + SettingsFrame(0).serialize())
+
+    def open_stream(self, stream: int, method: str = "ModelInfer") -> None:
+        """HEADERS of a gRPC call, without END_STREAM: the server waits for the message."""
+        frame = HeadersFrame(stream)
+        frame.data = self.encoder.encode([
+            (":method", "POST"), (":scheme", "http"), (":authority", "localhost"),
+            (":path", SERVICE + method), ("content-type", "application/grpc"),
+            ("te", "trailers")])
+        frame.flags.add("END_HEADERS")
+        self.sock.sendall(frame.serialize())
+
+    def send_message(self, stream: int, message: bytes) -> None:
+        frame = DataFrame(stream)
+        frame.data = b"\x00" + len(message).to_bytes(4, "big") + message
+        frame.flags.add("END_STREAM")
+        self.sock.sendall(frame.serialize())
+
+    def read_frames(self, seconds: float, until=None) -> list:
+        """Frames read within *seconds* (HEADERS decoded into ``.headers``), stopping early
+        when ``until(frames)`` is true or the connection closes."""
+        frames: list = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.closed:
+            while len(self.buffer) >= 9:
+                size = int.from_bytes(self.buffer[:3], "big")
+                if len(self.buffer) < 9 + size:
+                    break
+                frame, _ = Frame.parse_frame_header(memoryview(self.buffer[:9]))
+                frame.parse_body(memoryview(self.buffer[9:9 + size]))
+                self.buffer = self.buffer[9 + size:]
+                if isinstance(frame, HeadersFrame):
+                    frame.headers = dict(self.decoder.decode(frame.data))
+                frames.append(frame)
+            if until is not None and until(frames):
+                break
+            self.sock.settimeout(max(0.01, min(0.2, deadline - time.monotonic())))
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.closed = True
+                break
+            self.buffer += chunk
+        return frames
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def trailers(frames: list) -> dict[int, dict]:
+    """Stream id -> the headers of its last HEADERS frame (a gRPC status is in the trailers)."""
+    return {f.stream_id: f.headers for f in frames if isinstance(f, HeadersFrame)}
+
+
+def resets(frames: list) -> dict[int, int]:
+    """Stream id -> RST_STREAM error code."""
+    return {f.stream_id: f.error_code for f in frames if isinstance(f, RstStreamFrame)}
+
+
+def goaway(frames: list) -> GoAwayFrame | None:
+    return next((f for f in frames if isinstance(f, GoAwayFrame)), None)

@@ -1,0 +1,90 @@
+"""The builder's side of the model server's limits: the enclave's sys.fds.limit follows the
+server's connection caps (Gramine's default, 900, had no relation to them), and [[models]]
+max_queue reaches model-server.json, or is a located spec error where the framework runs its
+own server binary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+
+import pytest
+
+from model_server.config import parse_config
+from model_server.resources import OWN_FDS, config_fds
+
+from .conftest import write_spec
+
+SPEC = '''[service]
+name = "queues"
+framework = "{framework}"
+
+[[models]]
+name = "a"
+path = "a.tflite"
+encrypt = false
+max_queue = {queue}
+
+[[models]]
+name = "b"
+path = "b.tflite"
+encrypt = false
+
+[signing]
+key = "key.pem"
+'''
+
+
+def _project(tmp_path, signing_key, framework: str, queue: str = "3"):
+    (tmp_path / "a.tflite").write_bytes(b"TFL3 model a" * 40)
+    (tmp_path / "b.tflite").write_bytes(b"TFL3 model b" * 40)
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
+    return write_spec(tmp_path, SPEC.format(framework=framework, queue=queue))
+
+
+def test_fds_limit_and_model_queue_reach_the_enclave(tmp_path, standin_root, signing_key):
+    from builder.build import build
+
+    result = build(_project(tmp_path, signing_key, "tflite"), base=f"dir:{standin_root}")
+    manifest = tomllib.loads(result.artifacts.manifest.decode())
+    data = json.loads(next(f.data for f in result.artifacts.files
+                           if f.dest == "/enclave/model-server.json"))
+    assert [m.get("max_queue") for m in data["models"]] == [3, None]
+    config = parse_config(data)
+    assert [m.max_queue for m in config.models] == [3, None]
+    # 256 REST + 256 gRPC connections, 2 models x 2 instances x 2 files, the server's own
+    assert manifest["sys"]["fds"]["limit"] == config_fds(config) == 512 + 8 + OWN_FDS
+
+
+@pytest.mark.parametrize("framework, section", [("tfserving", ""),
+                                                ("openvino", '\n[openvino]\nmode = "ovms"\n')])
+def test_max_queue_with_a_binary_server_is_a_located_spec_error(
+        tmp_path, monkeypatch, standin_root, signing_key, framework, section):
+    from builder.build import build
+    from builder.spec import SpecError
+
+    spec = _project(tmp_path, signing_key, framework)
+    spec.write_text(spec.read_text() + section)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as info:
+        build("spec.toml", base=f"dir:{standin_root}", output=tmp_path / "out")
+    assert info.value.exit_code == 2 and not (tmp_path / "out").exists()
+    assert info.value.lines() == [
+        f"spec.toml:9: models[0].max_queue: max_queue applies to enclave-build's model server "
+        f'(tflite, openvino mode "python"); framework {framework}'
+        + (' (mode "ovms")' if framework == "openvino" else "")
+        + " runs its own server, which queues by its own settings: remove it"]
+
+
+def test_max_queue_must_be_a_non_negative_integer(tmp_path, monkeypatch, standin_root,
+                                                  signing_key):
+    from builder.build import build
+    from builder.spec import SpecError
+
+    _project(tmp_path, signing_key, "tflite", queue="-1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as info:
+        build("spec.toml", base=f"dir:{standin_root}", output=tmp_path / "out")
+    assert info.value.lines() == ["spec.toml:9: models[0].max_queue: -1 is out of range; "
+                                  "allowed: 0 to 65536"]
