@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import resource
 from dataclasses import dataclass
 from typing import Awaitable, Protocol
 
@@ -44,7 +43,6 @@ LINGER_BYTES = 8 << 20       # after a refusal: read and drop up to this much ..
 LINGER_SECONDS = 5.0         # ... for up to this long, then close
 OVER_CAP_LINGER = (64 << 10, 0.5)   # the same for a connection refused at the cap
 HEADROOM = 8                 # connections past max_connections, for health checks only
-FD_RESERVE = 64              # descriptors kept for everything but REST connections
 PENDING_LIMIT = 64 << 10     # pipelined bytes buffered while a request is served
 DISCARD_FACTOR = 4           # oversize bodies up to this many times the limit are read and dropped
 _SINGLE = frozenset(("content-length", "transfer-encoding", "inference-header-content-length",
@@ -83,12 +81,12 @@ class Request:
     headers: dict[str, str]       # lower-case names
     keep_alive: bool
     body: bytes | memoryview = b""
-    #: A drain deadline may still refuse this request with 503 (it has not started running on
-    #: an interpreter). The application clears it once the request runs.
+    #: Not yet running on an interpreter: if the client goes away, the request is cancelled and
+    #: its place in the queue given back. The application clears it once the request runs.
     interruptible: bool = True
 
     def mark_running(self) -> None:
-        """The request got its interpreter: a drain deadline lets it finish."""
+        """The request got its interpreter: it runs to its end whatever happens."""
         self.interruptible = False
 
 
@@ -633,8 +631,9 @@ class Connection(asyncio.Protocol):
             self._close()
 
     def cut(self, message: str) -> bool:
-        """Drain deadline: refuse what is still arriving or waiting to run (503). False when
-        nothing was cut (idle: closed; running on an interpreter: left to finish)."""
+        """Drain deadline: refuse what is still arriving (503). False when nothing was cut
+        (idle: closed; handed to the application: it answers, e.g. the engine fails what is
+        still queued at the same deadline, and what runs on an interpreter finishes)."""
         state = self.state
         if state == _IDLE:
             self._close()
@@ -643,10 +642,6 @@ class Connection(asyncio.Protocol):
             if self.req is not None:
                 self.server.app.refused(self.req.target, 503)
             self._refuse(503, message, OVER_CAP_LINGER)
-            return True
-        if state == _BUSY and self.task is not None and self.req is not None \
-                and self.req.interruptible:
-            self.task.cancel()
             return True
         return False
 
@@ -659,24 +654,6 @@ def _oversize_head(buf) -> tuple[int, str]:
     if b"\r\n" not in bytes(buf[:URL_LIMIT + 2]):
         return 414, f"request line longer than {URL_LIMIT} bytes"
     return 431, f"request headers larger than {HEADER_LIMIT} bytes"
-
-
-def connection_cap(max_connections: int) -> int:
-    """*max_connections*, lowered when the process's file-descriptor limit could not hold that
-    many connections (plus the headroom and what the rest of the server needs)."""
-    try:
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):
-        return max_connections
-    if soft == resource.RLIM_INFINITY:
-        return max_connections
-    room = max(1, soft - FD_RESERVE - HEADROOM)
-    if room < max_connections:
-        log.warning("limits.max_connections %d needs more file descriptors than the limit "
-                    "(RLIMIT_NOFILE %d) allows: serving at most %d REST connections",
-                    max_connections, soft, room)
-        return room
-    return max_connections
 
 
 class HTTPServer:
@@ -697,7 +674,6 @@ class HTTPServer:
 
     async def start(self, host: str, port: int, ssl_context=None) -> int:
         self.loop = asyncio.get_running_loop()
-        self.cap = connection_cap(self.limits.max_connections)
         kw = {}
         if ssl_context is not None:
             kw = {"ssl": ssl_context, "ssl_handshake_timeout": self.limits.header_timeout,

@@ -15,8 +15,9 @@ from typing import Iterable
 from .config import Limits, ModelConfig, ServerConfig
 
 #: The server's own descriptors besides connections and models: Python, the runtimes' libraries,
-#: the listeners, grpc's pollers and wakeup fds, key fetches, /proc reads for the metrics, and
-#: connections being refused over a cap (accepted, then closed).
+#: the listeners, grpc's pollers and wakeup fds, key fetches, /proc reads for the metrics,
+#: REST's health-check headroom past its cap, and connections accepted in one burst before the
+#: cap closes them (asyncio accepts up to its listen backlog at a time).
 OWN_FDS = 128
 #: Per model instance: its model file(s) (an OpenVINO IR is an .xml and a .bin).
 FDS_PER_INSTANCE = 2
@@ -59,7 +60,7 @@ def fit_open_files(config: ServerConfig) -> tuple[ServerConfig, str | None]:
     lowered = dataclasses.replace(
         limits, max_connections=max(1, int(limits.max_connections * scale)),
         max_grpc_connections=max(1, int(limits.max_grpc_connections * scale)))
-    message = (f"the process may open {soft} files (RLIMIT_NOFILE) but these limits need "
+    message = (f"the process may open {soft} files (RLIMIT_NOFILE {soft}) but these limits need "
                f"{needed}: serving at most {lowered.max_connections} REST and "
                f"{lowered.max_grpc_connections} gRPC connections")
     return dataclasses.replace(config, limits=lowered), message

@@ -496,10 +496,13 @@ def test_sigterm_drain_is_bounded_and_every_queued_request_is_answered(tmp_path)
     assert 0 not in statuses, results                     # every client got an answer
     assert set(statuses) == {200, 503}, statuses
     for a in results:
-        if _status(a) == 503:
-            assert b"drain_seconds (2 s)" in a, a
+        if _status(a) == 503:     # cut by the engine's queue or by REST itself, both name it
+            assert re.search(rb"drain_seconds \(?2 s", a), a
     assert statuses.count(200) <= 5                       # 1 s each, 2 s of drain (+ running)
     assert elapsed < 2 + 1 + 3, elapsed                   # the deadline, the one running, slack
     cut = statuses.count(503)
-    assert f"{cut} REST requests cut off at the drain deadline" in s.stderr, s.stderr
+    queued = re.search(r"; (\d+) still queued at the drain deadline", s.stderr)
+    by_rest = re.search(r"; (\d+) REST requests cut off at the drain deadline", s.stderr)
+    assert (int(queued.group(1)) if queued else 0) + \
+        (int(by_rest.group(1)) if by_rest else 0) == cut, s.stderr
     assert re.search(r"0 unanswered", s.stderr), s.stderr
