@@ -473,12 +473,20 @@ def server_config(spec: Spec, plan: ServicePlan, models: Sequence[Mapping[str, A
         "grpc": {"host": "0.0.0.0", "port": grpc_port},
         "rest": {"host": "0.0.0.0", "port": rest_port},
         "tls": dict(tls) if tls else None,
-        "limits": dict(limits or {"max_request_bytes": 64 << 20, "max_concurrent_requests": 64,
-                                  "max_queue": 256}),
-        "drain_seconds": 20, "metrics": True,
+        "limits": _server_limits(spec, limits),
+        "drain_seconds": (spec.limits or {}).get("drain_seconds", 20), "metrics": True,
         "models": [dict(m) for m in models],
         "keys": keys,
     }
+
+
+def _server_limits(spec: Spec, limits: Mapping[str, int] | None) -> dict[str, Any]:
+    """model-server.json ``limits``: *limits* (a framework's own) or the defaults, then what the
+    spec's ``[limits]`` sets (its ``drain_seconds`` goes beside them)."""
+    out: dict[str, Any] = dict(limits or {"max_request_bytes": 64 << 20,
+                                          "max_concurrent_requests": 64, "max_queue": 256})
+    out.update({k: v for k, v in (spec.limits or {}).items() if k != "drain_seconds"})
+    return out
 
 
 def deliver_keys_as_files(plan: ServicePlan, directory: str) -> bool:
@@ -650,8 +658,13 @@ def server_open_files(config: Mapping[str, Any]) -> int:
 
 
 def refuse_model_server_keys(spec: Spec, framework: str) -> None:
-    """For frameworks that run their own server binary: a located spec error for ``[[models]]``
-    keys only enclave-build's model server reads (``max_queue``)."""
+    """For frameworks that run their own server binary: a located spec error for the keys only
+    enclave-build's model server reads (``[[models]] max_queue``, ``[limits]``)."""
+    if spec.limits is not None:
+        raise spec_error(spec, ("limits",),
+                         f"[limits] sets enclave-build's model server (tflite, openvino mode "
+                         f'"python"); framework {framework} runs its own server, which has '
+                         "limits of its own: remove the section")
     for index, model in enumerate(spec.models):
         if model.max_queue is not None:
             raise spec_error(spec, ("models", index, "max_queue"),

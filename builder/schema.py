@@ -32,7 +32,8 @@ class Field:
     """One key of a section.
 
     *kind* is one of ``str``, ``int``, ``bool``, ``path`` (resolved against the spec's
-    directory), ``size`` (a power of two with a K/M/G suffix, converted to bytes),
+    directory), ``size`` (an integer with a K/M/G suffix, converted to bytes; a power of two
+    unless *power_of_two* is false),
     ``list[str]`` and ``table[str]`` (a table of strings).
     """
 
@@ -47,6 +48,7 @@ class Field:
     pattern: str | None = None
     pattern_doc: str = ""
     must_exist: bool = True  # for paths
+    power_of_two: bool = True  # for sizes (enclave sizes must be; byte limits need not be)
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -146,9 +148,10 @@ def _check_value(f: Field, value: Any, base_dir: Path) -> tuple[Any, str | None]
     if kind == "size":
         size = parse_size(value)
         if size is None:
-            return None, (f"{value!r} is not a size; allowed: a power of two with a K, M or G "
+            what = "a power of two" if f.power_of_two else "a positive integer"
+            return None, (f"{value!r} is not a size; allowed: {what} with a K, M or G "
                           'suffix, e.g. "512M" or "4G"')
-        if size & (size - 1):
+        if f.power_of_two and size & (size - 1):
             return None, (f"{value!r} is not a power of two; allowed: a power of two with a K, M "
                           'or G suffix, e.g. "512M" or "4G"')
         return size, None

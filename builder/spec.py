@@ -95,13 +95,45 @@ TLS = Section("tls", "TLS for the served endpoint (certificate and key ship encr
     Field("key", "path", "PEM private key of that certificate", required=True),
 ))
 
+def _seconds(name: str, doc: str) -> Field:
+    return Field(name, "int", doc + " (seconds; the model server's default if unset)",
+                 minimum=1, maximum=3600)
+
+
+#: Limits of enclave-build's model server (model-server.json ``limits``; measured, so changing
+#: one changes MRENCLAVE). Unset keys keep the server's defaults (model_server.config.Limits).
+LIMITS = Section("limits", "limits of enclave-build's model server (tflite, openvino mode "
+                 "\"python\", third-party Python backends)", (
+    Field("max_request_bytes", "size", "largest request body / message (default 64M)",
+          power_of_two=False),
+    Field("max_buffered_bytes", "size", "request bytes held at once, server-wide (default 4 x "
+          "max_request_bytes)", power_of_two=False),
+    Field("max_concurrent_requests", "int", "requests admitted at once besides the queue "
+          "(default 64)", minimum=1, maximum=65536),
+    Field("max_queue", "int", "requests that may wait, server-wide (default 256; each model "
+          "gets a share, see [[models]] max_queue)", minimum=0, maximum=65536),
+    Field("max_connections", "int", "open REST connections (default 256)", minimum=1,
+          maximum=65536),
+    Field("max_grpc_connections", "int", "open gRPC connections (default 1024)", minimum=1,
+          maximum=65536),
+    Field("max_streams_per_connection", "int", "gRPC calls open at once on one connection "
+          "(default 32)", minimum=1, maximum=1024),
+    _seconds("first_byte_timeout", "a new connection's first byte / gRPC handshake (default 5)"),
+    _seconds("header_timeout", "a REST request's header block (default 10)"),
+    _seconds("body_timeout", "a whole request body / gRPC request message (default 60)"),
+    _seconds("body_stall_timeout", "the longest pause while a REST body arrives (default 10)"),
+    _seconds("idle_timeout", "a keep-alive connection without requests (default 30)"),
+    Field("drain_seconds", "int", "on SIGTERM, how long admitted requests may take before the "
+          "queued ones are answered 503 (default 20)", minimum=0, maximum=3600),
+))
+
 BUILD = Section("build", "build behaviour", (
     Field("reproducible", "bool", "derive protected-file node keys and nonces from the wrap key, "
           "path and content, so the same inputs give byte-identical encrypted files (reveals "
           "which files, or 4 KiB blocks at the same position, are equal)", default=False),
 ))
 
-CORE_SECTIONS = (SERVICE, MODELS, ENCLAVE, IMAGE, SIGNING, SECRETS, TLS, BUILD,
+CORE_SECTIONS = (SERVICE, MODELS, ENCLAVE, IMAGE, SIGNING, SECRETS, TLS, LIMITS, BUILD,
                  occlum_spec.SECTION, DEPLOY)
 
 
@@ -207,6 +239,8 @@ class Spec:
     #: [deploy]: how `enclave-build k8s` runs it (copied into the build's service.json).
     deploy: DeploySpec = field(default_factory=DeploySpec)
     plugin_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: [limits] as written (keys the spec sets only; None when the section is absent).
+    limits: Mapping[str, int] | None = None
 
     @property
     def directory(self) -> Path:
@@ -342,6 +376,8 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
         occlum=occlum,
         deploy=DeploySpec.from_values(values["deploy"]),
         plugin_sections=plugin_values,
+        limits=({k: v for k, v in values["limits"].items() if v is not None}
+                if "limits" in data else None),
     )
 
 

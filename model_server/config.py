@@ -61,6 +61,9 @@ class Limits:
       anything else is answered 503. Lowered (with a warning) when the process's file
       descriptor limit could not hold that many.
     * ``max_grpc_connections``: open gRPC (HTTP/2) connections; one more is closed at once.
+      grpc cannot close an idle connection to make room for a new one (REST can), so this cap
+      is larger: new gRPC clients are refused only while more connections than that are open
+      at once (each closed after ``first_byte_timeout`` if it never completes its handshake).
     * ``max_streams_per_connection``: gRPC calls open at once on one connection (HTTP/2
       SETTINGS_MAX_CONCURRENT_STREAMS); a client's further calls wait for one of them to end.
     * ``first_byte_timeout``: seconds a new REST connection may take to send its first byte
@@ -70,7 +73,8 @@ class Limits:
       that does not read); ``body_timeout``: seconds to receive a whole request body;
       ``body_stall_timeout``: the longest pause while a body arrives (a body that stops
       making progress is answered 408 and its bytes released).
-    * gRPC: ``header_timeout`` bounds a connection's handshake (TLS, HTTP/2 settings),
+    * gRPC: ``first_byte_timeout`` (at most ``header_timeout``) bounds a connection's handshake
+      (TLS, HTTP/2 preface and settings),
       ``idle_timeout`` a connection without calls, ``body_timeout`` the wait for a call's
       request message (the call is then cancelled).
     """
@@ -80,7 +84,7 @@ class Limits:
     max_queue: int = 256                # waiting beyond that: refused (RESOURCE_EXHAUSTED / 503)
     max_buffered_bytes: int = 0         # 0: 4 x max_request_bytes
     max_connections: int = 256          # open REST connections
-    max_grpc_connections: int = 256     # open gRPC connections
+    max_grpc_connections: int = 1024    # open gRPC connections
     max_streams_per_connection: int = 32  # gRPC calls at once on one connection
     first_byte_timeout: float = 5.0
     header_timeout: float = 10.0

@@ -22,8 +22,10 @@ Hostile clients:
   which frees the thread. The client sees CANCELLED; the log says which limit.
 * Connections: at most ``limits.max_grpc_connections`` (one more is closed at once), each with
   at most ``limits.max_streams_per_connection`` calls at once (HTTP/2
-  SETTINGS_MAX_CONCURRENT_STREAMS), ``limits.header_timeout`` for the handshake and
-  ``limits.idle_timeout`` without calls before the server closes it.
+  SETTINGS_MAX_CONCURRENT_STREAMS), ``limits.first_byte_timeout`` (at most
+  ``limits.header_timeout``) for the handshake and ``limits.idle_timeout`` without calls before
+  the server closes it. grpc offers no way to close an idle connection to make room for a new
+  one, so the cap is set well above REST's (which does that).
 """
 
 from __future__ import annotations
@@ -300,6 +302,7 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
         ("grpc.max_allowed_incoming_connections", limits.max_grpc_connections),
-        ("grpc.server_handshake_timeout_ms", max(1, round(limits.header_timeout * 1000))),
+        ("grpc.server_handshake_timeout_ms",
+         max(1, round(min(limits.first_byte_timeout, limits.header_timeout) * 1000))),
         ("grpc.max_connection_idle_ms", max(1, round(limits.idle_timeout * 1000))),
     ]

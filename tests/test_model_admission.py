@@ -25,7 +25,7 @@ BASE = {"version": 1, "service": "s",
 
 def test_config_grpc_connection_limits_and_model_queue():
     c = parse_config(BASE)
-    assert c.limits.max_grpc_connections == 256 and c.limits.max_streams_per_connection == 32
+    assert c.limits.max_grpc_connections == 1024 and c.limits.max_streams_per_connection == 32
     assert c.models[0].max_queue is None                   # derived from the server's limits
     c = parse_config(dict(BASE, limits={"max_grpc_connections": 8,
                                         "max_streams_per_connection": 2},

@@ -36,7 +36,7 @@ import tomli_w
 
 from builder.plugin_api import (PYTHON, SERVER_PYTHONPATH, Field, FileKind, Framework, Port,
                                 PythonRuntime, Section, ServicePlan, Spec, base_plan, hookimpl,
-                                ship_python_package, spec_error)
+                                refuse_model_server_keys, ship_python_package, spec_error)
 
 #: Where the server's configuration and policy live in the image (all trusted).
 CONFIG_DIR = "/enclave/secret-server"
@@ -220,6 +220,7 @@ def _check_config(files: dict[str, bytes], config: dict, spec: Spec) -> bytes:
 
 
 def plan(spec: Spec) -> ServicePlan:
+    refuse_model_server_keys(spec, "secret-server")
     opts = spec.section("secret-server")
     files, config = _server_files(spec, opts)
     secrets_toml = _check_config(files, config, spec)
