@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=cwd, env=env,
+    proc = subprocess.run([sys.executable, "-m", "enclave_build", *args], cwd=cwd, env=env,
                           capture_output=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from builder.hashing import HashCache, hash_files
+from enclave_build.builder.hashing import HashCache, hash_files
 
 
 def make_tree(root: Path, total: int) -> list[Path]:

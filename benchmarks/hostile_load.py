@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtensionOID, NameOID  # noqa: E402
 
-from attestation.config import load_config  # noqa: E402
-from attestation.server import REQUEST, SecretServer  # noqa: E402
+from enclave_build.attestation.config import load_config  # noqa: E402
+from enclave_build.attestation.server import REQUEST, SecretServer  # noqa: E402
 from tests.attest_env import Platform, make_env  # noqa: E402
 
 KINDS = ("no-tls", "stall", "garbage", "bad-cert", "big-request")

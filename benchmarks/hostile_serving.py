@@ -1,6 +1,6 @@
 """Legitimate clients while hostile ones attack: the model server's limits, measured.
 
-One model server process (``python -m model_server``) serves three small models: ``fast``
+One model server process (``python -m enclave_build.model_server``) serves three small models: ``fast``
 (y = 2x, 2 ms per request, 2 instances), ``slow`` (the same, 0.5 s per request, 1 instance) and
 ``bytes`` (the byte length of each BYTES element). For each attack, in one run:
 
@@ -91,7 +91,7 @@ class Server:
         path = directory / "model-server.json"
         path.write_text(json.dumps(config))
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen([sys.executable, "-m", "model_server", "--config",
+        self.proc = subprocess.Popen([sys.executable, "-m", "enclave_build.model_server", "--config",
                                       str(path)], cwd=REPO, env=env, stderr=subprocess.PIPE,
                                      text=True)
         self.stderr: list[str] = []
@@ -212,7 +212,7 @@ class LoadResult:
 def run_load(server: Server, seconds: float, clients: int) -> LoadResult:
     import grpc
 
-    from model_server import protocol as pb
+    from enclave_build.model_server import protocol as pb
 
     result = LoadResult()
     lock = threading.Lock()
@@ -313,7 +313,7 @@ def attack_bytes_shape_rest(rest, grpc_address, stop) -> None:
 def attack_bytes_shape_grpc(rest, grpc_address, stop) -> None:
     import grpc
 
-    from model_server import protocol as pb
+    from enclave_build.model_server import protocol as pb
 
     req = pb.ModelInferRequest(model_name="bytes")
     req.inputs.add(name="s", datatype="BYTES", shape=[300000000])

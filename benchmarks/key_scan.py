@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from builder.key_scan import KeyScanner
+from enclave_build.builder.key_scan import KeyScanner
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ import argparse
 import hashlib
 import time
 
-from builder.gramine.measure import EnclaveAttributes, PalImage, measure_enclave, parse_size
-from builder.gramine.offsets import Offsets
-from builder.standin import _OFFSETS, standin_elf
+from enclave_build.builder.gramine.measure import EnclaveAttributes, PalImage, measure_enclave, parse_size
+from enclave_build.builder.gramine.offsets import Offsets
+from enclave_build.builder.standin import _OFFSETS, standin_elf
 
 
 def stream_bytes(size: int, threads: int, manifest_len: int, pal: PalImage) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from builder.gramine import protected_files as pf
+from enclave_build.builder.gramine import protected_files as pf
 
 REFERENCE_MB_S = 200.0
 

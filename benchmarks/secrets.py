@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
-from attestation.config import load_config  # noqa: E402
-from attestation.measurements import ImageRef, Measurements  # noqa: E402
-from attestation.policy import Decision  # noqa: E402
-from attestation.server import REQUEST, SecretServer  # noqa: E402
-from attestation.synthetic import SyntheticPKI, tls_ca_and_server  # noqa: E402
+from enclave_build.attestation.config import load_config  # noqa: E402
+from enclave_build.attestation.measurements import ImageRef, Measurements  # noqa: E402
+from enclave_build.attestation.policy import Decision  # noqa: E402
+from enclave_build.attestation.server import REQUEST, SecretServer  # noqa: E402
+from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server  # noqa: E402
 from tests.attest_env import Platform  # noqa: E402
 
 MR_SIGNER = hashlib.sha256(b"bench signer").digest()

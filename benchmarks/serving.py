@@ -8,7 +8,7 @@ other in one run (so they see the same machine):
 * direct: C client processes, each calling its own LiteRT interpreter in a loop (what a user
   would get with no server at all);
 * grpc / rest: C client processes, each sending tritonclient requests in a loop to one server
-  process (``python -m model_server``) with ``min(C, cores)`` interpreter instances;
+  process (``python -m enclave_build.model_server``) with ``min(C, cores)`` interpreter instances;
 * grpc-lean / rest-lean: the same requests from a client that costs as little as Python allows
   (the request serialized once; grpc's plain stub, or a raw keep-alive socket for HTTP), which
   separates what the server costs from what tritonclient costs.
@@ -68,7 +68,7 @@ def _lean_grpc(address: str, x: np.ndarray):
     stub, the response parsed and its tensors viewed with frombuffer."""
     import grpc
 
-    from model_server import protocol as pb
+    from enclave_build.model_server import protocol as pb
 
     channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", -1),
                                                       ("grpc.max_send_message_length", -1)])
@@ -244,7 +244,7 @@ class ServerProc:
                            "instances": instances, "threads": 1}]}
         path = workdir / f"bench-{instances}.json"
         path.write_text(json.dumps(cfg))
-        self.proc = subprocess.Popen([sys.executable, "-m", "model_server", "--config",
+        self.proc = subprocess.Popen([sys.executable, "-m", "enclave_build.model_server", "--config",
                                       str(path)], stderr=subprocess.PIPE, text=True, cwd=root,
                                      env={**os.environ, "PYTHONPATH": str(root)})
         if pin:

@@ -2,9 +2,11 @@
 
 Public API (everything the CLI does is available here)::
 
-    from builder.build import build, BuildResult
-    from builder.spec import load_spec, Spec
-    from builder.plan import ServicePlan
+    from enclave_build.builder.build import build, BuildResult
+    from enclave_build.builder.spec import load_spec, Spec
+    from enclave_build.builder.plan import ServicePlan
 """
 
-__version__ = "0.1.0"
+from .. import __version__
+
+__all__ = ["__version__"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import tomli_w
-from attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.measurements import ImageRef, Measurements
 
 from .errors import EnclaveBuildError, UsageError
 from .gramine.protected_files import KEY_SIZE as WRAP_KEY_SIZE, read_wrap_key

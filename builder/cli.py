@@ -515,7 +515,7 @@ def sigstruct(sigfile: Path, as_json: bool) -> None:
 
 
 def _tcb_policy(allow_status: tuple[str, ...], allow_debug: bool):  # noqa: ANN202
-    from attestation.verify import TcbPolicy, VerifierConfigError
+    from enclave_build.attestation.verify import TcbPolicy, VerifierConfigError
 
     try:
         return TcbPolicy(frozenset({"UpToDate", *allow_status}), allow_debug=allow_debug)
@@ -526,7 +526,7 @@ def _tcb_policy(allow_status: tuple[str, ...], allow_debug: bool):  # noqa: ANN2
 def _root_der(path: Path | None) -> bytes | None:
     if path is None:
         return None
-    from attestation.verify import load_root_der
+    from enclave_build.attestation.verify import load_root_der
 
     root = load_root_der(path)
     click.echo(f"warning: trusting the root CA in {path} instead of Intel's: quotes it vouches "
@@ -567,7 +567,7 @@ def quote_verify(quote_file: Path, collateral: Path, root_ca: Path | None, at: s
     """Verify QUOTE_FILE; exit 1 when it is refused."""
     import datetime as dt
 
-    from attestation.verify import QuoteRejected, load_collateral, verify_quote
+    from enclave_build.attestation.verify import QuoteRejected, load_collateral, verify_quote
 
     with _errors():
         policy = _tcb_policy(allow_tcb_status, allow_debug)
@@ -619,9 +619,9 @@ Example:
               help="secrets.toml ([server], [attestation], measurements, [[secrets]]).")
 def secrets_serve(config_path: Path) -> None:
     """Serve secrets until SIGINT/SIGTERM; SIGHUP reloads the configuration."""
-    from attestation.config import ConfigError
-    from attestation.policy import PolicyError
-    from attestation.server import ServerError, serve
+    from enclave_build.attestation.config import ConfigError
+    from enclave_build.attestation.policy import PolicyError
+    from enclave_build.attestation.server import ServerError, serve
 
     # A bad secrets.toml is a usage error (2); a server that cannot start (TLS material it
     # cannot use, an address in use) a runtime one (1).
@@ -733,7 +733,7 @@ def secrets_simulate_pki(directory: Path, days: int, force: bool, as_json: bool)
     trust DIRECTORY/root.pem. Never trust this root in production: whoever holds
     DIRECTORY/pki-private.json can mint quotes for any enclave.
     """
-    from attestation.synthetic import PKIError, SyntheticPKI
+    from enclave_build.attestation.synthetic import PKIError, SyntheticPKI
 
     with _errors({PKIError: EnclaveBuildError}):
         written = SyntheticPKI(days=days).save(directory, overwrite=force)
@@ -794,7 +794,7 @@ def secrets_tls(directory: Path, hosts: tuple[str, ...], days: int, port: int,
     import ipaddress
     import re as _re
 
-    from attestation.synthetic import tls_ca_and_server
+    from enclave_build.attestation.synthetic import tls_ca_and_server
 
     with _errors():
         for host in hosts:
@@ -1021,7 +1021,7 @@ Examples:
               help="Print as JSON: a list of {name, tag, description}.")
 def base_list(as_json: bool) -> None:
     """The base images enclave-build ships Dockerfiles for."""
-    from base_images import BASES
+    from enclave_build.base_images import BASES
 
     if as_json:
         _print_json([{"name": r.name, "tag": r.tag, "description": r.description}

@@ -65,10 +65,10 @@ def _endpoint(value: str) -> tuple[str, int]:
 
 def _expectation(measurement_files, collateral, pccs_url, synthetic_root, legacy_root,
                  allow_tcb_status, require_framework=None):  # noqa: ANN001, ANN202
-    from attestation.attest_client import Expectation
-    from attestation.collateral import FileCollateral, PccsCollateral
-    from attestation.measurements import Measurements, MeasurementsError
-    from attestation.verify import TcbPolicy, VerifierConfigError, load_root_der
+    from enclave_build.attestation.attest_client import Expectation
+    from enclave_build.attestation.collateral import FileCollateral, PccsCollateral
+    from enclave_build.attestation.measurements import Measurements, MeasurementsError
+    from enclave_build.attestation.verify import TcbPolicy, VerifierConfigError, load_root_der
 
     if (collateral is None) == (pccs_url is None):
         raise UsageError("give exactly one of --collateral FILE and --pccs URL (the collateral "
@@ -124,7 +124,7 @@ def _print_verdict(info: dict) -> None:
 
 
 def _refused(endpoint: str, exc, synthetic: bool, as_json: bool) -> None:  # noqa: ANN001
-    from attestation.attest_client import verdict
+    from enclave_build.attestation.attest_client import verdict
 
     if as_json:
         import json
@@ -174,7 +174,7 @@ def attest(endpoint: str, measurement_files: tuple[Path, ...], collateral: Path 
     the measurements.json files. Nothing is sent to the server. A mismatch names the field and
     both values.
     """
-    from attestation.attest_client import AttestationRefused, open_attested, verdict
+    from enclave_build.attestation.attest_client import AttestationRefused, open_attested, verdict
     from .cli import _errors, _print_json
 
     host, port = _endpoint(endpoint)
@@ -196,7 +196,7 @@ def attest(endpoint: str, measurement_files: tuple[Path, ...], collateral: Path 
 
 
 def _read_key(name: str, path: Path) -> bytes:
-    from attestation.wire import WRAP_KEY_SIZE
+    from enclave_build.attestation.wire import WRAP_KEY_SIZE
 
     try:
         info = os.stat(path)
@@ -262,8 +262,8 @@ def upload(endpoint: str, names: tuple[str, ...], files: tuple[Path, ...], owner
     server accepts them only from an owner it lists, and only for secrets of its policy that
     are provided by upload.
     """
-    from attestation.attest_client import AttestationRefused, open_attested, verdict
-    from attestation.upload import UploadRefused, encode_request, upload_keys
+    from enclave_build.attestation.attest_client import AttestationRefused, open_attested, verdict
+    from enclave_build.attestation.upload import UploadRefused, encode_request, upload_keys
     from .cli import _errors, _print_json
 
     host, port = _endpoint(endpoint)
@@ -308,7 +308,7 @@ def _check_owner_certificate(path: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from attestation.upload import is_owner_certificate
+    from enclave_build.attestation.upload import is_owner_certificate
 
     data = path.read_bytes()
     try:

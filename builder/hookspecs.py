@@ -8,7 +8,7 @@ pointing at a module (or object) with functions marked ``@hookimpl``::
     myframework = "myframework_plugin"
 
     # myframework_plugin.py
-    from builder.plugin_api import hookimpl, Framework
+    from enclave_build.builder.plugin_api import hookimpl, Framework
 
     @hookimpl
     def enclave_build_frameworks():

@@ -222,7 +222,7 @@ def _image_ref_ok(text: str, problems: list[Problem]) -> bool:
 
 def _load_identity(name: str, base_dir: Path, key: tuple, allow_debug: bool,
                    problems: list[Problem]) -> ServerIdentity | None:
-    from attestation.measurements import Measurements, MeasurementsError
+    from enclave_build.attestation.measurements import Measurements, MeasurementsError
 
     path = Path(name) if Path(name).is_absolute() else (base_dir / name).resolve()
     try:

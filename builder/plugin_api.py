@@ -6,14 +6,13 @@ Plugins (builtin or third-party) use only this module, :mod:`builder.hookspecs`,
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import importlib.util
 import json
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .errors import EnclaveBuildError
 from .hookspecs import hookimpl
@@ -38,7 +37,7 @@ __all__ = [
     "base_plan", "service_key_name", "model_key_name", "default_key_name", "require_one_key",
     "require_models",
     "spec_error", "add_model", "add_secret_file", "model_image_path", "python_server_plan",
-    "ship_python_package", "server_config", "deliver_keys_as_files", "server_open_files",
+    "ship_python_package", "ship_enclave_runtime", "server_config", "deliver_keys_as_files", "server_open_files",
     "refuse_model_server_keys",
 ]
 
@@ -376,70 +375,43 @@ def _source_files(root: Path) -> list[Path]:
 
 def ship_python_package(plan: ServicePlan, name: str, *,
                         target: str = SERVER_PYTHONPATH) -> list[str]:
-    """Copy the installed top-level package (or module) *name* from the environment running
-    the build into the image under *target* (on the server's PYTHONPATH), as trusted files, so
-    the code in the image is exactly the code installed with the builder. Returns image paths."""
-    root = _package_dir(name)
-    out = []
-    base = root.parent
-    for path in _source_files(root):
-        dest = posixpath.join(target, path.relative_to(base).as_posix())
+    """Copy the installed package (or module) *name* -- top-level or dotted, e.g.
+    ``enclave_build.model_server`` -- from the environment running the build into the image
+    under *target* (on the server's PYTHONPATH) as trusted files, with the ``__init__.py`` of
+    every package above it, so the code in the image is exactly the code installed with the
+    builder. Returns image paths."""
+    parts = name.split(".")
+    out: list[str] = []
+
+    def add(source: Path, dest: str) -> None:
         if not any(f.dest == dest for f in plan.files):
-            plan.add_file(path, dest, FileKind.TRUSTED)
+            plan.add_file(source, dest, FileKind.TRUSTED)
         out.append(dest)
+
+    for depth in range(1, len(parts)):
+        parent = _package_dir(".".join(parts[:depth]))
+        add(parent / "__init__.py", posixpath.join(target, *parts[:depth], "__init__.py"))
+    root = _package_dir(name)
+    if root.is_file():
+        add(root, posixpath.join(target, *parts[:-1], root.name))
+        return out
+    for path in _source_files(root):
+        add(path, posixpath.join(target, *parts, path.relative_to(root).as_posix()))
     return out
 
 
-def _attestation_imports(files: Iterable[Path]) -> set[str]:
-    """Names of ``attestation`` submodules the given sources import (absolute or relative)."""
-    names: set[str] = set()
-    for path in files:
-        if path.suffix != ".py":
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        except (SyntaxError, UnicodeDecodeError, OSError):
-            continue
-        inside = path.parent.name == "attestation"
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    parts = alias.name.split(".")
-                    if parts[0] == "attestation" and len(parts) > 1:
-                        names.add(parts[1])
-            elif isinstance(node, ast.ImportFrom):
-                module = node.module or ""
-                if node.level == 0 and module.split(".")[0] == "attestation":
-                    parts = module.split(".")
-                    if len(parts) > 1:
-                        names.add(parts[1])
-                    else:
-                        names.update(a.name for a in node.names)
-                elif node.level == 1 and inside:
-                    if module:
-                        names.add(module.split(".")[0])
-                    else:
-                        names.update(a.name for a in node.names)
-    return names
+#: What runs inside the enclave with enclave-build's Python servers, shipped whole from the
+#: installed distribution: the model server (and its key fetching), and the attestation package
+#: (RA-TLS, quotes, protected files; the secret server too, when it is the enclave).
+ENCLAVE_RUNTIME = ("enclave_build.model_server", "enclave_build.attestation")
 
 
-def _ship_attestation(plan: ServicePlan, server_files: list[Path]) -> None:
-    """Ship the attestation modules the server imports (transitively), plus a bare
-    ``attestation/__init__.py`` (the real one belongs to the builder's side)."""
-    package = _package_dir("attestation")
-    wanted = _attestation_imports(server_files)
-    done: set[str] = set()
-    while wanted - done:
-        name = sorted(wanted - done)[0]
-        done.add(name)
-        source = package / f"{name}.py"
-        if not source.is_file():
-            raise EnclaveBuildError(f"the model server imports attestation.{name}, which the "
-                                    f"installed enclave-build does not have ({source})")
-        plan.add_file(source, f"{SERVER_PYTHONPATH}/attestation/{name}.py", FileKind.TRUSTED)
-        wanted |= _attestation_imports([source])
-    plan.add_file(None, f"{SERVER_PYTHONPATH}/attestation/__init__.py", FileKind.TRUSTED,
-                  data=b'"""The attestation modules the model server uses."""\n')
+def ship_enclave_runtime(plan: ServicePlan, *, target: str = SERVER_PYTHONPATH) -> list[str]:
+    """Ship :data:`ENCLAVE_RUNTIME` into the image (see :func:`ship_python_package`)."""
+    out: list[str] = []
+    for name in ENCLAVE_RUNTIME:
+        out += ship_python_package(plan, name, target=target)
+    return out
 
 
 def _backend_entry_point(name: str) -> importlib.metadata.EntryPoint | None:
@@ -568,7 +540,7 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     require_models(spec, framework.name)
     _check_server_resources(spec, framework, grpc_port=grpc_port, rest_port=rest_port,
                             instances=instances, threads=threads)
-    argv = [PYTHON, "-m", "model_server", "--config", SERVER_CONFIG]
+    argv = [PYTHON, "-m", "enclave_build.model_server", "--config", SERVER_CONFIG]
     plan = base_plan(
         spec, framework, entrypoint=(python.interpreter if python else PYTHON), argv=argv,
         env={"PYTHONPATH": SERVER_PYTHONPATH, "PYTHONDONTWRITEBYTECODE": "1",
@@ -600,15 +572,14 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     ep = _backend_entry_point(backend)
     if ep is not None:
         entry_points[backend] = ep.value
-        top = ep.value.split(":")[0].split(".")[0]
-        if top != "model_server":
-            ship_python_package(plan, top)
+        module = ep.value.split(":")[0]
+        if module != "enclave_build" and not module.startswith("enclave_build."):
+            ship_python_package(plan, module.split(".")[0])
     elif backend not in BUILTIN_BACKENDS:
         raise EnclaveBuildError(
             f"no model-server backend named {backend!r} is installed (entry-point group "
             f"{BACKEND_ENTRY_POINTS}); builtin: {', '.join(BUILTIN_BACKENDS)}")
-    ship_python_package(plan, "model_server")
-    _ship_attestation(plan, [f.source for f in plan.files if f.source is not None])
+    ship_enclave_runtime(plan)
     if entry_points:
         info = f"{SERVER_PYTHONPATH}/enclave_build_image_backends-0.dist-info"
         plan.add_file(None, f"{info}/METADATA", FileKind.TRUSTED,
@@ -651,8 +622,8 @@ def server_open_files(config: Mapping[str, Any]) -> int:
     """The file descriptors enclave-build's model server may hold with *config* (its
     connection caps, model files and its own; ``model_server.resources``): the enclave's
     ``sys.fds.limit``, so idle connections meet the server's caps before the libOS's limit."""
-    from model_server.config import parse_config
-    from model_server.resources import config_fds
+    from enclave_build.model_server.config import parse_config
+    from enclave_build.model_server.resources import config_fds
 
     return config_fds(parse_config(dict(config), SERVER_CONFIG))
 

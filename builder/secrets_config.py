@@ -39,8 +39,8 @@ from typing import Any, Callable
 
 import tomli_w
 
-from attestation.measurements import Measurements, MeasurementsError
-from attestation.policy import ENCODINGS
+from enclave_build.attestation.measurements import Measurements, MeasurementsError
+from enclave_build.attestation.policy import ENCODINGS
 
 from .errors import EnclaveBuildError, UsageError
 
@@ -373,8 +373,8 @@ def write_config(target: Path, config: dict[str, Any], *, force: bool = False,
     accepted it and its policy was built exactly as the server builds it at start-up and on
     reload (relative paths in it resolve against *target*'s directory). *log* gets one line per
     key file of a :class:`ComposedConfig`: which fragment contributes it."""
-    from attestation.config import ConfigError, load_config
-    from attestation.policy import Policy, PolicyError
+    from enclave_build.attestation.config import ConfigError, load_config
+    from enclave_build.attestation.policy import Policy, PolicyError
 
     target = Path(target)
     if target.exists() and not force:

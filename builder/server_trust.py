@@ -91,7 +91,7 @@ def _located(problems: list[Problem], key: tuple, message: str) -> None:
 
 def _identity(name: str, base_dir: Path, key: tuple, problems: list[Problem]
               ) -> ServerIdentity | None:
-    from attestation.measurements import Measurements, MeasurementsError
+    from enclave_build.attestation.measurements import Measurements, MeasurementsError
 
     path = Path(name) if Path(name).is_absolute() else (base_dir / name).resolve()
     try:
@@ -178,7 +178,7 @@ def check(values: dict[str, Any], written: Any, libos: Any, base_dir: Path,
                  "give exactly one of server_collateral (a file, measured) and server_pccs_url "
                  "(fetched by the enclave) to verify the secret server's quote with")
     if collateral is not None:
-        from attestation.verify import VerifierConfigError, load_collateral
+        from enclave_build.attestation.verify import VerifierConfigError, load_collateral
 
         try:
             load_collateral(collateral)

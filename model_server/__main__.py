@@ -1,4 +1,4 @@
-"""``python -m model_server --config PATH``"""
+"""``python -m enclave_build.model_server --config PATH``"""
 
 import sys
 

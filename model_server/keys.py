@@ -58,8 +58,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from attestation import protected_files, wire
-from attestation.ratls import FORMATS, create_certificate
+from enclave_build.attestation import protected_files, wire
+from enclave_build.attestation.ratls import FORMATS, create_certificate
 
 from .config import KeysConfig, host_path
 from .server_attest import ServerRefused, ServerVerifier

@@ -167,7 +167,7 @@ async def drain(config: ServerConfig, engine: Engine, grpc_server: "GRPCServer |
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m model_server",
+        prog="python -m enclave_build.model_server",
         description="enclave-build's model server: KServe Open Inference Protocol v2 over gRPC "
                     "and REST, for models run by LiteRT (tflite), OpenVINO or a backend plugin.",
         epilog="Exit codes: 0 stopped after SIGTERM, 1 a model or listener failed, 2 bad "

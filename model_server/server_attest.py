@@ -87,8 +87,8 @@ class ServerVerifier:
             from cryptography import __version__ as crypto_version
             from cryptography import x509
 
-            from attestation import collateral as _collateral
-            from attestation import verify as _verify
+            from enclave_build.attestation import collateral as _collateral
+            from enclave_build.attestation import verify as _verify
         except ImportError as exc:
             raise ServerRefused(f"cannot verify the secret server's quote: {exc} (the image "
                                 "needs dcap-qvl next to the model server's runtimes)") from None
@@ -139,7 +139,7 @@ class ServerVerifier:
         """Verify the secret server's certificate; :class:`ServerRefused` with the reason."""
         from cryptography import x509
 
-        from attestation.ratls import EvidenceError, extract_evidence
+        from enclave_build.attestation.ratls import EvidenceError, extract_evidence
 
         verify, collateral_mod = self._verify, self._collateral_mod
         try:

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from attestation.measurements import ImageRef, Measurements
-from attestation.ratls import create_certificate
-from attestation.synthetic import SyntheticPKI, tls_ca_and_server
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.ratls import create_certificate
+from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
 
 MR_SIGNER = hashlib.sha256(b"test signer").digest()
 PROD_ID = {"face": 1, "ocr": 2}  # one signing key, two products
@@ -100,7 +100,7 @@ class Platform:
     report every time, so no two of its quotes share a platform part.)"""
 
     def __init__(self, pki: SyntheticPKI):
-        from attestation.quote import SIGNED_LEN
+        from enclave_build.attestation.quote import SIGNED_LEN
         self.pki = pki
         template = pki.quote(bytes(32), bytes(32))
         self._tail = template[SIGNED_LEN + 4 + 64:]   # attestation key .. certification data
@@ -110,9 +110,9 @@ class Platform:
               debug: bool = False, flags: int | None = None) -> bytes:
         import struct
 
-        from attestation.quote import (FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT, EnclaveReport,
+        from enclave_build.attestation.quote import (FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT, EnclaveReport,
                                        signed_part)
-        from attestation.synthetic import PLATFORM_CPU_SVN, PLATFORM_PCE_SVN, QE_ISVSVN, \
+        from enclave_build.attestation.synthetic import PLATFORM_CPU_SVN, PLATFORM_PCE_SVN, QE_ISVSVN, \
             raw_signature
         if flags is None:
             flags = FLAG_INIT | FLAG_MODE64BIT | (FLAG_DEBUG if debug else 0)

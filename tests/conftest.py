@@ -58,14 +58,14 @@ def sign_vectors(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def standin_root(tmp_path_factory) -> Path:
-    from builder.standin import make_standin_rootfs
+    from enclave_build.builder.standin import make_standin_rootfs
 
     return make_standin_rootfs(tmp_path_factory.mktemp("standin") / "rootfs")
 
 
 @pytest.fixture(scope="session")
 def signing_key(tmp_path_factory) -> Path:
-    from builder.gramine.signer import write_new_key
+    from enclave_build.builder.gramine.signer import write_new_key
 
     path = tmp_path_factory.mktemp("keys") / "enclave-key.pem"
     write_new_key(path)
@@ -82,7 +82,7 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None,
             input: bytes | None = None) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "enclave_build", *args], capture_output=True,
                           env=full_env, cwd=cwd, input=input, timeout=300)
 
 
@@ -94,10 +94,10 @@ def write_spec(directory: Path, text: str, name: str = "spec.toml") -> Path:
 
 def image_rootfs(output_dir: Path) -> Path:
     """The root filesystem of the image in a build output (DIR/oci), unpacked for reading."""
-    from builder.image.oci import BlobStore
-    from builder.cache import cache_root
-    from builder.image.sources import read_oci_layout
-    from builder.image.unpack import unpacked_rootfs
+    from enclave_build.builder.image.oci import BlobStore
+    from enclave_build.builder.cache import cache_root
+    from enclave_build.builder.image.sources import read_oci_layout
+    from enclave_build.builder.image.unpack import unpacked_rootfs
 
     store = BlobStore(cache_root() / "blobs")
     image = read_oci_layout(Path(output_dir) / "oci", None, store, str(output_dir))

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from model_server.backends import Backend, TensorSpec
+from enclave_build.model_server.backends import Backend, TensorSpec
 
 
 class BytesLength(Backend):

@@ -8,10 +8,10 @@ import socket
 import threading
 import time
 
-from model_server.config import Limits, ModelConfig
-from model_server.core import Engine, LoadedModel
-from model_server.metrics import Metrics
-from model_server.rest import RESTServer
+from enclave_build.model_server.config import Limits, ModelConfig
+from enclave_build.model_server.core import Engine, LoadedModel
+from enclave_build.model_server.metrics import Metrics
+from enclave_build.model_server.rest import RESTServer
 
 from .test_model_server import EchoBackend
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attestation.synthetic import SyntheticPKI, tls_ca_and_server
+from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
 
 SERVING = re.compile(r"model_server: serving grpc (\S+):(\d+) rest (\S+):(\d+)")
 
@@ -122,7 +122,7 @@ def secret_server_config(keys: Keys, builds: list[Path], *, allow_override: str 
     """secrets.toml from the builds' policy fragments (`enclave-build secrets config`'s code),
     trusting the test's synthetic PKI. *allow_override* (a TOML array) replaces every rule's
     allow list, to make a policy that admits some other enclave."""
-    from builder.secrets_config import ServerSide, compose_config, write_config
+    from enclave_build.builder.secrets_config import ServerSide, compose_config, write_config
 
     config = compose_config(builds, ServerSide(
         cert=keys.server_cert, key=keys.server_key, listen=f"127.0.0.1:{keys.secret_port}",
@@ -159,7 +159,7 @@ class Process:
 
 
 def _cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "builder.cli", *args], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "enclave_build", *args], cwd=cwd,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from model_server.backends import Backend, TensorSpec
+from enclave_build.model_server.backends import Backend, TensorSpec
 
 
 class SleepBackend(Backend):

@@ -4,7 +4,7 @@ Each case is (id, spec text, expected stderr lines). The spec is written as spec
 directory that also holds model.tflite and key.pem; {dir} in expected lines is that directory.
 """
 
-from builder.plugins import PluginRegistry
+from enclave_build.builder.plugins import PluginRegistry
 
 #: the installed frameworks as errors list them: the builtins, plus any third-party plugin
 #: installed next to enclave-build (README installs the onnxruntime example's into .venv)

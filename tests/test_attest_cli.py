@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from attestation import upload
-from attestation.measurements import ImageRef, Measurements
-from attestation.server import SecretServer
-from attestation.config import load_config
+from enclave_build.attestation import upload
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.server import SecretServer
+from enclave_build.attestation.config import load_config
 
 from .attest_env import MR_SIGNER, identity, make_env
 from .conftest import run_cli

@@ -11,9 +11,9 @@ import threading
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from attestation.measurements import ImageRef, Measurements
-from attestation.ratls import create_certificate
-from attestation.synthetic import SyntheticPKI
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.ratls import create_certificate
+from enclave_build.attestation.synthetic import SyntheticPKI
 
 from .attest_env import MR_SIGNER, identity
 from .conftest import run_cli

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from base_images import BASES
+from enclave_build.base_images import BASES
 
 from .conftest import REPO, run_cli
 
@@ -69,7 +69,7 @@ def test_base_list_command():
 
 
 def test_frameworks_default_to_the_bases_tags():
-    from builder.plugins import PluginRegistry
+    from enclave_build.builder.plugins import PluginRegistry
 
     tags = {recipe.tag for recipe in BASES.values()}
     registry = PluginRegistry()
@@ -145,7 +145,7 @@ def test_occlum_python_base_matches_occlums_glibc_and_the_gramine_runtimes():
     constraints = _pins(REPO / "constraints.txt")
     for name in ("cryptography", "cffi", "pycparser", "dcap-qvl"):
         assert gramine[name] == constraints[name], f"{name}: keep the test environment's pin"
-    from builder.occlum.backend import PYTHON_RUNTIME_BASE
-    from builder.plugin_api import PYTHON
+    from enclave_build.builder.occlum.backend import PYTHON_RUNTIME_BASE
+    from enclave_build.builder.plugin_api import PYTHON
     assert BASES["occlum-python"].tag == PYTHON_RUNTIME_BASE
     assert PYTHON == "/usr/bin/python3.11" and "ARG PYTHON_VERSION=3.11" in text

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.cache import cache_root
-from builder.image.blob_cache import BlobCache, Limits, parse_days, parse_size
-from builder.image.oci import BlobStore
+from enclave_build.builder.cache import cache_root
+from enclave_build.builder.image.blob_cache import BlobCache, Limits, parse_days, parse_size
+from enclave_build.builder.image.oci import BlobStore
 
 from .conftest import image_rootfs, run_cli, write_spec
 
@@ -97,7 +97,7 @@ def test_nothing_is_pruned_while_a_build_holds_the_cache(cache, tmp_path):
     old = _blob(store, b"o" * 100, clock.now - 100 * DAY)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from builder.image.blob_cache import BlobCache\n"
+         "from enclave_build.builder.image.blob_cache import BlobCache\n"
          "with BlobCache(Path(sys.argv[1])).in_use():\n"
          "    print('held', flush=True); time.sleep(60)", str(blobs.root)],
         stdout=subprocess.PIPE, text=True)
@@ -236,8 +236,8 @@ def test_cache_commands(tmp_path, standin_root, signing_key):
 
 def test_prune_refuses_while_a_build_runs(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from builder.cache import cache_root; "
-         "from builder.image.blob_cache import BlobCache\n"
+        [sys.executable, "-c", "import time; from enclave_build.builder.cache import cache_root; "
+         "from enclave_build.builder.image.blob_cache import BlobCache\n"
          "with BlobCache(cache_root()).in_use():\n"
          "    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, env=os.environ.copy())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from attestation.measurements import Measurements
+from enclave_build.attestation.measurements import Measurements
 
 from .conftest import image_rootfs, run_cli, write_spec
 
@@ -81,7 +81,7 @@ def test_same_inputs_in_other_directories_give_identical_measurements(tmp_path, 
 
 
 def test_changed_model_changes_mrenclave(tmp_path, standin_root, signing_key):
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     spec = _project(tmp_path, signing_key)
     first = build(spec, base=f"dir:{standin_root}").measurements
@@ -94,7 +94,7 @@ def test_changed_model_changes_mrenclave(tmp_path, standin_root, signing_key):
 def test_log_level_goes_into_the_measured_manifest(tmp_path, standin_root, signing_key):
     import tomllib
 
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     spec = _project(tmp_path, signing_key)
     out = tmp_path / "out"
@@ -159,7 +159,7 @@ def test_base_without_gramine_is_a_clear_error(tmp_path, signing_key):
 
 
 def test_encrypted_password_key_via_env(tmp_path, standin_root):
-    from builder.gramine.signer import write_new_key
+    from enclave_build.builder.gramine.signer import write_new_key
 
     directory = tmp_path / "p"
     directory.mkdir()

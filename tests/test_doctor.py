@@ -8,9 +8,9 @@ import ssl
 import pytest
 from click.testing import CliRunner
 
-from builder import doctor
-from builder.cli import main
-from builder.doctor import MISSING, OK, WARN, Probes, diagnose
+from enclave_build.builder import doctor
+from enclave_build.builder.cli import main
+from enclave_build.builder.doctor import MISSING, OK, WARN, Probes, diagnose
 
 IDS = ["docker.engine", "registry.credentials", "sgx.enclave_device", "sgx.provision_device",
        "sgx.aesmd", "sgx.pccs", "realbase.mmdebstrap", "realbase.gramine_archive",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.elf import LibraryNotFoundError, LoaderView, closure, read_deps
-from builder.rootfs import RootFS
+from enclave_build.builder.elf import LibraryNotFoundError, LoaderView, closure, read_deps
+from enclave_build.builder.rootfs import RootFS
 
 from .conftest import write_spec
 
@@ -93,7 +93,7 @@ def test_missing_library_is_an_error_naming_it_and_the_needer(tmp_path):
 def test_runpath_origin_and_rpath(tmp_path):
     """$ORIGIN in DT_RUNPATH is the needing object's directory; DT_RPATH comes before
     LD_LIBRARY_PATH only without DT_RUNPATH."""
-    from builder.standin import standin_elf
+    from enclave_build.builder.standin import standin_elf
 
     root = tmp_path / "root"
     (root / "opt/app/bin").mkdir(parents=True)
@@ -113,7 +113,7 @@ def test_runpath_origin_and_rpath(tmp_path):
 
 
 def test_stripped_sections_fall_back_to_the_dynamic_segment(tmp_path):
-    from builder.standin import standin_elf
+    from enclave_build.builder.standin import standin_elf
 
     path = tmp_path / "x.so"
     path.write_bytes(standin_elf("x", needed=("liba.so.1", "libb.so.2"), runpath="/opt/lib"))
@@ -148,7 +148,7 @@ key = "key.pem"
 
 
 def _build_tfs(tmp_path, base: Path, signing_key: Path):
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     (tmp_path / "model").mkdir(exist_ok=True)
     (tmp_path / "model/saved_model.pb").write_bytes(b"\x08\x01")

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from attestation.config import load_config
-from attestation.measurements import Measurements
-from attestation.server import SecretServer
-from attestation.simulated_quoter import SimulatedQuoter
-from attestation.synthetic import tls_ca_and_server
-from builder.errors import EnclaveBuildError
-from builder.gramine import protected_files as builder_pf
-from model_server import keys
-from model_server.config import KeysConfig
+from enclave_build.attestation.config import load_config
+from enclave_build.attestation.measurements import Measurements
+from enclave_build.attestation.server import SecretServer
+from enclave_build.attestation.simulated_quoter import SimulatedQuoter
+from enclave_build.attestation.synthetic import tls_ca_and_server
+from enclave_build.builder.errors import EnclaveBuildError
+from enclave_build.builder.gramine import protected_files as builder_pf
+from enclave_build.model_server import keys
+from enclave_build.model_server.config import KeysConfig
 
 from .attest_env import audit_mark, make_env, settled_audit
 
@@ -344,7 +344,7 @@ def test_bad_quoter_address(server, env, monkeypatch, tmp_path):
 
 
 def test_builder_pf_errors_stay_enclave_build_errors(tmp_path):
-    from attestation import protected_files as pf
+    from enclave_build.attestation import protected_files as pf
     (tmp_path / "bad").write_bytes(bytes(17))
     with pytest.raises(EnclaveBuildError, match="exactly 16 raw bytes") as info:
         builder_pf.read_wrap_key(tmp_path / "bad")
@@ -355,9 +355,11 @@ def test_builder_pf_errors_stay_enclave_build_errors(tmp_path):
 
 
 def test_in_image_modules_import_no_builder_no_pyopenssl_no_dcap_qvl():
-    code = ("import sys, model_server.keys, attestation.protected_files, attestation.wire, "
-            "attestation.ratls, attestation.quote; print(sorted({m.split('.')[0] for m in "
-            "sys.modules if m.split('.')[0] in ('builder', 'OpenSSL', 'dcap_qvl')}))")
+    code = ("import sys, enclave_build.model_server.keys, enclave_build.attestation.protected_files, "
+            "enclave_build.attestation.wire, enclave_build.attestation.ratls, "
+            "enclave_build.attestation.quote; print(sorted({m for m in sys.modules "
+            "if m.startswith('enclave_build.builder') or m.split('.')[0] in ('OpenSSL', "
+            "'dcap_qvl')}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "[]"
@@ -373,7 +375,7 @@ def test_refusal_wire_bytes(server, env):
 
     from cryptography.hazmat.primitives import serialization
 
-    from attestation import wire
+    from enclave_build.attestation import wire
 
     cert, key = env.enclave_cert("face", mr_enclave=os.urandom(32))
     (env.directory / "r.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -396,7 +398,7 @@ def test_refusal_wire_bytes(server, env):
 
 
 def test_policy_sni_naming_a_secret_selects_only_that_secret(env):
-    from attestation.policy import Identity, Policy
+    from enclave_build.attestation.policy import Identity, Policy
 
     config = load_config(env.config)
     policy = Policy.build(list(config.measurements), list(config.secrets), config.path.parent)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.gramine import protected_files as pf
+from enclave_build.builder.gramine import protected_files as pf
 
 from .conftest import image_rootfs, run_cli, write_spec
 from .test_manifest import GOLDEN

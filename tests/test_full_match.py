@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from attestation.measurements import Measurements, MeasurementsError
-from attestation.occlum_ra import RaConfig, RaConfigError
-from builder.errors import UsageError
-from builder.image.reference import parse_registry_ref
-from builder.k8s.quantity import cpu_millis, memory_bytes
-from builder.occlum import rules
-from builder.schema import parse_size
+from enclave_build.attestation.measurements import Measurements, MeasurementsError
+from enclave_build.attestation.occlum_ra import RaConfig, RaConfigError
+from enclave_build.builder.errors import UsageError
+from enclave_build.builder.image.reference import parse_registry_ref
+from enclave_build.builder.k8s.quantity import cpu_millis, memory_bytes
+from enclave_build.builder.occlum import rules
+from enclave_build.builder.schema import parse_size
 
 HEX = "ab" * 32
 MEASUREMENTS = {"service": "s", "framework": "tflite", "libos": "gramine", "mr_enclave": HEX,
@@ -64,7 +64,7 @@ def test_occlum_ra_config_measurement():
 
 
 def test_secrets_config_allow_entry(tmp_path):
-    from builder.secrets_config import SecretsConfigError, merge_fragments
+    from enclave_build.builder.secrets_config import SecretsConfigError, merge_fragments
 
     (tmp_path / "measurements.json").write_text(json.dumps(MEASUREMENTS))
     key = tmp_path / "k.key"

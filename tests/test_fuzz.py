@@ -104,8 +104,8 @@ def _tree(directory: Path) -> dict[str, Any]:
 
 
 def check_layers(case: tuple) -> None:
-    from builder.image.oci import ImageError
-    from builder.image.unpack import apply_layer
+    from enclave_build.builder.image.oci import ImageError
+    from enclave_build.builder.image.unpack import apply_layer
 
     COUNTS["layer applier"] += 1
     stack, mutation = case
@@ -137,7 +137,7 @@ def check_layers(case: tuple) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _pki():
-    from attestation.synthetic import SyntheticPKI
+    from enclave_build.attestation.synthetic import SyntheticPKI
 
     pki = SyntheticPKI()
     return pki, pki.collateral_json()
@@ -151,8 +151,8 @@ def _quote() -> bytes:
 
 
 def check_quote(mutation: tuple) -> None:
-    from attestation.quote import Quote, QuoteFormatError
-    from attestation.verify import QuoteRejected, verify_quote
+    from enclave_build.attestation.quote import Quote, QuoteFormatError
+    from enclave_build.attestation.verify import QuoteRejected, verify_quote
 
     COUNTS["quote parsing"] += 1
     raw = mutate(_quote(), mutation)
@@ -177,7 +177,7 @@ def check_quote(mutation: tuple) -> None:
 def _ratls(fmt: str):
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    from attestation.ratls import create_certificate
+    from enclave_build.attestation.ratls import create_certificate
 
     pki, _ = _pki()
     key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if fmt == "cczoo"
@@ -195,7 +195,7 @@ def check_ratls(case: tuple) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
-    from attestation.ratls import EvidenceError, extract_evidence
+    from enclave_build.attestation.ratls import EvidenceError, extract_evidence
 
     COUNTS["RA-TLS certificates"] += 1
     fmt, where, mutation = case
@@ -233,7 +233,7 @@ _PF_KEY = bytes(range(16))
 
 @functools.lru_cache(maxsize=None)
 def _pf_file() -> bytes:
-    from attestation.protected_files import encrypt_bytes
+    from enclave_build.attestation.protected_files import encrypt_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "f.pf"
@@ -243,7 +243,7 @@ def _pf_file() -> bytes:
 
 
 def check_pf(mutation: tuple) -> None:
-    from attestation.protected_files import PFError, decrypt_stream
+    from enclave_build.attestation.protected_files import PFError, decrypt_stream
 
     COUNTS["PF decryption"] += 1
     base = _pf_file()
@@ -267,7 +267,7 @@ def _sigstruct() -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-    from builder.gramine.sigstruct import ARCH_LAYOUT, SigDate, Sigstruct, SigstructBody
+    from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT, SigDate, Sigstruct, SigstructBody
 
     key = rsa.generate_private_key(public_exponent=3, key_size=3072)
     body = SigstructBody(hashlib.sha256(b"x").digest(), SigDate(2026, 1, 1), 1, 2, 0x4, 0x3,
@@ -283,7 +283,7 @@ _UNCHECKED = set(range(1028, 1040))
 
 
 def check_sigstruct(mutation: tuple) -> None:
-    from builder.gramine.sigstruct import ARCH_LAYOUT, Sigstruct, SigstructError, describe
+    from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT, Sigstruct, SigstructError, describe
 
     COUNTS["SIGSTRUCT parsing"] += 1
     base = _sigstruct()
@@ -346,10 +346,10 @@ class _Registry:
 
 
 def check_manifest(body: bytes) -> None:
-    from builder.image.oci import (BlobStore, ImageError, parse_config, parse_index,
+    from enclave_build.builder.image.oci import (BlobStore, ImageError, parse_config, parse_index,
                                    parse_json_object, parse_manifest)
-    from builder.image.reference import RegistryRef
-    from builder.image.registry import RegistryClient
+    from enclave_build.builder.image.reference import RegistryRef
+    from enclave_build.builder.image.registry import RegistryClient
 
     COUNTS["registry manifests/indexes"] += 1
     for parse in (lambda d: parse_manifest(d, "fuzz"), lambda d: parse_index(d, "fuzz")):
@@ -406,8 +406,8 @@ def _rest_server():
     """One REST server on 127.0.0.1 for the whole run (echo and BYTES models)."""
     import atexit
 
-    from model_server.config import ModelConfig
-    from model_server.core import LoadedModel
+    from enclave_build.model_server.config import ModelConfig
+    from enclave_build.model_server.core import LoadedModel
 
     from .ms_backends import BytesLength
     from .rest_env import RestInThread, echo_model
@@ -449,9 +449,9 @@ def check_rest(case: tuple) -> None:
 def check_rest_body(case: tuple) -> None:
     """A mutated inference body decoded for the echo and BYTES models: arrays, or ServeError
     with a message (never another exception)."""
-    from model_server.config import ModelConfig
-    from model_server.core import LoadedModel, ServeError
-    from model_server.rest import decode_infer
+    from enclave_build.model_server.config import ModelConfig
+    from enclave_build.model_server.core import LoadedModel, ServeError
+    from enclave_build.model_server.rest import decode_infer
 
     from .ms_backends import BytesLength
     from .rest_env import echo_model
@@ -514,7 +514,7 @@ def test_fuzz(name):
 def test_quote_shorter_than_its_fixed_signature_fields_is_a_format_error():
     """Found by review of what the quote target exercises: a signature-data length that agrees
     with the total size but leaves no room for the fixed fields used to raise struct.error."""
-    from attestation.quote import Quote, QuoteFormatError
+    from enclave_build.attestation.quote import Quote, QuoteFormatError
 
     for sig_len in (0, 1, 577):
         raw = _quote()[:432] + sig_len.to_bytes(4, "little") + bytes(sig_len)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.run.gramine_direct import (DirectLaunch, LaunchError, command, has_gramine_direct,
+from enclave_build.builder.run.gramine_direct import (DirectLaunch, LaunchError, command, has_gramine_direct,
                                         resolve_user, run, start, wait_forwarding)
-from builder.run.rootfs import private_root
+from enclave_build.builder.run.rootfs import private_root
 from tests.gramine_base import gramine_base_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration

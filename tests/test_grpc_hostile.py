@@ -1,5 +1,5 @@
 """The model server's gRPC side, admission and shutdown against hostile or heavy clients, on
-127.0.0.1 with the real server process (``python -m model_server``): raw HTTP/2 streams that
+127.0.0.1 with the real server process (``python -m enclave_build.model_server``): raw HTTP/2 streams that
 never send their message, connection floods, idle connections against a small descriptor
 limit, one model's backlog next to another model, and SIGTERM with a queue longer than the
 drain. Each test failed before the fix it guards (issue 17, items 4, 5, 6 and 12)."""
@@ -57,7 +57,7 @@ class ServerProcess:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "model_server", "--config", str(path)], cwd=REPO,
+            [sys.executable, "-m", "enclave_build.model_server", "--config", str(path)], cwd=REPO,
             stderr=subprocess.PIPE, text=True, preexec_fn=child_limits,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         self.lines: list[str] = []

@@ -29,19 +29,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attestation import grsecret
-from attestation.client import attest_endpoint, fetch_secret
-from attestation.config import ConfigError, load_config
-from attestation.measurements import ImageRef, Measurements
-from attestation.occlum_ra import PeerRejected, RaConfig, RaConfigError, verify_peer_certificate
-from attestation.quote_source import (SIMULATED_QUOTER_ENV, QuoteSourceError, device_source,
+from enclave_build.attestation import grsecret
+from enclave_build.attestation.client import attest_endpoint, fetch_secret
+from enclave_build.attestation.config import ConfigError, load_config
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.occlum_ra import PeerRejected, RaConfig, RaConfigError, verify_peer_certificate
+from enclave_build.attestation.quote_source import (SIMULATED_QUOTER_ENV, QuoteSourceError, device_source,
                                       discover)
-from attestation.ratls import (CCZOO_OID, OCCLUM_SUBJECT, create_certificate, extract_evidence,
+from enclave_build.attestation.ratls import (CCZOO_OID, OCCLUM_SUBJECT, create_certificate, extract_evidence,
                                server_certificate)
-from attestation.server import SecretServer, ServerError, startup_warnings
-from attestation.simulated_quoter import SimulatedQuoter
-from attestation.synthetic import SyntheticPKI
-from attestation.verify import QuoteRejected
+from enclave_build.attestation.server import SecretServer, ServerError, startup_warnings
+from enclave_build.attestation.simulated_quoter import SimulatedQuoter
+from enclave_build.attestation.synthetic import SyntheticPKI
+from enclave_build.attestation.verify import QuoteRejected
 
 from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from builder.cli import main
+from enclave_build.builder.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -180,14 +180,14 @@ def test_base_list_columns_line_up():
     from .conftest import run_cli
 
     lines = run_cli("base", "list").stdout.decode().splitlines()
-    from base_images import BASES
+    from enclave_build.base_images import BASES
 
     starts = {line.index(recipe.tag) for line, recipe in zip(lines, BASES.values())}
     assert len(lines) == len(BASES) and len(starts) == 1, lines
 
 
 def test_standin_runtime_names_match_the_library():
-    from builder.cli import STANDIN_RUNTIME_NAMES
-    from builder.standin import STANDIN_RUNTIMES
+    from enclave_build.builder.cli import STANDIN_RUNTIME_NAMES
+    from enclave_build.builder.standin import STANDIN_RUNTIMES
 
     assert tuple(sorted(STANDIN_RUNTIMES)) == STANDIN_RUNTIME_NAMES

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pytest
 
-from builder.cli import main
+from enclave_build.builder.cli import main
 
 from .conftest import run_cli, write_spec
 from .test_help import COMMANDS, _help
@@ -144,7 +144,7 @@ def test_json_of_secrets_config_pki_and_quote_verify(project, tmp_path):
     assert set(config) == SCHEMAS["enclave-build secrets config"]
     assert config["secrets"] == ["jsonface-key"]
 
-    from attestation.synthetic import SyntheticPKI
+    from enclave_build.attestation.synthetic import SyntheticPKI
 
     measured = json.loads((project / "out/measurements.json").read_text())
     quote = SyntheticPKI.load(tmp_path / "pki").quote(bytes.fromhex(measured["mr_enclave"]),
@@ -183,8 +183,8 @@ def test_json_of_plugins_base_list_pf_info_init_doctor(tmp_path):
 
 
 def test_json_of_cache_ls_prune_clean(project):
-    from builder.cache import cache_root
-    from builder.image.oci import BlobStore
+    from enclave_build.builder.cache import cache_root
+    from enclave_build.builder.image.oci import BlobStore
 
     BlobStore(cache_root() / "blobs").put_bytes(b"a cached blob")
     listed = _json("cache", "ls")

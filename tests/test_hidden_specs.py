@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder.build import build, load, make_plan
-from builder.plugin_api import SERVER_CONFIG
-from builder.spec import SpecError
+from enclave_build.builder.build import build, load, make_plan
+from enclave_build.builder.plugin_api import SERVER_CONFIG
+from enclave_build.builder.spec import SpecError
 
 from . import serving_env as se
 
@@ -174,7 +174,7 @@ def test_enclave_too_small_names_the_spec_key_and_the_smallest_size(tmp_path, st
             f'[enclave]\nsize = "4K"\n\n[signing]\nkey = "{signing_key}"\n')
     spec = _spec(tmp_path / "p", text)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "builder.cli", "build", str(spec), "--base",
+    proc = subprocess.run([sys.executable, "-m", "enclave_build", "build", str(spec), "--base",
                            f"dir:{standin_root}", "--output", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path / "p")
     assert proc.returncode == 2, proc.stderr
@@ -262,7 +262,7 @@ def test_openvino_python_mode_ir_directory_and_onnx_serve_under_the_real_libos(
                                  f'grpc_port = {grpc_port}\nrest_port = {rest_port}\n')
     spec.write_text(spec.read_text() + f'\n[[models]]\nname = "face_xml"\npath = "{graph}"\n'
                                        'encrypt = false\nversion = 4\n')
-    proc = subprocess.run([sys.executable, "-m", "builder.cli", "build", str(spec), "--base",
+    proc = subprocess.run([sys.executable, "-m", "enclave_build", "build", str(spec), "--base",
                            f"dir:{real_base}", "--output", str(work / "out")],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
@@ -304,7 +304,7 @@ def test_debug_enclave_with_encrypted_models_is_told_it_gets_no_keys(tmp_path, s
                                                                        signing_key):
     """The secret server refuses every DEBUG enclave (README: allow_debug is refused
     outright), so the build's warning must not suggest that an allowance exists."""
-    from builder.build import DebugEnclaveWarning
+    from enclave_build.builder.build import DebugEnclaveWarning
 
     (tmp_path / "m.tflite").write_bytes(b"TFL3")
     ca = tmp_path / "ca.pem"   # a certificate (a private key there is refused: it would ship)

@@ -30,17 +30,17 @@ from cryptography.x509.oid import NameOID
 from hyperframe.frame import (AltSvcFrame, DataFrame, HeadersFrame, PingFrame, SettingsFrame,
                               WindowUpdateFrame)
 
-from attestation import grsecret, upload, wire
-from attestation.attest_client import AttestationRefused, Expectation, open_attested
-from attestation.collateral import FileCollateral
-from attestation.measurements import ImageRef, Measurements
-from attestation.policy import hex_dashes
-from attestation.quote import Quote, assemble_quote
-from attestation.synthetic import SyntheticPKI
-from attestation.verify import QuoteRejected, verify_quote
-from model_server import keys
-from model_server.config import ExpectedServer, ServerTrustConfig
-from model_server.server_attest import ServerRefused, ServerVerifier
+from enclave_build.attestation import grsecret, upload, wire
+from enclave_build.attestation.attest_client import AttestationRefused, Expectation, open_attested
+from enclave_build.attestation.collateral import FileCollateral
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.policy import hex_dashes
+from enclave_build.attestation.quote import Quote, assemble_quote
+from enclave_build.attestation.synthetic import SyntheticPKI
+from enclave_build.attestation.verify import QuoteRejected, verify_quote
+from enclave_build.model_server import keys
+from enclave_build.model_server.config import ExpectedServer, ServerTrustConfig
+from enclave_build.model_server.server_attest import ServerRefused, ServerVerifier
 
 from .attest_env import MR_SIGNER, identity, make_env, settled_audit
 from .test_hostile_peers import _audit, _drain, _h2_tls, _mark, running_server, write_owner
@@ -284,8 +284,7 @@ def test_a_long_embedded_pck_chain_is_refused_before_its_signatures_are_checked(
     for a certificate message): 150 chained P-521 certificates cost the server ~200 ms of CPU
     (60 times a real quote) before the root comparison refused them. A PCK chain is 3
     certificates (PCK, PCK CA, root); the root is now compared first."""
-    import attestation.verify as verify_module
-
+    import enclave_build.attestation.verify as verify_module
     verify_module._verified_chains.clear()
     with pytest.raises(QuoteRejected, match=r"PCK certificate chain has 40 certificates; a PCK "
                                             r"chain has at most 3"):
@@ -399,7 +398,7 @@ SERVER_SIGNER = "5a" * 32
 
 
 def _server_cert(pki: SyntheticPKI, debug: bool = False) -> bytes:
-    from attestation.ratls import server_certificate
+    from enclave_build.attestation.ratls import server_certificate
 
     pem, _ = server_certificate("dice", lambda rd: pki.quote(
         bytes.fromhex("c3" * 32), bytes.fromhex(SERVER_SIGNER), rd, 5, 2, debug))
@@ -435,8 +434,8 @@ def test_model_enclave_refuses_an_out_of_date_or_debug_server_unless_allowed_and
 
 
 def test_the_build_warns_when_the_model_accepts_a_server_with_a_relaxed_tcb():
-    from builder.plan import ServerTrust
-    from builder.server_trust import RelaxedServerTcbWarning, warn_if_relaxed
+    from enclave_build.builder.plan import ServerTrust
+    from enclave_build.builder.server_trust import RelaxedServerTcbWarning, warn_if_relaxed
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -551,7 +550,7 @@ class _RaTlsEndpoint:
 
 @pytest.mark.integration
 def test_attest_refuses_out_of_date_and_debug_servers_unless_allowed_and_warns(tmp_path):
-    from attestation.ratls import create_certificate
+    from enclave_build.attestation.ratls import create_certificate
 
     from .conftest import run_cli
 

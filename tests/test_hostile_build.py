@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import build as build_module
-from builder.errors import EnclaveBuildError, UsageError
-from builder.gramine.signer import PemSigner, SignerError
-from builder.image.reference import parse_source
+from enclave_build.builder import build as build_module
+from enclave_build.builder.errors import EnclaveBuildError, UsageError
+from enclave_build.builder.gramine.signer import PemSigner, SignerError
+from enclave_build.builder.image.reference import parse_source
 
 from .conftest import image_rootfs, run_cli, write_spec
 
@@ -83,7 +83,7 @@ def _tree(root: Path) -> dict[str, bytes | str]:
 
 def test_omitted_keys_dir_defaults_to_keys_beside_the_spec(tmp_path):
     """[secrets] without keys_dir used to leave the raw string "keys" (AttributeError later)."""
-    from builder.spec import load_spec
+    from enclave_build.builder.spec import load_spec
 
     spec_path = write_spec(tmp_path, ENCRYPTED_SPEC)
     for name in ("saved_model", "ca.pem", "tls.crt", "tls.key", "key.pem"):
@@ -160,7 +160,7 @@ def test_same_project_in_two_directories_gives_identical_output_bytes(tmp_path, 
     working directory with absolute paths on the command line: every output byte is equal,
     image digest included. (Before: the dir: base's absolute path was in the image history and
     the policy fragment named the key file by absolute path.)"""
-    from builder.gramine.protected_files import write_wrap_key
+    from enclave_build.builder.gramine.protected_files import write_wrap_key
 
     first = tmp_path / "first"
     first.mkdir()
@@ -210,8 +210,8 @@ def image_config(output: Path) -> bytes:
 def test_policy_fragment_is_tomli_w_data_with_safe_comments(tmp_path):
     import tomllib
 
-    from attestation.measurements import ImageRef, Measurements
-    from builder.plan import EnclaveResources, Mount, MountType, ServicePlan
+    from enclave_build.attestation.measurements import ImageRef, Measurements
+    from enclave_build.builder.plan import EnclaveResources, Mount, MountType, ServicePlan
 
     plan = ServicePlan("svc", "tflite", "gramine", "b", "svc:1", "/bin/x", ["x"],
                        EnclaveResources(1 << 30, 16),
@@ -362,7 +362,7 @@ def test_group_or_other_access_is_refused_by_the_library(tmp_path, signing_key, 
 
 
 def test_empty_passphrase_never_writes_an_unencrypted_key(tmp_path):
-    from builder.gramine.signer import write_new_key
+    from enclave_build.builder.gramine.signer import write_new_key
 
     with pytest.raises(SignerError, match="empty passphrase"):
         write_new_key(tmp_path / "k.pem", b"")
@@ -373,7 +373,7 @@ def test_empty_passphrase_never_writes_an_unencrypted_key(tmp_path):
 
 
 def test_gramine_sign_is_a_library_call(tmp_path, signing_key, standin_root):
-    from builder.gramine.sign import sign_manifest_file
+    from enclave_build.builder.gramine.sign import sign_manifest_file
 
     project = tmp_path / "p"
     project.mkdir()
@@ -421,7 +421,7 @@ def test_secrets_serve_uses_the_common_error_mapping(tmp_path):
 
 
 def test_errors_maps_foreign_exceptions_to_exit_codes(capsys):
-    from builder.cli import _errors
+    from enclave_build.builder.cli import _errors
 
     class Foreign(ValueError):
         pass

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from attestation import collateral as coll
-from attestation.collateral import CollateralError, PccsCollateral
+from enclave_build.attestation import collateral as coll
+from enclave_build.attestation.collateral import CollateralError, PccsCollateral
 
 
 class _Fake(PccsCollateral):

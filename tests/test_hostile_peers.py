@@ -27,13 +27,13 @@ from hyperframe.frame import (DataFrame, HeadersFrame, PingFrame, RstStreamFrame
                               SettingsFrame)
 from OpenSSL import SSL
 
-from attestation import grsecret, upload, wire
-from attestation.config import ConfigError, load_config
-from attestation.measurements import ImageRef, Measurements
-from attestation.quote_source import SIMULATED_QUOTER_ENV
-from attestation.ratls import CCZOO_OID, DICE_OID, LEGACY_OID, EvidenceError, extract_evidence
-from attestation.server import SecretServer, ServerError
-from attestation.simulated_quoter import SimulatedQuoter
+from enclave_build.attestation import grsecret, upload, wire
+from enclave_build.attestation.config import ConfigError, load_config
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
+from enclave_build.attestation.ratls import CCZOO_OID, DICE_OID, LEGACY_OID, EvidenceError, extract_evidence
+from enclave_build.attestation.server import SecretServer, ServerError
+from enclave_build.attestation.simulated_quoter import SimulatedQuoter
 
 from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
 
@@ -506,8 +506,8 @@ def test_an_enclave_refusal_is_told_apart_from_an_upload_answer(env):
 
 
 def test_an_owner_certificate_with_evidence_is_refused_before_connecting(env, tmp_path):
-    from builder.cli_attest import _check_owner_certificate
-    from builder.errors import UsageError
+    from enclave_build.builder.cli_attest import _check_owner_certificate
+    from enclave_build.builder.errors import UsageError
 
     cert, _ = env.enclave_cert("face", "cczoo")
     path = tmp_path / "owner-with-quote.crt"
@@ -518,7 +518,7 @@ def test_an_owner_certificate_with_evidence_is_refused_before_connecting(env, tm
 
 
 def test_the_attest_client_refuses_renegotiation():
-    from attestation.attest_client import _client_context
+    from enclave_build.attestation.attest_client import _client_context
 
     assert _client_context(None, None).options & ssl.OP_NO_RENEGOTIATION
 
@@ -527,8 +527,7 @@ def test_the_attest_client_refuses_renegotiation():
 def test_accepted_sockets_send_small_records_at_once(env, monkeypatch):
     """TCP_NODELAY on every accepted socket, both listeners: without it Nagle's algorithm held
     GrSecret's small HTTP/2 writes ~40 ms for the client's delayed ACK (benchmarks/grsecret.py)."""
-    import attestation.server as server_module
-
+    import enclave_build.attestation.server as server_module
     seen: list[int] = []
     real = server_module._no_delay
 

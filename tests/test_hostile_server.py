@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID
 from OpenSSL import SSL
 
-from attestation.client import ProvisioningError, fetch_secret
-from attestation.config import load_config
-from attestation.server import REQUEST, SecretServer
-from attestation.synthetic import tls_ca_and_server
+from enclave_build.attestation.client import ProvisioningError, fetch_secret
+from enclave_build.attestation.config import load_config
+from enclave_build.attestation.server import REQUEST, SecretServer
+from enclave_build.attestation.synthetic import tls_ca_and_server
 
 from .attest_env import audit_records, make_env
 

@@ -13,10 +13,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from builder.gramine.sigstruct import ARCH_LAYOUT, SigDate, Sigstruct, SigstructBody
-from builder.image.assemble import LABEL_PREFIX
-from builder.image.inspect import inspect_image
-from builder.image.oci import (OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, BlobStore, Descriptor,
+from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT, SigDate, Sigstruct, SigstructBody
+from enclave_build.builder.image.assemble import LABEL_PREFIX
+from enclave_build.builder.image.inspect import inspect_image
+from enclave_build.builder.image.oci import (OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, BlobStore, Descriptor,
                                canonical_json, oci_manifest)
 
 from .conftest import run_cli

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from builder.gramine.identity import check_identity
-from builder.gramine.measure import PalImage
-from builder.gramine.offsets import Offsets
-from builder.gramine.sigstruct import ARCH_LAYOUT
+from enclave_build.builder.gramine.identity import check_identity
+from enclave_build.builder.gramine.measure import PalImage
+from enclave_build.builder.gramine.offsets import Offsets
+from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT
 
 from .conftest import vectors_dir
 

@@ -65,7 +65,7 @@ def base_image(dockerd, registry, tmp_path_factory) -> str:
     """The stand-in Gramine base, built FROM scratch in the engine and pushed to the registry."""
     import docker
 
-    from builder.standin import PKGLIBDIR, PYDIR, make_standin_rootfs
+    from enclave_build.builder.standin import PKGLIBDIR, PYDIR, make_standin_rootfs
 
     context = tmp_path_factory.mktemp("base-context")
     root = make_standin_rootfs(context / "rootfs")
@@ -230,7 +230,7 @@ def test_sigkill_during_build_leaves_no_partial_output(base_image, dockerd, tmp_
 
     (project / "model.tflite").write_bytes(os.urandom(400 << 20))  # slow enough to be killed
     env = {**os.environ, "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
-    victim = subprocess.Popen([sys.executable, "-m", "builder.cli", "build", "spec.toml",
+    victim = subprocess.Popen([sys.executable, "-m", "enclave_build", "build", "spec.toml",
                                "--output", "../out"], cwd=project, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

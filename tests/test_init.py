@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import UsageError
-from builder.gramine.signer import PemSigner
-from builder.init import (MODEL_PLACEHOLDER, init_project, installed_frameworks,
+from enclave_build.builder.errors import UsageError
+from enclave_build.builder.gramine.signer import PemSigner
+from enclave_build.builder.init import (MODEL_PLACEHOLDER, init_project, installed_frameworks,
                           render_section, size_text)
-from builder.plugins import PluginRegistry
-from builder.schema import Field, Section
-from builder.spec import SpecError, load_spec
+from enclave_build.builder.plugins import PluginRegistry
+from enclave_build.builder.schema import Field, Section
+from enclave_build.builder.spec import SpecError, load_spec
 
 from .conftest import run_cli
 
@@ -40,7 +40,7 @@ def _make_model(project: Path, framework: str) -> Path:
 
 def _make_ca(project: Path) -> None:
     """The user's step 2 (`enclave-build secrets tls DIR/tls --host localhost`)."""
-    from attestation.synthetic import tls_ca_and_server
+    from enclave_build.attestation.synthetic import tls_ca_and_server
 
     tls_ca_and_server(project / "tls", ["localhost"], days=30, ca_name="test CA")
 

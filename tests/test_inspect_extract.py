@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import UsageError
-from builder.gramine.sigstruct import ARCH_LAYOUT
-from builder.image.inspect import extract_image
+from enclave_build.builder.errors import UsageError
+from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT
+from enclave_build.builder.image.inspect import extract_image
 
 from .conftest import image_rootfs, run_cli, write_spec
 
@@ -92,9 +92,9 @@ def test_extract_never_overwrites(built, tmp_path):
 def test_a_mistyped_build_dir_is_named_when_the_registry_fails(built, monkeypatch):
     """`inspect my-model/ot` (for my-model/out) reads as the Docker Hub image my-model/ot; when
     that fails the error also says which build directory was probably meant."""
-    from builder.image import inspect as inspect_module
-    from builder.image.inspect import inspect_image
-    from builder.image.registry import RegistryClient, RegistryError
+    from enclave_build.builder.image import inspect as inspect_module
+    from enclave_build.builder.image.inspect import inspect_image
+    from enclave_build.builder.image.registry import RegistryClient, RegistryError
 
     def unreachable(self, *args, **kwargs):
         raise RegistryError("cannot reach registry registry-1.docker.io: no network")
@@ -155,7 +155,7 @@ def test_one_output_style_for_sigstruct_and_inspect(built, tmp_path):
 
 
 def test_json_on_commands_that_print_structured_data(tmp_path):
-    from base_images import BASES
+    from enclave_build.base_images import BASES
 
     listing = json.loads(run_cli("base", "list", "--json").stdout)
     assert [(b["name"], b["tag"]) for b in listing] == [(r.name, r.tag) for r in BASES.values()]

@@ -22,15 +22,15 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from attestation.measurements import ImageRef, Measurements
-from builder.build import load, make_plan, policy_fragment
-from builder.cli import main
-from builder.k8s import capacity, timing
-from builder.k8s.generate import Overrides, generate_k8s, render
-from builder.k8s.inputs import K8sError, pinned_image
-from builder.k8s.layout import MARKER, OVERLAY, Manifests
-from builder.k8s.service_info import SERVICE_FILE, ServiceInfo, ServiceInfoError, service_info
-from builder.spec import SpecError
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.builder.build import load, make_plan, policy_fragment
+from enclave_build.builder.cli import main
+from enclave_build.builder.k8s import capacity, timing
+from enclave_build.builder.k8s.generate import Overrides, generate_k8s, render
+from enclave_build.builder.k8s.inputs import K8sError, pinned_image
+from enclave_build.builder.k8s.layout import MARKER, OVERLAY, Manifests
+from enclave_build.builder.k8s.service_info import SERVICE_FILE, ServiceInfo, ServiceInfoError, service_info
+from enclave_build.builder.spec import SpecError
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -444,7 +444,7 @@ def test_a_real_build_writes_service_json_that_k8s_deploys(tmp_path, standin_roo
                                                             signing_key):
     """A stand-in build (no Docker) writes service.json; k8s refuses the unpushed image and
     deploys it once the operator names where the image (same digest) was copied."""
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     (tmp_path / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 4)
     shutil.copy(signing_key, tmp_path / "key.pem")

@@ -17,12 +17,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from builder.cli import main
-from builder.k8s.generate import Overrides, render
-from builder.k8s.inputs import K8sError
-from builder.k8s.layout import dump
-from builder.k8s.service_info import SERVICE_FILE
-from builder.spec import SpecError
+from enclave_build.builder.cli import main
+from enclave_build.builder.k8s.generate import Overrides, render
+from enclave_build.builder.k8s.inputs import K8sError
+from enclave_build.builder.k8s.layout import dump
+from enclave_build.builder.k8s.service_info import SERVICE_FILE
+from enclave_build.builder.spec import SpecError
 from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -85,7 +85,7 @@ def test_user_values_that_look_like_numbers_stay_strings_in_the_manifests(tmp_pa
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not installed")
 def test_kustomize_reads_ambiguous_values_as_strings(tmp_path):
     """kustomize (YAML 1.2) read an unquoted `namespace: 1e3` as the number 1000."""
-    from builder.k8s.generate import generate_k8s
+    from enclave_build.builder.k8s.generate import generate_k8s
 
     out = make_build(tmp_path, "tflite", deploy=DEPLOY + 'namespace = "1e3"\n'
                      'node_selector = { "sgx" = "0o17" }\n')

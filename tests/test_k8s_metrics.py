@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from model_server import metrics
-from model_server.metrics import Metrics
+from enclave_build.model_server import metrics
+from enclave_build.model_server.metrics import Metrics
 
 
 def _value(text: str, name: str) -> float:
@@ -43,7 +43,7 @@ def test_latency_histogram_the_adapter_rule_reads():
 
 def test_every_adapter_rule_reads_a_series_the_server_exports_and_feeds_the_hpa(monkeypatch):
     """The prometheus-adapter rules, the HPA's metric names and the server's /metrics agree."""
-    from builder.k8s.autoscaling import LATENCY, MEMORY, QUEUE, adapter_rules
+    from enclave_build.builder.k8s.autoscaling import LATENCY, MEMORY, QUEUE, adapter_rules
 
     monkeypatch.setattr(metrics, "_meminfo", lambda: {"MemTotal": 2 << 30,
                                                       "MemAvailable": 1 << 30})

@@ -14,11 +14,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from builder.hashing import HashCache
-from builder.key_scan import KeyScanner
-from builder.leak_guard import KeyMaterialError, scan_artifacts, scan_plan
-from builder.plan import FileKind, PlanFile
-from builder.plugin_api import ArtifactFile
+from enclave_build.builder.hashing import HashCache
+from enclave_build.builder.key_scan import KeyScanner
+from enclave_build.builder.leak_guard import KeyMaterialError, scan_artifacts, scan_plan
+from enclave_build.builder.plan import FileKind, PlanFile
+from enclave_build.builder.plugin_api import ArtifactFile
 
 from .conftest import run_cli, write_spec
 
@@ -239,8 +239,8 @@ def test_a_failed_build_leaves_no_wrap_key_and_the_next_one_says_it_made_it(
 
 
 def test_persist_refuses_a_key_made_meanwhile(tmp_path):
-    from builder.build import WrapKeys
-    from builder.errors import EnclaveBuildError
+    from enclave_build.builder.build import WrapKeys
+    from enclave_build.builder.errors import EnclaveBuildError
 
     path = tmp_path / "keys" / "k.key"
     keys = WrapKeys({"k": b"a" * 16}, {"k": path}, {"k": b"a" * 16})
@@ -256,7 +256,7 @@ def test_persist_refuses_a_key_made_meanwhile(tmp_path):
 
 
 def test_scan_plan_names_the_image_path_of_a_plugin_file(tmp_path):
-    from builder.build import load, make_plan
+    from enclave_build.builder.build import load, make_plan
 
     project = _clean_project(tmp_path, Path(__file__))   # key.pem: any file, never read here
     spec, registry = load(project / "spec.toml")
@@ -311,7 +311,7 @@ def test_non_utf8_file_name_in_a_model_directory_is_a_spec_error(tmp_path, stand
 
 
 def test_hash_cache_stores_non_utf8_paths(tmp_path):
-    from builder.hashing import hash_files
+    from enclave_build.builder.hashing import hash_files
 
     path = tmp_path / os.fsdecode(b"w-\xfe.bin")
     path.write_bytes(b"data")
@@ -324,8 +324,8 @@ def test_hash_cache_stores_non_utf8_paths(tmp_path):
 def test_non_utf8_name_in_the_base_is_named_not_a_traceback(tmp_path, standin_root,
                                                            signing_key):
     """A trusted directory of the base holding a file whose name is not UTF-8."""
-    from builder.errors import EnclaveBuildError
-    from builder.build import build
+    from enclave_build.builder.errors import EnclaveBuildError
+    from enclave_build.builder.build import build
 
     root = tmp_path / "rootfs"
     shutil.copytree(standin_root, root, symlinks=True)

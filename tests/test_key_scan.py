@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from builder.key_scan import KeyScanner, parses_as_private_key
+from enclave_build.builder.key_scan import KeyScanner, parses_as_private_key
 
 Enc, Fmt = serialization.Encoding, serialization.PrivateFormat
 NONE = serialization.NoEncryption()

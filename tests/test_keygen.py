@@ -4,7 +4,7 @@ import stat
 
 from cryptography.hazmat.primitives import serialization
 
-from builder.gramine.signer import PemSigner
+from enclave_build.builder.gramine.signer import PemSigner
 
 from .conftest import run_cli
 

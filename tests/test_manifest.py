@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from builder.gramine.manifest_schema import REMOVED, ManifestSchemaError, check_manifest
-from builder.plugin_api import SERVER_PYTHONPATH
+from enclave_build.builder.gramine.manifest_schema import REMOVED, ManifestSchemaError, check_manifest
+from enclave_build.builder.plugin_api import SERVER_PYTHONPATH
 
 from .conftest import write_spec
 
@@ -97,7 +97,7 @@ def _model_files(directory: Path) -> None:
 
 
 def build_manifest(framework: str, tmp_path: Path, standin_root: Path, signing_key: Path) -> bytes:
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     _model_files(tmp_path)
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
@@ -201,7 +201,7 @@ def test_model_arguments_reach_argv(tmp_path, standin_root, signing_key):
 
 
 def test_tfserving_several_models_get_a_trusted_model_config(tmp_path, standin_root, signing_key):
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     _model_files(tmp_path)
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
@@ -221,7 +221,7 @@ def test_tfserving_several_models_get_a_trusted_model_config(tmp_path, standin_r
 
 
 def _build_text(tmp_path, standin_root, signing_key, text):
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     _model_files(tmp_path)
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
@@ -249,25 +249,32 @@ def test_every_manifest_has_tmpfs_sigterm_stack_and_home(framework, tmp_path, st
 def test_python_server_manifest(framework, tmp_path, standin_root, signing_key):
     """Python-server plans: our server from the installed package, the simulated-quoter
     variable passed through, no provisioning constructor, a config the server accepts."""
-    from model_server.config import parse_config
+    from enclave_build.model_server.config import parse_config
 
     result = _build_text(tmp_path, standin_root, signing_key, SPECS[framework])
     data = tomllib.loads(result.artifacts.manifest.decode())
     env = data["loader"]["env"]
-    assert data["loader"]["argv"] == ["/usr/bin/python3.11", "-m", "model_server", "--config",
-                                      "/enclave/model-server.json"]
+    assert data["loader"]["argv"] == ["/usr/bin/python3.11", "-m", "enclave_build.model_server",
+                                      "--config", "/enclave/model-server.json"]
     assert env["ENCLAVE_BUILD_SIMULATED_QUOTER"] == {"passthrough": True}
     assert env["PYTHONPATH"] == SERVER_PYTHONPATH and "LD_PRELOAD" not in env
     trusted = {tf["uri"]: tf["sha256"] for tf in data["sgx"]["trusted_files"]}
-    import model_server
-
+    from enclave_build import model_server
     package = Path(model_server.__file__).parent
     shipped = sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
     assert shipped
     for path in shipped:
-        uri = f"file:{SERVER_PYTHONPATH}/model_server/{path.relative_to(package).as_posix()}"
+        uri = (f"file:{SERVER_PYTHONPATH}/enclave_build/model_server/"
+               f"{path.relative_to(package).as_posix()}")
         assert trusted[uri] == hashlib.sha256(path.read_bytes()).hexdigest(), uri
-    assert f"file:{SERVER_PYTHONPATH}/attestation/__init__.py" in trusted
+    # the enclave runtime ships whole, under the one namespace
+    for module in ("__init__.py", "attestation/__init__.py", "attestation/ratls.py",
+                   "attestation/protected_files.py"):
+        assert f"file:{SERVER_PYTHONPATH}/enclave_build/{module}" in trusted, module
+    assert not any(uri.startswith((f"file:{SERVER_PYTHONPATH}/model_server/",
+                                   f"file:{SERVER_PYTHONPATH}/attestation/",
+                                   f"file:{SERVER_PYTHONPATH}/enclave_build/builder/"))
+                   for uri in trusted)
     config = next(f for f in result.artifacts.files if f.dest == "/enclave/model-server.json")
     assert trusted["file:/enclave/model-server.json"] == hashlib.sha256(config.data).hexdigest()
     parsed = parse_config(json.loads(config.data))

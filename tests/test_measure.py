@@ -8,10 +8,10 @@ import struct
 
 import pytest
 
-from builder.gramine.measure import (EnclaveAttributes, MeasureError, PalImage,
+from enclave_build.builder.gramine.measure import (EnclaveAttributes, MeasureError, PalImage,
                                      measure_enclave, parse_size)
-from builder.gramine.offsets import Offsets, OffsetsError
-from builder.standin import _OFFSETS, standin_elf
+from enclave_build.builder.gramine.offsets import Offsets, OffsetsError
+from enclave_build.builder.standin import _OFFSETS, standin_elf
 
 OFFS = Offsets(dict(_OFFSETS))
 PAGE = 4096

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from model_server.backends import Backend, TensorSpec
-from model_server.config import ConfigError, Limits, ModelConfig, parse_config
-from model_server.core import Engine, LoadedModel, ServeError
+from enclave_build.model_server.backends import Backend, TensorSpec
+from enclave_build.model_server.config import ConfigError, Limits, ModelConfig, parse_config
+from enclave_build.model_server.core import Engine, LoadedModel, ServeError
 
 BASE = {"version": 1, "service": "s",
         "models": [{"name": "m", "backend": "tflite", "path": "/m.tflite"}]}

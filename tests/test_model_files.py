@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.gramine.backend import _encrypted_items, _expand_plan_file
-from builder.model_files import SkippedModelFile, regular_files
-from builder.plan import FileKind, PlanFile
+from enclave_build.builder.gramine.backend import _encrypted_items, _expand_plan_file
+from enclave_build.builder.model_files import SkippedModelFile, regular_files
+from enclave_build.builder.plan import FileKind, PlanFile
 
 
 @pytest.fixture

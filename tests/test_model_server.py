@@ -12,14 +12,14 @@ import time
 import numpy as np
 import pytest
 
-from model_server import datatypes, protocol as pb
-from model_server.backends import (Backend, BackendError, TensorSpec, from_numpy_dtype,
+from enclave_build.model_server import datatypes, protocol as pb
+from enclave_build.model_server.backends import (Backend, BackendError, TensorSpec, from_numpy_dtype,
                                    load_backend_class, to_numpy_dtype)
-from model_server.config import ConfigError, Limits, ModelConfig, parse_config
-from model_server.admission import InstancePool
-from model_server.core import LoadedModel, ServeError
-from model_server.metrics import Metrics
-from model_server.rest import decode_infer, encode_infer
+from enclave_build.model_server.config import ConfigError, Limits, ModelConfig, parse_config
+from enclave_build.model_server.admission import InstancePool
+from enclave_build.model_server.core import LoadedModel, ServeError
+from enclave_build.model_server.metrics import Metrics
+from enclave_build.model_server.rest import decode_infer, encode_infer
 
 # ---------------------------------------------------------------- protocol
 
@@ -323,7 +323,7 @@ def test_pool_hands_instances_between_threads_and_tasks():
 def test_infer_sync_shares_the_pool_with_async_requests():
     import threading
 
-    from model_server.core import Engine
+    from enclave_build.model_server.core import Engine
 
     m = _echo_model()
     engine = Engine({"echo": m}, Limits(max_concurrent_requests=4, max_queue=8))

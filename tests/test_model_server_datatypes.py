@@ -10,7 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from model_server.datatypes import (MAX_RANK, TensorError, TensorTooLarge, from_list, from_raw,
+from enclave_build.model_server.datatypes import (MAX_RANK, TensorError, TensorTooLarge, from_list, from_raw,
                                     to_list)
 
 HUGE = 100_000_000          # elements: 800 MB of object pointers if allocated from the shape
@@ -104,10 +104,10 @@ def test_raw_bytes_elements_round_trip():
 
 
 def test_grpc_typed_bytes_contents_get_the_same_checks():
-    from model_server import protocol as pb
-    from model_server.config import ModelConfig
-    from model_server.core import LoadedModel, ServeError
-    from model_server.grpc_service import decode_request
+    from enclave_build.model_server import protocol as pb
+    from enclave_build.model_server.config import ModelConfig
+    from enclave_build.model_server.core import LoadedModel, ServeError
+    from enclave_build.model_server.grpc_service import decode_request
 
     from .ms_backends import BytesLength
 

@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from model_server.backends import Backend, InferenceError, TensorSpec
-from model_server.config import ConfigError, Limits, ModelConfig, parse_config
-from model_server.core import ByteBudget, Engine, LoadedModel, ServeError
-from model_server.datatypes import TensorError, from_list
-from model_server.metrics import Metrics
-from model_server.rest import decode_infer
+from enclave_build.model_server.backends import Backend, InferenceError, TensorSpec
+from enclave_build.model_server.config import ConfigError, Limits, ModelConfig, parse_config
+from enclave_build.model_server.core import ByteBudget, Engine, LoadedModel, ServeError
+from enclave_build.model_server.datatypes import TensorError, from_list
+from enclave_build.model_server.metrics import Metrics
+from enclave_build.model_server.rest import decode_infer
 
 from . import models as test_models
 from .rest_env import INFER as _INFER
@@ -41,7 +41,7 @@ def test_openvino_never_returns_an_earlier_requests_outputs():
     """A reused InferRequest kept the (4, 2) result of a batch of 4 and handed it to the next
     client whose (tiny) input made the runtime write nothing."""
     pytest.importorskip("openvino")
-    from model_server.backends.openvino import OpenVINOBackend
+    from enclave_build.model_server.backends.openvino import OpenVINOBackend
 
     path = test_models.ocr_cls_onnx()
     mc = ModelConfig("cls", "1", "openvino", str(path))
@@ -137,7 +137,7 @@ class _FakeInterpreter:
 
 
 def test_tflite_backend_reallocates_after_a_failed_resize(monkeypatch):
-    from model_server.backends import tflite
+    from enclave_build.model_server.backends import tflite
 
     monkeypatch.setattr(tflite, "_interpreter_class", lambda: _FakeInterpreter)
     b = tflite.TFLiteBackend(ModelConfig("t", "1", "tflite", "/none"), _Src("/none"))
@@ -174,8 +174,8 @@ def test_deep_json_and_non_integer_binary_size_are_client_errors():
 
 
 def test_grpc_raw_and_typed_contents_together_are_refused():
-    from model_server import protocol as pb
-    from model_server.grpc_service import decode_request
+    from enclave_build.model_server import protocol as pb
+    from enclave_build.model_server.grpc_service import decode_request
 
     req = pb.ModelInferRequest(model_name="echo")
     t = req.inputs.add(name="x", datatype="FP32", shape=[1, 2])
@@ -223,8 +223,8 @@ class _Ctx:
 def test_grpc_message_refused_when_the_buffer_budget_is_used_up():
     import grpc
 
-    from model_server import protocol as pb
-    from model_server.grpc_service import GRPCService
+    from enclave_build.model_server import protocol as pb
+    from enclave_build.model_server.grpc_service import GRPCService
 
     m = _echo_model()
     engine = Engine({"echo": m}, Limits(max_request_bytes=100, max_buffered_bytes=100))

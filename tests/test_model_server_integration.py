@@ -1,4 +1,4 @@
-"""The model server as a real process (``python -m model_server --config``) on 127.0.0.1,
+"""The model server as a real process (``python -m enclave_build.model_server --config``) on 127.0.0.1,
 driven by tritonclient (gRPC and HTTP) and plain sockets.
 
 Equality with a direct runtime call is exact: the server runs the same runtime with the same
@@ -48,7 +48,7 @@ class Server:
         self.config_path = tmp / f"server-{id(self)}.json"
         self.config_path.write_text(json.dumps(config))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "model_server", "--config", str(self.config_path)],
+            [sys.executable, "-m", "enclave_build.model_server", "--config", str(self.config_path)],
             stderr=subprocess.PIPE, text=True, cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
         self.lines: list[str] = []
@@ -240,7 +240,7 @@ def test_openvino_outputs_never_reach_another_client(server, cls_model):
 
 def test_typed_grpc_contents(server, fd_model, image):
     """A request with InferTensorContents.fp32_contents instead of raw bytes."""
-    from model_server import protocol as pb
+    from enclave_build.model_server import protocol as pb
 
     req = pb.ModelInferRequest(model_name="fd", id="typed")
     t = req.inputs.add(name="input", datatype="FP32", shape=FD_SHAPE)
@@ -300,7 +300,7 @@ def test_grpc_bad_requests_keep_the_server_serving(server, image):
     with pytest.raises(grpc.RpcError) as info:
         infer(b"\xff\xff\xff\xff garbage", timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    from model_server import protocol as pb
+    from enclave_build.model_server import protocol as pb
     req = pb.ModelInferRequest(model_name="fd")
     req.inputs.add(name="input", datatype="FP32", shape=FD_SHAPE)
     req.raw_input_contents.append(b"\0" * 100)                          # wrong byte count
@@ -520,13 +520,13 @@ def test_mutual_tls_on_both_listeners(tmp_path, fd_model, pki, image):
 def _run(tmp_path, cfg, env=None) -> subprocess.CompletedProcess:
     path = tmp_path / "c.json"
     path.write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
-    return subprocess.run([sys.executable, "-m", "model_server", "--config", str(path)],
+    return subprocess.run([sys.executable, "-m", "enclave_build.model_server", "--config", str(path)],
                           capture_output=True, text=True, cwd=REPO, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
 def test_help_and_bad_configs_exit_2(tmp_path, fd_model):
-    out = subprocess.run([sys.executable, "-m", "model_server", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "enclave_build.model_server", "--help"], capture_output=True,
                          text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0 and "--config" in out.stdout and "Exit codes" in out.stdout
     model = {"name": "fd", "backend": "tflite", "path": str(fd_model)}
@@ -540,7 +540,7 @@ def test_help_and_bad_configs_exit_2(tmp_path, fd_model):
         proc = _run(tmp_path, cfg)
         assert proc.returncode == 2, (cfg, proc.stderr)
         assert message in proc.stderr and "serving" not in proc.stderr.replace("not serving", "")
-    missing = subprocess.run([sys.executable, "-m", "model_server", "--config", "/no/such.json"],
+    missing = subprocess.run([sys.executable, "-m", "enclave_build.model_server", "--config", "/no/such.json"],
                              capture_output=True, text=True, cwd=REPO, timeout=60)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 

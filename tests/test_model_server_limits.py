@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from model_server.config import Limits, ModelConfig, parse_config
-from model_server.grpc_service import control_pool, server_options
-from model_server.handler_pool import HandlerPool
-from model_server.resources import OWN_FDS, config_fds, fds_needed
-from model_server.watchdog import Watchdog
+from enclave_build.model_server.config import Limits, ModelConfig, parse_config
+from enclave_build.model_server.grpc_service import control_pool, server_options
+from enclave_build.model_server.handler_pool import HandlerPool
+from enclave_build.model_server.resources import OWN_FDS, config_fds, fds_needed
+from enclave_build.model_server.watchdog import Watchdog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -188,8 +188,8 @@ def test_fit_open_files_raises_the_soft_limit_or_lowers_the_caps():
     code = f"""
 import resource, sys
 sys.path.insert(0, {str(REPO)!r})
-from model_server.config import parse_config
-from model_server.resources import config_fds, fit_open_files
+from enclave_build.model_server.config import parse_config
+from enclave_build.model_server.resources import config_fds, fit_open_files
 resource.setrlimit(resource.RLIMIT_NOFILE, (100, 300))
 base = {{"version": 1, "service": "s", "models": [{{"name": "m", "backend": "tflite",
         "path": "/m"}}]}}

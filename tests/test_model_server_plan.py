@@ -11,8 +11,8 @@ import tomllib
 
 import pytest
 
-from model_server.config import parse_config
-from model_server.resources import OWN_FDS, config_fds
+from enclave_build.model_server.config import parse_config
+from enclave_build.model_server.resources import OWN_FDS, config_fds
 
 from .conftest import write_spec
 
@@ -44,7 +44,7 @@ def _project(tmp_path, signing_key, framework: str, queue: str = "3"):
 
 
 def test_fds_limit_and_model_queue_reach_the_enclave(tmp_path, standin_root, signing_key):
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     result = build(_project(tmp_path, signing_key, "tflite"), base=f"dir:{standin_root}")
     manifest = tomllib.loads(result.artifacts.manifest.decode())
@@ -61,8 +61,8 @@ def test_fds_limit_and_model_queue_reach_the_enclave(tmp_path, standin_root, sig
                                                 ("openvino", '\n[openvino]\nmode = "ovms"\n')])
 def test_max_queue_with_a_binary_server_is_a_located_spec_error(
         tmp_path, monkeypatch, standin_root, signing_key, framework, section):
-    from builder.build import build
-    from builder.spec import SpecError
+    from enclave_build.builder.build import build
+    from enclave_build.builder.spec import SpecError
 
     spec = _project(tmp_path, signing_key, framework)
     spec.write_text(spec.read_text() + section)
@@ -79,8 +79,8 @@ def test_max_queue_with_a_binary_server_is_a_located_spec_error(
 
 def test_max_queue_must_be_a_non_negative_integer(tmp_path, monkeypatch, standin_root,
                                                   signing_key):
-    from builder.build import build
-    from builder.spec import SpecError
+    from enclave_build.builder.build import build
+    from enclave_build.builder.spec import SpecError
 
     _project(tmp_path, signing_key, "tflite", queue="-1")
     monkeypatch.chdir(tmp_path)
@@ -102,7 +102,7 @@ drain_seconds = 7
 
 def test_limits_section_reaches_model_server_json_and_the_fds_limit(tmp_path, standin_root,
                                                                     signing_key):
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     spec = _project(tmp_path, signing_key, "tflite")
     spec.write_text(spec.read_text() + LIMITS)
@@ -128,8 +128,8 @@ def test_limits_section_reaches_model_server_json_and_the_fds_limit(tmp_path, st
 ])
 def test_limits_section_errors_are_located(tmp_path, monkeypatch, standin_root, signing_key,
                                            text, line):
-    from builder.build import build
-    from builder.spec import SpecError
+    from enclave_build.builder.build import build
+    from enclave_build.builder.spec import SpecError
 
     spec = _project(tmp_path, signing_key, "tflite")
     spec.write_text(spec.read_text() + "\n[limits]\n" + text + "\n")
@@ -143,8 +143,8 @@ def test_limits_section_errors_are_located(tmp_path, monkeypatch, standin_root, 
 
 def test_limits_with_a_binary_server_is_a_located_spec_error(tmp_path, monkeypatch,
                                                              standin_root, signing_key):
-    from builder.build import build
-    from builder.spec import SpecError
+    from enclave_build.builder.build import build
+    from enclave_build.builder.spec import SpecError
 
     spec = _project(tmp_path, signing_key, "tfserving", queue="1")
     text = spec.read_text().replace("max_queue = 1\n", "")

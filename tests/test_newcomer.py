@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.image.oci import ImageError
-from builder.image.sources import open_base
+from enclave_build.builder.image.oci import ImageError
+from enclave_build.builder.image.sources import open_base
 
 from .conftest import REPO, run_cli, write_spec
 
@@ -22,11 +22,12 @@ PACKAGES = ("builder", "attestation", "plugins", "base_images", "model_server")
 
 
 def _package_of(path: Path) -> tuple[str, Path]:
-    """(dotted package name, package directory) of the nearest package holding *path*."""
+    """(dotted package name as installed, under enclave_build; package directory) of the nearest
+    package holding *path*."""
     directory = path.parent
     while not (directory / "__init__.py").is_file():
         directory = directory.parent
-    return ".".join(directory.relative_to(REPO).parts), directory
+    return ".".join(("enclave_build",) + directory.relative_to(REPO).parts), directory
 
 
 def test_every_data_file_of_a_package_is_installed():
@@ -66,7 +67,7 @@ def test_installing_prints_no_setuptools_warning(monkeypatch):
 
 
 def test_every_file_a_base_dockerfile_copies_is_in_its_directory():
-    from base_images import BASES
+    from enclave_build.base_images import BASES
 
     for recipe in BASES.values():
         text = (recipe.directory / "Dockerfile").read_text()
@@ -114,7 +115,7 @@ def test_missing_engine_image_names_the_base_build_that_makes_it(monkeypatch, tm
 
 
 def test_base_build_without_an_engine_points_at_doctor(monkeypatch, tmp_path):
-    from builder.image.base_build import build_base
+    from enclave_build.builder.image.base_build import build_base
 
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     with pytest.raises(ImageError, match=r"cannot talk to the Docker engine.*`enclave-build "

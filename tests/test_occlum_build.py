@@ -179,8 +179,8 @@ def encrypted_build(toolchain, runtime_base, signing_key, tmp_path_factory):
     """One end-to-end build of the tflite service with libos = "occlum" and an encrypted model,
     through the Python API with a recording progress; records every container job and scans
     what each bind mount held for the signing key."""
-    from builder import build as pipeline
-    from builder.occlum import container
+    from enclave_build.builder import build as pipeline
+    from enclave_build.builder.occlum import container
 
     root = tmp_path_factory.mktemp("occlum-e2e")
     spec = _project(root / "project", runtime_base, signing_key)
@@ -307,7 +307,7 @@ def test_clear_model_builds_an_integrity_only_image_without_init_ra(toolchain, r
                                                                     signing_key, tmp_path):
     """The negative of the test above: without encryption the model IS in the image's SEFS
     stand-in in clear (so that check can fail), no --image-key, plain `occlum new`."""
-    from builder import build as pipeline
+    from enclave_build.builder import build as pipeline
 
     spec = _project(tmp_path / "project", runtime_base, signing_key, encrypt=False)
     progress = Recorder()
@@ -325,9 +325,9 @@ def test_failing_step_names_it_quotes_its_output_and_writes_nothing(
         toolchain, runtime_base, signing_key, tmp_path, monkeypatch):
     """A staged model that changed after planning: copy_bom's hash check fails in the
     container; the error names the step and its last lines; no output directory appears."""
-    from builder import build as pipeline
-    from builder.occlum import backend
-    from builder.occlum.container import StepFailed
+    from enclave_build.builder import build as pipeline
+    from enclave_build.builder.occlum import backend
+    from enclave_build.builder.occlum.container import StepFailed
 
     spec = _project(tmp_path / "project", runtime_base, signing_key)
     original = backend.stage_plan_files

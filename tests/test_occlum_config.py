@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.build import make_plan
-from builder.occlum import rules
-from builder.occlum.bom import to_yaml
-from builder.occlum.init_ra import image_key_text
-from builder.occlum.launcher import LAUNCHER
-from builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
-from builder.plan import OcclumPlanOptions
-from builder.plugin_api import SERVER_CONFIG, SERVER_PYTHONPATH
-from builder.plugins import PluginRegistry
-from builder.rootfs import RootFS
-from builder.spec import SpecError, load_spec
+from enclave_build.builder.build import make_plan
+from enclave_build.builder.occlum import rules
+from enclave_build.builder.occlum.bom import to_yaml
+from enclave_build.builder.occlum.init_ra import image_key_text
+from enclave_build.builder.occlum.launcher import LAUNCHER
+from enclave_build.builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
+from enclave_build.builder.plan import OcclumPlanOptions
+from enclave_build.builder.plugin_api import SERVER_CONFIG, SERVER_PYTHONPATH
+from enclave_build.builder.plugins import PluginRegistry
+from enclave_build.builder.rootfs import RootFS
+from enclave_build.builder.spec import SpecError, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "occlum"

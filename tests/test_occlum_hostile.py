@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.occlum import render as render_module
-from builder.occlum import rules
-from builder.occlum.backend import entrypoint, stage_plan_files
-from builder.occlum.launcher import LAUNCHER, python_launcher
-from builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
-from builder.occlum_spec import DebugServerWarning
-from builder.rootfs import RootFS
-from builder.spec import SpecError
+from enclave_build.builder.occlum import render as render_module
+from enclave_build.builder.occlum import rules
+from enclave_build.builder.occlum.backend import entrypoint, stage_plan_files
+from enclave_build.builder.occlum.launcher import LAUNCHER, python_launcher
+from enclave_build.builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
+from enclave_build.builder.occlum_spec import DebugServerWarning
+from enclave_build.builder.rootfs import RootFS
+from enclave_build.builder.spec import SpecError
 
 from .test_occlum_config import (SERVER, _valid_occlum_json, example_spec, plan_of,
                                  write_spec)
@@ -88,7 +88,7 @@ def test_links_fifos_and_loops_in_a_model_directory_never_reach_the_image(
     (models / "etc").symlink_to("/etc")               # a directory outside it
     (models / "loop").symlink_to(models)              # a loop
     os.mkfifo(models / "pipe")                        # would block a copy forever
-    from builder.model_files import SkippedModelFile
+    from enclave_build.builder.model_files import SkippedModelFile
 
     with pytest.warns(SkippedModelFile) as caught:   # what is left out is said, by name
         plan, config = _render(write_spec(tmp_path, CLEAR_MODEL_DIR), registry, standin_root)
@@ -332,7 +332,7 @@ def test_the_launcher_ignores_the_hosts_arguments(tmp_path, registry):  # noqa: 
 def test_interpreter_options_cannot_be_fixed_and_are_refused(tmp_path, registry,
                                                              standin_root):  # noqa: F811
     def options(plan):
-        plan.argv = [plan.entrypoint, "-u", "-m", "model_server"]
+        plan.argv = [plan.entrypoint, "-u", "-m", "enclave_build.model_server"]
     with pytest.raises(OcclumConfigError, match=r": service.framework: .*cannot be fixed"):
         _render(example_spec("tflite", tmp_path), registry, standin_root, options)
 
@@ -383,7 +383,7 @@ collateral = "collateral.json"
 [signing]
 key = "key.pem"
 ''')
-    from plugins.secret_server import SyntheticRootWarning
+    from enclave_build.plugins.secret_server import SyntheticRootWarning
     with pytest.raises(OcclumConfigError) as info, pytest.warns(SyntheticRootWarning):
         plan_of(spec, registry)
     assert f"{spec}:4: service.libos: " in str(info.value)

@@ -24,23 +24,23 @@ from pathlib import Path
 import grpc
 import pytest
 
-from attestation.config import ConfigError, load_config
-from attestation.measurements import ImageRef, Measurements
-from attestation.policy import Identity, Policy, PolicyError, SecretRule, hex_dashes
-from attestation.server import SecretServer, startup_warnings
-from attestation.simulated_quoter import SimulatedQuoter
-from attestation.quote_source import SIMULATED_QUOTER_ENV
-from attestation.synthetic import SyntheticPKI, tls_ca_and_server
-from builder.build import load_wrap_keys, make_plan, policy_fragment
-from builder.occlum import backend
-from builder.occlum.configure import releases
-from builder.occlum.render import KEYS_DIR, OcclumOptions, render
-from builder.plan import KeyDelivery
-from builder.plugin_api import SERVER_CONFIG
-from builder.rootfs import RootFS
-from builder.spec import SpecError, load_spec
-from model_server.config import ROOT_ENV, ConfigError as ServerConfigError, parse_config
-from model_server.keys import KeyFetchError, prepare_keys
+from enclave_build.attestation.config import ConfigError, load_config
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.policy import Identity, Policy, PolicyError, SecretRule, hex_dashes
+from enclave_build.attestation.server import SecretServer, startup_warnings
+from enclave_build.attestation.simulated_quoter import SimulatedQuoter
+from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
+from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
+from enclave_build.builder.build import load_wrap_keys, make_plan, policy_fragment
+from enclave_build.builder.occlum import backend
+from enclave_build.builder.occlum.configure import releases
+from enclave_build.builder.occlum.render import KEYS_DIR, OcclumOptions, render
+from enclave_build.builder.plan import KeyDelivery
+from enclave_build.builder.plugin_api import SERVER_CONFIG
+from enclave_build.builder.rootfs import RootFS
+from enclave_build.builder.spec import SpecError, load_spec
+from enclave_build.model_server.config import ROOT_ENV, ConfigError as ServerConfigError, parse_config
+from enclave_build.model_server.keys import KeyFetchError, prepare_keys
 
 from .attest_env import MR_SIGNER, identity
 from .conftest import run_cli
@@ -368,7 +368,7 @@ def test_occlum_build_policy_to_grsecret_client(tmp_path, registry, standin_root
 
 
 def _cert(pki, mr_enclave):
-    from attestation.ratls import create_certificate
+    from enclave_build.attestation.ratls import create_certificate
     return create_certificate("cczoo", lambda rd: pki.quote(mr_enclave, MR_SIGNER, rd, 1, 1,
                                                             False))
 
@@ -383,8 +383,8 @@ def test_two_occlum_services_share_one_secret_server(tmp_path):
     and a hex-dashes rule, never two raw names; without --grsecret-listen a warning."""
     import warnings as _warnings
 
-    from builder.plugin_api import SecretRelease
-    from builder.secrets_config import SecretsConfigError, ServerSide, compose_config
+    from enclave_build.builder.plugin_api import SecretRelease
+    from enclave_build.builder.secrets_config import SecretsConfigError, ServerSide, compose_config
 
     fragments = []
     for service in ("face", "ocr"):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_server.backends import BackendError
-from model_server.config import ModelConfig
+from enclave_build.model_server.backends import BackendError
+from enclave_build.model_server.config import ModelConfig
 
 ov = pytest.importorskip("openvino")
 
@@ -29,7 +29,7 @@ def _identity(tmp_path, element, name: str):
 
 
 def _backend(path):
-    from model_server.backends.openvino import OpenVINOBackend
+    from enclave_build.model_server.backends.openvino import OpenVINOBackend
 
     return OpenVINOBackend(ModelConfig("m", "1", "openvino", str(path)), _Source(path))
 
@@ -69,7 +69,7 @@ def test_the_server_refuses_to_serve_a_string_model(tmp_path):
         "version": 1, "service": "s", "grpc": {"host": "127.0.0.1", "port": 0},
         "rest": {"host": "127.0.0.1", "port": 0},
         "models": [{"name": "m", "backend": "openvino", "path": str(path)}]}))
-    done = subprocess.run([sys.executable, "-m", "model_server", "--config", str(config)],
+    done = subprocess.run([sys.executable, "-m", "enclave_build.model_server", "--config", str(config)],
                           cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr

@@ -14,9 +14,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from attestation.collateral import CollateralError, PccsCollateral
-from attestation.synthetic import SyntheticPKI
-from attestation.verify import verify_quote
+from enclave_build.attestation.collateral import CollateralError, PccsCollateral
+from enclave_build.attestation.synthetic import SyntheticPKI
+from enclave_build.attestation.verify import verify_quote
 
 pytestmark = pytest.mark.integration
 
@@ -119,9 +119,9 @@ def test_concurrent_requests_for_one_platform_fetch_once(pccs, tmp_path, monkeyp
 
 
 def test_secret_server_with_pccs_url(pccs, tmp_path, monkeypatch):
-    from attestation.client import fetch_secret
-    from attestation.config import load_config
-    from attestation.server import SecretServer
+    from enclave_build.attestation.client import fetch_secret
+    from enclave_build.attestation.config import load_config
+    from enclave_build.attestation.server import SecretServer
 
     from .attest_env import make_env
 

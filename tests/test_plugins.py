@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import EnclaveBuildError
-from builder.plugin_api import Framework, hookimpl
-from builder.plugins import PluginError, PluginRegistry
+import enclave_build
+from enclave_build.builder.errors import EnclaveBuildError
+from enclave_build.builder.plugin_api import Framework, hookimpl
+from enclave_build.builder.plugins import PluginError, PluginRegistry
 
 from .conftest import image_rootfs, run_cli, write_spec
 
@@ -39,7 +40,7 @@ def test_plugins_command_lists_name_version_source_hooks():
     infos = {p["name"]: p for p in json.loads(proc.stdout)}
     assert infos["gramine"]["libos"] == ["gramine"]
     assert infos["openvino"]["frameworks"] == ["openvino"]
-    assert infos["tflite"]["version"] == "0.1.0"
+    assert infos["tflite"]["version"] == enclave_build.__version__
 
 
 def test_duplicate_framework_names_are_refused():
@@ -53,7 +54,7 @@ def test_duplicate_framework_names_are_refused():
 
 
 def test_configure_hook_can_stop_a_build(tmp_path, standin_root, signing_key):
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     class Refuse:
         @hookimpl
@@ -74,8 +75,8 @@ def test_a_plugin_cannot_pass_loader_variables_through_from_the_host(tmp_path, s
                                                                       signing_key, name):
     """A passthrough of a variable that changes what the enclave loads would make the
     measurement say nothing about what runs: refused, naming it."""
-    from builder.build import build
-    from builder.errors import EnclaveBuildError
+    from enclave_build.builder.build import build
+    from enclave_build.builder.errors import EnclaveBuildError
 
     class Passthrough:
         @hookimpl
@@ -172,7 +173,7 @@ key = "key.pem"
 
 
 def test_python_server_serves_models_with_several_keys(tmp_path, standin_root, signing_key):
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     spec = _keys_project(tmp_path, signing_key, "tflite")
     result = build(spec, base=f"dir:{standin_root}", output=tmp_path / "out")
@@ -203,8 +204,8 @@ def test_python_server_serves_models_with_several_keys(tmp_path, standin_root, s
     ("openvino", '\n[openvino]\nmode = "ovms"\n', 'openvino (mode "ovms")')])
 def test_binary_frameworks_allow_one_key_with_a_located_error(tmp_path, monkeypatch, standin_root,
                                                               signing_key, framework, extra, what):
-    from builder.build import build
-    from builder.spec import SpecError
+    from enclave_build.builder.build import build
+    from enclave_build.builder.spec import SpecError
 
     _keys_project(tmp_path, signing_key, framework, extra)
     monkeypatch.chdir(tmp_path)
@@ -232,7 +233,7 @@ def _layer_members(output: Path) -> dict[str, tarfile.TarInfo]:
 
 def test_encrypted_files_belong_to_the_runtime_user(tmp_path, standin_root, signing_key):
     """Gramine opens an encrypted file's host file read-write: uid 10001 must own it."""
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     spec = _keys_project(tmp_path, signing_key, "tflite", "\n[build]\nreproducible = true\n")
     build(spec, base=f"dir:{standin_root}", output=tmp_path / "out")
@@ -253,8 +254,8 @@ def test_encrypted_files_belong_to_the_runtime_user(tmp_path, standin_root, sign
 
 
 def test_runtime_user_names_resolve_through_the_base_passwd(standin_root):
-    from builder.image.assemble import UserError, runtime_owner
-    from builder.rootfs import RootFS
+    from enclave_build.builder.image.assemble import UserError, runtime_owner
+    from enclave_build.builder.rootfs import RootFS
 
     rootfs = RootFS(standin_root)
     assert runtime_owner("ovms", rootfs) == (5000, 5000)
@@ -270,8 +271,8 @@ def test_a_third_party_backend_plugin_uses_python_server_plan(tmp_path, monkeypa
                                                               standin_root, signing_key):
     """Only the public API: a framework plugin adding a backend to our server, the backend's
     code found through its entry point and shipped, its runtime trusted from the base."""
-    from builder.build import build
-    from builder.plugin_api import Framework, python_server_plan
+    from enclave_build.builder.build import build
+    from enclave_build.builder.plugin_api import Framework, python_server_plan
 
     site = tmp_path / "site"
     (site / "eb_fake_backend").mkdir(parents=True)
@@ -335,8 +336,8 @@ key = "key.pem"
 
 def _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, framework: str,
                        section: str, enclave: str = ""):
-    from builder.build import build
-    from builder.spec import SpecError
+    from enclave_build.builder.build import build
+    from enclave_build.builder.spec import SpecError
 
     (tmp_path / "m.tflite").write_bytes(b"TFL3" + bytes(60))
     shutil.copy(signing_key, tmp_path / "key.pem")

@@ -71,7 +71,7 @@ def test_pf_encrypt_prints_its_stage_line(tmp_path):
 
 
 def test_stage_lines_units_and_unfinished_stages(capsys):
-    from builder.cli import _RichProgress, _human_size
+    from enclave_build.builder.cli import _RichProgress, _human_size
 
     assert [_human_size(n, "bytes") for n in (0, 999, 1000, 151_300, 999_960, 2_500_000_000)] \
         == ["0 B", "999 B", "1.0 kB", "151.3 kB", "1.0 MB", "2.5 GB"]

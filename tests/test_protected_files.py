@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.cmac import CMAC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builder.gramine import protected_files as pf
+from enclave_build.builder.gramine import protected_files as pf
 
 from .conftest import run_cli, vectors_dir
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.elf import LoaderView, closure
-from builder.plan import PythonRuntime
-from builder.python_closure import PythonClosureError, python_closure
-from builder.rootfs import RootFS
+from enclave_build.builder.elf import LoaderView, closure
+from enclave_build.builder.plan import PythonRuntime
+from enclave_build.builder.python_closure import PythonClosureError, python_closure
+from enclave_build.builder.rootfs import RootFS
 
 STDLIB = "/usr/lib/python3.11"
 LOCAL = "/usr/local/lib/python3.11/dist-packages"
@@ -25,7 +25,7 @@ DEBIAN = "/usr/lib/python3/dist-packages"
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory) -> RootFS:
-    from builder.standin import make_standin_rootfs
+    from enclave_build.builder.standin import make_standin_rootfs
 
     return RootFS(make_standin_rootfs(tmp_path_factory.mktemp("py") / "root"))
 
@@ -134,7 +134,7 @@ def test_missing_runtime_fails_the_build_with_the_base_named(tmp_path, standin_r
     """A Python-server build on a base without the runtime the backend needs."""
     import shutil
 
-    from builder.build import build
+    from enclave_build.builder.build import build
 
     base = tmp_path / "base"
     shutil.copytree(standin_root, base, symlinks=True)

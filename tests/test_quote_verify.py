@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from attestation.quote import Quote
-from attestation.synthetic import SyntheticPKI
-from attestation.verify import (QuoteRejected, TcbPolicy, VerifierConfigError, load_collateral,
+from enclave_build.attestation.quote import Quote
+from enclave_build.attestation.synthetic import SyntheticPKI
+from enclave_build.attestation.verify import (QuoteRejected, TcbPolicy, VerifierConfigError, load_collateral,
                                 verify_quote)
 
 from .conftest import run_cli, vectors_dir

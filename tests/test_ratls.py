@@ -10,10 +10,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attestation.ratls import (DICE_OID, DICE_TAG, FORMATS, EvidenceError, create_certificate,
+from enclave_build.attestation.ratls import (DICE_OID, DICE_TAG, FORMATS, EvidenceError, create_certificate,
                                extract_evidence)
-from attestation.synthetic import SyntheticPKI
-from attestation.verify import verify_quote
+from enclave_build.attestation.synthetic import SyntheticPKI
+from enclave_build.attestation.verify import verify_quote
 
 ME, MS = hashlib.sha256(b"e").digest(), hashlib.sha256(b"s").digest()
 

@@ -10,9 +10,9 @@ import os
 import pytest
 import requests
 
-from builder.errors import UsageError
-from builder.image import registry as reg
-from builder.image.reference import parse_registry_ref, parse_source
+from enclave_build.builder.errors import UsageError
+from enclave_build.builder.image import registry as reg
+from enclave_build.builder.image.reference import parse_registry_ref, parse_source
 
 
 class FakeResponse:

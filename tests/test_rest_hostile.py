@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_server.config import ModelConfig
-from model_server.core import LoadedModel
+from enclave_build.model_server.config import ModelConfig
+from enclave_build.model_server.core import LoadedModel
 
 from .ms_backends import BytesLength
 from .rest_env import INFER as _INFER
@@ -323,7 +323,7 @@ def test_decoding_many_bytes_elements_does_not_block_health():
 
 
 class ServerProcess:
-    """``python -m model_server`` on 127.0.0.1 (REST only) with the test backends."""
+    """``python -m enclave_build.model_server`` on 127.0.0.1 (REST only) with the test backends."""
 
     def __init__(self, tmp: Path, models: list[dict], limits: dict | None = None,
                  drain_seconds: float = 10, nofile: int | None = None) -> None:
@@ -338,7 +338,7 @@ class ServerProcess:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "model_server", "--config", str(path)],
+            [sys.executable, "-m", "enclave_build.model_server", "--config", str(path)],
             stderr=subprocess.PIPE, text=True, cwd=REPO, preexec_fn=lower_nofile,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         self.lines: list[str] = []

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.image import rootfs_cache
-from builder.image.oci import OCI_LAYER, BlobStore, Descriptor
-from builder.image.rootfs_cache import KEEP_ENV, LAST_USED
-from builder.image.unpack import chain_id, unpacked_rootfs
+from enclave_build.builder.image import rootfs_cache
+from enclave_build.builder.image.oci import OCI_LAYER, BlobStore, Descriptor
+from enclave_build.builder.image.rootfs_cache import KEEP_ENV, LAST_USED
+from enclave_build.builder.image.unpack import chain_id, unpacked_rootfs
 
 REPO = Path(__file__).resolve().parents[1]
 OLD = time.time() - 10_000          # last uses set explicitly, well in the past, in order
@@ -114,8 +114,8 @@ def test_an_entry_held_by_another_process_is_not_removed(tmp_path, held, monkeyp
         [sys.executable, "-c",
          "import sys\n"
          "from pathlib import Path\n"
-         "from builder.image.oci import OCI_LAYER, BlobStore, Descriptor\n"
-         "from builder.image.unpack import unpacked_rootfs\n"
+         "from enclave_build.builder.image.oci import OCI_LAYER, BlobStore, Descriptor\n"
+         "from enclave_build.builder.image.unpack import unpacked_rootfs\n"
          "d = Descriptor(OCI_LAYER, sys.argv[2], int(sys.argv[3]))\n"
          "r = unpacked_rootfs(BlobStore(Path(sys.argv[1])), [d], [], Path(sys.argv[4]), 'x')\n"
          "print(r.root, flush=True)\n"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import build
-from builder.plugin_api import Framework, base_plan, hookimpl
-from builder.plugins import PluginRegistry
-from builder.run import BANNER, CannotSimulate, RunError, RunOptions, open_build, run_build
-from builder.run.runner import QUOTER_ENV, ROOT_ENV, choose_mode, process_command
+from enclave_build.builder.build import build
+from enclave_build.builder.plugin_api import Framework, base_plan, hookimpl
+from enclave_build.builder.plugins import PluginRegistry
+from enclave_build.builder.run import BANNER, CannotSimulate, RunError, RunOptions, open_build, run_build
+from enclave_build.builder.run.runner import QUOTER_ENV, ROOT_ENV, choose_mode, process_command
 
 from .conftest import run_cli, write_spec
 from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
@@ -262,8 +262,8 @@ def _tar_layer(members: list[tuple[str, str, int, int, int]]) -> bytes:
 
 
 def test_layer_owners_and_modes_are_restored_in_the_private_root(tmp_path: Path) -> None:
-    from builder.image.oci import OCI_CONFIG, OCI_LAYER, BlobStore, Descriptor, Image
-    from builder.run.rootfs import apply_ownership, image_ownership, private_root
+    from enclave_build.builder.image.oci import OCI_CONFIG, OCI_LAYER, BlobStore, Descriptor, Image
+    from enclave_build.builder.run.rootfs import apply_ownership, image_ownership, private_root
 
     store = BlobStore(tmp_path / "blobs")
     layers = []

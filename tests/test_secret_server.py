@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from attestation.client import ProvisioningError, fetch_secret
-from attestation.config import ConfigError, load_config
-from attestation.ratls import create_certificate
-from attestation.server import REQUEST, RESPONSE, SecretServer, startup_warnings
-from attestation.synthetic import SyntheticPKI
+from enclave_build.attestation.client import ProvisioningError, fetch_secret
+from enclave_build.attestation.config import ConfigError, load_config
+from enclave_build.attestation.ratls import create_certificate
+from enclave_build.attestation.server import REQUEST, RESPONSE, SecretServer, startup_warnings
+from enclave_build.attestation.synthetic import SyntheticPKI
 
 from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
 
@@ -362,7 +362,7 @@ def test_config_errors_name_file_and_key(tmp_path):
 
 def test_serve_command_runs_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
     env = make_env(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "secrets", "serve", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "enclave_build", "secrets", "serve", "--config",
                              str(env.config)], stderr=subprocess.PIPE, text=True)
     try:
         lines = []
@@ -450,7 +450,7 @@ def test_a_worker_that_dies_is_replaced(tmp_path):
 
 def test_serve_command_with_worker_processes_reloads_and_stops_all(tmp_path):
     env = make_env(tmp_path, processes=2)
-    proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "secrets", "serve", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "enclave_build", "secrets", "serve", "--config",
                              str(env.config)], stderr=subprocess.PIPE, text=True)
     try:
         while True:

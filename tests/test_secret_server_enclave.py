@@ -21,13 +21,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from attestation import wire
-from attestation.attest_client import AttestationRefused, Expectation, open_attested
-from attestation.collateral import FileCollateral
-from attestation.measurements import ImageRef, Measurements
-from attestation.synthetic import SyntheticPKI
-from builder.build import build
-from builder.standin import add_standin_runtimes
+from enclave_build.attestation import wire
+from enclave_build.attestation.attest_client import AttestationRefused, Expectation, open_attested
+from enclave_build.attestation.collateral import FileCollateral
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.synthetic import SyntheticPKI
+from enclave_build.builder.build import build
+from enclave_build.builder.standin import add_standin_runtimes
 
 from . import serving_env as se
 from .attest_env import MR_SIGNER, identity
@@ -100,7 +100,7 @@ key = "key.pem"
 ''')
     base = secret_server_base(standin_root, work)
     out = work / "out"
-    from plugins.secret_server import SyntheticRootWarning
+    from enclave_build.plugins.secret_server import SyntheticRootWarning
     with pytest.warns(SyntheticRootWarning):   # root_ca is the synthetic test root
         build(spec, output=out, base=f"dir:{base}")
     proc = se._cli("run", str(out), "--simulate", "--pki", str(pki_dir), "--mode", "process")
@@ -128,7 +128,7 @@ def test_the_image_carries_policy_and_owners_but_no_key(served):
     root = image_rootfs(served["out"])
     config = (root / "enclave/secret-server/secrets.toml").read_text()
     assert 'identity = "ratls"' in config and "file" not in config.split("[[secrets]]")[1]
-    assert (root / "opt/enclave-build/python/attestation/upload.py").is_file()
+    assert (root / "opt/enclave-build/python/enclave_build/attestation/upload.py").is_file()
     measurements = json.loads((served["out"] / "measurements.json").read_text())
     assert measurements["framework"] == "secret-server"
     manifest = next(root.glob("enclave/*.manifest.sgx")).read_text()
@@ -148,10 +148,10 @@ def test_simulation_listens_on_loopback_only(served):
 def test_a_synthetic_root_ca_is_warned_about_at_build_time(served, tmp_path):
     import warnings
 
-    from builder.build import make_plan
-    from builder.plugins import PluginRegistry
-    from builder.spec import load_spec
-    from plugins.secret_server import SyntheticRootWarning
+    from enclave_build.builder.build import make_plan
+    from enclave_build.builder.plugins import PluginRegistry
+    from enclave_build.builder.spec import load_spec
+    from enclave_build.plugins.secret_server import SyntheticRootWarning
 
     registry = PluginRegistry()
 
@@ -179,7 +179,7 @@ def test_grsecret_port_presents_the_builds_identity_to_occlum_peers(served):
     certificate whose quote binds its key and carries this build's measurements."""
     import ssl
 
-    from attestation.occlum_ra import PeerRejected, RaConfig, verify_peer_certificate
+    from enclave_build.attestation.occlum_ra import PeerRejected, RaConfig, verify_peer_certificate
 
     config = (image_rootfs(served["out"]) / "enclave/secret-server/secrets.toml").read_text()
     assert f'listen = "0.0.0.0:{served["grsecret_port"]}"' in config.split("[grsecret]")[1]
@@ -248,7 +248,7 @@ def _model_enclave_fetch(served) -> bytes:
     """A synthetic model enclave ('face'): attests the secret server (mutual RA-TLS), then
     Gramine's secret_prov exchange on that connection."""
     pki = SyntheticPKI.load(served["pki"])
-    from attestation.ratls import create_certificate
+    from enclave_build.attestation.ratls import create_certificate
 
     cert, key = create_certificate("tcg-dice", lambda rd: pki.quote(
         identity("face"), MR_SIGNER, rd, 1, 2))
@@ -280,9 +280,9 @@ def _grsecret_fetch(served, stubs, name: str) -> bytes:
 
     import grpc
 
-    from attestation import grsecret
-    from attestation.occlum_ra import RaConfig, verify_peer_certificate
-    from attestation.ratls import create_certificate
+    from enclave_build.attestation import grsecret
+    from enclave_build.attestation.occlum_ra import RaConfig, verify_peer_certificate
+    from enclave_build.attestation.ratls import create_certificate
 
     pb2, pb2_grpc = stubs
     address = ("127.0.0.1", served["grsecret_port"])

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from attestation.config import load_config
-from attestation.synthetic import SyntheticPKI, tls_ca_and_server
-from builder.errors import UsageError
-from builder.secrets_config import (SecretsConfigError, ServerSide, compose_config,
+from enclave_build.attestation.config import load_config
+from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
+from enclave_build.builder.errors import UsageError
+from enclave_build.builder.secrets_config import (SecretsConfigError, ServerSide, compose_config,
                                     merge_fragments, write_config)
 
 from .conftest import run_cli
@@ -351,9 +351,9 @@ def test_another_users_key_is_refused_even_inside_keys_dir(tmp_path, server_side
 
 
 def test_the_build_writes_its_keys_dir_into_the_fragment(tmp_path):
-    from attestation.measurements import ImageRef, Measurements
-    from builder.build import policy_fragment
-    from builder.plan import EnclaveResources, ServicePlan
+    from enclave_build.attestation.measurements import ImageRef, Measurements
+    from enclave_build.builder.build import policy_fragment
+    from enclave_build.builder.plan import EnclaveResources, ServicePlan
 
     plan = ServicePlan("svc", "tflite", "gramine", "b", "svc:1", "/bin/x", ["x"],
                        EnclaveResources(1 << 30, 16))

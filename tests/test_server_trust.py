@@ -19,16 +19,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from attestation.measurements import ImageRef, Measurements
-from attestation.ratls import server_certificate
-from attestation.synthetic import SyntheticPKI
-from builder.build import load, make_plan
-from builder.plugin_api import SERVER_CONFIG
-from builder.server_trust import (TRUST_COLLATERAL, TRUST_ROOT, RelaxedServerTcbWarning,
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.ratls import server_certificate
+from enclave_build.attestation.synthetic import SyntheticPKI
+from enclave_build.builder.build import load, make_plan
+from enclave_build.builder.plugin_api import SERVER_CONFIG
+from enclave_build.builder.server_trust import (TRUST_COLLATERAL, TRUST_ROOT, RelaxedServerTcbWarning,
                                   SyntheticServerRootWarning)
-from builder.spec import SpecError
-from model_server.config import ConfigError, ExpectedServer, ServerTrustConfig, parse_config
-from model_server.server_attest import ServerRefused, ServerVerifier
+from enclave_build.builder.spec import SpecError
+from enclave_build.model_server.config import ConfigError, ExpectedServer, ServerTrustConfig, parse_config
+from enclave_build.model_server.server_attest import ServerRefused, ServerVerifier
 
 from .test_pccs import pccs  # noqa: F401 - a fixture (a PCCS stand-in on 127.0.0.1)
 
@@ -373,15 +373,16 @@ def test_verifier_fetches_collateral_from_a_pccs_once(pccs, tmp_path):
 def test_verifier_modules_import_no_builder_and_no_pyopenssl():
     """What the model server imports to verify a server runs in the image: no builder, no
     pyOpenSSL (dcap-qvl and cryptography come from the base)."""
-    code = ("import sys, model_server.keys, model_server.server_attest, attestation.collateral, "
-            "attestation.verify, attestation.ratls; print(sorted({m.split('.')[0] for m in "
-            "sys.modules if m.split('.')[0] in ('builder', 'OpenSSL')}))")
+    code = ("import sys, enclave_build.model_server.keys, enclave_build.model_server.server_attest, "
+            "enclave_build.attestation.collateral, enclave_build.attestation.verify, "
+            "enclave_build.attestation.ratls; print(sorted({m for m in sys.modules "
+            "if m.startswith('enclave_build.builder') or m.split('.')[0] == 'OpenSSL'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.filterwarnings("ignore::builder.server_trust.SyntheticServerRootWarning")
+@pytest.mark.filterwarnings("ignore::enclave_build.builder.server_trust.SyntheticServerRootWarning")
 def test_signer_pin_refuses_a_server_with_the_models_own_signer_and_product_id(tmp_path, pki):
     """Else any build of the model itself (same key, same product id) would pass as the
     secret server."""

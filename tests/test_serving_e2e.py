@@ -151,7 +151,7 @@ def onnx_base(tmp_path, standin_root) -> Path:
     """The stand-in base plus a stand-in ONNX Runtime, where the plugin's base image has it."""
     import shutil
 
-    from builder.standin import add_standin_runtimes
+    from enclave_build.builder.standin import add_standin_runtimes
 
     root = tmp_path / "onnx-base"
     shutil.copytree(standin_root, root, symlinks=True)

@@ -118,7 +118,7 @@ def _build(tmp_path: Path, keys: se.Keys, base: Path, framework: str, models, se
     # write_spec's [enclave] section gets the log level appended (one [enclave] table)
     text = spec.read_text().replace("[enclave]\n", enclave, 1)
     spec.write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "builder.cli", "build", str(spec), "--base",
+    proc = subprocess.run([sys.executable, "-m", "enclave_build", "build", str(spec), "--base",
                            f"dir:{base}", "--output", str(work / "out")],
                           env={**os.environ, **env}, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()
@@ -294,7 +294,7 @@ def test_wrong_measurement_is_refused_under_the_real_libos(keys, tflite_build, e
 
 
 def _model_server_config(out: Path) -> dict:
-    from builder.image.inspect import open_image, read_file
+    from enclave_build.builder.image.inspect import open_image, read_file
 
     image, _ = open_image(str(out))
     return json.loads(read_file(image, "/enclave/model-server.json"))
@@ -304,9 +304,9 @@ def test_a_file_missing_from_the_manifest_is_reported(tflite_build, env):
     """The check every run above makes would catch an untrusted file: boot a scratch copy of the
     image whose manifest lacks one trusted file Python opens at start (a hash-based .pyc: Python
     would quietly fall back to the source, so only Gramine's log shows it)."""
-    from builder.run.gramine_direct import DirectLaunch, resolve_user, start
-    from builder.run.rootfs import apply_ownership, private_root
-    from builder.run.runner import open_build
+    from enclave_build.builder.run.gramine_direct import DirectLaunch, resolve_user, start
+    from enclave_build.builder.run.rootfs import apply_ownership, private_root
+    from enclave_build.builder.run.runner import open_build
 
     build, cached = open_build(tflite_build)
     missing = "/usr/lib/python3.11/encodings/__pycache__/__init__.cpython-311.pyc"

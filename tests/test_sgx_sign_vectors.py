@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 
-from builder.gramine.measure import PalImage
-from builder.gramine.offsets import Offsets
-from builder.gramine.sign import ManifestNotFinalError, sign_manifest
-from builder.gramine.signer import PemSigner
-from builder.gramine.sigstruct import ARCH_LAYOUT, SigDate, Sigstruct
+from enclave_build.builder.gramine.measure import PalImage
+from enclave_build.builder.gramine.offsets import Offsets
+from enclave_build.builder.gramine.sign import ManifestNotFinalError, sign_manifest
+from enclave_build.builder.gramine.signer import PemSigner
+from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT, SigDate, Sigstruct
 
 from .conftest import run_cli
 

@@ -14,11 +14,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from attestation.measurements import ImageRef, Measurements
-from attestation.simulated_quoter import (QuoterError, SimulatedQuoter, WARNING,
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.simulated_quoter import (QuoterError, SimulatedQuoter, WARNING,
                                           request_quote)
-from attestation.synthetic import PKIError, SyntheticPKI
-from attestation.verify import QuoteRejected, verify_quote
+from enclave_build.attestation.synthetic import PKIError, SyntheticPKI
+from enclave_build.attestation.verify import QuoteRejected, verify_quote
 
 from .conftest import run_cli
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from builder.run import runner
-from model_server import config as server_config
+from enclave_build.builder.run import runner
+from enclave_build.model_server import config as server_config
 
 
 def _config(tmp_path, **listeners) -> str:
@@ -55,7 +55,7 @@ listen = "0.0.0.0:4434"
 
 
 def _launcher():
-    from plugins.secret_server import launcher
+    from enclave_build.plugins.secret_server import launcher
     return launcher
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from builder.spec import SpecError
+from enclave_build.builder.spec import SpecError
 
 from .conftest import run_cli
 from .spec_corpus import CASES, GOOD
@@ -23,7 +23,7 @@ def test_corpus_is_large_enough():
 
 @pytest.mark.parametrize("case_id,text,expected", CASES, ids=[c[0] for c in CASES])
 def test_bad_spec_error_text(tmp_path, monkeypatch, signing_key, case_id, text, expected):
-    from builder.build import load
+    from enclave_build.builder.build import load
 
     _prepare(tmp_path, text, signing_key)
     monkeypatch.chdir(tmp_path)
@@ -48,7 +48,7 @@ def test_cli_exits_2_and_writes_nothing(tmp_path, signing_key, standin_root, cas
 
 
 def test_good_spec_loads(tmp_path, monkeypatch, signing_key):
-    from builder.build import load
+    from enclave_build.builder.build import load
 
     _prepare(tmp_path, GOOD, signing_key)
     monkeypatch.chdir(tmp_path)

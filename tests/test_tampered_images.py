@@ -23,16 +23,16 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import build
-from builder.gramine.measure import PalImage
-from builder.image.inspect import inspect_image
-from builder.image.verify import EnclaveVerification
-from builder.plugin_api import Framework, base_plan, hookimpl
-from builder.plugins import PluginRegistry
-from builder.rootfs import RootFS
-from builder.run import RunError, open_build
-from builder.run.gramine_direct import prepare_manifest
-from builder.run.view import ViewError, populate
+from enclave_build.builder.build import build
+from enclave_build.builder.gramine.measure import PalImage
+from enclave_build.builder.image.inspect import inspect_image
+from enclave_build.builder.image.verify import EnclaveVerification
+from enclave_build.builder.plugin_api import Framework, base_plan, hookimpl
+from enclave_build.builder.plugins import PluginRegistry
+from enclave_build.builder.rootfs import RootFS
+from enclave_build.builder.run import RunError, open_build
+from enclave_build.builder.run.gramine_direct import prepare_manifest
+from enclave_build.builder.run.view import ViewError, populate
 
 from .conftest import write_spec
 from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
@@ -125,7 +125,7 @@ def _copy(out: Path, tmp_path: Path) -> Path:
 
 def _cli(*args: str, cwd: Path | None = None, timeout: float = 120
          ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "enclave_build", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=timeout)
 
 
@@ -169,8 +169,8 @@ def test_edited_manifest_argv_is_refused(probe_out, tmp_path):
 
 def test_code_appended_to_the_server_is_refused(server_out, tmp_path):
     out = _copy(server_out, tmp_path)
-    tamper(out, {f"{SERVER}/model_server/server.py": append("\n" + TAMPERED)})
-    assert_refused(out, f"trusted file {SERVER}/model_server/server.py (sgx.trusted_files[",
+    tamper(out, {f"{SERVER}/enclave_build/model_server/server.py": append("\n" + TAMPERED)})
+    assert_refused(out, f"trusted file {SERVER}/enclave_build/model_server/server.py (sgx.trusted_files[",
                    "was changed: the image holds content with sha256 ")
 
 

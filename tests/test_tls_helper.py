@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from attestation.synthetic import tls_ca_and_server
+from enclave_build.attestation.synthetic import tls_ca_and_server
 
 from .conftest import run_cli
 
@@ -75,7 +75,7 @@ def test_cli_writes_ca_certificate_and_private_key_for_all_hosts(tmp_path):
 
 
 def test_its_output_is_accepted_by_secrets_config(tmp_path):
-    from attestation.synthetic import SyntheticPKI
+    from enclave_build.attestation.synthetic import SyntheticPKI
 
     from .test_secrets_config import _build, _key
 
@@ -88,9 +88,9 @@ def test_its_output_is_accepted_by_secrets_config(tmp_path):
                    str(tmp_path / "pki/root.pem"), "--collateral",
                    str(tmp_path / "pki/collateral.json"), "--out", str(tmp_path / "s.toml"))
     assert proc.returncode == 0, proc.stderr
-    from attestation.config import load_config
-    from attestation.server import SecretServer
-    from attestation.server_identity import ServerIdentity
+    from enclave_build.attestation.config import load_config
+    from enclave_build.attestation.server import SecretServer
+    from enclave_build.attestation.server_identity import ServerIdentity
 
     config = load_config(tmp_path / "s.toml")
     SecretServer._context(config, ServerIdentity.make(config))   # the server can use them

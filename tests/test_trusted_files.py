@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from builder import hashing
-from builder.gramine.trusted_files import TrustedFileError, expand
-from builder.hashing import HashCache, hash_files
-from builder.rootfs import RootFS, RootFSError
+from enclave_build.builder import hashing
+from enclave_build.builder.gramine.trusted_files import TrustedFileError, expand
+from enclave_build.builder.hashing import HashCache, hash_files
+from enclave_build.builder.rootfs import RootFS, RootFSError
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_unreadable_file_is_an_error(root):
 
 def test_unreadable_file_is_an_error_even_as_root(root, monkeypatch):
     """CI runs as root, which reads anything: simulate the failed access check."""
-    from builder.gramine import trusted_files
+    from enclave_build.builder.gramine import trusted_files
 
     monkeypatch.setattr(trusted_files.os, "access", lambda path, mode: False)
     with pytest.raises(TrustedFileError, match="trusted file 'file:/etc/passwd': permission denied"):

@@ -14,9 +14,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from attestation.quote import HEADER_LEN, SIGNED_LEN, Quote
-from attestation.synthetic import SyntheticPKI
-from attestation.verify import QuoteRejected, VerificationCache, verify_quote
+from enclave_build.attestation.quote import HEADER_LEN, SIGNED_LEN, Quote
+from enclave_build.attestation.synthetic import SyntheticPKI
+from enclave_build.attestation.verify import QuoteRejected, VerificationCache, verify_quote
 
 from .attest_env import MR_SIGNER, Platform, identity
 

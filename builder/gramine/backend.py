@@ -56,7 +56,7 @@ def _toml(value: Any) -> str:
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("builder.gramine", "templates"),
+        loader=jinja2.PackageLoader("enclave_build.builder.gramine", "templates"),
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.filters["toml"] = _toml
     return env

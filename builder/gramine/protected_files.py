@@ -12,8 +12,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, TypeVar
 
-from attestation import protected_files as _impl
-from attestation.protected_files import (  # noqa: F401  (re-exported)
+from enclave_build.attestation import protected_files as _impl
+from enclave_build.attestation.protected_files import (  # noqa: F401  (re-exported)
     CHILDREN_PER_MHT, DATA_PER_MHT, FILE_ID, KEY_SIZE, MAC_SIZE, MD_DATA, NODE, NONCE_SIZE,
     PATH_MAX, VERSION, Header, Layout, Metadata, ProgressFn, data_node_index, mht_node_index)
 

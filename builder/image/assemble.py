@@ -19,7 +19,7 @@ import posixpath
 from pathlib import Path
 from typing import Any, Callable
 
-from attestation.measurements import Measurements
+from enclave_build.attestation.measurements import Measurements
 
 from ..errors import EnclaveBuildError
 from ..hashing import HashCache

@@ -13,7 +13,7 @@ def build_base(name: str | None, directory: Path | None, tag: str | None,
                build_args: tuple[str, ...], network: str = "host",
                log: Callable[[str], None] = lambda line: None) -> tuple[str, str]:
     """Build and tag; returns (image id, tag)."""
-    from base_images import BASES
+    from enclave_build.base_images import BASES
 
     if (name is None) == (directory is None):
         raise UsageError("give a base NAME or --dir DIRECTORY (not both); "

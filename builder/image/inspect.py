@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from attestation.measurements import Measurements
+from enclave_build.attestation.measurements import Measurements
 
 from ..cache import cache_root
 from ..errors import EnclaveBuildError, UsageError

@@ -224,7 +224,7 @@ def _read_daemon(name: str, store: BlobStore, source: str) -> Image:
 def _recipe_named(name: str) -> str | None:
     """The base_images/ recipe whose `base build` tag is *name* (the frameworks' default
     bases), or None."""
-    from base_images import BASES
+    from enclave_build.base_images import BASES
 
     bare = name.removeprefix("docker.io/")
     return next((recipe.name for recipe in BASES.values() if recipe.tag == bare), None)

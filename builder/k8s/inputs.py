@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from attestation.measurements import Measurements, MeasurementsError
+from enclave_build.attestation.measurements import Measurements, MeasurementsError
 
 from ..errors import EnclaveBuildError, UsageError
 from ..image.reference import DOCKER_HUB, parse_registry_ref

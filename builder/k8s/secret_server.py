@@ -161,8 +161,8 @@ def _check_loads(text: str, measurements_file: str, measurements: str,
                  key_names: list[str]) -> None:
     """Load *text* with the secret server's own loader and policy, laid out as in the pod
     (placeholder key and certificate files in a private temporary tree)."""
-    from attestation.config import ConfigError, load_config
-    from attestation.policy import Policy, PolicyError
+    from enclave_build.attestation.config import ConfigError, load_config
+    from enclave_build.attestation.policy import Policy, PolicyError
 
     with tempfile.TemporaryDirectory(prefix="enclave-build-k8s-") as tmp:
         root = Path(tmp)

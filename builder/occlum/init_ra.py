@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.policy import hex_dashes
+from enclave_build.attestation.policy import hex_dashes
 
 from ..plan import OcclumPlanOptions, ServicePlan
 from .rules import IMAGE_KEY_SECRET

@@ -16,7 +16,7 @@ The image is unpacked once into the cache. Then:
   the layers' owners and modes restored (builder.run.rootfs), as the image's user
   (builder.run.gramine_direct). The LibOS enforces the trusted files; attestation is simulated.
 - **plain process** otherwise, for Python-server images: the host's Python runs the manifest's
-  argv (``python -m model_server --config ...``) in a fresh root holding only the files Gramine
+  argv (``python -m enclave_build.model_server --config ...``) in a fresh root holding only the files Gramine
   would let the enclave open (builder.run.view), with ``ENCLAVE_BUILD_ROOT`` = that root (the
   server maps image paths under it) and ``PYTHONPATH`` = the manifest's PYTHONPATH mapped under
   it. Frameworks that run a binary (tfserving, ovms) cannot run this way: exit 2.
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
-from attestation.measurements import Measurements, MeasurementsError
+from enclave_build.attestation.measurements import Measurements, MeasurementsError
 
 from ..cache import cache_root
 from ..errors import EnclaveBuildError, UsageError
@@ -239,7 +239,7 @@ def _under(root: Path, image_path: str) -> Path | None:
 
 
 def _pki(directory: Path | None, log: Callable[[str], None]):
-    from attestation.synthetic import PKIError, SyntheticPKI
+    from enclave_build.attestation.synthetic import PKIError, SyntheticPKI
 
     try:
         if directory is not None:
@@ -284,7 +284,7 @@ def _check_encrypted_files(build: Build, root: Path, uid: int, gid: int,
 
 def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
     """Run the build in BUILD_DIR (simulation); returns the service's exit code."""
-    from attestation.simulated_quoter import QuoterError, SimulatedQuoter
+    from enclave_build.attestation.simulated_quoter import QuoterError, SimulatedQuoter
 
     options = options or RunOptions()
     log = options.log

@@ -5,7 +5,7 @@ Writing a backend
 Subclass :class:`Backend` (or just follow the same shape) in your own package::
 
     import numpy as np
-    from model_server.backends import Backend, TensorSpec, from_numpy_dtype
+    from enclave_build.model_server.backends import Backend, TensorSpec, from_numpy_dtype
 
     class OnnxRuntimeBackend(Backend):
         platform = "onnxruntime_onnx"          # reported in model metadata
@@ -100,8 +100,8 @@ ENTRY_POINT_GROUP = "enclave_model_server.backends"
 # Builtins import directly (no package-metadata scan inside the enclave); they are also
 # registered under the entry-point group like any third-party backend.
 BUILTINS: dict[str, str] = {
-    "tflite": "model_server.backends.tflite:TFLiteBackend",
-    "openvino": "model_server.backends.openvino:OpenVINOBackend",
+    "tflite": "enclave_build.model_server.backends.tflite:TFLiteBackend",
+    "openvino": "enclave_build.model_server.backends.openvino:OpenVINOBackend",
 }
 
 

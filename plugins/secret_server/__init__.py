@@ -34,7 +34,7 @@ from pathlib import Path
 
 import tomli_w
 
-from builder.plugin_api import (PYTHON, SERVER_PYTHONPATH, Field, FileKind, Framework, Port,
+from enclave_build.builder.plugin_api import (PYTHON, SERVER_PYTHONPATH, Field, FileKind, Framework, Port,
                                 PythonRuntime, Section, ServicePlan, Spec, base_plan, hookimpl,
                                 refuse_model_server_keys, ship_python_package, spec_error)
 
@@ -199,8 +199,8 @@ def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], dict]:  # noqa: A
 
 def _check_config(files: dict[str, bytes], config: dict, spec: Spec) -> bytes:
     """secrets.toml as bytes, after the secret server's own loader and policy accepted it."""
-    from attestation.config import ConfigError, load_config
-    from attestation.policy import Policy, PolicyError
+    from enclave_build.attestation.config import ConfigError, load_config
+    from enclave_build.attestation.policy import Policy, PolicyError
 
     text = tomli_w.dumps(config).encode()
     with tempfile.TemporaryDirectory(prefix="secret-server-") as tmp:
@@ -245,7 +245,7 @@ def plan(spec: Spec) -> ServicePlan:
     plan.trusted_if_present += ["/etc/nsswitch.conf", "/etc/ld.so.cache", "/etc/passwd",
                                 "/etc/group", "/etc/ssl/openssl.cnf", "/usr/lib/ssl/openssl.cnf",
                                 "/etc/host.conf", "/etc/gai.conf", "/etc/localtime"]
-    ship_python_package(plan, "attestation")
+    ship_python_package(plan, "enclave_build.attestation")
     plan.add_file(Path(__file__).with_name("launcher.py"),
                   f"{SERVER_PYTHONPATH}/{LAUNCHER}.py", FileKind.TRUSTED)
     for name, data in sorted(files.items()):

@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     if root:
         path = os.path.join(root, path.lstrip("/"))
 
-    from attestation.config import ConfigError
-    from attestation.policy import PolicyError
-    from attestation.server import ServerError, serve
+    from enclave_build.attestation.config import ConfigError
+    from enclave_build.attestation.policy import PolicyError
+    from enclave_build.attestation.server import ServerError, serve
 
     try:
         path = simulation_config(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.plugin_api import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
+from enclave_build.builder.plugin_api import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
                                 python_server_plan, spec_error)
 
 SECTION = Section("tflite", "TFLite model server options", (

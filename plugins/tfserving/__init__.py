@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from builder.plugin_api import (MODEL_ROOT, Field, FileKind, Framework, Port, Section, Spec,
+from enclave_build.builder.plugin_api import (MODEL_ROOT, Field, FileKind, Framework, Port, Section, Spec,
                                 ServicePlan, add_model, add_secret_file, base_plan, hookimpl,
                                 refuse_model_server_keys, require_models, require_one_key)
 

@@ -144,7 +144,7 @@ def build_image(client, context: Path, tag: str = TAG) -> str:
 def make_runtime_base(root: Path) -> Path:
     """A ``dir:`` runtime base: the stand-in application tree plus stand-ins of Occlum's
     runtime files (occlum-runtime installs /opt/occlum/build/bin/{occlum,occlum-run,...})."""
-    from builder.standin import make_standin_rootfs
+    from enclave_build.builder.standin import make_standin_rootfs
 
     make_standin_rootfs(root)
     for name in ("occlum", "occlum-run", "occlum_exec_client", "occlum_exec_server"):

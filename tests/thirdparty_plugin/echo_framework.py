@@ -1,6 +1,6 @@
 """The 'echo' framework: a Python echo service, proving third parties can add frameworks."""
 
-from builder.plugin_api import Field, Framework, Port, Section, base_plan, hookimpl
+from enclave_build.builder.plugin_api import Field, Framework, Port, Section, base_plan, hookimpl
 
 SECTION = Section("echo", "echo service options", (
     Field("port", "int", "TCP port", default=7007, minimum=1, maximum=65535),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_server.backends import Backend, BackendError, InferenceError, TensorSpec
+from enclave_build.model_server.backends import Backend, BackendError, InferenceError, TensorSpec
 
 #: ONNX Runtime's type names -> KServe v2 datatypes.
 _TYPES = {

@@ -9,7 +9,7 @@ trusts ONNX Runtime's files from the base image.
 
 from __future__ import annotations
 
-from builder.plugin_api import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
+from enclave_build.builder.plugin_api import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
                                 python_server_plan)
 
 BACKEND = "onnxruntime"
