@@ -125,6 +125,12 @@ LIMITS = Section("limits", "limits of enclave-build's model server (tflite, open
     _seconds("idle_timeout", "a keep-alive connection without requests (default 30)"),
     Field("drain_seconds", "int", "on SIGTERM, how long admitted requests may take before the "
           "queued ones are answered 503 (default 20)", minimum=0, maximum=3600),
+    Field("max_response_bytes", "size", "largest answer (its output tensors) (default 4 x "
+          "max_request_bytes)", power_of_two=False),
+    Field("max_json_bytes", "size", "largest JSON part of a REST request (default 4M; binary "
+          "tensors are not limited by it)", power_of_two=False),
+    Field("min_body_rate", "size", "bytes per second a REST body must keep arriving at, over "
+          "each body_stall_timeout window (default 32K)", power_of_two=False),
 ))
 
 BUILD = Section("build", "build behaviour", (

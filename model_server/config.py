@@ -77,6 +77,15 @@ class Limits:
       (TLS, HTTP/2 preface and settings),
       ``idle_timeout`` a connection without calls, ``body_timeout`` the wait for a call's
       request message (the call is then cancelled).
+    * ``max_response_bytes``: one answer's size (its output tensors); a request whose answer
+      would be larger is refused (HTTP 413 / RESOURCE_EXHAUSTED). 0 (the default) means
+      4 x ``max_request_bytes``.
+    * ``max_json_bytes``: the JSON part of a REST request (the whole body without
+      ``Inference-Header-Content-Length``, else that header's length), at most
+      ``max_request_bytes``; larger is refused with 413. JSON tensors are the slow path: binary
+      tensors have no such limit.
+    * ``min_body_rate``: bytes per second a REST body must keep arriving at, measured over each
+      ``body_stall_timeout`` window; a slower body is answered 408 and its bytes released.
     """
 
     max_request_bytes: int = 64 << 20
@@ -91,10 +100,17 @@ class Limits:
     idle_timeout: float = 30.0
     body_timeout: float = 60.0
     body_stall_timeout: float = 10.0
+    max_response_bytes: int = 0         # 0: 4 x max_request_bytes
+    max_json_bytes: int = 4 << 20       # the JSON part of a REST request
+    min_body_rate: int = 32 << 10       # bytes/s a REST body must keep arriving at
 
     def __post_init__(self) -> None:
         budget = self.max_buffered_bytes or 4 * self.max_request_bytes
         object.__setattr__(self, "max_buffered_bytes", max(budget, self.max_request_bytes))
+        object.__setattr__(self, "max_response_bytes",
+                           self.max_response_bytes or 4 * self.max_request_bytes)
+        object.__setattr__(self, "max_json_bytes",
+                           min(self.max_json_bytes, self.max_request_bytes))
 
 
 @dataclass(frozen=True)
@@ -360,7 +376,8 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ServerConfig:
                           "max_buffered_bytes", "max_connections", "max_grpc_connections",
                           "max_streams_per_connection", "first_byte_timeout",
                           "header_timeout", "idle_timeout", "body_timeout",
-                          "body_stall_timeout"}, f"{source}: limits")
+                          "body_stall_timeout", "max_response_bytes", "max_json_bytes",
+                          "min_body_rate"}, f"{source}: limits")
     for k, v in limits_table.items():
         if k.endswith("_timeout"):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
