@@ -229,6 +229,7 @@ def from_list(data: Any, datatype: str, shape: list[int], *,
         return np.fromiter(items, dtype=object, count=count).reshape(shape)
     count = element_count(shape, dtype.itemsize)
     _check_max(count, dtype.itemsize, datatype, shape, max_bytes)
+    _check_numbers(data, datatype)
     try:
         with np.errstate(over="ignore"):
             array = np.asarray(data, dtype=dtype)
@@ -245,6 +246,57 @@ def from_list(data: Any, datatype: str, shape: list[int], *,
         raise TensorError(f"{datatype} tensor of shape {list(shape)} needs {count} elements, "
                           f"got {array.size}")
     return array.reshape(shape)
+
+
+#: The strings a float tensor's JSON data may hold (JSON has no literal for these numbers).
+NONFINITE_STRINGS = frozenset(("NaN", "Infinity", "-Infinity"))
+_NUMBERS = frozenset((int, float))
+_BOOLS = frozenset((bool, int))
+
+
+def _check_numbers(data: Any, datatype: str) -> None:
+    """JSON data of a numeric tensor holds numbers only (BOOL: booleans, or the integers numpy
+    reads as such), and float tensors also the strings "NaN", "Infinity", "-Infinity": null,
+    true/false and other strings are refused rather than read as NaN, 1 or 0."""
+    if isinstance(data, list) and (not data or not isinstance(data[0], list)):
+        leaves = data                                      # flat (the usual case)
+    else:
+        try:
+            leaves = np.array(data, dtype=object).reshape(-1)
+        except (ValueError, TypeError) as exc:
+            raise TensorError(f"tensor data does not convert to {datatype}: {exc}") from None
+    kinds = set(map(type, leaves))
+    allowed = _BOOLS if datatype == "BOOL" else _NUMBERS
+    if kinds <= allowed:
+        return
+    if str in kinds and datatype in ("FP16", "FP32", "FP64") and kinds <= allowed | {str}:
+        bad = next((x for x in leaves if type(x) is str and x not in NONFINITE_STRINGS), None)
+        if bad is None:
+            return
+        raise TensorError(f"tensor data does not convert to {datatype}: it holds the string "
+                          f"{bad[:40]!r}; the only strings allowed are \"NaN\", \"Infinity\" "
+                          "and \"-Infinity\"")
+    names = {bool: "a boolean", type(None): "null", str: "a string", list: "a list",
+             dict: "an object"}
+    odd = next(k for k in kinds if k not in allowed)
+    raise TensorError(f"tensor data does not convert to {datatype}: it holds "
+                      f"{names.get(odd, odd.__name__)}; expected "
+                      + ("booleans" if datatype == "BOOL" else "numbers"))
+
+
+def from_repeated(values, datatype: str, shape: list[int]) -> np.ndarray:
+    """An array from a gRPC typed contents field (a protobuf repeated field of the datatype's
+    element type): its length is checked against the shape first, then the values are read
+    into the array directly (no Python list of per-element objects)."""
+    dtype = to_numpy_dtype(datatype)
+    count = element_count(shape, dtype.itemsize)
+    if len(values) != count:
+        raise TensorError(f"{datatype} tensor of shape {list(shape)} needs {count} elements, "
+                          f"got {len(values)}")
+    try:
+        return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise TensorError(f"tensor data does not convert to {datatype}: {exc}") from None
 
 
 #: JSON has no literal for these: written as strings (the protobuf JSON mapping's names), which
