@@ -25,8 +25,8 @@ from .config import Limits, ModelConfig
 from .datatypes import TensorError
 from .errors import ServeError
 
-__all__ = ["Admission", "ByteBudget", "Counters", "Engine", "InstancePool", "LoadedModel",
-           "ServeError", "load_models", "queue_shares"]
+__all__ = ["Admission", "ByteBudget", "Counters", "Engine", "Hold", "InstancePool",
+           "LoadedModel", "ServeError", "load_models", "queue_shares"]
 
 log = logging.getLogger("model_server")
 
@@ -100,11 +100,18 @@ class LoadedModel:
                              f"{', '.join(missing)}")
 
     def check_outputs(self, names: Iterable[str]) -> list[str]:
+        """The outputs a request asks for (none named: every output), each at most once: an
+        answer never holds an output twice (a short request naming one output many times would
+        otherwise make the server build an answer many times its size)."""
         names = list(names)
+        seen = set()
         for n in names:
             if n not in self.output_names:
                 raise ServeError(ServeError.INVALID, f"model {self.name!r} has no output {n!r}; "
                                  f"outputs: {', '.join(self.output_names)}")
+            if n in seen:
+                raise ServeError(ServeError.INVALID, f"output {n!r} requested more than once")
+            seen.add(n)
         return names or list(self.output_names)
 
     async def run(self, executor: ThreadPoolExecutor, arrays: dict[str, np.ndarray],
@@ -140,13 +147,20 @@ class LoadedModel:
 
 class ByteBudget:
     """Server-wide budget of request bytes being received or held (``limits.max_buffered_bytes``),
-    shared by REST (reserved before a body is read) and gRPC (reserved for a message before it
-    is queued for admission). Thread-safe."""
+    shared by REST (body bytes reserved as they arrive) and gRPC (a message's room reserved
+    before it is received), and by what decoding and answering a request will allocate
+    (reserved before it is done, see :class:`Hold`). Thread-safe."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_release(self, listener: Callable[[], None]) -> None:
+        """Call *listener* (quick, from any thread, outside the budget's lock) after bytes go
+        back to the budget."""
+        self._listeners.append(listener)
 
     def try_reserve(self, n: int) -> bool:
         with self._lock:
@@ -155,16 +169,59 @@ class ByteBudget:
             self.used += n
             return True
 
-    def reserve(self, n: int) -> None:
-        """:meth:`try_reserve` or UNAVAILABLE."""
+    def reserve(self, n: int, what: str = "request bytes") -> None:
+        """:meth:`try_reserve` or a ServeError: TOO_LARGE when *n* could never fit, else
+        UNAVAILABLE."""
+        if n > self.limit:
+            raise ServeError(ServeError.TOO_LARGE, f"{what}: {n} bytes, more than the server "
+                             f"holds for all requests (limits.max_buffered_bytes {self.limit})")
         if not self.try_reserve(n):
             raise ServeError(ServeError.UNAVAILABLE, f"server busy: {self.used} request bytes "
-                             f"held, no room for {n} more (limits.max_buffered_bytes "
+                             f"held, no room for {n} more ({what}; limits.max_buffered_bytes "
                              f"{self.limit})")
 
     def release(self, n: int) -> None:
         with self._lock:
             self.used -= n
+        for listener in self._listeners:
+            listener()
+
+
+class Hold:
+    """The bytes one request holds in a :class:`ByteBudget`, grown as its costs become known
+    (what decoding, parsing or answering it will allocate, reserved before that is done) and
+    released at once when the request ends. Used by one thread (or the event loop) at a time."""
+
+    __slots__ = ("budget", "held")
+
+    def __init__(self, budget: ByteBudget, held: int = 0) -> None:
+        self.budget = budget
+        self.held = held          # already reserved by the caller, now owned by this hold
+
+    def grow(self, n: int, what: str) -> None:
+        """Reserve *n* more bytes, or ServeError (TOO_LARGE if the request as a whole could
+        never fit the budget, else UNAVAILABLE)."""
+        if n <= 0:
+            return
+        if self.held + n > self.budget.limit:
+            raise ServeError(ServeError.TOO_LARGE, f"{what}: the request would hold "
+                             f"{self.held + n} bytes, more than the server holds for all "
+                             f"requests (limits.max_buffered_bytes {self.budget.limit})")
+        self.budget.reserve(n, what)
+        self.held += n
+
+    def set(self, n: int, what: str) -> None:
+        """Hold exactly *n* bytes (grow, or give back what is no longer needed)."""
+        if n >= self.held:
+            self.grow(n - self.held, what)
+        else:
+            self.budget.release(self.held - n)
+            self.held = n
+
+    def release(self) -> None:
+        if self.held:
+            self.budget.release(self.held)
+            self.held = 0
 
 
 @dataclass
