@@ -17,9 +17,19 @@ Hostile clients:
   they are answered however many inference calls are open. ModelInfer runs in a
   :class:`~model_server.handler_pool.HandlerPool` sized for every request admission may hold.
 * ModelInfer is registered as a client-streaming method: its handler starts before the request
-  message has arrived (a unary handler's thread would wait inside grpc, out of reach), arms a
-  deadline of ``limits.body_timeout`` and cancels the call if no message has arrived by then,
-  which frees the thread. The client sees CANCELLED; the log says which limit.
+  message has arrived (a unary handler's thread would wait inside grpc, out of reach). It first
+  reserves room for the largest message in the byte budget (:mod:`.receive_gate`: grpc buffers
+  a whole message once asked for it), then asks for the message with a deadline of
+  ``limits.body_timeout``, and cancels the call if none has arrived by then (or if it has been
+  receiving for ``limits.first_byte_timeout`` while another call waits for room), which frees
+  the thread. A call that finds no room within that time is refused (RESOURCE_EXHAUSTED), so
+  calls without a message hold a few threads, never all of them. The client sees CANCELLED; the
+  log says which limit.
+* Before the message is parsed, what parsing it allocates is reserved (:mod:`.pb_cost`), then
+  what decoding its inputs allocates (typed contents are read with numpy, an object per element
+  only for BYTES), then its answer (at most ``limits.max_response_bytes``); the request holds
+  them until it is answered. HTTP/2 BDP probing is off, so a stream the server has not asked to
+  read buffers at most its initial 64 KiB window.
 * Connections: at most ``limits.max_grpc_connections`` (one more is closed at once), each with
   at most ``limits.max_streams_per_connection`` calls at once (HTTP/2
   SETTINGS_MAX_CONCURRENT_STREAMS), ``limits.first_byte_timeout`` (at most
@@ -40,11 +50,14 @@ from google.protobuf.message import DecodeError
 
 from . import __version__, protocol as pb
 from .config import Limits
-from .core import Engine, LoadedModel, ServeError, log
-from .datatypes import (CONTENTS_FIELD, TensorError, from_list, from_numpy_dtype, from_raw,
-                        to_raw)
+from .core import Engine, Hold, LoadedModel, ServeError, log
+from .costs import answer_cost, bytes_tensor_cost
+from .datatypes import (BYTES_ELEMENT_MIN, CONTENTS_FIELD, TensorError, from_numpy_dtype,
+                        from_raw, from_repeated, to_numpy_dtype, to_raw)
 from .handler_pool import HandlerPool
 from .metrics import UNKNOWN_MODEL, Metrics
+from .pb_cost import parse_cost
+from .receive_gate import Holder, ReceiveGate
 from .watchdog import Watchdog
 
 CODES = {
@@ -65,13 +78,38 @@ def _parse(cls, raw: bytes):
         raise ServeError(ServeError.INVALID, f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
 
 
-def _typed_contents(tensor, datatype: str, shape: list[int]) -> np.ndarray:
-    """An input sent as InferTensorContents (the client's choice: per-element conversion)."""
+def _typed_contents(tensor, datatype: str, shape: list[int]):
+    """An input sent as InferTensorContents (the client's choice: per-element conversion),
+    read into the array without a Python object per number."""
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise TensorError(f"input {tensor.name!r}: {datatype} must be sent in "
                           "raw_input_contents")
-    return from_list(list(getattr(tensor.contents, field)), datatype, shape)
+    return getattr(tensor.contents, field)
+
+
+def decode_cost(req) -> int:
+    """What decoding a parsed request's inputs allocates: typed contents become arrays (BYTES:
+    an object per element), raw BYTES tensors an object per element; raw numeric tensors are
+    views (nothing)."""
+    raw = req.raw_input_contents
+    cost = 0
+    for i, tensor in enumerate(req.inputs):
+        datatype = tensor.datatype
+        if raw:
+            if datatype == "BYTES" and i < len(raw):
+                data = raw[i]
+                cost += bytes_tensor_cost(len(data) // BYTES_ELEMENT_MIN, len(data))
+            continue
+        field = CONTENTS_FIELD.get(datatype)
+        if field is None:
+            continue
+        values = getattr(tensor.contents, field)
+        if datatype == "BYTES":
+            cost += bytes_tensor_cost(len(values), tensor.contents.ByteSize())
+        else:
+            cost += len(values) * to_numpy_dtype(datatype).itemsize
+    return cost
 
 
 def decode_request(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -82,6 +120,7 @@ def decode_request(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], list
     if raw and len(raw) != len(req.inputs):
         raise ServeError(ServeError.INVALID, f"{len(req.inputs)} inputs but {len(raw)} "
                          "raw_input_contents")
+    outputs = model.check_outputs(o.name for o in req.outputs)
     arrays: dict[str, np.ndarray] = {}
     try:
         for i, tensor in enumerate(req.inputs):
@@ -92,10 +131,10 @@ def decode_request(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], list
             if raw:
                 arrays[tensor.name] = from_raw(raw[i], tensor.datatype, shape)
             else:
-                arrays[tensor.name] = _typed_contents(tensor, tensor.datatype, shape)
+                arrays[tensor.name] = from_repeated(
+                    _typed_contents(tensor, tensor.datatype, shape), tensor.datatype, shape)
     except TensorError as exc:
         raise ServeError(ServeError.INVALID, str(exc)) from None
-    outputs = model.check_outputs(o.name for o in req.outputs)
     return arrays, outputs
 
 
@@ -111,11 +150,17 @@ def encode_response(model: LoadedModel, req_id: str, result: dict[str, np.ndarra
 
 class GRPCService:
     def __init__(self, engine: Engine, metrics: Metrics, service_name: str,
-                 receive_timeout: float | None = None) -> None:
+                 receive_timeout: float | None = None, gate: ReceiveGate | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
         self.service_name = service_name
-        self.receive_timeout = receive_timeout or engine.limits.body_timeout
+        limits = engine.limits
+        self.receive_timeout = receive_timeout or limits.body_timeout
+        threads = handler_threads(limits.max_concurrent_requests, limits.max_queue)
+        self.gate = gate or ReceiveGate(
+            engine.budget, limits.max_request_bytes,
+            grace=min(limits.first_byte_timeout, self.receive_timeout),
+            max_waiting=max(1, threads // 8))
         self._watchdog: Watchdog | None = None
 
     def start(self) -> None:
@@ -128,9 +173,9 @@ class GRPCService:
             self._watchdog.stop()
             self._watchdog = None
 
-    def _receive(self, requests, context) -> bytes:
+    def _receive(self, requests, context, holder: Holder) -> bytes:
         """The call's request message, or the call ends (RpcError/abort) when none arrives
-        within ``receive_timeout`` or the client sends none."""
+        within ``receive_timeout``, the client sends none, or the gate evicts it."""
         watchdog = self._watchdog
         deadline = watchdog.arm(context.cancel) if watchdog is not None else None
         try:
@@ -185,27 +230,45 @@ class GRPCService:
         return resp.SerializeToString()
 
     def model_infer(self, requests, context) -> bytes:
-        raw = self._receive(requests, context)
+        engine = self.engine
+        holder = self.gate.enter(context.cancel)     # room for the message, before it arrives
+        if holder is None:
+            engine.counters.add("refused")
+            self.metrics.observe(UNKNOWN_MODEL, "grpc", ServeError.UNAVAILABLE, 0.0)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          "server busy: no room to receive the request message (other calls' "
+                          "messages hold limits.max_buffered_bytes "
+                          f"{engine.budget.limit}); retry")
+        hold = Hold(engine.budget)
+        try:
+            raw = self._receive(requests, context, holder)
+            hold.held = self.gate.hand_over(holder)     # now held by this request
+        finally:
+            self.gate.leave(holder)
+        try:
+            return self._infer(raw, hold, context)
+        finally:
+            hold.release()
+
+    def _infer(self, raw: bytes, hold: Hold, context) -> bytes:
         t0 = time.perf_counter()
         label = UNKNOWN_MODEL
         engine = self.engine
-        held = len(raw)
-        if not engine.budget.try_reserve(held):      # bytes held while queued and inferring
-            engine.counters.add("refused")
-            self.metrics.observe(label, "grpc", ServeError.TOO_LARGE, time.perf_counter() - t0)
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"server busy: no room for {held} more request bytes "
-                          f"(limits.max_buffered_bytes {engine.budget.limit})")
         admitted = False
         try:
+            hold.set(len(raw) + parse_cost(raw), "parsing the request")
             req = _parse(pb.ModelInferRequest, raw)
             model = engine.model(req.model_name, req.model_version)
             label = model.name
+            hold.grow(decode_cost(req), "decoding the inputs")
             arrays, outputs = decode_request(model, req)
             engine.counters.add("accepted")
             admitted = True
             try:
                 result = engine.infer_sync(model, arrays)      # in this thread
+                del arrays
+                hold.grow(answer_cost(result, ((n, True) for n in outputs),
+                                      engine.limits.max_response_bytes), "the answer")
                 body = encode_response(model, req.id, result, outputs)
             finally:
                 engine.counters.add("answered")
@@ -220,8 +283,6 @@ class GRPCService:
                 engine.counters.add("refused")
             self.metrics.observe(label, "grpc", ServeError.INTERNAL, time.perf_counter() - t0)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
-        finally:
-            engine.budget.release(held)
         engine.counters.add("ok")
         self.metrics.observe(label, "grpc", "ok", time.perf_counter() - t0)
         return body
@@ -294,15 +355,20 @@ class GRPCServer:
         return ended
 
 
+#: An answer's message beyond its output tensors (names, datatypes, shapes, ids).
+RESPONSE_OVERHEAD = 1 << 20
+
+
 def server_options(limits: Limits) -> list[tuple[str, int]]:
     """grpc core's channel arguments for the limits (see the module docstring)."""
     return [
         ("grpc.max_receive_message_length", limits.max_request_bytes),
-        ("grpc.max_send_message_length", -1),
+        ("grpc.max_send_message_length", limits.max_response_bytes + RESPONSE_OVERHEAD),
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
         ("grpc.max_allowed_incoming_connections", limits.max_grpc_connections),
         ("grpc.server_handshake_timeout_ms",
          max(1, round(min(limits.first_byte_timeout, limits.header_timeout) * 1000))),
         ("grpc.max_connection_idle_ms", max(1, round(limits.idle_timeout * 1000))),
+        ("grpc.http2.bdp_probe", 0),
     ]

@@ -219,27 +219,39 @@ class _Ctx:
     def abort(self, code, details):
         raise RuntimeError(code, details)
 
+    def cancel(self):
+        raise AssertionError("not cancelled in these tests")
+
+    def peer(self):
+        return "ipv4:127.0.0.1:1"
+
 
 def test_grpc_message_refused_when_the_buffer_budget_is_used_up():
+    """Room for a message (max_request_bytes) is reserved before it is received; when other
+    requests hold the budget, the call is refused RESOURCE_EXHAUSTED once the gate's wait ends,
+    and counted."""
     import grpc
 
     from enclave_build.model_server import protocol as pb
     from enclave_build.model_server.grpc_service import GRPCService
+    from enclave_build.model_server.receive_gate import ReceiveGate
 
     m = _echo_model()
-    engine = Engine({"echo": m}, Limits(max_request_bytes=100, max_buffered_bytes=100))
-    svc = GRPCService(engine, Metrics(), "t")
+    engine = Engine({"echo": m}, Limits(max_request_bytes=1000, max_buffered_bytes=1000))
+    gate = ReceiveGate(engine.budget, 1000, grace=0.01, max_waiting=1)
+    svc = GRPCService(engine, Metrics(), "t", gate=gate)
     req = pb.ModelInferRequest(model_name="echo")
     req.inputs.add(name="x", datatype="FP32", shape=[1, 2])
     req.raw_input_contents.append(np.ones(2, np.float32).tobytes())
     raw = req.SerializeToString()
     assert pb.ModelInferResponse.FromString(svc.model_infer(iter([raw]), _Ctx())).outputs
     assert engine.budget.used == 0
-    engine.budget.reserve(90)                              # held by other requests
+    engine.budget.reserve(900)                             # held by other requests
     with pytest.raises(RuntimeError) as info:
         svc.model_infer(iter([raw]), _Ctx())
     assert info.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert engine.counters.refused == 1 and engine.budget.used == 90
+    assert "limits.max_buffered_bytes" in info.value.args[1]
+    assert engine.counters.refused == 1 and engine.budget.used == 900
     engine.close()
 
 

@@ -1,0 +1,182 @@
+"""Room for gRPC request messages, reserved before they are received.
+
+grpc buffers a call's whole message once the handler asks for it (``next(requests)``), and does
+not say how much of it has arrived. So a ModelInfer call first reserves room for the largest
+message (``limits.max_request_bytes``) in the server's byte budget, and only then asks for its
+message: however many calls are open, the messages being received take at most what the budget
+holds. Calls receiving together may hold at most the budget less one largest request
+(:func:`receive_share`), so REST always has room beside them.
+
+A call that finds no room waits for it, for at most ``grace`` seconds, and at most
+``max_waiting`` calls wait (a further one drops the longest waiter): waiting costs a handler
+thread, and handler threads must stay free for calls whose message has arrived. The newest
+waiter gets room first, so a burst of calls that never send their message does not make a later
+call queue behind it. Since grpc cannot tell a stalled message from a large one arriving slowly,
+a call still receiving after ``grace`` seconds (``limits.first_byte_timeout``) is cancelled when
+another call is waiting for its room; without contention it may take ``limits.body_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from .core import ByteBudget
+
+log = logging.getLogger("model_server")
+
+
+def receive_share(budget: int, slot: int) -> int:
+    """Bytes gRPC calls receiving their messages may reserve together: the budget less one
+    largest request (when it holds two or more), so one protocol's receivers cannot take it
+    all."""
+    return budget - slot if budget >= 2 * slot else budget
+
+
+class Holder:
+    """A call holding room for its message."""
+
+    __slots__ = ("since", "cancel", "evicted", "bytes")
+
+    def __init__(self, since: float, cancel: Callable[[], None], size: int) -> None:
+        self.since = since
+        self.cancel = cancel
+        self.evicted = False
+        self.bytes = size
+
+
+class _Waiter:
+    __slots__ = ("event", "holder", "cancel", "dropped")
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self.event = threading.Event()
+        self.holder: Holder | None = None
+        self.cancel = cancel
+        self.dropped = False
+
+
+class ReceiveGate:
+    def __init__(self, budget: ByteBudget, slot: int, *, grace: float, max_waiting: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget = budget
+        self.slot = slot
+        self.share = receive_share(budget.limit, slot)
+        self.grace = grace
+        self.max_waiting = max(1, max_waiting)
+        self.clock = clock
+        self.receiving = 0                      # bytes reserved by holders
+        self._holders: list[Holder] = []
+        self._waiters: list[_Waiter] = []       # oldest first
+        self._lock = threading.Lock()
+        budget.on_release(self._room_changed)
+
+    @property
+    def holders(self) -> int:
+        return len(self._holders)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def enter(self, cancel: Callable[[], None]) -> Holder | None:
+        """Room for one message, or None when there was none within ``grace`` seconds (or the
+        call was dropped from the waiting room). *cancel* ends the call (eviction)."""
+        with self._lock:
+            if not self._waiters:
+                holder = self._take()
+                if holder is not None:
+                    holder.cancel = cancel
+                    return holder
+            waiter = _Waiter(cancel)
+            if len(self._waiters) >= self.max_waiting:
+                oldest = self._waiters.pop(0)
+                oldest.dropped = True
+                oldest.event.set()
+            self._waiters.append(waiter)
+        deadline = self.clock() + self.grace
+        while True:
+            with self._lock:
+                if waiter.holder is not None or waiter.dropped:
+                    break
+                now = self.clock()
+                evict_at, victims = self._evict(now)
+                if now >= deadline:
+                    self._waiters.remove(waiter)
+                    return None
+                wait = deadline - now if evict_at is None else min(deadline, evict_at) - now
+            for victim in victims:
+                victim()                               # (outside the lock: grpc takes its own)
+            waiter.event.wait(max(0.0, wait))
+        if waiter.dropped:
+            return None
+        return waiter.holder
+
+    def hand_over(self, holder: Holder) -> int:
+        """The call's message arrived: its room leaves the gate, and the bytes it reserved now
+        belong to the caller (to release or adjust). Returns them."""
+        with self._lock:
+            self._holders.remove(holder)
+            self.receiving -= holder.bytes
+            held, holder.bytes = holder.bytes, 0
+        self._room_changed()
+        return held
+
+    def leave(self, holder: Holder) -> None:
+        """The call ends without its message (or after :meth:`hand_over`: nothing to do)."""
+        if not holder.bytes:
+            return
+        with self._lock:
+            self._holders.remove(holder)
+            self.receiving -= holder.bytes
+            size, holder.bytes = holder.bytes, 0
+        self.budget.release(size)              # (wakes the waiters through _room_changed)
+
+    # ------------------------------------------------------------ under the lock
+
+    def _take(self) -> Holder | None:
+        if self.receiving + self.slot > self.share or not self.budget.try_reserve(self.slot):
+            return None
+        holder = Holder(self.clock(), _nothing, self.slot)
+        self._holders.append(holder)
+        self.receiving += self.slot
+        return holder
+
+    def _evict(self, now: float) -> tuple[float | None, list[Callable[[], None]]]:
+        """Holders receiving for longer than ``grace`` while calls wait (one per waiter), to
+        be cancelled; and when the next holder becomes evictable, if any."""
+        evicting = sum(1 for h in self._holders if h.evicted)
+        victims = []
+        for holder in sorted(self._holders, key=lambda h: h.since):
+            if holder.evicted:
+                continue
+            if evicting >= len(self._waiters):
+                break
+            if now - holder.since < self.grace:
+                return holder.since + self.grace, victims
+            holder.evicted = True
+            evicting += 1
+            victims.append(holder.cancel)
+            log.info("gRPC ModelInfer: request message not received within %g s while other "
+                     "calls waited for room to receive theirs (limits.first_byte_timeout); call "
+                     "cancelled", self.grace)
+        return None, victims
+
+    def _room_changed(self) -> None:
+        """Called after bytes go back to the budget (any thread): room for the newest waiters."""
+        if not self._waiters:
+            return
+        with self._lock:
+            while self._waiters:
+                holder = self._take()
+                if holder is None:
+                    return
+                waiter = self._waiters.pop()          # the newest first
+                holder.cancel = waiter.cancel
+                waiter.holder = holder
+                waiter.event.set()
+
+
+def _nothing() -> None:
+    pass
