@@ -8,16 +8,23 @@ Each connection has one deadline (one timer, re-armed lazily) whose meaning foll
   ``idle_timeout``), ``idle_timeout`` between keep-alive requests (then it is closed without
   an answer);
 * receiving the header block: ``header_timeout`` from its first byte (408);
-* receiving the body: no pause longer than ``body_stall_timeout`` and the whole body within
-  ``body_timeout`` (408);
+* receiving the body: at least ``min_body_rate`` bytes a second over each
+  ``body_stall_timeout`` window, and the whole body within ``body_timeout`` (408);
 * a response the client does not read: ``idle_timeout`` (then the connection is dropped).
 
-Body bytes are reserved in the server-wide byte budget as they arrive (not when a length is
-announced), so a peer holds only what it really sent; when the budget is used up the request is
-refused with 503. At ``max_connections`` a new connection evicts a lingering refusal, else the
-connection idle the longest, else the oldest one still sending its header block; when every
-connection is receiving a body or being served, up to :data:`HEADROOM` more connections are
-admitted for health checks only. Every refusal is answered with ``Connection: close`` and the
+With TLS the connection is admitted (and counted against the cap) before its handshake, which
+must end within ``first_byte_timeout``.
+
+Before a body is read the application says whether it wants it (:meth:`Application.admit_body`):
+a body for an unknown model, or a JSON part over its limit, is read and dropped without
+reserving anything, then answered. Body bytes the application wants are reserved in the
+server-wide byte budget as they arrive (not when a length is announced), so a peer holds only
+what it really sent; when the budget is used up, the body that has been silent the longest (at
+least :data:`SLOW_BODY_SECONDS`) is refused to make room, else the request is refused with 503.
+At ``max_connections`` a new connection evicts a lingering refusal, else the connection idle the
+longest, else the oldest one still sending its header block, else the body silent the longest;
+when none of those exists, up to :data:`HEADROOM` more connections are admitted for health
+checks only (without a body). Every refusal is answered with ``Connection: close`` and the
 connection keeps reading (and dropping) what the client still sends for a while, so the client
 reads the answer instead of a reset.
 """
@@ -28,7 +35,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 import httptools
 
@@ -43,6 +50,7 @@ LINGER_BYTES = 8 << 20       # after a refusal: read and drop up to this much ..
 LINGER_SECONDS = 5.0         # ... for up to this long, then close
 OVER_CAP_LINGER = (64 << 10, 0.5)   # the same for a connection refused at the cap
 HEADROOM = 8                 # connections past max_connections, for health checks only
+SLOW_BODY_SECONDS = 1.0      # a body silent this long may be refused to make room
 PENDING_LIMIT = 64 << 10     # pipelined bytes buffered while a request is served
 DISCARD_FACTOR = 4           # oversize bodies up to this many times the limit are read and dropped
 _SINGLE = frozenset(("content-length", "transfer-encoding", "inference-header-content-length",
@@ -66,12 +74,13 @@ class HTTPLimits:
     body_timeout: float
     body_stall_timeout: float
     idle_timeout: float
+    min_body_rate: int = 0
 
     @classmethod
     def from_limits(cls, limits: Limits, max_request_bytes: int | None = None) -> "HTTPLimits":
         return cls(max_request_bytes or limits.max_request_bytes, limits.max_connections,
                    limits.first_byte_timeout, limits.header_timeout, limits.body_timeout,
-                   limits.body_stall_timeout, limits.idle_timeout)
+                   limits.body_stall_timeout, limits.idle_timeout, limits.min_body_rate)
 
 
 @dataclass(slots=True)
@@ -80,7 +89,7 @@ class Request:
     target: str
     headers: dict[str, str]       # lower-case names
     keep_alive: bool
-    body: bytes | memoryview = b""
+    body: bytes | bytearray | memoryview = b""
     #: Not yet running on an interpreter: if the client goes away, the request is cancelled and
     #: its place in the queue given back. The application clears it once the request runs.
     interruptible: bool = True
@@ -114,10 +123,16 @@ class Application(Protocol):
     def serves_when_full(self, request: Request) -> bool:
         """Whether *request* is served on a connection admitted past max_connections."""
 
+    def admit_body(self, request: Request, length: int) -> "bool | Response":
+        """Before a body of *length* bytes is read: True to receive it (its bytes reserved as
+        they arrive), False to read and drop it (the request is handled without it), or the
+        Response to answer once it has been read and dropped (nothing reserved)."""
+
 
 # connection states
-_IDLE, _HEAD, _BODY, _DISCARD, _BUSY, _FLUSH, _LINGER, _CLOSED = range(8)
+_IDLE, _HEAD, _BODY, _DISCARD, _BUSY, _FLUSH, _LINGER, _CLOSED, _HANDSHAKE = range(9)
 _RECEIVING = (_HEAD, _BODY, _DISCARD)
+_BODIES = (_BODY, _DISCARD)
 
 
 class _Refuse(Exception):
@@ -147,13 +162,17 @@ class Connection(asyncio.Protocol):
         self.peer_eof = False
         self.req: Request | None = None
         self.task: asyncio.Task | None = None
-        self.parts: list = []         # body pieces received
+        self.body: bytearray | None = None   # a body arriving in pieces
         self.need = 0                 # body bytes still to come
         self.reserved = 0             # body bytes reserved in the budget
         self.body_start = 0.0
+        self.window_start = 0.0       # the current body_stall_timeout window ...
+        self.window_bytes = 0         # ... and the body bytes received in it
+        self.last_bytes = 0.0         # when body bytes last arrived
         self.linger_left = 0
         self.refusing = False         # lingering after a refusal (reading and dropping)
-        self.discard_message = ""
+        self.discard_answer: Response | None = None   # after dropping the body (None: serve)
+        self.handshake: asyncio.Task | None = None
         # header parsing (httptools callbacks)
         self._url = b""
         self._headers: dict[str, str] = {}
@@ -164,13 +183,42 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        tls = self.server.ssl_context
         verdict = self.server.admit(self)
         if verdict == "refuse":
+            if tls is not None:            # (no TLS yet: nothing to say in plain text)
+                self.state = _CLOSED
+                transport.abort()
+                return
             self._refuse(503, f"too many connections (limits.max_connections "
                          f"{self.server.cap})", OVER_CAP_LINGER)
             return
         self.restricted = verdict == "restricted"
         self.server.idle[self] = None
+        self._arm(self.loop.time() + min(self.limits.first_byte_timeout,
+                                         self.limits.idle_timeout))
+        if tls is not None:
+            self.state = _HANDSHAKE
+            transport.pause_reading()      # nothing reaches this protocol before the handshake
+            self.handshake = self.loop.create_task(self._start_tls(transport, tls))
+
+    async def _start_tls(self, raw, context) -> None:
+        try:
+            transport = await self.loop.start_tls(
+                raw, self, context, server_side=True,
+                ssl_handshake_timeout=self.limits.first_byte_timeout,
+                ssl_shutdown_timeout=LINGER_SECONDS)
+        except (Exception, asyncio.CancelledError):    # failed, timed out, evicted or cut
+            self.handshake = None
+            raw.abort()
+            self.connection_lost(None)     # (asyncio tells the protocol nothing before it)
+            return
+        self.handshake = None
+        if self.state != _HANDSHAKE:       # closed meanwhile
+            transport.abort()
+            return
+        self.transport = transport
+        self.state = _IDLE
         self._arm(self.loop.time() + min(self.limits.first_byte_timeout,
                                          self.limits.idle_timeout))
 
@@ -216,6 +264,8 @@ class Connection(asyncio.Protocol):
         if self.state == _CLOSED:
             return
         self.state = _CLOSED
+        if self.handshake is not None:
+            self.handshake.cancel()
         self._release()
         if self.timer is not None:
             self.timer.cancel()
@@ -224,7 +274,7 @@ class Connection(asyncio.Protocol):
         if task is not None and not task.done() and self.req is not None \
                 and self.req.interruptible:
             task.cancel()           # the client is gone: give its place in the queue back
-        self.parts = []
+        self.body = None
         self.server.closed(self)
 
     # ------------------------------------------------------------ deadline
@@ -255,15 +305,28 @@ class Connection(asyncio.Protocol):
         if state == _HEAD:
             self._refuse(408, f"request headers not received within "
                          f"{limits.header_timeout:g} s (limits.header_timeout)")
-        elif state == _BODY:
-            if self.loop.time() >= self.body_start + limits.body_timeout - 1e-3:
+        elif state in _BODIES:
+            now = self.loop.time()
+            floor = limits.min_body_rate * limits.body_stall_timeout
+            if now >= self.body_start + limits.body_timeout - 1e-3:
                 message = (f"request body not received within {limits.body_timeout:g} s "
                            "(limits.body_timeout)")
-            else:
+            elif not self.window_bytes:
                 message = (f"request body stalled: no bytes for {limits.body_stall_timeout:g} s "
                            "(limits.body_stall_timeout)")
-            self.server.app.refused(self.req.target, 408)
+            elif self.window_bytes < floor:
+                message = (f"request body too slow: {self.window_bytes} bytes in the last "
+                           f"{limits.body_stall_timeout:g} s (limits.body_stall_timeout), less "
+                           f"than limits.min_body_rate ({limits.min_body_rate} bytes/s)")
+            else:                               # fast enough: the next window
+                self.window_start, self.window_bytes = now, 0
+                self._arm(self._body_deadline())
+                return
+            if state == _BODY:
+                self.server.app.refused(self.req.target, 408)
             self._refuse(408, message)
+        elif state == _HANDSHAKE:
+            self._abort()
         elif state == _BUSY:
             return
         elif state == _FLUSH:                   # the client does not read its answer
@@ -273,12 +336,18 @@ class Connection(asyncio.Protocol):
                 self.transport.abort()          # an answer nobody reads
             else:
                 self._close()
-        else:                                   # idle, or dropping an oversize body
+        else:                                   # idle
             self._close()
 
     def _body_deadline(self) -> float:
         return min(self.body_start + self.limits.body_timeout,
-                   self.loop.time() + self.limits.body_stall_timeout)
+                   self.window_start + self.limits.body_stall_timeout)
+
+    def _body_begins(self, length: int) -> None:
+        self.need = length
+        self.body_start = self.window_start = self.last_bytes = self.loop.time()
+        self.window_bytes = 0
+        self._arm(self._body_deadline())
 
     # ------------------------------------------------------------ request head
 
@@ -392,73 +461,93 @@ class Connection(asyncio.Protocol):
             length = 0
         else:
             length = int(cl)          # llhttp accepted it: decimal digits, no overflow
-        if self.restricted and not app.serves_when_full(req):
+        if self.restricted and (length or not app.serves_when_full(req)):
             app.refused(req.target, 503)
             self._refuse(503, f"too many connections (limits.max_connections "
-                         f"{self.server.cap})", OVER_CAP_LINGER)
+                         f"{self.server.cap}): this connection is for health checks only, "
+                         "without a body", OVER_CAP_LINGER)
             return
+        expect = headers.get("expect", "").lower() == "100-continue"
         if length > limits.max_request_bytes:
             message = (f"request body of {length} bytes exceeds {limits.max_request_bytes} "
                        "(limits.max_request_bytes)")
             app.refused(req.target, 413)
-            if headers.get("expect", "").lower() == "100-continue" or \
-                    length > DISCARD_FACTOR * limits.max_request_bytes:
+            if expect or length > DISCARD_FACTOR * limits.max_request_bytes:
                 raise _Refuse(413, message)
-            self.state = _DISCARD         # read and drop the body, so the client sees the 413
-            self.need = length
-            self.discard_message = message
-            self.body_start = self.loop.time()
-            self._arm(self._body_deadline())
-            if rest:
-                self._discard(rest)
+            self._drop_body(length, error_response(413, message), rest)
             return
         if length:
-            if headers.get("expect", "").lower() == "100-continue":
+            verdict = app.admit_body(req, length)
+            if verdict is not True:
+                answer = verdict if isinstance(verdict, Response) else None
+                if answer is not None and expect:        # the client waits: no body to drop
+                    self._refuse(answer.status, "", answer=answer)
+                    return
+                self._drop_body(length, answer, rest)
+                return
+            if expect:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.state = _BODY
-            self.need = length
-            self.body_start = self.loop.time()
-            self._arm(self._body_deadline())
+            self._body_begins(length)
             if rest:
                 self._body(rest)
             return
         self._dispatch(b"", rest)
 
+    def _drop_body(self, length: int, answer: Response | None, rest) -> None:
+        """Read and drop a body of *length* bytes (nothing reserved), then answer *answer*, or
+        serve the request without its body when None."""
+        self.state = _DISCARD
+        self.discard_answer = answer
+        self._body_begins(length)
+        if rest:
+            self._discard(rest)
+
     def _body(self, data) -> None:
         n = len(data)
         need = self.need
         take = min(n, need)
-        if not self.server.budget.try_reserve(take):
-            budget = self.server.budget
+        budget = self.server.budget
+        if not budget.try_reserve(take) and not (self.server.make_room(self) and
+                                                 budget.try_reserve(take)):
             self.server.app.refused(self.req.target, 503)
             self._refuse(503, f"server busy: no room for {take} more request bytes "
                          f"(limits.max_buffered_bytes {budget.limit})")
             return
         self.reserved += take
+        self.window_bytes += take
+        self.last_bytes = self.loop.time()
         if n > need:
             view = memoryview(data)
-            self.parts.append(view[:need])
-            rest = view[need:]
+            piece, rest = view[:need], view[need:]
         else:
-            self.parts.append(data)
-            rest = None
+            piece, rest = data, None
         self.need = need - take
-        if self.need:
-            self._arm(self._body_deadline())
+        body = self.body
+        if not self.need and body is None:
+            self._dispatch(piece, rest)             # the whole body in one piece: no copy
             return
-        parts = self.parts
-        self.parts = []
-        self._dispatch(parts[0] if len(parts) == 1 else b"".join(parts), rest)
+        # pieces are appended to one buffer (never all held and then joined: twice the bytes)
+        if body is None:
+            self.body = bytearray(piece)
+        else:
+            body += piece
+        if self.need:
+            return
+        body, self.body = self.body, None
+        self._dispatch(body, rest)
 
     def _discard(self, data) -> None:
         n = len(data)
+        self.window_bytes += min(n, self.need)
+        self.last_bytes = self.loop.time()
         if n < self.need:
             self.need -= n
-            self._arm(self._body_deadline())
             return
         rest = memoryview(data)[self.need:] if n > self.need else None
         self.need = 0
-        self._dispatch(b"", rest, error_response(413, self.discard_message))
+        answer, self.discard_answer = self.discard_answer, None
+        self._dispatch(b"", rest, answer)
 
     # ------------------------------------------------------------ answering
 
@@ -549,21 +638,25 @@ class Connection(asyncio.Protocol):
         self.transport.write(b"".join(parts))    # one send: a copy is cheaper than a syscall
 
     def _refuse(self, status: int, message: str,
-                linger: tuple[int, float] = (LINGER_BYTES, LINGER_SECONDS)) -> None:
-        """Answer *status* with Connection: close, then read and drop what the client still
-        sends (at most *linger* = bytes, seconds), so closing with unread data does not reset
-        the answer away."""
+                linger: tuple[int, float] = (LINGER_BYTES, LINGER_SECONDS),
+                answer: Response | None = None) -> None:
+        """Answer *status* (or *answer*) with Connection: close, then read and drop what the
+        client still sends (at most *linger* = bytes, seconds), so closing with unread data
+        does not reset the answer away."""
         if self.state in (_CLOSED, _LINGER):
             return
+        if self.state == _HANDSHAKE:
+            self._abort()
+            return
         self._release()
-        self.parts = []
+        self.body = None
         self.pending = bytearray()
         self.head = bytearray()
         self.server.idle.pop(self, None)
         self.state = _LINGER
         self.server.notify()
         try:
-            self._write(error_response(status, message), False)
+            self._write(answer or error_response(status, message), False)
             if self.transport.can_write_eof():
                 self.transport.write_eof()
         except (RuntimeError, OSError):
@@ -607,18 +700,27 @@ class Connection(asyncio.Protocol):
 
     @property
     def evictable(self) -> int:
-        """0: closing (a refusal lingering), 1: idle, 2: still sending its header block, -1:
-        not evictable (a body arriving, a request being served)."""
-        if self.state == _LINGER:
+        """0: closing (a refusal lingering), 1: idle (or in its TLS handshake), 2: still
+        sending its header block, 3: a body silent for SLOW_BODY_SECONDS, -1: not evictable
+        (a body arriving, a request being served)."""
+        state = self.state
+        if state == _LINGER:
             return 0 if self.refusing else -1      # (a normal close: its answer is flushing)
-        return {_IDLE: 1, _HEAD: 2}.get(self.state, -1)
+        if state in _BODIES:
+            return 3 if self.loop.time() - self.last_bytes >= SLOW_BODY_SECONDS else -1
+        return {_IDLE: 1, _HANDSHAKE: 1, _HEAD: 2}.get(state, -1)
 
     def evict(self) -> None:
         """Make room at the cap: drop a lingering refusal, close an idle connection (its
-        client reconnects when it needs to), refuse a header block still arriving."""
+        client reconnects when it needs to), refuse a header block still arriving or a body that
+        has stopped arriving."""
         state = self.state
         if state == _LINGER:
             self.transport.abort()
+        elif state == _HANDSHAKE:
+            self._abort()
+        elif state in _BODIES:
+            self.evict_body()
         elif state == _HEAD:
             self.server.idle.pop(self, None)
             try:
@@ -630,6 +732,23 @@ class Connection(asyncio.Protocol):
         else:
             self._close()
 
+    def evict_body(self) -> None:
+        """Refuse a body that has stopped arriving (no bytes for SLOW_BODY_SECONDS), for a
+        connection or a request that needs the room."""
+        silent = self.loop.time() - self.last_bytes
+        if self.state == _BODY:
+            self.server.app.refused(self.req.target, 408)
+        self._refuse(408, f"request body too slow: no bytes for {silent:.1f} s while the "
+                     "server needed the room for others")
+
+    def _abort(self) -> None:
+        """Drop a connection still in its TLS handshake."""
+        task, self.handshake = self.handshake, None
+        if task is not None:
+            task.cancel()                    # (it may not have started: cleaned up here)
+        self.transport.abort()
+        self.connection_lost(None)
+
     def cut(self, message: str) -> bool:
         """Drain deadline: refuse what is still arriving (503). False when nothing was cut
         (idle: closed; handed to the application: it answers, e.g. the engine fails what is
@@ -637,6 +756,9 @@ class Connection(asyncio.Protocol):
         state = self.state
         if state == _IDLE:
             self._close()
+            return False
+        if state == _HANDSHAKE:
+            self._abort()
             return False
         if state in _RECEIVING:
             if self.req is not None:
@@ -670,16 +792,16 @@ class HTTPServer:
         self.draining = False
         self.cut_message = "server shutting down"
         self.server: asyncio.base_events.Server | None = None
+        self.ssl_context = None
         self._changed: asyncio.Event | None = None
 
     async def start(self, host: str, port: int, ssl_context=None) -> int:
+        """Listen; with *ssl_context*, each connection's TLS handshake starts once it is
+        admitted (so connections in their handshake count against the cap)."""
         self.loop = asyncio.get_running_loop()
-        kw = {}
-        if ssl_context is not None:
-            kw = {"ssl": ssl_context, "ssl_handshake_timeout": self.limits.header_timeout,
-                  "ssl_shutdown_timeout": LINGER_SECONDS}
+        self.ssl_context = ssl_context
         self.server = await self.loop.create_server(lambda: Connection(self), host, port,
-                                                    reuse_address=True, **kw)
+                                                    reuse_address=True)
         return self.server.sockets[0].getsockname()[1]
 
     def admit(self, conn: Connection) -> str:
@@ -692,25 +814,63 @@ class HTTPServer:
                 self.connections[conn] = None
                 return "restricted"
             else:
-                return "refuse"
+                # every place taken by bodies that keep arriving (however slowly): the one
+                # silent the longest makes room, so a health check always gets in
+                victim = self._quietest_body()
+                if victim is None:
+                    return "refuse"
+                victim.evict_body()
+                self.connections[conn] = None
+                return "restricted"
         self.connections[conn] = None
         return "ok"
 
+    def _quietest_body(self, besides: Connection | None = None,
+                      silent: float = 0.0) -> Connection | None:
+        """The connection whose body (received or dropped) has been silent the longest, at
+        least *silent* seconds."""
+        quietest = None
+        now = self.loop.time()
+        for conn in self.connections:
+            if conn is not besides and conn.state in _BODIES and \
+                    now - conn.last_bytes >= silent and \
+                    (quietest is None or conn.last_bytes < quietest.last_bytes):
+                quietest = conn
+        return quietest
+
     def _victim(self) -> Connection | None:
         """The connection to close for a new one: a lingering refusal, else the connection
-        idle the longest, else the oldest still sending its header block."""
+        idle the longest, else the oldest still sending its header block, else the body silent
+        the longest."""
         if self.idle:
             first_idle = next(iter(self.idle))
         else:
             first_idle = None
-        best, rank = None, 3
+        best, rank = None, 4
         for conn in self.connections:       # (in the order they were admitted)
             r = conn.evictable
             if r == 0:
                 return conn
             if r == 2 and rank > 2:
                 best, rank = conn, 2
+            elif r == 3 and (rank > 3 or (rank == 3 and conn.last_bytes < best.last_bytes)):
+                best, rank = conn, 3
         return first_idle or best
+
+    def make_room(self, needy: Connection) -> bool:
+        """The byte budget is used up: refuse the body silent the longest (at least
+        SLOW_BODY_SECONDS) other than *needy*'s, so its bytes go back. False if there is none."""
+        quietest = None
+        now = self.loop.time()
+        for conn in self.connections:
+            if conn is not needy and conn.state == _BODY and conn.reserved and \
+                    now - conn.last_bytes >= SLOW_BODY_SECONDS and \
+                    (quietest is None or conn.last_bytes < quietest.last_bytes):
+                quietest = conn
+        if quietest is None:
+            return False
+        quietest.evict_body()
+        return True
 
     def closed(self, conn: Connection) -> None:
         self.connections.pop(conn, None)
@@ -739,9 +899,11 @@ class HTTPServer:
                 return condition()
         return True
 
-    async def drain(self, timeout: float, message: str, finish: float = 2.0) -> int:
+    async def drain(self, timeout: float, message: str, finish: float = 2.0,
+                    on_deadline: Callable[[], int] | None = None) -> int:
         """Stop accepting, close idle connections, let requests finish for *timeout* seconds;
-        then answer what has not started running 503 (*message*) and wait up to *finish*
+        then answer what has not started running 503 (*message*; *on_deadline* cuts what the
+        application holds before running it and returns how many) and wait up to *finish*
         seconds for the ones running on an interpreter. Returns how many requests were answered
         503 at the deadline."""
         self.draining = True
@@ -755,6 +917,8 @@ class HTTPServer:
         cut = 0
         if not await self._wait(lambda: not self.active, deadline):
             cut = sum(conn.cut(message) for conn in list(self.connections))
+            if on_deadline is not None:
+                cut += on_deadline()
             # what runs on an interpreter cannot be stopped: its answer is still sent
             await self._wait(lambda: not any(c.state == _BUSY for c in self.connections),
                              self.loop.time() + finish)

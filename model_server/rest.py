@@ -7,7 +7,11 @@ binary tensor data extension (:mod:`.rest_codec`); request bodies may be gzip/de
 
 Persistent connections (HTTP/1.1 keep-alive) are served one request at a time per connection.
 Decoding that can take long (a large JSON document, many BYTES elements, decompression, large
-JSON outputs) runs in one worker thread, never on the event loop.
+JSON outputs) runs in a :class:`~.decode_pool.DecodePool` (per model, in turn), never on the
+event loop. The JSON part of a request is at most ``limits.max_json_bytes`` (checked before the
+body is read); what parsing, decoding and answering will allocate is reserved in the byte budget
+before it is done. A body for an unknown model is read and dropped (nothing reserved) and
+answered 404.
 
 Hostile clients (:mod:`.http11`): strict framing (a POST needs one decimal ``Content-Length``:
 411 without, 400 for a duplicate or anything but digits; ``Transfer-Encoding`` is refused with
@@ -19,8 +23,8 @@ answered when every connection is busy. Every refusal closes the connection afte
 dropping) what the client still sends, so the client sees the answer instead of a reset.
 
 Drain (SIGTERM): stop accepting, close idle connections, finish requests for ``drain_seconds``;
-then requests still waiting for an interpreter (or still arriving) are answered 503, and those
-already running finish.
+then requests still waiting for an interpreter (or still arriving, or being decoded) are
+answered 503, and those already running finish.
 """
 
 from __future__ import annotations
@@ -28,16 +32,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 from . import __version__
 from .config import Limits
-from .core import ByteBudget, Engine, ServeError
+from .core import ByteBudget, Engine, Hold, LoadedModel, ServeError
+from .costs import answer_cost, json_cost
+from .decode_pool import DecodePool
 from .http11 import (HTTPLimits, HTTPServer, Request, Response, error_response)
 from .metrics import UNKNOWN_MODEL, Metrics
-from .rest_codec import (INLINE_WORK_BYTES, decode_infer, decode_inputs, decode_work,
-                         decompress, encode_infer, encode_work, json_bytes, parse_body)
+from .rest_codec import (INLINE_WORK_BYTES, decode_cost, decode_infer, decode_inputs,
+                         decode_work, decompress, encode_infer, encode_work, json_bytes,
+                         parse_body)
 
 __all__ = ["RESTServer", "decode_infer", "encode_infer"]
 
@@ -47,8 +53,10 @@ STATUS = {
     ServeError.INVALID: 400, ServeError.NOT_FOUND: 404, ServeError.UNAVAILABLE: 503,
     ServeError.TOO_LARGE: 413, ServeError.INTERNAL: 500,
 }
-_KIND = {400: ServeError.INVALID, 408: ServeError.INVALID, 411: ServeError.INVALID,
-         413: ServeError.TOO_LARGE, 503: ServeError.UNAVAILABLE}
+_KIND = {400: ServeError.INVALID, 404: ServeError.NOT_FOUND, 408: ServeError.INVALID,
+         411: ServeError.INVALID, 413: ServeError.TOO_LARGE, 503: ServeError.UNAVAILABLE}
+#: Threads decoding large requests (see DecodePool): one model's documents take at most one.
+DECODE_THREADS = 2
 EXTENSIONS = ["binary_tensor_data"]
 _HEALTH = frozenset(("/v2/health/live", "/v2/health/ready"))
 
@@ -73,7 +81,8 @@ class RESTServer:
             ByteBudget(self.limits.max_buffered_bytes)
         self.http = HTTPServer(self, HTTPLimits.from_limits(self.limits, max_request_bytes),
                                self.budget)
-        self._decoder: ThreadPoolExecutor | None = None
+        self._decoder: DecodePool | None = None
+        self._decoding: set[asyncio.Future] = set()     # requests being decoded (not admitted)
 
     @property
     def draining(self) -> bool:
@@ -97,15 +106,50 @@ class RESTServer:
         more. Returns how many were answered 503."""
         try:
             return await self.http.drain(timeout, f"server shutting down: the request had not "
-                                         f"started within drain_seconds ({timeout:g} s)", finish)
+                                         f"started within drain_seconds ({timeout:g} s)", finish,
+                                         on_deadline=self._cut_decoding)
         finally:
             if self._decoder is not None:
-                self._decoder.shutdown(wait=False)
+                self._decoder.close()        # (its threads are daemons: exit does not wait)
+
+    def _cut_decoding(self) -> int:
+        """The drain deadline: requests still being decoded (queued or running) are answered
+        503 now; a decode already running finishes unseen in its thread."""
+        cut = list(self._decoding)
+        for future in cut:
+            future.cancel()
+        return len(cut)
 
     # ---------------------------------------------------------------- http11.Application
 
     def serves_when_full(self, request: Request) -> bool:
         return request.method == "GET" and request.target.split("?", 1)[0] in _HEALTH
+
+    def admit_body(self, request: Request, length: int) -> bool | Response:
+        """Only an inference request's body is received (its bytes reserved), and only for a
+        model this server has and a JSON part within limits.max_json_bytes; any other body is
+        read and dropped."""
+        route = _infer_route(request)
+        if route is None:
+            return False
+        try:
+            self.engine.model(*route)
+            hl = request.headers.get("inference-header-content-length")
+            encoding = request.headers.get("content-encoding", "").lower()
+            if encoding in ("", "identity"):
+                json_len = length if hl is None else _header_len(hl)
+                self._check_json(json_len)
+        except ServeError as exc:
+            self.refused(request.target, STATUS[exc.kind])
+            return error_response(STATUS[exc.kind], exc.message)
+        return True
+
+    def _check_json(self, json_len: int) -> None:
+        limit = self.limits.max_json_bytes
+        if json_len > limit:
+            raise ServeError(ServeError.TOO_LARGE, f"the request's JSON is {json_len} bytes, "
+                             f"more than limits.max_json_bytes ({limit}); send large tensors "
+                             "as binary data (Inference-Header-Content-Length)")
 
     def refused(self, target: str | None, status: int) -> None:
         if target is not None and target.split("?", 1)[0].rstrip("/").endswith("/infer"):
@@ -130,9 +174,9 @@ class RESTServer:
             if not parts or parts[0] != "v2":
                 return error_response(404, f"no such endpoint {path}")
             rest = parts[1:]
-            if method == "POST" and len(rest) in (3, 5) and rest[0] == "models" \
-                    and rest[-1] == "infer" and (len(rest) == 3 or rest[2] == "versions"):
-                return self._infer(rest[1], rest[3] if len(rest) == 5 else "", request)
+            route = _infer_route(request)
+            if route is not None:
+                return self._infer(*route, request)
             if method != "GET":
                 return error_response(405 if rest[:1] in (["health"], ["models"], []) else 404,
                                       f"{method} {path} is not supported")
@@ -165,20 +209,35 @@ class RESTServer:
 
     # ---------------------------------------------------------------- inference
 
-    def _off_loop(self, fn, *args):
+    async def _off_loop(self, model: LoadedModel, fn, *args, decoding: bool = True):
+        """``fn(*args)`` in the decode pool, in *model*'s turn. *decoding*: the request is not
+        admitted yet, so the drain deadline may cut it."""
         if self._decoder is None:
-            self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rest-decode")
-        return asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
+            self._decoder = DecodePool(DECODE_THREADS)
+        future = asyncio.wrap_future(self._decoder.submit(model.name, fn, *args))
+        if not decoding:
+            return await future
+        self._decoding.add(future)
+        try:
+            return await future
+        finally:
+            self._decoding.discard(future)
 
-    async def _decode(self, model, body, header_len: int | None):
-        """(request, arrays, outputs): in the worker thread when it is much work."""
+    async def _decode(self, model, body, header_len: int | None, hold: Hold):
+        """(request, arrays, outputs): in the decode pool when it is much work; what parsing
+        and decoding allocate is reserved in *hold* before each is done."""
         limit = self.max_request_bytes
-        head_len = len(body) if header_len is None else header_len
-        if head_len > INLINE_WORK_BYTES:
-            return await self._off_loop(decode_infer, model, body, header_len, limit)
+        json_len = len(body) if header_len is None else header_len
+        self._check_json(json_len)
+        head = body if header_len is None else memoryview(body)[:header_len]
+        hold.grow(json_cost(head), "parsing the request's JSON")
+        if json_len > INLINE_WORK_BYTES:
+            return await self._off_loop(model, decode_infer, model, body, header_len, limit,
+                                        hold)
         parsed = parse_body(body, header_len)
+        hold.grow(decode_cost(parsed, json_len), "decoding the inputs")
         if decode_work(parsed) > INLINE_WORK_BYTES:
-            arrays, outputs = await self._off_loop(decode_inputs, model, parsed, limit)
+            arrays, outputs = await self._off_loop(model, decode_inputs, model, parsed, limit)
         else:
             arrays, outputs = decode_inputs(model, parsed, limit)
         return parsed.request, arrays, outputs
@@ -188,7 +247,7 @@ class RESTServer:
         engine = self.engine
         label = UNKNOWN_MODEL
         admitted = False
-        held = 0
+        hold = Hold(self.budget)
         headers = request.headers
         try:
             model = engine.model(name, version)
@@ -196,29 +255,28 @@ class RESTServer:
             body = request.body
             encoding = headers.get("content-encoding", "").lower()
             if encoding not in ("", "identity"):
+                # the decompressed copy is held too: room for the largest first
+                hold.grow(self.max_request_bytes, "decompressing the body")
                 if len(body) > INLINE_WORK_BYTES:
-                    body = await self._off_loop(decompress, body, encoding,
+                    body = await self._off_loop(model, decompress, body, encoding,
                                                 self.max_request_bytes)
                 else:
                     body = decompress(body, encoding, self.max_request_bytes)
-                self.budget.reserve(len(body))          # the decompressed copy is held too
-                held = len(body)
+                hold.set(len(body), "the decompressed body")
             hl = headers.get("inference-header-content-length")
-            try:
-                header_len = int(hl) if hl is not None else None
-            except ValueError:
-                raise ServeError(ServeError.INVALID, "bad Inference-Header-Content-Length") \
-                    from None
-            req, arrays, outputs = await self._decode(model, body, header_len)
+            header_len = _header_len(hl) if hl is not None else None
+            req, arrays, outputs = await self._decode(model, body, header_len, hold)
             del body
             engine.counters.add("accepted")
             admitted = True
             try:
                 result = await engine.infer(model, arrays, started=request.mark_running)
                 del arrays
+                hold.grow(answer_cost(result, outputs, self.limits.max_response_bytes),
+                          "the answer")
                 if encode_work(result, outputs) > INLINE_WORK_BYTES:
-                    out, ctype, extra = await self._off_loop(encode_infer, model, req, result,
-                                                             outputs)
+                    out, ctype, extra = await self._off_loop(model, encode_infer, model, req,
+                                                             result, outputs, decoding=False)
                 else:
                     out, ctype, extra = encode_infer(model, req, result, outputs)
             finally:
@@ -242,8 +300,29 @@ class RESTServer:
             self.metrics.observe(label, "rest", ServeError.INTERNAL, time.perf_counter() - t0)
             return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            if held:
-                self.budget.release(held)
+            hold.release()
         engine.counters.add("ok")
         self.metrics.observe(label, "rest", "ok", time.perf_counter() - t0)
         return Response(200, out, ctype, extra)
+
+
+def _infer_route(request: Request) -> tuple[str, str] | None:
+    """(model, version) of ``POST /v2/models/M[/versions/V]/infer``, else None."""
+    if request.method != "POST":
+        return None
+    path = request.target.split("?", 1)[0]
+    parts = [unquote(p) for p in path.strip("/").split("/")]
+    if parts[:2] != ["v2", "models"] or parts[-1] != "infer" or len(parts) not in (4, 6) or \
+            (len(parts) == 6 and parts[3] != "versions"):
+        return None
+    return parts[2], parts[4] if len(parts) == 6 else ""
+
+
+def _header_len(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ServeError(ServeError.INVALID, "bad Inference-Header-Content-Length") from None
+    if n < 0:
+        raise ServeError(ServeError.INVALID, "bad Inference-Header-Content-Length")
+    return n

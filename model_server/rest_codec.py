@@ -13,20 +13,26 @@ JSON has no NaN or infinities: float outputs holding them are written as the str
 it rather than writing invalid JSON).
 
 Decoding that can take long (a large JSON document, many BYTES elements, decompression) is
-reported by :func:`decode_work` / :func:`encode_work` so the server can run it off its event loop.
+reported by :func:`decode_work` / :func:`encode_work` so the server can run it off its event loop;
+what it will allocate (:func:`decode_cost`, and :mod:`.costs`) is reserved in the byte budget
+before it is done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import threading
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from .core import LoadedModel, ServeError
-from .datatypes import (TensorError, TensorTooLarge, from_list, from_numpy_dtype, from_raw,
-                        to_list, to_raw)
+from .core import Hold, LoadedModel, ServeError
+from .costs import bytes_tensor_cost
+from .datatypes import (BYTES_ELEMENT_MIN, TensorError, TensorTooLarge, element_count,
+                        from_list, from_numpy_dtype, from_raw, to_list, to_numpy_dtype, to_raw)
 
 #: Work (in bytes of JSON, BYTES tensor data or compressed body) below which decoding runs on
 #: the event loop; more runs in a worker thread.
@@ -54,6 +60,36 @@ def decompress(body: bytes | memoryview, encoding: str, limit: int) -> bytes | m
     return out
 
 
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_resume = False
+
+
+@contextlib.contextmanager
+def gc_paused(pause: bool = True):
+    """Python's cyclic garbage collector off while a large JSON document is parsed: json.loads
+    makes a container per list or object, and the collections those allocations trigger (each
+    scanning every container made so far) would multiply the parse time, all of it holding
+    the interpreter lock. Nested pauses (two decode threads) count; the collector is back on
+    after the last (if it was on before the first)."""
+    global _gc_pauses, _gc_resume
+    if not pause:
+        yield
+        return
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_resume:
+                gc.enable()
+
+
 @dataclass
 class InferBody:
     """A request body split into its JSON request and the binary tensor data after it."""
@@ -76,7 +112,8 @@ def split_body(body: bytes | memoryview, header_len: int | None
 def parse_body(body: bytes | memoryview, header_len: int | None) -> InferBody:
     head, binary = split_body(body, header_len)
     try:
-        req = json.loads(bytes(head) if isinstance(head, memoryview) else head)
+        with gc_paused(len(head) > INLINE_WORK_BYTES):
+            req = json.loads(bytes(head) if isinstance(head, memoryview) else head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ServeError(ServeError.INVALID, f"request is not JSON: {exc}") from None
     except RecursionError:
@@ -99,6 +136,34 @@ def decode_work(parsed: InferBody) -> int:
             if isinstance(size, int):
                 work += max(0, size)
     return work
+
+
+def decode_cost(parsed: InferBody, json_len: int) -> int:
+    """Upper bound of what decoding the inputs allocates beyond the parsed JSON: arrays for JSON
+    data (and a pointer per element while their types are checked), a bytes object per BYTES
+    element; binary numeric inputs are views (nothing). Element counts come from the data
+    actually sent (binary bytes, JSON characters), never from a shape alone."""
+    cost = 0
+    for t in parsed.request["inputs"]:
+        if not isinstance(t, dict):
+            continue
+        datatype, shape = t.get("datatype"), t.get("shape")
+        try:
+            dtype = to_numpy_dtype(datatype)
+            count = element_count(shape if isinstance(shape, list) else [])
+        except (TensorError, TypeError):
+            continue                                  # refused by decode_inputs
+        params = t.get("parameters")
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool):
+            if datatype == "BYTES":
+                cost += bytes_tensor_cost(min(count, max(0, size) // BYTES_ELEMENT_MIN),
+                                          max(0, size))
+        elif datatype == "BYTES":                     # each element at least '"",'
+            cost += bytes_tensor_cost(min(count, json_len // 3 + 1), json_len)
+        else:                                         # each element at least 'N,'
+            cost += min(count, json_len // 2 + 1) * (dtype.itemsize + 16)
+    return cost
 
 
 def decode_inputs(model: LoadedModel, parsed: InferBody, max_bytes: int | None = None
@@ -170,10 +235,14 @@ def requested_outputs(model: LoadedModel, req: dict) -> list[tuple[str, bool]]:
 
 
 def decode_infer(model: LoadedModel, body: bytes | memoryview, header_len: int | None,
-                 max_bytes: int | None = None
+                 max_bytes: int | None = None, hold: Hold | None = None
                  ) -> tuple[dict, dict[str, np.ndarray], list[tuple[str, bool]]]:
-    """The JSON request, the input arrays and the requested outputs, in one call."""
+    """The JSON request, the input arrays and the requested outputs, in one call; with *hold*,
+    what decoding the inputs allocates is reserved first (:func:`decode_cost`)."""
     parsed = parse_body(body, header_len)
+    if hold is not None:
+        json_len = len(body) if header_len is None else header_len
+        hold.grow(decode_cost(parsed, json_len), "decoding the inputs")
     arrays, outputs = decode_inputs(model, parsed, max_bytes)
     return parsed.request, arrays, outputs
 

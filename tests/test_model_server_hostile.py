@@ -4,6 +4,8 @@ small protocol rules (JSON depth, FP32 range, header/URL size, gRPC contents).""
 
 from __future__ import annotations
 
+import json
+
 import threading
 import time
 
@@ -340,23 +342,37 @@ def test_rest_connection_cap_closes_the_longest_idle_connection():
         srv.close()
 
 
+def _binary_body(size: int) -> tuple[bytes, str]:
+    """A binary-tensor inference body of exactly *size* bytes for the echo model (x: N x 2
+    zeros; only the small output "n" asked for), and its Inference-Header-Content-Length."""
+    n = (size - 200) // 8
+    head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [n, 2],
+                                   "parameters": {"binary_data_size": 8 * n}}],
+                       "outputs": [{"name": "n", "parameters": {"binary_data": True}}]}).encode()
+    head += b" " * (size - 8 * n - len(head))
+    return head + bytes(8 * n), f"Inference-Header-Content-Length: {len(head)}\r\n"
+
+
 def test_rest_buffer_budget_across_connections():
-    """Body bytes are reserved as they arrive: with a budget of 6000 and one body holding 4000
-    received bytes, a second 4096-byte body does not fit and is refused with 503; once the first
-    is done, there is room again."""
-    srv = RestInThread(max_request_bytes=4096, max_buffered_bytes=6000, body_timeout=5,
+    """Body bytes are reserved as they arrive: with a budget of 100 KiB and one body holding 60
+    KiB received bytes, a second 64 KiB body does not fit and is refused with 503; once the
+    first is done, there is room again."""
+    size = 64 << 10
+    srv = RestInThread(max_request_bytes=size, max_buffered_bytes=100 << 10, body_timeout=5,
                        body_stall_timeout=5)
     try:
-        body = _INFER + b" " * (4096 - len(_INFER))
+        body, binary = _binary_body(size)
+        length = f"Content-Length: {size}\r\n"
         with srv.connect() as holder:
-            holder.sendall(_post(body[:4000], "Content-Length: 4096\r\n"))
-            _wait_until(lambda: srv.rest.budget.used >= 4000, "the first body's bytes reserved")
-            answer = srv.exchange(_post(body, "Content-Length: 4096\r\n"))
+            holder.sendall(_post(body[:60 << 10], length + binary))
+            _wait_until(lambda: srv.rest.budget.used >= 60 << 10,
+                        "the first body's bytes reserved")
+            answer = srv.exchange(_post(body, length + binary))
             assert answer.startswith(b"HTTP/1.1 503") and b"max_buffered_bytes" in answer
-            holder.sendall(body[4000:])
+            holder.sendall(body[60 << 10:])
             assert holder.recv(100).startswith(b"HTTP/1.1 200")
-        answer = srv.exchange(_post(body, "Content-Length: 4096\r\nConnection: close\r\n"))
-        assert answer.startswith(b"HTTP/1.1 200")
+        answer = srv.exchange(_post(body, length + "Connection: close\r\n" + binary))
+        assert answer.startswith(b"HTTP/1.1 200"), answer
         _wait_until(lambda: srv.rest.budget.used == 0, "every reservation released")
     finally:
         srv.close()
@@ -374,7 +390,8 @@ def test_rest_oversize_header_and_url_are_answered_not_reset(rest):
 
 def test_rest_deep_json_is_a_400(rest):
     deep = b'{"inputs":' + b"[" * 100000 + b"]" * 100000 + b"}"
-    srv = RestInThread(max_request_bytes=1 << 20)
+    # (a budget that holds what parsing 100,000 lists could take, so the parser is reached)
+    srv = RestInThread(max_request_bytes=1 << 20, max_buffered_bytes=16 << 20)
     try:
         answer = srv.exchange(_post(deep, f"Content-Length: {len(deep)}\r\n"
                                           "Connection: close\r\n"))

@@ -87,8 +87,9 @@ class Server:
 def config(models: list[dict], **extra) -> dict:
     return {"version": 1, "service": "test",
             "grpc": {"host": "127.0.0.1", "port": 0}, "rest": {"host": "127.0.0.1", "port": 0},
-            "limits": {"max_request_bytes": LIMIT, "max_concurrent_requests": 16,
-                       "max_queue": 64},
+            # (the budget holds a JSON request of LIMIT bytes: parsed, it takes ~4x that)
+            "limits": {"max_request_bytes": LIMIT, "max_buffered_bytes": 16 * LIMIT,
+                       "max_concurrent_requests": 16, "max_queue": 64},
             "drain_seconds": 10, "models": models, **extra}
 
 

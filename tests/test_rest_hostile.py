@@ -82,10 +82,12 @@ def test_slow_bodies_hold_only_what_they_sent_and_stall_out():
 
 
 def test_a_dribbling_body_keeps_its_connection_but_not_the_budget():
-    """A body that keeps arriving slowly is not cut by the stall rule, and what it holds is only
-    what it sent: a full-size request still fits beside it."""
-    srv = RestInThread(max_request_bytes=4096, max_buffered_bytes=4096, header_timeout=30,
-                       idle_timeout=30, body_timeout=60, body_stall_timeout=2.0)
+    """A body that keeps arriving (at least min_body_rate) is not cut by the stall rule, and
+    what it holds is only what it sent: a full-size request still fits beside it (the budget
+    holds one full-size JSON request: its body and what parsing it takes)."""
+    srv = RestInThread(max_request_bytes=4096, max_buffered_bytes=4 * 4096, header_timeout=30,
+                       idle_timeout=30, body_timeout=60, body_stall_timeout=2.0,
+                       min_body_rate=8)
     stop = threading.Event()
     body = _INFER + b" " * (100 - len(_INFER))
     try:
@@ -293,8 +295,10 @@ def test_decoding_many_bytes_elements_does_not_block_health():
     """4 M tiny BYTES elements (16 MiB) take seconds to decode: off the event loop, health is
     answered meanwhile (it used to wait for the whole decode)."""
     count = 4_000_000
+    # (a budget that holds what decoding 4 M elements takes: an object each)
     srv = RestInThread({"len": _bytes_model()}, max_request_bytes=20 << 20, header_timeout=30,
-                       idle_timeout=60, body_timeout=60, body_stall_timeout=30)
+                       idle_timeout=60, body_timeout=60, body_stall_timeout=30,
+                       max_buffered_bytes=512 << 20)
     request = _bytes_request(count)
     try:
         with ThreadPoolExecutor(1) as pool:
