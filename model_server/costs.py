@@ -11,8 +11,9 @@ keys, tiny strings):
   plus the text itself as str objects (the document and its string values: 1 byte a character
   for ASCII, up to 4 for text with a character outside the BMP);
 * BYTES tensors: a Python ``bytes`` object and a pointer per element, plus the payload;
-* answers: the output tensors' bytes twice when written raw (a copy per output, then the message
-  or body joined), a Python number, a pointer and its text per element when written as JSON.
+* answers: the output tensors' bytes once when written raw (copied into the message or body;
+  twice for BYTES, encoded first), a Python number, a pointer and its text per element when
+  written as JSON.
 """
 
 from __future__ import annotations
@@ -76,7 +77,13 @@ def answer_cost(result: dict[str, np.ndarray], outputs: Iterable[tuple[str, bool
         array = result[name]
         n = tensor_bytes(array)
         size += n
-        cost += 2 * n if raw else JSON_OUTPUT_ELEMENT * array.size + 3 * n
+        if not raw:
+            cost += JSON_OUTPUT_ELEMENT * array.size + 3 * n
+        elif array.dtype.kind in ("O", "S", "U") or not array.flags.c_contiguous or \
+                array.dtype.byteorder == ">":
+            cost += 2 * n          # encoded (or made contiguous), then copied into the answer
+        else:
+            cost += n              # copied into the answer
     if size > max_bytes:
         raise ServeError(ServeError.TOO_LARGE, f"the answer's outputs hold {size} bytes, more "
                          f"than an answer may (limits.max_response_bytes {max_bytes})")

@@ -170,11 +170,17 @@ def from_raw(raw: bytes | memoryview, datatype: str, shape: list[int], *,
 
 def to_raw(array: np.ndarray) -> bytes:
     """Raw little-endian bytes of an array (one copy for numeric types)."""
+    return bytes(raw_view(array))
+
+
+def raw_view(array: np.ndarray) -> bytes | memoryview:
+    """The raw little-endian bytes of an array, without a copy where it is already so (a
+    contiguous little-endian numeric array); for writing it out (``b"".join`` copies once)."""
     if array.dtype.kind in ("O", "S", "U"):
         return encode_bytes_tensor(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array).tobytes()
+    return memoryview(np.ascontiguousarray(array)).cast("B")
 
 
 def _bytes_elements(data: Any, count: int, shape) -> list[bytes]:

@@ -53,7 +53,7 @@ from .config import Limits
 from .core import Engine, Hold, LoadedModel, ServeError, log
 from .costs import answer_cost, bytes_tensor_cost
 from .datatypes import (BYTES_ELEMENT_MIN, CONTENTS_FIELD, TensorError, from_numpy_dtype,
-                        from_raw, from_repeated, to_numpy_dtype, to_raw)
+                        from_raw, from_repeated, raw_view, to_numpy_dtype)
 from .handler_pool import HandlerPool
 from .metrics import UNKNOWN_MODEL, Metrics
 from .pb_cost import parse_cost
@@ -138,14 +138,33 @@ def decode_request(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], list
     return arrays, outputs
 
 
+#: ModelInferResponse.raw_output_contents (field 6, length-delimited): its key byte.
+_RAW_OUTPUT_KEY = b"\x32"
+
+
 def encode_response(model: LoadedModel, req_id: str, result: dict[str, np.ndarray],
                     outputs: list[str]) -> bytes:
+    """The serialized ModelInferResponse: its metadata serialized by protobuf, then each output's
+    raw_output_contents field written after it (a message's fields may come in any order), so
+    the tensors are copied once, into the answer."""
     resp = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=req_id)
+    parts = [b""]
     for name in outputs:
         arr = result[name]
         resp.outputs.add(name=name, datatype=from_numpy_dtype(arr.dtype), shape=arr.shape)
-        resp.raw_output_contents.append(to_raw(arr))
-    return resp.SerializeToString()
+        data = raw_view(arr)
+        parts += (_RAW_OUTPUT_KEY, _varint(len(data)), data)
+    parts[0] = resp.SerializeToString()
+    return b"".join(parts)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 class GRPCService:

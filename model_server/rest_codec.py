@@ -32,7 +32,7 @@ import numpy as np
 from .core import Hold, LoadedModel, ServeError
 from .costs import bytes_tensor_cost
 from .datatypes import (BYTES_ELEMENT_MIN, TensorError, TensorTooLarge, element_count,
-                        from_list, from_numpy_dtype, from_raw, to_list, to_numpy_dtype, to_raw)
+                        from_list, from_numpy_dtype, from_raw, raw_view, to_list, to_numpy_dtype)
 
 #: Work (in bytes of JSON, BYTES tensor data or compressed body) below which decoding runs on
 #: the event loop; more runs in a worker thread.
@@ -261,7 +261,7 @@ def encode_infer(model: LoadedModel, req: dict, result: dict[str, np.ndarray],
         arr = result[name]
         entry = {"name": name, "datatype": from_numpy_dtype(arr.dtype), "shape": list(arr.shape)}
         if binary:
-            raw = to_raw(arr)
+            raw = raw_view(arr)                  # (copied once, into the body)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
