@@ -29,7 +29,8 @@ MESSAGE, VIEW, NUMBER = 256, 40, 16
 #: the worst case, a 2-byte empty bytes element kept as a view.
 REST_OF_CONTENTS = VIEW // 2
 #: Typed contents fields (InferTensorContents): number -> bytes in memory per wire byte when
-#: packed (varints: an element takes at least one byte; twice the element size, for growth).
+#: packed (varints: an element takes at least one byte; twice the element size, for growth;
+#: fixed-size floats: as many bytes as on the wire).
 _PACKED_VARINT = {1: 2, 2: 8, 3: 16, 4: 8, 5: 16}
 _PACKED_FIXED = (6, 7)
 
@@ -160,8 +161,8 @@ def _contents(walk: _Walk, raw: bytes, start: int, end: int) -> int:
         if wire == 2:
             if number in _PACKED_VARINT:
                 cost += _PACKED_VARINT[number] * (e - s)
-            elif number in _PACKED_FIXED:
-                cost += 2 * (e - s)
+            elif number in _PACKED_FIXED:          # (sized from the length: no growth)
+                cost += e - s + MESSAGE
             else:                                # bytes_contents element (or unknown)
                 cost += VIEW
         else:

@@ -102,7 +102,9 @@ class ReceiveGate:
                     break
                 now = self.clock()
                 evict_at, victims = self._evict(now)
-                if now >= deadline:
+                if victims:                        # room is coming back: wait for it
+                    deadline = max(deadline, now + self.grace)
+                elif now >= deadline:
                     self._waiters.remove(waiter)
                     return None
                 wait = deadline - now if evict_at is None else min(deadline, evict_at) - now
