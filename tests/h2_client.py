@@ -8,8 +8,8 @@ import socket
 import time
 
 import hpack
-from hyperframe.frame import (DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame,
-                              SettingsFrame)
+from hyperframe.frame import (DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame,
+                              RstStreamFrame, SettingsFrame, WindowUpdateFrame)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SERVICE = "/inference.GRPCInferenceService/"
@@ -70,6 +70,55 @@ class H2Connection:
                 break
             self.buffer += chunk
         return frames
+
+    def send_partial(self, streams: list[int], announce: int, limit: int,
+                     seconds: float) -> dict[int, int]:
+        """On each of *streams* (opened), a gRPC message announcing *announce* bytes, sent as
+        far as the server's flow-control windows allow but never past *limit* bytes (so never
+        complete), for *seconds*. Returns the bytes sent per stream; streams the server ended
+        stop counting."""
+        conn_window = 65535
+        windows = {s: 65535 for s in streams}
+        sent = {s: 0 for s in streams}
+        deadline = time.monotonic() + seconds
+        chunk = bytes(16384)
+        while time.monotonic() < deadline and not self.closed:
+            for frame in self.read_frames(0.005):
+                if isinstance(frame, WindowUpdateFrame):
+                    if frame.stream_id == 0:
+                        conn_window += frame.window_increment
+                    elif frame.stream_id in windows:
+                        windows[frame.stream_id] += frame.window_increment
+                elif isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+                    self.sock.sendall(SettingsFrame(0, flags=["ACK"]).serialize())
+                    if 4 in frame.settings:               # SETTINGS_INITIAL_WINDOW_SIZE
+                        for stream in windows:
+                            windows[stream] += frame.settings[4] - 65535
+                elif isinstance(frame, PingFrame) and "ACK" not in frame.flags:
+                    ack = PingFrame(0, frame.opaque_data)
+                    ack.flags.add("ACK")
+                    self.sock.sendall(ack.serialize())
+                elif isinstance(frame, (RstStreamFrame, HeadersFrame)) and \
+                        frame.stream_id in windows:
+                    del windows[frame.stream_id]            # refused, cancelled or answered
+            for stream in list(windows):
+                while not self.closed:
+                    first = sent[stream] == 0
+                    data = (b"\x00" + announce.to_bytes(4, "big") + chunk[:-5]) if first \
+                        else chunk
+                    if sent[stream] + len(data) > limit or \
+                            min(windows[stream], conn_window) < len(data):
+                        break
+                    frame = DataFrame(stream)
+                    frame.data = data
+                    try:
+                        self.sock.sendall(frame.serialize())
+                    except OSError:
+                        self.closed = True
+                    windows[stream] -= len(data)
+                    conn_window -= len(data)
+                    sent[stream] += len(data)
+        return sent
 
     def close(self) -> None:
         self.sock.close()

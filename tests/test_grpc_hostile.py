@@ -99,6 +99,23 @@ class ServerProcess:
         finally:
             conn.close()
 
+    def status(self, key: str) -> int:
+        """A /proc/PID/status value in KiB (VmHWM: peak resident memory)."""
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1))
+
+    def reset_peak(self) -> int:
+        """Reset VmHWM to the current resident memory; returns that (KiB)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        return self.status("VmRSS")
+
+    def stub(self, method: str = "ModelInfer"):
+        import grpc
+
+        channel = grpc.insecure_channel(self.grpc, options=[
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        return channel, channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+
     def queue_depth(self) -> int:
         status, body = self.http("GET", "/metrics")
         assert status == 200
@@ -359,3 +376,169 @@ def test_sigterm_drain_is_bounded_by_drain_seconds(tmp_path):
                   "drain deadline, answered UNAVAILABLE", server.stderr)
     assert m, server.stderr
     assert list(map(int, m.groups())) == [15, 15, ok, len(cut)], server.stderr
+
+
+# ---------------------------------------------------------------- what a request may cost
+
+
+MIB = 1 << 20
+
+
+def _request(model: str, x: np.ndarray, outputs: int = 0, typed: bool = False) -> bytes:
+    from enclave_build.model_server import protocol as pb
+
+    req = pb.ModelInferRequest(model_name=model)
+    tensor = req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    if typed:
+        tensor.contents.fp32_contents.extend(x.reshape(-1))
+    else:
+        req.raw_input_contents.append(x.tobytes())
+    for _ in range(outputs):
+        req.outputs.add(name="y")
+    return req.SerializeToString()
+
+
+def _call(stub, raw: bytes, timeout: float = 60) -> str:
+    import grpc
+
+    try:
+        stub(raw, timeout=timeout)
+        return "ok"
+    except grpc.RpcError as exc:
+        return f"{exc.code().name}: {exc.details()}"
+
+
+def test_an_output_asked_for_many_times_is_refused_and_answers_are_capped(tmp_path):
+    """A 1 MiB request naming output 'y' 400 times made the server build a 419 MB answer (its
+    peak memory went from 67 MiB to 1.9 GiB). Now an output asked for twice is refused
+    (INVALID_ARGUMENT / 400) before anything is built, and an answer larger than
+    limits.max_response_bytes is refused RESOURCE_EXHAUSTED / 413."""
+    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
+        "max_request_bytes": 4 * MIB, "max_response_bytes": 2 * MIB})
+    channel, stub = server.stub()
+    try:
+        x = np.ones(MIB // 4, np.float32)
+        before = server.reset_peak()
+        got = _call(stub, _request("m", x, outputs=400))
+        assert got.startswith("INVALID_ARGUMENT: output 'y' requested more than once"), got
+        head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [x.size],
+                                       "parameters": {"binary_data_size": x.nbytes}}],
+                           "outputs": [{"name": "y", "parameters": {"binary_data": True}}]
+                           * 400}).encode()
+        status, body = _post_binary(server, "/v2/models/m/infer", head, x.tobytes())
+        assert status == 400 and b"requested more than once" in body, body
+        grown = server.status("VmHWM") - before
+        assert grown < 32 * 1024, f"peak resident memory grew by {grown} KiB"
+        assert _call(stub, _request("m", x, outputs=1)) == "ok"         # 1 MiB answer
+        big = np.ones(3 * MIB // 4, np.float32)                        # 3 MiB answer
+        got = _call(stub, _request("m", big))
+        assert got.startswith("RESOURCE_EXHAUSTED") and \
+            "limits.max_response_bytes 2097152" in got, got
+    finally:
+        channel.close()
+        assert server.stop() == 0, server.stderr
+
+
+def _post_binary(server: ServerProcess, path: str, head: bytes, data: bytes):
+    host, port = server.rest.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("POST", path, body=head + data,
+                     headers={"Inference-Header-Content-Length": str(len(head))})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_messages_that_grow_once_parsed_cost_what_the_budget_allows(tmp_path):
+    """What parsing and decoding a message allocates is reserved before it is done: 28 M empty
+    bytes_contents elements (53 MiB) took the server to 2.2 GiB, four concurrent typed FP32
+    messages to 2.1 GiB (a Python float per element). Scaled down here (budget 32 MiB): the
+    empty elements are refused, the typed messages are read with numpy and served within the
+    budget, and the server's peak memory stays near it."""
+    from enclave_build.model_server import protocol as pb
+
+    server = ServerProcess(tmp_path, [sleep_model("m", 0), {
+        "name": "len", "backend": "tests.ms_backends:BytesLength", "path": "/none"}], {
+        "max_request_bytes": 8 * MIB, "max_buffered_bytes": 32 * MIB})
+    channel, stub = server.stub()
+    try:
+        req = pb.ModelInferRequest(model_name="len")
+        t = req.inputs.add(name="s", datatype="BYTES", shape=[3_500_000])
+        t.contents.bytes_contents.extend([b""] * 3_500_000)
+        empties = req.SerializeToString()
+        typed = _request("m", np.ones(5 * MIB // 4, np.float32) * 0.5, typed=True)
+        assert 4 * MIB < len(typed) < 6 * MIB and len(empties) < 8 * MIB
+        before = server.reset_peak()
+        got = _call(stub, empties)
+        assert got.startswith("RESOURCE_EXHAUSTED") and "max_buffered_bytes" in got, got
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(lambda _: _call(stub, typed), range(4)))
+        assert "ok" in outcomes, outcomes
+        assert all(o == "ok" or o.startswith(("RESOURCE_EXHAUSTED", "UNAVAILABLE"))
+                   for o in outcomes), outcomes
+        # the budget, plus grpc's own copies of the messages it hands over (up to three
+        # receiving at once) and the model's outputs
+        grown = server.status("VmHWM") - before
+        assert grown < 100 * 1024, f"peak resident memory grew by {grown} KiB"
+    finally:
+        channel.close()
+        assert server.stop() == 0, server.stderr
+
+
+def test_partial_messages_hold_at_most_the_budget(tmp_path):
+    """grpc buffers a whole message once the handler asks for it; the budget applied only after
+    it had arrived, so streams announcing large messages and never sending their last bytes
+    held 60 MiB each (1 GiB for 16 against a 256 MiB budget). Now room for the largest message
+    is reserved before a message is asked for: 16 such streams (7.9 MiB each, budget 32 MiB)
+    hold at most the gRPC share of the budget, and legitimate calls are answered afterwards."""
+    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
+        "max_request_bytes": 8 * MIB, "max_buffered_bytes": 32 * MIB, "body_timeout": 30,
+        "first_byte_timeout": 30})
+    attackers = [H2Connection(server.grpc) for _ in range(8)]
+    try:
+        before = server.reset_peak()
+        for conn in attackers:
+            conn.open_stream(1)
+            conn.open_stream(3)
+        with ThreadPoolExecutor(len(attackers)) as pool:
+            sent = list(pool.map(lambda c: c.send_partial([1, 3], 8 * MIB - 1024,
+                                                          8 * MIB - 4096, 6), attackers))
+        total = sum(sum(s.values()) for s in sent)
+        grown = server.status("VmHWM") - before
+        assert grown < 48 * 1024, (f"peak resident memory grew by {grown} KiB; "
+                                   f"{total >> 20} MiB sent")
+        assert total >= 20 * MIB, total                # (the attack did send its bytes)
+    finally:
+        for conn in attackers:
+            conn.close()
+    try:
+        assert grpc_infer(server.grpc, "m") == "ok"
+    finally:
+        assert server.stop() == 0, server.stderr
+
+
+def test_message_less_streams_over_many_connections_leave_threads_free(tmp_path):
+    """4 connections x 8 ModelInfer streams that never send their message (more than the 12
+    handler threads): each used to hold a thread until body_timeout, so a legitimate call waited
+    19 s. Now only calls with room for their message wait for it (the rest are refused at once),
+    and the legitimate call gets room once a stalled one has held its own for
+    first_byte_timeout."""
+    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
+        "max_concurrent_requests": 4, "max_queue": 4, "body_timeout": 30,
+        "first_byte_timeout": 2})
+    attackers = [H2Connection(server.grpc) for _ in range(4)]
+    try:
+        for conn in attackers:
+            for stream in range(1, 17, 2):
+                conn.open_stream(stream)
+        time.sleep(0.5)              # (not a synchronisation: lets the server start them all)
+        started = time.monotonic()
+        assert grpc_infer(server.grpc, "m", timeout=60) == "ok"
+        took = time.monotonic() - started
+        assert took < 10, took                         # body_timeout is 30 s
+    finally:
+        for conn in attackers:
+            conn.close()
+        assert server.stop() == 0, server.stderr

@@ -85,7 +85,7 @@ def test_a_dribbling_body_keeps_its_connection_but_not_the_budget():
     """A body that keeps arriving (at least min_body_rate) is not cut by the stall rule, and
     what it holds is only what it sent: a full-size request still fits beside it (the budget
     holds one full-size JSON request: its body and what parsing it takes)."""
-    srv = RestInThread(max_request_bytes=4096, max_buffered_bytes=4 * 4096, header_timeout=30,
+    srv = RestInThread(max_request_bytes=4096, max_buffered_bytes=8 * 4096, header_timeout=30,
                        idle_timeout=30, body_timeout=60, body_stall_timeout=2.0,
                        min_body_rate=8)
     stop = threading.Event()
@@ -330,11 +330,12 @@ class ServerProcess:
     """``python -m enclave_build.model_server`` on 127.0.0.1 (REST only) with the test backends."""
 
     def __init__(self, tmp: Path, models: list[dict], limits: dict | None = None,
-                 drain_seconds: float = 10, nofile: int | None = None) -> None:
+                 drain_seconds: float = 10, nofile: int | None = None,
+                 tls: dict | None = None) -> None:
         cfg = {"version": 1, "service": "t", "grpc": None,
                "rest": {"host": "127.0.0.1", "port": 0},
                "limits": {"max_request_bytes": 1 << 20, **(limits or {})},
-               "drain_seconds": drain_seconds, "models": models}
+               "drain_seconds": drain_seconds, "models": models, "tls": tls}
         path = tmp / f"server-{id(self)}.json"
         path.write_text(json.dumps(cfg))
 
@@ -375,6 +376,14 @@ class ServerProcess:
         """A /proc/PID/status value in KiB (VmHWM: peak resident memory)."""
         text = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1))
+
+    def reset_peak(self) -> int:
+        """Reset VmHWM to the current resident memory; returns that (KiB)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        return self.status("VmRSS")
+
+    def open_files(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -510,3 +519,314 @@ def test_sigterm_drain_is_bounded_and_every_queued_request_is_answered(tmp_path)
     assert (int(queued.group(1)) if queued else 0) + \
         (int(by_rest.group(1)) if by_rest else 0) == cut, s.stderr
     assert re.search(r"0 unanswered", s.stderr), s.stderr
+
+
+# ---------------------------------------------------------------- what a body may cost
+
+MIB = 1 << 20
+
+
+def _binary_post(model: str, head: bytes, data: bytes, extra: str = "") -> bytes:
+    return (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Inference-Header-Content-Length: {len(head)}\r\n"
+            f"Content-Length: {len(head) + len(data)}\r\n{extra}\r\n").encode() + head + data
+
+
+def _json_post(model: str, body: bytes) -> bytes:
+    return (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+@pytest.mark.integration
+def test_bodies_that_grow_once_decoded_cost_what_the_budget_allows(tmp_path):
+    """What parsing and decoding a body allocates is reserved before it is done, and the JSON
+    part of a request is at most max_json_bytes: a 57 MiB body of empty lists took the server
+    from 69 MiB to 1.5 GiB, 57 MiB of 1-byte BYTES elements to 950 MiB. Scaled down (budget
+    32 MiB): each is refused (413), and the server's peak memory grows by about the body."""
+    s = ServerProcess(tmp_path, [BYTES_MODEL], limits={
+        "max_request_bytes": 8 * MIB, "max_buffered_bytes": 32 * MIB, "max_json_bytes": MIB})
+    try:
+        junk = (b'{"inputs":[{"name":"s","datatype":"BYTES","shape":[1],"data":["a"]}],'
+                b'"junk":[' + b"[]," * (7 * MIB // 3) + b'[]]}')
+        n = 7 * MIB // 5
+        head = json.dumps({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [n],
+                                       "parameters": {"binary_data_size": 5 * n}}]}).encode()
+        tiny = head, b"\1\0\0\0a" * n
+        strings = b'{"inputs":[{"name":"s","datatype":"BYTES","shape":[190000],"data":[' + \
+            b",".join([b'"ab"'] * 190000) + b"]}]}"
+        assert len(strings) < MIB
+        before = s.reset_peak()
+        for request, what in [(_json_post("len", junk), b"limits.max_json_bytes"),
+                              (_binary_post("len", *tiny), b"limits.max_buffered_bytes"),
+                              (_json_post("len", strings), b"limits.max_buffered_bytes")]:
+            answer = s.exchange(request, timeout=60)
+            assert _status(answer) == 413 and what in answer, answer[:300]
+        grown = s.status("VmHWM") - before
+        assert grown < 24 * 1024, f"peak resident memory grew by {grown} KiB"
+        answer = s.exchange(_bytes_request(0, [b"a", b"", b"bc"]))     # still serving
+        assert _status(answer) == 200, answer
+    finally:
+        assert s.stop() == 0, s.stderr
+
+
+@pytest.mark.integration
+def test_one_models_large_documents_do_not_hold_back_another_model(tmp_path):
+    """Large bodies are decoded off the event loop. All of them used to go through one decode
+    thread, first come first served, so another model's request waited for the whole backlog.
+    Now models take turns (one job each at a time): model b's request is answered before
+    model a's backlog is through."""
+    s = ServerProcess(tmp_path, [dict(BYTES_MODEL, name="a"), dict(BYTES_MODEL, name="b")],
+                      limits={"max_request_bytes": 8 * MIB, "max_buffered_bytes": 1 << 30})
+    a_request = _bytes_request(1_000_000).replace(b"/models/len/", b"/models/a/")
+    b_request = _bytes_request(200_000).replace(b"/models/len/", b"/models/b/")
+    done: list[str] = []
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            def send(name: str, request: bytes) -> None:
+                answer = s.exchange(request, timeout=60)
+                assert _status(answer) == 200, answer[:200]
+                done.append(name)
+            backlog = [pool.submit(send, f"a{i}", a_request) for i in range(3)]
+            time.sleep(0.3)        # (not a synchronisation: a's requests arrive first)
+            b = pool.submit(send, "b", b_request)
+            for f in backlog + [b]:
+                f.result()
+        assert done.index("b") < done.index(done[-1]) and done[-1].startswith("a"), done
+        assert done.index("b") <= 1, done
+    finally:
+        assert s.stop() == 0, s.stderr
+
+
+@pytest.mark.integration
+def test_trickled_bodies_at_the_cap_leave_room_for_health(tmp_path):
+    """max_connections bodies sent one byte every 2 s (under body_stall_timeout), and more on
+    the health-check headroom (GET /v2/health/live with a Content-Length): health probes used
+    to fail (47 of 50). Now a headroom connection may not send a body, and a new connection
+    evicts the body that has been silent the longest."""
+    s = ServerProcess(tmp_path, [BYTES_MODEL], limits={
+        "max_connections": 16, "body_timeout": 60, "body_stall_timeout": 10,
+        "first_byte_timeout": 30, "header_timeout": 30, "idle_timeout": 30})
+    socks = []
+    stop = threading.Event()
+    try:
+        for i in range(16 + 8):
+            sock = s.connect()
+            path, method = (("/v2/health/live", "GET") if i >= 16
+                            else ("/v2/models/len/infer", "POST"))
+            sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n"
+                         "Content-Length: 100000\r\n\r\nx".encode())
+            socks.append(sock)
+            time.sleep(0.02)       # (each one is a body arriving before the next connects)
+
+        def trickle():
+            while not stop.wait(2.0):
+                for sock in socks:
+                    try:
+                        sock.sendall(b"x")
+                    except OSError:
+                        pass
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(0.5)
+        statuses = []
+        for _ in range(8):
+            try:
+                statuses.append(_status(s.exchange(HEALTH, timeout=5)))
+            except OSError as exc:
+                statuses.append(type(exc).__name__)
+            time.sleep(0.5)
+        assert statuses == [200] * 8, statuses
+    finally:
+        stop.set()
+        for sock in socks:
+            sock.close()
+        assert s.stop() == 0, s.stderr
+
+
+@pytest.mark.integration
+def test_tls_handshakes_count_against_the_connection_cap(tmp_path):
+    """Connections in their TLS handshake were not counted (asyncio reported them only after
+    the handshake): 250 silent TCP connections to a TLS port exhausted the process's
+    descriptors (limit 200) and health failed. Now a connection is admitted before its handshake
+    (which must end within first_byte_timeout), and evicted like an idle one at the cap."""
+    import ssl
+
+    from enclave_build.attestation.synthetic import tls_ca_and_server
+
+    ca, cert, key = tls_ca_and_server(tmp_path / "tls")
+    s = ServerProcess(tmp_path, [BYTES_MODEL], nofile=200,
+                      tls={"cert": str(cert), "key": str(key)},
+                      limits={"max_connections": 16, "first_byte_timeout": 30})
+    context = ssl.create_default_context(cafile=str(ca))
+    silent = []
+
+    def health() -> bytes:
+        with context.wrap_socket(s.connect(), server_hostname="localhost") as tls:
+            tls.sendall(HEALTH)
+            return _read_all(tls)
+    try:
+        assert _status(health()) == 200
+        for _ in range(250):
+            silent.append(s.connect())
+        time.sleep(1.0)        # (not a synchronisation: lets the server accept the backlog)
+        assert s.open_files() < 200
+        for _ in range(3):
+            assert _status(health()) == 200
+    finally:
+        for sock in silent:
+            sock.close()
+        assert s.stop() == 0, s.stderr
+    assert "Too many open files" not in s.stderr, s.stderr
+
+
+@pytest.mark.integration
+def test_nearly_complete_bodies_cannot_hold_the_budget(tmp_path):
+    """Four nearly complete bodies trickling a byte every few seconds held the whole byte budget
+    for body_timeout, for any model name (the model was checked after the body). Now a body for
+    a model that does not exist is dropped without reserving anything (404), and when the
+    budget is used up the body silent the longest makes room: a legitimate request is
+    answered."""
+    s = ServerProcess(tmp_path, [{"name": "slow", "backend": "tests.ms_backends:SlowDouble",
+                                  "path": "/none", "options": {"seconds": 0}}],
+                      limits={"max_request_bytes": MIB, "max_buffered_bytes": 4 * MIB,
+                              "body_timeout": 60, "body_stall_timeout": 30,
+                              "min_body_rate": 1})
+    holders = []
+    try:
+        for model in ("nope", "nope", "slow", "slow", "slow", "slow"):
+            sock = s.connect()
+            sock.sendall(f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\n"
+                         f"Inference-Header-Content-Length: 100\r\n"
+                         f"Content-Length: {MIB}\r\n\r\n".encode() + bytes(MIB - 16))
+            holders.append(sock)
+        time.sleep(1.5)             # (the holders go silent)
+        x = np.ones((25000, 2), np.float32)
+        head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [25000, 2],
+                                       "parameters": {"binary_data_size": x.nbytes}}],
+                           "outputs": [{"name": "y", "parameters": {"binary_data": True}}]
+                           }).encode()
+        for _ in range(2):
+            answer = s.exchange(_binary_post("slow", head, x.tobytes()), timeout=30)
+            assert _status(answer) == 200, answer[:300]
+        holders[0].sendall(bytes(16))
+        holders[0].settimeout(10)
+        answer = holders[0].recv(200)
+        assert _status(answer) == 404 and b"unknown model 'nope'" in answer, answer
+    finally:
+        for sock in holders:
+            sock.close()
+        assert s.stop() == 0, s.stderr
+
+
+@pytest.mark.integration
+def test_sigterm_drain_cuts_requests_being_decoded(tmp_path):
+    """Requests waiting to be decoded kept the process alive past the drain bound (exit after
+    10.2 s with a 5 s bound: the decode thread was joined at exit) and were not counted. Now at
+    the drain deadline they are answered 503 and counted as refused, and the process exits
+    within drain_seconds + 2 s."""
+    s = ServerProcess(tmp_path, [BYTES_MODEL], drain_seconds=1, limits={
+        "max_request_bytes": 16 * MIB, "max_buffered_bytes": 1 << 30})
+    request = _bytes_request(3_000_000)
+    socks = []
+    try:
+        before = s.status("VmRSS")
+        for _ in range(4):
+            sock = s.connect(timeout=30)
+            sock.sendall(request)
+            socks.append(sock)
+        _wait_until(lambda: s.status("VmRSS") - before > 64 * 1024, "a decode under way")
+        started = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        rc = s.proc.wait(30)
+        took = time.monotonic() - started
+        answers = [_read_all(sock) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+        s.stop()
+    assert rc == 0, s.stderr
+    assert took < 1 + 2 + 2, (took, s.stderr)
+    statuses = [_status(a) for a in answers]
+    ok, cut = statuses.count(200), statuses.count(503)
+    assert ok + cut == 4 and cut >= 2, answers          # (one decode may end within 1 s)
+    for answer in answers:
+        assert _status(answer) == 200 or b"drain_seconds (1 s)" in answer, answer[:300]
+    stopped = re.search(r"stopped: (\d+) inference requests admitted, (\d+) answered "
+                        r"\((\d+) ok\), (\d+) unanswered; (\d+) refused", s.stderr)
+    assert stopped and stopped.groups() == tuple(map(str, (ok, ok, ok, 0, cut))), s.stderr
+    assert re.search(rf"; {cut} REST requests cut off at the drain deadline", s.stderr), \
+        s.stderr
+
+
+# ---------------------------------------------------------------- connection layer rules
+
+
+def test_a_body_below_min_body_rate_is_answered_408():
+    srv = RestInThread(max_request_bytes=4096, header_timeout=30, idle_timeout=30,
+                       body_timeout=60, body_stall_timeout=0.5, min_body_rate=100)
+    try:
+        with srv.connect() as s:
+            s.sendall(_post(b"{", "Content-Length: 4000\r\n"))
+            for _ in range(30):                          # 20 bytes a second: too slow
+                try:
+                    s.sendall(b" ")
+                except OSError:
+                    break
+                time.sleep(0.05)
+            s.settimeout(10)
+            answer = _read_all(s)
+        assert _status(answer) == 408 and b"limits.min_body_rate (100 bytes/s)" in answer, \
+            answer
+        _wait_until(lambda: srv.rest.budget.used == 0, "its bytes released")
+    finally:
+        srv.close()
+
+
+def test_a_body_for_an_unknown_model_or_too_much_json_reserves_nothing():
+    srv = RestInThread(max_request_bytes=4096, max_json_bytes=1000, header_timeout=30,
+                       idle_timeout=30, body_timeout=60, body_stall_timeout=30)
+    try:
+        with srv.connect() as s:
+            s.sendall(b"POST /v2/models/nope/infer HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 3000\r\n\r\n" + b" " * 2000)
+            time.sleep(0.2)
+            assert srv.rest.budget.used == 0
+            s.sendall(b" " * 1000)
+            answer = s.recv(1000)
+            assert _status(answer) == 404 and b"unknown model 'nope'" in answer, answer
+            s.sendall(_post(b" " * 2000, "Content-Length: 2000\r\n"))
+            answer = s.recv(1000)
+            assert _status(answer) == 413 and b"limits.max_json_bytes (1000)" in answer, answer
+        answer = srv.exchange(_post(b"", "Content-Length: 2000\r\nExpect: 100-continue\r\n"))
+        assert _status(answer) == 413, answer                 # at once: no body to drop
+    finally:
+        srv.close()
+
+
+def test_health_headroom_takes_no_body():
+    """Past max_connections (every connection receiving a body) a few connections are admitted
+    for health checks: one sending a body is refused."""
+    srv = RestInThread(max_connections=2, first_byte_timeout=30, idle_timeout=30,
+                       header_timeout=30, body_timeout=60, body_stall_timeout=60)
+    busy = []
+    try:
+        for _ in range(2):
+            s = srv.connect()
+            s.sendall(_post(b"{", "Content-Length: 100\r\n"))
+            busy.append(s)
+        _wait_until(lambda: srv.rest.budget.used >= 2, "both connections receiving a body")
+        answer = srv.exchange(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: 5\r\n\r\nhello")
+        assert _status(answer) == 503 and b"without a body" in answer, answer
+        assert _status(srv.exchange(HEALTH)) == 200
+    finally:
+        for s in busy:
+            s.close()
+        srv.close()
+
+
+@pytest.mark.parametrize("data", [b"[null,1]", b"[true,false]", b'["1e39",1]'])
+def test_json_fp32_takes_numbers_only(rest_echo, data):
+    body = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":' + data + b"}]}"
+    answer = rest_echo.exchange(_post(body, f"Content-Length: {len(body)}\r\n"
+                                            "Connection: close\r\n"))
+    assert _status(answer) == 400 and b"does not convert to FP32" in answer, answer

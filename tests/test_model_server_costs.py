@@ -1,0 +1,338 @@
+"""What a request may cost the model server, decided before it is paid: the estimates of what
+parsing and decoding allocate, the hold a request keeps in the byte budget, the gate gRPC
+messages wait at before they are received, and the pool large REST documents are decoded in."""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from enclave_build.model_server import protocol as pb
+from enclave_build.model_server.core import ByteBudget, Hold, ServeError
+from enclave_build.model_server.costs import answer_cost, json_cost
+from enclave_build.model_server.datatypes import TensorError, from_list, from_repeated
+from enclave_build.model_server.decode_pool import DecodePool
+from enclave_build.model_server.pb_cost import MAX_FIELDS, MAX_NAME, parse_cost
+from enclave_build.model_server.receive_gate import ReceiveGate, receive_share
+
+# ---------------------------------------------------------------- JSON
+
+ADVERSARIAL_JSON = {
+    "empty lists": b"[" + b"[]," * 100_000 + b"[]]",
+    "empty objects": b"[" + b"{}," * 100_000 + b"{}]",
+    "nested lists": b"[" + b"[[[[[[[[[[]]]]]]]]]]," * 20_000 + b"[]]",
+    "deep": b"[" * 900 + b"]" * 900,
+    "floats": b"[" + b"0.5," * 100_000 + b"1]",
+    "big ints": b"[" + b"1234567890123," * 50_000 + b"1]",
+    "long ints": b"[" + b",".join([b"9" * 4200] * 50) + b"]",
+    "long float": b"[" + b"1" * 200_000 + b".5]",
+    "short strings": b"[" + b'"ab",' * 100_000 + b'"a"]',
+    "keys": b"{" + b",".join(b'"%d":1' % i for i in range(50_000)) + b"}",
+    "one-key objects": b"[" + b'{"a":1},' * 50_000 + b'{"a":1}]',
+    "nulls": b"[" + b"null," * 100_000 + b"null]",
+    "spaces in a string": b'["' + b" " * 300_000 + b'"]',
+    "non-BMP": b'["' + b"a" * 200_000 + "\U0001F600".encode() + b'"]',
+    "non-BMP keys": b'{"\xf0\x9f\x98\x80' + b"a" * 50_000 + b'":1}',
+    "escapes": b'["' + b"\\ud83d\\ude00" * 20_000 + b'"]',
+    "a request": json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 20000],
+                                         "data": np.random.default_rng(1).random(20000)
+                                         .astype(np.float32).tolist()}]}).encode(),
+}
+
+
+def _allocated(fn) -> int:
+    """Peak bytes *fn* allocates (tracemalloc), less what json.loads costs for any document."""
+    json.loads(b"0")
+    gc.collect()
+    tracemalloc.start()
+    json.loads(b"0")
+    base = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        value = fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del value
+    return peak - base
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL_JSON))
+def test_json_cost_bounds_what_parsing_allocates(name):
+    """A 57 MiB body of empty lists took 1.5 GB once parsed (22x); the estimate reserved before
+    parsing is never below what json.loads allocates, whatever the document's shape."""
+    text = ADVERSARIAL_JSON[name]
+    assert json_cost(text) >= _allocated(lambda: json.loads(text)), name
+
+
+def test_json_cost_of_a_float_tensor_is_near_what_it_takes():
+    text = ADVERSARIAL_JSON["a request"]
+    assert json_cost(text) < 2.5 * _allocated(lambda: json.loads(text))
+
+
+# ---------------------------------------------------------------- numbers in JSON
+
+
+@pytest.mark.parametrize("data, what", [
+    ([None, 1], "null"), ([True, 1.0], "a boolean"), ([1.5, False], "a boolean"),
+    (["1e39", 1], "the string '1e39'"), ([" NaN", 1], "the string ' NaN'"),
+    (["nan", 1], "the string 'nan'"), ([[1], [None]], "null"), ([{"a": 1}, 2], "an object"),
+])
+def test_json_numbers_refuse_null_booleans_and_other_strings(data, what):
+    """null used to become NaN, true 1.0, and numpy parsed any numeric-looking string."""
+    with pytest.raises(TensorError, match=f"does not convert to FP32: it holds {what}"):
+        from_list(data, "FP32", [2, 1] if isinstance(data[0], list) else [2])
+
+
+def test_json_numbers_keep_the_documented_names_and_booleans_for_bool():
+    got = from_list(["NaN", "Infinity", "-Infinity", 1], "FP32", [4])
+    assert np.isnan(got[0]) and got[1] == np.inf and got[2] == -np.inf and got[3] == 1
+    assert from_list([[1, 2], [3, 4]], "INT32", [2, 2]).tolist() == [[1, 2], [3, 4]]
+    assert from_list([True, False], "BOOL", [2]).tolist() == [True, False]
+    with pytest.raises(TensorError, match="holds null; expected booleans"):
+        from_list([None, True], "BOOL", [2])
+    with pytest.raises(TensorError, match="INT32: it holds a string"):
+        from_list(["NaN", 1], "INT32", [2])
+
+
+# ---------------------------------------------------------------- typed gRPC contents
+
+
+def _typed(field: str, values, datatype: str = "FP32"):
+    req = pb.ModelInferRequest(model_name="m")
+    t = req.inputs.add(name="x", datatype=datatype, shape=[len(values)])
+    getattr(t.contents, field).extend(values)
+    return pb.ModelInferRequest.FromString(req.SerializeToString())
+
+
+def test_typed_contents_become_arrays_without_a_python_list():
+    values = np.arange(200_000, dtype=np.float32)
+    field = _typed("fp32_contents", values).inputs[0].contents.fp32_contents
+    got = from_repeated(field, "FP32", [1000, 200])
+    assert got.dtype == np.float32 and np.array_equal(got.reshape(-1), values)
+    # a list of per-element floats would take ~32 bytes an element; the array 4
+    assert _allocated(lambda: from_repeated(field, "FP32", [200_000])) < 6 * 200_000
+
+
+def test_typed_contents_checked_against_the_shape_before_anything_is_made():
+    field = _typed("int_contents", [1, 2, 300], "INT8").inputs[0].contents.int_contents
+    with pytest.raises(TensorError, match="needs 1000000000000 elements, got 3"):
+        from_repeated(field, "INT8", [1_000_000, 1_000_000])
+    with pytest.raises(TensorError, match="does not convert to INT8"):
+        from_repeated(field, "INT8", [3])
+
+
+# ---------------------------------------------------------------- protobuf parse cost
+
+
+def _ld(number: int, payload: bytes) -> bytes:
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def test_parse_cost_counts_elements_not_bytes():
+    """A message of 2-byte empty bytes elements grows 16x once parsed; a raw tensor does not."""
+    n = 100_000
+    empties = _ld(1, b"m") + _ld(5, _ld(1, b"s") + _ld(2, b"BYTES") + _ld(5, b"B\x00" * n))
+    raw = _ld(1, b"m") + _ld(7, bytes(2 * n))
+    assert parse_cost(empties) >= 32 * n              # (16-byte views, doubling as they grow)
+    assert parse_cost(raw) < 100
+    packed = _ld(1, b"m") + _ld(5, _ld(5, _ld(3, b"\x01" * n)))      # int64_contents, packed
+    assert parse_cost(packed) >= 8 * n
+
+
+@pytest.mark.parametrize("message, error", [
+    (_ld(1, b"m") + b"2\x00" * (MAX_FIELDS + 1), f"more than {MAX_FIELDS} fields"),
+    (_ld(1, b"m" * (MAX_NAME + 1)), "model_name is longer"),
+    (_ld(5, _ld(3, b"\x01" * 400)), "more than 32 dimensions"),
+    (_ld(5, b"\x0a\x05ab"), "truncated"),
+])
+def test_parse_cost_refuses_what_no_client_sends(message, error):
+    with pytest.raises(ServeError, match=error) as info:
+        parse_cost(message)
+    assert info.value.kind == ServeError.INVALID
+
+
+# ---------------------------------------------------------------- holds and answers
+
+
+def test_hold_grows_shrinks_and_releases():
+    budget = ByteBudget(1000)
+    hold = Hold(budget)
+    hold.grow(300, "x")
+    hold.set(500, "y")
+    assert budget.used == 500 == hold.held
+    hold.set(100, "z")
+    assert budget.used == 100
+    other = Hold(budget, 0)
+    other.grow(800, "w")
+    with pytest.raises(ServeError, match="server busy") as busy:
+        hold.grow(200, "more")
+    assert busy.value.kind == ServeError.UNAVAILABLE
+    with pytest.raises(ServeError, match="more than the server holds") as never:
+        other.grow(300, "too much")
+    assert never.value.kind == ServeError.TOO_LARGE
+    hold.release()
+    other.release()
+    assert budget.used == 0
+
+
+def test_answer_cost_and_max_response_bytes():
+    y = np.zeros((1000, 2), np.float32)
+    assert answer_cost({"y": y}, [("y", True)], 8000) == 8000          # copied into the answer
+    assert answer_cost({"y": y.T}, [("y", True)], 8000) == 16000       # made contiguous first
+    assert answer_cost({"y": y}, [("y", False)], 8000) > 100 * 2000    # JSON: objects, text
+    with pytest.raises(ServeError, match="limits.max_response_bytes 7999") as info:
+        answer_cost({"y": y}, [("y", True)], 7999)
+    assert info.value.kind == ServeError.TOO_LARGE
+
+
+# ---------------------------------------------------------------- the receive gate
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_receive_share_leaves_rest_one_largest_request():
+    assert receive_share(256, 64) == 192
+    assert receive_share(100, 64) == 100
+
+
+def test_gate_reserves_the_largest_message_and_hands_it_over():
+    budget = ByteBudget(400)
+    gate = ReceiveGate(budget, 100, grace=1, max_waiting=2)
+    holders = [gate.enter(lambda: None) for _ in range(3)]      # share: 300
+    assert all(holders) and budget.used == 300 and gate.receiving == 300
+    assert gate.hand_over(holders[0]) == 100                     # now the request's
+    gate.leave(holders[0])                                       # (nothing more to give back)
+    assert budget.used == 300 and gate.receiving == 200
+    gate.leave(holders[1])
+    assert budget.used == 200 and gate.receiving == 100
+    budget.release(100)
+    gate.leave(holders[2])
+    assert budget.used == 0 and gate.holders == 0
+
+
+def test_gate_waiters_get_room_newest_first_and_old_holders_are_evicted():
+    """Holders that never receive their message are cancelled once they have held their room
+    for `grace` seconds while someone waits; the newest waiter gets the room first."""
+    clock = _Clock()
+    budget = ByteBudget(300)
+    gate = ReceiveGate(budget, 100, grace=0.5, max_waiting=4, clock=clock)   # share: 200
+    cancelled = []
+    stalled = gate.enter(lambda: cancelled.append("stalled"))
+    assert stalled is not None and budget.used == 100
+    second = gate.enter(lambda: cancelled.append("second"))
+    assert second is not None and gate.receiving == 200
+    got = {}
+
+    def wait(name: str) -> None:
+        got[name] = gate.enter(lambda: cancelled.append(name))
+    first_waiter = threading.Thread(target=wait, args=("older",))
+    first_waiter.start()
+    _until(lambda: gate.waiting == 1)
+    newest = threading.Thread(target=wait, args=("newer",))
+    newest.start()
+    _until(lambda: gate.waiting == 2)
+    assert not cancelled
+    gate.leave(second)                                  # room for one: the newest waiter
+    newest.join(5)
+    assert got["newer"] is not None and "older" not in got
+    clock.now += 1.0                                    # `stalled` has held room for 1 s
+    _until(lambda: cancelled == ["stalled"])            # ... so the older waiter evicts it
+    gate.leave(stalled)                                 # (its call ends: room given back)
+    first_waiter.join(5)
+    assert got["older"] is not None
+    for holder in (got["older"], got["newer"]):
+        gate.leave(holder)
+    assert budget.used == 0
+
+
+def test_gate_waiting_room_drops_the_longest_waiter_and_wait_ends():
+    budget = ByteBudget(100)
+    gate = ReceiveGate(budget, 100, grace=30, max_waiting=1)
+    holder = gate.enter(lambda: None)
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("old", gate.enter(lambda: None)))
+    t.start()
+    _until(lambda: gate.waiting == 1)
+    t2 = threading.Thread(target=lambda: got.setdefault("new", gate.enter(lambda: None)))
+    t2.start()
+    t.join(5)
+    assert got["old"] is None                           # dropped for the newer one
+    gate.leave(holder)
+    t2.join(5)
+    assert got["new"] is not None
+    gate.leave(got["new"])
+    short = ReceiveGate(ByteBudget(100), 100, grace=0.05, max_waiting=1)
+    short.enter(lambda: None)
+    assert short.enter(lambda: None) is None            # no room within the grace
+
+
+def _until(condition, timeout: float = 5.0) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not reached"
+        time.sleep(0.005)
+
+
+# ---------------------------------------------------------------- the decode pool
+
+
+def test_decode_pool_serves_models_in_turn_and_close_cancels_queued_jobs():
+    """One model's queue of large documents no longer delays another model's: a model runs
+    one job at a time and the models take turns. Closing cancels what has not started."""
+    pool = DecodePool(threads=1)
+    gate = threading.Event()
+    order = []
+
+    def job(name):
+        if name == "a1":
+            gate.wait(5)
+        order.append(name)
+        return name
+    first = pool.submit("a", job, "a1")
+    _until(lambda: pool.queued == 0)                    # a1 runs (and blocks)
+    a2, a3 = pool.submit("a", job, "a2"), pool.submit("a", job, "a3")
+    b1 = pool.submit("b", job, "b1")
+    gate.set()
+    assert [f.result(5) for f in (first, b1, a2, a3)] == ["a1", "b1", "a2", "a3"]
+    assert order == ["a1", "b1", "a2", "a3"]           # b1 before a's backlog
+    gate.clear()
+    blocker = pool.submit("a", job, "a1")
+    _until(lambda: pool.queued == 0)
+    queued = [pool.submit("a", job, "x"), pool.submit("b", job, "y")]
+    assert pool.close() == 2 and all(f.cancelled() for f in queued)
+    gate.set()
+    assert blocker.result(5) == "a1"
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit("a", job, "z")
+
+
+def test_an_output_asked_for_twice_is_refused():
+    from .test_model_server import _echo_model
+
+    model = _echo_model()
+    assert model.check_outputs(["y", "n"]) == ["y", "n"]
+    with pytest.raises(ServeError, match="output 'y' requested more than once") as info:
+        model.check_outputs(["y"] * 400)
+    assert info.value.kind == ServeError.INVALID
