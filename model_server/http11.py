@@ -221,6 +221,8 @@ class Connection(asyncio.Protocol):
         self.state = _IDLE
         self._arm(self.loop.time() + min(self.limits.first_byte_timeout,
                                          self.limits.idle_timeout))
+        if self.pending:
+            self._resume_pending()
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -246,6 +248,10 @@ class Connection(asyncio.Protocol):
             self.linger_left -= len(data)
             if self.linger_left <= 0:
                 self._close()
+        elif state == _HANDSHAKE:
+            # the handshake is done (TLS delivers nothing before) but start_tls has not
+            # returned yet: kept for when it has
+            self.pending += data
 
     def eof_received(self) -> bool:
         self.peer_eof = True
