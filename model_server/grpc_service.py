@@ -250,7 +250,7 @@ class GRPCService:
 
     def model_infer(self, requests, context) -> bytes:
         engine = self.engine
-        holder = self.gate.enter(context.cancel)     # room for the message, before it arrives
+        holder = self.gate.enter(context.cancel, context.peer())   # room, before the message
         if holder is None:
             engine.counters.add("refused")
             self.metrics.observe(UNKNOWN_MODEL, "grpc", ServeError.UNAVAILABLE, 0.0)

@@ -7,13 +7,17 @@ message: however many calls are open, the messages being received take at most w
 holds. Calls receiving together may hold at most the budget less one largest request
 (:func:`receive_share`), so REST always has room beside them.
 
-A call that finds no room waits for it, for at most ``grace`` seconds, and at most
-``max_waiting`` calls wait (a further one drops the longest waiter): waiting costs a handler
-thread, and handler threads must stay free for calls whose message has arrived. The newest
-waiter gets room first, so a burst of calls that never send their message does not make a later
-call queue behind it. Since grpc cannot tell a stalled message from a large one arriving slowly,
-a call still receiving after ``grace`` seconds (``limits.first_byte_timeout``) is cancelled when
-another call is waiting for its room; without contention it may take ``limits.body_timeout``.
+A call that finds no room waits for it, for at most twice ``grace`` seconds, and at most
+``max_waiting`` calls wait: waiting costs a handler thread, and handler threads must stay free
+for calls whose message has arrived. When the waiting room is full, a new call drops the longest
+waiter of the connection with the most calls waiting (itself, if that is its own connection), so
+a client opening many streams that never send their message crowds out its own calls, not
+another client's. The newest waiter gets room first: a legitimate call arriving after a burst of
+stalled ones does not queue behind them, and room a legitimate call gives back (its message
+arrives at once) goes to the next one. Since grpc cannot tell a stalled message
+from a large one arriving slowly, a call still receiving after ``grace`` seconds
+(``limits.first_byte_timeout``) is cancelled when another call is waiting for its room; without
+contention it may take ``limits.body_timeout``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from .core import ByteBudget
 log = logging.getLogger("model_server")
 
 
+
 def receive_share(budget: int, slot: int) -> int:
     """Bytes gRPC calls receiving their messages may reserve together: the budget less one
     largest request (when it holds two or more), so one protocol's receivers cannot take it
@@ -38,23 +43,25 @@ def receive_share(budget: int, slot: int) -> int:
 class Holder:
     """A call holding room for its message."""
 
-    __slots__ = ("since", "cancel", "evicted", "bytes")
+    __slots__ = ("since", "cancel", "evicted", "bytes", "peer")
 
-    def __init__(self, since: float, cancel: Callable[[], None], size: int) -> None:
+    def __init__(self, since: float, cancel: Callable[[], None], size: int, peer: str) -> None:
         self.since = since
         self.cancel = cancel
         self.evicted = False
         self.bytes = size
+        self.peer = peer
 
 
 class _Waiter:
-    __slots__ = ("event", "holder", "cancel", "dropped")
+    __slots__ = ("event", "holder", "cancel", "dropped", "peer")
 
-    def __init__(self, cancel: Callable[[], None]) -> None:
+    def __init__(self, cancel: Callable[[], None], peer: str) -> None:
         self.event = threading.Event()
         self.holder: Holder | None = None
         self.cancel = cancel
         self.dropped = False
+        self.peer = peer
 
 
 class ReceiveGate:
@@ -69,6 +76,7 @@ class ReceiveGate:
         self.receiving = 0                      # bytes reserved by holders
         self._holders: list[Holder] = []
         self._waiters: list[_Waiter] = []       # oldest first
+        self._waiting_of: dict[str, int] = {}   # connection -> its calls waiting
         self._lock = threading.Lock()
         budget.on_release(self._room_changed)
 
@@ -80,22 +88,31 @@ class ReceiveGate:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def enter(self, cancel: Callable[[], None]) -> Holder | None:
-        """Room for one message, or None when there was none within ``grace`` seconds (or the
-        call was dropped from the waiting room). *cancel* ends the call (eviction)."""
+    def enter(self, cancel: Callable[[], None], peer: str = "") -> Holder | None:
+        """Room for one message, or None when there was none within twice ``grace`` seconds (or
+        the call was dropped from the waiting room). *cancel* ends the call (eviction); *peer*
+        names its connection."""
         with self._lock:
             if not self._waiters:
-                holder = self._take()
+                holder = self._take(peer)
                 if holder is not None:
                     holder.cancel = cancel
                     return holder
-            waiter = _Waiter(cancel)
             if len(self._waiters) >= self.max_waiting:
-                oldest = self._waiters.pop(0)
+                crowd = max(self._waiting_of, key=self._waiting_of.__getitem__)
+                if self._waiting_of.get(peer, 0) >= self._waiting_of[crowd]:
+                    crowd = peer                   # its own connection crowds the room
+                oldest = next(w for w in self._waiters if w.peer == crowd)
+                self._waiters.remove(oldest)
+                self._out(crowd)
                 oldest.dropped = True
                 oldest.event.set()
+            waiter = _Waiter(cancel, peer)
             self._waiters.append(waiter)
-        deadline = self.clock() + self.grace
+            self._waiting_of[peer] = self._waiting_of.get(peer, 0) + 1
+        # (every holder may be evicted within `grace` of getting its room, so a waiter that
+        # waits twice that sees at least one chance)
+        deadline = self.clock() + 2 * self.grace
         while True:
             with self._lock:
                 if waiter.holder is not None or waiter.dropped:
@@ -106,6 +123,7 @@ class ReceiveGate:
                     deadline = max(deadline, now + self.grace)
                 elif now >= deadline:
                     self._waiters.remove(waiter)
+                    self._out(peer)
                     return None
                 wait = deadline - now if evict_at is None else min(deadline, evict_at) - now
             for victim in victims:
@@ -137,10 +155,18 @@ class ReceiveGate:
 
     # ------------------------------------------------------------ under the lock
 
-    def _take(self) -> Holder | None:
+    def _out(self, peer: str) -> None:
+        """A waiter of connection *peer* left the waiting room."""
+        left = self._waiting_of[peer] - 1
+        if left:
+            self._waiting_of[peer] = left
+        else:
+            del self._waiting_of[peer]
+
+    def _take(self, peer: str) -> Holder | None:
         if self.receiving + self.slot > self.share or not self.budget.try_reserve(self.slot):
             return None
-        holder = Holder(self.clock(), _nothing, self.slot)
+        holder = Holder(self.clock(), _nothing, self.slot, peer)
         self._holders.append(holder)
         self.receiving += self.slot
         return holder
@@ -171,10 +197,11 @@ class ReceiveGate:
             return
         with self._lock:
             while self._waiters:
-                holder = self._take()
+                holder = self._take(self._waiters[-1].peer)
                 if holder is None:
                     return
                 waiter = self._waiters.pop()          # the newest first
+                self._out(waiter.peer)
                 holder.cancel = waiter.cancel
                 waiter.holder = holder
                 waiter.event.set()

@@ -336,3 +336,32 @@ def test_an_output_asked_for_twice_is_refused():
     with pytest.raises(ServeError, match="output 'y' requested more than once") as info:
         model.check_outputs(["y"] * 400)
     assert info.value.kind == ServeError.INVALID
+
+
+def test_a_crowded_waiting_room_drops_the_crowding_connections_waiters():
+    """A client opening many streams that never send their message fills the waiting room with
+    its own calls: a call from another connection then drops one of those, not the other way
+    round."""
+    budget = ByteBudget(100)
+    gate = ReceiveGate(budget, 100, grace=30, max_waiting=2)
+    first = gate.enter(lambda: None, "ipv4:10.0.0.1:1")
+    got = {}
+
+    def enter(name: str, peer: str) -> threading.Thread:
+        t = threading.Thread(target=lambda: got.setdefault(name, gate.enter(lambda: None, peer)))
+        t.start()
+        return t
+    crowd = [enter("a1", "ipv4:10.0.0.1:1")]
+    _until(lambda: gate.waiting == 1)
+    crowd.append(enter("a2", "ipv4:10.0.0.1:1"))
+    _until(lambda: gate.waiting == 2)
+    other = enter("b", "ipv4:10.0.0.1:2")              # the room is full: a1 is dropped
+    crowd[0].join(5)
+    assert got["a1"] is None and gate.waiting == 2
+    gate.leave(first)                                  # room: the newest waiter, b
+    other.join(5)
+    assert got["b"] is not None and "a2" not in got
+    gate.leave(got["b"])
+    crowd[1].join(5)
+    gate.leave(got["a2"])
+    assert budget.used == 0 and gate.holders == 0 and gate.waiting == 0
