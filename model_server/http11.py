@@ -514,13 +514,15 @@ class Connection(asyncio.Protocol):
         need = self.need
         take = min(n, need)
         budget = self.server.budget
-        if not budget.try_reserve(take) and not (self.server.make_room(self) and
-                                                 budget.try_reserve(take)):
+        # a body arriving in pieces grows a buffer, which allocates up to 1/8 ahead
+        cost = take if take == need and self.body is None else take + (take >> 3)
+        if not budget.try_reserve(cost) and not (self.server.make_room(self) and
+                                                 budget.try_reserve(cost)):
             self.server.app.refused(self.req.target, 503)
             self._refuse(503, f"server busy: no room for {take} more request bytes "
                          f"(limits.max_buffered_bytes {budget.limit})")
             return
-        self.reserved += take
+        self.reserved += cost
         self.window_bytes += take
         self.last_bytes = self.loop.time()
         if n > need:
