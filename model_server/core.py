@@ -156,11 +156,22 @@ class ByteBudget:
         self.used = 0
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        self._reclaimers: list[Callable[[], None]] = []
 
     def on_release(self, listener: Callable[[], None]) -> None:
         """Call *listener* (quick, from any thread, outside the budget's lock) after bytes go
         back to the budget."""
         self._listeners.append(listener)
+
+    def on_pressure(self, reclaimer: Callable[[], None]) -> None:
+        """Call *reclaimer* (quick, from any thread) when someone is waiting for room: it may
+        free some, e.g. by refusing a body that has stopped arriving."""
+        self._reclaimers.append(reclaimer)
+
+    def press(self) -> None:
+        """Someone waits for room (see :meth:`on_pressure`)."""
+        for reclaimer in self._reclaimers:
+            reclaimer()
 
     def try_reserve(self, n: int) -> bool:
         with self._lock:

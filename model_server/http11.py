@@ -13,7 +13,8 @@ Each connection has one deadline (one timer, re-armed lazily) whose meaning foll
 * a response the client does not read: ``idle_timeout`` (then the connection is dropped).
 
 With TLS the connection is admitted (and counted against the cap) before its handshake, which
-must end within ``first_byte_timeout``.
+must end within ``first_byte_timeout``; at most :data:`HANDSHAKES` are in progress at once (a
+new one drops the oldest).
 
 Before a body is read the application says whether it wants it (:meth:`Application.admit_body`):
 a body for an unknown model, or a JSON part over its limit, is read and dropped without
@@ -51,6 +52,7 @@ LINGER_SECONDS = 5.0         # ... for up to this long, then close
 OVER_CAP_LINGER = (64 << 10, 0.5)   # the same for a connection refused at the cap
 HEADROOM = 8                 # connections past max_connections, for health checks only
 SLOW_BODY_SECONDS = 1.0      # a body silent this long may be refused to make room
+HANDSHAKES = 32              # TLS handshakes at once (each holds asyncio's 256 KiB buffer)
 PENDING_LIMIT = 64 << 10     # pipelined bytes buffered while a request is served
 DISCARD_FACTOR = 4           # oversize bodies up to this many times the limit are read and dropped
 _SINGLE = frozenset(("content-length", "transfer-encoding", "inference-header-content-length",
@@ -200,6 +202,7 @@ class Connection(asyncio.Protocol):
         if tls is not None:
             self.state = _HANDSHAKE
             transport.pause_reading()      # nothing reaches this protocol before the handshake
+            self.server.handshake_begins(self)
             self.handshake = self.loop.create_task(self._start_tls(transport, tls))
 
     async def _start_tls(self, raw, context) -> None:
@@ -217,6 +220,7 @@ class Connection(asyncio.Protocol):
         if self.state != _HANDSHAKE:       # closed meanwhile
             transport.abort()
             return
+        self.server.handshaking.pop(self, None)
         self.transport = transport
         self.state = _IDLE
         self._arm(self.loop.time() + min(self.limits.first_byte_timeout,
@@ -270,6 +274,7 @@ class Connection(asyncio.Protocol):
         if self.state == _CLOSED:
             return
         self.state = _CLOSED
+        self.server.handshaking.pop(self, None)
         if self.handshake is not None:
             self.handshake.cancel()
         self._release()
@@ -802,6 +807,8 @@ class HTTPServer:
         self.server: asyncio.base_events.Server | None = None
         self.ssl_context = None
         self._changed: asyncio.Event | None = None
+        budget.on_pressure(self.reclaim)
+        self.handshaking: dict[Connection, None] = {}   # in their TLS handshake, oldest first
 
     async def start(self, host: str, port: int, ssl_context=None) -> int:
         """Listen; with *ssl_context*, each connection's TLS handshake starts once it is
@@ -865,7 +872,21 @@ class HTTPServer:
                 best, rank = conn, 3
         return first_idle or best
 
-    def make_room(self, needy: Connection) -> bool:
+    def handshake_begins(self, conn: Connection) -> None:
+        """At most HANDSHAKES at once: the oldest one still going is dropped for a new one
+        (a handshake takes milliseconds; one that has not ended is most likely silent)."""
+        if len(self.handshaking) >= HANDSHAKES:
+            next(iter(self.handshaking))._abort()
+        self.handshaking[conn] = None
+
+    def reclaim(self) -> None:
+        """Another protocol waits for room in the budget (any thread): make some, on the loop."""
+        try:
+            self.loop.call_soon_threadsafe(self.make_room, None)
+        except (AttributeError, RuntimeError):          # not started, or closed
+            pass
+
+    def make_room(self, needy: Connection | None) -> bool:
         """The byte budget is used up: refuse the body silent the longest (at least
         SLOW_BODY_SECONDS) other than *needy*'s, so its bytes go back. False if there is none."""
         quietest = None

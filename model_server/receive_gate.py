@@ -17,7 +17,9 @@ stalled ones does not queue behind them, and room a legitimate call gives back (
 arrives at once) goes to the next one. Since grpc cannot tell a stalled message
 from a large one arriving slowly, a call still receiving after ``grace`` seconds
 (``limits.first_byte_timeout``) is cancelled when another call is waiting for its room; without
-contention it may take ``limits.body_timeout``.
+contention it may take ``limits.body_timeout``. When it is the byte budget that is short (REST
+bodies hold it), a waiter says so (``ByteBudget.press``): REST then refuses a body that has
+stopped arriving, as it does for its own requests.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from typing import Callable
 from .core import ByteBudget
 
 log = logging.getLogger("model_server")
+
+#: How often a waiter tells the budget it is short of room (see ByteBudget.press).
+PRESS_EVERY = 0.5
 
 
 
@@ -110,6 +115,7 @@ class ReceiveGate:
             waiter = _Waiter(cancel, peer)
             self._waiters.append(waiter)
             self._waiting_of[peer] = self._waiting_of.get(peer, 0) + 1
+        pressed = 0.0
         # (every holder may be evicted within `grace` of getting its room, so a waiter that
         # waits twice that sees at least one chance)
         deadline = self.clock() + 2 * self.grace
@@ -126,9 +132,13 @@ class ReceiveGate:
                     self._out(peer)
                     return None
                 wait = deadline - now if evict_at is None else min(deadline, evict_at) - now
+                short = self.receiving + self.slot <= self.share   # the budget is what is short
             for victim in victims:
                 victim()                               # (outside the lock: grpc takes its own)
-            waiter.event.wait(max(0.0, wait))
+            if short and now - pressed >= PRESS_EVERY:
+                pressed = now
+                self.budget.press()                    # (REST may refuse a stalled body)
+            waiter.event.wait(max(0.0, min(wait, PRESS_EVERY)))
         if waiter.dropped:
             return None
         return waiter.holder

@@ -542,3 +542,27 @@ def test_message_less_streams_over_many_connections_leave_threads_free(tmp_path)
         for conn in attackers:
             conn.close()
         assert server.stop() == 0, server.stderr
+
+
+def test_rest_bodies_that_stopped_arriving_make_room_for_grpc(tmp_path):
+    """REST bodies that have stopped arriving held the whole byte budget, and a gRPC call (its
+    message checked against the budget once received) was refused RESOURCE_EXHAUSTED. Now a
+    gRPC call waiting for room tells the budget, and REST refuses the body silent the longest."""
+    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
+        "max_request_bytes": MIB, "max_buffered_bytes": 4 * MIB, "body_timeout": 60,
+        "body_stall_timeout": 30, "min_body_rate": 1})
+    host, port = server.rest.rsplit(":", 1)
+    holders = []
+    try:
+        for _ in range(4):
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n"
+                         b"Inference-Header-Content-Length: 100\r\n"
+                         + f"Content-Length: {MIB}\r\n\r\n".encode() + bytes(MIB - 64 * 1024))
+            holders.append(sock)
+        time.sleep(1.5)                                   # (the bodies go silent)
+        assert grpc_infer(server.grpc, "m", timeout=30) == "ok"
+    finally:
+        for sock in holders:
+            sock.close()
+        assert server.stop() == 0, server.stderr
