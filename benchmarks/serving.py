@@ -232,6 +232,24 @@ def run_load(kind: str, concurrency: int, address: str, model: Path, seconds: fl
     return row
 
 
+#: Runs ``python -m enclave_build.model_server`` from the checkout given as argv[1]. An editable
+#: install maps the namespace's subpackages to its own checkout (its import hook would find them
+#: first), so the hook is removed and the namespace extended with that checkout's directories,
+#: as the installed package-dir mapping does (``enclave_build.model_server`` -> model_server/).
+_RUN_FROM_ROOT = """
+import runpy, sys
+root = sys.argv.pop(1)
+sys.meta_path[:] = [f for f in sys.meta_path
+                    if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path.insert(0, root)
+for name in [m for m in sys.modules if m == "enclave_build" or m.startswith("enclave_build.")]:
+    del sys.modules[name]
+import enclave_build
+enclave_build.__path__.append(root)
+runpy.run_module("enclave_build.model_server", run_name="__main__", alter_sys=True)
+"""
+
+
 class ServerProc:
     def __init__(self, model: Path, instances: int, workdir: Path, pin: list[int] | None,
                  root: Path = REPO):
@@ -244,9 +262,9 @@ class ServerProc:
                            "instances": instances, "threads": 1}]}
         path = workdir / f"bench-{instances}.json"
         path.write_text(json.dumps(cfg))
-        self.proc = subprocess.Popen([sys.executable, "-m", "enclave_build.model_server", "--config",
-                                      str(path)], stderr=subprocess.PIPE, text=True, cwd=root,
-                                     env={**os.environ, "PYTHONPATH": str(root)})
+        self.proc = subprocess.Popen([sys.executable, "-c", _RUN_FROM_ROOT, str(root),
+                                      "--config", str(path)], stderr=subprocess.PIPE, text=True,
+                                     cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
         if pin:
             os.sched_setaffinity(self.proc.pid, pin)
         self.lines = []

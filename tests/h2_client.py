@@ -75,14 +75,14 @@ class H2Connection:
                      seconds: float) -> dict[int, int]:
         """On each of *streams* (opened), a gRPC message announcing *announce* bytes, sent as
         far as the server's flow-control windows allow but never past *limit* bytes (so never
-        complete), for *seconds*. Returns the bytes sent per stream; streams the server ended
-        stop counting."""
+        complete), for *seconds* or until the server has ended every stream. Returns the bytes
+        sent per stream."""
         conn_window = 65535
         windows = {s: 65535 for s in streams}
         sent = {s: 0 for s in streams}
         deadline = time.monotonic() + seconds
         chunk = bytes(16384)
-        while time.monotonic() < deadline and not self.closed:
+        while time.monotonic() < deadline and not self.closed and windows:
             for frame in self.read_frames(0.005):
                 if isinstance(frame, WindowUpdateFrame):
                     if frame.stream_id == 0:
