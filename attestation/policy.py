@@ -32,6 +32,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.secrets_config import (ENCODINGS, KEY_SIZE,  # noqa: F401
+                                                   SecretRule, hex_dashes)
+
 from .measurements import Measurements, MeasurementsError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
@@ -41,46 +45,8 @@ class PolicyError(ValueError):
     """The policy configuration is invalid."""
 
 
-@dataclass(frozen=True)
-class Identity:
-    """What an attested quote says about the enclave."""
-
-    mr_enclave: str
-    mr_signer: str
-    isv_prod_id: int
-    isv_svn: int
-    debug: bool = False
-
-
-#: How a secret is handed over: its bytes as stored (``raw``), or, for a 16-byte key, the text
-#: ``xx-xx-...-xx`` + newline (``hex-dashes``) that Occlum's init parses for its image key.
-ENCODINGS = ("raw", "hex-dashes")
-KEY_SIZE = 16
-
-
-def hex_dashes(key: bytes) -> bytes:
-    """A 16-byte key as Occlum's init and ``occlum build --image-key`` read it (the format of
-    ``occlum gen-image-key``): 16 lower-case hex bytes joined by '-', then a newline (48 bytes,
-    a multiple of 3, so Occlum's GrSecret client decodes it with nothing appended)."""
-    if len(key) != KEY_SIZE:
-        raise ValueError(f"an Occlum image key has {KEY_SIZE} bytes, not {len(key)}")
-    return ("-".join(f"{b:02x}" for b in key) + "\n").encode()
-
-
-@dataclass(frozen=True)
-class SecretRule:
-    name: str
-    file: Path | None   # None: uploaded by an owner at run time (attestation.upload)
-    allow: tuple[str, ...]
-    match: str = "mr_enclave"
-    encoding: str = "raw"            # one of ENCODINGS
-    #: The name a GrSecret client asks for when it is not *name* (Occlum's init asks for its
-    #: image key as "image_key"); several rules may share it, each for its own enclaves.
-    requested_as: str | None = None
-
-    def encode(self, secret: bytes) -> bytes:
-        """What the enclave receives for the stored *secret* (ValueError if it cannot be)."""
-        return secret if self.encoding == "raw" else hex_dashes(secret)
+#: What an attested quote says about the enclave (the contract's one enclave identity).
+Identity = EnclaveIdentity
 
 
 @dataclass(frozen=True)

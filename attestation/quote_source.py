@@ -23,9 +23,10 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from enclave_build.contract.names import SIMULATED_QUOTER_ENV
+
 from . import wire
 
-SIMULATED_QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
 ATTESTATION_ROOT = Path("/dev/attestation")
 
 QuoteSource = Callable[[bytes], bytes]   # report_data (64 bytes) -> quote

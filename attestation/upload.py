@@ -47,6 +47,9 @@ from typing import Callable, Iterable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from enclave_build.contract import secrets_config as _contract
+from enclave_build.contract.schema import Problem, validate_table
+
 from .wire import WRAP_KEY_SIZE
 
 REQUEST = b"ENCLAVE_BUILD_UPLOAD_V1\0"
@@ -81,11 +84,25 @@ class OwnerCertificate:
 
 
 @dataclass(frozen=True)
-class UploadSettings:
-    owners: tuple[OwnerCertificate, ...]
+class UploadSettings(_contract.UploadSettings):
+    """secrets.toml's ``[upload]`` with its owners' certificates read (pinned at start)."""
+
+    certificates: tuple[OwnerCertificate, ...] = ()
 
     def owner(self, fingerprint: str) -> OwnerCertificate | None:
-        return next((o for o in self.owners if o.sha256 == fingerprint), None)
+        return next((o for o in self.certificates if o.sha256 == fingerprint), None)
+
+    @classmethod
+    def read(cls, settings: _contract.UploadSettings) -> "UploadSettings":
+        """*settings* with every owner certificate read; UploadConfigError naming
+        ``upload.owners[N]`` otherwise."""
+        loaded = []
+        for index, path in enumerate(settings.owners):
+            try:
+                loaded.append(load_owner_certificate(path))
+            except UploadConfigError as exc:
+                raise UploadConfigError(f"upload.owners[{index}]: {exc}") from None
+        return cls(tuple(settings.owners), tuple(loaded))
 
 
 def load_owner_certificate(path: Path) -> OwnerCertificate:
@@ -104,24 +121,17 @@ def load_owner_certificate(path: Path) -> OwnerCertificate:
 
 
 def load_settings(table: object, base: Path, source: str) -> UploadSettings:
-    """``[upload]`` of secrets.toml (relative paths against *base*); errors name file and key."""
-    if not isinstance(table, dict):
-        raise UploadConfigError(f"{source}: upload: expected a table")
-    extra = sorted(set(table) - {"owners"})
-    if extra:
-        raise UploadConfigError(f"{source}: upload.{extra[0]}: unknown key; allowed: owners")
-    owners = table.get("owners")
-    if not isinstance(owners, list) or not owners or \
-            not all(isinstance(o, str) and o for o in owners):
-        raise UploadConfigError(f"{source}: upload.owners: expected a non-empty array of "
-                                "certificate files (PEM): the owners who may upload keys")
-    loaded = []
-    for index, name in enumerate(owners):
-        try:
-            loaded.append(load_owner_certificate(base / name))
-        except UploadConfigError as exc:
-            raise UploadConfigError(f"{source}: upload.owners[{index}]: {exc}") from None
-    return UploadSettings(tuple(loaded))
+    """An ``[upload]`` table of secrets.toml (relative paths against *base*), checked by the
+    contract's schema, with the certificates read; errors name file and key."""
+    problems: list[Problem] = []
+    values = validate_table(_contract.UPLOAD, table, ("upload",), base, problems)
+    if problems:
+        raise UploadConfigError("\n".join(f"{source}: {p.key}: {p.message}" for p in problems))
+    try:
+        return UploadSettings.read(_contract.UploadSettings(
+            tuple(base / o for o in values["owners"])))
+    except UploadConfigError as exc:
+        raise UploadConfigError(f"{source}: {exc}") from None
 
 
 def is_owner_certificate(der: bytes) -> bool:

@@ -48,11 +48,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from enclave_build.contract import tcb as _tcb
+from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.tcb import TCB_STATUSES
+
 from .quote import (FLAG_DEBUG, FLAG_EINITTOKEN_KEY, FLAG_INIT, FLAG_MODE64BIT,
                     FLAG_PROVISION_KEY, HEADER_LEN, SIGNED_LEN, Quote, QuoteFormatError)
 
-TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
-                "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded")
 
 
 class QuoteRejected(Exception):
@@ -64,27 +66,20 @@ class VerifierConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class TcbPolicy:
-    allowed_statuses: frozenset[str] = frozenset({"UpToDate"})
-    allowed_advisories: frozenset[str] | None = None   # None: any advisory of an allowed status
-    denied_advisories: frozenset[str] = frozenset()
-    allow_debug: bool = False
+class TcbPolicy(_tcb.TcbPolicy):
+    """The contract's TCB policy (:class:`enclave_build.contract.tcb.TcbPolicy`), refused where
+    this verifier cannot honour it: VerifierConfigError."""
 
     def __post_init__(self) -> None:
-        unknown = set(self.allowed_statuses) - set(TCB_STATUSES)
-        if unknown:
-            raise VerifierConfigError(f"unknown TCB status {sorted(unknown)[0]!r}; known: "
-                                      f"{', '.join(TCB_STATUSES)}")
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            raise VerifierConfigError(str(exc)) from None
         if self.allow_debug:
             # dcap-qvl's Python binding refuses debug enclaves unconditionally.
             raise VerifierConfigError(
                 "allow_debug was requested, but the quote verifier (dcap-qvl's Python binding) "
                 "always rejects DEBUG enclaves: this verifier cannot honour that allowance")
-
-    def relaxations(self) -> list[str]:
-        """Human-readable list of what this policy allows beyond the strict default."""
-        extra = sorted(set(self.allowed_statuses) - {"UpToDate"})
-        return [f"TCB status {s} allowed" for s in extra]
 
 
 @dataclass(frozen=True)
@@ -98,6 +93,11 @@ class VerifiedQuote:
     debug: bool
     attributes: str
     report_data: bytes = field(repr=False)
+
+    @property
+    def identity(self) -> EnclaveIdentity:
+        return EnclaveIdentity(self.mr_enclave, self.mr_signer, self.isv_prod_id, self.isv_svn,
+                               self.debug)
 
     def to_json(self) -> dict:
         return {"status": self.status, "advisory_ids": list(self.advisory_ids),

@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from enclave_build.attestation.config import load_config  # noqa: E402
 from enclave_build.attestation.measurements import ImageRef, Measurements  # noqa: E402
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.occlum_ra import RaConfig, verify_peer_certificate  # noqa: E402
 from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV  # noqa: E402
 from enclave_build.attestation.server import SecretServer  # noqa: E402
@@ -116,7 +117,8 @@ def setup(directory: Path, keys: int, max_requests: int, processes: int | None =
     for index in range(IDENTITIES):
         mr_enclave = hashlib.sha256(f"bench-{index}".encode()).digest()
         (directory / "builds" / f"{index}.json").write_text(Measurements(
-            f"svc{index}", "tflite", "gramine", mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False,
+            f"svc{index}", "tflite", "gramine",
+            EnclaveIdentity(mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False),
             ImageRef(None, None)).to_json())
         services.append(f'"svc{index}"')
         for fmt, out in (("tcg-dice", dice), ("cczoo", occlum)):
@@ -151,8 +153,9 @@ listen = "127.0.0.1:0"
 idle = 10.0
 max_requests = {max_requests}
 {rules}''')
-    server = Measurements("secret-server", "secret-server", "gramine", SERVER_MR_ENCLAVE.hex(),
-                          MR_SIGNER.hex(), 7, 3, False, ImageRef(None, None))
+    server = Measurements("secret-server", "secret-server", "gramine",
+                          EnclaveIdentity(SERVER_MR_ENCLAVE.hex(), MR_SIGNER.hex(), 7, 3, False),
+                          ImageRef(None, None))
     return BenchEnv(directory, pki, ca, config, secrets, tuple(dice), tuple(occlum), server)
 
 

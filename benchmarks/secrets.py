@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from enclave_build.attestation.config import load_config  # noqa: E402
 from enclave_build.attestation.measurements import ImageRef, Measurements  # noqa: E402
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.policy import Decision  # noqa: E402
 from enclave_build.attestation.server import REQUEST, SecretServer  # noqa: E402
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server  # noqa: E402
@@ -103,7 +104,8 @@ def setup(directory: Path, identities: int = 32):
     for index in range(identities):
         mr_enclave = hashlib.sha256(f"bench-{index}".encode()).digest()
         (directory / "builds" / f"{index}.json").write_text(Measurements(
-            f"svc{index}", "tflite", "gramine", mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False,
+            f"svc{index}", "tflite", "gramine",
+            EnclaveIdentity(mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False),
             ImageRef(None, None)).to_json())
         allow.append(f"svc{index}")
         cert, key = platform.enclave_cert(mr_enclave=mr_enclave, mr_signer=MR_SIGNER,

@@ -703,13 +703,13 @@ def secrets_config(policies: tuple[Path, ...], cert: Path, key: Path, listen: st
         written = write_config(out, config, force=force)
     if as_json:
         _print_json({"written": str(written),
-                     "secrets": [s.get("name") for s in config["secrets"]],
-                     "measurements": [str(m) for m in config["measurements"]],
+                     "secrets": [s.name for s in config.config.secrets],
+                     "measurements": [str(m) for m in config.config.measurements],
                      "keys": [{"secret": k.secret, "file": k.file, "fragment": str(k.fragment)}
-                              for k in getattr(config, "sources", [])]})
+                              for k in config.sources]})
     else:
-        click.echo(f"wrote {written}: {len(config['secrets'])} secret(s) for "
-                   f"{len(config['measurements'])} build(s); serve it with "
+        click.echo(f"wrote {written}: {len(config.config.secrets)} secret(s) for "
+                   f"{len(config.config.measurements)} build(s); serve it with "
                    f"`enclave-build secrets serve --config {written}`")
 
 

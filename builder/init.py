@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from .errors import UsageError
 from .plugin_api import Framework
-from .schema import Field, Section, did_you_mean
+from enclave_build.contract.schema import Field, Section, did_you_mean
 from .spec import _HOSTPORT, _NAME, _NAME_DOC, ENCLAVE
 
 DEFAULT_FRAMEWORK = "tflite"

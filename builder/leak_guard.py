@@ -153,7 +153,7 @@ class _Item:
 
 
 def _plan_items(plan: ServicePlan) -> Iterator[_Item]:
-    for item in plan.files:
+    for item in plan.image_files():
         if item.kind is FileKind.ENCRYPTED:
             continue
         if item.data is not None:

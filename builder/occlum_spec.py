@@ -44,8 +44,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .plan import OcclumPlanOptions, ServerIdentity
-from .schema import Field, Problem, Section
+from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.schema import Field, Problem, Section
+
+from .plan import OcclumPlanOptions
 
 SECTION = Section("occlum", "Occlum-only options (service.libos = \"occlum\")", (
     Field("kernel_heap", "str", "LibOS kernel heap (Occlum.json kernel_space_heap_size)",
@@ -221,7 +223,7 @@ def _image_ref_ok(text: str, problems: list[Problem]) -> bool:
 
 
 def _load_identity(name: str, base_dir: Path, key: tuple, allow_debug: bool,
-                   problems: list[Problem]) -> ServerIdentity | None:
+                   problems: list[Problem]) -> EnclaveIdentity | None:
     from enclave_build.attestation.measurements import Measurements, MeasurementsError
 
     path = Path(name) if Path(name).is_absolute() else (base_dir / name).resolve()
@@ -239,4 +241,4 @@ def _load_identity(name: str, base_dir: Path, key: tuple, allow_debug: bool,
         warnings.warn(f"{path}: occlum.allow_debug_server: this enclave's init will trust a "
                       "DEBUG secret server, whose host can read every key it holds; never use "
                       "it for real secrets", DebugServerWarning, stacklevel=2)
-    return ServerIdentity(m.mr_enclave, m.mr_signer, m.isv_prod_id, m.isv_svn, m.debug)
+    return m.identity

@@ -14,6 +14,10 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from enclave_build.contract.identity import PINS, EnclaveIdentity
+from enclave_build.contract.names import SERVER_CONFIG
+from enclave_build.contract.server_config import ServerConfig
+
 
 class FileKind(enum.Enum):
     TRUSTED = "trusted"      # hashed into the manifest; integrity-checked on open
@@ -188,21 +192,9 @@ class SpecOrigin:
         return f"{self.source}: {key}"
 
 
-@dataclass(frozen=True)
-class ServerIdentity:
-    """An enclave identity the service's own enclave requires of the secret server (Occlum's
-    init verifies the server's quote too: mutual RA-TLS)."""
-
-    mr_enclave: str
-    mr_signer: str
-    isv_prod_id: int
-    isv_svn: int
-    debug: bool
-
-
 #: How a model enclave pins its secret server: every identity field, or the signer only
 #: (MRSIGNER and ISV_PROD_ID equal, ISV_SVN at least the named build's).
-SERVER_PINS = ("mr_enclave", "mr_signer")
+SERVER_PINS = PINS
 
 
 @dataclass(frozen=True)
@@ -213,7 +205,7 @@ class ServerTrust:
     verified against *root_ca* (None: Intel's SGX root) with *collateral* (a file, measured)
     or collateral fetched from *pccs_url*, accepting only *allowed_tcb_statuses*."""
 
-    identities: tuple[ServerIdentity, ...]
+    identities: tuple[EnclaveIdentity, ...]
     pin: str = "mr_enclave"                   # one of SERVER_PINS
     root_ca: Path | None = None               # None: Intel's root (inside dcap-qvl)
     collateral: Path | None = None
@@ -242,7 +234,7 @@ class OcclumPlanOptions:
     ext_prod_id: int = 0                      # 128-bit ISVEXTPRODID (KSS)
     encrypt_image: bool = False
     hostfs: tuple[tuple[str, str], ...] = ()  # (target in the enclave, source on the host)
-    server_identities: tuple[ServerIdentity, ...] = ()
+    server_identities: tuple[EnclaveIdentity, ...] = ()
     server_pin: str = "mr_enclave"            # "mr_enclave" | "mr_signer"
     build_image: str | None = None            # Occlum toolchain image (None: the default)
 
@@ -281,6 +273,10 @@ class ServicePlan:
     needs_gramine_quotes: bool = False
     #: Where the spec's keys are, for backends' error messages (None for hand-made plans).
     origin: SpecOrigin | None = None
+    #: enclave-build's model server configuration (model-server.json), for plans that run it.
+    #: Plugins adjust it as a typed value; it becomes the trusted image file SERVER_CONFIG where
+    #: the plan's files become image files (:meth:`image_files`).
+    server_config: ServerConfig | None = None
 
     def add_file(self, source: Path | None, dest: str, kind: FileKind = FileKind.TRUSTED,
                  mode: int = 0o644, key_name: str | None = None,
@@ -289,3 +285,16 @@ class ServicePlan:
                         key_name, data)
         self.files.append(item)
         return item
+
+    def image_files(self) -> list[PlanFile]:
+        """Every file the plan adds to the image: :attr:`files`, then the files generated from
+        its typed configuration (``server_config`` as the trusted SERVER_CONFIG, written by its
+        contract type's one writer). LibOS backends render these, never :attr:`files` alone."""
+        out = list(self.files)
+        if self.server_config is not None:
+            if any(f.dest == SERVER_CONFIG for f in self.files):
+                raise ValueError(f"{SERVER_CONFIG}: the plan adds a file where its "
+                                 "server_config goes")
+            out.append(PlanFile(None, SERVER_CONFIG, FileKind.TRUSTED,
+                                data=self.server_config.to_json().encode()))
+        return out

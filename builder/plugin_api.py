@@ -6,13 +6,20 @@ Plugins (builtin or third-party) use only this module, :mod:`builder.hookspecs`,
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
-import json
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.names import (MODEL_ROOT, PYTHON, SECRET_SERVER_CA, SECRETS_DIR,
+                                          SERVER_CONFIG, SERVER_PYTHONPATH)
+from enclave_build.contract.schema import Field, Problem, Section
+from enclave_build.contract.server_config import (KeysConfig, Limits, Listener, ModelConfig,
+                                                  ServerConfig, TLSConfig)
 
 from .errors import EnclaveBuildError
 from .hookspecs import hookimpl
@@ -20,7 +27,6 @@ from .plan import (STDLIB_UNUSED, EnclaveResources, FileKind, KeyDelivery, Mount
                    PlanFile, Port, ProvisionedKey, PythonRuntime, SecretProvisioning,
                    ServicePlan)
 from .rootfs import RootFS
-from .schema import Field, Problem, Section
 from .spec import ModelSpec, Spec, SpecError
 from .spec_origin import spec_origin
 from . import server_trust
@@ -38,21 +44,11 @@ __all__ = [
     "require_models",
     "spec_error", "add_model", "add_secret_file", "model_image_path", "python_server_plan",
     "ship_python_package", "ship_enclave_runtime", "server_config", "deliver_keys_as_files", "server_open_files",
-    "refuse_model_server_keys",
+    "refuse_model_server_keys", "ServerConfig", "ModelConfig", "TLSConfig", "Limits",
 ]
 
-#: Where encrypted non-model files (TLS material, configs) live inside the enclave.
-SECRETS_DIR = "/enclave/secrets"
-#: Models live at MODEL_ROOT/NAME/VERSION/ in every builtin framework.
-MODEL_ROOT = "/models"
-#: The secret server's CA certificate in the image (trusted).
-SECRET_SERVER_CA = "/enclave/secret-server-ca.pem"
-#: Debian's CPython in the base images.
-PYTHON = "/usr/bin/python3.11"
-#: Where the model server's code (and backend plugins' code) ships in the image (PYTHONPATH).
-SERVER_PYTHONPATH = "/opt/enclave-build/python"
-#: The model server's configuration file in the image (trusted: part of the measurement).
-SERVER_CONFIG = "/enclave/model-server.json"
+# SECRETS_DIR, MODEL_ROOT, SECRET_SERVER_CA, PYTHON, SERVER_PYTHONPATH and SERVER_CONFIG (image
+# paths) are defined once, in enclave_build.contract.names.
 #: Runtime distributions the model server imports, installed in the base image (pip names).
 SERVER_DISTRIBUTIONS: tuple[str, ...] = ("grpcio", "protobuf", "numpy", "cbor2", "cryptography",
                                          "httptools")
@@ -120,15 +116,6 @@ class ArtifactFile:
     writable: bool = False
     #: The content is ciphertext (e.g. a Gramine protected file): not scanned for key material.
     ciphertext: bool = False
-
-
-@dataclass(frozen=True)
-class EnclaveIdentity:
-    mr_enclave: str
-    mr_signer: str
-    isv_prod_id: int
-    isv_svn: int
-    debug: bool
 
 
 @dataclass(frozen=True)
@@ -401,9 +388,11 @@ def ship_python_package(plan: ServicePlan, name: str, *,
 
 
 #: What runs inside the enclave with enclave-build's Python servers, shipped whole from the
-#: installed distribution: the model server (and its key fetching), and the attestation package
-#: (RA-TLS, quotes, protected files; the secret server too, when it is the enclave).
-ENCLAVE_RUNTIME = ("enclave_build.model_server", "enclave_build.attestation")
+#: installed distribution: the model server (and its key fetching), the attestation package
+#: (RA-TLS, quotes, protected files; the secret server too, when it is the enclave), and the
+#: contract types both read their files with.
+ENCLAVE_RUNTIME = ("enclave_build.model_server", "enclave_build.attestation",
+                   "enclave_build.contract")
 
 
 def ship_enclave_runtime(plan: ServicePlan, *, target: str = SERVER_PYTHONPATH) -> list[str]:
@@ -425,62 +414,57 @@ def _backend_metadata(entry_points: Mapping[str, str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def server_config(spec: Spec, plan: ServicePlan, models: Sequence[Mapping[str, Any]], *,
-                  grpc_port: int, rest_port: int, tls: Mapping[str, Any] | None = None,
-                  limits: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """The model server's configuration (schema: model_server/config.py) for *plan*: keys are
-    the plan's provisioned keys, fetched by the server from the spec's secret server (checked
-    against ``[secrets] ca``, or by its RA-TLS quote with ``server_measurements``: see
-    :mod:`builder.server_trust`)."""
+def server_config(spec: Spec, plan: ServicePlan,
+                  models: Sequence[ModelConfig | Mapping[str, Any]], *, grpc_port: int,
+                  rest_port: int, tls: TLSConfig | Mapping[str, Any] | None = None,
+                  limits: Mapping[str, int] | None = None) -> ServerConfig:
+    """The model server's configuration (model-server.json,
+    :class:`enclave_build.contract.server_config.ServerConfig`) for *plan*: keys are the plan's
+    provisioned keys, fetched by the server from the spec's secret server (checked against
+    ``[secrets] ca``, or by its RA-TLS quote with ``server_measurements``: see
+    :mod:`builder.server_trust`). Put it on the plan as ``plan.server_config``; the build
+    writes it into the image."""
     keys = None
     if plan.secrets is not None and plan.secrets.keys:
-        keys = {"server": plan.secrets.server, "ca": SECRET_SERVER_CA,
-                "names": [k.name for k in plan.secrets.keys], "timeout_seconds": 10,
-                "evidence": "tcg-dice"}
-        if plan.secrets.server_trust is not None:   # verified by its quote (builder.server_trust)
-            del keys["ca"]
-            keys["server_identity"] = server_trust.identity_config(plan.secrets.server_trust)
-    return {
-        "version": 1, "service": spec.service.name,
-        "grpc": {"host": "0.0.0.0", "port": grpc_port},
-        "rest": {"host": "0.0.0.0", "port": rest_port},
-        "tls": dict(tls) if tls else None,
-        "limits": _server_limits(spec, limits),
-        "drain_seconds": (spec.limits or {}).get("drain_seconds", 20), "metrics": True,
-        "models": [dict(m) for m in models],
-        "keys": keys,
-    }
+        trust = plan.secrets.server_trust
+        keys = KeysConfig(plan.secrets.server, SECRET_SERVER_CA if trust is None else "",
+                          tuple(k.name for k in plan.secrets.keys), timeout_seconds=10,
+                          evidence="tcg-dice",
+                          # verified by its quote (builder.server_trust), not by a CA
+                          server_identity=(server_trust.identity_config(trust)
+                                           if trust is not None else None))
+    return ServerConfig(
+        service=spec.service.name,
+        models=tuple(m if isinstance(m, ModelConfig) else ModelConfig(**m) for m in models),
+        grpc=Listener("0.0.0.0", grpc_port), rest=Listener("0.0.0.0", rest_port),
+        tls=(tls if isinstance(tls, TLSConfig) or tls is None else TLSConfig(**tls)),
+        limits=_server_limits(spec, limits),
+        drain_seconds=(spec.limits or {}).get("drain_seconds", 20), metrics=True, keys=keys)
 
 
-def _server_limits(spec: Spec, limits: Mapping[str, int] | None) -> dict[str, Any]:
+def _server_limits(spec: Spec, limits: Mapping[str, int] | None) -> Limits:
     """model-server.json ``limits``: *limits* (a framework's own) or the defaults, then what the
     spec's ``[limits]`` sets (its ``drain_seconds`` goes beside them)."""
     out: dict[str, Any] = dict(limits or {"max_request_bytes": 64 << 20,
                                           "max_concurrent_requests": 64, "max_queue": 256})
     out.update({k: v for k, v in (spec.limits or {}).items() if k != "drain_seconds"})
-    return out
+    return Limits.of(out)
 
 
 def deliver_keys_as_files(plan: ServicePlan, directory: str) -> bool:
     """For a libOS whose own init fetches every key before the program starts and leaves each
     in ``DIRECTORY/NAME`` (Occlum): switch a plan whose program fetches its own keys
     (KeyDelivery.IN_ENCLAVE) to KeyDelivery.LIBOS_FILES, and point enclave-build's model server
-    (its SERVER_CONFIG, if the plan has one) at those files: ``keys = {source = "files",
-    directory, names}`` (model_server/config.py); the server then opens its models as they are.
+    (the plan's ``server_config``, if it has one) at those files: ``keys = {source = "files",
+    directory, names}`` (model-server.json); the server then opens its models as they are.
     Idempotent; True when the plan changed. For libOS backends (their configure hook)."""
     if plan.secrets is None or plan.secrets.delivery is not KeyDelivery.IN_ENCLAVE:
         return False
     plan.secrets.delivery = KeyDelivery.LIBOS_FILES
-    for index, item in enumerate(plan.files):
-        if item.dest != SERVER_CONFIG or item.data is None:
-            continue
-        config = json.loads(item.data)
-        if config.get("keys"):
-            config["keys"] = {"source": "files", "directory": directory,
-                              "names": list(config["keys"]["names"])}
-            plan.files[index] = PlanFile(None, item.dest, item.kind, item.mode, item.key_name,
-                                         (json.dumps(config, indent=2, sort_keys=True)
-                                          + "\n").encode())
+    config = plan.server_config
+    if config is not None and config.keys:
+        plan.server_config = dataclasses.replace(
+            config, keys=KeysConfig.from_files(directory, config.keys.names))
     return True
 
 
@@ -522,7 +506,7 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     *backend* for every model of the spec.
 
     - Entrypoint ``PYTHON -m model_server --config SERVER_CONFIG``; the configuration is
-      written here and shipped as a trusted file.
+      ``plan.server_config`` (a typed :class:`ServerConfig`), shipped as a trusted file.
     - The server's code ships from the installed distribution to SERVER_PYTHONPATH (with the
       ``attestation`` modules it imports); a backend that is not builtin is found through the
       entry-point group BACKEND_ENTRY_POINTS and its top-level package ships too.
@@ -532,8 +516,9 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     - Keys: the server fetches them itself inside the enclave (one RA-TLS connection per key),
       so every model may have its own key (``[[models]] key``, default SERVICE-key); each model
       directory is an encrypted mount keyed by its model's key; [tls] files use SERVICE-key.
-    - *instances*/*threads*/*options* go to every model's entry; adjust ``plan.files`` or call
-      :func:`server_config` yourself for per-model values.
+    - *instances*/*threads*/*options* go to every model's entry; adjust
+      ``plan.server_config`` (``dataclasses.replace``) or call :func:`server_config` yourself
+      for per-model values.
     - *user*: the image's runtime user (uid 10001, as in enclave-build's base images); it owns
       the encrypted files, which Gramine opens read-write.
     """
@@ -600,32 +585,28 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     entries = []
     for model in spec.models:
         path = add_model(plan, spec, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
-        entries.append({"name": model.name, "version": str(model.version), "backend": backend,
-                        "path": path, "key": model_key_name(spec, model) if model.encrypt else None,
-                        "instances": instances, "threads": threads,
-                        "options": dict(options or {})})
-        if model.max_queue is not None:
-            entries[-1]["max_queue"] = model.max_queue
+        entries.append(ModelConfig(
+            name=model.name, version=str(model.version), backend=backend, path=path,
+            key=model_key_name(spec, model) if model.encrypt else None, instances=instances,
+            threads=threads, options=dict(options or {}), max_queue=model.max_queue))
     tls = None
     if spec.tls is not None:
         cert = add_secret_file(plan, spec, "tls.crt", source=spec.tls.cert)
         key = add_secret_file(plan, spec, "tls.key", source=spec.tls.key)
-        tls = {"cert": cert, "key": key, "key_name": default_key_name(spec), "client_ca": None}
+        tls = TLSConfig(cert, key, default_key_name(spec), None)
     config = server_config(spec, plan, entries, grpc_port=grpc_port, rest_port=rest_port, tls=tls)
-    plan.add_file(None, SERVER_CONFIG, FileKind.TRUSTED,
-                  data=(json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    plan.server_config = config
     plan.enclave.max_open_files = server_open_files(config)
     return plan
 
 
-def server_open_files(config: Mapping[str, Any]) -> int:
+def server_open_files(config: ServerConfig) -> int:
     """The file descriptors enclave-build's model server may hold with *config* (its
     connection caps, model files and its own; ``model_server.resources``): the enclave's
     ``sys.fds.limit``, so idle connections meet the server's caps before the libOS's limit."""
-    from enclave_build.model_server.config import parse_config
     from enclave_build.model_server.resources import config_fds
 
-    return config_fds(parse_config(dict(config), SERVER_CONFIG))
+    return config_fds(config)
 
 
 def refuse_model_server_keys(spec: Spec, framework: str) -> None:

@@ -50,11 +50,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .plan import SERVER_PINS, ServerIdentity, ServerTrust
-from .schema import Field, Problem
+from enclave_build.contract.identity import EnclaveIdentity, mr_signer_of
+from enclave_build.contract.schema import Field, Problem
+from enclave_build.contract.server_config import ServerTrustConfig
+from enclave_build.contract.tcb import TCB_STATUSES
 
-TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
-                "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded")
+from .plan import SERVER_PINS, ServerTrust
+
 SECRET_SERVER_FRAMEWORK = "secret-server"
 
 #: The ``[secrets]`` fields this module owns (appended to builder.spec.SECRETS).
@@ -90,7 +92,7 @@ def _located(problems: list[Problem], key: tuple, message: str) -> None:
 
 
 def _identity(name: str, base_dir: Path, key: tuple, problems: list[Problem]
-              ) -> ServerIdentity | None:
+              ) -> EnclaveIdentity | None:
     from enclave_build.attestation.measurements import Measurements, MeasurementsError
 
     path = Path(name) if Path(name).is_absolute() else (base_dir / name).resolve()
@@ -110,7 +112,7 @@ def _identity(name: str, base_dir: Path, key: tuple, problems: list[Problem]
                                      "memory is readable by its host, and the quote verifier "
                                      "refuses debug quotes); rebuild it without debug"))
         return None
-    return ServerIdentity(m.mr_enclave, m.mr_signer, m.isv_prod_id, m.isv_svn, m.debug)
+    return m.identity
 
 
 def check(values: dict[str, Any], written: Any, libos: Any, base_dir: Path,
@@ -263,7 +265,6 @@ def add_to_plan(spec, plan, framework: str) -> None:  # noqa: ANN001 - Spec, Ser
 def _own_mr_signer(spec) -> str | None:  # noqa: ANN001 - Spec
     """MRSIGNER this build will have (SHA-256 of the signing key's modulus, little-endian), or
     None when the key cannot be read here (the signing step reports that)."""
-    import hashlib
     import os
 
     from cryptography.hazmat.primitives import serialization
@@ -283,33 +284,25 @@ def _own_mr_signer(spec) -> str | None:  # noqa: ANN001 - Spec
         return None
     if not isinstance(key, rsa.RSAPublicKey):
         return None
-    modulus = key.public_numbers().n
-    size = (max(modulus.bit_length(), 3072) + 7) // 8   # SIGSTRUCT holds 384 bytes
-    return hashlib.sha256(modulus.to_bytes(size, "little")).hexdigest()
+    return mr_signer_of(key.public_numbers().n)
 
 
-def identity_config(trust: ServerTrust) -> dict[str, Any]:
-    """``keys.server_identity`` of the model server's configuration (model_server/config.py).
+def identity_config(trust: ServerTrust) -> ServerTrustConfig:
+    """``keys.server_identity`` of the model server's configuration (model-server.json).
 
     With ``pin = "mr_signer"`` the builds carry no mr_enclave and equal entries are merged, so
     this part of the (measured) configuration is the same for every build of the server that
     has the same signer, product id and SVN: the model's MRENCLAVE does not depend on it."""
-    builds = []
+    builds: list[EnclaveIdentity] = []
     for identity in trust.identities:
-        entry: dict[str, Any] = {"mr_signer": identity.mr_signer,
-                                 "isv_prod_id": identity.isv_prod_id,
-                                 "isv_svn": identity.isv_svn, "debug": identity.debug}
-        if trust.pin == "mr_enclave":
-            entry["mr_enclave"] = identity.mr_enclave
+        entry = identity if trust.pin == "mr_enclave" else identity.signer_pin()
         if entry not in builds:
             builds.append(entry)
-    builds.sort(key=lambda e: (e.get("mr_enclave", ""), e["mr_signer"], e["isv_prod_id"],
-                               e["isv_svn"]))
-    return {"pin": trust.pin, "builds": builds,
-            "root_ca": TRUST_ROOT if trust.root_ca is not None else "intel",
-            "collateral": TRUST_COLLATERAL if trust.collateral is not None else None,
-            "pccs_url": trust.pccs_url,
-            "allowed_tcb_statuses": list(trust.allowed_tcb_statuses)}
+    builds.sort(key=lambda e: (e.mr_enclave or "", e.mr_signer, e.isv_prod_id, e.isv_svn))
+    return ServerTrustConfig(trust.pin, tuple(builds),
+                             TRUST_ROOT if trust.root_ca is not None else None,
+                             TRUST_COLLATERAL if trust.collateral is not None else None,
+                             trust.pccs_url, tuple(trust.allowed_tcb_statuses))
 
 
 __all__ = ["FIELDS", "NAMES", "RelaxedServerTcbWarning", "SyntheticServerRootWarning",

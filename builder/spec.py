@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._tomlpos import KeyLocator
+from enclave_build.contract.locate import KeyLocator
+from enclave_build.contract.schema import (Field, Problem, Section, did_you_mean,
+                                           validate_section)
+
 from .errors import UsageError
-from .schema import Field, Problem, Section, did_you_mean, validate_section
 from . import occlum_spec, server_trust
 from .plan import OcclumPlanOptions, ServerTrust
 from .k8s.settings import DEPLOY, DeploySpec, check_deploy

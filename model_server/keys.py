@@ -60,11 +60,11 @@ from cryptography.x509.oid import NameOID
 
 from enclave_build.attestation import protected_files, wire
 from enclave_build.attestation.ratls import FORMATS, create_certificate
+from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 
 from .config import KeysConfig, host_path
 from .server_attest import ServerRefused, ServerVerifier
 
-SIMULATED_QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
 REPORT_DATA_SIZE = 64
 
 #: Where Gramine's attestation pseudo-files are; tests point this at a fake tree.

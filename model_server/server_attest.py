@@ -36,7 +36,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from .config import ExpectedServer, ServerTrustConfig, host_path
+from enclave_build.contract.identity import EnclaveIdentity
+
+from .config import ServerTrustConfig, host_path
 
 
 class ServerRefused(Exception):
@@ -55,7 +57,7 @@ class AttestedServer:
     isv_svn: int
 
 
-def differences(build: ExpectedServer, pin: str, quote) -> list[str]:  # noqa: ANN001
+def differences(build: EnclaveIdentity, pin: str, quote) -> list[str]:  # noqa: ANN001
     """How a verified quote (mr_enclave, mr_signer, isv_prod_id, isv_svn, debug) differs from
     *build* under *pin*; empty when it matches."""
     found = []

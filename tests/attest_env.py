@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.ratls import create_certificate
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
 
@@ -54,8 +55,8 @@ def make_env(directory: Path, *, statuses=("UpToDate",), extra: str = "",
         build = directory / "builds" / service
         build.mkdir(parents=True)
         (build / "measurements.json").write_text(Measurements(
-            service, "tflite", "gramine", identity(service).hex(), MR_SIGNER.hex(),
-            PROD_ID[service], 2, False,
+            service, "tflite", "gramine", EnclaveIdentity(identity(service).hex(), MR_SIGNER.hex(),
+            PROD_ID[service], 2, False),
             ImageRef(f"{service}:1", None)).to_json())
         secrets[service] = os.urandom(16)
         (directory / f"{service}.key").write_bytes(secrets[service])

@@ -12,6 +12,7 @@ import pytest
 
 from enclave_build.attestation import upload
 from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.server import SecretServer
 from enclave_build.attestation.config import load_config
 
@@ -21,8 +22,9 @@ from .test_secret_server_enclave import owner_pair
 
 
 def _measurements(path: Path, framework: str = "secret-server") -> Path:
-    path.write_text(Measurements("keys", framework, "gramine", identity("keys").hex(),
-                                 MR_SIGNER.hex(), 0, 0, False, ImageRef(None, None)).to_json())
+    path.write_text(Measurements("keys", framework, "gramine",
+                                 EnclaveIdentity(identity("keys").hex(), MR_SIGNER.hex(), 0, 0,
+                                                 False), ImageRef(None, None)).to_json())
     return path
 
 

@@ -4,6 +4,7 @@ installed in a fake /dev/attestation/keys or kept in memory to decrypt protected
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
@@ -51,7 +52,7 @@ def server(env):
 
 def _measurements(env, service="face", **changes) -> Measurements:
     m = Measurements.load(env.directory / "builds" / service / "measurements.json")
-    return Measurements(**{**m.__dict__, **changes})
+    return dataclasses.replace(m, identity=dataclasses.replace(m.identity, **changes))
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from enclave_build.attestation import grsecret
 from enclave_build.attestation.client import attest_endpoint, fetch_secret
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.occlum_ra import PeerRejected, RaConfig, RaConfigError, verify_peer_certificate
 from enclave_build.attestation.quote_source import (SIMULATED_QUOTER_ENV, QuoteSourceError, device_source,
                                       discover)
@@ -87,12 +88,12 @@ def env(tmp_path_factory):
 
 
 def _server_measurements(**changes) -> Measurements:
-    fields = dict(service="secret-server", framework="secret-server", libos="gramine",
-                  mr_enclave=SERVER_MR_ENCLAVE.hex(), mr_signer=MR_SIGNER.hex(),
-                  isv_prod_id=SERVER_PROD_ID, isv_svn=SERVER_SVN, debug=False,
-                  image=ImageRef("secret-server:1", None))
-    fields.update(changes)
-    return Measurements(**fields)
+    identity = dict(mr_enclave=SERVER_MR_ENCLAVE.hex(), mr_signer=MR_SIGNER.hex(),
+                    isv_prod_id=SERVER_PROD_ID, isv_svn=SERVER_SVN, debug=False)
+    identity.update(changes)
+    return Measurements(service="secret-server", framework="secret-server", libos="gramine",
+                        identity=EnclaveIdentity(**identity),
+                        image=ImageRef("secret-server:1", None))
 
 
 @pytest.fixture(scope="module")

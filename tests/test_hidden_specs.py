@@ -61,7 +61,7 @@ def _model(name: str, path: Path | str) -> str:
 
 
 def _server_config(plan) -> dict:
-    data = next(f.data for f in plan.files if f.dest == SERVER_CONFIG)
+    data = next(f.data for f in plan.image_files() if f.dest == SERVER_CONFIG)
     return json.loads(data)
 
 

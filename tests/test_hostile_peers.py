@@ -30,6 +30,7 @@ from OpenSSL import SSL
 from enclave_build.attestation import grsecret, upload, wire
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
 from enclave_build.attestation.ratls import CCZOO_OID, DICE_OID, LEGACY_OID, EvidenceError, extract_evidence
 from enclave_build.attestation.server import SecretServer, ServerError
@@ -151,7 +152,7 @@ def test_grsecret_port_colliding_through_a_wildcard_is_a_config_error(env, tmp_p
     text = text.replace('[grsecret]\nlisten = "127.0.0.1:0"', '[grsecret]\nlisten = "0.0.0.0:4999"')
     path = env.directory / "collide.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=r"collide\.toml: grsecret\.listen: port 4999 is also "
+    with pytest.raises(ConfigError, match=r"collide\.toml:\d+: grsecret\.listen: port 4999 is also "
                                           r"server\.listen's"):
         load_config(path)
 
@@ -183,7 +184,8 @@ def running_server(env):
     """A SecretServer on env.config whose own RA-TLS evidence comes from a simulated quoter
     (for test_hostile_attestation2 too)."""
     build = Measurements("secret-server", "secret-server", "gramine",
-                         identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3, False,
+                         EnclaveIdentity(identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3,
+                                         False),
                          ImageRef(None, None))
     with SimulatedQuoter(env.pki, build, warn=False) as quoter:
         patch = pytest.MonkeyPatch()
@@ -537,7 +539,8 @@ def test_accepted_sockets_send_small_records_at_once(env, monkeypatch):
 
     monkeypatch.setattr(server_module, "_no_delay", recording)   # one process (env's config)
     build = Measurements("secret-server", "secret-server", "gramine",
-                         identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3, False,
+                         EnclaveIdentity(identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3,
+                                         False),
                          ImageRef(None, None))
     with SimulatedQuoter(env.pki, build, warn=False) as quoter:
         monkeypatch.setenv(SIMULATED_QUOTER_ENV, quoter.env_value)

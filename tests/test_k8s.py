@@ -23,6 +23,7 @@ import yaml
 from click.testing import CliRunner
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.builder.build import load, make_plan, policy_fragment
 from enclave_build.builder.cli import main
 from enclave_build.builder.k8s import capacity, timing
@@ -94,8 +95,8 @@ def make_build(tmp: Path, example: str, *, deploy: str = DEPLOY, size: str | Non
     out.mkdir(exist_ok=True)
     measurements = Measurements(
         service=plan.service, framework=plan.framework, libos=plan.libos,
-        mr_enclave="ab" * 32, mr_signer="cd" * 32, isv_prod_id=plan.enclave.isv_prod_id,
-        isv_svn=plan.enclave.isv_svn, debug=False,
+        identity=EnclaveIdentity("ab" * 32, "cd" * 32, plan.enclave.isv_prod_id,
+                                 plan.enclave.isv_svn, False),
         image=ImageRef(image_ref or f"registry.example.com/{plan.service}@{DIGEST}", DIGEST))
     (out / "measurements.json").write_text(measurements.to_json())
     info = service_info(plan, spec.deploy, (10001, 0), tls=spec.tls is not None)

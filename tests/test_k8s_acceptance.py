@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.builder.build import load, make_plan
 from enclave_build.builder.cli import main
 from enclave_build.builder.k8s.autoscaling import LATENCY, adapter_helm_values, adapter_rules
@@ -74,7 +75,7 @@ def test_the_helm_values_carry_the_same_rules_as_the_adapter_config(tmp_path):
 def _server_measurements(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(Measurements(
-        "keys", "secret-server", "gramine", "ee" * 32, "cd" * 32, 9, 1, False,
+        "keys", "secret-server", "gramine", EnclaveIdentity("ee" * 32, "cd" * 32, 9, 1, False),
         ImageRef(f"registry.example.com/keys@{DIGEST}", DIGEST)).to_json())
     return path
 

@@ -200,7 +200,7 @@ def test_occlum_needs_no_secret_server_ca(tmp_path, registry, standin_root):
     assert plan.secrets.ca_cert is None
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     assert json.loads(config.init_ra_conf)["ra_config"]["sgx_mrs"][0]["mr_enclave"] == "5e" * 32
-    server = next(f for f in plan.files if f.dest == SERVER_CONFIG)
+    server = next(f for f in plan.image_files() if f.dest == SERVER_CONFIG)
     keys = json.loads(server.data)["keys"]
     assert keys["source"] == "files" and "ca" not in keys
     spec.write_text(spec.read_text().replace('libos = "occlum"', 'libos = "gramine"')

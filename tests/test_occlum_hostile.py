@@ -362,7 +362,7 @@ def test_secret_server_on_occlum_is_refused_naming_libos(tmp_path, registry):  #
         {**SERVER, "service": "face", "framework": "tflite"}))
     (built / "secrets-policy.toml").write_text(
         'measurements = ["measurements.json"]\n[[secrets]]\nname = "face-key"\n'
-        'allow = ["face"]\n')
+        'file = "../../keys/face-key.key"\nallow = ["face"]\n')
     _owner_cert(tmp_path / "owner.crt")
     (tmp_path / "root.pem").write_text("placeholder root\n")
     (tmp_path / "collateral.json").write_text("{}\n")

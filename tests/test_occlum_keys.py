@@ -26,6 +26,7 @@ import pytest
 
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.policy import Identity, Policy, PolicyError, SecretRule, hex_dashes
 from enclave_build.attestation.server import SecretServer, startup_warnings
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
@@ -49,8 +50,7 @@ from .test_occlum_config import example_spec, registry  # noqa: F401 - a fixture
 
 
 def _server_config(plan) -> dict:
-    item = next(f for f in plan.files if f.dest == SERVER_CONFIG)
-    return json.loads(item.data)
+    return json.loads(plan.server_config.to_json()) if plan.server_config else None
 
 
 def _load(spec_path: Path, registry):  # noqa: F811
@@ -73,7 +73,7 @@ def test_occlum_plan_reads_keys_from_init_files(tmp_path, registry, standin_root
     # model key where the server reads it.
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     bom = config.bom_yaml.decode()
-    item = next(f for f in plan.files if f.dest == SERVER_CONFIG)
+    item = next(f for f in plan.image_files() if f.dest == SERVER_CONFIG)
     assert hashlib.sha256(item.data).hexdigest().upper() in bom
     conf = json.loads(config.init_ra_conf)
     assert {"key": "face-detect-key", "path": f"{KEYS_DIR}/face-detect-key"} in conf["kms_keys"]
@@ -151,10 +151,12 @@ def test_model_server_refuses_bad_key_files(image_root, content, needle):
 
 
 @pytest.mark.parametrize("keys, needle", [
-    ({"source": "sealed", "names": ["k"]}, "keys.source: 'sealed'; allowed"),
-    ({"source": "files", "directory": "keys", "names": ["k"]}, "keys.directory: expected"),
+    ({"source": "sealed", "names": ["k"]}, "keys.source: 'sealed' is not allowed; allowed"),
+    ({"source": "files", "directory": "keys", "names": ["k"]},
+     "keys.directory: 'keys' is not allowed; allowed: the absolute image path"),
+    ({"source": "files", "names": ["k"]}, "keys.directory: expected the absolute image path"),
     ({"source": "files", "directory": "/k", "names": ["k"], "server": "x:1"},
-     "unknown key(s) server"),
+     "keys.server: not with source \"files\""),
     ({"names": ["k"], "ca": "/ca.pem"}, "keys.server: required"),
     ({"source": "files", "directory": "/k", "names": "k"}, "keys.names: expected"),
 ])
@@ -198,8 +200,9 @@ def test_build_image_refusals_name_the_key(value, needle, tmp_path, registry):  
 
 
 def _measurements(service: str, mr_enclave: bytes) -> Measurements:
-    return Measurements(service, "tflite", "occlum", mr_enclave.hex(), MR_SIGNER.hex(), 1, 1,
-                        False, ImageRef(f"{service}:1", None))
+    return Measurements(service, "tflite", "occlum",
+                        EnclaveIdentity(mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False),
+                        ImageRef(f"{service}:1", None))
 
 
 def test_image_key_rules_per_service(tmp_path):
@@ -234,8 +237,9 @@ def test_image_key_rules_per_service(tmp_path):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    ('encoding = "base64"', "secrets[0].encoding: 'base64'; allowed: \"raw\", \"hex-dashes\""),
-    ("encoding = 1", "secrets[0].encoding: expected str"),
+    ('encoding = "base64"', "secrets[0].encoding: 'base64' is not allowed; allowed: raw, "
+                            "hex-dashes"),
+    ("encoding = 1", "secrets[0].encoding: expected a string"),
     ('requested_as = ""', "secrets[0].requested_as: empty"),
     ('file = "short.key"\nencoding = "hex-dashes"', "needs a 16-byte key"),
 ])
@@ -404,9 +408,9 @@ def test_two_occlum_services_share_one_secret_server(tmp_path):
     tls_ca_and_server(tmp_path)
     side = dict(cert=tmp_path / "server.crt", key=tmp_path / "server.key",
                 collateral=tmp_path / "server.crt")
-    config = compose_config(fragments, ServerSide(**side, grsecret_listen="0.0.0.0:50051"))
-    assert config["grsecret"] == {"listen": "0.0.0.0:50051"}
-    names = sorted(r["name"] for r in config["secrets"])
+    config = compose_config(fragments, ServerSide(**side, grsecret_listen="0.0.0.0:50051")).config
+    assert config.to_dict()["grsecret"] == {"listen": "0.0.0.0:50051"}
+    names = sorted(r.name for r in config.secrets)
     assert names == ["face-key", "face-key@image_key", "ocr-key", "ocr-key@image_key"]
     with _warnings.catch_warnings(record=True) as caught:
         _warnings.simplefilter("always")

@@ -25,6 +25,7 @@ from enclave_build.attestation import wire
 from enclave_build.attestation.attest_client import AttestationRefused, Expectation, open_attested
 from enclave_build.attestation.collateral import FileCollateral
 from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.builder.build import build
 from enclave_build.builder.standin import add_standin_runtimes
@@ -72,7 +73,8 @@ def served(standin_root, signing_key, tmp_path_factory):
     face = work / "face-build"
     face.mkdir()
     (face / "measurements.json").write_text(Measurements(
-        "face", "tflite", "gramine", identity("face").hex(), MR_SIGNER.hex(), 1, 2, False,
+        "face", "tflite", "gramine",
+        EnclaveIdentity(identity("face").hex(), MR_SIGNER.hex(), 1, 2, False),
         ImageRef("face:1", None)).to_json())
     (face / "secrets-policy.toml").write_text(
         'measurements = ["measurements.json"]\n\n[[secrets]]\nname = "face-key"\n'

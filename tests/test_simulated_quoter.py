@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.simulated_quoter import (QuoterError, SimulatedQuoter, WARNING,
                                           request_quote)
 from enclave_build.attestation.synthetic import PKIError, SyntheticPKI
@@ -24,8 +25,10 @@ from .conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
-MEASURED = Measurements("face", "tflite", "gramine", hashlib.sha256(b"me").hexdigest(),
-                        hashlib.sha256(b"ms").hexdigest(), 3, 7, False, ImageRef(None, None))
+MEASURED = Measurements("face", "tflite", "gramine",
+                        EnclaveIdentity(hashlib.sha256(b"me").hexdigest(),
+                                        hashlib.sha256(b"ms").hexdigest(), 3, 7, False),
+                        ImageRef(None, None))
 
 
 @pytest.fixture(scope="module")

@@ -97,11 +97,12 @@ def render_manifest(plan: ServicePlan, runtime: GramineRuntime, log_level: str =
     trusted = [f"file:{runtime.runtimedir}/", f"file:{plan.entrypoint}"]
     trusted += [f"file:{p}" for p in plan.trusted]
     trusted += [f"file:{p}" for p in extra_trusted or []]
-    trusted += [f"file:{f.dest}" for f in plan.files if f.kind is FileKind.TRUSTED]
+    files = plan.image_files()
+    trusted += [f"file:{f.dest}" for f in files if f.kind is FileKind.TRUSTED]
     if plan.secrets and plan.secrets.ca_cert:
         trusted.append(f"file:{ca_cert_dest(plan)}")
     allowed = [f"file:{p}" for p in plan.allowed]
-    allowed += [f"file:{f.dest}" for f in plan.files if f.kind is FileKind.ALLOWED]
+    allowed += [f"file:{f.dest}" for f in files if f.kind is FileKind.ALLOWED]
     values = {"HOME": DEFAULT_HOME, **plan.env, **provisioning_env(plan)}
     unsafe = sorted(n for n in set(plan.env_passthrough) if not host_may_set(n))
     if unsafe:
@@ -186,7 +187,7 @@ def ca_cert_dest(plan: ServicePlan) -> str:
 
 def _plan_sources(plan: ServicePlan) -> list[PlanFile]:
     """Files the plan adds in clear text (trusted or allowed), including the secret server CA."""
-    files = [f for f in plan.files if f.kind is not FileKind.ENCRYPTED]
+    files = [f for f in plan.image_files() if f.kind is not FileKind.ENCRYPTED]
     if plan.secrets and plan.secrets.ca_cert:
         files.append(PlanFile(plan.secrets.ca_cert, ca_cert_dest(plan), FileKind.TRUSTED))
     return files
@@ -311,7 +312,7 @@ def encrypt_plan_files(plan: ServicePlan, options: BuildOptions) -> list[Artifac
     The embedded path is the file's normalized absolute path in the image: the enclave opens it
     there through its encrypted mount (mount uri = mount path), and Gramine checks the two match.
     """
-    todo = [(item, dest, content) for item in plan.files if item.kind is FileKind.ENCRYPTED
+    todo = [(item, dest, content) for item in plan.image_files() if item.kind is FileKind.ENCRYPTED
             for dest, content in _encrypted_items(item)]
     if not todo:
         return []

@@ -14,14 +14,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from enclave_build.attestation.measurements import Measurements, MeasurementsError
+from enclave_build.contract.measurements import Measurements, MeasurementsError
+from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 
 from ..errors import EnclaveBuildError, UsageError
 from ..image.reference import DOCKER_HUB, parse_registry_ref
-from ..secrets_config import POLICY_FILE
-from .service_info import SERVICE_FILE, ServiceInfo
-
-MEASUREMENTS_FILE = "measurements.json"
+from .service_info import ServiceInfo
 
 
 class K8sError(EnclaveBuildError):

@@ -78,7 +78,6 @@ Progress and errors
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
@@ -92,6 +91,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from enclave_build.contract.identity import mr_signer_of
+from enclave_build.contract.names import OCCLUM_IMAGE_ENV
+
 from ..errors import EnclaveBuildError
 from ..plan import ServicePlan
 from ..plugin_api import (ArtifactFile, BuildOptions, EnclaveIdentity,
@@ -102,7 +104,7 @@ from . import container
 LOG = logging.getLogger("enclave_build.occlum")
 
 DEFAULT_BUILD_IMAGE = "occlum/occlum:0.31.0-ubuntu22.04"
-BUILD_IMAGE_ENV = "ENCLAVE_BUILD_OCCLUM_IMAGE"
+BUILD_IMAGE_ENV = OCCLUM_IMAGE_ENV
 RUNTIME_BASE_EXAMPLE = "occlum/occlum:0.31.0-rt-ubuntu20.04"
 #: The runtime base for enclave-build's Python model server (base_images/occlum-python).
 PYTHON_RUNTIME_BASE = "enclave-build/occlum-python:0.31.0-3.11"
@@ -260,7 +262,7 @@ class SignExchange:
             signature = self.signer.sign(self.data.raw)
             self._write("public.pem", _public_pem(signature.modulus, signature.exponent))
             self._write("signature.bin", signature.signature.to_bytes(384, "big"))
-            self.mr_signer = hashlib.sha256(signature.modulus.to_bytes(384, "little")).hexdigest()
+            self.mr_signer = mr_signer_of(signature.modulus)
             self._answer("signed")
         except BaseException:  # the container must not wait for an answer that never comes
             self._answer("refused")

@@ -235,7 +235,7 @@ def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumCon
         conf = _dumps(doc)
 
     generated = (launcher,) if launcher is not None else ()
-    if launcher is not None and any(f.dest == launcher.dest for f in plan.files):
+    if launcher is not None and any(f.dest == launcher.dest for f in plan.image_files()):
         raise OcclumConfigError(locate(plan, FRAMEWORK_KEY), f"{launcher.dest} is where the "
                                 "Occlum backend puts its launcher; the plan adds a file there")
     bom_doc = bom(plan, options.rootfs, options.stage.rstrip("/"),

@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
 from enclave_build.attestation.measurements import Measurements, MeasurementsError
+from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.names import LISTEN_ENV, MEASUREMENTS_FILE, ROOT_ENV
+from enclave_build.contract.names import SIMULATED_QUOTER_ENV as QUOTER_ENV
 
 from ..cache import cache_root
 from ..errors import EnclaveBuildError, UsageError
@@ -52,9 +55,6 @@ from .gramine_direct import DirectLaunch, resolve_user, wait_forwarding
 from .rootfs import apply_ownership, image_ownership, private_root
 from .view import enclave_view
 
-QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
-ROOT_ENV = "ENCLAVE_BUILD_ROOT"
-LISTEN_ENV = "ENCLAVE_BUILD_SIMULATION_LISTEN"   # model_server.config.LISTEN_ENV (test holds it)
 BANNER = ("SIMULATION: not an SGX enclave; nothing here is attested. Quotes come from a "
           "simulated quoter signed by a SYNTHETIC test PKI; a secret server accepts them only "
           "if configured to trust that PKI's root. Never use this for real secrets.")
@@ -105,9 +105,9 @@ class Build:
             raise RunError(f"{self.directory}: the image's identity was not verified; no "
                            "quotes are made for it")
         sig = identity.sigstruct
-        return dataclasses.replace(self.measurements, mr_enclave=identity.mr_enclave,
-                                   mr_signer=sig["mr_signer"], isv_prod_id=sig["isv_prod_id"],
-                                   isv_svn=sig["isv_svn"], debug=sig["debug"])
+        return dataclasses.replace(self.measurements, identity=EnclaveIdentity(
+            identity.mr_enclave, sig["mr_signer"], sig["isv_prod_id"], sig["isv_svn"],
+            sig["debug"]))
 
 
 def parse_env(items: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -135,7 +135,7 @@ def open_build(directory: str | Path, log: Callable[[str], None] | None = None
     if not (directory / "oci").is_dir():
         raise RunError(f"{directory / 'oci'}: no OCI image layout; is {directory} the output "
                        "directory of `enclave-build build`?")
-    if not (directory / "measurements.json").is_file():
+    if not (directory / MEASUREMENTS_FILE).is_file():
         raise RunError(f"{directory / 'measurements.json'}: not found; the simulated quoter "
                        "needs the build's identity")
     with BlobCache(cache_root()).in_use():     # no prune removes a blob while it is read

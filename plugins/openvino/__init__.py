@@ -16,7 +16,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from enclave_build.builder.plugin_api import (MODEL_ROOT, SERVER_CONFIG, EnclaveBuildError, Field, FileKind,
+from enclave_build.builder.plugin_api import (MODEL_ROOT, EnclaveBuildError, Field, FileKind,
                                 Framework, ModelSpec, Port, Section, ServicePlan, Spec, add_model,
                                 base_plan, hookimpl, python_server_plan,
                                 refuse_model_server_keys, require_models, require_one_key,
@@ -130,15 +130,11 @@ def _model_file(spec: Spec, index: int, model: ModelSpec) -> str | None:
 def _point_at_model_files(plan: ServicePlan, files: dict[str, str]) -> None:
     """Make the server configuration's path of each model in *files* (name -> file name in its
     directory) that file, so the runtime opens the model, not its directory."""
-    for index, item in enumerate(plan.files):
-        if item.dest != SERVER_CONFIG or item.data is None:
-            continue
-        config = json.loads(item.data)
-        for entry in config["models"]:
-            if entry["name"] in files:
-                entry["path"] = entry["path"].rstrip("/") + "/" + files[entry["name"]]
-        plan.files[index] = dataclasses.replace(
-            item, data=(json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    config = plan.server_config
+    assert config is not None
+    plan.server_config = dataclasses.replace(config, models=tuple(
+        dataclasses.replace(m, path=m.path.rstrip("/") + "/" + files[m.name])
+        if m.name in files else m for m in config.models))
 
 
 def plan(spec: Spec) -> ServicePlan:
