@@ -5,7 +5,6 @@ Parses arguments, calls :mod:`builder.k8s` and prints; registered by :func:`regi
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,26 +15,20 @@ from .errors import UsageError
 if TYPE_CHECKING:
     from .k8s.capacity import CapacityPlan
 
-_SIZE = re.compile(r"^([1-9][0-9]*)(K|M|G|T|Ki|Mi|Gi|Ti)?\Z")
-_SCALE = {None: 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
 class Size(click.ParamType):
     """A byte size: 4G, 4Gi, 512M, 512Mi (binary units either way) or plain bytes."""
 
     name = "SIZE"
 
     def convert(self, value, param, ctx):  # noqa: ANN001
+        from enclave_build.contract.size import CLI_SIZE, Size as _Size, SizeError
+
         if isinstance(value, int):
             return value
-        match = _SIZE.match(str(value).strip())
-        if not match:
-            self.fail(f"{value!r} is not a size; allowed: an integer with K, M, G or T (binary "
-                      "units, Gi etc. also accepted), e.g. 4G or 512Mi", param, ctx)
-        size = int(match.group(1)) * _SCALE[(match.group(2) or "")[:1] or None]
-        if size > (1 << 63) - 1:
-            self.fail(f"{value!r} is out of range; allowed: at most 2^63-1 bytes", param, ctx)
-        return size
+        try:
+            return int(_Size.parse(str(value), CLI_SIZE))
+        except SizeError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class BytesQuantity(click.ParamType):

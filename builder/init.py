@@ -34,6 +34,7 @@ from typing import Any, Mapping
 from .errors import UsageError
 from .plugin_api import Framework
 from enclave_build.contract.schema import Field, Section, did_you_mean
+from enclave_build.contract.size import Size
 from .spec import _HOSTPORT, _NAME, _NAME_DOC, ENCLAVE
 
 DEFAULT_FRAMEWORK = "tflite"
@@ -133,10 +134,8 @@ def toml_value(value: Any) -> str:
 
 
 def size_text(size: int) -> str:
-    for suffix, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size % scale == 0:
-            return f"{size // scale}{suffix}"
-    raise ValueError(f"{size} is not a whole number of KiB")
+    """A spec size (``"4G"``); ValueError unless a whole number of KiB."""
+    return Size(size).text(fallback="error")
 
 
 def _constraints(f: Field) -> str:

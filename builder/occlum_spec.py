@@ -46,6 +46,7 @@ from typing import Any
 
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.schema import Field, Problem, Section
+from enclave_build.contract.size import OCCLUM_SIZE, Size, SizeError
 
 from .plan import OcclumPlanOptions
 
@@ -93,22 +94,20 @@ class DebugServerWarning(UserWarning):
     """``occlum.allow_debug_server`` let a DEBUG secret-server enclave be trusted."""
 
 
-_SIZE = re.compile(r"^([0-9]+)\s*([KMGT]?)B?\Z")
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _HEX = re.compile(r"^0x[0-9a-fA-F]{1,32}\Z")
 _TARGET = re.compile(r"^/[A-Za-z0-9._/-]*\Z")
 #: Sizes that become Enclave.xml stack/heap/reserved sizes, which sgx_sign wants page-aligned.
 PAGE_ALIGNED = ("kernel_heap", "kernel_heap_max", "kernel_stack", "user_space_init")
 PAGE = 0x1000
-SIZE_DOC = '<integer><K|M|G|T>, optionally with a trailing B, e.g. "64M" or "64MB"'
+SIZE_DOC = OCCLUM_SIZE.doc
 
 
 def parse_size(text: str) -> int | None:
     """``"64M"``/``"64MB"`` -> bytes; a bare number needs the ``B`` (``"4096B"``)."""
-    match = _SIZE.match(text.strip())
-    if not match or (not match.group(2) and not text.strip().endswith("B")):
+    try:
+        return int(Size.parse(text, OCCLUM_SIZE))
+    except SizeError:
         return None
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def check(values: dict[str, Any], given: bool, libos: Any, edmm: bool, base_dir: Path,

@@ -14,6 +14,7 @@ grammar             examples                                   used by
 ``K8S_MEMORY``      ``"512Mi"``, ``"2Gi"``, ``"1024"``         [deploy] memory quantities
 ``K8S_BYTES``       ``"64Gi"``, ``"64G"`` (10^9), ``"68719"``  a node's EPC (Kubernetes
                                                                quantities, decimal or binary)
+``OCCLUM_JSON_SIZE`` ``"32MB"``, ``"4096B"``                  Occlum.json (as Occlum reads it)
 ``CLI_SIZE``        ``"4G"``, ``"4Gi"``, ``"512M"``            ``plan-capacity --enclave-size``
 ==================  =========================================  ================================
 
@@ -109,6 +110,11 @@ K8S_BYTES = Grammar(
     "64 x 10^9) or a binary one Ki, Mi, Gi, Ti (64Gi = 64 x 2^30)", maximum=INT64_MAX,
     strip=True, noun="a quantity of bytes",
     range_doc=f"more than 0 and at most {INT64_MAX} bytes")
+OCCLUM_JSON_SIZE = Grammar(
+    "occlum-json", r"\s*\+?(?P<number>[0-9]+)\s*(?P<unit>KB|MB|GB|TB|B)\s*",
+    {"B": 1, **{k + "B": _BINARY[k] for k in "KMGT"}},
+    'an integer with a unit KB, MB, GB, TB or B, e.g. "32MB"', minimum=0,
+    maximum=(1 << 64) - 1, range_doc="at most 2^64-1 bytes")
 CLI_SIZE = Grammar(
     "cli", r"(?P<number>[1-9][0-9]*)(?P<unit>K|M|G|T|Ki|Mi|Gi|Ti)?",
     {"": 1, **{k: _BINARY[k] for k in "KMGT"}, **{k + "i": _BINARY[k] for k in "KMGT"}},
@@ -161,6 +167,13 @@ class Size(int):
     def __repr__(self) -> str:
         return f"Size({int(self)})"
 
+    def occlum_text(self) -> str:
+        """The largest exact Occlum.json unit: ``"32MB"``, ``"1536B"``."""
+        for unit in ("T", "G", "M", "K"):
+            if self and self % _BINARY[unit] == 0:
+                return f"{self // _BINARY[unit]}{unit}B"
+        return f"{int(self)}B"
+
     def mebibytes_text(self) -> str:
         """Rounded up to whole MiB, Kubernetes style: ``"512Mi"``."""
         return f"{math.ceil(self / (1 << 20))}Mi"
@@ -173,5 +186,5 @@ class Size(int):
 
 
 __all__ = ["Size", "SizeError", "Grammar", "SPEC_SIZE", "HUMAN_SIZE", "OCCLUM_SIZE",
-           "GRAMINE_SIZE", "K8S_MEMORY", "K8S_BYTES", "CLI_SIZE", "K8S_MEMORY_PATTERN",
-           "INT64_MAX"]
+           "OCCLUM_JSON_SIZE", "GRAMINE_SIZE", "K8S_MEMORY", "K8S_BYTES", "CLI_SIZE",
+           "K8S_MEMORY_PATTERN", "INT64_MAX"]

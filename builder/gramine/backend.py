@@ -21,6 +21,8 @@ from typing import Any, Callable
 import jinja2
 import tomli_w
 
+from enclave_build.contract.size import Size
+
 from ..errors import EnclaveBuildError, UsageError
 from ..hashing import HashCache, hash_files
 from ..elf import LoaderView, closure, read_deps
@@ -63,10 +65,8 @@ def _environment() -> jinja2.Environment:
 
 
 def size_text(size: int) -> str:
-    for suffix, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size % scale == 0:
-            return f"{size // scale}{suffix}"
-    return str(size)
+    """A manifest size: ``"4G"``, ``"256M"``, else bytes."""
+    return Size(size).text()
 
 
 def manifest_path(plan: ServicePlan) -> str:
@@ -352,10 +352,7 @@ def resolve_trusted(plan: ServicePlan, rootfs: RootFS) -> list[str]:
 
 
 def _size_text(size: int) -> str:
-    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
-        if size >= 1 << shift and size % (1 << shift) == 0:
-            return f"{size >> shift}{unit}"
-    return f"{size:#x}"
+    return Size(size).text(fallback="hex")
 
 
 def _too_small(plan: ServicePlan, exc: EnclaveTooSmall) -> UsageError:
