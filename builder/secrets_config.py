@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from enclave_build.contract.measurements import Measurements, MeasurementsError
-from enclave_build.contract.names import POLICY_FILE  # noqa: F401 - part of this module's API
+from enclave_build.contract.names import POLICY_FILE, SECRETS_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment, PolicyFragmentError
 from enclave_build.contract.secrets_config import (KEY_SIZE, AttestationSettings,
                                                    GrSecretSettings, SecretRule, SecretsConfig,
@@ -307,7 +307,7 @@ def compose_config(policies: list[Path], server: ServerSide, *,
         warnings.warn("the fragments have Occlum secrets (encoding/requested_as), which only "
                       "Occlum's GrSecret service serves: pass --grsecret-listen HOST:PORT",
                       UserWarning, stacklevel=2)
-    config = SecretsConfig(Path("secrets.toml").resolve(), settings, attestation,
+    config = SecretsConfig(Path(SECRETS_FILE).resolve(), settings, attestation,
                            tuple(measurements), tuple(secrets), grsecret=grsecret)
     return ComposedConfig(config, tuple(sources))
 

@@ -268,9 +268,12 @@ def _check(data: dict, v: dict[str, Any], problems: list[Problem]) -> None:
         if len(set(seen)) != len(seen):
             problems.append(Problem(("ports",), f"two ports with the same {attr}"))
     names = sorted(p["name"] for p in ports if p.get("name"))
+    # port references are checked when every port's name is known
+    names_known = not any(p.path[:1] == ("ports",) and (len(p.path) <= 2 or p.path[2] == "name")
+                          for p in problems)
     for table in ("health", "metrics"):
         port = (v[table] or {}).get("port")
-        if port is not None and not bad(problems, ("ports",)) and port not in names:
+        if port is not None and names_known and port not in names:
             problems.append(Problem((table, "port"), f"{port!r} is not allowed; allowed: "
                                                      f"{', '.join(names)}"))
     health = v["health"] or {}

@@ -136,7 +136,7 @@ def open_build(directory: str | Path, log: Callable[[str], None] | None = None
         raise RunError(f"{directory / 'oci'}: no OCI image layout; is {directory} the output "
                        "directory of `enclave-build build`?")
     if not (directory / MEASUREMENTS_FILE).is_file():
-        raise RunError(f"{directory / 'measurements.json'}: not found; the simulated quoter "
+        raise RunError(f"{directory / MEASUREMENTS_FILE}: not found; the simulated quoter "
                        "needs the build's identity")
     with BlobCache(cache_root()).in_use():     # no prune removes a blob while it is read
         return _open_verified(directory, log)
@@ -148,7 +148,7 @@ def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple[
     try:
         image, measurements = open_image(str(directory))
     except MeasurementsError as exc:
-        raise RunError(f"{directory / 'measurements.json'}: {exc}") from None
+        raise RunError(f"{directory / MEASUREMENTS_FILE}: {exc}") from None
     assert measurements is not None
     if measurements.libos != "gramine":
         raise RunError(f"{directory}: built with libos = {measurements.libos!r}; `run "
