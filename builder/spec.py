@@ -103,7 +103,7 @@ def _seconds(name: str, doc: str) -> Field:
 
 
 #: Limits of enclave-build's model server (model-server.json ``limits``; measured, so changing
-#: one changes MRENCLAVE). Unset keys keep the server's defaults (model_server.config.Limits).
+#: one changes MRENCLAVE). Unset keys keep the server's defaults (enclave_build.contract.server_config.Limits).
 LIMITS = Section("limits", "limits of enclave-build's model server (tflite, openvino mode "
                  "\"python\", third-party Python backends)", (
     Field("max_request_bytes", "size", "largest request body / message (default 64M)",
