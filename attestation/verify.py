@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from enclave_build.contract import tcb as _tcb
 from enclave_build.contract.identity import EnclaveIdentity
-from enclave_build.contract.tcb import TCB_STATUSES
+from enclave_build.contract.tcb import TCB_STATUSES  # noqa: F401 - part of this module's API
 
 from .quote import (FLAG_DEBUG, FLAG_EINITTOKEN_KEY, FLAG_INIT, FLAG_MODE64BIT,
                     FLAG_PROVISION_KEY, HEADER_LEN, SIGNED_LEN, Quote, QuoteFormatError)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.ratls import create_certificate
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
+from enclave_build.contract.identity import EnclaveIdentity
 
 MR_SIGNER = hashlib.sha256(b"test signer").digest()
 PROD_ID = {"face": 1, "ocr": 2}  # one signing key, two products

@@ -12,9 +12,9 @@ import pytest
 
 from enclave_build.attestation import upload
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.server import SecretServer
 from enclave_build.attestation.config import load_config
+from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, identity, make_env
 from .conftest import run_cli

@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.ratls import create_certificate
 from enclave_build.attestation.synthetic import SyntheticPKI
+from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, identity
 from .conftest import run_cli

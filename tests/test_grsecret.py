@@ -33,7 +33,6 @@ from enclave_build.attestation import grsecret
 from enclave_build.attestation.client import attest_endpoint, fetch_secret
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.occlum_ra import PeerRejected, RaConfig, RaConfigError, verify_peer_certificate
 from enclave_build.attestation.quote_source import (SIMULATED_QUOTER_ENV, QuoteSourceError, device_source,
                                       discover)
@@ -43,6 +42,7 @@ from enclave_build.attestation.server import SecretServer, ServerError, startup_
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.attestation.verify import QuoteRejected
+from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
 
@@ -619,7 +619,7 @@ def test_config_errors_name_the_key(env, tmp_path):
         (base.replace("idle = 1.0", 'idle = 1.0\nclient_ra_config = "missing.json"'),
          "grsecret.client_ra_config: "),
         (base.replace('max_tls =', 'identity = "enclave"\nmax_tls ='),
-         "server.identity: 'enclave'; allowed"),
+         "server.identity: 'enclave' is not allowed; allowed: ca-cert, ratls"),
         (base.replace('max_tls =', 'identity = "ratls"\nmax_tls ='),
          "server.cert: not used with identity = \"ratls\""),
     ]

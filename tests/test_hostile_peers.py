@@ -30,11 +30,11 @@ from OpenSSL import SSL
 from enclave_build.attestation import grsecret, upload, wire
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
 from enclave_build.attestation.ratls import CCZOO_OID, DICE_OID, LEGACY_OID, EvidenceError, extract_evidence
 from enclave_build.attestation.server import SecretServer, ServerError
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
+from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
 

@@ -23,7 +23,6 @@ import yaml
 from click.testing import CliRunner
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.builder.build import load, make_plan, policy_fragment
 from enclave_build.builder.cli import main
 from enclave_build.builder.k8s import capacity, timing
@@ -32,6 +31,7 @@ from enclave_build.builder.k8s.inputs import K8sError, pinned_image
 from enclave_build.builder.k8s.layout import MARKER, OVERLAY, Manifests
 from enclave_build.builder.k8s.service_info import SERVICE_FILE, ServiceInfo, ServiceInfoError, service_info
 from enclave_build.builder.spec import SpecError
+from enclave_build.contract.identity import EnclaveIdentity
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 

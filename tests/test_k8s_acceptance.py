@@ -20,13 +20,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.builder.build import load, make_plan
 from enclave_build.builder.cli import main
 from enclave_build.builder.k8s.autoscaling import LATENCY, adapter_helm_values, adapter_rules
 from enclave_build.builder.k8s.generate import render
 from enclave_build.builder.k8s.inputs import K8sError
 from enclave_build.builder.k8s.service_info import SERVICE_FILE, ServiceInfo, service_info
+from enclave_build.contract.identity import EnclaveIdentity
 from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build, walk
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")

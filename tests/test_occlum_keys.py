@@ -26,7 +26,6 @@ import pytest
 
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.policy import Identity, Policy, PolicyError, SecretRule, hex_dashes
 from enclave_build.attestation.server import SecretServer, startup_warnings
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
@@ -40,6 +39,7 @@ from enclave_build.builder.plan import KeyDelivery
 from enclave_build.builder.plugin_api import SERVER_CONFIG
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError, load_spec
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.model_server.config import ROOT_ENV, ConfigError as ServerConfigError, parse_config
 from enclave_build.model_server.keys import KeyFetchError, prepare_keys
 

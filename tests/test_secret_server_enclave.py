@@ -25,10 +25,10 @@ from enclave_build.attestation import wire
 from enclave_build.attestation.attest_client import AttestationRefused, Expectation, open_attested
 from enclave_build.attestation.collateral import FileCollateral
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.builder.build import build
 from enclave_build.builder.standin import add_standin_runtimes
+from enclave_build.contract.identity import EnclaveIdentity
 
 from . import serving_env as se
 from .attest_env import MR_SIGNER, identity
