@@ -117,6 +117,9 @@ def python_import_dirs(plan: ServicePlan) -> list[str]:
     site directories (``~/.local`` for the plan's HOME, /tmp and /root: a ``.pth`` file there
     runs at interpreter start, even with PYTHONNOUSERSITE unset by mistake)."""
     dirs = [p for p in plan.env.get("PYTHONPATH", "").split(":") if p.startswith("/")]
+    argv = list(plan.argv)
+    if len(argv) >= 2 and argv[1] != "-m" and posixpath.isabs(argv[1]):
+        dirs.append(posixpath.dirname(argv[1]))      # a script's directory comes first
     if plan.python is not None:
         dirs += [plan.python.stdlib, *plan.python.site_dirs]
     homes = {plan.env.get("HOME", "/tmp"), "/tmp", "/root"}
