@@ -36,8 +36,8 @@ from .key_scan import KeyScanner
 from .leak_guard import check_model_paths, scan_artifacts, scan_plan
 from .k8s.service_info import SERVICE_FILE, ServiceInfo, service_info
 from .plan import ServicePlan
-from .plugin_api import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
-                         SecretRelease)
+from .plugin_types import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
+                           SecretRelease)
 from .plugins import PluginRegistry
 from .rootfs import RootFS
 from .spec import Spec, load_spec
@@ -144,7 +144,8 @@ class GeneratedKeyWarning(UserWarning):
 
 def load(spec_path: str | Path, registry: PluginRegistry | None = None) -> tuple[Spec, PluginRegistry]:
     registry = registry or PluginRegistry()
-    spec = load_spec(spec_path, registry.framework_sections(), tuple(registry.libos))
+    spec = load_spec(spec_path, registry.framework_sections(), registry.libos_sections(),
+                     missing_note=registry.failure_note())
     return spec, registry
 
 

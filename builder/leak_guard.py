@@ -35,7 +35,8 @@ from .hashing import HashCache
 from .key_scan import KeyFinding, KeyScanner, parses_as_private_key
 from .model_files import SkippedModelFile, regular_files
 from .plan import FileKind, ServicePlan
-from .plugin_api import ArtifactFile, spec_error
+from .planning import spec_error
+from .plugin_types import ArtifactFile
 from .spec import Spec
 
 #: Files of an encrypted model up to this size are checked for keys too (key files are small;

@@ -57,7 +57,7 @@ def base_plan(spec: Spec, framework: Framework, *, entrypoint: str, argv: list[s
         trusted=list(trusted or []),
         ports=list(ports or []),
     )
-    plan.occlum = spec.occlum
+    plan.libos_options = spec.libos_options
     plan.origin = spec_origin(spec.path)
     plan.labels["org.enclave-build.service"] = spec.service.name
     plan.labels["org.enclave-build.framework"] = framework.name
@@ -66,8 +66,66 @@ def base_plan(spec: Spec, framework: Framework, *, entrypoint: str, argv: list[s
                                           delivery=key_delivery,
                                           server_trust=spec.secrets.server_trust)
         if spec.secrets.server_trust is not None:   # an attested secret server, not a CA
-            server_trust.add_to_plan(spec, plan, framework.name)
+            add_server_trust(spec, plan, framework.name)
     return plan
+
+
+def add_server_trust(spec: Spec, plan: ServicePlan, framework: str) -> None:
+    """Ship what verifying the secret server needs as trusted files of *plan* (called by
+    :func:`base_plan` when the spec names server_measurements). Changing which server
+    is trusted therefore changes this enclave's MRENCLAVE. Refuses (located spec error) plans
+    whose keys Gramine's provisioning constructor fetches: it checks a CA only."""
+    trust = plan.secrets.server_trust
+    if plan.secrets.delivery is not KeyDelivery.IN_ENCLAVE:
+        raise spec_error(spec, ("secrets", "server_measurements"),
+                         f"framework {framework!r} gets its keys from Gramine's provisioning "
+                         "constructor, which checks the secret server against a CA only: use "
+                         "[secrets] ca, or a framework served by enclave-build's model server "
+                         '(tflite, openvino mode "python", Python backends)')
+    own = _own_mr_signer(spec)
+    if trust.pin == "mr_signer" and own is not None:
+        for index, identity in enumerate(trust.identities):
+            if (identity.mr_signer, identity.isv_prod_id) == (own, plan.enclave.isv_prod_id):
+                raise spec_error(spec, ("secrets", "server_measurements", index),
+                                 "that secret server has this enclave's own MRSIGNER and "
+                                 f"isv_prod_id ({identity.isv_prod_id}): with server_pin = "
+                                 "\"mr_signer\" any build of this service would pass as the "
+                                 "secret server; give the secret server another [enclave] "
+                                 "isv_prod_id (or its own signing key)")
+    if trust.root_ca is not None:
+        plan.add_file(trust.root_ca, server_trust.TRUST_ROOT, FileKind.TRUSTED)
+    if trust.collateral is not None:
+        plan.add_file(trust.collateral, server_trust.TRUST_COLLATERAL, FileKind.TRUSTED)
+    server_trust.warn_if_synthetic(trust)
+    server_trust.warn_if_relaxed(trust)
+
+
+def _own_mr_signer(spec: Spec) -> str | None:
+    """MRSIGNER this build will have (SHA-256 of the signing key's modulus, little-endian), or
+    None when the key cannot be read here (the signing step reports that)."""
+    import hashlib
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        if spec.signing.public_key is not None:
+            key = serialization.load_pem_public_key(spec.signing.public_key.read_bytes())
+        elif spec.signing.key is not None:
+            secret = os.environ.get(spec.signing.passphrase_env or "") if \
+                spec.signing.passphrase_env else None
+            key = serialization.load_pem_private_key(
+                spec.signing.key.read_bytes(), secret.encode() if secret else None).public_key()
+        else:
+            return None
+    except (OSError, ValueError, TypeError):
+        return None
+    if not isinstance(key, rsa.RSAPublicKey):
+        return None
+    modulus = key.public_numbers().n
+    size = (max(modulus.bit_length(), 3072) + 7) // 8   # SIGSTRUCT holds 384 bytes
+    return hashlib.sha256(modulus.to_bytes(size, "little")).hexdigest()
 
 
 def default_key_name(spec: Spec) -> str:

@@ -1,11 +1,15 @@
-"""The public API for plugins: everything a framework or libOS plugin may import.
+"""Deprecated: the plugin API's old name. Import :mod:`enclave_build.plugin` instead.
 
-Plugins (builtin or third-party) use only this module, :mod:`builder.hookspecs`,
-:mod:`builder.plan`, :mod:`builder.schema` and :mod:`builder.errors`. The definitions live in
-:mod:`builder.plugin_types`, :mod:`builder.planning` and :mod:`builder.python_server`.
+Importing this module warns (DeprecationWarning); it re-exports the names it had, from where
+they live now. It will be removed in a later release.
 """
 
 from __future__ import annotations
+
+import warnings
+
+warnings.warn("enclave_build.builder.plugin_api is deprecated: import enclave_build.plugin, "
+              "the stable plugin API", DeprecationWarning, stacklevel=2)
 
 from .errors import EnclaveBuildError
 from .hookspecs import hookimpl

@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 from .plan import ServicePlan
 from .rootfs import RootFS
 from .schema import Section
-from .spec import Spec
+from .spec import LibOSSection, SectionOptions, Spec
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,24 @@ class LibOSArtifacts:
 
 @dataclass(frozen=True)
 class LibOS:
-    """A library OS backend: renders, measures and signs a plan against a root filesystem."""
+    """A library OS backend: renders, measures and signs a plan against a root filesystem.
+
+    *section*: the backend's own spec section (e.g. ``[occlum]``), validated like every other
+    section and allowed only when ``service.libos`` names this backend. *options* turns its
+    validated values into the object the backend reads from ``plan.libos_options`` (appending a
+    located :class:`~builder.schema.Problem` for each value it cannot use); without it the plan
+    carries the validated values themselves. *secrets_ca*: the enclave checks its secret server
+    against ``[secrets] ca``; False when the libOS fetches the keys and verifies the server by
+    its quote itself (Occlum's init), so no CA is required.
+    """
 
     name: str
     description: str
     build: Callable[[ServicePlan, RootFS, BuildOptions], LibOSArtifacts]
+    section: Section | None = None
+    options: SectionOptions | None = None
+    secrets_ca: bool = True
+
+    def spec_section(self) -> LibOSSection:
+        """What the spec engine needs to know of this backend."""
+        return LibOSSection(self.section, self.options, self.secrets_ca)

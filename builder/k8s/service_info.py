@@ -348,5 +348,5 @@ def service_info(plan: ServicePlan, deploy: DeploySpec, run_as: tuple[int, int],
         secret_server_enclave=bool(secrets and secrets.keys and (
             secrets.server_trust is not None or plan.libos == "occlum"
             or secrets.delivery is KeyDelivery.LIBOS_FILES)),
-        ra_tls_identity=plan.needs_gramine_quotes,
+        ra_tls_identity=plan.needs_quote_device,
         tls=tls, deploy=deploy)
