@@ -20,7 +20,7 @@ from .errors import UsageError
 from .schema import Field, Problem, Section, did_you_mean, validate_section
 from . import server_trust
 from .plan import ServerTrust
-from .k8s.settings import DEPLOY, DeploySpec, check_deploy
+from .deploy.settings import DEPLOY, DeploySpec, check_deploy
 
 _NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _NAME_DOC = "lower-case letters, digits and '-', at most 63 characters (a DNS label)"

@@ -47,7 +47,7 @@ class BytesQuantity(click.ParamType):
     name = "QUANTITY"
 
     def convert(self, value, param, ctx):  # noqa: ANN001
-        from ..k8s.quantity import bytes_quantity
+        from ..deploy.quantity import bytes_quantity
 
         if isinstance(value, int):
             return value
@@ -182,8 +182,8 @@ def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node
     Give the enclave size (and libOS) or a BUILD_DIR to take them from its service.json.
     """
     from ..k8s.capacity import plan_capacity as plan
-    from ..k8s.quantity import memory_bytes
-    from ..k8s.service_info import SERVICE_FILE, ServiceInfo
+    from ..deploy.quantity import memory_bytes
+    from ..deploy.service_info import SERVICE_FILE, ServiceInfo
 
     with errors():
         attests, margin = not no_attestation, None
@@ -211,7 +211,7 @@ def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node
 
 
 def _print_plan(result: "CapacityPlan") -> None:
-    from ..k8s.quantity import MI, format_mebibytes
+    from ..deploy.quantity import MI, format_mebibytes
 
     mib = format_mebibytes
     click.echo(f"libos              {result.libos}")

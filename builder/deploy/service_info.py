@@ -37,8 +37,7 @@ from typing import Any
 
 from ..errors import EnclaveBuildError, UsageError
 from ..plan import KeyDelivery, MountType, ServicePlan
-from .capacity import LIBOS
-from .settings import DeploySpec, validate_deploy
+from .settings import LIBOS, DeploySpec, validate_deploy
 
 SERVICE_FILE = "service.json"
 FORMAT_VERSION = 1
