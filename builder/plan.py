@@ -1,7 +1,7 @@
 """ServicePlan: the libOS-neutral description of a service, filled by a framework plugin.
 
 Data flows spec -> plan -> libOS artifacts -> image -> result. A framework plugin builds the plan
-from the spec (see :func:`builder.plugin_api.base_plan`); any plugin may then adjust it in
+from the spec (see :func:`builder.planning.base_plan`); any plugin may then adjust it in
 ``enclave_build_configure``. Nothing after this stage reads the spec again.
 
 Paths called ``dest`` or ``path`` are absolute paths inside the image / enclave; ``source`` is a

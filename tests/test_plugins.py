@@ -535,3 +535,48 @@ def test_openvino_extra_args_in_python_mode_is_a_located_spec_error_exit_2(
                    cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert b"error: spec.toml:11: openvino.extra_args: only for mode" in proc.stderr
+
+
+# --------------------------------------------------------------------------- libOS sections
+
+def test_a_libos_backend_declares_its_own_spec_section(tmp_path, monkeypatch, signing_key):
+    """Validated by the spec engine like every section (file, line, key), allowed only with
+    the backend selected, its values in plan.libos_options; no core field involved."""
+    from enclave_build.builder.build import load, make_plan
+    from enclave_build.builder.spec import SpecError
+    from enclave_build.plugin import Field, LibOS, Section
+
+    section = Section("toylibos", "a toy libOS", (
+        Field("heap", "size", "heap size", default="64M"),), owner="toylibos")
+
+    class Toy:
+        @hookimpl
+        def enclave_build_libos(self):
+            return [LibOS("toylibos", "a toy", build=lambda plan, rootfs, options: None,
+                          section=section)]
+
+    registry = PluginRegistry(extra_plugins=[Toy()])
+    shutil.copy(signing_key, tmp_path / "key.pem")
+    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    common = ('[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
+              '[signing]\nkey = "key.pem"\n')
+    monkeypatch.chdir(tmp_path)
+    write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\nlibos = "toylibos"\n'
+                         + common + '[toylibos]\nheap = "128M"\n')
+    spec, _ = load("spec.toml", registry)
+    assert spec.section("toylibos") == {"heap": 128 << 20}
+    assert make_plan(spec, registry).libos_options == {"heap": 128 << 20}
+
+    write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n' + common
+               + '[toylibos]\nheap = "3M"\nheep = 1\n')
+    with pytest.raises(SpecError) as info:
+        load("spec.toml", registry)
+    assert info.value.lines() == ['spec.toml:10: toylibos: [toylibos] applies only to '
+                                  'service.libos = "toylibos" (this spec\'s libos is '
+                                  "'gramine')"]
+    write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\nlibos = "toylibos"\n'
+               + common + '[toylibos]\nheap = "3M"\n')
+    with pytest.raises(SpecError) as info:
+        load("spec.toml", registry)
+    assert info.value.lines()[0].startswith("spec.toml:12: toylibos.heap: '3M' is not a power "
+                                            "of two")

@@ -41,7 +41,7 @@ from .settings import LIBOS, DeploySpec, validate_deploy
 
 SERVICE_FILE = "service.json"
 FORMAT_VERSION = 1
-#: Where enclave-build's model server reads its configuration (see builder.plugin_api).
+#: Where enclave-build's model server reads its configuration (see builder.python_server).
 MODEL_SERVER_CONFIG = "/enclave/model-server.json"
 
 
