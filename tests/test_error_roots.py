@@ -71,3 +71,18 @@ def test_package_errors_end_a_command_with_their_exit_code(capsys):
                 raise error
         assert info.value.code == code
         assert capsys.readouterr().err == f"error: {error}\n"
+
+
+def test_ctrl_c_exits_130():
+    import click
+    from click.testing import CliRunner
+
+    from enclave_build.builder.cli import main
+
+    @click.command("boom")
+    def boom():
+        raise KeyboardInterrupt
+
+    group = type(main)(name="enclave-build", commands={"boom": boom})   # main's own class
+    result = CliRunner().invoke(group, ["boom"])
+    assert (result.exit_code, result.output) == (130, "interrupted\n")
