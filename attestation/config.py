@@ -68,9 +68,10 @@ from typing import Any
 from .policy import ENCODINGS, KEY_SIZE, SecretRule
 from .upload import UploadConfigError, UploadSettings, load_settings as _load_upload
 from .verify import TCB_STATUSES, TcbPolicy, VerifierConfigError
+from .errors import AttestationConfigError
 
 
-class ConfigError(ValueError):
+class ConfigError(AttestationConfigError, ValueError):
     pass
 
 

@@ -15,12 +15,13 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from .errors import AttestationError
 
 _HEX32 = re.compile(r"^[0-9a-f]{64}\Z")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
-class MeasurementsError(ValueError):
+class MeasurementsError(AttestationError, ValueError):
     """A measurements.json file is malformed."""
 
 

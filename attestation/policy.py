@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .measurements import Measurements, MeasurementsError
+from .errors import AttestationConfigError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
-class PolicyError(ValueError):
+class PolicyError(AttestationConfigError, ValueError):
     """The policy configuration is invalid."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import wire
+from .errors import AttestationError
 
 SIMULATED_QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
 ATTESTATION_ROOT = Path("/dev/attestation")
@@ -31,7 +32,7 @@ ATTESTATION_ROOT = Path("/dev/attestation")
 QuoteSource = Callable[[bytes], bytes]   # report_data (64 bytes) -> quote
 
 
-class QuoteSourceError(RuntimeError):
+class QuoteSourceError(AttestationError, RuntimeError):
     """No quote can be had, or the source failed; the message says which and why."""
 
 

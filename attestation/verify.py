@@ -50,16 +50,17 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from .quote import (FLAG_DEBUG, FLAG_EINITTOKEN_KEY, FLAG_INIT, FLAG_MODE64BIT,
                     FLAG_PROVISION_KEY, HEADER_LEN, SIGNED_LEN, Quote, QuoteFormatError)
+from .errors import AttestationConfigError, AttestationError
 
 TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
                 "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded")
 
 
-class QuoteRejected(Exception):
+class QuoteRejected(AttestationError):
     """The quote does not prove what the policy requires."""
 
 
-class VerifierConfigError(ValueError):
+class VerifierConfigError(AttestationConfigError, ValueError):
     """The verifier was asked for something it cannot do."""
 
 

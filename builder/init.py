@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UsageError
-from .plugin_api import Framework
+from .plugin_types import Framework
 from .schema import Field, Section, did_you_mean
 from .spec import _HOSTPORT, _NAME, _NAME_DOC, ENCLAVE
 

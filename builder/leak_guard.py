@@ -37,7 +37,8 @@ from .hashing import HashCache
 from .key_scan import KeyFinding, KeyScanner, parses_as_private_key
 from .model_files import SkippedModelFile, regular_files
 from .plan import FileKind, ServicePlan
-from .plugin_api import MODEL_ROOT, SECRETS_DIR, ArtifactFile, spec_error
+from .planning import MODEL_ROOT, SECRETS_DIR, spec_error
+from .plugin_types import ArtifactFile
 from .spec import Spec
 
 #: Files of an encrypted model up to this size are checked for keys too (key files are small;

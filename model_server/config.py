@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from .errors import ModelServerError
 
 ROOT_ENV = "ENCLAVE_BUILD_ROOT"
 #: Plain-process simulation only (with ROOT_ENV): the address that replaces the wildcard
@@ -24,7 +25,7 @@ LISTEN_ENV = "ENCLAVE_BUILD_SIMULATION_LISTEN"
 CONFIG_VERSION = 1
 
 
-class ConfigError(ValueError):
+class ConfigError(ModelServerError, ValueError):
     """The configuration file is missing, malformed or inconsistent."""
 
 

@@ -63,6 +63,7 @@ from enclave_build.attestation.ratls import FORMATS, create_certificate
 
 from .config import KeysConfig, host_path
 from .server_attest import ServerRefused, ServerVerifier
+from .errors import ModelServerError
 
 SIMULATED_QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
 REPORT_DATA_SIZE = 64
@@ -71,7 +72,7 @@ REPORT_DATA_SIZE = 64
 _ATTESTATION_ROOT = Path("/dev/attestation")
 
 
-class KeyFetchError(RuntimeError):
+class KeyFetchError(ModelServerError, RuntimeError):
     """A key could not be obtained; the message carries the secret server's reason."""
 
 

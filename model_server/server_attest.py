@@ -37,9 +37,10 @@ import sys
 from dataclasses import dataclass
 
 from .config import ExpectedServer, ServerTrustConfig, host_path
+from .errors import ModelServerError
 
 
-class ServerRefused(Exception):
+class ServerRefused(ModelServerError):
     """The secret server is not (provably) one the configuration trusts."""
 
 

@@ -187,7 +187,7 @@ def test_base_list_columns_line_up():
 
 
 def test_standin_runtime_names_match_the_library():
-    from enclave_build.builder.cli import STANDIN_RUNTIME_NAMES
+    from enclave_build.builder.cli.base import STANDIN_RUNTIME_NAMES
     from enclave_build.builder.standin import STANDIN_RUNTIMES
 
     assert tuple(sorted(STANDIN_RUNTIMES)) == STANDIN_RUNTIME_NAMES

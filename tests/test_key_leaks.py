@@ -19,7 +19,7 @@ from enclave_build.builder.hashing import HashCache
 from enclave_build.builder.key_scan import KeyScanner
 from enclave_build.builder.leak_guard import KeyMaterialError, scan_artifacts, scan_plan
 from enclave_build.builder.plan import FileKind, PlanFile
-from enclave_build.builder.plugin_api import ArtifactFile
+from enclave_build.plugin import ArtifactFile
 
 from .conftest import run_cli, write_spec
 

@@ -25,7 +25,7 @@ from enclave_build.builder.occlum import rules
 from enclave_build.builder.occlum.backend import entrypoint, stage_plan_files
 from enclave_build.builder.occlum.launcher import LAUNCHER, python_launcher
 from enclave_build.builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
-from enclave_build.builder.occlum_spec import DebugServerWarning
+from enclave_build.builder.occlum.spec_section import DebugServerWarning
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError
 
@@ -268,7 +268,7 @@ def test_kss_ids_without_kss_are_refused(tmp_path, registry):  # noqa: F811
     with pytest.raises(SpecError, match=r"occlum.family_id: only with occlum.enable_kss"):
         plan_of(spec, registry)
     spec = example_spec("tflite", tmp_path / "b", 'ext_prod_id = "0x7"\nenable_kss = true\n')
-    assert plan_of(spec, registry).occlum.ext_prod_id == 7
+    assert plan_of(spec, registry).libos_options.ext_prod_id == 7
 
 
 def test_a_debug_server_when_allowed_warns(tmp_path, registry):  # noqa: F811

@@ -36,7 +36,7 @@ import yaml
 from . import autoscaling, deployment, secret_server
 from .capacity import plan_capacity
 from .inputs import BuildOutput, K8sError
-from .quantity import format_mebibytes, format_size
+from ..deploy.quantity import format_mebibytes, format_size
 
 MARKER = ".enclave-build-k8s"
 OVERLAY = "overlays/production"

@@ -17,11 +17,11 @@ import json
 import os
 from pathlib import Path
 
-from enclave_build.builder.plugin_api import (MODEL_ROOT, SERVER_CONFIG, EnclaveBuildError, Field, FileKind,
-                                Framework, ModelSpec, Port, Section, ServicePlan, Spec, add_model,
-                                base_plan, hookimpl, python_server_plan,
-                                refuse_model_server_keys, require_models, require_one_key,
-                                spec_error)
+from enclave_build.plugin import (MODEL_ROOT, SERVER_CONFIG, EnclaveBuildError, Field, FileKind,
+                                  Framework, ModelSpec, Port, Section, ServicePlan, Spec,
+                                  add_model, base_plan, hookimpl, python_server_plan,
+                                  refuse_model_server_keys, require_models, require_one_key,
+                                  spec_error)
 
 BINARY = "/ovms/bin/ovms"
 OVMS_LIBS = "/ovms/lib/"

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import tomli_w
 
-from enclave_build.builder.plugin_api import (PYTHON, SERVER_PYTHONPATH, Field, FileKind, Framework, Port,
-                                PythonRuntime, Section, ServicePlan, Spec, base_plan, hookimpl,
-                                refuse_model_server_keys, ship_python_package, spec_error)
+from enclave_build.plugin import (PYTHON, SERVER_PYTHONPATH, Field, FileKind, Framework, Port,
+                                  PythonRuntime, Section, ServicePlan, Spec, base_plan, hookimpl,
+                                  refuse_model_server_keys, ship_python_package, spec_error)
 
 #: Where the server's configuration and policy live in the image (all trusted).
 CONFIG_DIR = "/enclave/secret-server"
@@ -238,7 +238,7 @@ def plan(spec: Spec) -> ServicePlan:
     # Simulation only: where quotes come from when there is no quote device. It decides nothing
     # about trust: a quote from it verifies only against a synthetic root.
     plan.env_passthrough.append("ENCLAVE_BUILD_SIMULATED_QUOTER")
-    plan.needs_gramine_quotes = True  # its RA-TLS identity: quotes from /dev/attestation
+    plan.needs_quote_device = True  # its RA-TLS identity: quotes from /dev/attestation
     plan.allowed.append("/etc/resolv.conf")
     plan.add_file(None, "/etc/hosts", FileKind.ALLOWED,
                   data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")

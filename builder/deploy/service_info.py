@@ -37,12 +37,11 @@ from typing import Any
 
 from ..errors import EnclaveBuildError, UsageError
 from ..plan import KeyDelivery, MountType, ServicePlan
-from .capacity import LIBOS
-from .settings import DeploySpec, validate_deploy
+from .settings import LIBOS, DeploySpec, validate_deploy
 
 SERVICE_FILE = "service.json"
 FORMAT_VERSION = 1
-#: Where enclave-build's model server reads its configuration (see builder.plugin_api).
+#: Where enclave-build's model server reads its configuration (see builder.python_server).
 MODEL_SERVER_CONFIG = "/enclave/model-server.json"
 
 
@@ -348,5 +347,5 @@ def service_info(plan: ServicePlan, deploy: DeploySpec, run_as: tuple[int, int],
         secret_server_enclave=bool(secrets and secrets.keys and (
             secrets.server_trust is not None or plan.libos == "occlum"
             or secrets.delivery is KeyDelivery.LIBOS_FILES)),
-        ra_tls_identity=plan.needs_gramine_quotes,
+        ra_tls_identity=plan.needs_quote_device,
         tls=tls, deploy=deploy)

@@ -21,6 +21,8 @@ from .quantity import (CPU_DOC, CPU_PATTERN, MEMORY_DOC, MEMORY_PATTERN, cpu_mil
 _DNS_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 _LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 SGX_NODE_LABEL = "intel.feature.node.kubernetes.io/sgx"
+#: The libOSes whose EPC margin `enclave-build k8s` knows (others need [deploy] epc_margin).
+LIBOS = ("gramine", "occlum")
 
 DEPLOY = Section("deploy", "how `enclave-build k8s` deploys the service on Kubernetes", (
     Field("namespace", "str", "namespace of every object (default: the service's name)",
