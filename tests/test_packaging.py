@@ -33,6 +33,11 @@ def test_the_package_list_matches_the_directories_on_disk():
                 continue
             parts = init.parent.relative_to(root).parts
             on_disk.add(".".join((name, *parts)))
+        for data_dir in root.rglob("*"):    # data-only directories with importable names
+            parts = data_dir.relative_to(root).parts
+            if data_dir.is_dir() and all(p.isidentifier() for p in parts) and \
+                    "__pycache__" not in parts and not (data_dir / "__init__.py").exists():
+                on_disk.add(".".join((name, *parts)))
     assert sorted(SETUPTOOLS["packages"]) == sorted(on_disk)
 
 
