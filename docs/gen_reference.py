@@ -230,11 +230,13 @@ def environment_sources() -> list[Path]:
                                "plugins", "examples")]
 
 
-def schema_files() -> list[Path]:
-    """JSON Schema files of the file formats, if any were generated into docs/."""
-    if not SCHEMAS.is_dir():
+def schema_files(directory: Path | None = None) -> list[Path]:
+    """JSON Schema files of the file formats, if any were generated into docs/ (or
+    *directory*)."""
+    directory = SCHEMAS if directory is None else directory
+    if not directory.is_dir():
         return []
-    return sorted(SCHEMAS.glob("*.json"))
+    return sorted(directory.glob("*.json"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,10 +355,10 @@ def _prose(text: str) -> str:
     return "\\" + body if body.startswith(("#", "-", "+", ">")) else body
 
 
-def schema_links(*stems: str) -> str:
+def schema_links(*stems: str, directory: Path | None = None) -> str:
     """A line linking the JSON Schema files whose names contain one of *stems* (relative to a
     page in docs/reference/), or "" when there are none."""
-    files = [p for p in schema_files() if any(s in p.name for s in stems)]
+    files = [p for p in schema_files(directory) if any(s in p.name for s in stems)]
     if not files:
         return ""
     links = ", ".join(f"[{p.name}](schemas/{p.name})" for p in files)
