@@ -749,8 +749,8 @@ def page_environment() -> str:
     rows = [[code(v.name), cell(v.what)] for v in variables]
     return (HEADER + "# Environment variables\n\n"
             "What enclave-build, its secret server and its model server read from the "
-            "environment. Nothing else from the host's environment reaches an enclave: the "
-            "manifest sets the enclave's environment.\n\n" + table(["variable", "effect"], rows))
+            "environment. Inside a Gramine enclave the manifest sets the environment; of these "
+            "variables only `ENCLAVE_BUILD_SIMULATED_QUOTER` passes through from the host.\n\n" + table(["variable", "effect"], rows))
 
 
 def page_exit_codes() -> str:
