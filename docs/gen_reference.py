@@ -68,6 +68,16 @@ def builtin_frameworks() -> list[Any]:
     return [fw for name, fw in registry.frameworks.items() if name in builtin]
 
 
+def builtin_libos() -> list[Any]:
+    """LibOS backends enclave-build itself ships (their own spec sections: ``[occlum]``)."""
+    from enclave_build.builder.plugins import PluginRegistry
+
+    registry = PluginRegistry()
+    builtin = {name for info in registry.describe() if info.source == "enclave-build"
+               for name in info.libos}
+    return [lib for name, lib in registry.libos.items() if name in builtin]
+
+
 def schema_kinds() -> dict[str, str]:
     """Field kind -> how a reader says it."""
     return {"str": "string", "int": "integer", "bool": "boolean", "path": "path (string)",
@@ -137,7 +147,7 @@ class OutputFile:
 
 def output_files() -> list[OutputFile]:
     from enclave_build.attestation import measurements
-    from enclave_build.builder.k8s import service_info
+    from enclave_build.builder.deploy import service_info
 
     return [
         OutputFile("oci/", "the built image as an OCI image layout (`index.json`, `oci-layout`, "
@@ -425,6 +435,13 @@ def page_spec() -> str:
            schema_links("spec"), "\n## Core sections\n\n"]
     for section in core_sections():
         out.append(section_markdown(section, "###") + "\n")
+    libos_sections = [lib.section for lib in builtin_libos()
+                      if getattr(lib, "section", None) is not None]
+    if libos_sections:
+        out.append("## LibOS sections\n\nA libOS backend may declare a section of its own, "
+                   "allowed only when `[service] libos` selects that backend.\n\n")
+        for section in libos_sections:
+            out.append(section_markdown(section, "###") + "\n")
     out.append("## Framework sections\n\nEach builtin framework plugin declares one section, "
                "named after it. Third-party plugins declare theirs the same way (`enclave-build "
                "plugins` lists what is installed).\n\n")
@@ -760,7 +777,8 @@ def page_exit_codes() -> str:
     for package in error_packages():
         module = importlib.import_module(package)
         for info in pkgutil.walk_packages(module.__path__, package + "."):
-            importlib.import_module(info.name)
+            if info.name.rsplit(".", 1)[-1] != "__main__":    # importing one runs a program
+                importlib.import_module(info.name)
 
     def subclasses(cls: type) -> Iterator[type]:
         for sub in cls.__subclasses__():

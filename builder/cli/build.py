@@ -22,7 +22,7 @@ Examples:
 Occlum ([service] libos = "occlum"): Occlum's own tools build it in their container, so a
 Docker engine and the toolchain image are needed (docker pull occlum/occlum:0.31.0-ubuntu22.04;
 ENCLAVE_BUILD_OCCLUM_IMAGE picks another), and [image] base must be an Occlum runtime base
-(README: "Occlum: the build runs in Occlum's own container").
+(the manual: How-to, Occlum).
 \b
 Exit codes: 0 built; 1 build error; 2 bad spec or usage (FILE:LINE: KEY: ...); 3 external
 signature needed (the bytes to sign were written next to the spec).

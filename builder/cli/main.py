@@ -67,7 +67,7 @@ def main(ctx: click.Context) -> None:
       enclave-build doctor                     # what this machine can do
       enclave-build init --model FILE my-model/  # your own model: prints the next commands
     \b
-    Every command has --help with an example; completion: see README ("Shell completion").
+    Every command has --help with an example; shell completion: see the manual (Getting started: Install).
     """
     ctx.obj = PLUGINS   # `plugins` lists them, with the failures of registering commands
     if ctx.invoked_subcommand != "plugins":   # which lists them itself
