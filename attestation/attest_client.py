@@ -30,12 +30,13 @@ from .collateral import CollateralError, CollateralSource
 from .measurements import Measurements
 from .ratls import EvidenceError, extract_evidence
 from .verify import QuoteRejected, TcbPolicy, VerifiedQuote, verify_quote
+from .errors import AttestationError
 
 #: The identity fields compared, in the order a mismatch is reported.
 IDENTITY_FIELDS = ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "debug")
 
 
-class AttestationRefused(Exception):
+class AttestationRefused(AttestationError):
     """The server is not (provably) one of the expected builds. ``mismatches`` lists, for an
     identity that verified but matched no build, every differing field of every build."""
 

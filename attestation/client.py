@@ -25,9 +25,10 @@ from .measurements import Measurements
 from .ratls import extract_evidence
 from .verify import QuoteRejected, TcbPolicy, VerifiedQuote, verify_quote
 from .wire import HEADER_LEN, REQUEST, RESPONSE, parse_header, recv_exact  # noqa: F401  (re-exported)
+from .errors import AttestationError
 
 
-class ProvisioningError(RuntimeError):
+class ProvisioningError(AttestationError, RuntimeError):
     """The secret could not be obtained (refused, or protocol error)."""
 
 

@@ -38,6 +38,7 @@ from cryptography import x509
 from .policy import Identity
 from .ratls import extract_evidence
 from .verify import TcbPolicy, VerificationCache, VerifiedQuote, verify_quote
+from .errors import AttestationConfigError, AttestationError
 
 FLAGS = ("verify_mr_enclave", "verify_mr_signer", "verify_isv_prod_id", "verify_isv_svn",
          "verify_config_svn", "verify_enclave_debuggable")
@@ -46,11 +47,11 @@ CONFIG_SVN_OFFSET = 308         # u16 LE in a v3 quote (report body 48 + 260)
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}\Z")
 
 
-class RaConfigError(ValueError):
+class RaConfigError(AttestationConfigError, ValueError):
     """An ra_config file is invalid; the message names the file and the key."""
 
 
-class PeerRejected(Exception):
+class PeerRejected(AttestationError):
     """The peer's RA-TLS certificate does not prove what the ra_config requires."""
 
 

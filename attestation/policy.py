@@ -37,11 +37,12 @@ from enclave_build.contract.secrets_config import (ENCODINGS, KEY_SIZE,  # noqa:
                                                    SecretRule, hex_dashes)
 
 from .measurements import Measurements, MeasurementsError
+from .errors import AttestationConfigError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
-class PolicyError(ValueError):
+class PolicyError(AttestationConfigError, ValueError):
     """The policy configuration is invalid."""
 
 

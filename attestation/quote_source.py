@@ -26,13 +26,14 @@ from typing import Callable
 from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 
 from . import wire
+from .errors import AttestationError
 
 ATTESTATION_ROOT = Path("/dev/attestation")
 
 QuoteSource = Callable[[bytes], bytes]   # report_data (64 bytes) -> quote
 
 
-class QuoteSourceError(RuntimeError):
+class QuoteSourceError(AttestationError, RuntimeError):
     """No quote can be had, or the source failed; the message says which and why."""
 
 

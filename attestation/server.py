@@ -84,9 +84,10 @@ from . import upload as _upload
 from . import grsecret as _grsecret
 from .occlum_ra import PeerIdentity, RaConfig
 from .server_identity import IdentityError, ServerIdentity, grsecret_context, use_pem
+from .errors import AttestationError
 
 
-class ServerError(RuntimeError):
+class ServerError(AttestationError, RuntimeError):
     pass
 
 

@@ -24,9 +24,10 @@ from OpenSSL import SSL
 from .config import SecretsConfig
 from .quote_source import QuoteSource, QuoteSourceError, discover
 from .ratls import server_certificate
+from .errors import AttestationError
 
 
-class IdentityError(RuntimeError):
+class IdentityError(AttestationError, RuntimeError):
     """The server's RA-TLS identity cannot be made."""
 
 

@@ -51,6 +51,7 @@ from enclave_build.contract import secrets_config as _contract
 from enclave_build.contract.schema import Problem, validate_table
 
 from .wire import WRAP_KEY_SIZE
+from .errors import AttestationConfigError, AttestationError
 
 REQUEST = b"ENCLAVE_BUILD_UPLOAD_V1\0"
 ACCEPTED = b"ENCLAVE_BUILD_UPLOAD_ACCEPT_V1:\0"
@@ -66,11 +67,11 @@ assert len(ACCEPTED) == len(REFUSED) == 32 and len(REQUEST) == 24
 _EVIDENCE_OIDS = ("2.23.133.5.4.9", "0.6.9.42.840.113741.1337.6", "1.2.840.113741.1")
 
 
-class UploadConfigError(ValueError):
+class UploadConfigError(AttestationConfigError, ValueError):
     """``[upload]`` in secrets.toml is invalid."""
 
 
-class UploadRefused(Exception):
+class UploadRefused(AttestationError):
     """The server refused the upload, or did not answer as the protocol says."""
 
 

@@ -54,14 +54,15 @@ from enclave_build.contract.tcb import TCB_STATUSES  # noqa: F401 - part of this
 
 from .quote import (FLAG_DEBUG, FLAG_EINITTOKEN_KEY, FLAG_INIT, FLAG_MODE64BIT,
                     FLAG_PROVISION_KEY, HEADER_LEN, SIGNED_LEN, Quote, QuoteFormatError)
+from .errors import AttestationConfigError, AttestationError
 
 
 
-class QuoteRejected(Exception):
+class QuoteRejected(AttestationError):
     """The quote does not prove what the policy requires."""
 
 
-class VerifierConfigError(ValueError):
+class VerifierConfigError(AttestationConfigError, ValueError):
     """The verifier was asked for something it cannot do."""
 
 

@@ -36,10 +36,10 @@ from .cache import cache_root
 from .image.sources import open_base
 from .key_scan import KeyScanner
 from .leak_guard import check_model_paths, scan_artifacts, scan_plan
-from .k8s.service_info import ServiceInfo, service_info
+from .deploy.service_info import ServiceInfo, service_info
 from .plan import ServicePlan
-from .plugin_api import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
-                         SecretRelease)
+from .plugin_types import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
+                           SecretRelease)
 from .plugins import PluginRegistry
 from .rootfs import RootFS
 from .spec import Spec, load_spec
@@ -146,7 +146,8 @@ class GeneratedKeyWarning(UserWarning):
 
 def load(spec_path: str | Path, registry: PluginRegistry | None = None) -> tuple[Spec, PluginRegistry]:
     registry = registry or PluginRegistry()
-    spec = load_spec(spec_path, registry.framework_sections(), tuple(registry.libos))
+    spec = load_spec(spec_path, registry.framework_sections(), registry.libos_sections(),
+                     missing_note=registry.failure_note())
     return spec, registry
 
 
@@ -405,7 +406,7 @@ def write_output(out: Path, image: Image, tag: str | None, measurements: Measure
 
     ``oci/`` is an OCI image layout of the built image; ``measurements.json`` its identity;
     ``secrets-policy.toml`` the secret server's fragment; ``service.json`` how it runs
-    (builder.k8s.service_info). Wrap keys never go here."""
+    (builder.deploy.service_info). Wrap keys never go here."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:

@@ -1,7 +1,7 @@
 """ServicePlan: the libOS-neutral description of a service, filled by a framework plugin.
 
 Data flows spec -> plan -> libOS artifacts -> image -> result. A framework plugin builds the plan
-from the spec (see :func:`builder.plugin_api.base_plan`); any plugin may then adjust it in
+from the spec (see :func:`builder.planning.base_plan`); any plugin may then adjust it in
 ``enclave_build_configure``. Nothing after this stage reads the spec again.
 
 Paths called ``dest`` or ``path`` are absolute paths inside the image / enclave; ``source`` is a
@@ -213,32 +213,6 @@ class ServerTrust:
     allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
 
 
-@dataclass(frozen=True)
-class OcclumPlanOptions:
-    """Occlum-only knobs, from the spec's optional ``[occlum]`` section (sizes in bytes; None =
-    derived by the Occlum backend, see builder/occlum/occlum_json.py)."""
-
-    kernel_heap: int = 32 << 20
-    kernel_heap_max: int | None = None       # EDMM only
-    kernel_stack: int = 1 << 20
-    user_space_init: int | None = None       # EDMM only
-    init_threads: int | None = None          # EDMM only
-    process_heap: int = 32 << 20
-    process_mmap: int = 100 << 20
-    amx: int = 0
-    pkru: int = 0
-    io_uring: int = 0
-    posix_shm: bool = False
-    enable_kss: bool = False
-    family_id: int = 0                        # 128-bit ISVFAMILYID (KSS)
-    ext_prod_id: int = 0                      # 128-bit ISVEXTPRODID (KSS)
-    encrypt_image: bool = False
-    hostfs: tuple[tuple[str, str], ...] = ()  # (target in the enclave, source on the host)
-    server_identities: tuple[EnclaveIdentity, ...] = ()
-    server_pin: str = "mr_enclave"            # "mr_enclave" | "mr_signer"
-    build_image: str | None = None            # Occlum toolchain image (None: the default)
-
-
 @dataclass
 class ServicePlan:
     service: str
@@ -266,11 +240,14 @@ class ServicePlan:
     env_passthrough: list[str] = field(default_factory=list)
     #: The Python interpreter and code this service runs (None for binary entrypoints).
     python: PythonRuntime | None = None
-    #: Occlum-only options ([occlum] in the spec); None = defaults.
-    occlum: OcclumPlanOptions | None = None
-    #: The program itself makes SGX quotes through Gramine's /dev/attestation (the secret
-    #: server's own RA-TLS identity); a libOS without that device (Occlum) refuses the plan.
-    needs_gramine_quotes: bool = False
+    #: The libOS backend's own options, from its spec section (:attr:`Spec.libos_options
+    #: <builder.spec.Spec.libos_options>`: the object its ``LibOS.options`` made, e.g. the
+    #: Occlum backend's OcclumPlanOptions); None when the backend declares no section.
+    libos_options: object | None = None
+    #: The program makes SGX quotes of its own through the libOS's quote device (Gramine's
+    #: /dev/attestation), e.g. for an RA-TLS identity of its own (enclave-build's secret server
+    #: as an enclave); a libOS that gives programs no such device (Occlum) refuses the plan.
+    needs_quote_device: bool = False
     #: Where the spec's keys are, for backends' error messages (None for hand-made plans).
     origin: SpecOrigin | None = None
     #: enclave-build's model server configuration (model-server.json), for plans that run it.

@@ -2,7 +2,7 @@
 
 One engine validates every configuration file enclave-build reads; it lives in the contract
 package, :mod:`enclave_build.contract.schema`, and is re-exported here (and by
-:mod:`builder.plugin_api`) for plugins.
+:mod:`enclave_build.plugin`, the stable plugin API).
 """
 
 from enclave_build.contract.schema import (Field, Problem, Section, did_you_mean,  # noqa: F401

@@ -194,7 +194,12 @@ def _check_key_place(fragment: Path, name: str, file: str, keys_dir: Path,
     what = f"{fragment}: secret {name!r}: key file {file}"
     real = Path(os.path.realpath(file))
     problem = None
-    if real != keys_dir and keys_dir not in real.parents:
+    fragment_mode = stat.S_IMODE(os.stat(fragment).st_mode)
+    if fragment_mode & 0o022:
+        # the keys directory comes from the fragment: whoever may edit it chooses the keys
+        problem = (f"{what}: the fragment is writable by group/others (mode "
+                   f"{fragment_mode:04o}), who could point it at any key; chmod go-w {fragment}")
+    elif real != keys_dir and keys_dir not in real.parents:
         problem = (f"{what}: outside the fragment's keys directory {keys_dir} (its build's "
                    "[secrets] keys_dir); a fragment may only name its own keys")
     else:

@@ -50,7 +50,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from enclave_build.contract.identity import EnclaveIdentity, mr_signer_of
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.schema import Field, Problem
 from enclave_build.contract.server_config import ServerTrustConfig
 from enclave_build.contract.tcb import TCB_STATUSES
@@ -116,11 +116,12 @@ def _identity(name: str, base_dir: Path, key: tuple, problems: list[Problem]
 
 
 def check(values: dict[str, Any], written: Any, libos: Any, base_dir: Path,
-          problems: list[Problem]) -> ServerTrust | None:
+          problems: list[Problem], *, libos_section: str | None = None) -> ServerTrust | None:
     """Convert the ``server_*`` keys of the validated ``[secrets]`` table *values* (None when
     ``server_measurements`` is not given); *written* is the table as the file has it (which
     keys were given). Appends located problems; ``ca`` versus ``server_measurements`` is
-    checked here too."""
+    checked here too. *libos_section*: the section of a libOS backend that fetches the keys
+    and verifies the server itself (Occlum's init), where such a server is named instead."""
     written = written if isinstance(written, dict) else {}
     given = values.get("server_measurements")
     if ("secrets", "server_measurements") in {p.path for p in problems}:
@@ -139,10 +140,10 @@ def check(values: dict[str, Any], written: Any, libos: Any, base_dir: Path,
                  "give either ca (the secret server has a CA-signed certificate) or "
                  "server_measurements (it is an attested enclave with an RA-TLS "
                  "certificate), not both")
-    if libos == "occlum":
+    if libos_section is not None:
         _located(problems, ("secrets", "server_measurements"),
-                 "on Occlum the libOS's init fetches the keys and verifies the server itself: "
-                 "use [occlum] server_measurements")
+                 f"on {str(libos).capitalize()} the libOS's init fetches the keys and verifies "
+                 f"the server itself: use [{libos_section}] server_measurements")
     if not given:
         _located(problems, ("secrets", "server_measurements"),
                  "name at least one measurements.json of the secret-server build")
@@ -229,64 +230,6 @@ TRUST_COLLATERAL = f"{TRUST_DIR}/collateral.json"
 TRUST_DISTRIBUTIONS = ("dcap-qvl",)
 
 
-def add_to_plan(spec, plan, framework: str) -> None:  # noqa: ANN001 - Spec, ServicePlan
-    """Ship what verifying the secret server needs as trusted files of *plan* (called by
-    builder.plugin_api.base_plan when the spec names server_measurements). Changing which server
-    is trusted therefore changes this enclave's MRENCLAVE. Refuses (located spec error) plans
-    whose keys Gramine's provisioning constructor fetches: it checks a CA only."""
-    from .plan import FileKind, KeyDelivery
-    from .plugin_api import spec_error
-
-    trust = plan.secrets.server_trust
-    if plan.secrets.delivery is not KeyDelivery.IN_ENCLAVE:
-        raise spec_error(spec, ("secrets", "server_measurements"),
-                         f"framework {framework!r} gets its keys from Gramine's provisioning "
-                         "constructor, which checks the secret server against a CA only: use "
-                         "[secrets] ca, or a framework served by enclave-build's model server "
-                         '(tflite, openvino mode "python", Python backends)')
-    own = _own_mr_signer(spec)
-    if trust.pin == "mr_signer" and own is not None:
-        for index, identity in enumerate(trust.identities):
-            if (identity.mr_signer, identity.isv_prod_id) == (own, plan.enclave.isv_prod_id):
-                raise spec_error(spec, ("secrets", "server_measurements", index),
-                                 "that secret server has this enclave's own MRSIGNER and "
-                                 f"isv_prod_id ({identity.isv_prod_id}): with server_pin = "
-                                 "\"mr_signer\" any build of this service would pass as the "
-                                 "secret server; give the secret server another [enclave] "
-                                 "isv_prod_id (or its own signing key)")
-    if trust.root_ca is not None:
-        plan.add_file(trust.root_ca, TRUST_ROOT, FileKind.TRUSTED)
-    if trust.collateral is not None:
-        plan.add_file(trust.collateral, TRUST_COLLATERAL, FileKind.TRUSTED)
-    warn_if_synthetic(trust)
-    warn_if_relaxed(trust)
-
-
-def _own_mr_signer(spec) -> str | None:  # noqa: ANN001 - Spec
-    """MRSIGNER this build will have (SHA-256 of the signing key's modulus, little-endian), or
-    None when the key cannot be read here (the signing step reports that)."""
-    import os
-
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    try:
-        if spec.signing.public_key is not None:
-            key = serialization.load_pem_public_key(spec.signing.public_key.read_bytes())
-        elif spec.signing.key is not None:
-            secret = os.environ.get(spec.signing.passphrase_env or "") if \
-                spec.signing.passphrase_env else None
-            key = serialization.load_pem_private_key(
-                spec.signing.key.read_bytes(), secret.encode() if secret else None).public_key()
-        else:
-            return None
-    except (OSError, ValueError, TypeError):
-        return None
-    if not isinstance(key, rsa.RSAPublicKey):
-        return None
-    return mr_signer_of(key.public_numbers().n)
-
-
 def identity_config(trust: ServerTrust) -> ServerTrustConfig:
     """``keys.server_identity`` of the model server's configuration (model-server.json).
 
@@ -306,5 +249,5 @@ def identity_config(trust: ServerTrust) -> ServerTrustConfig:
 
 
 __all__ = ["FIELDS", "NAMES", "RelaxedServerTcbWarning", "SyntheticServerRootWarning",
-           "TRUST_COLLATERAL", "TRUST_DIR", "TRUST_DISTRIBUTIONS", "TRUST_ROOT", "add_to_plan",
+           "TRUST_COLLATERAL", "TRUST_DIR", "TRUST_DISTRIBUTIONS", "TRUST_ROOT",
            "check", "identity_config", "warn_if_relaxed", "warn_if_synthetic"]

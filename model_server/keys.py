@@ -64,6 +64,7 @@ from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 
 from .config import KeysConfig, host_path
 from .server_attest import ServerRefused, ServerVerifier
+from .errors import ModelServerError
 
 REPORT_DATA_SIZE = 64
 
@@ -71,7 +72,7 @@ REPORT_DATA_SIZE = 64
 _ATTESTATION_ROOT = Path("/dev/attestation")
 
 
-class KeyFetchError(RuntimeError):
+class KeyFetchError(ModelServerError, RuntimeError):
     """A key could not be obtained; the message carries the secret server's reason."""
 
 

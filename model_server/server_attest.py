@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from enclave_build.contract.identity import EnclaveIdentity
 
 from .config import ServerTrustConfig, host_path
+from .errors import ModelServerError
 
 
-class ServerRefused(Exception):
+class ServerRefused(ModelServerError):
     """The secret server is not (provably) one the configuration trusts."""
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from enclave_build.builder.build import build, load, make_plan
-from enclave_build.builder.plugin_api import SERVER_CONFIG
+from enclave_build.plugin import SERVER_CONFIG
 from enclave_build.builder.spec import SpecError
 
 from . import serving_env as se

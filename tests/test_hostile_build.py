@@ -423,19 +423,19 @@ def test_secrets_serve_uses_the_common_error_mapping(tmp_path):
 
 
 def test_errors_maps_foreign_exceptions_to_exit_codes(capsys):
-    from enclave_build.builder.cli import _errors
+    from enclave_build.builder.cli.output import errors
 
     class Foreign(ValueError):
         pass
 
     for kind, code in ((UsageError, 2), (EnclaveBuildError, 1)):
         with pytest.raises(SystemExit) as info:
-            with _errors({Foreign: kind}):
+            with errors({Foreign: kind}):
                 raise Foreign("two\nlines")
         assert info.value.code == code
         assert capsys.readouterr().err == "error: two\nerror: lines\n"
     with pytest.raises(KeyError):  # anything else is not swallowed
-        with _errors({Foreign: UsageError}):
+        with errors({Foreign: UsageError}):
             raise KeyError("bug")
 
 

@@ -508,15 +508,15 @@ def test_an_enclave_refusal_is_told_apart_from_an_upload_answer(env):
 
 
 def test_an_owner_certificate_with_evidence_is_refused_before_connecting(env, tmp_path):
-    from enclave_build.builder.cli_attest import _check_owner_certificate
+    from enclave_build.builder.cli.attest import check_owner_certificate
     from enclave_build.builder.errors import UsageError
 
     cert, _ = env.enclave_cert("face", "cczoo")
     path = tmp_path / "owner-with-quote.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(UsageError, match="carries SGX evidence"):
-        _check_owner_certificate(path)
-    _check_owner_certificate(env.owner[0])   # an ordinary certificate passes
+        check_owner_certificate(path)
+    check_owner_certificate(env.owner[0])   # an ordinary certificate passes
 
 
 def test_the_attest_client_refuses_renegotiation():

@@ -36,7 +36,7 @@ from enclave_build.builder.occlum import backend
 from enclave_build.builder.occlum.configure import releases
 from enclave_build.builder.occlum.render import KEYS_DIR, OcclumOptions, render
 from enclave_build.builder.plan import KeyDelivery
-from enclave_build.builder.plugin_api import SERVER_CONFIG
+from enclave_build.plugin import SERVER_CONFIG
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError, load_spec
 from enclave_build.contract.identity import EnclaveIdentity
@@ -54,7 +54,7 @@ def _server_config(plan) -> dict:
 
 
 def _load(spec_path: Path, registry):  # noqa: F811
-    spec = load_spec(spec_path, registry.framework_sections(), ("gramine", "occlum"))
+    spec = load_spec(spec_path, registry.framework_sections(), registry.libos_sections())
     return spec, make_plan(spec, registry)
 
 
@@ -176,7 +176,7 @@ def test_build_image_from_spec_and_environment(tmp_path, registry, monkeypatch):
     monkeypatch.setenv(backend.BUILD_IMAGE_ENV, "mine/occlum:1")
     assert backend.build_image(plan) == "mine/occlum:1"      # the operator's override wins
     monkeypatch.delenv(backend.BUILD_IMAGE_ENV)
-    plan.occlum = None
+    plan.libos_options = None
     assert backend.build_image(plan) == backend.DEFAULT_BUILD_IMAGE
 
 
@@ -189,7 +189,7 @@ def test_build_image_from_spec_and_environment(tmp_path, registry, monkeypatch):
 def test_build_image_refusals_name_the_key(value, needle, tmp_path, registry):  # noqa: F811
     spec_path = example_spec("tflite", tmp_path, f"build_image = {value}\n")
     with pytest.raises(SpecError) as info:
-        load_spec(spec_path, registry.framework_sections(), ("gramine", "occlum"))
+        load_spec(spec_path, registry.framework_sections(), registry.libos_sections())
     line = next(i for i, l in enumerate(spec_path.read_text().splitlines(), 1)
                 if l.startswith("build_image"))
     message = str(info.value)
@@ -387,7 +387,7 @@ def test_two_occlum_services_share_one_secret_server(tmp_path):
     and a hex-dashes rule, never two raw names; without --grsecret-listen a warning."""
     import warnings as _warnings
 
-    from enclave_build.builder.plugin_api import SecretRelease
+    from enclave_build.plugin import SecretRelease
     from enclave_build.builder.secrets_config import SecretsConfigError, ServerSide, compose_config
 
     fragments = []

@@ -378,3 +378,17 @@ def test_the_build_writes_its_keys_dir_into_the_fragment(tmp_path):
     text = policy_fragment(plan, measurements, {"k": tmp_path / "project/keys/k.key"},
                            tmp_path / "project/out")
     assert tomllib.loads(text)["keys_dir"] == "../keys"
+
+
+def test_a_fragment_others_may_write_cannot_name_keys(tmp_path, server_side):
+    """The keys directory is read from the fragment: one that group or others may edit could be
+    pointed at any key, so it is refused (with --allow-keys-outside: a warning)."""
+    own = tmp_path / "mine" / "keys"
+    _key(own / "my-key.key")
+    fragment = _fragment(tmp_path / "mine" / "out", _rule(own / "my-key.key", "my-key"),
+                         keys_dir="../keys")
+    fragment.chmod(0o664)
+    with pytest.raises(SecretsConfigError, match=r"writable by group/others \(mode 0664\)"):
+        compose_config([fragment], server_side)
+    fragment.chmod(0o644)
+    assert compose_config([fragment], server_side)["secrets"][0]["name"] == "my-key"

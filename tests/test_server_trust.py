@@ -24,7 +24,7 @@ from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.ratls import server_certificate
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.builder.build import load, make_plan
-from enclave_build.builder.plugin_api import SERVER_CONFIG
+from enclave_build.plugin import SERVER_CONFIG
 from enclave_build.builder.server_trust import (TRUST_COLLATERAL, TRUST_ROOT, RelaxedServerTcbWarning,
                                   SyntheticServerRootWarning)
 from enclave_build.builder.spec import SpecError

@@ -27,10 +27,12 @@ from ..errors import EnclaveBuildError, UsageError
 from ..hashing import HashCache, hash_files
 from ..elf import LoaderView, closure, read_deps
 from ..model_files import regular_files
-from ..plan import FileKind, KeyDelivery, PlanFile, ServicePlan, host_may_set
+from enclave_build.plugin import (SECRET_SERVER_CA, ArtifactFile, BuildOptions, EnclaveIdentity,
+                                  FileKind, KeyDelivery, LibOSArtifacts, PendingSignature,
+                                  PlanFile, ServicePlan)
+
+from ..plan import host_may_set
 from ..python_closure import python_closure
-from ..plugin_api import (SECRET_SERVER_CA, ArtifactFile, BuildOptions, EnclaveIdentity, LibOSArtifacts,
-                          PendingSignature)
 from ..rootfs import RootFS
 from . import protected_files, trusted_files
 from .manifest_schema import check_manifest

@@ -93,13 +93,13 @@ from typing import Any, Callable
 
 from enclave_build.contract.identity import mr_signer_of
 from enclave_build.contract.names import OCCLUM_IMAGE_ENV
+from enclave_build.plugin import (ArtifactFile, BuildOptions, EnclaveIdentity, LibOSArtifacts,
+                                  PendingSignature, ServicePlan)
 
 from ..errors import EnclaveBuildError
-from ..plan import ServicePlan
-from ..plugin_api import (ArtifactFile, BuildOptions, EnclaveIdentity,
-                          LibOSArtifacts, PendingSignature)
 from ..rootfs import RootFS, RootFSError
 from . import container
+from .spec_section import plan_options
 
 LOG = logging.getLogger("enclave_build.occlum")
 
@@ -291,7 +291,7 @@ def _public_pem(modulus: int, exponent: int) -> bytes:
 def build_image(plan: ServicePlan) -> str:
     """The Occlum toolchain image: $ENCLAVE_BUILD_OCCLUM_IMAGE (the operator's override), else
     ``[occlum] build_image``, else :data:`DEFAULT_BUILD_IMAGE`."""
-    configured = plan.occlum.build_image if plan.occlum else None
+    configured = plan_options(plan).build_image
     return os.environ.get(BUILD_IMAGE_ENV) or configured or DEFAULT_BUILD_IMAGE
 
 

@@ -58,7 +58,7 @@ from .view import enclave_view
 BANNER = ("SIMULATION: not an SGX enclave; nothing here is attested. Quotes come from a "
           "simulated quoter signed by a SYNTHETIC test PKI; a secret server accepts them only "
           "if configured to trust that PKI's root. Never use this for real secrets.")
-_PYTHON = re.compile(r"python(3(\.\d+)?)?\Z")
+_PYTHON = re.compile(r"python(3(\.\d+)?)?")
 
 
 class RunError(EnclaveBuildError):
@@ -186,7 +186,7 @@ def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
             raise CannotSimulate("gramine-direct runs need root (chroot and bind mounts)")
         return "gramine-direct"
     entry = str(build.manifest.get("libos", {}).get("entrypoint", ""))
-    if not _PYTHON.search(entry.rsplit("/", 1)[-1]):
+    if not _PYTHON.fullmatch(entry.rsplit("/", 1)[-1]):
         why = ("the image has no real Gramine (built on a stand-in base)" if not real
                else "gramine-direct needs root")
         raise CannotSimulate(

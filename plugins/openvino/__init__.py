@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
-from enclave_build.builder.plugin_api import (MODEL_ROOT, EnclaveBuildError, Field, FileKind,
-                                Framework, ModelSpec, Port, Section, ServicePlan, Spec, add_model,
-                                base_plan, hookimpl, python_server_plan,
-                                refuse_model_server_keys, require_models, require_one_key,
-                                spec_error)
+from enclave_build.plugin import (MODEL_ROOT, EnclaveBuildError, Field, FileKind, Framework,
+                                  ModelSpec, Port, Section, ServicePlan, Spec, add_model,
+                                  base_plan, hookimpl, python_server_plan,
+                                  refuse_model_server_keys, require_models, require_one_key,
+                                  spec_error)
 
 BINARY = "/ovms/bin/ovms"
 OVMS_LIBS = "/ovms/lib/"
@@ -97,6 +98,11 @@ def _ir_weights(spec: Spec, index: int, model: ModelSpec) -> ModelSpec | None:
     if source.is_dir() or source.suffix.lower() != ".xml":
         return None
     weights = source.with_suffix(".bin")
+    if weights.is_symlink():
+        raise spec_error(spec, ("models", index, "path"),
+                         f"the weights {weights.name} of the IR graph {source.name} are a "
+                         f"symbolic link (to {os.readlink(weights)}); only a regular file next "
+                         "to the graph ships with it: copy the weights in (cp -L)")
     if not weights.is_file():
         raise spec_error(spec, ("models", index, "path"),
                          f"{source.name} is an OpenVINO IR graph, but its weights "

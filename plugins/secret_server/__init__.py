@@ -32,9 +32,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from enclave_build.builder.plugin_api import (PYTHON, SERVER_PYTHONPATH, Field, FileKind, Framework, Port,
-                                PythonRuntime, Section, ServicePlan, Spec, base_plan, hookimpl,
-                                refuse_model_server_keys, ship_python_package, spec_error)
+from enclave_build.plugin import (PYTHON, SERVER_PYTHONPATH, Field, FileKind, Framework, Port,
+                                  PythonRuntime, Section, ServicePlan, Spec, base_plan, hookimpl,
+                                  refuse_model_server_keys, ship_python_package, spec_error)
 from enclave_build.contract.names import POLICY_FILE, SECRETS_FILE, SIMULATED_QUOTER_ENV
 from enclave_build.contract.policy_fragment import PolicyFragment, PolicyFragmentError
 from enclave_build.contract.secrets_config import (AttestationSettings, GrSecretSettings,
@@ -231,7 +231,7 @@ def plan(spec: Spec) -> ServicePlan:
     # Simulation only: where quotes come from when there is no quote device. It decides nothing
     # about trust: a quote from it verifies only against a synthetic root.
     plan.env_passthrough.append(SIMULATED_QUOTER_ENV)
-    plan.needs_gramine_quotes = True  # its RA-TLS identity: quotes from /dev/attestation
+    plan.needs_quote_device = True  # its RA-TLS identity: quotes from /dev/attestation
     plan.allowed.append("/etc/resolv.conf")
     plan.add_file(None, "/etc/hosts", FileKind.ALLOWED,
                   data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")

@@ -2,8 +2,10 @@
 
 Everything libOS-neutral stays where it is (``[enclave] size``, ``max_threads``, ``edmm``,
 ``debug``, ``isv_prod_id``, ``isv_svn``); this section holds only what Occlum has and Gramine
-does not. It is allowed only with ``service.libos = "occlum"``. Its values reach the Occlum
-backend as :class:`builder.plan.OcclumPlanOptions` (nothing downstream reads the spec)::
+does not. The Occlum backend declares it through its ``LibOS`` object (``section`` and
+``options``), so the spec engine validates it like every other section and allows it only with
+``service.libos = "occlum"``. Its values reach the backend as :class:`OcclumPlanOptions` in
+``plan.libos_options`` (nothing downstream reads the spec)::
 
     [occlum]
     kernel_heap = "64M"            # Occlum.json resource_limits.kernel_space_heap_size
@@ -42,13 +44,15 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.schema import Field, Problem, Section
 from enclave_build.contract.size import OCCLUM_SIZE, Size, SizeError
 
-from .plan import OcclumPlanOptions
+from ..plan import ServicePlan
+from ..spec import SectionContext
 
 SECTION = Section("occlum", "Occlum-only options (service.libos = \"occlum\")", (
     Field("kernel_heap", "str", "LibOS kernel heap (Occlum.json kernel_space_heap_size)",
@@ -90,6 +94,38 @@ SECTION = Section("occlum", "Occlum-only options (service.libos = \"occlum\")", 
           "(NAME:TAG or NAME@sha256:...; $ENCLAVE_BUILD_OCCLUM_IMAGE overrides it)"),
 ), owner="occlum")
 
+@dataclass(frozen=True)
+class OcclumPlanOptions:
+    """Occlum-only knobs, from the spec's optional ``[occlum]`` section (sizes in bytes; None =
+    derived by the Occlum backend, see builder/occlum/occlum_json.py)."""
+
+    kernel_heap: int = 32 << 20
+    kernel_heap_max: int | None = None       # EDMM only
+    kernel_stack: int = 1 << 20
+    user_space_init: int | None = None       # EDMM only
+    init_threads: int | None = None          # EDMM only
+    process_heap: int = 32 << 20
+    process_mmap: int = 100 << 20
+    amx: int = 0
+    pkru: int = 0
+    io_uring: int = 0
+    posix_shm: bool = False
+    enable_kss: bool = False
+    family_id: int = 0                        # 128-bit ISVFAMILYID (KSS)
+    ext_prod_id: int = 0                      # 128-bit ISVEXTPRODID (KSS)
+    encrypt_image: bool = False
+    hostfs: tuple[tuple[str, str], ...] = ()  # (target in the enclave, source on the host)
+    server_identities: tuple[EnclaveIdentity, ...] = ()
+    server_pin: str = "mr_enclave"            # "mr_enclave" | "mr_signer"
+    build_image: str | None = None            # Occlum toolchain image (None: the default)
+
+
+def plan_options(plan: ServicePlan) -> OcclumPlanOptions:
+    """The Occlum options of *plan* (the defaults for a plan made without a spec section)."""
+    options = plan.libos_options
+    return options if isinstance(options, OcclumPlanOptions) else OcclumPlanOptions()
+
+
 class DebugServerWarning(UserWarning):
     """``occlum.allow_debug_server`` let a DEBUG secret-server enclave be trusted."""
 
@@ -110,15 +146,12 @@ def parse_size(text: str) -> int | None:
         return None
 
 
-def check(values: dict[str, Any], given: bool, libos: Any, edmm: bool, base_dir: Path,
-          problems: list[Problem]) -> OcclumPlanOptions | None:
-    """Convert the validated ``[occlum]`` table; append located problems. *given*: the
-    section is in the file. Returns None when the service is not an Occlum one."""
-    if libos != "occlum":
-        if given:
-            problems.append(Problem(("occlum",), f"[occlum] applies only to service.libos = "
-                                                 f"\"occlum\" (this spec's libos is {libos!r})"))
-        return None
+def options(values: Mapping[str, Any], context: SectionContext,
+            problems: list[Problem]) -> OcclumPlanOptions | None:
+    """Convert the validated ``[occlum]`` table of an Occlum service; append located problems
+    (None when a size cannot be used: the problem says why)."""
+    edmm = bool((context.core.get("enclave") or {}).get("edmm"))
+    base_dir = context.base_dir
     sizes: dict[str, int | None] = {}
     for name in ("kernel_heap", "kernel_heap_max", "kernel_stack", "user_space_init",
                  "process_heap", "process_mmap"):
@@ -202,8 +235,8 @@ def check(values: dict[str, Any], given: bool, libos: Any, edmm: bool, base_dir:
 
 def _image_ref_ok(text: str, problems: list[Problem]) -> bool:
     """The build image is pulled by the Docker engine: a registry reference, no transport."""
-    from .errors import UsageError
-    from .image.reference import parse_registry_ref
+    from ..errors import UsageError
+    from ..image.reference import parse_registry_ref
 
     key = ("occlum", "build_image")
     if not text.strip() or text != text.strip() or "://" in text or text.startswith(

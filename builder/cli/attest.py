@@ -14,7 +14,9 @@ from pathlib import Path
 
 import click
 
-from .errors import EnclaveBuildError, UsageError
+from enclave_build.plugin import EnclaveBuildError, UsageError, hookimpl
+
+from .output import errors, print_json
 
 _VERIFY_HELP = """\b
 Verification: the quote is checked with dcap-qvl against the collateral (--collateral FILE, or
@@ -127,8 +129,7 @@ def _refused(endpoint: str, exc, synthetic: bool, as_json: bool) -> None:  # noq
     from enclave_build.attestation.attest_client import verdict
 
     if as_json:
-        import json
-        click.echo(json.dumps(verdict(endpoint, exc, synthetic_root=synthetic), indent=2))
+        print_json(verdict(endpoint, exc, synthetic_root=synthetic))
     click.echo(f"error: {endpoint} not attested: {exc.reason}", err=True)
     for m in exc.mismatches:
         click.echo(f"error:   {m.field}: {m.build} has {m.expected!r}, the server has "
@@ -175,10 +176,9 @@ def attest(endpoint: str, measurement_files: tuple[Path, ...], collateral: Path 
     both values.
     """
     from enclave_build.attestation.attest_client import AttestationRefused, open_attested, verdict
-    from .cli import _errors, _print_json
 
     host, port = _endpoint(endpoint)
-    with _errors():
+    with errors():
         expectation, synthetic = _expectation(measurement_files, collateral, pccs_url,
                                               synthetic_root, legacy_root, allow_tcb_status)
         try:
@@ -188,7 +188,7 @@ def attest(endpoint: str, measurement_files: tuple[Path, ...], collateral: Path 
     channel.close()
     info = verdict(endpoint, channel, synthetic_root=synthetic)
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     click.echo(f"attested: {endpoint} is build {info['service']!r} ({info['measurements']})"
                + (" [SYNTHETIC root: simulation only]" if synthetic else ""))
@@ -264,10 +264,9 @@ def upload(endpoint: str, names: tuple[str, ...], files: tuple[Path, ...], owner
     """
     from enclave_build.attestation.attest_client import AttestationRefused, open_attested, verdict
     from enclave_build.attestation.upload import UploadRefused, encode_request, upload_keys
-    from .cli import _errors, _print_json
 
     host, port = _endpoint(endpoint)
-    with _errors():
+    with errors():
         if len(names) != len(files):
             raise UsageError(f"{len(names)} --name but {len(files)} --file: give them in pairs")
         if len(set(names)) != len(names):
@@ -277,7 +276,7 @@ def upload(endpoint: str, names: tuple[str, ...], files: tuple[Path, ...], owner
             encode_request(keys)
         except ValueError as exc:
             raise UsageError(f"--name: {exc}") from None
-        _check_owner_certificate(owner_cert)
+        check_owner_certificate(owner_cert)
         expectation, synthetic = _expectation(measurement_files, collateral, pccs_url,
                                               synthetic_root, legacy_root, allow_tcb_status,
                                               require_framework="secret-server")
@@ -295,14 +294,14 @@ def upload(endpoint: str, names: tuple[str, ...], files: tuple[Path, ...], owner
     info = {**verdict(endpoint, channel, synthetic_root=synthetic),
             "uploaded": list(names), "server_answer": answer}
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     click.echo(f"attested: {endpoint} is build {info['service']!r} (mr_enclave "
                f"{info['mr_enclave']})" + (" [SYNTHETIC root]" if synthetic else ""))
     click.echo(f"uploaded: {answer}")
 
 
-def _check_owner_certificate(path: Path) -> None:
+def check_owner_certificate(path: Path) -> None:
     """An owner certificate must be an ordinary one: the server takes a certificate with SGX
     evidence for an enclave's and would never treat the connection as an upload."""
     from cryptography import x509
@@ -322,10 +321,15 @@ def _check_owner_certificate(path: Path) -> None:
                          "Use the ordinary certificate listed in the server's owners")
 
 
-def register(main: click.Group) -> None:
-    """Add `attest` to *main* and `upload` to its `secrets` group."""
-    main.add_command(attest)
-    main.commands["secrets"].add_command(upload)  # type: ignore[attr-defined]
+@hookimpl
+def enclave_build_register_commands(cli: click.Group) -> None:
+    """``enclave-build attest``, and ``upload`` in the ``secrets`` group (a builtin plugin)."""
+    cli.add_command(attest)
+    secrets = cli.commands.get("secrets")
+    if not isinstance(secrets, click.Group):
+        raise EnclaveBuildError("the `secrets` command group is missing: `secrets upload` "
+                                "has no place")
+    secrets.add_command(upload)
 
 
-__all__ = ["attest", "upload", "register"]
+__all__ = ["attest", "upload", "check_owner_certificate", "enclave_build_register_commands"]

@@ -3,12 +3,12 @@ prints; registered by :func:`register`."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import click
 
-from .errors import UsageError
+from ..errors import UsageError
+from .output import errors, print_json
 
 _LS_KEYS = ("Print as JSON: root, blobs {count, bytes, shared_bytes, items [{digest, size, "
             "last_used, shared}]}, rootfs {count, bytes, keep, items [{chain_id, size, "
@@ -24,10 +24,6 @@ def _ago(seconds: float) -> str:
             n = int(age // size)
             return f"{n} {unit}{'s' if n != 1 else ''} ago"
     return "just now"
-
-
-def _echo_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 @click.group(epilog="""\b
@@ -55,12 +51,12 @@ Example:
 def cache_ls(show_blobs: bool, as_json: bool) -> None:
     """List what the caches hold: blobs (and how much of that is shared with build outputs,
     which pruning never removes), unpacked images, and the limits in force."""
-    from .cache_admin import cache_report
-    from .image.blob_cache import human
+    from ..cache_admin import cache_report
+    from ..image.blob_cache import human
 
     report = cache_report()
     if as_json:
-        _echo_json(report.to_json())
+        print_json(report.to_json(), sort_keys=True)
         return
     limits = report.limits
     click.echo(f"blobs      {report.root / 'blobs'}: {len(report.blobs)} blob"
@@ -78,10 +74,10 @@ def cache_ls(show_blobs: bool, as_json: bool) -> None:
 
 
 def _print_pruned(pruned, as_json: bool) -> None:  # noqa: ANN001 - cache_admin.Pruned
-    from .image.blob_cache import human
+    from ..image.blob_cache import human
 
     if as_json:
-        _echo_json(pruned.to_json())
+        print_json(pruned.to_json(), sort_keys=True)
         return
     click.echo(f"removed {len(pruned.blobs.removed)} blob"
                f"{'s' if len(pruned.blobs.removed) != 1 else ''}; {human(pruned.freed)} freed "
@@ -104,11 +100,10 @@ def cache_prune(max_size: str | None, max_age: str | None, as_json: bool) -> Non
     """Remove blobs unused for longer than the maximum age, then the least recently used
     until the rest fits the maximum size; never a blob a build output shares, nor any while a
     build runs (exit 1). Unpacked images beyond the most recently used are removed too."""
-    from .cache_admin import prune_caches
-    from .cli import _errors
-    from .image.blob_cache import Limits, parse_days, parse_size
+    from ..cache_admin import prune_caches
+    from ..image.blob_cache import Limits, parse_days, parse_size
 
-    with _errors():
+    with errors():
         limits = Limits.from_env()
         try:
             size = parse_size(max_size) if max_size is not None else limits.max_size
@@ -132,13 +127,9 @@ def cache_clean(as_json: bool) -> None:
     """Empty the caches: every blob, layer record and unpacked image no running build or run
     holds, and the file-digest cache. Build outputs keep their own blobs. Refused (exit 1)
     while a build runs."""
-    from .cache_admin import clean_caches
-    from .cli import _errors
+    from ..cache_admin import clean_caches
 
-    with _errors():
+    with errors():
         pruned = clean_caches(log=lambda line: click.echo(line, err=True))
     _print_pruned(pruned, as_json)
 
-
-def register(main: click.Group) -> None:
-    main.add_command(cache)

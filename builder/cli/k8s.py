@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .errors import UsageError
+from enclave_build.plugin import UsageError, hookimpl
+
+from .output import errors, print_json
 
 if TYPE_CHECKING:
-    from .k8s.capacity import CapacityPlan
+    from ..k8s.capacity import CapacityPlan
+
 
 class Size(click.ParamType):
     """A byte size: 4G, 4Gi, 512M, 512Mi (binary units either way) or plain bytes."""
@@ -38,7 +41,7 @@ class BytesQuantity(click.ParamType):
     name = "QUANTITY"
 
     def convert(self, value, param, ctx):  # noqa: ANN001
-        from .k8s.quantity import bytes_quantity
+        from ..deploy.quantity import bytes_quantity
 
         if isinstance(value, int):
             return value
@@ -106,17 +109,16 @@ def k8s(build_dir: Path, output: Path, image: str | None, aesmd_image: str | Non
     every capability dropped and seccomp RuntimeDefault. Probes use the model server's
     /v2/health/{live,ready}; the startup probe allows for creating an enclave of that size.
     """
-    from .cli import _errors, _print_json  # here: `python -m builder.cli` runs cli as __main__
-    from .k8s.generate import Overrides, generate_k8s
+    from ..k8s.generate import Overrides, generate_k8s
 
-    with _errors():
+    with errors():
         manifests, notes = generate_k8s(build_dir, output, Overrides(
             image=image, aesmd_image=aesmd_image, secret_server_image=secret_server_image,
             pccs_url=pccs_url, allow_debug=allow_debug))
     files = sorted(manifests.files) + sorted(f"overlays/production/{p}"
                                              for p in manifests.overlay)
     if as_json:
-        _print_json({"output": str(output), "files": files, "notes": notes})
+        print_json({"output": str(output), "files": files, "notes": notes})
         return
     click.echo(f"wrote {len(files)} files to {output}; apply with "
                f"`kubectl apply -k {output}/overlays/production`")
@@ -173,12 +175,11 @@ def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node
 
     Give the enclave size (and libOS) or a BUILD_DIR to take them from its service.json.
     """
-    from .cli import _errors, _print_json
-    from .k8s.capacity import plan_capacity as plan
-    from .k8s.quantity import memory_bytes
-    from .k8s.service_info import SERVICE_FILE, ServiceInfo
+    from ..k8s.capacity import plan_capacity as plan
+    from ..deploy.quantity import memory_bytes
+    from ..deploy.service_info import SERVICE_FILE, ServiceInfo
 
-    with _errors():
+    with errors():
         attests, margin = not no_attestation, None
         if build_dir is not None:
             info = ServiceInfo.load(build_dir / SERVICE_FILE)
@@ -194,17 +195,17 @@ def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node
                       max_threads=max_threads or 64, attests=attests, margin=margin,
                       enclave_limit=enclave_limit)
     if as_json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
     else:
         _print_plan(result)
     reason = result.why_none_fit()
     if reason:
-        with _errors():
+        with errors():
             raise UsageError(reason)
 
 
 def _print_plan(result: "CapacityPlan") -> None:
-    from .k8s.quantity import MI, format_mebibytes
+    from ..deploy.quantity import MI, format_mebibytes
 
     mib = format_mebibytes
     click.echo(f"libos              {result.libos}")
@@ -225,6 +226,8 @@ def _print_plan(result: "CapacityPlan") -> None:
                    f"{result.replicas - 1} replicas (and HPA max_replicas) leave it room")
 
 
-def register(main: click.Group) -> None:
-    main.add_command(k8s)
-    main.add_command(plan_capacity)
+@hookimpl
+def enclave_build_register_commands(cli: click.Group) -> None:
+    """``enclave-build k8s`` and ``enclave-build plan-capacity`` (a builtin plugin)."""
+    cli.add_command(k8s)
+    cli.add_command(plan_capacity)

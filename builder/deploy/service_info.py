@@ -18,8 +18,7 @@ from enclave_build.contract.service_info import (FORMAT_VERSION, EnclaveInfo, He
 
 from ..errors import EnclaveBuildError
 from ..plan import KeyDelivery, MountType, ServicePlan
-from .capacity import LIBOS
-from .settings import DeploySpec, check_deploy
+from .settings import LIBOS, DeploySpec, check_deploy
 
 
 class ServiceInfoError(contract.ServiceInfoError, EnclaveBuildError):
@@ -86,5 +85,5 @@ def service_info(plan: ServicePlan, deploy: DeploySpec, run_as: tuple[int, int],
         secret_server_enclave=bool(secrets and secrets.keys and (
             secrets.server_trust is not None or plan.libos == "occlum"
             or secrets.delivery is KeyDelivery.LIBOS_FILES)),
-        ra_tls_identity=plan.needs_gramine_quotes,
+        ra_tls_identity=plan.needs_quote_device,
         tls=tls, deploy=deploy)

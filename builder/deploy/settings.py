@@ -19,6 +19,8 @@ from ..errors import UsageError
 from .quantity import cpu_millis, memory_bytes
 
 _DNS_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+#: The libOSes whose EPC margin `enclave-build k8s` knows (others need [deploy] epc_margin).
+LIBOS = ("gramine", "occlum")
 
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
 _SUBDOMAIN = re.compile(r"^(?=.{1,253}\Z)" + _DNS_NAME + r"\Z")
