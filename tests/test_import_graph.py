@@ -3,22 +3,25 @@ imported): no cycles, and no module imports a module of a higher layer.
 
 The layers, lowest first (a module may import its own layer and the ones below it)::
 
-    0  foundation      enclave_build (the version)
-    1  attestation     enclave_build.attestation: RA-TLS, quotes, policy, the secret server
-    2  model server    enclave_build.model_server: the KServe v2 server in the enclave (uses
+    0  contract        enclave_build.contract: the files that cross a boundary (model-server.json,
+                       measurements.json, service.json, secrets-policy.toml, secrets.toml),
+                       the schema engine, sizes, enclave identities, names
+    1  foundation      enclave_build (the version)
+    2  attestation     enclave_build.attestation: RA-TLS, quotes, policy, the secret server
+    3  model server    enclave_build.model_server: the KServe v2 server in the enclave (uses
                        attestation to fetch its keys)
-    3  builder core    errors, schema, spec and its sections (server_trust, deploy), plan,
+    4  builder core    errors, schema, spec and its sections (server_trust, deploy), plan,
                        plugin_types, rootfs, hashing, elf, python_closure, the Gramine
                        libraries (measure, sigstruct, sign, signer, protected files, ...),
                        image (reading, assembling, verifying images), secrets_config, caches
-    4  plugin API      hookspecs, planning, python_server, the plugin registry, and the stable
+    5  plugin API      hookspecs, planning, python_server, the plugin registry, and the stable
                        facade enclave_build.plugin (plus the deprecated plugin_api alias)
-    5  backends and    builder.gramine.backend/plugin, builder.occlum, enclave_build.plugins
+    6  backends and    builder.gramine.backend/plugin, builder.occlum, enclave_build.plugins
        plugins         (tfserving, tflite, openvino, secret-server)
-    6  build           build (spec -> plan -> artifacts -> image -> outputs), leak_guard
-    7  around builds   k8s (generates deployments from build outputs), run (simulation), init,
+    7  build           build (spec -> plan -> artifacts -> image -> outputs), leak_guard
+    8  around builds   k8s (generates deployments from build outputs), run (simulation), init,
                        doctor, standin
-    8  cli             enclave_build.builder.cli, enclave_build.__main__
+    9  cli             enclave_build.builder.cli, enclave_build.__main__
 
 Rules besides the layers:
 
@@ -26,6 +29,8 @@ Rules besides the layers:
 * ``from package import name`` counts as importing ``package.name`` when that is a module;
 * plugins (``enclave_build.plugins``, the libOS backends, the third-party test plugin and the
   onnxruntime example) reach the plugin API only through ``enclave_build.plugin``;
+* ``enclave_build.contract`` imports nothing of the project but its own modules: it ships into
+  every image that runs enclave-build's code;
 * ``enclave_build.plugin`` holds re-exports only: no function or class of its own.
 """
 
@@ -44,32 +49,33 @@ PACKAGE_DIRS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["set
 
 #: (module or package prefix, layer); the longest matching prefix wins.
 LAYERS: dict[str, int] = {
-    "enclave_build": 0,
-    "enclave_build.attestation": 1,
-    "enclave_build.model_server": 2,
-    "enclave_build.base_images": 3,
-    "enclave_build.builder": 3,
-    "enclave_build.builder.hookspecs": 4,
-    "enclave_build.builder.planning": 4,
-    "enclave_build.builder.python_server": 4,
-    "enclave_build.builder.plugins": 4,
-    "enclave_build.builder.plugin_api": 4,
-    "enclave_build.plugin": 4,
-    "enclave_build.builder.gramine.backend": 5,
-    "enclave_build.builder.gramine.plugin": 5,
-    "enclave_build.builder.occlum": 5,
-    "enclave_build.plugins": 5,
-    "enclave_build.builder.build": 6,
-    "enclave_build.builder.leak_guard": 6,
-    "enclave_build.builder.k8s": 7,
-    "enclave_build.builder.run": 7,
-    "enclave_build.builder.init": 7,
-    "enclave_build.builder.doctor": 7,
-    "enclave_build.builder.standin": 7,
-    "enclave_build.builder.cli": 8,
-    "enclave_build.__main__": 8,
+    "enclave_build": 1,
+    "enclave_build.contract": 0,
+    "enclave_build.attestation": 2,
+    "enclave_build.model_server": 3,
+    "enclave_build.base_images": 4,
+    "enclave_build.builder": 4,
+    "enclave_build.builder.hookspecs": 5,
+    "enclave_build.builder.planning": 5,
+    "enclave_build.builder.python_server": 5,
+    "enclave_build.builder.plugins": 5,
+    "enclave_build.builder.plugin_api": 5,
+    "enclave_build.plugin": 5,
+    "enclave_build.builder.gramine.backend": 6,
+    "enclave_build.builder.gramine.plugin": 6,
+    "enclave_build.builder.occlum": 6,
+    "enclave_build.plugins": 6,
+    "enclave_build.builder.build": 7,
+    "enclave_build.builder.leak_guard": 7,
+    "enclave_build.builder.k8s": 8,
+    "enclave_build.builder.run": 8,
+    "enclave_build.builder.init": 8,
+    "enclave_build.builder.doctor": 8,
+    "enclave_build.builder.standin": 8,
+    "enclave_build.builder.cli": 9,
+    "enclave_build.__main__": 9,
 }
-NAMES = ("foundation", "attestation", "model server", "builder core", "plugin API",
+NAMES = ("contract", "foundation", "attestation", "model server", "builder core", "plugin API",
          "backends and plugins", "build", "around builds", "cli")
 
 #: What the plugin API is made of: plugins import it as enclave_build.plugin only.
@@ -79,9 +85,12 @@ API_MODULES = {"enclave_build.builder.hookspecs", "enclave_build.builder.plannin
 #: The plugins, and what else of enclave_build each may import besides enclave_build.plugin.
 PLUGIN_PREFIXES = {
     "enclave_build.plugins": ("enclave_build.plugins",),
-    # the secret-server plugin packages the attestation package's server into the enclave
+    # the secret-server plugin packages the attestation package's server into the enclave,
+    # and writes that server's files (secrets.toml, from the builds' secrets-policy.toml) as
+    # their contract types
     "enclave_build.plugins.secret_server": ("enclave_build.plugins.secret_server",
-                                            "enclave_build.attestation"),
+                                            "enclave_build.attestation",
+                                            "enclave_build.contract"),
 }
 BACKENDS = ("enclave_build.builder.gramine", "enclave_build.builder.occlum")
 THIRD_PARTY = (REPO / "tests" / "thirdparty_plugin",
@@ -251,6 +260,13 @@ def test_plugins_reach_the_plugin_api_only_through_enclave_build_plugin():
                 if not any(target == a or target.startswith(a + ".") for a in allowed):
                     problems.append(f"{module} imports {target}")
     assert problems == []
+
+
+def test_the_contract_imports_nothing_of_the_project():
+    imported = {f"{module} imports {target}" for module, targets in GRAPH.items()
+                if module.startswith("enclave_build.contract") for target in targets
+                if not target.startswith("enclave_build.contract")}
+    assert sorted(imported) == []
 
 
 @pytest.mark.parametrize("root", THIRD_PARTY, ids=lambda p: p.name)
