@@ -28,11 +28,13 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from .errors import ContractError
+
 _BINARY = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
 INT64_MAX = (1 << 63) - 1
 
 
-class SizeError(ValueError):
+class SizeError(ContractError):
     """Text that is not a size in the grammar asked for; the message says what is allowed."""
 
 

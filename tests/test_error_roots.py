@@ -11,9 +11,11 @@ import pytest
 from enclave_build.attestation.errors import AttestationConfigError, AttestationError
 from enclave_build.builder.cli.output import EXIT_CODES, errors, exit_code, exit_codes_help
 from enclave_build.builder.errors import EnclaveBuildError, UsageError
+from enclave_build.contract.errors import ContractError
 from enclave_build.model_server.errors import ModelServerError
 
-ROOTS = {"enclave_build.attestation": AttestationError,
+ROOTS = {"enclave_build.contract": ContractError,
+         "enclave_build.attestation": AttestationError,
          "enclave_build.model_server": ModelServerError,
          "enclave_build.builder": EnclaveBuildError,
          "enclave_build.plugins": EnclaveBuildError}

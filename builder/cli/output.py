@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, NoReturn
 import click
 
 from enclave_build.attestation.errors import AttestationConfigError, AttestationError
+from enclave_build.contract.errors import ContractError
 from enclave_build.model_server.errors import ModelServerError
 
 from ..errors import EnclaveBuildError
@@ -41,8 +42,11 @@ EXIT_CODES: tuple[ExitCode, ...] = (
 OK, FAILURE, USAGE, SIGNATURE_PENDING, INTERRUPTED = (c.code for c in EXIT_CODES)
 
 #: Error roots of the packages below the builder, which know nothing of exit codes; a type
-#: listed first wins (configuration errors are usage errors).
+#: listed first wins (configuration errors are usage errors, and so are contract files --
+#: model-server.json, measurements.json, service.json, secrets-policy.toml, secrets.toml --
+#: that fail to read or validate).
 PACKAGE_ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (ContractError, USAGE),
     (AttestationConfigError, USAGE),
     (AttestationError, FAILURE),
     (ModelServerError, FAILURE),
