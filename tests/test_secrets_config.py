@@ -391,4 +391,4 @@ def test_a_fragment_others_may_write_cannot_name_keys(tmp_path, server_side):
     with pytest.raises(SecretsConfigError, match=r"writable by group/others \(mode 0664\)"):
         compose_config([fragment], server_side)
     fragment.chmod(0o644)
-    assert compose_config([fragment], server_side)["secrets"][0]["name"] == "my-key"
+    assert compose_config([fragment], server_side).config.secrets[0].name == "my-key"
