@@ -154,7 +154,7 @@ def enclave_build_finished(result: BuildResult) -> None:
         def enclave_build_finished(result):
             if result.output is not None:
                 (result.output / "files.json").write_text(json.dumps(
-                    sorted(f.dest for f in result.plan.files)))
+                    sorted(f.dest for f in result.plan.image_files())))
     """
 
 

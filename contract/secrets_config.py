@@ -54,9 +54,9 @@ With ``processes`` > 1 every process has its own workers, connection limits, dea
 and verification cache, so the limits apply per process (the totals are ``processes`` times the
 values); the kernel hands each new connection to whichever process accepts it first.
 
-Relative paths are resolved against the file's directory by the reader (:meth:`SecretsConfig.
-load`); the writer (:meth:`SecretsConfig.to_toml`) writes paths as the object holds them, and
-only the values that differ from the defaults. Every problem of a file is reported at once,
+Relative paths are resolved against the file's directory by the reader
+(:meth:`SecretsConfig.load`); the writer (:meth:`SecretsConfig.to_toml`) writes paths as the
+object holds them, and only the values that differ from the defaults. Every problem of a file is reported at once,
 ``FILE:LINE: KEY: message``.
 """
 

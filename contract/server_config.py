@@ -199,9 +199,6 @@ class Limits:
       (TLS, HTTP/2 preface and settings),
       ``idle_timeout`` a connection without calls, ``body_timeout`` the wait for a call's
       request message (the call is then cancelled).
-
-    *written*: the keys the file sets (the others take these defaults); the writer writes
-    those only (None: all of them).
     """
 
     max_request_bytes: int = 64 << 20
@@ -216,6 +213,8 @@ class Limits:
     idle_timeout: float = 30.0
     body_timeout: float = 60.0
     body_stall_timeout: float = 10.0
+    #: The keys the file sets (the others take these defaults); the writer writes those only
+    #: (None: all of them).
     written: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -18,14 +18,14 @@ What is generated (each page starts with a "generated" comment; never edit one b
 
 Everything the generator reads from enclave-build goes through the small adapter functions in
 the first section below, so that when a definition moves (a schema module, the CLI package, the
-file-format contracts) only that adapter changes. JSON Schema files under
-``docs/reference/schemas/`` are linked from the pages when present.
+file-format contracts) only that adapter changes. The JSON Schema files under
+``docs/reference/schemas/`` (``python -m enclave_build.contract.schemas docs/reference/schemas``
+writes them from the contract package) are linked from the pages.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import difflib
 import importlib
@@ -99,21 +99,25 @@ def hookspec_module() -> Any:
 
 
 def secrets_config_module() -> Any:
-    """The module that defines (and documents, in its docstring) secrets.toml."""
-    from enclave_build.attestation import config
+    """The contract module that defines (and documents, in its docstring) secrets.toml."""
+    from enclave_build.contract import secrets_config
 
-    return config
+    return secrets_config
 
 
 def model_server_config_module() -> Any:
-    """The module that defines model-server.json, and its top-level dataclass."""
-    from enclave_build.model_server import config
+    """The contract module that defines model-server.json: its types (ServerConfig, ...), its
+    schema (SCHEMA and the sections under it) and its reader."""
+    from enclave_build.contract import server_config
 
-    return config
+    return server_config
 
 
-#: Where the model server's configuration is in an image.
-MODEL_SERVER_CONFIG = "/enclave/model-server.json"
+def model_server_config_path() -> str:
+    """Where the model server's configuration is in an image."""
+    from enclave_build.contract.names import SERVER_CONFIG
+
+    return SERVER_CONFIG
 
 
 def model_server_parser() -> Any:
@@ -146,19 +150,19 @@ class OutputFile:
 
 
 def output_files() -> list[OutputFile]:
-    from enclave_build.attestation import measurements
-    from enclave_build.builder.deploy import service_info
+    from enclave_build.contract import measurements, service_info
+    from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 
     return [
         OutputFile("oci/", "the built image as an OCI image layout (`index.json`, `oci-layout`, "
                    "`blobs/sha256/`); its blobs are hard links into the blob cache"),
-        OutputFile("measurements.json", "the enclave's identity and the image it is in; what a "
+        OutputFile(MEASUREMENTS_FILE, "the enclave's identity and the image it is in; what a "
                    "secret server trusts", lambda: measurements.__doc__),
-        OutputFile("secrets-policy.toml", "only with encrypted content: the secret server's "
+        OutputFile(POLICY_FILE, "only with encrypted content: the secret server's "
                    "policy fragment (which key goes to which enclave), with paths relative to "
                    "the output directory; merged by `enclave-build secrets config`",
                    example=_policy_fragment_example),
-        OutputFile(service_info.SERVICE_FILE, "only for a service with ports: how the service "
+        OutputFile(SERVICE_FILE, "only for a service with ports: how the service "
                    "runs, read by `enclave-build k8s`", lambda: service_info.__doc__),
         OutputFile("SERVICE.sigstruct.tbs", "external signing only, next to the spec (not in the "
                    "output directory): the 256 bytes to sign; the build exits 3"),
@@ -206,7 +210,7 @@ def environment_variables() -> list[EnvVar]:
                "plain HTTP (loopback registries always may be)"),
         EnvVar("ENCLAVE_BUILD_OCCLUM_IMAGE", "the Occlum toolchain image an Occlum build runs in "
                "(overrides `[occlum] build_image`)",
-               "enclave_build.builder.occlum.backend:BUILD_IMAGE_ENV"),
+               "enclave_build.contract.names:OCCLUM_IMAGE_ENV"),
         EnvVar("SOURCE_DATE_EPOCH", "mtime of every file in the layers the build adds "
                "(default 0)"),
         EnvVar("DOCKER_HOST", "the Docker engine for `docker-daemon:` bases, `--load`, "
@@ -216,13 +220,13 @@ def environment_variables() -> list[EnvVar]:
         EnvVar("ENCLAVE_BUILD_SIMULATED_QUOTER", "set by `run --simulate`: HOST:PORT of the "
                "simulated quoter; the only variable a manifest passes into the enclave. Ignored "
                "where a real quote device exists",
-               "enclave_build.attestation.quote_source:SIMULATED_QUOTER_ENV"),
+               "enclave_build.contract.names:SIMULATED_QUOTER_ENV"),
         EnvVar("ENCLAVE_BUILD_ROOT", "set by `run --simulate` (plain process): the host "
                "directory image paths are mapped under; never set inside an enclave",
-               "enclave_build.model_server.config:ROOT_ENV"),
+               "enclave_build.contract.names:ROOT_ENV"),
         EnvVar("ENCLAVE_BUILD_SIMULATION_LISTEN", "set by `run --simulate` (plain process): the "
                "address replacing wildcard listen addresses (127.0.0.1 unless `--listen-all`)",
-               "enclave_build.model_server.config:LISTEN_ENV"),
+               "enclave_build.contract.names:LISTEN_ENV"),
         EnvVar("_ENCLAVE_BUILD_COMPLETE", "shell completion: `bash_source`, `zsh_source` or "
                "`fish_source` prints the completion script"),
         EnvVar("ENCLAVE_BUILD_MODEL_CACHE", "`examples/fetch_models.py`: where downloaded "
@@ -236,8 +240,8 @@ def environment_variables() -> list[EnvVar]:
 def environment_sources() -> list[Path]:
     """Source trees scanned for ``ENCLAVE_BUILD_*`` names (each must be documented)."""
     root = DOCS.parent
-    return [root / d for d in ("enclave_build", "builder", "attestation", "model_server",
-                               "plugins", "examples")]
+    return [root / d for d in ("enclave_build", "contract", "builder", "attestation",
+                               "model_server", "plugins", "examples")]
 
 
 def schema_files(directory: Path | None = None) -> list[Path]:
@@ -554,53 +558,57 @@ def page_hooks() -> str:
     return "".join(out)
 
 
-def _dataclass_comments(cls: type) -> dict[str, str]:
-    """``name: type = default  # comment`` -> {name: comment} from the class's source."""
-    try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
-        return {}
-    lines = source.splitlines()
-    comments: dict[str, str] = {}
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            line = lines[node.lineno - 1]
-            hash_at = line.find("  #")
-            if hash_at != -1:
-                comments[node.target.id] = line[hash_at:].lstrip(" #").strip()
-    return comments
+def _json_type(f: Any) -> str:
+    """A schema field's kind as the JSON type a reader writes."""
+    kind = {"str": "string", "path": "string", "size": "string", "int": "integer",
+            "float": "number", "bool": "boolean", "list[str]": "array of strings",
+            "list[table]": "array of objects", "table": "object", "table[str]": "object",
+            "table[any]": "object"}[f.kind]
+    return kind + (" or null" if f.nullable else "")
 
 
-def _json_type(annotation: Any) -> str:
-    """A dataclass field's annotation as the JSON type a reader writes."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__",
-                                                                  str(annotation))
-    names = []
-    for part in (p.strip() for p in re.split(r"\|(?![^\[]*\])", text)):
-        if part == "None":
-            continue
-        head = part.split("[")[0]
-        names.append({"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-                      "Path": "string", "tuple": "array", "list": "array",
-                      "dict": "object"}.get(head, "object"))
-    return " or ".join(dict.fromkeys(names)) + (" or null" if "None" in text else "")
+def _json_allowed(f: Any) -> str:
+    """What a JSON field accepts besides its type (choices, bounds, patterns)."""
+    parts = []
+    if f.choices:
+        parts.append("one of " + ", ".join(json.dumps(c) for c in f.choices))
+    if f.item_choices:
+        parts.append("each one of " + ", ".join(json.dumps(c) for c in f.item_choices))
+    if f.above is not None:
+        parts.append(f"more than {f.above:g}")
+    if f.minimum is not None and f.maximum is not None:
+        parts.append(f"{f.minimum} to {f.maximum}")
+    elif f.minimum is not None:
+        parts.append(f"at least {f.minimum}")
+    elif f.maximum is not None:
+        parts.append(f"at most {f.maximum}")
+    if f.min_items:
+        parts.append(f"at least {f.min_items} item" + ("s" if f.min_items > 1 else ""))
+    if f.pattern:
+        parts.append(f.pattern_doc or f"matches {f.pattern}")
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
 class JsonTable:
-    """One object of a JSON configuration: its dataclass, a smallest valid document that
-    reaches it, and how to find the loaded object in the parsed result. Defaults and required
-    keys are then asked of the real loader, not restated here."""
+    """One object of a JSON configuration: its schema section (keys, types, what is allowed,
+    meaning), the type it loads as (its docstring), a smallest valid document that reaches it,
+    and how to find the loaded object in the parsed result. Defaults are asked of the real
+    reader, not restated here."""
 
     title: str
-    cls: type
+    section: Any                      # the contract schema's Section
+    cls: type                         # the contract type the object loads as
     document: Callable[[], dict]
     where: tuple[str | int, ...]      # key path of the object in the document
     pick: Callable[[Any], Any]        # parsed configuration -> the loaded object
+    doc: str | None = None            # instead of the type's docstring (a type used elsewhere too)
 
 
 def model_server_tables() -> list[JsonTable]:
     config = model_server_config_module()
+    from enclave_build.contract.identity import EnclaveIdentity
+
     model = {"name": "m", "backend": "tflite", "path": "/models/m"}
     identity = {"pin": "mr_signer", "builds": [{"mr_signer": "0" * 64, "isv_prod_id": 0,
                                                 "isv_svn": 0}], "pccs_url": "https://pccs"}
@@ -609,24 +617,27 @@ def model_server_tables() -> list[JsonTable]:
         return lambda: {"version": config.CONFIG_VERSION, "models": [dict(model)],
                         **{k: _deep_copy(v) for k, v in extra.items()}}
     keys = {"server": "secrets:4433", "ca": "/enclave/ca.pem", "names": ["k"]}
+    trusted = doc(keys={**{k: v for k, v in keys.items() if k != "ca"},
+                        "server_identity": identity})
     return [
-        JsonTable("Top level", config.ServerConfig, doc(), (), lambda c: c),
-        JsonTable("models[]", config.ModelConfig, doc(), ("models", 0), lambda c: c.models[0]),
-        JsonTable("grpc, rest", config.Listener, doc(grpc={"port": 8001}), ("grpc",),
-                  lambda c: c.grpc),
-        JsonTable("tls", config.TLSConfig, doc(tls={"cert": "/c", "key": "/k"}), ("tls",),
-                  lambda c: c.tls),
-        JsonTable("limits", config.Limits, doc(limits={}), ("limits",), lambda c: c.limits),
-        JsonTable("keys", config.KeysConfig, doc(keys=keys), ("keys",), lambda c: c.keys),
-        JsonTable("keys.server_identity", config.ServerTrustConfig,
-                  doc(keys={**{k: v for k, v in keys.items() if k != "ca"},
-                            "server_identity": identity}),
-                  ("keys", "server_identity"), lambda c: c.keys.server_identity),
-        JsonTable("keys.server_identity.builds[]", config.ExpectedServer,
-                  doc(keys={**{k: v for k, v in keys.items() if k != "ca"},
-                            "server_identity": identity}),
+        JsonTable("Top level", config.SCHEMA, config.ServerConfig, doc(), (), lambda c: c),
+        JsonTable("models[]", config.MODEL, config.ModelConfig, doc(), ("models", 0),
+                  lambda c: c.models[0]),
+        JsonTable("grpc, rest", config.LISTENER, config.Listener, doc(grpc={"port": 8001}),
+                  ("grpc",), lambda c: c.grpc),
+        JsonTable("tls", config.TLS, config.TLSConfig, doc(tls={"cert": "/c", "key": "/k"}),
+                  ("tls",), lambda c: c.tls),
+        JsonTable("limits", config.LIMITS, config.Limits, doc(limits={}), ("limits",),
+                  lambda c: c.limits),
+        JsonTable("keys", config.KEYS, config.KeysConfig, doc(keys=keys), ("keys",),
+                  lambda c: c.keys),
+        JsonTable("keys.server_identity", config.SERVER_IDENTITY, config.ServerTrustConfig,
+                  trusted, ("keys", "server_identity"), lambda c: c.keys.server_identity),
+        JsonTable("keys.server_identity.builds[]", config.BUILD, EnclaveIdentity, trusted,
                   ("keys", "server_identity", "builds", 0),
-                  lambda c: c.keys.server_identity.builds[0]),
+                  lambda c: c.keys.server_identity.builds[0],
+                  doc="One secret-server build the server may be: its enclave identity "
+                      '(`mr_enclave` only with pin "mr_enclave").'),
     ]
 
 
@@ -636,31 +647,37 @@ def _deep_copy(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+def _json_default(t: JsonTable, f: Any) -> str:
+    """What the reader makes of *t*'s document without key *f*: "required" when it refuses."""
+    if f.required:
+        return "required"
+    document = t.document()
+    obj = document
+    for part in t.where:
+        obj = obj[part]
+    obj.pop(f.name, None)
+    try:
+        value = getattr(t.pick(model_server_config_module().ServerConfig.from_dict(
+            document, "doc")), f.name)
+    except (ValueError, AttributeError):
+        value = f.default
+    if value is None and f.default is not None:   # the type's None for the schema's default
+        value = f.default
+    if dataclasses.is_dataclass(value):
+        small = len(dataclasses.fields(value)) <= 3
+        value = dataclasses.asdict(value) if small else "see below"
+    if isinstance(value, tuple):
+        value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+    return "—" if value is None or value == "" else (
+        value if value == "see below" else json.dumps(value))
+
+
 def _json_table(t: JsonTable) -> str:
-    """key | type | default | meaning, the defaults found by loading *t*'s document with each
-    key left out."""
-    parse = model_server_config_module().parse_config
-    comments = _dataclass_comments(t.cls)
-    rows = []
-    for f in dataclasses.fields(t.cls):
-        document = t.document()
-        obj = document
-        for part in t.where:
-            obj = obj[part]
-        obj.pop(f.name, None)
-        try:
-            value = getattr(t.pick(parse(document, "doc")), f.name)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            default = "required"
-        else:
-            if dataclasses.is_dataclass(value):
-                small = len(dataclasses.fields(value)) <= 3
-                value = dataclasses.asdict(value) if small else "see below"
-            default = "—" if value is None or value == "" else (
-                value if value == "see below" else json.dumps(value))
-        rows.append([code(f.name), cell(_json_type(f.type)), cell(default),
-                     cell(comments.get(f.name, ""))])
-    return table(["key", "type", "default", "meaning"], rows)
+    """key | type | default | allowed | meaning, from the contract's schema; the defaults found
+    by loading *t*'s document with each key left out."""
+    rows = [[code(f.name), cell(_json_type(f)), cell(_json_default(t, f)),
+             cell(_json_allowed(f)), cell(f.doc)] for f in t.section.fields]
+    return table(["key", "type", "default", "allowed", "meaning"], rows)
 
 
 def page_secrets_toml() -> str:
@@ -670,7 +687,7 @@ def page_secrets_toml() -> str:
            "The secret server's configuration (`enclave-build secrets serve --config FILE`). "
            "`enclave-build secrets config` writes one from builds' policy fragments; the server "
            "checks it at every start and on SIGHUP, and every error names the file and the key.\n",
-           schema_links("secrets"), "\n",
+           schema_links("secrets.toml."), "\n",
            "## Every key, with an example value\n\n", "```toml\n",
            textwrap.dedent(_literal_block(doc)), "\n```\n\n",
            "## Notes\n\n", rst_to_md(_after_literal(doc))]
@@ -702,18 +719,26 @@ def page_model_server_json() -> str:
     out = [HEADER, "# model-server.json\n\n",
            "You do not write this file: the framework plugin does, from the spec's "
            "`[[models]]`, `[limits]`, `[tls]` and `[secrets]`, and ships it to ",
-           code(MODEL_SERVER_CONFIG), " in the image.\n\n", rst_to_md(config.__doc__ or ""),
+           code(model_server_config_path()), " in the image.\n\n",
+           rst_to_md(_without_title(config.__doc__ or "")),
            schema_links("model-server", "model_server"),
            f"\nThe file is a JSON object with `\"version\": {config.CONFIG_VERSION}`. A key the "
            "server does not know is an error (exit 2, naming it).\n\n"]
     for t in model_server_tables():
         out.append(f"## {t.title}\n\n")
-        doc = inspect.getdoc(t.cls)
+        doc = t.doc or inspect.getdoc(t.cls)
         if doc and not doc.startswith(t.cls.__name__ + "("):
             out.append(rst_to_md(doc) + "\n")
         out.append(_json_table(t) + "\n")
     out.append("## The server's command line\n\n```\n" + _argparse_help(parser) + "```\n")
     return "".join(out)
+
+
+def _without_title(doc: str) -> str:
+    """A module docstring without its first paragraph when that only names the file (the
+    page's title does)."""
+    first, _, rest = inspect.cleandoc(doc).partition("\n\n")
+    return rest if rest and len(first.splitlines()) == 1 else doc
 
 
 def _argparse_help(parser: Any) -> str:
