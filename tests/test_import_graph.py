@@ -10,7 +10,7 @@ The layers, lowest first (a module may import its own layer and the ones below i
     2  attestation     enclave_build.attestation: RA-TLS, quotes, policy, the secret server
     3  model server    enclave_build.model_server: the KServe v2 server in the enclave (uses
                        attestation to fetch its keys)
-    4  builder core    errors, schema, spec and its sections (server_trust, deploy), plan,
+    4  builder core    errors, spec and its sections (server_trust, deploy), plan,
                        plugin_types, rootfs, hashing, elf, python_closure, the Gramine
                        libraries (measure, sigstruct, sign, signer, protected files, ...),
                        image (reading, assembling, verifying images), secrets_config, caches
