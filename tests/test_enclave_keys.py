@@ -25,7 +25,7 @@ from enclave_build.builder.gramine import protected_files as builder_pf
 from enclave_build.model_server import keys
 from enclave_build.model_server.config import KeysConfig
 
-from .attest_env import audit_mark, make_env, settled_audit
+from .attest_env import audit_mark, make_env, settled_audit, verified_evidence
 
 pytestmark = pytest.mark.integration
 
@@ -408,22 +408,29 @@ def test_refusal_wire_bytes(server, env):
 
 
 def test_policy_sni_naming_a_secret_selects_only_that_secret(env):
-    from enclave_build.attestation.policy import Identity, Policy
+    from enclave_build.attestation.policy import Policy
+    from enclave_build.attestation.server.decide import AccessPolicy, ByServerName, decide
 
     config = load_config(env.config)
-    policy = Policy.build(list(config.measurements), list(config.secrets), config.path.parent)
+    policy = AccessPolicy(Policy.build(list(config.measurements), list(config.secrets),
+                                       config.path.parent), config.attestation.tcb)
     m = _measurements(env)
-    face = Identity(m.mr_enclave, m.mr_signer, m.isv_prod_id, m.isv_svn, m.debug)
-    assert policy.decide(face, "face-model-2").secret.name == "face-model-2"
-    assert policy.decide(face, "face-key").secret.name == "face-key"
-    denied = policy.decide(face, "ocr-key")
+    face = verified_evidence(m.mr_enclave, m.mr_signer, m.isv_prod_id, m.isv_svn, debug=m.debug)
+
+    def named(server_name: str | None) -> ByServerName:
+        return ByServerName(server_name.encode() if server_name is not None else None)
+
+    assert decide(face, named("face-model-2"), policy).secret.name == "face-model-2"
+    assert decide(face, named("face-key"), policy).secret.name == "face-key"
+    denied = decide(face, named("ocr-key"), policy)
     assert denied.secret is None and "'ocr-key'" in denied.reason
-    assert policy.decide(face, "localhost").secret is None   # two match, the host selects none
+    # two match, and the host name selects none
+    assert decide(face, named("localhost"), policy).secret is None
     o = _measurements(env, "ocr")
-    ocr = Identity(o.mr_enclave, o.mr_signer, o.isv_prod_id, o.isv_svn, o.debug)
-    assert policy.decide(ocr, "localhost").secret.name == "ocr-key"  # unchanged behaviour
-    assert policy.decide(ocr, None).secret.name == "ocr-key"
-    assert policy.decide(ocr, "face-key").secret is None
+    ocr = verified_evidence(o.mr_enclave, o.mr_signer, o.isv_prod_id, o.isv_svn, debug=o.debug)
+    assert decide(ocr, named("localhost"), policy).secret.name == "ocr-key"  # unchanged behaviour
+    assert decide(ocr, named(None), policy).secret.name == "ocr-key"
+    assert decide(ocr, named("face-key"), policy).secret is None
 
 
 def test_plain_mode_leaves_out_a_sibling_that_does_not_decrypt(server, env, plain, tmp_path,
