@@ -121,7 +121,7 @@ def _show(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _client_context(client_cert: Path | None, client_key: Path | None) -> ssl.SSLContext:
+def client_context(client_cert: Path | None, client_key: Path | None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # The certificate is self-signed (RA-TLS): no CA can vouch for it. What is verified instead
@@ -146,7 +146,7 @@ def open_attested(host: str, port: int, expectation: Expectation, *,
     :class:`AttestationRefused` (the connection is then closed; nothing was sent on it).
     *client_cert*/*client_key*: a certificate to present (a key owner's, for uploads)."""
     endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    context = _client_context(client_cert, client_key)
+    context = client_context(client_cert, client_key)
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:

@@ -17,12 +17,15 @@ The TLS server name (SNI) the client sent:
 * anything else (Gramine's constructor sends the server's host name): the one secret released to
   this enclave; when several would be, the request is refused as ambiguous.
 
-Occlum's GrSecret clients name what they ask for (:meth:`Policy.decide_request`): a secret's
+Occlum's GrSecret clients name what they ask for: a secret's
 name, or its ``requested_as`` (Occlum's init asks for its image key as ``image_key``; each
 service's image-key rule, ``KEY@image_key``, is released only to that service, so one server
 holds many). A secret's ``encoding`` says what the enclave receives: the stored bytes
 (``raw``) or, for Occlum's image key, ``hex-dashes`` text. Only raw secrets asked for by their
 own name take part in the secret_prov exchange.
+
+This module holds the rules and who they admit; which secret a client receives is decided by
+:func:`attestation.server.decide.decide`.
 """
 
 from __future__ import annotations
@@ -48,13 +51,6 @@ class PolicyError(AttestationConfigError, ValueError):
 
 #: What an attested quote says about the enclave (the contract's one enclave identity).
 Identity = EnclaveIdentity
-
-
-@dataclass(frozen=True)
-class Decision:
-    secret: SecretRule | None
-    reason: str
-    service: str | None = None
 
 
 @dataclass
@@ -105,7 +101,7 @@ class Policy:
         """Whether a client may ask for *name* (a secret's name or a requested_as)."""
         return any(name in (rule.name, rule.requested_as) for rule in self.secrets)
 
-    def _matches(self, rule: SecretRule, who: Identity) -> str | None:
+    def admits(self, rule: SecretRule, who: Identity) -> str | None:
         """The service (or MRENCLAVE) through which *rule* admits *who*, or None."""
         for entry in rule.allow:
             if _HEX64.match(entry):
@@ -122,51 +118,7 @@ class Policy:
                     return entry
         return None
 
-    def decide_request(self, who: Identity, name: str) -> Decision:
-        """The secret a GrSecret client asks for by *name*: the rule of that name, or the one
-        rule with ``requested_as = name`` released to *who* (ambiguity is refused)."""
-        named = [rule for rule in self.secrets if rule.name == name]
-        if named:
-            via = self._matches(named[0], who)
-            if via is None:
-                return Decision(None, f"secret {name!r} is not released to this enclave "
-                                      "identity")
-            return Decision(named[0], f"allowed via {via}", via if not _HEX64.match(via) else None)
-        candidates = [(rule, via) for rule in self.secrets if rule.requested_as == name
-                      if (via := self._matches(rule, who)) is not None]
-        if not candidates:
-            return Decision(None, f"no secret asked for as {name!r} is released to this "
-                                  "enclave identity")
-        if len(candidates) > 1:
-            names = ", ".join(sorted(c[0].name for c in candidates))
-            return Decision(None, f"several secrets ({names}) are asked for as {name!r} and "
-                                  "released to this enclave identity")
-        rule, via = candidates[0]
-        return Decision(rule, f"allowed via {via} (secret {rule.name!r})",
-                        via if not _HEX64.match(via) else None)
 
-    def decide(self, who: Identity, server_name: str | None = None) -> Decision:
-        """Gramine's secret_prov exchange (the TLS server name may name the secret). Only
-        raw secrets asked for by their own name take part: the others are for GrSecret."""
-        rules = [r for r in self.secrets if r.encoding == "raw" and r.requested_as is None]
-        named = [rule for rule in rules if rule.name == server_name]
-        if named:
-            via = self._matches(named[0], who)
-            if via is None:
-                return Decision(None, f"secret {named[0].name!r} (the TLS server name) is not "
-                                      "released to this enclave identity")
-            return Decision(named[0], f"allowed via {via} (named by the TLS server name)",
-                            via if not _HEX64.match(via) else None)
-        candidates = [(rule, via) for rule in rules
-                      if (via := self._matches(rule, who)) is not None]
-        if not candidates:
-            return Decision(None, "no secret is released to this enclave identity")
-        if len(candidates) > 1:
-            chosen = [c for c in candidates if c[0].name == server_name]
-            if len(chosen) != 1:
-                names = ", ".join(sorted(c[0].name for c in candidates))
-                return Decision(None, f"several secrets ({names}) match and the TLS server name "
-                                      f"{server_name!r} selects none")
-            candidates = chosen
-        rule, via = candidates[0]
-        return Decision(rule, f"allowed via {via}", via if not _HEX64.match(via) else None)
+def is_mr_enclave(entry: str) -> bool:
+    """Whether an ``allow`` entry is an MRENCLAVE (64 hex digits) rather than a service."""
+    return bool(_HEX64.match(entry))

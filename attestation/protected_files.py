@@ -64,7 +64,6 @@ _ZERO_IV = bytes(12)
 _ENTRY = KEY_SIZE + MAC_SIZE
 _CHILD_BASE = DATA_PER_MHT * _ENTRY         # offset of the child-MHT entries in an MHT node
 _REPRO_LABEL = b"enclave-build reproducible protected files v1"
-_READ_CHUNK_NODES = 96                      # one MHT group per read/write
 
 
 class PFError(AttestationError, ValueError):

@@ -231,17 +231,26 @@ def answer(accepted: bool, text: str) -> bytes:
 # --------------------------------------------------------------------------- server side
 
 
+@dataclass(frozen=True)
+class UploadOutcome:
+    """How one owner connection ended, for the audit line (never key bytes)."""
+
+    owner: str                          # SHA-256 fingerprint of the client certificate
+    allowed: bool
+    reason: str
+    secrets: tuple[str, ...] | None     # the names in a well-formed request from an owner
+
+
 def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], None],
                  peer_der: bytes, settings: UploadSettings, store: UploadStore,
-                 uploadable: Iterable[str], record: dict, *,
-                 now: _dt.datetime | None = None) -> None:
+                 uploadable: Iterable[str], *, now: _dt.datetime | None = None
+                 ) -> UploadOutcome:
     """Handle one owner connection (after the TLS handshake): authenticate the client
-    certificate, read the request, store all keys or none, answer. Fills *record* (the audit
-    line: decision, reason, owner fingerprint, secret names; never key bytes)."""
+    certificate, read the request, store all keys or none, answer."""
     fingerprint = hashlib.sha256(peer_der).hexdigest()
-    record.update(event="upload", owner=fingerprint)
     owner = settings.owner(fingerprint)
     moment = now or _dt.datetime.now(_dt.timezone.utc)
+    names: tuple[str, ...] | None = None
     try:
         keys = read_request(recv_exact)
     except ValueError as exc:
@@ -258,8 +267,7 @@ def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], Non
         reason = problem or "malformed upload request"
     else:
         allowed = set(uploadable)
-        names = [name for name, _ in keys]
-        record["secrets"] = names
+        names = tuple(name for name, _ in keys)
         unknown = [name for name in names if name not in allowed]
         if unknown:
             reason = (f"secret {unknown[0]!r} is not an uploaded secret of this server "
@@ -268,13 +276,19 @@ def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], Non
             replaced = store.put_all(dict(keys))
             text = f"stored {len(names)} key(s): {', '.join(names)}" + (
                 f" (replacing the earlier upload of {', '.join(replaced)})" if replaced else "")
-            record.update(decision="allow", reason=f"{text}; by owner {owner.subject}")
-            send(answer(True, text))
-            return
-    record.update(decision="deny", reason=reason)
+            outcome = UploadOutcome(fingerprint, True, f"{text}; by owner {owner.subject}",
+                                    names)
+            _answer(send, True, text)
+            return outcome
+    _answer(send, False, reason)
+    return UploadOutcome(fingerprint, False, reason, names)
+
+
+def _answer(send: Callable[[bytes], None], accepted: bool, text: str) -> None:
+    """Best effort: the outcome stands whether or not the owner is still there to read it."""
     try:
-        send(answer(False, reason))
-    except OSError:
+        send(answer(accepted, text))
+    except Exception:  # noqa: BLE001 - any transport's error (OSError, TLS errors)
         pass
 
 
@@ -337,4 +351,4 @@ def _recv_within(tls, size: int, deadline: float, timeout: float) -> bytes:  # n
 __all__ = ["REQUEST", "ACCEPTED", "REFUSED", "UploadConfigError", "UploadRefused",
            "UploadSettings", "OwnerCertificate", "UploadStore", "load_settings",
            "load_owner_certificate", "is_owner_certificate", "encode_request", "read_request",
-           "answer", "serve_upload", "upload_keys"]
+           "answer", "UploadOutcome", "serve_upload", "upload_keys"]

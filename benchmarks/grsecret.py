@@ -59,14 +59,15 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from enclave_build.attestation.config import load_config  # noqa: E402
 from enclave_build.attestation.measurements import ImageRef, Measurements  # noqa: E402
-from enclave_build.contract.identity import EnclaveIdentity
-from enclave_build.attestation.occlum_ra import RaConfig, verify_peer_certificate  # noqa: E402
+from enclave_build.attestation.occlum_ra import RaConfig  # noqa: E402
 from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV  # noqa: E402
 from enclave_build.attestation.server import SecretServer  # noqa: E402
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter  # noqa: E402
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server  # noqa: E402
 from enclave_build.attestation.wire import REQUEST, RESPONSE  # noqa: E402
+from enclave_build.contract.identity import EnclaveIdentity  # noqa: E402
 from tests.attest_env import Platform  # noqa: E402
+from tests.secret_client import verify_peer_certificate  # noqa: E402
 
 MR_SIGNER = hashlib.sha256(b"bench signer").digest()
 SERVER_MR_ENCLAVE = hashlib.sha256(b"bench secret server").digest()

@@ -345,7 +345,7 @@ def write_config(target: Path, config: ComposedConfig | SecretsConfig, *, force:
             handle.write(text)
         try:
             loaded = load_config(tmp)
-            # As attestation.server.SecretServer._load does (start-up and every reload).
+            # As the secret server does at start-up and every reload.
             Policy.build(list(loaded.measurements), list(loaded.secrets), loaded.path.parent)
         except (ConfigError, PolicyError) as exc:
             raise SecretsConfigError(f"the composed configuration is not valid: {exc}") from None

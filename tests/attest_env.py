@@ -171,3 +171,21 @@ def settled_audit(path: Path, until=None, *, since: int = 0, settle: float = 0.1
             break
         time.sleep(0.01)
     return audit_records(path)[since:]
+
+
+def verified_evidence(mr_enclave: str, mr_signer: str = MR_SIGNER.hex(), isv_prod_id: int = 1,
+                      isv_svn: int = 2, *, debug: bool = False, status: str = "UpToDate",
+                      advisories: tuple[str, ...] = (), flags: int | None = None,
+                      config_svn: int = 0, fmt: str = "tcg-dice"):
+    """What the secret server's verifier returns for a quote that verified, without a quote:
+    the input :func:`attestation.server.decide.decide` judges."""
+    from enclave_build.attestation.quote import FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT
+    from enclave_build.attestation.server.decide import Evidence
+    from enclave_build.attestation.verify import VerifiedQuote
+
+    if flags is None:
+        flags = FLAG_INIT | FLAG_MODE64BIT | (FLAG_DEBUG if debug else 0)
+    attributes = (flags.to_bytes(8, "little") + (0xE7).to_bytes(8, "little")).hex()
+    quote = VerifiedQuote(status, advisories, mr_enclave, mr_signer, isv_prod_id, isv_svn,
+                          debug, attributes, bytes(64))
+    return Evidence(fmt, quote, config_svn)

@@ -30,10 +30,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from enclave_build.attestation import grsecret
-from enclave_build.attestation.client import attest_endpoint, fetch_secret
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.attestation.occlum_ra import PeerRejected, RaConfig, RaConfigError, verify_peer_certificate
+from enclave_build.attestation.occlum_ra import RaConfig, RaConfigError
 from enclave_build.attestation.quote_source import (SIMULATED_QUOTER_ENV, QuoteSourceError, device_source,
                                       discover)
 from enclave_build.attestation.ratls import (CCZOO_OID, OCCLUM_SUBJECT, create_certificate, extract_evidence,
@@ -45,6 +44,8 @@ from enclave_build.attestation.verify import QuoteRejected
 from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
+from .secret_client import (PeerRejected, attest_endpoint, decode_secret, fetch_secret,
+                            verify_peer_certificate)
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +175,7 @@ class Client:
 
     def get(self, name: str) -> bytes:
         reply = self.stub.GetSecret(self.pb2.SecretRequest(name=name), timeout=10)
-        return grsecret.decode_secret(reply.secret)
+        return decode_secret(reply.secret)
 
     def refused(self, name: str) -> grpc.RpcError:
         with pytest.raises(grpc.RpcError) as info:
@@ -643,7 +644,7 @@ def test_secret_encoding_matches_occlum_clients():
         secret = os.urandom(size)
         text = grsecret.encode_secret(secret)
         assert text.startswith('"') and text.endswith('"')
-        assert grsecret.decode_secret(text) == secret
-        assert grsecret.decode_secret(text[1:-1]) == secret
+        assert decode_secret(text) == secret
+        assert decode_secret(text[1:-1]) == secret
     with pytest.raises(ValueError, match="not base64"):
-        grsecret.decode_secret('"not*base64"')
+        decode_secret('"not*base64"')

@@ -26,11 +26,13 @@ import pytest
 
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.attestation.policy import Identity, Policy, PolicyError, SecretRule, hex_dashes
+from enclave_build.attestation.policy import Policy, PolicyError, SecretRule, hex_dashes
 from enclave_build.attestation.server import SecretServer, startup_warnings
+from enclave_build.attestation.server.decide import AccessPolicy, ByName, ByServerName, decide
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
 from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
+from enclave_build.attestation.verify import TcbPolicy
 from enclave_build.builder.build import load_wrap_keys, make_plan, policy_fragment
 from enclave_build.builder.occlum import backend
 from enclave_build.builder.occlum.configure import releases
@@ -43,7 +45,7 @@ from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.model_server.config import ROOT_ENV, ConfigError as ServerConfigError, parse_config
 from enclave_build.model_server.keys import KeyFetchError, prepare_keys
 
-from .attest_env import MR_SIGNER, identity
+from .attest_env import MR_SIGNER, identity, verified_evidence
 from .conftest import run_cli
 from .test_grsecret import Client, _server_measurements, stubs  # noqa: F401 - a fixture
 from .test_occlum_config import example_spec, registry  # noqa: F401 - a fixture
@@ -213,17 +215,18 @@ def test_image_key_rules_per_service(tmp_path):
                         encoding="hex-dashes", requested_as="image_key") for s in ("face", "ocr")]
     rules.append(SecretRule("face-key", tmp_path / "face.key", ("face",)))
     policy = Policy.build(["*.json"], rules, tmp_path)
-    face = Identity(identity("face").hex(), MR_SIGNER.hex(), 1, 1)
-    ocr = Identity(identity("ocr").hex(), MR_SIGNER.hex(), 1, 1)
-    assert policy.decide_request(face, "image_key").secret.name == "face-key@image_key"
-    assert policy.decide_request(ocr, "image_key").secret.name == "ocr-key@image_key"
-    assert policy.decide_request(ocr, "face-key").secret is None
-    stranger = Identity(identity("x").hex(), MR_SIGNER.hex(), 1, 1)
-    assert "no secret asked for as 'image_key'" in policy.decide_request(stranger,
-                                                                         "image_key").reason
+    access = AccessPolicy(policy, TcbPolicy())
+    face = verified_evidence(identity("face").hex(), MR_SIGNER.hex(), 1, 1)
+    ocr = verified_evidence(identity("ocr").hex(), MR_SIGNER.hex(), 1, 1)
+    assert decide(face, ByName("image_key"), access).secret.name == "face-key@image_key"
+    assert decide(ocr, ByName("image_key"), access).secret.name == "ocr-key@image_key"
+    assert decide(ocr, ByName("face-key"), access).secret is None
+    stranger = verified_evidence(identity("x").hex(), MR_SIGNER.hex(), 1, 1)
+    assert "no secret asked for as 'image_key'" in decide(stranger, ByName("image_key"),
+                                                          access).reason
     # Gramine's secret_prov exchange sees only the raw secret asked for by its own name.
-    assert policy.decide(face, "localhost").secret.name == "face-key"
-    assert policy.decide(ocr, "localhost").secret is None
+    assert decide(face, ByServerName(b"localhost"), access).secret.name == "face-key"
+    assert decide(ocr, ByServerName(b"localhost"), access).secret is None
     assert policy.knows("image_key") and not policy.knows("other")
     with pytest.raises(PolicyError, match="requested_as 'face-key' is the name of a secret"):
         Policy.build(["*.json"], rules + [SecretRule("y", tmp_path / "y", ("face",),

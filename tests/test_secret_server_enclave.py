@@ -181,7 +181,9 @@ def test_grsecret_port_presents_the_builds_identity_to_occlum_peers(served):
     certificate whose quote binds its key and carries this build's measurements."""
     import ssl
 
-    from enclave_build.attestation.occlum_ra import PeerRejected, RaConfig, verify_peer_certificate
+    from enclave_build.attestation.occlum_ra import RaConfig
+
+    from .secret_client import PeerRejected, verify_peer_certificate
 
     config = (image_rootfs(served["out"]) / "enclave/secret-server/secrets.toml").read_text()
     assert f'listen = "0.0.0.0:{served["grsecret_port"]}"' in config.split("[grsecret]")[1]
@@ -282,9 +284,10 @@ def _grsecret_fetch(served, stubs, name: str) -> bytes:
 
     import grpc
 
-    from enclave_build.attestation import grsecret
-    from enclave_build.attestation.occlum_ra import RaConfig, verify_peer_certificate
+    from enclave_build.attestation.occlum_ra import RaConfig
     from enclave_build.attestation.ratls import create_certificate
+
+    from .secret_client import decode_secret, verify_peer_certificate
 
     pb2, pb2_grpc = stubs
     address = ("127.0.0.1", served["grsecret_port"])
@@ -312,7 +315,7 @@ def _grsecret_fetch(served, stubs, name: str) -> bytes:
             ("grpc.ssl_target_name_override", "localhost")]) as channel:
         reply = pb2_grpc.GrSecretStub(channel).GetSecret(pb2.SecretRequest(name=name),
                                                           timeout=10)
-    return grsecret.decode_secret(reply.secret)
+    return decode_secret(reply.secret)
 
 
 def test_upload_then_a_model_enclave_gets_the_key(served, tmp_path, stubs):

@@ -1,16 +1,22 @@
-"""Client side of attestation.
+"""Clients of the secret server for tests (the product's own clients are
+``enclave_build.model_server.keys`` in the enclave and ``attestation.attest_client`` for owners).
 
 * :func:`fetch_secret` does what Gramine's provisioning constructor does inside an enclave:
   connect to the secret server with TLS, present a self-signed RA-TLS certificate, check the
   server's certificate against the configured CA and host name, send the request and read the
-  secret. Used by simulation mode and by tests against the real server.
-* :func:`attest_endpoint` is for inference clients and the model owner: connect to a served
-  endpoint, take its RA-TLS certificate, verify the quote and check that the enclave is one of
-  the builds given as measurements.json files.
+  secret.
+* :func:`attest_endpoint` connects to a served endpoint, takes its RA-TLS certificate, verifies
+  the quote and checks that the enclave is one of the builds given as measurements.json files.
+* :func:`verify_peer_certificate` checks an Occlum-style RA-TLS certificate as Occlum's library
+  does (evidence bound to the key, quote verified, ``sgx_mrs`` matched), as Occlum's init checks
+  the GrSecret server's.
+* :func:`decode_secret` reads a GrSecret ``SecretReply.secret`` as Occlum's client does.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as _dt
 import socket
 import ssl
@@ -21,14 +27,15 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .measurements import Measurements
-from .ratls import extract_evidence
-from .verify import QuoteRejected, TcbPolicy, VerifiedQuote, verify_quote
-from .wire import HEADER_LEN, REQUEST, RESPONSE, parse_header, recv_exact  # noqa: F401  (re-exported)
-from .errors import AttestationError
+from enclave_build.attestation.measurements import Measurements
+from enclave_build.attestation.occlum_ra import CONFIG_SVN_OFFSET, PeerIdentity, RaConfig
+from enclave_build.attestation.ratls import extract_evidence
+from enclave_build.attestation.verify import (QuoteRejected, TcbPolicy, VerificationCache,
+                                              VerifiedQuote, verify_quote)
+from enclave_build.attestation.wire import HEADER_LEN, REQUEST, parse_header, recv_exact
 
 
-class ProvisioningError(AttestationError, RuntimeError):
+class ProvisioningError(RuntimeError):
     """The secret could not be obtained (refused, or protocol error)."""
 
 
@@ -101,3 +108,46 @@ def attest_endpoint(host: str, port: int, measurements: list[Measurements], coll
             return EndpointAttestation(evidence.format, verified, build)
     raise QuoteRejected(f"{host}:{port} runs enclave {verified.mr_enclave}, which is not one of "
                         "the given builds")
+
+
+class PeerRejected(Exception):
+    """The peer's RA-TLS certificate does not prove what the ra_config requires."""
+
+
+@dataclass(frozen=True)
+class VerifiedPeer:
+    evidence_format: str
+    quote: VerifiedQuote
+    identity: PeerIdentity
+
+
+def verify_peer_certificate(cert: x509.Certificate, ra_config: RaConfig | None,
+                            collateral_json: str, *, root_ca_der: bytes | None = None,
+                            policy: TcbPolicy = TcbPolicy(), now: _dt.datetime | None = None,
+                            cache: VerificationCache | None = None) -> VerifiedPeer:
+    """Check a peer's RA-TLS certificate as Occlum's library does, with our quote verifier:
+    the evidence binds the certificate's key, the quote verifies (TCB policy included), and
+    (unless *ra_config* is None) an ``sgx_mrs`` entry matches. Raises :class:`PeerRejected`,
+    or EvidenceError / QuoteRejected from the steps before."""
+    evidence = extract_evidence(cert)
+    verified = verify_quote(evidence.quote, collateral_json, root_ca_der=root_ca_der, now=now,
+                            policy=policy, cache=cache)
+    config_svn = int.from_bytes(evidence.quote[CONFIG_SVN_OFFSET:CONFIG_SVN_OFFSET + 2], "little")
+    identity = PeerIdentity(verified.mr_enclave, verified.mr_signer, verified.isv_prod_id,
+                            verified.isv_svn, config_svn, verified.debug)
+    if ra_config is not None:
+        reason = ra_config.mismatch(identity)
+        if reason is not None:
+            raise PeerRejected(reason)
+    return VerifiedPeer(evidence.format, verified, identity)
+
+
+def decode_secret(text: str) -> bytes:
+    """The secret bytes of a GrSecret SecretReply.secret, quoted (Occlum's server, ours) or
+    bare."""
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError(f"SecretReply.secret is not base64: {exc}") from None
