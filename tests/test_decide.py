@@ -16,6 +16,7 @@ from enclave_build.attestation.server.decide import (AccessPolicy, ByName, BySer
                                                      Decision, Refusal, Unverified,
                                                      check_client, decide)
 from enclave_build.attestation.verify import TcbPolicy
+from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import verified_evidence
 
@@ -29,8 +30,10 @@ FACE, OCR, STRANGER = _hex("face"), _hex("ocr"), _hex("stranger")
 PINNED = _hex("pinned")   # allowed by its MRENCLAVE, not through a service
 
 MEASUREMENTS = [
-    Measurements("face", "tflite", "gramine", FACE, SIGNER, 1, 2, False, ImageRef(None, None)),
-    Measurements("ocr", "tflite", "gramine", OCR, SIGNER, 2, 2, False, ImageRef(None, None)),
+    Measurements("face", "tflite", "gramine", EnclaveIdentity(FACE, SIGNER, 1, 2, False),
+                 ImageRef(None, None)),
+    Measurements("ocr", "tflite", "gramine", EnclaveIdentity(OCR, SIGNER, 2, 2, False),
+                 ImageRef(None, None)),
 ]
 RULES = [
     SecretRule("face-key", None, ("face",)),

@@ -92,6 +92,10 @@ class AccessPolicy:
     tcb: TcbPolicy                           # [attestation]: TCB status, advisories, DEBUG
     client_filter: RaConfig | None = None    # [grsecret] client_ra_config (GrSecret only)
 
+    def __post_init__(self) -> None:
+        # secrets.toml's [attestation] holds the contract's TcbPolicy: the verifier's judges
+        object.__setattr__(self, "tcb", TcbPolicy.of(self.tcb))
+
 
 class Refusal(enum.Enum):
     """The step at which a client was refused."""
