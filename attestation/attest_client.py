@@ -30,12 +30,13 @@ from .collateral import CollateralError, CollateralSource
 from .measurements import Measurements
 from .ratls import EvidenceError, extract_evidence
 from .verify import QuoteRejected, TcbPolicy, VerifiedQuote, verify_quote
+from .errors import AttestationError
 
 #: The identity fields compared, in the order a mismatch is reported.
 IDENTITY_FIELDS = ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "debug")
 
 
-class AttestationRefused(Exception):
+class AttestationRefused(AttestationError):
     """The server is not (provably) one of the expected builds. ``mismatches`` lists, for an
     identity that verified but matched no build, every differing field of every build."""
 
@@ -120,7 +121,7 @@ def _show(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _client_context(client_cert: Path | None, client_key: Path | None) -> ssl.SSLContext:
+def client_context(client_cert: Path | None, client_key: Path | None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # The certificate is self-signed (RA-TLS): no CA can vouch for it. What is verified instead
@@ -145,7 +146,7 @@ def open_attested(host: str, port: int, expectation: Expectation, *,
     :class:`AttestationRefused` (the connection is then closed; nothing was sent on it).
     *client_cert*/*client_key*: a certificate to present (a key owner's, for uploads)."""
     endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    context = _client_context(client_cert, client_key)
+    context = client_context(client_cert, client_key)
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:

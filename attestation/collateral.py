@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Protocol
 
 from .verify import collateral_validity, load_collateral
+from .errors import AttestationError
 
 DEFAULT_TIMEOUT = 10.0
 
 
-class CollateralError(Exception):
+class CollateralError(AttestationError):
     """Collateral for a quote cannot be had (PCCS down, slow or answering garbage)."""
 
 

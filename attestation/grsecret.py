@@ -19,7 +19,6 @@ Occlum's client decoder skips characters outside the base64 alphabet, and it nee
 extra characters: without them it drops the secret's last byte. Its decoder also turns each
 ``=`` of padding into a NUL byte, so a secret whose length is not a multiple of 3 reaches
 Occlum's init with 1 or 2 NUL bytes appended (the server warns about such secrets).
-:func:`decode_secret` reads both forms exactly.
 
 Per connection, :func:`serve` answers unary GetSecret calls until the client closes, *max_requests*
 were answered, or it has been idle (no open call) for *idle* seconds, then sends GOAWAY. Each
@@ -54,7 +53,6 @@ enforces from the first frame on.
 from __future__ import annotations
 
 import base64
-import binascii
 import errno
 import json
 import select
@@ -135,16 +133,6 @@ def encode_secret(secret: bytes) -> str:
     """The SecretReply.secret text for *secret*: base64 in double quotes, as Occlum's server
     sends it (see the module docstring)."""
     return json.dumps(base64.b64encode(secret).decode("ascii"))
-
-
-def decode_secret(text: str) -> bytes:
-    """The secret bytes of a SecretReply.secret, quoted (Occlum's server, ours) or bare."""
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        text = text[1:-1]
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise ValueError(f"SecretReply.secret is not base64: {exc}") from None
 
 
 def frame(message: bytes) -> bytes:

@@ -21,23 +21,18 @@ hex string into zeros); more than 16 entries is an error instead of being ignore
 quote itself is verified by :mod:`attestation.verify` with its TCB policy (Occlum's library
 lets every non-terminal TCB status pass with a warning).
 
-:func:`verify_peer_certificate` is the whole peer check of an Occlum-style RA-TLS certificate:
-evidence bound to the key, quote verified, measurements matched.
+The secret server applies a ``[grsecret] client_ra_config`` to GrSecret clients through
+:func:`attestation.server.decide.decide`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
-from .policy import Identity
-from .ratls import extract_evidence
-from .verify import TcbPolicy, VerificationCache, VerifiedQuote, verify_quote
+from .errors import AttestationConfigError
 
 FLAGS = ("verify_mr_enclave", "verify_mr_signer", "verify_isv_prod_id", "verify_isv_svn",
          "verify_config_svn", "verify_enclave_debuggable")
@@ -46,12 +41,8 @@ CONFIG_SVN_OFFSET = 308         # u16 LE in a v3 quote (report body 48 + 260)
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}\Z")
 
 
-class RaConfigError(ValueError):
+class RaConfigError(AttestationConfigError, ValueError):
     """An ra_config file is invalid; the message names the file and the key."""
-
-
-class PeerRejected(Exception):
-    """The peer's RA-TLS certificate does not prove what the ra_config requires."""
 
 
 @dataclass(frozen=True)
@@ -76,12 +67,6 @@ class PeerIdentity:
     isv_svn: int
     config_svn: int
     debuggable: bool
-
-    @classmethod
-    def of(cls, verified: VerifiedQuote, raw_quote: bytes) -> "PeerIdentity":
-        config_svn = int.from_bytes(raw_quote[CONFIG_SVN_OFFSET:CONFIG_SVN_OFFSET + 2], "little")
-        return cls(verified.mr_enclave, verified.mr_signer, verified.isv_prod_id,
-                   verified.isv_svn, config_svn, verified.debug)
 
 
 @dataclass(frozen=True)
@@ -196,34 +181,3 @@ def _measurement(item: object, where: str, flags: dict[str, bool]) -> SgxMeasure
         raise RaConfigError(f"{where}.debuggable: missing, but verify_enclave_debuggable is "
                             "\"on\"")
     return SgxMeasurement(**values, debuggable=debuggable)
-
-
-@dataclass(frozen=True)
-class VerifiedPeer:
-    evidence_format: str
-    quote: VerifiedQuote
-    identity: PeerIdentity
-
-    def policy_identity(self) -> Identity:
-        """The identity :class:`attestation.policy.Policy` decides on."""
-        q = self.quote
-        return Identity(q.mr_enclave, q.mr_signer, q.isv_prod_id, q.isv_svn, q.debug)
-
-
-def verify_peer_certificate(cert: x509.Certificate, ra_config: RaConfig | None,
-                            collateral_json: str, *, root_ca_der: bytes | None = None,
-                            policy: TcbPolicy = TcbPolicy(), now: _dt.datetime | None = None,
-                            cache: VerificationCache | None = None) -> VerifiedPeer:
-    """Check a peer's RA-TLS certificate as Occlum's library does, with our quote verifier:
-    the evidence binds the certificate's key, the quote verifies (TCB policy included), and
-    (unless *ra_config* is None) an ``sgx_mrs`` entry matches. Raises :class:`PeerRejected`,
-    or EvidenceError / QuoteRejected from the steps before."""
-    evidence = extract_evidence(cert)
-    verified = verify_quote(evidence.quote, collateral_json, root_ca_der=root_ca_der, now=now,
-                            policy=policy, cache=cache)
-    identity = PeerIdentity.of(verified, evidence.quote)
-    if ra_config is not None:
-        reason = ra_config.mismatch(identity)
-        if reason is not None:
-            raise PeerRejected(reason)
-    return VerifiedPeer(evidence.format, verified, identity)

@@ -17,12 +17,15 @@ The TLS server name (SNI) the client sent:
 * anything else (Gramine's constructor sends the server's host name): the one secret released to
   this enclave; when several would be, the request is refused as ambiguous.
 
-Occlum's GrSecret clients name what they ask for (:meth:`Policy.decide_request`): a secret's
+Occlum's GrSecret clients name what they ask for: a secret's
 name, or its ``requested_as`` (Occlum's init asks for its image key as ``image_key``; each
 service's image-key rule, ``KEY@image_key``, is released only to that service, so one server
 holds many). A secret's ``encoding`` says what the enclave receives: the stored bytes
 (``raw``) or, for Occlum's image key, ``hex-dashes`` text. Only raw secrets asked for by their
 own name take part in the secret_prov exchange.
+
+This module holds the rules and who they admit; which secret a client receives is decided by
+:func:`attestation.server.decide.decide`.
 """
 
 from __future__ import annotations
@@ -32,62 +35,22 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.secrets_config import (ENCODINGS, KEY_SIZE,  # noqa: F401
+                                                   SecretRule, hex_dashes)
+
 from .measurements import Measurements, MeasurementsError
+from .errors import AttestationConfigError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
-class PolicyError(ValueError):
+class PolicyError(AttestationConfigError, ValueError):
     """The policy configuration is invalid."""
 
 
-@dataclass(frozen=True)
-class Identity:
-    """What an attested quote says about the enclave."""
-
-    mr_enclave: str
-    mr_signer: str
-    isv_prod_id: int
-    isv_svn: int
-    debug: bool = False
-
-
-#: How a secret is handed over: its bytes as stored (``raw``), or, for a 16-byte key, the text
-#: ``xx-xx-...-xx`` + newline (``hex-dashes``) that Occlum's init parses for its image key.
-ENCODINGS = ("raw", "hex-dashes")
-KEY_SIZE = 16
-
-
-def hex_dashes(key: bytes) -> bytes:
-    """A 16-byte key as Occlum's init and ``occlum build --image-key`` read it (the format of
-    ``occlum gen-image-key``): 16 lower-case hex bytes joined by '-', then a newline (48 bytes,
-    a multiple of 3, so Occlum's GrSecret client decodes it with nothing appended)."""
-    if len(key) != KEY_SIZE:
-        raise ValueError(f"an Occlum image key has {KEY_SIZE} bytes, not {len(key)}")
-    return ("-".join(f"{b:02x}" for b in key) + "\n").encode()
-
-
-@dataclass(frozen=True)
-class SecretRule:
-    name: str
-    file: Path | None   # None: uploaded by an owner at run time (attestation.upload)
-    allow: tuple[str, ...]
-    match: str = "mr_enclave"
-    encoding: str = "raw"            # one of ENCODINGS
-    #: The name a GrSecret client asks for when it is not *name* (Occlum's init asks for its
-    #: image key as "image_key"); several rules may share it, each for its own enclaves.
-    requested_as: str | None = None
-
-    def encode(self, secret: bytes) -> bytes:
-        """What the enclave receives for the stored *secret* (ValueError if it cannot be)."""
-        return secret if self.encoding == "raw" else hex_dashes(secret)
-
-
-@dataclass(frozen=True)
-class Decision:
-    secret: SecretRule | None
-    reason: str
-    service: str | None = None
+#: What an attested quote says about the enclave (the contract's one enclave identity).
+Identity = EnclaveIdentity
 
 
 @dataclass
@@ -138,7 +101,7 @@ class Policy:
         """Whether a client may ask for *name* (a secret's name or a requested_as)."""
         return any(name in (rule.name, rule.requested_as) for rule in self.secrets)
 
-    def _matches(self, rule: SecretRule, who: Identity) -> str | None:
+    def admits(self, rule: SecretRule, who: Identity) -> str | None:
         """The service (or MRENCLAVE) through which *rule* admits *who*, or None."""
         for entry in rule.allow:
             if _HEX64.match(entry):
@@ -155,51 +118,7 @@ class Policy:
                     return entry
         return None
 
-    def decide_request(self, who: Identity, name: str) -> Decision:
-        """The secret a GrSecret client asks for by *name*: the rule of that name, or the one
-        rule with ``requested_as = name`` released to *who* (ambiguity is refused)."""
-        named = [rule for rule in self.secrets if rule.name == name]
-        if named:
-            via = self._matches(named[0], who)
-            if via is None:
-                return Decision(None, f"secret {name!r} is not released to this enclave "
-                                      "identity")
-            return Decision(named[0], f"allowed via {via}", via if not _HEX64.match(via) else None)
-        candidates = [(rule, via) for rule in self.secrets if rule.requested_as == name
-                      if (via := self._matches(rule, who)) is not None]
-        if not candidates:
-            return Decision(None, f"no secret asked for as {name!r} is released to this "
-                                  "enclave identity")
-        if len(candidates) > 1:
-            names = ", ".join(sorted(c[0].name for c in candidates))
-            return Decision(None, f"several secrets ({names}) are asked for as {name!r} and "
-                                  "released to this enclave identity")
-        rule, via = candidates[0]
-        return Decision(rule, f"allowed via {via} (secret {rule.name!r})",
-                        via if not _HEX64.match(via) else None)
 
-    def decide(self, who: Identity, server_name: str | None = None) -> Decision:
-        """Gramine's secret_prov exchange (the TLS server name may name the secret). Only
-        raw secrets asked for by their own name take part: the others are for GrSecret."""
-        rules = [r for r in self.secrets if r.encoding == "raw" and r.requested_as is None]
-        named = [rule for rule in rules if rule.name == server_name]
-        if named:
-            via = self._matches(named[0], who)
-            if via is None:
-                return Decision(None, f"secret {named[0].name!r} (the TLS server name) is not "
-                                      "released to this enclave identity")
-            return Decision(named[0], f"allowed via {via} (named by the TLS server name)",
-                            via if not _HEX64.match(via) else None)
-        candidates = [(rule, via) for rule in rules
-                      if (via := self._matches(rule, who)) is not None]
-        if not candidates:
-            return Decision(None, "no secret is released to this enclave identity")
-        if len(candidates) > 1:
-            chosen = [c for c in candidates if c[0].name == server_name]
-            if len(chosen) != 1:
-                names = ", ".join(sorted(c[0].name for c in candidates))
-                return Decision(None, f"several secrets ({names}) match and the TLS server name "
-                                      f"{server_name!r} selects none")
-            candidates = chosen
-        rule, via = candidates[0]
-        return Decision(rule, f"allowed via {via}", via if not _HEX64.match(via) else None)
+def is_mr_enclave(entry: str) -> bool:
+    """Whether an ``allow`` entry is an MRENCLAVE (64 hex digits) rather than a service."""
+    return bool(_HEX64.match(entry))

@@ -43,6 +43,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.cmac import CMAC
+from .errors import AttestationError
 
 NODE = 4096
 FILE_ID = 0x46505F5346415247  # "GRAFS_PF" little-endian
@@ -63,10 +64,9 @@ _ZERO_IV = bytes(12)
 _ENTRY = KEY_SIZE + MAC_SIZE
 _CHILD_BASE = DATA_PER_MHT * _ENTRY         # offset of the child-MHT entries in an MHT node
 _REPRO_LABEL = b"enclave-build reproducible protected files v1"
-_READ_CHUNK_NODES = 96                      # one MHT group per read/write
 
 
-class PFError(ValueError):
+class PFError(AttestationError, ValueError):
     """A protected file cannot be written, read or trusted."""
 
 

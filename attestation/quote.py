@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from .errors import AttestationError
 
 HEADER_LEN = 48
 REPORT_LEN = 384
@@ -28,7 +29,7 @@ _REPORT = struct.Struct("<16sI28s16s32s32s32s96sHH60s64s")
 _HEADER = struct.Struct("<HHIHH16s20s")
 
 
-class QuoteFormatError(ValueError):
+class QuoteFormatError(AttestationError, ValueError):
     """The bytes are not a well-formed SGX DCAP v3 quote."""
 
 

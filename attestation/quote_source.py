@@ -23,15 +23,17 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from . import wire
+from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 
-SIMULATED_QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
+from . import wire
+from .errors import AttestationError
+
 ATTESTATION_ROOT = Path("/dev/attestation")
 
 QuoteSource = Callable[[bytes], bytes]   # report_data (64 bytes) -> quote
 
 
-class QuoteSourceError(RuntimeError):
+class QuoteSourceError(AttestationError, RuntimeError):
     """No quote can be had, or the source failed; the message says which and why."""
 
 

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from .quote import Quote, QuoteFormatError
+from .errors import AttestationError
 
 DICE_OID = x509.ObjectIdentifier("2.23.133.5.4.9")
 LEGACY_OID = x509.ObjectIdentifier("0.6.9.42.840.113741.1337.6")
@@ -47,7 +48,7 @@ SHA256_ALG = 1  # IANA named-information hash algorithm registry
 FORMATS = ("tcg-dice", "gramine-legacy", "cczoo")
 
 
-class EvidenceError(ValueError):
+class EvidenceError(AttestationError, ValueError):
     """The certificate carries no usable SGX evidence, or it does not bind the key."""
 
 

@@ -26,12 +26,13 @@ from . import wire
 from .measurements import Measurements
 from .synthetic import SyntheticPKI
 from .wire import LENGTH_BYTES, REPORT_DATA_SIZE
+from .errors import AttestationError
 WARNING = ("WARNING: SIMULATED ATTESTATION: the simulated quoter signs quotes with a SYNTHETIC "
            "TEST PKI for whoever connects. This is NOT an enclave and proves nothing; for tests "
            "and simulation only.")
 
 
-class QuoterError(RuntimeError):
+class QuoterError(AttestationError, RuntimeError):
     """The simulated quoter cannot start, or a client could not get a quote."""
 
 

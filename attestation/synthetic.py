@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from .quote import (FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT, FLAG_PROVISION_KEY, EnclaveReport,
                     assemble_quote, signed_part)
+from .errors import AttestationError
 
 SGX_EXTENSION = "1.2.840.113741.1.13.1"
 FMSPC = bytes.fromhex("00906ED50000")
@@ -120,7 +121,7 @@ _KEYS = ("root_key", "pck_ca_key", "pck_key", "tcb_key", "attestation_key")
 _CERTS = ("root", "pck_ca", "pck", "tcb_signer")
 
 
-class PKIError(ValueError):
+class PKIError(AttestationError, ValueError):
     """A synthetic PKI directory cannot be written or read."""
 
 

@@ -47,7 +47,11 @@ from typing import Callable, Iterable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from enclave_build.contract import secrets_config as _contract
+from enclave_build.contract.schema import Problem, validate_table
+
 from .wire import WRAP_KEY_SIZE
+from .errors import AttestationConfigError, AttestationError
 
 REQUEST = b"ENCLAVE_BUILD_UPLOAD_V1\0"
 ACCEPTED = b"ENCLAVE_BUILD_UPLOAD_ACCEPT_V1:\0"
@@ -63,11 +67,11 @@ assert len(ACCEPTED) == len(REFUSED) == 32 and len(REQUEST) == 24
 _EVIDENCE_OIDS = ("2.23.133.5.4.9", "0.6.9.42.840.113741.1337.6", "1.2.840.113741.1")
 
 
-class UploadConfigError(ValueError):
+class UploadConfigError(AttestationConfigError, ValueError):
     """``[upload]`` in secrets.toml is invalid."""
 
 
-class UploadRefused(Exception):
+class UploadRefused(AttestationError):
     """The server refused the upload, or did not answer as the protocol says."""
 
 
@@ -81,11 +85,25 @@ class OwnerCertificate:
 
 
 @dataclass(frozen=True)
-class UploadSettings:
-    owners: tuple[OwnerCertificate, ...]
+class UploadSettings(_contract.UploadSettings):
+    """secrets.toml's ``[upload]`` with its owners' certificates read (pinned at start)."""
+
+    certificates: tuple[OwnerCertificate, ...] = ()
 
     def owner(self, fingerprint: str) -> OwnerCertificate | None:
-        return next((o for o in self.owners if o.sha256 == fingerprint), None)
+        return next((o for o in self.certificates if o.sha256 == fingerprint), None)
+
+    @classmethod
+    def read(cls, settings: _contract.UploadSettings) -> "UploadSettings":
+        """*settings* with every owner certificate read; UploadConfigError naming
+        ``upload.owners[N]`` otherwise."""
+        loaded = []
+        for index, path in enumerate(settings.owners):
+            try:
+                loaded.append(load_owner_certificate(path))
+            except UploadConfigError as exc:
+                raise UploadConfigError(f"upload.owners[{index}]: {exc}") from None
+        return cls(tuple(settings.owners), tuple(loaded))
 
 
 def load_owner_certificate(path: Path) -> OwnerCertificate:
@@ -104,24 +122,17 @@ def load_owner_certificate(path: Path) -> OwnerCertificate:
 
 
 def load_settings(table: object, base: Path, source: str) -> UploadSettings:
-    """``[upload]`` of secrets.toml (relative paths against *base*); errors name file and key."""
-    if not isinstance(table, dict):
-        raise UploadConfigError(f"{source}: upload: expected a table")
-    extra = sorted(set(table) - {"owners"})
-    if extra:
-        raise UploadConfigError(f"{source}: upload.{extra[0]}: unknown key; allowed: owners")
-    owners = table.get("owners")
-    if not isinstance(owners, list) or not owners or \
-            not all(isinstance(o, str) and o for o in owners):
-        raise UploadConfigError(f"{source}: upload.owners: expected a non-empty array of "
-                                "certificate files (PEM): the owners who may upload keys")
-    loaded = []
-    for index, name in enumerate(owners):
-        try:
-            loaded.append(load_owner_certificate(base / name))
-        except UploadConfigError as exc:
-            raise UploadConfigError(f"{source}: upload.owners[{index}]: {exc}") from None
-    return UploadSettings(tuple(loaded))
+    """An ``[upload]`` table of secrets.toml (relative paths against *base*), checked by the
+    contract's schema, with the certificates read; errors name file and key."""
+    problems: list[Problem] = []
+    values = validate_table(_contract.UPLOAD, table, ("upload",), base, problems)
+    if problems:
+        raise UploadConfigError("\n".join(f"{source}: {p.key}: {p.message}" for p in problems))
+    try:
+        return UploadSettings.read(_contract.UploadSettings(
+            tuple(base / o for o in values["owners"])))
+    except UploadConfigError as exc:
+        raise UploadConfigError(f"{source}: {exc}") from None
 
 
 def is_owner_certificate(der: bytes) -> bool:
@@ -220,17 +231,26 @@ def answer(accepted: bool, text: str) -> bytes:
 # --------------------------------------------------------------------------- server side
 
 
+@dataclass(frozen=True)
+class UploadOutcome:
+    """How one owner connection ended, for the audit line (never key bytes)."""
+
+    owner: str                          # SHA-256 fingerprint of the client certificate
+    allowed: bool
+    reason: str
+    secrets: tuple[str, ...] | None     # the names in a well-formed request from an owner
+
+
 def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], None],
                  peer_der: bytes, settings: UploadSettings, store: UploadStore,
-                 uploadable: Iterable[str], record: dict, *,
-                 now: _dt.datetime | None = None) -> None:
+                 uploadable: Iterable[str], *, now: _dt.datetime | None = None
+                 ) -> UploadOutcome:
     """Handle one owner connection (after the TLS handshake): authenticate the client
-    certificate, read the request, store all keys or none, answer. Fills *record* (the audit
-    line: decision, reason, owner fingerprint, secret names; never key bytes)."""
+    certificate, read the request, store all keys or none, answer."""
     fingerprint = hashlib.sha256(peer_der).hexdigest()
-    record.update(event="upload", owner=fingerprint)
     owner = settings.owner(fingerprint)
     moment = now or _dt.datetime.now(_dt.timezone.utc)
+    names: tuple[str, ...] | None = None
     try:
         keys = read_request(recv_exact)
     except ValueError as exc:
@@ -247,8 +267,7 @@ def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], Non
         reason = problem or "malformed upload request"
     else:
         allowed = set(uploadable)
-        names = [name for name, _ in keys]
-        record["secrets"] = names
+        names = tuple(name for name, _ in keys)
         unknown = [name for name in names if name not in allowed]
         if unknown:
             reason = (f"secret {unknown[0]!r} is not an uploaded secret of this server "
@@ -257,13 +276,19 @@ def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], Non
             replaced = store.put_all(dict(keys))
             text = f"stored {len(names)} key(s): {', '.join(names)}" + (
                 f" (replacing the earlier upload of {', '.join(replaced)})" if replaced else "")
-            record.update(decision="allow", reason=f"{text}; by owner {owner.subject}")
-            send(answer(True, text))
-            return
-    record.update(decision="deny", reason=reason)
+            outcome = UploadOutcome(fingerprint, True, f"{text}; by owner {owner.subject}",
+                                    names)
+            _answer(send, True, text)
+            return outcome
+    _answer(send, False, reason)
+    return UploadOutcome(fingerprint, False, reason, names)
+
+
+def _answer(send: Callable[[bytes], None], accepted: bool, text: str) -> None:
+    """Best effort: the outcome stands whether or not the owner is still there to read it."""
     try:
-        send(answer(False, reason))
-    except OSError:
+        send(answer(accepted, text))
+    except Exception:  # noqa: BLE001 - any transport's error (OSError, TLS errors)
         pass
 
 
@@ -326,4 +351,4 @@ def _recv_within(tls, size: int, deadline: float, timeout: float) -> bytes:  # n
 __all__ = ["REQUEST", "ACCEPTED", "REFUSED", "UploadConfigError", "UploadRefused",
            "UploadSettings", "OwnerCertificate", "UploadStore", "load_settings",
            "load_owner_certificate", "is_owner_certificate", "encode_request", "read_request",
-           "answer", "serve_upload", "upload_keys"]
+           "answer", "UploadOutcome", "serve_upload", "upload_keys"]

@@ -34,12 +34,14 @@ cached; a collateral that cannot be read for those dates is never cached under.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import dcap_qvl
 from cryptography import x509
@@ -48,43 +50,71 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from enclave_build.contract import tcb as _tcb
+from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.tcb import TCB_STATUSES  # noqa: F401 - part of this module's API
+
 from .quote import (FLAG_DEBUG, FLAG_EINITTOKEN_KEY, FLAG_INIT, FLAG_MODE64BIT,
                     FLAG_PROVISION_KEY, HEADER_LEN, SIGNED_LEN, Quote, QuoteFormatError)
-
-TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
-                "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded")
+from .errors import AttestationConfigError, AttestationError
 
 
-class QuoteRejected(Exception):
+
+class QuoteRejected(AttestationError):
     """The quote does not prove what the policy requires."""
 
 
-class VerifierConfigError(ValueError):
+class VerifierConfigError(AttestationConfigError, ValueError):
     """The verifier was asked for something it cannot do."""
 
 
 @dataclass(frozen=True)
-class TcbPolicy:
-    allowed_statuses: frozenset[str] = frozenset({"UpToDate"})
-    allowed_advisories: frozenset[str] | None = None   # None: any advisory of an allowed status
-    denied_advisories: frozenset[str] = frozenset()
-    allow_debug: bool = False
+class TcbPolicy(_tcb.TcbPolicy):
+    """The contract's TCB policy (:class:`enclave_build.contract.tcb.TcbPolicy`), refused where
+    this verifier cannot honour it: VerifierConfigError."""
 
     def __post_init__(self) -> None:
-        unknown = set(self.allowed_statuses) - set(TCB_STATUSES)
-        if unknown:
-            raise VerifierConfigError(f"unknown TCB status {sorted(unknown)[0]!r}; known: "
-                                      f"{', '.join(TCB_STATUSES)}")
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            raise VerifierConfigError(str(exc)) from None
         if self.allow_debug:
             # dcap-qvl's Python binding refuses debug enclaves unconditionally.
             raise VerifierConfigError(
                 "allow_debug was requested, but the quote verifier (dcap-qvl's Python binding) "
                 "always rejects DEBUG enclaves: this verifier cannot honour that allowance")
 
-    def relaxations(self) -> list[str]:
-        """Human-readable list of what this policy allows beyond the strict default."""
-        extra = sorted(set(self.allowed_statuses) - {"UpToDate"})
-        return [f"TCB status {s} allowed" for s in extra]
+    @classmethod
+    def of(cls, policy: _tcb.TcbPolicy) -> "TcbPolicy":
+        """*policy* as this verifier applies it (secrets.toml's reader gives the contract's
+        TcbPolicy, which holds the values only)."""
+        if isinstance(policy, cls):
+            return policy
+        return cls(**{f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)})
+
+    def refusal(self, quote: "VerifiedQuote") -> str | None:
+        """Why this policy refuses a cryptographically verified *quote* (TCB status,
+        advisories, attributes, DEBUG), or None when it accepts it. Pure: no I/O, no clock."""
+        status, advisories = quote.status, quote.advisory_ids
+        if status not in self.allowed_statuses:
+            return (f"TCB status {status} is not allowed (allowed: "
+                    f"{', '.join(sorted(self.allowed_statuses))})"
+                    + (f"; advisories {', '.join(advisories)}" if advisories else ""))
+        denied = sorted(set(advisories) & self.denied_advisories)
+        if denied:
+            return f"advisory {denied[0]} is denied by policy"
+        if self.allowed_advisories is not None:
+            unlisted = sorted(set(advisories) - self.allowed_advisories)
+            if unlisted:
+                return f"advisory {unlisted[0]} is not in the allowed advisories"
+        flags = quote.flags
+        if not flags & FLAG_INIT or not flags & FLAG_MODE64BIT:
+            return "enclave attributes lack INIT or MODE64BIT"
+        if flags & FLAG_PROVISION_KEY or flags & FLAG_EINITTOKEN_KEY:
+            return "enclave has PROVISION_KEY or EINITTOKEN_KEY: not an application enclave"
+        if flags & FLAG_DEBUG and not self.allow_debug:
+            return "DEBUG enclave: refused"
+        return None
 
 
 @dataclass(frozen=True)
@@ -98,6 +128,16 @@ class VerifiedQuote:
     debug: bool
     attributes: str
     report_data: bytes = field(repr=False)
+
+    @property
+    def identity(self) -> EnclaveIdentity:
+        return EnclaveIdentity(self.mr_enclave, self.mr_signer, self.isv_prod_id, self.isv_svn,
+                               self.debug)
+
+    @property
+    def flags(self) -> int:
+        """attributes.flags (the first 8 bytes of the attributes, little-endian)."""
+        return int.from_bytes(bytes.fromhex(self.attributes)[:8], "little")
 
     def to_json(self) -> dict:
         return {"status": self.status, "advisory_ids": list(self.advisory_ids),
@@ -211,12 +251,12 @@ def _crl_bytes(value) -> bytes:  # noqa: ANN001 - hex text (the JSON form) or by
 
 
 @dataclass(frozen=True)
-class _CollateralFacts:
+class CollateralFacts:
     digest: bytes
     expires: _dt.datetime   # earliest nextUpdate / notAfter in the collateral
 
 
-def _collateral_facts(collateral_json: str) -> _CollateralFacts | None:
+def collateral_facts(collateral_json: str) -> CollateralFacts | None:
     """What the cache needs to know about a collateral: its digest and the earliest moment any
     part of it stops being valid. None when any of those dates cannot be read (never cache)."""
     try:
@@ -233,11 +273,11 @@ def _collateral_facts(collateral_json: str) -> _CollateralFacts | None:
             moments.append(_not_after(certs))
     except Exception:  # noqa: BLE001 - unreadable: dcap-qvl decides every time
         return None
-    return _CollateralFacts(hashlib.sha256(collateral_json.encode()).digest(), min(moments))
+    return CollateralFacts(hashlib.sha256(collateral_json.encode()).digest(), min(moments))
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class CachedOutcome:
     """dcap-qvl's acceptance of one platform part, and when it may be reused."""
 
     status: str
@@ -251,10 +291,12 @@ class VerificationCache:
     """dcap-qvl outcomes by platform part of the quote + collateral + root (see the module
     docstring for why a hit is as strict as a full verification). Thread-safe; bounded."""
 
-    def __init__(self, max_entries: int = 4096):
+    def __init__(self, max_entries: int = 4096, *,
+                 facts: Callable[[str], CollateralFacts | None] = collateral_facts):
         self.max_entries = max_entries
-        self._entries: dict[bytes, _Outcome] = {}
-        self._collaterals: dict[str, _CollateralFacts | None] = {}
+        self._read_facts = facts   # what the cache needs to know about a collateral
+        self._entries: dict[bytes, CachedOutcome] = {}
+        self._collaterals: dict[str, CollateralFacts | None] = {}
         self._roots: dict[bytes | None, _dt.datetime | None] = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -262,19 +304,24 @@ class VerificationCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def entries(self) -> list[tuple[bytes, CachedOutcome]]:
+        """(key, outcome) of every entry, oldest first."""
+        with self._lock:
+            return list(self._entries.items())
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self._collaterals.clear()
             self._roots.clear()
 
-    def _facts(self, collateral_json: str) -> _CollateralFacts | None:
+    def _facts(self, collateral_json: str) -> CollateralFacts | None:
         # str keys hash once (CPython caches a str's hash) and the same object compares by
         # identity: looking up the collateral a source hands out again and again is cheap.
         try:
             return self._collaterals[collateral_json]
         except KeyError:
-            facts = _collateral_facts(collateral_json)
+            facts = self._read_facts(collateral_json)
             with self._lock:
                 if len(self._collaterals) >= 16:
                     self._collaterals.clear()
@@ -295,7 +342,7 @@ class VerificationCache:
             return expiry
 
     @staticmethod
-    def key(raw: bytes, facts: _CollateralFacts, root_der: bytes | None) -> bytes:
+    def key(raw: bytes, facts: CollateralFacts, root_der: bytes | None) -> bytes:
         """Everything dcap-qvl's verdict depends on except the ISV report and its signature."""
         digest = hashlib.sha256(b"enclave-build verification cache v1\0")
         digest.update(hashlib.sha256(root_der).digest() if root_der is not None else b"intel")
@@ -305,13 +352,13 @@ class VerificationCache:
         digest.update(raw[_ISV_SIG_END:])
         return digest.digest()
 
-    def lookup(self, key: bytes, seconds: int) -> _Outcome | None:
+    def lookup(self, key: bytes, seconds: int) -> CachedOutcome | None:
         outcome = self._entries.get(key)
         if outcome is None or not outcome.valid_from <= seconds < outcome.valid_until:
             return None
         return outcome
 
-    def store(self, key: bytes, outcome: _Outcome) -> None:
+    def store(self, key: bytes, outcome: CachedOutcome) -> None:
         with self._lock:
             if key not in self._entries and len(self._entries) >= self.max_entries:
                 # drop the oldest entries (insertion order): a burst of new platforms costs
@@ -325,7 +372,7 @@ def _pck_chain_expiry(quote: Quote) -> _dt.datetime:
     return _not_after([x509.load_der_x509_certificate(der) for der in quote.pem_chain()])
 
 
-def _isv_signature_ok(outcome: _Outcome, raw: bytes) -> bool:
+def _isv_signature_ok(outcome: CachedOutcome, raw: bytes) -> bool:
     signature = raw[_ISV_SIG_START:_ISV_SIG_END]
     der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
                                int.from_bytes(signature[32:], "big"))
@@ -385,14 +432,17 @@ def _verified_outcome(raw: bytes, quote: Quote, collateral_json: str, root_ca_de
         except (ValueError, QuoteFormatError, OverflowError):
             return status, advisories   # not cacheable; the verdict stands
         if seconds < until:
-            cache.store(key, _Outcome(status, advisories, seconds, until, attestation_key))
+            cache.store(key, CachedOutcome(status, advisories, seconds, until, attestation_key))
     return status, advisories
 
 
-def verify_quote(raw: bytes, collateral_json: str, *, root_ca_der: bytes | None = None,
-                 now: _dt.datetime | None = None, policy: TcbPolicy = TcbPolicy(),
-                 cache: VerificationCache | None = None) -> VerifiedQuote:
-    """Verify *raw* against the collateral and the policy; raise QuoteRejected if refused.
+def verify_quote_signature(raw: bytes, collateral_json: str, *,
+                           root_ca_der: bytes | None = None, now: _dt.datetime | None = None,
+                           cache: VerificationCache | None = None) -> VerifiedQuote:
+    """Verify *raw* cryptographically against the collateral (dcap-qvl, the embedded PCK
+    chain); raise QuoteRejected if it does not verify. The TCB status, advisories and
+    attributes are reported, not judged: :meth:`TcbPolicy.refusal` judges them (dcap-qvl
+    itself always refuses DEBUG enclaves).
 
     *root_ca_der* None means Intel's SGX root CA (built into dcap-qvl). With a *cache*, the
     platform part of the verification is reused while it is valid (see the module docstring);
@@ -404,28 +454,21 @@ def verify_quote(raw: bytes, collateral_json: str, *, root_ca_der: bytes | None 
     moment = now or _dt.datetime.now(_dt.timezone.utc)
     status, advisories = _verified_outcome(quote.raw, quote, collateral_json, root_ca_der,
                                            int(moment.timestamp()), cache)
-
-    if status not in policy.allowed_statuses:
-        raise QuoteRejected(
-            f"TCB status {status} is not allowed (allowed: {', '.join(sorted(policy.allowed_statuses))})"
-            + (f"; advisories {', '.join(advisories)}" if advisories else ""))
-    denied = sorted(set(advisories) & policy.denied_advisories)
-    if denied:
-        raise QuoteRejected(f"advisory {denied[0]} is denied by policy")
-    if policy.allowed_advisories is not None:
-        unlisted = sorted(set(advisories) - policy.allowed_advisories)
-        if unlisted:
-            raise QuoteRejected(f"advisory {unlisted[0]} is not in the allowed advisories")
-
     body = quote.report
-    flags = body.flags
-    if not flags & FLAG_INIT or not flags & FLAG_MODE64BIT:
-        raise QuoteRejected("enclave attributes lack INIT or MODE64BIT")
-    if flags & FLAG_PROVISION_KEY or flags & FLAG_EINITTOKEN_KEY:
-        raise QuoteRejected("enclave has PROVISION_KEY or EINITTOKEN_KEY: not an application "
-                            "enclave")
-    if flags & FLAG_DEBUG and not policy.allow_debug:
-        raise QuoteRejected("DEBUG enclave: refused")
     return VerifiedQuote(status, advisories, body.mr_enclave.hex(), body.mr_signer.hex(),
                          body.isv_prod_id, body.isv_svn, body.debug, body.attributes.hex(),
                          body.report_data)
+
+
+def verify_quote(raw: bytes, collateral_json: str, *, root_ca_der: bytes | None = None,
+                 now: _dt.datetime | None = None, policy: _tcb.TcbPolicy = TcbPolicy(),
+                 cache: VerificationCache | None = None) -> VerifiedQuote:
+    """Verify *raw* against the collateral (:func:`verify_quote_signature`) and the policy
+    (:meth:`TcbPolicy.refusal`; the contract's TcbPolicy too); raise QuoteRejected if
+    refused."""
+    verified = verify_quote_signature(raw, collateral_json, root_ca_der=root_ca_der, now=now,
+                                      cache=cache)
+    reason = TcbPolicy.of(policy).refusal(verified)
+    if reason is not None:
+        raise QuoteRejected(reason)
+    return verified

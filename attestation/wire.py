@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import time
+from .errors import AttestationError
 
 REQUEST = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"
 RESPONSE = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"
@@ -77,7 +78,7 @@ def recv_exact(sock, size: int, deadline: float | None = None) -> bytes:
     return data
 
 
-class QuoteAnswerError(ValueError):
+class QuoteAnswerError(AttestationError, ValueError):
     """The simulated quoter's answer is not a well-formed quote."""
 
 

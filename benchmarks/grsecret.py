@@ -59,13 +59,15 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from enclave_build.attestation.config import load_config  # noqa: E402
 from enclave_build.attestation.measurements import ImageRef, Measurements  # noqa: E402
-from enclave_build.attestation.occlum_ra import RaConfig, verify_peer_certificate  # noqa: E402
+from enclave_build.attestation.occlum_ra import RaConfig  # noqa: E402
 from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV  # noqa: E402
 from enclave_build.attestation.server import SecretServer  # noqa: E402
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter  # noqa: E402
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server  # noqa: E402
 from enclave_build.attestation.wire import REQUEST, RESPONSE  # noqa: E402
+from enclave_build.contract.identity import EnclaveIdentity  # noqa: E402
 from tests.attest_env import Platform  # noqa: E402
+from tests.secret_client import verify_peer_certificate  # noqa: E402
 
 MR_SIGNER = hashlib.sha256(b"bench signer").digest()
 SERVER_MR_ENCLAVE = hashlib.sha256(b"bench secret server").digest()
@@ -116,7 +118,8 @@ def setup(directory: Path, keys: int, max_requests: int, processes: int | None =
     for index in range(IDENTITIES):
         mr_enclave = hashlib.sha256(f"bench-{index}".encode()).digest()
         (directory / "builds" / f"{index}.json").write_text(Measurements(
-            f"svc{index}", "tflite", "gramine", mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False,
+            f"svc{index}", "tflite", "gramine",
+            EnclaveIdentity(mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False),
             ImageRef(None, None)).to_json())
         services.append(f'"svc{index}"')
         for fmt, out in (("tcg-dice", dice), ("cczoo", occlum)):
@@ -151,8 +154,9 @@ listen = "127.0.0.1:0"
 idle = 10.0
 max_requests = {max_requests}
 {rules}''')
-    server = Measurements("secret-server", "secret-server", "gramine", SERVER_MR_ENCLAVE.hex(),
-                          MR_SIGNER.hex(), 7, 3, False, ImageRef(None, None))
+    server = Measurements("secret-server", "secret-server", "gramine",
+                          EnclaveIdentity(SERVER_MR_ENCLAVE.hex(), MR_SIGNER.hex(), 7, 3, False),
+                          ImageRef(None, None))
     return BenchEnv(directory, pki, ca, config, secrets, tuple(dice), tuple(occlum), server)
 
 

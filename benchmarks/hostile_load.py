@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtensionOID, NameOID  # noqa: E402
 
 from enclave_build.attestation.config import load_config  # noqa: E402
-from enclave_build.attestation.server import REQUEST, SecretServer  # noqa: E402
+from enclave_build.attestation.server import SecretServer  # noqa: E402
+from enclave_build.attestation.wire import REQUEST  # noqa: E402
 from tests.attest_env import Platform, make_env  # noqa: E402
 
 KINDS = ("no-tls", "stall", "garbage", "bad-cert", "big-request")
@@ -77,7 +78,7 @@ def _context(ca: Path, pair: tuple[Path, Path]) -> ssl.SSLContext:
 def _serve(config: Path, pipe) -> None:  # noqa: ANN001
     server = SecretServer(load_config(config))
     server.start()
-    pipe.send((server.address, os.getpid(), sorted(server._children)))
+    pipe.send((server.address, os.getpid(), list(server.worker_pids)))
     pipe.recv()   # until told to stop
     server.shutdown()
     pipe.send("stopped")

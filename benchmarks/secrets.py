@@ -5,7 +5,8 @@ the same run:
 * **before**: the old path — one process, no verification cache (dcap-qvl on every quote);
 * **after**: the default — one worker process per core sharing the listening socket, each with
   a verification cache (after a platform's first quote, one ECDSA check per quote);
-* **TLS only**: the "after" server with attestation disabled: the ceiling TLS itself sets.
+* **TLS only**: the "after" server with quote verification disabled (every client passes
+  as one enclave; the policy still decides): the ceiling TLS itself sets.
 
 Server and clients share this machine but not a process: the server (and its worker
 processes) run apart from the clients, which are asyncio TLS connections in ``--client-processes``
@@ -39,26 +40,33 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from enclave_build.attestation.config import load_config  # noqa: E402
 from enclave_build.attestation.measurements import ImageRef, Measurements  # noqa: E402
-from enclave_build.attestation.policy import Decision  # noqa: E402
-from enclave_build.attestation.server import REQUEST, SecretServer  # noqa: E402
+from enclave_build.attestation.server import SecretServer  # noqa: E402
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server  # noqa: E402
-from tests.attest_env import Platform  # noqa: E402
+from enclave_build.attestation.wire import REQUEST  # noqa: E402
+from enclave_build.contract.identity import EnclaveIdentity  # noqa: E402
+from tests.attest_env import Platform, verified_evidence  # noqa: E402
 
 MR_SIGNER = hashlib.sha256(b"bench signer").digest()
 
 
-class TlsOnlyServer(SecretServer):
-    """The same server, but every TLS client gets the secret without attestation."""
+class TrustEveryone:
+    """A client verifier that believes every client is enclave 0 without looking at its
+    certificate: the server then costs what TLS and the policy decision cost."""
 
-    def _attest(self, conn, state, record, deadline):  # noqa: ANN001, ANN202
-        return Decision(state.policy.secrets[0], "baseline: attestation disabled")
+    def __init__(self, config) -> None:  # noqa: ANN001
+        self._evidence = verified_evidence(hashlib.sha256(b"bench-0").hexdigest(),
+                                           MR_SIGNER.hex(), 1, 1)
+
+    def verify(self, peer, timeout: float):  # noqa: ANN001, ANN201
+        return self._evidence
 
 
 SERVERS = {
-    # name: (server class, [server] processes (None: default), verification cache)
-    "before": (SecretServer, 1, False),
-    "after": (SecretServer, None, True),
-    "tls-only": (TlsOnlyServer, None, True),
+    # name: (client verifier factory (None: the real one), [server] processes (None: default),
+    #        verification cache)
+    "before": (None, 1, False),
+    "after": (None, None, True),
+    "tls-only": (TrustEveryone, None, True),
 }
 
 
@@ -103,7 +111,8 @@ def setup(directory: Path, identities: int = 32):
     for index in range(identities):
         mr_enclave = hashlib.sha256(f"bench-{index}".encode()).digest()
         (directory / "builds" / f"{index}.json").write_text(Measurements(
-            f"svc{index}", "tflite", "gramine", mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False,
+            f"svc{index}", "tflite", "gramine",
+            EnclaveIdentity(mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False),
             ImageRef(None, None)).to_json())
         allow.append(f"svc{index}")
         cert, key = platform.enclave_cert(mr_enclave=mr_enclave, mr_signer=MR_SIGNER,
@@ -199,8 +208,7 @@ def drive(address, ca, clients, level: int, total: int, processes: int, pin: boo
 def _serve(kind: str, config: Path, addresses, stop, pin: bool) -> None:  # noqa: ANN001
     if pin:
         os.sched_setaffinity(0, {0})  # the server alone on core 0 (so one process by default)
-    server_class = SERVERS[kind][0]
-    server = server_class(load_config(config))
+    server = SecretServer(load_config(config), verifier_for=SERVERS[kind][0])
     addresses.put((server.start(), server.processes))
     stop.wait()
     server.shutdown()

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import tomli_w
-from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.contract.measurements import ImageRef, Measurements
+from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
+from enclave_build.contract.policy_fragment import PolicyFragment
+from enclave_build.contract.secrets_config import SecretRule
 
 from .errors import EnclaveBuildError, UsageError
 from .gramine.protected_files import KEY_SIZE as WRAP_KEY_SIZE, read_wrap_key
@@ -34,10 +36,10 @@ from .cache import cache_root
 from .image.sources import open_base
 from .key_scan import KeyScanner
 from .leak_guard import check_model_paths, scan_artifacts, scan_plan
-from .k8s.service_info import SERVICE_FILE, ServiceInfo, service_info
+from .deploy.service_info import ServiceInfo, service_info
 from .plan import ServicePlan
-from .plugin_api import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
-                         SecretRelease)
+from .plugin_types import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
+                           SecretRelease)
 from .plugins import PluginRegistry
 from .rootfs import RootFS
 from .spec import Spec, load_spec
@@ -144,7 +146,8 @@ class GeneratedKeyWarning(UserWarning):
 
 def load(spec_path: str | Path, registry: PluginRegistry | None = None) -> tuple[Spec, PluginRegistry]:
     registry = registry or PluginRegistry()
-    spec = load_spec(spec_path, registry.framework_sections(), tuple(registry.libos))
+    spec = load_spec(spec_path, registry.framework_sections(), registry.libos_sections(),
+                     missing_note=registry.failure_note())
     return spec, registry
 
 
@@ -295,11 +298,9 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
             options: ImageOptions, rootfs: RootFS | None = None) -> BuildResult:
     identity = artifacts.identity
     assert identity is not None
-    measurements = Measurements(
-        service=plan.service, framework=plan.framework, libos=artifacts.libos,
-        mr_enclave=identity.mr_enclave, mr_signer=identity.mr_signer,
-        isv_prod_id=identity.isv_prod_id, isv_svn=identity.isv_svn, debug=identity.debug,
-        image=ImageRef(plan.image_tag, None))
+    measurements = Measurements(service=plan.service, framework=plan.framework,
+                                libos=artifacts.libos, identity=identity,
+                                image=ImageRef(plan.image_tag, None))
     store = BlobStore(cache_root() / "blobs")
     built = assemble(base, plan, artifacts, measurements, store, cache, progress.task, rootfs)
     BlobCache(cache_root()).touch(_image_digests(built) + [base.config_descriptor.digest])
@@ -337,7 +338,8 @@ def deploy_info(spec: Spec, plan: ServicePlan, base: Image,
 def policy_fragment(plan: ServicePlan, measurements: Measurements,
                     key_files: dict[str, Path], relative_to: Path | None = None,
                     releases: tuple[SecretRelease, ...] = ()) -> str:
-    """The secret-server configuration this build needs: which key goes to which enclave.
+    """The secret-server configuration this build needs: which key goes to which enclave
+    (secrets-policy.toml, :class:`enclave_build.contract.policy_fragment.PolicyFragment`).
 
     Without *releases* (Gramine) one rule per key: its raw bytes under its own name. With the
     libOS backend's *releases* (Occlum) one rule per release with its ``encoding``; a release
@@ -345,62 +347,57 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
     ``KEY@NAME`` with ``requested_as = NAME``, so several services' image keys can live on one
     secret server (each released only to its own enclave).
 
-    The data is written by tomli-w; only the comments are ours. Paths are relative to
-    *relative_to* (the output directory the fragment is written to), like the
-    ``measurements.json`` it names, so no host path enters the outputs: `enclave-build secrets
-    config` (and the secret server) resolve them against the fragment's own directory."""
-    header = [
+    Paths are relative to *relative_to* (the output directory the fragment is written to), like
+    the ``measurements.json`` it names, so no host path enters the outputs: `enclave-build
+    secrets config` (and the secret server) resolve them against the fragment's own
+    directory."""
+    header = (
         f"Secret-server policy fragment for service {plan.service!r}, written by enclave-build.",
         "Merge it into the secret server's secrets.toml (`enclave-build secrets config`); the "
         "key files stay on the server.",
         "Paths are relative to this file's directory; keys_dir is the build's [secrets] "
         "keys_dir.",
         f"The enclave identity is in measurements.json (mr_enclave {measurements.mr_enclave}).",
-    ]
-    top: dict[str, object] = {"measurements": ["measurements.json"]}
+    )
+
+    def relative(path: Path) -> Path:
+        return Path(os.path.relpath(path, relative_to)) if relative_to is not None else path
+
+    keys_dir = None
     directories = {path.parent for path in key_files.values()}
     if len(directories) == 1:   # [secrets] keys_dir: `secrets config` takes key files only there
-        (keys_dir,) = directories
-        top["keys_dir"] = os.path.relpath(keys_dir, relative_to) if relative_to is not None \
-            else str(keys_dir)
-    parts = [_comment(header) + tomli_w.dumps(top)]
+        keys_dir = relative(next(iter(directories)))
     users: dict[str, list[str]] = {}
     for mount in plan.mounts:
         if mount.key_name:
             users.setdefault(mount.key_name, []).append(mount.path)
-    def file_of(name: str) -> str:
+
+    def file_of(name: str) -> Path:
         if name not in key_files:
             raise EnclaveBuildError(f"internal: the enclave asks for key {name!r}, which the "
                                     "build did not load")
-        path = key_files[name]
-        return os.path.relpath(path, relative_to) if relative_to is not None else str(path)
+        return relative(key_files[name])
 
+    rules: list[SecretRule] = []
+    notes: list[str] = []
     if not releases:
         for name in sorted(key_files):
-            used = ", ".join(users.get(name, [])) or "the service"
-            rule = {"name": name, "file": file_of(name), "allow": [plan.service]}
-            parts.append(_comment([f"{name}: decrypts {used}"])
-                         + tomli_w.dumps({"secrets": [rule]}))
+            rules.append(SecretRule(name, file_of(name), (plan.service,)))
+            notes.append(f"{name}: decrypts {', '.join(users.get(name, [])) or 'the service'}")
     for release in releases:
-        rule = {"name": release.key if release.request == release.key
-                else f"{release.key}@{release.request}",
-                "file": file_of(release.key), "allow": [plan.service],
-                "encoding": release.encoding}
-        if release.request != release.key:
-            rule["requested_as"] = release.request
-            note = (f"{release.request}: what the enclave asks for; the secret server answers "
-                    f"with key {release.key} as {release.encoding}")
+        renamed = release.request != release.key
+        rules.append(SecretRule(f"{release.key}@{release.request}" if renamed else release.key,
+                                file_of(release.key), (plan.service,),
+                                encoding=release.encoding,
+                                requested_as=release.request if renamed else None))
+        if renamed:
+            notes.append(f"{release.request}: what the enclave asks for; the secret server "
+                         f"answers with key {release.key} as {release.encoding}")
         else:
             used = ", ".join(users.get(release.key, [])) or "the service"
-            note = f"{release.key}: decrypts {used} ({release.encoding})"
-        parts.append(_comment([note]) + tomli_w.dumps({"secrets": [rule]}))
-    return "\n".join(parts)
-
-
-def _comment(lines: list[str]) -> str:
-    """TOML comment lines; characters a comment cannot hold (newlines, controls) become '?'."""
-    return "".join("# " + "".join(c if c.isprintable() else "?" for c in line) + "\n"
-                   for line in lines)
+            notes.append(f"{release.key}: decrypts {used} ({release.encoding})")
+    return PolicyFragment(None, (MEASUREMENTS_FILE,), tuple(rules), keys_dir, header,
+                          tuple(notes)).to_toml()
 
 
 def write_output(out: Path, image: Image, tag: str | None, measurements: Measurements,
@@ -409,14 +406,14 @@ def write_output(out: Path, image: Image, tag: str | None, measurements: Measure
 
     ``oci/`` is an OCI image layout of the built image; ``measurements.json`` its identity;
     ``secrets-policy.toml`` the secret server's fragment; ``service.json`` how it runs
-    (builder.k8s.service_info). Wrap keys never go here."""
+    (builder.deploy.service_info). Wrap keys never go here."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         write_oci_layout(image, staging / "oci", tag)
-        (staging / "measurements.json").write_text(measurements.to_json())
+        (staging / MEASUREMENTS_FILE).write_text(measurements.to_json())
         if policy is not None:
-            (staging / "secrets-policy.toml").write_text(policy)
+            (staging / POLICY_FILE).write_text(policy)
         if service is not None:
             (staging / SERVICE_FILE).write_text(service.to_json())
         os.chmod(staging, 0o755)

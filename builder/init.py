@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UsageError
-from .plugin_api import Framework
-from .schema import Field, Section, did_you_mean
+from .plugin_types import Framework
+from enclave_build.contract.schema import Field, Section, did_you_mean
+from enclave_build.contract.size import Size
 from .spec import _HOSTPORT, _NAME, _NAME_DOC, ENCLAVE
 
 DEFAULT_FRAMEWORK = "tflite"
@@ -133,10 +134,8 @@ def toml_value(value: Any) -> str:
 
 
 def size_text(size: int) -> str:
-    for suffix, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size % scale == 0:
-            return f"{size // scale}{suffix}"
-    raise ValueError(f"{size} is not a whole number of KiB")
+    """A spec size (``"4G"``); ValueError unless a whole number of KiB."""
+    return Size(size).text(fallback="error")
 
 
 def _constraints(f: Field) -> str:
@@ -225,8 +224,9 @@ def render_spec(framework: Framework, service: str,
         enclave_values["max_threads"] = framework.default_max_threads
     lines = [
         f"# enclave-build spec for the service {service!r} (framework {framework.name}),",
-        "# written by `enclave-build init`. Every key is explained in README.md, \"Spec",
-        "# reference\"; relative paths are resolved against this file's directory.",
+        "# written by `enclave-build init`. Every key is explained in the manual's spec.toml",
+        "# reference (docs/reference/spec.md); relative paths are resolved against this file's",
+        "# directory.",
         "# Keep keys/ private and out of version control.",
         "",
         "[service]",
@@ -249,7 +249,7 @@ def render_spec(framework: Framework, service: str,
         *(_secrets_block(secret_server) if serves_models else []),
         "[signing]",
         "# the enclave signing key (RSA-3072, e=3; written by init, mode 0600): it is the",
-        "# enclave's MRSIGNER. For an HSM/KMS set public_key instead (README, External signing).",
+        "# enclave's MRSIGNER. For an HSM/KMS set public_key instead (manual: External signing).",
         f"key = {toml_value(KEY_PATH)}",
         '# date = "0000-00-00"   # the zero date keeps SIGSTRUCTs reproducible',
     ]

@@ -11,7 +11,15 @@ A :class:`KeyScanner` looks, anywhere in a file (streamed in chunks, never read 
   anchor (the version INTEGER, or the encryption OID) and must then be a complete, exactly
   sized DER structure of that shape;
 - the binary OpenSSH private-key format (``openssh-key-v1\\0``);
-- the exact 16 raw bytes of each wrap key the scanner was given.
+- PGP private-key blocks (``-----BEGIN PGP PRIVATE KEY BLOCK-----``), PEM armor in UTF-16, and
+  PEM wrapped in base64 (a Kubernetes Secret's ``tls.key: LS0t...``: decoded and scanned);
+- each wrap key the scanner was given: its 16 raw bytes, and its text forms (hex in either
+  case, Occlum's ``xx-xx-...`` form, base64 with or without padding, URL-safe base64).
+
+The text forms (of wrap keys, and base64-wrapped or UTF-16 PEM) are looked for in the first
+:data:`TEXT_SCAN_BYTES` of a file and in any later chunk that is all ASCII: they are what a
+key file or a configuration holds, and looking for them across gigabytes of model weights
+would halve the scan's speed.
 
 It finds what is stored: a key inside a compressed archive (gzip, zip) is not seen. Encrypted
 content (Gramine protected files) is ciphertext and need not be scanned.
@@ -27,9 +35,11 @@ from pathlib import Path
 from typing import BinaryIO, Mapping
 
 #: Bump when what is found changes: cached "clean" verdicts of older scanners are void.
-SCANNER_VERSION = 1
+SCANNER_VERSION = 2
 
 _CHUNK = 4 << 20
+#: Text forms of keys are looked for up to this far into a file (and in ASCII chunks after).
+TEXT_SCAN_BYTES = 64 << 20
 #: How far past an anchor a structure may reach (a PEM armor line, a DER key: an RSA-16384
 #: PKCS#8 key is under 10 KiB); matches are examined once this much follows them.
 _AHEAD = 64 << 10
@@ -46,6 +56,12 @@ _GAP = rb"(?:[ \t\r\n]|\\[rn])*"
 _PEM_BODY = re.compile(_GAP + rb"(?:[A-Za-z-]+: ?[^\r\n\\]*(?:\r?\n|\\r?\\n)" + _GAP + rb")*"
                        rb"(?:[A-Za-z0-9+/=]" + _GAP + rb"){64}")
 _OPENSSH = b"openssh-key-v1\x00"
+_PGP = b"-----BEGIN PGP PRIVATE KEY BLOCK-----"
+_PEM_UTF16_BEGIN = "-----BEGIN ".encode("utf-16-le")
+_PEM_UTF16_ANCHOR = "PRIVATE KEY-----".encode("utf-16-le")
+#: base64 of "-----BEGIN" (a PEM document encoded once more, as in a Kubernetes Secret)
+_B64_PEM = b"LS0tLS1CRUdJTi"
+_B64_RUN = re.compile(rb"[A-Za-z0-9+/=\r\n]{16,16384}")
 #: INTEGER 0 (a key's version) followed by INTEGER (PKCS#1, DSA) or SEQUENCE (PKCS#8), or
 #: INTEGER 1 followed by OCTET STRING (SEC1) or SEQUENCE (PKCS#8 v2). The literal prefix keeps the regular expression on its fast path.
 _DER_VERSION = re.compile(rb"\x02\x01(?:\x00[\x02\x30]|\x01[\x04\x30])")
@@ -179,6 +195,8 @@ class KeyScanner:
     def __init__(self, wrap_keys: Mapping[str, bytes] | None = None):
         self._wrap = [(name, bytes(key)) for name, key in sorted((wrap_keys or {}).items())
                       if key]
+        self._wrap_forms = [(name, form, what) for name, key in self._wrap
+                            for form, what in _wrap_key_forms(key)[1:]]   # (raw: always)
 
     def fingerprint(self) -> str:
         """Identifies what this scanner finds (its version and wrap keys) without revealing
@@ -206,7 +224,8 @@ class KeyScanner:
             buf = carry + chunk if carry else chunk
             last = not chunk
             limit = len(buf) if last else max(0, len(buf) - _AHEAD)
-            found = self._scan_window(buf, done - carry_at, limit, carry_at, where)
+            text = carry_at < TEXT_SCAN_BYTES or buf.isascii()
+            found = self._scan_window(buf, done - carry_at, limit, carry_at, where, text)
             if found is not None or last:
                 return found
             done = carry_at + limit
@@ -215,7 +234,7 @@ class KeyScanner:
             carry_at += keep_from
 
     def _scan_window(self, buf: bytes, lo: int, hi: int, base: int,
-                     where: str) -> KeyFinding | None:
+                     where: str, text: bool = True) -> KeyFinding | None:
         """Matches starting in [lo, hi) of *buf* (whose byte 0 is at *base* in the stream)."""
         if hi <= lo:
             return None
@@ -224,6 +243,11 @@ class KeyScanner:
             i = buf.find(key, lo, hi + len(key) - 1)
             if i >= 0:
                 hits.append((i, f"wrap key {name!r} of this build (its 16 raw bytes)"))
+        i = buf.find(_PGP, lo, hi + len(_PGP) - 1)
+        if i >= 0:
+            hits.append((i, "a PGP private key block"))
+        if text:
+            hits += self._text_forms(buf, lo, hi)
         i = lo
         while (i := buf.find(_PEM, i, hi + len(_PEM) - 1)) >= 0:
             line_start = buf.rfind(b"\n", max(0, i - 64), i) + 1
@@ -258,6 +282,56 @@ class KeyScanner:
             return None
         offset, what = min(hits)
         return KeyFinding(where, base + offset, what)
+
+
+    def _text_forms(self, buf: bytes, lo: int, hi: int) -> list[tuple[int, str]]:
+        hits = []
+        for name, form, what in self._wrap_forms:
+            i = buf.find(form, lo, hi + len(form) - 1)
+            if i >= 0:
+                hits.append((i, f"wrap key {name!r} of this build ({what})"))
+        i = buf.find(_PEM_UTF16_ANCHOR, lo, hi + len(_PEM_UTF16_ANCHOR) - 1)
+        if i >= 0 and _PEM_UTF16_BEGIN in buf[max(0, i - 96):i]:
+            hits.append((i, "a PEM private key (UTF-16 text)"))
+        i = lo
+        while (i := buf.find(_B64_PEM, i, hi + len(_B64_PEM) - 1)) >= 0:
+            run = _B64_RUN.match(buf, i)
+            if run is not None and self._base64_holds_key(run.group(0)):
+                hits.append((i, "a PEM private key, base64-encoded"))
+                break
+            i += 1
+        return hits
+
+    def _base64_holds_key(self, text: bytes) -> bool:
+        import base64
+        import binascii
+
+        body = re.sub(rb"[\r\n]", b"", text)
+        body = body[:len(body) - len(body) % 4]
+        try:
+            decoded = base64.b64decode(body)
+        except (binascii.Error, ValueError):
+            return False
+        plain = KeyScanner()           # one level: the decoded text is scanned for PEM and DER
+        return plain._scan_window(decoded, 0, len(decoded), 0, "") is not None
+
+
+def _wrap_key_forms(key: bytes) -> list[tuple[bytes, str]]:
+    """The byte strings a wrap key may be written as: raw, and its usual text forms."""
+    import base64
+
+    hexed = key.hex()
+    forms = [(key, "its 16 raw bytes"), (hexed.encode(), "in hex"),
+             (hexed.upper().encode(), "in hex"),
+             ("-".join(hexed[i:i + 2] for i in range(0, len(hexed), 2)).encode(),
+              "in Occlum's xx-xx-... form"),
+             (base64.b64encode(key).rstrip(b"="), "in base64"),
+             (base64.urlsafe_b64encode(key).rstrip(b"="), "in base64")]
+    out: list[tuple[bytes, str]] = []
+    for form, what in forms:
+        if all(form != f for f, _ in out):
+            out.append((form, what))
+    return out
 
 
 def parses_as_private_key(data: bytes) -> bool:

@@ -9,10 +9,12 @@ Three checks, each failing closed with exit code 2 before anything is written:
    not) must have a UTF-8 name (its path in the image is written into the Gramine manifest,
    which is TOML) and, up to :data:`SMALL_FILE` bytes, must hold no private key nor a wrap key
    of this build. The error names ``models[N].path`` with its line and the file.
-2. :func:`scan_plan`: every byte the plan adds in clear (trusted and allowed files: models with
-   ``encrypt = false``, configurations, code, extra files of plugins, the secret server's CA) is
-   scanned with :class:`~builder.key_scan.KeyScanner` for private keys (PEM, DER, OpenSSH) and
-   for the 16 raw bytes of every wrap key this build uses.
+2. :func:`scan_plan`: every byte the plan adds (trusted and allowed files: models with
+   ``encrypt = false``, configurations, code, extra files of plugins, the secret server's CA;
+   and the plaintext of encrypted models: whoever holds a model's key may read it) is scanned
+   with :class:`~builder.key_scan.KeyScanner` for private keys (PEM, DER, OpenSSH) and for the
+   16 raw bytes of every wrap key this build uses. Only the ``[tls]`` material under
+   ``SECRETS_DIR`` is meant to hold a key, and ships encrypted.
 3. :func:`scan_artifacts`: whatever the libOS backend adds besides (the manifest and SIGSTRUCT,
    Occlum's whole instance directory) is scanned the same way; Gramine protected files are
    ciphertext and skipped.
@@ -35,7 +37,8 @@ from .hashing import HashCache
 from .key_scan import KeyFinding, KeyScanner, parses_as_private_key
 from .model_files import SkippedModelFile, regular_files
 from .plan import FileKind, ServicePlan
-from .plugin_api import ArtifactFile, spec_error
+from .planning import MODEL_ROOT, SECRETS_DIR, spec_error
+from .plugin_types import ArtifactFile
 from .spec import Spec
 
 #: Files of an encrypted model up to this size are checked for keys too (key files are small;
@@ -153,9 +156,9 @@ class _Item:
 
 
 def _plan_items(plan: ServicePlan) -> Iterator[_Item]:
-    for item in plan.files:
-        if item.kind is FileKind.ENCRYPTED:
-            continue
+    for item in plan.image_files():
+        if item.kind is FileKind.ENCRYPTED and _is_secret_file(item.dest):
+            continue          # [tls] material: the one key that is meant to ship (encrypted)
         if item.data is not None:
             yield _Item(item.dest, None, item.data)
         elif item.source is not None and item.source.is_dir():
@@ -166,6 +169,16 @@ def _plan_items(plan: ServicePlan) -> Iterator[_Item]:
             yield _Item(item.dest, item.source, None)
     if plan.secrets is not None and plan.secrets.ca_cert is not None:
         yield _Item("the secret server's CA certificate", plan.secrets.ca_cert, None)
+    # what reaches the image's configuration (labels are not in any manifest)
+    for name, value in sorted(plan.labels.items()):
+        yield _Item(f"the image label {name}", None, f"{name}={value}".encode())
+    for name, value in sorted(plan.env.items()):
+        yield _Item(f"the environment variable {name}", None, f"{name}={value}".encode())
+    yield _Item("the command line", None, "\n".join([plan.entrypoint, *plan.argv]).encode())
+
+
+def _is_secret_file(dest: str) -> bool:
+    return dest == SECRETS_DIR or dest.startswith(SECRETS_DIR + "/")
 
 
 def _scan(items: Iterable[_Item], scanner: KeyScanner, cache: HashCache | None,
@@ -203,26 +216,30 @@ def _scan(items: Iterable[_Item], scanner: KeyScanner, cache: HashCache | None,
     return None
 
 
-def _model_of(spec: Spec, source: Path | None) -> int | None:
-    if source is None:
-        return None
-    path = _resolve(source)
+def _model_of(spec: Spec, item: _Item) -> int | None:
+    """The model a file belongs to: under its path on the build machine, or under its
+    directory in the image (``MODEL_ROOT/NAME/VERSION``, where files a framework adds beside
+    the model -- an IR graph's weights -- go too)."""
+    path = _resolve(item.source) if item.source is not None else None
     for index, model in enumerate(spec.models):
-        if _within(path, _resolve(model.path)):
+        if path is not None and _within(path, _resolve(model.path)):
+            return index
+        if item.dest.startswith(f"{MODEL_ROOT}/{model.name}/{model.version}/"):
             return index
     return None
 
 
 def scan_plan(spec: Spec, plan: ServicePlan, scanner: KeyScanner,
               cache: HashCache | None = None, seen: set[Path] | None = None) -> set[Path]:
-    """Scan every file the plan adds in clear; returns the host files scanned (for
+    """Scan every file the plan adds (in clear, or encrypted but a model); returns the host
+    files scanned (for
     :func:`scan_artifacts`). Raises a spec error naming ``models[N].path`` for a model's file,
     :class:`KeyMaterialError` naming the image path for any other."""
     seen = set() if seen is None else seen
     hit = _scan(_plan_items(plan), scanner, cache, seen)
     if hit is not None:
         item, found = hit
-        index = _model_of(spec, item.source)
+        index = _model_of(spec, item)
         if index is not None:
             raise spec_error(spec, ("models", index, "path"), _refusal(found))
         raise KeyMaterialError(f"{found}: the build would add it to the image in clear as "

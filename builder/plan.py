@@ -1,7 +1,7 @@
 """ServicePlan: the libOS-neutral description of a service, filled by a framework plugin.
 
 Data flows spec -> plan -> libOS artifacts -> image -> result. A framework plugin builds the plan
-from the spec (see :func:`builder.plugin_api.base_plan`); any plugin may then adjust it in
+from the spec (see :func:`builder.planning.base_plan`); any plugin may then adjust it in
 ``enclave_build_configure``. Nothing after this stage reads the spec again.
 
 Paths called ``dest`` or ``path`` are absolute paths inside the image / enclave; ``source`` is a
@@ -13,6 +13,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from enclave_build.contract.identity import PINS, EnclaveIdentity
+from enclave_build.contract.names import SERVER_CONFIG
+from enclave_build.contract.server_config import ServerConfig
 
 
 class FileKind(enum.Enum):
@@ -188,21 +192,9 @@ class SpecOrigin:
         return f"{self.source}: {key}"
 
 
-@dataclass(frozen=True)
-class ServerIdentity:
-    """An enclave identity the service's own enclave requires of the secret server (Occlum's
-    init verifies the server's quote too: mutual RA-TLS)."""
-
-    mr_enclave: str
-    mr_signer: str
-    isv_prod_id: int
-    isv_svn: int
-    debug: bool
-
-
 #: How a model enclave pins its secret server: every identity field, or the signer only
 #: (MRSIGNER and ISV_PROD_ID equal, ISV_SVN at least the named build's).
-SERVER_PINS = ("mr_enclave", "mr_signer")
+SERVER_PINS = PINS
 
 
 @dataclass(frozen=True)
@@ -213,38 +205,12 @@ class ServerTrust:
     verified against *root_ca* (None: Intel's SGX root) with *collateral* (a file, measured)
     or collateral fetched from *pccs_url*, accepting only *allowed_tcb_statuses*."""
 
-    identities: tuple[ServerIdentity, ...]
+    identities: tuple[EnclaveIdentity, ...]
     pin: str = "mr_enclave"                   # one of SERVER_PINS
     root_ca: Path | None = None               # None: Intel's root (inside dcap-qvl)
     collateral: Path | None = None
     pccs_url: str | None = None
     allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
-
-
-@dataclass(frozen=True)
-class OcclumPlanOptions:
-    """Occlum-only knobs, from the spec's optional ``[occlum]`` section (sizes in bytes; None =
-    derived by the Occlum backend, see builder/occlum/occlum_json.py)."""
-
-    kernel_heap: int = 32 << 20
-    kernel_heap_max: int | None = None       # EDMM only
-    kernel_stack: int = 1 << 20
-    user_space_init: int | None = None       # EDMM only
-    init_threads: int | None = None          # EDMM only
-    process_heap: int = 32 << 20
-    process_mmap: int = 100 << 20
-    amx: int = 0
-    pkru: int = 0
-    io_uring: int = 0
-    posix_shm: bool = False
-    enable_kss: bool = False
-    family_id: int = 0                        # 128-bit ISVFAMILYID (KSS)
-    ext_prod_id: int = 0                      # 128-bit ISVEXTPRODID (KSS)
-    encrypt_image: bool = False
-    hostfs: tuple[tuple[str, str], ...] = ()  # (target in the enclave, source on the host)
-    server_identities: tuple[ServerIdentity, ...] = ()
-    server_pin: str = "mr_enclave"            # "mr_enclave" | "mr_signer"
-    build_image: str | None = None            # Occlum toolchain image (None: the default)
 
 
 @dataclass
@@ -274,13 +240,20 @@ class ServicePlan:
     env_passthrough: list[str] = field(default_factory=list)
     #: The Python interpreter and code this service runs (None for binary entrypoints).
     python: PythonRuntime | None = None
-    #: Occlum-only options ([occlum] in the spec); None = defaults.
-    occlum: OcclumPlanOptions | None = None
-    #: The program itself makes SGX quotes through Gramine's /dev/attestation (the secret
-    #: server's own RA-TLS identity); a libOS without that device (Occlum) refuses the plan.
-    needs_gramine_quotes: bool = False
+    #: The libOS backend's own options, from its spec section (:attr:`Spec.libos_options
+    #: <builder.spec.Spec.libos_options>`: the object its ``LibOS.options`` made, e.g. the
+    #: Occlum backend's OcclumPlanOptions); None when the backend declares no section.
+    libos_options: object | None = None
+    #: The program makes SGX quotes of its own through the libOS's quote device (Gramine's
+    #: /dev/attestation), e.g. for an RA-TLS identity of its own (enclave-build's secret server
+    #: as an enclave); a libOS that gives programs no such device (Occlum) refuses the plan.
+    needs_quote_device: bool = False
     #: Where the spec's keys are, for backends' error messages (None for hand-made plans).
     origin: SpecOrigin | None = None
+    #: enclave-build's model server configuration (model-server.json), for plans that run it.
+    #: Plugins adjust it as a typed value; it becomes the trusted image file SERVER_CONFIG where
+    #: the plan's files become image files (:meth:`image_files`).
+    server_config: ServerConfig | None = None
 
     def add_file(self, source: Path | None, dest: str, kind: FileKind = FileKind.TRUSTED,
                  mode: int = 0o644, key_name: str | None = None,
@@ -289,3 +262,16 @@ class ServicePlan:
                         key_name, data)
         self.files.append(item)
         return item
+
+    def image_files(self) -> list[PlanFile]:
+        """Every file the plan adds to the image: :attr:`files`, then the files generated from
+        its typed configuration (``server_config`` as the trusted SERVER_CONFIG, written by its
+        contract type's one writer). LibOS backends render these, never :attr:`files` alone."""
+        out = list(self.files)
+        if self.server_config is not None:
+            if any(f.dest == SERVER_CONFIG for f in self.files):
+                raise ValueError(f"{SERVER_CONFIG}: the plan adds a file where its "
+                                 "server_config goes")
+            out.append(PlanFile(None, SERVER_CONFIG, FileKind.TRUSTED,
+                                data=self.server_config.to_json().encode()))
+        return out

@@ -3,13 +3,15 @@
 Each build writes ``secrets-policy.toml`` next to its ``measurements.json``: the measurements it
 refers to and one ``[[secrets]]`` rule per key. A secret server serving several services needs
 all of them, plus its own ``[server]`` and ``[attestation]`` settings.
-:func:`compose_config` merges the fragments (paths made absolute against each fragment's
-directory), adds those settings, checks the result with the secret server's own loader and
-policy (as the server builds them) and writes it atomically with tomli-w. ``enclave-build
+:func:`compose_config` merges the fragments (read by their contract type,
+:class:`enclave_build.contract.policy_fragment.PolicyFragment`: paths made absolute against each
+fragment's directory), adds those settings, and :func:`write_config` writes the result (the
+contract type :class:`enclave_build.contract.secrets_config.SecretsConfig`) atomically after the
+secret server's own loader and policy (as the server builds them) accepted it. ``enclave-build
 secrets config`` is the CLI for it.
 
-A fragment is not trusted: its keys must have the right types, its measurements files must
-parse, every key file must be a private (mode 0600) regular file of 16 bytes used by one secret
+A fragment is not trusted: its keys must have the right types (every wrong key is reported,
+with its line), its measurements files must parse, every key file must be a private (mode 0600) regular file of 16 bytes used by one secret
 name only (per ``encoding``), and every allow entry must be a 64-hex MRENCLAVE or the service of
 a merged build. Key files are confined to the fragment's own keys directory: the ``keys_dir``
 its build recorded (``[secrets] keys_dir``, relative to the fragment), or the fragment's own
@@ -25,26 +27,26 @@ An Occlum build's fragment also has ``encoding`` per rule and a ``KEY@image_key`
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
 import stat
 import sys
 import tempfile
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import tomli_w
-
-from enclave_build.attestation.measurements import Measurements, MeasurementsError
-from enclave_build.attestation.policy import ENCODINGS
+from enclave_build.contract.measurements import Measurements, MeasurementsError
+from enclave_build.contract.names import POLICY_FILE, SECRETS_FILE
+from enclave_build.contract.policy_fragment import PolicyFragment, PolicyFragmentError
+from enclave_build.contract.secrets_config import (KEY_SIZE, AttestationSettings,
+                                                   GrSecretSettings, SecretRule, SecretsConfig,
+                                                   ServerSettings, split_listen)
 
 from .errors import EnclaveBuildError, UsageError
-
-POLICY_FILE = "secrets-policy.toml"
 
 
 class SecretsConfigError(EnclaveBuildError):
@@ -62,13 +64,14 @@ class ServerSide:
     collateral: Path | None = None         # offline collateral file, or
     pccs_url: str | None = None            # a PCCS to fetch it from
     audit_log: str | None = "audit.jsonl"
+    #: other [server] settings (ServerSettings fields), e.g. {"max_tls": "1.2"}
     extra_server: dict[str, Any] = field(default_factory=dict)
     #: HOST:PORT of Occlum's GrSecret service ([grsecret] listen); None: not served
     grsecret_listen: str | None = None
 
 
 class FragmentError(SecretsConfigError):
-    """A policy fragment with a wrongly typed key (``FILE: KEY: expected ...``): exit code 2."""
+    """A policy fragment with a wrongly typed key (``FILE:LINE: KEY: expected ...``): exit 2."""
 
     exit_code = 2
 
@@ -92,91 +95,30 @@ class KeySource:
     file: str
 
 
-class ComposedConfig(dict):
-    """The secrets.toml data (a plain dict to tomli-w) and where its key files came from."""
+@dataclass(frozen=True)
+class ComposedConfig:
+    """The secrets.toml composed from fragments, and where its key files came from."""
 
-    sources: list[KeySource]
+    config: SecretsConfig
+    sources: tuple[KeySource, ...] = ()
 
 
 #: Gramine's wrap keys (the secret server releases each key file's bytes as is).
-WRAP_KEY_SIZE = 16
+WRAP_KEY_SIZE = KEY_SIZE
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
-_RULE_KEYS = {"name", "file", "allow", "match", "encoding", "requested_as"}
 
 
-def _describe(value: Any) -> str:
-    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
-    return kind if isinstance(value, dict) else f"{kind} {value!r}"
-
-
-def _fragment(path: Path) -> tuple[Path, dict[str, Any]]:
-    if path.is_dir():
-        path = path / POLICY_FILE
+def read_fragment(path: Path) -> PolicyFragment:
+    """The policy fragment at *path* (or in the build directory *path*): every wrongly typed
+    key at once (FragmentError, exit 2)."""
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such policy fragment (a build with encrypted content "
-                         f"writes {POLICY_FILE} into its output directory)") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SecretsConfigError(f"{path}: not TOML ({exc})") from None
-    unknown = sorted(set(data) - {"measurements", "secrets", "keys_dir"})
-    if unknown:
-        raise SecretsConfigError(f"{path}: {', '.join(unknown)}: not part of a policy fragment "
-                                 "(only measurements, keys_dir and [[secrets]])")
-    _check_types(path, data)
-    return path, data
-
-
-def _check_types(path: Path, data: dict[str, Any]) -> None:
-    """``FILE: KEY: expected ...`` for every wrongly typed key of a fragment."""
-    def bad(key: str, expected: str, value: Any) -> FragmentError:
-        return FragmentError(f"{path}: {key}: expected {expected}, got {_describe(value)}")
-
-    if "keys_dir" in data and not isinstance(data["keys_dir"], str):
-        raise bad("keys_dir", "the build's keys directory (a string)", data["keys_dir"])
-    measurements = data.get("measurements", [])
-    if not isinstance(measurements, list):
-        raise bad("measurements", "an array of measurements.json paths", measurements)
-    for index, item in enumerate(measurements):
-        if not isinstance(item, str):
-            raise bad(f"measurements[{index}]", "a measurements.json path (a string)", item)
-    secrets = data.get("secrets", [])
-    if not isinstance(secrets, list):
-        raise bad("secrets", "an array of [[secrets]] tables", secrets)
-    for index, rule in enumerate(secrets):
-        where = f"secrets[{index}]"
-        if not isinstance(rule, dict):
-            raise bad(where, "a [[secrets]] table (name, file, allow)", rule)
-        extra = sorted(set(rule) - _RULE_KEYS)
-        if extra:
-            raise FragmentError(f"{path}: {where}.{extra[0]}: unknown key; allowed: "
-                                f"{', '.join(sorted(_RULE_KEYS))}")
-        for key in ("name", "file", "allow"):
-            if key not in rule:
-                raise FragmentError(f"{path}: {where}.{key}: required key is missing")
-        for key, what in (("name", "a string (the secret's name)"),
-                          ("file", "a string (the key file's path)"),
-                          ("match", 'a string ("mr_enclave" or "signer")'),
-                          ("encoding", 'a string ("raw" or "hex-dashes")'),
-                          ("requested_as", "a string (the name a GrSecret client asks for)")):
-            if key in rule and not isinstance(rule[key], str):
-                raise bad(f"{where}.{key}", what, rule[key])
-        if rule.get("encoding", "raw") not in ENCODINGS:
-            raise FragmentError(f"{path}: {where}.encoding: {rule['encoding']!r}; allowed: "
-                                + ", ".join(f'"{e}"' for e in ENCODINGS))
-        allow = rule["allow"]
-        if not isinstance(allow, list):
-            raise bad(f"{where}.allow", "an array of services and/or MRENCLAVE values", allow)
-        for number, entry in enumerate(allow):
-            if not isinstance(entry, str):
-                raise bad(f"{where}.allow[{number}]", "a service name or MRENCLAVE (a string)",
-                          entry)
-
-
-def _absolute(base: Path, value: str) -> str:
-    p = Path(value)
-    return str(p if p.is_absolute() else (base / p).resolve())
+        return PolicyFragment.load(path)
+    except PolicyFragmentError as exc:
+        if exc.problems and exc.problems[0].path == () and "not found" in exc.problems[0].message:
+            raise UsageError(f"{exc.source}: no such policy fragment (a build with encrypted "
+                             f"content writes {POLICY_FILE} into its output directory)") \
+                from None
+        raise FragmentError(str(exc)) from None
 
 
 def _load_measurements(fragment: Path, pattern: str) -> list[Measurements]:
@@ -193,7 +135,10 @@ def _load_measurements(fragment: Path, pattern: str) -> list[Measurements]:
     return loaded
 
 
-def _check_allow(fragment: Path, name: str, allow: list[str], services: set[str]) -> None:
+def check_allow(fragment: Path, name: str, allow: tuple[str, ...] | list[str],
+                services: set[str]) -> None:
+    """Every allow entry of secret *name* is a 64-hex MRENCLAVE or one of *services* (and
+    there is one at least): SecretsConfigError naming *fragment* otherwise."""
     if not allow:
         raise SecretsConfigError(
             f"{fragment}: secret {name!r}: allow = []: the secret would be released to no "
@@ -236,10 +181,10 @@ def _check_key_file(fragment: Path, name: str, file: str, allow_readable: bool) 
     return info
 
 
-def own_keys_dir(fragment: Path, data: dict[str, Any]) -> Path:
-    """The fragment's own keys directory (resolved): its ``keys_dir`` against its directory,
-    or, for a fragment without one, its directory."""
-    return Path(os.path.realpath(fragment.parent / data.get("keys_dir", ".")))
+def own_keys_dir(fragment: PolicyFragment) -> Path:
+    """The fragment's own keys directory (resolved): its ``keys_dir``, or, for a fragment
+    without one, its directory."""
+    return Path(os.path.realpath(fragment.keys_dir or fragment.directory))
 
 
 def _check_key_place(fragment: Path, name: str, file: str, keys_dir: Path,
@@ -249,7 +194,12 @@ def _check_key_place(fragment: Path, name: str, file: str, keys_dir: Path,
     what = f"{fragment}: secret {name!r}: key file {file}"
     real = Path(os.path.realpath(file))
     problem = None
-    if real != keys_dir and keys_dir not in real.parents:
+    fragment_mode = stat.S_IMODE(os.stat(fragment).st_mode)
+    if fragment_mode & 0o022:
+        # the keys directory comes from the fragment: whoever may edit it chooses the keys
+        problem = (f"{what}: the fragment is writable by group/others (mode "
+                   f"{fragment_mode:04o}), who could point it at any key; chmod go-w {fragment}")
+    elif real != keys_dir and keys_dir not in real.parents:
         problem = (f"{what}: outside the fragment's keys directory {keys_dir} (its build's "
                    "[secrets] keys_dir); a fragment may only name its own keys")
     else:
@@ -267,59 +217,56 @@ def _check_key_place(fragment: Path, name: str, file: str, keys_dir: Path,
 
 def _merge(paths: list[Path], allow_readable_keys: bool = False,
            allow_keys_outside: bool = False
-           ) -> tuple[list[str], list[dict[str, Any]], list[KeySource]]:
-    fragments = [_fragment(Path(given)) for given in paths]
+           ) -> tuple[list[str], list[SecretRule], list[KeySource]]:
+    fragments = [read_fragment(Path(given)) for given in paths]
     measurements: list[str] = []
     services: set[str] = set()
-    for path, data in fragments:
-        for item in data.get("measurements", []):
-            absolute = _absolute(path.parent, item)
-            if absolute not in measurements:
-                measurements.append(absolute)
-                services.update(m.service for m in _load_measurements(path, absolute))
-    secrets: dict[str, dict[str, Any]] = {}
+    for fragment in fragments:
+        for item in fragment.measurements:
+            if item not in measurements:
+                measurements.append(item)
+                services.update(m.service for m in _load_measurements(fragment.path, item))
+    secrets: dict[str, SecretRule] = {}
     sources: list[KeySource] = []
     # (dev, ino, encoding) -> name, file, fragment: one key file per secret name and encoding
     # (an Occlum build releases its image key raw under its name and as KEY@image_key text)
     key_names: dict[tuple[int, int, str], tuple[str, str, Path]] = {}
-    for path, data in fragments:
-        base = path.parent
-        keys_dir = own_keys_dir(path, data)
-        for rule in data.get("secrets", []):
-            rule = dict(rule)
-            rule["file"] = _absolute(base, rule["file"])
-            name = rule["name"]
-            _check_allow(path, name, rule["allow"], services)
-            info = _check_key_file(path, name, rule["file"], allow_readable_keys)
-            _check_key_place(path, name, rule["file"], keys_dir, allow_keys_outside)
-            other = key_names.setdefault((info.st_dev, info.st_ino, rule.get("encoding", "raw")),
-                                         (name, rule["file"], path))
+    for fragment in fragments:
+        path = fragment.path
+        assert path is not None
+        keys_dir = own_keys_dir(fragment)
+        for rule in fragment.secrets:
+            name, file = rule.name, str(rule.file)
+            check_allow(path, name, rule.allow, services)
+            info = _check_key_file(path, name, file, allow_readable_keys)
+            _check_key_place(path, name, file, keys_dir, allow_keys_outside)
+            other = key_names.setdefault((info.st_dev, info.st_ino, rule.encoding),
+                                         (name, file, path))
             if other[0] != name:
                 raise SecretsConfigError(
-                    f"{path}: secret {name!r}: key file {rule['file']} is also the key file of "
+                    f"{path}: secret {name!r}: key file {file} is also the key file of "
                     f"secret {other[0]!r} (in {other[2]}); one key file per secret name and "
                     "encoding (name the same secret in both builds, e.g. [[models]] key, to "
                     "share a key)")
-            sources.append(KeySource(path, name, rule["file"]))
-            if name in secrets:
-                if secrets[name] != rule:
-                    merged = secrets[name]
-                    if {k: v for k, v in merged.items() if k != "allow"} != \
-                            {k: v for k, v in rule.items() if k != "allow"}:
-                        raise SecretsConfigError(
-                            f"{path}: secret {name!r} differs from the rule of the same name in "
-                            "an earlier fragment (another key file, match mode, encoding or "
-                            "requested_as)")
-                    # The same key shared by several services: admit all of them.
-                    merged["allow"] = list(dict.fromkeys(merged["allow"] + rule["allow"]))
-                continue
-            secrets[name] = rule
+            sources.append(KeySource(path, name, file))
+            merged = secrets.get(name)
+            if merged is None:
+                secrets[name] = rule
+            elif merged != rule:
+                if dataclasses.replace(merged, allow=()) != dataclasses.replace(rule, allow=()):
+                    raise SecretsConfigError(
+                        f"{path}: secret {name!r} differs from the rule of the same name in "
+                        "an earlier fragment (another key file, match mode, encoding or "
+                        "requested_as)")
+                # The same key shared by several services: admit all of them.
+                secrets[name] = dataclasses.replace(
+                    merged, allow=tuple(dict.fromkeys(merged.allow + rule.allow)))
     return measurements, list(secrets.values()), sources
 
 
 def merge_fragments(paths: list[Path], *, allow_readable_keys: bool = False,
                     allow_keys_outside: bool = False
-                    ) -> tuple[list[str], list[dict[str, Any]]]:
+                    ) -> tuple[list[str], list[SecretRule]]:
     """All measurements (absolute, in order, once each) and all [[secrets]] rules; the same
     secret named twice must be the same rule.
 
@@ -336,38 +283,48 @@ def merge_fragments(paths: list[Path], *, allow_readable_keys: bool = False,
 def compose_config(policies: list[Path], server: ServerSide, *,
                    allow_readable_keys: bool = False,
                    allow_keys_outside: bool = False) -> ComposedConfig:
+    """The secrets.toml of a secret server serving the builds of *policies* (absolute paths;
+    its ``path`` is set where :func:`write_config` writes it)."""
     measurements, secrets, sources = _merge(policies, allow_readable_keys, allow_keys_outside)
     if not secrets:
         raise UsageError("the policy fragments release no secret: nothing to serve")
-    srv: dict[str, Any] = {"listen": server.listen, "cert": str(server.cert.resolve()),
-                           "key": str(server.key.resolve()), **server.extra_server}
-    if server.audit_log:
-        srv["audit_log"] = server.audit_log
-    att: dict[str, Any] = {"root_ca": server.root_ca}
+    try:
+        host, port = split_listen(server.listen)
+        grsecret = None
+        if server.grsecret_listen is not None:
+            grsecret = GrSecretSettings(*split_listen(server.grsecret_listen))
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    settings = ServerSettings(host, port, server.cert.resolve(), server.key.resolve(),
+                              audit_log=server.audit_log)
+    try:
+        settings = dataclasses.replace(settings, **server.extra_server)
+    except TypeError as exc:
+        raise UsageError(f"[server]: {exc}") from None
     if (server.collateral is None) == (server.pccs_url is None):
         raise UsageError("give exactly one of --collateral FILE and --pccs-url URL")
-    if server.collateral is not None:
-        att["collateral"] = str(server.collateral.resolve())
-    else:
-        att["pccs_url"] = server.pccs_url
-    config = ComposedConfig(measurements=measurements, server=srv, attestation=att,
-                            secrets=secrets)
-    if server.grsecret_listen is not None:
-        config["grsecret"] = {"listen": server.grsecret_listen}
-    elif any(rule.get("requested_as") or rule.get("encoding", "raw") != "raw"
-             for rule in secrets):
+    attestation = AttestationSettings(
+        None if server.root_ca == "intel" else Path(server.root_ca),
+        server.collateral.resolve() if server.collateral is not None else None,
+        server.pccs_url)
+    if grsecret is None and any(rule.requested_as or rule.encoding != "raw"
+                                for rule in secrets):
         warnings.warn("the fragments have Occlum secrets (encoding/requested_as), which only "
                       "Occlum's GrSecret service serves: pass --grsecret-listen HOST:PORT",
                       UserWarning, stacklevel=2)
-    config.sources = sources
-    return config
+    config = SecretsConfig(Path(SECRETS_FILE).resolve(), settings, attestation,
+                           tuple(measurements), tuple(secrets), grsecret=grsecret)
+    return ComposedConfig(config, tuple(sources))
 
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def write_config(target: Path, config: dict[str, Any], *, force: bool = False,
+HEADER = "secrets.toml for enclave-build's secret server, written by `enclave-build secrets config`."
+
+
+def write_config(target: Path, config: ComposedConfig | SecretsConfig, *, force: bool = False,
                  log: Callable[[str], None] | None = _stderr) -> Path:
     """Write *config* as TOML to *target* atomically, after the secret server's own loader
     accepted it and its policy was built exactly as the server builds it at start-up and on
@@ -376,19 +333,19 @@ def write_config(target: Path, config: dict[str, Any], *, force: bool = False,
     from enclave_build.attestation.config import ConfigError, load_config
     from enclave_build.attestation.policy import Policy, PolicyError
 
+    composed = config if isinstance(config, ComposedConfig) else ComposedConfig(config)
     target = Path(target)
     if target.exists() and not force:
         raise UsageError(f"{target} exists (use --force to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(b"# secrets.toml for enclave-build's secret server, written by "
-                         b"`enclave-build secrets config`.\n")
-            tomli_w.dump(config, handle)
+        text = dataclasses.replace(composed.config, path=target.resolve()).to_toml(HEADER)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
         try:
             loaded = load_config(tmp)
-            # As attestation.server.SecretServer._load does (start-up and every reload).
+            # As the secret server does at start-up and every reload.
             Policy.build(list(loaded.measurements), list(loaded.secrets), loaded.path.parent)
         except (ConfigError, PolicyError) as exc:
             raise SecretsConfigError(f"the composed configuration is not valid: {exc}") from None
@@ -399,6 +356,6 @@ def write_config(target: Path, config: dict[str, Any], *, force: bool = False,
             os.unlink(tmp)
         raise
     if log is not None:
-        for source in getattr(config, "sources", ()):
+        for source in composed.sources:
             log(f"key file {source.file} (secret {source.secret!r}) from {source.fragment}")
     return target

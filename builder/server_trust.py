@@ -50,11 +50,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .plan import SERVER_PINS, ServerIdentity, ServerTrust
-from .schema import Field, Problem
+from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.schema import Field, Problem
+from enclave_build.contract.server_config import ServerTrustConfig
+from enclave_build.contract.tcb import TCB_STATUSES
 
-TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
-                "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded")
+from .plan import SERVER_PINS, ServerTrust
+
 SECRET_SERVER_FRAMEWORK = "secret-server"
 
 #: The ``[secrets]`` fields this module owns (appended to builder.spec.SECRETS).
@@ -90,7 +92,7 @@ def _located(problems: list[Problem], key: tuple, message: str) -> None:
 
 
 def _identity(name: str, base_dir: Path, key: tuple, problems: list[Problem]
-              ) -> ServerIdentity | None:
+              ) -> EnclaveIdentity | None:
     from enclave_build.attestation.measurements import Measurements, MeasurementsError
 
     path = Path(name) if Path(name).is_absolute() else (base_dir / name).resolve()
@@ -110,15 +112,16 @@ def _identity(name: str, base_dir: Path, key: tuple, problems: list[Problem]
                                      "memory is readable by its host, and the quote verifier "
                                      "refuses debug quotes); rebuild it without debug"))
         return None
-    return ServerIdentity(m.mr_enclave, m.mr_signer, m.isv_prod_id, m.isv_svn, m.debug)
+    return m.identity
 
 
 def check(values: dict[str, Any], written: Any, libos: Any, base_dir: Path,
-          problems: list[Problem]) -> ServerTrust | None:
+          problems: list[Problem], *, libos_section: str | None = None) -> ServerTrust | None:
     """Convert the ``server_*`` keys of the validated ``[secrets]`` table *values* (None when
     ``server_measurements`` is not given); *written* is the table as the file has it (which
     keys were given). Appends located problems; ``ca`` versus ``server_measurements`` is
-    checked here too."""
+    checked here too. *libos_section*: the section of a libOS backend that fetches the keys
+    and verifies the server itself (Occlum's init), where such a server is named instead."""
     written = written if isinstance(written, dict) else {}
     given = values.get("server_measurements")
     if ("secrets", "server_measurements") in {p.path for p in problems}:
@@ -137,10 +140,10 @@ def check(values: dict[str, Any], written: Any, libos: Any, base_dir: Path,
                  "give either ca (the secret server has a CA-signed certificate) or "
                  "server_measurements (it is an attested enclave with an RA-TLS "
                  "certificate), not both")
-    if libos == "occlum":
+    if libos_section is not None:
         _located(problems, ("secrets", "server_measurements"),
-                 "on Occlum the libOS's init fetches the keys and verifies the server itself: "
-                 "use [occlum] server_measurements")
+                 f"on {str(libos).capitalize()} the libOS's init fetches the keys and verifies "
+                 f"the server itself: use [{libos_section}] server_measurements")
     if not given:
         _located(problems, ("secrets", "server_measurements"),
                  "name at least one measurements.json of the secret-server build")
@@ -227,91 +230,24 @@ TRUST_COLLATERAL = f"{TRUST_DIR}/collateral.json"
 TRUST_DISTRIBUTIONS = ("dcap-qvl",)
 
 
-def add_to_plan(spec, plan, framework: str) -> None:  # noqa: ANN001 - Spec, ServicePlan
-    """Ship what verifying the secret server needs as trusted files of *plan* (called by
-    builder.plugin_api.base_plan when the spec names server_measurements). Changing which server
-    is trusted therefore changes this enclave's MRENCLAVE. Refuses (located spec error) plans
-    whose keys Gramine's provisioning constructor fetches: it checks a CA only."""
-    from .plan import FileKind, KeyDelivery
-    from .plugin_api import spec_error
-
-    trust = plan.secrets.server_trust
-    if plan.secrets.delivery is not KeyDelivery.IN_ENCLAVE:
-        raise spec_error(spec, ("secrets", "server_measurements"),
-                         f"framework {framework!r} gets its keys from Gramine's provisioning "
-                         "constructor, which checks the secret server against a CA only: use "
-                         "[secrets] ca, or a framework served by enclave-build's model server "
-                         '(tflite, openvino mode "python", Python backends)')
-    own = _own_mr_signer(spec)
-    if trust.pin == "mr_signer" and own is not None:
-        for index, identity in enumerate(trust.identities):
-            if (identity.mr_signer, identity.isv_prod_id) == (own, plan.enclave.isv_prod_id):
-                raise spec_error(spec, ("secrets", "server_measurements", index),
-                                 "that secret server has this enclave's own MRSIGNER and "
-                                 f"isv_prod_id ({identity.isv_prod_id}): with server_pin = "
-                                 "\"mr_signer\" any build of this service would pass as the "
-                                 "secret server; give the secret server another [enclave] "
-                                 "isv_prod_id (or its own signing key)")
-    if trust.root_ca is not None:
-        plan.add_file(trust.root_ca, TRUST_ROOT, FileKind.TRUSTED)
-    if trust.collateral is not None:
-        plan.add_file(trust.collateral, TRUST_COLLATERAL, FileKind.TRUSTED)
-    warn_if_synthetic(trust)
-    warn_if_relaxed(trust)
-
-
-def _own_mr_signer(spec) -> str | None:  # noqa: ANN001 - Spec
-    """MRSIGNER this build will have (SHA-256 of the signing key's modulus, little-endian), or
-    None when the key cannot be read here (the signing step reports that)."""
-    import hashlib
-    import os
-
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    try:
-        if spec.signing.public_key is not None:
-            key = serialization.load_pem_public_key(spec.signing.public_key.read_bytes())
-        elif spec.signing.key is not None:
-            secret = os.environ.get(spec.signing.passphrase_env or "") if \
-                spec.signing.passphrase_env else None
-            key = serialization.load_pem_private_key(
-                spec.signing.key.read_bytes(), secret.encode() if secret else None).public_key()
-        else:
-            return None
-    except (OSError, ValueError, TypeError):
-        return None
-    if not isinstance(key, rsa.RSAPublicKey):
-        return None
-    modulus = key.public_numbers().n
-    size = (max(modulus.bit_length(), 3072) + 7) // 8   # SIGSTRUCT holds 384 bytes
-    return hashlib.sha256(modulus.to_bytes(size, "little")).hexdigest()
-
-
-def identity_config(trust: ServerTrust) -> dict[str, Any]:
-    """``keys.server_identity`` of the model server's configuration (model_server/config.py).
+def identity_config(trust: ServerTrust) -> ServerTrustConfig:
+    """``keys.server_identity`` of the model server's configuration (model-server.json).
 
     With ``pin = "mr_signer"`` the builds carry no mr_enclave and equal entries are merged, so
     this part of the (measured) configuration is the same for every build of the server that
     has the same signer, product id and SVN: the model's MRENCLAVE does not depend on it."""
-    builds = []
+    builds: list[EnclaveIdentity] = []
     for identity in trust.identities:
-        entry: dict[str, Any] = {"mr_signer": identity.mr_signer,
-                                 "isv_prod_id": identity.isv_prod_id,
-                                 "isv_svn": identity.isv_svn, "debug": identity.debug}
-        if trust.pin == "mr_enclave":
-            entry["mr_enclave"] = identity.mr_enclave
+        entry = identity if trust.pin == "mr_enclave" else identity.signer_pin()
         if entry not in builds:
             builds.append(entry)
-    builds.sort(key=lambda e: (e.get("mr_enclave", ""), e["mr_signer"], e["isv_prod_id"],
-                               e["isv_svn"]))
-    return {"pin": trust.pin, "builds": builds,
-            "root_ca": TRUST_ROOT if trust.root_ca is not None else "intel",
-            "collateral": TRUST_COLLATERAL if trust.collateral is not None else None,
-            "pccs_url": trust.pccs_url,
-            "allowed_tcb_statuses": list(trust.allowed_tcb_statuses)}
+    builds.sort(key=lambda e: (e.mr_enclave or "", e.mr_signer, e.isv_prod_id, e.isv_svn))
+    return ServerTrustConfig(trust.pin, tuple(builds),
+                             TRUST_ROOT if trust.root_ca is not None else None,
+                             TRUST_COLLATERAL if trust.collateral is not None else None,
+                             trust.pccs_url, tuple(trust.allowed_tcb_statuses))
 
 
 __all__ = ["FIELDS", "NAMES", "RelaxedServerTcbWarning", "SyntheticServerRootWarning",
-           "TRUST_COLLATERAL", "TRUST_DIR", "TRUST_DISTRIBUTIONS", "TRUST_ROOT", "add_to_plan",
+           "TRUST_COLLATERAL", "TRUST_DIR", "TRUST_DISTRIBUTIONS", "TRUST_ROOT",
            "check", "identity_config", "warn_if_relaxed", "warn_if_synthetic"]

@@ -13,14 +13,16 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from ._tomlpos import KeyLocator
+from enclave_build.contract.locate import KeyLocator
+from enclave_build.contract.schema import (Field, Problem, Section, did_you_mean,
+                                           validate_section)
+
 from .errors import UsageError
-from .schema import Field, Problem, Section, did_you_mean, validate_section
-from . import occlum_spec, server_trust
-from .plan import OcclumPlanOptions, ServerTrust
-from .k8s.settings import DEPLOY, DeploySpec, check_deploy
+from . import server_trust
+from .plan import ServerTrust
+from .deploy.settings import DEPLOY, DeploySpec, check_deploy
 
 _NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _NAME_DOC = "lower-case letters, digits and '-', at most 63 characters (a DNS label)"
@@ -101,7 +103,7 @@ def _seconds(name: str, doc: str) -> Field:
 
 
 #: Limits of enclave-build's model server (model-server.json ``limits``; measured, so changing
-#: one changes MRENCLAVE). Unset keys keep the server's defaults (model_server.config.Limits).
+#: one changes MRENCLAVE). Unset keys keep the server's defaults (enclave_build.contract.server_config.Limits).
 LIMITS = Section("limits", "limits of enclave-build's model server (tflite, openvino mode "
                  "\"python\", third-party Python backends)", (
     Field("max_request_bytes", "size", "largest request body / message (default 64M)",
@@ -121,7 +123,8 @@ LIMITS = Section("limits", "limits of enclave-build's model server (tflite, open
     _seconds("first_byte_timeout", "a new connection's first byte / gRPC handshake (default 5)"),
     _seconds("header_timeout", "a REST request's header block (default 10)"),
     _seconds("body_timeout", "a whole request body / gRPC request message (default 60)"),
-    _seconds("body_stall_timeout", "the longest pause while a REST body arrives (default 10)"),
+    _seconds("body_stall_timeout", "the window min_body_rate is measured over: a REST body "
+             "delivering less in one is refused (default 10)"),
     _seconds("idle_timeout", "a keep-alive connection without requests (default 30)"),
     Field("drain_seconds", "int", "on SIGTERM, how long admitted requests may take before the "
           "queued ones are answered 503 (default 20)", minimum=0, maximum=3600),
@@ -139,8 +142,36 @@ BUILD = Section("build", "build behaviour", (
           "which files, or 4 KiB blocks at the same position, are equal)", default=False),
 ))
 
-CORE_SECTIONS = (SERVICE, MODELS, ENCLAVE, IMAGE, SIGNING, SECRETS, TLS, LIMITS, BUILD,
-                 occlum_spec.SECTION, DEPLOY)
+CORE_SECTIONS = (SERVICE, MODELS, ENCLAVE, IMAGE, SIGNING, SECRETS, TLS, LIMITS, BUILD, DEPLOY)
+
+
+@dataclass(frozen=True)
+class SectionContext:
+    """What a plugin's section check may read besides its own section's values: the spec's
+    directory (relative paths resolve against it) and the validated values of the core sections,
+    for rules across sections (e.g. ``core["enclave"]["edmm"]``)."""
+
+    base_dir: Path
+    core: Mapping[str, Any]
+
+
+#: Turns a plugin section's validated values into the object the plugin reads from the plan,
+#: appending a located :class:`~enclave_build.contract.schema.Problem` for each value it cannot use.
+SectionOptions = Callable[[Mapping[str, Any], SectionContext, list[Problem]], Any]
+
+
+@dataclass(frozen=True)
+class LibOSSection:
+    """What a libOS backend declares about specs (from its ``LibOS`` object): its own section,
+    validated like every other section and allowed only when ``service.libos`` selects the
+    backend; *options*, which turns the validated values into the object the backend reads
+    (:attr:`Spec.libos_options`, copied to the plan); and *secrets_ca*: whether the enclave
+    checks its secret server against ``[secrets] ca`` (False where the libOS verifies the
+    server by its quote itself, as Occlum's init does)."""
+
+    section: Section | None = None
+    options: SectionOptions | None = None
+    secrets_ca: bool = True
 
 
 class SpecError(UsageError):
@@ -228,8 +259,9 @@ class BuildSpec:
 
 @dataclass(frozen=True)
 class Spec:
-    """A validated spec.toml. ``plugin_sections`` holds the framework's own section, validated
-    against the schema the plugin declared (keys it did not set carry their defaults)."""
+    """A validated spec.toml. ``plugin_sections`` holds the framework's and the libOS
+    backend's own sections, validated against the schemas their plugins declared (keys the
+    file does not set carry their defaults)."""
 
     path: Path
     service: ServiceSpec
@@ -240,8 +272,9 @@ class Spec:
     secrets: SecretsSpec
     tls: TLSSpec | None = None
     build: BuildSpec = BuildSpec(False)
-    #: [occlum] options, converted (None unless service.libos is "occlum").
-    occlum: OcclumPlanOptions | None = None
+    #: The chosen libOS backend's options from its own section (what its LibOSSection.options
+    #: made of the validated values, else those values); None when it declares no section.
+    libos_options: Any = None
     #: [deploy]: how `enclave-build k8s` runs it (copied into the build's service.json).
     deploy: DeploySpec = field(default_factory=DeploySpec)
     plugin_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -268,11 +301,14 @@ def _nearby_spec(path: Path) -> str:
 
 
 def load_spec(path: str | Path, frameworks: Mapping[str, Section | None],
-              libos_names: tuple[str, ...] = ("gramine",)) -> Spec:
+              libos_names: Mapping[str, LibOSSection] | Sequence[str] = ("gramine",), *,
+              missing_note: str = "") -> Spec:
     """Read and validate *path*.
 
     *frameworks* maps each installed framework's name to the section schema it declares (or
-    None); *libos_names* are the installed libOS backends.
+    None); *libos_names* are the installed libOS backends: names, or each name mapped to what
+    the backend declares about specs (:class:`LibOSSection`). *missing_note* is added to the
+    error for a framework or libOS that is not installed (the plugins that failed to load).
     """
     path = Path(path)
     source = str(path)
@@ -288,7 +324,8 @@ def load_spec(path: str | Path, frameworks: Mapping[str, Section | None],
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
         raise SpecError(source, [Problem((), f"invalid TOML: {exc}", line)]) from None
-    return spec_from_dict(data, path.resolve(), frameworks, libos_names, KeyLocator(text), source)
+    return spec_from_dict(data, path.resolve(), frameworks, libos_names, KeyLocator(text), source,
+                          missing_note=missing_note)
 
 
 def _line_from_message(message: str) -> int | None:
@@ -297,12 +334,19 @@ def _line_from_message(message: str) -> int | None:
 
 
 def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Section | None],
-                   libos_names: tuple[str, ...], locator: KeyLocator | None = None,
-                   source: str | None = None) -> Spec:
+                   libos_names: Mapping[str, LibOSSection] | Sequence[str],
+                   locator: KeyLocator | None = None, source: str | None = None, *,
+                   missing_note: str = "") -> Spec:
     base_dir = path.parent
     problems: list[Problem] = []
+    backends = (dict(libos_names) if isinstance(libos_names, Mapping)
+                else {name: LibOSSection() for name in libos_names})
+    libos_names = tuple(backends)
     plugin_sections = {name: sec for name, sec in frameworks.items() if sec is not None}
-    known = [s.name for s in CORE_SECTIONS] + sorted(plugin_sections)
+    libos_sections = {name: info.section for name, info in backends.items()
+                      if info.section is not None}
+    known = [s.name for s in CORE_SECTIONS] + sorted(
+        set(plugin_sections) | {s.name for s in libos_sections.values()})
 
     for key in data:
         if key not in known:
@@ -312,6 +356,8 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
     values = {s.name: validate_section(s, data.get(s.name), base_dir, problems)
               for s in CORE_SECTIONS}
     service, models, signing = values["service"], values["models"], values["signing"]
+    libos = service.get("libos")
+    backend_values = _libos_section(libos, libos_sections, data, base_dir, problems)
 
     framework = service.get("framework")
     if isinstance(framework, str) and framework not in frameworks:
@@ -319,13 +365,12 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
         problems.append(Problem(("service", "framework"),
                                 f"{framework!r} is not an installed framework; "
                                 f"{did_you_mean(framework, names)}allowed: {', '.join(names)} "
-                                "(see `enclave-build plugins`)"))
-    libos = service.get("libos")
+                                f"(see `enclave-build plugins`){missing_note}"))
     if isinstance(libos, str) and libos not in libos_names:
         problems.append(Problem(("service", "libos"),
                                 f"{libos!r} is not an installed libOS backend; "
                                 f"{did_you_mean(libos, list(libos_names))}"
-                                f"allowed: {', '.join(libos_names)}"))
+                                f"allowed: {', '.join(libos_names)}{missing_note}"))
 
     seen: dict[str, int] = {}
     for index, model in enumerate(models):
@@ -337,10 +382,17 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
             seen.setdefault(name, index)
 
     _check_signing(signing, problems)
-    _check_secrets(values["secrets"], models, data, problems)
-    trust = server_trust.check(values["secrets"], data.get("secrets"), libos, base_dir, problems)
-    occlum = occlum_spec.check(values["occlum"], "occlum" in data, libos,
-                               bool(values["enclave"].get("edmm")), base_dir, problems)
+    backend = backends.get(libos) if isinstance(libos, str) else None
+    _check_secrets(values["secrets"], models, data, problems,
+                   secrets_ca=backend.secrets_ca if backend is not None else True)
+    trust = server_trust.check(
+        values["secrets"], data.get("secrets"), libos, base_dir, problems,
+        libos_section=(backend.section.name if backend is not None and not backend.secrets_ca
+                       and backend.section is not None else None))
+    libos_options = backend_values
+    if backend is not None and backend.options is not None and backend_values is not None:
+        libos_options = backend.options(backend_values, SectionContext(base_dir, values),
+                                        problems)
     check_deploy(values["deploy"], values["enclave"], problems)
     if isinstance(values["image"].get("tag"), str):   # a name `--push`/`--load` can use
         from .image.reference import parse_registry_ref
@@ -358,6 +410,8 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
             continue
         if name == framework:
             plugin_values[name] = validate_section(section, data.get(name), base_dir, problems)
+    if backend_values is not None:
+        plugin_values[libos_sections[libos].name] = backend_values
 
     if problems:
         if locator is not None:
@@ -379,7 +433,7 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
         secrets=SecretsSpec(secrets["server"], secrets["ca"], secrets["keys_dir"], trust),
         tls=TLSSpec(values["tls"]["cert"], values["tls"]["key"]) if "tls" in data else None,
         build=BuildSpec(values["build"]["reproducible"]),
-        occlum=occlum,
+        libos_options=libos_options,
         deploy=DeploySpec.from_values(values["deploy"]),
         plugin_sections=plugin_values,
         limits=({k: v for k, v in values["limits"].items() if v is not None}
@@ -387,16 +441,29 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
     )
 
 
+def _libos_section(libos: Any, sections: Mapping[str, Section], data: dict[str, Any],
+                   base_dir: Path, problems: list[Problem]) -> dict[str, Any] | None:
+    """The chosen libOS backend's own section, validated (None when it declares none); the
+    section of another installed backend is a located problem."""
+    for name, section in sections.items():
+        if section.name in data and name != libos:
+            problems.append(Problem((section.name,), f"[{section.name}] applies only to "
+                                    f"service.libos = \"{name}\" (this spec's libos is "
+                                    f"{libos!r})"))
+    if not isinstance(libos, str) or libos not in sections:
+        return None
+    return validate_section(sections[libos], data.get(sections[libos].name), base_dir, problems)
+
+
 def _check_secrets(secrets: dict[str, Any], models: list[dict[str, Any]], data: dict[str, Any],
-                   problems: list[Problem]) -> None:
+                   problems: list[Problem], *, secrets_ca: bool = True) -> None:
     """Encrypted content needs a secret server to get its keys from. (How many keys one service
-    may use is the framework's rule: see builder.plugin_api.require_one_key.)"""
+    may use is the framework's rule: see builder.planning.require_one_key.) *secrets_ca*: the
+    enclave checks the server against ``[secrets] ca`` (not where the libOS verifies the server
+    by its quote, e.g. Occlum's init with ``[occlum] server_measurements``)."""
     encrypted = [i for i, m in enumerate(models) if m.get("encrypt")]
     needs_key = encrypted or "tls" in data
-    service = data.get("service") if isinstance(data.get("service"), dict) else {}
-    # On Occlum the libOS's init verifies the server by its quote ([occlum]
-    # server_measurements); no CA is used there, so none is required.
-    if service.get("libos") != "occlum" and \
+    if secrets_ca and \
             secrets.get("server") and secrets.get("ca") is None and ("secrets", "ca") not in \
             {p.path for p in problems} and "server_measurements" not in (
                 data["secrets"] if isinstance(data.get("secrets"), dict) else ()):

@@ -6,7 +6,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ._tomlpos import KeyLocator
+from enclave_build.contract.locate import KeyLocator
+
 from .plan import SpecOrigin
 
 

@@ -18,6 +18,7 @@ import struct
 from typing import Any, Iterable
 
 import numpy as np
+from .errors import ModelServerError
 
 # KServe v2 datatype name -> little-endian numpy dtype (the raw encoding is little-endian).
 _TO_NUMPY: dict[str, np.dtype] = {
@@ -44,7 +45,7 @@ CONTENTS_FIELD: dict[str, str] = {
 }
 
 
-class TensorError(ValueError):
+class TensorError(ModelServerError, ValueError):
     """A tensor in a request does not fit what the model expects (a client error)."""
 
 

@@ -1,10 +1,16 @@
-"""The one error a request fails with inside the server; each protocol maps ``kind`` to its
-status (grpc_service.CODES, rest.STATUS)."""
+"""The model server's errors: :class:`ModelServerError`, the root of every error the package
+raises (each keeps the built-in base it had beside it), and :class:`ServeError`, the one error
+a request fails with inside the server; each protocol maps ``kind`` to its status
+(grpc_service.CODES, rest.STATUS)."""
 
 from __future__ import annotations
 
 
-class ServeError(Exception):
+class ModelServerError(Exception):
+    """Root of every error the model server raises (configuration, keys, backends, requests)."""
+
+
+class ServeError(ModelServerError):
     """A request failed; ``kind`` picks the protocol status (see grpc_service / rest)."""
 
     INVALID = "invalid"          # INVALID_ARGUMENT / 400

@@ -67,7 +67,7 @@ _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason
 
 @dataclass(frozen=True)
 class HTTPLimits:
-    """What the connection layer enforces (from :class:`~model_server.config.Limits`)."""
+    """What the connection layer enforces (from :class:`~enclave_build.contract.server_config.Limits`)."""
 
     max_request_bytes: int
     max_connections: int

@@ -60,18 +60,19 @@ from cryptography.x509.oid import NameOID
 
 from enclave_build.attestation import protected_files, wire
 from enclave_build.attestation.ratls import FORMATS, create_certificate
+from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 
 from .config import KeysConfig, host_path
 from .server_attest import ServerRefused, ServerVerifier
+from .errors import ModelServerError
 
-SIMULATED_QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
 REPORT_DATA_SIZE = 64
 
-#: Where Gramine's attestation pseudo-files are; tests point this at a fake tree.
-_ATTESTATION_ROOT = Path("/dev/attestation")
+#: Where Gramine's attestation pseudo-files are (:func:`prepare_keys` takes another root).
+ATTESTATION_ROOT = Path("/dev/attestation")
 
 
-class KeyFetchError(RuntimeError):
+class KeyFetchError(ModelServerError, RuntimeError):
     """A key could not be obtained; the message carries the secret server's reason."""
 
 
@@ -142,9 +143,9 @@ def _simulated_quote_source(address: str, timeout: float) -> QuoteSource:
     return make_quote
 
 
-def quote_source(timeout: float = 10.0) -> QuoteSource:
-    """The attestation source of this process (see the module docstring)."""
-    root = _ATTESTATION_ROOT
+def quote_source(timeout: float = 10.0, *, root: Path = ATTESTATION_ROOT) -> QuoteSource:
+    """The attestation source of this process (see the module docstring); *root* is where
+    Gramine's attestation pseudo-files are."""
     device = _device_quote_source(root)
     simulated = os.environ.get(SIMULATED_QUOTER_ENV)
     if device is not None:
@@ -456,18 +457,20 @@ def read_key_files(config: KeysConfig) -> KeyRing:
     return KeyRing({name: b"" for name in config.names}, "libos")
 
 
-def prepare_keys(config: KeysConfig | None) -> KeyRing:
+def prepare_keys(config: KeysConfig | None, *,
+                 attestation_root: Path = ATTESTATION_ROOT) -> KeyRing:
     """Fetch and install every key of *config* (nothing to do for None or no names); with
-    ``source = "files"`` read them where the libOS put them (:func:`read_key_files`)."""
+    ``source = "files"`` read them where the libOS put them (:func:`read_key_files`).
+    *attestation_root* is where Gramine's attestation pseudo-files are (quote, keys/)."""
     if config is None or not config.names:
         return KeyRing()
     if len(set(config.names)) != len(config.names):
         raise KeyFetchError(f"keys.names lists a key twice: {', '.join(config.names)}")
     if config.source == "files":
         return read_key_files(config)
-    root = _ATTESTATION_ROOT
+    root = attestation_root
     in_gramine = (root / "keys").is_dir()
-    make_quote = quote_source(config.timeout_seconds)
+    make_quote = quote_source(config.timeout_seconds, root=root)
     verifier = None
     ca_file: Path | None = None
     if config.server_identity is not None:

@@ -23,6 +23,8 @@ import ssl
 import sys
 from typing import TYPE_CHECKING, Sequence
 
+from enclave_build.contract.schema import Problem
+
 from . import __version__
 from .backends import BackendError
 from .config import ConfigError, ServerConfig, load_config
@@ -187,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         if not config.models:
-            raise ConfigError(f"{args.config}: no models to serve")
+            raise ConfigError(args.config, [Problem(("models",), "no models to serve")])
     except ConfigError as exc:
         _say(f"bad configuration: {exc}")
         return 2

@@ -36,10 +36,13 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from .config import ExpectedServer, ServerTrustConfig, host_path
+from enclave_build.contract.identity import EnclaveIdentity
+
+from .config import ServerTrustConfig, host_path
+from .errors import ModelServerError
 
 
-class ServerRefused(Exception):
+class ServerRefused(ModelServerError):
     """The secret server is not (provably) one the configuration trusts."""
 
 
@@ -49,13 +52,18 @@ class AttestedServer:
 
     evidence_format: str
     status: str
-    mr_enclave: str
-    mr_signer: str
-    isv_prod_id: int
-    isv_svn: int
+    identity: EnclaveIdentity
+
+    @property
+    def mr_enclave(self) -> str | None:
+        return self.identity.mr_enclave
+
+    @property
+    def mr_signer(self) -> str:
+        return self.identity.mr_signer
 
 
-def differences(build: ExpectedServer, pin: str, quote) -> list[str]:  # noqa: ANN001
+def differences(build: EnclaveIdentity, pin: str, quote) -> list[str]:  # noqa: ANN001
     """How a verified quote (mr_enclave, mr_signer, isv_prod_id, isv_svn, debug) differs from
     *build* under *pin*; empty when it matches."""
     found = []
@@ -163,8 +171,7 @@ class ServerVerifier:
         for number, build in enumerate(self.trust.builds):
             diff = differences(build, self.trust.pin, quote)
             if not diff:
-                return AttestedServer(evidence.format, quote.status, quote.mr_enclave,
-                                      quote.mr_signer, quote.isv_prod_id, quote.isv_svn)
+                return AttestedServer(evidence.format, quote.status, quote.identity)
             found.append(f"build {number}: " + ", ".join(diff))
         raise ServerRefused(f"{endpoint} runs enclave {quote.mr_enclave}, which is not a "
                             f"secret server this enclave trusts (pin {self.trust.pin}; "

@@ -14,6 +14,7 @@ from pathlib import Path
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.ratls import create_certificate
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
+from enclave_build.contract.identity import EnclaveIdentity
 
 MR_SIGNER = hashlib.sha256(b"test signer").digest()
 PROD_ID = {"face": 1, "ocr": 2}  # one signing key, two products
@@ -54,8 +55,8 @@ def make_env(directory: Path, *, statuses=("UpToDate",), extra: str = "",
         build = directory / "builds" / service
         build.mkdir(parents=True)
         (build / "measurements.json").write_text(Measurements(
-            service, "tflite", "gramine", identity(service).hex(), MR_SIGNER.hex(),
-            PROD_ID[service], 2, False,
+            service, "tflite", "gramine", EnclaveIdentity(identity(service).hex(), MR_SIGNER.hex(),
+            PROD_ID[service], 2, False),
             ImageRef(f"{service}:1", None)).to_json())
         secrets[service] = os.urandom(16)
         (directory / f"{service}.key").write_bytes(secrets[service])
@@ -170,3 +171,21 @@ def settled_audit(path: Path, until=None, *, since: int = 0, settle: float = 0.1
             break
         time.sleep(0.01)
     return audit_records(path)[since:]
+
+
+def verified_evidence(mr_enclave: str, mr_signer: str = MR_SIGNER.hex(), isv_prod_id: int = 1,
+                      isv_svn: int = 2, *, debug: bool = False, status: str = "UpToDate",
+                      advisories: tuple[str, ...] = (), flags: int | None = None,
+                      config_svn: int = 0, fmt: str = "tcg-dice"):
+    """What the secret server's verifier returns for a quote that verified, without a quote:
+    the input :func:`attestation.server.decide.decide` judges."""
+    from enclave_build.attestation.quote import FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT
+    from enclave_build.attestation.server.decide import Evidence
+    from enclave_build.attestation.verify import VerifiedQuote
+
+    if flags is None:
+        flags = FLAG_INIT | FLAG_MODE64BIT | (FLAG_DEBUG if debug else 0)
+    attributes = (flags.to_bytes(8, "little") + (0xE7).to_bytes(8, "little")).hex()
+    quote = VerifiedQuote(status, advisories, mr_enclave, mr_signer, isv_prod_id, isv_svn,
+                          debug, attributes, bytes(64))
+    return Evidence(fmt, quote, config_svn)

@@ -8,6 +8,7 @@ policy, SNI selection) decides who gets which key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -129,8 +130,10 @@ def secret_server_config(keys: Keys, builds: list[Path], *, allow_override: str 
         root_ca=str(keys.pki_dir / "root.pem"), collateral=keys.pki_dir / "collateral.json",
         audit_log=str(keys.directory / (name + ".audit.jsonl"))))
     if allow_override is not None:
-        for rule in config["secrets"]:
-            rule["allow"] = json.loads(allow_override)
+        allow = tuple(json.loads(allow_override))
+        config = dataclasses.replace(config, config=dataclasses.replace(
+            config.config, secrets=tuple(dataclasses.replace(rule, allow=allow)
+                                         for rule in config.config.secrets)))
     return write_config(keys.directory / name, config, force=True)
 
 

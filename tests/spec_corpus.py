@@ -39,7 +39,7 @@ CASES = [
      ["spec.toml:2: invalid TOML: Illegal character '\\n' (at line 2, column 12)"]),
     ("unknown-section-typo", GOOD + '\n[enclaev]\nsize = "1G"\n',
      ["spec.toml:17: enclaev: unknown section; did you mean 'enclave'? allowed: service, models, "
-      f"enclave, image, signing, secrets, tls, limits, build, occlum, deploy, {FRAMEWORKS}"]),
+      f"enclave, image, signing, secrets, tls, limits, build, deploy, occlum, {FRAMEWORKS}"]),
     ("unknown-key-typo", replace('max_threads = 8', 'max_thread = 8'),
      ["spec.toml:12: enclave.max_thread: unknown key; did you mean 'max_threads'? allowed: size, "
       "max_threads, edmm, debug, isv_prod_id, isv_svn, log_level"]),

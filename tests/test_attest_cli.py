@@ -14,6 +14,7 @@ from enclave_build.attestation import upload
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.server import SecretServer
 from enclave_build.attestation.config import load_config
+from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, identity, make_env
 from .conftest import run_cli
@@ -21,8 +22,9 @@ from .test_secret_server_enclave import owner_pair
 
 
 def _measurements(path: Path, framework: str = "secret-server") -> Path:
-    path.write_text(Measurements("keys", framework, "gramine", identity("keys").hex(),
-                                 MR_SIGNER.hex(), 0, 0, False, ImageRef(None, None)).to_json())
+    path.write_text(Measurements("keys", framework, "gramine",
+                                 EnclaveIdentity(identity("keys").hex(), MR_SIGNER.hex(), 0, 0,
+                                                 False), ImageRef(None, None)).to_json())
     return path
 
 
@@ -106,9 +108,10 @@ def settings(tmp_path):
 
 
 def _serve(settings, request: bytes, der: bytes, now=None):
-    pipe, store, record = _Pipe(request), upload.UploadStore(), {}
-    upload.serve_upload(pipe.recv, pipe.send, der, settings, store, ["a", "b"], record, now=now)
-    return pipe.sent, store, record
+    pipe, store = _Pipe(request), upload.UploadStore()
+    outcome = upload.serve_upload(pipe.recv, pipe.send, der, settings, store, ["a", "b"],
+                                  now=now)
+    return pipe.sent, store, outcome
 
 
 def _der(cert: Path) -> bytes:
@@ -120,32 +123,32 @@ def _der(cert: Path) -> bytes:
 def test_upload_protocol_all_or_nothing(settings, tmp_path):
     settings, cert = settings
     key_a, key_b = os.urandom(16), os.urandom(16)
-    sent, store, record = _serve(settings, upload.encode_request([("a", key_a), ("b", key_b)]),
-                                 _der(cert))
+    sent, store, outcome = _serve(settings, upload.encode_request([("a", key_a), ("b", key_b)]),
+                                  _der(cert))
     assert sent.startswith(upload.ACCEPTED) and store.get("a") == key_a
-    assert record["decision"] == "allow" and record["secrets"] == ["a", "b"]
-    assert key_a.hex() not in json.dumps(record)
-    sent, store, record = _serve(settings, upload.encode_request([("a", key_a), ("zzz", key_b)]),
-                                 _der(cert))
+    assert outcome.allowed and outcome.secrets == ("a", "b")
+    assert key_a.hex() not in repr(outcome)
+    sent, store, outcome = _serve(settings, upload.encode_request([("a", key_a), ("zzz", key_b)]),
+                                  _der(cert))
     assert sent.startswith(upload.REFUSED) and store.names() == []
-    assert "'zzz' is not an uploaded secret" in record["reason"]
+    assert "'zzz' is not an uploaded secret" in outcome.reason
 
 
 def test_upload_protocol_refusals(settings, tmp_path):
     settings, cert = settings
     request = upload.encode_request([("a", os.urandom(16))])
     stranger, _ = owner_pair(tmp_path, "stranger")
-    _, store, record = _serve(settings, request, _der(stranger))
-    assert record["decision"] == "deny" and "not one of the owners" in record["reason"]
+    _, store, outcome = _serve(settings, request, _der(stranger))
+    assert not outcome.allowed and "not one of the owners" in outcome.reason
     assert store.names() == []
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
-    _, _, record = _serve(settings, request, _der(cert), now=later)
-    assert "is not valid now" in record["reason"]
-    _, _, record = _serve(settings, request[:-3], _der(cert))
-    assert "request truncated (in the key)" in record["reason"]
+    _, _, outcome = _serve(settings, request, _der(cert), now=later)
+    assert "is not valid now" in outcome.reason
+    _, _, outcome = _serve(settings, request[:-3], _der(cert))
+    assert "request truncated (in the key)" in outcome.reason
     bad_length = request[:len(upload.REQUEST) + 2 + 2 + 1] + (17).to_bytes(4, "big")
-    _, _, record = _serve(settings, bad_length, _der(cert))
-    assert "announced 17 bytes" in record["reason"]
+    _, _, outcome = _serve(settings, bad_length, _der(cert))
+    assert "announced 17 bytes" in outcome.reason
     with pytest.raises(ValueError, match="exactly 16"):
         upload.encode_request([("a", b"short")])
 

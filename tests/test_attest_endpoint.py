@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.ratls import create_certificate
 from enclave_build.attestation.synthetic import SyntheticPKI
+from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, identity
 from .conftest import run_cli
@@ -55,7 +56,7 @@ def endpoint(tmp_path):
     (tmp_path / "root.pem").write_bytes(pki.root_pem)
     for name, me in (("face", identity("face")), ("other", identity("other"))):
         (tmp_path / f"{name}.json").write_text(Measurements(
-            name, "tflite", "gramine", me.hex(), MR_SIGNER.hex(), 1, 2, False,
+            name, "tflite", "gramine", EnclaveIdentity(me.hex(), MR_SIGNER.hex(), 1, 2, False),
             ImageRef(f"{name}:1", "sha256:" + "0" * 64)).to_json())
     yield listener.getsockname()[1], tmp_path
     stop.set()

@@ -146,6 +146,6 @@ def test_occlum_python_base_matches_occlums_glibc_and_the_gramine_runtimes():
     for name in ("cryptography", "cffi", "pycparser", "dcap-qvl"):
         assert gramine[name] == constraints[name], f"{name}: keep the test environment's pin"
     from enclave_build.builder.occlum.backend import PYTHON_RUNTIME_BASE
-    from enclave_build.builder.plugin_api import PYTHON
+    from enclave_build.plugin import PYTHON
     assert BASES["occlum-python"].tag == PYTHON_RUNTIME_BASE
     assert PYTHON == "/usr/bin/python3.11" and "ARG PYTHON_VERSION=3.11" in text

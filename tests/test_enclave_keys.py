@@ -4,12 +4,14 @@ installed in a fake /dev/attestation/keys or kept in memory to decrypt protected
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from enclave_build.builder.gramine import protected_files as builder_pf
 from enclave_build.model_server import keys
 from enclave_build.model_server.config import KeysConfig
 
-from .attest_env import audit_mark, make_env, settled_audit
+from .attest_env import audit_mark, make_env, settled_audit, verified_evidence
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +53,7 @@ def server(env):
 
 def _measurements(env, service="face", **changes) -> Measurements:
     m = Measurements.load(env.directory / "builds" / service / "measurements.json")
-    return Measurements(**{**m.__dict__, **changes})
+    return dataclasses.replace(m, identity=dataclasses.replace(m.identity, **changes))
 
 
 @pytest.fixture
@@ -62,13 +64,23 @@ def quoter(env):
     q.stop()
 
 
+@dataclass
+class PlainProcess:
+    """Where the key fetcher runs as a plain process: no attestation tree, a simulated quoter."""
+
+    root: Path                  # (does not exist)
+    quoter: SimulatedQuoter
+
+    def prepare_keys(self, config: KeysConfig | None) -> keys.KeyRing:
+        return keys.prepare_keys(config, attestation_root=self.root)
+
+
 @pytest.fixture
 def plain(monkeypatch, tmp_path, quoter):
     """A plain process: no /dev/attestation, the simulated quoter named by the variable."""
-    monkeypatch.setattr(keys, "_ATTESTATION_ROOT", tmp_path / "no-dev-attestation")
     monkeypatch.setenv(ENV, quoter.env_value)
     monkeypatch.delenv("ENCLAVE_BUILD_ROOT", raising=False)
-    return quoter
+    return PlainProcess(tmp_path / "no-dev-attestation", quoter)
 
 
 def _config(server, env, *names, host="127.0.0.1", ca=None, timeout=5.0) -> KeysConfig:
@@ -103,7 +115,7 @@ def _denial_since(env, since: int) -> dict:
 
 def test_two_keys_of_one_enclave_fetched_separately_by_sni(server, env, plain):
     before = _mark(env)
-    ring = keys.prepare_keys(_config(server, env, "face-key", "face-model-2"))
+    ring = plain.prepare_keys(_config(server, env, "face-key", "face-model-2"))
     try:
         assert ring.mode == "memory" and ring.names == ("face-key", "face-model-2")
         assert bytes(ring._keys["face-key"]) == env.secrets["face"]
@@ -113,11 +125,11 @@ def test_two_keys_of_one_enclave_fetched_separately_by_sni(server, env, plain):
     allowed = _allowed_since(env, before, 2)
     assert [r["secret"] for r in allowed] == ["face-key", "face-model-2"]  # two connections
     assert all(r["evidence"] == "tcg-dice" and "TLS server name" in r["reason"] for r in allowed)
-    assert plain.served == 2   # a fresh quote (and key pair) per connection
+    assert plain.quoter.served == 2   # a fresh quote (and key pair) per connection
 
 
 def test_host_name_check_by_dns_name(server, env, plain):
-    ring = keys.prepare_keys(_config(server, env, "face-key", host="localhost"))
+    ring = plain.prepare_keys(_config(server, env, "face-key", host="localhost"))
     assert bytes(ring._keys["face-key"]) == env.secrets["face"]
 
 
@@ -127,7 +139,7 @@ def test_wrong_mr_enclave_refused_with_the_servers_reason(server, env, plain, mo
     since = _mark(env)
     try:
         with pytest.raises(keys.KeyFetchError) as info:
-            keys.prepare_keys(_config(server, env, "face-key"))
+            plain.prepare_keys(_config(server, env, "face-key"))
     finally:
         wrong.stop()
     reason = _denial_since(env, since)["reason"]
@@ -140,7 +152,7 @@ def test_key_not_given_to_this_enclave_refused_although_another_matches(server, 
     since = _mark(env)
     with pytest.raises(keys.KeyFetchError, match=r"refused key ocr-key: secret 'ocr-key' \(the "
                        r"TLS server name\) is not released to this enclave identity"):
-        keys.prepare_keys(_config(server, env, "face-key", "ocr-key"))
+        plain.prepare_keys(_config(server, env, "face-key", "ocr-key"))
     record = _denial_since(env, since)
     assert record["decision"] == "deny" and record["mr_enclave"] == _measurements(env).mr_enclave
 
@@ -149,7 +161,7 @@ def test_other_sni_keeps_choosing_by_identity(server, env, plain):
     """A name that is no secret's (Gramine's constructor sends the host): the one secret of the
     enclave, or a refusal when several match (face has two here)."""
     with pytest.raises(keys.KeyFetchError, match="several secrets .* match"):
-        keys.prepare_keys(_config(server, env, "localhost"))
+        plain.prepare_keys(_config(server, env, "localhost"))
 
 
 def test_server_certificate_must_name_the_host(tmp_path, env, plain):
@@ -159,8 +171,8 @@ def test_server_certificate_must_name_the_host(tmp_path, env, plain):
     srv.start()
     try:
         with pytest.raises(keys.KeyFetchError, match="not issued for 'localhost'"):
-            keys.prepare_keys(_config(srv, env, "face-key", host="localhost"))
-        ring = keys.prepare_keys(_config(srv, env, "face-key"))  # 127.0.0.1 is in the SAN
+            plain.prepare_keys(_config(srv, env, "face-key", host="localhost"))
+        ring = plain.prepare_keys(_config(srv, env, "face-key"))  # 127.0.0.1 is in the SAN
         assert bytes(ring._keys["face-key"]) == env.secrets["face"]
     finally:
         srv.shutdown()
@@ -169,13 +181,13 @@ def test_server_certificate_must_name_the_host(tmp_path, env, plain):
 def test_server_certificate_must_chain_to_the_configured_ca(server, env, plain, tmp_path):
     other_ca, _, _ = tls_ca_and_server(tmp_path)
     with pytest.raises(keys.KeyFetchError, match="does not verify against"):
-        keys.prepare_keys(_config(server, env, "face-key", ca=other_ca))
+        plain.prepare_keys(_config(server, env, "face-key", ca=other_ca))
 
 
 def test_unreachable_server(env, plain):
     with pytest.raises(keys.KeyFetchError, match="cannot reach the secret server 127.0.0.1:1 "
                        "for key face-key"):
-        keys.prepare_keys(KeysConfig("127.0.0.1:1", str(env.ca), ("face-key",), 2.0))
+        plain.prepare_keys(KeysConfig("127.0.0.1:1", str(env.ca), ("face-key",), 2.0))
 
 
 def test_plain_mode_decrypts_protected_files_made_by_the_builder(server, env, plain, tmp_path,
@@ -193,7 +205,8 @@ def test_plain_mode_decrypts_protected_files_made_by_the_builder(server, env, pl
     (root / "plain.txt").write_text("not encrypted")
     monkeypatch.setenv("ENCLAVE_BUILD_ROOT", str(root))
 
-    ring = keys.prepare_keys(_config(server, env, "face-key", ca="/enclave/secret-server-ca.pem"))
+    ring = plain.prepare_keys(_config(server, env, "face-key",
+                                      ca="/enclave/secret-server-ca.pem"))
     source = ring.open("/models/face/1/model.xml", "face-key")
     assert source.read_bytes() == plaintext["model.xml"]
     assert (source.path.parent / "model.bin").read_bytes() == plaintext["model.bin"]  # sibling
@@ -218,7 +231,7 @@ def test_plain_mode_refuses_a_file_embedded_under_another_path(server, env, plai
                             "/models/other/a.tflite")
     monkeypatch.setenv("ENCLAVE_BUILD_ROOT", str(root))
     (root / "ca.pem").write_bytes(env.ca.read_bytes())
-    ring = keys.prepare_keys(_config(server, env, "face-key", ca="/ca.pem"))
+    ring = plain.prepare_keys(_config(server, env, "face-key", ca="/ca.pem"))
     with pytest.raises(keys.KeyFetchError, match="/models/m/a.tflite: cannot decrypt with key "
                        "'face-key'.*embedded path"):
         ring.open("/models/m/a.tflite", "face-key")
@@ -270,7 +283,6 @@ class FakeQuoteDevice:
 @pytest.fixture
 def device(env, tmp_path, monkeypatch):
     dev = FakeQuoteDevice(tmp_path / "dev-attestation", env.pki, _measurements(env))
-    monkeypatch.setattr(keys, "_ATTESTATION_ROOT", dev.root)
     monkeypatch.delenv(ENV, raising=False)
     monkeypatch.delenv("ENCLAVE_BUILD_ROOT", raising=False)
     yield dev
@@ -278,7 +290,8 @@ def device(env, tmp_path, monkeypatch):
 
 
 def test_gramine_device_quotes_and_installed_keys(server, env, device, tmp_path):
-    ring = keys.prepare_keys(_config(server, env, "face-key", "face-model-2"))
+    ring = keys.prepare_keys(_config(server, env, "face-key", "face-model-2"),
+                             attestation_root=device.root)
     assert ring.mode == "gramine"
     assert (device.root / "keys/face-key").read_bytes() == env.secrets["face"]
     assert (device.root / "keys/face-model-2").read_bytes() == env.secrets["face2"]
@@ -295,7 +308,7 @@ def test_gramine_device_quotes_and_installed_keys(server, env, device, tmp_path)
 def test_a_real_quote_device_wins_over_the_simulated_quoter(server, env, device, quoter,
                                                             monkeypatch, capsys):
     monkeypatch.setenv(ENV, quoter.env_value)
-    keys.prepare_keys(_config(server, env, "face-key"))
+    keys.prepare_keys(_config(server, env, "face-key"), attestation_root=device.root)
     assert quoter.served == 0 and len(device.report_data) == 1
     assert f"{ENV} is set but this process has a real quote device" in capsys.readouterr().err
 
@@ -303,9 +316,8 @@ def test_a_real_quote_device_wins_over_the_simulated_quoter(server, env, device,
 def test_gramine_direct_uses_the_simulated_quoter_and_installs_keys(server, env, quoter,
                                                                     tmp_path, monkeypatch, capsys):
     dev = FakeQuoteDevice(tmp_path / "direct", env.pki, _measurements(env), with_quote=False)
-    monkeypatch.setattr(keys, "_ATTESTATION_ROOT", dev.root)
     monkeypatch.setenv(ENV, quoter.env_value)
-    ring = keys.prepare_keys(_config(server, env, "face-key"))
+    ring = keys.prepare_keys(_config(server, env, "face-key"), attestation_root=dev.root)
     assert ring.mode == "gramine" and quoter.served == 1
     assert (dev.root / "keys/face-key").read_bytes() == env.secrets["face"]
     err = capsys.readouterr().err
@@ -314,30 +326,29 @@ def test_gramine_direct_uses_the_simulated_quoter_and_installs_keys(server, env,
 
 def test_no_attestation_source_is_a_clear_error(server, env, tmp_path, monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.setattr(keys, "_ATTESTATION_ROOT", tmp_path / "none")
     with pytest.raises(keys.KeyFetchError, match=r"cannot attest to fetch keys: .* does not "
                        rf"exist \(not running under Gramine\), and {ENV} is not set"):
-        keys.prepare_keys(_config(server, env, "face-key"))
+        keys.prepare_keys(_config(server, env, "face-key"), attestation_root=tmp_path / "none")
     (tmp_path / "direct/keys").mkdir(parents=True)
-    monkeypatch.setattr(keys, "_ATTESTATION_ROOT", tmp_path / "direct")
     with pytest.raises(keys.KeyFetchError, match="no DCAP quote device .*gramine-direct"):
-        keys.prepare_keys(_config(server, env, "face-key"))
+        keys.prepare_keys(_config(server, env, "face-key"),
+                          attestation_root=tmp_path / "direct")
 
 
 def test_no_keys_configured_needs_no_attestation(monkeypatch, tmp_path):
     monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.setattr(keys, "_ATTESTATION_ROOT", tmp_path / "none")
-    ring = keys.prepare_keys(None)
-    assert ring.names == () and keys.prepare_keys(KeysConfig("h:1", "/ca", ())).names == ()
+    none = tmp_path / "none"
+    ring = keys.prepare_keys(None, attestation_root=none)
+    assert ring.names == ()
+    assert keys.prepare_keys(KeysConfig("h:1", "/ca", ()), attestation_root=none).names == ()
     with pytest.raises(keys.KeyFetchError, match="which was not fetched"):
         ring.open("/models/m", "k")
 
 
 def test_bad_quoter_address(server, env, monkeypatch, tmp_path):
-    monkeypatch.setattr(keys, "_ATTESTATION_ROOT", tmp_path / "none")
     monkeypatch.setenv(ENV, "nowhere")
     with pytest.raises(keys.KeyFetchError, match=f"{ENV} 'nowhere' is not HOST:PORT"):
-        keys.prepare_keys(_config(server, env, "face-key"))
+        keys.prepare_keys(_config(server, env, "face-key"), attestation_root=tmp_path / "none")
 
 
 # --------------------------------------------------------------------------- module boundaries
@@ -398,22 +409,29 @@ def test_refusal_wire_bytes(server, env):
 
 
 def test_policy_sni_naming_a_secret_selects_only_that_secret(env):
-    from enclave_build.attestation.policy import Identity, Policy
+    from enclave_build.attestation.policy import Policy
+    from enclave_build.attestation.server.decide import AccessPolicy, ByServerName, decide
 
     config = load_config(env.config)
-    policy = Policy.build(list(config.measurements), list(config.secrets), config.path.parent)
+    policy = AccessPolicy(Policy.build(list(config.measurements), list(config.secrets),
+                                       config.path.parent), config.attestation.tcb)
     m = _measurements(env)
-    face = Identity(m.mr_enclave, m.mr_signer, m.isv_prod_id, m.isv_svn, m.debug)
-    assert policy.decide(face, "face-model-2").secret.name == "face-model-2"
-    assert policy.decide(face, "face-key").secret.name == "face-key"
-    denied = policy.decide(face, "ocr-key")
+    face = verified_evidence(m.mr_enclave, m.mr_signer, m.isv_prod_id, m.isv_svn, debug=m.debug)
+
+    def named(server_name: str | None) -> ByServerName:
+        return ByServerName(server_name.encode() if server_name is not None else None)
+
+    assert decide(face, named("face-model-2"), policy).secret.name == "face-model-2"
+    assert decide(face, named("face-key"), policy).secret.name == "face-key"
+    denied = decide(face, named("ocr-key"), policy)
     assert denied.secret is None and "'ocr-key'" in denied.reason
-    assert policy.decide(face, "localhost").secret is None   # two match, the host selects none
+    # two match, and the host name selects none
+    assert decide(face, named("localhost"), policy).secret is None
     o = _measurements(env, "ocr")
-    ocr = Identity(o.mr_enclave, o.mr_signer, o.isv_prod_id, o.isv_svn, o.debug)
-    assert policy.decide(ocr, "localhost").secret.name == "ocr-key"  # unchanged behaviour
-    assert policy.decide(ocr, None).secret.name == "ocr-key"
-    assert policy.decide(ocr, "face-key").secret is None
+    ocr = verified_evidence(o.mr_enclave, o.mr_signer, o.isv_prod_id, o.isv_svn, debug=o.debug)
+    assert decide(ocr, named("localhost"), policy).secret.name == "ocr-key"  # unchanged behaviour
+    assert decide(ocr, named(None), policy).secret.name == "ocr-key"
+    assert decide(ocr, named("face-key"), policy).secret is None
 
 
 def test_plain_mode_leaves_out_a_sibling_that_does_not_decrypt(server, env, plain, tmp_path,
@@ -426,7 +444,7 @@ def test_plain_mode_leaves_out_a_sibling_that_does_not_decrypt(server, env, plai
     (root / "models/m/README").write_text("plaintext next to the model")
     (root / "ca.pem").write_bytes(env.ca.read_bytes())
     monkeypatch.setenv("ENCLAVE_BUILD_ROOT", str(root))
-    ring = keys.prepare_keys(_config(server, env, "face-key", ca="/ca.pem"))
+    ring = plain.prepare_keys(_config(server, env, "face-key", ca="/ca.pem"))
     source = ring.open("/models/m/a.tflite", "face-key")
     assert source.read_bytes() == b"weights"
     assert not (source.path.parent / "README").exists()

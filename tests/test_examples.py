@@ -34,7 +34,8 @@ SPECS = {
 }
 #: specs that need another example built first (their [secret-server] policies name its out/)
 NEEDS_BUILT = {"secret-server/spec.toml": "tflite/spec.toml"}
-#: specs whose base adds runtimes to gramine-python's: the stand-in gets them as README says,
+#: specs whose base adds runtimes to gramine-python's: the stand-in gets them as the manual
+#: says (docs/getting-started/install.md),
 #: `enclave-build base standin DIR --runtimes NAME`
 RUNTIMES = {"secret-server/spec.toml": "secret-server",
             "plugins/onnxruntime/spec.toml": "onnxruntime"}
@@ -207,13 +208,14 @@ def test_a_second_run_waits_for_the_tensorflow_install_instead_of_removing_it(tm
     assert (venv / "installed").read_text() == "tensorflow"
 
 
-def test_readme_shows_how_to_build_each_example_on_the_standin():
+def test_manual_shows_how_to_build_each_example_on_the_standin():
     """What test_example_builds_as_shipped does for the examples needing runtimes is what the
-    README tells a user to run (the stand-in alone lacks them: the build would stop)."""
-    readme = (REPO / "README.md").read_text()
+    manual's install page tells a user to run (the stand-in alone lacks them: the build would
+    stop)."""
+    install = (REPO / "docs" / "getting-started" / "install.md").read_text()
     for spec, runtimes in RUNTIMES.items():
-        assert f"--runtimes {runtimes}" in readme, spec
-        assert f"enclave-build build examples/{spec} --base dir:" in readme, spec
+        assert f"--runtimes {runtimes}" in install, spec
+        assert f"enclave-build build examples/{spec} --base dir:" in install, spec
         assert f"--runtimes {runtimes}" in (EXAMPLES / spec).read_text(), spec
 
 

@@ -11,9 +11,9 @@ from enclave_build.attestation.measurements import Measurements, MeasurementsErr
 from enclave_build.attestation.occlum_ra import RaConfig, RaConfigError
 from enclave_build.builder.errors import UsageError
 from enclave_build.builder.image.reference import parse_registry_ref
-from enclave_build.builder.k8s.quantity import cpu_millis, memory_bytes
+from enclave_build.builder.deploy.quantity import cpu_millis, memory_bytes
 from enclave_build.builder.occlum import rules
-from enclave_build.builder.schema import parse_size
+from enclave_build.contract.schema import parse_size
 
 HEX = "ab" * 32
 MEASUREMENTS = {"service": "s", "framework": "tflite", "libos": "gramine", "mr_enclave": HEX,

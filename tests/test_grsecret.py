@@ -30,10 +30,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from enclave_build.attestation import grsecret
-from enclave_build.attestation.client import attest_endpoint, fetch_secret
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.attestation.occlum_ra import PeerRejected, RaConfig, RaConfigError, verify_peer_certificate
+from enclave_build.attestation.occlum_ra import RaConfig, RaConfigError
 from enclave_build.attestation.quote_source import (SIMULATED_QUOTER_ENV, QuoteSourceError, device_source,
                                       discover)
 from enclave_build.attestation.ratls import (CCZOO_OID, OCCLUM_SUBJECT, create_certificate, extract_evidence,
@@ -42,8 +41,11 @@ from enclave_build.attestation.server import SecretServer, ServerError, startup_
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.attestation.verify import QuoteRejected
+from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
+from .secret_client import (PeerRejected, attest_endpoint, decode_secret, fetch_secret,
+                            verify_peer_certificate)
 
 pytestmark = pytest.mark.integration
 
@@ -87,12 +89,12 @@ def env(tmp_path_factory):
 
 
 def _server_measurements(**changes) -> Measurements:
-    fields = dict(service="secret-server", framework="secret-server", libos="gramine",
-                  mr_enclave=SERVER_MR_ENCLAVE.hex(), mr_signer=MR_SIGNER.hex(),
-                  isv_prod_id=SERVER_PROD_ID, isv_svn=SERVER_SVN, debug=False,
-                  image=ImageRef("secret-server:1", None))
-    fields.update(changes)
-    return Measurements(**fields)
+    identity = dict(mr_enclave=SERVER_MR_ENCLAVE.hex(), mr_signer=MR_SIGNER.hex(),
+                    isv_prod_id=SERVER_PROD_ID, isv_svn=SERVER_SVN, debug=False)
+    identity.update(changes)
+    return Measurements(service="secret-server", framework="secret-server", libos="gramine",
+                        identity=EnclaveIdentity(**identity),
+                        image=ImageRef("secret-server:1", None))
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +175,7 @@ class Client:
 
     def get(self, name: str) -> bytes:
         reply = self.stub.GetSecret(self.pb2.SecretRequest(name=name), timeout=10)
-        return grsecret.decode_secret(reply.secret)
+        return decode_secret(reply.secret)
 
     def refused(self, name: str) -> grpc.RpcError:
         with pytest.raises(grpc.RpcError) as info:
@@ -618,7 +620,7 @@ def test_config_errors_name_the_key(env, tmp_path):
         (base.replace("idle = 1.0", 'idle = 1.0\nclient_ra_config = "missing.json"'),
          "grsecret.client_ra_config: "),
         (base.replace('max_tls =', 'identity = "enclave"\nmax_tls ='),
-         "server.identity: 'enclave'; allowed"),
+         "server.identity: 'enclave' is not allowed; allowed: ca-cert, ratls"),
         (base.replace('max_tls =', 'identity = "ratls"\nmax_tls ='),
          "server.cert: not used with identity = \"ratls\""),
     ]
@@ -642,7 +644,7 @@ def test_secret_encoding_matches_occlum_clients():
         secret = os.urandom(size)
         text = grsecret.encode_secret(secret)
         assert text.startswith('"') and text.endswith('"')
-        assert grsecret.decode_secret(text) == secret
-        assert grsecret.decode_secret(text[1:-1]) == secret
+        assert decode_secret(text) == secret
+        assert decode_secret(text[1:-1]) == secret
     with pytest.raises(ValueError, match="not base64"):
-        grsecret.decode_secret('"not*base64"')
+        decode_secret('"not*base64"')

@@ -28,7 +28,8 @@ SCHEMAS = {
                               "problems"},
     "enclave-build gramine sigstruct": SIGSTRUCT,
     "enclave-build gramine sign": {"mr_enclave", "mr_signer", "isv_prod_id", "isv_svn"},
-    "enclave-build plugins": {"name", "version", "source", "hooks", "frameworks", "libos"},
+    "enclave-build plugins": {"name", "version", "source", "hooks", "frameworks", "libos",
+                              "error"},
     "enclave-build pf info": {"format", "version", "file_size", "nodes", "plaintext_size_range",
                               "metadata_nonce"},   # + path, plaintext_size with --wrap-key
     "enclave-build base list": {"name", "tag", "description"},

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from enclave_build.builder.build import build, load, make_plan
-from enclave_build.builder.plugin_api import SERVER_CONFIG
+from enclave_build.plugin import SERVER_CONFIG
 from enclave_build.builder.spec import SpecError
 
 from . import serving_env as se
@@ -61,7 +61,7 @@ def _model(name: str, path: Path | str) -> str:
 
 
 def _server_config(plan) -> dict:
-    data = next(f.data for f in plan.files if f.dest == SERVER_CONFIG)
+    data = next(f.data for f in plan.image_files() if f.dest == SERVER_CONFIG)
     return json.loads(data)
 
 

@@ -38,8 +38,9 @@ from enclave_build.attestation.policy import hex_dashes
 from enclave_build.attestation.quote import Quote, assemble_quote
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.attestation.verify import QuoteRejected, verify_quote
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.model_server import keys
-from enclave_build.model_server.config import ExpectedServer, ServerTrustConfig
+from enclave_build.model_server.config import ServerTrustConfig
 from enclave_build.model_server.server_attest import ServerRefused, ServerVerifier
 
 from .attest_env import MR_SIGNER, identity, make_env, settled_audit
@@ -284,8 +285,6 @@ def test_a_long_embedded_pck_chain_is_refused_before_its_signatures_are_checked(
     for a certificate message): 150 chained P-521 certificates cost the server ~200 ms of CPU
     (60 times a real quote) before the root comparison refused them. A PCK chain is 3
     certificates (PCK, PCK CA, root); the root is now compared first."""
-    import enclave_build.attestation.verify as verify_module
-    verify_module._verified_chains.clear()
     with pytest.raises(QuoteRejected, match=r"PCK certificate chain has 40 certificates; a PCK "
                                             r"chain has at most 3"):
         verify_quote(_quote_with_chain(env.pki, 40), env.pki.collateral_json(),
@@ -409,7 +408,7 @@ def _verifier(tmp_path, pki: SyntheticPKI, statuses=("UpToDate",)) -> ServerVeri
     (tmp_path / "root.pem").write_bytes(pki.root_pem)
     (tmp_path / "collateral.json").write_text(pki.collateral_json())
     return ServerVerifier(ServerTrustConfig(
-        "mr_signer", (ExpectedServer(SERVER_SIGNER, 5, 2),), str(tmp_path / "root.pem"),
+        "mr_signer", (EnclaveIdentity(None, SERVER_SIGNER, 5, 2),), str(tmp_path / "root.pem"),
         str(tmp_path / "collateral.json"), None, statuses))
 
 
@@ -496,8 +495,9 @@ def test_upload_refuses_a_name_the_protocol_cannot_carry_before_connecting(env, 
     from .conftest import run_cli
 
     m = tmp_path / "server.json"
-    m.write_text(Measurements("keys", "secret-server", "gramine", identity("keys").hex(),
-                              MR_SIGNER.hex(), 0, 0, False, ImageRef(None, None)).to_json())
+    m.write_text(Measurements("keys", "secret-server", "gramine",
+                              EnclaveIdentity(identity("keys").hex(), MR_SIGNER.hex(), 0, 0, False),
+                              ImageRef(None, None)).to_json())
     key = tmp_path / "k"
     key.write_bytes(os.urandom(16))
     os.chmod(key, 0o600)
@@ -558,7 +558,8 @@ def test_attest_refuses_out_of_date_and_debug_servers_unless_allowed_and_warns(t
     (tmp_path / "collateral.json").write_text(stale.collateral_json())
     (tmp_path / "root.pem").write_bytes(stale.root_pem)
     (tmp_path / "m.json").write_text(Measurements(
-        "face", "tflite", "gramine", identity("face").hex(), MR_SIGNER.hex(), 1, 2, False,
+        "face", "tflite", "gramine",
+        EnclaveIdentity(identity("face").hex(), MR_SIGNER.hex(), 1, 2, False),
         ImageRef(None, None)).to_json())
     args = ("--measurements", str(tmp_path / "m.json"), "--collateral",
             str(tmp_path / "collateral.json"), "--allow-synthetic-root", str(tmp_path / "root.pem"))

@@ -211,13 +211,15 @@ def test_policy_fragment_is_tomli_w_data_with_safe_comments(tmp_path):
     import tomllib
 
     from enclave_build.attestation.measurements import ImageRef, Measurements
+    from enclave_build.contract.identity import EnclaveIdentity
     from enclave_build.builder.plan import EnclaveResources, Mount, MountType, ServicePlan
 
     plan = ServicePlan("svc", "tflite", "gramine", "b", "svc:1", "/bin/x", ["x"],
                        EnclaveResources(1 << 30, 16),
                        mounts=[Mount('/models/a"b\n[[secrets]]\nname = "evil"', MountType.ENCRYPTED,
                                      "file:/m", 'k"1')])
-    measurements = Measurements("svc", "tflite", "gramine", "a" * 64, "b" * 64, 0, 0, False,
+    measurements = Measurements("svc", "tflite", "gramine",
+                                EnclaveIdentity("a" * 64, "b" * 64, 0, 0, False),
                                 ImageRef("svc:1", None))
     out = tmp_path / "out"
     text = build_module.policy_fragment(plan, measurements, {'k"1': tmp_path / "keys/k.key"}, out)
@@ -421,19 +423,19 @@ def test_secrets_serve_uses_the_common_error_mapping(tmp_path):
 
 
 def test_errors_maps_foreign_exceptions_to_exit_codes(capsys):
-    from enclave_build.builder.cli import _errors
+    from enclave_build.builder.cli.output import errors
 
     class Foreign(ValueError):
         pass
 
     for kind, code in ((UsageError, 2), (EnclaveBuildError, 1)):
         with pytest.raises(SystemExit) as info:
-            with _errors({Foreign: kind}):
+            with errors({Foreign: kind}):
                 raise Foreign("two\nlines")
         assert info.value.code == code
         assert capsys.readouterr().err == "error: two\nerror: lines\n"
     with pytest.raises(KeyError):  # anything else is not swallowed
-        with _errors({Foreign: UsageError}):
+        with errors({Foreign: UsageError}):
             raise KeyError("bug")
 
 

@@ -34,6 +34,7 @@ from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
 from enclave_build.attestation.ratls import CCZOO_OID, DICE_OID, LEGACY_OID, EvidenceError, extract_evidence
 from enclave_build.attestation.server import SecretServer, ServerError
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
+from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
 
@@ -151,7 +152,7 @@ def test_grsecret_port_colliding_through_a_wildcard_is_a_config_error(env, tmp_p
     text = text.replace('[grsecret]\nlisten = "127.0.0.1:0"', '[grsecret]\nlisten = "0.0.0.0:4999"')
     path = env.directory / "collide.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=r"collide\.toml: grsecret\.listen: port 4999 is also "
+    with pytest.raises(ConfigError, match=r"collide\.toml:\d+: grsecret\.listen: port 4999 is also "
                                           r"server\.listen's"):
         load_config(path)
 
@@ -183,7 +184,8 @@ def running_server(env):
     """A SecretServer on env.config whose own RA-TLS evidence comes from a simulated quoter
     (for test_hostile_attestation2 too)."""
     build = Measurements("secret-server", "secret-server", "gramine",
-                         identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3, False,
+                         EnclaveIdentity(identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3,
+                                         False),
                          ImageRef(None, None))
     with SimulatedQuoter(env.pki, build, warn=False) as quoter:
         patch = pytest.MonkeyPatch()
@@ -506,50 +508,74 @@ def test_an_enclave_refusal_is_told_apart_from_an_upload_answer(env):
 
 
 def test_an_owner_certificate_with_evidence_is_refused_before_connecting(env, tmp_path):
-    from enclave_build.builder.cli_attest import _check_owner_certificate
+    from enclave_build.builder.cli.attest import check_owner_certificate
     from enclave_build.builder.errors import UsageError
 
     cert, _ = env.enclave_cert("face", "cczoo")
     path = tmp_path / "owner-with-quote.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(UsageError, match="carries SGX evidence"):
-        _check_owner_certificate(path)
-    _check_owner_certificate(env.owner[0])   # an ordinary certificate passes
+        check_owner_certificate(path)
+    check_owner_certificate(env.owner[0])   # an ordinary certificate passes
 
 
 def test_the_attest_client_refuses_renegotiation():
-    from enclave_build.attestation.attest_client import _client_context
+    from enclave_build.attestation.attest_client import client_context
 
-    assert _client_context(None, None).options & ssl.OP_NO_RENEGOTIATION
+    assert client_context(None, None).options & ssl.OP_NO_RENEGOTIATION
+
+
+class _RecordingListener(socket.socket):
+    """A listening socket that keeps a duplicate of every socket it accepts: the duplicate
+    shares the accepted socket's options, so they can be read after the server set them."""
+
+    accepted: list[socket.socket]
+
+    def accept(self):  # noqa: ANN201
+        sock, peer = super().accept()
+        self.accepted.append(sock.dup())
+        return sock, peer
+
+
+def _recording_listen(accepted: list[socket.socket]):  # noqa: ANN202
+    def listen(host: str, port: int) -> socket.socket:
+        sock = _RecordingListener(socket.AF_INET, socket.SOCK_STREAM)
+        sock.accepted = accepted
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(64)
+        sock.settimeout(0.2)
+        return sock
+    return listen
 
 
 @pytest.mark.integration
 def test_accepted_sockets_send_small_records_at_once(env, monkeypatch):
     """TCP_NODELAY on every accepted socket, both listeners: without it Nagle's algorithm held
     GrSecret's small HTTP/2 writes ~40 ms for the client's delayed ACK (benchmarks/grsecret.py)."""
-    import enclave_build.attestation.server as server_module
-    seen: list[int] = []
-    real = server_module._no_delay
-
-    def recording(sock):
-        real(sock)
-        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-
-    monkeypatch.setattr(server_module, "_no_delay", recording)   # one process (env's config)
+    accepted: list[socket.socket] = []
     build = Measurements("secret-server", "secret-server", "gramine",
-                         identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3, False,
+                         EnclaveIdentity(identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3,
+                                         False),
                          ImageRef(None, None))
     with SimulatedQuoter(env.pki, build, warn=False) as quoter:
         monkeypatch.setenv(SIMULATED_QUOTER_ENV, quoter.env_value)
-        srv = SecretServer(load_config(env.config))
-        address = srv.start()
+        since = _mark(env)
+        srv = SecretServer(load_config(env.config), listen=_recording_listen(accepted))
+        address = srv.start()   # one process (env's config)
         try:
             for address in (address, srv.grsecret_address):
                 with socket.create_connection(address, timeout=5):
                     pass
-            deadline = time.monotonic() + 5
-            while len(seen) < 2 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            # each connection's line is written once the server is done with it
+            settled_audit(env.directory / "audit.jsonl",
+                          lambda records: len([r for r in records if "peer" in r]) >= 2,
+                          since=since)
         finally:
             srv.shutdown()
-    assert seen[:2] == [1, 1], seen
+    try:
+        assert [sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for sock in accepted] \
+            == [1, 1], accepted
+    finally:
+        for sock in accepted:
+            sock.close()

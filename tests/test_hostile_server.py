@@ -17,12 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID
 from OpenSSL import SSL
 
-from enclave_build.attestation.client import ProvisioningError, fetch_secret
 from enclave_build.attestation.config import load_config
-from enclave_build.attestation.server import REQUEST, SecretServer
+from enclave_build.attestation.server import SecretServer
 from enclave_build.attestation.synthetic import tls_ca_and_server
+from enclave_build.attestation.wire import REQUEST
 
 from .attest_env import audit_records, make_env
+from .secret_client import ProvisioningError, fetch_secret
 
 pytestmark = pytest.mark.integration
 
@@ -225,9 +226,9 @@ def test_per_peer_connection_cap(env):
             sock.close()
         # the server releases a peer's slot once it has seen that connection end: wait for it
         end = time.monotonic() + 15
-        while server._per_peer.get("127.0.0.1") and time.monotonic() < end:
+        while server.admission.connections_from("127.0.0.1") and time.monotonic() < end:
             time.sleep(0.01)
-        assert not server._per_peer.get("127.0.0.1"), server._per_peer
+        assert not server.admission.connections_from("127.0.0.1")
         assert fetch_secret(host, port, env.ca, *env.enclave_cert("face"),
                             server_name="localhost") == env.secrets["face"]
     finally:

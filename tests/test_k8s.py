@@ -29,8 +29,9 @@ from enclave_build.builder.k8s import capacity, timing
 from enclave_build.builder.k8s.generate import Overrides, generate_k8s, render
 from enclave_build.builder.k8s.inputs import K8sError, pinned_image
 from enclave_build.builder.k8s.layout import MARKER, OVERLAY, Manifests
-from enclave_build.builder.k8s.service_info import SERVICE_FILE, ServiceInfo, ServiceInfoError, service_info
+from enclave_build.builder.deploy.service_info import SERVICE_FILE, ServiceInfo, ServiceInfoError, service_info
 from enclave_build.builder.spec import SpecError
+from enclave_build.contract.identity import EnclaveIdentity
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -94,8 +95,8 @@ def make_build(tmp: Path, example: str, *, deploy: str = DEPLOY, size: str | Non
     out.mkdir(exist_ok=True)
     measurements = Measurements(
         service=plan.service, framework=plan.framework, libos=plan.libos,
-        mr_enclave="ab" * 32, mr_signer="cd" * 32, isv_prod_id=plan.enclave.isv_prod_id,
-        isv_svn=plan.enclave.isv_svn, debug=False,
+        identity=EnclaveIdentity("ab" * 32, "cd" * 32, plan.enclave.isv_prod_id,
+                                 plan.enclave.isv_svn, False),
         image=ImageRef(image_ref or f"registry.example.com/{plan.service}@{DIGEST}", DIGEST))
     (out / "measurements.json").write_text(measurements.to_json())
     info = service_info(plan, spec.deploy, (10001, 0), tls=spec.tls is not None)

@@ -25,7 +25,8 @@ from enclave_build.builder.cli import main
 from enclave_build.builder.k8s.autoscaling import LATENCY, adapter_helm_values, adapter_rules
 from enclave_build.builder.k8s.generate import render
 from enclave_build.builder.k8s.inputs import K8sError
-from enclave_build.builder.k8s.service_info import SERVICE_FILE, ServiceInfo, service_info
+from enclave_build.builder.deploy.service_info import SERVICE_FILE, ServiceInfo, service_info
+from enclave_build.contract.identity import EnclaveIdentity
 from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build, walk
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -74,7 +75,7 @@ def test_the_helm_values_carry_the_same_rules_as_the_adapter_config(tmp_path):
 def _server_measurements(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(Measurements(
-        "keys", "secret-server", "gramine", "ee" * 32, "cd" * 32, 9, 1, False,
+        "keys", "secret-server", "gramine", EnclaveIdentity("ee" * 32, "cd" * 32, 9, 1, False),
         ImageRef(f"registry.example.com/keys@{DIGEST}", DIGEST)).to_json())
     return path
 

@@ -21,7 +21,7 @@ from enclave_build.builder.cli import main
 from enclave_build.builder.k8s.generate import Overrides, render
 from enclave_build.builder.k8s.inputs import K8sError
 from enclave_build.builder.k8s.layout import dump
-from enclave_build.builder.k8s.service_info import SERVICE_FILE
+from enclave_build.builder.deploy.service_info import SERVICE_FILE
 from enclave_build.builder.spec import SpecError
 from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build
 
@@ -47,7 +47,7 @@ def _copy(build: Path, tmp_path: Path) -> Path:
 def _edit_json(path: Path, change) -> None:
     data = json.loads(path.read_text())
     change(data)
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data, indent=2))
 
 
 def _pod(manifests) -> dict:
@@ -163,28 +163,30 @@ SERVICE_CASES = [
     (("ports", 0, "protocol"), "ICMP", "ports[0].protocol: 'ICMP' is not allowed"),
     (("run_as", "user"), "10001", "run_as.user: expected an integer"),
     (("drain_seconds",), "20", "drain_seconds: expected seconds"),
-    (("writable_paths",), ["models/x"], "writable_paths[0]: expected an absolute path"),
+    (("writable_paths",), ["models/x"], "writable_paths[0]: 'models/x' is not allowed; allowed: "
+     "an absolute path"),
     (("keys",), "face-detect-key", "keys: expected an array"),
     (("secret_server",), "secrets", "secret_server: 'secrets' is not allowed"),
-    (("tls",), "no", "tls: expected true or false"),
+    (("tls",), "no", "tls: expected a boolean (true or false)"),
     (("health", "live"), "v2/health/live", "health.live: 'v2/health/live' is not allowed"),
     (("deploy", "replicas"), -1, "deploy.replicas: -1 is out of range"),
     (("deploy", "replicas"), "2", "deploy.replicas: expected an integer"),
     (("deploy", "namespace"), "Face", "deploy.namespace: 'Face' is not allowed"),
     (("deploy", "cpu"), "lots", "deploy.cpu: 'lots' is not allowed"),
-    (("deploy", "node_selector"), ["sgx"], "deploy.node_selector: expected a table"),
+    (("deploy", "node_selector"), ["sgx"], "deploy.node_selector: expected a JSON object"),
     (("deploy", "aesmd_image"), "sgx-aesmd", "deploy.aesmd_image: 'sgx-aesmd' is not pinned"),
     (("deploy",), [], "deploy: expected a JSON object"),
     (("libos",), "sgx-lkl", "libos: 'sgx-lkl': no EPC margin known"),
-    (("surprise",), 1, "(top level): unknown keys surprise"),
+    (("surprise",), 1, "surprise: unknown key; allowed: version, service, "),
     # a trailing newline is not the end of a name: full matches only
     (("service",), "face-detect\n", "service: 'face-detect\\n' is not allowed"),
-    (("keys",), ["face-detect-key\n"], "keys[0]: expected a key name"),
+    (("keys",), ["face-detect-key\n"], "keys[0]: 'face-detect-key\\n' is not allowed; allowed: "
+     "a key name"),
     (("secret_server",), "localhost:4433\n", "secret_server: 'localhost:4433\\n' is not "
      "allowed"),
     (("health", "live"), "/v2/health/live\n", "health.live: '/v2/health/live\\n' is not "
      "allowed"),
-    (("writable_paths",), ["/models/x\n"], "writable_paths[0]: expected an absolute path"),
+    (("writable_paths",), ["/models/x\n"], "writable_paths[0]: '/models/x\\n' is not allowed"),
 ]
 
 
@@ -199,13 +201,15 @@ def test_a_tampered_service_json_is_named_exit_2_nothing_written(tflite_build, t
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2, (command, result.output)
         assert "Traceback" not in result.output
-        assert f"{out / SERVICE_FILE}: {message}" in result.output, result.output
+        # FILE:LINE: KEY: message (the line of the key, or of its table)
+        assert re.search(re.escape(f"{out / SERVICE_FILE}:") + r"\d+: " + re.escape(message),
+                         result.output), result.output
     assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize("file, change, message", [
     ("measurements.json", _set(("mr_enclave",), "ab"), "mr_enclave"),
-    ("measurements.json", _set(("image",), "x"), "'image' must be an object"),
+    ("measurements.json", _set(("image",), "x"), "image: expected a JSON object, got string 'x'"),
     ("measurements.json", _set(("debug",), True), "debug: the build is a DEBUG enclave"),
     ("secrets-policy.toml", None, "not TOML"),
 ])
@@ -218,7 +222,7 @@ def test_a_tampered_measurements_or_policy_is_named_exit_2(tflite_build, tmp_pat
         _edit_json(out / file, change)
     result = CliRunner().invoke(main, ["k8s", str(out), "-o", str(tmp_path / "d")])
     assert result.exit_code == 2, result.output
-    assert f"{out / file}: " in result.output and message in result.output, result.output
+    assert f"{out / file}:" in result.output and message in result.output, result.output
     assert not (tmp_path / "d").exists()
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -18,7 +19,7 @@ from enclave_build.builder.hashing import HashCache
 from enclave_build.builder.key_scan import KeyScanner
 from enclave_build.builder.leak_guard import KeyMaterialError, scan_artifacts, scan_plan
 from enclave_build.builder.plan import FileKind, PlanFile
-from enclave_build.builder.plugin_api import ArtifactFile
+from enclave_build.plugin import ArtifactFile
 
 from .conftest import run_cli, write_spec
 
@@ -352,3 +353,79 @@ def test_a_build_failing_after_writing_its_key_says_so(tmp_path, standin_root, s
     assert f"warning: generated wrap key {key_file} (mode 0600) before the build failed: keep " \
            "it".encode() in proc.stderr
     assert not (project / "out").exists()
+
+
+IR_SPEC = '''[service]
+name = "ir"
+framework = "openvino"
+
+[[models]]
+name = "fd"
+path = "m/face.xml"
+encrypt = {encrypt}
+
+[secrets]
+server = "localhost:4433"
+ca = "ca.pem"
+keys_dir = "../keys"
+
+[signing]
+key = "key.pem"
+'''
+
+
+def _ir_project(tmp_path: Path, signing_key: Path, encrypt: bool) -> Path:
+    project = tmp_path / "project"
+    (project / "m").mkdir(parents=True)
+    (project / "m" / "face.xml").write_text("<net/>")
+    (project / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
+    shutil.copy(signing_key, project / "key.pem")
+    write_spec(project, IR_SPEC.format(encrypt=str(encrypt).lower()))
+    return project
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+def test_ir_weights_that_are_a_symbolic_link_are_refused(tmp_path, standin_root, signing_key,
+                                                         encrypt):
+    """X.xml brings X.bin along; a link there used to ship its target (the signing key inside
+    the encrypted model, readable by whoever holds the model's key; /etc/passwd in clear)."""
+    project = _ir_project(tmp_path, signing_key, encrypt)
+    os.symlink("../key.pem" if encrypt else "/etc/passwd", project / "m" / "face.bin")
+    proc = _build(project, standin_root)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "models[0].path: the weights face.bin of the IR graph face.xml are a symbolic link" \
+        in err
+    assert not (project / "out").exists()
+
+
+def test_a_key_as_the_weights_of_an_encrypted_model_is_refused(tmp_path, standin_root,
+                                                                signing_key):
+    """Encrypted models are scanned too (before encryption): whoever holds the model's key
+    could read a private key that shipped inside it."""
+    project = _ir_project(tmp_path, signing_key, True)
+    (project / "m" / "face.bin").write_bytes(os.urandom(2 << 20) + _pem_key())
+    proc = _build(project, standin_root)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "models[0].path: " in err and "face.bin: a PEM private key" in err
+    assert not (project / "out").exists()
+
+
+def test_scan_plan_covers_labels_environment_and_command_line(tmp_path):
+    """Image labels reach the image's configuration blob in clear (no manifest holds them)."""
+    from enclave_build.builder.plan import EnclaveResources, ServicePlan
+
+    for where in ("label", "env", "argv"):
+        plan = ServicePlan(service="s", framework="f", libos="gramine", base_image="b",
+                           image_tag="s:latest", entrypoint="/bin/x", argv=["/bin/x"],
+                           enclave=EnclaveResources(size=1 << 30, max_threads=8))
+        key = _pem_key().decode()
+        if where == "label":
+            plan.labels["org.example.key"] = key
+        elif where == "env":
+            plan.env["TOKEN"] = key
+        else:
+            plan.argv.append(key)
+        with pytest.raises(KeyMaterialError, match="PEM private key"):
+            scan_plan(SimpleNamespace(models=()), plan, KeyScanner({}))  # type: ignore[arg-type]

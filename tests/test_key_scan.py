@@ -142,3 +142,37 @@ def test_ordinary_content_is_not_a_key(tmp_path, keys):
                 serialization.PublicFormat.PKCS1):
         assert scanner.scan_bytes(public.public_bytes(Enc.DER, fmt)) is None
         assert scanner.scan_bytes(public.public_bytes(Enc.PEM, fmt)) is None
+
+
+def test_text_forms_of_a_wrap_key_are_found():
+    """A wrap key written as text: hex in either case, Occlum's xx-xx-... form (its image key
+    file), base64 with and without padding, URL-safe base64."""
+    import base64
+
+    key = bytes(range(250, 256)) + os.urandom(10)
+    scanner = KeyScanner({"svc-key": key})
+    hexed = key.hex()
+    for form in (hexed, hexed.upper(), "-".join(hexed[i:i + 2] for i in range(0, 32, 2)),
+                 base64.b64encode(key).decode(), base64.b64encode(key).decode().rstrip("="),
+                 base64.urlsafe_b64encode(key).decode()):
+        found = scanner.scan_bytes(b'{"key": "' + form.encode() + b'"}')
+        assert found is not None and found.offset == 9, form
+        assert found.what.startswith("wrap key 'svc-key' of this build"), found.what
+        assert hexed not in str(found)
+
+
+def test_pgp_utf16_and_base64_wrapped_keys_are_found(keys):
+    import base64
+
+    pem = keys["ec"].private_bytes(Enc.PEM, Fmt.PKCS8, NONE)
+    scanner = KeyScanner()
+    k8s_secret = (b"apiVersion: v1\nkind: Secret\ndata:\n  tls.key: "
+                  + base64.b64encode(pem) + b"\n")
+    assert "base64" in scanner.scan_bytes(k8s_secret).what
+    assert "UTF-16" in scanner.scan_bytes(b"\xff\xfe" + pem.decode().encode("utf-16-le")).what
+    pgp = (b"-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF...\n"
+           b"-----END PGP PRIVATE KEY BLOCK-----\n")
+    assert scanner.scan_bytes(b"x" * 50 + pgp).what == "a PGP private key block"
+    # base64 of a certificate or of ordinary text is no key
+    cert_like = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n" + bytes(300))
+    assert scanner.scan_bytes(cert_like) is None

@@ -13,7 +13,7 @@ import pytest
 import tomli_w
 
 from enclave_build.builder.gramine.manifest_schema import REMOVED, ManifestSchemaError, check_manifest
-from enclave_build.builder.plugin_api import SERVER_PYTHONPATH
+from enclave_build.plugin import SERVER_PYTHONPATH
 
 from .conftest import write_spec
 

@@ -145,8 +145,9 @@ def test_config_defaults_and_limits():
     ({"grcp": {}}, "unknown key"),
     ({"limits": {"max_queue": -1}}, "limits.max_queue"),
     ({"limits": {"max_reqest_bytes": 5}}, "unknown key"),
-    ({"grpc": {"host": "x", "port": 70000}}, "not a TCP port"),
-    ({"models": [{"name": "m", "path": "/x"}]}, "missing backend"),
+    ({"grpc": {"host": "x", "port": 70000}}, "grpc.port: 70000 is out of range; allowed: 0 to "
+                                             "65535"),
+    ({"models": [{"name": "m", "path": "/x"}]}, r"models\[0\].backend: required key is missing"),
     ({"models": [BASE["models"][0], BASE["models"][0]]}, "unique"),
 ])
 def test_config_errors(change, message):

@@ -533,7 +533,7 @@ def test_help_and_bad_configs_exit_2(tmp_path, fd_model):
     model = {"name": "fd", "backend": "tflite", "path": str(fd_model)}
     for cfg, message in [
         ("{not json", "not JSON"),
-        (config([model], limit={}), "unknown key(s) limit"),
+        (config([model], limit={}), "limit: unknown key; did you mean 'limits'?"),
         (config([]), "no models"),
         (config([dict(model, backend="nosuch")]), "no backend named 'nosuch'"),
         (config([dict(model, options={"x": 1})]), "takes no options"),

@@ -23,11 +23,15 @@ PACKAGES = ("builder", "attestation", "plugins", "base_images", "model_server")
 
 def _package_of(path: Path) -> tuple[str, Path]:
     """(dotted package name as installed, under enclave_build; package directory) of the nearest
-    package holding *path*."""
+    package pyproject.toml lists that holds *path*."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
     directory = path.parent
-    while not (directory / "__init__.py").is_file():
+    while True:
+        name = ".".join(("enclave_build",) + directory.relative_to(REPO).parts)
+        if name in listed:
+            return name, directory
         directory = directory.parent
-    return ".".join(("enclave_build",) + directory.relative_to(REPO).parts), directory
 
 
 def test_every_data_file_of_a_package_is_installed():

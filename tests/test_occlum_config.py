@@ -22,8 +22,8 @@ from enclave_build.builder.occlum.bom import to_yaml
 from enclave_build.builder.occlum.init_ra import image_key_text
 from enclave_build.builder.occlum.launcher import LAUNCHER
 from enclave_build.builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
-from enclave_build.builder.plan import OcclumPlanOptions
-from enclave_build.builder.plugin_api import SERVER_CONFIG, SERVER_PYTHONPATH
+from enclave_build.builder.occlum.spec_section import OcclumPlanOptions, plan_options
+from enclave_build.plugin import SERVER_CONFIG, SERVER_PYTHONPATH
 from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError, load_spec
@@ -72,7 +72,7 @@ def example_spec(framework: str, root: Path, extra: str = "") -> Path:
 
 
 def plan_of(spec_path: Path, registry):
-    spec = load_spec(spec_path, registry.framework_sections(), ("gramine", "occlum"))
+    spec = load_spec(spec_path, registry.framework_sections(), registry.libos_sections())
     return make_plan(spec, registry)
 
 
@@ -200,7 +200,7 @@ def test_occlum_needs_no_secret_server_ca(tmp_path, registry, standin_root):
     assert plan.secrets.ca_cert is None
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     assert json.loads(config.init_ra_conf)["ra_config"]["sgx_mrs"][0]["mr_enclave"] == "5e" * 32
-    server = next(f for f in plan.files if f.dest == SERVER_CONFIG)
+    server = next(f for f in plan.image_files() if f.dest == SERVER_CONFIG)
     keys = json.loads(server.data)["keys"]
     assert keys["source"] == "files" and "ca" not in keys
     spec.write_text(spec.read_text().replace('libos = "occlum"', 'libos = "gramine"')
@@ -270,8 +270,8 @@ def test_zero_threads_names_max_threads(tmp_path, registry, standin_root):
 
 
 def _with_occlum(plan, **changes):
-    base = plan.occlum or OcclumPlanOptions()
-    plan.occlum = OcclumPlanOptions(**{**base.__dict__, **changes})
+    base = plan_options(plan)
+    plan.libos_options = OcclumPlanOptions(**{**base.__dict__, **changes})
 
 
 @pytest.mark.parametrize("changes, key, needle", [
@@ -334,7 +334,7 @@ def test_debug_server_refused_unless_allowed(tmp_path, registry):
         plan_of(spec, registry)
     spec.write_text(spec.read_text() + "allow_debug_server = true\n")
     with pytest.warns(UserWarning, match="DEBUG secret server"):
-        assert plan_of(spec, registry).occlum.server_identities[0].debug is True
+        assert plan_of(spec, registry).libos_options.server_identities[0].debug is True
 
 
 def test_occlum_section_needs_occlum_libos(tmp_path, registry):

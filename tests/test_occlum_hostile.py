@@ -25,7 +25,7 @@ from enclave_build.builder.occlum import rules
 from enclave_build.builder.occlum.backend import entrypoint, stage_plan_files
 from enclave_build.builder.occlum.launcher import LAUNCHER, python_launcher
 from enclave_build.builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
-from enclave_build.builder.occlum_spec import DebugServerWarning
+from enclave_build.builder.occlum.spec_section import DebugServerWarning
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError
 
@@ -268,7 +268,7 @@ def test_kss_ids_without_kss_are_refused(tmp_path, registry):  # noqa: F811
     with pytest.raises(SpecError, match=r"occlum.family_id: only with occlum.enable_kss"):
         plan_of(spec, registry)
     spec = example_spec("tflite", tmp_path / "b", 'ext_prod_id = "0x7"\nenable_kss = true\n')
-    assert plan_of(spec, registry).occlum.ext_prod_id == 7
+    assert plan_of(spec, registry).libos_options.ext_prod_id == 7
 
 
 def test_a_debug_server_when_allowed_warns(tmp_path, registry):  # noqa: F811
@@ -311,22 +311,42 @@ def test_python_services_start_only_through_the_measured_launcher(tmp_path, regi
 
 def test_the_launcher_ignores_the_hosts_arguments(tmp_path, registry):  # noqa: F811
     """Run the launcher with this machine's Python: host arguments are dropped, and planned
-    arguments with quotes, newlines and shell characters arrive exactly as planned."""
+    arguments with quotes, newlines and shell characters arrive exactly as planned. The
+    module comes from PYTHONPATH, never from the working directory: Occlum starts processes in
+    "/", where a hostfs mount could show host-written modules (``json`` here, and a module of
+    the planned name), which `python -m` would import first."""
     plan = plan_of(example_spec("tflite", tmp_path), registry)
     planned = ["--config", "/x'y\"z", "a\nb", "$(id)", "; rm -rf /"]
     plan.argv = [plan.entrypoint, "-m", "probe_module"] + planned
     launcher = python_launcher(plan)
     assert launcher is not None and launcher.mode == 0o755
+    lib, cwd = tmp_path / "lib", tmp_path / "root"
+    lib.mkdir()
+    (cwd / "json").mkdir(parents=True)
     script = tmp_path / "launch.py"
     script.write_bytes(launcher.data)
-    (tmp_path / "probe_module.py").write_text(
+    (lib / "probe_module.py").write_text(
         "import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    host_code = "print('HOST CODE IN THE ENCLAVE')\nraise SystemExit(42)\n"
+    (cwd / "probe_module.py").write_text(host_code)
+    (cwd / "json" / "__init__.py").write_text(host_code)
     result = subprocess.run([sys.executable, str(script), "-c", "print('host code')", "--evil"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=30,
-                            env={"PATH": os.environ.get("PATH", "")})
-    assert result.returncode == 0, result.stderr
+                            cwd=cwd, capture_output=True, text=True, timeout=30,
+                            env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(lib)})
+    assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout) == planned
     assert launcher.data.startswith(f"#!{plan.entrypoint}\n".encode())
+
+
+def test_hostfs_cannot_cover_a_python_scripts_directory(tmp_path, registry,
+                                                        standin_root):  # noqa: F811
+    """A service run as ``INTERPRETER /SCRIPT``: the script's directory is first on sys.path,
+    so a hostfs mount there is refused like one on PYTHONPATH."""
+    def script(plan):
+        plan.argv = [plan.entrypoint, "/opt/app/serve.py"]
+    spec = example_spec("tflite", tmp_path, '[occlum.hostfs]\n"/opt/app" = "/srv/app"\n')
+    with pytest.raises(OcclumConfigError, match=r"/opt/app"):
+        _render(spec, registry, standin_root, script)
 
 
 def test_interpreter_options_cannot_be_fixed_and_are_refused(tmp_path, registry,
@@ -362,7 +382,7 @@ def test_secret_server_on_occlum_is_refused_naming_libos(tmp_path, registry):  #
         {**SERVER, "service": "face", "framework": "tflite"}))
     (built / "secrets-policy.toml").write_text(
         'measurements = ["measurements.json"]\n[[secrets]]\nname = "face-key"\n'
-        'allow = ["face"]\n')
+        'file = "../../keys/face-key.key"\nallow = ["face"]\n')
     _owner_cert(tmp_path / "owner.crt")
     (tmp_path / "root.pem").write_text("placeholder root\n")
     (tmp_path / "collateral.json").write_text("{}\n")

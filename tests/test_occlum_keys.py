@@ -26,35 +26,37 @@ import pytest
 
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.attestation.policy import Identity, Policy, PolicyError, SecretRule, hex_dashes
+from enclave_build.attestation.policy import Policy, PolicyError, SecretRule, hex_dashes
 from enclave_build.attestation.server import SecretServer, startup_warnings
+from enclave_build.attestation.server.decide import AccessPolicy, ByName, ByServerName, decide
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
 from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
+from enclave_build.attestation.verify import TcbPolicy
 from enclave_build.builder.build import load_wrap_keys, make_plan, policy_fragment
 from enclave_build.builder.occlum import backend
 from enclave_build.builder.occlum.configure import releases
 from enclave_build.builder.occlum.render import KEYS_DIR, OcclumOptions, render
 from enclave_build.builder.plan import KeyDelivery
-from enclave_build.builder.plugin_api import SERVER_CONFIG
+from enclave_build.plugin import SERVER_CONFIG
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError, load_spec
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.model_server.config import ROOT_ENV, ConfigError as ServerConfigError, parse_config
 from enclave_build.model_server.keys import KeyFetchError, prepare_keys
 
-from .attest_env import MR_SIGNER, identity
+from .attest_env import MR_SIGNER, identity, verified_evidence
 from .conftest import run_cli
 from .test_grsecret import Client, _server_measurements, stubs  # noqa: F401 - a fixture
 from .test_occlum_config import example_spec, registry  # noqa: F401 - a fixture
 
 
 def _server_config(plan) -> dict:
-    item = next(f for f in plan.files if f.dest == SERVER_CONFIG)
-    return json.loads(item.data)
+    return json.loads(plan.server_config.to_json()) if plan.server_config else None
 
 
 def _load(spec_path: Path, registry):  # noqa: F811
-    spec = load_spec(spec_path, registry.framework_sections(), ("gramine", "occlum"))
+    spec = load_spec(spec_path, registry.framework_sections(), registry.libos_sections())
     return spec, make_plan(spec, registry)
 
 
@@ -73,7 +75,7 @@ def test_occlum_plan_reads_keys_from_init_files(tmp_path, registry, standin_root
     # model key where the server reads it.
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     bom = config.bom_yaml.decode()
-    item = next(f for f in plan.files if f.dest == SERVER_CONFIG)
+    item = next(f for f in plan.image_files() if f.dest == SERVER_CONFIG)
     assert hashlib.sha256(item.data).hexdigest().upper() in bom
     conf = json.loads(config.init_ra_conf)
     assert {"key": "face-detect-key", "path": f"{KEYS_DIR}/face-detect-key"} in conf["kms_keys"]
@@ -151,10 +153,12 @@ def test_model_server_refuses_bad_key_files(image_root, content, needle):
 
 
 @pytest.mark.parametrize("keys, needle", [
-    ({"source": "sealed", "names": ["k"]}, "keys.source: 'sealed'; allowed"),
-    ({"source": "files", "directory": "keys", "names": ["k"]}, "keys.directory: expected"),
+    ({"source": "sealed", "names": ["k"]}, "keys.source: 'sealed' is not allowed; allowed"),
+    ({"source": "files", "directory": "keys", "names": ["k"]},
+     "keys.directory: 'keys' is not allowed; allowed: the absolute image path"),
+    ({"source": "files", "names": ["k"]}, "keys.directory: expected the absolute image path"),
     ({"source": "files", "directory": "/k", "names": ["k"], "server": "x:1"},
-     "unknown key(s) server"),
+     "keys.server: not with source \"files\""),
     ({"names": ["k"], "ca": "/ca.pem"}, "keys.server: required"),
     ({"source": "files", "directory": "/k", "names": "k"}, "keys.names: expected"),
 ])
@@ -174,7 +178,7 @@ def test_build_image_from_spec_and_environment(tmp_path, registry, monkeypatch):
     monkeypatch.setenv(backend.BUILD_IMAGE_ENV, "mine/occlum:1")
     assert backend.build_image(plan) == "mine/occlum:1"      # the operator's override wins
     monkeypatch.delenv(backend.BUILD_IMAGE_ENV)
-    plan.occlum = None
+    plan.libos_options = None
     assert backend.build_image(plan) == backend.DEFAULT_BUILD_IMAGE
 
 
@@ -187,7 +191,7 @@ def test_build_image_from_spec_and_environment(tmp_path, registry, monkeypatch):
 def test_build_image_refusals_name_the_key(value, needle, tmp_path, registry):  # noqa: F811
     spec_path = example_spec("tflite", tmp_path, f"build_image = {value}\n")
     with pytest.raises(SpecError) as info:
-        load_spec(spec_path, registry.framework_sections(), ("gramine", "occlum"))
+        load_spec(spec_path, registry.framework_sections(), registry.libos_sections())
     line = next(i for i, l in enumerate(spec_path.read_text().splitlines(), 1)
                 if l.startswith("build_image"))
     message = str(info.value)
@@ -198,8 +202,9 @@ def test_build_image_refusals_name_the_key(value, needle, tmp_path, registry):  
 
 
 def _measurements(service: str, mr_enclave: bytes) -> Measurements:
-    return Measurements(service, "tflite", "occlum", mr_enclave.hex(), MR_SIGNER.hex(), 1, 1,
-                        False, ImageRef(f"{service}:1", None))
+    return Measurements(service, "tflite", "occlum",
+                        EnclaveIdentity(mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False),
+                        ImageRef(f"{service}:1", None))
 
 
 def test_image_key_rules_per_service(tmp_path):
@@ -210,17 +215,18 @@ def test_image_key_rules_per_service(tmp_path):
                         encoding="hex-dashes", requested_as="image_key") for s in ("face", "ocr")]
     rules.append(SecretRule("face-key", tmp_path / "face.key", ("face",)))
     policy = Policy.build(["*.json"], rules, tmp_path)
-    face = Identity(identity("face").hex(), MR_SIGNER.hex(), 1, 1)
-    ocr = Identity(identity("ocr").hex(), MR_SIGNER.hex(), 1, 1)
-    assert policy.decide_request(face, "image_key").secret.name == "face-key@image_key"
-    assert policy.decide_request(ocr, "image_key").secret.name == "ocr-key@image_key"
-    assert policy.decide_request(ocr, "face-key").secret is None
-    stranger = Identity(identity("x").hex(), MR_SIGNER.hex(), 1, 1)
-    assert "no secret asked for as 'image_key'" in policy.decide_request(stranger,
-                                                                         "image_key").reason
+    access = AccessPolicy(policy, TcbPolicy())
+    face = verified_evidence(identity("face").hex(), MR_SIGNER.hex(), 1, 1)
+    ocr = verified_evidence(identity("ocr").hex(), MR_SIGNER.hex(), 1, 1)
+    assert decide(face, ByName("image_key"), access).secret.name == "face-key@image_key"
+    assert decide(ocr, ByName("image_key"), access).secret.name == "ocr-key@image_key"
+    assert decide(ocr, ByName("face-key"), access).secret is None
+    stranger = verified_evidence(identity("x").hex(), MR_SIGNER.hex(), 1, 1)
+    assert "no secret asked for as 'image_key'" in decide(stranger, ByName("image_key"),
+                                                          access).reason
     # Gramine's secret_prov exchange sees only the raw secret asked for by its own name.
-    assert policy.decide(face, "localhost").secret.name == "face-key"
-    assert policy.decide(ocr, "localhost").secret is None
+    assert decide(face, ByServerName(b"localhost"), access).secret.name == "face-key"
+    assert decide(ocr, ByServerName(b"localhost"), access).secret is None
     assert policy.knows("image_key") and not policy.knows("other")
     with pytest.raises(PolicyError, match="requested_as 'face-key' is the name of a secret"):
         Policy.build(["*.json"], rules + [SecretRule("y", tmp_path / "y", ("face",),
@@ -234,8 +240,9 @@ def test_image_key_rules_per_service(tmp_path):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    ('encoding = "base64"', "secrets[0].encoding: 'base64'; allowed: \"raw\", \"hex-dashes\""),
-    ("encoding = 1", "secrets[0].encoding: expected str"),
+    ('encoding = "base64"', "secrets[0].encoding: 'base64' is not allowed; allowed: raw, "
+                            "hex-dashes"),
+    ("encoding = 1", "secrets[0].encoding: expected a string"),
     ('requested_as = ""', "secrets[0].requested_as: empty"),
     ('file = "short.key"\nencoding = "hex-dashes"', "needs a 16-byte key"),
 ])
@@ -383,7 +390,7 @@ def test_two_occlum_services_share_one_secret_server(tmp_path):
     and a hex-dashes rule, never two raw names; without --grsecret-listen a warning."""
     import warnings as _warnings
 
-    from enclave_build.builder.plugin_api import SecretRelease
+    from enclave_build.plugin import SecretRelease
     from enclave_build.builder.secrets_config import SecretsConfigError, ServerSide, compose_config
 
     fragments = []
@@ -404,9 +411,9 @@ def test_two_occlum_services_share_one_secret_server(tmp_path):
     tls_ca_and_server(tmp_path)
     side = dict(cert=tmp_path / "server.crt", key=tmp_path / "server.key",
                 collateral=tmp_path / "server.crt")
-    config = compose_config(fragments, ServerSide(**side, grsecret_listen="0.0.0.0:50051"))
-    assert config["grsecret"] == {"listen": "0.0.0.0:50051"}
-    names = sorted(r["name"] for r in config["secrets"])
+    config = compose_config(fragments, ServerSide(**side, grsecret_listen="0.0.0.0:50051")).config
+    assert config.to_dict()["grsecret"] == {"listen": "0.0.0.0:50051"}
+    names = sorted(r.name for r in config.secrets)
     assert names == ["face-key", "face-key@image_key", "ocr-key", "ocr-key@image_key"]
     with _warnings.catch_warnings(record=True) as caught:
         _warnings.simplefilter("always")

@@ -16,7 +16,7 @@ import pytest
 
 import enclave_build
 
-from .conftest import REPO
+from .conftest import REPO, image_rootfs
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
@@ -33,6 +33,11 @@ def test_the_package_list_matches_the_directories_on_disk():
                 continue
             parts = init.parent.relative_to(root).parts
             on_disk.add(".".join((name, *parts)))
+        for data_dir in root.rglob("*"):    # data-only directories with importable names
+            parts = data_dir.relative_to(root).parts
+            if data_dir.is_dir() and all(p.isidentifier() for p in parts) and \
+                    "__pycache__" not in parts and not (data_dir / "__init__.py").exists():
+                on_disk.add(".".join((name, *parts)))
     assert sorted(SETUPTOOLS["packages"]) == sorted(on_disk)
 
 
@@ -44,15 +49,21 @@ def test_one_version_for_the_cli_the_model_server_and_the_distribution():
         "attr": "enclave_build.__version__"}
 
 
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """enclave-build's wheel, built from this checkout."""
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(wheels), str(REPO)], check=True, capture_output=True)
+    (built,) = wheels.glob("enclave_build-*.whl")
+    return built
+
+
 @pytest.mark.integration
-def test_the_wheel_installs_one_top_level_name(tmp_path):
+def test_the_wheel_installs_one_top_level_name(tmp_path, wheel):
     """Build the wheel and install it (no dependencies) into a fresh virtual environment: the
     only top-level import name it adds is ``enclave_build``, which imports from there with its
     subpackages, and the console script runs."""
-    wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(wheels), str(REPO)], check=True, capture_output=True)
-    (wheel,) = wheels.glob("enclave_build-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         tops = {name.split("/")[0] for name in archive.namelist()}
         top_level = archive.read(next(n for n in archive.namelist()
@@ -71,6 +82,7 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
     # so its .pth files (the checkout's editable install) are not read
     code = ("import sys; sys.path.insert(0, sys.argv[1]); sys.path.append(sys.argv[2]); "
             "import enclave_build, enclave_build.builder.cli, enclave_build.model_server.server, "
+            "enclave_build.plugin, "
             "enclave_build.attestation.server, enclave_build.plugins.tflite; "
             "print(enclave_build.__version__, enclave_build.__file__)")
     out = subprocess.run([str(python), "-I", "-c", code, str(env / "site"),
@@ -84,3 +96,60 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
     assert (templates / "manifest.toml.j2").is_file()
     assert (env / "site" / "enclave_build" / "base_images" / "gramine-python" /
             "requirements.txt").is_file()
+
+
+#: Runs enclave-build's command line with the wheel's installation first on the path and this
+#: environment's dependencies after it (a plain path: the checkout's editable install is not
+#: read), and says where enclave_build came from.
+CLI = ("import sys; site, deps = sys.argv[1:3]; sys.path.insert(0, site); sys.path.append(deps); "
+       "sys.argv = ['enclave-build', *sys.argv[3:]]; import enclave_build; "
+       "print('from', enclave_build.__file__, file=sys.stderr); "
+       "from enclave_build.builder.cli import main; main()")
+
+
+@pytest.mark.integration
+def test_a_third_party_plugin_written_against_the_stable_api_builds_from_the_wheel(
+        tmp_path, wheel, signing_key):
+    """tests/thirdparty_plugin imports only enclave_build.plugin: installed with the wheel
+    (pip, into one target directory), it is listed, adds its command group, and builds an image
+    on the stand-in base."""
+    import json
+    import shutil
+    import tomllib
+
+    site = tmp_path / "site"
+    source = tmp_path / "plugin-src"
+    shutil.copytree(REPO / "tests" / "thirdparty_plugin", source)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(site), str(wheel), str(source)],
+                   check=True, capture_output=True, timeout=300)
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "venv")
+    python = tmp_path / "venv" / "bin" / "python"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(python), "-I", "-c", CLI, str(site),
+                               sysconfig.get_paths()["purelib"], *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    listing = cli("plugins")
+    assert listing.returncode == 0, listing.stderr
+    assert f"from {site / 'enclave_build' / '__init__.py'}" in listing.stderr
+    assert "echo 0.3.0  (enclave-build-echo-plugin)" in listing.stdout
+    assert cli("echo", "greet", "wheel").stdout == "hello, wheel\n"
+
+    base = cli("base", "standin", str(tmp_path / "standin"))
+    assert base.returncode == 0, base.stderr
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
+    (tmp_path / "spec.toml").write_text('[service]\nname = "echo"\nframework = "echo"\n\n'
+                                        '[signing]\nkey = "key.pem"\n\n'
+                                        '[echo]\ngreeting = "from a wheel"\n')
+    built = cli("build", "spec.toml", "--base", f"dir:{tmp_path / 'standin'}", "--output",
+                "out", "--json")
+    assert built.returncode == 0, built.stderr
+    measurements = json.loads(built.stdout)
+    assert measurements["framework"] == "echo" and len(measurements["mr_enclave"]) == 64
+    assert json.loads((tmp_path / "out" / "measurements.json").read_text()) == measurements
+    manifest = tomllib.loads((image_rootfs(tmp_path / "out") / "enclave/echo.manifest.sgx")
+                             .read_text())
+    assert manifest["loader"]["env"]["ECHO_GREETING"] == "from a wheel"
+    assert manifest["loader"]["env"]["ECHO_CONFIGURED_BY"] == "echo-plugin"

@@ -119,11 +119,11 @@ def test_concurrent_requests_for_one_platform_fetch_once(pccs, tmp_path, monkeyp
 
 
 def test_secret_server_with_pccs_url(pccs, tmp_path, monkeypatch):
-    from enclave_build.attestation.client import fetch_secret
     from enclave_build.attestation.config import load_config
     from enclave_build.attestation.server import SecretServer
 
     from .attest_env import make_env
+    from .secret_client import fetch_secret
 
     url, pki, hits = pccs
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

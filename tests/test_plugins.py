@@ -1,4 +1,5 @@
-"""Plugins: builtins arrive through entry points; a third-party package adds a framework."""
+"""Plugins: builtins come from a module list, third parties through entry points; a broken
+plugin is reported and hides nothing; a third-party package adds a framework and commands."""
 
 from __future__ import annotations
 
@@ -13,25 +14,34 @@ import pytest
 
 import enclave_build
 from enclave_build.builder.errors import EnclaveBuildError
-from enclave_build.builder.plugin_api import Framework, hookimpl
-from enclave_build.builder.plugins import PluginError, PluginRegistry
+from enclave_build.plugin import Framework, hookimpl
+from enclave_build.builder.plugins import (DEFAULT_PLUGINS, ENTRY_POINT_GROUP, PluginError,
+                                          PluginRegistry)
 
 from .conftest import image_rootfs, run_cli, write_spec
 
 THIRD_PARTY = Path(__file__).parent / "thirdparty_plugin"
 
 
-def test_builtins_are_loaded_from_entry_points():
+def test_builtins_are_registered_from_the_module_list():
     registry = PluginRegistry()
     names = {info.name: info for info in registry.describe()}
     # (a third-party plugin may be installed too: README installs the onnxruntime example's)
     builtin = [info for info in names.values() if info.source == "enclave-build"]
+    assert {info.name for info in builtin} == {name for name, _ in DEFAULT_PLUGINS}
     assert {fw for info in builtin for fw in info.frameworks} == \
         {"tfserving", "tflite", "openvino", "secret-server"}
     assert {name for info in builtin for name in info.libos} == {"gramine", "occlum"}
     assert set(registry.libos) == {"gramine", "occlum"}
     assert names["tfserving"].source == "enclave-build"
     assert names["tfserving"].hooks == ("enclave_build_frameworks",)
+    assert names["k8s"].hooks == names["attest"].hooks == ("enclave_build_register_commands",)
+    assert registry.failures == []
+    # ... and not through entry points: the group holds third-party plugins only
+    import importlib.metadata
+
+    assert not [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+                if ep.value.startswith("enclave_build.")]
 
 
 def test_plugins_command_lists_name_version_source_hooks():
@@ -41,16 +51,146 @@ def test_plugins_command_lists_name_version_source_hooks():
     assert infos["gramine"]["libos"] == ["gramine"]
     assert infos["openvino"]["frameworks"] == ["openvino"]
     assert infos["tflite"]["version"] == enclave_build.__version__
+    assert infos["tflite"]["error"] is None
 
 
 def test_duplicate_framework_names_are_refused():
+    """Two plugins offering one name: neither is used, a build that needs it fails naming both,
+    and everything else keeps working."""
     class Dup:
         @hookimpl
         def enclave_build_frameworks(self):
             return [Framework("tflite", "dup", "x", plan=lambda spec: None)]
 
+    registry = PluginRegistry(extra_plugins=[Dup()])
     with pytest.raises(PluginError, match="two plugins provide the framework 'tflite'"):
-        PluginRegistry(extra_plugins=[Dup()])
+        registry.framework("tflite")
+    assert "tflite" not in registry.frameworks and "openvino" in registry.frameworks
+    assert [f.error for f in registry.failures] == [
+        "both provide the framework 'tflite': neither is used"]
+
+
+class _EntryPoint:
+    """What importlib.metadata gives for an entry point: name, value, dist, load()."""
+
+    def __init__(self, name, value, load):
+        self.name, self.value, self.dist, self.load = name, value, None, load
+
+
+def _failing_import():
+    raise ModuleNotFoundError("No module named 'onnxruntime'")
+
+
+def test_a_plugin_that_fails_to_import_is_recorded_and_hides_nothing():
+    registry = PluginRegistry(entry_points=[
+        _EntryPoint("broken", "broken_plugin", _failing_import)])
+    (failure,) = registry.failures
+    assert failure.name == "broken"
+    assert failure.error == "failed to load: ModuleNotFoundError: No module named 'onnxruntime'"
+    assert set(registry.frameworks) == {"tfserving", "tflite", "openvino", "secret-server"}
+    assert set(registry.libos) == {"gramine", "occlum"}
+    with pytest.raises(PluginError) as info:
+        registry.framework("onnx")
+    assert "framework 'onnx' is not installed" in str(info.value)
+    assert "broken (broken_plugin): failed to load: ModuleNotFoundError" in str(info.value)
+
+
+def test_a_plugin_whose_hook_raises_is_dropped_with_all_its_hooks():
+    configured = []
+
+    class Raises:
+        @hookimpl
+        def enclave_build_frameworks(self):
+            raise RuntimeError("cannot read my settings\nsecond line")
+
+        @hookimpl
+        def enclave_build_configure(self, spec, plan):
+            configured.append(plan)
+
+    class Wrong:
+        @hookimpl
+        def enclave_build_libos(self):
+            return ["not a LibOS"]
+
+    registry = PluginRegistry(extra_plugins=[Raises(), Wrong()])
+    errors = sorted(f.error for f in registry.failures)
+    assert errors == [
+        "failed in enclave_build_frameworks: RuntimeError: cannot read my settings",
+        "failed in enclave_build_libos: TypeError: returned 'not a LibOS' where a LibOS was "
+        "expected"]
+    assert not registry.pm.hook.enclave_build_configure.get_hookimpls() or all(
+        impl.plugin_name != "Raises" for impl in registry.pm.hook.enclave_build_configure
+        .get_hookimpls())
+    assert set(registry.libos) == {"gramine", "occlum"}
+    assert "tflite" in registry.frameworks
+
+
+def test_a_build_that_needs_a_broken_plugin_fails_naming_it(tmp_path, standin_root,
+                                                            signing_key):
+    from enclave_build.builder.build import build
+    from enclave_build.builder.spec import SpecError
+
+    shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
+    spec = write_spec(tmp_path, '[service]\nname = "echo"\nframework = "echo"\n\n'
+                                '[signing]\nkey = "key.pem"\n')
+    registry = PluginRegistry(entry_points=[_EntryPoint("echo", "echo_framework",
+                                                        _failing_import)])
+    with pytest.raises(SpecError) as info:
+        build(spec, base=f"dir:{standin_root}", registry=registry)
+    assert info.value.exit_code == 2
+    message = str(info.value)
+    assert "service.framework: 'echo' is not an installed framework" in message
+    assert "echo (echo_framework): failed to load: ModuleNotFoundError: No module named " \
+        "'onnxruntime'" in message
+    # the other frameworks build as before, with the broken plugin still installed
+    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    spec = write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n'
+                                '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
+                                '[signing]\nkey = "key.pem"\n')
+    assert build(spec, base=f"dir:{standin_root}", registry=registry).measurements is not None
+
+
+def _broken_site(tmp_path: Path) -> Path:
+    """A site directory holding a distribution whose entry point names a missing module."""
+    site = tmp_path / "broken-site"
+    info = site / "enclave_build_broken-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: enclave-build-broken\n"
+                                   "Version: 1.0\n")
+    (info / "entry_points.txt").write_text("[enclave_build]\nbroken = no_such_module_here\n"
+                                           "commands = raising_commands\n")
+    (site / "raising_commands.py").write_text(
+        "from enclave_build.plugin import hookimpl\n\n"
+        "@hookimpl\ndef enclave_build_register_commands(cli):\n"
+        "    raise RuntimeError('no room for my commands')\n")
+    return site
+
+
+@pytest.mark.integration
+def test_the_cli_lists_a_broken_plugin_and_warns_about_it_elsewhere(tmp_path):
+    env = {"PYTHONPATH": str(_broken_site(tmp_path))}
+    listing = run_cli("plugins", env=env)
+    assert listing.returncode == 1
+    text = listing.stdout.decode()
+    assert "broken BROKEN  (enclave-build-broken: no_such_module_here)" in text
+    assert "error:    failed to load: ModuleNotFoundError: No module named " \
+        "'no_such_module_here'" in text
+    assert "tflite 0.3.0  (enclave-build)" in text
+    assert "commands BROKEN  (enclave-build-broken)\n    error:    failed in " \
+        "enclave_build_register_commands: RuntimeError: no room for my commands" in text
+    as_json = {p["name"]: p for p in json.loads(run_cli("plugins", "--json", env=env).stdout)}
+    assert as_json["broken"]["error"].startswith("failed to load: ModuleNotFoundError")
+    assert as_json["tflite"]["error"] is None
+    other = run_cli("base", "list", env=env)
+    assert other.returncode == 0 and b"gramine-python" in other.stdout
+    assert other.stderr.decode().splitlines() == [
+        "warning: broken (enclave-build-broken: no_such_module_here): failed to load: "
+        "ModuleNotFoundError: No module named 'no_such_module_here' (see `enclave-build "
+        "plugins`)",
+        "warning: commands (enclave-build-broken): failed in enclave_build_register_commands: "
+        "RuntimeError: no room for my commands (see `enclave-build plugins`)"]
+    # the builtin command groups are all there
+    assert run_cli("k8s", "--help", env=env).returncode == 0
 
 
 def test_configure_hook_can_stop_a_build(tmp_path, standin_root, signing_key):
@@ -114,7 +254,12 @@ def test_third_party_plugin_is_listed_and_builds(installed_plugin, tmp_path, sta
     listing = run_cli("plugins", env=env)
     assert listing.returncode == 0, listing.stderr
     assert "echo 0.3.0  (enclave-build-echo-plugin)" in listing.stdout.decode()
-    assert "enclave_build_configure, enclave_build_frameworks" in listing.stdout.decode()
+    assert "enclave_build_configure, enclave_build_frameworks, " \
+        "enclave_build_register_commands" in listing.stdout.decode()
+    # its command group (enclave_build_register_commands), beside the builtin ones
+    greet = run_cli("echo", "greet", "world", env=env)
+    assert (greet.returncode, greet.stdout) == (0, b"hello, world\n"), greet.stderr
+    assert b"  echo " in run_cli("--help", env=env).stdout
 
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     write_spec(tmp_path, '[service]\nname = "echo"\nframework = "echo"\n\n'
@@ -272,7 +417,7 @@ def test_a_third_party_backend_plugin_uses_python_server_plan(tmp_path, monkeypa
     """Only the public API: a framework plugin adding a backend to our server, the backend's
     code found through its entry point and shipped, its runtime trusted from the base."""
     from enclave_build.builder.build import build
-    from enclave_build.builder.plugin_api import Framework, python_server_plan
+    from enclave_build.plugin import Framework, python_server_plan
 
     site = tmp_path / "site"
     (site / "eb_fake_backend").mkdir(parents=True)
@@ -390,3 +535,48 @@ def test_openvino_extra_args_in_python_mode_is_a_located_spec_error_exit_2(
                    cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert b"error: spec.toml:11: openvino.extra_args: only for mode" in proc.stderr
+
+
+# --------------------------------------------------------------------------- libOS sections
+
+def test_a_libos_backend_declares_its_own_spec_section(tmp_path, monkeypatch, signing_key):
+    """Validated by the spec engine like every section (file, line, key), allowed only with
+    the backend selected, its values in plan.libos_options; no core field involved."""
+    from enclave_build.builder.build import load, make_plan
+    from enclave_build.builder.spec import SpecError
+    from enclave_build.plugin import Field, LibOS, Section
+
+    section = Section("toylibos", "a toy libOS", (
+        Field("heap", "size", "heap size", default="64M"),), owner="toylibos")
+
+    class Toy:
+        @hookimpl
+        def enclave_build_libos(self):
+            return [LibOS("toylibos", "a toy", build=lambda plan, rootfs, options: None,
+                          section=section)]
+
+    registry = PluginRegistry(extra_plugins=[Toy()])
+    shutil.copy(signing_key, tmp_path / "key.pem")
+    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    common = ('[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
+              '[signing]\nkey = "key.pem"\n')
+    monkeypatch.chdir(tmp_path)
+    write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\nlibos = "toylibos"\n'
+                         + common + '[toylibos]\nheap = "128M"\n')
+    spec, _ = load("spec.toml", registry)
+    assert spec.section("toylibos") == {"heap": 128 << 20}
+    assert make_plan(spec, registry).libos_options == {"heap": 128 << 20}
+
+    write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n' + common
+               + '[toylibos]\nheap = "3M"\nheep = 1\n')
+    with pytest.raises(SpecError) as info:
+        load("spec.toml", registry)
+    assert info.value.lines() == ['spec.toml:10: toylibos: [toylibos] applies only to '
+                                  'service.libos = "toylibos" (this spec\'s libos is '
+                                  "'gramine')"]
+    write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\nlibos = "toylibos"\n'
+               + common + '[toylibos]\nheap = "3M"\n')
+    with pytest.raises(SpecError) as info:
+        load("spec.toml", registry)
+    assert info.value.lines()[0].startswith("spec.toml:12: toylibos.heap: '3M' is not a power "
+                                            "of two")

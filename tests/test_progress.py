@@ -71,12 +71,12 @@ def test_pf_encrypt_prints_its_stage_line(tmp_path):
 
 
 def test_stage_lines_units_and_unfinished_stages(capsys):
-    from enclave_build.builder.cli import _RichProgress, _human_size
+    from enclave_build.builder.cli.output import RichProgress, human_size
 
-    assert [_human_size(n, "bytes") for n in (0, 999, 1000, 151_300, 999_960, 2_500_000_000)] \
+    assert [human_size(n, "bytes") for n in (0, 999, 1000, 151_300, 999_960, 2_500_000_000)] \
         == ["0 B", "999 B", "1.0 kB", "151.3 kB", "1.0 MB", "2.5 GB"]
-    assert _human_size(12, "files") == "12 files"
-    with _RichProgress(True, terminal=False) as progress:
+    assert human_size(12, "files") == "12 files"
+    with RichProgress(True, terminal=False) as progress:
         done = progress.task("copying", 10, unit="files")
         open_ended = progress.task("reading", None)
         done(4)
@@ -85,12 +85,12 @@ def test_stage_lines_units_and_unfinished_stages(capsys):
     assert capsys.readouterr().err.splitlines() == ["copying: 10 files in 0.0 s",
                                                     "reading: 2.0 kB in 0.0 s"]
     try:
-        with _RichProgress(True, terminal=False) as progress:
+        with RichProgress(True, terminal=False) as progress:
             progress.task("pulling x\x1b[2J", 100)(40)
             raise RuntimeError
     except RuntimeError:
         pass
     assert capsys.readouterr().err == "pulling x?[2J: 40 B of 100 B in 0.0 s (stopped)\n"
-    with _RichProgress(False, terminal=False) as progress:
+    with RichProgress(False, terminal=False) as progress:
         progress.task("silent", 5)(5)
     assert capsys.readouterr().err == ""

@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -18,13 +19,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from enclave_build.attestation.client import ProvisioningError, fetch_secret
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.ratls import create_certificate
-from enclave_build.attestation.server import REQUEST, RESPONSE, SecretServer, startup_warnings
+from enclave_build.attestation.server import SecretServer, startup_warnings
 from enclave_build.attestation.synthetic import SyntheticPKI
+from enclave_build.attestation.wire import REQUEST, RESPONSE
 
 from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
+from .secret_client import ProvisioningError, fetch_secret
 
 pytestmark = pytest.mark.integration
 
@@ -297,7 +299,7 @@ def test_connection_cap(tmp_path):
         for sock in idle + [third]:
             sock.close()
         # the server frees a slot once it has seen a connection end: wait for that, not a guess
-        _wait_until(lambda: srv._slots._value == 2, "both connection slots free again")
+        _wait_until(lambda: srv.admission.free_slots == 2, "both connection slots free again")
         assert _fetch(srv, env, env.enclave_cert("face")) == env.secrets["face"]
     finally:
         srv.shutdown()
@@ -356,7 +358,8 @@ def test_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"attestation.measurements: unknown key.*top-level key"):
         load_config(env.config)
     env.config.write_text(text.replace('"UpToDate"', '"Fine"'))
-    with pytest.raises(ConfigError, match=f"{env.config}: attestation.allowed_tcb_statuses: 'Fine'"):
+    with pytest.raises(ConfigError, match=re.escape(f"{env.config}:") + r"\d+: attestation\."
+                                          r"allowed_tcb_statuses\[0\]: 'Fine' is not allowed"):
         load_config(env.config)
 
 
@@ -399,7 +402,7 @@ def test_worker_processes_serve_reload_and_stop(tmp_path):
     env = make_env(tmp_path, processes=2)
     srv = SecretServer(load_config(env.config))
     srv.start()
-    pids = sorted(srv._children)
+    pids = sorted(srv.worker_pids)
     try:
         assert len(pids) == 2
         for _ in range(12):
@@ -434,13 +437,13 @@ def test_a_worker_that_dies_is_replaced(tmp_path):
     srv = SecretServer(load_config(env.config))
     srv.start()
     try:
-        victim = sorted(srv._children)[0]
+        victim = srv.worker_pids[0]
         os.kill(victim, signal.SIGKILL)
         # dead (a zombie, not yet reaped: supervise() reaps it), however long the kernel took
         _wait_until(lambda: os.waitid(os.P_PID, victim, os.WEXITED | os.WNOHANG | os.WNOWAIT),
                     f"worker {victim} killed")
         replaced = srv.supervise()
-        assert len(replaced) == 1 and victim not in srv._children and len(srv._children) == 2
+        assert len(replaced) == 1 and victim not in srv.worker_pids and len(srv.worker_pids) == 2
         for _ in range(6):
             assert _fetch(srv, env, env.enclave_cert("face")) == env.secrets["face"]
         assert any(r.get("event") == "worker exited" and r["pid"] == victim for r in _audit(env))

@@ -28,6 +28,7 @@ from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.builder.build import build
 from enclave_build.builder.standin import add_standin_runtimes
+from enclave_build.contract.identity import EnclaveIdentity
 
 from . import serving_env as se
 from .attest_env import MR_SIGNER, identity
@@ -72,7 +73,8 @@ def served(standin_root, signing_key, tmp_path_factory):
     face = work / "face-build"
     face.mkdir()
     (face / "measurements.json").write_text(Measurements(
-        "face", "tflite", "gramine", identity("face").hex(), MR_SIGNER.hex(), 1, 2, False,
+        "face", "tflite", "gramine",
+        EnclaveIdentity(identity("face").hex(), MR_SIGNER.hex(), 1, 2, False),
         ImageRef("face:1", None)).to_json())
     (face / "secrets-policy.toml").write_text(
         'measurements = ["measurements.json"]\n\n[[secrets]]\nname = "face-key"\n'
@@ -179,7 +181,9 @@ def test_grsecret_port_presents_the_builds_identity_to_occlum_peers(served):
     certificate whose quote binds its key and carries this build's measurements."""
     import ssl
 
-    from enclave_build.attestation.occlum_ra import PeerRejected, RaConfig, verify_peer_certificate
+    from enclave_build.attestation.occlum_ra import RaConfig
+
+    from .secret_client import PeerRejected, verify_peer_certificate
 
     config = (image_rootfs(served["out"]) / "enclave/secret-server/secrets.toml").read_text()
     assert f'listen = "0.0.0.0:{served["grsecret_port"]}"' in config.split("[grsecret]")[1]
@@ -280,9 +284,10 @@ def _grsecret_fetch(served, stubs, name: str) -> bytes:
 
     import grpc
 
-    from enclave_build.attestation import grsecret
-    from enclave_build.attestation.occlum_ra import RaConfig, verify_peer_certificate
+    from enclave_build.attestation.occlum_ra import RaConfig
     from enclave_build.attestation.ratls import create_certificate
+
+    from .secret_client import decode_secret, verify_peer_certificate
 
     pb2, pb2_grpc = stubs
     address = ("127.0.0.1", served["grsecret_port"])
@@ -310,7 +315,7 @@ def _grsecret_fetch(served, stubs, name: str) -> bytes:
             ("grpc.ssl_target_name_override", "localhost")]) as channel:
         reply = pb2_grpc.GrSecretStub(channel).GetSecret(pb2.SecretRequest(name=name),
                                                           timeout=10)
-    return grsecret.decode_secret(reply.secret)
+    return decode_secret(reply.secret)
 
 
 def test_upload_then_a_model_enclave_gets_the_key(served, tmp_path, stubs):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -65,11 +67,11 @@ def test_fragments_merge_with_absolute_paths_and_load(tmp_path, server_side):
                                               "shared-key": str(keys / "shared-key.key")})
     b = _build(tmp_path / "builds", "beta", {"b-key": "../../keys/b-key.key",
                                              "shared-key": str(keys / "shared-key.key")})
-    config = compose_config([a, b / "secrets-policy.toml"], server_side)
-    assert config["measurements"] == [str(a / "measurements.json"), str(b / "measurements.json")]
-    rules = {r["name"]: r for r in config["secrets"]}
-    assert rules["b-key"]["file"] == str((keys / "b-key.key").resolve())
-    assert rules["shared-key"]["allow"] == ["alpha", "beta"]  # one key, two services
+    config = compose_config([a, b / "secrets-policy.toml"], server_side).config
+    assert config.measurements == (str(a / "measurements.json"), str(b / "measurements.json"))
+    rules = {r.name: r for r in config.secrets}
+    assert rules["b-key"].file == (keys / "b-key.key").resolve()
+    assert rules["shared-key"].allow == ("alpha", "beta")  # one key, two services
     target = write_config(tmp_path / "srv" / "secrets.toml", config)
     loaded = load_config(target)
     assert sorted(s.name for s in loaded.secrets) == ["a-key", "b-key", "shared-key"]
@@ -93,8 +95,9 @@ def test_conflicting_rules_and_bad_fragments_are_refused(tmp_path, server_side):
 
 def test_invalid_result_is_never_written(tmp_path, server_side):
     a = _build(tmp_path, "alpha", {"k": str(_key(tmp_path / "k.key"))})
-    config = compose_config([a], server_side)
-    config["server"]["max_tls"] = "1.1"      # the secret server's loader refuses it
+    composed = compose_config([a], server_side)
+    config = dataclasses.replace(composed.config, server=dataclasses.replace(
+        composed.config.server, max_tls="1.1"))      # the secret server's loader refuses it
     with pytest.raises(SecretsConfigError, match="not valid"):
         write_config(tmp_path / "secrets.toml", config)
     assert not (tmp_path / "secrets.toml").exists()
@@ -162,8 +165,8 @@ def test_readable_key_file_only_warns_when_allowed(tmp_path, server_side):
     key = _key(tmp_path / "k.key", mode=0o644)
     fragment = _fragment(tmp_path / "alpha", _rule(key))
     with pytest.warns(UserWarning, match="chmod 600"):
-        config = compose_config([fragment], server_side, allow_readable_keys=True)
-    assert config["secrets"][0]["file"] == str(key)
+        config = compose_config([fragment], server_side, allow_readable_keys=True).config
+    assert config.secrets[0].file == key
 
 
 def test_measurements_must_parse(tmp_path, server_side):
@@ -172,7 +175,7 @@ def test_measurements_must_parse(tmp_path, server_side):
     with pytest.raises(SecretsConfigError) as info:
         compose_config([fragment], server_side)
     assert str(info.value).startswith(f"{fragment}: measurements: not a measurements.json: "
-                                      "/etc/passwd: cannot read measurements")
+                                      "/etc/passwd:1: not JSON (Expecting value")
     fragment = _fragment(tmp_path / "beta", 'measurements = ["none-*.json"]\n' + _rule(key))
     with pytest.raises(SecretsConfigError, match="matches no file"):
         compose_config([fragment], server_side)
@@ -192,8 +195,8 @@ def test_one_key_file_under_two_secret_names_is_refused(tmp_path, server_side):
         compose_config([c], server_side)
     # The same secret (same name, same file) shared by two builds stays fine.
     d = _fragment(tmp_path / "delta", _rule(key, "first", '["beta"]'), service="beta")
-    config = compose_config([a, d], server_side)
-    assert config["secrets"][0]["allow"] == ["alpha", "beta"]
+    config = compose_config([a, d], server_side).config
+    assert config.secrets[0].allow == ("alpha", "beta")
 
 
 @pytest.mark.parametrize("allow,message", [
@@ -237,38 +240,49 @@ def test_match_is_checked_by_the_servers_policy_before_writing(tmp_path, server_
     assert not list(tmp_path.glob(".secrets.toml.*"))
 
 
-@pytest.mark.parametrize("body,message", [
-    ("secrets = 5\n", "secrets: expected an array of [[secrets]] tables, got an integer 5"),
-    ("secrets = [1, 2]\n", "secrets[0]: expected a [[secrets]] table (name, file, allow), got "
-                           "an integer 1"),
-    ('measurements = [5]\n', "measurements[0]: expected a measurements.json path (a string), "
-                             "got an integer 5"),
-    ('measurements = "measurements.json"\n', "measurements: expected an array of "
-                                             "measurements.json paths, got a string "
-                                             "'measurements.json'"),
+@pytest.mark.parametrize("body,messages", [
+    ("secrets = 5\n", ["3: secrets: expected an array of [[secrets]] tables, got integer 5"]),
+    ("secrets = [1, 2]\n", ["3: secrets[0]: expected a [[secrets]] table (name, file, allow), "
+                           "got integer 1",
+                           "3: secrets[1]: expected a [[secrets]] table (name, file, allow), "
+                           "got integer 2"]),
+    ('measurements = [5]\n', ["2: measurements[0]: expected a measurements.json path (a "
+                              "string), got integer 5"]),
+    ('measurements = "measurements.json"\n', ["2: measurements: expected an array of "
+                                              "measurements.json paths, got string "
+                                              "'measurements.json'"]),
     ('[[secrets]]\nname = 5\nfile = "k.key"\nallow = ["alpha"]\n',
-     "secrets[0].name: expected a string (the secret's name), got an integer 5"),
+     ["4: secrets[0].name: expected a string (the secret's name), got integer 5"]),
     ('[[secrets]]\nname = "k"\nfile = [1]\nallow = ["alpha"]\n',
-     "secrets[0].file: expected a string (the key file's path), got an array [1]"),
+     ["5: secrets[0].file: expected a string (the key file's path), got an array"]),
     ('[[secrets]]\nname = "k"\nfile = "k.key"\nallow = "alpha"\n',
-     "secrets[0].allow: expected an array of services and/or MRENCLAVE values, got a string "
-     "'alpha'"),
+     ["6: secrets[0].allow: expected an array of services and/or MRENCLAVE values, got string "
+      "'alpha'"]),
     ('[[secrets]]\nname = "k"\nfile = "k.key"\nallow = [1]\n',
-     "secrets[0].allow[0]: expected a service name or MRENCLAVE (a string), got an integer 1"),
+     ["6: secrets[0].allow[0]: expected a service name or MRENCLAVE (a string), got integer 1"]),
     ('[[secrets]]\nname = "k"\nfile = "k.key"\nallow = ["alpha"]\nmatch = 1\n',
-     "secrets[0].match: expected a string (\"mr_enclave\" or \"signer\"), got an integer 1"),
-    ('[[secrets]]\nname = "k"\nallow = ["alpha"]\n', "secrets[0].file: required key is missing"),
+     ["7: secrets[0].match: expected a string (\"mr_enclave\" or \"signer\"), got integer 1"]),
+    ('[[secrets]]\nname = "k"\nallow = ["alpha"]\n',
+     ["3: secrets[0].file: required key is missing (the key file, relative to this file)"]),
     ('[[secrets]]\nname = "k"\nfile = "k.key"\nallow = ["alpha"]\nalow = []\n',
-     "secrets[0].alow: unknown key; allowed: allow, encoding, file, match, name, requested_as"),
+     ["7: secrets[0].alow: unknown key; did you mean 'allow'? allowed: name, file, allow, "
+      "match, encoding, requested_as"]),
+    # every problem at once, each with its line
+    ('[[secrets]]\nname = 5\nfile = "k.key"\nallow = [1]\nencoding = "b64"\n',
+     ["4: secrets[0].name: expected a string (the secret's name), got integer 5",
+      "6: secrets[0].allow[0]: expected a service name or MRENCLAVE (a string), got integer 1",
+      "7: secrets[0].encoding: 'b64' is not allowed; allowed: raw, hex-dashes"]),
 ])
-def test_wrongly_typed_fragments_exit_2_with_file_and_key(tmp_path, server_side, body, message):
+def test_wrongly_typed_fragments_exit_2_with_file_line_and_key(tmp_path, server_side, body,
+                                                               messages):
     _key(tmp_path / "alpha" / "k.key")
     fragment = _fragment(tmp_path / "alpha", body)
     proc = run_cli("secrets", "config", str(fragment), "--cert", str(server_side.cert), "--key",
                    str(server_side.key), "--root-ca", server_side.root_ca, "--collateral",
                    str(server_side.collateral), "--out", str(tmp_path / "s.toml"))
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.decode().splitlines() == [f"error: {fragment}: {message}"]
+    lines = proc.stderr.decode().splitlines()
+    assert lines == [f"error: {fragment}:{m}" for m in messages]
     assert not (tmp_path / "s.toml").exists()
 
 
@@ -330,7 +344,7 @@ def test_a_fragment_without_keys_dir_keeps_to_its_own_directory(tmp_path, server
     fragment = tmp_path / "build" / "secrets-policy.toml"
     _fragment(tmp_path / "build", _rule("k.key"))
     fragment.write_text(fragment.read_text().replace('keys_dir = ".."\n', ""))
-    assert compose_config([fragment], server_side)["secrets"][0]["file"] == str(inside)
+    assert compose_config([fragment], server_side).config.secrets[0].file == inside
     _key(tmp_path / "up.key")
     fragment.write_text(fragment.read_text().replace('"k.key"', '"../up.key"'))
     with pytest.raises(SecretsConfigError, match="outside the fragment's keys directory"):
@@ -353,12 +367,28 @@ def test_another_users_key_is_refused_even_inside_keys_dir(tmp_path, server_side
 def test_the_build_writes_its_keys_dir_into_the_fragment(tmp_path):
     from enclave_build.attestation.measurements import ImageRef, Measurements
     from enclave_build.builder.build import policy_fragment
+    from enclave_build.contract.identity import EnclaveIdentity
     from enclave_build.builder.plan import EnclaveResources, ServicePlan
 
     plan = ServicePlan("svc", "tflite", "gramine", "b", "svc:1", "/bin/x", ["x"],
                        EnclaveResources(1 << 30, 16))
-    measurements = Measurements("svc", "tflite", "gramine", "a" * 64, "b" * 64, 0, 0, False,
+    measurements = Measurements("svc", "tflite", "gramine",
+                                EnclaveIdentity("a" * 64, "b" * 64, 0, 0, False),
                                 ImageRef("svc:1", None))
     text = policy_fragment(plan, measurements, {"k": tmp_path / "project/keys/k.key"},
                            tmp_path / "project/out")
     assert tomllib.loads(text)["keys_dir"] == "../keys"
+
+
+def test_a_fragment_others_may_write_cannot_name_keys(tmp_path, server_side):
+    """The keys directory is read from the fragment: one that group or others may edit could be
+    pointed at any key, so it is refused (with --allow-keys-outside: a warning)."""
+    own = tmp_path / "mine" / "keys"
+    _key(own / "my-key.key")
+    fragment = _fragment(tmp_path / "mine" / "out", _rule(own / "my-key.key", "my-key"),
+                         keys_dir="../keys")
+    fragment.chmod(0o664)
+    with pytest.raises(SecretsConfigError, match=r"writable by group/others \(mode 0664\)"):
+        compose_config([fragment], server_side)
+    fragment.chmod(0o644)
+    assert compose_config([fragment], server_side).config.secrets[0].name == "my-key"

@@ -20,14 +20,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.ratls import server_certificate
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.builder.build import load, make_plan
-from enclave_build.builder.plugin_api import SERVER_CONFIG
+from enclave_build.plugin import SERVER_CONFIG
 from enclave_build.builder.server_trust import (TRUST_COLLATERAL, TRUST_ROOT, RelaxedServerTcbWarning,
                                   SyntheticServerRootWarning)
 from enclave_build.builder.spec import SpecError
-from enclave_build.model_server.config import ConfigError, ExpectedServer, ServerTrustConfig, parse_config
+from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.model_server.config import ConfigError, ServerTrustConfig, parse_config
 from enclave_build.model_server.server_attest import ServerRefused, ServerVerifier
 
 from .test_pccs import pccs  # noqa: F401 - a fixture (a PCCS stand-in on 127.0.0.1)
@@ -46,7 +48,8 @@ def pki(tmp_path_factory) -> tuple[SyntheticPKI, Path]:
 
 def _measurements(path: Path, *, framework="secret-server", debug=False, mr_enclave=SERVER_ENCLAVE,
                   svn=2) -> Path:
-    path.write_text(Measurements("keys", framework, "gramine", mr_enclave, SIGNER, 5, svn, debug,
+    path.write_text(Measurements("keys", framework, "gramine",
+                                 EnclaveIdentity(mr_enclave, SIGNER, 5, svn, debug),
                                  ImageRef("keys:1", None)).to_json())
     return path
 
@@ -190,7 +193,7 @@ def _plan_config(spec: Path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan = make_plan(loaded, registry)
-    config = next(json.loads(f.data) for f in plan.files if f.dest == SERVER_CONFIG)
+    config = next(json.loads(f.data) for f in plan.image_files() if f.dest == SERVER_CONFIG)
     return plan, config, caught
 
 
@@ -214,7 +217,7 @@ def test_plan_ships_the_expected_identity_and_trusted_inputs(tmp_path, pki):
     assert [w for w in caught if issubclass(w.category, SyntheticServerRootWarning)]
     # Parsed by the model server as it will be inside the enclave.
     parsed = parse_config(config).keys.server_identity
-    assert parsed == ServerTrustConfig("mr_signer", (ExpectedServer(SIGNER, 5, 2),), TRUST_ROOT,
+    assert parsed == ServerTrustConfig("mr_signer", (EnclaveIdentity(None, SIGNER, 5, 2),), TRUST_ROOT,
                                        TRUST_COLLATERAL, None, ("UpToDate",))
 
 
@@ -264,13 +267,17 @@ GOOD_IDENTITY = {"pin": "mr_signer", "builds": [{"mr_signer": SIGNER, "isv_prod_
     ({"pin": "mr_enclave"}, "mr_enclave: expected 64 lower-case hex digits"),
     ({"builds": [{"mr_signer": SIGNER, "isv_prod_id": 1, "isv_svn": 0, "debug": True}]},
      "debug: must be false"),
-    ({"builds": [{"mr_signer": "x", "isv_prod_id": 1, "isv_svn": 0}]}, "mr_signer: expected"),
+    ({"builds": [{"mr_signer": "x", "isv_prod_id": 1, "isv_svn": 0}]},
+     "builds[0].mr_signer: 'x' is not allowed; allowed: 64 lower-case hex digits"),
     ({"builds": [{"mr_signer": SIGNER, "isv_prod_id": 70000, "isv_svn": 0}]},
-     "isv_prod_id: expected an integer 0..65535"),
+     "isv_prod_id: 70000 is out of range; allowed: 0 to 65535"),
     ({"collateral": "/c.json"}, "give exactly one of collateral and pccs_url"),
-    ({"root_ca": "root.pem"}, "root_ca: \"intel\" or the absolute image path"),
-    ({"allowed_tcb_statuses": ["Good"]}, "allowed_tcb_statuses: expected a non-empty array"),
-    ({"extra": 1}, "unknown key(s) extra"),
+    ({"root_ca": "root.pem"}, "root_ca: 'root.pem' is not allowed; allowed: \"intel\" or the "
+                              "absolute image path"),
+    ({"allowed_tcb_statuses": ["Good"]}, "allowed_tcb_statuses[0]: 'Good' is not allowed; "
+                                         "allowed: UpToDate, "),
+    ({"allowed_tcb_statuses": []}, "allowed_tcb_statuses: expected a non-empty array"),
+    ({"extra": 1}, "server_identity.extra: unknown key"),
 ])
 def test_config_refuses_bad_server_identity(change, message):
     with pytest.raises(ConfigError, match=None) as info:
@@ -295,7 +302,7 @@ def _server_cert(pki: SyntheticPKI, *, mr_enclave=SERVER_ENCLAVE, signer=SIGNER,
     return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
 
 
-def _verifier(pki_dir: Path, pin: str, builds: tuple[ExpectedServer, ...], root=True,
+def _verifier(pki_dir: Path, pin: str, builds: tuple[EnclaveIdentity, ...], root=True,
               root_pem: Path | None = None) -> ServerVerifier:
     return ServerVerifier(ServerTrustConfig(
         pin, builds, str(root_pem or pki_dir / "root.pem") if root else None,
@@ -304,7 +311,7 @@ def _verifier(pki_dir: Path, pin: str, builds: tuple[ExpectedServer, ...], root=
 
 def test_verifier_signer_pin_accepts_later_builds_and_refuses_rollback(pki):
     made, directory = pki
-    verifier = _verifier(directory, "mr_signer", (ExpectedServer(SIGNER, 5, 2),))
+    verifier = _verifier(directory, "mr_signer", (EnclaveIdentity(None, SIGNER, 5, 2),))
     ok = verifier.check(_server_cert(made, mr_enclave="e5" * 32, svn=3), "s:1")
     assert ok.mr_enclave == "e5" * 32 and ok.evidence_format == "tcg-dice"
     with pytest.raises(ServerRefused, match="isv_svn expected at least 2, server has 1"):
@@ -319,7 +326,7 @@ def test_verifier_signer_pin_accepts_later_builds_and_refuses_rollback(pki):
 def test_verifier_enclave_pin_names_every_differing_field(pki):
     made, directory = pki
     verifier = _verifier(directory, "mr_enclave",
-                         (ExpectedServer(SIGNER, 5, 2, False, SERVER_ENCLAVE),))
+                         (EnclaveIdentity(SERVER_ENCLAVE, SIGNER, 5, 2, False),))
     assert verifier.check(_server_cert(made), "s:1").mr_enclave == SERVER_ENCLAVE
     with pytest.raises(ServerRefused) as info:
         verifier.check(_server_cert(made, mr_enclave="e5" * 32, svn=3), "s:1")
@@ -331,13 +338,13 @@ def test_verifier_enclave_pin_names_every_differing_field(pki):
 def test_verifier_refuses_a_quote_from_another_root(pki, tmp_path):
     other = SyntheticPKI()
     other.save(tmp_path / "other")
-    verifier = _verifier(pki[1], "mr_signer", (ExpectedServer(SIGNER, 5, 2),))
+    verifier = _verifier(pki[1], "mr_signer", (EnclaveIdentity(None, SIGNER, 5, 2),))
     with pytest.raises(ServerRefused, match="its quote does not verify"):
         verifier.check(_server_cert(other), "s:1")
 
 
 def test_verifier_with_intel_root_refuses_synthetic_quotes(pki):
-    verifier = _verifier(pki[1], "mr_signer", (ExpectedServer(SIGNER, 5, 2),), root=False)
+    verifier = _verifier(pki[1], "mr_signer", (EnclaveIdentity(None, SIGNER, 5, 2),), root=False)
     with pytest.raises(ServerRefused, match="its quote does not verify"):
         verifier.check(_server_cert(pki[0]), "s:1")
 
@@ -349,7 +356,7 @@ def test_verifier_refuses_an_ordinary_certificate(pki):
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(1).not_valid_before(now)
             .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
-    verifier = _verifier(pki[1], "mr_signer", (ExpectedServer(SIGNER, 5, 2),))
+    verifier = _verifier(pki[1], "mr_signer", (EnclaveIdentity(None, SIGNER, 5, 2),))
     with pytest.raises(ServerRefused, match="not a secret server running in an enclave"):
         verifier.check(cert.public_bytes(serialization.Encoding.DER), "s:1")
 
@@ -359,7 +366,7 @@ def test_verifier_fetches_collateral_from_a_pccs_once(pccs, tmp_path):
     """The in-enclave PCCS path (attestation.collateral's client, a private cache)."""
     url, made, hits = pccs
     (tmp_path / "root.pem").write_bytes(made.root_pem)   # the stand-in PCCS's synthetic PKI
-    verifier = ServerVerifier(ServerTrustConfig("mr_signer", (ExpectedServer(SIGNER, 5, 2),),
+    verifier = ServerVerifier(ServerTrustConfig("mr_signer", (EnclaveIdentity(None, SIGNER, 5, 2),),
                                                 str(tmp_path / "root.pem"), None, url,
                                                 ("UpToDate",)))
     assert verifier.check(_server_cert(made), "s:1").mr_signer == SIGNER
@@ -392,7 +399,7 @@ def test_signer_pin_refuses_a_server_with_the_models_own_signer_and_product_id(t
     own = hashlib.sha256(key.public_key().public_numbers().n.to_bytes(384, "little")).hexdigest()
     spec = _spec(tmp_path, _trust(tmp_path, pki[1], server_pin='"mr_signer"'))
     (tmp_path / "server.json").write_text(Measurements(
-        "keys", "secret-server", "gramine", SERVER_ENCLAVE, own, 5, 0, False,
+        "keys", "secret-server", "gramine", EnclaveIdentity(SERVER_ENCLAVE, own, 5, 0, False),
         ImageRef(None, None)).to_json())
     loaded, registry = load(spec)
     plan_ok = make_plan(loaded, registry)          # product ids differ (model 0, server 5)

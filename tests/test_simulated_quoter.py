@@ -19,13 +19,16 @@ from enclave_build.attestation.simulated_quoter import (QuoterError, SimulatedQu
                                           request_quote)
 from enclave_build.attestation.synthetic import PKIError, SyntheticPKI
 from enclave_build.attestation.verify import QuoteRejected, verify_quote
+from enclave_build.contract.identity import EnclaveIdentity
 
 from .conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
-MEASURED = Measurements("face", "tflite", "gramine", hashlib.sha256(b"me").hexdigest(),
-                        hashlib.sha256(b"ms").hexdigest(), 3, 7, False, ImageRef(None, None))
+MEASURED = Measurements("face", "tflite", "gramine",
+                        EnclaveIdentity(hashlib.sha256(b"me").hexdigest(),
+                                        hashlib.sha256(b"ms").hexdigest(), 3, 7, False),
+                        ImageRef(None, None))
 
 
 @pytest.fixture(scope="module")

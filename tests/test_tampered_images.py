@@ -27,7 +27,7 @@ from enclave_build.builder.build import build
 from enclave_build.builder.gramine.measure import PalImage
 from enclave_build.builder.image.inspect import inspect_image
 from enclave_build.builder.image.verify import EnclaveVerification
-from enclave_build.builder.plugin_api import Framework, base_plan, hookimpl
+from enclave_build.plugin import Framework, base_plan, hookimpl
 from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.run import RunError, open_build

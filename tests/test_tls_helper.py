@@ -89,11 +89,11 @@ def test_its_output_is_accepted_by_secrets_config(tmp_path):
                    str(tmp_path / "pki/collateral.json"), "--out", str(tmp_path / "s.toml"))
     assert proc.returncode == 0, proc.stderr
     from enclave_build.attestation.config import load_config
-    from enclave_build.attestation.server import SecretServer
-    from enclave_build.attestation.server_identity import ServerIdentity
+    from enclave_build.attestation.server.identity import ServerIdentity
+    from enclave_build.attestation.server.tls import secret_prov_context
 
     config = load_config(tmp_path / "s.toml")
-    SecretServer._context(config, ServerIdentity.make(config))   # the server can use them
+    secret_prov_context(config, ServerIdentity.make(config))   # the server can use them
 
 
 def test_existing_files_and_bad_names_are_refused_with_exit_2(tmp_path):

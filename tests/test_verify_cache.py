@@ -147,7 +147,7 @@ def test_entries_end_at_the_collateral_expiry(setup):
     pki, platform, collateral = setup
     cache = _warm(setup)
     quote = platform.quote(identity("face"), MR_SIGNER, bytes(64), 1, 2)
-    (outcome,) = cache._entries.values()
+    ((_, outcome),) = cache.entries()
     assert outcome.valid_until == int(pki.not_after.timestamp())
     after = pki.not_after + dt.timedelta(seconds=1)
     with pytest.raises(QuoteRejected, match="xpired"):
@@ -183,23 +183,18 @@ def test_an_earlier_crl_next_update_bounds_the_entry(setup):
     cache = VerificationCache()
     quote = platform.quote(identity("face"), MR_SIGNER, bytes(64), 1, 2)
     verify_quote(quote, collateral, root_ca_der=pki.root_der, cache=cache)
-    (outcome,) = cache._entries.values()
+    ((key, outcome),) = cache.entries()
     assert outcome.valid_until == int(soon.timestamp())
-    key = next(iter(cache._entries))
     assert cache.lookup(key, int(soon.timestamp())) is None
     assert cache.lookup(key, int(soon.timestamp()) - 1) is outcome
 
 
 def test_unreadable_collateral_dates_mean_no_caching(setup):
     pki, platform, collateral = setup
-    data = json.loads(collateral)
-    data["unused"] = "x"   # same content for dcap-qvl, another digest
-    cache = VerificationCache()
+    cache = VerificationCache(facts=lambda text: None)   # as if its dates could not be read
     quote = platform.quote(identity("face"), MR_SIGNER, bytes(64), 1, 2)
-    text = json.dumps(data)
-    cache._collaterals[text] = None   # as if its dates could not be read
     for _ in range(2):
-        verify_quote(quote, text, root_ca_der=pki.root_der, cache=cache)
+        verify_quote(quote, collateral, root_ca_der=pki.root_der, cache=cache)
     assert len(cache) == 0 and cache.hits == 0
 
 

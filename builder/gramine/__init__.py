@@ -1,15 +1,4 @@
-"""Gramine 1.9 libOS backend (a builtin plugin, registered through the ``enclave_build``
-entry-point group like any third-party plugin)."""
-
-from __future__ import annotations
-
-from ..hookspecs import hookimpl
-from ..plugin_api import LibOS
-
-
-@hookimpl
-def enclave_build_libos():
-    from . import backend
-
-    return [LibOS(name="gramine", description="Gramine 1.9 (manifest, trusted files, SIGSTRUCT)",
-                  build=backend.build)]
+"""Gramine 1.9: the libOS backend (:mod:`.plugin`, a builtin plugin registered like any
+third-party one) and the libraries it is built from, which are usable on their own: measuring
+(:mod:`.measure`), SIGSTRUCTs (:mod:`.sigstruct`, :mod:`.sign`, :mod:`.signer`), protected files
+and manifests."""

@@ -21,14 +21,18 @@ from typing import Any, Callable
 import jinja2
 import tomli_w
 
+from enclave_build.contract.size import Size
+
 from ..errors import EnclaveBuildError, UsageError
 from ..hashing import HashCache, hash_files
 from ..elf import LoaderView, closure, read_deps
 from ..model_files import regular_files
-from ..plan import FileKind, KeyDelivery, PlanFile, ServicePlan, host_may_set
+from enclave_build.plugin import (SECRET_SERVER_CA, ArtifactFile, BuildOptions, EnclaveIdentity,
+                                  FileKind, KeyDelivery, LibOSArtifacts, PendingSignature,
+                                  PlanFile, ServicePlan)
+
+from ..plan import host_may_set
 from ..python_closure import python_closure
-from ..plugin_api import (SECRET_SERVER_CA, ArtifactFile, BuildOptions, EnclaveIdentity, LibOSArtifacts,
-                          PendingSignature)
 from ..rootfs import RootFS
 from . import protected_files, trusted_files
 from .manifest_schema import check_manifest
@@ -63,10 +67,8 @@ def _environment() -> jinja2.Environment:
 
 
 def size_text(size: int) -> str:
-    for suffix, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size % scale == 0:
-            return f"{size // scale}{suffix}"
-    return str(size)
+    """A manifest size: ``"4G"``, ``"256M"``, else bytes."""
+    return Size(size).text()
 
 
 def manifest_path(plan: ServicePlan) -> str:
@@ -97,11 +99,12 @@ def render_manifest(plan: ServicePlan, runtime: GramineRuntime, log_level: str =
     trusted = [f"file:{runtime.runtimedir}/", f"file:{plan.entrypoint}"]
     trusted += [f"file:{p}" for p in plan.trusted]
     trusted += [f"file:{p}" for p in extra_trusted or []]
-    trusted += [f"file:{f.dest}" for f in plan.files if f.kind is FileKind.TRUSTED]
+    files = plan.image_files()
+    trusted += [f"file:{f.dest}" for f in files if f.kind is FileKind.TRUSTED]
     if plan.secrets and plan.secrets.ca_cert:
         trusted.append(f"file:{ca_cert_dest(plan)}")
     allowed = [f"file:{p}" for p in plan.allowed]
-    allowed += [f"file:{f.dest}" for f in plan.files if f.kind is FileKind.ALLOWED]
+    allowed += [f"file:{f.dest}" for f in files if f.kind is FileKind.ALLOWED]
     values = {"HOME": DEFAULT_HOME, **plan.env, **provisioning_env(plan)}
     unsafe = sorted(n for n in set(plan.env_passthrough) if not host_may_set(n))
     if unsafe:
@@ -186,7 +189,7 @@ def ca_cert_dest(plan: ServicePlan) -> str:
 
 def _plan_sources(plan: ServicePlan) -> list[PlanFile]:
     """Files the plan adds in clear text (trusted or allowed), including the secret server CA."""
-    files = [f for f in plan.files if f.kind is not FileKind.ENCRYPTED]
+    files = [f for f in plan.image_files() if f.kind is not FileKind.ENCRYPTED]
     if plan.secrets and plan.secrets.ca_cert:
         files.append(PlanFile(plan.secrets.ca_cert, ca_cert_dest(plan), FileKind.TRUSTED))
     return files
@@ -311,7 +314,7 @@ def encrypt_plan_files(plan: ServicePlan, options: BuildOptions) -> list[Artifac
     The embedded path is the file's normalized absolute path in the image: the enclave opens it
     there through its encrypted mount (mount uri = mount path), and Gramine checks the two match.
     """
-    todo = [(item, dest, content) for item in plan.files if item.kind is FileKind.ENCRYPTED
+    todo = [(item, dest, content) for item in plan.image_files() if item.kind is FileKind.ENCRYPTED
             for dest, content in _encrypted_items(item)]
     if not todo:
         return []
@@ -351,10 +354,7 @@ def resolve_trusted(plan: ServicePlan, rootfs: RootFS) -> list[str]:
 
 
 def _size_text(size: int) -> str:
-    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
-        if size >= 1 << shift and size % (1 << shift) == 0:
-            return f"{size >> shift}{unit}"
-    return f"{size:#x}"
+    return Size(size).text(fallback="hex")
 
 
 def _too_small(plan: ServicePlan, exc: EnclaveTooSmall) -> UsageError:

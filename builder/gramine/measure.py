@@ -24,6 +24,8 @@ import numpy as np
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from enclave_build.contract.size import GRAMINE_SIZE, Size, SizeError
+
 from ..errors import EnclaveBuildError
 from .offsets import Offsets
 
@@ -75,15 +77,12 @@ class EnclaveAttributes:
 
 
 def parse_size(value: str | int) -> int:
-    """Gramine's size syntax: an integer (any base Python accepts) with an optional K/M/G suffix."""
-    if isinstance(value, int):
-        return value
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(value[-1:], 1)
-    digits = value[:-1] if scale != 1 else value
+    """Gramine's size syntax: an integer (decimal or 0x hex) with an optional K/M/G suffix."""
     try:
-        return int(digits, 0) * scale
-    except ValueError:
-        raise MeasureError(f"invalid size {value!r}: expected e.g. '256M', '4G' or '0x10000000'")
+        return int(Size.parse(value, GRAMINE_SIZE))
+    except SizeError:
+        raise MeasureError(f"invalid size {value!r}: expected e.g. '256M', '4G' or "
+                           "'0x10000000'") from None
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ Gramine and Intel's sign tool do; ``0000-00-00`` gives all zeros, for reproducib
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import re
 import struct
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
+
+from enclave_build.contract.identity import mr_signer_of
 
 from ..errors import EnclaveBuildError
 from .measure import EnclaveAttributes, parse_size
@@ -292,7 +293,7 @@ class Sigstruct:
     def mr_signer(self) -> bytes:
         if not self.modulus:
             raise SigstructError("SIGSTRUCT is not signed: no MRSIGNER")
-        return hashlib.sha256(self.modulus.to_bytes(RSA_KEY_BYTES, "little")).digest()
+        return bytes.fromhex(mr_signer_of(self.modulus))
 
 
 def _q1_q2(signature: int, modulus: int) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from ..errors import EnclaveBuildError
 from ..hashing import HashCache
 from ..plan import ServicePlan
 from ..rootfs import RootFS, RootFSError
-from ..plugin_api import ArtifactFile, LibOSArtifacts
+from ..plugin_types import ArtifactFile, LibOSArtifacts
 from .layers import LayerEntry, source_date_epoch, write_layer
 from .oci import (OCI_CONFIG, TO_OCI, BlobStore, Descriptor, Image, ImageError, canonical_json,
                   oci_manifest)

@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from enclave_build.contract.size import HUMAN_SIZE, Size
+
 from ..errors import EnclaveBuildError
 from .oci import BlobStore
 
@@ -59,8 +61,6 @@ DEFAULT_MAX_AGE_DAYS = 30.0
 STALE_TEMP_SECONDS = 24 * 3600
 _DAY = 24 * 3600
 _HEX = re.compile(r"[0-9a-f]{64}")
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B)?", re.I)
-_SCALE = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -70,11 +70,7 @@ def report(line: str) -> None:
 
 def parse_size(text: str) -> int:
     """``"10G"``, ``"500M"``, ``"1.5GiB"``, ``"0"`` -> bytes (binary multiples); ValueError."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"{text!r} is not a size; allowed: a number of bytes with an optional "
-                         "K, M, G or T (binary multiples), e.g. \"10G\"")
-    return int(float(match.group(1)) * _SCALE[match.group(2).upper()])
+    return int(Size.parse(text, HUMAN_SIZE))
 
 
 def parse_days(text: str) -> float:

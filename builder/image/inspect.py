@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from enclave_build.attestation.measurements import Measurements
+from enclave_build.contract.measurements import Measurements
+from enclave_build.contract.names import MEASUREMENTS_FILE
 
 from ..cache import cache_root
 from ..errors import EnclaveBuildError, UsageError
@@ -60,8 +61,8 @@ def open_image(text: str) -> tuple[Image, Measurements | None]:
     store = BlobStore(cache_root() / "blobs")
     if directory.is_dir():
         measurements = None
-        if (directory / "measurements.json").exists():
-            measurements = Measurements.load(directory / "measurements.json")
+        if (directory / MEASUREMENTS_FILE).exists():
+            measurements = Measurements.load(directory / MEASUREMENTS_FILE)
         layout = directory / "oci" if (directory / "oci").is_dir() else directory
         return read_oci_layout(layout, None, store, str(layout)), measurements
     source = parse_source(text)
@@ -250,8 +251,8 @@ def extract_image(text: str, directory: str | Path) -> Extraction:
             raise EnclaveBuildError(f"{text}: the image has no {path}")
         files.append((name, data))
     build_dir = Path(text)
-    if measurements is not None and (build_dir / "measurements.json").is_file():
-        files.append(("measurements.json", (build_dir / "measurements.json").read_bytes()))
+    if measurements is not None and (build_dir / MEASUREMENTS_FILE).is_file():
+        files.append((MEASUREMENTS_FILE, (build_dir / MEASUREMENTS_FILE).read_bytes()))
     else:
         files.append(("labels.json", (json.dumps(
             {"image": text, "digest": image.manifest_digest, "labels": labels},

@@ -43,7 +43,7 @@ from ..rootfs import RootFS, RootFSError
 MAX_ENCLAVE_FILE = 64 << 20
 #: How many problems of one kind are listed one by one before "... and N more".
 LISTED = 10
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -202,7 +202,7 @@ def _trusted_entries(manifest: dict[str, Any], problems: list[str]
         path = _image_path(uri)
         if path is None or path.endswith("/"):
             problems.append(f"{what}: {uri!r} is not a file: URI of one absolute image path")
-        elif not isinstance(digest, str) or not _SHA256.match(digest):
+        elif not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             problems.append(f"{what} ({path}): no valid sha256, so its content is unverified")
         else:
             entries.append((path, digest, what))

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from .deployment import labels, metadata
-from .service_info import ServiceInfo
+from ..deploy.service_info import ServiceInfo
 
 QUEUE = "model_server_queue_depth"
 LATENCY = "model_server_request_latency_p95_seconds"

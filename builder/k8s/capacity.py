@@ -34,7 +34,8 @@ import math
 from dataclasses import asdict, dataclass
 
 from ..errors import UsageError
-from .quantity import MI
+from ..deploy.quantity import MI
+from ..deploy.settings import LIBOS
 
 #: Gramine: SECS + the kernel's version-array pages per enclave.
 GRAMINE_MARGIN = 1 * MI
@@ -47,7 +48,6 @@ AESMD_EPC = 8 * MI
 #: The Intel SGX device plugin's default -enclave-limit and -provision-limit.
 DEFAULT_DEVICE_LIMIT = 20
 
-LIBOS = ("gramine", "occlum")
 
 
 def quotes_in_process(libos: str) -> bool:

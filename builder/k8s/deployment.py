@@ -32,8 +32,8 @@ from typing import Any
 
 from .capacity import AESMD_EPC, EpcRequest, epc_request, quotes_in_process
 from .inputs import BuildOutput, K8sError
-from .quantity import (MI, cpu_millis, format_cpu, format_mebibytes, memory_bytes)
-from .service_info import ServiceInfo
+from ..deploy.quantity import MI, cpu_millis, format_cpu, format_mebibytes, memory_bytes
+from ..deploy.service_info import ServiceInfo
 from .timing import PERIOD, PRESTOP_SECONDS, grace_period, startup_failure_threshold
 
 EPC = "sgx.intel.com/epc"

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import UsageError
 from .inputs import K8sError, read_build_output
 from .layout import Manifests, generate, write
-from .settings import validate_deploy
+from ..deploy.settings import validate_deploy
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What ``enclave-build k8s`` reads from a build output directory, checked and typed.
 
 * ``measurements.json``: the enclave identity and the image (``ref`` and manifest ``digest``);
-* ``service.json``: how the service runs (:mod:`builder.k8s.service_info`);
+* ``service.json``: how the service runs (:mod:`builder.deploy.service_info`);
 * ``secrets-policy.toml``: which key goes to which enclave (when the service fetches keys).
 
 Kubernetes must run exactly the image that was measured, so the Deployment names it by digest
@@ -14,14 +14,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from enclave_build.attestation.measurements import Measurements, MeasurementsError
+from enclave_build.contract.measurements import Measurements, MeasurementsError
+from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 
 from ..errors import EnclaveBuildError, UsageError
 from ..image.reference import DOCKER_HUB, parse_registry_ref
-from ..secrets_config import POLICY_FILE
-from .service_info import SERVICE_FILE, ServiceInfo
-
-MEASUREMENTS_FILE = "measurements.json"
+from ..deploy.service_info import ServiceInfo
 
 
 class K8sError(EnclaveBuildError):

@@ -36,7 +36,7 @@ import yaml
 from . import autoscaling, deployment, secret_server
 from .capacity import plan_capacity
 from .inputs import BuildOutput, K8sError
-from .quantity import format_mebibytes, format_size
+from ..deploy.quantity import format_mebibytes, format_size
 
 MARKER = ".enclave-build-k8s"
 OVERLAY = "overlays/production"
@@ -118,8 +118,8 @@ def check_supported(build: BuildOutput) -> None:
             "in an enclave, which `enclave-build k8s` does not deploy. Its keys are uploaded "
             "into each replica's enclave memory by their owners, so replicas behind one "
             "Service would not be interchangeable and a restarted pod would hold no keys. Run "
-            "it on an SGX host as README \"The secret server in an enclave of its own\" "
-            "shows; `k8s` deploys the model enclaves that trust it (their pods dial its "
+            "it on an SGX host as the manual shows (How-to: An attested secret server, "
+            "docs/how-to/attested-secret-server.md); `k8s` deploys the model enclaves that trust it (their pods dial its "
             "[secrets] server address)")
 
 

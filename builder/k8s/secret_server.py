@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -24,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
+from enclave_build.contract.names import SECRETS_FILE
+from enclave_build.contract.policy_fragment import PolicyFragment
+from enclave_build.contract.secrets_config import (AttestationSettings, SecretsConfig,
+                                                   ServerSettings)
 
-from ..secrets_config import SecretsConfigError, _check_allow, _fragment
+from ..secrets_config import SecretsConfigError, check_allow, read_fragment
 from .deployment import (ANNOTATION, check_object_name, disruption_budget, labels, metadata,
                          namespace, pod_context, restricted_context, selector)
 from .inputs import BuildOutput, K8sError
@@ -109,12 +113,12 @@ def address_note(build: BuildOutput) -> str | None:
             f"Service (DNS), or {rebuild}")
 
 
-def _policy(build: BuildOutput) -> tuple[Path, dict[str, Any]]:
+def _policy(build: BuildOutput) -> PolicyFragment:
     """The build's secrets-policy.toml, read and type-checked (a bad one is the build
     output's fault: exit 2)."""
     assert build.policy is not None
     try:
-        return _fragment(build.policy)
+        return read_fragment(build.policy)
     except SecretsConfigError as exc:
         raise K8sError(str(exc)) from None
 
@@ -122,38 +126,38 @@ def _policy(build: BuildOutput) -> tuple[Path, dict[str, Any]]:
 def secrets_toml(build: BuildOutput) -> str:
     """The in-cluster secrets.toml, paths relative to its ConfigMap mount."""
     info = build.service
-    fragment, data = _policy(build)
+    fragment = _policy(build)
+    assert fragment.path is not None
     measurements_file = f"{info.service}.measurements.json"
     rules = []
-    for rule in data.get("secrets", []):
+    for rule in fragment.secrets:
         try:
-            _check_allow(fragment, rule["name"], rule["allow"], {build.measurements.service})
+            check_allow(fragment.path, rule.name, rule.allow, {build.measurements.service})
         except SecretsConfigError as exc:
             raise K8sError(str(exc)) from None
-        rules.append({**rule, "file": os.path.relpath(f"{KEYS_DIR}/{rule['name']}.key",
-                                                      CONFIG_DIR)})
-    missing = sorted(set(info.keys) - {r["name"] for r in rules})
+        rules.append(dataclasses.replace(rule, file=Path(os.path.relpath(
+            f"{KEYS_DIR}/{rule.name}.key", CONFIG_DIR))))
+    missing = sorted(set(info.keys) - {r.name for r in rules})
     if missing:
-        raise K8sError(f"{fragment}: releases no secret named {', '.join(missing)}, but the "
-                       f"service fetches it (service.json keys): files of two builds?")
+        raise K8sError(f"{fragment.path}: releases no secret named {', '.join(missing)}, but "
+                       f"the service fetches it (service.json keys): files of two builds?")
     if not info.deploy.pccs_url:
         raise K8sError(f"{build.directory}/service.json: the secret server verifies quotes "
                        "against collateral from a PCCS: set [deploy] pccs_url in the spec and "
                        "rebuild, or pass --pccs-url")
-    config = {
-        "measurements": [measurements_file],
-        "server": {"listen": f"0.0.0.0:{PORT}",
-                   "cert": os.path.relpath(f"{TLS_DIR}/tls.crt", CONFIG_DIR),
-                   "key": os.path.relpath(f"{TLS_DIR}/tls.key", CONFIG_DIR),
-                   "audit_log": "-", "processes": PROCESSES},
-        "attestation": {"root_ca": "intel", "pccs_url": info.deploy.pccs_url},
-        "secrets": rules,
-    }
-    text = ("# secrets.toml of the in-cluster secret server, written by `enclave-build k8s` "
-            "from the build's\n# secrets-policy.toml. Paths are relative to this file "
-            f"({CONFIG_DIR}); key files and the TLS\n# certificate are mounted from Secrets "
-            "the operator supplies.\n" + tomli_w.dumps(config))
-    _check_loads(text, measurements_file, build.measurements_text, [r["name"] for r in rules])
+    config = SecretsConfig(
+        Path(CONFIG_DIR) / SECRETS_FILE,
+        ServerSettings("0.0.0.0", PORT, Path(os.path.relpath(f"{TLS_DIR}/tls.crt", CONFIG_DIR)),
+                       Path(os.path.relpath(f"{TLS_DIR}/tls.key", CONFIG_DIR)), audit_log="-",
+                       processes=PROCESSES),
+        AttestationSettings(None, None, info.deploy.pccs_url),
+        (measurements_file,), tuple(rules))
+    text = config.to_toml(
+        "secrets.toml of the in-cluster secret server, written by `enclave-build k8s` from the "
+        "build's\nsecrets-policy.toml. Paths are relative to this file "
+        f"({CONFIG_DIR}); key files and the TLS\ncertificate are mounted from Secrets the "
+        "operator supplies.")
+    _check_loads(text, measurements_file, build.measurements_text, [r.name for r in rules])
     return text
 
 
@@ -169,7 +173,7 @@ def _check_loads(text: str, measurements_file: str, measurements: str,
         config_dir = root / CONFIG_DIR.lstrip("/")
         for directory in (config_dir, root / TLS_DIR.lstrip("/"), root / KEYS_DIR.lstrip("/")):
             directory.mkdir(parents=True, mode=0o700)
-        (config_dir / "secrets.toml").write_text(text)
+        (config_dir / SECRETS_FILE).write_text(text)
         (config_dir / measurements_file).write_text(measurements)
         for name in ("tls.crt", "tls.key"):
             (root / TLS_DIR.lstrip("/") / name).write_bytes(b"placeholder\n")
@@ -178,7 +182,7 @@ def _check_loads(text: str, measurements_file: str, measurements: str,
             path.write_bytes(bytes(16))
             path.chmod(0o600)
         try:
-            loaded = load_config(config_dir / "secrets.toml")
+            loaded = load_config(config_dir / SECRETS_FILE)
             Policy.build(list(loaded.measurements), list(loaded.secrets), loaded.path.parent)
         except (ConfigError, PolicyError) as exc:
             message = str(exc).replace(str(root), "")
@@ -189,7 +193,7 @@ def config_map(build: BuildOutput, toml_text: str) -> Obj:
     n = names(build)
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": metadata(build.service, n.config, COMPONENT),
-            "data": {"secrets.toml": toml_text,
+            "data": {SECRETS_FILE: toml_text,
                      f"{build.service.service}.measurements.json": build.measurements_text}}
 
 
@@ -208,7 +212,7 @@ def deployment(build: BuildOutput, toml_text: str) -> Obj:
     container = {
         "name": "secret-server", "image": image, "imagePullPolicy": "IfNotPresent",
         "command": ["enclave-build", "secrets", "serve", "--config",
-                    f"{CONFIG_DIR}/secrets.toml"],
+                    f"{CONFIG_DIR}/{SECRETS_FILE}"],
         "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
         "ports": [{"name": "ra-tls", "containerPort": PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "250m", "memory": "128Mi"},
@@ -277,5 +281,5 @@ def pdb(build: BuildOutput) -> Obj:
 
 def key_files(build: BuildOutput) -> list[str]:
     """The key files the overlay's Secret is generated from (names only)."""
-    _, data = _policy(build) if build.policy else (None, {})
-    return sorted(f"{rule['name']}.key" for rule in data.get("secrets", []))
+    rules = _policy(build).secrets if build.policy else ()
+    return sorted(f"{rule.name}.key" for rule in rules)

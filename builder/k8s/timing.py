@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-from .quantity import GI
+from ..deploy.quantity import GI
 
 PERIOD = 10
 STARTUP_BASE = 60

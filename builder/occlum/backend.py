@@ -78,7 +78,6 @@ Progress and errors
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
@@ -92,17 +91,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from enclave_build.contract.identity import mr_signer_of
+from enclave_build.contract.names import OCCLUM_IMAGE_ENV
+from enclave_build.plugin import (ArtifactFile, BuildOptions, EnclaveIdentity, LibOSArtifacts,
+                                  PendingSignature, ServicePlan)
+
 from ..errors import EnclaveBuildError
-from ..plan import ServicePlan
-from ..plugin_api import (ArtifactFile, BuildOptions, EnclaveIdentity,
-                          LibOSArtifacts, PendingSignature)
 from ..rootfs import RootFS, RootFSError
 from . import container
+from .spec_section import plan_options
 
 LOG = logging.getLogger("enclave_build.occlum")
 
 DEFAULT_BUILD_IMAGE = "occlum/occlum:0.31.0-ubuntu22.04"
-BUILD_IMAGE_ENV = "ENCLAVE_BUILD_OCCLUM_IMAGE"
+BUILD_IMAGE_ENV = OCCLUM_IMAGE_ENV
 RUNTIME_BASE_EXAMPLE = "occlum/occlum:0.31.0-rt-ubuntu20.04"
 #: The runtime base for enclave-build's Python model server (base_images/occlum-python).
 PYTHON_RUNTIME_BASE = "enclave-build/occlum-python:0.31.0-3.11"
@@ -260,7 +262,7 @@ class SignExchange:
             signature = self.signer.sign(self.data.raw)
             self._write("public.pem", _public_pem(signature.modulus, signature.exponent))
             self._write("signature.bin", signature.signature.to_bytes(384, "big"))
-            self.mr_signer = hashlib.sha256(signature.modulus.to_bytes(384, "little")).hexdigest()
+            self.mr_signer = mr_signer_of(signature.modulus)
             self._answer("signed")
         except BaseException:  # the container must not wait for an answer that never comes
             self._answer("refused")
@@ -289,7 +291,7 @@ def _public_pem(modulus: int, exponent: int) -> bytes:
 def build_image(plan: ServicePlan) -> str:
     """The Occlum toolchain image: $ENCLAVE_BUILD_OCCLUM_IMAGE (the operator's override), else
     ``[occlum] build_image``, else :data:`DEFAULT_BUILD_IMAGE`."""
-    configured = plan.occlum.build_image if plan.occlum else None
+    configured = plan_options(plan).build_image
     return os.environ.get(BUILD_IMAGE_ENV) or configured or DEFAULT_BUILD_IMAGE
 
 

@@ -113,7 +113,7 @@ def staged_files(plan: ServicePlan) -> list[StagedFile]:
         seen[dest] = source
         out.append(StagedFile(dest, source, data, mode, sha256_of(data, source)))
 
-    for item in plan.files:
+    for item in plan.image_files():
         if item.dest in OCCLUM_WRITES:
             continue
         if item.dest.endswith("/"):

@@ -6,7 +6,7 @@
   for the program itself. So a plan whose program fetches its own keys (enclave-build's model
   server, KeyDelivery.IN_ENCLAVE) is switched to KeyDelivery.LIBOS_FILES, and the model
   server's configuration says ``keys.source = "files"``, ``directory = KEYS_DIR``
-  (:func:`builder.plugin_api.deliver_keys_as_files`). Encrypted files are inside the SEFS
+  (:func:`enclave_build.plugin.deliver_keys_as_files`). Encrypted files are inside the SEFS
   image, which Occlum decrypts as a whole, so the server opens its models as they are.
 - **No user site.** A Python service runs with ``PYTHONNOUSERSITE=1`` (measured in
   ``env.default``; the host may not set ``PYTHON*``): Occlum starts the measured launcher as
@@ -24,9 +24,11 @@ under its own name.
 
 from __future__ import annotations
 
-from ..plan import FileKind, ProvisionedKey, ServicePlan
-from ..plugin_api import SecretRelease, deliver_keys_as_files
+from enclave_build.plugin import (FileKind, ProvisionedKey, SecretRelease, ServicePlan,
+                                  deliver_keys_as_files)
+
 from .occlum_json import KEYS_DIR, OcclumConfigError
+from .spec_section import plan_options
 
 
 def image_key_name(plan: ServicePlan) -> str | None:
@@ -35,7 +37,7 @@ def image_key_name(plan: ServicePlan) -> str | None:
     encrypted = [f for f in plan.files if f.kind is FileKind.ENCRYPTED]
     if encrypted:
         return encrypted[0].key_name or f"{plan.service}-key"
-    if plan.occlum is not None and plan.occlum.encrypt_image:
+    if plan_options(plan).encrypt_image:
         return f"{plan.service}-key"
     return None
 
@@ -44,7 +46,7 @@ def configure_plan(plan: ServicePlan) -> None:
     """Adjust an Occlum plan (idempotent); other libOSes' plans are left alone."""
     if plan.libos != "occlum":
         return
-    if plan.needs_gramine_quotes:
+    if plan.needs_quote_device:
         where = plan.origin.locate("service.libos") if plan.origin else "service.libos"
         raise OcclumConfigError(where, f"framework {plan.framework!r} makes its own SGX quotes "
                                 "through Gramine's /dev/attestation, which Occlum does not "

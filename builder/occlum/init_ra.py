@@ -34,7 +34,8 @@ from typing import Any
 
 from enclave_build.attestation.policy import hex_dashes
 
-from ..plan import OcclumPlanOptions, ServicePlan
+from ..plan import ServicePlan
+from .spec_section import OcclumPlanOptions
 from .rules import IMAGE_KEY_SECRET
 
 

@@ -52,7 +52,10 @@ def python_launcher(plan: ServicePlan) -> StagedFile | None:
         body = (f"ARGS = {_literal(args)}\n"
                 f"MODULE = {module!r}\n"
                 "sys.argv = [MODULE] + ARGS  # runpy puts the module's path in argv[0]\n"
-                "sys.path[0] = os.getcwd()  # as `python -m` does\n"
+                "# Not the working directory, which `python -m` would put first: Occlum starts\n"
+                "# processes in \"/\", where a hostfs mount could hold a module of the same\n"
+                "# name as one the server imports. The module comes from PYTHONPATH (measured).\n"
+                "del sys.path[0]  # this launcher's directory\n"
                 "runpy.run_module(MODULE, run_name='__main__', alter_sys=True)\n")
     elif len(argv) >= 2 and posixpath.isabs(argv[1]):
         script, args = argv[1], argv[2:]

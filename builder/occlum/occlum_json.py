@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
-from ..plan import MountType, OcclumPlanOptions, ServicePlan
+from ..plan import MountType, ServicePlan
+from .spec_section import OcclumPlanOptions
 from .rules import format_size
 
 #: Where `occlum new` puts Occlum's glibc in the image (tools/occlum, cmd_new).

@@ -1,7 +1,7 @@
 """ServicePlan -> Occlum 0.31 configuration: Occlum.json, a copy_bom YAML, init_ra_conf.json.
 
-Occlum-only knobs come from the spec's optional ``[occlum]`` section (builder/occlum_spec.py),
-carried in the plan as :class:`builder.plan.OcclumPlanOptions`; everything else from the
+Occlum-only knobs come from the spec's optional ``[occlum]`` section (builder/occlum/spec_section.py),
+carried in the plan as :class:`builder.occlum.spec_section.OcclumPlanOptions`; everything else from the
 libOS-neutral plan (see occlum_json.py for the mapping, bom.py for what is copied from where,
 init_ra.py for how keys and the encrypted image work).
 
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EnclaveBuildError
-from ..plan import KeyDelivery, OcclumPlanOptions, ServicePlan
+from ..plan import KeyDelivery, ServicePlan
+from .spec_section import OcclumPlanOptions, plan_options
 from ..rootfs import RootFS
 from . import rules
 from .bom import StagedFile, bom, to_yaml
@@ -117,6 +118,9 @@ def python_import_dirs(plan: ServicePlan) -> list[str]:
     site directories (``~/.local`` for the plan's HOME, /tmp and /root: a ``.pth`` file there
     runs at interpreter start, even with PYTHONNOUSERSITE unset by mistake)."""
     dirs = [p for p in plan.env.get("PYTHONPATH", "").split(":") if p.startswith("/")]
+    argv = list(plan.argv)
+    if len(argv) >= 2 and argv[1] != "-m" and posixpath.isabs(argv[1]):
+        dirs.append(posixpath.dirname(argv[1]))      # a script's directory comes first
     if plan.python is not None:
         dirs += [plan.python.stdlib, *plan.python.site_dirs]
     homes = {plan.env.get("HOME", "/tmp"), "/tmp", "/root"}
@@ -194,7 +198,7 @@ def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumCon
     """Occlum.json, the copy_bom YAML and init_ra_conf.json for *plan*, checked against
     Occlum 0.31's rules. Raises :class:`OcclumConfigError` naming the spec key."""
     options = options or OcclumOptions()
-    opts = plan.occlum or OcclumPlanOptions()
+    opts = plan_options(plan)
     if plan.secrets is not None and plan.secrets.delivery is KeyDelivery.IN_ENCLAVE:
         raise EnclaveBuildError("internal: the plan was not configured for Occlum (its "
                                 "enclave_build_configure hook, builder.occlum.configure, did "
@@ -235,7 +239,7 @@ def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumCon
         conf = _dumps(doc)
 
     generated = (launcher,) if launcher is not None else ()
-    if launcher is not None and any(f.dest == launcher.dest for f in plan.files):
+    if launcher is not None and any(f.dest == launcher.dest for f in plan.image_files()):
         raise OcclumConfigError(locate(plan, FRAMEWORK_KEY), f"{launcher.dest} is where the "
                                 "Occlum backend puts its launcher; the plan adds a file there")
     bom_doc = bom(plan, options.rootfs, options.stage.rstrip("/"),

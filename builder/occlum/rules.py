@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
+from enclave_build.contract.size import OCCLUM_JSON_SIZE, Size, SizeError
+
 from ..plan import HOST_FORBIDDEN_ENV, HOST_FORBIDDEN_ENV_PREFIXES
 from ..errors import EnclaveBuildError
 
@@ -76,26 +78,20 @@ class OcclumRuleError(EnclaveBuildError):
 
 def parse_memory_size(text: str) -> int:
     """Occlum's ``parse_memory_size``: trim, find the unit by suffix, parse the rest (trimmed) as
-    an unsigned integer. Raises ValueError("No unit" / "No number" / overflow)."""
-    text = text.strip()
-    for unit, factor in UNITS:
-        if text.endswith(unit):
-            number = text[: len(text) - len(unit)].strip()
-            if not re.fullmatch(r"\+?[0-9]+", number):  # Rust's usize::from_str
-                raise ValueError("No number")
-            value = int(number) * factor
-            if value > USIZE_MAX:
-                raise ValueError("does not fit in 64 bits")
-            return value
-    raise ValueError("No unit")
+    an unsigned integer (:data:`enclave_build.contract.size.OCCLUM_JSON_SIZE`). Raises
+    ValueError("No unit" / "No number" / overflow), as Occlum words it."""
+    try:
+        return int(Size.parse(text, OCCLUM_JSON_SIZE))
+    except SizeError as exc:
+        if "out of range" in str(exc):
+            raise ValueError("does not fit in 64 bits") from None
+        raise ValueError("No number" if text.strip().endswith(tuple(u for u, _ in UNITS))
+                         else "No unit") from None
 
 
 def format_size(size: int) -> str:
     """The largest exact Occlum unit: 33554432 -> "32MB", 1536 -> "1536B"."""
-    for unit, factor in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if size and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return f"{size}B"
+    return Size(size).occlum_text()
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
 from enclave_build.attestation.measurements import Measurements, MeasurementsError
+from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.names import LISTEN_ENV, MEASUREMENTS_FILE, ROOT_ENV
+from enclave_build.contract.names import SIMULATED_QUOTER_ENV as QUOTER_ENV
 
 from ..cache import cache_root
 from ..errors import EnclaveBuildError, UsageError
@@ -52,13 +55,10 @@ from .gramine_direct import DirectLaunch, resolve_user, wait_forwarding
 from .rootfs import apply_ownership, image_ownership, private_root
 from .view import enclave_view
 
-QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
-ROOT_ENV = "ENCLAVE_BUILD_ROOT"
-LISTEN_ENV = "ENCLAVE_BUILD_SIMULATION_LISTEN"   # model_server.config.LISTEN_ENV (test holds it)
 BANNER = ("SIMULATION: not an SGX enclave; nothing here is attested. Quotes come from a "
           "simulated quoter signed by a SYNTHETIC test PKI; a secret server accepts them only "
           "if configured to trust that PKI's root. Never use this for real secrets.")
-_PYTHON = re.compile(r"python(3(\.\d+)?)?\Z")
+_PYTHON = re.compile(r"python(3(\.\d+)?)?")
 
 
 class RunError(EnclaveBuildError):
@@ -105,9 +105,9 @@ class Build:
             raise RunError(f"{self.directory}: the image's identity was not verified; no "
                            "quotes are made for it")
         sig = identity.sigstruct
-        return dataclasses.replace(self.measurements, mr_enclave=identity.mr_enclave,
-                                   mr_signer=sig["mr_signer"], isv_prod_id=sig["isv_prod_id"],
-                                   isv_svn=sig["isv_svn"], debug=sig["debug"])
+        return dataclasses.replace(self.measurements, identity=EnclaveIdentity(
+            identity.mr_enclave, sig["mr_signer"], sig["isv_prod_id"], sig["isv_svn"],
+            sig["debug"]))
 
 
 def parse_env(items: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -135,8 +135,8 @@ def open_build(directory: str | Path, log: Callable[[str], None] | None = None
     if not (directory / "oci").is_dir():
         raise RunError(f"{directory / 'oci'}: no OCI image layout; is {directory} the output "
                        "directory of `enclave-build build`?")
-    if not (directory / "measurements.json").is_file():
-        raise RunError(f"{directory / 'measurements.json'}: not found; the simulated quoter "
+    if not (directory / MEASUREMENTS_FILE).is_file():
+        raise RunError(f"{directory / MEASUREMENTS_FILE}: not found; the simulated quoter "
                        "needs the build's identity")
     with BlobCache(cache_root()).in_use():     # no prune removes a blob while it is read
         return _open_verified(directory, log)
@@ -148,7 +148,7 @@ def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple[
     try:
         image, measurements = open_image(str(directory))
     except MeasurementsError as exc:
-        raise RunError(f"{directory / 'measurements.json'}: {exc}") from None
+        raise RunError(f"{directory / MEASUREMENTS_FILE}: {exc}") from None
     assert measurements is not None
     if measurements.libos != "gramine":
         raise RunError(f"{directory}: built with libos = {measurements.libos!r}; `run "
@@ -186,7 +186,7 @@ def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
             raise CannotSimulate("gramine-direct runs need root (chroot and bind mounts)")
         return "gramine-direct"
     entry = str(build.manifest.get("libos", {}).get("entrypoint", ""))
-    if not _PYTHON.search(entry.rsplit("/", 1)[-1]):
+    if not _PYTHON.fullmatch(entry.rsplit("/", 1)[-1]):
         why = ("the image has no real Gramine (built on a stand-in base)" if not real
                else "gramine-direct needs root")
         raise CannotSimulate(

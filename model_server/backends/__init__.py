@@ -85,6 +85,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from ..datatypes import DATATYPES, TensorError, from_numpy_dtype, to_numpy_dtype
+from ..errors import ModelServerError
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -109,7 +110,7 @@ class InferenceError(TensorError):
     """Raised by a backend for a request it cannot run (reported to the client as its fault)."""
 
 
-class BackendError(RuntimeError):
+class BackendError(ModelServerError, RuntimeError):
     """A backend could not be found or loaded."""
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
-from enclave_build.builder.plugin_api import (MODEL_ROOT, SERVER_CONFIG, EnclaveBuildError, Field, FileKind,
-                                Framework, ModelSpec, Port, Section, ServicePlan, Spec, add_model,
-                                base_plan, hookimpl, python_server_plan,
-                                refuse_model_server_keys, require_models, require_one_key,
-                                spec_error)
+from enclave_build.plugin import (MODEL_ROOT, EnclaveBuildError, Field, FileKind, Framework,
+                                  ModelSpec, Port, Section, ServicePlan, Spec, add_model,
+                                  base_plan, hookimpl, python_server_plan,
+                                  refuse_model_server_keys, require_models, require_one_key,
+                                  spec_error)
 
 BINARY = "/ovms/bin/ovms"
 OVMS_LIBS = "/ovms/lib/"
@@ -97,6 +98,11 @@ def _ir_weights(spec: Spec, index: int, model: ModelSpec) -> ModelSpec | None:
     if source.is_dir() or source.suffix.lower() != ".xml":
         return None
     weights = source.with_suffix(".bin")
+    if weights.is_symlink():
+        raise spec_error(spec, ("models", index, "path"),
+                         f"the weights {weights.name} of the IR graph {source.name} are a "
+                         f"symbolic link (to {os.readlink(weights)}); only a regular file next "
+                         "to the graph ships with it: copy the weights in (cp -L)")
     if not weights.is_file():
         raise spec_error(spec, ("models", index, "path"),
                          f"{source.name} is an OpenVINO IR graph, but its weights "
@@ -130,15 +136,11 @@ def _model_file(spec: Spec, index: int, model: ModelSpec) -> str | None:
 def _point_at_model_files(plan: ServicePlan, files: dict[str, str]) -> None:
     """Make the server configuration's path of each model in *files* (name -> file name in its
     directory) that file, so the runtime opens the model, not its directory."""
-    for index, item in enumerate(plan.files):
-        if item.dest != SERVER_CONFIG or item.data is None:
-            continue
-        config = json.loads(item.data)
-        for entry in config["models"]:
-            if entry["name"] in files:
-                entry["path"] = entry["path"].rstrip("/") + "/" + files[entry["name"]]
-        plan.files[index] = dataclasses.replace(
-            item, data=(json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    config = plan.server_config
+    assert config is not None
+    plan.server_config = dataclasses.replace(config, models=tuple(
+        dataclasses.replace(m, path=m.path.rstrip("/") + "/" + files[m.name])
+        if m.name in files else m for m in config.models))
 
 
 def plan(spec: Spec) -> ServicePlan:

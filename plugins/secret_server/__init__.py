@@ -26,29 +26,30 @@ What goes into the image, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
-import tomllib
 import warnings
 from pathlib import Path
 
-import tomli_w
-
-from enclave_build.builder.plugin_api import (PYTHON, SERVER_PYTHONPATH, Field, FileKind, Framework, Port,
-                                PythonRuntime, Section, ServicePlan, Spec, base_plan, hookimpl,
-                                refuse_model_server_keys, ship_python_package, spec_error)
+from enclave_build.plugin import (PYTHON, SERVER_PYTHONPATH, Field, FileKind, Framework, Port,
+                                  PythonRuntime, Section, ServicePlan, Spec, base_plan, hookimpl,
+                                  refuse_model_server_keys, ship_python_package, spec_error)
+from enclave_build.contract.names import POLICY_FILE, SECRETS_FILE, SIMULATED_QUOTER_ENV
+from enclave_build.contract.policy_fragment import PolicyFragment, PolicyFragmentError
+from enclave_build.contract.secrets_config import (AttestationSettings, GrSecretSettings,
+                                                   SecretRule, SecretsConfig, ServerSettings,
+                                                   UploadSettings)
+from enclave_build.contract.tcb import TCB_STATUSES, TcbPolicy
 
 #: Where the server's configuration and policy live in the image (all trusted).
 CONFIG_DIR = "/enclave/secret-server"
-CONFIG = f"{CONFIG_DIR}/secrets.toml"
+CONFIG = f"{CONFIG_DIR}/{SECRETS_FILE}"
 LAUNCHER = "enclave_secret_server"
 #: Runtime distributions of the secret server, from the base image (pip names).
 DISTRIBUTIONS = ("pyOpenSSL", "cryptography", "dcap-qvl", "cbor2")
 #: ... and of its GrSecret gRPC service (HTTP/2 framing, protobuf messages), when served.
 GRSECRET_DISTRIBUTIONS = ("h2", "protobuf")
-POLICY_FILE = "secrets-policy.toml"
-TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
-                "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded")
 
 SECTION = Section("secret-server", "the secret server in an enclave: whom it serves, who uploads", (
     Field("port", "int", "TCP port of the RA-TLS listener (secret_prov, attest, upload)",
@@ -80,58 +81,50 @@ def _resolve(spec: Spec, value: str) -> Path:
     return path if path.is_absolute() else (spec.path.parent / path).resolve()
 
 
-def _fragments(spec: Spec, policies: list[str]) -> tuple[list[Path], list[dict]]:
+def _fragments(spec: Spec, policies: list[str]) -> tuple[list[Path], list[SecretRule]]:
     """Measurements files and secret rules (name, allow, match; never key files) of the builds."""
     measurements: list[Path] = []
-    rules: dict[str, dict] = {}
+    rules: dict[str, SecretRule] = {}
     for index, given in enumerate(policies):
         where = ("secret-server", "policies", index)
         path = _resolve(spec, given)
-        if path.is_dir():
-            path = path / POLICY_FILE
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise spec_error(spec, where, f"{path}: not found (a build with encrypted content "
-                                          f"writes {POLICY_FILE} into its output directory)")
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise spec_error(spec, where, f"{path}: cannot read the policy fragment: {exc}")
-        for item in data.get("measurements", []):
-            if not isinstance(item, str):
-                raise spec_error(spec, where, f"{path}: measurements: expected paths")
-            file = Path(item) if Path(item).is_absolute() else (path.parent / item).resolve()
+            fragment = PolicyFragment.load(path)
+        except PolicyFragmentError as exc:
+            if "not found" in str(exc):
+                raise spec_error(spec, where, f"{exc.source}: not found (a build with encrypted "
+                                              f"content writes {POLICY_FILE} into its output "
+                                              "directory)")
+            raise spec_error(spec, where, f"cannot read the policy fragment: {exc}")
+        for item in fragment.measurements:
+            file = Path(item)
             if not file.is_file():
-                raise spec_error(spec, where, f"{path}: measurements file {file} not found")
+                raise spec_error(spec, where, f"{fragment.path}: measurements file {file} not "
+                                              "found")
             if file not in measurements:
                 measurements.append(file)
-        for rule in data.get("secrets", []):
-            if not isinstance(rule, dict) or not isinstance(rule.get("name"), str) \
-                    or not isinstance(rule.get("allow"), list):
-                raise spec_error(spec, where, f"{path}: a [[secrets]] rule needs name and allow")
-            entry = {"name": rule["name"], "allow": [str(a) for a in rule["allow"]],
-                     "match": str(rule.get("match", "mr_enclave"))}
+        for rule in fragment.secrets:
             # Occlum builds: how the key is handed over, and the name init asks for.
-            for key in ("encoding", "requested_as"):
-                if key in rule:
-                    entry[key] = str(rule[key])
-            known = rules.get(entry["name"])
+            entry = dataclasses.replace(rule, file=None)
+            known = rules.get(entry.name)
             if known is None:
-                rules[entry["name"]] = entry
-            elif {k: v for k, v in known.items() if k != "allow"} != \
-                    {k: v for k, v in entry.items() if k != "allow"}:
-                raise spec_error(spec, where, f"{path}: secret {entry['name']!r} has match, "
-                                              "encoding or requested_as other than in an "
-                                              "earlier policy")
+                rules[entry.name] = entry
+            elif dataclasses.replace(known, allow=()) != dataclasses.replace(entry, allow=()):
+                raise spec_error(spec, where, f"{fragment.path}: secret {entry.name!r} has "
+                                              "match, encoding or requested_as other than in "
+                                              "an earlier policy")
             else:
-                known["allow"] = list(dict.fromkeys(known["allow"] + entry["allow"]))
+                rules[entry.name] = dataclasses.replace(
+                    known, allow=tuple(dict.fromkeys(known.allow + entry.allow)))
     if not rules:
         raise spec_error(spec, ("secret-server", "policies"),
                          "the policies release no secret: nothing to serve")
     return measurements, list(rules.values())
 
 
-def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], dict]:  # noqa: ANN001
-    """Files under CONFIG_DIR (relative name -> bytes) and the secrets.toml data."""
+def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], SecretsConfig]:  # noqa: ANN001
+    """Files under CONFIG_DIR (relative name -> bytes) and the secrets.toml (its paths relative
+    to CONFIG_DIR)."""
     files: dict[str, bytes] = {}
     measurements, rules = _fragments(spec, list(opts["policies"]))
     names = []
@@ -147,25 +140,24 @@ def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], dict]:  # noqa: A
         except OSError as exc:
             raise spec_error(spec, ("secret-server", "owners", index),
                              f"{path}: cannot read the owner certificate: {exc.strerror}")
-        owners.append(f"owners/{index:02d}.pem")
+        owners.append(Path(f"owners/{index:02d}.pem"))
     if not owners:
         raise spec_error(spec, ("secret-server", "owners"),
                          "name at least one owner certificate: nobody could upload a key")
-    attestation: dict = {"allowed_tcb_statuses": list(opts["allowed_tcb_statuses"])}
-    for status in attestation["allowed_tcb_statuses"]:
+    statuses = list(opts["allowed_tcb_statuses"])
+    for status in statuses:
         if status not in TCB_STATUSES:
             raise spec_error(spec, ("secret-server", "allowed_tcb_statuses"),
                              f"{status!r}; allowed: {', '.join(TCB_STATUSES)}")
-    if opts["root_ca"] == "intel":
-        attestation["root_ca"] = "intel"
-    else:
+    root_ca = None
+    if opts["root_ca"] != "intel":
         path = _resolve(spec, opts["root_ca"])
         try:
             files["root.pem"] = path.read_bytes()
         except OSError as exc:
             raise spec_error(spec, ("secret-server", "root_ca"),
                              f"{path}: cannot read: {exc.strerror}")
-        attestation["root_ca"] = "root.pem"
+        root_ca = Path("root.pem")
         # As for a model's [secrets] server_root_ca: said at build time, not only at each start.
         warnings.warn(f"[secret-server] root_ca = {str(path)!r}: the server will release keys to "
                       "enclaves whose quotes chain to this root instead of Intel's SGX root CA. "
@@ -174,49 +166,50 @@ def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], dict]:  # noqa: A
     if (opts.get("collateral") is None) == (opts.get("pccs_url") is None):
         raise spec_error(spec, ("secret-server",), "give exactly one of collateral (a file, "
                                                    "measured) and pccs_url")
+    collateral = None
     if opts.get("collateral") is not None:
         files["collateral.json"] = Path(opts["collateral"]).read_bytes()
-        attestation["collateral"] = "collateral.json"
-    else:
-        attestation["pccs_url"] = opts["pccs_url"]
-    config = {
-        "measurements": names,
-        "server": {"listen": f"0.0.0.0:{opts['port']}", "identity": "ratls", "processes": 1,
-                   "workers": opts["workers"], "max_connections": 256,
-                   "max_tls": opts["max_tls"], "audit_log": "-"},
-        "attestation": attestation,
-        "upload": {"owners": owners},
-        "secrets": rules,
-    }
+        collateral = Path("collateral.json")
+    grsecret = None
     if opts.get("grsecret_port") is not None:
         if opts["grsecret_port"] == opts["port"]:
             raise spec_error(spec, ("secret-server", "grsecret_port"),
                              f"{opts['grsecret_port']} is also secret-server.port; GrSecret "
                              "needs a port of its own")
-        config["grsecret"] = {"listen": f"0.0.0.0:{opts['grsecret_port']}"}
+        grsecret = GrSecretSettings("0.0.0.0", opts["grsecret_port"])
+    config = SecretsConfig(
+        Path(CONFIG),
+        ServerSettings("0.0.0.0", opts["port"], None, None, max_connections=256,
+                       workers=opts["workers"], max_tls=opts["max_tls"], audit_log="-",
+                       processes=1, identity="ratls"),
+        AttestationSettings(root_ca, collateral,
+                            None if collateral is not None else opts["pccs_url"],
+                            TcbPolicy(frozenset(statuses))),
+        tuple(names), tuple(rules), UploadSettings(tuple(owners)), grsecret)
     return files, config
 
 
-def _check_config(files: dict[str, bytes], config: dict, spec: Spec) -> bytes:
+def _check_config(files: dict[str, bytes], config: SecretsConfig, spec: Spec) -> bytes:
     """secrets.toml as bytes, after the secret server's own loader and policy accepted it."""
     from enclave_build.attestation.config import ConfigError, load_config
     from enclave_build.attestation.policy import Policy, PolicyError
 
-    text = tomli_w.dumps(config).encode()
+    text = config.to_toml("The secret server's configuration (measured), written by "
+                          "enclave-build.").encode()
     with tempfile.TemporaryDirectory(prefix="secret-server-") as tmp:
         for name, data in files.items():
             target = Path(tmp) / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        (Path(tmp) / "secrets.toml").write_bytes(text)
+        (Path(tmp) / SECRETS_FILE).write_bytes(text)
         try:
-            loaded = load_config(Path(tmp) / "secrets.toml")
+            loaded = load_config(Path(tmp) / SECRETS_FILE)
             Policy.build(list(loaded.measurements), list(loaded.secrets), loaded.path.parent)
         except (ConfigError, PolicyError) as exc:
             message = str(exc).replace(str(Path(tmp).resolve()) + os.sep, "").replace(tmp, "")
             raise spec_error(spec, ("secret-server",), f"the secret server's configuration "
                                                        f"would not load: {message}")
-    return b"# The secret server's configuration (measured), written by enclave-build.\n" + text
+    return text
 
 
 def plan(spec: Spec) -> ServicePlan:
@@ -232,20 +225,22 @@ def plan(spec: Spec) -> ServicePlan:
              "LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu"},
         ports=[Port(opts["port"], "ratls")], user="10001")
     distributions = list(DISTRIBUTIONS)
-    if "grsecret" in config:
+    if config.grsecret is not None:
         plan.ports.append(Port(opts["grsecret_port"], "grsecret"))
         distributions += GRSECRET_DISTRIBUTIONS
     # Simulation only: where quotes come from when there is no quote device. It decides nothing
     # about trust: a quote from it verifies only against a synthetic root.
-    plan.env_passthrough.append("ENCLAVE_BUILD_SIMULATED_QUOTER")
-    plan.needs_gramine_quotes = True  # its RA-TLS identity: quotes from /dev/attestation
+    plan.env_passthrough.append(SIMULATED_QUOTER_ENV)
+    plan.needs_quote_device = True  # its RA-TLS identity: quotes from /dev/attestation
     plan.allowed.append("/etc/resolv.conf")
     plan.add_file(None, "/etc/hosts", FileKind.ALLOWED,
                   data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     plan.trusted_if_present += ["/etc/nsswitch.conf", "/etc/ld.so.cache", "/etc/passwd",
                                 "/etc/group", "/etc/ssl/openssl.cnf", "/usr/lib/ssl/openssl.cnf",
                                 "/etc/host.conf", "/etc/gai.conf", "/etc/localtime"]
+    # the server and the contract types it reads its configuration with
     ship_python_package(plan, "enclave_build.attestation")
+    ship_python_package(plan, "enclave_build.contract")
     plan.add_file(Path(__file__).with_name("launcher.py"),
                   f"{SERVER_PYTHONPATH}/{LAUNCHER}.py", FileKind.TRUSTED)
     for name, data in sorted(files.items()):
@@ -253,7 +248,7 @@ def plan(spec: Spec) -> ServicePlan:
     plan.add_file(None, CONFIG, FileKind.TRUSTED, data=secrets_toml)
     plan.python = PythonRuntime(distributions=distributions, modules=["_cffi_backend"])
     plan.labels["org.enclave-build.secret-server.secrets"] = ",".join(
-        sorted(r["name"] for r in config["secrets"]))
+        sorted(r.name for r in config.secrets))
     return plan
 
 

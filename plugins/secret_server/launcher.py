@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
-ROOT_ENV = "ENCLAVE_BUILD_ROOT"
-LISTEN_ENV = "ENCLAVE_BUILD_SIMULATION_LISTEN"   # builder.run.runner.LISTEN_ENV (a test holds it)
+from enclave_build.contract.names import LISTEN_ENV, ROOT_ENV
+from enclave_build.contract.secrets_config import restrict_listen
+
 SIMULATION_CONFIG = ".simulation-secrets.toml"
-_WILDCARDS = ("0.0.0.0", "[::]", "")
-_LISTEN_LINE = re.compile(r'(?m)^(listen\s*=\s*")(0\.0\.0\.0|\[::\]|)(:[0-9]+")[ \t]*$')
 
 
 class SimulationConfigError(ValueError):
@@ -39,23 +37,14 @@ def simulation_config(path: str) -> str:
     override = os.environ.get(LISTEN_ENV) if os.environ.get(ROOT_ENV) else None
     if not override:
         return path
-    import tomllib
-
-    host = f"[{override}]" if ":" in override and not override.startswith("[") else override
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
-    expected = tomllib.loads(text)
-    for table in ("server", "grsecret"):
-        listen = expected.get(table, {}).get("listen")
-        if isinstance(listen, str):
-            current, _, port = listen.rpartition(":")
-            if current in _WILDCARDS:
-                expected[table]["listen"] = f"{host}:{port}"
-    rewritten = _LISTEN_LINE.sub(lambda m: f"{m.group(1)}{host}{m.group(3)}", text)
-    if tomllib.loads(rewritten) != expected:
+    try:
+        rewritten = restrict_listen(text, override)
+    except ValueError:
         raise SimulationConfigError(
             f"{path}: cannot restrict its listen addresses to {override} for the simulation "
-            "(run with --listen-all to serve on the configured addresses)")
+            "(run with --listen-all to serve on the configured addresses)") from None
     if rewritten == text:
         return path
     copy = os.path.join(os.path.dirname(path), SIMULATION_CONFIG)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enclave_build.builder.plugin_api import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
-                                python_server_plan, spec_error)
+from enclave_build.plugin import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
+                                  python_server_plan, spec_error)
 
 SECTION = Section("tflite", "TFLite model server options", (
     Field("grpc_port", "int", "gRPC port (KServe v2)", default=8001, minimum=1, maximum=65535),

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 
-from enclave_build.builder.plugin_api import (MODEL_ROOT, Field, FileKind, Framework, Port, Section, Spec,
-                                ServicePlan, add_model, add_secret_file, base_plan, hookimpl,
-                                refuse_model_server_keys, require_models, require_one_key)
+from enclave_build.plugin import (MODEL_ROOT, Field, FileKind, Framework, Port, Section, Spec,
+                                  ServicePlan, add_model, add_secret_file, base_plan, hookimpl,
+                                  refuse_model_server_keys, require_models, require_one_key)
 
 BINARY = "/usr/bin/tensorflow_model_server"
 CONFIG_DEST = "/enclave/tfserving-models.config"

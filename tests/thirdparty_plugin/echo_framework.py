@@ -1,6 +1,6 @@
 """The 'echo' framework: a Python echo service, proving third parties can add frameworks."""
 
-from enclave_build.builder.plugin_api import Field, Framework, Port, Section, base_plan, hookimpl
+from enclave_build.plugin import Field, Framework, Port, Section, base_plan, hookimpl
 
 SECTION = Section("echo", "echo service options", (
     Field("port", "int", "TCP port", default=7007, minimum=1, maximum=65535),
@@ -32,3 +32,18 @@ def enclave_build_frameworks():
 def enclave_build_configure(spec, plan):
     plan.env["ECHO_CONFIGURED_BY"] = "echo-plugin"
     plan.labels["org.example.echo"] = "yes"
+
+
+@hookimpl
+def enclave_build_register_commands(cli):
+    import click
+
+    @cli.group("echo")
+    def echo_group():
+        """The echo plugin's own commands."""
+
+    @echo_group.command("greet")
+    @click.argument("name")
+    def greet(name):
+        """Print the greeting the echo service would send NAME."""
+        click.echo(f"{SECTION.fields[1].default}, {name}")

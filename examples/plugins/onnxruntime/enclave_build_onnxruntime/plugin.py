@@ -1,16 +1,16 @@
 """The ``onnxruntime`` framework: ONNX models behind enclave-build's model server.
 
 Everything here is enclave-build's public plugin API: a spec section (validated like the
-builtin ones, errors with file, line and key), a :class:`~builder.plugin_api.Framework`, and
-:func:`~builder.plugin_api.python_server_plan`, which runs our KServe v2 server with the
+builtin ones, errors with file, line and key), a :class:`~enclave_build.plugin.Framework`, and
+:func:`~enclave_build.plugin.python_server_plan`, which runs our KServe v2 server with the
 ``onnxruntime`` backend this package registers, ships this package's code into the image, and
 trusts ONNX Runtime's files from the base image.
 """
 
 from __future__ import annotations
 
-from enclave_build.builder.plugin_api import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
-                                python_server_plan)
+from enclave_build.plugin import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
+                                  python_server_plan)
 
 BACKEND = "onnxruntime"
 GRAPH_OPTIMIZATION = ("disabled", "basic", "extended", "all")

@@ -1,0 +1,101 @@
+"""``enclave-build base``: the base images enclaves are built on (list, build, stand-in)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .output import errors, print_json
+
+
+@click.group(epilog="""\b
+Examples:
+  enclave-build base list
+  enclave-build base build gramine-python
+  enclave-build base standin /tmp/standin      # then: build ... --base dir:/tmp/standin
+""")
+def base() -> None:
+    """Base images: the root filesystems enclaves are built on."""
+
+
+@base.command("list", epilog="""\b
+Examples:
+  enclave-build base list
+  enclave-build base list --json     # [{name, tag, description}]
+""")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print as JSON: a list of {name, tag, description}.")
+def base_list(as_json: bool) -> None:
+    """The base images enclave-build ships Dockerfiles for."""
+    from enclave_build.base_images import BASES
+
+    if as_json:
+        print_json([{"name": r.name, "tag": r.tag, "description": r.description}
+                     for r in BASES.values()])
+        return
+    name_width = max((len(r.name) for r in BASES.values()), default=0)
+    tag_width = max((len(r.tag) for r in BASES.values()), default=0)
+    for recipe in BASES.values():
+        click.echo(f"{recipe.name:<{name_width}}  {recipe.tag:<{tag_width}}  {recipe.description}")
+
+
+@base.command("build", epilog="""\b
+Examples:
+  enclave-build base build gramine-python
+  enclave-build base build gramine-tfserving \\
+      --build-arg TFSERVING_IMAGE=tensorflow/serving:2.15.1
+  enclave-build base build --dir my-base/ --tag registry.example.com/my-base:1
+""")
+@click.argument("name", required=False)
+@click.option("--dir", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Build this Dockerfile directory instead of a named base.")
+@click.option("--tag", help="Tag for the image (default: the base's standard tag).")
+@click.option("--build-arg", "build_args", multiple=True, metavar="NAME=VALUE",
+              help="Override a pinned version (repeatable).")
+@click.option("--network", default="host", show_default=True,
+              help="Network mode for RUN steps.")
+def base_build(name: str | None, directory: Path | None, tag: str | None,
+               build_args: tuple[str, ...], network: str) -> None:
+    """Build base image NAME (see `enclave-build base list`) with the Docker engine."""
+    from ..image.base_build import build_base
+
+    with errors():
+        image_id, final_tag = build_base(name, directory, tag, build_args, network,
+                                         log=lambda line: click.echo(line, err=True))
+    click.echo(f"{final_tag} {image_id}")
+
+
+#: builder.standin.STANDIN_RUNTIMES' names (listed here to keep the CLI's start-up lazy; a test
+#: checks that they agree).
+STANDIN_RUNTIME_NAMES = ("onnxruntime", "secret-server")
+
+
+@base.command(epilog="""\b
+Example:
+  enclave-build base standin /tmp/standin
+  enclave-build build examples/tflite/spec.toml --base dir:/tmp/standin
+\b
+The examples whose bases add runtimes (examples/secret-server, examples/plugins/onnxruntime):
+  enclave-build base standin /tmp/standin-all --runtimes secret-server --runtimes onnxruntime
+  enclave-build build examples/secret-server/spec.toml --base dir:/tmp/standin-all
+""")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--runtimes", "runtimes", multiple=True,
+              type=click.Choice(STANDIN_RUNTIME_NAMES),
+              help="Also add stand-ins of these runtimes (repeatable): secret-server = what "
+                   "base gramine-secret-server adds (pyOpenSSL, dcap-qvl, ...), onnxruntime = "
+                   "what the onnxruntime example plugin's base adds.")
+def standin(directory: Path, runtimes: tuple[str, ...]) -> None:
+    """Write a STAND-IN Gramine 1.9 root filesystem to DIRECTORY (for demos and tests).
+
+    It has Gramine's layout, a synthetic libpal.so and placeholders of the Python runtimes of
+    base gramine-python (LiteRT, OpenVINO, grpcio, numpy), so builds measure and sign exactly
+    as with real files, but nothing in it runs. Use it as --base dir:DIRECTORY.
+    """
+    from ..standin import add_standin_runtimes, make_standin_rootfs
+
+    make_standin_rootfs(directory)
+    add_standin_runtimes(directory, runtimes)
+    click.echo(f"wrote stand-in Gramine rootfs to {directory} (use --base dir:{directory}); "
+               "it is NOT a runnable Gramine", err=True)
