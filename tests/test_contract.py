@@ -115,6 +115,37 @@ def test_model_server_json_reads_back_what_was_written(tmp_path):
     assert ServerConfig.parse(files.to_json()) == files
 
 
+def test_the_serving_limits_read_back_typed_with_their_defaults(tmp_path):
+    """max_response_bytes, max_json_bytes and min_body_rate are limits of model-server.json:
+    written when set, read back as integers, defaults derived from max_request_bytes."""
+    path = tmp_path / "model-server.json"
+    config = dataclasses.replace(_config(), limits=Limits.of({
+        "max_request_bytes": 8 << 20, "max_response_bytes": 2 << 20, "max_json_bytes": 1 << 20,
+        "min_body_rate": 100}))
+    path.write_text(config.to_json())
+    limits = ServerConfig.load(path).limits
+    assert (limits.max_response_bytes, limits.max_json_bytes, limits.min_body_rate) == \
+        (2 << 20, 1 << 20, 100)
+    assert json.loads(path.read_text())["limits"]["min_body_rate"] == 100
+    defaults = Limits.of({"max_request_bytes": 1 << 20})
+    # answers up to 4 x a request; the JSON part of a request never more than a request
+    assert (defaults.max_response_bytes, defaults.max_json_bytes, defaults.min_body_rate) == \
+        (4 << 20, 1 << 20, 32 << 10)
+    assert Limits().max_json_bytes == 4 << 20
+
+
+def test_serving_limit_errors_name_the_file_line_and_key(tmp_path):
+    path = tmp_path / "model-server.json"
+    path.write_text(json.dumps({"version": 1, "limits": {
+        "max_response_bytes": 0, "max_json_bytes": "4M", "min_body_rate": 1.5}}, indent=2))
+    with pytest.raises(ConfigError) as info:
+        ServerConfig.load(path)
+    assert info.value.lines() == [
+        f"{path}:4: limits.max_response_bytes: 0 is out of range; allowed: at least 1",
+        f"{path}:5: limits.max_json_bytes: expected a positive integer, got string '4M'",
+        f"{path}:6: limits.min_body_rate: expected a positive integer, got float 1.5"]
+
+
 def test_measurements_service_and_fragment_read_back(tmp_path):
     (tmp_path / "measurements.json").write_text(_measurements().to_json())
     assert Measurements.load(tmp_path / "measurements.json") == _measurements()

@@ -97,6 +97,9 @@ max_grpc_connections = 100
 max_connections = 50
 body_stall_timeout = 3
 drain_seconds = 7
+max_response_bytes = "8M"
+max_json_bytes = "1M"
+min_body_rate = "4K"
 '''
 
 
@@ -115,6 +118,8 @@ def test_limits_section_reaches_model_server_json_and_the_fds_limit(tmp_path, st
             limits.body_stall_timeout) == (10 << 20, 100, 50, 3)
     assert limits.max_buffered_bytes == 40 << 20          # 4 x max_request_bytes
     assert limits.idle_timeout == 30                      # unset: the server's default
+    assert (limits.max_response_bytes, limits.max_json_bytes, limits.min_body_rate) == \
+        (8 << 20, 1 << 20, 4 << 10)
     assert config.drain_seconds == 7
     manifest = tomllib.loads(result.artifacts.manifest.decode())
     assert manifest["sys"]["fds"]["limit"] == 50 + 100 + 8 + OWN_FDS
@@ -125,6 +130,8 @@ def test_limits_section_reaches_model_server_json_and_the_fds_limit(tmp_path, st
     ("max_connections = 0", "0 is out of range; allowed: 1 to 65536"),
     ("idle_timeout = 0", "0 is out of range; allowed: 1 to 3600"),
     ("max_conections = 5", "unknown key; did you mean 'max_connections'?"),
+    ('max_json_bytes = "4 MB"', "'4 MB' is not a size"),
+    ("min_body_rate = 4096", 'expected a size string such as "512M" or "4G"'),
 ])
 def test_limits_section_errors_are_located(tmp_path, monkeypatch, standin_root, signing_key,
                                            text, line):
