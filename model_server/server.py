@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Sequence
 from enclave_build.contract.schema import Problem
 
 from . import __version__
+from .allocator import return_large_blocks
 from .backends import BackendError
 from .config import ConfigError, ServerConfig, load_config
 from .core import Engine, load_models
@@ -196,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError, KeyError) as exc:
         _say(f"bad configuration: {args.config}: {exc}")
         return 2
+    if not return_large_blocks():
+        log.debug("the C library keeps its default for large blocks (no mallopt)")
     try:
         keyring = prepare_keys(config.keys)
     except KeyFetchError as exc:
