@@ -13,7 +13,7 @@ import click
 from enclave_build import __version__
 
 from ..plugins import PluginRegistry
-from . import base, build, cache, pf, plugins, project, quote, secrets, signing
+from . import base, build, cache, dev, pf, plugins, project, quote, secrets, signing
 from .output import INTERRUPTED, exit_codes_help
 
 
@@ -79,7 +79,7 @@ main.help = f"{main.help}\n{exit_codes_help()}"
 
 for _command in (build.build, build.inspect, build.run, plugins.plugins, signing.keygen,
                  signing.gramine, quote.quote, secrets.secrets, pf.pf, base.base,
-                 project.init_command, project.doctor, cache.cache):
+                 project.init_command, project.doctor, cache.cache, dev.dev):
     main.add_command(_command)
 
 #: The installed plugins, as the command line started: their command groups are added here; a
