@@ -6,7 +6,8 @@ always shows the real keys, defaults and limits), ``DIR/keys/`` (mode 0700) hold
 signing key ``keys/enclave-key.pem`` (mode 0600), ``DIR/models/`` and, for a service that gets
 keys, ``DIR/tls/``: the secret server's CA (``ca.pem``, named by ``[secrets] ca`` and built into
 the image) with that server's certificate and key for the ``[secrets] server`` host (as
-``enclave-build secrets tls`` writes them; the CA's private key is not kept). It never
+``enclave-build secrets tls`` writes them; the CA's private key is not kept), and a
+``.gitignore`` (keys, the server's key, outputs, ``.enclave-build/``) if there is none. It never
 overwrites a file: existing ones are named in a :class:`~builder.errors.UsageError` (exit 2);
 ``force`` replaces ``spec.toml`` (and, with a model, the model's copy) and keeps the key and an
 existing ``tls/``.
@@ -57,6 +58,13 @@ STANDIN = "standin"
 STANDIN_DIR = ".enclave-build/standin"
 #: Validity of the secret server's CA and certificate that init makes.
 TLS_DAYS = 365
+#: DIR/.gitignore (written when there is none): what never goes into version control.
+GITIGNORE = """# written by `enclave-build init`: never in version control
+keys/
+tls/server.key
+out/
+.enclave-build/
+"""
 
 # What to put at models/MODEL, per builtin framework (third-party ones get the generic text).
 _MODEL_HINTS = {
@@ -504,6 +512,9 @@ def init_project(directory: str | Path, framework: str | None = None,
         tls_created = _make_tls(directory, secret_server)
     if base == STANDIN:
         _make_standin(directory / STANDIN_DIR, chosen)
+    ignore = directory / ".gitignore"
+    if not (ignore.exists() or ignore.is_symlink()):
+        _write_text(ignore, GITIGNORE, replace=False)
     _write_text(spec_path, text, replace=force)
     return InitResult(directory, spec_path, key_path, key_created, chosen.name, service,
                       secret_server, next_steps(directory, chosen, secret_server,

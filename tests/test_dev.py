@@ -415,6 +415,8 @@ def test_init_names_the_model_and_force_refreshes_it(tmp_path):
     again = init_project(tmp_path / "p", model=model, force=True)
     assert (tmp_path / "p/models/Wake Word.tflite").read_bytes() == b"TFL3 two"
     assert again.key.read_bytes() == key and (tmp_path / "p/tls/ca.pem").read_bytes() == ca
+    ignored = (tmp_path / "p/.gitignore").read_text().splitlines()
+    assert {"keys/", "tls/server.key", ".enclave-build/"} <= set(ignored)
     assert again.key_created is False and again.tls_created is False
     load_spec(again.spec, PluginRegistry().framework_sections())
 

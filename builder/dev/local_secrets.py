@@ -87,11 +87,20 @@ class ServerAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+#: The secret server's certificate and key next to [secrets] ca, by the names `enclave-build
+#: init` / `secrets tls` write, then the examples' keys directory's.
+SERVER_TLS_NAMES = (("server.crt", "server.key"), ("secret-server.crt", "secret-server.key"))
+
+
 def server_tls(ca: Path | None) -> tuple[Path, Path]:
     """The secret server's certificate and key next to the spec's [secrets] ca."""
     if ca is None:
         raise UsageError("the spec has no [secrets] ca: `dev` starts a secret server only for "
                          "a spec whose enclave checks its server against a CA")
+    for cert_name, key_name in SERVER_TLS_NAMES:
+        cert, key = ca.parent / cert_name, ca.parent / key_name
+        if cert.is_file() and key.is_file():
+            return cert, key
     cert, key = ca.parent / "server.crt", ca.parent / "server.key"
     missing = [str(p) for p in (cert, key) if not p.is_file()]
     if missing:
