@@ -10,8 +10,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
-import signal
 import socket
 import ssl
 import sys
@@ -28,7 +26,7 @@ from enclave_build.builder import build_stamp
 from enclave_build.builder.build import build, load, make_plan
 from enclave_build.builder.dev import local_secrets
 from enclave_build.builder.dev.processes import ManagedProcess, wait_until
-from enclave_build.builder.dev.requests import (InferRequest, ModelMetadata, TensorSpec,
+from enclave_build.builder.dev.requests import (ModelMetadata, TensorSpec,
                                                 generated_request, output_digest, read_input)
 from enclave_build.builder.dev.session import DevError, check_ports_free
 from enclave_build.builder.dev.snippets import curl_infer, tritonclient_snippet
@@ -498,7 +496,7 @@ def test_build_dir_reads_its_spec_and_names_a_directory_without_one(tmp_path):
 
 
 def test_build_prints_the_dev_step(tmp_path, standin_root):
-    project = _project(tmp_path, standin_root)
+    _project(tmp_path, standin_root)
     proc = run_cli("build", "proj", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().rstrip().endswith("enclave-build dev proj")

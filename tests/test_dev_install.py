@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import REPO
-from .test_dev_serving import free_ports, port_free, processes_mentioning, set_ports
+from .dev_env import free_ports, port_free, processes_mentioning, set_ports
 
 pytestmark = pytest.mark.integration
 
