@@ -27,7 +27,7 @@ from . import build_stamp
 from .errors import EnclaveBuildError, UsageError
 from .gramine.protected_files import KEY_SIZE as WRAP_KEY_SIZE, read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
-from .hashing import HashCache
+from .hashing import HashCache, default_cache_path
 from .image.assemble import assemble, runtime_owner
 from .image.blob_cache import BlobCache, Limits, report as blob_cache_report
 from .image.oci import BlobStore, Image
@@ -221,11 +221,14 @@ def planned_inputs(spec_path: str | Path, base: str | None,
             warnings.simplefilter("ignore")   # the build warns about the same spec
             spec, registry = load(spec_path, registry)
             plan = make_plan(spec, registry)
-            cache = HashCache()
+            # The build's digest cache if there is one; this step never creates it (a build
+            # that fails early leaves nothing behind).
+            cache = HashCache() if default_cache_path().exists() else None
             try:
                 return build_stamp.build_inputs(spec, plan, base, cache)
             finally:
-                cache.close()
+                if cache is not None:
+                    cache.close()
     except Exception:  # noqa: BLE001 - the build itself reports the same problem
         return None
 
