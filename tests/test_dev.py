@@ -561,3 +561,30 @@ def test_init_example_offline_is_a_clear_error(tmp_path):
     proc = run_cli("init", "--example", "nothing", str(tmp_path / "demo"))
     assert proc.returncode == 2 and "examples: tflite, openvino, onnxruntime" in \
         proc.stderr.decode()
+
+
+# --------------------------------------------------------------------------- dev's refusals
+
+def test_dev_refuses_an_in_cluster_secret_server_it_cannot_reach(tmp_path):
+    """init --k8s measures an in-cluster address: dev starts nothing and says why (exit 2)."""
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"TFL3" + bytes(64))
+    init_project(tmp_path / "face", model=model, k8s="vision", base="standin")
+    proc = run_cli("dev", "face", "--once", "-q", cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "dev: building" in err
+    assert ("error: the enclave was built to get its keys from the secret server at "
+            "face-secrets.vision.svc:4433 (measured into it), which does not answer here") in err
+    assert "secret-server |" not in err and "enclave |" not in err
+
+
+def test_dev_reports_a_spec_error_with_file_line_and_key(tmp_path):
+    init_project(tmp_path / "p")      # the model placeholder is still there
+    proc = run_cli("dev", "p", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "p/spec.toml:" in proc.stderr.decode() and "models[0].path: file not found" in \
+        proc.stderr.decode()
+    usage = run_cli("dev", "p", "--input", str(tmp_path / "p/spec.toml"), cwd=tmp_path)
+    assert usage.returncode == 2 and "--input and --model go with --once" in \
+        usage.stderr.decode()

@@ -179,8 +179,10 @@ class DevSession:
         self._prepared = (spec, output, ServiceInfo.load(service_file))
         return self._prepared
 
-    def start_secret_server(self, spec: Spec, output: Path, info: ServiceInfo) -> tuple[str, bool]:
-        """(address, started by dev); the PKI the run's quoter uses is :attr:`pki`."""
+    def secret_server_plan(self, spec: Spec, output: Path,
+                           info: ServiceInfo) -> tuple[local_secrets.ServerAddress, bool]:
+        """Where the enclave gets its keys and whether dev starts the server there (False: one
+        already answers); UsageError / DevError when neither can work. Starts nothing."""
         assert info.secret_server is not None
         address = local_secrets.ServerAddress.parse(info.secret_server)
         ca = spec.secrets.ca
@@ -191,7 +193,7 @@ class DevSession:
                        f"{self.pki} and serve this build's keys (`enclave-build secrets config "
                        f"{output} --root-ca {self.pki / 'root.pem'} --collateral "
                        f"{self.pki / 'collateral.json'} ...`)")
-            return str(address), False
+            return address, False
         if found.kind == "other":
             raise DevError(f"{address} (the secret server the enclave was built to dial) is in "
                            f"use: {found.detail}. Stop what listens there, or build with "
@@ -207,6 +209,14 @@ class DevSession:
                 "only at a loopback address. Make that address reachable (e.g. a port-forward "
                 "and a hosts entry), or use a spec with [secrets] server = \"localhost:4433\" "
                 "for local runs")
+        local_secrets.server_tls(ca)   # named now if missing, before anything starts
+        return address, True
+
+    def start_secret_server(self, spec: Spec, output: Path,
+                            address: local_secrets.ServerAddress) -> None:
+        """Start the secret server at *address* for *output*'s keys and wait until it serves;
+        DevError with its log tail if it does not."""
+        ca = spec.secrets.ca
         cert, key = local_secrets.server_tls(ca)
         state = project_state(spec)
         config = local_secrets.write_config(state, output, address, cert, key, self.pki)
@@ -228,7 +238,6 @@ class DevSession:
                           f"not serving after {SECRET_SERVER_START_SECONDS:g} s")
             raise DevError(f"the secret server did not start ({state_text}):\n"
                            + self.secret_server.log_tail())
-        return str(address), True
 
     def start_enclave(self, output: Path) -> None:
         def watch(line: str) -> None:
@@ -293,14 +302,16 @@ class DevSession:
         self._pki = (self.options.pki.resolve() if self.options.pki else
                      local_secrets.ensure_pki(project_state(spec) / local_secrets.PKI_DIR,
                                               self._emit))
-        check_ports_free(info)
-        address, started = (None, False)
+        address, start = (None, False)
         if info.keys:
-            address, started = self.start_secret_server(spec, output, info)
+            address, start = self.secret_server_plan(spec, output, info)
+        check_ports_free(info)
+        if address is not None and start:
+            self.start_secret_server(spec, output, address)
         self.start_enclave(output)
         self.wait_ready(info, info.service)
-        served = Served(info.service, rest_url(info), grpc_address(info), self.mode, address,
-                        started)
+        served = Served(info.service, rest_url(info), grpc_address(info), self.mode,
+                        str(address) if address is not None else None, start)
         if served.rest_url is not None and info.health.kind == "kserve-v2":
             for model in spec.models:
                 try:
@@ -416,10 +427,14 @@ def summary(served: Served, state: Path) -> list[str]:
         outputs = ", ".join(f"{s.name} {s.datatype}{list(s.shape)}" for s in model.outputs)
         lines += ["", f"model {model.name}: inputs {inputs}; outputs {outputs}"]
         if served.rest_url:
-            body = write_request(state, model)
-            lines += ["  metadata:", "    " + snippets.curl_metadata(served.rest_url, model.name),
-                      f"  a request (zeros, from the metadata: {body}):",
-                      "    " + snippets.curl_infer(served.rest_url, model.name, body)]
+            lines += ["  metadata:", "    " + snippets.curl_metadata(served.rest_url, model.name)]
+            try:
+                body = write_request(state, model)
+            except UsageError as exc:
+                lines.append(f"  (no request made from the metadata: {exc})")
+            else:
+                lines += [f"  a request (zeros, from the metadata: {body}):",
+                          "    " + snippets.curl_infer(served.rest_url, model.name, body)]
         if served.grpc_address:
             lines += ["  Python over gRPC (pip install 'tritonclient[grpc]'):"]
             lines += ["    " + line if line else "" for line in
