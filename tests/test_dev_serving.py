@@ -375,3 +375,18 @@ def test_init_example_openvino_then_dev_once(tmp_path):
                         "from the metadata: zeros)")
     assert "  output output  FP32[1, 896, 16]" in lines and lines[-1].startswith("digest ")
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_run_without_a_secret_server_says_how_to_start_one(project):
+    """The symptom this all started from: `run --simulate` with no secret server. The model
+    server stops at start-up; run now names the address and `enclave-build dev`."""
+    proc = subprocess.run([ENCLAVE_BUILD, "run", "proj/out", "--simulate"], cwd=project["work"],
+                          env=project["env"], capture_output=True, text=True,
+                          timeout=DEV_SECONDS)
+    assert proc.returncode not in (0, 130), proc.stderr
+    assert "cannot reach the secret server" in proc.stderr
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"run: nothing answers at localhost:{project['secret_port']} "
+                           "(Connection refused), the secret server this enclave gets its keys")
+    assert f"enclave-build dev {project['dir'].resolve()}" in last
+    _nothing_left(project)
