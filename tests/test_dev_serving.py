@@ -337,6 +337,8 @@ def test_dev_under_the_real_gramine_libos(tmp_path, gramine_base_dir):  # noqa: 
                           env=env, capture_output=True, text=True, timeout=900)
     assert once.returncode == 0, once.stdout + once.stderr[-4000:]
     assert "dev: building" in once.stderr
+    assert re.search(r"dev: generated wrap key .*face-key.key \(mode 0600\)", once.stderr)
+    assert re.search(r"dev: built face, mr_enclave [0-9a-f]{64}", once.stderr)
     assert "the enclave runs under gramine-direct" in once.stderr
     from ai_edge_litert.interpreter import Interpreter
 
@@ -370,6 +372,8 @@ def test_init_example_openvino_then_dev_once(tmp_path):
     once = subprocess.run([ENCLAVE_BUILD, "dev", "ov", "--once", "-q"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=DEV_SECONDS)
     assert once.returncode == 0, once.stdout + once.stderr[-4000:]
+    assert re.search(r"dev: generated wrap key .*/ov/keys/ov-key.key \(mode 0600\)",
+                     once.stderr)
     lines = once.stdout.splitlines()
     assert lines[0] == ("model face_detection: request input FP32[1, 3, 128, 128] (generated "
                         "from the metadata: zeros)")

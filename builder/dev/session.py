@@ -171,8 +171,14 @@ class DevSession:
         else:
             why = "--rebuild" if state.up_to_date else state.reason
             self._emit(f"dev: building {self.spec_path} -> {output} ({why})")
-            build(self.spec_path, output=output, base=self.options.base, registry=registry,
-                  progress=progress or NullProgress())
+            result = build(self.spec_path, output=output, base=self.options.base,
+                           registry=registry, progress=progress or NullProgress())
+            for path in result.generated_keys:
+                self._emit(f"dev: generated wrap key {path} (mode 0600): keep it, the secret "
+                           "server needs it and it cannot be recovered")
+            if result.measurements is not None:
+                self._emit(f"dev: built {result.measurements.service}, mr_enclave "
+                           f"{result.measurements.mr_enclave}")
         service_file = output / SERVICE_FILE
         if not service_file.is_file():
             raise UsageError(f"{output}: the service listens on no port (no {SERVICE_FILE}); "
