@@ -23,10 +23,11 @@ from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE
 from enclave_build.contract.policy_fragment import PolicyFragment
 from enclave_build.contract.secrets_config import SecretRule
 
+from . import build_stamp
 from .errors import EnclaveBuildError, UsageError
 from .gramine.protected_files import KEY_SIZE as WRAP_KEY_SIZE, read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
-from .hashing import HashCache
+from .hashing import HashCache, default_cache_path
 from .image.assemble import assemble, runtime_owner
 from .image.blob_cache import BlobCache, Limits, report as blob_cache_report
 from .image.oci import BlobStore, Image
@@ -192,8 +193,11 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
           progress: Progress | None = None, hash_cache: HashCache | None = None,
           image: ImageOptions = ImageOptions()) -> BuildResult:
     """Build the spec at *spec_path*; then bound the blob cache (builder.image.blob_cache),
-    keeping what this build made."""
+    keeping what this build made. A build that writes an output directory records its inputs
+    (builder.build_stamp), so that `enclave-build dev` can tell whether it is up to date."""
     blobs = BlobCache(cache_root())
+    registry = registry or PluginRegistry()
+    inputs = planned_inputs(spec_path, base, registry) if output is not None else None
     with ExitStack() as held:
         # From the moment the build reads its base: no blob it finds disappears before its
         # output links it (a spec error before that touches no cache).
@@ -202,7 +206,31 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
                         image=image, hold_cache=lambda: held.enter_context(blobs.in_use()))
     keep = _image_digests(result.image) if result.image is not None else []
     blobs.prune(Limits.from_env(), keep, log=blob_cache_report)
+    if inputs is not None and result.output is not None:
+        build_stamp.record(result.spec, result.output,
+                           build_stamp.with_keys_after(inputs, result.spec, result.plan))
     return result
+
+
+def planned_inputs(spec_path: str | Path, base: str | None,
+                   registry: PluginRegistry) -> build_stamp.BuildInputs | None:
+    """The inputs a build of *spec_path* on *base* reads (builder.build_stamp), read before it
+    starts; None when the spec cannot be planned (the build itself reports why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # the build warns about the same spec
+            spec, registry = load(spec_path, registry)
+            plan = make_plan(spec, registry)
+            # The build's digest cache if there is one; this step never creates it (a build
+            # that fails early leaves nothing behind).
+            cache = HashCache() if default_cache_path().exists() else None
+            try:
+                return build_stamp.build_inputs(spec, plan, base, cache)
+            finally:
+                if cache is not None:
+                    cache.close()
+    except Exception:  # noqa: BLE001 - the build itself reports the same problem
+        return None
 
 
 def _image_digests(image: Image) -> list[str]:

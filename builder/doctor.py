@@ -341,15 +341,17 @@ def _gramine_base(p: Probes, ref: str) -> Check:
         runtime, direct = p.gramine_in_base(ref)
     except EnclaveBuildError as exc:
         return Check("gramine.base", title, MISSING, str(exc),
-                     "use a base with Gramine 1.9: " + "; ".join(WORKING_BASES) + "; or make a "
-                     "local one with `scripts/gramine-base.sh ROOTFS` and use --base dir:ROOTFS")
+                     "use a base with Gramine 1.9: " + "; ".join(WORKING_BASES) + "; or a "
+                     "local real root filesystem as --base dir:ROOTFS (the manual: How-to, "
+                     "Bases, images and caches)")
     found = f"Gramine {runtime.version}, libpal {runtime.libpal}, offsets {runtime.offsets}"
     if not direct:
         return Check("gramine.base", title, WARN, f"{found}; but no real gramine-direct in it "
                      "(a stand-in base?): builds measure and sign, nothing boots, `run "
                      "--simulate` can only use process mode",
-                     "for a base that boots: `scripts/gramine-base.sh ROOTFS` (root) and "
-                     "--base dir:ROOTFS, or a published Gramine base")
+                     "for a base that boots: a real Gramine root filesystem as --base "
+                     "dir:ROOTFS (the manual: How-to, Bases, images and caches), or a "
+                     "published Gramine base")
     return Check("gramine.base", title, OK, found)
 
 
@@ -358,12 +360,12 @@ def _mmdebstrap(p: Probes) -> Check:
     found = p.which("mmdebstrap")
     if found is None:
         return Check("realbase.mmdebstrap", title, MISSING,
-                     "not on PATH (scripts/gramine-base.sh makes a Debian bookworm base with it)",
-                     "`apt-get install mmdebstrap` (scripts/gramine-base.sh installs it when run "
-                     "as root)")
+                     "not on PATH (a local real base is a Debian bookworm root filesystem made "
+                     "with it)", "`apt-get install mmdebstrap`")
     if p.euid() != 0:
         return Check("realbase.mmdebstrap", title, WARN, f"{found}, but not running as root",
-                     "run scripts/gramine-base.sh ROOTFS as root (mmdebstrap and chroot)")
+                     "make the local real base as root (mmdebstrap and chroot; the manual: "
+                     "How-to, Bases, images and caches)")
     return Check("realbase.mmdebstrap", title, OK, found)
 
 
@@ -372,7 +374,8 @@ def _gramine_archive(p: Probes) -> Check:
     archive = p.env("GRAMINE_ARCHIVE") or str(GRAMINE_ARCHIVE)
     if p.path_kind(archive) == "file":
         return Check("realbase.gramine_archive", title, OK,
-                     f"{archive} (scripts/gramine-base.sh ROOTFS, then --base dir:ROOTFS)")
+                     f"{archive} (for a local real base, then --base dir:ROOTFS; the manual: "
+                     "How-to, Bases, images and caches)")
     return Check("realbase.gramine_archive", title, MISSING, f"{archive} not found",
                  "put a Gramine 1.9 Debian 12 build there (or set GRAMINE_ARCHIVE); or use a "
                  "published base (`enclave-build base build gramine-python`, docker://...), or "
@@ -405,7 +408,8 @@ def _runtime(p: Probes, check_id: str, module: str, package: str, use: str,
             continue
     return Check(check_id, title, MISSING, f"cannot import {module} in {sys.executable}: "
                  f"{reason} ({use})", f"{sys.executable} -m pip install {package} (or all of "
-                 "them, pinned, from the checkout: pip install -c constraints.txt '.[serve]')")
+                 "them: pip install 'enclave-build[serve]', or pipx inject enclave-build "
+                 f"{package})")
 
 
 def diagnose(base: str | None = None, probes: Probes | None = None) -> Report:

@@ -34,7 +34,7 @@ SCHEMAS = {
                               "metadata_nonce"},   # + path, plaintext_size with --wrap-key
     "enclave-build base list": {"name", "tag", "description"},
     "enclave-build init": {"directory", "spec", "key", "key_created", "framework", "service",
-                           "secret_server", "next_steps"},
+                           "secret_server", "model", "base", "tls_created", "next_steps"},
     "enclave-build doctor": {"schema", "ok", "counts", "checks"},
     "enclave-build secrets tls": {"ca", "cert", "key", "hosts", "days", "server"},
     "enclave-build secrets simulate-pki": {"written", "root_ca", "collateral", "synthetic"},

@@ -20,7 +20,7 @@ The layers, lowest first (a module may import its own layer and the ones below i
        plugins         (tfserving, tflite, openvino, secret-server)
     7  build           build (spec -> plan -> artifacts -> image -> outputs), leak_guard
     8  around builds   k8s (generates deployments from build outputs), run (simulation), init,
-                       doctor, standin
+                       doctor, standin, dev (build if stale, secret server, run, requests)
     9  cli             enclave_build.builder.cli, enclave_build.__main__
 
 Rules besides the layers:
@@ -72,6 +72,7 @@ LAYERS: dict[str, int] = {
     "enclave_build.builder.init": 8,
     "enclave_build.builder.doctor": 8,
     "enclave_build.builder.standin": 8,
+    "enclave_build.builder.dev": 8,
     "enclave_build.builder.cli": 9,
     "enclave_build.__main__": 9,
 }

@@ -180,8 +180,8 @@ def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
         if not real:
             raise CannotSimulate(f"{build.directory}: the image has no real Gramine "
                                  f"({gramine_direct.DIRECT_LOADER}); it was built on a stand-in "
-                                 "base. Rebuild with a real base, e.g. --base dir:ROOTFS from "
-                                 "scripts/gramine-base.sh")
+                                 "base. Rebuild with a real base, e.g. --base dir:ROOTFS (the "
+                                 "manual: How-to, Bases, images and caches)")
         if os.geteuid() != 0:
             raise CannotSimulate("gramine-direct runs need root (chroot and bind mounts)")
         return "gramine-direct"
@@ -192,8 +192,8 @@ def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
         raise CannotSimulate(
             f"{build.measurements.framework!r} runs a binary ({entry}), not our Python model "
             f"server, so it cannot run as a plain process here, and {why}. Simulate it under "
-            "gramine-direct: build on a real Gramine base (scripts/gramine-base.sh ROOTFS, then "
-            "--base dir:ROOTFS) and run as root.")
+            "gramine-direct: build on a real Gramine base (--base dir:ROOTFS; the manual: How-to, "
+            "Bases, images and caches) and run as root.")
     return "process"
 
 
@@ -282,6 +282,36 @@ def _check_encrypted_files(build: Build, root: Path, uid: int, gid: int,
             f"{' ...' if len(bad) > 5 else ''}")
 
 
+def secret_server_hint(directory: Path, timeout: float = 1.0) -> str | None:
+    """After a failed run: a hint when nothing answers at the secret server the build fetches
+    its keys from (service.json) -- the enclave stopped at start-up with "cannot reach the
+    secret server" -- naming ``enclave-build dev``, which starts one. None when it answers, or
+    there are no keys."""
+    import socket
+
+    from enclave_build.contract.names import SERVICE_FILE
+    from enclave_build.contract.service_info import ServiceInfo
+
+    try:
+        info = ServiceInfo.load(directory / SERVICE_FILE)
+    except Exception:  # noqa: BLE001 - an older build: no hint, the run goes on
+        return None
+    if not info.keys or not info.secret_server:
+        return None
+    host, _, port = info.secret_server.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    project = directory.resolve().parent
+    return (f"run: nothing answers at {info.secret_server} ({reason}), the secret server "
+            f"this enclave gets its keys {', '.join(info.keys)} from. Start one (`enclave-build "
+            "secrets config "
+            f"{directory} ... --out secrets.toml`, then `enclave-build secrets serve --config "
+            f"secrets.toml`), or let `enclave-build dev {project}` start it and the run")
+
+
 def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
     """Run the build in BUILD_DIR (simulation); returns the service's exit code."""
     from enclave_build.attestation.simulated_quoter import QuoterError, SimulatedQuoter
@@ -332,7 +362,12 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
                                            stderr=options.stderr, start_new_session=True)
             if options.started is not None:
                 options.started(process)
-            return wait_forwarding(process)
+            code = wait_forwarding(process)
+            if code not in (0, 128 + 2, 128 + 15):   # not a clean stop, nor SIGINT/SIGTERM
+                hint = secret_server_hint(Path(directory))
+                if hint:
+                    log(hint)
+            return code
         finally:
             quoter.stop()
 
