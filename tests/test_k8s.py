@@ -33,6 +33,7 @@ from enclave_build.builder.k8s.layout import MARKER, OVERLAY, Manifests
 from enclave_build.builder.deploy.service_info import SERVICE_FILE, ServiceInfo, ServiceInfoError, service_info
 from enclave_build.builder.spec import SpecError
 from enclave_build.contract.identity import EnclaveIdentity
+from .conftest import tflite_bytes
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -57,7 +58,7 @@ secret_server_image = "{SECRET_SERVER}"
 def _model_files(models: Path, example: str) -> None:
     if example == "tflite":
         models.mkdir(parents=True, exist_ok=True)
-        (models / "face_detection_short_range.tflite").write_bytes(b"TFL3" + bytes(60))
+        (models / "face_detection_short_range.tflite").write_bytes(tflite_bytes(bytes(60)))
     elif example == "openvino":
         d = models / "face_detection_ov"
         d.mkdir(parents=True, exist_ok=True)
@@ -457,7 +458,7 @@ def test_a_real_build_writes_service_json_that_k8s_deploys(tmp_path, standin_roo
     deploys it once the operator names where the image (same digest) was copied."""
     from enclave_build.builder.build import build
 
-    (tmp_path / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 4)
+    (tmp_path / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 4))
     shutil.copy(signing_key, tmp_path / "key.pem")
     (tmp_path / "ca.pem").write_text("placeholder\n")
     (tmp_path / "spec.toml").write_text(f"""
