@@ -68,7 +68,8 @@ def _ovms_plan(spec: Spec, opts) -> ServicePlan:
         # OpenVINO dlopens its device plugins and frontends from /ovms/lib, so that directory
         # is trusted whole; system libraries come from the ELF closure.
         trusted=[BINARY, OVMS_LIBS],
-        ports=[Port(opts["grpc_port"], "grpc"), Port(opts["rest_port"], "http")])
+        ports=[Port(opts["grpc_port"], "grpc", spec_key="openvino.grpc_port"),
+               Port(opts["rest_port"], "http", spec_key="openvino.rest_port")])
     result.trusted_if_present += ["/etc/ld.so.cache", "/etc/nsswitch.conf"]
     result.allowed += ["/etc/hosts", "/etc/resolv.conf"]
     for index, model in enumerate(spec.models):

@@ -61,7 +61,8 @@ def plan(spec: Spec) -> ServicePlan:
         spec, FRAMEWORK, entrypoint=BINARY, argv=argv,
         env={"LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu", "HOME": "/tmp"},
         trusted=[BINARY],
-        ports=[Port(opts["grpc_port"], "grpc"), Port(opts["rest_port"], "http")])
+        ports=[Port(opts["grpc_port"], "grpc", spec_key="tfserving.grpc_port"),
+               Port(opts["rest_port"], "http", spec_key="tfserving.rest_port")])
     result.trusted_if_present += ["/etc/ld.so.cache", "/etc/nsswitch.conf"]
     result.allowed += ["/etc/hosts", "/etc/resolv.conf"]
     for model in spec.models:
