@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -84,13 +85,11 @@ def _try_listen(addresses: Iterable[tuple[str, int]]) -> list[str | None]:
                 reasons.append(None)
                 continue
             try:
-                infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                           flags=socket.AI_PASSIVE)
+                family, address = _address(host, port)
             except socket.gaierror as exc:
                 reasons.append(f"cannot resolve {host!r} ({exc.strerror})")
                 continue
-            family, kind, proto, _, address = infos[0]
-            sock = socket.socket(family, kind, proto)
+            sock = socket.socket(family, socket.SOCK_STREAM)
             held.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -108,6 +107,20 @@ def _try_listen(addresses: Iterable[tuple[str, int]]) -> list[str | None]:
         for sock in held:
             sock.close()
     return reasons
+
+
+def _address(host: str, port: int) -> tuple[int, tuple]:
+    """The socket family and address to bind: an IP literal as it is (no resolver involved,
+    as inside an enclave), a name through getaddrinfo."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]") if host else "0.0.0.0")
+    except ValueError:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+        return family, address
+    if ip.version == 6:
+        return socket.AF_INET6, (str(ip), port, 0, 0)
+    return socket.AF_INET, (str(ip), port)
 
 
 def runtime_failures(config: ServerConfig,
