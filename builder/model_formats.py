@@ -23,7 +23,6 @@ Plugins reach these through :mod:`enclave_build.plugin`. Standard library only.
 from __future__ import annotations
 
 import mmap
-import os
 import struct
 import xml.etree.ElementTree as ElementTree
 from contextlib import contextmanager
