@@ -395,8 +395,21 @@ def _dcap_qvl(raw: bytes, collateral_json: str, root_ca_der: bytes | None,
         reason = str(exc).replace("\n", " ").replace("Caused by:", "—").strip()
         if "Debug mode is enabled" in reason:
             raise QuoteRejected("DEBUG enclave: refused") from None
-        raise QuoteRejected(f"quote verification failed: {reason}") from None
+        raise QuoteRejected(f"quote verification failed: {reason}"
+                            + _root_hint(collateral_json, root_ca_der)) from None
     return report.status, tuple(report.advisory_ids)
+
+
+def _root_hint(collateral_json: str, root_ca_der: bytes | None) -> str:
+    """What to change when the refusal comes from collateral that does not chain to the
+    trusted root (every quote fails the same way then), else ""."""
+    from .collateral_root import collateral_root_problem
+
+    try:
+        problem = collateral_root_problem(collateral_json, root_ca_der)
+    except ValueError:   # a trusted root that is no certificate: reported where it is loaded
+        return ""
+    return f" (the collateral does not chain to the trusted root: {problem})" if problem else ""
 
 
 def _verified_outcome(raw: bytes, quote: Quote, collateral_json: str, root_ca_der: bytes | None,

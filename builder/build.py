@@ -37,6 +37,7 @@ from .cache import cache_root
 from .image.sources import open_base
 from .key_scan import KeyScanner
 from .leak_guard import check_model_paths, scan_artifacts, scan_plan
+from .model_check import check_models, warn_stateful
 from .deploy.service_info import ServiceInfo, service_info
 from .plan import ServicePlan
 from .plugin_types import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
@@ -153,12 +154,20 @@ def load(spec_path: str | Path, registry: PluginRegistry | None = None) -> tuple
 
 
 def make_plan(spec: Spec, registry: PluginRegistry) -> ServicePlan:
+    """The framework's plan of *spec*, adjusted by every plugin; before it, each model is
+    checked against what the framework serves (a located SpecError listing every model it
+    does not serve), and after it a stateful model served by several instances is warned
+    about."""
     framework = registry.framework(spec.service.framework)
+    checks = check_models(spec, registry)
     plan = framework.plan(spec)
     if not isinstance(plan, ServicePlan):
         raise EnclaveBuildError(f"framework {framework.name!r} returned {type(plan).__name__}, "
                                 "not a ServicePlan")
     registry.pm.hook.enclave_build_configure(spec=spec, plan=plan)
+    instances = (f"[{framework.section.name}] instances" if framework.section is not None and
+                 any(f.name == "instances" for f in framework.section.fields) else None)
+    warn_stateful(spec, plan, checks, instances)
     return plan
 
 

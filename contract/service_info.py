@@ -8,7 +8,8 @@ secret. ``enclave-build k8s`` reads only the build output directory::
 
     {"version": 1, "service": "face-detect", "framework": "tflite", "libos": "gramine",
      "enclave": {"size": 2147483648, "max_threads": 32, "edmm": false},
-     "ports": [{"name": "grpc", "number": 8001, "protocol": "TCP"}, ...],
+     "ports": [{"name": "grpc", "number": 8001, "protocol": "TCP",
+                "spec_key": "tflite.grpc_port"}, ...],
      "health": {"kind": "kserve-v2", "port": "http", "scheme": "HTTP",
                 "live": "/v2/health/live", "ready": "/v2/health/ready"},
      "metrics": {"port": "http", "path": "/metrics", "scheme": "HTTP"} | null,
@@ -70,6 +71,8 @@ PORT = Section("ports", "a port the service listens on", (
     Field("number", "int", "TCP port", required=True, minimum=1, maximum=65535),
     Field("protocol", "str", "protocol", default="TCP", nullable=True,
           choices=("TCP", "UDP", "SCTP")),
+    Field("spec_key", "str", "the spec key that set it (e.g. tflite.grpc_port)",
+          nullable=True),
 ))
 HEALTH = Section("health", "how to probe the service", (
     Field("kind", "str", "kserve-v2 (HTTP probes) or tcp", required=True,
@@ -136,6 +139,7 @@ class ServicePort:
     name: str
     number: int
     protocol: str = "TCP"
+    spec_key: str | None = None    # the spec key that set it (dotted), when known
 
 
 @dataclass(frozen=True)
@@ -228,8 +232,8 @@ class ServiceInfo:
         return cls(
             service=v["service"], framework=v["framework"], libos=v["libos"],
             enclave=EnclaveInfo(e["size"], e["max_threads"], bool(e["edmm"])),
-            ports=tuple(ServicePort(p["name"], p["number"], p["protocol"] or "TCP")
-                        for p in v["ports"]),
+            ports=tuple(ServicePort(p["name"], p["number"], p["protocol"] or "TCP",
+                                    p["spec_key"]) for p in v["ports"]),
             health=Health(h["kind"], h["port"], h["scheme"] or "HTTP", h["live"], h["ready"]),
             run_as=RunAs(r["user"], r["group"]),
             metrics=None if m is None else MetricsEndpoint(m["port"], m["path"],

@@ -52,6 +52,21 @@ class LoadedModel:
         self.pool: InstancePool[Backend] = InstancePool(self.name, list(instances), 0)
 
     @property
+    def instance_count(self) -> int:
+        return len(self._instances)
+
+    def state(self) -> str | None:
+        """The state the model keeps between requests, as its backend reports it (None: none,
+        or a backend that cannot say)."""
+        report = getattr(self._instances[0], "state", None)
+        if report is None:
+            return None
+        try:
+            return report()
+        except Exception:  # noqa: BLE001 - a backend's report must never stop the server
+            return None
+
+    @property
     def waiting(self) -> int:
         return self.pool.waiting
 

@@ -251,8 +251,8 @@ def test_service_json_problems_name_their_lines(tmp_path):
     with pytest.raises(ServiceInfoError) as info:
         ServiceInfo.load(path)
     assert info.value.lines() == [
-        f"{path}:19: ports[1].number: 0 is out of range; allowed: 1 to 65535",
-        f"{path}:25: health.port: 'nope' is not allowed; allowed: grpc, http"]
+        f"{path}:20: ports[1].number: 0 is out of range; allowed: 1 to 65535",
+        f"{path}:27: health.port: 'nope' is not allowed; allowed: grpc, http"]
 
 
 def test_secrets_toml_problems_at_once_with_lines(tmp_path):

@@ -18,7 +18,7 @@ from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.contract.schema import Field, Section
 from enclave_build.builder.spec import SpecError, load_spec
 
-from .conftest import run_cli
+from .conftest import run_cli, tflite_bytes
 
 BUILTIN = ("tflite", "tfserving", "openvino")
 
@@ -34,7 +34,7 @@ def _make_model(project: Path, framework: str) -> Path:
         (path / "variables").mkdir(parents=True)
         (path / "saved_model.pb").write_bytes(b"\x08\x01")
     else:
-        path.write_bytes(b"TFL3" + bytes(64))
+        path.write_bytes(tflite_bytes(bytes(64)))
     return path
 
 
@@ -189,7 +189,7 @@ def test_init_build_inspect_from_an_empty_directory(tmp_path, standin_root):
     their own, the secret server's CA, build, inspect, and the auditor's --extract."""
     assert run_cli("init", "face", cwd=tmp_path).returncode == 0
     project = tmp_path / "face"
-    (project / "models/face.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 4)
+    (project / "models/face.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 4))
     spec = project / "spec.toml"
     spec.write_text(spec.read_text().replace(f'"{MODEL_PLACEHOLDER}"', '"models/face.tflite"'))
     # init made the secret server's CA for localhost; a new one replaces it (before a build)
@@ -238,7 +238,7 @@ def test_init_model_copies_it_and_the_printed_commands_build_it(tmp_path):
     printed commands are all a newcomer runs: the stand-in base (no base given), the build,
     then `dev` (run in tests/test_dev.py)."""
     model = tmp_path / "face.tflite"
-    model.write_bytes(b"TFL3" + bytes(range(256)) * 4)
+    model.write_bytes(tflite_bytes(bytes(range(256)) * 4))
     proc = run_cli("init", "--model", str(model), "--json", "face", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     info = json.loads(proc.stdout)

@@ -110,6 +110,20 @@ def test_an_enclave_that_trusts_only_an_attested_secret_server_gets_none_in_clus
             kubernetes_validate.validate(obj, version, strict=True)
 
 
+def test_an_attested_secret_server_at_a_loopback_address_is_refused_too(tmp_path):
+    """The secret server is an enclave `k8s` does not deploy: still unreachable at localhost."""
+    _server_measurements(tmp_path / "examples" / "keys" / "keys.measurements.json")
+    out = make_build(
+        tmp_path, "tflite", loopback=True,
+        deploy=DEPLOY.replace('secret_server_image = "', '# secret_server_image = "'),
+        replace={'ca = "../keys/demo-ca.pem"':
+                 'server_measurements = ["../keys/keys.measurements.json"]\n'
+                 'server_pin = "mr_signer"\n'
+                 f'server_pccs_url = "{PCCS}"'})
+    with pytest.raises(K8sError, match="the secret-server enclave's address as the pods reach"):
+        render(out)
+
+
 def test_an_occlum_enclave_that_fetches_keys_needs_an_attested_secret_server(tmp_path):
     """Occlum's init fetches every key over mutual RA-TLS (ratls.GrSecret): the plain
     in-cluster secret server could not answer it."""

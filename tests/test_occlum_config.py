@@ -27,6 +27,7 @@ from enclave_build.plugin import SERVER_CONFIG, SERVER_PYTHONPATH
 from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError, load_spec
+from .conftest import tflite_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "occlum"
@@ -46,7 +47,7 @@ def _models(root: Path) -> None:
     (models / "half_plus_two" / "variables").mkdir(parents=True)
     (models / "half_plus_two" / "saved_model.pb").write_bytes(b"\x08\x01" + bytes(100))
     (models / "half_plus_two" / "variables" / "variables.index").write_bytes(b"idx")
-    (models / "face_detection_short_range.tflite").write_bytes(b"TFL3" + bytes(200))
+    (models / "face_detection_short_range.tflite").write_bytes(tflite_bytes(bytes(200)))
     (models / "face_detection_ov").mkdir()
     (models / "face_detection_ov" / "face_detection.xml").write_text("<net name='face'/>\n")
     (models / "face_detection_ov" / "face_detection.bin").write_bytes(bytes(range(256)))

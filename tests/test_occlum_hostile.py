@@ -32,6 +32,7 @@ from enclave_build.builder.spec import SpecError
 from .test_occlum_config import (SERVER, _valid_occlum_json, example_spec, plan_of,
                                  write_spec)
 from .test_occlum_config import registry  # noqa: F401 - the module-scoped fixture
+from .conftest import saved_model_dir, tflite_bytes
 
 # tfserving: a framework whose model is a directory (a SavedModel), so the directory's
 # entries are what the backend copies
@@ -51,10 +52,10 @@ key = "../keys/enclave-key.pem"
 
 
 def _model_dir(root: Path, names=("model.tflite",)) -> Path:
-    directory = root / "examples" / "mdir"
-    directory.mkdir(parents=True, exist_ok=True)
+    """A SavedModel directory (saved_model.pb) holding files named *names* too."""
+    directory = saved_model_dir(root / "examples" / "mdir")
     for name in names:
-        (directory / name).write_bytes(b"TFL3" + name.encode())
+        (directory / name).write_bytes(tflite_bytes(name.encode()))
     return directory
 
 
@@ -94,7 +95,9 @@ def test_links_fifos_and_loops_in_a_model_directory_never_reach_the_image(
         plan, config = _render(write_spec(tmp_path, CLEAR_MODEL_DIR), registry, standin_root)
     said = " ".join(str(w.message) for w in caught)
     assert "key.pem: a symbolic link" in said and "etc: a symbolic link to /etc" in said
-    assert list(_copied(config.bom_yaml, "/models/")) == ["/models/face/1/model.tflite"]
+    assert sorted(_copied(config.bom_yaml, "/models/")) == [
+        "/models/face/1/model.tflite", "/models/face/1/saved_model.pb",
+        "/models/face/1/variables/variables.index"]
 
     stage = tmp_path / "stage"
     stage.mkdir()
@@ -102,7 +105,8 @@ def test_links_fifos_and_loops_in_a_model_directory_never_reach_the_image(
         stage_plan_files(plan, stage, config.generated)
     staged = sorted(p.relative_to(stage / "models").as_posix()
                     for p in (stage / "models").rglob("*"))
-    assert staged == ["face", "face/1", "face/1/model.tflite"]
+    assert staged == ["face", "face/1", "face/1/model.tflite", "face/1/saved_model.pb",
+                      "face/1/variables", "face/1/variables/variables.index"]
     assert not any(b"not for the image" in p.read_bytes()
                    for p in stage.rglob("*") if p.is_file())
 
@@ -116,7 +120,8 @@ def test_yaml_special_names_round_trip_through_a_strict_parser(tmp_path, registr
     _model_dir(tmp_path, NAMES)
     _, config = _render(write_spec(tmp_path, CLEAR_MODEL_DIR), registry, standin_root)
     copied = _copied(config.bom_yaml, "/models/face/1/")
-    assert sorted(p.rsplit("/", 1)[1] for p in copied) == sorted(NAMES)
+    assert sorted(p.rsplit("/", 1)[1] for p in copied) == sorted(
+        NAMES + ["saved_model.pb", "variables.index"])
     json.loads(config.occlum_json)
 
 

@@ -409,8 +409,10 @@ def test_two_occlum_services_share_one_secret_server(tmp_path):
         (out / "secrets-policy.toml").write_text(text)
         fragments.append(out)
     tls_ca_and_server(tmp_path)
+    SyntheticPKI().save(tmp_path / "pki")   # collateral that chains to the root trusted
     side = dict(cert=tmp_path / "server.crt", key=tmp_path / "server.key",
-                collateral=tmp_path / "server.crt")
+                collateral=tmp_path / "pki" / "collateral.json",
+                root_ca=str(tmp_path / "pki" / "root.pem"))
     config = compose_config(fragments, ServerSide(**side, grsecret_listen="0.0.0.0:50051")).config
     assert config.to_dict()["grsecret"] == {"listen": "0.0.0.0:50051"}
     names = sorted(r.name for r in config.secrets)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 
-from .conftest import run_cli, write_spec
+from .conftest import run_cli, tflite_bytes, write_spec
 
 SPEC = '''[service]
 name = "face"
@@ -38,7 +38,7 @@ def _stages(stderr: bytes) -> dict[str, float]:
 
 def test_build_prints_one_plain_line_per_stage_when_not_a_terminal(tmp_path, standin_root,
                                                                    signing_key):
-    (tmp_path / "model.tflite").write_bytes(b"TFL3" + bytes(range(250)) * (MODEL_SIZE // 250))
+    (tmp_path / "model.tflite").write_bytes(tflite_bytes(bytes(range(250)) * (MODEL_SIZE // 250)))
     shutil.copy(signing_key, tmp_path / "key.pem")
     write_spec(tmp_path, SPEC)
     proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",

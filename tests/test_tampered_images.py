@@ -34,7 +34,7 @@ from enclave_build.builder.run import RunError, open_build
 from enclave_build.builder.run.gramine_direct import prepare_manifest
 from enclave_build.builder.run.view import ViewError, populate
 
-from .conftest import write_spec
+from .conftest import tflite_bytes, write_spec
 from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
 from .tamper import append, replace_text, tamper
 
@@ -106,7 +106,7 @@ def probe_out(tmp_path_factory, standin_root, signing_key) -> Path:
 def server_out(tmp_path_factory, standin_root, signing_key) -> Path:
     """Our model server (tflite) with an unencrypted model: no secret server needed."""
     directory = tmp_path_factory.mktemp("server")
-    (directory / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 8)
+    (directory / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 8))
     shutil.copy(signing_key, directory / "key.pem")
     write_spec(directory, '[service]\nname = "face"\nframework = "tflite"\n\n[[models]]\n'
                           'name = "face"\npath = "model.tflite"\nencrypt = false\n\n'

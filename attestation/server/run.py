@@ -27,6 +27,12 @@ def startup_warnings(config: SecretsConfig) -> list[str]:
         kind = "SYNTHETIC TEST root" if "SYNTHETIC TEST" in subject else "non-Intel root"
         warnings.append(f"WARNING: trusting a {kind} CA ({subject}) from {root}: quotes it "
                         "vouches for are NOT backed by Intel; for tests and simulation only")
+    if config.attestation.collateral is not None:
+        problem = _collateral_problem(config)
+        if problem:
+            warnings.append(f"WARNING: [attestation] collateral {config.attestation.collateral} "
+                            f"does not chain to root_ca: {problem}; every quote will be "
+                            "refused until it does")
     for relaxed in config.attestation.tcb.relaxations():
         warnings.append(f"WARNING: {relaxed}: enclaves on such platforms receive secrets")
     if config.server.max_tls == "1.3":
@@ -35,6 +41,16 @@ def startup_warnings(config: SecretsConfig) -> list[str]:
     if config.grsecret is not None:
         warnings.extend(_grsecret_warnings(config))
     return warnings
+
+
+def _collateral_problem(config: SecretsConfig) -> str | None:
+    from ..collateral_root import collateral_root_problem
+
+    try:
+        text = Path(config.attestation.collateral).read_text(encoding="utf-8")
+        return collateral_root_problem(text, load_root_der(config.attestation.root_ca))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"it cannot be read ({exc})"
 
 
 def _grsecret_warnings(config: SecretsConfig) -> list[str]:

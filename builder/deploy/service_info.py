@@ -54,7 +54,7 @@ def service_info(plan: ServicePlan, deploy: DeploySpec, run_as: tuple[int, int],
                  tls: bool) -> ServiceInfo:
     """Describe *plan* for deployment. For enclave-build's model server the health, metrics,
     ports and drain come from its own (measured) configuration file in the plan."""
-    ports = tuple(ServicePort(p.name, p.number, p.protocol) for p in plan.ports)
+    ports = tuple(ServicePort(p.name, p.number, p.protocol, p.spec_key) for p in plan.ports)
     config = plan.server_config
     metrics = drain = None
     if config is not None and config.rest is not None:

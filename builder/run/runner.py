@@ -9,6 +9,10 @@ agree, MRENCLAVE re-derived from the image's own manifest and libpal.so is the o
 trusted file hashes to the manifest's value, and nothing untrusted lies on the server's
 PYTHONPATH. Any disagreement refuses the run (exit 1), naming what differs.
 
+Nothing starts when this machine cannot run it (:func:`check_before_start`): a port the
+service listens on is in use (exit 1, naming the spec key that set it), or, for a plain
+process, a runtime of the model server is not installed here (exit 2, with the install line).
+
 The image is unpacked once into the cache. Then:
 
 - **gramine-direct** when the root holds a real Gramine and we are root: the enclave's own
@@ -312,6 +316,21 @@ def secret_server_hint(directory: Path, timeout: float = 1.0) -> str | None:
             f"secrets.toml`), or let `enclave-build dev {project}` start it and the run")
 
 
+def check_before_start(build: Build, root: Path, mode: str, listen_all: bool = False) -> None:
+    """Refuse to start what could not run here: a runtime this Python lacks for a plain
+    process (CannotSimulate, exit 2, with the install line), a port in use (RunError, naming
+    the spec key; ports are measured). Nothing has started yet: no quoter, no key request."""
+    from .preflight import check_host
+
+    process = mode == "process"
+    host = "127.0.0.1" if process and not listen_all else "0.0.0.0"
+    checks = check_host(build.directory, root, process=process, host=host)
+    if checks.runtimes:
+        raise CannotSimulate("not started: " + "\nnot started: ".join(checks.runtimes))
+    if checks.ports:
+        raise RunError("not started: " + "\nnot started: ".join(checks.ports))
+
+
 def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
     """Run the build in BUILD_DIR (simulation); returns the service's exit code."""
     from enclave_build.attestation.simulated_quoter import QuoterError, SimulatedQuoter
@@ -320,6 +339,7 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
     log = options.log
     build, cached = open_build(directory, log)
     mode = choose_mode(build, cached, options.mode)
+    check_before_start(build, cached, mode, options.listen_all)
     pki, pki_dir = _pki(options.pki, log)
     log(BANNER)
     quoted = build.quoted
@@ -373,4 +393,5 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
 
 
 __all__ = ["run_build", "RunOptions", "RunError", "CannotSimulate", "open_build", "choose_mode",
-           "process_command", "parse_env", "BANNER", "QUOTER_ENV", "ROOT_ENV", "LISTEN_ENV"]
+           "check_before_start", "process_command", "parse_env", "BANNER", "QUOTER_ENV",
+           "ROOT_ENV", "LISTEN_ENV"]

@@ -36,7 +36,8 @@ import sys
 
 import numpy as np
 
-from . import Backend, BackendError, InferenceError, TensorSpec, from_numpy_dtype
+from . import (SERVE_EXTRA, Backend, BackendError, InferenceError, Runtime, TensorSpec,
+               from_numpy_dtype)
 
 _OPTIONS = {"device", "config", "check_batch"}
 #: OpenVINO element types served, each equal to a numpy dtype (and so to a KServe datatype).
@@ -68,6 +69,7 @@ def _block_telemetry() -> None:
 
 class OpenVINOBackend(Backend):
     platform = "openvino"
+    runtimes = (Runtime(("openvino",), SERVE_EXTRA),)
 
     def __init__(self, model, source) -> None:
         super().__init__(model, source)
@@ -102,6 +104,14 @@ class OpenVINOBackend(Backend):
                          for i, p in enumerate(self._compiled.outputs)]
         self._batched_in = [i for i, s in enumerate(self._inputs) if s.shape[:1] == [-1]]
         self._batched_out = [i for i, s in enumerate(self._outputs) if s.shape[:1] == [-1]]
+
+    def state(self) -> str | None:
+        """The variables of the infer request (ReadValue/Assign pairs), as OpenVINO lists them."""
+        try:
+            names = sorted(s.name for s in self._request.query_state())
+        except (AttributeError, RuntimeError):
+            return None
+        return f"OpenVINO variables ({', '.join(names)})" if names else None
 
     def _compile(self):
         return self._core.compile_model(self._ov_model, self._device, self._config)

@@ -223,10 +223,11 @@ def plan(spec: Spec) -> ServicePlan:
         env={"PYTHONPATH": SERVER_PYTHONPATH, "PYTHONDONTWRITEBYTECODE": "1",
              "PYTHONUNBUFFERED": "1", "HOME": "/tmp",
              "LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu"},
-        ports=[Port(opts["port"], "ratls")], user="10001")
+        ports=[Port(opts["port"], "ratls", spec_key="secret-server.port")], user="10001")
     distributions = list(DISTRIBUTIONS)
     if config.grsecret is not None:
-        plan.ports.append(Port(opts["grsecret_port"], "grsecret"))
+        plan.ports.append(Port(opts["grsecret_port"], "grsecret",
+                               spec_key="secret-server.grsecret_port"))
         distributions += GRSECRET_DISTRIBUTIONS
     # Simulation only: where quotes come from when there is no quote device. It decides nothing
     # about trust: a quote from it verifies only against a synthetic root.
