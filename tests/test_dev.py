@@ -39,14 +39,14 @@ from enclave_build.builder.spec import load_spec
 from enclave_build.builder.spec_file import spec_file
 from enclave_build.contract.service_info import Health, RunAs, ServiceInfo, ServicePort, EnclaveInfo
 
-from .conftest import run_cli
+from .conftest import run_cli, tflite_bytes
 
 
 # --------------------------------------------------------------------------- staleness
 
 def _project(tmp_path: Path, standin_root: Path) -> Path:
     model = tmp_path / "face_v2.tflite"
-    model.write_bytes(b"TFL3" + bytes(range(256)) * 4)
+    model.write_bytes(tflite_bytes(bytes(range(256)) * 4))
     init_project(tmp_path / "proj", model=model, base=f"dir:{standin_root}")
     return tmp_path / "proj"
 
@@ -469,7 +469,7 @@ class _Build:
 
 def test_init_base_standin_is_written_into_the_project_and_resolved_from_the_spec(tmp_path):
     model = tmp_path / "m.tflite"
-    model.write_bytes(b"TFL3" + bytes(64))
+    model.write_bytes(tflite_bytes(bytes(64)))
     result = init_project(tmp_path / "p", model=model, base="standin")
     assert result.base == "dir:.enclave-build/standin"
     assert (tmp_path / "p/.enclave-build/standin/usr/lib/x86_64-linux-gnu/gramine").is_dir()
@@ -568,7 +568,7 @@ def test_init_example_offline_is_a_clear_error(tmp_path):
 def test_dev_refuses_an_in_cluster_secret_server_it_cannot_reach(tmp_path):
     """init --k8s measures an in-cluster address: dev starts nothing and says why (exit 2)."""
     model = tmp_path / "m.tflite"
-    model.write_bytes(b"TFL3" + bytes(64))
+    model.write_bytes(tflite_bytes(bytes(64)))
     init_project(tmp_path / "face", model=model, k8s="vision", base="standin")
     proc = run_cli("dev", "face", "--once", "-q", cwd=tmp_path)
     err = proc.stderr.decode()
