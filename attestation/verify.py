@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import threading
 from dataclasses import dataclass, field
@@ -217,7 +218,7 @@ def _verify_embedded_chain(quote: Quote, root_der: bytes | None) -> None:
         if certs[-1].public_bytes(Encoding.DER) != root_der:
             raise QuoteRejected("the quote's PCK chain ends in another root than the trusted one")
     try:
-        for child, parent in zip(certs, certs[1:]):
+        for child, parent in itertools.pairwise(certs):
             child.verify_directly_issued_by(parent)
         certs[-1].verify_directly_issued_by(certs[-1])
     except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
@@ -422,6 +423,7 @@ def _verified_outcome(raw: bytes, quote: Quote, collateral_json: str, root_ca_de
     status, advisories = _dcap_qvl(raw, collateral_json, root_ca_der, seconds)
     if key is not None:
         try:
+            assert facts is not None   # a cache key is made from the facts
             bounds = [facts.expires, _pck_chain_expiry(quote)]
             root_expiry = cache._root_expiry(root_ca_der)
             if root_expiry is not None:

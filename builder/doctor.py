@@ -132,7 +132,7 @@ class Probes:
 
         path = find_config_file()
         config = docker.auth.load_config(path) if path else {}
-        return path, {"auths": sorted(getattr(config, "auths", {}) or {}),
+        return (str(path) if path else None), {"auths": sorted(getattr(config, "auths", {}) or {}),
                       "credHelpers": dict(getattr(config, "cred_helpers", {}) or {}),
                       "credsStore": getattr(config, "creds_store", None)}
 
@@ -222,7 +222,8 @@ def _registry_credentials(p: Probes) -> Check:
         return Check("registry.credentials", title, WARN,
                      "no Docker config ($DOCKER_CONFIG/config.json or ~/.docker/config.json)",
                      fix)
-    found, broken = list(config.get("auths") or []), []
+    found = list(config.get("auths") or [])
+    broken: list[str] = []
     helpers = dict(config.get("credHelpers") or {})
     store = config.get("credsStore")
     for host, helper in sorted(helpers.items()):

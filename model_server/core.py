@@ -67,7 +67,7 @@ class LoadedModel:
             raise ServeError(ServeError.INVALID, f"input {name!r}: shape {list(shape)}, model "
                              f"expects {spec.shape} (-1 = any)")
         if not self.accepts_empty and any(got == 0 and want < 0
-                                          for want, got in zip(spec.shape, shape)):
+                                          for want, got in zip(spec.shape, shape, strict=True)):
             raise ServeError(ServeError.INVALID, f"input {name!r}: shape {list(shape)} has a "
                              f"zero-sized dimension; model {self.name!r} does not take empty "
                              "tensors")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -190,7 +191,7 @@ def encode_infer(model: LoadedModel, req: dict, result: dict[str, np.ndarray],
     blobs = []
     for name, binary in outputs:
         arr = result[name]
-        entry = {"name": name, "datatype": from_numpy_dtype(arr.dtype), "shape": list(arr.shape)}
+        entry: dict[str, Any] = {"name": name, "datatype": from_numpy_dtype(arr.dtype), "shape": list(arr.shape)}
         if binary:
             raw = to_raw(arr)
             entry["parameters"] = {"binary_data_size": len(raw)}

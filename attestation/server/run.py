@@ -23,6 +23,7 @@ def startup_warnings(config: SecretsConfig) -> list[str]:
     root = config.attestation.root_ca
     if root is not None:
         der = load_root_der(root)
+        assert der is not None   # *root* is a path
         subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
         kind = "SYNTHETIC TEST root" if "SYNTHETIC TEST" in subject else "non-Intel root"
         warnings.append(f"WARNING: trusting a {kind} CA ({subject}) from {root}: quotes it "
@@ -40,6 +41,7 @@ def startup_warnings(config: SecretsConfig) -> list[str]:
 def _grsecret_warnings(config: SecretsConfig) -> list[str]:
     warnings = []
     grpc = config.grsecret
+    assert grpc is not None   # called with [grsecret] only
     if grpc.client_ra_config is not None and RaConfig.load(grpc.client_ra_config).checks_nothing:
         warnings.append(f"note: {grpc.client_ra_config}: every verify_* flag is \"off\"; "
                         "GrSecret clients are filtered by the [[secrets]] policy alone")

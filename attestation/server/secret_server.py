@@ -55,7 +55,9 @@ class SecretServer:
             self.audit.close()
             raise
         self.uploads = UploadStore()   # keys owners uploaded ([upload]); memory only
-        self.processes = config.server.processes
+        # the reader always sets it (the cores the server may use when secrets.toml does not)
+        assert config.server.processes is not None
+        self.processes: int = config.server.processes
         self.address: tuple[str, int] | None = None
         self.grsecret_address: tuple[str, int] | None = None
         # (listening socket, its protocol, its acceptor thread's name)

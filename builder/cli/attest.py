@@ -271,7 +271,7 @@ def upload(endpoint: str, names: tuple[str, ...], files: tuple[Path, ...], owner
             raise UsageError(f"{len(names)} --name but {len(files)} --file: give them in pairs")
         if len(set(names)) != len(names):
             raise UsageError("a --name is given twice")
-        keys = [(name, _read_key(name, path)) for name, path in zip(names, files)]
+        keys = [(name, _read_key(name, path)) for name, path in zip(names, files, strict=True)]
         try:   # what the protocol cannot carry is refused here, not after attesting the server
             encode_request(keys)
         except ValueError as exc:

@@ -46,8 +46,11 @@ def _builder_checks(values: Mapping[str, Any], problems: list[Problem]) -> None:
 class ServiceInfo(contract.ServiceInfo):
     """service.json, read with the builder's checks (see the module's doc)."""
 
-    checks = staticmethod(_builder_checks)
     error = ServiceInfoError
+
+    @classmethod
+    def extra_checks(cls, values: Mapping[str, Any], problems: list[Problem]) -> None:
+        _builder_checks(values, problems)
 
 
 def service_info(plan: ServicePlan, deploy: DeploySpec, run_as: tuple[int, int], *,

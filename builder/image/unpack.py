@@ -303,7 +303,8 @@ def apply_layer(root: Path, handle: BinaryIO, source: str = "layer") -> str:
     reader = _DiffIdReader(open_layer(handle))
     applier = _LayerApplier(root, source)
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[arg-type]
+        # a read-only file object: tarfile's stream mode only calls read()
+        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
                 applier.apply(member, tar)
         while reader.read(1 << 20):  # hash trailing padding too: diff_id covers the whole tar
