@@ -174,7 +174,8 @@ def run(legit: int = 1000, hostile_share: float = 0.2, concurrency: int = 200,
 
     own = directory is None
     tmp = tempfile.TemporaryDirectory(prefix="eb-hostile-") if own else None
-    directory = Path(tmp.name) if own else directory
+    directory = Path(tmp.name) if tmp is not None else directory
+    assert directory is not None
     try:
         env = make_env(directory / "env", timeout=timeout, max_connections=4096,
                        processes=processes)

@@ -44,6 +44,7 @@ Attacks (the defects they reproduce were found by a hostile-input pass):
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing as mp
 import os
@@ -150,7 +151,7 @@ class HttpClient:
     def __init__(self, address: tuple[str, int], timeout: float = 30.0) -> None:
         self.address, self.timeout = address, timeout
         self.sock: socket.socket | None = None
-        self.file = None
+        self.file: io.BufferedReader | None = None
 
     def exchange(self, request: bytes) -> int:
         for attempt in (0, 1):
@@ -229,7 +230,7 @@ def run_load(server: Server, seconds: float, clients: int) -> LoadResult:
         while time.monotonic() < end:
             t0 = time.perf_counter()
             try:
-                status = http.exchange(request)
+                status: int | str = http.exchange(request)
             except OSError as exc:
                 status = type(exc).__name__
             elapsed = time.perf_counter() - t0
@@ -243,7 +244,8 @@ def run_load(server: Server, seconds: float, clients: int) -> LoadResult:
 
     def grpc_client() -> None:
         channel = grpc.insecure_channel(server.grpc)
-        stub = channel.unary_unary(f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
+        stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
         while time.monotonic() < end:
             t0 = time.perf_counter()
             try:
@@ -319,8 +321,8 @@ def attack_bytes_shape_grpc(rest, grpc_address, stop) -> None:
     req.inputs.add(name="s", datatype="BYTES", shape=[300000000])
     req.raw_input_contents.append(b"\0\0\0\0")
     raw = req.SerializeToString()
-    stub = grpc.insecure_channel(grpc_address).unary_unary(
-        f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
+    stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = grpc.insecure_channel(
+        grpc_address).unary_unary(f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
 
     def once() -> None:
         try:

@@ -72,7 +72,8 @@ def _lean_grpc(address: str, x: np.ndarray):
 
     channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", -1),
                                                       ("grpc.max_send_message_length", -1)])
-    stub = channel.unary_unary(f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
+    stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
     r = pb.ModelInferRequest(model_name="fd")
     r.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
     r.raw_input_contents.append(x.tobytes())
@@ -206,6 +207,7 @@ def run_load(kind: str, concurrency: int, address: str, model: Path, seconds: fl
     for p in procs:
         p.start()
         if pin:
+            assert p.pid is not None   # started
             os.sched_setaffinity(p.pid, pin)
     time.sleep(2.0 if kind != "direct" else 1.0)     # imports and first call
     start.set()
@@ -249,8 +251,10 @@ class ServerProc:
                                      env={**os.environ, "PYTHONPATH": str(root)})
         if pin:
             os.sched_setaffinity(self.proc.pid, pin)
-        self.lines = []
-        for line in self.proc.stderr:
+        self.lines: list[str] = []
+        stderr = self.proc.stderr
+        assert stderr is not None   # a pipe
+        for line in stderr:
             self.lines.append(line)
             m = re.search(r"serving grpc (\S+) rest (\S+)", line)
             if m:
@@ -258,8 +262,7 @@ class ServerProc:
                 break
         else:
             raise SystemExit("server did not start:\n" + "".join(self.lines))
-        threading.Thread(target=lambda: [self.lines.append(x) for x in self.proc.stderr],
-                         daemon=True).start()
+        threading.Thread(target=lambda: self.lines.extend(stderr), daemon=True).start()
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 
@@ -43,7 +44,7 @@ def _toml_list(items: list[str]) -> str:
 
 
 def write_manifest(root: Path, name: str, code: str, trusted: list[str] | None = None,
-                   mounts: list[str] = (), extra: str = "") -> str:
+                   mounts: Sequence[str] = (), extra: str = "") -> str:
     """Write /enclave/NAME.manifest.sgx in *root*, signed by the base's gramine-sgx-sign."""
     argv = _toml_list(["python3.11", "-c", code])
     trusted = PYTHON_TRUSTED if trusted is None else trusted

@@ -22,6 +22,7 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -89,7 +90,7 @@ def env(tmp_path_factory):
 
 
 def _server_measurements(**changes) -> Measurements:
-    identity = dict(mr_enclave=SERVER_MR_ENCLAVE.hex(), mr_signer=MR_SIGNER.hex(),
+    identity: dict[str, Any] = dict(mr_enclave=SERVER_MR_ENCLAVE.hex(), mr_signer=MR_SIGNER.hex(),
                     isv_prod_id=SERVER_PROD_ID, isv_svn=SERVER_SVN, debug=False)
     identity.update(changes)
     return Measurements(service="secret-server", framework="secret-server", libos="gramine",
@@ -132,7 +133,7 @@ def _reason_since(env, since: int, text: str) -> list[dict]:
 
 def _ra_config(**changes) -> dict:
     """An init_ra_conf.json ra_config that requires exactly the server's identity."""
-    config = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
+    config: dict[str, Any] = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
                                       "verify_isv_prod_id", "verify_isv_svn",
                                       "verify_config_svn", "verify_enclave_debuggable")}
     entry = {"mr_enclave": SERVER_MR_ENCLAVE.hex(), "mr_signer": MR_SIGNER.hex(),
@@ -564,7 +565,7 @@ def test_identity_ratls_on_the_secret_prov_port(env, quoter, tmp_path):
 
 def test_no_quote_source_is_a_clear_error(env, tmp_path, monkeypatch):
     monkeypatch.delenv(SIMULATED_QUOTER_ENV, raising=False)
-    with pytest.raises(QuoteSourceError, match="does not exist .*ENCLAVE_BUILD_SIMULATED_QUOTER"):
+    with pytest.raises(QuoteSourceError, match=r"does not exist .*ENCLAVE_BUILD_SIMULATED_QUOTER"):
         discover(root=tmp_path / "no-attestation")
     if not Path("/dev/attestation").exists():
         with pytest.raises(ServerError, match=r"\[grsecret\] needs an RA-TLS certificate"):
@@ -608,7 +609,7 @@ def test_ra_config_rules(tmp_path):
         assert str(path) in str(info.value) and message in str(info.value), info.value
     empty = _ra_config()
     empty["sgx_mrs"] = []
-    assert "sgx_mrs is empty" in RaConfig.from_dict(empty).mismatch(None)  # type: ignore[arg-type]
+    assert "sgx_mrs is empty" in RaConfig.from_dict(empty).mismatch(None)
 
 
 def test_config_errors_name_the_key(env, tmp_path):

@@ -564,7 +564,7 @@ def test_attest_refuses_out_of_date_and_debug_servers_unless_allowed_and_warns(t
     args = ("--measurements", str(tmp_path / "m.json"), "--collateral",
             str(tmp_path / "collateral.json"), "--allow-synthetic-root", str(tmp_path / "root.pem"))
     for debug in (False, True):
-        cert, key = create_certificate("tcg-dice", lambda rd: stale.quote(
+        cert, key = create_certificate("tcg-dice", lambda rd, debug=debug: stale.quote(
             identity("face"), MR_SIGNER, rd, 1, 2, debug))
         endpoint = _RaTlsEndpoint(tmp_path, cert, key)
         try:

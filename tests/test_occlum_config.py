@@ -126,7 +126,7 @@ def test_golden_per_framework(framework, tmp_path, registry, standin_root):
                 assert entry["hash"] == hashlib.sha256(data).hexdigest().upper()
     # The model is in the (encrypted) image, and its key is fetched by init.
     assert config.image_key is not None
-    assert [k.secret for k in config.kms_keys][0] == "image_key"
+    assert config.kms_keys[0].secret == "image_key"
     # Python services: the measured launcher is the only program `occlum run` may start.
     expected = LAUNCHER if plan.python is not None else plan.entrypoint
     assert config.entry_points == (expected,) and config.program == expected

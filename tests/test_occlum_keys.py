@@ -51,7 +51,7 @@ from .test_grsecret import Client, _server_measurements, stubs  # noqa: F401 - a
 from .test_occlum_config import example_spec, registry  # noqa: F401 - a fixture
 
 
-def _server_config(plan) -> dict:
+def _server_config(plan) -> dict | None:
     return json.loads(plan.server_config.to_json()) if plan.server_config else None
 
 
@@ -104,7 +104,7 @@ def test_encrypt_image_provisions_the_image_key(tmp_path, registry, standin_root
     assert _server_config(plan)["keys"] is None   # the server needs no key; init does
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     assert config.image_key == "face-detect-key"
-    keys, files, created = load_wrap_keys(spec, plan, tmp_path / "out")
+    keys, _files, created = load_wrap_keys(spec, plan, tmp_path / "out")
     assert set(keys) == {"face-detect-key"} and created
 
 
@@ -192,8 +192,8 @@ def test_build_image_refusals_name_the_key(value, needle, tmp_path, registry):  
     spec_path = example_spec("tflite", tmp_path, f"build_image = {value}\n")
     with pytest.raises(SpecError) as info:
         load_spec(spec_path, registry.framework_sections(), registry.libos_sections())
-    line = next(i for i, l in enumerate(spec_path.read_text().splitlines(), 1)
-                if l.startswith("build_image"))
+    line = next(i for i, text in enumerate(spec_path.read_text().splitlines(), 1)
+                if text.startswith("build_image"))
     message = str(info.value)
     assert f":{line}: occlum.build_image" in message and needle in message, message
 

@@ -93,11 +93,11 @@ def test_pccs_failure_is_an_error(tmp_path):
 
 
 def test_a_stalled_pccs_is_given_up_at_the_deadline(pccs, tmp_path, monkeypatch):
-    url, pki, hits = pccs
+    url, pki, _hits = pccs
     monkeypatch.setitem(SLOW, "seconds", 6.0)
     source = PccsCollateral(url, cache_dir=tmp_path, timeout=0.5)
     started = time.monotonic()
-    with pytest.raises(CollateralError, match="within 0.5 s"):
+    with pytest.raises(CollateralError, match=r"within 0.5 s"):
         source.for_quote(pki.quote(bytes(32), bytes(32)))
     assert time.monotonic() - started < 3.5   # the 0.5 s, not the 6 s stall
 

@@ -138,7 +138,7 @@ def test_cli_errors(tmp_path: Path) -> None:
 def test_binary_framework_without_real_base_exits_2(tmp_path, standin_root, signing_key):
     out = _build(tmp_path, standin_root, signing_key, framework="probe-binary")
     build_, root = open_build(out)
-    with pytest.raises(CannotSimulate, match="runs a binary .*tensorflow_model_server") as info:
+    with pytest.raises(CannotSimulate, match=r"runs a binary .*tensorflow_model_server") as info:
         choose_mode(build_, root)
     assert info.value.exit_code == 2
     proc = run_cli("run", str(out), "--simulate")

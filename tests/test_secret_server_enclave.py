@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -293,7 +294,7 @@ def _grsecret_fetch(served, stubs, name: str) -> bytes:
     address = ("127.0.0.1", served["grsecret_port"])
     pem = ssl.get_server_certificate(address).encode()
     built = json.loads((served["out"] / "measurements.json").read_text())
-    ra_config = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
+    ra_config: dict[str, Any] = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
                                          "verify_isv_prod_id", "verify_isv_svn",
                                          "verify_enclave_debuggable")}
     ra_config["verify_config_svn"] = "off"
@@ -311,7 +312,7 @@ def _grsecret_fetch(served, stubs, name: str) -> bytes:
         private_key=key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
-    with grpc.secure_channel("%s:%d" % address, creds, options=[
+    with grpc.secure_channel("{}:{}".format(*address), creds, options=[
             ("grpc.ssl_target_name_override", "localhost")]) as channel:
         reply = pb2_grpc.GrSecretStub(channel).GetSecret(pb2.SecretRequest(name=name),
                                                           timeout=10)

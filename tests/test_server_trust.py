@@ -193,7 +193,7 @@ def _plan_config(spec: Path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan = make_plan(loaded, registry)
-    config = next(json.loads(f.data) for f in plan.image_files() if f.dest == SERVER_CONFIG)
+    config = next(json.loads(f.data or b"") for f in plan.image_files() if f.dest == SERVER_CONFIG)
     return plan, config, caught
 
 

@@ -178,7 +178,7 @@ def _loader_uids(run: se.Process) -> set[int]:
         except OSError:
             continue
         if b"gramine/direct/loader" in cmdline or b"gramine/direct/libpal" in cmdline:
-            uids.add(int(next(l for l in status.splitlines() if l.startswith("Uid:")).split()[1]))
+            uids.add(int(next(s for s in status.splitlines() if s.startswith("Uid:")).split()[1]))
     return uids
 
 
@@ -297,7 +297,9 @@ def _model_server_config(out: Path) -> dict:
     from enclave_build.builder.image.inspect import open_image, read_file
 
     image, _ = open_image(str(out))
-    return json.loads(read_file(image, "/enclave/model-server.json"))
+    data = read_file(image, "/enclave/model-server.json")
+    assert data is not None, "the image has no /enclave/model-server.json"
+    return json.loads(data)
 
 
 def test_a_file_missing_from_the_manifest_is_reported(tflite_build, env):
