@@ -19,7 +19,6 @@ from enclave_build.builder.run import BANNER, CannotSimulate, RunError, RunOptio
 from enclave_build.builder.run.runner import QUOTER_ENV, ROOT_ENV, choose_mode, process_command
 
 from .conftest import run_cli, write_spec
-from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
 
 # Runs in the enclave (and, in process mode, on the host's Python): asks the simulated quoter
 # named by the environment for one quote and reports what it saw.
@@ -229,7 +228,7 @@ def test_measurements_json_of_another_build_is_refused(tmp_path, standin_root, s
 
 
 @pytest.mark.integration
-def test_gramine_direct_run_as_image_user(tmp_path, gramine_base_dir, signing_key):  # noqa: F811
+def test_gramine_direct_run_as_image_user(tmp_path, gramine_base_dir, signing_key):
     if os.geteuid() != 0:
         pytest.skip("gramine-direct needs root")
     out = _build(tmp_path, gramine_base_dir, signing_key)

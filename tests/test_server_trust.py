@@ -32,7 +32,6 @@ from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.model_server.config import ConfigError, ServerTrustConfig, parse_config
 from enclave_build.model_server.server_attest import ServerRefused, ServerVerifier
 
-from .test_pccs import pccs  # noqa: F401 - a fixture (a PCCS stand-in on 127.0.0.1)
 
 SIGNER = "5a" * 32
 SERVER_ENCLAVE = "c3" * 32

