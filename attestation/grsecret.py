@@ -59,7 +59,7 @@ import select
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterator
 
 import h2.config
 import h2.connection
@@ -413,7 +413,7 @@ class _Frames:
         self.buffer = bytearray()
         self.passthrough = False
 
-    def split(self, data: bytes, max_frame: int):  # noqa: ANN201 - Iterator[tuple[bytes, bool]]
+    def split(self, data: bytes, max_frame: int) -> Iterator[tuple[bytes, bool]]:
         """(bytes for h2, whether they are one whole frame), in order."""
         if self.passthrough:
             yield data, False

@@ -39,6 +39,7 @@ import datetime as _dt
 import functools
 import hashlib
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -295,7 +296,7 @@ def _answer(send: Callable[[bytes], object], accepted: bool, text: str) -> None:
 # --------------------------------------------------------------------------- client side
 
 
-def upload_keys(tls, keys: list[tuple[str, bytes]],  # noqa: ANN001 - ssl.SSLSocket
+def upload_keys(tls: ssl.SSLSocket, keys: list[tuple[str, bytes]],
                 timeout: float = 30.0) -> str:
     """Send *keys* on the (already attested) TLS connection *tls*; the server's confirmation,
     or :class:`UploadRefused` with its reason. The whole exchange takes at most *timeout*

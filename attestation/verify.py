@@ -53,7 +53,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from enclave_build.contract import tcb as _tcb
 from enclave_build.contract.identity import EnclaveIdentity
-from enclave_build.contract.tcb import TCB_STATUSES  # noqa: F401 - part of this module's API
 
 from .quote import (FLAG_DEBUG, FLAG_EINITTOKEN_KEY, FLAG_INIT, FLAG_MODE64BIT,
                     FLAG_PROVISION_KEY, HEADER_LEN, SIGNED_LEN, Quote, QuoteFormatError)
@@ -243,7 +242,7 @@ def _not_after(certs: list[x509.Certificate]) -> _dt.datetime:
     return min(c.not_valid_after_utc for c in certs)
 
 
-def _crl_bytes(value) -> bytes:  # noqa: ANN001 - hex text (the JSON form) or bytes
+def _crl_bytes(value: str | bytes) -> bytes:
     if isinstance(value, str):
         return bytes.fromhex(value)
     if isinstance(value, list):

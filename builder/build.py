@@ -24,7 +24,9 @@ from enclave_build.contract.policy_fragment import PolicyFragment
 from enclave_build.contract.secrets_config import SecretRule
 
 from .errors import EnclaveBuildError, UsageError
-from .gramine.protected_files import KEY_SIZE as WRAP_KEY_SIZE, read_wrap_key
+from enclave_build.attestation.protected_files import KEY_SIZE as WRAP_KEY_SIZE
+
+from .gramine.protected_files import read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache
 from .image.assemble import assemble, runtime_owner

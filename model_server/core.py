@@ -134,7 +134,7 @@ class LoadedModel:
         for inst in self._instances:
             try:
                 inst.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # one instance failing to close must not keep the rest open
                 log.exception("closing an instance of model %s", self.name)
 
 

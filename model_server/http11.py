@@ -483,7 +483,7 @@ class Connection(asyncio.Protocol):
             return
         try:
             result = self.server.app.handle(req)
-        except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
+        except Exception as exc:  # answer, log, keep serving
             log.exception("REST request failed")
             result = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
         if isinstance(result, Response):

@@ -63,7 +63,7 @@ class Watchdog:
                 try:
                     if action is not None:
                         action()
-                except Exception:  # noqa: BLE001 - one failing action must not stop the rest
+                except Exception:  # one failing action must not stop the rest
                     log.exception("a deadline's action failed")
                 del action
             wait = self._tick

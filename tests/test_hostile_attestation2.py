@@ -34,7 +34,7 @@ from enclave_build.attestation import grsecret, upload, wire
 from enclave_build.attestation.attest_client import AttestationRefused, Expectation, open_attested
 from enclave_build.attestation.collateral import FileCollateral
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.attestation.policy import hex_dashes
+from enclave_build.contract.secrets_config import hex_dashes
 from enclave_build.attestation.quote import Quote, assemble_quote
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.attestation.verify import QuoteRejected, verify_quote

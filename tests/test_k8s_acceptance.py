@@ -25,7 +25,8 @@ from enclave_build.builder.cli import main
 from enclave_build.builder.k8s.autoscaling import LATENCY, adapter_helm_values, adapter_rules
 from enclave_build.builder.k8s.generate import render
 from enclave_build.builder.k8s.inputs import K8sError
-from enclave_build.builder.deploy.service_info import SERVICE_FILE, ServiceInfo, service_info
+from enclave_build.builder.deploy.service_info import ServiceInfo, service_info
+from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.contract.identity import EnclaveIdentity
 from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build, walk
 

@@ -26,7 +26,8 @@ import pytest
 
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.attestation.policy import Policy, PolicyError, SecretRule, hex_dashes
+from enclave_build.attestation.policy import Policy, PolicyError
+from enclave_build.contract.secrets_config import SecretRule, hex_dashes
 from enclave_build.attestation.server import SecretServer, startup_warnings
 from enclave_build.attestation.server.decide import AccessPolicy, ByName, ByServerName, decide
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter

@@ -11,7 +11,9 @@ from typing import Callable
 
 from cryptography import x509
 
-from ..config import SecretsConfig, load_config
+from enclave_build.contract.secrets_config import SecretsConfig
+
+from ..config import load_config
 from ..occlum_ra import RaConfig
 from ..verify import load_root_der
 from .secret_server import SecretServer

@@ -12,7 +12,9 @@ from typing import Callable
 
 from OpenSSL import SSL
 
-from ..config import GrSecretSettings, SecretsConfig, load_config
+from enclave_build.contract.secrets_config import GrSecretSettings, SecretsConfig
+
+from ..config import load_config
 from ..upload import UploadStore
 from .admission import Admission, Limits, peer_text
 from .audit import AuditLog, Reloaded, Started, Stopped

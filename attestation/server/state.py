@@ -9,7 +9,7 @@ from typing import Callable
 
 from OpenSSL import SSL
 
-from ..config import SecretsConfig
+from enclave_build.contract.secrets_config import SecretsConfig
 from ..occlum_ra import RaConfig
 from ..policy import Policy
 from ..verify import TcbPolicy

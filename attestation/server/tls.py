@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
-from ..config import SecretsConfig
+from enclave_build.contract.secrets_config import SecretsConfig
 from ..grsecret import ALPN
 from ..ratls import RaTlsKey
 from .identity import IdentityError, ServerIdentity

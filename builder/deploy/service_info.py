@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from enclave_build.contract import service_info as contract
-from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.contract.schema import Problem
-from enclave_build.contract.service_info import (FORMAT_VERSION, EnclaveInfo, Health,  # noqa: F401
-                                                 MetricsEndpoint, RunAs, ServicePort)
+from enclave_build.contract.service_info import (EnclaveInfo, Health, MetricsEndpoint, RunAs,
+                                                 ServicePort)
 
 from ..errors import EnclaveBuildError
 from ..plan import KeyDelivery, MountType, ServicePlan
-from .settings import LIBOS, DeploySpec, check_deploy
+from enclave_build.contract.deploy import DeploySpec
+
+from .settings import LIBOS, check_deploy
 
 
 class ServiceInfoError(contract.ServiceInfoError, EnclaveBuildError):
