@@ -53,6 +53,9 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/secrets.py would shadow the standard library's secrets module (numpy imports it)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "scripts"))
+
+from package_tree import run_root
 
 
 def _client(*args) -> None:
@@ -246,9 +249,12 @@ class ServerProc:
                            "instances": instances, "threads": 1}]}
         path = workdir / f"bench-{instances}.json"
         path.write_text(json.dumps(cfg))
+        # run from a tree of the checkout's enclave_build (from the checkout itself, Python would
+        # import only its top-level package and take the subpackages from the installed one)
+        code = run_root(root, workdir / f"root-{instances}")
         self.proc = subprocess.Popen([sys.executable, "-m", "enclave_build.model_server", "--config",
-                                      str(path)], stderr=subprocess.PIPE, text=True, cwd=root,
-                                     env={**os.environ, "PYTHONPATH": str(root)})
+                                      str(path)], stderr=subprocess.PIPE, text=True, cwd=code,
+                                     env={**os.environ, "PYTHONPATH": str(code)})
         if pin:
             os.sched_setaffinity(self.proc.pid, pin)
         self.lines: list[str] = []

@@ -16,38 +16,11 @@ from __future__ import annotations
 
 import os
 import sys
-import tomllib
 from pathlib import Path
 
+from package_tree import link_tree, package_dirs   # next to this script (sys.path[0])
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def package_dirs(pyproject: Path) -> dict[str, Path]:
-    """Each installed package of pyproject's package-dir mapping and the directory it comes from."""
-    config = tomllib.loads(pyproject.read_text())
-    mapping = config["tool"]["setuptools"]["package-dir"]
-    return {name: (pyproject.parent / path).resolve() for name, path in mapping.items()}
-
-
-def link_tree(pyproject: Path, root: Path) -> Path:
-    """Lay (again) ``root/enclave_build`` as the installed package's shape; returns ``root``.
-
-    The top-level package is a directory whose modules are links to the real package's files;
-    every mapped subpackage is one link to its directory."""
-    dirs = package_dirs(pyproject)
-    top = [name for name in dirs if "." not in name]
-    for name in top:
-        target = root / name
-        target.mkdir(parents=True, exist_ok=True)
-        for old in target.iterdir():
-            if old.is_symlink():
-                old.unlink()
-        for source in sorted(dirs[name].glob("*.py")):
-            (target / source.name).symlink_to(source)
-    for name, source in dirs.items():
-        if "." in name:
-            (root / name.replace(".", "/")).symlink_to(source, target_is_directory=True)
-    return root
 
 
 def real_path_prefixes(pyproject: Path, root: Path) -> list[tuple[str, str]]:
