@@ -40,6 +40,7 @@ the pure ``attestation`` modules only.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -327,6 +328,11 @@ class KeyRing:
         self._lock = threading.Lock()
         self._private: Path | None = None
         self._decrypted: dict[tuple[Path, str], tuple[Path, dict[str, str]]] = {}
+
+    def fingerprint(self, name: str) -> str:
+        """The SHA-256 of key *name* (hex): says which key the ring holds without revealing
+        it (KeyError for a key it does not hold)."""
+        return hashlib.sha256(self._keys[name]).hexdigest()
 
     def open(self, image_path: str, key: str | None) -> ModelSource:
         if key is None:

@@ -81,7 +81,7 @@ def _duplicated(key, value: bytes) -> x509.Certificate:  # noqa: ANN001
 
 def write_owner(directory: Path) -> tuple[Path, Path]:
     """A key owner's self-signed certificate and key, as DIRECTORY/owner.crt and owner.key
-    (for test_hostile_attestation2 too)."""
+    (for test_secret_server_hostile_tls too)."""
     owner_key = ec.generate_private_key(ec.SECP256R1())
     owner = _cert(owner_key, [])
     (directory / "owner.crt").write_bytes(owner.public_bytes(serialization.Encoding.PEM))
@@ -182,7 +182,7 @@ def test_a_busy_port_names_the_key(env):
 @contextlib.contextmanager
 def running_server(env):
     """A SecretServer on env.config whose own RA-TLS evidence comes from a simulated quoter
-    (for test_hostile_attestation2 too)."""
+    (for test_secret_server_hostile_tls too)."""
     build = Measurements("secret-server", "secret-server", "gramine",
                          EnclaveIdentity(identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3,
                                          False),
