@@ -278,7 +278,8 @@ class GRPCServer:
         service.engine.share_handler_threads(threads)
         self.control = control_pool()
         # grpc only submits to its pool: any Executor does (its stub says ThreadPoolExecutor)
-        self.server = grpc.server(self.pool, handlers=[service.handler(self.control)],  # type: ignore[arg-type]
+        pool: ThreadPoolExecutor = self.pool  # type: ignore[assignment]
+        self.server = grpc.server(pool, handlers=[service.handler(self.control)],
                                   options=server_options(limits))
 
     def start(self) -> None:

@@ -78,8 +78,8 @@ class H2Connection:
 
 def trailers(frames: list) -> dict[int, dict]:
     """Stream id -> the headers of its last HEADERS frame (a gRPC status is in the trailers)."""
-    return {f.stream_id: f.headers for f in frames  # type: ignore[attr-defined]  # (set above)
-            if isinstance(f, HeadersFrame)}
+    heads = [f for f in frames if isinstance(f, HeadersFrame)]
+    return {f.stream_id: f.headers for f in heads}  # type: ignore[attr-defined]  # set by read
 
 
 def resets(frames: list) -> dict[int, int]:
