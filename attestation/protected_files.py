@@ -288,7 +288,7 @@ class _ExactReader:
         want = min(len(buffer), self._left)
         got = 0
         while got < want:
-            n = self._src.readinto(buffer[got:want])  # type: ignore[attr-defined]
+            n = self._src.readinto(buffer[got:want])  # type: ignore[attr-defined]  # a binary file
             if not n:
                 raise PFError(f"input changed while reading: shorter than {self._size} bytes")
             got += n
@@ -482,7 +482,7 @@ def decrypt_stream(wrap_key: bytes, src: BinaryIO, file_size: int, out: BinaryIO
         want = NODE * (1 + count)
         got = 0
         while got < want:
-            n = src.readinto(block[got:want])  # type: ignore[attr-defined]
+            n = src.readinto(block[got:want])  # type: ignore[attr-defined]  # a binary file
             if not n:
                 raise PFError(f"{source}: truncated at node {mht_node_index(m) + got // NODE}")
             got += n

@@ -556,7 +556,7 @@ def page_hooks() -> str:
         if not name.startswith("enclave_build_"):
             continue
         out.append(f"## {name} {{#{name.replace('_', '-')}}}\n\n```python\n"
-                   f"@hookimpl\ndef {name}{inspect.signature(func)}: ...\n```\n\n"
+                   f"@hookimpl\ndef {name}{_signature(func)}: ...\n```\n\n"
                    + rst_to_md(func.__doc__ or "") + "\n")
     return "".join(out)
 
@@ -696,6 +696,22 @@ def page_secrets_toml() -> str:
            textwrap.dedent(_literal_block(doc)), "\n```\n\n",
            "## Notes\n\n", rst_to_md(_after_literal(doc))]
     return "".join(out)
+
+
+def _signature(func: Callable[..., Any]) -> str:
+    """``(name: Type, ...) -> Type`` with the annotations as written, unquoted (the same
+    whichever quotes, or none, the source uses)."""
+
+    def text(annotation: Any) -> str:
+        if isinstance(annotation, str):
+            return annotation.strip("\"'")
+        return inspect.formatannotation(annotation)
+
+    sig = inspect.signature(func)
+    params = ", ".join(p.name if p.annotation is p.empty else f"{p.name}: {text(p.annotation)}"
+                       for p in sig.parameters.values())
+    result = "" if sig.return_annotation is sig.empty else f" -> {text(sig.return_annotation)}"
+    return f"({params}){result}"
 
 
 def _literal_block(doc: str) -> str:

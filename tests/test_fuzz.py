@@ -363,7 +363,7 @@ def check_manifest(body: bytes) -> None:
     except ImageError as exc:
         assert str(exc)
     with tempfile.TemporaryDirectory(prefix="fuzz-registry-") as tmp:
-        client = RegistryClient("127.0.0.1:5000", _Registry(body))  # type: ignore[arg-type]
+        client = RegistryClient("127.0.0.1:5000", _Registry(body))  # type: ignore[arg-type]  # a stand-in session
         try:
             client.pull(RegistryRef("127.0.0.1:5000", "x", "1"), BlobStore(Path(tmp)))
         except ImageError as exc:

@@ -63,6 +63,7 @@ def _spec(port, fallback: str, model: str, kind: str) -> TensorSpec:
 def _block_telemetry() -> None:
     """Make ``import openvino_telemetry`` fail (OpenVINO then falls back to its stub)."""
     if "openvino" not in sys.modules:
+        # a None entry makes the import fail (the documented way to block a module)
         sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 
 
