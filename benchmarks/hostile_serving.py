@@ -72,6 +72,7 @@ Attacks (each reproduces a defect a hostile-input pass found):
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing as mp
 import os
@@ -293,7 +294,7 @@ def run_load(server: Server, seconds: float, clients: int) -> LoadResult:
         while time.monotonic() < end:
             t0 = time.perf_counter()
             try:
-                status = http.exchange(request)
+                status: int | str = http.exchange(request)
             except OSError as exc:
                 status = type(exc).__name__
             elapsed = time.perf_counter() - t0
@@ -370,7 +371,7 @@ class Attack:
 
 
 def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 

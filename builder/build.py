@@ -16,7 +16,7 @@ import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from enclave_build.contract.measurements import ImageRef, Measurements
 from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
@@ -25,7 +25,9 @@ from enclave_build.contract.secrets_config import SecretRule
 
 from . import build_stamp
 from .errors import EnclaveBuildError, UsageError
-from .gramine.protected_files import KEY_SIZE as WRAP_KEY_SIZE, read_wrap_key
+from enclave_build.attestation.protected_files import KEY_SIZE as WRAP_KEY_SIZE
+
+from .gramine.protected_files import read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache, default_cache_path
 from .image.assemble import assemble, runtime_owner
@@ -177,7 +179,8 @@ def make_signer(spec: Spec, signature: Path | None = None) -> Signer | None:
         sig = signature or signing.signature
         if sig is None:
             return None
-        return DetachedSigner.from_files(signing.public_key, sig)  # type: ignore[arg-type]
+        assert signing.public_key is not None   # the spec requires it with external signing
+        return DetachedSigner.from_files(signing.public_key, sig)
     passphrase = None
     if signing.passphrase_env:
         value = os.environ.get(signing.passphrase_env)
@@ -185,7 +188,8 @@ def make_signer(spec: Spec, signature: Path | None = None) -> Signer | None:
             raise UsageError(f"{spec.path}: signing.passphrase_env names "
                              f"{signing.passphrase_env}, which is not set in the environment")
         passphrase = value.encode()
-    return PemSigner.from_file(signing.key, passphrase)  # type: ignore[arg-type]
+    assert signing.key is not None   # the spec requires a key without external signing
+    return PemSigner.from_file(signing.key, passphrase)
 
 
 @dataclass(frozen=True)
@@ -534,13 +538,14 @@ def _alive(pid: int) -> bool:
 
 def _write_pending(artifacts: LibOSArtifacts, target: Path) -> Path:
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(artifacts.pending.signing_data)  # type: ignore[union-attr]
+    assert artifacts.pending is not None   # called for a pending signature only
+    tmp.write_bytes(artifacts.pending.signing_data)
     os.replace(tmp, target)
     return target
 
 
 def _pending_message(pending: PendingSignature, tbs: Path, spec: Spec,
-                     created: list[Path] = ()) -> str:  # type: ignore[assignment]
+                     created: Sequence[Path] = ()) -> str:
     keys = "".join(f"generated wrap key {path} (mode 0600): keep it, step two and the secret "
                    "server need it, and it cannot be recovered\n" for path in created)
     return keys + (

@@ -35,7 +35,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .gramine.runtime import GramineRuntime
 
 SCHEMA_VERSION = 1
 OK, MISSING, WARN = "ok", "missing", "warn"
@@ -132,7 +135,7 @@ class Probes:
 
         path = find_config_file()
         config = docker.auth.load_config(path) if path else {}
-        return path, {"auths": sorted(getattr(config, "auths", {}) or {}),
+        return (str(path) if path else None), {"auths": sorted(getattr(config, "auths", {}) or {}),
                       "credHelpers": dict(getattr(config, "cred_helpers", {}) or {}),
                       "credsStore": getattr(config, "creds_store", None)}
 
@@ -158,7 +161,7 @@ class Probes:
         mod = importlib.import_module(module)
         return str(getattr(mod, "__version__", "?"))
 
-    def gramine_in_base(self, ref: str):  # noqa: ANN201 - (GramineRuntime, bool)
+    def gramine_in_base(self, ref: str) -> tuple[GramineRuntime, bool]:
         """(the Gramine found in base *ref*, whether it has a real gramine-direct)."""
         from .errors import UsageError
         from .gramine.runtime import discover
@@ -192,7 +195,7 @@ def _docker_engine(p: Probes) -> Check:
     except ImportError:
         return Check("docker.engine", title, MISSING, "the docker SDK (Python) is not installed",
                      "pip install docker (a dependency of enclave-build)")
-    except Exception as exc:  # the SDK raises DockerException, requests' and OS errors
+    except Exception as exc:  # noqa: BLE001 - the SDK raises DockerException, requests' and OS errors
         reason = _first_line(exc)
         if p.env("DOCKER_HOST") is None and p.path_kind("/var/run/docker.sock") is None:
             reason = "/var/run/docker.sock does not exist (no engine running)"
@@ -212,7 +215,7 @@ def _registry_credentials(p: Probes) -> Check:
            "pulls work without)")
     try:
         path, config = p.docker_config()
-    except Exception as exc:  # a broken config file
+    except Exception as exc:  # noqa: BLE001 - a broken config file, whatever its parser raises
         return Check("registry.credentials", title, WARN,
                      f"the Docker config cannot be read: {_first_line(exc)}",
                      "fix or remove the file ($DOCKER_CONFIG/config.json or "
@@ -222,7 +225,8 @@ def _registry_credentials(p: Probes) -> Check:
         return Check("registry.credentials", title, WARN,
                      "no Docker config ($DOCKER_CONFIG/config.json or ~/.docker/config.json)",
                      fix)
-    found, broken = list(config.get("auths") or []), []
+    found = list(config.get("auths") or [])
+    broken: list[str] = []
     helpers = dict(config.get("credHelpers") or {})
     store = config.get("credsStore")
     for host, helper in sorted(helpers.items()):
@@ -319,7 +323,7 @@ def _pccs(p: Probes) -> Check:
                      f"{getattr(exc, 'verify_message', None) or _first_line(exc)}",
                      "give the PCCS a certificate this machine trusts (a secret server's "
                      "pccs_url needs one; qcnl's \"use_secure_cert\": false accepts any)")
-    except Exception as exc:  # URLError, timeouts, connection errors
+    except Exception as exc:  # noqa: BLE001 - URLError, timeouts, connection errors: all "not reachable"
         reason = getattr(exc, "reason", None) or exc
         return Check("sgx.pccs", title, MISSING, f"{url} ({origin}) not reachable within "
                      f"{PCCS_TIMEOUT:g} s: {_first_line(reason)}",
@@ -398,7 +402,7 @@ def _runtime(p: Probes, check_id: str, module: str, package: str, use: str,
     try:
         version = p.import_version(module)
         return Check(check_id, title, OK, f"{module} {version} in {sys.executable} ({use})")
-    except Exception as exc:  # ImportError, or a broken install raising anything
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install raising anything
         reason = _first_line(exc)
     for other in fallbacks:
         try:

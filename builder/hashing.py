@@ -26,7 +26,7 @@ def default_cache_path() -> Path:
 
 def sha256_file(path: Path | str) -> str:
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()  # type: ignore[attr-defined]
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _cache_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
@@ -146,4 +146,4 @@ def hash_files(paths: Iterable[Path], cache: HashCache | None = None,
     digests.update((name, digest) for name, _, digest in done)
     if cache:
         cache.store_many(done)
-    return {original: digests[name] for original, name in zip(originals, names)}
+    return {original: digests[name] for original, name in zip(originals, names, strict=True)}

@@ -499,7 +499,7 @@ def init_project(directory: str | Path, framework: str | None = None,
         mode = stat.S_IMODE(keys_dir.stat().st_mode)
         if mode & 0o077:
             warnings.warn(f"{keys_dir} is accessible to others (mode {mode:04o}): "
-                          f"`chmod 700 {keys_dir}`")
+                          f"`chmod 700 {keys_dir}`", stacklevel=2)
     else:
         keys_dir.mkdir(mode=0o700)
         os.chmod(keys_dir, 0o700)    # whatever the umask

@@ -109,7 +109,7 @@ def _tlv(buf: bytes, i: int, end: int) -> tuple[int, int, int] | None:
 
 def _children(buf: bytes, start: int, end: int, limit: int = 12) -> list[tuple[int, int, int]] | None:
     """The elements that exactly fill [start, end); None if they do not (or more than *limit*)."""
-    out = []
+    out: list[tuple[int, int, int]] = []
     i = start
     while i < end:
         if len(out) == limit:
@@ -263,9 +263,9 @@ class KeyScanner:
         for match in _DER_VERSION.finditer(buf, lo, min(len(buf), hi + 3)):
             if match.start() >= hi:
                 break
-            key = _der_key_at(buf, match.start())
-            if key is not None:
-                hits.append(key)
+            found = _der_key_at(buf, match.start())
+            if found is not None:
+                hits.append(found)
                 break
         for match in _PBE_OID.finditer(buf, max(0, lo + 2), min(len(buf), hi + 11)):
             oid = match.start() - 2     # the OBJECT IDENTIFIER tag and length

@@ -37,7 +37,9 @@ from .hashing import HashCache
 from .key_scan import KeyFinding, KeyScanner, parses_as_private_key
 from .model_files import SkippedModelFile, regular_files
 from .plan import FileKind, ServicePlan
-from .planning import MODEL_ROOT, SECRETS_DIR, spec_error
+from enclave_build.contract.names import MODEL_ROOT, SECRETS_DIR
+
+from .planning import spec_error
 from .plugin_types import ArtifactFile
 from .spec import Spec
 

@@ -76,6 +76,8 @@ def add_server_trust(spec: Spec, plan: ServicePlan, framework: str) -> None:
     :func:`base_plan` when the spec names server_measurements). Changing which server
     is trusted therefore changes this enclave's MRENCLAVE. Refuses (located spec error) plans
     whose keys Gramine's provisioning constructor fetches: it checks a CA only."""
+    # base_plan calls this for a spec whose [secrets] names the server's measurements
+    assert plan.secrets is not None and plan.secrets.server_trust is not None
     trust = plan.secrets.server_trust
     if plan.secrets.delivery is not KeyDelivery.IN_ENCLAVE:
         raise spec_error(spec, ("secrets", "server_measurements"),

@@ -50,7 +50,7 @@ def _package_dir(name: str) -> Path:
         raise EnclaveBuildError(f"the Python package {name!r} is not installed where "
                                 "enclave-build runs, so it cannot be shipped into the image")
     if spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
+        return Path(next(iter(spec.submodule_search_locations)))
     if spec.origin is None:
         raise EnclaveBuildError(f"{name!r} has no files to ship")
     return Path(spec.origin)

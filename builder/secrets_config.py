@@ -128,7 +128,7 @@ def read_fragment(path: Path) -> PolicyFragment:
         raise FragmentError(str(exc)) from None
 
 
-def _load_measurements(fragment: Path, pattern: str) -> list[Measurements]:
+def _load_measurements(fragment: Path | None, pattern: str) -> list[Measurements]:
     paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     if not paths:
         raise SecretsConfigError(f"{fragment}: measurements: {pattern!r} matches no file")

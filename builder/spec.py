@@ -22,7 +22,9 @@ from enclave_build.contract.schema import (Field, Problem, Section, did_you_mean
 from .errors import UsageError
 from . import server_trust
 from .plan import ServerTrust
-from .deploy.settings import DEPLOY, DeploySpec, check_deploy
+from enclave_build.contract.deploy import DEPLOY, DeploySpec
+
+from .deploy.settings import check_deploy
 
 _NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _NAME_DOC = "lower-case letters, digits and '-', at most 63 characters (a DNS label)"

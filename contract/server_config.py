@@ -372,7 +372,7 @@ class ServerConfig:
     metrics: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        def listener(item: Listener | None) -> dict | None:
+        def listener(item: Listener | None) -> dict[str, Any] | None:
             return None if item is None else item.to_dict()
 
         tls = self.tls
@@ -426,7 +426,7 @@ class ServerConfig:
         return cls.parse(text, source)
 
 
-def _listener(values: dict | None) -> Listener | None:
+def _listener(values: dict[str, Any] | None) -> Listener | None:
     return None if values is None else Listener(values["host"], values["port"],
                                                 values["spec_key"])
 
@@ -447,7 +447,7 @@ def _keys(v: dict[str, Any]) -> KeysConfig:
                           tuple(trust["allowed_tcb_statuses"])))
 
 
-def _check(data: dict, v: dict[str, Any], problems: list[Problem]) -> None:
+def _check(data: dict[str, Any], v: dict[str, Any], problems: list[Problem]) -> None:
     """What no single key says: the version, unique model names, the keys' variants."""
     if data.get("version") != CONFIG_VERSION and not bad(problems, ("version",)):
         problems.append(Problem(("version",), f"version must be {CONFIG_VERSION}, got "
@@ -466,7 +466,7 @@ def _check(data: dict, v: dict[str, Any], problems: list[Problem]) -> None:
         _check_keys(keys, written, problems)
 
 
-def _check_keys(keys: dict[str, Any], written: dict, problems: list[Problem]) -> None:
+def _check_keys(keys: dict[str, Any], written: dict[str, Any], problems: list[Problem]) -> None:
     where = ("keys",)
     if keys["source"] == "files":
         for name in sorted(set(written) - {"source", "directory", "names"}):

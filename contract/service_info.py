@@ -34,7 +34,7 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Self
 
 from .deploy import DEPLOY, DeploySpec
 from .errors import ContractError
@@ -171,18 +171,18 @@ class RunAs:
     group: int
 
 
-#: A reader's extra checks of the validated values (which appends located problems).
-Check = Callable[[Mapping[str, Any], list[Problem]], None]
-
-
 @dataclass(frozen=True)
 class ServiceInfo:
     """A service.json. A reader that needs more checks than the format's (the builder's
-    ``[deploy]`` checks) subclasses it and sets :attr:`checks` and :attr:`error`."""
+    ``[deploy]`` checks) subclasses it, overrides :meth:`extra_checks` and sets :attr:`error`."""
 
-    #: Extra checks of the validated values, and the error the reader raises.
-    checks: ClassVar[Check | None] = None
+    #: The error the reader raises.
     error: ClassVar[type[ContractError]] = ServiceInfoError
+
+    @classmethod
+    def extra_checks(cls, values: Mapping[str, Any], problems: list[Problem]) -> None:
+        """A reader's checks of the validated *values* beyond the format's: appends located
+        problems to *problems* (none here)."""
 
     service: str
     framework: str
@@ -218,15 +218,14 @@ class ServiceInfo:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = SERVICE_FILE,
-                  locator: Locator = NoLocator()) -> "ServiceInfo":
+                  locator: Locator = NoLocator()) -> Self:
         """Every key checked for type and range (the file may have been edited), and the
-        :attr:`checks`' problems: one :attr:`error` naming *source*, each line and key."""
+        :meth:`extra_checks`' problems: one :attr:`error` naming *source*, each line and key."""
         problems: list[Problem] = []
         v = validate_table(SCHEMA, data, (), Path("."), problems, json=True)
         if isinstance(data, dict):
             _check(data, v, problems)
-            if cls.checks is not None:
-                cls.checks(v, problems)
+            cls.extra_checks(v, problems)
         raise_problems(problems, source, locator, cls.error)
         e, h, r, m = v["enclave"], v["health"], v["run_as"], v["metrics"]
         return cls(
@@ -246,7 +245,7 @@ class ServiceInfo:
             deploy=DeploySpec.from_values(v["deploy"] or {}))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ServiceInfo":
+    def load(cls, path: str | Path) -> Self:
         """The one reader: *path* read and checked (see :meth:`from_dict`)."""
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -260,7 +259,7 @@ class ServiceInfo:
         return cls.from_dict(data, str(path), locator)
 
 
-def _check(data: dict, v: dict[str, Any], problems: list[Problem]) -> None:
+def _check(data: dict[str, Any], v: dict[str, Any], problems: list[Problem]) -> None:
     """What no single key says: the version, port references, unique ports, the secret
     server when keys are fetched, paths without dot segments."""
     if data.get("version") != FORMAT_VERSION and not bad(problems, ("version",)):
@@ -301,4 +300,4 @@ def _check(data: dict, v: dict[str, Any], problems: list[Problem]) -> None:
 
 
 __all__ = ["ServiceInfo", "ServiceInfoError", "ServicePort", "Health", "MetricsEndpoint",
-           "EnclaveInfo", "RunAs", "FORMAT_VERSION", "SCHEMA", "Check"]
+           "EnclaveInfo", "RunAs", "FORMAT_VERSION", "SCHEMA"]

@@ -82,7 +82,7 @@ class LoadedModel:
             raise ServeError(ServeError.INVALID, f"input {name!r}: shape {list(shape)}, model "
                              f"expects {spec.shape} (-1 = any)")
         if not self.accepts_empty and any(got == 0 and want < 0
-                                          for want, got in zip(spec.shape, shape)):
+                                          for want, got in zip(spec.shape, shape, strict=True)):
             raise ServeError(ServeError.INVALID, f"input {name!r}: shape {list(shape)} has a "
                              f"zero-sized dimension; model {self.name!r} does not take empty "
                              "tensors")
@@ -156,7 +156,7 @@ class LoadedModel:
         for inst in self._instances:
             try:
                 inst.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # one instance failing to close must not keep the rest open
                 log.exception("closing an instance of model %s", self.name)
 
 

@@ -192,7 +192,7 @@ class GRPCService:
             self._watchdog.stop()
             self._watchdog = None
 
-    def _receive(self, requests, context, holder: Holder) -> bytes:
+    def _receive(self, requests, context: grpc.ServicerContext, holder: Holder) -> bytes:
         """The call's request message, or the call ends (RpcError/abort) when none arrives
         within ``receive_timeout``, the client sends none, or the gate evicts it."""
         watchdog = self._watchdog
@@ -209,7 +209,7 @@ class GRPCService:
                          self.receive_timeout)
             raise
         finally:
-            if deadline is not None:
+            if watchdog is not None and deadline is not None:
                 watchdog.disarm(deadline)
 
     def _fail(self, context, exc: ServeError):
@@ -314,7 +314,8 @@ class GRPCService:
             def behaviour(raw: bytes, context) -> bytes:
                 return fn(raw, context)
             if control_pool is not None:
-                behaviour.experimental_thread_pool = control_pool
+                # grpc's per-method thread pool: an attribute its handler reads off the function
+                behaviour.experimental_thread_pool = control_pool  # type: ignore[attr-defined]
             return grpc.unary_unary_rpc_method_handler(behaviour)   # bytes in, bytes out
         return grpc.method_handlers_generic_handler(pb.SERVICE_FULL_NAME, {
             "ServerLive": control(self.server_live),
@@ -356,7 +357,9 @@ class GRPCServer:
         self.pool = HandlerPool(threads, on_capacity=service.engine.share_handler_threads)
         service.engine.share_handler_threads(threads)
         self.control = control_pool()
-        self.server = grpc.server(self.pool, handlers=(service.handler(self.control),),
+        # grpc only submits to its pool: any Executor does (its stub says ThreadPoolExecutor)
+        pool: ThreadPoolExecutor = self.pool  # type: ignore[assignment]
+        self.server = grpc.server(pool, handlers=[service.handler(self.control)],
                                   options=server_options(limits))
 
     def start(self) -> None:
@@ -368,7 +371,7 @@ class GRPCServer:
         them), and wait up to *finish* more seconds (None: as long as they run) for the handler
         threads, whose inference grpc cannot interrupt. True when every thread has ended."""
         self.server.stop(grace).wait()
-        ended = self.pool.shutdown(wait=True, timeout=finish)
+        ended = self.pool.stop(wait=True, timeout=finish)
         self.control.shutdown(wait=True)
         self.service.stop()
         return ended

@@ -36,7 +36,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Protocol
 
 import httptools
 
@@ -116,7 +116,7 @@ def error_response(status: int, message: str) -> Response:
 class Application(Protocol):
     """What the connection layer calls."""
 
-    def handle(self, request: Request) -> Response | Awaitable[Response]:
+    def handle(self, request: Request) -> Response | Coroutine[Any, Any, Response]:
         """The answer (at once, or as a coroutine run as a task)."""
 
     def refused(self, target: str | None, status: int) -> None:
@@ -149,9 +149,10 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, server: "HTTPServer") -> None:
         self.server = server
-        self.loop = server.loop
+        assert server.loop is not None   # connections are made once the server listens
+        self.loop: asyncio.AbstractEventLoop = server.loop
         self.limits = server.limits
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport   # set by connection_made, before anything else
         self.state = _IDLE
         self.restricted = False       # admitted past max_connections: health checks only
         self.fresh = True             # no request yet
@@ -180,6 +181,12 @@ class Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._dup: str | None = None
         self._complete = False
+
+    @property
+    def current(self) -> Request:
+        """The request being received or answered (states _BODY to _BUSY)."""
+        assert self.req is not None
+        return self.req
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -334,7 +341,7 @@ class Connection(asyncio.Protocol):
                 self._arm(self._body_deadline())
                 return
             if state == _BODY:
-                self.server.app.refused(self.req.target, 408)
+                self.server.app.refused(self.current.target, 408)
             self._refuse(408, message)
         elif state == _HANDSHAKE:
             self._abort()
@@ -368,6 +375,7 @@ class Connection(asyncio.Protocol):
         self._arm(self.loop.time() + self.limits.header_timeout)
 
     def _header(self, data) -> None:
+        buf: bytes | bytearray
         if self.head:
             scan = max(0, len(self.head) - 3)
             self.head += data
@@ -386,6 +394,7 @@ class Connection(asyncio.Protocol):
         if end > HEADER_LIMIT:
             self._refuse(*_oversize_head(buf))
             return
+        block: bytes | memoryview
         if buf is self.head:
             block = bytes(buf[:end])
             rest = memoryview(bytes(buf[end:]))
@@ -523,7 +532,7 @@ class Connection(asyncio.Protocol):
         cost = take if take == need and self.body is None else take + (take >> 3)
         if not budget.try_reserve(cost) and not (self.server.make_room(self) and
                                                  budget.try_reserve(cost)):
-            self.server.app.refused(self.req.target, 503)
+            self.server.app.refused(self.current.target, 503)
             self._refuse(503, f"server busy: no room for {take} more request bytes "
                          f"(limits.max_buffered_bytes {budget.limit})")
             return
@@ -565,7 +574,7 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------ answering
 
     def _dispatch(self, body, rest, answer: Response | None = None) -> None:
-        req = self.req
+        req = self.current
         req.body = body
         self.state = _BUSY
         self.deadline = 0.0
@@ -576,7 +585,7 @@ class Connection(asyncio.Protocol):
             return
         try:
             result = self.server.app.handle(req)
-        except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
+        except Exception as exc:  # answer, log, keep serving
             log.exception("REST request failed")
             result = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
         if isinstance(result, Response):
@@ -600,7 +609,7 @@ class Connection(asyncio.Protocol):
         self._respond(resp)
 
     def _respond(self, resp: Response) -> None:
-        keep = self.req.keep_alive and not self.server.draining and \
+        keep = self.current.keep_alive and not self.server.draining and \
             (not self.peer_eof or bool(self.pending))
         self._release()
         self.req = None
@@ -917,8 +926,9 @@ class HTTPServer:
     async def _wait(self, condition, until: float) -> bool:
         """Wait until *condition()* holds or the loop's clock reaches *until*."""
         self._changed = self._changed or asyncio.Event()
+        loop = asyncio.get_running_loop()
         while not condition():
-            left = until - self.loop.time()
+            left = until - loop.time()
             if left <= 0:
                 return False
             self._changed.clear()
@@ -938,11 +948,12 @@ class HTTPServer:
         self.draining = True
         self.cut_message = message
         self._changed = asyncio.Event()
+        loop = asyncio.get_running_loop()   # (also when the server never started listening)
         if self.server is not None:
             self.server.close()
         for conn in list(self.idle):
             conn.evict()
-        deadline = self.loop.time() + timeout
+        deadline = loop.time() + timeout
         cut = 0
         if not await self._wait(lambda: not self.active, deadline):
             cut = sum(conn.cut(message) for conn in list(self.connections))
@@ -950,10 +961,10 @@ class HTTPServer:
                 cut += on_deadline()
             # what runs on an interpreter cannot be stopped: its answer is still sent
             await self._wait(lambda: not any(c.state == _BUSY for c in self.connections),
-                             self.loop.time() + finish)
+                             loop.time() + finish)
         for conn in list(self.connections):
             if not conn.active:
                 conn.evict()
         # answers still in a transport's buffer are sent before the loop ends
-        await self._wait(lambda: not self.connections, self.loop.time() + 2.0)
+        await self._wait(lambda: not self.connections, loop.time() + 2.0)
         return cut

@@ -26,6 +26,7 @@ import json
 import threading
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -259,7 +260,7 @@ def encode_infer(model: LoadedModel, req: dict, result: dict[str, np.ndarray],
     blobs = []
     for name, binary in outputs:
         arr = result[name]
-        entry = {"name": name, "datatype": from_numpy_dtype(arr.dtype), "shape": list(arr.shape)}
+        entry: dict[str, Any] = {"name": name, "datatype": from_numpy_dtype(arr.dtype), "shape": list(arr.shape)}
         if binary:
             raw = raw_view(arr)                  # (copied once, into the body)
             entry["parameters"] = {"binary_data_size": len(raw)}

@@ -25,7 +25,7 @@ import os
 import signal
 import ssl
 import sys
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Awaitable, Sequence
 
 from enclave_build.contract.schema import Problem
 
@@ -61,6 +61,7 @@ def _address(host: str, port: int) -> str:
 class TLSMaterial:
     def __init__(self, config: ServerConfig, keyring: KeyRing) -> None:
         tls = config.tls
+        assert tls is not None   # made for a configuration with [tls] only
         cert = keyring.open(tls.cert, tls.key_name)
         key = keyring.open(tls.key, tls.key_name)
         self.cert_path, self.key_path = cert.path, key.path
@@ -153,7 +154,7 @@ async def drain(config: ServerConfig, engine: Engine, grpc_server: "GRPCServer |
     (:meth:`Engine.stop_admitting`); running requests get FINISH_SECONDS more. Returns the REST
     requests cut off."""
     engine.ready = False
-    waits = []
+    waits: list[Awaitable[object]] = []
     if grpc_server is not None:
         waits.append(asyncio.to_thread(grpc_server.stop, config.drain_seconds + FINISH_SECONDS,
                                        FINISH_SECONDS))
@@ -169,7 +170,9 @@ async def drain(config: ServerConfig, engine: Engine, grpc_server: "GRPCServer |
         if failed:
             log.warning("drain deadline: %d queued requests answered UNAVAILABLE", failed)
     results = await everything
-    return results[-1] if rest is not None else 0
+    cut = results[-1] if rest is not None else 0   # the REST drain's count comes last
+    assert isinstance(cut, int)
+    return cut
 
 
 def state_warnings(models: dict) -> list[str]:

@@ -16,6 +16,9 @@ import pytest
 
 from .services import dockerd_unavailable, remove_tree, start_dockerd, start_registry, stop
 
+#: Fixtures shared by several test modules.
+pytest_plugins = ["tests.fixtures", "tests.gramine_base"]
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_VECTORS = Path(os.environ.get("ENCLAVE_BUILD_VECTORS", REPO.parent / "shared" / "vectors"))
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 _SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "fetch_models.py"
 _spec = importlib.util.spec_from_file_location("_eb_fetch_models", _SCRIPT)
+assert _spec is not None and _spec.loader is not None
 fetch_models = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = fetch_models  # dataclasses look their module up there
-_spec.loader.exec_module(fetch_models)  # type: ignore[union-attr]
+_spec.loader.exec_module(fetch_models)
 
 
 def sha256(path: Path) -> str:

@@ -337,7 +337,7 @@ def test_mr_signer_is_sha256_of_the_little_endian_modulus():
     modulus = rsa.generate_private_key(3, 3072).public_key().public_numbers().n
     expected = hashlib.sha256(modulus.to_bytes(384, "little")).hexdigest()
     assert mr_signer_of(modulus) == expected
-    assert Sigstruct(None, modulus=modulus).mr_signer.hex() == expected  # type: ignore[arg-type]
+    assert Sigstruct(None, modulus=modulus).mr_signer.hex() == expected
     assert EnclaveIdentity(HEX, expected, 1, 2).signer_pin() == EnclaveIdentity(None, expected,
                                                                                  1, 2)
 

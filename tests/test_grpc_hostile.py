@@ -270,7 +270,7 @@ def test_grpc_connection_cap_handshake_and_idle_deadlines(tmp_path):
         assert len(served) == 6 and all(b[3] == 0x4 for b in served), first  # SETTINGS
         assert first.count(b"") == 4
         # no preface from us: closed at the handshake deadline
-        assert all(_closed_by_server(s, 10) for s, b in zip(socks, first) if b)
+        assert all(_closed_by_server(s, 10) for s, b in zip(socks, first, strict=True) if b)
         # a client that completes the handshake and stays idle: closed after idle_timeout
         idle = H2Connection(server.grpc)
         frames = idle.read_frames(15, until=lambda f: any(x.type == 0x7 for x in f))

@@ -196,7 +196,7 @@ def test_same_project_in_two_directories_gives_identical_output_bytes(tmp_path, 
         (second / "keys/tfs-secure-key.key").resolve()
     # The dir: base's history entry names no path.
     config = json.loads(image_config(second / "out"))
-    assert [h["created_by"] for h in config["history"]][0] == \
+    assert config["history"][0]["created_by"] == \
         "enclave-build: root filesystem from a dir: base"
 
 

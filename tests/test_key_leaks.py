@@ -277,7 +277,7 @@ def test_scan_artifacts_skips_ciphertext_and_what_the_plan_scan_saw(tmp_path):
     leaking = tmp_path / "instance.bin"
     leaking.write_bytes(b"x" * 100 + key)
     scanner = KeyScanner({"svc-key": key})
-    with pytest.raises(KeyMaterialError, match="instance.bin: wrap key 'svc-key'"):
+    with pytest.raises(KeyMaterialError, match=r"instance.bin: wrap key 'svc-key'"):
         scan_artifacts([ArtifactFile("/enclave/image/0", source=leaking)], scanner)
     scan_artifacts([ArtifactFile("/models/m", source=leaking, ciphertext=True)], scanner)
     scan_artifacts([ArtifactFile("/enclave/image/0", source=leaking)], scanner,
@@ -428,4 +428,4 @@ def test_scan_plan_covers_labels_environment_and_command_line(tmp_path):
         else:
             plan.argv.append(key)
         with pytest.raises(KeyMaterialError, match="PEM private key"):
-            scan_plan(SimpleNamespace(models=()), plan, KeyScanner({}))  # type: ignore[arg-type]
+            scan_plan(SimpleNamespace(models=()), plan, KeyScanner({}))

@@ -3,10 +3,13 @@ plugin is reported and hides nothing; a third-party package adds a framework and
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import tomllib
 from pathlib import Path
 
@@ -281,10 +284,6 @@ def test_third_party_plugin_is_listed_and_builds(installed_plugin, tmp_path, sta
 
 
 # --- keys, ownership and Python-server plans ----------------------------------------------------
-
-import gzip
-import io
-import tarfile
 
 CA = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"
 

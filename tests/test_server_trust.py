@@ -32,7 +32,6 @@ from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.model_server.config import ConfigError, ServerTrustConfig, parse_config
 from enclave_build.model_server.server_attest import ServerRefused, ServerVerifier
 
-from .test_pccs import pccs  # noqa: F401 - a fixture (a PCCS stand-in on 127.0.0.1)
 from .conftest import tflite_bytes
 
 SIGNER = "5a" * 32
@@ -194,7 +193,7 @@ def _plan_config(spec: Path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan = make_plan(loaded, registry)
-    config = next(json.loads(f.data) for f in plan.image_files() if f.dest == SERVER_CONFIG)
+    config = next(json.loads(f.data or b"") for f in plan.image_files() if f.dest == SERVER_CONFIG)
     return plan, config, caught
 
 

@@ -35,7 +35,6 @@ from enclave_build.builder.run.gramine_direct import prepare_manifest
 from enclave_build.builder.run.view import ViewError, populate
 
 from .conftest import tflite_bytes, write_spec
-from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
 from .tamper import append, replace_text, tamper
 
 TAMPERED = "import os; print('TAMPERED', flush=True); os._exit(42)\n"
@@ -326,7 +325,7 @@ def test_open_build_refuses_before_anything_runs(probe_out, tmp_path):
 
 
 @pytest.mark.integration
-def test_gramine_direct_refuses_an_edited_manifest(tmp_path, gramine_base_dir,  # noqa: F811
+def test_gramine_direct_refuses_an_edited_manifest(tmp_path, gramine_base_dir,
                                                    signing_key):
     if os.geteuid() != 0:
         pytest.skip("gramine-direct needs root")

@@ -11,7 +11,9 @@ from typing import Callable
 
 from cryptography import x509
 
-from ..config import SecretsConfig, load_config
+from enclave_build.contract.secrets_config import SecretsConfig
+
+from ..config import load_config
 from ..occlum_ra import RaConfig
 from ..verify import load_root_der
 from .secret_server import SecretServer
@@ -23,6 +25,7 @@ def startup_warnings(config: SecretsConfig) -> list[str]:
     root = config.attestation.root_ca
     if root is not None:
         der = load_root_der(root)
+        assert der is not None   # *root* is a path
         subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
         kind = "SYNTHETIC TEST root" if "SYNTHETIC TEST" in subject else "non-Intel root"
         warnings.append(f"WARNING: trusting a {kind} CA ({subject}) from {root}: quotes it "
@@ -56,6 +59,7 @@ def _collateral_problem(config: SecretsConfig) -> str | None:
 def _grsecret_warnings(config: SecretsConfig) -> list[str]:
     warnings = []
     grpc = config.grsecret
+    assert grpc is not None   # called with [grsecret] only
     if grpc.client_ra_config is not None and RaConfig.load(grpc.client_ra_config).checks_nothing:
         warnings.append(f"note: {grpc.client_ra_config}: every verify_* flag is \"off\"; "
                         "GrSecret clients are filtered by the [[secrets]] policy alone")

@@ -23,7 +23,7 @@ class _DefaultToBuild(click.Group):
     a path (it exists, or has a ``/`` or a ``.``); a bare word such as ``buidl`` is a mistyped
     command and gets click's "No such command ... Did you mean" instead of build's usage."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+    def resolve_command(self, ctx: click.Context, args: list[str]):
         if args and args[0] not in self.commands and not args[0].startswith("-") \
                 and _looks_like_spec(args[0]):
             args = ["build", *args]
@@ -35,7 +35,7 @@ class _DefaultToBuild(click.Group):
                                 f"(e.g. ./{args[0]}.toml).")
             raise
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:

@@ -9,9 +9,12 @@ import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 import click
+
+if TYPE_CHECKING:   # imported when a bar is shown: the CLI starts faster without rich
+    import rich.progress
 
 from enclave_build.attestation.errors import AttestationConfigError, AttestationError
 from enclave_build.contract.errors import ContractError
@@ -120,7 +123,7 @@ class RichProgress:
     def __init__(self, enabled: bool, terminal: bool | None = None):
         self.enabled = enabled
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
-        self._progress = None
+        self._progress: rich.progress.Progress | None = None
         self._lines: StageLines | None = None
 
     def __enter__(self) -> "RichProgress":
@@ -128,11 +131,11 @@ class RichProgress:
             from rich.console import Console
             from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                        TimeRemainingColumn, TransferSpeedColumn)
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                      DownloadColumn(), TransferSpeedColumn(),
-                                      TimeRemainingColumn(), console=Console(stderr=True),
-                                      transient=False)
-            self._progress.__enter__()
+            progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=False)
+            progress.__enter__()
+            self._progress = progress
         elif self.enabled:
             self._lines = StageLines()
         return self
@@ -150,8 +153,9 @@ class RichProgress:
             return self._lines.task(description, total, unit)
         if self._progress is None:
             return lambda n: None
-        task_id = self._progress.add_task(description, total=total)
-        return lambda n: self._progress.advance(task_id, n)  # type: ignore[union-attr]
+        progress = self._progress
+        task_id = progress.add_task(description, total=total)
+        return lambda n: progress.advance(task_id, n)
 
     def log(self, text: str) -> None:
         """One line of a build tool's output (e.g. Occlum's build container), shown as it

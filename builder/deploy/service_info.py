@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from enclave_build.contract import service_info as contract
-from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.contract.schema import Problem
-from enclave_build.contract.service_info import (FORMAT_VERSION, EnclaveInfo, Health,  # noqa: F401
-                                                 MetricsEndpoint, RunAs, ServicePort)
+from enclave_build.contract.service_info import (EnclaveInfo, Health, MetricsEndpoint, RunAs,
+                                                 ServicePort)
 
 from ..errors import EnclaveBuildError
 from ..plan import KeyDelivery, MountType, ServicePlan
-from .settings import LIBOS, DeploySpec, check_deploy
+from enclave_build.contract.deploy import DeploySpec
+
+from .settings import LIBOS, check_deploy
 
 
 class ServiceInfoError(contract.ServiceInfoError, EnclaveBuildError):
@@ -46,8 +47,11 @@ def _builder_checks(values: Mapping[str, Any], problems: list[Problem]) -> None:
 class ServiceInfo(contract.ServiceInfo):
     """service.json, read with the builder's checks (see the module's doc)."""
 
-    checks = staticmethod(_builder_checks)
     error = ServiceInfoError
+
+    @classmethod
+    def extra_checks(cls, values: Mapping[str, Any], problems: list[Problem]) -> None:
+        _builder_checks(values, problems)
 
 
 def service_info(plan: ServicePlan, deploy: DeploySpec, run_as: tuple[int, int], *,

@@ -58,4 +58,6 @@ def build_base(name: str | None, directory: Path | None, tag: str | None,
                          "without an engine, build on --base dir:ROOTFS)") from None
     if image_id is None:
         image_id = client.images.get(tag).id
+    if image_id is None:
+        raise ImageError(f"building {tag}: the Docker engine reports no image id for it")
     return image_id, tag

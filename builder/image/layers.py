@@ -121,10 +121,11 @@ def write_layer(entries: list[LayerEntry], store: BlobStore,
     epoch = source_date_epoch()
     writer = store.writer()
     try:
-        gz = gzip.GzipFile(fileobj=writer, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,  # type: ignore[arg-type]
+        gz = gzip.GzipFile(fileobj=writer, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,
                            filename="")
         diff = _DiffHash(gz)
-        with tarfile.open(fileobj=diff, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[arg-type]
+        # a write-only file object: tarfile's stream mode only calls write() (and close())
+        with tarfile.open(fileobj=diff, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
             for entry in entries:
                 info = tarfile.TarInfo(entry.path.lstrip("/"))
                 info.mtime = epoch

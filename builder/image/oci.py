@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Protocol
 
 from ..errors import EnclaveBuildError
 
@@ -170,6 +170,12 @@ class _Hashing:
         self.target.flush()
 
 
+class Readable(Protocol):
+    """What :meth:`BlobStore.put_stream` reads: a file, or an HTTP response's raw stream."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class BlobStore:
     """``ROOT/sha256/<hex>`` files, written atomically and named by their verified digest
     (the layout of an OCI image layout's ``blobs/`` directory)."""
@@ -196,7 +202,7 @@ class BlobStore:
             self._commit(lambda out: out.write(data), digest)
         return digest
 
-    def put_stream(self, stream: BinaryIO, expected: str | None = None,
+    def put_stream(self, stream: Readable, expected: str | None = None,
                    progress: Callable[[int], None] | None = None) -> tuple[str, int]:
         """Copy *stream* in; verify it against *expected* if given. Returns (digest, size)."""
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")

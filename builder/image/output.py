@@ -68,7 +68,10 @@ def load_into_docker(image: Image, tag: str | None) -> str:
                              "DOCKER_HOST right?)") from None
     if not loaded:
         raise ImageError("docker load reported no image")
-    return loaded[0].id
+    image_id = loaded[0].id
+    if image_id is None:
+        raise ImageError("docker load reported an image without an id")
+    return image_id
 
 
 def push(image: Image, target: str,

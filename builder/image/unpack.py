@@ -48,7 +48,7 @@ def open_layer(handle: BinaryIO) -> BinaryIO:
     handle.seek(0)
     if magic[:2] == b"\x1f\x8b":
         import gzip
-        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]  # reads as a BinaryIO
     if magic == b"\x28\xb5\x2f\xfd":
         raise ImageError("zstd-compressed layers are not supported; use gzip or uncompressed "
                          "layers (e.g. `docker buildx build --output compression=gzip`)")
@@ -173,10 +173,11 @@ class _LayerApplier:
             # in the cache would hand its device to whoever can read the cache. The path is
             # still taken by this layer (a lower layer's file there does not show through).
             dev_fd = self._open_dir(parts[:-1], member.name, create=True)
+            assert dev_fd is not None   # create=True makes the directories
             try:
-                self._remove(base, dev_fd)  # type: ignore[arg-type]
+                self._remove(base, dev_fd)
             finally:
-                os.close(dev_fd)  # type: ignore[arg-type]
+                os.close(dev_fd)
             self.added.add(rel)
             return
         parent = self._open_dir(parts[:-1], member.name, create=True)
@@ -303,7 +304,8 @@ def apply_layer(root: Path, handle: BinaryIO, source: str = "layer") -> str:
     reader = _DiffIdReader(open_layer(handle))
     applier = _LayerApplier(root, source)
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[arg-type]
+        # a read-only file object: tarfile's stream mode only calls read()
+        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
                 applier.apply(member, tar)
         while reader.read(1 << 20):  # hash trailing padding too: diff_id covers the whole tar

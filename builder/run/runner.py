@@ -94,16 +94,16 @@ class Build:
     app: str                   # /enclave/SERVICE
     manifest: dict[str, Any]   # the parsed SERVICE.manifest.sgx
     user: str | None           # the image config's User
-    ownership: list = field(default_factory=list)   # builder.run.rootfs entries to restore
+    ownership: list[Any]       # builder.run.rootfs entries to restore
     #: the image's files checked against its SIGSTRUCT (they agree, or there is no Build)
-    verification: EnclaveVerification | None = None
+    verification: EnclaveVerification
 
     @property
     def quoted(self) -> Measurements:
         """The identity the simulated quoter vouches for: re-derived from what runs (the
         image's manifest and libpal.so measured here; signer, ISV ids and debug from its
         verified SIGSTRUCT), not read from measurements.json."""
-        identity = self.verification.identity if self.verification else None
+        identity = self.verification.identity
         if identity is None or not identity.agrees or identity.mr_enclave is None or \
                 identity.sigstruct is None:
             raise RunError(f"{self.directory}: the image's identity was not verified; no "
@@ -165,12 +165,12 @@ def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple[
         ownership = pool.submit(image_ownership, image)
         result = inspect_opened(str(directory), image, measurements, log=log)
         owners = ownership.result()
-    if not result.agrees or result.verification is None or result.verification.manifest is None:
+    verification = result.verification
+    if not result.agrees or verification is None or verification.manifest is None:
         raise RunError(f"{directory}: the image is not what its identity says "
                        "(measurements.json, labels, SIGSTRUCT and the image's own manifest, "
                        "libpal.so and trusted files must agree); not starting (run `enclave-build "
                        "inspect` on it, or rebuild):\n  - " + "\n  - ".join(result.problems))
-    verification = result.verification
     config = image.config.get("config") or {}
     build = Build(directory, image, measurements, verification.app, verification.manifest,
                   config.get("User") or None, owners, verification)

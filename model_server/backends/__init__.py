@@ -142,7 +142,7 @@ class TensorSpec:
     def accepts(self, shape: list[int] | tuple[int, ...]) -> bool:
         """Whether a concrete shape fits this spec (same rank, fixed dimensions equal)."""
         return len(shape) == len(self.shape) and all(
-            want < 0 or want == got for want, got in zip(self.shape, shape))
+            want < 0 or want == got for want, got in zip(self.shape, shape, strict=True))
 
     def as_dict(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -176,7 +176,7 @@ class Backend(abc.ABC):
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """See the module docstring."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a backend holding nothing need not close
         pass
 
 

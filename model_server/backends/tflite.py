@@ -41,7 +41,7 @@ class TFLiteBackend(Backend):
         self._it.allocate_tensors()
         self._in = self._it.get_input_details()
         self._out = self._it.get_output_details()
-        self._shapes = {d["name"]: tuple(int(x) for x in d["shape"]) for d in self._in}
+        self._shapes: dict[str, tuple[int, ...] | None] = {d["name"]: tuple(int(x) for x in d["shape"]) for d in self._in}
 
     def state(self) -> str | None:
         """Resource variables (their ops, as the interpreter lists them) and variable tensors

@@ -80,7 +80,7 @@ class OnnxRuntimeBackend(Backend):
             if type(exc).__name__ in ("InvalidArgument", "Fail", "InvalidGraph"):
                 raise InferenceError(str(exc).splitlines()[0]) from None
             raise
-        return dict(zip(names, results))
+        return dict(zip(names, results, strict=True))
 
     def close(self) -> None:
         self._session = None
