@@ -14,15 +14,18 @@ Standard library and ``cryptography`` only (this package also runs in enclaves).
 
 from __future__ import annotations
 
+import itertools
 import functools
 import hashlib
 import json
 from pathlib import Path
+from typing import cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 #: Intel's SGX Root CA (public; valid 2018-05-21 to 2049-12-31), the root dcap-qvl's
@@ -109,7 +112,7 @@ def collateral_root_problem(collateral_json: str, root_der: bytes | None) -> str
             return (f"its {name} ends in {_describe(top)}, not in the trusted root "
                     f"{_describe(trusted)}" + _hint(top, trusted, root_der is None))
         try:
-            for child, parent in zip(chain, chain[1:]):
+            for child, parent in itertools.pairwise(chain):
                 child.verify_directly_issued_by(parent)
         except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
             return f"its {name} does not verify: a certificate is not signed by the next one"
@@ -118,19 +121,20 @@ def collateral_root_problem(collateral_json: str, root_der: bytes | None) -> str
         pck_crl = x509.load_der_x509_crl(_crl_bytes(data["pck_crl"]))
     except (ValueError, KeyError, TypeError) as exc:
         return f"its CRLs cannot be read ({type(exc).__name__}: {exc})"
-    if not root_crl.is_signature_valid(trusted.public_key()):
+    if not root_crl.is_signature_valid(_issuer_key(trusted)):
         return "its root_ca_crl is not signed by the trusted root"
-    if not pck_crl.is_signature_valid(chains["pck_crl_issuer_chain"][0].public_key()):
+    if not pck_crl.is_signature_valid(_issuer_key(chains["pck_crl_issuer_chain"][0])):
         return "its pck_crl is not signed by the first certificate of pck_crl_issuer_chain"
-    for body, signature, chain in (("tcb_info", "tcb_info_signature", "tcb_info_issuer_chain"),
+    for body, signature, chain_name in (("tcb_info", "tcb_info_signature",
+                                         "tcb_info_issuer_chain"),
                                    ("qe_identity", "qe_identity_signature",
                                     "qe_identity_issuer_chain")):
         try:
             raw = bytes.fromhex(data[signature])
         except (ValueError, KeyError, TypeError):
             return f"its {signature} is not hex"
-        if not _signature_ok(chains[chain][0], str(data[body]).encode(), raw):
-            return f"its {body} is not signed by the first certificate of {chain}"
+        if not _signature_ok(chains[chain_name][0], str(data[body]).encode(), raw):
+            return f"its {body} is not signed by the first certificate of {chain_name}"
     return None
 
 
@@ -161,3 +165,10 @@ def synthetic_root_beside(collateral: Path) -> Path | None:
 
 __all__ = ["INTEL_SGX_ROOT_CA_PEM", "collateral_root_problem", "intel_root_der",
            "synthetic_root_beside"]
+
+
+def _issuer_key(cert: x509.Certificate) -> CertificateIssuerPublicKeyTypes:
+    """*cert*'s public key as a CRL issuer's (a CRL's signature check refuses the key types
+    that cannot sign, X25519/X448, with TypeError, which the callers' checks turn into
+    "not signed")."""
+    return cast(CertificateIssuerPublicKeyTypes, cert.public_key())

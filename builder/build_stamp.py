@@ -42,7 +42,7 @@ from enclave_build.contract.names import MEASUREMENTS_FILE
 
 from .hashing import HashCache, hash_files
 from .image.reference import parse_source
-from .plan import ServicePlan
+from .plan import PlanFile, ServicePlan
 from .spec import Spec
 
 #: The project's state directory (next to spec.toml): build stamps, and what `dev` keeps.
@@ -175,7 +175,7 @@ def _identity(path: Path | None) -> str:
 def _files_digest(plan: ServicePlan, cache: HashCache | None) -> str:
     entries: list[str] = []
     sources: list[Path] = []
-    planned = []
+    planned: list[tuple[PlanFile, tuple[Path, list[Path]] | None]] = []
     for item in plan.image_files():
         if item.source is None:
             planned.append((item, None))
@@ -281,7 +281,9 @@ def check(spec: Spec, output: Path, inputs: BuildInputs) -> Staleness:
     if data.get("measurements") != _measurements_digest(output):
         return Staleness(False, f"{output} was replaced since it was recorded")
     if data.get("inputs") != inputs.digest:
-        parts = data.get("parts") if isinstance(data.get("parts"), dict) else {}
+        parts = data.get("parts")
+        if not isinstance(parts, dict):
+            parts = {}
         changed = inputs.changed(BuildInputs({str(k): str(v) for k, v in parts.items()}))
         return Staleness(False, "; ".join(_PART_NAMES.get(n, n) for n in changed)
                          or "the inputs changed")

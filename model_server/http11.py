@@ -218,12 +218,16 @@ class Connection(asyncio.Protocol):
                 raw, self, context, server_side=True,
                 ssl_handshake_timeout=self.limits.first_byte_timeout,
                 ssl_shutdown_timeout=LINGER_SECONDS)
-        except (Exception, asyncio.CancelledError):    # failed, timed out, evicted or cut
+        except (Exception, asyncio.CancelledError):  # noqa: BLE001 - failed, timed out, evicted or cut: each ends the handshake
             self.handshake = None
             raw.abort()
             self.connection_lost(None)     # (asyncio tells the protocol nothing before it)
             return
         self.handshake = None
+        if transport is None:              # (a server-side start_tls always gives one)
+            raw.abort()
+            self.connection_lost(None)
+            return
         if self.state != _HANDSHAKE:       # closed meanwhile
             transport.abort()
             return
@@ -759,7 +763,7 @@ class Connection(asyncio.Protocol):
         connection or a request that needs the room."""
         silent = self.loop.time() - self.last_bytes
         if self.state == _BODY:
-            self.server.app.refused(self.req.target, 408)
+            self.server.app.refused(self.current.target, 408)
         self._refuse(408, f"request body too slow: no bytes for {silent:.1f} s while the "
                      "server needed the room for others")
 
@@ -849,12 +853,18 @@ class HTTPServer:
         self.connections[conn] = None
         return "ok"
 
+    @property
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the server runs on (what asks for it runs only once serving has begun)."""
+        assert self.loop is not None
+        return self.loop
+
     def _quietest_body(self, besides: Connection | None = None,
                       silent: float = 0.0) -> Connection | None:
         """The connection whose body (received or dropped) has been silent the longest, at
         least *silent* seconds."""
         quietest = None
-        now = self.loop.time()
+        now = self.running_loop.time()
         for conn in self.connections:
             if conn is not besides and conn.state in _BODIES and \
                     now - conn.last_bytes >= silent and \
@@ -877,7 +887,7 @@ class HTTPServer:
                 return conn
             if r == 2 and rank > 2:
                 best, rank = conn, 2
-            elif r == 3 and (rank > 3 or (rank == 3 and conn.last_bytes < best.last_bytes)):
+            elif r == 3 and (rank > 3 or (rank == 3 and best is not None and conn.last_bytes < best.last_bytes)):
                 best, rank = conn, 3
         return first_idle or best
 
@@ -890,16 +900,19 @@ class HTTPServer:
 
     def reclaim(self) -> None:
         """Another protocol waits for room in the budget (any thread): make some, on the loop."""
+        loop = self.loop
+        if loop is None:                                # not started
+            return
         try:
-            self.loop.call_soon_threadsafe(self.make_room, None)
-        except (AttributeError, RuntimeError):          # not started, or closed
+            loop.call_soon_threadsafe(self.make_room, None)
+        except RuntimeError:                            # closed
             pass
 
     def make_room(self, needy: Connection | None) -> bool:
         """The byte budget is used up: refuse the body silent the longest (at least
         SLOW_BODY_SECONDS) other than *needy*'s, so its bytes go back. False if there is none."""
         quietest = None
-        now = self.loop.time()
+        now = self.running_loop.time()
         for conn in self.connections:
             if conn is not needy and conn.state == _BODY and conn.reserved and \
                     now - conn.last_bytes >= SLOW_BODY_SECONDS and \

@@ -162,7 +162,7 @@ def port_failures(config: ServerConfig) -> list[Failure]:
                  if item is not None]
     reasons = _try_listen([(item.host, item.port) for _, item in listeners])
     return [port_failure(kind, item, reason)
-            for (kind, item), reason in zip(listeners, reasons) if reason is not None]
+            for (kind, item), reason in zip(listeners, reasons, strict=True) if reason is not None]
 
 
 def preflight(config: ServerConfig) -> list[Failure]:

@@ -185,7 +185,7 @@ class ReceiveGate:
         """Holders receiving for longer than ``grace`` while calls wait (one per waiter), to
         be cancelled; and when the next holder becomes evictable, if any."""
         evicting = sum(1 for h in self._holders if h.evicted)
-        victims = []
+        victims: list[Callable[[], None]] = []
         for holder in sorted(self._holders, key=lambda h: h.since):
             if holder.evicted:
                 continue

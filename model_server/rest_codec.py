@@ -45,7 +45,8 @@ def json_bytes(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-def decompress(body: bytes | memoryview, encoding: str, limit: int) -> bytes | memoryview:
+def decompress(body: bytes | bytearray | memoryview, encoding: str,
+               limit: int) -> bytes | bytearray | memoryview:
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):
@@ -150,7 +151,7 @@ def decode_cost(parsed: InferBody, json_len: int) -> int:
             continue
         datatype, shape = t.get("datatype"), t.get("shape")
         try:
-            dtype = to_numpy_dtype(datatype)
+            dtype = to_numpy_dtype(str(datatype))
             count = element_count(shape if isinstance(shape, list) else [])
         except (TensorError, TypeError):
             continue                                  # refused by decode_inputs

@@ -134,7 +134,7 @@ def test_a_mixed_up_pki_directory_is_an_error_not_replaced(tmp_path):
     directory = tmp_path / "pki"
     local_secrets.ensure_pki(directory, lambda line: None)
     (directory / "root.pem").write_text("not it")
-    with pytest.raises(local_secrets.DevSecretsError, match="remove .* to make a new one"):
+    with pytest.raises(local_secrets.DevSecretsError, match=r"remove .* to make a new one"):
         local_secrets.ensure_pki(directory, lambda line: None)
 
 
@@ -179,7 +179,7 @@ def test_input_files_json_npy_npz(tmp_path):
     body = tmp_path / "r.json"
     body.write_text(json.dumps({"inputs": [{"datatype": "INT8", "shape": [1, 3, 40],
                                             "data": list(range(-60, 60))}]}))
-    (name, datatype, array), = read_input(body, AUDIO).inputs
+    (name, _datatype, array), = read_input(body, AUDIO).inputs
     assert name == "serving_default_input_audio:0" and array[0, 2, 39] == 59
     npy = tmp_path / "a.npy"
     np.save(npy, np.ones((1, 3, 40), np.int8))
@@ -195,10 +195,10 @@ def test_input_files_json_npy_npz(tmp_path):
                                          r"\[1, 3, 40\] needs 120"):
         read_input(body, AUDIO)
     body.write_text("{not json")
-    with pytest.raises(UsageError, match="r.json: not JSON"):
+    with pytest.raises(UsageError, match=r"r\.json: not JSON"):
         read_input(body, AUDIO)
     np.save(npy, np.array(["a"], dtype=object), allow_pickle=True)
-    with pytest.raises(UsageError, match="a.npy: not a numpy array file"):
+    with pytest.raises(UsageError, match=r"a\.npy: not a numpy array file"):
         read_input(npy, AUDIO)
 
 
@@ -542,7 +542,7 @@ def test_a_changed_model_or_wheel_is_refused(tmp_path):
         fetch(_example(wheel, "0" * 64), pip_options=local)
     other = Example("tflite", "x", "tinymodels==1.0", wheel.name, "1" * 64,
                     (WheelFile("tinymodels/m.tflite", "m.tflite", "0" * 64),))
-    with pytest.raises(ExampleError, match="cannot download tinymodels==1.0"):
+    with pytest.raises(ExampleError, match=r"cannot download tinymodels==1\.0"):
         fetch(other, pip_options=local)   # pip's hash check fails first
     assert not list((tmp_path / "cache").rglob("m.tflite"))
 

@@ -190,8 +190,9 @@ def test_streams_without_a_message_cannot_lock_out_grpc(tmp_path):
             assert sorted(_limit_resets(received)) == [9, 11], [resets(f) for f in frames]
         assert grpc_infer(server.grpc, "m") == "ok"
         statuses = []
-        for conn, received in zip(attackers, frames):
-            received += conn.read_frames(10, until=lambda f: len(trailers(received + f)) >= 4)
+        for conn, received in zip(attackers, frames, strict=True):
+            seen = received
+            received += conn.read_frames(10, until=lambda f, seen=seen: len(trailers(seen + f)) >= 4)
             ended = trailers(received)
             assert sorted(ended) == [1, 3, 5, 7], ended
             statuses += [h["grpc-status"] for h in ended.values()]

@@ -49,6 +49,8 @@ def startup_warnings(config: SecretsConfig) -> list[str]:
 def _collateral_problem(config: SecretsConfig) -> str | None:
     from ..collateral_root import collateral_root_problem
 
+    if config.attestation.collateral is None:
+        return None
     try:
         text = Path(config.attestation.collateral).read_text(encoding="utf-8")
         return collateral_root_problem(text, load_root_der(config.attestation.root_ca))

@@ -18,6 +18,7 @@ address before anything is started.
 from __future__ import annotations
 
 import datetime as _dt
+from typing import Any
 import socket
 import ssl
 from dataclasses import dataclass
@@ -144,7 +145,8 @@ def probe(address: ServerAddress, ca: Path | None, timeout: float = 3.0) -> Prob
         context = ssl.create_default_context(cafile=str(ca))
         try:
             with context.wrap_socket(raw, server_hostname=address.host) as tls:
-                subject = dict(item[0] for item in tls.getpeercert().get("subject", ()))
+                cert: dict[str, Any] = tls.getpeercert() or {}
+                subject = {key: value for rdn in cert.get("subject", ()) for key, value in rdn}
                 return Probe("secret-server", f"TLS certificate {subject.get('commonName', '?')}"
                              f" issued under {ca}")
         except ssl.SSLCertVerificationError as exc:

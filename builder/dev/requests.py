@@ -186,7 +186,7 @@ def _json_request(path: Path, text: str, metadata: ModelMetadata) -> InferReques
         data = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"{path}: not JSON ({exc}); --input takes KServe v2 JSON "
-                         '({"inputs": [{"name", "datatype", "shape", "data"}]}), .npy or .npz')
+                         '({"inputs": [{"name", "datatype", "shape", "data"}]}), .npy or .npz') from None
     if not isinstance(data, dict) or not isinstance(data.get("inputs"), list):
         raise UsageError(f'{path}: expected a KServe v2 request, {{"inputs": [...]}}')
     inputs = []
@@ -211,7 +211,7 @@ def _json_request(path: Path, text: str, metadata: ModelMetadata) -> InferReques
         try:
             array = np.asarray(item.get("data"), dtype=DTYPES[datatype]).reshape(-1)
         except (TypeError, ValueError) as exc:
-            raise UsageError(f"{where}: \"data\" is not a list of {datatype} values: {exc}")
+            raise UsageError(f"{where}: \"data\" is not a list of {datatype} values: {exc}") from None
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if array.size != count:
             raise UsageError(f"{where}: \"data\" holds {array.size} values, shape {shape} "
