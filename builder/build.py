@@ -246,7 +246,7 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
         # Nothing of the key material this build can see may ship in clear (exit 2, first).
         scanner = KeyScanner(wrap.keys)
         check_model_paths(spec, scanner, wrap.files.values())
-        scanned = scan_plan(spec, plan, scanner, cache)
+        scanned = scan_plan(spec, plan, scanner, cache, progress=progress.task)
         hold_cache()
         base_image = open_base(base or plan.base_image, progress.task, hash_cache=cache)
     except BaseException:
@@ -266,7 +266,7 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
             written = _write_pending(artifacts, spec.directory / f"{plan.service}.sigstruct.tbs")
             created = wrap.persist()
             raise SignatureNeeded(_pending_message(artifacts.pending, written, spec, created))
-        scan_artifacts(artifacts.files, scanner, cache, scanned)
+        scan_artifacts(artifacts.files, scanner, cache, scanned, progress=progress.task)
         result = _finish(spec, plan, artifacts, base_image.image, out, wrap, cache, progress,
                          image, base_image.rootfs)
         # Inside the try: staged files (encrypted models) still exist while hooks run.
@@ -311,7 +311,7 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
     if options.push:
         pushed = push(built, plan.image_tag, progress.task)
     if options.load:
-        load_into_docker(built, plan.image_tag)
+        load_into_docker(built, plan.image_tag, progress.task)
     measurements = replace(measurements, image=ImageRef(pushed or plan.image_tag,
                                                         built.manifest_digest))
     policy = (policy_fragment(plan, measurements, key_files, out, artifacts.releases)
