@@ -143,7 +143,7 @@ def test_binary_framework_without_real_base_exits_2(tmp_path, standin_root, sign
     assert info.value.exit_code == 2
     proc = run_cli("run", str(out), "--simulate")
     assert proc.returncode == 2, proc.stderr.decode()
-    assert b"scripts/gramine-base.sh" in proc.stderr
+    assert b"enclave-build base gramine ROOTFS" in proc.stderr
 
 
 def test_forcing_gramine_direct_on_a_standin_image_is_refused(tmp_path, standin_root,
