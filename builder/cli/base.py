@@ -48,6 +48,12 @@ Examples:
   enclave-build base build gramine-tfserving \\
       --build-arg TFSERVING_IMAGE=tensorflow/serving:2.15.1
   enclave-build base build --dir my-base/ --tag registry.example.com/my-base:1
+\b
+The images a Kubernetes deployment needs besides (then docker push them):
+  enclave-build base build aesmd --tag registry.example.com/enclave-build/sgx-aesmd:2.25.100.3
+  pip wheel --no-deps -w dist .     # in a clone: enclave-build's wheel
+  enclave-build base build secret-server --wheel dist/enclave_build-0.3.0-py3-none-any.whl \\
+      --tag registry.example.com/enclave-build/secret-server:0.3.0
 """)
 @click.argument("name", required=False)
 @click.option("--dir", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -57,14 +63,18 @@ Examples:
               help="Override a pinned version (repeatable).")
 @click.option("--network", default="host", show_default=True,
               help="Network mode for RUN steps.")
+@click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path),
+              help="The enclave-build wheel the secret-server image installs (its version "
+                   "tags the image unless --tag).")
 def base_build(name: str | None, directory: Path | None, tag: str | None,
-               build_args: tuple[str, ...], network: str) -> None:
+               build_args: tuple[str, ...], network: str, wheel: Path | None) -> None:
     """Build base image NAME (see `enclave-build base list`) with the Docker engine."""
     from ..image.base_build import build_base
 
     with errors():
         image_id, final_tag = build_base(name, directory, tag, build_args, network,
-                                         log=lambda line: click.echo(line, err=True))
+                                         log=lambda line: click.echo(line, err=True),
+                                         wheel=wheel)
     click.echo(f"{final_tag} {image_id}")
 
 
