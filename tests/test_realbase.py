@@ -279,3 +279,41 @@ def test_archive_route_makes_a_real_base(tmp_path):
 
     check = next(c for c in json.loads(doctor.stdout)["checks"] if c["id"] == "gramine.base")
     assert check["status"] == "ok", check
+
+
+@pytest.mark.integration
+def test_an_interrupted_base_leaves_nothing_and_nothing_mounted(tmp_path):
+    """Ctrl-C while mmdebstrap installs inside the new root (with /proc, /dev and /sys mounted
+    there): exit 130 with one line, the tool stopped, no half-made root, nothing mounted."""
+    import signal
+
+    from enclave_build.builder.realbase.tools import mounts_below
+
+    from .gramine_base import gramine_archive
+
+    archive = gramine_archive()
+    if archive is None or os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
+        reason = "needs root, mmdebstrap and a Gramine archive"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true)", pytrace=False)
+        pytest.skip(reason)
+    proc = subprocess.Popen([sys.executable, "-m", "enclave_build", "base", "gramine",
+                             str(tmp_path / "base"), "--archive", str(archive)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line.rstrip("\n"))
+            if "installing remaining packages inside the chroot" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        seen += proc.communicate(timeout=180)[1].splitlines()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "\n".join(seen)
+    assert proc.returncode == 130 and seen[-1] == "interrupted", text[-3000:]
+    assert "Traceback" not in text
+    assert list(tmp_path.iterdir()) == [] and mounts_below(tmp_path) == []
+    assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).stdout == b""
