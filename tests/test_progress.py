@@ -208,5 +208,8 @@ def test_a_big_clear_model_is_built_with_running_lines(tmp_path, standin_root, s
                    cwd=tmp_path, env={"ENCLAVE_BUILD_PROGRESS_INTERVAL": "0.01"})
     assert proc.returncode == 0, proc.stderr.decode()
     text = proc.stderr.decode()
-    assert re.search(r"^writing layers: [0-9.]+ MB of [0-9.]+ MB \([0-9]+ %\), ", text, re.M), text
+    percents = [int(p) for p in re.findall(r"^writing layers: [0-9.]+ [kM]?B of [0-9.]+ MB "
+                                           r"\(([0-9]+) %\), [0-9.]+ [kMG]?B/s$", text, re.M)]
+    # The model's own bytes advance the stage as they are written, not when the file is done.
+    assert [p for p in percents if 5 <= p <= 95], text
     assert _stages(proc.stderr)["writing layers"] >= 60e6
