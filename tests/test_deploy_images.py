@@ -2,9 +2,9 @@
 base_images/secret-server): their Dockerfiles parsed and held to what `enclave-build k8s`
 generates (user ids, ports, paths, read-only root filesystem), pinned versions and no secrets.
 
-They are built by the user (Docker Hub and Intel's repository are out of reach here): these
-checks are structural. `base build secret-server` is run against a real engine for its
-refusals and its build context (integration)."""
+They are built by the user. Intel's repository and Docker Hub are out of reach here, so the
+aesmd image is checked structurally only; the secret-server image is also built for real on a
+stand-in of its Python base and run as the Deployment runs it (integration)."""
 
 from __future__ import annotations
 
@@ -211,3 +211,92 @@ def test_the_deploy_images_ship_in_the_package():
     globs = data["package-data"]["enclave_build.base_images"]
     assert "*/Dockerfile" in globs and "*/requirements.txt" in globs
     assert AESMD.is_file() and SECRET_SERVER.is_file()
+
+
+@pytest.fixture(scope="module")
+def python_standin_image(dockerd, tmp_path_factory):
+    """What the secret-server Dockerfile builds FROM (python:3.11-slim-bookworm, on Docker Hub,
+    out of reach here), stood in by Debian 12's own Python 3.11 with pip: made by mmdebstrap
+    and imported into the test engine. Like a user's base on their network, it trusts the
+    certificate authorities this machine trusts (its pip reaches PyPI through them)."""
+    import os
+    import shutil
+    import subprocess
+
+    import docker
+
+    if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
+        pytest.skip("needs root and mmdebstrap to make a Python base image")
+    tar = tmp_path_factory.mktemp("python-image") / "rootfs.tar"
+    proc = subprocess.run(
+        ["mmdebstrap", "--quiet", "--variant=minbase", "--include=python3.11,python3-pip",
+         '--customize-hook=rm -f "$1/usr/lib/python3.11/EXTERNALLY-MANAGED"',
+         '--customize-hook=ln -sf /usr/bin/python3.11 "$1/usr/local/bin/python"',
+         '--customize-hook=install -m 0644 /etc/ssl/certs/ca-certificates.crt '
+         '"$1/etc/ssl/certs/build-host-ca.crt"',
+         '--customize-hook=printf "[global]\\ncert = /etc/ssl/certs/build-host-ca.crt\\n" '
+         '> "$1/etc/pip.conf"',
+         "bookworm", str(tar), "http://deb.debian.org/debian"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot make the Python base (Debian mirror?): {proc.stderr[-500:]}")
+    client = docker.DockerClient(base_url=dockerd.host)
+    client.api.import_image_from_file(str(tar), repository="eb-test/python", tag="3.11-standin")
+    return "eb-test/python:3.11-standin"
+
+
+@pytest.mark.integration
+def test_the_secret_server_image_builds_and_serves_non_root_on_a_read_only_root(
+        dockerd, python_standin_image, tmp_path):
+    """The real Dockerfile, built by `base build secret-server --wheel` (pip takes the pinned
+    wheels from PyPI), run as the generated Deployment runs it: its user, a read-only root,
+    /tmp a tmpfs, the configuration mounted read-only at the path the YAML mounts it. It
+    serves on 4433 and the image's own health check passes."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import docker
+
+    from .attest_env import make_env
+
+    wheels = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(wheels), str(REPO)], check=True, capture_output=True)
+    (wheel,) = wheels.glob("enclave_build-*.whl")
+    proc = run_cli("base", "build", "secret-server", "--wheel", str(wheel), "--tag",
+                   "eb-test/secret-server:test", "--build-arg",
+                   f"PYTHON_IMAGE={python_standin_image}")
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.decode().startswith("eb-test/secret-server:test sha256:")
+
+    env = make_env(tmp_path / "config")
+    config = env.config.read_text().replace('listen = "127.0.0.1:0"',
+                                            f'listen = "127.0.0.1:{secret_server.PORT}"')
+    env.config.write_text(config.replace('audit_log = "audit.jsonl"', 'audit_log = "-"'))
+    for path in [env.directory, *env.directory.rglob("*")]:
+        os.chown(path, secret_server.USER, secret_server.USER)
+    client = docker.DockerClient(base_url=dockerd.host)
+    image = client.images.get("eb-test/secret-server:test")
+    assert image.attrs["Config"]["User"] == "10001:10001"
+    container = client.containers.run(
+        image.id, detach=True, network_mode="none", read_only=True, tmpfs={"/tmp": ""},
+        volumes={str(env.directory): {"bind": f"{secret_server.CONFIG_DIR}", "mode": "ro"}})
+    try:
+        deadline = time.monotonic() + 60
+        while b"serving on" not in container.logs() and time.monotonic() < deadline:
+            container.reload()
+            assert container.status in ("created", "running"), container.logs().decode()
+            time.sleep(0.5)
+        logs = container.logs().decode()
+        assert f"serving on 127.0.0.1:{secret_server.PORT}" in logs, logs
+        health = image.attrs["Config"]["Healthcheck"]["Test"]
+        assert health[0] == "CMD"
+        code, out = container.exec_run(health[1:])
+        assert code == 0, out
+        assert container.exec_run(["python", "-c", "import os; print(os.getuid(), "
+                                   "os.getgid())"]).output.split() == [b"10001", b"10001"]
+        code, out = container.exec_run(["python", "-c", "open('/etc/x', 'w')"])
+        assert code != 0 and b"Read-only file system" in out
+    finally:
+        container.remove(force=True)
