@@ -318,7 +318,7 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
               if key_files else None)
     if out is not None:
         write_output(out, built, plan.image_tag, measurements, policy,
-                     deploy_info(spec, plan, base, rootfs))
+                     deploy_info(spec, plan, base, rootfs), progress.task)
     return BuildResult(spec, plan, artifacts, measurements, out, tuple(created), key_files,
                        built, pushed)
 
@@ -401,7 +401,9 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
 
 
 def write_output(out: Path, image: Image, tag: str | None, measurements: Measurements,
-                 policy: str | None = None, service: ServiceInfo | None = None) -> None:
+                 policy: str | None = None, service: ServiceInfo | None = None,
+                 progress: Callable[[str, int | None], Callable[[int], None]] | None = None
+                 ) -> None:
     """Write the output directory atomically: a sibling temp dir renamed into place.
 
     ``oci/`` is an OCI image layout of the built image; ``measurements.json`` its identity;
@@ -410,7 +412,7 @@ def write_output(out: Path, image: Image, tag: str | None, measurements: Measure
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
-        write_oci_layout(image, staging / "oci", tag)
+        write_oci_layout(image, staging / "oci", tag, progress)
         (staging / MEASUREMENTS_FILE).write_text(measurements.to_json())
         if policy is not None:
             (staging / POLICY_FILE).write_text(policy)

@@ -6,9 +6,9 @@ import os
 import re
 import shutil
 import signal
+from pathlib import Path
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -213,3 +213,32 @@ def test_a_big_clear_model_is_built_with_running_lines(tmp_path, standin_root, s
     # The model's own bytes advance the stage as they are written, not when the file is done.
     assert [p for p in percents if 5 <= p <= 95], text
     assert _stages(proc.stderr)["writing layers"] >= 60e6
+
+
+def test_hashing_and_blob_copies_advance_chunk_by_chunk(tmp_path):
+    """A big file moves the progress while it is read, not once it is done: hashing, and
+    copying a blob to another filesystem (the output directory on another disk)."""
+    from enclave_build.builder.hashing import hash_files
+    from enclave_build.builder.image.oci import BlobStore
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 * (1 << 20) + 5))
+    steps: list[int] = []
+    hash_files([big], progress=steps.append)
+    assert sum(steps) == big.stat().st_size and len(steps) == 4
+    store = BlobStore(tmp_path / "blobs")
+    digest = store.put_bytes(big.read_bytes())
+    other_fs = Path("/dev/shm")
+    if not other_fs.is_dir() or os.stat(other_fs).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to copy a blob to")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=other_fs) as elsewhere:
+        copies: list[int] = []
+        target = BlobStore(Path(elsewhere) / "blobs")
+        store.copy_into(target, digest, copies.append)
+        assert target.read(digest) == big.read_bytes()
+        assert sum(copies) == big.stat().st_size and len(copies) == 4
+        linked: list[int] = []
+        store.copy_into(BlobStore(tmp_path / "out"), digest, linked.append)   # a hard link
+        assert linked == [big.stat().st_size]

@@ -16,13 +16,18 @@ from .registry import RegistryClient
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
-def write_oci_layout(image: Image, directory: Path, tag: str | None) -> Descriptor:
-    """Write *image* as an OCI image layout in *directory* (created; must be new or empty)."""
+def write_oci_layout(image: Image, directory: Path, tag: str | None,
+                     progress: "ProgressTask | None" = None) -> Descriptor:
+    """Write *image* as an OCI image layout in *directory* (created; must be new or empty).
+    Blobs are hard-linked from the image's store, copied where they cannot be (another
+    filesystem): *progress* shows that as the stage "writing the output"."""
     assert image.manifest_bytes is not None
     directory.mkdir(parents=True, exist_ok=True)
     store = BlobStore(directory / "blobs")
-    for desc in [image.config_descriptor, *image.layers]:
-        image.store.copy_into(store, desc.digest)
+    blobs = [image.config_descriptor, *image.layers]
+    advance = progress("writing the output", sum(d.size for d in blobs)) if progress else None
+    for desc in blobs:
+        image.store.copy_into(store, desc.digest, advance)
     digest = store.put_bytes(image.manifest_bytes)
     desc = Descriptor(OCI_MANIFEST, digest, len(image.manifest_bytes),
                       {REF_NAME: tag} if tag else None)
