@@ -1,7 +1,8 @@
 """`enclave-build base gramine`: the real-base recipe without running it (the apt files of the
-repository route, the signing-key check, the command lines, the refusals), and the archive
-route for real (integration; the repository route needs packages.gramineproject.io, which the
-development machines cannot reach)."""
+repository route, the signing-key check, the command lines, the refusals), and both routes for
+real (integration): the archive route, and the repository route against a signed stand-in of
+Gramine's repository on 127.0.0.1 (packages.gramineproject.io cannot be reached from the
+development machines)."""
 
 from __future__ import annotations
 
@@ -317,3 +318,110 @@ def test_an_interrupted_base_leaves_nothing_and_nothing_mounted(tmp_path):
     assert "Traceback" not in text
     assert list(tmp_path.iterdir()) == [] and mounts_below(tmp_path) == []
     assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).stdout == b""
+
+
+def _local_gramine_repository(root: Path, archive: Path, home: Path) -> str:
+    """An apt repository like packages.gramineproject.io (suite bookworm, component main)
+    holding a `gramine` 1.9 package made from the local Gramine build, its InRelease signed
+    with a fresh key; returns that key's fingerprint."""
+    pkg = root / "build" / "gramine"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    subprocess.run(["tar", "-xzf", str(archive), "-C", str(pkg), "--no-same-owner"], check=True)
+    depends = ", ".join(p for p in commands.PACKAGES if p.startswith(("lib", "python3")))
+    (pkg / "DEBIAN" / "control").write_text(
+        "Package: gramine\nVersion: 1.9\nArchitecture: amd64\nMaintainer: tests <t@example.com>\n"
+        f"Depends: {depends}\nDescription: Gramine 1.9 (test package of the local build)\n")
+    pool = root / "repo" / "pool" / "main" / "g" / "gramine"
+    pool.mkdir(parents=True)
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(pkg),
+                    str(pool / "gramine_1.9_amd64.deb")], check=True, capture_output=True)
+    index = root / "repo" / "dists" / "bookworm" / "main" / "binary-amd64"
+    index.mkdir(parents=True)
+    packages = subprocess.run(["dpkg-scanpackages", "--multiversion", "pool"],
+                              cwd=root / "repo", check=True, capture_output=True).stdout
+    (index / "Packages").write_bytes(packages)
+    import hashlib
+
+    release = ("Origin: tests\nSuite: bookworm\nCodename: bookworm\nArchitectures: amd64\n"
+               "Components: main\nDate: Mon, 07 Dec 2026 00:00:00 UTC\nSHA256:\n")
+    release += f" {hashlib.sha256(packages).hexdigest()} {len(packages)} main/binary-amd64/Packages\n"
+    dists = root / "repo" / "dists" / "bookworm"
+    (dists / "Release").write_text(release)
+    _, _, fpr = _gpg_key(home, "mirror")
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--yes", "--local-user", fpr,
+                    "--clearsign", "--output", str(dists / "InRelease"), str(dists / "Release")],
+                   check=True, capture_output=True)
+    return fpr
+
+
+@pytest.mark.integration
+def test_repository_route_installs_gramine_from_a_signed_mirror(tmp_path):
+    """The repository route end to end against a mirror on 127.0.0.1 (packages.gramineproject.io
+    cannot be reached here): the mirror's key checked by fingerprint, apt inside the new root
+    trusting exactly that keyring, gramine=1.9 installed by the mmdebstrap hooks. A keyring
+    with another key is refused before anything is made."""
+    import functools
+    import http.server
+    import threading
+
+    from .gramine_base import gramine_archive
+
+    archive = gramine_archive()
+    missing = [what for what, ok in (("a Gramine archive", archive is not None),
+                                     ("root", os.geteuid() == 0),
+                                     ("mmdebstrap", shutil.which("mmdebstrap")),
+                                     ("gpg", GPG), ("dpkg-scanpackages",
+                                                    shutil.which("dpkg-scanpackages"))) if not ok]
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"needs {', '.join(missing)} (CI=true)", pytrace=False)
+        pytest.skip(f"needs {', '.join(missing)}")
+    home = tmp_path / "gpg"
+    fpr = _local_gramine_repository(tmp_path, archive, home)
+    keyring = tmp_path / "mirror.asc"
+    keyring.write_bytes(subprocess.run(["gpg", "--homedir", str(home), "--armor", "--export",
+                                        fpr], check=True, capture_output=True).stdout)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(tmp_path / "repo"))
+    handler.log_message = lambda *args: None   # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/"
+    small = tmp_path / "requirements.txt"
+    small.write_text("cbor2==5.6.5\n")
+    try:
+        wrong = run_cli("base", "gramine", str(tmp_path / "refused"), "--repository", url,
+                        "--keyring", str(keyring), "--key-fingerprint", "AB" * 20)
+        assert wrong.returncode == 1 and b"not the pinned AB" in wrong.stderr, wrong.stderr
+        assert not (tmp_path / "refused").exists()
+        # A key that passes our pin but did not sign the mirror: apt itself refuses it.
+        stranger, _, stranger_fpr = _gpg_key(tmp_path / "gpg-stranger", "stranger")
+        (tmp_path / "stranger.gpg").write_bytes(stranger)
+        unsigned = run_cli("base", "gramine", str(tmp_path / "unsigned"), "--repository", url,
+                           "--keyring", str(tmp_path / "stranger.gpg"), "--key-fingerprint",
+                           stranger_fpr, "--requirements", str(small))
+        assert unsigned.returncode == 1, unsigned.stderr.decode()[-3000:]
+        assert b"mmdebstrap failed" in unsigned.stderr and (
+            b"NO_PUBKEY" in unsigned.stderr or b"not signed" in unsigned.stderr), \
+            unsigned.stderr.decode()[-3000:]
+        assert not (tmp_path / "unsigned").exists()
+        assert not list(tmp_path.glob(".unsigned.tmp-*"))
+        target = tmp_path / "base"
+        proc = run_cli("base", "gramine", str(target), "--repository", url, "--keyring",
+                       str(keyring), "--key-fingerprint", fpr, "--requirements", str(small))
+    finally:
+        server.shutdown()
+    text = proc.stderr.decode()
+    assert proc.returncode == 0, text[-4000:]
+    assert f"then Gramine 1.9 from {url}" in text and "[4/4]" in text
+    status = subprocess.run(["chroot", str(target), "dpkg-query", "-W", "gramine"],
+                            capture_output=True, text=True)
+    assert status.stdout.split() == ["gramine", "1.9"], status
+    assert (target / "usr/bin/gramine-direct").is_file()
+    assert (target / gramine_apt.KEYRING_PATH.lstrip("/")).read_bytes() == \
+        openpgp.dearmor(keyring.read_bytes())
+    assert f"signed-by={gramine_apt.KEYRING_PATH}] {url} bookworm main" in \
+        (target / gramine_apt.SOURCES_PATH.lstrip("/")).read_text()
+    assert "Pin: version 1.9" in (target / gramine_apt.PREFERENCES_PATH.lstrip("/")).read_text()
+    assert (target / "usr/local/lib/python3.11/dist-packages/cbor2").is_dir()
+    assert not (target / "usr/local/lib/python3.11/dist-packages/numpy").exists()
