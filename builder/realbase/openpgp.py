@@ -17,6 +17,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from ..errors import EnclaveBuildError
+
 PUBLIC_KEY = 6
 #: Keyrings larger than this are refused before parsing (an apt repository key is < 10 KiB).
 MAX_KEYRING = 1 << 20
@@ -25,7 +27,7 @@ _ARMOR = re.compile(rb"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PG
                     rb"BLOCK-----", re.S)
 
 
-class OpenPGPError(ValueError):
+class OpenPGPError(EnclaveBuildError):
     """Not a keyring this module can read (the message says why)."""
 
 
