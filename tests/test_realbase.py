@@ -29,17 +29,27 @@ from .conftest import run_cli
 GPG = shutil.which("gpg")
 
 
+def _stop_agent(home: Path) -> None:
+    """gpg starts an agent per home directory; it must not outlive the test."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                   capture_output=True, check=False)
+
+
 def _gpg_key(home: Path, name: str) -> tuple[bytes, bytes, str]:
     """A fresh ed25519 key made by GnuPG: (binary export, armored export, fingerprint)."""
     home.mkdir(mode=0o700, parents=True)
     base = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
-    subprocess.run(base + ["--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.com>",
-                           "ed25519", "sign", "0"], check=True, capture_output=True)
-    binary = subprocess.run(base + ["--export"], check=True, capture_output=True).stdout
-    armored = subprocess.run(base + ["--armor", "--export"], check=True,
-                             capture_output=True).stdout
-    listing = subprocess.run(base + ["--with-colons", "--list-keys"], check=True,
-                             capture_output=True).stdout.decode()
+    try:
+        subprocess.run(base + ["--passphrase", "", "--quick-gen-key",
+                               f"{name} <{name}@example.com>", "ed25519", "sign", "0"],
+                       check=True, capture_output=True)
+        binary = subprocess.run(base + ["--export"], check=True, capture_output=True).stdout
+        armored = subprocess.run(base + ["--armor", "--export"], check=True,
+                                 capture_output=True).stdout
+        listing = subprocess.run(base + ["--with-colons", "--list-keys"], check=True,
+                                 capture_output=True).stdout.decode()
+    finally:
+        _stop_agent(home)
     fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
     return binary, armored, fpr
 
@@ -348,9 +358,12 @@ def _local_gramine_repository(root: Path, archive: Path, home: Path) -> str:
     dists = root / "repo" / "dists" / "bookworm"
     (dists / "Release").write_text(release)
     _, _, fpr = _gpg_key(home, "mirror")
-    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--yes", "--local-user", fpr,
-                    "--clearsign", "--output", str(dists / "InRelease"), str(dists / "Release")],
-                   check=True, capture_output=True)
+    try:
+        subprocess.run(["gpg", "--homedir", str(home), "--batch", "--yes", "--local-user", fpr,
+                        "--clearsign", "--output", str(dists / "InRelease"),
+                        str(dists / "Release")], check=True, capture_output=True)
+    finally:
+        _stop_agent(home)
     return fpr
 
 
@@ -381,6 +394,7 @@ def test_repository_route_installs_gramine_from_a_signed_mirror(tmp_path):
     keyring = tmp_path / "mirror.asc"
     keyring.write_bytes(subprocess.run(["gpg", "--homedir", str(home), "--armor", "--export",
                                         fpr], check=True, capture_output=True).stdout)
+    _stop_agent(home)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler,
                                 directory=str(tmp_path / "repo"))
     handler.log_message = lambda *args: None   # type: ignore[attr-defined]
