@@ -287,7 +287,7 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
         # Nothing of the key material this build can see may ship in clear (exit 2, first).
         scanner = KeyScanner(wrap.keys)
         check_model_paths(spec, scanner, wrap.files.values())
-        scanned = scan_plan(spec, plan, scanner, cache)
+        scanned = scan_plan(spec, plan, scanner, cache, progress=progress.task)
         hold_cache()
         base_image = open_base(base or plan.base_image, progress.task, hash_cache=cache)
     except BaseException:
@@ -307,7 +307,7 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
             written = _write_pending(artifacts, spec.directory / f"{plan.service}.sigstruct.tbs")
             created = wrap.persist()
             raise SignatureNeeded(_pending_message(artifacts.pending, written, spec, created))
-        scan_artifacts(artifacts.files, scanner, cache, scanned)
+        scan_artifacts(artifacts.files, scanner, cache, scanned, progress=progress.task)
         result = _finish(spec, plan, artifacts, base_image.image, out, wrap, cache, progress,
                          image, base_image.rootfs)
         # Inside the try: staged files (encrypted models) still exist while hooks run.
@@ -352,14 +352,14 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
     if options.push:
         pushed = push(built, plan.image_tag, progress.task)
     if options.load:
-        load_into_docker(built, plan.image_tag)
+        load_into_docker(built, plan.image_tag, progress.task)
     measurements = replace(measurements, image=ImageRef(pushed or plan.image_tag,
                                                         built.manifest_digest))
     policy = (policy_fragment(plan, measurements, key_files, out, artifacts.releases)
               if key_files else None)
     if out is not None:
         write_output(out, built, plan.image_tag, measurements, policy,
-                     deploy_info(spec, plan, base, rootfs))
+                     deploy_info(spec, plan, base, rootfs), progress.task)
     return BuildResult(spec, plan, artifacts, measurements, out, tuple(created), key_files,
                        built, pushed)
 
@@ -442,7 +442,9 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
 
 
 def write_output(out: Path, image: Image, tag: str | None, measurements: Measurements,
-                 policy: str | None = None, service: ServiceInfo | None = None) -> None:
+                 policy: str | None = None, service: ServiceInfo | None = None,
+                 progress: Callable[[str, int | None], Callable[[int], None]] | None = None
+                 ) -> None:
     """Write the output directory atomically: a sibling temp dir renamed into place.
 
     ``oci/`` is an OCI image layout of the built image; ``measurements.json`` its identity;
@@ -451,7 +453,7 @@ def write_output(out: Path, image: Image, tag: str | None, measurements: Measure
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
-        write_oci_layout(image, staging / "oci", tag)
+        write_oci_layout(image, staging / "oci", tag, progress)
         (staging / MEASUREMENTS_FILE).write_text(measurements.to_json())
         if policy is not None:
             (staging / POLICY_FILE).write_text(policy)

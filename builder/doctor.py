@@ -336,54 +336,66 @@ def _pccs(p: Probes) -> Check:
                  "collateral cached")
 
 
+#: How to get a real Gramine base, for the fixes of the base checks.
+REAL_BASE_ROUTES = (
+    "as root, `enclave-build base gramine ROOTFS` (Debian 12 + Gramine 1.9 from Gramine's "
+    "package repository, key pinned; `--archive FILE` for a local Gramine build) and --base "
+    "dir:ROOTFS; with Docker, `enclave-build base build gramine` then `enclave-build base build "
+    "gramine-python` (the same from Debian 12 and Gramine's repository); or a published base "
+    "(docker://...)")
+
+
 def _gramine_base(p: Probes, ref: str) -> Check:
     from .errors import EnclaveBuildError
-    from .gramine.runtime import WORKING_BASES
 
     title = f"Gramine in {ref}"
     try:
         runtime, direct = p.gramine_in_base(ref)
     except EnclaveBuildError as exc:
         return Check("gramine.base", title, MISSING, str(exc),
-                     "use a base with Gramine 1.9: " + "; ".join(WORKING_BASES) + "; or a "
-                     "local real root filesystem as --base dir:ROOTFS (the manual: How-to, "
-                     "Bases, images and caches)")
+                     "use a base with Gramine 1.9: " + REAL_BASE_ROUTES)
     found = f"Gramine {runtime.version}, libpal {runtime.libpal}, offsets {runtime.offsets}"
     if not direct:
         return Check("gramine.base", title, WARN, f"{found}; but no real gramine-direct in it "
                      "(a stand-in base?): builds measure and sign, nothing boots, `run "
                      "--simulate` can only use process mode",
-                     "for a base that boots: a real Gramine root filesystem as --base "
-                     "dir:ROOTFS (the manual: How-to, Bases, images and caches), or a "
-                     "published Gramine base")
+                     "for a base that boots: " + REAL_BASE_ROUTES)
     return Check("gramine.base", title, OK, found)
 
 
 def _mmdebstrap(p: Probes) -> Check:
-    title = "mmdebstrap (local real base)"
+    title = "mmdebstrap (base gramine: a real base without Docker)"
     found = p.which("mmdebstrap")
     if found is None:
         return Check("realbase.mmdebstrap", title, MISSING,
-                     "not on PATH (a local real base is a Debian bookworm root filesystem made "
-                     "with it)", "`apt-get install mmdebstrap`")
+                     "not on PATH (`enclave-build base gramine ROOTFS` makes a Debian 12 + "
+                     "Gramine 1.9 base with it)",
+                     "`apt-get install mmdebstrap`; or, with Docker, `enclave-build base build "
+                     "gramine` and `enclave-build base build gramine-python`")
     if p.euid() != 0:
         return Check("realbase.mmdebstrap", title, WARN, f"{found}, but not running as root",
-                     "make the local real base as root (mmdebstrap and chroot; the manual: "
-                     "How-to, Bases, images and caches)")
-    return Check("realbase.mmdebstrap", title, OK, found)
+                     "run `enclave-build base gramine ROOTFS` as root (mmdebstrap and chroot), "
+                     "e.g. sudo \"$(command -v enclave-build)\" base gramine ROOTFS")
+    return Check("realbase.mmdebstrap", title, OK,
+                 f"{found} (`enclave-build base gramine ROOTFS`: Gramine from its package "
+                 "repository, or --archive FILE)")
 
 
 def _gramine_archive(p: Probes) -> Check:
-    title = "Gramine 1.9 archive (local real base)"
+    title = "Gramine 1.9 archive (optional: base gramine --archive)"
     archive = p.env("GRAMINE_ARCHIVE") or str(GRAMINE_ARCHIVE)
     if p.path_kind(archive) == "file":
         return Check("realbase.gramine_archive", title, OK,
-                     f"{archive} (for a local real base, then --base dir:ROOTFS; the manual: "
-                     "How-to, Bases, images and caches)")
-    return Check("realbase.gramine_archive", title, MISSING, f"{archive} not found",
-                 "put a Gramine 1.9 Debian 12 build there (or set GRAMINE_ARCHIVE); or use a "
-                 "published base (`enclave-build base build gramine-python`, docker://...), or "
-                 "for builds only the stand-in (`enclave-build base standin DIR`)")
+                     f"{archive} (`enclave-build base gramine ROOTFS --archive {archive}` uses "
+                     "it instead of Gramine's package repository)")
+    # Optional since `base gramine` installs from Gramine's repository: a warning, no failure.
+    return Check("realbase.gramine_archive", title, WARN,
+                 f"{archive} not found; `enclave-build base gramine ROOTFS` installs Gramine 1.9 "
+                 "from packages.gramineproject.io instead (needs that host reachable)",
+                 "nothing to do where packages.gramineproject.io is reachable; otherwise a "
+                 "Gramine 1.9 build in Debian package layout for --archive (or $GRAMINE_ARCHIVE), "
+                 "or a published base (docker://...); for builds only, the stand-in "
+                 "(`enclave-build base standin DIR`)")
 
 
 _RUNTIMES = (

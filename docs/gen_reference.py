@@ -214,6 +214,9 @@ def environment_variables() -> list[EnvVar]:
         EnvVar("ENCLAVE_BUILD_OCCLUM_IMAGE", "the Occlum toolchain image an Occlum build runs in "
                "(overrides `[occlum] build_image`)",
                "enclave_build.contract.names:OCCLUM_IMAGE_ENV"),
+        EnvVar("ENCLAVE_BUILD_PROGRESS_INTERVAL", "seconds between the progress lines of a "
+               "running stage when stderr is not a terminal (default 5)",
+               "enclave_build.builder.cli.output:PROGRESS_INTERVAL_ENV"),
         EnvVar("SOURCE_DATE_EPOCH", "mtime of every file in the layers the build adds "
                "(default 0)"),
         EnvVar("DOCKER_HOST", "the Docker engine for `docker-daemon:` bases, `--load`, "

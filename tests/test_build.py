@@ -155,7 +155,8 @@ def test_base_without_gramine_is_a_clear_error(tmp_path, signing_key):
     err = proc.stderr.decode()
     assert "error: no Gramine installation found in the base image" in err
     assert "/usr/lib/python3/dist-packages/graminelibos/__init__.py" in err
-    assert "Bases that work: gramineproject/gramine:v1.9" in err
+    assert "Bases that work: gramineproject/gramine:1.9-noble" in err
+    assert "`enclave-build base gramine ROOTFS`" in err
 
 
 def test_encrypted_password_key_via_env(tmp_path, standin_root):

@@ -143,8 +143,8 @@ def test_binary_framework_without_real_base_exits_2(tmp_path, standin_root, sign
     proc = run_cli("run", str(out), "--simulate")
     assert proc.returncode == 2, proc.stderr.decode()
     # how to get a real base, without naming a file only a checkout has
-    assert b"--base dir:ROOTFS" in proc.stderr and b"Bases, images and caches" in proc.stderr
-    assert b"scripts/" not in proc.stderr
+    assert b"--base dir:ROOTFS" in proc.stderr and b"scripts/" not in proc.stderr
+    assert b"enclave-build base gramine ROOTFS" in proc.stderr
 
 
 def test_forcing_gramine_direct_on_a_standin_image_is_refused(tmp_path, standin_root,

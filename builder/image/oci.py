@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,16 +237,30 @@ class BlobStore:
                 os.unlink(tmp)
             raise
 
-    def copy_into(self, other: "BlobStore", digest: str) -> None:
-        """Make *digest* available in *other* (hard link when possible)."""
-        if other.has(digest):
-            return
+    def copy_into(self, other: "BlobStore", digest: str,
+                  progress: Callable[[int], None] | None = None) -> None:
+        """Make *digest* available in *other* (hard link when possible, else a copy that
+        reports each chunk to *progress*; a link reports the blob's size at once)."""
         source, target = self.path(digest), other.path(digest)
+        if other.has(digest):
+            if progress:
+                progress(source.stat().st_size)
+            return
         tmp = target.with_name(f".link-{os.getpid()}-{target.name}")
         try:
             os.link(source, tmp)
+            if progress:
+                progress(source.stat().st_size)
         except OSError:
-            shutil.copyfile(source, tmp)
+            try:
+                with open(source, "rb") as inp, open(tmp, "wb") as out:
+                    while chunk := inp.read(_CHUNK):
+                        out.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         os.replace(tmp, target)
 
 

@@ -299,6 +299,29 @@ class _LayerApplier:
                 os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
 
 
+class _Advancing:
+    """A layer file being read: each byte read for the first time advances *progress*."""
+
+    def __init__(self, handle: BinaryIO, progress: Callable[[int], None] | None):
+        self.handle = handle
+        self.progress = progress
+        self.reached = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.handle.read(n)
+        position = self.handle.tell()
+        if self.progress is not None and position > self.reached:
+            self.progress(position - self.reached)
+        self.reached = max(self.reached, position)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
 def apply_layer(root: Path, handle: BinaryIO, source: str = "layer") -> str:
     """Apply one layer (gzip or plain tar) onto *root*; returns its diff_id."""
     reader = _DiffIdReader(open_layer(handle))
@@ -353,12 +376,11 @@ def unpacked_rootfs(store: BlobStore, layers: list[Descriptor], diff_ids: list[s
                 raise ImageError(f"{description}: layer {layer.digest} is zstd-compressed; "
                                  "only gzip and plain tar layers are supported")
             with open(store.path(layer.digest), "rb") as handle:
-                diff_id = apply_layer(root, handle, f"{description} layer {index}")
+                diff_id = apply_layer(root, _Advancing(handle, progress),  # type: ignore[arg-type]
+                                      f"{description} layer {index}")
             if diff_ids and diff_id != diff_ids[index]:
                 raise ImageError(f"{description}: layer {index} ({layer.digest}) uncompresses to "
                                  f"{diff_id}, but the config says {diff_ids[index]}")
-            if progress:
-                progress(layer.size)
         (work / COMPLETE).write_text(description + "\n")
         touch(work)
         created = True

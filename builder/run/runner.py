@@ -184,8 +184,8 @@ def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
         if not real:
             raise CannotSimulate(f"{build.directory}: the image has no real Gramine "
                                  f"({gramine_direct.DIRECT_LOADER}); it was built on a stand-in "
-                                 "base. Rebuild with a real base, e.g. --base dir:ROOTFS (the "
-                                 "manual: How-to, Bases, images and caches)")
+                                 "base. Rebuild with a real base, e.g. --base dir:ROOTFS from "
+                                 "`enclave-build base gramine ROOTFS` (root)")
         if os.geteuid() != 0:
             raise CannotSimulate("gramine-direct runs need root (chroot and bind mounts)")
         return "gramine-direct"
@@ -196,8 +196,8 @@ def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
         raise CannotSimulate(
             f"{build.measurements.framework!r} runs a binary ({entry}), not our Python model "
             f"server, so it cannot run as a plain process here, and {why}. Simulate it under "
-            "gramine-direct: build on a real Gramine base (--base dir:ROOTFS; the manual: How-to, "
-            "Bases, images and caches) and run as root.")
+            "gramine-direct: build on a real Gramine base (`enclave-build base gramine ROOTFS` as "
+            "root, then --base dir:ROOTFS) and run as root.")
     return "process"
 
 
