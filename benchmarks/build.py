@@ -20,6 +20,7 @@ is), ``weights`` (float32 normal values: a model in clear) or ``text`` (compress
 
 from __future__ import annotations
 
+from typing import Any
 import argparse
 import os
 import shutil
@@ -132,14 +133,16 @@ def layers(args: argparse.Namespace) -> None:
             store_dir = work / f"store-{run_index}"
             store = BlobStore(store_dir / "blobs")
             entry = LayerEntry("/models/model.bin", "file", 0o644, source=model)
-            holder = {}
-            ours.append(timed(lambda: holder.update(blob=write_layer(
-                [entry], store, None, None, store_dir / "cache"))))
+            holder: dict[str, Any] = {}
+
+            def ours_once(entry=entry, store=store, store_dir=store_dir, holder=holder) -> None:
+                holder["blob"] = write_layer([entry], store, None, None, store_dir / "cache")
+            ours.append(timed(ours_once))
             blob_size = holder["blob"].descriptor.size
             shutil.rmtree(store_dir)
             copy, packed = work / "copy.bin", work / "copy.gz"
 
-            def floor_gzip() -> None:
+            def floor_gzip(copy: Path = copy, packed: Path = packed) -> None:
                 subprocess.run(["cp", str(model), str(copy)], check=True)
                 with open(packed, "wb") as out:
                     subprocess.run(["gzip", f"-{GZIP_LEVEL}", "-n", "-c", str(copy)],
@@ -148,8 +151,8 @@ def layers(args: argparse.Namespace) -> None:
             gzip_size = packed.stat().st_size
             copy.unlink()
             packed.unlink()
-            cp_only.append(timed(lambda: subprocess.run(["cp", str(model), str(copy)],
-                                                        check=True)))
+            cp_only.append(timed(lambda copy=copy: subprocess.run(["cp", str(model), str(copy)],
+                                                                  check=True)))
             copy.unlink()
         best, floor, io_floor = min(ours), min(cp_gzip), min(cp_only)
         mb = args.size / 1e6

@@ -32,7 +32,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import BinaryIO, Mapping, Protocol
 
 #: Bump when what is found changes: cached "clean" verdicts of older scanners are void.
 SCANNER_VERSION = 2
@@ -71,6 +71,12 @@ _DER_VERSION = re.compile(rb"\x02\x01(?:\x00[\x02\x30]|\x01[\x04\x30])")
 _PBE_OID = re.compile(rb"\x2a\x86\x48\x86\xf7\x0d\x01(?:\x05|\x0c\x01)")
 
 _SEQUENCE, _INTEGER, _OCTETS, _OID = 0x30, 0x02, 0x04, 0x06
+
+
+class Readable(Protocol):
+    """What :meth:`KeyScanner.scan_stream` reads: a binary file, or a wrapper that counts."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -215,7 +221,7 @@ class KeyScanner:
         with open(path, "rb") as handle:
             return self.scan_stream(handle, where or os.fsdecode(path))
 
-    def scan_stream(self, handle: BinaryIO, where: str) -> KeyFinding | None:
+    def scan_stream(self, handle: Readable, where: str) -> KeyFinding | None:
         carry = b""
         carry_at = 0       # offset in the stream of carry[0]
         done = 0           # offsets below this were examined

@@ -91,7 +91,7 @@ def test_keyring_is_trusted_only_with_the_pinned_fingerprint(tmp_path):
     mirror = GramineRepository(url="https://apt.example.com/gramine/", fingerprints=(fpr,))
     assert mirror.check_keyring(armored, "mirror.asc") == binary   # stored binary for apt
     other, _, _ = _gpg_key(tmp_path / "b", "intruder")
-    with pytest.raises(KeyringError, match="intruder|holds the key"):
+    with pytest.raises(KeyringError, match=r"intruder|holds the key"):
         mirror.check_keyring(binary + other, "two keys")
     with pytest.raises(KeyringError, match="not an OpenPGP keyring"):
         mirror.check_keyring(b"<html>404</html>", "a web page")
@@ -168,7 +168,7 @@ def test_refusals_come_before_anything_is_made(tmp_path):
         check(recipe, euid=1000, which=lambda name: "/usr/bin/" + name)
     with pytest.raises(UsageError, match="apt-get install mmdebstrap"):
         check(recipe, euid=0, which=lambda name: None)
-    with pytest.raises(UsageError, match="missing.tgz: no such file"):
+    with pytest.raises(UsageError, match=r"missing\.tgz: no such file"):
         check(recipe, euid=0, which=lambda name: "/usr/bin/" + name)
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "x").write_text("")
@@ -193,7 +193,7 @@ def test_tool_output_is_shown_and_a_failure_names_its_tail():
     lines: list[str] = []
     run([sys.executable, "-c", "print('one'); print('two')"], "printer", lines.append)
     assert lines == ["  | one", "  | two"]
-    with pytest.raises(ToolError, match="failing failed .* exited with 3\\):\nbad news"):
+    with pytest.raises(ToolError, match=r"failing failed .* exited with 3\):\nbad news"):
         run([sys.executable, "-c", "print('bad news'); raise SystemExit(3)"], "failing",
             lambda line: None)
     with pytest.raises(ToolError, match="cannot run"):
@@ -397,7 +397,7 @@ def test_repository_route_installs_gramine_from_a_signed_mirror(tmp_path):
     _stop_agent(home)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler,
                                 directory=str(tmp_path / "repo"))
-    handler.log_message = lambda *args: None   # type: ignore[attr-defined]
+    handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/"

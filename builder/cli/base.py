@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
 import click
 
 from ..errors import UsageError
@@ -180,7 +181,7 @@ def gramine(rootfs: Path, archive: Path | None, keyring: Path | None, repository
         if archive is not None:
             source: GramineArchive | GramineRepository = GramineArchive(archive)
         else:
-            options = {}
+            options: dict[str, Any] = {}
             if repository:
                 options["url"] = repository
             if fingerprints:

@@ -128,7 +128,9 @@ def write_layer(entries: list[LayerEntry], store: BlobStore,
     gz = block_gzip.BlockGzipWriter(writer)  # type: ignore[arg-type]
     try:
         diff = _DiffHash(gz)
-        with tarfile.open(fileobj=diff, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[arg-type]
+        # a write-only file object (tarfile's stream mode only calls write() and close());
+        # copybufsize is TarFile's, which typeshed's overloads of open() leave out
+        with tarfile.open(fileobj=diff, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                           bufsize=COPY_BUFFER, copybufsize=COPY_BUFFER) as tar:
             for entry in entries:
                 info = tarfile.TarInfo(entry.path.lstrip("/"))
@@ -152,7 +154,7 @@ def write_layer(entries: list[LayerEntry], store: BlobStore,
                     assert entry.source is not None
                     with open(entry.source, "rb") as handle:
                         info.size = os.fstat(handle.fileno()).st_size
-                        tar.addfile(info, _Reading(handle, progress))  # type: ignore[arg-type]
+                        tar.addfile(info, _Reading(handle, progress))
         gz.close()
         digest, size = writer.commit()
     except BaseException:

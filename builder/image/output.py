@@ -61,12 +61,13 @@ def docker_archive(image: Image, tag: str | None, out: Path,
         advance = progress("writing the docker archive",
                            sum(p.stat().st_size for p in paths if p.is_file())) \
             if progress else None
-        with tarfile.open(out, "w", copybufsize=_COPY) as tar:
+        # copybufsize is TarFile's, which typeshed's overloads of open() leave out
+        with tarfile.open(out, "w", copybufsize=_COPY) as tar:  # type: ignore[call-overload]
             for path in paths:
                 info = tar.gettarinfo(path, arcname=path.relative_to(root).as_posix())
                 if info.isfile():
                     with open(path, "rb") as handle:
-                        tar.addfile(info, _Counted(handle, advance))  # type: ignore[arg-type]
+                        tar.addfile(info, _Counted(handle, advance))
                 else:
                     tar.addfile(info)
 
