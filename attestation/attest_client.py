@@ -28,10 +28,10 @@ from typing import Any
 from cryptography import x509
 
 from .collateral import CollateralError, CollateralSource
+from .errors import AttestationError
 from .measurements import Measurements
 from .ratls import EvidenceError, extract_evidence
 from .verify import QuoteRejected, TcbPolicy, VerifiedQuote, verify_quote
-from .errors import AttestationError
 
 #: The identity fields compared, in the order a mismatch is reported.
 IDENTITY_FIELDS = ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "debug")
@@ -41,7 +41,7 @@ class AttestationRefused(AttestationError):
     """The server is not (provably) one of the expected builds. ``mismatches`` lists, for an
     identity that verified but matched no build, every differing field of every build."""
 
-    def __init__(self, reason: str, mismatches: tuple["Mismatch", ...] = (),
+    def __init__(self, reason: str, mismatches: tuple[Mismatch, ...] = (),
                  quote: VerifiedQuote | None = None, evidence_format: str | None = None,
                  certificate_sha256: str | None = None):
         super().__init__(reason)
@@ -89,7 +89,7 @@ class AttestedChannel:
         except OSError:
             pass
 
-    def __enter__(self) -> "AttestedChannel":
+    def __enter__(self) -> AttestedChannel:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -200,7 +200,7 @@ def open_attested(host: str, port: int, expectation: Expectation, *,
 VERDICT_SCHEMA = 1
 
 
-def verdict(endpoint: str, result: "AttestedChannel | AttestationRefused", *,
+def verdict(endpoint: str, result: AttestedChannel | AttestationRefused, *,
             synthetic_root: bool) -> dict[str, Any]:
     """The stable JSON form of an attestation outcome (``enclave-build attest --json``)::
 

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .verify import collateral_validity, load_collateral
 from .errors import AttestationError
+from .verify import collateral_validity, load_collateral
 
 if TYPE_CHECKING:
     from enclave_build.contract.secrets_config import AttestationSettings
@@ -93,7 +93,7 @@ class PccsCollateral:
             _, next_update = collateral_validity(text)
         except (ValueError, KeyError, TypeError):
             return False
-        return _dt.datetime.now(_dt.timezone.utc) < next_update
+        return _dt.datetime.now(_dt.UTC) < next_update
 
     def _cached(self, key: str) -> str | None:
         text = self._memory.get(key)
@@ -142,7 +142,7 @@ class PccsCollateral:
             except OSError:
                 pass  # the disk cache is an optimisation
             flight.text = text
-        except asyncio.TimeoutError:
+        except TimeoutError:
             flight.error = (f"PCCS {self.url} did not answer within {self.timeout:.1f} s "
                             f"(gave up after {time.monotonic() - started:.1f} s)")
         except Exception as exc:  # noqa: BLE001 - any failure of the fetch is reported

@@ -14,9 +14,9 @@ Standard library and ``cryptography`` only (this package also runs in enclaves).
 
 from __future__ import annotations
 
-import itertools
 import functools
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import cast

@@ -58,8 +58,9 @@ import json
 import select
 import struct
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator
+from typing import ClassVar
 
 import h2.config
 import h2.connection

@@ -108,7 +108,7 @@ class RaConfig:
                 f"{self.source}: {'; '.join(reasons)}")
 
     @classmethod
-    def from_dict(cls, data: object, source: str = "ra_config") -> "RaConfig":
+    def from_dict(cls, data: object, source: str = "ra_config") -> RaConfig:
         if not isinstance(data, dict):
             raise RaConfigError(f"{source}: expected a JSON object")
         flags = {}
@@ -131,7 +131,7 @@ class RaConfig:
         return cls(**flags, sgx_mrs=tuple(entries), source=source)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RaConfig":
+    def load(cls, path: str | Path) -> RaConfig:
         """An Occlum ``dynamic_config.json`` (the object itself) or ``init_ra_conf.json`` (its
         ``ra_config`` member)."""
         path = Path(path)

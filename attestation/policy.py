@@ -38,8 +38,8 @@ from pathlib import Path
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.secrets_config import ENCODINGS, SecretRule
 
-from .measurements import Measurements, MeasurementsError
 from .errors import AttestationConfigError
+from .measurements import Measurements, MeasurementsError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
@@ -58,7 +58,7 @@ class Policy:
     secrets: list[SecretRule]
 
     @classmethod
-    def build(cls, patterns: list[str], secrets: list[SecretRule], base: Path) -> "Policy":
+    def build(cls, patterns: list[str], secrets: list[SecretRule], base: Path) -> Policy:
         found: list[Measurements] = []
         for pattern in patterns:
             full = str(base / pattern) if not Path(pattern).is_absolute() else pattern

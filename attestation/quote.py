@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
 from .errors import AttestationError
 
 HEADER_LEN = 48
@@ -58,7 +59,7 @@ class EnclaveReport:
                             self.isv_prod_id, self.isv_svn, bytes(60), self.report_data)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "EnclaveReport":
+    def from_bytes(cls, data: bytes) -> EnclaveReport:
         if len(data) != REPORT_LEN:
             raise QuoteFormatError(f"enclave report is {len(data)} bytes, expected {REPORT_LEN}")
         (cpu_svn, misc, _, attributes, mr_enclave, _, mr_signer, _, prod, svn, _,
@@ -87,7 +88,7 @@ class Quote:
     raw: bytes
 
     @classmethod
-    def parse(cls, data: bytes) -> "Quote":
+    def parse(cls, data: bytes) -> Quote:
         """Strict parse: every length field must agree with the total size."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise QuoteFormatError(f"a quote is bytes, not {type(data).__name__}")

@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import cbor2
 from cryptography import x509
@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from .quote import Quote, QuoteFormatError
 from .errors import AttestationError
+from .quote import Quote, QuoteFormatError
 
 #: The key of an RA-TLS certificate: ECDSA P-384 (Gramine's formats) or RSA-2048 (CCZoo's).
 RaTlsKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -207,7 +207,7 @@ def create_certificate(fmt: str, make_quote: QuoteMaker, key: RaTlsKey | None = 
         value = make_quote(hashlib.sha256(spki).digest() + bytes(32))
         oid = LEGACY_OID if fmt == "gramine-legacy" else CCZOO_OID
     name = subject if subject is not None else GRAMINE_SUBJECT
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - _dt.timedelta(minutes=5))

@@ -23,10 +23,11 @@ import threading
 from pathlib import Path
 
 from . import wire
+from .errors import AttestationError
 from .measurements import Measurements
 from .synthetic import SyntheticPKI
 from .wire import LENGTH_BYTES, REPORT_DATA_SIZE
-from .errors import AttestationError
+
 WARNING = ("WARNING: SIMULATED ATTESTATION: the simulated quoter signs quotes with a SYNTHETIC "
            "TEST PKI for whoever connects. This is NOT an enclave and proves nothing; for tests "
            "and simulation only.")
@@ -96,7 +97,7 @@ class SimulatedQuoter:
         for worker in workers:
             worker.join(timeout)
 
-    def __enter__(self) -> "SimulatedQuoter":
+    def __enter__(self) -> SimulatedQuoter:
         self.start()
         return self
 
@@ -124,7 +125,7 @@ class SimulatedQuoter:
         while not self._stopping.is_set():
             try:
                 sock, _ = self._listener.accept()
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 continue
             except OSError:
                 return  # closed by stop()

@@ -28,9 +28,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from .quote import (FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT, FLAG_PROVISION_KEY, EnclaveReport,
-                    assemble_quote, signed_part)
 from .errors import AttestationError
+from .quote import (
+    FLAG_DEBUG,
+    FLAG_INIT,
+    FLAG_MODE64BIT,
+    FLAG_PROVISION_KEY,
+    EnclaveReport,
+    assemble_quote,
+    signed_part,
+)
 
 SGX_EXTENSION = "1.2.840.113741.1.13.1"
 FMSPC = bytes.fromhex("00906ED50000")
@@ -146,7 +153,7 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
 class SyntheticPKI:
     """A complete synthetic collateral set, valid from *now - 1 day* for *days* days."""
 
-    now: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
+    now: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.UTC))
     days: int = 30
     tcb_status: str = "UpToDate"          # status of the level the platform matches
     advisories: tuple[str, ...] = ()
@@ -212,7 +219,7 @@ class SyntheticPKI:
         return written
 
     @classmethod
-    def load(cls, directory: str | Path) -> "SyntheticPKI":
+    def load(cls, directory: str | Path) -> SyntheticPKI:
         """The PKI :meth:`save` wrote to *directory* (same keys, certificates and settings)."""
         directory = Path(directory)
         if not directory.is_dir():
@@ -388,7 +395,7 @@ def _host_name(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
-def tls_ca_and_server(directory, hostname: "str | list[str] | tuple[str, ...]" = "localhost",  # noqa: ANN001, ANN201
+def tls_ca_and_server(directory, hostname: str | list[str] | tuple[str, ...] = "localhost",
                       *, days: int = 30, ca_name: str = TEST_TLS_CA_NAME, overwrite: bool = True):
     """Write (ca.pem, server.crt, server.key) into *directory*: a CA (its private key is not
     kept) and an ordinary CA-signed TLS server certificate, as the secret server uses.
@@ -405,7 +412,7 @@ def tls_ca_and_server(directory, hostname: "str | list[str] | tuple[str, ...]" =
         for path in paths:
             if path.exists():
                 raise FileExistsError(f"{path} exists")
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     until = now + _dt.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])

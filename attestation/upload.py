@@ -38,13 +38,12 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import hashlib
-import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -52,8 +51,8 @@ from cryptography.hazmat.primitives import serialization
 from enclave_build.contract import secrets_config as _contract
 from enclave_build.contract.schema import Problem, validate_table
 
-from .wire import WRAP_KEY_SIZE
 from .errors import AttestationConfigError, AttestationError
+from .wire import WRAP_KEY_SIZE
 
 REQUEST = b"ENCLAVE_BUILD_UPLOAD_V1\0"
 ACCEPTED = b"ENCLAVE_BUILD_UPLOAD_ACCEPT_V1:\0"
@@ -96,7 +95,7 @@ class UploadSettings(_contract.UploadSettings):
         return next((o for o in self.certificates if o.sha256 == fingerprint), None)
 
     @classmethod
-    def read(cls, settings: _contract.UploadSettings) -> "UploadSettings":
+    def read(cls, settings: _contract.UploadSettings) -> UploadSettings:
         """*settings* with every owner certificate read; UploadConfigError naming
         ``upload.owners[N]`` otherwise."""
         loaded = []
@@ -251,7 +250,7 @@ def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], obj
     certificate, read the request, store all keys or none, answer."""
     fingerprint = hashlib.sha256(peer_der).hexdigest()
     owner = settings.owner(fingerprint)
-    moment = now or _dt.datetime.now(_dt.timezone.utc)
+    moment = now or _dt.datetime.now(_dt.UTC)
     names: tuple[str, ...] | None = None
     problem: str | None = None
     try:
@@ -326,18 +325,18 @@ def upload_keys(tls: ssl.SSLSocket, keys: list[tuple[str, bytes]],
     return text
 
 
-def _within(deadline: float, timeout: float, what: str, action, tls):  # noqa: ANN001, ANN202
+def _within(deadline: float, timeout: float, what: str, action, tls):
     left = deadline - time.monotonic()
     if left <= 0:
         raise UploadRefused(f"no complete answer to the upload within {timeout:g} s")
     tls.settimeout(left)
     try:
         return action()
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise UploadRefused(f"timed out after {timeout:g} s {what}") from None
 
 
-def _recv_within(tls, size: int, deadline: float, timeout: float) -> bytes:  # noqa: ANN001
+def _recv_within(tls, size: int, deadline: float, timeout: float) -> bytes:
     """Up to *size* bytes (fewer only if the server closed), all before *deadline*."""
     data = b""
     while len(data) < size:

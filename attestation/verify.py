@@ -40,9 +40,9 @@ import hashlib
 import itertools
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import dcap_qvl
 from cryptography import x509
@@ -54,10 +54,18 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from enclave_build.contract import tcb as _tcb
 from enclave_build.contract.identity import EnclaveIdentity
 
-from .quote import (FLAG_DEBUG, FLAG_EINITTOKEN_KEY, FLAG_INIT, FLAG_MODE64BIT,
-                    FLAG_PROVISION_KEY, HEADER_LEN, SIGNED_LEN, Quote, QuoteFormatError)
 from .errors import AttestationConfigError, AttestationError
-
+from .quote import (
+    FLAG_DEBUG,
+    FLAG_EINITTOKEN_KEY,
+    FLAG_INIT,
+    FLAG_MODE64BIT,
+    FLAG_PROVISION_KEY,
+    HEADER_LEN,
+    SIGNED_LEN,
+    Quote,
+    QuoteFormatError,
+)
 
 
 class QuoteRejected(AttestationError):
@@ -85,14 +93,14 @@ class TcbPolicy(_tcb.TcbPolicy):
                 "always rejects DEBUG enclaves: this verifier cannot honour that allowance")
 
     @classmethod
-    def of(cls, policy: _tcb.TcbPolicy) -> "TcbPolicy":
+    def of(cls, policy: _tcb.TcbPolicy) -> TcbPolicy:
         """*policy* as this verifier applies it (secrets.toml's reader gives the contract's
         TcbPolicy, which holds the values only)."""
         if isinstance(policy, cls):
             return policy
         return cls(**{f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)})
 
-    def refusal(self, quote: "VerifiedQuote") -> str | None:
+    def refusal(self, quote: VerifiedQuote) -> str | None:
         """Why this policy refuses a cryptographically verified *quote* (TCB status,
         advisories, attributes, DEBUG), or None when it accepts it. Pure: no I/O, no clock."""
         status, advisories = quote.status, quote.advisory_ids
@@ -176,7 +184,7 @@ def load_collateral(path: str | Path) -> str:
 def collateral_validity(collateral_json: str) -> tuple[_dt.datetime, _dt.datetime]:
     """(issueDate, nextUpdate) of the TCB info: when this collateral may be used."""
     tcb = json.loads(json.loads(collateral_json)["tcb_info"])
-    parse = lambda s: _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    parse = lambda s: _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
     return parse(tcb["issueDate"]), parse(tcb["nextUpdate"])
 
 
@@ -337,7 +345,7 @@ class VerificationCache:
             try:
                 expiry = x509.load_der_x509_certificate(root_der).not_valid_after_utc
             except ValueError:
-                expiry = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)  # never cache
+                expiry = _dt.datetime.min.replace(tzinfo=_dt.UTC)  # never cache
             self._roots[root_der] = expiry
             return expiry
 
@@ -465,7 +473,7 @@ def verify_quote_signature(raw: bytes, collateral_json: str, *,
         quote = Quote.parse(raw)
     except QuoteFormatError as exc:
         raise QuoteRejected(f"malformed quote: {exc}") from None
-    moment = now or _dt.datetime.now(_dt.timezone.utc)
+    moment = now or _dt.datetime.now(_dt.UTC)
     status, advisories = _verified_outcome(quote.raw, quote, collateral_json, root_ca_der,
                                            int(moment.timestamp()), cache)
     body = quote.report

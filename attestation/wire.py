@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import time
+
 from .errors import AttestationError
 
 REQUEST = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"
@@ -69,7 +70,7 @@ def recv_exact(sock, size: int, deadline: float | None = None) -> bytes:
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise socket.timeout(f"{len(data)} of {size} bytes by the deadline")
+                raise TimeoutError(f"{len(data)} of {size} bytes by the deadline")
             sock.settimeout(left)
         chunk = sock.recv(size - len(data))
         if not chunk:

@@ -20,7 +20,6 @@ is), ``weights`` (float32 normal values: a model in clear) or ``text`` (compress
 
 from __future__ import annotations
 
-from typing import Any
 import argparse
 import os
 import shutil
@@ -29,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 # This directory is sys.path[0]; its secrets.py would shadow the standard library's (which

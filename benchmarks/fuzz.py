@@ -21,7 +21,7 @@ from pathlib import Path
 # standard library's `secrets` (which hypothesis and cryptography import).
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from tests import test_fuzz  # noqa: E402
+from tests import test_fuzz
 
 ROUND = 500   # examples per round: small enough to stop close to the budget
 

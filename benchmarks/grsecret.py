@@ -49,26 +49,26 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import hpack  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
+import hpack
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from enclave_build.attestation.config import load_config  # noqa: E402
-from enclave_build.attestation.measurements import ImageRef, Measurements  # noqa: E402
-from enclave_build.attestation.occlum_ra import RaConfig  # noqa: E402
-from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV  # noqa: E402
-from enclave_build.attestation.server import SecretServer  # noqa: E402
-from enclave_build.attestation.simulated_quoter import SimulatedQuoter  # noqa: E402
-from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server  # noqa: E402
-from enclave_build.attestation.wire import REQUEST, RESPONSE  # noqa: E402
-from enclave_build.contract.identity import EnclaveIdentity  # noqa: E402
-from tests.attest_env import Platform  # noqa: E402
-from tests.secret_client import verify_peer_certificate  # noqa: E402
+from enclave_build.attestation.config import load_config
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.occlum_ra import RaConfig
+from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
+from enclave_build.attestation.server import SecretServer
+from enclave_build.attestation.simulated_quoter import SimulatedQuoter
+from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
+from enclave_build.attestation.wire import REQUEST, RESPONSE
+from enclave_build.contract.identity import EnclaveIdentity
+from tests.attest_env import Platform
+from tests.secret_client import verify_peer_certificate
 
 MR_SIGNER = hashlib.sha256(b"bench signer").digest()
 SERVER_MR_ENCLAVE = hashlib.sha256(b"bench secret server").digest()
@@ -96,7 +96,7 @@ class BenchEnv:
     server_measurements: Measurements
 
 
-def _write_pair(directory: Path, stem: str, cert, key) -> ClientCert:  # noqa: ANN001
+def _write_pair(directory: Path, stem: str, cert, key) -> ClientCert:
     paths = ClientCert(directory / f"{stem}.crt", directory / f"{stem}.key")
     paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
@@ -165,7 +165,7 @@ max_requests = {max_requests}
 
 # --------------------------------------------------------------------------- the server
 
-def _serve(env: BenchEnv, ready, stop, pin: bool) -> None:  # noqa: ANN001
+def _serve(env: BenchEnv, ready, stop, pin: bool) -> None:
     if pin:
         os.sched_setaffinity(0, {0})   # the server alone on core 0 (so one process by default)
     with SimulatedQuoter(env.pki, env.server_measurements, warn=False) as quoter:
@@ -196,7 +196,7 @@ def server_cpu(pid: int) -> float:
     return total
 
 
-def pinned_server_certificate(env: BenchEnv, address) -> bytes:  # noqa: ANN001
+def pinned_server_certificate(env: BenchEnv, address) -> bytes:
     """The GrSecret listener's certificate, checked once as Occlum's init checks it (quote
     verified, identity matched against an ra_config); then pinned by every client."""
     pem = ssl.get_server_certificate(tuple(address)).encode()
@@ -364,7 +364,7 @@ def _contexts(mode: Mode, env: BenchEnv, server_pem: bytes) -> list[ssl.SSLConte
     return contexts
 
 
-async def _secret_prov(address, ctx, env: BenchEnv, key: int) -> tuple[float, list, str]:  # noqa: ANN001
+async def _secret_prov(address, ctx, env: BenchEnv, key: int) -> tuple[float, list, str]:
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection(*address, ssl=ctx, server_hostname=f"key-{key}",
                                                    ssl_handshake_timeout=60)
@@ -378,7 +378,7 @@ async def _secret_prov(address, ctx, env: BenchEnv, key: int) -> tuple[float, li
     return time.perf_counter() - start, [], version
 
 
-async def _grsecret(address, ctx, env: BenchEnv, key: int, calls: int):  # noqa: ANN001, ANN202
+async def _grsecret(address, ctx, env: BenchEnv, key: int, calls: int):
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection(*address, ssl=ctx, server_hostname="localhost",
                                                    ssl_handshake_timeout=60)
@@ -399,7 +399,7 @@ async def _grsecret(address, ctx, env: BenchEnv, key: int, calls: int):  # noqa:
     return time.perf_counter() - start, per_call, version
 
 
-async def load(mode: Mode, address, contexts, env: BenchEnv, concurrency: int,  # noqa: ANN001
+async def load(mode: Mode, address, contexts, env: BenchEnv, concurrency: int,
                connections: int, offset: int):
     gate = asyncio.Semaphore(concurrency)
     latencies, per_call, errors, versions = [], [], [], set()
@@ -425,7 +425,7 @@ async def load(mode: Mode, address, contexts, env: BenchEnv, concurrency: int,  
     return latencies, per_call, errors, versions
 
 
-def _client(mode, addresses, env, server_pem, concurrency, connections, offset, start,  # noqa: ANN001
+def _client(mode, addresses, env, server_pem, concurrency, connections, offset, start,
             results, pin):
     if pin:
         os.sched_setaffinity(0, {1})
@@ -462,7 +462,7 @@ def _percentile(values: list[float], q: float) -> float:
     return values[max(0, math.ceil(len(values) * q) - 1)] * 1000
 
 
-def drive(mode: Mode, addresses, env: BenchEnv, server_pem: bytes, server_pid: int,  # noqa: ANN001
+def drive(mode: Mode, addresses, env: BenchEnv, server_pem: bytes, server_pid: int,
           level: int, keys: int, processes: int, pin: bool) -> Result:
     """*keys* keys fetched *mode*'s way by *level* concurrent connections, split over
     *processes* client processes; the server's CPU time over the run."""
@@ -574,7 +574,7 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base and not math.isnan(base) else "n/a"
 
 
-def report(modes, levels, results, processes, args) -> None:  # noqa: ANN001
+def report(modes, levels, results, processes, args) -> None:
     print(f"{os.cpu_count()} cores; server: {processes} process(es), one for both listeners; "
           f"{args.client_processes} client process(es); {args.requests} keys per row"
           + ("; pinned: server on core 0, clients on core 1" if args.pin else ""))

@@ -31,22 +31,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtensionOID, NameOID  # noqa: E402
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID, NameOID
 
-from enclave_build.attestation.config import load_config  # noqa: E402
-from enclave_build.attestation.server import SecretServer  # noqa: E402
-from enclave_build.attestation.wire import REQUEST  # noqa: E402
-from tests.attest_env import Platform, make_env  # noqa: E402
+from enclave_build.attestation.config import load_config
+from enclave_build.attestation.server import SecretServer
+from enclave_build.attestation.wire import REQUEST
+from tests.attest_env import Platform, make_env
 
 KINDS = ("no-tls", "stall", "garbage", "bad-cert", "big-request")
 # The first 5 + 40 bytes of a TLS ClientHello record (claims 512 bytes, sends 40): a stall.
 PARTIAL_HELLO = bytes.fromhex("1603010200") + bytes.fromhex("010001fc0303") + os.urandom(34)
 
 
-def _pem_pair(directory: Path, name: str, cert, key) -> tuple[Path, Path]:  # noqa: ANN001
+def _pem_pair(directory: Path, name: str, cert, key) -> tuple[Path, Path]:
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
@@ -55,10 +55,10 @@ def _pem_pair(directory: Path, name: str, cert, key) -> tuple[Path, Path]:  # no
     return cert_path, key_path
 
 
-def _plain_cert(unparseable: bool):  # noqa: ANN202
+def _plain_cert(unparseable: bool):
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RATLS")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - dt.timedelta(minutes=5))
@@ -75,7 +75,7 @@ def _context(ca: Path, pair: tuple[Path, Path]) -> ssl.SSLContext:
     return ctx
 
 
-def _serve(config: Path, pipe) -> None:  # noqa: ANN001
+def _serve(config: Path, pipe) -> None:
     server = SecretServer(load_config(config))
     server.start()
     pipe.send((server.address, os.getpid(), list(server.worker_pids)))
@@ -96,7 +96,7 @@ def _rss_kib(pids: list[int]) -> int:
     return total
 
 
-async def _read_to_end(reader, limit: float) -> bytes:  # noqa: ANN001
+async def _read_to_end(reader, limit: float) -> bytes:
     data = b""
     try:
         async with asyncio.timeout(limit):
@@ -107,7 +107,7 @@ async def _read_to_end(reader, limit: float) -> bytes:  # noqa: ANN001
     return data
 
 
-async def _close(writer) -> None:  # noqa: ANN001
+async def _close(writer) -> None:
     writer.close()
     try:
         await writer.wait_closed()
@@ -115,7 +115,7 @@ async def _close(writer) -> None:  # noqa: ANN001
         pass
 
 
-async def _legit(address, ctx, secret: bytes, limit: float) -> float:  # noqa: ANN001
+async def _legit(address, ctx, secret: bytes, limit: float) -> float:
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection(*address, ssl=ctx, server_hostname="localhost",
                                                    ssl_handshake_timeout=limit)
@@ -127,7 +127,7 @@ async def _legit(address, ctx, secret: bytes, limit: float) -> float:  # noqa: A
     return time.perf_counter() - start
 
 
-async def _hostile(kind: str, index: int, address, contexts, limit: float):  # noqa: ANN001, ANN201
+async def _hostile(kind: str, index: int, address, contexts, limit: float):
     """Run one hostile connection; return its source 'host:port' (what the audit line names)
     and the wall-clock span it was open (ports are reused, so lines are matched by both)."""
     began = time.time()
@@ -135,7 +135,7 @@ async def _hostile(kind: str, index: int, address, contexts, limit: float):  # n
     return peer, began, time.time()
 
 
-async def _hostile_exchange(kind: str, index: int, address, contexts,  # noqa: ANN001
+async def _hostile_exchange(kind: str, index: int, address, contexts,
                             limit: float) -> str:
     if kind in ("no-tls", "stall"):
         reader, writer = await asyncio.open_connection(*address)
@@ -330,7 +330,7 @@ def main() -> None:
         print(f"  {kind:>11}: {with_line}/{count} audited  e.g. {'; '.join(r['reasons'][kind])}")
     for error in r["hostile_errors"][:5]:
         print(f"  hostile client error: {error}")
-    mib = lambda kib: kib / 1024  # noqa: E731
+    mib = lambda kib: kib / 1024
     print(f"server RSS (all processes): {mib(r['rss_baseline_kib']):.1f} MiB after warm-up, "
           f"peak {mib(r['rss_peak_kib']):.1f} MiB, {mib(r['rss_end_kib']):.1f} MiB at the end "
           f"(growth {mib(r['rss_growth_kib']):+.1f} MiB, of which "

@@ -71,9 +71,7 @@ Attacks (each reproduces a defect a hostile-input pass found):
 
 from __future__ import annotations
 
-from typing import Any
 import argparse
-import io
 import json
 import multiprocessing as mp
 import os
@@ -87,6 +85,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 

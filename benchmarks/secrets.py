@@ -36,15 +36,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives import serialization
 
-from enclave_build.attestation.config import load_config  # noqa: E402
-from enclave_build.attestation.measurements import ImageRef, Measurements  # noqa: E402
-from enclave_build.attestation.server import SecretServer  # noqa: E402
-from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server  # noqa: E402
-from enclave_build.attestation.wire import REQUEST  # noqa: E402
-from enclave_build.contract.identity import EnclaveIdentity  # noqa: E402
-from tests.attest_env import Platform, verified_evidence  # noqa: E402
+from enclave_build.attestation.config import load_config
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.server import SecretServer
+from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
+from enclave_build.attestation.wire import REQUEST
+from enclave_build.contract.identity import EnclaveIdentity
+from tests.attest_env import Platform, verified_evidence
 
 MR_SIGNER = hashlib.sha256(b"bench signer").digest()
 
@@ -53,11 +53,11 @@ class TrustEveryone:
     """A client verifier that believes every client is enclave 0 without looking at its
     certificate: the server then costs what TLS and the policy decision cost."""
 
-    def __init__(self, config) -> None:  # noqa: ANN001
+    def __init__(self, config) -> None:
         self._evidence = verified_evidence(hashlib.sha256(b"bench-0").hexdigest(),
                                            MR_SIGNER.hex(), 1, 1)
 
-    def verify(self, peer, timeout: float):  # noqa: ANN001, ANN201
+    def verify(self, peer, timeout: float):
         return self._evidence
 
 
@@ -126,7 +126,7 @@ def setup(directory: Path, identities: int = 32):
     return ca, allow, clients
 
 
-def contexts_for(ca: Path, clients) -> list[ssl.SSLContext]:  # noqa: ANN001
+def contexts_for(ca: Path, clients) -> list[ssl.SSLContext]:
     contexts = []
     for cert_path, key_path in clients:
         ctx = ssl.create_default_context(cafile=str(ca))
@@ -135,7 +135,7 @@ def contexts_for(ca: Path, clients) -> list[ssl.SSLContext]:  # noqa: ANN001
     return contexts
 
 
-async def one(address, ctx) -> float:  # noqa: ANN001
+async def one(address, ctx) -> float:
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection(*address, ssl=ctx, server_hostname="localhost",
                                                    ssl_handshake_timeout=60)
@@ -151,7 +151,7 @@ async def one(address, ctx) -> float:  # noqa: ANN001
     return time.perf_counter() - start
 
 
-async def load(address, contexts, concurrency: int, total: int, offset: int = 0):  # noqa: ANN001
+async def load(address, contexts, concurrency: int, total: int, offset: int = 0):
     gate = asyncio.Semaphore(concurrency)
     latencies, failures = [], 0
 
@@ -168,7 +168,7 @@ async def load(address, contexts, concurrency: int, total: int, offset: int = 0)
     return time.perf_counter() - start, latencies, failures
 
 
-def _client(address, ca, clients, concurrency, total, offset, start, results, pin):  # noqa: ANN001
+def _client(address, ca, clients, concurrency, total, offset, start, results, pin):
     if pin:
         os.sched_setaffinity(0, {1})
     contexts = contexts_for(ca, clients)
@@ -176,7 +176,7 @@ def _client(address, ca, clients, concurrency, total, offset, start, results, pi
     results.put(asyncio.run(load(address, contexts, concurrency, total, offset)))
 
 
-def drive(address, ca, clients, level: int, total: int, processes: int, pin: bool):  # noqa: ANN001
+def drive(address, ca, clients, level: int, total: int, processes: int, pin: bool):
     """*total* connections at *level* concurrency, split over *processes* client processes."""
     import multiprocessing
 
@@ -205,7 +205,7 @@ def drive(address, ca, clients, level: int, total: int, processes: int, pin: boo
     return elapsed, latencies, failures
 
 
-def _serve(kind: str, config: Path, addresses, stop, pin: bool) -> None:  # noqa: ANN001
+def _serve(kind: str, config: Path, addresses, stop, pin: bool) -> None:
     if pin:
         os.sched_setaffinity(0, {0})  # the server alone on core 0 (so one process by default)
     server = SecretServer(load_config(config), verifier_for=SERVERS[kind][0])
@@ -219,7 +219,7 @@ def _serve(kind: str, config: Path, addresses, stop, pin: bool) -> None:  # noqa
 
 
 def run(kind: str, directory: Path, ca, allow, clients, levels, requests, pin: bool,
-        client_processes: int):  # noqa: ANN001
+        client_processes: int):
     import multiprocessing
 
     _, processes, cache = SERVERS[kind]

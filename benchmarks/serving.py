@@ -36,16 +36,15 @@ import json
 import multiprocessing as mp
 import os
 import re
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-
-import resource
-import socket
 
 import numpy as np
 

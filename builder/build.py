@@ -13,37 +13,43 @@ import platform
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
+from enclave_build.attestation.protected_files import KEY_SIZE as WRAP_KEY_SIZE
 from enclave_build.contract.measurements import ImageRef, Measurements
 from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment
 from enclave_build.contract.secrets_config import SecretRule
 
 from . import build_stamp
+from .cache import cache_root
+from .deploy.service_info import ServiceInfo, service_info
 from .errors import EnclaveBuildError, UsageError
-from enclave_build.attestation.protected_files import KEY_SIZE as WRAP_KEY_SIZE
-
 from .gramine.protected_files import read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache, default_cache_path
 from .image.assemble import assemble, runtime_owner
-from .image.blob_cache import BlobCache, Limits, report as blob_cache_report
+from .image.blob_cache import BlobCache, Limits
+from .image.blob_cache import report as blob_cache_report
 from .image.oci import BlobStore, Image
 from .image.output import load_into_docker, push, tidy_stale_temps, write_oci_layout
 from .image.reference import DOCKER_HUB, parse_registry_ref, parse_source
-from .cache import cache_root
 from .image.sources import open_base
 from .key_scan import KeyScanner
 from .leak_guard import check_model_paths, scan_artifacts, scan_plan
 from .model_check import check_models, warn_stateful
-from .deploy.service_info import ServiceInfo, service_info
 from .plan import ServicePlan
-from .plugin_types import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
-                           SecretRelease)
+from .plugin_types import (
+    BuildOptions,
+    LibOSArtifacts,
+    NullProgress,
+    PendingSignature,
+    Progress,
+    SecretRelease,
+)
 from .plugins import PluginRegistry
 from .rootfs import RootFS
 from .spec import Spec, load_spec

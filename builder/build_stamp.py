@@ -33,9 +33,9 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from enclave_build import __version__
 from enclave_build.contract.names import MEASUREMENTS_FILE
@@ -65,7 +65,7 @@ class BuildInputs:
             h.update(f"{name}={self.parts[name]}\n".encode())
         return h.hexdigest()
 
-    def changed(self, other: "BuildInputs") -> list[str]:
+    def changed(self, other: BuildInputs) -> list[str]:
         """The parts that differ from *other*'s (in a fixed order)."""
         names = sorted(set(self.parts) | set(other.parts))
         return [n for n in names if self.parts.get(n) != other.parts.get(n)]

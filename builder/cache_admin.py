@@ -13,9 +13,10 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .cache import cache_root
 from .image.blob_cache import BlobCache, BlobInfo, CacheInUse, Limits, PruneResult
@@ -25,7 +26,7 @@ HASHES = ("hashes.sqlite", "hashes.sqlite-wal", "hashes.sqlite-shm")
 
 
 def _when(seconds: float) -> str:
-    return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

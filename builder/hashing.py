@@ -11,9 +11,9 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .cache import cache_root
 

@@ -36,14 +36,16 @@ import shutil
 import stat
 import textwrap
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
+
+from enclave_build.contract.schema import Field, Section, did_you_mean
+from enclave_build.contract.size import Size
 
 from .errors import UsageError
 from .plugin_types import Framework
-from enclave_build.contract.schema import Field, Section, did_you_mean
-from enclave_build.contract.size import Size
 from .spec import _HOSTPORT, _MODEL_NAME, _NAME, _NAME_DOC, ENCLAVE
 from .spec_file import SPEC_NAME
 
@@ -95,7 +97,7 @@ class InitResult:
     framework: str
     service: str
     secret_server: str
-    next_steps: list["Step"] = field(default_factory=list)
+    next_steps: list[Step] = field(default_factory=list)
     model: str | None = None          # [[models]] name (None: no model yet)
     base: str | None = None           # [image] base as written (None: the framework default)
     tls_created: bool = False         # tls/ca.pem, server.crt, server.key written now

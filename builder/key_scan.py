@@ -30,9 +30,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Mapping, Protocol
+from typing import Protocol
 
 #: Bump when what is found changes: cached "clean" verdicts of older scanners are void.
 SCANNER_VERSION = 2

@@ -28,17 +28,18 @@ from __future__ import annotations
 import os
 import stat
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO
+
+from enclave_build.contract.names import MODEL_ROOT, SECRETS_DIR
 
 from .errors import UsageError
 from .hashing import HashCache
 from .key_scan import KeyFinding, KeyScanner, parses_as_private_key
 from .model_files import SkippedModelFile, regular_files
 from .plan import FileKind, ServicePlan
-from enclave_build.contract.names import MODEL_ROOT, SECRETS_DIR
-
 from .planning import spec_error
 from .plugin_types import ArtifactFile
 from .spec import Spec

@@ -134,7 +134,7 @@ class SecretProvisioning:
     delivery: KeyDelivery = KeyDelivery.CONSTRUCTOR
     #: Instead of a CA: the secret server is an attested enclave ([secrets] server_measurements;
     #: see builder.server_trust). Exactly one of ca_cert and server_trust is set for IN_ENCLAVE.
-    server_trust: "ServerTrust | None" = None
+    server_trust: ServerTrust | None = None
 
 
 #: Standard-library trees and extension modules that never run in a model server; left out of

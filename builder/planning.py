@@ -11,17 +11,25 @@ from pathlib import Path
 
 from enclave_build.contract.identity import mr_signer_of
 from enclave_build.contract.locate import KeyLocator
-from enclave_build.contract.names import (MODEL_ROOT, SECRET_SERVER_CA,  # noqa: F401 - API
-                                          SECRETS_DIR)
+from enclave_build.contract.names import MODEL_ROOT, SECRET_SERVER_CA, SECRETS_DIR  # noqa: F401 - API
 from enclave_build.contract.schema import Problem
 
+from . import server_trust
 from .errors import EnclaveBuildError
-from .plan import (EnclaveResources, FileKind, KeyDelivery, Mount, MountType, Port,
-                   ProvisionedKey, SecretProvisioning, ServicePlan)
+from .plan import (
+    EnclaveResources,
+    FileKind,
+    KeyDelivery,
+    Mount,
+    MountType,
+    Port,
+    ProvisionedKey,
+    SecretProvisioning,
+    ServicePlan,
+)
 from .plugin_types import Framework
 from .spec import ModelSpec, Spec, SpecError
 from .spec_origin import spec_origin
-from . import server_trust
 
 # SECRETS_DIR, MODEL_ROOT and SECRET_SERVER_CA (image paths) are defined once, in
 # enclave_build.contract.names; plugins import them from enclave_build.plugin.

@@ -11,25 +11,68 @@ import warnings
 warnings.warn("enclave_build.builder.plugin_api is deprecated: import enclave_build.plugin, "
               "the stable plugin API", DeprecationWarning, stacklevel=2)
 
+from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.schema import Field, Section
+
 from .errors import EnclaveBuildError
 from .hookspecs import hookimpl
-from .plan import (STDLIB_UNUSED, EnclaveResources, FileKind, KeyDelivery, Mount, MountType,
-                   PlanFile, Port, ProvisionedKey, PythonRuntime, SecretProvisioning,
-                   ServicePlan)
-from .planning import (MODEL_ROOT, SECRET_SERVER_CA, SECRETS_DIR, add_model, add_secret_file,
-                       base_plan, default_key_name, model_image_path, model_key_name,
-                       refuse_model_server_keys, require_models, require_one_key,
-                       service_key_name, spec_error)
-from enclave_build.contract.identity import EnclaveIdentity
-from .plugin_types import (SECRET_ENCODINGS, ArtifactFile, BuildOptions, Framework, LibOS,
-                           LibOSArtifacts, NullProgress, PendingSignature, Progress,
-                           SecretRelease)
-from .python_server import (BACKEND_ENTRY_POINTS, PYTHON, SERVER_CONFIG, SERVER_DISTRIBUTIONS,
-                            SERVER_MODULES, SERVER_PYTHONPATH, deliver_keys_as_files,
-                            python_server_plan, server_config, server_open_files,
-                            ship_enclave_runtime, ship_python_package)
+from .plan import (
+              STDLIB_UNUSED,
+              EnclaveResources,
+              FileKind,
+              KeyDelivery,
+              Mount,
+              MountType,
+              PlanFile,
+              Port,
+              ProvisionedKey,
+              PythonRuntime,
+              SecretProvisioning,
+              ServicePlan,
+)
+from .planning import (
+              MODEL_ROOT,
+              SECRET_SERVER_CA,
+              SECRETS_DIR,
+              add_model,
+              add_secret_file,
+              base_plan,
+              default_key_name,
+              model_image_path,
+              model_key_name,
+              refuse_model_server_keys,
+              require_models,
+              require_one_key,
+              service_key_name,
+              spec_error,
+)
+from .plugin_types import (
+              SECRET_ENCODINGS,
+              ArtifactFile,
+              BuildOptions,
+              Framework,
+              LibOS,
+              LibOSArtifacts,
+              NullProgress,
+              PendingSignature,
+              Progress,
+              SecretRelease,
+)
+from .python_server import (
+              BACKEND_ENTRY_POINTS,
+              PYTHON,
+              SERVER_CONFIG,
+              SERVER_DISTRIBUTIONS,
+              SERVER_MODULES,
+              SERVER_PYTHONPATH,
+              deliver_keys_as_files,
+              python_server_plan,
+              server_config,
+              server_open_files,
+              ship_enclave_runtime,
+              ship_python_package,
+)
 from .rootfs import RootFS
-from enclave_build.contract.schema import Field, Section
 from .spec import ModelSpec, Spec, SpecError
 
 __all__ = [

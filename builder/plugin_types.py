@@ -7,9 +7,10 @@ reports is the contract's one :class:`~enclave_build.contract.identity.EnclaveId
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.schema import Section

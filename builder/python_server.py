@@ -11,21 +11,40 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import posixpath
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from enclave_build.contract.names import (MODEL_ROOT, PYTHON,  # noqa: F401 - API
-                                          SECRET_SERVER_CA, SERVER_CONFIG, SERVER_PYTHONPATH)
-from enclave_build.contract.server_config import (KeysConfig, Limits, Listener, ModelConfig,
-                                                  ServerConfig, TLSConfig)
+from enclave_build.contract.names import (
+    MODEL_ROOT,
+    PYTHON,
+    SECRET_SERVER_CA,
+    SERVER_CONFIG,
+    SERVER_PYTHONPATH,
+)
+from enclave_build.contract.server_config import (
+    KeysConfig,
+    Limits,
+    Listener,
+    ModelConfig,
+    ServerConfig,
+    TLSConfig,
+)
 
+from . import server_trust
 from .errors import EnclaveBuildError
 from .plan import FileKind, KeyDelivery, Port, PythonRuntime, ServicePlan
-from .planning import (add_model, add_secret_file, base_plan, default_key_name, model_key_name,
-                       require_models, spec_error)
+from .planning import (
+    add_model,
+    add_secret_file,
+    base_plan,
+    default_key_name,
+    model_key_name,
+    require_models,
+    spec_error,
+)
 from .plugin_types import Framework
 from .spec import Spec
-from . import server_trust
 
 # PYTHON, SERVER_PYTHONPATH and SERVER_CONFIG (image paths) are defined once, in
 # enclave_build.contract.names; plugins import them from enclave_build.plugin.

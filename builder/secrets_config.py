@@ -35,16 +35,23 @@ import stat
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from enclave_build.contract.measurements import Measurements, MeasurementsError
 from enclave_build.contract.names import POLICY_FILE, SECRETS_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment, PolicyFragmentError
-from enclave_build.contract.secrets_config import (KEY_SIZE, AttestationSettings,
-                                                   GrSecretSettings, SecretRule, SecretsConfig,
-                                                   ServerSettings, split_listen)
+from enclave_build.contract.secrets_config import (
+    KEY_SIZE,
+    AttestationSettings,
+    GrSecretSettings,
+    SecretRule,
+    SecretsConfig,
+    ServerSettings,
+    split_listen,
+)
 
 from .errors import EnclaveBuildError, UsageError
 
@@ -330,8 +337,10 @@ def check_collateral_root(collateral: Path, root_ca: str = "intel") -> None:
     """Refuse (CollateralRootError, exit 2) an offline collateral file whose issuer chains do
     not end in *root_ca* ("intel", or a PEM/DER file), saying which flag to change: the
     secret server would refuse every quote with dcap-qvl's "Failed to parse root CA CRL"."""
-    from enclave_build.attestation.collateral_root import (collateral_root_problem,
-                                                           synthetic_root_beside)
+    from enclave_build.attestation.collateral_root import (
+        collateral_root_problem,
+        synthetic_root_beside,
+    )
     from enclave_build.attestation.verify import load_root_der
 
     try:

@@ -11,20 +11,19 @@ import datetime as _dt
 import difflib
 import re
 import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from enclave_build.contract.locate import KeyLocator
-from enclave_build.contract.schema import (Field, Problem, Section, did_you_mean,
-                                           validate_section)
-
-from .errors import UsageError
-from . import server_trust
-from .plan import ServerTrust
 from enclave_build.contract.deploy import DEPLOY, DeploySpec
+from enclave_build.contract.locate import KeyLocator
+from enclave_build.contract.schema import Field, Problem, Section, did_you_mean, validate_section
 
+from . import server_trust
 from .deploy.settings import check_deploy
+from .errors import UsageError
+from .plan import ServerTrust
 
 _NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _NAME_DOC = "lower-case letters, digits and '-', at most 63 characters (a DNS label)"

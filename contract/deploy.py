@@ -7,8 +7,9 @@ k8s` reads back through the same schema (see :mod:`.service_info`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from .schema import Field, Section
 from .size import K8S_MEMORY, K8S_MEMORY_PATTERN
@@ -98,7 +99,7 @@ class DeploySpec:
         default_factory=lambda: {SGX_NODE_LABEL: "true"})
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> "DeploySpec":
+    def from_values(cls, values: Mapping[str, Any]) -> DeploySpec:
         defaults = cls()
         kwargs: dict[str, Any] = {
             f.name: values.get(f.name) if values.get(f.name) is not None

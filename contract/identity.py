@@ -39,7 +39,7 @@ class EnclaveIdentity:
     isv_svn: int
     debug: bool = False
 
-    def signer_pin(self) -> "EnclaveIdentity":
+    def signer_pin(self) -> EnclaveIdentity:
         """This identity as a signer pin requires it: without MRENCLAVE."""
         return EnclaveIdentity(None, self.mr_signer, self.isv_prod_id, self.isv_svn, self.debug)
 

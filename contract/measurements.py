@@ -98,7 +98,7 @@ class Measurements:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = MEASUREMENTS_FILE,
-                  locator: Locator = NoLocator()) -> "Measurements":
+                  locator: Locator = NoLocator()) -> Measurements:
         """Every problem of *data*, located, in one MeasurementsError."""
         problems: list[Problem] = []
         values = validate_table(SCHEMA, data, (), Path("."), problems, json=True)
@@ -110,12 +110,12 @@ class Measurements:
                    ImageRef(image["ref"], image["digest"]))
 
     @classmethod
-    def parse(cls, text: str, source: str = MEASUREMENTS_FILE) -> "Measurements":
+    def parse(cls, text: str, source: str = MEASUREMENTS_FILE) -> Measurements:
         data, locator = parse_json(text, source, MeasurementsError)
         return cls.from_dict(data, source, locator)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Measurements":
+    def load(cls, path: str | Path) -> Measurements:
         """The one reader: *path* read and checked (MeasurementsError naming FILE:LINE:KEY)."""
         return cls.parse(read_text(path, MeasurementsError, "measurements"), str(path))
 

@@ -89,7 +89,7 @@ class PolicyFragment:
 
     @classmethod
     def from_dict(cls, data: Any, path: Path, locator: Locator = NoLocator()
-                  ) -> "PolicyFragment":
+                  ) -> PolicyFragment:
         """*data* (a fragment's, relative paths against *path*'s directory) checked: every
         problem, located, in one PolicyFragmentError naming *path*."""
         problems: list[Problem] = []
@@ -109,7 +109,7 @@ class PolicyFragment:
                    base / v["keys_dir"] if v["keys_dir"] is not None else None)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PolicyFragment":
+    def load(cls, path: str | Path) -> PolicyFragment:
         """The one reader: the fragment at *path* (or in the build directory *path*), checked
         (PolicyFragmentError naming FILE:LINE:KEY)."""
         path = Path(path)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .locate import KeyPath
-from .size import SPEC_SIZE, SizeError, Size
+from .size import SPEC_SIZE, Size, SizeError
 
 _KINDS = {
     "str": "a string",
@@ -66,7 +66,7 @@ class Field:
     pattern_doc: str = ""
     must_exist: bool = True  # for paths
     power_of_two: bool = True  # for sizes (enclave sizes must be; byte limits need not be)
-    section: "Section | None" = None   # for table and list[table]
+    section: Section | None = None   # for table and list[table]
     nullable: bool = False
     above: float | None = None
     min_items: int = 0

@@ -347,7 +347,7 @@ class SecretsConfig:
 
     @classmethod
     def from_dict(cls, data: Any, path: Path, locator: Locator = NoLocator(),
-                  source: str | None = None) -> "SecretsConfig":
+                  source: str | None = None) -> SecretsConfig:
         """*data* (secrets.toml's, relative paths against *path*'s directory) checked: every
         problem, located, in one SecretsConfigError naming *source* (default: *path*)."""
         source = source or str(path)
@@ -368,12 +368,12 @@ class SecretsConfig:
         return config
 
     @classmethod
-    def parse(cls, text: str, path: Path) -> "SecretsConfig":
+    def parse(cls, text: str, path: Path) -> SecretsConfig:
         data, locator = parse_toml(text, str(path), SecretsConfigError)
         return cls.from_dict(data, path, locator)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SecretsConfig":
+    def load(cls, path: str | Path) -> SecretsConfig:
         """The one reader: *path* read and checked, relative paths resolved against its
         directory, every named file checked to be there (SecretsConfigError naming
         FILE:LINE:KEY)."""

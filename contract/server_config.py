@@ -256,7 +256,7 @@ class Limits:
                            min(self.max_json_bytes, self.max_request_bytes))
 
     @classmethod
-    def of(cls, values: dict[str, Any]) -> "Limits":
+    def of(cls, values: dict[str, Any]) -> Limits:
         """The limits a file (or a plan) sets: *values*, the rest defaults."""
         return cls(**values, written=frozenset(values))
 
@@ -342,7 +342,7 @@ class KeysConfig:
     server_identity: ServerTrustConfig | None = None   # instead of ca ("" then)
 
     @classmethod
-    def from_files(cls, directory: str, names: tuple[str, ...]) -> "KeysConfig":
+    def from_files(cls, directory: str, names: tuple[str, ...]) -> KeysConfig:
         """Keys the libOS left in *directory*/NAME before the server started."""
         return cls("", "", tuple(names), source="files", directory=directory)
 
@@ -394,7 +394,7 @@ class ServerConfig:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "model-server.json",
-                  locator: Locator = NoLocator()) -> "ServerConfig":
+                  locator: Locator = NoLocator()) -> ServerConfig:
         """Every problem of *data*, located, in one ConfigError."""
         problems: list[Problem] = []
         v = validate_table(SCHEMA, data, (), Path("."), problems, json=True)
@@ -413,12 +413,12 @@ class ServerConfig:
             drain_seconds=v["drain_seconds"], metrics=v["metrics"])
 
     @classmethod
-    def parse(cls, text: str, source: str = "model-server.json") -> "ServerConfig":
+    def parse(cls, text: str, source: str = "model-server.json") -> ServerConfig:
         data, locator = parse_json(text, source, ConfigError)
         return cls.from_dict(data, source, locator)
 
     @classmethod
-    def load(cls, path: str | Path, source: str | None = None) -> "ServerConfig":
+    def load(cls, path: str | Path, source: str | None = None) -> ServerConfig:
         """The one reader: *path* read and checked (ConfigError naming FILE:LINE:KEY); errors
         name *source* (default: *path*)."""
         source = source or str(path)

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Self
+from typing import Any, ClassVar, Self
 
 from .deploy import DEPLOY, DeploySpec
 from .errors import ContractError

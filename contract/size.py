@@ -130,13 +130,13 @@ K8S_MEMORY_PATTERN = K8S_MEMORY.pattern.replace("(?P<number>", "(").replace("(?P
 class Size(int):
     """A number of bytes. ``Size.parse("4G")`` reads one; ``str(Size(4 << 30))`` is ``4G``."""
 
-    def __new__(cls, value: int = 0) -> "Size":
+    def __new__(cls, value: int = 0) -> Size:
         if int(value) < 0:
             raise SizeError(f"{value}: a size cannot be negative")
         return super().__new__(cls, value)
 
     @classmethod
-    def parse(cls, text: "str | int", grammar: Grammar = SPEC_SIZE) -> "Size":
+    def parse(cls, text: str | int, grammar: Grammar = SPEC_SIZE) -> Size:
         """*text* read in *grammar* (SizeError saying what is allowed); an int is taken as
         bytes."""
         if isinstance(text, int) and not isinstance(text, bool):

@@ -35,9 +35,10 @@ import pkgutil
 import re
 import sys
 import textwrap
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from enclave_build.builder.errors import EnclaveBuildError

@@ -181,7 +181,7 @@ def _make(directory: str) -> None:
             self.b = tf.Variable(2.0, dtype=tf.float32, name="b")
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def serve(self, x):  # noqa: ANN001, ANN202
+        def serve(self, x):
             return {"y": self.a * x + self.b}
 
     module = HalfPlusTwo()

@@ -28,7 +28,7 @@ class _Waiter(Generic[T]):
     (woken through a lock). ``done``, ``value`` and ``error`` change only under the pool's
     lock, before the waiter is woken."""
 
-    __slots__ = ("done", "value", "error", "_loop", "_fut", "_lock")
+    __slots__ = ("_fut", "_lock", "_loop", "done", "error", "value")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.done = False
@@ -64,7 +64,7 @@ class _Waiter(Generic[T]):
             raise self.error
         return self.value
 
-    async def wait_async(self, pool: "InstancePool[T]") -> T:
+    async def wait_async(self, pool: InstancePool[T]) -> T:
         try:
             await self._fut
         except asyncio.CancelledError:

@@ -19,10 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from enclave_build.contract.names import LISTEN_ENV, ROOT_ENV
-from enclave_build.contract.server_config import (CONFIG_VERSION, KEY_SOURCES, SERVER_PINS,
-                                                  ConfigError, KeysConfig, Limits, Listener,
-                                                  ModelConfig, ServerConfig, ServerTrustConfig,
-                                                  TLSConfig)
+from enclave_build.contract.server_config import (
+    CONFIG_VERSION,
+    KEY_SOURCES,
+    SERVER_PINS,
+    ConfigError,
+    KeysConfig,
+    Limits,
+    Listener,
+    ModelConfig,
+    ServerConfig,
+    ServerTrustConfig,
+    TLSConfig,
+)
 from enclave_build.contract.tcb import TCB_STATUSES
 
 

@@ -18,7 +18,7 @@ keys, tiny strings):
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 import itertools
 import math
 import struct
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
+
 from .errors import ModelServerError
 
 # KServe v2 datatype name -> little-endian numpy dtype (the raw encoding is little-endian).

@@ -13,8 +13,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from typing import Callable, Hashable
 
 log = logging.getLogger("model_server")
 

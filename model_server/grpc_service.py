@@ -48,12 +48,21 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from . import __version__, protocol as pb
+from . import __version__
+from . import protocol as pb
 from .config import Limits
 from .core import Engine, Hold, LoadedModel, ServeError, log
 from .costs import answer_cost, bytes_tensor_cost
-from .datatypes import (BYTES_ELEMENT_MIN, CONTENTS_FIELD, TensorError, from_numpy_dtype,
-                        from_raw, from_repeated, raw_view, to_numpy_dtype)
+from .datatypes import (
+    BYTES_ELEMENT_MIN,
+    CONTENTS_FIELD,
+    TensorError,
+    from_numpy_dtype,
+    from_raw,
+    from_repeated,
+    raw_view,
+    to_numpy_dtype,
+)
 from .handler_pool import HandlerPool
 from .metrics import UNKNOWN_MODEL, Metrics
 from .pb_cost import parse_cost

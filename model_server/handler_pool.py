@@ -16,8 +16,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import Callable
 
 log = logging.getLogger("model_server")
 

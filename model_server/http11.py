@@ -35,8 +35,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Coroutine, Protocol
+from typing import Any, Protocol
 
 import httptools
 
@@ -79,7 +80,7 @@ class HTTPLimits:
     min_body_rate: int = 0
 
     @classmethod
-    def from_limits(cls, limits: Limits, max_request_bytes: int | None = None) -> "HTTPLimits":
+    def from_limits(cls, limits: Limits, max_request_bytes: int | None = None) -> HTTPLimits:
         return cls(max_request_bytes or limits.max_request_bytes, limits.max_connections,
                    limits.first_byte_timeout, limits.header_timeout, limits.body_timeout,
                    limits.body_stall_timeout, limits.idle_timeout, limits.min_body_rate)
@@ -125,7 +126,7 @@ class Application(Protocol):
     def serves_when_full(self, request: Request) -> bool:
         """Whether *request* is served on a connection admitted past max_connections."""
 
-    def admit_body(self, request: Request, length: int) -> "bool | Response":
+    def admit_body(self, request: Request, length: int) -> bool | Response:
         """Before a body of *length* bytes is read: True to receive it (its bytes reserved as
         they arrive), False to read and drop it (the request is handled without it), or the
         Response to answer once it has been read and dropped (nothing reserved)."""
@@ -147,7 +148,7 @@ class _Refuse(Exception):
 class Connection(asyncio.Protocol):
     """One client connection (see the module documentation)."""
 
-    def __init__(self, server: "HTTPServer") -> None:
+    def __init__(self, server: HTTPServer) -> None:
         self.server = server
         assert server.loop is not None   # connections are made once the server listens
         self.loop: asyncio.AbstractEventLoop = server.loop
@@ -947,7 +948,7 @@ class HTTPServer:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return condition()
         return True
 

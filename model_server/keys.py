@@ -50,9 +50,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -63,8 +63,8 @@ from enclave_build.attestation.ratls import FORMATS, RaTlsKey, create_certificat
 from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 
 from .config import KeysConfig, host_path
-from .server_attest import ServerRefused, ServerVerifier
 from .errors import ModelServerError
+from .server_attest import ServerRefused, ServerVerifier
 
 REPORT_DATA_SIZE = 64
 
@@ -300,7 +300,7 @@ def fetch_key(name: str, server: str, ca_file: Path | None, make_quote: QuoteSou
     except ssl.SSLError as exc:
         raise KeyFetchError(f"secret server {peer}: TLS failed for key {name}: "
                             f"{exc.reason or exc}") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise KeyFetchError(f"secret server {peer}: no answer for key {name} within "
                             f"{timeout:g} s") from None
     except OSError as exc:
@@ -409,7 +409,7 @@ class KeyRing:
                 self._private = None
             self._decrypted.clear()
 
-    def __enter__(self) -> "KeyRing":
+    def __enter__(self) -> KeyRing:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,8 +22,8 @@ import errno
 import importlib.util
 import ipaddress
 import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from enclave_build.contract.server_config import Listener, ServerConfig
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .core import ByteBudget
 
@@ -48,7 +48,7 @@ def receive_share(budget: int, slot: int) -> int:
 class Holder:
     """A call holding room for its message."""
 
-    __slots__ = ("since", "cancel", "evicted", "bytes", "peer")
+    __slots__ = ("bytes", "cancel", "evicted", "peer", "since")
 
     def __init__(self, since: float, cancel: Callable[[], None], size: int, peer: str) -> None:
         self.since = since
@@ -59,7 +59,7 @@ class Holder:
 
 
 class _Waiter:
-    __slots__ = ("event", "holder", "cancel", "dropped", "peer")
+    __slots__ = ("cancel", "dropped", "event", "holder", "peer")
 
     def __init__(self, cancel: Callable[[], None], peer: str) -> None:
         self.event = threading.Event()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import resource
-from typing import Iterable
+from collections.abc import Iterable
 
 from .config import Limits, ModelConfig, ServerConfig
 

@@ -39,11 +39,20 @@ from .config import Limits
 from .core import ByteBudget, Engine, Hold, LoadedModel, ServeError
 from .costs import answer_cost, json_cost
 from .decode_pool import DecodePool
-from .http11 import (HTTPLimits, HTTPServer, Request, Response, error_response)
+from .http11 import HTTPLimits, HTTPServer, Request, Response, error_response
 from .metrics import UNKNOWN_MODEL, Metrics
-from .rest_codec import (INLINE_WORK_BYTES, decode_cost, decode_infer, decode_inputs,
-                         decode_work, decompress, encode_infer, encode_work, json_bytes,
-                         parse_body)
+from .rest_codec import (
+    INLINE_WORK_BYTES,
+    decode_cost,
+    decode_infer,
+    decode_inputs,
+    decode_work,
+    decompress,
+    encode_infer,
+    encode_work,
+    json_bytes,
+    parse_body,
+)
 
 __all__ = ["RESTServer", "decode_infer", "encode_infer"]
 

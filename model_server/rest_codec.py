@@ -32,8 +32,18 @@ import numpy as np
 
 from .core import Hold, LoadedModel, ServeError
 from .costs import bytes_tensor_cost
-from .datatypes import (BYTES_ELEMENT_MIN, TensorError, TensorTooLarge, element_count,
-                        from_list, from_numpy_dtype, from_raw, raw_view, to_list, to_numpy_dtype)
+from .datatypes import (
+    BYTES_ELEMENT_MIN,
+    TensorError,
+    TensorTooLarge,
+    element_count,
+    from_list,
+    from_numpy_dtype,
+    from_raw,
+    raw_view,
+    to_list,
+    to_numpy_dtype,
+)
 
 #: Work (in bytes of JSON, BYTES tensor data or compressed body) below which decoding runs on
 #: the event loop; more runs in a worker thread.

@@ -25,7 +25,8 @@ import os
 import signal
 import ssl
 import sys
-from typing import TYPE_CHECKING, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING
 
 from enclave_build.contract.schema import Problem
 
@@ -148,8 +149,8 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
             await asyncio.to_thread(grpc_server.stop, 0)
 
 
-async def drain(config: ServerConfig, engine: Engine, grpc_server: "GRPCServer | None",
-                rest: "RESTServer | None") -> int:
+async def drain(config: ServerConfig, engine: Engine, grpc_server: GRPCServer | None,
+                rest: RESTServer | None) -> int:
     """Readiness false, listeners closed; at ``drain_seconds`` every request still queued fails
     (:meth:`Engine.stop_admitting`); running requests get FINISH_SECONDS more. Returns the REST
     requests cut off."""
@@ -163,7 +164,7 @@ async def drain(config: ServerConfig, engine: Engine, grpc_server: "GRPCServer |
     everything = asyncio.ensure_future(asyncio.gather(*waits))
     try:
         await asyncio.wait_for(asyncio.shield(everything), config.drain_seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         failed = engine.stop_admitting(
             f"server shutting down: the drain deadline (drain_seconds {config.drain_seconds:g}"
             " s) has passed")

@@ -63,7 +63,7 @@ class AttestedServer:
         return self.identity.mr_signer
 
 
-def differences(build: EnclaveIdentity, pin: str, quote) -> list[str]:  # noqa: ANN001
+def differences(build: EnclaveIdentity, pin: str, quote) -> list[str]:
     """How a verified quote (mr_enclave, mr_signer, isv_prod_id, isv_svn, debug) differs from
     *build* under *pin*; empty when it matches."""
     found = []

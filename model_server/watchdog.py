@@ -8,13 +8,13 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("model_server")
 
 
 class Deadline:
-    __slots__ = ("due", "action", "fired", "disarmed")
+    __slots__ = ("action", "disarmed", "due", "fired")
 
     def __init__(self, due: float, action: Callable[[], object]) -> None:
         self.due = due

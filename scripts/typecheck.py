@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from package_tree import link_tree, package_dirs   # next to this script (sys.path[0])
+from package_tree import link_tree, package_dirs  # next to this script (sys.path[0])
 
 REPO = Path(__file__).resolve().parent.parent
 

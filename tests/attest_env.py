@@ -111,10 +111,19 @@ class Platform:
               debug: bool = False, flags: int | None = None) -> bytes:
         import struct
 
-        from enclave_build.attestation.quote import (FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT, EnclaveReport,
-                                       signed_part)
-        from enclave_build.attestation.synthetic import PLATFORM_CPU_SVN, PLATFORM_PCE_SVN, QE_ISVSVN, \
-            raw_signature
+        from enclave_build.attestation.quote import (
+            FLAG_DEBUG,
+            FLAG_INIT,
+            FLAG_MODE64BIT,
+            EnclaveReport,
+            signed_part,
+        )
+        from enclave_build.attestation.synthetic import (
+            PLATFORM_CPU_SVN,
+            PLATFORM_PCE_SVN,
+            QE_ISVSVN,
+            raw_signature,
+        )
         if flags is None:
             flags = FLAG_INIT | FLAG_MODE64BIT | (FLAG_DEBUG if debug else 0)
         attributes = flags.to_bytes(8, "little") + (0xE7).to_bytes(8, "little")

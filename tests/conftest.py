@@ -144,8 +144,8 @@ def write_spec(directory: Path, text: str, name: str = "spec.toml") -> Path:
 
 def image_rootfs(output_dir: Path) -> Path:
     """The root filesystem of the image in a build output (DIR/oci), unpacked for reading."""
-    from enclave_build.builder.image.oci import BlobStore
     from enclave_build.builder.cache import cache_root
+    from enclave_build.builder.image.oci import BlobStore
     from enclave_build.builder.image.sources import read_oci_layout
     from enclave_build.builder.image.unpack import unpacked_rootfs
 

@@ -12,9 +12,9 @@ from enclave_build.model_server.config import Limits, ModelConfig
 from enclave_build.model_server.core import Engine, LoadedModel
 from enclave_build.model_server.metrics import Metrics
 from enclave_build.model_server.rest import RESTServer
+from tests.ms_backends import NO_SOURCE
 
 from .test_model_server import EchoBackend
-from tests.ms_backends import NO_SOURCE
 
 #: A JSON inference request for the echo model (x: FP32 [1, 2]).
 INFER = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]}]}'

@@ -30,8 +30,13 @@ from cryptography.hazmat.primitives import serialization
 from enclave_build.attestation.measurements import Measurements
 from enclave_build.attestation.occlum_ra import CONFIG_SVN_OFFSET, PeerIdentity, RaConfig
 from enclave_build.attestation.ratls import extract_evidence
-from enclave_build.attestation.verify import (QuoteRejected, TcbPolicy, VerificationCache,
-                                              VerifiedQuote, verify_quote)
+from enclave_build.attestation.verify import (
+    QuoteRejected,
+    TcbPolicy,
+    VerificationCache,
+    VerifiedQuote,
+    verify_quote,
+)
 from enclave_build.attestation.wire import HEADER_LEN, REQUEST, parse_header, recv_exact
 
 
@@ -73,7 +78,7 @@ def fetch_secret(host: str, port: int, ca_cert: str | Path, ratls_cert: x509.Cer
             if len(secret) != size:
                 raise ProvisioningError("truncated secret")
             return secret
-    except (ssl.SSLError, ConnectionError, socket.timeout) as exc:
+    except (TimeoutError, ssl.SSLError, ConnectionError) as exc:
         raise ProvisioningError(f"TLS with {host}:{port} failed: {exc}") from None
     finally:
         raw.close()

@@ -88,7 +88,7 @@ class Keys:
     secret_port: int = field(default_factory=free_port)
 
     @classmethod
-    def make(cls, directory: Path, signing_key: Path) -> "Keys":
+    def make(cls, directory: Path, signing_key: Path) -> Keys:
         directory.mkdir(parents=True, exist_ok=True)
         ca, cert, key = tls_ca_and_server(directory)
         pki_dir = directory / "pki"
@@ -194,7 +194,7 @@ def start_run(build_dir: Path, keys: Keys, *, env: dict | None = None,
     process = Process(proc, out)
     if match is None:
         return process, None
-    host = lambda h: "127.0.0.1" if h in ("0.0.0.0", "::") else h  # noqa: E731
+    host = lambda h: "127.0.0.1" if h in ("0.0.0.0", "::") else h
     return process, Served(process, f"{host(match[1])}:{match[2]}", f"{host(match[3])}:{match[4]}")
 
 

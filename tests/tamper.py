@@ -10,8 +10,8 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 Edit = bytes | Callable[[bytes], bytes]
 

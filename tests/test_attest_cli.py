@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from enclave_build.attestation import upload
+from enclave_build.attestation.config import load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.server import SecretServer
-from enclave_build.attestation.config import load_config
 from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, identity, make_env
@@ -141,7 +141,7 @@ def test_upload_protocol_refusals(settings, tmp_path):
     _, store, outcome = _serve(settings, request, _der(stranger))
     assert not outcome.allowed and "not one of the owners" in outcome.reason
     assert store.names() == []
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
     _, _, outcome = _serve(settings, request, _der(cert), now=later)
     assert "is not valid now" in outcome.reason
     _, _, outcome = _serve(settings, request[:-3], _der(cert))

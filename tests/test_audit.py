@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-from enclave_build.attestation.server.audit import (AttestedIdentity, AuditLog,
-                                                    ConnectionEvent, Reloaded, Started,
-                                                    Stopped, WorkerExited)
+from enclave_build.attestation.server.audit import (
+    AttestedIdentity,
+    AuditLog,
+    ConnectionEvent,
+    Reloaded,
+    Started,
+    Stopped,
+    WorkerExited,
+)
 
-MOMENT = dt.datetime(2026, 12, 7, 10, 30, 5, 123456, tzinfo=dt.timezone.utc)
+MOMENT = dt.datetime(2026, 12, 7, 10, 30, 5, 123456, tzinfo=dt.UTC)
 TIME = '{"time": "2026-12-07T10:30:05.123+00:00", '
 IDENTITY = AttestedIdentity("aa" * 32, "bb" * 32, 1, 2, "UpToDate", ("INTEL-SA-1",))
 IDENTITY_JSON = (f'"mr_enclave": "{"aa" * 32}", "mr_signer": "{"bb" * 32}", "isv_prod_id": 1, '

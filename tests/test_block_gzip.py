@@ -13,8 +13,12 @@ import zlib
 
 import pytest
 
-from enclave_build.builder.image.block_gzip import (BLOCK, BlockGzipWriter, deflate_block,
-                                                    is_incompressible)
+from enclave_build.builder.image.block_gzip import (
+    BLOCK,
+    BlockGzipWriter,
+    deflate_block,
+    is_incompressible,
+)
 
 
 def _gzip(data: bytes, workers: int, pieces: int = 7) -> bytes:

@@ -20,8 +20,12 @@ from enclave_build.attestation.config import load_config
 from enclave_build.attestation.server import startup_warnings
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
 from enclave_build.attestation.verify import QuoteRejected, verify_quote_signature
-from enclave_build.builder.secrets_config import (CollateralRootError, ServerSide,
-                                                  check_collateral_root, compose_config)
+from enclave_build.builder.secrets_config import (
+    CollateralRootError,
+    ServerSide,
+    check_collateral_root,
+    compose_config,
+)
 
 from .conftest import optional_vectors, run_cli
 

@@ -16,17 +16,44 @@ from enclave_build.contract.identity import EnclaveIdentity, mr_signer_of
 from enclave_build.contract.locate import JsonLocator, KeyLocator
 from enclave_build.contract.measurements import ImageRef, Measurements, MeasurementsError
 from enclave_build.contract.policy_fragment import PolicyFragment, PolicyFragmentError
-from enclave_build.contract.secrets_config import (AttestationSettings, SecretRule,
-                                                   SecretsConfig, SecretsConfigError,
-                                                   ServerSettings, UploadSettings)
-from enclave_build.contract.server_config import (ConfigError, KeysConfig, Limits, Listener,
-                                                  ModelConfig, ServerConfig, ServerTrustConfig,
-                                                  TLSConfig)
-from enclave_build.contract.service_info import (EnclaveInfo, Health, RunAs, ServiceInfo,
-                                                 ServiceInfoError, ServicePort)
-from enclave_build.contract.size import (CLI_SIZE, GRAMINE_SIZE, HUMAN_SIZE, K8S_BYTES,
-                                         K8S_MEMORY, OCCLUM_JSON_SIZE, OCCLUM_SIZE, SPEC_SIZE,
-                                         Size, SizeError)
+from enclave_build.contract.secrets_config import (
+    AttestationSettings,
+    SecretRule,
+    SecretsConfig,
+    SecretsConfigError,
+    ServerSettings,
+    UploadSettings,
+)
+from enclave_build.contract.server_config import (
+    ConfigError,
+    KeysConfig,
+    Limits,
+    Listener,
+    ModelConfig,
+    ServerConfig,
+    ServerTrustConfig,
+    TLSConfig,
+)
+from enclave_build.contract.service_info import (
+    EnclaveInfo,
+    Health,
+    RunAs,
+    ServiceInfo,
+    ServiceInfoError,
+    ServicePort,
+)
+from enclave_build.contract.size import (
+    CLI_SIZE,
+    GRAMINE_SIZE,
+    HUMAN_SIZE,
+    K8S_BYTES,
+    K8S_MEMORY,
+    OCCLUM_JSON_SIZE,
+    OCCLUM_SIZE,
+    SPEC_SIZE,
+    Size,
+    SizeError,
+)
 
 from .conftest import REPO
 

@@ -10,14 +10,25 @@ import pytest
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.occlum_ra import RaConfig, SgxMeasurement
 from enclave_build.attestation.policy import Policy
-from enclave_build.contract.secrets_config import SecretRule
-from enclave_build.attestation.quote import (FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT,
-                                             FLAG_PROVISION_KEY)
-from enclave_build.attestation.server.decide import (AccessPolicy, ByName, ByServerName,
-                                                     Decision, Refusal, Unverified,
-                                                     check_client, decide)
+from enclave_build.attestation.quote import (
+    FLAG_DEBUG,
+    FLAG_INIT,
+    FLAG_MODE64BIT,
+    FLAG_PROVISION_KEY,
+)
+from enclave_build.attestation.server.decide import (
+    AccessPolicy,
+    ByName,
+    ByServerName,
+    Decision,
+    Refusal,
+    Unverified,
+    check_client,
+    decide,
+)
 from enclave_build.attestation.verify import TcbPolicy
 from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.secrets_config import SecretRule
 
 from .attest_env import verified_evidence
 

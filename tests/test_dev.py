@@ -26,8 +26,13 @@ from enclave_build.builder import build_stamp
 from enclave_build.builder.build import build, load, make_plan
 from enclave_build.builder.dev import local_secrets
 from enclave_build.builder.dev.processes import ManagedProcess, wait_until
-from enclave_build.builder.dev.requests import (ModelMetadata, TensorSpec,
-                                                generated_request, output_digest, read_input)
+from enclave_build.builder.dev.requests import (
+    ModelMetadata,
+    TensorSpec,
+    generated_request,
+    output_digest,
+    read_input,
+)
 from enclave_build.builder.dev.session import DevError, check_ports_free
 from enclave_build.builder.dev.snippets import curl_infer, tritonclient_snippet
 from enclave_build.builder.errors import UsageError
@@ -37,10 +42,9 @@ from enclave_build.builder.init import init_project, model_name
 from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.builder.spec import load_spec
 from enclave_build.builder.spec_file import spec_file
-from enclave_build.contract.service_info import Health, RunAs, ServiceInfo, ServicePort, EnclaveInfo
+from enclave_build.contract.service_info import EnclaveInfo, Health, RunAs, ServiceInfo, ServicePort
 
 from .conftest import run_cli, tflite_bytes
-
 
 # --------------------------------------------------------------------------- staleness
 
@@ -118,7 +122,7 @@ def test_a_local_base_changes_the_inputs_a_registry_reference_does_not_look(tmp_
 def test_the_pki_is_made_once_and_kept_until_it_would_expire(tmp_path):
     notes: list[str] = []
     directory = tmp_path / "pki"
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     local_secrets.ensure_pki(directory, notes.append, now=lambda: now)
     root = (directory / "root.pem").read_bytes()
     assert len(notes) == 1 and "SYNTHETIC" in notes[0]

@@ -29,8 +29,15 @@ import pytest
 
 from enclave_build.builder.dev.requests import output_digest
 
-from .dev_env import (expected_digest, free_ports, kill_user_processes, make_ir_model,
-                      port_free, processes_mentioning, set_ports)
+from .dev_env import (
+    expected_digest,
+    free_ports,
+    kill_user_processes,
+    make_ir_model,
+    port_free,
+    processes_mentioning,
+    set_ports,
+)
 from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration

@@ -224,7 +224,7 @@ def test_the_real_http_probe_on_loopback():
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(200 if self.path.endswith("/rootcacrl") else 404)
             self.end_headers()
 

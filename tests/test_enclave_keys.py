@@ -4,8 +4,8 @@ installed in a fake /dev/attestation/keys or kept in memory to decrypt protected
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
+import hashlib
 import os
 import shutil
 import stat
@@ -92,7 +92,7 @@ def _allowed_since(env, before: int, want: int) -> list[dict]:
     """The 'allow' audit lines after the first *before* lines, once there are *want* of them
     (or the wait timed out): the client has its key as soon as it read the reply, and the
     server writes its line when it ends the connection, a moment later."""
-    allowed = lambda records: [r for r in records if r.get("decision") == "allow"]  # noqa: E731
+    allowed = lambda records: [r for r in records if r.get("decision") == "allow"]
     return allowed(settled_audit(env.directory / "audit.jsonl",
                                  lambda records: len(allowed(records)) >= want, since=before))
 
@@ -104,7 +104,7 @@ def _mark(env) -> int:
 def _denial_since(env, since: int) -> dict:
     """The one 'deny' line after the first *since* lines, once the server has written it: a
     refused client has the refusal a moment before the server writes the line."""
-    has_deny = lambda records: any(r.get("decision") == "deny" for r in records)  # noqa: E731
+    has_deny = lambda records: any(r.get("decision") == "deny" for r in records)
     records = settled_audit(env.directory / "audit.jsonl", has_deny, since=since)
     denied = [r for r in records if r.get("decision") == "deny"]
     assert len(denied) == 1, records

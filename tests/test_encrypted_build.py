@@ -9,8 +9,6 @@ import shutil
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from enclave_build.builder.gramine import protected_files as pf
 
 from .conftest import image_rootfs, run_cli, write_spec

@@ -9,9 +9,9 @@ import pytest
 
 from enclave_build.attestation.measurements import Measurements, MeasurementsError
 from enclave_build.attestation.occlum_ra import RaConfig, RaConfigError
+from enclave_build.builder.deploy.quantity import cpu_millis, memory_bytes
 from enclave_build.builder.errors import UsageError
 from enclave_build.builder.image.reference import parse_registry_ref
-from enclave_build.builder.deploy.quantity import cpu_millis, memory_bytes
 from enclave_build.builder.occlum import rules
 from enclave_build.contract.schema import parse_size
 

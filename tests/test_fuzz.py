@@ -19,12 +19,14 @@ import tarfile
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tests.ms_backends import NO_SOURCE
 
 #: examples per target in the test suite (each target stays within a few seconds)
@@ -136,7 +138,7 @@ def check_layers(case: tuple) -> None:
 # ------------------------------------------------------------------ quotes and RA-TLS
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pki():
     from enclave_build.attestation.synthetic import SyntheticPKI
 
@@ -144,7 +146,7 @@ def _pki():
     return pki, pki.collateral_json()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _quote() -> bytes:
     pki, _ = _pki()
     return pki.quote(hashlib.sha256(b"e").digest(), hashlib.sha256(b"s").digest(),
@@ -174,7 +176,7 @@ def check_quote(mutation: tuple) -> None:
         assert raw == _quote(), "a mutated quote verified"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ratls(fmt: str):
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -232,7 +234,7 @@ def check_ratls(case: tuple) -> None:
 _PF_KEY = bytes(range(16))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pf_file() -> bytes:
     from enclave_build.attestation.protected_files import encrypt_bytes
 
@@ -263,12 +265,17 @@ def check_pf(mutation: tuple) -> None:
 # ------------------------------------------------------------------ SIGSTRUCT
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sigstruct() -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-    from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT, SigDate, Sigstruct, SigstructBody
+    from enclave_build.builder.gramine.sigstruct import (
+        ARCH_LAYOUT,
+        SigDate,
+        Sigstruct,
+        SigstructBody,
+    )
 
     key = rsa.generate_private_key(public_exponent=3, key_size=3072)
     body = SigstructBody(hashlib.sha256(b"x").digest(), SigDate(2026, 1, 1), 1, 2, 0x4, 0x3,
@@ -284,7 +291,12 @@ _UNCHECKED = set(range(1028, 1040))
 
 
 def check_sigstruct(mutation: tuple) -> None:
-    from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT, Sigstruct, SigstructError, describe
+    from enclave_build.builder.gramine.sigstruct import (
+        ARCH_LAYOUT,
+        Sigstruct,
+        SigstructError,
+        describe,
+    )
 
     COUNTS["SIGSTRUCT parsing"] += 1
     base = _sigstruct()
@@ -340,15 +352,21 @@ class _Registry:
     def __init__(self, body: bytes):
         self.body = body
 
-    def request(self, method, url, headers=None, **kwargs):  # noqa: ANN001
+    def request(self, method, url, headers=None, **kwargs):
         if "/manifests/" in url:
             return _Answer(200, self.body, "application/vnd.oci.image.index.v1+json")
         return _Answer(404)
 
 
 def check_manifest(body: bytes) -> None:
-    from enclave_build.builder.image.oci import (BlobStore, ImageError, parse_config, parse_index,
-                                   parse_json_object, parse_manifest)
+    from enclave_build.builder.image.oci import (
+        BlobStore,
+        ImageError,
+        parse_config,
+        parse_index,
+        parse_json_object,
+        parse_manifest,
+    )
     from enclave_build.builder.image.reference import RegistryRef
     from enclave_build.builder.image.registry import RegistryClient
 
@@ -402,7 +420,7 @@ def _rest_requests() -> list[bytes]:
 _RESPONSE = re.compile(rb"HTTP/1\.1 (\d{3}) [^\r\n]*\r\n((?:[^\r\n]+\r\n)*)\r\n")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rest_server():
     """One REST server on 127.0.0.1 for the whole run (echo and BYTES models)."""
     import atexit

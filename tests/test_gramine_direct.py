@@ -15,13 +15,21 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
-from enclave_build.builder.run.gramine_direct import (DirectLaunch, LaunchError, command, has_gramine_direct,
-                                        resolve_user, run, start, wait_forwarding)
+from enclave_build.builder.run.gramine_direct import (
+    DirectLaunch,
+    LaunchError,
+    command,
+    has_gramine_direct,
+    resolve_user,
+    run,
+    start,
+    wait_forwarding,
+)
 from enclave_build.builder.run.rootfs import private_root
 
 pytestmark = pytest.mark.integration

@@ -249,7 +249,7 @@ def _closed_by_server(sock: socket.socket, seconds: float) -> bool:
     try:
         while sock.recv(4096):
             pass
-    except socket.timeout:
+    except TimeoutError:
         return False
     except OSError:
         pass

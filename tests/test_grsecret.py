@@ -31,10 +31,19 @@ from enclave_build.attestation import grsecret
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.occlum_ra import RaConfig, RaConfigError
-from enclave_build.attestation.quote_source import (SIMULATED_QUOTER_ENV, QuoteSourceError, device_source,
-                                      discover)
-from enclave_build.attestation.ratls import (CCZOO_OID, OCCLUM_SUBJECT, create_certificate, extract_evidence,
-                               server_certificate)
+from enclave_build.attestation.quote_source import (
+    SIMULATED_QUOTER_ENV,
+    QuoteSourceError,
+    device_source,
+    discover,
+)
+from enclave_build.attestation.ratls import (
+    CCZOO_OID,
+    OCCLUM_SUBJECT,
+    create_certificate,
+    extract_evidence,
+    server_certificate,
+)
 from enclave_build.attestation.server import SecretServer, ServerError, startup_warnings
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
 from enclave_build.attestation.synthetic import SyntheticPKI
@@ -42,8 +51,13 @@ from enclave_build.attestation.verify import QuoteRejected
 from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
-from .secret_client import (PeerRejected, attest_endpoint, decode_secret, fetch_secret,
-                            verify_peer_certificate)
+from .secret_client import (
+    PeerRejected,
+    attest_endpoint,
+    decode_secret,
+    fetch_secret,
+    verify_peer_certificate,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +119,7 @@ def _mark(env) -> int:
 def _reason_since(env, since: int, text: str) -> list[dict]:
     """The lines after the first *since* whose reason contains *text*, once there is one (the
     server may write a line a moment after the client has seen the end of its call)."""
-    matching = lambda r: text in r.get("reason", "")  # noqa: E731
+    matching = lambda r: text in r.get("reason", "")
     return [r for r in _audit(env, since, lambda rs: any(map(matching, rs))) if matching(r)]
 
 
@@ -164,7 +178,7 @@ class Client:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -184,7 +198,7 @@ def test_right_enclave_gets_its_key(server, env, ratls_stubs):
         # As Occlum's server sends it: base64 text in double quotes.
         assert reply.secret == '"' + base64.b64encode(env.secrets["face"]).decode() + '"'
         assert client.get("face-key") == env.secrets["face"]   # same connection, again
-    of_calls = lambda records: [r for r in records  # noqa: E731
+    of_calls = lambda records: [r for r in records
                                 if r.get("protocol") == "grsecret" and r.get("secret")]
     calls = of_calls(_audit(env, since, lambda records: len(of_calls(records)) >= 2))
     assert len(calls) == 2, calls   # one line per call
@@ -502,7 +516,7 @@ def test_worker_processes_serve_grsecret(env, quoter, ratls_stubs, tmp_path):
 # --------------------------------------------------------------------------- server identity
 
 def test_server_certificate_formats(env):
-    make = lambda rd: env.pki.quote(SERVER_MR_ENCLAVE, MR_SIGNER, rd, 7, 3)  # noqa: E731
+    make = lambda rd: env.pki.quote(SERVER_MR_ENCLAVE, MR_SIGNER, rd, 7, 3)
     cert_pem, key_pem = server_certificate("occlum", make)
     cert = x509.load_pem_x509_certificate(cert_pem)
     key = serialization.load_pem_private_key(key_pem, None)

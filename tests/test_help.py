@@ -66,7 +66,7 @@ def test_every_option_is_explained(path):
     command = COMMANDS[path]
     for param in command.params:
         if isinstance(param, click.Option) and not param.hidden and param.name != "help":
-            assert (param.help or "").strip() or param.is_flag and param.name == "version", \
+            assert (param.help or "").strip() or (param.is_flag and param.name == "version"), \
                 f"{path} {param.opts[0]}: option without help text"
 
 

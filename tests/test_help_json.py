@@ -12,8 +12,6 @@ from pathlib import Path
 import click
 import pytest
 
-from enclave_build.builder.cli import main
-
 from .conftest import run_cli, tflite_bytes, write_spec
 from .test_help import COMMANDS, _help
 

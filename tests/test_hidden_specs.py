@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 
 from enclave_build.builder.build import build, load, make_plan
-from enclave_build.plugin import SERVER_CONFIG
 from enclave_build.builder.spec import SpecError
+from enclave_build.plugin import SERVER_CONFIG
 
 from . import serving_env as se
 from .conftest import tflite_bytes
@@ -135,7 +135,7 @@ def test_openvino_models_the_runtime_cannot_open_are_located_spec_errors(
 def test_tflite_model_directory_is_a_located_spec_error(tmp_path, signing_key):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "m.tflite").write_bytes(tflite_bytes())
-    spec = _spec(tmp_path / "p", f'[service]\nname = "t"\nframework = "tflite"\n\n'
+    spec = _spec(tmp_path / "p", '[service]\nname = "t"\nframework = "tflite"\n\n'
                                  + _model("m", tmp_path / "models")
                                  + f'[signing]\nkey = "{signing_key}"\n')
     with pytest.raises(SpecError, match=r"spec\.toml:7: models\[0\]\.path: .* is a directory; "

@@ -202,7 +202,7 @@ def test_same_project_in_two_directories_gives_identical_output_bytes(tmp_path, 
 
 def image_config(output: Path) -> bytes:
     index = json.loads((output / "oci/index.json").read_bytes())
-    blob = lambda digest: (output / "oci/blobs/sha256" / digest.split(":", 1)[1]).read_bytes()  # noqa: E731
+    blob = lambda digest: (output / "oci/blobs/sha256" / digest.split(":", 1)[1]).read_bytes()
     manifest = json.loads(blob(index["manifests"][0]["digest"]))
     return blob(manifest["config"]["digest"])
 
@@ -211,8 +211,8 @@ def test_policy_fragment_is_tomli_w_data_with_safe_comments(tmp_path):
     import tomllib
 
     from enclave_build.attestation.measurements import ImageRef, Measurements
-    from enclave_build.contract.identity import EnclaveIdentity
     from enclave_build.builder.plan import EnclaveResources, Mount, MountType, ServicePlan
+    from enclave_build.contract.identity import EnclaveIdentity
 
     plan = ServicePlan("svc", "tflite", "gramine", "b", "svc:1", "/bin/x", ["x"],
                        EnclaveResources(1 << 30, 16),

@@ -12,8 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from enclave_build.builder.image.oci import (OCI_CONFIG, OCI_LAYER, BlobStore, Descriptor, ImageError,
-                               canonical_json, check_digest, oci_manifest, sha256_digest)
+from enclave_build.builder.image.oci import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    BlobStore,
+    Descriptor,
+    ImageError,
+    canonical_json,
+    check_digest,
+    oci_manifest,
+    sha256_digest,
+)
 from enclave_build.builder.image.sources import read_docker_archive, read_oci_layout
 from enclave_build.builder.image.unpack import apply_layer
 

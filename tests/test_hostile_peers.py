@@ -23,15 +23,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
-from hyperframe.frame import (DataFrame, HeadersFrame, PingFrame, RstStreamFrame,
-                              SettingsFrame)
+from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
 from OpenSSL import SSL
 
 from enclave_build.attestation import grsecret, upload, wire
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
-from enclave_build.attestation.ratls import CCZOO_OID, DICE_OID, LEGACY_OID, EvidenceError, extract_evidence
+from enclave_build.attestation.ratls import (
+    CCZOO_OID,
+    DICE_OID,
+    LEGACY_OID,
+    EvidenceError,
+    extract_evidence,
+)
 from enclave_build.attestation.server import SecretServer, ServerError
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
 from enclave_build.contract.identity import EnclaveIdentity
@@ -43,14 +48,14 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # --------------------------------------------------------------------------- certificates
 
-def _spki(key) -> bytes:  # noqa: ANN001
+def _spki(key) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.DER,
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _cert(key, extensions) -> x509.Certificate:  # noqa: ANN001
+def _cert(key, extensions) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RATLS")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - dt.timedelta(hours=1))
@@ -61,12 +66,12 @@ def _cert(key, extensions) -> x509.Certificate:  # noqa: ANN001
                         else hashes.SHA256())
 
 
-def _bound_quote(pki, key, service="face") -> bytes:  # noqa: ANN001
+def _bound_quote(pki, key, service="face") -> bytes:
     return pki.quote(identity(service), MR_SIGNER, hashlib.sha256(_spki(key)).digest()
                      + bytes(32), 1, 2)
 
 
-def _duplicated(key, value: bytes) -> x509.Certificate:  # noqa: ANN001
+def _duplicated(key, value: bytes) -> x509.Certificate:
     """A certificate carrying the CCZoo extension twice (cryptography's builder refuses to make
     one, so a second, same-length OID is renamed in the DER and the certificate re-signed)."""
     stand_in = x509.ObjectIdentifier("1.2.840.113741.2")
@@ -448,7 +453,7 @@ def test_the_server_refuses_renegotiation(server, env, tmp_path):
 class _HostileUploadServer:
     """A TLS server (the env's CA-signed certificate) that answers an upload as told."""
 
-    def __init__(self, env, answer):  # noqa: ANN001
+    def __init__(self, env, answer):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(env.directory / "server.crt", env.directory / "server.key")
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -477,7 +482,7 @@ class _HostileUploadServer:
 
 @pytest.mark.integration
 def test_a_dripping_server_cannot_hold_the_upload_past_its_timeout(env):
-    def drip(tls):  # noqa: ANN001
+    def drip(tls):
         for byte in upload.answer(True, "stored 1 key(s): up-key"):   # 59 bytes: ~6 s
             tls.sendall(bytes([byte]))
             time.sleep(0.1)
@@ -531,13 +536,13 @@ class _RecordingListener(socket.socket):
 
     accepted: list[socket.socket]
 
-    def accept(self):  # noqa: ANN201
+    def accept(self):
         sock, peer = super().accept()
         self.accepted.append(sock.dup())
         return sock, peer
 
 
-def _recording_listen(accepted: list[socket.socket]):  # noqa: ANN202
+def _recording_listen(accepted: list[socket.socket]):
     def listen(host: str, port: int) -> socket.socket:
         sock = _RecordingListener(socket.AF_INET, socket.SOCK_STREAM)
         sock.accepted = accepted

@@ -16,8 +16,15 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT, SigDate, Sigstruct, SigstructBody
 from enclave_build.builder.image.assemble import LABEL_PREFIX
 from enclave_build.builder.image.inspect import inspect_image
-from enclave_build.builder.image.oci import (OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, BlobStore, Descriptor,
-                               canonical_json, oci_manifest)
+from enclave_build.builder.image.oci import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    BlobStore,
+    Descriptor,
+    canonical_json,
+    oci_manifest,
+)
 
 from .conftest import run_cli
 

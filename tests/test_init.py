@@ -12,11 +12,16 @@ import pytest
 
 from enclave_build.builder.errors import UsageError
 from enclave_build.builder.gramine.signer import PemSigner
-from enclave_build.builder.init import (MODEL_PLACEHOLDER, init_project, installed_frameworks,
-                          render_section, size_text)
+from enclave_build.builder.init import (
+    MODEL_PLACEHOLDER,
+    init_project,
+    installed_frameworks,
+    render_section,
+    size_text,
+)
 from enclave_build.builder.plugins import PluginRegistry
-from enclave_build.contract.schema import Field, Section
 from enclave_build.builder.spec import SpecError, load_spec
+from enclave_build.contract.schema import Field, Section
 
 from .conftest import run_cli, tflite_bytes
 

@@ -26,14 +26,15 @@ from click.testing import CliRunner
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.builder.build import load, make_plan, policy_fragment
 from enclave_build.builder.cli import main
+from enclave_build.builder.deploy.service_info import ServiceInfo, ServiceInfoError, service_info
 from enclave_build.builder.k8s import capacity, timing
 from enclave_build.builder.k8s.generate import Overrides, generate_k8s, render
 from enclave_build.builder.k8s.inputs import K8sError, pinned_image
 from enclave_build.builder.k8s.layout import MARKER, OVERLAY, Manifests
-from enclave_build.builder.deploy.service_info import ServiceInfo, ServiceInfoError, service_info
-from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.builder.spec import SpecError
 from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.names import SERVICE_FILE
+
 from .conftest import tflite_bytes
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")

@@ -22,12 +22,12 @@ from cryptography.x509.oid import NameOID
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.builder.build import load, make_plan
 from enclave_build.builder.cli import main
+from enclave_build.builder.deploy.service_info import ServiceInfo, service_info
 from enclave_build.builder.k8s.autoscaling import LATENCY, adapter_helm_values, adapter_rules
 from enclave_build.builder.k8s.generate import render
 from enclave_build.builder.k8s.inputs import K8sError
-from enclave_build.builder.deploy.service_info import ServiceInfo, service_info
-from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.names import SERVICE_FILE
 from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build, walk
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -88,7 +88,7 @@ def test_an_enclave_that_trusts_only_an_attested_secret_server_gets_none_in_clus
     _server_measurements(tmp_path / "examples" / "keys" / "keys.measurements.json")
     out = make_build(
         tmp_path, "tflite",
-        deploy=DEPLOY.replace(f'secret_server_image = "', '# secret_server_image = "'),
+        deploy=DEPLOY.replace('secret_server_image = "', '# secret_server_image = "'),
         replace={'ca = "../keys/demo-ca.pem"':
                  'server_measurements = ["../keys/keys.measurements.json"]\n'
                  'server_pin = "mr_signer"\n'
@@ -191,7 +191,7 @@ def test_an_occlum_pod_quotes_in_its_enclave_container(tmp_path):
 def _owner_cert(path: Path) -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "owner")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(1)
             .not_valid_before(now - dt.timedelta(minutes=5))

@@ -325,8 +325,8 @@ def test_hash_cache_stores_non_utf8_paths(tmp_path):
 def test_non_utf8_name_in_the_base_is_named_not_a_traceback(tmp_path, standin_root,
                                                            signing_key):
     """A trusted directory of the base holding a file whose name is not UTF-8."""
-    from enclave_build.builder.errors import EnclaveBuildError
     from enclave_build.builder.build import build
+    from enclave_build.builder.errors import EnclaveBuildError
 
     root = tmp_path / "rootfs"
     shutil.copytree(standin_root, root, symlinks=True)

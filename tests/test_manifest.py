@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from enclave_build.builder.gramine.manifest_schema import REMOVED, ManifestSchemaError, check_manifest
+from enclave_build.builder.gramine.manifest_schema import (
+    REMOVED,
+    ManifestSchemaError,
+    check_manifest,
+)
 from enclave_build.plugin import SERVER_PYTHONPATH
 
 from .conftest import tflite_bytes, write_spec

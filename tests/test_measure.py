@@ -8,8 +8,13 @@ import struct
 
 import pytest
 
-from enclave_build.builder.gramine.measure import (EnclaveAttributes, MeasureError, PalImage,
-                                     measure_enclave, parse_size)
+from enclave_build.builder.gramine.measure import (
+    EnclaveAttributes,
+    MeasureError,
+    PalImage,
+    measure_enclave,
+    parse_size,
+)
 from enclave_build.builder.gramine.offsets import Offsets, OffsetsError
 from enclave_build.builder.standin import _OFFSETS, standin_elf
 
@@ -30,7 +35,7 @@ def _reference(manifest: bytes, attrs: EnclaveAttributes, pal: PalImage) -> byte
                 h.update(struct.pack("<8sQ48s", b"EEXTEND", addr + i, b""))
                 h.update(content[i:i + 256])
 
-    up = lambda n: (n + PAGE - 1) // PAGE * PAGE  # noqa: E731
+    up = lambda n: (n + PAGE - 1) // PAGE * PAGE
     t = attrs.max_threads
     mem = manifest + b"\0"
     sizes = [("manifest", up(len(mem)), 0x201), ("ssa", t * 0x8000, 0x203),

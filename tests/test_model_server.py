@@ -13,11 +13,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from enclave_build.model_server import datatypes, protocol as pb
-from enclave_build.model_server.backends import (Backend, BackendError, TensorSpec, from_numpy_dtype,
-                                   load_backend_class, to_numpy_dtype)
-from enclave_build.model_server.config import ConfigError, Limits, ModelConfig, parse_config
+from enclave_build.model_server import datatypes
+from enclave_build.model_server import protocol as pb
 from enclave_build.model_server.admission import InstancePool
+from enclave_build.model_server.backends import (
+    Backend,
+    BackendError,
+    TensorSpec,
+    from_numpy_dtype,
+    load_backend_class,
+    to_numpy_dtype,
+)
+from enclave_build.model_server.config import ConfigError, Limits, ModelConfig, parse_config
 from enclave_build.model_server.core import LoadedModel, ServeError
 from enclave_build.model_server.metrics import Metrics
 from enclave_build.model_server.rest import decode_infer, encode_infer

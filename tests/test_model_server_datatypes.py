@@ -10,8 +10,14 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from enclave_build.model_server.datatypes import (MAX_RANK, TensorError, TensorTooLarge, from_list, from_raw,
-                                    to_list)
+from enclave_build.model_server.datatypes import (
+    MAX_RANK,
+    TensorError,
+    TensorTooLarge,
+    from_list,
+    from_raw,
+    to_list,
+)
 from tests.ms_backends import NO_SOURCE
 
 HUGE = 100_000_000          # elements: 800 MB of object pointers if allocated from the shape

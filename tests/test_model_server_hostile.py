@@ -5,19 +5,19 @@ small protocol rules (JSON depth, FP32 range, header/URL size, gRPC contents).""
 from __future__ import annotations
 
 import json
-
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from enclave_build.model_server.backends import Backend, InferenceError, TensorSpec
+from enclave_build.model_server.backends import InferenceError
 from enclave_build.model_server.config import ConfigError, Limits, ModelConfig, parse_config
 from enclave_build.model_server.core import ByteBudget, Engine, LoadedModel, ServeError
 from enclave_build.model_server.datatypes import TensorError, from_list
 from enclave_build.model_server.metrics import Metrics
 from enclave_build.model_server.rest import decode_infer
+from tests.ms_backends import NO_SOURCE
 
 from . import models as test_models
 from .rest_env import INFER as _INFER
@@ -26,7 +26,6 @@ from .rest_env import post_request as _post
 from .rest_env import read_all as _read_all
 from .rest_env import wait_until as _wait_until
 from .test_model_server import BASE, EchoBackend, _echo_model
-from tests.ms_backends import NO_SOURCE
 
 # as the server compiles it: f32 (not bfloat16 on CPUs with bf16 units), one thread
 F32_ONE_THREAD = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}

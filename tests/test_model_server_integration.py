@@ -66,7 +66,7 @@ class Server:
                 self.ready.set()
         self.ready.set()
 
-    def wait_ready(self, timeout: float = 30) -> "Server":
+    def wait_ready(self, timeout: float = 30) -> Server:
         assert self.ready.wait(timeout), "".join(self.lines)
         assert self.grpc or self.rest, "server exited:\n" + "".join(self.lines)
         return self
@@ -424,13 +424,14 @@ def test_concurrency_and_queue_bounds(tmp_path, cls_model):
 
 
 def _cert(subject: str, issuer_key, issuer_name, key, ca: bool, san: bool = False):
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     b = (x509.CertificateBuilder().subject_name(name)
          .issuer_name(issuer_name or name).public_key(key.public_key())
          .serial_number(x509.random_serial_number())
@@ -482,7 +483,7 @@ def test_mutual_tls_on_both_listeners(tmp_path, fd_model, pki, image):
              "client_ca": str(pki["ca"])})).wait_ready()
     try:
         assert "(TLS)" in s.stderr
-        rd = lambda k: pki[k].read_bytes()  # noqa: E731
+        rd = lambda k: pki[k].read_bytes()
         ok = tgrpc.InferenceServerClient(
             s.grpc, ssl=True, root_certificates=str(pki["ca"]), private_key=str(pki["cli_key"]),
             certificate_chain=str(pki["cli"]))

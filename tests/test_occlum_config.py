@@ -23,9 +23,10 @@ from enclave_build.builder.occlum.init_ra import image_key_text
 from enclave_build.builder.occlum.launcher import LAUNCHER
 from enclave_build.builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
 from enclave_build.builder.occlum.spec_section import OcclumPlanOptions, plan_options
-from enclave_build.plugin import SERVER_CONFIG, SERVER_PYTHONPATH
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError, load_spec
+from enclave_build.plugin import SERVER_CONFIG, SERVER_PYTHONPATH
+
 from .conftest import tflite_bytes
 
 REPO = Path(__file__).resolve().parent.parent

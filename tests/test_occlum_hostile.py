@@ -29,9 +29,8 @@ from enclave_build.builder.occlum.spec_section import DebugServerWarning
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError
 
-from .test_occlum_config import (SERVER, _valid_occlum_json, example_spec, plan_of,
-                                 write_spec)
 from .conftest import saved_model_dir, tflite_bytes
+from .test_occlum_config import SERVER, _valid_occlum_json, example_spec, plan_of, write_spec
 
 # tfserving: a framework whose model is a directory (a SavedModel), so the directory's
 # entries are what the backend copies
@@ -371,7 +370,7 @@ def _owner_cert(path: Path) -> None:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "owner")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(1)
             .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))

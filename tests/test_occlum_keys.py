@@ -27,11 +27,10 @@ import pytest
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.policy import Policy, PolicyError
-from enclave_build.contract.secrets_config import SecretRule, hex_dashes
+from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
 from enclave_build.attestation.server import SecretServer, startup_warnings
 from enclave_build.attestation.server.decide import AccessPolicy, ByName, ByServerName, decide
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
-from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
 from enclave_build.attestation.verify import TcbPolicy
 from enclave_build.builder.build import load_wrap_keys, make_plan, policy_fragment
@@ -39,12 +38,14 @@ from enclave_build.builder.occlum import backend
 from enclave_build.builder.occlum.configure import releases
 from enclave_build.builder.occlum.render import KEYS_DIR, OcclumOptions, render
 from enclave_build.builder.plan import KeyDelivery
-from enclave_build.plugin import SERVER_CONFIG
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError, load_spec
 from enclave_build.contract.identity import EnclaveIdentity
-from enclave_build.model_server.config import ROOT_ENV, ConfigError as ServerConfigError, parse_config
+from enclave_build.contract.secrets_config import SecretRule, hex_dashes
+from enclave_build.model_server.config import ROOT_ENV, parse_config
+from enclave_build.model_server.config import ConfigError as ServerConfigError
 from enclave_build.model_server.keys import KeyFetchError, prepare_keys
+from enclave_build.plugin import SERVER_CONFIG
 
 from .attest_env import MR_SIGNER, identity, verified_evidence
 from .conftest import run_cli
@@ -391,8 +392,8 @@ def test_two_occlum_services_share_one_secret_server(tmp_path):
     and a hex-dashes rule, never two raw names; without --grsecret-listen a warning."""
     import warnings as _warnings
 
-    from enclave_build.plugin import SecretRelease
     from enclave_build.builder.secrets_config import SecretsConfigError, ServerSide, compose_config
+    from enclave_build.plugin import SecretRelease
 
     fragments = []
     for service in ("face", "ocr"):

@@ -4,7 +4,6 @@ with INTERNAL / 500; now it is refused at start-up naming the tensor."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

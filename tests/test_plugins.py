@@ -17,9 +17,13 @@ import pytest
 
 import enclave_build
 from enclave_build.builder.errors import EnclaveBuildError
+from enclave_build.builder.plugins import (
+    DEFAULT_PLUGINS,
+    ENTRY_POINT_GROUP,
+    PluginError,
+    PluginRegistry,
+)
 from enclave_build.plugin import Framework, hookimpl
-from enclave_build.builder.plugins import (DEFAULT_PLUGINS, ENTRY_POINT_GROUP, PluginError,
-                                          PluginRegistry)
 
 from .conftest import image_rootfs, model_files, run_cli, tflite_bytes, write_spec
 

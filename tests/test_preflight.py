@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from enclave_build.contract.server_config import (KeysConfig, Listener, ModelConfig,
-                                                  ServerConfig)
+from enclave_build.contract.server_config import KeysConfig, Listener, ModelConfig, ServerConfig
 from enclave_build.model_server import preflight
 from enclave_build.model_server.backends import SERVE_EXTRA, Backend, BackendError, Runtime
 
@@ -36,7 +35,7 @@ C_LOG = ("chttp2", "E0000", "Unable to configure socket", "Address already in us
 class KeyServerStandIn:
     """A listening socket where the secret server would be: counts connections, answers none."""
 
-    def __enter__(self) -> "KeyServerStandIn":
+    def __enter__(self) -> KeyServerStandIn:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)

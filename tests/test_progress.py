@@ -6,9 +6,9 @@ import os
 import re
 import shutil
 import signal
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 

@@ -17,6 +17,7 @@ from enclave_build.builder.elf import LoaderView, closure
 from enclave_build.builder.plan import PythonRuntime
 from enclave_build.builder.python_closure import PythonClosureError, python_closure
 from enclave_build.builder.rootfs import RootFS
+
 from .conftest import tflite_bytes
 
 STDLIB = "/usr/lib/python3.11"

@@ -11,12 +11,17 @@ import pytest
 
 from enclave_build.attestation.quote import Quote
 from enclave_build.attestation.synthetic import SyntheticPKI
-from enclave_build.attestation.verify import (QuoteRejected, TcbPolicy, VerifierConfigError, load_collateral,
-                                verify_quote)
+from enclave_build.attestation.verify import (
+    QuoteRejected,
+    TcbPolicy,
+    VerifierConfigError,
+    load_collateral,
+    verify_quote,
+)
 
 from .conftest import run_cli, vectors_dir
 
-AT = dt.datetime(2025, 6, 25, tzinfo=dt.timezone.utc)
+AT = dt.datetime(2025, 6, 25, tzinfo=dt.UTC)
 REAL_STATUS = "ConfigurationAndSWHardeningNeeded"
 RELAXED = TcbPolicy(frozenset({"UpToDate", REAL_STATUS}))
 
@@ -56,7 +61,7 @@ def test_every_flipped_byte_of_the_real_quote_is_refused(real):
 def test_real_quote_outside_the_collateral_window_is_refused(real):
     quote, collateral, _ = real
     with pytest.raises(QuoteRejected, match="TCBInfo expired"):
-        verify_quote(quote, collateral, now=dt.datetime(2025, 8, 1, tzinfo=dt.timezone.utc),
+        verify_quote(quote, collateral, now=dt.datetime(2025, 8, 1, tzinfo=dt.UTC),
                      policy=RELAXED)
 
 
@@ -121,7 +126,7 @@ def test_expired_collateral_is_refused(pki):
     # CRLs and TCB info share the validity window; whichever is checked first says "expired".
     with pytest.raises(QuoteRejected, match=r"(?i)expired"):
         verify_quote(pki.quote(ME, MS), pki.collateral_json(), root_ca_der=pki.root_der,
-                     now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=60))
+                     now=dt.datetime.now(dt.UTC) + dt.timedelta(days=60))
 
 
 def test_revoked_pck_is_refused():

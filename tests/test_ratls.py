@@ -10,8 +10,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from enclave_build.attestation.ratls import (DICE_OID, DICE_TAG, FORMATS, EvidenceError, create_certificate,
-                               extract_evidence)
+from enclave_build.attestation.ratls import (
+    DICE_OID,
+    DICE_TAG,
+    FORMATS,
+    EvidenceError,
+    create_certificate,
+    extract_evidence,
+)
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.attestation.verify import verify_quote
 
@@ -50,7 +56,7 @@ def test_quote_for_another_key_is_not_bound(pki, fmt):
     stolen = extract_evidence(donor).quote
     if fmt == "tcg-dice":
         value = donor.extensions.get_extension_for_oid(DICE_OID).value.value
-        make = lambda rd: stolen  # noqa: E731
+        make = lambda rd: stolen
         thief, _ = create_certificate(fmt, make)
         with pytest.raises(EvidenceError, match="does not bind the TCG DICE claims"):
             extract_evidence(thief)
@@ -65,7 +71,7 @@ def _cert_with(oid: x509.ObjectIdentifier, value: bytes) -> x509.Certificate:
     import datetime as dt
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "RATLS")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(1).not_valid_before(now)
             .not_valid_after(now + dt.timedelta(days=1))

@@ -18,9 +18,14 @@ import pytest
 
 from enclave_build.builder.errors import UsageError
 from enclave_build.builder.realbase import commands, gramine_apt, openpgp
-from enclave_build.builder.realbase.create import (BaseRecipe, GramineArchive, check,
-                                                   default_requirements, extract_archive,
-                                                   move_console_scripts)
+from enclave_build.builder.realbase.create import (
+    BaseRecipe,
+    GramineArchive,
+    check,
+    default_requirements,
+    extract_archive,
+    move_console_scripts,
+)
 from enclave_build.builder.realbase.gramine_apt import GramineRepository, KeyringError
 from enclave_build.builder.realbase.tools import ToolError, run
 

@@ -23,6 +23,7 @@ import pytest
 
 from enclave_build.model_server.config import ModelConfig
 from enclave_build.model_server.core import LoadedModel
+from tests.ms_backends import NO_SOURCE
 
 from .ms_backends import BytesLength
 from .rest_env import INFER as _INFER
@@ -30,7 +31,6 @@ from .rest_env import RestInThread
 from .rest_env import post_request as _post
 from .rest_env import read_all as _read_all
 from .rest_env import wait_until as _wait_until
-from tests.ms_backends import NO_SOURCE
 
 REPO = Path(__file__).resolve().parent.parent
 HEALTH = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

@@ -13,10 +13,17 @@ from pathlib import Path
 import pytest
 
 from enclave_build.builder.build import build
-from enclave_build.plugin import Framework, base_plan, hookimpl
 from enclave_build.builder.plugins import PluginRegistry
-from enclave_build.builder.run import BANNER, CannotSimulate, RunError, RunOptions, open_build, run_build
+from enclave_build.builder.run import (
+    BANNER,
+    CannotSimulate,
+    RunError,
+    RunOptions,
+    open_build,
+    run_build,
+)
 from enclave_build.builder.run.runner import QUOTER_ENV, ROOT_ENV, choose_mode, process_command
+from enclave_build.plugin import Framework, base_plan, hookimpl
 
 from .conftest import run_cli, write_spec
 

@@ -14,7 +14,6 @@ import ssl
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -55,7 +54,7 @@ def _mark(env) -> int:
 def _denial_since(env, since: int) -> dict:
     """The one 'deny' line after the first *since* lines, once the server has written it (a
     refused client has the refusal a moment before the server writes the line)."""
-    has_deny = lambda records: any(r.get("decision") == "deny" for r in records)  # noqa: E731
+    has_deny = lambda records: any(r.get("decision") == "deny" for r in records)
     denied = [r for r in _audit(env, since, has_deny) if r.get("decision") == "deny"]
     assert len(denied) == 1, denied
     return denied[0]
@@ -63,7 +62,7 @@ def _denial_since(env, since: int) -> dict:
 
 def _reason_since(env, since: int, text: str) -> list[dict]:
     """The lines after the first *since* whose reason contains *text*, once there is one."""
-    matching = lambda r: text in r.get("reason", "")  # noqa: E731
+    matching = lambda r: text in r.get("reason", "")
     return [r for r in _audit(env, since, lambda rs: any(map(matching, rs))) if matching(r)]
 
 
@@ -241,7 +240,7 @@ def _separate(tmp_path, env_kwargs, cert_for, reason, now=None):
 
 
 def test_denied_expired_collateral(tmp_path):
-    later = lambda: dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=90)  # noqa: E731
+    later = lambda: dt.datetime.now(dt.UTC) + dt.timedelta(days=90)
     _separate(tmp_path, {}, lambda e: e.enclave_cert("face"), "xpired", now=later)
 
 
@@ -407,7 +406,7 @@ def test_worker_processes_serve_reload_and_stop(tmp_path):
         assert len(pids) == 2
         for _ in range(12):
             assert _fetch(srv, env, env.enclave_cert("face")) == env.secrets["face"]
-        allowed = lambda records: [r for r in records if r.get("decision") == "allow"]  # noqa: E731
+        allowed = lambda records: [r for r in records if r.get("decision") == "allow"]
         served = allowed(_audit(env, until=lambda records: len(allowed(records)) >= 12))
         assert len(served) == 12
         original = env.config.read_text()

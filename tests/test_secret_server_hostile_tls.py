@@ -26,18 +26,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from hyperframe.frame import (AltSvcFrame, DataFrame, HeadersFrame, PingFrame, SettingsFrame,
-                              WindowUpdateFrame)
+from hyperframe.frame import (
+    AltSvcFrame,
+    DataFrame,
+    HeadersFrame,
+    PingFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 from enclave_build.attestation import grsecret, upload, wire
 from enclave_build.attestation.attest_client import AttestationRefused, Expectation, open_attested
 from enclave_build.attestation.collateral import FileCollateral
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.secrets_config import hex_dashes
 from enclave_build.attestation.quote import Quote, assemble_quote
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.attestation.verify import QuoteRejected, verify_quote
 from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.secrets_config import hex_dashes
 from enclave_build.model_server import keys
 from enclave_build.model_server.config import ServerTrustConfig
 from enclave_build.model_server.server_attest import ServerRefused, ServerVerifier
@@ -55,7 +61,7 @@ class _Hostile:
     of its own; whatever it does ends after *give_up* seconds (so a client without the fix
     fails its test instead of hanging it)."""
 
-    def __init__(self, behave, give_up: float = 8.0):  # noqa: ANN001
+    def __init__(self, behave, give_up: float = 8.0):
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.behave, self.give_up = behave, give_up
@@ -95,7 +101,7 @@ def _dripping_handshake(sock: socket.socket, until: float) -> None:
     _drip(sock, b"\x16\x03\x03\x40\x00" + b"\x02" * 0x4000, until)
 
 
-def _tls_server(env, answer):  # noqa: ANN001, ANN202
+def _tls_server(env, answer):
     """A behaviour: an ordinary TLS server (the env's CA-signed certificate for 127.0.0.1) that
     reads the secret_prov request and then runs *answer(tls, until)*."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -261,13 +267,13 @@ def _quote_with_chain(pki: SyntheticPKI, links: int, chained: bool = True) -> by
     by a key of its own that no certificate holds."""
     base = pki.quote(identity("face"), MR_SIGNER)
     parsed = Quote.parse(base)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     keys_ = [ec.generate_private_key(ec.SECP256R1()) for _ in range(links)]
     strangers = [ec.generate_private_key(ec.SECP256R1()) for _ in range(links)]
     certs = []
     for index in range(links):
         issuer = min(index + 1, links - 1)
-        name = lambda i: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"c{i}")])  # noqa: E731
+        name = lambda i: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"c{i}")])
         certs.append(x509.CertificateBuilder().subject_name(name(index))
                      .issuer_name(name(issuer)).public_key(keys_[index].public_key())
                      .serial_number(index + 1).not_valid_before(now)
@@ -337,7 +343,7 @@ def test_attest_names_the_peer_when_it_resets_mid_handshake(env):
 
 # --------------------------------------------------------------------- the model server's key fetch
 
-def _make_quote(env):  # noqa: ANN001, ANN202
+def _make_quote(env):
     return lambda rd: env.pki.quote(identity("face"), MR_SIGNER, rd, 1, 2)
 
 
@@ -375,7 +381,7 @@ def test_key_fetch_gives_up_on_an_answer_dripped_a_byte_at_a_time(env):
 def test_key_fetch_refuses_an_announced_key_of_the_wrong_size_without_waiting_for_it(env):
     """A server that announces a 60 KB "key" and then holds the connection: refused at the
     header (a wrap key is 16 bytes), not after waiting out the timeout for the body."""
-    def hold(tls, until):  # noqa: ANN001
+    def hold(tls, until):
         tls.sendall(wire.RESPONSE + (60000).to_bytes(4, "big"))
         while time.monotonic() < until:
             time.sleep(0.05)
@@ -514,7 +520,7 @@ def test_upload_refuses_a_name_the_protocol_cannot_carry_before_connecting(env, 
 class _RaTlsEndpoint:
     """A TLS server on 127.0.0.1 presenting *cert* (an RA-TLS certificate) to every client."""
 
-    def __init__(self, tmp_path, cert, key):  # noqa: ANN001
+    def __init__(self, tmp_path, cert, key):
         (tmp_path / "ep.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         (tmp_path / "ep.key").write_bytes(key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

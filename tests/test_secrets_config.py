@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tomllib
 from pathlib import Path
 
@@ -13,8 +12,13 @@ import pytest
 from enclave_build.attestation.config import load_config
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
 from enclave_build.builder.errors import UsageError
-from enclave_build.builder.secrets_config import (SecretsConfigError, ServerSide, compose_config,
-                                    merge_fragments, write_config)
+from enclave_build.builder.secrets_config import (
+    SecretsConfigError,
+    ServerSide,
+    compose_config,
+    merge_fragments,
+    write_config,
+)
 
 from .conftest import run_cli
 
@@ -326,7 +330,7 @@ def test_a_fragment_may_not_name_a_key_outside_its_keys_dir(tmp_path, server_sid
     proc = run_cli(*args)
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
-    assert f"secret 'stolen': key file " in err
+    assert "secret 'stolen': key file " in err
     assert f"outside the fragment's keys directory {own.resolve()} (its build's [secrets] " \
            "keys_dir)" in err and "pass --allow-keys-outside" in err
     assert not (tmp_path / "secrets.toml").exists()
@@ -367,8 +371,8 @@ def test_another_users_key_is_refused_even_inside_keys_dir(tmp_path, server_side
 def test_the_build_writes_its_keys_dir_into_the_fragment(tmp_path):
     from enclave_build.attestation.measurements import ImageRef, Measurements
     from enclave_build.builder.build import policy_fragment
-    from enclave_build.contract.identity import EnclaveIdentity
     from enclave_build.builder.plan import EnclaveResources, ServicePlan
+    from enclave_build.contract.identity import EnclaveIdentity
 
     plan = ServicePlan("svc", "tflite", "gramine", "b", "svc:1", "/bin/x", ["x"],
                        EnclaveResources(1 << 30, 16))

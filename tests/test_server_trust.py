@@ -20,17 +20,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.ratls import server_certificate
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.builder.build import load, make_plan
-from enclave_build.plugin import SERVER_CONFIG
-from enclave_build.builder.server_trust import (TRUST_COLLATERAL, TRUST_ROOT, RelaxedServerTcbWarning,
-                                  SyntheticServerRootWarning)
+from enclave_build.builder.server_trust import (
+    TRUST_COLLATERAL,
+    TRUST_ROOT,
+    RelaxedServerTcbWarning,
+    SyntheticServerRootWarning,
+)
 from enclave_build.builder.spec import SpecError
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.model_server.config import ConfigError, ServerTrustConfig, parse_config
 from enclave_build.model_server.server_attest import ServerRefused, ServerVerifier
+from enclave_build.plugin import SERVER_CONFIG
 
 from .conftest import tflite_bytes
 
@@ -352,7 +355,7 @@ def test_verifier_with_intel_root_refuses_synthetic_quotes(pki):
 def test_verifier_refuses_an_ordinary_certificate(pki):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keys.example.com")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(1).not_valid_before(now)
             .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))

@@ -14,7 +14,6 @@ same input bytes); numpy.array_equal, not allclose.
 from __future__ import annotations
 
 import re
-
 import subprocess
 import sys
 from pathlib import Path

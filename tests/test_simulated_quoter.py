@@ -15,8 +15,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.attestation.simulated_quoter import (QuoterError, SimulatedQuoter, WARNING,
-                                          request_quote)
+from enclave_build.attestation.simulated_quoter import (
+    WARNING,
+    QuoterError,
+    SimulatedQuoter,
+    request_quote,
+)
 from enclave_build.attestation.synthetic import PKIError, SyntheticPKI
 from enclave_build.attestation.verify import QuoteRejected, verify_quote
 from enclave_build.contract.identity import EnclaveIdentity

@@ -27,12 +27,12 @@ from enclave_build.builder.build import build
 from enclave_build.builder.gramine.measure import PalImage
 from enclave_build.builder.image.inspect import inspect_image
 from enclave_build.builder.image.verify import EnclaveVerification
-from enclave_build.plugin import Framework, base_plan, hookimpl
 from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.run import RunError, open_build
 from enclave_build.builder.run.gramine_direct import prepare_manifest
 from enclave_build.builder.run.view import ViewError, populate
+from enclave_build.plugin import Framework, base_plan, hookimpl
 
 from .conftest import tflite_bytes, write_spec
 from .tamper import append, replace_text, tamper

@@ -161,7 +161,7 @@ def test_entries_end_at_the_collateral_expiry(setup):
         pass
     assert cache.hits == hits
     # before the moment it was verified at: not from the cache
-    before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     verify_quote(quote, collateral, root_ca_der=pki.root_der, cache=cache, now=before)
     assert cache.hits == hits
 
@@ -170,7 +170,7 @@ def test_an_earlier_crl_next_update_bounds_the_entry(setup):
     """A CRL that must be refreshed sooner than the TCB info ends the entry then, even though
     dcap-qvl still accepts the collateral."""
     pki, platform, _ = setup
-    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
     crl = (x509.CertificateRevocationListBuilder().issuer_name(pki.pck_ca.subject)
            .last_update(pki.not_before).next_update(soon)
            .add_extension(x509.CRLNumber(2), False)

@@ -20,13 +20,14 @@ import heapq
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from OpenSSL import SSL
 
 from enclave_build.contract.secrets_config import ServerSettings
+
 from ..upload import UploadStore
 from .audit import AuditLog, ConnectionEvent
 from .protocol import SecretProtocol, Session
@@ -44,7 +45,7 @@ class Limits:
     timeout: float                   # seconds from accept to close
 
     @classmethod
-    def of(cls, server: ServerSettings) -> "Limits":
+    def of(cls, server: ServerSettings) -> Limits:
         return cls(server.max_connections, server.max_connections_per_peer, server.workers,
                    server.timeout)
 

@@ -14,8 +14,8 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..verify import VerifiedQuote
 
@@ -34,7 +34,7 @@ class AttestedIdentity:
     advisories: tuple[str, ...]
 
     @classmethod
-    def of(cls, quote: VerifiedQuote) -> "AttestedIdentity":
+    def of(cls, quote: VerifiedQuote) -> AttestedIdentity:
         return cls(quote.mr_enclave, quote.mr_signer, quote.isv_prod_id, quote.isv_svn,
                    quote.status, tuple(quote.advisory_ids))
 
@@ -67,7 +67,7 @@ class ConnectionEvent:
         return self.decision is not None
 
     def for_call(self, secret: str, allowed: bool, reason: str,
-                 grpc_status: str) -> "ConnectionEvent":
+                 grpc_status: str) -> ConnectionEvent:
         """A GrSecret call's line: this connection's facts, then the call's."""
         return ConnectionEvent(self.peer, self.protocol, self.tls, self.event, self.owner,
                                self.evidence, self.identity, self.secrets, secret,
@@ -146,7 +146,7 @@ AuditEvent = ConnectionEvent | Started | Reloaded | WorkerExited | Stopped
 
 
 def _utc_now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 class AuditLog:

@@ -30,9 +30,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from ..occlum_ra import PeerIdentity, RaConfig
 from enclave_build.contract.secrets_config import SecretRule
 
+from ..occlum_ra import PeerIdentity, RaConfig
 from ..policy import Identity, Policy, is_mr_enclave
 from ..verify import TcbPolicy, VerifiedQuote
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from enclave_build.contract.secrets_config import SecretsConfig
+
 from ..errors import AttestationError
 from ..quote_source import QuoteSource, QuoteSourceError, discover
 from ..ratls import server_certificate
@@ -34,7 +35,7 @@ class ServerIdentity:
 
     @classmethod
     def make(cls, config: SecretsConfig, quote_source: QuoteSource | None = None
-             ) -> "ServerIdentity":
+             ) -> ServerIdentity:
         wants_dice = config.server.identity == "ratls"
         wants_occlum = config.grsecret is not None
         if not (wants_dice or wants_occlum):

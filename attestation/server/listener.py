@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .admission import Admission
 from .protocol import SecretProtocol
@@ -66,7 +66,7 @@ class Listener:
         while not self._stopping.is_set():
             try:
                 sock, peer = self._sock.accept()
-            except (socket.timeout, TimeoutError, BlockingIOError, InterruptedError):
+            except (TimeoutError, BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 if self._stopping.is_set():

@@ -7,8 +7,8 @@ import datetime as _dt
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from OpenSSL import SSL
 
@@ -20,7 +20,7 @@ from .admission import Admission, Limits, peer_text
 from .audit import AuditLog, Reloaded, Started, Stopped
 from .grsecret_service import GrSecretService
 from .identity import IdentityError, ServerIdentity
-from .listener import ListenFactory, Listener, listen_tcp
+from .listener import Listener, ListenFactory, listen_tcp
 from .protocol import SecretProtocol
 from .secret_prov import SecretProv
 from .state import ServerState, VerifierFactory

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from enclave_build.contract.secrets_config import SecretRule
+
 from ..upload import UploadStore
 from ..wire import MAX_SECRET
 

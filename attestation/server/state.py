@@ -4,12 +4,13 @@ A connection takes the state current when it starts and keeps it to its end."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from OpenSSL import SSL
 
 from enclave_build.contract.secrets_config import SecretsConfig
+
 from ..occlum_ra import RaConfig
 from ..policy import Policy
 from ..verify import TcbPolicy
@@ -33,7 +34,7 @@ class ServerState:
 
     @classmethod
     def load(cls, config: SecretsConfig, identity: ServerIdentity,
-             verifier_for: VerifierFactory = ClientVerifier.for_config) -> "ServerState":
+             verifier_for: VerifierFactory = ClientVerifier.for_config) -> ServerState:
         """Build everything from *config*; PolicyError, RaConfigError, VerifierConfigError
         and SSL.Error (the TLS certificate and key) say what is wrong with it."""
         policy = Policy.build(list(config.measurements), list(config.secrets),

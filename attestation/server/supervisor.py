@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import AttestationError
 from .audit import AuditLog, WorkerExited

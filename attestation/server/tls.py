@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from enclave_build.contract.secrets_config import SecretsConfig
+
 from ..grsecret import ALPN
 from ..ratls import RaTlsKey
 from .identity import IdentityError, ServerIdentity
@@ -80,9 +81,9 @@ def _base_context(max_version: int) -> SSL.Context:
     return ctx
 
 
-def _accept_any(conn, cert, errno, depth, ok) -> bool:  # noqa: ANN001
+def _accept_any(conn, cert, errno, depth, ok) -> bool:
     return True
 
 
-def _select_h2(conn: SSL.Connection, offered: list[bytes]):  # noqa: ANN202
+def _select_h2(conn: SSL.Connection, offered: list[bytes]):
     return ALPN if ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS

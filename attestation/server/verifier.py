@@ -8,16 +8,23 @@ identity) is :func:`attestation.server.decide.decide`'s job.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from cryptography import x509
 
-from ..collateral import CollateralError, CollateralSource, source_for
 from enclave_build.contract.secrets_config import SecretsConfig
+
+from ..collateral import CollateralError, CollateralSource, source_for
 from ..occlum_ra import CONFIG_SVN_OFFSET
 from ..ratls import EvidenceError, extract_evidence
-from ..verify import (QuoteRejected, VerificationCache, VerifierConfigError, load_root_der,
-                      verify_quote_signature)
+from ..verify import (
+    QuoteRejected,
+    VerificationCache,
+    VerifierConfigError,
+    load_root_der,
+    verify_quote_signature,
+)
 from .decide import ClientEvidence, Evidence, Unverified
 
 Clock = Callable[[], _dt.datetime]
@@ -35,7 +42,7 @@ class Verifier(Protocol):
 
 
 def utc_now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 class ClientVerifier:
@@ -49,7 +56,7 @@ class ClientVerifier:
         self._now = now
 
     @classmethod
-    def for_config(cls, config: SecretsConfig, now: Clock = utc_now) -> "ClientVerifier":
+    def for_config(cls, config: SecretsConfig, now: Clock = utc_now) -> ClientVerifier:
         """``[attestation]``: the collateral source, the root, and a fresh verification cache
         unless ``verification_cache = false``."""
         attestation = config.attestation

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -67,7 +68,7 @@ def _endpoint(value: str) -> tuple[str, int]:
 
 
 def _expectation(measurement_files, collateral, pccs_url, synthetic_root, legacy_root,
-                 allow_tcb_status, require_framework=None):  # noqa: ANN001, ANN202
+                 allow_tcb_status, require_framework=None):
     from enclave_build.attestation.attest_client import Expectation
     from enclave_build.attestation.collateral import FileCollateral, PccsCollateral
     from enclave_build.attestation.measurements import Measurements, MeasurementsError
@@ -126,7 +127,7 @@ def _print_verdict(info: dict) -> None:
         click.echo(f"{name:<19} {value if value is not None else '-'}")
 
 
-def _refused(endpoint: str, exc, synthetic: bool, as_json: bool) -> None:  # noqa: ANN001
+def _refused(endpoint: str, exc, synthetic: bool, as_json: bool) -> None:
     from enclave_build.attestation.attest_client import verdict
 
     if as_json:

@@ -23,8 +23,9 @@ class Size(click.ParamType):
 
     name = "SIZE"
 
-    def convert(self, value, param, ctx):  # noqa: ANN001
-        from enclave_build.contract.size import CLI_SIZE, Size as _Size, SizeError
+    def convert(self, value, param, ctx):
+        from enclave_build.contract.size import CLI_SIZE, SizeError
+        from enclave_build.contract.size import Size as _Size
 
         if isinstance(value, int):
             return value
@@ -40,7 +41,7 @@ class BytesQuantity(click.ParamType):
 
     name = "QUANTITY"
 
-    def convert(self, value, param, ctx):  # noqa: ANN001
+    def convert(self, value, param, ctx):
         from ..deploy.quantity import bytes_quantity
 
         if isinstance(value, int):
@@ -175,11 +176,11 @@ def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node
 
     Give the enclave size (and libOS) or a BUILD_DIR to take them from its service.json.
     """
-    from ..k8s.capacity import plan_capacity as plan
-    from ..deploy.quantity import memory_bytes
     from enclave_build.contract.names import SERVICE_FILE
 
+    from ..deploy.quantity import memory_bytes
     from ..deploy.service_info import ServiceInfo
+    from ..k8s.capacity import plan_capacity as plan
 
     with errors():
         attests, margin = not no_attestation, None
@@ -206,7 +207,7 @@ def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node
             raise UsageError(reason)
 
 
-def _print_plan(result: "CapacityPlan") -> None:
+def _print_plan(result: CapacityPlan) -> None:
     from ..deploy.quantity import MI, format_mebibytes
 
     mib = format_mebibytes

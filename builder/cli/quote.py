@@ -11,7 +11,7 @@ from ..errors import EnclaveBuildError
 from .output import errors, print_json, text
 
 
-def _tcb_policy(allow_status: tuple[str, ...], allow_debug: bool):  # noqa: ANN202
+def _tcb_policy(allow_status: tuple[str, ...], allow_debug: bool):
     from enclave_build.attestation.verify import TcbPolicy, VerifierConfigError
 
     try:
@@ -77,7 +77,7 @@ def quote_verify(quote_file: Path, collateral: Path, root_ca: Path | None, at: s
             except ValueError:
                 raise EnclaveBuildError(f"--at {at!r}: not an ISO-8601 time") from None
             if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=dt.timezone.utc)
+                moment = moment.replace(tzinfo=dt.UTC)
         try:
             result = verify_quote(quote_file.read_bytes(), load_collateral(collateral),
                                   root_ca_der=_root_der(root_ca), now=moment, policy=policy)

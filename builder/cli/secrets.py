@@ -33,11 +33,11 @@ Example:
               help="secrets.toml ([server], [attestation], measurements, [[secrets]]).")
 def secrets_serve(config_path: Path) -> None:
     """Serve secrets until SIGINT/SIGTERM; SIGHUP reloads the configuration."""
-    from enclave_build.attestation.server import serve
-
     # A bad secrets.toml is a usage error (2: attestation's configuration errors); a server
     # that cannot start (TLS material it cannot use, an address in use) a runtime one (1).
     from OpenSSL import SSL
+
+    from enclave_build.attestation.server import serve
 
     with errors({OSError: EnclaveBuildError}):
         try:

@@ -8,17 +8,22 @@ definition, one writer, one reader); :class:`ServiceInfo` here is that type read
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from enclave_build.contract import service_info as contract
+from enclave_build.contract.deploy import DeploySpec
 from enclave_build.contract.schema import Problem
-from enclave_build.contract.service_info import (EnclaveInfo, Health, MetricsEndpoint, RunAs,
-                                                 ServicePort)
+from enclave_build.contract.service_info import (
+    EnclaveInfo,
+    Health,
+    MetricsEndpoint,
+    RunAs,
+    ServicePort,
+)
 
 from ..errors import EnclaveBuildError
 from ..plan import KeyDelivery, MountType, ServicePlan
-from enclave_build.contract.deploy import DeploySpec
-
 from .settings import LIBOS, check_deploy
 
 

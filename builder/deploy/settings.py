@@ -8,8 +8,9 @@ Per-environment changes (replicas, hosts) belong in a kustomize overlay, not a r
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from enclave_build.contract.deploy import CPU_DOC, DEPLOY, DeploySpec
 from enclave_build.contract.schema import Problem, validate_table

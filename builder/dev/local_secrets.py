@@ -18,17 +18,18 @@ address before anything is started.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from enclave_build.contract.names import SECRETS_FILE
 
 from ..errors import EnclaveBuildError, UsageError
-from ..secrets_config import ServerSide, compose_config, write_config as write_secrets_config
+from ..secrets_config import ServerSide, compose_config
+from ..secrets_config import write_config as write_secrets_config
 
 PKI_DIR = "pki"
 #: A kept PKI with less validity than this left is replaced.
@@ -43,7 +44,7 @@ class DevSecretsError(EnclaveBuildError):
 
 
 def ensure_pki(directory: Path, log: Callable[[str], None],
-               now: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.timezone.utc)
+               now: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.UTC)
                ) -> Path:
     """The synthetic PKI in *directory* (made if missing or about to expire); its path."""
     from enclave_build.attestation.synthetic import PKIError, SyntheticPKI
@@ -71,7 +72,7 @@ class ServerAddress:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "ServerAddress":
+    def parse(cls, text: str) -> ServerAddress:
         host, _, port = text.rpartition(":")
         return cls(host.strip("[]"), int(port))
 
@@ -135,7 +136,7 @@ class Probe:
 def probe(address: ServerAddress, ca: Path | None, timeout: float = 3.0) -> Probe:
     try:
         raw = socket.create_connection((address.host, address.port), timeout=timeout)
-    except (ConnectionRefusedError, socket.timeout, TimeoutError):
+    except (ConnectionRefusedError, TimeoutError):
         return Probe("free")
     except OSError as exc:
         return Probe("free", str(exc.strerror or exc))

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 #: Lines of each process's output kept for an error message.
 TAIL_LINES = 25

@@ -21,9 +21,10 @@ import hashlib
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ class ModelMetadata:
     outputs: tuple[TensorSpec, ...]
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "model metadata") -> "ModelMetadata":
+    def from_json(cls, data: Any, where: str = "model metadata") -> ModelMetadata:
         """Parse the answer of ``GET /v2/models/NAME``; RequestError naming what is wrong."""
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             raise RequestError(f"{where}: not a KServe v2 model metadata object")

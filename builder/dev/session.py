@@ -37,9 +37,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.contract.service_info import ServiceInfo
@@ -51,8 +51,15 @@ from ..spec import Spec
 from ..spec_file import spec_file
 from . import local_secrets, snippets
 from .processes import ManagedProcess, wait_until
-from .requests import (InferRequest, ModelMetadata, RequestError, fetch_metadata,
-                       generated_request, infer, read_input)
+from .requests import (
+    InferRequest,
+    ModelMetadata,
+    RequestError,
+    fetch_metadata,
+    generated_request,
+    infer,
+    read_input,
+)
 
 #: The run's line naming its mode (builder.run.runner logs "run: SERVICE (...), mode MODE, ...").
 _MODE_LINE = re.compile(r"^run: .*, mode (gramine-direct|process), ")
@@ -127,7 +134,7 @@ class DevSession:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> "DevSession":
+    def __enter__(self) -> DevSession:
         return self
 
     def __exit__(self, *exc: object) -> None:

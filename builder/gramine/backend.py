@@ -14,23 +14,32 @@ import hashlib
 import posixpath
 import stat
 import tomllib
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import jinja2
 import tomli_w
 
 from enclave_build.contract.size import Size
+from enclave_build.plugin import (
+    SECRET_SERVER_CA,
+    ArtifactFile,
+    BuildOptions,
+    EnclaveIdentity,
+    FileKind,
+    KeyDelivery,
+    LibOSArtifacts,
+    PendingSignature,
+    PlanFile,
+    ServicePlan,
+)
 
+from ..elf import LoaderView, closure, read_deps
 from ..errors import EnclaveBuildError, UsageError
 from ..hashing import HashCache, hash_files
-from ..elf import LoaderView, closure, read_deps
 from ..model_files import regular_files
-from enclave_build.plugin import (SECRET_SERVER_CA, ArtifactFile, BuildOptions, EnclaveIdentity,
-                                  FileKind, KeyDelivery, LibOSArtifacts, PendingSignature,
-                                  PlanFile, ServicePlan)
-
 from ..plan import host_may_set
 from ..python_closure import python_closure
 from ..rootfs import RootFS

@@ -19,8 +19,14 @@ from ..errors import EnclaveBuildError
 from .measure import PalImage, measure_enclave
 from .offsets import Offsets
 from .sign import parse_final_manifest
-from .sigstruct import (ARCH_LAYOUT, Sigstruct, SigstructBody, body_from_manifest,
-                        enclave_attributes, summarize)
+from .sigstruct import (
+    ARCH_LAYOUT,
+    Sigstruct,
+    SigstructBody,
+    body_from_manifest,
+    enclave_attributes,
+    summarize,
+)
 
 #: SIGSTRUCT fields a manifest determines, with the manifest key each comes from.
 _BODY_FIELDS = (

@@ -103,7 +103,7 @@ class PalImage:
     entry: int
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "libpal.so") -> "PalImage":
+    def from_bytes(cls, data: bytes, source: str = "libpal.so") -> PalImage:
         try:
             elf = ELFFile(io.BytesIO(data))
             segments = tuple(
@@ -122,7 +122,7 @@ class PalImage:
         return cls(data, segments, entry)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PalImage":
+    def load(cls, path: str | Path) -> PalImage:
         path = Path(path)
         try:
             data = path.read_bytes()

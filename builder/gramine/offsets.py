@@ -56,7 +56,7 @@ class Offsets:
             raise AttributeError(name) from None
 
     @classmethod
-    def parse(cls, text: str, source: str = "<offsets>") -> "Offsets":
+    def parse(cls, text: str, source: str = "<offsets>") -> Offsets:
         values: dict[str, int] = {}
         for lineno, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
@@ -78,7 +78,7 @@ class Offsets:
         return cls(values, source)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Offsets":
+    def load(cls, path: str | Path) -> Offsets:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")

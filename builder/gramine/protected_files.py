@@ -10,7 +10,8 @@ the attestation error (code catching either keeps working).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from enclave_build.attestation import protected_files as _impl
 

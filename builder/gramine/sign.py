@@ -14,8 +14,8 @@ from typing import Any
 from ..errors import EnclaveBuildError, UsageError
 from .measure import PalImage, measure_enclave
 from .offsets import Offsets
-from .sigstruct import SigDate, Sigstruct, body_from_manifest, enclave_attributes
 from .signer import DetachedSigner, PemSigner, Signer
+from .sigstruct import SigDate, Sigstruct, body_from_manifest, enclave_attributes
 
 
 class ManifestNotFinalError(EnclaveBuildError):

@@ -64,7 +64,7 @@ class PemSigner:
         self._key = private_key
 
     @classmethod
-    def from_file(cls, path: str | Path, passphrase: bytes | None = None) -> "PemSigner":
+    def from_file(cls, path: str | Path, passphrase: bytes | None = None) -> PemSigner:
         path = Path(path)
         try:
             pem = path.read_bytes()
@@ -103,7 +103,7 @@ class DetachedSigner:
         self._source = source
 
     @classmethod
-    def from_files(cls, public_key: str | Path, signature: str | Path) -> "DetachedSigner":
+    def from_files(cls, public_key: str | Path, signature: str | Path) -> DetachedSigner:
         public_key, signature = Path(public_key), Path(signature)
         try:
             pem = public_key.read_bytes()

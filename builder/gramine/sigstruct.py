@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from enclave_build.contract.identity import mr_signer_of
 
@@ -46,7 +47,7 @@ class SigDate:
     day: int
 
     @classmethod
-    def parse(cls, text: str) -> "SigDate":
+    def parse(cls, text: str) -> SigDate:
         """``YYYY-MM-DD`` (a real calendar date) or ``0000-00-00``."""
         if text == "0000-00-00":
             return cls(0, 0, 0)
@@ -59,7 +60,7 @@ class SigDate:
         return cls(day.year, day.month, day.day)
 
     @classmethod
-    def today(cls) -> "SigDate":
+    def today(cls) -> SigDate:
         day = _dt.date.today()
         return cls(day.year, day.month, day.day)
 
@@ -195,7 +196,7 @@ class Sigstruct:
         return bytes(buf)
 
     @classmethod
-    def from_bytes(cls, data: bytes, offs: Offsets, source: str = "SIGSTRUCT") -> "Sigstruct":
+    def from_bytes(cls, data: bytes, offs: Offsets, source: str = "SIGSTRUCT") -> Sigstruct:
         if len(data) != offs.SGX_ARCH_SIGSTRUCT_SIZE:
             raise SigstructError(
                 f"{source}: {len(data)} bytes; a SIGSTRUCT is {offs.SGX_ARCH_SIGSTRUCT_SIZE}")
@@ -239,7 +240,7 @@ class Sigstruct:
         misc = offs.SGX_ARCH_SIGSTRUCT_MISC_SELECT
         return raw[:128] + raw[misc:misc + 128]
 
-    def with_signature(self, modulus: int, signature: int, exponent: int = RSA_EXPONENT) -> "Sigstruct":
+    def with_signature(self, modulus: int, signature: int, exponent: int = RSA_EXPONENT) -> Sigstruct:
         if exponent != RSA_EXPONENT:
             raise SigstructError(f"SGX requires RSA public exponent 3, got {exponent}")
         if modulus.bit_length() != RSA_KEY_BYTES * 8:

@@ -16,19 +16,28 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import posixpath
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from enclave_build.attestation.measurements import Measurements
 
 from ..errors import EnclaveBuildError
 from ..hashing import HashCache
 from ..plan import ServicePlan
-from ..rootfs import RootFS, RootFSError
 from ..plugin_types import ArtifactFile, LibOSArtifacts
+from ..rootfs import RootFS, RootFSError
 from .layers import LayerEntry, source_date_epoch, write_layer
-from .oci import (OCI_CONFIG, TO_OCI, BlobStore, Descriptor, Image, ImageError, canonical_json,
-                  oci_manifest)
+from .oci import (
+    OCI_CONFIG,
+    TO_OCI,
+    BlobStore,
+    Descriptor,
+    Image,
+    ImageError,
+    canonical_json,
+    oci_manifest,
+)
 
 LABEL_PREFIX = "org.enclave-build."
 ENCLAVE_DIR = "/enclave/"
@@ -122,7 +131,7 @@ def _entries(files: list[ArtifactFile], owner: tuple[int, int] = (0, 0)) -> list
 
 
 def _created() -> str:
-    moment = _dt.datetime.fromtimestamp(source_date_epoch(), _dt.timezone.utc)
+    moment = _dt.datetime.fromtimestamp(source_date_epoch(), _dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

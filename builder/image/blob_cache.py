@@ -43,10 +43,10 @@ import re
 import stat
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from enclave_build.contract.size import HUMAN_SIZE, Size
 
@@ -90,7 +90,7 @@ class Limits:
     max_age_days: float = DEFAULT_MAX_AGE_DAYS
 
     @classmethod
-    def from_env(cls, log: Callable[[str], None] = report) -> "Limits":
+    def from_env(cls, log: Callable[[str], None] = report) -> Limits:
         """The limits from the environment; a bad value is reported and the default used."""
         size, age = DEFAULT_MAX_SIZE, DEFAULT_MAX_AGE_DAYS
         raw = os.environ.get(MAX_SIZE_ENV, "").strip()

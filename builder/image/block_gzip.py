@@ -146,10 +146,10 @@ class BlockGzipWriter:
                                  self._pending[0].done()):
             self.target.write(self._pending.popleft().result())
 
-    def __enter__(self) -> "BlockGzipWriter":
+    def __enter__(self) -> BlockGzipWriter:
         return self
 
-    def __exit__(self, kind, value, traceback) -> None:  # noqa: ANN001
+    def __exit__(self, kind, value, traceback) -> None:
         if kind is None:
             self.close()
         else:

@@ -10,9 +10,10 @@ import posixpath
 import re
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from enclave_build.contract.measurements import Measurements
 from enclave_build.contract.names import MEASUREMENTS_FILE

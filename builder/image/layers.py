@@ -18,9 +18,10 @@ import json
 import os
 import stat
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from ..hashing import HashCache, hash_files
 from . import block_gzip

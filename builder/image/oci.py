@@ -11,9 +11,10 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ..errors import EnclaveBuildError
 
@@ -66,7 +67,7 @@ def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     return data
 
 
-def parse_manifest(data: dict[str, Any], what: str) -> tuple["Descriptor", list["Descriptor"]]:
+def parse_manifest(data: dict[str, Any], what: str) -> tuple[Descriptor, list[Descriptor]]:
     """(config, layers) of an image manifest (OCI or Docker v2 schema 2)."""
     if data.get("schemaVersion") != 2 or not isinstance(data.get("config"), dict):
         raise ImageError(f"{what}: unsupported manifest (need schemaVersion 2 with a config)")
@@ -77,7 +78,7 @@ def parse_manifest(data: dict[str, Any], what: str) -> tuple["Descriptor", list[
             [Descriptor.from_json(layer, f"{what} layer {i}") for i, layer in enumerate(layers)])
 
 
-def parse_index(data: dict[str, Any], what: str) -> list["Descriptor"]:
+def parse_index(data: dict[str, Any], what: str) -> list[Descriptor]:
     """The manifests an image index (or Docker manifest list) names."""
     manifests = data.get("manifests", [])
     if not isinstance(manifests, list):
@@ -132,7 +133,7 @@ class Descriptor:
         return out
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "descriptor") -> "Descriptor":
+    def from_json(cls, data: Any, where: str = "descriptor") -> Descriptor:
         """A descriptor from untrusted JSON: digest, size, media type and the optional maps are
         checked for shape; :class:`ImageError` names *where* it came from otherwise."""
         if not isinstance(data, dict):
@@ -223,7 +224,7 @@ class BlobStore:
                 os.unlink(tmp)
             raise
 
-    def writer(self) -> "BlobWriter":
+    def writer(self) -> BlobWriter:
         return BlobWriter(self)
 
     def _commit(self, write: Callable[[BinaryIO], Any], digest: str) -> None:
@@ -237,7 +238,7 @@ class BlobStore:
                 os.unlink(tmp)
             raise
 
-    def copy_into(self, other: "BlobStore", digest: str,
+    def copy_into(self, other: BlobStore, digest: str,
                   progress: Callable[[int], None] | None = None) -> None:
         """Make *digest* available in *other* (hard link when possible, else a copy that
         reports each chunk to *progress*; a link reports the blob's size at once)."""

@@ -6,8 +6,9 @@ import json
 import os
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from .oci import OCI_MANIFEST, BlobStore, Descriptor, Image, ImageError, canonical_json
 from .reference import RegistryRef, parse_registry_ref
@@ -17,7 +18,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 
 
 def write_oci_layout(image: Image, directory: Path, tag: str | None,
-                     progress: "ProgressTask | None" = None) -> Descriptor:
+                     progress: ProgressTask | None = None) -> Descriptor:
     """Write *image* as an OCI image layout in *directory* (created; must be new or empty).
     Blobs are hard-linked from the image's store, copied where they cannot be (another
     filesystem): *progress* shows that as the stage "writing the output"."""

@@ -25,15 +25,29 @@ import ipaddress
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from .oci import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, BlobStore, Descriptor,
-                  Image, ImageError, check_digest, parse_config, parse_index, parse_json_object,
-                  parse_manifest, sha256_digest)
+from .oci import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    BlobStore,
+    Descriptor,
+    Image,
+    ImageError,
+    check_digest,
+    parse_config,
+    parse_index,
+    parse_json_object,
+    parse_manifest,
+    sha256_digest,
+)
 from .reference import DOCKER_HUB, RegistryRef
 
 _ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])

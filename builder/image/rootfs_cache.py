@@ -25,9 +25,9 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 COMPLETE = ".enclave-build-complete"
 LAST_USED = ".enclave-build-last-used"

@@ -10,18 +10,32 @@ from __future__ import annotations
 import json
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..cache import cache_root
 from ..errors import UsageError
 from ..hashing import HashCache
 from ..rootfs import RootFS
 from .layers import LayerEntry, directory_entries, write_layer
-from .oci import (DOCKER_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_LAYER_GZIP, BlobStore,
-                  Descriptor, Image, ImageError, canonical_json, parse_config, parse_index,
-                  parse_json_object, parse_manifest, sha256_digest)
+from .oci import (
+    DOCKER_LIST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    BlobStore,
+    Descriptor,
+    Image,
+    ImageError,
+    canonical_json,
+    parse_config,
+    parse_index,
+    parse_json_object,
+    parse_manifest,
+    sha256_digest,
+)
 from .reference import ImageSource, parse_source
 from .registry import RegistryClient
 from .unpack import unpacked_rootfs

@@ -19,11 +19,12 @@ import stat
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from ..rootfs import RootFS
-from .oci import BlobStore, Descriptor, ImageError, OCI_LAYER_ZSTD
+from .oci import OCI_LAYER_ZSTD, BlobStore, Descriptor, ImageError
 from .rootfs_cache import COMPLETE, hold, prune_cache, report, touch
 
 WHITEOUT = ".wh."

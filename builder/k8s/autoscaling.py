@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .deployment import labels, metadata
 from ..deploy.service_info import ServiceInfo
+from .deployment import labels, metadata
 
 QUEUE = "model_server_queue_depth"
 LATENCY = "model_server_request_latency_p95_seconds"

@@ -33,9 +33,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from ..errors import UsageError
 from ..deploy.quantity import MI
 from ..deploy.settings import LIBOS
+from ..errors import UsageError
 
 #: Gramine: SECS + the kernel's version-array pages per enclave.
 GRAMINE_MARGIN = 1 * MI

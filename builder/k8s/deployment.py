@@ -30,10 +30,10 @@ import json
 import re
 from typing import Any
 
-from .capacity import AESMD_EPC, EpcRequest, epc_request, quotes_in_process
-from .inputs import BuildOutput, K8sError
 from ..deploy.quantity import MI, cpu_millis, format_cpu, format_mebibytes, memory_bytes
 from ..deploy.service_info import ServiceInfo
+from .capacity import AESMD_EPC, EpcRequest, epc_request, quotes_in_process
+from .inputs import BuildOutput, K8sError
 from .timing import PERIOD, PRESTOP_SECONDS, grace_period, startup_failure_threshold
 
 EPC = "sgx.intel.com/epc"

@@ -7,10 +7,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..deploy.settings import validate_deploy
 from ..errors import UsageError
 from .inputs import K8sError, read_build_output
 from .layout import Manifests, generate, write
-from ..deploy.settings import validate_deploy
 
 
 @dataclass(frozen=True)

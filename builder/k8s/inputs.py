@@ -17,9 +17,9 @@ from pathlib import Path
 from enclave_build.contract.measurements import Measurements, MeasurementsError
 from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 
+from ..deploy.service_info import ServiceInfo
 from ..errors import EnclaveBuildError, UsageError
 from ..image.reference import DOCKER_HUB, parse_registry_ref
-from ..deploy.service_info import ServiceInfo
 
 
 class K8sError(EnclaveBuildError):

@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
+from ..deploy.quantity import format_mebibytes, format_size
 from . import autoscaling, deployment, secret_server
 from .capacity import plan_capacity
 from .inputs import BuildOutput, K8sError
-from ..deploy.quantity import format_mebibytes, format_size
 
 MARKER = ".enclave-build-k8s"
 OVERLAY = "overlays/production"

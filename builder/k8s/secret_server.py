@@ -28,12 +28,20 @@ from typing import Any
 
 from enclave_build.contract.names import SECRETS_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment
-from enclave_build.contract.secrets_config import (AttestationSettings, SecretsConfig,
-                                                   ServerSettings)
+from enclave_build.contract.secrets_config import AttestationSettings, SecretsConfig, ServerSettings
 
 from ..secrets_config import SecretsConfigError, check_allow, read_fragment
-from .deployment import (ANNOTATION, check_object_name, disruption_budget, labels, metadata,
-                         namespace, pod_context, restricted_context, selector)
+from .deployment import (
+    ANNOTATION,
+    check_object_name,
+    disruption_budget,
+    labels,
+    metadata,
+    namespace,
+    pod_context,
+    restricted_context,
+    selector,
+)
 from .inputs import BuildOutput, K8sError
 
 PORT = 4433

@@ -87,14 +87,21 @@ import shlex
 import shutil
 import stat
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from enclave_build.contract.identity import mr_signer_of
 from enclave_build.contract.names import OCCLUM_IMAGE_ENV
-from enclave_build.plugin import (ArtifactFile, BuildOptions, EnclaveIdentity, LibOSArtifacts,
-                                  PendingSignature, ServicePlan)
+from enclave_build.plugin import (
+    ArtifactFile,
+    BuildOptions,
+    EnclaveIdentity,
+    LibOSArtifacts,
+    PendingSignature,
+    ServicePlan,
+)
 
 from ..errors import EnclaveBuildError
 from ..rootfs import RootFS, RootFSError
@@ -227,7 +234,7 @@ class SigningData:
     debug: bool
 
     @classmethod
-    def parse(cls, raw: bytes) -> "SigningData":
+    def parse(cls, raw: bytes) -> SigningData:
         if len(raw) != SIGNING_DATA_SIZE:
             raise OcclumBuildError(f"sgx_sign gendata wrote {len(raw)} bytes to sign; the SGX "
                                    f"signing data is {SIGNING_DATA_SIZE} (SIGSTRUCT header and "
@@ -495,7 +502,7 @@ class Workspace:
     package: Path    # the package unpacked (host only)
 
     @classmethod
-    def create(cls, top: Path) -> "Workspace":
+    def create(cls, top: Path) -> Workspace:
         paths = {name: top / name for name in ("stage", "config", "secrets", "work", "package")}
         for path in paths.values():
             path.mkdir(parents=True, mode=0o700)
@@ -504,7 +511,9 @@ class Workspace:
 
 
 def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArtifacts:
-    from .render import ROOTFS as RENDER_ROOTFS, STAGE as RENDER_STAGE, OcclumOptions, render
+    from .render import ROOTFS as RENDER_ROOTFS
+    from .render import STAGE as RENDER_STAGE
+    from .render import OcclumOptions, render
 
     if (RENDER_ROOTFS, RENDER_STAGE) != (ROOTFS, STAGE):
         raise OcclumBuildError(f"internal: the renderer expects {RENDER_ROOTFS} and "

@@ -26,8 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from enclave_build.plugin import (FileKind, ProvisionedKey, SecretRelease, ServicePlan,
-                                  deliver_keys_as_files)
+from enclave_build.plugin import (
+    FileKind,
+    ProvisionedKey,
+    SecretRelease,
+    ServicePlan,
+    deliver_keys_as_files,
+)
 
 from .init_ra import KmsKey
 from .occlum_json import KEYS_DIR, OcclumConfigError

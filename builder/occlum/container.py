@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import collections
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import EnclaveBuildError
 

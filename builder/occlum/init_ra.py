@@ -35,8 +35,8 @@ from typing import Any
 from enclave_build.contract.secrets_config import hex_dashes
 
 from ..plan import ServicePlan
-from .spec_section import OcclumPlanOptions
 from .rules import IMAGE_KEY_SECRET
+from .spec_section import OcclumPlanOptions
 
 
 @dataclass(frozen=True)

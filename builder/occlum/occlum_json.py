@@ -35,8 +35,8 @@ from typing import Any
 
 from ..errors import UsageError
 from ..plan import MountType, ServicePlan
-from .spec_section import OcclumPlanOptions
 from .rules import format_size
+from .spec_section import OcclumPlanOptions
 
 #: Where `occlum new` puts Occlum's glibc in the image (tools/occlum, cmd_new).
 OCCLUM_GLIBC_LIB = "/opt/occlum/glibc/lib"

@@ -26,15 +26,21 @@ from typing import Any
 
 from ..errors import EnclaveBuildError
 from ..plan import KeyDelivery, ServicePlan
-from .spec_section import OcclumPlanOptions, plan_options
 from ..rootfs import RootFS
 from . import rules
 from .bom import StagedFile, bom, to_yaml
 from .configure import image_key_name
 from .init_ra import KmsKey, init_ra_conf, kms_keys
 from .launcher import python_launcher
-from .occlum_json import (FRAMEWORK_KEY, KEYS_DIR, OCCLUM_GLIBC_LIB, OcclumConfigError, locate,
-                          occlum_json)
+from .occlum_json import (
+    FRAMEWORK_KEY,
+    KEYS_DIR,
+    OCCLUM_GLIBC_LIB,
+    OcclumConfigError,
+    locate,
+    occlum_json,
+)
+from .spec_section import OcclumPlanOptions, plan_options
 
 ROOTFS = "/eb/rootfs"   # where the build container sees the base image's root filesystem (read-only)
 STAGE = "/eb/stage"     # where it sees the files the plan generates/adds (plan.files), laid out by their dest path

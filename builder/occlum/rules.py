@@ -16,12 +16,13 @@ renderer maps that path back to the spec key it came from.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from enclave_build.contract.size import OCCLUM_JSON_SIZE, Size, SizeError
 
-from ..plan import HOST_FORBIDDEN_ENV, HOST_FORBIDDEN_ENV_PREFIXES
 from ..errors import EnclaveBuildError
+from ..plan import HOST_FORBIDDEN_ENV, HOST_FORBIDDEN_ENV_PREFIXES
 
 U32_MAX = (1 << 32) - 1
 U16_MAX = (1 << 16) - 1
@@ -214,7 +215,7 @@ def _check_resource_limits(c: _Checker, rl: Any, edmm: bool) -> int:
                           f"{rule}.kernel_space_heap_max_size", page=True)
         if heap > heap_max:
             raise c.fail("resource_limits.kernel_space_heap_size",
-                         f"the initial kernel heap exceeds kernel_space_heap_max_size "
+                         "the initial kernel heap exceeds kernel_space_heap_max_size "
                          "(gen_internal_conf: \"kernel_space_heap_size ... wrong "
                          "configuration\")")
     if edmm:

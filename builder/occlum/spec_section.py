@@ -43,9 +43,10 @@ from __future__ import annotations
 
 import re
 import warnings
-from pathlib import Path
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.schema import Field, Problem, Section

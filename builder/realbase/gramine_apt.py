@@ -135,7 +135,7 @@ class GramineRepository:
             raise UsageError("--key-fingerprint: pass that key itself with --keyring FILE")
         request = urllib.request.Request(url, headers={"User-Agent": "enclave-build"})
         try:
-            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
                 data = response.read(2 << 20)
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)

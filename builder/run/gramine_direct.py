@@ -26,9 +26,10 @@ import shlex
 import shutil
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Mapping, Sequence
+from typing import IO, Any
 
 from ..errors import EnclaveBuildError
 from ..rootfs import RootFS, RootFSError

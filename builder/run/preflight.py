@@ -17,8 +17,7 @@ from enclave_build.contract.names import SERVER_CONFIG, SERVICE_FILE
 from enclave_build.contract.server_config import ConfigError, Listener, ServerConfig
 from enclave_build.contract.service_info import ServiceInfo, ServiceInfoError
 from enclave_build.model_server.backends import BackendError, load_backend_class
-from enclave_build.model_server.preflight import (listen_problem, port_failure,
-                                                  runtime_failures)
+from enclave_build.model_server.preflight import listen_problem, port_failure, runtime_failures
 
 #: How run names a service.json port in its message (by the port's name).
 _KINDS = {"grpc": "gRPC", "http": "REST", "ratls": "RA-TLS", "grsecret": "GrSecret"}

@@ -21,9 +21,9 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..cache import cache_root
 from ..image.oci import Image

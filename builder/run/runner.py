@@ -39,10 +39,11 @@ import posixpath
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any
 
 from enclave_build.attestation.measurements import Measurements, MeasurementsError
 from enclave_build.contract.identity import EnclaveIdentity
@@ -146,7 +147,7 @@ def open_build(directory: str | Path, log: Callable[[str], None] | None = None
         return _open_verified(directory, log)
 
 
-def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple["Build", Path]:
+def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple[Build, Path]:
     from ..image.inspect import inspect_opened, open_image
 
     try:

@@ -24,9 +24,10 @@ import posixpath
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import EnclaveBuildError
 from ..image.verify import EnclaveVerification

@@ -156,7 +156,7 @@ class Backend(abc.ABC):
     #: The Python modules the backend imports at run time (checked before keys are fetched).
     runtimes: ClassVar[tuple[Runtime, ...]] = ()
 
-    def __init__(self, model: "ModelConfig", source: "ModelSource") -> None:
+    def __init__(self, model: ModelConfig, source: ModelSource) -> None:
         self.model = model
         self.source = source
 

@@ -36,8 +36,15 @@ import sys
 
 import numpy as np
 
-from . import (SERVE_EXTRA, Backend, BackendError, InferenceError, Runtime, TensorSpec,
-               from_numpy_dtype)
+from . import (
+    SERVE_EXTRA,
+    Backend,
+    BackendError,
+    InferenceError,
+    Runtime,
+    TensorSpec,
+    from_numpy_dtype,
+)
 
 _OPTIONS = {"device", "config", "check_batch"}
 #: OpenVINO element types served, each equal to a numpy dtype (and so to a KServe datatype).

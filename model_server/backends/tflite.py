@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import (SERVE_EXTRA, Backend, BackendError, InferenceError, Runtime, TensorSpec,
-               from_numpy_dtype)
+from . import (
+    SERVE_EXTRA,
+    Backend,
+    BackendError,
+    InferenceError,
+    Runtime,
+    TensorSpec,
+    from_numpy_dtype,
+)
 
 #: Ops of TFLite resource variables: a model with them keeps state between invocations.
 _VARIABLE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")

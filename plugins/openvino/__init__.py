@@ -17,12 +17,33 @@ import json
 import os
 from pathlib import Path
 
-from enclave_build.plugin import (MODEL_ROOT, EnclaveBuildError, Field, FileKind, Framework,
-                                  ModelCheck, ModelSpec, Port, Section, ServicePlan, Spec,
-                                  add_model, base_plan, hookimpl, onnx_problem,
-                                  openvino_ir_problem, openvino_ir_state, python_server_plan,
-                                  refuse_model_server_keys, require_models, require_one_key,
-                                  saved_model_problem, spec_error, tflite_problem, tflite_state)
+from enclave_build.plugin import (
+    MODEL_ROOT,
+    EnclaveBuildError,
+    Field,
+    FileKind,
+    Framework,
+    ModelCheck,
+    ModelSpec,
+    Port,
+    Section,
+    ServicePlan,
+    Spec,
+    add_model,
+    base_plan,
+    hookimpl,
+    onnx_problem,
+    openvino_ir_problem,
+    openvino_ir_state,
+    python_server_plan,
+    refuse_model_server_keys,
+    require_models,
+    require_one_key,
+    saved_model_problem,
+    spec_error,
+    tflite_problem,
+    tflite_state,
+)
 
 BINARY = "/ovms/bin/ovms"
 OVMS_LIBS = "/ovms/lib/"

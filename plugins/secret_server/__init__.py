@@ -32,15 +32,34 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from enclave_build.plugin import (PYTHON, SERVER_PYTHONPATH, Field, FileKind, Framework, Port,
-                                  PythonRuntime, Section, ServicePlan, Spec, base_plan, hookimpl,
-                                  refuse_model_server_keys, ship_python_package, spec_error)
 from enclave_build.contract.names import POLICY_FILE, SECRETS_FILE, SIMULATED_QUOTER_ENV
 from enclave_build.contract.policy_fragment import PolicyFragment, PolicyFragmentError
-from enclave_build.contract.secrets_config import (AttestationSettings, GrSecretSettings,
-                                                   SecretRule, SecretsConfig, ServerSettings,
-                                                   UploadSettings)
+from enclave_build.contract.secrets_config import (
+    AttestationSettings,
+    GrSecretSettings,
+    SecretRule,
+    SecretsConfig,
+    ServerSettings,
+    UploadSettings,
+)
 from enclave_build.contract.tcb import TCB_STATUSES, TcbPolicy
+from enclave_build.plugin import (
+    PYTHON,
+    SERVER_PYTHONPATH,
+    Field,
+    FileKind,
+    Framework,
+    Port,
+    PythonRuntime,
+    Section,
+    ServicePlan,
+    Spec,
+    base_plan,
+    hookimpl,
+    refuse_model_server_keys,
+    ship_python_package,
+    spec_error,
+)
 
 #: Where the server's configuration and policy live in the image (all trusted).
 CONFIG_DIR = "/enclave/secret-server"
@@ -122,7 +141,7 @@ def _fragments(spec: Spec, policies: list[str]) -> tuple[list[Path], list[Secret
     return measurements, list(rules.values())
 
 
-def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], SecretsConfig]:  # noqa: ANN001
+def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], SecretsConfig]:
     """Files under CONFIG_DIR (relative name -> bytes) and the secrets.toml (its paths relative
     to CONFIG_DIR)."""
     files: dict[str, bytes] = {}

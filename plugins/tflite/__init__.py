@@ -12,9 +12,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enclave_build.plugin import (Field, Framework, ModelCheck, ModelSpec, Section, ServicePlan,
-                                  Spec, hookimpl, python_server_plan, spec_error, tflite_problem,
-                                  tflite_state)
+from enclave_build.plugin import (
+    Field,
+    Framework,
+    ModelCheck,
+    ModelSpec,
+    Section,
+    ServicePlan,
+    Spec,
+    hookimpl,
+    python_server_plan,
+    spec_error,
+    tflite_problem,
+    tflite_state,
+)
 
 #: What this framework serves (for the error about a model it does not).
 ACCEPTS = ("a TFLite model: one FlatBuffer file (.tflite) with the identifier TFL3 at bytes "

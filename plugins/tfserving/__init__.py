@@ -11,10 +11,26 @@ from __future__ import annotations
 
 import json
 
-from enclave_build.plugin import (MODEL_ROOT, Field, FileKind, Framework, ModelCheck, ModelSpec,
-                                  Port, Section, Spec, ServicePlan, add_model, add_secret_file,
-                                  base_plan, hookimpl, refuse_model_server_keys, require_models,
-                                  require_one_key, saved_model_problem)
+from enclave_build.plugin import (
+    MODEL_ROOT,
+    Field,
+    FileKind,
+    Framework,
+    ModelCheck,
+    ModelSpec,
+    Port,
+    Section,
+    ServicePlan,
+    Spec,
+    add_model,
+    add_secret_file,
+    base_plan,
+    hookimpl,
+    refuse_model_server_keys,
+    require_models,
+    require_one_key,
+    saved_model_problem,
+)
 
 BINARY = "/usr/bin/tensorflow_model_server"
 CONFIG_DEST = "/enclave/tfserving-models.config"

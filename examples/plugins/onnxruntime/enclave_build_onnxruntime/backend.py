@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from enclave_build.model_server.backends import (Backend, BackendError, InferenceError, Runtime,
-                                                 TensorSpec)
+from enclave_build.model_server.backends import (
+    Backend,
+    BackendError,
+    InferenceError,
+    Runtime,
+    TensorSpec,
+)
 
 #: ONNX Runtime's type names -> KServe v2 datatypes.
 _TYPES = {

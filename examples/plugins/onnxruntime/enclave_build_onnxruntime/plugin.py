@@ -9,8 +9,18 @@ trusts ONNX Runtime's files from the base image.
 
 from __future__ import annotations
 
-from enclave_build.plugin import (Field, Framework, ModelCheck, ModelSpec, Section, ServicePlan,
-                                  Spec, hookimpl, onnx_problem, python_server_plan)
+from enclave_build.plugin import (
+    Field,
+    Framework,
+    ModelCheck,
+    ModelSpec,
+    Section,
+    ServicePlan,
+    Spec,
+    hookimpl,
+    onnx_problem,
+    python_server_plan,
+)
 
 BACKEND = "onnxruntime"
 GRAPH_OPTIMIZATION = ("disabled", "basic", "extended", "all")
