@@ -27,10 +27,12 @@ def stream_bytes(size: int, threads: int, manifest_len: int, pal: PalImage) -> i
     """How many bytes the measurement feeds to SHA-256 (same layout as measure.py)."""
     page = 4096
     up = lambda n: (n + page - 1) // page * page
-    measured_pages = (up(manifest_len + 1) + threads * (0x8000 + 0x1000 + 0x1000 + 0x40000 +
-                                                        0x10000)) // page
-    measured_pages += sum((up(s.vaddr + s.memsz) - s.vaddr // page * page) // page
-                          for s in pal.segments)
+    measured_pages = (
+        up(manifest_len + 1) + threads * (0x8000 + 0x1000 + 0x1000 + 0x40000 + 0x10000)
+    ) // page
+    measured_pages += sum(
+        (up(s.vaddr + s.memsz) - s.vaddr // page * page) // page for s in pal.segments
+    )
     span = max(up(s.vaddr + s.memsz) for s in pal.segments)
     used = up(manifest_len + 1) + threads * (0x8000 + 0x1000 + 0x1000 + 0x40000 + 0x10000) + span
     heap_pages = (size - used - 0x10000) // page

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
-if TYPE_CHECKING:   # types only: this module is imported by everything that registers plugins
+if TYPE_CHECKING:  # types only: this module is imported by everything that registers plugins
     import click
 
     from .build import BuildResult

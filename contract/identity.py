@@ -55,5 +55,13 @@ def mr_signer_of(modulus: int) -> str:
     return hashlib.sha256(modulus.to_bytes(size, "little")).hexdigest()
 
 
-__all__ = ["EnclaveIdentity", "HEX64", "HEX64_DOC", "PINS", "U16_MAX", "MODULUS_BYTES",
-           "is_hex64", "mr_signer_of"]
+__all__ = [
+    "EnclaveIdentity",
+    "HEX64",
+    "HEX64_DOC",
+    "PINS",
+    "U16_MAX",
+    "MODULUS_BYTES",
+    "is_hex64",
+    "mr_signer_of",
+]

@@ -37,7 +37,6 @@ log = logging.getLogger("model_server")
 PRESS_EVERY = 0.5
 
 
-
 def receive_share(budget: int, slot: int) -> int:
     """Bytes gRPC calls receiving their messages may reserve together: the budget less one
     largest request (when it holds two or more), so one protocol's receivers cannot take it
@@ -70,18 +69,25 @@ class _Waiter:
 
 
 class ReceiveGate:
-    def __init__(self, budget: ByteBudget, slot: int, *, grace: float, max_waiting: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        budget: ByteBudget,
+        slot: int,
+        *,
+        grace: float,
+        max_waiting: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.budget = budget
         self.slot = slot
         self.share = receive_share(budget.limit, slot)
         self.grace = grace
         self.max_waiting = max(1, max_waiting)
         self.clock = clock
-        self.receiving = 0                      # bytes reserved by holders
+        self.receiving = 0  # bytes reserved by holders
         self._holders: list[Holder] = []
-        self._waiters: list[_Waiter] = []       # oldest first
-        self._waiting_of: dict[str, int] = {}   # connection -> its calls waiting
+        self._waiters: list[_Waiter] = []  # oldest first
+        self._waiting_of: dict[str, int] = {}  # connection -> its calls waiting
         self._lock = threading.Lock()
         budget.on_release(self._room_changed)
 
@@ -106,7 +112,7 @@ class ReceiveGate:
             if len(self._waiters) >= self.max_waiting:
                 crowd = max(self._waiting_of, key=self._waiting_of.__getitem__)
                 if self._waiting_of.get(peer, 0) >= self._waiting_of[crowd]:
-                    crowd = peer                   # its own connection crowds the room
+                    crowd = peer  # its own connection crowds the room
                 oldest = next(w for w in self._waiters if w.peer == crowd)
                 self._waiters.remove(oldest)
                 self._out(crowd)
@@ -125,19 +131,19 @@ class ReceiveGate:
                     break
                 now = self.clock()
                 evict_at, victims = self._evict(now)
-                if victims:                        # room is coming back: wait for it
+                if victims:  # room is coming back: wait for it
                     deadline = max(deadline, now + self.grace)
                 elif now >= deadline:
                     self._waiters.remove(waiter)
                     self._out(peer)
                     return None
                 wait = deadline - now if evict_at is None else min(deadline, evict_at) - now
-                short = self.receiving + self.slot <= self.share   # the budget is what is short
+                short = self.receiving + self.slot <= self.share  # the budget is what is short
             for victim in victims:
-                victim()                               # (outside the lock: grpc takes its own)
+                victim()  # (outside the lock: grpc takes its own)
             if short and now - pressed >= PRESS_EVERY:
                 pressed = now
-                self.budget.press()                    # (REST may refuse a stalled body)
+                self.budget.press()  # (REST may refuse a stalled body)
             waiter.event.wait(max(0.0, min(wait, PRESS_EVERY)))
         if waiter.dropped:
             return None
@@ -161,7 +167,7 @@ class ReceiveGate:
             self._holders.remove(holder)
             self.receiving -= holder.bytes
             size, holder.bytes = holder.bytes, 0
-        self.budget.release(size)              # (wakes the waiters through _room_changed)
+        self.budget.release(size)  # (wakes the waiters through _room_changed)
 
     # ------------------------------------------------------------ under the lock
 
@@ -196,9 +202,12 @@ class ReceiveGate:
             holder.evicted = True
             evicting += 1
             victims.append(holder.cancel)
-            log.info("gRPC ModelInfer: request message not received within %g s while other "
-                     "calls waited for room to receive theirs (limits.first_byte_timeout); call "
-                     "cancelled", self.grace)
+            log.info(
+                "gRPC ModelInfer: request message not received within %g s while other "
+                "calls waited for room to receive theirs (limits.first_byte_timeout); call "
+                "cancelled",
+                self.grace,
+            )
         return None, victims
 
     def _room_changed(self) -> None:
@@ -210,7 +219,7 @@ class ReceiveGate:
                 holder = self._take(self._waiters[-1].peer)
                 if holder is None:
                     return
-                waiter = self._waiters.pop()          # the newest first
+                waiter = self._waiters.pop()  # the newest first
                 self._out(waiter.peer)
                 holder.cancel = waiter.cancel
                 waiter.holder = holder

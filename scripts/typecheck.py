@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     for line in stdout.splitlines():
         for tree, real in prefixes:
             if line.startswith(tree):
-                line = real + line[len(tree):]
+                line = real + line[len(tree) :]
                 break
         print(line)
     if stderr:

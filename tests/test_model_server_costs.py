@@ -36,12 +36,21 @@ ADVERSARIAL_JSON = {
     "one-key objects": b"[" + b'{"a":1},' * 50_000 + b'{"a":1}]',
     "nulls": b"[" + b"null," * 100_000 + b"null]",
     "spaces in a string": b'["' + b" " * 300_000 + b'"]',
-    "non-BMP": b'["' + b"a" * 200_000 + "\U0001F600".encode() + b'"]',
+    "non-BMP": b'["' + b"a" * 200_000 + "\U0001f600".encode() + b'"]',
     "non-BMP keys": b'{"\xf0\x9f\x98\x80' + b"a" * 50_000 + b'":1}',
     "escapes": b'["' + b"\\ud83d\\ude00" * 20_000 + b'"]',
-    "a request": json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 20000],
-                                         "data": np.random.default_rng(1).random(20000)
-                                         .astype(np.float32).tolist()}]}).encode(),
+    "a request": json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [1, 20000],
+                    "data": np.random.default_rng(1).random(20000).astype(np.float32).tolist(),
+                }
+            ]
+        }
+    ).encode(),
 }
 
 
@@ -80,11 +89,19 @@ def test_json_cost_of_a_float_tensor_is_near_what_it_takes():
 # ---------------------------------------------------------------- numbers in JSON
 
 
-@pytest.mark.parametrize("data, what", [
-    ([None, 1], "null"), ([True, 1.0], "a boolean"), ([1.5, False], "a boolean"),
-    (["1e39", 1], "the string '1e39'"), ([" NaN", 1], "the string ' NaN'"),
-    (["nan", 1], "the string 'nan'"), ([[1], [None]], "null"), ([{"a": 1}, 2], "an object"),
-])
+@pytest.mark.parametrize(
+    "data, what",
+    [
+        ([None, 1], "null"),
+        ([True, 1.0], "a boolean"),
+        ([1.5, False], "a boolean"),
+        (["1e39", 1], "the string '1e39'"),
+        ([" NaN", 1], "the string ' NaN'"),
+        (["nan", 1], "the string 'nan'"),
+        ([[1], [None]], "null"),
+        ([{"a": 1}, 2], "an object"),
+    ],
+)
 def test_json_numbers_refuse_null_booleans_and_other_strings(data, what):
     """null used to become NaN, true 1.0, and numpy parsed any numeric-looking string."""
     with pytest.raises(TensorError, match=f"does not convert to FP32: it holds {what}"):
@@ -140,6 +157,7 @@ def _ld(number: int, payload: bytes) -> bytes:
             n >>= 7
             if not n:
                 return bytes(out)
+
     return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
@@ -148,18 +166,21 @@ def test_parse_cost_counts_elements_not_bytes():
     n = 100_000
     empties = _ld(1, b"m") + _ld(5, _ld(1, b"s") + _ld(2, b"BYTES") + _ld(5, b"B\x00" * n))
     raw = _ld(1, b"m") + _ld(7, bytes(2 * n))
-    assert parse_cost(empties) >= 32 * n              # (16-byte views, doubling as they grow)
+    assert parse_cost(empties) >= 32 * n  # (16-byte views, doubling as they grow)
     assert parse_cost(raw) < 100
-    packed = _ld(1, b"m") + _ld(5, _ld(5, _ld(3, b"\x01" * n)))      # int64_contents, packed
+    packed = _ld(1, b"m") + _ld(5, _ld(5, _ld(3, b"\x01" * n)))  # int64_contents, packed
     assert parse_cost(packed) >= 8 * n
 
 
-@pytest.mark.parametrize("message, error", [
-    (_ld(1, b"m") + b"2\x00" * (MAX_FIELDS + 1), f"more than {MAX_FIELDS} fields"),
-    (_ld(1, b"m" * (MAX_NAME + 1)), "model_name is longer"),
-    (_ld(5, _ld(3, b"\x01" * 400)), "more than 32 dimensions"),
-    (_ld(5, b"\x0a\x05ab"), "truncated"),
-])
+@pytest.mark.parametrize(
+    "message, error",
+    [
+        (_ld(1, b"m") + b"2\x00" * (MAX_FIELDS + 1), f"more than {MAX_FIELDS} fields"),
+        (_ld(1, b"m" * (MAX_NAME + 1)), "model_name is longer"),
+        (_ld(5, _ld(3, b"\x01" * 400)), "more than 32 dimensions"),
+        (_ld(5, b"\x0a\x05ab"), "truncated"),
+    ],
+)
 def test_parse_cost_refuses_what_no_client_sends(message, error):
     with pytest.raises(ServeError, match=error) as info:
         parse_cost(message)
@@ -192,9 +213,9 @@ def test_hold_grows_shrinks_and_releases():
 
 def test_answer_cost_and_max_response_bytes():
     y = np.zeros((1000, 2), np.float32)
-    assert answer_cost({"y": y}, [("y", True)], 8000) == 8000          # copied into the answer
-    assert answer_cost({"y": y.T}, [("y", True)], 8000) == 16000       # made contiguous first
-    assert answer_cost({"y": y}, [("y", False)], 8000) > 100 * 2000    # JSON: objects, text
+    assert answer_cost({"y": y}, [("y", True)], 8000) == 8000  # copied into the answer
+    assert answer_cost({"y": y.T}, [("y", True)], 8000) == 16000  # made contiguous first
+    assert answer_cost({"y": y}, [("y", False)], 8000) > 100 * 2000  # JSON: objects, text
     with pytest.raises(ServeError, match=r"limits\.max_response_bytes 7999") as info:
         answer_cost({"y": y}, [("y", True)], 7999)
     assert info.value.kind == ServeError.TOO_LARGE
@@ -219,10 +240,10 @@ def test_receive_share_leaves_rest_one_largest_request():
 def test_gate_reserves_the_largest_message_and_hands_it_over():
     budget = ByteBudget(400)
     gate = ReceiveGate(budget, 100, grace=1, max_waiting=2)
-    holders = [gate.enter(lambda: None) for _ in range(3)]      # share: 300
+    holders = [gate.enter(lambda: None) for _ in range(3)]  # share: 300
     assert all(holders) and budget.used == 300 and gate.receiving == 300
-    assert gate.hand_over(holders[0]) == 100                     # now the request's
-    gate.leave(holders[0])                                       # (nothing more to give back)
+    assert gate.hand_over(holders[0]) == 100  # now the request's
+    gate.leave(holders[0])  # (nothing more to give back)
     assert budget.used == 300 and gate.receiving == 200
     gate.leave(holders[1])
     assert budget.used == 200 and gate.receiving == 100
@@ -236,7 +257,7 @@ def test_gate_waiters_get_room_newest_first_and_old_holders_are_evicted():
     for `grace` seconds while someone waits; the newest waiter gets the room first."""
     clock = _Clock()
     budget = ByteBudget(300)
-    gate = ReceiveGate(budget, 100, grace=0.5, max_waiting=4, clock=clock)   # share: 200
+    gate = ReceiveGate(budget, 100, grace=0.5, max_waiting=4, clock=clock)  # share: 200
     cancelled = []
     stalled = gate.enter(lambda: cancelled.append("stalled"))
     assert stalled is not None and budget.used == 100
@@ -246,6 +267,7 @@ def test_gate_waiters_get_room_newest_first_and_old_holders_are_evicted():
 
     def wait(name: str) -> None:
         got[name] = gate.enter(lambda: cancelled.append(name))
+
     first_waiter = threading.Thread(target=wait, args=("older",))
     first_waiter.start()
     _until(lambda: gate.waiting == 1)
@@ -253,12 +275,12 @@ def test_gate_waiters_get_room_newest_first_and_old_holders_are_evicted():
     newest.start()
     _until(lambda: gate.waiting == 2)
     assert not cancelled
-    gate.leave(second)                                  # room for one: the newest waiter
+    gate.leave(second)  # room for one: the newest waiter
     newest.join(5)
     assert got["newer"] is not None and "older" not in got
-    clock.now += 1.0                                    # `stalled` has held room for 1 s
-    _until(lambda: cancelled == ["stalled"])            # ... so the older waiter evicts it
-    gate.leave(stalled)                                 # (its call ends: room given back)
+    clock.now += 1.0  # `stalled` has held room for 1 s
+    _until(lambda: cancelled == ["stalled"])  # ... so the older waiter evicts it
+    gate.leave(stalled)  # (its call ends: room given back)
     first_waiter.join(5)
     assert got["older"] is not None
     for holder in (got["older"], got["newer"]):
@@ -277,18 +299,19 @@ def test_gate_waiting_room_drops_the_longest_waiter_and_wait_ends():
     t2 = threading.Thread(target=lambda: got.setdefault("new", gate.enter(lambda: None)))
     t2.start()
     t.join(5)
-    assert got["old"] is None                           # dropped for the newer one
+    assert got["old"] is None  # dropped for the newer one
     gate.leave(holder)
     t2.join(5)
     assert got["new"] is not None
     gate.leave(got["new"])
     short = ReceiveGate(ByteBudget(100), 100, grace=0.05, max_waiting=1)
     short.enter(lambda: None)
-    assert short.enter(lambda: None) is None            # no room within the grace
+    assert short.enter(lambda: None) is None  # no room within the grace
 
 
 def _until(condition, timeout: float = 5.0) -> None:
     import time
+
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "not reached"
@@ -310,13 +333,14 @@ def test_decode_pool_serves_models_in_turn_and_close_cancels_queued_jobs():
             gate.wait(5)
         order.append(name)
         return name
+
     first = pool.submit("a", job, "a1")
-    _until(lambda: pool.queued == 0)                    # a1 runs (and blocks)
+    _until(lambda: pool.queued == 0)  # a1 runs (and blocks)
     a2, a3 = pool.submit("a", job, "a2"), pool.submit("a", job, "a3")
     b1 = pool.submit("b", job, "b1")
     gate.set()
     assert [f.result(5) for f in (first, b1, a2, a3)] == ["a1", "b1", "a2", "a3"]
-    assert order == ["a1", "b1", "a2", "a3"]           # b1 before a's backlog
+    assert order == ["a1", "b1", "a2", "a3"]  # b1 before a's backlog
     gate.clear()
     blocker = pool.submit("a", job, "a1")
     _until(lambda: pool.queued == 0)
@@ -351,14 +375,15 @@ def test_a_crowded_waiting_room_drops_the_crowding_connections_waiters():
         t = threading.Thread(target=lambda: got.setdefault(name, gate.enter(lambda: None, peer)))
         t.start()
         return t
+
     crowd = [enter("a1", "ipv4:10.0.0.1:1")]
     _until(lambda: gate.waiting == 1)
     crowd.append(enter("a2", "ipv4:10.0.0.1:1"))
     _until(lambda: gate.waiting == 2)
-    other = enter("b", "ipv4:10.0.0.1:2")              # the room is full: a1 is dropped
+    other = enter("b", "ipv4:10.0.0.1:2")  # the room is full: a1 is dropped
     crowd[0].join(5)
     assert got["a1"] is None and gate.waiting == 2
-    gate.leave(first)                                  # room: the newest waiter, b
+    gate.leave(first)  # room: the newest waiter, b
     other.join(5)
     assert got["b"] is not None and "a2" not in got
     gate.leave(got["b"])
@@ -406,7 +431,8 @@ def test_large_blocks_freed_on_many_threads_go_back_to_the_system():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _BLOCKS, "set"], capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out[0] == "True"                      # glibc took the setting
+    out = subprocess.run(
+        [sys.executable, "-c", _BLOCKS, "set"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == "True"  # glibc took the setting
     assert int(out[1]) < 16, f"{out[1]} MiB kept"

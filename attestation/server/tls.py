@@ -26,9 +26,10 @@ def secret_prov_context(config: SecretsConfig, identity: ServerIdentity) -> SSL.
     ``identity = "ratls"``, the server's TCG DICE RA-TLS certificate); TLS 1.3 unless
     ``max_tls = "1.2"``; a client certificate is required. Raises SSL.Error when the
     certificate and key cannot be used."""
-    ctx = _base_context(SSL.TLS1_2_VERSION if config.server.max_tls == "1.2"
-                        else SSL.TLS1_3_VERSION)
-    if identity.dice is not None:   # identity = "ratls": our own TCG DICE certificate
+    ctx = _base_context(
+        SSL.TLS1_2_VERSION if config.server.max_tls == "1.2" else SSL.TLS1_3_VERSION
+    )
+    if identity.dice is not None:  # identity = "ratls": our own TCG DICE certificate
         use_pem(ctx, identity.dice)
     else:
         ctx.use_certificate_chain_file(str(config.server.cert))
@@ -59,7 +60,7 @@ def use_pem(ctx: SSL.Context, pair: tuple[bytes, bytes]) -> None:
     cert_pem, key_pem = pair
     ctx.use_certificate(x509.load_pem_x509_certificate(cert_pem))
     key = serialization.load_pem_private_key(key_pem, None)
-    assert isinstance(key, RaTlsKey)   # made by ratls.server_certificate
+    assert isinstance(key, RaTlsKey)  # made by ratls.server_certificate
     ctx.use_privatekey(key)
     ctx.check_privatekey()
 

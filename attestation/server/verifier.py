@@ -48,8 +48,13 @@ def utc_now() -> _dt.datetime:
 class ClientVerifier:
     """Verifies client certificates against one configuration's collateral and root."""
 
-    def __init__(self, collateral: CollateralSource, root_der: bytes | None,
-                 cache: VerificationCache | None, now: Clock = utc_now):
+    def __init__(
+        self,
+        collateral: CollateralSource,
+        root_der: bytes | None,
+        cache: VerificationCache | None,
+        now: Clock = utc_now,
+    ):
         self.collateral = collateral
         self.root_der = root_der
         self.cache = cache
@@ -61,8 +66,12 @@ class ClientVerifier:
         unless ``verification_cache = false``."""
         attestation = config.attestation
         root_der = load_root_der(attestation.root_ca)
-        return cls(source_for(attestation), root_der,
-                   VerificationCache() if attestation.verification_cache else None, now)
+        return cls(
+            source_for(attestation),
+            root_der,
+            VerificationCache() if attestation.verification_cache else None,
+            now,
+        )
 
     def verify(self, peer: PeerCertificate | None, timeout: float) -> ClientEvidence:
         if peer is None:
@@ -76,14 +85,18 @@ class ClientVerifier:
             evidence = extract_evidence(certificate)
             fmt = evidence.format
             collateral = self.collateral.for_quote(evidence.quote, timeout=max(0.0, timeout))
-            verified = verify_quote_signature(evidence.quote, collateral,
-                                              root_ca_der=self.root_der, now=self._now(),
-                                              cache=self.cache)
+            verified = verify_quote_signature(
+                evidence.quote,
+                collateral,
+                root_ca_der=self.root_der,
+                now=self._now(),
+                cache=self.cache,
+            )
         except (EvidenceError, QuoteRejected, VerifierConfigError) as exc:
             return Unverified(str(exc), fmt)
         except CollateralError as exc:
-            return Unverified(f"no collateral to verify the quote: {exc}", fmt,
-                              no_collateral=True)
-        config_svn = int.from_bytes(evidence.quote[CONFIG_SVN_OFFSET:CONFIG_SVN_OFFSET + 2],
-                                    "little")
+            return Unverified(f"no collateral to verify the quote: {exc}", fmt, no_collateral=True)
+        config_svn = int.from_bytes(
+            evidence.quote[CONFIG_SVN_OFFSET : CONFIG_SVN_OFFSET + 2], "little"
+        )
         return Evidence(fmt, verified, config_svn)

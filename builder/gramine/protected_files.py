@@ -34,6 +34,7 @@ def _mapped(function: _F) -> _F:
             raise
         except _impl.PFError as exc:
             raise PFError(str(exc)) from exc.__cause__
+
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps *function*'s signature
 
 

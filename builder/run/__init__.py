@@ -7,5 +7,12 @@ SIMULATION ONLY: nothing is attested. See :mod:`builder.run.runner` (the run),
 
 from .runner import BANNER, CannotSimulate, RunError, RunOptions, open_build, parse_env, run_build
 
-__all__ = ["run_build", "RunOptions", "RunError", "CannotSimulate", "open_build", "parse_env",
-           "BANNER"]
+__all__ = [
+    "run_build",
+    "RunOptions",
+    "RunError",
+    "CannotSimulate",
+    "open_build",
+    "parse_env",
+    "BANNER",
+]

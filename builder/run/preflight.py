@@ -49,25 +49,26 @@ def _port_problems(build_dir: Path, host: str) -> list[str]:
     try:
         info = ServiceInfo.load(build_dir / SERVICE_FILE)
     except ServiceInfoError:
-        return []     # no service.json (a service without ports, or an older build)
+        return []  # no service.json (a service without ports, or an older build)
     problems = []
     for port in info.ports:
         reason = listen_problem(host, port.number)
         if reason is not None:
             listener = Listener(host, port.number, port.spec_key)
-            problems.append(port_failure(_KINDS.get(port.name, port.name), listener,
-                                         reason).message)
+            problems.append(
+                port_failure(_KINDS.get(port.name, port.name), listener, reason).message
+            )
     return problems
 
 
 def _server_config(root: Path) -> ServerConfig | None:
     path = root / SERVER_CONFIG.lstrip("/")
     if not path.is_file():
-        return None   # not enclave-build's model server
+        return None  # not enclave-build's model server
     try:
         return ServerConfig.load(path, SERVER_CONFIG)
     except ConfigError:
-        return None   # the server reports it itself, with its line
+        return None  # the server reports it itself, with its line
 
 
 class _Unknown:

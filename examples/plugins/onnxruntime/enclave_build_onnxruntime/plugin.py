@@ -25,24 +25,46 @@ from enclave_build.plugin import (
 BACKEND = "onnxruntime"
 GRAPH_OPTIMIZATION = ("disabled", "basic", "extended", "all")
 
-SECTION = Section("onnxruntime", "ONNX Runtime model server options", (
-    Field("grpc_port", "int", "gRPC port (KServe v2)", default=8001, minimum=1, maximum=65535),
-    Field("rest_port", "int", "REST port (KServe v2)", default=8000, minimum=1, maximum=65535),
-    Field("threads", "int", "intra-op threads per session", default=1, minimum=1, maximum=256),
-    Field("instances", "int", "sessions per model (concurrent requests served)", default=2,
-          minimum=1, maximum=256),
-    Field("graph_optimization", "str", "ONNX Runtime graph optimization level", default="all",
-          choices=GRAPH_OPTIMIZATION),
-), owner="onnxruntime")
+SECTION = Section(
+    "onnxruntime",
+    "ONNX Runtime model server options",
+    (
+        Field("grpc_port", "int", "gRPC port (KServe v2)", default=8001, minimum=1, maximum=65535),
+        Field("rest_port", "int", "REST port (KServe v2)", default=8000, minimum=1, maximum=65535),
+        Field("threads", "int", "intra-op threads per session", default=1, minimum=1, maximum=256),
+        Field(
+            "instances",
+            "int",
+            "sessions per model (concurrent requests served)",
+            default=2,
+            minimum=1,
+            maximum=256,
+        ),
+        Field(
+            "graph_optimization",
+            "str",
+            "ONNX Runtime graph optimization level",
+            default="all",
+            choices=GRAPH_OPTIMIZATION,
+        ),
+    ),
+    owner="onnxruntime",
+)
 
 
 def plan(spec: Spec) -> ServicePlan:
     opts = spec.section("onnxruntime")
     return python_server_plan(
-        spec, FRAMEWORK, backend=BACKEND, packages=["onnxruntime"],
-        grpc_port=opts["grpc_port"], rest_port=opts["rest_port"],
-        instances=opts["instances"], threads=opts["threads"],
-        options={"graph_optimization": opts["graph_optimization"]})
+        spec,
+        FRAMEWORK,
+        backend=BACKEND,
+        packages=["onnxruntime"],
+        grpc_port=opts["grpc_port"],
+        rest_port=opts["rest_port"],
+        instances=opts["instances"],
+        threads=opts["threads"],
+        options={"graph_optimization": opts["graph_optimization"]},
+    )
 
 
 FRAMEWORK = Framework(
