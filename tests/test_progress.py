@@ -174,7 +174,7 @@ def _big_model(path, size):
     import numpy as np
 
     letters = (np.frombuffer(os.urandom(size), dtype=np.uint8) & 15) + ord("a")
-    path.write_bytes(b"TFL3" + letters.tobytes())
+    path.write_bytes(tflite_bytes(letters.tobytes()))
 
 
 @pytest.mark.integration
