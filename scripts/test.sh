@@ -49,7 +49,7 @@ _check "type check" "fix the errors listed above" python scripts/typecheck.py
 _report="$(mktemp -t enclave-build-tests.XXXXXX.xml)"
 trap 'rm -f "$_report"' EXIT
 set +e
-python -m pytest -q -rs --junitxml="$_report" "$@"
+python -m pytest -q -rs --durations=12 --junitxml="$_report" "$@"
 _rc=$?
 set -e
 
