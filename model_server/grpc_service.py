@@ -54,6 +54,7 @@ from .core import Engine, Hold, LoadedModel, ServeError, log
 from .costs import answer_cost, bytes_tensor_cost
 from .datatypes import (BYTES_ELEMENT_MIN, CONTENTS_FIELD, TensorError, from_numpy_dtype,
                         from_raw, from_repeated, raw_view, to_numpy_dtype)
+from .errors import BudgetShort
 from .handler_pool import HandlerPool
 from .metrics import UNKNOWN_MODEL, Metrics
 from .pb_cost import parse_cost
@@ -261,7 +262,7 @@ class GRPCService:
         hold = Hold(engine.budget)
         try:
             raw = self._receive(requests, context, holder)
-            hold.held = self.gate.hand_over(holder)     # now held by this request
+            hold.held = self.gate.hand_over(holder, len(raw))   # now held by this request
         finally:
             self.gate.leave(holder)
         try:
@@ -294,6 +295,8 @@ class GRPCService:
         except ServeError as exc:
             if not admitted:
                 engine.counters.add("refused")
+            if isinstance(exc, BudgetShort):
+                self.gate.busy(context.peer())      # its next call: later (see ReceiveGate.busy)
             self.metrics.observe(label, "grpc", exc.kind, time.perf_counter() - t0)
             self._fail(context, exc)
         except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
