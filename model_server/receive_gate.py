@@ -44,9 +44,10 @@ kept rooms to the claimant first.
 
 **Busy connections.** When a request was refused for lack of room in the byte budget after its
 message arrived (:meth:`ReceiveGate.busy`), its connection's calls get no room for
-:data:`BUSY_WAIT` seconds, then receive one at a time for ``grace`` seconds: a client sending
-messages the server cannot take would otherwise have it receive one after the other, with the
-CPU every other client needs.
+:data:`BUSY_WAIT` seconds (twice as long each time it is refused again soon after, up to
+``grace``), then receive one at a time for ``grace`` seconds: a client sending messages the
+server cannot take would otherwise have it receive one after the other, with the CPU every
+other client needs.
 
 At most ``max_waiting`` calls wait (a handler thread each), each for at most twice ``grace``;
 when the waiting room is full, a new call drops the longest waiter of the connection with the
@@ -143,8 +144,8 @@ class ReceiveGate:
         self._kept: list[_Kept] = []
         self._waiters: list[_Waiter] = []       # oldest first
         self._waiting_of: dict[str, int] = {}   # connection -> its calls waiting
-        # connection -> (until when its calls get no room, until when one at a time)
-        self._busy: dict[str, tuple[float, float]] = {}
+        # connection -> (until when its calls get no room, until when one at a time, the wait)
+        self._busy: dict[str, tuple[float, float, float]] = {}
         self._lock = threading.Lock()
         budget.on_release(self._room_changed)
 
@@ -216,14 +217,17 @@ class ReceiveGate:
 
     def busy(self, peer: str) -> None:
         """A request of connection *peer* was refused for lack of room in the byte budget after
-        its message arrived: its connection's calls get no room for :data:`BUSY_WAIT` seconds,
-        then one at a time for ``grace`` seconds (a client sending what the server cannot take
-        would otherwise have it receive message after message), and the rooms it keeps go
-        back."""
+        its message arrived: its connection's calls get no room for :data:`BUSY_WAIT` seconds
+        (twice its last wait, up to ``grace``, when it is refused again within ``grace`` of
+        that wait's end), then receive one at a time for ``grace`` seconds (a client sending
+        what the server cannot take would otherwise have it receive message after message);
+        the rooms it keeps go back."""
         with self._lock:
             now = self.clock()
             freed = self._expire(now)
-            self._busy[peer] = (now + self.busy_wait, now + self.busy_wait + self.grace)
+            last = self._busy.get(peer)
+            wait = self.busy_wait if last is None else min(self.grace, 2 * last[2])
+            self._busy[peer] = (now + wait, now + wait + self.grace, wait)
             for kept in [k for k in self._kept if k.peer == peer]:
                 self._kept.remove(kept)
                 self.keeping -= kept.bytes

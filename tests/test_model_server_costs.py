@@ -413,8 +413,8 @@ def test_kept_rooms_go_to_a_connection_holding_two_fewer():
 
 def test_a_busy_connection_waits_then_receives_one_call_at_a_time():
     """A connection whose request the budget could not take gets no room for BUSY_WAIT seconds
-    (its kept rooms go back), then one room at a time for grace seconds; other connections are
-    served meanwhile."""
+    (its kept rooms go back), then one room at a time for grace seconds; refused again, it
+    waits twice as long. Other connections are served meanwhile."""
     clock = _Clock()
     budget = ByteBudget(400)
     gate = ReceiveGate(budget, 100, grace=2, max_waiting=8, clock=clock, busy_wait=0.5)
@@ -435,7 +435,18 @@ def test_a_busy_connection_waits_then_receives_one_call_at_a_time():
     _until(lambda: gate.waiting == 1)
     gate.leave(first)
     assert calls.holder("b2") is not None
-    clock.now += 2.0                                       # grace over: no limit
+    gate.leave(calls.got["b2"])
+    gate.busy(busy)                                        # refused again: twice the wait
+    calls.enter("b3", busy)
+    _until(lambda: gate.waiting == 1)
+    clock.now += 0.6
+    # another connection's call takes the free room under the gate's lock: b3 could have had
+    # one then, had its wait not doubled
+    assert gate.enter(lambda: None, "ipv4:127.0.0.1:3000") is not None
+    assert gate.waiting == 1
+    clock.now += 0.5
+    gate.leave(calls.holder("b3"))
+    clock.now += 2.1                                       # grace over: no limit
     assert gate.enter(lambda: None, busy) is not None and gate.holders == 3
 
 
