@@ -102,15 +102,17 @@ class Holder:
 
 
 class _Waiter:
-    __slots__ = ("event", "holder", "cancel", "dropped", "peer", "owed")
+    __slots__ = ("event", "holder", "cancel", "dropped", "peer", "owed", "active")
 
-    def __init__(self, cancel: Callable[[], None], peer: str) -> None:
+    def __init__(self, cancel: Callable[[], None], peer: str,
+                 active: Callable[[], bool]) -> None:
         self.event = threading.Event()
         self.holder: Holder | None = None
         self.cancel = cancel
         self.dropped = False
         self.peer = peer
         self.owed = False           # a call was cancelled to make room for this one
+        self.active = active        # false once the call has ended (its client went away)
 
 
 class _Kept:
@@ -161,10 +163,12 @@ class ReceiveGate:
     def kept(self) -> int:
         return len(self._kept)
 
-    def enter(self, cancel: Callable[[], None], peer: str = "") -> Holder | None:
+    def enter(self, cancel: Callable[[], None], peer: str = "",
+              active: Callable[[], bool] = lambda: True) -> Holder | None:
         """Room for one message, or None when there was none within twice ``grace`` seconds (or
-        the call was dropped from the waiting room). *cancel* ends the call (eviction); *peer*
-        names its connection."""
+        the call was dropped from the waiting room, or ended while waiting: *active* says
+        whether it still runs). *cancel* ends the call (eviction); *peer* names its
+        connection."""
         freed = 0
         try:
             with self._lock:
@@ -179,7 +183,7 @@ class ReceiveGate:
                     if holder is not None:
                         holder.cancel = cancel
                         return holder
-                waiter = self._queue(cancel, peer)
+                waiter = self._queue(cancel, peer, active)
                 self._grant(now)
         finally:
             if freed:
@@ -261,9 +265,15 @@ class ReceiveGate:
         deadline = self.clock() + 2 * self.grace
         while True:
             freed = 0
+            gone = not waiter.active()                 # (grpc's lock: not under ours)
             with self._lock:
                 waiter.event.clear()
                 if waiter.holder is not None or waiter.dropped:
+                    break
+                if gone:                               # its client went away
+                    self._waiters.remove(waiter)
+                    self._out(waiter.peer)
+                    self._nudge()
                     break
                 now = self.clock()
                 freed = self._expire(now)
@@ -282,8 +292,9 @@ class ReceiveGate:
                     break
                 if self._kept:
                     wake = min(wake, min(k.until for k in self._kept))
-                if waiter.peer in self._busy:
-                    wake = min(wake, max(now, self._busy[waiter.peer][0]))
+                busy = self._busy.get(waiter.peer)
+                if busy is not None and now < busy[0]:
+                    wake = min(wake, busy[0])      # (after that: woken when a room is freed)
                 wait = min(deadline, wake) - now
                 # a room is free but the budget has not its bytes (REST bodies hold them)
                 short = self._room_free() and self.budget.limit - self.budget.used < self.slot
@@ -301,7 +312,8 @@ class ReceiveGate:
 
     # ------------------------------------------------------------ under the lock
 
-    def _queue(self, cancel: Callable[[], None], peer: str) -> _Waiter:
+    def _queue(self, cancel: Callable[[], None], peer: str,
+               active: Callable[[], bool]) -> _Waiter:
         """A new waiter; when the waiting room is full, the longest waiter of the connection
         with the most waiting is dropped first."""
         if len(self._waiters) >= self.max_waiting:
@@ -313,7 +325,7 @@ class ReceiveGate:
             self._out(crowd)
             oldest.dropped = True
             oldest.event.set()
-        waiter = _Waiter(cancel, peer)
+        waiter = _Waiter(cancel, peer, active)
         self._waiters.append(waiter)
         self._waiting_of[peer] = self._waiting_of.get(peer, 0) + 1
         self._nudge()

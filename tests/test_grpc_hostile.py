@@ -552,7 +552,7 @@ def test_message_less_streams_over_many_connections_leave_threads_free(tmp_path)
 FAIR_LIMITS = {"max_request_bytes": 8 * MIB, "max_buffered_bytes": 32 * MIB, "body_timeout": 120}
 
 
-def _legitimate_calls(server: "ServerProcess", count: int, timeout: float) -> list[str]:
+def _legitimate_calls(server: ServerProcess, count: int, timeout: float) -> list[str]:
     """*count* small ModelInfer calls one after the other on one channel, each with a
     deadline of *timeout* seconds: 'ok' or the status each ended with."""
     channel, stub = server.stub()
@@ -563,7 +563,7 @@ def _legitimate_calls(server: "ServerProcess", count: int, timeout: float) -> li
         channel.close()
 
 
-def _message_less_streams(server: "ServerProcess", connections: int, streams: int):
+def _message_less_streams(server: ServerProcess, connections: int, streams: int):
     """*connections* HTTP/2 connections, each with *streams* ModelInfer streams that never send
     their message."""
     conns = [H2Connection(server.grpc) for _ in range(connections)]

@@ -450,6 +450,53 @@ def test_a_busy_connection_waits_then_receives_one_call_at_a_time():
     assert gate.enter(lambda: None, busy) is not None and gate.holders == 3
 
 
+def test_a_call_held_back_one_at_a_time_waits_without_spinning():
+    """A busy connection's call waiting for its connection's other call (one at a time) sleeps
+    until a room is freed: its wait loop turns a few times a second, not thousands (it once
+    turned without sleeping, taking the gate's lock from every other call)."""
+    import time
+
+    clock = _Clock()
+    gate = ReceiveGate(ByteBudget(400), 100, grace=30, max_waiting=8, clock=clock,
+                       busy_wait=0.5)
+    busy = "ipv4:127.0.0.1:1000"
+    gate.busy(busy)
+    clock.now += 0.6                                       # the wait is over: one at a time
+    first = gate.enter(lambda: None, busy)
+    turns = [0]
+
+    def active() -> bool:                                  # asked once per turn of the loop
+        turns[0] += 1
+        return True
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("second", gate.enter(
+        lambda: None, busy, active)), daemon=True)
+    t.start()
+    try:
+        _until(lambda: gate.waiting == 1)
+        time.sleep(1.0)                                    # (counts loop turns, times nothing)
+        assert turns[0] < 20, f"{turns[0]} turns of the wait loop in a second"
+    finally:
+        gate.leave(first)                                  # (its room: the waiter ends)
+        t.join(5)
+    assert got["second"] is not None
+
+
+def test_a_waiting_call_whose_client_went_away_leaves_the_waiting_room():
+    gate = ReceiveGate(ByteBudget(100), 100, grace=30, max_waiting=2)
+    holder = gate.enter(lambda: None, "ipv4:127.0.0.1:1000")
+    running = [True]
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("waiter", gate.enter(
+        lambda: None, "ipv4:127.0.0.1:2000", lambda: running[0])))
+    t.start()
+    _until(lambda: gate.waiting == 1)
+    running[0] = False                                     # the client cancels its call
+    t.join(5)
+    assert got["waiter"] is None and gate.waiting == 0
+    gate.leave(holder)
+
+
 def _until(condition, timeout: float = 5.0) -> None:
     import time
     deadline = time.monotonic() + timeout

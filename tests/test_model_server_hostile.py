@@ -230,6 +230,9 @@ class _Ctx:
     def peer(self):
         return self._peer
 
+    def is_active(self):
+        return True
+
 
 def test_grpc_message_refused_when_the_buffer_budget_is_used_up():
     """Room for a message (max_request_bytes) is reserved before it is received; when other
