@@ -23,6 +23,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -200,7 +201,7 @@ VERDICT_SCHEMA = 1
 
 
 def verdict(endpoint: str, result: "AttestedChannel | AttestationRefused", *,
-            synthetic_root: bool) -> dict:
+            synthetic_root: bool) -> dict[str, Any]:
     """The stable JSON form of an attestation outcome (``enclave-build attest --json``)::
 
         {"schema": 1, "endpoint", "attested": bool, "reason": str | null,
@@ -213,19 +214,20 @@ def verdict(endpoint: str, result: "AttestedChannel | AttestationRefused", *,
     """
     quote = result.quote
     attested = isinstance(result, AttestedChannel)
-    info = {"schema": VERDICT_SCHEMA, "endpoint": endpoint, "attested": attested,
-            "reason": None if attested else result.reason,
-            "evidence": result.evidence_format, "certificate_sha256": result.certificate_sha256,
-            "synthetic_root": synthetic_root,
-            "measurements": result.build_source if attested else None,
-            "service": result.build.service if attested else None,
-            "framework": result.build.framework if attested else None,
-            "image": result.build.image.ref if attested else None}
+    info: dict[str, Any] = {
+        "schema": VERDICT_SCHEMA, "endpoint": endpoint, "attested": attested,
+        "reason": None if isinstance(result, AttestedChannel) else result.reason,
+        "evidence": result.evidence_format, "certificate_sha256": result.certificate_sha256,
+        "synthetic_root": synthetic_root, "measurements": None, "service": None,
+        "framework": None, "image": None}
+    if isinstance(result, AttestedChannel):
+        info.update(measurements=result.build_source, service=result.build.service,
+                    framework=result.build.framework, image=result.build.image.ref)
     fields = ("status", "advisory_ids", "mr_enclave", "mr_signer", "isv_prod_id", "isv_svn",
               "debug", "attributes")
     quote_json = quote.to_json() if quote is not None else {}
     info.update({name: quote_json.get(name) for name in fields})
-    info["mismatches"] = [] if attested else [
+    info["mismatches"] = [] if isinstance(result, AttestedChannel) else [
         {"measurements": m.build, "field": m.field, "expected": m.expected, "actual": m.actual}
         for m in result.mismatches]
     return info

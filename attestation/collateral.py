@@ -19,10 +19,13 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .verify import collateral_validity, load_collateral
 from .errors import AttestationError
+
+if TYPE_CHECKING:
+    from enclave_build.contract.secrets_config import AttestationSettings
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -166,8 +169,8 @@ class PccsCollateral:
         return text
 
 
-def source_for(settings) -> CollateralSource:  # noqa: ANN001 - AttestationSettings
+def source_for(settings: AttestationSettings) -> CollateralSource:
     if settings.collateral is not None:
         return FileCollateral(settings.collateral)
-    return PccsCollateral(settings.pccs_url, timeout=getattr(settings, "pccs_timeout",
-                                                             DEFAULT_TIMEOUT))
+    assert settings.pccs_url is not None   # the reader requires exactly one of the two
+    return PccsCollateral(settings.pccs_url, timeout=settings.pccs_timeout)

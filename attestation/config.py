@@ -16,10 +16,7 @@ from pathlib import Path
 from enclave_build.contract.files import read_text
 from enclave_build.contract.locate import KeyLocator
 from enclave_build.contract.schema import Problem
-from enclave_build.contract.secrets_config import (IDENTITIES, AttestationSettings,  # noqa: F401
-                                                   GrSecretSettings, SecretsConfig,
-                                                   SecretsConfigError, ServerSettings,
-                                                   available_cores)
+from enclave_build.contract.secrets_config import SecretsConfig, SecretsConfigError
 
 from .upload import UploadConfigError, UploadSettings
 
@@ -52,5 +49,4 @@ def load_config(path: str | Path) -> SecretsConfig:
     return config
 
 
-__all__ = ["ConfigError", "SecretsConfig", "ServerSettings", "AttestationSettings",
-           "GrSecretSettings", "IDENTITIES", "available_cores", "load_config"]
+__all__ = ["ConfigError", "load_config"]

@@ -59,7 +59,7 @@ import select
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar, Iterator
 
 import h2.config
 import h2.connection
@@ -100,7 +100,7 @@ class Status:
     UNAVAILABLE = 14
     UNAUTHENTICATED = 16
 
-    NAMES = {0: "OK", 1: "CANCELLED", 3: "INVALID_ARGUMENT", 5: "NOT_FOUND",
+    NAMES: ClassVar[dict[int, str]] = {0: "OK", 1: "CANCELLED", 3: "INVALID_ARGUMENT", 5: "NOT_FOUND",
              7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 12: "UNIMPLEMENTED",
              13: "INTERNAL", 14: "UNAVAILABLE", 16: "UNAUTHENTICATED"}
 
@@ -227,6 +227,7 @@ class _Connection:
 
     def _undelivered(self, call: _Call, why: str) -> None:
         outcome, call.outcome = call.outcome, None
+        assert outcome is not None   # only answered calls are undelivered
         self._audit(call, RpcOutcome(outcome.code, f"{outcome.message} (response not "
                                                    f"delivered: {why})"))
 
@@ -267,9 +268,11 @@ class _Connection:
     # ----------------------------------------------------------------- requests
 
     def _request(self, event: h2.events.RequestReceived) -> None:
-        headers = {}
+        headers: dict[str, str] = {}
         for name, value in event.headers or ():
-            headers[name] = value   # h2 decoded them (header_encoding) and validated them
+            # h2 decoded them (header_encoding) and validated them
+            assert isinstance(name, str) and isinstance(value, str)
+            headers[name] = value
         call = _Call(headers)
         self.calls[event.stream_id] = call
         method = headers.get(":method", "")
@@ -366,9 +369,9 @@ class _Connection:
             elif isinstance(event, h2.events.StreamEnded):
                 self._ended(event.stream_id)
             elif isinstance(event, h2.events.StreamReset):
-                call = self.calls.pop(event.stream_id, None)
-                if call is not None and call.outcome is not None:
-                    self._undelivered(call, "the client reset the stream")
+                reset = self.calls.pop(event.stream_id, None)
+                if reset is not None and reset.outcome is not None:
+                    self._undelivered(reset, "the client reset the stream")
             elif isinstance(event, h2.events.WindowUpdated):
                 for stream_id, call in list(self.calls.items()):
                     if call.answered:
@@ -410,7 +413,7 @@ class _Frames:
         self.buffer = bytearray()
         self.passthrough = False
 
-    def split(self, data: bytes, max_frame: int):  # noqa: ANN201 - Iterator[tuple[bytes, bool]]
+    def split(self, data: bytes, max_frame: int) -> Iterator[tuple[bytes, bool]]:
         """(bytes for h2, whether they are one whole frame), in order."""
         if self.passthrough:
             yield data, False

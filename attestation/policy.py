@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enclave_build.contract.identity import EnclaveIdentity
-from enclave_build.contract.secrets_config import (ENCODINGS, KEY_SIZE,  # noqa: F401
-                                                   SecretRule, hex_dashes)
+from enclave_build.contract.secrets_config import ENCODINGS, SecretRule
 
 from .measurements import Measurements, MeasurementsError
 from .errors import AttestationConfigError

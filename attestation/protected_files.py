@@ -154,7 +154,7 @@ class _Keys:
         self._pool = b""
         self._next = 0
 
-    def node_key(self, physical: int, plaintext: bytes | memoryview) -> bytes:
+    def node_key(self, physical: int, plaintext: bytes | bytearray | memoryview) -> bytes:
         if self._derive:
             msg = b"node" + self._path + physical.to_bytes(8, "little") + \
                 hashlib.sha256(plaintext).digest()
@@ -172,7 +172,7 @@ class _Keys:
         return os.urandom(NONCE_SIZE)
 
 
-def _seal(key: bytes, plaintext: bytes | memoryview) -> tuple[bytes, bytes]:
+def _seal(key: bytes, plaintext: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
     out = AESGCM(key).encrypt(_ZERO_IV, bytes(plaintext), None)
     return out[:-MAC_SIZE], out[-MAC_SIZE:]
 
@@ -194,7 +194,7 @@ def _seal_into(key: bytes, plaintext: memoryview, out: memoryview) -> None:
         out[:] = AESGCM(key).encrypt(_ZERO_IV, bytes(plaintext), None)
 
 
-def _open_into(key: bytes, sealed: bytearray, out: memoryview) -> None:
+def _open_into(key: bytes | memoryview, sealed: bytearray | memoryview, out: memoryview) -> None:
     """Verify and decrypt *sealed* (ciphertext then tag) into *out*; InvalidTag on failure."""
     if _HAS_INTO:
         AESGCM(key).decrypt_into(_ZERO_IV, sealed, None, out)
@@ -288,7 +288,7 @@ class _ExactReader:
         want = min(len(buffer), self._left)
         got = 0
         while got < want:
-            n = self._src.readinto(buffer[got:want])  # type: ignore[attr-defined]
+            n = self._src.readinto(buffer[got:want])  # type: ignore[attr-defined]  # a binary file
             if not n:
                 raise PFError(f"input changed while reading: shorter than {self._size} bytes")
             got += n
@@ -482,7 +482,7 @@ def decrypt_stream(wrap_key: bytes, src: BinaryIO, file_size: int, out: BinaryIO
         want = NODE * (1 + count)
         got = 0
         while got < want:
-            n = src.readinto(block[got:want])  # type: ignore[attr-defined]
+            n = src.readinto(block[got:want])  # type: ignore[attr-defined]  # a binary file
             if not n:
                 raise PFError(f"{source}: truncated at node {mht_node_index(m) + got // NODE}")
             got += n
@@ -567,7 +567,8 @@ def _size_range(nodes: int) -> list[int]:
     """Plaintext sizes that give exactly *nodes* nodes (from the header alone)."""
     if nodes == 1:
         return [0, MD_DATA]
-    lo_data, hi_data = None, None
+    lo_data: int | None = None
+    hi_data = 0
     for data in range(max(1, (nodes - 1) * DATA_PER_MHT // (DATA_PER_MHT + 1) - 1), nodes):
         if 1 + -(-data // DATA_PER_MHT) + data == nodes:
             lo_data = data if lo_data is None else lo_data

@@ -39,6 +39,9 @@ from cryptography.x509.oid import NameOID
 from .quote import Quote, QuoteFormatError
 from .errors import AttestationError
 
+#: The key of an RA-TLS certificate: ECDSA P-384 (Gramine's formats) or RSA-2048 (CCZoo's).
+RaTlsKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
 DICE_OID = x509.ObjectIdentifier("2.23.133.5.4.9")
 LEGACY_OID = x509.ObjectIdentifier("0.6.9.42.840.113741.1337.6")
 CCZOO_OID = x509.ObjectIdentifier("1.2.840.113741.1")
@@ -181,8 +184,9 @@ OCCLUM_SUBJECT = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CN"),
                             x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
 
 
-def create_certificate(fmt: str, make_quote: QuoteMaker, key=None, days: int = 1,
-                       subject: x509.Name | None = None) -> tuple[x509.Certificate, object]:
+def create_certificate(fmt: str, make_quote: QuoteMaker, key: RaTlsKey | None = None,
+                       days: int = 1, subject: x509.Name | None = None
+                       ) -> tuple[x509.Certificate, RaTlsKey]:
     """A self-signed RA-TLS certificate in format *fmt* (what an enclave presents).
 
     Gramine's formats use an ECDSA P-384 key and subject CN=RATLS,O=GramineDevelopers,C=US;

@@ -284,7 +284,7 @@ class SyntheticPKI:
                    .last_update(self.not_before).next_update(self.not_after)
                    .add_extension(x509.CRLNumber(1), False)
                    .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                       issuer.public_key()), False))
+                       key.public_key()), False))
         for cert in revoked:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(cert.serial_number)

@@ -36,8 +36,10 @@ certificate fingerprint.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -241,7 +243,7 @@ class UploadOutcome:
     secrets: tuple[str, ...] | None     # the names in a well-formed request from an owner
 
 
-def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], None],
+def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], object],
                  peer_der: bytes, settings: UploadSettings, store: UploadStore,
                  uploadable: Iterable[str], *, now: _dt.datetime | None = None
                  ) -> UploadOutcome:
@@ -251,12 +253,11 @@ def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], Non
     owner = settings.owner(fingerprint)
     moment = now or _dt.datetime.now(_dt.timezone.utc)
     names: tuple[str, ...] | None = None
+    problem: str | None = None
     try:
-        keys = read_request(recv_exact)
+        keys: list[tuple[str, bytes]] | None = read_request(recv_exact)
     except ValueError as exc:
         keys, problem = None, f"malformed upload request: {exc}"
-    else:
-        problem = None
     if owner is None:
         reason = ("the client certificate is not one of the owners in [upload] owners "
                   f"(sha256 {fingerprint}); an enclave would present an RA-TLS certificate")
@@ -284,7 +285,7 @@ def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], Non
     return UploadOutcome(fingerprint, False, reason, names)
 
 
-def _answer(send: Callable[[bytes], None], accepted: bool, text: str) -> None:
+def _answer(send: Callable[[bytes], object], accepted: bool, text: str) -> None:
     """Best effort: the outcome stands whether or not the owner is still there to read it."""
     try:
         send(answer(accepted, text))
@@ -295,7 +296,7 @@ def _answer(send: Callable[[bytes], None], accepted: bool, text: str) -> None:
 # --------------------------------------------------------------------------- client side
 
 
-def upload_keys(tls, keys: list[tuple[str, bytes]],  # noqa: ANN001 - ssl.SSLSocket
+def upload_keys(tls: ssl.SSLSocket, keys: list[tuple[str, bytes]],
                 timeout: float = 30.0) -> str:
     """Send *keys* on the (already attested) TLS connection *tls*; the server's confirmation,
     or :class:`UploadRefused` with its reason. The whole exchange takes at most *timeout*
@@ -341,7 +342,7 @@ def _recv_within(tls, size: int, deadline: float, timeout: float) -> bytes:  # n
     data = b""
     while len(data) < size:
         chunk = _within(deadline, timeout, "waiting for the server's answer",
-                        lambda: tls.recv(size - len(data)), tls)
+                        functools.partial(tls.recv, size - len(data)), tls)
         if not chunk:
             break
         data += chunk

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import threading
 from dataclasses import dataclass, field
@@ -52,7 +53,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from enclave_build.contract import tcb as _tcb
 from enclave_build.contract.identity import EnclaveIdentity
-from enclave_build.contract.tcb import TCB_STATUSES  # noqa: F401 - part of this module's API
 
 from .quote import (FLAG_DEBUG, FLAG_EINITTOKEN_KEY, FLAG_INIT, FLAG_MODE64BIT,
                     FLAG_PROVISION_KEY, HEADER_LEN, SIGNED_LEN, Quote, QuoteFormatError)
@@ -217,7 +217,7 @@ def _verify_embedded_chain(quote: Quote, root_der: bytes | None) -> None:
         if certs[-1].public_bytes(Encoding.DER) != root_der:
             raise QuoteRejected("the quote's PCK chain ends in another root than the trusted one")
     try:
-        for child, parent in zip(certs, certs[1:]):
+        for child, parent in itertools.pairwise(certs):
             child.verify_directly_issued_by(parent)
         certs[-1].verify_directly_issued_by(certs[-1])
     except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
@@ -242,7 +242,7 @@ def _not_after(certs: list[x509.Certificate]) -> _dt.datetime:
     return min(c.not_valid_after_utc for c in certs)
 
 
-def _crl_bytes(value) -> bytes:  # noqa: ANN001 - hex text (the JSON form) or bytes
+def _crl_bytes(value: str | bytes) -> bytes:
     if isinstance(value, str):
         return bytes.fromhex(value)
     if isinstance(value, list):
@@ -395,8 +395,21 @@ def _dcap_qvl(raw: bytes, collateral_json: str, root_ca_der: bytes | None,
         reason = str(exc).replace("\n", " ").replace("Caused by:", "—").strip()
         if "Debug mode is enabled" in reason:
             raise QuoteRejected("DEBUG enclave: refused") from None
-        raise QuoteRejected(f"quote verification failed: {reason}") from None
+        raise QuoteRejected(f"quote verification failed: {reason}"
+                            + _root_hint(collateral_json, root_ca_der)) from None
     return report.status, tuple(report.advisory_ids)
+
+
+def _root_hint(collateral_json: str, root_ca_der: bytes | None) -> str:
+    """What to change when the refusal comes from collateral that does not chain to the
+    trusted root (every quote fails the same way then), else ""."""
+    from .collateral_root import collateral_root_problem
+
+    try:
+        problem = collateral_root_problem(collateral_json, root_ca_der)
+    except ValueError:   # a trusted root that is no certificate: reported where it is loaded
+        return ""
+    return f" (the collateral does not chain to the trusted root: {problem})" if problem else ""
 
 
 def _verified_outcome(raw: bytes, quote: Quote, collateral_json: str, root_ca_der: bytes | None,
@@ -422,6 +435,7 @@ def _verified_outcome(raw: bytes, quote: Quote, collateral_json: str, root_ca_de
     status, advisories = _dcap_qvl(raw, collateral_json, root_ca_der, seconds)
     if key is not None:
         try:
+            assert facts is not None   # a cache key is made from the facts
             bounds = [facts.expires, _pck_chain_expiry(quote)]
             root_expiry = cache._root_expiry(root_ca_der)
             if root_expiry is not None:

@@ -1,4 +1,5 @@
-"""Dockerfiles of the base images enclave-build builds on (see README.md in this directory).
+"""Dockerfiles of the base images enclave-build builds on, and of the two images a Kubernetes
+deployment needs besides (aesmd, the secret server); see README.md in this directory.
 
 ``enclave-build base build NAME`` builds one with the Docker engine; the files ship inside the
 Python package so the command works from an installed enclave-build too.
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from enclave_build import __version__
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -17,6 +20,8 @@ class BaseImageRecipe:
     name: str
     tag: str            # the tag `base build` gives it (frameworks' default bases)
     description: str
+    #: The build context needs an enclave-build wheel (`base build NAME --wheel FILE`).
+    needs_wheel: bool = False
 
     @property
     def directory(self) -> Path:
@@ -42,4 +47,12 @@ BASES = {b.name: b for b in (
                     "Occlum 0.31's runtime (Ubuntu 20.04, glibc 2.31 = Occlum's) + Python 3.11 "
                     "with the gramine-python runtimes (the Occlum runtime base of the Python "
                     "model server)"),
+    BaseImageRecipe("aesmd", "enclave-build/sgx-aesmd:2.25.100.3",
+                    "Kubernetes prerequisite ([deploy] aesmd_image): Intel's aesmd with the DCAP "
+                    "ECDSA quoting plugins and quote provider (SGX PSW 2.25, DCAP 1.22), uid "
+                    "10001, read-only root filesystem"),
+    BaseImageRecipe("secret-server", f"enclave-build/secret-server:{__version__}",
+                    "Kubernetes prerequisite ([deploy] secret_server_image): `enclave-build "
+                    "secrets serve` from an enclave-build wheel (--wheel), uid 10001, read-only "
+                    "root filesystem, port 4433", needs_wheel=True),
 )}

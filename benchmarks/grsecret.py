@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -114,7 +115,9 @@ def setup(directory: Path, keys: int, max_requests: int, processes: int | None =
     (directory / "collateral.json").write_text(pki.collateral_json())
     (directory / "root.pem").write_bytes(pki.root_pem)
     (directory / "builds").mkdir()
-    services, dice, occlum = [], [], []
+    services: list[str] = []
+    dice: list[ClientCert] = []
+    occlum: list[ClientCert] = []
     for index in range(IDENTITIES):
         mr_enclave = hashlib.sha256(f"bench-{index}".encode()).digest()
         (directory / "builds" / f"{index}.json").write_text(Measurements(
@@ -198,7 +201,7 @@ def pinned_server_certificate(env: BenchEnv, address) -> bytes:  # noqa: ANN001
     verified, identity matched against an ra_config); then pinned by every client."""
     pem = ssl.get_server_certificate(tuple(address)).encode()
     m = env.server_measurements
-    ra_config = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
+    ra_config: dict[str, Any] = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
                                          "verify_isv_prod_id", "verify_isv_svn",
                                          "verify_config_svn", "verify_enclave_debuggable")}
     ra_config["sgx_mrs"] = [{"mr_enclave": m.mr_enclave, "mr_signer": m.mr_signer,
@@ -288,7 +291,8 @@ class H2Client:
         out = PREFACE + h2_frame(SETTINGS, 0, 0) if stream == 1 else b""
         self.writer.write(out + h2_frame(HEADERS, END_HEADERS, stream, REQUEST_HEADERS)
                           + h2_frame(DATA, END_STREAM, stream, request_message(name)))
-        body, block, headers = bytearray(), bytearray(), {}
+        body, block = bytearray(), bytearray()
+        headers: dict[str, str] = {}
         while True:
             kind, flags, sid, payload = await self._frame()
             if kind == SETTINGS and not flags & ACK:
@@ -534,7 +538,7 @@ def main() -> None:
         parser.error("--levels: each level must be at least 1")
     if args.requests < 1 or args.calls < 2 or args.client_processes < 1:
         parser.error("--requests and --client-processes must be >= 1, --calls >= 2")
-    if args.pin and os.cpu_count() < 2:
+    if args.pin and (os.cpu_count() or 1) < 2:
         parser.error("--pin needs two cores")
     modes = (Mode("secret_prov", "secret_prov", 1), Mode("grsecret", "grsecret", 1),
              Mode(f"grsecret x{args.calls}", "grsecret", args.calls))
@@ -548,6 +552,7 @@ def main() -> None:
         ready, stop = mp.Queue(), mp.Event()
         server = mp.Process(target=_serve, args=(env, ready, stop, args.pin))
         server.start()
+        assert server.pid is not None
         try:
             address, grsecret_address, processes = ready.get(timeout=120)
             server_pem = pinned_server_certificate(env, grsecret_address)

@@ -139,7 +139,7 @@ async def _hostile_exchange(kind: str, index: int, address, contexts,  # noqa: A
                             limit: float) -> str:
     if kind in ("no-tls", "stall"):
         reader, writer = await asyncio.open_connection(*address)
-        peer = "%s:%d" % writer.get_extra_info("sockname")[:2]
+        peer = "{}:{}".format(*writer.get_extra_info("sockname")[:2])
         if kind == "stall":
             writer.write(PARTIAL_HELLO)
         await _read_to_end(reader, limit)   # until the server's deadline cuts it
@@ -153,7 +153,7 @@ async def _hostile_exchange(kind: str, index: int, address, contexts,  # noqa: A
                                                        ssl_handshake_timeout=limit)
     except (ConnectionError, ssl.SSLError, OSError) as exc:
         raise RuntimeError(f"{kind}: could not connect: {exc}") from None
-    peer = "%s:%d" % writer.get_extra_info("sockname")[:2]
+    peer = "{}:{}".format(*writer.get_extra_info("sockname")[:2])
     payload = {"garbage": os.urandom(len(REQUEST)), "big-request": os.urandom(64 * 1024),
                "bad-cert": REQUEST}[kind]
     try:
@@ -174,7 +174,8 @@ def run(legit: int = 1000, hostile_share: float = 0.2, concurrency: int = 200,
 
     own = directory is None
     tmp = tempfile.TemporaryDirectory(prefix="eb-hostile-") if own else None
-    directory = Path(tmp.name) if own else directory
+    directory = Path(tmp.name) if tmp is not None else directory
+    assert directory is not None
     try:
         env = make_env(directory / "env", timeout=timeout, max_connections=4096,
                        processes=processes)

@@ -71,7 +71,9 @@ Attacks (each reproduces a defect a hostile-input pass found):
 
 from __future__ import annotations
 
+from typing import Any
 import argparse
+import io
 import json
 import multiprocessing as mp
 import os
@@ -199,8 +201,8 @@ class HttpClient:
                  ca: Path | None = None) -> None:
         self.address, self.timeout = address, timeout
         self.sock: socket.socket | None = None
-        self.file = None
-        self.context = None
+        self.file: Any = None
+        self.context: Any = None
         if ca is not None:
             import ssl
 
@@ -293,7 +295,7 @@ def run_load(server: Server, seconds: float, clients: int) -> LoadResult:
         while time.monotonic() < end:
             t0 = time.perf_counter()
             try:
-                status = http.exchange(request)
+                status: int | str = http.exchange(request)
             except OSError as exc:
                 status = type(exc).__name__
             elapsed = time.perf_counter() - t0
@@ -360,9 +362,9 @@ class Attack:
 
     rest: tuple[str, int]
     grpc: str
-    stop: object
-    ready: object
-    note: object
+    stop: Any      # multiprocessing Events and a shared char array (untyped proxies)
+    ready: Any
+    note: Any
 
     def say(self, text: str) -> None:
         data = text.encode()[:255]
@@ -370,7 +372,7 @@ class Attack:
 
 
 def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -396,7 +398,7 @@ def _grpc_stub(address: str):
 
     channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1),
                                                       ("grpc.max_receive_message_length", -1)])
-    stub = channel.unary_unary(f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
+    stub: Any = channel.unary_unary(f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
 
     def call(raw: bytes) -> None:
         try:
@@ -406,8 +408,8 @@ def _grpc_stub(address: str):
     return call
 
 
-def _binary_request(model: str, head: dict, data: bytes) -> bytes:
-    head = json.dumps(head).encode()
+def _binary_request(model: str, header: dict, data: bytes) -> bytes:
+    head = json.dumps(header).encode()
     return (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\n"
             f"Inference-Header-Content-Length: {len(head)}\r\n"
             f"Content-Length: {len(head) + len(data)}\r\n\r\n").encode() + head + data
@@ -785,7 +787,7 @@ class Row:
 
 def measure(server: Server, name: str | None, seconds: float, clients: int) -> Row:
     stop, ready = mp.Event(), mp.Event()
-    note = mp.Array("c", 256)
+    note: Any = mp.Array("c", 256)
     proc = None
     before = server.status_kib("VmRSS")
     server.reset_peak()

@@ -53,6 +53,9 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/secrets.py would shadow the standard library's secrets module (numpy imports it)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "scripts"))
+
+from package_tree import run_root
 
 
 def _client(*args) -> None:
@@ -72,7 +75,8 @@ def _lean_grpc(address: str, x: np.ndarray):
 
     channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", -1),
                                                       ("grpc.max_send_message_length", -1)])
-    stub = channel.unary_unary(f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
+    stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
     r = pb.ModelInferRequest(model_name="fd")
     r.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
     r.raw_input_contents.append(x.tobytes())
@@ -206,6 +210,7 @@ def run_load(kind: str, concurrency: int, address: str, model: Path, seconds: fl
     for p in procs:
         p.start()
         if pin:
+            assert p.pid is not None   # started
             os.sched_setaffinity(p.pid, pin)
     time.sleep(2.0 if kind != "direct" else 1.0)     # imports and first call
     start.set()
@@ -232,23 +237,6 @@ def run_load(kind: str, concurrency: int, address: str, model: Path, seconds: fl
     return row
 
 
-#: Runs ``python -m enclave_build.model_server`` from the checkout given as argv[1]. An editable
-#: install maps the namespace's subpackages to its own checkout (its import hook would find them
-#: first), so the hook is removed and the namespace extended with that checkout's directories,
-#: as the installed package-dir mapping does (``enclave_build.model_server`` -> model_server/).
-_RUN_FROM_ROOT = """
-import runpy, sys
-root = sys.argv.pop(1)
-sys.meta_path[:] = [f for f in sys.meta_path
-                    if not getattr(f, "__module__", "").startswith("__editable__")]
-sys.path.insert(0, root)
-for name in [m for m in sys.modules if m == "enclave_build" or m.startswith("enclave_build.")]:
-    del sys.modules[name]
-import enclave_build
-enclave_build.__path__.append(root)
-runpy.run_module("enclave_build.model_server", run_name="__main__", alter_sys=True)
-"""
-
 
 class ServerProc:
     def __init__(self, model: Path, instances: int, workdir: Path, pin: list[int] | None,
@@ -262,13 +250,18 @@ class ServerProc:
                            "instances": instances, "threads": 1}]}
         path = workdir / f"bench-{instances}.json"
         path.write_text(json.dumps(cfg))
-        self.proc = subprocess.Popen([sys.executable, "-c", _RUN_FROM_ROOT, str(root),
-                                      "--config", str(path)], stderr=subprocess.PIPE, text=True,
-                                     cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+        # run from a tree of the checkout's enclave_build (from the checkout itself, Python would
+        # import only its top-level package and take the subpackages from the installed one)
+        code = run_root(root, workdir / f"root-{instances}")
+        self.proc = subprocess.Popen([sys.executable, "-m", "enclave_build.model_server", "--config",
+                                      str(path)], stderr=subprocess.PIPE, text=True, cwd=code,
+                                     env={**os.environ, "PYTHONPATH": str(code)})
         if pin:
             os.sched_setaffinity(self.proc.pid, pin)
-        self.lines = []
-        for line in self.proc.stderr:
+        self.lines: list[str] = []
+        stderr = self.proc.stderr
+        assert stderr is not None   # a pipe
+        for line in stderr:
             self.lines.append(line)
             m = re.search(r"serving grpc (\S+) rest (\S+)", line)
             if m:
@@ -276,8 +269,7 @@ class ServerProc:
                 break
         else:
             raise SystemExit("server did not start:\n" + "".join(self.lines))
-        threading.Thread(target=lambda: [self.lines.append(x) for x in self.proc.stderr],
-                         daemon=True).start()
+        threading.Thread(target=lambda: self.lines.extend(stderr), daemon=True).start()
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

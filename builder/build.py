@@ -16,17 +16,20 @@ import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from enclave_build.contract.measurements import ImageRef, Measurements
 from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment
 from enclave_build.contract.secrets_config import SecretRule
 
+from . import build_stamp
 from .errors import EnclaveBuildError, UsageError
-from .gramine.protected_files import KEY_SIZE as WRAP_KEY_SIZE, read_wrap_key
+from enclave_build.attestation.protected_files import KEY_SIZE as WRAP_KEY_SIZE
+
+from .gramine.protected_files import read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
-from .hashing import HashCache
+from .hashing import HashCache, default_cache_path
 from .image.assemble import assemble, runtime_owner
 from .image.blob_cache import BlobCache, Limits, report as blob_cache_report
 from .image.oci import BlobStore, Image
@@ -36,6 +39,7 @@ from .cache import cache_root
 from .image.sources import open_base
 from .key_scan import KeyScanner
 from .leak_guard import check_model_paths, scan_artifacts, scan_plan
+from .model_check import check_models, warn_stateful
 from .deploy.service_info import ServiceInfo, service_info
 from .plan import ServicePlan
 from .plugin_types import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
@@ -152,12 +156,20 @@ def load(spec_path: str | Path, registry: PluginRegistry | None = None) -> tuple
 
 
 def make_plan(spec: Spec, registry: PluginRegistry) -> ServicePlan:
+    """The framework's plan of *spec*, adjusted by every plugin; before it, each model is
+    checked against what the framework serves (a located SpecError listing every model it
+    does not serve), and after it a stateful model served by several instances is warned
+    about."""
     framework = registry.framework(spec.service.framework)
+    checks = check_models(spec, registry)
     plan = framework.plan(spec)
     if not isinstance(plan, ServicePlan):
         raise EnclaveBuildError(f"framework {framework.name!r} returned {type(plan).__name__}, "
                                 "not a ServicePlan")
     registry.pm.hook.enclave_build_configure(spec=spec, plan=plan)
+    instances = (f"[{framework.section.name}] instances" if framework.section is not None and
+                 any(f.name == "instances" for f in framework.section.fields) else None)
+    warn_stateful(spec, plan, checks, instances)
     return plan
 
 
@@ -167,7 +179,8 @@ def make_signer(spec: Spec, signature: Path | None = None) -> Signer | None:
         sig = signature or signing.signature
         if sig is None:
             return None
-        return DetachedSigner.from_files(signing.public_key, sig)  # type: ignore[arg-type]
+        assert signing.public_key is not None   # the spec requires it with external signing
+        return DetachedSigner.from_files(signing.public_key, sig)
     passphrase = None
     if signing.passphrase_env:
         value = os.environ.get(signing.passphrase_env)
@@ -175,7 +188,8 @@ def make_signer(spec: Spec, signature: Path | None = None) -> Signer | None:
             raise UsageError(f"{spec.path}: signing.passphrase_env names "
                              f"{signing.passphrase_env}, which is not set in the environment")
         passphrase = value.encode()
-    return PemSigner.from_file(signing.key, passphrase)  # type: ignore[arg-type]
+    assert signing.key is not None   # the spec requires a key without external signing
+    return PemSigner.from_file(signing.key, passphrase)
 
 
 @dataclass(frozen=True)
@@ -192,8 +206,11 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
           progress: Progress | None = None, hash_cache: HashCache | None = None,
           image: ImageOptions = ImageOptions()) -> BuildResult:
     """Build the spec at *spec_path*; then bound the blob cache (builder.image.blob_cache),
-    keeping what this build made."""
+    keeping what this build made. A build that writes an output directory records its inputs
+    (builder.build_stamp), so that `enclave-build dev` can tell whether it is up to date."""
     blobs = BlobCache(cache_root())
+    registry = registry or PluginRegistry()
+    inputs = planned_inputs(spec_path, base, registry) if output is not None else None
     with ExitStack() as held:
         # From the moment the build reads its base: no blob it finds disappears before its
         # output links it (a spec error before that touches no cache).
@@ -202,7 +219,31 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
                         image=image, hold_cache=lambda: held.enter_context(blobs.in_use()))
     keep = _image_digests(result.image) if result.image is not None else []
     blobs.prune(Limits.from_env(), keep, log=blob_cache_report)
+    if inputs is not None and result.output is not None:
+        build_stamp.record(result.spec, result.output,
+                           build_stamp.with_keys_after(inputs, result.spec, result.plan))
     return result
+
+
+def planned_inputs(spec_path: str | Path, base: str | None,
+                   registry: PluginRegistry) -> build_stamp.BuildInputs | None:
+    """The inputs a build of *spec_path* on *base* reads (builder.build_stamp), read before it
+    starts; None when the spec cannot be planned (the build itself reports why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # the build warns about the same spec
+            spec, registry = load(spec_path, registry)
+            plan = make_plan(spec, registry)
+            # The build's digest cache if there is one; this step never creates it (a build
+            # that fails early leaves nothing behind).
+            cache = HashCache() if default_cache_path().exists() else None
+            try:
+                return build_stamp.build_inputs(spec, plan, base, cache)
+            finally:
+                if cache is not None:
+                    cache.close()
+    except Exception:  # noqa: BLE001 - the build itself reports the same problem
+        return None
 
 
 def _image_digests(image: Image) -> list[str]:
@@ -246,7 +287,7 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
         # Nothing of the key material this build can see may ship in clear (exit 2, first).
         scanner = KeyScanner(wrap.keys)
         check_model_paths(spec, scanner, wrap.files.values())
-        scanned = scan_plan(spec, plan, scanner, cache)
+        scanned = scan_plan(spec, plan, scanner, cache, progress=progress.task)
         hold_cache()
         base_image = open_base(base or plan.base_image, progress.task, hash_cache=cache)
     except BaseException:
@@ -266,7 +307,7 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
             written = _write_pending(artifacts, spec.directory / f"{plan.service}.sigstruct.tbs")
             created = wrap.persist()
             raise SignatureNeeded(_pending_message(artifacts.pending, written, spec, created))
-        scan_artifacts(artifacts.files, scanner, cache, scanned)
+        scan_artifacts(artifacts.files, scanner, cache, scanned, progress=progress.task)
         result = _finish(spec, plan, artifacts, base_image.image, out, wrap, cache, progress,
                          image, base_image.rootfs)
         # Inside the try: staged files (encrypted models) still exist while hooks run.
@@ -311,14 +352,14 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
     if options.push:
         pushed = push(built, plan.image_tag, progress.task)
     if options.load:
-        load_into_docker(built, plan.image_tag)
+        load_into_docker(built, plan.image_tag, progress.task)
     measurements = replace(measurements, image=ImageRef(pushed or plan.image_tag,
                                                         built.manifest_digest))
     policy = (policy_fragment(plan, measurements, key_files, out, artifacts.releases)
               if key_files else None)
     if out is not None:
         write_output(out, built, plan.image_tag, measurements, policy,
-                     deploy_info(spec, plan, base, rootfs))
+                     deploy_info(spec, plan, base, rootfs), progress.task)
     return BuildResult(spec, plan, artifacts, measurements, out, tuple(created), key_files,
                        built, pushed)
 
@@ -401,7 +442,9 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
 
 
 def write_output(out: Path, image: Image, tag: str | None, measurements: Measurements,
-                 policy: str | None = None, service: ServiceInfo | None = None) -> None:
+                 policy: str | None = None, service: ServiceInfo | None = None,
+                 progress: Callable[[str, int | None], Callable[[int], None]] | None = None
+                 ) -> None:
     """Write the output directory atomically: a sibling temp dir renamed into place.
 
     ``oci/`` is an OCI image layout of the built image; ``measurements.json`` its identity;
@@ -410,7 +453,7 @@ def write_output(out: Path, image: Image, tag: str | None, measurements: Measure
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
-        write_oci_layout(image, staging / "oci", tag)
+        write_oci_layout(image, staging / "oci", tag, progress)
         (staging / MEASUREMENTS_FILE).write_text(measurements.to_json())
         if policy is not None:
             (staging / POLICY_FILE).write_text(policy)
@@ -497,13 +540,14 @@ def _alive(pid: int) -> bool:
 
 def _write_pending(artifacts: LibOSArtifacts, target: Path) -> Path:
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(artifacts.pending.signing_data)  # type: ignore[union-attr]
+    assert artifacts.pending is not None   # called for a pending signature only
+    tmp.write_bytes(artifacts.pending.signing_data)
     os.replace(tmp, target)
     return target
 
 
 def _pending_message(pending: PendingSignature, tbs: Path, spec: Spec,
-                     created: list[Path] = ()) -> str:  # type: ignore[assignment]
+                     created: Sequence[Path] = ()) -> str:
     keys = "".join(f"generated wrap key {path} (mode 0600): keep it, step two and the secret "
                    "server need it, and it cannot be recovered\n" for path in created)
     return keys + (

@@ -35,7 +35,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .gramine.runtime import GramineRuntime
 
 SCHEMA_VERSION = 1
 OK, MISSING, WARN = "ok", "missing", "warn"
@@ -132,7 +135,7 @@ class Probes:
 
         path = find_config_file()
         config = docker.auth.load_config(path) if path else {}
-        return path, {"auths": sorted(getattr(config, "auths", {}) or {}),
+        return (str(path) if path else None), {"auths": sorted(getattr(config, "auths", {}) or {}),
                       "credHelpers": dict(getattr(config, "cred_helpers", {}) or {}),
                       "credsStore": getattr(config, "creds_store", None)}
 
@@ -158,7 +161,7 @@ class Probes:
         mod = importlib.import_module(module)
         return str(getattr(mod, "__version__", "?"))
 
-    def gramine_in_base(self, ref: str):  # noqa: ANN201 - (GramineRuntime, bool)
+    def gramine_in_base(self, ref: str) -> tuple[GramineRuntime, bool]:
         """(the Gramine found in base *ref*, whether it has a real gramine-direct)."""
         from .errors import UsageError
         from .gramine.runtime import discover
@@ -192,7 +195,7 @@ def _docker_engine(p: Probes) -> Check:
     except ImportError:
         return Check("docker.engine", title, MISSING, "the docker SDK (Python) is not installed",
                      "pip install docker (a dependency of enclave-build)")
-    except Exception as exc:  # the SDK raises DockerException, requests' and OS errors
+    except Exception as exc:  # noqa: BLE001 - the SDK raises DockerException, requests' and OS errors
         reason = _first_line(exc)
         if p.env("DOCKER_HOST") is None and p.path_kind("/var/run/docker.sock") is None:
             reason = "/var/run/docker.sock does not exist (no engine running)"
@@ -212,7 +215,7 @@ def _registry_credentials(p: Probes) -> Check:
            "pulls work without)")
     try:
         path, config = p.docker_config()
-    except Exception as exc:  # a broken config file
+    except Exception as exc:  # noqa: BLE001 - a broken config file, whatever its parser raises
         return Check("registry.credentials", title, WARN,
                      f"the Docker config cannot be read: {_first_line(exc)}",
                      "fix or remove the file ($DOCKER_CONFIG/config.json or "
@@ -222,7 +225,8 @@ def _registry_credentials(p: Probes) -> Check:
         return Check("registry.credentials", title, WARN,
                      "no Docker config ($DOCKER_CONFIG/config.json or ~/.docker/config.json)",
                      fix)
-    found, broken = list(config.get("auths") or []), []
+    found = list(config.get("auths") or [])
+    broken: list[str] = []
     helpers = dict(config.get("credHelpers") or {})
     store = config.get("credsStore")
     for host, helper in sorted(helpers.items()):
@@ -319,7 +323,7 @@ def _pccs(p: Probes) -> Check:
                      f"{getattr(exc, 'verify_message', None) or _first_line(exc)}",
                      "give the PCCS a certificate this machine trusts (a secret server's "
                      "pccs_url needs one; qcnl's \"use_secure_cert\": false accepts any)")
-    except Exception as exc:  # URLError, timeouts, connection errors
+    except Exception as exc:  # noqa: BLE001 - URLError, timeouts, connection errors: all "not reachable"
         reason = getattr(exc, "reason", None) or exc
         return Check("sgx.pccs", title, MISSING, f"{url} ({origin}) not reachable within "
                      f"{PCCS_TIMEOUT:g} s: {_first_line(reason)}",
@@ -332,51 +336,66 @@ def _pccs(p: Probes) -> Check:
                  "collateral cached")
 
 
+#: How to get a real Gramine base, for the fixes of the base checks.
+REAL_BASE_ROUTES = (
+    "as root, `enclave-build base gramine ROOTFS` (Debian 12 + Gramine 1.9 from Gramine's "
+    "package repository, key pinned; `--archive FILE` for a local Gramine build) and --base "
+    "dir:ROOTFS; with Docker, `enclave-build base build gramine` then `enclave-build base build "
+    "gramine-python` (the same from Debian 12 and Gramine's repository); or a published base "
+    "(docker://...)")
+
+
 def _gramine_base(p: Probes, ref: str) -> Check:
     from .errors import EnclaveBuildError
-    from .gramine.runtime import WORKING_BASES
 
     title = f"Gramine in {ref}"
     try:
         runtime, direct = p.gramine_in_base(ref)
     except EnclaveBuildError as exc:
         return Check("gramine.base", title, MISSING, str(exc),
-                     "use a base with Gramine 1.9: " + "; ".join(WORKING_BASES) + "; or make a "
-                     "local one with `scripts/gramine-base.sh ROOTFS` and use --base dir:ROOTFS")
+                     "use a base with Gramine 1.9: " + REAL_BASE_ROUTES)
     found = f"Gramine {runtime.version}, libpal {runtime.libpal}, offsets {runtime.offsets}"
     if not direct:
         return Check("gramine.base", title, WARN, f"{found}; but no real gramine-direct in it "
                      "(a stand-in base?): builds measure and sign, nothing boots, `run "
                      "--simulate` can only use process mode",
-                     "for a base that boots: `scripts/gramine-base.sh ROOTFS` (root) and "
-                     "--base dir:ROOTFS, or a published Gramine base")
+                     "for a base that boots: " + REAL_BASE_ROUTES)
     return Check("gramine.base", title, OK, found)
 
 
 def _mmdebstrap(p: Probes) -> Check:
-    title = "mmdebstrap (local real base)"
+    title = "mmdebstrap (base gramine: a real base without Docker)"
     found = p.which("mmdebstrap")
     if found is None:
         return Check("realbase.mmdebstrap", title, MISSING,
-                     "not on PATH (scripts/gramine-base.sh makes a Debian bookworm base with it)",
-                     "`apt-get install mmdebstrap` (scripts/gramine-base.sh installs it when run "
-                     "as root)")
+                     "not on PATH (`enclave-build base gramine ROOTFS` makes a Debian 12 + "
+                     "Gramine 1.9 base with it)",
+                     "`apt-get install mmdebstrap`; or, with Docker, `enclave-build base build "
+                     "gramine` and `enclave-build base build gramine-python`")
     if p.euid() != 0:
         return Check("realbase.mmdebstrap", title, WARN, f"{found}, but not running as root",
-                     "run scripts/gramine-base.sh ROOTFS as root (mmdebstrap and chroot)")
-    return Check("realbase.mmdebstrap", title, OK, found)
+                     "run `enclave-build base gramine ROOTFS` as root (mmdebstrap and chroot), "
+                     "e.g. sudo \"$(command -v enclave-build)\" base gramine ROOTFS")
+    return Check("realbase.mmdebstrap", title, OK,
+                 f"{found} (`enclave-build base gramine ROOTFS`: Gramine from its package "
+                 "repository, or --archive FILE)")
 
 
 def _gramine_archive(p: Probes) -> Check:
-    title = "Gramine 1.9 archive (local real base)"
+    title = "Gramine 1.9 archive (optional: base gramine --archive)"
     archive = p.env("GRAMINE_ARCHIVE") or str(GRAMINE_ARCHIVE)
     if p.path_kind(archive) == "file":
         return Check("realbase.gramine_archive", title, OK,
-                     f"{archive} (scripts/gramine-base.sh ROOTFS, then --base dir:ROOTFS)")
-    return Check("realbase.gramine_archive", title, MISSING, f"{archive} not found",
-                 "put a Gramine 1.9 Debian 12 build there (or set GRAMINE_ARCHIVE); or use a "
-                 "published base (`enclave-build base build gramine-python`, docker://...), or "
-                 "for builds only the stand-in (`enclave-build base standin DIR`)")
+                     f"{archive} (`enclave-build base gramine ROOTFS --archive {archive}` uses "
+                     "it instead of Gramine's package repository)")
+    # Optional since `base gramine` installs from Gramine's repository: a warning, no failure.
+    return Check("realbase.gramine_archive", title, WARN,
+                 f"{archive} not found; `enclave-build base gramine ROOTFS` installs Gramine 1.9 "
+                 "from packages.gramineproject.io instead (needs that host reachable)",
+                 "nothing to do where packages.gramineproject.io is reachable; otherwise a "
+                 "Gramine 1.9 build in Debian package layout for --archive (or $GRAMINE_ARCHIVE), "
+                 "or a published base (docker://...); for builds only, the stand-in "
+                 "(`enclave-build base standin DIR`)")
 
 
 _RUNTIMES = (
@@ -395,7 +414,7 @@ def _runtime(p: Probes, check_id: str, module: str, package: str, use: str,
     try:
         version = p.import_version(module)
         return Check(check_id, title, OK, f"{module} {version} in {sys.executable} ({use})")
-    except Exception as exc:  # ImportError, or a broken install raising anything
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install raising anything
         reason = _first_line(exc)
     for other in fallbacks:
         try:
@@ -405,7 +424,8 @@ def _runtime(p: Probes, check_id: str, module: str, package: str, use: str,
             continue
     return Check(check_id, title, MISSING, f"cannot import {module} in {sys.executable}: "
                  f"{reason} ({use})", f"{sys.executable} -m pip install {package} (or all of "
-                 "them, pinned, from the checkout: pip install -c constraints.txt '.[serve]')")
+                 "them: pip install 'enclave-build[serve]', or pipx inject enclave-build "
+                 f"{package})")
 
 
 def diagnose(base: str | None = None, probes: Probes | None = None) -> Report:

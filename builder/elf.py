@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable
 
 from elftools.common.exceptions import ELFError
-from elftools.elf.dynamic import DynamicSection
+from elftools.elf.dynamic import DynamicSection, DynamicSegment
 from elftools.elf.elffile import ELFFile
 
 from .errors import EnclaveBuildError
@@ -57,10 +57,11 @@ def read_deps(path: Path) -> ElfDeps | None:
     try:
         with open(path, "rb") as handle:
             elf = ELFFile(handle)
-            tables = [s for s in elf.iter_sections() if isinstance(s, DynamicSection)]
+            tables: list[DynamicSection | DynamicSegment] = [
+                s for s in elf.iter_sections() if isinstance(s, DynamicSection)]
             if not tables and elf.num_sections() == 0:
                 # Section headers stripped: the PT_DYNAMIC segment holds the same tags.
-                tables = [g for g in elf.iter_segments() if g["p_type"] == "PT_DYNAMIC"]
+                tables = [g for g in elf.iter_segments() if isinstance(g, DynamicSegment)]
             needed, rpath, runpath = _collect(tag for table in tables for tag in table.iter_tags())
     except (ELFError, ValueError, OSError, KeyError, AssertionError):
         return None

@@ -24,9 +24,18 @@ def default_cache_path() -> Path:
     return cache_root() / "hashes.sqlite"
 
 
-def sha256_file(path: Path | str) -> str:
+def sha256_file(path: Path | str, progress: Callable[[int], None] | None = None) -> str:
+    """SHA-256 of the file; *progress* is called with each chunk's size as it is hashed."""
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()  # type: ignore[attr-defined]
+        if progress is None:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+        h = hashlib.sha256()
+        buffer = bytearray(_BUFFER)
+        view = memoryview(buffer)
+        while n := handle.readinto(buffer):
+            h.update(view[:n])
+            progress(n)
+        return h.hexdigest()
 
 
 def _cache_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
@@ -118,7 +127,8 @@ class HashCache:
 def hash_files(paths: Iterable[Path], cache: HashCache | None = None,
                workers: int | None = None,
                progress: Callable[[int], None] | None = None) -> dict[Path, str]:
-    """SHA-256 hex digest of every path; *progress* is called with bytes hashed as work ends."""
+    """SHA-256 hex digest of every path; *progress* is called with the bytes hashed, chunk by
+    chunk (a cached file's size at once)."""
     originals = list(dict.fromkeys(paths))
     names = [os.fspath(p) for p in originals]
     stats = [(name, os.stat(name)) for name in names]
@@ -129,10 +139,7 @@ def hash_files(paths: Iterable[Path], cache: HashCache | None = None,
 
     def work(item: tuple[str, os.stat_result]) -> tuple[str, os.stat_result, str]:
         name, st = item
-        digest = sha256_file(name)
-        if progress:
-            progress(st.st_size)
-        return name, st, digest
+        return name, st, sha256_file(name, progress)
 
     # Largest first: keeps both cores busy to the end instead of one finishing a big file alone.
     todo.sort(key=lambda item: -item[1].st_size)
@@ -146,4 +153,4 @@ def hash_files(paths: Iterable[Path], cache: HashCache | None = None,
     digests.update((name, digest) for name, _, digest in done)
     if cache:
         cache.store_many(done)
-    return {original: digests[name] for original, name in zip(originals, names)}
+    return {original: digests[name] for original, name in zip(originals, names, strict=True)}

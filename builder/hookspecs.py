@@ -26,11 +26,13 @@ Hooks run in this order during a build:
 
 1. :func:`enclave_build_frameworks` and :func:`enclave_build_libos`, when the plugin manager
    starts, to learn what can be built (and the spec sections plugins declare);
-2. the chosen framework's ``plan(spec)`` makes the :class:`~enclave_build.plugin.ServicePlan`;
-3. :func:`enclave_build_configure` lets every plugin adjust that plan;
-4. the chosen libOS backend's ``build(plan, rootfs, options)`` renders, measures and signs it;
+2. :func:`enclave_build_check_model` checks each model of the spec against what the chosen
+   framework serves (before anything is planned, encrypted or written);
+3. the chosen framework's ``plan(spec)`` makes the :class:`~enclave_build.plugin.ServicePlan`;
+4. :func:`enclave_build_configure` lets every plugin adjust that plan;
+5. the chosen libOS backend's ``build(plan, rootfs, options)`` renders, measures and signs it;
    the image and the outputs are written;
-5. :func:`enclave_build_finished` receives the build's result.
+6. :func:`enclave_build_finished` receives the build's result.
 
 :func:`enclave_build_register_commands` runs once when the command line starts.
 """
@@ -45,9 +47,10 @@ if TYPE_CHECKING:   # types only: this module is imported by everything that reg
     import click
 
     from .build import BuildResult
+    from .model_formats import ModelCheck
     from .plan import ServicePlan
     from .plugin_types import Framework, LibOS
-    from .spec import Spec
+    from .spec import ModelSpec, Spec
 
 PROJECT = "enclave_build"
 
@@ -114,6 +117,34 @@ def enclave_build_libos() -> Sequence[LibOS]:
         @hookimpl
         def enclave_build_libos():
             return [LibOS(name="mylibos", description="my libOS", build=build, section=SECTION)]
+    """
+
+
+@hookspec
+def enclave_build_check_model(framework: str, model: ModelSpec, spec: Spec) -> ModelCheck | None:
+    """Say whether *model* (one ``[[models]]`` entry of *spec*) is something *framework* (the
+    spec's ``[service] framework``) serves; called for each model before the framework plans
+    anything, before any file is encrypted or any layer written.
+
+    Return ``None`` for a framework that is not yours. For yours, return a
+    :class:`~enclave_build.plugin.ModelCheck`: ``accepted`` says in words what the framework
+    serves, ``problem`` why this model is not that (None when it is), and ``stateful`` the
+    state the model keeps between requests (None when it keeps none). The build stops with
+    exit code 2 listing every model with a problem as ``FILE:LINE: models[N].path: PATH:
+    PROBLEM; framework F serves ACCEPTED``; a stateful model served by several instances (the
+    plan's ``server_config``) gets a warning. Read the file, never run it (``model.path`` is
+    the model in clear on the build machine); the helpers :func:`~enclave_build.plugin.tflite_problem`,
+    :func:`~enclave_build.plugin.onnx_problem`, :func:`~enclave_build.plugin.openvino_ir_problem`,
+    :func:`~enclave_build.plugin.saved_model_problem` and the ``*_state`` functions check the
+    common formats. A framework whose plugin does not implement this hook is not checked::
+
+        from enclave_build.plugin import ModelCheck, hookimpl, onnx_problem
+
+        @hookimpl
+        def enclave_build_check_model(framework, model, spec):
+            if framework != "onnxruntime":
+                return None
+            return ModelCheck("an ONNX model file (.onnx)", onnx_problem(model.path))
     """
 
 

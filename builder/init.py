@@ -3,18 +3,27 @@
 :func:`init_project` writes ``DIR/spec.toml`` (a commented spec for the chosen framework: the
 framework's own section and ``[enclave]`` are generated from their schema fields, so the file
 always shows the real keys, defaults and limits), ``DIR/keys/`` (mode 0700) holding a new SGX
-signing key ``keys/enclave-key.pem`` (mode 0600) and an empty ``DIR/models/``. It never
+signing key ``keys/enclave-key.pem`` (mode 0600), ``DIR/models/`` and, for a service that gets
+keys, ``DIR/tls/``: the secret server's CA (``ca.pem``, named by ``[secrets] ca`` and built into
+the image) with that server's certificate and key for the ``[secrets] server`` host (as
+``enclave-build secrets tls`` writes them; the CA's private key is not kept), and a
+``.gitignore`` (keys, the server's key, outputs, ``.enclave-build/``) if there is none. It never
 overwrites a file: existing ones are named in a :class:`~builder.errors.UsageError` (exit 2);
-``force`` replaces ``spec.toml`` only and keeps an existing key.
+``force`` replaces ``spec.toml`` (and, with a model, the model's copy) and keeps the key and an
+existing ``tls/``.
 
-The spec is complete except for two things the user supplies: the model (``models/MODEL``, a
-placeholder the spec check reports as "file not found" until it exists) and the secret server's
-CA certificate (``tls/ca.pem``, from ``enclave-build secrets tls DIR/tls --host HOST`` or the
-user's own CA), because models are encrypted by default and an encrypted model's key comes from
-the secret server. ``model`` (``init --model PATH``) copies the model into ``models/`` and names
-it, leaving only the CA. Framework ``secret-server`` (the secret server as an enclave) serves no
-models and fetches no keys: its spec has neither, and its steps are an owner certificate and
-the policies, the build, and the attested key upload.
+``model`` (``init --model PATH``) copies the model into ``models/`` and names it after the
+file's stem (``face_detection.tflite`` -> ``face_detection``); without it the spec keeps the
+placeholder ``models/MODEL``, which the spec check reports as "file not found" until it exists.
+``base`` sets ``[image] base`` (``standin``: a stand-in Gramine root filesystem written into
+``DIR/.enclave-build/standin`` for local runs); ``k8s`` (a namespace) measures the in-cluster
+secret server ``SERVICE-secrets.NAMESPACE.svc:4433`` -- the Service ``enclave-build k8s``
+generates -- and sets ``[deploy] namespace``; ``example`` takes a small real model from a PyPI
+wheel (builder.examples). The printed next steps name commands only (no file of a checkout).
+
+Framework ``secret-server`` (the secret server as an enclave) serves no models and fetches no
+keys: its spec has neither, and its steps are an owner certificate and the policies, the build,
+and the attested key upload.
 """
 
 from __future__ import annotations
@@ -29,20 +38,33 @@ import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import UsageError
 from .plugin_types import Framework
 from enclave_build.contract.schema import Field, Section, did_you_mean
 from enclave_build.contract.size import Size
-from .spec import _HOSTPORT, _NAME, _NAME_DOC, ENCLAVE
+from .spec import _HOSTPORT, _MODEL_NAME, _NAME, _NAME_DOC, ENCLAVE
+from .spec_file import SPEC_NAME
 
 DEFAULT_FRAMEWORK = "tflite"
 DEFAULT_SECRET_SERVER = "localhost:4433"
-SPEC_NAME = "spec.toml"
+SECRET_SERVER_PORT = 4433
 KEY_PATH = "keys/enclave-key.pem"
 MODEL_PLACEHOLDER = "models/MODEL"
 CA_PATH = "tls/ca.pem"
+#: ``init --base standin``: a stand-in Gramine base written into the project (local runs only).
+STANDIN = "standin"
+STANDIN_DIR = ".enclave-build/standin"
+#: Validity of the secret server's CA and certificate that init makes.
+TLS_DAYS = 365
+#: DIR/.gitignore (written when there is none): what never goes into version control.
+GITIGNORE = """# written by `enclave-build init`: never in version control
+keys/
+tls/server.key
+out/
+.enclave-build/
+"""
 
 # What to put at models/MODEL, per builtin framework (third-party ones get the generic text).
 _MODEL_HINTS = {
@@ -74,11 +96,15 @@ class InitResult:
     service: str
     secret_server: str
     next_steps: list["Step"] = field(default_factory=list)
+    model: str | None = None          # [[models]] name (None: no model yet)
+    base: str | None = None           # [image] base as written (None: the framework default)
+    tls_created: bool = False         # tls/ca.pem, server.crt, server.key written now
 
     def to_json(self) -> dict[str, Any]:
         return {"directory": str(self.directory), "spec": str(self.spec), "key": str(self.key),
                 "key_created": self.key_created, "framework": self.framework,
                 "service": self.service, "secret_server": self.secret_server,
+                "model": self.model, "base": self.base, "tls_created": self.tls_created,
                 "next_steps": [step.to_json() for step in self.next_steps]}
 
 
@@ -112,6 +138,28 @@ def service_name(directory: Path, name: str | None) -> str:
         or "my-service"
     raise UsageError(f"{directory}: the directory name {derived!r} is not a valid service name "
                      f"({_NAME_DOC}); name the service with --name, e.g. --name {suggestion}")
+
+
+def model_name(path: Path) -> str:
+    """The [[models]] name for a model file or directory: its stem (an OpenVINO IR
+    ``face.xml``: ``face``), characters the name grammar does not allow replaced by ``_``."""
+    stem = path.name if path.is_dir() else path.stem
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
+    name = re.sub(r"^[^A-Za-z0-9]+", "", name)[:128]
+    return name if re.fullmatch(_MODEL_NAME, name) else "model"
+
+
+def k8s_secret_server(service: str, namespace: str) -> str:
+    """The in-cluster secret-server address for *service* in *namespace*: the Service that
+    `enclave-build k8s` generates (builder.k8s.secret_server: SERVICE-secrets in the
+    namespace) by its cluster name, so the measured address is right from the first build."""
+    if not re.fullmatch(_NAME, namespace):
+        raise UsageError(f"--k8s {namespace!r} is not a valid namespace; allowed: {_NAME_DOC}")
+    name = f"{service}-secrets"
+    if not re.fullmatch(_NAME, name):
+        raise UsageError(f"--k8s: the secret server's Service {name!r} would be longer than "
+                         "63 characters; shorten the service name (--name)")
+    return f"{name}.{namespace}.svc:{SECRET_SERVER_PORT}"
 
 
 # --------------------------------------------------------------------------- rendering
@@ -174,14 +222,15 @@ def render_section(section: Section, values: Mapping[str, Any] | None = None) ->
     return lines
 
 
-def _models_block(service: str, hint: str, model_path: str | None = None) -> list[str]:
+def _models_block(service: str, hint: str, model_path: str | None = None,
+                  name: str = "model") -> list[str]:
     where = (["# the model file or directory (copied here by `init --model`)"] if model_path else
              _comment(f"PLACEHOLDER: put your model in models/ and name it here ({hint})"))
     return [
         "# One [[models]] table per model.",
         "[[models]]",
         "# the name clients address the model by",
-        'name = "model"',
+        f"name = {toml_value(name)}",
         *where,
         f"path = {toml_value(model_path or MODEL_PLACEHOLDER)}",
         "# ship it encrypted (Gramine protected file); its key is released at start-up by the",
@@ -193,14 +242,33 @@ def _models_block(service: str, hint: str, model_path: str | None = None) -> lis
     ]
 
 
+def _image_block(framework: Framework, service: str, base: str | None) -> list[str]:
+    if base is None:
+        return ["# [image]   # the base image (framework default below; `build --base` overrides)",
+                f"# base = {toml_value(framework.default_base or '...')}",
+                f"# tag = {toml_value(service + ':latest')}", ""]
+    lines = ["[image]"]
+    if base == f"dir:{STANDIN_DIR}":
+        lines += _comment("a STAND-IN Gramine base in this project (`init --base standin`): "
+                          "builds measure and sign as on a real one, `enclave-build dev` runs "
+                          "the server as a plain process, nothing boots under Gramine or SGX. "
+                          "For that, a real base: the manual, How-to: Bases, images and caches")
+    else:
+        lines.append("# the base image (`build --base` overrides); a local path is relative to "
+                     "this file")
+    return [*lines, f"base = {toml_value(base)}", f"# tag = {toml_value(service + ':latest')}",
+            ""]
+
+
 def _secrets_block(secret_server: str) -> list[str]:
     return [
         "[secrets]",
         "# the secret server (HOST:PORT) the enclave attests to at start-up to get its keys",
         f"server = {toml_value(secret_server)}",
-        "# the CA of that server's TLS certificate: `enclave-build secrets tls tls --host HOST`",
-        "# writes one, or name your organisation's CA. Built into the image: changing it",
-        "# changes MRENCLAVE.",
+        "# the CA of that server's TLS certificate: `enclave-build init` wrote one with the",
+        "# server's certificate and key next to it (`enclave-build secrets tls tls --host HOST",
+        "# --force` writes new ones), or name your organisation's CA. Built into the image:",
+        "# changing it changes MRENCLAVE.",
         f"ca = {toml_value(CA_PATH)}",
         "# wrap keys (NAME.key) are read here, or created (mode 0600) on the first build that",
         "# needs them; never written into the image or the output",
@@ -211,9 +279,12 @@ def _secrets_block(secret_server: str) -> list[str]:
 
 def render_spec(framework: Framework, service: str,
                 secret_server: str = DEFAULT_SECRET_SERVER,
-                frameworks: tuple[str, ...] = (), model_path: str | None = None) -> str:
+                frameworks: tuple[str, ...] = (), model_path: str | None = None,
+                model: str = "model", base: str | None = None,
+                namespace: str | None = None) -> str:
     """The commented spec.toml :func:`init_project` writes; *model_path* (relative to the spec)
-    replaces the models/MODEL placeholder. A framework that serves no models (the secret
+    replaces the models/MODEL placeholder and *model* names it; *base* is set as [image]
+    base; *namespace* as [deploy] namespace. A framework that serves no models (the secret
     server) gets no [[models]] and no [secrets]."""
     hint = _MODEL_HINTS.get(framework.name, "the model file or directory the framework serves")
     serves_models = framework.name not in _NO_MODELS
@@ -224,9 +295,8 @@ def render_spec(framework: Framework, service: str,
         enclave_values["max_threads"] = framework.default_max_threads
     lines = [
         f"# enclave-build spec for the service {service!r} (framework {framework.name}),",
-        "# written by `enclave-build init`. Every key is explained in the manual's spec.toml",
-        "# reference (docs/reference/spec.md); relative paths are resolved against this file's",
-        "# directory.",
+        "# written by `enclave-build init`. Every key is explained in the manual (Reference:",
+        "# spec.toml); relative paths are resolved against this file's directory.",
         "# Keep keys/ private and out of version control.",
         "",
         "[service]",
@@ -237,15 +307,14 @@ def render_spec(framework: Framework, service: str,
                   + " (`enclave-build plugins`)"),
         f"framework = {toml_value(framework.name)}",
         "",
-        *(_models_block(service, hint, model_path) if serves_models else []),
+        *(_models_block(service, hint, model_path, model) if serves_models else []),
         "# Enclave resources and identity (the defaults of framework "
         f"{framework.name}); all of it is measured.",
         *render_section(ENCLAVE, enclave_values),
         "",
-        "# [image]   # the base image (framework default below; `build --base` overrides)",
-        f"# base = {toml_value(framework.default_base or '...')}",
-        f"# tag = {toml_value(service + ':latest')}",
-        "",
+        *_image_block(framework, service, base),
+        *(["# How `enclave-build k8s` deploys it (the manual: Kubernetes).", "[deploy]",
+           f"namespace = {toml_value(namespace)}", ""] if namespace else []),
         *(_secrets_block(secret_server) if serves_models else []),
         "[signing]",
         "# the enclave signing key (RSA-3072, e=3; written by init, mode 0600): it is the",
@@ -272,31 +341,42 @@ class Step:
         return {"what": self.what, "command": self.command}
 
 
-def _build_step(d: str, framework: Framework) -> Step:
+def _standin_command(framework: Framework, target: str) -> str:
     runtimes = _STANDIN_RUNTIMES.get(framework.name)
-    standin = "enclave-build base standin ROOTFS" + (f" --runtimes {runtimes}" if runtimes else "")
-    return Step("Build: ROOTFS is a real Gramine base (`scripts/gramine-base.sh ROOTFS`, as root) "
-                f"or the stand-in (`{standin}`: measures and signs, does not boot); without "
-                f"--base the framework's {framework.default_base}",
-                f"enclave-build build {d}/{SPEC_NAME} --base dir:ROOTFS --output {d}/out")
+    return f"enclave-build base standin {target}" + (f" --runtimes {runtimes}" if runtimes else "")
+
+
+def _base_step(d: str, framework: Framework) -> Step:
+    return Step(f"A base to build on. The spec uses the framework's default, "
+                f"{framework.default_base}, which `enclave-build base build` makes with a "
+                "Docker engine (`enclave-build base list`); or set [image] base to a real "
+                "Gramine root filesystem, dir:ROOTFS (the manual: How-to, Bases, images and "
+                "caches). For local runs without either, a stand-in in the project (it "
+                "measures and signs; `dev` then runs the server as a plain process, nothing "
+                "boots under Gramine)", f"enclave-build init --force --base standin {d}")
 
 
 def next_steps(directory: Path, framework: Framework, secret_server: str,
-               model_copied: bool = False) -> list[Step]:
-    """What to run next; with *model_copied* (``init --model``) the model step is left out."""
+               model_copied: bool = False, base: str | None = None,
+               namespace: str | None = None) -> list[Step]:
+    """What to run next; with *model_copied* (``init --model``) the model step is left out,
+    with *base* the base step; *namespace* (``init --k8s``): deploy instead of `dev`."""
     d = shlex.quote(str(directory))
-    host = secret_server.rpartition(":")[0].strip("[]")
     if framework.name in _NO_MODELS:
+        standin = _standin_command(framework, "ROOTFS")
         return [
             Step(f"In {d}/{SPEC_NAME} [secret-server], list the build directories of the model "
                  "enclaves it serves in policies and set collateral (a file) or pccs_url "
                  "(simulation: root_ca and collateral from `enclave-build secrets simulate-pki "
-                 "PKI_DIR`, as in examples/secret-server/spec.toml); make the certificate of a "
-                 f"key owner who may upload keys (owners = [\"{OWNER_CERT}\"])",
+                 "PKI_DIR`); make the certificate of a key owner who may upload keys (owners = "
+                 f"[\"{OWNER_CERT}\"])",
                  "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
                  f"-days 365 -subj '/CN=model owner' -keyout {d}/{OWNER_KEY} "
                  f"-out {d}/{OWNER_CERT} && chmod 600 {d}/{OWNER_KEY}"),
-            _build_step(d, framework),
+            Step("Build: ROOTFS is a real Gramine base (the manual: How-to, Bases, images and "
+                 f"caches) or the stand-in (`{standin}`: measures and signs, does not boot); "
+                 f"without --base the framework's {framework.default_base}",
+                 f"enclave-build build {d} --base dir:ROOTFS"),
             Step("Start it (SGX: `docker run --device /dev/sgx_enclave ...`; here: `enclave-build "
                  f"run {d}/out --simulate --pki PKI_DIR`), then attest it and upload each key "
                  "over that connection (--collateral FILE instead of --pccs offline)",
@@ -305,35 +385,84 @@ def next_steps(directory: Path, framework: Framework, secret_server: str,
                  f"--owner-key {d}/{OWNER_KEY} --name KEY_NAME --file KEYS_DIR/KEY_NAME.key"),
         ]
     hint = _MODEL_HINTS.get(framework.name, "the model file or directory the framework serves")
-    model = [] if model_copied else [
-        Step(f"Put your model in {d}/models/ and set [[models]] path in {d}/{SPEC_NAME} "
-             f"({framework.name}: {hint}), or start again with `init --model FILE`",
-             f"cp -r YOUR_MODEL {d}/models/")]
-    return [
-        *model,
-        Step("Make the secret server's CA and TLS certificate (or set [secrets] ca to your "
-             "own CA)", f"enclave-build secrets tls {d}/tls --host {shlex.quote(host)}"),
-        _build_step(d, framework),
-    ]
+    steps = [] if model_copied else [
+        Step(f"Put your model in {d}/models/ and set [[models]] path and name in "
+             f"{d}/{SPEC_NAME} ({framework.name}: {hint}), or start again with the model",
+             f"enclave-build init --force --model YOUR_MODEL {d}")]
+    if base is None:
+        steps.append(_base_step(d, framework))
+    if namespace is not None:
+        return [*steps,
+                Step("Build and push the image (the cluster pulls it by digest)",
+                     f"enclave-build build {d} --push --tag REGISTRY/{framework.name}-"
+                     f"{directory.name}:1"),
+                Step(f"Generate the Kubernetes objects for namespace {namespace} (the secret "
+                     "server's Service is the address measured into the enclave; the manual: "
+                     "Kubernetes)",
+                     f"enclave-build k8s {d}/out --output {d}/deploy")]
+    return [*steps,
+            Step("Build (the model encrypted; its wrap key is made in keys/)",
+                 f"enclave-build build {d}"),
+            Step("Serve it here: a local secret server and `run --simulate`, then the "
+                 "endpoints and how to ask the model (`--once`: one request, for CI)",
+                 f"enclave-build dev {d}")]
 
 
-def init_project(directory: str | Path, framework: str = DEFAULT_FRAMEWORK,
+def _resolve_options(directory: Path, chosen: Framework, service: str,
+                     secret_server: str | None, k8s: str | None) -> str:
+    if k8s is not None:
+        address = k8s_secret_server(service, k8s)
+        if secret_server is not None and secret_server != address:
+            raise UsageError(f"--k8s {k8s} measures the in-cluster secret server {address}; "
+                             f"leave out --secret-server {secret_server}")
+        return address
+    address = secret_server or DEFAULT_SECRET_SERVER
+    if not re.fullmatch(_HOSTPORT, address):
+        raise UsageError(f"--secret-server {address!r} is not HOST:PORT "
+                         '(e.g. "secrets.example.com:4433")')
+    return address
+
+
+def init_project(directory: str | Path, framework: str | None = None,
                  name: str | None = None, force: bool = False,
-                 secret_server: str = DEFAULT_SECRET_SERVER,
+                 secret_server: str | None = None,
                  frameworks: Mapping[str, Framework] | None = None,
-                 model: str | Path | None = None) -> InitResult:
-    """Write DIR/spec.toml, DIR/keys/enclave-key.pem and DIR/models/ (see the module doc).
-    *model* (a file or directory) is copied into DIR/models/ and named in [[models]] path
-    (an OpenVINO IR ``.xml`` brings the ``.bin`` next to it)."""
+                 model: str | Path | None = None, base: str | None = None,
+                 k8s: str | None = None, example: str | None = None,
+                 log: Callable[[str], None] = lambda line: None) -> InitResult:
+    """Write DIR/spec.toml, DIR/keys/enclave-key.pem, DIR/models/ and DIR/tls/ (see the module
+    doc). *model* (a file or directory) is copied into DIR/models/ (an OpenVINO IR ``.xml``
+    brings the ``.bin`` next to it), named after its stem; with *force* it replaces the copy
+    there. *base* becomes [image] base (``"standin"``: a stand-in written into the project);
+    *k8s* (a namespace) measures the in-cluster secret server; *example* (a name of
+    builder.examples.EXAMPLES) takes its model from a PyPI wheel, on a stand-in unless
+    *base*."""
     from .gramine.signer import write_new_key
 
     directory = Path(directory)
     frameworks = installed_frameworks() if frameworks is None else frameworks
-    chosen = choose_framework(framework, frameworks)
+    if example is not None:
+        from .examples import EXAMPLES
+
+        if example not in EXAMPLES:
+            raise UsageError(f"--example {example!r}: no such example; examples: "
+                             f"{', '.join(EXAMPLES)}")
+        if model is not None:
+            raise UsageError("--example brings its own model; leave out --model")
+        if framework not in (None, EXAMPLES[example].framework):
+            raise UsageError(f"--example {example} is framework "
+                             f"{EXAMPLES[example].framework}; leave out --framework {framework}")
+        framework = EXAMPLES[example].framework
+        if example not in frameworks:
+            raise UsageError(f"--example {example}: framework {example!r} is not installed "
+                             f"(installed: {', '.join(sorted(frameworks))}); install its plugin "
+                             f"first (enclave-build-{example}, the example third-party plugin: "
+                             "the manual, Extending: write a framework plugin; `enclave-build "
+                             "plugins` lists what is installed)")
+        base = base or STANDIN
+    chosen = choose_framework(framework or DEFAULT_FRAMEWORK, frameworks)
     service = service_name(directory, name)
-    if not re.fullmatch(_HOSTPORT, secret_server):
-        raise UsageError(f"--secret-server {secret_server!r} is not HOST:PORT "
-                         '(e.g. "secrets.example.com:4433")')
+    secret_server = _resolve_options(directory, chosen, service, secret_server, k8s)
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory}: exists and is not a directory")
     spec_path, key_path = directory / SPEC_NAME, directory / KEY_PATH
@@ -345,38 +474,108 @@ def init_project(directory: str | Path, framework: str = DEFAULT_FRAMEWORK,
     if existing and not force:
         raise UsageError(f"{', '.join(map(str, existing))}: already exist"
                          f"{'s' if len(existing) == 1 else ''}; not overwriting (--force "
-                         "replaces spec.toml only and keeps the signing key)")
+                         "replaces spec.toml and, with --model, the model; the signing key is "
+                         "kept)")
     if spec_path.is_dir() or (key_path.exists() and not key_path.is_file()):
         raise UsageError(f"{spec_path if spec_path.is_dir() else key_path}: exists and is not "
                          "a file")
-    copies = _model_copies(Path(model), models_dir, chosen) if model is not None else []
+    spec_base = _spec_base(base)
+    if example is not None:
+        from .examples import fetch
+
+        model = fetch(example, log)[0]
+    copies = (_model_copies(Path(model), models_dir, chosen, replace=force)
+              if model is not None else [])
     model_path = f"models/{copies[0][1].name}" if copies else None
     if model_path is None and force and chosen.name not in _NO_MODELS:
         model_path = _model_already_there(models_dir)   # --force keeps what models/ holds
-    text = render_spec(chosen, service, secret_server, tuple(sorted(frameworks)), model_path)
+    name_of_model = (model_name(copies[0][0] if copies else directory / model_path)
+                     if model_path else "model")
+    text = render_spec(chosen, service, secret_server, tuple(sorted(frameworks)), model_path,
+                       name_of_model, spec_base, k8s)
 
     directory.mkdir(parents=True, exist_ok=True)
     if keys_dir.is_dir():
         mode = stat.S_IMODE(keys_dir.stat().st_mode)
         if mode & 0o077:
             warnings.warn(f"{keys_dir} is accessible to others (mode {mode:04o}): "
-                          f"`chmod 700 {keys_dir}`")
+                          f"`chmod 700 {keys_dir}`", stacklevel=2)
     else:
         keys_dir.mkdir(mode=0o700)
         os.chmod(keys_dir, 0o700)    # whatever the umask
     models_dir.mkdir(exist_ok=True)
     for source, target in copies:
-        if source.is_dir():
-            shutil.copytree(source, target, symlinks=False)
-        else:
-            shutil.copyfile(source, target)
+        _copy_model(source, target)
     key_created = not key_path.exists()
     if key_created:
         write_new_key(key_path)
+    tls_created = False
+    if chosen.name not in _NO_MODELS:
+        tls_created = _make_tls(directory, secret_server)
+    if base == STANDIN:
+        _make_standin(directory / STANDIN_DIR, chosen)
+    ignore = directory / ".gitignore"
+    if not (ignore.exists() or ignore.is_symlink()):
+        _write_text(ignore, GITIGNORE, replace=False)
     _write_text(spec_path, text, replace=force)
     return InitResult(directory, spec_path, key_path, key_created, chosen.name, service,
                       secret_server, next_steps(directory, chosen, secret_server,
-                                                model_copied=model_path is not None))
+                                                model_copied=model_path is not None,
+                                                base=spec_base, namespace=k8s),
+                      name_of_model if model_path else None, spec_base, tls_created)
+
+
+def _spec_base(base: str | None) -> str | None:
+    """What [image] base says for *base* (``standin``: the stand-in in the project)."""
+    if base is None:
+        return None
+    if base == STANDIN:
+        return f"dir:{STANDIN_DIR}"
+    from .image.reference import parse_source
+
+    parse_source(base)   # a bad reference fails before anything is written
+    return base
+
+
+def _make_standin(target: Path, framework: Framework) -> None:
+    from .standin import add_standin_runtimes, make_standin_rootfs
+
+    make_standin_rootfs(target)
+    runtimes = _STANDIN_RUNTIMES.get(framework.name)
+    add_standin_runtimes(target, (runtimes,) if runtimes else ())
+
+
+def _make_tls(directory: Path, secret_server: str) -> bool:
+    """DIR/tls/ca.pem, server.crt and server.key for the secret server's host, unless ca.pem
+    exists (True if written). The CA's private key is not kept."""
+    from enclave_build.attestation.synthetic import tls_ca_and_server
+
+    tls = directory / Path(CA_PATH).parent
+    if (tls / "ca.pem").exists():
+        return False
+    host = secret_server.rpartition(":")[0].strip("[]")
+    hosts = [host]
+    if host == "localhost":
+        hosts.append("127.0.0.1")
+    elif host.endswith(".svc"):
+        hosts.append(host + ".cluster.local")
+    tls.mkdir(exist_ok=True)
+    tls_ca_and_server(tls, hosts, days=TLS_DAYS, ca_name="enclave-build secret-server CA",
+                      overwrite=True)
+    return True
+
+
+def _copy_model(source: Path, target: Path) -> None:
+    """Copy *source* to *target*, replacing what is there (a temporary name renamed into
+    place)."""
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    if source.is_dir():
+        shutil.copytree(source, tmp, symlinks=False)
+    else:
+        shutil.copyfile(source, tmp)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
 
 
 def _model_already_there(models_dir: Path) -> str | None:
@@ -391,9 +590,11 @@ def _model_already_there(models_dir: Path) -> str | None:
     return f"models/{entries[0].name}" if len(entries) == 1 else None
 
 
-def _model_copies(model: Path, models_dir: Path, framework: Framework) -> list[tuple[Path, Path]]:
+def _model_copies(model: Path, models_dir: Path, framework: Framework,
+                  replace: bool = False) -> list[tuple[Path, Path]]:
     """(source, target) pairs for ``init --model``, checked before anything is written: the
-    model exists, the framework serves models, nothing in DIR/models/ is overwritten."""
+    model exists, the framework serves models, nothing in DIR/models/ is overwritten (unless
+    *replace*: ``--force`` refreshes the model)."""
     if framework.name in _NO_MODELS:
         raise UsageError(f"--model: framework {framework.name} serves no models")
     if not model.exists():
@@ -406,9 +607,14 @@ def _model_copies(model: Path, models_dir: Path, framework: Framework) -> list[t
         sources.append(weights)
     pairs = [(source, models_dir / source.name) for source in sources]
     taken = [str(target) for _, target in pairs if target.exists() or target.is_symlink()]
-    if taken:
+    if taken and not replace:
         raise UsageError(f"{', '.join(taken)}: already exist{'s' if len(taken) == 1 else ''}; "
-                         "not overwriting")
+                         "not overwriting (--force replaces the model)")
+    if replace:
+        for _, target in pairs:
+            if target.is_symlink() or (target.exists() and not (target.is_file()
+                                                                 or target.is_dir())):
+                raise UsageError(f"{target}: not a regular file or directory; not replacing it")
     return pairs
 
 
@@ -427,5 +633,5 @@ def _write_text(path: Path, text: str, replace: bool) -> None:
 
 
 __all__ = ["init_project", "render_spec", "render_section", "InitResult", "Step",
-           "choose_framework",
+           "choose_framework", "model_name", "k8s_secret_server",
            "service_name", "installed_frameworks"]

@@ -32,7 +32,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import BinaryIO, Mapping, Protocol
 
 #: Bump when what is found changes: cached "clean" verdicts of older scanners are void.
 SCANNER_VERSION = 2
@@ -73,6 +73,12 @@ _PBE_OID = re.compile(rb"\x2a\x86\x48\x86\xf7\x0d\x01(?:\x05|\x0c\x01)")
 _SEQUENCE, _INTEGER, _OCTETS, _OID = 0x30, 0x02, 0x04, 0x06
 
 
+class Readable(Protocol):
+    """What :meth:`KeyScanner.scan_stream` reads: a binary file, or a wrapper that counts."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class KeyFinding:
     """Key material at *offset* of *where* (a file, or the name given to scanned bytes)."""
@@ -109,7 +115,7 @@ def _tlv(buf: bytes, i: int, end: int) -> tuple[int, int, int] | None:
 
 def _children(buf: bytes, start: int, end: int, limit: int = 12) -> list[tuple[int, int, int]] | None:
     """The elements that exactly fill [start, end); None if they do not (or more than *limit*)."""
-    out = []
+    out: list[tuple[int, int, int]] = []
     i = start
     while i < end:
         if len(out) == limit:
@@ -215,7 +221,7 @@ class KeyScanner:
         with open(path, "rb") as handle:
             return self.scan_stream(handle, where or os.fsdecode(path))
 
-    def scan_stream(self, handle: BinaryIO, where: str) -> KeyFinding | None:
+    def scan_stream(self, handle: Readable, where: str) -> KeyFinding | None:
         carry = b""
         carry_at = 0       # offset in the stream of carry[0]
         done = 0           # offsets below this were examined
@@ -263,9 +269,9 @@ class KeyScanner:
         for match in _DER_VERSION.finditer(buf, lo, min(len(buf), hi + 3)):
             if match.start() >= hi:
                 break
-            key = _der_key_at(buf, match.start())
-            if key is not None:
-                hits.append(key)
+            found = _der_key_at(buf, match.start())
+            if found is not None:
+                hits.append(found)
                 break
         for match in _PBE_OID.finditer(buf, max(0, lo + 2), min(len(buf), hi + 11)):
             oid = match.start() - 2     # the OBJECT IDENTIFIER tag and length

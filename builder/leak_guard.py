@@ -30,20 +30,26 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from .errors import UsageError
 from .hashing import HashCache
 from .key_scan import KeyFinding, KeyScanner, parses_as_private_key
 from .model_files import SkippedModelFile, regular_files
 from .plan import FileKind, ServicePlan
-from .planning import MODEL_ROOT, SECRETS_DIR, spec_error
+from enclave_build.contract.names import MODEL_ROOT, SECRETS_DIR
+
+from .planning import spec_error
 from .plugin_types import ArtifactFile
 from .spec import Spec
 
 #: Files of an encrypted model up to this size are checked for keys too (key files are small;
 #: the model itself ships encrypted).
 SMALL_FILE = 1 << 20
+#: The progress stage of the scans (what :func:`scan_plan` and :func:`scan_artifacts` read).
+SCAN_STAGE = "scanning for key material"
+
+ProgressTask = Callable[[str, "int | None"], Callable[[int], None]]
 
 
 class KeyMaterialError(UsageError):
@@ -182,7 +188,8 @@ def _is_secret_file(dest: str) -> bool:
 
 
 def _scan(items: Iterable[_Item], scanner: KeyScanner, cache: HashCache | None,
-          seen: set[Path]) -> tuple[_Item, KeyFinding] | None:
+          seen: set[Path], progress: ProgressTask | None = None
+          ) -> tuple[_Item, KeyFinding] | None:
     fingerprint = scanner.fingerprint()
     files: list[tuple[_Item, Path, os.stat_result]] = []
     for item in items:
@@ -201,12 +208,14 @@ def _scan(items: Iterable[_Item], scanner: KeyScanner, cache: HashCache | None,
             files.append((item, path, st))
     clean = cache.clean_files([(str(p), st) for _, p, st in files], fingerprint) \
         if cache is not None else set()
+    todo = [(item, path, st) for item, path, st in files if str(path) not in clean]
+    advance = progress(SCAN_STAGE, sum(st.st_size for _, _, st in todo)) \
+        if progress is not None and todo else None
     newly_clean = []
     try:
-        for item, path, st in files:
-            if str(path) in clean:
-                continue
-            found = scanner.scan_file(path, str(item.source))
+        for item, path, st in todo:
+            with open(path, "rb") as handle:
+                found = scanner.scan_stream(_Counted(handle, advance), str(item.source))
             if found is not None:
                 return item, found
             newly_clean.append((str(path), st))
@@ -214,6 +223,20 @@ def _scan(items: Iterable[_Item], scanner: KeyScanner, cache: HashCache | None,
         if cache is not None:
             cache.mark_clean(newly_clean, fingerprint)
     return None
+
+
+class _Counted:
+    """A file being scanned: each chunk read advances the progress."""
+
+    def __init__(self, handle: BinaryIO, advance: Callable[[int], None] | None):
+        self.handle = handle
+        self.advance = advance
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        if self.advance is not None and data:
+            self.advance(len(data))
+        return data
 
 
 def _model_of(spec: Spec, item: _Item) -> int | None:
@@ -230,13 +253,14 @@ def _model_of(spec: Spec, item: _Item) -> int | None:
 
 
 def scan_plan(spec: Spec, plan: ServicePlan, scanner: KeyScanner,
-              cache: HashCache | None = None, seen: set[Path] | None = None) -> set[Path]:
+              cache: HashCache | None = None, seen: set[Path] | None = None,
+              progress: ProgressTask | None = None) -> set[Path]:
     """Scan every file the plan adds (in clear, or encrypted but a model); returns the host
     files scanned (for
     :func:`scan_artifacts`). Raises a spec error naming ``models[N].path`` for a model's file,
     :class:`KeyMaterialError` naming the image path for any other."""
     seen = set() if seen is None else seen
-    hit = _scan(_plan_items(plan), scanner, cache, seen)
+    hit = _scan(_plan_items(plan), scanner, cache, seen, progress)
     if hit is not None:
         item, found = hit
         index = _model_of(spec, item)
@@ -249,7 +273,8 @@ def scan_plan(spec: Spec, plan: ServicePlan, scanner: KeyScanner,
 
 
 def scan_artifacts(files: Iterable[ArtifactFile], scanner: KeyScanner,
-                   cache: HashCache | None = None, seen: set[Path] | None = None) -> None:
+                   cache: HashCache | None = None, seen: set[Path] | None = None,
+                   progress: ProgressTask | None = None) -> None:
     """Scan what the libOS backend adds (manifest, SIGSTRUCT, Occlum's instance), skipping
     ciphertext and host files :func:`scan_plan` already scanned."""
     items = [_Item(f.dest, f.source, f.data) for f in files if not f.ciphertext]
@@ -260,7 +285,7 @@ def scan_artifacts(files: Iterable[ArtifactFile], scanner: KeyScanner,
                                p, None) for p in _quiet_files(item.source)]
         else:
             expanded.append(item)
-    hit = _scan(expanded, scanner, cache, set() if seen is None else seen)
+    hit = _scan(expanded, scanner, cache, set() if seen is None else seen, progress)
     if hit is not None:
         item, found = hit
         raise KeyMaterialError(f"{found}: the build would add it to the image as {item.dest}; "

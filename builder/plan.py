@@ -78,9 +78,14 @@ class Mount:
 
 @dataclass
 class Port:
+    """A port the service listens on. *spec_key*: the spec key that set it (dotted,
+    ``tflite.grpc_port``), named when the port cannot be used at start-up: the port is measured
+    into the enclave, so another one means a rebuild."""
+
     number: int
     name: str
     protocol: str = "TCP"
+    spec_key: str | None = None
 
 
 @dataclass

@@ -76,6 +76,8 @@ def add_server_trust(spec: Spec, plan: ServicePlan, framework: str) -> None:
     :func:`base_plan` when the spec names server_measurements). Changing which server
     is trusted therefore changes this enclave's MRENCLAVE. Refuses (located spec error) plans
     whose keys Gramine's provisioning constructor fetches: it checks a CA only."""
+    # base_plan calls this for a spec whose [secrets] names the server's measurements
+    assert plan.secrets is not None and plan.secrets.server_trust is not None
     trust = plan.secrets.server_trust
     if plan.secrets.delivery is not KeyDelivery.IN_ENCLAVE:
         raise spec_error(spec, ("secrets", "server_measurements"),
@@ -151,23 +153,34 @@ def service_key_name(spec: Spec) -> str:
 def spec_error(spec: Spec, key: tuple, message: str) -> SpecError:
     """A :class:`SpecError` for *key* (e.g. ``("models", 1, "key")``), located at its line in
     the spec file, formatted like every other spec error (``FILE:LINE: KEY: message``)."""
-    line = None
+    return spec_errors(spec, [Problem(key, message)])
+
+
+def spec_errors(spec: Spec, problems: list[Problem]) -> SpecError:
+    """One :class:`SpecError` for several *problems*, each located at the line of its key (or
+    of its nearest located parent) in the spec file."""
     try:
         text = spec.path.read_text(encoding="utf-8")
     except OSError:
         text = None
     source = str(spec.path)
+    located = list(problems)
     if text is not None:
         locator = KeyLocator(text)
-        probe = key
-        while probe and line is None:
-            line = locator.line(probe)
-            probe = probe[:-1]
+
+        def line(key: tuple) -> int | None:
+            found = None
+            while key and found is None:
+                found = locator.line(key)
+                key = key[:-1]
+            return found
+
+        located = [Problem(p.path, p.message, p.line or line(p.path)) for p in problems]
         try:
             source = str(spec.path.relative_to(Path.cwd()))
         except ValueError:
             pass
-    return SpecError(source, [Problem(key, message, line)])
+    return SpecError(source, located)
 
 
 def require_models(spec: Spec, framework: str) -> None:

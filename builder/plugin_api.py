@@ -20,9 +20,10 @@ from .planning import (MODEL_ROOT, SECRET_SERVER_CA, SECRETS_DIR, add_model, add
                        base_plan, default_key_name, model_image_path, model_key_name,
                        refuse_model_server_keys, require_models, require_one_key,
                        service_key_name, spec_error)
-from .plugin_types import (SECRET_ENCODINGS, ArtifactFile, BuildOptions, EnclaveIdentity,
-                           Framework, LibOS, LibOSArtifacts, NullProgress, PendingSignature,
-                           Progress, SecretRelease)
+from enclave_build.contract.identity import EnclaveIdentity
+from .plugin_types import (SECRET_ENCODINGS, ArtifactFile, BuildOptions, Framework, LibOS,
+                           LibOSArtifacts, NullProgress, PendingSignature, Progress,
+                           SecretRelease)
 from .python_server import (BACKEND_ENTRY_POINTS, PYTHON, SERVER_CONFIG, SERVER_DISTRIBUTIONS,
                             SERVER_MODULES, SERVER_PYTHONPATH, deliver_keys_as_files,
                             python_server_plan, server_config, server_open_files,

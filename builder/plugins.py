@@ -109,7 +109,7 @@ class PluginRegistry:
         for name, module in DEFAULT_PLUGINS:
             try:
                 plugin = importlib.import_module(module)
-            except Exception as exc:  # a broken plugin must not hide the others
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
                 self._fail(name, module, f"failed to load: {_error(exc)}")
                 continue
             self._register(plugin, name, (DISTRIBUTION, __version__))
@@ -124,7 +124,7 @@ class PluginRegistry:
             source = (dist.name, dist.version) if dist else (ep.value, "?")
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not hide the others
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
                 label = f"{dist.name}: {ep.value}" if dist else ep.value
                 self._fail(ep.name, label, f"failed to load: {_error(exc)}")
                 continue
@@ -133,7 +133,7 @@ class PluginRegistry:
     def _register(self, plugin: Any, name: str, source: tuple[str, str]) -> None:
         try:
             self.pm.register(plugin, name=name)
-        except Exception as exc:  # e.g. an implementation of a hook that does not exist
+        except Exception as exc:  # noqa: BLE001 - e.g. an implementation of a hook that does not exist
             self._fail(name, source[0], f"cannot be registered: {_error(exc)}")
             return
         self._dist[name] = source
@@ -168,7 +168,7 @@ class PluginRegistry:
                 if wrong:
                     raise TypeError(f"returned {wrong[0]!r} where a {kind.__name__} was "
                                     "expected")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failing plugin is dropped, the others go on
                 self._drop(name, f"failed in {hook}: {_error(exc)}")
                 continue
             self._provided.setdefault(name, {})[hook] = tuple(item.name for item in result)
@@ -229,7 +229,7 @@ class PluginRegistry:
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             try:
                 impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failing plugin is dropped, the others go on
                 self._drop(impl.plugin_name, f"failed in {hook}: {_error(exc)}")
 
     def describe(self) -> list[PluginInfo]:

@@ -50,7 +50,7 @@ def _package_dir(name: str) -> Path:
         raise EnclaveBuildError(f"the Python package {name!r} is not installed where "
                                 "enclave-build runs, so it cannot be shipped into the image")
     if spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
+        return Path(next(iter(spec.submodule_search_locations)))
     if spec.origin is None:
         raise EnclaveBuildError(f"{name!r} has no files to ship")
     return Path(spec.origin)
@@ -140,10 +140,16 @@ def server_config(spec: Spec, plan: ServicePlan,
     return ServerConfig(
         service=spec.service.name,
         models=tuple(m if isinstance(m, ModelConfig) else ModelConfig(**m) for m in models),
-        grpc=Listener("0.0.0.0", grpc_port), rest=Listener("0.0.0.0", rest_port),
+        grpc=Listener("0.0.0.0", grpc_port, _spec_key(plan, grpc_port)),
+        rest=Listener("0.0.0.0", rest_port, _spec_key(plan, rest_port)),
         tls=(tls if isinstance(tls, TLSConfig) or tls is None else TLSConfig(**tls)),
         limits=_server_limits(spec, limits),
         drain_seconds=(spec.limits or {}).get("drain_seconds", 20), metrics=True, keys=keys)
+
+
+def _spec_key(plan: ServicePlan, number: int) -> str | None:
+    """The spec key that set port *number* of *plan* (named if it cannot be used)."""
+    return next((p.spec_key for p in plan.ports if p.number == number and p.spec_key), None)
 
 
 def _server_limits(spec: Spec, limits: Mapping[str, int] | None) -> Limits:
@@ -235,7 +241,9 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
         env={"PYTHONPATH": SERVER_PYTHONPATH, "PYTHONDONTWRITEBYTECODE": "1",
              "PYTHONUNBUFFERED": "1", "HOME": "/tmp",
              "LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu"},
-        ports=[Port(grpc_port, "grpc"), Port(rest_port, "http")], default_base=default_base,
+        ports=[Port(grpc_port, "grpc", spec_key=_port_key(framework, "grpc_port")),
+               Port(rest_port, "http", spec_key=_port_key(framework, "rest_port"))],
+        default_base=default_base,
         key_delivery=KeyDelivery.IN_ENCLAVE, user=user)
     if python is not None:
         plan.argv[0] = python.interpreter
@@ -302,6 +310,15 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     plan.server_config = config
     plan.enclave.max_open_files = server_open_files(config)
     return plan
+
+
+def _port_key(framework: Framework, name: str) -> str | None:
+    """``SECTION.NAME`` when the framework's spec section has a key *name* (the builtins'
+    and the onnxruntime example's ``grpc_port``/``rest_port``): where the port was set."""
+    section = framework.section
+    if section is None or name not in section.field_names():
+        return None
+    return f"{section.name}.{name}"
 
 
 def server_open_files(config: ServerConfig) -> int:

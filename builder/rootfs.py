@@ -66,9 +66,10 @@ class RootFS:
                 raise RootFSError(f"{inner}: {current} is not a directory") from None
             if stat.S_ISLNK(st.st_mode):
                 if candidate in seen:
-                    if seen[candidate] is None:
+                    target = seen[candidate]
+                    if target is None:
                         raise RootFSError(f"{inner}: symbolic link loop at {candidate}")
-                    current = seen[candidate]  # type: ignore[assignment]
+                    current = target
                     continue
                 seen[candidate] = None
                 target = os.readlink(host)

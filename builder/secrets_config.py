@@ -82,6 +82,13 @@ class KeyOutsideError(SecretsConfigError):
     exit_code = 2
 
 
+class CollateralRootError(SecretsConfigError):
+    """The offline collateral does not chain to the root the server would trust: every quote
+    would be refused (exit 2, naming --root-ca and --collateral)."""
+
+    exit_code = 2
+
+
 class KeyOutsideWarning(UserWarning):
     """A key file outside its fragment's keys directory is used (``--allow-keys-outside``)."""
 
@@ -121,7 +128,7 @@ def read_fragment(path: Path) -> PolicyFragment:
         raise FragmentError(str(exc)) from None
 
 
-def _load_measurements(fragment: Path, pattern: str) -> list[Measurements]:
+def _load_measurements(fragment: Path | None, pattern: str) -> list[Measurements]:
     paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     if not paths:
         raise SecretsConfigError(f"{fragment}: measurements: {pattern!r} matches no file")
@@ -307,6 +314,8 @@ def compose_config(policies: list[Path], server: ServerSide, *,
         None if server.root_ca == "intel" else Path(server.root_ca),
         server.collateral.resolve() if server.collateral is not None else None,
         server.pccs_url)
+    if server.collateral is not None:
+        check_collateral_root(server.collateral, server.root_ca)
     if grsecret is None and any(rule.requested_as or rule.encoding != "raw"
                                 for rule in secrets):
         warnings.warn("the fragments have Occlum secrets (encoding/requested_as), which only "
@@ -315,6 +324,42 @@ def compose_config(policies: list[Path], server: ServerSide, *,
     config = SecretsConfig(Path(SECRETS_FILE).resolve(), settings, attestation,
                            tuple(measurements), tuple(secrets), grsecret=grsecret)
     return ComposedConfig(config, tuple(sources))
+
+
+def check_collateral_root(collateral: Path, root_ca: str = "intel") -> None:
+    """Refuse (CollateralRootError, exit 2) an offline collateral file whose issuer chains do
+    not end in *root_ca* ("intel", or a PEM/DER file), saying which flag to change: the
+    secret server would refuse every quote with dcap-qvl's "Failed to parse root CA CRL"."""
+    from enclave_build.attestation.collateral_root import (collateral_root_problem,
+                                                           synthetic_root_beside)
+    from enclave_build.attestation.verify import load_root_der
+
+    try:
+        root_der = None if root_ca == "intel" else load_root_der(root_ca)
+        text = Path(collateral).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--root-ca {root_ca} / --collateral {collateral}: cannot read: "
+                         f"{exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"--root-ca {root_ca}: not a PEM or DER certificate ({exc})") from None
+    try:
+        problem = collateral_root_problem(text, root_der)
+    except ValueError as exc:
+        raise UsageError(f"--root-ca {root_ca}: not a certificate ({exc})") from None
+    if problem is None:
+        return
+    pki_root = synthetic_root_beside(collateral)
+    if root_ca == "intel" and "synthetic test PKI" in problem:
+        fix = (f"pass --root-ca {pki_root or 'PKI_DIR/root.pem'} from `secrets simulate-pki` "
+               "(the root of the PKI that made this collateral)")
+    elif root_ca != "intel" and "collateral is Intel's" in problem:
+        fix = ("leave out --root-ca to trust Intel's root, or pass the --collateral of the PKI "
+               "whose root --root-ca names")
+    else:
+        fix = "pass --root-ca and --collateral of the same PKI"
+    raise CollateralRootError(
+        f"--collateral {collateral} does not chain to --root-ca {root_ca}: {problem}. The "
+        f"secret server would refuse every quote (\"Failed to parse root CA CRL\"): {fix}")
 
 
 def _stderr(line: str) -> None:

@@ -22,7 +22,9 @@ from enclave_build.contract.schema import (Field, Problem, Section, did_you_mean
 from .errors import UsageError
 from . import server_trust
 from .plan import ServerTrust
-from .deploy.settings import DEPLOY, DeploySpec, check_deploy
+from enclave_build.contract.deploy import DEPLOY, DeploySpec
+
+from .deploy.settings import check_deploy
 
 _NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _NAME_DOC = "lower-case letters, digits and '-', at most 63 characters (a DNS label)"
@@ -69,7 +71,9 @@ ENCLAVE = Section("enclave", "enclave resources and identity", (
 ))
 
 IMAGE = Section("image", "the base image and the image to produce", (
-    Field("base", "str", "base image reference (framework default if unset)"),
+    Field("base", "str", "base image reference (framework default if unset); the path of a "
+          "local one (dir:, oci:, oci-archive:, docker-archive:) is relative to the spec's "
+          "directory"),
     Field("tag", "str", "name:tag of the image to produce (default: SERVICE:latest)"),
 ))
 
@@ -290,6 +294,24 @@ class Spec:
         return self.plugin_sections.get(name, {})
 
 
+_LOCAL_BASES = ("dir:", "oci:", "oci-archive:", "docker-archive:")
+
+
+def local_base(reference: str | None, directory: Path) -> str | None:
+    """[image] base with the relative path of a local base (``dir:ROOTFS``, ``oci:DIR[:TAG]``,
+    ``oci-archive:FILE``, ``docker-archive:FILE``) made absolute against the spec's
+    *directory*, like every other path of a spec; other references unchanged."""
+    if reference is None:
+        return None
+    for transport in _LOCAL_BASES:
+        if reference.startswith(transport):
+            location = reference[len(transport):]
+            if location and not location.startswith("/"):
+                return transport + str(directory / location)
+            return reference
+    return reference
+
+
 def _nearby_spec(path: Path) -> str:
     """"; did you mean DIR/spec.toml?" for a mistyped spec name whose directory holds one."""
     try:
@@ -427,7 +449,7 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
         enclave=EnclaveSpec(enclave["size"], enclave["max_threads"], enclave["edmm"],
                             enclave["debug"], enclave["isv_prod_id"], enclave["isv_svn"],
                             enclave["log_level"]),
-        image=ImageSpec(image["base"], image["tag"]),
+        image=ImageSpec(local_base(image["base"], path.parent), image["tag"]),
         signing=SigningSpec(signing["key"], signing["passphrase_env"], signing["public_key"],
                             signing["signature"], signing["date"]),
         secrets=SecretsSpec(secrets["server"], secrets["ca"], secrets["keys_dir"], trust),

@@ -100,8 +100,9 @@ class DeploySpec:
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "DeploySpec":
         defaults = cls()
-        kwargs = {f.name: values.get(f.name) if values.get(f.name) is not None
-                  else getattr(defaults, f.name) for f in fields(cls)}
+        kwargs: dict[str, Any] = {
+            f.name: values.get(f.name) if values.get(f.name) is not None
+            else getattr(defaults, f.name) for f in fields(cls)}
         kwargs["node_selector"] = dict(kwargs["node_selector"])
         return cls(**kwargs)
 

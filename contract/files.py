@@ -10,18 +10,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ContractError
-from .locate import JsonLocator, KeyLocator
+from .locate import JsonLocator, KeyLocator, KeyPath
 from .schema import Problem
 
 
 class Locator(Protocol):
-    def line(self, path: tuple) -> int | None: ...
+    def line(self, path: KeyPath) -> int | None: ...
 
 
 class NoLocator:
     """For data that did not come from a file (nothing to locate)."""
 
-    def line(self, path: tuple) -> int | None:
+    def line(self, path: KeyPath) -> int | None:
         return None
 
 

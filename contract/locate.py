@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+from collections.abc import Callable
 
 _BARE = r"[A-Za-z0-9_-]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"' + r"|'[^']*'"
@@ -27,7 +28,12 @@ _TABLE_HEADER = re.compile(rf"^\s*\[\s*({_DOTTED})\s*\]")
 _ASSIGN = re.compile(rf"^\s*({_DOTTED})\s*=")
 _PART = re.compile(_KEY)
 
-Path = tuple  # of str | int
+#: A key's path in a document: table names and array indices, e.g. ("models", 0, "path").
+KeyPath = tuple[str | int, ...]
+
+# Undocumented but part of the json module since Python 2.6: the string scanner the decoder
+# uses (typeshed leaves it out), giving (decoded text, index after the closing quote).
+_scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
 def _split(dotted: str) -> list[str]:
@@ -42,9 +48,9 @@ def _split(dotted: str) -> list[str]:
 
 class KeyLocator:
     def __init__(self, text: str):
-        self._lines: dict[Path, int] = {}
-        counts: dict[tuple, int] = {}
-        current: tuple = ()
+        self._lines: dict[KeyPath, int] = {}
+        counts: dict[KeyPath, int] = {}
+        current: KeyPath = ()
         in_multiline: str | None = None
         for lineno, line in enumerate(text.splitlines(), 1):
             if in_multiline:
@@ -70,7 +76,7 @@ class KeyLocator:
                     if rest.count(quote) % 2 == 1:
                         in_multiline = quote
 
-    def line(self, path: Path) -> int | None:
+    def line(self, path: KeyPath) -> int | None:
         """Line of *path*, or of its nearest defined ancestor; None if nothing matches."""
         path = tuple(path)
         while path:
@@ -92,7 +98,7 @@ class JsonLocator:
     def __init__(self, text: str):
         self._text = text
         self._newlines = [i for i, c in enumerate(text) if c == "\n"]
-        self._lines: dict[Path, int] = {}
+        self._lines: dict[KeyPath, int] = {}
         try:
             self._value(self._skip(0), ())
         except (ValueError, IndexError):
@@ -102,9 +108,11 @@ class JsonLocator:
         return bisect.bisect_left(self._newlines, pos) + 1
 
     def _skip(self, pos: int) -> int:
-        return _JSON_SPACE.match(self._text, pos).end()
+        space = _JSON_SPACE.match(self._text, pos)
+        assert space is not None  # the pattern matches the empty string
+        return space.end()
 
-    def _value(self, pos: int, path: tuple) -> int:
+    def _value(self, pos: int, path: KeyPath) -> int:
         text = self._text
         char = text[pos]
         if char == "{":
@@ -114,7 +122,7 @@ class JsonLocator:
             while True:
                 if text[pos] != '"':
                     raise ValueError("expected a member name")
-                key, end = json.decoder.scanstring(text, pos + 1)
+                key, end = _scanstring(text, pos + 1)
                 self._lines.setdefault(path + (key,), self._at(pos))
                 pos = self._skip(end)
                 if text[pos] != ":":
@@ -140,13 +148,13 @@ class JsonLocator:
                 pos = self._skip(pos + 1)
                 index += 1
         if char == '"':
-            return json.decoder.scanstring(text, pos + 1)[1]
+            return _scanstring(text, pos + 1)[1]
         match = _JSON_SCALAR.match(text, pos)
         if match is None:
             raise ValueError("not a JSON value")
         return match.end()
 
-    def line(self, path: Path) -> int | None:
+    def line(self, path: KeyPath) -> int | None:
         """Line of *path*, or of its nearest located ancestor; None if nothing matches."""
         path = tuple(path)
         while path:

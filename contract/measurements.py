@@ -20,7 +20,7 @@ from .errors import ContractError
 from .files import Locator, NoLocator, parse_json, raise_problems, read_text
 from .identity import HEX64, HEX64_DOC, U16_MAX, EnclaveIdentity
 from .names import MEASUREMENTS_FILE
-from .schema import Field, Section, validate_table
+from .schema import Field, Problem, Section, validate_table
 
 DIGEST = r"sha256:[0-9a-f]{64}"
 
@@ -100,7 +100,7 @@ class Measurements:
     def from_dict(cls, data: Any, source: str = MEASUREMENTS_FILE,
                   locator: Locator = NoLocator()) -> "Measurements":
         """Every problem of *data*, located, in one MeasurementsError."""
-        problems: list = []
+        problems: list[Problem] = []
         values = validate_table(SCHEMA, data, (), Path("."), problems, json=True)
         raise_problems(problems, source, locator, MeasurementsError)
         image = values["image"] or {"ref": None, "digest": None}

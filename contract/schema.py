@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .locate import KeyPath
 from .size import SPEC_SIZE, SizeError, Size
 
 _KINDS = {
@@ -105,7 +106,7 @@ class Section:
 class Problem:
     """One validation problem: where, which key, what is wrong and what is allowed."""
 
-    path: tuple  # key path, e.g. ("enclave", "size") or ("models", 0, "path")
+    path: KeyPath  # key path, e.g. ("enclave", "size") or ("models", 0, "path")
     message: str
     line: int | None = None
 
@@ -114,7 +115,7 @@ class Problem:
         return key_text(self.path)
 
 
-def key_text(path: tuple) -> str:
+def key_text(path: KeyPath) -> str:
     """``("models", 0, "path")`` -> ``models[0].path``."""
     out = ""
     for part in path:
@@ -163,7 +164,7 @@ class Context:
     problems: list[Problem]
     json: bool = False
 
-    def add(self, path: tuple, message: str) -> None:
+    def add(self, path: KeyPath, message: str) -> None:
         self.problems.append(Problem(path, message))
 
     def kind_text(self, kind: str) -> str:
@@ -215,7 +216,7 @@ def _too_few(f: Field, count: int) -> str:
     return f"expected at least {f.min_items} entries, got {count}"
 
 
-def check_value(f: Field, value: Any, path: tuple, ctx: Context) -> Any:
+def check_value(f: Field, value: Any, path: KeyPath, ctx: Context) -> Any:
     """*value* of field *f* at *path*, converted; None (and a problem) when it is wrong."""
     kind = f.kind
     if value is None and f.nullable:
@@ -229,7 +230,7 @@ def check_value(f: Field, value: Any, path: tuple, ctx: Context) -> Any:
         return validate_table(f.section, value, path, ctx.base_dir, ctx.problems, json=ctx.json)
     if kind == "list[table]":
         assert f.section is not None
-        out = []
+        out: list[dict[str, Any]] = []
         for index, item in enumerate(value):
             if not isinstance(item, dict):
                 required = ", ".join(x.name for x in f.section.fields if x.required)
@@ -314,7 +315,7 @@ def _default(f: Field, base_dir: Path) -> Any:
     return f.default
 
 
-def validate_table(section: Section, table: Any, path: tuple, base_dir: Path,
+def validate_table(section: Section, table: Any, path: KeyPath, base_dir: Path,
                    problems: list[Problem], *, json: bool = False) -> dict[str, Any]:
     """Check one table against *section*; return converted values with defaults filled in
     (a key whose value is wrong maps to None)."""
@@ -365,7 +366,7 @@ def validate_section(section: Section, data: Any, base_dir: Path,
     return validate_table(section, data, path, base_dir, problems)
 
 
-def bad(problems: list[Problem], *paths: tuple) -> bool:
+def bad(problems: list[Problem], *paths: KeyPath) -> bool:
     """Whether a problem was found at any of *paths* or inside them (cross-key checks skip
     keys already reported)."""
     return any(p.path[:len(path)] == path for p in problems for path in paths)

@@ -70,6 +70,7 @@ from typing import Any
 
 from .errors import ContractError
 from .files import Locator, NoLocator, parse_toml, raise_problems, read_text
+from .locate import KeyPath
 from .schema import Field, Problem, Section, bad, validate_table
 from .tcb import TCB_STATUSES, TcbPolicy
 
@@ -413,7 +414,7 @@ def split_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _split_listen(value: Any, where: tuple, problems: list[Problem]) -> tuple[str, int]:
+def _split_listen(value: Any, where: KeyPath, problems: list[Problem]) -> tuple[str, int]:
     if not isinstance(value, str):
         return "", 0
     try:
@@ -427,12 +428,12 @@ def _file(base: Path, value: str | None) -> Path | None:
     return None if value is None else base / value
 
 
-def _exists(path: Path | None, where: tuple, problems: list[Problem]) -> None:
+def _exists(path: Path | None, where: KeyPath, problems: list[Problem]) -> None:
     if path is not None and not bad(problems, where) and not path.is_file():
         problems.append(Problem(where, f"file not found: {path}"))
 
 
-def _build(data: dict, v: dict[str, Any], base: Path, path: Path,
+def _build(data: dict[str, Any], v: dict[str, Any], base: Path, path: Path,
            problems: list[Problem]) -> SecretsConfig | None:
     """The typed configuration, and the problems no single key shows."""
     srv, att = v["server"] or {}, v["attestation"] or {}

@@ -7,7 +7,8 @@ so what the enclave serves is part of its identity. The model server reads it
 inside the image::
 
     {"version": 1, "service": "face-detect",
-     "grpc": {"host": "0.0.0.0", "port": 8001} | null, "rest": {...} | null,
+     "grpc": {"host": "0.0.0.0", "port": 8001, "spec_key"?: "tflite.grpc_port"} | null,
+     "rest": {...} | null,
      "tls": {"cert", "key", "key_name", "client_ca"} | null,
      "limits": {"max_request_bytes": 67108864, ...}, "drain_seconds": 20, "metrics": true,
      "models": [{"name", "version", "backend", "path", "key", "instances", "threads",
@@ -57,6 +58,8 @@ LISTENER = Section("listener", "a TCP listener", (
     Field("host", "str", "address to listen on", default="0.0.0.0"),
     Field("port", "int", "TCP port (0: any free port)", required=True, minimum=0,
           maximum=65535),
+    Field("spec_key", "str", "the spec key that set the port (e.g. tflite.grpc_port), named "
+          "when the port cannot be used", nullable=True),
 ))
 TLS = Section("tls", "TLS of both listeners", (
     Field("cert", "str", "image path of the PEM certificate (may be encrypted)", required=True),
@@ -160,6 +163,14 @@ SCHEMA = Section("", "model-server.json: enclave-build's model server configurat
 class Listener:
     host: str
     port: int
+    #: The spec key that set the port (dotted: ``tflite.grpc_port``); None: not known.
+    spec_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"host": self.host, "port": self.port}
+        if self.spec_key is not None:
+            out["spec_key"] = self.spec_key
+        return out
 
 
 @dataclass(frozen=True)
@@ -361,8 +372,8 @@ class ServerConfig:
     metrics: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        def listener(item: Listener | None) -> dict | None:
-            return None if item is None else {"host": item.host, "port": item.port}
+        def listener(item: Listener | None) -> dict[str, Any] | None:
+            return None if item is None else item.to_dict()
 
         tls = self.tls
         return {
@@ -415,8 +426,9 @@ class ServerConfig:
         return cls.parse(text, source)
 
 
-def _listener(values: dict | None) -> Listener | None:
-    return None if values is None else Listener(values["host"], values["port"])
+def _listener(values: dict[str, Any] | None) -> Listener | None:
+    return None if values is None else Listener(values["host"], values["port"],
+                                                values["spec_key"])
 
 
 def _keys(v: dict[str, Any]) -> KeysConfig:
@@ -435,7 +447,7 @@ def _keys(v: dict[str, Any]) -> KeysConfig:
                           tuple(trust["allowed_tcb_statuses"])))
 
 
-def _check(data: dict, v: dict[str, Any], problems: list[Problem]) -> None:
+def _check(data: dict[str, Any], v: dict[str, Any], problems: list[Problem]) -> None:
     """What no single key says: the version, unique model names, the keys' variants."""
     if data.get("version") != CONFIG_VERSION and not bad(problems, ("version",)):
         problems.append(Problem(("version",), f"version must be {CONFIG_VERSION}, got "
@@ -454,7 +466,7 @@ def _check(data: dict, v: dict[str, Any], problems: list[Problem]) -> None:
         _check_keys(keys, written, problems)
 
 
-def _check_keys(keys: dict[str, Any], written: dict, problems: list[Problem]) -> None:
+def _check_keys(keys: dict[str, Any], written: dict[str, Any], problems: list[Problem]) -> None:
     where = ("keys",)
     if keys["source"] == "files":
         for name in sorted(set(written) - {"source", "directory", "names"}):

@@ -8,7 +8,8 @@ secret. ``enclave-build k8s`` reads only the build output directory::
 
     {"version": 1, "service": "face-detect", "framework": "tflite", "libos": "gramine",
      "enclave": {"size": 2147483648, "max_threads": 32, "edmm": false},
-     "ports": [{"name": "grpc", "number": 8001, "protocol": "TCP"}, ...],
+     "ports": [{"name": "grpc", "number": 8001, "protocol": "TCP",
+                "spec_key": "tflite.grpc_port"}, ...],
      "health": {"kind": "kserve-v2", "port": "http", "scheme": "HTTP",
                 "live": "/v2/health/live", "ready": "/v2/health/ready"},
      "metrics": {"port": "http", "path": "/metrics", "scheme": "HTTP"} | null,
@@ -33,7 +34,7 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Self
 
 from .deploy import DEPLOY, DeploySpec
 from .errors import ContractError
@@ -70,6 +71,8 @@ PORT = Section("ports", "a port the service listens on", (
     Field("number", "int", "TCP port", required=True, minimum=1, maximum=65535),
     Field("protocol", "str", "protocol", default="TCP", nullable=True,
           choices=("TCP", "UDP", "SCTP")),
+    Field("spec_key", "str", "the spec key that set it (e.g. tflite.grpc_port)",
+          nullable=True),
 ))
 HEALTH = Section("health", "how to probe the service", (
     Field("kind", "str", "kserve-v2 (HTTP probes) or tcp", required=True,
@@ -136,6 +139,7 @@ class ServicePort:
     name: str
     number: int
     protocol: str = "TCP"
+    spec_key: str | None = None    # the spec key that set it (dotted), when known
 
 
 @dataclass(frozen=True)
@@ -167,18 +171,18 @@ class RunAs:
     group: int
 
 
-#: A reader's extra checks of the validated values (which appends located problems).
-Check = Callable[[Mapping[str, Any], list[Problem]], None]
-
-
 @dataclass(frozen=True)
 class ServiceInfo:
     """A service.json. A reader that needs more checks than the format's (the builder's
-    ``[deploy]`` checks) subclasses it and sets :attr:`checks` and :attr:`error`."""
+    ``[deploy]`` checks) subclasses it, overrides :meth:`extra_checks` and sets :attr:`error`."""
 
-    #: Extra checks of the validated values, and the error the reader raises.
-    checks: ClassVar[Check | None] = None
+    #: The error the reader raises.
     error: ClassVar[type[ContractError]] = ServiceInfoError
+
+    @classmethod
+    def extra_checks(cls, values: Mapping[str, Any], problems: list[Problem]) -> None:
+        """A reader's checks of the validated *values* beyond the format's: appends located
+        problems to *problems* (none here)."""
 
     service: str
     framework: str
@@ -214,22 +218,21 @@ class ServiceInfo:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = SERVICE_FILE,
-                  locator: Locator = NoLocator()) -> "ServiceInfo":
+                  locator: Locator = NoLocator()) -> Self:
         """Every key checked for type and range (the file may have been edited), and the
-        :attr:`checks`' problems: one :attr:`error` naming *source*, each line and key."""
+        :meth:`extra_checks`' problems: one :attr:`error` naming *source*, each line and key."""
         problems: list[Problem] = []
         v = validate_table(SCHEMA, data, (), Path("."), problems, json=True)
         if isinstance(data, dict):
             _check(data, v, problems)
-            if cls.checks is not None:
-                cls.checks(v, problems)
+            cls.extra_checks(v, problems)
         raise_problems(problems, source, locator, cls.error)
         e, h, r, m = v["enclave"], v["health"], v["run_as"], v["metrics"]
         return cls(
             service=v["service"], framework=v["framework"], libos=v["libos"],
             enclave=EnclaveInfo(e["size"], e["max_threads"], bool(e["edmm"])),
-            ports=tuple(ServicePort(p["name"], p["number"], p["protocol"] or "TCP")
-                        for p in v["ports"]),
+            ports=tuple(ServicePort(p["name"], p["number"], p["protocol"] or "TCP",
+                                    p["spec_key"]) for p in v["ports"]),
             health=Health(h["kind"], h["port"], h["scheme"] or "HTTP", h["live"], h["ready"]),
             run_as=RunAs(r["user"], r["group"]),
             metrics=None if m is None else MetricsEndpoint(m["port"], m["path"],
@@ -242,7 +245,7 @@ class ServiceInfo:
             deploy=DeploySpec.from_values(v["deploy"] or {}))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ServiceInfo":
+    def load(cls, path: str | Path) -> Self:
         """The one reader: *path* read and checked (see :meth:`from_dict`)."""
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -256,7 +259,7 @@ class ServiceInfo:
         return cls.from_dict(data, str(path), locator)
 
 
-def _check(data: dict, v: dict[str, Any], problems: list[Problem]) -> None:
+def _check(data: dict[str, Any], v: dict[str, Any], problems: list[Problem]) -> None:
     """What no single key says: the version, port references, unique ports, the secret
     server when keys are fetched, paths without dot segments."""
     if data.get("version") != FORMAT_VERSION and not bad(problems, ("version",)):
@@ -297,4 +300,4 @@ def _check(data: dict, v: dict[str, Any], problems: list[Problem]) -> None:
 
 
 __all__ = ["ServiceInfo", "ServiceInfoError", "ServicePort", "Health", "MetricsEndpoint",
-           "EnclaveInfo", "RunAs", "FORMAT_VERSION", "SCHEMA", "Check"]
+           "EnclaveInfo", "RunAs", "FORMAT_VERSION", "SCHEMA"]

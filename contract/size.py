@@ -55,7 +55,7 @@ class Grammar:
     strip: bool = False          # surrounding blanks are not part of the size
     noun: str = "a size"
     range_doc: str = ""          # what the bounds allow, for the error message
-    _compiled: re.Pattern = field(init=False, repr=False, compare=False)
+    _compiled: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_compiled",

@@ -37,7 +37,10 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from enclave_build.builder.errors import EnclaveBuildError
 
 DOCS = Path(__file__).resolve().parent
 SCHEMAS = DOCS / "reference" / "schemas"
@@ -127,7 +130,7 @@ def model_server_parser() -> Any:
     return build_parser()
 
 
-def error_root() -> type:
+def error_root() -> type[EnclaveBuildError]:
     """The root of the builder's error classes (each carries an ``exit_code``)."""
     from enclave_build.builder.errors import EnclaveBuildError
 
@@ -178,9 +181,9 @@ def _policy_fragment_example() -> tuple[str, str]:
 
     from enclave_build.builder.build import policy_fragment
 
-    plan = SimpleNamespace(service="face-detect", mounts=[SimpleNamespace(
+    plan: Any = SimpleNamespace(service="face-detect", mounts=[SimpleNamespace(
         key_name="face-detect-key", path="/models/face_detection")])
-    identity = SimpleNamespace(mr_enclave="5e" * 32)
+    identity: Any = SimpleNamespace(mr_enclave="5e" * 32)
     keys = {"face-detect-key": Path("/project/keys/face-detect-key.key")}
     return "toml", policy_fragment(plan, identity, keys, relative_to=Path("/project/out"))
 
@@ -211,6 +214,9 @@ def environment_variables() -> list[EnvVar]:
         EnvVar("ENCLAVE_BUILD_OCCLUM_IMAGE", "the Occlum toolchain image an Occlum build runs in "
                "(overrides `[occlum] build_image`)",
                "enclave_build.contract.names:OCCLUM_IMAGE_ENV"),
+        EnvVar("ENCLAVE_BUILD_PROGRESS_INTERVAL", "seconds between the progress lines of a "
+               "running stage when stderr is not a terminal (default 5)",
+               "enclave_build.builder.cli.output:PROGRESS_INTERVAL_ENV"),
         EnvVar("SOURCE_DATE_EPOCH", "mtime of every file in the layers the build adds "
                "(default 0)"),
         EnvVar("DOCKER_HOST", "the Docker engine for `docker-daemon:` bases, `--load`, "
@@ -340,7 +346,7 @@ def click_text(text: str | None) -> str:
         return ""
     text = inspect.cleandoc(text.split("\f")[0])
     chunks: list[tuple[bool, list[str]]] = []
-    verbatim, current = False, []
+    verbatim, current = False, list[str]()
     for line in text.splitlines():
         if line.strip() in ("\b", ""):
             if current:
@@ -353,13 +359,13 @@ def click_text(text: str | None) -> str:
     out = []
     for verbatim, lines in chunks:
         rest = lines[1:]
-        if verbatim and rest and all(not l.strip() or l.startswith(" ") for l in rest):
+        if verbatim and rest and all(not line.strip() or line.startswith(" ") for line in rest):
             label = lines[0].strip()
             out.append(f"**{escape(label)}**\n\n```\n{textwrap.dedent(chr(10).join(rest))}\n```")
         elif verbatim and lines[0].startswith(" "):
             out.append("```\n" + textwrap.dedent("\n".join(lines)) + "\n```")
         else:
-            out.append(_prose(" ".join(l.strip() for l in lines)))
+            out.append(_prose(" ".join(line.strip() for line in lines)))
     return "\n\n".join(out) + "\n"
 
 
@@ -514,7 +520,7 @@ def _command_markdown(path: tuple[str, ...], command: Any) -> str:
     name = " ".join(path)
     ctx = cli_root().make_context(path[0], [], resilient_parsing=True)
     for word in path[1:]:
-        cmd = ctx.command.commands[word]  # type: ignore[attr-defined]
+        cmd = ctx.command.commands[word]
         ctx = cmd.make_context(word, [], parent=ctx, resilient_parsing=True)
     usage = " ".join([ctx.command_path, *command.collect_usage_pieces(ctx)])
     level = "##" if len(path) <= 2 else "###"
@@ -553,7 +559,7 @@ def page_hooks() -> str:
         if not name.startswith("enclave_build_"):
             continue
         out.append(f"## {name} {{#{name.replace('_', '-')}}}\n\n```python\n"
-                   f"@hookimpl\ndef {name}{inspect.signature(func)}: ...\n```\n\n"
+                   f"@hookimpl\ndef {name}{_signature(func)}: ...\n```\n\n"
                    + rst_to_md(func.__doc__ or "") + "\n")
     return "".join(out)
 
@@ -663,11 +669,12 @@ def _json_default(t: JsonTable, f: Any) -> str:
         value = f.default
     if value is None and f.default is not None:   # the type's None for the schema's default
         value = f.default
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         small = len(dataclasses.fields(value)) <= 3
         value = dataclasses.asdict(value) if small else "see below"
     if isinstance(value, tuple):
-        value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+        value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type)
+                 else v for v in value]
     return "—" if value is None or value == "" else (
         value if value == "see below" else json.dumps(value))
 
@@ -692,6 +699,22 @@ def page_secrets_toml() -> str:
            textwrap.dedent(_literal_block(doc)), "\n```\n\n",
            "## Notes\n\n", rst_to_md(_after_literal(doc))]
     return "".join(out)
+
+
+def _signature(func: Callable[..., Any]) -> str:
+    """``(name: Type, ...) -> Type`` with the annotations as written, unquoted (the same
+    whichever quotes, or none, the source uses)."""
+
+    def text(annotation: Any) -> str:
+        if isinstance(annotation, str):
+            return annotation.strip("\"'")
+        return inspect.formatannotation(annotation)
+
+    sig = inspect.signature(func)
+    params = ", ".join(p.name if p.annotation is p.empty else f"{p.name}: {text(p.annotation)}"
+                       for p in sig.parameters.values())
+    result = "" if sig.return_annotation is sig.empty else f" -> {text(sig.return_annotation)}"
+    return f"({params}){result}"
 
 
 def _literal_block(doc: str) -> str:
@@ -805,13 +828,13 @@ def page_exit_codes() -> str:
             if info.name.rsplit(".", 1)[-1] != "__main__":    # importing one runs a program
                 importlib.import_module(info.name)
 
-    def subclasses(cls: type) -> Iterator[type]:
+    def subclasses(cls: type[EnclaveBuildError]) -> Iterator[type[EnclaveBuildError]]:
         for sub in cls.__subclasses__():
             yield sub
             yield from subclasses(sub)
 
     classes = sorted({root, *subclasses(root)},
-                     key=lambda c: (c.exit_code, c.__module__, c.__name__))  # type: ignore
+                     key=lambda c: (c.exit_code, c.__module__, c.__name__))
     out = [HEADER, "# Exit codes\n\n",
            "| code | meaning |\n|---|---|\n"
            "| 0 | success |\n"

@@ -42,6 +42,9 @@ What is here:
   :class:`Field`, :class:`Problem`, :class:`SectionContext`), :class:`SpecError` and
   :func:`spec_error` (an error located at a key's line);
 * the plan a framework makes and other plugins adjust: :class:`ServicePlan` and its parts;
+* checking models (hook ``enclave_build_check_model``): :class:`ModelCheck` and the format
+  checks :func:`tflite_problem`, :func:`onnx_problem`, :func:`openvino_ir_problem`,
+  :func:`saved_model_problem`, :func:`tflite_state`, :func:`openvino_ir_state`;
 * building plans: :func:`base_plan`, :func:`add_model`, :func:`add_secret_file`, key names,
   :func:`require_models`, :func:`require_one_key`, :func:`refuse_model_server_keys`;
 * plans that run enclave-build's model server: :func:`python_server_plan`,
@@ -66,6 +69,9 @@ from .contract.names import (MODEL_ROOT, PYTHON, SECRET_SERVER_CA, SECRETS_DIR, 
 from .contract.schema import Field, Problem, Section
 from .builder.errors import EnclaveBuildError, UsageError
 from .builder.hookspecs import hookimpl
+from .builder.model_formats import (ModelCheck, onnx_problem, openvino_ir_problem,
+                                    openvino_ir_state, saved_model_problem, tflite_problem,
+                                    tflite_state)
 from .builder.plan import (EnclaveResources, FileKind, KeyDelivery, Mount, MountType, PlanFile,
                            Port, ProvisionedKey, PythonRuntime, SecretProvisioning, ServicePlan)
 from .builder.planning import (add_model, add_secret_file, base_plan, default_key_name,
@@ -87,6 +93,9 @@ __all__ = [
     # the validated spec and spec sections
     "Spec", "ModelSpec", "Section", "Field", "Problem", "SectionContext", "SpecError",
     "spec_error",
+    # checking models
+    "ModelCheck", "tflite_problem", "tflite_state", "onnx_problem", "openvino_ir_problem",
+    "openvino_ir_state", "saved_model_problem",
     # the plan
     "ServicePlan", "PlanFile", "FileKind", "Mount", "MountType", "Port", "EnclaveResources",
     "KeyDelivery", "ProvisionedKey", "SecretProvisioning", "PythonRuntime",

@@ -52,7 +52,7 @@ def preprocess(path: str) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:
-        rgb = image.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
+        rgb = image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
     pixels = np.asarray(rgb, dtype=np.float32)
     return (pixels / 127.5 - 1.0)[np.newaxis]  # [1, 128, 128, 3] in [-1, 1]
 

@@ -23,7 +23,7 @@ from .errors import ServeError
 T = TypeVar("T")
 
 
-class _Waiter:
+class _Waiter(Generic[T]):
     """One request waiting for an item: an asyncio future (woken on its loop) or a thread
     (woken through a lock). ``done``, ``value`` and ``error`` change only under the pool's
     lock, before the waiter is woken."""
@@ -32,7 +32,7 @@ class _Waiter:
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.done = False
-        self.value = None
+        self.value: T   # set (or error) before the waiter is woken
         self.error: ServeError | None = None
         self._loop = loop
         if loop is None:
@@ -58,13 +58,13 @@ class _Waiter:
         else:
             self._loop.call_soon_threadsafe(_resolve, self._fut)
 
-    def wait_thread(self):
+    def wait_thread(self) -> T:
         self._lock.acquire()
         if self.error is not None:
             raise self.error
         return self.value
 
-    async def wait_async(self, pool: "InstancePool"):
+    async def wait_async(self, pool: "InstancePool[T]") -> T:
         try:
             await self._fut
         except asyncio.CancelledError:
@@ -99,7 +99,7 @@ class InstancePool(Generic[T]):
         self.max_queue = max_queue
         self.max_thread_waiters: int | None = None
         self._free: collections.deque[T] = collections.deque(items)
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._waiters: collections.deque[_Waiter[T]] = collections.deque()
         self._thread_waiters = 0
         self._closed: str | None = None     # why every request is refused now
         self._lock = threading.Lock()
@@ -112,7 +112,8 @@ class InstancePool(Generic[T]):
     def idle(self) -> int:
         return len(self._free)
 
-    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> tuple[T | None, _Waiter | None]:
+    def _enter(self, loop: asyncio.AbstractEventLoop | None
+               ) -> tuple[T | None, _Waiter[T] | None]:
         """(a free item, None), (None, a place in the queue) or ServeError."""
         with self._lock:
             if self._closed is not None:
@@ -130,7 +131,7 @@ class InstancePool(Generic[T]):
                                  f"{self.size} requests running and {self._thread_waiters} "
                                  "gRPC calls queued (its share of the server's gRPC handler "
                                  "threads)")
-            w = _Waiter(loop)
+            w: _Waiter[T] = _Waiter(loop)
             self._waiters.append(w)
             if loop is None:
                 self._thread_waiters += 1
@@ -138,11 +139,17 @@ class InstancePool(Generic[T]):
 
     async def acquire(self) -> T:
         item, w = self._enter(asyncio.get_running_loop())
-        return item if w is None else await w.wait_async(self)
+        if w is not None:
+            return await w.wait_async(self)
+        assert item is not None   # a free item, or a place in the queue
+        return item
 
     def acquire_sync(self) -> T:
         item, w = self._enter(None)
-        return item if w is None else w.wait_thread()
+        if w is not None:
+            return w.wait_thread()
+        assert item is not None   # a free item, or a place in the queue
+        return item
 
     def _pop_waiter(self) -> _Waiter | None:
         """Under the lock: the longest waiter, taken out of the queue."""

@@ -38,7 +38,7 @@ def _simulated(listener: Listener | None) -> Listener | None:
     """*listener*, with a wildcard host replaced by LISTEN_ENV in a plain-process simulation."""
     override = os.environ.get(LISTEN_ENV) if os.environ.get(ROOT_ENV) else None
     if listener is not None and override and listener.host in ("0.0.0.0", "::", ""):
-        return Listener(override, listener.port)
+        return dataclasses.replace(listener, host=override)
     return listener
 
 

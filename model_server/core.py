@@ -52,6 +52,21 @@ class LoadedModel:
         self.pool: InstancePool[Backend] = InstancePool(self.name, list(instances), 0)
 
     @property
+    def instance_count(self) -> int:
+        return len(self._instances)
+
+    def state(self) -> str | None:
+        """The state the model keeps between requests, as its backend reports it (None: none,
+        or a backend that cannot say)."""
+        report = getattr(self._instances[0], "state", None)
+        if report is None:
+            return None
+        try:
+            return report()
+        except Exception:  # noqa: BLE001 - a backend's report must never stop the server
+            return None
+
+    @property
     def waiting(self) -> int:
         return self.pool.waiting
 
@@ -67,7 +82,7 @@ class LoadedModel:
             raise ServeError(ServeError.INVALID, f"input {name!r}: shape {list(shape)}, model "
                              f"expects {spec.shape} (-1 = any)")
         if not self.accepts_empty and any(got == 0 and want < 0
-                                          for want, got in zip(spec.shape, shape)):
+                                          for want, got in zip(spec.shape, shape, strict=True)):
             raise ServeError(ServeError.INVALID, f"input {name!r}: shape {list(shape)} has a "
                              f"zero-sized dimension; model {self.name!r} does not take empty "
                              "tensors")
@@ -141,7 +156,7 @@ class LoadedModel:
         for inst in self._instances:
             try:
                 inst.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # one instance failing to close must not keep the rest open
                 log.exception("closing an instance of model %s", self.name)
 
 

@@ -182,7 +182,7 @@ def raw_view(array: np.ndarray) -> bytes | memoryview:
         return encode_bytes_tensor(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return memoryview(np.ascontiguousarray(array)).cast("B")
+    return np.ascontiguousarray(array).data.cast("B")
 
 
 def _bytes_elements(data: Any, count: int, shape) -> list[bytes]:
@@ -267,7 +267,7 @@ def _check_numbers(data: Any, datatype: str) -> None:
     reads as such), and float tensors also the strings "NaN", "Infinity", "-Infinity": null,
     true/false and other strings are refused rather than read as NaN, 1 or 0."""
     if isinstance(data, list) and (not data or not isinstance(data[0], list)):
-        leaves = data                                      # flat (the usual case)
+        leaves: Any = data                                 # flat (the usual case)
     else:
         try:
             leaves = np.array(data, dtype=object).reshape(-1)

@@ -150,7 +150,7 @@ def encode_response(model: LoadedModel, req_id: str, result: dict[str, np.ndarra
     raw_output_contents field written after it (a message's fields may come in any order), so
     the tensors are copied once, into the answer."""
     resp = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=req_id)
-    parts = [b""]
+    parts: list[bytes | memoryview] = [b""]
     for name in outputs:
         arr = result[name]
         resp.outputs.add(name=name, datatype=from_numpy_dtype(arr.dtype), shape=arr.shape)
@@ -194,7 +194,7 @@ class GRPCService:
             self._watchdog.stop()
             self._watchdog = None
 
-    def _receive(self, requests, context, holder: Holder) -> bytes:
+    def _receive(self, requests, context: grpc.ServicerContext, holder: Holder) -> bytes:
         """The call's request message, or the call ends (RpcError/abort) when none arrives
         within ``receive_timeout``, the client sends none, or the gate evicts it."""
         watchdog = self._watchdog
@@ -211,7 +211,7 @@ class GRPCService:
                          self.receive_timeout)
             raise
         finally:
-            if deadline is not None:
+            if watchdog is not None and deadline is not None:
                 watchdog.disarm(deadline)
 
     def _fail(self, context, exc: ServeError):
@@ -261,6 +261,7 @@ class GRPCService:
                           "server busy: no room to receive the request message (other calls' "
                           "messages hold limits.max_buffered_bytes "
                           f"{engine.budget.limit}); retry")
+            raise AssertionError("unreachable: context.abort raises")
         hold = Hold(engine.budget)
         try:
             raw = self._receive(requests, context, holder)
@@ -319,7 +320,8 @@ class GRPCService:
             def behaviour(raw: bytes, context) -> bytes:
                 return fn(raw, context)
             if control_pool is not None:
-                behaviour.experimental_thread_pool = control_pool
+                # grpc's per-method thread pool: an attribute its handler reads off the function
+                behaviour.experimental_thread_pool = control_pool  # type: ignore[attr-defined]
             return grpc.unary_unary_rpc_method_handler(behaviour)   # bytes in, bytes out
         return grpc.method_handlers_generic_handler(pb.SERVICE_FULL_NAME, {
             "ServerLive": control(self.server_live),
@@ -361,7 +363,9 @@ class GRPCServer:
         self.pool = HandlerPool(threads, on_capacity=service.engine.share_handler_threads)
         service.engine.share_handler_threads(threads)
         self.control = control_pool()
-        self.server = grpc.server(self.pool, handlers=(service.handler(self.control),),
+        # grpc only submits to its pool: any Executor does (its stub says ThreadPoolExecutor)
+        pool: ThreadPoolExecutor = self.pool  # type: ignore[assignment]
+        self.server = grpc.server(pool, handlers=[service.handler(self.control)],
                                   options=server_options(limits))
 
     def start(self) -> None:
@@ -373,7 +377,7 @@ class GRPCServer:
         them), and wait up to *finish* more seconds (None: as long as they run) for the handler
         threads, whose inference grpc cannot interrupt. True when every thread has ended."""
         self.server.stop(grace).wait()
-        ended = self.pool.shutdown(wait=True, timeout=finish)
+        ended = self.pool.stop(wait=True, timeout=finish)
         self.control.shutdown(wait=True)
         self.service.stop()
         return ended

@@ -92,8 +92,12 @@ class HandlerPool(Executor):
                 else:
                     self._idle += 1
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
-                 timeout: float | None = None) -> bool:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Executor's shutdown: see :meth:`stop`."""
+        self.stop(wait, cancel_futures=cancel_futures)
+
+    def stop(self, wait: bool = True, *, cancel_futures: bool = False,
+             timeout: float | None = None) -> bool:
         """No new calls; the queued ones still run (grpc answers them) unless *cancel_futures*.
         With *wait*, joins the threads for at most *timeout* seconds (None: as long as they
         run); True when every thread has ended."""

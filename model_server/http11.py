@@ -36,7 +36,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Protocol
 
 import httptools
 
@@ -116,7 +116,7 @@ def error_response(status: int, message: str) -> Response:
 class Application(Protocol):
     """What the connection layer calls."""
 
-    def handle(self, request: Request) -> Response | Awaitable[Response]:
+    def handle(self, request: Request) -> Response | Coroutine[Any, Any, Response]:
         """The answer (at once, or as a coroutine run as a task)."""
 
     def refused(self, target: str | None, status: int) -> None:
@@ -149,9 +149,10 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, server: "HTTPServer") -> None:
         self.server = server
-        self.loop = server.loop
+        assert server.loop is not None   # connections are made once the server listens
+        self.loop: asyncio.AbstractEventLoop = server.loop
         self.limits = server.limits
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport   # set by connection_made, before anything else
         self.state = _IDLE
         self.restricted = False       # admitted past max_connections: health checks only
         self.fresh = True             # no request yet
@@ -180,6 +181,12 @@ class Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._dup: str | None = None
         self._complete = False
+
+    @property
+    def current(self) -> Request:
+        """The request being received or answered (states _BODY to _BUSY)."""
+        assert self.req is not None
+        return self.req
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -211,12 +218,16 @@ class Connection(asyncio.Protocol):
                 raw, self, context, server_side=True,
                 ssl_handshake_timeout=self.limits.first_byte_timeout,
                 ssl_shutdown_timeout=LINGER_SECONDS)
-        except (Exception, asyncio.CancelledError):    # failed, timed out, evicted or cut
+        except (Exception, asyncio.CancelledError):  # noqa: BLE001 - failed, timed out, evicted or cut: each ends the handshake
             self.handshake = None
             raw.abort()
             self.connection_lost(None)     # (asyncio tells the protocol nothing before it)
             return
         self.handshake = None
+        if transport is None:              # (a server-side start_tls always gives one)
+            raw.abort()
+            self.connection_lost(None)
+            return
         if self.state != _HANDSHAKE:       # closed meanwhile
             transport.abort()
             return
@@ -334,7 +345,7 @@ class Connection(asyncio.Protocol):
                 self._arm(self._body_deadline())
                 return
             if state == _BODY:
-                self.server.app.refused(self.req.target, 408)
+                self.server.app.refused(self.current.target, 408)
             self._refuse(408, message)
         elif state == _HANDSHAKE:
             self._abort()
@@ -368,6 +379,7 @@ class Connection(asyncio.Protocol):
         self._arm(self.loop.time() + self.limits.header_timeout)
 
     def _header(self, data) -> None:
+        buf: bytes | bytearray
         if self.head:
             scan = max(0, len(self.head) - 3)
             self.head += data
@@ -386,6 +398,7 @@ class Connection(asyncio.Protocol):
         if end > HEADER_LIMIT:
             self._refuse(*_oversize_head(buf))
             return
+        block: bytes | memoryview
         if buf is self.head:
             block = bytes(buf[:end])
             rest = memoryview(bytes(buf[end:]))
@@ -523,7 +536,7 @@ class Connection(asyncio.Protocol):
         cost = take if take == need and self.body is None else take + (take >> 3)
         if not budget.try_reserve(cost) and not (self.server.make_room(self) and
                                                  budget.try_reserve(cost)):
-            self.server.app.refused(self.req.target, 503)
+            self.server.app.refused(self.current.target, 503)
             self._refuse(503, f"server busy: no room for {take} more request bytes "
                          f"(limits.max_buffered_bytes {budget.limit})")
             return
@@ -565,7 +578,7 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------ answering
 
     def _dispatch(self, body, rest, answer: Response | None = None) -> None:
-        req = self.req
+        req = self.current
         req.body = body
         self.state = _BUSY
         self.deadline = 0.0
@@ -576,7 +589,7 @@ class Connection(asyncio.Protocol):
             return
         try:
             result = self.server.app.handle(req)
-        except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
+        except Exception as exc:  # answer, log, keep serving
             log.exception("REST request failed")
             result = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
         if isinstance(result, Response):
@@ -600,7 +613,7 @@ class Connection(asyncio.Protocol):
         self._respond(resp)
 
     def _respond(self, resp: Response) -> None:
-        keep = self.req.keep_alive and not self.server.draining and \
+        keep = self.current.keep_alive and not self.server.draining and \
             (not self.peer_eof or bool(self.pending))
         self._release()
         self.req = None
@@ -750,7 +763,7 @@ class Connection(asyncio.Protocol):
         connection or a request that needs the room."""
         silent = self.loop.time() - self.last_bytes
         if self.state == _BODY:
-            self.server.app.refused(self.req.target, 408)
+            self.server.app.refused(self.current.target, 408)
         self._refuse(408, f"request body too slow: no bytes for {silent:.1f} s while the "
                      "server needed the room for others")
 
@@ -840,12 +853,18 @@ class HTTPServer:
         self.connections[conn] = None
         return "ok"
 
+    @property
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the server runs on (what asks for it runs only once serving has begun)."""
+        assert self.loop is not None
+        return self.loop
+
     def _quietest_body(self, besides: Connection | None = None,
                       silent: float = 0.0) -> Connection | None:
         """The connection whose body (received or dropped) has been silent the longest, at
         least *silent* seconds."""
         quietest = None
-        now = self.loop.time()
+        now = self.running_loop.time()
         for conn in self.connections:
             if conn is not besides and conn.state in _BODIES and \
                     now - conn.last_bytes >= silent and \
@@ -868,7 +887,7 @@ class HTTPServer:
                 return conn
             if r == 2 and rank > 2:
                 best, rank = conn, 2
-            elif r == 3 and (rank > 3 or (rank == 3 and conn.last_bytes < best.last_bytes)):
+            elif r == 3 and (rank > 3 or (rank == 3 and best is not None and conn.last_bytes < best.last_bytes)):
                 best, rank = conn, 3
         return first_idle or best
 
@@ -881,16 +900,19 @@ class HTTPServer:
 
     def reclaim(self) -> None:
         """Another protocol waits for room in the budget (any thread): make some, on the loop."""
+        loop = self.loop
+        if loop is None:                                # not started
+            return
         try:
-            self.loop.call_soon_threadsafe(self.make_room, None)
-        except (AttributeError, RuntimeError):          # not started, or closed
+            loop.call_soon_threadsafe(self.make_room, None)
+        except RuntimeError:                            # closed
             pass
 
     def make_room(self, needy: Connection | None) -> bool:
         """The byte budget is used up: refuse the body silent the longest (at least
         SLOW_BODY_SECONDS) other than *needy*'s, so its bytes go back. False if there is none."""
         quietest = None
-        now = self.loop.time()
+        now = self.running_loop.time()
         for conn in self.connections:
             if conn is not needy and conn.state == _BODY and conn.reserved and \
                     now - conn.last_bytes >= SLOW_BODY_SECONDS and \
@@ -917,8 +939,9 @@ class HTTPServer:
     async def _wait(self, condition, until: float) -> bool:
         """Wait until *condition()* holds or the loop's clock reaches *until*."""
         self._changed = self._changed or asyncio.Event()
+        loop = asyncio.get_running_loop()
         while not condition():
-            left = until - self.loop.time()
+            left = until - loop.time()
             if left <= 0:
                 return False
             self._changed.clear()
@@ -938,11 +961,12 @@ class HTTPServer:
         self.draining = True
         self.cut_message = message
         self._changed = asyncio.Event()
+        loop = asyncio.get_running_loop()   # (also when the server never started listening)
         if self.server is not None:
             self.server.close()
         for conn in list(self.idle):
             conn.evict()
-        deadline = self.loop.time() + timeout
+        deadline = loop.time() + timeout
         cut = 0
         if not await self._wait(lambda: not self.active, deadline):
             cut = sum(conn.cut(message) for conn in list(self.connections))
@@ -950,10 +974,10 @@ class HTTPServer:
                 cut += on_deadline()
             # what runs on an interpreter cannot be stopped: its answer is still sent
             await self._wait(lambda: not any(c.state == _BUSY for c in self.connections),
-                             self.loop.time() + finish)
+                             loop.time() + finish)
         for conn in list(self.connections):
             if not conn.active:
                 conn.evict()
         # answers still in a transport's buffer are sent before the loop ends
-        await self._wait(lambda: not self.connections, self.loop.time() + 2.0)
+        await self._wait(lambda: not self.connections, loop.time() + 2.0)
         return cut

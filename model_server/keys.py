@@ -40,6 +40,7 @@ the pure ``attestation`` modules only.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -55,11 +56,10 @@ from typing import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave_build.attestation import protected_files, wire
-from enclave_build.attestation.ratls import FORMATS, create_certificate
+from enclave_build.attestation.ratls import FORMATS, RaTlsKey, create_certificate
 from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 
 from .config import KeysConfig, host_path
@@ -200,7 +200,7 @@ def _hostname_matches(cert: x509.Certificate, host: str) -> bool:
 
 
 def _client_context(ca_file: Path | None, cert: x509.Certificate,
-                    key: ec.EllipticCurvePrivateKey, workdir: Path) -> ssl.SSLContext:
+                    key: RaTlsKey, workdir: Path) -> ssl.SSLContext:
     """*ca_file* None: the server's certificate is a self-signed RA-TLS one, accepted by the
     handshake and verified by its quote right after (no CA can vouch for it)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -328,6 +328,11 @@ class KeyRing:
         self._lock = threading.Lock()
         self._private: Path | None = None
         self._decrypted: dict[tuple[Path, str], tuple[Path, dict[str, str]]] = {}
+
+    def fingerprint(self, name: str) -> str:
+        """The SHA-256 of key *name* (hex): says which key the ring holds without revealing
+        it (KeyError for a key it does not hold)."""
+        return hashlib.sha256(self._keys[name]).hexdigest()
 
     def open(self, image_path: str, key: str | None) -> ModelSource:
         if key is None:

@@ -90,7 +90,7 @@ class Metrics:
         ]
         for (model, protocol), (counts, total, n) in hist:
             cum = 0
-            for bound, c in zip(BUCKETS + (float("inf"),), counts):
+            for bound, c in zip((*BUCKETS, float("inf")), counts, strict=True):
                 cum += c
                 le = "+Inf" if bound == float("inf") else repr(bound)
                 lines.append("model_server_request_duration_seconds_bucket"

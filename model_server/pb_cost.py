@@ -117,7 +117,7 @@ def parse_cost(raw: bytes) -> int:
             cost += MESSAGE + _tensor(walk, raw, start, end)
         elif number == 6:                        # outputs: name, parameters
             cost += MESSAGE
-            for n, w, s, e in walk.fields(raw, start, end, "a requested output"):
+            for n, _w, s, e in walk.fields(raw, start, end, "a requested output"):
                 if n == 1:
                     _name(s, e, "an output name")
                 elif n == 2:

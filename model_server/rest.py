@@ -293,7 +293,7 @@ class RESTServer:
             self.metrics.observe(label, "rest", ServeError.UNAVAILABLE,
                                  time.perf_counter() - t0)
             raise
-        except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
+        except Exception as exc:  # answer, log, keep serving
             log.exception("REST infer failed")
             if not admitted:
                 engine.counters.add("refused")

@@ -26,6 +26,7 @@ import json
 import threading
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,8 @@ def json_bytes(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-def decompress(body: bytes | memoryview, encoding: str, limit: int) -> bytes | memoryview:
+def decompress(body: bytes | bytearray | memoryview, encoding: str,
+               limit: int) -> bytes | bytearray | memoryview:
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):
@@ -149,7 +151,7 @@ def decode_cost(parsed: InferBody, json_len: int) -> int:
             continue
         datatype, shape = t.get("datatype"), t.get("shape")
         try:
-            dtype = to_numpy_dtype(datatype)
+            dtype = to_numpy_dtype(str(datatype))
             count = element_count(shape if isinstance(shape, list) else [])
         except (TensorError, TypeError):
             continue                                  # refused by decode_inputs
@@ -259,7 +261,7 @@ def encode_infer(model: LoadedModel, req: dict, result: dict[str, np.ndarray],
     blobs = []
     for name, binary in outputs:
         arr = result[name]
-        entry = {"name": name, "datatype": from_numpy_dtype(arr.dtype), "shape": list(arr.shape)}
+        entry: dict[str, Any] = {"name": name, "datatype": from_numpy_dtype(arr.dtype), "shape": list(arr.shape)}
         if binary:
             raw = raw_view(arr)                  # (copied once, into the body)
             entry["parameters"] = {"binary_data_size": len(raw)}

@@ -1,15 +1,19 @@
 """Start-up, serving and shutdown.
 
-Order: load the config -> fetch keys (:func:`model_server.keys.prepare_keys`) -> open the models
-and TLS files through the key ring -> start gRPC and REST -> one readiness line on stderr.
+Order: load the config -> check the runtimes and ports (:func:`model_server.preflight.preflight`:
+nothing is fetched for a server that could not start) -> fetch keys
+(:func:`model_server.keys.prepare_keys`) -> open the models and TLS files through the key ring
+(a warning for a stateful model with several instances) -> start gRPC and REST -> one readiness
+line on stderr.
 SIGTERM (or SIGINT): readiness goes false, both listeners stop accepting, and the requests
 already admitted are answered. At ``drain_seconds`` every request still queued for a model is
 answered UNAVAILABLE / 503; the requests running then get :data:`FINISH_SECONDS` more, and the
 process exits 0.
 
-Exit codes: 0 after a drain, 1 a model or listener failed to start, 2 a bad configuration
-(including an unknown backend), 3 a key could not be fetched (the reason is printed; nothing is
-served).
+Exit codes: 0 after a drain, 1 a model or listener failed to start (a port in use: before any
+key is fetched), 2 a bad configuration (including an unknown backend or a runtime that is not
+installed: before any key is fetched), 3 a key could not be fetched (the reason is printed;
+nothing is served).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import signal
 import ssl
 import sys
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Awaitable, Sequence
 
 from enclave_build.contract.schema import Problem
 
@@ -32,6 +36,7 @@ from .config import ConfigError, ServerConfig, load_config
 from .core import Engine, load_models
 from .keys import KeyFetchError, KeyRing, prepare_keys
 from .metrics import Metrics
+from .preflight import port_failure, preflight
 from .resources import fit_open_files
 
 if TYPE_CHECKING:
@@ -56,6 +61,7 @@ def _address(host: str, port: int) -> str:
 class TLSMaterial:
     def __init__(self, config: ServerConfig, keyring: KeyRing) -> None:
         tls = config.tls
+        assert tls is not None   # made for a configuration with [tls] only
         cert = keyring.open(tls.cert, tls.key_name)
         key = keyring.open(tls.key, tls.key_name)
         self.cert_path, self.key_path = cert.path, key.path
@@ -109,7 +115,7 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
             else:
                 reason = "address in use or not available"
             if not port:
-                _say(f"cannot listen for gRPC on {addr}: {reason}")
+                _say(port_failure("gRPC", config.grpc, reason).message)
                 return 1
             grpc_server.start()
             listening.append(f"grpc {_address(config.grpc.host, port)}")
@@ -120,8 +126,7 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
                 port = await rest.start(config.rest.host, config.rest.port,
                                         tls.ssl_context() if tls else None)
             except OSError as exc:
-                _say(f"cannot listen for REST on "
-                     f"{_address(config.rest.host, config.rest.port)}: {exc.strerror or exc}")
+                _say(port_failure("REST", config.rest, exc.strerror or str(exc)).message)
                 return 1
             listening.append(f"rest {_address(config.rest.host, port)}")
         _say(f"serving {' '.join(listening) or 'nothing'}{' (TLS)' if tls else ''} "
@@ -149,7 +154,7 @@ async def drain(config: ServerConfig, engine: Engine, grpc_server: "GRPCServer |
     (:meth:`Engine.stop_admitting`); running requests get FINISH_SECONDS more. Returns the REST
     requests cut off."""
     engine.ready = False
-    waits = []
+    waits: list[Awaitable[object]] = []
     if grpc_server is not None:
         waits.append(asyncio.to_thread(grpc_server.stop, config.drain_seconds + FINISH_SECONDS,
                                        FINISH_SECONDS))
@@ -165,7 +170,25 @@ async def drain(config: ServerConfig, engine: Engine, grpc_server: "GRPCServer |
         if failed:
             log.warning("drain deadline: %d queued requests answered UNAVAILABLE", failed)
     results = await everything
-    return results[-1] if rest is not None else 0
+    cut = results[-1] if rest is not None else 0   # the REST drain's count comes last
+    assert isinstance(cut, int)
+    return cut
+
+
+def state_warnings(models: dict) -> list[str]:
+    """A warning for each model that keeps state between requests (as its backend reports)
+    and has more than one instance: each instance keeps its own."""
+    out = []
+    for name, loaded in models.items():
+        if loaded.instance_count < 2:
+            continue
+        state = loaded.state()
+        if state:
+            out.append(f"model {name} keeps state between requests ({state}); each of its "
+                       f"{loaded.instance_count} instances keeps its own, so a client's "
+                       "consecutive requests may meet different state (set the framework's "
+                       "instances to 1 in the spec if it must be shared)")
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not return_large_blocks():
         log.debug("the C library keeps its default for large blocks (no mallopt)")
+    failures = preflight(config)
+    if failures:
+        for failure in failures:
+            _say(f"not starting (no key was fetched): {failure.message}")
+        return max(f.exit_code for f in failures)
     try:
         keyring = prepare_keys(config.keys)
     except KeyFetchError as exc:
@@ -223,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - a runtime refusing a model
             _say(f"cannot load the models: {type(exc).__name__}: {exc}")
             return 1
+        for warning in state_warnings(models):
+            _say(f"warning: {warning}")
         config, lowered = fit_open_files(config)
         if lowered:
             _say(f"warning: {lowered}")

@@ -115,6 +115,7 @@ class ServerVerifier:
             except (OSError, ValueError) as exc:
                 raise ServerRefused(f"cannot load the secret server's root CA "
                                     f"{trust.root_ca}: {exc}") from None
+        self.collateral: _collateral.CollateralSource
         try:
             if trust.collateral is not None:
                 self.collateral = _collateral.FileCollateral(host_path(trust.collateral))

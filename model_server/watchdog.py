@@ -16,9 +16,9 @@ log = logging.getLogger("model_server")
 class Deadline:
     __slots__ = ("due", "action", "fired", "disarmed")
 
-    def __init__(self, due: float, action: Callable[[], None]) -> None:
+    def __init__(self, due: float, action: Callable[[], object]) -> None:
         self.due = due
-        self.action: Callable[[], None] | None = action
+        self.action: Callable[[], object] | None = action
         self.fired = self.disarmed = False
 
 
@@ -33,7 +33,7 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def arm(self, action: Callable[[], None]) -> Deadline:
+    def arm(self, action: Callable[[], object]) -> Deadline:
         deadline = Deadline(time.monotonic() + self.seconds, action)
         self._armed.append(deadline)         # deque.append is atomic
         return deadline
@@ -61,8 +61,9 @@ class Watchdog:
                     deadline.fired = True
                     action, deadline.action = deadline.action, None
                 try:
-                    action()
-                except Exception:  # noqa: BLE001 - one failing action must not stop the rest
+                    if action is not None:
+                        action()
+                except Exception:  # one failing action must not stop the rest
                     log.exception("a deadline's action failed")
                 del action
             wait = self._tick

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Run the test suite: unit and integration tests (integration ones need openssl; later ones
-# start their own dockerd/registry). Extra arguments go to pytest.
+# Run the test suite: first the lint, format and type checks (ruff check, ruff format --check,
+# mypy through scripts/typecheck.py; the run stops at the first that fails, saying how to fix
+# it), then the unit and integration tests (integration ones need openssl; later ones start
+# their own dockerd/registry). Extra arguments go to pytest.
 #
 # As root with apt-get, first installs the missing packages of scripts/system-packages.txt
 # (quietly; nothing when all are installed). Otherwise the tests that need them skip, and the
-# last lines of the output say what did not run and why. The exit code is pytest's.
+# last lines of the output say what did not run and why. The exit code is pytest's (1 when a
+# check failed and no test ran).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,6 +33,19 @@ if [ "${#_missing[@]}" -gt 0 ]; then
 fi
 
 source scripts/venv.sh
+
+# Lint, format and types before any test: each names itself and the command that fixes it.
+_check() {
+  local what="$1" fix="$2"; shift 2
+  if ! "$@"; then
+    echo "scripts/test.sh: $what failed (\`$*\`); fix: $fix" >&2
+    exit 1
+  fi
+}
+_check "lint" "ruff check --fix . (then fix what it cannot by hand)" ruff check --quiet .
+_check "format check" "ruff format ." ruff format --check .
+_check "type check" "fix the errors listed above" python scripts/typecheck.py
+
 _report="$(mktemp -t enclave-build-tests.XXXXXX.xml)"
 trap 'rm -f "$_report"' EXIT
 set +e

@@ -49,7 +49,7 @@ def make_env(directory: Path, *, statuses=("UpToDate",), extra: str = "",
     pki = pki or SyntheticPKI()
     (directory / "collateral.json").write_text(pki.collateral_json())
     (directory / "root.pem").write_bytes(pki.root_pem)
-    ca, cert, key = tls_ca_and_server(directory)
+    ca, _cert, _key = tls_ca_and_server(directory)
     secrets = {}
     for service in ("face", "ocr"):
         build = directory / "builds" / service

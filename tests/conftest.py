@@ -16,6 +16,9 @@ import pytest
 
 from .services import dockerd_unavailable, remove_tree, start_dockerd, start_registry, stop
 
+#: Fixtures shared by several test modules.
+pytest_plugins = ["tests.fixtures", "tests.gramine_base"]
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_VECTORS = Path(os.environ.get("ENCLAVE_BUILD_VECTORS", REPO.parent / "shared" / "vectors"))
 
@@ -84,6 +87,53 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None,
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "enclave_build", *args], capture_output=True,
                           env=full_env, cwd=cwd, input=input, timeout=300)
+
+
+def tflite_bytes(body: bytes = b"") -> bytes:
+    """A file the build takes for a TFLite model (the FlatBuffer identifier TFL3 at bytes
+    4..8, a root table with no fields: no operators, no state) followed by *body*, at least
+    the minimum size; not a model LiteRT can run."""
+    head = (12).to_bytes(4, "little") + b"TFL3" + (4).to_bytes(2, "little") + \
+        (4).to_bytes(2, "little") + (4).to_bytes(4, "little")
+    return (head + body).ljust(32, b"\0")
+
+
+def onnx_bytes(body: bytes = b"") -> bytes:
+    """A file the build takes for an ONNX model (a protobuf with ir_version 7 and a graph
+    field holding *body*); not a model a runtime can load."""
+    length, varint = len(body), b""
+    while True:
+        varint += bytes([(length & 0x7F) | (0x80 if length > 0x7F else 0)])
+        length >>= 7
+        if not length:
+            break
+    return b"\x08\x07" + b"\x3a" + varint + body
+
+
+def saved_model_dir(directory: Path, body: bytes = b"") -> Path:
+    """A directory the build takes for one version of a TensorFlow SavedModel
+    (saved_model.pb starting as a SavedModel protobuf, variables/); not one TF Serving can
+    load."""
+    (directory / "variables").mkdir(parents=True, exist_ok=True)
+    (directory / "saved_model.pb").write_bytes(b"\x08\x01" + body)
+    (directory / "variables" / "variables.index").write_bytes(b"\0" + body)
+    return directory
+
+
+def model_files(directory: Path, framework: str, names: tuple[str, ...] = ("a", "b")
+                ) -> list[str]:
+    """One model per name in *directory* that *framework* serves (a SavedModel directory for
+    tfserving, else a .tflite file); their paths relative to *directory*."""
+    paths = []
+    for name in names:
+        if framework == "tfserving":
+            saved_model_dir(directory / name, f" model {name}".encode() * 40)
+            paths.append(name)
+        else:
+            (directory / f"{name}.tflite").write_bytes(tflite_bytes(f" model {name}".encode()
+                                                                    * 40))
+            paths.append(f"{name}.tflite")
+    return paths
 
 
 def write_spec(directory: Path, text: str, name: str = "spec.toml") -> Path:

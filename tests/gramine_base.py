@@ -1,9 +1,9 @@
 """A REAL Gramine 1.9 base root filesystem for tests that boot images under the real LibOS.
 
-``gramine_base()`` builds it once per machine with ``scripts/gramine-base.sh`` (Debian bookworm
-minbase via mmdebstrap, the Gramine archive from ``../shared/gramine/`` next to the repository,
-the Python runtimes of ``base_images/gramine-python/requirements.txt`` in the system Python) and
-caches it under ``~/.cache/enclave-build/test-bases/<hash of the inputs>``
+``gramine_base()`` builds it once per machine with ``enclave-build base gramine --archive``
+(builder.realbase: Debian bookworm minbase via mmdebstrap, the Gramine archive from
+``../shared/gramine/`` next to the repository, the Python runtimes of
+``base_images/gramine-python/requirements.txt`` in the system Python) and caches it under ``~/.cache/enclave-build/test-bases/<hash of the inputs>``
 ($ENCLAVE_BUILD_TEST_BASES overrides): built in a temporary
 directory, renamed into place when complete, so a second call (or a second test session) returns
 at once. Use it as ``--base dir:PATH``.
@@ -18,8 +18,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,12 +25,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "scripts" / "gramine-base.sh"
+RECIPE = REPO / "builder" / "realbase"     # the code that makes the base
 REQUIREMENTS = REPO / "base_images" / "gramine-python" / "requirements.txt"
 ARCHIVE_NAME = "gramine-1.9-debian12-x86_64.tar.gz"
 COMPLETE = ".enclave-build-test-base"
 # Bump to rebuild every cached base (e.g. after a Debian point release you want picked up).
-GENERATION = "1"
+GENERATION = "2"
 
 
 class GramineBaseUnavailable(RuntimeError):
@@ -67,7 +65,8 @@ def _sha256(path: Path) -> str:
 def base_key(archive: Path) -> str:
     """Hash of everything the base is built from."""
     h = hashlib.sha256(f"gramine-base generation {GENERATION}\n".encode())
-    for part in (_sha256(archive), _sha256(SCRIPT), _sha256(REQUIREMENTS)):
+    recipe = sorted(RECIPE.glob("*.py"))
+    for part in (_sha256(archive), *(_sha256(p) for p in recipe), _sha256(REQUIREMENTS)):
         h.update(part.encode() + b"\n")
     return h.hexdigest()[:24]
 
@@ -91,20 +90,29 @@ def gramine_base(log=None) -> Path:
         if (target / COMPLETE).exists():
             return target / "rootfs"
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
-        try:
-            env = dict(os.environ, GRAMINE_ARCHIVE=str(archive), PYTHON=sys.executable)
-            result = subprocess.run([str(SCRIPT), str(work / "rootfs")], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+
+        def show(line: str) -> None:
+            lines.append(line)
             if log is not None:
-                log(result.stdout)
-            if result.returncode != 0:
-                tail = "\n".join(result.stdout.splitlines()[-25:])
-                raise GramineBaseUnavailable(
-                    f"scripts/gramine-base.sh failed (exit {result.returncode}):\n{tail}")
+                log(line + "\n")
+        try:
+            from enclave_build.builder.errors import EnclaveBuildError
+            from enclave_build.builder.realbase import BaseRecipe, GramineArchive, make_gramine_base
+
+            try:
+                make_gramine_base(BaseRecipe(work / "rootfs", GramineArchive(archive),
+                                             python=sys.executable), show)
+            except EnclaveBuildError as exc:
+                tail = "\n".join(lines[-25:])
+                raise GramineBaseUnavailable(f"enclave-build base gramine failed: {exc}\n"
+                                             f"{tail}") from None
             (work / COMPLETE).write_text(f"{archive}\n")
             os.rename(work, target)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            from enclave_build.builder.realbase.tools import remove_tree
+
+            remove_tree(work)       # never into anything a killed tool left mounted
             raise
     return target / "rootfs"
 

@@ -5,10 +5,15 @@ from the inputs; only the models are tiny."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
 from enclave_build.model_server.backends import Backend, TensorSpec
+from enclave_build.model_server.keys import ModelSource
+
+#: The source of a model whose backend reads no file.
+NO_SOURCE = ModelSource("/none", Path("/none"))
 
 
 class BytesLength(Backend):

@@ -14,6 +14,7 @@ from enclave_build.model_server.metrics import Metrics
 from enclave_build.model_server.rest import RESTServer
 
 from .test_model_server import EchoBackend
+from tests.ms_backends import NO_SOURCE
 
 #: A JSON inference request for the echo model (x: FP32 [1, 2]).
 INFER = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]}]}'
@@ -21,7 +22,7 @@ INFER = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]}]}
 
 def echo_model() -> LoadedModel:
     mc = ModelConfig("echo", "1", "tests.test_model_server:EchoBackend", "/none")
-    return LoadedModel(mc, [EchoBackend(mc, None)])
+    return LoadedModel(mc, [EchoBackend(mc, NO_SOURCE)])
 
 
 class RestInThread:

@@ -44,7 +44,7 @@ class Output:
         self._thread.start()
 
     def _pump(self, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
+        for line in proc.stdout:
             with self._cond:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()

@@ -11,9 +11,9 @@ import io
 import json
 import tarfile
 from pathlib import Path
-from typing import Callable, Mapping, Union
+from typing import Callable, Mapping
 
-Edit = Union[bytes, Callable[[bytes], bytes]]
+Edit = bytes | Callable[[bytes], bytes]
 
 
 def _blob(layout: Path, digest: str) -> Path:
@@ -28,7 +28,7 @@ def _put(layout: Path, data: bytes) -> tuple[str, int]:
 
 def _members(raw: bytes) -> list[tuple[tarfile.TarInfo, bytes | None]]:
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(raw)), mode="r:") as tar:
-        return [(m, tar.extractfile(m).read() if m.isfile() else None)  # type: ignore[union-attr]
+        return [(m, tar.extractfile(m).read() if m.isfile() else None)
                 for m in tar.getmembers()]
 
 
@@ -84,10 +84,10 @@ def tamper(out: Path, edits: Mapping[str, Edit], *, repoint: bool = True) -> str
     index["manifests"][0].update(digest=digest, size=size)
     (layout / "index.json").write_text(json.dumps(index))
     if repoint:
-        path = out / "measurements.json"
-        data = json.loads(path.read_text())
+        measurements = out / "measurements.json"
+        data = json.loads(measurements.read_text())
         data["image"]["digest"] = digest
-        path.write_text(json.dumps(data, indent=2))
+        measurements.write_text(json.dumps(data, indent=2))
     return digest
 
 

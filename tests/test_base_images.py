@@ -19,15 +19,15 @@ DOCKERFILES = {name: recipe.directory / "Dockerfile" for name, recipe in BASES.i
 def _lines(path: Path) -> list[str]:
     """Logical Dockerfile lines (continuations joined, comments dropped)."""
     text = re.sub(r"\\\n", " ", path.read_text())
-    return [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
 @pytest.mark.parametrize("name", sorted(BASES))
 def test_every_base_pins_its_versions(name):
     lines = _lines(DOCKERFILES[name])
-    args = {m.group(1): m.group(2) for l in lines
-            if (m := re.match(r"ARG (\w+)=(\S+)", l))}
-    froms = [l.split()[1] for l in lines if l.startswith("FROM ")]
+    args = {m.group(1): m.group(2) for line in lines
+            if (m := re.match(r"ARG (\w+)=(\S+)", line))}
+    froms = [line.split()[1] for line in lines if line.startswith("FROM ")]
     assert froms, "no FROM"
     for ref in froms:
         resolved = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), ref)
@@ -53,7 +53,7 @@ def test_no_secrets_in_bases(name):
 @pytest.mark.parametrize("name", ["gramine", "gramine-tfserving", "gramine-python",
                                   "gramine-openvino", "occlum-python"])
 def test_runtime_bases_drop_root(name):
-    users = [l.split()[1] for l in _lines(DOCKERFILES[name]) if l.startswith("USER ")]
+    users = [line.split()[1] for line in _lines(DOCKERFILES[name]) if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), f"{name} runs as root"
 
 

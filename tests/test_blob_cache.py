@@ -16,7 +16,7 @@ from enclave_build.builder.cache import cache_root
 from enclave_build.builder.image.blob_cache import BlobCache, Limits, parse_days, parse_size
 from enclave_build.builder.image.oci import BlobStore
 
-from .conftest import image_rootfs, run_cli, write_spec
+from .conftest import image_rootfs, run_cli, tflite_bytes, write_spec
 
 DAY = 86400.0
 
@@ -184,13 +184,13 @@ def test_a_rebuild_with_a_changed_model_leaves_no_orphaned_layer(tmp_path, stand
     orphaned 3 MiB layer goes, what the current output references stays."""
     project = tmp_path / "project"
     env = {"ENCLAVE_BUILD_BLOB_CACHE_MAX_SIZE": "2M"}
-    _project(project, signing_key, b"TFL3" + os.urandom(3 << 20))
+    _project(project, signing_key, tflite_bytes(os.urandom(3 << 20)))
     first = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
                     cwd=project, env=env)
     assert first.returncode == 0, first.stderr.decode()
     old = _layer_digests(project / "out")
     first_layers = _layer_sizes(project / "out")
-    _project(project, signing_key, b"TFL3" + os.urandom(3 << 20))
+    _project(project, signing_key, tflite_bytes(os.urandom(3 << 20)))
     second = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
                      cwd=project, env=env)
     assert second.returncode == 0, second.stderr.decode()
@@ -207,7 +207,7 @@ def test_a_rebuild_with_a_changed_model_leaves_no_orphaned_layer(tmp_path, stand
 
 def test_cache_commands(tmp_path, standin_root, signing_key):
     project = tmp_path / "project"
-    _project(project, signing_key, b"TFL3" + os.urandom(1 << 20))
+    _project(project, signing_key, tflite_bytes(os.urandom(1 << 20)))
     assert run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
                    cwd=project).returncode == 0
     orphan = BlobStore(cache_root() / "blobs").put_bytes(b"an orphaned layer" * 100)

@@ -11,7 +11,7 @@ import pytest
 
 from enclave_build.attestation.measurements import Measurements
 
-from .conftest import image_rootfs, run_cli, write_spec
+from .conftest import image_rootfs, run_cli, tflite_bytes, write_spec
 
 SPEC = '''[service]
 name = "face"
@@ -35,7 +35,7 @@ key = "key.pem"
 
 def _project(directory: Path, signing_key: Path, spec: str = SPEC) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 10)
+    (directory / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 10))
     shutil.copy(signing_key, directory / "key.pem")
     return write_spec(directory, spec)
 
@@ -85,7 +85,7 @@ def test_changed_model_changes_mrenclave(tmp_path, standin_root, signing_key):
 
     spec = _project(tmp_path, signing_key)
     first = build(spec, base=f"dir:{standin_root}").measurements
-    (tmp_path / "model.tflite").write_bytes(b"TFL3 other model")
+    (tmp_path / "model.tflite").write_bytes(tflite_bytes(b" other model"))
     second = build(spec, base=f"dir:{standin_root}").measurements
     assert first.mr_enclave != second.mr_enclave
     assert first.mr_signer == second.mr_signer
@@ -155,7 +155,8 @@ def test_base_without_gramine_is_a_clear_error(tmp_path, signing_key):
     err = proc.stderr.decode()
     assert "error: no Gramine installation found in the base image" in err
     assert "/usr/lib/python3/dist-packages/graminelibos/__init__.py" in err
-    assert "Bases that work: gramineproject/gramine:v1.9" in err
+    assert "Bases that work: gramineproject/gramine:1.9-noble" in err
+    assert "`enclave-build base gramine ROOTFS`" in err
 
 
 def test_encrypted_password_key_via_env(tmp_path, standin_root):
@@ -164,7 +165,7 @@ def test_encrypted_password_key_via_env(tmp_path, standin_root):
     directory = tmp_path / "p"
     directory.mkdir()
     write_new_key(directory / "key.pem", b"pw")
-    (directory / "model.tflite").write_bytes(b"TFL3")
+    (directory / "model.tflite").write_bytes(tflite_bytes())
     write_spec(directory, SPEC.replace('key = "key.pem"', 'key = "key.pem"\npassphrase_env = "K"'))
     missing = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", cwd=directory)
     assert missing.returncode == 2

@@ -251,8 +251,8 @@ def test_service_json_problems_name_their_lines(tmp_path):
     with pytest.raises(ServiceInfoError) as info:
         ServiceInfo.load(path)
     assert info.value.lines() == [
-        f"{path}:19: ports[1].number: 0 is out of range; allowed: 1 to 65535",
-        f"{path}:25: health.port: 'nope' is not allowed; allowed: grpc, http"]
+        f"{path}:20: ports[1].number: 0 is out of range; allowed: 1 to 65535",
+        f"{path}:27: health.port: 'nope' is not allowed; allowed: grpc, http"]
 
 
 def test_secrets_toml_problems_at_once_with_lines(tmp_path):
@@ -337,7 +337,7 @@ def test_mr_signer_is_sha256_of_the_little_endian_modulus():
     modulus = rsa.generate_private_key(3, 3072).public_key().public_numbers().n
     expected = hashlib.sha256(modulus.to_bytes(384, "little")).hexdigest()
     assert mr_signer_of(modulus) == expected
-    assert Sigstruct(None, modulus=modulus).mr_signer.hex() == expected  # type: ignore[arg-type]
+    assert Sigstruct(None, modulus=modulus).mr_signer.hex() == expected
     assert EnclaveIdentity(HEX, expected, 1, 2).signer_pin() == EnclaveIdentity(None, expected,
                                                                                  1, 2)
 

@@ -9,7 +9,8 @@ import pytest
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.occlum_ra import RaConfig, SgxMeasurement
-from enclave_build.attestation.policy import Policy, SecretRule
+from enclave_build.attestation.policy import Policy
+from enclave_build.contract.secrets_config import SecretRule
 from enclave_build.attestation.quote import (FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT,
                                              FLAG_PROVISION_KEY)
 from enclave_build.attestation.server.decide import (AccessPolicy, ByName, ByServerName,

@@ -81,7 +81,8 @@ def test_a_bare_machine_gets_a_fix_for_everything_and_nothing_is_contacted():
     probes = Bare()
     report = diagnose(probes=probes)
     assert [c.id for c in report.checks] == IDS
-    optional = {"registry.credentials", "sgx.pccs"}   # not needed here: warnings
+    # not needed here: warnings (without an archive, `base gramine` uses Gramine's repository)
+    optional = {"registry.credentials", "sgx.pccs", "realbase.gramine_archive"}
     for check in report.checks:
         assert check.status == (WARN if check.id in optional else MISSING), check
         assert check.fix, check
@@ -92,9 +93,15 @@ def test_a_bare_machine_gets_a_fix_for_everything_and_nothing_is_contacted():
     assert "5.11" in checks["sgx.enclave_device"].fix and "DCAP" in checks["sgx.enclave_device"].fix
     assert "not configured" in checks["sgx.pccs"].detail
     assert "pip install ai-edge-litert" in checks["runtime.ai_edge_litert"].fix
-    assert "pip install -c constraints.txt '.[serve]'" in checks["runtime.openvino"].fix
+    assert "pip install 'enclave-build[serve]'" in checks["runtime.openvino"].fix
+    for check in report.checks:   # an installed enclave-build has no checkout's files
+        for checkout_only in ("scripts/", "constraints.txt", "examples/", "demo.sh"):
+            assert checkout_only not in f"{check.detail} {check.fix}", (check.id, checkout_only)
     assert "only SGX machines need one" in checks["sgx.pccs"].detail
-    assert report.ok is False and report.counts() == {OK: 0, MISSING: len(IDS) - 2, WARN: 2}
+    assert "packages.gramineproject.io" in checks["realbase.gramine_archive"].detail
+    assert "enclave-build base gramine ROOTFS" in checks["realbase.mmdebstrap"].detail
+    assert "enclave-build base build gramine-python" in checks["realbase.mmdebstrap"].fix
+    assert report.ok is False and report.counts() == {OK: 0, MISSING: len(IDS) - 3, WARN: 3}
 
 
 def test_an_sgx_machine_without_a_pccs_misses_it():
@@ -183,6 +190,8 @@ def test_gramine_in_a_base(standin_root, tmp_path):
     # The stand-in has Gramine's layout but no gramine-direct: found, with a warning.
     assert check.status == WARN and "Gramine 1.9" in check.detail
     assert "/usr/lib/x86_64-linux-gnu/gramine/sgx/libpal.so" in check.detail
+    assert "enclave-build base gramine ROOTFS" in check.fix and "--archive" in check.fix
+    assert "enclave-build base build gramine" in check.fix
     missing = _by_id(diagnose(f"dir:{tmp_path / 'nothing'}", probes))["gramine.base"]
     assert missing.status == MISSING and "not found" in missing.detail and missing.fix
     (tmp_path / "empty").mkdir()
@@ -206,7 +215,7 @@ def test_cli_json_schema_exit_codes_and_text(monkeypatch):
     text = runner.invoke(main, ["doctor"]).output
     assert text.splitlines()[0].startswith("missing  Docker engine: ")
     assert "         fix: " in text
-    assert f"0 ok, {len(IDS) - 2} missing, 2 warn" in text
+    assert f"0 ok, {len(IDS) - 3} missing, 3 warn" in text
 
 
 def test_the_real_http_probe_on_loopback():

@@ -157,7 +157,7 @@ def _build_tfs(tmp_path, base: Path, signing_key: Path):
 
 
 def test_every_library_a_real_binary_needs_is_trusted(tmp_path, real_tfserving_base, signing_key):
-    base, names = real_tfserving_base
+    base, _names = real_tfserving_base
     result = _build_tfs(tmp_path, base, signing_key)
     manifest = tomllib.loads(result.artifacts.manifest.decode())
     trusted = {tf["uri"] for tf in manifest["sgx"]["trusted_files"]}

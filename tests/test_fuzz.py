@@ -25,6 +25,7 @@ from typing import Any, Callable
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.ms_backends import NO_SOURCE
 
 #: examples per target in the test suite (each target stays within a few seconds)
 CI_EXAMPLES = int(os.environ.get("ENCLAVE_BUILD_FUZZ_EXAMPLES", "150"))
@@ -53,7 +54,7 @@ def mutate(data: bytes, mutation: tuple) -> bytes:
 def _touched(data: bytes, mutated: bytes) -> set[int]:
     if len(data) != len(mutated):
         return {-1}
-    return {i for i, (a, b) in enumerate(zip(data, mutated)) if a != b}
+    return {i for i, (a, b) in enumerate(zip(data, mutated, strict=True)) if a != b}
 
 
 # ------------------------------------------------------------------ layer applier
@@ -362,7 +363,7 @@ def check_manifest(body: bytes) -> None:
     except ImageError as exc:
         assert str(exc)
     with tempfile.TemporaryDirectory(prefix="fuzz-registry-") as tmp:
-        client = RegistryClient("127.0.0.1:5000", _Registry(body))  # type: ignore[arg-type]
+        client = RegistryClient("127.0.0.1:5000", _Registry(body))  # type: ignore[arg-type]  # a stand-in session
         try:
             client.pull(RegistryRef("127.0.0.1:5000", "x", "1"), BlobStore(Path(tmp)))
         except ImageError as exc:
@@ -413,7 +414,7 @@ def _rest_server():
     from .rest_env import RestInThread, echo_model
 
     mc = ModelConfig("len", "1", "tests.ms_backends:BytesLength", "/none")
-    srv = RestInThread({"echo": echo_model(), "len": LoadedModel(mc, [BytesLength(mc, None)])},
+    srv = RestInThread({"echo": echo_model(), "len": LoadedModel(mc, [BytesLength(mc, NO_SOURCE)])},
                        max_request_bytes=1 << 16)
     atexit.register(srv.close)
     return srv
@@ -464,7 +465,7 @@ def check_rest_body(case: tuple) -> None:
     header_len = int(m.group(1)) if m else None
     body = mutate(body, mutation)
     mc = ModelConfig("len", "1", "tests.ms_backends:BytesLength", "/none")
-    for model in (echo_model(), LoadedModel(mc, [BytesLength(mc, None)])):
+    for model in (echo_model(), LoadedModel(mc, [BytesLength(mc, NO_SOURCE)])):
         try:
             decode_infer(model, body, header_len, 1 << 16)
         except ServeError as exc:
@@ -488,7 +489,7 @@ TARGETS: dict[str, tuple[Any, Callable[[Any], None]]] = {
 def run(name: str, examples: int, **overrides: Any) -> None:
     """Run target *name* for *examples* generated inputs (raises on the first failure)."""
     strategy, check = TARGETS[name]
-    options = dict(max_examples=examples, deadline=None, database=None,
+    options: dict[str, Any] = dict(max_examples=examples, deadline=None, database=None,
                    suppress_health_check=list(HealthCheck))
     options.update(overrides)
     settings(**options)(given(strategy)(check))()

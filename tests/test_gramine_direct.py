@@ -16,13 +16,13 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 
 from enclave_build.builder.run.gramine_direct import (DirectLaunch, LaunchError, command, has_gramine_direct,
                                         resolve_user, run, start, wait_forwarding)
 from enclave_build.builder.run.rootfs import private_root
-from tests.gramine_base import gramine_base_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def _toml_list(items: list[str]) -> str:
 
 
 def write_manifest(root: Path, name: str, code: str, trusted: list[str] | None = None,
-                   mounts: list[str] = (), extra: str = "") -> str:
+                   mounts: Sequence[str] = (), extra: str = "") -> str:
     """Write /enclave/NAME.manifest.sgx in *root*, signed by the base's gramine-sgx-sign."""
     argv = _toml_list(["python3.11", "-c", code])
     trusted = PYTHON_TRUSTED if trusted is None else trusted
@@ -93,7 +93,7 @@ def boot(root: Path, app: str, uid: int = RUNTIME_UID, gid: int = 0,
 
 
 @pytest.fixture
-def root(gramine_base_dir: Path):  # noqa: F811
+def root(gramine_base_dir: Path):
     if os.geteuid() != 0:
         pytest.skip("gramine-direct needs root (chroot, bind mounts)")
     with private_root(gramine_base_dir) as private:
@@ -101,7 +101,7 @@ def root(gramine_base_dir: Path):  # noqa: F811
     assert str(private) not in Path("/proc/self/mountinfo").read_text()
 
 
-def test_base_has_real_gramine_and_runtimes(gramine_base_dir: Path) -> None:  # noqa: F811
+def test_base_has_real_gramine_and_runtimes(gramine_base_dir: Path) -> None:
     assert has_gramine_direct(gramine_base_dir)
     site = gramine_base_dir / "usr/local/lib/python3.11/dist-packages"
     for package in ("numpy", "grpc", "google/protobuf", "ai_edge_litert", "openvino", "cbor2",

@@ -190,8 +190,9 @@ def test_streams_without_a_message_cannot_lock_out_grpc(tmp_path):
             assert sorted(_limit_resets(received)) == [9, 11], [resets(f) for f in frames]
         assert grpc_infer(server.grpc, "m") == "ok"
         statuses = []
-        for conn, received in zip(attackers, frames):
-            received += conn.read_frames(10, until=lambda f: len(trailers(received + f)) >= 4)
+        for conn, received in zip(attackers, frames, strict=True):
+            seen = received
+            received += conn.read_frames(10, until=lambda f, seen=seen: len(trailers(seen + f)) >= 4)
             ended = trailers(received)
             assert sorted(ended) == [1, 3, 5, 7], ended
             statuses += [h["grpc-status"] for h in ended.values()]
@@ -270,7 +271,7 @@ def test_grpc_connection_cap_handshake_and_idle_deadlines(tmp_path):
         assert len(served) == 6 and all(b[3] == 0x4 for b in served), first  # SETTINGS
         assert first.count(b"") == 4
         # no preface from us: closed at the handshake deadline
-        assert all(_closed_by_server(s, 10) for s, b in zip(socks, first) if b)
+        assert all(_closed_by_server(s, 10) for s, b in zip(socks, first, strict=True) if b)
         # a client that completes the handshake and stays idle: closed after idle_timeout
         idle = H2Connection(server.grpc)
         frames = idle.read_frames(15, until=lambda f: any(x.type == 0x7 for x in f))

@@ -1,7 +1,7 @@
 """Occlum's ratls.GrSecret/GetSecret served by the secret server over mutual RA-TLS, with
 synthetic attestation on both sides.
 
-The client is grpcio with stubs generated at test time (grpcio-tools) from tests/protos/ratls.proto,
+The client is grpcio with ratls_stubs generated at test time (grpcio-tools) from tests/protos/ratls.proto,
 so nothing on the client side is the server's code: it presents an Occlum-format RA-TLS
 certificate (RSA-2048, quote in 1.2.840.113741.1) and pins the server's certificate after
 checking the server's quote with our verifier and an init_ra_conf ra_config, as Occlum's init
@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib
-import importlib.resources
 import json
 import os
 import socket
 import ssl
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -56,26 +54,7 @@ SERVER_PROD_ID, SERVER_SVN = 7, 3
 
 # --------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module")
-def stubs(tmp_path_factory):
-    """ratls_pb2 / ratls_pb2_grpc generated from tests/protos/ratls.proto by grpcio-tools."""
-    from grpc_tools import protoc
-    out = tmp_path_factory.mktemp("ratls-stubs")
-    include = str(importlib.resources.files("grpc_tools") / "_proto")
-    status = protoc.main(["grpc_tools.protoc", f"-I{PROTOS}", f"-I{include}",
-                          f"--python_out={out}", f"--grpc_python_out={out}",
-                          str(PROTOS / "ratls.proto")])
-    assert status == 0, "grpcio-tools could not compile tests/protos/ratls.proto"
-    sys.path.insert(0, str(out))
-    for name in ("ratls_pb2", "ratls_pb2_grpc"):   # generated once per module that uses them
-        sys.modules.pop(name, None)
-    try:
-        pb2 = importlib.import_module("ratls_pb2")
-        pb2_grpc = importlib.import_module("ratls_pb2_grpc")
-    finally:
-        sys.path.remove(str(out))
-    assert Path(pb2.__file__).parent == out and Path(pb2_grpc.__file__).parent == out
-    return pb2, pb2_grpc
+
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +68,7 @@ def env(tmp_path_factory):
 
 
 def _server_measurements(**changes) -> Measurements:
-    identity = dict(mr_enclave=SERVER_MR_ENCLAVE.hex(), mr_signer=MR_SIGNER.hex(),
+    identity: dict[str, Any] = dict(mr_enclave=SERVER_MR_ENCLAVE.hex(), mr_signer=MR_SIGNER.hex(),
                     isv_prod_id=SERVER_PROD_ID, isv_svn=SERVER_SVN, debug=False)
     identity.update(changes)
     return Measurements(service="secret-server", framework="secret-server", libos="gramine",
@@ -132,7 +111,7 @@ def _reason_since(env, since: int, text: str) -> list[dict]:
 
 def _ra_config(**changes) -> dict:
     """An init_ra_conf.json ra_config that requires exactly the server's identity."""
-    config = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
+    config: dict[str, Any] = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
                                       "verify_isv_prod_id", "verify_isv_svn",
                                       "verify_config_svn", "verify_enclave_debuggable")}
     entry = {"mr_enclave": SERVER_MR_ENCLAVE.hex(), "mr_signer": MR_SIGNER.hex(),
@@ -155,8 +134,8 @@ class Client:
     ra_config first (our verifier), then call GetSecret over mutual TLS pinned to that
     certificate, presenting the enclave's own RA-TLS certificate."""
 
-    def __init__(self, server, env, stubs, cert_key=None, ra_config=None):
-        self.pb2, pb2_grpc = stubs
+    def __init__(self, server, env, ratls_stubs, cert_key=None, ra_config=None):
+        self.pb2, pb2_grpc = ratls_stubs
         host, port = server.grsecret_address
         pem = ssl.get_server_certificate((host, port)).encode()
         verify_peer_certificate(
@@ -198,9 +177,9 @@ def _occlum_cert(env, service="face", **kw):
 
 # --------------------------------------------------------------------------- end to end
 
-def test_right_enclave_gets_its_key(server, env, stubs):
+def test_right_enclave_gets_its_key(server, env, ratls_stubs):
     since = _mark(env)
-    with Client(server, env, stubs, _occlum_cert(env, "face")) as client:
+    with Client(server, env, ratls_stubs, _occlum_cert(env, "face")) as client:
         reply = client.stub.GetSecret(client.pb2.SecretRequest(name="face-key"), timeout=10)
         # As Occlum's server sends it: base64 text in double quotes.
         assert reply.secret == '"' + base64.b64encode(env.secrets["face"]).decode() + '"'
@@ -215,8 +194,8 @@ def test_right_enclave_gets_its_key(server, env, stubs):
     assert "allowed via face" in calls[-1]["reason"]
 
 
-def test_large_secret_and_reconnect_after_idle(server, env, stubs):
-    with Client(server, env, stubs, _occlum_cert(env, "big", mr_enclave=identity("big"))) as client:
+def test_large_secret_and_reconnect_after_idle(server, env, ratls_stubs):
+    with Client(server, env, ratls_stubs, _occlum_cert(env, "big", mr_enclave=identity("big"))) as client:
         states: list = []   # the channel's connectivity, as grpcio reports it (a thread)
         watch = states.append
         client.channel.subscribe(watch)
@@ -238,10 +217,10 @@ def test_large_secret_and_reconnect_after_idle(server, env, stubs):
         assert client.refused("face-key").code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_signer_policy_and_no_key_leaks_across_enclaves(server, env, stubs):
-    ocr = Client(server, env, stubs, _occlum_cert(env, "ocr", mr_enclave=os.urandom(32),
+def test_signer_policy_and_no_key_leaks_across_enclaves(server, env, ratls_stubs):
+    ocr = Client(server, env, ratls_stubs, _occlum_cert(env, "ocr", mr_enclave=os.urandom(32),
                                                   isv_svn=5))
-    face = Client(server, env, stubs, _occlum_cert(env, "face"))
+    face = Client(server, env, ratls_stubs, _occlum_cert(env, "face"))
     try:
         assert ocr.get("ocr-key") == env.secrets["ocr"]     # match = "signer", newer SVN
         denied = ocr.refused("face-key")
@@ -255,42 +234,42 @@ def test_signer_policy_and_no_key_leaks_across_enclaves(server, env, stubs):
         face.close()
 
 
-def test_wrong_mr_enclave_permission_denied(server, env, stubs):
-    with Client(server, env, stubs, _occlum_cert(env, "face", mr_enclave=os.urandom(32))) as client:
+def test_wrong_mr_enclave_permission_denied(server, env, ratls_stubs):
+    with Client(server, env, ratls_stubs, _occlum_cert(env, "face", mr_enclave=os.urandom(32))) as client:
         denied = client.refused("face-key")
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "not released to this enclave identity" in denied.details()
 
 
-def test_unknown_key_name_not_found(server, env, stubs):
-    with Client(server, env, stubs, _occlum_cert(env, "face")) as client:
+def test_unknown_key_name_not_found(server, env, ratls_stubs):
+    with Client(server, env, ratls_stubs, _occlum_cert(env, "face")) as client:
         missing = client.refused("image_key")
     assert missing.code() == grpc.StatusCode.NOT_FOUND
     assert "no secret named 'image_key'" in missing.details()
 
 
-def test_client_without_certificate_unauthenticated(server, env, stubs):
-    with Client(server, env, stubs, cert_key=None) as client:
+def test_client_without_certificate_unauthenticated(server, env, ratls_stubs):
+    with Client(server, env, ratls_stubs, cert_key=None) as client:
         refused = client.refused("face-key")
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
     assert refused.details() == "no client certificate"
 
 
-def test_tampered_quote_unauthenticated(server, env, stubs):
+def test_tampered_quote_unauthenticated(server, env, ratls_stubs):
     def tampered(report_data: bytes) -> bytes:
         quote = bytearray(env.pki.quote(identity("face"), MR_SIGNER, report_data, 1, 2))
         quote[48 + 16] ^= 1   # MISCSELECT: signed, not part of the key binding
         return bytes(quote)
-    with Client(server, env, stubs, create_certificate("cczoo", tampered)) as client:
+    with Client(server, env, ratls_stubs, create_certificate("cczoo", tampered)) as client:
         refused = client.refused("face-key")
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "signature is invalid" in refused.details()
 
 
-def test_untrusted_root_and_unbound_key_unauthenticated(server, env, stubs):
-    other = Client(server, env, stubs, _occlum_cert(env, "face", pki=SyntheticPKI()))
+def test_untrusted_root_and_unbound_key_unauthenticated(server, env, ratls_stubs):
+    other = Client(server, env, ratls_stubs, _occlum_cert(env, "face", pki=SyntheticPKI()))
     foreign = env.pki.quote(identity("face"), MR_SIGNER, os.urandom(64), 1, 2)
-    unbound = Client(server, env, stubs, create_certificate("cczoo", lambda rd: foreign))
+    unbound = Client(server, env, ratls_stubs, create_certificate("cczoo", lambda rd: foreign))
     try:
         assert "another root" in other.refused("face-key").details()
         refused = unbound.refused("face-key")
@@ -301,8 +280,8 @@ def test_untrusted_root_and_unbound_key_unauthenticated(server, env, stubs):
         unbound.close()
 
 
-def test_other_method_unimplemented(server, env, stubs):
-    with Client(server, env, stubs, _occlum_cert(env, "face")) as client:
+def test_other_method_unimplemented(server, env, ratls_stubs):
+    with Client(server, env, ratls_stubs, _occlum_cert(env, "face")) as client:
         call = client.channel.unary_unary("/ratls.GrSecret/ListSecrets")
         with pytest.raises(grpc.RpcError) as info:
             call(b"", timeout=10)
@@ -421,27 +400,27 @@ def test_secret_prov_port_keeps_serving(server, env):
 
 # --------------------------------------------------------------------------- the client's checks
 
-def test_client_checks_the_server_with_init_ra_conf(server, env, stubs):
+def test_client_checks_the_server_with_init_ra_conf(server, env, ratls_stubs):
     """Occlum's init's ra_config, the other direction: the client refuses a server whose
     identity is wrong, before any call; flags that are off let the field through."""
     cert = _occlum_cert(env, "face")
     wrong_enclave = _ra_config(entry={"mr_enclave": os.urandom(32).hex()})
     with pytest.raises(PeerRejected, match="mr_enclave differ"):
-        Client(server, env, stubs, cert, wrong_enclave)
-    with Client(server, env, stubs, cert, dict(wrong_enclave, verify_mr_enclave="off")) as off:
+        Client(server, env, ratls_stubs, cert, wrong_enclave)
+    with Client(server, env, ratls_stubs, cert, dict(wrong_enclave, verify_mr_enclave="off")) as off:
         assert off.get("face-key") == env.secrets["face"]
     wrong_signer = _ra_config(entry={"mr_signer": os.urandom(32).hex()})
     with pytest.raises(PeerRejected, match="mr_signer differ"):
-        Client(server, env, stubs, cert, wrong_signer)
-    Client(server, env, stubs, cert, dict(wrong_signer, verify_mr_signer="off")).close()
+        Client(server, env, ratls_stubs, cert, wrong_signer)
+    Client(server, env, ratls_stubs, cert, dict(wrong_signer, verify_mr_signer="off")).close()
     # ISV_SVN is an equality for Occlum, not "at least"
     with pytest.raises(PeerRejected, match="isv_svn differ"):
-        Client(server, env, stubs, cert, _ra_config(entry={"isv_svn": SERVER_SVN - 1}))
+        Client(server, env, ratls_stubs, cert, _ra_config(entry={"isv_svn": SERVER_SVN - 1}))
     with pytest.raises(PeerRejected, match="config_svn differ"):
-        Client(server, env, stubs, cert, _ra_config(entry={"config_svn": 4}))
+        Client(server, env, ratls_stubs, cert, _ra_config(entry={"config_svn": 4}))
     with pytest.raises(PeerRejected, match="debuggable differ"):
-        Client(server, env, stubs, cert, _ra_config(entry={"debuggable": True}))
-    Client(server, env, stubs, cert, _ra_config(verify_enclave_debuggable="off",
+        Client(server, env, ratls_stubs, cert, _ra_config(entry={"debuggable": True}))
+    Client(server, env, ratls_stubs, cert, _ra_config(verify_enclave_debuggable="off",
                                                 entry={"debuggable": True})).close()
 
 
@@ -466,7 +445,7 @@ def _flag_server(env, tmp_path, dynamic_config: dict):
     return config
 
 
-def test_server_side_verify_flags(env, quoter, stubs, tmp_path):
+def test_server_side_verify_flags(env, quoter, ratls_stubs, tmp_path):
     """Occlum's dynamic_config.json on the server: an extra filter before the policy. With
     verify_mr_signer on and another signer listed, the right enclave is refused; with it off
     (reloaded), the same enclave receives its key."""
@@ -477,7 +456,7 @@ def test_server_side_verify_flags(env, quoter, stubs, tmp_path):
     srv = SecretServer(load_config(config))
     srv.start()
     try:
-        with Client(srv, env, stubs, _occlum_cert(env, "face")) as client:
+        with Client(srv, env, ratls_stubs, _occlum_cert(env, "face")) as client:
             denied = client.refused("face-key")
             assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
             assert denied.details().startswith("client_ra_config: ")
@@ -485,25 +464,25 @@ def test_server_side_verify_flags(env, quoter, stubs, tmp_path):
         (tmp_path / "dynamic_config.json").write_text(json.dumps(dict(dynamic,
                                                                       verify_mr_signer="off")))
         srv.reload()
-        with Client(srv, env, stubs, _occlum_cert(env, "face")) as client:
+        with Client(srv, env, ratls_stubs, _occlum_cert(env, "face")) as client:
             assert client.get("face-key") == env.secrets["face"]
             # the filter never widens the policy: ocr-key is still not face's
             assert client.refused("ocr-key").code() == grpc.StatusCode.PERMISSION_DENIED
         # an enclave the filter lists nowhere is refused by it
-        with Client(srv, env, stubs, _occlum_cert(env, "ocr")) as other:
+        with Client(srv, env, ratls_stubs, _occlum_cert(env, "ocr")) as other:
             assert "mr_enclave differ" in other.refused("ocr-key").details()
         # the RA-TLS identity and the GrSecret port are fixed for the life of the process
         without = env.directory / "without-grsecret.toml"
         without.write_text(config.read_text().split("[grsecret]")[0])
         with pytest.raises(ServerError, match="cannot change on reload"):
             srv.reload(without)
-        with Client(srv, env, stubs, _occlum_cert(env, "face")) as client:
+        with Client(srv, env, ratls_stubs, _occlum_cert(env, "face")) as client:
             assert client.get("face-key") == env.secrets["face"]   # still the old state
     finally:
         srv.shutdown()
 
 
-def test_worker_processes_serve_grsecret(env, quoter, stubs, tmp_path):
+def test_worker_processes_serve_grsecret(env, quoter, ratls_stubs, tmp_path):
     text = env.config.read_text().replace("processes = 1", "processes = 2").replace(
         'audit_log = "audit.jsonl"', f'audit_log = "{tmp_path / "audit.jsonl"}"')
     config = env.directory / "two-processes.toml"
@@ -512,7 +491,7 @@ def test_worker_processes_serve_grsecret(env, quoter, stubs, tmp_path):
     srv.start()
     try:
         for _ in range(3):
-            with Client(srv, env, stubs, _occlum_cert(env, "face")) as client:
+            with Client(srv, env, ratls_stubs, _occlum_cert(env, "face")) as client:
                 assert client.get("face-key") == env.secrets["face"]
     finally:
         srv.shutdown()
@@ -564,7 +543,7 @@ def test_identity_ratls_on_the_secret_prov_port(env, quoter, tmp_path):
 
 def test_no_quote_source_is_a_clear_error(env, tmp_path, monkeypatch):
     monkeypatch.delenv(SIMULATED_QUOTER_ENV, raising=False)
-    with pytest.raises(QuoteSourceError, match="does not exist .*ENCLAVE_BUILD_SIMULATED_QUOTER"):
+    with pytest.raises(QuoteSourceError, match=r"does not exist .*ENCLAVE_BUILD_SIMULATED_QUOTER"):
         discover(root=tmp_path / "no-attestation")
     if not Path("/dev/attestation").exists():
         with pytest.raises(ServerError, match=r"\[grsecret\] needs an RA-TLS certificate"):
@@ -608,7 +587,7 @@ def test_ra_config_rules(tmp_path):
         assert str(path) in str(info.value) and message in str(info.value), info.value
     empty = _ra_config()
     empty["sgx_mrs"] = []
-    assert "sgx_mrs is empty" in RaConfig.from_dict(empty).mismatch(None)  # type: ignore[arg-type]
+    assert "sgx_mrs is empty" in RaConfig.from_dict(empty).mismatch(None)
 
 
 def test_config_errors_name_the_key(env, tmp_path):

@@ -25,7 +25,8 @@ COMMANDS = {" ".join(path): command for path, command in _walk(main)}
 def _help(path: str) -> str:
     words = path.split()[1:]
     with click.Context(main, info_name="enclave-build") as ctx:
-        command, parent = main, ctx
+        command: click.Command = main
+        parent = ctx
         for word in words:
             assert isinstance(command, click.Group)
             command = command.commands[word]
@@ -95,8 +96,9 @@ def test_base_list_columns_line_up():
     lines = run_cli("base", "list").stdout.decode().splitlines()
     from enclave_build.base_images import BASES
 
-    starts = {line.index(recipe.tag) for line, recipe in zip(lines, BASES.values())}
-    assert len(lines) == len(BASES) and len(starts) == 1, lines
+    assert len(lines) == len(BASES), lines
+    starts = {line.index(recipe.tag) for line, recipe in zip(lines, BASES.values(), strict=True)}
+    assert len(starts) == 1, lines
 
 
 def test_standin_runtime_names_match_the_library():

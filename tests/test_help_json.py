@@ -14,7 +14,7 @@ import pytest
 
 from enclave_build.builder.cli import main
 
-from .conftest import run_cli, write_spec
+from .conftest import run_cli, tflite_bytes, write_spec
 from .test_help import COMMANDS, _help
 
 MEASUREMENTS = {"service", "framework", "libos", "mr_enclave", "mr_signer",
@@ -34,7 +34,7 @@ SCHEMAS = {
                               "metadata_nonce"},   # + path, plaintext_size with --wrap-key
     "enclave-build base list": {"name", "tag", "description"},
     "enclave-build init": {"directory", "spec", "key", "key_created", "framework", "service",
-                           "secret_server", "next_steps"},
+                           "secret_server", "model", "base", "tls_created", "next_steps"},
     "enclave-build doctor": {"schema", "ok", "counts", "checks"},
     "enclave-build secrets tls": {"ca", "cert", "key", "hosts", "days", "server"},
     "enclave-build secrets simulate-pki": {"written", "root_ca", "collateral", "synthetic"},
@@ -75,7 +75,7 @@ def test_json_keys_are_documented_in_help(path):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, standin_root, signing_key) -> Path:
     d = tmp_path_factory.mktemp("json")
-    (d / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 8)
+    (d / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 8))
     shutil.copy(signing_key, d / "key.pem")
     tls = json.loads(run_cli("secrets", "tls", str(d / "tls"), "--host", "localhost",
                              "--json").stdout)

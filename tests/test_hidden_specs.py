@@ -35,6 +35,7 @@ from enclave_build.plugin import SERVER_CONFIG
 from enclave_build.builder.spec import SpecError
 
 from . import serving_env as se
+from .conftest import tflite_bytes
 
 
 def _spec(directory: Path, text: str) -> Path:
@@ -75,7 +76,7 @@ def test_openvino_python_mode_points_the_server_at_the_model_file_of_a_directory
     ir = _ir(tmp_path / "ir")
     onnx = tmp_path / "onnx"
     onnx.mkdir()
-    (onnx / "model.onnx").write_bytes(b"onnx")
+    (onnx / "model.onnx").write_bytes(b"\x08\x07:\x00")   # ir_version 7, an empty graph
     plan = _plan(_spec(tmp_path / "p", _openvino(_model("face", ir) + _model("cls", onnx),
                                                  signing_key)))
     paths = {m["name"]: m["path"] for m in _server_config(plan)["models"]}
@@ -133,7 +134,7 @@ def test_openvino_models_the_runtime_cannot_open_are_located_spec_errors(
 
 def test_tflite_model_directory_is_a_located_spec_error(tmp_path, signing_key):
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "m.tflite").write_bytes(b"TFL3")
+    (tmp_path / "models" / "m.tflite").write_bytes(tflite_bytes())
     spec = _spec(tmp_path / "p", f'[service]\nname = "t"\nframework = "tflite"\n\n'
                                  + _model("m", tmp_path / "models")
                                  + f'[signing]\nkey = "{signing_key}"\n')
@@ -155,7 +156,7 @@ def test_a_model_server_without_models_is_a_spec_error(tmp_path, signing_key, fr
 
 @pytest.mark.parametrize("port", ["0", "65536", "99999"])
 def test_secret_server_port_out_of_range_is_refused(tmp_path, signing_key, port):
-    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    (tmp_path / "m.tflite").write_bytes(tflite_bytes())
     spec = _spec(tmp_path / "p", f'[service]\nname = "t"\nframework = "tflite"\n\n'
                                  f'[[models]]\nname = "m"\npath = "{tmp_path / "m.tflite"}"\n\n'
                                  f'[secrets]\nserver = "localhost:{port}"\nca = "{signing_key}"\n\n'
@@ -168,7 +169,7 @@ def test_secret_server_port_out_of_range_is_refused(tmp_path, signing_key, port)
 
 def test_enclave_too_small_names_the_spec_key_and_the_smallest_size(tmp_path, standin_root,
                                                                      signing_key):
-    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    (tmp_path / "m.tflite").write_bytes(tflite_bytes())
     text = (f'[service]\nname = "t"\nframework = "tflite"\n\n'
             f'[[models]]\nname = "m"\npath = "{tmp_path / "m.tflite"}"\nencrypt = false\n\n'
             f'[enclave]\nsize = "4K"\n\n[signing]\nkey = "{signing_key}"\n')
@@ -190,7 +191,7 @@ def test_same_spec_from_anywhere_gives_the_same_identity_and_image(tmp_path, sta
                                                                    signing_key, monkeypatch):
     models = tmp_path / "project" / "models"
     models.mkdir(parents=True)
-    (models / "face.tflite").write_bytes(b"TFL3" + bytes(300))
+    (models / "face.tflite").write_bytes(tflite_bytes(bytes(300)))
     shutil.copy(signing_key, tmp_path / "project" / "key.pem")
     ca = tmp_path / "project" / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
@@ -306,7 +307,7 @@ def test_debug_enclave_with_encrypted_models_is_told_it_gets_no_keys(tmp_path, s
     outright), so the build's warning must not suggest that an allowance exists."""
     from enclave_build.builder.build import DebugEnclaveWarning
 
-    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    (tmp_path / "m.tflite").write_bytes(tflite_bytes())
     ca = tmp_path / "ca.pem"   # a certificate (a private key there is refused: it would ship)
     ca.write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
     spec = _spec(tmp_path / "p", f'[service]\nname = "t"\nframework = "tflite"\n\n'

@@ -4,6 +4,7 @@ The fetch itself is replaced here; tests/test_pccs.py runs the real one against 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -36,7 +37,7 @@ class _Fake(PccsCollateral):
         time.sleep(self.delays.get(quote[:1], 0.0))
         if self.fail:
             raise ValueError("PCCS answered HTTP 500")
-        return '{"tcb_info": "%s"}' % quote[:1].hex()
+        return json.dumps({"tcb_info": quote[:1].hex()})
 
 
 def _parallel(fn, count: int) -> list:
@@ -59,8 +60,11 @@ def test_one_fetch_per_platform_however_many_ask(tmp_path):
 
 def test_a_slow_platform_does_not_hold_up_another(tmp_path):
     source = _Fake(tmp_path, {b"S": 5.0}, timeout=8.0)
-    slow = threading.Thread(target=lambda: pytest.raises(CollateralError,
-                                                         source.for_quote, b"S", timeout=1.0))
+    def refused() -> None:
+        with pytest.raises(CollateralError):
+            source.for_quote(b"S", timeout=1.0)
+
+    slow = threading.Thread(target=refused)
     slow.start()
     deadline = time.monotonic() + 10
     while b"S" not in source.fetches and time.monotonic() < deadline:   # S is being fetched
@@ -75,7 +79,7 @@ def test_a_slow_platform_does_not_hold_up_another(tmp_path):
 def test_waiters_give_up_at_their_own_deadline(tmp_path):
     source = _Fake(tmp_path, {b"S": 5.0}, timeout=8.0)
     started = time.monotonic()
-    with pytest.raises(CollateralError, match="did not deliver collateral within 0.3 s"):
+    with pytest.raises(CollateralError, match=r"did not deliver collateral within 0.3 s"):
         source.for_quote(b"S", timeout=0.3)
     assert time.monotonic() - started < 2.5   # the 0.3 s, not the 5 s fetch
 

@@ -168,7 +168,7 @@ HOSTILE_DIGESTS = ["sha256:" + "/" * 54 + "etc/passwd",
 def test_blob_store_accepts_only_lowercase_hex_digests(tmp_path, digest):
     store = BlobStore(tmp_path / "blobs")
     with pytest.raises(ImageError, match="invalid digest"):
-        store.read(digest)  # type: ignore[arg-type]
+        store.read(digest)
     with pytest.raises(ImageError, match="invalid digest"):
         check_digest(digest)
 

@@ -81,7 +81,7 @@ def _duplicated(key, value: bytes) -> x509.Certificate:  # noqa: ANN001
 
 def write_owner(directory: Path) -> tuple[Path, Path]:
     """A key owner's self-signed certificate and key, as DIRECTORY/owner.crt and owner.key
-    (for test_hostile_attestation2 too)."""
+    (for test_secret_server_hostile_tls too)."""
     owner_key = ec.generate_private_key(ec.SECP256R1())
     owner = _cert(owner_key, [])
     (directory / "owner.crt").write_bytes(owner.public_bytes(serialization.Encoding.PEM))
@@ -182,7 +182,7 @@ def test_a_busy_port_names_the_key(env):
 @contextlib.contextmanager
 def running_server(env):
     """A SecretServer on env.config whose own RA-TLS evidence comes from a simulated quoter
-    (for test_hostile_attestation2 too)."""
+    (for test_secret_server_hostile_tls too)."""
     build = Measurements("secret-server", "secret-server", "gramine",
                          EnclaveIdentity(identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3,
                                          False),
@@ -500,7 +500,7 @@ def test_an_enclave_refusal_is_told_apart_from_an_upload_answer(env):
         wire.refusal("the certificate's quote is malformed")))
     try:
         with hostile.connect() as tls:
-            with pytest.raises(upload.UploadRefused, match="answered as to an enclave .*: the "
+            with pytest.raises(upload.UploadRefused, match=r"answered as to an enclave .*: the "
                                                            "certificate's quote is malformed"):
                 upload.upload_keys(tls, [("up-key", os.urandom(16))], timeout=5)
     finally:
@@ -564,8 +564,8 @@ def test_accepted_sockets_send_small_records_at_once(env, monkeypatch):
         srv = SecretServer(load_config(env.config), listen=_recording_listen(accepted))
         address = srv.start()   # one process (env's config)
         try:
-            for address in (address, srv.grsecret_address):
-                with socket.create_connection(address, timeout=5):
+            for listener in (address, srv.grsecret_address):
+                with socket.create_connection(listener, timeout=5):
                     pass
             # each connection's line is written once the server is done with it
             settled_audit(env.directory / "audit.jsonl",

@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from OpenSSL import SSL
 
 from enclave_build.attestation.config import load_config
-from enclave_build.attestation.server import SecretServer
+from enclave_build.attestation.server import SecretServer, ServerError
 from enclave_build.attestation.synthetic import tls_ca_and_server
 from enclave_build.attestation.wire import REQUEST
 
@@ -67,7 +67,8 @@ def _pem_files(env, cert, key, name: str):
 
 def _pyopenssl_client(server, env, cert_key, server_name: bytes):
     """A TLS client that can send any SNI bytes (Python's ssl module insists on IDNA text)."""
-    cert_path, key_path = _pem_files(env, *cert_key, "sni-client")
+    cert, key = cert_key
+    cert_path, key_path = _pem_files(env, cert, key, "sni-client")
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     ctx.use_certificate_file(str(cert_path))
     ctx.use_privatekey_file(str(key_path))
@@ -286,7 +287,7 @@ def test_reload_replaces_the_tls_certificate_and_key(env, tmp_path):
                          server_name="localhost")
         # a broken key file keeps the working certificate
         (env.directory / "server.key").write_text("not a key")
-        with pytest.raises(Exception):
+        with pytest.raises(ServerError, match="cannot use the TLS certificate and key"):
             server.reload()
         assert fetch_secret(*server.address, new_ca, *env.enclave_cert("face"),
                             server_name="localhost") == env.secrets["face"]

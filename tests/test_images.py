@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import optional_vectors, run_cli, write_spec
+from .conftest import optional_vectors, run_cli, tflite_bytes, write_spec
 from .services import start_registry, stop
 
 pytestmark = pytest.mark.integration
@@ -89,7 +89,7 @@ def base_image(dockerd, registry, tmp_path_factory) -> str:
 def _project(directory: Path, signing_key: Path, keys: Path, model_size: int = 200_000,
              base: str = BASE_TAG) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * (model_size // 256))
+    (directory / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * (model_size // 256)))
     (directory / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
     shutil.copy(signing_key, directory / "key.pem")
     return write_spec(directory, SPEC.format(base=base, keys=keys))
@@ -228,7 +228,7 @@ def test_sigkill_during_build_leaves_no_partial_output(base_image, dockerd, tmp_
     before = (tmp_path / "out/measurements.json").read_text()
     layout_before = sorted(p.name for p in (tmp_path / "out/oci/blobs/sha256").iterdir())
 
-    (project / "model.tflite").write_bytes(os.urandom(400 << 20))  # slow enough to be killed
+    (project / "model.tflite").write_bytes(tflite_bytes(os.urandom(400 << 20)))  # slow enough to be killed
     env = {**os.environ, "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
     victim = subprocess.Popen([sys.executable, "-m", "enclave_build", "build", "spec.toml",
                                "--output", "../out"], cwd=project, env=env,

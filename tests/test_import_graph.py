@@ -18,9 +18,10 @@ The layers, lowest first (a module may import its own layer and the ones below i
                        facade enclave_build.plugin (plus the deprecated plugin_api alias)
     6  backends and    builder.gramine.backend/plugin, builder.occlum, enclave_build.plugins
        plugins         (tfserving, tflite, openvino, secret-server)
-    7  build           build (spec -> plan -> artifacts -> image -> outputs), leak_guard
+    7  build           build (spec -> plan -> artifacts -> image -> outputs), leak_guard,
+                       model_check (models against their framework, through the plugins)
     8  around builds   k8s (generates deployments from build outputs), run (simulation), init,
-                       doctor, standin
+                       doctor, standin, dev (build if stale, secret server, run, requests)
     9  cli             enclave_build.builder.cli, enclave_build.__main__
 
 Rules besides the layers:
@@ -67,11 +68,13 @@ LAYERS: dict[str, int] = {
     "enclave_build.plugins": 6,
     "enclave_build.builder.build": 7,
     "enclave_build.builder.leak_guard": 7,
+    "enclave_build.builder.model_check": 7,
     "enclave_build.builder.k8s": 8,
     "enclave_build.builder.run": 8,
     "enclave_build.builder.init": 8,
     "enclave_build.builder.doctor": 8,
     "enclave_build.builder.standin": 8,
+    "enclave_build.builder.dev": 8,
     "enclave_build.builder.cli": 9,
     "enclave_build.__main__": 9,
 }
@@ -118,8 +121,8 @@ def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.orelse:
-                visit(child)
+            for branch in node.orelse:
+                visit(branch)
             return
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             found.append(node)

@@ -18,7 +18,7 @@ from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.contract.schema import Field, Section
 from enclave_build.builder.spec import SpecError, load_spec
 
-from .conftest import run_cli
+from .conftest import run_cli, tflite_bytes
 
 BUILTIN = ("tflite", "tfserving", "openvino")
 
@@ -34,7 +34,7 @@ def _make_model(project: Path, framework: str) -> Path:
         (path / "variables").mkdir(parents=True)
         (path / "saved_model.pb").write_bytes(b"\x08\x01")
     else:
-        path.write_bytes(b"TFL3" + bytes(64))
+        path.write_bytes(tflite_bytes(bytes(64)))
     return path
 
 
@@ -138,19 +138,32 @@ def test_unknown_framework_and_bad_directory_names(tmp_path):
         init_project(tmp_path / "other", name="Not A Label")
 
 
-def test_cli_prints_the_next_three_commands(tmp_path):
+def test_cli_prints_every_next_step_to_dev(tmp_path):
+    """Without a model and a base, init prints every step from there to a served model: the
+    model, a base, the build, `dev`; commands only, no file of a checkout. The secret server's
+    CA and certificate are made for the --secret-server host."""
     proc = run_cli("init", "svc", "--secret-server", "secrets.example.com:4433", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
-    assert "cp -r YOUR_MODEL svc/models/" in out
-    assert "enclave-build secrets tls svc/tls --host secrets.example.com" in out
-    assert "enclave-build build svc/spec.toml --base dir:ROOTFS --output svc/out" in out
+    assert "enclave-build init --force --model YOUR_MODEL svc" in out
+    assert "enclave-build init --force --base standin svc" in out
+    assert "enclave-build build svc\n" in out and "enclave-build dev svc\n" in out
+    for checkout_only in ("scripts/", "examples/", ".venv", "docs/"):
+        assert checkout_only not in out, checkout_only
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((tmp_path / "svc/tls/server.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "secrets.example.com" in names.get_values_for_type(x509.DNSName)
+    assert stat.S_IMODE((tmp_path / "svc/tls/server.key").stat().st_mode) == 0o600
     as_json = run_cli("init", "svc2", "--json", cwd=tmp_path)
     info = json.loads(as_json.stdout)
-    assert [s["command"].split()[0:2] for s in info["next_steps"]] == \
-        [["cp", "-r"], ["enclave-build", "secrets"], ["enclave-build", "build"]]
+    assert [s["command"].split()[0:3] for s in info["next_steps"]] == \
+        [["enclave-build", "init", "--force"], ["enclave-build", "init", "--force"],
+         ["enclave-build", "build", "svc2"], ["enclave-build", "dev", "svc2"]]
     assert set(info) == {"directory", "spec", "key", "key_created", "framework", "service",
-                         "secret_server", "next_steps"}
+                         "secret_server", "model", "base", "tls_created", "next_steps"}
+    assert info["tls_created"] is True and info["model"] is None and info["base"] is None
 
 
 def test_render_section_of_a_third_party_schema_is_valid_toml():
@@ -176,10 +189,12 @@ def test_init_build_inspect_from_an_empty_directory(tmp_path, standin_root):
     their own, the secret server's CA, build, inspect, and the auditor's --extract."""
     assert run_cli("init", "face", cwd=tmp_path).returncode == 0
     project = tmp_path / "face"
-    (project / "models/face.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 4)
+    (project / "models/face.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 4))
     spec = project / "spec.toml"
     spec.write_text(spec.read_text().replace(f'"{MODEL_PLACEHOLDER}"', '"models/face.tflite"'))
-    tls = run_cli("secrets", "tls", "face/tls", "--host", "localhost", "--json", cwd=tmp_path)
+    # init made the secret server's CA for localhost; a new one replaces it (before a build)
+    tls = run_cli("secrets", "tls", "face/tls", "--host", "localhost", "--json", "--force",
+                  cwd=tmp_path)
     assert tls.returncode == 0, tls.stderr.decode()
     assert json.loads(tls.stdout)["server"] == "localhost:4433"
 
@@ -218,25 +233,27 @@ def test_init_build_inspect_from_an_empty_directory(tmp_path, standin_root):
     assert [Path(k["file"]).name for k in config_info["keys"]] == ["face-key.key"]
 
 
-def test_init_model_copies_it_and_the_printed_commands_build_it(tmp_path, standin_root):
-    """`init --model FILE`: the model is copied and named in the spec, so the printed commands
-    (two: the CA, the build) are all a newcomer runs; `ROOTFS` is the stand-in here."""
+def test_init_model_copies_it_and_the_printed_commands_build_it(tmp_path):
+    """`init --model FILE`: the model is copied and named in the spec after its stem; the
+    printed commands are all a newcomer runs: the stand-in base (no base given), the build,
+    then `dev` (run in tests/test_dev.py)."""
     model = tmp_path / "face.tflite"
-    model.write_bytes(b"TFL3" + bytes(range(256)) * 4)
+    model.write_bytes(tflite_bytes(bytes(range(256)) * 4))
     proc = run_cli("init", "--model", str(model), "--json", "face", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     info = json.loads(proc.stdout)
     project = tmp_path / "face"
     assert (project / "models/face.tflite").read_bytes() == model.read_bytes()
-    assert tomllib.loads((project / "spec.toml").read_text())["models"][0]["path"] == \
-        "models/face.tflite"
+    models = tomllib.loads((project / "spec.toml").read_text())["models"]
+    assert (models[0]["path"], models[0]["name"], info["model"]) == \
+        ("models/face.tflite", "face", "face")
     commands = [step["command"] for step in info["next_steps"]]
-    assert [c.split()[:3] for c in commands] == [["enclave-build", "secrets", "tls"],
-                                                  ["enclave-build", "build", "face/spec.toml"]]
-    for command in commands:
-        argv = command.replace("dir:ROOTFS", f"dir:{standin_root}").split()[1:]
-        ran = run_cli(*argv, cwd=tmp_path)
+    assert commands == ["enclave-build init --force --base standin face",
+                        "enclave-build build face", "enclave-build dev face"]
+    for command in commands[:2]:
+        ran = run_cli(*command.split()[1:], cwd=tmp_path)
         assert ran.returncode == 0, (command, ran.stderr.decode())
+    assert tomllib.loads((project / "spec.toml").read_text())["models"][0]["name"] == "face"
     assert run_cli("inspect", "face/out", cwd=tmp_path).returncode == 0
 
 

@@ -14,7 +14,7 @@ from enclave_build.builder.errors import UsageError
 from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT
 from enclave_build.builder.image.inspect import extract_image
 
-from .conftest import image_rootfs, run_cli, write_spec
+from .conftest import image_rootfs, run_cli, tflite_bytes, write_spec
 
 SPEC = '''[service]
 name = "face"
@@ -40,7 +40,7 @@ _REPR = re.compile(r"\b(True|False|None)\b")
 def built(tmp_path_factory, standin_root, signing_key) -> Path:
     """A stand-in build output (DIR/oci + measurements.json)."""
     directory = tmp_path_factory.mktemp("build")
-    (directory / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 10)
+    (directory / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 10))
     shutil.copy(signing_key, directory / "key.pem")   # copy2 keeps mode 0600
     write_spec(directory, SPEC)
     proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -29,9 +30,11 @@ from enclave_build.builder.k8s import capacity, timing
 from enclave_build.builder.k8s.generate import Overrides, generate_k8s, render
 from enclave_build.builder.k8s.inputs import K8sError, pinned_image
 from enclave_build.builder.k8s.layout import MARKER, OVERLAY, Manifests
-from enclave_build.builder.deploy.service_info import SERVICE_FILE, ServiceInfo, ServiceInfoError, service_info
+from enclave_build.builder.deploy.service_info import ServiceInfo, ServiceInfoError, service_info
+from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.builder.spec import SpecError
 from enclave_build.contract.identity import EnclaveIdentity
+from .conftest import tflite_bytes
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -56,7 +59,7 @@ secret_server_image = "{SECRET_SERVER}"
 def _model_files(models: Path, example: str) -> None:
     if example == "tflite":
         models.mkdir(parents=True, exist_ok=True)
-        (models / "face_detection_short_range.tflite").write_bytes(b"TFL3" + bytes(60))
+        (models / "face_detection_short_range.tflite").write_bytes(tflite_bytes(bytes(60)))
     elif example == "openvino":
         d = models / "face_detection_ov"
         d.mkdir(parents=True, exist_ok=True)
@@ -69,11 +72,18 @@ def _model_files(models: Path, example: str) -> None:
         (d / "variables.index").write_bytes(b"\x00")
 
 
+#: What the tflite example's loopback [secrets] server (made for `run --simulate` on one host)
+#: becomes in the builds these tests deploy (as in the other examples' specs).
+NOT_LOOPBACK = 'server = "secrets.example.com:4433"'
+
+
 def make_build(tmp: Path, example: str, *, deploy: str = DEPLOY, size: str | None = None,
                extra: str = "", image_ref: str | None = None,
-               replace: dict[str, str] | None = None) -> Path:
+               replace: dict[str, str] | None = None, loopback: bool = False) -> Path:
     """A build output directory for examples/EXAMPLE/spec.toml (+ *deploy*), without Docker;
-    *replace* maps text of the example spec to what it becomes."""
+    *replace* maps text of the example spec to what it becomes. A loopback [secrets] server
+    left in the spec becomes secrets.example.com (`k8s` refuses a loopback one), unless
+    *loopback*."""
     base = tmp / "examples"
     spec_dir = base / example
     spec_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +93,8 @@ def make_build(tmp: Path, example: str, *, deploy: str = DEPLOY, size: str | Non
     for old, new in (replace or {}).items():
         assert old in text, f"{old!r} is not in examples/{example}/spec.toml"
         text = text.replace(old, new)
+    if not loopback:
+        text = text.replace('server = "localhost:4433"', NOT_LOOPBACK)
     (spec_dir / "spec.toml").write_text(text + deploy + extra)
     _model_files(base / "models", example)
     keys = base / "keys"
@@ -447,7 +459,7 @@ def test_a_real_build_writes_service_json_that_k8s_deploys(tmp_path, standin_roo
     deploys it once the operator names where the image (same digest) was copied."""
     from enclave_build.builder.build import build
 
-    (tmp_path / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 4)
+    (tmp_path / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 4))
     shutil.copy(signing_key, tmp_path / "key.pem")
     (tmp_path / "ca.pem").write_text("placeholder\n")
     (tmp_path / "spec.toml").write_text(f"""
@@ -491,11 +503,52 @@ cpu = "2"
 
 
 def test_secret_server_address_note_fits_the_address(examples):
-    """A loopback [secrets] server can't be fixed with DNS (it is the pod itself): rebuild;
-    any other name may be made to resolve to the Service."""
-    tflite = [n for n in examples["tflite"].notes if "dials the secret server" in n]
-    assert len(tflite) == 1 and "localhost:4433" in tflite[0]
-    assert "the pod itself" in tflite[0] and "resolve" not in tflite[0]
-    assert "rebuild with [secrets] server" in tflite[0]
-    other = [n for n in examples["openvino"].notes if "dials the secret server" in n]
-    assert len(other) == 1 and "make that name resolve to the Service" in other[0]
+    """A name that is not the Service's may be made to resolve to it (DNS): a note says how."""
+    for example in EXAMPLES:
+        notes = [n for n in examples[example].notes if "dials the secret server" in n]
+        assert len(notes) == 1 and "secrets.example.com:4433" in notes[0]
+        assert "make that name resolve to the Service" in notes[0]
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST.", "keys.localhost", "127.0.0.1",
+                                  "127.1.2.3", "[::1]", "0.0.0.0", "[::]", "[::ffff:127.0.0.1]"])
+def test_a_loopback_secret_server_is_refused_with_the_rebuild(tmp_path, host):
+    """Inside a pod a loopback address is the pod itself: the enclave (which measured that
+    address) never gets its keys. Refused (exit 2 at the CLI), naming the in-cluster Service
+    to rebuild with; nothing is rendered."""
+    out = make_build(tmp_path, "tflite", loopback=True,
+                     replace={'server = "localhost:4433"': f'server = "{host}:4433"'})
+    with pytest.raises(K8sError) as caught:
+        render(out)
+    message = str(caught.value)
+    assert f"{out}/service.json: secret_server:" in message
+    assert f"{host}:4433, a loopback address measured into it" in message
+    assert ('[secrets] server = "face-detect-secrets.face-detect.svc.cluster.local:4433"'
+            in message)
+    assert "--host face-detect-secrets.face-detect.svc.cluster.local" in message
+    assert "enclave-build build SPEC" in message and "init --k8s face-detect" in message
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("localhost", True), ("a.b.localhost", True), ("127.255.0.1", True), ("::1", True),
+    ("0.0.0.0", True), ("::", True), ("::ffff:127.0.0.1", True), ("localhost.example.com", False),
+    ("mylocalhost", False), ("10.0.0.1", False), ("128.0.0.1", False), ("::2", False),
+    ("secrets.example.com", False)])
+def test_is_loopback(host, loopback):
+    from enclave_build.builder.k8s.secret_server import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_k8s_cli_exits_2_for_a_loopback_secret_server(tmp_path):
+    """The user's view: `enclave-build k8s` (a subprocess) exits 2 with the rebuild line and
+    writes nothing, where it used to exit 0 with YAML that could never become ready."""
+    out = make_build(tmp_path, "tflite", loopback=True)
+    target = tmp_path / "deploy"
+    result = subprocess.run([sys.executable, "-m", "enclave_build", "k8s", str(out), "-o",
+                             str(target)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "error: " in result.stderr and "localhost:4433, a loopback address" in result.stderr
+    assert ('error:   [secrets] server = "face-detect-secrets.face-detect.svc.cluster.local:4433"'
+            in result.stderr)
+    assert not target.exists()

@@ -25,7 +25,8 @@ from enclave_build.builder.cli import main
 from enclave_build.builder.k8s.autoscaling import LATENCY, adapter_helm_values, adapter_rules
 from enclave_build.builder.k8s.generate import render
 from enclave_build.builder.k8s.inputs import K8sError
-from enclave_build.builder.deploy.service_info import SERVICE_FILE, ServiceInfo, service_info
+from enclave_build.builder.deploy.service_info import ServiceInfo, service_info
+from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.contract.identity import EnclaveIdentity
 from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build, walk
 
@@ -105,9 +106,23 @@ def test_an_enclave_that_trusts_only_an_attested_secret_server_gets_none_in_clus
     note = next(n for n in m.notes if "no in-cluster secret server" in n)
     assert "keys.example.com:4433" in note and "attested enclave" in note
     assert "secrets/README.md" not in m.files["README.md"]
-    for path, obj in m.objects.items():
+    for obj in m.objects.values():
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_an_attested_secret_server_at_a_loopback_address_is_refused_too(tmp_path):
+    """The secret server is an enclave `k8s` does not deploy: still unreachable at localhost."""
+    _server_measurements(tmp_path / "examples" / "keys" / "keys.measurements.json")
+    out = make_build(
+        tmp_path, "tflite", loopback=True,
+        deploy=DEPLOY.replace('secret_server_image = "', '# secret_server_image = "'),
+        replace={'ca = "../keys/demo-ca.pem"':
+                 'server_measurements = ["../keys/keys.measurements.json"]\n'
+                 'server_pin = "mr_signer"\n'
+                 f'server_pccs_url = "{PCCS}"'})
+    with pytest.raises(K8sError, match="the secret-server enclave's address as the pods reach"):
+        render(out)
 
 
 def test_an_occlum_enclave_that_fetches_keys_needs_an_attested_secret_server(tmp_path):
@@ -155,7 +170,7 @@ def test_an_occlum_pod_quotes_in_its_enclave_container(tmp_path):
     for path, obj in m.objects.items():
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
-        for where, key, value in walk(obj):   # the provisioning device is a plugin resource
+        for _where, key, value in walk(obj):   # the provisioning device is a plugin resource
             assert key != "hostPath" and not (key == "privileged" and value is True), path
     assert enclave["securityContext"]["allowPrivilegeEscalation"] is False
     assert enclave["securityContext"]["runAsNonRoot"] is True

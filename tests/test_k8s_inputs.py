@@ -21,7 +21,7 @@ from enclave_build.builder.cli import main
 from enclave_build.builder.k8s.generate import Overrides, render
 from enclave_build.builder.k8s.inputs import K8sError
 from enclave_build.builder.k8s.layout import dump
-from enclave_build.builder.deploy.service_info import SERVICE_FILE
+from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.builder.spec import SpecError
 from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build
 

@@ -21,7 +21,7 @@ from enclave_build.builder.leak_guard import KeyMaterialError, scan_artifacts, s
 from enclave_build.builder.plan import FileKind, PlanFile
 from enclave_build.plugin import ArtifactFile
 
-from .conftest import run_cli, write_spec
+from .conftest import onnx_bytes, run_cli, write_spec
 
 PROJECT_SPEC = '''[service]
 name = "ov"
@@ -57,9 +57,9 @@ def _project(root: Path, signing_key: Path, spec: str = PROJECT_SPEC) -> Path:
     """The issue's project: the model directory is the project directory, which holds the
     keys_dir, the signing key, the secret server's TLS material and a synthetic PKI."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "face.onnx").write_bytes(b"ONNX" + bytes(300))
+    (root / "face.onnx").write_bytes(onnx_bytes(bytes(300)))
     (root / "private").mkdir()
-    (root / "private" / "other.onnx").write_bytes(b"ONNX" + b"owner" * 100)
+    (root / "private" / "other.onnx").write_bytes(onnx_bytes(b"owner" * 100))
     (root / "tls").mkdir()
     (root / "tls" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nCA\n"
                                          "-----END CERTIFICATE-----\n")
@@ -123,7 +123,7 @@ def test_model_paths_that_hold_or_sit_in_secret_places(tmp_path, standin_root, s
     project = tmp_path / "project"
     _project(project, signing_key, PROJECT_SPEC.replace(*spec_change))
     (project / "keys").mkdir(exist_ok=True)
-    (project / "keys" / "face.onnx").write_bytes(b"ONNX")
+    (project / "keys" / "face.onnx").write_bytes(onnx_bytes())
     proc = _build(project, standin_root)
     assert proc.returncode == 2, proc.stderr.decode()
     assert "models[0].path" in proc.stderr.decode() and message in proc.stderr.decode()
@@ -137,7 +137,7 @@ def test_model_directory_holding_the_tls_material_is_refused(tmp_path, standin_r
         'key = "key.pem"', 'key = "../key.pem"') + '\n[tls]\ncert = "tls/ca.pem"\nkey = "tls/server.key"\n'
     _project(project, signing_key, spec.replace('path = "."', 'path = "tls"'))
     shutil.copy(signing_key, tmp_path / "key.pem")
-    (project / "tls" / "m.onnx").write_bytes(b"ONNX")
+    (project / "tls" / "m.onnx").write_bytes(onnx_bytes())
     proc = _build(project, standin_root)
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
@@ -152,7 +152,7 @@ def _clean_project(tmp_path: Path, signing_key: Path) -> Path:
         'keys_dir = "keys"', 'keys_dir = "../keys"')
     _project(project, signing_key, spec)
     (project / "model").mkdir()
-    (project / "model" / "face.onnx").write_bytes(b"ONNX" + bytes(300))
+    (project / "model" / "face.onnx").write_bytes(onnx_bytes(bytes(300)))
     return project
 
 
@@ -277,7 +277,7 @@ def test_scan_artifacts_skips_ciphertext_and_what_the_plan_scan_saw(tmp_path):
     leaking = tmp_path / "instance.bin"
     leaking.write_bytes(b"x" * 100 + key)
     scanner = KeyScanner({"svc-key": key})
-    with pytest.raises(KeyMaterialError, match="instance.bin: wrap key 'svc-key'"):
+    with pytest.raises(KeyMaterialError, match=r"instance.bin: wrap key 'svc-key'"):
         scan_artifacts([ArtifactFile("/enclave/image/0", source=leaking)], scanner)
     scan_artifacts([ArtifactFile("/models/m", source=leaking, ciphertext=True)], scanner)
     scan_artifacts([ArtifactFile("/enclave/image/0", source=leaking)], scanner,
@@ -394,8 +394,8 @@ def test_ir_weights_that_are_a_symbolic_link_are_refused(tmp_path, standin_root,
     proc = _build(project, standin_root)
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
-    assert "models[0].path: the weights face.bin of the IR graph face.xml are a symbolic link" \
-        in err
+    assert "spec.toml:7: models[0].path: " in err
+    assert "the weights face.bin of the IR graph face.xml are a symbolic link" in err
     assert not (project / "out").exists()
 
 
@@ -428,4 +428,4 @@ def test_scan_plan_covers_labels_environment_and_command_line(tmp_path):
         else:
             plan.argv.append(key)
         with pytest.raises(KeyMaterialError, match="PEM private key"):
-            scan_plan(SimpleNamespace(models=()), plan, KeyScanner({}))  # type: ignore[arg-type]
+            scan_plan(SimpleNamespace(models=()), plan, KeyScanner({}))

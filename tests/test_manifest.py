@@ -15,7 +15,7 @@ import tomli_w
 from enclave_build.builder.gramine.manifest_schema import REMOVED, ManifestSchemaError, check_manifest
 from enclave_build.plugin import SERVER_PYTHONPATH
 
-from .conftest import write_spec
+from .conftest import tflite_bytes, write_spec
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -90,7 +90,7 @@ def _model_files(directory: Path) -> None:
     (directory / "saved_model" / "variables").mkdir(parents=True)
     (directory / "saved_model" / "saved_model.pb").write_bytes(b"\x08\x01" + bytes(100))
     (directory / "saved_model" / "variables" / "variables.index").write_bytes(b"idx")
-    (directory / "model.tflite").write_bytes(b"TFL3" + bytes(200))
+    (directory / "model.tflite").write_bytes(tflite_bytes(bytes(200)))
     (directory / "ir").mkdir()
     (directory / "ir" / "model.xml").write_text("<net name='face'/>\n")
     (directory / "ir" / "model.bin").write_bytes(bytes(range(256)))

@@ -114,7 +114,7 @@ def test_non_power_of_two_size_is_refused():
 
 
 def test_not_an_elf_is_refused():
-    with pytest.raises(MeasureError, match="libpal.so: not a valid ELF file"):
+    with pytest.raises(MeasureError, match=r"libpal.so: not a valid ELF file"):
         PalImage.from_bytes(b"#!/bin/sh\n" * 100, "libpal.so")
 
 

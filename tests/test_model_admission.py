@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -15,8 +16,9 @@ import pytest
 from enclave_build.model_server.backends import Backend, TensorSpec
 from enclave_build.model_server.config import ConfigError, Limits, ModelConfig, parse_config
 from enclave_build.model_server.core import Engine, LoadedModel, ServeError
+from tests.ms_backends import NO_SOURCE
 
-BASE = {"version": 1, "service": "s",
+BASE: dict[str, Any] = {"version": 1, "service": "s",
         "models": [{"name": "m", "backend": "tflite", "path": "/m.tflite"}]}
 
 
@@ -51,7 +53,7 @@ class GatedBackend(Backend):
     """Echoes its input once the test opens the gate (a slow model held still)."""
 
     platform = "gated"
-    gates: dict[str, threading.Event] = {}
+    gates: ClassVar[dict[str, threading.Event]] = {}
 
     def inputs(self):
         return [TensorSpec("x", "FP32", [-1, 2])]
@@ -68,7 +70,7 @@ def gated_model(name: str, instances: int = 1, max_queue: int | None = None) -> 
     GatedBackend.gates[name] = threading.Event()
     mc = ModelConfig(name, "1", f"{__name__}:GatedBackend", "/none", instances=instances,
                      max_queue=max_queue)
-    return LoadedModel(mc, [GatedBackend(mc, None) for _ in range(instances)])
+    return LoadedModel(mc, [GatedBackend(mc, NO_SOURCE) for _ in range(instances)])
 
 
 X = np.ones((1, 2), np.float32)

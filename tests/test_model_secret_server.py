@@ -39,10 +39,10 @@ KEY = "faces-key"
 PORTS = (se.free_port(), se.free_port())
 
 
-def _model_spec(directory: Path, served, server_port: int, *, pin: str,  # noqa: F811
+def _model_spec(directory: Path, server_build, server_port: int, *, pin: str,
                 measurements: Path, keys_dir: Path, signing_key: Path) -> Path:
     directory.mkdir(parents=True)
-    pki = served["pki"]
+    pki = server_build["pki"]
     spec = directory / "spec.toml"
     spec.write_text(f'''[service]
 name = "faces"

@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from enclave_build.model_server.admission import InstancePool
 from enclave_build.model_server.core import LoadedModel, ServeError
 from enclave_build.model_server.metrics import Metrics
 from enclave_build.model_server.rest import decode_infer, encode_infer
+from tests.ms_backends import NO_SOURCE
 
 # ---------------------------------------------------------------- protocol
 
@@ -130,7 +132,7 @@ def test_tensor_spec_accepts():
 
 # ---------------------------------------------------------------- config
 
-BASE = {"version": 1, "service": "s",
+BASE: dict[str, Any] = {"version": 1, "service": "s",
         "models": [{"name": "m", "backend": "tflite", "path": "/m.tflite"}]}
 
 
@@ -174,12 +176,12 @@ class EchoBackend(Backend):
 
 def _echo_model() -> LoadedModel:
     mc = ModelConfig("echo", "1", f"{__name__}:EchoBackend", "/none")
-    return LoadedModel(mc, [EchoBackend(mc, None)])
+    return LoadedModel(mc, [EchoBackend(mc, NO_SOURCE)])
 
 
 def test_backend_by_module_path_and_unknown_name():
     assert load_backend_class(f"{__name__}:EchoBackend") is EchoBackend
-    with pytest.raises(BackendError, match="no backend named 'nope'.*tflite"):
+    with pytest.raises(BackendError, match=r"no backend named 'nope'.*tflite"):
         load_backend_class("nope")
     with pytest.raises(BackendError, match="cannot import"):
         load_backend_class("no_such_module_xyz:Backend")
@@ -224,7 +226,7 @@ def test_rest_json_request_and_binary_output_default():
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2],
                                    "data": [[0.5, 1.5]]}],
                        "parameters": {"binary_data_output": True}}).encode()
-    req, arrays, outputs = decode_infer(m, body, None)
+    _req, arrays, outputs = decode_infer(m, body, None)
     assert arrays["x"].tolist() == [[0.5, 1.5]] and outputs == [("y", True), ("n", True)]
 
 
@@ -261,7 +263,7 @@ def test_pool_bounds_running_and_queued_requests():
         waiter = asyncio.ensure_future(pool.acquire())
         await asyncio.sleep(0)
         assert pool.waiting == 1 and not waiter.done()
-        with pytest.raises(ServeError, match="model 'm' is busy.*max_queue is 1") as info:
+        with pytest.raises(ServeError, match=r"model 'm' is busy.*max_queue is 1") as info:
             await pool.acquire()                     # 2 running + 1 queued: refused
         assert info.value.kind == ServeError.UNAVAILABLE
         pool.release("a")                            # handed straight to the waiter
@@ -362,7 +364,8 @@ SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-z_]+="(?:[^"\\]|\\.)*",?
 def parse_prometheus(text: str) -> dict[str, list[tuple[str, float]]]:
     """A strict reader of the text exposition format: every line a comment or a sample, every
     sample's family declared by a TYPE line first."""
-    types, samples = {}, {}
+    types: dict[str, str] = {}
+    samples: dict[str, list[tuple[str, float]]] = {}
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(" ")

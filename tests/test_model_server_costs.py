@@ -195,7 +195,7 @@ def test_answer_cost_and_max_response_bytes():
     assert answer_cost({"y": y}, [("y", True)], 8000) == 8000          # copied into the answer
     assert answer_cost({"y": y.T}, [("y", True)], 8000) == 16000       # made contiguous first
     assert answer_cost({"y": y}, [("y", False)], 8000) > 100 * 2000    # JSON: objects, text
-    with pytest.raises(ServeError, match="limits.max_response_bytes 7999") as info:
+    with pytest.raises(ServeError, match=r"limits\.max_response_bytes 7999") as info:
         answer_cost({"y": y}, [("y", True)], 7999)
     assert info.value.kind == ServeError.TOO_LARGE
 

@@ -12,12 +12,13 @@ import pytest
 
 from enclave_build.model_server.datatypes import (MAX_RANK, TensorError, TensorTooLarge, from_list, from_raw,
                                     to_list)
+from tests.ms_backends import NO_SOURCE
 
 HUGE = 100_000_000          # elements: 800 MB of object pointers if allocated from the shape
 
 
-def _peak_bytes(fn) -> int:
-    """Peak bytes traced while *fn* runs (it must raise TensorError)."""
+def _peak_bytes(fn) -> tuple[int, TensorError]:
+    """Peak bytes traced while *fn* runs (it must raise TensorError), and that error."""
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
@@ -85,7 +86,7 @@ def test_impossible_shapes_are_client_errors(datatype, shape, message):
 
 
 def test_max_bytes_refuses_a_shape_no_request_could_carry():
-    with pytest.raises(TensorTooLarge, match="limits.max_request_bytes"):
+    with pytest.raises(TensorTooLarge, match=r"limits.max_request_bytes"):
         from_raw(b"", "FP32", [1 << 20], max_bytes=1 << 20)      # 4 MiB of FP32
     with pytest.raises(TensorTooLarge, match="needs at least 4000"):
         from_raw(b"", "BYTES", [1000], max_bytes=1000)           # 4 bytes per element
@@ -112,7 +113,7 @@ def test_grpc_typed_bytes_contents_get_the_same_checks():
     from .ms_backends import BytesLength
 
     mc = ModelConfig("len", "1", "tests.ms_backends:BytesLength", "/none")
-    model = LoadedModel(mc, [BytesLength(mc, None)])
+    model = LoadedModel(mc, [BytesLength(mc, NO_SOURCE)])
     req = pb.ModelInferRequest(model_name="len")
     t = req.inputs.add(name="s", datatype="BYTES", shape=[HUGE])
     t.contents.bytes_contents.extend([b"a", b"b"])

@@ -26,6 +26,7 @@ from .rest_env import post_request as _post
 from .rest_env import read_all as _read_all
 from .rest_env import wait_until as _wait_until
 from .test_model_server import BASE, EchoBackend, _echo_model
+from tests.ms_backends import NO_SOURCE
 
 # as the server compiles it: f32 (not bfloat16 on CPUs with bf16 units), one thread
 F32_ONE_THREAD = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
@@ -55,7 +56,7 @@ def test_openvino_never_returns_an_earlier_requests_outputs():
     assert victim.shape == (4, 2)
     for shape in [(1, 3, 1, 1), (1, 3, 8, 8)]:
         x = np.frombuffer(np.zeros(shape, np.float32).tobytes(), np.float32).reshape(shape)
-        with pytest.raises(InferenceError, match="too small|shape"):
+        with pytest.raises(InferenceError, match=r"too small|shape"):
             backend.infer({"x": x})
     for shape in [(1, 3, 0, 0), (0, 3, 48, 192)]:
         with pytest.raises(ServeError, match="zero-sized") as info:        # refused generically
@@ -79,7 +80,7 @@ def test_zero_sized_dynamic_dimension_refused_unless_the_backend_accepts_it():
     with pytest.raises(ServeError, match="zero-sized"):
         m.check_input("x", "FP32", [0, 2])
     mc = ModelConfig("e", "1", "x:y", "/none")
-    assert LoadedModel(mc, [_EmptyOK(mc, None)]).check_input("x", "FP32", [0, 2])
+    assert LoadedModel(mc, [_EmptyOK(mc, NO_SOURCE)]).check_input("x", "FP32", [0, 2])
 
 
 class _WrongShape(EchoBackend):
@@ -89,7 +90,7 @@ class _WrongShape(EchoBackend):
 
 def test_core_refuses_outputs_that_do_not_fit_the_declared_shapes():
     mc = ModelConfig("w", "1", "x:y", "/none")
-    m = LoadedModel(mc, [_WrongShape(mc, None)])
+    m = LoadedModel(mc, [_WrongShape(mc, NO_SOURCE)])
     engine = Engine({"w": m}, Limits())
     with pytest.raises(ServeError, match=r"output 'y' has shape \[1, 3\]") as info:
         engine.infer_sync(m, {"x": np.ones((1, 2), np.float32)})
@@ -195,7 +196,7 @@ def test_config_buffer_connection_and_timeout_limits():
     c = parse_config(dict(BASE, limits={"max_request_bytes": 1000, "max_buffered_bytes": 10,
                                         "idle_timeout": 0.5}))
     assert c.limits.max_buffered_bytes == 1000 and c.limits.idle_timeout == 0.5
-    with pytest.raises(ConfigError, match="limits.header_timeout"):
+    with pytest.raises(ConfigError, match=r"limits.header_timeout"):
         parse_config(dict(BASE, limits={"header_timeout": 0}))
     assert c.limits.first_byte_timeout == 5 and c.limits.body_stall_timeout == 10
     c = parse_config(dict(BASE, limits={"first_byte_timeout": 0.25, "body_stall_timeout": 2}))
@@ -203,7 +204,7 @@ def test_config_buffer_connection_and_timeout_limits():
     for key in ("first_byte_timeout", "body_stall_timeout"):
         with pytest.raises(ConfigError, match=f"limits.{key}"):
             parse_config(dict(BASE, limits={key: -1}))
-    with pytest.raises(ConfigError, match="limits.max_connections"):
+    with pytest.raises(ConfigError, match=r"limits.max_connections"):
         parse_config(dict(BASE, limits={"max_connections": "9"}))
 
 

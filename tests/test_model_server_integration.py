@@ -53,7 +53,8 @@ class Server:
             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
         self.lines: list[str] = []
         self.ready = threading.Event()
-        self.grpc = self.rest = None
+        self.grpc: str | None = None
+        self.rest: str | None = None
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -199,7 +200,7 @@ def test_openvino_on_tflite_equals_direct_openvino(server, fd_model, image):
     got = grpc_infer(server.grpc, "fd_ov", image, version="3")
     got_http = http_infer(server.rest, "fd_ov", image)
     lite = litert_direct(fd_model, image)
-    for name, ref in zip(["regressors", "classificators"], want):
+    for name, ref in zip(["regressors", "classificators"], want, strict=True):
         assert np.array_equal(got.as_numpy(name), ref)
         assert np.array_equal(got_http.as_numpy(name), ref)
         np.testing.assert_allclose(got.as_numpy(name), lite[name], atol=5e-4, rtol=0)
@@ -315,7 +316,9 @@ def test_grpc_bad_requests_keep_the_server_serving(server, image):
 def test_rest_bad_requests_keep_the_server_serving(server, image):
     a = server.rest
 
-    def binary_request(datatype="FP32", shape=FD_SHAPE, data=image.tobytes()):
+    pixels = image.tobytes()
+
+    def binary_request(datatype="FP32", shape=FD_SHAPE, data=pixels):
         head = json.dumps({"inputs": [{"name": "input", "datatype": datatype,
                                        "shape": list(shape),
                                        "parameters": {"binary_data_size": len(data)}}]}).encode()

@@ -14,7 +14,7 @@ import pytest
 from enclave_build.model_server.config import parse_config
 from enclave_build.model_server.resources import OWN_FDS, config_fds
 
-from .conftest import write_spec
+from .conftest import model_files, write_spec
 
 SPEC = '''[service]
 name = "queues"
@@ -22,13 +22,13 @@ framework = "{framework}"
 
 [[models]]
 name = "a"
-path = "a.tflite"
+path = "{a}"
 encrypt = false
 max_queue = {queue}
 
 [[models]]
 name = "b"
-path = "b.tflite"
+path = "{b}"
 encrypt = false
 
 [signing]
@@ -37,10 +37,9 @@ key = "key.pem"
 
 
 def _project(tmp_path, signing_key, framework: str, queue: str = "3"):
-    (tmp_path / "a.tflite").write_bytes(b"TFL3 model a" * 40)
-    (tmp_path / "b.tflite").write_bytes(b"TFL3 model b" * 40)
+    a, b = model_files(tmp_path, framework)
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
-    return write_spec(tmp_path, SPEC.format(framework=framework, queue=queue))
+    return write_spec(tmp_path, SPEC.format(framework=framework, queue=queue, a=a, b=b))
 
 
 def test_fds_limit_and_model_queue_reach_the_enclave(tmp_path, standin_root, signing_key):

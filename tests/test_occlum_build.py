@@ -29,11 +29,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli, write_spec
+from .conftest import run_cli, tflite_bytes, write_spec
 
 pytestmark = pytest.mark.integration
 
-MODEL = b"TFL3" + b"SECRET-WEIGHTS-" * 4000
+MODEL = tflite_bytes(b"SECRET-WEIGHTS-" * 4000)
 
 SPEC = '''[service]
 name = "face-detect"

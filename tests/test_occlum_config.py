@@ -24,9 +24,9 @@ from enclave_build.builder.occlum.launcher import LAUNCHER
 from enclave_build.builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
 from enclave_build.builder.occlum.spec_section import OcclumPlanOptions, plan_options
 from enclave_build.plugin import SERVER_CONFIG, SERVER_PYTHONPATH
-from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError, load_spec
+from .conftest import tflite_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "occlum"
@@ -36,9 +36,7 @@ SERVER = {"service": "secrets", "framework": "secret-server", "libos": "gramine"
           "debug": False, "image": {"ref": None, "digest": None}}
 
 
-@pytest.fixture(scope="module")
-def registry():
-    return PluginRegistry()
+
 
 
 def _models(root: Path) -> None:
@@ -46,7 +44,7 @@ def _models(root: Path) -> None:
     (models / "half_plus_two" / "variables").mkdir(parents=True)
     (models / "half_plus_two" / "saved_model.pb").write_bytes(b"\x08\x01" + bytes(100))
     (models / "half_plus_two" / "variables" / "variables.index").write_bytes(b"idx")
-    (models / "face_detection_short_range.tflite").write_bytes(b"TFL3" + bytes(200))
+    (models / "face_detection_short_range.tflite").write_bytes(tflite_bytes(bytes(200)))
     (models / "face_detection_ov").mkdir()
     (models / "face_detection_ov" / "face_detection.xml").write_text("<net name='face'/>\n")
     (models / "face_detection_ov" / "face_detection.bin").write_bytes(bytes(range(256)))
@@ -71,9 +69,9 @@ def example_spec(framework: str, root: Path, extra: str = "") -> Path:
     return directory / "spec.toml"
 
 
-def plan_of(spec_path: Path, registry):
-    spec = load_spec(spec_path, registry.framework_sections(), registry.libos_sections())
-    return make_plan(spec, registry)
+def plan_of(spec_path: Path, plugin_registry):
+    spec = load_spec(spec_path, plugin_registry.framework_sections(), plugin_registry.libos_sections())
+    return make_plan(spec, plugin_registry)
 
 
 def write_spec(root: Path, text: str) -> Path:
@@ -104,8 +102,8 @@ def bom_view(bom: dict) -> dict:
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_golden_per_framework(framework, tmp_path, registry, standin_root):
-    plan = plan_of(example_spec(framework, tmp_path), registry)
+def test_golden_per_framework(framework, tmp_path, plugin_registry, standin_root):
+    plan = plan_of(example_spec(framework, tmp_path), plugin_registry)
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     bom = yaml.safe_load(config.bom_yaml)
     rules.check_bom(bom)
@@ -126,18 +124,18 @@ def test_golden_per_framework(framework, tmp_path, registry, standin_root):
                 assert entry["hash"] == hashlib.sha256(data).hexdigest().upper()
     # The model is in the (encrypted) image, and its key is fetched by init.
     assert config.image_key is not None
-    assert [k.secret for k in config.kms_keys][0] == "image_key"
+    assert config.kms_keys[0].secret == "image_key"
     # Python services: the measured launcher is the only program `occlum run` may start.
     expected = LAUNCHER if plan.python is not None else plan.entrypoint
     assert config.entry_points == (expected,) and config.program == expected
 
 
-def test_golden_openvino_ovms_mode(tmp_path, registry, standin_root):
+def test_golden_openvino_ovms_mode(tmp_path, plugin_registry, standin_root):
     """openvino's other mode, the OVMS binary: a binary service (no launcher; `occlum run`
     starts OVMS itself, with the host's arguments)."""
     spec = example_spec("openvino", tmp_path)
     spec.write_text(spec.read_text().replace('mode = "python"', 'mode = "ovms"', 1))
-    plan = plan_of(spec, registry)
+    plan = plan_of(spec, plugin_registry)
     assert plan.python is None
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     rules.check_occlum_json(json.loads(config.occlum_json))
@@ -149,8 +147,8 @@ def test_golden_openvino_ovms_mode(tmp_path, registry, standin_root):
     assert config.entry_points == (plan.entrypoint,) and config.program == plan.entrypoint
 
 
-def test_bom_copies_what_the_plan_lists(tmp_path, registry, standin_root):
-    plan = plan_of(example_spec("tfserving", tmp_path), registry)
+def test_bom_copies_what_the_plan_lists(tmp_path, plugin_registry, standin_root):
+    plan = plan_of(example_spec("tfserving", tmp_path), plugin_registry)
     bom = yaml.safe_load(render(plan, OcclumOptions(rootfs=RootFS(standin_root))).bom_yaml)
     copied = {}
     for t in bom["targets"]:
@@ -167,7 +165,7 @@ def test_bom_copies_what_the_plan_lists(tmp_path, registry, standin_root):
     assert KEYS_DIR.lstrip("/") in mkdirs and "tmp" in mkdirs
 
 
-def test_clear_text_service_needs_no_init_ra(tmp_path, registry, standin_root):
+def test_clear_text_service_needs_no_init_ra(tmp_path, plugin_registry, standin_root):
     spec = write_spec(tmp_path, '''[service]
 name = "lite"
 framework = "tflite"
@@ -184,19 +182,19 @@ key = "../keys/enclave-key.pem"
 [occlum.hostfs]
 "/host/data" = "/var/lib/data"
 ''')
-    config = render(plan_of(spec, registry), OcclumOptions(rootfs=RootFS(standin_root)))
+    config = render(plan_of(spec, plugin_registry), OcclumOptions(rootfs=RootFS(standin_root)))
     assert config.init_ra_conf is None and config.image_key is None and config.kms_keys == ()
     mounts = json.loads(config.occlum_json)["mount"]
     assert {"target": "/host/data", "type": "hostfs", "source": "/var/lib/data"} in mounts
     assert not any(m["target"] == KEYS_DIR for m in mounts)
 
 
-def test_occlum_needs_no_secret_server_ca(tmp_path, registry, standin_root):
+def test_occlum_needs_no_secret_server_ca(tmp_path, plugin_registry, standin_root):
     """Occlum's init verifies the secret server by its quote ([occlum] server_measurements),
     never against a CA: [secrets] ca is not required there (it still is for Gramine)."""
     spec = example_spec("tflite", tmp_path)
     spec.write_text(re.sub(r'(?m)^ca = .*\n', "", spec.read_text()))
-    plan = plan_of(spec, registry)
+    plan = plan_of(spec, plugin_registry)
     assert plan.secrets.ca_cert is None
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     assert json.loads(config.init_ra_conf)["ra_config"]["sgx_mrs"][0]["mr_enclave"] == "5e" * 32
@@ -206,21 +204,21 @@ def test_occlum_needs_no_secret_server_ca(tmp_path, registry, standin_root):
     spec.write_text(spec.read_text().replace('libos = "occlum"', 'libos = "gramine"')
                     .split("\n[occlum]")[0])
     with pytest.raises(SpecError, match=r"secrets\.ca: required with secrets\.server"):
-        plan_of(spec, registry)
+        plan_of(spec, plugin_registry)
 
 
-def test_no_hostfs_unless_asked(tmp_path, registry, standin_root):
-    plan = plan_of(example_spec("tflite", tmp_path), registry)
+def test_no_hostfs_unless_asked(tmp_path, plugin_registry, standin_root):
+    plan = plan_of(example_spec("tflite", tmp_path), plugin_registry)
     doc = json.loads(render(plan, OcclumOptions(rootfs=RootFS(standin_root))).occlum_json)
     assert not any(m["type"] == "hostfs" for m in doc["mount"])
 
 
-def test_edmm_sizes(tmp_path, registry, standin_root):
+def test_edmm_sizes(tmp_path, plugin_registry, standin_root):
     spec = example_spec("tflite", tmp_path, 'kernel_heap = "16M"\nkernel_heap_max = "64MB"\n'
                         'user_space_init = "128M"\ninit_threads = 8\n')
     text = spec.read_text().replace("max_threads = 32", "max_threads = 32\nedmm = true")
     spec.write_text(text)
-    rl = json.loads(render(plan_of(spec, registry),
+    rl = json.loads(render(plan_of(spec, plugin_registry),
                            OcclumOptions(rootfs=RootFS(standin_root))).occlum_json)
     assert rl["feature"]["enable_edmm"] is True
     rl = rl["resource_limits"]
@@ -239,8 +237,8 @@ def test_image_key_text():
 
 # --- refusals that name the spec key ---------------------------------------------------------
 
-def _render_error(spec: Path, registry, standin_root, mutate=None) -> str:
-    plan = plan_of(spec, registry)
+def _render_error(spec: Path, plugin_registry, standin_root, mutate=None) -> str:
+    plan = plan_of(spec, plugin_registry)
     if mutate:
         mutate(plan)
     with pytest.raises(OcclumConfigError) as info:
@@ -252,20 +250,20 @@ def _line(spec: Path, needle: str) -> int:
     return next(i for i, line in enumerate(spec.read_text().splitlines(), 1) if needle in line)
 
 
-def test_enclave_too_small_names_enclave_size(tmp_path, registry, standin_root):
+def test_enclave_too_small_names_enclave_size(tmp_path, plugin_registry, standin_root):
     spec = example_spec("tflite", tmp_path)
     spec.write_text(spec.read_text().replace('size = "2G"', 'size = "64M"'))
-    message = _render_error(spec, registry, standin_root)
+    message = _render_error(spec, plugin_registry, standin_root)
     assert f"spec.toml:{_line(spec, 'size = ')}: enclave.size:" in message
     assert "user space" in message
 
 
-def test_zero_threads_names_max_threads(tmp_path, registry, standin_root):
+def test_zero_threads_names_max_threads(tmp_path, plugin_registry, standin_root):
     spec = example_spec("tflite", tmp_path)
 
     def zero(plan):
         plan.enclave.max_threads = 0
-    message = _render_error(spec, registry, standin_root, zero)
+    message = _render_error(spec, plugin_registry, standin_root, zero)
     assert f"spec.toml:{_line(spec, 'max_threads')}: enclave.max_threads:" in message
 
 
@@ -283,28 +281,28 @@ def _with_occlum(plan, **changes):
     ({"kernel_stack": 0}, "occlum.kernel_stack", "is zero"),
     ({"server_identities": ()}, "occlum.server_measurements", "mutual RA-TLS"),
 ])
-def test_plan_values_occlum_refuses_name_their_key(changes, key, needle, tmp_path, registry,
+def test_plan_values_occlum_refuses_name_their_key(changes, key, needle, tmp_path, plugin_registry,
                                                    standin_root):
     spec = example_spec("tflite", tmp_path)
-    message = _render_error(spec, registry, standin_root, lambda p: _with_occlum(p, **changes))
+    message = _render_error(spec, plugin_registry, standin_root, lambda p: _with_occlum(p, **changes))
     assert f": {key}:" in message and needle in message
     assert message.startswith(str(spec.relative_to(Path.cwd())) if spec.is_relative_to(Path.cwd())
                               else str(spec))
 
 
-def test_env_measured_and_untrusted_names_framework(tmp_path, registry, standin_root):
+def test_env_measured_and_untrusted_names_framework(tmp_path, plugin_registry, standin_root):
     spec = example_spec("tflite", tmp_path)
 
     def clash(plan):
         plan.env["ENCLAVE_BUILD_SIMULATED_QUOTER"] = "1"
-    message = _render_error(spec, registry, standin_root, clash)
+    message = _render_error(spec, plugin_registry, standin_root, clash)
     assert ": service.framework:" in message and "measured and taken from the host" in message
 
 
-def test_key_named_image_key_refused(tmp_path, registry, standin_root):
+def test_key_named_image_key_refused(tmp_path, plugin_registry, standin_root):
     spec = example_spec("tflite", tmp_path)
     spec.write_text(spec.read_text().replace('encrypt = true', 'encrypt = true\nkey = "image_key"'))
-    message = _render_error(spec, registry, standin_root)
+    message = _render_error(spec, plugin_registry, standin_root)
     assert "image_key" in message and "models" in message
 
 
@@ -319,29 +317,29 @@ def test_key_named_image_key_refused(tmp_path, registry, standin_root):
     ('[occlum.hostfs]\n"/a/../b" = "/srv"\n', "occlum.hostfs./a/../b", "absolute path"),
     ('[occlum.hostfs]\n"/data" = ""\n', "occlum.hostfs./data", "needs its source"),
 ])
-def test_spec_refusals_name_their_key(extra, key, needle, tmp_path, registry):
+def test_spec_refusals_name_their_key(extra, key, needle, tmp_path, plugin_registry):
     spec = example_spec("tflite", tmp_path, extra)
     with pytest.raises(SpecError) as info:
-        plan_of(spec, registry)
+        plan_of(spec, plugin_registry)
     assert f": {key}: " in str(info.value) and needle in str(info.value)
     assert re.search(r"spec\.toml:\d+: ", str(info.value))
 
 
-def test_debug_server_refused_unless_allowed(tmp_path, registry):
+def test_debug_server_refused_unless_allowed(tmp_path, plugin_registry):
     spec = example_spec("tflite", tmp_path)
     (tmp_path / "server-measurements.json").write_text(json.dumps({**SERVER, "debug": True}))
     with pytest.raises(SpecError, match=r"occlum.server_measurements\[0\]: .*DEBUG"):
-        plan_of(spec, registry)
+        plan_of(spec, plugin_registry)
     spec.write_text(spec.read_text() + "allow_debug_server = true\n")
     with pytest.warns(UserWarning, match="DEBUG secret server"):
-        assert plan_of(spec, registry).libos_options.server_identities[0].debug is True
+        assert plan_of(spec, plugin_registry).libos_options.server_identities[0].debug is True
 
 
-def test_occlum_section_needs_occlum_libos(tmp_path, registry):
+def test_occlum_section_needs_occlum_libos(tmp_path, plugin_registry):
     spec = example_spec("tflite", tmp_path)
     spec.write_text(spec.read_text().replace('libos = "occlum"', 'libos = "gramine"'))
     with pytest.raises(SpecError, match=r"spec\.toml:\d+: occlum: .*only to service.libos"):
-        plan_of(spec, registry)
+        plan_of(spec, plugin_registry)
 
 
 # --- every Occlum.json rule, on a valid document ---------------------------------------------
@@ -614,8 +612,8 @@ def test_bom_rule(path, value, reported, words):
     _refused(rules.check_bom, _valid_bom(), path, value, reported, words)
 
 
-def test_rule_errors_map_to_spec_keys(tmp_path, registry, standin_root):
+def test_rule_errors_map_to_spec_keys(tmp_path, plugin_registry, standin_root):
     """A rule broken by a rendered value names the spec key and its line."""
     spec = example_spec("tflite", tmp_path, '[occlum.hostfs]\n"/dev" = "/srv"\n')
-    message = _render_error(spec, registry, standin_root)
+    message = _render_error(spec, plugin_registry, standin_root)
     assert f"spec.toml:{_line(spec, '/dev')}: occlum.hostfs./dev: Occlum.json mount[" in message

@@ -31,7 +31,7 @@ from enclave_build.builder.spec import SpecError
 
 from .test_occlum_config import (SERVER, _valid_occlum_json, example_spec, plan_of,
                                  write_spec)
-from .test_occlum_config import registry  # noqa: F401 - the module-scoped fixture
+from .conftest import saved_model_dir, tflite_bytes
 
 # tfserving: a framework whose model is a directory (a SavedModel), so the directory's
 # entries are what the backend copies
@@ -51,10 +51,10 @@ key = "../keys/enclave-key.pem"
 
 
 def _model_dir(root: Path, names=("model.tflite",)) -> Path:
-    directory = root / "examples" / "mdir"
-    directory.mkdir(parents=True, exist_ok=True)
+    """A SavedModel directory (saved_model.pb) holding files named *names* too."""
+    directory = saved_model_dir(root / "examples" / "mdir")
     for name in names:
-        (directory / name).write_bytes(b"TFL3" + name.encode())
+        (directory / name).write_bytes(tflite_bytes(name.encode()))
     return directory
 
 
@@ -70,8 +70,8 @@ def _copied(bom_yaml: bytes, prefix: str) -> dict[str, str]:
     return out
 
 
-def _render(spec: Path, registry, standin_root, mutate=None):  # noqa: F811
-    plan = plan_of(spec, registry)
+def _render(spec: Path, plugin_registry, standin_root, mutate=None):
+    plan = plan_of(spec, plugin_registry)
     if mutate:
         mutate(plan)
     return plan, render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
@@ -80,7 +80,7 @@ def _render(spec: Path, registry, standin_root, mutate=None):  # noqa: F811
 # --- the model directory ---------------------------------------------------------------------
 
 def test_links_fifos_and_loops_in_a_model_directory_never_reach_the_image(
-        tmp_path, registry, standin_root):  # noqa: F811
+        tmp_path, plugin_registry, standin_root):
     models = _model_dir(tmp_path)
     secret = tmp_path / "signing-key.pem"
     secret.write_text("-----BEGIN PRIVATE KEY----- not for the image\n")
@@ -91,10 +91,12 @@ def test_links_fifos_and_loops_in_a_model_directory_never_reach_the_image(
     from enclave_build.builder.model_files import SkippedModelFile
 
     with pytest.warns(SkippedModelFile) as caught:   # what is left out is said, by name
-        plan, config = _render(write_spec(tmp_path, CLEAR_MODEL_DIR), registry, standin_root)
+        plan, config = _render(write_spec(tmp_path, CLEAR_MODEL_DIR), plugin_registry, standin_root)
     said = " ".join(str(w.message) for w in caught)
     assert "key.pem: a symbolic link" in said and "etc: a symbolic link to /etc" in said
-    assert list(_copied(config.bom_yaml, "/models/")) == ["/models/face/1/model.tflite"]
+    assert sorted(_copied(config.bom_yaml, "/models/")) == [
+        "/models/face/1/model.tflite", "/models/face/1/saved_model.pb",
+        "/models/face/1/variables/variables.index"]
 
     stage = tmp_path / "stage"
     stage.mkdir()
@@ -102,7 +104,8 @@ def test_links_fifos_and_loops_in_a_model_directory_never_reach_the_image(
         stage_plan_files(plan, stage, config.generated)
     staged = sorted(p.relative_to(stage / "models").as_posix()
                     for p in (stage / "models").rglob("*"))
-    assert staged == ["face", "face/1", "face/1/model.tflite"]
+    assert staged == ["face", "face/1", "face/1/model.tflite", "face/1/saved_model.pb",
+                      "face/1/variables", "face/1/variables/variables.index"]
     assert not any(b"not for the image" in p.read_bytes()
                    for p in stage.rglob("*") if p.is_file())
 
@@ -111,27 +114,28 @@ NAMES = ['a"b', "c: d", "#e", "&f", "*g", "!h", "{i", "-j", "? k", "ü ñ 名", 
          "'q'", "%l", "@m", "`n`", "[o]", "|p", ">r"]
 
 
-def test_yaml_special_names_round_trip_through_a_strict_parser(tmp_path, registry,
-                                                               standin_root):  # noqa: F811
+def test_yaml_special_names_round_trip_through_a_strict_parser(tmp_path, plugin_registry,
+                                                               standin_root):
     _model_dir(tmp_path, NAMES)
-    _, config = _render(write_spec(tmp_path, CLEAR_MODEL_DIR), registry, standin_root)
+    _, config = _render(write_spec(tmp_path, CLEAR_MODEL_DIR), plugin_registry, standin_root)
     copied = _copied(config.bom_yaml, "/models/face/1/")
-    assert sorted(p.rsplit("/", 1)[1] for p in copied) == sorted(NAMES)
+    assert sorted(p.rsplit("/", 1)[1] for p in copied) == sorted(
+        NAMES + ["saved_model.pb", "variables.index"])
     json.loads(config.occlum_json)
 
 
 @pytest.mark.parametrize("name, words", [("$HOME", "'$'"), ("x${A}y", "'$'"),
                                          ("new\nline", "control character"),
                                          ("tab\there", "control character")])
-def test_names_copy_bom_would_misread_are_refused_naming_models(name, words, tmp_path, registry,
-                                                                standin_root):  # noqa: F811
+def test_names_copy_bom_would_misread_are_refused_naming_models(name, words, tmp_path, plugin_registry,
+                                                                standin_root):
     _model_dir(tmp_path, [name])
     spec = write_spec(tmp_path, CLEAR_MODEL_DIR)
     finished: list[BaseException] = []
 
     def attempt() -> None:
         try:
-            _render(spec, registry, standin_root)
+            _render(spec, plugin_registry, standin_root)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             finished.append(exc)
     worker = threading.Thread(target=attempt, daemon=True)
@@ -155,15 +159,15 @@ def test_a_rule_path_without_origin_maps_to_the_default_key():
         "service.framework"
 
 
-def test_two_files_for_one_image_path_are_refused(tmp_path, registry,
-                                                  standin_root):  # noqa: F811
+def test_two_files_for_one_image_path_are_refused(tmp_path, plugin_registry,
+                                                  standin_root):
     _model_dir(tmp_path)
     spec = write_spec(tmp_path, CLEAR_MODEL_DIR)
 
     def duplicate(plan):
         plan.add_file(None, "/models/face/1/model.tflite", data=b"other content")
     with pytest.raises(OcclumConfigError, match=r"/models/face/1/model.tflite is added twice"):
-        _render(spec, registry, standin_root, duplicate)
+        _render(spec, plugin_registry, standin_root, duplicate)
 
 
 # --- the base image --------------------------------------------------------------------------
@@ -187,9 +191,9 @@ def hostile_root(standin_root, tmp_path) -> Path:
     return root
 
 
-def test_trusted_directory_with_link_loops_and_fifos(tmp_path, registry,
-                                                     hostile_root):  # noqa: F811
-    plan = plan_of(example_spec("tflite", tmp_path), registry)
+def test_trusted_directory_with_link_loops_and_fifos(tmp_path, plugin_registry,
+                                                     hostile_root):
+    plan = plan_of(example_spec("tflite", tmp_path), plugin_registry)
     plan.trusted.append("/usr/share/app/")
     finished: list = []
     worker = threading.Thread(target=lambda: finished.append(
@@ -202,8 +206,8 @@ def test_trusted_directory_with_link_loops_and_fifos(tmp_path, registry,
                       "/usr/share/app/passwd": "/eb/rootfs/etc"}
 
 
-def test_a_trusted_fifo_is_refused(tmp_path, registry, hostile_root):  # noqa: F811
-    plan = plan_of(example_spec("tflite", tmp_path), registry)
+def test_a_trusted_fifo_is_refused(tmp_path, plugin_registry, hostile_root):
+    plan = plan_of(example_spec("tflite", tmp_path), plugin_registry)
     plan.trusted.append("/usr/share/fifo")
     with pytest.raises(OcclumConfigError, match=r"/usr/share/fifo .*\(a FIFO\)"):
         render(plan, OcclumOptions(rootfs=RootFS(hostile_root)))
@@ -218,29 +222,29 @@ def test_a_trusted_fifo_is_refused(tmp_path, registry, hostile_root):  # noqa: F
     ("/opt/occlum", "/opt/occlum/glibc/lib"), ("/opt/enclave-build", "measured image"),
     ("/proc/self", "inside /proc"), ("/dev/shm", "inside /dev"),
 ])
-def test_hostfs_over_measured_files_or_the_keys_is_refused(target, words, tmp_path, registry,
-                                                           standin_root):  # noqa: F811
+def test_hostfs_over_measured_files_or_the_keys_is_refused(target, words, tmp_path, plugin_registry,
+                                                           standin_root):
     spec = example_spec("tflite", tmp_path, f'[occlum.hostfs]\n"{target}" = "/srv/data"\n')
     with pytest.raises(OcclumConfigError) as info:
-        _render(spec, registry, standin_root)
+        _render(spec, plugin_registry, standin_root)
     line = next(i for i, t in enumerate(spec.read_text().splitlines(), 1) if t.startswith(
         f'"{target}"'))
     assert f"spec.toml:{line}: occlum.hostfs.{target}: " in str(info.value)
     assert words in str(info.value)
 
 
-def test_hostfs_elsewhere_is_allowed(tmp_path, registry, standin_root):  # noqa: F811
+def test_hostfs_elsewhere_is_allowed(tmp_path, plugin_registry, standin_root):
     spec = example_spec("tflite", tmp_path, '[occlum.hostfs]\n"/host/data" = "/srv/data"\n')
-    _, config = _render(spec, registry, standin_root)
+    _, config = _render(spec, plugin_registry, standin_root)
     assert {"target": "/host/data", "type": "hostfs", "source": "/srv/data"} in \
         json.loads(config.occlum_json)["mount"]
 
 
 @pytest.mark.parametrize("source", ["../../etc", "relative", "/a/../b", "/a\\nb"])
-def test_hostfs_source_must_be_a_plain_absolute_path(source, tmp_path, registry):  # noqa: F811
+def test_hostfs_source_must_be_a_plain_absolute_path(source, tmp_path, plugin_registry):
     spec = example_spec("tflite", tmp_path, f'[occlum.hostfs]\n"/host/data" = "{source}"\n')
     with pytest.raises(SpecError, match=r"occlum.hostfs./host/data: .*absolute path"):
-        plan_of(spec, registry)
+        plan_of(spec, plugin_registry)
 
 
 # --- sizes, ids, debug -----------------------------------------------------------------------
@@ -248,9 +252,9 @@ def test_hostfs_source_must_be_a_plain_absolute_path(source, tmp_path, registry)
 @pytest.mark.parametrize("extra, key", [('kernel_heap = "4097B"\n', "occlum.kernel_heap"),
                                         ('kernel_stack = "1B"\n', "occlum.kernel_stack"),
                                         ('kernel_stack = "6K"\n', "occlum.kernel_stack")])
-def test_sizes_sgx_sign_refuses_are_refused_at_load(extra, key, tmp_path, registry):  # noqa: F811
+def test_sizes_sgx_sign_refuses_are_refused_at_load(extra, key, tmp_path, plugin_registry):
     with pytest.raises(SpecError, match=rf"{key}: .*multiple of 4K"):
-        plan_of(example_spec("tflite", tmp_path, extra), registry)
+        plan_of(example_spec("tflite", tmp_path, extra), plugin_registry)
 
 
 @pytest.mark.parametrize("field", ["kernel_space_stack_size", "kernel_space_heap_size",
@@ -263,32 +267,32 @@ def test_occlum_json_rule_unaligned_enclave_sizes(field):
     assert info.value.path == f"resource_limits.{field}"
 
 
-def test_kss_ids_without_kss_are_refused(tmp_path, registry):  # noqa: F811
+def test_kss_ids_without_kss_are_refused(tmp_path, plugin_registry):
     spec = example_spec("tflite", tmp_path, 'family_id = "0x1234"\n')
     with pytest.raises(SpecError, match=r"occlum.family_id: only with occlum.enable_kss"):
-        plan_of(spec, registry)
+        plan_of(spec, plugin_registry)
     spec = example_spec("tflite", tmp_path / "b", 'ext_prod_id = "0x7"\nenable_kss = true\n')
-    assert plan_of(spec, registry).libos_options.ext_prod_id == 7
+    assert plan_of(spec, plugin_registry).libos_options.ext_prod_id == 7
 
 
-def test_a_debug_server_when_allowed_warns(tmp_path, registry):  # noqa: F811
+def test_a_debug_server_when_allowed_warns(tmp_path, plugin_registry):
     spec = example_spec("tflite", tmp_path, "allow_debug_server = true\n")
     (tmp_path / "server-measurements.json").write_text(json.dumps({**SERVER, "debug": True}))
     with pytest.warns(DebugServerWarning, match="DEBUG secret server"):
-        plan_of(spec, registry)
+        plan_of(spec, plugin_registry)
 
 
 # --- the environment -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_AUDIT", "PYTHONPATH", "PYTHONSTARTUP",
                                   "GLIBC_TUNABLES", "OPENSSL_CONF"])
-def test_host_may_not_set_loader_or_interpreter_variables(name, tmp_path, registry,
-                                                          standin_root):  # noqa: F811
+def test_host_may_not_set_loader_or_interpreter_variables(name, tmp_path, plugin_registry,
+                                                          standin_root):
     doc = _valid_occlum_json()
     doc["env"]["untrusted"] = [name]
     with pytest.raises(rules.OcclumRuleError, match="decides what code"):
         rules.check_occlum_json(doc)
-    plan = plan_of(example_spec("tflite", tmp_path), registry)
+    plan = plan_of(example_spec("tflite", tmp_path), plugin_registry)
     plan.env.pop(name, None)
     plan.env_passthrough.append(name)
     with pytest.raises(OcclumConfigError, match=rf": service.framework: .*{name} decides"):
@@ -297,9 +301,9 @@ def test_host_may_not_set_loader_or_interpreter_variables(name, tmp_path, regist
 
 # --- the command line ------------------------------------------------------------------------
 
-def test_python_services_start_only_through_the_measured_launcher(tmp_path, registry,
-                                                                  standin_root):  # noqa: F811
-    plan, config = _render(example_spec("tflite", tmp_path), registry, standin_root)
+def test_python_services_start_only_through_the_measured_launcher(tmp_path, plugin_registry,
+                                                                  standin_root):
+    plan, config = _render(example_spec("tflite", tmp_path), plugin_registry, standin_root)
     doc = json.loads(config.occlum_json)
     assert doc["entry_points"] == [LAUNCHER]        # not the interpreter: no `python -c`
     assert LAUNCHER in _copied(config.bom_yaml, LAUNCHER)
@@ -309,13 +313,13 @@ def test_python_services_start_only_through_the_measured_launcher(tmp_path, regi
     assert "$@" in command[2] and plan.service not in command[2]
 
 
-def test_the_launcher_ignores_the_hosts_arguments(tmp_path, registry):  # noqa: F811
+def test_the_launcher_ignores_the_hosts_arguments(tmp_path, plugin_registry):
     """Run the launcher with this machine's Python: host arguments are dropped, and planned
     arguments with quotes, newlines and shell characters arrive exactly as planned. The
     module comes from PYTHONPATH, never from the working directory: Occlum starts processes in
     "/", where a hostfs mount could show host-written modules (``json`` here, and a module of
     the planned name), which `python -m` would import first."""
-    plan = plan_of(example_spec("tflite", tmp_path), registry)
+    plan = plan_of(example_spec("tflite", tmp_path), plugin_registry)
     planned = ["--config", "/x'y\"z", "a\nb", "$(id)", "; rm -rf /"]
     plan.argv = [plan.entrypoint, "-m", "probe_module"] + planned
     launcher = python_launcher(plan)
@@ -338,23 +342,23 @@ def test_the_launcher_ignores_the_hosts_arguments(tmp_path, registry):  # noqa: 
     assert launcher.data.startswith(f"#!{plan.entrypoint}\n".encode())
 
 
-def test_hostfs_cannot_cover_a_python_scripts_directory(tmp_path, registry,
-                                                        standin_root):  # noqa: F811
+def test_hostfs_cannot_cover_a_python_scripts_directory(tmp_path, plugin_registry,
+                                                        standin_root):
     """A service run as ``INTERPRETER /SCRIPT``: the script's directory is first on sys.path,
     so a hostfs mount there is refused like one on PYTHONPATH."""
     def script(plan):
         plan.argv = [plan.entrypoint, "/opt/app/serve.py"]
     spec = example_spec("tflite", tmp_path, '[occlum.hostfs]\n"/opt/app" = "/srv/app"\n')
     with pytest.raises(OcclumConfigError, match=r"/opt/app"):
-        _render(spec, registry, standin_root, script)
+        _render(spec, plugin_registry, standin_root, script)
 
 
-def test_interpreter_options_cannot_be_fixed_and_are_refused(tmp_path, registry,
-                                                             standin_root):  # noqa: F811
+def test_interpreter_options_cannot_be_fixed_and_are_refused(tmp_path, plugin_registry,
+                                                             standin_root):
     def options(plan):
         plan.argv = [plan.entrypoint, "-u", "-m", "enclave_build.model_server"]
     with pytest.raises(OcclumConfigError, match=r": service.framework: .*cannot be fixed"):
-        _render(example_spec("tflite", tmp_path), registry, standin_root, options)
+        _render(example_spec("tflite", tmp_path), plugin_registry, standin_root, options)
 
 
 # --- frameworks Occlum cannot run ------------------------------------------------------------
@@ -375,7 +379,7 @@ def _owner_cert(path: Path) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def test_secret_server_on_occlum_is_refused_naming_libos(tmp_path, registry):  # noqa: F811
+def test_secret_server_on_occlum_is_refused_naming_libos(tmp_path, plugin_registry):
     built = tmp_path / "face" / "out"
     built.mkdir(parents=True)
     (built / "measurements.json").write_text(json.dumps(
@@ -405,7 +409,7 @@ key = "key.pem"
 ''')
     from enclave_build.plugins.secret_server import SyntheticRootWarning
     with pytest.raises(OcclumConfigError) as info, pytest.warns(SyntheticRootWarning):
-        plan_of(spec, registry)
+        plan_of(spec, plugin_registry)
     assert f"{spec}:4: service.libos: " in str(info.value)
     assert "/dev/attestation" in str(info.value) and 'libos = "gramine"' in str(info.value)
 
@@ -421,20 +425,20 @@ key = "key.pem"
     "/usr/local/lib/python3.9",                      # another version
     "/opt/enclave-build/python/newpkg",              # inside PYTHONPATH
 ])
-def test_hostfs_on_pythons_import_path_is_refused(target, tmp_path, registry,
-                                                  standin_root):  # noqa: F811
+def test_hostfs_on_pythons_import_path_is_refused(target, tmp_path, plugin_registry,
+                                                  standin_root):
     """Was: accepted; a host-written .pth there ran in the enclave before the launcher."""
     spec = example_spec("tflite", tmp_path, f'[occlum.hostfs]\n"{target}" = "/srv/data"\n')
     with pytest.raises(OcclumConfigError) as info:
-        _render(spec, registry, standin_root)
+        _render(spec, plugin_registry, standin_root)
     line = next(i for i, t in enumerate(spec.read_text().splitlines(), 1) if t.startswith(
         f'"{target}"'))
     assert f"spec.toml:{line}: occlum.hostfs.{target}: " in str(info.value)
     assert "on Python's import path" in str(info.value)
 
 
-def test_a_python_service_runs_without_the_user_site(tmp_path, registry,
-                                                     standin_root):  # noqa: F811
+def test_a_python_service_runs_without_the_user_site(tmp_path, plugin_registry,
+                                                     standin_root):
     spec = example_spec("tflite", tmp_path)
-    _, config = _render(spec, registry, standin_root)
+    _, config = _render(spec, plugin_registry, standin_root)
     assert "PYTHONNOUSERSITE=1" in json.loads(config.occlum_json)["env"]["default"]

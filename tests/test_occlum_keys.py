@@ -26,7 +26,8 @@ import pytest
 
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.attestation.policy import Policy, PolicyError, SecretRule, hex_dashes
+from enclave_build.attestation.policy import Policy, PolicyError
+from enclave_build.contract.secrets_config import SecretRule, hex_dashes
 from enclave_build.attestation.server import SecretServer, startup_warnings
 from enclave_build.attestation.server.decide import AccessPolicy, ByName, ByServerName, decide
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
@@ -47,25 +48,25 @@ from enclave_build.model_server.keys import KeyFetchError, prepare_keys
 
 from .attest_env import MR_SIGNER, identity, verified_evidence
 from .conftest import run_cli
-from .test_grsecret import Client, _server_measurements, stubs  # noqa: F401 - a fixture
-from .test_occlum_config import example_spec, registry  # noqa: F401 - a fixture
+from .test_grsecret import Client, _server_measurements
+from .test_occlum_config import example_spec
 
 
-def _server_config(plan) -> dict:
+def _server_config(plan) -> dict | None:
     return json.loads(plan.server_config.to_json()) if plan.server_config else None
 
 
-def _load(spec_path: Path, registry):  # noqa: F811
-    spec = load_spec(spec_path, registry.framework_sections(), registry.libos_sections())
-    return spec, make_plan(spec, registry)
+def _load(spec_path: Path, plugin_registry):
+    spec = load_spec(spec_path, plugin_registry.framework_sections(), plugin_registry.libos_sections())
+    return spec, make_plan(spec, plugin_registry)
 
 
 # --------------------------------------------------------------------------- the plan
 
 
-def test_occlum_plan_reads_keys_from_init_files(tmp_path, registry, standin_root):  # noqa: F811
+def test_occlum_plan_reads_keys_from_init_files(tmp_path, plugin_registry, standin_root):
     spec_path = example_spec("tflite", tmp_path)
-    _, plan = _load(spec_path, registry)
+    _, plan = _load(spec_path, plugin_registry)
     assert plan.secrets.delivery is KeyDelivery.LIBOS_FILES
     keys = _server_config(plan)["keys"]
     assert keys == {"source": "files", "directory": KEYS_DIR, "names": ["face-detect-key"]}
@@ -84,27 +85,27 @@ def test_occlum_plan_reads_keys_from_init_files(tmp_path, registry, standin_root
                                                          "raw")]
 
 
-def test_gramine_plan_of_the_same_spec_is_unchanged(tmp_path, registry):  # noqa: F811
+def test_gramine_plan_of_the_same_spec_is_unchanged(tmp_path, plugin_registry):
     spec_path = example_spec("tflite", tmp_path)
     text = spec_path.read_text().replace('libos = "occlum"', 'libos = "gramine"')
     text = text[:text.index("\n[occlum]")] + "\n"
     spec_path.write_text(text)
-    _, plan = _load(spec_path, registry)
+    _, plan = _load(spec_path, plugin_registry)
     assert plan.secrets.delivery is KeyDelivery.IN_ENCLAVE
     keys = _server_config(plan)["keys"]
     assert keys["names"] == ["face-detect-key"] and keys["evidence"] == "tcg-dice"
     assert "source" not in keys and keys["server"] == "localhost:4433"
 
 
-def test_encrypt_image_provisions_the_image_key(tmp_path, registry, standin_root):  # noqa: F811
+def test_encrypt_image_provisions_the_image_key(tmp_path, plugin_registry, standin_root):
     spec_path = example_spec("tflite", tmp_path, "encrypt_image = true\n")
     spec_path.write_text(spec_path.read_text().replace("encrypt = true", "encrypt = false"))
-    spec, plan = _load(spec_path, registry)
+    spec, plan = _load(spec_path, plugin_registry)
     assert [k.name for k in plan.secrets.keys] == ["face-detect-key"]
     assert _server_config(plan)["keys"] is None   # the server needs no key; init does
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     assert config.image_key == "face-detect-key"
-    keys, files, created = load_wrap_keys(spec, plan, tmp_path / "out")
+    keys, _files, created = load_wrap_keys(spec, plan, tmp_path / "out")
     assert set(keys) == {"face-detect-key"} and created
 
 
@@ -170,9 +171,9 @@ def test_model_server_key_config_errors(keys, needle):
 # --------------------------------------------------------------------------- [occlum] build_image
 
 
-def test_build_image_from_spec_and_environment(tmp_path, registry, monkeypatch):  # noqa: F811
+def test_build_image_from_spec_and_environment(tmp_path, plugin_registry, monkeypatch):
     spec_path = example_spec("tflite", tmp_path, 'build_image = "registry.example.com/occ:0.31.0"\n')
-    _, plan = _load(spec_path, registry)
+    _, plan = _load(spec_path, plugin_registry)
     monkeypatch.delenv(backend.BUILD_IMAGE_ENV, raising=False)
     assert backend.build_image(plan) == "registry.example.com/occ:0.31.0"
     monkeypatch.setenv(backend.BUILD_IMAGE_ENV, "mine/occlum:1")
@@ -188,12 +189,12 @@ def test_build_image_from_spec_and_environment(tmp_path, registry, monkeypatch):
     ('"occlum/occlum@sha256:12"', "digest must be sha256"),
     ("31", "expected"),
 ])
-def test_build_image_refusals_name_the_key(value, needle, tmp_path, registry):  # noqa: F811
+def test_build_image_refusals_name_the_key(value, needle, tmp_path, plugin_registry):
     spec_path = example_spec("tflite", tmp_path, f"build_image = {value}\n")
     with pytest.raises(SpecError) as info:
-        load_spec(spec_path, registry.framework_sections(), registry.libos_sections())
-    line = next(i for i, l in enumerate(spec_path.read_text().splitlines(), 1)
-                if l.startswith("build_image"))
+        load_spec(spec_path, plugin_registry.framework_sections(), plugin_registry.libos_sections())
+    line = next(i for i, text in enumerate(spec_path.read_text().splitlines(), 1)
+                if text.startswith("build_image"))
     message = str(info.value)
     assert f":{line}: occlum.build_image" in message and needle in message, message
 
@@ -299,12 +300,12 @@ def init_image_key(received: bytes) -> bytes:
 
 
 @pytest.mark.integration
-def test_occlum_build_policy_to_grsecret_client(tmp_path, registry, standin_root, stubs,  # noqa: F811
+def test_occlum_build_policy_to_grsecret_client(tmp_path, plugin_registry, standin_root, ratls_stubs,
                                                 monkeypatch):
     # 1. An Occlum build's outputs: measurements.json and secrets-policy.toml (as _finish writes
     #    them, from the backend's releases), wrap keys created 0600 in keys_dir.
     spec_path = example_spec("tflite", tmp_path)
-    spec, plan = _load(spec_path, registry)
+    spec, plan = _load(spec_path, plugin_registry)
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     out = tmp_path / "out"
     out.mkdir()
@@ -346,13 +347,13 @@ def test_occlum_build_policy_to_grsecret_client(tmp_path, registry, standin_root
         server.start()
         env = type("Env", (), {"pki": pki})()
         try:
-            client = Client(server, env, stubs, _cert(pki, mine))
+            client = Client(server, env, ratls_stubs, _cert(pki, mine))
             try:
                 image_key = _ask(client, "image_key")
                 model_key = _ask(client, "face-detect-key")
             finally:
                 client.close()
-            other = Client(server, env, stubs, _cert(pki, identity("someone-else")))
+            other = Client(server, env, ratls_stubs, _cert(pki, identity("someone-else")))
             try:
                 with pytest.raises(grpc.RpcError) as info:
                     other.stub.GetSecret(other.pb2.SecretRequest(name="image_key"), timeout=10)
@@ -409,8 +410,10 @@ def test_two_occlum_services_share_one_secret_server(tmp_path):
         (out / "secrets-policy.toml").write_text(text)
         fragments.append(out)
     tls_ca_and_server(tmp_path)
+    SyntheticPKI().save(tmp_path / "pki")   # collateral that chains to the root trusted
     side = dict(cert=tmp_path / "server.crt", key=tmp_path / "server.key",
-                collateral=tmp_path / "server.crt")
+                collateral=tmp_path / "pki" / "collateral.json",
+                root_ca=str(tmp_path / "pki" / "root.pem"))
     config = compose_config(fragments, ServerSide(**side, grsecret_listen="0.0.0.0:50051")).config
     assert config.to_dict()["grsecret"] == {"listen": "0.0.0.0:50051"}
     names = sorted(r.name for r in config.secrets)

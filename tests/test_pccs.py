@@ -5,12 +5,8 @@ through the PCCS v4 API that dcap-qvl's client calls; the result is cached until
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import quote as urlquote
-from urllib.parse import urlparse
 
 import pytest
 
@@ -18,55 +14,13 @@ from enclave_build.attestation.collateral import CollateralError, PccsCollateral
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.attestation.verify import verify_quote
 
+from .fixtures import SLOW
+
 pytestmark = pytest.mark.integration
 
-SLOW = {"seconds": 0.0}   # how long the stand-in stalls before answering a TCB info request
 
 
-@pytest.fixture
-def pccs():
-    pki = SyntheticPKI()
-    collateral = json.loads(pki.collateral_json())
-    hits: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):  # quiet
-            pass
-
-        def do_GET(self):  # noqa: N802
-            path = urlparse(self.path).path
-            hits.append(path)
-            prefix = "/sgx/certification/v4/"
-            if path == prefix + "pckcrl":
-                body = bytes.fromhex(collateral["pck_crl"])
-                header = ("SGX-PCK-CRL-Issuer-Chain", collateral["pck_crl_issuer_chain"])
-            elif path == prefix + "tcb":
-                time.sleep(SLOW["seconds"])
-                body = ('{"tcbInfo":' + collateral["tcb_info"] + ',"signature":"'
-                        + collateral["tcb_info_signature"] + '"}').encode()
-                header = ("SGX-TCB-Info-Issuer-Chain", collateral["tcb_info_issuer_chain"])
-            elif path == prefix + "qe/identity":
-                body = ('{"enclaveIdentity":' + collateral["qe_identity"] + ',"signature":"'
-                        + collateral["qe_identity_signature"] + '"}').encode()
-                header = ("SGX-Enclave-Identity-Issuer-Chain", collateral["qe_identity_issuer_chain"])
-            elif path == prefix + "rootcacrl":
-                body, header = collateral["root_ca_crl"].encode(), None
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            if header:
-                self.send_header(header[0], urlquote(header[1], safe=""))
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.handle_error = lambda request, address: None  # clients that gave up on a stall
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/sgx/certification/v4/", pki, hits
-    server.shutdown()
 
 
 def test_collateral_from_pccs_verifies_and_is_cached(pccs, tmp_path):
@@ -93,11 +47,11 @@ def test_pccs_failure_is_an_error(tmp_path):
 
 
 def test_a_stalled_pccs_is_given_up_at_the_deadline(pccs, tmp_path, monkeypatch):
-    url, pki, hits = pccs
+    url, pki, _hits = pccs
     monkeypatch.setitem(SLOW, "seconds", 6.0)
     source = PccsCollateral(url, cache_dir=tmp_path, timeout=0.5)
     started = time.monotonic()
-    with pytest.raises(CollateralError, match="within 0.5 s"):
+    with pytest.raises(CollateralError, match=r"within 0.5 s"):
         source.for_quote(pki.quote(bytes(32), bytes(32)))
     assert time.monotonic() - started < 3.5   # the 0.5 s, not the 6 s stall
 

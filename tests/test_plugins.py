@@ -3,10 +3,13 @@ plugin is reported and hides nothing; a third-party package adds a framework and
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import tomllib
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from enclave_build.plugin import Framework, hookimpl
 from enclave_build.builder.plugins import (DEFAULT_PLUGINS, ENTRY_POINT_GROUP, PluginError,
                                           PluginRegistry)
 
-from .conftest import image_rootfs, run_cli, write_spec
+from .conftest import image_rootfs, model_files, run_cli, tflite_bytes, write_spec
 
 THIRD_PARTY = Path(__file__).parent / "thirdparty_plugin"
 
@@ -34,7 +37,7 @@ def test_builtins_are_registered_from_the_module_list():
     assert {name for info in builtin for name in info.libos} == {"gramine", "occlum"}
     assert set(registry.libos) == {"gramine", "occlum"}
     assert names["tfserving"].source == "enclave-build"
-    assert names["tfserving"].hooks == ("enclave_build_frameworks",)
+    assert names["tfserving"].hooks == ("enclave_build_check_model", "enclave_build_frameworks")
     assert names["k8s"].hooks == names["attest"].hooks == ("enclave_build_register_commands",)
     assert registry.failures == []
     # ... and not through entry points: the group holds third-party plugins only
@@ -143,7 +146,7 @@ def test_a_build_that_needs_a_broken_plugin_fails_naming_it(tmp_path, standin_ro
     assert "echo (echo_framework): failed to load: ModuleNotFoundError: No module named " \
         "'onnxruntime'" in message
     # the other frameworks build as before, with the broken plugin still installed
-    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    (tmp_path / "m.tflite").write_bytes(tflite_bytes())
     spec = write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n'
                                 '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
                                 '[signing]\nkey = "key.pem"\n')
@@ -202,7 +205,7 @@ def test_configure_hook_can_stop_a_build(tmp_path, standin_root, signing_key):
             raise EnclaveBuildError("policy plugin: debug builds are not allowed here")
 
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
-    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    (tmp_path / "m.tflite").write_bytes(tflite_bytes())
     spec = write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n'
                                 '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
                                 '[signing]\nkey = "key.pem"\n')
@@ -224,7 +227,7 @@ def test_a_plugin_cannot_pass_loader_variables_through_from_the_host(tmp_path, s
             plan.env_passthrough.append(name)
 
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
-    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    (tmp_path / "m.tflite").write_bytes(tflite_bytes())
     spec = write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n'
                                 '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
                                 '[signing]\nkey = "key.pem"\n')
@@ -282,16 +285,11 @@ def test_third_party_plugin_is_listed_and_builds(installed_plugin, tmp_path, sta
 
 # --- keys, ownership and Python-server plans ----------------------------------------------------
 
-import gzip
-import io
-import tarfile
-
 CA = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"
 
 
 def _keys_project(tmp_path: Path, signing_key: Path, framework: str, extra: str = "") -> Path:
-    (tmp_path / "a.tflite").write_bytes(b"TFL3 model a" * 40)
-    (tmp_path / "b.tflite").write_bytes(b"TFL3 model b" * 40)
+    a, b = model_files(tmp_path, framework)
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     (tmp_path / "ca.pem").write_text(CA)
     return write_spec(tmp_path, f'''[service]
@@ -300,11 +298,11 @@ framework = "{framework}"
 
 [[models]]
 name = "a"
-path = "a.tflite"
+path = "{a}"
 
 [[models]]
 name = "b"
-path = "b.tflite"
+path = "{b}"
 key = "owner-b"
 
 [secrets]
@@ -484,7 +482,7 @@ def _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, framewo
     from enclave_build.builder.build import build
     from enclave_build.builder.spec import SpecError
 
-    (tmp_path / "m.tflite").write_bytes(b"TFL3" + bytes(60))
+    (tmp_path / "m.tflite").write_bytes(tflite_bytes(bytes(60)))
     shutil.copy(signing_key, tmp_path / "key.pem")
     write_spec(tmp_path, _SERVER_SPEC.format(framework=framework, section=section,
                                              enclave=enclave))
@@ -557,7 +555,7 @@ def test_a_libos_backend_declares_its_own_spec_section(tmp_path, monkeypatch, si
 
     registry = PluginRegistry(extra_plugins=[Toy()])
     shutil.copy(signing_key, tmp_path / "key.pem")
-    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    (tmp_path / "m.tflite").write_bytes(tflite_bytes())
     common = ('[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
               '[signing]\nkey = "key.pem"\n')
     monkeypatch.chdir(tmp_path)

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.cmac import CMAC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from enclave_build.attestation.protected_files import Layout
 from enclave_build.builder.gramine import protected_files as pf
 
 from .conftest import run_cli, vectors_dir
@@ -141,7 +142,7 @@ def test_our_files_have_gramines_structure(tmp_path, size):
     (tmp_path / "p").write_bytes(plain)
     pf.encrypt_file(key, tmp_path / "p", tmp_path / "e", path="/models/m/1/model.bin")
     data = (tmp_path / "e").read_bytes()
-    layout = pf.Layout(size)
+    layout = Layout(size)
     assert len(data) == layout.file_size
     path, got, stats = walk(data, key)
     assert (path, got) == ("/models/m/1/model.bin", plain)

@@ -17,6 +17,7 @@ from enclave_build.builder.elf import LoaderView, closure
 from enclave_build.builder.plan import PythonRuntime
 from enclave_build.builder.python_closure import PythonClosureError, python_closure
 from enclave_build.builder.rootfs import RootFS
+from .conftest import tflite_bytes
 
 STDLIB = "/usr/lib/python3.11"
 LOCAL = "/usr/local/lib/python3.11/dist-packages"
@@ -139,7 +140,7 @@ def test_missing_runtime_fails_the_build_with_the_base_named(tmp_path, standin_r
     base = tmp_path / "base"
     shutil.copytree(standin_root, base, symlinks=True)
     shutil.rmtree(base / LOCAL.lstrip("/") / "ai_edge_litert-2.1.0.dist-info")
-    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    (tmp_path / "m.tflite").write_bytes(tflite_bytes())
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     (tmp_path / "spec.toml").write_text('[service]\nname = "x"\nframework = "tflite"\n\n'
                                         '[[models]]\nname = "m"\npath = "m.tflite"\n'

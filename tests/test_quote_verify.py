@@ -119,14 +119,14 @@ def test_provision_key_enclave_is_refused(pki):
 
 def test_expired_collateral_is_refused(pki):
     # CRLs and TCB info share the validity window; whichever is checked first says "expired".
-    with pytest.raises(QuoteRejected, match="(?i)expired"):
+    with pytest.raises(QuoteRejected, match=r"(?i)expired"):
         verify_quote(pki.quote(ME, MS), pki.collateral_json(), root_ca_der=pki.root_der,
                      now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=60))
 
 
 def test_revoked_pck_is_refused():
     pki = SyntheticPKI(revoke_pck=True)
-    with pytest.raises(QuoteRejected, match="(?i)revoked"):
+    with pytest.raises(QuoteRejected, match=r"(?i)revoked"):
         verify_quote(pki.quote(ME, MS), pki.collateral_json(), root_ca_der=pki.root_der)
 
 

@@ -30,6 +30,7 @@ from .rest_env import RestInThread
 from .rest_env import post_request as _post
 from .rest_env import read_all as _read_all
 from .rest_env import wait_until as _wait_until
+from tests.ms_backends import NO_SOURCE
 
 REPO = Path(__file__).resolve().parent.parent
 HEALTH = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -169,7 +170,8 @@ def test_slow_header_blocks_cannot_hold_every_connection():
             s = srv.connect()
             s.sendall(b"GET /v2 HTTP/1.1\r\nX-Slow: ")
             slow.append(s)
-            _wait_until(lambda: srv.rest.open_connections == min(i + 1, 4),
+            held = min(i + 1, 4)
+            _wait_until(lambda held=held: srv.rest.open_connections == held,
                         "the server holds the slow connection")
         assert _status(srv.exchange(HEALTH)) == 200
         answer = srv.exchange(_post(_INFER, f"Content-Length: {len(_INFER)}\r\n"
@@ -272,7 +274,7 @@ def rest_echo():
 
 def _bytes_model() -> LoadedModel:
     mc = ModelConfig("len", "1", "tests.ms_backends:BytesLength", "/none")
-    return LoadedModel(mc, [BytesLength(mc, None)])
+    return LoadedModel(mc, [BytesLength(mc, NO_SOURCE)])
 
 
 def _bytes_request(count: int, elements: list[bytes] | None = None) -> bytes:
@@ -514,9 +516,9 @@ def test_sigterm_drain_is_bounded_and_every_queued_request_is_answered(tmp_path)
     assert statuses.count(200) <= 5                       # 1 s each, 2 s of drain (+ running)
     assert elapsed < 2 + 1 + 3, elapsed                   # the deadline, the one running, slack
     cut = statuses.count(503)
-    queued = re.search(r"; (\d+) still queued at the drain deadline", s.stderr)
+    by_queue = re.search(r"; (\d+) still queued at the drain deadline", s.stderr)
     by_rest = re.search(r"; (\d+) REST requests cut off at the drain deadline", s.stderr)
-    assert (int(queued.group(1)) if queued else 0) + \
+    assert (int(by_queue.group(1)) if by_queue else 0) + \
         (int(by_rest.group(1)) if by_rest else 0) == cut, s.stderr
     assert re.search(r"0 unanswered", s.stderr), s.stderr
 

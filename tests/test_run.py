@@ -19,7 +19,6 @@ from enclave_build.builder.run import BANNER, CannotSimulate, RunError, RunOptio
 from enclave_build.builder.run.runner import QUOTER_ENV, ROOT_ENV, choose_mode, process_command
 
 from .conftest import run_cli, write_spec
-from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
 
 # Runs in the enclave (and, in process mode, on the host's Python): asks the simulated quoter
 # named by the environment for one quote and reports what it saw.
@@ -138,12 +137,14 @@ def test_cli_errors(tmp_path: Path) -> None:
 def test_binary_framework_without_real_base_exits_2(tmp_path, standin_root, signing_key):
     out = _build(tmp_path, standin_root, signing_key, framework="probe-binary")
     build_, root = open_build(out)
-    with pytest.raises(CannotSimulate, match="runs a binary .*tensorflow_model_server") as info:
+    with pytest.raises(CannotSimulate, match=r"runs a binary .*tensorflow_model_server") as info:
         choose_mode(build_, root)
     assert info.value.exit_code == 2
     proc = run_cli("run", str(out), "--simulate")
     assert proc.returncode == 2, proc.stderr.decode()
-    assert b"scripts/gramine-base.sh" in proc.stderr
+    # how to get a real base, without naming a file only a checkout has
+    assert b"--base dir:ROOTFS" in proc.stderr and b"scripts/" not in proc.stderr
+    assert b"enclave-build base gramine ROOTFS" in proc.stderr
 
 
 def test_forcing_gramine_direct_on_a_standin_image_is_refused(tmp_path, standin_root,
@@ -229,7 +230,7 @@ def test_measurements_json_of_another_build_is_refused(tmp_path, standin_root, s
 
 
 @pytest.mark.integration
-def test_gramine_direct_run_as_image_user(tmp_path, gramine_base_dir, signing_key):  # noqa: F811
+def test_gramine_direct_run_as_image_user(tmp_path, gramine_base_dir, signing_key):
     if os.geteuid() != 0:
         pytest.skip("gramine-direct needs root")
     out = _build(tmp_path, gramine_base_dir, signing_key)

@@ -330,7 +330,7 @@ def test_reload_changes_the_policy_without_restart(tmp_path):
         with pytest.raises(ProvisioningError):
             _fetch(srv, env, env.enclave_cert("face"))
         env.config.write_text(original.replace("[server]", "[server]\nbogus = 1"))
-        with pytest.raises(ConfigError, match="server.bogus: unknown key"):
+        with pytest.raises(ConfigError, match=r"server.bogus: unknown key"):
             srv.reload()  # a broken file keeps the previous (working) policy
         with pytest.raises(ProvisioningError):
             _fetch(srv, env, env.enclave_cert("face"))
@@ -375,7 +375,7 @@ def test_serve_command_runs_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
             lines.append(line)
             if line.startswith("serving on "):
                 break
-        assert any("SYNTHETIC TEST root CA" in l for l in lines)  # warned on start
+        assert any("SYNTHETIC TEST root CA" in text for text in lines)  # warned on start
         host, port = line.split()[-1].rsplit(":", 1)
         cert_key = env.enclave_cert("face")
         assert fetch_secret(host, int(port), env.ca, *cert_key, server_name="localhost") == \

@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -33,7 +34,6 @@ from enclave_build.contract.identity import EnclaveIdentity
 from . import serving_env as se
 from .attest_env import MR_SIGNER, identity
 from .conftest import image_rootfs, run_cli
-from .test_grsecret import stubs  # noqa: F401 - a fixture: ratls stubs made from the .proto
 
 pytestmark = pytest.mark.integration
 
@@ -275,7 +275,7 @@ def _model_enclave_fetch(served) -> bytes:
     return body
 
 
-def _grsecret_fetch(served, stubs, name: str) -> bytes:
+def _grsecret_fetch(served, ratls_stubs, name: str) -> bytes:
     """What Occlum's init does against the enclave image's GrSecret port, with a gRPC client
     generated from tests/protos/ratls.proto: check the server's quote and identity (its
     measurements.json as init_ra_conf's ra_config), then GetSecret over mutual RA-TLS pinned
@@ -289,11 +289,11 @@ def _grsecret_fetch(served, stubs, name: str) -> bytes:
 
     from .secret_client import decode_secret, verify_peer_certificate
 
-    pb2, pb2_grpc = stubs
+    pb2, pb2_grpc = ratls_stubs
     address = ("127.0.0.1", served["grsecret_port"])
     pem = ssl.get_server_certificate(address).encode()
     built = json.loads((served["out"] / "measurements.json").read_text())
-    ra_config = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
+    ra_config: dict[str, Any] = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
                                          "verify_isv_prod_id", "verify_isv_svn",
                                          "verify_enclave_debuggable")}
     ra_config["verify_config_svn"] = "off"
@@ -311,14 +311,14 @@ def _grsecret_fetch(served, stubs, name: str) -> bytes:
         private_key=key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
-    with grpc.secure_channel("%s:%d" % address, creds, options=[
+    with grpc.secure_channel("{}:{}".format(*address), creds, options=[
             ("grpc.ssl_target_name_override", "localhost")]) as channel:
         reply = pb2_grpc.GrSecretStub(channel).GetSecret(pb2.SecretRequest(name=name),
                                                           timeout=10)
     return decode_secret(reply.secret)
 
 
-def test_upload_then_a_model_enclave_gets_the_key(served, tmp_path, stubs):
+def test_upload_then_a_model_enclave_gets_the_key(served, tmp_path, ratls_stubs):
     with pytest.raises(AttestationRefused, match="has not been uploaded by its owner yet"):
         _model_enclave_fetch(served)
     key = os.urandom(16)
@@ -346,7 +346,7 @@ def test_upload_then_a_model_enclave_gets_the_key(served, tmp_path, stubs):
     assert key.hex().encode() not in proc.stdout + proc.stderr
     assert _model_enclave_fetch(served) == key
     # ... and an Occlum enclave's init gets it from the same server over GrSecret
-    assert _grsecret_fetch(served, stubs, "face-key") == key
+    assert _grsecret_fetch(served, ratls_stubs, "face-key") == key
     log = served["process"].output.text
     assert key.hex() not in log
     assert '"event": "upload"' in log and hashlib.sha256(

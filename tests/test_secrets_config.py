@@ -157,7 +157,7 @@ def test_missing_and_non_regular_key_files_are_refused(tmp_path, server_side):
         compose_config([fragment], server_side)
     (tmp_path / "dir.key").mkdir()
     fragment = _fragment(tmp_path / "alpha", _rule(tmp_path / "dir.key"))
-    with pytest.raises(SecretsConfigError, match="dir.key: not a regular file"):
+    with pytest.raises(SecretsConfigError, match=r"dir.key: not a regular file"):
         compose_config([fragment], server_side)
 
 
@@ -191,7 +191,7 @@ def test_one_key_file_under_two_secret_names_is_refused(tmp_path, server_side):
                                       f"file of secret 'first' (in {a})")
     (tmp_path / "link.key").symlink_to(key)     # the same file by another path
     c = _fragment(tmp_path / "gamma", _rule(key, "first") + _rule(tmp_path / "link.key", "x"))
-    with pytest.raises(SecretsConfigError, match="secret 'x': key file .*link.key is also"):
+    with pytest.raises(SecretsConfigError, match=r"secret 'x': key file .*link.key is also"):
         compose_config([c], server_side)
     # The same secret (same name, same file) shared by two builds stays fine.
     d = _fragment(tmp_path / "delta", _rule(key, "first", '["beta"]'), service="beta")

@@ -32,7 +32,7 @@ from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.model_server.config import ConfigError, ServerTrustConfig, parse_config
 from enclave_build.model_server.server_attest import ServerRefused, ServerVerifier
 
-from .test_pccs import pccs  # noqa: F401 - a fixture (a PCCS stand-in on 127.0.0.1)
+from .conftest import tflite_bytes
 
 SIGNER = "5a" * 32
 SERVER_ENCLAVE = "c3" * 32
@@ -60,7 +60,7 @@ def _signing_key(tmp_path, signing_key):
 
 
 def _spec(tmp_path: Path, secrets: str, *, framework="tflite", section="") -> Path:
-    (tmp_path / "model.tflite").write_bytes(b"TFL3" + bytes(60))
+    (tmp_path / "model.tflite").write_bytes(tflite_bytes(bytes(60)))
     spec = tmp_path / "spec.toml"
     spec.write_text(f'''[service]
 name = "svc"
@@ -178,7 +178,7 @@ def test_constructor_frameworks_are_refused(tmp_path, pki):
     spec = _spec(tmp_path, _trust(tmp_path, pki[1]), framework="tfserving")
     (tmp_path / "model.tflite").unlink()
     (tmp_path / "model.tflite").mkdir()
-    (tmp_path / "model.tflite" / "saved_model.pb").write_bytes(b"x")
+    (tmp_path / "model.tflite" / "saved_model.pb").write_bytes(b"\x08\x01")
     loaded, registry = load(spec)
     with pytest.raises(SpecError, match=r"secrets.server_measurements: framework 'tfserving' "
                                         r"gets its keys from Gramine's provisioning constructor"):
@@ -193,7 +193,7 @@ def _plan_config(spec: Path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan = make_plan(loaded, registry)
-    config = next(json.loads(f.data) for f in plan.image_files() if f.dest == SERVER_CONFIG)
+    config = next(json.loads(f.data or b"") for f in plan.image_files() if f.dest == SERVER_CONFIG)
     return plan, config, caught
 
 

@@ -34,7 +34,6 @@ import numpy as np
 import pytest
 
 from . import serving_env as se
-from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
 from .models import face_detection_tflite
 
 pytestmark = pytest.mark.integration
@@ -56,7 +55,7 @@ def refused_files(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def real_base(gramine_base_dir: Path) -> Path:  # noqa: F811
+def real_base(gramine_base_dir: Path) -> Path:
     if os.geteuid() != 0:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("gramine-direct needs root (CI=true: the real-LibOS tests must run)",
@@ -178,7 +177,7 @@ def _loader_uids(run: se.Process) -> set[int]:
         except OSError:
             continue
         if b"gramine/direct/loader" in cmdline or b"gramine/direct/libpal" in cmdline:
-            uids.add(int(next(l for l in status.splitlines() if l.startswith("Uid:")).split()[1]))
+            uids.add(int(next(s for s in status.splitlines() if s.startswith("Uid:")).split()[1]))
     return uids
 
 
@@ -297,7 +296,9 @@ def _model_server_config(out: Path) -> dict:
     from enclave_build.builder.image.inspect import open_image, read_file
 
     image, _ = open_image(str(out))
-    return json.loads(read_file(image, "/enclave/model-server.json"))
+    data = read_file(image, "/enclave/model-server.json")
+    assert data is not None, "the image has no /enclave/model-server.json"
+    return json.loads(data)
 
 
 def test_a_file_missing_from_the_manifest_is_reported(tflite_build, env):

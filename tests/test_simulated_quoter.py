@@ -191,7 +191,7 @@ def test_pki_load_errors(tmp_path):
     with pytest.raises(PKIError, match="no such directory"):
         SyntheticPKI.load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(PKIError, match="pki-private.json is missing"):
+    with pytest.raises(PKIError, match=r"pki-private.json is missing"):
         SyntheticPKI.load(tmp_path / "empty")
     SyntheticPKI().save(tmp_path / "a")
     SyntheticPKI().save(tmp_path / "b")

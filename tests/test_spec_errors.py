@@ -7,12 +7,12 @@ import pytest
 
 from enclave_build.builder.spec import SpecError
 
-from .conftest import run_cli
+from .conftest import run_cli, tflite_bytes
 from .spec_corpus import CASES, GOOD
 
 
 def _prepare(tmp_path, text, signing_key):
-    (tmp_path / "model.tflite").write_bytes(b"TFL3" + bytes(60))
+    (tmp_path / "model.tflite").write_bytes(tflite_bytes(bytes(60)))
     (tmp_path / "key.pem").write_bytes(signing_key.read_bytes())
     (tmp_path / "spec.toml").write_text(text)
 

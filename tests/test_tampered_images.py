@@ -34,8 +34,7 @@ from enclave_build.builder.run import RunError, open_build
 from enclave_build.builder.run.gramine_direct import prepare_manifest
 from enclave_build.builder.run.view import ViewError, populate
 
-from .conftest import write_spec
-from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
+from .conftest import tflite_bytes, write_spec
 from .tamper import append, replace_text, tamper
 
 TAMPERED = "import os; print('TAMPERED', flush=True); os._exit(42)\n"
@@ -106,7 +105,7 @@ def probe_out(tmp_path_factory, standin_root, signing_key) -> Path:
 def server_out(tmp_path_factory, standin_root, signing_key) -> Path:
     """Our model server (tflite) with an unencrypted model: no secret server needed."""
     directory = tmp_path_factory.mktemp("server")
-    (directory / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 8)
+    (directory / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 8))
     shutil.copy(signing_key, directory / "key.pem")
     write_spec(directory, '[service]\nname = "face"\nframework = "tflite"\n\n[[models]]\n'
                           'name = "face"\npath = "model.tflite"\nencrypt = false\n\n'
@@ -326,7 +325,7 @@ def test_open_build_refuses_before_anything_runs(probe_out, tmp_path):
 
 
 @pytest.mark.integration
-def test_gramine_direct_refuses_an_edited_manifest(tmp_path, gramine_base_dir,  # noqa: F811
+def test_gramine_direct_refuses_an_edited_manifest(tmp_path, gramine_base_dir,
                                                    signing_key):
     if os.geteuid() != 0:
         pytest.skip("gramine-direct needs root")

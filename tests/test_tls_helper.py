@@ -52,6 +52,7 @@ def _handshake(ca: Path, cert: Path, key: Path, server_name: str) -> str:
     finally:
         thread.join(10)
         listener.close()
+    assert version is not None   # the handshake completed
     return version
 
 
@@ -124,7 +125,7 @@ def test_help_gives_the_openssl_equivalent():
 
 
 def test_helper_keeps_its_single_name_form_and_certifies_lists_exactly(tmp_path):
-    ca, cert, key = tls_ca_and_server(tmp_path / "one", "secrets.example")
+    _ca, cert, key = tls_ca_and_server(tmp_path / "one", "secrets.example")
     assert _sans(cert) == (["secrets.example"], ["127.0.0.1"])
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     _, cert, _ = tls_ca_and_server(tmp_path / "many", ["a.example", "::1", "b.example"], days=2)

@@ -26,7 +26,7 @@ from typing import Callable
 
 from OpenSSL import SSL
 
-from ..config import ServerSettings
+from enclave_build.contract.secrets_config import ServerSettings
 from ..upload import UploadStore
 from .audit import AuditLog, ConnectionEvent
 from .protocol import SecretProtocol, Session

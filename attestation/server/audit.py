@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable
 
 from ..verify import VerifiedQuote
 
@@ -142,7 +142,7 @@ class Stopped:
         return {"event": "stop", "pid": self.pid}
 
 
-AuditEvent = Union[ConnectionEvent, Started, Reloaded, WorkerExited, Stopped]
+AuditEvent = ConnectionEvent | Started | Reloaded | WorkerExited | Stopped
 
 
 def _utc_now() -> _dt.datetime:
@@ -157,9 +157,9 @@ class AuditLog:
     def __init__(self, target: str | None, *, now: Callable[[], _dt.datetime] = _utc_now):
         self._now = now
         self._lock = threading.Lock()
-        self._own = target not in (None, "-")
+        self._own = target is not None and target != "-"
         self._fd: int | None = None
-        if self._own:
+        if target is not None and self._own:
             self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                                0o666)
         else:

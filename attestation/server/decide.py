@@ -31,7 +31,9 @@ import enum
 from dataclasses import dataclass
 
 from ..occlum_ra import PeerIdentity, RaConfig
-from ..policy import Identity, Policy, SecretRule, is_mr_enclave
+from enclave_build.contract.secrets_config import SecretRule
+
+from ..policy import Identity, Policy, is_mr_enclave
 from ..verify import TcbPolicy, VerifiedQuote
 
 

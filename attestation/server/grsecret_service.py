@@ -76,6 +76,7 @@ class GrSecretService:
                 Status.NAMES.get(outcome.code, str(outcome.code))))
 
         settings = state.config.grsecret
+        assert settings is not None   # this listener exists only with [grsecret]
         summary = grsecret.serve(conn, handle, deadline=session.deadline, idle=settings.idle,
                                  max_requests=settings.max_requests, on_answer=audit)
         if summary.requests and summary.clean:

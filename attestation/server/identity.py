@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import SecretsConfig
+from enclave_build.contract.secrets_config import SecretsConfig
 from ..errors import AttestationError
 from ..quote_source import QuoteSource, QuoteSourceError, discover
 from ..ratls import server_certificate

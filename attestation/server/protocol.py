@@ -47,8 +47,9 @@ class Session:
 
 
 class SecretProtocol(Protocol):
-    #: The audit lines' ``protocol`` field (None: left out).
-    audit_name: str | None
+    @property
+    def audit_name(self) -> str | None:
+        """The audit lines' ``protocol`` field (None: left out)."""
 
     def context(self, state: ServerState) -> SSL.Context:
         """The TLS context of this protocol's listener."""

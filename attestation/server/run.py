@@ -11,7 +11,9 @@ from typing import Callable
 
 from cryptography import x509
 
-from ..config import SecretsConfig, load_config
+from enclave_build.contract.secrets_config import SecretsConfig
+
+from ..config import load_config
 from ..occlum_ra import RaConfig
 from ..verify import load_root_der
 from .secret_server import SecretServer
@@ -23,10 +25,17 @@ def startup_warnings(config: SecretsConfig) -> list[str]:
     root = config.attestation.root_ca
     if root is not None:
         der = load_root_der(root)
+        assert der is not None   # *root* is a path
         subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
         kind = "SYNTHETIC TEST root" if "SYNTHETIC TEST" in subject else "non-Intel root"
         warnings.append(f"WARNING: trusting a {kind} CA ({subject}) from {root}: quotes it "
                         "vouches for are NOT backed by Intel; for tests and simulation only")
+    if config.attestation.collateral is not None:
+        problem = _collateral_problem(config)
+        if problem:
+            warnings.append(f"WARNING: [attestation] collateral {config.attestation.collateral} "
+                            f"does not chain to root_ca: {problem}; every quote will be "
+                            "refused until it does")
     for relaxed in config.attestation.tcb.relaxations():
         warnings.append(f"WARNING: {relaxed}: enclaves on such platforms receive secrets")
     if config.server.max_tls == "1.3":
@@ -37,9 +46,22 @@ def startup_warnings(config: SecretsConfig) -> list[str]:
     return warnings
 
 
+def _collateral_problem(config: SecretsConfig) -> str | None:
+    from ..collateral_root import collateral_root_problem
+
+    if config.attestation.collateral is None:
+        return None
+    try:
+        text = Path(config.attestation.collateral).read_text(encoding="utf-8")
+        return collateral_root_problem(text, load_root_der(config.attestation.root_ca))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"it cannot be read ({exc})"
+
+
 def _grsecret_warnings(config: SecretsConfig) -> list[str]:
     warnings = []
     grpc = config.grsecret
+    assert grpc is not None   # called with [grsecret] only
     if grpc.client_ra_config is not None and RaConfig.load(grpc.client_ra_config).checks_nothing:
         warnings.append(f"note: {grpc.client_ra_config}: every verify_* flag is \"off\"; "
                         "GrSecret clients are filtered by the [[secrets]] policy alone")

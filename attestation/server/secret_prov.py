@@ -93,8 +93,11 @@ def _serve_upload(session: Session, der: bytes) -> None:
     """An owner (a certificate without SGX evidence) uploading keys."""
     conn, state, event = session.conn, session.state, session.event
     event.event, event.owner = "upload", hashlib.sha256(der).hexdigest()
+    settings = state.config.upload
+    # load_config reads the owners' certificates into the server's own UploadSettings
+    assert isinstance(settings, upload.UploadSettings)
     outcome = upload.serve_upload(lambda n: read_exact(conn, n), conn.sendall, der,
-                                  state.config.upload, session.uploads,
+                                  settings, session.uploads,
                                   [r.name for r in state.config.secrets if r.file is None])
     event.secrets = outcome.secrets
     if outcome.allowed:

@@ -12,7 +12,9 @@ from typing import Callable
 
 from OpenSSL import SSL
 
-from ..config import GrSecretSettings, SecretsConfig, load_config
+from enclave_build.contract.secrets_config import GrSecretSettings, SecretsConfig
+
+from ..config import load_config
 from ..upload import UploadStore
 from .admission import Admission, Limits, peer_text
 from .audit import AuditLog, Reloaded, Started, Stopped
@@ -55,7 +57,9 @@ class SecretServer:
             self.audit.close()
             raise
         self.uploads = UploadStore()   # keys owners uploaded ([upload]); memory only
-        self.processes = config.server.processes
+        # the reader always sets it (the cores the server may use when secrets.toml does not)
+        assert config.server.processes is not None
+        self.processes: int = config.server.processes
         self.address: tuple[str, int] | None = None
         self.grsecret_address: tuple[str, int] | None = None
         # (listening socket, its protocol, its acceptor thread's name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..policy import SecretRule
+from enclave_build.contract.secrets_config import SecretRule
 from ..upload import UploadStore
 from ..wire import MAX_SECRET
 

@@ -9,9 +9,10 @@ from typing import Callable
 
 from OpenSSL import SSL
 
-from ..config import SecretsConfig
+from enclave_build.contract.secrets_config import SecretsConfig
 from ..occlum_ra import RaConfig
 from ..policy import Policy
+from ..verify import TcbPolicy
 from .decide import AccessPolicy
 from .identity import ServerIdentity
 from .tls import grsecret_context, secret_prov_context
@@ -41,7 +42,7 @@ class ServerState:
         client_filter = (RaConfig.load(grpc.client_ra_config)
                          if grpc is not None and grpc.client_ra_config else None)
         verifier = verifier_for(config)
-        tcb = config.attestation.tcb
+        tcb = TcbPolicy.of(config.attestation.tcb)   # as this verifier applies it
         return cls(config, policy, verifier, AccessPolicy(policy, tcb),
                    AccessPolicy(policy, tcb, client_filter),
                    secret_prov_context(config, identity),

@@ -14,8 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
-from ..config import SecretsConfig
+from enclave_build.contract.secrets_config import SecretsConfig
 from ..grsecret import ALPN
+from ..ratls import RaTlsKey
 from .identity import IdentityError, ServerIdentity
 
 
@@ -56,7 +57,9 @@ def use_pem(ctx: SSL.Context, pair: tuple[bytes, bytes]) -> None:
     """Load an in-memory certificate and key into *ctx*."""
     cert_pem, key_pem = pair
     ctx.use_certificate(x509.load_pem_x509_certificate(cert_pem))
-    ctx.use_privatekey(serialization.load_pem_private_key(key_pem, None))
+    key = serialization.load_pem_private_key(key_pem, None)
+    assert isinstance(key, RaTlsKey)   # made by ratls.server_certificate
+    ctx.use_privatekey(key)
     ctx.check_privatekey()
 
 

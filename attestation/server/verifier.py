@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 from cryptography import x509
 
 from ..collateral import CollateralError, CollateralSource, source_for
-from ..config import SecretsConfig
+from enclave_build.contract.secrets_config import SecretsConfig
 from ..occlum_ra import CONFIG_SVN_OFFSET
 from ..ratls import EvidenceError, extract_evidence
 from ..verify import (QuoteRejected, VerificationCache, VerifierConfigError, load_root_der,

@@ -11,6 +11,7 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
@@ -26,7 +27,7 @@ other than UpToDate only with --allow-tcb-status. The identity must equal one of
 measurements.json files: mr_enclave, mr_signer, isv_prod_id, isv_svn and debug."""
 
 
-def _verification_options(command):  # noqa: ANN001, ANN202 - a click decorator
+def _verification_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--measurements", "measurement_files", required=True, multiple=True,
                      metavar="M.json", type=click.Path(exists=True, dir_okay=False,
@@ -271,7 +272,7 @@ def upload(endpoint: str, names: tuple[str, ...], files: tuple[Path, ...], owner
             raise UsageError(f"{len(names)} --name but {len(files)} --file: give them in pairs")
         if len(set(names)) != len(names):
             raise UsageError("a --name is given twice")
-        keys = [(name, _read_key(name, path)) for name, path in zip(names, files)]
+        keys = [(name, _read_key(name, path)) for name, path in zip(names, files, strict=True)]
         try:   # what the protocol cannot carry is refused here, not after attesting the server
             encode_request(keys)
         except ValueError as exc:

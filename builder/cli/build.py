@@ -27,7 +27,7 @@ ENCLAVE_BUILD_OCCLUM_IMAGE picks another), and [image] base must be an Occlum ru
 Exit codes: 0 built; 1 build error; 2 bad spec or usage (FILE:LINE: KEY: ...); 3 external
 signature needed (the bytes to sign were written next to the spec).
 """)
-@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Write DIR/oci (an OCI image layout), DIR/measurements.json and, with "
                    "encrypted content, DIR/secrets-policy.toml. Atomic. Default: out/ next to "
@@ -47,10 +47,14 @@ signature needed (the bytes to sign were written next to the spec).
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary.")
 def build(spec: Path, output: Path | None, base: str | None, tag: str | None, load: bool,
           push: bool, signature: Path | None, as_json: bool, quiet: bool) -> None:
-    """Build the enclave image described by SPEC (a spec.toml)."""
+    """Build the enclave image described by SPEC (a spec.toml, or a project directory holding
+    spec.toml, as `enclave-build init` writes)."""
     from ..build import ImageOptions
     from ..build import build as run_build
+    from ..spec_file import spec_file
 
+    with errors():
+        spec = spec_file(spec)
     if output is None:
         output = spec.parent / "out"   # the headline `enclave-build spec.toml` writes something
     with errors(), RichProgress(not quiet and not as_json) as progress:
@@ -73,8 +77,21 @@ def build(spec: Path, output: Path | None, base: str | None, tag: str | None, lo
         click.echo(f"image        {measurements.image.ref} ({measurements.image.digest})")
         if result.output:
             click.echo(f"output       {result.output}")
+            click.echo(f"\nNext: serve it here (a local secret server, `run --simulate`, a "
+                       f"test request):\n  {dev_command(spec, output)}")
     if result.pushed and not as_json:
         click.echo(result.pushed)
+
+
+def dev_command(spec: Path, output: Path) -> str:
+    """The `enclave-build dev` command line for this spec and output directory."""
+    import shlex
+
+    project = spec.parent if spec.name == "spec.toml" else spec
+    words = ["enclave-build", "dev", str(project)]
+    if output.resolve() != (spec.parent / "out").resolve():
+        words += ["--output", str(output)]
+    return shlex.join(words)
 
 
 @click.command(epilog="""\b

@@ -4,11 +4,15 @@ prints; registered by :func:`register`."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import UsageError
 from .output import errors, print_json
+
+if TYPE_CHECKING:
+    from ..cache_admin import Pruned
 
 _LS_KEYS = ("Print as JSON: root, blobs {count, bytes, shared_bytes, items [{digest, size, "
             "last_used, shared}]}, rootfs {count, bytes, keep, items [{chain_id, size, "
@@ -73,7 +77,7 @@ def cache_ls(show_blobs: bool, as_json: bool) -> None:
                f"{report.rootfs_keep} most recently used")
 
 
-def _print_pruned(pruned, as_json: bool) -> None:  # noqa: ANN001 - cache_admin.Pruned
+def _print_pruned(pruned: Pruned, as_json: bool) -> None:
     from ..image.blob_cache import human
 
     if as_json:

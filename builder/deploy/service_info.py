@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from enclave_build.contract import service_info as contract
-from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.contract.schema import Problem
-from enclave_build.contract.service_info import (FORMAT_VERSION, EnclaveInfo, Health,  # noqa: F401
-                                                 MetricsEndpoint, RunAs, ServicePort)
+from enclave_build.contract.service_info import (EnclaveInfo, Health, MetricsEndpoint, RunAs,
+                                                 ServicePort)
 
 from ..errors import EnclaveBuildError
 from ..plan import KeyDelivery, MountType, ServicePlan
-from .settings import LIBOS, DeploySpec, check_deploy
+from enclave_build.contract.deploy import DeploySpec
+
+from .settings import LIBOS, check_deploy
 
 
 class ServiceInfoError(contract.ServiceInfoError, EnclaveBuildError):
@@ -46,15 +47,18 @@ def _builder_checks(values: Mapping[str, Any], problems: list[Problem]) -> None:
 class ServiceInfo(contract.ServiceInfo):
     """service.json, read with the builder's checks (see the module's doc)."""
 
-    checks = staticmethod(_builder_checks)
     error = ServiceInfoError
+
+    @classmethod
+    def extra_checks(cls, values: Mapping[str, Any], problems: list[Problem]) -> None:
+        _builder_checks(values, problems)
 
 
 def service_info(plan: ServicePlan, deploy: DeploySpec, run_as: tuple[int, int], *,
                  tls: bool) -> ServiceInfo:
     """Describe *plan* for deployment. For enclave-build's model server the health, metrics,
     ports and drain come from its own (measured) configuration file in the plan."""
-    ports = tuple(ServicePort(p.name, p.number, p.protocol) for p in plan.ports)
+    ports = tuple(ServicePort(p.name, p.number, p.protocol, p.spec_key) for p in plan.ports)
     config = plan.server_config
     metrics = drain = None
     if config is not None and config.rest is not None:

@@ -11,8 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from enclave_build.contract.deploy import (CPU_DOC, DEPLOY, SGX_NODE_LABEL,  # noqa: F401
-                                           DeploySpec)
+from enclave_build.contract.deploy import CPU_DOC, DEPLOY, DeploySpec
 from enclave_build.contract.schema import Problem, validate_table
 
 from ..errors import UsageError

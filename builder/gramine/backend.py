@@ -16,7 +16,7 @@ import stat
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import jinja2
 import tomli_w
@@ -40,6 +40,7 @@ from .measure import EnclaveTooSmall, PalImage
 from .offsets import Offsets
 from .runtime import GramineRuntime, discover
 from .sign import sign_manifest, signing_data_for
+from .signer import Signer
 from .sigstruct import SigDate
 
 ENCLAVE_DIR = "/enclave"
@@ -379,8 +380,9 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
         raise EnclaveBuildError(f"entrypoint {plan.entrypoint} not found in the base image ({rootfs})")
     manifest = render_manifest(plan, runtime, options.log_level, resolve_trusted(plan, rootfs),
                                arch_libdir=has_arch_libdir(rootfs))
-    final = finalize_manifest(manifest, plan, rootfs, options.hash_cache,  # type: ignore[arg-type]
-                              options.progress.task)
+    # BuildOptions holds these as object (the plugin API names no Gramine type)
+    hash_cache = cast("HashCache | None", options.hash_cache)
+    final = finalize_manifest(manifest, plan, rootfs, hash_cache, options.progress.task)
     offs = Offsets.parse(rootfs.read_bytes(runtime.offsets).decode("utf-8", "replace"),
                          runtime.offsets)
     pal = PalImage.from_bytes(rootfs.read_bytes(runtime.libpal), runtime.libpal)
@@ -397,8 +399,8 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
             mr_enclave, tbs = signing_data_for(final, pal, offs, date, manifest_path(plan))
             return LibOSArtifacts("gramine", tuple(files), entrypoint, None,
                                   PendingSignature(mr_enclave.hex(), tbs), manifest=final)
-        signed = sign_manifest(final, pal, offs, options.signer,  # type: ignore[arg-type]
-                               date, manifest_path(plan))
+        signer = cast(Signer, options.signer)
+        signed = sign_manifest(final, pal, offs, signer, date, manifest_path(plan))
     except EnclaveTooSmall as exc:
         raise _too_small(plan, exc) from None
     files.append(ArtifactFile(sigstruct_path(plan), data=signed.sigstruct_bytes))

@@ -299,7 +299,7 @@ class _MeasurementStream:
         while done < npages:
             n = min(npages - done, _UNMEASURED_CHUNK_PAGES)
             records[:n, 1] = self._arange[:n] + np.uint64(offset + done * self.page)
-            self.hash.update(memoryview(records[:n]).cast("B"))
+            self.hash.update(records[:n].data.cast("B"))
             done += n
 
     def add_measured(self, addr: int, content: np.ndarray, flags: int) -> None:
@@ -323,7 +323,7 @@ class _MeasurementStream:
             stream[:n, 1] = page_offsets
             headers[:n, :, 1] = page_offsets[:, None] + within[None, :]
             as_bytes[:n, :, _RECORD:] = pages[done:done + n]
-            self.hash.update(memoryview(stream[:n]).cast("B"))
+            self.hash.update(stream[:n].data.cast("B"))
             done += n
 
 

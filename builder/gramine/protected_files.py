@@ -13,9 +13,6 @@ import functools
 from typing import Any, Callable, TypeVar
 
 from enclave_build.attestation import protected_files as _impl
-from enclave_build.attestation.protected_files import (  # noqa: F401  (re-exported)
-    CHILDREN_PER_MHT, DATA_PER_MHT, FILE_ID, KEY_SIZE, MAC_SIZE, MD_DATA, NODE, NONCE_SIZE,
-    PATH_MAX, VERSION, Header, Layout, Metadata, ProgressFn, data_node_index, mht_node_index)
 
 from ..errors import EnclaveBuildError
 
@@ -36,7 +33,7 @@ def _mapped(function: _F) -> _F:
             raise
         except _impl.PFError as exc:
             raise PFError(str(exc)) from exc.__cause__
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps *function*'s signature
 
 
 read_wrap_key = _mapped(_impl.read_wrap_key)

@@ -21,8 +21,10 @@ _PKGLIBDIRS = ("/usr/lib/x86_64-linux-gnu/gramine", "/usr/local/lib/x86_64-linux
                "/usr/lib64/gramine", "/usr/local/lib64/gramine", "/usr/lib/gramine",
                "/usr/local/lib/gramine")
 SUPPORTED_VERSIONS = ("1.9",)
-WORKING_BASES = ("gramineproject/gramine:v1.9 (or any image with the gramine 1.9 Debian/RPM "
-                 "package installed)", "the bases in base_images/ (`enclave-build base build`)")
+WORKING_BASES = ("gramineproject/gramine:1.9-noble or 1.9-jammy (or any image with the gramine 1.9 "
+                 "Debian/RPM package installed)", "the bases in base_images/ (`enclave-build "
+                 "base build`)", "a root filesystem from `enclave-build base gramine ROOTFS` "
+                 "(as root; --base dir:ROOTFS)")
 
 
 class GramineNotFoundError(EnclaveBuildError):

@@ -134,8 +134,13 @@ def sign_manifest_file(manifest: Path, libpal: Path, offsets: Path, *, key: Path
         mr_enclave, tbs = signing_data_for(data, pal, offs, sig_date, str(manifest))
         atomic_write(tbs_out, tbs)
         return SignFileResult(mr_enclave, tbs_out, None, len(tbs))
-    signer: Signer = (PemSigner.from_file(key, passphrase) if key is not None
-                      else DetachedSigner.from_files(public_key, signature))  # type: ignore[arg-type]
+    signer: Signer
+    if key is not None:
+        signer = PemSigner.from_file(key, passphrase)
+    else:
+        # the command line asks for a key, or for the public key and the signature
+        assert public_key is not None and signature is not None
+        signer = DetachedSigner.from_files(public_key, signature)
     signed = sign_manifest(data, pal, offs, signer, sig_date, str(manifest))
     assert sigfile is not None
     atomic_write(sigfile, signed.sigstruct_bytes)

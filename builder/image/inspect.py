@@ -34,10 +34,10 @@ def read_file(image: Image, path: str) -> bytes | None:
     """The file at *path*, read from the topmost layer that has it (no full unpacking)."""
     want = path.lstrip("/")
     parent = posixpath.dirname(want)
-    for index, layer in enumerate(reversed(image.layers)):
+    for layer in reversed(image.layers):
         try:
             with open(image.store.path(layer.digest), "rb") as handle:
-                with tarfile.open(fileobj=open_layer(handle), mode="r|") as tar:  # type: ignore[arg-type]
+                with tarfile.open(fileobj=open_layer(handle), mode="r|") as tar:
                     hidden = False
                     for member in tar:
                         name = member_path(member.name)

@@ -2,15 +2,16 @@
 
 Entries are sorted by path, every parent directory is written explicitly, owners are 0:0 with
 no names (or the uid:gid an entry names, e.g. the image's runtime user for files it must open
-read-write), and every mtime is SOURCE_DATE_EPOCH (or 0). The tar (PAX) is gzip-compressed with a
-zero gzip timestamp and no file name, so the same entries give the same diff_id and digest on
-any machine with the same zlib. A layer whose entries are unchanged since an earlier build is
-taken from the cache instead of being written again.
+read-write), and every mtime is SOURCE_DATE_EPOCH (or 0). The tar (PAX) is gzip-compressed by
+:mod:`.block_gzip` (parallel deterministic blocks at level 6; incompressible blocks -- ciphertext,
+most model weights -- stored), so the same entries give the same diff_id and digest on any
+machine with the same zlib, whatever its number of cores. Reading, hashing (diff_id and
+digest) and writing are one pass over each file with 1 MiB buffers. A layer whose entries are
+unchanged since an earlier build is taken from the cache instead of being written again.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -19,12 +20,15 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from ..hashing import HashCache, hash_files
+from . import block_gzip
 from .oci import OCI_LAYER_GZIP, BlobStore, Descriptor
 
-GZIP_LEVEL = 6
+GZIP_LEVEL = block_gzip.LEVEL
+#: Bytes per read and per write of a layer's files (and of the tar stream).
+COPY_BUFFER = block_gzip.BLOCK
 
 
 def source_date_epoch() -> int:
@@ -90,7 +94,8 @@ def _with_parents(entries: list[LayerEntry]) -> list[LayerEntry]:
 def _cache_key(entries: list[LayerEntry], hash_cache: HashCache | None) -> str:
     files = [e.source for e in entries if e.kind == "file" and e.source is not None]
     digests = hash_files(files, cache=hash_cache) if files else {}
-    h = hashlib.sha256(f"v1 gzip{GZIP_LEVEL} epoch{source_date_epoch()}\n".encode())
+    h = hashlib.sha256(f"v2 block-gzip{GZIP_LEVEL} store{block_gzip.STORE_RATIO} "
+                       f"epoch{source_date_epoch()}\n".encode())
     for e in entries:
         content = (digests[e.source] if e.source is not None
                    else hashlib.sha256(e.data).hexdigest() if e.data is not None
@@ -120,11 +125,13 @@ def write_layer(entries: list[LayerEntry], store: BlobStore,
 
     epoch = source_date_epoch()
     writer = store.writer()
+    gz = block_gzip.BlockGzipWriter(writer)  # type: ignore[arg-type]
     try:
-        gz = gzip.GzipFile(fileobj=writer, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,  # type: ignore[arg-type]
-                           filename="")
         diff = _DiffHash(gz)
-        with tarfile.open(fileobj=diff, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[arg-type]
+        # a write-only file object (tarfile's stream mode only calls write() and close());
+        # copybufsize is TarFile's, which typeshed's overloads of open() leave out
+        with tarfile.open(fileobj=diff, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+                          bufsize=COPY_BUFFER, copybufsize=COPY_BUFFER) as tar:
             for entry in entries:
                 info = tarfile.TarInfo(entry.path.lstrip("/"))
                 info.mtime = epoch
@@ -145,14 +152,13 @@ def write_layer(entries: list[LayerEntry], store: BlobStore,
                         progress(info.size)
                 else:
                     assert entry.source is not None
-                    info.size = entry.source.stat().st_size
                     with open(entry.source, "rb") as handle:
-                        tar.addfile(info, handle)
-                    if progress:
-                        progress(info.size)
+                        info.size = os.fstat(handle.fileno()).st_size
+                        tar.addfile(info, _Reading(handle, progress))
         gz.close()
         digest, size = writer.commit()
     except BaseException:
+        gz.abort()
         writer.abort()
         raise
     blob = LayerBlob(Descriptor(OCI_LAYER_GZIP, digest, size), "sha256:" + diff.hash.hexdigest())
@@ -163,8 +169,24 @@ def write_layer(entries: list[LayerEntry], store: BlobStore,
     return blob
 
 
+class _Reading:
+    """A file being added to the layer: reports each chunk read to *progress*."""
+
+    def __init__(self, handle: BinaryIO, progress: Callable[[int], None] | None):
+        self.handle = handle
+        self.progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        if self.progress and data:
+            self.progress(len(data))
+        return data
+
+
 class _DiffHash:
-    def __init__(self, target: gzip.GzipFile):
+    """Hashes the uncompressed tar stream (the diff_id) on its way to the compressor."""
+
+    def __init__(self, target: block_gzip.BlockGzipWriter):
         self.target = target
         self.hash = hashlib.sha256()
 

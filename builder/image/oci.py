@@ -10,11 +10,10 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Protocol
 
 from ..errors import EnclaveBuildError
 
@@ -170,6 +169,12 @@ class _Hashing:
         self.target.flush()
 
 
+class Readable(Protocol):
+    """What :meth:`BlobStore.put_stream` reads: a file, or an HTTP response's raw stream."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class BlobStore:
     """``ROOT/sha256/<hex>`` files, written atomically and named by their verified digest
     (the layout of an OCI image layout's ``blobs/`` directory)."""
@@ -196,7 +201,7 @@ class BlobStore:
             self._commit(lambda out: out.write(data), digest)
         return digest
 
-    def put_stream(self, stream: BinaryIO, expected: str | None = None,
+    def put_stream(self, stream: Readable, expected: str | None = None,
                    progress: Callable[[int], None] | None = None) -> tuple[str, int]:
         """Copy *stream* in; verify it against *expected* if given. Returns (digest, size)."""
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
@@ -232,16 +237,30 @@ class BlobStore:
                 os.unlink(tmp)
             raise
 
-    def copy_into(self, other: "BlobStore", digest: str) -> None:
-        """Make *digest* available in *other* (hard link when possible)."""
-        if other.has(digest):
-            return
+    def copy_into(self, other: "BlobStore", digest: str,
+                  progress: Callable[[int], None] | None = None) -> None:
+        """Make *digest* available in *other* (hard link when possible, else a copy that
+        reports each chunk to *progress*; a link reports the blob's size at once)."""
         source, target = self.path(digest), other.path(digest)
+        if other.has(digest):
+            if progress:
+                progress(source.stat().st_size)
+            return
         tmp = target.with_name(f".link-{os.getpid()}-{target.name}")
         try:
             os.link(source, tmp)
+            if progress:
+                progress(source.stat().st_size)
         except OSError:
-            shutil.copyfile(source, tmp)
+            try:
+                with open(source, "rb") as inp, open(tmp, "wb") as out:
+                    while chunk := inp.read(_CHUNK):
+                        out.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         os.replace(tmp, target)
 
 

@@ -122,10 +122,9 @@ class _Token:
 @dataclass
 class RegistryClient:
     host: str
-    session: requests.Session | None = None
+    session: requests.Session = field(default_factory=requests.Session)
 
     def __post_init__(self) -> None:
-        self.session = self.session or requests.Session()
         scheme = "http" if _plain_http(self.host) else "https"
         self.api_host = "registry-1.docker.io" if self.host == DOCKER_HUB else self.host
         self.base = f"{scheme}://{self.api_host}/v2"
@@ -142,11 +141,11 @@ class RegistryClient:
             token = self._valid_token(scope)
             if token is not None:
                 headers["Authorization"] = token.header
-            body = kwargs.get("data")
-            if hasattr(body, "seek"):
-                body.seek(0)
+            rewind = getattr(kwargs.get("data"), "seek", None)
+            if rewind is not None:   # a file body: sent again from its start on a retry
+                rewind(0)
             try:
-                response = self.session.request(method, url, headers=headers,  # type: ignore[union-attr]
+                response = self.session.request(method, url, headers=headers,
                                                 timeout=_TIMEOUT, **kwargs)
             except requests.ConnectionError as exc:
                 if attempt >= _RETRIES - 1:
@@ -238,13 +237,13 @@ class RegistryClient:
         query = {"service": params.get("service", ""), "scope": scope}
         try:
             if creds is not None and creds.identity_token:
-                answer = self.session.post(  # type: ignore[union-attr]
+                answer = self.session.post(
                     realm, data={**query, "grant_type": "refresh_token", "client_id":
                                  "enclave-build", "refresh_token": creds.identity_token},
                     timeout=_TIMEOUT)
             else:
                 auth = (creds.username, creds.password) if creds is not None else None
-                answer = self.session.get(realm, params=query, auth=auth,  # type: ignore[union-attr]
+                answer = self.session.get(realm, params=query, auth=auth,
                                           timeout=_TIMEOUT)
         except requests.RequestException as exc:
             raise RegistryAuthError(f"registry {self.host}: token request failed: {exc}") from None
@@ -259,10 +258,12 @@ class RegistryClient:
             data = answer.json()
         except ValueError:
             data = None
-        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            data = {}
+        token = data.get("token") or data.get("access_token")
         if not isinstance(token, str) or not token:
             raise RegistryAuthError(f"registry {self.host}: the token service answered no token")
-        lifetime = data.get("expires_in", _DEFAULT_TOKEN_LIFETIME)  # type: ignore[union-attr]
+        lifetime = data.get("expires_in", _DEFAULT_TOKEN_LIFETIME)
         if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
             lifetime = _DEFAULT_TOKEN_LIFETIME
         expires = time.monotonic() + max(float(lifetime) - _EXPIRY_MARGIN, 1.0)
@@ -341,12 +342,13 @@ class RegistryClient:
                                  headers={"Content-Type": OCI_MANIFEST})
         self._check(response, f"pushing the manifest of {ref}")
         digest = image.manifest_digest
+        assert digest is not None   # the manifest was just sent
         answered = response.headers.get("Docker-Content-Digest")
         if answered:
             check_digest(answered, f"{ref}: Docker-Content-Digest answered by the registry")
         if answered and answered != digest:
             raise RegistryError(f"{ref}: registry stored manifest {answered}, expected {digest}")
-        return digest  # type: ignore[return-value]
+        return digest
 
     def _has_blob(self, repository: str, digest: str, scope: str) -> bool:
         response = self._request("HEAD", f"{self.base}/{repository}/blobs/{digest}", repository,

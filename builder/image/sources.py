@@ -216,8 +216,8 @@ def _read_daemon(name: str, store: BlobStore, source: str) -> Image:
                  "base" if recipe else "")
         raise ImageError(f"{source}: cannot talk to the Docker engine ({exc}); is it running, "
                          "and is DOCKER_HOST right? Without an engine, build on an unpacked "
-                         "root filesystem with --base dir:ROOTFS (scripts/gramine-base.sh makes "
-                         "a real Gramine one; `enclave-build base standin DIR` a stand-in), or "
+                         "root filesystem with --base dir:ROOTFS (`enclave-build base gramine "
+                         "ROOTFS` makes a real Gramine one; `enclave-build base standin DIR` a stand-in), or "
                          f"pull from a registry with --base docker://HOST/NAME:TAG{later}") from None
 
 

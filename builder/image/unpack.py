@@ -48,7 +48,7 @@ def open_layer(handle: BinaryIO) -> BinaryIO:
     handle.seek(0)
     if magic[:2] == b"\x1f\x8b":
         import gzip
-        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]  # reads as a BinaryIO
     if magic == b"\x28\xb5\x2f\xfd":
         raise ImageError("zstd-compressed layers are not supported; use gzip or uncompressed "
                          "layers (e.g. `docker buildx build --output compression=gzip`)")
@@ -173,10 +173,11 @@ class _LayerApplier:
             # in the cache would hand its device to whoever can read the cache. The path is
             # still taken by this layer (a lower layer's file there does not show through).
             dev_fd = self._open_dir(parts[:-1], member.name, create=True)
+            assert dev_fd is not None   # create=True makes the directories
             try:
-                self._remove(base, dev_fd)  # type: ignore[arg-type]
+                self._remove(base, dev_fd)
             finally:
-                os.close(dev_fd)  # type: ignore[arg-type]
+                os.close(dev_fd)
             self.added.add(rel)
             return
         parent = self._open_dir(parts[:-1], member.name, create=True)
@@ -298,12 +299,36 @@ class _LayerApplier:
                 os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
 
 
+class _Advancing:
+    """A layer file being read: each byte read for the first time advances *progress*."""
+
+    def __init__(self, handle: BinaryIO, progress: Callable[[int], None] | None):
+        self.handle = handle
+        self.progress = progress
+        self.reached = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.handle.read(n)
+        position = self.handle.tell()
+        if self.progress is not None and position > self.reached:
+            self.progress(position - self.reached)
+        self.reached = max(self.reached, position)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
 def apply_layer(root: Path, handle: BinaryIO, source: str = "layer") -> str:
     """Apply one layer (gzip or plain tar) onto *root*; returns its diff_id."""
     reader = _DiffIdReader(open_layer(handle))
     applier = _LayerApplier(root, source)
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[arg-type]
+        # a read-only file object: tarfile's stream mode only calls read()
+        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
                 applier.apply(member, tar)
         while reader.read(1 << 20):  # hash trailing padding too: diff_id covers the whole tar
@@ -351,12 +376,11 @@ def unpacked_rootfs(store: BlobStore, layers: list[Descriptor], diff_ids: list[s
                 raise ImageError(f"{description}: layer {layer.digest} is zstd-compressed; "
                                  "only gzip and plain tar layers are supported")
             with open(store.path(layer.digest), "rb") as handle:
-                diff_id = apply_layer(root, handle, f"{description} layer {index}")
+                diff_id = apply_layer(root, _Advancing(handle, progress),  # type: ignore[arg-type]
+                                      f"{description} layer {index}")
             if diff_ids and diff_id != diff_ids[index]:
                 raise ImageError(f"{description}: layer {index} ({layer.digest}) uncompresses to "
                                  f"{diff_id}, but the config says {diff_ids[index]}")
-            if progress:
-                progress(layer.size)
         (work / COMPLETE).write_text(description + "\n")
         touch(work)
         created = True

@@ -188,8 +188,8 @@ def _trusted_entries(manifest: dict[str, Any], problems: list[str]
                      ) -> list[tuple[str, str, str]]:
     """(image path, expected sha256, what) for the LibOS and every trusted file."""
     entries: list[tuple[str, str, str]] = []
-    loader = manifest.get("loader") if isinstance(manifest.get("loader"), dict) else {}
-    sgx = manifest.get("sgx") if isinstance(manifest.get("sgx"), dict) else {}
+    loader = table if isinstance(table := manifest.get("loader"), dict) else {}
+    sgx = table if isinstance(table := manifest.get("sgx"), dict) else {}
     candidates: list[tuple[Any, str]] = [(loader.get("entrypoint"), "loader.entrypoint (the LibOS)")]
     listed = sgx.get("trusted_files", [])
     if not isinstance(listed, list):
@@ -238,15 +238,15 @@ def _check_trusted_files(result: EnclaveVerification, hash_cache: HashCache | No
         result.problems.append(f"cannot hash the image's trusted files: {exc}")
         return
     for path, want, what in entries:
-        host = hosts.get(path)
-        if host is None:
+        found = hosts.get(path)
+        if found is None:
             continue
-        got = digests[host]
+        got = digests[found]
         if got != want:
             problems.append(f"trusted file {path} ({what}) was changed: the image holds content "
                             f"with sha256 {got}, the signed manifest lists {want}")
         else:
-            result.trusted[path] = host
+            result.trusted[path] = found
     _listed(result.problems, problems, "trusted-file problems")
 
 
@@ -264,7 +264,7 @@ def python_path(manifest: dict[str, Any]) -> list[str]:
 
 def _allowed(manifest: dict[str, Any]) -> tuple[set[str], tuple[str, ...]]:
     """sgx.allowed_files as (exact paths, directory prefixes ending in '/')."""
-    sgx = manifest.get("sgx") if isinstance(manifest.get("sgx"), dict) else {}
+    sgx = table if isinstance(table := manifest.get("sgx"), dict) else {}
     exact, prefixes = set(), []
     for uri in sgx.get("allowed_files", []) if isinstance(sgx.get("allowed_files"), list) else []:
         path = _image_path(uri)

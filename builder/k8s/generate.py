@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from .inputs import K8sError, read_build_output
@@ -25,7 +26,7 @@ class Overrides:
 
 def render(build_dir: str | Path, overrides: Overrides = Overrides()) -> Manifests:
     build = read_build_output(build_dir, overrides.image, allow_debug=overrides.allow_debug)
-    changes = {k: v for k, v in (("aesmd_image", overrides.aesmd_image),
+    changes: dict[str, Any] = {k: v for k, v in (("aesmd_image", overrides.aesmd_image),
                                  ("secret_server_image", overrides.secret_server_image),
                                  ("pccs_url", overrides.pccs_url)) if v is not None}
     if changes:

@@ -154,6 +154,7 @@ def external_secret_server_note(build: BuildOutput) -> str:
 def generate(build: BuildOutput) -> Manifests:
     info = build.service
     check_supported(build)
+    secret_server.check_address(build)   # a rebuild, before the settings a rebuild can add
     check_settings(build)
     # Names first: each object below would otherwise fail on its own, later.
     deployment.check_object_name(info.service, f"{build.directory}/service.json: service")
@@ -251,10 +252,7 @@ def _overlay(build: BuildOutput) -> dict[str, str]:
             "them):\n\n"
             "- `tls.crt`, `tls.key`: the secret server's TLS certificate and key, signed by "
             f"the CA in the spec's [secrets] ca, for the host the enclave was built to dial, "
-            f"`{host}`" + ("" if n.matches_build else
-                           f" (a loopback address: rebuild the enclave to dial `{n.fqdn()}`)"
-                           if secret_server.is_loopback(host) else
-                           f" (made to resolve to `{n.fqdn()}`)") +
+            f"`{host}`" + ("" if n.matches_build else f" (made to resolve to `{n.fqdn()}`)") +
             ". `enclave-build secrets tls DIR --host NAME` makes `server.crt` and `server.key`:"
             " copy them here as `tls.crt` and `tls.key`.\n"
             + "".join(f"- `{k}`: the 16-byte wrap key from the build machine's keys_dir "

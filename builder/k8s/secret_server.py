@@ -11,7 +11,8 @@
 * The enclave was built to reach ``[secrets] server`` (HOST:PORT, measured into it), so the
   Service takes its name and namespace from HOST when HOST is a cluster name
   (``NAME.NAMESPACE.svc[.cluster.local]``); otherwise HOST must be made to resolve to the
-  Service (DNS), which :func:`address_note` says.
+  Service (DNS), which :func:`address_note` says. A loopback HOST (``localhost``, 127.0.0.1,
+  ...) is the pod itself in a cluster: :func:`check_address` refuses it.
 * A NetworkPolicy admits only the service's model-server pods to the secret server.
 """
 
@@ -90,24 +91,64 @@ def names(build: BuildOutput) -> SecretServerNames:
 
 
 def is_loopback(host: str) -> bool:
-    """A loopback address: inside a pod it is the pod itself, whatever DNS says."""
-    host = host.strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """A loopback (or unspecified) address: inside a pod it is the pod itself, whatever DNS
+    says: ``localhost`` and ``*.localhost`` (RFC 6761), 127.0.0.0/8, ::1, 0.0.0.0 and ::
+    (IPv4-mapped forms too)."""
+    import ipaddress
+
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
+
+
+def check_address(build: BuildOutput) -> None:
+    """Refuse (K8sError, exit 2) a service that fetches keys from a loopback secret-server
+    address: that address is measured into the enclave, and in a pod it is the pod itself, so
+    the model server would never get its keys and never become ready. The message gives the
+    rebuild with the in-cluster Service name the generated YAML uses."""
+    info = build.service
+    if not info.keys or not info.secret_server:
+        return
+    host = info.secret_server.rpartition(":")[0]
+    if not is_loopback(host):
+        return
+    n = names(build)
+    target = f"{n.fqdn()}:{n.port}"
+    if info.secret_server_enclave:
+        where = ("the secret-server enclave's address as the pods reach it (e.g. its Service "
+                 f"name, {n.fqdn()} if it runs in namespace {n.namespace!r})")
+        cert = ""
+    else:
+        where = f"the Service this command deploys for it, {n.fqdn()}"
+        cert = (f"\n  enclave-build secrets tls TLS_DIR --host {n.fqdn()}   # its certificate; "
+                "set [secrets] ca = \"TLS_DIR/ca.pem\"")
+    raise K8sError(
+        f"{build.directory}/service.json: secret_server: the enclave was built to fetch its "
+        f"keys ({', '.join(info.keys)}) from {info.secret_server}, a loopback address measured "
+        f"into it; inside a pod that is the pod itself, so the model server would never get "
+        f"its keys and never become ready. Rebuild it to dial {where}:\n"
+        f"  [secrets] server = \"{target}\"   # in the spec{cert}\n"
+        f"  enclave-build build SPEC --push --tag REGISTRY/NAME:TAG\n"
+        f"  enclave-build k8s BUILD_DIR --output DIR\n"
+        f"(`enclave-build init --k8s {n.namespace}` writes a spec that measures that name from "
+        "the start)")
 
 
 def address_note(build: BuildOutput) -> str | None:
-    """What the operator must do when the build's [secrets] server is not a cluster name."""
+    """What the operator must do when the build's [secrets] server is not a cluster name
+    (a loopback one is refused before: :func:`check_address`)."""
     n = names(build)
     if n.matches_build or not build.service.keys:
         return None
-    host = (build.service.secret_server or "").rpartition(":")[0].strip("[]")
     rebuild = (f"rebuild with [secrets] server = \"{n.fqdn()}:{n.port}\" (and a certificate "
                "for that name: `enclave-build secrets tls DIR --host ...`)")
-    if is_loopback(host):
-        # Inside a pod the loopback address is the pod itself: no DNS entry can fix that.
-        return (f"the enclave dials the secret server at {build.service.secret_server} "
-                f"(measured into it), which inside a pod is the pod itself, not the Service "
-                f"{n.fqdn()}:{n.port}; {rebuild}")
     return (f"the enclave dials the secret server at {build.service.secret_server} (measured "
             f"into it), not at the Service {n.fqdn()}:{n.port}; make that name resolve to the "
             f"Service (DNS), or {rebuild}")

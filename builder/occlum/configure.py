@@ -24,9 +24,12 @@ under its own name.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from enclave_build.plugin import (FileKind, ProvisionedKey, SecretRelease, ServicePlan,
                                   deliver_keys_as_files)
 
+from .init_ra import KmsKey
 from .occlum_json import KEYS_DIR, OcclumConfigError
 from .spec_section import plan_options
 
@@ -61,6 +64,6 @@ def configure_plan(plan: ServicePlan) -> None:
         plan.secrets.keys.append(ProvisionedKey(name))
 
 
-def releases(kms_keys) -> tuple[SecretRelease, ...]:  # noqa: ANN001 - tuple[render.KmsKey]
+def releases(kms_keys: Iterable[KmsKey]) -> tuple[SecretRelease, ...]:
     """What the secret server must release to this enclave, from what init fetches."""
     return tuple(SecretRelease(k.wrap_key, k.secret, k.encoding) for k in kms_keys)

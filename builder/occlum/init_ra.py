@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from enclave_build.attestation.policy import hex_dashes
+from enclave_build.contract.secrets_config import hex_dashes
 
 from ..plan import ServicePlan
 from .spec_section import OcclumPlanOptions

@@ -25,7 +25,7 @@ def enclave_build_libos():
 
 
 @hookimpl
-def enclave_build_configure(spec, plan):  # noqa: ARG001 - the spec is not read
+def enclave_build_configure(spec, plan):  # (the spec is not read)
     """Occlum's init fetches the keys and decrypts the image (builder.occlum.configure)."""
     from .configure import configure_plan
 

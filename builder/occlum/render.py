@@ -157,6 +157,7 @@ def _check_hostfs(plan: ServicePlan, opts: OcclumPlanOptions, mounts: list[dict[
     covered = set(others)
     covered |= set(HOSTFS_FORBIDDEN) | {KEYS_DIR} | set(image_paths)
     for target, _ in opts.hostfs:
+        hit: str | None
         if target.startswith(KEYS_DIR + "/"):
             hit = KEYS_DIR
         else:

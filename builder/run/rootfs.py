@@ -47,7 +47,7 @@ def _layer_record(image: Image, digest: str, cache: Path) -> dict:
     entries: list[list] = []      # [path, uid, gid, mode, is_dir], in tar order
     whiteouts: list[str] = []     # removed paths; "DIR/" + OPAQUE for opaque directories
     with open(image.store.path(digest), "rb") as handle:
-        with tarfile.open(fileobj=open_layer(handle), mode="r|") as tar:  # type: ignore[arg-type]
+        with tarfile.open(fileobj=open_layer(handle), mode="r|") as tar:
             for member in tar:
                 rel = member_path(member.name)
                 if not rel:

@@ -9,6 +9,10 @@ agree, MRENCLAVE re-derived from the image's own manifest and libpal.so is the o
 trusted file hashes to the manifest's value, and nothing untrusted lies on the server's
 PYTHONPATH. Any disagreement refuses the run (exit 1), naming what differs.
 
+Nothing starts when this machine cannot run it (:func:`check_before_start`): a port the
+service listens on is in use (exit 1, naming the spec key that set it), or, for a plain
+process, a runtime of the model server is not installed here (exit 2, with the install line).
+
 The image is unpacked once into the cache. Then:
 
 - **gramine-direct** when the root holds a real Gramine and we are root: the enclave's own
@@ -90,16 +94,16 @@ class Build:
     app: str                   # /enclave/SERVICE
     manifest: dict[str, Any]   # the parsed SERVICE.manifest.sgx
     user: str | None           # the image config's User
-    ownership: list = field(default_factory=list)   # builder.run.rootfs entries to restore
+    ownership: list[Any]       # builder.run.rootfs entries to restore
     #: the image's files checked against its SIGSTRUCT (they agree, or there is no Build)
-    verification: EnclaveVerification | None = None
+    verification: EnclaveVerification
 
     @property
     def quoted(self) -> Measurements:
         """The identity the simulated quoter vouches for: re-derived from what runs (the
         image's manifest and libpal.so measured here; signer, ISV ids and debug from its
         verified SIGSTRUCT), not read from measurements.json."""
-        identity = self.verification.identity if self.verification else None
+        identity = self.verification.identity
         if identity is None or not identity.agrees or identity.mr_enclave is None or \
                 identity.sigstruct is None:
             raise RunError(f"{self.directory}: the image's identity was not verified; no "
@@ -161,12 +165,12 @@ def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple[
         ownership = pool.submit(image_ownership, image)
         result = inspect_opened(str(directory), image, measurements, log=log)
         owners = ownership.result()
-    if not result.agrees or result.verification is None or result.verification.manifest is None:
+    verification = result.verification
+    if not result.agrees or verification is None or verification.manifest is None:
         raise RunError(f"{directory}: the image is not what its identity says "
                        "(measurements.json, labels, SIGSTRUCT and the image's own manifest, "
                        "libpal.so and trusted files must agree); not starting (run `enclave-build "
                        "inspect` on it, or rebuild):\n  - " + "\n  - ".join(result.problems))
-    verification = result.verification
     config = image.config.get("config") or {}
     build = Build(directory, image, measurements, verification.app, verification.manifest,
                   config.get("User") or None, owners, verification)
@@ -181,7 +185,7 @@ def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
             raise CannotSimulate(f"{build.directory}: the image has no real Gramine "
                                  f"({gramine_direct.DIRECT_LOADER}); it was built on a stand-in "
                                  "base. Rebuild with a real base, e.g. --base dir:ROOTFS from "
-                                 "scripts/gramine-base.sh")
+                                 "`enclave-build base gramine ROOTFS` (root)")
         if os.geteuid() != 0:
             raise CannotSimulate("gramine-direct runs need root (chroot and bind mounts)")
         return "gramine-direct"
@@ -192,8 +196,8 @@ def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
         raise CannotSimulate(
             f"{build.measurements.framework!r} runs a binary ({entry}), not our Python model "
             f"server, so it cannot run as a plain process here, and {why}. Simulate it under "
-            "gramine-direct: build on a real Gramine base (scripts/gramine-base.sh ROOTFS, then "
-            "--base dir:ROOTFS) and run as root.")
+            "gramine-direct: build on a real Gramine base (`enclave-build base gramine ROOTFS` as "
+            "root, then --base dir:ROOTFS) and run as root.")
     return "process"
 
 
@@ -282,6 +286,51 @@ def _check_encrypted_files(build: Build, root: Path, uid: int, gid: int,
             f"{' ...' if len(bad) > 5 else ''}")
 
 
+def secret_server_hint(directory: Path, timeout: float = 1.0) -> str | None:
+    """After a failed run: a hint when nothing answers at the secret server the build fetches
+    its keys from (service.json) -- the enclave stopped at start-up with "cannot reach the
+    secret server" -- naming ``enclave-build dev``, which starts one. None when it answers, or
+    there are no keys."""
+    import socket
+
+    from enclave_build.contract.names import SERVICE_FILE
+    from enclave_build.contract.service_info import ServiceInfo
+
+    try:
+        info = ServiceInfo.load(directory / SERVICE_FILE)
+    except Exception:  # noqa: BLE001 - an older build: no hint, the run goes on
+        return None
+    if not info.keys or not info.secret_server:
+        return None
+    host, _, port = info.secret_server.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    project = directory.resolve().parent
+    return (f"run: nothing answers at {info.secret_server} ({reason}), the secret server "
+            f"this enclave gets its keys {', '.join(info.keys)} from. Start one (`enclave-build "
+            "secrets config "
+            f"{directory} ... --out secrets.toml`, then `enclave-build secrets serve --config "
+            f"secrets.toml`), or let `enclave-build dev {project}` start it and the run")
+
+
+def check_before_start(build: Build, root: Path, mode: str, listen_all: bool = False) -> None:
+    """Refuse to start what could not run here: a runtime this Python lacks for a plain
+    process (CannotSimulate, exit 2, with the install line), a port in use (RunError, naming
+    the spec key; ports are measured). Nothing has started yet: no quoter, no key request."""
+    from .preflight import check_host
+
+    process = mode == "process"
+    host = "127.0.0.1" if process and not listen_all else "0.0.0.0"
+    checks = check_host(build.directory, root, process=process, host=host)
+    if checks.runtimes:
+        raise CannotSimulate("not started: " + "\nnot started: ".join(checks.runtimes))
+    if checks.ports:
+        raise RunError("not started: " + "\nnot started: ".join(checks.ports))
+
+
 def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
     """Run the build in BUILD_DIR (simulation); returns the service's exit code."""
     from enclave_build.attestation.simulated_quoter import QuoterError, SimulatedQuoter
@@ -290,6 +339,7 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
     log = options.log
     build, cached = open_build(directory, log)
     mode = choose_mode(build, cached, options.mode)
+    check_before_start(build, cached, mode, options.listen_all)
     pki, pki_dir = _pki(options.pki, log)
     log(BANNER)
     quoted = build.quoted
@@ -332,10 +382,16 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
                                            stderr=options.stderr, start_new_session=True)
             if options.started is not None:
                 options.started(process)
-            return wait_forwarding(process)
+            code = wait_forwarding(process)
+            if code not in (0, 128 + 2, 128 + 15):   # not a clean stop, nor SIGINT/SIGTERM
+                hint = secret_server_hint(Path(directory))
+                if hint:
+                    log(hint)
+            return code
         finally:
             quoter.stop()
 
 
 __all__ = ["run_build", "RunOptions", "RunError", "CannotSimulate", "open_build", "choose_mode",
-           "process_command", "parse_env", "BANNER", "QUOTER_ENV", "ROOT_ENV", "LISTEN_ENV"]
+           "check_before_start", "process_command", "parse_env", "BANNER", "QUOTER_ENV",
+           "ROOT_ENV", "LISTEN_ENV"]

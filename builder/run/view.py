@@ -112,8 +112,8 @@ def populate(target: Path, verification: EnclaveVerification) -> int:
     copied = 0
     for image_path, host in sorted(verification.trusted.items()):
         copied += _copy(host, target, image_path)
-    sgx = manifest.get("sgx") if isinstance(manifest.get("sgx"), dict) else {}
-    fs = manifest.get("fs") if isinstance(manifest.get("fs"), dict) else {}
+    sgx = table if isinstance(table := manifest.get("sgx"), dict) else {}
+    fs = table if isinstance(table := manifest.get("fs"), dict) else {}
     extra: list[str] = [p for p in map(_image_path, sgx.get("allowed_files") or []) if p]
     for mount in fs.get("mounts") or []:
         if not isinstance(mount, dict):

@@ -67,12 +67,19 @@ The contract
   keep an earlier request's outputs when an odd input makes it write none, so bind fresh output
   buffers per call or check what came back.
 * ``close()``: optional; called once at shutdown.
+* ``runtimes``: a class attribute, the Python modules the backend imports at run time
+  (:class:`Runtime`: import names, any one of which will do, and the command that installs
+  them). The server checks them before it fetches any key, and stops with that command when
+  one is missing (``runtimes = (Runtime(("onnxruntime",), "pip install onnxruntime"),)``).
+* ``state()``: optional; what state the loaded model keeps between ``infer`` calls (variables
+  it assigns), in words, or None. The server warns at start-up when such a model has more than
+  one instance: each instance keeps its own state.
 * Errors in ``infer``: raise :class:`InferenceError` for a problem with the request (the client
   gets INVALID_ARGUMENT / HTTP 400 with your message); any other exception is a server error
   (INTERNAL / 500), logged, and the server keeps serving.
 
-Helpers exported here: :class:`TensorSpec`, :func:`to_numpy_dtype`, :func:`from_numpy_dtype`,
-``DATATYPES``, :class:`InferenceError`, :func:`load_backend_class`.
+Helpers exported here: :class:`TensorSpec`, :class:`Runtime`, :func:`to_numpy_dtype`,
+:func:`from_numpy_dtype`, ``DATATYPES``, :class:`InferenceError`, :func:`load_backend_class`.
 """
 
 from __future__ import annotations
@@ -86,13 +93,15 @@ import numpy as np
 
 from ..datatypes import DATATYPES, TensorError, from_numpy_dtype, to_numpy_dtype
 from ..errors import ModelServerError
+from ..runtimes import SERVE_EXTRA, Runtime
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
     from ..keys import ModelSource
 
 __all__ = [
-    "Backend", "TensorSpec", "InferenceError", "BackendError", "ENTRY_POINT_GROUP", "BUILTINS",
+    "Backend", "TensorSpec", "Runtime", "SERVE_EXTRA", "InferenceError", "BackendError",
+    "ENTRY_POINT_GROUP", "BUILTINS",
     "DATATYPES", "to_numpy_dtype", "from_numpy_dtype", "load_backend_class",
 ]
 
@@ -133,7 +142,7 @@ class TensorSpec:
     def accepts(self, shape: list[int] | tuple[int, ...]) -> bool:
         """Whether a concrete shape fits this spec (same rank, fixed dimensions equal)."""
         return len(shape) == len(self.shape) and all(
-            want < 0 or want == got for want, got in zip(self.shape, shape))
+            want < 0 or want == got for want, got in zip(self.shape, shape, strict=True))
 
     def as_dict(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -144,10 +153,16 @@ class Backend(abc.ABC):
     that leaves out inputs, outputs or infer cannot be instantiated (TypeError at start-up)."""
 
     platform: ClassVar[str] = "unknown"
+    #: The Python modules the backend imports at run time (checked before keys are fetched).
+    runtimes: ClassVar[tuple[Runtime, ...]] = ()
 
     def __init__(self, model: "ModelConfig", source: "ModelSource") -> None:
         self.model = model
         self.source = source
+
+    def state(self) -> str | None:
+        """The state the loaded model keeps between calls, in words (None: none known)."""
+        return None
 
     @abc.abstractmethod
     def inputs(self) -> list[TensorSpec]:
@@ -161,7 +176,7 @@ class Backend(abc.ABC):
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """See the module docstring."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a backend holding nothing need not close
         pass
 
 

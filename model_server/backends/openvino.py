@@ -36,7 +36,8 @@ import sys
 
 import numpy as np
 
-from . import Backend, BackendError, InferenceError, TensorSpec, from_numpy_dtype
+from . import (SERVE_EXTRA, Backend, BackendError, InferenceError, Runtime, TensorSpec,
+               from_numpy_dtype)
 
 _OPTIONS = {"device", "config", "check_batch"}
 #: OpenVINO element types served, each equal to a numpy dtype (and so to a KServe datatype).
@@ -63,11 +64,13 @@ def _spec(port, fallback: str, model: str, kind: str) -> TensorSpec:
 def _block_telemetry() -> None:
     """Make ``import openvino_telemetry`` fail (OpenVINO then falls back to its stub)."""
     if "openvino" not in sys.modules:
+        # a None entry makes the import fail (the documented way to block a module)
         sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 
 
 class OpenVINOBackend(Backend):
     platform = "openvino"
+    runtimes = (Runtime(("openvino",), SERVE_EXTRA),)
 
     def __init__(self, model, source) -> None:
         super().__init__(model, source)
@@ -103,6 +106,14 @@ class OpenVINOBackend(Backend):
         self._batched_in = [i for i, s in enumerate(self._inputs) if s.shape[:1] == [-1]]
         self._batched_out = [i for i, s in enumerate(self._outputs) if s.shape[:1] == [-1]]
 
+    def state(self) -> str | None:
+        """The variables of the infer request (ReadValue/Assign pairs), as OpenVINO lists them."""
+        try:
+            names = sorted(s.name for s in self._request.query_state())
+        except (AttributeError, RuntimeError):
+            return None
+        return f"OpenVINO variables ({', '.join(names)})" if names else None
+
     def _compile(self):
         return self._core.compile_model(self._ov_model, self._device, self._config)
 
@@ -116,7 +127,7 @@ class OpenVINOBackend(Backend):
         ov, request = self._ov, self._request
         # fresh output bindings: what the runtime does not write stays this placeholder (zeros,
         # or an empty shape for a dynamic output), never an earlier request's result
-        for i, (port, spec) in enumerate(zip(self._compiled.outputs, self._outputs)):
+        for i, (port, spec) in enumerate(zip(self._compiled.outputs, self._outputs, strict=True)):
             shape = [0] * len(spec.shape) if -1 in spec.shape else spec.shape
             request.set_output_tensor(i, ov.Tensor(np.zeros(shape, port.get_element_type()
                                                             .to_dtype())))
@@ -131,7 +142,7 @@ class OpenVINOBackend(Backend):
         if self._check_batch and self._batched_in:
             sizes = {inputs[self._inputs[i].name].shape[0] for i in self._batched_in}
             batch = sizes.pop() if len(sizes) == 1 else None
-        for i, (spec, arr) in enumerate(zip(self._outputs, outs)):
+        for i, (spec, arr) in enumerate(zip(self._outputs, outs, strict=True)):
             if -1 in spec.shape and arr.shape == (0,) * len(spec.shape):
                 return (f"the runtime produced no output {spec.name!r} for input shape(s) "
                         f"{', '.join(str(list(a.shape)) for a in inputs.values())} (is the "
@@ -154,4 +165,4 @@ class OpenVINOBackend(Backend):
         problem = self._mismatch(inputs, outs)
         if problem is not None:
             raise InferenceError(problem)
-        return {spec.name: arr for spec, arr in zip(self._outputs, outs)}
+        return {spec.name: arr for spec, arr in zip(self._outputs, outs, strict=True)}

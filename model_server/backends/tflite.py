@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Backend, BackendError, InferenceError, TensorSpec, from_numpy_dtype
+from . import (SERVE_EXTRA, Backend, BackendError, InferenceError, Runtime, TensorSpec,
+               from_numpy_dtype)
+
+#: Ops of TFLite resource variables: a model with them keeps state between invocations.
+_VARIABLE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")
 
 
 def _interpreter_class():
@@ -25,6 +29,7 @@ def _interpreter_class():
 
 class TFLiteBackend(Backend):
     platform = "tensorflowlite"
+    runtimes = (Runtime(("ai_edge_litert", "tflite_runtime"), SERVE_EXTRA),)
 
     def __init__(self, model, source) -> None:
         super().__init__(model, source)
@@ -36,7 +41,20 @@ class TFLiteBackend(Backend):
         self._it.allocate_tensors()
         self._in = self._it.get_input_details()
         self._out = self._it.get_output_details()
-        self._shapes = {d["name"]: tuple(int(x) for x in d["shape"]) for d in self._in}
+        self._shapes: dict[str, tuple[int, ...] | None] = {d["name"]: tuple(int(x) for x in d["shape"]) for d in self._in}
+
+    def state(self) -> str | None:
+        """Resource variables (their ops, as the interpreter lists them) and variable tensors
+        (e.g. a stateful LSTM's)."""
+        found = []
+        try:
+            ops = {d.get("op_name") for d in self._it._get_ops_details()}
+        except (AttributeError, TypeError, ValueError):   # an interpreter without that listing
+            ops = set()
+        used = sorted(op for op in _VARIABLE_OPS if op in ops)
+        if used:
+            found.append(f"resource variables (ops {', '.join(used)})")
+        return "TFLite " + " and ".join(found) if found else None
 
     @staticmethod
     def _spec(d) -> TensorSpec:

@@ -18,10 +18,11 @@ import os
 from pathlib import Path
 
 from enclave_build.plugin import (MODEL_ROOT, EnclaveBuildError, Field, FileKind, Framework,
-                                  ModelSpec, Port, Section, ServicePlan, Spec, add_model,
-                                  base_plan, hookimpl, python_server_plan,
+                                  ModelCheck, ModelSpec, Port, Section, ServicePlan, Spec,
+                                  add_model, base_plan, hookimpl, onnx_problem,
+                                  openvino_ir_problem, openvino_ir_state, python_server_plan,
                                   refuse_model_server_keys, require_models, require_one_key,
-                                  spec_error)
+                                  saved_model_problem, spec_error, tflite_problem, tflite_state)
 
 BINARY = "/ovms/bin/ovms"
 OVMS_LIBS = "/ovms/lib/"
@@ -67,7 +68,8 @@ def _ovms_plan(spec: Spec, opts) -> ServicePlan:
         # OpenVINO dlopens its device plugins and frontends from /ovms/lib, so that directory
         # is trusted whole; system libraries come from the ELF closure.
         trusted=[BINARY, OVMS_LIBS],
-        ports=[Port(opts["grpc_port"], "grpc"), Port(opts["rest_port"], "http")])
+        ports=[Port(opts["grpc_port"], "grpc", spec_key="openvino.grpc_port"),
+               Port(opts["rest_port"], "http", spec_key="openvino.rest_port")])
     result.trusted_if_present += ["/etc/ld.so.cache", "/etc/nsswitch.conf"]
     result.allowed += ["/etc/hosts", "/etc/resolv.conf"]
     for index, model in enumerate(spec.models):
@@ -97,18 +99,23 @@ def _ir_weights(spec: Spec, index: int, model: ModelSpec) -> ModelSpec | None:
     source = Path(model.path)
     if source.is_dir() or source.suffix.lower() != ".xml":
         return None
-    weights = source.with_suffix(".bin")
+    problem = _weights_problem(source)
+    if problem is not None:
+        raise spec_error(spec, ("models", index, "path"), problem)
+    return dataclasses.replace(model, path=source.with_suffix(".bin"))
+
+
+def _weights_problem(graph: Path) -> str | None:
+    """Why the weights (``X.bin``) of the IR graph *graph* (``X.xml``) cannot ship with it."""
+    weights = graph.with_suffix(".bin")
     if weights.is_symlink():
-        raise spec_error(spec, ("models", index, "path"),
-                         f"the weights {weights.name} of the IR graph {source.name} are a "
-                         f"symbolic link (to {os.readlink(weights)}); only a regular file next "
-                         "to the graph ships with it: copy the weights in (cp -L)")
+        return (f"the weights {weights.name} of the IR graph {graph.name} are a symbolic link "
+                f"(to {os.readlink(weights)}); only a regular file next to the graph ships "
+                "with it: copy the weights in (cp -L)")
     if not weights.is_file():
-        raise spec_error(spec, ("models", index, "path"),
-                         f"{source.name} is an OpenVINO IR graph, but its weights "
-                         f"{weights.name} are not next to it ({weights}); the runtime reads "
-                         "both: put the .bin there")
-    return dataclasses.replace(model, path=weights)
+        return (f"{graph.name} is an OpenVINO IR graph, but its weights {weights.name} are not "
+                f"next to it ({weights}); the runtime reads both: put the .bin there")
+    return None
 
 
 def _model_file(spec: Spec, index: int, model: ModelSpec) -> str | None:
@@ -179,3 +186,54 @@ FRAMEWORK = Framework(
 @hookimpl
 def enclave_build_frameworks():
     return [FRAMEWORK]
+
+
+#: What each mode serves (for the error about a model it does not).
+ACCEPTS = {
+    "python": ("an OpenVINO IR .xml with its .bin next to it, an .onnx or a .tflite file, or a "
+               "directory holding one of them"),
+    "ovms": ("a directory of one model version as OVMS reads it (an IR .xml with its .bin, an "
+             ".onnx, a .tflite or a TensorFlow saved_model.pb), or one such file"),
+}
+
+
+def _file_check(path: Path) -> tuple[str | None, str | None]:
+    """(problem, state) of one model file, by its suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".xml":
+        problem = openvino_ir_problem(path) or _weights_problem(path)
+        return problem, None if problem else openvino_ir_state(path)
+    if suffix == ".onnx":
+        return onnx_problem(path), None
+    if suffix == ".tflite":
+        problem = tflite_problem(path)
+        return problem, None if problem else tflite_state(path)
+    return (f"its suffix ({suffix or 'none'}) is not one the OpenVINO runtime opens here "
+            "(.xml, .onnx, .tflite)"), None
+
+
+def _directory_check(source: Path, mode: str) -> tuple[str | None, str | None]:
+    names = sorted(p.name for p in source.iterdir() if p.is_file() and not p.is_symlink())
+    if mode == "ovms" and any(n in ("saved_model.pb", "saved_model.pbtxt") for n in names):
+        return saved_model_problem(source), None
+    for suffix in _MODEL_SUFFIXES:
+        found = [n for n in names if n.lower().endswith(suffix)]
+        if len(found) > 1:
+            return (f"the directory holds several {suffix} models ({', '.join(found)}); name "
+                    "the one to serve as path (an IR .xml brings its .bin)"), None
+        if found:
+            return _file_check(source / found[0])
+    return "no model in the directory", None
+
+
+@hookimpl
+def enclave_build_check_model(framework: str, model: ModelSpec, spec: Spec) -> ModelCheck | None:
+    """The file the runtime (or OVMS) opens, by its format; ReadValue/Assign layers of an IR
+    and resource variables of a TFLite model make it stateful."""
+    if framework != FRAMEWORK.name:
+        return None
+    mode = spec.section("openvino").get("mode", "python")
+    source = Path(model.path)
+    problem, state = (_directory_check(source, mode) if source.is_dir()
+                      else _file_check(source))
+    return ModelCheck(ACCEPTS[mode], problem, state)

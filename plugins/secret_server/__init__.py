@@ -94,8 +94,8 @@ def _fragments(spec: Spec, policies: list[str]) -> tuple[list[Path], list[Secret
             if "not found" in str(exc):
                 raise spec_error(spec, where, f"{exc.source}: not found (a build with encrypted "
                                               f"content writes {POLICY_FILE} into its output "
-                                              "directory)")
-            raise spec_error(spec, where, f"cannot read the policy fragment: {exc}")
+                                              "directory)") from None
+            raise spec_error(spec, where, f"cannot read the policy fragment: {exc}") from None
         for item in fragment.measurements:
             file = Path(item)
             if not file.is_file():
@@ -139,7 +139,7 @@ def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], SecretsConfig]:  
             files[f"owners/{index:02d}.pem"] = path.read_bytes()
         except OSError as exc:
             raise spec_error(spec, ("secret-server", "owners", index),
-                             f"{path}: cannot read the owner certificate: {exc.strerror}")
+                             f"{path}: cannot read the owner certificate: {exc.strerror}") from None
         owners.append(Path(f"owners/{index:02d}.pem"))
     if not owners:
         raise spec_error(spec, ("secret-server", "owners"),
@@ -156,7 +156,7 @@ def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], SecretsConfig]:  
             files["root.pem"] = path.read_bytes()
         except OSError as exc:
             raise spec_error(spec, ("secret-server", "root_ca"),
-                             f"{path}: cannot read: {exc.strerror}")
+                             f"{path}: cannot read: {exc.strerror}") from None
         root_ca = Path("root.pem")
         # As for a model's [secrets] server_root_ca: said at build time, not only at each start.
         warnings.warn(f"[secret-server] root_ca = {str(path)!r}: the server will release keys to "
@@ -208,7 +208,7 @@ def _check_config(files: dict[str, bytes], config: SecretsConfig, spec: Spec) ->
         except (ConfigError, PolicyError) as exc:
             message = str(exc).replace(str(Path(tmp).resolve()) + os.sep, "").replace(tmp, "")
             raise spec_error(spec, ("secret-server",), f"the secret server's configuration "
-                                                       f"would not load: {message}")
+                                                       f"would not load: {message}") from None
     return text
 
 
@@ -223,10 +223,11 @@ def plan(spec: Spec) -> ServicePlan:
         env={"PYTHONPATH": SERVER_PYTHONPATH, "PYTHONDONTWRITEBYTECODE": "1",
              "PYTHONUNBUFFERED": "1", "HOME": "/tmp",
              "LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu"},
-        ports=[Port(opts["port"], "ratls")], user="10001")
+        ports=[Port(opts["port"], "ratls", spec_key="secret-server.port")], user="10001")
     distributions = list(DISTRIBUTIONS)
     if config.grsecret is not None:
-        plan.ports.append(Port(opts["grsecret_port"], "grsecret"))
+        plan.ports.append(Port(opts["grsecret_port"], "grsecret",
+                               spec_key="secret-server.grsecret_port"))
         distributions += GRSECRET_DISTRIBUTIONS
     # Simulation only: where quotes come from when there is no quote device. It decides nothing
     # about trust: a quote from it verifies only against a synthetic root.

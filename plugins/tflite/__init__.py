@@ -12,8 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enclave_build.plugin import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
-                                  python_server_plan, spec_error)
+from enclave_build.plugin import (Field, Framework, ModelCheck, ModelSpec, Section, ServicePlan,
+                                  Spec, hookimpl, python_server_plan, spec_error, tflite_problem,
+                                  tflite_state)
+
+#: What this framework serves (for the error about a model it does not).
+ACCEPTS = ("a TFLite model: one FlatBuffer file (.tflite) with the identifier TFL3 at bytes "
+           "4..8; convert SavedModel or Keras models with the TFLite converter")
 
 SECTION = Section("tflite", "TFLite model server options", (
     Field("grpc_port", "int", "gRPC port (KServe v2)", default=8001, minimum=1, maximum=65535),
@@ -51,3 +56,15 @@ FRAMEWORK = Framework(
 @hookimpl
 def enclave_build_frameworks():
     return [FRAMEWORK]
+
+
+@hookimpl
+def enclave_build_check_model(framework: str, model: ModelSpec, spec: Spec) -> ModelCheck | None:
+    """A TFLite FlatBuffer (header and size); its resource variables make it stateful."""
+    if framework != FRAMEWORK.name:
+        return None
+    if Path(model.path).is_dir():
+        return ModelCheck(ACCEPTS, "it is a directory; the tflite framework serves one .tflite "
+                                   "file per model: name that file as path")
+    problem = tflite_problem(model.path)
+    return ModelCheck(ACCEPTS, problem, None if problem else tflite_state(model.path))

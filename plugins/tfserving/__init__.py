@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import json
 
-from enclave_build.plugin import (MODEL_ROOT, Field, FileKind, Framework, Port, Section, Spec,
-                                  ServicePlan, add_model, add_secret_file, base_plan, hookimpl,
-                                  refuse_model_server_keys, require_models, require_one_key)
+from enclave_build.plugin import (MODEL_ROOT, Field, FileKind, Framework, ModelCheck, ModelSpec,
+                                  Port, Section, Spec, ServicePlan, add_model, add_secret_file,
+                                  base_plan, hookimpl, refuse_model_server_keys, require_models,
+                                  require_one_key, saved_model_problem)
 
 BINARY = "/usr/bin/tensorflow_model_server"
 CONFIG_DEST = "/enclave/tfserving-models.config"
+#: What this framework serves (for the error about a model it does not).
+ACCEPTS = ("a TensorFlow SavedModel: the directory of one version, holding saved_model.pb (or "
+           "saved_model.pbtxt) and variables/, shipped as /models/NAME/VERSION/ (TFLite, ONNX "
+           "or OpenVINO files: use framework tflite or openvino)")
 
 SECTION = Section("tfserving", "TensorFlow Serving options", (
     Field("grpc_port", "int", "gRPC port (PredictionService)", default=8500, minimum=1,
@@ -56,7 +61,8 @@ def plan(spec: Spec) -> ServicePlan:
         spec, FRAMEWORK, entrypoint=BINARY, argv=argv,
         env={"LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu", "HOME": "/tmp"},
         trusted=[BINARY],
-        ports=[Port(opts["grpc_port"], "grpc"), Port(opts["rest_port"], "http")])
+        ports=[Port(opts["grpc_port"], "grpc", spec_key="tfserving.grpc_port"),
+               Port(opts["rest_port"], "http", spec_key="tfserving.rest_port")])
     result.trusted_if_present += ["/etc/ld.so.cache", "/etc/nsswitch.conf"]
     result.allowed += ["/etc/hosts", "/etc/resolv.conf"]
     for model in spec.models:
@@ -88,3 +94,12 @@ FRAMEWORK = Framework(
 @hookimpl
 def enclave_build_frameworks():
     return [FRAMEWORK]
+
+
+@hookimpl
+def enclave_build_check_model(framework: str, model: ModelSpec, spec: Spec) -> ModelCheck | None:
+    """A SavedModel version directory. (TF Serving runs one session per model: no
+    instances whose state could differ, so state is not examined.)"""
+    if framework != FRAMEWORK.name:
+        return None
+    return ModelCheck(ACCEPTS, saved_model_problem(model.path))

@@ -101,8 +101,8 @@ def make_context(context: Path) -> Path:
     for path in programs + files:
         _mirror(root, path)
     yaml_dir = Path(yaml.__file__).resolve().parent
-    for path in yaml_dir.rglob("*"):
-        if path.is_file() and "__pycache__" not in path.parts:
+    for file in yaml_dir.rglob("*"):
+        if file.is_file() and "__pycache__" not in file.parts:
             _mirror(root, str(path))
     elves = programs + [p for p in files if p.endswith(".so")]
     elves += [str(p) for p in yaml_dir.glob("*.so")]
@@ -122,8 +122,8 @@ def make_context(context: Path) -> Path:
                             f"{STANDIN_DIR}/standin.py {tool} \"$@\"\n", 0o755)
     for lib in GLIBC:
         _write(root, f"/opt/occlum/glibc/lib/{lib}", f"stand-in of Occlum's glibc {lib}\n", 0o755)
-    for path in (HERE / "template").iterdir():
-        _write(root, f"/opt/occlum/etc/template/{path.name}", path.read_bytes())
+    for template in (HERE / "template").iterdir():
+        _write(root, f"/opt/occlum/etc/template/{template.name}", template.read_bytes())
     (context / "Dockerfile").write_text(
         "FROM scratch\nCOPY rootfs/ /\n"
         "ENV PATH=/opt/occlum/build/bin:/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8\n"

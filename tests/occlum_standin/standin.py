@@ -265,7 +265,7 @@ def _check_occlum_json(path: str) -> dict:
     try:
         config = json.loads(read(path))
     except ValueError as exc:
-        raise Fail(f"{path}: not JSON ({exc})")
+        raise Fail(f"{path}: not JSON ({exc})") from None
     if not isinstance(config, dict):
         raise Fail(f"{path}: not a JSON object")
     for key, kind in REQUIRED.items():
@@ -275,9 +275,12 @@ def _check_occlum_json(path: str) -> dict:
     if unknown:
         raise Fail(f"{path}: unknown field(s) {', '.join(unknown)}")
     meta = config["metadata"]
-    for key, kind in (("product_id", int), ("version_number", int), ("debuggable", bool)):
-        if not isinstance(meta.get(key), kind) or (kind is int and isinstance(meta[key], bool)):
-            raise Fail(f"{path}: metadata.{key} must be a {kind.__name__}")
+    typed: tuple[tuple[str, type], ...] = (("product_id", int), ("version_number", int),
+                                           ("debuggable", bool))
+    for key, expected in typed:
+        if not isinstance(meta.get(key), expected) or \
+                (expected is int and isinstance(meta[key], bool)):
+            raise Fail(f"{path}: metadata.{key} must be a {expected.__name__}")
     limits = config["resource_limits"]
     if not isinstance(limits.get("max_num_of_threads"), int):
         raise Fail(f"{path}: resource_limits.max_num_of_threads must be an integer")
@@ -293,7 +296,7 @@ def _check_init_ra_conf(path: str) -> dict:
     try:
         conf = json.loads(read(path))
     except ValueError as exc:
-        raise Fail(f"{path}: not JSON ({exc})")
+        raise Fail(f"{path}: not JSON ({exc})") from None
     if not isinstance(conf, dict) or not isinstance(conf.get("kms_server"), str) \
             or not isinstance(conf.get("kms_keys"), list) \
             or not isinstance(conf.get("ra_config"), dict):
@@ -353,7 +356,7 @@ def _zip_tree(source: str, target: str, key: bytes | None) -> tuple[str, int]:
             elif stat.S_ISREG(st.st_mode):
                 data = read(path)
                 if key is not None:
-                    data = bytes(a ^ b for a, b in zip(data, _keystream(key, rel, len(data))))
+                    data = bytes(a ^ b for a, b in zip(data, _keystream(key, rel, len(data)), strict=True))
                 entry["offset"], entry["size"] = len(blobs), len(data)
                 blobs += data
             else:
@@ -361,7 +364,7 @@ def _zip_tree(source: str, target: str, key: bytes | None) -> tuple[str, int]:
             entries.append(entry)
     index = json.dumps(entries, sort_keys=True).encode()
     if key is not None:
-        index = bytes(a ^ b for a, b in zip(index, _keystream(key, "\0index", len(index))))
+        index = bytes(a ^ b for a, b in zip(index, _keystream(key, "\0index", len(index)), strict=True))
     image = b"STAND-IN SEFS 1\n" + len(index).to_bytes(8, "little") + index + bytes(blobs)
     os.makedirs(os.path.join(target, "__ROOT"))
     write(os.path.join(target, "__ROOT/metadata"), image)
@@ -485,9 +488,9 @@ def _load_boms(path: str, include_dirs: list[str], chain: list[str]) -> list[tup
         with open(path, encoding="utf-8") as handle:
             bom = yaml.safe_load(handle)
     except OSError as exc:
-        raise Fail(f"{path}: cannot read the bom file ({exc.strerror})")
+        raise Fail(f"{path}: cannot read the bom file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise Fail(f"{path}: not YAML ({exc})")
+        raise Fail(f"{path}: not YAML ({exc})") from None
     if not isinstance(bom, dict):
         raise Fail(f"{path}: a bom file is a mapping of includes, excludes, targets")
     _only(path, "bom", bom, BOM_KEYS)
@@ -636,7 +639,7 @@ def _xml_values(path: str) -> dict[str, int]:
     try:
         root = ET.fromstring(read(path))
     except ET.ParseError as exc:
-        raise Fail(f"{path}: not XML ({exc})")
+        raise Fail(f"{path}: not XML ({exc})") from None
     return {child.tag: int(child.text or "0", 0) for child in root}
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from enclave_build.model_server.backends import Backend, BackendError, InferenceError, TensorSpec
+from enclave_build.model_server.backends import (Backend, BackendError, InferenceError, Runtime,
+                                                 TensorSpec)
 
 #: ONNX Runtime's type names -> KServe v2 datatypes.
 _TYPES = {
@@ -31,6 +32,8 @@ def _dims(shape) -> list[int]:
 
 class OnnxRuntimeBackend(Backend):
     platform = "onnxruntime_onnx"
+    #: Checked by the server before it fetches any key.
+    runtimes = (Runtime(("onnxruntime",), "pip install onnxruntime"),)
 
     def __init__(self, model, source) -> None:
         super().__init__(model, source)
@@ -77,7 +80,7 @@ class OnnxRuntimeBackend(Backend):
             if type(exc).__name__ in ("InvalidArgument", "Fail", "InvalidGraph"):
                 raise InferenceError(str(exc).splitlines()[0]) from None
             raise
-        return dict(zip(names, results))
+        return dict(zip(names, results, strict=True))
 
     def close(self) -> None:
         self._session = None

@@ -9,8 +9,8 @@ trusts ONNX Runtime's files from the base image.
 
 from __future__ import annotations
 
-from enclave_build.plugin import (Field, Framework, Section, ServicePlan, Spec, hookimpl,
-                                  python_server_plan)
+from enclave_build.plugin import (Field, Framework, ModelCheck, ModelSpec, Section, ServicePlan,
+                                  Spec, hookimpl, onnx_problem, python_server_plan)
 
 BACKEND = "onnxruntime"
 GRAPH_OPTIMIZATION = ("disabled", "basic", "extended", "all")
@@ -49,3 +49,12 @@ FRAMEWORK = Framework(
 @hookimpl
 def enclave_build_frameworks():
     return [FRAMEWORK]
+
+
+@hookimpl
+def enclave_build_check_model(framework: str, model: ModelSpec, spec: Spec) -> ModelCheck | None:
+    """An ONNX model file (the build refuses anything else, before encrypting it). An ONNX
+    Runtime session keeps no state between runs: nothing to warn about."""
+    if framework != FRAMEWORK.name:
+        return None
+    return ModelCheck("an ONNX model file (.onnx)", onnx_problem(model.path))

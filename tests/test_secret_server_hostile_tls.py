@@ -1,11 +1,10 @@
-"""A second hostile-input pass over the attestation side (after test_hostile_peers.py): HTTP/2
-frames that h2 swallows without an event (so GrSecret's flood budget never saw them) and
+"""Hostile peers of the secret server and the key fetch over TLS and HTTP/2 (more in
+test_hostile_peers.py): HTTP/2 frames that h2 swallows without an event (so GrSecret's flood budget never saw them) and
 requests dribbled in one-byte DATA frames, a quote whose embedded PCK chain is long enough to
 make the unauthenticated verification expensive, a server dripping its answer to the model
 server's key fetch or announcing a gigantic key, relaxed TCB statuses the model enclave
 accepted silently, and a `secrets upload` name the protocol cannot carry (a traceback after
-attesting). Each of those tests fails without its fix. The others pin behaviour that was
-already right and that this pass checked: a dripped TLS handshake or a reset mid-handshake
+attesting). The others pin behaviour that was already right: a dripped TLS handshake or a reset mid-handshake
 (`attest`, key fetch), out-of-date and DEBUG servers refused by `attest` unless allowed (DEBUG
 never) with a warning, and no secret in the audit log in any encoding the server sends."""
 
@@ -34,7 +33,7 @@ from enclave_build.attestation import grsecret, upload, wire
 from enclave_build.attestation.attest_client import AttestationRefused, Expectation, open_attested
 from enclave_build.attestation.collateral import FileCollateral
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.attestation.policy import hex_dashes
+from enclave_build.contract.secrets_config import hex_dashes
 from enclave_build.attestation.quote import Quote, assemble_quote
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.attestation.verify import QuoteRejected, verify_quote
@@ -564,7 +563,7 @@ def test_attest_refuses_out_of_date_and_debug_servers_unless_allowed_and_warns(t
     args = ("--measurements", str(tmp_path / "m.json"), "--collateral",
             str(tmp_path / "collateral.json"), "--allow-synthetic-root", str(tmp_path / "root.pem"))
     for debug in (False, True):
-        cert, key = create_certificate("tcg-dice", lambda rd: stale.quote(
+        cert, key = create_certificate("tcg-dice", lambda rd, debug=debug: stale.quote(
             identity("face"), MR_SIGNER, rd, 1, 2, debug))
         endpoint = _RaTlsEndpoint(tmp_path, cert, key)
         try:

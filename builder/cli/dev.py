@@ -1,0 +1,115 @@
+"""``enclave-build dev``: build if stale, serve it here with a local secret server, show how to
+ask it (or ask it once)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from .output import INTERRUPTED, RichProgress, errors
+
+
+@click.command("dev", epilog="""\b
+Examples:
+  enclave-build dev my-model                # build if needed, serve, print how to ask it
+  enclave-build dev my-model --once         # one request from the model's metadata; CI
+  enclave-build dev my-model --once --input request.json    # or .npy / .npz
+  enclave-build dev my-model/spec.toml --base dir:/srv/gramine-base --rebuild
+\b
+What it does, in order (Ctrl-C undoes it: nothing is left running, the ports are free):
+  1. builds SPEC into OUTPUT unless the last build there is up to date (same spec, files,
+     keys, base and enclave-build), saying which;
+  2. the secret server: if one already answers at the address the enclave was built to dial
+     ([secrets] server) with a certificate the spec's CA vouches for, it is used; otherwise
+     one is started there (loopback addresses only) with a SYNTHETIC test PKI and a
+     configuration for this build's keys, both kept in DIR/.enclave-build/ (the
+     certificate and key next to [secrets] ca: tls/server.crt, tls/server.key);
+  3. the enclave: `enclave-build run OUTPUT --simulate` -- under gramine-direct when the
+     image holds a real Gramine and you are root, else as a plain process; it says which;
+  4. waits until the model server is ready (/v2/health/ready; --timeout);
+  5. prints the endpoints and, per model, its inputs and outputs as served, a curl line
+     (the request body, zeros of each input's shape, is written to
+     DIR/.enclave-build/requests/MODEL.json) and a tritonclient snippet.
+  Log lines of both servers stream on stderr, prefixed `secret-server |` and `enclave |`.
+\b
+--once: after step 4, sends one request (--input FILE: KServe v2 JSON {"inputs": [{"name",
+"datatype", "shape", "data"}]}, a .npy array for a one-input model, or a .npz of arrays by
+input name; else zeros from the metadata), prints each output's datatype and shape and a
+SHA-256 digest of the outputs (name, datatype, shape, bytes), stops everything, exits 0
+(1 if anything failed).
+\b
+Ends with exit 1 and the log tails when a port is in use, the secret server does not start
+or the enclave ends early; 130 after Ctrl-C (or SIGTERM). SIMULATION: nothing is attested.
+""")
+@click.argument("spec", metavar="[SPEC|DIR]", required=False, default=".",
+                type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="The build output directory (default: out/ next to the spec).")
+@click.option("--base", metavar="REF", help="Base image for the build (overrides [image] "
+              "base; any `build --base` reference).")
+@click.option("--rebuild", is_flag=True, help="Build even if the output is up to date.")
+@click.option("--once", is_flag=True, help="Send one request, print the outputs' shapes and "
+              "digest, stop, exit 0/1.")
+@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False,
+                                                       path_type=Path),
+              help="--once: the request (KServe v2 JSON, .npy or .npz).")
+@click.option("--model", metavar="NAME", help="--once: the model to ask (default: the first "
+              "[[models]]).")
+@click.option("--mode", type=click.Choice(["auto", "gramine-direct", "process"]),
+              default="auto", show_default=True, help="How the enclave runs (as `run --mode`).")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Seconds to wait for the model server to be ready.")
+@click.option("--pki", type=click.Path(file_okay=False, path_type=Path),
+              help="The synthetic PKI the simulated quoter signs with (default: "
+                   "DIR/.enclave-build/pki, made once); for a secret server of your own that "
+                   "trusts another one.")
+@click.option("--quiet", "-q", is_flag=True, help="No build progress bars.")
+def dev(spec: Path, output: Path | None, base: str | None, rebuild: bool, once: bool,
+        input_file: Path | None, model: str | None, mode: str, timeout: float,
+        pki: Path | None, quiet: bool) -> None:
+    """Serve SPEC (a spec.toml, or a project directory; default: .) here, in one command:
+    build if stale, a local secret server, `run --simulate`, and how to ask it."""
+    from ..dev import DevError, DevOptions, DevSession, once_lines, summary
+    from ..dev.session import project_state
+    from ..errors import UsageError
+
+    def echo_err(line: str) -> None:
+        click.echo(line, err=True)
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with errors({OSError: DevError}):
+            if (input_file or model) and not once:
+                raise UsageError("--input and --model go with --once")
+            options = DevOptions(output=output, base=base, rebuild=rebuild, once=once,
+                                 input=input_file, model=model, mode=mode, timeout=timeout,
+                                 pki=pki)
+            session = DevSession(spec, options, log=echo_err)
+            with session:
+                try:
+                    with RichProgress(not quiet) as progress:
+                        session.prepare(progress)
+                    served = session.start()
+                    if once:
+                        result = session.once(served)
+                        for line in once_lines(result):
+                            click.echo(line)
+                        return
+                    assert session.spec is not None
+                    for line in summary(served, project_state(session.spec)):
+                        click.echo(line)
+                    session.wait()
+                except KeyboardInterrupt:
+                    session.stop()
+                    click.echo("dev: interrupted; the enclave and the secret server are "
+                               "stopped", err=True)
+                    sys.exit(INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
