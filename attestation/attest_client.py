@@ -28,10 +28,10 @@ from typing import Any
 from cryptography import x509
 
 from .collateral import CollateralError, CollateralSource
+from .errors import AttestationError
 from .measurements import Measurements
 from .ratls import EvidenceError, extract_evidence
 from .verify import QuoteRejected, TcbPolicy, VerifiedQuote, verify_quote
-from .errors import AttestationError
 
 #: The identity fields compared, in the order a mismatch is reported.
 IDENTITY_FIELDS = ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "debug")
@@ -41,9 +41,14 @@ class AttestationRefused(AttestationError):
     """The server is not (provably) one of the expected builds. ``mismatches`` lists, for an
     identity that verified but matched no build, every differing field of every build."""
 
-    def __init__(self, reason: str, mismatches: tuple["Mismatch", ...] = (),
-                 quote: VerifiedQuote | None = None, evidence_format: str | None = None,
-                 certificate_sha256: str | None = None):
+    def __init__(
+        self,
+        reason: str,
+        mismatches: tuple[Mismatch, ...] = (),
+        quote: VerifiedQuote | None = None,
+        evidence_format: str | None = None,
+        certificate_sha256: str | None = None,
+    ):
         super().__init__(reason)
         self.reason = reason
         self.mismatches = mismatches
@@ -54,10 +59,10 @@ class AttestationRefused(AttestationError):
 
 @dataclass(frozen=True)
 class Mismatch:
-    build: str          # the measurements.json it was compared with (path or service)
+    build: str  # the measurements.json it was compared with (path or service)
     field: str
-    expected: object    # from measurements.json
-    actual: object      # from the verified quote
+    expected: object  # from measurements.json
+    actual: object  # from the verified quote
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class Expectation:
 
     builds: tuple[tuple[str, Measurements], ...]
     collateral: CollateralSource
-    root_ca_der: bytes | None = None        # None: Intel's SGX root (inside dcap-qvl)
+    root_ca_der: bytes | None = None  # None: Intel's SGX root (inside dcap-qvl)
     policy: TcbPolicy = field(default_factory=TcbPolicy)
     now: _dt.datetime | None = None
 
@@ -78,7 +83,7 @@ class AttestedChannel:
     tls: ssl.SSLSocket
     endpoint: str
     evidence_format: str
-    certificate_sha256: str     # SHA-256 of the server's DER certificate (the pinned one)
+    certificate_sha256: str  # SHA-256 of the server's DER certificate (the pinned one)
     quote: VerifiedQuote
     build_source: str
     build: Measurements
@@ -89,7 +94,7 @@ class AttestedChannel:
         except OSError:
             pass
 
-    def __enter__(self) -> "AttestedChannel":
+    def __enter__(self) -> AttestedChannel:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -98,12 +103,16 @@ class AttestedChannel:
 
 def compare(quote: VerifiedQuote, build: Measurements, source: str) -> list[Mismatch]:
     """Every identity field in which *quote* differs from *build*."""
-    return [Mismatch(source, name, getattr(build, name), getattr(quote, name))
-            for name in IDENTITY_FIELDS if getattr(build, name) != getattr(quote, name)]
+    return [
+        Mismatch(source, name, getattr(build, name), getattr(quote, name))
+        for name in IDENTITY_FIELDS
+        if getattr(build, name) != getattr(quote, name)
+    ]
 
 
-def match_identity(quote: VerifiedQuote, builds: tuple[tuple[str, Measurements], ...],
-                   endpoint: str) -> tuple[str, Measurements]:
+def match_identity(
+    quote: VerifiedQuote, builds: tuple[tuple[str, Measurements], ...], endpoint: str
+) -> tuple[str, Measurements]:
     """The (source, build) the verified *quote* is; AttestationRefused naming every differing
     field with both values otherwise."""
     mismatches: list[Mismatch] = []
@@ -112,10 +121,16 @@ def match_identity(quote: VerifiedQuote, builds: tuple[tuple[str, Measurements],
         if not found:
             return source, build
         mismatches += found
-    details = "; ".join(f"{m.build}: {m.field} expected {_show(m.expected)}, server has "
-                        f"{_show(m.actual)}" for m in mismatches)
-    raise AttestationRefused(f"{endpoint} runs enclave {quote.mr_enclave}, which is not one of "
-                             f"the given builds ({details})", tuple(mismatches), quote)
+    details = "; ".join(
+        f"{m.build}: {m.field} expected {_show(m.expected)}, server has {_show(m.actual)}"
+        for m in mismatches
+    )
+    raise AttestationRefused(
+        f"{endpoint} runs enclave {quote.mr_enclave}, which is not one of "
+        f"the given builds ({details})",
+        tuple(mismatches),
+        quote,
+    )
 
 
 def _show(value: object) -> str:
@@ -135,14 +150,21 @@ def client_context(client_cert: Path | None, client_key: Path | None) -> ssl.SSL
         try:
             context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
         except (OSError, ssl.SSLError) as exc:
-            raise AttestationRefused(f"cannot use the client certificate {client_cert} / key "
-                                     f"{client_key}: {exc}") from None
+            raise AttestationRefused(
+                f"cannot use the client certificate {client_cert} / key {client_key}: {exc}"
+            ) from None
     return context
 
 
-def open_attested(host: str, port: int, expectation: Expectation, *,
-                  client_cert: Path | None = None, client_key: Path | None = None,
-                  timeout: float = 10.0) -> AttestedChannel:
+def open_attested(
+    host: str,
+    port: int,
+    expectation: Expectation,
+    *,
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
+    timeout: float = 10.0,
+) -> AttestedChannel:
     """Connect, verify the server's RA-TLS certificate and identity; the open channel, or
     :class:`AttestationRefused` (the connection is then closed; nothing was sent on it).
     *client_cert*/*client_key*: a certificate to present (a key owner's, for uploads)."""
@@ -165,32 +187,42 @@ def open_attested(host: str, port: int, expectation: Expectation, *,
         fingerprint = hashlib.sha256(der).hexdigest()
         try:
             evidence = extract_evidence(x509.load_der_x509_certificate(der))
-        except ValueError as exc:   # EvidenceError, or a certificate that does not parse
-            hint = ("" if not isinstance(exc, EvidenceError) or "no SGX evidence" not in str(exc)
-                    else " — the server does not run with an RA-TLS identity (e.g. a secret "
-                         "server outside an enclave, with an ordinary CA-signed certificate)")
-            raise AttestationRefused(f"{endpoint}: {exc}{hint}",
-                                     certificate_sha256=fingerprint) from None
+        except ValueError as exc:  # EvidenceError, or a certificate that does not parse
+            hint = (
+                ""
+                if not isinstance(exc, EvidenceError) or "no SGX evidence" not in str(exc)
+                else " — the server does not run with an RA-TLS identity (e.g. a secret "
+                "server outside an enclave, with an ordinary CA-signed certificate)"
+            )
+            raise AttestationRefused(
+                f"{endpoint}: {exc}{hint}", certificate_sha256=fingerprint
+            ) from None
         try:
             collateral = expectation.collateral.for_quote(evidence.quote, timeout=timeout)
-            verified = verify_quote(evidence.quote, collateral,
-                                    root_ca_der=expectation.root_ca_der, now=expectation.now,
-                                    policy=expectation.policy)
+            verified = verify_quote(
+                evidence.quote,
+                collateral,
+                root_ca_der=expectation.root_ca_der,
+                now=expectation.now,
+                policy=expectation.policy,
+            )
         except QuoteRejected as exc:
-            raise AttestationRefused(str(exc), evidence_format=evidence.format,
-                                     certificate_sha256=fingerprint) from None
+            raise AttestationRefused(
+                str(exc), evidence_format=evidence.format, certificate_sha256=fingerprint
+            ) from None
         except CollateralError as exc:
-            raise AttestationRefused(f"no collateral to verify the quote: {exc}",
-                                     evidence_format=evidence.format,
-                                     certificate_sha256=fingerprint) from None
+            raise AttestationRefused(
+                f"no collateral to verify the quote: {exc}",
+                evidence_format=evidence.format,
+                certificate_sha256=fingerprint,
+            ) from None
         try:
             source, build = match_identity(verified, expectation.builds, endpoint)
         except AttestationRefused as exc:
             exc.evidence_format, exc.certificate_sha256 = evidence.format, fingerprint
             raise
         handed_over = True
-        return AttestedChannel(tls, endpoint, evidence.format, fingerprint, verified, source,
-                               build)
+        return AttestedChannel(tls, endpoint, evidence.format, fingerprint, verified, source, build)
     finally:
         if not handed_over:
             (tls or raw).close()
@@ -200,38 +232,73 @@ def open_attested(host: str, port: int, expectation: Expectation, *,
 VERDICT_SCHEMA = 1
 
 
-def verdict(endpoint: str, result: "AttestedChannel | AttestationRefused", *,
-            synthetic_root: bool) -> dict[str, Any]:
+def verdict(
+    endpoint: str, result: AttestedChannel | AttestationRefused, *, synthetic_root: bool
+) -> dict[str, Any]:
     """The stable JSON form of an attestation outcome (``enclave-build attest --json``)::
 
-        {"schema": 1, "endpoint", "attested": bool, "reason": str | null,
-         "evidence": "tcg-dice" | "gramine-legacy" | "cczoo" | null,
-         "certificate_sha256": hex | null, "synthetic_root": bool,
-         "measurements": file | null, "service", "framework", "image": ref | null,
-         "status", "advisory_ids", "mr_enclave", "mr_signer", "isv_prod_id", "isv_svn",
-         "debug", "attributes",            # from the verified quote; null when none verified
-         "mismatches": [{"measurements", "field", "expected", "actual"}]}
+    {"schema": 1, "endpoint", "attested": bool, "reason": str | null,
+     "evidence": "tcg-dice" | "gramine-legacy" | "cczoo" | null,
+     "certificate_sha256": hex | null, "synthetic_root": bool,
+     "measurements": file | null, "service", "framework", "image": ref | null,
+     "status", "advisory_ids", "mr_enclave", "mr_signer", "isv_prod_id", "isv_svn",
+     "debug", "attributes",            # from the verified quote; null when none verified
+     "mismatches": [{"measurements", "field", "expected", "actual"}]}
     """
     quote = result.quote
     attested = isinstance(result, AttestedChannel)
     info: dict[str, Any] = {
-        "schema": VERDICT_SCHEMA, "endpoint": endpoint, "attested": attested,
+        "schema": VERDICT_SCHEMA,
+        "endpoint": endpoint,
+        "attested": attested,
         "reason": None if isinstance(result, AttestedChannel) else result.reason,
-        "evidence": result.evidence_format, "certificate_sha256": result.certificate_sha256,
-        "synthetic_root": synthetic_root, "measurements": None, "service": None,
-        "framework": None, "image": None}
+        "evidence": result.evidence_format,
+        "certificate_sha256": result.certificate_sha256,
+        "synthetic_root": synthetic_root,
+        "measurements": None,
+        "service": None,
+        "framework": None,
+        "image": None,
+    }
     if isinstance(result, AttestedChannel):
-        info.update(measurements=result.build_source, service=result.build.service,
-                    framework=result.build.framework, image=result.build.image.ref)
-    fields = ("status", "advisory_ids", "mr_enclave", "mr_signer", "isv_prod_id", "isv_svn",
-              "debug", "attributes")
+        info.update(
+            measurements=result.build_source,
+            service=result.build.service,
+            framework=result.build.framework,
+            image=result.build.image.ref,
+        )
+    fields = (
+        "status",
+        "advisory_ids",
+        "mr_enclave",
+        "mr_signer",
+        "isv_prod_id",
+        "isv_svn",
+        "debug",
+        "attributes",
+    )
     quote_json = quote.to_json() if quote is not None else {}
     info.update({name: quote_json.get(name) for name in fields})
-    info["mismatches"] = [] if isinstance(result, AttestedChannel) else [
-        {"measurements": m.build, "field": m.field, "expected": m.expected, "actual": m.actual}
-        for m in result.mismatches]
+    info["mismatches"] = (
+        []
+        if isinstance(result, AttestedChannel)
+        else [
+            {"measurements": m.build, "field": m.field, "expected": m.expected, "actual": m.actual}
+            for m in result.mismatches
+        ]
+    )
     return info
 
 
-__all__ = ["AttestationRefused", "VERDICT_SCHEMA", "verdict", "AttestedChannel", "Expectation", "Mismatch", "IDENTITY_FIELDS",
-           "compare", "match_identity", "open_attested"]
+__all__ = [
+    "AttestationRefused",
+    "VERDICT_SCHEMA",
+    "verdict",
+    "AttestedChannel",
+    "Expectation",
+    "Mismatch",
+    "IDENTITY_FIELDS",
+    "compare",
+    "match_identity",
+    "open_attested",
+]

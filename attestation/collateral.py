@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .verify import collateral_validity, load_collateral
 from .errors import AttestationError
+from .verify import collateral_validity, load_collateral
 
 if TYPE_CHECKING:
     from enclave_build.contract.secrets_config import AttestationSettings
@@ -64,8 +64,13 @@ class _Flight:
 
 
 class PccsCollateral:
-    def __init__(self, url: str, cache_dir: Path | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, disk: bool = True):
+    def __init__(
+        self,
+        url: str,
+        cache_dir: Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        disk: bool = True,
+    ):
         """*disk* False: collateral is kept in memory only (an enclave's own cache, where
         nothing the host left on disk may be read back, and nothing is left behind)."""
         self.url = url
@@ -74,7 +79,7 @@ class PccsCollateral:
         self.timeout = timeout
         self._memory: dict[str, str] = {}
         self._flights: dict[str, _Flight] = {}
-        self._lock = threading.Lock()   # guards the two dicts only; never held while fetching
+        self._lock = threading.Lock()  # guards the two dicts only; never held while fetching
 
     @staticmethod
     def _key(quote: bytes) -> str:
@@ -93,7 +98,7 @@ class PccsCollateral:
             _, next_update = collateral_validity(text)
         except (ValueError, KeyError, TypeError):
             return False
-        return _dt.datetime.now(_dt.timezone.utc) < next_update
+        return _dt.datetime.now(_dt.UTC) < next_update
 
     def _cached(self, key: str) -> str | None:
         text = self._memory.get(key)
@@ -117,11 +122,11 @@ class PccsCollateral:
             flight = self._flights.get(key)
             if flight is None:
                 flight = self._flights[key] = _Flight()
-                threading.Thread(target=self._run, args=(key, quote, flight), daemon=True,
-                                 name=f"pccs-{key[:8]}").start()
+                threading.Thread(
+                    target=self._run, args=(key, quote, flight), daemon=True, name=f"pccs-{key[:8]}"
+                ).start()
         if not flight.done.wait(wait):
-            raise CollateralError(f"PCCS {self.url} did not deliver collateral within "
-                                  f"{wait:.1f} s")
+            raise CollateralError(f"PCCS {self.url} did not deliver collateral within {wait:.1f} s")
         if flight.error is not None:
             raise CollateralError(flight.error)
         assert flight.text is not None
@@ -142,9 +147,11 @@ class PccsCollateral:
             except OSError:
                 pass  # the disk cache is an optimisation
             flight.text = text
-        except asyncio.TimeoutError:
-            flight.error = (f"PCCS {self.url} did not answer within {self.timeout:.1f} s "
-                            f"(gave up after {time.monotonic() - started:.1f} s)")
+        except TimeoutError:
+            flight.error = (
+                f"PCCS {self.url} did not answer within {self.timeout:.1f} s "
+                f"(gave up after {time.monotonic() - started:.1f} s)"
+            )
         except Exception as exc:  # noqa: BLE001 - any failure of the fetch is reported
             flight.error = f"cannot fetch collateral from PCCS {self.url}: {exc}"
         finally:
@@ -158,8 +165,7 @@ class PccsCollateral:
         import dcap_qvl
 
         async def fetch():  # dcap-qvl's binding needs a running loop when it is called
-            return await asyncio.wait_for(dcap_qvl.get_collateral(self.url, quote),
-                                          self.timeout)
+            return await asyncio.wait_for(dcap_qvl.get_collateral(self.url, quote), self.timeout)
 
         collateral = asyncio.run(fetch())
         text = collateral.to_json()
@@ -172,5 +178,5 @@ class PccsCollateral:
 def source_for(settings: AttestationSettings) -> CollateralSource:
     if settings.collateral is not None:
         return FileCollateral(settings.collateral)
-    assert settings.pccs_url is not None   # the reader requires exactly one of the two
+    assert settings.pccs_url is not None  # the reader requires exactly one of the two
     return PccsCollateral(settings.pccs_url, timeout=settings.pccs_timeout)

@@ -14,9 +14,9 @@ Standard library and ``cryptography`` only (this package also runs in enclaves).
 
 from __future__ import annotations
 
-import itertools
 import functools
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import cast
@@ -55,13 +55,13 @@ SYNTHETIC_MARK = "SYNTHETIC TEST"
 
 def intel_root_der() -> bytes:
     return x509.load_pem_x509_certificate(INTEL_SGX_ROOT_CA_PEM).public_bytes(
-        serialization.Encoding.DER)
+        serialization.Encoding.DER
+    )
 
 
 def _describe(cert: x509.Certificate) -> str:
     der = cert.public_bytes(serialization.Encoding.DER)
-    return (f"{cert.subject.rfc4514_string()} (SHA-256 "
-            f"{hashlib.sha256(der).hexdigest()[:16]}...)")
+    return f"{cert.subject.rfc4514_string()} (SHA-256 {hashlib.sha256(der).hexdigest()[:16]}...)"
 
 
 def _is_synthetic(cert: x509.Certificate) -> bool:
@@ -97,20 +97,20 @@ def collateral_root_problem(collateral_json: str, root_der: bytes | None) -> str
     signed by the next, the root CA CRL and the PCK CRL are signed by their issuers, and the
     TCB info and QE identity by their signing certificate. The first thing wrong is said,
     ending with what to change when the two roots are a synthetic test PKI's and Intel's."""
-    trusted = x509.load_der_x509_certificate(root_der if root_der is not None
-                                             else intel_root_der())
+    trusted = x509.load_der_x509_certificate(root_der if root_der is not None else intel_root_der())
     trusted_der = trusted.public_bytes(serialization.Encoding.DER)
     try:
         data = json.loads(collateral_json)
-        chains = {name: x509.load_pem_x509_certificates(data[name].encode())
-                  for name in _CHAINS}
+        chains = {name: x509.load_pem_x509_certificates(data[name].encode()) for name in _CHAINS}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"the collateral cannot be read ({type(exc).__name__}: {exc})"
     for name, chain in chains.items():
         top = chain[-1]
         if top.public_bytes(serialization.Encoding.DER) != trusted_der:
-            return (f"its {name} ends in {_describe(top)}, not in the trusted root "
-                    f"{_describe(trusted)}" + _hint(top, trusted, root_der is None))
+            return (
+                f"its {name} ends in {_describe(top)}, not in the trusted root "
+                f"{_describe(trusted)}" + _hint(top, trusted, root_der is None)
+            )
         try:
             for child, parent in itertools.pairwise(chain):
                 child.verify_directly_issued_by(parent)
@@ -125,10 +125,10 @@ def collateral_root_problem(collateral_json: str, root_der: bytes | None) -> str
         return "its root_ca_crl is not signed by the trusted root"
     if not pck_crl.is_signature_valid(_issuer_key(chains["pck_crl_issuer_chain"][0])):
         return "its pck_crl is not signed by the first certificate of pck_crl_issuer_chain"
-    for body, signature, chain_name in (("tcb_info", "tcb_info_signature",
-                                         "tcb_info_issuer_chain"),
-                                   ("qe_identity", "qe_identity_signature",
-                                    "qe_identity_issuer_chain")):
+    for body, signature, chain_name in (
+        ("tcb_info", "tcb_info_signature", "tcb_info_issuer_chain"),
+        ("qe_identity", "qe_identity_signature", "qe_identity_issuer_chain"),
+    ):
         try:
             raw = bytes.fromhex(data[signature])
         except (ValueError, KeyError, TypeError):
@@ -138,17 +138,22 @@ def collateral_root_problem(collateral_json: str, root_der: bytes | None) -> str
     return None
 
 
-def _hint(collateral_root: x509.Certificate, trusted: x509.Certificate,
-          trusting_intel: bool) -> str:
+def _hint(
+    collateral_root: x509.Certificate, trusted: x509.Certificate, trusting_intel: bool
+) -> str:
     if trusting_intel and _is_synthetic(collateral_root):
-        return (": this collateral comes from a synthetic test PKI (`enclave-build secrets "
-                "simulate-pki`), which only its own root.pem verifies: trust that root "
-                "(`secrets config --root-ca PKI_DIR/root.pem`, [attestation] root_ca in "
-                "secrets.toml)")
+        return (
+            ": this collateral comes from a synthetic test PKI (`enclave-build secrets "
+            "simulate-pki`), which only its own root.pem verifies: trust that root "
+            "(`secrets config --root-ca PKI_DIR/root.pem`, [attestation] root_ca in "
+            "secrets.toml)"
+        )
     if _is_synthetic(trusted) and not _is_synthetic(collateral_root):
-        return (": this collateral is Intel's, but the trusted root is a synthetic test PKI's: "
-                "trust Intel's root (no --root-ca; root_ca = \"intel\"), or use that PKI's "
-                "collateral.json")
+        return (
+            ": this collateral is Intel's, but the trusted root is a synthetic test PKI's: "
+            "trust Intel's root (no --root-ca; root_ca = \"intel\"), or use that PKI's "
+            "collateral.json"
+        )
     return ": use the root and the collateral of the same PKI"
 
 
@@ -163,8 +168,12 @@ def synthetic_root_beside(collateral: Path) -> Path | None:
     return candidate if _is_synthetic(cert) else None
 
 
-__all__ = ["INTEL_SGX_ROOT_CA_PEM", "collateral_root_problem", "intel_root_der",
-           "synthetic_root_beside"]
+__all__ = [
+    "INTEL_SGX_ROOT_CA_PEM",
+    "collateral_root_problem",
+    "intel_root_der",
+    "synthetic_root_beside",
+]
 
 
 def _issuer_key(cert: x509.Certificate) -> CertificateIssuerPublicKeyTypes:

@@ -38,14 +38,16 @@ def load_config(path: str | Path) -> SecretsConfig:
             problems.append(Problem(("upload", "owners", index), message))
     if config.grsecret is not None and config.grsecret.client_ra_config is not None:
         from .occlum_ra import RaConfig, RaConfigError
+
         try:
             RaConfig.load(config.grsecret.client_ra_config)
         except RaConfigError as exc:
             problems.append(Problem(("grsecret", "client_ra_config"), str(exc)))
     if problems:
         locator = KeyLocator(read_text(config.path, ConfigError, "the configuration"))
-        raise ConfigError(str(config.path), [Problem(p.path, p.message, locator.line(p.path))
-                                             for p in problems])
+        raise ConfigError(
+            str(config.path), [Problem(p.path, p.message, locator.line(p.path)) for p in problems]
+        )
     return config
 
 

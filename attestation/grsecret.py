@@ -58,8 +58,9 @@ import json
 import select
 import struct
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator
+from typing import ClassVar
 
 import h2.config
 import h2.connection
@@ -76,13 +77,13 @@ SERVICE = f"{PACKAGE}.GrSecret"
 METHOD_PATH = f"/{SERVICE}/GetSecret"
 ALPN = b"h2"
 
-MAX_REQUEST = 4096          # bytes of one SecretRequest (a name)
+MAX_REQUEST = 4096  # bytes of one SecretRequest (a name)
 MAX_NAME = 256
-MAX_STREAMS = 8             # concurrent calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS)
+MAX_STREAMS = 8  # concurrent calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS)
 MAX_HEADER_LIST = 16384
-MAX_CONTROL_FRAMES = 1024   # frames per connection that carry no call (see the module docstring)
-MAX_CALL_DATA_FRAMES = 16   # DATA frames of one call that count as carrying it
-FRAME_HEADER = 9            # bytes: length (3), type, flags, stream id (4)
+MAX_CONTROL_FRAMES = 1024  # frames per connection that carry no call (see the module docstring)
+MAX_CALL_DATA_FRAMES = 16  # DATA frames of one call that count as carrying it
+FRAME_HEADER = 9  # bytes: length (3), type, flags, stream id (4)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
@@ -100,30 +101,49 @@ class Status:
     UNAVAILABLE = 14
     UNAUTHENTICATED = 16
 
-    NAMES: ClassVar[dict[int, str]] = {0: "OK", 1: "CANCELLED", 3: "INVALID_ARGUMENT", 5: "NOT_FOUND",
-             7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 12: "UNIMPLEMENTED",
-             13: "INTERNAL", 14: "UNAVAILABLE", 16: "UNAUTHENTICATED"}
+    NAMES: ClassVar[dict[int, str]] = {
+        0: "OK",
+        1: "CANCELLED",
+        3: "INVALID_ARGUMENT",
+        5: "NOT_FOUND",
+        7: "PERMISSION_DENIED",
+        8: "RESOURCE_EXHAUSTED",
+        12: "UNIMPLEMENTED",
+        13: "INTERNAL",
+        14: "UNAVAILABLE",
+        16: "UNAUTHENTICATED",
+    }
 
 
 # --------------------------------------------------------------------------- messages
 
+
 def _message_classes():
     """SecretRequest and SecretReply, built from a descriptor declared here (no generated code,
     so no gencode/runtime version check)."""
-    proto = descriptor_pb2.FileDescriptorProto(name="enclave_build/ratls_grsecret.proto",
-                                               package=PACKAGE, syntax="proto3")
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="enclave_build/ratls_grsecret.proto", package=PACKAGE, syntax="proto3"
+    )
     for name, field_name in (("SecretRequest", "name"), ("SecretReply", "secret")):
         message = proto.message_type.add(name=name)
-        message.field.add(name=field_name, number=1,
-                          type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-                          label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+        message.field.add(
+            name=field_name,
+            number=1,
+            type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+            label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+        )
     service = proto.service.add(name="GrSecret")
-    service.method.add(name="GetSecret", input_type=f".{PACKAGE}.SecretRequest",
-                       output_type=f".{PACKAGE}.SecretReply")
+    service.method.add(
+        name="GetSecret",
+        input_type=f".{PACKAGE}.SecretRequest",
+        output_type=f".{PACKAGE}.SecretReply",
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{n}"))
-                 for n in ("SecretRequest", "SecretReply"))
+    return tuple(
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{n}"))
+        for n in ("SecretRequest", "SecretReply")
+    )
 
 
 SecretRequest, SecretReply = _message_classes()
@@ -142,26 +162,28 @@ def frame(message: bytes) -> bytes:
 
 def _percent_encode(text: str) -> str:
     """grpc-message encoding: printable ASCII except '%' as is, every other byte %XX."""
-    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}"
-                   for b in text.encode("utf-8"))
+    return "".join(
+        chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in text.encode("utf-8")
+    )
 
 
 # --------------------------------------------------------------------------- serving
+
 
 @dataclass(frozen=True)
 class RpcOutcome:
     code: int
     message: str = ""
-    secret: bytes | None = None     # only with code OK
+    secret: bytes | None = None  # only with code OK
 
 
 @dataclass
 class ServeSummary:
-    requests: int = 0               # calls answered (any status)
+    requests: int = 0  # calls answered (any status)
     end: str = "client closed the connection"
-    clean: bool = True              # False: ended by an error, a limit or the deadline
-    streams: int = 0                # streams the client opened
-    control_frames: int = 0         # frames that carried no call
+    clean: bool = True  # False: ended by an error, a limit or the deadline
+    streams: int = 0  # streams the client opened
+    control_frames: int = 0  # frames that carried no call
 
     def abort(self, reason: str) -> None:
         self.end, self.clean = reason, False
@@ -170,29 +192,31 @@ class ServeSummary:
 @dataclass
 class _Call:
     headers: dict[str, str]
-    name: str = ""                  # SecretRequest.name, once parsed
+    name: str = ""  # SecretRequest.name, once parsed
     body: bytearray = field(default_factory=bytearray)
-    data_frames: int = 0            # DATA frames with payload received for it
-    out: bytes = b""                # response DATA not yet sent (flow control)
-    trailers: list | None = None    # sent once out is empty
+    data_frames: int = 0  # DATA frames with payload received for it
+    out: bytes = b""  # response DATA not yet sent (flow control)
+    trailers: list | None = None  # sent once out is empty
     answered: bool = False
-    outcome: RpcOutcome | None = None   # audited once the response is handed to TLS
+    outcome: RpcOutcome | None = None  # audited once the response is handed to TLS
 
 
 Handler = Callable[[str], RpcOutcome]
-Request = Callable[[str, RpcOutcome], None]   # audit hook: (name, outcome) per answered call
+Request = Callable[[str, RpcOutcome], None]  # audit hook: (name, outcome) per answered call
 
 
 class _Connection:
-    def __init__(self, tls: SSL.Connection, handler: Handler, on_answer: Request | None,
-                 max_requests: int):
+    def __init__(
+        self, tls: SSL.Connection, handler: Handler, on_answer: Request | None, max_requests: int
+    ):
         self.tls = tls
         self.max_requests = max_requests
         self.max_streams = max_requests + MAX_STREAMS
         self.handler = handler
         self.on_answer = on_answer
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding="utf-8"))
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
         self.calls: dict[int, _Call] = {}
         self.summary = ServeSummary()
 
@@ -221,15 +245,16 @@ class _Connection:
             return
         code = outcome.code if outcome.code != Status.OK else Status.INTERNAL
         headers += [("grpc-status", str(code)), ("grpc-message", _percent_encode(outcome.message))]
-        self.h2.send_headers(stream_id, headers, end_stream=True)   # trailers-only response
+        self.h2.send_headers(stream_id, headers, end_stream=True)  # trailers-only response
         self.calls.pop(stream_id, None)
         self._audit(call, outcome)
 
     def _undelivered(self, call: _Call, why: str) -> None:
         outcome, call.outcome = call.outcome, None
-        assert outcome is not None   # only answered calls are undelivered
-        self._audit(call, RpcOutcome(outcome.code, f"{outcome.message} (response not "
-                                                   f"delivered: {why})"))
+        assert outcome is not None  # only answered calls are undelivered
+        self._audit(
+            call, RpcOutcome(outcome.code, f"{outcome.message} (response not delivered: {why})")
+        )
 
     def undelivered(self, why: str) -> None:
         """Audit the answered calls whose response is still (partly) unsent, saying *why*."""
@@ -241,10 +266,11 @@ class _Connection:
     def _drain(self, stream_id: int, call: _Call) -> None:
         """Send what flow control allows of the response; the trailers when all is sent."""
         while call.out:
-            window = min(self.h2.local_flow_control_window(stream_id),
-                         self.h2.max_outbound_frame_size)
+            window = min(
+                self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size
+            )
             if window <= 0:
-                return   # wait for WINDOW_UPDATE
+                return  # wait for WINDOW_UPDATE
             chunk, call.out = call.out[:window], call.out[window:]
             self.h2.send_data(stream_id, chunk)
         if call.trailers is not None:
@@ -255,8 +281,7 @@ class _Connection:
                 outcome, call.outcome = call.outcome, None
                 self._audit(call, outcome)
 
-    def _http_error(self, stream_id: int, call: _Call, status: str, code: int,
-                    reason: str) -> None:
+    def _http_error(self, stream_id: int, call: _Call, status: str, code: int, reason: str) -> None:
         """Refuse a request that is not a gRPC call with an HTTP status; counted and audited
         like a call (*code* is the gRPC status the audit line names)."""
         call.answered = True
@@ -281,12 +306,21 @@ class _Connection:
             self.calls.pop(event.stream_id, None)
             self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
         elif method != "POST":
-            self._http_error(event.stream_id, call, "405", Status.UNIMPLEMENTED,
-                             f"method {method[:20]!r}; gRPC calls are POST")
+            self._http_error(
+                event.stream_id,
+                call,
+                "405",
+                Status.UNIMPLEMENTED,
+                f"method {method[:20]!r}; gRPC calls are POST",
+            )
         elif not content_type.startswith("application/grpc"):
-            self._http_error(event.stream_id, call, "415", Status.INVALID_ARGUMENT,
-                             f"content-type {content_type[:60]!r}; gRPC calls are "
-                             "application/grpc")
+            self._http_error(
+                event.stream_id,
+                call,
+                "415",
+                Status.INVALID_ARGUMENT,
+                f"content-type {content_type[:60]!r}; gRPC calls are application/grpc",
+            )
 
     def _data(self, event: h2.events.DataReceived) -> None:
         self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -295,8 +329,11 @@ class _Connection:
             return
         call.body += event.data
         if len(call.body) > MAX_REQUEST + 5:
-            self._respond(event.stream_id, call, RpcOutcome(
-                Status.RESOURCE_EXHAUSTED, f"request larger than {MAX_REQUEST} bytes"))
+            self._respond(
+                event.stream_id,
+                call,
+                RpcOutcome(Status.RESOURCE_EXHAUSTED, f"request larger than {MAX_REQUEST} bytes"),
+            )
             self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     def _ended(self, stream_id: int) -> None:
@@ -308,8 +345,10 @@ class _Connection:
     def _call_outcome(self, call: _Call) -> RpcOutcome:
         path = call.headers.get(":path", "")
         if path != METHOD_PATH:
-            return RpcOutcome(Status.UNIMPLEMENTED, f"unknown method {path[:100]!r}; this server "
-                                                    f"offers {METHOD_PATH}")
+            return RpcOutcome(
+                Status.UNIMPLEMENTED,
+                f"unknown method {path[:100]!r}; this server offers {METHOD_PATH}",
+            )
         body = bytes(call.body)
         if len(body) < 5:
             return RpcOutcome(Status.INVALID_ARGUMENT, "no request message")
@@ -326,10 +365,11 @@ class _Connection:
         name = request.name
         if not name:
             return RpcOutcome(Status.INVALID_ARGUMENT, "SecretRequest.name is empty")
-        if len(name) > MAX_NAME:   # the audit line gets its start only
+        if len(name) > MAX_NAME:  # the audit line gets its start only
             call.name = name[:64] + f"... ({len(name)} characters)"
-            return RpcOutcome(Status.INVALID_ARGUMENT, f"SecretRequest.name is longer than "
-                                                       f"{MAX_NAME} characters")
+            return RpcOutcome(
+                Status.INVALID_ARGUMENT, f"SecretRequest.name is longer than {MAX_NAME} characters"
+            )
         call.name = name
         outcome = self.handler(name)
         if outcome.code == Status.OK and outcome.secret is None:
@@ -354,7 +394,7 @@ class _Connection:
                 if event.data:
                     call.data_frames += 1
                     carries_call |= call.data_frames <= MAX_CALL_DATA_FRAMES
-                carries_call |= event.stream_ended is not None   # (an empty one may end it)
+                carries_call |= event.stream_ended is not None  # (an empty one may end it)
             elif isinstance(event, h2.events.StreamEnded):
                 carries_call |= self._open_call(event.stream_id)
             if isinstance(event, h2.events.RequestReceived):
@@ -387,18 +427,23 @@ class _Connection:
         """False (GOAWAY ENHANCE_YOUR_CALM queued, the reason in the summary) when the client
         opened too many streams or sent too many frames that carry no call."""
         if self.summary.streams > self.max_streams:
-            reason = (f"{self.summary.streams} streams opened on one connection (at most "
-                      f"{self.max_streams}: max_requests + {MAX_STREAMS}); streams opened and "
-                      "reset without a call are an HTTP/2 rapid-reset attack")
+            reason = (
+                f"{self.summary.streams} streams opened on one connection (at most "
+                f"{self.max_streams}: max_requests + {MAX_STREAMS}); streams opened and "
+                "reset without a call are an HTTP/2 rapid-reset attack"
+            )
         elif self.summary.control_frames > MAX_CONTROL_FRAMES:
-            reason = (f"more than {MAX_CONTROL_FRAMES} frames without a call (PING, SETTINGS, "
-                      "PRIORITY, WINDOW_UPDATE, RST_STREAM, ALTSVC, empty DATA, unknown types, "
-                      "frames on closed streams): a flood")
+            reason = (
+                f"more than {MAX_CONTROL_FRAMES} frames without a call (PING, SETTINGS, "
+                "PRIORITY, WINDOW_UPDATE, RST_STREAM, ALTSVC, empty DATA, unknown types, "
+                "frames on closed streams): a flood"
+            )
         else:
             return True
         self.summary.abort(reason)
-        self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
-                                 additional_data=b"too many frames")
+        self.h2.close_connection(
+            h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, additional_data=b"too many frames"
+        )
         return False
 
 
@@ -409,7 +454,7 @@ class _Frames:
     everything after it too: nothing is buffered beyond one frame."""
 
     def __init__(self) -> None:
-        self.preface = len(PREFACE)     # preface bytes still to come
+        self.preface = len(PREFACE)  # preface bytes still to come
         self.buffer = bytearray()
         self.passthrough = False
 
@@ -448,12 +493,19 @@ def _readable(tls: SSL.Connection, seconds: float) -> bool:
     try:
         ready, _, _ = select.select([tls.fileno()], [], [], seconds)
     except (OSError, ValueError):
-        return True   # let recv report the state of the socket
+        return True  # let recv report the state of the socket
     return bool(ready)
 
 
-def serve(tls: SSL.Connection, handler: Handler, *, deadline: float, idle: float = 2.0,
-          max_requests: int = 32, on_answer: Request | None = None) -> ServeSummary:
+def serve(
+    tls: SSL.Connection,
+    handler: Handler,
+    *,
+    deadline: float,
+    idle: float = 2.0,
+    max_requests: int = 32,
+    on_answer: Request | None = None,
+) -> ServeSummary:
     """Serve GrSecret calls on *tls* (handshake done, ALPN h2 negotiated) until the client
     closes, *max_requests* calls were answered, no call was open for *idle* seconds, or the
     monotonic *deadline* passes; then GOAWAY. HTTP/2 protocol errors end the connection
@@ -469,10 +521,14 @@ def serve(tls: SSL.Connection, handler: Handler, *, deadline: float, idle: float
 
 def _serve(conn: _Connection, deadline: float, idle: float, max_requests: int) -> ServeSummary:
     tls = conn.tls
-    conn.h2.local_settings = h2.settings.Settings(client=False, initial_values={
-        SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-        SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-        SettingCodes.ENABLE_PUSH: 0})
+    conn.h2.local_settings = h2.settings.Settings(
+        client=False,
+        initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            SettingCodes.ENABLE_PUSH: 0,
+        },
+    )
     # The announced header list limit, enforced from the first frame (h2 would apply it to its
     # decoder only once the client acknowledged a change from its default of 64 KiB).
     conn.h2.decoder.max_header_list_size = MAX_HEADER_LIST
@@ -501,15 +557,16 @@ def _serve(conn: _Connection, deadline: float, idle: float, max_requests: int) -
         except SSL.ZeroReturnError:
             data = b""
         except SSL.SysCallError as exc:
-            if exc.args and exc.args[0] in (-1, errno.ECONNRESET):   # the client went away
+            if exc.args and exc.args[0] in (-1, errno.ECONNRESET):  # the client went away
                 data = b""
             else:
                 raise
         if not data:
-            if time.monotonic() >= deadline:   # the server's watchdog shut the socket
+            if time.monotonic() >= deadline:  # the server's watchdog shut the socket
                 conn.summary.abort("connection deadline reached")
-                conn.undelivered("connection deadline reached; the client's flow-control "
-                                 "window held it back")
+                conn.undelivered(
+                    "connection deadline reached; the client's flow-control window held it back"
+                )
             else:
                 conn.undelivered("the client closed the connection first")
             return conn.summary
@@ -521,11 +578,10 @@ def _serve(conn: _Connection, deadline: float, idle: float, max_requests: int) -
                 if not going:
                     break
         except (h2.exceptions.ProtocolError, UnicodeDecodeError) as exc:
-            conn.summary.abort(f"HTTP/2 protocol error: {type(exc).__name__}: "
-                               f"{str(exc)[:200]}")
+            conn.summary.abort(f"HTTP/2 protocol error: {type(exc).__name__}: {str(exc)[:200]}")
             conn.undelivered(conn.summary.end)
             try:
-                conn.flush()   # h2 queued a GOAWAY with the error code
+                conn.flush()  # h2 queued a GOAWAY with the error code
             except (SSL.Error, OSError):
                 pass
             return conn.summary

@@ -34,10 +34,16 @@ from pathlib import Path
 
 from .errors import AttestationConfigError
 
-FLAGS = ("verify_mr_enclave", "verify_mr_signer", "verify_isv_prod_id", "verify_isv_svn",
-         "verify_config_svn", "verify_enclave_debuggable")
-MAX_MEASUREMENTS = 16           # Occlum's SGX_MESUREMENTS_MAX_SIZE
-CONFIG_SVN_OFFSET = 308         # u16 LE in a v3 quote (report body 48 + 260)
+FLAGS = (
+    "verify_mr_enclave",
+    "verify_mr_signer",
+    "verify_isv_prod_id",
+    "verify_isv_svn",
+    "verify_config_svn",
+    "verify_enclave_debuggable",
+)
+MAX_MEASUREMENTS = 16  # Occlum's SGX_MESUREMENTS_MAX_SIZE
+CONFIG_SVN_OFFSET = 308  # u16 LE in a v3 quote (report body 48 + 260)
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}\Z")
 
 
@@ -49,7 +55,7 @@ class RaConfigError(AttestationConfigError, ValueError):
 class SgxMeasurement:
     """One ``sgx_mrs`` entry."""
 
-    mr_enclave: str = ""        # lower-case hex, or "" when unset
+    mr_enclave: str = ""  # lower-case hex, or "" when unset
     mr_signer: str = ""
     isv_prod_id: int = 0
     isv_svn: int = 0
@@ -91,47 +97,61 @@ class RaConfig:
             return f"{self.source}: sgx_mrs is empty, so no enclave is accepted"
         reasons = []
         for index, entry in enumerate(self.sgx_mrs):
-            differs = [name for name, flag, want, got in (
-                ("mr_enclave", self.verify_mr_enclave, entry.mr_enclave, peer.mr_enclave),
-                ("mr_signer", self.verify_mr_signer, entry.mr_signer, peer.mr_signer),
-                ("isv_prod_id", self.verify_isv_prod_id, entry.isv_prod_id, peer.isv_prod_id),
-                ("isv_svn", self.verify_isv_svn, entry.isv_svn, peer.isv_svn),
-                ("config_svn", self.verify_config_svn, entry.config_svn, peer.config_svn),
-                ("debuggable", self.verify_enclave_debuggable, entry.debuggable,
-                 peer.debuggable)) if flag and want != got]
+            differs = [
+                name
+                for name, flag, want, got in (
+                    ("mr_enclave", self.verify_mr_enclave, entry.mr_enclave, peer.mr_enclave),
+                    ("mr_signer", self.verify_mr_signer, entry.mr_signer, peer.mr_signer),
+                    ("isv_prod_id", self.verify_isv_prod_id, entry.isv_prod_id, peer.isv_prod_id),
+                    ("isv_svn", self.verify_isv_svn, entry.isv_svn, peer.isv_svn),
+                    ("config_svn", self.verify_config_svn, entry.config_svn, peer.config_svn),
+                    (
+                        "debuggable",
+                        self.verify_enclave_debuggable,
+                        entry.debuggable,
+                        peer.debuggable,
+                    ),
+                )
+                if flag and want != got
+            ]
             if not differs:
                 return None
             reasons.append(f"sgx_mrs[{index}]: {', '.join(differs)} differ")
-        return (f"enclave {peer.mr_enclave} (mr_signer {peer.mr_signer}, isv_prod_id "
-                f"{peer.isv_prod_id}, isv_svn {peer.isv_svn}, config_svn {peer.config_svn}, "
-                f"debuggable {str(peer.debuggable).lower()}) matches no entry of "
-                f"{self.source}: {'; '.join(reasons)}")
+        return (
+            f"enclave {peer.mr_enclave} (mr_signer {peer.mr_signer}, isv_prod_id "
+            f"{peer.isv_prod_id}, isv_svn {peer.isv_svn}, config_svn {peer.config_svn}, "
+            f"debuggable {str(peer.debuggable).lower()}) matches no entry of "
+            f"{self.source}: {'; '.join(reasons)}"
+        )
 
     @classmethod
-    def from_dict(cls, data: object, source: str = "ra_config") -> "RaConfig":
+    def from_dict(cls, data: object, source: str = "ra_config") -> RaConfig:
         if not isinstance(data, dict):
             raise RaConfigError(f"{source}: expected a JSON object")
         flags = {}
         for flag in FLAGS:
             if flag not in data:
-                raise RaConfigError(f"{source}: {flag}: required key is missing (\"on\" or "
-                                    "\"off\")")
+                raise RaConfigError(f'{source}: {flag}: required key is missing ("on" or "off")')
             value = data[flag]
             if value not in ("on", "off"):
-                raise RaConfigError(f"{source}: {flag}: {value!r}; allowed: \"on\", \"off\"")
+                raise RaConfigError(f'{source}: {flag}: {value!r}; allowed: "on", "off"')
             flags[flag] = value == "on"
         mrs = data.get("sgx_mrs")
         if not isinstance(mrs, list):
             raise RaConfigError(f"{source}: sgx_mrs: required array of measurements is missing")
         if len(mrs) > MAX_MEASUREMENTS:
-            raise RaConfigError(f"{source}: sgx_mrs: {len(mrs)} entries; Occlum reads at most "
-                                f"{MAX_MEASUREMENTS} (the rest would be ignored)")
-        entries = [_measurement(item, f"{source}: sgx_mrs[{index}]", flags)
-                   for index, item in enumerate(mrs)]
+            raise RaConfigError(
+                f"{source}: sgx_mrs: {len(mrs)} entries; Occlum reads at most "
+                f"{MAX_MEASUREMENTS} (the rest would be ignored)"
+            )
+        entries = [
+            _measurement(item, f"{source}: sgx_mrs[{index}]", flags)
+            for index, item in enumerate(mrs)
+        ]
         return cls(**flags, sgx_mrs=tuple(entries), source=source)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RaConfig":
+    def load(cls, path: str | Path) -> RaConfig:
         """An Occlum ``dynamic_config.json`` (the object itself) or ``init_ra_conf.json`` (its
         ``ra_config`` member)."""
         path = Path(path)
@@ -142,8 +162,9 @@ class RaConfig:
         except (OSError, UnicodeDecodeError) as exc:
             raise RaConfigError(f"{path}: cannot read: {exc}") from None
         except json.JSONDecodeError as exc:
-            raise RaConfigError(f"{path}: invalid JSON: line {exc.lineno} column {exc.colno}: "
-                                f"{exc.msg}") from None
+            raise RaConfigError(
+                f"{path}: invalid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from None
         if isinstance(data, dict) and "ra_config" in data:
             return cls.from_dict(data["ra_config"], f"{path}: ra_config")
         return cls.from_dict(data, str(path))
@@ -164,20 +185,22 @@ def _measurement(item: object, where: str, flags: dict[str, bool]) -> SgxMeasure
         if value and not _HEX64.match(value):
             raise RaConfigError(f"{where}.{name}: {value!r} is not 64 hex digits")
         if flags[flag] and not value:
-            raise RaConfigError(f"{where}.{name}: empty, but {flag} is \"on\"")
+            raise RaConfigError(f'{where}.{name}: empty, but {flag} is "on"')
         values[name] = value.lower()
-    for name, flag in (("isv_prod_id", "verify_isv_prod_id"), ("isv_svn", "verify_isv_svn"),
-                       ("config_svn", "verify_config_svn")):
+    for name, flag in (
+        ("isv_prod_id", "verify_isv_prod_id"),
+        ("isv_svn", "verify_isv_svn"),
+        ("config_svn", "verify_config_svn"),
+    ):
         value = item.get(name, 0)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFF:
             raise RaConfigError(f"{where}.{name}: {value!r} is not an integer 0..65535")
         if flags[flag] and name not in item:
-            raise RaConfigError(f"{where}.{name}: missing, but {flag} is \"on\"")
+            raise RaConfigError(f'{where}.{name}: missing, but {flag} is "on"')
         values[name] = value
     debuggable = item.get("debuggable", False)
     if not isinstance(debuggable, bool):
         raise RaConfigError(f"{where}.debuggable: expected true or false, got {debuggable!r}")
     if flags["verify_enclave_debuggable"] and "debuggable" not in item:
-        raise RaConfigError(f"{where}.debuggable: missing, but verify_enclave_debuggable is "
-                            "\"on\"")
+        raise RaConfigError(f'{where}.debuggable: missing, but verify_enclave_debuggable is "on"')
     return SgxMeasurement(**values, debuggable=debuggable)

@@ -38,8 +38,8 @@ from pathlib import Path
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.secrets_config import ENCODINGS, SecretRule
 
-from .measurements import Measurements, MeasurementsError
 from .errors import AttestationConfigError
+from .measurements import Measurements, MeasurementsError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
@@ -58,7 +58,7 @@ class Policy:
     secrets: list[SecretRule]
 
     @classmethod
-    def build(cls, patterns: list[str], secrets: list[SecretRule], base: Path) -> "Policy":
+    def build(cls, patterns: list[str], secrets: list[SecretRule], base: Path) -> Policy:
         found: list[Measurements] = []
         for pattern in patterns:
             full = str(base / pattern) if not Path(pattern).is_absolute() else pattern
@@ -77,23 +77,35 @@ class Policy:
                 raise PolicyError(f"secret {rule.name!r} is defined twice")
             names.add(rule.name)
             if rule.match not in ("mr_enclave", "signer"):
-                raise PolicyError(f"secret {rule.name!r}: match must be \"mr_enclave\" or "
-                                  f"\"signer\", not {rule.match!r}")
+                raise PolicyError(
+                    f'secret {rule.name!r}: match must be "mr_enclave" or '
+                    f'"signer", not {rule.match!r}'
+                )
             if rule.encoding not in ENCODINGS:
-                raise PolicyError(f"secret {rule.name!r}: encoding must be one of "
-                                  + ", ".join(f'"{e}"' for e in ENCODINGS)
-                                  + f", not {rule.encoding!r}")
+                raise PolicyError(
+                    f"secret {rule.name!r}: encoding must be one of "
+                    + ", ".join(f'"{e}"' for e in ENCODINGS)
+                    + f", not {rule.encoding!r}"
+                )
             for entry in rule.allow:
                 if not _HEX64.match(entry) and entry not in services:
-                    raise PolicyError(f"secret {rule.name!r} allows {entry!r}, which is neither a "
-                                      "64-hex MRENCLAVE nor a service in the measurements files")
+                    raise PolicyError(
+                        f"secret {rule.name!r} allows {entry!r}, which is neither a "
+                        "64-hex MRENCLAVE nor a service in the measurements files"
+                    )
         for rule in secrets:
-            if rule.requested_as is not None and (not rule.requested_as
-                                                  or rule.requested_as in names):
-                raise PolicyError(f"secret {rule.name!r}: requested_as {rule.requested_as!r} "
-                                  "is " + ("empty" if not rule.requested_as else
-                                           "the name of a secret: a name asked for must mean "
-                                           "one thing"))
+            if rule.requested_as is not None and (
+                not rule.requested_as or rule.requested_as in names
+            ):
+                raise PolicyError(
+                    f"secret {rule.name!r}: requested_as {rule.requested_as!r} "
+                    "is "
+                    + (
+                        "empty"
+                        if not rule.requested_as
+                        else "the name of a secret: a name asked for must mean one thing"
+                    )
+                )
         return cls(found, list(secrets))
 
     def knows(self, name: str) -> bool:
@@ -112,8 +124,12 @@ class Policy:
                     continue
                 if rule.match == "mr_enclave" and m.mr_enclave == who.mr_enclave:
                     return entry
-                if (rule.match == "signer" and m.mr_signer == who.mr_signer
-                        and m.isv_prod_id == who.isv_prod_id and who.isv_svn >= m.isv_svn):
+                if (
+                    rule.match == "signer"
+                    and m.mr_signer == who.mr_signer
+                    and m.isv_prod_id == who.isv_prod_id
+                    and who.isv_svn >= m.isv_svn
+                ):
                     return entry
         return None
 

@@ -34,15 +34,17 @@ import hmac
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.cmac import CMAC
+
 from .errors import AttestationError
 
 NODE = 4096
@@ -51,18 +53,18 @@ VERSION = (2, 0)
 KEY_SIZE = 16
 MAC_SIZE = 16
 NONCE_SIZE = 32
-PATH_MAX = 260 + 512                        # including the terminating NUL
-MD_DATA = 3072                              # plaintext bytes held by the metadata node
+PATH_MAX = 260 + 512  # including the terminating NUL
+MD_DATA = 3072  # plaintext bytes held by the metadata node
 DATA_PER_MHT = 96
 CHILDREN_PER_MHT = 32
-_HEADER = struct.Struct("<QBB32s16sB")      # 59 bytes, plaintext part of node 0
+_HEADER = struct.Struct("<QBB32s16sB")  # 59 bytes, plaintext part of node 0
 _MD_FIXED = struct.Struct(f"<{PATH_MAX}sQ16s16s")  # path, size, root key, root tag
 _ENCRYPTED_PART = _MD_FIXED.size + MD_DATA  # 3884
 _PADDING = NODE - _HEADER.size - _ENCRYPTED_PART  # 153
 _KDF_LABEL = b"SGX-PROTECTED-FS-METADATA-KEY"
 _ZERO_IV = bytes(12)
 _ENTRY = KEY_SIZE + MAC_SIZE
-_CHILD_BASE = DATA_PER_MHT * _ENTRY         # offset of the child-MHT entries in an MHT node
+_CHILD_BASE = DATA_PER_MHT * _ENTRY  # offset of the child-MHT entries in an MHT node
 _REPRO_LABEL = b"enclave-build reproducible protected files v1"
 
 
@@ -156,12 +158,16 @@ class _Keys:
 
     def node_key(self, physical: int, plaintext: bytes | bytearray | memoryview) -> bytes:
         if self._derive:
-            msg = b"node" + self._path + physical.to_bytes(8, "little") + \
-                hashlib.sha256(plaintext).digest()
+            msg = (
+                b"node"
+                + self._path
+                + physical.to_bytes(8, "little")
+                + hashlib.sha256(plaintext).digest()
+            )
             return hmac.digest(self._root, msg, "sha256")[:KEY_SIZE]
         if self._next >= len(self._pool):
             self._pool, self._next = os.urandom(KEY_SIZE * 4096), 0
-        key = self._pool[self._next:self._next + KEY_SIZE]
+        key = self._pool[self._next : self._next + KEY_SIZE]
         self._next += KEY_SIZE
         return key
 
@@ -236,7 +242,7 @@ class _Writer:
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
 
-    def __enter__(self) -> "_Writer":
+    def __enter__(self) -> _Writer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -247,8 +253,16 @@ class _Writer:
             self._pool.shutdown(wait=True)
 
 
-def encrypt_stream(wrap_key: bytes, src: BinaryIO, size: int, out_fd: int, path: str, *,
-                   reproducible: bool = False, progress: ProgressFn | None = None) -> None:
+def encrypt_stream(
+    wrap_key: bytes,
+    src: BinaryIO,
+    size: int,
+    out_fd: int,
+    path: str,
+    *,
+    reproducible: bool = False,
+    progress: ProgressFn | None = None,
+) -> None:
     """Encrypt *size* bytes read from *src* into the file open as *out_fd* (written with pwrite)."""
     if len(wrap_key) != KEY_SIZE:
         raise PFError("a wrap key is exactly 16 bytes")
@@ -264,8 +278,9 @@ def encrypt_stream(wrap_key: bytes, src: BinaryIO, size: int, out_fd: int, path:
         if layout.data_nodes:
             root_key, root_tag = _encrypt_nodes(reader, layout, keys, writer, progress)
         reader.expect_end()
-        metadata_plaintext = _MD_FIXED.pack(raw_path, size, root_key, root_tag) + \
-            md_data.ljust(MD_DATA, b"\0")
+        metadata_plaintext = _MD_FIXED.pack(raw_path, size, root_key, root_tag) + md_data.ljust(
+            MD_DATA, b"\0"
+        )
         nonce = keys.nonce(metadata_plaintext)
         ct, tag = _seal(_metadata_key(wrap_key, nonce), metadata_plaintext)
         header = _HEADER.pack(FILE_ID, VERSION[0], VERSION[1], nonce, tag, 0)
@@ -304,8 +319,9 @@ class _ExactReader:
             raise PFError(f"input changed while reading: longer than {self._size} bytes")
 
 
-def _encrypt_nodes(reader: _ExactReader, layout: Layout, keys: _Keys, writer: _Writer,
-                   progress: ProgressFn | None) -> tuple[bytes, bytes]:
+def _encrypt_nodes(
+    reader: _ExactReader, layout: Layout, keys: _Keys, writer: _Writer, progress: ProgressFn | None
+) -> tuple[bytes, bytes]:
     """Write every data and MHT node; return the root MHT node's key and tag.
 
     Data nodes are sealed group by group (96 per MHT node). An MHT node can only be sealed once
@@ -329,7 +345,7 @@ def _encrypt_nodes(reader: _ExactReader, layout: Layout, keys: _Keys, writer: _W
                 return
             parent = (m - 1) // CHILDREN_PER_MHT
             at = _CHILD_BASE + ((m - 1) % CHILDREN_PER_MHT) * _ENTRY
-            pending[parent][at:at + _ENTRY] = key + tag
+            pending[parent][at : at + _ENTRY] = key + tag
             waiting[parent] -= 1
             if waiting[parent]:
                 return
@@ -344,21 +360,21 @@ def _encrypt_nodes(reader: _ExactReader, layout: Layout, keys: _Keys, writer: _W
         waiting[m] = max(0, min(n_mht, first_child + CHILDREN_PER_MHT) - first_child)
         first = m * DATA_PER_MHT
         count = min(DATA_PER_MHT, layout.data_nodes - first)
-        taken = reader.read_into(chunk[:count * NODE])
+        taken = reader.read_into(chunk[: count * NODE])
         if taken < count * NODE:
-            chunk[taken:count * NODE] = bytes(count * NODE - taken)  # zero tail of last node
+            chunk[taken : count * NODE] = bytes(count * NODE - taken)  # zero tail of last node
         # Each node is sealed straight into the output buffer; its tag lands where the next
         # node starts and is copied into the MHT entry before that node overwrites it.
         out = writer.buffer()
         for i in range(count):
-            plaintext = chunk[i * NODE:(i + 1) * NODE]
+            plaintext = chunk[i * NODE : (i + 1) * NODE]
             key = keys.node_key(data_node_index(first + i), plaintext)
             end = (i + 1) * NODE
-            _seal_into(key, plaintext, out[i * NODE:end + MAC_SIZE])
+            _seal_into(key, plaintext, out[i * NODE : end + MAC_SIZE])
             at = i * _ENTRY
-            mht[at:at + KEY_SIZE] = key
-            mht[at + KEY_SIZE:at + _ENTRY] = out[end:end + MAC_SIZE]
-        writer.write(out[:count * NODE], data_node_index(first) * NODE)
+            mht[at : at + KEY_SIZE] = key
+            mht[at + KEY_SIZE : at + _ENTRY] = out[end : end + MAC_SIZE]
+        writer.write(out[: count * NODE], data_node_index(first) * NODE)
         if progress:
             progress(taken)
         if waiting[m] == 0:
@@ -367,8 +383,15 @@ def _encrypt_nodes(reader: _ExactReader, layout: Layout, keys: _Keys, writer: _W
     return root[0]
 
 
-def encrypt_file(wrap_key: bytes, src: str | Path, dst: str | Path, path: str | None = None, *,
-                 reproducible: bool = False, progress: ProgressFn | None = None) -> None:
+def encrypt_file(
+    wrap_key: bytes,
+    src: str | Path,
+    dst: str | Path,
+    path: str | None = None,
+    *,
+    reproducible: bool = False,
+    progress: ProgressFn | None = None,
+) -> None:
     """Encrypt *src* to *dst*, embedding *path* (default: *dst* as given, like pf-crypt)."""
     src, dst = Path(src), Path(dst)
     embedded = path if path is not None else str(dst)
@@ -378,18 +401,26 @@ def encrypt_file(wrap_key: bytes, src: str | Path, dst: str | Path, path: str | 
         raise PFError(f"{src}: cannot read: {exc.strerror}") from exc
     with handle:
         size = os.fstat(handle.fileno()).st_size
-        _atomic_output(dst, lambda fd: encrypt_stream(wrap_key, handle, size, fd, embedded,
-                                                      reproducible=reproducible,
-                                                      progress=progress))
+        _atomic_output(
+            dst,
+            lambda fd: encrypt_stream(
+                wrap_key, handle, size, fd, embedded, reproducible=reproducible, progress=progress
+            ),
+        )
 
 
-def encrypt_bytes(wrap_key: bytes, data: bytes, dst: str | Path, path: str, *,
-                  reproducible: bool = False) -> None:
+def encrypt_bytes(
+    wrap_key: bytes, data: bytes, dst: str | Path, path: str, *, reproducible: bool = False
+) -> None:
     """Encrypt in-memory *data* (a generated config, a TLS key) to *dst*."""
     import io
 
-    _atomic_output(Path(dst), lambda fd: encrypt_stream(wrap_key, io.BytesIO(data), len(data), fd,
-                                                        path, reproducible=reproducible))
+    _atomic_output(
+        Path(dst),
+        lambda fd: encrypt_stream(
+            wrap_key, io.BytesIO(data), len(data), fd, path, reproducible=reproducible
+        ),
+    )
 
 
 # ------------------------------------------------------------------------------------ decrypt
@@ -416,49 +447,66 @@ class Metadata:
 
 def read_header(node0: bytes, file_size: int, source: str = "file") -> Header:
     if len(node0) < NODE or file_size % NODE:
-        raise PFError(f"{source}: not a Gramine protected file (size {file_size} is not a "
-                      f"multiple of {NODE})")
+        raise PFError(
+            f"{source}: not a Gramine protected file (size {file_size} is not a multiple of {NODE})"
+        )
     file_id, major, minor, nonce, tag, flags = _HEADER.unpack_from(node0)
     if file_id != FILE_ID:
         raise PFError(f"{source}: not a Gramine protected file (no GRAFS_PF header)")
     if (major, minor) != VERSION:
-        raise PFError(f"{source}: protected-file format {major}.{minor} is not supported "
-                      f"(expected {VERSION[0]}.{VERSION[1]})")
+        raise PFError(
+            f"{source}: protected-file format {major}.{minor} is not supported "
+            f"(expected {VERSION[0]}.{VERSION[1]})"
+        )
     if flags:
-        raise PFError(f"{source}: unknown or pending-write feature flags {flags:#x}: the file "
-                      "was modified or not closed cleanly")
-    if any(node0[_HEADER.size + _ENCRYPTED_PART:NODE]):
+        raise PFError(
+            f"{source}: unknown or pending-write feature flags {flags:#x}: the file "
+            "was modified or not closed cleanly"
+        )
+    if any(node0[_HEADER.size + _ENCRYPTED_PART : NODE]):
         raise PFError(f"{source}: metadata node padding is not zero: the file was modified")
     return Header((major, minor), nonce, tag, flags, file_size)
 
 
 def read_metadata(wrap_key: bytes, node0: bytes, file_size: int, source: str = "file") -> Metadata:
     header = read_header(node0, file_size, source)
-    encrypted = node0[_HEADER.size:_HEADER.size + _ENCRYPTED_PART]
+    encrypted = node0[_HEADER.size : _HEADER.size + _ENCRYPTED_PART]
     try:
         plain = _open(_metadata_key(wrap_key, header.nonce), encrypted, header.tag)
     except InvalidTag:
-        raise PFError(f"{source}: wrong wrap key, or the metadata node was modified "
-                      "(its GCM tag does not verify)") from None
+        raise PFError(
+            f"{source}: wrong wrap key, or the metadata node was modified "
+            "(its GCM tag does not verify)"
+        ) from None
     raw_path, size, root_key, root_tag = _MD_FIXED.unpack_from(plain)
     path = raw_path.split(b"\0", 1)[0].decode("utf-8", "replace")
     expected = Layout(size).file_size
     if expected != file_size:
-        raise PFError(f"{source}: {file_size} bytes, but a protected file holding {size} bytes "
-                      f"is {expected} bytes: it was truncated or extended")
+        raise PFError(
+            f"{source}: {file_size} bytes, but a protected file holding {size} bytes "
+            f"is {expected} bytes: it was truncated or extended"
+        )
     if size <= MD_DATA and (any(root_key) or any(root_tag)):
         raise PFError(f"{source}: inconsistent metadata (root node key for a small file)")
-    return Metadata(header, path, size, root_key, root_tag, plain[_MD_FIXED.size:][:size])
+    return Metadata(header, path, size, root_key, root_tag, plain[_MD_FIXED.size :][:size])
 
 
-def decrypt_stream(wrap_key: bytes, src: BinaryIO, file_size: int, out: BinaryIO,
-                   expected_path: str | None = None, source: str = "file",
-                   progress: ProgressFn | None = None) -> Metadata:
+def decrypt_stream(
+    wrap_key: bytes,
+    src: BinaryIO,
+    file_size: int,
+    out: BinaryIO,
+    expected_path: str | None = None,
+    source: str = "file",
+    progress: ProgressFn | None = None,
+) -> Metadata:
     """Verify and decrypt; raises :class:`PFError` at the first problem."""
     meta = read_metadata(wrap_key, src.read(NODE), file_size, source)
     if expected_path is not None and meta.path != expected_path:
-        raise PFError(f"{source}: embedded path is {meta.path!r}, expected {expected_path!r} "
-                      "(Gramine refuses to open it under another path)")
+        raise PFError(
+            f"{source}: embedded path is {meta.path!r}, expected {expected_path!r} "
+            "(Gramine refuses to open it under another path)"
+        )
     out.write(meta.data)
     if progress:
         progress(len(meta.data))
@@ -467,14 +515,16 @@ def decrypt_stream(wrap_key: bytes, src: BinaryIO, file_size: int, out: BinaryIO
         return meta
 
     def node_failed(kind: str, index: int) -> PFError:
-        return PFError(f"{source}: {kind} node {index} failed its integrity check: the file was "
-                       "modified (or a node was moved)")
+        return PFError(
+            f"{source}: {kind} node {index} failed its integrity check: the file was "
+            "modified (or a node was moved)"
+        )
 
     decrypted: dict[int, bytes] = {}
     left = meta.size - MD_DATA
-    block = memoryview(bytearray(NODE * (1 + DATA_PER_MHT)))   # reused: no page faults per group
+    block = memoryview(bytearray(NODE * (1 + DATA_PER_MHT)))  # reused: no page faults per group
     plain = memoryview(bytearray(NODE * DATA_PER_MHT))
-    sealed = memoryview(bytearray(NODE + MAC_SIZE))            # one node's ciphertext + tag
+    sealed = memoryview(bytearray(NODE + MAC_SIZE))  # one node's ciphertext + tag
     for m in range(layout.mht_nodes):
         first = m * DATA_PER_MHT
         count = min(DATA_PER_MHT, layout.data_nodes - first)
@@ -491,7 +541,7 @@ def decrypt_stream(wrap_key: bytes, src: BinaryIO, file_size: int, out: BinaryIO
         else:
             parent = decrypted[(m - 1) // CHILDREN_PER_MHT]
             at = _CHILD_BASE + ((m - 1) % CHILDREN_PER_MHT) * _ENTRY
-            key, tag = parent[at:at + KEY_SIZE], parent[at + KEY_SIZE:at + _ENTRY]
+            key, tag = parent[at : at + KEY_SIZE], parent[at + KEY_SIZE : at + _ENTRY]
         try:
             mht = _open(key, block[:NODE], tag)
         except InvalidTag:
@@ -502,10 +552,10 @@ def decrypt_stream(wrap_key: bytes, src: BinaryIO, file_size: int, out: BinaryIO
             decrypted.pop((m - 1) // CHILDREN_PER_MHT, None)
         for i in range(count):
             at = i * _ENTRY
-            sealed[:NODE] = block[(i + 1) * NODE:(i + 2) * NODE]
-            sealed[NODE:] = mht[at + KEY_SIZE:at + _ENTRY]
+            sealed[:NODE] = block[(i + 1) * NODE : (i + 2) * NODE]
+            sealed[NODE:] = mht[at + KEY_SIZE : at + _ENTRY]
             try:
-                _open_into(mht[at:at + KEY_SIZE], sealed, plain[i * NODE:(i + 1) * NODE])
+                _open_into(mht[at : at + KEY_SIZE], sealed, plain[i * NODE : (i + 1) * NODE])
             except InvalidTag:
                 raise node_failed("data", data_node_index(first + i)) from None
         take = min(left, count * NODE)
@@ -516,9 +566,13 @@ def decrypt_stream(wrap_key: bytes, src: BinaryIO, file_size: int, out: BinaryIO
     return meta
 
 
-def decrypt_file(wrap_key: bytes, src: str | Path, dst: str | Path,
-                 expected_path: str | None = None,
-                 progress: ProgressFn | None = None) -> Metadata:
+def decrypt_file(
+    wrap_key: bytes,
+    src: str | Path,
+    dst: str | Path,
+    expected_path: str | None = None,
+    progress: ProgressFn | None = None,
+) -> Metadata:
     """Decrypt *src* to *dst*; *dst* appears only if everything verified."""
     src, dst = Path(src), Path(dst)
     try:
@@ -531,8 +585,9 @@ def decrypt_file(wrap_key: bytes, src: str | Path, dst: str | Path,
 
         def run(fd: int) -> None:
             with os.fdopen(os.dup(fd), "wb") as out:
-                result.append(decrypt_stream(wrap_key, handle, size, out, expected_path,
-                                             str(src), progress))
+                result.append(
+                    decrypt_stream(wrap_key, handle, size, out, expected_path, str(src), progress)
+                )
 
         _atomic_output(dst, run, mode=0o600)
     return result[0]

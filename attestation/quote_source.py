@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 
@@ -30,7 +30,7 @@ from .errors import AttestationError
 
 ATTESTATION_ROOT = Path("/dev/attestation")
 
-QuoteSource = Callable[[bytes], bytes]   # report_data (64 bytes) -> quote
+QuoteSource = Callable[[bytes], bytes]  # report_data (64 bytes) -> quote
 
 
 class QuoteSourceError(AttestationError, RuntimeError):
@@ -57,12 +57,15 @@ def device_source(root: Path = ATTESTATION_ROOT) -> QuoteSource | None:
                 with open(root / "quote", "rb") as src:
                     quote = src.read(wire.MAX_QUOTE + 1)
             except OSError as exc:
-                raise QuoteSourceError(f"the Gramine quote device ({root}) failed: "
-                                       f"{exc.strerror or exc}") from None
+                raise QuoteSourceError(
+                    f"the Gramine quote device ({root}) failed: {exc.strerror or exc}"
+                ) from None
         if not quote or len(quote) > wire.MAX_QUOTE:
-            raise QuoteSourceError(f"the Gramine quote device ({root}) returned a "
-                                   f"{len(quote)}-byte quote")
+            raise QuoteSourceError(
+                f"the Gramine quote device ({root}) returned a {len(quote)}-byte quote"
+            )
         return quote
+
     return make_quote
 
 
@@ -81,11 +84,13 @@ def simulated_source(address: str, timeout: float = 10.0) -> QuoteSource:
             raise QuoteSourceError(f"{where} {exc}") from None
         except (OSError, ValueError) as exc:
             raise QuoteSourceError(f"{where}: {exc}") from None
+
     return make_quote
 
 
-def discover(timeout: float = 10.0, *, root: Path | None = None,
-             environ: dict[str, str] | None = None) -> QuoteSource:
+def discover(
+    timeout: float = 10.0, *, root: Path | None = None, environ: dict[str, str] | None = None
+) -> QuoteSource:
     """The quote source of this process (see the module docstring)."""
     root = ATTESTATION_ROOT if root is None else root
     env = os.environ if environ is None else environ
@@ -93,17 +98,28 @@ def discover(timeout: float = 10.0, *, root: Path | None = None,
     simulated = env.get(SIMULATED_QUOTER_ENV)
     if device is not None:
         if simulated:
-            print(f"warning: {SIMULATED_QUOTER_ENV} is set but this process has a real quote "
-                  f"device ({root}/quote): ignoring the simulated quoter", file=sys.stderr)
+            print(
+                f"warning: {SIMULATED_QUOTER_ENV} is set but this process has a real quote "
+                f"device ({root}/quote): ignoring the simulated quoter",
+                file=sys.stderr,
+            )
         return device
     if simulated:
-        print("WARNING: SIMULATED ATTESTATION: quotes come from the simulated quoter at "
-              f"{simulated} ({SIMULATED_QUOTER_ENV}), signed by a synthetic test PKI. This "
-              "process is NOT running in an enclave.", file=sys.stderr)
+        print(
+            "WARNING: SIMULATED ATTESTATION: quotes come from the simulated quoter at "
+            f"{simulated} ({SIMULATED_QUOTER_ENV}), signed by a synthetic test PKI. This "
+            "process is NOT running in an enclave.",
+            file=sys.stderr,
+        )
         return simulated_source(simulated, timeout)
-    where = (f"{root} has no DCAP quote device" if root.exists()
-             else f"{root} does not exist (not running under Gramine)")
-    raise QuoteSourceError(f"cannot make an RA-TLS identity: {where}, and "
-                           f"{SIMULATED_QUOTER_ENV} is not set. Run in an SGX enclave, or for a "
-                           f"simulation start a simulated quoter and set "
-                           f"{SIMULATED_QUOTER_ENV}=HOST:PORT.")
+    where = (
+        f"{root} has no DCAP quote device"
+        if root.exists()
+        else f"{root} does not exist (not running under Gramine)"
+    )
+    raise QuoteSourceError(
+        f"cannot make an RA-TLS identity: {where}, and "
+        f"{SIMULATED_QUOTER_ENV} is not set. Run in an SGX enclave, or for a "
+        f"simulation start a simulated quoter and set "
+        f"{SIMULATED_QUOTER_ENV}=HOST:PORT."
+    )

@@ -23,13 +23,16 @@ import threading
 from pathlib import Path
 
 from . import wire
+from .errors import AttestationError
 from .measurements import Measurements
 from .synthetic import SyntheticPKI
 from .wire import LENGTH_BYTES, REPORT_DATA_SIZE
-from .errors import AttestationError
-WARNING = ("WARNING: SIMULATED ATTESTATION: the simulated quoter signs quotes with a SYNTHETIC "
-           "TEST PKI for whoever connects. This is NOT an enclave and proves nothing; for tests "
-           "and simulation only.")
+
+WARNING = (
+    "WARNING: SIMULATED ATTESTATION: the simulated quoter signs quotes with a SYNTHETIC "
+    "TEST PKI for whoever connects. This is NOT an enclave and proves nothing; for tests "
+    "and simulation only."
+)
 
 
 class QuoterError(AttestationError, RuntimeError):
@@ -39,16 +42,28 @@ class QuoterError(AttestationError, RuntimeError):
 class SimulatedQuoter:
     """Quotes for the identity in *measurements* (a :class:`Measurements` or its file)."""
 
-    def __init__(self, pki: SyntheticPKI, measurements: Measurements | str | Path, *,
-                 host: str = "127.0.0.1", port: int = 0, max_connections: int = 16,
-                 timeout: float = 5.0, warn: bool = True):
+    def __init__(
+        self,
+        pki: SyntheticPKI,
+        measurements: Measurements | str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_connections: int = 16,
+        timeout: float = 5.0,
+        warn: bool = True,
+    ):
         if not isinstance(measurements, Measurements):
             measurements = Measurements.load(measurements)
         self.pki = pki
         self.measurements = measurements
-        self._identity = (bytes.fromhex(measurements.mr_enclave),
-                          bytes.fromhex(measurements.mr_signer), measurements.isv_prod_id,
-                          measurements.isv_svn, measurements.debug)
+        self._identity = (
+            bytes.fromhex(measurements.mr_enclave),
+            bytes.fromhex(measurements.mr_signer),
+            measurements.isv_prod_id,
+            measurements.isv_svn,
+            measurements.debug,
+        )
         self._bind = (host, port)
         self._timeout = timeout
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -59,8 +74,8 @@ class SimulatedQuoter:
         self._workers: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self.address: tuple[str, int] | None = None
-        self.served = 0       # quotes handed out
-        self.rejected = 0     # connections that got no quote
+        self.served = 0  # quotes handed out
+        self.rejected = 0  # connections that got no quote
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -70,17 +85,23 @@ class SimulatedQuoter:
         try:
             listener = socket.create_server(self._bind, backlog=64)
         except OSError as exc:
-            raise QuoterError(f"simulated quoter: cannot listen on "
-                              f"{self._bind[0]}:{self._bind[1]}: {exc.strerror}") from None
+            raise QuoterError(
+                f"simulated quoter: cannot listen on "
+                f"{self._bind[0]}:{self._bind[1]}: {exc.strerror}"
+            ) from None
         listener.settimeout(0.2)
         self._listener = listener
         self.address = listener.getsockname()[:2]
         if self._warn:
-            print(f"{WARNING} Serving enclave {self.measurements.mr_enclave} "
-                  f"({self.measurements.service}) on {self.address[0]}:{self.address[1]}.",
-                  file=sys.stderr, flush=True)
-        self._acceptor = threading.Thread(target=self._accept_loop, name="simulated-quoter",
-                                          daemon=True)
+            print(
+                f"{WARNING} Serving enclave {self.measurements.mr_enclave} "
+                f"({self.measurements.service}) on {self.address[0]}:{self.address[1]}.",
+                file=sys.stderr,
+                flush=True,
+            )
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, name="simulated-quoter", daemon=True
+        )
         self._acceptor.start()
         return self.address
 
@@ -96,7 +117,7 @@ class SimulatedQuoter:
         for worker in workers:
             worker.join(timeout)
 
-    def __enter__(self) -> "SimulatedQuoter":
+    def __enter__(self) -> SimulatedQuoter:
         self.start()
         return self
 
@@ -114,8 +135,9 @@ class SimulatedQuoter:
 
     def quote(self, report_data: bytes) -> bytes:
         if len(report_data) != REPORT_DATA_SIZE:
-            raise QuoterError(f"report data must be {REPORT_DATA_SIZE} bytes, not "
-                              f"{len(report_data)}")
+            raise QuoterError(
+                f"report data must be {REPORT_DATA_SIZE} bytes, not {len(report_data)}"
+            )
         mr_enclave, mr_signer, prod_id, svn, debug = self._identity
         return self.pki.quote(mr_enclave, mr_signer, report_data, prod_id, svn, debug)
 
@@ -124,7 +146,7 @@ class SimulatedQuoter:
         while not self._stopping.is_set():
             try:
                 sock, _ = self._listener.accept()
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 continue
             except OSError:
                 return  # closed by stop()
@@ -132,8 +154,9 @@ class SimulatedQuoter:
                 self.rejected += 1
                 sock.close()  # bounded: excess connections are closed at once
                 continue
-            worker = threading.Thread(target=self._serve_one, args=(sock,),
-                                      name="simulated-quoter-conn", daemon=True)
+            worker = threading.Thread(
+                target=self._serve_one, args=(sock,), name="simulated-quoter-conn", daemon=True
+            )
             with self._lock:
                 self._workers.add(worker)
             worker.start()
@@ -146,7 +169,7 @@ class SimulatedQuoter:
                 self.rejected += 1
                 return
             quote = self.quote(report_data)
-            self.served += 1   # before sending: a client holding the quote sees it counted
+            self.served += 1  # before sending: a client holding the quote sees it counted
             sock.sendall(len(quote).to_bytes(LENGTH_BYTES, "big") + quote)
         except OSError:
             self.rejected += 1
@@ -160,7 +183,7 @@ class SimulatedQuoter:
 def _more_pending(sock: socket.socket) -> bool:
     """True when the client already sent more than the request (a protocol error)."""
     timeout = sock.gettimeout()
-    sock.setblocking(False)   # with a timeout set, recv would first wait for data
+    sock.setblocking(False)  # with a timeout set, recv would first wait for data
     try:
         return bool(sock.recv(1, socket.MSG_PEEK))
     except (BlockingIOError, InterruptedError):

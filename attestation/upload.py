@@ -38,13 +38,12 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import hashlib
-import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -52,8 +51,8 @@ from cryptography.hazmat.primitives import serialization
 from enclave_build.contract import secrets_config as _contract
 from enclave_build.contract.schema import Problem, validate_table
 
-from .wire import WRAP_KEY_SIZE
 from .errors import AttestationConfigError, AttestationError
+from .wire import WRAP_KEY_SIZE
 
 REQUEST = b"ENCLAVE_BUILD_UPLOAD_V1\0"
 ACCEPTED = b"ENCLAVE_BUILD_UPLOAD_ACCEPT_V1:\0"
@@ -80,7 +79,7 @@ class UploadRefused(AttestationError):
 @dataclass(frozen=True)
 class OwnerCertificate:
     path: Path
-    sha256: str             # of the DER certificate
+    sha256: str  # of the DER certificate
     subject: str
     not_before: _dt.datetime
     not_after: _dt.datetime
@@ -96,7 +95,7 @@ class UploadSettings(_contract.UploadSettings):
         return next((o for o in self.certificates if o.sha256 == fingerprint), None)
 
     @classmethod
-    def read(cls, settings: _contract.UploadSettings) -> "UploadSettings":
+    def read(cls, settings: _contract.UploadSettings) -> UploadSettings:
         """*settings* with every owner certificate read; UploadConfigError naming
         ``upload.owners[N]`` otherwise."""
         loaded = []
@@ -114,13 +113,21 @@ def load_owner_certificate(path: Path) -> OwnerCertificate:
     except OSError as exc:
         raise UploadConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
-                else x509.load_der_x509_certificate(data))
+        cert = (
+            x509.load_pem_x509_certificate(data)
+            if b"-----BEGIN" in data
+            else x509.load_der_x509_certificate(data)
+        )
     except ValueError as exc:
         raise UploadConfigError(f"{path}: not an X.509 certificate: {exc}") from None
     der = cert.public_bytes(serialization.Encoding.DER)
-    return OwnerCertificate(path, hashlib.sha256(der).hexdigest(), cert.subject.rfc4514_string(),
-                            cert.not_valid_before_utc, cert.not_valid_after_utc)
+    return OwnerCertificate(
+        path,
+        hashlib.sha256(der).hexdigest(),
+        cert.subject.rfc4514_string(),
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+    )
 
 
 def load_settings(table: object, base: Path, source: str) -> UploadSettings:
@@ -131,8 +138,9 @@ def load_settings(table: object, base: Path, source: str) -> UploadSettings:
     if problems:
         raise UploadConfigError("\n".join(f"{source}: {p.key}: {p.message}" for p in problems))
     try:
-        return UploadSettings.read(_contract.UploadSettings(
-            tuple(base / o for o in values["owners"])))
+        return UploadSettings.read(
+            _contract.UploadSettings(tuple(base / o for o in values["owners"]))
+        )
     except UploadConfigError as exc:
         raise UploadConfigError(f"{source}: {exc}") from None
 
@@ -143,7 +151,7 @@ def is_owner_certificate(der: bytes) -> bool:
         cert = x509.load_der_x509_certificate(der)
         oids = {ext.oid.dotted_string for ext in cert.extensions}
     except (ValueError, x509.DuplicateExtension):
-        return False   # unparseable: let the enclave path refuse it with its own reason
+        return False  # unparseable: let the enclave path refuse it with its own reason
     return not oids & set(_EVIDENCE_OIDS)
 
 
@@ -183,8 +191,9 @@ def encode_request(keys: Iterable[tuple[str, bytes]]) -> bytes:
         if not 1 <= len(raw) <= MAX_NAME:
             raise ValueError(f"secret name {name!r}: 1..{MAX_NAME} bytes")
         if len(key) != WRAP_KEY_SIZE:
-            raise ValueError(f"secret {name!r}: a key is exactly {WRAP_KEY_SIZE} bytes, not "
-                             f"{len(key)}")
+            raise ValueError(
+                f"secret {name!r}: a key is exactly {WRAP_KEY_SIZE} bytes, not {len(key)}"
+            )
         out += len(raw).to_bytes(2, "big") + raw + len(key).to_bytes(4, "big") + key
     return bytes(out)
 
@@ -209,8 +218,9 @@ def read_request(recv_exact: Callable[[int], bytes]) -> list[tuple[str, bytes]]:
             raise ValueError("a secret name is not UTF-8") from None
         length = int.from_bytes(_need(recv_exact, 4, "key length"), "big")
         if length != WRAP_KEY_SIZE:
-            raise ValueError(f"secret {name!r}: announced {length} bytes; a key is exactly "
-                             f"{WRAP_KEY_SIZE}")
+            raise ValueError(
+                f"secret {name!r}: announced {length} bytes; a key is exactly {WRAP_KEY_SIZE}"
+            )
         keys.append((name, _need(recv_exact, length, "key")))
     names = [n for n, _ in keys]
     if len(set(names)) != len(names):
@@ -237,21 +247,27 @@ def answer(accepted: bool, text: str) -> bytes:
 class UploadOutcome:
     """How one owner connection ended, for the audit line (never key bytes)."""
 
-    owner: str                          # SHA-256 fingerprint of the client certificate
+    owner: str  # SHA-256 fingerprint of the client certificate
     allowed: bool
     reason: str
-    secrets: tuple[str, ...] | None     # the names in a well-formed request from an owner
+    secrets: tuple[str, ...] | None  # the names in a well-formed request from an owner
 
 
-def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], object],
-                 peer_der: bytes, settings: UploadSettings, store: UploadStore,
-                 uploadable: Iterable[str], *, now: _dt.datetime | None = None
-                 ) -> UploadOutcome:
+def serve_upload(
+    recv_exact: Callable[[int], bytes],
+    send: Callable[[bytes], object],
+    peer_der: bytes,
+    settings: UploadSettings,
+    store: UploadStore,
+    uploadable: Iterable[str],
+    *,
+    now: _dt.datetime | None = None,
+) -> UploadOutcome:
     """Handle one owner connection (after the TLS handshake): authenticate the client
     certificate, read the request, store all keys or none, answer."""
     fingerprint = hashlib.sha256(peer_der).hexdigest()
     owner = settings.owner(fingerprint)
-    moment = now or _dt.datetime.now(_dt.timezone.utc)
+    moment = now or _dt.datetime.now(_dt.UTC)
     names: tuple[str, ...] | None = None
     problem: str | None = None
     try:
@@ -259,11 +275,15 @@ def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], obj
     except ValueError as exc:
         keys, problem = None, f"malformed upload request: {exc}"
     if owner is None:
-        reason = ("the client certificate is not one of the owners in [upload] owners "
-                  f"(sha256 {fingerprint}); an enclave would present an RA-TLS certificate")
+        reason = (
+            "the client certificate is not one of the owners in [upload] owners "
+            f"(sha256 {fingerprint}); an enclave would present an RA-TLS certificate"
+        )
     elif not owner.not_before <= moment <= owner.not_after:
-        reason = (f"the owner certificate {owner.subject} is not valid now (valid "
-                  f"{owner.not_before.isoformat()} to {owner.not_after.isoformat()})")
+        reason = (
+            f"the owner certificate {owner.subject} is not valid now (valid "
+            f"{owner.not_before.isoformat()} to {owner.not_after.isoformat()})"
+        )
     elif keys is None:
         reason = problem or "malformed upload request"
     else:
@@ -271,14 +291,16 @@ def serve_upload(recv_exact: Callable[[int], bytes], send: Callable[[bytes], obj
         names = tuple(name for name, _ in keys)
         unknown = [name for name in names if name not in allowed]
         if unknown:
-            reason = (f"secret {unknown[0]!r} is not an uploaded secret of this server "
-                      f"(uploaded secrets: {', '.join(sorted(allowed)) or 'none'})")
+            reason = (
+                f"secret {unknown[0]!r} is not an uploaded secret of this server "
+                f"(uploaded secrets: {', '.join(sorted(allowed)) or 'none'})"
+            )
         else:
             replaced = store.put_all(dict(keys))
             text = f"stored {len(names)} key(s): {', '.join(names)}" + (
-                f" (replacing the earlier upload of {', '.join(replaced)})" if replaced else "")
-            outcome = UploadOutcome(fingerprint, True, f"{text}; by owner {owner.subject}",
-                                    names)
+                f" (replacing the earlier upload of {', '.join(replaced)})" if replaced else ""
+            )
+            outcome = UploadOutcome(fingerprint, True, f"{text}; by owner {owner.subject}", names)
             _answer(send, True, text)
             return outcome
     _answer(send, False, reason)
@@ -296,8 +318,7 @@ def _answer(send: Callable[[bytes], object], accepted: bool, text: str) -> None:
 # --------------------------------------------------------------------------- client side
 
 
-def upload_keys(tls: ssl.SSLSocket, keys: list[tuple[str, bytes]],
-                timeout: float = 30.0) -> str:
+def upload_keys(tls: ssl.SSLSocket, keys: list[tuple[str, bytes]], timeout: float = 30.0) -> str:
     """Send *keys* on the (already attested) TLS connection *tls*; the server's confirmation,
     or :class:`UploadRefused` with its reason. The whole exchange takes at most *timeout*
     seconds, however slowly the server sends its answer."""
@@ -308,16 +329,20 @@ def upload_keys(tls: ssl.SSLSocket, keys: list[tuple[str, bytes]],
     _within(deadline, timeout, "sending the keys", lambda: tls.sendall(request), tls)
     header = _recv_within(tls, ANSWER_HEADER, deadline, timeout)
     if len(header) != ANSWER_HEADER:
-        raise UploadRefused("the server closed the connection without answering the upload "
-                            "(is [upload] configured on it? see its audit log)")
-    if header == REFUSAL[:ANSWER_HEADER]:   # it took this connection for an enclave's
+        raise UploadRefused(
+            "the server closed the connection without answering the upload "
+            "(is [upload] configured on it? see its audit log)"
+        )
+    if header == REFUSAL[:ANSWER_HEADER]:  # it took this connection for an enclave's
         rest = _recv_within(tls, len(REFUSAL) + 4 - ANSWER_HEADER, deadline, timeout)
         size = int.from_bytes(rest[-4:], "big") if len(rest) == 5 else 0
         reason = _recv_within(tls, min(size, MAX_TEXT), deadline, timeout)
-        raise UploadRefused("the server answered as to an enclave asking for a secret, not to "
-                            "an owner (does the owner certificate carry SGX evidence?): "
-                            + reason.decode("utf-8", "replace"))
-    magic, size = header[:len(ACCEPTED)], int.from_bytes(header[len(ACCEPTED):], "big")
+        raise UploadRefused(
+            "the server answered as to an enclave asking for a secret, not to "
+            "an owner (does the owner certificate carry SGX evidence?): "
+            + reason.decode("utf-8", "replace")
+        )
+    magic, size = header[: len(ACCEPTED)], int.from_bytes(header[len(ACCEPTED) :], "big")
     if magic not in (ACCEPTED, REFUSED) or size > MAX_TEXT:
         raise UploadRefused("the server's answer is not an upload answer")
     text = _recv_within(tls, size, deadline, timeout).decode("utf-8", "replace")
@@ -326,30 +351,50 @@ def upload_keys(tls: ssl.SSLSocket, keys: list[tuple[str, bytes]],
     return text
 
 
-def _within(deadline: float, timeout: float, what: str, action, tls):  # noqa: ANN001, ANN202
+def _within(deadline: float, timeout: float, what: str, action, tls):
     left = deadline - time.monotonic()
     if left <= 0:
         raise UploadRefused(f"no complete answer to the upload within {timeout:g} s")
     tls.settimeout(left)
     try:
         return action()
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise UploadRefused(f"timed out after {timeout:g} s {what}") from None
 
 
-def _recv_within(tls, size: int, deadline: float, timeout: float) -> bytes:  # noqa: ANN001
+def _recv_within(tls, size: int, deadline: float, timeout: float) -> bytes:
     """Up to *size* bytes (fewer only if the server closed), all before *deadline*."""
     data = b""
     while len(data) < size:
-        chunk = _within(deadline, timeout, "waiting for the server's answer",
-                        functools.partial(tls.recv, size - len(data)), tls)
+        chunk = _within(
+            deadline,
+            timeout,
+            "waiting for the server's answer",
+            functools.partial(tls.recv, size - len(data)),
+            tls,
+        )
         if not chunk:
             break
         data += chunk
     return data
 
 
-__all__ = ["REQUEST", "ACCEPTED", "REFUSED", "UploadConfigError", "UploadRefused",
-           "UploadSettings", "OwnerCertificate", "UploadStore", "load_settings",
-           "load_owner_certificate", "is_owner_certificate", "encode_request", "read_request",
-           "answer", "UploadOutcome", "serve_upload", "upload_keys"]
+__all__ = [
+    "REQUEST",
+    "ACCEPTED",
+    "REFUSED",
+    "UploadConfigError",
+    "UploadRefused",
+    "UploadSettings",
+    "OwnerCertificate",
+    "UploadStore",
+    "load_settings",
+    "load_owner_certificate",
+    "is_owner_certificate",
+    "encode_request",
+    "read_request",
+    "answer",
+    "UploadOutcome",
+    "serve_upload",
+    "upload_keys",
+]

@@ -40,9 +40,9 @@ import hashlib
 import itertools
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import dcap_qvl
 from cryptography import x509
@@ -54,10 +54,18 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from enclave_build.contract import tcb as _tcb
 from enclave_build.contract.identity import EnclaveIdentity
 
-from .quote import (FLAG_DEBUG, FLAG_EINITTOKEN_KEY, FLAG_INIT, FLAG_MODE64BIT,
-                    FLAG_PROVISION_KEY, HEADER_LEN, SIGNED_LEN, Quote, QuoteFormatError)
 from .errors import AttestationConfigError, AttestationError
-
+from .quote import (
+    FLAG_DEBUG,
+    FLAG_EINITTOKEN_KEY,
+    FLAG_INIT,
+    FLAG_MODE64BIT,
+    FLAG_PROVISION_KEY,
+    HEADER_LEN,
+    SIGNED_LEN,
+    Quote,
+    QuoteFormatError,
+)
 
 
 class QuoteRejected(AttestationError):
@@ -82,24 +90,27 @@ class TcbPolicy(_tcb.TcbPolicy):
             # dcap-qvl's Python binding refuses debug enclaves unconditionally.
             raise VerifierConfigError(
                 "allow_debug was requested, but the quote verifier (dcap-qvl's Python binding) "
-                "always rejects DEBUG enclaves: this verifier cannot honour that allowance")
+                "always rejects DEBUG enclaves: this verifier cannot honour that allowance"
+            )
 
     @classmethod
-    def of(cls, policy: _tcb.TcbPolicy) -> "TcbPolicy":
+    def of(cls, policy: _tcb.TcbPolicy) -> TcbPolicy:
         """*policy* as this verifier applies it (secrets.toml's reader gives the contract's
         TcbPolicy, which holds the values only)."""
         if isinstance(policy, cls):
             return policy
         return cls(**{f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)})
 
-    def refusal(self, quote: "VerifiedQuote") -> str | None:
+    def refusal(self, quote: VerifiedQuote) -> str | None:
         """Why this policy refuses a cryptographically verified *quote* (TCB status,
         advisories, attributes, DEBUG), or None when it accepts it. Pure: no I/O, no clock."""
         status, advisories = quote.status, quote.advisory_ids
         if status not in self.allowed_statuses:
-            return (f"TCB status {status} is not allowed (allowed: "
-                    f"{', '.join(sorted(self.allowed_statuses))})"
-                    + (f"; advisories {', '.join(advisories)}" if advisories else ""))
+            return (
+                f"TCB status {status} is not allowed (allowed: "
+                f"{', '.join(sorted(self.allowed_statuses))})"
+                + (f"; advisories {', '.join(advisories)}" if advisories else "")
+            )
         denied = sorted(set(advisories) & self.denied_advisories)
         if denied:
             return f"advisory {denied[0]} is denied by policy"
@@ -131,8 +142,9 @@ class VerifiedQuote:
 
     @property
     def identity(self) -> EnclaveIdentity:
-        return EnclaveIdentity(self.mr_enclave, self.mr_signer, self.isv_prod_id, self.isv_svn,
-                               self.debug)
+        return EnclaveIdentity(
+            self.mr_enclave, self.mr_signer, self.isv_prod_id, self.isv_svn, self.debug
+        )
 
     @property
     def flags(self) -> int:
@@ -140,10 +152,17 @@ class VerifiedQuote:
         return int.from_bytes(bytes.fromhex(self.attributes)[:8], "little")
 
     def to_json(self) -> dict:
-        return {"status": self.status, "advisory_ids": list(self.advisory_ids),
-                "mr_enclave": self.mr_enclave, "mr_signer": self.mr_signer,
-                "isv_prod_id": self.isv_prod_id, "isv_svn": self.isv_svn, "debug": self.debug,
-                "attributes": self.attributes, "report_data": self.report_data.hex()}
+        return {
+            "status": self.status,
+            "advisory_ids": list(self.advisory_ids),
+            "mr_enclave": self.mr_enclave,
+            "mr_signer": self.mr_signer,
+            "isv_prod_id": self.isv_prod_id,
+            "isv_svn": self.isv_svn,
+            "debug": self.debug,
+            "attributes": self.attributes,
+            "report_data": self.report_data.hex(),
+        }
 
 
 def load_root_der(path: str | Path | None) -> bytes | None:
@@ -153,6 +172,7 @@ def load_root_der(path: str | Path | None) -> bytes | None:
     data = Path(path).read_bytes()
     if b"-----BEGIN" in data:
         from cryptography.hazmat.primitives.serialization import Encoding
+
         return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
     return data
 
@@ -164,9 +184,17 @@ def load_collateral(path: str | Path) -> str:
         data = json.loads(text)
     except (OSError, ValueError) as exc:
         raise VerifierConfigError(f"{path}: cannot read collateral: {exc}") from None
-    needed = {"pck_crl_issuer_chain", "root_ca_crl", "pck_crl", "tcb_info_issuer_chain",
-              "tcb_info", "tcb_info_signature", "qe_identity_issuer_chain", "qe_identity",
-              "qe_identity_signature"}
+    needed = {
+        "pck_crl_issuer_chain",
+        "root_ca_crl",
+        "pck_crl",
+        "tcb_info_issuer_chain",
+        "tcb_info",
+        "tcb_info_signature",
+        "qe_identity_issuer_chain",
+        "qe_identity",
+        "qe_identity_signature",
+    }
     missing = sorted(needed - set(data))
     if missing:
         raise VerifierConfigError(f"{path}: collateral lacks {', '.join(missing)}")
@@ -176,7 +204,7 @@ def load_collateral(path: str | Path) -> str:
 def collateral_validity(collateral_json: str) -> tuple[_dt.datetime, _dt.datetime]:
     """(issueDate, nextUpdate) of the TCB info: when this collateral may be used."""
     tcb = json.loads(json.loads(collateral_json)["tcb_info"])
-    parse = lambda s: _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    parse = lambda s: _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
     return parse(tcb["issueDate"]), parse(tcb["nextUpdate"])
 
 
@@ -184,7 +212,7 @@ def collateral_validity(collateral_json: str) -> tuple[_dt.datetime, _dt.datetim
 #: CA, root: 3 certificates.
 MAX_PCK_CHAIN = 3
 
-_verified_chains: dict[bytes, bool] = {}   # sha256(cert data + root) of chains that verified
+_verified_chains: dict[bytes, bool] = {}  # sha256(cert data + root) of chains that verified
 _CHAIN_CACHE_SIZE = 256
 
 
@@ -210,10 +238,13 @@ def _verify_embedded_chain(quote: Quote, root_der: bytes | None) -> None:
     # Cheap checks first: the chain comes from an unauthenticated peer, and every signature
     # costs (~100 KB of certificates fit into one TLS certificate message).
     if len(certs) > MAX_PCK_CHAIN:
-        raise QuoteRejected(f"the quote's PCK certificate chain has {len(certs)} certificates; "
-                            f"a PCK chain has at most {MAX_PCK_CHAIN} (PCK, PCK CA, root)")
+        raise QuoteRejected(
+            f"the quote's PCK certificate chain has {len(certs)} certificates; "
+            f"a PCK chain has at most {MAX_PCK_CHAIN} (PCK, PCK CA, root)"
+        )
     if root_der is not None:
         from cryptography.hazmat.primitives.serialization import Encoding
+
         if certs[-1].public_bytes(Encoding.DER) != root_der:
             raise QuoteRejected("the quote's PCK chain ends in another root than the trusted one")
     try:
@@ -221,14 +252,15 @@ def _verify_embedded_chain(quote: Quote, root_der: bytes | None) -> None:
             child.verify_directly_issued_by(parent)
         certs[-1].verify_directly_issued_by(certs[-1])
     except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
-        raise QuoteRejected(f"the quote's embedded PCK chain does not verify ({exc or 'bad signature'})") \
-            from None
+        raise QuoteRejected(
+            f"the quote's embedded PCK chain does not verify ({exc or 'bad signature'})"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- cache
 
-_ISV_SIG_START = SIGNED_LEN + 4          # after the u32 signature-data length
-_ISV_SIG_END = _ISV_SIG_START + 64       # r || s
+_ISV_SIG_START = SIGNED_LEN + 4  # after the u32 signature-data length
+_ISV_SIG_END = _ISV_SIG_START + 64  # r || s
 
 
 def _parse_time(text: str) -> _dt.datetime:
@@ -253,7 +285,7 @@ def _crl_bytes(value: str | bytes) -> bytes:
 @dataclass(frozen=True)
 class CollateralFacts:
     digest: bytes
-    expires: _dt.datetime   # earliest nextUpdate / notAfter in the collateral
+    expires: _dt.datetime  # earliest nextUpdate / notAfter in the collateral
 
 
 def collateral_facts(collateral_json: str) -> CollateralFacts | None:
@@ -261,12 +293,14 @@ def collateral_facts(collateral_json: str) -> CollateralFacts | None:
     part of it stops being valid. None when any of those dates cannot be read (never cache)."""
     try:
         data = json.loads(collateral_json)
-        moments = [_parse_time(json.loads(data["tcb_info"])["nextUpdate"]),
-                   _parse_time(json.loads(data["qe_identity"])["nextUpdate"])]
+        moments = [
+            _parse_time(json.loads(data["tcb_info"])["nextUpdate"]),
+            _parse_time(json.loads(data["qe_identity"])["nextUpdate"]),
+        ]
         for name in ("root_ca_crl", "pck_crl"):
             crl = x509.load_der_x509_crl(_crl_bytes(data[name]))
             if crl.next_update_utc is None:
-                return None   # a CRL without nextUpdate gives no bound: do not cache
+                return None  # a CRL without nextUpdate gives no bound: do not cache
             moments.append(crl.next_update_utc)
         for name in ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain"):
             certs = x509.load_pem_x509_certificates(data[name].encode())
@@ -282,8 +316,8 @@ class CachedOutcome:
 
     status: str
     advisories: tuple[str, ...]
-    valid_from: int          # the second (Unix time) dcap-qvl accepted it at
-    valid_until: int         # first second it may no longer be used (exclusive)
+    valid_from: int  # the second (Unix time) dcap-qvl accepted it at
+    valid_until: int  # first second it may no longer be used (exclusive)
     attestation_key: ec.EllipticCurvePublicKey
 
 
@@ -291,10 +325,14 @@ class VerificationCache:
     """dcap-qvl outcomes by platform part of the quote + collateral + root (see the module
     docstring for why a hit is as strict as a full verification). Thread-safe; bounded."""
 
-    def __init__(self, max_entries: int = 4096, *,
-                 facts: Callable[[str], CollateralFacts | None] = collateral_facts):
+    def __init__(
+        self,
+        max_entries: int = 4096,
+        *,
+        facts: Callable[[str], CollateralFacts | None] = collateral_facts,
+    ):
         self.max_entries = max_entries
-        self._read_facts = facts   # what the cache needs to know about a collateral
+        self._read_facts = facts  # what the cache needs to know about a collateral
         self._entries: dict[bytes, CachedOutcome] = {}
         self._collaterals: dict[str, CollateralFacts | None] = {}
         self._roots: dict[bytes | None, _dt.datetime | None] = {}
@@ -330,14 +368,14 @@ class VerificationCache:
 
     def _root_expiry(self, root_der: bytes | None) -> _dt.datetime | None:
         if root_der is None:
-            return None   # Intel's root, inside dcap-qvl (valid until 2049)
+            return None  # Intel's root, inside dcap-qvl (valid until 2049)
         try:
             return self._roots[root_der]
         except KeyError:
             try:
                 expiry = x509.load_der_x509_certificate(root_der).not_valid_after_utc
             except ValueError:
-                expiry = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)  # never cache
+                expiry = _dt.datetime.min.replace(tzinfo=_dt.UTC)  # never cache
             self._roots[root_der] = expiry
             return expiry
 
@@ -374,8 +412,9 @@ def _pck_chain_expiry(quote: Quote) -> _dt.datetime:
 
 def _isv_signature_ok(outcome: CachedOutcome, raw: bytes) -> bool:
     signature = raw[_ISV_SIG_START:_ISV_SIG_END]
-    der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
-                               int.from_bytes(signature[32:], "big"))
+    der = encode_dss_signature(
+        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    )
     try:
         outcome.attestation_key.verify(der, raw[:SIGNED_LEN], ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
@@ -383,8 +422,9 @@ def _isv_signature_ok(outcome: CachedOutcome, raw: bytes) -> bool:
     return True
 
 
-def _dcap_qvl(raw: bytes, collateral_json: str, root_ca_der: bytes | None,
-              seconds: int) -> tuple[str, tuple[str, ...]]:
+def _dcap_qvl(
+    raw: bytes, collateral_json: str, root_ca_der: bytes | None, seconds: int
+) -> tuple[str, tuple[str, ...]]:
     try:
         collateral = dcap_qvl.QuoteCollateralV3.from_json(collateral_json)
         if root_ca_der is None:
@@ -395,8 +435,9 @@ def _dcap_qvl(raw: bytes, collateral_json: str, root_ca_der: bytes | None,
         reason = str(exc).replace("\n", " ").replace("Caused by:", "—").strip()
         if "Debug mode is enabled" in reason:
             raise QuoteRejected("DEBUG enclave: refused") from None
-        raise QuoteRejected(f"quote verification failed: {reason}"
-                            + _root_hint(collateral_json, root_ca_der)) from None
+        raise QuoteRejected(
+            f"quote verification failed: {reason}" + _root_hint(collateral_json, root_ca_der)
+        ) from None
     return report.status, tuple(report.advisory_ids)
 
 
@@ -407,13 +448,19 @@ def _root_hint(collateral_json: str, root_ca_der: bytes | None) -> str:
 
     try:
         problem = collateral_root_problem(collateral_json, root_ca_der)
-    except ValueError:   # a trusted root that is no certificate: reported where it is loaded
+    except ValueError:  # a trusted root that is no certificate: reported where it is loaded
         return ""
     return f" (the collateral does not chain to the trusted root: {problem})" if problem else ""
 
 
-def _verified_outcome(raw: bytes, quote: Quote, collateral_json: str, root_ca_der: bytes | None,
-                      seconds: int, cache: VerificationCache | None) -> tuple[str, tuple[str, ...]]:
+def _verified_outcome(
+    raw: bytes,
+    quote: Quote,
+    collateral_json: str,
+    root_ca_der: bytes | None,
+    seconds: int,
+    cache: VerificationCache | None,
+) -> tuple[str, tuple[str, ...]]:
     """(TCB status, advisories) as dcap-qvl gives them, from the cache when it may be."""
     if cache is None:
         _check_embedded_chain(quote, root_ca_der)
@@ -425,8 +472,9 @@ def _verified_outcome(raw: bytes, quote: Quote, collateral_json: str, root_ca_de
         cache.hits += 1
         # The two checks dcap-qvl makes on the ISV report, in its order.
         if not _isv_signature_ok(outcome, raw):
-            raise QuoteRejected("quote verification failed: ISV enclave report signature is "
-                                "invalid")
+            raise QuoteRejected(
+                "quote verification failed: ISV enclave report signature is invalid"
+            )
         if quote.report.flags & FLAG_DEBUG:
             raise QuoteRejected("DEBUG enclave: refused")
         return outcome.status, outcome.advisories
@@ -435,24 +483,30 @@ def _verified_outcome(raw: bytes, quote: Quote, collateral_json: str, root_ca_de
     status, advisories = _dcap_qvl(raw, collateral_json, root_ca_der, seconds)
     if key is not None:
         try:
-            assert facts is not None   # a cache key is made from the facts
+            assert facts is not None  # a cache key is made from the facts
             bounds = [facts.expires, _pck_chain_expiry(quote)]
             root_expiry = cache._root_expiry(root_ca_der)
             if root_expiry is not None:
                 bounds.append(root_expiry)
-            until = int(min(bounds).timestamp())   # floor: the expiry second itself is out
+            until = int(min(bounds).timestamp())  # floor: the expiry second itself is out
             attestation_key = ec.EllipticCurvePublicKey.from_encoded_point(
-                ec.SECP256R1(), b"\x04" + quote.attestation_key)
+                ec.SECP256R1(), b"\x04" + quote.attestation_key
+            )
         except (ValueError, QuoteFormatError, OverflowError):
-            return status, advisories   # not cacheable; the verdict stands
+            return status, advisories  # not cacheable; the verdict stands
         if seconds < until:
             cache.store(key, CachedOutcome(status, advisories, seconds, until, attestation_key))
     return status, advisories
 
 
-def verify_quote_signature(raw: bytes, collateral_json: str, *,
-                           root_ca_der: bytes | None = None, now: _dt.datetime | None = None,
-                           cache: VerificationCache | None = None) -> VerifiedQuote:
+def verify_quote_signature(
+    raw: bytes,
+    collateral_json: str,
+    *,
+    root_ca_der: bytes | None = None,
+    now: _dt.datetime | None = None,
+    cache: VerificationCache | None = None,
+) -> VerifiedQuote:
     """Verify *raw* cryptographically against the collateral (dcap-qvl, the embedded PCK
     chain); raise QuoteRejected if it does not verify. The TCB status, advisories and
     attributes are reported, not judged: :meth:`TcbPolicy.refusal` judges them (dcap-qvl
@@ -465,23 +519,39 @@ def verify_quote_signature(raw: bytes, collateral_json: str, *,
         quote = Quote.parse(raw)
     except QuoteFormatError as exc:
         raise QuoteRejected(f"malformed quote: {exc}") from None
-    moment = now or _dt.datetime.now(_dt.timezone.utc)
-    status, advisories = _verified_outcome(quote.raw, quote, collateral_json, root_ca_der,
-                                           int(moment.timestamp()), cache)
+    moment = now or _dt.datetime.now(_dt.UTC)
+    status, advisories = _verified_outcome(
+        quote.raw, quote, collateral_json, root_ca_der, int(moment.timestamp()), cache
+    )
     body = quote.report
-    return VerifiedQuote(status, advisories, body.mr_enclave.hex(), body.mr_signer.hex(),
-                         body.isv_prod_id, body.isv_svn, body.debug, body.attributes.hex(),
-                         body.report_data)
+    return VerifiedQuote(
+        status,
+        advisories,
+        body.mr_enclave.hex(),
+        body.mr_signer.hex(),
+        body.isv_prod_id,
+        body.isv_svn,
+        body.debug,
+        body.attributes.hex(),
+        body.report_data,
+    )
 
 
-def verify_quote(raw: bytes, collateral_json: str, *, root_ca_der: bytes | None = None,
-                 now: _dt.datetime | None = None, policy: _tcb.TcbPolicy = TcbPolicy(),
-                 cache: VerificationCache | None = None) -> VerifiedQuote:
+def verify_quote(
+    raw: bytes,
+    collateral_json: str,
+    *,
+    root_ca_der: bytes | None = None,
+    now: _dt.datetime | None = None,
+    policy: _tcb.TcbPolicy = TcbPolicy(),
+    cache: VerificationCache | None = None,
+) -> VerifiedQuote:
     """Verify *raw* against the collateral (:func:`verify_quote_signature`) and the policy
     (:meth:`TcbPolicy.refusal`; the contract's TcbPolicy too); raise QuoteRejected if
     refused."""
-    verified = verify_quote_signature(raw, collateral_json, root_ca_der=root_ca_der, now=now,
-                                      cache=cache)
+    verified = verify_quote_signature(
+        raw, collateral_json, root_ca_der=root_ca_der, now=now, cache=cache
+    )
     reason = TcbPolicy.of(policy).refusal(verified)
     if reason is not None:
         raise QuoteRejected(reason)

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import socket
 import time
+
 from .errors import AttestationError
 
 REQUEST = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"
 RESPONSE = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"
 REFUSAL = b"SECRET_PROVISION_RA_TLS_REJECTED_V1:\0"
 LENGTH_BYTES = 4
-HEADER_LEN = len(RESPONSE) + LENGTH_BYTES   # what a client reads first, either way
-MAX_SECRET = 64 * 1024                      # larger lengths are a protocol error
-MAX_REASON = 1024                           # a refusal's reason is cut to this many bytes
-WRAP_KEY_SIZE = 16                          # a key for an encrypted mount: 16 raw bytes
+HEADER_LEN = len(RESPONSE) + LENGTH_BYTES  # what a client reads first, either way
+MAX_SECRET = 64 * 1024  # larger lengths are a protocol error
+MAX_REASON = 1024  # a refusal's reason is cut to this many bytes
+WRAP_KEY_SIZE = 16  # a key for an encrypted mount: 16 raw bytes
 
 #: The simulated quoter's protocol (simulation only): 64 bytes of report data in; a 4-byte
 #: big-endian length and the quote out.
@@ -48,7 +49,7 @@ def parse_header(header: bytes) -> tuple[bool, int]:
     """(released?, length) of a :data:`HEADER_LEN`-byte answer header; ValueError otherwise."""
     if len(header) != HEADER_LEN:
         raise ValueError(f"answer header is {len(header)} bytes, not {HEADER_LEN}")
-    magic, length = header[:len(RESPONSE)], int.from_bytes(header[len(RESPONSE):], "big")
+    magic, length = header[: len(RESPONSE)], int.from_bytes(header[len(RESPONSE) :], "big")
     if magic == RESPONSE:
         if not 0 < length <= MAX_SECRET:
             raise ValueError(f"announced secret length {length} is outside 1..{MAX_SECRET}")
@@ -69,7 +70,7 @@ def recv_exact(sock, size: int, deadline: float | None = None) -> bytes:
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise socket.timeout(f"{len(data)} of {size} bytes by the deadline")
+                raise TimeoutError(f"{len(data)} of {size} bytes by the deadline")
             sock.settimeout(left)
         chunk = sock.recv(size - len(data))
         if not chunk:

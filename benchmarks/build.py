@@ -20,7 +20,6 @@ is), ``weights`` (float32 normal values: a model in clear) or ``text`` (compress
 
 from __future__ import annotations
 
-from typing import Any
 import argparse
 import os
 import shutil
@@ -29,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 # This directory is sys.path[0]; its secrets.py would shadow the standard library's (which
@@ -38,8 +38,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "enclave_build", *args], cwd=cwd, env=env,
-                          capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "enclave_build", *args], cwd=cwd, env=env, capture_output=True
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(proc.stderr.decode())
@@ -60,10 +61,19 @@ def rebuild(args: argparse.Namespace) -> None:
             target.write_bytes(os.urandom(229032))
         env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
         run(["keygen", "--out", str(work / "keys/enclave-key.pem")], env, work)
-        (work / "keys/demo-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+        (work / "keys/demo-ca.pem").write_text(
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"
+        )
         run(["base", "standin", str(work / "rootfs")], env, work)
-        build = ["build", "tflite/spec.toml", "--base", f"dir:{work / 'rootfs'}", "--output",
-                 str(work / "out"), "--quiet"]
+        build = [
+            "build",
+            "tflite/spec.toml",
+            "--base",
+            f"dir:{work / 'rootfs'}",
+            "--output",
+            str(work / "out"),
+            "--quiet",
+        ]
         colds, warms = [], []
         for _ in range(args.runs):
             shutil.rmtree(work / "cache", ignore_errors=True)
@@ -137,6 +147,7 @@ def layers(args: argparse.Namespace) -> None:
 
             def ours_once(entry=entry, store=store, store_dir=store_dir, holder=holder) -> None:
                 holder["blob"] = write_layer([entry], store, None, None, store_dir / "cache")
+
             ours.append(timed(ours_once))
             blob_size = holder["blob"].descriptor.size
             shutil.rmtree(store_dir)
@@ -145,23 +156,32 @@ def layers(args: argparse.Namespace) -> None:
             def floor_gzip(copy: Path = copy, packed: Path = packed) -> None:
                 subprocess.run(["cp", str(model), str(copy)], check=True)
                 with open(packed, "wb") as out:
-                    subprocess.run(["gzip", f"-{GZIP_LEVEL}", "-n", "-c", str(copy)],
-                                   stdout=out, check=True)
+                    subprocess.run(
+                        ["gzip", f"-{GZIP_LEVEL}", "-n", "-c", str(copy)], stdout=out, check=True
+                    )
+
             cp_gzip.append(timed(floor_gzip))
             gzip_size = packed.stat().st_size
             copy.unlink()
             packed.unlink()
-            cp_only.append(timed(lambda copy=copy: subprocess.run(["cp", str(model), str(copy)],
-                                                                  check=True)))
+            cp_only.append(
+                timed(lambda copy=copy: subprocess.run(["cp", str(model), str(copy)], check=True))
+            )
             copy.unlink()
         best, floor, io_floor = min(ours), min(cp_gzip), min(cp_only)
         mb = args.size / 1e6
-        print(f"model: {mb:.0f} MB of {args.content} bytes; {os.cpu_count()} cores; "
-              f"best of {args.runs}")
-        print(f"enclave-build write_layer   {best:7.2f} s  {mb / best:7.1f} MB/s  "
-              f"layer {blob_size / 1e6:.0f} MB")
-        print(f"cp + gzip -{GZIP_LEVEL} -n (floor)   {floor:7.2f} s  {mb / floor:7.1f} MB/s  "
-              f"gzip  {gzip_size / 1e6:.0f} MB")
+        print(
+            f"model: {mb:.0f} MB of {args.content} bytes; {os.cpu_count()} cores; "
+            f"best of {args.runs}"
+        )
+        print(
+            f"enclave-build write_layer   {best:7.2f} s  {mb / best:7.1f} MB/s  "
+            f"layer {blob_size / 1e6:.0f} MB"
+        )
+        print(
+            f"cp + gzip -{GZIP_LEVEL} -n (floor)   {floor:7.2f} s  {mb / floor:7.1f} MB/s  "
+            f"gzip  {gzip_size / 1e6:.0f} MB"
+        )
         print(f"cp alone (I/O floor)        {io_floor:7.2f} s  {mb / io_floor:7.1f} MB/s")
         print(f"ours / (cp + gzip)          {best / floor:.2f}   (goal <= 2)")
         print(f"ours / cp                   {best / io_floor:.2f}")
@@ -175,13 +195,17 @@ def main() -> None:
     again = sub.add_parser("rebuild", help="cold build vs no-change rebuild (the default)")
     again.add_argument("--runs", type=int, default=3)
     layer = sub.add_parser("layers", help="layer writing of a large model vs cp + gzip")
-    layer.add_argument("--size", type=parse_size, default=parse_size("1.5G"),
-                       help="model size, e.g. 1.5G (default), 200M; at most 16G")
+    layer.add_argument(
+        "--size",
+        type=parse_size,
+        default=parse_size("1.5G"),
+        help="model size, e.g. 1.5G (default), 200M; at most 16G",
+    )
     layer.add_argument("--content", choices=["random", "weights", "text"], default="random")
     layer.add_argument("--runs", type=int, default=1)
     argv = sys.argv[1:]
     if not argv or argv[0] not in ("rebuild", "layers", "-h", "--help"):
-        argv = ["rebuild", *argv]          # `python benchmarks/build.py [--runs 3]` as before
+        argv = ["rebuild", *argv]  # `python benchmarks/build.py [--runs 3]` as before
     args = parser.parse_args(argv)
     (layers if args.what == "layers" else rebuild)(args)
 

@@ -21,16 +21,20 @@ from pathlib import Path
 # standard library's `secrets` (which hypothesis and cryptography import).
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from tests import test_fuzz  # noqa: E402
+from tests import test_fuzz
 
-ROUND = 500   # examples per round: small enough to stop close to the budget
+ROUND = 500  # examples per round: small enough to stop close to the budget
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="budget per target")
-    parser.add_argument("--target", action="append", choices=list(test_fuzz.TARGETS),
-                        help="run only this target (repeatable)")
+    parser.add_argument(
+        "--target",
+        action="append",
+        choices=list(test_fuzz.TARGETS),
+        help="run only this target (repeatable)",
+    )
     args = parser.parse_args()
     # mutated certificates with a non-positive serial: cryptography warns, then parses them
     warnings.filterwarnings("ignore", message="Parsed a serial number")

@@ -49,34 +49,35 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import hpack  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
+import hpack
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from enclave_build.attestation.config import load_config  # noqa: E402
-from enclave_build.attestation.measurements import ImageRef, Measurements  # noqa: E402
-from enclave_build.attestation.occlum_ra import RaConfig  # noqa: E402
-from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV  # noqa: E402
-from enclave_build.attestation.server import SecretServer  # noqa: E402
-from enclave_build.attestation.simulated_quoter import SimulatedQuoter  # noqa: E402
-from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server  # noqa: E402
-from enclave_build.attestation.wire import REQUEST, RESPONSE  # noqa: E402
-from enclave_build.contract.identity import EnclaveIdentity  # noqa: E402
-from tests.attest_env import Platform  # noqa: E402
-from tests.secret_client import verify_peer_certificate  # noqa: E402
+from enclave_build.attestation.config import load_config
+from enclave_build.attestation.measurements import ImageRef, Measurements
+from enclave_build.attestation.occlum_ra import RaConfig
+from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
+from enclave_build.attestation.server import SecretServer
+from enclave_build.attestation.simulated_quoter import SimulatedQuoter
+from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
+from enclave_build.attestation.wire import REQUEST, RESPONSE
+from enclave_build.contract.identity import EnclaveIdentity
+from tests.attest_env import Platform
+from tests.secret_client import verify_peer_certificate
 
 MR_SIGNER = hashlib.sha256(b"bench signer").digest()
 SERVER_MR_ENCLAVE = hashlib.sha256(b"bench secret server").digest()
 IDENTITIES = 16
-SECRET_SIZE = 16   # a wrap key
+SECRET_SIZE = 16  # a wrap key
 
 
 # --------------------------------------------------------------------------- environment
+
 
 @dataclass(frozen=True)
 class ClientCert:
@@ -88,25 +89,28 @@ class ClientCert:
 class BenchEnv:
     directory: Path
     pki: SyntheticPKI
-    ca: Path                       # the secret_prov listener's TLS CA
+    ca: Path  # the secret_prov listener's TLS CA
     config: Path
-    secrets: tuple[bytes, ...]     # key-0 .. key-(K-1)
-    dice_clients: tuple[ClientCert, ...]     # Gramine-format (secret_prov)
-    occlum_clients: tuple[ClientCert, ...]   # Occlum-format (GrSecret)
+    secrets: tuple[bytes, ...]  # key-0 .. key-(K-1)
+    dice_clients: tuple[ClientCert, ...]  # Gramine-format (secret_prov)
+    occlum_clients: tuple[ClientCert, ...]  # Occlum-format (GrSecret)
     server_measurements: Measurements
 
 
-def _write_pair(directory: Path, stem: str, cert, key) -> ClientCert:  # noqa: ANN001
+def _write_pair(directory: Path, stem: str, cert, key) -> ClientCert:
     paths = ClientCert(directory / f"{stem}.crt", directory / f"{stem}.key")
     paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                            serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+    paths.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return paths
 
 
-def setup(directory: Path, keys: int, max_requests: int, processes: int | None = None
-          ) -> BenchEnv:
+def setup(directory: Path, keys: int, max_requests: int, processes: int | None = None) -> BenchEnv:
     """PKI, TLS certificates, measurements, *keys* secrets each released to every identity,
     the server configuration (both listeners) and the client certificates."""
     pki = SyntheticPKI()
@@ -120,23 +124,31 @@ def setup(directory: Path, keys: int, max_requests: int, processes: int | None =
     occlum: list[ClientCert] = []
     for index in range(IDENTITIES):
         mr_enclave = hashlib.sha256(f"bench-{index}".encode()).digest()
-        (directory / "builds" / f"{index}.json").write_text(Measurements(
-            f"svc{index}", "tflite", "gramine",
-            EnclaveIdentity(mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False),
-            ImageRef(None, None)).to_json())
+        (directory / "builds" / f"{index}.json").write_text(
+            Measurements(
+                f"svc{index}",
+                "tflite",
+                "gramine",
+                EnclaveIdentity(mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False),
+                ImageRef(None, None),
+            ).to_json()
+        )
         services.append(f'"svc{index}"')
         for fmt, out in (("tcg-dice", dice), ("cczoo", occlum)):
-            cert, key = platform.enclave_cert(fmt=fmt, mr_enclave=mr_enclave,
-                                              mr_signer=MR_SIGNER, isv_prod_id=1, isv_svn=1)
+            cert, key = platform.enclave_cert(
+                fmt=fmt, mr_enclave=mr_enclave, mr_signer=MR_SIGNER, isv_prod_id=1, isv_svn=1
+            )
             out.append(_write_pair(directory, f"{fmt}-{index}", cert, key))
     secrets = tuple(os.urandom(SECRET_SIZE) for _ in range(keys))
     rules = ""
     for index, secret in enumerate(secrets):
         (directory / f"key-{index}.bin").write_bytes(secret)
-        rules += (f'\n[[secrets]]\nname = "key-{index}"\nfile = "key-{index}.bin"\n'
-                  f'allow = [{", ".join(services)}]\n')
+        rules += (
+            f'\n[[secrets]]\nname = "key-{index}"\nfile = "key-{index}.bin"\n'
+            f"allow = [{', '.join(services)}]\n"
+        )
     config = directory / "secrets.toml"
-    config.write_text(f'''measurements = ["builds/*.json"]
+    config.write_text(f"""measurements = ["builds/*.json"]
 
 [server]
 listen = "127.0.0.1:0"
@@ -156,20 +168,25 @@ collateral = "collateral.json"
 listen = "127.0.0.1:0"
 idle = 10.0
 max_requests = {max_requests}
-{rules}''')
-    server = Measurements("secret-server", "secret-server", "gramine",
-                          EnclaveIdentity(SERVER_MR_ENCLAVE.hex(), MR_SIGNER.hex(), 7, 3, False),
-                          ImageRef(None, None))
+{rules}""")
+    server = Measurements(
+        "secret-server",
+        "secret-server",
+        "gramine",
+        EnclaveIdentity(SERVER_MR_ENCLAVE.hex(), MR_SIGNER.hex(), 7, 3, False),
+        ImageRef(None, None),
+    )
     return BenchEnv(directory, pki, ca, config, secrets, tuple(dice), tuple(occlum), server)
 
 
 # --------------------------------------------------------------------------- the server
 
-def _serve(env: BenchEnv, ready, stop, pin: bool) -> None:  # noqa: ANN001
+
+def _serve(env: BenchEnv, ready, stop, pin: bool) -> None:
     if pin:
-        os.sched_setaffinity(0, {0})   # the server alone on core 0 (so one process by default)
+        os.sched_setaffinity(0, {0})  # the server alone on core 0 (so one process by default)
     with SimulatedQuoter(env.pki, env.server_measurements, warn=False) as quoter:
-        os.environ[SIMULATED_QUOTER_ENV] = quoter.env_value   # the server's own RA-TLS cert
+        os.environ[SIMULATED_QUOTER_ENV] = quoter.env_value  # the server's own RA-TLS cert
         server = SecretServer(load_config(env.config))
         server.start()
         ready.put((server.address, server.grsecret_address, server.processes))
@@ -190,25 +207,44 @@ def server_cpu(pid: int) -> float:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()   # from field 3 (state) on
+        fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
         if int(entry) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / _TICK   # utime, stime
+            total += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
     return total
 
 
-def pinned_server_certificate(env: BenchEnv, address) -> bytes:  # noqa: ANN001
+def pinned_server_certificate(env: BenchEnv, address) -> bytes:
     """The GrSecret listener's certificate, checked once as Occlum's init checks it (quote
     verified, identity matched against an ra_config); then pinned by every client."""
     pem = ssl.get_server_certificate(tuple(address)).encode()
     m = env.server_measurements
-    ra_config: dict[str, Any] = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
-                                         "verify_isv_prod_id", "verify_isv_svn",
-                                         "verify_config_svn", "verify_enclave_debuggable")}
-    ra_config["sgx_mrs"] = [{"mr_enclave": m.mr_enclave, "mr_signer": m.mr_signer,
-                             "isv_prod_id": m.isv_prod_id, "isv_svn": m.isv_svn,
-                             "config_svn": 0, "debuggable": False}]
-    verify_peer_certificate(x509.load_pem_x509_certificate(pem), RaConfig.from_dict(ra_config),
-                            env.pki.collateral_json(), root_ca_der=env.pki.root_der)
+    ra_config: dict[str, Any] = {
+        flag: "on"
+        for flag in (
+            "verify_mr_enclave",
+            "verify_mr_signer",
+            "verify_isv_prod_id",
+            "verify_isv_svn",
+            "verify_config_svn",
+            "verify_enclave_debuggable",
+        )
+    }
+    ra_config["sgx_mrs"] = [
+        {
+            "mr_enclave": m.mr_enclave,
+            "mr_signer": m.mr_signer,
+            "isv_prod_id": m.isv_prod_id,
+            "isv_svn": m.isv_svn,
+            "config_svn": 0,
+            "debuggable": False,
+        }
+    ]
+    verify_peer_certificate(
+        x509.load_pem_x509_certificate(pem),
+        RaConfig.from_dict(ra_config),
+        env.pki.collateral_json(),
+        root_ca_der=env.pki.root_der,
+    )
     return pem
 
 
@@ -230,9 +266,17 @@ def _literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
 
 
-REQUEST_HEADERS = b"".join(_literal(n, v) for n, v in (
-    (b":method", b"POST"), (b":scheme", b"https"), (b":path", b"/ratls.GrSecret/GetSecret"),
-    (b":authority", b"localhost"), (b"content-type", b"application/grpc"), (b"te", b"trailers")))
+REQUEST_HEADERS = b"".join(
+    _literal(n, v)
+    for n, v in (
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":path", b"/ratls.GrSecret/GetSecret"),
+        (b":authority", b"localhost"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    )
+)
 
 
 def request_message(name: str) -> bytes:
@@ -265,7 +309,7 @@ def reply_secret(body: bytes) -> bytes:
             raise RuntimeError(f"unexpected wire type in SecretReply (tag {tag})")
         length, at = _varint(message, at)
         if tag >> 3 == 1:
-            text = message[at:at + length]
+            text = message[at : at + length]
         at += length
     if text is None:
         raise RuntimeError("SecretReply has no secret")
@@ -289,8 +333,11 @@ class H2Client:
     async def get(self, name: str) -> bytes:
         stream, self.stream = self.stream, self.stream + 2
         out = PREFACE + h2_frame(SETTINGS, 0, 0) if stream == 1 else b""
-        self.writer.write(out + h2_frame(HEADERS, END_HEADERS, stream, REQUEST_HEADERS)
-                          + h2_frame(DATA, END_STREAM, stream, request_message(name)))
+        self.writer.write(
+            out
+            + h2_frame(HEADERS, END_HEADERS, stream, REQUEST_HEADERS)
+            + h2_frame(DATA, END_STREAM, stream, request_message(name))
+        )
         body, block = bytearray(), bytearray()
         headers: dict[str, str] = {}
         while True:
@@ -304,11 +351,11 @@ class H2Client:
             if kind == GOAWAY:
                 raise RuntimeError(f"server sent GOAWAY (error {payload[4:8].hex()})")
             if sid != stream:
-                continue   # WINDOW_UPDATE, SETTINGS ACK, ...
+                continue  # WINDOW_UPDATE, SETTINGS ACK, ...
             if kind == RST_STREAM:
                 raise RuntimeError(f"server reset the stream (error {payload.hex()})")
             if kind in (DATA, HEADERS) and flags & PADDED:
-                payload = payload[1:len(payload) - payload[0]]
+                payload = payload[1 : len(payload) - payload[0]]
             if kind == DATA:
                 body += payload
             elif kind in (HEADERS, CONTINUATION):
@@ -316,14 +363,17 @@ class H2Client:
                     payload = payload[5:]
                 block += payload
                 if flags & END_HEADERS:
-                    headers.update((k.decode(), v.decode())
-                                   for k, v in self.decoder.decode(bytes(block), raw=True))
+                    headers.update(
+                        (k.decode(), v.decode())
+                        for k, v in self.decoder.decode(bytes(block), raw=True)
+                    )
                     block.clear()
             if flags & END_STREAM and kind in (DATA, HEADERS):
                 break
         if headers.get("grpc-status") != "0":
-            raise RuntimeError(f"grpc-status {headers.get('grpc-status')}: "
-                               f"{headers.get('grpc-message', '')}")
+            raise RuntimeError(
+                f"grpc-status {headers.get('grpc-status')}: {headers.get('grpc-message', '')}"
+            )
         return reply_secret(bytes(body))
 
     async def close(self) -> None:
@@ -341,11 +391,12 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 # --------------------------------------------------------------------------- load
 
+
 @dataclass(frozen=True)
 class Mode:
     name: str
-    protocol: str      # "secret_prov" or "grsecret"
-    calls: int         # keys per connection
+    protocol: str  # "secret_prov" or "grsecret"
+    calls: int  # keys per connection
 
 
 def _contexts(mode: Mode, env: BenchEnv, server_pem: bytes) -> list[ssl.SSLContext]:
@@ -353,10 +404,10 @@ def _contexts(mode: Mode, env: BenchEnv, server_pem: bytes) -> list[ssl.SSLConte
     for client in env.dice_clients if mode.protocol == "secret_prov" else env.occlum_clients:
         if mode.protocol == "secret_prov":
             ctx = ssl.create_default_context(cafile=str(env.ca))
-            ctx.check_hostname = False   # the server name (SNI) names the key, as keys.py does
+            ctx.check_hostname = False  # the server name (SNI) names the key, as keys.py does
         else:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False   # pinned: the one certificate trusted is the server's
+            ctx.check_hostname = False  # pinned: the one certificate trusted is the server's
             ctx.load_verify_locations(cadata=server_pem.decode())
             ctx.set_alpn_protocols(["h2"])
         ctx.load_cert_chain(client.cert, client.key)
@@ -364,10 +415,11 @@ def _contexts(mode: Mode, env: BenchEnv, server_pem: bytes) -> list[ssl.SSLConte
     return contexts
 
 
-async def _secret_prov(address, ctx, env: BenchEnv, key: int) -> tuple[float, list, str]:  # noqa: ANN001
+async def _secret_prov(address, ctx, env: BenchEnv, key: int) -> tuple[float, list, str]:
     start = time.perf_counter()
-    reader, writer = await asyncio.open_connection(*address, ssl=ctx, server_hostname=f"key-{key}",
-                                                   ssl_handshake_timeout=60)
+    reader, writer = await asyncio.open_connection(
+        *address, ssl=ctx, server_hostname=f"key-{key}", ssl_handshake_timeout=60
+    )
     version = writer.get_extra_info("ssl_object").version()
     writer.write(REQUEST)
     data = await reader.read()
@@ -378,10 +430,11 @@ async def _secret_prov(address, ctx, env: BenchEnv, key: int) -> tuple[float, li
     return time.perf_counter() - start, [], version
 
 
-async def _grsecret(address, ctx, env: BenchEnv, key: int, calls: int):  # noqa: ANN001, ANN202
+async def _grsecret(address, ctx, env: BenchEnv, key: int, calls: int):
     start = time.perf_counter()
-    reader, writer = await asyncio.open_connection(*address, ssl=ctx, server_hostname="localhost",
-                                                   ssl_handshake_timeout=60)
+    reader, writer = await asyncio.open_connection(
+        *address, ssl=ctx, server_hostname="localhost", ssl_handshake_timeout=60
+    )
     tls = writer.get_extra_info("ssl_object")
     version = tls.version()
     if tls.selected_alpn_protocol() != "h2":
@@ -399,8 +452,9 @@ async def _grsecret(address, ctx, env: BenchEnv, key: int, calls: int):  # noqa:
     return time.perf_counter() - start, per_call, version
 
 
-async def load(mode: Mode, address, contexts, env: BenchEnv, concurrency: int,  # noqa: ANN001
-               connections: int, offset: int):
+async def load(
+    mode: Mode, address, contexts, env: BenchEnv, concurrency: int, connections: int, offset: int
+):
     gate = asyncio.Semaphore(concurrency)
     latencies, per_call, errors, versions = [], [], [], set()
 
@@ -409,11 +463,13 @@ async def load(mode: Mode, address, contexts, env: BenchEnv, concurrency: int,  
             ctx = contexts[i % len(contexts)]
             try:
                 if mode.protocol == "secret_prov":
-                    took, calls, version = await _secret_prov(address, ctx, env,
-                                                              i % len(env.secrets))
+                    took, calls, version = await _secret_prov(
+                        address, ctx, env, i % len(env.secrets)
+                    )
                 else:
-                    took, calls, version = await _grsecret(address, ctx, env,
-                                                           i % len(env.secrets), mode.calls)
+                    took, calls, version = await _grsecret(
+                        address, ctx, env, i % len(env.secrets), mode.calls
+                    )
             except Exception as exc:  # noqa: BLE001 - counted, the first one shown
                 errors.append(f"{type(exc).__name__}: {exc}")
                 return
@@ -425,8 +481,9 @@ async def load(mode: Mode, address, contexts, env: BenchEnv, concurrency: int,  
     return latencies, per_call, errors, versions
 
 
-def _client(mode, addresses, env, server_pem, concurrency, connections, offset, start,  # noqa: ANN001
-            results, pin):
+def _client(
+    mode, addresses, env, server_pem, concurrency, connections, offset, start, results, pin
+):
     if pin:
         os.sched_setaffinity(0, {1})
     contexts = _contexts(mode, env, server_pem)
@@ -439,6 +496,7 @@ def _client(mode, addresses, env, server_pem, concurrency, connections, offset, 
 
 def _own_cpu() -> float:
     import resource
+
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -448,7 +506,7 @@ class Result:
     keys_per_s: float
     p50_ms: float
     p99_ms: float
-    call_p50_ms: float | None     # calls after the first on a connection
+    call_p50_ms: float | None  # calls after the first on a connection
     call_p99_ms: float | None
     failures: int
     first_error: str | None
@@ -462,8 +520,17 @@ def _percentile(values: list[float], q: float) -> float:
     return values[max(0, math.ceil(len(values) * q) - 1)] * 1000
 
 
-def drive(mode: Mode, addresses, env: BenchEnv, server_pem: bytes, server_pid: int,  # noqa: ANN001
-          level: int, keys: int, processes: int, pin: bool) -> Result:
+def drive(
+    mode: Mode,
+    addresses,
+    env: BenchEnv,
+    server_pem: bytes,
+    server_pid: int,
+    level: int,
+    keys: int,
+    processes: int,
+    pin: bool,
+) -> Result:
     """*keys* keys fetched *mode*'s way by *level* concurrent connections, split over
     *processes* client processes; the server's CPU time over the run."""
     import multiprocessing
@@ -476,11 +543,26 @@ def drive(mode: Mode, addresses, env: BenchEnv, server_pem: bytes, server_pid: i
     for index in range(processes):
         share = level // processes + (index < level % processes)
         count = connections // processes + (index < connections % processes)
-        workers.append(mp.Process(target=_client, args=(
-            mode, addresses, env, server_pem, share, count, index * 7, start, results, pin)))
+        workers.append(
+            mp.Process(
+                target=_client,
+                args=(
+                    mode,
+                    addresses,
+                    env,
+                    server_pem,
+                    share,
+                    count,
+                    index * 7,
+                    start,
+                    results,
+                    pin,
+                ),
+            )
+        )
     for worker in workers:
         worker.start()
-    time.sleep(0.3)   # let every client process load its certificates
+    time.sleep(0.3)  # let every client process load its certificates
     cpu_before = server_cpu(server_pid)
     began = time.perf_counter()
     start.set()
@@ -493,7 +575,7 @@ def drive(mode: Mode, addresses, env: BenchEnv, server_pem: bytes, server_pid: i
         versions |= seen
         client_cpu += used
     elapsed = time.perf_counter() - began
-    time.sleep(0.05)   # the server's last audit lines and closes
+    time.sleep(0.05)  # the server's last audit lines and closes
     cpu = server_cpu(server_pid) - cpu_before
     for worker in workers:
         worker.join(10)
@@ -506,29 +588,46 @@ def drive(mode: Mode, addresses, env: BenchEnv, server_pem: bytes, server_pid: i
         p99_ms=_percentile(latencies, 0.99) if latencies else math.nan,
         call_p50_ms=statistics.median(per_call) * 1000 if per_call else None,
         call_p99_ms=_percentile(per_call, 0.99) if per_call else None,
-        failures=len(errors), first_error=errors[0] if errors else None,
+        failures=len(errors),
+        first_error=errors[0] if errors else None,
         cpu_ms_per_key=cpu / max(delivered, 1) * 1000,
         cpu_ms_per_connection=cpu / max(len(latencies), 1) * 1000,
         client_cpu_ms_per_key=client_cpu / max(delivered, 1) * 1000,
-        versions=versions)
+        versions=versions,
+    )
 
 
 # --------------------------------------------------------------------------- main
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=300,
-                        help="keys fetched per way and concurrency level (default 300)")
-    parser.add_argument("--levels", default="1,16",
-                        help="concurrent connections, comma-separated (default 1,16)")
-    parser.add_argument("--calls", type=int, default=4,
-                        help="GetSecret calls per connection in the multi-call run (default 4)")
-    parser.add_argument("--processes", type=int, default=None,
-                        help="[server] processes (default: one per core)")
-    parser.add_argument("--client-processes", type=int, default=2,
-                        help="processes generating the load (default 2)")
-    parser.add_argument("--pin", action="store_true",
-                        help="server on core 0 only, clients on core 1 only: per-core capacity")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=300,
+        help="keys fetched per way and concurrency level (default 300)",
+    )
+    parser.add_argument(
+        "--levels", default="1,16", help="concurrent connections, comma-separated (default 1,16)"
+    )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=4,
+        help="GetSecret calls per connection in the multi-call run (default 4)",
+    )
+    parser.add_argument(
+        "--processes", type=int, default=None, help="[server] processes (default: one per core)"
+    )
+    parser.add_argument(
+        "--client-processes", type=int, default=2, help="processes generating the load (default 2)"
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="server on core 0 only, clients on core 1 only: per-core capacity",
+    )
     args = parser.parse_args()
     try:
         levels = [int(x) for x in args.levels.split(",") if x.strip()]
@@ -540,15 +639,17 @@ def main() -> None:
         parser.error("--requests and --client-processes must be >= 1, --calls >= 2")
     if args.pin and (os.cpu_count() or 1) < 2:
         parser.error("--pin needs two cores")
-    modes = (Mode("secret_prov", "secret_prov", 1), Mode("grsecret", "grsecret", 1),
-             Mode(f"grsecret x{args.calls}", "grsecret", args.calls))
+    modes = (
+        Mode("secret_prov", "secret_prov", 1),
+        Mode("grsecret", "grsecret", 1),
+        Mode(f"grsecret x{args.calls}", "grsecret", args.calls),
+    )
     import multiprocessing
 
     mp = multiprocessing.get_context("fork")
     results: dict[tuple[str, int], Result] = {}
     with tempfile.TemporaryDirectory(prefix="eb-bench-grsecret-") as tmp:
-        env = setup(Path(tmp), keys=args.calls, max_requests=args.calls,
-                    processes=args.processes)
+        env = setup(Path(tmp), keys=args.calls, max_requests=args.calls, processes=args.processes)
         ready, stop = mp.Queue(), mp.Event()
         server = mp.Process(target=_serve, args=(env, ready, stop, args.pin))
         server.start()
@@ -556,11 +657,19 @@ def main() -> None:
         try:
             address, grsecret_address, processes = ready.get(timeout=120)
             server_pem = pinned_server_certificate(env, grsecret_address)
-            for level in levels:   # the three ways side by side at each level
+            for level in levels:  # the three ways side by side at each level
                 for mode in modes:
                     results[(mode.name, level)] = drive(
-                        mode, (address, grsecret_address), env, server_pem, server.pid, level,
-                        args.requests, args.client_processes, args.pin)
+                        mode,
+                        (address, grsecret_address),
+                        env,
+                        server_pem,
+                        server.pid,
+                        level,
+                        args.requests,
+                        args.client_processes,
+                        args.pin,
+                    )
         finally:
             stop.set()
             server.join(60)
@@ -574,45 +683,62 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base and not math.isnan(base) else "n/a"
 
 
-def report(modes, levels, results, processes, args) -> None:  # noqa: ANN001
-    print(f"{os.cpu_count()} cores; server: {processes} process(es), one for both listeners; "
-          f"{args.client_processes} client process(es); {args.requests} keys per row"
-          + ("; pinned: server on core 0, clients on core 1" if args.pin else ""))
-    print(f"{'way':>14} {'conc':>5} | {'keys/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'call p50':>8} {'call p99':>8} {'fail':>5} | {'server CPU/key':>14} "
-          f"{'/conn':>6} {'client CPU/key':>14}  tls")
+def report(modes, levels, results, processes, args) -> None:
+    print(
+        f"{os.cpu_count()} cores; server: {processes} process(es), one for both listeners; "
+        f"{args.client_processes} client process(es); {args.requests} keys per row"
+        + ("; pinned: server on core 0, clients on core 1" if args.pin else "")
+    )
+    print(
+        f"{'way':>14} {'conc':>5} | {'keys/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'call p50':>8} {'call p99':>8} {'fail':>5} | {'server CPU/key':>14} "
+        f"{'/conn':>6} {'client CPU/key':>14}  tls"
+    )
     for level in levels:
         for mode in modes:
             r = results[(mode.name, level)]
             call50 = f"{r.call_p50_ms:8.2f}" if r.call_p50_ms is not None else f"{'':>8}"
             call99 = f"{r.call_p99_ms:8.2f}" if r.call_p99_ms is not None else f"{'':>8}"
-            print(f"{mode.name:>14} {level:>5} | {r.keys_per_s:>7.0f} {r.p50_ms:>7.2f} "
-                  f"{r.p99_ms:>7.2f} {call50} {call99} {r.failures:>5} | "
-                  f"{r.cpu_ms_per_key:>14.2f} {r.cpu_ms_per_connection:>6.2f} "
-                  f"{r.client_cpu_ms_per_key:>14.2f}  "
-                  f"{','.join(sorted(r.versions))}")
-    print(f"p50/p99: ms per connection (a {modes[2].name} connection fetches {args.calls} keys); "
-          "call p50/p99: ms per GetSecret after the first on a connection; CPU in ms (server: "
-          "its process and workers; client: the load generator).")
+            print(
+                f"{mode.name:>14} {level:>5} | {r.keys_per_s:>7.0f} {r.p50_ms:>7.2f} "
+                f"{r.p99_ms:>7.2f} {call50} {call99} {r.failures:>5} | "
+                f"{r.cpu_ms_per_key:>14.2f} {r.cpu_ms_per_connection:>6.2f} "
+                f"{r.client_cpu_ms_per_key:>14.2f}  "
+                f"{','.join(sorted(r.versions))}"
+            )
+    print(
+        f"p50/p99: ms per connection (a {modes[2].name} connection fetches {args.calls} keys); "
+        "call p50/p99: ms per GetSecret after the first on a connection; CPU in ms (server: "
+        "its process and workers; client: the load generator)."
+    )
     multi = modes[2]
-    print("ratios against secret_prov at the same level (throughput > 1: more keys per second; "
-          "p50 > 1: slower per key):")
+    print(
+        "ratios against secret_prov at the same level (throughput > 1: more keys per second; "
+        "p50 > 1: slower per key):"
+    )
     for level in levels:
         a, b, c = (results[(m.name, level)] for m in modes)
         extra_call = (c.cpu_ms_per_connection - b.cpu_ms_per_connection) / (multi.calls - 1)
         client_call = (c.client_cpu_ms_per_key * multi.calls - b.client_cpu_ms_per_key) / (
-            multi.calls - 1)
-        line = (f"  {level:>4} concurrent: grsecret throughput {_ratio(b.keys_per_s, a.keys_per_s)}"
-                f", p50 {_ratio(b.p50_ms, a.p50_ms)}; {multi.name} throughput "
-                f"{_ratio(c.keys_per_s, a.keys_per_s)}")
+            multi.calls - 1
+        )
+        line = (
+            f"  {level:>4} concurrent: grsecret throughput {_ratio(b.keys_per_s, a.keys_per_s)}"
+            f", p50 {_ratio(b.p50_ms, a.p50_ms)}; {multi.name} throughput "
+            f"{_ratio(c.keys_per_s, a.keys_per_s)}"
+        )
         if c.call_p50_ms is not None:
-            line += (f"; one more GetSecret on an attested connection: p50 {c.call_p50_ms:.2f} ms "
-                     f"({_ratio(c.call_p50_ms, a.p50_ms)} a secret_prov key), "
-                     f"{extra_call:.2f} ms server CPU ({client_call:.2f} ms client CPU)")
+            line += (
+                f"; one more GetSecret on an attested connection: p50 {c.call_p50_ms:.2f} ms "
+                f"({_ratio(c.call_p50_ms, a.p50_ms)} a secret_prov key), "
+                f"{extra_call:.2f} ms server CPU ({client_call:.2f} ms client CPU)"
+            )
         print(line)
-    print("What differs per connection: GrSecret's TLS uses RSA-2048 on both sides (Occlum's "
-          "RA-TLS format) plus an HTTP/2 connection; secret_prov's an ECDSA P-256 server "
-          "certificate and a P-384 client certificate.")
+    print(
+        "What differs per connection: GrSecret's TLS uses RSA-2048 on both sides (Occlum's "
+        "RA-TLS format) plus an HTTP/2 connection; secret_prov's an ECDSA P-256 server "
+        "certificate and a P-384 client certificate."
+    )
     for (name, level), r in results.items():
         if r.first_error:
             print(f"{name} at {level}: {r.failures} failure(s), first: {r.first_error}")

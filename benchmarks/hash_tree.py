@@ -22,7 +22,9 @@ from enclave_build.builder.hashing import HashCache, hash_files
 
 def make_tree(root: Path, total: int) -> list[Path]:
     """Files of mixed sizes (4 KiB .. 64 MiB) in nested directories, like a model server image."""
-    sizes = [64 << 20] * 8 + [16 << 20] * 32 + [1 << 20] * 256 + [64 << 10] * 1024 + [4 << 10] * 2048
+    sizes = (
+        [64 << 20] * 8 + [16 << 20] * 32 + [1 << 20] * 256 + [64 << 10] * 1024 + [4 << 10] * 2048
+    )
     scale = total / sum(sizes)
     block = os.urandom(1 << 20)
     paths = []
@@ -56,8 +58,7 @@ def main() -> None:
         subprocess.run(["cat", *map(str, paths[:1])], stdout=subprocess.DEVNULL, check=True)
 
         start = time.perf_counter()
-        subprocess.run(f"xargs -a {listing} -d '\\n' sha256sum > /dev/null", shell=True,
-                       check=True)
+        subprocess.run(f"xargs -a {listing} -d '\\n' sha256sum > /dev/null", shell=True, check=True)
         t_sum = time.perf_counter() - start
 
         cache_path = work / "cache.sqlite"
@@ -70,7 +71,9 @@ def main() -> None:
         t_warm = time.perf_counter() - start
         assert warm == cold
 
-        print(f"tree                {len(paths)} files, {total / 2**30:.2f} GiB, {os.cpu_count()} cores")
+        print(
+            f"tree                {len(paths)} files, {total / 2**30:.2f} GiB, {os.cpu_count()} cores"
+        )
         print(f"sha256sum           {t_sum:.3f} s  ({total / t_sum / 1e6:.0f} MB/s)")
         print(f"cold (no cache)     {t_cold:.3f} s  ({total / t_cold / 1e6:.0f} MB/s)")
         print(f"warm (cache)        {t_warm:.3f} s")

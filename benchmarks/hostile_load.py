@@ -31,41 +31,52 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtensionOID, NameOID  # noqa: E402
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID, NameOID
 
-from enclave_build.attestation.config import load_config  # noqa: E402
-from enclave_build.attestation.server import SecretServer  # noqa: E402
-from enclave_build.attestation.wire import REQUEST  # noqa: E402
-from tests.attest_env import Platform, make_env  # noqa: E402
+from enclave_build.attestation.config import load_config
+from enclave_build.attestation.server import SecretServer
+from enclave_build.attestation.wire import REQUEST
+from tests.attest_env import Platform, make_env
 
 KINDS = ("no-tls", "stall", "garbage", "bad-cert", "big-request")
 # The first 5 + 40 bytes of a TLS ClientHello record (claims 512 bytes, sends 40): a stall.
 PARTIAL_HELLO = bytes.fromhex("1603010200") + bytes.fromhex("010001fc0303") + os.urandom(34)
 
 
-def _pem_pair(directory: Path, name: str, cert, key) -> tuple[Path, Path]:  # noqa: ANN001
+def _pem_pair(directory: Path, name: str, cert, key) -> tuple[Path, Path]:
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
-def _plain_cert(unparseable: bool):  # noqa: ANN202
+def _plain_cert(unparseable: bool):
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RATLS")])
-    now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=1)))
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
     if unparseable:
-        builder = builder.add_extension(x509.UnrecognizedExtension(
-            ExtensionOID.CERTIFICATE_POLICIES, b"\x30\x05\x01\x01"), critical=False)
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(ExtensionOID.CERTIFICATE_POLICIES, b"\x30\x05\x01\x01"),
+            critical=False,
+        )
     return builder.sign(key, hashes.SHA256()), key
 
 
@@ -75,11 +86,11 @@ def _context(ca: Path, pair: tuple[Path, Path]) -> ssl.SSLContext:
     return ctx
 
 
-def _serve(config: Path, pipe) -> None:  # noqa: ANN001
+def _serve(config: Path, pipe) -> None:
     server = SecretServer(load_config(config))
     server.start()
     pipe.send((server.address, os.getpid(), list(server.worker_pids)))
-    pipe.recv()   # until told to stop
+    pipe.recv()  # until told to stop
     server.shutdown()
     pipe.send("stopped")
 
@@ -96,7 +107,7 @@ def _rss_kib(pids: list[int]) -> int:
     return total
 
 
-async def _read_to_end(reader, limit: float) -> bytes:  # noqa: ANN001
+async def _read_to_end(reader, limit: float) -> bytes:
     data = b""
     try:
         async with asyncio.timeout(limit):
@@ -107,7 +118,7 @@ async def _read_to_end(reader, limit: float) -> bytes:  # noqa: ANN001
     return data
 
 
-async def _close(writer) -> None:  # noqa: ANN001
+async def _close(writer) -> None:
     writer.close()
     try:
         await writer.wait_closed()
@@ -115,10 +126,11 @@ async def _close(writer) -> None:  # noqa: ANN001
         pass
 
 
-async def _legit(address, ctx, secret: bytes, limit: float) -> float:  # noqa: ANN001
+async def _legit(address, ctx, secret: bytes, limit: float) -> float:
     start = time.perf_counter()
-    reader, writer = await asyncio.open_connection(*address, ssl=ctx, server_hostname="localhost",
-                                                   ssl_handshake_timeout=limit)
+    reader, writer = await asyncio.open_connection(
+        *address, ssl=ctx, server_hostname="localhost", ssl_handshake_timeout=limit
+    )
     writer.write(REQUEST)
     data = await _read_to_end(reader, limit)
     await _close(writer)
@@ -127,7 +139,7 @@ async def _legit(address, ctx, secret: bytes, limit: float) -> float:  # noqa: A
     return time.perf_counter() - start
 
 
-async def _hostile(kind: str, index: int, address, contexts, limit: float):  # noqa: ANN001, ANN201
+async def _hostile(kind: str, index: int, address, contexts, limit: float):
     """Run one hostile connection; return its source 'host:port' (what the audit line names)
     and the wall-clock span it was open (ports are reused, so lines are matched by both)."""
     began = time.time()
@@ -135,27 +147,32 @@ async def _hostile(kind: str, index: int, address, contexts, limit: float):  # n
     return peer, began, time.time()
 
 
-async def _hostile_exchange(kind: str, index: int, address, contexts,  # noqa: ANN001
-                            limit: float) -> str:
+async def _hostile_exchange(kind: str, index: int, address, contexts, limit: float) -> str:
     if kind in ("no-tls", "stall"):
         reader, writer = await asyncio.open_connection(*address)
         peer = "{}:{}".format(*writer.get_extra_info("sockname")[:2])
         if kind == "stall":
             writer.write(PARTIAL_HELLO)
-        await _read_to_end(reader, limit)   # until the server's deadline cuts it
+        await _read_to_end(reader, limit)  # until the server's deadline cuts it
         await _close(writer)
         return peer
-    ctx = {"garbage": contexts["legit"], "big-request": contexts["legit"],
-           "bad-cert": contexts["plain"] if index % 2 else contexts["unparseable"]}[kind]
+    ctx = {
+        "garbage": contexts["legit"],
+        "big-request": contexts["legit"],
+        "bad-cert": contexts["plain"] if index % 2 else contexts["unparseable"],
+    }[kind]
     try:
-        reader, writer = await asyncio.open_connection(*address, ssl=ctx,
-                                                       server_hostname="localhost",
-                                                       ssl_handshake_timeout=limit)
+        reader, writer = await asyncio.open_connection(
+            *address, ssl=ctx, server_hostname="localhost", ssl_handshake_timeout=limit
+        )
     except (ConnectionError, ssl.SSLError, OSError) as exc:
         raise RuntimeError(f"{kind}: could not connect: {exc}") from None
     peer = "{}:{}".format(*writer.get_extra_info("sockname")[:2])
-    payload = {"garbage": os.urandom(len(REQUEST)), "big-request": os.urandom(64 * 1024),
-               "bad-cert": REQUEST}[kind]
+    payload = {
+        "garbage": os.urandom(len(REQUEST)),
+        "big-request": os.urandom(64 * 1024),
+        "bad-cert": REQUEST,
+    }[kind]
     try:
         writer.write(payload)
         await writer.drain()
@@ -166,9 +183,15 @@ async def _hostile_exchange(kind: str, index: int, address, contexts,  # noqa: A
     return peer
 
 
-def run(legit: int = 1000, hostile_share: float = 0.2, concurrency: int = 200,
-        timeout: float = 5.0, processes: int | None = None, sample_every: float = 0.25,
-        directory: Path | None = None) -> dict:
+def run(
+    legit: int = 1000,
+    hostile_share: float = 0.2,
+    concurrency: int = 200,
+    timeout: float = 5.0,
+    processes: int | None = None,
+    sample_every: float = 0.25,
+    directory: Path | None = None,
+) -> dict:
     """The whole exercise; returns the figures (see main for what they mean)."""
     import multiprocessing
 
@@ -177,18 +200,22 @@ def run(legit: int = 1000, hostile_share: float = 0.2, concurrency: int = 200,
     directory = Path(tmp.name) if tmp is not None else directory
     assert directory is not None
     try:
-        env = make_env(directory / "env", timeout=timeout, max_connections=4096,
-                       processes=processes)
-        text = env.config.read_text().replace("[server]\n", "[server]\nmax_connections_per_peer"
-                                              " = 4096\nworkers = 256\n", 1)
+        env = make_env(
+            directory / "env", timeout=timeout, max_connections=4096, processes=processes
+        )
+        text = env.config.read_text().replace(
+            "[server]\n", "[server]\nmax_connections_per_peer = 4096\nworkers = 256\n", 1
+        )
         env.config.write_text(text)
         platform = Platform(env.pki)
         contexts = {
-            "legit": _context(env.ca, _pem_pair(directory, "legit",
-                                                *platform.enclave_cert("face"))),
+            "legit": _context(
+                env.ca, _pem_pair(directory, "legit", *platform.enclave_cert("face"))
+            ),
             "plain": _context(env.ca, _pem_pair(directory, "plain", *_plain_cert(False))),
-            "unparseable": _context(env.ca, _pem_pair(directory, "unparseable",
-                                                      *_plain_cert(True))),
+            "unparseable": _context(
+                env.ca, _pem_pair(directory, "unparseable", *_plain_cert(True))
+            ),
         }
         secret = env.secrets["face"]
         hostile = round(legit * hostile_share / (1 - hostile_share))
@@ -213,9 +240,13 @@ def run(legit: int = 1000, hostile_share: float = 0.2, concurrency: int = 200,
             # threads, allocator arenas): what is measured after it is steady state
             await _legit(address, contexts["legit"], secret, 30)
             for _ in range(2):
-                await asyncio.gather(*(_legit(address, contexts["legit"], secret, 60)
-                                       for _ in range(min(concurrency, legit))),
-                                     return_exceptions=True)   # not measured
+                await asyncio.gather(
+                    *(
+                        _legit(address, contexts["legit"], secret, 60)
+                        for _ in range(min(concurrency, legit))
+                    ),
+                    return_exceptions=True,
+                )  # not measured
             baseline = _rss_kib(pids)
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
@@ -234,32 +265,40 @@ def run(legit: int = 1000, hostile_share: float = 0.2, concurrency: int = 200,
                 async with gate:
                     try:
                         if what == "legit":
-                            latencies.append(await _legit(address, contexts["legit"], secret,
-                                                          60))
+                            latencies.append(await _legit(address, contexts["legit"], secret, 60))
                         else:
-                            peers[what].append(await _hostile(what, index, address, contexts,
-                                                              timeout * 3))
+                            peers[what].append(
+                                await _hostile(what, index, address, contexts, timeout * 3)
+                            )
                     except Exception as exc:  # noqa: BLE001 - counted
                         (failures if what == "legit" else hostile_errors).append(
-                            f"{what}: {type(exc).__name__}: {exc}")
+                            f"{what}: {type(exc).__name__}: {exc}"
+                        )
 
             started = time.perf_counter()
             await asyncio.gather(*(one(i, what) for i, what in enumerate(plan)))
             elapsed = time.perf_counter() - started
-            return {"baseline_kib": baseline, "latencies": latencies, "failures": failures,
-                    "peers": peers, "hostile_errors": hostile_errors, "elapsed": elapsed}
+            return {
+                "baseline_kib": baseline,
+                "latencies": latencies,
+                "failures": failures,
+                "peers": peers,
+                "hostile_errors": hostile_errors,
+                "elapsed": elapsed,
+            }
 
         try:
             result = asyncio.run(drive())
         finally:
             sampling.set()
-            time.sleep(timeout + 0.5)   # connections cut at their deadline get their lines
+            time.sleep(timeout + 0.5)  # connections cut at their deadline get their lines
             end_kib = _rss_kib(pids)
             ours.send("stop")
             ours.recv()
             server.join(30)
-        audit = [json.loads(line) for line in
-                 (env.directory / "audit.jsonl").read_text().splitlines()]
+        audit = [
+            json.loads(line) for line in (env.directory / "audit.jsonl").read_text().splitlines()
+        ]
         by_peer: dict[str, list[tuple[float, dict]]] = {}
         for record in audit:
             if "peer" in record:
@@ -269,27 +308,44 @@ def run(legit: int = 1000, hostile_share: float = 0.2, concurrency: int = 200,
         for kind, spans in result["peers"].items():
             matched = []
             for peer, began, ended in spans:
-                lines = [r for moment, r in by_peer.get(peer, [])
-                         if began - 0.05 <= moment <= ended + 0.5]
+                lines = [
+                    r
+                    for moment, r in by_peer.get(peer, [])
+                    if began - 0.05 <= moment <= ended + 0.5
+                ]
                 matched.append(lines)
-            audited[kind] = (len(spans), sum(1 for ls in matched if len(ls) == 1 and
-                                             ls[0].get("decision") == "deny" and
-                                             ls[0].get("reason")))
+            audited[kind] = (
+                len(spans),
+                sum(
+                    1
+                    for ls in matched
+                    if len(ls) == 1 and ls[0].get("decision") == "deny" and ls[0].get("reason")
+                ),
+            )
             reasons[kind] = sorted({ls[0]["reason"][:60] for ls in matched if ls})[:3]
         rss = [kib for _, kib in samples] or [result["baseline_kib"]]
-        half = [kib for moment, kib in samples if moment >= samples[-1][0] / 2] if samples \
-            else rss
+        half = [kib for moment, kib in samples if moment >= samples[-1][0] / 2] if samples else rss
         latencies = sorted(result["latencies"])
         return {
-            "legit": legit, "served": len(latencies), "failures": result["failures"],
-            "hostile": hostile, "hostile_errors": result["hostile_errors"], "audited": audited,
-            "reasons": reasons, "elapsed": result["elapsed"],
+            "legit": legit,
+            "served": len(latencies),
+            "failures": result["failures"],
+            "hostile": hostile,
+            "hostile_errors": result["hostile_errors"],
+            "audited": audited,
+            "reasons": reasons,
+            "elapsed": result["elapsed"],
             "rate": len(latencies) / result["elapsed"] if result["elapsed"] else 0.0,
             "p50_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
-            "p99_ms": (latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000
-                       if latencies else float("nan")),
-            "rss_baseline_kib": result["baseline_kib"], "rss_peak_kib": max(rss),
-            "rss_end_kib": end_kib, "rss_samples": len(samples),
+            "p99_ms": (
+                latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000
+                if latencies
+                else float("nan")
+            ),
+            "rss_baseline_kib": result["baseline_kib"],
+            "rss_peak_kib": max(rss),
+            "rss_end_kib": end_kib,
+            "rss_samples": len(samples),
             "rss_growth_kib": end_kib - result["baseline_kib"],
             "rss_second_half_growth_kib": end_kib - half[0],
             "processes": len(workers) or 1,
@@ -303,42 +359,69 @@ def run(legit: int = 1000, hostile_share: float = 0.2, concurrency: int = 200,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--legit", type=int, default=1000, help="legitimate clients")
-    parser.add_argument("--hostile-share", type=float, default=0.2,
-                        help="share of all connections that are hostile")
-    parser.add_argument("--concurrency", type=int, default=200,
-                        help="connections in flight at once (legitimate and hostile)")
-    parser.add_argument("--timeout", type=float, default=5.0,
-                        help="the server's per-connection deadline (cuts stalled clients)")
-    parser.add_argument("--processes", type=int, default=None,
-                        help="[server] processes (default: the server's: one per core)")
+    parser.add_argument(
+        "--hostile-share", type=float, default=0.2, help="share of all connections that are hostile"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=200,
+        help="connections in flight at once (legitimate and hostile)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="the server's per-connection deadline (cuts stalled clients)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="[server] processes (default: the server's: one per core)",
+    )
     args = parser.parse_args()
     if not 0 <= args.hostile_share < 1 or args.legit < 1 or args.legit > 20000:
         parser.error("--legit must be 1..20000 and --hostile-share in [0, 1)")
     r = run(args.legit, args.hostile_share, args.concurrency, args.timeout, args.processes)
-    print(f"server: {r['processes']} worker process(es), deadline {args.timeout:.1f} s; "
-          f"{args.concurrency} connections in flight")
-    print(f"legitimate: {r['served']}/{r['legit']} served, {len(r['failures'])} failed, "
-          f"{r['rate']:.0f}/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
-          f"({r['elapsed']:.1f} s)")
+    print(
+        f"server: {r['processes']} worker process(es), deadline {args.timeout:.1f} s; "
+        f"{args.concurrency} connections in flight"
+    )
+    print(
+        f"legitimate: {r['served']}/{r['legit']} served, {len(r['failures'])} failed, "
+        f"{r['rate']:.0f}/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
+        f"({r['elapsed']:.1f} s)"
+    )
     for failure in r["failures"][:5]:
         print(f"  failed: {failure}")
     total = sum(n for n, _ in r["audited"].values())
     lines = sum(a for _, a in r["audited"].values())
-    print(f"hostile: {total} of {r['hostile'] + r['legit']} connections "
-          f"({total / (total + r['legit']):.0%}); {lines} with exactly one deny audit line")
+    print(
+        f"hostile: {total} of {r['hostile'] + r['legit']} connections "
+        f"({total / (total + r['legit']):.0%}); {lines} with exactly one deny audit line"
+    )
     for kind, (count, with_line) in r["audited"].items():
         print(f"  {kind:>11}: {with_line}/{count} audited  e.g. {'; '.join(r['reasons'][kind])}")
     for error in r["hostile_errors"][:5]:
         print(f"  hostile client error: {error}")
-    mib = lambda kib: kib / 1024  # noqa: E731
-    print(f"server RSS (all processes): {mib(r['rss_baseline_kib']):.1f} MiB after warm-up, "
-          f"peak {mib(r['rss_peak_kib']):.1f} MiB, {mib(r['rss_end_kib']):.1f} MiB at the end "
-          f"(growth {mib(r['rss_growth_kib']):+.1f} MiB, of which "
-          f"{mib(r['rss_second_half_growth_kib']):+.1f} MiB in the second half of the run; "
-          f"{r['rss_samples']} samples)")
-    ok = (not r["failures"] and r["served"] == r["legit"] and lines == total)
-    print("result: " + ("every legitimate client served, every hostile connection audited"
-                        if ok else "NOT all legitimate clients served / hostile ones audited"))
+    mib = lambda kib: kib / 1024
+    print(
+        f"server RSS (all processes): {mib(r['rss_baseline_kib']):.1f} MiB after warm-up, "
+        f"peak {mib(r['rss_peak_kib']):.1f} MiB, {mib(r['rss_end_kib']):.1f} MiB at the end "
+        f"(growth {mib(r['rss_growth_kib']):+.1f} MiB, of which "
+        f"{mib(r['rss_second_half_growth_kib']):+.1f} MiB in the second half of the run; "
+        f"{r['rss_samples']} samples)"
+    )
+    ok = not r["failures"] and r["served"] == r["legit"] and lines == total
+    print(
+        "result: "
+        + (
+            "every legitimate client served, every hostile connection audited"
+            if ok
+            else "NOT all legitimate clients served / hostile ones audited"
+        )
+    )
 
 
 if __name__ == "__main__":

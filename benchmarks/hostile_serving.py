@@ -71,9 +71,7 @@ Attacks (each reproduces a defect a hostile-input pass found):
 
 from __future__ import annotations
 
-from typing import Any
 import argparse
-import io
 import json
 import multiprocessing as mp
 import os
@@ -87,6 +85,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,16 +116,39 @@ GOAL_RSS_MIB = BUDGET_MIB
 class Server:
     def __init__(self, directory: Path, tls: bool = False) -> None:
         config = {
-            "version": 1, "service": "hostile-bench",
-            "grpc": {"host": "127.0.0.1", "port": 0}, "rest": {"host": "127.0.0.1", "port": 0},
-            "drain_seconds": 5, "metrics": True, "keys": None, "tls": None, "limits": LIMITS,
+            "version": 1,
+            "service": "hostile-bench",
+            "grpc": {"host": "127.0.0.1", "port": 0},
+            "rest": {"host": "127.0.0.1", "port": 0},
+            "drain_seconds": 5,
+            "metrics": True,
+            "keys": None,
+            "tls": None,
+            "limits": LIMITS,
             "models": [
-                {"name": "fast", "version": "1", "backend": "tests.ms_backends:SlowDouble",
-                 "path": "/none", "instances": 2, "options": {"seconds": 0.002}},
-                {"name": "slow", "version": "1", "backend": "tests.ms_backends:SlowDouble",
-                 "path": "/none", "instances": 1, "options": {"seconds": 0.5}},
-                {"name": "bytes", "version": "1", "backend": "tests.ms_backends:BytesLength",
-                 "path": "/none"}],
+                {
+                    "name": "fast",
+                    "version": "1",
+                    "backend": "tests.ms_backends:SlowDouble",
+                    "path": "/none",
+                    "instances": 2,
+                    "options": {"seconds": 0.002},
+                },
+                {
+                    "name": "slow",
+                    "version": "1",
+                    "backend": "tests.ms_backends:SlowDouble",
+                    "path": "/none",
+                    "instances": 1,
+                    "options": {"seconds": 0.5},
+                },
+                {
+                    "name": "bytes",
+                    "version": "1",
+                    "backend": "tests.ms_backends:BytesLength",
+                    "path": "/none",
+                },
+            ],
         }
         self.ca: Path | None = None
         if tls:
@@ -137,9 +159,13 @@ class Server:
         path = directory / ("model-server-tls.json" if tls else "model-server.json")
         path.write_text(json.dumps(config))
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen([sys.executable, "-m", "enclave_build.model_server",
-                                      "--config", str(path)], cwd=REPO, env=env,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "enclave_build.model_server", "--config", str(path)],
+            cwd=REPO,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.stderr: list[str] = []
         deadline = time.monotonic() + 60
         assert self.proc.stderr is not None
@@ -185,20 +211,25 @@ class Server:
 
 
 def _rest_request(model: str, body: bytes, keep: bool = True) -> bytes:
-    return (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: bench\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            + ("" if keep else "Connection: close\r\n") + "\r\n").encode() + body
+    return (
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: bench\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        + ("" if keep else "Connection: close\r\n")
+        + "\r\n"
+    ).encode() + body
 
 
-FAST_JSON = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2],
-                                    "data": [1.0, 2.0]}]}).encode()
+FAST_JSON = json.dumps(
+    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
+).encode()
 
 
 class HttpClient:
     """A keep-alive HTTP/1.1 client on one socket (reconnects when the server closes)."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = 30.0,
-                 ca: Path | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int], timeout: float = 30.0, ca: Path | None = None
+    ) -> None:
         self.address, self.timeout = address, timeout
         self.sock: socket.socket | None = None
         self.file: Any = None
@@ -286,8 +317,10 @@ def run_load(server: Server, seconds: float, clients: int) -> LoadResult:
         if not server.tls:
             return grpc.insecure_channel(server.grpc)
         return grpc.secure_channel(
-            server.grpc, grpc.ssl_channel_credentials(server.ca.read_bytes()),
-            options=[("grpc.ssl_target_name_override", "localhost")])
+            server.grpc,
+            grpc.ssl_channel_credentials(server.ca.read_bytes()),
+            options=[("grpc.ssl_target_name_override", "localhost")],
+        )
 
     def rest_client() -> None:
         http = HttpClient(server.rest, ca=server.ca)
@@ -342,8 +375,9 @@ def run_load(server: Server, seconds: float, clients: int) -> LoadResult:
                 result.health_ok += ok
             time.sleep(0.25)
 
-    threads = [threading.Thread(target=rest_client if i % 2 == 0 else grpc_client)
-               for i in range(clients)] + [threading.Thread(target=health)]
+    threads = [
+        threading.Thread(target=rest_client if i % 2 == 0 else grpc_client) for i in range(clients)
+    ] + [threading.Thread(target=health)]
     for t in threads:
         t.start()
     for t in threads:
@@ -362,7 +396,7 @@ class Attack:
 
     rest: tuple[str, int]
     grpc: str
-    stop: Any      # multiprocessing Events and a shared char array (untyped proxies)
+    stop: Any  # multiprocessing Events and a shared char array (untyped proxies)
     ready: Any
     note: Any
 
@@ -396,8 +430,10 @@ def _grpc_stub(address: str):
 
     from enclave_build.model_server import protocol as pb
 
-    channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1),
-                                                      ("grpc.max_receive_message_length", -1)])
+    channel = grpc.insecure_channel(
+        address,
+        options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
+    )
     stub: Any = channel.unary_unary(f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
 
     def call(raw: bytes) -> None:
@@ -405,23 +441,35 @@ def _grpc_stub(address: str):
             stub(raw, timeout=60)
         except grpc.RpcError:
             pass
+
     return call
 
 
 def _binary_request(model: str, header: dict, data: bytes) -> bytes:
     head = json.dumps(header).encode()
-    return (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\n"
+    return (
+        (
+            f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\n"
             f"Inference-Header-Content-Length: {len(head)}\r\n"
-            f"Content-Length: {len(head) + len(data)}\r\n\r\n").encode() + head + data
+            f"Content-Length: {len(head) + len(data)}\r\n\r\n"
+        ).encode()
+        + head
+        + data
+    )
 
 
 def attack_bytes_shape_rest(a: Attack) -> None:
-    head = (b'{"inputs":[{"name":"s","datatype":"BYTES","shape":[300000000],'
-            b'"parameters":{"binary_data_size":4}}]}')
+    head = (
+        b'{"inputs":[{"name":"s","datatype":"BYTES","shape":[300000000],'
+        b'"parameters":{"binary_data_size":4}}]}'
+    )
     body = head + b"\0\0\0\0"
-    request = (b"POST /v2/models/bytes/infer HTTP/1.1\r\nHost: x\r\n"
-               + f"Inference-Header-Content-Length: {len(head)}\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    request = (
+        b"POST /v2/models/bytes/infer HTTP/1.1\r\nHost: x\r\n"
+        + f"Inference-Header-Content-Length: {len(head)}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     http = HttpClient(a.rest, timeout=30)
     _loop_until(a.stop, lambda: http.exchange(request))
 
@@ -438,8 +486,9 @@ def attack_bytes_shape_grpc(a: Attack) -> None:
 
 
 def attack_bytes_int_json(a: Attack) -> None:
-    body = (b'{"inputs":[{"name":"s","datatype":"BYTES","shape":[2],'
-            b'"data":[1000000000,1000000000]}]}')
+    body = (
+        b'{"inputs":[{"name":"s","datatype":"BYTES","shape":[2],"data":[1000000000,1000000000]}]}'
+    )
     http = HttpClient(a.rest, timeout=30)
     request = _rest_request("bytes", body)
     _loop_until(a.stop, lambda: http.exchange(request))
@@ -448,37 +497,54 @@ def attack_bytes_int_json(a: Attack) -> None:
 def attack_duplicate_outputs(a: Attack) -> None:
     from enclave_build.model_server import protocol as pb
 
-    x = np.zeros((131072, 2), np.float32)                  # 1 MiB
+    x = np.zeros((131072, 2), np.float32)  # 1 MiB
     req = pb.ModelInferRequest(model_name="fast")
     req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
     req.raw_input_contents.append(x.tobytes())
     for _ in range(400):
         req.outputs.add(name="y")
     raw = req.SerializeToString()
-    rest = _binary_request("fast", {
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
-                    "parameters": {"binary_data_size": x.nbytes}}],
-        "outputs": [{"name": "y", "parameters": {"binary_data": True}}] * 400}, x.tobytes())
+    rest = _binary_request(
+        "fast",
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}] * 400,
+        },
+        x.tobytes(),
+    )
     call = _grpc_stub(a.grpc)
     http = HttpClient(a.rest, timeout=60)
 
     def once() -> None:
         call(raw)
         http.exchange(rest)
+
     _loop_until(a.stop, once)
 
 
 def attack_json_amplification(a: Attack) -> None:
     def junk(size: int) -> bytes:
-        return (b'{"inputs":[{"name":"s","datatype":"BYTES","shape":[1],"data":["a"]}],'
-                b'"junk":[' + b"[]," * (size // 3) + b"[]]}")
+        return (
+            b'{"inputs":[{"name":"s","datatype":"BYTES","shape":[1],"data":["a"]}],'
+            b'"junk":[' + b"[]," * (size // 3) + b"[]]}"
+        )
+
     big, within = _rest_request("bytes", junk(57 << 20)), _rest_request("bytes", junk(4 << 20))
 
     def client(request: bytes):
         def run() -> None:
             http = HttpClient(a.rest, timeout=120)
             _loop_until(a.stop, lambda: http.exchange(request))
+
         return run
+
     _threads(1, client(big))
     _threads(2, client(within))
     a.stop.wait()
@@ -488,9 +554,20 @@ def attack_bytes_amplification(a: Attack) -> None:
     from enclave_build.model_server import protocol as pb
 
     n = (MAX_REQUEST - 1024) // 5
-    rest = _binary_request("bytes", {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [n],
-                                                 "parameters": {"binary_data_size": 5 * n}}]},
-                           b"\1\0\0\0a" * n)
+    rest = _binary_request(
+        "bytes",
+        {
+            "inputs": [
+                {
+                    "name": "s",
+                    "datatype": "BYTES",
+                    "shape": [n],
+                    "parameters": {"binary_data_size": 5 * n},
+                }
+            ]
+        },
+        b"\1\0\0\0a" * n,
+    )
     count = (MAX_REQUEST - 1024) // 2
     req = pb.ModelInferRequest(model_name="bytes")
     t = req.inputs.add(name="s", datatype="BYTES", shape=[count])
@@ -502,6 +579,7 @@ def attack_bytes_amplification(a: Attack) -> None:
     def once() -> None:
         http.exchange(rest)
         call(raw)
+
     _loop_until(a.stop, once)
 
 
@@ -517,6 +595,7 @@ def attack_grpc_typed_flood(a: Attack) -> None:
     def client() -> None:
         call = _grpc_stub(a.grpc)
         _loop_until(a.stop, lambda: call(raw))
+
     _threads(4, client)
     a.stop.wait()
 
@@ -534,15 +613,18 @@ def attack_grpc_partial_messages(a: Attack) -> None:
                 conn.close()
             except OSError:
                 time.sleep(0.1)
+
     _threads(16, holder)
     a.ready.set()
     a.stop.wait()
 
 
-def _slow_body_sockets(a: Attack, count: int, request: bytes, first: bytes, every: float,
-                       tail: bytes = b"x") -> None:
+def _slow_body_sockets(
+    a: Attack, count: int, request: bytes, first: bytes, every: float, tail: bytes = b"x"
+) -> None:
     """*count* connections sending *request* + *first*, then *tail* every *every* seconds;
     answered or closed ones are reopened."""
+
     def open_one() -> socket.socket | None:
         try:
             s = socket.create_connection(a.rest, timeout=5)
@@ -551,6 +633,7 @@ def _slow_body_sockets(a: Attack, count: int, request: bytes, first: bytes, ever
             return s
         except OSError:
             return None
+
     socks = []
     for _ in range(count):
         socks.append(open_one())
@@ -562,7 +645,7 @@ def _slow_body_sockets(a: Attack, count: int, request: bytes, first: bytes, ever
                 if s is None:
                     raise OSError
                 try:
-                    s.recv(1, socket.MSG_PEEK)   # an answer (a refusal) or the end: come back
+                    s.recv(1, socket.MSG_PEEK)  # an answer (a refusal) or the end: come back
                     raise OSError
                 except BlockingIOError:
                     pass
@@ -577,22 +660,29 @@ def _slow_body_sockets(a: Attack, count: int, request: bytes, first: bytes, ever
 
 
 def attack_slow_bodies(a: Attack) -> None:
-    _slow_body_sockets(a, 16, b"POST /v2/models/fast/infer HTTP/1.1\r\nHost: x\r\n"
-                       + f"Content-Length: {MAX_REQUEST}\r\n\r\n".encode(), b"", 1.0)
+    _slow_body_sockets(
+        a,
+        16,
+        b"POST /v2/models/fast/infer HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Length: {MAX_REQUEST}\r\n\r\n".encode(),
+        b"",
+        1.0,
+    )
 
 
 def attack_nearly_complete_bodies(a: Attack) -> None:
-    request = (b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\n"
-               b"Inference-Header-Content-Length: 100\r\n"
-               + f"Content-Length: {MAX_REQUEST}\r\n\r\n".encode())
+    request = (
+        b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\n"
+        b"Inference-Header-Content-Length: 100\r\n"
+        + f"Content-Length: {MAX_REQUEST}\r\n\r\n".encode()
+    )
     _slow_body_sockets(a, 4, request, bytes(MAX_REQUEST - 16), 8.0, b" ")
 
 
 def attack_trickled_bodies_at_cap(a: Attack) -> None:
     post = b"POST /v2/models/fast/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
     get = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
-    threading.Thread(target=_slow_body_sockets, args=(a, 8, get, b"x", 4.0),
-                     daemon=True).start()
+    threading.Thread(target=_slow_body_sockets, args=(a, 8, get, b"x", 4.0), daemon=True).start()
     time.sleep(0.1)
     _slow_body_sockets(a, 256, post, b"x", 4.0)
 
@@ -604,8 +694,12 @@ def _stream_holders(a: Attack, connections: int, streams: int) -> None:
     from tests.h2_client import H2Connection
 
     def ended(frames) -> bool:
-        done = {f.stream_id for f in frames if type(f).__name__ == "RstStreamFrame" or (
-            type(f).__name__ == "HeadersFrame" and "END_STREAM" in f.flags)}
+        done = {
+            f.stream_id
+            for f in frames
+            if type(f).__name__ == "RstStreamFrame"
+            or (type(f).__name__ == "HeadersFrame" and "END_STREAM" in f.flags)
+        }
         return a.stop.is_set() or len(done) >= streams
 
     def connection() -> None:
@@ -620,6 +714,7 @@ def _stream_holders(a: Attack, connections: int, streams: int) -> None:
                 conn.close()
             except OSError:
                 time.sleep(0.1)
+
     _threads(connections, connection)
     time.sleep(0.5)
     a.ready.set()
@@ -649,7 +744,7 @@ def attack_idle_connections(a: Attack, grpc_count: int = 900, wait_for: int = 0)
     started = time.monotonic()
     while not a.stop.is_set():
         held = 0
-        for i, target in enumerate(targets):     # (re)open whatever the server closed
+        for i, target in enumerate(targets):  # (re)open whatever the server closed
             s = socks[i]
             if s is not None:
                 try:
@@ -685,14 +780,16 @@ def attack_idle_over_grpc_cap(a: Attack) -> None:
 
 
 def attack_slow_model_flood(a: Attack) -> None:
-    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2],
-                                   "data": [1.0, 2.0]}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
+    ).encode()
     request = _rest_request("slow", body)
 
     def client() -> None:
         http = HttpClient(a.rest, timeout=120)
         _loop_until(a.stop, lambda: http.exchange(request))
         http.close()
+
     _threads(80, client)
     a.stop.wait()
 
@@ -708,7 +805,7 @@ def attack_tls_handshake_stall(a: Attack) -> None:
     a.say(f"{len(socks)} silent TCP connections")
     a.ready.set()
     while not a.stop.wait(1.0):
-        for i, s in enumerate(socks):            # reopen what the server closed
+        for i, s in enumerate(socks):  # reopen what the server closed
             s.setblocking(False)
             try:
                 closed = s.recv(1, socket.MSG_PEEK) == b""
@@ -751,15 +848,23 @@ TLS_ATTACKS = {"tls-handshake-stall"}
 #: code).
 KNOWN_LIMITS = {
     "idle-over-grpc-cap": "known limit: grpc cannot close an idle connection to make room for "
-                          "a new one, so new gRPC channels are refused while the attacker holds "
-                          "max_grpc_connections; put a per-client connection limit in front",
+    "a new one, so new gRPC channels are refused while the attacker holds "
+    "max_grpc_connections; put a per-client connection limit in front",
 }
 
 
 #: Attacks that say when they are in place (the others are from their first request).
-SIGNALS_READY = {"grpc-partial-messages", "slow-bodies", "nearly-complete-bodies",
-                 "trickled-bodies-at-cap", "stalled-streams", "message-less-streams",
-                 "idle-connections", "idle-over-grpc-cap", "tls-handshake-stall"}
+SIGNALS_READY = {
+    "grpc-partial-messages",
+    "slow-bodies",
+    "nearly-complete-bodies",
+    "trickled-bodies-at-cap",
+    "stalled-streams",
+    "message-less-streams",
+    "idle-connections",
+    "idle-over-grpc-cap",
+    "tls-handshake-stall",
+}
 
 
 def _attacker(name: str, attack: Attack) -> None:
@@ -782,7 +887,7 @@ class Row:
     rss_growth_mib: float
     note: str = ""
     baseline: float = float("nan")
-    quiet: LoadResult | None = None           # the quiet run of the same server
+    quiet: LoadResult | None = None  # the quiet run of the same server
 
 
 def measure(server: Server, name: str | None, seconds: float, clients: int) -> Row:
@@ -806,7 +911,7 @@ def measure(server: Server, name: str | None, seconds: float, clients: int) -> R
             proc.join(15)
             if proc.is_alive():
                 proc.kill()
-    time.sleep(2.0)             # let the server close what the attack left before the next row
+    time.sleep(2.0)  # let the server close what the attack left before the next row
     label = name or ("(no attack, TLS)" if server.tls else "(no attack)")
     return Row(label, load, max(0, peak - before) / 1024, note.value.decode())
 
@@ -835,8 +940,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=5.0, help="legitimate load per row")
     p.add_argument("--clients", type=int, default=4, help="legitimate client threads")
-    p.add_argument("--attacks", default=",".join(ATTACKS),
-                   help=f"comma-separated; default all: {', '.join(ATTACKS)}")
+    p.add_argument(
+        "--attacks",
+        default=",".join(ATTACKS),
+        help=f"comma-separated; default all: {', '.join(ATTACKS)}",
+    )
     args = p.parse_args()
     names = [n for n in args.attacks.split(",") if n]
     unknown = [n for n in names if n not in ATTACKS]
@@ -858,19 +966,26 @@ def main() -> int:
                 rows.append(quiet)
                 for name in batch:
                     done += 1
-                    print(f"hostile_serving: attack {done}/{len(names)}: {name}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"hostile_serving: attack {done}/{len(names)}: {name}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     row = measure(server, name, args.seconds, args.clients)
                     row.baseline = quiet.baseline
                     row.quiet = quiet.load
                     rows.append(row)
             finally:
                 server.stop()
-    print(f"hostile_serving: {args.clients} legitimate clients (REST + gRPC) + a health probe "
-          f"every 0.25 s, {args.seconds:g} s per row; byte budget {BUDGET_MIB:g} MiB; "
-          f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
-    print(f"{'attack':<24} {'served':>13} {'REST':>6} {'gRPC':>6} {'p99 ms':>8} {'vs quiet':>8} "
-          f"{'health':>9} {'peak RSS +MiB':>13}  goal")
+    print(
+        f"hostile_serving: {args.clients} legitimate clients (REST + gRPC) + a health probe "
+        f"every 0.25 s, {args.seconds:g} s per row; byte budget {BUDGET_MIB:g} MiB; "
+        f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}"
+    )
+    print(
+        f"{'attack':<24} {'served':>13} {'REST':>6} {'gRPC':>6} {'p99 ms':>8} {'vs quiet':>8} "
+        f"{'health':>9} {'peak RSS +MiB':>13}  goal"
+    )
     failing = []
     for row in rows:
         load = row.load
@@ -881,18 +996,22 @@ def main() -> int:
         extra = [f"{k}: {v}" for k, v in load.errors.items()] + ([row.note] if row.note else [])
         if row.name in KNOWN_LIMITS:
             extra.append(KNOWN_LIMITS[row.name])
-        print(f"{row.name:<24} {len(load.latencies):>6}/{load.total:<6} "
-              f"{load.served['rest']:>6} {load.served['grpc']:>6} {load.p99():>8.2f} "
-              f"{ratio:>7.2f}x {load.health_ok:>4}/{load.health_total:<4} "
-              f"{row.rss_growth_mib:>13.1f}  "
-              + (f"NOT MET ({'; '.join(missed)})" if missed else "met")
-              + (f"  [{'; '.join(extra)}]" if extra else ""))
-    print(f"goals: every legitimate request and health probe answered, REST and gRPC clients "
-          f"each served at least {GOAL_SHARE:.0%} of their requests in the quiet run, p99 <= "
-          f"{GOAL_P99_RATIO:g}x the quiet run, peak RSS growth <= {GOAL_RSS_MIB:g} MiB (the "
-          "byte budget), per attack: "
-          + (f"NOT met by {', '.join(failing)}" if failing else "met")
-          + (" (known limits aside)" if any(r.name in KNOWN_LIMITS for r in rows) else ""))
+        print(
+            f"{row.name:<24} {len(load.latencies):>6}/{load.total:<6} "
+            f"{load.served['rest']:>6} {load.served['grpc']:>6} {load.p99():>8.2f} "
+            f"{ratio:>7.2f}x {load.health_ok:>4}/{load.health_total:<4} "
+            f"{row.rss_growth_mib:>13.1f}  "
+            + (f"NOT MET ({'; '.join(missed)})" if missed else "met")
+            + (f"  [{'; '.join(extra)}]" if extra else "")
+        )
+    print(
+        f"goals: every legitimate request and health probe answered, REST and gRPC clients "
+        f"each served at least {GOAL_SHARE:.0%} of their requests in the quiet run, p99 <= "
+        f"{GOAL_P99_RATIO:g}x the quiet run, peak RSS growth <= {GOAL_RSS_MIB:g} MiB (the "
+        "byte budget), per attack: "
+        + (f"NOT met by {', '.join(failing)}" if failing else "met")
+        + (" (known limits aside)" if any(r.name in KNOWN_LIMITS for r in rows) else "")
+    )
     return 1 if failing else 0
 
 

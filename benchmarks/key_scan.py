@@ -32,7 +32,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="eb-scan-", dir=args.dir) as tmp:
         path = Path(tmp) / "model.bin"
         block = os.urandom(8 << 20)
-        if args.int8:   # -3..3 as int8
+        if args.int8:  # -3..3 as int8
             block = block.translate(bytes(((i % 7) - 3) & 0xFF for i in range(256)))
         with open(path, "wb") as out:
             for _ in range(max(1, args.size_mib // 8)):
@@ -56,8 +56,10 @@ def main() -> None:
     mb = size / 1e6
     print(f"{'int8' if args.int8 else 'random'} content, {mb:.0f} MB")
     print(f"sha256 (one core)   {sha:6.2f} s  {mb / sha:7.0f} MB/s")
-    print(f"key scan            {scan:6.2f} s  {mb / scan:7.0f} MB/s  "
-          f"({scan / sha:.2f}x the SHA-256 time)")
+    print(
+        f"key scan            {scan:6.2f} s  {mb / scan:7.0f} MB/s  "
+        f"({scan / sha:.2f}x the SHA-256 time)"
+    )
 
 
 if __name__ == "__main__":

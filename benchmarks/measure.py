@@ -13,7 +13,12 @@ import argparse
 import hashlib
 import time
 
-from enclave_build.builder.gramine.measure import EnclaveAttributes, PalImage, measure_enclave, parse_size
+from enclave_build.builder.gramine.measure import (
+    EnclaveAttributes,
+    PalImage,
+    measure_enclave,
+    parse_size,
+)
 from enclave_build.builder.gramine.offsets import Offsets
 from enclave_build.builder.standin import _OFFSETS, standin_elf
 
@@ -21,11 +26,13 @@ from enclave_build.builder.standin import _OFFSETS, standin_elf
 def stream_bytes(size: int, threads: int, manifest_len: int, pal: PalImage) -> int:
     """How many bytes the measurement feeds to SHA-256 (same layout as measure.py)."""
     page = 4096
-    up = lambda n: (n + page - 1) // page * page  # noqa: E731
-    measured_pages = (up(manifest_len + 1) + threads * (0x8000 + 0x1000 + 0x1000 + 0x40000 +
-                                                        0x10000)) // page
-    measured_pages += sum((up(s.vaddr + s.memsz) - s.vaddr // page * page) // page
-                          for s in pal.segments)
+    up = lambda n: (n + page - 1) // page * page
+    measured_pages = (
+        up(manifest_len + 1) + threads * (0x8000 + 0x1000 + 0x1000 + 0x40000 + 0x10000)
+    ) // page
+    measured_pages += sum(
+        (up(s.vaddr + s.memsz) - s.vaddr // page * page) // page for s in pal.segments
+    )
     span = max(up(s.vaddr + s.memsz) for s in pal.segments)
     used = up(manifest_len + 1) + threads * (0x8000 + 0x1000 + 0x1000 + 0x40000 + 0x10000) + span
     heap_pages = (size - used - 0x10000) // page

@@ -55,14 +55,16 @@ def main() -> None:
         for _ in range(2):
             with open(src, "rb") as handle:
                 start = time.perf_counter()
-                pf.encrypt_stream(key, handle, size, null, "/models/plain.bin",
-                                  reproducible=args.reproducible)
+                pf.encrypt_stream(
+                    key, handle, size, null, "/models/plain.bin", reproducible=args.reproducible
+                )
                 best_pipeline = min(best_pipeline, time.perf_counter() - start)
         os.close(null)
 
         start = time.perf_counter()
-        pf.encrypt_file(key, src, work / "enc.bin", "/models/plain.bin",
-                        reproducible=args.reproducible)
+        pf.encrypt_file(
+            key, src, work / "enc.bin", "/models/plain.bin", reproducible=args.reproducible
+        )
         t_file = time.perf_counter() - start
 
         gcm = AESGCM(key)
@@ -70,7 +72,7 @@ def main() -> None:
         view = memoryview(data)
         start = time.perf_counter()
         for off in range(0, size, 1 << 20):
-            gcm.encrypt_into(bytes(12), view[off:off + (1 << 20)], None, buf)
+            gcm.encrypt_into(bytes(12), view[off : off + (1 << 20)], None, buf)
         t_raw = time.perf_counter() - start
 
         node_buf = bytearray(4096 + 16)
@@ -78,7 +80,7 @@ def main() -> None:
         start = time.perf_counter()
         for i, off in enumerate(range(0, size, 4096)):
             k = (i % 4096) * 16
-            AESGCM(keys[k:k + 16]).encrypt_into(bytes(12), data[off:off + 4096], None, node_buf)
+            AESGCM(keys[k : k + 16]).encrypt_into(bytes(12), data[off : off + 4096], None, node_buf)
         t_node = time.perf_counter() - start
 
         mode = "reproducible" if args.reproducible else "random keys"
@@ -88,8 +90,10 @@ def main() -> None:
         print(f"AES-GCM, one key, 1 MiB    {mb_s(size, t_raw):7.0f} MB/s   (library baseline)")
         print(f"AES-GCM, key per 4 KiB     {mb_s(size, t_node):7.0f} MB/s   (format floor)")
         print(f"pipeline / format floor    {best_pipeline and t_node / best_pipeline:7.2f}")
-        print(f"pipeline vs pf-crypt ref.  {mb_s(size, best_pipeline) / REFERENCE_MB_S:7.1f}x "
-              f"(reference {REFERENCE_MB_S:.0f} MB/s; goal >= 3x)")
+        print(
+            f"pipeline vs pf-crypt ref.  {mb_s(size, best_pipeline) / REFERENCE_MB_S:7.1f}x "
+            f"(reference {REFERENCE_MB_S:.0f} MB/s; goal >= 3x)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -36,16 +36,15 @@ import json
 import multiprocessing as mp
 import os
 import re
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-
-import resource
-import socket
 
 import numpy as np
 
@@ -73,10 +72,13 @@ def _lean_grpc(address: str, x: np.ndarray):
 
     from enclave_build.model_server import protocol as pb
 
-    channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", -1),
-                                                      ("grpc.max_send_message_length", -1)])
+    channel = grpc.insecure_channel(
+        address,
+        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+    )
     stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-        f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
+        f"/{pb.SERVICE_FULL_NAME}/ModelInfer"
+    )
     r = pb.ModelInferRequest(model_name="fd")
     r.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
     r.raw_input_contents.append(x.tobytes())
@@ -85,6 +87,7 @@ def _lean_grpc(address: str, x: np.ndarray):
     def call():
         resp = pb.ModelInferResponse.FromString(stub(request))
         return [np.frombuffer(b, np.float32) for b in resp.raw_output_contents]
+
     return call
 
 
@@ -93,14 +96,26 @@ def _lean_rest(address: str, x: np.ndarray):
     host, port = address.rsplit(":", 1)
     sock = socket.create_connection((host, int(port)))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
-                                   "parameters": {"binary_data_size": x.nbytes}}],
-                       "parameters": {"binary_data_output": True}}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     body = head + x.tobytes()
-    request = (f"POST /v2/models/fd/infer HTTP/1.1\r\nHost: {address}\r\n"
-               "Content-Type: application/octet-stream\r\n"
-               f"Inference-Header-Content-Length: {len(head)}\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST /v2/models/fd/infer HTTP/1.1\r\nHost: {address}\r\n"
+        "Content-Type: application/octet-stream\r\n"
+        f"Inference-Header-Content-Length: {len(head)}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     f = sock.makefile("rb")
 
     def call():
@@ -122,11 +137,13 @@ def _lean_rest(address: str, x: np.ndarray):
         data = f.read(n)
         json.loads(data[:hl])
         return np.frombuffer(data, np.uint8, offset=hl)
+
     return call
 
 
-def _client_loop(kind: str, address: str, model_path: str, seconds: float, warmup: float, start,
-                 queue) -> None:
+def _client_loop(
+    kind: str, address: str, model_path: str, seconds: float, warmup: float, start, queue
+) -> None:
     x = np.random.default_rng(os.getpid()).random((1, 128, 128, 3), dtype=np.float32)
     if kind == "direct":
         from ai_edge_litert.interpreter import Interpreter
@@ -164,6 +181,7 @@ def _client_loop(kind: str, address: str, model_path: str, seconds: float, warmu
             inp.set_data_from_numpy(x, binary_data=True)
             r = client.infer("fd", [inp])
             return r.as_numpy("regressors"), r.as_numpy("classificators")
+
     call()
     start.wait()
     t_end_warm = time.perf_counter() + warmup
@@ -179,7 +197,7 @@ def _client_loop(kind: str, address: str, model_path: str, seconds: float, warmu
         if t >= t_end:
             break
         call()
-        e = time.perf_counter()             # CLOCK_MONOTONIC: comparable across processes
+        e = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
         lat.append(e - t)
         ends.append(e)
     queue.put((lat, time.perf_counter() - t0, _own_cpu() - cpu0, ends))
@@ -200,19 +218,29 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _HZ
 
 
-def run_load(kind: str, concurrency: int, address: str, model: Path, seconds: float,
-             warmup: float, pin: list[int] | None, server_pid: int | None = None) -> dict:
+def run_load(
+    kind: str,
+    concurrency: int,
+    address: str,
+    model: Path,
+    seconds: float,
+    warmup: float,
+    pin: list[int] | None,
+    server_pid: int | None = None,
+) -> dict:
     ctx = mp.get_context("spawn")
     start = ctx.Event()
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(kind, address, str(model), seconds, warmup,
-                                               start, queue)) for _ in range(concurrency)]
+    procs = [
+        ctx.Process(target=_client, args=(kind, address, str(model), seconds, warmup, start, queue))
+        for _ in range(concurrency)
+    ]
     for p in procs:
         p.start()
         if pin:
-            assert p.pid is not None   # started
+            assert p.pid is not None  # started
             os.sched_setaffinity(p.pid, pin)
-    time.sleep(2.0 if kind != "direct" else 1.0)     # imports and first call
+    time.sleep(2.0 if kind != "direct" else 1.0)  # imports and first call
     start.set()
     time.sleep(warmup)
     w0, s0 = time.perf_counter(), _proc_cpu(server_pid) if server_pid else 0.0
@@ -226,41 +254,67 @@ def run_load(kind: str, concurrency: int, address: str, model: Path, seconds: fl
         p.join(30)
     lat = np.concatenate([np.asarray(r[0]) for r in results])
     throughput = sum(len(r[0]) / r[1] for r in results)
-    row = {"kind": kind, "concurrency": concurrency, "n": int(lat.size),
-           "p50_ms": float(np.percentile(lat, 50) * 1e3),
-           "p99_ms": float(np.percentile(lat, 99) * 1e3), "per_s": float(throughput),
-           "client_cpu_ms": 1e3 * sum(r[2] for r in results) / max(1, lat.size)}
-    if server_pid:          # requests answered while the server's CPU time was sampled
-        done = sum(int(np.count_nonzero((np.asarray(r[3]) >= w0) & (np.asarray(r[3]) <= w1)))
-                   for r in results)
+    row = {
+        "kind": kind,
+        "concurrency": concurrency,
+        "n": int(lat.size),
+        "p50_ms": float(np.percentile(lat, 50) * 1e3),
+        "p99_ms": float(np.percentile(lat, 99) * 1e3),
+        "per_s": float(throughput),
+        "client_cpu_ms": 1e3 * sum(r[2] for r in results) / max(1, lat.size),
+    }
+    if server_pid:  # requests answered while the server's CPU time was sampled
+        done = sum(
+            int(np.count_nonzero((np.asarray(r[3]) >= w0) & (np.asarray(r[3]) <= w1)))
+            for r in results
+        )
         row["server_cpu_ms"] = 1e3 * (s1 - s0) / max(1, done)
     return row
 
 
-
 class ServerProc:
-    def __init__(self, model: Path, instances: int, workdir: Path, pin: list[int] | None,
-                 root: Path = REPO):
-        cfg = {"version": 1, "service": "bench",
-               "grpc": {"host": "127.0.0.1", "port": 0}, "rest": {"host": "127.0.0.1", "port": 0},
-               "limits": {"max_request_bytes": 8 << 20, "max_concurrent_requests": 64,
-                          "max_queue": 256},
-               "drain_seconds": 5, "metrics": True,
-               "models": [{"name": "fd", "backend": "tflite", "path": str(model),
-                           "instances": instances, "threads": 1}]}
+    def __init__(
+        self, model: Path, instances: int, workdir: Path, pin: list[int] | None, root: Path = REPO
+    ):
+        cfg = {
+            "version": 1,
+            "service": "bench",
+            "grpc": {"host": "127.0.0.1", "port": 0},
+            "rest": {"host": "127.0.0.1", "port": 0},
+            "limits": {
+                "max_request_bytes": 8 << 20,
+                "max_concurrent_requests": 64,
+                "max_queue": 256,
+            },
+            "drain_seconds": 5,
+            "metrics": True,
+            "models": [
+                {
+                    "name": "fd",
+                    "backend": "tflite",
+                    "path": str(model),
+                    "instances": instances,
+                    "threads": 1,
+                }
+            ],
+        }
         path = workdir / f"bench-{instances}.json"
         path.write_text(json.dumps(cfg))
         # run from a tree of the checkout's enclave_build (from the checkout itself, Python would
         # import only its top-level package and take the subpackages from the installed one)
         code = run_root(root, workdir / f"root-{instances}")
-        self.proc = subprocess.Popen([sys.executable, "-m", "enclave_build.model_server", "--config",
-                                      str(path)], stderr=subprocess.PIPE, text=True, cwd=code,
-                                     env={**os.environ, "PYTHONPATH": str(code)})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "enclave_build.model_server", "--config", str(path)],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=code,
+            env={**os.environ, "PYTHONPATH": str(code)},
+        )
         if pin:
             os.sched_setaffinity(self.proc.pid, pin)
         self.lines: list[str] = []
         stderr = self.proc.stderr
-        assert stderr is not None   # a pipe
+        assert stderr is not None  # a pipe
         for line in stderr:
             self.lines.append(line)
             m = re.search(r"serving grpc (\S+) rest (\S+)", line)
@@ -298,15 +352,18 @@ def run_pass(args, model: Path, cores: int, pinned: bool, tmp: Path) -> list[dic
                 for lean in (False, True) if args.lean else (False,):
                     kind = proto + ("-lean" if lean else "")
                     addr = server.grpc if proto == "grpc" else server.rest
-                    r = run_load(kind, c, addr, model, args.seconds, args.warmup, load_core,
-                                 server.proc.pid)
+                    r = run_load(
+                        kind, c, addr, model, args.seconds, args.warmup, load_core, server.proc.pid
+                    )
                     r["instances"] = instances
                     r["pinned"] = pinned
                     r["p50_overhead_ms"] = r["p50_ms"] - direct["p50_ms"]
                     r["throughput_ratio"] = r["per_s"] / direct["per_s"]
                     r["server_extra_cpu_ms"] = r["server_cpu_ms"] - direct["cpu_ms"]
-                    r["goal_met"] = (r["p50_overhead_ms"] <= GOAL_P50_MS
-                                     and r["throughput_ratio"] >= GOAL_THROUGHPUT)
+                    r["goal_met"] = (
+                        r["p50_overhead_ms"] <= GOAL_P50_MS
+                        and r["throughput_ratio"] >= GOAL_THROUGHPUT
+                    )
                     rows.append(r)
         finally:
             server.stop()
@@ -315,18 +372,24 @@ def run_pass(args, model: Path, cores: int, pinned: bool, tmp: Path) -> list[dic
 
 def print_table(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
-    print(f"{'load':10} {'C':>2} {'inst':>4} {'n':>6} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'req/s':>7} {'p50 +ms':>7} {'thr/dir':>7} {'cli CPU':>7} {'srv CPU':>7} "
-          f"{'srv +CPU':>8}  goal")
+    print(
+        f"{'load':10} {'C':>2} {'inst':>4} {'n':>6} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'req/s':>7} {'p50 +ms':>7} {'thr/dir':>7} {'cli CPU':>7} {'srv CPU':>7} "
+        f"{'srv +CPU':>8}  goal"
+    )
     for r in rows:
         if "throughput_ratio" in r:
-            extra = (f"{r['p50_overhead_ms']:7.3f} {r['throughput_ratio']:7.2f} "
-                     f"{r['client_cpu_ms']:7.3f} {r['server_cpu_ms']:7.3f} "
-                     f"{r['server_extra_cpu_ms']:8.3f}  {'met' if r['goal_met'] else 'NOT met'}")
+            extra = (
+                f"{r['p50_overhead_ms']:7.3f} {r['throughput_ratio']:7.2f} "
+                f"{r['client_cpu_ms']:7.3f} {r['server_cpu_ms']:7.3f} "
+                f"{r['server_extra_cpu_ms']:8.3f}  {'met' if r['goal_met'] else 'NOT met'}"
+            )
         else:
             extra = f"{'':7} {'':7} {'':7} {r['cpu_ms']:7.3f} {'':8}  (inference CPU/req)"
-        print(f"{r['kind']:10} {r['concurrency']:>2} {r.get('instances', ''):>4} {r['n']:>6} "
-              f"{r['p50_ms']:7.3f} {r['p99_ms']:7.3f} {r['per_s']:7.1f} {extra}")
+        print(
+            f"{r['kind']:10} {r['concurrency']:>2} {r.get('instances', ''):>4} {r['n']:>6} "
+            f"{r['p50_ms']:7.3f} {r['p99_ms']:7.3f} {r['per_s']:7.1f} {extra}"
+        )
 
 
 def main() -> None:
@@ -334,17 +397,30 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--protocols", nargs="+", default=["grpc", "rest"],
-                    choices=["grpc", "rest"])
-    ap.add_argument("--no-lean", dest="lean", action="store_false",
-                    help="only tritonclient as the load (no lean clients)")
-    ap.add_argument("--instances", type=int, default=0,
-                    help="server interpreter instances (default: min(concurrency, cores); "
-                         "1 when pinned)")
-    ap.add_argument("--pin", action="store_true",
-                    help="also run pinned: server/interpreters on core 0, load on core 1")
-    ap.add_argument("--server-root", type=Path, default=REPO,
-                    help="directory whose model_server package is served (default: this repo)")
+    ap.add_argument("--protocols", nargs="+", default=["grpc", "rest"], choices=["grpc", "rest"])
+    ap.add_argument(
+        "--no-lean",
+        dest="lean",
+        action="store_false",
+        help="only tritonclient as the load (no lean clients)",
+    )
+    ap.add_argument(
+        "--instances",
+        type=int,
+        default=0,
+        help="server interpreter instances (default: min(concurrency, cores); 1 when pinned)",
+    )
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="also run pinned: server/interpreters on core 0, load on core 1",
+    )
+    ap.add_argument(
+        "--server-root",
+        type=Path,
+        default=REPO,
+        help="directory whose model_server package is served (default: this repo)",
+    )
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args()
 
@@ -354,30 +430,43 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     if args.pin and cores < 2:
         raise SystemExit("--pin needs two cores")
-    print(f"model {model.name}, {cores} cores, {args.seconds:g} s per run, LiteRT 1 thread per "
-          f"interpreter, server from {args.server_root}; load average "
-          + " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (other work on the machine "
-          "skews every number; compare rows of one run only)")
-    print("CPU columns are ms of CPU per request: cli = the load generators, srv = the server "
-          "process, srv + = srv minus the direct interpreter's CPU per inference")
+    print(
+        f"model {model.name}, {cores} cores, {args.seconds:g} s per run, LiteRT 1 thread per "
+        f"interpreter, server from {args.server_root}; load average "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg())
+        + " (other work on the machine "
+        "skews every number; compare rows of one run only)"
+    )
+    print(
+        "CPU columns are ms of CPU per request: cli = the load generators, srv = the server "
+        "process, srv + = srv minus the direct interpreter's CPU per inference"
+    )
     passes = [False, True] if args.pin else [False]
     all_rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for pinned in passes:
             all_rows.append((pinned, run_pass(args, model, cores, pinned, Path(tmp))))
     for pinned, rows in all_rows:
-        print_table(rows, "pinned: server (or direct interpreters) on core 0, load on core 1"
-                    if pinned else "unpinned: clients and server share every core")
-    print(f"\ngoal: p50 overhead <= {GOAL_P50_MS} ms and throughput >= "
-          f"{GOAL_THROUGHPUT:.0%} of direct")
+        print_table(
+            rows,
+            "pinned: server (or direct interpreters) on core 0, load on core 1"
+            if pinned
+            else "unpinned: clients and server share every core",
+        )
+    print(
+        f"\ngoal: p50 overhead <= {GOAL_P50_MS} ms and throughput >= "
+        f"{GOAL_THROUGHPUT:.0%} of direct"
+    )
     for pinned, rows in all_rows:
         for r in rows:
             if "throughput_ratio" in r:
-                print(f"  {'pinned' if pinned else 'unpinned':8} {r['kind']:10} "
-                      f"C={r['concurrency']}: +{r['p50_overhead_ms']:.3f} ms p50, "
-                      f"{r['throughput_ratio']:.0%} of direct throughput, server "
-                      f"+{r['server_extra_cpu_ms']:.2f} ms CPU/request -> "
-                      f"{'met' if r['goal_met'] else 'NOT met'}")
+                print(
+                    f"  {'pinned' if pinned else 'unpinned':8} {r['kind']:10} "
+                    f"C={r['concurrency']}: +{r['p50_overhead_ms']:.3f} ms p50, "
+                    f"{r['throughput_ratio']:.0%} of direct throughput, server "
+                    f"+{r['server_extra_cpu_ms']:.2f} ms CPU/request -> "
+                    f"{'met' if r['goal_met'] else 'NOT met'}"
+                )
     if args.json:
         print(json.dumps([r for _, rows in all_rows for r in rows], indent=1))
 

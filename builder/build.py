@@ -13,37 +13,43 @@ import platform
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
+from enclave_build.attestation.protected_files import KEY_SIZE as WRAP_KEY_SIZE
 from enclave_build.contract.measurements import ImageRef, Measurements
 from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment
 from enclave_build.contract.secrets_config import SecretRule
 
 from . import build_stamp
+from .cache import cache_root
+from .deploy.service_info import ServiceInfo, service_info
 from .errors import EnclaveBuildError, UsageError
-from enclave_build.attestation.protected_files import KEY_SIZE as WRAP_KEY_SIZE
-
 from .gramine.protected_files import read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache, default_cache_path
 from .image.assemble import assemble, runtime_owner
-from .image.blob_cache import BlobCache, Limits, report as blob_cache_report
+from .image.blob_cache import BlobCache, Limits
+from .image.blob_cache import report as blob_cache_report
 from .image.oci import BlobStore, Image
 from .image.output import load_into_docker, push, tidy_stale_temps, write_oci_layout
 from .image.reference import DOCKER_HUB, parse_registry_ref, parse_source
-from .cache import cache_root
 from .image.sources import open_base
 from .key_scan import KeyScanner
 from .leak_guard import check_model_paths, scan_artifacts, scan_plan
 from .model_check import check_models, warn_stateful
-from .deploy.service_info import ServiceInfo, service_info
 from .plan import ServicePlan
-from .plugin_types import (BuildOptions, LibOSArtifacts, NullProgress, PendingSignature, Progress,
-                           SecretRelease)
+from .plugin_types import (
+    BuildOptions,
+    LibOSArtifacts,
+    NullProgress,
+    PendingSignature,
+    Progress,
+    SecretRelease,
+)
 from .plugins import PluginRegistry
 from .rootfs import RootFS
 from .spec import Spec, load_spec
@@ -66,10 +72,10 @@ class BuildResult:
     artifacts: LibOSArtifacts
     measurements: Measurements | None
     output: Path | None
-    generated_keys: tuple[Path, ...] = ()   # wrap keys this build created (keep them safe)
+    generated_keys: tuple[Path, ...] = ()  # wrap keys this build created (keep them safe)
     key_files: dict[str, Path] | None = None  # key name -> wrap key file (never its bytes)
-    image: Image | None = None                # the built image (blobs in the build cache)
-    pushed: str | None = None                 # NAME@sha256:... when pushed
+    image: Image | None = None  # the built image (blobs in the build cache)
+    pushed: str | None = None  # NAME@sha256:... when pushed
 
 
 @dataclass
@@ -80,7 +86,7 @@ class WrapKeys:
 
     keys: dict[str, bytes] = field(default_factory=dict, repr=False)
     files: dict[str, Path] = field(default_factory=dict)
-    new: dict[str, bytes] = field(default_factory=dict, repr=False)   # name -> not yet written
+    new: dict[str, bytes] = field(default_factory=dict, repr=False)  # name -> not yet written
     written: list[Path] = field(default_factory=list)
 
     def persist(self) -> list[Path]:
@@ -101,7 +107,8 @@ class WrapKeys:
                 except FileExistsError:
                     raise EnclaveBuildError(
                         f"{path}: another build created this wrap key meanwhile; this build "
-                        "encrypted with other bytes: build again (it will use that key)") from None
+                        "encrypted with other bytes: build again (it will use that key)"
+                    ) from None
             finally:
                 os.unlink(tmp)
             del self.new[name]
@@ -120,23 +127,29 @@ def prepare_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None) -> Wra
     if output is not None:
         out = output.resolve()
         if keys_dir == out or out in keys_dir.parents:
-            raise UsageError(f"{spec.path}: secrets.keys_dir ({keys_dir}) is inside the output "
-                             f"directory ({out}); keys must never be part of build outputs")
+            raise UsageError(
+                f"{spec.path}: secrets.keys_dir ({keys_dir}) is inside the output "
+                f"directory ({out}); keys must never be part of build outputs"
+            )
     for item in plan.secrets.keys:
         path = keys_dir / f"{item.name}.key"
         if path.exists():
             result.keys[item.name] = read_wrap_key(path)
             if path.stat().st_mode & 0o077:
-                warnings.warn(f"{path}: wrap key is readable by other users (chmod 600 it)",
-                              UserWarning, stacklevel=3)
+                warnings.warn(
+                    f"{path}: wrap key is readable by other users (chmod 600 it)",
+                    UserWarning,
+                    stacklevel=3,
+                )
         else:
             result.keys[item.name] = result.new[item.name] = os.urandom(WRAP_KEY_SIZE)
         result.files[item.name] = path
     return result
 
 
-def load_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None
-                   ) -> tuple[dict[str, bytes], dict[str, Path], list[Path]]:
+def load_wrap_keys(
+    spec: Spec, plan: ServicePlan, output: Path | None
+) -> tuple[dict[str, bytes], dict[str, Path], list[Path]]:
     """Read (or create, mode 0600, at once) the wrap key of every key the plan provisions:
     (bytes by name, file by name, files created)."""
     keys = prepare_wrap_keys(spec, plan, output)
@@ -148,10 +161,16 @@ class GeneratedKeyWarning(UserWarning):
     """A build that failed had already written a new wrap key (e.g. after pushing the image)."""
 
 
-def load(spec_path: str | Path, registry: PluginRegistry | None = None) -> tuple[Spec, PluginRegistry]:
+def load(
+    spec_path: str | Path, registry: PluginRegistry | None = None
+) -> tuple[Spec, PluginRegistry]:
     registry = registry or PluginRegistry()
-    spec = load_spec(spec_path, registry.framework_sections(), registry.libos_sections(),
-                     missing_note=registry.failure_note())
+    spec = load_spec(
+        spec_path,
+        registry.framework_sections(),
+        registry.libos_sections(),
+        missing_note=registry.failure_note(),
+    )
     return spec, registry
 
 
@@ -164,11 +183,16 @@ def make_plan(spec: Spec, registry: PluginRegistry) -> ServicePlan:
     checks = check_models(spec, registry)
     plan = framework.plan(spec)
     if not isinstance(plan, ServicePlan):
-        raise EnclaveBuildError(f"framework {framework.name!r} returned {type(plan).__name__}, "
-                                "not a ServicePlan")
+        raise EnclaveBuildError(
+            f"framework {framework.name!r} returned {type(plan).__name__}, not a ServicePlan"
+        )
     registry.pm.hook.enclave_build_configure(spec=spec, plan=plan)
-    instances = (f"[{framework.section.name}] instances" if framework.section is not None and
-                 any(f.name == "instances" for f in framework.section.fields) else None)
+    instances = (
+        f"[{framework.section.name}] instances"
+        if framework.section is not None
+        and any(f.name == "instances" for f in framework.section.fields)
+        else None
+    )
     warn_stateful(spec, plan, checks, instances)
     return plan
 
@@ -179,16 +203,18 @@ def make_signer(spec: Spec, signature: Path | None = None) -> Signer | None:
         sig = signature or signing.signature
         if sig is None:
             return None
-        assert signing.public_key is not None   # the spec requires it with external signing
+        assert signing.public_key is not None  # the spec requires it with external signing
         return DetachedSigner.from_files(signing.public_key, sig)
     passphrase = None
     if signing.passphrase_env:
         value = os.environ.get(signing.passphrase_env)
         if value is None:
-            raise UsageError(f"{spec.path}: signing.passphrase_env names "
-                             f"{signing.passphrase_env}, which is not set in the environment")
+            raise UsageError(
+                f"{spec.path}: signing.passphrase_env names "
+                f"{signing.passphrase_env}, which is not set in the environment"
+            )
         passphrase = value.encode()
-    assert signing.key is not None   # the spec requires a key without external signing
+    assert signing.key is not None  # the spec requires a key without external signing
     return PemSigner.from_file(signing.key, passphrase)
 
 
@@ -196,15 +222,22 @@ def make_signer(spec: Spec, signature: Path | None = None) -> Signer | None:
 class ImageOptions:
     """Where the built image goes besides the build cache."""
 
-    load: bool = False      # `docker load` into the local engine
-    push: bool = False      # push to the registry named by the image tag
+    load: bool = False  # `docker load` into the local engine
+    push: bool = False  # push to the registry named by the image tag
     tag: str | None = None  # overrides [image] tag
 
 
-def build(spec_path: str | Path, *, output: str | Path | None = None, base: str | None = None,
-          signature: str | Path | None = None, registry: PluginRegistry | None = None,
-          progress: Progress | None = None, hash_cache: HashCache | None = None,
-          image: ImageOptions = ImageOptions()) -> BuildResult:
+def build(
+    spec_path: str | Path,
+    *,
+    output: str | Path | None = None,
+    base: str | None = None,
+    signature: str | Path | None = None,
+    registry: PluginRegistry | None = None,
+    progress: Progress | None = None,
+    hash_cache: HashCache | None = None,
+    image: ImageOptions = ImageOptions(),
+) -> BuildResult:
     """Build the spec at *spec_path*; then bound the blob cache (builder.image.blob_cache),
     keeping what this build made. A build that writes an output directory records its inputs
     (builder.build_stamp), so that `enclave-build dev` can tell whether it is up to date."""
@@ -214,24 +247,36 @@ def build(spec_path: str | Path, *, output: str | Path | None = None, base: str 
     with ExitStack() as held:
         # From the moment the build reads its base: no blob it finds disappears before its
         # output links it (a spec error before that touches no cache).
-        result = _build(spec_path, output=output, base=base, signature=signature,
-                        registry=registry, progress=progress, hash_cache=hash_cache,
-                        image=image, hold_cache=lambda: held.enter_context(blobs.in_use()))
+        result = _build(
+            spec_path,
+            output=output,
+            base=base,
+            signature=signature,
+            registry=registry,
+            progress=progress,
+            hash_cache=hash_cache,
+            image=image,
+            hold_cache=lambda: held.enter_context(blobs.in_use()),
+        )
     keep = _image_digests(result.image) if result.image is not None else []
     blobs.prune(Limits.from_env(), keep, log=blob_cache_report)
     if inputs is not None and result.output is not None:
-        build_stamp.record(result.spec, result.output,
-                           build_stamp.with_keys_after(inputs, result.spec, result.plan))
+        build_stamp.record(
+            result.spec,
+            result.output,
+            build_stamp.with_keys_after(inputs, result.spec, result.plan),
+        )
     return result
 
 
-def planned_inputs(spec_path: str | Path, base: str | None,
-                   registry: PluginRegistry) -> build_stamp.BuildInputs | None:
+def planned_inputs(
+    spec_path: str | Path, base: str | None, registry: PluginRegistry
+) -> build_stamp.BuildInputs | None:
     """The inputs a build of *spec_path* on *base* reads (builder.build_stamp), read before it
     starts; None when the spec cannot be planned (the build itself reports why)."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # the build warns about the same spec
+            warnings.simplefilter("ignore")  # the build warns about the same spec
             spec, registry = load(spec_path, registry)
             plan = make_plan(spec, registry)
             # The build's digest cache if there is one; this step never creates it (a build
@@ -250,10 +295,18 @@ def _image_digests(image: Image) -> list[str]:
     return [image.config_descriptor.digest, *(layer.digest for layer in image.layers)]
 
 
-def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None,
-           signature: str | Path | None, registry: PluginRegistry | None,
-           progress: Progress | None, hash_cache: HashCache | None,
-           image: ImageOptions, hold_cache: Callable[[], None]) -> BuildResult:
+def _build(
+    spec_path: str | Path,
+    *,
+    output: str | Path | None,
+    base: str | None,
+    signature: str | Path | None,
+    registry: PluginRegistry | None,
+    progress: Progress | None,
+    hash_cache: HashCache | None,
+    image: ImageOptions,
+    hold_cache: Callable[[], None],
+) -> BuildResult:
     out = Path(output).resolve() if output else None
     if out is not None:  # what a build killed earlier left (even if this one fails)
         recover_output(out)
@@ -269,12 +322,18 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
     if image.push:
         _check_push_target(plan.image_tag)
     if plan.enclave.debug:
-        warnings.warn("building a DEBUG enclave: the host can read and modify its memory; "
-                      "never use it for real secrets (enclave-build's secret server refuses "
-                      "every DEBUG enclave"
-                      + (", so this one will never get its keys)" if plan.secrets is not None
-                         and plan.secrets.keys else ")"),
-                      DebugEnclaveWarning, stacklevel=2)
+        warnings.warn(
+            "building a DEBUG enclave: the host can read and modify its memory; "
+            "never use it for real secrets (enclave-build's secret server refuses "
+            "every DEBUG enclave"
+            + (
+                ", so this one will never get its keys)"
+                if plan.secrets is not None and plan.secrets.keys
+                else ")"
+            ),
+            DebugEnclaveWarning,
+            stacklevel=2,
+        )
     backend = registry.libos_backend(plan.libos)
     progress = progress or NullProgress()
     parse_source(base or plan.base_image)  # a bad reference fails before anything is written
@@ -296,10 +355,16 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
         raise
     staging = Path(tempfile.mkdtemp(prefix=f".enclave-build.tmp-{os.getpid()}-"))  # mode 0700
     try:
-        options = BuildOptions(signer=signer, sig_date=spec.signing.date, progress=progress,
-                               hash_cache=cache, wrap_keys=wrap.keys, staging=staging,
-                               reproducible=spec.build.reproducible,
-                               log_level=spec.enclave.log_level)
+        options = BuildOptions(
+            signer=signer,
+            sig_date=spec.signing.date,
+            progress=progress,
+            hash_cache=cache,
+            wrap_keys=wrap.keys,
+            staging=staging,
+            reproducible=spec.build.reproducible,
+            log_level=spec.enclave.log_level,
+        )
         artifacts = backend.build(plan, base_image.rootfs, options)
         if artifacts.pending is not None:
             # Next to the spec, never inside the output directory: outputs stay all-or-nothing.
@@ -308,17 +373,30 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
             created = wrap.persist()
             raise SignatureNeeded(_pending_message(artifacts.pending, written, spec, created))
         scan_artifacts(artifacts.files, scanner, cache, scanned, progress=progress.task)
-        result = _finish(spec, plan, artifacts, base_image.image, out, wrap, cache, progress,
-                         image, base_image.rootfs)
+        result = _finish(
+            spec,
+            plan,
+            artifacts,
+            base_image.image,
+            out,
+            wrap,
+            cache,
+            progress,
+            image,
+            base_image.rootfs,
+        )
         # Inside the try: staged files (encrypted models) still exist while hooks run.
         registry.pm.hook.enclave_build_finished(result=result)
     except BaseException as exc:
         if wrap.written and not isinstance(exc, SignatureNeeded):
             for path in wrap.written:
-                warnings.warn(f"generated wrap key {path} (mode 0600) before the build failed: "
-                              "keep it, the secret server needs it for what was already "
-                              "pushed or written, and it cannot be recovered",
-                              GeneratedKeyWarning, stacklevel=2)
+                warnings.warn(
+                    f"generated wrap key {path} (mode 0600) before the build failed: "
+                    "keep it, the secret server needs it for what was already "
+                    "pushed or written, and it cannot be recovered",
+                    GeneratedKeyWarning,
+                    stacklevel=2,
+                )
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -330,18 +408,33 @@ def _build(spec_path: str | Path, *, output: str | Path | None, base: str | None
 def _check_push_target(tag: str) -> None:
     ref = parse_registry_ref(tag)
     if ref.host == DOCKER_HUB and "/" not in tag.split(":")[0]:
-        raise UsageError(f"--push: the image tag {tag!r} names no registry; set [image] tag = "
-                         "\"HOST/NAME:TAG\" or pass --tag HOST/NAME:TAG")
+        raise UsageError(
+            f"--push: the image tag {tag!r} names no registry; set [image] tag = "
+            '"HOST/NAME:TAG" or pass --tag HOST/NAME:TAG'
+        )
 
 
-def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Image,
-            out: Path | None, wrap: WrapKeys, cache: HashCache, progress: Progress,
-            options: ImageOptions, rootfs: RootFS | None = None) -> BuildResult:
+def _finish(
+    spec: Spec,
+    plan: ServicePlan,
+    artifacts: LibOSArtifacts,
+    base: Image,
+    out: Path | None,
+    wrap: WrapKeys,
+    cache: HashCache,
+    progress: Progress,
+    options: ImageOptions,
+    rootfs: RootFS | None = None,
+) -> BuildResult:
     identity = artifacts.identity
     assert identity is not None
-    measurements = Measurements(service=plan.service, framework=plan.framework,
-                                libos=artifacts.libos, identity=identity,
-                                image=ImageRef(plan.image_tag, None))
+    measurements = Measurements(
+        service=plan.service,
+        framework=plan.framework,
+        libos=artifacts.libos,
+        identity=identity,
+        image=ImageRef(plan.image_tag, None),
+    )
     store = BlobStore(cache_root() / "blobs")
     built = assemble(base, plan, artifacts, measurements, store, cache, progress.task, rootfs)
     BlobCache(cache_root()).touch(_image_digests(built) + [base.config_descriptor.digest])
@@ -353,19 +446,32 @@ def _finish(spec: Spec, plan: ServicePlan, artifacts: LibOSArtifacts, base: Imag
         pushed = push(built, plan.image_tag, progress.task)
     if options.load:
         load_into_docker(built, plan.image_tag, progress.task)
-    measurements = replace(measurements, image=ImageRef(pushed or plan.image_tag,
-                                                        built.manifest_digest))
-    policy = (policy_fragment(plan, measurements, key_files, out, artifacts.releases)
-              if key_files else None)
+    measurements = replace(
+        measurements, image=ImageRef(pushed or plan.image_tag, built.manifest_digest)
+    )
+    policy = (
+        policy_fragment(plan, measurements, key_files, out, artifacts.releases)
+        if key_files
+        else None
+    )
     if out is not None:
-        write_output(out, built, plan.image_tag, measurements, policy,
-                     deploy_info(spec, plan, base, rootfs), progress.task)
-    return BuildResult(spec, plan, artifacts, measurements, out, tuple(created), key_files,
-                       built, pushed)
+        write_output(
+            out,
+            built,
+            plan.image_tag,
+            measurements,
+            policy,
+            deploy_info(spec, plan, base, rootfs),
+            progress.task,
+        )
+    return BuildResult(
+        spec, plan, artifacts, measurements, out, tuple(created), key_files, built, pushed
+    )
 
 
-def deploy_info(spec: Spec, plan: ServicePlan, base: Image,
-                rootfs: RootFS | None) -> ServiceInfo | None:
+def deploy_info(
+    spec: Spec, plan: ServicePlan, base: Image, rootfs: RootFS | None
+) -> ServiceInfo | None:
     """service.json: how the built service runs (ports, health, drain, numeric user, ...)
     for `enclave-build k8s`; the user is resolved as the image assembly resolves it. None for
     a service that listens on no port (nothing to deploy behind a Service)."""
@@ -376,9 +482,13 @@ def deploy_info(spec: Spec, plan: ServicePlan, base: Image,
     return service_info(plan, spec.deploy, owner, tls=spec.tls is not None)
 
 
-def policy_fragment(plan: ServicePlan, measurements: Measurements,
-                    key_files: dict[str, Path], relative_to: Path | None = None,
-                    releases: tuple[SecretRelease, ...] = ()) -> str:
+def policy_fragment(
+    plan: ServicePlan,
+    measurements: Measurements,
+    key_files: dict[str, Path],
+    relative_to: Path | None = None,
+    releases: tuple[SecretRelease, ...] = (),
+) -> str:
     """The secret-server configuration this build needs: which key goes to which enclave
     (secrets-policy.toml, :class:`enclave_build.contract.policy_fragment.PolicyFragment`).
 
@@ -396,8 +506,7 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
         f"Secret-server policy fragment for service {plan.service!r}, written by enclave-build.",
         "Merge it into the secret server's secrets.toml (`enclave-build secrets config`); the "
         "key files stay on the server.",
-        "Paths are relative to this file's directory; keys_dir is the build's [secrets] "
-        "keys_dir.",
+        "Paths are relative to this file's directory; keys_dir is the build's [secrets] keys_dir.",
         f"The enclave identity is in measurements.json (mr_enclave {measurements.mr_enclave}).",
     )
 
@@ -406,7 +515,7 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
 
     keys_dir = None
     directories = {path.parent for path in key_files.values()}
-    if len(directories) == 1:   # [secrets] keys_dir: `secrets config` takes key files only there
+    if len(directories) == 1:  # [secrets] keys_dir: `secrets config` takes key files only there
         keys_dir = relative(next(iter(directories)))
     users: dict[str, list[str]] = {}
     for mount in plan.mounts:
@@ -415,8 +524,9 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
 
     def file_of(name: str) -> Path:
         if name not in key_files:
-            raise EnclaveBuildError(f"internal: the enclave asks for key {name!r}, which the "
-                                    "build did not load")
+            raise EnclaveBuildError(
+                f"internal: the enclave asks for key {name!r}, which the build did not load"
+            )
         return relative(key_files[name])
 
     rules: list[SecretRule] = []
@@ -427,24 +537,37 @@ def policy_fragment(plan: ServicePlan, measurements: Measurements,
             notes.append(f"{name}: decrypts {', '.join(users.get(name, [])) or 'the service'}")
     for release in releases:
         renamed = release.request != release.key
-        rules.append(SecretRule(f"{release.key}@{release.request}" if renamed else release.key,
-                                file_of(release.key), (plan.service,),
-                                encoding=release.encoding,
-                                requested_as=release.request if renamed else None))
+        rules.append(
+            SecretRule(
+                f"{release.key}@{release.request}" if renamed else release.key,
+                file_of(release.key),
+                (plan.service,),
+                encoding=release.encoding,
+                requested_as=release.request if renamed else None,
+            )
+        )
         if renamed:
-            notes.append(f"{release.request}: what the enclave asks for; the secret server "
-                         f"answers with key {release.key} as {release.encoding}")
+            notes.append(
+                f"{release.request}: what the enclave asks for; the secret server "
+                f"answers with key {release.key} as {release.encoding}"
+            )
         else:
             used = ", ".join(users.get(release.key, [])) or "the service"
             notes.append(f"{release.key}: decrypts {used} ({release.encoding})")
-    return PolicyFragment(None, (MEASUREMENTS_FILE,), tuple(rules), keys_dir, header,
-                          tuple(notes)).to_toml()
+    return PolicyFragment(
+        None, (MEASUREMENTS_FILE,), tuple(rules), keys_dir, header, tuple(notes)
+    ).to_toml()
 
 
-def write_output(out: Path, image: Image, tag: str | None, measurements: Measurements,
-                 policy: str | None = None, service: ServiceInfo | None = None,
-                 progress: Callable[[str, int | None], Callable[[int], None]] | None = None
-                 ) -> None:
+def write_output(
+    out: Path,
+    image: Image,
+    tag: str | None,
+    measurements: Measurements,
+    policy: str | None = None,
+    service: ServiceInfo | None = None,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+) -> None:
     """Write the output directory atomically: a sibling temp dir renamed into place.
 
     ``oci/`` is an OCI image layout of the built image; ``measurements.json`` its identity;
@@ -495,8 +618,13 @@ def _exchange(a: Path, b: Path) -> bool:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return False
-    args = (ctypes.c_int(_AT_FDCWD), os.fsencode(a), ctypes.c_int(_AT_FDCWD), os.fsencode(b),
-            ctypes.c_uint(_RENAME_EXCHANGE))
+    args = (
+        ctypes.c_int(_AT_FDCWD),
+        os.fsencode(a),
+        ctypes.c_int(_AT_FDCWD),
+        os.fsencode(b),
+        ctypes.c_uint(_RENAME_EXCHANGE),
+    )
     if hasattr(libc, "renameat2"):  # glibc >= 2.28
         result = libc.renameat2(*args)
     elif platform.machine() in _SYS_RENAMEAT2 and hasattr(libc, "syscall"):
@@ -540,20 +668,25 @@ def _alive(pid: int) -> bool:
 
 def _write_pending(artifacts: LibOSArtifacts, target: Path) -> Path:
     tmp = target.with_name(target.name + ".tmp")
-    assert artifacts.pending is not None   # called for a pending signature only
+    assert artifacts.pending is not None  # called for a pending signature only
     tmp.write_bytes(artifacts.pending.signing_data)
     os.replace(tmp, target)
     return target
 
 
-def _pending_message(pending: PendingSignature, tbs: Path, spec: Spec,
-                     created: Sequence[Path] = ()) -> str:
-    keys = "".join(f"generated wrap key {path} (mode 0600): keep it, step two and the secret "
-                   "server need it, and it cannot be recovered\n" for path in created)
+def _pending_message(
+    pending: PendingSignature, tbs: Path, spec: Spec, created: Sequence[Path] = ()
+) -> str:
+    keys = "".join(
+        f"generated wrap key {path} (mode 0600): keep it, step two and the secret "
+        "server need it, and it cannot be recovered\n"
+        for path in created
+    )
     return keys + (
         f"external signing: MRENCLAVE {pending.mr_enclave}\n"
         f"wrote the {len(pending.signing_data)} bytes to sign to {tbs}.\n"
         "Sign them with the enclave key (RSA-3072, e=3, PKCS#1 v1.5, SHA-256), e.g.\n"
         f"  openssl dgst -sha256 -sign enclave-key.pem -out {tbs.with_suffix('.sig')} {tbs}\n"
         "or your HSM/KMS, then finish the build with the detached signature:\n"
-        f"  enclave-build build {spec.path} --signature {tbs.with_suffix('.sig')}")
+        f"  enclave-build build {spec.path} --signature {tbs.with_suffix('.sig')}"
+    )

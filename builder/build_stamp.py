@@ -33,9 +33,9 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from enclave_build import __version__
 from enclave_build.contract.names import MEASUREMENTS_FILE
@@ -65,7 +65,7 @@ class BuildInputs:
             h.update(f"{name}={self.parts[name]}\n".encode())
         return h.hexdigest()
 
-    def changed(self, other: "BuildInputs") -> list[str]:
+    def changed(self, other: BuildInputs) -> list[str]:
         """The parts that differ from *other*'s (in a fixed order)."""
         names = sorted(set(self.parts) | set(other.parts))
         return [n for n in names if self.parts.get(n) != other.parts.get(n)]
@@ -101,8 +101,9 @@ def _tree_lines(root: Path) -> Iterator[str]:
     while stack:
         relative = stack.pop()
         try:
-            entries = sorted(os.scandir(root / relative if relative else root),
-                             key=lambda e: e.name)
+            entries = sorted(
+                os.scandir(root / relative if relative else root), key=lambda e: e.name
+            )
         except OSError as exc:
             yield f"{relative}/ unreadable {exc.errno}"
             continue
@@ -129,8 +130,7 @@ def code_digest() -> str:
     import enclave_build
 
     roots = {Path(p).resolve() for p in enclave_build.__path__}
-    for name in ("builder", "plugins", "model_server", "attestation", "contract",
-                 "base_images"):
+    for name in ("builder", "plugins", "model_server", "attestation", "contract", "base_images"):
         try:
             module = __import__(f"enclave_build.{name}", fromlist=["__path__"])
         except ImportError:
@@ -151,6 +151,7 @@ def code_digest() -> str:
                 if dist is not None:
                     plugins.add(f"{dist.metadata['Name']}=={dist.version}")
         yield from sorted(plugins)
+
     return _digest_lines(lines())
 
 
@@ -181,8 +182,13 @@ def _files_digest(plan: ServicePlan, cache: HashCache | None) -> str:
             planned.append((item, None))
             continue
         source = Path(item.source)
-        files = ([p for p in sorted(source.rglob("*")) if p.is_file()]
-                 if source.is_dir() else [source] if source.is_file() else [])
+        files = (
+            [p for p in sorted(source.rglob("*")) if p.is_file()]
+            if source.is_dir()
+            else [source]
+            if source.is_file()
+            else []
+        )
         sources.extend(files)
         planned.append((item, (source, files)))
     digests = hash_files(sources, cache) if sources else {}
@@ -195,30 +201,37 @@ def _files_digest(plan: ServicePlan, cache: HashCache | None) -> str:
         if not files:
             entries.append(f"{head} {source} missing")
         for path in files:
-            entries.append(f"{head} {path.relative_to(source) if path != source else '.'} "
-                           f"{digests[path]}")
+            entries.append(
+                f"{head} {path.relative_to(source) if path != source else '.'} {digests[path]}"
+            )
     entries.extend(f"trusted {p}" for p in plan.trusted)
     return _digest_lines(iter(entries))
 
 
 def _keys_digest(spec: Spec, plan: ServicePlan) -> str:
-    keys = [_identity(spec.signing.key), _identity(spec.signing.public_key),
-            _identity(spec.signing.signature)]
+    keys = [
+        _identity(spec.signing.key),
+        _identity(spec.signing.public_key),
+        _identity(spec.signing.signature),
+    ]
     if plan.secrets is not None:
         keys += [_identity(spec.secrets.keys_dir / f"{k.name}.key") for k in plan.secrets.keys]
     return _digest_lines(iter(keys))
 
 
-def build_inputs(spec: Spec, plan: ServicePlan, base: str | None,
-                 cache: HashCache | None = None) -> BuildInputs:
+def build_inputs(
+    spec: Spec, plan: ServicePlan, base: str | None, cache: HashCache | None = None
+) -> BuildInputs:
     """The inputs of building *spec* (planned as *plan*) on *base* (None: the plan's)."""
-    return BuildInputs({
-        "enclave-build": code_digest(),
-        "spec": hashlib.sha256(spec.path.read_bytes()).hexdigest(),
-        "base": base_digest(base or plan.base_image),
-        "files": _files_digest(plan, cache),
-        "keys": _keys_digest(spec, plan),
-    })
+    return BuildInputs(
+        {
+            "enclave-build": code_digest(),
+            "spec": hashlib.sha256(spec.path.read_bytes()).hexdigest(),
+            "base": base_digest(base or plan.base_image),
+            "files": _files_digest(plan, cache),
+            "keys": _keys_digest(spec, plan),
+        }
+    )
 
 
 def with_keys_after(inputs: BuildInputs, spec: Spec, plan: ServicePlan) -> BuildInputs:
@@ -227,6 +240,7 @@ def with_keys_after(inputs: BuildInputs, spec: Spec, plan: ServicePlan) -> Build
 
 
 # --------------------------------------------------------------------------- stamps
+
 
 def stamp_path(spec: Spec, output: Path) -> Path:
     """Where the stamp of *output* built from *spec* lives."""
@@ -249,8 +263,13 @@ def record(spec: Spec, output: Path, inputs: BuildInputs) -> Path | None:
     if measured is None:
         return None
     target = stamp_path(spec, output)
-    data = {"version": STAMP_VERSION, "output": str(output.resolve()),
-            "inputs": inputs.digest, "parts": inputs.parts, "measurements": measured}
+    data = {
+        "version": STAMP_VERSION,
+        "output": str(output.resolve()),
+        "inputs": inputs.digest,
+        "parts": inputs.parts,
+        "measurements": measured,
+    }
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
@@ -262,10 +281,13 @@ def record(spec: Spec, output: Path, inputs: BuildInputs) -> Path | None:
     return target
 
 
-_PART_NAMES = {"enclave-build": "enclave-build's code or plugins changed",
-               "spec": "the spec changed", "base": "the base changed",
-               "files": "a file the image holds changed (a model, the CA, ...)",
-               "keys": "a signing or wrap key changed"}
+_PART_NAMES = {
+    "enclave-build": "enclave-build's code or plugins changed",
+    "spec": "the spec changed",
+    "base": "the base changed",
+    "files": "a file the image holds changed (a model, the CA, ...)",
+    "keys": "a signing or wrap key changed",
+}
 
 
 def check(spec: Spec, output: Path, inputs: BuildInputs) -> Staleness:
@@ -285,11 +307,20 @@ def check(spec: Spec, output: Path, inputs: BuildInputs) -> Staleness:
         if not isinstance(parts, dict):
             parts = {}
         changed = inputs.changed(BuildInputs({str(k): str(v) for k, v in parts.items()}))
-        return Staleness(False, "; ".join(_PART_NAMES.get(n, n) for n in changed)
-                         or "the inputs changed")
+        return Staleness(
+            False, "; ".join(_PART_NAMES.get(n, n) for n in changed) or "the inputs changed"
+        )
     return Staleness(True, "up to date")
 
 
-__all__ = ["BuildInputs", "Staleness", "build_inputs", "with_keys_after", "check", "record",
-           "stamp_path",
-           "code_digest", "STATE_DIR"]
+__all__ = [
+    "BuildInputs",
+    "Staleness",
+    "build_inputs",
+    "with_keys_after",
+    "check",
+    "record",
+    "stamp_path",
+    "code_digest",
+    "STATE_DIR",
+]

@@ -13,9 +13,10 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .cache import cache_root
 from .image.blob_cache import BlobCache, BlobInfo, CacheInUse, Limits, PruneResult
@@ -25,7 +26,7 @@ HASHES = ("hashes.sqlite", "hashes.sqlite-wal", "hashes.sqlite-shm")
 
 
 def _when(seconds: float) -> str:
-    return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -47,59 +48,86 @@ class CacheReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "root": str(self.root),
-            "blobs": {"count": len(self.blobs), "bytes": self.blob_bytes,
-                      "shared_bytes": self.shared_bytes,
-                      "items": [{"digest": b.digest, "size": b.size,
-                                 "last_used": _when(b.last_used), "shared": b.shared}
-                                for b in self.blobs]},
-            "rootfs": {"count": len(self.rootfs), "bytes": sum(e.size for e in self.rootfs),
-                       "keep": self.rootfs_keep,
-                       "items": [{"chain_id": e.chain_id, "size": e.size,
-                                  "last_used": _when(e.last_used)} for e in self.rootfs]},
-            "limits": {"max_size": self.limits.max_size,
-                       "max_age_days": self.limits.max_age_days},
+            "blobs": {
+                "count": len(self.blobs),
+                "bytes": self.blob_bytes,
+                "shared_bytes": self.shared_bytes,
+                "items": [
+                    {
+                        "digest": b.digest,
+                        "size": b.size,
+                        "last_used": _when(b.last_used),
+                        "shared": b.shared,
+                    }
+                    for b in self.blobs
+                ],
+            },
+            "rootfs": {
+                "count": len(self.rootfs),
+                "bytes": sum(e.size for e in self.rootfs),
+                "keep": self.rootfs_keep,
+                "items": [
+                    {"chain_id": e.chain_id, "size": e.size, "last_used": _when(e.last_used)}
+                    for e in self.rootfs
+                ],
+            },
+            "limits": {"max_size": self.limits.max_size, "max_age_days": self.limits.max_age_days},
         }
 
 
-def cache_report(root: Path | None = None, log: Callable[[str], None] | None = None
-                 ) -> CacheReport:
+def cache_report(root: Path | None = None, log: Callable[[str], None] | None = None) -> CacheReport:
     root = root or cache_root()
     quiet = log or (lambda line: None)
-    return CacheReport(root, tuple(BlobCache(root).blobs()), tuple(list_entries(root / "rootfs")),
-                       Limits.from_env(quiet), cache_keep(quiet))
+    return CacheReport(
+        root,
+        tuple(BlobCache(root).blobs()),
+        tuple(list_entries(root / "rootfs")),
+        Limits.from_env(quiet),
+        cache_keep(quiet),
+    )
 
 
 @dataclass(frozen=True)
 class Pruned:
     blobs: PruneResult
     rootfs_freed: int
-    other_freed: int = 0     # layer records and the digest cache (clean)
+    other_freed: int = 0  # layer records and the digest cache (clean)
 
     @property
     def freed(self) -> int:
         return self.blobs.freed + self.rootfs_freed + self.other_freed
 
     def to_json(self) -> dict[str, Any]:
-        return {"removed": [b.digest for b in self.blobs.removed], "freed": self.freed,
-                "kept": self.blobs.kept, "kept_bytes": self.blobs.kept_bytes,
-                "rootfs_freed": self.rootfs_freed,
-                "records_removed": self.blobs.records_removed}
+        return {
+            "removed": [b.digest for b in self.blobs.removed],
+            "freed": self.freed,
+            "kept": self.blobs.kept,
+            "kept_bytes": self.blobs.kept_bytes,
+            "rootfs_freed": self.rootfs_freed,
+            "records_removed": self.blobs.records_removed,
+        }
 
 
 def _in_use(root: Path) -> CacheInUse:
-    return CacheInUse(f"the blob cache {root / 'blobs'} is in use by a running enclave-build "
-                      "build; nothing was removed (try again when it has finished)")
+    return CacheInUse(
+        f"the blob cache {root / 'blobs'} is in use by a running enclave-build "
+        "build; nothing was removed (try again when it has finished)"
+    )
 
 
-def prune_caches(limits: Limits, root: Path | None = None,
-                 log: Callable[[str], None] | None = None) -> Pruned:
+def prune_caches(
+    limits: Limits, root: Path | None = None, log: Callable[[str], None] | None = None
+) -> Pruned:
     """Bound the blob cache by *limits* and the unpacked images by their count."""
     root = root or cache_root()
     blobs = BlobCache(root).prune(limits)
     if blobs.in_use:
         raise _in_use(root)
-    freed = prune_cache(root / "rootfs", log=log or (lambda line: None)) \
-        if (root / "rootfs").is_dir() else 0
+    freed = (
+        prune_cache(root / "rootfs", log=log or (lambda line: None))
+        if (root / "rootfs").is_dir()
+        else 0
+    )
     return Pruned(blobs, freed)
 
 
@@ -111,8 +139,11 @@ def clean_caches(root: Path | None = None, log: Callable[[str], None] | None = N
     blobs = cache.prune(Limits(0, 0.0), everything=True)
     if blobs.in_use:
         raise _in_use(root)
-    freed = prune_cache(root / "rootfs", log=log or (lambda line: None), keep=0) \
-        if (root / "rootfs").is_dir() else 0
+    freed = (
+        prune_cache(root / "rootfs", log=log or (lambda line: None), keep=0)
+        if (root / "rootfs").is_dir()
+        else 0
+    )
     other = 0
     records = root / "layers"
     if records.is_dir() and not records.is_symlink():

@@ -51,8 +51,10 @@ PCCS_TIMEOUT = 5.0
 DOCKER_TIMEOUT = 5
 REPO = Path(__file__).resolve().parent.parent
 GRAMINE_ARCHIVE = REPO.parent / "shared" / "gramine" / "gramine-1.9-debian12-x86_64.tar.gz"
-_NO_ENGINE = ("or build without an engine: --base dir:ROOTFS, oci:DIR, oci-archive:FILE or "
-              "docker://REGISTRY/NAME:TAG")
+_NO_ENGINE = (
+    "or build without an engine: --base dir:ROOTFS, oci:DIR, oci-archive:FILE or "
+    "docker://REGISTRY/NAME:TAG"
+)
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,13 @@ class Check:
     fix: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "status": self.status,
-                "detail": self.detail, "fix": self.fix}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "fix": self.fix,
+        }
 
 
 @dataclass
@@ -80,8 +87,12 @@ class Report:
         return {s: sum(c.status == s for c in self.checks) for s in (OK, MISSING, WARN)}
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, "ok": self.ok, "counts": self.counts(),
-                "checks": [c.to_json() for c in self.checks]}
+        return {
+            "schema": SCHEMA_VERSION,
+            "ok": self.ok,
+            "counts": self.counts(),
+            "checks": [c.to_json() for c in self.checks],
+        }
 
 
 class Probes:
@@ -100,13 +111,17 @@ class Probes:
         return os.uname().release
 
     def path_kind(self, path: str | Path) -> str | None:
-        """"char", "socket", "file", "dir", "other", or None when absent."""
+        """ "char", "socket", "file", "dir", "other", or None when absent."""
         try:
             mode = os.stat(path).st_mode
         except OSError:
             return None
-        for kind, test in (("char", stat.S_ISCHR), ("socket", stat.S_ISSOCK),
-                           ("file", stat.S_ISREG), ("dir", stat.S_ISDIR)):
+        for kind, test in (
+            ("char", stat.S_ISCHR),
+            ("socket", stat.S_ISSOCK),
+            ("file", stat.S_ISREG),
+            ("dir", stat.S_ISDIR),
+        ):
             if test(mode):
                 return kind
         return "other"
@@ -135,15 +150,17 @@ class Probes:
 
         path = find_config_file()
         config = docker.auth.load_config(path) if path else {}
-        return (str(path) if path else None), {"auths": sorted(getattr(config, "auths", {}) or {}),
-                      "credHelpers": dict(getattr(config, "cred_helpers", {}) or {}),
-                      "credsStore": getattr(config, "creds_store", None)}
+        return (str(path) if path else None), {
+            "auths": sorted(getattr(config, "auths", {}) or {}),
+            "credHelpers": dict(getattr(config, "cred_helpers", {}) or {}),
+            "credsStore": getattr(config, "creds_store", None),
+        }
 
     def http_status(self, url: str, timeout: float) -> int:
         """The HTTP status of one GET (HTTPError statuses returned, not raised)."""
         request = urllib.request.Request(url, headers={"User-Agent": "enclave-build doctor"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return int(response.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)
@@ -151,7 +168,7 @@ class Probes:
             import ssl
 
             if isinstance(exc.reason, ssl.SSLCertVerificationError):
-                raise exc.reason from None   # reachable, but not trusted
+                raise exc.reason from None  # reachable, but not trusted
             raise
 
     def import_version(self, module: str) -> str:
@@ -193,54 +210,78 @@ def _docker_engine(p: Probes) -> Check:
     try:
         version = p.docker_version()
     except ImportError:
-        return Check("docker.engine", title, MISSING, "the docker SDK (Python) is not installed",
-                     "pip install docker (a dependency of enclave-build)")
+        return Check(
+            "docker.engine",
+            title,
+            MISSING,
+            "the docker SDK (Python) is not installed",
+            "pip install docker (a dependency of enclave-build)",
+        )
     except Exception as exc:  # noqa: BLE001 - the SDK raises DockerException, requests' and OS errors
         reason = _first_line(exc)
         if p.env("DOCKER_HOST") is None and p.path_kind("/var/run/docker.sock") is None:
             reason = "/var/run/docker.sock does not exist (no engine running)"
         if p.which("dockerd") is None and p.which("docker") is None:
-            fix = ("install it (`apt-get install docker.io`) and start dockerd, " + _NO_ENGINE)
+            fix = "install it (`apt-get install docker.io`) and start dockerd, " + _NO_ENGINE
         else:
-            fix = ("start dockerd (`systemctl start docker`, or `dockerd &` as root) or point "
-                   "DOCKER_HOST at a running engine, " + _NO_ENGINE)
+            fix = (
+                "start dockerd (`systemctl start docker`, or `dockerd &` as root) or point "
+                "DOCKER_HOST at a running engine, " + _NO_ENGINE
+            )
         return Check("docker.engine", title, MISSING, f"not reachable at {host}: {reason}", fix)
-    return Check("docker.engine", title, OK, f"Docker {version} at {host} (docker-daemon: "
-                 "bases, --load, base build)")
+    return Check(
+        "docker.engine",
+        title,
+        OK,
+        f"Docker {version} at {host} (docker-daemon: bases, --load, base build)",
+    )
 
 
 def _registry_credentials(p: Probes) -> Check:
     title = "registry credentials"
-    fix = ("`docker login REGISTRY` (needed only for private registries and --push; public "
-           "pulls work without)")
+    fix = (
+        "`docker login REGISTRY` (needed only for private registries and --push; public "
+        "pulls work without)"
+    )
     try:
         path, config = p.docker_config()
     except Exception as exc:  # noqa: BLE001 - a broken config file, whatever its parser raises
-        return Check("registry.credentials", title, WARN,
-                     f"the Docker config cannot be read: {_first_line(exc)}",
-                     "fix or remove the file ($DOCKER_CONFIG/config.json or "
-                     "~/.docker/config.json)")
+        return Check(
+            "registry.credentials",
+            title,
+            WARN,
+            f"the Docker config cannot be read: {_first_line(exc)}",
+            "fix or remove the file ($DOCKER_CONFIG/config.json or ~/.docker/config.json)",
+        )
     # Optional: public pulls and registries without auth need none, so absent is a warning.
     if path is None:
-        return Check("registry.credentials", title, WARN,
-                     "no Docker config ($DOCKER_CONFIG/config.json or ~/.docker/config.json)",
-                     fix)
+        return Check(
+            "registry.credentials",
+            title,
+            WARN,
+            "no Docker config ($DOCKER_CONFIG/config.json or ~/.docker/config.json)",
+            fix,
+        )
     found = list(config.get("auths") or [])
     broken: list[str] = []
     helpers = dict(config.get("credHelpers") or {})
     store = config.get("credsStore")
     for host, helper in sorted(helpers.items()):
         (found if p.which(f"docker-credential-{helper}") else broken).append(
-            f"{host} (helper {helper})")
+            f"{host} (helper {helper})"
+        )
     if store:
-        (found if p.which(f"docker-credential-{store}") else broken).append(
-            f"credsStore {store}")
+        (found if p.which(f"docker-credential-{store}") else broken).append(f"credsStore {store}")
     if broken:
-        return Check("registry.credentials", title, WARN,
-                     f"{path}: helper program not found for {', '.join(broken)}"
-                     + (f"; usable: {', '.join(found)}" if found else ""),
-                     "install the docker-credential-NAME helper on PATH, or remove it from the "
-                     "config and `docker login` again")
+        return Check(
+            "registry.credentials",
+            title,
+            WARN,
+            f"{path}: helper program not found for {', '.join(broken)}"
+            + (f"; usable: {', '.join(found)}" if found else ""),
+            "install the docker-credential-NAME helper on PATH, or remove it from the "
+            "config and `docker login` again",
+        )
     if not found:
         return Check("registry.credentials", title, WARN, f"{path} holds no credentials", fix)
     return Check("registry.credentials", title, OK, f"{path}: {', '.join(found)}")
@@ -252,27 +293,39 @@ def _sgx_device(p: Probes, path: str, check_id: str, use: str) -> Check:
     if kind == "char":
         return Check(check_id, title, OK, f"present ({use})")
     legacy = p.path_kind(SGX_LEGACY) == "char"
-    detail = ("absent" if kind is None else f"is a {kind}, not a character device") + \
-        (f"; only the legacy out-of-tree driver's {SGX_LEGACY} is present" if legacy else "")
-    return Check(check_id, title, MISSING, f"{detail} ({use})",
-                 "needs SGX hardware with SGX enabled in the firmware and an SGX-enabled kernel "
-                 f"(Linux >= 5.11, in-tree driver; this one is {p.kernel()}) or Intel's DCAP "
-                 "driver; in a container pass --device " + path + ". Without it: build here "
-                 "and test with `enclave-build run BUILD --simulate`")
+    detail = ("absent" if kind is None else f"is a {kind}, not a character device") + (
+        f"; only the legacy out-of-tree driver's {SGX_LEGACY} is present" if legacy else ""
+    )
+    return Check(
+        check_id,
+        title,
+        MISSING,
+        f"{detail} ({use})",
+        "needs SGX hardware with SGX enabled in the firmware and an SGX-enabled kernel "
+        f"(Linux >= 5.11, in-tree driver; this one is {p.kernel()}) or Intel's DCAP "
+        "driver; in a container pass --device " + path + ". Without it: build here "
+        "and test with `enclave-build run BUILD --simulate`",
+    )
 
 
 def _aesmd(p: Probes) -> Check:
     title = "aesmd socket"
     kind = p.path_kind(AESMD_SOCKET)
     if kind == "socket":
-        return Check("sgx.aesmd", title, OK, f"{AESMD_SOCKET} (quotes for Gramine's DCAP "
-                     "attestation)")
-    return Check("sgx.aesmd", title, MISSING,
-                 f"{AESMD_SOCKET} " + ("absent" if kind is None else f"is a {kind}, not a socket")
-                 + " (Gramine gets its DCAP quotes through aesmd)",
-                 "install and start Intel's AESM service with the DCAP plugins (sgx-aesm-service, "
-                 "libsgx-aesm-ecdsa-plugin, libsgx-aesm-pce-plugin, libsgx-dcap-default-qpl from "
-                 "Intel's SGX apt repository); in a container mount /var/run/aesmd")
+        return Check(
+            "sgx.aesmd", title, OK, f"{AESMD_SOCKET} (quotes for Gramine's DCAP attestation)"
+        )
+    return Check(
+        "sgx.aesmd",
+        title,
+        MISSING,
+        f"{AESMD_SOCKET} "
+        + ("absent" if kind is None else f"is a {kind}, not a socket")
+        + " (Gramine gets its DCAP quotes through aesmd)",
+        "install and start Intel's AESM service with the DCAP plugins (sgx-aesm-service, "
+        "libsgx-aesm-ecdsa-plugin, libsgx-aesm-pce-plugin, libsgx-dcap-default-qpl from "
+        "Intel's SGX apt repository); in a container mount /var/run/aesmd",
+    )
 
 
 def pccs_url(p: Probes) -> tuple[str | None, str]:
@@ -303,37 +356,60 @@ def _pccs(p: Probes) -> Check:
         where = f"{QCNL_CONF} names none" if origin else f"PCCS_URL unset, no {QCNL_CONF}"
         # needed where quotes are made (an SGX machine); elsewhere only a warning
         sgx = p.path_kind(SGX_ENCLAVE) == "char"
-        return Check("sgx.pccs", title, MISSING if sgx else WARN,
-                     f"not configured ({where}); nothing contacted"
-                     + ("" if sgx else " (only SGX machines need one)"),
-                     f"on SGX machines the quote provider needs one: set \"pccs_url\" in "
-                     f"{QCNL_CONF} (or PCCS_URL); a secret server takes --pccs-url or offline "
-                     "--collateral")
+        return Check(
+            "sgx.pccs",
+            title,
+            MISSING if sgx else WARN,
+            f"not configured ({where}); nothing contacted"
+            + ("" if sgx else " (only SGX machines need one)"),
+            f'on SGX machines the quote provider needs one: set "pccs_url" in '
+            f"{QCNL_CONF} (or PCCS_URL); a secret server takes --pccs-url or offline "
+            "--collateral",
+        )
     if not re.match(r"https?://", url):
-        return Check("sgx.pccs", title, WARN, f"{origin}: {url!r} is not an http(s) URL",
-                     f"set an https:// URL in {origin}")
+        return Check(
+            "sgx.pccs",
+            title,
+            WARN,
+            f"{origin}: {url!r} is not an http(s) URL",
+            f"set an https:// URL in {origin}",
+        )
     probe = url.rstrip("/") + "/rootcacrl"
     import ssl
 
     try:
         status = p.http_status(probe, PCCS_TIMEOUT)
     except ssl.SSLCertVerificationError as exc:
-        return Check("sgx.pccs", title, WARN, f"{url} ({origin}) answers, but its TLS "
-                     f"certificate does not verify here: "
-                     f"{getattr(exc, 'verify_message', None) or _first_line(exc)}",
-                     "give the PCCS a certificate this machine trusts (a secret server's "
-                     "pccs_url needs one; qcnl's \"use_secure_cert\": false accepts any)")
+        return Check(
+            "sgx.pccs",
+            title,
+            WARN,
+            f"{url} ({origin}) answers, but its TLS "
+            f"certificate does not verify here: "
+            f"{getattr(exc, 'verify_message', None) or _first_line(exc)}",
+            "give the PCCS a certificate this machine trusts (a secret server's "
+            'pccs_url needs one; qcnl\'s "use_secure_cert": false accepts any)',
+        )
     except Exception as exc:  # noqa: BLE001 - URLError, timeouts, connection errors: all "not reachable"
         reason = getattr(exc, "reason", None) or exc
-        return Check("sgx.pccs", title, MISSING, f"{url} ({origin}) not reachable within "
-                     f"{PCCS_TIMEOUT:g} s: {_first_line(reason)}",
-                     "start the PCCS or fix the URL (it ends in /sgx/certification/v4/)")
+        return Check(
+            "sgx.pccs",
+            title,
+            MISSING,
+            f"{url} ({origin}) not reachable within {PCCS_TIMEOUT:g} s: {_first_line(reason)}",
+            "start the PCCS or fix the URL (it ends in /sgx/certification/v4/)",
+        )
     if status == 200:
         return Check("sgx.pccs", title, OK, f"{url} ({origin}): GET rootcacrl answered 200")
-    return Check("sgx.pccs", title, WARN, f"{url} ({origin}) answers, but GET rootcacrl gave "
-                 f"HTTP {status}", "check that the URL is the PCCS v4 base "
-                 "(https://HOST:8081/sgx/certification/v4/) and that the PCCS has its "
-                 "collateral cached")
+    return Check(
+        "sgx.pccs",
+        title,
+        WARN,
+        f"{url} ({origin}) answers, but GET rootcacrl gave HTTP {status}",
+        "check that the URL is the PCCS v4 base "
+        "(https://HOST:8081/sgx/certification/v4/) and that the PCCS has its "
+        "collateral cached",
+    )
 
 
 #: How to get a real Gramine base, for the fixes of the base checks.
@@ -342,7 +418,8 @@ REAL_BASE_ROUTES = (
     "package repository, key pinned; `--archive FILE` for a local Gramine build) and --base "
     "dir:ROOTFS; with Docker, `enclave-build base build gramine` then `enclave-build base build "
     "gramine-python` (the same from Debian 12 and Gramine's repository); or a published base "
-    "(docker://...)")
+    "(docker://...)"
+)
 
 
 def _gramine_base(p: Probes, ref: str) -> Check:
@@ -352,14 +429,24 @@ def _gramine_base(p: Probes, ref: str) -> Check:
     try:
         runtime, direct = p.gramine_in_base(ref)
     except EnclaveBuildError as exc:
-        return Check("gramine.base", title, MISSING, str(exc),
-                     "use a base with Gramine 1.9: " + REAL_BASE_ROUTES)
+        return Check(
+            "gramine.base",
+            title,
+            MISSING,
+            str(exc),
+            "use a base with Gramine 1.9: " + REAL_BASE_ROUTES,
+        )
     found = f"Gramine {runtime.version}, libpal {runtime.libpal}, offsets {runtime.offsets}"
     if not direct:
-        return Check("gramine.base", title, WARN, f"{found}; but no real gramine-direct in it "
-                     "(a stand-in base?): builds measure and sign, nothing boots, `run "
-                     "--simulate` can only use process mode",
-                     "for a base that boots: " + REAL_BASE_ROUTES)
+        return Check(
+            "gramine.base",
+            title,
+            WARN,
+            f"{found}; but no real gramine-direct in it "
+            "(a stand-in base?): builds measure and sign, nothing boots, `run "
+            "--simulate` can only use process mode",
+            "for a base that boots: " + REAL_BASE_ROUTES,
+        )
     return Check("gramine.base", title, OK, found)
 
 
@@ -367,49 +454,86 @@ def _mmdebstrap(p: Probes) -> Check:
     title = "mmdebstrap (base gramine: a real base without Docker)"
     found = p.which("mmdebstrap")
     if found is None:
-        return Check("realbase.mmdebstrap", title, MISSING,
-                     "not on PATH (`enclave-build base gramine ROOTFS` makes a Debian 12 + "
-                     "Gramine 1.9 base with it)",
-                     "`apt-get install mmdebstrap`; or, with Docker, `enclave-build base build "
-                     "gramine` and `enclave-build base build gramine-python`")
+        return Check(
+            "realbase.mmdebstrap",
+            title,
+            MISSING,
+            "not on PATH (`enclave-build base gramine ROOTFS` makes a Debian 12 + "
+            "Gramine 1.9 base with it)",
+            "`apt-get install mmdebstrap`; or, with Docker, `enclave-build base build "
+            "gramine` and `enclave-build base build gramine-python`",
+        )
     if p.euid() != 0:
-        return Check("realbase.mmdebstrap", title, WARN, f"{found}, but not running as root",
-                     "run `enclave-build base gramine ROOTFS` as root (mmdebstrap and chroot), "
-                     "e.g. sudo \"$(command -v enclave-build)\" base gramine ROOTFS")
-    return Check("realbase.mmdebstrap", title, OK,
-                 f"{found} (`enclave-build base gramine ROOTFS`: Gramine from its package "
-                 "repository, or --archive FILE)")
+        return Check(
+            "realbase.mmdebstrap",
+            title,
+            WARN,
+            f"{found}, but not running as root",
+            "run `enclave-build base gramine ROOTFS` as root (mmdebstrap and chroot), "
+            'e.g. sudo "$(command -v enclave-build)" base gramine ROOTFS',
+        )
+    return Check(
+        "realbase.mmdebstrap",
+        title,
+        OK,
+        f"{found} (`enclave-build base gramine ROOTFS`: Gramine from its package "
+        "repository, or --archive FILE)",
+    )
 
 
 def _gramine_archive(p: Probes) -> Check:
     title = "Gramine 1.9 archive (optional: base gramine --archive)"
     archive = p.env("GRAMINE_ARCHIVE") or str(GRAMINE_ARCHIVE)
     if p.path_kind(archive) == "file":
-        return Check("realbase.gramine_archive", title, OK,
-                     f"{archive} (`enclave-build base gramine ROOTFS --archive {archive}` uses "
-                     "it instead of Gramine's package repository)")
+        return Check(
+            "realbase.gramine_archive",
+            title,
+            OK,
+            f"{archive} (`enclave-build base gramine ROOTFS --archive {archive}` uses "
+            "it instead of Gramine's package repository)",
+        )
     # Optional since `base gramine` installs from Gramine's repository: a warning, no failure.
-    return Check("realbase.gramine_archive", title, WARN,
-                 f"{archive} not found; `enclave-build base gramine ROOTFS` installs Gramine 1.9 "
-                 "from packages.gramineproject.io instead (needs that host reachable)",
-                 "nothing to do where packages.gramineproject.io is reachable; otherwise a "
-                 "Gramine 1.9 build in Debian package layout for --archive (or $GRAMINE_ARCHIVE), "
-                 "or a published base (docker://...); for builds only, the stand-in "
-                 "(`enclave-build base standin DIR`)")
+    return Check(
+        "realbase.gramine_archive",
+        title,
+        WARN,
+        f"{archive} not found; `enclave-build base gramine ROOTFS` installs Gramine 1.9 "
+        "from packages.gramineproject.io instead (needs that host reachable)",
+        "nothing to do where packages.gramineproject.io is reachable; otherwise a "
+        "Gramine 1.9 build in Debian package layout for --archive (or $GRAMINE_ARCHIVE), "
+        "or a published base (docker://...); for builds only, the stand-in "
+        "(`enclave-build base standin DIR`)",
+    )
 
 
 _RUNTIMES = (
-    ("runtime.ai_edge_litert", "ai_edge_litert", "ai-edge-litert",
-     "LiteRT: tflite models under `run --simulate` (process mode)", ("tflite_runtime",)),
-    ("runtime.openvino", "openvino", "openvino",
-     "OpenVINO: openvino models under `run --simulate` (process mode)", ()),
-    ("runtime.grpc", "grpc", "grpcio",
-     "gRPC: the model server's KServe v2 gRPC listener in process mode", ()),
+    (
+        "runtime.ai_edge_litert",
+        "ai_edge_litert",
+        "ai-edge-litert",
+        "LiteRT: tflite models under `run --simulate` (process mode)",
+        ("tflite_runtime",),
+    ),
+    (
+        "runtime.openvino",
+        "openvino",
+        "openvino",
+        "OpenVINO: openvino models under `run --simulate` (process mode)",
+        (),
+    ),
+    (
+        "runtime.grpc",
+        "grpc",
+        "grpcio",
+        "gRPC: the model server's KServe v2 gRPC listener in process mode",
+        (),
+    ),
 )
 
 
-def _runtime(p: Probes, check_id: str, module: str, package: str, use: str,
-             fallbacks: tuple[str, ...]) -> Check:
+def _runtime(
+    p: Probes, check_id: str, module: str, package: str, use: str, fallbacks: tuple[str, ...]
+) -> Check:
     title = f"Python module {module}"
     try:
         version = p.import_version(module)
@@ -422,10 +546,15 @@ def _runtime(p: Probes, check_id: str, module: str, package: str, use: str,
             return Check(check_id, title, OK, f"{other} {version} instead ({use})")
         except Exception:  # noqa: BLE001
             continue
-    return Check(check_id, title, MISSING, f"cannot import {module} in {sys.executable}: "
-                 f"{reason} ({use})", f"{sys.executable} -m pip install {package} (or all of "
-                 "them: pip install 'enclave-build[serve]', or pipx inject enclave-build "
-                 f"{package})")
+    return Check(
+        check_id,
+        title,
+        MISSING,
+        f"cannot import {module} in {sys.executable}: {reason} ({use})",
+        f"{sys.executable} -m pip install {package} (or all of "
+        "them: pip install 'enclave-build[serve]', or pipx inject enclave-build "
+        f"{package})",
+    )
 
 
 def diagnose(base: str | None = None, probes: Probes | None = None) -> Report:
@@ -434,10 +563,17 @@ def diagnose(base: str | None = None, probes: Probes | None = None) -> Report:
     report = Report()
     report.checks.append(_docker_engine(p))
     report.checks.append(_registry_credentials(p))
-    report.checks.append(_sgx_device(p, SGX_ENCLAVE, "sgx.enclave_device",
-                                     "gramine-sgx creates enclaves through it"))
-    report.checks.append(_sgx_device(p, SGX_PROVISION, "sgx.provision_device",
-                                     "needed for DCAP quotes, i.e. remote attestation"))
+    report.checks.append(
+        _sgx_device(p, SGX_ENCLAVE, "sgx.enclave_device", "gramine-sgx creates enclaves through it")
+    )
+    report.checks.append(
+        _sgx_device(
+            p,
+            SGX_PROVISION,
+            "sgx.provision_device",
+            "needed for DCAP quotes, i.e. remote attestation",
+        )
+    )
     report.checks.append(_aesmd(p))
     report.checks.append(_pccs(p))
     if base is not None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import posixpath
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection, DynamicSegment
@@ -27,8 +27,12 @@ from .errors import EnclaveBuildError
 from .rootfs import RootFS, RootFSError
 
 #: The loader's built-in search directories (Debian multiarch layout), after LD_LIBRARY_PATH.
-DEFAULT_DIRS: tuple[str, ...] = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib",
-                                 "/usr/lib")
+DEFAULT_DIRS: tuple[str, ...] = (
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib",
+    "/usr/lib",
+)
 
 
 class LibraryNotFoundError(EnclaveBuildError):
@@ -58,7 +62,8 @@ def read_deps(path: Path) -> ElfDeps | None:
         with open(path, "rb") as handle:
             elf = ELFFile(handle)
             tables: list[DynamicSection | DynamicSegment] = [
-                s for s in elf.iter_sections() if isinstance(s, DynamicSection)]
+                s for s in elf.iter_sections() if isinstance(s, DynamicSection)
+            ]
             if not tables and elf.num_sections() == 0:
                 # Section headers stripped: the PT_DYNAMIC segment holds the same tags.
                 tables = [g for g in elf.iter_segments() if isinstance(g, DynamicSegment)]
@@ -107,7 +112,7 @@ class LoaderView:
                 best = m
         if not best:
             return path
-        rest = path[len(best):].lstrip("/")
+        rest = path[len(best) :].lstrip("/")
         return posixpath.join(self.mounts[best], rest) if rest else self.mounts[best]
 
     def find(self, name: str, requester: str, deps: ElfDeps) -> str | None:
@@ -142,12 +147,17 @@ class LoaderView:
 
 @dataclass(frozen=True)
 class Closure:
-    libraries: tuple[str, ...]               # image paths of every library found, in order
-    missing: tuple[tuple[str, str], ...]     # (library name, image path of the ELF needing it)
+    libraries: tuple[str, ...]  # image paths of every library found, in order
+    missing: tuple[tuple[str, str], ...]  # (library name, image path of the ELF needing it)
 
 
-def closure(roots: Iterable[str], view: LoaderView, *, strict: bool = False,
-            known: dict[str, ElfDeps | None] | None = None) -> Closure:
+def closure(
+    roots: Iterable[str],
+    view: LoaderView,
+    *,
+    strict: bool = False,
+    known: dict[str, ElfDeps | None] | None = None,
+) -> Closure:
     """Every library the ELF files *roots* (image paths) need, transitively.
 
     With *strict*, a library that cannot be found raises :class:`LibraryNotFoundError` naming it,
@@ -172,8 +182,8 @@ def closure(roots: Iterable[str], view: LoaderView, *, strict: bool = False,
                 if strict:
                     raise LibraryNotFoundError(
                         f"{current} needs {name}, which is not in the base image "
-                        f"({view.rootfs}); searched: "
-                        + ", ".join(view.search_dirs(current, deps)))
+                        f"({view.rootfs}); searched: " + ", ".join(view.search_dirs(current, deps))
+                    )
                 missing.append((name, current))
                 continue
             if target not in found:

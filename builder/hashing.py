@@ -11,9 +11,9 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .cache import cache_root
 
@@ -63,11 +63,13 @@ class HashCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, dev INTEGER, "
-            "ino INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER, sha256 TEXT)")
+            "ino INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER, sha256 TEXT)"
+        )
         # Files builder.key_scan found clean, per scanner fingerprint (version and wrap keys).
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS key_scan (path TEXT PRIMARY KEY, dev INTEGER, "
-            "ino INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER, fingerprint TEXT)")
+            "ino INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER, fingerprint TEXT)"
+        )
 
     def lookup_many(self, entries: list[tuple[str, os.stat_result]]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -75,11 +77,13 @@ class HashCache:
             rows = {}
             names = [_db_path(p) for p, _ in entries]
             for start in range(0, len(names), 900):
-                chunk = names[start:start + 900]
+                chunk = names[start : start + 900]
                 marks = ",".join("?" * len(chunk))
                 for row in self._db.execute(
-                        f"SELECT path, dev, ino, size, mtime, ctime, sha256 FROM digests "
-                        f"WHERE path IN ({marks})", chunk):
+                    f"SELECT path, dev, ino, size, mtime, ctime, sha256 FROM digests "
+                    f"WHERE path IN ({marks})",
+                    chunk,
+                ):
                     rows[row[0]] = row
         for path, st in entries:
             row = rows.get(_db_path(path))
@@ -94,7 +98,8 @@ class HashCache:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(_db_path(path), *_cache_key(st), digest) for path, st, digest in items])
+                [(_db_path(path), *_cache_key(st), digest) for path, st, digest in items],
+            )
             self._db.execute("COMMIT")
 
     def clean_files(self, entries: list[tuple[str, os.stat_result]], fingerprint: str) -> set[str]:
@@ -103,10 +108,10 @@ class HashCache:
         with self._lock:
             for path, st in entries:
                 row = self._db.execute(
-                    "SELECT dev, ino, size, mtime, ctime, fingerprint FROM key_scan "
-                    "WHERE path = ?", (_db_path(path),)).fetchone()
-                if row is not None and tuple(row[:5]) == _cache_key(st) and \
-                        row[5] == fingerprint:
+                    "SELECT dev, ino, size, mtime, ctime, fingerprint FROM key_scan WHERE path = ?",
+                    (_db_path(path),),
+                ).fetchone()
+                if row is not None and tuple(row[:5]) == _cache_key(st) and row[5] == fingerprint:
                     clean.add(path)
         return clean
 
@@ -117,16 +122,20 @@ class HashCache:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT OR REPLACE INTO key_scan VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(_db_path(path), *_cache_key(st), fingerprint) for path, st in items])
+                [(_db_path(path), *_cache_key(st), fingerprint) for path, st in items],
+            )
             self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
 
 
-def hash_files(paths: Iterable[Path], cache: HashCache | None = None,
-               workers: int | None = None,
-               progress: Callable[[int], None] | None = None) -> dict[Path, str]:
+def hash_files(
+    paths: Iterable[Path],
+    cache: HashCache | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[Path, str]:
     """SHA-256 hex digest of every path; *progress* is called with the bytes hashed, chunk by
     chunk (a cached file's size at once)."""
     originals = list(dict.fromkeys(paths))

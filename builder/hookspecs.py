@@ -39,11 +39,12 @@ Hooks run in this order during a build:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pluggy
 
-if TYPE_CHECKING:   # types only: this module is imported by everything that registers plugins
+if TYPE_CHECKING:  # types only: this module is imported by everything that registers plugins
     import click
 
     from .build import BuildResult

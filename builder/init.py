@@ -36,14 +36,16 @@ import shutil
 import stat
 import textwrap
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
+
+from enclave_build.contract.schema import Field, Section, did_you_mean
+from enclave_build.contract.size import Size
 
 from .errors import UsageError
 from .plugin_types import Framework
-from enclave_build.contract.schema import Field, Section, did_you_mean
-from enclave_build.contract.size import Size
 from .spec import _HOSTPORT, _MODEL_NAME, _NAME, _NAME_DOC, ENCLAVE
 from .spec_file import SPEC_NAME
 
@@ -70,8 +72,8 @@ out/
 _MODEL_HINTS = {
     "tflite": "a .tflite file",
     "tfserving": "a TensorFlow SavedModel directory, saved_model.pb and variables/",
-    "openvino": 'an OpenVINO IR .xml with its .bin next to it, an .onnx or a .tflite file; '
-                'mode "ovms": a model directory as OVMS expects it',
+    "openvino": "an OpenVINO IR .xml with its .bin next to it, an .onnx or a .tflite file; "
+    'mode "ovms": a model directory as OVMS expects it',
     "onnxruntime": "an .onnx file",
 }
 #: Frameworks that serve no models of their own (the secret server as an enclave): their spec
@@ -95,17 +97,25 @@ class InitResult:
     framework: str
     service: str
     secret_server: str
-    next_steps: list["Step"] = field(default_factory=list)
-    model: str | None = None          # [[models]] name (None: no model yet)
-    base: str | None = None           # [image] base as written (None: the framework default)
-    tls_created: bool = False         # tls/ca.pem, server.crt, server.key written now
+    next_steps: list[Step] = field(default_factory=list)
+    model: str | None = None  # [[models]] name (None: no model yet)
+    base: str | None = None  # [image] base as written (None: the framework default)
+    tls_created: bool = False  # tls/ca.pem, server.crt, server.key written now
 
     def to_json(self) -> dict[str, Any]:
-        return {"directory": str(self.directory), "spec": str(self.spec), "key": str(self.key),
-                "key_created": self.key_created, "framework": self.framework,
-                "service": self.service, "secret_server": self.secret_server,
-                "model": self.model, "base": self.base, "tls_created": self.tls_created,
-                "next_steps": [step.to_json() for step in self.next_steps]}
+        return {
+            "directory": str(self.directory),
+            "spec": str(self.spec),
+            "key": str(self.key),
+            "key_created": self.key_created,
+            "framework": self.framework,
+            "service": self.service,
+            "secret_server": self.secret_server,
+            "model": self.model,
+            "base": self.base,
+            "tls_created": self.tls_created,
+            "next_steps": [step.to_json() for step in self.next_steps],
+        }
 
 
 def installed_frameworks() -> dict[str, Framework]:
@@ -121,8 +131,10 @@ def choose_framework(name: str, frameworks: Mapping[str, Framework]) -> Framewor
     hint = did_you_mean(name, names)
     if not hint and DEFAULT_FRAMEWORK in frameworks:
         hint = f"did you mean {DEFAULT_FRAMEWORK!r}? "
-    raise UsageError(f"no such framework {name!r}; {hint}installed: "
-                     f"{', '.join(names) or 'none'} (see `enclave-build plugins`)")
+    raise UsageError(
+        f"no such framework {name!r}; {hint}installed: "
+        f"{', '.join(names) or 'none'} (see `enclave-build plugins`)"
+    )
 
 
 def service_name(directory: Path, name: str | None) -> str:
@@ -134,10 +146,13 @@ def service_name(directory: Path, name: str | None) -> str:
     derived = directory.resolve().name
     if re.fullmatch(_NAME, derived):
         return derived
-    suggestion = re.sub(r"[^a-z0-9-]+", "-", derived.lower()).strip("-")[:63].strip("-") \
-        or "my-service"
-    raise UsageError(f"{directory}: the directory name {derived!r} is not a valid service name "
-                     f"({_NAME_DOC}); name the service with --name, e.g. --name {suggestion}")
+    suggestion = (
+        re.sub(r"[^a-z0-9-]+", "-", derived.lower()).strip("-")[:63].strip("-") or "my-service"
+    )
+    raise UsageError(
+        f"{directory}: the directory name {derived!r} is not a valid service name "
+        f"({_NAME_DOC}); name the service with --name, e.g. --name {suggestion}"
+    )
 
 
 def model_name(path: Path) -> str:
@@ -157,8 +172,10 @@ def k8s_secret_server(service: str, namespace: str) -> str:
         raise UsageError(f"--k8s {namespace!r} is not a valid namespace; allowed: {_NAME_DOC}")
     name = f"{service}-secrets"
     if not re.fullmatch(_NAME, name):
-        raise UsageError(f"--k8s: the secret server's Service {name!r} would be longer than "
-                         "63 characters; shorten the service name (--name)")
+        raise UsageError(
+            f"--k8s: the secret server's Service {name!r} would be longer than "
+            "63 characters; shorten the service name (--name)"
+        )
     return f"{name}.{namespace}.svc:{SECRET_SERVER_PORT}"
 
 
@@ -172,12 +189,15 @@ def toml_value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)   # a valid TOML basic string
+        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}"
-                               for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items())
+            + "}"
+        )
     raise TypeError(f"no TOML form for {value!r}")
 
 
@@ -201,8 +221,9 @@ def _constraints(f: Field) -> str:
 
 
 def _comment(text: str) -> list[str]:
-    return textwrap.wrap(text, width=94, initial_indent="# ", subsequent_indent="# ",
-                         break_on_hyphens=False)
+    return textwrap.wrap(
+        text, width=94, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False
+    )
 
 
 def render_section(section: Section, values: Mapping[str, Any] | None = None) -> list[str]:
@@ -222,10 +243,14 @@ def render_section(section: Section, values: Mapping[str, Any] | None = None) ->
     return lines
 
 
-def _models_block(service: str, hint: str, model_path: str | None = None,
-                  name: str = "model") -> list[str]:
-    where = (["# the model file or directory (copied here by `init --model`)"] if model_path else
-             _comment(f"PLACEHOLDER: put your model in models/ and name it here ({hint})"))
+def _models_block(
+    service: str, hint: str, model_path: str | None = None, name: str = "model"
+) -> list[str]:
+    where = (
+        ["# the model file or directory (copied here by `init --model`)"]
+        if model_path
+        else _comment(f"PLACEHOLDER: put your model in models/ and name it here ({hint})")
+    )
     return [
         "# One [[models]] table per model.",
         "[[models]]",
@@ -244,20 +269,25 @@ def _models_block(service: str, hint: str, model_path: str | None = None,
 
 def _image_block(framework: Framework, service: str, base: str | None) -> list[str]:
     if base is None:
-        return ["# [image]   # the base image (framework default below; `build --base` overrides)",
-                f"# base = {toml_value(framework.default_base or '...')}",
-                f"# tag = {toml_value(service + ':latest')}", ""]
+        return [
+            "# [image]   # the base image (framework default below; `build --base` overrides)",
+            f"# base = {toml_value(framework.default_base or '...')}",
+            f"# tag = {toml_value(service + ':latest')}",
+            "",
+        ]
     lines = ["[image]"]
     if base == f"dir:{STANDIN_DIR}":
-        lines += _comment("a STAND-IN Gramine base in this project (`init --base standin`): "
-                          "builds measure and sign as on a real one, `enclave-build dev` runs "
-                          "the server as a plain process, nothing boots under Gramine or SGX. "
-                          "For that, a real base: the manual, How-to: Bases, images and caches")
+        lines += _comment(
+            "a STAND-IN Gramine base in this project (`init --base standin`): "
+            "builds measure and sign as on a real one, `enclave-build dev` runs "
+            "the server as a plain process, nothing boots under Gramine or SGX. "
+            "For that, a real base: the manual, How-to: Bases, images and caches"
+        )
     else:
-        lines.append("# the base image (`build --base` overrides); a local path is relative to "
-                     "this file")
-    return [*lines, f"base = {toml_value(base)}", f"# tag = {toml_value(service + ':latest')}",
-            ""]
+        lines.append(
+            "# the base image (`build --base` overrides); a local path is relative to this file"
+        )
+    return [*lines, f"base = {toml_value(base)}", f"# tag = {toml_value(service + ':latest')}", ""]
 
 
 def _secrets_block(secret_server: str) -> list[str]:
@@ -277,11 +307,16 @@ def _secrets_block(secret_server: str) -> list[str]:
     ]
 
 
-def render_spec(framework: Framework, service: str,
-                secret_server: str = DEFAULT_SECRET_SERVER,
-                frameworks: tuple[str, ...] = (), model_path: str | None = None,
-                model: str = "model", base: str | None = None,
-                namespace: str | None = None) -> str:
+def render_spec(
+    framework: Framework,
+    service: str,
+    secret_server: str = DEFAULT_SECRET_SERVER,
+    frameworks: tuple[str, ...] = (),
+    model_path: str | None = None,
+    model: str = "model",
+    base: str | None = None,
+    namespace: str | None = None,
+) -> str:
     """The commented spec.toml :func:`init_project` writes; *model_path* (relative to the spec)
     replaces the models/MODEL placeholder and *model* names it; *base* is set as [image]
     base; *namespace* as [deploy] namespace. A framework that serves no models (the secret
@@ -302,9 +337,11 @@ def render_spec(framework: Framework, service: str,
         "[service]",
         "# the service's name: a DNS label; names the image, the enclave and its keys",
         f"name = {toml_value(service)}",
-        *_comment("the serving framework plugin; installed: "
-                  + (", ".join(frameworks) if frameworks else framework.name)
-                  + " (`enclave-build plugins`)"),
+        *_comment(
+            "the serving framework plugin; installed: "
+            + (", ".join(frameworks) if frameworks else framework.name)
+            + " (`enclave-build plugins`)"
+        ),
         f"framework = {toml_value(framework.name)}",
         "",
         *(_models_block(service, hint, model_path, model) if serves_models else []),
@@ -313,8 +350,16 @@ def render_spec(framework: Framework, service: str,
         *render_section(ENCLAVE, enclave_values),
         "",
         *_image_block(framework, service, base),
-        *(["# How `enclave-build k8s` deploys it (the manual: Kubernetes).", "[deploy]",
-           f"namespace = {toml_value(namespace)}", ""] if namespace else []),
+        *(
+            [
+                "# How `enclave-build k8s` deploys it (the manual: Kubernetes).",
+                "[deploy]",
+                f"namespace = {toml_value(namespace)}",
+                "",
+            ]
+            if namespace
+            else []
+        ),
         *(_secrets_block(secret_server) if serves_models else []),
         "[signing]",
         "# the enclave signing key (RSA-3072, e=3; written by init, mode 0600): it is the",
@@ -324,8 +369,11 @@ def render_spec(framework: Framework, service: str,
     ]
     if framework.section is not None:
         values = {} if serves_models else {"owners": [OWNER_CERT]}
-        lines += ["", f"# Options of framework {framework.name} (their defaults).",
-                  *render_section(framework.section, values)]
+        lines += [
+            "",
+            f"# Options of framework {framework.name} (their defaults).",
+            *render_section(framework.section, values),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -347,89 +395,131 @@ def _standin_command(framework: Framework, target: str) -> str:
 
 
 def _base_step(d: str, framework: Framework) -> Step:
-    return Step(f"A base to build on. The spec uses the framework's default, "
-                f"{framework.default_base}, which `enclave-build base build` makes with a "
-                "Docker engine (`enclave-build base list`); or set [image] base to a real "
-                "Gramine root filesystem, dir:ROOTFS (the manual: How-to, Bases, images and "
-                "caches). For local runs without either, a stand-in in the project (it "
-                "measures and signs; `dev` then runs the server as a plain process, nothing "
-                "boots under Gramine)", f"enclave-build init --force --base standin {d}")
+    return Step(
+        f"A base to build on. The spec uses the framework's default, "
+        f"{framework.default_base}, which `enclave-build base build` makes with a "
+        "Docker engine (`enclave-build base list`); or set [image] base to a real "
+        "Gramine root filesystem, dir:ROOTFS (the manual: How-to, Bases, images and "
+        "caches). For local runs without either, a stand-in in the project (it "
+        "measures and signs; `dev` then runs the server as a plain process, nothing "
+        "boots under Gramine)",
+        f"enclave-build init --force --base standin {d}",
+    )
 
 
-def next_steps(directory: Path, framework: Framework, secret_server: str,
-               model_copied: bool = False, base: str | None = None,
-               namespace: str | None = None) -> list[Step]:
+def next_steps(
+    directory: Path,
+    framework: Framework,
+    secret_server: str,
+    model_copied: bool = False,
+    base: str | None = None,
+    namespace: str | None = None,
+) -> list[Step]:
     """What to run next; with *model_copied* (``init --model``) the model step is left out,
     with *base* the base step; *namespace* (``init --k8s``): deploy instead of `dev`."""
     d = shlex.quote(str(directory))
     if framework.name in _NO_MODELS:
         standin = _standin_command(framework, "ROOTFS")
         return [
-            Step(f"In {d}/{SPEC_NAME} [secret-server], list the build directories of the model "
-                 "enclaves it serves in policies and set collateral (a file) or pccs_url "
-                 "(simulation: root_ca and collateral from `enclave-build secrets simulate-pki "
-                 "PKI_DIR`); make the certificate of a key owner who may upload keys (owners = "
-                 f"[\"{OWNER_CERT}\"])",
-                 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-                 f"-days 365 -subj '/CN=model owner' -keyout {d}/{OWNER_KEY} "
-                 f"-out {d}/{OWNER_CERT} && chmod 600 {d}/{OWNER_KEY}"),
-            Step("Build: ROOTFS is a real Gramine base (the manual: How-to, Bases, images and "
-                 f"caches) or the stand-in (`{standin}`: measures and signs, does not boot); "
-                 f"without --base the framework's {framework.default_base}",
-                 f"enclave-build build {d} --base dir:ROOTFS"),
-            Step("Start it (SGX: `docker run --device /dev/sgx_enclave ...`; here: `enclave-build "
-                 f"run {d}/out --simulate --pki PKI_DIR`), then attest it and upload each key "
-                 "over that connection (--collateral FILE instead of --pccs offline)",
-                 f"enclave-build secrets upload {shlex.quote(secret_server)} --measurements "
-                 f"{d}/out/measurements.json --pccs PCCS_URL --owner-cert {d}/{OWNER_CERT} "
-                 f"--owner-key {d}/{OWNER_KEY} --name KEY_NAME --file KEYS_DIR/KEY_NAME.key"),
+            Step(
+                f"In {d}/{SPEC_NAME} [secret-server], list the build directories of the model "
+                "enclaves it serves in policies and set collateral (a file) or pccs_url "
+                "(simulation: root_ca and collateral from `enclave-build secrets simulate-pki "
+                "PKI_DIR`); make the certificate of a key owner who may upload keys (owners = "
+                f'["{OWNER_CERT}"])',
+                "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                f"-days 365 -subj '/CN=model owner' -keyout {d}/{OWNER_KEY} "
+                f"-out {d}/{OWNER_CERT} && chmod 600 {d}/{OWNER_KEY}",
+            ),
+            Step(
+                "Build: ROOTFS is a real Gramine base (the manual: How-to, Bases, images and "
+                f"caches) or the stand-in (`{standin}`: measures and signs, does not boot); "
+                f"without --base the framework's {framework.default_base}",
+                f"enclave-build build {d} --base dir:ROOTFS",
+            ),
+            Step(
+                "Start it (SGX: `docker run --device /dev/sgx_enclave ...`; here: `enclave-build "
+                f"run {d}/out --simulate --pki PKI_DIR`), then attest it and upload each key "
+                "over that connection (--collateral FILE instead of --pccs offline)",
+                f"enclave-build secrets upload {shlex.quote(secret_server)} --measurements "
+                f"{d}/out/measurements.json --pccs PCCS_URL --owner-cert {d}/{OWNER_CERT} "
+                f"--owner-key {d}/{OWNER_KEY} --name KEY_NAME --file KEYS_DIR/KEY_NAME.key",
+            ),
         ]
     hint = _MODEL_HINTS.get(framework.name, "the model file or directory the framework serves")
-    steps = [] if model_copied else [
-        Step(f"Put your model in {d}/models/ and set [[models]] path and name in "
-             f"{d}/{SPEC_NAME} ({framework.name}: {hint}), or start again with the model",
-             f"enclave-build init --force --model YOUR_MODEL {d}")]
+    steps = (
+        []
+        if model_copied
+        else [
+            Step(
+                f"Put your model in {d}/models/ and set [[models]] path and name in "
+                f"{d}/{SPEC_NAME} ({framework.name}: {hint}), or start again with the model",
+                f"enclave-build init --force --model YOUR_MODEL {d}",
+            )
+        ]
+    )
     if base is None:
         steps.append(_base_step(d, framework))
     if namespace is not None:
-        return [*steps,
-                Step("Build and push the image (the cluster pulls it by digest)",
-                     f"enclave-build build {d} --push --tag REGISTRY/{framework.name}-"
-                     f"{directory.name}:1"),
-                Step(f"Generate the Kubernetes objects for namespace {namespace} (the secret "
-                     "server's Service is the address measured into the enclave; the manual: "
-                     "Kubernetes)",
-                     f"enclave-build k8s {d}/out --output {d}/deploy")]
-    return [*steps,
-            Step("Build (the model encrypted; its wrap key is made in keys/)",
-                 f"enclave-build build {d}"),
-            Step("Serve it here: a local secret server and `run --simulate`, then the "
-                 "endpoints and how to ask the model (`--once`: one request, for CI)",
-                 f"enclave-build dev {d}")]
+        return [
+            *steps,
+            Step(
+                "Build and push the image (the cluster pulls it by digest)",
+                f"enclave-build build {d} --push --tag REGISTRY/{framework.name}-"
+                f"{directory.name}:1",
+            ),
+            Step(
+                f"Generate the Kubernetes objects for namespace {namespace} (the secret "
+                "server's Service is the address measured into the enclave; the manual: "
+                "Kubernetes)",
+                f"enclave-build k8s {d}/out --output {d}/deploy",
+            ),
+        ]
+    return [
+        *steps,
+        Step(
+            "Build (the model encrypted; its wrap key is made in keys/)", f"enclave-build build {d}"
+        ),
+        Step(
+            "Serve it here: a local secret server and `run --simulate`, then the "
+            "endpoints and how to ask the model (`--once`: one request, for CI)",
+            f"enclave-build dev {d}",
+        ),
+    ]
 
 
-def _resolve_options(directory: Path, chosen: Framework, service: str,
-                     secret_server: str | None, k8s: str | None) -> str:
+def _resolve_options(
+    directory: Path, chosen: Framework, service: str, secret_server: str | None, k8s: str | None
+) -> str:
     if k8s is not None:
         address = k8s_secret_server(service, k8s)
         if secret_server is not None and secret_server != address:
-            raise UsageError(f"--k8s {k8s} measures the in-cluster secret server {address}; "
-                             f"leave out --secret-server {secret_server}")
+            raise UsageError(
+                f"--k8s {k8s} measures the in-cluster secret server {address}; "
+                f"leave out --secret-server {secret_server}"
+            )
         return address
     address = secret_server or DEFAULT_SECRET_SERVER
     if not re.fullmatch(_HOSTPORT, address):
-        raise UsageError(f"--secret-server {address!r} is not HOST:PORT "
-                         '(e.g. "secrets.example.com:4433")')
+        raise UsageError(
+            f'--secret-server {address!r} is not HOST:PORT (e.g. "secrets.example.com:4433")'
+        )
     return address
 
 
-def init_project(directory: str | Path, framework: str | None = None,
-                 name: str | None = None, force: bool = False,
-                 secret_server: str | None = None,
-                 frameworks: Mapping[str, Framework] | None = None,
-                 model: str | Path | None = None, base: str | None = None,
-                 k8s: str | None = None, example: str | None = None,
-                 log: Callable[[str], None] = lambda line: None) -> InitResult:
+def init_project(
+    directory: str | Path,
+    framework: str | None = None,
+    name: str | None = None,
+    force: bool = False,
+    secret_server: str | None = None,
+    frameworks: Mapping[str, Framework] | None = None,
+    model: str | Path | None = None,
+    base: str | None = None,
+    k8s: str | None = None,
+    example: str | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> InitResult:
     """Write DIR/spec.toml, DIR/keys/enclave-key.pem, DIR/models/ and DIR/tls/ (see the module
     doc). *model* (a file or directory) is copied into DIR/models/ (an OpenVINO IR ``.xml``
     brings the ``.bin`` next to it), named after its stem; with *force* it replaces the copy
@@ -445,20 +535,25 @@ def init_project(directory: str | Path, framework: str | None = None,
         from .examples import EXAMPLES
 
         if example not in EXAMPLES:
-            raise UsageError(f"--example {example!r}: no such example; examples: "
-                             f"{', '.join(EXAMPLES)}")
+            raise UsageError(
+                f"--example {example!r}: no such example; examples: {', '.join(EXAMPLES)}"
+            )
         if model is not None:
             raise UsageError("--example brings its own model; leave out --model")
         if framework not in (None, EXAMPLES[example].framework):
-            raise UsageError(f"--example {example} is framework "
-                             f"{EXAMPLES[example].framework}; leave out --framework {framework}")
+            raise UsageError(
+                f"--example {example} is framework "
+                f"{EXAMPLES[example].framework}; leave out --framework {framework}"
+            )
         framework = EXAMPLES[example].framework
         if example not in frameworks:
-            raise UsageError(f"--example {example}: framework {example!r} is not installed "
-                             f"(installed: {', '.join(sorted(frameworks))}); install its plugin "
-                             f"first (enclave-build-{example}, the example third-party plugin: "
-                             "the manual, Extending: write a framework plugin; `enclave-build "
-                             "plugins` lists what is installed)")
+            raise UsageError(
+                f"--example {example}: framework {example!r} is not installed "
+                f"(installed: {', '.join(sorted(frameworks))}); install its plugin "
+                f"first (enclave-build-{example}, the example third-party plugin: "
+                "the manual, Extending: write a framework plugin; `enclave-build "
+                "plugins` lists what is installed)"
+            )
         base = base or STANDIN
     chosen = choose_framework(framework or DEFAULT_FRAMEWORK, frameworks)
     service = service_name(directory, name)
@@ -472,37 +567,52 @@ def init_project(directory: str | Path, framework: str | None = None,
         if (path.exists() or path.is_symlink()) and not path.is_dir():
             raise UsageError(f"{path}: exists and is not a directory")
     if existing and not force:
-        raise UsageError(f"{', '.join(map(str, existing))}: already exist"
-                         f"{'s' if len(existing) == 1 else ''}; not overwriting (--force "
-                         "replaces spec.toml and, with --model, the model; the signing key is "
-                         "kept)")
+        raise UsageError(
+            f"{', '.join(map(str, existing))}: already exist"
+            f"{'s' if len(existing) == 1 else ''}; not overwriting (--force "
+            "replaces spec.toml and, with --model, the model; the signing key is "
+            "kept)"
+        )
     if spec_path.is_dir() or (key_path.exists() and not key_path.is_file()):
-        raise UsageError(f"{spec_path if spec_path.is_dir() else key_path}: exists and is not "
-                         "a file")
+        raise UsageError(
+            f"{spec_path if spec_path.is_dir() else key_path}: exists and is not a file"
+        )
     spec_base = _spec_base(base)
     if example is not None:
         from .examples import fetch
 
         model = fetch(example, log)[0]
-    copies = (_model_copies(Path(model), models_dir, chosen, replace=force)
-              if model is not None else [])
+    copies = (
+        _model_copies(Path(model), models_dir, chosen, replace=force) if model is not None else []
+    )
     model_path = f"models/{copies[0][1].name}" if copies else None
     if model_path is None and force and chosen.name not in _NO_MODELS:
-        model_path = _model_already_there(models_dir)   # --force keeps what models/ holds
-    name_of_model = (model_name(copies[0][0] if copies else directory / model_path)
-                     if model_path else "model")
-    text = render_spec(chosen, service, secret_server, tuple(sorted(frameworks)), model_path,
-                       name_of_model, spec_base, k8s)
+        model_path = _model_already_there(models_dir)  # --force keeps what models/ holds
+    name_of_model = (
+        model_name(copies[0][0] if copies else directory / model_path) if model_path else "model"
+    )
+    text = render_spec(
+        chosen,
+        service,
+        secret_server,
+        tuple(sorted(frameworks)),
+        model_path,
+        name_of_model,
+        spec_base,
+        k8s,
+    )
 
     directory.mkdir(parents=True, exist_ok=True)
     if keys_dir.is_dir():
         mode = stat.S_IMODE(keys_dir.stat().st_mode)
         if mode & 0o077:
-            warnings.warn(f"{keys_dir} is accessible to others (mode {mode:04o}): "
-                          f"`chmod 700 {keys_dir}`", stacklevel=2)
+            warnings.warn(
+                f"{keys_dir} is accessible to others (mode {mode:04o}): `chmod 700 {keys_dir}`",
+                stacklevel=2,
+            )
     else:
         keys_dir.mkdir(mode=0o700)
-        os.chmod(keys_dir, 0o700)    # whatever the umask
+        os.chmod(keys_dir, 0o700)  # whatever the umask
     models_dir.mkdir(exist_ok=True)
     for source, target in copies:
         _copy_model(source, target)
@@ -518,11 +628,26 @@ def init_project(directory: str | Path, framework: str | None = None,
     if not (ignore.exists() or ignore.is_symlink()):
         _write_text(ignore, GITIGNORE, replace=False)
     _write_text(spec_path, text, replace=force)
-    return InitResult(directory, spec_path, key_path, key_created, chosen.name, service,
-                      secret_server, next_steps(directory, chosen, secret_server,
-                                                model_copied=model_path is not None,
-                                                base=spec_base, namespace=k8s),
-                      name_of_model if model_path else None, spec_base, tls_created)
+    return InitResult(
+        directory,
+        spec_path,
+        key_path,
+        key_created,
+        chosen.name,
+        service,
+        secret_server,
+        next_steps(
+            directory,
+            chosen,
+            secret_server,
+            model_copied=model_path is not None,
+            base=spec_base,
+            namespace=k8s,
+        ),
+        name_of_model if model_path else None,
+        spec_base,
+        tls_created,
+    )
 
 
 def _spec_base(base: str | None) -> str | None:
@@ -533,7 +658,7 @@ def _spec_base(base: str | None) -> str | None:
         return f"dir:{STANDIN_DIR}"
     from .image.reference import parse_source
 
-    parse_source(base)   # a bad reference fails before anything is written
+    parse_source(base)  # a bad reference fails before anything is written
     return base
 
 
@@ -560,8 +685,9 @@ def _make_tls(directory: Path, secret_server: str) -> bool:
     elif host.endswith(".svc"):
         hosts.append(host + ".cluster.local")
     tls.mkdir(exist_ok=True)
-    tls_ca_and_server(tls, hosts, days=TLS_DAYS, ca_name="enclave-build secret-server CA",
-                      overwrite=True)
+    tls_ca_and_server(
+        tls, hosts, days=TLS_DAYS, ca_name="enclave-build secret-server CA", overwrite=True
+    )
     return True
 
 
@@ -585,13 +711,15 @@ def _model_already_there(models_dir: Path) -> str | None:
         return None
     entries = sorted(p for p in models_dir.iterdir() if not p.name.startswith("."))
     names = {p.name for p in entries}
-    entries = [p for p in entries
-               if not (p.suffix == ".bin" and p.with_suffix(".xml").name in names)]
+    entries = [
+        p for p in entries if not (p.suffix == ".bin" and p.with_suffix(".xml").name in names)
+    ]
     return f"models/{entries[0].name}" if len(entries) == 1 else None
 
 
-def _model_copies(model: Path, models_dir: Path, framework: Framework,
-                  replace: bool = False) -> list[tuple[Path, Path]]:
+def _model_copies(
+    model: Path, models_dir: Path, framework: Framework, replace: bool = False
+) -> list[tuple[Path, Path]]:
     """(source, target) pairs for ``init --model``, checked before anything is written: the
     model exists, the framework serves models, nothing in DIR/models/ is overwritten (unless
     *replace*: ``--force`` refreshes the model)."""
@@ -603,17 +731,20 @@ def _model_copies(model: Path, models_dir: Path, framework: Framework,
         raise UsageError(f"--model {model}: not a regular file or a directory")
     sources = [model]
     weights = model.with_suffix(".bin")
-    if model.suffix == ".xml" and weights.is_file():   # OpenVINO IR: graph + weights
+    if model.suffix == ".xml" and weights.is_file():  # OpenVINO IR: graph + weights
         sources.append(weights)
     pairs = [(source, models_dir / source.name) for source in sources]
     taken = [str(target) for _, target in pairs if target.exists() or target.is_symlink()]
     if taken and not replace:
-        raise UsageError(f"{', '.join(taken)}: already exist{'s' if len(taken) == 1 else ''}; "
-                         "not overwriting (--force replaces the model)")
+        raise UsageError(
+            f"{', '.join(taken)}: already exist{'s' if len(taken) == 1 else ''}; "
+            "not overwriting (--force replaces the model)"
+        )
     if replace:
         for _, target in pairs:
-            if target.is_symlink() or (target.exists() and not (target.is_file()
-                                                                 or target.is_dir())):
+            if target.is_symlink() or (
+                target.exists() and not (target.is_file() or target.is_dir())
+            ):
                 raise UsageError(f"{target}: not a regular file or directory; not replacing it")
     return pairs
 
@@ -632,6 +763,15 @@ def _write_text(path: Path, text: str, replace: bool) -> None:
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["init_project", "render_spec", "render_section", "InitResult", "Step",
-           "choose_framework", "model_name", "k8s_secret_server",
-           "service_name", "installed_frameworks"]
+__all__ = [
+    "init_project",
+    "render_spec",
+    "render_section",
+    "InitResult",
+    "Step",
+    "choose_framework",
+    "model_name",
+    "k8s_secret_server",
+    "service_name",
+    "installed_frameworks",
+]

@@ -30,9 +30,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Mapping, Protocol
+from typing import Protocol
 
 #: Bump when what is found changes: cached "clean" verdicts of older scanners are void.
 SCANNER_VERSION = 2
@@ -53,8 +54,10 @@ _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]{0,40})\Z")
 #: escaped (a key inside a JSON, YAML or text-proto string). A library's bare armor string
 #: (mbedTLS keeps "-----BEGIN RSA PRIVATE KEY-----" as a C string) has no body: no key.
 _GAP = rb"(?:[ \t\r\n]|\\[rn])*"
-_PEM_BODY = re.compile(_GAP + rb"(?:[A-Za-z-]+: ?[^\r\n\\]*(?:\r?\n|\\r?\\n)" + _GAP + rb")*"
-                       rb"(?:[A-Za-z0-9+/=]" + _GAP + rb"){64}")
+_PEM_BODY = re.compile(
+    _GAP + rb"(?:[A-Za-z-]+: ?[^\r\n\\]*(?:\r?\n|\\r?\\n)" + _GAP + rb")*"
+    rb"(?:[A-Za-z0-9+/=]" + _GAP + rb"){64}"
+)
 _OPENSSH = b"openssh-key-v1\x00"
 _PGP = b"-----BEGIN PGP PRIVATE KEY BLOCK-----"
 _PEM_UTF16_BEGIN = "-----BEGIN ".encode("utf-16-le")
@@ -85,7 +88,7 @@ class KeyFinding:
 
     where: str
     offset: int
-    what: str     # e.g. "a PEM private key (RSA PRIVATE KEY)", "wrap key 'svc-key'"
+    what: str  # e.g. "a PEM private key (RSA PRIVATE KEY)", "wrap key 'svc-key'"
 
     def __str__(self) -> str:
         return f"{self.where}: {self.what} at byte {self.offset}"
@@ -103,9 +106,9 @@ def _tlv(buf: bytes, i: int, end: int) -> tuple[int, int, int] | None:
         count = first & 0x7F
         if not 1 <= count <= 4 or i + 2 + count > end:
             return None
-        raw = buf[i + 2:i + 2 + count]
+        raw = buf[i + 2 : i + 2 + count]
         length = int.from_bytes(raw, "big")
-        if raw[0] == 0 or length < 0x80:   # not minimal: not DER
+        if raw[0] == 0 or length < 0x80:  # not minimal: not DER
             return None
         start = i + 2 + count
     if start + length > end:
@@ -113,7 +116,9 @@ def _tlv(buf: bytes, i: int, end: int) -> tuple[int, int, int] | None:
     return tag, start, start + length
 
 
-def _children(buf: bytes, start: int, end: int, limit: int = 12) -> list[tuple[int, int, int]] | None:
+def _children(
+    buf: bytes, start: int, end: int, limit: int = 12
+) -> list[tuple[int, int, int]] | None:
     """The elements that exactly fill [start, end); None if they do not (or more than *limit*)."""
     out: list[tuple[int, int, int]] = []
     i = start
@@ -140,16 +145,29 @@ def _der_shape(buf: bytes, children: list[tuple[int, int, int]]) -> str | None:
     second = children[1]
     if version == 0 and len(children) in (6, 9) and all(_is_integer(c) for c in children[1:]):
         if second[2] - second[1] >= 32:
-            return "a PKCS#1 RSA private key (DER)" if len(children) == 9 else \
-                "a DSA private key (DER)"
+            return (
+                "a PKCS#1 RSA private key (DER)"
+                if len(children) == 9
+                else "a DSA private key (DER)"
+            )
     if version in (0, 1) and second[0] == _SEQUENCE and 3 <= len(children) <= 5:
         algorithm = _children(buf, second[1], second[2], 3)
         key = children[2]
-        if algorithm and algorithm[0][0] == _OID and key[0] == _OCTETS and \
-                key[2] - key[1] >= 16 and all(c[0] in (0xA0, 0xA1, 0x81) for c in children[3:]):
+        if (
+            algorithm
+            and algorithm[0][0] == _OID
+            and key[0] == _OCTETS
+            and key[2] - key[1] >= 16
+            and all(c[0] in (0xA0, 0xA1, 0x81) for c in children[3:])
+        ):
             return "a PKCS#8 private key (DER)"
-    if version == 1 and second[0] == _OCTETS and 16 <= second[2] - second[1] <= 66 and \
-            len(children) <= 4 and all(c[0] in (0xA0, 0xA1) for c in children[2:]):
+    if (
+        version == 1
+        and second[0] == _OCTETS
+        and 16 <= second[2] - second[1] <= 66
+        and len(children) <= 4
+        and all(c[0] in (0xA0, 0xA1) for c in children[2:])
+    ):
         return "a SEC1 EC private key (DER)"
     return None
 
@@ -189,8 +207,12 @@ def _encrypted_key_at(buf: bytes, oid: int) -> int | None:
     if outer is None:
         return None
     children = _children(buf, algorithm[0], outer[1], 2)
-    if not children or len(children) != 2 or children[1][0] != _OCTETS or \
-            children[1][2] - children[1][1] < 16:
+    if (
+        not children
+        or len(children) != 2
+        or children[1][0] != _OCTETS
+        or children[1][2] - children[1][1] < 16
+    ):
         return None
     return outer[0]
 
@@ -199,10 +221,12 @@ class KeyScanner:
     """Scans bytes and files for private keys and for the given wrap keys (name -> 16 bytes)."""
 
     def __init__(self, wrap_keys: Mapping[str, bytes] | None = None):
-        self._wrap = [(name, bytes(key)) for name, key in sorted((wrap_keys or {}).items())
-                      if key]
-        self._wrap_forms = [(name, form, what) for name, key in self._wrap
-                            for form, what in _wrap_key_forms(key)[1:]]   # (raw: always)
+        self._wrap = [(name, bytes(key)) for name, key in sorted((wrap_keys or {}).items()) if key]
+        self._wrap_forms = [
+            (name, form, what)
+            for name, key in self._wrap
+            for form, what in _wrap_key_forms(key)[1:]
+        ]  # (raw: always)
 
     def fingerprint(self) -> str:
         """Identifies what this scanner finds (its version and wrap keys) without revealing
@@ -223,8 +247,8 @@ class KeyScanner:
 
     def scan_stream(self, handle: Readable, where: str) -> KeyFinding | None:
         carry = b""
-        carry_at = 0       # offset in the stream of carry[0]
-        done = 0           # offsets below this were examined
+        carry_at = 0  # offset in the stream of carry[0]
+        done = 0  # offsets below this were examined
         while True:
             chunk = handle.read(_CHUNK)
             buf = carry + chunk if carry else chunk
@@ -239,8 +263,9 @@ class KeyScanner:
             carry = buf[keep_from:]
             carry_at += keep_from
 
-    def _scan_window(self, buf: bytes, lo: int, hi: int, base: int,
-                     where: str, text: bool = True) -> KeyFinding | None:
+    def _scan_window(
+        self, buf: bytes, lo: int, hi: int, base: int, where: str, text: bool = True
+    ) -> KeyFinding | None:
         """Matches starting in [lo, hi) of *buf* (whose byte 0 is at *base* in the stream)."""
         if hi <= lo:
             return None
@@ -274,10 +299,10 @@ class KeyScanner:
                 hits.append(found)
                 break
         for match in _PBE_OID.finditer(buf, max(0, lo + 2), min(len(buf), hi + 11)):
-            oid = match.start() - 2     # the OBJECT IDENTIFIER tag and length
+            oid = match.start() - 2  # the OBJECT IDENTIFIER tag and length
             if oid >= hi:
                 break
-            length = match.end() - match.start() + 1   # the OID's content length
+            length = match.end() - match.start() + 1  # the OID's content length
             if oid < lo or buf[oid] != _OID or buf[oid + 1] != length:
                 continue
             start = _encrypted_key_at(buf, oid)
@@ -289,7 +314,6 @@ class KeyScanner:
         offset, what = min(hits)
         return KeyFinding(where, base + offset, what)
 
-
     def _text_forms(self, buf: bytes, lo: int, hi: int) -> list[tuple[int, str]]:
         hits = []
         for name, form, what in self._wrap_forms:
@@ -297,7 +321,7 @@ class KeyScanner:
             if i >= 0:
                 hits.append((i, f"wrap key {name!r} of this build ({what})"))
         i = buf.find(_PEM_UTF16_ANCHOR, lo, hi + len(_PEM_UTF16_ANCHOR) - 1)
-        if i >= 0 and _PEM_UTF16_BEGIN in buf[max(0, i - 96):i]:
+        if i >= 0 and _PEM_UTF16_BEGIN in buf[max(0, i - 96) : i]:
             hits.append((i, "a PEM private key (UTF-16 text)"))
         i = lo
         while (i := buf.find(_B64_PEM, i, hi + len(_B64_PEM) - 1)) >= 0:
@@ -313,12 +337,12 @@ class KeyScanner:
         import binascii
 
         body = re.sub(rb"[\r\n]", b"", text)
-        body = body[:len(body) - len(body) % 4]
+        body = body[: len(body) - len(body) % 4]
         try:
             decoded = base64.b64decode(body)
         except (binascii.Error, ValueError):
             return False
-        plain = KeyScanner()           # one level: the decoded text is scanned for PEM and DER
+        plain = KeyScanner()  # one level: the decoded text is scanned for PEM and DER
         return plain._scan_window(decoded, 0, len(decoded), 0, "") is not None
 
 
@@ -327,12 +351,17 @@ def _wrap_key_forms(key: bytes) -> list[tuple[bytes, str]]:
     import base64
 
     hexed = key.hex()
-    forms = [(key, "its 16 raw bytes"), (hexed.encode(), "in hex"),
-             (hexed.upper().encode(), "in hex"),
-             ("-".join(hexed[i:i + 2] for i in range(0, len(hexed), 2)).encode(),
-              "in Occlum's xx-xx-... form"),
-             (base64.b64encode(key).rstrip(b"="), "in base64"),
-             (base64.urlsafe_b64encode(key).rstrip(b"="), "in base64")]
+    forms = [
+        (key, "its 16 raw bytes"),
+        (hexed.encode(), "in hex"),
+        (hexed.upper().encode(), "in hex"),
+        (
+            "-".join(hexed[i : i + 2] for i in range(0, len(hexed), 2)).encode(),
+            "in Occlum's xx-xx-... form",
+        ),
+        (base64.b64encode(key).rstrip(b"="), "in base64"),
+        (base64.urlsafe_b64encode(key).rstrip(b"="), "in base64"),
+    ]
     out: list[tuple[bytes, str]] = []
     for form, what in forms:
         if all(form != f for f, _ in out):
@@ -345,13 +374,16 @@ def parses_as_private_key(data: bytes) -> bool:
     an encrypted one counts: it asks for a password)."""
     from cryptography.hazmat.primitives import serialization
 
-    loaders = (serialization.load_pem_private_key, serialization.load_der_private_key,
-               serialization.load_ssh_private_key)
+    loaders = (
+        serialization.load_pem_private_key,
+        serialization.load_der_private_key,
+        serialization.load_ssh_private_key,
+    )
     for load in loaders:
         try:
             load(data, None)
             return True
-        except TypeError:          # "password was not given but private key is encrypted"
+        except TypeError:  # "password was not given but private key is encrypted"
             return True
         except Exception:  # noqa: BLE001 - any other failure: not this format
             continue

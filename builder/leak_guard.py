@@ -28,17 +28,18 @@ from __future__ import annotations
 import os
 import stat
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO
+
+from enclave_build.contract.names import MODEL_ROOT, SECRETS_DIR
 
 from .errors import UsageError
 from .hashing import HashCache
 from .key_scan import KeyFinding, KeyScanner, parses_as_private_key
 from .model_files import SkippedModelFile, regular_files
 from .plan import FileKind, ServicePlan
-from enclave_build.contract.names import MODEL_ROOT, SECRETS_DIR
-
 from .planning import spec_error
 from .plugin_types import ArtifactFile
 from .spec import Spec
@@ -60,10 +61,10 @@ class KeyMaterialError(UsageError):
 class SecretPlace:
     """A place on the build machine that holds secrets, and what the spec calls it."""
 
-    key: str           # the spec key, e.g. "secrets.keys_dir"
-    what: str          # e.g. "the wrap keys"
-    path: Path         # resolved
-    inside_too: bool   # a model inside it is refused as well (a directory of keys)
+    key: str  # the spec key, e.g. "secrets.keys_dir"
+    what: str  # e.g. "the wrap keys"
+    path: Path  # resolved
+    inside_too: bool  # a model inside it is refused as well (a directory of keys)
 
 
 def _resolve(path: Path) -> Path:
@@ -75,15 +76,22 @@ def _within(inner: Path, outer: Path) -> bool:
 
 
 def secret_places(spec: Spec) -> list[SecretPlace]:
-    places = [SecretPlace("secrets.keys_dir", "the wrap keys' directory",
-                          _resolve(spec.secrets.keys_dir), True)]
+    places = [
+        SecretPlace(
+            "secrets.keys_dir", "the wrap keys' directory", _resolve(spec.secrets.keys_dir), True
+        )
+    ]
     if spec.signing.key is not None:
-        places.append(SecretPlace("signing.key", "the enclave signing key",
-                                  _resolve(spec.signing.key), True))
+        places.append(
+            SecretPlace("signing.key", "the enclave signing key", _resolve(spec.signing.key), True)
+        )
     if spec.tls is not None:
         for key, path in (("tls.key", spec.tls.key), ("tls.cert", spec.tls.cert)):
-            places.append(SecretPlace(key, f"the directory of the [tls] {key[4:]}",
-                                      _resolve(path).parent, False))
+            places.append(
+                SecretPlace(
+                    key, f"the directory of the [tls] {key[4:]}", _resolve(path).parent, False
+                )
+            )
     return places
 
 
@@ -105,13 +113,14 @@ def _name_problem(top: Path, path: Path) -> str | None:
     try:
         rel.decode("utf-8")
     except UnicodeDecodeError:
-        return (f"{os.fsdecode(path)!a}: the file name is not UTF-8, so its path in the image "
-                "cannot be written into the Gramine manifest (TOML); rename it")
+        return (
+            f"{os.fsdecode(path)!a}: the file name is not UTF-8, so its path in the image "
+            "cannot be written into the Gramine manifest (TOML); rename it"
+        )
     return None
 
 
-def check_model_paths(spec: Spec, scanner: KeyScanner,
-                      wrap_key_files: Iterable[Path] = ()) -> None:
+def check_model_paths(spec: Spec, scanner: KeyScanner, wrap_key_files: Iterable[Path] = ()) -> None:
     """Refuse model paths that would take secrets along (see the module's point 1);
     *wrap_key_files* (the build's, existing or about to be made) are named in the error."""
     places = secret_places(spec)
@@ -121,13 +130,25 @@ def check_model_paths(spec: Spec, scanner: KeyScanner,
         path = _resolve(model.path)
         for place in places:
             if _within(place.path, path) or (place.inside_too and _within(path, place.path)):
-                relation = ("is inside" if _within(path, place.path) and path != place.path
-                            else "is" if path == place.path else "contains")
-                holding = (f", holding this build's {key_names}"
-                           if place.key == "secrets.keys_dir" and key_names else "")
-                raise spec_error(spec, where, f"{path} {relation} {place.what} ({place.key}: "
-                                 f"{place.path}{holding}): it would ship in the image; point "
-                                 "path at the model file, or a directory holding only the model")
+                relation = (
+                    "is inside"
+                    if _within(path, place.path) and path != place.path
+                    else "is"
+                    if path == place.path
+                    else "contains"
+                )
+                holding = (
+                    f", holding this build's {key_names}"
+                    if place.key == "secrets.keys_dir" and key_names
+                    else ""
+                )
+                raise spec_error(
+                    spec,
+                    where,
+                    f"{path} {relation} {place.what} ({place.key}: "
+                    f"{place.path}{holding}): it would ship in the image; point "
+                    "path at the model file, or a directory holding only the model",
+                )
         for file in _model_files(path):
             problem = _name_problem(path, file)
             if problem is None and file.stat().st_size <= SMALL_FILE:
@@ -148,8 +169,10 @@ def _small_file_problem(file: Path, scanner: KeyScanner) -> str | None:
 
 
 def _refusal(found: KeyFinding) -> str:
-    return (f"{found}: key material never ships in the image (move it out of the model's "
-            "path; a key the service needs goes in [tls], which ships encrypted)")
+    return (
+        f"{found}: key material never ships in the image (move it out of the model's "
+        "path; a key the service needs goes in [tls], which ships encrypted)"
+    )
 
 
 @dataclass(frozen=True)
@@ -164,7 +187,7 @@ class _Item:
 def _plan_items(plan: ServicePlan) -> Iterator[_Item]:
     for item in plan.image_files():
         if item.kind is FileKind.ENCRYPTED and _is_secret_file(item.dest):
-            continue          # [tls] material: the one key that is meant to ship (encrypted)
+            continue  # [tls] material: the one key that is meant to ship (encrypted)
         if item.data is not None:
             yield _Item(item.dest, None, item.data)
         elif item.source is not None and item.source.is_dir():
@@ -187,9 +210,13 @@ def _is_secret_file(dest: str) -> bool:
     return dest == SECRETS_DIR or dest.startswith(SECRETS_DIR + "/")
 
 
-def _scan(items: Iterable[_Item], scanner: KeyScanner, cache: HashCache | None,
-          seen: set[Path], progress: ProgressTask | None = None
-          ) -> tuple[_Item, KeyFinding] | None:
+def _scan(
+    items: Iterable[_Item],
+    scanner: KeyScanner,
+    cache: HashCache | None,
+    seen: set[Path],
+    progress: ProgressTask | None = None,
+) -> tuple[_Item, KeyFinding] | None:
     fingerprint = scanner.fingerprint()
     files: list[tuple[_Item, Path, os.stat_result]] = []
     for item in items:
@@ -206,11 +233,17 @@ def _scan(items: Iterable[_Item], scanner: KeyScanner, cache: HashCache | None,
         st = os.stat(path)
         if stat.S_ISREG(st.st_mode):
             files.append((item, path, st))
-    clean = cache.clean_files([(str(p), st) for _, p, st in files], fingerprint) \
-        if cache is not None else set()
+    clean = (
+        cache.clean_files([(str(p), st) for _, p, st in files], fingerprint)
+        if cache is not None
+        else set()
+    )
     todo = [(item, path, st) for item, path, st in files if str(path) not in clean]
-    advance = progress(SCAN_STAGE, sum(st.st_size for _, _, st in todo)) \
-        if progress is not None and todo else None
+    advance = (
+        progress(SCAN_STAGE, sum(st.st_size for _, _, st in todo))
+        if progress is not None and todo
+        else None
+    )
     newly_clean = []
     try:
         for item, path, st in todo:
@@ -252,9 +285,14 @@ def _model_of(spec: Spec, item: _Item) -> int | None:
     return None
 
 
-def scan_plan(spec: Spec, plan: ServicePlan, scanner: KeyScanner,
-              cache: HashCache | None = None, seen: set[Path] | None = None,
-              progress: ProgressTask | None = None) -> set[Path]:
+def scan_plan(
+    spec: Spec,
+    plan: ServicePlan,
+    scanner: KeyScanner,
+    cache: HashCache | None = None,
+    seen: set[Path] | None = None,
+    progress: ProgressTask | None = None,
+) -> set[Path]:
     """Scan every file the plan adds (in clear, or encrypted but a model); returns the host
     files scanned (for
     :func:`scan_artifacts`). Raises a spec error naming ``models[N].path`` for a model's file,
@@ -266,27 +304,37 @@ def scan_plan(spec: Spec, plan: ServicePlan, scanner: KeyScanner,
         index = _model_of(spec, item)
         if index is not None:
             raise spec_error(spec, ("models", index, "path"), _refusal(found))
-        raise KeyMaterialError(f"{found}: the build would add it to the image in clear as "
-                               f"{item.dest}; key material never ships in clear (a key the "
-                               "service needs goes in [tls], which ships encrypted)")
+        raise KeyMaterialError(
+            f"{found}: the build would add it to the image in clear as "
+            f"{item.dest}; key material never ships in clear (a key the "
+            "service needs goes in [tls], which ships encrypted)"
+        )
     return seen
 
 
-def scan_artifacts(files: Iterable[ArtifactFile], scanner: KeyScanner,
-                   cache: HashCache | None = None, seen: set[Path] | None = None,
-                   progress: ProgressTask | None = None) -> None:
+def scan_artifacts(
+    files: Iterable[ArtifactFile],
+    scanner: KeyScanner,
+    cache: HashCache | None = None,
+    seen: set[Path] | None = None,
+    progress: ProgressTask | None = None,
+) -> None:
     """Scan what the libOS backend adds (manifest, SIGSTRUCT, Occlum's instance), skipping
     ciphertext and host files :func:`scan_plan` already scanned."""
     items = [_Item(f.dest, f.source, f.data) for f in files if not f.ciphertext]
     expanded: list[_Item] = []
     for item in items:
         if item.source is not None and item.source.is_dir():
-            expanded += [_Item(item.dest.rstrip("/") + "/" + p.relative_to(item.source).as_posix(),
-                               p, None) for p in _quiet_files(item.source)]
+            expanded += [
+                _Item(item.dest.rstrip("/") + "/" + p.relative_to(item.source).as_posix(), p, None)
+                for p in _quiet_files(item.source)
+            ]
         else:
             expanded.append(item)
     hit = _scan(expanded, scanner, cache, set() if seen is None else seen, progress)
     if hit is not None:
         item, found = hit
-        raise KeyMaterialError(f"{found}: the build would add it to the image as {item.dest}; "
-                               "key material never ships in clear")
+        raise KeyMaterialError(
+            f"{found}: the build would add it to the image as {item.dest}; "
+            "key material never ships in clear"
+        )

@@ -40,27 +40,39 @@ def check_models(spec: Spec, registry: PluginRegistry) -> ModelChecks:
     checks: dict[int, ModelCheck] = {}
     problems: list[Problem] = []
     for index, model in enumerate(spec.models):
-        answers = [a for a in registry.pm.hook.enclave_build_check_model(
-            framework=framework, model=model, spec=spec) if a is not None]
+        answers = [
+            a
+            for a in registry.pm.hook.enclave_build_check_model(
+                framework=framework, model=model, spec=spec
+            )
+            if a is not None
+        ]
         for answer in answers:
             if not isinstance(answer, ModelCheck):
-                raise TypeError(f"enclave_build_check_model returned {answer!r} where a "
-                                "ModelCheck (or None) was expected")
+                raise TypeError(
+                    f"enclave_build_check_model returned {answer!r} where a "
+                    "ModelCheck (or None) was expected"
+                )
         if not answers:
             continue
         failed = next((a for a in answers if a.problem), None)
         checks[index] = failed or next((a for a in answers if a.stateful), answers[0])
         if failed is not None:
-            problems.append(Problem(("models", index, "path"),
-                                    f"{model.path}: {failed.problem}; framework {framework} "
-                                    f"serves {failed.accepted}"))
+            problems.append(
+                Problem(
+                    ("models", index, "path"),
+                    f"{model.path}: {failed.problem}; framework {framework} "
+                    f"serves {failed.accepted}",
+                )
+            )
     if problems:
         raise spec_errors(spec, problems)
     return ModelChecks(framework, checks)
 
 
-def warn_stateful(spec: Spec, plan: ServicePlan, checks: ModelChecks,
-                  instances_key: str | None) -> None:
+def warn_stateful(
+    spec: Spec, plan: ServicePlan, checks: ModelChecks, instances_key: str | None
+) -> None:
     """Warn about each stateful model that *plan* serves with more than one instance (each
     instance keeps its own state, so consecutive requests may see different state).
     *instances_key*: the spec key that sets the instances (``[tflite] instances``)."""
@@ -75,7 +87,11 @@ def warn_stateful(spec: Spec, plan: ServicePlan, checks: ModelChecks,
         where = spec_errors(spec, [Problem(("models", index, "path"), "")]).lines()[0].rstrip()
         setting = f"{instances_key} = {count}" if instances_key else f"{count} instances"
         fix = f"set {instances_key} = 1" if instances_key else "serve it with one instance"
-        warnings.warn(f"{where} {model.path} keeps state between requests ({check.stateful}); "
-                      f"with {setting} each instance has its own state, so a client's "
-                      f"consecutive requests may meet different state: {fix} if the state "
-                      "must be shared", StatefulModelWarning, stacklevel=3)
+        warnings.warn(
+            f"{where} {model.path} keeps state between requests ({check.stateful}); "
+            f"with {setting} each instance has its own state, so a client's "
+            f"consecutive requests may meet different state: {fix} if the state "
+            "must be shared",
+            StatefulModelWarning,
+            stacklevel=3,
+        )

@@ -35,7 +35,11 @@ def regular_files(top: Path) -> list[Path]:
             else:
                 what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
                 target = f" to {os.readlink(path)}" if stat.S_ISLNK(mode) else ""
-                warnings.warn(f"{path}: {what}{target}; left out of the image (only a "
-                              "directory's own regular files are shipped: copy the file in "
-                              "if the model needs it)", SkippedModelFile, stacklevel=2)
+                warnings.warn(
+                    f"{path}: {what}{target}; left out of the image (only a "
+                    "directory's own regular files are shipped: copy the file in "
+                    "if the model needs it)",
+                    SkippedModelFile,
+                    stacklevel=2,
+                )
     return sorted(out)

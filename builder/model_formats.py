@@ -25,10 +25,10 @@ from __future__ import annotations
 import mmap
 import struct
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -68,15 +68,19 @@ def tflite_problem(path: Path) -> str | None:
     except OSError as exc:
         return f"cannot read it: {exc.strerror or exc}"
     if size < TFLITE_MIN_SIZE:
-        return (f"it has {size} bytes; a TFLite FlatBuffer has at least {TFLITE_MIN_SIZE}")
+        return f"it has {size} bytes; a TFLite FlatBuffer has at least {TFLITE_MIN_SIZE}"
     if head[4:8] != TFLITE_IDENTIFIER:
-        return (f"bytes 4..8 are {head[4:8]!r}, not the TFLite FlatBuffer identifier "
-                f"{TFLITE_IDENTIFIER!r}: not a TFLite model (a TensorFlow SavedModel or a "
-                "Keras file must be converted to .tflite first)")
+        return (
+            f"bytes 4..8 are {head[4:8]!r}, not the TFLite FlatBuffer identifier "
+            f"{TFLITE_IDENTIFIER!r}: not a TFLite model (a TensorFlow SavedModel or a "
+            "Keras file must be converted to .tflite first)"
+        )
     root = struct.unpack_from("<I", head)[0]
     if not 8 <= root <= size - 4:
-        return (f"its root table offset ({root}) lies outside the file ({size} bytes): a "
-                "truncated or damaged TFLite file")
+        return (
+            f"its root table offset ({root}) lies outside the file ({size} bytes): a "
+            "truncated or damaged TFLite file"
+        )
     return None
 
 
@@ -146,14 +150,14 @@ def tflite_state(path: Path) -> str | None:
             fb = _FlatBuffer(data)
             model = fb.root()
             ops = set()
-            for code in fb.tables(model, 1):        # Model.operator_codes
+            for code in fb.tables(model, 1):  # Model.operator_codes
                 builtin = max(fb.scalar(code, 0, "<b", 0), fb.scalar(code, 3, "<i", 0))
                 if builtin in _TFLITE_VARIABLE_OPS:
                     ops.add(_TFLITE_VARIABLE_OPS[builtin])
             variables = 0
-            for subgraph in fb.tables(model, 2):     # Model.subgraphs
-                for tensor in fb.tables(subgraph, 0):   # SubGraph.tensors
-                    variables += bool(fb.scalar(tensor, 5, "<B", 0))   # Tensor.is_variable
+            for subgraph in fb.tables(model, 2):  # Model.subgraphs
+                for tensor in fb.tables(subgraph, 0):  # SubGraph.tensors
+                    variables += bool(fb.scalar(tensor, 5, "<B", 0))  # Tensor.is_variable
     except (OSError, ValueError, struct.error):
         return None
     found = []
@@ -165,6 +169,7 @@ def tflite_state(path: Path) -> str | None:
 
 
 # --------------------------------------------------------------------------- protobuf / ONNX
+
 
 def _varint(data: bytes | mmap.mmap, at: int) -> tuple[int, int]:
     value = shift = 0
@@ -228,6 +233,7 @@ def onnx_problem(path: Path) -> str | None:
 
 # --------------------------------------------------------------------------- OpenVINO IR
 
+
 def openvino_ir_problem(path: Path) -> str | None:
     """Why *path* is not an OpenVINO IR graph (XML whose root element is ``<net>``), or None.
     Its weights (the .bin of the same name) are checked by the framework."""
@@ -265,8 +271,11 @@ def openvino_ir_state(path: Path) -> str | None:
         return None
     if not any(counts.values()):
         return None
-    return "OpenVINO variables (" + ", ".join(f"{n} {kind} layer{'s' if n > 1 else ''}"
-                                              for kind, n in counts.items() if n) + ")"
+    return (
+        "OpenVINO variables ("
+        + ", ".join(f"{n} {kind} layer{'s' if n > 1 else ''}" for kind, n in counts.items() if n)
+        + ")"
+    )
 
 
 # --------------------------------------------------------------------------- SavedModel
@@ -281,8 +290,10 @@ def saved_model_problem(path: Path) -> str | None:
     path = Path(path)
     if not path.is_dir():
         kind = path.suffix or "file"
-        return (f"it is a file ({kind}), not a SavedModel directory (a directory holding "
-                "saved_model.pb and variables/)")
+        return (
+            f"it is a file ({kind}), not a SavedModel directory (a directory holding "
+            "saved_model.pb and variables/)"
+        )
     if (path / "saved_model.pbtxt").is_file():
         return None
     pb = path / "saved_model.pb"
@@ -296,15 +307,35 @@ def saved_model_problem(path: Path) -> str | None:
         if head not in (b"\x08", b"\x12"):
             return "its saved_model.pb is not a SavedModel protobuf"
         return None
-    versions = sorted((p.name for p in path.iterdir() if p.is_dir() and p.name.isdigit()
-                       and any((p / name).is_file() for name in SAVED_MODEL_FILES)), key=int)
+    versions = sorted(
+        (
+            p.name
+            for p in path.iterdir()
+            if p.is_dir()
+            and p.name.isdigit()
+            and any((p / name).is_file() for name in SAVED_MODEL_FILES)
+        ),
+        key=int,
+    )
     if versions:
-        return (f"it holds version directories ({', '.join(versions)}); name one version's "
-                f"directory as path (e.g. {path / versions[-1]}) and its number as version: "
-                "the build lays it out as /models/NAME/VERSION itself")
+        return (
+            f"it holds version directories ({', '.join(versions)}); name one version's "
+            f"directory as path (e.g. {path / versions[-1]}) and its number as version: "
+            "the build lays it out as /models/NAME/VERSION itself"
+        )
     return "no saved_model.pb (or saved_model.pbtxt) in it: not a SavedModel directory"
 
 
-__all__ = ["ModelCheck", "TFLITE_IDENTIFIER", "TFLITE_MIN_SIZE", "SAVED_MODEL_FILES",
-           "tflite_problem", "tflite_state", "onnx_problem", "protobuf_fields",
-           "openvino_ir_problem", "openvino_ir_state", "saved_model_problem"]
+__all__ = [
+    "ModelCheck",
+    "TFLITE_IDENTIFIER",
+    "TFLITE_MIN_SIZE",
+    "SAVED_MODEL_FILES",
+    "tflite_problem",
+    "tflite_state",
+    "onnx_problem",
+    "protobuf_fields",
+    "openvino_ir_problem",
+    "openvino_ir_state",
+    "saved_model_problem",
+]

@@ -20,9 +20,9 @@ from enclave_build.contract.server_config import ServerConfig
 
 
 class FileKind(enum.Enum):
-    TRUSTED = "trusted"      # hashed into the manifest; integrity-checked on open
+    TRUSTED = "trusted"  # hashed into the manifest; integrity-checked on open
     ENCRYPTED = "encrypted"  # shipped as Gramine protected files under an encrypted mount
-    ALLOWED = "allowed"      # passed through unchecked (e.g. /etc/resolv.conf)
+    ALLOWED = "allowed"  # passed through unchecked (e.g. /etc/resolv.conf)
 
 
 class MountType(enum.Enum):
@@ -36,9 +36,23 @@ class MountType(enum.Enum):
 #: not say what runs. glibc's list of variables it ignores for set-uid programs
 #: (UNSECURE_ENVVARS) is the model, plus Python's and OpenSSL's.
 HOST_FORBIDDEN_ENV_PREFIXES = ("LD_", "PYTHON", "GCONV_", "OPENSSL_", "SSL_CERT_", "MALLOC_")
-HOST_FORBIDDEN_ENV = frozenset({"GLIBC_TUNABLES", "LOCPATH", "NLSPATH", "HOSTALIASES",
-                                "RESOLV_HOST_CONF", "RES_OPTIONS", "LOCALDOMAIN", "GETCONF_DIR",
-                                "TZDIR", "NIS_PATH", "TMPDIR", "HOME", "PATH"})
+HOST_FORBIDDEN_ENV = frozenset(
+    {
+        "GLIBC_TUNABLES",
+        "LOCPATH",
+        "NLSPATH",
+        "HOSTALIASES",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "LOCALDOMAIN",
+        "GETCONF_DIR",
+        "TZDIR",
+        "NIS_PATH",
+        "TMPDIR",
+        "HOME",
+        "PATH",
+    }
+)
 
 
 def host_may_set(name: str) -> bool:
@@ -70,9 +84,9 @@ class PlanFile:
 
 @dataclass
 class Mount:
-    path: str                 # where the enclave sees it
+    path: str  # where the enclave sees it
     type: MountType = MountType.CHROOT
-    uri: str | None = None    # host-side location; None for tmpfs
+    uri: str | None = None  # host-side location; None for tmpfs
     key_name: str | None = None
 
 
@@ -128,13 +142,13 @@ class KeyDelivery(enum.Enum):
 
 @dataclass
 class SecretProvisioning:
-    server: str                    # HOST:PORT
-    ca_cert: Path | None = None    # the server's CA, shipped as a trusted file
+    server: str  # HOST:PORT
+    ca_cert: Path | None = None  # the server's CA, shipped as a trusted file
     keys: list[ProvisionedKey] = field(default_factory=list)
     delivery: KeyDelivery = KeyDelivery.CONSTRUCTOR
     #: Instead of a CA: the secret server is an attested enclave ([secrets] server_measurements;
     #: see builder.server_trust). Exactly one of ca_cert and server_trust is set for IN_ENCLAVE.
-    server_trust: "ServerTrust | None" = None
+    server_trust: ServerTrust | None = None
 
 
 #: Standard-library trees and extension modules that never run in a model server; left out of
@@ -142,19 +156,45 @@ class SecretProvisioning:
 #: against paths relative to the stdlib directory; a trailing ``/`` names a directory, and a
 #: directory name in ``test``/``tests``/``idle_test`` is excluded wherever it appears.
 STDLIB_UNUSED: tuple[str, ...] = (
-    "test/", "idlelib/", "tkinter/", "turtledemo/", "ensurepip/", "lib2to3/", "pydoc_data/",
-    "distutils/", "venv/", "sqlite3/", "curses/", "dbm/", "__phello__/", "turtle.py",
-    "__hello__.py", "config-*/", "site-packages/", "dist-packages/",
-    "lib-dynload/_test*", "lib-dynload/_ctypes_test*", "lib-dynload/xx*", "lib-dynload/_xx*",
-    "lib-dynload/_curses*", "lib-dynload/readline*", "lib-dynload/_dbm*",
-    "lib-dynload/_gdbm*", "lib-dynload/_tkinter*", "lib-dynload/nis*",
-    "lib-dynload/ossaudiodev*", "lib-dynload/audioop*", "lib-dynload/_sqlite3*",
+    "test/",
+    "idlelib/",
+    "tkinter/",
+    "turtledemo/",
+    "ensurepip/",
+    "lib2to3/",
+    "pydoc_data/",
+    "distutils/",
+    "venv/",
+    "sqlite3/",
+    "curses/",
+    "dbm/",
+    "__phello__/",
+    "turtle.py",
+    "__hello__.py",
+    "config-*/",
+    "site-packages/",
+    "dist-packages/",
+    "lib-dynload/_test*",
+    "lib-dynload/_ctypes_test*",
+    "lib-dynload/xx*",
+    "lib-dynload/_xx*",
+    "lib-dynload/_curses*",
+    "lib-dynload/readline*",
+    "lib-dynload/_dbm*",
+    "lib-dynload/_gdbm*",
+    "lib-dynload/_tkinter*",
+    "lib-dynload/nis*",
+    "lib-dynload/ossaudiodev*",
+    "lib-dynload/audioop*",
+    "lib-dynload/_sqlite3*",
     "lib-dynload/_crypt*",
 )
 
 #: Where Debian's python3 (and pip with --break-system-packages) put packages, in sys.path order.
-SITE_DIRS: tuple[str, ...] = ("/usr/local/lib/python3.11/dist-packages",
-                              "/usr/lib/python3/dist-packages")
+SITE_DIRS: tuple[str, ...] = (
+    "/usr/local/lib/python3.11/dist-packages",
+    "/usr/lib/python3/dist-packages",
+)
 
 
 @dataclass
@@ -170,7 +210,7 @@ class PythonRuntime:
     interpreter: str = "/usr/bin/python3.11"
     version: str = "3.11"
     distributions: list[str] = field(default_factory=list)  # e.g. ["numpy", "grpcio"]
-    modules: list[str] = field(default_factory=list)         # e.g. ["_cffi_backend"]
+    modules: list[str] = field(default_factory=list)  # e.g. ["_cffi_backend"]
     site_dirs: tuple[str, ...] = SITE_DIRS
     stdlib_exclude: tuple[str, ...] = STDLIB_UNUSED
 
@@ -184,8 +224,8 @@ class SpecOrigin:
     """Where a plan's values came from, so a backend's refusal can name the spec key and line
     (``spec.toml:14: enclave.size: ...``) without reading the spec again."""
 
-    source: str                                            # the spec file as the user named it
-    lines: dict[str, int] = field(default_factory=dict)    # dotted key -> 1-based line
+    source: str  # the spec file as the user named it
+    lines: dict[str, int] = field(default_factory=dict)  # dotted key -> 1-based line
 
     def locate(self, key: str) -> str:
         """``SOURCE:LINE: KEY`` (the line of the key, or of its nearest parent in the file)."""
@@ -211,8 +251,8 @@ class ServerTrust:
     or collateral fetched from *pccs_url*, accepting only *allowed_tcb_statuses*."""
 
     identities: tuple[EnclaveIdentity, ...]
-    pin: str = "mr_enclave"                   # one of SERVER_PINS
-    root_ca: Path | None = None               # None: Intel's root (inside dcap-qvl)
+    pin: str = "mr_enclave"  # one of SERVER_PINS
+    root_ca: Path | None = None  # None: Intel's root (inside dcap-qvl)
     collateral: Path | None = None
     pccs_url: str | None = None
     allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
@@ -225,15 +265,15 @@ class ServicePlan:
     libos: str
     base_image: str
     image_tag: str
-    entrypoint: str                # absolute path of the program inside the image
-    argv: list[str]                # argv[0] included
+    entrypoint: str  # absolute path of the program inside the image
+    argv: list[str]  # argv[0] included
     enclave: EnclaveResources
     env: dict[str, str] = field(default_factory=dict)
     user: str = "root"
     working_dir: str = "/"
     files: list[PlanFile] = field(default_factory=list)
-    trusted: list[str] = field(default_factory=list)   # paths in the base image; dirs end in '/'
-    allowed: list[str] = field(default_factory=list)   # paths passed through unchecked
+    trusted: list[str] = field(default_factory=list)  # paths in the base image; dirs end in '/'
+    allowed: list[str] = field(default_factory=list)  # paths passed through unchecked
     mounts: list[Mount] = field(default_factory=list)
     ports: list[Port] = field(default_factory=list)
     secrets: SecretProvisioning | None = None
@@ -260,11 +300,18 @@ class ServicePlan:
     #: the plan's files become image files (:meth:`image_files`).
     server_config: ServerConfig | None = None
 
-    def add_file(self, source: Path | None, dest: str, kind: FileKind = FileKind.TRUSTED,
-                 mode: int = 0o644, key_name: str | None = None,
-                 data: bytes | None = None) -> PlanFile:
-        item = PlanFile(Path(source) if source is not None else None, dest, kind, mode,
-                        key_name, data)
+    def add_file(
+        self,
+        source: Path | None,
+        dest: str,
+        kind: FileKind = FileKind.TRUSTED,
+        mode: int = 0o644,
+        key_name: str | None = None,
+        data: bytes | None = None,
+    ) -> PlanFile:
+        item = PlanFile(
+            Path(source) if source is not None else None, dest, kind, mode, key_name, data
+        )
         self.files.append(item)
         return item
 
@@ -275,8 +322,15 @@ class ServicePlan:
         out = list(self.files)
         if self.server_config is not None:
             if any(f.dest == SERVER_CONFIG for f in self.files):
-                raise ValueError(f"{SERVER_CONFIG}: the plan adds a file where its "
-                                 "server_config goes")
-            out.append(PlanFile(None, SERVER_CONFIG, FileKind.TRUSTED,
-                                data=self.server_config.to_json().encode()))
+                raise ValueError(
+                    f"{SERVER_CONFIG}: the plan adds a file where its server_config goes"
+                )
+            out.append(
+                PlanFile(
+                    None,
+                    SERVER_CONFIG,
+                    FileKind.TRUSTED,
+                    data=self.server_config.to_json().encode(),
+                )
+            )
         return out

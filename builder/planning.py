@@ -11,27 +11,44 @@ from pathlib import Path
 
 from enclave_build.contract.identity import mr_signer_of
 from enclave_build.contract.locate import KeyLocator
-from enclave_build.contract.names import (MODEL_ROOT, SECRET_SERVER_CA,  # noqa: F401 - API
-                                          SECRETS_DIR)
+from enclave_build.contract.names import MODEL_ROOT, SECRET_SERVER_CA, SECRETS_DIR  # noqa: F401 - API
 from enclave_build.contract.schema import Problem
 
+from . import server_trust
 from .errors import EnclaveBuildError
-from .plan import (EnclaveResources, FileKind, KeyDelivery, Mount, MountType, Port,
-                   ProvisionedKey, SecretProvisioning, ServicePlan)
+from .plan import (
+    EnclaveResources,
+    FileKind,
+    KeyDelivery,
+    Mount,
+    MountType,
+    Port,
+    ProvisionedKey,
+    SecretProvisioning,
+    ServicePlan,
+)
 from .plugin_types import Framework
 from .spec import ModelSpec, Spec, SpecError
 from .spec_origin import spec_origin
-from . import server_trust
 
 # SECRETS_DIR, MODEL_ROOT and SECRET_SERVER_CA (image paths) are defined once, in
 # enclave_build.contract.names; plugins import them from enclave_build.plugin.
 
 
-def base_plan(spec: Spec, framework: Framework, *, entrypoint: str, argv: list[str],
-              env: dict[str, str] | None = None, trusted: list[str] | None = None,
-              ports: list[Port] | None = None, user: str = "root",
-              working_dir: str = "/", default_base: str | None = None,
-              key_delivery: KeyDelivery = KeyDelivery.CONSTRUCTOR) -> ServicePlan:
+def base_plan(
+    spec: Spec,
+    framework: Framework,
+    *,
+    entrypoint: str,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    trusted: list[str] | None = None,
+    ports: list[Port] | None = None,
+    user: str = "root",
+    working_dir: str = "/",
+    default_base: str | None = None,
+    key_delivery: KeyDelivery = KeyDelivery.CONSTRUCTOR,
+) -> ServicePlan:
     """A plan with everything the spec fixes regardless of framework: identity, resources,
     image names and the secret-provisioning endpoint. Frameworks add their models and files.
 
@@ -50,8 +67,11 @@ def base_plan(spec: Spec, framework: Framework, *, entrypoint: str, argv: list[s
         enclave=EnclaveResources(
             size=enclave.size or framework.default_enclave_size,
             max_threads=enclave.max_threads or framework.default_max_threads,
-            edmm=enclave.edmm, debug=enclave.debug,
-            isv_prod_id=enclave.isv_prod_id, isv_svn=enclave.isv_svn),
+            edmm=enclave.edmm,
+            debug=enclave.debug,
+            isv_prod_id=enclave.isv_prod_id,
+            isv_svn=enclave.isv_svn,
+        ),
         env=dict(env or {}),
         user=user,
         working_dir=working_dir,
@@ -63,10 +83,13 @@ def base_plan(spec: Spec, framework: Framework, *, entrypoint: str, argv: list[s
     plan.labels["org.enclave-build.service"] = spec.service.name
     plan.labels["org.enclave-build.framework"] = framework.name
     if spec.secrets.server:
-        plan.secrets = SecretProvisioning(spec.secrets.server, spec.secrets.ca,
-                                          delivery=key_delivery,
-                                          server_trust=spec.secrets.server_trust)
-        if spec.secrets.server_trust is not None:   # an attested secret server, not a CA
+        plan.secrets = SecretProvisioning(
+            spec.secrets.server,
+            spec.secrets.ca,
+            delivery=key_delivery,
+            server_trust=spec.secrets.server_trust,
+        )
+        if spec.secrets.server_trust is not None:  # an attested secret server, not a CA
             add_server_trust(spec, plan, framework.name)
     return plan
 
@@ -80,21 +103,27 @@ def add_server_trust(spec: Spec, plan: ServicePlan, framework: str) -> None:
     assert plan.secrets is not None and plan.secrets.server_trust is not None
     trust = plan.secrets.server_trust
     if plan.secrets.delivery is not KeyDelivery.IN_ENCLAVE:
-        raise spec_error(spec, ("secrets", "server_measurements"),
-                         f"framework {framework!r} gets its keys from Gramine's provisioning "
-                         "constructor, which checks the secret server against a CA only: use "
-                         "[secrets] ca, or a framework served by enclave-build's model server "
-                         '(tflite, openvino mode "python", Python backends)')
+        raise spec_error(
+            spec,
+            ("secrets", "server_measurements"),
+            f"framework {framework!r} gets its keys from Gramine's provisioning "
+            "constructor, which checks the secret server against a CA only: use "
+            "[secrets] ca, or a framework served by enclave-build's model server "
+            '(tflite, openvino mode "python", Python backends)',
+        )
     own = _own_mr_signer(spec)
     if trust.pin == "mr_signer" and own is not None:
         for index, identity in enumerate(trust.identities):
             if (identity.mr_signer, identity.isv_prod_id) == (own, plan.enclave.isv_prod_id):
-                raise spec_error(spec, ("secrets", "server_measurements", index),
-                                 "that secret server has this enclave's own MRSIGNER and "
-                                 f"isv_prod_id ({identity.isv_prod_id}): with server_pin = "
-                                 "\"mr_signer\" any build of this service would pass as the "
-                                 "secret server; give the secret server another [enclave] "
-                                 "isv_prod_id (or its own signing key)")
+                raise spec_error(
+                    spec,
+                    ("secrets", "server_measurements", index),
+                    "that secret server has this enclave's own MRSIGNER and "
+                    f"isv_prod_id ({identity.isv_prod_id}): with server_pin = "
+                    '"mr_signer" any build of this service would pass as the '
+                    "secret server; give the secret server another [enclave] "
+                    "isv_prod_id (or its own signing key)",
+                )
     if trust.root_ca is not None:
         plan.add_file(trust.root_ca, server_trust.TRUST_ROOT, FileKind.TRUSTED)
     if trust.collateral is not None:
@@ -115,10 +144,14 @@ def _own_mr_signer(spec: Spec) -> str | None:
         if spec.signing.public_key is not None:
             key = serialization.load_pem_public_key(spec.signing.public_key.read_bytes())
         elif spec.signing.key is not None:
-            secret = os.environ.get(spec.signing.passphrase_env or "") if \
-                spec.signing.passphrase_env else None
+            secret = (
+                os.environ.get(spec.signing.passphrase_env or "")
+                if spec.signing.passphrase_env
+                else None
+            )
             key = serialization.load_pem_private_key(
-                spec.signing.key.read_bytes(), secret.encode() if secret else None).public_key()
+                spec.signing.key.read_bytes(), secret.encode() if secret else None
+            ).public_key()
         else:
             return None
     except (OSError, ValueError, TypeError):
@@ -187,8 +220,12 @@ def require_models(spec: Spec, framework: str) -> None:
     """For model servers: at least one ``[[models]]`` table (a server with nothing to serve is
     a mistake in the spec, not an image to build)."""
     if not spec.models:
-        raise spec_error(spec, ("models",), f"framework {framework} serves models, and the spec "
-                                            "has no [[models]] table: add one (name, path)")
+        raise spec_error(
+            spec,
+            ("models",),
+            f"framework {framework} serves models, and the spec "
+            "has no [[models]] table: add one (name, path)",
+        )
 
 
 def require_one_key(spec: Spec, framework: str) -> str:
@@ -202,12 +239,14 @@ def require_one_key(spec: Spec, framework: str) -> str:
     for index, model in encrypted[1:]:
         if model_key_name(spec, model) != key:
             raise spec_error(
-                spec, ("models", index, "key") if model.key else ("models", index),
+                spec,
+                ("models", index, "key") if model.key else ("models", index),
                 f"all encrypted models must use the same key ({key!r}) with framework "
                 f"{framework}: Gramine's provisioning constructor gives the enclave exactly one "
                 "key per start; serve models with different keys from separate services, or "
                 "with a framework whose server fetches its own keys (tflite, openvino mode "
-                '"python")')
+                '"python")',
+            )
     return key
 
 
@@ -223,8 +262,10 @@ def _encrypted_mount(plan: ServicePlan, directory: str, key: str) -> None:
     for mount in plan.mounts:
         if mount.path == directory:
             if mount.key_name != key:
-                raise EnclaveBuildError(f"{directory}: one encrypted mount cannot use two keys "
-                                        f"({mount.key_name} and {key})")
+                raise EnclaveBuildError(
+                    f"{directory}: one encrypted mount cannot use two keys "
+                    f"({mount.key_name} and {key})"
+                )
             return
     plan.mounts.append(Mount(directory, MountType.ENCRYPTED, "file:" + directory, key))
 
@@ -235,8 +276,9 @@ def model_image_path(model: ModelSpec, dest_dir: str) -> str:
     return dest_dir.rstrip("/") + ("" if source.is_dir() else "/" + source.name)
 
 
-def add_model(plan: ServicePlan, spec: Spec, model: ModelSpec, dest_dir: str,
-              key: str | None = None) -> str:
+def add_model(
+    plan: ServicePlan, spec: Spec, model: ModelSpec, dest_dir: str, key: str | None = None
+) -> str:
     """Add *model* under *dest_dir* (a directory inside the image): trusted when clear-text,
     otherwise as protected files under an encrypted mount of *dest_dir* keyed by *key*
     (default: the model's key, :func:`model_key_name`). Returns the model's image path."""
@@ -252,8 +294,15 @@ def add_model(plan: ServicePlan, spec: Spec, model: ModelSpec, dest_dir: str,
     return model_image_path(model, dest_dir)
 
 
-def add_secret_file(plan: ServicePlan, spec: Spec, name: str, *, data: bytes | None = None,
-                    source: Path | None = None, key: str | None = None) -> str:
+def add_secret_file(
+    plan: ServicePlan,
+    spec: Spec,
+    name: str,
+    *,
+    data: bytes | None = None,
+    source: Path | None = None,
+    key: str | None = None,
+) -> str:
     """Ship a confidential file (TLS key, credentials) encrypted under SECRETS_DIR; returns the
     path the server inside the enclave opens. *key* defaults to the service's one key for
     constructor-provisioned plans and to SERVICE-key when the server fetches its own keys."""
@@ -271,13 +320,19 @@ def refuse_model_server_keys(spec: Spec, framework: str) -> None:
     """For frameworks that run their own server binary: a located spec error for the keys only
     enclave-build's model server reads (``[[models]] max_queue``, ``[limits]``)."""
     if spec.limits is not None:
-        raise spec_error(spec, ("limits",),
-                         f"[limits] sets enclave-build's model server (tflite, openvino mode "
-                         f'"python"); framework {framework} runs its own server, which has '
-                         "limits of its own: remove the section")
+        raise spec_error(
+            spec,
+            ("limits",),
+            f"[limits] sets enclave-build's model server (tflite, openvino mode "
+            f'"python"); framework {framework} runs its own server, which has '
+            "limits of its own: remove the section",
+        )
     for index, model in enumerate(spec.models):
         if model.max_queue is not None:
-            raise spec_error(spec, ("models", index, "max_queue"),
-                             f"max_queue applies to enclave-build's model server (tflite, "
-                             f'openvino mode "python"); framework {framework} runs its own '
-                             "server, which queues by its own settings: remove it")
+            raise spec_error(
+                spec,
+                ("models", index, "max_queue"),
+                f"max_queue applies to enclave-build's model server (tflite, "
+                f'openvino mode "python"); framework {framework} runs its own '
+                "server, which queues by its own settings: remove it",
+            )

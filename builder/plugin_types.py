@@ -7,9 +7,10 @@ reports is the contract's one :class:`~enclave_build.contract.identity.EnclaveId
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.schema import Section
@@ -48,14 +49,14 @@ class NullProgress:
 class BuildOptions:
     """What a libOS backend needs besides the plan and the rootfs."""
 
-    signer: object | None          # builder.gramine.signer.Signer; None = detached step one
+    signer: object | None  # builder.gramine.signer.Signer; None = detached step one
     sig_date: str = "0000-00-00"
     progress: Progress = field(default_factory=NullProgress)
     hash_cache: object | None = None  # builder.hashing.HashCache
     log_level: str = "error"
     wrap_keys: dict[str, bytes] = field(default_factory=dict, repr=False)  # never logged
-    staging: Path | None = None       # private directory for files the build generates
-    reproducible: bool = False        # deterministic protected files
+    staging: Path | None = None  # private directory for files the build generates
+    reproducible: bool = False  # deterministic protected files
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,8 @@ class SecretRelease:
 class LibOSArtifacts:
     libos: str
     files: tuple[ArtifactFile, ...]
-    entrypoint: tuple[str, ...]          # the image's ENTRYPOINT
-    identity: EnclaveIdentity | None      # None while a signature is pending
+    entrypoint: tuple[str, ...]  # the image's ENTRYPOINT
+    identity: EnclaveIdentity | None  # None while a signature is pending
     pending: PendingSignature | None = None
     manifest: bytes = b""
     sigstruct: bytes = b""

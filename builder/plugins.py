@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any
 
 import pluggy
 
@@ -51,7 +52,7 @@ class PluginError(EnclaveBuildError):
 class PluginInfo:
     name: str
     version: str
-    source: str        # distribution (or module) that provides it
+    source: str  # distribution (or module) that provides it
     hooks: tuple[str, ...]
     frameworks: tuple[str, ...]
     libos: tuple[str, ...]
@@ -78,8 +79,13 @@ class PluginRegistry:
     builtins out. Failures are in :attr:`failures`; nothing here raises for a broken plugin.
     """
 
-    def __init__(self, extra_plugins: Iterable[Any] = (), load_entry_points: bool = True,
-                 builtins: bool = True, entry_points: Iterable[Any] | None = None):
+    def __init__(
+        self,
+        extra_plugins: Iterable[Any] = (),
+        load_entry_points: bool = True,
+        builtins: bool = True,
+        entry_points: Iterable[Any] | None = None,
+    ):
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
@@ -93,12 +99,17 @@ class PluginRegistry:
         if load_entry_points:
             self._load_entry_points(entry_points)
         for plugin in extra_plugins:
-            self._register(plugin, getattr(plugin, "__name__", None) or _object_name(plugin),
-                           (_module_name(plugin), "-"))
+            self._register(
+                plugin,
+                getattr(plugin, "__name__", None) or _object_name(plugin),
+                (_module_name(plugin), "-"),
+            )
         frameworks = self._collect("enclave_build_frameworks", Framework, "framework")
         libos = self._collect("enclave_build_libos", LibOS, "libOS backend")
         # (a plugin dropped by its libOS hook takes its frameworks with it)
-        self.frameworks = {n: item for n, (item, owner) in frameworks.items() if owner in self._dist}
+        self.frameworks = {
+            n: item for n, (item, owner) in frameworks.items() if owner in self._dist
+        }
         self.libos = {n: item for n, (item, owner) in libos.items() if owner in self._dist}
 
     # ------------------------------------------------------------------ loading
@@ -119,7 +130,7 @@ class PluginRegistry:
             entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
         for ep in entry_points:
             if self.pm.has_plugin(ep.name) or ep.value in {m for _, m in DEFAULT_PLUGINS}:
-                continue   # a builtin (an older install may still list it as an entry point)
+                continue  # a builtin (an older install may still list it as an entry point)
             dist = getattr(ep, "dist", None)
             source = (dist.name, dist.version) if dist else (ep.value, "?")
             try:
@@ -166,8 +177,7 @@ class PluginRegistry:
                 result = list(impl.function() or [])
                 wrong = [item for item in result if not isinstance(item, kind)]
                 if wrong:
-                    raise TypeError(f"returned {wrong[0]!r} where a {kind.__name__} was "
-                                    "expected")
+                    raise TypeError(f"returned {wrong[0]!r} where a {kind.__name__} was expected")
             except Exception as exc:  # noqa: BLE001 - a failing plugin is dropped, the others go on
                 self._drop(name, f"failed in {hook}: {_error(exc)}")
                 continue
@@ -179,8 +189,11 @@ class PluginRegistry:
         for item_name, plugins in owners.items():
             if len(plugins) > 1:
                 self._conflicts[(what, item_name)] = sorted(plugins)
-                self._fail(", ".join(sorted(plugins)), "conflict",
-                           f"both provide the {what} {item_name!r}: neither is used")
+                self._fail(
+                    ", ".join(sorted(plugins)),
+                    "conflict",
+                    f"both provide the {what} {item_name!r}: neither is used",
+                )
             else:
                 out[item_name] = (items[item_name], plugins[0])
         return dict(sorted(out.items()))
@@ -202,19 +215,25 @@ class PluginRegistry:
     def _missing(self, what: str, name: str, installed: dict[str, Any]) -> str:
         conflict = self._conflicts.get((what, name))
         if conflict:
-            return (f"two plugins provide the {what} {name!r} ({', '.join(conflict)}): "
-                    "uninstall one of them")
-        return (f"{what} {name!r} is not installed; installed: "
-                f"{', '.join(installed) or 'none'}{self.failure_note()}")
+            return (
+                f"two plugins provide the {what} {name!r} ({', '.join(conflict)}): "
+                "uninstall one of them"
+            )
+        return (
+            f"{what} {name!r} is not installed; installed: "
+            f"{', '.join(installed) or 'none'}{self.failure_note()}"
+        )
 
     def failure_note(self) -> str:
         """``"; plugins that failed to load (one may provide it): ..."`` or ``""``: what an
         error about something not installed adds, naming the broken plugins."""
         if not self.failures:
             return ""
-        return ("; plugins that could not be used (one may provide it): "
-                + "; ".join(f.describe() for f in self.failures)
-                + " (see `enclave-build plugins`)")
+        return (
+            "; plugins that could not be used (one may provide it): "
+            + "; ".join(f.describe() for f in self.failures)
+            + " (see `enclave-build plugins`)"
+        )
 
     def framework_sections(self) -> dict[str, Section | None]:
         return {name: fw.section for name, fw in self.frameworks.items()}
@@ -240,9 +259,16 @@ class PluginRegistry:
             hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or []))
             provided = self._provided.get(name, {})
             dist_name, version = self._dist.get(name, (_module_name(plugin), "-"))
-            infos.append(PluginInfo(name, version, dist_name, hooks,
-                                    provided.get("enclave_build_frameworks", ()),
-                                    provided.get("enclave_build_libos", ())))
+            infos.append(
+                PluginInfo(
+                    name,
+                    version,
+                    dist_name,
+                    hooks,
+                    provided.get("enclave_build_frameworks", ()),
+                    provided.get("enclave_build_libos", ()),
+                )
+            )
         return infos
 
 
@@ -259,5 +285,11 @@ def _object_name(plugin: Any) -> str:
     return f"{_module_name(plugin)}-{id(plugin):x}"
 
 
-__all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "PluginError", "PluginFailure", "PluginInfo",
-           "PluginRegistry"]
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "ENTRY_POINT_GROUP",
+    "PluginError",
+    "PluginFailure",
+    "PluginInfo",
+    "PluginRegistry",
+]

@@ -29,18 +29,39 @@ from .plan import PythonRuntime
 from .rootfs import RootFS, RootFSError
 
 #: Files inside distributions that are never executed or read by a running server.
-UNUSED_SUFFIXES = (".pyi", ".h", ".hpp", ".c", ".cc", ".cpp", ".pxd", ".pyx", ".pxi", ".a",
-                   ".cmake", ".pc", ".md", ".rst")
+UNUSED_SUFFIXES = (
+    ".pyi",
+    ".h",
+    ".hpp",
+    ".c",
+    ".cc",
+    ".cpp",
+    ".pxd",
+    ".pyx",
+    ".pxi",
+    ".a",
+    ".cmake",
+    ".pc",
+    ".md",
+    ".rst",
+)
 TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 #: Metadata files kept from a .dist-info (importlib.metadata lookups at import time).
 KEPT_METADATA = ("METADATA", "entry_points.txt", "top_level.txt")
 
 #: Marker environment of Debian bookworm's CPython 3.11 on x86-64.
 MARKER_ENV = {
-    "implementation_name": "cpython", "implementation_version": "3.11.2", "os_name": "posix",
-    "platform_machine": "x86_64", "platform_python_implementation": "CPython",
-    "platform_release": "", "platform_system": "Linux", "platform_version": "",
-    "python_full_version": "3.11.2", "python_version": "3.11", "sys_platform": "linux",
+    "implementation_name": "cpython",
+    "implementation_version": "3.11.2",
+    "os_name": "posix",
+    "platform_machine": "x86_64",
+    "platform_python_implementation": "CPython",
+    "platform_release": "",
+    "platform_system": "Linux",
+    "platform_version": "",
+    "python_full_version": "3.11.2",
+    "python_version": "3.11",
+    "sys_platform": "linux",
     "extra": "",
 }
 
@@ -51,7 +72,7 @@ class PythonClosureError(EnclaveBuildError):
 
 @dataclass(frozen=True)
 class PythonFiles:
-    files: tuple[str, ...]          # image paths to trust, in a stable order
+    files: tuple[str, ...]  # image paths to trust, in a stable order
     distributions: tuple[str, ...]  # "name version (site dir)" of every distribution included
 
 
@@ -85,10 +106,11 @@ def python_closure(runtime: PythonRuntime, rootfs: RootFS) -> PythonFiles:
                 raise PythonClosureError(
                     f"the Python distribution {name!r} is not installed in the base image "
                     f"({rootfs}); looked for {key.replace('-', '_')}-*.dist-info in "
-                    + ", ".join(runtime.site_dirs))
+                    + ", ".join(runtime.site_dirs)
+                )
             continue  # a dependency the base provides otherwise (e.g. a Debian package)
         site, info = dist
-        included.append(f"{info[:-len('.dist-info')]} ({site})")
+        included.append(f"{info[: -len('.dist-info')]} ({site})")
         for path in _dist_files(rootfs, site, info, runtime.version):
             out[path] = None
         for requirement in _requirements(rootfs, posixpath.join(site, info)):
@@ -99,7 +121,8 @@ def python_closure(runtime: PythonRuntime, rootfs: RootFS) -> PythonFiles:
         if not paths:
             raise PythonClosureError(
                 f"the Python module {module!r} is not in the base image ({rootfs}); looked in "
-                + ", ".join(runtime.site_dirs))
+                + ", ".join(runtime.site_dirs)
+            )
         for path in paths:
             out[path] = None
     return PythonFiles(tuple(out), tuple(included))
@@ -107,8 +130,10 @@ def python_closure(runtime: PythonRuntime, rootfs: RootFS) -> PythonFiles:
 
 def _require(rootfs: RootFS, path: str, what: str) -> None:
     if not rootfs.exists(path):
-        raise PythonClosureError(f"{what} {path} is not in the base image ({rootfs}); the "
-                                 "Python server needs Debian's python3.11 there")
+        raise PythonClosureError(
+            f"{what} {path} is not in the base image ({rootfs}); the "
+            "Python server needs Debian's python3.11 there"
+        )
 
 
 def _excluded(rel: str, is_dir: bool, patterns: tuple[str, ...]) -> bool:
@@ -181,7 +206,7 @@ def _dist_index(rootfs: RootFS, site_dirs: tuple[str, ...]) -> dict[str, tuple[s
             continue
         for name in names:
             if name.endswith(".dist-info"):
-                dist = normalize(name[:-len(".dist-info")].rsplit("-", 1)[0])
+                dist = normalize(name[: -len(".dist-info")].rsplit("-", 1)[0])
                 index.setdefault(dist, (site, name))
     return index
 
@@ -209,8 +234,11 @@ def _dist_files(rootfs: RootFS, site: str, info: str, version: str = "3.11") -> 
     if record is None:
         # No RECORD (some distro packages): the import packages named in top_level.txt.
         top = _read(rootfs, posixpath.join(site, info, "top_level.txt")) or ""
-        files = [posixpath.join(site, info, m) for m in KEPT_METADATA
-                 if rootfs.exists(posixpath.join(site, info, m))]
+        files = [
+            posixpath.join(site, info, m)
+            for m in KEPT_METADATA
+            if rootfs.exists(posixpath.join(site, info, m))
+        ]
         for module in top.split():
             files += _module_files(rootfs, (site,), module, version)
         return files
@@ -263,8 +291,9 @@ def _marker_true(marker: str) -> bool:
         return False
 
 
-def _module_files(rootfs: RootFS, site_dirs: tuple[str, ...], module: str,
-                  version: str = "3.11") -> list[str]:
+def _module_files(
+    rootfs: RootFS, site_dirs: tuple[str, ...], module: str, version: str = "3.11"
+) -> list[str]:
     """Files of the top-level import *module* (a package directory, a .py or an extension)."""
     for site in site_dirs:
         package = posixpath.join(site, module)
@@ -275,8 +304,11 @@ def _module_files(rootfs: RootFS, site_dirs: tuple[str, ...], module: str,
             names = rootfs.listdir(site)
         except (OSError, RootFSError):
             continue
-        hits = [posixpath.join(site, n) for n in names
-                if n == f"{module}.py" or (n.startswith(f"{module}.") and n.endswith(".so"))]
+        hits = [
+            posixpath.join(site, n)
+            for n in names
+            if n == f"{module}.py" or (n.startswith(f"{module}.") and n.endswith(".so"))
+        ]
         if hits:
             pycs = [_cached_pyc(rootfs, h, version) for h in hits if h.endswith(".py")]
             return hits + [p for p in pycs if p is not None]

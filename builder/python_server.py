@@ -11,27 +11,52 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import posixpath
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from enclave_build.contract.names import (MODEL_ROOT, PYTHON,  # noqa: F401 - API
-                                          SECRET_SERVER_CA, SERVER_CONFIG, SERVER_PYTHONPATH)
-from enclave_build.contract.server_config import (KeysConfig, Limits, Listener, ModelConfig,
-                                                  ServerConfig, TLSConfig)
+from enclave_build.contract.names import (
+    MODEL_ROOT,
+    PYTHON,
+    SECRET_SERVER_CA,
+    SERVER_CONFIG,
+    SERVER_PYTHONPATH,
+)
+from enclave_build.contract.server_config import (
+    KeysConfig,
+    Limits,
+    Listener,
+    ModelConfig,
+    ServerConfig,
+    TLSConfig,
+)
 
+from . import server_trust
 from .errors import EnclaveBuildError
 from .plan import FileKind, KeyDelivery, Port, PythonRuntime, ServicePlan
-from .planning import (add_model, add_secret_file, base_plan, default_key_name, model_key_name,
-                       require_models, spec_error)
+from .planning import (
+    add_model,
+    add_secret_file,
+    base_plan,
+    default_key_name,
+    model_key_name,
+    require_models,
+    spec_error,
+)
 from .plugin_types import Framework
 from .spec import Spec
-from . import server_trust
 
 # PYTHON, SERVER_PYTHONPATH and SERVER_CONFIG (image paths) are defined once, in
 # enclave_build.contract.names; plugins import them from enclave_build.plugin.
 #: Runtime distributions the model server imports, installed in the base image (pip names).
-SERVER_DISTRIBUTIONS: tuple[str, ...] = ("grpcio", "protobuf", "numpy", "cbor2", "cryptography",
-                                         "httptools")
+SERVER_DISTRIBUTIONS: tuple[str, ...] = (
+    "grpcio",
+    "protobuf",
+    "numpy",
+    "cbor2",
+    "cryptography",
+    "httptools",
+)
 #: Import names needed without distribution metadata (Debian's python3-cffi-backend, which
 #: Debian's python3-cryptography loads).
 SERVER_MODULES: tuple[str, ...] = ("_cffi_backend",)
@@ -40,15 +65,19 @@ BACKEND_ENTRY_POINTS = "enclave_model_server.backends"
 #: Backends the model server imports directly (no entry point needed in the image).
 BUILTIN_BACKENDS = ("tflite", "openvino")
 #: Runtime distributions of the builtin backends.
-BACKEND_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {"tflite": ("ai-edge-litert",),
-                                                      "openvino": ("openvino",)}
+BACKEND_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
+    "tflite": ("ai-edge-litert",),
+    "openvino": ("openvino",),
+}
 
 
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None:
-        raise EnclaveBuildError(f"the Python package {name!r} is not installed where "
-                                "enclave-build runs, so it cannot be shipped into the image")
+        raise EnclaveBuildError(
+            f"the Python package {name!r} is not installed where "
+            "enclave-build runs, so it cannot be shipped into the image"
+        )
     if spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
     if spec.origin is None:
@@ -59,12 +88,16 @@ def _package_dir(name: str) -> Path:
 def _source_files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                  and not p.name.endswith((".pyc", ".pyo")))
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith((".pyc", ".pyo"))
+    )
 
 
-def ship_python_package(plan: ServicePlan, name: str, *,
-                        target: str = SERVER_PYTHONPATH) -> list[str]:
+def ship_python_package(
+    plan: ServicePlan, name: str, *, target: str = SERVER_PYTHONPATH
+) -> list[str]:
     """Copy the installed package (or module) *name* -- top-level or dotted, e.g.
     ``enclave_build.model_server`` -- from the environment running the build into the image
     under *target* (on the server's PYTHONPATH) as trusted files, with the ``__init__.py`` of
@@ -94,8 +127,11 @@ def ship_python_package(plan: ServicePlan, name: str, *,
 #: installed distribution: the model server (and its key fetching), the attestation package
 #: (RA-TLS, quotes, protected files; the secret server too, when it is the enclave), and the
 #: contract types both read their files with.
-ENCLAVE_RUNTIME = ("enclave_build.model_server", "enclave_build.attestation",
-                   "enclave_build.contract")
+ENCLAVE_RUNTIME = (
+    "enclave_build.model_server",
+    "enclave_build.attestation",
+    "enclave_build.contract",
+)
 
 
 def ship_enclave_runtime(plan: ServicePlan, *, target: str = SERVER_PYTHONPATH) -> list[str]:
@@ -107,8 +143,9 @@ def ship_enclave_runtime(plan: ServicePlan, *, target: str = SERVER_PYTHONPATH) 
 
 
 def _backend_entry_point(name: str) -> importlib.metadata.EntryPoint | None:
-    matches = [ep for ep in importlib.metadata.entry_points(group=BACKEND_ENTRY_POINTS)
-               if ep.name == name]
+    matches = [
+        ep for ep in importlib.metadata.entry_points(group=BACKEND_ENTRY_POINTS) if ep.name == name
+    ]
     return matches[0] if matches else None
 
 
@@ -117,10 +154,16 @@ def _backend_metadata(entry_points: Mapping[str, str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def server_config(spec: Spec, plan: ServicePlan,
-                  models: Sequence[ModelConfig | Mapping[str, Any]], *, grpc_port: int,
-                  rest_port: int, tls: TLSConfig | Mapping[str, Any] | None = None,
-                  limits: Mapping[str, int] | None = None) -> ServerConfig:
+def server_config(
+    spec: Spec,
+    plan: ServicePlan,
+    models: Sequence[ModelConfig | Mapping[str, Any]],
+    *,
+    grpc_port: int,
+    rest_port: int,
+    tls: TLSConfig | Mapping[str, Any] | None = None,
+    limits: Mapping[str, int] | None = None,
+) -> ServerConfig:
     """The model server's configuration (model-server.json,
     :class:`enclave_build.contract.server_config.ServerConfig`) for *plan*: keys are the plan's
     provisioned keys, fetched by the server from the spec's secret server (checked against
@@ -131,12 +174,15 @@ def server_config(spec: Spec, plan: ServicePlan,
     keys = None
     if plan.secrets is not None and plan.secrets.keys:
         trust = plan.secrets.server_trust
-        keys = KeysConfig(plan.secrets.server, SECRET_SERVER_CA if trust is None else "",
-                          tuple(k.name for k in plan.secrets.keys), timeout_seconds=10,
-                          evidence="tcg-dice",
-                          # verified by its quote (builder.server_trust), not by a CA
-                          server_identity=(server_trust.identity_config(trust)
-                                           if trust is not None else None))
+        keys = KeysConfig(
+            plan.secrets.server,
+            SECRET_SERVER_CA if trust is None else "",
+            tuple(k.name for k in plan.secrets.keys),
+            timeout_seconds=10,
+            evidence="tcg-dice",
+            # verified by its quote (builder.server_trust), not by a CA
+            server_identity=(server_trust.identity_config(trust) if trust is not None else None),
+        )
     return ServerConfig(
         service=spec.service.name,
         models=tuple(m if isinstance(m, ModelConfig) else ModelConfig(**m) for m in models),
@@ -144,7 +190,10 @@ def server_config(spec: Spec, plan: ServicePlan,
         rest=Listener("0.0.0.0", rest_port, _spec_key(plan, rest_port)),
         tls=(tls if isinstance(tls, TLSConfig) or tls is None else TLSConfig(**tls)),
         limits=_server_limits(spec, limits),
-        drain_seconds=(spec.limits or {}).get("drain_seconds", 20), metrics=True, keys=keys)
+        drain_seconds=(spec.limits or {}).get("drain_seconds", 20),
+        metrics=True,
+        keys=keys,
+    )
 
 
 def _spec_key(plan: ServicePlan, number: int) -> str | None:
@@ -155,8 +204,9 @@ def _spec_key(plan: ServicePlan, number: int) -> str | None:
 def _server_limits(spec: Spec, limits: Mapping[str, int] | None) -> Limits:
     """model-server.json ``limits``: *limits* (a framework's own) or the defaults, then what the
     spec's ``[limits]`` sets (its ``drain_seconds`` goes beside them)."""
-    out: dict[str, Any] = dict(limits or {"max_request_bytes": 64 << 20,
-                                          "max_concurrent_requests": 64, "max_queue": 256})
+    out: dict[str, Any] = dict(
+        limits or {"max_request_bytes": 64 << 20, "max_concurrent_requests": 64, "max_queue": 256}
+    )
     out.update({k: v for k, v in (spec.limits or {}).items() if k != "drain_seconds"})
     return Limits.of(out)
 
@@ -174,7 +224,8 @@ def deliver_keys_as_files(plan: ServicePlan, directory: str) -> bool:
     config = plan.server_config
     if config is not None and config.keys:
         plan.server_config = dataclasses.replace(
-            config, keys=KeysConfig.from_files(directory, config.keys.names))
+            config, keys=KeysConfig.from_files(directory, config.keys.names)
+        )
     return True
 
 
@@ -183,35 +234,57 @@ def deliver_keys_as_files(plan: ServicePlan, directory: str) -> bool:
 SERVER_OWN_THREADS = 8
 
 
-def _check_server_resources(spec: Spec, framework: Framework, *, grpc_port: int, rest_port: int,
-                            instances: int, threads: int) -> None:
+def _check_server_resources(
+    spec: Spec,
+    framework: Framework,
+    *,
+    grpc_port: int,
+    rest_port: int,
+    instances: int,
+    threads: int,
+) -> None:
     """Located spec errors, before anything is built or signed, for a Python-server spec that
     cannot work: both servers on one port, or more threads than the enclave may have."""
     section = framework.section.name if framework.section is not None else framework.name
     if grpc_port == rest_port:
-        raise spec_error(spec, (section, "rest_port"),
-                         f"the REST port equals grpc_port ({grpc_port}): the gRPC and REST "
-                         "servers need two different ports")
+        raise spec_error(
+            spec,
+            (section, "rest_port"),
+            f"the REST port equals grpc_port ({grpc_port}): the gRPC and REST "
+            "servers need two different ports",
+        )
     models = max(1, len(spec.models))
     needed = models * instances * threads + SERVER_OWN_THREADS
     max_threads = spec.enclave.max_threads or framework.default_max_threads
     if needed > max_threads:
         where = ("enclave", "max_threads") if spec.enclave.max_threads else (section, "instances")
-        raise spec_error(spec, where,
-                         f"the enclave needs at least {needed} threads ({models} model(s) x "
-                         f"{instances} instance(s) x {threads} thread(s) + {SERVER_OWN_THREADS} "
-                         f"of the model server's own) but [enclave] max_threads is "
-                         f"{max_threads}: raise [enclave] max_threads to {needed} or more, or "
-                         f"lower [{section}] instances or threads")
+        raise spec_error(
+            spec,
+            where,
+            f"the enclave needs at least {needed} threads ({models} model(s) x "
+            f"{instances} instance(s) x {threads} thread(s) + {SERVER_OWN_THREADS} "
+            f"of the model server's own) but [enclave] max_threads is "
+            f"{max_threads}: raise [enclave] max_threads to {needed} or more, or "
+            f"lower [{section}] instances or threads",
+        )
 
 
-def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
-                       packages: Sequence[str] = (), modules: Sequence[str] = (),
-                       grpc_port: int = 8001, rest_port: int = 8000, instances: int = 1,
-                       threads: int = 1, options: Mapping[str, Any] | None = None,
-                       default_base: str | None = None,
-                       python: PythonRuntime | None = None,
-                       user: str = "10001") -> ServicePlan:
+def python_server_plan(
+    spec: Spec,
+    framework: Framework,
+    *,
+    backend: str,
+    packages: Sequence[str] = (),
+    modules: Sequence[str] = (),
+    grpc_port: int = 8001,
+    rest_port: int = 8000,
+    instances: int = 1,
+    threads: int = 1,
+    options: Mapping[str, Any] | None = None,
+    default_base: str | None = None,
+    python: PythonRuntime | None = None,
+    user: str = "10001",
+) -> ServicePlan:
     """A plan that runs enclave-build's own model server (KServe v2 over gRPC and REST) with
     *backend* for every model of the spec.
 
@@ -233,37 +306,65 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
       the encrypted files, which Gramine opens read-write.
     """
     require_models(spec, framework.name)
-    _check_server_resources(spec, framework, grpc_port=grpc_port, rest_port=rest_port,
-                            instances=instances, threads=threads)
+    _check_server_resources(
+        spec,
+        framework,
+        grpc_port=grpc_port,
+        rest_port=rest_port,
+        instances=instances,
+        threads=threads,
+    )
     argv = [PYTHON, "-m", "enclave_build.model_server", "--config", SERVER_CONFIG]
     plan = base_plan(
-        spec, framework, entrypoint=(python.interpreter if python else PYTHON), argv=argv,
-        env={"PYTHONPATH": SERVER_PYTHONPATH, "PYTHONDONTWRITEBYTECODE": "1",
-             "PYTHONUNBUFFERED": "1", "HOME": "/tmp",
-             "LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu"},
-        ports=[Port(grpc_port, "grpc", spec_key=_port_key(framework, "grpc_port")),
-               Port(rest_port, "http", spec_key=_port_key(framework, "rest_port"))],
+        spec,
+        framework,
+        entrypoint=(python.interpreter if python else PYTHON),
+        argv=argv,
+        env={
+            "PYTHONPATH": SERVER_PYTHONPATH,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "HOME": "/tmp",
+            "LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu",
+        },
+        ports=[
+            Port(grpc_port, "grpc", spec_key=_port_key(framework, "grpc_port")),
+            Port(rest_port, "http", spec_key=_port_key(framework, "rest_port")),
+        ],
         default_base=default_base,
-        key_delivery=KeyDelivery.IN_ENCLAVE, user=user)
+        key_delivery=KeyDelivery.IN_ENCLAVE,
+        user=user,
+    )
     if python is not None:
         plan.argv[0] = python.interpreter
     plan.env_passthrough.append("ENCLAVE_BUILD_SIMULATED_QUOTER")
     plan.allowed.append("/etc/resolv.conf")
     # Docker and Kubernetes replace /etc/hosts at run time, so it cannot be a trusted file; the
     # image carries one (a minimal base has none) so that `localhost` resolves everywhere.
-    plan.add_file(None, "/etc/hosts", FileKind.ALLOWED,
-                  data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-    plan.trusted_if_present += ["/etc/nsswitch.conf", "/etc/ld.so.cache", "/etc/passwd",
-                                "/etc/group", "/etc/ssl/openssl.cnf",
-                                # The LibOS checks the path a program opens, not a symlink's
-                                # target: OpenSSL reads its config through OPENSSLDIR's link.
-                                "/usr/lib/ssl/openssl.cnf",
-                                # glibc: the resolver's options (resolving `localhost`) and
-                                # the time zone (localtime(), e.g. for log timestamps).
-                                "/etc/host.conf", "/etc/gai.conf", "/etc/localtime",
-                                # Debian's cryptography 38 insists on OpenSSL's legacy provider,
-                                # which libcrypto dlopens (no DT_NEEDED names it).
-                                "/usr/lib/x86_64-linux-gnu/ossl-modules/legacy.so"]
+    plan.add_file(
+        None,
+        "/etc/hosts",
+        FileKind.ALLOWED,
+        data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    )
+    plan.trusted_if_present += [
+        "/etc/nsswitch.conf",
+        "/etc/ld.so.cache",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/ssl/openssl.cnf",
+        # The LibOS checks the path a program opens, not a symlink's
+        # target: OpenSSL reads its config through OPENSSLDIR's link.
+        "/usr/lib/ssl/openssl.cnf",
+        # glibc: the resolver's options (resolving `localhost`) and
+        # the time zone (localtime(), e.g. for log timestamps).
+        "/etc/host.conf",
+        "/etc/gai.conf",
+        "/etc/localtime",
+        # Debian's cryptography 38 insists on OpenSSL's legacy provider,
+        # which libcrypto dlopens (no DT_NEEDED names it).
+        "/usr/lib/x86_64-linux-gnu/ossl-modules/legacy.so",
+    ]
 
     entry_points: dict[str, str] = {}
     ep = _backend_entry_point(backend)
@@ -275,21 +376,26 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     elif backend not in BUILTIN_BACKENDS:
         raise EnclaveBuildError(
             f"no model-server backend named {backend!r} is installed (entry-point group "
-            f"{BACKEND_ENTRY_POINTS}); builtin: {', '.join(BUILTIN_BACKENDS)}")
+            f"{BACKEND_ENTRY_POINTS}); builtin: {', '.join(BUILTIN_BACKENDS)}"
+        )
     ship_enclave_runtime(plan)
     if entry_points:
         info = f"{SERVER_PYTHONPATH}/enclave_build_image_backends-0.dist-info"
-        plan.add_file(None, f"{info}/METADATA", FileKind.TRUSTED,
-                      data=b"Metadata-Version: 2.1\nName: enclave-build-image-backends\n"
-                           b"Version: 0\n")
-        plan.add_file(None, f"{info}/entry_points.txt", FileKind.TRUSTED,
-                      data=_backend_metadata(entry_points))
+        plan.add_file(
+            None,
+            f"{info}/METADATA",
+            FileKind.TRUSTED,
+            data=b"Metadata-Version: 2.1\nName: enclave-build-image-backends\nVersion: 0\n",
+        )
+        plan.add_file(
+            None, f"{info}/entry_points.txt", FileKind.TRUSTED, data=_backend_metadata(entry_points)
+        )
 
     runtime = python or PythonRuntime()
     wanted = list(SERVER_DISTRIBUTIONS) + list(BACKEND_DISTRIBUTIONS.get(backend, ()))
     wanted += list(packages)
     if plan.secrets is not None and plan.secrets.server_trust is not None:
-        wanted += list(server_trust.TRUST_DISTRIBUTIONS)   # verifies the server's quote
+        wanted += list(server_trust.TRUST_DISTRIBUTIONS)  # verifies the server's quote
     runtime.distributions = list(dict.fromkeys(runtime.distributions + wanted))
     runtime.modules = list(dict.fromkeys(runtime.modules + list(SERVER_MODULES) + list(modules)))
     plan.python = runtime
@@ -297,10 +403,19 @@ def python_server_plan(spec: Spec, framework: Framework, *, backend: str,
     entries = []
     for model in spec.models:
         path = add_model(plan, spec, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
-        entries.append(ModelConfig(
-            name=model.name, version=str(model.version), backend=backend, path=path,
-            key=model_key_name(spec, model) if model.encrypt else None, instances=instances,
-            threads=threads, options=dict(options or {}), max_queue=model.max_queue))
+        entries.append(
+            ModelConfig(
+                name=model.name,
+                version=str(model.version),
+                backend=backend,
+                path=path,
+                key=model_key_name(spec, model) if model.encrypt else None,
+                instances=instances,
+                threads=threads,
+                options=dict(options or {}),
+                max_queue=model.max_queue,
+            )
+        )
     tls = None
     if spec.tls is not None:
         cert = add_secret_file(plan, spec, "tls.crt", source=spec.tls.cert)

@@ -107,7 +107,9 @@ class RootFS:
         except IsADirectoryError:
             raise RootFSError(f"{inner}: is a directory in {self}") from None
         except OSError as exc:
-            raise RootFSError(f"{inner}: cannot read in {self}: {os.strerror(exc.errno or errno.EIO)}") from None
+            raise RootFSError(
+                f"{inner}: cannot read in {self}: {os.strerror(exc.errno or errno.EIO)}"
+            ) from None
 
     def listdir(self, inner: str) -> list[str]:
         """Sorted entry names of a directory (after resolving *inner*)."""

@@ -35,16 +35,23 @@ import stat
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from enclave_build.contract.measurements import Measurements, MeasurementsError
 from enclave_build.contract.names import POLICY_FILE, SECRETS_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment, PolicyFragmentError
-from enclave_build.contract.secrets_config import (KEY_SIZE, AttestationSettings,
-                                                   GrSecretSettings, SecretRule, SecretsConfig,
-                                                   ServerSettings, split_listen)
+from enclave_build.contract.secrets_config import (
+    KEY_SIZE,
+    AttestationSettings,
+    GrSecretSettings,
+    SecretRule,
+    SecretsConfig,
+    ServerSettings,
+    split_listen,
+)
 
 from .errors import EnclaveBuildError, UsageError
 
@@ -60,9 +67,9 @@ class ServerSide:
     cert: Path
     key: Path
     listen: str = "0.0.0.0:4433"
-    root_ca: str = "intel"                 # or a PEM/DER file (a synthetic test root: warned)
-    collateral: Path | None = None         # offline collateral file, or
-    pccs_url: str | None = None            # a PCCS to fetch it from
+    root_ca: str = "intel"  # or a PEM/DER file (a synthetic test root: warned)
+    collateral: Path | None = None  # offline collateral file, or
+    pccs_url: str | None = None  # a PCCS to fetch it from
     audit_log: str | None = "audit.jsonl"
     #: other [server] settings (ServerSettings fields), e.g. {"max_tls": "1.2"}
     extra_server: dict[str, Any] = field(default_factory=dict)
@@ -122,9 +129,10 @@ def read_fragment(path: Path) -> PolicyFragment:
         return PolicyFragment.load(path)
     except PolicyFragmentError as exc:
         if exc.problems and exc.problems[0].path == () and "not found" in exc.problems[0].message:
-            raise UsageError(f"{exc.source}: no such policy fragment (a build with encrypted "
-                             f"content writes {POLICY_FILE} into its output directory)") \
-                from None
+            raise UsageError(
+                f"{exc.source}: no such policy fragment (a build with encrypted "
+                f"content writes {POLICY_FILE} into its output directory)"
+            ) from None
         raise FragmentError(str(exc)) from None
 
 
@@ -137,19 +145,22 @@ def _load_measurements(fragment: Path | None, pattern: str) -> list[Measurements
         try:
             loaded.append(Measurements.load(path))
         except MeasurementsError as exc:
-            raise SecretsConfigError(f"{fragment}: measurements: not a measurements.json: "
-                                     f"{exc}") from None
+            raise SecretsConfigError(
+                f"{fragment}: measurements: not a measurements.json: {exc}"
+            ) from None
     return loaded
 
 
-def check_allow(fragment: Path, name: str, allow: tuple[str, ...] | list[str],
-                services: set[str]) -> None:
+def check_allow(
+    fragment: Path, name: str, allow: tuple[str, ...] | list[str], services: set[str]
+) -> None:
     """Every allow entry of secret *name* is a 64-hex MRENCLAVE or one of *services* (and
     there is one at least): SecretsConfigError naming *fragment* otherwise."""
     if not allow:
         raise SecretsConfigError(
             f"{fragment}: secret {name!r}: allow = []: the secret would be released to no "
-            "enclave; name the services (or 64-hex MRENCLAVE values) that may receive it")
+            "enclave; name the services (or 64-hex MRENCLAVE values) that may receive it"
+        )
     for entry in allow:
         if _HEX64.match(entry) or entry in services:
             continue
@@ -163,7 +174,8 @@ def check_allow(fragment: Path, name: str, allow: tuple[str, ...] | list[str],
         raise SecretsConfigError(
             f"{fragment}: secret {name!r}: allow entry {entry!r} is neither a 64-hex MRENCLAVE "
             f"nor the service of one of the merged measurements (services: "
-            f"{', '.join(sorted(services)) or 'none'}){hint}")
+            f"{', '.join(sorted(services)) or 'none'}){hint}"
+        )
 
 
 def _check_key_file(fragment: Path, name: str, file: str, allow_readable: bool) -> os.stat_result:
@@ -177,11 +189,14 @@ def _check_key_file(fragment: Path, name: str, file: str, allow_readable: bool) 
     if not stat.S_ISREG(info.st_mode):
         raise SecretsConfigError(f"{what}: not a regular file")
     if info.st_size != WRAP_KEY_SIZE:
-        raise SecretsConfigError(f"{what}: {info.st_size} bytes; a Gramine wrap key is exactly "
-                                 f"{WRAP_KEY_SIZE} bytes")
+        raise SecretsConfigError(
+            f"{what}: {info.st_size} bytes; a Gramine wrap key is exactly {WRAP_KEY_SIZE} bytes"
+        )
     if info.st_mode & 0o077:
-        message = (f"{what}: group/others may access it (mode {stat.S_IMODE(info.st_mode):04o}); "
-                   f"make it private to the secret server's user: chmod 600 {file}")
+        message = (
+            f"{what}: group/others may access it (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"make it private to the secret server's user: chmod 600 {file}"
+        )
         if not allow_readable:
             raise SecretsConfigError(message)
         warnings.warn(message, UserWarning, stacklevel=3)
@@ -194,8 +209,9 @@ def own_keys_dir(fragment: PolicyFragment) -> Path:
     return Path(os.path.realpath(fragment.keys_dir or fragment.directory))
 
 
-def _check_key_place(fragment: Path, name: str, file: str, keys_dir: Path,
-                     allow_outside: bool) -> None:
+def _check_key_place(
+    fragment: Path, name: str, file: str, keys_dir: Path, allow_outside: bool
+) -> None:
     """Refuse (or, with *allow_outside*, warn about) a key file outside *keys_dir* or owned by
     another user than the fragment."""
     what = f"{fragment}: secret {name!r}: key file {file}"
@@ -204,27 +220,33 @@ def _check_key_place(fragment: Path, name: str, file: str, keys_dir: Path,
     fragment_mode = stat.S_IMODE(os.stat(fragment).st_mode)
     if fragment_mode & 0o022:
         # the keys directory comes from the fragment: whoever may edit it chooses the keys
-        problem = (f"{what}: the fragment is writable by group/others (mode "
-                   f"{fragment_mode:04o}), who could point it at any key; chmod go-w {fragment}")
+        problem = (
+            f"{what}: the fragment is writable by group/others (mode "
+            f"{fragment_mode:04o}), who could point it at any key; chmod go-w {fragment}"
+        )
     elif real != keys_dir and keys_dir not in real.parents:
-        problem = (f"{what}: outside the fragment's keys directory {keys_dir} (its build's "
-                   "[secrets] keys_dir); a fragment may only name its own keys")
+        problem = (
+            f"{what}: outside the fragment's keys directory {keys_dir} (its build's "
+            "[secrets] keys_dir); a fragment may only name its own keys"
+        )
     else:
         owner, mine = os.stat(real).st_uid, os.stat(fragment).st_uid
         if owner != mine:
-            problem = (f"{what}: belongs to another user (uid {owner}) than the fragment "
-                       f"(uid {mine})")
+            problem = (
+                f"{what}: belongs to another user (uid {owner}) than the fragment (uid {mine})"
+            )
     if problem is None:
         return
     if not allow_outside:
         raise KeyOutsideError(f"{problem}; pass --allow-keys-outside to use it anyway")
-    warnings.warn(f"{problem}; used because of --allow-keys-outside", KeyOutsideWarning,
-                  stacklevel=4)
+    warnings.warn(
+        f"{problem}; used because of --allow-keys-outside", KeyOutsideWarning, stacklevel=4
+    )
 
 
-def _merge(paths: list[Path], allow_readable_keys: bool = False,
-           allow_keys_outside: bool = False
-           ) -> tuple[list[str], list[SecretRule], list[KeySource]]:
+def _merge(
+    paths: list[Path], allow_readable_keys: bool = False, allow_keys_outside: bool = False
+) -> tuple[list[str], list[SecretRule], list[KeySource]]:
     fragments = [read_fragment(Path(given)) for given in paths]
     measurements: list[str] = []
     services: set[str] = set()
@@ -247,14 +269,16 @@ def _merge(paths: list[Path], allow_readable_keys: bool = False,
             check_allow(path, name, rule.allow, services)
             info = _check_key_file(path, name, file, allow_readable_keys)
             _check_key_place(path, name, file, keys_dir, allow_keys_outside)
-            other = key_names.setdefault((info.st_dev, info.st_ino, rule.encoding),
-                                         (name, file, path))
+            other = key_names.setdefault(
+                (info.st_dev, info.st_ino, rule.encoding), (name, file, path)
+            )
             if other[0] != name:
                 raise SecretsConfigError(
                     f"{path}: secret {name!r}: key file {file} is also the key file of "
                     f"secret {other[0]!r} (in {other[2]}); one key file per secret name and "
                     "encoding (name the same secret in both builds, e.g. [[models]] key, to "
-                    "share a key)")
+                    "share a key)"
+                )
             sources.append(KeySource(path, name, file))
             merged = secrets.get(name)
             if merged is None:
@@ -264,16 +288,18 @@ def _merge(paths: list[Path], allow_readable_keys: bool = False,
                     raise SecretsConfigError(
                         f"{path}: secret {name!r} differs from the rule of the same name in "
                         "an earlier fragment (another key file, match mode, encoding or "
-                        "requested_as)")
+                        "requested_as)"
+                    )
                 # The same key shared by several services: admit all of them.
                 secrets[name] = dataclasses.replace(
-                    merged, allow=tuple(dict.fromkeys(merged.allow + rule.allow)))
+                    merged, allow=tuple(dict.fromkeys(merged.allow + rule.allow))
+                )
     return measurements, list(secrets.values()), sources
 
 
-def merge_fragments(paths: list[Path], *, allow_readable_keys: bool = False,
-                    allow_keys_outside: bool = False
-                    ) -> tuple[list[str], list[SecretRule]]:
+def merge_fragments(
+    paths: list[Path], *, allow_readable_keys: bool = False, allow_keys_outside: bool = False
+) -> tuple[list[str], list[SecretRule]]:
     """All measurements (absolute, in order, once each) and all [[secrets]] rules; the same
     secret named twice must be the same rule.
 
@@ -287,9 +313,13 @@ def merge_fragments(paths: list[Path], *, allow_readable_keys: bool = False,
     return measurements, secrets
 
 
-def compose_config(policies: list[Path], server: ServerSide, *,
-                   allow_readable_keys: bool = False,
-                   allow_keys_outside: bool = False) -> ComposedConfig:
+def compose_config(
+    policies: list[Path],
+    server: ServerSide,
+    *,
+    allow_readable_keys: bool = False,
+    allow_keys_outside: bool = False,
+) -> ComposedConfig:
     """The secrets.toml of a secret server serving the builds of *policies* (absolute paths;
     its ``path`` is set where :func:`write_config` writes it)."""
     measurements, secrets, sources = _merge(policies, allow_readable_keys, allow_keys_outside)
@@ -302,8 +332,9 @@ def compose_config(policies: list[Path], server: ServerSide, *,
             grsecret = GrSecretSettings(*split_listen(server.grsecret_listen))
     except ValueError as exc:
         raise UsageError(f"--listen: {exc}") from None
-    settings = ServerSettings(host, port, server.cert.resolve(), server.key.resolve(),
-                              audit_log=server.audit_log)
+    settings = ServerSettings(
+        host, port, server.cert.resolve(), server.key.resolve(), audit_log=server.audit_log
+    )
     try:
         settings = dataclasses.replace(settings, **server.extra_server)
     except TypeError as exc:
@@ -313,16 +344,25 @@ def compose_config(policies: list[Path], server: ServerSide, *,
     attestation = AttestationSettings(
         None if server.root_ca == "intel" else Path(server.root_ca),
         server.collateral.resolve() if server.collateral is not None else None,
-        server.pccs_url)
+        server.pccs_url,
+    )
     if server.collateral is not None:
         check_collateral_root(server.collateral, server.root_ca)
-    if grsecret is None and any(rule.requested_as or rule.encoding != "raw"
-                                for rule in secrets):
-        warnings.warn("the fragments have Occlum secrets (encoding/requested_as), which only "
-                      "Occlum's GrSecret service serves: pass --grsecret-listen HOST:PORT",
-                      UserWarning, stacklevel=2)
-    config = SecretsConfig(Path(SECRETS_FILE).resolve(), settings, attestation,
-                           tuple(measurements), tuple(secrets), grsecret=grsecret)
+    if grsecret is None and any(rule.requested_as or rule.encoding != "raw" for rule in secrets):
+        warnings.warn(
+            "the fragments have Occlum secrets (encoding/requested_as), which only "
+            "Occlum's GrSecret service serves: pass --grsecret-listen HOST:PORT",
+            UserWarning,
+            stacklevel=2,
+        )
+    config = SecretsConfig(
+        Path(SECRETS_FILE).resolve(),
+        settings,
+        attestation,
+        tuple(measurements),
+        tuple(secrets),
+        grsecret=grsecret,
+    )
     return ComposedConfig(config, tuple(sources))
 
 
@@ -330,16 +370,19 @@ def check_collateral_root(collateral: Path, root_ca: str = "intel") -> None:
     """Refuse (CollateralRootError, exit 2) an offline collateral file whose issuer chains do
     not end in *root_ca* ("intel", or a PEM/DER file), saying which flag to change: the
     secret server would refuse every quote with dcap-qvl's "Failed to parse root CA CRL"."""
-    from enclave_build.attestation.collateral_root import (collateral_root_problem,
-                                                           synthetic_root_beside)
+    from enclave_build.attestation.collateral_root import (
+        collateral_root_problem,
+        synthetic_root_beside,
+    )
     from enclave_build.attestation.verify import load_root_der
 
     try:
         root_der = None if root_ca == "intel" else load_root_der(root_ca)
         text = Path(collateral).read_text(encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"--root-ca {root_ca} / --collateral {collateral}: cannot read: "
-                         f"{exc.strerror or exc}") from None
+        raise UsageError(
+            f"--root-ca {root_ca} / --collateral {collateral}: cannot read: {exc.strerror or exc}"
+        ) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise UsageError(f"--root-ca {root_ca}: not a PEM or DER certificate ({exc})") from None
     try:
@@ -350,27 +393,39 @@ def check_collateral_root(collateral: Path, root_ca: str = "intel") -> None:
         return
     pki_root = synthetic_root_beside(collateral)
     if root_ca == "intel" and "synthetic test PKI" in problem:
-        fix = (f"pass --root-ca {pki_root or 'PKI_DIR/root.pem'} from `secrets simulate-pki` "
-               "(the root of the PKI that made this collateral)")
+        fix = (
+            f"pass --root-ca {pki_root or 'PKI_DIR/root.pem'} from `secrets simulate-pki` "
+            "(the root of the PKI that made this collateral)"
+        )
     elif root_ca != "intel" and "collateral is Intel's" in problem:
-        fix = ("leave out --root-ca to trust Intel's root, or pass the --collateral of the PKI "
-               "whose root --root-ca names")
+        fix = (
+            "leave out --root-ca to trust Intel's root, or pass the --collateral of the PKI "
+            "whose root --root-ca names"
+        )
     else:
         fix = "pass --root-ca and --collateral of the same PKI"
     raise CollateralRootError(
         f"--collateral {collateral} does not chain to --root-ca {root_ca}: {problem}. The "
-        f"secret server would refuse every quote (\"Failed to parse root CA CRL\"): {fix}")
+        f'secret server would refuse every quote ("Failed to parse root CA CRL"): {fix}'
+    )
 
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-HEADER = "secrets.toml for enclave-build's secret server, written by `enclave-build secrets config`."
+HEADER = (
+    "secrets.toml for enclave-build's secret server, written by `enclave-build secrets config`."
+)
 
 
-def write_config(target: Path, config: ComposedConfig | SecretsConfig, *, force: bool = False,
-                 log: Callable[[str], None] | None = _stderr) -> Path:
+def write_config(
+    target: Path,
+    config: ComposedConfig | SecretsConfig,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] | None = _stderr,
+) -> Path:
     """Write *config* as TOML to *target* atomically, after the secret server's own loader
     accepted it and its policy was built exactly as the server builds it at start-up and on
     reload (relative paths in it resolve against *target*'s directory). *log* gets one line per

@@ -61,19 +61,44 @@ SECRET_SERVER_FRAMEWORK = "secret-server"
 
 #: The ``[secrets]`` fields this module owns (appended to builder.spec.SECRETS).
 FIELDS = (
-    Field("server_measurements", "list[str]", "instead of ca: measurements.json files of the "
-          "secret-server enclave build(s) the model enclave attests (one must match)"),
-    Field("server_pin", "str", "what the model enclave requires of the secret server's enclave",
-          default="mr_enclave", choices=SERVER_PINS),
-    Field("server_root_ca", "str", '"intel", or a PEM root CA file (a synthetic test root, for '
-          "simulation only)", default="intel"),
-    Field("server_collateral", "path", "offline collateral to verify the server's quote with "
-          "(measured; it expires, then rebuild) ..."),
-    Field("server_pccs_url", "str", "... or the PCCS the enclave fetches collateral from",
-          pattern=r"https?://\S+", pattern_doc='an http(s) URL, e.g. '
-          '"https://pccs.internal:8081/sgx/certification/v4/"'),
-    Field("server_allowed_tcb_statuses", "list[str]", "TCB statuses of the secret server's "
-          "platform to accept", default=["UpToDate"]),
+    Field(
+        "server_measurements",
+        "list[str]",
+        "instead of ca: measurements.json files of the "
+        "secret-server enclave build(s) the model enclave attests (one must match)",
+    ),
+    Field(
+        "server_pin",
+        "str",
+        "what the model enclave requires of the secret server's enclave",
+        default="mr_enclave",
+        choices=SERVER_PINS,
+    ),
+    Field(
+        "server_root_ca",
+        "str",
+        '"intel", or a PEM root CA file (a synthetic test root, for simulation only)',
+        default="intel",
+    ),
+    Field(
+        "server_collateral",
+        "path",
+        "offline collateral to verify the server's quote with "
+        "(measured; it expires, then rebuild) ...",
+    ),
+    Field(
+        "server_pccs_url",
+        "str",
+        "... or the PCCS the enclave fetches collateral from",
+        pattern=r"https?://\S+",
+        pattern_doc='an http(s) URL, e.g. "https://pccs.internal:8081/sgx/certification/v4/"',
+    ),
+    Field(
+        "server_allowed_tcb_statuses",
+        "list[str]",
+        "TCB statuses of the secret server's platform to accept",
+        default=["UpToDate"],
+    ),
 )
 NAMES = tuple(f.name for f in FIELDS)
 
@@ -91,8 +116,9 @@ def _located(problems: list[Problem], key: tuple, message: str) -> None:
         problems.append(Problem(key, message))
 
 
-def _identity(name: str, base_dir: Path, key: tuple, problems: list[Problem]
-              ) -> EnclaveIdentity | None:
+def _identity(
+    name: str, base_dir: Path, key: tuple, problems: list[Problem]
+) -> EnclaveIdentity | None:
     from enclave_build.attestation.measurements import Measurements, MeasurementsError
 
     path = Path(name) if Path(name).is_absolute() else (base_dir / name).resolve()
@@ -102,21 +128,38 @@ def _identity(name: str, base_dir: Path, key: tuple, problems: list[Problem]
         problems.append(Problem(key, f"{path}: not a usable measurements.json ({exc})"))
         return None
     if m.framework != SECRET_SERVER_FRAMEWORK:
-        problems.append(Problem(key, f"{path}: the build of service {m.service!r} (framework "
-                                     f"{m.framework!r}) is not a secret server; name the "
-                                     "measurements.json of a framework = \"secret-server\" "
-                                     "build"))
+        problems.append(
+            Problem(
+                key,
+                f"{path}: the build of service {m.service!r} (framework "
+                f"{m.framework!r}) is not a secret server; name the "
+                'measurements.json of a framework = "secret-server" '
+                "build",
+            )
+        )
         return None
     if m.debug:
-        problems.append(Problem(key, f"{path}: the secret server there is a DEBUG enclave (its "
-                                     "memory is readable by its host, and the quote verifier "
-                                     "refuses debug quotes); rebuild it without debug"))
+        problems.append(
+            Problem(
+                key,
+                f"{path}: the secret server there is a DEBUG enclave (its "
+                "memory is readable by its host, and the quote verifier "
+                "refuses debug quotes); rebuild it without debug",
+            )
+        )
         return None
     return m.identity
 
 
-def check(values: dict[str, Any], written: Any, libos: Any, base_dir: Path,
-          problems: list[Problem], *, libos_section: str | None = None) -> ServerTrust | None:
+def check(
+    values: dict[str, Any],
+    written: Any,
+    libos: Any,
+    base_dir: Path,
+    problems: list[Problem],
+    *,
+    libos_section: str | None = None,
+) -> ServerTrust | None:
     """Convert the ``server_*`` keys of the validated ``[secrets]`` table *values* (None when
     ``server_measurements`` is not given); *written* is the table as the file has it (which
     keys were given). Appends located problems; ``ca`` versus ``server_measurements`` is
@@ -125,28 +168,43 @@ def check(values: dict[str, Any], written: Any, libos: Any, base_dir: Path,
     written = written if isinstance(written, dict) else {}
     given = values.get("server_measurements")
     if ("secrets", "server_measurements") in {p.path for p in problems}:
-        return None     # e.g. not an array: reported already
+        return None  # e.g. not an array: reported already
     if given is None:
         for name in NAMES[1:]:
             if name in written:
-                _located(problems, ("secrets", name), "only with secrets.server_measurements "
-                                                      "(an attested secret server)")
+                _located(
+                    problems,
+                    ("secrets", name),
+                    "only with secrets.server_measurements (an attested secret server)",
+                )
         return None
     if not values.get("server"):
-        _located(problems, ("secrets", "server"), "required with secrets.server_measurements: "
-                                                  "the HOST:PORT of that secret server")
+        _located(
+            problems,
+            ("secrets", "server"),
+            "required with secrets.server_measurements: the HOST:PORT of that secret server",
+        )
     if values.get("ca") is not None:
-        _located(problems, ("secrets", "server_measurements"),
-                 "give either ca (the secret server has a CA-signed certificate) or "
-                 "server_measurements (it is an attested enclave with an RA-TLS "
-                 "certificate), not both")
+        _located(
+            problems,
+            ("secrets", "server_measurements"),
+            "give either ca (the secret server has a CA-signed certificate) or "
+            "server_measurements (it is an attested enclave with an RA-TLS "
+            "certificate), not both",
+        )
     if libos_section is not None:
-        _located(problems, ("secrets", "server_measurements"),
-                 f"on {str(libos).capitalize()} the libOS's init fetches the keys and verifies "
-                 f"the server itself: use [{libos_section}] server_measurements")
+        _located(
+            problems,
+            ("secrets", "server_measurements"),
+            f"on {str(libos).capitalize()} the libOS's init fetches the keys and verifies "
+            f"the server itself: use [{libos_section}] server_measurements",
+        )
     if not given:
-        _located(problems, ("secrets", "server_measurements"),
-                 "name at least one measurements.json of the secret-server build")
+        _located(
+            problems,
+            ("secrets", "server_measurements"),
+            "name at least one measurements.json of the secret-server build",
+        )
     identities = []
     for index, name in enumerate(given):
         identity = _identity(name, base_dir, ("secrets", "server_measurements", index), problems)
@@ -159,9 +217,13 @@ def check(values: dict[str, Any], written: Any, libos: Any, base_dir: Path,
         try:
             data = root_path.read_bytes()
         except OSError as exc:
-            problems.append(Problem(("secrets", "server_root_ca"),
-                                    f"{root_path}: cannot read ({exc.strerror}); allowed: "
-                                    '"intel" or a PEM root CA certificate file'))
+            problems.append(
+                Problem(
+                    ("secrets", "server_root_ca"),
+                    f"{root_path}: cannot read ({exc.strerror}); allowed: "
+                    '"intel" or a PEM root CA certificate file',
+                )
+            )
             root_path = None
         else:
             from cryptography import x509
@@ -169,17 +231,26 @@ def check(values: dict[str, Any], written: Any, libos: Any, base_dir: Path,
             try:
                 x509.load_pem_x509_certificate(data)
             except ValueError:
-                problems.append(Problem(("secrets", "server_root_ca"),
-                                        f"{root_path}: not a PEM certificate; allowed: "
-                                        '"intel" or a PEM root CA certificate file'))
+                problems.append(
+                    Problem(
+                        ("secrets", "server_root_ca"),
+                        f"{root_path}: not a PEM certificate; allowed: "
+                        '"intel" or a PEM root CA certificate file',
+                    )
+                )
                 root_path = None
     collateral, pccs = values.get("server_collateral"), values.get("server_pccs_url")
-    bad = {p.path for p in problems} & {("secrets", "server_collateral"),
-                                        ("secrets", "server_pccs_url")}
+    bad = {p.path for p in problems} & {
+        ("secrets", "server_collateral"),
+        ("secrets", "server_pccs_url"),
+    }
     if (collateral is None) == (pccs is None) and not bad:
-        _located(problems, ("secrets", "server_collateral"),
-                 "give exactly one of server_collateral (a file, measured) and server_pccs_url "
-                 "(fetched by the enclave) to verify the secret server's quote with")
+        _located(
+            problems,
+            ("secrets", "server_collateral"),
+            "give exactly one of server_collateral (a file, measured) and server_pccs_url "
+            "(fetched by the enclave) to verify the secret server's quote with",
+        )
     if collateral is not None:
         from enclave_build.attestation.verify import VerifierConfigError, load_collateral
 
@@ -192,22 +263,35 @@ def check(values: dict[str, Any], written: Any, libos: Any, base_dir: Path,
         statuses = ["UpToDate"]
     for index, status in enumerate(statuses):
         if status not in TCB_STATUSES:
-            problems.append(Problem(("secrets", "server_allowed_tcb_statuses", index),
-                                    f"{status!r}; allowed: {', '.join(TCB_STATUSES)}"))
+            problems.append(
+                Problem(
+                    ("secrets", "server_allowed_tcb_statuses", index),
+                    f"{status!r}; allowed: {', '.join(TCB_STATUSES)}",
+                )
+            )
     if not statuses:
         _located(problems, ("secrets", "server_allowed_tcb_statuses"), "name at least one")
-    return ServerTrust(tuple(identities), values.get("server_pin") or "mr_enclave", root_path,
-                       collateral, pccs, tuple(dict.fromkeys(statuses)))
+    return ServerTrust(
+        tuple(identities),
+        values.get("server_pin") or "mr_enclave",
+        root_path,
+        collateral,
+        pccs,
+        tuple(dict.fromkeys(statuses)),
+    )
 
 
 def warn_if_synthetic(trust: ServerTrust | None) -> None:
     """Warn (at build time) that a root other than Intel's will be trusted for the server."""
     if trust is not None and trust.root_ca is not None:
-        warnings.warn(f"[secrets] server_root_ca = {str(trust.root_ca)!r}: the enclave will "
-                      "accept a secret server whose quote chains to this root instead of "
-                      "Intel's SGX root CA. That is for simulation with a synthetic test PKI "
-                      "only; production builds use server_root_ca = \"intel\"",
-                      SyntheticServerRootWarning, stacklevel=2)
+        warnings.warn(
+            f"[secrets] server_root_ca = {str(trust.root_ca)!r}: the enclave will "
+            "accept a secret server whose quote chains to this root instead of "
+            "Intel's SGX root CA. That is for simulation with a synthetic test PKI "
+            'only; production builds use server_root_ca = "intel"',
+            SyntheticServerRootWarning,
+            stacklevel=2,
+        )
 
 
 def warn_if_relaxed(trust: ServerTrust | None) -> None:
@@ -215,9 +299,13 @@ def warn_if_relaxed(trust: ServerTrust | None) -> None:
     server (the model server says so again at every start)."""
     relaxed = sorted(set(trust.allowed_tcb_statuses) - {"UpToDate"}) if trust else []
     if relaxed:
-        warnings.warn(f"[secrets] server_allowed_tcb_statuses accepts {', '.join(relaxed)}: the "
-                      "enclave will take keys from a secret server on a platform with known, "
-                      "unpatched vulnerabilities", RelaxedServerTcbWarning, stacklevel=2)
+        warnings.warn(
+            f"[secrets] server_allowed_tcb_statuses accepts {', '.join(relaxed)}: the "
+            "enclave will take keys from a secret server on a platform with known, "
+            "unpatched vulnerabilities",
+            RelaxedServerTcbWarning,
+            stacklevel=2,
+        )
 
 
 # --------------------------------------------------------------------------- into the plan
@@ -242,12 +330,27 @@ def identity_config(trust: ServerTrust) -> ServerTrustConfig:
         if entry not in builds:
             builds.append(entry)
     builds.sort(key=lambda e: (e.mr_enclave or "", e.mr_signer, e.isv_prod_id, e.isv_svn))
-    return ServerTrustConfig(trust.pin, tuple(builds),
-                             TRUST_ROOT if trust.root_ca is not None else None,
-                             TRUST_COLLATERAL if trust.collateral is not None else None,
-                             trust.pccs_url, tuple(trust.allowed_tcb_statuses))
+    return ServerTrustConfig(
+        trust.pin,
+        tuple(builds),
+        TRUST_ROOT if trust.root_ca is not None else None,
+        TRUST_COLLATERAL if trust.collateral is not None else None,
+        trust.pccs_url,
+        tuple(trust.allowed_tcb_statuses),
+    )
 
 
-__all__ = ["FIELDS", "NAMES", "RelaxedServerTcbWarning", "SyntheticServerRootWarning",
-           "TRUST_COLLATERAL", "TRUST_DIR", "TRUST_DISTRIBUTIONS", "TRUST_ROOT",
-           "check", "identity_config", "warn_if_relaxed", "warn_if_synthetic"]
+__all__ = [
+    "FIELDS",
+    "NAMES",
+    "RelaxedServerTcbWarning",
+    "SyntheticServerRootWarning",
+    "TRUST_COLLATERAL",
+    "TRUST_DIR",
+    "TRUST_DISTRIBUTIONS",
+    "TRUST_ROOT",
+    "check",
+    "identity_config",
+    "warn_if_relaxed",
+    "warn_if_synthetic",
+]

@@ -11,20 +11,19 @@ import datetime as _dt
 import difflib
 import re
 import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from enclave_build.contract.locate import KeyLocator
-from enclave_build.contract.schema import (Field, Problem, Section, did_you_mean,
-                                           validate_section)
-
-from .errors import UsageError
-from . import server_trust
-from .plan import ServerTrust
 from enclave_build.contract.deploy import DEPLOY, DeploySpec
+from enclave_build.contract.locate import KeyLocator
+from enclave_build.contract.schema import Field, Problem, Section, did_you_mean, validate_section
 
+from . import server_trust
 from .deploy.settings import check_deploy
+from .errors import UsageError
+from .plan import ServerTrust
 
 _NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _NAME_DOC = "lower-case letters, digits and '-', at most 63 characters (a DNS label)"
@@ -33,118 +32,299 @@ _MODEL_NAME_DOC = "letters, digits, '_', '.' and '-', starting with a letter or 
 _HOSTPORT = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}"
 _KEY_NAME = r"[A-Za-z0-9_-]{1,64}"
 
-SERVICE = Section("service", "what is served and how", (
-    Field("name", "str", "the service's name, used for image and key names", required=True,
-          pattern=_NAME, pattern_doc=_NAME_DOC),
-    Field("framework", "str", "the serving framework plugin, e.g. tfserving", required=True),
-    Field("libos", "str", "the library OS that runs the enclave", default="gramine"),
-), required=True)
+SERVICE = Section(
+    "service",
+    "what is served and how",
+    (
+        Field(
+            "name",
+            "str",
+            "the service's name, used for image and key names",
+            required=True,
+            pattern=_NAME,
+            pattern_doc=_NAME_DOC,
+        ),
+        Field("framework", "str", "the serving framework plugin, e.g. tfserving", required=True),
+        Field("libos", "str", "the library OS that runs the enclave", default="gramine"),
+    ),
+    required=True,
+)
 
-MODELS = Section("models", "the models to serve", (
-    Field("name", "str", "the model's name as clients address it", required=True,
-          pattern=_MODEL_NAME, pattern_doc=_MODEL_NAME_DOC),
-    Field("path", "path", "a model file or directory on the build machine", required=True),
-    Field("encrypt", "bool", "ship the model encrypted (Gramine protected files)", default=True),
-    Field("version", "int", "the model version served", default=1, minimum=1),
-    Field("key", "str", "name of the wrap key for this model (default: SERVICE-key); frameworks "
-          "that run a binary (tfserving, openvino mode \"ovms\") allow one key per service",
-          pattern=_KEY_NAME, pattern_doc="letters, digits, '_' and '-', at most 64 characters"),
-    Field("max_queue", "int", "enclave-build's model server (tflite, openvino mode \"python\"): "
-          "requests that may wait for this model's instances, beyond them refused at once "
-          "(default: the model's share of the server's queue, 256, in proportion to its "
-          "instances)", minimum=0, maximum=65536),
-), array=True)
+MODELS = Section(
+    "models",
+    "the models to serve",
+    (
+        Field(
+            "name",
+            "str",
+            "the model's name as clients address it",
+            required=True,
+            pattern=_MODEL_NAME,
+            pattern_doc=_MODEL_NAME_DOC,
+        ),
+        Field("path", "path", "a model file or directory on the build machine", required=True),
+        Field(
+            "encrypt", "bool", "ship the model encrypted (Gramine protected files)", default=True
+        ),
+        Field("version", "int", "the model version served", default=1, minimum=1),
+        Field(
+            "key",
+            "str",
+            "name of the wrap key for this model (default: SERVICE-key); frameworks "
+            'that run a binary (tfserving, openvino mode "ovms") allow one key per service',
+            pattern=_KEY_NAME,
+            pattern_doc="letters, digits, '_' and '-', at most 64 characters",
+        ),
+        Field(
+            "max_queue",
+            "int",
+            'enclave-build\'s model server (tflite, openvino mode "python"): '
+            "requests that may wait for this model's instances, beyond them refused at once "
+            "(default: the model's share of the server's queue, 256, in proportion to its "
+            "instances)",
+            minimum=0,
+            maximum=65536,
+        ),
+    ),
+    array=True,
+)
 
-ENCLAVE = Section("enclave", "enclave resources and identity", (
-    Field("size", "size", "enclave size, a power of two (framework default if unset)"),
-    Field("max_threads", "int", "maximum enclave threads", minimum=4, maximum=4096),
-    Field("edmm", "bool", "use SGX2 EDMM (dynamic memory)", default=False),
-    Field("debug", "bool", "build a DEBUG enclave (insecure: memory readable by the host)",
-          default=False),
-    Field("isv_prod_id", "int", "ISV product id in SIGSTRUCT", default=0, minimum=0,
-          maximum=0xFFFF),
-    Field("isv_svn", "int", "ISV security version number in SIGSTRUCT", default=0, minimum=0,
-          maximum=0xFFFF),
-    Field("log_level", "str", "Gramine's log level (loader.log_level, measured); \"warning\" "
-          "also reports files the manifest does not trust", default="error",
-          choices=("none", "error", "warning", "debug", "trace", "all")),
-))
+ENCLAVE = Section(
+    "enclave",
+    "enclave resources and identity",
+    (
+        Field("size", "size", "enclave size, a power of two (framework default if unset)"),
+        Field("max_threads", "int", "maximum enclave threads", minimum=4, maximum=4096),
+        Field("edmm", "bool", "use SGX2 EDMM (dynamic memory)", default=False),
+        Field(
+            "debug",
+            "bool",
+            "build a DEBUG enclave (insecure: memory readable by the host)",
+            default=False,
+        ),
+        Field(
+            "isv_prod_id",
+            "int",
+            "ISV product id in SIGSTRUCT",
+            default=0,
+            minimum=0,
+            maximum=0xFFFF,
+        ),
+        Field(
+            "isv_svn",
+            "int",
+            "ISV security version number in SIGSTRUCT",
+            default=0,
+            minimum=0,
+            maximum=0xFFFF,
+        ),
+        Field(
+            "log_level",
+            "str",
+            'Gramine\'s log level (loader.log_level, measured); "warning" '
+            "also reports files the manifest does not trust",
+            default="error",
+            choices=("none", "error", "warning", "debug", "trace", "all"),
+        ),
+    ),
+)
 
-IMAGE = Section("image", "the base image and the image to produce", (
-    Field("base", "str", "base image reference (framework default if unset); the path of a "
-          "local one (dir:, oci:, oci-archive:, docker-archive:) is relative to the spec's "
-          "directory"),
-    Field("tag", "str", "name:tag of the image to produce (default: SERVICE:latest)"),
-))
+IMAGE = Section(
+    "image",
+    "the base image and the image to produce",
+    (
+        Field(
+            "base",
+            "str",
+            "base image reference (framework default if unset); the path of a "
+            "local one (dir:, oci:, oci-archive:, docker-archive:) is relative to the spec's "
+            "directory",
+        ),
+        Field("tag", "str", "name:tag of the image to produce (default: SERVICE:latest)"),
+    ),
+)
 
-SIGNING = Section("signing", "how the SIGSTRUCT is signed", (
-    Field("key", "path", "RSA-3072 (e=3) PEM private key"),
-    Field("passphrase_env", "str", "environment variable holding the key's passphrase",
-          pattern=r"[A-Za-z_][A-Za-z0-9_]*", pattern_doc="an environment variable name"),
-    Field("public_key", "path", "public key PEM, for external (HSM/KMS) signing"),
-    Field("signature", "path", "detached signature over sigstruct.tbs, for external signing"),
-    Field("date", "str", "SIGSTRUCT date, YYYY-MM-DD or 0000-00-00 (reproducible)",
-          default="0000-00-00", pattern=r"\d{4}-\d{2}-\d{2}",
-          pattern_doc='"YYYY-MM-DD" or "0000-00-00"'),
-), required=True)
+SIGNING = Section(
+    "signing",
+    "how the SIGSTRUCT is signed",
+    (
+        Field("key", "path", "RSA-3072 (e=3) PEM private key"),
+        Field(
+            "passphrase_env",
+            "str",
+            "environment variable holding the key's passphrase",
+            pattern=r"[A-Za-z_][A-Za-z0-9_]*",
+            pattern_doc="an environment variable name",
+        ),
+        Field("public_key", "path", "public key PEM, for external (HSM/KMS) signing"),
+        Field("signature", "path", "detached signature over sigstruct.tbs, for external signing"),
+        Field(
+            "date",
+            "str",
+            "SIGSTRUCT date, YYYY-MM-DD or 0000-00-00 (reproducible)",
+            default="0000-00-00",
+            pattern=r"\d{4}-\d{2}-\d{2}",
+            pattern_doc='"YYYY-MM-DD" or "0000-00-00"',
+        ),
+    ),
+    required=True,
+)
 
-SECRETS = Section("secrets", "where the enclave fetches its keys at start-up", (
-    Field("server", "str", "secret server HOST:PORT", pattern=_HOSTPORT,
-          pattern_doc='"HOST:PORT", e.g. "secrets.example.com:4433"'),
-    Field("ca", "path", "PEM CA certificate that signed the secret server's TLS certificate"),
-    Field("keys_dir", "path", "where wrap keys are read from, or created (mode 0600) when missing; "
-          "never inside the image or the output", default="keys", must_exist=False),
-) + server_trust.FIELDS)   # server_measurements & co.: an attested secret server (instead of ca)
+SECRETS = Section(
+    "secrets",
+    "where the enclave fetches its keys at start-up",
+    (
+        Field(
+            "server",
+            "str",
+            "secret server HOST:PORT",
+            pattern=_HOSTPORT,
+            pattern_doc='"HOST:PORT", e.g. "secrets.example.com:4433"',
+        ),
+        Field("ca", "path", "PEM CA certificate that signed the secret server's TLS certificate"),
+        Field(
+            "keys_dir",
+            "path",
+            "where wrap keys are read from, or created (mode 0600) when missing; "
+            "never inside the image or the output",
+            default="keys",
+            must_exist=False,
+        ),
+    )
+    + server_trust.FIELDS,
+)  # server_measurements & co.: an attested secret server (instead of ca)
 
-TLS = Section("tls", "TLS for the served endpoint (certificate and key ship encrypted)", (
-    Field("cert", "path", "PEM certificate (chain) the model server presents", required=True),
-    Field("key", "path", "PEM private key of that certificate", required=True),
-))
+TLS = Section(
+    "tls",
+    "TLS for the served endpoint (certificate and key ship encrypted)",
+    (
+        Field("cert", "path", "PEM certificate (chain) the model server presents", required=True),
+        Field("key", "path", "PEM private key of that certificate", required=True),
+    ),
+)
+
 
 def _seconds(name: str, doc: str) -> Field:
-    return Field(name, "int", doc + " (seconds; the model server's default if unset)",
-                 minimum=1, maximum=3600)
+    return Field(
+        name,
+        "int",
+        doc + " (seconds; the model server's default if unset)",
+        minimum=1,
+        maximum=3600,
+    )
 
 
 #: Limits of enclave-build's model server (model-server.json ``limits``; measured, so changing
 #: one changes MRENCLAVE). Unset keys keep the server's defaults (enclave_build.contract.server_config.Limits).
-LIMITS = Section("limits", "limits of enclave-build's model server (tflite, openvino mode "
-                 "\"python\", third-party Python backends)", (
-    Field("max_request_bytes", "size", "largest request body / message (default 64M)",
-          power_of_two=False),
-    Field("max_buffered_bytes", "size", "request bytes held at once, server-wide (default 4 x "
-          "max_request_bytes)", power_of_two=False),
-    Field("max_concurrent_requests", "int", "requests admitted at once besides the queue "
-          "(default 64)", minimum=1, maximum=65536),
-    Field("max_queue", "int", "requests that may wait, server-wide (default 256; each model "
-          "gets a share, see [[models]] max_queue)", minimum=0, maximum=65536),
-    Field("max_connections", "int", "open REST connections (default 256)", minimum=1,
-          maximum=65536),
-    Field("max_grpc_connections", "int", "open gRPC connections (default 1024)", minimum=1,
-          maximum=65536),
-    Field("max_streams_per_connection", "int", "gRPC calls open at once on one connection "
-          "(default 32)", minimum=1, maximum=1024),
-    _seconds("first_byte_timeout", "a new connection's first byte / gRPC handshake (default 5)"),
-    _seconds("header_timeout", "a REST request's header block (default 10)"),
-    _seconds("body_timeout", "a whole request body / gRPC request message (default 60)"),
-    _seconds("body_stall_timeout", "the window min_body_rate is measured over: a REST body "
-             "delivering less in one is refused (default 10)"),
-    _seconds("idle_timeout", "a keep-alive connection without requests (default 30)"),
-    Field("drain_seconds", "int", "on SIGTERM, how long admitted requests may take before the "
-          "queued ones are answered 503 (default 20)", minimum=0, maximum=3600),
-    Field("max_response_bytes", "size", "largest answer (its output tensors) (default 4 x "
-          "max_request_bytes)", power_of_two=False),
-    Field("max_json_bytes", "size", "largest JSON part of a REST request (default 4M; binary "
-          "tensors are not limited by it)", power_of_two=False),
-    Field("min_body_rate", "size", "bytes per second a REST body must keep arriving at, over "
-          "each body_stall_timeout window (default 32K)", power_of_two=False),
-))
+LIMITS = Section(
+    "limits",
+    "limits of enclave-build's model server (tflite, openvino mode "
+    '"python", third-party Python backends)',
+    (
+        Field(
+            "max_request_bytes",
+            "size",
+            "largest request body / message (default 64M)",
+            power_of_two=False,
+        ),
+        Field(
+            "max_buffered_bytes",
+            "size",
+            "request bytes held at once, server-wide (default 4 x max_request_bytes)",
+            power_of_two=False,
+        ),
+        Field(
+            "max_concurrent_requests",
+            "int",
+            "requests admitted at once besides the queue (default 64)",
+            minimum=1,
+            maximum=65536,
+        ),
+        Field(
+            "max_queue",
+            "int",
+            "requests that may wait, server-wide (default 256; each model "
+            "gets a share, see [[models]] max_queue)",
+            minimum=0,
+            maximum=65536,
+        ),
+        Field(
+            "max_connections",
+            "int",
+            "open REST connections (default 256)",
+            minimum=1,
+            maximum=65536,
+        ),
+        Field(
+            "max_grpc_connections",
+            "int",
+            "open gRPC connections (default 1024)",
+            minimum=1,
+            maximum=65536,
+        ),
+        Field(
+            "max_streams_per_connection",
+            "int",
+            "gRPC calls open at once on one connection (default 32)",
+            minimum=1,
+            maximum=1024,
+        ),
+        _seconds(
+            "first_byte_timeout", "a new connection's first byte / gRPC handshake (default 5)"
+        ),
+        _seconds("header_timeout", "a REST request's header block (default 10)"),
+        _seconds("body_timeout", "a whole request body / gRPC request message (default 60)"),
+        _seconds(
+            "body_stall_timeout",
+            "the window min_body_rate is measured over: a REST body "
+            "delivering less in one is refused (default 10)",
+        ),
+        _seconds("idle_timeout", "a keep-alive connection without requests (default 30)"),
+        Field(
+            "drain_seconds",
+            "int",
+            "on SIGTERM, how long admitted requests may take before the "
+            "queued ones are answered 503 (default 20)",
+            minimum=0,
+            maximum=3600,
+        ),
+        Field(
+            "max_response_bytes",
+            "size",
+            "largest answer (its output tensors) (default 4 x max_request_bytes)",
+            power_of_two=False,
+        ),
+        Field(
+            "max_json_bytes",
+            "size",
+            "largest JSON part of a REST request (default 4M; binary "
+            "tensors are not limited by it)",
+            power_of_two=False,
+        ),
+        Field(
+            "min_body_rate",
+            "size",
+            "bytes per second a REST body must keep arriving at, over "
+            "each body_stall_timeout window (default 32K)",
+            power_of_two=False,
+        ),
+    ),
+)
 
-BUILD = Section("build", "build behaviour", (
-    Field("reproducible", "bool", "derive protected-file node keys and nonces from the wrap key, "
-          "path and content, so the same inputs give byte-identical encrypted files (reveals "
-          "which files, or 4 KiB blocks at the same position, are equal)", default=False),
-))
+BUILD = Section(
+    "build",
+    "build behaviour",
+    (
+        Field(
+            "reproducible",
+            "bool",
+            "derive protected-file node keys and nonces from the wrap key, "
+            "path and content, so the same inputs give byte-identical encrypted files (reveals "
+            "which files, or 4 KiB blocks at the same position, are equal)",
+            default=False,
+        ),
+    ),
+)
 
 CORE_SECTIONS = (SERVICE, MODELS, ENCLAVE, IMAGE, SIGNING, SECRETS, TLS, LIMITS, BUILD, DEPLOY)
 
@@ -209,13 +389,13 @@ class ModelSpec:
     encrypt: bool
     version: int
     key: str | None
-    max_queue: int | None = None   # enclave-build's model server only
+    max_queue: int | None = None  # enclave-build's model server only
 
 
 @dataclass(frozen=True)
 class EnclaveSpec:
-    size: int | None          # bytes; None = framework default
-    max_threads: int | None   # None = framework default
+    size: int | None  # bytes; None = framework default
+    max_threads: int | None  # None = framework default
     edmm: bool
     debug: bool
     isv_prod_id: int
@@ -247,7 +427,7 @@ class SecretsSpec:
     server: str | None
     ca: Path | None
     keys_dir: Path
-    server_trust: ServerTrust | None = None   # [secrets] server_measurements (builder.server_trust)
+    server_trust: ServerTrust | None = None  # [secrets] server_measurements (builder.server_trust)
 
 
 @dataclass(frozen=True)
@@ -305,7 +485,7 @@ def local_base(reference: str | None, directory: Path) -> str | None:
         return None
     for transport in _LOCAL_BASES:
         if reference.startswith(transport):
-            location = reference[len(transport):]
+            location = reference[len(transport) :]
             if location and not location.startswith("/"):
                 return transport + str(directory / location)
             return reference
@@ -313,7 +493,7 @@ def local_base(reference: str | None, directory: Path) -> str | None:
 
 
 def _nearby_spec(path: Path) -> str:
-    """"; did you mean DIR/spec.toml?" for a mistyped spec name whose directory holds one."""
+    """ "; did you mean DIR/spec.toml?" for a mistyped spec name whose directory holds one."""
     try:
         names = sorted(p.name for p in path.parent.glob("*.toml") if p.name != "pyproject.toml")
     except OSError:
@@ -322,9 +502,13 @@ def _nearby_spec(path: Path) -> str:
     return f"; did you mean {path.with_name(hint[0])}?" if hint else ""
 
 
-def load_spec(path: str | Path, frameworks: Mapping[str, Section | None],
-              libos_names: Mapping[str, LibOSSection] | Sequence[str] = ("gramine",), *,
-              missing_note: str = "") -> Spec:
+def load_spec(
+    path: str | Path,
+    frameworks: Mapping[str, Section | None],
+    libos_names: Mapping[str, LibOSSection] | Sequence[str] = ("gramine",),
+    *,
+    missing_note: str = "",
+) -> Spec:
     """Read and validate *path*.
 
     *frameworks* maps each installed framework's name to the section schema it declares (or
@@ -337,8 +521,7 @@ def load_spec(path: str | Path, frameworks: Mapping[str, Section | None],
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(source, [Problem((), "spec file not found" + _nearby_spec(path))]) \
-            from None
+        raise SpecError(source, [Problem((), "spec file not found" + _nearby_spec(path))]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(source, [Problem((), f"cannot read spec: {exc}")]) from None
     try:
@@ -346,8 +529,15 @@ def load_spec(path: str | Path, frameworks: Mapping[str, Section | None],
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
         raise SpecError(source, [Problem((), f"invalid TOML: {exc}", line)]) from None
-    return spec_from_dict(data, path.resolve(), frameworks, libos_names, KeyLocator(text), source,
-                          missing_note=missing_note)
+    return spec_from_dict(
+        data,
+        path.resolve(),
+        frameworks,
+        libos_names,
+        KeyLocator(text),
+        source,
+        missing_note=missing_note,
+    )
 
 
 def _line_from_message(message: str) -> int | None:
@@ -355,28 +545,44 @@ def _line_from_message(message: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Section | None],
-                   libos_names: Mapping[str, LibOSSection] | Sequence[str],
-                   locator: KeyLocator | None = None, source: str | None = None, *,
-                   missing_note: str = "") -> Spec:
+def spec_from_dict(
+    data: dict[str, Any],
+    path: Path,
+    frameworks: Mapping[str, Section | None],
+    libos_names: Mapping[str, LibOSSection] | Sequence[str],
+    locator: KeyLocator | None = None,
+    source: str | None = None,
+    *,
+    missing_note: str = "",
+) -> Spec:
     base_dir = path.parent
     problems: list[Problem] = []
-    backends = (dict(libos_names) if isinstance(libos_names, Mapping)
-                else {name: LibOSSection() for name in libos_names})
+    backends = (
+        dict(libos_names)
+        if isinstance(libos_names, Mapping)
+        else {name: LibOSSection() for name in libos_names}
+    )
     libos_names = tuple(backends)
     plugin_sections = {name: sec for name, sec in frameworks.items() if sec is not None}
-    libos_sections = {name: info.section for name, info in backends.items()
-                      if info.section is not None}
+    libos_sections = {
+        name: info.section for name, info in backends.items() if info.section is not None
+    }
     known = [s.name for s in CORE_SECTIONS] + sorted(
-        set(plugin_sections) | {s.name for s in libos_sections.values()})
+        set(plugin_sections) | {s.name for s in libos_sections.values()}
+    )
 
     for key in data:
         if key not in known:
-            problems.append(Problem((key,), f"unknown section; {did_you_mean(key, known)}"
-                                            f"allowed: {', '.join(known)}"))
+            problems.append(
+                Problem(
+                    (key,),
+                    f"unknown section; {did_you_mean(key, known)}allowed: {', '.join(known)}",
+                )
+            )
 
-    values = {s.name: validate_section(s, data.get(s.name), base_dir, problems)
-              for s in CORE_SECTIONS}
+    values = {
+        s.name: validate_section(s, data.get(s.name), base_dir, problems) for s in CORE_SECTIONS
+    }
     service, models, signing = values["service"], values["models"], values["signing"]
     libos = service.get("libos")
     backend_values = _libos_section(libos, libos_sections, data, base_dir, problems)
@@ -384,40 +590,65 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
     framework = service.get("framework")
     if isinstance(framework, str) and framework not in frameworks:
         names = sorted(frameworks)
-        problems.append(Problem(("service", "framework"),
-                                f"{framework!r} is not an installed framework; "
-                                f"{did_you_mean(framework, names)}allowed: {', '.join(names)} "
-                                f"(see `enclave-build plugins`){missing_note}"))
+        problems.append(
+            Problem(
+                ("service", "framework"),
+                f"{framework!r} is not an installed framework; "
+                f"{did_you_mean(framework, names)}allowed: {', '.join(names)} "
+                f"(see `enclave-build plugins`){missing_note}",
+            )
+        )
     if isinstance(libos, str) and libos not in libos_names:
-        problems.append(Problem(("service", "libos"),
-                                f"{libos!r} is not an installed libOS backend; "
-                                f"{did_you_mean(libos, list(libos_names))}"
-                                f"allowed: {', '.join(libos_names)}{missing_note}"))
+        problems.append(
+            Problem(
+                ("service", "libos"),
+                f"{libos!r} is not an installed libOS backend; "
+                f"{did_you_mean(libos, list(libos_names))}"
+                f"allowed: {', '.join(libos_names)}{missing_note}",
+            )
+        )
 
     seen: dict[str, int] = {}
     for index, model in enumerate(models):
         name = model.get("name")
         if isinstance(name, str):
             if name in seen:
-                problems.append(Problem(("models", index, "name"),
-                                        f"duplicate model name {name!r} (also models[{seen[name]}])"))
+                problems.append(
+                    Problem(
+                        ("models", index, "name"),
+                        f"duplicate model name {name!r} (also models[{seen[name]}])",
+                    )
+                )
             seen.setdefault(name, index)
 
     _check_signing(signing, problems)
     backend = backends.get(libos) if isinstance(libos, str) else None
-    _check_secrets(values["secrets"], models, data, problems,
-                   secrets_ca=backend.secrets_ca if backend is not None else True)
+    _check_secrets(
+        values["secrets"],
+        models,
+        data,
+        problems,
+        secrets_ca=backend.secrets_ca if backend is not None else True,
+    )
     trust = server_trust.check(
-        values["secrets"], data.get("secrets"), libos, base_dir, problems,
-        libos_section=(backend.section.name if backend is not None and not backend.secrets_ca
-                       and backend.section is not None else None))
+        values["secrets"],
+        data.get("secrets"),
+        libos,
+        base_dir,
+        problems,
+        libos_section=(
+            backend.section.name
+            if backend is not None and not backend.secrets_ca and backend.section is not None
+            else None
+        ),
+    )
     libos_options = backend_values
     if backend is not None and backend.options is not None and backend_values is not None:
-        libos_options = backend.options(backend_values, SectionContext(base_dir, values),
-                                        problems)
+        libos_options = backend.options(backend_values, SectionContext(base_dir, values), problems)
     check_deploy(values["deploy"], values["enclave"], problems)
-    if isinstance(values["image"].get("tag"), str):   # a name `--push`/`--load` can use
+    if isinstance(values["image"].get("tag"), str):  # a name `--push`/`--load` can use
         from .image.reference import parse_registry_ref
+
         try:
             parse_registry_ref(values["image"]["tag"])
         except UsageError as exc:
@@ -427,8 +658,13 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
     for name, section in plugin_sections.items():
         # (with service.framework missing, that error alone is the one to report)
         if name in data and name != framework and framework is not None:
-            problems.append(Problem((name,), f"section [{name}] belongs to framework {name!r}, "
-                                             f"but service.framework is {framework!r}"))
+            problems.append(
+                Problem(
+                    (name,),
+                    f"section [{name}] belongs to framework {name!r}, "
+                    f"but service.framework is {framework!r}",
+                )
+            )
             continue
         if name == framework:
             plugin_values[name] = validate_section(section, data.get(name), base_dir, problems)
@@ -437,97 +673,172 @@ def spec_from_dict(data: dict[str, Any], path: Path, frameworks: Mapping[str, Se
 
     if problems:
         if locator is not None:
-            problems = [Problem(p.path, p.message, p.line or locator.line(p.path)) for p in problems]
+            problems = [
+                Problem(p.path, p.message, p.line or locator.line(p.path)) for p in problems
+            ]
         raise SpecError(source or str(path), problems)
 
     enclave, image, secrets = values["enclave"], values["image"], values["secrets"]
     return Spec(
         path=path,
         service=ServiceSpec(service["name"], service["framework"], service["libos"]),
-        models=tuple(ModelSpec(m["name"], m["path"], m["encrypt"], m["version"], m["key"],
-                               m["max_queue"]) for m in models),
-        enclave=EnclaveSpec(enclave["size"], enclave["max_threads"], enclave["edmm"],
-                            enclave["debug"], enclave["isv_prod_id"], enclave["isv_svn"],
-                            enclave["log_level"]),
+        models=tuple(
+            ModelSpec(m["name"], m["path"], m["encrypt"], m["version"], m["key"], m["max_queue"])
+            for m in models
+        ),
+        enclave=EnclaveSpec(
+            enclave["size"],
+            enclave["max_threads"],
+            enclave["edmm"],
+            enclave["debug"],
+            enclave["isv_prod_id"],
+            enclave["isv_svn"],
+            enclave["log_level"],
+        ),
         image=ImageSpec(local_base(image["base"], path.parent), image["tag"]),
-        signing=SigningSpec(signing["key"], signing["passphrase_env"], signing["public_key"],
-                            signing["signature"], signing["date"]),
+        signing=SigningSpec(
+            signing["key"],
+            signing["passphrase_env"],
+            signing["public_key"],
+            signing["signature"],
+            signing["date"],
+        ),
         secrets=SecretsSpec(secrets["server"], secrets["ca"], secrets["keys_dir"], trust),
         tls=TLSSpec(values["tls"]["cert"], values["tls"]["key"]) if "tls" in data else None,
         build=BuildSpec(values["build"]["reproducible"]),
         libos_options=libos_options,
         deploy=DeploySpec.from_values(values["deploy"]),
         plugin_sections=plugin_values,
-        limits=({k: v for k, v in values["limits"].items() if v is not None}
-                if "limits" in data else None),
+        limits=(
+            {k: v for k, v in values["limits"].items() if v is not None}
+            if "limits" in data
+            else None
+        ),
     )
 
 
-def _libos_section(libos: Any, sections: Mapping[str, Section], data: dict[str, Any],
-                   base_dir: Path, problems: list[Problem]) -> dict[str, Any] | None:
+def _libos_section(
+    libos: Any,
+    sections: Mapping[str, Section],
+    data: dict[str, Any],
+    base_dir: Path,
+    problems: list[Problem],
+) -> dict[str, Any] | None:
     """The chosen libOS backend's own section, validated (None when it declares none); the
     section of another installed backend is a located problem."""
     for name, section in sections.items():
         if section.name in data and name != libos:
-            problems.append(Problem((section.name,), f"[{section.name}] applies only to "
-                                    f"service.libos = \"{name}\" (this spec's libos is "
-                                    f"{libos!r})"))
+            problems.append(
+                Problem(
+                    (section.name,),
+                    f"[{section.name}] applies only to "
+                    f'service.libos = "{name}" (this spec\'s libos is '
+                    f"{libos!r})",
+                )
+            )
     if not isinstance(libos, str) or libos not in sections:
         return None
     return validate_section(sections[libos], data.get(sections[libos].name), base_dir, problems)
 
 
-def _check_secrets(secrets: dict[str, Any], models: list[dict[str, Any]], data: dict[str, Any],
-                   problems: list[Problem], *, secrets_ca: bool = True) -> None:
+def _check_secrets(
+    secrets: dict[str, Any],
+    models: list[dict[str, Any]],
+    data: dict[str, Any],
+    problems: list[Problem],
+    *,
+    secrets_ca: bool = True,
+) -> None:
     """Encrypted content needs a secret server to get its keys from. (How many keys one service
     may use is the framework's rule: see builder.planning.require_one_key.) *secrets_ca*: the
     enclave checks the server against ``[secrets] ca`` (not where the libOS verifies the server
     by its quote, e.g. Occlum's init with ``[occlum] server_measurements``)."""
     encrypted = [i for i, m in enumerate(models) if m.get("encrypt")]
     needs_key = encrypted or "tls" in data
-    if secrets_ca and \
-            secrets.get("server") and secrets.get("ca") is None and ("secrets", "ca") not in \
-            {p.path for p in problems} and "server_measurements" not in (
-                data["secrets"] if isinstance(data.get("secrets"), dict) else ()):
-        problems.append(Problem(("secrets", "ca"), "required with secrets.server: the enclave "
-                                "checks the secret server's certificate against this CA"))
+    if (
+        secrets_ca
+        and secrets.get("server")
+        and secrets.get("ca") is None
+        and ("secrets", "ca") not in {p.path for p in problems}
+        and "server_measurements"
+        not in (data["secrets"] if isinstance(data.get("secrets"), dict) else ())
+    ):
+        problems.append(
+            Problem(
+                ("secrets", "ca"),
+                "required with secrets.server: the enclave "
+                "checks the secret server's certificate against this CA",
+            )
+        )
     server = secrets.get("server")
     if isinstance(server, str) and not 1 <= int(server.rpartition(":")[2]) <= 65535:
-        problems.append(Problem(("secrets", "server"),
-                                f"port {int(server.rpartition(':')[2])} of {server!r} is out of "
-                                "range; allowed: 1 to 65535"))
-    if needs_key and not secrets.get("server") and ("secrets", "server") not in \
-            {p.path for p in problems}:
+        problems.append(
+            Problem(
+                ("secrets", "server"),
+                f"port {int(server.rpartition(':')[2])} of {server!r} is out of "
+                "range; allowed: 1 to 65535",
+            )
+        )
+    if (
+        needs_key
+        and not secrets.get("server")
+        and ("secrets", "server") not in {p.path for p in problems}
+    ):
         where = ("models", encrypted[0], "encrypt") if encrypted else ("tls",)
         what = "encrypted models need" if encrypted else "[tls] material ships encrypted and needs"
-        problems.append(Problem(where, f"{what} a key from the secret server at start-up: set "
-                                       "[secrets] server and ca (or encrypt = false)"))
+        problems.append(
+            Problem(
+                where,
+                f"{what} a key from the secret server at start-up: set "
+                "[secrets] server and ca (or encrypt = false)",
+            )
+        )
 
 
 def _check_signing(signing: dict[str, Any], problems: list[Problem]) -> None:
     key, public_key = signing.get("key"), signing.get("public_key")
     already = {p.path for p in problems}
-    if key is None and public_key is None and not (
-            ("signing", "key") in already or ("signing", "public_key") in already
-            or ("signing",) in already):
-        problems.append(Problem(("signing",), "no signing key: set signing.key to an RSA-3072 "
-                                              "PEM key (`enclave-build keygen --out FILE` makes "
-                                              "one) or signing.public_key for external signing"))
+    if (
+        key is None
+        and public_key is None
+        and not (
+            ("signing", "key") in already
+            or ("signing", "public_key") in already
+            or ("signing",) in already
+        )
+    ):
+        problems.append(
+            Problem(
+                ("signing",),
+                "no signing key: set signing.key to an RSA-3072 "
+                "PEM key (`enclave-build keygen --out FILE` makes "
+                "one) or signing.public_key for external signing",
+            )
+        )
     if key is not None and public_key is not None:
-        problems.append(Problem(("signing", "public_key"),
-                                "give either signing.key (local signing) or signing.public_key "
-                                "(external signing), not both"))
+        problems.append(
+            Problem(
+                ("signing", "public_key"),
+                "give either signing.key (local signing) or signing.public_key "
+                "(external signing), not both",
+            )
+        )
     if signing.get("signature") is not None and public_key is None:
-        problems.append(Problem(("signing", "signature"),
-                                "a detached signature needs signing.public_key"))
+        problems.append(
+            Problem(("signing", "signature"), "a detached signature needs signing.public_key")
+        )
     if signing.get("passphrase_env") is not None and key is None:
-        problems.append(Problem(("signing", "passphrase_env"),
-                                "passphrase_env only applies to signing.key"))
+        problems.append(
+            Problem(("signing", "passphrase_env"), "passphrase_env only applies to signing.key")
+        )
     date = signing.get("date")
     if isinstance(date, str) and date != "0000-00-00" and re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
         try:
             _dt.date.fromisoformat(date)
         except ValueError:
-            problems.append(Problem(("signing", "date"),
-                                    f"{date!r} is not a calendar date; allowed: "
-                                    '"YYYY-MM-DD" or "0000-00-00"'))
+            problems.append(
+                Problem(
+                    ("signing", "date"),
+                    f'{date!r} is not a calendar date; allowed: "YYYY-MM-DD" or "0000-00-00"',
+                )
+            )

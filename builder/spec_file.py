@@ -20,8 +20,11 @@ def spec_file(path: str | Path) -> Path:
     candidate = path / SPEC_NAME
     if not candidate.is_file():
         others = sorted(p.name for p in path.glob("*.toml") if p.name != "pyproject.toml")
-        hint = (f"; it holds {', '.join(others)}: give that file" if others else
-                f"; `enclave-build init {path}` starts a project there")
+        hint = (
+            f"; it holds {', '.join(others)}: give that file"
+            if others
+            else f"; `enclave-build init {path}` starts a project there"
+        )
         raise UsageError(f"{path}: a directory without {SPEC_NAME}{hint}")
     return candidate
 

@@ -39,7 +39,7 @@ class EnclaveIdentity:
     isv_svn: int
     debug: bool = False
 
-    def signer_pin(self) -> "EnclaveIdentity":
+    def signer_pin(self) -> EnclaveIdentity:
         """This identity as a signer pin requires it: without MRENCLAVE."""
         return EnclaveIdentity(None, self.mr_signer, self.isv_prod_id, self.isv_svn, self.debug)
 
@@ -55,5 +55,13 @@ def mr_signer_of(modulus: int) -> str:
     return hashlib.sha256(modulus.to_bytes(size, "little")).hexdigest()
 
 
-__all__ = ["EnclaveIdentity", "HEX64", "HEX64_DOC", "PINS", "U16_MAX", "MODULUS_BYTES",
-           "is_hex64", "mr_signer_of"]
+__all__ = [
+    "EnclaveIdentity",
+    "HEX64",
+    "HEX64_DOC",
+    "PINS",
+    "U16_MAX",
+    "MODULUS_BYTES",
+    "is_hex64",
+    "mr_signer_of",
+]

@@ -71,7 +71,7 @@ class KeyLocator:
                 key = current + tuple(_split(match.group(1)))
                 for depth in range(len(current) + 1, len(key) + 1):
                     self._lines.setdefault(key[:depth], lineno)
-                rest = line[match.end():]
+                rest = line[match.end() :]
                 for quote in ('"""', "'''"):
                     if rest.count(quote) % 2 == 1:
                         in_multiline = quote
@@ -86,8 +86,10 @@ class KeyLocator:
         return None
 
 
-_JSON_SCALAR = re.compile(r'-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|true|false|null'
-                          r'|NaN|-?Infinity')
+_JSON_SCALAR = re.compile(
+    r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|true|false|null"
+    r"|NaN|-?Infinity"
+)
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 

@@ -41,18 +41,43 @@ class PolicyFragmentError(ContractError):
 
 
 #: A fragment's rules always name their key file.
-FRAGMENT_RULE = dataclasses.replace(RULE, fields=tuple(
-    dataclasses.replace(f, required=True, doc="the key file, relative to this file")
-    if f.name == "file" else f for f in RULE.fields))
-SCHEMA = Section("", "secrets-policy.toml: which key of a build goes to which enclave", (
-    Field("measurements", "list[str]", "the build's measurements.json (relative to this file)",
-          default=[], expect="an array of measurements.json paths",
-          item_expect="a measurements.json path (a string)"),
-    Field("keys_dir", "str", "the build's [secrets] keys_dir (relative to this file): its key "
-          "files are there", expect="the build's keys directory (a string)"),
-    Field("secrets", "list[table]", "one rule per key", default=[], section=FRAGMENT_RULE,
-          expect="an array of [[secrets]] tables"),
-))
+FRAGMENT_RULE = dataclasses.replace(
+    RULE,
+    fields=tuple(
+        dataclasses.replace(f, required=True, doc="the key file, relative to this file")
+        if f.name == "file"
+        else f
+        for f in RULE.fields
+    ),
+)
+SCHEMA = Section(
+    "",
+    "secrets-policy.toml: which key of a build goes to which enclave",
+    (
+        Field(
+            "measurements",
+            "list[str]",
+            "the build's measurements.json (relative to this file)",
+            default=[],
+            expect="an array of measurements.json paths",
+            item_expect="a measurements.json path (a string)",
+        ),
+        Field(
+            "keys_dir",
+            "str",
+            "the build's [secrets] keys_dir (relative to this file): its key files are there",
+            expect="the build's keys directory (a string)",
+        ),
+        Field(
+            "secrets",
+            "list[table]",
+            "one rule per key",
+            default=[],
+            section=FRAGMENT_RULE,
+            expect="an array of [[secrets]] tables",
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -83,33 +108,48 @@ class PolicyFragment:
             top["keys_dir"] = str(self.keys_dir)
         parts = [_comment(self.header) + tomli_w.dumps(top)]
         for index, rule in enumerate(self.secrets):
-            note = self.notes[index:index + 1]
+            note = self.notes[index : index + 1]
             parts.append(_comment(note) + tomli_w.dumps({"secrets": [rule.to_dict()]}))
         return "\n".join(parts)
 
     @classmethod
-    def from_dict(cls, data: Any, path: Path, locator: Locator = NoLocator()
-                  ) -> "PolicyFragment":
+    def from_dict(cls, data: Any, path: Path, locator: Locator = NoLocator()) -> PolicyFragment:
         """*data* (a fragment's, relative paths against *path*'s directory) checked: every
         problem, located, in one PolicyFragmentError naming *path*."""
         problems: list[Problem] = []
         if isinstance(data, dict):
             for key in data:
                 if key not in SCHEMA.field_names():
-                    problems.append(Problem((key,), "not part of a policy fragment (only "
-                                                    "measurements, keys_dir and [[secrets]])"))
+                    problems.append(
+                        Problem(
+                            (key,),
+                            "not part of a policy fragment (only "
+                            "measurements, keys_dir and [[secrets]])",
+                        )
+                    )
             data = {k: v for k, v in data.items() if k in SCHEMA.field_names()}
         v = validate_table(SCHEMA, data, (), path.parent, problems)
         raise_problems(problems, str(path), locator, PolicyFragmentError)
         base = path.parent
-        return cls(path, tuple(_absolute(base, m) for m in v["measurements"]),
-                   tuple(SecretRule(r["name"], Path(_absolute(base, r["file"])),
-                                    tuple(r["allow"]), r["match"], r["encoding"],
-                                    r["requested_as"]) for r in v["secrets"]),
-                   base / v["keys_dir"] if v["keys_dir"] is not None else None)
+        return cls(
+            path,
+            tuple(_absolute(base, m) for m in v["measurements"]),
+            tuple(
+                SecretRule(
+                    r["name"],
+                    Path(_absolute(base, r["file"])),
+                    tuple(r["allow"]),
+                    r["match"],
+                    r["encoding"],
+                    r["requested_as"],
+                )
+                for r in v["secrets"]
+            ),
+            base / v["keys_dir"] if v["keys_dir"] is not None else None,
+        )
 
     @classmethod
-    def load(cls, path: str | Path) -> "PolicyFragment":
+    def load(cls, path: str | Path) -> PolicyFragment:
         """The one reader: the fragment at *path* (or in the build directory *path*), checked
         (PolicyFragmentError naming FILE:LINE:KEY)."""
         path = Path(path)
@@ -127,8 +167,9 @@ def _absolute(base: Path, value: str) -> str:
 
 def _comment(lines: tuple[str, ...] | list[str]) -> str:
     """TOML comment lines; characters a comment cannot hold (newlines, controls) become '?'."""
-    return "".join("# " + "".join(c if c.isprintable() else "?" for c in line) + "\n"
-                   for line in lines)
+    return "".join(
+        "# " + "".join(c if c.isprintable() else "?" for c in line) + "\n" for line in lines
+    )
 
 
 __all__ = ["PolicyFragment", "PolicyFragmentError", "SCHEMA", "FRAGMENT_RULE"]

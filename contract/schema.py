@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .locate import KeyPath
-from .size import SPEC_SIZE, SizeError, Size
+from .size import SPEC_SIZE, Size, SizeError
 
 _KINDS = {
     "str": "a string",
@@ -66,7 +66,7 @@ class Field:
     pattern_doc: str = ""
     must_exist: bool = True  # for paths
     power_of_two: bool = True  # for sizes (enclave sizes must be; byte limits need not be)
-    section: "Section | None" = None   # for table and list[table]
+    section: Section | None = None  # for table and list[table]
     nullable: bool = False
     above: float | None = None
     min_items: int = 0
@@ -222,8 +222,9 @@ def check_value(f: Field, value: Any, path: KeyPath, ctx: Context) -> Any:
     if value is None and f.nullable:
         return None
     if not _type_ok(kind, value):
-        ctx.add(path, f"expected {f.expect or ctx.kind_text(kind)}, got "
-                      f"{describe(value, ctx.json)}")
+        ctx.add(
+            path, f"expected {f.expect or ctx.kind_text(kind)}, got {describe(value, ctx.json)}"
+        )
         return None
     if kind == "table":
         assert f.section is not None
@@ -234,13 +235,17 @@ def check_value(f: Field, value: Any, path: KeyPath, ctx: Context) -> Any:
         for index, item in enumerate(value):
             if not isinstance(item, dict):
                 required = ", ".join(x.name for x in f.section.fields if x.required)
-                what = ("a JSON object" if ctx.json else f"a [[{key_text(path)}]] table") + \
-                    (f" ({required})" if required else "")
+                what = ("a JSON object" if ctx.json else f"a [[{key_text(path)}]] table") + (
+                    f" ({required})" if required else ""
+                )
                 ctx.add(path + (index,), f"expected {what}, got {describe(item, ctx.json)}")
                 out.append({})
                 continue
-            out.append(validate_table(f.section, item, path + (index,), ctx.base_dir,
-                                      ctx.problems, json=ctx.json))
+            out.append(
+                validate_table(
+                    f.section, item, path + (index,), ctx.base_dir, ctx.problems, json=ctx.json
+                )
+            )
         if len(value) < f.min_items:
             ctx.add(path, _too_few(f, len(value)))
         return out
@@ -251,17 +256,24 @@ def check_value(f: Field, value: Any, path: KeyPath, ctx: Context) -> Any:
         good = True
         for index, item in enumerate(value):
             if not isinstance(item, str):
-                ctx.add(path + (index,), f"expected {f.item_expect or 'a string'}, got "
-                                         f"{describe(item, ctx.json)}")
+                ctx.add(
+                    path + (index,),
+                    f"expected {f.item_expect or 'a string'}, got {describe(item, ctx.json)}",
+                )
                 good = False
             elif f.item_choices and item not in f.item_choices:
-                ctx.add(path + (index,), f"{item!r} is not allowed; "
-                                         f"{did_you_mean(item, list(f.item_choices))}allowed: "
-                                         f"{', '.join(f.item_choices)}")
+                ctx.add(
+                    path + (index,),
+                    f"{item!r} is not allowed; "
+                    f"{did_you_mean(item, list(f.item_choices))}allowed: "
+                    f"{', '.join(f.item_choices)}",
+                )
                 good = False
             elif f.item_pattern and not re.fullmatch(f.item_pattern, item):
-                ctx.add(path + (index,), f"{item!r} is not allowed; allowed: "
-                                         f"{f.item_doc or f.item_pattern}")
+                ctx.add(
+                    path + (index,),
+                    f"{item!r} is not allowed; allowed: {f.item_doc or f.item_pattern}",
+                )
                 good = False
         return list(value) if good else None
     if f.choices and value not in f.choices:
@@ -270,8 +282,11 @@ def check_value(f: Field, value: Any, path: KeyPath, ctx: Context) -> Any:
         return None
     if kind in ("int", "float"):
         lo, hi, above = f.minimum, f.maximum, f.above
-        if (lo is not None and value < lo) or (hi is not None and value > hi) or \
-                (above is not None and not value > above):
+        if (
+            (lo is not None and value < lo)
+            or (hi is not None and value > hi)
+            or (above is not None and not value > above)
+        ):
             ctx.add(path, f"{value} is out of range; allowed: {_range_text(lo, hi, above)}")
             return None
     if f.pattern and not re.fullmatch(f.pattern, value):
@@ -281,23 +296,33 @@ def check_value(f: Field, value: Any, path: KeyPath, ctx: Context) -> Any:
         size = parse_size(value)
         if size is None:
             what = "a power of two" if f.power_of_two else "a positive integer"
-            ctx.add(path, f"{value!r} is not a size; allowed: {what} with a K, M or G "
-                          'suffix, e.g. "512M" or "4G"')
+            ctx.add(
+                path,
+                f"{value!r} is not a size; allowed: {what} with a K, M or G "
+                'suffix, e.g. "512M" or "4G"',
+            )
             return None
         if f.power_of_two and not Size(size).is_power_of_two:
-            ctx.add(path, f"{value!r} is not a power of two; allowed: a power of two with a K, "
-                          'M or G suffix, e.g. "512M" or "4G"')
+            ctx.add(
+                path,
+                f"{value!r} is not a power of two; allowed: a power of two with a K, "
+                'M or G suffix, e.g. "512M" or "4G"',
+            )
             return None
         return size
     if kind == "path":
         if not value:
             ctx.add(path, "empty path")
             return None
-        resolved = (ctx.base_dir / value).resolve() if not Path(value).is_absolute() \
-            else Path(value)
+        resolved = (
+            (ctx.base_dir / value).resolve() if not Path(value).is_absolute() else Path(value)
+        )
         if f.must_exist and not resolved.exists():
-            ctx.add(path, f"file not found: {resolved} (relative paths are resolved against "
-                          f"the {'file' if ctx.json else 'spec'}'s directory)")
+            ctx.add(
+                path,
+                f"file not found: {resolved} (relative paths are resolved against "
+                f"the {'file' if ctx.json else 'spec'}'s directory)",
+            )
             return None
         return resolved
     if kind in ("table[str]", "table[any]"):
@@ -315,22 +340,33 @@ def _default(f: Field, base_dir: Path) -> Any:
     return f.default
 
 
-def validate_table(section: Section, table: Any, path: KeyPath, base_dir: Path,
-                   problems: list[Problem], *, json: bool = False) -> dict[str, Any]:
+def validate_table(
+    section: Section,
+    table: Any,
+    path: KeyPath,
+    base_dir: Path,
+    problems: list[Problem],
+    *,
+    json: bool = False,
+) -> dict[str, Any]:
     """Check one table against *section*; return converted values with defaults filled in
     (a key whose value is wrong maps to None)."""
     ctx = Context(base_dir, problems, json)
     if not isinstance(table, dict):
-        problems.append(Problem(path, f"expected {ctx.kind_text('table')}, got "
-                                      f"{describe(table, json)}"))
+        problems.append(
+            Problem(path, f"expected {ctx.kind_text('table')}, got {describe(table, json)}")
+        )
         return {}
     out: dict[str, Any] = {}
     known = section.field_names()
     for key in table:
         if key not in known:
-            problems.append(Problem(path + (key,),
-                                    f"unknown key; {did_you_mean(str(key), known)}"
-                                    f"allowed: {', '.join(known)}"))
+            problems.append(
+                Problem(
+                    path + (key,),
+                    f"unknown key; {did_you_mean(str(key), known)}allowed: {', '.join(known)}",
+                )
+            )
     for f in section.fields:
         if f.name not in table:
             if f.required:
@@ -341,23 +377,30 @@ def validate_table(section: Section, table: Any, path: KeyPath, base_dir: Path,
     return out
 
 
-def validate_section(section: Section, data: Any, base_dir: Path,
-                     problems: list[Problem]) -> Any:
+def validate_section(section: Section, data: Any, base_dir: Path, problems: list[Problem]) -> Any:
     """A whole spec section: one table, or a list of tables for ``[[array]]`` sections."""
     path = (section.name,)
     if section.array:
         if data is None:
             return []
         if not isinstance(data, list):
-            problems.append(Problem(path, f"expected [[{section.name}]] entries (an array of "
-                                          f"tables), got {describe(data)}"))
+            problems.append(
+                Problem(
+                    path,
+                    f"expected [[{section.name}]] entries (an array of "
+                    f"tables), got {describe(data)}",
+                )
+            )
             return []
-        return [validate_table(section, item, path + (i,), base_dir, problems)
-                for i, item in enumerate(data)]
+        return [
+            validate_table(section, item, path + (i,), base_dir, problems)
+            for i, item in enumerate(data)
+        ]
     if data is None:
         if section.required:
-            problems.append(Problem(path, f"required section [{section.name}] is missing "
-                                          f"({section.doc})"))
+            problems.append(
+                Problem(path, f"required section [{section.name}] is missing ({section.doc})")
+            )
             return {f.name: f.default for f in section.fields}
         # An absent optional section: only its defaults, converted (paths resolved); its
         # required keys are required only when the section is given.
@@ -369,8 +412,20 @@ def validate_section(section: Section, data: Any, base_dir: Path,
 def bad(problems: list[Problem], *paths: KeyPath) -> bool:
     """Whether a problem was found at any of *paths* or inside them (cross-key checks skip
     keys already reported)."""
-    return any(p.path[:len(path)] == path for p in problems for path in paths)
+    return any(p.path[: len(path)] == path for p in problems for path in paths)
 
 
-__all__ = ["Field", "Section", "Problem", "Context", "did_you_mean", "describe", "key_text",
-           "parse_size", "check_value", "validate_table", "validate_section", "bad"]
+__all__ = [
+    "Field",
+    "Section",
+    "Problem",
+    "Context",
+    "did_you_mean",
+    "describe",
+    "key_text",
+    "parse_size",
+    "check_value",
+    "validate_table",
+    "validate_section",
+    "bad",
+]

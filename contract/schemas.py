@@ -84,7 +84,7 @@ def _field(f: Field, is_json: bool) -> dict[str, Any]:
     elif kind == "table":
         assert f.section is not None
         out = section_schema(f.section, is_json)
-    else:   # list[table]
+    else:  # list[table]
         assert f.section is not None
         out = {"type": "array", "items": section_schema(f.section, is_json)}
         if f.min_items:
@@ -99,19 +99,25 @@ def _field(f: Field, is_json: bool) -> dict[str, Any]:
 
 def section_schema(section: Section, is_json: bool = True) -> dict[str, Any]:
     """The JSON Schema of one table of *section* (its keys; no others)."""
-    return {"type": "object",
-            "description": section.doc,
-            "properties": {f.name: _field(f, is_json) for f in section.fields},
-            "required": [f.name for f in section.fields if f.required],
-            "additionalProperties": False}
+    return {
+        "type": "object",
+        "description": section.doc,
+        "properties": {f.name: _field(f, is_json) for f in section.fields},
+        "required": [f.name for f in section.fields if f.required],
+        "additionalProperties": False,
+    }
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """File name -> its JSON Schema."""
     out = {}
     for name, (section, is_json) in FORMATS.items():
-        schema = {"$schema": DRAFT, "$id": f"https://enclave-build.dev/schemas/{name}.schema.json",
-                  "title": name, **section_schema(section, is_json)}
+        schema = {
+            "$schema": DRAFT,
+            "$id": f"https://enclave-build.dev/schemas/{name}.schema.json",
+            "title": name,
+            **section_schema(section, is_json),
+        }
         out[name] = schema
     return out
 

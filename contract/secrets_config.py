@@ -99,92 +99,193 @@ def hex_dashes(key: bytes) -> bytes:
 
 # --------------------------------------------------------------------------- schema
 
-RULE = Section("secrets", "a secret and the enclaves it is released to", (
-    Field("name", "str", "the secret's name", required=True,
-          expect="a string (the secret's name)"),
-    Field("file", "str", "the key file (without it: uploaded by an owner, [upload])",
-          expect="a string (the key file's path)"),
-    Field("allow", "list[str]", "services and/or MRENCLAVE values", required=True,
-          expect="an array of services and/or MRENCLAVE values",
-          item_expect="a service name or MRENCLAVE (a string)"),
-    Field("match", "str", '"mr_enclave" or "signer" (MRSIGNER + ISV_PROD_ID, ISV_SVN >= '
-          'built)', default="mr_enclave", expect='a string ("mr_enclave" or "signer")'),
-    Field("encoding", "str", '"raw", or "hex-dashes": Occlum\'s image-key text (16-byte keys)',
-          default="raw", choices=ENCODINGS, expect='a string ("raw" or "hex-dashes")'),
-    Field("requested_as", "str", "the name a GrSecret client asks for, if not name",
-          expect="a string (the name a GrSecret client asks for)"),
-), array=True)
+RULE = Section(
+    "secrets",
+    "a secret and the enclaves it is released to",
+    (
+        Field(
+            "name", "str", "the secret's name", required=True, expect="a string (the secret's name)"
+        ),
+        Field(
+            "file",
+            "str",
+            "the key file (without it: uploaded by an owner, [upload])",
+            expect="a string (the key file's path)",
+        ),
+        Field(
+            "allow",
+            "list[str]",
+            "services and/or MRENCLAVE values",
+            required=True,
+            expect="an array of services and/or MRENCLAVE values",
+            item_expect="a service name or MRENCLAVE (a string)",
+        ),
+        Field(
+            "match",
+            "str",
+            '"mr_enclave" or "signer" (MRSIGNER + ISV_PROD_ID, ISV_SVN >= built)',
+            default="mr_enclave",
+            expect='a string ("mr_enclave" or "signer")',
+        ),
+        Field(
+            "encoding",
+            "str",
+            '"raw", or "hex-dashes": Occlum\'s image-key text (16-byte keys)',
+            default="raw",
+            choices=ENCODINGS,
+            expect='a string ("raw" or "hex-dashes")',
+        ),
+        Field(
+            "requested_as",
+            "str",
+            "the name a GrSecret client asks for, if not name",
+            expect="a string (the name a GrSecret client asks for)",
+        ),
+    ),
+    array=True,
+)
 
-SERVER = Section("server", "the secret server's listener and identity", (
-    Field("listen", "str", "HOST:PORT ([::]:4433 for IPv6)", required=True),
-    Field("cert", "str", "CA-signed certificate the enclaves check (identity \"ca-cert\")"),
-    Field("key", "str", "its private key"),
-    Field("audit_log", "str", 'JSON lines; "-" = stderr'),
-    Field("processes", "int", "worker processes sharing the listening socket (default: the "
-          "cores this process may use)", minimum=1, expect="an integer"),
-    Field("identity", "str", '"ca-cert" (cert/key) or "ratls" (inside an enclave: a fresh '
-          "TCG DICE RA-TLS certificate)", default="ca-cert", choices=IDENTITIES),
-    Field("workers", "int", "threads per process handling connections", default=128,
-          minimum=1),
-    Field("max_connections", "int", "connections at once (per process)", default=1024,
-          minimum=1),
-    Field("max_connections_per_peer", "int", "connections at once from one IP address (per "
-          "process)", default=64, minimum=1),
-    Field("timeout", "float", "seconds a connection may take, handshake to reply",
-          default=10.0, above=0),
-    Field("max_tls", "str", '"1.2" for Gramine 1.8 clients (mbedTLS 3.6.0)', default="1.3",
-          choices=MAX_TLS),
-))
-ATTESTATION = Section("attestation", "how the enclaves' quotes are verified", (
-    Field("root_ca", "str", '"intel", or a PEM/DER file: a custom (e.g. synthetic test) root',
-          default="intel"),
-    Field("collateral", "str", "offline collateral file ..."),
-    Field("pccs_url", "str", "... or the PCCS to fetch it from"),
-    Field("pccs_timeout", "float", "seconds one collateral fetch may take", default=10.0,
-          above=0),
-    Field("allowed_tcb_statuses", "list[str]", "TCB statuses to accept",
-          default=["UpToDate"], item_choices=TCB_STATUSES),
-    Field("allowed_advisories", "list[str]", "an allow-list of advisories (default: any)"),
-    Field("denied_advisories", "list[str]", "advisories never accepted", default=[]),
-    Field("allow_debug", "bool", "accept DEBUG enclaves (the verifier cannot)", default=False),
-    Field("verification_cache", "bool", "reuse per-platform verification", default=True),
-))
-UPLOAD = Section("upload", "keys handed over at run time by their owners", (
-    Field("owners", "list[str]", "PEM certificates of the owners who may upload keys",
-          required=True, min_items=1, item_pattern=r".+", item_doc="a certificate file",
-          expect="a non-empty array of certificate files (PEM): the owners who may upload "
-                 "keys"),
-))
-GRSECRET = Section("grsecret", "Occlum's ratls.GrSecret/GetSecret service", (
-    Field("listen", "str", "HOST:PORT of its own", required=True),
-    Field("client_ra_config", "str", "Occlum's server-side ra_config (dynamic_config.json)"),
-    Field("idle", "float", "seconds a connection may wait with no call open", default=2.0,
-          above=0),
-    Field("max_requests", "int", "calls per connection", default=32, minimum=1),
-))
-SCHEMA = Section("", "secrets.toml: the secret server's configuration", (
-    Field("measurements", "list[str]", "measurements.json files (paths or globs) of the "
-          "enclaves served", default=[], expect="an array of paths or globs"),
-    Field("server", "table", "the listener and identity", section=SERVER),
-    Field("attestation", "table", "quote verification", section=ATTESTATION),
-    Field("upload", "table", "owners who may upload keys", section=UPLOAD),
-    Field("secrets", "list[table]", "the secrets and whom they go to", default=[],
-          section=RULE),
-    Field("grsecret", "table", "Occlum's GrSecret service", section=GRSECRET),
-))
+SERVER = Section(
+    "server",
+    "the secret server's listener and identity",
+    (
+        Field("listen", "str", "HOST:PORT ([::]:4433 for IPv6)", required=True),
+        Field("cert", "str", 'CA-signed certificate the enclaves check (identity "ca-cert")'),
+        Field("key", "str", "its private key"),
+        Field("audit_log", "str", 'JSON lines; "-" = stderr'),
+        Field(
+            "processes",
+            "int",
+            "worker processes sharing the listening socket (default: the "
+            "cores this process may use)",
+            minimum=1,
+            expect="an integer",
+        ),
+        Field(
+            "identity",
+            "str",
+            '"ca-cert" (cert/key) or "ratls" (inside an enclave: a fresh '
+            "TCG DICE RA-TLS certificate)",
+            default="ca-cert",
+            choices=IDENTITIES,
+        ),
+        Field("workers", "int", "threads per process handling connections", default=128, minimum=1),
+        Field(
+            "max_connections", "int", "connections at once (per process)", default=1024, minimum=1
+        ),
+        Field(
+            "max_connections_per_peer",
+            "int",
+            "connections at once from one IP address (per process)",
+            default=64,
+            minimum=1,
+        ),
+        Field(
+            "timeout",
+            "float",
+            "seconds a connection may take, handshake to reply",
+            default=10.0,
+            above=0,
+        ),
+        Field(
+            "max_tls",
+            "str",
+            '"1.2" for Gramine 1.8 clients (mbedTLS 3.6.0)',
+            default="1.3",
+            choices=MAX_TLS,
+        ),
+    ),
+)
+ATTESTATION = Section(
+    "attestation",
+    "how the enclaves' quotes are verified",
+    (
+        Field(
+            "root_ca",
+            "str",
+            '"intel", or a PEM/DER file: a custom (e.g. synthetic test) root',
+            default="intel",
+        ),
+        Field("collateral", "str", "offline collateral file ..."),
+        Field("pccs_url", "str", "... or the PCCS to fetch it from"),
+        Field(
+            "pccs_timeout", "float", "seconds one collateral fetch may take", default=10.0, above=0
+        ),
+        Field(
+            "allowed_tcb_statuses",
+            "list[str]",
+            "TCB statuses to accept",
+            default=["UpToDate"],
+            item_choices=TCB_STATUSES,
+        ),
+        Field("allowed_advisories", "list[str]", "an allow-list of advisories (default: any)"),
+        Field("denied_advisories", "list[str]", "advisories never accepted", default=[]),
+        Field("allow_debug", "bool", "accept DEBUG enclaves (the verifier cannot)", default=False),
+        Field("verification_cache", "bool", "reuse per-platform verification", default=True),
+    ),
+)
+UPLOAD = Section(
+    "upload",
+    "keys handed over at run time by their owners",
+    (
+        Field(
+            "owners",
+            "list[str]",
+            "PEM certificates of the owners who may upload keys",
+            required=True,
+            min_items=1,
+            item_pattern=r".+",
+            item_doc="a certificate file",
+            expect="a non-empty array of certificate files (PEM): the owners who may upload keys",
+        ),
+    ),
+)
+GRSECRET = Section(
+    "grsecret",
+    "Occlum's ratls.GrSecret/GetSecret service",
+    (
+        Field("listen", "str", "HOST:PORT of its own", required=True),
+        Field("client_ra_config", "str", "Occlum's server-side ra_config (dynamic_config.json)"),
+        Field(
+            "idle", "float", "seconds a connection may wait with no call open", default=2.0, above=0
+        ),
+        Field("max_requests", "int", "calls per connection", default=32, minimum=1),
+    ),
+)
+SCHEMA = Section(
+    "",
+    "secrets.toml: the secret server's configuration",
+    (
+        Field(
+            "measurements",
+            "list[str]",
+            "measurements.json files (paths or globs) of the enclaves served",
+            default=[],
+            expect="an array of paths or globs",
+        ),
+        Field("server", "table", "the listener and identity", section=SERVER),
+        Field("attestation", "table", "quote verification", section=ATTESTATION),
+        Field("upload", "table", "owners who may upload keys", section=UPLOAD),
+        Field(
+            "secrets", "list[table]", "the secrets and whom they go to", default=[], section=RULE
+        ),
+        Field("grsecret", "table", "Occlum's GrSecret service", section=GRSECRET),
+    ),
+)
 
 
 # --------------------------------------------------------------------------- types
+
 
 @dataclass(frozen=True)
 class SecretRule:
     """A ``[[secrets]]`` rule (secrets.toml and the policy fragment)."""
 
     name: str
-    file: Path | None   # None: uploaded by an owner at run time (attestation.upload)
+    file: Path | None  # None: uploaded by an owner at run time (attestation.upload)
     allow: tuple[str, ...]
     match: str = "mr_enclave"
-    encoding: str = "raw"            # one of ENCODINGS
+    encoding: str = "raw"  # one of ENCODINGS
     #: The name a GrSecret client asks for when it is not *name* (Occlum's init asks for its
     #: image key as "image_key"); several rules may share it, each for its own enclaves.
     requested_as: str | None = None
@@ -215,7 +316,7 @@ def _listen_text(host: str, port: int) -> str:
 class ServerSettings:
     host: str
     port: int
-    cert: Path | None                # None with identity = "ratls"
+    cert: Path | None  # None with identity = "ratls"
     key: Path | None
     max_connections: int = 1024
     max_connections_per_peer: int = 64
@@ -226,7 +327,7 @@ class ServerSettings:
     #: Worker processes; the reader always sets it (default: the cores the server may use);
     #: None in a configuration being written leaves it to the server's machine.
     processes: int | None = None
-    identity: str = "ca-cert"        # "ca-cert" (cert/key) | "ratls" (fresh TCG DICE RA-TLS)
+    identity: str = "ca-cert"  # "ca-cert" (cert/key) | "ratls" (fresh TCG DICE RA-TLS)
 
     @property
     def listen(self) -> str:
@@ -239,8 +340,20 @@ class ServerSettings:
                 out[name] = str(getattr(self, name))
         if self.processes is not None:
             out["processes"] = self.processes
-        out.update(_changed(self, SERVER, ("identity", "workers", "max_connections",
-                                            "max_connections_per_peer", "timeout", "max_tls")))
+        out.update(
+            _changed(
+                self,
+                SERVER,
+                (
+                    "identity",
+                    "workers",
+                    "max_connections",
+                    "max_connections_per_peer",
+                    "timeout",
+                    "max_tls",
+                ),
+            )
+        )
         return out
 
 
@@ -250,7 +363,7 @@ class GrSecretSettings:
 
     host: str
     port: int
-    client_ra_config: Path | None = None   # Occlum dynamic_config.json (attestation.occlum_ra)
+    client_ra_config: Path | None = None  # Occlum dynamic_config.json (attestation.occlum_ra)
     idle: float = 2.0
     max_requests: int = 32
 
@@ -264,7 +377,7 @@ class GrSecretSettings:
 
 @dataclass(frozen=True)
 class AttestationSettings:
-    root_ca: Path | None                 # None = Intel's SGX root
+    root_ca: Path | None  # None = Intel's SGX root
     collateral: Path | None
     pccs_url: str | None
     tcb: TcbPolicy = TcbPolicy()
@@ -327,9 +440,11 @@ class SecretsConfig:
     grsecret: GrSecretSettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"measurements": list(self.measurements),
-                               "server": self.server.to_dict(),
-                               "attestation": self.attestation.to_dict()}
+        out: dict[str, Any] = {
+            "measurements": list(self.measurements),
+            "server": self.server.to_dict(),
+            "attestation": self.attestation.to_dict(),
+        }
         if self.upload is not None:
             out["upload"] = self.upload.to_dict()
         out["secrets"] = [rule.to_dict() for rule in self.secrets]
@@ -346,14 +461,15 @@ class SecretsConfig:
         return comment + tomli_w.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Any, path: Path, locator: Locator = NoLocator(),
-                  source: str | None = None) -> "SecretsConfig":
+    def from_dict(
+        cls, data: Any, path: Path, locator: Locator = NoLocator(), source: str | None = None
+    ) -> SecretsConfig:
         """*data* (secrets.toml's, relative paths against *path*'s directory) checked: every
         problem, located, in one SecretsConfigError naming *source* (default: *path*)."""
         source = source or str(path)
         base = path.parent
         problems: list[Problem] = []
-        if isinstance(data, dict):   # absent tables: their required keys are reported
+        if isinstance(data, dict):  # absent tables: their required keys are reported
             data = {"server": {}, "attestation": {}, **data}
         v = validate_table(SCHEMA, data, (), base, problems)
         config = None
@@ -361,19 +477,22 @@ class SecretsConfig:
             config = _build(data, v, base, path, problems)
         for index, p in enumerate(problems):
             if len(p.path) == 2 and p.path[1] == "measurements" and "unknown key" in p.message:
-                problems[index] = Problem(p.path, p.message + " (measurements is a top-level "
-                                                  "key: put it before the first [table])")
+                problems[index] = Problem(
+                    p.path,
+                    p.message + " (measurements is a top-level "
+                    "key: put it before the first [table])",
+                )
         raise_problems(problems, source, locator, SecretsConfigError)
         assert config is not None
         return config
 
     @classmethod
-    def parse(cls, text: str, path: Path) -> "SecretsConfig":
+    def parse(cls, text: str, path: Path) -> SecretsConfig:
         data, locator = parse_toml(text, str(path), SecretsConfigError)
         return cls.from_dict(data, path, locator)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SecretsConfig":
+    def load(cls, path: str | Path) -> SecretsConfig:
         """The one reader: *path* read and checked, relative paths resolved against its
         directory, every named file checked to be there (SecretsConfigError naming
         FILE:LINE:KEY)."""
@@ -433,8 +552,9 @@ def _exists(path: Path | None, where: KeyPath, problems: list[Problem]) -> None:
         problems.append(Problem(where, f"file not found: {path}"))
 
 
-def _build(data: dict[str, Any], v: dict[str, Any], base: Path, path: Path,
-           problems: list[Problem]) -> SecretsConfig | None:
+def _build(
+    data: dict[str, Any], v: dict[str, Any], base: Path, path: Path, problems: list[Problem]
+) -> SecretsConfig | None:
     """The typed configuration, and the problems no single key shows."""
     srv, att = v["server"] or {}, v["attestation"] or {}
     written_srv = data["server"] if isinstance(data["server"], dict) else {}
@@ -443,45 +563,75 @@ def _build(data: dict[str, Any], v: dict[str, Any], base: Path, path: Path,
     if identity == "ratls":
         for name in ("cert", "key"):
             if name in written_srv:
-                problems.append(Problem(("server", name), "not used with identity = \"ratls\" "
-                                        "(the server makes its own RA-TLS certificate); "
-                                        "remove it"))
+                problems.append(
+                    Problem(
+                        ("server", name),
+                        'not used with identity = "ratls" '
+                        "(the server makes its own RA-TLS certificate); "
+                        "remove it",
+                    )
+                )
     else:
         for name in ("cert", "key"):
             if name not in written_srv:
-                problems.append(Problem(("server", name), "required key is missing (or set "
-                                                          "identity = \"ratls\" inside an "
-                                                          "enclave)"))
+                problems.append(
+                    Problem(
+                        ("server", name),
+                        'required key is missing (or set identity = "ratls" inside an enclave)',
+                    )
+                )
             else:
                 _exists(_file(base, srv.get(name)), ("server", name), problems)
     audit = srv.get("audit_log")
     processes = srv.get("processes") or available_cores()
     server = ServerSettings(
-        host, port, _file(base, srv.get("cert")) if identity == "ca-cert" else None,
+        host,
+        port,
+        _file(base, srv.get("cert")) if identity == "ca-cert" else None,
         _file(base, srv.get("key")) if identity == "ca-cert" else None,
-        srv.get("max_connections") or 1024, srv.get("max_connections_per_peer") or 64,
-        srv.get("workers") or 128, srv.get("timeout") or 10.0, srv.get("max_tls") or "1.3",
-        audit if audit in (None, "-") else str(base / audit), processes, identity)
+        srv.get("max_connections") or 1024,
+        srv.get("max_connections_per_peer") or 64,
+        srv.get("workers") or 128,
+        srv.get("timeout") or 10.0,
+        srv.get("max_tls") or "1.3",
+        audit if audit in (None, "-") else str(base / audit),
+        processes,
+        identity,
+    )
 
-    if (att.get("collateral") is None) == (att.get("pccs_url") is None) and \
-            not bad(problems, ("attestation", "collateral"), ("attestation", "pccs_url")):
-        problems.append(Problem(("attestation",), "give exactly one of collateral (a file) and "
-                                                  "pccs_url"))
+    if (att.get("collateral") is None) == (att.get("pccs_url") is None) and not bad(
+        problems, ("attestation", "collateral"), ("attestation", "pccs_url")
+    ):
+        problems.append(
+            Problem(("attestation",), "give exactly one of collateral (a file) and pccs_url")
+        )
     root = att.get("root_ca") or "intel"
     root_ca = None if root == "intel" else base / root
     _exists(root_ca, ("attestation", "root_ca"), problems)
     if att.get("allow_debug"):
-        problems.append(Problem(("attestation", "allow_debug"),
-                                "allow_debug was requested, but the quote verifier (dcap-qvl's "
-                                "Python binding) always rejects DEBUG enclaves: this verifier "
-                                "cannot honour that allowance"))
+        problems.append(
+            Problem(
+                ("attestation", "allow_debug"),
+                "allow_debug was requested, but the quote verifier (dcap-qvl's "
+                "Python binding) always rejects DEBUG enclaves: this verifier "
+                "cannot honour that allowance",
+            )
+        )
     allowed = att.get("allowed_advisories")
-    tcb = TcbPolicy(frozenset(att.get("allowed_tcb_statuses") or ["UpToDate"]),
-                    frozenset(allowed) if allowed is not None else None,
-                    frozenset(att.get("denied_advisories") or ()), False)
-    attestation = AttestationSettings(root_ca, _file(base, att.get("collateral")),
-                                      att.get("pccs_url"), tcb, att.get("pccs_timeout") or 10.0,
-                                      att.get("verification_cache") is not False)
+    tcb = TcbPolicy(
+        frozenset(att.get("allowed_tcb_statuses") or ["UpToDate"]),
+        frozenset(allowed) if allowed is not None else None,
+        frozenset(att.get("denied_advisories") or ()),
+        False,
+    )
+    attestation = AttestationSettings(
+        root_ca,
+        _file(base, att.get("collateral")),
+        att.get("pccs_url"),
+        tcb,
+        att.get("pccs_timeout") or 10.0,
+        att.get("verification_cache") is not False,
+    )
 
     upload = None
     if v["upload"] is not None and "upload" in data:
@@ -490,8 +640,12 @@ def _build(data: dict[str, Any], v: dict[str, Any], base: Path, path: Path,
         for index, owner in enumerate(upload.owners):
             _exists(owner, ("upload", "owners", index), problems)
         if processes != 1 and not bad(problems, ("server", "processes")):
-            problems.append(Problem(("server", "processes"), "must be 1 with [upload] (uploaded "
-                                                             "keys live in one process's memory)"))
+            problems.append(
+                Problem(
+                    ("server", "processes"),
+                    "must be 1 with [upload] (uploaded keys live in one process's memory)",
+                )
+            )
     rules = []
     for index, item in enumerate(v["secrets"] or []):
         where = ("secrets", index)
@@ -502,41 +656,94 @@ def _build(data: dict[str, Any], v: dict[str, Any], base: Path, path: Path,
             file = base / item["file"]
             _exists(file, where + ("file",), problems)
         elif upload is None and not bad(problems, where + ("file",)):
-            problems.append(Problem(where + ("file",), "required key is missing (or list the "
-                                                       "owners who upload it in [upload])"))
+            problems.append(
+                Problem(
+                    where + ("file",),
+                    "required key is missing (or list the owners who upload it in [upload])",
+                )
+            )
         requested_as = item.get("requested_as")
         if requested_as == "":
-            problems.append(Problem(where + ("requested_as",),
-                                    "empty; give the name a GrSecret client asks for (e.g. "
-                                    "\"image_key\"), or leave it out"))
-        if item.get("encoding") == "hex-dashes" and file is not None and file.is_file() and \
-                file.stat().st_size != KEY_SIZE:
-            problems.append(Problem(where + ("file",), f"{file} has {file.stat().st_size} bytes; "
-                                    f"encoding \"hex-dashes\" needs a {KEY_SIZE}-byte key"))
-        rules.append(SecretRule(item.get("name") or "", file, tuple(item.get("allow") or ()),
-                                item.get("match") or "mr_enclave", item.get("encoding") or "raw",
-                                requested_as))
+            problems.append(
+                Problem(
+                    where + ("requested_as",),
+                    "empty; give the name a GrSecret client asks for (e.g. "
+                    '"image_key"), or leave it out',
+                )
+            )
+        if (
+            item.get("encoding") == "hex-dashes"
+            and file is not None
+            and file.is_file()
+            and file.stat().st_size != KEY_SIZE
+        ):
+            problems.append(
+                Problem(
+                    where + ("file",),
+                    f"{file} has {file.stat().st_size} bytes; "
+                    f'encoding "hex-dashes" needs a {KEY_SIZE}-byte key',
+                )
+            )
+        rules.append(
+            SecretRule(
+                item.get("name") or "",
+                file,
+                tuple(item.get("allow") or ()),
+                item.get("match") or "mr_enclave",
+                item.get("encoding") or "raw",
+                requested_as,
+            )
+        )
 
     grsecret = None
     if v["grsecret"] is not None and "grsecret" in data:
         g = v["grsecret"]
         ghost, gport = _split_listen(g.get("listen"), ("grsecret", "listen"), problems)
-        grsecret = GrSecretSettings(ghost, gport, _file(base, g.get("client_ra_config")),
-                                    g.get("idle") or 2.0, g.get("max_requests") or 32)
+        grsecret = GrSecretSettings(
+            ghost,
+            gport,
+            _file(base, g.get("client_ra_config")),
+            g.get("idle") or 2.0,
+            g.get("max_requests") or 32,
+        )
         _exists(grsecret.client_ra_config, ("grsecret", "client_ra_config"), problems)
-        wildcard = {"", "0.0.0.0", "::"}   # all addresses: overlaps any host with that port
-        if gport == port != 0 and (ghost == host or {ghost, host} & wildcard) and \
-                not bad(problems, ("grsecret", "listen"), ("server", "listen")):
-            problems.append(Problem(("grsecret", "listen"),
-                                    f"port {gport} is also server.listen's; GrSecret needs a "
-                                    "port of its own"))
+        wildcard = {"", "0.0.0.0", "::"}  # all addresses: overlaps any host with that port
+        if (
+            gport == port != 0
+            and (ghost == host or {ghost, host} & wildcard)
+            and not bad(problems, ("grsecret", "listen"), ("server", "listen"))
+        ):
+            problems.append(
+                Problem(
+                    ("grsecret", "listen"),
+                    f"port {gport} is also server.listen's; GrSecret needs a port of its own",
+                )
+            )
     measurements = tuple(v["measurements"] or ())
-    return SecretsConfig(path, server, attestation, measurements, tuple(rules), upload,
-                         grsecret)
+    return SecretsConfig(path, server, attestation, measurements, tuple(rules), upload, grsecret)
 
 
-__all__ = ["SecretsConfig", "SecretsConfigError", "ServerSettings", "AttestationSettings",
-           "GrSecretSettings", "UploadSettings", "SecretRule", "ENCODINGS", "KEY_SIZE",
-           "IDENTITIES", "MAX_TLS", "RULE", "SERVER", "ATTESTATION", "UPLOAD", "GRSECRET",
-           "SCHEMA", "hex_dashes", "available_cores", "split_listen", "restrict_listen",
-           "TcbPolicy"]
+__all__ = [
+    "SecretsConfig",
+    "SecretsConfigError",
+    "ServerSettings",
+    "AttestationSettings",
+    "GrSecretSettings",
+    "UploadSettings",
+    "SecretRule",
+    "ENCODINGS",
+    "KEY_SIZE",
+    "IDENTITIES",
+    "MAX_TLS",
+    "RULE",
+    "SERVER",
+    "ATTESTATION",
+    "UPLOAD",
+    "GRSECRET",
+    "SCHEMA",
+    "hex_dashes",
+    "available_cores",
+    "split_listen",
+    "restrict_listen",
+    "TcbPolicy",
+]

@@ -47,19 +47,20 @@ class Grammar:
     pattern: str
     units: dict[str, int]
     doc: str
-    fraction: bool = False       # "1.5G"
-    integer_base: int = 10       # 0: Python's int(x, 0) (0x.., 0o..)
+    fraction: bool = False  # "1.5G"
+    integer_base: int = 10  # 0: Python's int(x, 0) (0x.., 0o..)
     minimum: int = 1
     maximum: int | None = None
     fold_case: bool = False
-    strip: bool = False          # surrounding blanks are not part of the size
+    strip: bool = False  # surrounding blanks are not part of the size
     noun: str = "a size"
-    range_doc: str = ""          # what the bounds allow, for the error message
+    range_doc: str = ""  # what the bounds allow, for the error message
     _compiled: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_compiled",
-                           re.compile(self.pattern, re.IGNORECASE if self.fold_case else 0))
+        object.__setattr__(
+            self, "_compiled", re.compile(self.pattern, re.IGNORECASE if self.fold_case else 0)
+        )
 
     def parse(self, text: str) -> int:
         probe = text.strip() if self.strip else text
@@ -70,58 +71,106 @@ class Grammar:
         scale = self.units[unit.upper() if self.fold_case else unit]
         number = match.group("number")
         try:
-            value = (int(float(number) * scale) if self.fraction
-                     else int(number, self.integer_base) * scale)
+            value = (
+                int(float(number) * scale)
+                if self.fraction
+                else int(number, self.integer_base) * scale
+            )
         except ValueError:
             raise SizeError(f"{text!r} is not {self.noun}; allowed: {self.doc}") from None
         if value < self.minimum or (self.maximum is not None and value > self.maximum):
-            bound = self.range_doc or (f"at least {self.minimum}" if self.maximum is None
-                                       else f"{self.minimum} to {self.maximum} bytes")
+            bound = self.range_doc or (
+                f"at least {self.minimum}"
+                if self.maximum is None
+                else f"{self.minimum} to {self.maximum} bytes"
+            )
             raise SizeError(f"{text!r} is out of range; allowed: {bound}")
         return value
 
 
 SPEC_SIZE = Grammar(
-    "spec", r"(?P<number>[1-9][0-9]*)(?P<unit>[KMG])", {k: _BINARY[k] for k in "KMG"},
-    'a positive integer with a K, M or G suffix, e.g. "512M" or "4G"')
+    "spec",
+    r"(?P<number>[1-9][0-9]*)(?P<unit>[KMG])",
+    {k: _BINARY[k] for k in "KMG"},
+    'a positive integer with a K, M or G suffix, e.g. "512M" or "4G"',
+)
 HUMAN_SIZE = Grammar(
-    "human", r"(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[KMGT]?)(?:i?B)?",
+    "human",
+    r"(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[KMGT]?)(?:i?B)?",
     {"": 1, **{k: _BINARY[k] for k in "KMGT"}},
     'a number of bytes with an optional K, M, G or T (binary multiples), e.g. "10G"',
-    fraction=True, minimum=0, fold_case=True, strip=True)
+    fraction=True,
+    minimum=0,
+    fold_case=True,
+    strip=True,
+)
 OCCLUM_SIZE = Grammar(
-    "occlum", r"(?P<number>[0-9]+)\s*(?:(?P<unit>[KMGT])B?|B)",
+    "occlum",
+    r"(?P<number>[0-9]+)\s*(?:(?P<unit>[KMGT])B?|B)",
     {"": 1, **{k: _BINARY[k] for k in "KMGT"}},
-    '<integer><K|M|G|T>, optionally with a trailing B, e.g. "64M" or "64MB"', minimum=0,
-    strip=True)
+    '<integer><K|M|G|T>, optionally with a trailing B, e.g. "64M" or "64MB"',
+    minimum=0,
+    strip=True,
+)
 GRAMINE_SIZE = Grammar(
-    "gramine", r"(?P<number>(?:0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|[0-9]+))(?P<unit>[KMG]?)",
+    "gramine",
+    r"(?P<number>(?:0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|[0-9]+))(?P<unit>[KMG]?)",
     {"": 1, **{k: _BINARY[k] for k in "KMG"}},
     "an integer (decimal or 0x hex) with an optional K, M or G suffix, e.g. '256M', '4G' or "
-    "'0x10000000'", integer_base=0, minimum=0)
+    "'0x10000000'",
+    integer_base=0,
+    minimum=0,
+)
 K8S_MEMORY = Grammar(
-    "k8s-memory", r"(?P<number>[1-9][0-9]*)(?P<unit>Ki|Mi|Gi|Ti)?",
+    "k8s-memory",
+    r"(?P<number>[1-9][0-9]*)(?P<unit>Ki|Mi|Gi|Ti)?",
     {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40},
-    'bytes with a binary suffix, e.g. "512Mi" or "2Gi"', noun="a memory quantity")
+    'bytes with a binary suffix, e.g. "512Mi" or "2Gi"',
+    noun="a memory quantity",
+)
 K8S_BYTES = Grammar(
-    "k8s-bytes", r"(?P<number>[0-9]+)(?P<unit>k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?",
-    {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-     "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50,
-     "Ei": 1 << 60},
+    "k8s-bytes",
+    r"(?P<number>[0-9]+)(?P<unit>k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?",
+    {
+        "": 1,
+        "k": 10**3,
+        "M": 10**6,
+        "G": 10**9,
+        "T": 10**12,
+        "P": 10**15,
+        "E": 10**18,
+        "Ki": 1 << 10,
+        "Mi": 1 << 20,
+        "Gi": 1 << 30,
+        "Ti": 1 << 40,
+        "Pi": 1 << 50,
+        "Ei": 1 << 60,
+    },
     "bytes as Kubernetes writes them: an integer, or with a decimal suffix k, M, G, T (64G = "
-    "64 x 10^9) or a binary one Ki, Mi, Gi, Ti (64Gi = 64 x 2^30)", maximum=INT64_MAX,
-    strip=True, noun="a quantity of bytes",
-    range_doc=f"more than 0 and at most {INT64_MAX} bytes")
+    "64 x 10^9) or a binary one Ki, Mi, Gi, Ti (64Gi = 64 x 2^30)",
+    maximum=INT64_MAX,
+    strip=True,
+    noun="a quantity of bytes",
+    range_doc=f"more than 0 and at most {INT64_MAX} bytes",
+)
 OCCLUM_JSON_SIZE = Grammar(
-    "occlum-json", r"\s*\+?(?P<number>[0-9]+)\s*(?P<unit>KB|MB|GB|TB|B)\s*",
+    "occlum-json",
+    r"\s*\+?(?P<number>[0-9]+)\s*(?P<unit>KB|MB|GB|TB|B)\s*",
     {"B": 1, **{k + "B": _BINARY[k] for k in "KMGT"}},
-    'an integer with a unit KB, MB, GB, TB or B, e.g. "32MB"', minimum=0,
-    maximum=(1 << 64) - 1, range_doc="at most 2^64-1 bytes")
+    'an integer with a unit KB, MB, GB, TB or B, e.g. "32MB"',
+    minimum=0,
+    maximum=(1 << 64) - 1,
+    range_doc="at most 2^64-1 bytes",
+)
 CLI_SIZE = Grammar(
-    "cli", r"(?P<number>[1-9][0-9]*)(?P<unit>K|M|G|T|Ki|Mi|Gi|Ti)?",
+    "cli",
+    r"(?P<number>[1-9][0-9]*)(?P<unit>K|M|G|T|Ki|Mi|Gi|Ti)?",
     {"": 1, **{k: _BINARY[k] for k in "KMGT"}, **{k + "i": _BINARY[k] for k in "KMGT"}},
     "an integer with K, M, G or T (binary units, Gi etc. also accepted), e.g. 4G or 512Mi",
-    maximum=INT64_MAX, strip=True, range_doc="at most 2^63-1 bytes")
+    maximum=INT64_MAX,
+    strip=True,
+    range_doc="at most 2^63-1 bytes",
+)
 
 #: Regular expressions of the grammars whose text a schema field checks by pattern.
 K8S_MEMORY_PATTERN = K8S_MEMORY.pattern.replace("(?P<number>", "(").replace("(?P<unit>", "(")
@@ -130,13 +179,13 @@ K8S_MEMORY_PATTERN = K8S_MEMORY.pattern.replace("(?P<number>", "(").replace("(?P
 class Size(int):
     """A number of bytes. ``Size.parse("4G")`` reads one; ``str(Size(4 << 30))`` is ``4G``."""
 
-    def __new__(cls, value: int = 0) -> "Size":
+    def __new__(cls, value: int = 0) -> Size:
         if int(value) < 0:
             raise SizeError(f"{value}: a size cannot be negative")
         return super().__new__(cls, value)
 
     @classmethod
-    def parse(cls, text: "str | int", grammar: Grammar = SPEC_SIZE) -> "Size":
+    def parse(cls, text: str | int, grammar: Grammar = SPEC_SIZE) -> Size:
         """*text* read in *grammar* (SizeError saying what is allowed); an int is taken as
         bytes."""
         if isinstance(text, int) and not isinstance(text, bool):
@@ -187,6 +236,18 @@ class Size(int):
         return f"{math.ceil(self / (1 << 20))}M"
 
 
-__all__ = ["Size", "SizeError", "Grammar", "SPEC_SIZE", "HUMAN_SIZE", "OCCLUM_SIZE",
-           "OCCLUM_JSON_SIZE", "GRAMINE_SIZE", "K8S_MEMORY", "K8S_BYTES", "CLI_SIZE",
-           "K8S_MEMORY_PATTERN", "INT64_MAX"]
+__all__ = [
+    "Size",
+    "SizeError",
+    "Grammar",
+    "SPEC_SIZE",
+    "HUMAN_SIZE",
+    "OCCLUM_SIZE",
+    "OCCLUM_JSON_SIZE",
+    "GRAMINE_SIZE",
+    "K8S_MEMORY",
+    "K8S_BYTES",
+    "CLI_SIZE",
+    "K8S_MEMORY_PATTERN",
+    "INT64_MAX",
+]

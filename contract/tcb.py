@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: Every status Intel's TCB info assigns a platform, best first.
-TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
-                "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded")
+TCB_STATUSES = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+)
 
 
 @dataclass(frozen=True)
@@ -16,15 +22,16 @@ class TcbPolicy:
     DEBUG enclaves (see the verifier for whether it can)."""
 
     allowed_statuses: frozenset[str] = frozenset({"UpToDate"})
-    allowed_advisories: frozenset[str] | None = None   # None: any advisory of an allowed status
+    allowed_advisories: frozenset[str] | None = None  # None: any advisory of an allowed status
     denied_advisories: frozenset[str] = frozenset()
     allow_debug: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.allowed_statuses) - set(TCB_STATUSES)
         if unknown:
-            raise ValueError(f"unknown TCB status {sorted(unknown)[0]!r}; known: "
-                             f"{', '.join(TCB_STATUSES)}")
+            raise ValueError(
+                f"unknown TCB status {sorted(unknown)[0]!r}; known: {', '.join(TCB_STATUSES)}"
+            )
 
     def relaxations(self) -> list[str]:
         """Human-readable list of what this policy allows beyond the strict default."""

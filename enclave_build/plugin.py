@@ -63,51 +63,144 @@ A model-server backend (the serving side of a framework) implements
 
 from __future__ import annotations
 
-from .contract.identity import EnclaveIdentity
-from .contract.names import (MODEL_ROOT, PYTHON, SECRET_SERVER_CA, SECRETS_DIR, SERVER_CONFIG,
-                             SERVER_PYTHONPATH)
-from .contract.schema import Field, Problem, Section
 from .builder.errors import EnclaveBuildError, UsageError
 from .builder.hookspecs import hookimpl
-from .builder.model_formats import (ModelCheck, onnx_problem, openvino_ir_problem,
-                                    openvino_ir_state, saved_model_problem, tflite_problem,
-                                    tflite_state)
-from .builder.plan import (EnclaveResources, FileKind, KeyDelivery, Mount, MountType, PlanFile,
-                           Port, ProvisionedKey, PythonRuntime, SecretProvisioning, ServicePlan)
-from .builder.planning import (add_model, add_secret_file, base_plan, default_key_name,
-                               model_image_path, model_key_name, refuse_model_server_keys,
-                               require_models, require_one_key, service_key_name, spec_error)
-from .builder.plugin_types import (SECRET_ENCODINGS, ArtifactFile, BuildOptions, Framework, LibOS,
-                                   LibOSArtifacts, PendingSignature, Progress, SecretRelease)
-from .builder.python_server import (BACKEND_ENTRY_POINTS, deliver_keys_as_files,
-                                    python_server_plan, server_config, ship_python_package)
+from .builder.model_formats import (
+    ModelCheck,
+    onnx_problem,
+    openvino_ir_problem,
+    openvino_ir_state,
+    saved_model_problem,
+    tflite_problem,
+    tflite_state,
+)
+from .builder.plan import (
+    EnclaveResources,
+    FileKind,
+    KeyDelivery,
+    Mount,
+    MountType,
+    PlanFile,
+    Port,
+    ProvisionedKey,
+    PythonRuntime,
+    SecretProvisioning,
+    ServicePlan,
+)
+from .builder.planning import (
+    add_model,
+    add_secret_file,
+    base_plan,
+    default_key_name,
+    model_image_path,
+    model_key_name,
+    refuse_model_server_keys,
+    require_models,
+    require_one_key,
+    service_key_name,
+    spec_error,
+)
+from .builder.plugin_types import (
+    SECRET_ENCODINGS,
+    ArtifactFile,
+    BuildOptions,
+    Framework,
+    LibOS,
+    LibOSArtifacts,
+    PendingSignature,
+    Progress,
+    SecretRelease,
+)
+from .builder.python_server import (
+    BACKEND_ENTRY_POINTS,
+    deliver_keys_as_files,
+    python_server_plan,
+    server_config,
+    ship_python_package,
+)
 from .builder.rootfs import RootFS, RootFSError
 from .builder.spec import ModelSpec, SectionContext, Spec, SpecError
+from .contract.identity import EnclaveIdentity
+from .contract.names import (
+    MODEL_ROOT,
+    PYTHON,
+    SECRET_SERVER_CA,
+    SECRETS_DIR,
+    SERVER_CONFIG,
+    SERVER_PYTHONPATH,
+)
+from .contract.schema import Field, Problem, Section
 
 __all__ = [
     # hooks
     "hookimpl",
     # what plugins provide, and what a libOS backend returns
-    "Framework", "LibOS", "BuildOptions", "Progress", "LibOSArtifacts", "ArtifactFile",
-    "EnclaveIdentity", "PendingSignature", "SecretRelease", "SECRET_ENCODINGS",
+    "Framework",
+    "LibOS",
+    "BuildOptions",
+    "Progress",
+    "LibOSArtifacts",
+    "ArtifactFile",
+    "EnclaveIdentity",
+    "PendingSignature",
+    "SecretRelease",
+    "SECRET_ENCODINGS",
     # the validated spec and spec sections
-    "Spec", "ModelSpec", "Section", "Field", "Problem", "SectionContext", "SpecError",
+    "Spec",
+    "ModelSpec",
+    "Section",
+    "Field",
+    "Problem",
+    "SectionContext",
+    "SpecError",
     "spec_error",
     # checking models
-    "ModelCheck", "tflite_problem", "tflite_state", "onnx_problem", "openvino_ir_problem",
-    "openvino_ir_state", "saved_model_problem",
+    "ModelCheck",
+    "tflite_problem",
+    "tflite_state",
+    "onnx_problem",
+    "openvino_ir_problem",
+    "openvino_ir_state",
+    "saved_model_problem",
     # the plan
-    "ServicePlan", "PlanFile", "FileKind", "Mount", "MountType", "Port", "EnclaveResources",
-    "KeyDelivery", "ProvisionedKey", "SecretProvisioning", "PythonRuntime",
+    "ServicePlan",
+    "PlanFile",
+    "FileKind",
+    "Mount",
+    "MountType",
+    "Port",
+    "EnclaveResources",
+    "KeyDelivery",
+    "ProvisionedKey",
+    "SecretProvisioning",
+    "PythonRuntime",
     # building plans
-    "base_plan", "add_model", "add_secret_file", "model_image_path", "default_key_name",
-    "model_key_name", "service_key_name", "require_models", "require_one_key",
-    "refuse_model_server_keys", "MODEL_ROOT", "SECRETS_DIR", "SECRET_SERVER_CA",
+    "base_plan",
+    "add_model",
+    "add_secret_file",
+    "model_image_path",
+    "default_key_name",
+    "model_key_name",
+    "service_key_name",
+    "require_models",
+    "require_one_key",
+    "refuse_model_server_keys",
+    "MODEL_ROOT",
+    "SECRETS_DIR",
+    "SECRET_SERVER_CA",
     # plans running enclave-build's model server
-    "python_server_plan", "server_config", "ship_python_package", "deliver_keys_as_files",
-    "PYTHON", "SERVER_PYTHONPATH", "SERVER_CONFIG", "BACKEND_ENTRY_POINTS",
+    "python_server_plan",
+    "server_config",
+    "ship_python_package",
+    "deliver_keys_as_files",
+    "PYTHON",
+    "SERVER_PYTHONPATH",
+    "SERVER_CONFIG",
+    "BACKEND_ENTRY_POINTS",
     # the base image's files
-    "RootFS", "RootFSError",
+    "RootFS",
+    "RootFSError",
     # errors
-    "EnclaveBuildError", "UsageError",
+    "EnclaveBuildError",
+    "UsageError",
 ]

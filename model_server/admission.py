@@ -28,11 +28,11 @@ class _Waiter(Generic[T]):
     (woken through a lock). ``done``, ``value`` and ``error`` change only under the pool's
     lock, before the waiter is woken."""
 
-    __slots__ = ("done", "value", "error", "_loop", "_fut", "_lock")
+    __slots__ = ("_fut", "_lock", "_loop", "done", "error", "value")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.done = False
-        self.value: T   # set (or error) before the waiter is woken
+        self.value: T  # set (or error) before the waiter is woken
         self.error: ServeError | None = None
         self._loop = loop
         if loop is None:
@@ -64,7 +64,7 @@ class _Waiter(Generic[T]):
             raise self.error
         return self.value
 
-    async def wait_async(self, pool: "InstancePool[T]") -> T:
+    async def wait_async(self, pool: InstancePool[T]) -> T:
         try:
             await self._fut
         except asyncio.CancelledError:
@@ -72,7 +72,7 @@ class _Waiter(Generic[T]):
                 done = self.done
                 if not done:
                     pool._waiters.remove(self)
-            if done and self.error is None:     # handed an item just before the cancellation
+            if done and self.error is None:  # handed an item just before the cancellation
                 pool.release(self.value)
             raise
         if self.error is not None:
@@ -101,7 +101,7 @@ class InstancePool(Generic[T]):
         self._free: collections.deque[T] = collections.deque(items)
         self._waiters: collections.deque[_Waiter[T]] = collections.deque()
         self._thread_waiters = 0
-        self._closed: str | None = None     # why every request is refused now
+        self._closed: str | None = None  # why every request is refused now
         self._lock = threading.Lock()
 
     @property
@@ -112,25 +112,33 @@ class InstancePool(Generic[T]):
     def idle(self) -> int:
         return len(self._free)
 
-    def _enter(self, loop: asyncio.AbstractEventLoop | None
-               ) -> tuple[T | None, _Waiter[T] | None]:
+    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> tuple[T | None, _Waiter[T] | None]:
         """(a free item, None), (None, a place in the queue) or ServeError."""
         with self._lock:
             if self._closed is not None:
                 raise ServeError(ServeError.UNAVAILABLE, self._closed)
             if self._free:
-                return self._free.pop(), None   # LIFO: the most recently used (cache-warm) one
+                return self._free.pop(), None  # LIFO: the most recently used (cache-warm) one
             queued = len(self._waiters)
             if queued >= self.max_queue:
-                raise ServeError(ServeError.UNAVAILABLE, f"model {self.name!r} is busy: "
-                                 f"{self.size} requests running and {queued} queued (its "
-                                 f"max_queue is {self.max_queue})")
-            if loop is None and self.max_thread_waiters is not None and \
-                    self._thread_waiters >= self.max_thread_waiters:
-                raise ServeError(ServeError.UNAVAILABLE, f"model {self.name!r} is busy: "
-                                 f"{self.size} requests running and {self._thread_waiters} "
-                                 "gRPC calls queued (its share of the server's gRPC handler "
-                                 "threads)")
+                raise ServeError(
+                    ServeError.UNAVAILABLE,
+                    f"model {self.name!r} is busy: "
+                    f"{self.size} requests running and {queued} queued (its "
+                    f"max_queue is {self.max_queue})",
+                )
+            if (
+                loop is None
+                and self.max_thread_waiters is not None
+                and self._thread_waiters >= self.max_thread_waiters
+            ):
+                raise ServeError(
+                    ServeError.UNAVAILABLE,
+                    f"model {self.name!r} is busy: "
+                    f"{self.size} requests running and {self._thread_waiters} "
+                    "gRPC calls queued (its share of the server's gRPC handler "
+                    "threads)",
+                )
             w: _Waiter[T] = _Waiter(loop)
             self._waiters.append(w)
             if loop is None:
@@ -141,14 +149,14 @@ class InstancePool(Generic[T]):
         item, w = self._enter(asyncio.get_running_loop())
         if w is not None:
             return await w.wait_async(self)
-        assert item is not None   # a free item, or a place in the queue
+        assert item is not None  # a free item, or a place in the queue
         return item
 
     def acquire_sync(self) -> T:
         item, w = self._enter(None)
         if w is not None:
             return w.wait_thread()
-        assert item is not None   # a free item, or a place in the queue
+        assert item is not None  # a free item, or a place in the queue
         return item
 
     def _pop_waiter(self) -> _Waiter | None:
@@ -197,9 +205,12 @@ class Admission:
     def enter(self) -> None:
         with self._lock:
             if self.in_flight >= self.limit:
-                raise ServeError(ServeError.UNAVAILABLE, f"server busy: {self.in_flight} "
-                                 "requests admitted (limits.max_concurrent_requests + "
-                                 f"limits.max_queue = {self.limit})")
+                raise ServeError(
+                    ServeError.UNAVAILABLE,
+                    f"server busy: {self.in_flight} "
+                    "requests admitted (limits.max_concurrent_requests + "
+                    f"limits.max_queue = {self.limit})",
+                )
             self.in_flight += 1
 
     def leave(self) -> None:

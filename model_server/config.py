@@ -19,10 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from enclave_build.contract.names import LISTEN_ENV, ROOT_ENV
-from enclave_build.contract.server_config import (CONFIG_VERSION, KEY_SOURCES, SERVER_PINS,
-                                                  ConfigError, KeysConfig, Limits, Listener,
-                                                  ModelConfig, ServerConfig, ServerTrustConfig,
-                                                  TLSConfig)
+from enclave_build.contract.server_config import (
+    CONFIG_VERSION,
+    KEY_SOURCES,
+    SERVER_PINS,
+    ConfigError,
+    KeysConfig,
+    Limits,
+    Listener,
+    ModelConfig,
+    ServerConfig,
+    ServerTrustConfig,
+    TLSConfig,
+)
 from enclave_build.contract.tcb import TCB_STATUSES
 
 
@@ -44,8 +53,7 @@ def _simulated(listener: Listener | None) -> Listener | None:
 
 def for_this_host(config: ServerConfig) -> ServerConfig:
     """*config* with its listeners as this run serves them (see :func:`_simulated`)."""
-    return dataclasses.replace(config, grpc=_simulated(config.grpc),
-                               rest=_simulated(config.rest))
+    return dataclasses.replace(config, grpc=_simulated(config.grpc), rest=_simulated(config.rest))
 
 
 def parse_config(data: Any, source: str = "config") -> ServerConfig:
@@ -59,7 +67,23 @@ def load_config(path: str) -> ServerConfig:
     return for_this_host(ServerConfig.load(host_path(path), path))
 
 
-__all__ = ["ConfigError", "ServerConfig", "Listener", "TLSConfig", "Limits", "ModelConfig",
-           "KeysConfig", "ServerTrustConfig", "KEY_SOURCES", "SERVER_PINS", "TCB_STATUSES",
-           "CONFIG_VERSION", "ROOT_ENV", "LISTEN_ENV", "host_path", "parse_config",
-           "load_config", "for_this_host"]
+__all__ = [
+    "ConfigError",
+    "ServerConfig",
+    "Listener",
+    "TLSConfig",
+    "Limits",
+    "ModelConfig",
+    "KeysConfig",
+    "ServerTrustConfig",
+    "KEY_SOURCES",
+    "SERVER_PINS",
+    "TCB_STATUSES",
+    "CONFIG_VERSION",
+    "ROOT_ENV",
+    "LISTEN_ENV",
+    "host_path",
+    "parse_config",
+    "load_config",
+    "for_this_host",
+]

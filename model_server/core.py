@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -25,8 +25,18 @@ from .config import Limits, ModelConfig
 from .datatypes import TensorError
 from .errors import BudgetShort, ServeError
 
-__all__ = ["Admission", "ByteBudget", "Counters", "Engine", "Hold", "InstancePool",
-           "LoadedModel", "ServeError", "load_models", "queue_shares"]
+__all__ = [
+    "Admission",
+    "ByteBudget",
+    "Counters",
+    "Engine",
+    "Hold",
+    "InstancePool",
+    "LoadedModel",
+    "ServeError",
+    "load_models",
+    "queue_shares",
+]
 
 log = logging.getLogger("model_server")
 
@@ -73,19 +83,29 @@ class LoadedModel:
     def check_input(self, name: str, datatype: str, shape: list[int]) -> TensorSpec:
         spec = self.input_specs.get(name)
         if spec is None:
-            raise ServeError(ServeError.INVALID, f"model {self.name!r} has no input {name!r}; "
-                             f"inputs: {', '.join(self.input_specs)}")
+            raise ServeError(
+                ServeError.INVALID,
+                f"model {self.name!r} has no input {name!r}; inputs: {', '.join(self.input_specs)}",
+            )
         if datatype != spec.datatype:
-            raise ServeError(ServeError.INVALID, f"input {name!r}: datatype {datatype!r}, "
-                             f"model expects {spec.datatype}")
+            raise ServeError(
+                ServeError.INVALID,
+                f"input {name!r}: datatype {datatype!r}, model expects {spec.datatype}",
+            )
         if not spec.accepts(shape):
-            raise ServeError(ServeError.INVALID, f"input {name!r}: shape {list(shape)}, model "
-                             f"expects {spec.shape} (-1 = any)")
-        if not self.accepts_empty and any(got == 0 and want < 0
-                                          for want, got in zip(spec.shape, shape, strict=True)):
-            raise ServeError(ServeError.INVALID, f"input {name!r}: shape {list(shape)} has a "
-                             f"zero-sized dimension; model {self.name!r} does not take empty "
-                             "tensors")
+            raise ServeError(
+                ServeError.INVALID,
+                f"input {name!r}: shape {list(shape)}, model expects {spec.shape} (-1 = any)",
+            )
+        if not self.accepts_empty and any(
+            got == 0 and want < 0 for want, got in zip(spec.shape, shape, strict=True)
+        ):
+            raise ServeError(
+                ServeError.INVALID,
+                f"input {name!r}: shape {list(shape)} has a "
+                f"zero-sized dimension; model {self.name!r} does not take empty "
+                "tensors",
+            )
         return spec
 
     def check_result(self, result) -> dict[str, np.ndarray]:
@@ -93,26 +113,35 @@ class LoadedModel:
         output's spec (rank, fixed dimensions). Anything else is the server's fault (INTERNAL),
         never passed on to a client."""
         if not isinstance(result, dict):
-            raise ServeError(ServeError.INTERNAL, f"model {self.name!r}: the backend returned "
-                             f"{type(result).__name__}, not a dict of outputs")
+            raise ServeError(
+                ServeError.INTERNAL,
+                f"model {self.name!r}: the backend returned "
+                f"{type(result).__name__}, not a dict of outputs",
+            )
         checked = {}
         for spec in self.outputs:
             if spec.name not in result:
-                raise ServeError(ServeError.INTERNAL, f"model {self.name!r}: the backend "
-                                 f"returned no output {spec.name!r}")
+                raise ServeError(
+                    ServeError.INTERNAL,
+                    f"model {self.name!r}: the backend returned no output {spec.name!r}",
+                )
             arr = np.asarray(result[spec.name])
             if not spec.accepts(arr.shape):
-                raise ServeError(ServeError.INTERNAL, f"model {self.name!r}: output "
-                                 f"{spec.name!r} has shape {list(arr.shape)}, the model declares "
-                                 f"{spec.shape}")
+                raise ServeError(
+                    ServeError.INTERNAL,
+                    f"model {self.name!r}: output "
+                    f"{spec.name!r} has shape {list(arr.shape)}, the model declares "
+                    f"{spec.shape}",
+                )
             checked[spec.name] = arr
         return checked
 
     def check_complete(self, arrays: dict[str, np.ndarray]) -> None:
         missing = [n for n in self.input_specs if n not in arrays]
         if missing:
-            raise ServeError(ServeError.INVALID, f"model {self.name!r}: missing input(s) "
-                             f"{', '.join(missing)}")
+            raise ServeError(
+                ServeError.INVALID, f"model {self.name!r}: missing input(s) {', '.join(missing)}"
+            )
 
     def check_outputs(self, names: Iterable[str]) -> list[str]:
         """The outputs a request asks for (none named: every output), each at most once: an
@@ -122,15 +151,22 @@ class LoadedModel:
         seen = set()
         for n in names:
             if n not in self.output_names:
-                raise ServeError(ServeError.INVALID, f"model {self.name!r} has no output {n!r}; "
-                                 f"outputs: {', '.join(self.output_names)}")
+                raise ServeError(
+                    ServeError.INVALID,
+                    f"model {self.name!r} has no output {n!r}; "
+                    f"outputs: {', '.join(self.output_names)}",
+                )
             if n in seen:
                 raise ServeError(ServeError.INVALID, f"output {n!r} requested more than once")
             seen.add(n)
         return names or list(self.output_names)
 
-    async def run(self, executor: ThreadPoolExecutor, arrays: dict[str, np.ndarray],
-                  started: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+    async def run(
+        self,
+        executor: ThreadPoolExecutor,
+        arrays: dict[str, np.ndarray],
+        started: Callable[[], None] | None = None,
+    ) -> dict[str, np.ndarray]:
         """*started* is called once the request has its instance (before that it only waits,
         and may be cancelled)."""
         instance = await self.pool.acquire()
@@ -138,7 +174,8 @@ class LoadedModel:
             if started is not None:
                 started()
             result = await asyncio.get_running_loop().run_in_executor(
-                executor, instance.infer, arrays)
+                executor, instance.infer, arrays
+            )
         finally:
             self.pool.release(instance)
         return self.check_result(result)
@@ -199,12 +236,18 @@ class ByteBudget:
         """:meth:`try_reserve` or a ServeError: TOO_LARGE when *n* could never fit, else
         UNAVAILABLE."""
         if n > self.limit:
-            raise BudgetShort(ServeError.TOO_LARGE, f"{what}: {n} bytes, more than the server "
-                             f"holds for all requests (limits.max_buffered_bytes {self.limit})")
+            raise BudgetShort(
+                ServeError.TOO_LARGE,
+                f"{what}: {n} bytes, more than the server "
+                f"holds for all requests (limits.max_buffered_bytes {self.limit})",
+            )
         if not self.try_reserve(n):
-            raise BudgetShort(ServeError.UNAVAILABLE, f"server busy: {self.used} request bytes "
-                             f"held, no room for {n} more ({what}; limits.max_buffered_bytes "
-                             f"{self.limit})")
+            raise BudgetShort(
+                ServeError.UNAVAILABLE,
+                f"server busy: {self.used} request bytes "
+                f"held, no room for {n} more ({what}; limits.max_buffered_bytes "
+                f"{self.limit})",
+            )
 
     def release(self, n: int) -> None:
         with self._lock:
@@ -222,7 +265,7 @@ class Hold:
 
     def __init__(self, budget: ByteBudget, held: int = 0) -> None:
         self.budget = budget
-        self.held = held          # already reserved by the caller, now owned by this hold
+        self.held = held  # already reserved by the caller, now owned by this hold
 
     def grow(self, n: int, what: str) -> None:
         """Reserve *n* more bytes, or ServeError (TOO_LARGE if the request as a whole could
@@ -230,9 +273,12 @@ class Hold:
         if n <= 0:
             return
         if self.held + n > self.budget.limit:
-            raise BudgetShort(ServeError.TOO_LARGE, f"{what}: the request would hold "
-                             f"{self.held + n} bytes, more than the server holds for all "
-                             f"requests (limits.max_buffered_bytes {self.budget.limit})")
+            raise BudgetShort(
+                ServeError.TOO_LARGE,
+                f"{what}: the request would hold "
+                f"{self.held + n} bytes, more than the server holds for all "
+                f"requests (limits.max_buffered_bytes {self.budget.limit})",
+            )
         self.budget.reserve(n, what)
         self.held += n
 
@@ -252,12 +298,12 @@ class Hold:
 
 @dataclass
 class Counters:
-    accepted: int = 0    # inference requests admitted: passed parsing, handed to the engine
-    answered: int = 0    # ... and got an answer (ok or error)
+    accepted: int = 0  # inference requests admitted: passed parsing, handed to the engine
+    answered: int = 0  # ... and got an answer (ok or error)
     ok: int = 0
-    refused: int = 0     # inference requests refused before admission (malformed, too large,
+    refused: int = 0  # inference requests refused before admission (malformed, too large,
     #                      unknown model, no buffer room)
-    cut_off: int = 0     # admitted, still queued at the drain deadline: answered UNAVAILABLE
+    cut_off: int = 0  # admitted, still queued at the drain deadline: answered UNAVAILABLE
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -290,8 +336,7 @@ class Engine:
         self.admission = Admission(limits.max_concurrent_requests + limits.max_queue)
         shares = queue_shares(models.values(), limits.max_queue)
         for m in models.values():
-            m.pool.max_queue = (shares[m.name] if m.config.max_queue is None
-                                else m.config.max_queue)
+            m.pool.max_queue = shares[m.name] if m.config.max_queue is None else m.config.max_queue
         workers = sum(m.pool.size for m in models.values()) or 1
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         self.ready = True
@@ -318,19 +363,27 @@ class Engine:
     def model(self, name: str, version: str = "") -> LoadedModel:
         m = self.models.get(name)
         if m is None:
-            raise ServeError(ServeError.NOT_FOUND, f"unknown model {name!r}; served: "
-                             f"{', '.join(self.models) or 'none'}")
+            raise ServeError(
+                ServeError.NOT_FOUND,
+                f"unknown model {name!r}; served: {', '.join(self.models) or 'none'}",
+            )
         if version and version != m.version:
-            raise ServeError(ServeError.NOT_FOUND, f"model {name!r} has no version {version!r} "
-                             f"(served: {m.version})")
+            raise ServeError(
+                ServeError.NOT_FOUND,
+                f"model {name!r} has no version {version!r} (served: {m.version})",
+            )
         return m
 
     @property
     def queue_depth(self) -> int:
         return sum(m.waiting for m in self.models.values())
 
-    async def infer(self, model: LoadedModel, arrays: dict[str, np.ndarray],
-                    started: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self,
+        model: LoadedModel,
+        arrays: dict[str, np.ndarray],
+        started: Callable[[], None] | None = None,
+    ) -> dict[str, np.ndarray]:
         """*started*: see :meth:`LoadedModel.run`."""
         model.check_complete(arrays)
         self.admission.enter()
@@ -342,8 +395,9 @@ class Engine:
         finally:
             self.admission.leave()
 
-    def infer_sync(self, model: LoadedModel, arrays: dict[str, np.ndarray]
-                   ) -> dict[str, np.ndarray]:
+    def infer_sync(
+        self, model: LoadedModel, arrays: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """:meth:`infer` for a gRPC handler thread: waits in the thread, infers in it."""
         model.check_complete(arrays)
         self.admission.enter()
@@ -368,7 +422,7 @@ class Engine:
 def _inference_error(model: LoadedModel, exc: Exception) -> ServeError:
     if isinstance(exc, ServeError):
         return exc
-    if isinstance(exc, TensorError):          # includes backends.InferenceError
+    if isinstance(exc, TensorError):  # includes backends.InferenceError
         return ServeError(ServeError.INVALID, f"model {model.name!r}: {exc}")
     # a runtime failure must not stop serving
     log.error("model %s: inference failed", model.name, exc_info=exc)

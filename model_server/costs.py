@@ -18,7 +18,7 @@ keys, tiny strings):
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -44,10 +44,16 @@ def json_cost(text: bytes | memoryview) -> int:
     # up to 4 each when one character is outside the BMP), plus the text of the one number
     # being converted at a time
     per_byte = 2 if data.isascii() else 9
-    return (JSON_LIST * data.count(b"[") + JSON_DICT * data.count(b"{")
-            + JSON_KEY * data.count(b":") + JSON_VALUE * (data.count(b",") + 1)
-            + JSON_QUOTE * data.count(b'"') + per_byte * len(data)
-            + min(len(data), 1 << 16) + 256)
+    return (
+        JSON_LIST * data.count(b"[")
+        + JSON_DICT * data.count(b"{")
+        + JSON_KEY * data.count(b":")
+        + JSON_VALUE * (data.count(b",") + 1)
+        + JSON_QUOTE * data.count(b'"')
+        + per_byte * len(data)
+        + min(len(data), 1 << 16)
+        + 256
+    )
 
 
 def bytes_tensor_cost(count: int, payload: int) -> int:
@@ -67,8 +73,9 @@ def tensor_bytes(array: np.ndarray) -> int:
     return array.nbytes
 
 
-def answer_cost(result: dict[str, np.ndarray], outputs: Iterable[tuple[str, bool]],
-                max_bytes: int) -> int:
+def answer_cost(
+    result: dict[str, np.ndarray], outputs: Iterable[tuple[str, bool]], max_bytes: int
+) -> int:
     """What encoding the answer will allocate; *outputs* are (name, raw?) in the order asked
     for. The outputs' tensor bytes must stay within *max_bytes* (``limits.max_response_bytes``),
     else ServeError TOO_LARGE, before anything is encoded."""
@@ -79,12 +86,18 @@ def answer_cost(result: dict[str, np.ndarray], outputs: Iterable[tuple[str, bool
         size += n
         if not raw:
             cost += JSON_OUTPUT_ELEMENT * array.size + 3 * n
-        elif array.dtype.kind in ("O", "S", "U") or not array.flags.c_contiguous or \
-                array.dtype.byteorder == ">":
-            cost += 2 * n          # encoded (or made contiguous), then copied into the answer
+        elif (
+            array.dtype.kind in ("O", "S", "U")
+            or not array.flags.c_contiguous
+            or array.dtype.byteorder == ">"
+        ):
+            cost += 2 * n  # encoded (or made contiguous), then copied into the answer
         else:
-            cost += n              # copied into the answer
+            cost += n  # copied into the answer
     if size > max_bytes:
-        raise ServeError(ServeError.TOO_LARGE, f"the answer's outputs hold {size} bytes, more "
-                         f"than an answer may (limits.max_response_bytes {max_bytes})")
+        raise ServeError(
+            ServeError.TOO_LARGE,
+            f"the answer's outputs hold {size} bytes, more "
+            f"than an answer may (limits.max_response_bytes {max_bytes})",
+        )
     return cost

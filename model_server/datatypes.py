@@ -15,33 +15,60 @@ from __future__ import annotations
 import itertools
 import math
 import struct
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
+
 from .errors import ModelServerError
 
 # KServe v2 datatype name -> little-endian numpy dtype (the raw encoding is little-endian).
 _TO_NUMPY: dict[str, np.dtype] = {
-    "BOOL": np.dtype("?"), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"), "INT8": np.dtype("i1"),
-    "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
     "BYTES": np.dtype(object),
 }
 _FROM_NUMPY: dict[str, str] = {
-    "b": "BOOL", "u1": "UINT8", "u2": "UINT16", "u4": "UINT32", "u8": "UINT64",
-    "i1": "INT8", "i2": "INT16", "i4": "INT32", "i8": "INT64",
-    "f2": "FP16", "f4": "FP32", "f8": "FP64",
+    "b": "BOOL",
+    "u1": "UINT8",
+    "u2": "UINT16",
+    "u4": "UINT32",
+    "u8": "UINT64",
+    "i1": "INT8",
+    "i2": "INT16",
+    "i4": "INT32",
+    "i8": "INT64",
+    "f2": "FP16",
+    "f4": "FP32",
+    "f8": "FP64",
 }
 
 DATATYPES = tuple(_TO_NUMPY)
 
 # gRPC typed contents field for each datatype (FP16 has none: raw only)
 CONTENTS_FIELD: dict[str, str] = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
-    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
-    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 
@@ -68,8 +95,9 @@ def to_numpy_dtype(datatype: str) -> np.dtype:
     try:
         return _TO_NUMPY[datatype]
     except KeyError:
-        raise TensorError(f"unsupported datatype {datatype!r}; "
-                          f"supported: {', '.join(DATATYPES)}") from None
+        raise TensorError(
+            f"unsupported datatype {datatype!r}; supported: {', '.join(DATATYPES)}"
+        ) from None
 
 
 def from_numpy_dtype(dtype: Any) -> str:
@@ -104,14 +132,15 @@ def element_count(shape: Iterable[int], itemsize: int = 1) -> int:
     return count
 
 
-def _check_max(count: int, per_element: int, datatype: str, shape, max_bytes: int | None
-               ) -> None:
+def _check_max(count: int, per_element: int, datatype: str, shape, max_bytes: int | None) -> None:
     """TensorTooLarge when *count* elements need more than *max_bytes* at *per_element* each
     (the request could never carry them)."""
     if max_bytes is not None and count * per_element > max_bytes:
-        raise TensorTooLarge(f"{datatype} tensor of shape {list(shape)} needs at least "
-                             f"{count * per_element} bytes, more than a request may carry "
-                             f"({max_bytes} bytes, limits.max_request_bytes)")
+        raise TensorTooLarge(
+            f"{datatype} tensor of shape {list(shape)} needs at least "
+            f"{count * per_element} bytes, more than a request may carry "
+            f"({max_bytes} bytes, limits.max_request_bytes)"
+        )
 
 
 _U32 = struct.Struct("<I").unpack_from
@@ -124,9 +153,11 @@ def decode_bytes_tensor(raw: bytes | memoryview, count: int) -> np.ndarray:
     view = memoryview(raw)
     size = len(view)
     if count * BYTES_ELEMENT_MIN > size:
-        raise TensorError(f"BYTES tensor of {count} elements needs at least "
-                          f"{count * BYTES_ELEMENT_MIN} bytes ({BYTES_ELEMENT_MIN} per element), "
-                          f"got {size}")
+        raise TensorError(
+            f"BYTES tensor of {count} elements needs at least "
+            f"{count * BYTES_ELEMENT_MIN} bytes ({BYTES_ELEMENT_MIN} per element), "
+            f"got {size}"
+        )
     out = np.empty(count, dtype=object)
     pos = 0
     for i in range(count):
@@ -136,7 +167,7 @@ def decode_bytes_tensor(raw: bytes | memoryview, count: int) -> np.ndarray:
         pos += 4
         if pos + n > size:
             raise TensorError("BYTES tensor element runs past the end of the data")
-        out[i] = bytes(view[pos:pos + n])
+        out[i] = bytes(view[pos : pos + n])
         pos += n
     if pos != size:
         raise TensorError("BYTES tensor data is longer than its shape says")
@@ -152,8 +183,9 @@ def encode_bytes_tensor(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def from_raw(raw: bytes | memoryview, datatype: str, shape: list[int], *,
-             max_bytes: int | None = None) -> np.ndarray:
+def from_raw(
+    raw: bytes | memoryview, datatype: str, shape: list[int], *, max_bytes: int | None = None
+) -> np.ndarray:
     """An array over raw tensor bytes (zero copy for numeric types; read-only). The shape is
     checked against the bytes received before anything is allocated; with *max_bytes*, a shape
     implying more than that many bytes is refused with :class:`TensorTooLarge`."""
@@ -165,8 +197,10 @@ def from_raw(raw: bytes | memoryview, datatype: str, shape: list[int], *,
     count = element_count(shape, dtype.itemsize)
     _check_max(count, dtype.itemsize, datatype, shape, max_bytes)
     if len(raw) != count * dtype.itemsize:
-        raise TensorError(f"{datatype} tensor of shape {list(shape)} needs "
-                          f"{count * dtype.itemsize} bytes, got {len(raw)}")
+        raise TensorError(
+            f"{datatype} tensor of shape {list(shape)} needs "
+            f"{count * dtype.itemsize} bytes, got {len(raw)}"
+        )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
@@ -189,8 +223,7 @@ def _bytes_elements(data: Any, count: int, shape) -> list[bytes]:
     """The elements of a BYTES ``data`` value (flat or nested lists of strings or bytes), as
     bytes, refusing anything else; stops as soon as there are more than *count*."""
     if not isinstance(data, (list, tuple)):
-        raise TensorError(f"BYTES tensor data must be a list of strings, got "
-                          f"{type(data).__name__}")
+        raise TensorError(f"BYTES tensor data must be a list of strings, got {type(data).__name__}")
     out: list[bytes] = []
     stack = [iter(data)]
     while stack:
@@ -199,8 +232,10 @@ def _bytes_elements(data: Any, count: int, shape) -> list[bytes]:
                 try:
                     out.append(item.encode())
                 except UnicodeEncodeError:
-                    raise TensorError("BYTES tensor data has a string that is not valid "
-                                      "Unicode (a lone surrogate)") from None
+                    raise TensorError(
+                        "BYTES tensor data has a string that is not valid "
+                        "Unicode (a lone surrogate)"
+                    ) from None
             elif isinstance(item, (bytes, bytearray, memoryview)):
                 out.append(bytes(item))
             elif isinstance(item, (list, tuple)):
@@ -209,18 +244,19 @@ def _bytes_elements(data: Any, count: int, shape) -> list[bytes]:
                 stack.append(iter(item))
                 break
             else:
-                raise TensorError(f"BYTES tensor data must be strings, got "
-                                  f"{type(item).__name__}")
+                raise TensorError(f"BYTES tensor data must be strings, got {type(item).__name__}")
             if len(out) > count:
-                raise TensorError(f"BYTES tensor of shape {list(shape)} needs {count} "
-                                  "elements, got more")
+                raise TensorError(
+                    f"BYTES tensor of shape {list(shape)} needs {count} elements, got more"
+                )
         else:
             stack.pop()
     return out
 
 
-def from_list(data: Any, datatype: str, shape: list[int], *,
-              max_bytes: int | None = None) -> np.ndarray:
+def from_list(
+    data: Any, datatype: str, shape: list[int], *, max_bytes: int | None = None
+) -> np.ndarray:
     """An array from a JSON ``data`` value (flat or nested list) or a gRPC typed contents
     list. Only the elements present are converted: the shape is checked against their number
     before the array takes the shape's form. BYTES elements must be strings or bytes. With
@@ -232,8 +268,9 @@ def from_list(data: Any, datatype: str, shape: list[int], *,
         _check_max(count, 1, datatype, shape, max_bytes)
         items = _bytes_elements(data, count, shape)
         if len(items) != count:
-            raise TensorError(f"BYTES tensor of shape {list(shape)} needs {count} elements, "
-                              f"got {len(items)}")
+            raise TensorError(
+                f"BYTES tensor of shape {list(shape)} needs {count} elements, got {len(items)}"
+            )
         return np.fromiter(items, dtype=object, count=count).reshape(shape)
     count = element_count(shape, dtype.itemsize)
     _check_max(count, dtype.itemsize, datatype, shape, max_bytes)
@@ -251,8 +288,9 @@ def from_list(data: Any, datatype: str, shape: list[int], *,
             raise
         raise TensorError(f"tensor data does not convert to {datatype}: {exc}") from None
     if array.size != count:
-        raise TensorError(f"{datatype} tensor of shape {list(shape)} needs {count} elements, "
-                          f"got {array.size}")
+        raise TensorError(
+            f"{datatype} tensor of shape {list(shape)} needs {count} elements, got {array.size}"
+        )
     return array.reshape(shape)
 
 
@@ -267,7 +305,7 @@ def _check_numbers(data: Any, datatype: str) -> None:
     reads as such), and float tensors also the strings "NaN", "Infinity", "-Infinity": null,
     true/false and other strings are refused rather than read as NaN, 1 or 0."""
     if isinstance(data, list) and (not data or not isinstance(data[0], list)):
-        leaves: Any = data                                 # flat (the usual case)
+        leaves: Any = data  # flat (the usual case)
     else:
         try:
             leaves = np.array(data, dtype=object).reshape(-1)
@@ -281,15 +319,24 @@ def _check_numbers(data: Any, datatype: str) -> None:
         bad = next((x for x in leaves if type(x) is str and x not in NONFINITE_STRINGS), None)
         if bad is None:
             return
-        raise TensorError(f"tensor data does not convert to {datatype}: it holds the string "
-                          f"{bad[:40]!r}; the only strings allowed are \"NaN\", \"Infinity\" "
-                          "and \"-Infinity\"")
-    names = {bool: "a boolean", type(None): "null", str: "a string", list: "a list",
-             dict: "an object"}
+        raise TensorError(
+            f"tensor data does not convert to {datatype}: it holds the string "
+            f'{bad[:40]!r}; the only strings allowed are "NaN", "Infinity" '
+            'and "-Infinity"'
+        )
+    names = {
+        bool: "a boolean",
+        type(None): "null",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }
     odd = next(k for k in kinds if k not in allowed)
-    raise TensorError(f"tensor data does not convert to {datatype}: it holds "
-                      f"{names.get(odd, odd.__name__)}; expected "
-                      + ("booleans" if datatype == "BOOL" else "numbers"))
+    raise TensorError(
+        f"tensor data does not convert to {datatype}: it holds "
+        f"{names.get(odd, odd.__name__)}; expected "
+        + ("booleans" if datatype == "BOOL" else "numbers")
+    )
 
 
 def from_repeated(values, datatype: str, shape: list[int]) -> np.ndarray:
@@ -299,8 +346,9 @@ def from_repeated(values, datatype: str, shape: list[int]) -> np.ndarray:
     dtype = to_numpy_dtype(datatype)
     count = element_count(shape, dtype.itemsize)
     if len(values) != count:
-        raise TensorError(f"{datatype} tensor of shape {list(shape)} needs {count} elements, "
-                          f"got {len(values)}")
+        raise TensorError(
+            f"{datatype} tensor of shape {list(shape)} needs {count} elements, got {len(values)}"
+        )
     try:
         if count <= _REPEATED_CHUNK:
             return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
@@ -310,7 +358,7 @@ def from_repeated(values, datatype: str, shape: list[int]) -> np.ndarray:
         items = iter(values)
         for start in range(0, count, _REPEATED_CHUNK):
             n = min(_REPEATED_CHUNK, count - start)
-            out[start:start + n] = np.fromiter(itertools.islice(items, n), dtype=dtype, count=n)
+            out[start : start + n] = np.fromiter(itertools.islice(items, n), dtype=dtype, count=n)
         return out.reshape(shape)
     except (OverflowError, ValueError, TypeError) as exc:
         raise TensorError(f"tensor data does not convert to {datatype}: {exc}") from None

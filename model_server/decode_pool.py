@@ -13,8 +13,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from typing import Callable, Hashable
 
 log = logging.getLogger("model_server")
 
@@ -25,7 +25,7 @@ class DecodePool:
         self._name = name
         self._cond = threading.Condition(threading.Lock())
         self._queues: dict[Hashable, collections.deque] = {}
-        self._ready: collections.deque = collections.deque()   # keys with work, none running
+        self._ready: collections.deque = collections.deque()  # keys with work, none running
         self._running: set = set()
         self._threads: list[threading.Thread] = []
         self._idle = 0
@@ -53,15 +53,17 @@ class DecodePool:
         return future
 
     def _start(self) -> None:
-        thread = threading.Thread(target=self._work, daemon=True,
-                                  name=f"{self._name}_{len(self._threads)}")
+        thread = threading.Thread(
+            target=self._work, daemon=True, name=f"{self._name}_{len(self._threads)}"
+        )
         try:
             thread.start()
-        except RuntimeError as exc:            # no more threads (an enclave's max_threads)
+        except RuntimeError as exc:  # no more threads (an enclave's max_threads)
             if not self._threads:
                 raise
-            log.warning("REST: cannot start another decode thread (%s); %d serve", exc,
-                        len(self._threads))
+            log.warning(
+                "REST: cannot start another decode thread (%s); %d serve", exc, len(self._threads)
+            )
             self.max_threads = len(self._threads)
             return
         self._threads.append(thread)
@@ -90,7 +92,7 @@ class DecodePool:
             with cond:
                 self._running.discard(key)
                 if self._queues[key]:
-                    self._ready.append(key)       # behind the other keys
+                    self._ready.append(key)  # behind the other keys
                 else:
                     del self._queues[key]
 

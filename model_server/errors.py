@@ -13,11 +13,11 @@ class ModelServerError(Exception):
 class ServeError(ModelServerError):
     """A request failed; ``kind`` picks the protocol status (see grpc_service / rest)."""
 
-    INVALID = "invalid"          # INVALID_ARGUMENT / 400
-    NOT_FOUND = "not_found"      # NOT_FOUND / 404
+    INVALID = "invalid"  # INVALID_ARGUMENT / 400
+    NOT_FOUND = "not_found"  # NOT_FOUND / 404
     UNAVAILABLE = "unavailable"  # UNAVAILABLE / 503 (queue full, draining)
-    TOO_LARGE = "too_large"      # RESOURCE_EXHAUSTED / 413
-    INTERNAL = "internal"        # INTERNAL / 500
+    TOO_LARGE = "too_large"  # RESOURCE_EXHAUSTED / 413
+    INTERNAL = "internal"  # INTERNAL / 500
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)

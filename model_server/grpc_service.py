@@ -49,12 +49,21 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from . import __version__, protocol as pb
+from . import __version__
+from . import protocol as pb
 from .config import Limits
 from .core import Engine, Hold, LoadedModel, ServeError, log
 from .costs import answer_cost, bytes_tensor_cost
-from .datatypes import (BYTES_ELEMENT_MIN, CONTENTS_FIELD, TensorError, from_numpy_dtype,
-                        from_raw, from_repeated, raw_view, to_numpy_dtype)
+from .datatypes import (
+    BYTES_ELEMENT_MIN,
+    CONTENTS_FIELD,
+    TensorError,
+    from_numpy_dtype,
+    from_raw,
+    from_repeated,
+    raw_view,
+    to_numpy_dtype,
+)
 from .errors import BudgetShort
 from .handler_pool import HandlerPool
 from .metrics import UNKNOWN_MODEL, Metrics
@@ -70,7 +79,7 @@ CODES = {
     ServeError.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 EXTENSIONS = ("binary_tensor_data",)
-_LIVE = b"\x08\x01"          # ServerLiveResponse(live=True)
+_LIVE = b"\x08\x01"  # ServerLiveResponse(live=True)
 
 
 def _parse(cls, raw: bytes):
@@ -85,8 +94,7 @@ def _typed_contents(tensor, datatype: str, shape: list[int]):
     read into the array without a Python object per number."""
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
-        raise TensorError(f"input {tensor.name!r}: {datatype} must be sent in "
-                          "raw_input_contents")
+        raise TensorError(f"input {tensor.name!r}: {datatype} must be sent in raw_input_contents")
     return getattr(tensor.contents, field)
 
 
@@ -117,11 +125,15 @@ def decode_cost(req) -> int:
 def decode_request(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], list[str]]:
     raw = req.raw_input_contents
     if raw and any(t.HasField("contents") for t in req.inputs):
-        raise ServeError(ServeError.INVALID, "raw_input_contents and typed contents in one "
-                         "request: use one or the other (KServe v2)")
+        raise ServeError(
+            ServeError.INVALID,
+            "raw_input_contents and typed contents in one "
+            "request: use one or the other (KServe v2)",
+        )
     if raw and len(raw) != len(req.inputs):
-        raise ServeError(ServeError.INVALID, f"{len(req.inputs)} inputs but {len(raw)} "
-                         "raw_input_contents")
+        raise ServeError(
+            ServeError.INVALID, f"{len(req.inputs)} inputs but {len(raw)} raw_input_contents"
+        )
     outputs = model.check_outputs(o.name for o in req.outputs)
     arrays: dict[str, np.ndarray] = {}
     try:
@@ -134,7 +146,8 @@ def decode_request(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], list
                 arrays[tensor.name] = from_raw(raw[i], tensor.datatype, shape)
             else:
                 arrays[tensor.name] = from_repeated(
-                    _typed_contents(tensor, tensor.datatype, shape), tensor.datatype, shape)
+                    _typed_contents(tensor, tensor.datatype, shape), tensor.datatype, shape
+                )
     except TensorError as exc:
         raise ServeError(ServeError.INVALID, str(exc)) from None
     return arrays, outputs
@@ -144,8 +157,9 @@ def decode_request(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], list
 _RAW_OUTPUT_KEY = b"\x32"
 
 
-def encode_response(model: LoadedModel, req_id: str, result: dict[str, np.ndarray],
-                    outputs: list[str]) -> bytes:
+def encode_response(
+    model: LoadedModel, req_id: str, result: dict[str, np.ndarray], outputs: list[str]
+) -> bytes:
     """The serialized ModelInferResponse: its metadata serialized by protobuf, then each output's
     raw_output_contents field written after it (a message's fields may come in any order), so
     the tensors are copied once, into the answer."""
@@ -170,8 +184,14 @@ def _varint(n: int) -> bytes:
 
 
 class GRPCService:
-    def __init__(self, engine: Engine, metrics: Metrics, service_name: str,
-                 receive_timeout: float | None = None, gate: ReceiveGate | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        service_name: str,
+        receive_timeout: float | None = None,
+        gate: ReceiveGate | None = None,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.service_name = service_name
@@ -179,9 +199,11 @@ class GRPCService:
         self.receive_timeout = receive_timeout or limits.body_timeout
         threads = handler_threads(limits.max_concurrent_requests, limits.max_queue)
         self.gate = gate or ReceiveGate(
-            engine.budget, limits.max_request_bytes,
+            engine.budget,
+            limits.max_request_bytes,
             grace=min(limits.first_byte_timeout, self.receive_timeout),
-            max_waiting=max(1, threads // 8))
+            max_waiting=max(1, threads // 8),
+        )
         self._watchdog: Watchdog | None = None
 
     def start(self) -> None:
@@ -202,20 +224,25 @@ class GRPCService:
         try:
             return next(requests)
         except StopIteration:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          "ModelInfer: the call ended without a request message")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "ModelInfer: the call ended without a request message",
+            )
         except grpc.RpcError:
             if deadline is not None and deadline.fired:
-                log.info("gRPC ModelInfer from %s: no request message within "
-                         "limits.body_timeout (%g s); call cancelled", context.peer(),
-                         self.receive_timeout)
+                log.info(
+                    "gRPC ModelInfer from %s: no request message within "
+                    "limits.body_timeout (%g s); call cancelled",
+                    context.peer(),
+                    self.receive_timeout,
+                )
             raise
         finally:
             if watchdog is not None and deadline is not None:
                 watchdog.disarm(deadline)
 
     def _fail(self, context, exc: ServeError):
-        context.abort(CODES[exc.kind], exc.message)      # raises
+        context.abort(CODES[exc.kind], exc.message)  # raises
 
     def server_live(self, raw: bytes, context) -> bytes:
         return _LIVE
@@ -234,8 +261,9 @@ class GRPCService:
         return pb.ModelReadyResponse(ready=self.engine.ready).SerializeToString()
 
     def server_metadata(self, raw: bytes, context) -> bytes:
-        return pb.ServerMetadataResponse(name=self.service_name, version=__version__,
-                                         extensions=EXTENSIONS).SerializeToString()
+        return pb.ServerMetadataResponse(
+            name=self.service_name, version=__version__, extensions=EXTENSIONS
+        ).SerializeToString()
 
     def model_metadata(self, raw: bytes, context) -> bytes:
         try:
@@ -257,15 +285,17 @@ class GRPCService:
         if holder is None:
             engine.counters.add("refused")
             self.metrics.observe(UNKNOWN_MODEL, "grpc", ServeError.UNAVAILABLE, 0.0)
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          "server busy: no room to receive the request message (other calls' "
-                          "messages hold limits.max_buffered_bytes "
-                          f"{engine.budget.limit}); retry")
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "server busy: no room to receive the request message (other calls' "
+                "messages hold limits.max_buffered_bytes "
+                f"{engine.budget.limit}); retry",
+            )
             raise AssertionError("unreachable: context.abort raises")
         hold = Hold(engine.budget)
         try:
             raw = self._receive(requests, context, holder)
-            hold.held = self.gate.hand_over(holder, len(raw))   # now held by this request
+            hold.held = self.gate.hand_over(holder, len(raw))  # now held by this request
         finally:
             self.gate.leave(holder)
         try:
@@ -288,10 +318,14 @@ class GRPCService:
             engine.counters.add("accepted")
             admitted = True
             try:
-                result = engine.infer_sync(model, arrays)      # in this thread
+                result = engine.infer_sync(model, arrays)  # in this thread
                 del arrays
-                hold.grow(answer_cost(result, ((n, True) for n in outputs),
-                                      engine.limits.max_response_bytes), "the answer")
+                hold.grow(
+                    answer_cost(
+                        result, ((n, True) for n in outputs), engine.limits.max_response_bytes
+                    ),
+                    "the answer",
+                )
                 body = encode_response(model, req.id, result, outputs)
             finally:
                 engine.counters.add("answered")
@@ -299,7 +333,7 @@ class GRPCService:
             if not admitted:
                 engine.counters.add("refused")
             if isinstance(exc, BudgetShort):
-                self.gate.busy(context.peer())      # its next call: later (see ReceiveGate.busy)
+                self.gate.busy(context.peer())  # its next call: later (see ReceiveGate.busy)
             self.metrics.observe(label, "grpc", exc.kind, time.perf_counter() - t0)
             self._fail(context, exc)
         except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
@@ -312,26 +346,31 @@ class GRPCService:
         self.metrics.observe(label, "grpc", "ok", time.perf_counter() - t0)
         return body
 
-    def handler(self, control_pool: ThreadPoolExecutor | None = None
-                ) -> grpc.GenericRpcHandler:
+    def handler(self, control_pool: ThreadPoolExecutor | None = None) -> grpc.GenericRpcHandler:
         """The service's methods; health and metadata run in *control_pool* when given (grpc
         reads ``experimental_thread_pool`` off a handler's behaviour)."""
+
         def control(fn):
             def behaviour(raw: bytes, context) -> bytes:
                 return fn(raw, context)
+
             if control_pool is not None:
                 # grpc's per-method thread pool: an attribute its handler reads off the function
                 behaviour.experimental_thread_pool = control_pool  # type: ignore[attr-defined]
-            return grpc.unary_unary_rpc_method_handler(behaviour)   # bytes in, bytes out
-        return grpc.method_handlers_generic_handler(pb.SERVICE_FULL_NAME, {
-            "ServerLive": control(self.server_live),
-            "ServerReady": control(self.server_ready),
-            "ModelReady": control(self.model_ready),
-            "ServerMetadata": control(self.server_metadata),
-            "ModelMetadata": control(self.model_metadata),
-            # client-streaming: the handler runs before the message arrives (see _receive)
-            "ModelInfer": grpc.stream_unary_rpc_method_handler(self.model_infer),
-        })
+            return grpc.unary_unary_rpc_method_handler(behaviour)  # bytes in, bytes out
+
+        return grpc.method_handlers_generic_handler(
+            pb.SERVICE_FULL_NAME,
+            {
+                "ServerLive": control(self.server_live),
+                "ServerReady": control(self.server_ready),
+                "ModelReady": control(self.model_ready),
+                "ServerMetadata": control(self.server_metadata),
+                "ModelMetadata": control(self.model_metadata),
+                # client-streaming: the handler runs before the message arrives (see _receive)
+                "ModelInfer": grpc.stream_unary_rpc_method_handler(self.model_infer),
+            },
+        )
 
 
 #: Threads for health and metadata calls, started with the server.
@@ -365,8 +404,9 @@ class GRPCServer:
         self.control = control_pool()
         # grpc only submits to its pool: any Executor does (its stub says ThreadPoolExecutor)
         pool: ThreadPoolExecutor = self.pool  # type: ignore[assignment]
-        self.server = grpc.server(pool, handlers=[service.handler(self.control)],
-                                  options=server_options(limits))
+        self.server = grpc.server(
+            pool, handlers=[service.handler(self.control)], options=server_options(limits)
+        )
 
     def start(self) -> None:
         self.service.start()
@@ -395,8 +435,10 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
         ("grpc.max_allowed_incoming_connections", limits.max_grpc_connections),
-        ("grpc.server_handshake_timeout_ms",
-         max(1, round(min(limits.first_byte_timeout, limits.header_timeout) * 1000))),
+        (
+            "grpc.server_handshake_timeout_ms",
+            max(1, round(min(limits.first_byte_timeout, limits.header_timeout) * 1000)),
+        ),
         ("grpc.max_connection_idle_ms", max(1, round(limits.idle_timeout * 1000))),
         ("grpc.http2.bdp_probe", 0),
     ]

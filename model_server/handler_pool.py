@@ -16,24 +16,28 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import Callable
 
 log = logging.getLogger("model_server")
 
 
 class HandlerPool(Executor):
-    def __init__(self, max_workers: int, thread_name_prefix: str = "grpc",
-                 on_capacity: Callable[[int], None] | None = None,
-                 thread_factory: Callable[..., threading.Thread] = threading.Thread) -> None:
+    def __init__(
+        self,
+        max_workers: int,
+        thread_name_prefix: str = "grpc",
+        on_capacity: Callable[[int], None] | None = None,
+        thread_factory: Callable[..., threading.Thread] = threading.Thread,
+    ) -> None:
         self.capacity = max(1, max_workers)
         self._prefix = thread_name_prefix
         self._on_capacity = on_capacity
         self._thread_factory = thread_factory
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._idle = 0          # threads blocked (or about to block) on an empty queue
-        self._backlog = 0       # calls queued at capacity, for the next thread that finishes
+        self._idle = 0  # threads blocked (or about to block) on an empty queue
+        self._backlog = 0  # calls queued at capacity, for the next thread that finishes
         self._threads: list[threading.Thread] = []
         self._shutdown = False
 
@@ -50,17 +54,22 @@ class HandlerPool(Executor):
             if self._idle:
                 self._idle -= 1
             elif len(self._threads) < self.capacity:
-                thread = self._thread_factory(target=self._run, daemon=True,
-                                              name=f"{self._prefix}_{len(self._threads)}")
+                thread = self._thread_factory(
+                    target=self._run, daemon=True, name=f"{self._prefix}_{len(self._threads)}"
+                )
                 try:
                     thread.start()
-                except RuntimeError as exc:          # "can't start new thread"
+                except RuntimeError as exc:  # "can't start new thread"
                     if not self._threads:
                         raise
                     self.capacity = reduced = len(self._threads)
                     self._backlog += 1
-                    log.warning("gRPC: cannot start another handler thread (%s); calls wait "
-                                "for one of the %d running", exc, reduced)
+                    log.warning(
+                        "gRPC: cannot start another handler thread (%s); calls wait "
+                        "for one of the %d running",
+                        exc,
+                        reduced,
+                    )
                 else:
                     self._threads.append(thread)
             else:
@@ -96,8 +105,9 @@ class HandlerPool(Executor):
         """Executor's shutdown: see :meth:`stop`."""
         self.stop(wait, cancel_futures=cancel_futures)
 
-    def stop(self, wait: bool = True, *, cancel_futures: bool = False,
-             timeout: float | None = None) -> bool:
+    def stop(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> bool:
         """No new calls; the queued ones still run (grpc answers them) unless *cancel_futures*.
         With *wait*, joins the threads for at most *timeout* seconds (None: as long as they
         run); True when every thread has ended."""

@@ -35,8 +35,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Coroutine, Protocol
+from typing import Any, Protocol
 
 import httptools
 
@@ -45,23 +46,35 @@ from .core import ByteBudget
 
 log = logging.getLogger("model_server")
 
-HEADER_LIMIT = 64 << 10      # request line + headers
-URL_LIMIT = 8 << 10          # request line
-LINGER_BYTES = 8 << 20       # after a refusal: read and drop up to this much ...
-LINGER_SECONDS = 5.0         # ... for up to this long, then close
-OVER_CAP_LINGER = (64 << 10, 0.5)   # the same for a connection refused at the cap
-HEADROOM = 8                 # connections past max_connections, for health checks only
-SLOW_BODY_SECONDS = 1.0      # a body silent this long may be refused to make room
-HANDSHAKES = 32              # TLS handshakes at once (each holds asyncio's 256 KiB buffer)
-PENDING_LIMIT = 64 << 10     # pipelined bytes buffered while a request is served
-DISCARD_FACTOR = 4           # oversize bodies up to this many times the limit are read and dropped
-_SINGLE = frozenset(("content-length", "transfer-encoding", "inference-header-content-length",
-                     "content-encoding"))   # framing headers that must not repeat
-REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 404: "Not Found",
-           405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
-           413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
-           431: "Request Header Fields Too Large", 500: "Internal Server Error",
-           501: "Not Implemented", 503: "Service Unavailable"}
+HEADER_LIMIT = 64 << 10  # request line + headers
+URL_LIMIT = 8 << 10  # request line
+LINGER_BYTES = 8 << 20  # after a refusal: read and drop up to this much ...
+LINGER_SECONDS = 5.0  # ... for up to this long, then close
+OVER_CAP_LINGER = (64 << 10, 0.5)  # the same for a connection refused at the cap
+HEADROOM = 8  # connections past max_connections, for health checks only
+SLOW_BODY_SECONDS = 1.0  # a body silent this long may be refused to make room
+HANDSHAKES = 32  # TLS handshakes at once (each holds asyncio's 256 KiB buffer)
+PENDING_LIMIT = 64 << 10  # pipelined bytes buffered while a request is served
+DISCARD_FACTOR = 4  # oversize bodies up to this many times the limit are read and dropped
+_SINGLE = frozenset(
+    ("content-length", "transfer-encoding", "inference-header-content-length", "content-encoding")
+)  # framing headers that must not repeat
+REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    415: "Unsupported Media Type",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in REASONS.items()}
 
 
@@ -79,17 +92,24 @@ class HTTPLimits:
     min_body_rate: int = 0
 
     @classmethod
-    def from_limits(cls, limits: Limits, max_request_bytes: int | None = None) -> "HTTPLimits":
-        return cls(max_request_bytes or limits.max_request_bytes, limits.max_connections,
-                   limits.first_byte_timeout, limits.header_timeout, limits.body_timeout,
-                   limits.body_stall_timeout, limits.idle_timeout, limits.min_body_rate)
+    def from_limits(cls, limits: Limits, max_request_bytes: int | None = None) -> HTTPLimits:
+        return cls(
+            max_request_bytes or limits.max_request_bytes,
+            limits.max_connections,
+            limits.first_byte_timeout,
+            limits.header_timeout,
+            limits.body_timeout,
+            limits.body_stall_timeout,
+            limits.idle_timeout,
+            limits.min_body_rate,
+        )
 
 
 @dataclass(slots=True)
 class Request:
     method: str
     target: str
-    headers: dict[str, str]       # lower-case names
+    headers: dict[str, str]  # lower-case names
     keep_alive: bool
     body: bytes | bytearray | memoryview = b""
     #: Not yet running on an interpreter: if the client goes away, the request is cancelled and
@@ -125,7 +145,7 @@ class Application(Protocol):
     def serves_when_full(self, request: Request) -> bool:
         """Whether *request* is served on a connection admitted past max_connections."""
 
-    def admit_body(self, request: Request, length: int) -> "bool | Response":
+    def admit_body(self, request: Request, length: int) -> bool | Response:
         """Before a body of *length* bytes is read: True to receive it (its bytes reserved as
         they arrive), False to read and drop it (the request is handled without it), or the
         Response to answer once it has been read and dropped (nothing reserved)."""
@@ -147,34 +167,34 @@ class _Refuse(Exception):
 class Connection(asyncio.Protocol):
     """One client connection (see the module documentation)."""
 
-    def __init__(self, server: "HTTPServer") -> None:
+    def __init__(self, server: HTTPServer) -> None:
         self.server = server
-        assert server.loop is not None   # connections are made once the server listens
+        assert server.loop is not None  # connections are made once the server listens
         self.loop: asyncio.AbstractEventLoop = server.loop
         self.limits = server.limits
-        self.transport: asyncio.Transport   # set by connection_made, before anything else
+        self.transport: asyncio.Transport  # set by connection_made, before anything else
         self.state = _IDLE
-        self.restricted = False       # admitted past max_connections: health checks only
-        self.fresh = True             # no request yet
+        self.restricted = False  # admitted past max_connections: health checks only
+        self.fresh = True  # no request yet
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
-        self.head = bytearray()       # a header block arriving in pieces
-        self.pending = bytearray()    # bytes after the current request (pipelined)
+        self.head = bytearray()  # a header block arriving in pieces
+        self.pending = bytearray()  # bytes after the current request (pipelined)
         self.reading_paused = False
         self.writing_paused = False
         self.peer_eof = False
         self.req: Request | None = None
         self.task: asyncio.Task | None = None
-        self.body: bytearray | None = None   # a body arriving in pieces
-        self.need = 0                 # body bytes still to come
-        self.reserved = 0             # body bytes reserved in the budget
+        self.body: bytearray | None = None  # a body arriving in pieces
+        self.need = 0  # body bytes still to come
+        self.reserved = 0  # body bytes reserved in the budget
         self.body_start = 0.0
-        self.window_start = 0.0       # the current body_stall_timeout window ...
-        self.window_bytes = 0         # ... and the body bytes received in it
-        self.last_bytes = 0.0         # when body bytes last arrived
+        self.window_start = 0.0  # the current body_stall_timeout window ...
+        self.window_bytes = 0  # ... and the body bytes received in it
+        self.last_bytes = 0.0  # when body bytes last arrived
         self.linger_left = 0
-        self.refusing = False         # lingering after a refusal (reading and dropping)
-        self.discard_answer: Response | None = None   # after dropping the body (None: serve)
+        self.refusing = False  # lingering after a refusal (reading and dropping)
+        self.discard_answer: Response | None = None  # after dropping the body (None: serve)
         self.handshake: asyncio.Task | None = None
         # header parsing (httptools callbacks)
         self._url = b""
@@ -195,47 +215,52 @@ class Connection(asyncio.Protocol):
         tls = self.server.ssl_context
         verdict = self.server.admit(self)
         if verdict == "refuse":
-            if tls is not None:            # (no TLS yet: nothing to say in plain text)
+            if tls is not None:  # (no TLS yet: nothing to say in plain text)
                 self.state = _CLOSED
                 transport.abort()
                 return
-            self._refuse(503, f"too many connections (limits.max_connections "
-                         f"{self.server.cap})", OVER_CAP_LINGER)
+            self._refuse(
+                503,
+                f"too many connections (limits.max_connections {self.server.cap})",
+                OVER_CAP_LINGER,
+            )
             return
         self.restricted = verdict == "restricted"
         self.server.idle[self] = None
-        self._arm(self.loop.time() + min(self.limits.first_byte_timeout,
-                                         self.limits.idle_timeout))
+        self._arm(self.loop.time() + min(self.limits.first_byte_timeout, self.limits.idle_timeout))
         if tls is not None:
             self.state = _HANDSHAKE
-            transport.pause_reading()      # nothing reaches this protocol before the handshake
+            transport.pause_reading()  # nothing reaches this protocol before the handshake
             self.server.handshake_begins(self)
             self.handshake = self.loop.create_task(self._start_tls(transport, tls))
 
     async def _start_tls(self, raw, context) -> None:
         try:
             transport = await self.loop.start_tls(
-                raw, self, context, server_side=True,
+                raw,
+                self,
+                context,
+                server_side=True,
                 ssl_handshake_timeout=self.limits.first_byte_timeout,
-                ssl_shutdown_timeout=LINGER_SECONDS)
+                ssl_shutdown_timeout=LINGER_SECONDS,
+            )
         except (Exception, asyncio.CancelledError):  # noqa: BLE001 - failed, timed out, evicted or cut: each ends the handshake
             self.handshake = None
             raw.abort()
-            self.connection_lost(None)     # (asyncio tells the protocol nothing before it)
+            self.connection_lost(None)  # (asyncio tells the protocol nothing before it)
             return
         self.handshake = None
-        if transport is None:              # (a server-side start_tls always gives one)
+        if transport is None:  # (a server-side start_tls always gives one)
             raw.abort()
             self.connection_lost(None)
             return
-        if self.state != _HANDSHAKE:       # closed meanwhile
+        if self.state != _HANDSHAKE:  # closed meanwhile
             transport.abort()
             return
         self.server.handshaking.pop(self, None)
         self.transport = transport
         self.state = _IDLE
-        self._arm(self.loop.time() + min(self.limits.first_byte_timeout,
-                                         self.limits.idle_timeout))
+        self._arm(self.loop.time() + min(self.limits.first_byte_timeout, self.limits.idle_timeout))
         if self.pending:
             self._resume_pending()
 
@@ -244,7 +269,7 @@ class Connection(asyncio.Protocol):
         if state == _BODY:
             self._body(data)
         elif state == _IDLE:
-            if data[:1] in (b"\r", b"\n"):       # empty lines between requests are allowed
+            if data[:1] in (b"\r", b"\n"):  # empty lines between requests are allowed
                 data = data.lstrip(b"\r\n")
                 if not data:
                     return
@@ -293,9 +318,8 @@ class Connection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         task = self.task
-        if task is not None and not task.done() and self.req is not None \
-                and self.req.interruptible:
-            task.cancel()           # the client is gone: give its place in the queue back
+        if task is not None and not task.done() and self.req is not None and self.req.interruptible:
+            task.cancel()  # the client is gone: give its place in the queue back
         self.body = None
         self.server.closed(self)
 
@@ -325,22 +349,31 @@ class Connection(asyncio.Protocol):
         state = self.state
         limits = self.limits
         if state == _HEAD:
-            self._refuse(408, f"request headers not received within "
-                         f"{limits.header_timeout:g} s (limits.header_timeout)")
+            self._refuse(
+                408,
+                f"request headers not received within "
+                f"{limits.header_timeout:g} s (limits.header_timeout)",
+            )
         elif state in _BODIES:
             now = self.loop.time()
             floor = limits.min_body_rate * limits.body_stall_timeout
             if now >= self.body_start + limits.body_timeout - 1e-3:
-                message = (f"request body not received within {limits.body_timeout:g} s "
-                           "(limits.body_timeout)")
+                message = (
+                    f"request body not received within {limits.body_timeout:g} s "
+                    "(limits.body_timeout)"
+                )
             elif not self.window_bytes:
-                message = (f"request body stalled: no bytes for {limits.body_stall_timeout:g} s "
-                           "(limits.body_stall_timeout)")
+                message = (
+                    f"request body stalled: no bytes for {limits.body_stall_timeout:g} s "
+                    "(limits.body_stall_timeout)"
+                )
             elif self.window_bytes < floor:
-                message = (f"request body too slow: {self.window_bytes} bytes in the last "
-                           f"{limits.body_stall_timeout:g} s (limits.body_stall_timeout), less "
-                           f"than limits.min_body_rate ({limits.min_body_rate} bytes/s)")
-            else:                               # fast enough: the next window
+                message = (
+                    f"request body too slow: {self.window_bytes} bytes in the last "
+                    f"{limits.body_stall_timeout:g} s (limits.body_stall_timeout), less "
+                    f"than limits.min_body_rate ({limits.min_body_rate} bytes/s)"
+                )
+            else:  # fast enough: the next window
                 self.window_start, self.window_bytes = now, 0
                 self._arm(self._body_deadline())
                 return
@@ -351,19 +384,21 @@ class Connection(asyncio.Protocol):
             self._abort()
         elif state == _BUSY:
             return
-        elif state == _FLUSH:                   # the client does not read its answer
+        elif state == _FLUSH:  # the client does not read its answer
             self.transport.abort()
         elif state == _LINGER:
             if self.transport.is_closing() or self.transport.get_write_buffer_size():
-                self.transport.abort()          # an answer nobody reads
+                self.transport.abort()  # an answer nobody reads
             else:
                 self._close()
-        else:                                   # idle
+        else:  # idle
             self._close()
 
     def _body_deadline(self) -> float:
-        return min(self.body_start + self.limits.body_timeout,
-                   self.window_start + self.limits.body_stall_timeout)
+        return min(
+            self.body_start + self.limits.body_timeout,
+            self.window_start + self.limits.body_stall_timeout,
+        )
 
     def _body_begins(self, length: int) -> None:
         self.need = length
@@ -421,16 +456,18 @@ class Connection(asyncio.Protocol):
         try:
             parser.feed_data(block)
         except httptools.HttpParserUpgrade:
-            pass                  # Upgrade / CONNECT: not supported, answered as a plain request
+            pass  # Upgrade / CONNECT: not supported, answered as a plain request
         except httptools.HttpParserError as exc:
             if b"transfer-encoding" in bytes(block).lower():
                 self.server.app.refused(_target(self._url), 411)
-                raise _Refuse(411, "Transfer-Encoding (chunked bodies) is not supported; send "
-                                   "Content-Length") from None
+                raise _Refuse(
+                    411, "Transfer-Encoding (chunked bodies) is not supported; send Content-Length"
+                ) from None
             if self._dup or "Duplicate" in str(exc):
                 self.server.app.refused(_target(self._url), 400)
-                raise _Refuse(400, f"header {self._dup or 'content-length'} given more than "
-                                   "once") from None
+                raise _Refuse(
+                    400, f"header {self._dup or 'content-length'} given more than once"
+                ) from None
             if "Content-Length" in str(exc):
                 self.server.app.refused(_target(self._url), 400)
                 raise _Refuse(400, f"bad Content-Length (decimal digits only): {exc}") from None
@@ -448,8 +485,12 @@ class Connection(asyncio.Protocol):
         headers = self._headers
         conn = headers.get("connection", "").lower()
         keep = conn != "close" if version == "1.1" else conn == "keep-alive"
-        return Request(parser.get_method().decode("latin-1"), _target(self._url), headers,
-                       keep and not self.server.draining and not self.restricted)
+        return Request(
+            parser.get_method().decode("latin-1"),
+            _target(self._url),
+            headers,
+            keep and not self.server.draining and not self.restricted,
+        )
 
     # httptools callbacks
     def on_url(self, url: bytes) -> None:
@@ -475,8 +516,9 @@ class Connection(asyncio.Protocol):
         headers = req.headers
         if "transfer-encoding" in headers:
             app.refused(req.target, 411)
-            raise _Refuse(411, "Transfer-Encoding (chunked bodies) is not supported; send "
-                               "Content-Length")
+            raise _Refuse(
+                411, "Transfer-Encoding (chunked bodies) is not supported; send Content-Length"
+            )
         cl = headers.get("content-length")
         if cl is None:
             if req.method in ("POST", "PUT", "PATCH"):
@@ -484,17 +526,23 @@ class Connection(asyncio.Protocol):
                 raise _Refuse(411, f"{req.method} needs a Content-Length")
             length = 0
         else:
-            length = int(cl)          # llhttp accepted it: decimal digits, no overflow
+            length = int(cl)  # llhttp accepted it: decimal digits, no overflow
         if self.restricted and (length or not app.serves_when_full(req)):
             app.refused(req.target, 503)
-            self._refuse(503, f"too many connections (limits.max_connections "
-                         f"{self.server.cap}): this connection is for health checks only, "
-                         "without a body", OVER_CAP_LINGER)
+            self._refuse(
+                503,
+                f"too many connections (limits.max_connections "
+                f"{self.server.cap}): this connection is for health checks only, "
+                "without a body",
+                OVER_CAP_LINGER,
+            )
             return
         expect = headers.get("expect", "").lower() == "100-continue"
         if length > limits.max_request_bytes:
-            message = (f"request body of {length} bytes exceeds {limits.max_request_bytes} "
-                       "(limits.max_request_bytes)")
+            message = (
+                f"request body of {length} bytes exceeds {limits.max_request_bytes} "
+                "(limits.max_request_bytes)"
+            )
             app.refused(req.target, 413)
             if expect or length > DISCARD_FACTOR * limits.max_request_bytes:
                 raise _Refuse(413, message)
@@ -504,7 +552,7 @@ class Connection(asyncio.Protocol):
             verdict = app.admit_body(req, length)
             if verdict is not True:
                 answer = verdict if isinstance(verdict, Response) else None
-                if answer is not None and expect:        # the client waits: no body to drop
+                if answer is not None and expect:  # the client waits: no body to drop
                     self._refuse(answer.status, "", answer=answer)
                     return
                 self._drop_body(length, answer, rest)
@@ -534,11 +582,15 @@ class Connection(asyncio.Protocol):
         budget = self.server.budget
         # a body arriving in pieces grows a buffer, which allocates up to 1/8 ahead
         cost = take if take == need and self.body is None else take + (take >> 3)
-        if not budget.try_reserve(cost) and not (self.server.make_room(self) and
-                                                 budget.try_reserve(cost)):
+        if not budget.try_reserve(cost) and not (
+            self.server.make_room(self) and budget.try_reserve(cost)
+        ):
             self.server.app.refused(self.current.target, 503)
-            self._refuse(503, f"server busy: no room for {take} more request bytes "
-                         f"(limits.max_buffered_bytes {budget.limit})")
+            self._refuse(
+                503,
+                f"server busy: no room for {take} more request bytes "
+                f"(limits.max_buffered_bytes {budget.limit})",
+            )
             return
         self.reserved += cost
         self.window_bytes += take
@@ -551,7 +603,7 @@ class Connection(asyncio.Protocol):
         self.need = need - take
         body = self.body
         if not self.need and body is None:
-            self._dispatch(piece, rest)             # the whole body in one piece: no copy
+            self._dispatch(piece, rest)  # the whole body in one piece: no copy
             return
         # pieces are appended to one buffer (never all held and then joined: twice the bytes)
         if body is None:
@@ -570,7 +622,7 @@ class Connection(asyncio.Protocol):
         if n < self.need:
             self.need -= n
             return
-        rest = memoryview(data)[self.need:] if n > self.need else None
+        rest = memoryview(data)[self.need :] if n > self.need else None
         self.need = 0
         answer, self.discard_answer = self.discard_answer, None
         self._dispatch(b"", rest, answer)
@@ -613,15 +665,18 @@ class Connection(asyncio.Protocol):
         self._respond(resp)
 
     def _respond(self, resp: Response) -> None:
-        keep = self.current.keep_alive and not self.server.draining and \
-            (not self.peer_eof or bool(self.pending))
+        keep = (
+            self.current.keep_alive
+            and not self.server.draining
+            and (not self.peer_eof or bool(self.pending))
+        )
         self._release()
         self.req = None
         self._write(resp, keep)
         if not keep:
             self._close()
             return
-        if self.writing_paused:       # the client is not reading: wait (idle_timeout) for it
+        if self.writing_paused:  # the client is not reading: wait (idle_timeout) for it
             self.state = _FLUSH
             self._arm(self.loop.time() + self.limits.idle_timeout)
             return
@@ -646,14 +701,18 @@ class Connection(asyncio.Protocol):
         self.pending = bytearray()
         self.data_received(data)
         if self.peer_eof and not self.pending and self.state in (_IDLE, _HEAD, _BODY, _DISCARD):
-            self._close()             # the client sent nothing more: an incomplete request
+            self._close()  # the client sent nothing more: an incomplete request
 
     def _write(self, resp: Response, keep: bool) -> None:
         body = resp.body
-        parts = [_STATUS_LINES.get(resp.status) or
-                 f"HTTP/1.1 {resp.status} Status\r\n".encode(),
-                 b"Content-Type: ", resp.content_type.encode("latin-1"),
-                 b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
+        parts = [
+            _STATUS_LINES.get(resp.status) or f"HTTP/1.1 {resp.status} Status\r\n".encode(),
+            b"Content-Type: ",
+            resp.content_type.encode("latin-1"),
+            b"\r\nContent-Length: ",
+            str(len(body)).encode(),
+            b"\r\n",
+        ]
         if resp.headers:
             for k, v in resp.headers.items():
                 parts.append(f"{k}: {v}\r\n".encode("latin-1"))
@@ -661,11 +720,15 @@ class Connection(asyncio.Protocol):
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
         parts.append(body)
-        self.transport.write(b"".join(parts))    # one send: a copy is cheaper than a syscall
+        self.transport.write(b"".join(parts))  # one send: a copy is cheaper than a syscall
 
-    def _refuse(self, status: int, message: str,
-                linger: tuple[int, float] = (LINGER_BYTES, LINGER_SECONDS),
-                answer: Response | None = None) -> None:
+    def _refuse(
+        self,
+        status: int,
+        message: str,
+        linger: tuple[int, float] = (LINGER_BYTES, LINGER_SECONDS),
+        answer: Response | None = None,
+    ) -> None:
         """Answer *status* (or *answer*) with Connection: close, then read and drop what the
         client still sends (at most *linger* = bytes, seconds), so closing with unread data
         does not reset the answer away."""
@@ -705,7 +768,7 @@ class Connection(asyncio.Protocol):
         if self.state == _CLOSED:
             return
         self.server.idle.pop(self, None)
-        self.state = _LINGER              # until connection_lost: nothing more is read
+        self.state = _LINGER  # until connection_lost: nothing more is read
         self.refusing = False
         self.linger_left = 0
         self.transport.close()
@@ -731,7 +794,7 @@ class Connection(asyncio.Protocol):
         (a body arriving, a request being served)."""
         state = self.state
         if state == _LINGER:
-            return 0 if self.refusing else -1      # (a normal close: its answer is flushing)
+            return 0 if self.refusing else -1  # (a normal close: its answer is flushing)
         if state in _BODIES:
             return 3 if self.loop.time() - self.last_bytes >= SLOW_BODY_SECONDS else -1
         return {_IDLE: 1, _HANDSHAKE: 1, _HEAD: 2}.get(state, -1)
@@ -750,8 +813,12 @@ class Connection(asyncio.Protocol):
         elif state == _HEAD:
             self.server.idle.pop(self, None)
             try:
-                self._write(error_response(503, f"too many connections (limits.max_connections "
-                                           f"{self.server.cap})"), False)
+                self._write(
+                    error_response(
+                        503, f"too many connections (limits.max_connections {self.server.cap})"
+                    ),
+                    False,
+                )
             except (RuntimeError, OSError):
                 pass
             self._close()
@@ -764,14 +831,17 @@ class Connection(asyncio.Protocol):
         silent = self.loop.time() - self.last_bytes
         if self.state == _BODY:
             self.server.app.refused(self.current.target, 408)
-        self._refuse(408, f"request body too slow: no bytes for {silent:.1f} s while the "
-                     "server needed the room for others")
+        self._refuse(
+            408,
+            f"request body too slow: no bytes for {silent:.1f} s while the "
+            "server needed the room for others",
+        )
 
     def _abort(self) -> None:
         """Drop a connection still in its TLS handshake."""
         task, self.handshake = self.handshake, None
         if task is not None:
-            task.cancel()                    # (it may not have started: cleaned up here)
+            task.cancel()  # (it may not have started: cleaned up here)
         self.transport.abort()
         self.connection_lost(None)
 
@@ -799,7 +869,7 @@ def _target(url: bytes) -> str:
 
 
 def _oversize_head(buf) -> tuple[int, str]:
-    if b"\r\n" not in bytes(buf[:URL_LIMIT + 2]):
+    if b"\r\n" not in bytes(buf[: URL_LIMIT + 2]):
         return 414, f"request line longer than {URL_LIMIT} bytes"
     return 431, f"request headers larger than {HEADER_LIMIT} bytes"
 
@@ -813,7 +883,7 @@ class HTTPServer:
         self.budget = budget
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connections: dict[Connection, None] = {}
-        self.idle: dict[Connection, None] = {}     # waiting for a request, longest first
+        self.idle: dict[Connection, None] = {}  # waiting for a request, longest first
         self.cap = limits.max_connections
         self.draining = False
         self.cut_message = "server shutting down"
@@ -821,19 +891,20 @@ class HTTPServer:
         self.ssl_context = None
         self._changed: asyncio.Event | None = None
         budget.on_pressure(self.reclaim)
-        self.handshaking: dict[Connection, None] = {}   # in their TLS handshake, oldest first
+        self.handshaking: dict[Connection, None] = {}  # in their TLS handshake, oldest first
 
     async def start(self, host: str, port: int, ssl_context=None) -> int:
         """Listen; with *ssl_context*, each connection's TLS handshake starts once it is
         admitted (so connections in their handshake count against the cap)."""
         self.loop = asyncio.get_running_loop()
         self.ssl_context = ssl_context
-        self.server = await self.loop.create_server(lambda: Connection(self), host, port,
-                                                    reuse_address=True)
+        self.server = await self.loop.create_server(
+            lambda: Connection(self), host, port, reuse_address=True
+        )
         return self.server.sockets[0].getsockname()[1]
 
     def admit(self, conn: Connection) -> str:
-        """"ok", "restricted" (past the cap: health checks only) or "refuse"."""
+        """ "ok", "restricted" (past the cap: health checks only) or "refuse"."""
         if len(self.connections) >= self.cap:
             victim = self._victim()
             if victim is not None:
@@ -859,16 +930,20 @@ class HTTPServer:
         assert self.loop is not None
         return self.loop
 
-    def _quietest_body(self, besides: Connection | None = None,
-                      silent: float = 0.0) -> Connection | None:
+    def _quietest_body(
+        self, besides: Connection | None = None, silent: float = 0.0
+    ) -> Connection | None:
         """The connection whose body (received or dropped) has been silent the longest, at
         least *silent* seconds."""
         quietest = None
         now = self.running_loop.time()
         for conn in self.connections:
-            if conn is not besides and conn.state in _BODIES and \
-                    now - conn.last_bytes >= silent and \
-                    (quietest is None or conn.last_bytes < quietest.last_bytes):
+            if (
+                conn is not besides
+                and conn.state in _BODIES
+                and now - conn.last_bytes >= silent
+                and (quietest is None or conn.last_bytes < quietest.last_bytes)
+            ):
                 quietest = conn
         return quietest
 
@@ -881,13 +956,15 @@ class HTTPServer:
         else:
             first_idle = None
         best, rank = None, 4
-        for conn in self.connections:       # (in the order they were admitted)
+        for conn in self.connections:  # (in the order they were admitted)
             r = conn.evictable
             if r == 0:
                 return conn
             if r == 2 and rank > 2:
                 best, rank = conn, 2
-            elif r == 3 and (rank > 3 or (rank == 3 and best is not None and conn.last_bytes < best.last_bytes)):
+            elif r == 3 and (
+                rank > 3 or (rank == 3 and best is not None and conn.last_bytes < best.last_bytes)
+            ):
                 best, rank = conn, 3
         return first_idle or best
 
@@ -901,11 +978,11 @@ class HTTPServer:
     def reclaim(self) -> None:
         """Another protocol waits for room in the budget (any thread): make some, on the loop."""
         loop = self.loop
-        if loop is None:                                # not started
+        if loop is None:  # not started
             return
         try:
             loop.call_soon_threadsafe(self.make_room, None)
-        except RuntimeError:                            # closed
+        except RuntimeError:  # closed
             pass
 
     def make_room(self, needy: Connection | None) -> bool:
@@ -914,9 +991,13 @@ class HTTPServer:
         quietest = None
         now = self.running_loop.time()
         for conn in self.connections:
-            if conn is not needy and conn.state == _BODY and conn.reserved and \
-                    now - conn.last_bytes >= SLOW_BODY_SECONDS and \
-                    (quietest is None or conn.last_bytes < quietest.last_bytes):
+            if (
+                conn is not needy
+                and conn.state == _BODY
+                and conn.reserved
+                and now - conn.last_bytes >= SLOW_BODY_SECONDS
+                and (quietest is None or conn.last_bytes < quietest.last_bytes)
+            ):
                 quietest = conn
         if quietest is None:
             return False
@@ -947,12 +1028,17 @@ class HTTPServer:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return condition()
         return True
 
-    async def drain(self, timeout: float, message: str, finish: float = 2.0,
-                    on_deadline: Callable[[], int] | None = None) -> int:
+    async def drain(
+        self,
+        timeout: float,
+        message: str,
+        finish: float = 2.0,
+        on_deadline: Callable[[], int] | None = None,
+    ) -> int:
         """Stop accepting, close idle connections, let requests finish for *timeout* seconds;
         then answer what has not started running 503 (*message*; *on_deadline* cuts what the
         application holds before running it and returns how many) and wait up to *finish*
@@ -961,7 +1047,7 @@ class HTTPServer:
         self.draining = True
         self.cut_message = message
         self._changed = asyncio.Event()
-        loop = asyncio.get_running_loop()   # (also when the server never started listening)
+        loop = asyncio.get_running_loop()  # (also when the server never started listening)
         if self.server is not None:
             self.server.close()
         for conn in list(self.idle):
@@ -973,8 +1059,9 @@ class HTTPServer:
             if on_deadline is not None:
                 cut += on_deadline()
             # what runs on an interpreter cannot be stopped: its answer is still sent
-            await self._wait(lambda: not any(c.state == _BUSY for c in self.connections),
-                             loop.time() + finish)
+            await self._wait(
+                lambda: not any(c.state == _BUSY for c in self.connections), loop.time() + finish
+            )
         for conn in list(self.connections):
             if not conn.active:
                 conn.evict()

@@ -50,9 +50,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -63,8 +63,8 @@ from enclave_build.attestation.ratls import FORMATS, RaTlsKey, create_certificat
 from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 
 from .config import KeysConfig, host_path
-from .server_attest import ServerRefused, ServerVerifier
 from .errors import ModelServerError
+from .server_attest import ServerRefused, ServerVerifier
 
 REPORT_DATA_SIZE = 64
 
@@ -79,7 +79,7 @@ class KeyFetchError(ModelServerError, RuntimeError):
 @dataclass(frozen=True)
 class ModelSource:
     image_path: str
-    path: Path          # a host path a runtime can open
+    path: Path  # a host path a runtime can open
 
     def read_bytes(self) -> bytes:
         return self.path.read_bytes()
@@ -91,7 +91,7 @@ def _warn(message: str) -> None:
 
 # --------------------------------------------------------------------------- quote sources
 
-QuoteSource = Callable[[bytes], bytes]   # report_data (64 bytes) -> quote
+QuoteSource = Callable[[bytes], bytes]  # report_data (64 bytes) -> quote
 
 
 def _device_quote_source(root: Path) -> QuoteSource | None:
@@ -112,12 +112,15 @@ def _device_quote_source(root: Path) -> QuoteSource | None:
                 with open(root / "quote", "rb") as src:
                     quote = src.read(wire.MAX_QUOTE + 1)
             except OSError as exc:
-                raise KeyFetchError(f"the Gramine quote device ({root}) failed: "
-                                    f"{exc.strerror or exc}") from None
+                raise KeyFetchError(
+                    f"the Gramine quote device ({root}) failed: {exc.strerror or exc}"
+                ) from None
         if not quote or len(quote) > wire.MAX_QUOTE:
-            raise KeyFetchError(f"the Gramine quote device ({root}) returned a "
-                                f"{len(quote)}-byte quote")
+            raise KeyFetchError(
+                f"the Gramine quote device ({root}) returned a {len(quote)}-byte quote"
+            )
         return quote
+
     return make_quote
 
 
@@ -140,6 +143,7 @@ def _simulated_quote_source(address: str, timeout: float) -> QuoteSource:
             raise KeyFetchError(f"{where} {exc}") from None
         except OSError as exc:
             raise KeyFetchError(f"{where} ({SIMULATED_QUOTER_ENV}): {exc}") from None
+
     return make_quote
 
 
@@ -150,21 +154,30 @@ def quote_source(timeout: float = 10.0, *, root: Path = ATTESTATION_ROOT) -> Quo
     simulated = os.environ.get(SIMULATED_QUOTER_ENV)
     if device is not None:
         if simulated:
-            _warn(f"warning: {SIMULATED_QUOTER_ENV} is set but this process has a real quote "
-                  f"device ({root}/quote): ignoring the simulated quoter")
+            _warn(
+                f"warning: {SIMULATED_QUOTER_ENV} is set but this process has a real quote "
+                f"device ({root}/quote): ignoring the simulated quoter"
+            )
         return device
     if simulated:
-        _warn("WARNING: SIMULATED ATTESTATION: quotes come from the simulated quoter at "
-              f"{simulated} ({SIMULATED_QUOTER_ENV}), signed by a synthetic test PKI. This "
-              "process is NOT running in an enclave; keys it receives are only as safe as this "
-              "machine.")
+        _warn(
+            "WARNING: SIMULATED ATTESTATION: quotes come from the simulated quoter at "
+            f"{simulated} ({SIMULATED_QUOTER_ENV}), signed by a synthetic test PKI. This "
+            "process is NOT running in an enclave; keys it receives are only as safe as this "
+            "machine."
+        )
         return _simulated_quote_source(simulated, timeout)
-    where = (f"{root} has no DCAP quote device (gramine-direct provides only keys/)"
-             if root.exists() else f"{root} does not exist (not running under Gramine)")
-    raise KeyFetchError(f"cannot attest to fetch keys: {where}, and {SIMULATED_QUOTER_ENV} is "
-                        "not set. Run in an SGX enclave, or for a simulation start a simulated "
-                        f"quoter and set {SIMULATED_QUOTER_ENV}=HOST:PORT (enclave-build run "
-                        "--simulate does both).")
+    where = (
+        f"{root} has no DCAP quote device (gramine-direct provides only keys/)"
+        if root.exists()
+        else f"{root} does not exist (not running under Gramine)"
+    )
+    raise KeyFetchError(
+        f"cannot attest to fetch keys: {where}, and {SIMULATED_QUOTER_ENV} is "
+        "not set. Run in an SGX enclave, or for a simulation start a simulated "
+        f"quoter and set {SIMULATED_QUOTER_ENV}=HOST:PORT (enclave-build run "
+        "--simulate does both)."
+    )
 
 
 # --------------------------------------------------------------------------- TLS
@@ -186,8 +199,11 @@ def _hostname_matches(cert: x509.Certificate, host: str) -> bool:
     wanted = host.rstrip(".").lower()
     names = san.get_values_for_type(x509.DNSName) if san is not None else []
     if not names:
-        names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-                 if isinstance(a.value, str)]
+        names = [
+            a.value
+            for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            if isinstance(a.value, str)
+        ]
     for name in names:
         name = name.rstrip(".").lower()
         if name == wanted:
@@ -199,13 +215,14 @@ def _hostname_matches(cert: x509.Certificate, host: str) -> bool:
     return False
 
 
-def _client_context(ca_file: Path | None, cert: x509.Certificate,
-                    key: RaTlsKey, workdir: Path) -> ssl.SSLContext:
+def _client_context(
+    ca_file: Path | None, cert: x509.Certificate, key: RaTlsKey, workdir: Path
+) -> ssl.SSLContext:
     """*ca_file* None: the server's certificate is a self-signed RA-TLS one, accepted by the
     handshake and verified by its quote right after (no CA can vouch for it)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = False        # SNI carries the key name; the host is checked below
+    context.check_hostname = False  # SNI carries the key name; the host is checked below
     if ca_file is None:
         context.verify_mode = ssl.CERT_NONE
         # The attested certificate must stay the connection's: no renegotiation to another.
@@ -215,14 +232,17 @@ def _client_context(ca_file: Path | None, cert: x509.Certificate,
         try:
             context.load_verify_locations(cafile=str(ca_file))
         except (OSError, ssl.SSLError) as exc:
-            raise KeyFetchError(f"cannot load the secret server's CA {ca_file}: {exc}") \
-                from None
+            raise KeyFetchError(f"cannot load the secret server's CA {ca_file}: {exc}") from None
     cert_path, key_path = workdir / "ratls.crt", workdir / "ratls.key"
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+        out.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     try:
         context.load_cert_chain(cert_path, key_path)
@@ -232,15 +252,23 @@ def _client_context(ca_file: Path | None, cert: x509.Certificate,
     return context
 
 
-def fetch_key(name: str, server: str, ca_file: Path | None, make_quote: QuoteSource, *,
-              timeout: float = 10.0, evidence: str = "tcg-dice",
-              verifier: ServerVerifier | None = None) -> bytes:
+def fetch_key(
+    name: str,
+    server: str,
+    ca_file: Path | None,
+    make_quote: QuoteSource,
+    *,
+    timeout: float = 10.0,
+    evidence: str = "tcg-dice",
+    verifier: ServerVerifier | None = None,
+) -> bytes:
     """One RA-TLS connection to *server* asking (by SNI) for key *name*: its 16 bytes. The
     server is checked against *ca_file*, or (exactly one of the two) by *verifier* (an
     attested secret server, see :mod:`model_server.server_attest`)."""
     if (ca_file is None) == (verifier is None):
-        raise KeyFetchError("internal: a secret server is checked against a CA or by its "
-                            "quote (exactly one)")
+        raise KeyFetchError(
+            "internal: a secret server is checked against a CA or by its quote (exactly one)"
+        )
     host, port = _parse_address(server, "keys.server")
     peer = f"{host}:{port}"
     if evidence not in FORMATS:
@@ -251,14 +279,17 @@ def fetch_key(name: str, server: str, ca_file: Path | None, make_quote: QuoteSou
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
-        raise KeyFetchError(f"cannot reach the secret server {peer} for key {name}: "
-                            f"{exc.strerror or exc}") from None
+        raise KeyFetchError(
+            f"cannot reach the secret server {peer} for key {name}: {exc.strerror or exc}"
+        ) from None
     try:
         try:
             tls = context.wrap_socket(raw, server_hostname=name)
         except ssl.SSLCertVerificationError as exc:
-            raise KeyFetchError(f"secret server {peer}: its certificate does not verify against "
-                                f"{ca_file}: {exc.verify_message}") from None
+            raise KeyFetchError(
+                f"secret server {peer}: its certificate does not verify against "
+                f"{ca_file}: {exc.verify_message}"
+            ) from None
         with tls:
             der = tls.getpeercert(binary_form=True)
             if verifier is not None:
@@ -267,45 +298,57 @@ def fetch_key(name: str, server: str, ca_file: Path | None, make_quote: QuoteSou
                 try:
                     verifier.check(der, peer)
                 except ServerRefused as exc:
-                    raise KeyFetchError(f"secret server {peer} is refused: {exc}. Nothing was "
-                                        f"sent to it (key {name} not asked for)") from None
-            elif der is None or not _hostname_matches(x509.load_der_x509_certificate(der),
-                                                      host):
-                raise KeyFetchError(f"secret server {peer}: its certificate is not issued for "
-                                    f"{host!r} (subject alternative names / common name)")
+                    raise KeyFetchError(
+                        f"secret server {peer} is refused: {exc}. Nothing was "
+                        f"sent to it (key {name} not asked for)"
+                    ) from None
+            elif der is None or not _hostname_matches(x509.load_der_x509_certificate(der), host):
+                raise KeyFetchError(
+                    f"secret server {peer}: its certificate is not issued for "
+                    f"{host!r} (subject alternative names / common name)"
+                )
             # The whole answer within *timeout*: a server dripping it a byte at a time would
             # otherwise hold the start of the enclave for timeout seconds per byte.
             answer_by = time.monotonic() + timeout
             tls.sendall(wire.REQUEST)
             header = wire.recv_exact(tls, wire.HEADER_LEN, answer_by)
             if len(header) < wire.HEADER_LEN:
-                raise KeyFetchError(f"secret server {peer} refused key {name}: it closed the "
-                                    "connection without a reason (see its audit log)")
+                raise KeyFetchError(
+                    f"secret server {peer} refused key {name}: it closed the "
+                    "connection without a reason (see its audit log)"
+                )
             try:
                 released, size = wire.parse_header(header)
             except ValueError as exc:
-                raise KeyFetchError(f"secret server {peer}: protocol error for key {name}: "
-                                    f"{exc}") from None
-            if released and size != wire.WRAP_KEY_SIZE:   # refused before reading it
-                raise KeyFetchError(f"secret server {peer}: key {name} is {size} bytes; a wrap "
-                                    f"key must be exactly {wire.WRAP_KEY_SIZE}")
+                raise KeyFetchError(
+                    f"secret server {peer}: protocol error for key {name}: {exc}"
+                ) from None
+            if released and size != wire.WRAP_KEY_SIZE:  # refused before reading it
+                raise KeyFetchError(
+                    f"secret server {peer}: key {name} is {size} bytes; a wrap "
+                    f"key must be exactly {wire.WRAP_KEY_SIZE}"
+                )
             body = wire.recv_exact(tls, size, answer_by)
             if not released:
                 reason = body.decode("utf-8", "replace") or "no reason given"
                 raise KeyFetchError(f"secret server {peer} refused key {name}: {reason}")
             if len(body) != size:
-                raise KeyFetchError(f"secret server {peer}: key {name} truncated "
-                                    f"({len(body)} of {size} bytes)")
+                raise KeyFetchError(
+                    f"secret server {peer}: key {name} truncated ({len(body)} of {size} bytes)"
+                )
             return body
     except ssl.SSLError as exc:
-        raise KeyFetchError(f"secret server {peer}: TLS failed for key {name}: "
-                            f"{exc.reason or exc}") from None
-    except (socket.timeout, TimeoutError):
-        raise KeyFetchError(f"secret server {peer}: no answer for key {name} within "
-                            f"{timeout:g} s") from None
+        raise KeyFetchError(
+            f"secret server {peer}: TLS failed for key {name}: {exc.reason or exc}"
+        ) from None
+    except TimeoutError:
+        raise KeyFetchError(
+            f"secret server {peer}: no answer for key {name} within {timeout:g} s"
+        ) from None
     except OSError as exc:
-        raise KeyFetchError(f"secret server {peer}: connection failed for key {name}: "
-                            f"{exc.strerror or exc}") from None
+        raise KeyFetchError(
+            f"secret server {peer}: connection failed for key {name}: {exc.strerror or exc}"
+        ) from None
     finally:
         raw.close()
 
@@ -338,8 +381,10 @@ class KeyRing:
         if key is None:
             return ModelSource(image_path, host_path(image_path))
         if key not in self.names:
-            raise KeyFetchError(f"{image_path}: encrypted with key {key!r}, which was not fetched "
-                                f"(keys.names: {', '.join(self.names) or 'none'})")
+            raise KeyFetchError(
+                f"{image_path}: encrypted with key {key!r}, which was not fetched "
+                f"(keys.names: {', '.join(self.names) or 'none'})"
+            )
         if self.mode in ("gramine", "libos"):
             return ModelSource(image_path, host_path(image_path))
         return ModelSource(image_path, self._decrypt(image_path, key))
@@ -371,14 +416,15 @@ class KeyRing:
             raise KeyFetchError(failures[wanted])
         return target / wanted
 
-    def _decrypt_tree(self, image_dir: str, host_dir: Path,
-                      key: str) -> tuple[Path, dict[str, str]]:
+    def _decrypt_tree(
+        self, image_dir: str, host_dir: Path, key: str
+    ) -> tuple[Path, dict[str, str]]:
         if self._private is None:
             self._private = Path(tempfile.mkdtemp(prefix="enclave-build-decrypted-"))
             os.chmod(self._private, 0o700)
         target = Path(tempfile.mkdtemp(dir=self._private))
         wrap_key = bytes(self._keys[key])
-        failures: dict[str, str] = {}   # relative path -> reason
+        failures: dict[str, str] = {}  # relative path -> reason
         for dirpath, dirnames, filenames in os.walk(host_dir):
             dirnames.sort()
             relative = Path(dirpath).relative_to(host_dir)
@@ -387,14 +433,17 @@ class KeyRing:
                 src = Path(dirpath) / filename
                 if not src.is_file():
                     continue
-                embedded = "/" + "/".join(p for p in (image_dir.strip("/"), *relative.parts,
-                                                      filename) if p)
+                embedded = "/" + "/".join(
+                    p for p in (image_dir.strip("/"), *relative.parts, filename) if p
+                )
                 try:
-                    protected_files.decrypt_file(wrap_key, src, target / relative / filename,
-                                                 embedded)
+                    protected_files.decrypt_file(
+                        wrap_key, src, target / relative / filename, embedded
+                    )
                 except protected_files.PFError as exc:
                     failures[str(relative / filename)] = (
-                        f"{embedded}: cannot decrypt with key {key!r}: {exc}")
+                        f"{embedded}: cannot decrypt with key {key!r}: {exc}"
+                    )
         for reason in failures.values():
             _warn(f"warning: {reason} (left out of the decrypted copy)")
         return target, failures
@@ -409,7 +458,7 @@ class KeyRing:
                 self._private = None
             self._decrypted.clear()
 
-    def __enter__(self) -> "KeyRing":
+    def __enter__(self) -> KeyRing:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -422,8 +471,9 @@ def _install(root: Path, name: str, key: bytes) -> None:
             if out.write(key) != len(key):
                 raise OSError("short write")
     except OSError as exc:
-        raise KeyFetchError(f"cannot install key {name} at {root}/keys/{name}: "
-                            f"{exc.strerror or exc}") from None
+        raise KeyFetchError(
+            f"cannot install key {name} at {root}/keys/{name}: {exc.strerror or exc}"
+        ) from None
 
 
 #: Occlum's GrSecret client decodes base64 padding ('=') into NUL bytes, so a 16-byte key
@@ -449,21 +499,26 @@ def read_key_files(config: KeysConfig) -> KeyRing:
             with open(host_path(path), "rb") as src:
                 data = src.read(wire.WRAP_KEY_SIZE + len(OCCLUM_KEY_PADDING) + 1)
         except OSError as exc:
-            raise KeyFetchError(f"key {name}: cannot read {path} ({exc.strerror or exc}); the "
-                                "libOS's init writes it there before the server starts (did it "
-                                "fetch its keys from the secret server?)") from None
-        key = data[:wire.WRAP_KEY_SIZE]
-        rest = data[wire.WRAP_KEY_SIZE:]
+            raise KeyFetchError(
+                f"key {name}: cannot read {path} ({exc.strerror or exc}); the "
+                "libOS's init writes it there before the server starts (did it "
+                "fetch its keys from the secret server?)"
+            ) from None
+        key = data[: wire.WRAP_KEY_SIZE]
+        rest = data[wire.WRAP_KEY_SIZE :]
         if len(key) != wire.WRAP_KEY_SIZE or rest not in (b"", OCCLUM_KEY_PADDING):
-            raise KeyFetchError(f"key {name}: {path} holds {len(data)}"
-                                f"{'+' if len(data) > 18 else ''} bytes; a wrap key is "
-                                f"{wire.WRAP_KEY_SIZE} bytes (optionally followed by the two "
-                                "NUL bytes Occlum's GrSecret client appends)")
+            raise KeyFetchError(
+                f"key {name}: {path} holds {len(data)}"
+                f"{'+' if len(data) > 18 else ''} bytes; a wrap key is "
+                f"{wire.WRAP_KEY_SIZE} bytes (optionally followed by the two "
+                "NUL bytes Occlum's GrSecret client appends)"
+            )
     return KeyRing({name: b"" for name in config.names}, "libos")
 
 
-def prepare_keys(config: KeysConfig | None, *,
-                 attestation_root: Path = ATTESTATION_ROOT) -> KeyRing:
+def prepare_keys(
+    config: KeysConfig | None, *, attestation_root: Path = ATTESTATION_ROOT
+) -> KeyRing:
     """Fetch and install every key of *config* (nothing to do for None or no names); with
     ``source = "files"`` read them where the libOS put them (:func:`read_key_files`).
     *attestation_root* is where Gramine's attestation pseudo-files are (quote, keys/)."""
@@ -490,12 +545,18 @@ def prepare_keys(config: KeysConfig | None, *,
     for name in config.names:
         if not name or "/" in name or name in (".", ".."):
             raise KeyFetchError(f"keys.names: {name!r} is not a valid key name")
-        key = fetch_key(name, config.server, ca_file, make_quote,
-                        timeout=config.timeout_seconds, evidence=config.evidence,
-                        verifier=verifier)
+        key = fetch_key(
+            name,
+            config.server,
+            ca_file,
+            make_quote,
+            timeout=config.timeout_seconds,
+            evidence=config.evidence,
+            verifier=verifier,
+        )
         if in_gramine:
             _install(root, name, key)
         keys[name] = key
     if in_gramine:
-        keys = {name: b"" for name in keys}   # the LibOS holds them; keep only the names
+        keys = {name: b"" for name in keys}  # the LibOS holds them; keep only the names
     return KeyRing(keys, "gramine" if in_gramine else "memory")

@@ -61,7 +61,7 @@ class Metrics:
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self.hist: dict[tuple[str, str], list] = {}
-        self._lock = threading.Lock()   # gRPC handler threads and the event loop observe
+        self._lock = threading.Lock()  # gRPC handler threads and the event loop observe
 
     def observe(self, model: str, protocol: str, status: str, seconds: float) -> None:
         with self._lock:
@@ -82,8 +82,10 @@ class Metrics:
             requests = sorted(self.requests.items())
             hist = sorted((k, (list(v[0]), v[1], v[2])) for k, v in self.hist.items())
         for (model, protocol, status), n in requests:
-            lines.append(f"model_server_requests_total"
-                         f"{_labels(model=model, protocol=protocol, status=status)} {n}")
+            lines.append(
+                f"model_server_requests_total"
+                f"{_labels(model=model, protocol=protocol, status=status)} {n}"
+            )
         lines += [
             "# HELP model_server_request_duration_seconds Inference request latency in the server.",
             "# TYPE model_server_request_duration_seconds histogram",
@@ -93,12 +95,18 @@ class Metrics:
             for bound, c in zip((*BUCKETS, float("inf")), counts, strict=True):
                 cum += c
                 le = "+Inf" if bound == float("inf") else repr(bound)
-                lines.append("model_server_request_duration_seconds_bucket"
-                             f"{_labels(model=model, protocol=protocol, le=le)} {cum}")
-            lines.append("model_server_request_duration_seconds_sum"
-                         f"{_labels(model=model, protocol=protocol)} {total!r}")
-            lines.append("model_server_request_duration_seconds_count"
-                         f"{_labels(model=model, protocol=protocol)} {n}")
+                lines.append(
+                    "model_server_request_duration_seconds_bucket"
+                    f"{_labels(model=model, protocol=protocol, le=le)} {cum}"
+                )
+            lines.append(
+                "model_server_request_duration_seconds_sum"
+                f"{_labels(model=model, protocol=protocol)} {total!r}"
+            )
+            lines.append(
+                "model_server_request_duration_seconds_count"
+                f"{_labels(model=model, protocol=protocol)} {n}"
+            )
         lines += [
             "# HELP model_server_queue_depth Requests waiting for admission or an interpreter.",
             "# TYPE model_server_queue_depth gauge",

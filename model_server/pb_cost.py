@@ -50,8 +50,9 @@ class _Walk:
         while pos < end:
             self.left -= 1
             if self.left < 0:
-                raise ServeError(ServeError.INVALID, f"ModelInferRequest has more than "
-                                 f"{MAX_FIELDS} fields")
+                raise ServeError(
+                    ServeError.INVALID, f"ModelInferRequest has more than {MAX_FIELDS} fields"
+                )
             key, pos = _varint(data, pos, end, where)
             number, wire = key >> 3, key & 7
             if wire == 2:
@@ -73,9 +74,10 @@ class _Walk:
                 if pos > end:
                     raise _truncated(where)
                 yield number, wire, value, pos
-            else:            # groups (3, 4) and reserved wire types: not in this protocol
-                raise ServeError(ServeError.INVALID, f"malformed ModelInferRequest: wire type "
-                                 f"{wire} in {where}")
+            else:  # groups (3, 4) and reserved wire types: not in this protocol
+                raise ServeError(
+                    ServeError.INVALID, f"malformed ModelInferRequest: wire type {wire} in {where}"
+                )
 
 
 def _varint(data: bytes, pos: int, end: int, where: str) -> tuple[int, int]:
@@ -111,20 +113,20 @@ def parse_cost(raw: bytes) -> int:
     for number, wire, start, end in walk.fields(raw, 0, len(raw), "the request"):
         if wire != 2:
             continue
-        if number == 7:                          # raw_input_contents: a view each
+        if number == 7:  # raw_input_contents: a view each
             cost += VIEW
-        elif number == 5:                        # inputs
+        elif number == 5:  # inputs
             cost += MESSAGE + _tensor(walk, raw, start, end)
-        elif number == 6:                        # outputs: name, parameters
+        elif number == 6:  # outputs: name, parameters
             cost += MESSAGE
             for n, _w, s, e in walk.fields(raw, start, end, "a requested output"):
                 if n == 1:
                     _name(s, e, "an output name")
                 elif n == 2:
                     cost += MESSAGE
-        elif number == 4:                        # parameters (map entries)
+        elif number == 4:  # parameters (map entries)
             cost += MESSAGE
-        elif number in (1, 2, 3):                # model_name, model_version, id
+        elif number in (1, 2, 3):  # model_name, model_version, id
             _name(start, end, ("model_name", "model_version", "id")[number - 1])
     return cost
 
@@ -132,11 +134,12 @@ def parse_cost(raw: bytes) -> int:
 def _tensor(walk: _Walk, raw: bytes, start: int, end: int) -> int:
     cost = dims = 0
     for number, wire, s, e in walk.fields(raw, start, end, "an input tensor"):
-        if number == 3:                          # shape: int64, packed or not
+        if number == 3:  # shape: int64, packed or not
             dims += e - s if wire == 2 else 1
             if dims > MAX_RANK * 10:
-                raise ServeError(ServeError.INVALID, f"an input's shape has more than "
-                                 f"{MAX_RANK} dimensions")
+                raise ServeError(
+                    ServeError.INVALID, f"an input's shape has more than {MAX_RANK} dimensions"
+                )
             cost += NUMBER * (e - s if wire == 2 else 1)
         elif wire != 2:
             continue
@@ -161,9 +164,9 @@ def _contents(walk: _Walk, raw: bytes, start: int, end: int) -> int:
         if wire == 2:
             if number in _PACKED_VARINT:
                 cost += _PACKED_VARINT[number] * (e - s)
-            elif number in _PACKED_FIXED:          # (sized from the length: no growth)
+            elif number in _PACKED_FIXED:  # (sized from the length: no growth)
                 cost += e - s + MESSAGE
-            else:                                # bytes_contents element (or unknown)
+            else:  # bytes_contents element (or unknown)
                 cost += VIEW
         else:
             cost += NUMBER

@@ -22,8 +22,8 @@ import errno
 import importlib.util
 import ipaddress
 import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from enclave_build.contract.server_config import Listener, ServerConfig
 
@@ -57,14 +57,23 @@ def spec_key_text(spec_key: str | None) -> str:
 
 def port_failure(kind: str, listener: Listener, reason: str, *, where: str = "") -> Failure:
     """The one line for a port that cannot be listened on (*kind*: gRPC, REST)."""
-    address = (f"[{listener.host}]:{listener.port}" if ":" in listener.host
-               else f"{listener.host}:{listener.port}")
+    address = (
+        f"[{listener.host}]:{listener.port}"
+        if ":" in listener.host
+        else f"{listener.host}:{listener.port}"
+    )
     key = spec_key_text(listener.spec_key)
-    setting = (f"it is {key} in the spec{where}" if key else
-               f"it is the {kind} port of model-server.json{where}")
-    return Failure(f"cannot listen for {kind} on {address}: {reason}; {setting}, measured into "
-                   "the enclave: another port changes MRENCLAVE (rebuild with it), or stop "
-                   "what holds this one", PORT_IN_USE)
+    setting = (
+        f"it is {key} in the spec{where}"
+        if key
+        else f"it is the {kind} port of model-server.json{where}"
+    )
+    return Failure(
+        f"cannot listen for {kind} on {address}: {reason}; {setting}, measured into "
+        "the enclave: another port changes MRENCLAVE (rebuild with it), or stop "
+        "what holds this one",
+        PORT_IN_USE,
+    )
 
 
 def listen_problem(host: str, port: int) -> str | None:
@@ -97,8 +106,7 @@ def _try_listen(addresses: Iterable[tuple[str, int]]) -> list[str | None]:
                 sock.listen(1)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    reasons.append("the address is already in use (another process listens "
-                                   "there)")
+                    reasons.append("the address is already in use (another process listens there)")
                 else:
                     reasons.append(exc.strerror or str(exc))
                 continue
@@ -115,17 +123,20 @@ def _address(host: str, port: int) -> tuple[int, tuple]:
     try:
         ip = ipaddress.ip_address(host.strip("[]") if host else "0.0.0.0")
     except ValueError:
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                      flags=socket.AI_PASSIVE)[0]
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         return family, address
     if ip.version == 6:
         return socket.AF_INET6, (str(ip), port, 0, 0)
     return socket.AF_INET, (str(ip), port)
 
 
-def runtime_failures(config: ServerConfig,
-                     backend_class: Callable[[str], type] | None = None,
-                     find: Callable[[str], object] = importlib.util.find_spec) -> list[Failure]:
+def runtime_failures(
+    config: ServerConfig,
+    backend_class: Callable[[str], type] | None = None,
+    find: Callable[[str], object] = importlib.util.find_spec,
+) -> list[Failure]:
     """Each runtime the server or a model's backend needs and *find* does not find.
     *backend_class* maps a backend name to its class (default: the server's loader); a
     backend that cannot even be loaded is a failure naming it."""
@@ -150,19 +161,29 @@ def runtime_failures(config: ServerConfig,
         if runtime.modules in reported or not runtime.missing(find):
             continue
         reported.add(runtime.modules)
-        failures.append(Failure(f"{who} needs the Python module {runtime.describe()}, which is "
-                                f"not installed where the server runs: {runtime.install}",
-                                MISSING_RUNTIME))
+        failures.append(
+            Failure(
+                f"{who} needs the Python module {runtime.describe()}, which is "
+                f"not installed where the server runs: {runtime.install}",
+                MISSING_RUNTIME,
+            )
+        )
     return failures
 
 
 def port_failures(config: ServerConfig) -> list[Failure]:
     """Each listener of *config* whose address cannot be listened on now."""
-    listeners = [(kind, item) for kind, item in (("gRPC", config.grpc), ("REST", config.rest))
-                 if item is not None]
+    listeners = [
+        (kind, item)
+        for kind, item in (("gRPC", config.grpc), ("REST", config.rest))
+        if item is not None
+    ]
     reasons = _try_listen([(item.host, item.port) for _, item in listeners])
-    return [port_failure(kind, item, reason)
-            for (kind, item), reason in zip(listeners, reasons, strict=True) if reason is not None]
+    return [
+        port_failure(kind, item, reason)
+        for (kind, item), reason in zip(listeners, reasons, strict=True)
+        if reason is not None
+    ]
 
 
 def preflight(config: ServerConfig) -> list[Failure]:
@@ -171,6 +192,18 @@ def preflight(config: ServerConfig) -> list[Failure]:
     return runtime_failures(config) + port_failures(config)
 
 
-__all__ = ["SERVE_EXTRA", "Runtime", "Failure", "GRPC_RUNTIMES", "REST_RUNTIMES",
-           "listen_problem", "port_failure", "port_failures", "runtime_failures", "preflight",
-           "spec_key_text", "MISSING_RUNTIME", "PORT_IN_USE"]
+__all__ = [
+    "SERVE_EXTRA",
+    "Runtime",
+    "Failure",
+    "GRPC_RUNTIMES",
+    "REST_RUNTIMES",
+    "listen_problem",
+    "port_failure",
+    "port_failures",
+    "runtime_failures",
+    "preflight",
+    "spec_key_text",
+    "MISSING_RUNTIME",
+    "PORT_IN_USE",
+]

@@ -22,9 +22,15 @@ FILE_NAME = "enclave_model_server/inference_v2.proto"
 
 _F = descriptor_pb2.FieldDescriptorProto
 _SCALARS = {
-    "bool": _F.TYPE_BOOL, "int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64,
-    "uint32": _F.TYPE_UINT32, "uint64": _F.TYPE_UINT64, "float": _F.TYPE_FLOAT,
-    "double": _F.TYPE_DOUBLE, "string": _F.TYPE_STRING, "bytes": _F.TYPE_BYTES,
+    "bool": _F.TYPE_BOOL,
+    "int32": _F.TYPE_INT32,
+    "int64": _F.TYPE_INT64,
+    "uint32": _F.TYPE_UINT32,
+    "uint64": _F.TYPE_UINT64,
+    "float": _F.TYPE_FLOAT,
+    "double": _F.TYPE_DOUBLE,
+    "string": _F.TYPE_STRING,
+    "bytes": _F.TYPE_BYTES,
 }
 
 # message name -> fields (name, number, type, label); type is a scalar name, a message name
@@ -38,56 +44,89 @@ _MESSAGES: dict[str, list[tuple[str, int, str, str]]] = {
     "ModelReadyRequest": [("name", 1, "string", ""), ("version", 2, "string", "")],
     "ModelReadyResponse": [("ready", 1, "bool", "")],
     "ServerMetadataRequest": [],
-    "ServerMetadataResponse": [("name", 1, "string", ""), ("version", 2, "string", ""),
-                               ("extensions", 3, "string", "repeated")],
+    "ServerMetadataResponse": [
+        ("name", 1, "string", ""),
+        ("version", 2, "string", ""),
+        ("extensions", 3, "string", "repeated"),
+    ],
     "ModelMetadataRequest": [("name", 1, "string", ""), ("version", 2, "string", "")],
     "ModelMetadataResponse": [
-        ("name", 1, "string", ""), ("versions", 2, "string", "repeated"),
+        ("name", 1, "string", ""),
+        ("versions", 2, "string", "repeated"),
         ("platform", 3, "string", ""),
         ("inputs", 4, "ModelMetadataResponse.TensorMetadata", "repeated"),
-        ("outputs", 5, "ModelMetadataResponse.TensorMetadata", "repeated")],
+        ("outputs", 5, "ModelMetadataResponse.TensorMetadata", "repeated"),
+    ],
     "ModelMetadataResponse.TensorMetadata": [
-        ("name", 1, "string", ""), ("datatype", 2, "string", ""),
-        ("shape", 3, "int64", "repeated")],
+        ("name", 1, "string", ""),
+        ("datatype", 2, "string", ""),
+        ("shape", 3, "int64", "repeated"),
+    ],
     "ModelInferRequest": [
-        ("model_name", 1, "string", ""), ("model_version", 2, "string", ""),
-        ("id", 3, "string", ""), ("parameters", 4, "map:InferParameter", ""),
+        ("model_name", 1, "string", ""),
+        ("model_version", 2, "string", ""),
+        ("id", 3, "string", ""),
+        ("parameters", 4, "map:InferParameter", ""),
         ("inputs", 5, "ModelInferRequest.InferInputTensor", "repeated"),
         ("outputs", 6, "ModelInferRequest.InferRequestedOutputTensor", "repeated"),
-        ("raw_input_contents", 7, "bytes", "repeated")],
+        ("raw_input_contents", 7, "bytes", "repeated"),
+    ],
     "ModelInferRequest.InferInputTensor": [
-        ("name", 1, "string", ""), ("datatype", 2, "string", ""),
-        ("shape", 3, "int64", "repeated"), ("parameters", 4, "map:InferParameter", ""),
-        ("contents", 5, "InferTensorContents", "")],
+        ("name", 1, "string", ""),
+        ("datatype", 2, "string", ""),
+        ("shape", 3, "int64", "repeated"),
+        ("parameters", 4, "map:InferParameter", ""),
+        ("contents", 5, "InferTensorContents", ""),
+    ],
     "ModelInferRequest.InferRequestedOutputTensor": [
-        ("name", 1, "string", ""), ("parameters", 2, "map:InferParameter", "")],
+        ("name", 1, "string", ""),
+        ("parameters", 2, "map:InferParameter", ""),
+    ],
     "ModelInferResponse": [
-        ("model_name", 1, "string", ""), ("model_version", 2, "string", ""),
-        ("id", 3, "string", ""), ("parameters", 4, "map:InferParameter", ""),
+        ("model_name", 1, "string", ""),
+        ("model_version", 2, "string", ""),
+        ("id", 3, "string", ""),
+        ("parameters", 4, "map:InferParameter", ""),
         ("outputs", 5, "ModelInferResponse.InferOutputTensor", "repeated"),
-        ("raw_output_contents", 6, "bytes", "repeated")],
+        ("raw_output_contents", 6, "bytes", "repeated"),
+    ],
     "ModelInferResponse.InferOutputTensor": [
-        ("name", 1, "string", ""), ("datatype", 2, "string", ""),
-        ("shape", 3, "int64", "repeated"), ("parameters", 4, "map:InferParameter", ""),
-        ("contents", 5, "InferTensorContents", "")],
+        ("name", 1, "string", ""),
+        ("datatype", 2, "string", ""),
+        ("shape", 3, "int64", "repeated"),
+        ("parameters", 4, "map:InferParameter", ""),
+        ("contents", 5, "InferTensorContents", ""),
+    ],
     "InferParameter": [
         ("bool_param", 1, "bool", "oneof:parameter_choice"),
         ("int64_param", 2, "int64", "oneof:parameter_choice"),
         ("string_param", 3, "string", "oneof:parameter_choice"),
         ("double_param", 4, "double", "oneof:parameter_choice"),
-        ("uint64_param", 5, "uint64", "oneof:parameter_choice")],
+        ("uint64_param", 5, "uint64", "oneof:parameter_choice"),
+    ],
     "InferTensorContents": [
-        ("bool_contents", 1, "bool", "repeated"), ("int_contents", 2, "int32", "repeated"),
-        ("int64_contents", 3, "int64", "repeated"), ("uint_contents", 4, "uint32", "repeated"),
-        ("uint64_contents", 5, "uint64", "repeated"), ("fp32_contents", 6, "float", "repeated"),
-        ("fp64_contents", 7, "double", "repeated"), ("bytes_contents", 8, "bytes", "repeated")],
+        ("bool_contents", 1, "bool", "repeated"),
+        ("int_contents", 2, "int32", "repeated"),
+        ("int64_contents", 3, "int64", "repeated"),
+        ("uint_contents", 4, "uint32", "repeated"),
+        ("uint64_contents", 5, "uint64", "repeated"),
+        ("fp32_contents", 6, "float", "repeated"),
+        ("fp64_contents", 7, "double", "repeated"),
+        ("bytes_contents", 8, "bytes", "repeated"),
+    ],
 }
 
 # rpc name -> (request message, response message); all unary.
 RPCS: dict[str, tuple[str, str]] = {
     name: (f"{name}Request", f"{name}Response")
-    for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-                 "ModelInfer")
+    for name in (
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+    )
 }
 
 
@@ -112,11 +151,17 @@ def _fill(msg: descriptor_pb2.DescriptorProto, full: str, fields) -> None:
             entry_name = _camel(fname) + "Entry"
             entry = msg.nested_type.add(name=entry_name)
             entry.options.map_entry = True
-            entry.field.add(name="key", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING,
-                            json_name="key")
-            entry.field.add(name="value", number=2, label=_F.LABEL_OPTIONAL,
-                            type=_F.TYPE_MESSAGE, type_name=f".{PACKAGE}.{value}",
-                            json_name="value")
+            entry.field.add(
+                name="key", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING, json_name="key"
+            )
+            entry.field.add(
+                name="value",
+                number=2,
+                label=_F.LABEL_OPTIONAL,
+                type=_F.TYPE_MESSAGE,
+                type_name=f".{PACKAGE}.{value}",
+                json_name="value",
+            )
             f.label = _F.LABEL_REPEATED
             f.type = _F.TYPE_MESSAGE
             f.type_name = f".{full}.{entry_name}"
@@ -146,8 +191,9 @@ def file_descriptor_proto() -> descriptor_pb2.FileDescriptorProto:
         _fill(protos[name], f"{PACKAGE}.{name}", fields)
     service = fdp.service.add(name=SERVICE)
     for rpc, (req, resp) in RPCS.items():
-        service.method.add(name=rpc, input_type=f".{PACKAGE}.{req}",
-                           output_type=f".{PACKAGE}.{resp}")
+        service.method.add(
+            name=rpc, input_type=f".{PACKAGE}.{req}", output_type=f".{PACKAGE}.{resp}"
+        )
     return fdp
 
 

@@ -61,7 +61,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .core import ByteBudget
 
@@ -90,7 +90,7 @@ def receive_share(budget: int, slot: int) -> int:
 class Holder:
     """A call holding room for its message."""
 
-    __slots__ = ("since", "cancel", "evicted", "bytes", "peer", "heir")
+    __slots__ = ("bytes", "cancel", "evicted", "heir", "peer", "since")
 
     def __init__(self, since: float, cancel: Callable[[], None], size: int, peer: str) -> None:
         self.since = since
@@ -98,27 +98,26 @@ class Holder:
         self.evicted = False
         self.bytes = size
         self.peer = peer
-        self.heir: _Waiter | None = None    # the call its room goes to once it is cancelled
+        self.heir: _Waiter | None = None  # the call its room goes to once it is cancelled
 
 
 class _Waiter:
-    __slots__ = ("event", "holder", "cancel", "dropped", "peer", "owed", "active")
+    __slots__ = ("active", "cancel", "dropped", "event", "holder", "owed", "peer")
 
-    def __init__(self, cancel: Callable[[], None], peer: str,
-                 active: Callable[[], bool]) -> None:
+    def __init__(self, cancel: Callable[[], None], peer: str, active: Callable[[], bool]) -> None:
         self.event = threading.Event()
         self.holder: Holder | None = None
         self.cancel = cancel
         self.dropped = False
         self.peer = peer
-        self.owed = False           # a call was cancelled to make room for this one
-        self.active = active        # false once the call has ended (its client went away)
+        self.owed = False  # a call was cancelled to make room for this one
+        self.active = active  # false once the call has ended (its client went away)
 
 
 class _Kept:
     """A room a connection keeps for its next call, its bytes still reserved in the budget."""
 
-    __slots__ = ("peer", "until", "bytes")
+    __slots__ = ("bytes", "peer", "until")
 
     def __init__(self, peer: str, until: float, size: int) -> None:
         self.peer = peer
@@ -127,9 +126,18 @@ class _Kept:
 
 
 class ReceiveGate:
-    def __init__(self, budget: ByteBudget, slot: int, *, grace: float, max_waiting: int,
-                 clock: Callable[[], float] = time.monotonic, keep: float = KEEP,
-                 min_hold: float = MIN_HOLD, busy_wait: float = BUSY_WAIT) -> None:
+    def __init__(
+        self,
+        budget: ByteBudget,
+        slot: int,
+        *,
+        grace: float,
+        max_waiting: int,
+        clock: Callable[[], float] = time.monotonic,
+        keep: float = KEEP,
+        min_hold: float = MIN_HOLD,
+        busy_wait: float = BUSY_WAIT,
+    ) -> None:
         self.budget = budget
         self.slot = slot
         self.share = receive_share(budget.limit, slot)
@@ -140,12 +148,12 @@ class ReceiveGate:
         self.busy_wait = busy_wait
         self.max_waiting = max(1, max_waiting)
         self.clock = clock
-        self.receiving = 0                      # bytes reserved by holders
-        self.keeping = 0                        # bytes reserved by kept rooms
+        self.receiving = 0  # bytes reserved by holders
+        self.keeping = 0  # bytes reserved by kept rooms
         self._holders: list[Holder] = []
         self._kept: list[_Kept] = []
-        self._waiters: list[_Waiter] = []       # oldest first
-        self._waiting_of: dict[str, int] = {}   # connection -> its calls waiting
+        self._waiters: list[_Waiter] = []  # oldest first
+        self._waiting_of: dict[str, int] = {}  # connection -> its calls waiting
         # connection -> (until when its calls get no room, until when one at a time, the wait)
         self._busy: dict[str, tuple[float, float, float]] = {}
         self._lock = threading.Lock()
@@ -163,8 +171,9 @@ class ReceiveGate:
     def kept(self) -> int:
         return len(self._kept)
 
-    def enter(self, cancel: Callable[[], None], peer: str = "",
-              active: Callable[[], bool] = lambda: True) -> Holder | None:
+    def enter(
+        self, cancel: Callable[[], None], peer: str = "", active: Callable[[], bool] = lambda: True
+    ) -> Holder | None:
         """Room for one message, or None when there was none within twice ``grace`` seconds (or
         the call was dropped from the waiting room, or ended while waiting: *active* says
         whether it still runs). *cancel* ends the call (eviction); *peer* names its
@@ -176,7 +185,7 @@ class ReceiveGate:
                 freed = self._expire(now)
                 self._rebalance(now)
                 kept = self._kept_of(peer)
-                if kept is not None:                # the room its connection kept
+                if kept is not None:  # the room its connection kept
                     return self._from_kept(kept, peer, cancel, now)
                 if not self._waiters and self._may_take(peer, now, self._holdings()):
                     holder = self._take(peer, now)
@@ -209,8 +218,12 @@ class ReceiveGate:
                 successor = self._reserve(heir.peer, now)
                 if successor is not None:
                     self._give(heir, successor)
-            elif (not holder.evicted and holder.peer not in self._busy
-                  and len(self._kept) < self.rooms - 1 and self.budget.try_reserve(need)):
+            elif (
+                not holder.evicted
+                and holder.peer not in self._busy
+                and len(self._kept) < self.rooms - 1
+                and self.budget.try_reserve(need)
+            ):
                 self._kept.append(_Kept(holder.peer, now + self.keep, size))
                 self.keeping += size
                 held = need
@@ -256,7 +269,7 @@ class ReceiveGate:
                 self.receiving += size
                 self._give(heir, successor)
                 return
-        self.budget.release(size)              # (wakes the waiters through _room_changed)
+        self.budget.release(size)  # (wakes the waiters through _room_changed)
 
     def _wait(self, waiter: _Waiter) -> Holder | None:
         pressed = 0.0
@@ -265,12 +278,12 @@ class ReceiveGate:
         deadline = self.clock() + 2 * self.grace
         while True:
             freed = 0
-            gone = not waiter.active()                 # (grpc's lock: not under ours)
+            gone = not waiter.active()  # (grpc's lock: not under ours)
             with self._lock:
                 waiter.event.clear()
                 if waiter.holder is not None or waiter.dropped:
                     break
-                if gone:                               # its client went away
+                if gone:  # its client went away
                     self._waiters.remove(waiter)
                     self._out(waiter.peer)
                     self._nudge()
@@ -281,9 +294,9 @@ class ReceiveGate:
                 if waiter.holder is not None:
                     break
                 victim, wake = self._evict_for(waiter, now)
-                if waiter.holder is not None:          # (a kept room was taken for it)
+                if waiter.holder is not None:  # (a kept room was taken for it)
                     break
-                if victim is not None:                 # room is coming back: wait for it
+                if victim is not None:  # room is coming back: wait for it
                     deadline = max(deadline, now + self.grace)
                 elif now >= deadline:
                     self._waiters.remove(waiter)
@@ -294,17 +307,17 @@ class ReceiveGate:
                     wake = min(wake, min(k.until for k in self._kept))
                 busy = self._busy.get(waiter.peer)
                 if busy is not None and now < busy[0]:
-                    wake = min(wake, busy[0])      # (after that: woken when a room is freed)
+                    wake = min(wake, busy[0])  # (after that: woken when a room is freed)
                 wait = min(deadline, wake) - now
                 # a room is free but the budget has not its bytes (REST bodies hold them)
                 short = self._room_free() and self.budget.limit - self.budget.used < self.slot
             if freed:
                 self.budget.release(freed)
             if victim is not None:
-                victim()                               # (outside the lock: grpc takes its own)
+                victim()  # (outside the lock: grpc takes its own)
             if short and now - pressed >= PRESS_EVERY:
                 pressed = now
-                self.budget.press()                    # (REST may refuse a stalled body)
+                self.budget.press()  # (REST may refuse a stalled body)
             waiter.event.wait(max(0.0, min(wait, PRESS_EVERY)))
         if freed:
             self.budget.release(freed)
@@ -312,14 +325,13 @@ class ReceiveGate:
 
     # ------------------------------------------------------------ under the lock
 
-    def _queue(self, cancel: Callable[[], None], peer: str,
-               active: Callable[[], bool]) -> _Waiter:
+    def _queue(self, cancel: Callable[[], None], peer: str, active: Callable[[], bool]) -> _Waiter:
         """A new waiter; when the waiting room is full, the longest waiter of the connection
         with the most waiting is dropped first."""
         if len(self._waiters) >= self.max_waiting:
             crowd = max(self._waiting_of, key=self._waiting_of.__getitem__)
             if self._waiting_of.get(peer, 0) >= self._waiting_of[crowd]:
-                crowd = peer                       # its own connection crowds the room
+                crowd = peer  # its own connection crowds the room
             oldest = next(w for w in self._waiters if w.peer == crowd)
             self._waiters.remove(oldest)
             self._out(crowd)
@@ -359,8 +371,7 @@ class ReceiveGate:
     def _kept_of(self, peer: str) -> _Kept | None:
         return next((k for k in self._kept if k.peer == peer), None)
 
-    def _from_kept(self, kept: _Kept, peer: str, cancel: Callable[[], None],
-                   now: float) -> Holder:
+    def _from_kept(self, kept: _Kept, peer: str, cancel: Callable[[], None], now: float) -> Holder:
         """A kept room (its bytes already reserved) becomes a holder's, of connection *peer*."""
         self._kept.remove(kept)
         self.keeping -= kept.bytes
@@ -435,20 +446,25 @@ class ReceiveGate:
         if self._kept:
             for waiter in reversed(self._waiters[:]):
                 kept = self._kept_of(waiter.peer)
-                if kept is not None:                # (a busy connection keeps none)
+                if kept is not None:  # (a busy connection keeps none)
                     self._give(waiter, self._from_kept(kept, waiter.peer, waiter.cancel, now))
         while self._waiters and self._room_free():
             held = self._holdings()
-            ready = [i for i, w in enumerate(self._waiters)
-                     if w.owed or self._may_take(w.peer, now, held)]
+            ready = [
+                i
+                for i, w in enumerate(self._waiters)
+                if w.owed or self._may_take(w.peer, now, held)
+            ]
             if not ready:
                 return
-            best = min(ready, key=lambda i: (
-                not self._waiters[i].owed, held.get(self._waiters[i].peer, 0), -i))
+            best = min(
+                ready,
+                key=lambda i: (not self._waiters[i].owed, held.get(self._waiters[i].peer, 0), -i),
+            )
             waiter = self._waiters[best]
             holder = self._reserve(waiter.peer, now)
             if holder is None:
-                return                              # the budget is short
+                return  # the budget is short
             self._give(waiter, holder)
 
     def _rebalance(self, now: float) -> None:
@@ -460,8 +476,11 @@ class ReceiveGate:
             if claimant is None:
                 return
             mine = held.get(claimant.peer, 0)
-            kept = max((k for k in self._kept if k.peer != claimant.peer),
-                       key=lambda k: held[k.peer], default=None)
+            kept = max(
+                (k for k in self._kept if k.peer != claimant.peer),
+                key=lambda k: held[k.peer],
+                default=None,
+            )
             if kept is None or held[kept.peer] < mine + 2:
                 return
             self._give(claimant, self._from_kept(kept, claimant.peer, claimant.cancel, now))
@@ -471,8 +490,7 @@ class ReceiveGate:
         wait: its share of ``grace`` among the connections contending."""
         return min(self.grace, max(self.min_hold, self.grace * self.rooms / max(1, contenders)))
 
-    def _evict_for(self, waiter: _Waiter, now: float
-                   ) -> tuple[Callable[[], None] | None, float]:
+    def _evict_for(self, waiter: _Waiter, now: float) -> tuple[Callable[[], None] | None, float]:
         """A room for *waiter* by the rules in the module docstring: a kept room taken at once
         (given to it), or a holder marked to be cancelled (returned; its room will come to the
         waiter), or nothing yet. Also returns when to look again."""
@@ -480,7 +498,7 @@ class ReceiveGate:
             return None, now + PRESS_EVERY
         held = self._holdings()
         if waiter is not self._claimant(held, now):
-            return None, now + 2 * self.grace       # (woken when it becomes the claimant)
+            return None, now + 2 * self.grace  # (woken when it becomes the claimant)
         mine = held.get(waiter.peer, 0)
         contenders = len(set(held) | set(self._waiting_of))
         turn = self._turn(contenders)
@@ -497,8 +515,11 @@ class ReceiveGate:
             theirs = [h for h in live if h.peer == richest]
             ready = [h for h in theirs if now - h.since >= self.min_hold]
             if ready:
-                return self._cancel(max(ready, key=lambda h: h.since), waiter,
-                                    "its connection held more rooms than others waiting"), now
+                return self._cancel(
+                    max(ready, key=lambda h: h.since),
+                    waiter,
+                    "its connection held more rooms than others waiting",
+                ), now
             if theirs:
                 wake = min(wake, min(h.since for h in theirs) + self.min_hold)
         # a connection holding more than the waiter's: its call receiving the longest, after
@@ -506,18 +527,26 @@ class ReceiveGate:
         for holder in sorted(live, key=lambda h: h.since):
             if holder.peer != waiter.peer and held.get(holder.peer, 0) >= mine + 1:
                 if now - holder.since >= turn:
-                    return self._cancel(holder, waiter, f"message not received within its "
-                                        f"turn ({turn:.2g} s) while calls of other connections "
-                                        "waited"), now
+                    return self._cancel(
+                        holder,
+                        waiter,
+                        f"message not received within its "
+                        f"turn ({turn:.2g} s) while calls of other connections "
+                        "waited",
+                    ), now
                 wake = min(wake, holder.since + turn)
                 break
         # anyone still receiving after grace
         if live:
             oldest = min(live, key=lambda h: h.since)
             if now - oldest.since >= self.grace:
-                return self._cancel(oldest, waiter, f"message not received within "
-                                    f"limits.first_byte_timeout ({self.grace:g} s) while "
-                                    "other calls waited"), now
+                return self._cancel(
+                    oldest,
+                    waiter,
+                    f"message not received within "
+                    f"limits.first_byte_timeout ({self.grace:g} s) while "
+                    "other calls waited",
+                ), now
             wake = min(wake, oldest.since + self.grace)
         return None, wake
 
@@ -526,8 +555,12 @@ class ReceiveGate:
         holder.heir = waiter
         waiter.owed = True
         self._nudge()
-        log.info("gRPC ModelInfer from %s: call cancelled to make room for a call from %s: %s",
-                 holder.peer or "?", waiter.peer or "?", why)
+        log.info(
+            "gRPC ModelInfer from %s: call cancelled to make room for a call from %s: %s",
+            holder.peer or "?",
+            waiter.peer or "?",
+            why,
+        )
         return holder.cancel
 
     def _room_changed(self) -> None:

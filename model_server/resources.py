@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import resource
-from typing import Iterable
+from collections.abc import Iterable
 
 from .config import Limits, ModelConfig, ServerConfig
 
@@ -23,17 +23,20 @@ OWN_FDS = 128
 FDS_PER_INSTANCE = 2
 
 
-def fds_needed(limits: Limits, models: Iterable[ModelConfig], *, grpc: bool = True,
-               rest: bool = True) -> int:
+def fds_needed(
+    limits: Limits, models: Iterable[ModelConfig], *, grpc: bool = True, rest: bool = True
+) -> int:
     """Descriptors the server may hold at once with these limits and models."""
-    connections = (limits.max_connections if rest else 0) + \
-        (limits.max_grpc_connections if grpc else 0)
+    connections = (limits.max_connections if rest else 0) + (
+        limits.max_grpc_connections if grpc else 0
+    )
     return connections + FDS_PER_INSTANCE * sum(max(1, m.instances) for m in models) + OWN_FDS
 
 
 def config_fds(config: ServerConfig) -> int:
-    return fds_needed(config.limits, config.models, grpc=config.grpc is not None,
-                      rest=config.rest is not None)
+    return fds_needed(
+        config.limits, config.models, grpc=config.grpc is not None, rest=config.rest is not None
+    )
 
 
 def fit_open_files(config: ServerConfig) -> tuple[ServerConfig, str | None]:
@@ -58,9 +61,13 @@ def fit_open_files(config: ServerConfig) -> tuple[ServerConfig, str | None]:
     room = max(2, soft - (needed - rest - grpc))
     scale = room / max(1, rest + grpc)
     lowered = dataclasses.replace(
-        limits, max_connections=max(1, int(limits.max_connections * scale)),
-        max_grpc_connections=max(1, int(limits.max_grpc_connections * scale)))
-    message = (f"the process may open {soft} files (RLIMIT_NOFILE {soft}) but these limits need "
-               f"{needed}: serving at most {lowered.max_connections} REST and "
-               f"{lowered.max_grpc_connections} gRPC connections")
+        limits,
+        max_connections=max(1, int(limits.max_connections * scale)),
+        max_grpc_connections=max(1, int(limits.max_grpc_connections * scale)),
+    )
+    message = (
+        f"the process may open {soft} files (RLIMIT_NOFILE {soft}) but these limits need "
+        f"{needed}: serving at most {lowered.max_connections} REST and "
+        f"{lowered.max_grpc_connections} gRPC connections"
+    )
     return dataclasses.replace(config, limits=lowered), message

@@ -39,22 +39,40 @@ from .config import Limits
 from .core import ByteBudget, Engine, Hold, LoadedModel, ServeError
 from .costs import answer_cost, json_cost
 from .decode_pool import DecodePool
-from .http11 import (HTTPLimits, HTTPServer, Request, Response, error_response)
+from .http11 import HTTPLimits, HTTPServer, Request, Response, error_response
 from .metrics import UNKNOWN_MODEL, Metrics
-from .rest_codec import (INLINE_WORK_BYTES, decode_cost, decode_infer, decode_inputs,
-                         decode_work, decompress, encode_infer, encode_work, json_bytes,
-                         parse_body)
+from .rest_codec import (
+    INLINE_WORK_BYTES,
+    decode_cost,
+    decode_infer,
+    decode_inputs,
+    decode_work,
+    decompress,
+    encode_infer,
+    encode_work,
+    json_bytes,
+    parse_body,
+)
 
 __all__ = ["RESTServer", "decode_infer", "encode_infer"]
 
 log = logging.getLogger("model_server")
 
 STATUS = {
-    ServeError.INVALID: 400, ServeError.NOT_FOUND: 404, ServeError.UNAVAILABLE: 503,
-    ServeError.TOO_LARGE: 413, ServeError.INTERNAL: 500,
+    ServeError.INVALID: 400,
+    ServeError.NOT_FOUND: 404,
+    ServeError.UNAVAILABLE: 503,
+    ServeError.TOO_LARGE: 413,
+    ServeError.INTERNAL: 500,
 }
-_KIND = {400: ServeError.INVALID, 404: ServeError.NOT_FOUND, 408: ServeError.INVALID,
-         411: ServeError.INVALID, 413: ServeError.TOO_LARGE, 503: ServeError.UNAVAILABLE}
+_KIND = {
+    400: ServeError.INVALID,
+    404: ServeError.NOT_FOUND,
+    408: ServeError.INVALID,
+    411: ServeError.INVALID,
+    413: ServeError.TOO_LARGE,
+    503: ServeError.UNAVAILABLE,
+}
 #: Threads decoding large requests (see DecodePool): one model's documents take at most one.
 DECODE_THREADS = 2
 EXTENSIONS = ["binary_tensor_data"]
@@ -68,21 +86,29 @@ def _json(status: int, obj) -> Response:
 class RESTServer:
     """The KServe v2 REST application (:class:`~.http11.Application`) and its listener."""
 
-    def __init__(self, engine: Engine, metrics: Metrics, service_name: str,
-                 max_request_bytes: int, expose_metrics: bool = True,
-                 limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        service_name: str,
+        max_request_bytes: int,
+        expose_metrics: bool = True,
+        limits: Limits | None = None,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.expose_metrics = expose_metrics
         self.service_name = service_name
         self.max_request_bytes = max_request_bytes
         self.limits = limits or getattr(engine, "limits", None) or Limits()
-        self.budget: ByteBudget = getattr(engine, "budget", None) or \
-            ByteBudget(self.limits.max_buffered_bytes)
-        self.http = HTTPServer(self, HTTPLimits.from_limits(self.limits, max_request_bytes),
-                               self.budget)
+        self.budget: ByteBudget = getattr(engine, "budget", None) or ByteBudget(
+            self.limits.max_buffered_bytes
+        )
+        self.http = HTTPServer(
+            self, HTTPLimits.from_limits(self.limits, max_request_bytes), self.budget
+        )
         self._decoder: DecodePool | None = None
-        self._decoding: set[asyncio.Future] = set()     # requests being decoded (not admitted)
+        self._decoding: set[asyncio.Future] = set()  # requests being decoded (not admitted)
 
     @property
     def draining(self) -> bool:
@@ -105,12 +131,16 @@ class RESTServer:
         503 to those that have not started running and give the running ones *finish* seconds
         more. Returns how many were answered 503."""
         try:
-            return await self.http.drain(timeout, f"server shutting down: the request had not "
-                                         f"started within drain_seconds ({timeout:g} s)", finish,
-                                         on_deadline=self._cut_decoding)
+            return await self.http.drain(
+                timeout,
+                f"server shutting down: the request had not "
+                f"started within drain_seconds ({timeout:g} s)",
+                finish,
+                on_deadline=self._cut_decoding,
+            )
         finally:
             if self._decoder is not None:
-                self._decoder.close()        # (its threads are daemons: exit does not wait)
+                self._decoder.close()  # (its threads are daemons: exit does not wait)
 
     def _cut_decoding(self) -> int:
         """The drain deadline: requests still being decoded (queued or running) are answered
@@ -147,14 +177,16 @@ class RESTServer:
     def _check_json(self, json_len: int) -> None:
         limit = self.limits.max_json_bytes
         if json_len > limit:
-            raise ServeError(ServeError.TOO_LARGE, f"the request's JSON is {json_len} bytes, "
-                             f"more than limits.max_json_bytes ({limit}); send large tensors "
-                             "as binary data (Inference-Header-Content-Length)")
+            raise ServeError(
+                ServeError.TOO_LARGE,
+                f"the request's JSON is {json_len} bytes, "
+                f"more than limits.max_json_bytes ({limit}); send large tensors "
+                "as binary data (Inference-Header-Content-Length)",
+            )
 
     def refused(self, target: str | None, status: int) -> None:
         if target is not None and target.split("?", 1)[0].rstrip("/").endswith("/infer"):
-            self.metrics.observe(UNKNOWN_MODEL, "rest", _KIND.get(status, ServeError.INVALID),
-                                 0.0)
+            self.metrics.observe(UNKNOWN_MODEL, "rest", _KIND.get(status, ServeError.INVALID), 0.0)
             self.engine.counters.add("refused")
 
     def handle(self, request: Request):
@@ -168,8 +200,9 @@ class RESTServer:
                     return error_response(404, "metrics are disabled (config metrics = false)")
                 if method != "GET":
                     return error_response(405, "use GET")
-                text = self.metrics.render(engine.queue_depth, engine.admission.in_flight,
-                                           list(engine.models))
+                text = self.metrics.render(
+                    engine.queue_depth, engine.admission.in_flight, list(engine.models)
+                )
                 return Response(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
             if not parts or parts[0] != "v2":
                 return error_response(404, f"no such endpoint {path}")
@@ -178,11 +211,15 @@ class RESTServer:
             if route is not None:
                 return self._infer(*route, request)
             if method != "GET":
-                return error_response(405 if rest[:1] in (["health"], ["models"], []) else 404,
-                                      f"{method} {path} is not supported")
+                return error_response(
+                    405 if rest[:1] in (["health"], ["models"], []) else 404,
+                    f"{method} {path} is not supported",
+                )
             if rest == []:
-                return _json(200, {"name": self.service_name, "version": __version__,
-                                   "extensions": EXTENSIONS})
+                return _json(
+                    200,
+                    {"name": self.service_name, "version": __version__, "extensions": EXTENSIONS},
+                )
             if rest == ["health", "live"]:
                 return _json(200, {"live": True})
             if rest == ["health", "ready"]:
@@ -195,11 +232,16 @@ class RESTServer:
                     version, tail = tail[1], tail[2:]
                 model = engine.model(name, version)
                 if tail == []:
-                    return _json(200, {
-                        "name": model.name, "versions": [model.version],
-                        "platform": model.platform,
-                        "inputs": [s.as_dict() for s in model.inputs],
-                        "outputs": [s.as_dict() for s in model.outputs]})
+                    return _json(
+                        200,
+                        {
+                            "name": model.name,
+                            "versions": [model.version],
+                            "platform": model.platform,
+                            "inputs": [s.as_dict() for s in model.inputs],
+                            "outputs": [s.as_dict() for s in model.outputs],
+                        },
+                    )
                 if tail == ["ready"]:
                     ready = engine.ready
                     return _json(200 if ready else 503, {"name": model.name, "ready": ready})
@@ -232,8 +274,7 @@ class RESTServer:
         head = body if header_len is None else memoryview(body)[:header_len]
         hold.grow(json_cost(head), "parsing the request's JSON")
         if json_len > INLINE_WORK_BYTES:
-            return await self._off_loop(model, decode_infer, model, body, header_len, limit,
-                                        hold)
+            return await self._off_loop(model, decode_infer, model, body, header_len, limit, hold)
         parsed = parse_body(body, header_len)
         hold.grow(decode_cost(parsed, json_len), "decoding the inputs")
         if decode_work(parsed) > INLINE_WORK_BYTES:
@@ -258,8 +299,9 @@ class RESTServer:
                 # the decompressed copy is held too: room for the largest first
                 hold.grow(self.max_request_bytes, "decompressing the body")
                 if len(body) > INLINE_WORK_BYTES:
-                    body = await self._off_loop(model, decompress, body, encoding,
-                                                self.max_request_bytes)
+                    body = await self._off_loop(
+                        model, decompress, body, encoding, self.max_request_bytes
+                    )
                 else:
                     body = decompress(body, encoding, self.max_request_bytes)
                 hold.set(len(body), "the decompressed body")
@@ -272,11 +314,13 @@ class RESTServer:
             try:
                 result = await engine.infer(model, arrays, started=request.mark_running)
                 del arrays
-                hold.grow(answer_cost(result, outputs, self.limits.max_response_bytes),
-                          "the answer")
+                hold.grow(
+                    answer_cost(result, outputs, self.limits.max_response_bytes), "the answer"
+                )
                 if encode_work(result, outputs) > INLINE_WORK_BYTES:
-                    out, ctype, extra = await self._off_loop(model, encode_infer, model, req,
-                                                             result, outputs, decoding=False)
+                    out, ctype, extra = await self._off_loop(
+                        model, encode_infer, model, req, result, outputs, decoding=False
+                    )
                 else:
                     out, ctype, extra = encode_infer(model, req, result, outputs)
             finally:
@@ -290,8 +334,7 @@ class RESTServer:
             # cut at the drain deadline, or the client left, before it ran: answered 503
             if not admitted:
                 engine.counters.add("refused")
-            self.metrics.observe(label, "rest", ServeError.UNAVAILABLE,
-                                 time.perf_counter() - t0)
+            self.metrics.observe(label, "rest", ServeError.UNAVAILABLE, time.perf_counter() - t0)
             raise
         except Exception as exc:  # answer, log, keep serving
             log.exception("REST infer failed")
@@ -312,8 +355,12 @@ def _infer_route(request: Request) -> tuple[str, str] | None:
         return None
     path = request.target.split("?", 1)[0]
     parts = [unquote(p) for p in path.strip("/").split("/")]
-    if parts[:2] != ["v2", "models"] or parts[-1] != "infer" or len(parts) not in (4, 6) or \
-            (len(parts) == 6 and parts[3] != "versions"):
+    if (
+        parts[:2] != ["v2", "models"]
+        or parts[-1] != "infer"
+        or len(parts) not in (4, 6)
+        or (len(parts) == 6 and parts[3] != "versions")
+    ):
         return None
     return parts[2], parts[4] if len(parts) == 6 else ""
 

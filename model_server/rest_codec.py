@@ -32,8 +32,18 @@ import numpy as np
 
 from .core import Hold, LoadedModel, ServeError
 from .costs import bytes_tensor_cost
-from .datatypes import (BYTES_ELEMENT_MIN, TensorError, TensorTooLarge, element_count,
-                        from_list, from_numpy_dtype, from_raw, raw_view, to_list, to_numpy_dtype)
+from .datatypes import (
+    BYTES_ELEMENT_MIN,
+    TensorError,
+    TensorTooLarge,
+    element_count,
+    from_list,
+    from_numpy_dtype,
+    from_raw,
+    raw_view,
+    to_list,
+    to_numpy_dtype,
+)
 
 #: Work (in bytes of JSON, BYTES tensor data or compressed body) below which decoding runs on
 #: the event loop; more runs in a worker thread.
@@ -45,8 +55,9 @@ def json_bytes(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-def decompress(body: bytes | bytearray | memoryview, encoding: str,
-               limit: int) -> bytes | bytearray | memoryview:
+def decompress(
+    body: bytes | bytearray | memoryview, encoding: str, limit: int
+) -> bytes | bytearray | memoryview:
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):
@@ -57,8 +68,10 @@ def decompress(body: bytes | bytearray | memoryview, encoding: str,
     except zlib.error as exc:
         raise ServeError(ServeError.INVALID, f"body is not valid {encoding}: {exc}") from None
     if len(out) > limit:
-        raise ServeError(ServeError.TOO_LARGE, f"decompressed body exceeds {limit} bytes "
-                         "(limits.max_request_bytes)")
+        raise ServeError(
+            ServeError.TOO_LARGE,
+            f"decompressed body exceeds {limit} bytes (limits.max_request_bytes)",
+        )
     return out
 
 
@@ -100,13 +113,17 @@ class InferBody:
     binary: memoryview
 
 
-def split_body(body: bytes | memoryview, header_len: int | None
-               ) -> tuple[bytes | memoryview, memoryview]:
+def split_body(
+    body: bytes | memoryview, header_len: int | None
+) -> tuple[bytes | memoryview, memoryview]:
     if header_len is None:
         return body, memoryview(b"")
     if not 0 <= header_len <= len(body):
-        raise ServeError(ServeError.INVALID, f"Inference-Header-Content-Length {header_len} "
-                         f"does not fit a body of {len(body)} bytes")
+        raise ServeError(
+            ServeError.INVALID,
+            f"Inference-Header-Content-Length {header_len} "
+            f"does not fit a body of {len(body)} bytes",
+        )
     view = memoryview(body)
     return view[:header_len], view[header_len:]
 
@@ -154,22 +171,24 @@ def decode_cost(parsed: InferBody, json_len: int) -> int:
             dtype = to_numpy_dtype(str(datatype))
             count = element_count(shape if isinstance(shape, list) else [])
         except (TensorError, TypeError):
-            continue                                  # refused by decode_inputs
+            continue  # refused by decode_inputs
         params = t.get("parameters")
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if isinstance(size, int) and not isinstance(size, bool):
             if datatype == "BYTES":
-                cost += bytes_tensor_cost(min(count, max(0, size) // BYTES_ELEMENT_MIN),
-                                          max(0, size))
-        elif datatype == "BYTES":                     # each element at least '"",'
+                cost += bytes_tensor_cost(
+                    min(count, max(0, size) // BYTES_ELEMENT_MIN), max(0, size)
+                )
+        elif datatype == "BYTES":  # each element at least '"",'
             cost += bytes_tensor_cost(min(count, json_len // 3 + 1), json_len)
-        else:                                         # each element at least 'N,'
+        else:  # each element at least 'N,'
             cost += min(count, json_len // 2 + 1) * (dtype.itemsize + 16)
     return cost
 
 
-def decode_inputs(model: LoadedModel, parsed: InferBody, max_bytes: int | None = None
-                  ) -> tuple[dict[str, np.ndarray], list[tuple[str, bool]]]:
+def decode_inputs(
+    model: LoadedModel, parsed: InferBody, max_bytes: int | None = None
+) -> tuple[dict[str, np.ndarray], list[tuple[str, bool]]]:
     """The input arrays and the requested outputs (name, binary?)."""
     req, binary = parsed.request, parsed.binary
     arrays: dict[str, np.ndarray] = {}
@@ -179,11 +198,17 @@ def decode_inputs(model: LoadedModel, parsed: InferBody, max_bytes: int | None =
             if not isinstance(t, dict):
                 raise ServeError(ServeError.INVALID, "each input must be an object")
             name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
-            if not isinstance(name, str) or not isinstance(datatype, str) or \
-                    not isinstance(shape, list) or \
-                    not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-                raise ServeError(ServeError.INVALID, "each input needs name (string), datatype "
-                                 "(string) and shape (list of integers)")
+            if (
+                not isinstance(name, str)
+                or not isinstance(datatype, str)
+                or not isinstance(shape, list)
+                or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+            ):
+                raise ServeError(
+                    ServeError.INVALID,
+                    "each input needs name (string), datatype "
+                    "(string) and shape (list of integers)",
+                )
             model.check_input(name, datatype, shape)
             if name in arrays:
                 raise ServeError(ServeError.INVALID, f"input {name!r} given twice")
@@ -191,20 +216,27 @@ def decode_inputs(model: LoadedModel, parsed: InferBody, max_bytes: int | None =
             size = params.get("binary_data_size") if isinstance(params, dict) else None
             if size is not None:
                 if not isinstance(size, int) or isinstance(size, bool):
-                    raise ServeError(ServeError.INVALID, f"input {name!r}: binary_data_size "
-                                     f"{size!r} is not an integer")
+                    raise ServeError(
+                        ServeError.INVALID,
+                        f"input {name!r}: binary_data_size {size!r} is not an integer",
+                    )
                 if size < 0 or offset + size > len(binary):
-                    raise ServeError(ServeError.INVALID, f"input {name!r}: binary_data_size "
-                                     f"{size!r} does not fit the {len(binary) - offset} binary "
-                                     "bytes left")
-                arrays[name] = from_raw(binary[offset:offset + size], datatype, shape,
-                                        max_bytes=max_bytes)
+                    raise ServeError(
+                        ServeError.INVALID,
+                        f"input {name!r}: binary_data_size "
+                        f"{size!r} does not fit the {len(binary) - offset} binary "
+                        "bytes left",
+                    )
+                arrays[name] = from_raw(
+                    binary[offset : offset + size], datatype, shape, max_bytes=max_bytes
+                )
                 offset += size
             elif "data" in t:
                 arrays[name] = from_list(t["data"], datatype, shape, max_bytes=max_bytes)
             else:
-                raise ServeError(ServeError.INVALID, f"input {name!r} has neither data nor "
-                                 "binary_data_size")
+                raise ServeError(
+                    ServeError.INVALID, f"input {name!r} has neither data nor binary_data_size"
+                )
     except TensorTooLarge as exc:
         raise ServeError(ServeError.TOO_LARGE, str(exc)) from None
     except TensorError as exc:
@@ -212,33 +244,46 @@ def decode_inputs(model: LoadedModel, parsed: InferBody, max_bytes: int | None =
     except RecursionError:
         raise ServeError(ServeError.INVALID, "tensor data is nested too deeply") from None
     if offset != len(binary):
-        raise ServeError(ServeError.INVALID, f"{len(binary) - offset} binary bytes after the last "
-                         "input")
+        raise ServeError(
+            ServeError.INVALID, f"{len(binary) - offset} binary bytes after the last input"
+        )
     return arrays, requested_outputs(model, req)
 
 
 def requested_outputs(model: LoadedModel, req: dict) -> list[tuple[str, bool]]:
     params = req.get("parameters") or {}
-    default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) \
-        else False
+    default_binary = (
+        bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    )
     wanted = req.get("outputs")
     if wanted is None:
         return [(n, default_binary) for n in model.output_names]
-    if not isinstance(wanted, list) or not all(isinstance(o, dict) and
-                                               isinstance(o.get("name"), str) for o in wanted):
+    if not isinstance(wanted, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted
+    ):
         raise ServeError(ServeError.INVALID, "'outputs' must be a list of {name, parameters}")
     model.check_outputs(o["name"] for o in wanted)
     outputs = []
     for o in wanted:
         op = o.get("parameters") or {}
-        outputs.append((o["name"], bool(op.get("binary_data", default_binary))
-                        if isinstance(op, dict) else default_binary))
+        outputs.append(
+            (
+                o["name"],
+                bool(op.get("binary_data", default_binary))
+                if isinstance(op, dict)
+                else default_binary,
+            )
+        )
     return outputs
 
 
-def decode_infer(model: LoadedModel, body: bytes | memoryview, header_len: int | None,
-                 max_bytes: int | None = None, hold: Hold | None = None
-                 ) -> tuple[dict, dict[str, np.ndarray], list[tuple[str, bool]]]:
+def decode_infer(
+    model: LoadedModel,
+    body: bytes | memoryview,
+    header_len: int | None,
+    max_bytes: int | None = None,
+    hold: Hold | None = None,
+) -> tuple[dict, dict[str, np.ndarray], list[tuple[str, bool]]]:
     """The JSON request, the input arrays and the requested outputs, in one call; with *hold*,
     what decoding the inputs allocates is reserved first (:func:`decode_cost`)."""
     parsed = parse_body(body, header_len)
@@ -254,16 +299,21 @@ def encode_work(result: dict[str, np.ndarray], outputs: list[tuple[str, bool]]) 
     return sum(result[name].nbytes for name, binary in outputs if not binary)
 
 
-def encode_infer(model: LoadedModel, req: dict, result: dict[str, np.ndarray],
-                 outputs: list[tuple[str, bool]]) -> tuple[bytes, str, dict]:
+def encode_infer(
+    model: LoadedModel, req: dict, result: dict[str, np.ndarray], outputs: list[tuple[str, bool]]
+) -> tuple[bytes, str, dict]:
     """(body, content type, extra headers)."""
     out_meta = []
     blobs = []
     for name, binary in outputs:
         arr = result[name]
-        entry: dict[str, Any] = {"name": name, "datatype": from_numpy_dtype(arr.dtype), "shape": list(arr.shape)}
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": from_numpy_dtype(arr.dtype),
+            "shape": list(arr.shape),
+        }
         if binary:
-            raw = raw_view(arr)                  # (copied once, into the body)
+            raw = raw_view(arr)  # (copied once, into the body)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
@@ -275,5 +325,8 @@ def encode_infer(model: LoadedModel, req: dict, result: dict[str, np.ndarray],
     head = json_bytes(resp)
     if not blobs:
         return head, "application/json", {}
-    return b"".join([head, *blobs]), "application/octet-stream", \
-        {"Inference-Header-Content-Length": str(len(head))}
+    return (
+        b"".join([head, *blobs]),
+        "application/octet-stream",
+        {"Inference-Header-Content-Length": str(len(head))},
+    )

@@ -8,8 +8,8 @@ Standard library only.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 #: How the model server's own runtimes and the builtin backends' are installed.
 SERVE_EXTRA = "pip install 'enclave-build[serve]'"

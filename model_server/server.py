@@ -25,7 +25,8 @@ import os
 import signal
 import ssl
 import sys
-from typing import TYPE_CHECKING, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING
 
 from enclave_build.contract.schema import Problem
 
@@ -61,7 +62,7 @@ def _address(host: str, port: int) -> str:
 class TLSMaterial:
     def __init__(self, config: ServerConfig, keyring: KeyRing) -> None:
         tls = config.tls
-        assert tls is not None   # made for a configuration with [tls] only
+        assert tls is not None  # made for a configuration with [tls] only
         cert = keyring.open(tls.cert, tls.key_name)
         key = keyring.open(tls.key, tls.key_name)
         self.cert_path, self.key_path = cert.path, key.path
@@ -74,9 +75,11 @@ class TLSMaterial:
     def grpc_credentials(self):
         import grpc
 
-        return grpc.ssl_server_credentials([(self.key_pem, self.cert_pem)],
-                                           root_certificates=self.ca_pem,
-                                           require_client_auth=self.ca_pem is not None)
+        return grpc.ssl_server_credentials(
+            [(self.key_pem, self.cert_pem)],
+            root_certificates=self.ca_pem,
+            require_client_auth=self.ca_pem is not None,
+        )
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -102,13 +105,18 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
     listening = []
     try:
         if config.grpc is not None:
-            grpc_server = GRPCServer(GRPCService(engine, metrics, config.service), limits,
-                                     handler_threads(limits.max_concurrent_requests,
-                                                     limits.max_queue))
+            grpc_server = GRPCServer(
+                GRPCService(engine, metrics, config.service),
+                limits,
+                handler_threads(limits.max_concurrent_requests, limits.max_queue),
+            )
             addr = _address(config.grpc.host, config.grpc.port)
             try:
-                port = (grpc_server.server.add_secure_port(addr, tls.grpc_credentials()) if tls
-                        else grpc_server.server.add_insecure_port(addr))
+                port = (
+                    grpc_server.server.add_secure_port(addr, tls.grpc_credentials())
+                    if tls
+                    else grpc_server.server.add_insecure_port(addr)
+                )
             except RuntimeError as exc:
                 port = 0
                 reason = str(exc)
@@ -120,57 +128,71 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
             grpc_server.start()
             listening.append(f"grpc {_address(config.grpc.host, port)}")
         if config.rest is not None:
-            rest = RESTServer(engine, metrics, config.service, limits.max_request_bytes,
-                              config.metrics, limits)
+            rest = RESTServer(
+                engine, metrics, config.service, limits.max_request_bytes, config.metrics, limits
+            )
             try:
-                port = await rest.start(config.rest.host, config.rest.port,
-                                        tls.ssl_context() if tls else None)
+                port = await rest.start(
+                    config.rest.host, config.rest.port, tls.ssl_context() if tls else None
+                )
             except OSError as exc:
                 _say(port_failure("REST", config.rest, exc.strerror or str(exc)).message)
                 return 1
             listening.append(f"rest {_address(config.rest.host, port)}")
-        _say(f"serving {' '.join(listening) or 'nothing'}{' (TLS)' if tls else ''} "
-             f"(models: {', '.join(engine.models)})")
+        _say(
+            f"serving {' '.join(listening) or 'nothing'}{' (TLS)' if tls else ''} "
+            f"(models: {', '.join(engine.models)})"
+        )
         await stop.wait()
         _say(f"draining (up to {config.drain_seconds:g} s)")
         left = await drain(config, engine, grpc_server, rest)
         grpc_server = None
         c = engine.counters
-        _say(f"stopped: {c.accepted} inference requests admitted, {c.answered} answered "
-             f"({c.ok} ok), {c.accepted - c.answered} unanswered; {c.refused} refused before "
-             "admission (malformed, too large, unknown model or server busy)"
-             + (f"; {c.cut_off} still queued at the drain deadline, answered UNAVAILABLE"
-                if c.cut_off else "")
-             + (f"; {left} REST requests cut off at the drain deadline" if left else ""))
+        _say(
+            f"stopped: {c.accepted} inference requests admitted, {c.answered} answered "
+            f"({c.ok} ok), {c.accepted - c.answered} unanswered; {c.refused} refused before "
+            "admission (malformed, too large, unknown model or server busy)"
+            + (
+                f"; {c.cut_off} still queued at the drain deadline, answered UNAVAILABLE"
+                if c.cut_off
+                else ""
+            )
+            + (f"; {left} REST requests cut off at the drain deadline" if left else "")
+        )
         return 0
     finally:
         if grpc_server is not None:
             await asyncio.to_thread(grpc_server.stop, 0)
 
 
-async def drain(config: ServerConfig, engine: Engine, grpc_server: "GRPCServer | None",
-                rest: "RESTServer | None") -> int:
+async def drain(
+    config: ServerConfig, engine: Engine, grpc_server: GRPCServer | None, rest: RESTServer | None
+) -> int:
     """Readiness false, listeners closed; at ``drain_seconds`` every request still queued fails
     (:meth:`Engine.stop_admitting`); running requests get FINISH_SECONDS more. Returns the REST
     requests cut off."""
     engine.ready = False
     waits: list[Awaitable[object]] = []
     if grpc_server is not None:
-        waits.append(asyncio.to_thread(grpc_server.stop, config.drain_seconds + FINISH_SECONDS,
-                                       FINISH_SECONDS))
+        waits.append(
+            asyncio.to_thread(
+                grpc_server.stop, config.drain_seconds + FINISH_SECONDS, FINISH_SECONDS
+            )
+        )
     if rest is not None:
         waits.append(rest.drain(config.drain_seconds, FINISH_SECONDS))
     everything = asyncio.ensure_future(asyncio.gather(*waits))
     try:
         await asyncio.wait_for(asyncio.shield(everything), config.drain_seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         failed = engine.stop_admitting(
             f"server shutting down: the drain deadline (drain_seconds {config.drain_seconds:g}"
-            " s) has passed")
+            " s) has passed"
+        )
         if failed:
             log.warning("drain deadline: %d queued requests answered UNAVAILABLE", failed)
     results = await everything
-    cut = results[-1] if rest is not None else 0   # the REST drain's count comes last
+    cut = results[-1] if rest is not None else 0  # the REST drain's count comes last
     assert isinstance(cut, int)
     return cut
 
@@ -184,10 +206,12 @@ def state_warnings(models: dict) -> list[str]:
             continue
         state = loaded.state()
         if state:
-            out.append(f"model {name} keeps state between requests ({state}); each of its "
-                       f"{loaded.instance_count} instances keeps its own, so a client's "
-                       "consecutive requests may meet different state (set the framework's "
-                       "instances to 1 in the spec if it must be shared)")
+            out.append(
+                f"model {name} keeps state between requests ({state}); each of its "
+                f"{loaded.instance_count} instances keeps its own, so a client's "
+                "consecutive requests may meet different state (set the framework's "
+                "instances to 1 in the spec if it must be shared)"
+            )
     return out
 
 
@@ -195,14 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m enclave_build.model_server",
         description="enclave-build's model server: KServe Open Inference Protocol v2 over gRPC "
-                    "and REST, for models run by LiteRT (tflite), OpenVINO or a backend plugin.",
+        "and REST, for models run by LiteRT (tflite), OpenVINO or a backend plugin.",
         epilog="Exit codes: 0 stopped after SIGTERM, 1 a model or listener failed, 2 bad "
-               "configuration, 3 a key could not be fetched.")
-    p.add_argument("--config", required=True, metavar="PATH",
-                   help="the server's JSON configuration (an image path; ENCLAVE_BUILD_ROOT maps "
-                        "it under a host directory in a simulation)")
-    p.add_argument("--log-level", default="WARNING",
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: WARNING")
+        "configuration, 3 a key could not be fetched.",
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        metavar="PATH",
+        help="the server's JSON configuration (an image path; ENCLAVE_BUILD_ROOT maps "
+        "it under a host directory in a simulation)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default: WARNING",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -237,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             tls = TLSMaterial(config, keyring) if config.tls else None
             if tls is not None:
-                tls.ssl_context()          # fail now on a bad certificate/key, not per client
+                tls.ssl_context()  # fail now on a bad certificate/key, not per client
             models = load_models(config.models, lambda mc: keyring.open(mc.path, mc.key))
         except KeyFetchError as exc:
             _say(f"cannot open an encrypted file, not serving: {exc}")
@@ -262,8 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # An inference still running past drain_seconds + FINISH_SECONDS cannot be
             # interrupted (runtimes do not stop mid-call) and would hold the process beyond the
             # grace period Kubernetes gives it: leave without waiting for it.
-            _say(f"exiting with {engine.busy()} inference(s) still running after the drain "
-                 f"bound (drain_seconds {config.drain_seconds:g} s + {FINISH_SECONDS:g} s)")
+            _say(
+                f"exiting with {engine.busy()} inference(s) still running after the drain "
+                f"bound (drain_seconds {config.drain_seconds:g} s + {FINISH_SECONDS:g} s)"
+            )
             keyring.close()
             sys.stdout.flush()
             sys.stderr.flush()

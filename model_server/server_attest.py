@@ -63,7 +63,7 @@ class AttestedServer:
         return self.identity.mr_signer
 
 
-def differences(build: EnclaveIdentity, pin: str, quote) -> list[str]:  # noqa: ANN001
+def differences(build: EnclaveIdentity, pin: str, quote) -> list[str]:
     """How a verified quote (mr_enclave, mr_signer, isv_prod_id, isv_svn, debug) differs from
     *build* under *pin*; empty when it matches."""
     found = []
@@ -72,15 +72,15 @@ def differences(build: EnclaveIdentity, pin: str, quote) -> list[str]:  # noqa: 
     if quote.mr_signer != build.mr_signer:
         found.append(f"mr_signer expected {build.mr_signer}, server has {quote.mr_signer}")
     if quote.isv_prod_id != build.isv_prod_id:
-        found.append(f"isv_prod_id expected {build.isv_prod_id}, server has "
-                     f"{quote.isv_prod_id}")
+        found.append(f"isv_prod_id expected {build.isv_prod_id}, server has {quote.isv_prod_id}")
     if pin == "mr_enclave" and quote.isv_svn != build.isv_svn:
         found.append(f"isv_svn expected {build.isv_svn}, server has {quote.isv_svn}")
     if pin == "mr_signer" and quote.isv_svn < build.isv_svn:
         found.append(f"isv_svn expected at least {build.isv_svn}, server has {quote.isv_svn}")
     if quote.debug != build.debug:
-        found.append(f"debug expected {str(build.debug).lower()}, server has "
-                     f"{str(quote.debug).lower()}")
+        found.append(
+            f"debug expected {str(build.debug).lower()}, server has {str(quote.debug).lower()}"
+        )
     return found
 
 
@@ -98,14 +98,18 @@ class ServerVerifier:
             from enclave_build.attestation import collateral as _collateral
             from enclave_build.attestation import verify as _verify
         except ImportError as exc:
-            raise ServerRefused(f"cannot verify the secret server's quote: {exc} (the image "
-                                "needs dcap-qvl next to the model server's runtimes)") from None
+            raise ServerRefused(
+                f"cannot verify the secret server's quote: {exc} (the image "
+                "needs dcap-qvl next to the model server's runtimes)"
+            ) from None
         if not hasattr(x509.Certificate, "verify_directly_issued_by"):
-            raise ServerRefused(f"cannot verify the secret server's quote: the image's "
-                                f"cryptography {crypto_version} lacks "
-                                "Certificate.verify_directly_issued_by (cryptography 40 or "
-                                "later is needed; Debian 12's python3-cryptography is 38): "
-                                "build on a base whose system Python has a newer one")
+            raise ServerRefused(
+                f"cannot verify the secret server's quote: the image's "
+                f"cryptography {crypto_version} lacks "
+                "Certificate.verify_directly_issued_by (cryptography 40 or "
+                "later is needed; Debian 12's python3-cryptography is 38): "
+                "build on a base whose system Python has a newer one"
+            )
         self._verify = _verify
         self._collateral_mod = _collateral
         self.root_der: bytes | None = None
@@ -113,8 +117,9 @@ class ServerVerifier:
             try:
                 self.root_der = _verify.load_root_der(host_path(trust.root_ca))
             except (OSError, ValueError) as exc:
-                raise ServerRefused(f"cannot load the secret server's root CA "
-                                    f"{trust.root_ca}: {exc}") from None
+                raise ServerRefused(
+                    f"cannot load the secret server's root CA {trust.root_ca}: {exc}"
+                ) from None
         self.collateral: _collateral.CollateralSource
         try:
             if trust.collateral is not None:
@@ -123,8 +128,9 @@ class ServerVerifier:
                 assert trust.pccs_url is not None
                 # In memory only: nothing the host left on disk is read back, and nothing is
                 # left in /tmp (which, as a plain process, is the host's).
-                self.collateral = _collateral.PccsCollateral(trust.pccs_url, timeout=timeout,
-                                                             disk=False)
+                self.collateral = _collateral.PccsCollateral(
+                    trust.pccs_url, timeout=timeout, disk=False
+                )
         except _verify.VerifierConfigError as exc:
             raise ServerRefused(str(exc)) from None
         self.policy = _verify.TcbPolicy(frozenset(trust.allowed_tcb_statuses))
@@ -133,16 +139,24 @@ class ServerVerifier:
         """Say on stderr what this process will trust beyond the strict default (loudly: a
         non-Intel root, TCB statuses other than UpToDate)."""
         if self.trust.root_ca is not None:
-            print(f"WARNING: the secret server is verified against the root CA "
-                  f"{self.trust.root_ca} built into this image, NOT Intel's SGX root: a "
-                  "synthetic test PKI is for simulation only; a production build uses "
-                  "server_root_ca = \"intel\".", file=sys.stderr, flush=True)
+            print(
+                f"WARNING: the secret server is verified against the root CA "
+                f"{self.trust.root_ca} built into this image, NOT Intel's SGX root: a "
+                "synthetic test PKI is for simulation only; a production build uses "
+                'server_root_ca = "intel".',
+                file=sys.stderr,
+                flush=True,
+            )
         relaxed = sorted(set(self.trust.allowed_tcb_statuses) - {"UpToDate"})
         if relaxed:
-            print(f"WARNING: the secret server is accepted with TCB status "
-                  f"{', '.join(relaxed)} (server_allowed_tcb_statuses of this build): its "
-                  "platform may have known, unpatched vulnerabilities, and the keys it hands "
-                  "out are only as safe as it is.", file=sys.stderr, flush=True)
+            print(
+                f"WARNING: the secret server is accepted with TCB status "
+                f"{', '.join(relaxed)} (server_allowed_tcb_statuses of this build): its "
+                "platform may have known, unpatched vulnerabilities, and the keys it hands "
+                "out are only as safe as it is.",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def check(self, certificate_der: bytes, endpoint: str) -> AttestedServer:
         """Verify the secret server's certificate; :class:`ServerRefused` with the reason."""
@@ -154,16 +168,20 @@ class ServerVerifier:
         try:
             evidence = extract_evidence(x509.load_der_x509_certificate(certificate_der))
         except EvidenceError as exc:
-            hint = (" — it is not a secret server running in an enclave (an ordinary "
-                    "CA-signed certificate needs [secrets] ca instead of server_measurements)"
-                    if "no SGX evidence" in str(exc) else "")
+            hint = (
+                " — it is not a secret server running in an enclave (an ordinary "
+                "CA-signed certificate needs [secrets] ca instead of server_measurements)"
+                if "no SGX evidence" in str(exc)
+                else ""
+            )
             raise ServerRefused(f"{exc}{hint}") from None
         except ValueError as exc:
             raise ServerRefused(f"its certificate does not parse: {exc}") from None
         try:
             text = self.collateral.for_quote(evidence.quote, timeout=self.timeout)
-            quote = verify.verify_quote(evidence.quote, text, root_ca_der=self.root_der,
-                                        policy=self.policy)
+            quote = verify.verify_quote(
+                evidence.quote, text, root_ca_der=self.root_der, policy=self.policy
+            )
         except verify.QuoteRejected as exc:
             raise ServerRefused(f"its quote does not verify: {exc}") from None
         except collateral_mod.CollateralError as exc:
@@ -174,9 +192,10 @@ class ServerVerifier:
             if not diff:
                 return AttestedServer(evidence.format, quote.status, quote.identity)
             found.append(f"build {number}: " + ", ".join(diff))
-        raise ServerRefused(f"{endpoint} runs enclave {quote.mr_enclave}, which is not a "
-                            f"secret server this enclave trusts (pin {self.trust.pin}; "
-                            + "; ".join(found) + ")")
+        raise ServerRefused(
+            f"{endpoint} runs enclave {quote.mr_enclave}, which is not a "
+            f"secret server this enclave trusts (pin {self.trust.pin}; " + "; ".join(found) + ")"
+        )
 
 
 __all__ = ["AttestedServer", "ServerRefused", "ServerVerifier", "differences"]

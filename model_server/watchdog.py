@@ -8,13 +8,13 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("model_server")
 
 
 class Deadline:
-    __slots__ = ("due", "action", "fired", "disarmed")
+    __slots__ = ("action", "disarmed", "due", "fired")
 
     def __init__(self, due: float, action: Callable[[], object]) -> None:
         self.due = due
@@ -26,7 +26,7 @@ class Watchdog:
     def __init__(self, seconds: float, name: str = "watchdog") -> None:
         self.seconds = seconds
         self._armed: collections.deque[Deadline] = collections.deque()
-        self._lock = threading.Lock()       # fired vs disarmed: exactly one of them wins
+        self._lock = threading.Lock()  # fired vs disarmed: exactly one of them wins
         self._stop = threading.Event()
         # a new deadline is noticed within this (the thread never sleeps longer)
         self._tick = min(1.0, max(0.01, seconds / 4))
@@ -35,7 +35,7 @@ class Watchdog:
 
     def arm(self, action: Callable[[], object]) -> Deadline:
         deadline = Deadline(time.monotonic() + self.seconds, action)
-        self._armed.append(deadline)         # deque.append is atomic
+        self._armed.append(deadline)  # deque.append is atomic
         return deadline
 
     def disarm(self, deadline: Deadline) -> bool:

@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from package_tree import link_tree, package_dirs   # next to this script (sys.path[0])
+from package_tree import link_tree, package_dirs  # next to this script (sys.path[0])
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     for line in stdout.splitlines():
         for tree, real in prefixes:
             if line.startswith(tree):
-                line = real + line[len(tree):]
+                line = real + line[len(tree) :]
                 break
         print(line)
     if stderr:

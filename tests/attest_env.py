@@ -32,18 +32,37 @@ class Env:
     config: Path
     secrets: dict[str, bytes]
 
-    def enclave_cert(self, service: str = "face", fmt: str = "tcg-dice", *, mr_enclave=None,
-                     mr_signer=MR_SIGNER, isv_prod_id=None, isv_svn=2, debug=False, pki=None):
+    def enclave_cert(
+        self,
+        service: str = "face",
+        fmt: str = "tcg-dice",
+        *,
+        mr_enclave=None,
+        mr_signer=MR_SIGNER,
+        isv_prod_id=None,
+        isv_svn=2,
+        debug=False,
+        pki=None,
+    ):
         pki = pki or self.pki
         me = mr_enclave if mr_enclave is not None else identity(service)
         isv_prod_id = PROD_ID.get(service, 9) if isv_prod_id is None else isv_prod_id
-        return create_certificate(fmt, lambda rd: pki.quote(me, mr_signer, rd, isv_prod_id,
-                                                            isv_svn, debug))
+        return create_certificate(
+            fmt, lambda rd: pki.quote(me, mr_signer, rd, isv_prod_id, isv_svn, debug)
+        )
 
 
-def make_env(directory: Path, *, statuses=("UpToDate",), extra: str = "",
-             pki: SyntheticPKI | None = None, max_tls: str = "1.3", timeout: float = 3.0,
-             max_connections: int = 1024, processes: int | None = 1) -> Env:
+def make_env(
+    directory: Path,
+    *,
+    statuses=("UpToDate",),
+    extra: str = "",
+    pki: SyntheticPKI | None = None,
+    max_tls: str = "1.3",
+    timeout: float = 3.0,
+    max_connections: int = 1024,
+    processes: int | None = 1,
+) -> Env:
     """*processes* None leaves the server's default (one process per core)."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = pki or SyntheticPKI()
@@ -54,10 +73,17 @@ def make_env(directory: Path, *, statuses=("UpToDate",), extra: str = "",
     for service in ("face", "ocr"):
         build = directory / "builds" / service
         build.mkdir(parents=True)
-        (build / "measurements.json").write_text(Measurements(
-            service, "tflite", "gramine", EnclaveIdentity(identity(service).hex(), MR_SIGNER.hex(),
-            PROD_ID[service], 2, False),
-            ImageRef(f"{service}:1", None)).to_json())
+        (build / "measurements.json").write_text(
+            Measurements(
+                service,
+                "tflite",
+                "gramine",
+                EnclaveIdentity(
+                    identity(service).hex(), MR_SIGNER.hex(), PROD_ID[service], 2, False
+                ),
+                ImageRef(f"{service}:1", None),
+            ).to_json()
+        )
         secrets[service] = os.urandom(16)
         (directory / f"{service}.key").write_bytes(secrets[service])
     status_list = ", ".join(f'"{s}"' for s in statuses)
@@ -102,34 +128,70 @@ class Platform:
 
     def __init__(self, pki: SyntheticPKI):
         from enclave_build.attestation.quote import SIGNED_LEN
+
         self.pki = pki
         template = pki.quote(bytes(32), bytes(32))
-        self._tail = template[SIGNED_LEN + 4 + 64:]   # attestation key .. certification data
+        self._tail = template[SIGNED_LEN + 4 + 64 :]  # attestation key .. certification data
 
-    def quote(self, mr_enclave: bytes, mr_signer: bytes = MR_SIGNER,
-              report_data: bytes = bytes(64), isv_prod_id: int = 0, isv_svn: int = 0,
-              debug: bool = False, flags: int | None = None) -> bytes:
+    def quote(
+        self,
+        mr_enclave: bytes,
+        mr_signer: bytes = MR_SIGNER,
+        report_data: bytes = bytes(64),
+        isv_prod_id: int = 0,
+        isv_svn: int = 0,
+        debug: bool = False,
+        flags: int | None = None,
+    ) -> bytes:
         import struct
 
-        from enclave_build.attestation.quote import (FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT, EnclaveReport,
-                                       signed_part)
-        from enclave_build.attestation.synthetic import PLATFORM_CPU_SVN, PLATFORM_PCE_SVN, QE_ISVSVN, \
-            raw_signature
+        from enclave_build.attestation.quote import (
+            FLAG_DEBUG,
+            FLAG_INIT,
+            FLAG_MODE64BIT,
+            EnclaveReport,
+            signed_part,
+        )
+        from enclave_build.attestation.synthetic import (
+            PLATFORM_CPU_SVN,
+            PLATFORM_PCE_SVN,
+            QE_ISVSVN,
+            raw_signature,
+        )
+
         if flags is None:
             flags = FLAG_INIT | FLAG_MODE64BIT | (FLAG_DEBUG if debug else 0)
         attributes = flags.to_bytes(8, "little") + (0xE7).to_bytes(8, "little")
-        report = EnclaveReport(PLATFORM_CPU_SVN, 0, attributes, mr_enclave, mr_signer,
-                               isv_prod_id, isv_svn, report_data.ljust(64, b"\0"))
+        report = EnclaveReport(
+            PLATFORM_CPU_SVN,
+            0,
+            attributes,
+            mr_enclave,
+            mr_signer,
+            isv_prod_id,
+            isv_svn,
+            report_data.ljust(64, b"\0"),
+        )
         signed = signed_part(report, QE_ISVSVN, PLATFORM_PCE_SVN)
         tail = raw_signature(self.pki.attestation_key, signed) + self._tail
         return signed + struct.pack("<I", len(tail)) + tail
 
-    def enclave_cert(self, service: str = "face", fmt: str = "tcg-dice", *, mr_enclave=None,
-                     mr_signer=MR_SIGNER, isv_prod_id=None, isv_svn=2, debug=False):
+    def enclave_cert(
+        self,
+        service: str = "face",
+        fmt: str = "tcg-dice",
+        *,
+        mr_enclave=None,
+        mr_signer=MR_SIGNER,
+        isv_prod_id=None,
+        isv_svn=2,
+        debug=False,
+    ):
         me = mr_enclave if mr_enclave is not None else identity(service)
         isv_prod_id = PROD_ID.get(service, 9) if isv_prod_id is None else isv_prod_id
-        return create_certificate(fmt, lambda rd: self.quote(me, mr_signer, rd, isv_prod_id,
-                                                             isv_svn, debug))
+        return create_certificate(
+            fmt, lambda rd: self.quote(me, mr_signer, rd, isv_prod_id, isv_svn, debug)
+        )
 
 
 def audit_mark(path: Path) -> int:
@@ -140,13 +202,14 @@ def audit_mark(path: Path) -> int:
 def audit_records(path: Path) -> list[dict]:
     """The audit log's whole lines, as records, now (a line being written is left out)."""
     text = path.read_text() if path.exists() else ""
-    if not text.endswith("\n"):          # a line being written: not yet a record
-        text = text[:text.rfind("\n") + 1]
+    if not text.endswith("\n"):  # a line being written: not yet a record
+        text = text[: text.rfind("\n") + 1]
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def settled_audit(path: Path, until=None, *, since: int = 0, settle: float = 0.1,
-                  timeout: float = 15.0) -> list[dict]:
+def settled_audit(
+    path: Path, until=None, *, since: int = 0, settle: float = 0.1, timeout: float = 15.0
+) -> list[dict]:
     """The audit log's records after the first *since*: once *until*(those records) is true
     (when given), and then once the log has not grown for *settle* seconds.
 
@@ -173,10 +236,19 @@ def settled_audit(path: Path, until=None, *, since: int = 0, settle: float = 0.1
     return audit_records(path)[since:]
 
 
-def verified_evidence(mr_enclave: str, mr_signer: str = MR_SIGNER.hex(), isv_prod_id: int = 1,
-                      isv_svn: int = 2, *, debug: bool = False, status: str = "UpToDate",
-                      advisories: tuple[str, ...] = (), flags: int | None = None,
-                      config_svn: int = 0, fmt: str = "tcg-dice"):
+def verified_evidence(
+    mr_enclave: str,
+    mr_signer: str = MR_SIGNER.hex(),
+    isv_prod_id: int = 1,
+    isv_svn: int = 2,
+    *,
+    debug: bool = False,
+    status: str = "UpToDate",
+    advisories: tuple[str, ...] = (),
+    flags: int | None = None,
+    config_svn: int = 0,
+    fmt: str = "tcg-dice",
+):
     """What the secret server's verifier returns for a quote that verified, without a quote:
     the input :func:`attestation.server.decide.decide` judges."""
     from enclave_build.attestation.quote import FLAG_DEBUG, FLAG_INIT, FLAG_MODE64BIT
@@ -186,6 +258,15 @@ def verified_evidence(mr_enclave: str, mr_signer: str = MR_SIGNER.hex(), isv_pro
     if flags is None:
         flags = FLAG_INIT | FLAG_MODE64BIT | (FLAG_DEBUG if debug else 0)
     attributes = (flags.to_bytes(8, "little") + (0xE7).to_bytes(8, "little")).hex()
-    quote = VerifiedQuote(status, advisories, mr_enclave, mr_signer, isv_prod_id, isv_svn,
-                          debug, attributes, bytes(64))
+    quote = VerifiedQuote(
+        status,
+        advisories,
+        mr_enclave,
+        mr_signer,
+        isv_prod_id,
+        isv_svn,
+        debug,
+        attributes,
+        bytes(64),
+    )
     return Evidence(fmt, quote, config_svn)

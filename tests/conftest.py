@@ -26,8 +26,10 @@ SHARED_VECTORS = Path(os.environ.get("ENCLAVE_BUILD_VECTORS", REPO.parent / "sha
 def vectors_dir(name: str) -> Path:
     path = SHARED_VECTORS / name
     if not path.is_dir():
-        message = (f"conformance vectors not found at {path} (../shared is absent in a fresh "
-                   "clone; set ENCLAVE_BUILD_VECTORS to point at them)")
+        message = (
+            f"conformance vectors not found at {path} (../shared is absent in a fresh "
+            "clone; set ENCLAVE_BUILD_VECTORS to point at them)"
+        )
         if os.environ.get("CI", "").lower() in ("true", "1"):
             pytest.fail(f"CI=true: {message}", pytrace=False)
         pytest.skip(message)
@@ -81,20 +83,32 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None,
-            input: bytes | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None, input: bytes | None = None
+) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "enclave_build", *args], capture_output=True,
-                          env=full_env, cwd=cwd, input=input, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "enclave_build", *args],
+        capture_output=True,
+        env=full_env,
+        cwd=cwd,
+        input=input,
+        timeout=300,
+    )
 
 
 def tflite_bytes(body: bytes = b"") -> bytes:
     """A file the build takes for a TFLite model (the FlatBuffer identifier TFL3 at bytes
     4..8, a root table with no fields: no operators, no state) followed by *body*, at least
     the minimum size; not a model LiteRT can run."""
-    head = (12).to_bytes(4, "little") + b"TFL3" + (4).to_bytes(2, "little") + \
-        (4).to_bytes(2, "little") + (4).to_bytes(4, "little")
+    head = (
+        (12).to_bytes(4, "little")
+        + b"TFL3"
+        + (4).to_bytes(2, "little")
+        + (4).to_bytes(2, "little")
+        + (4).to_bytes(4, "little")
+    )
     return (head + body).ljust(32, b"\0")
 
 
@@ -120,8 +134,7 @@ def saved_model_dir(directory: Path, body: bytes = b"") -> Path:
     return directory
 
 
-def model_files(directory: Path, framework: str, names: tuple[str, ...] = ("a", "b")
-                ) -> list[str]:
+def model_files(directory: Path, framework: str, names: tuple[str, ...] = ("a", "b")) -> list[str]:
     """One model per name in *directory* that *framework* serves (a SavedModel directory for
     tfserving, else a .tflite file); their paths relative to *directory*."""
     paths = []
@@ -130,8 +143,7 @@ def model_files(directory: Path, framework: str, names: tuple[str, ...] = ("a", 
             saved_model_dir(directory / name, f" model {name}".encode() * 40)
             paths.append(name)
         else:
-            (directory / f"{name}.tflite").write_bytes(tflite_bytes(f" model {name}".encode()
-                                                                    * 40))
+            (directory / f"{name}.tflite").write_bytes(tflite_bytes(f" model {name}".encode() * 40))
             paths.append(f"{name}.tflite")
     return paths
 
@@ -144,15 +156,16 @@ def write_spec(directory: Path, text: str, name: str = "spec.toml") -> Path:
 
 def image_rootfs(output_dir: Path) -> Path:
     """The root filesystem of the image in a build output (DIR/oci), unpacked for reading."""
-    from enclave_build.builder.image.oci import BlobStore
     from enclave_build.builder.cache import cache_root
+    from enclave_build.builder.image.oci import BlobStore
     from enclave_build.builder.image.sources import read_oci_layout
     from enclave_build.builder.image.unpack import unpacked_rootfs
 
     store = BlobStore(cache_root() / "blobs")
     image = read_oci_layout(Path(output_dir) / "oci", None, store, str(output_dir))
-    return unpacked_rootfs(store, image.layers, image.diff_ids, cache_root() / "rootfs",
-                           str(output_dir)).root
+    return unpacked_rootfs(
+        store, image.layers, image.diff_ids, cache_root() / "rootfs", str(output_dir)
+    ).root
 
 
 @pytest.fixture(scope="session")
@@ -187,5 +200,3 @@ def registry(tmp_path_factory):
     reg = start_registry(tmp_path_factory.mktemp("registry"))
     yield reg
     stop(reg.process)
-
-

@@ -26,7 +26,7 @@ from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.builder.plugins import PluginRegistry
 
 PROTOS = Path(__file__).parent / "protos"
-SLOW = {"seconds": 0.0}   # how long the stand-in stalls before answering a TCB info request
+SLOW = {"seconds": 0.0}  # how long the stand-in stalls before answering a TCB info request
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def pccs():
         def log_message(self, *args):  # quiet
             pass
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             path = urlparse(self.path).path
             hits.append(path)
             prefix = "/sgx/certification/v4/"
@@ -53,13 +53,26 @@ def pccs():
                 header = ("SGX-PCK-CRL-Issuer-Chain", collateral["pck_crl_issuer_chain"])
             elif path == prefix + "tcb":
                 time.sleep(SLOW["seconds"])
-                body = ('{"tcbInfo":' + collateral["tcb_info"] + ',"signature":"'
-                        + collateral["tcb_info_signature"] + '"}').encode()
+                body = (
+                    '{"tcbInfo":'
+                    + collateral["tcb_info"]
+                    + ',"signature":"'
+                    + collateral["tcb_info_signature"]
+                    + '"}'
+                ).encode()
                 header = ("SGX-TCB-Info-Issuer-Chain", collateral["tcb_info_issuer_chain"])
             elif path == prefix + "qe/identity":
-                body = ('{"enclaveIdentity":' + collateral["qe_identity"] + ',"signature":"'
-                        + collateral["qe_identity_signature"] + '"}').encode()
-                header = ("SGX-Enclave-Identity-Issuer-Chain", collateral["qe_identity_issuer_chain"])
+                body = (
+                    '{"enclaveIdentity":'
+                    + collateral["qe_identity"]
+                    + ',"signature":"'
+                    + collateral["qe_identity_signature"]
+                    + '"}'
+                ).encode()
+                header = (
+                    "SGX-Enclave-Identity-Issuer-Chain",
+                    collateral["qe_identity_issuer_chain"],
+                )
             elif path == prefix + "rootcacrl":
                 body, header = collateral["root_ca_crl"].encode(), None
             else:
@@ -84,14 +97,22 @@ def pccs():
 def ratls_stubs(tmp_path_factory):
     """ratls_pb2 / ratls_pb2_grpc generated from tests/protos/ratls.proto by grpcio-tools."""
     from grpc_tools import protoc
+
     out = tmp_path_factory.mktemp("ratls-stubs")
     include = str(importlib.resources.files("grpc_tools") / "_proto")
-    status = protoc.main(["grpc_tools.protoc", f"-I{PROTOS}", f"-I{include}",
-                          f"--python_out={out}", f"--grpc_python_out={out}",
-                          str(PROTOS / "ratls.proto")])
+    status = protoc.main(
+        [
+            "grpc_tools.protoc",
+            f"-I{PROTOS}",
+            f"-I{include}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            str(PROTOS / "ratls.proto"),
+        ]
+    )
     assert status == 0, "grpcio-tools could not compile tests/protos/ratls.proto"
     sys.path.insert(0, str(out))
-    for name in ("ratls_pb2", "ratls_pb2_grpc"):   # generated once per module that uses them
+    for name in ("ratls_pb2", "ratls_pb2_grpc"):  # generated once per module that uses them
         sys.modules.pop(name, None)
     try:
         pb2 = importlib.import_module("ratls_pb2")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPE = REPO / "builder" / "realbase"     # the code that makes the base
+RECIPE = REPO / "builder" / "realbase"  # the code that makes the base
 REQUIREMENTS = REPO / "base_images" / "gramine-python" / "requirements.txt"
 ARCHIVE_NAME = "gramine-1.9-debian12-x86_64.tar.gz"
 COMPLETE = ".enclave-build-test-base"
@@ -77,7 +77,8 @@ def gramine_base(log=None) -> Path:
     if archive is None:
         raise GramineBaseUnavailable(
             f"no Gramine archive ({ARCHIVE_NAME} in {REPO.parent / 'shared' / 'gramine'} or "
-            "$GRAMINE_ARCHIVE)")
+            "$GRAMINE_ARCHIVE)"
+        )
     cache = _cache_dir()
     target = cache / base_key(archive)
     if (target / COMPLETE).exists():
@@ -86,7 +87,7 @@ def gramine_base(log=None) -> Path:
         raise GramineBaseUnavailable("building the Gramine base needs root (mmdebstrap, chroot)")
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)      # one build at a time; the others wait and reuse it
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others wait and reuse it
         if (target / COMPLETE).exists():
             return target / "rootfs"
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
@@ -96,23 +97,27 @@ def gramine_base(log=None) -> Path:
             lines.append(line)
             if log is not None:
                 log(line + "\n")
+
         try:
             from enclave_build.builder.errors import EnclaveBuildError
             from enclave_build.builder.realbase import BaseRecipe, GramineArchive, make_gramine_base
 
             try:
-                make_gramine_base(BaseRecipe(work / "rootfs", GramineArchive(archive),
-                                             python=sys.executable), show)
+                make_gramine_base(
+                    BaseRecipe(work / "rootfs", GramineArchive(archive), python=sys.executable),
+                    show,
+                )
             except EnclaveBuildError as exc:
                 tail = "\n".join(lines[-25:])
-                raise GramineBaseUnavailable(f"enclave-build base gramine failed: {exc}\n"
-                                             f"{tail}") from None
+                raise GramineBaseUnavailable(
+                    f"enclave-build base gramine failed: {exc}\n{tail}"
+                ) from None
             (work / COMPLETE).write_text(f"{archive}\n")
             os.rename(work, target)
         except BaseException:
             from enclave_build.builder.realbase.tools import remove_tree
 
-            remove_tree(work)       # never into anything a killed tool left mounted
+            remove_tree(work)  # never into anything a killed tool left mounted
             raise
     return target / "rootfs"
 

@@ -8,8 +8,16 @@ import socket
 import time
 
 import hpack
-from hyperframe.frame import (DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame,
-                              RstStreamFrame, SettingsFrame, WindowUpdateFrame)
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SERVICE = "/inference.GRPCInferenceService/"
@@ -27,10 +35,16 @@ class H2Connection:
     def open_stream(self, stream: int, method: str = "ModelInfer") -> None:
         """HEADERS of a gRPC call, without END_STREAM: the server waits for the message."""
         frame = HeadersFrame(stream)
-        frame.data = self.encoder.encode([
-            (":method", "POST"), (":scheme", "http"), (":authority", "localhost"),
-            (":path", SERVICE + method), ("content-type", "application/grpc"),
-            ("te", "trailers")])
+        frame.data = self.encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "localhost"),
+                (":path", SERVICE + method),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ]
+        )
         frame.flags.add("END_HEADERS")
         self.sock.sendall(frame.serialize())
 
@@ -51,8 +65,8 @@ class H2Connection:
                 if len(self.buffer) < 9 + size:
                     break
                 frame, _ = Frame.parse_frame_header(memoryview(self.buffer[:9]))
-                frame.parse_body(memoryview(self.buffer[9:9 + size]))
-                self.buffer = self.buffer[9 + size:]
+                frame.parse_body(memoryview(self.buffer[9 : 9 + size]))
+                self.buffer = self.buffer[9 + size :]
                 if isinstance(frame, HeadersFrame):
                     # the decoded block, kept on the frame for the tests to read
                     frame.headers = dict(self.decoder.decode(frame.data))  # type: ignore[attr-defined]
@@ -62,7 +76,7 @@ class H2Connection:
             self.sock.settimeout(max(0.01, min(0.2, deadline - time.monotonic())))
             try:
                 chunk = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 chunk = b""
@@ -72,8 +86,9 @@ class H2Connection:
             self.buffer += chunk
         return frames
 
-    def send_partial(self, streams: list[int], announce: int, limit: int,
-                     seconds: float) -> dict[int, int]:
+    def send_partial(
+        self, streams: list[int], announce: int, limit: int, seconds: float
+    ) -> dict[int, int]:
         """On each of *streams* (opened), a gRPC message announcing *announce* bytes, sent as
         far as the server's flow-control windows allow but never past *limit* bytes (so never
         complete), for *seconds* or until the server has ended every stream. Returns the bytes
@@ -92,23 +107,24 @@ class H2Connection:
                         windows[frame.stream_id] += frame.window_increment
                 elif isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
                     self.sock.sendall(SettingsFrame(0, flags=["ACK"]).serialize())
-                    if 4 in frame.settings:               # SETTINGS_INITIAL_WINDOW_SIZE
+                    if 4 in frame.settings:  # SETTINGS_INITIAL_WINDOW_SIZE
                         for stream in windows:
                             windows[stream] += frame.settings[4] - 65535
                 elif isinstance(frame, PingFrame) and "ACK" not in frame.flags:
                     ack = PingFrame(0, frame.opaque_data)
                     ack.flags.add("ACK")
                     self.sock.sendall(ack.serialize())
-                elif isinstance(frame, (RstStreamFrame, HeadersFrame)) and \
-                        frame.stream_id in windows:
-                    del windows[frame.stream_id]            # refused, cancelled or answered
+                elif (
+                    isinstance(frame, (RstStreamFrame, HeadersFrame)) and frame.stream_id in windows
+                ):
+                    del windows[frame.stream_id]  # refused, cancelled or answered
             for stream in list(windows):
                 while not self.closed:
                     first = sent[stream] == 0
-                    data = (b"\x00" + announce.to_bytes(4, "big") + chunk[:-5]) if first \
-                        else chunk
-                    if sent[stream] + len(data) > limit or \
-                            min(windows[stream], conn_window) < len(data):
+                    data = (b"\x00" + announce.to_bytes(4, "big") + chunk[:-5]) if first else chunk
+                    if sent[stream] + len(data) > limit or min(windows[stream], conn_window) < len(
+                        data
+                    ):
                         break
                     frame = DataFrame(stream)
                     frame.data = data

@@ -75,8 +75,13 @@ def stateful_tflite(variable_tensor: bool = False) -> bytes:
 
     def tensor(name, shape, kind, variable=False):
         item = schema.TensorT()
-        item.name, item.shape, item.type, item.buffer, item.isVariable = \
-            name, shape, kind, 0, variable
+        item.name, item.shape, item.type, item.buffer, item.isVariable = (
+            name,
+            shape,
+            kind,
+            0,
+            variable,
+        )
         return item
 
     def op(index, inputs, outputs, options_type=0, options=None):
@@ -88,16 +93,21 @@ def stateful_tflite(variable_tensor: bool = False) -> bytes:
     graph = schema.SubGraphT()
     if variable_tensor:
         codes = [code(B.ADD)]
-        graph.tensors = [tensor("x", [1], T.FLOAT32), tensor("v", [1], T.FLOAT32, True),
-                         tensor("y", [1], T.FLOAT32)]
-        graph.operators = [op(0, [0, 1], [2], schema.BuiltinOptions.AddOptions,
-                              schema.AddOptionsT())]
+        graph.tensors = [
+            tensor("x", [1], T.FLOAT32),
+            tensor("v", [1], T.FLOAT32, True),
+            tensor("y", [1], T.FLOAT32),
+        ]
+        graph.operators = [
+            op(0, [0, 1], [2], schema.BuiltinOptions.AddOptions, schema.AddOptionsT())
+        ]
         graph.inputs, graph.outputs = [0], [2]
     else:
         # main: CALL_ONCE(init) ; h = VAR_HANDLE ; v = READ_VARIABLE(h) ; y = x + v ;
         # ASSIGN_VARIABLE(h, y). init (subgraph 1): ASSIGN_VARIABLE(VAR_HANDLE, 0.0).
-        codes = [code(c) for c in (B.VAR_HANDLE, B.READ_VARIABLE, B.ADD, B.ASSIGN_VARIABLE,
-                                   B.CALL_ONCE)]
+        codes = [
+            code(c) for c in (B.VAR_HANDLE, B.READ_VARIABLE, B.ADD, B.ASSIGN_VARIABLE, B.CALL_ONCE)
+        ]
 
         def handle_op(output):
             options = schema.VarHandleOptionsT()
@@ -106,24 +116,46 @@ def stateful_tflite(variable_tensor: bool = False) -> bytes:
 
         once = schema.CallOnceOptionsT()
         once.initSubgraphIndex = 1
-        graph.tensors = [tensor("x", [1], T.FLOAT32), tensor("handle", [], T.RESOURCE),
-                         tensor("v", [1], T.FLOAT32), tensor("y", [1], T.FLOAT32)]
+        graph.tensors = [
+            tensor("x", [1], T.FLOAT32),
+            tensor("handle", [], T.RESOURCE),
+            tensor("v", [1], T.FLOAT32),
+            tensor("y", [1], T.FLOAT32),
+        ]
         graph.operators = [
             op(4, [], [], schema.BuiltinOptions.CallOnceOptions, once),
             handle_op(1),
-            op(1, [1], [2], schema.BuiltinOptions.ReadVariableOptions,
-               schema.ReadVariableOptionsT()),
+            op(
+                1,
+                [1],
+                [2],
+                schema.BuiltinOptions.ReadVariableOptions,
+                schema.ReadVariableOptionsT(),
+            ),
             op(2, [0, 2], [3], schema.BuiltinOptions.AddOptions, schema.AddOptionsT()),
-            op(3, [1, 3], [], schema.BuiltinOptions.AssignVariableOptions,
-               schema.AssignVariableOptionsT())]
+            op(
+                3,
+                [1, 3],
+                [],
+                schema.BuiltinOptions.AssignVariableOptions,
+                schema.AssignVariableOptionsT(),
+            ),
+        ]
         graph.inputs, graph.outputs = [0], [3]
         init = schema.SubGraphT()
         zero = tensor("zero", [1], T.FLOAT32)
         zero.buffer = 1
         init.tensors = [tensor("handle", [], T.RESOURCE), zero]
-        init.operators = [handle_op(0), op(3, [0, 1], [],
-                                           schema.BuiltinOptions.AssignVariableOptions,
-                                           schema.AssignVariableOptionsT())]
+        init.operators = [
+            handle_op(0),
+            op(
+                3,
+                [0, 1],
+                [],
+                schema.BuiltinOptions.AssignVariableOptions,
+                schema.AssignVariableOptionsT(),
+            ),
+        ]
         init.inputs, init.outputs, init.name = [], [], "init"
     graph.name = "main"
     model = schema.ModelT()

@@ -12,9 +12,9 @@ from enclave_build.model_server.config import Limits, ModelConfig
 from enclave_build.model_server.core import Engine, LoadedModel
 from enclave_build.model_server.metrics import Metrics
 from enclave_build.model_server.rest import RESTServer
+from tests.ms_backends import NO_SOURCE
 
 from .test_model_server import EchoBackend
-from tests.ms_backends import NO_SOURCE
 
 #: A JSON inference request for the echo model (x: FP32 [1, 2]).
 INFER = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]}]}'
@@ -30,13 +30,19 @@ class RestInThread:
     loop thread. Short deadlines unless *limits* say otherwise."""
 
     def __init__(self, models: dict[str, LoadedModel] | None = None, **limits) -> None:
-        limits = {"max_request_bytes": 4096, "header_timeout": 0.5, "idle_timeout": 0.8,
-                  "body_timeout": 0.5, **limits}
+        limits = {
+            "max_request_bytes": 4096,
+            "header_timeout": 0.5,
+            "idle_timeout": 0.8,
+            "body_timeout": 0.5,
+            **limits,
+        }
         self.limits = Limits(**limits)
         self.engine = Engine(models or {"echo": echo_model()}, self.limits)
         self.loop = asyncio.new_event_loop()
-        self.rest = RESTServer(self.engine, Metrics(), "t", self.limits.max_request_bytes,
-                               True, self.limits)
+        self.rest = RESTServer(
+            self.engine, Metrics(), "t", self.limits.max_request_bytes, True, self.limits
+        )
         started = threading.Event()
 
         def run():
@@ -44,6 +50,7 @@ class RestInThread:
             self.port = self.loop.run_until_complete(self.rest.start("127.0.0.1", 0))
             started.set()
             self.loop.run_forever()
+
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
         assert started.wait(5)
@@ -78,8 +85,7 @@ def read_all(s: socket.socket) -> bytes:
 
 def post_request(body: bytes, headers: str) -> bytes:
     """A POST of *body* to the echo model's infer endpoint with *headers* (CRLF-terminated)."""
-    return (b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n" + headers.encode() +
-            b"\r\n" + body)
+    return b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n" + headers.encode() + b"\r\n" + body
 
 
 def wait_until(condition, what: str, timeout: float = 15.0) -> None:

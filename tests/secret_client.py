@@ -30,8 +30,13 @@ from cryptography.hazmat.primitives import serialization
 from enclave_build.attestation.measurements import Measurements
 from enclave_build.attestation.occlum_ra import CONFIG_SVN_OFFSET, PeerIdentity, RaConfig
 from enclave_build.attestation.ratls import extract_evidence
-from enclave_build.attestation.verify import (QuoteRejected, TcbPolicy, VerificationCache,
-                                              VerifiedQuote, verify_quote)
+from enclave_build.attestation.verify import (
+    QuoteRejected,
+    TcbPolicy,
+    VerificationCache,
+    VerifiedQuote,
+    verify_quote,
+)
 from enclave_build.attestation.wire import HEADER_LEN, REQUEST, parse_header, recv_exact
 
 
@@ -39,9 +44,18 @@ class ProvisioningError(RuntimeError):
     """The secret could not be obtained (refused, or protocol error)."""
 
 
-def fetch_secret(host: str, port: int, ca_cert: str | Path, ratls_cert: x509.Certificate,
-                 ratls_key, *, server_name: str | None = None, timeout: float = 10.0,
-                 tls_version: ssl.TLSVersion | None = None, request: bytes = REQUEST) -> bytes:
+def fetch_secret(
+    host: str,
+    port: int,
+    ca_cert: str | Path,
+    ratls_cert: x509.Certificate,
+    ratls_key,
+    *,
+    server_name: str | None = None,
+    timeout: float = 10.0,
+    tls_version: ssl.TLSVersion | None = None,
+    request: bytes = REQUEST,
+) -> bytes:
     """Obtain the secret the server releases to the enclave whose RA-TLS certificate this is."""
     context = ssl.create_default_context(cafile=str(ca_cert))
     if tls_version is not None:
@@ -49,9 +63,13 @@ def fetch_secret(host: str, port: int, ca_cert: str | Path, ratls_cert: x509.Cer
     with tempfile.TemporaryDirectory(prefix="ratls-") as tmp:
         cert_path, key_path = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
         cert_path.write_bytes(ratls_cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(ratls_key.private_bytes(serialization.Encoding.PEM,
-                                                     serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))
+        key_path.write_bytes(
+            ratls_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         context.load_cert_chain(cert_path, key_path)
     raw = socket.create_connection((host, port), timeout=timeout)
     try:
@@ -59,13 +77,16 @@ def fetch_secret(host: str, port: int, ca_cert: str | Path, ratls_cert: x509.Cer
             tls.sendall(request)
             header = recv_exact(tls, HEADER_LEN)
             if len(header) < HEADER_LEN:
-                raise ProvisioningError("the secret server closed the connection: the enclave "
-                                        "was refused (see the server's audit log)")
+                raise ProvisioningError(
+                    "the secret server closed the connection: the enclave "
+                    "was refused (see the server's audit log)"
+                )
             try:
                 released, size = parse_header(header)
             except ValueError as exc:
-                raise ProvisioningError(f"unexpected response from the secret server: {exc}") \
-                    from None
+                raise ProvisioningError(
+                    f"unexpected response from the secret server: {exc}"
+                ) from None
             if not released:
                 reason = recv_exact(tls, size).decode("utf-8", "replace")
                 raise ProvisioningError(f"the secret server refused: {reason}")
@@ -73,7 +94,7 @@ def fetch_secret(host: str, port: int, ca_cert: str | Path, ratls_cert: x509.Cer
             if len(secret) != size:
                 raise ProvisioningError("truncated secret")
             return secret
-    except (ssl.SSLError, ConnectionError, socket.timeout) as exc:
+    except (TimeoutError, ssl.SSLError, ConnectionError) as exc:
         raise ProvisioningError(f"TLS with {host}:{port} failed: {exc}") from None
     finally:
         raw.close()
@@ -86,9 +107,17 @@ class EndpointAttestation:
     build: Measurements
 
 
-def attest_endpoint(host: str, port: int, measurements: list[Measurements], collateral_json: str,
-                    *, root_ca_der: bytes | None = None, policy: TcbPolicy = TcbPolicy(),
-                    now: _dt.datetime | None = None, timeout: float = 10.0) -> EndpointAttestation:
+def attest_endpoint(
+    host: str,
+    port: int,
+    measurements: list[Measurements],
+    collateral_json: str,
+    *,
+    root_ca_der: bytes | None = None,
+    policy: TcbPolicy = TcbPolicy(),
+    now: _dt.datetime | None = None,
+    timeout: float = 10.0,
+) -> EndpointAttestation:
     """Check that HOST:PORT is served by one of the given builds, inside a genuine enclave."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -99,15 +128,21 @@ def attest_endpoint(host: str, port: int, measurements: list[Measurements], coll
     if der is None:
         raise QuoteRejected(f"{host}:{port} presented no certificate")
     evidence = extract_evidence(x509.load_der_x509_certificate(der))
-    verified = verify_quote(evidence.quote, collateral_json, root_ca_der=root_ca_der, now=now,
-                            policy=policy)
+    verified = verify_quote(
+        evidence.quote, collateral_json, root_ca_der=root_ca_der, now=now, policy=policy
+    )
     for build in measurements:
-        if (build.mr_enclave, build.mr_signer, build.isv_prod_id, build.isv_svn,
-                build.debug) == (verified.mr_enclave, verified.mr_signer, verified.isv_prod_id,
-                                 verified.isv_svn, verified.debug):
+        if (build.mr_enclave, build.mr_signer, build.isv_prod_id, build.isv_svn, build.debug) == (
+            verified.mr_enclave,
+            verified.mr_signer,
+            verified.isv_prod_id,
+            verified.isv_svn,
+            verified.debug,
+        ):
             return EndpointAttestation(evidence.format, verified, build)
-    raise QuoteRejected(f"{host}:{port} runs enclave {verified.mr_enclave}, which is not one of "
-                        "the given builds")
+    raise QuoteRejected(
+        f"{host}:{port} runs enclave {verified.mr_enclave}, which is not one of the given builds"
+    )
 
 
 class PeerRejected(Exception):
@@ -121,20 +156,38 @@ class VerifiedPeer:
     identity: PeerIdentity
 
 
-def verify_peer_certificate(cert: x509.Certificate, ra_config: RaConfig | None,
-                            collateral_json: str, *, root_ca_der: bytes | None = None,
-                            policy: TcbPolicy = TcbPolicy(), now: _dt.datetime | None = None,
-                            cache: VerificationCache | None = None) -> VerifiedPeer:
+def verify_peer_certificate(
+    cert: x509.Certificate,
+    ra_config: RaConfig | None,
+    collateral_json: str,
+    *,
+    root_ca_der: bytes | None = None,
+    policy: TcbPolicy = TcbPolicy(),
+    now: _dt.datetime | None = None,
+    cache: VerificationCache | None = None,
+) -> VerifiedPeer:
     """Check a peer's RA-TLS certificate as Occlum's library does, with our quote verifier:
     the evidence binds the certificate's key, the quote verifies (TCB policy included), and
     (unless *ra_config* is None) an ``sgx_mrs`` entry matches. Raises :class:`PeerRejected`,
     or EvidenceError / QuoteRejected from the steps before."""
     evidence = extract_evidence(cert)
-    verified = verify_quote(evidence.quote, collateral_json, root_ca_der=root_ca_der, now=now,
-                            policy=policy, cache=cache)
-    config_svn = int.from_bytes(evidence.quote[CONFIG_SVN_OFFSET:CONFIG_SVN_OFFSET + 2], "little")
-    identity = PeerIdentity(verified.mr_enclave, verified.mr_signer, verified.isv_prod_id,
-                            verified.isv_svn, config_svn, verified.debug)
+    verified = verify_quote(
+        evidence.quote,
+        collateral_json,
+        root_ca_der=root_ca_der,
+        now=now,
+        policy=policy,
+        cache=cache,
+    )
+    config_svn = int.from_bytes(evidence.quote[CONFIG_SVN_OFFSET : CONFIG_SVN_OFFSET + 2], "little")
+    identity = PeerIdentity(
+        verified.mr_enclave,
+        verified.mr_signer,
+        verified.isv_prod_id,
+        verified.isv_svn,
+        config_svn,
+        verified.debug,
+    )
     if ra_config is not None:
         reason = ra_config.mismatch(identity)
         if reason is not None:

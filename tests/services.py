@@ -41,7 +41,7 @@ def _wait(check, what: str, timeout: float = 60.0, log: Path | None = None) -> N
 
 @dataclass
 class Dockerd:
-    host: str          # DOCKER_HOST value
+    host: str  # DOCKER_HOST value
     process: subprocess.Popen
 
     def env(self) -> dict[str, str]:
@@ -51,8 +51,10 @@ class Dockerd:
 def dockerd_unavailable() -> str | None:
     """Why this machine cannot start a test engine (the skip reason), or None."""
     if shutil.which("dockerd") is None:
-        return ("dockerd is not installed (apt-get install docker.io; scripts/test.sh installs "
-                "it when run as root)")
+        return (
+            "dockerd is not installed (apt-get install docker.io; scripts/test.sh installs "
+            "it when run as root)"
+        )
     if os.geteuid() != 0:
         return "starting dockerd needs root"
     return None
@@ -69,14 +71,28 @@ def start_dockerd(workdir: Path) -> Dockerd:
     log = workdir / "dockerd.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            ["dockerd", "--storage-driver=vfs", "--iptables=false", "--bridge=none",
-             "--data-root", str(workdir / "root"), "--exec-root", str(workdir / "exec"),
-             "--pidfile", str(workdir / "dockerd.pid"), "-H", f"unix://{sock}"],
-            stdout=out, stderr=subprocess.STDOUT)
+            [
+                "dockerd",
+                "--storage-driver=vfs",
+                "--iptables=false",
+                "--bridge=none",
+                "--data-root",
+                str(workdir / "root"),
+                "--exec-root",
+                str(workdir / "exec"),
+                "--pidfile",
+                str(workdir / "dockerd.pid"),
+                "-H",
+                f"unix://{sock}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     host = f"unix://{sock}"
 
     def up() -> bool:
         import docker
+
         return docker.DockerClient(base_url=host).ping()
 
     try:
@@ -106,30 +122,42 @@ def remove_tree(path: Path) -> None:
 
 @dataclass
 class Registry:
-    address: str       # 127.0.0.1:PORT
+    address: str  # 127.0.0.1:PORT
     process: subprocess.Popen
 
 
 def start_registry(workdir: Path, htpasswd: Path | None = None) -> Registry:
     binary = shutil.which("docker-registry") or shutil.which("registry")
     if binary is None:
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry; "
-                    "scripts/test.sh installs it when run as root)")
+        pytest.skip(
+            "docker-registry is not installed (apt-get install docker-registry; "
+            "scripts/test.sh installs it when run as root)"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    auth = (f"auth:\n  htpasswd:\n    realm: enclave-build-test\n    path: {htpasswd}\n"
-            if htpasswd else "")
+    auth = (
+        f"auth:\n  htpasswd:\n    realm: enclave-build-test\n    path: {htpasswd}\n"
+        if htpasswd
+        else ""
+    )
     config = workdir / "config.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
-                      f"{workdir / 'data'}\n  delete:\n    enabled: true\nhttp:\n  addr: "
-                      f"127.0.0.1:{port}\n{auth}")
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
+        f"{workdir / 'data'}\n  delete:\n    enabled: true\nhttp:\n  addr: "
+        f"127.0.0.1:{port}\n{auth}"
+    )
     log = workdir / "registry.log"
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=log.open("wb"),
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
     address = f"127.0.0.1:{port}"
     try:
-        _wait(lambda: requests.get(f"http://{address}/v2/", timeout=2).status_code in (200, 401),
-              "docker-registry", 30, log)
+        _wait(
+            lambda: requests.get(f"http://{address}/v2/", timeout=2).status_code in (200, 401),
+            "docker-registry",
+            30,
+            log,
+        )
     except RuntimeError:
         process.terminate()
         raise

@@ -88,7 +88,7 @@ class Keys:
     secret_port: int = field(default_factory=free_port)
 
     @classmethod
-    def make(cls, directory: Path, signing_key: Path) -> "Keys":
+    def make(cls, directory: Path, signing_key: Path) -> Keys:
         directory.mkdir(parents=True, exist_ok=True)
         ca, cert, key = tls_ca_and_server(directory)
         pki_dir = directory / "pki"
@@ -96,18 +96,29 @@ class Keys:
         return cls(directory, ca, cert, key, pki_dir, directory / "wrap-keys", signing_key)
 
 
-def write_spec(directory: Path, keys: Keys, *, service: str, framework: str,
-               models: list[tuple[str, Path, str | None]], section: str = "",
-               extra: str = "") -> Path:
+def write_spec(
+    directory: Path,
+    keys: Keys,
+    *,
+    service: str,
+    framework: str,
+    models: list[tuple[str, Path, str | None]],
+    section: str = "",
+    extra: str = "",
+) -> Path:
     """A spec whose encrypted models (name, path, key name or None for SERVICE-key) get their
     keys from the test's secret server."""
     lines = [f'[service]\nname = "{service}"\nframework = "{framework}"\n']
     for name, path, key in models:
-        lines.append(f'[[models]]\nname = "{name}"\npath = "{path}"\nencrypt = true\n'
-                     + (f'key = "{key}"\n' if key else ""))
+        lines.append(
+            f'[[models]]\nname = "{name}"\npath = "{path}"\nencrypt = true\n'
+            + (f'key = "{key}"\n' if key else "")
+        )
     lines.append('[enclave]\nsize = "2G"\nmax_threads = 32\nisv_prod_id = 7\nisv_svn = 3\n')
-    lines.append(f'[secrets]\nserver = "localhost:{keys.secret_port}"\nca = "{keys.ca}"\n'
-                 f'keys_dir = "{keys.keys_dir}"\n')
+    lines.append(
+        f'[secrets]\nserver = "localhost:{keys.secret_port}"\nca = "{keys.ca}"\n'
+        f'keys_dir = "{keys.keys_dir}"\n'
+    )
     lines.append(f'[signing]\nkey = "{keys.signing_key}"\n')
     if section:
         lines.append(section)
@@ -118,22 +129,36 @@ def write_spec(directory: Path, keys: Keys, *, service: str, framework: str,
     return spec
 
 
-def secret_server_config(keys: Keys, builds: list[Path], *, allow_override: str | None = None,
-                         name: str = "secrets.toml") -> Path:
+def secret_server_config(
+    keys: Keys, builds: list[Path], *, allow_override: str | None = None, name: str = "secrets.toml"
+) -> Path:
     """secrets.toml from the builds' policy fragments (`enclave-build secrets config`'s code),
     trusting the test's synthetic PKI. *allow_override* (a TOML array) replaces every rule's
     allow list, to make a policy that admits some other enclave."""
     from enclave_build.builder.secrets_config import ServerSide, compose_config, write_config
 
-    config = compose_config(builds, ServerSide(
-        cert=keys.server_cert, key=keys.server_key, listen=f"127.0.0.1:{keys.secret_port}",
-        root_ca=str(keys.pki_dir / "root.pem"), collateral=keys.pki_dir / "collateral.json",
-        audit_log=str(keys.directory / (name + ".audit.jsonl"))))
+    config = compose_config(
+        builds,
+        ServerSide(
+            cert=keys.server_cert,
+            key=keys.server_key,
+            listen=f"127.0.0.1:{keys.secret_port}",
+            root_ca=str(keys.pki_dir / "root.pem"),
+            collateral=keys.pki_dir / "collateral.json",
+            audit_log=str(keys.directory / (name + ".audit.jsonl")),
+        ),
+    )
     if allow_override is not None:
         allow = tuple(json.loads(allow_override))
-        config = dataclasses.replace(config, config=dataclasses.replace(
-            config.config, secrets=tuple(dataclasses.replace(rule, allow=allow)
-                                         for rule in config.config.secrets)))
+        config = dataclasses.replace(
+            config,
+            config=dataclasses.replace(
+                config.config,
+                secrets=tuple(
+                    dataclasses.replace(rule, allow=allow) for rule in config.config.secrets
+                ),
+            ),
+        )
     return write_config(keys.directory / name, config, force=True)
 
 
@@ -162,10 +187,15 @@ class Process:
 
 
 def _cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "enclave_build", *args], cwd=cwd,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "enclave_build", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def start_secret_server(config: Path) -> Process:
@@ -184,8 +214,14 @@ class Served:
     http: str
 
 
-def start_run(build_dir: Path, keys: Keys, *, env: dict | None = None,
-              extra: tuple[str, ...] = (), timeout: float = 120) -> tuple[Process, Served | None]:
+def start_run(
+    build_dir: Path,
+    keys: Keys,
+    *,
+    env: dict | None = None,
+    extra: tuple[str, ...] = (),
+    timeout: float = 120,
+) -> tuple[Process, Served | None]:
     """`enclave-build run BUILD --simulate`; (process, endpoints) once it serves, or
     (process, None) if it ended (or timed out) without serving."""
     proc = _cli("run", str(build_dir), "--simulate", "--pki", str(keys.pki_dir), *extra, env=env)
@@ -194,7 +230,7 @@ def start_run(build_dir: Path, keys: Keys, *, env: dict | None = None,
     process = Process(proc, out)
     if match is None:
         return process, None
-    host = lambda h: "127.0.0.1" if h in ("0.0.0.0", "::") else h  # noqa: E731
+    host = lambda h: "127.0.0.1" if h in ("0.0.0.0", "::") else h
     return process, Served(process, f"{host(match[1])}:{match[2]}", f"{host(match[3])}:{match[4]}")
 
 
@@ -230,12 +266,20 @@ def clients(served: Served):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    return (grpcclient.InferenceServerClient(served.grpc),
-            httpclient.InferenceServerClient(served.http))
+    return (
+        grpcclient.InferenceServerClient(served.grpc),
+        httpclient.InferenceServerClient(served.http),
+    )
 
 
-def infer_both(served: Served, model: str, name: str, tensor: np.ndarray, outputs: list[str],
-               datatype: str = "FP32") -> tuple[dict, dict]:
+def infer_both(
+    served: Served,
+    model: str,
+    name: str,
+    tensor: np.ndarray,
+    outputs: list[str],
+    datatype: str = "FP32",
+) -> tuple[dict, dict]:
     """The same request over gRPC and over HTTP (binary tensors), with tritonclient."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -246,8 +290,9 @@ def infer_both(served: Served, model: str, name: str, tensor: np.ndarray, output
     gr = g.infer(model, [gi], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
     hi = httpclient.InferInput(name, list(tensor.shape), datatype)
     hi.set_data_from_numpy(tensor, binary_data=True)
-    hr = h.infer(model, [hi], outputs=[httpclient.InferRequestedOutput(o, binary_data=True)
-                                       for o in outputs])
+    hr = h.infer(
+        model, [hi], outputs=[httpclient.InferRequestedOutput(o, binary_data=True) for o in outputs]
+    )
     return ({o: gr.as_numpy(o) for o in outputs}, {o: hr.as_numpy(o) for o in outputs})
 
 

@@ -10,8 +10,8 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 Edit = bytes | Callable[[bytes], bytes]
 
@@ -28,8 +28,7 @@ def _put(layout: Path, data: bytes) -> tuple[str, int]:
 
 def _members(raw: bytes) -> list[tuple[tarfile.TarInfo, bytes | None]]:
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(raw)), mode="r:") as tar:
-        return [(m, tar.extractfile(m).read() if m.isfile() else None)
-                for m in tar.getmembers()]
+        return [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
 
 
 def _name(member: tarfile.TarInfo) -> str:
@@ -49,8 +48,14 @@ def tamper(out: Path, edits: Mapping[str, Edit], *, repoint: bool = True) -> str
     changed: set[int] = set()
     for path, edit in edits.items():
         want = path.lstrip("/")
-        where = next((i for i in reversed(range(len(layers)))
-                      if any(_name(m) == want and m.isfile() for m, _ in layers[i])), None)
+        where = next(
+            (
+                i
+                for i in reversed(range(len(layers)))
+                if any(_name(m) == want and m.isfile() for m, _ in layers[i])
+            ),
+            None,
+        )
         if where is None:
             if callable(edit):
                 raise AssertionError(f"{path}: not in any layer, nothing to edit")
@@ -96,6 +101,7 @@ def replace_text(old: str, new: str) -> Callable[[bytes], bytes]:
         text = data.decode()
         assert old in text, f"{old!r} not found"
         return text.replace(old, new, 1).encode()
+
     return edit
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from enclave_build.attestation import upload
+from enclave_build.attestation.config import load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.server import SecretServer
-from enclave_build.attestation.config import load_config
 from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, identity, make_env
@@ -22,9 +22,15 @@ from .test_secret_server_enclave import owner_pair
 
 
 def _measurements(path: Path, framework: str = "secret-server") -> Path:
-    path.write_text(Measurements("keys", framework, "gramine",
-                                 EnclaveIdentity(identity("keys").hex(), MR_SIGNER.hex(), 0, 0,
-                                                 False), ImageRef(None, None)).to_json())
+    path.write_text(
+        Measurements(
+            "keys",
+            framework,
+            "gramine",
+            EnclaveIdentity(identity("keys").hex(), MR_SIGNER.hex(), 0, 0, False),
+            ImageRef(None, None),
+        ).to_json()
+    )
     return path
 
 
@@ -43,8 +49,19 @@ def test_help_texts_have_examples():
 def test_upload_argument_errors(tmp_path):
     m = _measurements(tmp_path / "m.json")
     cert, key = owner_pair(tmp_path, "owner")
-    base = ("secrets", "upload", "127.0.0.1:1", "--measurements", str(m), "--collateral",
-            str(m), "--owner-cert", str(cert), "--owner-key", str(key))
+    base = (
+        "secrets",
+        "upload",
+        "127.0.0.1:1",
+        "--measurements",
+        str(m),
+        "--collateral",
+        str(m),
+        "--owner-cert",
+        str(cert),
+        "--owner-key",
+        str(key),
+    )
     unpaired = run_cli(*base, "--name", "a", "--name", "b", "--file", str(_key(tmp_path / "a")))
     assert unpaired.returncode == 2 and b"2 --name but 1 --file" in unpaired.stderr
     open_key = run_cli(*base, "--name", "a", "--file", str(_key(tmp_path / "o", 0o644)))
@@ -53,10 +70,23 @@ def test_upload_argument_errors(tmp_path):
     os.chmod(tmp_path / "long", 0o600)
     long_key = run_cli(*base, "--name", "a", "--file", str(tmp_path / "long"))
     assert long_key.returncode == 2 and b"32 bytes; a key is exactly 16" in long_key.stderr
-    model = run_cli("secrets", "upload", "127.0.0.1:1", "--measurements",
-                    str(_measurements(tmp_path / "t.json", "tflite")), "--collateral", str(m),
-                    "--owner-cert", str(cert), "--owner-key", str(key),
-                    "--name", "a", "--file", str(_key(tmp_path / "k")))
+    model = run_cli(
+        "secrets",
+        "upload",
+        "127.0.0.1:1",
+        "--measurements",
+        str(_measurements(tmp_path / "t.json", "tflite")),
+        "--collateral",
+        str(m),
+        "--owner-cert",
+        str(cert),
+        "--owner-key",
+        str(key),
+        "--name",
+        "a",
+        "--file",
+        str(_key(tmp_path / "k")),
+    )
     assert model.returncode == 2 and b"not a secret-server build" in model.stderr
     nothing = run_cli("attest", "127.0.0.1:1", "--measurements", str(m))
     assert nothing.returncode == 2 and b"exactly one of --collateral" in nothing.stderr
@@ -70,12 +100,26 @@ def test_upload_to_a_server_without_ratls_identity_is_refused(tmp_path):
     host, port = server.start()
     try:
         cert, key = owner_pair(tmp_path, "owner")
-        proc = run_cli("secrets", "upload", f"{host}:{port}", "--measurements",
-                       str(_measurements(tmp_path / "m.json")), "--collateral",
-                       str(env.directory / "collateral.json"), "--allow-synthetic-root",
-                       str(env.directory / "root.pem"), "--owner-cert", str(cert),
-                       "--owner-key", str(key), "--name", "face-key",
-                       "--file", str(_key(tmp_path / "k")), "--json")
+        proc = run_cli(
+            "secrets",
+            "upload",
+            f"{host}:{port}",
+            "--measurements",
+            str(_measurements(tmp_path / "m.json")),
+            "--collateral",
+            str(env.directory / "collateral.json"),
+            "--allow-synthetic-root",
+            str(env.directory / "root.pem"),
+            "--owner-cert",
+            str(cert),
+            "--owner-key",
+            str(key),
+            "--name",
+            "face-key",
+            "--file",
+            str(_key(tmp_path / "k")),
+            "--json",
+        )
     finally:
         server.shutdown()
     assert proc.returncode == 1
@@ -109,27 +153,29 @@ def settings(tmp_path):
 
 def _serve(settings, request: bytes, der: bytes, now=None):
     pipe, store = _Pipe(request), upload.UploadStore()
-    outcome = upload.serve_upload(pipe.recv, pipe.send, der, settings, store, ["a", "b"],
-                                  now=now)
+    outcome = upload.serve_upload(pipe.recv, pipe.send, der, settings, store, ["a", "b"], now=now)
     return pipe.sent, store, outcome
 
 
 def _der(cert: Path) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
+
     return x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(Encoding.DER)
 
 
 def test_upload_protocol_all_or_nothing(settings, tmp_path):
     settings, cert = settings
     key_a, key_b = os.urandom(16), os.urandom(16)
-    sent, store, outcome = _serve(settings, upload.encode_request([("a", key_a), ("b", key_b)]),
-                                  _der(cert))
+    sent, store, outcome = _serve(
+        settings, upload.encode_request([("a", key_a), ("b", key_b)]), _der(cert)
+    )
     assert sent.startswith(upload.ACCEPTED) and store.get("a") == key_a
     assert outcome.allowed and outcome.secrets == ("a", "b")
     assert key_a.hex() not in repr(outcome)
-    sent, store, outcome = _serve(settings, upload.encode_request([("a", key_a), ("zzz", key_b)]),
-                                  _der(cert))
+    sent, store, outcome = _serve(
+        settings, upload.encode_request([("a", key_a), ("zzz", key_b)]), _der(cert)
+    )
     assert sent.startswith(upload.REFUSED) and store.names() == []
     assert "'zzz' is not an uploaded secret" in outcome.reason
 
@@ -141,12 +187,12 @@ def test_upload_protocol_refusals(settings, tmp_path):
     _, store, outcome = _serve(settings, request, _der(stranger))
     assert not outcome.allowed and "not one of the owners" in outcome.reason
     assert store.names() == []
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
     _, _, outcome = _serve(settings, request, _der(cert), now=later)
     assert "is not valid now" in outcome.reason
     _, _, outcome = _serve(settings, request[:-3], _der(cert))
     assert "request truncated (in the key)" in outcome.reason
-    bad_length = request[:len(upload.REQUEST) + 2 + 2 + 1] + (17).to_bytes(4, "big")
+    bad_length = request[: len(upload.REQUEST) + 2 + 2 + 1] + (17).to_bytes(4, "big")
     _, _, outcome = _serve(settings, bad_length, _der(cert))
     assert "announced 17 bytes" in outcome.reason
     with pytest.raises(ValueError, match="exactly 16"):

@@ -19,22 +19,28 @@ DOCKERFILES = {name: recipe.directory / "Dockerfile" for name, recipe in BASES.i
 def _lines(path: Path) -> list[str]:
     """Logical Dockerfile lines (continuations joined, comments dropped)."""
     text = re.sub(r"\\\n", " ", path.read_text())
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(BASES))
 def test_every_base_pins_its_versions(name):
     lines = _lines(DOCKERFILES[name])
-    args = {m.group(1): m.group(2) for line in lines
-            if (m := re.match(r"ARG (\w+)=(\S+)", line))}
+    args = {m.group(1): m.group(2) for line in lines if (m := re.match(r"ARG (\w+)=(\S+)", line))}
     froms = [line.split()[1] for line in lines if line.startswith("FROM ")]
     assert froms, "no FROM"
     for ref in froms:
         resolved = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), ref)
         assert ":" in resolved and not resolved.endswith(":latest"), f"unpinned base {ref}"
     text = " ".join(lines)
-    for package in re.findall(r'"(gramine|libsgx-dcap-default-qpl|tflite-runtime|openvino|grpcio)'
-                              r'(=+)?([^"]*)"', text):
+    for package in re.findall(
+        r'"(gramine|libsgx-dcap-default-qpl|tflite-runtime|openvino|grpcio)'
+        r'(=+)?([^"]*)"',
+        text,
+    ):
         assert package[1] and package[2], f"unpinned package {package[0]}"
     if name in ("gramine", "gramine-openvino"):  # the two that install Gramine themselves
         assert '"gramine=${GRAMINE_VERSION}"' in text and args.get("GRAMINE_VERSION") == "1.9"
@@ -50,8 +56,9 @@ def test_no_secrets_in_bases(name):
     assert "docker login" not in text
 
 
-@pytest.mark.parametrize("name", ["gramine", "gramine-tfserving", "gramine-python",
-                                  "gramine-openvino", "occlum-python"])
+@pytest.mark.parametrize(
+    "name", ["gramine", "gramine-tfserving", "gramine-python", "gramine-openvino", "occlum-python"]
+)
 def test_runtime_bases_drop_root(name):
     users = [line.split()[1] for line in _lines(DOCKERFILES[name]) if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), f"{name} runs as root"
@@ -73,8 +80,12 @@ def test_frameworks_default_to_the_bases_tags():
 
     tags = {recipe.tag for recipe in BASES.values()}
     registry = PluginRegistry()
-    builtin = {fw for info in registry.describe() if info.source == "enclave-build"
-               for fw in info.frameworks}   # not a third-party plugin's (its own base)
+    builtin = {
+        fw
+        for info in registry.describe()
+        if info.source == "enclave-build"
+        for fw in info.frameworks
+    }  # not a third-party plugin's (its own base)
     assert builtin
     for name in builtin:
         assert registry.frameworks[name].default_base.removeprefix("docker-daemon:") in tags
@@ -93,9 +104,18 @@ def test_base_build_command_builds_and_tags(dockerd, tmp_path):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "hello").write_text("hi\n")
     (tmp_path / "Dockerfile").write_text(
-        "FROM scratch\nARG VERSION=1\nCOPY etc/hello /etc/hello\nLABEL version=${VERSION}\n")
-    proc = run_cli("base", "build", "--dir", str(tmp_path), "--tag", "eb-test/custom:1",
-                   "--build-arg", "VERSION=7")
+        "FROM scratch\nARG VERSION=1\nCOPY etc/hello /etc/hello\nLABEL version=${VERSION}\n"
+    )
+    proc = run_cli(
+        "base",
+        "build",
+        "--dir",
+        str(tmp_path),
+        "--tag",
+        "eb-test/custom:1",
+        "--build-arg",
+        "VERSION=7",
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().startswith("eb-test/custom:1 sha256:")
     assert docker.from_env().images.get("eb-test/custom:1").labels["version"] == "7"
@@ -147,5 +167,6 @@ def test_occlum_python_base_matches_occlums_glibc_and_the_gramine_runtimes():
         assert gramine[name] == constraints[name], f"{name}: keep the test environment's pin"
     from enclave_build.builder.occlum.backend import PYTHON_RUNTIME_BASE
     from enclave_build.plugin import PYTHON
+
     assert BASES["occlum-python"].tag == PYTHON_RUNTIME_BASE
     assert PYTHON == "/usr/bin/python3.11" and "ARG PYTHON_VERSION=3.11" in text

@@ -20,7 +20,7 @@ from .conftest import image_rootfs, run_cli, tflite_bytes, write_spec
 
 DAY = 86400.0
 
-SPEC = '''[service]
+SPEC = """[service]
 name = "face"
 framework = "tflite"
 
@@ -31,7 +31,7 @@ encrypt = false
 
 [signing]
 key = "key.pem"
-'''
+"""
 
 
 class Clock:
@@ -73,13 +73,13 @@ def test_shared_blobs_and_kept_ones_are_never_removed(cache, tmp_path):
     shared = _blob(store, b"s" * 5000, clock.now - 400 * DAY)
     kept = _blob(store, b"k" * 5000, clock.now - 400 * DAY)
     layout = BlobStore(tmp_path / "out" / "oci" / "blobs")
-    store.copy_into(layout, shared)                    # an output's hard link
+    store.copy_into(layout, shared)  # an output's hard link
     assert os.stat(store.path(shared)).st_nlink == 2
     result = blobs.prune(Limits(max_size=0, max_age_days=0), keep=[kept])
     assert result.removed == () and store.has(shared) and store.has(kept)
     info = {b.digest: b for b in blobs.blobs()}
     assert info[shared].shared and not info[kept].shared
-    os.unlink(layout.path(shared))                     # the output is gone: now it ages out
+    os.unlink(layout.path(shared))  # the output is gone: now it ages out
     assert [r.digest for r in blobs.prune(Limits(0, 0), keep=[kept]).removed] == [shared]
 
 
@@ -96,15 +96,22 @@ def test_nothing_is_pruned_while_a_build_holds_the_cache(cache, tmp_path):
     blobs, store, clock = cache
     old = _blob(store, b"o" * 100, clock.now - 100 * DAY)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from enclave_build.builder.image.blob_cache import BlobCache\n"
-         "with BlobCache(Path(sys.argv[1])).in_use():\n"
-         "    print('held', flush=True); time.sleep(60)", str(blobs.root)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from enclave_build.builder.image.blob_cache import BlobCache\n"
+            "with BlobCache(Path(sys.argv[1])).in_use():\n"
+            "    print('held', flush=True); time.sleep(60)",
+            str(blobs.root),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert blobs.prune(Limits(0, 0)).in_use and store.has(old)
-        with blobs.in_use():          # other builds share the hold
+        with blobs.in_use():  # other builds share the hold
             pass
     finally:
         holder.kill()
@@ -130,8 +137,16 @@ def test_orphan_layer_records_and_stale_temps_are_tidied(cache):
     assert not temp.exists() and fresh.exists()
 
 
-@pytest.mark.parametrize("text,value", [("10G", 10 << 30), ("500M", 500 << 20), ("0", 0),
-                                        ("1.5GiB", int(1.5 * (1 << 30))), ("2048", 2048)])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("10G", 10 << 30),
+        ("500M", 500 << 20),
+        ("0", 0),
+        ("1.5GiB", int(1.5 * (1 << 30))),
+        ("2048", 2048),
+    ],
+)
 def test_sizes(text, value):
     assert parse_size(text) == value
 
@@ -165,51 +180,74 @@ def _project(directory: Path, signing_key: Path, model: bytes) -> Path:
 
 def _layer_digests(out: Path) -> set[str]:
     index = json.loads((out / "oci" / "index.json").read_text())
-    manifest = json.loads((out / "oci/blobs/sha256" / index["manifests"][0]["digest"][7:])
-                          .read_text())
+    manifest = json.loads(
+        (out / "oci/blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text()
+    )
     return {d["digest"] for d in [manifest["config"], *manifest["layers"]]}
 
 
 def _layer_sizes(out: Path) -> dict[str, int]:
     index = json.loads((out / "oci" / "index.json").read_text())
-    manifest = json.loads((out / "oci/blobs/sha256" / index["manifests"][0]["digest"][7:])
-                          .read_text())
+    manifest = json.loads(
+        (out / "oci/blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text()
+    )
     return {d["digest"]: d["size"] for d in manifest["layers"]}
 
 
-def test_a_rebuild_with_a_changed_model_leaves_no_orphaned_layer(tmp_path, standin_root,
-                                                                 signing_key):
+def test_a_rebuild_with_a_changed_model_leaves_no_orphaned_layer(
+    tmp_path, standin_root, signing_key
+):
     """Was: every build of a changed model added a layer the size of the model and the older
     one stayed in the cache for ever. Now the build bounds the cache: with a 2 MiB bound the
     orphaned 3 MiB layer goes, what the current output references stays."""
     project = tmp_path / "project"
     env = {"ENCLAVE_BUILD_BLOB_CACHE_MAX_SIZE": "2M"}
     _project(project, signing_key, tflite_bytes(os.urandom(3 << 20)))
-    first = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                    cwd=project, env=env)
+    first = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "out",
+        cwd=project,
+        env=env,
+    )
     assert first.returncode == 0, first.stderr.decode()
     old = _layer_digests(project / "out")
     first_layers = _layer_sizes(project / "out")
     _project(project, signing_key, tflite_bytes(os.urandom(3 << 20)))
-    second = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                     cwd=project, env=env)
+    second = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "out",
+        cwd=project,
+        env=env,
+    )
     assert second.returncode == 0, second.stderr.decode()
     new = _layer_digests(project / "out")
     store = BlobStore(cache_root() / "blobs")
     blobs = {b.digest: b for b in BlobCache(cache_root()).blobs()}
-    assert all(store.has(d) and blobs[d].shared for d in new)     # the output's, linked
+    assert all(store.has(d) and blobs[d].shared for d in new)  # the output's, linked
     old_model_layer = max(old - new, key=lambda d: first_layers.get(d, 0))
     assert not store.has(old_model_layer)
     assert sum(b.size for b in blobs.values() if not b.shared) <= 2 << 20
     assert b"blob cache: removed " in second.stderr
-    assert (image_rootfs(project / "out") / "models").is_dir()   # the output still reads
+    assert (image_rootfs(project / "out") / "models").is_dir()  # the output still reads
 
 
 def test_cache_commands(tmp_path, standin_root, signing_key):
     project = tmp_path / "project"
     _project(project, signing_key, tflite_bytes(os.urandom(1 << 20)))
-    assert run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   cwd=project).returncode == 0
+    assert (
+        run_cli(
+            "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out", cwd=project
+        ).returncode
+        == 0
+    )
     orphan = BlobStore(cache_root() / "blobs").put_bytes(b"an orphaned layer" * 100)
     listed = json.loads(run_cli("cache", "ls", "--json").stdout)
     items = {i["digest"]: i for i in listed["blobs"]["items"]}
@@ -231,23 +269,29 @@ def test_cache_commands(tmp_path, standin_root, signing_key):
     assert cleaned.returncode == 0, cleaned.stderr.decode()
     assert json.loads(run_cli("cache", "ls", "--json").stdout)["blobs"]["count"] == 0
     inspected = run_cli("inspect", str(project / "out"))
-    assert inspected.returncode == 0, inspected.stderr.decode()   # the output has its blobs
+    assert inspected.returncode == 0, inspected.stderr.decode()  # the output has its blobs
 
 
 def test_prune_refuses_while_a_build_runs(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from enclave_build.builder.cache import cache_root; "
-         "from enclave_build.builder.image.blob_cache import BlobCache\n"
-         "with BlobCache(cache_root()).in_use():\n"
-         "    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+        [
+            sys.executable,
+            "-c",
+            "import time; from enclave_build.builder.cache import cache_root; "
+            "from enclave_build.builder.image.blob_cache import BlobCache\n"
+            "with BlobCache(cache_root()).in_use():\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         for command in (["cache", "prune"], ["cache", "clean"]):
             proc = run_cli(*command)
             assert proc.returncode == 1
-            assert b"is in use by a running enclave-build build; nothing was removed" \
-                in proc.stderr
+            assert b"is in use by a running enclave-build build; nothing was removed" in proc.stderr
     finally:
         holder.kill()
         holder.wait()

@@ -13,16 +13,20 @@ import zlib
 
 import pytest
 
-from enclave_build.builder.image.block_gzip import (BLOCK, BlockGzipWriter, deflate_block,
-                                                    is_incompressible)
+from enclave_build.builder.image.block_gzip import (
+    BLOCK,
+    BlockGzipWriter,
+    deflate_block,
+    is_incompressible,
+)
 
 
 def _gzip(data: bytes, workers: int, pieces: int = 7) -> bytes:
     out = io.BytesIO()
     writer = BlockGzipWriter(out, workers=workers)
     step = max(1, len(data) // pieces)
-    for start in range(0, len(data), step):      # writes of odd sizes, across block bounds
-        writer.write(data[start:start + step])
+    for start in range(0, len(data), step):  # writes of odd sizes, across block bounds
+        writer.write(data[start : start + step])
     writer.close()
     return out.getvalue()
 
@@ -48,11 +52,11 @@ def test_round_trip_and_same_bytes_for_any_number_of_workers(name):
     data = CASES[name]
     one = _gzip(data, workers=1)
     assert gzip.decompress(one) == data
-    assert _gzip(data, workers=4, pieces=3) == one      # the output never depends on cores
+    assert _gzip(data, workers=4, pieces=3) == one  # the output never depends on cores
     # One member (a reader that stops after the first member sees everything).
     member = zlib.decompressobj(31)
     assert member.decompress(one) == data and member.eof and member.unused_data == b""
-    assert one[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"   # mtime 0, no name
+    assert one[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # mtime 0, no name
 
 
 @pytest.mark.skipif(shutil.which("gzip") is None, reason="no gzip program")
@@ -72,7 +76,7 @@ def test_incompressible_blocks_are_stored_and_compressible_ones_compressed():
     text = _text(3 * BLOCK)
     packed = _gzip(text, workers=2)
     assert len(packed) < len(text) * 0.5
-    assert len(packed) <= len(gzip.compress(text, 6)) * 1.02   # as good as one stream
+    assert len(packed) <= len(gzip.compress(text, 6)) * 1.02  # as good as one stream
     assert is_incompressible(noise[:BLOCK]) and not is_incompressible(text[:BLOCK])
 
 

@@ -13,7 +13,7 @@ from enclave_build.attestation.measurements import Measurements
 
 from .conftest import image_rootfs, run_cli, tflite_bytes, write_spec
 
-SPEC = '''[service]
+SPEC = """[service]
 name = "face"
 framework = "tflite"
 
@@ -30,7 +30,7 @@ isv_svn = 9
 
 [signing]
 key = "key.pem"
-'''
+"""
 
 
 def _project(directory: Path, signing_key: Path, spec: str = SPEC) -> Path:
@@ -42,41 +42,75 @@ def _project(directory: Path, signing_key: Path, spec: str = SPEC) -> Path:
 
 def test_build_via_default_command_writes_outputs(tmp_path, standin_root, signing_key):
     _project(tmp_path, signing_key)
-    proc = run_cli("spec.toml", "--base", f"dir:{standin_root}", "--output", "out", "--json",
-                   cwd=tmp_path)
+    proc = run_cli(
+        "spec.toml", "--base", f"dir:{standin_root}", "--output", "out", "--json", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     m = Measurements.from_dict(json.loads(proc.stdout))
-    assert (m.service, m.framework, m.libos, m.isv_prod_id, m.isv_svn, m.debug) == \
-        ("face", "tflite", "gramine", 4, 9, False)
+    assert (m.service, m.framework, m.libos, m.isv_prod_id, m.isv_svn, m.debug) == (
+        "face",
+        "tflite",
+        "gramine",
+        4,
+        9,
+        False,
+    )
     assert Measurements.load(tmp_path / "out/measurements.json") == m
 
     # The SIGSTRUCT written agrees with measurements.json and re-signing the manifest with
     # `gramine sign` (the gramine-sgx-sign equivalent) gives the same bytes.
     files = image_rootfs(tmp_path / "out")
-    info = json.loads(run_cli("gramine", "sigstruct", str(files / "enclave/face.sig"), "--json",
-                              cwd=tmp_path).stdout)
+    info = json.loads(
+        run_cli(
+            "gramine", "sigstruct", str(files / "enclave/face.sig"), "--json", cwd=tmp_path
+        ).stdout
+    )
     assert (info["mr_enclave"], info["mr_signer"]) == (m.mr_enclave, m.mr_signer)
-    resign = run_cli("gramine", "sign", "--manifest", str(files / "enclave/face.manifest.sgx"),
-                     "--libpal", f"{standin_root}/usr/lib/x86_64-linux-gnu/gramine/sgx/libpal.so",
-                     "--offsets", f"{standin_root}/usr/lib/python3/dist-packages/_graminelibos_offsets.py",
-                     "--key", "key.pem", "--date", "0000-00-00", "--sigfile", "again.sig",
-                     cwd=tmp_path)
+    resign = run_cli(
+        "gramine",
+        "sign",
+        "--manifest",
+        str(files / "enclave/face.manifest.sgx"),
+        "--libpal",
+        f"{standin_root}/usr/lib/x86_64-linux-gnu/gramine/sgx/libpal.so",
+        "--offsets",
+        f"{standin_root}/usr/lib/python3/dist-packages/_graminelibos_offsets.py",
+        "--key",
+        "key.pem",
+        "--date",
+        "0000-00-00",
+        "--sigfile",
+        "again.sig",
+        cwd=tmp_path,
+    )
     assert resign.returncode == 0, resign.stderr.decode()
     assert (tmp_path / "again.sig").read_bytes() == (files / "enclave/face.sig").read_bytes()
 
 
-def test_same_inputs_in_other_directories_give_identical_measurements(tmp_path, standin_root,
-                                                                      signing_key):
+def test_same_inputs_in_other_directories_give_identical_measurements(
+    tmp_path, standin_root, signing_key
+):
     results = []
     for name in ("one", "two/deeper"):
         _project(tmp_path / name, signing_key)
-        proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "o",
-                       cwd=tmp_path / name)
+        proc = run_cli(
+            "build",
+            "spec.toml",
+            "--base",
+            f"dir:{standin_root}",
+            "--output",
+            "o",
+            cwd=tmp_path / name,
+        )
         assert proc.returncode == 0, proc.stderr.decode()
         files = image_rootfs(tmp_path / name / "o")
-        results.append(((tmp_path / name / "o/measurements.json").read_text(),
-                        (files / "enclave/face.manifest.sgx").read_bytes(),
-                        (files / "enclave/face.sig").read_bytes()))
+        results.append(
+            (
+                (tmp_path / name / "o/measurements.json").read_text(),
+                (files / "enclave/face.manifest.sgx").read_bytes(),
+                (files / "enclave/face.sig").read_bytes(),
+            )
+        )
     assert results[0] == results[1]
 
 
@@ -99,13 +133,13 @@ def test_log_level_goes_into_the_measured_manifest(tmp_path, standin_root, signi
     spec = _project(tmp_path, signing_key)
     out = tmp_path / "out"
     default = build(spec, base=f"dir:{standin_root}", output=out).measurements
-    manifest = tomllib.loads((image_rootfs(out) / "enclave/face.manifest.sgx")
-                             .read_text())
+    manifest = tomllib.loads((image_rootfs(out) / "enclave/face.manifest.sgx").read_text())
     assert manifest["loader"]["log_level"] == "error"
-    _project(tmp_path, signing_key, SPEC.replace("isv_svn = 9", 'isv_svn = 9\nlog_level = "warning"'))
+    _project(
+        tmp_path, signing_key, SPEC.replace("isv_svn = 9", 'isv_svn = 9\nlog_level = "warning"')
+    )
     warning = build(spec, base=f"dir:{standin_root}", output=out).measurements
-    manifest = tomllib.loads((image_rootfs(out) / "enclave/face.manifest.sgx")
-                             .read_text())
+    manifest = tomllib.loads((image_rootfs(out) / "enclave/face.manifest.sgx").read_text())
     assert manifest["loader"]["log_level"] == "warning"
     assert warning.mr_enclave != default.mr_enclave
 
@@ -134,13 +168,15 @@ def test_headline_command_writes_the_default_output(tmp_path, standin_root, sign
 
 def test_failed_build_keeps_previous_output(tmp_path, standin_root, signing_key):
     _project(tmp_path, signing_key)
-    ok = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                 cwd=tmp_path)
+    ok = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out", cwd=tmp_path
+    )
     assert ok.returncode == 0
     before = (tmp_path / "out/measurements.json").read_text()
     (tmp_path / "model.tflite").unlink()
-    bad = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                  cwd=tmp_path)
+    bad = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out", cwd=tmp_path
+    )
     assert bad.returncode == 2
     assert (tmp_path / "out/measurements.json").read_text() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
@@ -170,13 +206,17 @@ def test_encrypted_password_key_via_env(tmp_path, standin_root):
     missing = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", cwd=directory)
     assert missing.returncode == 2
     assert b"signing.passphrase_env names K, which is not set in the environment" in missing.stderr
-    ok = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", cwd=directory,
-                 env={"K": "pw"})
+    ok = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", cwd=directory, env={"K": "pw"}
+    )
     assert ok.returncode == 0, ok.stderr.decode()
-    wrong = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", cwd=directory,
-                    env={"K": "nope"})
+    wrong = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", cwd=directory, env={"K": "nope"}
+    )
     assert wrong.returncode == 1
-    assert b"cannot load the signing key (wrong passphrase, or not a PEM private key)" in wrong.stderr
+    assert (
+        b"cannot load the signing key (wrong passphrase, or not a PEM private key)" in wrong.stderr
+    )
 
 
 @pytest.mark.integration
@@ -185,37 +225,91 @@ def test_external_signing_two_step_build(tmp_path, standin_root, signing_key):
     """The spec names only the public key: step one stops with exit 3 and the bytes to sign;
     step two, given the detached signature, produces the same enclave as local signing."""
     local = _project(tmp_path / "local", signing_key)
-    assert run_cli("build", str(local), "--base", f"dir:{standin_root}", "--output",
-                   str(tmp_path / "local/out")).returncode == 0
+    assert (
+        run_cli(
+            "build",
+            str(local),
+            "--base",
+            f"dir:{standin_root}",
+            "--output",
+            str(tmp_path / "local/out"),
+        ).returncode
+        == 0
+    )
 
     ext = tmp_path / "ext"
     _project(ext, signing_key)
-    subprocess.run(["openssl", "rsa", "-in", str(signing_key), "-pubout", "-out",
-                    str(ext / "pub.pem")], check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "rsa", "-in", str(signing_key), "-pubout", "-out", str(ext / "pub.pem")],
+        check=True,
+        capture_output=True,
+    )
     (ext / "key.pem").unlink()  # the build machine never has the private key
     write_spec(ext, SPEC.replace('key = "key.pem"', 'public_key = "pub.pem"'))
-    step1 = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                    cwd=ext)
+    step1 = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out", cwd=ext
+    )
     assert step1.returncode == 3, step1.stderr.decode()
     assert b"wrote the 256 bytes to sign to" in step1.stderr
     assert not (ext / "out").exists()
     assert f"wrote the 256 bytes to sign to {ext / 'face.sigstruct.tbs'}" in step1.stderr.decode()
-    subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(signing_key), "-out",
-                    str(ext / "sigstruct.sig"), str(ext / "face.sigstruct.tbs")], check=True)
-    step2 = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                    "--signature", "sigstruct.sig", cwd=ext)
+    subprocess.run(
+        [
+            "openssl",
+            "dgst",
+            "-sha256",
+            "-sign",
+            str(signing_key),
+            "-out",
+            str(ext / "sigstruct.sig"),
+            str(ext / "face.sigstruct.tbs"),
+        ],
+        check=True,
+    )
+    step2 = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "out",
+        "--signature",
+        "sigstruct.sig",
+        cwd=ext,
+    )
     assert step2.returncode == 0, step2.stderr.decode()
-    assert (image_rootfs(ext / "out") / "enclave/face.sig").read_bytes() == \
-        (image_rootfs(tmp_path / "local/out") / "enclave/face.sig").read_bytes()
+    assert (image_rootfs(ext / "out") / "enclave/face.sig").read_bytes() == (
+        image_rootfs(tmp_path / "local/out") / "enclave/face.sig"
+    ).read_bytes()
 
 
-@pytest.mark.parametrize("command", [[], ["build"], ["plugins"], ["keygen"], ["gramine"],
-                                     ["gramine", "sign"], ["gramine", "sigstruct"], ["base"],
-                                     ["base", "standin"], ["base", "list"], ["base", "build"],
-                                     ["inspect"], ["pf"], ["pf", "encrypt"], ["pf", "decrypt"],
-                                     ["pf", "info"], ["pf", "keygen"], ["quote"],
-                                     ["quote", "verify"], ["secrets"], ["secrets", "serve"],
-                                     ["attest"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["build"],
+        ["plugins"],
+        ["keygen"],
+        ["gramine"],
+        ["gramine", "sign"],
+        ["gramine", "sigstruct"],
+        ["base"],
+        ["base", "standin"],
+        ["base", "list"],
+        ["base", "build"],
+        ["inspect"],
+        ["pf"],
+        ["pf", "encrypt"],
+        ["pf", "decrypt"],
+        ["pf", "info"],
+        ["pf", "keygen"],
+        ["quote"],
+        ["quote", "verify"],
+        ["secrets"],
+        ["secrets", "serve"],
+        ["attest"],
+    ],
+)
 def test_every_command_has_help(command):
     proc = run_cli(*command, "--help")
     assert proc.returncode == 0

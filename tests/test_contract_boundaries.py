@@ -34,12 +34,22 @@ FORMATS = {
 #: The project's source outside the contract package (tests and benchmarks may read files
 #: any way they like: they check what was written).
 SOURCES = ("builder", "attestation", "model_server", "plugins", "enclave_build", "examples")
-CODECS = {("json", "loads"), ("json", "load"), ("json", "dumps"), ("json", "dump"),
-          ("tomllib", "loads"), ("tomllib", "load"), ("tomli_w", "dumps"), ("tomli_w", "dump")}
+CODECS = {
+    ("json", "loads"),
+    ("json", "load"),
+    ("json", "dumps"),
+    ("json", "dump"),
+    ("tomllib", "loads"),
+    ("tomllib", "load"),
+    ("tomli_w", "dumps"),
+    ("tomli_w", "dump"),
+}
 #: Functions that run a codec next to a contract file name for another file, and why.
 ALLOWED = {
-    ("builder/image/inspect.py", "extract_image"):
-        "copies measurements.json byte for byte; json writes labels.json",
+    (
+        "builder/image/inspect.py",
+        "extract_image",
+    ): "copies measurements.json byte for byte; json writes labels.json",
 }
 
 
@@ -53,9 +63,12 @@ def _modules(*roots: str):
 def _docstrings(tree: ast.AST) -> set[int]:
     out = set()
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
-                and node.body and isinstance(node.body[0], ast.Expr) \
-                and isinstance(node.body[0].value, ast.Constant):
+        if (
+            isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        ):
             out.add(id(node.body[0].value))
     return out
 
@@ -82,8 +95,12 @@ def test_no_module_spells_a_contract_file_name():
     for path, tree in _modules(*SOURCES):
         docs = _docstrings(tree)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                    and id(node) not in docs and _names_a_format(node.value):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docs
+                and _names_a_format(node.value)
+            ):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
     assert not found, "\n".join(found)
 
@@ -97,20 +114,27 @@ def _codecs_next_to_formats(tree: ast.AST, where: str) -> list[str]:
             continue
         codecs, formats = [], []
         for node in ast.walk(function):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                    and isinstance(node.func.value, ast.Name) \
-                    and (node.func.value.id, node.func.attr) in CODECS:
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and (node.func.value.id, node.func.attr) in CODECS
+            ):
                 codecs.append(f"{node.func.value.id}.{node.func.attr}")
             elif isinstance(node, ast.Name) and node.id in constants:
                 formats.append(node.id)
             elif isinstance(node, ast.Attribute) and node.attr in constants:
                 formats.append(node.attr)
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                    and _names_a_format(node.value):
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and _names_a_format(node.value)
+            ):
                 formats.append(node.value)
         if codecs and formats and (where, function.name) not in ALLOWED:
-            found.append(f"{where}:{function.lineno}: {function.name}: {codecs[0]} next to "
-                         f"{formats[0]}")
+            found.append(
+                f"{where}:{function.lineno}: {function.name}: {codecs[0]} next to {formats[0]}"
+            )
     return found
 
 
@@ -132,10 +156,12 @@ def test_the_checks_find_a_second_reader():
         "        if item.dest == SERVER_CONFIG:\n"
         "            return json.loads(item.data)\n"
         "def _policy(out):\n"
-        "    return tomllib.loads((out / 'secrets-policy.toml').read_text())\n")
+        "    return tomllib.loads((out / 'secrets-policy.toml').read_text())\n"
+    )
     assert _codecs_next_to_formats(tree, "x.py") == [
         "x.py:1: _server_config: json.loads next to SERVER_CONFIG",
-        "x.py:5: _policy: tomllib.loads next to secrets-policy.toml"]
+        "x.py:5: _policy: tomllib.loads next to secrets-policy.toml",
+    ]
 
 
 def test_the_contract_package_imports_only_the_standard_library():
@@ -145,14 +171,14 @@ def test_the_contract_package_imports_only_the_standard_library():
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                if node.level:   # within the package
+                if node.level:  # within the package
                     continue
                 modules = [node.module or ""]
             else:
                 continue
             for module in modules:
                 top = module.split(".")[0]
-                if top == "tomli_w":   # writing TOML: the builder only, imported when called
+                if top == "tomli_w":  # writing TOML: the builder only, imported when called
                     assert node.col_offset > 0, f"{path}: tomli_w imported at the top"
                     continue
                 assert top in allowed, f"{path.relative_to(REPO)}:{node.lineno}: {module}"
@@ -162,8 +188,14 @@ def test_the_contract_package_imports_only_the_standard_library():
 def test_lower_layers_never_import_the_builder(package):
     for path, tree in _modules(package):
         for node in ast.walk(tree):
-            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for module in modules:
-                assert not module.startswith(("enclave_build.builder", "builder")), \
+                assert not module.startswith(("enclave_build.builder", "builder")), (
                     f"{path.relative_to(REPO)}:{node.lineno}: imports {module}"
+                )

@@ -58,15 +58,19 @@ def _manifests(tmp_path):
 
 
 def _object(manifests, kind: str, component: str):
-    return next(o for o in manifests.objects.values() if o["kind"] == kind and
-                o["metadata"]["labels"].get("app.kubernetes.io/component") == component)
+    return next(
+        o
+        for o in manifests.objects.values()
+        if o["kind"] == kind
+        and o["metadata"]["labels"].get("app.kubernetes.io/component") == component
+    )
 
 
 @pytest.mark.parametrize("path", [AESMD, SECRET_SERVER], ids=["aesmd", "secret-server"])
 def test_non_root_pinned_and_no_secrets(path):
     user = last(path, "USER")
     uid, _, gid = user.partition(":")
-    assert uid.isdigit() and int(uid) != 0 and gid.isdigit(), user   # numeric: runAsNonRoot
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit(), user  # numeric: runAsNonRoot
     args = args_of(path)
     (base,) = [a for w, a in instructions(path) if w == "FROM"]
     resolved = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
@@ -85,20 +89,31 @@ def test_aesmd_pins_every_intel_package_and_the_repository_key():
     args = args_of(AESMD)
     installed = re.findall(r'"((?:lib)?sgx-[\w-]+)=\$\{(\w+)\}"', text)
     names = {name for name, _ in installed}
-    assert {"sgx-aesm-service", "libsgx-aesm-ecdsa-plugin", "libsgx-aesm-pce-plugin",
-            "libsgx-aesm-quote-ex-plugin", "libsgx-dcap-default-qpl",
-            "libsgx-ae-qe3", "libsgx-ae-pce"} <= names
+    assert {
+        "sgx-aesm-service",
+        "libsgx-aesm-ecdsa-plugin",
+        "libsgx-aesm-pce-plugin",
+        "libsgx-aesm-quote-ex-plugin",
+        "libsgx-dcap-default-qpl",
+        "libsgx-ae-qe3",
+        "libsgx-ae-pce",
+    } <= names
     # Every Intel package named anywhere in the install is pinned to one release.
     assert set(re.findall(r"\b(?:lib)?sgx-[a-z0-9-]+(?==)", text)) == names
     assert args["SGX_PSW_VERSION"] == "2.25.100.3-jammy1"
     assert args["SGX_DCAP_VERSION"] == "1.22.100.3-jammy1"
     assert re.fullmatch(r"[0-9A-F]{40}", args["INTEL_SGX_REPO_FINGERPRINT"])
     assert "https://download.01.org/intel-sgx/sgx_repo/ubuntu/intel-sgx-deb.key" in text
-    assert "signed-by=/etc/apt/keyrings/intel-sgx.gpg] " \
-           "https://download.01.org/intel-sgx/sgx_repo/ubuntu jammy main" in text
+    assert (
+        "signed-by=/etc/apt/keyrings/intel-sgx.gpg] "
+        "https://download.01.org/intel-sgx/sgx_repo/ubuntu jammy main" in text
+    )
     # The key's fingerprint is compared before the key is trusted, and the build stops if not.
-    assert text.index('"$found" != "${INTEL_SGX_REPO_FINGERPRINT}"') < \
-        text.index("gpg --dearmor") < text.index("\"sgx-aesm-service=")
+    assert (
+        text.index('"$found" != "${INTEL_SGX_REPO_FINGERPRINT}"')
+        < text.index("gpg --dearmor")
+        < text.index('"sgx-aesm-service=')
+    )
     assert "exit 1" in text
 
 
@@ -121,11 +136,14 @@ def test_aesmd_is_what_the_generated_sidecar_expects(tmp_path):
     socket = f"{deployment.AESMD_SOCKET_DIR}/aesm.socket"
     assert exec_form(last(AESMD, "HEALTHCHECK").split(" CMD ", 1)[1]) == ["test", "-S", socket]
     assert sidecar["startupProbe"]["exec"]["command"] == ["test", "-S", socket]
-    assert {"name": "aesmd-socket", "mountPath": deployment.AESMD_SOCKET_DIR} in \
-        pod["containers"][0]["volumeMounts"]
+    assert {"name": "aesmd-socket", "mountPath": deployment.AESMD_SOCKET_DIR} in pod["containers"][
+        0
+    ]["volumeMounts"]
     # The quote provider reads its PCCS from the file the ConfigMap is mounted at.
-    assert any(m["mountPath"] == deployment.QCNL_CONFIG == "/etc/sgx_default_qcnl.conf"
-               for m in sidecar["volumeMounts"])
+    assert any(
+        m["mountPath"] == deployment.QCNL_CONFIG == "/etc/sgx_default_qcnl.conf"
+        for m in sidecar["volumeMounts"]
+    )
     assert exec_form(last(AESMD, "ENTRYPOINT"))[1:] == ["--no-daemon", "--no-syslog"]
 
 
@@ -136,12 +154,18 @@ def test_secret_server_is_what_the_generated_deployment_expects(tmp_path):
     (container,) = pod["containers"]
     context = container["securityContext"]
     uid, gid = (int(x) for x in last(SECRET_SERVER, "USER").split(":"))
-    assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid) == \
-        (secret_server.USER, secret_server.USER)
+    assert (
+        (context["runAsUser"], context["runAsGroup"])
+        == (uid, gid)
+        == (secret_server.USER, secret_server.USER)
+    )
     assert context["readOnlyRootFilesystem"] is True
     # The port: EXPOSEd, the container port, what the health check dials.
-    assert last(SECRET_SERVER, "EXPOSE") == str(secret_server.PORT) == \
-        str(container["ports"][0]["containerPort"])
+    assert (
+        last(SECRET_SERVER, "EXPOSE")
+        == str(secret_server.PORT)
+        == str(container["ports"][0]["containerPort"])
+    )
     health = " ".join(exec_form(last(SECRET_SERVER, "HEALTHCHECK").split(" CMD ", 1)[1]))
     assert f"('127.0.0.1', {secret_server.PORT})" in health
     # Its command is the image's entrypoint with the generated config path; the default CMD
@@ -153,8 +177,12 @@ def test_secret_server_is_what_the_generated_deployment_expects(tmp_path):
     # The only writable place is /tmp: a volume in the image, an emptyDir in the pod.
     assert exec_form(last(SECRET_SERVER, "VOLUME")) == ["/tmp"]
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
-    env = dict(a.split("=", 1) for w, rest in instructions(SECRET_SERVER) if w == "ENV"
-               for a in shlex.split(rest))
+    env = dict(
+        a.split("=", 1)
+        for w, rest in instructions(SECRET_SERVER)
+        if w == "ENV"
+        for a in shlex.split(rest)
+    )
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
 
 
@@ -189,8 +217,10 @@ def test_secret_server_installs_the_wheel_with_exactly_the_pinned_dependencies()
     assert "--no-deps /tmp/enclave-build/enclave_build-*.whl" in run
     assert "pip check" in run
     copies = [a for w, a in instructions(SECRET_SERVER) if w == "COPY"]
-    assert copies == ["requirements.txt /tmp/enclave-build/requirements.txt",
-                      "*.whl /tmp/enclave-build/"]
+    assert copies == [
+        "requirements.txt /tmp/enclave-build/requirements.txt",
+        "*.whl /tmp/enclave-build/",
+    ]
 
 
 def test_base_build_secret_server_needs_an_enclave_build_wheel(tmp_path):
@@ -229,14 +259,24 @@ def python_standin_image(dockerd, tmp_path_factory):
         pytest.skip("needs root and mmdebstrap to make a Python base image")
     tar = tmp_path_factory.mktemp("python-image") / "rootfs.tar"
     proc = subprocess.run(
-        ["mmdebstrap", "--quiet", "--variant=minbase", "--include=python3.11,python3-pip",
-         '--customize-hook=rm -f "$1/usr/lib/python3.11/EXTERNALLY-MANAGED"',
-         '--customize-hook=ln -sf /usr/bin/python3.11 "$1/usr/local/bin/python"',
-         '--customize-hook=install -m 0644 /etc/ssl/certs/ca-certificates.crt '
-         '"$1/etc/ssl/certs/build-host-ca.crt"',
-         '--customize-hook=printf "[global]\\ncert = /etc/ssl/certs/build-host-ca.crt\\n" '
-         '> "$1/etc/pip.conf"',
-         "bookworm", str(tar), "http://deb.debian.org/debian"], capture_output=True, text=True)
+        [
+            "mmdebstrap",
+            "--quiet",
+            "--variant=minbase",
+            "--include=python3.11,python3-pip",
+            '--customize-hook=rm -f "$1/usr/lib/python3.11/EXTERNALLY-MANAGED"',
+            '--customize-hook=ln -sf /usr/bin/python3.11 "$1/usr/local/bin/python"',
+            "--customize-hook=install -m 0644 /etc/ssl/certs/ca-certificates.crt "
+            '"$1/etc/ssl/certs/build-host-ca.crt"',
+            '--customize-hook=printf "[global]\\ncert = /etc/ssl/certs/build-host-ca.crt\\n" '
+            '> "$1/etc/pip.conf"',
+            "bookworm",
+            str(tar),
+            "http://deb.debian.org/debian",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot make the Python base (Debian mirror?): {proc.stderr[-500:]}")
     client = docker.DockerClient(base_url=dockerd.host)
@@ -246,7 +286,8 @@ def python_standin_image(dockerd, tmp_path_factory):
 
 @pytest.mark.integration
 def test_the_secret_server_image_builds_and_serves_non_root_on_a_read_only_root(
-        dockerd, python_standin_image, tmp_path):
+    dockerd, python_standin_image, tmp_path
+):
     """The real Dockerfile, built by `base build secret-server --wheel` (pip takes the pinned
     wheels from PyPI), run as the generated Deployment runs it: its user, a read-only root,
     /tmp a tmpfs, the configuration mounted read-only at the path the YAML mounts it. It
@@ -261,18 +302,41 @@ def test_the_secret_server_image_builds_and_serves_non_root_on_a_read_only_root(
     from .attest_env import make_env
 
     wheels = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(wheels), str(REPO)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = wheels.glob("enclave_build-*.whl")
-    proc = run_cli("base", "build", "secret-server", "--wheel", str(wheel), "--tag",
-                   "eb-test/secret-server:test", "--build-arg",
-                   f"PYTHON_IMAGE={python_standin_image}")
+    proc = run_cli(
+        "base",
+        "build",
+        "secret-server",
+        "--wheel",
+        str(wheel),
+        "--tag",
+        "eb-test/secret-server:test",
+        "--build-arg",
+        f"PYTHON_IMAGE={python_standin_image}",
+    )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert proc.stdout.decode().startswith("eb-test/secret-server:test sha256:")
 
     env = make_env(tmp_path / "config")
-    config = env.config.read_text().replace('listen = "127.0.0.1:0"',
-                                            f'listen = "127.0.0.1:{secret_server.PORT}"')
+    config = env.config.read_text().replace(
+        'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{secret_server.PORT}"'
+    )
     env.config.write_text(config.replace('audit_log = "audit.jsonl"', 'audit_log = "-"'))
     for path in [env.directory, *env.directory.rglob("*")]:
         os.chown(path, secret_server.USER, secret_server.USER)
@@ -280,8 +344,13 @@ def test_the_secret_server_image_builds_and_serves_non_root_on_a_read_only_root(
     image = client.images.get("eb-test/secret-server:test")
     assert image.attrs["Config"]["User"] == "10001:10001"
     container = client.containers.run(
-        image.id, detach=True, network_mode="none", read_only=True, tmpfs={"/tmp": ""},
-        volumes={str(env.directory): {"bind": f"{secret_server.CONFIG_DIR}", "mode": "ro"}})
+        image.id,
+        detach=True,
+        network_mode="none",
+        read_only=True,
+        tmpfs={"/tmp": ""},
+        volumes={str(env.directory): {"bind": f"{secret_server.CONFIG_DIR}", "mode": "ro"}},
+    )
     try:
         deadline = time.monotonic() + 60
         while b"serving on" not in container.logs() and time.monotonic() < deadline:
@@ -294,8 +363,9 @@ def test_the_secret_server_image_builds_and_serves_non_root_on_a_read_only_root(
         assert health[0] == "CMD"
         code, out = container.exec_run(health[1:])
         assert code == 0, out
-        assert container.exec_run(["python", "-c", "import os; print(os.getuid(), "
-                                   "os.getgid())"]).output.split() == [b"10001", b"10001"]
+        assert container.exec_run(
+            ["python", "-c", "import os; print(os.getuid(), os.getgid())"]
+        ).output.split() == [b"10001", b"10001"]
         code, out = container.exec_run(["python", "-c", "open('/etc/x', 'w')"])
         assert code != 0 and b"Read-only file system" in out
     finally:

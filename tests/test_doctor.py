@@ -12,9 +12,19 @@ from enclave_build.builder import doctor
 from enclave_build.builder.cli import main
 from enclave_build.builder.doctor import MISSING, OK, WARN, Probes, diagnose
 
-IDS = ["docker.engine", "registry.credentials", "sgx.enclave_device", "sgx.provision_device",
-       "sgx.aesmd", "sgx.pccs", "realbase.mmdebstrap", "realbase.gramine_archive",
-       "runtime.ai_edge_litert", "runtime.openvino", "runtime.grpc"]
+IDS = [
+    "docker.engine",
+    "registry.credentials",
+    "sgx.enclave_device",
+    "sgx.provision_device",
+    "sgx.aesmd",
+    "sgx.pccs",
+    "realbase.mmdebstrap",
+    "realbase.gramine_archive",
+    "runtime.ai_edge_litert",
+    "runtime.openvino",
+    "runtime.grpc",
+]
 
 
 class Bare(Probes):
@@ -86,7 +96,7 @@ def test_a_bare_machine_gets_a_fix_for_everything_and_nothing_is_contacted():
     for check in report.checks:
         assert check.status == (WARN if check.id in optional else MISSING), check
         assert check.fix, check
-    assert probes.http == []          # no PCCS configured: nothing contacted
+    assert probes.http == []  # no PCCS configured: nothing contacted
     checks = _by_id(report)
     assert "apt-get install docker.io" in checks["docker.engine"].fix
     assert "--base dir:" in checks["docker.engine"].fix
@@ -94,7 +104,7 @@ def test_a_bare_machine_gets_a_fix_for_everything_and_nothing_is_contacted():
     assert "not configured" in checks["sgx.pccs"].detail
     assert "pip install ai-edge-litert" in checks["runtime.ai_edge_litert"].fix
     assert "pip install 'enclave-build[serve]'" in checks["runtime.openvino"].fix
-    for check in report.checks:   # an installed enclave-build has no checkout's files
+    for check in report.checks:  # an installed enclave-build has no checkout's files
         for checkout_only in ("scripts/", "constraints.txt", "examples/", "demo.sh"):
             assert checkout_only not in f"{check.detail} {check.fix}", (check.id, checkout_only)
     assert "only SGX machines need one" in checks["sgx.pccs"].detail
@@ -119,44 +129,65 @@ def test_no_registry_login_is_only_a_warning():
 def test_a_complete_sgx_machine():
     probes = Bare(
         programs={"engine", "docker", "mmdebstrap", "docker-credential-pass"},
-        kinds={doctor.SGX_ENCLAVE: "char", doctor.SGX_PROVISION: "char",
-               doctor.AESMD_SOCKET: "socket", "/archive.tgz": "file"},
+        kinds={
+            doctor.SGX_ENCLAVE: "char",
+            doctor.SGX_PROVISION: "char",
+            doctor.AESMD_SOCKET: "socket",
+            "/archive.tgz": "file",
+        },
         env_vars={"GRAMINE_ARCHIVE": "/archive.tgz"},
-        files={doctor.QCNL_CONF: '{\n  // the PCCS\n  "pccs_url": '
-                                 '"https://pccs.internal:8081/sgx/certification/v4/",\n'
-                                 '  "use_secure_cert": true\n}\n'},
-        config=("/home/u/.docker/config.json",
-                {"auths": ["registry.example.com"], "credHelpers": {"gcr.io": "pass"},
-                 "credsStore": None}),
+        files={
+            doctor.QCNL_CONF: '{\n  // the PCCS\n  "pccs_url": '
+            '"https://pccs.internal:8081/sgx/certification/v4/",\n'
+            '  "use_secure_cert": true\n}\n'
+        },
+        config=(
+            "/home/u/.docker/config.json",
+            {
+                "auths": ["registry.example.com"],
+                "credHelpers": {"gcr.io": "pass"},
+                "credsStore": None,
+            },
+        ),
         modules={"ai_edge_litert": "2.3.0", "openvino": "2026.4", "grpc": "1.85"},
-        root=0)
+        root=0,
+    )
     report = diagnose(probes=probes)
     assert all(c.status == OK for c in report.checks), [c for c in report.checks if c.status != OK]
     assert report.ok
-    assert probes.http == [("https://pccs.internal:8081/sgx/certification/v4/rootcacrl",
-                            doctor.PCCS_TIMEOUT)]
+    assert probes.http == [
+        ("https://pccs.internal:8081/sgx/certification/v4/rootcacrl", doctor.PCCS_TIMEOUT)
+    ]
     assert doctor.PCCS_TIMEOUT <= 10
     checks = _by_id(report)
     assert "Docker 26.1.5" in checks["docker.engine"].detail
     assert "registry.example.com" in checks["registry.credentials"].detail
 
 
-@pytest.mark.parametrize("result, status, words", [
-    (404, WARN, "HTTP 404"),
-    (ssl.SSLCertVerificationError("self-signed certificate"), WARN, "does not verify"),
-    (TimeoutError("timed out"), MISSING, "not reachable"),
-])
+@pytest.mark.parametrize(
+    "result, status, words",
+    [
+        (404, WARN, "HTTP 404"),
+        (ssl.SSLCertVerificationError("self-signed certificate"), WARN, "does not verify"),
+        (TimeoutError("timed out"), MISSING, "not reachable"),
+    ],
+)
 def test_pccs_answers(result, status, words):
-    probes = Bare(env_vars={"PCCS_URL": "https://127.0.0.1:8081/sgx/certification/v4"},
-                  http_result=result)
+    probes = Bare(
+        env_vars={"PCCS_URL": "https://127.0.0.1:8081/sgx/certification/v4"}, http_result=result
+    )
     check = _by_id(diagnose(probes=probes))["sgx.pccs"]
     assert check.status == status and words in check.detail and check.fix
     assert probes.http[0][0] == "https://127.0.0.1:8081/sgx/certification/v4/rootcacrl"
 
 
 def test_pccs_url_from_the_legacy_qcnl_format_and_bad_urls():
-    probes = Bare(files={doctor.QCNL_CONF: "# old format\nPCCS_URL=https://old:8081/sgx/"
-                                           "certification/v3/\nUSE_SECURE_CERT=FALSE\n"})
+    probes = Bare(
+        files={
+            doctor.QCNL_CONF: "# old format\nPCCS_URL=https://old:8081/sgx/"
+            "certification/v3/\nUSE_SECURE_CERT=FALSE\n"
+        }
+    )
     assert doctor.pccs_url(probes) == ("https://old:8081/sgx/certification/v3/", doctor.QCNL_CONF)
     probes = Bare(env_vars={"PCCS_URL": "ftp://x"})
     assert _by_id(diagnose(probes=probes))["sgx.pccs"].status == WARN
@@ -185,7 +216,7 @@ def test_tflite_runtime_is_accepted_instead_of_litert():
 def test_gramine_in_a_base(standin_root, tmp_path):
     real = Probes()
     probes = Bare()
-    probes.gramine_in_base = real.gramine_in_base   # the real discovery, on the stand-in
+    probes.gramine_in_base = real.gramine_in_base  # the real discovery, on the stand-in
     check = _by_id(diagnose(f"dir:{standin_root}", probes))["gramine.base"]
     # The stand-in has Gramine's layout but no gramine-direct: found, with a warning.
     assert check.status == WARN and "Gramine 1.9" in check.detail
@@ -224,7 +255,7 @@ def test_the_real_http_probe_on_loopback():
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(200 if self.path.endswith("/rootcacrl") else 404)
             self.end_headers()
 

@@ -18,8 +18,15 @@ from enclave_build.builder.rootfs import RootFS
 from .conftest import write_spec
 
 RUNTIME = "/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc"
-GLIBC = {"libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1",
-         "ld-linux-x86-64.so.2", "libresolv.so.2"}
+GLIBC = {
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "ld-linux-x86-64.so.2",
+    "libresolv.so.2",
+}
 
 
 def _ldd(binary: str) -> dict[str, str]:
@@ -99,8 +106,9 @@ def test_runpath_origin_and_rpath(tmp_path):
     (root / "opt/app/bin").mkdir(parents=True)
     (root / "opt/app/lib").mkdir(parents=True)
     (root / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
-    (root / "opt/app/bin/app").write_bytes(standin_elf("app", needed=("libapp.so",),
-                                                       runpath="$ORIGIN/../lib"))
+    (root / "opt/app/bin/app").write_bytes(
+        standin_elf("app", needed=("libapp.so",), runpath="$ORIGIN/../lib")
+    )
     (root / "opt/app/lib/libapp.so").write_bytes(standin_elf("libapp", needed=("libz.so.1",)))
     (root / "opt/app/lib/libz.so.1").write_bytes(standin_elf("bundled-z"))
     (root / "usr/lib/x86_64-linux-gnu/libz.so.1").write_bytes(standin_elf("system-z"))
@@ -133,7 +141,7 @@ def real_tfserving_base(tmp_path, standin_root):
     return root, names
 
 
-TFS_SPEC = '''[service]
+TFS_SPEC = """[service]
 name = "tfs"
 framework = "tfserving"
 
@@ -144,7 +152,7 @@ encrypt = false
 
 [signing]
 key = "key.pem"
-'''
+"""
 
 
 def _build_tfs(tmp_path, base: Path, signing_key: Path):
@@ -168,11 +176,14 @@ def test_every_library_a_real_binary_needs_is_trusted(tmp_path, real_tfserving_b
     assert "file:/usr/lib/x86_64-linux-gnu/libnever-needed.so.1" not in trusted
 
 
-def test_build_fails_clearly_when_the_base_lacks_a_needed_library(tmp_path, real_tfserving_base,
-                                                                  signing_key):
+def test_build_fails_clearly_when_the_base_lacks_a_needed_library(
+    tmp_path, real_tfserving_base, signing_key
+):
     base, names = real_tfserving_base
     gone = sorted(names)[-1]
     (base / "usr/lib/x86_64-linux-gnu" / gone).unlink()
-    with pytest.raises(LibraryNotFoundError, match=f"/usr/bin/tensorflow_model_server needs "
-                                                   f"{gone}, which is not in the base image"):
+    with pytest.raises(
+        LibraryNotFoundError,
+        match=f"/usr/bin/tensorflow_model_server needs {gone}, which is not in the base image",
+    ):
         _build_tfs(tmp_path, base, signing_key)

@@ -4,8 +4,8 @@ installed in a fake /dev/attestation/keys or kept in memory to decrypt protected
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
+import hashlib
 import os
 import shutil
 import stat
@@ -69,7 +69,7 @@ def quoter(env):
 class PlainProcess:
     """Where the key fetcher runs as a plain process: no attestation tree, a simulated quoter."""
 
-    root: Path                  # (does not exist)
+    root: Path  # (does not exist)
     quoter: SimulatedQuoter
 
     def prepare_keys(self, config: KeysConfig | None) -> keys.KeyRing:
@@ -92,9 +92,14 @@ def _allowed_since(env, before: int, want: int) -> list[dict]:
     """The 'allow' audit lines after the first *before* lines, once there are *want* of them
     (or the wait timed out): the client has its key as soon as it read the reply, and the
     server writes its line when it ends the connection, a moment later."""
-    allowed = lambda records: [r for r in records if r.get("decision") == "allow"]  # noqa: E731
-    return allowed(settled_audit(env.directory / "audit.jsonl",
-                                 lambda records: len(allowed(records)) >= want, since=before))
+    allowed = lambda records: [r for r in records if r.get("decision") == "allow"]
+    return allowed(
+        settled_audit(
+            env.directory / "audit.jsonl",
+            lambda records: len(allowed(records)) >= want,
+            since=before,
+        )
+    )
 
 
 def _mark(env) -> int:
@@ -104,7 +109,7 @@ def _mark(env) -> int:
 def _denial_since(env, since: int) -> dict:
     """The one 'deny' line after the first *since* lines, once the server has written it: a
     refused client has the refusal a moment before the server writes the line."""
-    has_deny = lambda records: any(r.get("decision") == "deny" for r in records)  # noqa: E731
+    has_deny = lambda records: any(r.get("decision") == "deny" for r in records)
     records = settled_audit(env.directory / "audit.jsonl", has_deny, since=since)
     denied = [r for r in records if r.get("decision") == "deny"]
     assert len(denied) == 1, records
@@ -126,7 +131,7 @@ def test_two_keys_of_one_enclave_fetched_separately_by_sni(server, env, plain):
     allowed = _allowed_since(env, before, 2)
     assert [r["secret"] for r in allowed] == ["face-key", "face-model-2"]  # two connections
     assert all(r["evidence"] == "tcg-dice" and "TLS server name" in r["reason"] for r in allowed)
-    assert plain.quoter.served == 2   # a fresh quote (and key pair) per connection
+    assert plain.quoter.served == 2  # a fresh quote (and key pair) per connection
 
 
 def test_host_name_check_by_dns_name(server, env, plain):
@@ -145,14 +150,18 @@ def test_wrong_mr_enclave_refused_with_the_servers_reason(server, env, plain, mo
         wrong.stop()
     reason = _denial_since(env, since)["reason"]
     assert "not released to this enclave identity" in reason
-    assert str(info.value) == (f"secret server 127.0.0.1:{server.address[1]} refused key "
-                               f"face-key: {reason}")
+    assert str(info.value) == (
+        f"secret server 127.0.0.1:{server.address[1]} refused key face-key: {reason}"
+    )
 
 
 def test_key_not_given_to_this_enclave_refused_although_another_matches(server, env, plain):
     since = _mark(env)
-    with pytest.raises(keys.KeyFetchError, match=r"refused key ocr-key: secret 'ocr-key' \(the "
-                       r"TLS server name\) is not released to this enclave identity"):
+    with pytest.raises(
+        keys.KeyFetchError,
+        match=r"refused key ocr-key: secret 'ocr-key' \(the "
+        r"TLS server name\) is not released to this enclave identity",
+    ):
         plain.prepare_keys(_config(server, env, "face-key", "ocr-key"))
     record = _denial_since(env, since)
     assert record["decision"] == "deny" and record["mr_enclave"] == _measurements(env).mr_enclave
@@ -186,28 +195,32 @@ def test_server_certificate_must_chain_to_the_configured_ca(server, env, plain, 
 
 
 def test_unreachable_server(env, plain):
-    with pytest.raises(keys.KeyFetchError, match=r"cannot reach the secret server 127.0.0.1:1 "
-                       "for key face-key"):
+    with pytest.raises(
+        keys.KeyFetchError,
+        match=r"cannot reach the secret server 127.0.0.1:1 "
+        "for key face-key",
+    ):
         plain.prepare_keys(KeysConfig("127.0.0.1:1", str(env.ca), ("face-key",), 2.0))
 
 
-def test_plain_mode_decrypts_protected_files_made_by_the_builder(server, env, plain, tmp_path,
-                                                                 monkeypatch):
+def test_plain_mode_decrypts_protected_files_made_by_the_builder(
+    server, env, plain, tmp_path, monkeypatch
+):
     root = tmp_path / "image"
     model_dir = root / "models/face/1"
     model_dir.mkdir(parents=True)
     plaintext = {"model.xml": os.urandom(5000), "model.bin": os.urandom(70000)}
     for name, data in plaintext.items():
         (tmp_path / name).write_bytes(data)
-        builder_pf.encrypt_file(env.secrets["face"], tmp_path / name, model_dir / name,
-                                f"/models/face/1/{name}")
+        builder_pf.encrypt_file(
+            env.secrets["face"], tmp_path / name, model_dir / name, f"/models/face/1/{name}"
+        )
     (root / "enclave").mkdir()
     shutil.copy(env.ca, root / "enclave/secret-server-ca.pem")
     (root / "plain.txt").write_text("not encrypted")
     monkeypatch.setenv("ENCLAVE_BUILD_ROOT", str(root))
 
-    ring = plain.prepare_keys(_config(server, env, "face-key",
-                                      ca="/enclave/secret-server-ca.pem"))
+    ring = plain.prepare_keys(_config(server, env, "face-key", ca="/enclave/secret-server-ca.pem"))
     source = ring.open("/models/face/1/model.xml", "face-key")
     assert source.read_bytes() == plaintext["model.xml"]
     assert (source.path.parent / "model.bin").read_bytes() == plaintext["model.bin"]  # sibling
@@ -223,18 +236,23 @@ def test_plain_mode_decrypts_protected_files_made_by_the_builder(server, env, pl
     assert ring.fingerprint("face-key") == hashlib.sha256(bytes(16)).hexdigest()  # forgotten
 
 
-def test_plain_mode_refuses_a_file_embedded_under_another_path(server, env, plain, tmp_path,
-                                                               monkeypatch):
+def test_plain_mode_refuses_a_file_embedded_under_another_path(
+    server, env, plain, tmp_path, monkeypatch
+):
     root = tmp_path / "image"
     (root / "models/m").mkdir(parents=True)
     (tmp_path / "p").write_bytes(b"weights")
-    builder_pf.encrypt_file(env.secrets["face"], tmp_path / "p", root / "models/m/a.tflite",
-                            "/models/other/a.tflite")
+    builder_pf.encrypt_file(
+        env.secrets["face"], tmp_path / "p", root / "models/m/a.tflite", "/models/other/a.tflite"
+    )
     monkeypatch.setenv("ENCLAVE_BUILD_ROOT", str(root))
     (root / "ca.pem").write_bytes(env.ca.read_bytes())
     ring = plain.prepare_keys(_config(server, env, "face-key", ca="/ca.pem"))
-    with pytest.raises(keys.KeyFetchError, match=r"/models/m/a.tflite: cannot decrypt with key "
-                       "'face-key'.*embedded path"):
+    with pytest.raises(
+        keys.KeyFetchError,
+        match=r"/models/m/a.tflite: cannot decrypt with key "
+        "'face-key'.*embedded path",
+    ):
         ring.open("/models/m/a.tflite", "face-key")
     ring.close()
 
@@ -267,10 +285,15 @@ class FakeQuoteDevice:
                     return
                 report_data = src.read()
             self.report_data.append(report_data)
-            quote = self.pki.quote(bytes.fromhex(self.m.mr_enclave),
-                                   bytes.fromhex(self.m.mr_signer), report_data,
-                                   self.m.isv_prod_id, self.m.isv_svn, self.m.debug)
-            with open(self.root / "quote", "wb") as out:             # waits for a reader
+            quote = self.pki.quote(
+                bytes.fromhex(self.m.mr_enclave),
+                bytes.fromhex(self.m.mr_signer),
+                report_data,
+                self.m.isv_prod_id,
+                self.m.isv_svn,
+                self.m.debug,
+            )
+            with open(self.root / "quote", "wb") as out:  # waits for a reader
                 out.write(quote)
 
     def stop(self) -> None:
@@ -291,8 +314,9 @@ def device(env, tmp_path, monkeypatch):
 
 
 def test_gramine_device_quotes_and_installed_keys(server, env, device, tmp_path):
-    ring = keys.prepare_keys(_config(server, env, "face-key", "face-model-2"),
-                             attestation_root=device.root)
+    ring = keys.prepare_keys(
+        _config(server, env, "face-key", "face-model-2"), attestation_root=device.root
+    )
     assert ring.mode == "gramine"
     assert (device.root / "keys/face-key").read_bytes() == env.secrets["face"]
     assert (device.root / "keys/face-model-2").read_bytes() == env.secrets["face2"]
@@ -306,16 +330,18 @@ def test_gramine_device_quotes_and_installed_keys(server, env, device, tmp_path)
     ring.close()
 
 
-def test_a_real_quote_device_wins_over_the_simulated_quoter(server, env, device, quoter,
-                                                            monkeypatch, capsys):
+def test_a_real_quote_device_wins_over_the_simulated_quoter(
+    server, env, device, quoter, monkeypatch, capsys
+):
     monkeypatch.setenv(ENV, quoter.env_value)
     keys.prepare_keys(_config(server, env, "face-key"), attestation_root=device.root)
     assert quoter.served == 0 and len(device.report_data) == 1
     assert f"{ENV} is set but this process has a real quote device" in capsys.readouterr().err
 
 
-def test_gramine_direct_uses_the_simulated_quoter_and_installs_keys(server, env, quoter,
-                                                                    tmp_path, monkeypatch, capsys):
+def test_gramine_direct_uses_the_simulated_quoter_and_installs_keys(
+    server, env, quoter, tmp_path, monkeypatch, capsys
+):
     dev = FakeQuoteDevice(tmp_path / "direct", env.pki, _measurements(env), with_quote=False)
     monkeypatch.setenv(ENV, quoter.env_value)
     ring = keys.prepare_keys(_config(server, env, "face-key"), attestation_root=dev.root)
@@ -327,13 +353,15 @@ def test_gramine_direct_uses_the_simulated_quoter_and_installs_keys(server, env,
 
 def test_no_attestation_source_is_a_clear_error(server, env, tmp_path, monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
-    with pytest.raises(keys.KeyFetchError, match=r"cannot attest to fetch keys: .* does not "
-                       rf"exist \(not running under Gramine\), and {ENV} is not set"):
+    with pytest.raises(
+        keys.KeyFetchError,
+        match=r"cannot attest to fetch keys: .* does not "
+        rf"exist \(not running under Gramine\), and {ENV} is not set",
+    ):
         keys.prepare_keys(_config(server, env, "face-key"), attestation_root=tmp_path / "none")
     (tmp_path / "direct/keys").mkdir(parents=True)
     with pytest.raises(keys.KeyFetchError, match=r"no DCAP quote device .*gramine-direct"):
-        keys.prepare_keys(_config(server, env, "face-key"),
-                          attestation_root=tmp_path / "direct")
+        keys.prepare_keys(_config(server, env, "face-key"), attestation_root=tmp_path / "direct")
 
 
 def test_no_keys_configured_needs_no_attestation(monkeypatch, tmp_path):
@@ -357,6 +385,7 @@ def test_bad_quoter_address(server, env, monkeypatch, tmp_path):
 
 def test_builder_pf_errors_stay_enclave_build_errors(tmp_path):
     from enclave_build.attestation import protected_files as pf
+
     (tmp_path / "bad").write_bytes(bytes(17))
     with pytest.raises(EnclaveBuildError, match="exactly 16 raw bytes") as info:
         builder_pf.read_wrap_key(tmp_path / "bad")
@@ -367,13 +396,20 @@ def test_builder_pf_errors_stay_enclave_build_errors(tmp_path):
 
 
 def test_in_image_modules_import_no_builder_no_pyopenssl_no_dcap_qvl():
-    code = ("import sys, enclave_build.model_server.keys, enclave_build.attestation.protected_files, "
-            "enclave_build.attestation.wire, enclave_build.attestation.ratls, "
-            "enclave_build.attestation.quote; print(sorted({m for m in sys.modules "
-            "if m.startswith('enclave_build.builder') or m.split('.')[0] in ('OpenSSL', "
-            "'dcap_qvl')}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).parent.parent)
+    code = (
+        "import sys, enclave_build.model_server.keys, enclave_build.attestation.protected_files, "
+        "enclave_build.attestation.wire, enclave_build.attestation.ratls, "
+        "enclave_build.attestation.quote; print(sorted({m for m in sys.modules "
+        "if m.startswith('enclave_build.builder') or m.split('.')[0] in ('OpenSSL', "
+        "'dcap_qvl')}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -391,15 +427,20 @@ def test_refusal_wire_bytes(server, env):
 
     cert, key = env.enclave_cert("face", mr_enclave=os.urandom(32))
     (env.directory / "r.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (env.directory / "rk.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    (env.directory / "rk.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     ctx = ssl.create_default_context(cafile=str(env.ca))
-    ctx.check_hostname = False   # the server name is the key's, not the host's
+    ctx.check_hostname = False  # the server name is the key's, not the host's
     ctx.load_cert_chain(env.directory / "r.pem", env.directory / "rk.pem")
     since = _mark(env)
-    with ctx.wrap_socket(socket.create_connection(server.address, timeout=10),
-                         server_hostname="face-key") as tls:
+    with ctx.wrap_socket(
+        socket.create_connection(server.address, timeout=10), server_hostname="face-key"
+    ) as tls:
         tls.sendall(wire.REQUEST)
         data = b""
         while chunk := tls.recv(4096):
@@ -414,8 +455,10 @@ def test_policy_sni_naming_a_secret_selects_only_that_secret(env):
     from enclave_build.attestation.server.decide import AccessPolicy, ByServerName, decide
 
     config = load_config(env.config)
-    policy = AccessPolicy(Policy.build(list(config.measurements), list(config.secrets),
-                                       config.path.parent), config.attestation.tcb)
+    policy = AccessPolicy(
+        Policy.build(list(config.measurements), list(config.secrets), config.path.parent),
+        config.attestation.tcb,
+    )
     m = _measurements(env)
     face = verified_evidence(m.mr_enclave, m.mr_signer, m.isv_prod_id, m.isv_svn, debug=m.debug)
 
@@ -435,13 +478,15 @@ def test_policy_sni_naming_a_secret_selects_only_that_secret(env):
     assert decide(ocr, named("face-key"), policy).secret is None
 
 
-def test_plain_mode_leaves_out_a_sibling_that_does_not_decrypt(server, env, plain, tmp_path,
-                                                               monkeypatch, capsys):
+def test_plain_mode_leaves_out_a_sibling_that_does_not_decrypt(
+    server, env, plain, tmp_path, monkeypatch, capsys
+):
     root = tmp_path / "image"
     (root / "models/m").mkdir(parents=True)
     (tmp_path / "p").write_bytes(b"weights")
-    builder_pf.encrypt_file(env.secrets["face"], tmp_path / "p", root / "models/m/a.tflite",
-                            "/models/m/a.tflite")
+    builder_pf.encrypt_file(
+        env.secrets["face"], tmp_path / "p", root / "models/m/a.tflite", "/models/m/a.tflite"
+    )
     (root / "models/m/README").write_text("plaintext next to the model")
     (root / "ca.pem").write_bytes(env.ca.read_bytes())
     monkeypatch.setenv("ENCLAVE_BUILD_ROOT", str(root))

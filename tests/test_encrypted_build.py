@@ -9,14 +9,12 @@ import shutil
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from enclave_build.builder.gramine import protected_files as pf
 
 from .conftest import image_rootfs, run_cli, write_spec
 from .test_manifest import GOLDEN
 
-SPEC = '''[service]
+SPEC = """[service]
 name = "tfs-secure"
 framework = "tfserving"
 
@@ -39,9 +37,11 @@ key = "tls.key"
 
 [signing]
 key = "key.pem"
-'''
+"""
 
-TLS_KEY = b"-----BEGIN PRIVATE KEY-----\nTLSPRIVATEKEYMATERIAL0123456789\n-----END PRIVATE KEY-----\n"
+TLS_KEY = (
+    b"-----BEGIN PRIVATE KEY-----\nTLSPRIVATEKEYMATERIAL0123456789\n-----END PRIVATE KEY-----\n"
+)
 
 
 def _project(root: Path, signing_key: Path, spec: str = SPEC) -> Path:
@@ -50,15 +50,26 @@ def _project(root: Path, signing_key: Path, spec: str = SPEC) -> Path:
     (project / "saved_model" / "saved_model.pb").write_bytes(b"\x08\x01MODELWEIGHTS" * 500)
     (project / "saved_model" / "variables" / "variables.data").write_bytes(b"SECRETWEIGHTS" * 900)
     (project / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
-    (project / "tls.crt").write_text("-----BEGIN CERTIFICATE-----\nLEAF\n-----END CERTIFICATE-----\n")
+    (project / "tls.crt").write_text(
+        "-----BEGIN CERTIFICATE-----\nLEAF\n-----END CERTIFICATE-----\n"
+    )
     (project / "tls.key").write_bytes(TLS_KEY)
     shutil.copy(signing_key, project / "key.pem")
     return write_spec(project, spec)
 
 
 def _build(tmp_path, standin_root, *extra, spec_dir="project", env=None):
-    return run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "../out",
-                   *extra, cwd=tmp_path / spec_dir, env=env)
+    return run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "../out",
+        *extra,
+        cwd=tmp_path / spec_dir,
+        env=env,
+    )
 
 
 def test_encrypted_build_end_to_end(tmp_path, standin_root, signing_key):
@@ -82,8 +93,11 @@ def test_encrypted_build_end_to_end(tmp_path, standin_root, signing_key):
     assert manifest["sys"]["enable_extra_runtime_domain_names_conf"] is True
     mounts = {m["path"]: m for m in manifest["fs"]["mounts"]}
     assert mounts["/models/half_plus_two/1"] == {
-        "path": "/models/half_plus_two/1", "type": "encrypted",
-        "uri": "file:/models/half_plus_two/1", "key_name": "tfs-secure-key"}
+        "path": "/models/half_plus_two/1",
+        "type": "encrypted",
+        "uri": "file:/models/half_plus_two/1",
+        "key_name": "tfs-secure-key",
+    }
     assert mounts["/enclave/secrets"]["type"] == "encrypted"
     uris = [tf["uri"] for tf in manifest["sgx"]["trusted_files"]]
     assert "file:/enclave/secret-server-ca.pem" in uris
@@ -95,15 +109,28 @@ def test_encrypted_build_end_to_end(tmp_path, standin_root, signing_key):
     out = tmp_path / "check"
     pf.decrypt_file(key, model, out, "/models/half_plus_two/1/saved_model.pb")
     assert out.read_bytes() == b"\x08\x01MODELWEIGHTS" * 500
-    pf.decrypt_file(key, rootfs / "models/half_plus_two/1/variables/variables.data", out,
-                    "/models/half_plus_two/1/variables/variables.data")
+    pf.decrypt_file(
+        key,
+        rootfs / "models/half_plus_two/1/variables/variables.data",
+        out,
+        "/models/half_plus_two/1/variables/variables.data",
+    )
     pf.decrypt_file(key, rootfs / "enclave/secrets/ssl.cfg", out, "/enclave/secrets/ssl.cfg")
-    assert b"server_key: \"-----BEGIN PRIVATE KEY-----\\nTLSPRIVATEKEYMATERIAL" in out.read_bytes()
+    assert b'server_key: "-----BEGIN PRIVATE KEY-----\\nTLSPRIVATEKEYMATERIAL' in out.read_bytes()
 
     # Paths relative to the fragment's directory (no host path in the outputs).
     policy = tomllib.loads((tmp_path / "out/secrets-policy.toml").read_text())
-    assert policy == {"measurements": ["measurements.json"], "keys_dir": "../keys", "secrets": [
-        {"name": "tfs-secure-key", "file": "../keys/tfs-secure-key.key", "allow": ["tfs-secure"]}]}
+    assert policy == {
+        "measurements": ["measurements.json"],
+        "keys_dir": "../keys",
+        "secrets": [
+            {
+                "name": "tfs-secure-key",
+                "file": "../keys/tfs-secure-key.key",
+                "allow": ["tfs-secure"],
+            }
+        ],
+    }
     assert (tmp_path / "out" / policy["secrets"][0]["file"]).resolve() == key_file
 
     # A rebuild reuses the key (and says nothing about generating one).
@@ -121,13 +148,23 @@ def test_secret_hygiene_no_key_material_in_outputs_or_logs(tmp_path, standin_roo
     wrap_key = (tmp_path / "keys/tfs-secure-key.key").read_bytes()
     signing_pem = signing_key.read_bytes()
     from cryptography.hazmat.primitives import serialization
+
     private = serialization.load_pem_private_key(signing_pem, None)
     d = private.private_numbers().d.to_bytes(384, "big")
-    needles = [wrap_key, wrap_key.hex().encode(), base64.b64encode(wrap_key),
-               b"TLSPRIVATEKEYMATERIAL", b"SECRETWEIGHTS", b"MODELWEIGHTS", signing_pem[40:80],
-               d[:32], d[-32:]]
+    needles = [
+        wrap_key,
+        wrap_key.hex().encode(),
+        base64.b64encode(wrap_key),
+        b"TLSPRIVATEKEYMATERIAL",
+        b"SECRETWEIGHTS",
+        b"MODELWEIGHTS",
+        signing_pem[40:80],
+        d[:32],
+        d[-32:],
+    ]
     haystacks = {"stdout": proc.stdout, "stderr": proc.stderr}
     import gzip
+
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             content = path.read_bytes()
@@ -158,8 +195,12 @@ def test_reproducible_builds_give_identical_encrypted_files(tmp_path, standin_ro
             shutil.copy(tmp_path / "a/keys/tfs-secure-key.key", root / "keys/tfs-secure-key.key")
         assert _build(root, standin_root).returncode == 0
         files = image_rootfs(root / "out")
-        outputs.append(({p.relative_to(files): p.read_bytes() for p in files.rglob("*")
-                         if p.is_file()}, (root / "out/measurements.json").read_text()))
+        outputs.append(
+            (
+                {p.relative_to(files): p.read_bytes() for p in files.rglob("*") if p.is_file()},
+                (root / "out/measurements.json").read_text(),
+            )
+        )
     assert outputs[0] == outputs[1]  # same files, and so the same image digest
 
 
@@ -173,15 +214,18 @@ def test_random_mode_encrypts_differently_each_build(tmp_path, standin_root, sig
 
 
 def test_keys_dir_inside_output_is_refused(tmp_path, standin_root, signing_key):
-    _project(tmp_path, signing_key, SPEC.replace('keys_dir = "../keys"', 'keys_dir = "../out/keys"'))
+    _project(
+        tmp_path, signing_key, SPEC.replace('keys_dir = "../keys"', 'keys_dir = "../out/keys"')
+    )
     proc = _build(tmp_path, standin_root)
     assert proc.returncode == 2
     assert b"is inside the output directory" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_golden_manifest_with_encrypted_mounts_and_provisioning(tmp_path, standin_root,
-                                                                signing_key):
+def test_golden_manifest_with_encrypted_mounts_and_provisioning(
+    tmp_path, standin_root, signing_key
+):
     _project(tmp_path, signing_key)
     assert _build(tmp_path, standin_root).returncode == 0
     manifest = (image_rootfs(tmp_path / "out") / "enclave/tfs-secure.manifest.sgx").read_bytes()
@@ -192,8 +236,10 @@ def test_golden_manifest_with_encrypted_mounts_and_provisioning(tmp_path, standi
 
 
 def test_openvino_with_tls_is_refused_clearly(tmp_path, standin_root, signing_key):
-    spec = SPEC.replace('framework = "tfserving"', 'framework = "openvino"') + \
-        '\n[openvino]\nmode = "ovms"\n'
+    spec = (
+        SPEC.replace('framework = "tfserving"', 'framework = "openvino"')
+        + '\n[openvino]\nmode = "ovms"\n'
+    )
     _project(tmp_path, signing_key, spec)
     proc = _build(tmp_path, standin_root)
     assert proc.returncode == 1
@@ -204,23 +250,34 @@ def test_a_model_key_shared_by_two_services(tmp_path, standin_root, signing_key)
     """Per-model keys: a model names its key; every service serving it uses that key file."""
     policies = []
     for service in ("face-a", "face-b"):
-        spec = (SPEC.replace('name = "tfs-secure"', f'name = "{service}"')
-                .replace('path = "saved_model"', 'path = "saved_model"\nkey = "face-model"')
-                .replace("[tls]\ncert = \"tls.crt\"\nkey = \"tls.key\"\n", ""))
+        spec = (
+            SPEC.replace('name = "tfs-secure"', f'name = "{service}"')
+            .replace('path = "saved_model"', 'path = "saved_model"\nkey = "face-model"')
+            .replace('[tls]\ncert = "tls.crt"\nkey = "tls.key"\n', "")
+        )
         root = tmp_path / service
         _project(root, signing_key, spec)
         spec_path = root / "project/spec.toml"
-        spec_path.write_text(spec.replace('keys_dir = "../keys"', f'keys_dir = "{tmp_path}/shared-keys"'))
+        spec_path.write_text(
+            spec.replace('keys_dir = "../keys"', f'keys_dir = "{tmp_path}/shared-keys"')
+        )
         proc = _build(root, standin_root)
         assert proc.returncode == 0, proc.stderr.decode()
-        manifest = tomllib.loads((image_rootfs(root / "out") / f"enclave/{service}.manifest.sgx").read_text())
+        manifest = tomllib.loads(
+            (image_rootfs(root / "out") / f"enclave/{service}.manifest.sgx").read_text()
+        )
         assert manifest["loader"]["env"]["SECRET_PROVISION_SET_KEY"] == "face-model"
         policies.append(tomllib.loads((root / "out/secrets-policy.toml").read_text()))
     key_file = tmp_path / "shared-keys/face-model.key"
     assert [p["secrets"] for p in policies] == [
         [{"name": "face-model", "file": "../../shared-keys/face-model.key", "allow": ["face-a"]}],
-        [{"name": "face-model", "file": "../../shared-keys/face-model.key", "allow": ["face-b"]}]]
+        [{"name": "face-model", "file": "../../shared-keys/face-model.key", "allow": ["face-b"]}],
+    ]
     key = key_file.read_bytes()
     for service in ("face-a", "face-b"):
-        pf.decrypt_file(key, image_rootfs(tmp_path / service / "out") / "models/half_plus_two/1/saved_model.pb",
-                        tmp_path / "x", "/models/half_plus_two/1/saved_model.pb")
+        pf.decrypt_file(
+            key,
+            image_rootfs(tmp_path / service / "out") / "models/half_plus_two/1/saved_model.pb",
+            tmp_path / "x",
+            "/models/half_plus_two/1/saved_model.pb",
+        )

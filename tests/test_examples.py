@@ -30,21 +30,26 @@ SPECS = {
     "openvino/spec.toml": "openvino",
     "tfserving/spec.toml": "tfserving",
     "plugins/onnxruntime/spec.toml": "onnxruntime",
-    "secret-server/spec.toml": "tflite",   # serves the tflite example: that build comes first
+    "secret-server/spec.toml": "tflite",  # serves the tflite example: that build comes first
 }
 #: specs that need another example built first (their [secret-server] policies name its out/)
 NEEDS_BUILT = {"secret-server/spec.toml": "tflite/spec.toml"}
 #: specs whose base adds runtimes to gramine-python's: the stand-in gets them as the manual
 #: says (docs/getting-started/install.md),
 #: `enclave-build base standin DIR --runtimes NAME`
-RUNTIMES = {"secret-server/spec.toml": "secret-server",
-            "plugins/onnxruntime/spec.toml": "onnxruntime"}
+RUNTIMES = {
+    "secret-server/spec.toml": "secret-server",
+    "plugins/onnxruntime/spec.toml": "onnxruntime",
+}
 CONSOLE_SCRIPT = Path(sys.executable).parent / "enclave-build"
 
 
 def _shipped_specs() -> set[str]:
-    return {str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("spec.toml")
-            if not {"out", "models", "keys"} & set(p.relative_to(EXAMPLES).parts[:-1])}
+    return {
+        str(p.relative_to(EXAMPLES))
+        for p in EXAMPLES.rglob("spec.toml")
+        if not {"out", "models", "keys"} & set(p.relative_to(EXAMPLES).parts[:-1])
+    }
 
 
 def test_every_example_spec_is_covered():
@@ -52,7 +57,8 @@ def test_every_example_spec_is_covered():
     assert shipped == set(SPECS), (
         f"example specs not built by test_example_builds_as_shipped: {sorted(shipped - set(SPECS))}"
         f"; listed but gone: {sorted(set(SPECS) - shipped)} (add each to SPECS with what a user "
-        "runs first)")
+        "runs first)"
+    )
     assert set(SPECS.values()) <= set(fetch_models.GROUPS)
 
 
@@ -63,9 +69,11 @@ def test_example_models_come_from_its_fetch_group(spec):
     path = EXAMPLES / spec
     data = tomllib.loads(path.read_text())
     models_dir = (EXAMPLES / "models").resolve()
-    placed = {(models_dir / (fetch_models.MADE.get(name) or fetch_models.ASSETS[name].dest))
-              .resolve() for name in fetch_models.GROUPS[SPECS[spec]]}
-    for model in data.get("models", []):   # a model file, or a directory (IR, SavedModel) of them
+    placed = {
+        (models_dir / (fetch_models.MADE.get(name) or fetch_models.ASSETS[name].dest)).resolve()
+        for name in fetch_models.GROUPS[SPECS[spec]]
+    }
+    for model in data.get("models", []):  # a model file, or a directory (IR, SavedModel) of them
         wanted = (path.parent / model["path"]).resolve()
         assert any(p == wanted or wanted in p.parents for p in placed), (spec, wanted, placed)
 
@@ -82,8 +90,14 @@ def example_tree(tmp_path_factory) -> Path:
         shutil.copyfile(EXAMPLES / spec, root / "examples" / spec)
     shutil.copyfile(EXAMPLES / "make_keys.sh", root / "examples" / "make_keys.sh")
     env = {**os.environ, "PATH": f"{CONSOLE_SCRIPT.parent}{os.pathsep}{os.environ['PATH']}"}
-    keys = subprocess.run(["bash", "examples/make_keys.sh"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120)
+    keys = subprocess.run(
+        ["bash", "examples/make_keys.sh"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert keys.returncode == 0, keys.stderr
     assert (root / "examples/keys/enclave-key.pem").stat().st_mode & 0o077 == 0
     return root
@@ -111,16 +125,16 @@ def test_example_builds_as_shipped(spec, example_tree, standin_root, request, tm
     if spec in NEEDS_BUILT:
         first = NEEDS_BUILT[spec]
         if not (example_tree / "examples" / first).parent.joinpath("out").is_dir():
-            built = run_cli("build", f"examples/{first}", "--base", f"dir:{standin_root}",
-                            cwd=example_tree)
+            built = run_cli(
+                "build", f"examples/{first}", "--base", f"dir:{standin_root}", cwd=example_tree
+            )
             assert built.returncode == 0, built.stderr.decode()
-    proc = run_cli("build", f"examples/{spec}", "--base", f"dir:{base}", cwd=example_tree,
-                   env=env)
+    proc = run_cli("build", f"examples/{spec}", "--base", f"dir:{base}", cwd=example_tree, env=env)
     assert proc.returncode == 0, proc.stderr.decode()
     # Exactly as shipped: the copy's spec is byte-identical to the repository's.
     assert (example_tree / "examples" / spec).read_bytes() == (EXAMPLES / spec).read_bytes()
 
-    out = (example_tree / "examples" / spec).parent / "out"   # the default: out/ next to it
+    out = (example_tree / "examples" / spec).parent / "out"  # the default: out/ next to it
     measurements = json.loads((out / "measurements.json").read_text())
     shipped = tomllib.loads((EXAMPLES / spec).read_text())
     assert measurements["service"] == shipped["service"]["name"]
@@ -142,11 +156,20 @@ def test_half_plus_two_is_a_real_savedmodel_that_computes_half_plus_two(tmp_path
         import half_plus_two
     finally:
         sys.path.remove(str(EXAMPLES))
-    get_or_skip("half_plus_two")   # the venv and the cached model, or the reason they cannot be
+    get_or_skip("half_plus_two")  # the venv and the cached model, or the reason they cannot be
     venv = half_plus_two.ensure_venv()
-    made = subprocess.run([str(venv / "bin/python"), str(EXAMPLES / "half_plus_two.py"), "--make",
-                           str(tmp_path / "m")], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    made = subprocess.run(
+        [
+            str(venv / "bin/python"),
+            str(EXAMPLES / "half_plus_two.py"),
+            "--make",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert made.returncode == 0, made.stderr[-2000:]
     assert "f(1.0) = 2.5" in made.stdout
     assert "serving_default(x float32 [-1]) -> y float32 [-1]" in made.stdout
@@ -156,12 +179,14 @@ def test_half_plus_two_is_a_real_savedmodel_that_computes_half_plus_two(tmp_path
     assert b"serving_default" in pb
 
 
-def test_a_second_run_waits_for_the_tensorflow_install_instead_of_removing_it(tmp_path,
-                                                                               monkeypatch):
+def test_a_second_run_waits_for_the_tensorflow_install_instead_of_removing_it(
+    tmp_path, monkeypatch
+):
     """Seen: `fetch_models.py tfserving` started while a CI job was installing TensorFlow into
     the same cached venv took it for a half-made one, removed it under the running pip and
     left a venv marked ready with its packages gone. The second run must wait for the first."""
     import threading
+
     sys.path.insert(0, str(EXAMPLES))
     try:
         import half_plus_two
@@ -219,8 +244,7 @@ def test_manual_shows_how_to_build_each_example_on_the_standin():
         assert f"--runtimes {runtimes}" in (EXAMPLES / spec).read_text(), spec
 
 
-def test_one_model_that_cannot_be_fetched_does_not_stop_the_others(tmp_path, monkeypatch,
-                                                                    capsys):
+def test_one_model_that_cannot_be_fetched_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
     done = []
 
     def fake_fetch(name, models_dir):
@@ -230,8 +254,9 @@ def test_one_model_that_cannot_be_fetched_does_not_stop_the_others(tmp_path, mon
         target.write_bytes(b"x")
         done.append(name)
         return target
+
     monkeypatch.setattr(fetch_models, "fetch", fake_fetch)
     assert fetch_models.main(["tfserving", "onnxruntime", "--dest", str(tmp_path)]) == 1
-    assert done == ["text_direction_cls.onnx"]          # fetched after the failure
+    assert done == ["text_direction_cls.onnx"]  # fetched after the failure
     err = capsys.readouterr().err
     assert "no TensorFlow here" in err and "not fetched: half_plus_two" in err

@@ -9,20 +9,29 @@ import pytest
 
 from enclave_build.attestation.measurements import Measurements, MeasurementsError
 from enclave_build.attestation.occlum_ra import RaConfig, RaConfigError
+from enclave_build.builder.deploy.quantity import cpu_millis, memory_bytes
 from enclave_build.builder.errors import UsageError
 from enclave_build.builder.image.reference import parse_registry_ref
-from enclave_build.builder.deploy.quantity import cpu_millis, memory_bytes
 from enclave_build.builder.occlum import rules
 from enclave_build.contract.schema import parse_size
 
 HEX = "ab" * 32
-MEASUREMENTS = {"service": "s", "framework": "tflite", "libos": "gramine", "mr_enclave": HEX,
-                "mr_signer": HEX, "isv_prod_id": 0, "isv_svn": 0, "debug": False,
-                "image": {"ref": None, "digest": None}}
+MEASUREMENTS = {
+    "service": "s",
+    "framework": "tflite",
+    "libos": "gramine",
+    "mr_enclave": HEX,
+    "mr_signer": HEX,
+    "isv_prod_id": 0,
+    "isv_svn": 0,
+    "debug": False,
+    "image": {"ref": None, "digest": None},
+}
 
 
-@pytest.mark.parametrize("parse, good", [(parse_size, "8G"), (cpu_millis, "500m"),
-                                         (memory_bytes, "2Gi")])
+@pytest.mark.parametrize(
+    "parse, good", [(parse_size, "8G"), (cpu_millis, "500m"), (memory_bytes, "2Gi")]
+)
 def test_sizes_and_quantities(parse, good):
     assert parse(good)
     try:
@@ -38,8 +47,9 @@ def test_measurements_json(field, value):
     with pytest.raises(MeasurementsError):
         Measurements.from_dict({**MEASUREMENTS, field: value})
     with pytest.raises(MeasurementsError):
-        Measurements.from_dict({**MEASUREMENTS, "image": {"ref": None,
-                                                          "digest": "sha256:" + HEX + "\n"}})
+        Measurements.from_dict(
+            {**MEASUREMENTS, "image": {"ref": None, "digest": "sha256:" + HEX + "\n"}}
+        )
 
 
 def test_registry_digest():
@@ -50,15 +60,22 @@ def test_registry_digest():
 
 def test_occlum_init_ra_server_address():
     with pytest.raises(rules.OcclumRuleError, match="kms_server"):
-        rules.check_init_ra_conf({"kms_server": "keys.example.com:4434\n", "kms_keys": [],
-                                  "ra_config": {}})
+        rules.check_init_ra_conf(
+            {"kms_server": "keys.example.com:4434\n", "kms_keys": [], "ra_config": {}}
+        )
 
 
 def test_occlum_ra_config_measurement():
     entry = {"mr_enclave": HEX + "\n"}
-    doc = {"verify_mr_enclave": "on", "verify_mr_signer": "off", "verify_isv_prod_id": "off",
-           "verify_isv_svn": "off", "verify_config_svn": "off", "verify_enclave_debuggable":
-           "off", "sgx_mrs": [entry]}
+    doc = {
+        "verify_mr_enclave": "on",
+        "verify_mr_signer": "off",
+        "verify_isv_prod_id": "off",
+        "verify_isv_svn": "off",
+        "verify_config_svn": "off",
+        "verify_enclave_debuggable": "off",
+        "sgx_mrs": [entry],
+    }
     with pytest.raises(RaConfigError, match="is not 64 hex digits"):
         RaConfig.from_dict(json.loads(json.dumps(doc)))
 
@@ -73,6 +90,7 @@ def test_secrets_config_allow_entry(tmp_path):
     (tmp_path / "secrets-policy.toml").write_text(
         'measurements = ["measurements.json"]\nkeys_dir = "."\n[[secrets]]\nname = "k"\n'
         'file = "k.key"\n'
-        f'allow = ["{HEX}\\n"]\n')
+        f'allow = ["{HEX}\\n"]\n'
+    )
     with pytest.raises(SecretsConfigError, match="neither a 64-hex MRENCLAVE"):
         merge_fragments([tmp_path])

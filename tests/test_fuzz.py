@@ -19,12 +19,14 @@ import tarfile
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tests.ms_backends import NO_SOURCE
 
 #: examples per target in the test suite (each target stays within a few seconds)
@@ -37,7 +39,8 @@ COUNTS: Counter[str] = Counter()
 mutations = st.tuples(
     st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(1, 255)), max_size=6),
     st.one_of(st.none(), st.integers(0, 1 << 16)),
-    st.binary(max_size=64))
+    st.binary(max_size=64),
+)
 
 
 def mutate(data: bytes, mutation: tuple) -> bytes:
@@ -47,7 +50,7 @@ def mutate(data: bytes, mutation: tuple) -> bytes:
         if out:
             out[offset % len(out)] ^= xor
     if cut is not None and out:
-        del out[cut % (len(out) + 1):]
+        del out[cut % (len(out) + 1) :]
     return bytes(out) + tail
 
 
@@ -59,18 +62,44 @@ def _touched(data: bytes, mutated: bytes) -> set[int]:
 
 # ------------------------------------------------------------------ layer applier
 
-_COMPONENTS = ["a", "b", "etc", "..", ".", ".wh.a", ".wh.b", ".wh..wh..opq", ".wh..", ".wh...",
-               ".wh.", "OUT"]
+_COMPONENTS = [
+    "a",
+    "b",
+    "etc",
+    "..",
+    ".",
+    ".wh.a",
+    ".wh.b",
+    ".wh..wh..opq",
+    ".wh..",
+    ".wh...",
+    ".wh.",
+    "OUT",
+]
 _KINDS = ["file", "dir", "sym", "lnk", "chr", "fifo"]
-_names = st.tuples(st.sampled_from(["", "./", "/"]),
-                   st.lists(st.sampled_from(_COMPONENTS), min_size=1, max_size=4)
-                   ).map(lambda t: t[0] + "/".join(t[1]))
-_targets = st.one_of(_names, st.sampled_from(["{OUTSIDE}", "{OUTSIDE}/victim", "/", "../../..",
-                                              "../../outside", "../../outside/victim",
-                                              "/etc/passwd", "a", "a/b"]))
+_names = st.tuples(
+    st.sampled_from(["", "./", "/"]), st.lists(st.sampled_from(_COMPONENTS), min_size=1, max_size=4)
+).map(lambda t: t[0] + "/".join(t[1]))
+_targets = st.one_of(
+    _names,
+    st.sampled_from(
+        [
+            "{OUTSIDE}",
+            "{OUTSIDE}/victim",
+            "/",
+            "../../..",
+            "../../outside",
+            "../../outside/victim",
+            "/etc/passwd",
+            "a",
+            "a/b",
+        ]
+    ),
+)
 _entry = st.tuples(_names, st.sampled_from(_KINDS), _targets, st.binary(max_size=16))
-layers = st.tuples(st.lists(st.lists(_entry, max_size=8), min_size=1, max_size=3),
-                   st.one_of(st.none(), mutations))
+layers = st.tuples(
+    st.lists(st.lists(_entry, max_size=8), min_size=1, max_size=3), st.one_of(st.none(), mutations)
+)
 
 
 def _tar(entries: list, outside: Path) -> bytes:
@@ -87,8 +116,13 @@ def _tar(entries: list, outside: Path) -> bytes:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
                 continue
-            info.type = {"dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "lnk": tarfile.LNKTYPE,
-                         "chr": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE}[kind]
+            info.type = {
+                "dir": tarfile.DIRTYPE,
+                "sym": tarfile.SYMTYPE,
+                "lnk": tarfile.LNKTYPE,
+                "chr": tarfile.CHRTYPE,
+                "fifo": tarfile.FIFOTYPE,
+            }[kind]
             info.linkname = target if kind in ("sym", "lnk") else ""
             tar.addfile(info)
     return buf.getvalue()
@@ -99,8 +133,11 @@ def _tree(directory: Path) -> dict[str, Any]:
     for path in sorted(directory.rglob("*")):
         st_ = os.lstat(path)
         out[str(path.relative_to(directory))] = (
-            stat.S_IFMT(st_.st_mode), st_.st_size, st_.st_ino,
-            path.read_bytes() if stat.S_ISREG(st_.st_mode) else None)
+            stat.S_IFMT(st_.st_mode),
+            st_.st_size,
+            st_.st_ino,
+            path.read_bytes() if stat.S_ISREG(st_.st_mode) else None,
+        )
     return out
 
 
@@ -136,7 +173,7 @@ def check_layers(case: tuple) -> None:
 # ------------------------------------------------------------------ quotes and RA-TLS
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pki():
     from enclave_build.attestation.synthetic import SyntheticPKI
 
@@ -144,11 +181,10 @@ def _pki():
     return pki, pki.collateral_json()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _quote() -> bytes:
     pki, _ = _pki()
-    return pki.quote(hashlib.sha256(b"e").digest(), hashlib.sha256(b"s").digest(),
-                     bytes(64), 1, 2)
+    return pki.quote(hashlib.sha256(b"e").digest(), hashlib.sha256(b"s").digest(), bytes(64), 1, 2)
 
 
 def check_quote(mutation: tuple) -> None:
@@ -168,28 +204,36 @@ def check_quote(mutation: tuple) -> None:
     except QuoteRejected as exc:
         assert str(exc)
     else:
-        assert raw == _quote() or _touched(_quote(), raw) <= set(range(368 + 32, 432)) \
-            or True  # report_data bytes 32..63 are signed: verified by dcap-qvl
+        assert (
+            raw == _quote() or _touched(_quote(), raw) <= set(range(368 + 32, 432)) or True
+        )  # report_data bytes 32..63 are signed: verified by dcap-qvl
         # a changed quote must not verify unless the change is outside what is signed
         assert raw == _quote(), "a mutated quote verified"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ratls(fmt: str):
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     from enclave_build.attestation.ratls import create_certificate
 
     pki, _ = _pki()
-    key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if fmt == "cczoo"
-           else ec.generate_private_key(ec.SECP384R1()))
-    cert, key = create_certificate(fmt, lambda rd: pki.quote(bytes(32), bytes(32), rd, 1, 2),
-                                   key=key)
+    key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if fmt == "cczoo"
+        else ec.generate_private_key(ec.SECP384R1())
+    )
+    cert, key = create_certificate(
+        fmt, lambda rd: pki.quote(bytes(32), bytes(32), rd, 1, 2), key=key
+    )
     return cert, key
 
 
-ratls_cases = st.tuples(st.sampled_from(["tcg-dice", "gramine-legacy", "cczoo"]),
-                        st.sampled_from(["extension", "certificate"]), mutations)
+ratls_cases = st.tuples(
+    st.sampled_from(["tcg-dice", "gramine-legacy", "cczoo"]),
+    st.sampled_from(["extension", "certificate"]),
+    mutations,
+)
 
 
 def check_ratls(case: tuple) -> None:
@@ -204,7 +248,7 @@ def check_ratls(case: tuple) -> None:
     if where == "certificate":
         der = mutate(cert.public_bytes(serialization.Encoding.DER), mutation)
         try:
-            with warnings.catch_warnings():   # e.g. "serial number which wasn't positive"
+            with warnings.catch_warnings():  # e.g. "serial number which wasn't positive"
                 warnings.simplefilter("ignore")
                 target = x509.load_der_x509_certificate(der)
         except ValueError:
@@ -212,12 +256,16 @@ def check_ratls(case: tuple) -> None:
     else:
         ext = next(e for e in cert.extensions if isinstance(e.value, x509.UnrecognizedExtension))
         value = mutate(ext.value.value, mutation)
-        builder = (x509.CertificateBuilder().subject_name(cert.subject)
-                   .issuer_name(cert.issuer).public_key(key.public_key())
-                   .serial_number(cert.serial_number)
-                   .not_valid_before(cert.not_valid_before_utc)
-                   .not_valid_after(cert.not_valid_after_utc)
-                   .add_extension(x509.UnrecognizedExtension(ext.oid, value), critical=False))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(cert.subject)
+            .issuer_name(cert.issuer)
+            .public_key(key.public_key())
+            .serial_number(cert.serial_number)
+            .not_valid_before(cert.not_valid_before_utc)
+            .not_valid_after(cert.not_valid_after_utc)
+            .add_extension(x509.UnrecognizedExtension(ext.oid, value), critical=False)
+        )
         target = builder.sign(key, hashes.SHA256())
     try:
         evidence = extract_evidence(target)
@@ -232,14 +280,15 @@ def check_ratls(case: tuple) -> None:
 _PF_KEY = bytes(range(16))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pf_file() -> bytes:
     from enclave_build.attestation.protected_files import encrypt_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "f.pf"
-        encrypt_bytes(_PF_KEY, bytes(range(256)) * 40, path, "/secrets/model.bin",
-                      reproducible=True)
+        encrypt_bytes(
+            _PF_KEY, bytes(range(256)) * 40, path, "/secrets/model.bin", reproducible=True
+        )
         return path.read_bytes()
 
 
@@ -251,8 +300,7 @@ def check_pf(mutation: tuple) -> None:
     data = mutate(base, mutation)
     out = io.BytesIO()
     try:
-        decrypt_stream(_PF_KEY, io.BytesIO(data), len(data), out, "/secrets/model.bin",
-                       "fuzz.pf")
+        decrypt_stream(_PF_KEY, io.BytesIO(data), len(data), out, "/secrets/model.bin", "fuzz.pf")
     except PFError as exc:
         assert str(exc).startswith("fuzz.pf")
         return
@@ -263,20 +311,36 @@ def check_pf(mutation: tuple) -> None:
 # ------------------------------------------------------------------ SIGSTRUCT
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sigstruct() -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-    from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT, SigDate, Sigstruct, SigstructBody
+    from enclave_build.builder.gramine.sigstruct import (
+        ARCH_LAYOUT,
+        SigDate,
+        Sigstruct,
+        SigstructBody,
+    )
 
     key = rsa.generate_private_key(public_exponent=3, key_size=3072)
-    body = SigstructBody(hashlib.sha256(b"x").digest(), SigDate(2026, 1, 1), 1, 2, 0x4, 0x3,
-                         ~0x2 & (2**64 - 1), 0xFFFFFFFFFFFFFFFC, 0, 0xFFFFFFFF)
+    body = SigstructBody(
+        hashlib.sha256(b"x").digest(),
+        SigDate(2026, 1, 1),
+        1,
+        2,
+        0x4,
+        0x3,
+        ~0x2 & (2**64 - 1),
+        0xFFFFFFFFFFFFFFFC,
+        0,
+        0xFFFFFFFF,
+    )
     unsigned = Sigstruct(body)
     sig = key.sign(unsigned.signing_data(ARCH_LAYOUT), padding.PKCS1v15(), hashes.SHA256())
-    return unsigned.with_signature(key.public_key().public_numbers().n,
-                                   int.from_bytes(sig, "big")).to_bytes(ARCH_LAYOUT)
+    return unsigned.with_signature(
+        key.public_key().public_numbers().n, int.from_bytes(sig, "big")
+    ).to_bytes(ARCH_LAYOUT)
 
 
 #: bytes EINIT does not look at: reserved, outside the signed ranges
@@ -284,7 +348,12 @@ _UNCHECKED = set(range(1028, 1040))
 
 
 def check_sigstruct(mutation: tuple) -> None:
-    from enclave_build.builder.gramine.sigstruct import ARCH_LAYOUT, Sigstruct, SigstructError, describe
+    from enclave_build.builder.gramine.sigstruct import (
+        ARCH_LAYOUT,
+        Sigstruct,
+        SigstructError,
+        describe,
+    )
 
     COUNTS["SIGSTRUCT parsing"] += 1
     base = _sigstruct()
@@ -304,28 +373,48 @@ def check_sigstruct(mutation: tuple) -> None:
 
 _json = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-3, 1 << 40), st.text(max_size=8)),
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-    max_leaves=20)
-_digests = st.one_of(st.just("sha256:" + "a" * 64), st.just("sha256:" + "/" * 54 + "etc/passwd"),
-                     st.just("sha256:" + "../" * 21 + "x"), st.text(max_size=72), st.integers())
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_digests = st.one_of(
+    st.just("sha256:" + "a" * 64),
+    st.just("sha256:" + "/" * 54 + "etc/passwd"),
+    st.just("sha256:" + "../" * 21 + "x"),
+    st.text(max_size=72),
+    st.integers(),
+)
 _descriptor = st.fixed_dictionaries(
-    {"mediaType": st.one_of(st.just("application/vnd.oci.image.layer.v1.tar"), _json),
-     "digest": _digests, "size": st.one_of(st.integers(-1, 1 << 20), _json)},
-    optional={"annotations": _json, "platform": st.one_of(
-        st.just({"os": "linux", "architecture": "amd64"}), _json)})
+    {
+        "mediaType": st.one_of(st.just("application/vnd.oci.image.layer.v1.tar"), _json),
+        "digest": _digests,
+        "size": st.one_of(st.integers(-1, 1 << 20), _json),
+    },
+    optional={
+        "annotations": _json,
+        "platform": st.one_of(st.just({"os": "linux", "architecture": "amd64"}), _json),
+    },
+)
 _manifest = st.fixed_dictionaries(
     {"schemaVersion": st.one_of(st.just(2), _json)},
-    optional={"config": st.one_of(_descriptor, _json), "layers": st.one_of(
-        st.lists(_descriptor, max_size=3), _json), "manifests": st.one_of(
-        st.lists(_descriptor, max_size=3), _json),
-        "mediaType": st.sampled_from(["application/vnd.oci.image.index.v1+json",
-                                      "application/vnd.oci.image.manifest.v1+json"])})
+    optional={
+        "config": st.one_of(_descriptor, _json),
+        "layers": st.one_of(st.lists(_descriptor, max_size=3), _json),
+        "manifests": st.one_of(st.lists(_descriptor, max_size=3), _json),
+        "mediaType": st.sampled_from(
+            [
+                "application/vnd.oci.image.index.v1+json",
+                "application/vnd.oci.image.manifest.v1+json",
+            ]
+        ),
+    },
+)
 manifest_cases = st.one_of(
     _manifest.map(lambda m: json.dumps(m).encode()),
     _json.map(lambda m: json.dumps(m).encode()),
-    st.tuples(_manifest.map(lambda m: json.dumps(m).encode()), mutations).map(
-        lambda t: mutate(*t)))
+    st.tuples(_manifest.map(lambda m: json.dumps(m).encode()), mutations).map(lambda t: mutate(*t)),
+)
 
 
 class _Answer:
@@ -340,15 +429,21 @@ class _Registry:
     def __init__(self, body: bytes):
         self.body = body
 
-    def request(self, method, url, headers=None, **kwargs):  # noqa: ANN001
+    def request(self, method, url, headers=None, **kwargs):
         if "/manifests/" in url:
             return _Answer(200, self.body, "application/vnd.oci.image.index.v1+json")
         return _Answer(404)
 
 
 def check_manifest(body: bytes) -> None:
-    from enclave_build.builder.image.oci import (BlobStore, ImageError, parse_config, parse_index,
-                                   parse_json_object, parse_manifest)
+    from enclave_build.builder.image.oci import (
+        BlobStore,
+        ImageError,
+        parse_config,
+        parse_index,
+        parse_json_object,
+        parse_manifest,
+    )
     from enclave_build.builder.image.reference import RegistryRef
     from enclave_build.builder.image.registry import RegistryClient
 
@@ -380,16 +475,29 @@ def _rest_requests() -> list[bytes]:
     import numpy as np
 
     x = np.arange(4, dtype=np.float32).tobytes()
-    head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2],
-                                   "parameters": {"binary_data_size": 16}}],
-                       "parameters": {"binary_data_output": True}}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [2, 2],
+                    "parameters": {"binary_data_size": 16},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     plain = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]}]}'
     strings = b'{"inputs":[{"name":"s","datatype":"BYTES","shape":[2],"data":["ab",""]}]}'
     packed = gzip.compress(plain)
 
     def post(model: str, body: bytes, extra: str = "") -> bytes:
-        return (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\n{extra}"
-                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        return (
+            f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+
     return [
         b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" + post("echo", plain),
         post("echo", head + x, f"Inference-Header-Content-Length: {len(head)}\r\n"),
@@ -402,7 +510,7 @@ def _rest_requests() -> list[bytes]:
 _RESPONSE = re.compile(rb"HTTP/1\.1 (\d{3}) [^\r\n]*\r\n((?:[^\r\n]+\r\n)*)\r\n")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rest_server():
     """One REST server on 127.0.0.1 for the whole run (echo and BYTES models)."""
     import atexit
@@ -414,8 +522,10 @@ def _rest_server():
     from .rest_env import RestInThread, echo_model
 
     mc = ModelConfig("len", "1", "tests.ms_backends:BytesLength", "/none")
-    srv = RestInThread({"echo": echo_model(), "len": LoadedModel(mc, [BytesLength(mc, NO_SOURCE)])},
-                       max_request_bytes=1 << 16)
+    srv = RestInThread(
+        {"echo": echo_model(), "len": LoadedModel(mc, [BytesLength(mc, NO_SOURCE)])},
+        max_request_bytes=1 << 16,
+    )
     atexit.register(srv.close)
     return srv
 
@@ -434,7 +544,7 @@ def check_rest(case: tuple) -> None:
     pos = 0
     while pos < len(answer):
         m = _RESPONSE.match(answer, pos)
-        assert m, (data, answer[pos:pos + 200])
+        assert m, (data, answer[pos : pos + 200])
         status = int(m.group(1))
         assert 200 <= status < 600 and status != 500, (data, answer)
         lengths = re.findall(rb"(?im)^content-length: (\d+)\r$", m.group(2))
@@ -489,8 +599,9 @@ TARGETS: dict[str, tuple[Any, Callable[[Any], None]]] = {
 def run(name: str, examples: int, **overrides: Any) -> None:
     """Run target *name* for *examples* generated inputs (raises on the first failure)."""
     strategy, check = TARGETS[name]
-    options: dict[str, Any] = dict(max_examples=examples, deadline=None, database=None,
-                   suppress_health_check=list(HealthCheck))
+    options: dict[str, Any] = dict(
+        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     options.update(overrides)
     settings(**options)(given(strategy)(check))()
 

@@ -15,13 +15,21 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
-from enclave_build.builder.run.gramine_direct import (DirectLaunch, LaunchError, command, has_gramine_direct,
-                                        resolve_user, run, start, wait_forwarding)
+from enclave_build.builder.run.gramine_direct import (
+    DirectLaunch,
+    LaunchError,
+    command,
+    has_gramine_direct,
+    resolve_user,
+    run,
+    start,
+    wait_forwarding,
+)
 from enclave_build.builder.run.rootfs import private_root
 
 pytestmark = pytest.mark.integration
@@ -31,8 +39,10 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="gramine-direct needs 
 PYTHON = "/usr/bin/python3.11"
 RUNTIME_UID = 10001
 PYTHON_TRUSTED = [
-    "file:/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc/", f"file:{PYTHON}",
-    "file:/usr/lib/python3.11/", "file:/usr/lib/x86_64-linux-gnu/libz.so.1",
+    "file:/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc/",
+    f"file:{PYTHON}",
+    "file:/usr/lib/python3.11/",
+    "file:/usr/lib/x86_64-linux-gnu/libz.so.1",
     "file:/usr/lib/x86_64-linux-gnu/libexpat.so.1",
 ]
 WRAP_KEY = bytes(range(16))
@@ -42,13 +52,22 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(item) for item in items) + "]"  # JSON strings are TOML
 
 
-def write_manifest(root: Path, name: str, code: str, trusted: list[str] | None = None,
-                   mounts: Sequence[str] = (), extra: str = "") -> str:
+def write_manifest(
+    root: Path,
+    name: str,
+    code: str,
+    trusted: list[str] | None = None,
+    mounts: Sequence[str] = (),
+    extra: str = "",
+) -> str:
     """Write /enclave/NAME.manifest.sgx in *root*, signed by the base's gramine-sgx-sign."""
     argv = _toml_list(["python3.11", "-c", code])
     trusted = PYTHON_TRUSTED if trusted is None else trusted
-    all_mounts = ['{ path = "/lib", uri = "file:/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc" }',
-                  '{ type = "tmpfs", path = "/tmp" }', *mounts]
+    all_mounts = [
+        '{ path = "/lib", uri = "file:/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc" }',
+        '{ type = "tmpfs", path = "/tmp" }',
+        *mounts,
+    ]
     text = f"""
 libos.entrypoint = "{PYTHON}"
 loader.log_level = "error"
@@ -70,19 +89,31 @@ sgx.trusted_files = {_toml_list(trusted)}
     enclave.mkdir(exist_ok=True)
     (enclave / f"{name}.manifest.template").write_text(text)
     key = "/enclave/.signing-key.pem"
-    script = (f"[ -f {key} ] || gramine-sgx-gen-private-key -f {key} >/dev/null; "
-              f"cd /enclave && gramine-sgx-sign --key {key} --manifest {name}.manifest.template "
-              f"--output {name}.manifest.sgx >/dev/null")
+    script = (
+        f"[ -f {key} ] || gramine-sgx-gen-private-key -f {key} >/dev/null; "
+        f"cd /enclave && gramine-sgx-sign --key {key} --manifest {name}.manifest.template "
+        f"--output {name}.manifest.sgx >/dev/null"
+    )
     subprocess.run(["chroot", str(root), "/bin/sh", "-c", script], check=True)
     return f"/enclave/{name}"
 
 
-def boot(root: Path, app: str, uid: int = RUNTIME_UID, gid: int = 0,
-         env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def boot(
+    root: Path,
+    app: str,
+    uid: int = RUNTIME_UID,
+    gid: int = 0,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess:
     # The LibOS writes the application's stderr to the host's *stdout* (both are its tty
     # device), so the streams are read together.
-    process = start(DirectLaunch(root, app, uid, gid, env or {}), stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, text=True)
+    process = start(
+        DirectLaunch(root, app, uid, gid, env or {}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         out, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -104,8 +135,15 @@ def root(gramine_base_dir: Path):
 def test_base_has_real_gramine_and_runtimes(gramine_base_dir: Path) -> None:
     assert has_gramine_direct(gramine_base_dir)
     site = gramine_base_dir / "usr/local/lib/python3.11/dist-packages"
-    for package in ("numpy", "grpc", "google/protobuf", "ai_edge_litert", "openvino", "cbor2",
-                    "httptools"):
+    for package in (
+        "numpy",
+        "grpc",
+        "google/protobuf",
+        "ai_edge_litert",
+        "openvino",
+        "cbor2",
+        "httptools",
+    ):
         assert (site / package).is_dir(), package
     assert resolve_user(gramine_base_dir, "10001") == (10001, 0)
     assert resolve_user(gramine_base_dir, "enclave") == (10001, 0)
@@ -117,7 +155,9 @@ def test_base_has_real_gramine_and_runtimes(gramine_base_dir: Path) -> None:
 
 @needs_root
 def test_python_boots_as_runtime_user_and_env_passthrough(root: Path) -> None:
-    app = write_manifest(root, "hello", "import os; print('hello from the LibOS', os.environ['PROBE'])")
+    app = write_manifest(
+        root, "hello", "import os; print('hello from the LibOS', os.environ['PROBE'])"
+    )
     result = boot(root, app, env={"PROBE": "passed-through"})
     assert result.returncode == 0, result.stdout
     assert result.stdout.strip() == "hello from the LibOS passed-through"
@@ -126,7 +166,7 @@ def test_python_boots_as_runtime_user_and_env_passthrough(root: Path) -> None:
 @needs_root
 def test_untrusted_file_fails_with_eacces(root: Path) -> None:
     (root / "etc/untrusted.txt").write_text("not in trusted_files\n")
-    os.chmod(root / "etc/untrusted.txt", 0o644)   # readable by anyone on the host
+    os.chmod(root / "etc/untrusted.txt", 0o644)  # readable by anyone on the host
     app = write_manifest(root, "untrusted", "open('/etc/untrusted.txt').read()")
     result = boot(root, app)
     assert result.returncode != 0
@@ -150,22 +190,39 @@ def _encrypted_model(root: Path, owner: int) -> str:
     models.mkdir(parents=True)
     (root / "tmp" / "wrap.key").write_bytes(WRAP_KEY)
     (root / "tmp" / "plain.bin").write_bytes(b"model bytes " * 100)
-    subprocess.run(["chroot", str(root), "gramine-sgx-pf-crypt", "encrypt", "-w", "/tmp/wrap.key",
-                    "-i", "/tmp/plain.bin", "-o", "/models/m/model.bin"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            "chroot",
+            str(root),
+            "gramine-sgx-pf-crypt",
+            "encrypt",
+            "-w",
+            "/tmp/wrap.key",
+            "-i",
+            "/tmp/plain.bin",
+            "-o",
+            "/models/m/model.bin",
+        ],
+        check=True,
+        capture_output=True,
+    )
     for path in (models.parent, models, models / "model.bin"):
         os.chown(path, owner, 0)
     os.chmod(models / "model.bin", 0o644)
-    code = ("import hashlib; data = open('/models/m/model.bin', 'rb').read(); "
-            "print(len(data), hashlib.sha256(data).hexdigest())")
+    code = (
+        "import hashlib; data = open('/models/m/model.bin', 'rb').read(); "
+        "print(len(data), hashlib.sha256(data).hexdigest())"
+    )
     mount = '{ type = "encrypted", path = "/models", uri = "file:/models", key_name = "mk" }'
-    return write_manifest(root, "encrypted", code, mounts=[mount],
-                          extra=f'fs.insecure__keys.mk = "{WRAP_KEY.hex()}"')
+    return write_manifest(
+        root, "encrypted", code, mounts=[mount], extra=f'fs.insecure__keys.mk = "{WRAP_KEY.hex()}"'
+    )
 
 
 @needs_root
 def test_encrypted_file_owned_by_runtime_user_decrypts(root: Path) -> None:
     import hashlib
+
     app = _encrypted_model(root, owner=RUNTIME_UID)
     result = boot(root, app)
     assert result.returncode == 0, result.stdout
@@ -180,16 +237,18 @@ def test_root_owned_0644_encrypted_file_fails_for_runtime_user(root: Path) -> No
     result = boot(root, app)
     assert result.returncode != 0
     assert "PermissionError" in result.stdout and "/models/m/model.bin" in result.stdout
-    assert boot(root, app, uid=0).returncode == 0      # the same image works as root
+    assert boot(root, app, uid=0).returncode == 0  # the same image works as root
 
 
 @needs_root
 def test_direct_mode_has_keys_but_no_quote_device(root: Path) -> None:
     """GRAMINE-RUNTIME.md row 8: only /dev/attestation/keys exists in direct mode."""
-    code = ("import os\n"
-            "print('keys' if os.path.isdir('/dev/attestation/keys') else 'no-keys')\n"
-            "try:\n    open('/dev/attestation/quote', 'rb').read()\n    print('quote')\n"
-            "except OSError as exc:\n    print('no-quote', exc.errno)")
+    code = (
+        "import os\n"
+        "print('keys' if os.path.isdir('/dev/attestation/keys') else 'no-keys')\n"
+        "try:\n    open('/dev/attestation/quote', 'rb').read()\n    print('quote')\n"
+        "except OSError as exc:\n    print('no-quote', exc.errno)"
+    )
     app = write_manifest(root, "attest", code)
     result = boot(root, app)
     assert result.returncode == 0, result.stdout
@@ -199,10 +258,12 @@ def test_direct_mode_has_keys_but_no_quote_device(root: Path) -> None:
 
 @needs_root
 def test_sigterm_is_forwarded_to_the_application(root: Path) -> None:
-    code = ("import signal, sys, time\n"
-            "signal.signal(signal.SIGTERM, lambda *a: (print('got SIGTERM', flush=True), sys.exit(7)))\n"
-            "print('ready', flush=True)\n"
-            "time.sleep(60)")
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('got SIGTERM', flush=True), sys.exit(7)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)"
+    )
     app = write_manifest(root, "term", code)
     process = start(DirectLaunch(root, app, RUNTIME_UID, 0), stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
@@ -215,10 +276,11 @@ def test_sigterm_is_forwarded_to_the_application(root: Path) -> None:
         deadline = time.monotonic() + 60
         while signal.getsignal(signal.SIGTERM) is before:
             if time.monotonic() > deadline:
-                process.kill()   # never forwarding: fail the test, not the whole run
+                process.kill()  # never forwarding: fail the test, not the whole run
                 return
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGTERM)
+
     threading.Thread(target=terminate_us, daemon=True).start()
     code_ = wait_forwarding(process)
     assert code_ == 7
@@ -239,4 +301,6 @@ def test_command_uses_a_private_mount_namespace(tmp_path: Path) -> None:
     assert "A=1" in cmd
     script = cmd[-1]
     assert f"mount -o remount,bind,ro {tmp_path.resolve()}/proc" in script
-    assert "--userspec=10001:0" in script and script.endswith("/usr/bin/gramine-direct /enclave/svc")
+    assert "--userspec=10001:0" in script and script.endswith(
+        "/usr/bin/gramine-direct /enclave/svc"
+    )

@@ -38,28 +38,54 @@ X = np.arange(4, dtype=np.float32)
 
 
 def sleep_model(name: str, seconds: float, instances: int = 1, **extra) -> dict:
-    return {"name": name, "backend": SLEEP, "path": "/none", "instances": instances,
-            "options": {"seconds": seconds}, **extra}
+    return {
+        "name": name,
+        "backend": SLEEP,
+        "path": "/none",
+        "instances": instances,
+        "options": {"seconds": seconds},
+        **extra,
+    }
 
 
 class ServerProcess:
     """The model server as a child process; *nofile* sets its RLIMIT_NOFILE (soft = hard)."""
 
-    def __init__(self, tmp: Path, models: list[dict], limits: dict, drain: float = 10,
-                 nofile: int | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        models: list[dict],
+        limits: dict,
+        drain: float = 10,
+        nofile: int | None = None,
+    ) -> None:
         path = tmp / f"server-{id(self)}.json"
-        path.write_text(json.dumps({
-            "version": 1, "service": "hostile", "drain_seconds": drain, "models": models,
-            "grpc": {"host": "127.0.0.1", "port": 0}, "rest": {"host": "127.0.0.1", "port": 0},
-            "limits": limits}))
+        path.write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "service": "hostile",
+                    "drain_seconds": drain,
+                    "models": models,
+                    "grpc": {"host": "127.0.0.1", "port": 0},
+                    "rest": {"host": "127.0.0.1", "port": 0},
+                    "limits": limits,
+                }
+            )
+        )
 
         def child_limits():
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enclave_build.model_server", "--config", str(path)], cwd=REPO,
-            stderr=subprocess.PIPE, text=True, preexec_fn=child_limits,
-            env={**os.environ, "PYTHONPATH": str(REPO)})
+            [sys.executable, "-m", "enclave_build.model_server", "--config", str(path)],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=child_limits,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         self.lines: list[str] = []
         self.ready = threading.Event()
         self.grpc = self.rest = ""
@@ -112,8 +138,10 @@ class ServerProcess:
     def stub(self, method: str = "ModelInfer"):
         import grpc
 
-        channel = grpc.insecure_channel(self.grpc, options=[
-            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        channel = grpc.insecure_channel(
+            self.grpc,
+            options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
+        )
         return channel, channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
 
     def queue_depth(self) -> int:
@@ -169,16 +197,24 @@ def test_streams_without_a_message_cannot_lock_out_grpc(tmp_path):
     inference call is answered too. Before: they held every slot (maximum_concurrent_rpcs), then
     every handler thread, and everyone else waited for as long as the connections stayed
     open."""
-    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
-        "max_concurrent_requests": 2, "max_queue": 2, "max_streams_per_connection": 4,
-        "body_timeout": 1.5})
+    server = ServerProcess(
+        tmp_path,
+        [sleep_model("m", 0)],
+        {
+            "max_concurrent_requests": 2,
+            "max_queue": 2,
+            "max_streams_per_connection": 4,
+            "body_timeout": 1.5,
+        },
+    )
     attackers = [H2Connection(server.grpc) for _ in range(3)]
     try:
         for conn in attackers:
-            for stream in range(1, 13, 2):                 # 6 streams each
+            for stream in range(1, 13, 2):  # 6 streams each
                 conn.open_stream(stream)
-        frames = [conn.read_frames(5, until=lambda f: len(_limit_resets(f)) >= 2)
-                  for conn in attackers]
+        frames = [
+            conn.read_frames(5, until=lambda f: len(_limit_resets(f)) >= 2) for conn in attackers
+        ]
         client = tgrpc.InferenceServerClient(server.grpc)
         assert client.is_server_live(client_timeout=5)
         assert client.is_server_ready(client_timeout=5)
@@ -186,26 +222,27 @@ def test_streams_without_a_message_cannot_lock_out_grpc(tmp_path):
         assert client.get_model_metadata("m", client_timeout=5).name == "m"
         assert client.get_server_metadata(client_timeout=5).name == "hostile"
         client.close()
-        for received in frames:                             # streams 5 and 6 of each were reset
+        for received in frames:  # streams 5 and 6 of each were reset
             assert sorted(_limit_resets(received)) == [9, 11], [resets(f) for f in frames]
         assert grpc_infer(server.grpc, "m") == "ok"
         statuses = []
         for conn, received in zip(attackers, frames, strict=True):
             seen = received
-            received += conn.read_frames(10, until=lambda f, seen=seen: len(trailers(seen + f)) >= 4)
+            received += conn.read_frames(
+                10, until=lambda f, seen=seen: len(trailers(seen + f)) >= 4
+            )
             ended = trailers(received)
             assert sorted(ended) == [1, 3, 5, 7], ended
             statuses += [h["grpc-status"] for h in ended.values()]
         # CANCELLED (held room until body_timeout) or RESOURCE_EXHAUSTED (refused at once)
         assert set(statuses) == {"1", "8"}, statuses
-        assert statuses.count("8") >= 12 - 3 - 1, statuses      # 3 hold room, 1 may wait
+        assert statuses.count("8") >= 12 - 3 - 1, statuses  # 3 hold room, 1 may wait
     finally:
         for conn in attackers:
             conn.close()
         assert server.stop() == 0, server.stderr
     # cancelled calls leave no traceback, and their log line is INFO (not shown by default)
-    assert "Traceback" not in server.stderr and "body_timeout" not in server.stderr, \
-        server.stderr
+    assert "Traceback" not in server.stderr and "body_timeout" not in server.stderr, server.stderr
 
 
 def _limit_resets(frames: list) -> dict[int, int]:
@@ -224,8 +261,7 @@ def test_calls_on_one_connection_give_their_streams_back(tmp_path):
         inp = tgrpc.InferInput("x", list(X.shape), "FP32")
         inp.set_data_from_numpy(X)
         for _ in range(40):
-            assert np.array_equal(client.infer("m", [inp], client_timeout=10).as_numpy("y"),
-                                  X * 2)
+            assert np.array_equal(client.infer("m", [inp], client_timeout=10).as_numpy("y"), X * 2)
             assert client.is_server_live(client_timeout=10)
     finally:
         client.close()
@@ -249,7 +285,7 @@ def _closed_by_server(sock: socket.socket, seconds: float) -> bool:
     try:
         while sock.recv(4096):
             pass
-    except socket.timeout:
+    except TimeoutError:
         return False
     except OSError:
         pass
@@ -261,8 +297,11 @@ def test_grpc_connection_cap_handshake_and_idle_deadlines(tmp_path):
     are closed at once; connections that never complete the handshake are closed after
     header_timeout, and one that does but makes no calls after idle_timeout. Before: no cap
     and no deadlines (idle connections stayed open until descriptors ran out)."""
-    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
-        "max_grpc_connections": 6, "header_timeout": 1, "idle_timeout": 1.5})
+    server = ServerProcess(
+        tmp_path,
+        [sleep_model("m", 0)],
+        {"max_grpc_connections": 6, "header_timeout": 1, "idle_timeout": 1.5},
+    )
     host, port = server.grpc.rsplit(":", 1)
     socks = [socket.create_connection((host, int(port))) for _ in range(10)]
     try:
@@ -275,9 +314,9 @@ def test_grpc_connection_cap_handshake_and_idle_deadlines(tmp_path):
         # a client that completes the handshake and stays idle: closed after idle_timeout
         idle = H2Connection(server.grpc)
         frames = idle.read_frames(15, until=lambda f: any(x.type == 0x7 for x in f))
-        assert any(f.type == 0x7 for f in frames), frames                  # GOAWAY
+        assert any(f.type == 0x7 for f in frames), frames  # GOAWAY
         idle.close()
-        assert grpc_infer(server.grpc, "m") == "ok"      # slots came back
+        assert grpc_infer(server.grpc, "m") == "ok"  # slots came back
     finally:
         for s in socks:
             s.close()
@@ -301,7 +340,7 @@ def test_idle_connections_cannot_exhaust_file_descriptors(tmp_path):
         held = [s for s in socks if _first_bytes(s, 5)]
         assert server.http("GET", "/v2/health/live")[0] == 200
         assert rest_infer(server.rest, "m") == "ok"
-        assert all(_closed_by_server(s, 15) for s in held)    # idle for idle_timeout
+        assert all(_closed_by_server(s, 15) for s in held)  # idle for idle_timeout
         client = tgrpc.InferenceServerClient(server.grpc)
         try:
             assert client.is_server_live(client_timeout=10)
@@ -313,8 +352,11 @@ def test_idle_connections_cannot_exhaust_file_descriptors(tmp_path):
             s.close()
         assert server.stop() == 0, server.stderr
     assert "Too many open files" not in server.stderr, server.stderr
-    found = re.search(r"may open 400 files .* serving at most (\d+) REST and (\d+) gRPC "
-                      "connections", server.stderr)
+    found = re.search(
+        r"may open 400 files .* serving at most (\d+) REST and (\d+) gRPC "
+        "connections",
+        server.stderr,
+    )
     assert found, server.stderr
     rest_cap, grpc_cap = map(int, found.groups())
     assert rest_cap + grpc_cap + 2 * 1 + 128 <= 400
@@ -330,15 +372,18 @@ def test_a_slow_models_backlog_does_not_hold_back_another_model(tmp_path):
     another model is answered, over gRPC and REST, while that backlog is still there. Before:
     admission was server-wide, so the other model's call waited behind the slow backlog (or was
     refused when the server-wide queue was full)."""
-    server = ServerProcess(tmp_path, [sleep_model("slow", 0.5), sleep_model("fast", 0)],
-                           {"max_concurrent_requests": 4, "max_queue": 16})
+    server = ServerProcess(
+        tmp_path,
+        [sleep_model("slow", 0.5), sleep_model("fast", 0)],
+        {"max_concurrent_requests": 4, "max_queue": 16},
+    )
     try:
         with ThreadPoolExecutor(24) as pool:
             slow = [pool.submit(grpc_infer, server.grpc, "slow") for _ in range(24)]
             wait_until(lambda: server.queue_depth() >= 8, "the slow model's backlog")
             assert grpc_infer(server.grpc, "fast") == "ok"
             assert rest_infer(server.rest, "fast") == "ok"
-            assert sum(f.done() and f.result() == "ok" for f in slow) <= 2   # backlog still there
+            assert sum(f.done() and f.result() == "ok" for f in slow) <= 2  # backlog still there
             outcomes = [f.result() for f in slow]
         assert outcomes.count("ok") == 9, outcomes
         refused = [o for o in outcomes if o != "ok"]
@@ -366,15 +411,19 @@ def test_sigterm_drain_is_bounded_by_drain_seconds(tmp_path):
         elapsed = time.monotonic() - started
         outcomes = [f.result() for f in calls]
     assert rc == 0, server.stderr
-    assert elapsed < 3 + 2 + 2, (elapsed, server.stderr)     # drain_seconds + FINISH + slack
+    assert elapsed < 3 + 2 + 2, (elapsed, server.stderr)  # drain_seconds + FINISH + slack
     ok = outcomes.count("ok")
     assert 2 <= ok <= 6, outcomes
     cut = [o for o in outcomes if o != "ok"]
-    assert all(("StatusCode.UNAVAILABLE" in o or o.startswith("503")) and "drain_seconds" in o
-               for o in cut), outcomes
-    m = re.search(r"stopped: (\d+) inference requests admitted, (\d+) answered \((\d+) ok\), "
-                  r"0 unanswered; \d+ refused before admission .*; (\d+) still queued at the "
-                  "drain deadline, answered UNAVAILABLE", server.stderr)
+    assert all(
+        ("StatusCode.UNAVAILABLE" in o or o.startswith("503")) and "drain_seconds" in o for o in cut
+    ), outcomes
+    m = re.search(
+        r"stopped: (\d+) inference requests admitted, (\d+) answered \((\d+) ok\), "
+        r"0 unanswered; \d+ refused before admission .*; (\d+) still queued at the "
+        "drain deadline, answered UNAVAILABLE",
+        server.stderr,
+    )
     assert m, server.stderr
     assert list(map(int, m.groups())) == [15, 15, ok, len(cut)], server.stderr
 
@@ -414,27 +463,40 @@ def test_an_output_asked_for_many_times_is_refused_and_answers_are_capped(tmp_pa
     peak memory went from 67 MiB to 1.9 GiB). Now an output asked for twice is refused
     (INVALID_ARGUMENT / 400) before anything is built, and an answer larger than
     limits.max_response_bytes is refused RESOURCE_EXHAUSTED / 413."""
-    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
-        "max_request_bytes": 4 * MIB, "max_response_bytes": 2 * MIB})
+    server = ServerProcess(
+        tmp_path,
+        [sleep_model("m", 0)],
+        {"max_request_bytes": 4 * MIB, "max_response_bytes": 2 * MIB},
+    )
     channel, stub = server.stub()
     try:
         x = np.ones(MIB // 4, np.float32)
         before = server.reset_peak()
         got = _call(stub, _request("m", x, outputs=400))
         assert got.startswith("INVALID_ARGUMENT: output 'y' requested more than once"), got
-        head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [x.size],
-                                       "parameters": {"binary_data_size": x.nbytes}}],
-                           "outputs": [{"name": "y", "parameters": {"binary_data": True}}]
-                           * 400}).encode()
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "datatype": "FP32",
+                        "shape": [x.size],
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ],
+                "outputs": [{"name": "y", "parameters": {"binary_data": True}}] * 400,
+            }
+        ).encode()
         status, body = _post_binary(server, "/v2/models/m/infer", head, x.tobytes())
         assert status == 400 and b"requested more than once" in body, body
         grown = server.status("VmHWM") - before
         assert grown < 32 * 1024, f"peak resident memory grew by {grown} KiB"
-        assert _call(stub, _request("m", x, outputs=1)) == "ok"         # 1 MiB answer
-        big = np.ones(3 * MIB // 4, np.float32)                        # 3 MiB answer
+        assert _call(stub, _request("m", x, outputs=1)) == "ok"  # 1 MiB answer
+        big = np.ones(3 * MIB // 4, np.float32)  # 3 MiB answer
         got = _call(stub, _request("m", big))
-        assert got.startswith("RESOURCE_EXHAUSTED") and \
-            "limits.max_response_bytes 2097152" in got, got
+        assert (
+            got.startswith("RESOURCE_EXHAUSTED") and "limits.max_response_bytes 2097152" in got
+        ), got
     finally:
         channel.close()
         assert server.stop() == 0, server.stderr
@@ -444,8 +506,12 @@ def _post_binary(server: ServerProcess, path: str, head: bytes, data: bytes):
     host, port = server.rest.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
-        conn.request("POST", path, body=head + data,
-                     headers={"Inference-Header-Content-Length": str(len(head))})
+        conn.request(
+            "POST",
+            path,
+            body=head + data,
+            headers={"Inference-Header-Content-Length": str(len(head))},
+        )
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -460,9 +526,14 @@ def test_messages_that_grow_once_parsed_cost_what_the_budget_allows(tmp_path):
     budget, and the server's peak memory stays near it."""
     from enclave_build.model_server import protocol as pb
 
-    server = ServerProcess(tmp_path, [sleep_model("m", 0), {
-        "name": "len", "backend": "tests.ms_backends:BytesLength", "path": "/none"}], {
-        "max_request_bytes": 8 * MIB, "max_buffered_bytes": 32 * MIB})
+    server = ServerProcess(
+        tmp_path,
+        [
+            sleep_model("m", 0),
+            {"name": "len", "backend": "tests.ms_backends:BytesLength", "path": "/none"},
+        ],
+        {"max_request_bytes": 8 * MIB, "max_buffered_bytes": 32 * MIB},
+    )
     channel, stub = server.stub()
     try:
         req = pb.ModelInferRequest(model_name="len")
@@ -477,8 +548,9 @@ def test_messages_that_grow_once_parsed_cost_what_the_budget_allows(tmp_path):
         with ThreadPoolExecutor(4) as pool:
             outcomes = list(pool.map(lambda _: _call(stub, typed), range(4)))
         assert "ok" in outcomes, outcomes
-        assert all(o == "ok" or o.startswith(("RESOURCE_EXHAUSTED", "UNAVAILABLE"))
-                   for o in outcomes), outcomes
+        assert all(
+            o == "ok" or o.startswith(("RESOURCE_EXHAUSTED", "UNAVAILABLE")) for o in outcomes
+        ), outcomes
         # the budget, plus grpc's own copies of the messages it hands over (up to three
         # receiving at once) and the model's outputs
         grown = server.status("VmHWM") - before
@@ -494,9 +566,16 @@ def test_partial_messages_hold_at_most_the_budget(tmp_path):
     held 60 MiB each (1 GiB for 16 against a 256 MiB budget). Now room for the largest message
     is reserved before a message is asked for: 16 such streams (7.9 MiB each, budget 32 MiB)
     hold at most the gRPC share of the budget, and legitimate calls are answered afterwards."""
-    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
-        "max_request_bytes": 8 * MIB, "max_buffered_bytes": 32 * MIB, "body_timeout": 30,
-        "first_byte_timeout": 30})
+    server = ServerProcess(
+        tmp_path,
+        [sleep_model("m", 0)],
+        {
+            "max_request_bytes": 8 * MIB,
+            "max_buffered_bytes": 32 * MIB,
+            "body_timeout": 30,
+            "first_byte_timeout": 30,
+        },
+    )
     attackers = [H2Connection(server.grpc) for _ in range(8)]
     try:
         before = server.reset_peak()
@@ -504,13 +583,17 @@ def test_partial_messages_hold_at_most_the_budget(tmp_path):
             conn.open_stream(1)
             conn.open_stream(3)
         with ThreadPoolExecutor(len(attackers)) as pool:
-            sent = list(pool.map(lambda c: c.send_partial([1, 3], 8 * MIB - 1024,
-                                                          8 * MIB - 4096, 6), attackers))
+            sent = list(
+                pool.map(
+                    lambda c: c.send_partial([1, 3], 8 * MIB - 1024, 8 * MIB - 4096, 6), attackers
+                )
+            )
         total = sum(sum(s.values()) for s in sent)
         grown = server.status("VmHWM") - before
-        assert grown < 48 * 1024, (f"peak resident memory grew by {grown} KiB; "
-                                   f"{total >> 20} MiB sent")
-        assert total >= 20 * MIB, total                # (the attack did send its bytes)
+        assert grown < 48 * 1024, (
+            f"peak resident memory grew by {grown} KiB; {total >> 20} MiB sent"
+        )
+        assert total >= 20 * MIB, total  # (the attack did send its bytes)
     finally:
         for conn in attackers:
             conn.close()
@@ -526,19 +609,21 @@ def test_message_less_streams_over_many_connections_leave_threads_free(tmp_path)
     19 s. Now only calls with room for their message wait for it (the rest are refused at once),
     and the legitimate call gets room once a stalled one has held its own for
     first_byte_timeout."""
-    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
-        "max_concurrent_requests": 4, "max_queue": 4, "body_timeout": 30,
-        "first_byte_timeout": 2})
+    server = ServerProcess(
+        tmp_path,
+        [sleep_model("m", 0)],
+        {"max_concurrent_requests": 4, "max_queue": 4, "body_timeout": 30, "first_byte_timeout": 2},
+    )
     attackers = [H2Connection(server.grpc) for _ in range(4)]
     try:
         for conn in attackers:
             for stream in range(1, 17, 2):
                 conn.open_stream(stream)
-        time.sleep(0.5)              # (not a synchronisation: lets the server start them all)
+        time.sleep(0.5)  # (not a synchronisation: lets the server start them all)
         started = time.monotonic()
         assert grpc_infer(server.grpc, "m", timeout=60) == "ok"
         took = time.monotonic() - started
-        assert took < 10, took                         # body_timeout is 30 s
+        assert took < 10, took  # body_timeout is 30 s
     finally:
         for conn in attackers:
             conn.close()
@@ -581,11 +666,12 @@ def test_one_connection_with_many_stalled_streams_does_not_starve_another(tmp_pa
     for the message, each given back only after first_byte_timeout and then to the stalled
     connection's newer streams, so a call waited about 20 s (the original defect: every other
     client refused for as long as the attacker kept its connection)."""
-    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
-        **FAIR_LIMITS, "first_byte_timeout": 20})
+    server = ServerProcess(
+        tmp_path, [sleep_model("m", 0)], {**FAIR_LIMITS, "first_byte_timeout": 20}
+    )
     attackers = _message_less_streams(server, 1, 32)
     try:
-        time.sleep(0.5)           # (not a synchronisation: lets the server start the streams)
+        time.sleep(0.5)  # (not a synchronisation: lets the server start the streams)
         outcomes = _legitimate_calls(server, 20, timeout=5)
         assert outcomes == ["ok"] * 20, outcomes
     finally:
@@ -601,11 +687,12 @@ def test_many_connections_of_stalled_streams_do_not_starve_another(tmp_path):
     client's connection then keeps its room between calls. Before: each call waited for a
     stalled call to reach first_byte_timeout, while the stalled connections' newer streams took
     every room given back."""
-    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
-        **FAIR_LIMITS, "first_byte_timeout": 6})
+    server = ServerProcess(
+        tmp_path, [sleep_model("m", 0)], {**FAIR_LIMITS, "first_byte_timeout": 6}
+    )
     attackers = _message_less_streams(server, 8, 8)
     try:
-        time.sleep(0.5)           # (not a synchronisation: lets the server start the streams)
+        time.sleep(0.5)  # (not a synchronisation: lets the server start the streams)
         outcomes = _legitimate_calls(server, 20, timeout=6)
         assert outcomes == ["ok"] * 20, outcomes
     finally:
@@ -620,8 +707,9 @@ def test_partial_messages_over_many_connections_do_not_starve_another(tmp_path):
     deadline of first_byte_timeout (6 s), and all are answered, while the server's memory stays
     within the budget. Before: the partial messages held the rooms until first_byte_timeout,
     then their connections' next messages took them back."""
-    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
-        **FAIR_LIMITS, "first_byte_timeout": 6})
+    server = ServerProcess(
+        tmp_path, [sleep_model("m", 0)], {**FAIR_LIMITS, "first_byte_timeout": 6}
+    )
     stop = threading.Event()
 
     def upload() -> None:
@@ -640,7 +728,7 @@ def test_partial_messages_over_many_connections_do_not_starve_another(tmp_path):
     for t in uploads:
         t.start()
     try:
-        time.sleep(1.0)           # (not a synchronisation: lets the uploads take the rooms)
+        time.sleep(1.0)  # (not a synchronisation: lets the uploads take the rooms)
         outcomes = _legitimate_calls(server, 20, timeout=6)
         assert outcomes == ["ok"] * 20, outcomes
         grown = server.status("VmHWM") - before
@@ -656,19 +744,30 @@ def test_rest_bodies_that_stopped_arriving_make_room_for_grpc(tmp_path):
     """REST bodies that have stopped arriving held the whole byte budget, and a gRPC call (its
     message checked against the budget once received) was refused RESOURCE_EXHAUSTED. Now a
     gRPC call waiting for room tells the budget, and REST refuses the body silent the longest."""
-    server = ServerProcess(tmp_path, [sleep_model("m", 0)], {
-        "max_request_bytes": MIB, "max_buffered_bytes": 4 * MIB, "body_timeout": 60,
-        "body_stall_timeout": 30, "min_body_rate": 1})
+    server = ServerProcess(
+        tmp_path,
+        [sleep_model("m", 0)],
+        {
+            "max_request_bytes": MIB,
+            "max_buffered_bytes": 4 * MIB,
+            "body_timeout": 60,
+            "body_stall_timeout": 30,
+            "min_body_rate": 1,
+        },
+    )
     host, port = server.rest.rsplit(":", 1)
     holders = []
     try:
         for _ in range(4):
             sock = socket.create_connection((host, int(port)))
-            sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n"
-                         b"Inference-Header-Content-Length: 100\r\n"
-                         + f"Content-Length: {MIB}\r\n\r\n".encode() + bytes(MIB - 64 * 1024))
+            sock.sendall(
+                b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n"
+                b"Inference-Header-Content-Length: 100\r\n"
+                + f"Content-Length: {MIB}\r\n\r\n".encode()
+                + bytes(MIB - 64 * 1024)
+            )
             holders.append(sock)
-        time.sleep(1.5)                                   # (the bodies go silent)
+        time.sleep(1.5)  # (the bodies go silent)
         assert grpc_infer(server.grpc, "m", timeout=30) == "ok"
     finally:
         for sock in holders:
@@ -682,18 +781,22 @@ def test_large_requests_give_their_memory_back(tmp_path):
     requests the server kept 66-80 MiB for good. Now blocks of 1 MiB or more are mapped on
     their own and returned when freed, so once the requests are answered the server's resident
     memory is back near where it was (8-13 MiB more here)."""
-    server = ServerProcess(tmp_path, [sleep_model("m", 0, instances=4)], {
-        "max_request_bytes": 8 * MIB, "max_buffered_bytes": 64 * MIB})
+    server = ServerProcess(
+        tmp_path,
+        [sleep_model("m", 0, instances=4)],
+        {"max_request_bytes": 8 * MIB, "max_buffered_bytes": 64 * MIB},
+    )
     channel, stub = server.stub()
     try:
         small = _request("m", np.ones(2, np.float32))
         assert _call(stub, small) == "ok"
         before = server.status("VmRSS")
         # shapes vary so that later blocks do not fit exactly where earlier ones were
-        sizes = [(3 + i % 4) * MIB // 4 for i in range(24)]       # 3 to 6 MiB of FP32
+        sizes = [(3 + i % 4) * MIB // 4 for i in range(24)]  # 3 to 6 MiB of FP32
         with ThreadPoolExecutor(4) as pool:
-            outcomes = list(pool.map(
-                lambda n: _call(stub, _request("m", np.full(n, 0.5, np.float32))), sizes))
+            outcomes = list(
+                pool.map(lambda n: _call(stub, _request("m", np.full(n, 0.5, np.float32))), sizes)
+            )
         assert outcomes.count("ok") >= 20, outcomes
         assert _call(stub, small) == "ok"
         kept = server.status("VmRSS") - before

@@ -31,10 +31,19 @@ from enclave_build.attestation import grsecret
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.occlum_ra import RaConfig, RaConfigError
-from enclave_build.attestation.quote_source import (SIMULATED_QUOTER_ENV, QuoteSourceError, device_source,
-                                      discover)
-from enclave_build.attestation.ratls import (CCZOO_OID, OCCLUM_SUBJECT, create_certificate, extract_evidence,
-                               server_certificate)
+from enclave_build.attestation.quote_source import (
+    SIMULATED_QUOTER_ENV,
+    QuoteSourceError,
+    device_source,
+    discover,
+)
+from enclave_build.attestation.ratls import (
+    CCZOO_OID,
+    OCCLUM_SUBJECT,
+    create_certificate,
+    extract_evidence,
+    server_certificate,
+)
 from enclave_build.attestation.server import SecretServer, ServerError, startup_warnings
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
 from enclave_build.attestation.synthetic import SyntheticPKI
@@ -42,8 +51,13 @@ from enclave_build.attestation.verify import QuoteRejected
 from enclave_build.contract.identity import EnclaveIdentity
 
 from .attest_env import MR_SIGNER, audit_mark, identity, make_env, settled_audit
-from .secret_client import (PeerRejected, attest_endpoint, decode_secret, fetch_secret,
-                            verify_peer_certificate)
+from .secret_client import (
+    PeerRejected,
+    attest_endpoint,
+    decode_secret,
+    fetch_secret,
+    verify_peer_certificate,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -55,25 +69,37 @@ SERVER_PROD_ID, SERVER_SVN = 7, 3
 # --------------------------------------------------------------------------- fixtures
 
 
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     directory = tmp_path_factory.mktemp("grsecret")
-    built = make_env(directory, extra='\n[[secrets]]\nname = "face-big"\nfile = "big.bin"\n'
-                     'allow = ["' + identity("big").hex() + '"]\n\n[grsecret]\nlisten = "127.0.0.1:0"\nidle = 1.0\n')
-    built.secrets["big"] = os.urandom(60000)   # base64 > one HTTP/2 flow-control window
+    built = make_env(
+        directory,
+        extra='\n[[secrets]]\nname = "face-big"\nfile = "big.bin"\n'
+        'allow = ["'
+        + identity("big").hex()
+        + '"]\n\n[grsecret]\nlisten = "127.0.0.1:0"\nidle = 1.0\n',
+    )
+    built.secrets["big"] = os.urandom(60000)  # base64 > one HTTP/2 flow-control window
     (directory / "big.bin").write_bytes(built.secrets["big"])
     return built
 
 
 def _server_measurements(**changes) -> Measurements:
-    identity: dict[str, Any] = dict(mr_enclave=SERVER_MR_ENCLAVE.hex(), mr_signer=MR_SIGNER.hex(),
-                    isv_prod_id=SERVER_PROD_ID, isv_svn=SERVER_SVN, debug=False)
+    identity: dict[str, Any] = dict(
+        mr_enclave=SERVER_MR_ENCLAVE.hex(),
+        mr_signer=MR_SIGNER.hex(),
+        isv_prod_id=SERVER_PROD_ID,
+        isv_svn=SERVER_SVN,
+        debug=False,
+    )
     identity.update(changes)
-    return Measurements(service="secret-server", framework="secret-server", libos="gramine",
-                        identity=EnclaveIdentity(**identity),
-                        image=ImageRef("secret-server:1", None))
+    return Measurements(
+        service="secret-server",
+        framework="secret-server",
+        libos="gramine",
+        identity=EnclaveIdentity(**identity),
+        image=ImageRef("secret-server:1", None),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,18 +131,31 @@ def _mark(env) -> int:
 def _reason_since(env, since: int, text: str) -> list[dict]:
     """The lines after the first *since* whose reason contains *text*, once there is one (the
     server may write a line a moment after the client has seen the end of its call)."""
-    matching = lambda r: text in r.get("reason", "")  # noqa: E731
+    matching = lambda r: text in r.get("reason", "")
     return [r for r in _audit(env, since, lambda rs: any(map(matching, rs))) if matching(r)]
 
 
 def _ra_config(**changes) -> dict:
     """An init_ra_conf.json ra_config that requires exactly the server's identity."""
-    config: dict[str, Any] = {flag: "on" for flag in ("verify_mr_enclave", "verify_mr_signer",
-                                      "verify_isv_prod_id", "verify_isv_svn",
-                                      "verify_config_svn", "verify_enclave_debuggable")}
-    entry = {"mr_enclave": SERVER_MR_ENCLAVE.hex(), "mr_signer": MR_SIGNER.hex(),
-             "isv_prod_id": SERVER_PROD_ID, "isv_svn": SERVER_SVN, "config_svn": 0,
-             "debuggable": False}
+    config: dict[str, Any] = {
+        flag: "on"
+        for flag in (
+            "verify_mr_enclave",
+            "verify_mr_signer",
+            "verify_isv_prod_id",
+            "verify_isv_svn",
+            "verify_config_svn",
+            "verify_enclave_debuggable",
+        )
+    }
+    entry = {
+        "mr_enclave": SERVER_MR_ENCLAVE.hex(),
+        "mr_signer": MR_SIGNER.hex(),
+        "isv_prod_id": SERVER_PROD_ID,
+        "isv_svn": SERVER_SVN,
+        "config_svn": 0,
+        "debuggable": False,
+    }
     entry.update(changes.pop("entry", {}))
     config.update(changes)
     config["sgx_mrs"] = [entry]
@@ -124,9 +163,14 @@ def _ra_config(**changes) -> dict:
 
 
 def _pem_pair(cert, key) -> tuple[bytes, bytes]:
-    return (cert.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()))
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
 
 
 class Client:
@@ -141,15 +185,19 @@ class Client:
         verify_peer_certificate(
             x509.load_pem_x509_certificate(pem),
             RaConfig.from_dict(ra_config if ra_config is not None else _ra_config()),
-            env.pki.collateral_json(), root_ca_der=env.pki.root_der)
+            env.pki.collateral_json(),
+            root_ca_der=env.pki.root_der,
+        )
         if cert_key is not None:
             chain, key = _pem_pair(*cert_key)
-            creds = grpc.ssl_channel_credentials(root_certificates=pem, private_key=key,
-                                                 certificate_chain=chain)
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=pem, private_key=key, certificate_chain=chain
+            )
         else:
             creds = grpc.ssl_channel_credentials(root_certificates=pem)
-        self.channel = grpc.secure_channel(f"{host}:{port}", creds, options=[
-            ("grpc.ssl_target_name_override", "localhost")])
+        self.channel = grpc.secure_channel(
+            f"{host}:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
         self.stub = pb2_grpc.GrSecretStub(self.channel)
 
     def get(self, name: str) -> bytes:
@@ -164,7 +212,7 @@ class Client:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -177,17 +225,19 @@ def _occlum_cert(env, service="face", **kw):
 
 # --------------------------------------------------------------------------- end to end
 
+
 def test_right_enclave_gets_its_key(server, env, ratls_stubs):
     since = _mark(env)
     with Client(server, env, ratls_stubs, _occlum_cert(env, "face")) as client:
         reply = client.stub.GetSecret(client.pb2.SecretRequest(name="face-key"), timeout=10)
         # As Occlum's server sends it: base64 text in double quotes.
         assert reply.secret == '"' + base64.b64encode(env.secrets["face"]).decode() + '"'
-        assert client.get("face-key") == env.secrets["face"]   # same connection, again
-    of_calls = lambda records: [r for r in records  # noqa: E731
-                                if r.get("protocol") == "grsecret" and r.get("secret")]
+        assert client.get("face-key") == env.secrets["face"]  # same connection, again
+    of_calls = lambda records: [
+        r for r in records if r.get("protocol") == "grsecret" and r.get("secret")
+    ]
     calls = of_calls(_audit(env, since, lambda records: len(of_calls(records)) >= 2))
-    assert len(calls) == 2, calls   # one line per call
+    assert len(calls) == 2, calls  # one line per call
     assert calls[-1]["decision"] == "allow" and calls[-1]["grpc_status"] == "OK"
     assert calls[-1]["mr_enclave"] == identity("face").hex()
     assert calls[-1]["evidence"] == "cczoo"
@@ -195,8 +245,10 @@ def test_right_enclave_gets_its_key(server, env, ratls_stubs):
 
 
 def test_large_secret_and_reconnect_after_idle(server, env, ratls_stubs):
-    with Client(server, env, ratls_stubs, _occlum_cert(env, "big", mr_enclave=identity("big"))) as client:
-        states: list = []   # the channel's connectivity, as grpcio reports it (a thread)
+    with Client(
+        server, env, ratls_stubs, _occlum_cert(env, "big", mr_enclave=identity("big"))
+    ) as client:
+        states: list = []  # the channel's connectivity, as grpcio reports it (a thread)
         watch = states.append
         client.channel.subscribe(watch)
         assert client.get("face-big") == env.secrets["big"]
@@ -207,7 +259,8 @@ def test_large_secret_and_reconnect_after_idle(server, env, ratls_stubs):
 
         def went_idle() -> bool:
             seen = list(states)
-            return ready in seen and idle in seen[seen.index(ready):]
+            return ready in seen and idle in seen[seen.index(ready) :]
+
         deadline = time.monotonic() + 15
         while not went_idle() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -218,24 +271,27 @@ def test_large_secret_and_reconnect_after_idle(server, env, ratls_stubs):
 
 
 def test_signer_policy_and_no_key_leaks_across_enclaves(server, env, ratls_stubs):
-    ocr = Client(server, env, ratls_stubs, _occlum_cert(env, "ocr", mr_enclave=os.urandom(32),
-                                                  isv_svn=5))
+    ocr = Client(
+        server, env, ratls_stubs, _occlum_cert(env, "ocr", mr_enclave=os.urandom(32), isv_svn=5)
+    )
     face = Client(server, env, ratls_stubs, _occlum_cert(env, "face"))
     try:
-        assert ocr.get("ocr-key") == env.secrets["ocr"]     # match = "signer", newer SVN
+        assert ocr.get("ocr-key") == env.secrets["ocr"]  # match = "signer", newer SVN
         denied = ocr.refused("face-key")
         assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "'face-key'" in denied.details() and "not released" in denied.details()
         denied = face.refused("ocr-key")
         assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert face.get("face-key") == env.secrets["face"]   # the connection still serves
+        assert face.get("face-key") == env.secrets["face"]  # the connection still serves
     finally:
         ocr.close()
         face.close()
 
 
 def test_wrong_mr_enclave_permission_denied(server, env, ratls_stubs):
-    with Client(server, env, ratls_stubs, _occlum_cert(env, "face", mr_enclave=os.urandom(32))) as client:
+    with Client(
+        server, env, ratls_stubs, _occlum_cert(env, "face", mr_enclave=os.urandom(32))
+    ) as client:
         denied = client.refused("face-key")
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "not released to this enclave identity" in denied.details()
@@ -258,8 +314,9 @@ def test_client_without_certificate_unauthenticated(server, env, ratls_stubs):
 def test_tampered_quote_unauthenticated(server, env, ratls_stubs):
     def tampered(report_data: bytes) -> bytes:
         quote = bytearray(env.pki.quote(identity("face"), MR_SIGNER, report_data, 1, 2))
-        quote[48 + 16] ^= 1   # MISCSELECT: signed, not part of the key binding
+        quote[48 + 16] ^= 1  # MISCSELECT: signed, not part of the key binding
         return bytes(quote)
+
     with Client(server, env, ratls_stubs, create_certificate("cczoo", tampered)) as client:
         refused = client.refused("face-key")
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -295,6 +352,7 @@ def _raw_h2(server, env, send, cert_key=None):
     import h2.config
     import h2.connection
     import h2.events
+
     cert, key = cert_key or _occlum_cert(env, "face")
     chain, key_pem = _pem_pair(cert, key)
     (env.directory / "raw.crt").write_bytes(chain)
@@ -303,8 +361,9 @@ def _raw_h2(server, env, send, cert_key=None):
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     ctx.load_cert_chain(env.directory / "raw.crt", env.directory / "raw.key")
     ctx.set_alpn_protocols(["h2"])
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
-                                                                header_encoding="utf-8"))
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    )
     headers, closed = None, False
     with socket.create_connection(server.grsecret_address, timeout=10) as raw:
         with ctx.wrap_socket(raw) as tls:
@@ -322,8 +381,10 @@ def _raw_h2(server, env, send, cert_key=None):
                     closed = True
                     break
                 for event in conn.receive_data(data):
-                    if isinstance(event, (h2.events.ResponseReceived,
-                                          h2.events.TrailersReceived)) and event.stream_id == 1:
+                    if (
+                        isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived))
+                        and event.stream_id == 1
+                    ):
                         headers = {**(headers or {}), **dict(event.headers)}
                     elif isinstance(event, h2.events.StreamEnded) and event.stream_id == 1:
                         ended = True
@@ -334,12 +395,19 @@ def _raw_h2(server, env, send, cert_key=None):
 
 
 def _grpc_headers(content_type="application/grpc"):
-    return [(":method", "POST"), (":scheme", "https"), (":authority", "localhost"),
-            (":path", grsecret.METHOD_PATH), ("content-type", content_type), ("te", "trailers")]
+    return [
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", grsecret.METHOD_PATH),
+        ("content-type", content_type),
+        ("te", "trailers"),
+    ]
 
 
 def test_hostile_http2_requests(server, env):
     import struct
+
     request = grsecret.SecretRequest(name="face-key").SerializeToString()
 
     def body(payload, flag=0):
@@ -347,10 +415,11 @@ def test_hostile_http2_requests(server, env):
             conn.send_headers(1, _grpc_headers())
             conn.send_data(1, struct.pack(">BI", flag, len(payload)) + payload, end_stream=True)
             tls.sendall(conn.data_to_send())
+
         return send
 
     headers, _ = _raw_h2(server, env, body(request))
-    assert headers["grpc-status"] == "0"   # the hand-made call itself is fine
+    assert headers["grpc-status"] == "0"  # the hand-made call itself is fine
     headers, _ = _raw_h2(server, env, body(request, flag=1))
     assert headers["grpc-status"] == str(grsecret.Status.UNIMPLEMENTED)
     headers, _ = _raw_h2(server, env, body(b"\x0a" + b"\x7f" * 5000))
@@ -361,19 +430,20 @@ def test_hostile_http2_requests(server, env):
     def wrong_type(conn, tls):
         conn.send_headers(1, _grpc_headers("text/plain"), end_stream=True)
         tls.sendall(conn.data_to_send())
+
     headers, _ = _raw_h2(server, env, wrong_type)
     assert headers[":status"] == "415"
 
     def garbage(conn, tls):
-        tls.sendall(b"\x00" * 64)   # not an HTTP/2 frame sequence
+        tls.sendall(b"\x00" * 64)  # not an HTTP/2 frame sequence
+
     since = _mark(env)
     headers, closed = _raw_h2(server, env, garbage)
     assert headers is None and closed
     assert _reason_since(env, since, "HTTP/2 protocol error")
 
     # an unattested peer never gets past the refusal, whatever it asks
-    headers, _ = _raw_h2(server, env, body(request),
-                         _occlum_cert(env, "face", pki=SyntheticPKI()))
+    headers, _ = _raw_h2(server, env, body(request), _occlum_cert(env, "face", pki=SyntheticPKI()))
     assert headers["grpc-status"] == str(grsecret.Status.UNAUTHENTICATED)
 
 
@@ -394,11 +464,14 @@ def test_not_http2_is_refused_and_audited(server, env):
 
 def test_secret_prov_port_keeps_serving(server, env):
     host, port = server.address
-    assert fetch_secret(host, port, env.ca, *env.enclave_cert("face"),
-                        server_name="localhost") == env.secrets["face"]
+    assert (
+        fetch_secret(host, port, env.ca, *env.enclave_cert("face"), server_name="localhost")
+        == env.secrets["face"]
+    )
 
 
 # --------------------------------------------------------------------------- the client's checks
+
 
 def test_client_checks_the_server_with_init_ra_conf(server, env, ratls_stubs):
     """Occlum's init's ra_config, the other direction: the client refuses a server whose
@@ -407,7 +480,9 @@ def test_client_checks_the_server_with_init_ra_conf(server, env, ratls_stubs):
     wrong_enclave = _ra_config(entry={"mr_enclave": os.urandom(32).hex()})
     with pytest.raises(PeerRejected, match="mr_enclave differ"):
         Client(server, env, ratls_stubs, cert, wrong_enclave)
-    with Client(server, env, ratls_stubs, cert, dict(wrong_enclave, verify_mr_enclave="off")) as off:
+    with Client(
+        server, env, ratls_stubs, cert, dict(wrong_enclave, verify_mr_enclave="off")
+    ) as off:
         assert off.get("face-key") == env.secrets["face"]
     wrong_signer = _ra_config(entry={"mr_signer": os.urandom(32).hex()})
     with pytest.raises(PeerRejected, match="mr_signer differ"):
@@ -420,25 +495,36 @@ def test_client_checks_the_server_with_init_ra_conf(server, env, ratls_stubs):
         Client(server, env, ratls_stubs, cert, _ra_config(entry={"config_svn": 4}))
     with pytest.raises(PeerRejected, match="debuggable differ"):
         Client(server, env, ratls_stubs, cert, _ra_config(entry={"debuggable": True}))
-    Client(server, env, ratls_stubs, cert, _ra_config(verify_enclave_debuggable="off",
-                                                entry={"debuggable": True})).close()
+    Client(
+        server,
+        env,
+        ratls_stubs,
+        cert,
+        _ra_config(verify_enclave_debuggable="off", entry={"debuggable": True}),
+    ).close()
 
 
 def test_client_refuses_a_server_quote_from_an_untrusted_root(server, env):
     pem = ssl.get_server_certificate(server.grsecret_address).encode()
     with pytest.raises(QuoteRejected, match="another root"):
-        verify_peer_certificate(x509.load_pem_x509_certificate(pem), None,
-                                env.pki.collateral_json(), root_ca_der=SyntheticPKI().root_der)
+        verify_peer_certificate(
+            x509.load_pem_x509_certificate(pem),
+            None,
+            env.pki.collateral_json(),
+            root_ca_der=SyntheticPKI().root_der,
+        )
 
 
 # --------------------------------------------------------------------------- server-side flags
+
 
 def _flag_server(env, tmp_path, dynamic_config: dict):
     (tmp_path / "dynamic_config.json").write_text(json.dumps(dynamic_config))
     text = env.config.read_text().replace(
         '[grsecret]\nlisten = "127.0.0.1:0"\n',
         f'[grsecret]\nlisten = "127.0.0.1:0"\nclient_ra_config = '
-        f'"{tmp_path / "dynamic_config.json"}"\n')
+        f'"{tmp_path / "dynamic_config.json"}"\n',
+    )
     text = text.replace('audit_log = "audit.jsonl"', f'audit_log = "{tmp_path / "audit.jsonl"}"')
     config = env.directory / f"flags-{tmp_path.name}.toml"
     config.write_text(text)
@@ -449,9 +535,15 @@ def test_server_side_verify_flags(env, quoter, ratls_stubs, tmp_path):
     """Occlum's dynamic_config.json on the server: an extra filter before the policy. With
     verify_mr_signer on and another signer listed, the right enclave is refused; with it off
     (reloaded), the same enclave receives its key."""
-    dynamic = _ra_config(verify_isv_prod_id="off", verify_isv_svn="off",
-                         entry={"mr_enclave": identity("face").hex(),
-                                "mr_signer": os.urandom(32).hex(), "debuggable": False})
+    dynamic = _ra_config(
+        verify_isv_prod_id="off",
+        verify_isv_svn="off",
+        entry={
+            "mr_enclave": identity("face").hex(),
+            "mr_signer": os.urandom(32).hex(),
+            "debuggable": False,
+        },
+    )
     config = _flag_server(env, tmp_path, dynamic)
     srv = SecretServer(load_config(config))
     srv.start()
@@ -461,8 +553,9 @@ def test_server_side_verify_flags(env, quoter, ratls_stubs, tmp_path):
             assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
             assert denied.details().startswith("client_ra_config: ")
             assert "mr_signer differ" in denied.details()
-        (tmp_path / "dynamic_config.json").write_text(json.dumps(dict(dynamic,
-                                                                      verify_mr_signer="off")))
+        (tmp_path / "dynamic_config.json").write_text(
+            json.dumps(dict(dynamic, verify_mr_signer="off"))
+        )
         srv.reload()
         with Client(srv, env, ratls_stubs, _occlum_cert(env, "face")) as client:
             assert client.get("face-key") == env.secrets["face"]
@@ -477,14 +570,17 @@ def test_server_side_verify_flags(env, quoter, ratls_stubs, tmp_path):
         with pytest.raises(ServerError, match="cannot change on reload"):
             srv.reload(without)
         with Client(srv, env, ratls_stubs, _occlum_cert(env, "face")) as client:
-            assert client.get("face-key") == env.secrets["face"]   # still the old state
+            assert client.get("face-key") == env.secrets["face"]  # still the old state
     finally:
         srv.shutdown()
 
 
 def test_worker_processes_serve_grsecret(env, quoter, ratls_stubs, tmp_path):
-    text = env.config.read_text().replace("processes = 1", "processes = 2").replace(
-        'audit_log = "audit.jsonl"', f'audit_log = "{tmp_path / "audit.jsonl"}"')
+    text = (
+        env.config.read_text()
+        .replace("processes = 1", "processes = 2")
+        .replace('audit_log = "audit.jsonl"', f'audit_log = "{tmp_path / "audit.jsonl"}"')
+    )
     config = env.directory / "two-processes.toml"
     config.write_text(text)
     srv = SecretServer(load_config(config))
@@ -501,17 +597,19 @@ def test_worker_processes_serve_grsecret(env, quoter, ratls_stubs, tmp_path):
 
 # --------------------------------------------------------------------------- server identity
 
+
 def test_server_certificate_formats(env):
-    make = lambda rd: env.pki.quote(SERVER_MR_ENCLAVE, MR_SIGNER, rd, 7, 3)  # noqa: E731
+    make = lambda rd: env.pki.quote(SERVER_MR_ENCLAVE, MR_SIGNER, rd, 7, 3)
     cert_pem, key_pem = server_certificate("occlum", make)
     cert = x509.load_pem_x509_certificate(cert_pem)
     key = serialization.load_pem_private_key(key_pem, None)
     assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
     assert cert.subject == OCCLUM_SUBJECT
     raw = cert.extensions.get_extension_for_oid(CCZOO_OID).value.value
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    assert raw[368:400] == hashlib.sha256(spki).digest()   # report_data[0:32]
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert raw[368:400] == hashlib.sha256(spki).digest()  # report_data[0:32]
     assert extract_evidence(cert).format == "cczoo"
     again, _ = server_certificate("occlum", make)
     assert x509.load_pem_x509_certificate(again).public_key() != cert.public_key()  # fresh key
@@ -526,15 +624,21 @@ def test_server_certificate_formats(env):
 def test_identity_ratls_on_the_secret_prov_port(env, quoter, tmp_path):
     """identity = "ratls": the secret_prov port presents a TCG DICE certificate with the
     server's own quote, which an owner can attest."""
-    text = env.config.read_text().replace('cert = "server.crt"\nkey = "server.key"\n',
-                                          'identity = "ratls"\n')
+    text = env.config.read_text().replace(
+        'cert = "server.crt"\nkey = "server.key"\n', 'identity = "ratls"\n'
+    )
     config = env.directory / "ratls-identity.toml"
     config.write_text(text)
     srv = SecretServer(load_config(config))
     host, port = srv.start()
     try:
-        attested = attest_endpoint(host, port, [_server_measurements()],
-                                   env.pki.collateral_json(), root_ca_der=env.pki.root_der)
+        attested = attest_endpoint(
+            host,
+            port,
+            [_server_measurements()],
+            env.pki.collateral_json(),
+            root_ca_der=env.pki.root_der,
+        )
     finally:
         srv.shutdown()
     assert attested.evidence_format == "tcg-dice"
@@ -563,11 +667,13 @@ def test_device_source_writes_report_data_and_reads_the_quote(tmp_path):
 
 # --------------------------------------------------------------------------- configuration
 
+
 def test_ra_config_rules(tmp_path):
     good = _ra_config()
     wrapped = tmp_path / "init_ra_conf.json"
-    wrapped.write_text(json.dumps({"kms_server": "localhost:50051", "kms_keys": [],
-                                   "ra_config": good}))
+    wrapped.write_text(
+        json.dumps({"kms_server": "localhost:50051", "kms_keys": [], "ra_config": good})
+    )
     assert RaConfig.load(wrapped).verify_mr_signer is True
     cases = [
         (dict(good, verify_mr_signer="yes"), "verify_mr_signer: 'yes'; allowed"),
@@ -593,15 +699,23 @@ def test_ra_config_rules(tmp_path):
 def test_config_errors_name_the_key(env, tmp_path):
     base = env.config.read_text()
     cases = [
-        (base.replace('listen = "127.0.0.1:0"\nidle', 'listen = "nowhere"\nidle'),
-         "grsecret.listen: 'nowhere' is not HOST:PORT"),
+        (
+            base.replace('listen = "127.0.0.1:0"\nidle', 'listen = "nowhere"\nidle'),
+            "grsecret.listen: 'nowhere' is not HOST:PORT",
+        ),
         (base.replace("idle = 1.0", "idle = 1.0\nverbose = true"), "grsecret.verbose: unknown key"),
-        (base.replace("idle = 1.0", 'idle = 1.0\nclient_ra_config = "missing.json"'),
-         "grsecret.client_ra_config: "),
-        (base.replace('max_tls =', 'identity = "enclave"\nmax_tls ='),
-         "server.identity: 'enclave' is not allowed; allowed: ca-cert, ratls"),
-        (base.replace('max_tls =', 'identity = "ratls"\nmax_tls ='),
-         "server.cert: not used with identity = \"ratls\""),
+        (
+            base.replace("idle = 1.0", 'idle = 1.0\nclient_ra_config = "missing.json"'),
+            "grsecret.client_ra_config: ",
+        ),
+        (
+            base.replace("max_tls =", 'identity = "enclave"\nmax_tls ='),
+            "server.identity: 'enclave' is not allowed; allowed: ca-cert, ratls",
+        ),
+        (
+            base.replace("max_tls =", 'identity = "ratls"\nmax_tls ='),
+            'server.cert: not used with identity = "ratls"',
+        ),
     ]
     for index, (text, message) in enumerate(cases):
         path = env.directory / f"bad{index}.toml"

@@ -35,8 +35,12 @@ def _help(path: str) -> str:
 
 
 def test_the_tree_is_walked():
-    assert {"enclave-build build", "enclave-build gramine sigstruct",
-            "enclave-build secrets serve", "enclave-build pf encrypt"} <= set(COMMANDS)
+    assert {
+        "enclave-build build",
+        "enclave-build gramine sigstruct",
+        "enclave-build secrets serve",
+        "enclave-build pf encrypt",
+    } <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("path", sorted(COMMANDS))
@@ -46,17 +50,19 @@ def test_every_command_has_a_description_and_an_example(path):
     description = (command.help or "").strip()
     assert len(description) >= 20, f"{path}: no description (a docstring) in --help"
     match = re.search(r"^\s*Examples?(?: \([^)]*\))?:\s*$", text, re.M)
-    assert match, f"{path}: --help has no 'Example:' block (use epilog=\"\"\"\\b\\nExample: ...)"
-    example = [line.strip() for line in text[match.end():].splitlines() if line.strip()]
+    assert match, f'{path}: --help has no \'Example:\' block (use epilog="""\\b\\nExample: ...)'
+    example = [line.strip() for line in text[match.end() :].splitlines() if line.strip()]
     assert example, f"{path}: empty Example: block"
     runs = [line for line in example if re.match(r"(sudo )?(enclave-build|python|bash) ", line)]
     assert runs, f"{path}: the Example: block shows no command line: {example[:3]}"
     if path != "enclave-build":  # the group's quick start runs many commands
         name = path.split(" ", 1)[1]
-        assert any(f"enclave-build {name}" in line or
-                   f'enclave-build)" {name}' in line or    # sudo "$(command -v enclave-build)"
-                   (path.startswith("enclave-build build") and "enclave-build " in line)
-                   for line in example), f"{path}: the example does not run `{path}`"
+        assert any(
+            f"enclave-build {name}" in line
+            or f'enclave-build)" {name}' in line  # sudo "$(command -v enclave-build)"
+            or (path.startswith("enclave-build build") and "enclave-build " in line)
+            for line in example
+        ), f"{path}: the example does not run `{path}`"
     long = [line for line in text.splitlines() if len(line) > 120]
     assert not long, f"{path}: help lines longer than 120 columns: {long}"
 
@@ -66,18 +72,21 @@ def test_every_option_is_explained(path):
     command = COMMANDS[path]
     for param in command.params:
         if isinstance(param, click.Option) and not param.hidden and param.name != "help":
-            assert (param.help or "").strip() or param.is_flag and param.name == "version", \
+            assert (param.help or "").strip() or (param.is_flag and param.name == "version"), (
                 f"{path} {param.opts[0]}: option without help text"
+            )
 
 
 def test_a_mistyped_command_is_named_not_taken_for_a_spec(tmp_path):
     """`enclave-build buidl x` must not print build's usage ("unexpected extra argument")."""
     from .conftest import run_cli
 
-    for argv, wanted in ((["buidl", "x"], "Did you mean 'build'?"),
-                         (["inspct", "out"], "'inspect'"),
-                         (["doctr"], "Did you mean 'doctor'?"),
-                         (["zzz"], "Nor is it a spec file: to build one, give its path")):
+    for argv, wanted in (
+        (["buidl", "x"], "Did you mean 'build'?"),
+        (["inspct", "out"], "'inspect'"),
+        (["doctr"], "Did you mean 'doctor'?"),
+        (["zzz"], "Nor is it a spec file: to build one, give its path"),
+    ):
         proc = run_cli(*argv, cwd=tmp_path)
         err = proc.stderr.decode()
         assert proc.returncode == 2, (argv, err)

@@ -12,49 +12,110 @@ from pathlib import Path
 import click
 import pytest
 
-from enclave_build.builder.cli import main
-
 from .conftest import run_cli, tflite_bytes, write_spec
 from .test_help import COMMANDS, _help
 
-MEASUREMENTS = {"service", "framework", "libos", "mr_enclave", "mr_signer",
-                "isv_prod_id", "isv_svn", "debug", "image"}
-SIGSTRUCT = {"mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "date", "debug", "attributes",
-             "signature_valid", "signature_problem"}
+MEASUREMENTS = {
+    "service",
+    "framework",
+    "libos",
+    "mr_enclave",
+    "mr_signer",
+    "isv_prod_id",
+    "isv_svn",
+    "debug",
+    "image",
+}
+SIGSTRUCT = {
+    "mr_enclave",
+    "mr_signer",
+    "isv_prod_id",
+    "isv_svn",
+    "date",
+    "debug",
+    "attributes",
+    "signature_valid",
+    "signature_problem",
+}
 # command -> its documented top-level keys (a list's items for commands that print a list)
 SCHEMAS = {
     "enclave-build build": MEASUREMENTS,
-    "enclave-build inspect": {"image", "digest", "labels", "sigstruct", "rederived", "agrees",
-                              "problems"},
+    "enclave-build inspect": {
+        "image",
+        "digest",
+        "labels",
+        "sigstruct",
+        "rederived",
+        "agrees",
+        "problems",
+    },
     "enclave-build gramine sigstruct": SIGSTRUCT,
     "enclave-build gramine sign": {"mr_enclave", "mr_signer", "isv_prod_id", "isv_svn"},
-    "enclave-build plugins": {"name", "version", "source", "hooks", "frameworks", "libos",
-                              "error"},
-    "enclave-build pf info": {"format", "version", "file_size", "nodes", "plaintext_size_range",
-                              "metadata_nonce"},   # + path, plaintext_size with --wrap-key
+    "enclave-build plugins": {"name", "version", "source", "hooks", "frameworks", "libos", "error"},
+    "enclave-build pf info": {
+        "format",
+        "version",
+        "file_size",
+        "nodes",
+        "plaintext_size_range",
+        "metadata_nonce",
+    },  # + path, plaintext_size with --wrap-key
     "enclave-build base list": {"name", "tag", "description"},
-    "enclave-build init": {"directory", "spec", "key", "key_created", "framework", "service",
-                           "secret_server", "model", "base", "tls_created", "next_steps"},
+    "enclave-build init": {
+        "directory",
+        "spec",
+        "key",
+        "key_created",
+        "framework",
+        "service",
+        "secret_server",
+        "model",
+        "base",
+        "tls_created",
+        "next_steps",
+    },
     "enclave-build doctor": {"schema", "ok", "counts", "checks"},
     "enclave-build secrets tls": {"ca", "cert", "key", "hosts", "days", "server"},
     "enclave-build secrets simulate-pki": {"written", "root_ca", "collateral", "synthetic"},
     "enclave-build secrets config": {"written", "secrets", "measurements", "keys"},
-    "enclave-build quote verify": {"verified", "status", "advisory_ids", "mr_enclave",
-                                   "mr_signer", "isv_prod_id", "isv_svn", "debug", "attributes",
-                                   "report_data"},
+    "enclave-build quote verify": {
+        "verified",
+        "status",
+        "advisory_ids",
+        "mr_enclave",
+        "mr_signer",
+        "isv_prod_id",
+        "isv_svn",
+        "debug",
+        "attributes",
+        "report_data",
+    },
     "enclave-build cache ls": {"root", "blobs", "rootfs", "limits"},
-    "enclave-build cache prune": {"removed", "freed", "kept", "kept_bytes", "rootfs_freed",
-                                  "records_removed"},
-    "enclave-build cache clean": {"removed", "freed", "kept", "kept_bytes", "rootfs_freed",
-                                  "records_removed"},
+    "enclave-build cache prune": {
+        "removed",
+        "freed",
+        "kept",
+        "kept_bytes",
+        "rootfs_freed",
+        "records_removed",
+    },
+    "enclave-build cache clean": {
+        "removed",
+        "freed",
+        "kept",
+        "kept_bytes",
+        "rootfs_freed",
+        "records_removed",
+    },
 }
 # Not here: commands whose JSON is checked by their own tests against a served endpoint
 # (attest, secrets upload: tests/test_attest_cli.py); they must still name their keys in --help.
 
 
 def _json_option(command: click.Command) -> click.Option | None:
-    return next((p for p in command.params if isinstance(p, click.Option)
-                 and "--json" in p.opts), None)
+    return next(
+        (p for p in command.params if isinstance(p, click.Option) and "--json" in p.opts), None
+    )
 
 
 @pytest.mark.parametrize("path", sorted(p for p, c in COMMANDS.items() if _json_option(c)))
@@ -65,8 +126,9 @@ def test_json_keys_are_documented_in_help(path):
     documented = set(re.findall(r"\b([a-z][a-z0-9_]+)\b", text))
     keys = SCHEMAS.get(path)
     if keys is None and path not in SCHEMAS:
-        assert re.search(r"JSON[^.\n]*:", text), \
+        assert re.search(r"JSON[^.\n]*:", text), (
             f"{path}: --json help must list the JSON keys ('Print as JSON: key, key, ...')"
+        )
         return
     missing = (keys or set()) - documented
     assert not missing, f"{path}: --json keys not named in --help: {sorted(missing)}"
@@ -77,10 +139,13 @@ def project(tmp_path_factory, standin_root, signing_key) -> Path:
     d = tmp_path_factory.mktemp("json")
     (d / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 8))
     shutil.copy(signing_key, d / "key.pem")
-    tls = json.loads(run_cli("secrets", "tls", str(d / "tls"), "--host", "localhost",
-                             "--json").stdout)
+    tls = json.loads(
+        run_cli("secrets", "tls", str(d / "tls"), "--host", "localhost", "--json").stdout
+    )
     assert set(tls) == SCHEMAS["enclave-build secrets tls"]
-    write_spec(d, f'''[service]
+    write_spec(
+        d,
+        f'''[service]
 name = "jsonface"
 framework = "tflite"
 
@@ -94,7 +159,8 @@ ca = "{tls["ca"]}"
 
 [signing]
 key = "key.pem"
-''')
+''',
+    )
     built = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--json", cwd=d)
     assert built.returncode == 0, built.stderr.decode()
     assert set(json.loads(built.stdout)) == SCHEMAS["enclave-build build"]
@@ -117,19 +183,30 @@ def test_json_of_inspect_sigstruct_sign(project, standin_root):
     info = _json("gramine", "sigstruct", str(sig))
     assert set(info) == SIGSTRUCT
     assert info["signature_valid"] is True and info["signature_problem"] is None
-    signed = _json("gramine", "sign", "--manifest", str(project / "audit/jsonface.manifest.sgx"),
-                   "--libpal", f"{standin_root}/usr/lib/x86_64-linux-gnu/gramine/sgx/libpal.so",
-                   "--offsets",
-                   f"{standin_root}/usr/lib/python3/dist-packages/_graminelibos_offsets.py",
-                   "--key", str(project / "key.pem"), "--date", "0000-00-00",
-                   "--sigfile", str(project / "again.sig"))
+    signed = _json(
+        "gramine",
+        "sign",
+        "--manifest",
+        str(project / "audit/jsonface.manifest.sgx"),
+        "--libpal",
+        f"{standin_root}/usr/lib/x86_64-linux-gnu/gramine/sgx/libpal.so",
+        "--offsets",
+        f"{standin_root}/usr/lib/python3/dist-packages/_graminelibos_offsets.py",
+        "--key",
+        str(project / "key.pem"),
+        "--date",
+        "0000-00-00",
+        "--sigfile",
+        str(project / "again.sig"),
+    )
     assert set(signed) == SCHEMAS["enclave-build gramine sign"]
     assert signed["mr_enclave"] == info["mr_enclave"]
 
     # The text output: one style (true/false, valid).
     text = run_cli("gramine", "sigstruct", str(sig)).stdout.decode()
-    assert re.search(r"^debug\s+false$", text, re.M) and re.search(r"^signature\s+valid$", text,
-                                                                   re.M)
+    assert re.search(r"^debug\s+false$", text, re.M) and re.search(
+        r"^signature\s+valid$", text, re.M
+    )
     assert "False" not in text and "True" not in text
     text = run_cli("inspect", str(project / "out")).stdout.decode()
     assert re.search(r"^agrees\s+true$", text, re.M) and re.search(r"^debug\s+false$", text, re.M)
@@ -138,25 +215,45 @@ def test_json_of_inspect_sigstruct_sign(project, standin_root):
 def test_json_of_secrets_config_pki_and_quote_verify(project, tmp_path):
     pki = _json("secrets", "simulate-pki", str(tmp_path / "pki"))
     assert set(pki) == SCHEMAS["enclave-build secrets simulate-pki"] and pki["synthetic"] is True
-    config = _json("secrets", "config", str(project / "out"), "--cert",
-                   str(project / "tls/server.crt"), "--key", str(project / "tls/server.key"),
-                   "--root-ca", pki["root_ca"], "--collateral", pki["collateral"],
-                   "--out", str(tmp_path / "secrets.toml"))
+    config = _json(
+        "secrets",
+        "config",
+        str(project / "out"),
+        "--cert",
+        str(project / "tls/server.crt"),
+        "--key",
+        str(project / "tls/server.key"),
+        "--root-ca",
+        pki["root_ca"],
+        "--collateral",
+        pki["collateral"],
+        "--out",
+        str(tmp_path / "secrets.toml"),
+    )
     assert set(config) == SCHEMAS["enclave-build secrets config"]
     assert config["secrets"] == ["jsonface-key"]
 
     from enclave_build.attestation.synthetic import SyntheticPKI
 
     measured = json.loads((project / "out/measurements.json").read_text())
-    quote = SyntheticPKI.load(tmp_path / "pki").quote(bytes.fromhex(measured["mr_enclave"]),
-                                                      bytes.fromhex(measured["mr_signer"]))
+    quote = SyntheticPKI.load(tmp_path / "pki").quote(
+        bytes.fromhex(measured["mr_enclave"]), bytes.fromhex(measured["mr_signer"])
+    )
     (tmp_path / "quote.bin").write_bytes(quote)
-    verified = _json("quote", "verify", str(tmp_path / "quote.bin"), "--collateral",
-                     pki["collateral"], "--root-ca", pki["root_ca"])
+    verified = _json(
+        "quote",
+        "verify",
+        str(tmp_path / "quote.bin"),
+        "--collateral",
+        pki["collateral"],
+        "--root-ca",
+        pki["root_ca"],
+    )
     assert set(verified) == SCHEMAS["enclave-build quote verify"] and verified["verified"] is True
     assert verified["mr_enclave"] == measured["mr_enclave"]
-    refused = _json("quote", "verify", str(tmp_path / "quote.bin"), "--collateral",
-                    pki["collateral"], code=1)   # Intel's root: refused, still JSON
+    refused = _json(
+        "quote", "verify", str(tmp_path / "quote.bin"), "--collateral", pki["collateral"], code=1
+    )  # Intel's root: refused, still JSON
     assert set(refused) == {"verified", "reason"} and refused["verified"] is False
 
 
@@ -167,9 +264,21 @@ def test_json_of_plugins_base_list_pf_info_init_doctor(tmp_path):
         assert set(item) == SCHEMAS["enclave-build base list"]
     assert run_cli("pf", "keygen", "--out", str(tmp_path / "w.key")).returncode == 0
     (tmp_path / "plain").write_bytes(b"x" * 5000)
-    assert run_cli("pf", "encrypt", "--wrap-key", str(tmp_path / "w.key"), "--input",
-                   str(tmp_path / "plain"), "--output", str(tmp_path / "enc"),
-                   "--path", "/m/plain").returncode == 0
+    assert (
+        run_cli(
+            "pf",
+            "encrypt",
+            "--wrap-key",
+            str(tmp_path / "w.key"),
+            "--input",
+            str(tmp_path / "plain"),
+            "--output",
+            str(tmp_path / "enc"),
+            "--path",
+            "/m/plain",
+        ).returncode
+        == 0
+    )
     without = _json("pf", "info", str(tmp_path / "enc"))
     with_key = _json("pf", "info", str(tmp_path / "enc"), "--wrap-key", str(tmp_path / "w.key"))
     assert set(without) == SCHEMAS["enclave-build pf info"]

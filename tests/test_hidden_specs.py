@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 
 from enclave_build.builder.build import build, load, make_plan
-from enclave_build.plugin import SERVER_CONFIG
 from enclave_build.builder.spec import SpecError
+from enclave_build.plugin import SERVER_CONFIG
 
 from . import serving_env as se
 from .conftest import tflite_bytes
@@ -53,8 +53,10 @@ def _ir(directory: Path, stem: str = "face") -> Path:
 
 
 def _openvino(models: str, signing_key: Path) -> str:
-    return (f'[service]\nname = "ov"\nframework = "openvino"\n\n{models}\n'
-            f'[signing]\nkey = "{signing_key}"\n')
+    return (
+        f'[service]\nname = "ov"\nframework = "openvino"\n\n{models}\n'
+        f'[signing]\nkey = "{signing_key}"\n'
+    )
 
 
 def _model(name: str, path: Path | str) -> str:
@@ -72,21 +74,25 @@ def _plan(spec: Path):
 
 
 def test_openvino_python_mode_points_the_server_at_the_model_file_of_a_directory(
-        tmp_path, signing_key):
+    tmp_path, signing_key
+):
     ir = _ir(tmp_path / "ir")
     onnx = tmp_path / "onnx"
     onnx.mkdir()
-    (onnx / "model.onnx").write_bytes(b"\x08\x07:\x00")   # ir_version 7, an empty graph
-    plan = _plan(_spec(tmp_path / "p", _openvino(_model("face", ir) + _model("cls", onnx),
-                                                 signing_key)))
+    (onnx / "model.onnx").write_bytes(b"\x08\x07:\x00")  # ir_version 7, an empty graph
+    plan = _plan(
+        _spec(tmp_path / "p", _openvino(_model("face", ir) + _model("cls", onnx), signing_key))
+    )
     paths = {m["name"]: m["path"] for m in _server_config(plan)["models"]}
     assert paths == {"face": "/models/face/1/face.xml", "cls": "/models/cls/1/model.onnx"}
 
 
 def test_openvino_ir_graph_named_as_path_ships_its_weights(tmp_path, signing_key):
     ir = _ir(tmp_path / "ir")
-    models = (f'[[models]]\nname = "face"\npath = "{ir / "face.xml"}"\nencrypt = true\n\n'
-              f'[secrets]\nserver = "localhost:4433"\nca = "{signing_key}"\n')
+    models = (
+        f'[[models]]\nname = "face"\npath = "{ir / "face.xml"}"\nencrypt = true\n\n'
+        f'[secrets]\nserver = "localhost:4433"\nca = "{signing_key}"\n'
+    )
     plan = _plan(_spec(tmp_path / "p", _openvino(models, signing_key)))
     shipped = {f.dest: f for f in plan.files if f.dest.startswith("/models/")}
     assert sorted(shipped) == ["/models/face/1/face.bin", "/models/face/1/face.xml"]
@@ -101,18 +107,24 @@ def test_openvino_ovms_mode_ships_the_weights_of_a_named_graph(tmp_path, signing
     ir = _ir(tmp_path / "ir")
     text = _openvino(_model("face", ir / "face.xml"), signing_key) + '[openvino]\nmode = "ovms"\n'
     plan = _plan(_spec(tmp_path / "p", text))
-    assert sorted(f.dest for f in plan.files if f.dest.startswith("/models/")) == \
-        ["/models/face/1/face.bin", "/models/face/1/face.xml"]
+    assert sorted(f.dest for f in plan.files if f.dest.startswith("/models/")) == [
+        "/models/face/1/face.bin",
+        "/models/face/1/face.xml",
+    ]
 
 
-@pytest.mark.parametrize("layout, message", [
-    ("empty", "no model in the directory"),
-    ("two", "holds several .xml models (a.xml, face.xml); name the one to serve as path"),
-    ("lonely", "its weights face.bin are not next to it"),
-    ("nobin", "its weights face.bin are not next to it"),
-])
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ("empty", "no model in the directory"),
+        ("two", "holds several .xml models (a.xml, face.xml); name the one to serve as path"),
+        ("lonely", "its weights face.bin are not next to it"),
+        ("nobin", "its weights face.bin are not next to it"),
+    ],
+)
 def test_openvino_models_the_runtime_cannot_open_are_located_spec_errors(
-        tmp_path, signing_key, layout, message):
+    tmp_path, signing_key, layout, message
+):
     if layout == "empty":
         (tmp_path / "m").mkdir()
         (tmp_path / "m" / "README").write_text("no model here\n")
@@ -128,67 +140,108 @@ def test_openvino_models_the_runtime_cannot_open_are_located_spec_errors(
     with pytest.raises(SpecError) as info:
         _plan(spec)
     text = str(info.value)
-    assert "spec.toml:7: models[0].path: " in text, text     # file, line, key
+    assert "spec.toml:7: models[0].path: " in text, text  # file, line, key
     assert message in text, text
 
 
 def test_tflite_model_directory_is_a_located_spec_error(tmp_path, signing_key):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "m.tflite").write_bytes(tflite_bytes())
-    spec = _spec(tmp_path / "p", f'[service]\nname = "t"\nframework = "tflite"\n\n'
-                                 + _model("m", tmp_path / "models")
-                                 + f'[signing]\nkey = "{signing_key}"\n')
-    with pytest.raises(SpecError, match=r"spec\.toml:7: models\[0\]\.path: .* is a directory; "
-                                        r"the tflite framework serves one \.tflite file"):
+    spec = _spec(
+        tmp_path / "p",
+        '[service]\nname = "t"\nframework = "tflite"\n\n'
+        + _model("m", tmp_path / "models")
+        + f'[signing]\nkey = "{signing_key}"\n',
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"spec\.toml:7: models\[0\]\.path: .* is a directory; "
+        r"the tflite framework serves one \.tflite file",
+    ):
         _plan(spec)
 
 
-@pytest.mark.parametrize("framework, extra", [("tflite", ""), ("tfserving", ""),
-                                              ("openvino", ""),
-                                              ("openvino", '[openvino]\nmode = "ovms"\n')])
+@pytest.mark.parametrize(
+    "framework, extra",
+    [
+        ("tflite", ""),
+        ("tfserving", ""),
+        ("openvino", ""),
+        ("openvino", '[openvino]\nmode = "ovms"\n'),
+    ],
+)
 def test_a_model_server_without_models_is_a_spec_error(tmp_path, signing_key, framework, extra):
-    spec = _spec(tmp_path / "p", f'[service]\nname = "t"\nframework = "{framework}"\n\n'
-                                 f'[signing]\nkey = "{signing_key}"\n{extra}')
-    with pytest.raises(SpecError, match=rf"spec\.toml: models: framework {framework} serves "
-                                        r"models, and the spec has no \[\[models\]\] table"):
+    spec = _spec(
+        tmp_path / "p",
+        f'[service]\nname = "t"\nframework = "{framework}"\n\n'
+        f'[signing]\nkey = "{signing_key}"\n{extra}',
+    )
+    with pytest.raises(
+        SpecError,
+        match=rf"spec\.toml: models: framework {framework} serves "
+        r"models, and the spec has no \[\[models\]\] table",
+    ):
         _plan(spec)
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "99999"])
 def test_secret_server_port_out_of_range_is_refused(tmp_path, signing_key, port):
     (tmp_path / "m.tflite").write_bytes(tflite_bytes())
-    spec = _spec(tmp_path / "p", f'[service]\nname = "t"\nframework = "tflite"\n\n'
-                                 f'[[models]]\nname = "m"\npath = "{tmp_path / "m.tflite"}"\n\n'
-                                 f'[secrets]\nserver = "localhost:{port}"\nca = "{signing_key}"\n\n'
-                                 f'[signing]\nkey = "{signing_key}"\n')
+    spec = _spec(
+        tmp_path / "p",
+        f'[service]\nname = "t"\nframework = "tflite"\n\n'
+        f'[[models]]\nname = "m"\npath = "{tmp_path / "m.tflite"}"\n\n'
+        f'[secrets]\nserver = "localhost:{port}"\nca = "{signing_key}"\n\n'
+        f'[signing]\nkey = "{signing_key}"\n',
+    )
     with pytest.raises(SpecError) as info:
         load(spec)
-    assert f"spec.toml:10: secrets.server: port {int(port)} of 'localhost:{port}' is out of " \
-           "range; allowed: 1 to 65535" in str(info.value)
+    assert (
+        f"spec.toml:10: secrets.server: port {int(port)} of 'localhost:{port}' is out of "
+        "range; allowed: 1 to 65535" in str(info.value)
+    )
 
 
-def test_enclave_too_small_names_the_spec_key_and_the_smallest_size(tmp_path, standin_root,
-                                                                     signing_key):
+def test_enclave_too_small_names_the_spec_key_and_the_smallest_size(
+    tmp_path, standin_root, signing_key
+):
     (tmp_path / "m.tflite").write_bytes(tflite_bytes())
-    text = (f'[service]\nname = "t"\nframework = "tflite"\n\n'
-            f'[[models]]\nname = "m"\npath = "{tmp_path / "m.tflite"}"\nencrypt = false\n\n'
-            f'[enclave]\nsize = "4K"\n\n[signing]\nkey = "{signing_key}"\n')
+    text = (
+        f'[service]\nname = "t"\nframework = "tflite"\n\n'
+        f'[[models]]\nname = "m"\npath = "{tmp_path / "m.tflite"}"\nencrypt = false\n\n'
+        f'[enclave]\nsize = "4K"\n\n[signing]\nkey = "{signing_key}"\n'
+    )
     spec = _spec(tmp_path / "p", text)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "enclave_build", "build", str(spec), "--base",
-                           f"dir:{standin_root}", "--output", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path / "p")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "enclave_build",
+            "build",
+            str(spec),
+            "--base",
+            f"dir:{standin_root}",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path / "p",
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "error: spec.toml:11: enclave.size: '4K' is too small for 32 threads" in proc.stderr
     assert not out.exists()
     smallest = proc.stderr.split("at least '")[1].split("'")[0]
     spec.write_text(text.replace('"4K"', f'"{smallest}"'))
-    assert build(spec, base=f"dir:{standin_root}").measurements is not None   # it fits
+    assert build(spec, base=f"dir:{standin_root}").measurements is not None  # it fits
 
 
-def test_same_spec_from_anywhere_gives_the_same_identity_and_image(tmp_path, standin_root,
-                                                                   signing_key, monkeypatch):
+def test_same_spec_from_anywhere_gives_the_same_identity_and_image(
+    tmp_path, standin_root, signing_key, monkeypatch
+):
     models = tmp_path / "project" / "models"
     models.mkdir(parents=True)
     (models / "face.tflite").write_bytes(tflite_bytes(bytes(300)))
@@ -197,28 +250,36 @@ def test_same_spec_from_anywhere_gives_the_same_identity_and_image(tmp_path, sta
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
 
     def text(root: str) -> str:
-        return (f'[service]\nname = "rep"\nframework = "tflite"\n\n'
-                f'[[models]]\nname = "secret"\npath = "{root}models/face.tflite"\n\n'
-                f'[[models]]\nname = "public"\npath = "{root}models/face.tflite"\n'
-                f'encrypt = false\nversion = 2\n\n'
-                f'[secrets]\nserver = "localhost:4433"\nca = "{root}ca.pem"\n'
-                f'keys_dir = "{root}keys"\n\n'
-                f'[signing]\nkey = "{root}key.pem"\n\n[build]\nreproducible = true\n')
+        return (
+            f'[service]\nname = "rep"\nframework = "tflite"\n\n'
+            f'[[models]]\nname = "secret"\npath = "{root}models/face.tflite"\n\n'
+            f'[[models]]\nname = "public"\npath = "{root}models/face.tflite"\n'
+            f"encrypt = false\nversion = 2\n\n"
+            f'[secrets]\nserver = "localhost:4433"\nca = "{root}ca.pem"\n'
+            f'keys_dir = "{root}keys"\n\n'
+            f'[signing]\nkey = "{root}key.pem"\n\n[build]\nreproducible = true\n'
+        )
 
     relative = _spec(tmp_path / "project", text(""))
     absolute = _spec(tmp_path / "elsewhere" / "deep", text(f"{tmp_path / 'project'}/"))
     os.symlink(tmp_path / "project", tmp_path / "link")
     results = []
-    for spec, cwd in ((relative, tmp_path / "project"), (relative, Path("/")),
-                      (absolute, tmp_path), (tmp_path / "link" / "spec.toml", tmp_path)):
+    for spec, cwd in (
+        (relative, tmp_path / "project"),
+        (relative, Path("/")),
+        (absolute, tmp_path),
+        (tmp_path / "link" / "spec.toml", tmp_path),
+    ):
         monkeypatch.chdir(cwd)
-        m = build(spec, base=f"dir:{standin_root}", output=tmp_path / f"out{len(results)}") \
-            .measurements
+        m = build(
+            spec, base=f"dir:{standin_root}", output=tmp_path / f"out{len(results)}"
+        ).measurements
         results.append((m.mr_enclave, m.image.digest))
     assert len(set(results)) == 1, results
 
 
 # --------------------------------------------------------------------------- real LibOS
+
 
 @pytest.fixture(scope="module")
 def real_base(tmp_path_factory) -> Path:
@@ -227,8 +288,9 @@ def real_base(tmp_path_factory) -> Path:
     in_ci = os.environ.get("CI", "").lower() == "true"
     if os.geteuid() != 0:
         if in_ci:
-            pytest.fail("gramine-direct needs root (CI=true: the real-LibOS tests must run)",
-                        pytrace=False)
+            pytest.fail(
+                "gramine-direct needs root (CI=true: the real-LibOS tests must run)", pytrace=False
+            )
         pytest.skip("gramine-direct needs root (chroot and bind mounts)")
     try:
         return gramine_base()
@@ -240,7 +302,8 @@ def real_base(tmp_path_factory) -> Path:
 
 @pytest.mark.integration
 def test_openvino_python_mode_ir_directory_and_onnx_serve_under_the_real_libos(
-        tmp_path, real_base, signing_key, monkeypatch):
+    tmp_path, real_base, signing_key, monkeypatch
+):
     """examples/openvino's layout (an IR directory, encrypted) next to an encrypted ONNX model
     with a key of its own and a clear-text IR named by its .xml, booted with gramine-direct."""
     from .models import get_or_skip, ocr_cls_onnx
@@ -254,18 +317,39 @@ def test_openvino_python_mode_ir_directory_and_onnx_serve_under_the_real_libos(
     keys = se.Keys.make(tmp_path / "keys", signing_key)
     work = tmp_path / "svc"
     work.mkdir()
-    ir_dir = work / "face dir"            # a space in the path, too
+    ir_dir = work / "face dir"  # a space in the path, too
     shutil.copytree(graph.parent, ir_dir)
     grpc_port, rest_port = se.free_port(), se.free_port()
-    spec = se.write_spec(work, keys, service="ovmulti", framework="openvino",
-                         models=[("face_ir", ir_dir, None), ("cls", onnx, "ocr-owner")],
-                         section=f'[openvino]\nmode = "python"\ninstances = 1\n'
-                                 f'grpc_port = {grpc_port}\nrest_port = {rest_port}\n')
-    spec.write_text(spec.read_text() + f'\n[[models]]\nname = "face_xml"\npath = "{graph}"\n'
-                                       'encrypt = false\nversion = 4\n')
-    proc = subprocess.run([sys.executable, "-m", "enclave_build", "build", str(spec), "--base",
-                           f"dir:{real_base}", "--output", str(work / "out")],
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
+    spec = se.write_spec(
+        work,
+        keys,
+        service="ovmulti",
+        framework="openvino",
+        models=[("face_ir", ir_dir, None), ("cls", onnx, "ocr-owner")],
+        section=f'[openvino]\nmode = "python"\ninstances = 1\n'
+        f"grpc_port = {grpc_port}\nrest_port = {rest_port}\n",
+    )
+    spec.write_text(
+        spec.read_text() + f'\n[[models]]\nname = "face_xml"\npath = "{graph}"\n'
+        "encrypt = false\nversion = 4\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "enclave_build",
+            "build",
+            str(spec),
+            "--base",
+            f"dir:{real_base}",
+            "--output",
+            str(work / "out"),
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr
     config = se.secret_server_config(keys, [work / "out"])
     server = se.start_secret_server(config)
@@ -278,17 +362,23 @@ def test_openvino_python_mode_ir_directory_and_onnx_serve_under_the_real_libos(
             import openvino as ov
 
             core = ov.Core()
-            face = np.ascontiguousarray(se.face_input().transpose(0, 3, 1, 2))   # NCHW IR
+            face = np.ascontiguousarray(se.face_input().transpose(0, 3, 1, 2))  # NCHW IR
             crops = np.random.default_rng(3).random((2, 3, 48, 192), dtype=np.float32)
-            for name, path, tensor in (("face_ir", graph, face), ("face_xml", graph, face),
-                                       ("cls", onnx, crops)):
-                compiled = core.compile_model(core.read_model(str(path)), "CPU",
-                                              {"INFERENCE_NUM_THREADS": 1,
-                                               "INFERENCE_PRECISION_HINT": "f32"})
+            for name, path, tensor in (
+                ("face_ir", graph, face),
+                ("face_xml", graph, face),
+                ("cls", onnx, crops),
+            ):
+                compiled = core.compile_model(
+                    core.read_model(str(path)),
+                    "CPU",
+                    {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"},
+                )
                 direct = compiled(tensor)
                 expected = {o.get_any_name(): direct[o] for o in compiled.outputs}
-                by_grpc, by_http = se.infer_both(served, name, compiled.inputs[0].get_any_name(),
-                                                 tensor, list(expected))
+                by_grpc, by_http = se.infer_both(
+                    served, name, compiled.inputs[0].get_any_name(), tensor, list(expected)
+                )
                 for o in expected:
                     assert np.array_equal(by_grpc[o], expected[o]), (name, o)
                     assert np.array_equal(by_http[o], expected[o]), (name, o)
@@ -301,21 +391,27 @@ def test_openvino_python_mode_ir_directory_and_onnx_serve_under_the_real_libos(
     assert released == ["ocr-owner", "ovmulti-key"]
 
 
-def test_debug_enclave_with_encrypted_models_is_told_it_gets_no_keys(tmp_path, standin_root,
-                                                                       signing_key):
+def test_debug_enclave_with_encrypted_models_is_told_it_gets_no_keys(
+    tmp_path, standin_root, signing_key
+):
     """The secret server refuses every DEBUG enclave (README: allow_debug is refused
     outright), so the build's warning must not suggest that an allowance exists."""
     from enclave_build.builder.build import DebugEnclaveWarning
 
     (tmp_path / "m.tflite").write_bytes(tflite_bytes())
-    ca = tmp_path / "ca.pem"   # a certificate (a private key there is refused: it would ship)
+    ca = tmp_path / "ca.pem"  # a certificate (a private key there is refused: it would ship)
     ca.write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
-    spec = _spec(tmp_path / "p", f'[service]\nname = "t"\nframework = "tflite"\n\n'
-                                 f'[[models]]\nname = "m"\npath = "{tmp_path / "m.tflite"}"\n\n'
-                                 '[enclave]\ndebug = true\n\n'
-                                 f'[secrets]\nserver = "localhost:4433"\nca = "{ca}"\n\n'
-                                 f'[signing]\nkey = "{signing_key}"\n')
-    with pytest.warns(DebugEnclaveWarning, match="refuses every DEBUG enclave, so this one will "
-                                                 "never get its keys"):
+    spec = _spec(
+        tmp_path / "p",
+        f'[service]\nname = "t"\nframework = "tflite"\n\n'
+        f'[[models]]\nname = "m"\npath = "{tmp_path / "m.tflite"}"\n\n'
+        "[enclave]\ndebug = true\n\n"
+        f'[secrets]\nserver = "localhost:4433"\nca = "{ca}"\n\n'
+        f'[signing]\nkey = "{signing_key}"\n',
+    )
+    with pytest.warns(
+        DebugEnclaveWarning,
+        match="refuses every DEBUG enclave, so this one will never get its keys",
+    ):
         result = build(spec, base=f"dir:{standin_root}")
     assert result.measurements.debug is True

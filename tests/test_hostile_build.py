@@ -22,7 +22,7 @@ from .conftest import image_rootfs, run_cli, write_spec
 
 ALLOW_OPEN_KEY_ENV = "ENCLAVE_BUILD_ALLOW_OPEN_KEY"
 
-ENCRYPTED_SPEC = '''[service]
+ENCRYPTED_SPEC = """[service]
 name = "tfs-secure"
 framework = "tfserving"
 
@@ -47,7 +47,7 @@ reproducible = true
 
 [signing]
 key = "key.pem"
-'''
+"""
 
 
 def _encrypted_project(project: Path, signing_key: Path, standin_root: Path) -> Path:
@@ -57,7 +57,9 @@ def _encrypted_project(project: Path, signing_key: Path, standin_root: Path) -> 
     (project / "saved_model" / "saved_model.pb").write_bytes(b"\x08\x01MODEL" * 300)
     (project / "saved_model" / "variables" / "variables.data").write_bytes(b"WEIGHTS" * 700)
     (project / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
-    (project / "tls.crt").write_text("-----BEGIN CERTIFICATE-----\nLEAF\n-----END CERTIFICATE-----\n")
+    (project / "tls.crt").write_text(
+        "-----BEGIN CERTIFICATE-----\nLEAF\n-----END CERTIFICATE-----\n"
+    )
     (project / "tls.key").write_text("-----BEGIN PRIVATE KEY-----\nK\n-----END PRIVATE KEY-----\n")
     shutil.copy(signing_key, project / "key.pem")
     shutil.copytree(standin_root, project / "rootfs", symlinks=True)
@@ -93,23 +95,28 @@ def test_omitted_keys_dir_defaults_to_keys_beside_the_spec(tmp_path):
     assert isinstance(spec.secrets.keys_dir, Path)
 
 
-@pytest.mark.parametrize("text,nearest", [
-    ("docker-deamon:x", "docker-daemon:"),
-    ("docker-deamon:localhost:5000/x", "docker-daemon:"),   # was a requests InvalidURL
-    ("oci-archiv:f.tar", "oci-archive:"),                   # was Docker Hub's library/oci-archiv
-    ("docker-archiv:/tmp/save.tar", "docker-archive:"),
-    ("dockerdaemon:app:1", "docker-daemon:"),
-    ("dokcer://registry.example.com/x:1", "docker://"),
-    ("dri:/srv/rootfs", "dir:"),
-])
+@pytest.mark.parametrize(
+    "text,nearest",
+    [
+        ("docker-deamon:x", "docker-daemon:"),
+        ("docker-deamon:localhost:5000/x", "docker-daemon:"),  # was a requests InvalidURL
+        ("oci-archiv:f.tar", "oci-archive:"),  # was Docker Hub's library/oci-archiv
+        ("docker-archiv:/tmp/save.tar", "docker-archive:"),
+        ("dockerdaemon:app:1", "docker-daemon:"),
+        ("dokcer://registry.example.com/x:1", "docker://"),
+        ("dri:/srv/rootfs", "dir:"),
+    ],
+)
 def test_unknown_transport_is_a_usage_error_naming_the_nearest(text, nearest):
     with pytest.raises(UsageError) as info:
         parse_source(text)
     message = str(info.value)
     assert f"unknown transport {text.split(':', 1)[0] + ':'!r}" in message
     assert f"did you mean {nearest}?" in message
-    assert "valid transports: docker://, docker-daemon:, oci:, oci-archive:, docker-archive:, " \
-           "dir:" in message
+    assert (
+        "valid transports: docker://, docker-daemon:, oci:, oci-archive:, docker-archive:, "
+        "dir:" in message
+    )
 
 
 @pytest.mark.parametrize("text", ["https://registry.example.com/x", "foo:/some/path", "a:b:c"])
@@ -118,9 +125,17 @@ def test_other_schemes_are_usage_errors_too(text):
         parse_source(text)
 
 
-@pytest.mark.parametrize("text", ["ubuntu:24.04", "docker:24", "python:3.12-slim",
-                                  "localhost:5000/face:1", "127.0.0.1:5000/a/b:2",
-                                  "gramineproject/gramine:v1.9"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ubuntu:24.04",
+        "docker:24",
+        "python:3.12-slim",
+        "localhost:5000/face:1",
+        "127.0.0.1:5000/a/b:2",
+        "gramineproject/gramine:v1.9",
+    ],
+)
 def test_registry_names_that_look_like_schemes_stay_registry_names(text):
     assert parse_source(text).transport == "docker"
 
@@ -130,9 +145,13 @@ def test_path_like_base_suggests_dir(tmp_path, monkeypatch):
     (tmp_path / "layout").mkdir()
     (tmp_path / "layout" / "oci-layout").write_text("{}")
     monkeypatch.chdir(tmp_path)
-    for text, hint in [(str(tmp_path / "rootfs"), f"dir:{tmp_path / 'rootfs'}"),
-                       ("./rootfs", "dir:./rootfs"), ("../elsewhere", "dir:../elsewhere"),
-                       ("rootfs", "dir:rootfs"), ("layout", "oci:layout")]:
+    for text, hint in [
+        (str(tmp_path / "rootfs"), f"dir:{tmp_path / 'rootfs'}"),
+        ("./rootfs", "dir:./rootfs"),
+        ("../elsewhere", "dir:../elsewhere"),
+        ("rootfs", "dir:rootfs"),
+        ("layout", "oci:layout"),
+    ]:
         with pytest.raises(UsageError, match=f"looks like a path.*did you mean {hint}\\?"):
             parse_source(text)
 
@@ -154,8 +173,9 @@ def test_cli_bad_base_exits_2_before_writing_anything(tmp_path, signing_key, sta
 # ------------------------------------------------------------------ defect 6: reproducible bytes
 
 
-def test_same_project_in_two_directories_gives_identical_output_bytes(tmp_path, signing_key,
-                                                                      standin_root):
+def test_same_project_in_two_directories_gives_identical_output_bytes(
+    tmp_path, signing_key, standin_root
+):
     """The whole project (spec, model, keys, base rootfs) copied elsewhere, built from another
     working directory with absolute paths on the command line: every output byte is equal,
     image digest included. (Before: the dir: base's absolute path was in the image history and
@@ -172,9 +192,17 @@ def test_same_project_in_two_directories_gives_identical_output_bytes(tmp_path, 
 
     results = []
     for project, cwd in ((first, first), (second, tmp_path)):
-        proc = run_cli("build", str(project / "spec.toml"), "--base", f"dir:{project / 'rootfs'}",
-                       "--output", str(project / "out"), "--json", cwd=cwd,
-                       env={"SOURCE_DATE_EPOCH": ""})
+        proc = run_cli(
+            "build",
+            str(project / "spec.toml"),
+            "--base",
+            f"dir:{project / 'rootfs'}",
+            "--output",
+            str(project / "out"),
+            "--json",
+            cwd=cwd,
+            env={"SOURCE_DATE_EPOCH": ""},
+        )
         assert proc.returncode == 0, proc.stderr.decode()
         results.append(json.loads(proc.stdout))
     assert results[0] == results[1]
@@ -183,6 +211,7 @@ def test_same_project_in_two_directories_gives_identical_output_bytes(tmp_path, 
     assert sorted(one) == sorted(two)
     assert [name for name in one if one[name] != two[name]] == []
     import gzip
+
     for name, content in two.items():  # and no host path at all, in the layers' tars either
         if isinstance(content, bytes):
             if content[:2] == b"\x1f\x8b":
@@ -191,18 +220,19 @@ def test_same_project_in_two_directories_gives_identical_output_bytes(tmp_path, 
             assert b"/somewhere/else" not in content, name
     # The policy fragment's key path is relative to the output and names the real key file.
     import tomllib
+
     policy = tomllib.loads((second / "out/secrets-policy.toml").read_text())
-    assert (second / "out" / policy["secrets"][0]["file"]).resolve() == \
-        (second / "keys/tfs-secure-key.key").resolve()
+    assert (second / "out" / policy["secrets"][0]["file"]).resolve() == (
+        second / "keys/tfs-secure-key.key"
+    ).resolve()
     # The dir: base's history entry names no path.
     config = json.loads(image_config(second / "out"))
-    assert config["history"][0]["created_by"] == \
-        "enclave-build: root filesystem from a dir: base"
+    assert config["history"][0]["created_by"] == "enclave-build: root filesystem from a dir: base"
 
 
 def image_config(output: Path) -> bytes:
     index = json.loads((output / "oci/index.json").read_bytes())
-    blob = lambda digest: (output / "oci/blobs/sha256" / digest.split(":", 1)[1]).read_bytes()  # noqa: E731
+    blob = lambda digest: (output / "oci/blobs/sha256" / digest.split(":", 1)[1]).read_bytes()
     manifest = json.loads(blob(index["manifests"][0]["digest"]))
     return blob(manifest["config"]["digest"])
 
@@ -211,21 +241,36 @@ def test_policy_fragment_is_tomli_w_data_with_safe_comments(tmp_path):
     import tomllib
 
     from enclave_build.attestation.measurements import ImageRef, Measurements
-    from enclave_build.contract.identity import EnclaveIdentity
     from enclave_build.builder.plan import EnclaveResources, Mount, MountType, ServicePlan
+    from enclave_build.contract.identity import EnclaveIdentity
 
-    plan = ServicePlan("svc", "tflite", "gramine", "b", "svc:1", "/bin/x", ["x"],
-                       EnclaveResources(1 << 30, 16),
-                       mounts=[Mount('/models/a"b\n[[secrets]]\nname = "evil"', MountType.ENCRYPTED,
-                                     "file:/m", 'k"1')])
-    measurements = Measurements("svc", "tflite", "gramine",
-                                EnclaveIdentity("a" * 64, "b" * 64, 0, 0, False),
-                                ImageRef("svc:1", None))
+    plan = ServicePlan(
+        "svc",
+        "tflite",
+        "gramine",
+        "b",
+        "svc:1",
+        "/bin/x",
+        ["x"],
+        EnclaveResources(1 << 30, 16),
+        mounts=[
+            Mount('/models/a"b\n[[secrets]]\nname = "evil"', MountType.ENCRYPTED, "file:/m", 'k"1')
+        ],
+    )
+    measurements = Measurements(
+        "svc",
+        "tflite",
+        "gramine",
+        EnclaveIdentity("a" * 64, "b" * 64, 0, 0, False),
+        ImageRef("svc:1", None),
+    )
     out = tmp_path / "out"
     text = build_module.policy_fragment(plan, measurements, {'k"1': tmp_path / "keys/k.key"}, out)
-    assert tomllib.loads(text) == {"measurements": ["measurements.json"], "keys_dir": "../keys",
-                                   "secrets": [{"name": 'k"1', "file": "../keys/k.key",
-                                                "allow": ["svc"]}]}
+    assert tomllib.loads(text) == {
+        "measurements": ["measurements.json"],
+        "keys_dir": "../keys",
+        "secrets": [{"name": 'k"1', "file": "../keys/k.key", "allow": ["svc"]}],
+    }
     assert text.startswith("# Secret-server policy fragment for service 'svc'")
     assert '# k"1: decrypts /models/a"b?[[secrets]]?name = "evil"\n' in text
 
@@ -271,8 +316,9 @@ def test_exchange_swaps_in_one_step(tmp_path):
     assert (new / "measurements.json").read_text() == "old"
 
 
-def test_a_parked_output_is_put_back_by_the_next_build(tmp_path, monkeypatch, signing_key,
-                                                       standin_root):
+def test_a_parked_output_is_put_back_by_the_next_build(
+    tmp_path, monkeypatch, signing_key, standin_root
+):
     """Without exchange support the old output is parked as .out.old-PID between two renames;
     a build that dies there leaves it, and the next run restores it (or drops it if OUT exists)."""
     monkeypatch.setattr(build_module, "_exchange", lambda a, b: False)
@@ -299,21 +345,23 @@ def test_a_parked_output_is_put_back_by_the_next_build(tmp_path, monkeypatch, si
     _output(tmp_path, f".out.old-{os.getppid()}", "busy")
     build_module.recover_output(out)
     assert (out / "measurements.json").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.old-")) == \
-        [f".out.old-{os.getppid()}"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.old-")) == [
+        f".out.old-{os.getppid()}"
+    ]
 
 
-def test_build_recovers_a_parked_output_and_removes_stale_temps(tmp_path, signing_key,
-                                                                 standin_root):
+def test_build_recovers_a_parked_output_and_removes_stale_temps(
+    tmp_path, signing_key, standin_root
+):
     project = tmp_path / "p"
     project.mkdir()
     spec = _encrypted_project(project, signing_key, standin_root)
-    spec.write_text(ENCRYPTED_SPEC.replace("[tls]\ncert = \"tls.crt\"\nkey = \"tls.key\"\n", ""))
+    spec.write_text(ENCRYPTED_SPEC.replace('[tls]\ncert = "tls.crt"\nkey = "tls.key"\n', ""))
     first = run_cli("build", "spec.toml", "--base", "dir:rootfs", "--output", "out", cwd=project)
     assert first.returncode == 0, first.stderr.decode()
     before = _tree(project / "out")
-    os.rename(project / "out", project / ".out.old-999999999")     # died mid-swap
-    _output(project, ".out.tmp-999999999-abc", "half-written")      # and its staging dir
+    os.rename(project / "out", project / ".out.old-999999999")  # died mid-swap
+    _output(project, ".out.tmp-999999999-abc", "half-written")  # and its staging dir
     # A build that fails (here: the model is gone) still leaves the recovered output.
     shutil.rmtree(project / "saved_model")
     failed = run_cli("build", "spec.toml", "--base", "dir:rootfs", "--output", "out", cwd=project)
@@ -321,40 +369,57 @@ def test_build_recovers_a_parked_output_and_removes_stale_temps(tmp_path, signin
     assert _tree(project / "out") == before
     # no parked output or staging directory is left (.enclave-build/ holds the first build's
     # record of its inputs, builder.build_stamp)
-    assert sorted(p.name for p in project.iterdir() if p.name.startswith(".")) == \
-        [".enclave-build"]
+    assert sorted(p.name for p in project.iterdir() if p.name.startswith(".")) == [".enclave-build"]
     assert [p.name for p in (project / ".enclave-build").iterdir()] == ["builds"]
 
 
 # ------------------------------------------------------------------ defect 9: keys
 
 
-def test_signing_key_readable_by_others_is_refused_with_the_fix(tmp_path, signing_key,
-                                                                standin_root):
+def test_signing_key_readable_by_others_is_refused_with_the_fix(
+    tmp_path, signing_key, standin_root
+):
     project = tmp_path / "p"
     project.mkdir()
     _encrypted_project(project, signing_key, standin_root)
     (project / "key.pem").chmod(0o644)
-    proc = run_cli("build", "spec.toml", "--base", "dir:rootfs", "--output", "out", cwd=project,
-                   env={ALLOW_OPEN_KEY_ENV: ""})
+    proc = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        "dir:rootfs",
+        "--output",
+        "out",
+        cwd=project,
+        env={ALLOW_OPEN_KEY_ENV: ""},
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     key = project / "key.pem"
-    assert f"error: {key}: the signing key is accessible to its group and other users " \
-           f"(mode 0644)" in err
+    assert (
+        f"error: {key}: the signing key is accessible to its group and other users "
+        f"(mode 0644)" in err
+    )
     assert f"Fix: chmod 600 {key}" in err and "Traceback" not in err
     assert not (project / "out").exists()
     # The explicit override builds, loudly.
-    proc = run_cli("build", "spec.toml", "--base", "dir:rootfs", "--output", "out", cwd=project,
-                   env={ALLOW_OPEN_KEY_ENV: "1"})
+    proc = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        "dir:rootfs",
+        "--output",
+        "out",
+        cwd=project,
+        env={ALLOW_OPEN_KEY_ENV: "1"},
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert f"warning: {key}: the signing key is accessible" in proc.stderr.decode()
     assert f"used anyway: {ALLOW_OPEN_KEY_ENV}=1" in proc.stderr.decode()
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
-def test_group_or_other_access_is_refused_by_the_library(tmp_path, signing_key, monkeypatch,
-                                                         mode):
+def test_group_or_other_access_is_refused_by_the_library(tmp_path, signing_key, monkeypatch, mode):
     monkeypatch.delenv(ALLOW_OPEN_KEY_ENV, raising=False)
     key = tmp_path / "k.pem"
     shutil.copy(signing_key, key)
@@ -384,26 +449,36 @@ def test_gramine_sign_is_a_library_call(tmp_path, signing_key, standin_root):
     project = tmp_path / "p"
     project.mkdir()
     spec = _encrypted_project(project, signing_key, standin_root)
-    spec.write_text(ENCRYPTED_SPEC.replace("[tls]\ncert = \"tls.crt\"\nkey = \"tls.key\"\n", ""))
+    spec.write_text(ENCRYPTED_SPEC.replace('[tls]\ncert = "tls.crt"\nkey = "tls.key"\n', ""))
     proc = run_cli("build", "spec.toml", "--base", "dir:rootfs", "--output", "out", cwd=project)
     assert proc.returncode == 0, proc.stderr.decode()
     files = image_rootfs(project / "out")
     manifest = files / "enclave/tfs-secure.manifest.sgx"
     libpal = standin_root / "usr/lib/x86_64-linux-gnu/gramine/sgx/libpal.so"
     offsets = standin_root / "usr/lib/python3/dist-packages/_graminelibos_offsets.py"
-    result = sign_manifest_file(manifest, libpal, offsets, key=project / "key.pem",
-                                date="0000-00-00", sigfile=tmp_path / "again.sig")
+    result = sign_manifest_file(
+        manifest,
+        libpal,
+        offsets,
+        key=project / "key.pem",
+        date="0000-00-00",
+        sigfile=tmp_path / "again.sig",
+    )
     assert result.signed is not None and result.written == tmp_path / "again.sig"
     assert (tmp_path / "again.sig").read_bytes() == (files / "enclave/tfs-secure.sig").read_bytes()
     measurements = json.loads((project / "out/measurements.json").read_text())
     assert result.signed.summary()["mr_enclave"] == measurements["mr_enclave"]
-    step_one = sign_manifest_file(manifest, libpal, offsets, tbs_out=tmp_path / "x.tbs",
-                                  date="0000-00-00")
+    step_one = sign_manifest_file(
+        manifest, libpal, offsets, tbs_out=tmp_path / "x.tbs", date="0000-00-00"
+    )
     assert step_one.signed is None and step_one.mr_enclave == result.mr_enclave
     assert (tmp_path / "x.tbs").stat().st_size == step_one.tbs_size == 256
-    for bad in ({}, {"key": project / "key.pem", "tbs_out": tmp_path / "y"},
-                {"key": project / "key.pem"}, {"signature": tmp_path / "x.tbs",
-                                               "sigfile": tmp_path / "z"}):
+    for bad in (
+        {},
+        {"key": project / "key.pem", "tbs_out": tmp_path / "y"},
+        {"key": project / "key.pem"},
+        {"signature": tmp_path / "x.tbs", "sigfile": tmp_path / "z"},
+    ):
         with pytest.raises(UsageError):
             sign_manifest_file(manifest, libpal, offsets, **bad)
 

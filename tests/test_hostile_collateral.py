@@ -17,8 +17,9 @@ from enclave_build.attestation.collateral import CollateralError, PccsCollateral
 class _Fake(PccsCollateral):
     """Platform = the quote's first byte; fetch time per platform from *delays*."""
 
-    def __init__(self, tmp_path, delays: dict[bytes, float], timeout: float = 5.0,
-                 fail: bool = False):
+    def __init__(
+        self, tmp_path, delays: dict[bytes, float], timeout: float = 5.0, fail: bool = False
+    ):
         super().__init__("https://pccs.invalid/", cache_dir=tmp_path, timeout=timeout)
         self.delays = delays
         self.fail = fail
@@ -55,11 +56,12 @@ def test_one_fetch_per_platform_however_many_ask(tmp_path):
     results = _parallel(lambda: source.for_quote(b"A..."), 10)
     assert results == ['{"tcb_info": "41"}'] * 10
     assert source.fetches == [b"A"]
-    assert source.for_quote(b"A...") == results[0] and source.fetches == [b"A"]   # cached
+    assert source.for_quote(b"A...") == results[0] and source.fetches == [b"A"]  # cached
 
 
 def test_a_slow_platform_does_not_hold_up_another(tmp_path):
     source = _Fake(tmp_path, {b"S": 5.0}, timeout=8.0)
+
     def refused() -> None:
         with pytest.raises(CollateralError):
             source.for_quote(b"S", timeout=1.0)
@@ -67,12 +69,12 @@ def test_a_slow_platform_does_not_hold_up_another(tmp_path):
     slow = threading.Thread(target=refused)
     slow.start()
     deadline = time.monotonic() + 10
-    while b"S" not in source.fetches and time.monotonic() < deadline:   # S is being fetched
+    while b"S" not in source.fetches and time.monotonic() < deadline:  # S is being fetched
         time.sleep(0.01)
     assert source.fetches == [b"S"]
     started = time.monotonic()
     assert source.for_quote(b"F") == '{"tcb_info": "46"}'
-    assert time.monotonic() - started < 2.5   # held up behind S would be ~5 s
+    assert time.monotonic() - started < 2.5  # held up behind S would be ~5 s
     slow.join(10)
 
 
@@ -81,7 +83,7 @@ def test_waiters_give_up_at_their_own_deadline(tmp_path):
     started = time.monotonic()
     with pytest.raises(CollateralError, match=r"did not deliver collateral within 0.3 s"):
         source.for_quote(b"S", timeout=0.3)
-    assert time.monotonic() - started < 2.5   # the 0.3 s, not the 5 s fetch
+    assert time.monotonic() - started < 2.5  # the 0.3 s, not the 5 s fetch
 
 
 def test_the_fetch_itself_has_a_deadline(tmp_path, monkeypatch):
@@ -90,7 +92,7 @@ def test_the_fetch_itself_has_a_deadline(tmp_path, monkeypatch):
     started = time.monotonic()
     with pytest.raises(CollateralError):
         source.for_quote(b"S")
-    assert time.monotonic() - started < 2.5   # the 0.3 s, not the 5 s fetch
+    assert time.monotonic() - started < 2.5  # the 0.3 s, not the 5 s fetch
 
 
 def test_a_failed_fetch_is_a_collateral_error_for_every_waiter(tmp_path):

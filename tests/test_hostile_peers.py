@@ -23,15 +23,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
-from hyperframe.frame import (DataFrame, HeadersFrame, PingFrame, RstStreamFrame,
-                              SettingsFrame)
+from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
 from OpenSSL import SSL
 
 from enclave_build.attestation import grsecret, upload, wire
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
-from enclave_build.attestation.ratls import CCZOO_OID, DICE_OID, LEGACY_OID, EvidenceError, extract_evidence
+from enclave_build.attestation.ratls import (
+    CCZOO_OID,
+    DICE_OID,
+    LEGACY_OID,
+    EvidenceError,
+    extract_evidence,
+)
 from enclave_build.attestation.server import SecretServer, ServerError
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
 from enclave_build.contract.identity import EnclaveIdentity
@@ -43,30 +48,39 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # --------------------------------------------------------------------------- certificates
 
-def _spki(key) -> bytes:  # noqa: ANN001
-    return key.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+def _spki(key) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
-def _cert(key, extensions) -> x509.Certificate:  # noqa: ANN001
+def _cert(key, extensions) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RATLS")])
-    now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(hours=1))
-               .not_valid_after(now + dt.timedelta(days=1)))
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
     for oid, value in extensions:
         builder = builder.add_extension(x509.UnrecognizedExtension(oid, value), critical=False)
-    return builder.sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey)
-                        else hashes.SHA256())
+    return builder.sign(
+        key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    )
 
 
-def _bound_quote(pki, key, service="face") -> bytes:  # noqa: ANN001
-    return pki.quote(identity(service), MR_SIGNER, hashlib.sha256(_spki(key)).digest()
-                     + bytes(32), 1, 2)
+def _bound_quote(pki, key, service="face") -> bytes:
+    return pki.quote(
+        identity(service), MR_SIGNER, hashlib.sha256(_spki(key)).digest() + bytes(32), 1, 2
+    )
 
 
-def _duplicated(key, value: bytes) -> x509.Certificate:  # noqa: ANN001
+def _duplicated(key, value: bytes) -> x509.Certificate:
     """A certificate carrying the CCZoo extension twice (cryptography's builder refuses to make
     one, so a second, same-length OID is renamed in the DER and the certificate re-signed)."""
     stand_in = x509.ObjectIdentifier("1.2.840.113741.2")
@@ -74,8 +88,11 @@ def _duplicated(key, value: bytes) -> x509.Certificate:  # noqa: ANN001
     tbs = cert.tbs_certificate_bytes
     renamed = tbs.replace(bytes.fromhex("06072a864886f84d02"), bytes.fromhex("06072a864886f84d01"))
     assert renamed != tbs
-    der = cert.public_bytes(serialization.Encoding.DER).replace(tbs, renamed).replace(
-        cert.signature, key.sign(renamed, padding.PKCS1v15(), hashes.SHA256()))
+    der = (
+        cert.public_bytes(serialization.Encoding.DER)
+        .replace(tbs, renamed)
+        .replace(cert.signature, key.sign(renamed, padding.PKCS1v15(), hashes.SHA256()))
+    )
     return x509.load_der_x509_certificate(der)
 
 
@@ -85,9 +102,13 @@ def write_owner(directory: Path) -> tuple[Path, Path]:
     owner_key = ec.generate_private_key(ec.SECP256R1())
     owner = _cert(owner_key, [])
     (directory / "owner.crt").write_bytes(owner.public_bytes(serialization.Encoding.PEM))
-    (directory / "owner.key").write_bytes(owner_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    (directory / "owner.key").write_bytes(
+        owner_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return directory / "owner.crt", directory / "owner.key"
 
 
@@ -95,19 +116,23 @@ def write_owner(directory: Path) -> tuple[Path, Path]:
 def env(tmp_path_factory):
     directory = tmp_path_factory.mktemp("hostile")
     owner = write_owner(directory)
-    built = make_env(directory / "env", timeout=3.0, extra=f'''
+    built = make_env(
+        directory / "env",
+        timeout=3.0,
+        extra=f'''
 [[secrets]]
 name = "up-key"
 allow = ["face"]
 
 [upload]
-owners = ["{directory / 'owner.crt'}"]
+owners = ["{directory / "owner.crt"}"]
 
 [grsecret]
 listen = "127.0.0.1:0"
 idle = 1.0
 max_requests = 4
-''')
+''',
+    )
     built.owner = owner
     return built
 
@@ -115,9 +140,11 @@ max_requests = 4
 def test_weak_or_unusual_keys_are_refused(env):
     """An RA-TLS key must be strong enough that nobody can forge the TLS handshake of a
     certificate (and its quote) seen on the wire: RSA >= 2048, EC on P-256/384/521."""
-    for key, message in ((rsa.generate_private_key(65537, 1024), "RSA key has 1024 bits"),
-                         (ec.generate_private_key(ec.SECP192R1()), "EC key is on secp192r1"),
-                         (ed25519.Ed25519PrivateKey.generate(), "key is Ed25519PublicKey")):
+    for key, message in (
+        (rsa.generate_private_key(65537, 1024), "RSA key has 1024 bits"),
+        (ec.generate_private_key(ec.SECP192R1()), "EC key is on secp192r1"),
+        (ed25519.Ed25519PrivateKey.generate(), "key is Ed25519PublicKey"),
+    ):
         cert = _cert(key, [(CCZOO_OID, _bound_quote(env.pki, key))])
         with pytest.raises(EvidenceError, match=message):
             extract_evidence(cert)
@@ -139,21 +166,25 @@ def test_repeated_or_ambiguous_evidence_is_refused(env):
     # TCG DICE next to a raw quote (as Intel's DCAP TLS library writes them): DICE decides.
     dice, dice_key = env.enclave_cert("face", "tcg-dice")
     value = dice.extensions.get_extension_for_oid(DICE_OID).value.value
-    both = _cert(dice_key, [(DICE_OID, value), (CCZOO_OID, _bound_quote(env.pki, dice_key,
-                                                                        "ocr"))])
+    both = _cert(dice_key, [(DICE_OID, value), (CCZOO_OID, _bound_quote(env.pki, dice_key, "ocr"))])
     assert extract_evidence(both).format == "tcg-dice"
 
 
 # --------------------------------------------------------------------------- configuration
 
+
 def test_grsecret_port_colliding_through_a_wildcard_is_a_config_error(env, tmp_path):
-    text = env.config.read_text().replace('[server]\nlisten = "127.0.0.1:0"',
-                                          '[server]\nlisten = "127.0.0.1:4999"')
+    text = env.config.read_text().replace(
+        '[server]\nlisten = "127.0.0.1:0"', '[server]\nlisten = "127.0.0.1:4999"'
+    )
     text = text.replace('[grsecret]\nlisten = "127.0.0.1:0"', '[grsecret]\nlisten = "0.0.0.0:4999"')
     path = env.directory / "collide.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=r"collide\.toml:\d+: grsecret\.listen: port 4999 is also "
-                                          r"server\.listen's"):
+    with pytest.raises(
+        ConfigError,
+        match=r"collide\.toml:\d+: grsecret\.listen: port 4999 is also "
+        r"server\.listen's",
+    ):
         load_config(path)
 
 
@@ -164,13 +195,19 @@ def test_a_busy_port_names_the_key(env):
     busy.listen(1)
     try:
         port = busy.getsockname()[1]
-        text = env.config.read_text().split("[grsecret]")[0].replace(
-            '[server]\nlisten = "127.0.0.1:0"', f'[server]\nlisten = "127.0.0.1:{port}"')
+        text = (
+            env.config.read_text()
+            .split("[grsecret]")[0]
+            .replace('[server]\nlisten = "127.0.0.1:0"', f'[server]\nlisten = "127.0.0.1:{port}"')
+        )
         path = env.directory / "busy.toml"
         path.write_text(text)
         server = SecretServer(load_config(path))
-        with pytest.raises(ServerError, match=rf"busy\.toml: server\.listen: cannot listen on "
-                                              rf"127\.0\.0\.1:{port}: Address already in use"):
+        with pytest.raises(
+            ServerError,
+            match=rf"busy\.toml: server\.listen: cannot listen on "
+            rf"127\.0\.0\.1:{port}: Address already in use",
+        ):
             server.start()
         server.shutdown()
     finally:
@@ -179,14 +216,18 @@ def test_a_busy_port_names_the_key(env):
 
 # --------------------------------------------------------------------------- a running server
 
+
 @contextlib.contextmanager
 def running_server(env):
     """A SecretServer on env.config whose own RA-TLS evidence comes from a simulated quoter
     (for test_secret_server_hostile_tls too)."""
-    build = Measurements("secret-server", "secret-server", "gramine",
-                         EnclaveIdentity(identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3,
-                                         False),
-                         ImageRef(None, None))
+    build = Measurements(
+        "secret-server",
+        "secret-server",
+        "gramine",
+        EnclaveIdentity(identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3, False),
+        ImageRef(None, None),
+    )
     with SimulatedQuoter(env.pki, build, warn=False) as quoter:
         patch = pytest.MonkeyPatch()
         patch.setenv(SIMULATED_QUOTER_ENV, quoter.env_value)
@@ -210,21 +251,26 @@ def server(env):
 def _audit(env, since: int, count: int) -> list[dict]:
     """The lines after the first *since*, once there are *count* of them and the log is quiet
     (the server writes a connection's line as it ends it: a moment after the client saw that)."""
-    return settled_audit(env.directory / "audit.jsonl", lambda lines: len(lines) >= count,
-                         since=since)
+    return settled_audit(
+        env.directory / "audit.jsonl", lambda lines: len(lines) >= count, since=since
+    )
 
 
 def _mark(env) -> int:
-    settled_audit(env.directory / "audit.jsonl")   # (what earlier tests left is written)
+    settled_audit(env.directory / "audit.jsonl")  # (what earlier tests left is written)
     return audit_mark(env.directory / "audit.jsonl")
 
 
 def _h2_tls(server, env, tmp_path) -> ssl.SSLSocket:
     cert, key = env.enclave_cert("face", "cczoo")
     (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "k.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    (tmp_path / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
@@ -232,13 +278,21 @@ def _h2_tls(server, env, tmp_path) -> ssl.SSLSocket:
     return ctx.wrap_socket(socket.create_connection(server.grsecret_address, timeout=5))
 
 
-def _headers(encoder: hpack.Encoder, stream: int, *, method="POST", end_stream=False,
-             extra=()) -> bytes:
+def _headers(
+    encoder: hpack.Encoder, stream: int, *, method="POST", end_stream=False, extra=()
+) -> bytes:
     frame = HeadersFrame(stream)
-    frame.data = encoder.encode([(":method", method), (":scheme", "https"),
-                                 (":authority", "localhost"), (":path", grsecret.METHOD_PATH),
-                                 ("content-type", "application/grpc"), ("te", "trailers"),
-                                 *extra])
+    frame.data = encoder.encode(
+        [
+            (":method", method),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", grsecret.METHOD_PATH),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *extra,
+        ]
+    )
     frame.flags.add("END_HEADERS")
     if end_stream:
         frame.flags.add("END_STREAM")
@@ -266,8 +320,7 @@ def _drain(tls: ssl.SSLSocket, seconds: float = 5.0) -> bytes:
     return received
 
 
-def _frame_types_until_headers(tls: ssl.SSLSocket, stream: int,
-                               seconds: float = 10.0) -> list[int]:
+def _frame_types_until_headers(tls: ssl.SSLSocket, stream: int, seconds: float = 10.0) -> list[int]:
     """Read HTTP/2 frames until a HEADERS frame on *stream* (or the connection ends, or
     *seconds* pass); returns the types of the frames read, in order."""
     tls.settimeout(seconds)
@@ -277,7 +330,7 @@ def _frame_types_until_headers(tls: ssl.SSLSocket, stream: int,
         while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
             size, kind = int.from_bytes(buffer[:3], "big"), buffer[3]
             sid = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
-            buffer = buffer[9 + size:]
+            buffer = buffer[9 + size :]
             types.append(kind)
             if kind == 0x1 and sid == stream:
                 return types
@@ -297,15 +350,17 @@ def test_rapid_reset_after_a_call_ends_the_connection_and_is_audited(server, env
     encoder = hpack.Encoder()
     with _h2_tls(server, env, tmp_path) as tls:
         tls.sendall(PREFACE + SettingsFrame(0).serialize() + _headers(encoder, 1) + _call(1))
-        burst = b"".join(_headers(encoder, stream) + RstStreamFrame(stream, 8).serialize()
-                         for stream in range(3, 3 + 2 * 200, 2))
+        burst = b"".join(
+            _headers(encoder, stream) + RstStreamFrame(stream, 8).serialize()
+            for stream in range(3, 3 + 2 * 200, 2)
+        )
         try:
             tls.sendall(burst)
         except OSError:
-            pass   # the server may have closed already
+            pass  # the server may have closed already
         started = time.monotonic()
         _drain(tls)
-        assert time.monotonic() - started < 2.5   # not the 3 s connection deadline
+        assert time.monotonic() - started < 2.5  # not the 3 s connection deadline
     lines = _audit(env, since, 2)
     assert [r["decision"] for r in lines] == ["allow", "deny"], lines
     assert lines[0]["secret"] == "face-key"
@@ -329,9 +384,13 @@ def test_ping_flood_and_oversized_headers_are_cut_off(server, env, tmp_path):
     # 17 KB of headers (11 KB once compressed): more than the 16 KiB the server announces
     # (h2 alone would accept 64 KiB)
     with _h2_tls(server, env, tmp_path) as tls:
-        big = _headers(hpack.Encoder(), 1, end_stream=True,
-                       extra=[(f"x-pad-{i}", "e" * 1000) for i in range(17)])
-        assert len(big) < 16384 + 9   # one frame: the size limit here is the header list's
+        big = _headers(
+            hpack.Encoder(),
+            1,
+            end_stream=True,
+            extra=[(f"x-pad-{i}", "e" * 1000) for i in range(17)],
+        )
+        assert len(big) < 16384 + 9  # one frame: the size limit here is the header list's
         tls.sendall(PREFACE + SettingsFrame(0).serialize() + big)
         _drain(tls)
     flood, oversized = _audit(env, since, 2)
@@ -346,13 +405,19 @@ def test_non_grpc_requests_are_audited_and_counted(server, env, tmp_path):
     encoder = hpack.Encoder()
     with _h2_tls(server, env, tmp_path) as tls:
         tls.sendall(PREFACE + SettingsFrame(0).serialize())
-        for stream in range(1, 13, 2):   # six requests, one after the other
+        for stream in range(1, 13, 2):  # six requests, one after the other
             method = "GET" if stream % 4 == 1 else "POST"
             extra = () if method == "GET" else (("content-type", "text/plain"),)
             frame = HeadersFrame(stream)
-            frame.data = encoder.encode([(":method", method), (":scheme", "https"),
-                                         (":authority", "localhost"),
-                                         (":path", grsecret.METHOD_PATH), *extra])
+            frame.data = encoder.encode(
+                [
+                    (":method", method),
+                    (":scheme", "https"),
+                    (":authority", "localhost"),
+                    (":path", grsecret.METHOD_PATH),
+                    *extra,
+                ]
+            )
             frame.flags.add("END_HEADERS")
             frame.flags.add("END_STREAM")
             try:
@@ -363,15 +428,14 @@ def test_non_grpc_requests_are_audited_and_counted(server, env, tmp_path):
         _drain(tls, 3.0)
     lines = _audit(env, since, 4)
     reasons = [r["reason"] for r in lines]
-    assert len(lines) == 4, reasons   # then REFUSED_STREAM and GOAWAY
+    assert len(lines) == 4, reasons  # then REFUSED_STREAM and GOAWAY
     assert reasons[0].startswith("HTTP 405: method 'GET'")
     assert reasons[1].startswith("HTTP 415: content-type 'text/plain'")
     assert all(r["decision"] == "deny" and r["protocol"] == "grsecret" for r in lines)
 
 
 @pytest.mark.integration
-def test_a_response_held_back_by_flow_control_is_audited_as_not_delivered(server, env,
-                                                                          tmp_path):
+def test_a_response_held_back_by_flow_control_is_audited_as_not_delivered(server, env, tmp_path):
     since = _mark(env)
     encoder = hpack.Encoder()
     closed_window = SettingsFrame(0)
@@ -383,7 +447,7 @@ def test_a_response_held_back_by_flow_control_is_audited_as_not_delivered(server
         types = _frame_types_until_headers(tls, 1)
         assert types[-1:] == [0x1], types
     lines = _audit(env, since, 1)
-    assert len(lines) == 1, [r['reason'] for r in lines]
+    assert len(lines) == 1, [r["reason"] for r in lines]
     line = lines[0]
     assert line["decision"] == "allow" and line["secret"] == "face-key"
     assert "response not delivered: the client closed the connection first" in line["reason"]
@@ -394,15 +458,21 @@ def test_names_reach_the_audit_log_escaped_and_cut(server, env, tmp_path):
     since = _mark(env)
     encoder = hpack.Encoder()
     with _h2_tls(server, env, tmp_path) as tls:
-        tls.sendall(PREFACE + SettingsFrame(0).serialize() + _headers(encoder, 1)
-                    + _call(1, "a" * 4000) + _headers(encoder, 3) + _call(3, "../k\n\x1b[31m"))
+        tls.sendall(
+            PREFACE
+            + SettingsFrame(0).serialize()
+            + _headers(encoder, 1)
+            + _call(1, "a" * 4000)
+            + _headers(encoder, 3)
+            + _call(3, "../k\n\x1b[31m")
+        )
         _drain(tls, 3.0)
     overlong, control = _audit(env, since, 2)
     assert overlong["secret"] == "a" * 64 + "... (4000 characters)"
     assert "longer than 256" in overlong["reason"]
     assert control["secret"] == "../k\n\x1b[31m" and control["grpc_status"] == "NOT_FOUND"
     raw = (env.directory / "audit.jsonl").read_text().splitlines()[-1]
-    assert "\\n" in raw and "\\u001b" in raw and "\x1b" not in raw   # one line, escaped
+    assert "\\n" in raw and "\\u001b" in raw and "\x1b" not in raw  # one line, escaped
 
 
 @pytest.mark.integration
@@ -431,7 +501,7 @@ def test_the_server_refuses_renegotiation(server, env, tmp_path):
     ctx.use_privatekey(key)
     ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
     sock = socket.create_connection(server.address, timeout=5)
-    sock.settimeout(None)   # blocking (pyOpenSSL); the server's 3 s deadline bounds the test
+    sock.settimeout(None)  # blocking (pyOpenSSL); the server's 3 s deadline bounds the test
     conn = SSL.Connection(ctx, sock)
     conn.set_connect_state()
     try:
@@ -445,10 +515,11 @@ def test_the_server_refuses_renegotiation(server, env, tmp_path):
 
 # --------------------------------------------------------------------------- the owner's client
 
+
 class _HostileUploadServer:
     """A TLS server (the env's CA-signed certificate) that answers an upload as told."""
 
-    def __init__(self, env, answer):  # noqa: ANN001
+    def __init__(self, env, answer):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(env.directory / "server.crt", env.directory / "server.key")
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -477,31 +548,39 @@ class _HostileUploadServer:
 
 @pytest.mark.integration
 def test_a_dripping_server_cannot_hold_the_upload_past_its_timeout(env):
-    def drip(tls):  # noqa: ANN001
-        for byte in upload.answer(True, "stored 1 key(s): up-key"):   # 59 bytes: ~6 s
+    def drip(tls):
+        for byte in upload.answer(True, "stored 1 key(s): up-key"):  # 59 bytes: ~6 s
             tls.sendall(bytes([byte]))
             time.sleep(0.1)
+
     hostile = _HostileUploadServer(env, drip)
     try:
         with hostile.connect() as tls:
             started = time.monotonic()
             # (which of the two depends on whether the deadline passed in a recv or between two)
-            with pytest.raises(upload.UploadRefused, match=r"(timed out after|no complete "
-                                                           r"answer to the upload within) 0\.5 s"):
+            with pytest.raises(
+                upload.UploadRefused,
+                match=r"(timed out after|no complete "
+                r"answer to the upload within) 0\.5 s",
+            ):
                 upload.upload_keys(tls, [("up-key", os.urandom(16))], timeout=0.5)
-            assert time.monotonic() - started < 3.0   # the 0.5 s, not the whole drip
+            assert time.monotonic() - started < 3.0  # the 0.5 s, not the whole drip
     finally:
         hostile.close()
 
 
 @pytest.mark.integration
 def test_an_enclave_refusal_is_told_apart_from_an_upload_answer(env):
-    hostile = _HostileUploadServer(env, lambda tls: tls.sendall(
-        wire.refusal("the certificate's quote is malformed")))
+    hostile = _HostileUploadServer(
+        env, lambda tls: tls.sendall(wire.refusal("the certificate's quote is malformed"))
+    )
     try:
         with hostile.connect() as tls:
-            with pytest.raises(upload.UploadRefused, match=r"answered as to an enclave .*: the "
-                                                           "certificate's quote is malformed"):
+            with pytest.raises(
+                upload.UploadRefused,
+                match=r"answered as to an enclave .*: the "
+                "certificate's quote is malformed",
+            ):
                 upload.upload_keys(tls, [("up-key", os.urandom(16))], timeout=5)
     finally:
         hostile.close()
@@ -516,7 +595,7 @@ def test_an_owner_certificate_with_evidence_is_refused_before_connecting(env, tm
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(UsageError, match="carries SGX evidence"):
         check_owner_certificate(path)
-    check_owner_certificate(env.owner[0])   # an ordinary certificate passes
+    check_owner_certificate(env.owner[0])  # an ordinary certificate passes
 
 
 def test_the_attest_client_refuses_renegotiation():
@@ -531,13 +610,13 @@ class _RecordingListener(socket.socket):
 
     accepted: list[socket.socket]
 
-    def accept(self):  # noqa: ANN201
+    def accept(self):
         sock, peer = super().accept()
         self.accepted.append(sock.dup())
         return sock, peer
 
 
-def _recording_listen(accepted: list[socket.socket]):  # noqa: ANN202
+def _recording_listen(accepted: list[socket.socket]):
     def listen(host: str, port: int) -> socket.socket:
         sock = _RecordingListener(socket.AF_INET, socket.SOCK_STREAM)
         sock.accepted = accepted
@@ -546,6 +625,7 @@ def _recording_listen(accepted: list[socket.socket]):  # noqa: ANN202
         sock.listen(64)
         sock.settimeout(0.2)
         return sock
+
     return listen
 
 
@@ -554,28 +634,35 @@ def test_accepted_sockets_send_small_records_at_once(env, monkeypatch):
     """TCP_NODELAY on every accepted socket, both listeners: without it Nagle's algorithm held
     GrSecret's small HTTP/2 writes ~40 ms for the client's delayed ACK (benchmarks/grsecret.py)."""
     accepted: list[socket.socket] = []
-    build = Measurements("secret-server", "secret-server", "gramine",
-                         EnclaveIdentity(identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3,
-                                         False),
-                         ImageRef(None, None))
+    build = Measurements(
+        "secret-server",
+        "secret-server",
+        "gramine",
+        EnclaveIdentity(identity("secret-server").hex(), MR_SIGNER.hex(), 7, 3, False),
+        ImageRef(None, None),
+    )
     with SimulatedQuoter(env.pki, build, warn=False) as quoter:
         monkeypatch.setenv(SIMULATED_QUOTER_ENV, quoter.env_value)
         since = _mark(env)
         srv = SecretServer(load_config(env.config), listen=_recording_listen(accepted))
-        address = srv.start()   # one process (env's config)
+        address = srv.start()  # one process (env's config)
         try:
             for listener in (address, srv.grsecret_address):
                 with socket.create_connection(listener, timeout=5):
                     pass
             # each connection's line is written once the server is done with it
-            settled_audit(env.directory / "audit.jsonl",
-                          lambda records: len([r for r in records if "peer" in r]) >= 2,
-                          since=since)
+            settled_audit(
+                env.directory / "audit.jsonl",
+                lambda records: len([r for r in records if "peer" in r]) >= 2,
+                since=since,
+            )
         finally:
             srv.shutdown()
     try:
-        assert [sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for sock in accepted] \
-            == [1, 1], accepted
+        assert [sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for sock in accepted] == [
+            1,
+            1,
+        ], accepted
     finally:
         for sock in accepted:
             sock.close()

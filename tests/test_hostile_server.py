@@ -59,9 +59,13 @@ def _serve(env, **edits) -> SecretServer:
 def _pem_files(env, cert, key, name: str):
     cert_path, key_path = env.directory / f"{name}.crt", env.directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
@@ -73,7 +77,7 @@ def _pyopenssl_client(server, env, cert_key, server_name: bytes):
     ctx.use_certificate_file(str(cert_path))
     ctx.use_privatekey_file(str(key_path))
     ctx.load_verify_locations(str(env.ca))
-    sock = socket.create_connection(server.address)   # blocking: pyOpenSSL uses the fd as is
+    sock = socket.create_connection(server.address)  # blocking: pyOpenSSL uses the fd as is
     conn = SSL.Connection(ctx, sock)
     conn.set_tlsext_host_name(server_name)
     conn.set_connect_state()
@@ -86,14 +90,21 @@ def _unparseable_extension_cert():
     OpenSSL completes the handshake with it, `cryptography` raises ValueError when asked."""
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RATLS")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.UnrecognizedExtension(ExtensionOID.CERTIFICATE_POLICIES,
-                                                      b"\x30\x05\x01\x01"), critical=False)
-            .sign(key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.UnrecognizedExtension(ExtensionOID.CERTIFICATE_POLICIES, b"\x30\x05\x01\x01"),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
     with pytest.raises(ValueError):
         cert.extensions  # noqa: B018 - what the server used to trip over
     return cert, key
@@ -108,14 +119,19 @@ def test_unparseable_client_extension_is_audited_with_a_reason(env):
     server = _serve(env)
     try:
         with pytest.raises(ProvisioningError):
-            fetch_secret(*server.address, env.ca, *_unparseable_extension_cert(),
-                         server_name="localhost")
+            fetch_secret(
+                *server.address, env.ca, *_unparseable_extension_cert(), server_name="localhost"
+            )
         last = _wait_for_lines(env, 1)[-1]
         assert last["decision"] == "deny", last
         assert "extension that cannot be parsed" in last["reason"], last
         # ... and the server keeps serving.
-        assert fetch_secret(*server.address, env.ca, *env.enclave_cert("face"),
-                            server_name="localhost") == env.secrets["face"]
+        assert (
+            fetch_secret(
+                *server.address, env.ca, *env.enclave_cert("face"), server_name="localhost"
+            )
+            == env.secrets["face"]
+        )
     finally:
         server.shutdown()
 
@@ -143,14 +159,18 @@ def test_non_utf8_server_name_is_audited_with_a_reason(env):
 def test_pccs_failure_is_audited_with_a_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     env = make_env(tmp_path / "env")
-    env.config.write_text(env.config.read_text().replace(
-        'collateral = "collateral.json"',
-        'pccs_url = "http://127.0.0.1:9/sgx/certification/v4/"\npccs_timeout = 2.0'))
+    env.config.write_text(
+        env.config.read_text().replace(
+            'collateral = "collateral.json"',
+            'pccs_url = "http://127.0.0.1:9/sgx/certification/v4/"\npccs_timeout = 2.0',
+        )
+    )
     server = _serve(env)
     try:
         with pytest.raises(ProvisioningError, match="collateral"):
-            fetch_secret(*server.address, env.ca, *env.enclave_cert("face"),
-                         server_name="localhost")
+            fetch_secret(
+                *server.address, env.ca, *env.enclave_cert("face"), server_name="localhost"
+            )
         last = _wait_for_lines(env, 1)[-1]
         assert last["decision"] == "deny", last
         assert "no collateral to verify the quote" in last["reason"], last
@@ -207,11 +227,12 @@ def test_per_peer_connection_cap(env):
         third = socket.create_connection(server.address)
         third.settimeout(5)
         started = time.monotonic()
-        assert third.recv(1) == b""        # refused at once, not at the deadline (3 s)
+        assert third.recv(1) == b""  # refused at once, not at the deadline (3 s)
         assert time.monotonic() - started < 2.5
         # (its line is written before the close the client just saw)
         assert _connections(env)[-1]["reason"].startswith(
-            "too many concurrent connections from this peer"), _connections(env)[-1]
+            "too many concurrent connections from this peer"
+        ), _connections(env)[-1]
         # another peer address (127.0.0.2 is loopback too) is still served meanwhile
         host, port = server.address
         other = socket.create_connection((host, port), source_address=("127.0.0.2", 0))
@@ -230,8 +251,10 @@ def test_per_peer_connection_cap(env):
         while server.admission.connections_from("127.0.0.1") and time.monotonic() < end:
             time.sleep(0.01)
         assert not server.admission.connections_from("127.0.0.1")
-        assert fetch_secret(host, port, env.ca, *env.enclave_cert("face"),
-                            server_name="localhost") == env.secrets["face"]
+        assert (
+            fetch_secret(host, port, env.ca, *env.enclave_cert("face"), server_name="localhost")
+            == env.secrets["face"]
+        )
     finally:
         server.shutdown()
 
@@ -244,7 +267,7 @@ def test_queued_connections_keep_their_deadline(env):
     server = _serve(env, workers=1)
     try:
         first = socket.create_connection(server.address)
-        time.sleep(0.5)   # (not a synchronisation: only so that the two deadlines differ)
+        time.sleep(0.5)  # (not a synchronisation: only so that the two deadlines differ)
         connected = time.monotonic()
         second = socket.create_connection(server.address)
         first.settimeout(10)
@@ -269,8 +292,12 @@ def test_queued_connections_keep_their_deadline(env):
 def test_reload_replaces_the_tls_certificate_and_key(env, tmp_path):
     server = _serve(env)
     try:
-        assert fetch_secret(*server.address, env.ca, *env.enclave_cert("face"),
-                            server_name="localhost") == env.secrets["face"]
+        assert (
+            fetch_secret(
+                *server.address, env.ca, *env.enclave_cert("face"), server_name="localhost"
+            )
+            == env.secrets["face"]
+        )
         fresh = tmp_path / "fresh"
         fresh.mkdir()
         new_ca, new_cert, new_key = tls_ca_and_server(fresh)
@@ -278,18 +305,28 @@ def test_reload_replaces_the_tls_certificate_and_key(env, tmp_path):
         shutil.copyfile(new_key, env.directory / "server.key")
         server.reload()
         presented = ssl.get_server_certificate(server.address)
-        assert x509.load_pem_x509_certificate(presented.encode()) == \
-            x509.load_pem_x509_certificate(new_cert.read_bytes())
-        assert fetch_secret(*server.address, new_ca, *env.enclave_cert("face"),
-                            server_name="localhost") == env.secrets["face"]
+        assert x509.load_pem_x509_certificate(presented.encode()) == x509.load_pem_x509_certificate(
+            new_cert.read_bytes()
+        )
+        assert (
+            fetch_secret(
+                *server.address, new_ca, *env.enclave_cert("face"), server_name="localhost"
+            )
+            == env.secrets["face"]
+        )
         with pytest.raises((ProvisioningError, ssl.SSLError)):
-            fetch_secret(*server.address, env.ca, *env.enclave_cert("face"),
-                         server_name="localhost")
+            fetch_secret(
+                *server.address, env.ca, *env.enclave_cert("face"), server_name="localhost"
+            )
         # a broken key file keeps the working certificate
         (env.directory / "server.key").write_text("not a key")
         with pytest.raises(ServerError, match="cannot use the TLS certificate and key"):
             server.reload()
-        assert fetch_secret(*server.address, new_ca, *env.enclave_cert("face"),
-                            server_name="localhost") == env.secrets["face"]
+        assert (
+            fetch_secret(
+                *server.address, new_ca, *env.enclave_cert("face"), server_name="localhost"
+            )
+            == env.secrets["face"]
+        )
     finally:
         server.shutdown()

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 BASE_TAG = "eb-test/gramine-standin:1"
 
-SPEC = '''[service]
+SPEC = """[service]
 name = "face"
 framework = "tflite"
 
@@ -57,7 +57,7 @@ reproducible = true
 
 [signing]
 key = "key.pem"
-'''
+"""
 
 
 @pytest.fixture(scope="session")
@@ -72,11 +72,14 @@ def base_image(dockerd, registry, tmp_path_factory) -> str:
     vectors = optional_vectors("sgx-sign")
     if vectors is not None:  # the real gramine-sgx-sign test PAL and offsets
         shutil.copyfile(vectors / "fakepal_a.so", root / PKGLIBDIR.lstrip("/") / "sgx/libpal.so")
-        shutil.copyfile(vectors / "_graminelibos_offsets.py",
-                        root / PYDIR.lstrip("/") / "_graminelibos_offsets.py")
+        shutil.copyfile(
+            vectors / "_graminelibos_offsets.py",
+            root / PYDIR.lstrip("/") / "_graminelibos_offsets.py",
+        )
     (context / "Dockerfile").write_text(
         "FROM scratch\nCOPY rootfs/ /\nENV PATH=/usr/bin:/bin LANG=C.UTF-8\n"
-        "LABEL org.example.base=standin\n")
+        "LABEL org.example.base=standin\n"
+    )
     client = docker.from_env()
     client.images.build(path=str(context), tag=BASE_TAG, network_mode="host", rm=True)
     remote = f"{registry.address}/gramine-standin:1"
@@ -86,11 +89,14 @@ def base_image(dockerd, registry, tmp_path_factory) -> str:
     return BASE_TAG
 
 
-def _project(directory: Path, signing_key: Path, keys: Path, model_size: int = 200_000,
-             base: str = BASE_TAG) -> Path:
+def _project(
+    directory: Path, signing_key: Path, keys: Path, model_size: int = 200_000, base: str = BASE_TAG
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * (model_size // 256)))
-    (directory / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
+    (directory / "ca.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"
+    )
     shutil.copy(signing_key, directory / "key.pem")
     return write_spec(directory, SPEC.format(base=base, keys=keys))
 
@@ -99,8 +105,9 @@ def _build(directory: Path, *args: str) -> subprocess.CompletedProcess:
     return run_cli("build", "spec.toml", *args, cwd=directory)
 
 
-def test_build_push_pull_back_by_digest_and_inspect(base_image, registry, dockerd, tmp_path,
-                                                    signing_key):
+def test_build_push_pull_back_by_digest_and_inspect(
+    base_image, registry, dockerd, tmp_path, signing_key
+):
     import docker
 
     _project(tmp_path / "p", signing_key, tmp_path / "keys")
@@ -139,11 +146,23 @@ def test_build_push_pull_back_by_digest_and_inspect(base_image, registry, docker
         # Independent cross-check: re-measure the manifest taken out of the pulled image with the
         # conformance vectors' PAL and offsets (which the base image carries).
         (tmp_path / "m.sgx").write_bytes(manifest)
-        again = run_cli("gramine", "sign", "--manifest", str(tmp_path / "m.sgx"),
-                        "--libpal", str(vectors / "fakepal_a.so"),
-                        "--offsets", str(vectors / "_graminelibos_offsets.py"),
-                        "--key", str(signing_key), "--date", "0000-00-00",
-                        "--sigfile", str(tmp_path / "again.sig"), "--json")
+        again = run_cli(
+            "gramine",
+            "sign",
+            "--manifest",
+            str(tmp_path / "m.sgx"),
+            "--libpal",
+            str(vectors / "fakepal_a.so"),
+            "--offsets",
+            str(vectors / "_graminelibos_offsets.py"),
+            "--key",
+            str(signing_key),
+            "--date",
+            "0000-00-00",
+            "--sigfile",
+            str(tmp_path / "again.sig"),
+            "--json",
+        )
         assert json.loads(again.stdout)["mr_enclave"] == measurements["mr_enclave"]
         assert (tmp_path / "again.sig").read_bytes() == sig
 
@@ -153,16 +172,21 @@ def test_build_push_pull_back_by_digest_and_inspect(base_image, registry, docker
     assert json.loads(check.stdout)["digest"] == digest
 
 
-def test_every_base_transport_gives_the_same_enclave(base_image, registry, dockerd, tmp_path,
-                                                     signing_key):
+def test_every_base_transport_gives_the_same_enclave(
+    base_image, registry, dockerd, tmp_path, signing_key
+):
     import docker
 
     archive = tmp_path / "base.tar"
     with open(archive, "wb") as out:
         for chunk in docker.from_env().images.get(BASE_TAG).save(named=True):
             out.write(chunk)
-    bases = [f"docker-daemon:{BASE_TAG}", f"docker://{registry.address}/gramine-standin:1",
-             f"{registry.address}/gramine-standin:1", f"docker-archive:{archive}"]
+    bases = [
+        f"docker-daemon:{BASE_TAG}",
+        f"docker://{registry.address}/gramine-standin:1",
+        f"{registry.address}/gramine-standin:1",
+        f"docker-archive:{archive}",
+    ]
     results = {}
     for index, base in enumerate(bases):
         directory = tmp_path / f"p{index}"
@@ -194,8 +218,9 @@ def test_every_base_transport_gives_the_same_enclave(base_image, registry, docke
     assert digest[f"oci:{layout}"] == digest[f"oci-archive:{tmp_path / 'layout.tar'}"], digest
 
 
-def test_reproducible_digest_across_directories_and_time(base_image, dockerd, tmp_path,
-                                                         signing_key):
+def test_reproducible_digest_across_directories_and_time(
+    base_image, dockerd, tmp_path, signing_key
+):
     outputs = []
     for name in ("first", "second/nested"):
         _project(tmp_path / name, signing_key, tmp_path / "keys")
@@ -228,16 +253,25 @@ def test_sigkill_during_build_leaves_no_partial_output(base_image, dockerd, tmp_
     before = (tmp_path / "out/measurements.json").read_text()
     layout_before = sorted(p.name for p in (tmp_path / "out/oci/blobs/sha256").iterdir())
 
-    (project / "model.tflite").write_bytes(tflite_bytes(os.urandom(400 << 20)))  # slow enough to be killed
+    (project / "model.tflite").write_bytes(
+        tflite_bytes(os.urandom(400 << 20))
+    )  # slow enough to be killed
     env = {**os.environ, "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
-    victim = subprocess.Popen([sys.executable, "-m", "enclave_build", "build", "spec.toml",
-                               "--output", "../out"], cwd=project, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "enclave_build", "build", "spec.toml", "--output", "../out"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     staged = None
     while time.monotonic() < deadline and victim.poll() is None:
-        staged = [p for p in Path(tempfile.gettempdir()).glob(f".enclave-build.tmp-{victim.pid}-*")
-                  if any(p.rglob("*.tflite"))]
+        staged = [
+            p
+            for p in Path(tempfile.gettempdir()).glob(f".enclave-build.tmp-{victim.pid}-*")
+            if any(p.rglob("*.tflite"))
+        ]
         if staged:
             break
         time.sleep(0.05)
@@ -266,27 +300,57 @@ def test_registry_authentication_errors_are_clear(base_image, dockerd, tmp_path,
         target = f"{reg.address}/face:1"
         empty = tmp_path / "no-creds"
         empty.mkdir()
-        anonymous = run_cli("build", "spec.toml", "--tag", target, "--push", cwd=tmp_path / "p",
-                            env={"DOCKER_CONFIG": str(empty)})
+        anonymous = run_cli(
+            "build",
+            "spec.toml",
+            "--tag",
+            target,
+            "--push",
+            cwd=tmp_path / "p",
+            env={"DOCKER_CONFIG": str(empty)},
+        )
         assert anonymous.returncode == 1
-        assert f"registry {reg.address} needs credentials for face: run `docker login " \
-               f"{reg.address}`".encode() in anonymous.stderr
+        assert (
+            f"registry {reg.address} needs credentials for face: run `docker login "
+            f"{reg.address}`".encode()
+            in anonymous.stderr
+        )
 
         wrong = tmp_path / "wrong"
         wrong.mkdir()
-        (wrong / "config.json").write_text(json.dumps({"auths": {reg.address: {
-            "auth": base64.b64encode(b"builder:nope").decode()}}}))
-        refused = run_cli("build", "spec.toml", "--tag", target, "--push", cwd=tmp_path / "p",
-                          env={"DOCKER_CONFIG": str(wrong)})
+        (wrong / "config.json").write_text(
+            json.dumps(
+                {"auths": {reg.address: {"auth": base64.b64encode(b"builder:nope").decode()}}}
+            )
+        )
+        refused = run_cli(
+            "build",
+            "spec.toml",
+            "--tag",
+            target,
+            "--push",
+            cwd=tmp_path / "p",
+            env={"DOCKER_CONFIG": str(wrong)},
+        )
         assert refused.returncode == 1
         assert f"registry {reg.address} refused the credentials for face".encode() in refused.stderr
 
         good = tmp_path / "good"
         good.mkdir()
-        (good / "config.json").write_text(json.dumps({"auths": {reg.address: {
-            "auth": base64.b64encode(b"builder:s3cret").decode()}}}))
-        ok = run_cli("build", "spec.toml", "--tag", target, "--push", cwd=tmp_path / "p",
-                     env={"DOCKER_CONFIG": str(good)})
+        (good / "config.json").write_text(
+            json.dumps(
+                {"auths": {reg.address: {"auth": base64.b64encode(b"builder:s3cret").decode()}}}
+            )
+        )
+        ok = run_cli(
+            "build",
+            "spec.toml",
+            "--tag",
+            target,
+            "--push",
+            cwd=tmp_path / "p",
+            env={"DOCKER_CONFIG": str(good)},
+        )
         assert ok.returncode == 0, ok.stderr.decode()
         assert ok.stdout.decode().strip().splitlines()[-1].startswith(f"{reg.address}/face@sha256:")
     finally:

@@ -46,7 +46,8 @@ import pytest
 from .conftest import REPO
 
 PACKAGE_DIRS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
-    "package-dir"]
+    "package-dir"
+]
 
 #: (module or package prefix, layer); the longest matching prefix wins.
 LAYERS: dict[str, int] = {
@@ -78,26 +79,45 @@ LAYERS: dict[str, int] = {
     "enclave_build.builder.cli": 9,
     "enclave_build.__main__": 9,
 }
-NAMES = ("contract", "foundation", "attestation", "model server", "builder core", "plugin API",
-         "backends and plugins", "build", "around builds", "cli")
+NAMES = (
+    "contract",
+    "foundation",
+    "attestation",
+    "model server",
+    "builder core",
+    "plugin API",
+    "backends and plugins",
+    "build",
+    "around builds",
+    "cli",
+)
 
 #: What the plugin API is made of: plugins import it as enclave_build.plugin only.
-API_MODULES = {"enclave_build.builder.hookspecs", "enclave_build.builder.planning",
-               "enclave_build.builder.python_server", "enclave_build.builder.plugin_types",
-               "enclave_build.builder.plugins", "enclave_build.builder.plugin_api"}
+API_MODULES = {
+    "enclave_build.builder.hookspecs",
+    "enclave_build.builder.planning",
+    "enclave_build.builder.python_server",
+    "enclave_build.builder.plugin_types",
+    "enclave_build.builder.plugins",
+    "enclave_build.builder.plugin_api",
+}
 #: The plugins, and what else of enclave_build each may import besides enclave_build.plugin.
 PLUGIN_PREFIXES = {
     "enclave_build.plugins": ("enclave_build.plugins",),
     # the secret-server plugin packages the attestation package's server into the enclave,
     # and writes that server's files (secrets.toml, from the builds' secrets-policy.toml) as
     # their contract types
-    "enclave_build.plugins.secret_server": ("enclave_build.plugins.secret_server",
-                                            "enclave_build.attestation",
-                                            "enclave_build.contract"),
+    "enclave_build.plugins.secret_server": (
+        "enclave_build.plugins.secret_server",
+        "enclave_build.attestation",
+        "enclave_build.contract",
+    ),
 }
 BACKENDS = ("enclave_build.builder.gramine", "enclave_build.builder.occlum")
-THIRD_PARTY = (REPO / "tests" / "thirdparty_plugin",
-               REPO / "examples" / "plugins" / "onnxruntime" / "enclave_build_onnxruntime")
+THIRD_PARTY = (
+    REPO / "tests" / "thirdparty_plugin",
+    REPO / "examples" / "plugins" / "onnxruntime" / "enclave_build_onnxruntime",
+)
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -133,8 +153,9 @@ def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return found
 
 
-def _imported(name: str, is_package: bool, node: ast.Import | ast.ImportFrom,
-              modules: set[str]) -> set[str]:
+def _imported(
+    name: str, is_package: bool, node: ast.Import | ast.ImportFrom, modules: set[str]
+) -> set[str]:
     if isinstance(node, ast.Import):
         return {alias.name for alias in node.names}
     base = name if is_package else name.rpartition(".")[0]
@@ -151,8 +172,9 @@ def _imported(name: str, is_package: bool, node: ast.Import | ast.ImportFrom,
     return out
 
 
-def import_graph(files: dict[str, tuple[Path, bool]] | None = None,
-                 known: set[str] | None = None) -> dict[str, set[str]]:
+def import_graph(
+    files: dict[str, tuple[Path, bool]] | None = None, known: set[str] | None = None
+) -> dict[str, set[str]]:
     """Module -> the enclave_build modules it imports (at run time)."""
     files = _modules() if files is None else files
     known = set(_modules()) if known is None else known
@@ -162,7 +184,7 @@ def import_graph(files: dict[str, tuple[Path, bool]] | None = None,
         targets = set()
         for node in _runtime_imports(tree):
             for target in _imported(name, is_package, node, known):
-                while target and target not in known:   # `import a.b.c`: the nearest module
+                while target and target not in known:  # `import a.b.c`: the nearest module
                     target = target.rpartition(".")[0]
                 if target and target != name:
                     targets.add(target)
@@ -181,7 +203,7 @@ GRAPH = import_graph()
 def test_every_module_has_a_layer():
     assert GRAPH, "no modules found"
     for module in GRAPH:
-        layer(module)   # raises ValueError when no prefix matches
+        layer(module)  # raises ValueError when no prefix matches
 
 
 def test_no_import_cycles():
@@ -191,7 +213,7 @@ def test_no_import_cycles():
     on_stack: set[str] = set()
     cycles: list[list[str]] = []
 
-    def connect(node: str) -> None:   # Tarjan's strongly connected components
+    def connect(node: str) -> None:  # Tarjan's strongly connected components
         index[node] = low[node] = len(index)
         stack.append(node)
         on_stack.add(node)
@@ -219,10 +241,12 @@ def test_no_import_cycles():
 
 
 def test_no_module_imports_a_higher_layer():
-    upward = sorted(f"{module} ({NAMES[layer(module)]}) imports {target} "
-                    f"({NAMES[layer(target)]})"
-                    for module, targets in GRAPH.items() for target in targets
-                    if layer(target) > layer(module))
+    upward = sorted(
+        f"{module} ({NAMES[layer(module)]}) imports {target} ({NAMES[layer(target)]})"
+        for module, targets in GRAPH.items()
+        for target in targets
+        if layer(target) > layer(module)
+    )
     assert upward == []
 
 
@@ -237,8 +261,9 @@ def test_importing_a_module_runs_no_higher_package_init():
             while parent:
                 for imported in GRAPH.get(parent, ()):
                     if layer(imported) > layer(module):
-                        problems.append(f"{module} imports {target}, whose package {parent} "
-                                        f"imports {imported}")
+                        problems.append(
+                            f"{module} imports {target}, whose package {parent} imports {imported}"
+                        )
                 parent = parent.rpartition(".")[0]
     assert sorted(set(problems)) == []
 
@@ -255,10 +280,13 @@ def test_plugins_reach_the_plugin_api_only_through_enclave_build_plugin():
         for target in sorted(targets & API_MODULES):
             problems.append(f"{module} imports {target}")
         if module.startswith("enclave_build.plugins."):
-            owner = max((p for p in PLUGIN_PREFIXES if module.startswith(p + ".")
-                         or module == p), key=len)
-            allowed = PLUGIN_PREFIXES[owner] + ("enclave_build.plugin",
-                                                "enclave_build.model_server.backends")
+            owner = max(
+                (p for p in PLUGIN_PREFIXES if module.startswith(p + ".") or module == p), key=len
+            )
+            allowed = PLUGIN_PREFIXES[owner] + (
+                "enclave_build.plugin",
+                "enclave_build.model_server.backends",
+            )
             for target in sorted(targets):
                 if not any(target == a or target.startswith(a + ".") for a in allowed):
                     problems.append(f"{module} imports {target}")
@@ -266,9 +294,13 @@ def test_plugins_reach_the_plugin_api_only_through_enclave_build_plugin():
 
 
 def test_the_contract_imports_nothing_of_the_project():
-    imported = {f"{module} imports {target}" for module, targets in GRAPH.items()
-                if module.startswith("enclave_build.contract") for target in targets
-                if not target.startswith("enclave_build.contract")}
+    imported = {
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if module.startswith("enclave_build.contract")
+        for target in targets
+        if not target.startswith("enclave_build.contract")
+    }
     assert sorted(imported) == []
 
 
@@ -286,9 +318,8 @@ def test_the_stable_api_module_is_re_exports_only():
     path, _ = _modules()["enclave_build.plugin"]
     tree = ast.parse(path.read_text())
     kinds = {type(node).__name__ for node in tree.body}
-    assert kinds <= {"Expr", "ImportFrom", "Assign"}, kinds   # docstring, imports, __all__
-    assigned = [t.id for node in tree.body if isinstance(node, ast.Assign)
-                for t in node.targets]
+    assert kinds <= {"Expr", "ImportFrom", "Assign"}, kinds  # docstring, imports, __all__
+    assigned = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
     assert assigned == ["__all__"]
     import enclave_build.plugin as api
 

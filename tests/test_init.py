@@ -12,11 +12,16 @@ import pytest
 
 from enclave_build.builder.errors import UsageError
 from enclave_build.builder.gramine.signer import PemSigner
-from enclave_build.builder.init import (MODEL_PLACEHOLDER, init_project, installed_frameworks,
-                          render_section, size_text)
+from enclave_build.builder.init import (
+    MODEL_PLACEHOLDER,
+    init_project,
+    installed_frameworks,
+    render_section,
+    size_text,
+)
 from enclave_build.builder.plugins import PluginRegistry
-from enclave_build.contract.schema import Field, Section
 from enclave_build.builder.spec import SpecError, load_spec
+from enclave_build.contract.schema import Field, Section
 
 from .conftest import run_cli, tflite_bytes
 
@@ -30,7 +35,7 @@ def _sections():
 def _make_model(project: Path, framework: str) -> Path:
     """The user's step 1: a model where the spec's placeholder points."""
     path = project / MODEL_PLACEHOLDER
-    if framework == "tfserving":   # a SavedModel directory
+    if framework == "tfserving":  # a SavedModel directory
         (path / "variables").mkdir(parents=True)
         (path / "saved_model.pb").write_bytes(b"\x08\x01")
     else:
@@ -49,15 +54,21 @@ def _make_ca(project: Path) -> None:
 def test_generated_spec_validates_once_the_model_exists(tmp_path, framework):
     project = tmp_path / f"my-{framework}"
     result = init_project(project, framework=framework)
-    assert (result.service, result.framework, result.key_created) == \
-        (f"my-{framework}", framework, True)
+    assert (result.service, result.framework, result.key_created) == (
+        f"my-{framework}",
+        framework,
+        True,
+    )
 
     # Placeholder model (and the CA of step 2) missing: clear problems, naming the files.
     with pytest.raises(SpecError) as missing:
         load_spec(result.spec, _sections())
     lines = missing.value.lines()
-    assert any("models[0].path: file not found" in line and
-               str(project.resolve() / MODEL_PLACEHOLDER) in line for line in lines), lines
+    assert any(
+        "models[0].path: file not found" in line
+        and str(project.resolve() / MODEL_PLACEHOLDER) in line
+        for line in lines
+    ), lines
     assert all("models[0].path" in line or "secrets.ca" in line for line in lines), lines
 
     _make_model(project, framework)
@@ -84,7 +95,7 @@ def test_key_and_directories(tmp_path):
     assert stat.S_IMODE(keys.stat().st_mode) == 0o700
     assert stat.S_IMODE(result.key.stat().st_mode) == 0o600
     assert (tmp_path / "svc/models").is_dir()
-    PemSigner.from_file(result.key)   # RSA-3072, e=3, accepted for signing
+    PemSigner.from_file(result.key)  # RSA-3072, e=3, accepted for signing
 
 
 def test_never_overwrites_and_force_replaces_only_the_spec(tmp_path):
@@ -115,7 +126,7 @@ def test_force_keeps_the_model_that_models_holds(tmp_path):
     again = init_project(project, framework="openvino", force=True)
     models = tomllib.loads(again.spec.read_text())["models"]
     assert [m["path"] for m in models] == ["models/face.xml"]
-    (project / "models/other.xml").write_text("<net/>")      # two: which one is not guessed
+    (project / "models/other.xml").write_text("<net/>")  # two: which one is not guessed
     third = init_project(project, framework="openvino", force=True)
     assert MODEL_PLACEHOLDER in third.spec.read_text()
 
@@ -158,28 +169,47 @@ def test_cli_prints_every_next_step_to_dev(tmp_path):
     assert stat.S_IMODE((tmp_path / "svc/tls/server.key").stat().st_mode) == 0o600
     as_json = run_cli("init", "svc2", "--json", cwd=tmp_path)
     info = json.loads(as_json.stdout)
-    assert [s["command"].split()[0:3] for s in info["next_steps"]] == \
-        [["enclave-build", "init", "--force"], ["enclave-build", "init", "--force"],
-         ["enclave-build", "build", "svc2"], ["enclave-build", "dev", "svc2"]]
-    assert set(info) == {"directory", "spec", "key", "key_created", "framework", "service",
-                         "secret_server", "model", "base", "tls_created", "next_steps"}
+    assert [s["command"].split()[0:3] for s in info["next_steps"]] == [
+        ["enclave-build", "init", "--force"],
+        ["enclave-build", "init", "--force"],
+        ["enclave-build", "build", "svc2"],
+        ["enclave-build", "dev", "svc2"],
+    ]
+    assert set(info) == {
+        "directory",
+        "spec",
+        "key",
+        "key_created",
+        "framework",
+        "service",
+        "secret_server",
+        "model",
+        "base",
+        "tls_created",
+        "next_steps",
+    }
     assert info["tls_created"] is True and info["model"] is None and info["base"] is None
 
 
 def test_render_section_of_a_third_party_schema_is_valid_toml():
-    section = Section("thing", "a plugin's options", (
-        Field("port", "int", "a port", default=1, minimum=1, maximum=9),
-        Field("on", "bool", "a switch", default=True),
-        Field("args", "list[str]", "flags", default=["-a", 'quote"d']),
-        Field("env", "table[str]", "variables", default={"A": "1"}),
-        Field("mode", "str", "a mode", default="x", choices=("x", "y")),
-        Field("token", "str", "no default"),
-        Field("must", "str", "required", required=True),
-    ))
+    section = Section(
+        "thing",
+        "a plugin's options",
+        (
+            Field("port", "int", "a port", default=1, minimum=1, maximum=9),
+            Field("on", "bool", "a switch", default=True),
+            Field("args", "list[str]", "flags", default=["-a", 'quote"d']),
+            Field("env", "table[str]", "variables", default={"A": "1"}),
+            Field("mode", "str", "a mode", default="x", choices=("x", "y")),
+            Field("token", "str", "no default"),
+            Field("must", "str", "required", required=True),
+        ),
+    )
     text = "\n".join(render_section(section))
     data = tomllib.loads(text)
-    assert data == {"thing": {"port": 1, "on": True, "args": ["-a", 'quote"d'],
-                              "env": {"A": "1"}, "mode": "x"}}
+    assert data == {
+        "thing": {"port": 1, "on": True, "args": ["-a", 'quote"d'], "env": {"A": "1"}, "mode": "x"}
+    }
     assert "# must = ...   # REQUIRED" in text and "(1 to 9)" in text
     assert size_text(2 << 30) == "2G" and size_text(512 << 20) == "512M"
 
@@ -193,13 +223,22 @@ def test_init_build_inspect_from_an_empty_directory(tmp_path, standin_root):
     spec = project / "spec.toml"
     spec.write_text(spec.read_text().replace(f'"{MODEL_PLACEHOLDER}"', '"models/face.tflite"'))
     # init made the secret server's CA for localhost; a new one replaces it (before a build)
-    tls = run_cli("secrets", "tls", "face/tls", "--host", "localhost", "--json", "--force",
-                  cwd=tmp_path)
+    tls = run_cli(
+        "secrets", "tls", "face/tls", "--host", "localhost", "--json", "--force", cwd=tmp_path
+    )
     assert tls.returncode == 0, tls.stderr.decode()
     assert json.loads(tls.stdout)["server"] == "localhost:4433"
 
-    build = run_cli("build", "face/spec.toml", "--base", f"dir:{standin_root}", "--output",
-                    "face/out", "--json", cwd=tmp_path)
+    build = run_cli(
+        "build",
+        "face/spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "face/out",
+        "--json",
+        cwd=tmp_path,
+    )
     assert build.returncode == 0, build.stderr.decode()
     measurements = json.loads(build.stdout)
     assert measurements["service"] == "face"
@@ -212,21 +251,39 @@ def test_init_build_inspect_from_an_empty_directory(tmp_path, standin_root):
     assert extract.returncode == 0, extract.stderr.decode()
     info = json.loads(extract.stdout)
     audit = tmp_path / "audit"
-    assert sorted(Path(p).name for p in info["extracted"]) == \
-        ["face.manifest.sgx", "face.sig", "measurements.json"]
-    assert (audit / "measurements.json").read_bytes() == \
-        (project / "out/measurements.json").read_bytes()
+    assert sorted(Path(p).name for p in info["extracted"]) == [
+        "face.manifest.sgx",
+        "face.sig",
+        "measurements.json",
+    ]
+    assert (audit / "measurements.json").read_bytes() == (
+        project / "out/measurements.json"
+    ).read_bytes()
     sig = run_cli("gramine", "sigstruct", str(audit / "face.sig"), "--json")
     assert json.loads(sig.stdout)["mr_enclave"] == measurements["mr_enclave"]
-    assert 'sgx.' in (audit / "face.manifest.sgx").read_text()
+    assert "sgx." in (audit / "face.manifest.sgx").read_text()
 
     # The policy fragment the build wrote feeds `secrets config --json`.
     pki = run_cli("secrets", "simulate-pki", "pki", "--json", cwd=tmp_path)
     assert pki.returncode == 0, pki.stderr.decode()
     pki_info = json.loads(pki.stdout)
-    config = run_cli("secrets", "config", "face/out", "--cert", "face/tls/server.crt", "--key",
-                     "face/tls/server.key", "--root-ca", pki_info["root_ca"], "--collateral",
-                     pki_info["collateral"], "--out", "secrets.toml", "--json", cwd=tmp_path)
+    config = run_cli(
+        "secrets",
+        "config",
+        "face/out",
+        "--cert",
+        "face/tls/server.crt",
+        "--key",
+        "face/tls/server.key",
+        "--root-ca",
+        pki_info["root_ca"],
+        "--collateral",
+        pki_info["collateral"],
+        "--out",
+        "secrets.toml",
+        "--json",
+        cwd=tmp_path,
+    )
     assert config.returncode == 0, config.stderr.decode()
     config_info = json.loads(config.stdout)
     assert config_info["secrets"] == ["face-key"]
@@ -245,11 +302,17 @@ def test_init_model_copies_it_and_the_printed_commands_build_it(tmp_path):
     project = tmp_path / "face"
     assert (project / "models/face.tflite").read_bytes() == model.read_bytes()
     models = tomllib.loads((project / "spec.toml").read_text())["models"]
-    assert (models[0]["path"], models[0]["name"], info["model"]) == \
-        ("models/face.tflite", "face", "face")
+    assert (models[0]["path"], models[0]["name"], info["model"]) == (
+        "models/face.tflite",
+        "face",
+        "face",
+    )
     commands = [step["command"] for step in info["next_steps"]]
-    assert commands == ["enclave-build init --force --base standin face",
-                        "enclave-build build face", "enclave-build dev face"]
+    assert commands == [
+        "enclave-build init --force --base standin face",
+        "enclave-build build face",
+        "enclave-build dev face",
+    ]
     for command in commands[:2]:
         ran = run_cli(*command.split()[1:], cwd=tmp_path)
         assert ran.returncode == 0, (command, ran.stderr.decode())
@@ -292,5 +355,6 @@ def test_init_secret_server_writes_its_own_spec_and_steps(tmp_path):
     # What is left for the user is named by the spec check, file, line and key.
     with pytest.raises(SpecError) as missing:
         load_spec(result.spec, _sections())
-    assert any("secret-server.policies: required key is missing" in line
-               for line in missing.value.lines()), missing.value.lines()
+    assert any(
+        "secret-server.policies: required key is missing" in line for line in missing.value.lines()
+    ), missing.value.lines()

@@ -16,7 +16,7 @@ from enclave_build.builder.image.inspect import extract_image
 
 from .conftest import image_rootfs, run_cli, tflite_bytes, write_spec
 
-SPEC = '''[service]
+SPEC = """[service]
 name = "face"
 framework = "tflite"
 
@@ -31,7 +31,7 @@ isv_svn = 9
 
 [signing]
 key = "key.pem"
-'''
+"""
 
 _REPR = re.compile(r"\b(True|False|None)\b")
 
@@ -41,10 +41,19 @@ def built(tmp_path_factory, standin_root, signing_key) -> Path:
     """A stand-in build output (DIR/oci + measurements.json)."""
     directory = tmp_path_factory.mktemp("build")
     (directory / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 10))
-    shutil.copy(signing_key, directory / "key.pem")   # copy2 keeps mode 0600
+    shutil.copy(signing_key, directory / "key.pem")  # copy2 keeps mode 0600
     write_spec(directory, SPEC)
-    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   "--quiet", cwd=directory, env={"XDG_CACHE_HOME": str(directory / "cache")})
+    proc = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "out",
+        "--quiet",
+        cwd=directory,
+        env={"XDG_CACHE_HOME": str(directory / "cache")},
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return directory / "out"
 
@@ -58,18 +67,25 @@ def test_extract_from_a_build_dir(built, tmp_path):
         assert f"wrote            {audit / name}" in out
     files = image_rootfs(built)
     assert (audit / "face.sig").read_bytes() == (files / "enclave/face.sig").read_bytes()
-    assert (audit / "face.manifest.sgx").read_bytes() == \
-        (files / "enclave/face.manifest.sgx").read_bytes()
+    assert (audit / "face.manifest.sgx").read_bytes() == (
+        files / "enclave/face.manifest.sgx"
+    ).read_bytes()
     assert (audit / "measurements.json").read_bytes() == (built / "measurements.json").read_bytes()
-    assert sorted(p.name for p in audit.iterdir()) == \
-        ["face.manifest.sgx", "face.sig", "measurements.json"]
+    assert sorted(p.name for p in audit.iterdir()) == [
+        "face.manifest.sgx",
+        "face.sig",
+        "measurements.json",
+    ]
 
 
 def test_extract_from_an_image_writes_its_labels(built, tmp_path):
     result = extract_image(f"oci:{built / 'oci'}", tmp_path / "audit")
     assert result.inspection.agrees, result.inspection.problems
-    assert sorted(p.name for p in result.written) == \
-        ["face.manifest.sgx", "face.sig", "labels.json"]
+    assert sorted(p.name for p in result.written) == [
+        "face.manifest.sgx",
+        "face.sig",
+        "labels.json",
+    ]
     labels = json.loads((tmp_path / "audit/labels.json").read_text())
     measurements = json.loads((built / "measurements.json").read_text())
     assert labels["labels"]["org.enclave-build.mr_enclave"] == measurements["mr_enclave"]
@@ -83,7 +99,7 @@ def test_extract_never_overwrites(built, tmp_path):
     with pytest.raises(UsageError) as refused:
         extract_image(str(built), audit)
     assert str(audit / "face.sig") in str(refused.value)
-    assert sorted(p.name for p in audit.iterdir()) == ["face.sig"]   # nothing else written
+    assert sorted(p.name for p in audit.iterdir()) == ["face.sig"]  # nothing else written
     assert (audit / "face.sig").read_bytes() == b"mine"
     proc = run_cli("inspect", str(built), "--extract", str(audit))
     assert proc.returncode == 2 and "not overwriting" in proc.stderr.decode()
@@ -106,12 +122,13 @@ def test_a_mistyped_build_dir_is_named_when_the_registry_fails(built, monkeypatc
         inspect_image(f"{project.name}/ot")
     assert str(mistyped.value) == (
         "cannot reach registry registry-1.docker.io: no network; as a build directory, "
-        f"{project.name}/ot does not exist: did you mean {project.name}/out?")
+        f"{project.name}/ot does not exist: did you mean {project.name}/out?"
+    )
     monkeypatch.chdir(project)
     with pytest.raises(inspect_module.ImageError) as bare:
         inspect_image("ot")
     assert str(bare.value).endswith("did you mean out?")
-    with pytest.raises(inspect_module.ImageError) as unrelated:   # nothing near: as it was
+    with pytest.raises(inspect_module.ImageError) as unrelated:  # nothing near: as it was
         inspect_image("library-image")
     assert str(unrelated.value) == "cannot reach registry registry-1.docker.io: no network"
 
@@ -128,13 +145,29 @@ def test_one_output_style_for_sigstruct_and_inspect(built, tmp_path):
     assert "mode64bit=true" in text
 
     as_json = json.loads(run_cli("gramine", "sigstruct", str(sig), "--json").stdout)
-    assert set(as_json) == {"mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "date",
-                            "debug", "attributes", "signature_valid", "signature_problem"}
+    assert set(as_json) == {
+        "mr_enclave",
+        "mr_signer",
+        "isv_prod_id",
+        "isv_svn",
+        "date",
+        "debug",
+        "attributes",
+        "signature_valid",
+        "signature_problem",
+    }
     assert as_json["signature_valid"] is True and as_json["signature_problem"] is None
     inspected = json.loads(run_cli("inspect", str(built), "--json").stdout)
     assert inspected["sigstruct"] == as_json
-    assert set(inspected) == {"image", "digest", "labels", "sigstruct", "rederived", "agrees",
-                              "problems"}
+    assert set(inspected) == {
+        "image",
+        "digest",
+        "labels",
+        "sigstruct",
+        "rederived",
+        "agrees",
+        "problems",
+    }
     assert inspected["rederived"]["mr_enclave"] == as_json["mr_enclave"]
     inspect_text = run_cli("inspect", str(built)).stdout.decode()
     assert not _REPR.search(inspect_text)
@@ -145,13 +178,16 @@ def test_one_output_style_for_sigstruct_and_inspect(built, tmp_path):
     (tmp_path / "bad.sig").write_bytes(bytes(tampered))
     bad = run_cli("gramine", "sigstruct", str(tmp_path / "bad.sig"))
     assert bad.returncode == 1
-    assert re.search(r"^signature\s+INVALID: the RSA signature does not verify",
-                     bad.stdout.decode(), re.M)
+    assert re.search(
+        r"^signature\s+INVALID: the RSA signature does not verify", bad.stdout.decode(), re.M
+    )
     assert b"signature does not verify" in bad.stderr
-    bad_json = json.loads(run_cli("gramine", "sigstruct", str(tmp_path / "bad.sig"),
-                                  "--json").stdout)
-    assert bad_json["signature_valid"] is False and "does not verify" in \
-        bad_json["signature_problem"]
+    bad_json = json.loads(
+        run_cli("gramine", "sigstruct", str(tmp_path / "bad.sig"), "--json").stdout
+    )
+    assert (
+        bad_json["signature_valid"] is False and "does not verify" in bad_json["signature_problem"]
+    )
 
 
 def test_json_on_commands_that_print_structured_data(tmp_path):
@@ -175,4 +211,4 @@ def test_json_on_commands_that_print_structured_data(tmp_path):
     info = json.loads(pki.stdout)
     assert set(info) == {"written", "root_ca", "collateral", "synthetic"}
     assert info["synthetic"] is True and Path(info["root_ca"]).is_file()
-    assert b"SYNTHETIC TEST root" in pki.stderr   # the warning stays, on stderr
+    assert b"SYNTHETIC TEST root" in pki.stderr  # the warning stays, on stderr

@@ -26,14 +26,15 @@ from click.testing import CliRunner
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.builder.build import load, make_plan, policy_fragment
 from enclave_build.builder.cli import main
+from enclave_build.builder.deploy.service_info import ServiceInfo, ServiceInfoError, service_info
 from enclave_build.builder.k8s import capacity, timing
 from enclave_build.builder.k8s.generate import Overrides, generate_k8s, render
 from enclave_build.builder.k8s.inputs import K8sError, pinned_image
 from enclave_build.builder.k8s.layout import MARKER, OVERLAY, Manifests
-from enclave_build.builder.deploy.service_info import ServiceInfo, ServiceInfoError, service_info
-from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.builder.spec import SpecError
 from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.names import SERVICE_FILE
+
 from .conftest import tflite_bytes
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -77,9 +78,17 @@ def _model_files(models: Path, example: str) -> None:
 NOT_LOOPBACK = 'server = "secrets.example.com:4433"'
 
 
-def make_build(tmp: Path, example: str, *, deploy: str = DEPLOY, size: str | None = None,
-               extra: str = "", image_ref: str | None = None,
-               replace: dict[str, str] | None = None, loopback: bool = False) -> Path:
+def make_build(
+    tmp: Path,
+    example: str,
+    *,
+    deploy: str = DEPLOY,
+    size: str | None = None,
+    extra: str = "",
+    image_ref: str | None = None,
+    replace: dict[str, str] | None = None,
+    loopback: bool = False,
+) -> Path:
     """A build output directory for examples/EXAMPLE/spec.toml (+ *deploy*), without Docker;
     *replace* maps text of the example spec to what it becomes. A loopback [secrets] server
     left in the spec becomes secrets.example.com (`k8s` refuses a loopback one), unless
@@ -106,17 +115,22 @@ def make_build(tmp: Path, example: str, *, deploy: str = DEPLOY, size: str | Non
     out = spec_dir / "out"
     out.mkdir(exist_ok=True)
     measurements = Measurements(
-        service=plan.service, framework=plan.framework, libos=plan.libos,
-        identity=EnclaveIdentity("ab" * 32, "cd" * 32, plan.enclave.isv_prod_id,
-                                 plan.enclave.isv_svn, False),
-        image=ImageRef(image_ref or f"registry.example.com/{plan.service}@{DIGEST}", DIGEST))
+        service=plan.service,
+        framework=plan.framework,
+        libos=plan.libos,
+        identity=EnclaveIdentity(
+            "ab" * 32, "cd" * 32, plan.enclave.isv_prod_id, plan.enclave.isv_svn, False
+        ),
+        image=ImageRef(image_ref or f"registry.example.com/{plan.service}@{DIGEST}", DIGEST),
+    )
     (out / "measurements.json").write_text(measurements.to_json())
     info = service_info(plan, spec.deploy, (10001, 0), tls=spec.tls is not None)
     (out / SERVICE_FILE).write_text(info.to_json())
     if plan.secrets is not None and plan.secrets.keys:
         key_files = {k.name: spec.secrets.keys_dir / f"{k.name}.key" for k in plan.secrets.keys}
         (out / "secrets-policy.toml").write_text(
-            policy_fragment(plan, measurements, key_files, out))
+            policy_fragment(plan, measurements, key_files, out)
+        )
     return out
 
 
@@ -169,14 +183,17 @@ def test_every_object_matches_the_api_schema(examples, example, version):
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{example}/{path} ({obj['kind']}) is not valid for Kubernetes "
-                        f"{version}: {str(exc).splitlines()[0]} at {list(exc.path)}")
+            pytest.fail(
+                f"{example}/{path} ({obj['kind']}) is not valid for Kubernetes "
+                f"{version}: {str(exc).splitlines()[0]} at {list(exc.path)}"
+            )
 
 
 def test_the_schema_check_catches_a_wrong_field(examples):
     """The validation above can fail: a misspelt field in our Deployment is rejected."""
-    deployment = json.loads(json.dumps(
-        examples["tflite"].objects["base/model-server/deployment.yaml"]))
+    deployment = json.loads(
+        json.dumps(examples["tflite"].objects["base/model-server/deployment.yaml"])
+    )
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSIONS[0], strict=True)
@@ -206,8 +223,10 @@ def test_nothing_is_privileged_or_mounts_a_host_path(examples, example):
             assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}, c["name"]
             assert ctx["readOnlyRootFilesystem"] is True, c["name"]
             assert "@sha256:" in c["image"], c["name"]
-    assert objects["base/namespace.yaml"]["metadata"]["labels"][
-        "pod-security.kubernetes.io/enforce"] == "restricted"
+    assert (
+        objects["base/namespace.yaml"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+        == "restricted"
+    )
 
 
 def test_model_server_deployment_for_the_tflite_example(examples):
@@ -217,33 +236,42 @@ def test_model_server_deployment_for_the_tflite_example(examples):
     assert enclave["image"] == f"registry.example.com/face-detect@{DIGEST}"
     limits = enclave["resources"]["limits"]
     # 2G enclave + Gramine's 1 MiB margin; one enclave device; no provisioning key.
-    assert limits["sgx.intel.com/epc"] == "2049Mi" == enclave["resources"]["requests"][
-        "sgx.intel.com/epc"]
+    assert (
+        limits["sgx.intel.com/epc"]
+        == "2049Mi"
+        == enclave["resources"]["requests"]["sgx.intel.com/epc"]
+    )
     assert limits["sgx.intel.com/enclave"] == "1" and "sgx.intel.com/provision" not in limits
-    assert limits["cpu"] == "4"                      # min(max_threads 32, 4)
+    assert limits["cpu"] == "4"  # min(max_threads 32, 4)
     aesmd = next(c for c in pod["initContainers"] if c["name"] == "aesmd")
     assert aesmd["restartPolicy"] == "Always"
     assert aesmd["resources"]["limits"]["sgx.intel.com/provision"] == "1"
     assert enclave["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert enclave["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert enclave["startupProbe"]["failureThreshold"] == \
-        timing.startup_failure_threshold(2 << 30, edmm=False, keys=1)
+    assert enclave["startupProbe"]["failureThreshold"] == timing.startup_failure_threshold(
+        2 << 30, edmm=False, keys=1
+    )
     assert pod["terminationGracePeriodSeconds"] == timing.grace_period(2 << 30, 20.0)
     # The encrypted model directory is copied into an emptyDir (Gramine opens it read-write).
     stage = next(c for c in pod["initContainers"] if c["name"].startswith("stage-"))
     assert stage["command"][:2] == ["cp", "-R"] and stage["image"] == enclave["image"]
     mounted = {m["mountPath"] for m in enclave["volumeMounts"]}
     assert "/var/run/aesmd" in mounted and any(p.startswith("/models/") for p in mounted)
-    assert [m["pods"]["metric"]["name"] for m in
-            examples["tflite"].objects["base/model-server/hpa.yaml"]["spec"]["metrics"]] == [
-        "model_server_queue_depth", "model_server_request_latency_p95_seconds",
-        "model_server_memory_in_use_ratio"]
+    assert [
+        m["pods"]["metric"]["name"]
+        for m in examples["tflite"].objects["base/model-server/hpa.yaml"]["spec"]["metrics"]
+    ] == [
+        "model_server_queue_depth",
+        "model_server_request_latency_p95_seconds",
+        "model_server_memory_in_use_ratio",
+    ]
 
 
 def test_tfserving_gets_tcp_probes_and_no_hpa(examples):
     m = examples["tfserving"]
     enclave = m.objects["base/model-server/deployment.yaml"]["spec"]["template"]["spec"][
-        "containers"][0]
+        "containers"
+    ][0]
     assert enclave["readinessProbe"]["tcpSocket"] == {"port": "grpc"}
     assert "base/model-server/hpa.yaml" not in m.objects
     assert any("HorizontalPodAutoscaler" in n and "CPU alone" in n for n in m.notes)
@@ -254,15 +282,18 @@ def test_secret_server_config_is_the_builds_policy(examples):
     m = examples["tflite"]
     data = m.objects["base/secret-server/configmap.yaml"]["data"]
     config = tomllib.loads(data["secrets.toml"])
-    assert config["attestation"] == {"root_ca": "intel", "pccs_url":
-                                     "https://pccs.example.com:8081/sgx/certification/v4/"}
-    assert config["secrets"] == [{"name": "face-detect-key",
-                                  "file": "../keys/face-detect-key.key",
-                                  "allow": ["face-detect"]}]
+    assert config["attestation"] == {
+        "root_ca": "intel",
+        "pccs_url": "https://pccs.example.com:8081/sgx/certification/v4/",
+    }
+    assert config["secrets"] == [
+        {"name": "face-detect-key", "file": "../keys/face-detect-key.key", "allow": ["face-detect"]}
+    ]
     assert json.loads(data["face-detect.measurements.json"])["mr_enclave"] == "ab" * 32
     overlay = yaml.safe_load(m.overlay["kustomization.yaml"])
     assert overlay["secretGenerator"][1]["files"] == [
-        "face-detect-key.key=secrets/face-detect-key.key"]
+        "face-detect-key.key=secrets/face-detect-key.key"
+    ]
 
 
 def test_key_bytes_never_enter_the_output(tmp_path):
@@ -286,11 +317,12 @@ def test_enclave_size_changes_the_epc_request_and_the_capacity_plan(tmp_path):
 
     def epc(m):
         return m.objects["base/model-server/deployment.yaml"]["spec"]["template"]["spec"][
-            "containers"][0]["resources"]["requests"]["sgx.intel.com/epc"]
+            "containers"
+        ][0]["resources"]["requests"]["sgx.intel.com/epc"]
 
     assert (epc(small), epc(large)) == ("2049Mi", "4097Mi")
     plans = [capacity.plan_capacity(size << 30, 32 << 30, 3) for size in (2, 4)]
-    assert [p.replicas_per_node for p in plans] == [10, 7]   # 2G: device limit; 4G: EPC
+    assert [p.replicas_per_node for p in plans] == [10, 7]  # 2G: device limit; 4G: EPC
     assert [p.limited_by for p in plans] == ["enclave-limit", "epc"]
     assert plans[1].replicas == 21 and plans[1].epc_per_pod == (4096 + 1 + 8) << 20
 
@@ -310,14 +342,19 @@ def test_an_unpushed_build_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(K8sError, match=r"push it first.*--push"):
         render(out)
     good = f"registry.example.com/ml/face-detect@{DIGEST}"
-    assert render(out, Overrides(image=good)).objects[
-        "base/model-server/deployment.yaml"]["spec"]["template"]["spec"]["containers"][0][
-        "image"] == good
+    assert (
+        render(out, Overrides(image=good)).objects["base/model-server/deployment.yaml"]["spec"][
+            "template"
+        ]["spec"]["containers"][0]["image"]
+        == good
+    )
     with pytest.raises(K8sError, match="another image than the one measured"):
         render(out, Overrides(image="registry.example.com/x@sha256:" + "9" * 64))
     m = Measurements.load(out / "measurements.json")
-    assert pinned_image(m, f"reg.example.com:5000/a/b:v1@{DIGEST}") == \
-        f"reg.example.com:5000/a/b@{DIGEST}"
+    assert (
+        pinned_image(m, f"reg.example.com:5000/a/b:v1@{DIGEST}")
+        == f"reg.example.com:5000/a/b@{DIGEST}"
+    )
 
 
 def test_missing_deploy_settings_are_named(tmp_path):
@@ -329,38 +366,54 @@ def test_missing_deploy_settings_are_named(tmp_path):
     with pytest.raises(K8sError) as info:
         render(out, Overrides(pccs_url="https://pccs.example.com/", aesmd_image=AESMD))
     assert "pccs_url" not in str(info.value) and "secret_server_image" in str(info.value)
-    assert render(out, Overrides(pccs_url="https://pccs.example.com/", aesmd_image=AESMD,
-                                 secret_server_image=SECRET_SERVER)).objects
+    assert render(
+        out,
+        Overrides(
+            pccs_url="https://pccs.example.com/",
+            aesmd_image=AESMD,
+            secret_server_image=SECRET_SERVER,
+        ),
+    ).objects
 
 
 def test_ingress_needs_tls_and_passes_it_through(tmp_path):
-    plain = make_build(tmp_path / "a", "tflite",
-                       deploy=DEPLOY + 'ingress_host = "infer.example.com"\n')
+    plain = make_build(
+        tmp_path / "a", "tflite", deploy=DEPLOY + 'ingress_host = "infer.example.com"\n'
+    )
     with pytest.raises(K8sError, match="TLS passthrough"):
         render(plain)
-    tls = make_build(tmp_path / "b", "tflite",
-                     deploy=DEPLOY + 'ingress_host = "infer.example.com"\n',
-                     extra='\n[tls]\ncert = "../keys/tls.crt"\nkey = "../keys/tls.key"\n')
+    tls = make_build(
+        tmp_path / "b",
+        "tflite",
+        deploy=DEPLOY + 'ingress_host = "infer.example.com"\n',
+        extra='\n[tls]\ncert = "../keys/tls.crt"\nkey = "../keys/tls.key"\n',
+    )
     m = render(tls)
     ingress = m.objects["base/model-server/ingress.yaml"]
-    assert ingress["metadata"]["annotations"][
-        "nginx.ingress.kubernetes.io/ssl-passthrough"] == "true"
-    assert ingress["spec"]["rules"][0]["http"]["paths"][0][
-        "backend"]["service"]["port"] == {"name": "grpc"}
+    assert (
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-passthrough"] == "true"
+    )
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"] == {
+        "name": "grpc"
+    }
     probe = m.objects["base/model-server/deployment.yaml"]["spec"]["template"]["spec"][
-        "containers"][0]["readinessProbe"]["httpGet"]
+        "containers"
+    ][0]["readinessProbe"]["httpGet"]
     assert probe["scheme"] == "HTTPS"
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(ingress, version, strict=True)
 
 
-@pytest.mark.parametrize("deploy, key, message", [
-    ('[deploy]\ncpu_limit = "64"\n', "deploy.cpu_limit", "more than [enclave] max_threads"),
-    ('[deploy]\nreplicas = 4\nmax_replicas = 2\n', "deploy.max_replicas", "less than replicas"),
-    ('[deploy]\ncpu = "lots"\n', "deploy.cpu", "allowed: CPUs"),
-    ('[deploy]\nreplica = 2\n', "deploy.replica", "did you mean 'replicas'"),
-    ('[deploy]\npccs_url = "http://pccs"\n', "deploy.pccs_url", "https://"),
-])
+@pytest.mark.parametrize(
+    "deploy, key, message",
+    [
+        ('[deploy]\ncpu_limit = "64"\n', "deploy.cpu_limit", "more than [enclave] max_threads"),
+        ("[deploy]\nreplicas = 4\nmax_replicas = 2\n", "deploy.max_replicas", "less than replicas"),
+        ('[deploy]\ncpu = "lots"\n', "deploy.cpu", "allowed: CPUs"),
+        ("[deploy]\nreplica = 2\n", "deploy.replica", "did you mean 'replicas'"),
+        ('[deploy]\npccs_url = "http://pccs"\n', "deploy.pccs_url", "https://"),
+    ],
+)
 def test_deploy_spec_errors_name_file_line_and_key(tmp_path, deploy, key, message):
     with pytest.raises(SpecError) as info:
         make_build(tmp_path, "tflite", deploy="\n" + deploy)
@@ -377,8 +430,11 @@ def test_service_json_round_trips(tmp_path):
     assert info.deploy.max_replicas == 6
     bad = json.loads(info.to_json())
     bad["health"]["port"] = "nope"
-    with pytest.raises(ServiceInfoError, match=r"service\.json: health\.port: 'nope' is not "
-                       "allowed; allowed: grpc, http"):
+    with pytest.raises(
+        ServiceInfoError,
+        match=r"service\.json: health\.port: 'nope' is not "
+        "allowed; allowed: grpc, http",
+    ):
         ServiceInfo.from_dict(bad, "service.json")
 
 
@@ -406,13 +462,26 @@ def test_cli_k8s_and_plan_capacity(tmp_path):
     result = runner.invoke(main, ["k8s", str(out), "--output", str(tmp_path / "d"), "--json"])
     assert result.exit_code == 0, result.output
     assert "base/model-server/deployment.yaml" in json.loads(result.output)["files"]
-    result = runner.invoke(main, ["plan-capacity", str(out), "--epc-per-node", "64G",
-                                  "--nodes", "3", "--json"])
+    result = runner.invoke(
+        main, ["plan-capacity", str(out), "--epc-per-node", "64G", "--nodes", "3", "--json"]
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     assert plan["enclave_size"] == 2 << 30 and plan["replicas"] == 30
-    result = runner.invoke(main, ["plan-capacity", "--enclave-size", "4G", "--epc-per-node",
-                                  "64Gi", "--nodes", "3", "--libos", "occlum"])
+    result = runner.invoke(
+        main,
+        [
+            "plan-capacity",
+            "--enclave-size",
+            "4G",
+            "--epc-per-node",
+            "64Gi",
+            "--nodes",
+            "3",
+            "--libos",
+            "occlum",
+        ],
+    )
     assert result.exit_code == 0, result.output
     # 4096 + 160 + 8 MiB (quoting enclaves in the enclave container, no sidecar): 15 a node
     assert "margin 160Mi + quoting enclaves 8Mi" in result.output
@@ -426,7 +495,9 @@ def test_cli_k8s_and_plan_capacity(tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not installed")
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (with kustomize) not installed"
+)
 def test_kubectl_kustomize_builds_the_overlay(tmp_path):
     """What `kubectl apply -k` would send: the generated Secrets get hashed names and the
     base's references follow them; every object passes the schema."""
@@ -437,24 +508,34 @@ def test_kubectl_kustomize_builds_the_overlay(tmp_path):
     for name in ("tls.crt", "tls.key"):
         (secrets / name).write_text("placeholder\n")
     (secrets / "face-detect-key.key").write_bytes(bytes(16))
-    built = subprocess.run(["kubectl", "kustomize", str(target / OVERLAY)], check=True,
-                           capture_output=True, text=True, timeout=60).stdout
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(target / OVERLAY)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     docs = [d for d in yaml.safe_load_all(built) if d]
     kinds = sorted(d["kind"] for d in docs)
     assert kinds.count("Secret") == 2 and "HorizontalPodAutoscaler" in kinds
     names = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
-    server = next(d for d in docs if d["kind"] == "Deployment"
-                  and d["metadata"]["name"] == "face-detect-secrets")
-    used = {v["secret"]["secretName"] for v in server["spec"]["template"]["spec"]["volumes"]
-            if "secret" in v}
+    server = next(
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "face-detect-secrets"
+    )
+    used = {
+        v["secret"]["secretName"]
+        for v in server["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+    }
     assert used == names and all(re.search(r"-[a-z0-9]{10}$", n) for n in names)
     for doc in docs:
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_a_real_build_writes_service_json_that_k8s_deploys(tmp_path, standin_root,
-                                                            signing_key):
+def test_a_real_build_writes_service_json_that_k8s_deploys(tmp_path, standin_root, signing_key):
     """A stand-in build (no Docker) writes service.json; k8s refuses the unpushed image and
     deploys it once the operator names where the image (same digest) was copied."""
     from enclave_build.builder.build import build
@@ -510,30 +591,58 @@ def test_secret_server_address_note_fits_the_address(examples):
         assert "make that name resolve to the Service" in notes[0]
 
 
-@pytest.mark.parametrize("host", ["localhost", "LOCALHOST.", "keys.localhost", "127.0.0.1",
-                                  "127.1.2.3", "[::1]", "0.0.0.0", "[::]", "[::ffff:127.0.0.1]"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "LOCALHOST.",
+        "keys.localhost",
+        "127.0.0.1",
+        "127.1.2.3",
+        "[::1]",
+        "0.0.0.0",
+        "[::]",
+        "[::ffff:127.0.0.1]",
+    ],
+)
 def test_a_loopback_secret_server_is_refused_with_the_rebuild(tmp_path, host):
     """Inside a pod a loopback address is the pod itself: the enclave (which measured that
     address) never gets its keys. Refused (exit 2 at the CLI), naming the in-cluster Service
     to rebuild with; nothing is rendered."""
-    out = make_build(tmp_path, "tflite", loopback=True,
-                     replace={'server = "localhost:4433"': f'server = "{host}:4433"'})
+    out = make_build(
+        tmp_path,
+        "tflite",
+        loopback=True,
+        replace={'server = "localhost:4433"': f'server = "{host}:4433"'},
+    )
     with pytest.raises(K8sError) as caught:
         render(out)
     message = str(caught.value)
     assert f"{out}/service.json: secret_server:" in message
     assert f"{host}:4433, a loopback address measured into it" in message
-    assert ('[secrets] server = "face-detect-secrets.face-detect.svc.cluster.local:4433"'
-            in message)
+    assert '[secrets] server = "face-detect-secrets.face-detect.svc.cluster.local:4433"' in message
     assert "--host face-detect-secrets.face-detect.svc.cluster.local" in message
     assert "enclave-build build SPEC" in message and "init --k8s face-detect" in message
 
 
-@pytest.mark.parametrize("host, loopback", [
-    ("localhost", True), ("a.b.localhost", True), ("127.255.0.1", True), ("::1", True),
-    ("0.0.0.0", True), ("::", True), ("::ffff:127.0.0.1", True), ("localhost.example.com", False),
-    ("mylocalhost", False), ("10.0.0.1", False), ("128.0.0.1", False), ("::2", False),
-    ("secrets.example.com", False)])
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("localhost", True),
+        ("a.b.localhost", True),
+        ("127.255.0.1", True),
+        ("::1", True),
+        ("0.0.0.0", True),
+        ("::", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost.example.com", False),
+        ("mylocalhost", False),
+        ("10.0.0.1", False),
+        ("128.0.0.1", False),
+        ("::2", False),
+        ("secrets.example.com", False),
+    ],
+)
 def test_is_loopback(host, loopback):
     from enclave_build.builder.k8s.secret_server import is_loopback
 
@@ -545,10 +654,16 @@ def test_k8s_cli_exits_2_for_a_loopback_secret_server(tmp_path):
     writes nothing, where it used to exit 0 with YAML that could never become ready."""
     out = make_build(tmp_path, "tflite", loopback=True)
     target = tmp_path / "deploy"
-    result = subprocess.run([sys.executable, "-m", "enclave_build", "k8s", str(out), "-o",
-                             str(target)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "enclave_build", "k8s", str(out), "-o", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert "error: " in result.stderr and "localhost:4433, a loopback address" in result.stderr
-    assert ('error:   [secrets] server = "face-detect-secrets.face-detect.svc.cluster.local:4433"'
-            in result.stderr)
+    assert (
+        'error:   [secrets] server = "face-detect-secrets.face-detect.svc.cluster.local:4433"'
+        in result.stderr
+    )
     assert not target.exists()

@@ -22,12 +22,12 @@ from cryptography.x509.oid import NameOID
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.builder.build import load, make_plan
 from enclave_build.builder.cli import main
+from enclave_build.builder.deploy.service_info import ServiceInfo, service_info
 from enclave_build.builder.k8s.autoscaling import LATENCY, adapter_helm_values, adapter_rules
 from enclave_build.builder.k8s.generate import render
 from enclave_build.builder.k8s.inputs import K8sError
-from enclave_build.builder.deploy.service_info import ServiceInfo, service_info
-from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.names import SERVICE_FILE
 from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build, walk
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -41,16 +41,23 @@ def _objects(manifests, kind: str) -> list[dict]:
 
 def test_one_replica_can_still_be_drained_and_rollouts_surge_by_one(tmp_path):
     """A minAvailable: 1 budget over one replica would block every node drain forever."""
-    m = render(make_build(tmp_path, "tflite", deploy=DEPLOY.replace(
-        "max_replicas = 6", "replicas = 1\nsecret_server_replicas = 1")))
+    m = render(
+        make_build(
+            tmp_path,
+            "tflite",
+            deploy=DEPLOY.replace("max_replicas = 6", "replicas = 1\nsecret_server_replicas = 1"),
+        )
+    )
     budgets = _objects(m, "PodDisruptionBudget")
-    assert len(budgets) == 2                           # model server and secret server
+    assert len(budgets) == 2  # model server and secret server
     for pdb in budgets:
         assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
     deployment = m.objects["base/model-server/deployment.yaml"]
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {
-        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
 
 
 def test_the_latency_metric_is_zero_not_nan_for_an_idle_pod():
@@ -75,9 +82,15 @@ def test_the_helm_values_carry_the_same_rules_as_the_adapter_config(tmp_path):
 
 def _server_measurements(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(Measurements(
-        "keys", "secret-server", "gramine", EnclaveIdentity("ee" * 32, "cd" * 32, 9, 1, False),
-        ImageRef(f"registry.example.com/keys@{DIGEST}", DIGEST)).to_json())
+    path.write_text(
+        Measurements(
+            "keys",
+            "secret-server",
+            "gramine",
+            EnclaveIdentity("ee" * 32, "cd" * 32, 9, 1, False),
+            ImageRef(f"registry.example.com/keys@{DIGEST}", DIGEST),
+        ).to_json()
+    )
     return path
 
 
@@ -87,13 +100,16 @@ def test_an_enclave_that_trusts_only_an_attested_secret_server_gets_none_in_clus
     generated, and nothing asks for a secret-server image."""
     _server_measurements(tmp_path / "examples" / "keys" / "keys.measurements.json")
     out = make_build(
-        tmp_path, "tflite",
-        deploy=DEPLOY.replace(f'secret_server_image = "', '# secret_server_image = "'),
-        replace={'ca = "../keys/demo-ca.pem"':
-                 'server_measurements = ["../keys/keys.measurements.json"]\n'
-                 'server_pin = "mr_signer"\n'
-                 f'server_pccs_url = "{PCCS}"',
-                 'server = "localhost:4433"': 'server = "keys.example.com:4433"'})
+        tmp_path,
+        "tflite",
+        deploy=DEPLOY.replace('secret_server_image = "', '# secret_server_image = "'),
+        replace={
+            'ca = "../keys/demo-ca.pem"': 'server_measurements = ["../keys/keys.measurements.json"]\n'
+            'server_pin = "mr_signer"\n'
+            f'server_pccs_url = "{PCCS}"',
+            'server = "localhost:4433"': 'server = "keys.example.com:4433"',
+        },
+    )
     info = ServiceInfo.load(out / SERVICE_FILE)
     assert info.secret_server_enclave and info.keys == ("face-detect-key",)
     m = render(out)
@@ -115,12 +131,16 @@ def test_an_attested_secret_server_at_a_loopback_address_is_refused_too(tmp_path
     """The secret server is an enclave `k8s` does not deploy: still unreachable at localhost."""
     _server_measurements(tmp_path / "examples" / "keys" / "keys.measurements.json")
     out = make_build(
-        tmp_path, "tflite", loopback=True,
+        tmp_path,
+        "tflite",
+        loopback=True,
         deploy=DEPLOY.replace('secret_server_image = "', '# secret_server_image = "'),
-        replace={'ca = "../keys/demo-ca.pem"':
-                 'server_measurements = ["../keys/keys.measurements.json"]\n'
-                 'server_pin = "mr_signer"\n'
-                 f'server_pccs_url = "{PCCS}"'})
+        replace={
+            'ca = "../keys/demo-ca.pem"': 'server_measurements = ["../keys/keys.measurements.json"]\n'
+            'server_pin = "mr_signer"\n'
+            f'server_pccs_url = "{PCCS}"'
+        },
+    )
     with pytest.raises(K8sError, match="the secret-server enclave's address as the pods reach"):
         render(out)
 
@@ -129,17 +149,23 @@ def test_an_occlum_enclave_that_fetches_keys_needs_an_attested_secret_server(tmp
     """Occlum's init fetches every key over mutual RA-TLS (ratls.GrSecret): the plain
     in-cluster secret server could not answer it."""
     occlum = {'libos = "gramine"': 'libos = "occlum"'}
-    encrypted = ServiceInfo.load(make_build(tmp_path / "a", "tflite", replace=occlum)
-                                 / SERVICE_FILE)
+    encrypted = ServiceInfo.load(
+        make_build(tmp_path / "a", "tflite", replace=occlum) / SERVICE_FILE
+    )
     assert encrypted.libos == "occlum" and encrypted.keys and encrypted.secret_server_enclave
-    clear = make_build(tmp_path / "b", "tflite",
-                       replace={**occlum, "encrypt = true": "encrypt = false"})
+    clear = make_build(
+        tmp_path / "b", "tflite", replace={**occlum, "encrypt = true": "encrypt = false"}
+    )
     assert not ServiceInfo.load(clear / SERVICE_FILE).secret_server_enclave
     m = render(clear)
     assert not [p for p in m.objects if "secret-server" in p]
     # 2G + Occlum's margin: 96 MiB + 1 MiB for each of the 32 threads.
-    assert m.objects["base/model-server/deployment.yaml"]["spec"]["template"]["spec"][
-        "containers"][0]["resources"]["limits"]["sgx.intel.com/epc"] == f"{2048 + 96 + 32}Mi"
+    assert (
+        m.objects["base/model-server/deployment.yaml"]["spec"]["template"]["spec"]["containers"][0][
+            "resources"
+        ]["limits"]["sgx.intel.com/epc"]
+        == f"{2048 + 96 + 32}Mi"
+    )
 
 
 def test_an_occlum_pod_quotes_in_its_enclave_container(tmp_path):
@@ -148,21 +174,32 @@ def test_an_occlum_pod_quotes_in_its_enclave_container(tmp_path):
     container): the enclave container gets sgx.intel.com/provision, the quote provider's
     configuration and the quoting enclaves' EPC; the pod has no aesmd sidecar, so none is
     asked for; the capacity plan counts one device per pod."""
-    out = make_build(tmp_path, "tflite", replace={'libos = "gramine"': 'libos = "occlum"'},
-                     deploy=DEPLOY.replace("aesmd_image", "# aesmd_image"))
+    out = make_build(
+        tmp_path,
+        "tflite",
+        replace={'libos = "gramine"': 'libos = "occlum"'},
+        deploy=DEPLOY.replace("aesmd_image", "# aesmd_image"),
+    )
     info = ServiceInfo.load(out / SERVICE_FILE)
     assert info.libos == "occlum" and info.keys and not info.deploy.aesmd_image
     m = render(out)
     spec = m.objects["base/model-server/deployment.yaml"]["spec"]["template"]["spec"]
-    assert "initContainers" not in spec                     # no aesmd sidecar
+    assert "initContainers" not in spec  # no aesmd sidecar
     (enclave,) = spec["containers"]
     for kind in ("requests", "limits"):
         sgx = {k: v for k, v in enclave["resources"][kind].items() if k.startswith("sgx.")}
         # 2G + Occlum's margin (96 MiB + 32 threads) + 8 MiB for QE3 and PCE
-        assert sgx == {"sgx.intel.com/epc": f"{2048 + 96 + 32 + 8}Mi",
-                       "sgx.intel.com/enclave": "1", "sgx.intel.com/provision": "1"}
-    assert {"name": "qcnl-config", "mountPath": "/etc/sgx_default_qcnl.conf",
-            "subPath": "sgx_default_qcnl.conf", "readOnly": True} in enclave["volumeMounts"]
+        assert sgx == {
+            "sgx.intel.com/epc": f"{2048 + 96 + 32 + 8}Mi",
+            "sgx.intel.com/enclave": "1",
+            "sgx.intel.com/provision": "1",
+        }
+    assert {
+        "name": "qcnl-config",
+        "mountPath": "/etc/sgx_default_qcnl.conf",
+        "subPath": "sgx_default_qcnl.conf",
+        "readOnly": True,
+    } in enclave["volumeMounts"]
     assert {"name": "qcnl-config", "configMap": {"name": "face-detect-qcnl"}} in spec["volumes"]
     qcnl = m.objects["base/model-server/qcnl-configmap.yaml"]
     assert json.loads(qcnl["data"]["sgx_default_qcnl.conf"])["pccs_url"] == PCCS
@@ -170,16 +207,20 @@ def test_an_occlum_pod_quotes_in_its_enclave_container(tmp_path):
     for path, obj in m.objects.items():
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
-        for _where, key, value in walk(obj):   # the provisioning device is a plugin resource
+        for _where, key, value in walk(obj):  # the provisioning device is a plugin resource
             assert key != "hostPath" and not (key == "privileged" and value is True), path
     assert enclave["securityContext"]["allowPrivilegeEscalation"] is False
     assert enclave["securityContext"]["runAsNonRoot"] is True
-    result = CliRunner().invoke(main, ["plan-capacity", str(out), "--epc-per-node", "64Gi",
-                                       "--json"])
+    result = CliRunner().invoke(
+        main, ["plan-capacity", str(out), "--epc-per-node", "64Gi", "--json"]
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     assert (plan["sidecar_epc"], plan["quoting_epc"], plan["enclave_devices_per_pod"]) == (
-        0, 8 << 20, 1)
+        0,
+        8 << 20,
+        1,
+    )
     assert plan["epc_per_pod"] == (2048 + 96 + 32 + 8) << 20
     # ... while a Gramine pod still quotes through its aesmd sidecar
     gramine = render(make_build(tmp_path / "g", "tflite"))
@@ -191,11 +232,17 @@ def test_an_occlum_pod_quotes_in_its_enclave_container(tmp_path):
 def _owner_cert(path: Path) -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "owner")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
 
@@ -214,7 +261,7 @@ framework = "secret-server"
 
 [secret-server]
 policies = ["{model}"]
-owners = ["{_owner_cert(project / 'owner.crt')}"]
+owners = ["{_owner_cert(project / "owner.crt")}"]
 pccs_url = "{PCCS}"
 
 [signing]
@@ -241,22 +288,44 @@ def test_the_capacity_plan_follows_the_builds_enclave_size(tmp_path):
     plans = {}
     for size in ("2G", "8G"):
         out = make_build(tmp_path / size, "tflite", size=size)
-        result = CliRunner().invoke(main, ["plan-capacity", str(out), "--epc-per-node", "64Gi",
-                                           "--nodes", "2", "--json"])
+        result = CliRunner().invoke(
+            main, ["plan-capacity", str(out), "--epc-per-node", "64Gi", "--nodes", "2", "--json"]
+        )
         assert result.exit_code == 0, result.output
         plans[size] = json.loads(result.output)
     assert (plans["2G"]["epc_per_pod"], plans["8G"]["epc_per_pod"]) == (
-        (2048 + 1 + 8) << 20, (8192 + 1 + 8) << 20)
+        (2048 + 1 + 8) << 20,
+        (8192 + 1 + 8) << 20,
+    )
     assert (plans["2G"]["replicas"], plans["8G"]["replicas"]) == (20, 14)
-    text = CliRunner().invoke(main, ["plan-capacity", str(tmp_path / "8G" / "examples" /
-                                                         "tflite" / "out"),
-                                     "--epc-per-node", "64Gi", "--nodes", "2"]).output
+    text = (
+        CliRunner()
+        .invoke(
+            main,
+            [
+                "plan-capacity",
+                str(tmp_path / "8G" / "examples" / "tflite" / "out"),
+                "--epc-per-node",
+                "64Gi",
+                "--nodes",
+                "2",
+            ],
+        )
+        .output
+    )
     assert "at most 13 replicas" in text
 
 
-@pytest.mark.parametrize("registry, noted", [("127.0.0.1:5000", True), ("localhost:5000", True),
-                                             ("[::1]:5000", True), ("registry.example.com", False),
-                                             ("reg.example.com:5000", False)])
+@pytest.mark.parametrize(
+    "registry, noted",
+    [
+        ("127.0.0.1:5000", True),
+        ("localhost:5000", True),
+        ("[::1]:5000", True),
+        ("registry.example.com", False),
+        ("reg.example.com:5000", False),
+    ],
+)
 def test_an_image_in_a_loopback_registry_is_noted(tmp_path, registry, noted):
     m = render(make_build(tmp_path, "tflite", image_ref=f"{registry}/face-detect@{DIGEST}"))
     assert any("loopback registry" in n for n in m.notes) is noted

@@ -21,16 +21,35 @@ from enclave_build.builder.cli import main
 from enclave_build.builder.k8s.generate import Overrides, render
 from enclave_build.builder.k8s.inputs import K8sError
 from enclave_build.builder.k8s.layout import dump
-from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.builder.spec import SpecError
+from enclave_build.contract.names import SERVICE_FILE
 from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 #: Strings PyYAML would leave plain but go-yaml (kubectl: YAML 1.1 booleans y/n, Go number
 #: syntax) or kustomize (YAML 1.2: 1e3 is a float, 0o17 an int) read as another type.
-AMBIGUOUS = ["y", "n", "Y", "N", "1e3", "1E+3", "-1e3", "12e5", "1.5e3", "0o17", "08", "0777",
-             "0x1f", "yes", "off", "null", "~", ".inf", "1_000"]
+AMBIGUOUS = [
+    "y",
+    "n",
+    "Y",
+    "N",
+    "1e3",
+    "1E+3",
+    "-1e3",
+    "12e5",
+    "1.5e3",
+    "0o17",
+    "08",
+    "0777",
+    "0x1f",
+    "yes",
+    "off",
+    "null",
+    "~",
+    ".inf",
+    "1_000",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +75,13 @@ def _pod(manifests) -> dict:
 
 # -- YAML ---------------------------------------------------------------------------------
 
+
 def test_no_string_is_written_so_that_another_yaml_reader_retypes_it():
     text = dump({"values": AMBIGUOUS, "plain": ["face-detect", "2049Mi", "nginx"]})
     assert yaml.safe_load(text)["values"] == AMBIGUOUS
     for value in AMBIGUOUS:
-        assert f"- '{value}'\n" in text, value        # quoted, whatever the reader
-    assert "- face-detect\n- 2049Mi\n" in text        # the rest stays readable
+        assert f"- '{value}'\n" in text, value  # quoted, whatever the reader
+    assert "- face-detect\n- 2049Mi\n" in text  # the rest stays readable
 
 
 def test_an_object_used_twice_is_written_twice_not_as_an_alias():
@@ -71,8 +91,11 @@ def test_an_object_used_twice_is_written_twice_not_as_an_alias():
 
 
 def test_user_values_that_look_like_numbers_stay_strings_in_the_manifests(tmp_path):
-    out = make_build(tmp_path, "tflite", deploy=DEPLOY + 'namespace = "1e3"\n'
-                     'node_selector = { "y" = "n", "sgx" = "0o17" }\n')
+    out = make_build(
+        tmp_path,
+        "tflite",
+        deploy=DEPLOY + 'namespace = "1e3"\nnode_selector = { "y" = "n", "sgx" = "0o17" }\n',
+    )
     m = render(out)
     text = m.files["base/model-server/deployment.yaml"]
     assert "namespace: '1e3'" in text and "'y': 'n'" in text and "sgx: '0o17'" in text
@@ -82,47 +105,71 @@ def test_user_values_that_look_like_numbers_stay_strings_in_the_manifests(tmp_pa
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not installed")
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (with kustomize) not installed"
+)
 def test_kustomize_reads_ambiguous_values_as_strings(tmp_path):
     """kustomize (YAML 1.2) read an unquoted `namespace: 1e3` as the number 1000."""
     from enclave_build.builder.k8s.generate import generate_k8s
 
-    out = make_build(tmp_path, "tflite", deploy=DEPLOY + 'namespace = "1e3"\n'
-                     'node_selector = { "sgx" = "0o17" }\n')
+    out = make_build(
+        tmp_path,
+        "tflite",
+        deploy=DEPLOY + 'namespace = "1e3"\nnode_selector = { "sgx" = "0o17" }\n',
+    )
     target = tmp_path / "deploy"
     generate_k8s(out, target)
-    built = subprocess.run(["kubectl", "kustomize", str(target / "base")], check=True,
-                           capture_output=True, text=True, timeout=60).stdout
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(target / "base")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     docs = [d for d in yaml.safe_load_all(built) if d]
     assert {d["metadata"].get("namespace", d["metadata"]["name"]) for d in docs} == {"1e3"}
-    deployment = next(d for d in docs if d["kind"] == "Deployment"
-                      and d["metadata"]["name"] == "face-detect")
+    deployment = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "face-detect"
+    )
     assert deployment["spec"]["template"]["spec"]["nodeSelector"] == {"sgx": "0o17"}
 
 
 # -- [deploy] in the spec -----------------------------------------------------------------
 
-@pytest.mark.parametrize("deploy, key, message", [
-    ('aesmd_image = "registry.example.com/sgx-aesmd:latest"', "deploy.aesmd_image",
-     "not pinned by digest"),
-    ('aesmd_image = "x\\ny: z"', "deploy.aesmd_image", "invalid"),
-    ('secret_server_image = ""', "deploy.secret_server_image", "empty; allowed: an image"),
-    ('secret_server_image = "reg.example.com/eb@sha256:abc"', "deploy.secret_server_image",
-     "digest must be sha256:<64 hex>"),
-    ('node_selector = { "bad key!" = "true" }', "deploy.node_selector.bad key!",
-     "label key"),
-    ('node_selector = { "sgx" = "a b" }', "deploy.node_selector.sgx", "label value"),
-    ('node_selector = { "sgx" = "true\\n" }', "deploy.node_selector.sgx", "label value"),
-    ('node_selector = { "sgx\\n" = "true" }', "deploy.node_selector.sgx\n", "label key"),
-    ('node_selector = { "Bad_Prefix/sgx" = "true" }', "deploy.node_selector.Bad_Prefix/sgx",
-     "DNS subdomain"),
-    ('cpu = "0"', "deploy.cpu", "no CPU at all"),
-    ('cpu = "64"', "deploy.cpu", "more than [enclave] max_threads"),
-    ('ingress_host = "' + "a" * 64 + '.example.com"', "deploy.ingress_host", "too long"),
-])
+
+@pytest.mark.parametrize(
+    "deploy, key, message",
+    [
+        (
+            'aesmd_image = "registry.example.com/sgx-aesmd:latest"',
+            "deploy.aesmd_image",
+            "not pinned by digest",
+        ),
+        ('aesmd_image = "x\\ny: z"', "deploy.aesmd_image", "invalid"),
+        ('secret_server_image = ""', "deploy.secret_server_image", "empty; allowed: an image"),
+        (
+            'secret_server_image = "reg.example.com/eb@sha256:abc"',
+            "deploy.secret_server_image",
+            "digest must be sha256:<64 hex>",
+        ),
+        ('node_selector = { "bad key!" = "true" }', "deploy.node_selector.bad key!", "label key"),
+        ('node_selector = { "sgx" = "a b" }', "deploy.node_selector.sgx", "label value"),
+        ('node_selector = { "sgx" = "true\\n" }', "deploy.node_selector.sgx", "label value"),
+        ('node_selector = { "sgx\\n" = "true" }', "deploy.node_selector.sgx\n", "label key"),
+        (
+            'node_selector = { "Bad_Prefix/sgx" = "true" }',
+            "deploy.node_selector.Bad_Prefix/sgx",
+            "DNS subdomain",
+        ),
+        ('cpu = "0"', "deploy.cpu", "no CPU at all"),
+        ('cpu = "64"', "deploy.cpu", "more than [enclave] max_threads"),
+        ('ingress_host = "' + "a" * 64 + '.example.com"', "deploy.ingress_host", "too long"),
+    ],
+)
 def test_hostile_deploy_values_are_refused_at_the_spec(tmp_path, deploy, key, message):
-    base = "\n".join(line for line in DEPLOY.splitlines()
-                     if not line.startswith(deploy.split(" =")[0] + " ="))
+    base = "\n".join(
+        line for line in DEPLOY.splitlines() if not line.startswith(deploy.split(" =")[0] + " =")
+    )
     with pytest.raises(SpecError) as info:
         make_build(tmp_path, "tflite", deploy=base + "\n" + deploy + "\n")
     text = str(info.value)
@@ -130,15 +177,18 @@ def test_hostile_deploy_values_are_refused_at_the_spec(tmp_path, deploy, key, me
     assert message in text, text
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--aesmd-image", "registry.example.com/sgx-aesmd:2.24", "not pinned by digest"),
-    ("--secret-server-image", "not a reference", "invalid"),
-    ("--pccs-url", "http://pccs.example.com/", "https://"),
-])
-def test_command_line_overrides_get_the_same_checks(tflite_build, tmp_path, flag, value,
-                                                    message):
-    result = CliRunner().invoke(main, ["k8s", str(tflite_build), "-o", str(tmp_path / "d"),
-                                       flag, value])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--aesmd-image", "registry.example.com/sgx-aesmd:2.24", "not pinned by digest"),
+        ("--secret-server-image", "not a reference", "invalid"),
+        ("--pccs-url", "http://pccs.example.com/", "https://"),
+    ],
+)
+def test_command_line_overrides_get_the_same_checks(tflite_build, tmp_path, flag, value, message):
+    result = CliRunner().invoke(
+        main, ["k8s", str(tflite_build), "-o", str(tmp_path / "d"), flag, value]
+    )
     assert result.exit_code == 2, result.output
     assert f"error: {flag}: " in result.output and message in result.output
     assert not (tmp_path / "d").exists()
@@ -146,12 +196,14 @@ def test_command_line_overrides_get_the_same_checks(tflite_build, tmp_path, flag
 
 # -- tampered build outputs ---------------------------------------------------------------
 
+
 def _set(path, value):
     def change(data):
         node = data
         for part in path[:-1]:
             node = node[part]
         node[path[-1]] = value
+
     return change
 
 
@@ -163,8 +215,11 @@ SERVICE_CASES = [
     (("ports", 0, "protocol"), "ICMP", "ports[0].protocol: 'ICMP' is not allowed"),
     (("run_as", "user"), "10001", "run_as.user: expected an integer"),
     (("drain_seconds",), "20", "drain_seconds: expected seconds"),
-    (("writable_paths",), ["models/x"], "writable_paths[0]: 'models/x' is not allowed; allowed: "
-     "an absolute path"),
+    (
+        ("writable_paths",),
+        ["models/x"],
+        "writable_paths[0]: 'models/x' is not allowed; allowed: an absolute path",
+    ),
     (("keys",), "face-detect-key", "keys: expected an array"),
     (("secret_server",), "secrets", "secret_server: 'secrets' is not allowed"),
     (("tls",), "no", "tls: expected a boolean (true or false)"),
@@ -180,41 +235,57 @@ SERVICE_CASES = [
     (("surprise",), 1, "surprise: unknown key; allowed: version, service, "),
     # a trailing newline is not the end of a name: full matches only
     (("service",), "face-detect\n", "service: 'face-detect\\n' is not allowed"),
-    (("keys",), ["face-detect-key\n"], "keys[0]: 'face-detect-key\\n' is not allowed; allowed: "
-     "a key name"),
-    (("secret_server",), "localhost:4433\n", "secret_server: 'localhost:4433\\n' is not "
-     "allowed"),
-    (("health", "live"), "/v2/health/live\n", "health.live: '/v2/health/live\\n' is not "
-     "allowed"),
+    (
+        ("keys",),
+        ["face-detect-key\n"],
+        "keys[0]: 'face-detect-key\\n' is not allowed; allowed: a key name",
+    ),
+    (("secret_server",), "localhost:4433\n", "secret_server: 'localhost:4433\\n' is not allowed"),
+    (("health", "live"), "/v2/health/live\n", "health.live: '/v2/health/live\\n' is not allowed"),
     (("writable_paths",), ["/models/x\n"], "writable_paths[0]: '/models/x\\n' is not allowed"),
 ]
 
 
-@pytest.mark.parametrize("path, value, message", SERVICE_CASES,
-                         ids=[".".join(map(str, c[0])) + "=" + repr(c[1]) for c in SERVICE_CASES])
-def test_a_tampered_service_json_is_named_exit_2_nothing_written(tflite_build, tmp_path, path,
-                                                                value, message):
+@pytest.mark.parametrize(
+    "path, value, message",
+    SERVICE_CASES,
+    ids=[".".join(map(str, c[0])) + "=" + repr(c[1]) for c in SERVICE_CASES],
+)
+def test_a_tampered_service_json_is_named_exit_2_nothing_written(
+    tflite_build, tmp_path, path, value, message
+):
     out = _copy(tflite_build, tmp_path)
     _edit_json(out / SERVICE_FILE, _set(path, value))
-    for command in (["k8s", str(out), "-o", str(tmp_path / "d")],
-                    ["plan-capacity", str(out), "--epc-per-node", "64Gi"]):
+    for command in (
+        ["k8s", str(out), "-o", str(tmp_path / "d")],
+        ["plan-capacity", str(out), "--epc-per-node", "64Gi"],
+    ):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2, (command, result.output)
         assert "Traceback" not in result.output
         # FILE:LINE: KEY: message (the line of the key, or of its table)
-        assert re.search(re.escape(f"{out / SERVICE_FILE}:") + r"\d+: " + re.escape(message),
-                         result.output), result.output
+        assert re.search(
+            re.escape(f"{out / SERVICE_FILE}:") + r"\d+: " + re.escape(message), result.output
+        ), result.output
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("file, change, message", [
-    ("measurements.json", _set(("mr_enclave",), "ab"), "mr_enclave"),
-    ("measurements.json", _set(("image",), "x"), "image: expected a JSON object, got string 'x'"),
-    ("measurements.json", _set(("debug",), True), "debug: the build is a DEBUG enclave"),
-    ("secrets-policy.toml", None, "not TOML"),
-])
-def test_a_tampered_measurements_or_policy_is_named_exit_2(tflite_build, tmp_path, file, change,
-                                                           message):
+@pytest.mark.parametrize(
+    "file, change, message",
+    [
+        ("measurements.json", _set(("mr_enclave",), "ab"), "mr_enclave"),
+        (
+            "measurements.json",
+            _set(("image",), "x"),
+            "image: expected a JSON object, got string 'x'",
+        ),
+        ("measurements.json", _set(("debug",), True), "debug: the build is a DEBUG enclave"),
+        ("secrets-policy.toml", None, "not TOML"),
+    ],
+)
+def test_a_tampered_measurements_or_policy_is_named_exit_2(
+    tflite_build, tmp_path, file, change, message
+):
     out = _copy(tflite_build, tmp_path)
     if change is None:
         (out / file).write_text("[[[ not toml")
@@ -240,10 +311,13 @@ def test_a_root_image_is_refused(tflite_build, tmp_path):
         render(out)
 
 
-@pytest.mark.parametrize("service, message", [
-    ("1face", "cannot name a Kubernetes Service"),
-    ("f" * 56, "the secret server's Service name"),   # + "-secrets" is longer than 63
-])
+@pytest.mark.parametrize(
+    "service, message",
+    [
+        ("1face", "cannot name a Kubernetes Service"),
+        ("f" * 56, "the secret server's Service name"),  # + "-secrets" is longer than 63
+    ],
+)
 def test_names_kubernetes_would_refuse_are_caught(tflite_build, tmp_path, service, message):
     out = _copy(tflite_build, tmp_path)
     _edit_json(out / SERVICE_FILE, _set(("service",), service))
@@ -261,12 +335,19 @@ def test_a_secret_server_host_kubernetes_cannot_name_is_caught(tflite_build, tmp
 
 # -- what is generated --------------------------------------------------------------------
 
+
 def test_service_ports_say_their_protocol(tflite_build, tmp_path):
     ports = render(tflite_build).objects["base/model-server/service.yaml"]["spec"]["ports"]
     assert {p["name"]: p["appProtocol"] for p in ports} == {
-        "grpc": "kubernetes.io/h2c", "http": "http"}
-    tls = make_build(tmp_path, "tflite", deploy=DEPLOY + 'ingress_host = "infer.example.com"\n',
-                     extra='\n[tls]\ncert = "../keys/tls.crt"\nkey = "../keys/tls.key"\n')
+        "grpc": "kubernetes.io/h2c",
+        "http": "http",
+    }
+    tls = make_build(
+        tmp_path,
+        "tflite",
+        deploy=DEPLOY + 'ingress_host = "infer.example.com"\n',
+        extra='\n[tls]\ncert = "../keys/tls.crt"\nkey = "../keys/tls.key"\n',
+    )
     m = render(tls)
     ports = m.objects["base/model-server/service.yaml"]["spec"]["ports"]
     assert {p["appProtocol"] for p in ports} == {"https"}
@@ -274,7 +355,8 @@ def test_service_ports_say_their_protocol(tflite_build, tmp_path):
     # Passthrough is layer 4: any other annotation is ignored, and backend-protocol GRPCS would
     # make a controller without --enable-ssl-passthrough terminate TLS itself.
     assert ingress["metadata"]["annotations"] == {
-        "nginx.ingress.kubernetes.io/ssl-passthrough": "true"}
+        "nginx.ingress.kubernetes.io/ssl-passthrough": "true"
+    }
     assert any("--enable-ssl-passthrough" in n and "infer.example.com" in n for n in m.notes)
     for obj in (ingress, m.objects["base/model-server/service.yaml"]):
         for version in K8S_VERSIONS:
@@ -282,20 +364,25 @@ def test_service_ports_say_their_protocol(tflite_build, tmp_path):
 
 
 def test_extended_resources_requests_equal_limits_in_every_container(tflite_build):
-    for c in _pod(render(tflite_build))["containers"] + _pod(render(tflite_build))[
-            "initContainers"]:
+    for c in (
+        _pod(render(tflite_build))["containers"] + _pod(render(tflite_build))["initContainers"]
+    ):
         res = c["resources"]
-        sgx = {k for k in {**res.get("limits", {}), **res.get("requests", {})}
-               if k.startswith("sgx.intel.com/")}
+        sgx = {
+            k
+            for k in {**res.get("limits", {}), **res.get("requests", {})}
+            if k.startswith("sgx.intel.com/")
+        }
         for key in sgx:
             assert res["limits"][key] == res["requests"][key], (c["name"], key)
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv to act as the pod's non-root user")
-def test_the_staging_copy_works_as_the_pods_user_into_a_root_owned_empty_dir(tflite_build,
-                                                                           request):
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to act as the pod's non-root user",
+)
+def test_the_staging_copy_works_as_the_pods_user_into_a_root_owned_empty_dir(tflite_build, request):
     """The init container runs as the image's user; kubelet makes the emptyDir root's, 0777.
     `cp -a` failed there (preserving the directory's times), so the pod never started."""
     pod = _pod(render(tflite_build))
@@ -319,26 +406,41 @@ def test_the_staging_copy_works_as_the_pods_user_into_a_root_owned_empty_dir(tfl
     staged.chmod(0o777)
     # The pod's command with its two paths moved under tmp_path ("SRC/." kept as it is).
     program, flag, src, dst = stage["command"]
-    assert (src.endswith("/.") and dst == "/staged/"), stage["command"]
+    assert src.endswith("/.") and dst == "/staged/", stage["command"]
     command = [program, flag, f"{tmp_path}{src}", f"{staged}/"]
-    result = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={group}",
-                             "--clear-groups", *command], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        ["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups", *command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     copied = staged / "model.tflite"
     assert copied.read_bytes() == b"PF" * 100 and copied.stat().st_uid == user
-    assert os.access(copied, os.W_OK) or copied.stat().st_mode & 0o200   # Gramine opens it rw
+    assert os.access(copied, os.W_OK) or copied.stat().st_mode & 0o200  # Gramine opens it rw
 
 
 # -- plan-capacity ------------------------------------------------------------------------
+
 
 def test_epc_per_node_is_a_kubernetes_quantity():
     runner = CliRunner()
 
     def replicas(epc: str) -> int:
-        result = runner.invoke(main, ["plan-capacity", "--enclave-size", "1G", "--epc-per-node",
-                                      epc, "--no-attestation", "--enclave-limit", "100",
-                                      "--json"])
+        result = runner.invoke(
+            main,
+            [
+                "plan-capacity",
+                "--enclave-size",
+                "1G",
+                "--epc-per-node",
+                epc,
+                "--no-attestation",
+                "--enclave-limit",
+                "100",
+                "--json",
+            ],
+        )
         assert result.exit_code == 0, result.output
         return json.loads(result.output)["replicas_per_node"]
 
@@ -346,35 +448,66 @@ def test_epc_per_node_is_a_kubernetes_quantity():
     assert replicas("64Gi") == replicas(str(64 << 30)) == 63
     assert replicas("64G") == replicas("64000000000") == 59
     for bad in ("64GB", "64g", "-1", "0", "1.5Gi", f"{1 << 63}"):
-        result = runner.invoke(main, ["plan-capacity", "--enclave-size", "1G",
-                                      "--epc-per-node", bad])
+        result = runner.invoke(
+            main, ["plan-capacity", "--enclave-size", "1G", "--epc-per-node", bad]
+        )
         assert result.exit_code == 2 and "--epc-per-node" in result.output, (bad, result.output)
 
 
-@pytest.mark.parametrize("args, reason", [
-    (["--enclave-size", "128G", "--epc-per-node", "64Gi"], "but a node has 68719476736"),
-    (["--enclave-size", "4G", "--epc-per-node", "64Gi", "--enclave-limit", "1"],
-     "the device plugin allows 1 per node"),
-])
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["--enclave-size", "128G", "--epc-per-node", "64Gi"], "but a node has 68719476736"),
+        (
+            ["--enclave-size", "4G", "--epc-per-node", "64Gi", "--enclave-limit", "1"],
+            "the device plugin allows 1 per node",
+        ),
+    ],
+)
 def test_a_plan_where_nothing_fits_says_why_and_exits_2(args, reason):
     result = CliRunner().invoke(main, ["plan-capacity", *args, "--nodes", "3", "--json"])
     assert result.exit_code == 2
     assert "error: no replica fits: " in result.output and reason in result.output
-    plan = json.loads(result.output[:result.output.index("error:")])
+    plan = json.loads(result.output[: result.output.index("error:")])
     assert plan["replicas_per_node"] == 0 and plan["replicas"] == 0
 
 
 def test_plan_capacity_json_schema():
-    result = CliRunner().invoke(main, ["plan-capacity", "--enclave-size", "4G", "--epc-per-node",
-                                       "64Gi", "--nodes", "2", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "plan-capacity",
+            "--enclave-size",
+            "4G",
+            "--epc-per-node",
+            "64Gi",
+            "--nodes",
+            "2",
+            "--json",
+        ],
+    )
     plan = json.loads(result.output)
-    assert set(plan) == {"libos", "enclave_size", "margin", "sidecar_epc", "quoting_epc",
-                         "epc_per_pod",
-                         "epc_per_node", "nodes", "enclave_devices_per_pod", "enclave_limit",
-                         "replicas_per_node", "replicas", "limited_by", "epc_unused_per_node"}
+    assert set(plan) == {
+        "libos",
+        "enclave_size",
+        "margin",
+        "sidecar_epc",
+        "quoting_epc",
+        "epc_per_pod",
+        "epc_per_node",
+        "nodes",
+        "enclave_devices_per_pod",
+        "enclave_limit",
+        "replicas_per_node",
+        "replicas",
+        "limited_by",
+        "epc_unused_per_node",
+    }
     assert all(isinstance(plan[k], int) for k in plan if k not in ("libos", "limited_by"))
-    assert plan["epc_unused_per_node"] == plan["epc_per_node"] - plan["replicas_per_node"] * \
-        plan["epc_per_pod"]
+    assert (
+        plan["epc_unused_per_node"]
+        == plan["epc_per_node"] - plan["replicas_per_node"] * plan["epc_per_pod"]
+    )
 
 
 def test_the_image_digest_is_the_builds(tflite_build):
@@ -386,18 +519,27 @@ def test_the_image_digest_is_the_builds(tflite_build):
 
 def test_selectors_pick_exactly_the_pods_they_mean(tflite_build):
     m = render(tflite_build)
-    pods = {path: obj["spec"]["template"]["metadata"]["labels"]
-            for path, obj in m.objects.items() if obj["kind"] == "Deployment"}
-    model, secrets = (pods["base/model-server/deployment.yaml"],
-                      pods["base/secret-server/deployment.yaml"])
+    pods = {
+        path: obj["spec"]["template"]["metadata"]["labels"]
+        for path, obj in m.objects.items()
+        if obj["kind"] == "Deployment"
+    }
+    model, secrets = (
+        pods["base/model-server/deployment.yaml"],
+        pods["base/secret-server/deployment.yaml"],
+    )
 
     def picks(selector: dict) -> list[str]:
-        return [p for p, labels in pods.items()
-                if all(labels.get(k) == v for k, v in selector.items())]
+        return [
+            p for p, labels in pods.items() if all(labels.get(k) == v for k, v in selector.items())
+        ]
 
     for path, obj in m.objects.items():
-        want = "base/secret-server/deployment.yaml" if "secret-server" in path else \
-            "base/model-server/deployment.yaml"
+        want = (
+            "base/secret-server/deployment.yaml"
+            if "secret-server" in path
+            else "base/model-server/deployment.yaml"
+        )
         spec = obj.get("spec", {})
         if obj["kind"] in ("Deployment", "PodDisruptionBudget"):
             assert picks(spec["selector"]["matchLabels"]) == [want], path
@@ -405,15 +547,19 @@ def test_selectors_pick_exactly_the_pods_they_mean(tflite_build):
             assert picks(spec["selector"]) == [want], path
         elif obj["kind"] == "NetworkPolicy":
             assert picks(spec["podSelector"]["matchLabels"]) == [want], path
-            sources = [s["podSelector"]["matchLabels"] for rule in spec["ingress"]
-                       for s in rule["from"]]
+            sources = [
+                s["podSelector"]["matchLabels"] for rule in spec["ingress"] for s in rule["from"]
+            ]
             assert [picks(s) for s in sources] == [["base/model-server/deployment.yaml"]]
             assert [p["port"] for rule in spec["ingress"] for p in rule["ports"]] == [
-                c["ports"][0]["name"] for c in m.objects[want]["spec"]["template"]["spec"][
-                    "containers"]]
+                c["ports"][0]["name"]
+                for c in m.objects[want]["spec"]["template"]["spec"]["containers"]
+            ]
         elif obj["kind"] == "HorizontalPodAutoscaler":
-            assert spec["scaleTargetRef"]["name"] == m.objects[
-                "base/model-server/deployment.yaml"]["metadata"]["name"]
+            assert (
+                spec["scaleTargetRef"]["name"]
+                == m.objects["base/model-server/deployment.yaml"]["metadata"]["name"]
+            )
     assert model != secrets
 
 
@@ -421,7 +567,8 @@ def test_the_kustomizations_name_only_files_that_exist(tflite_build):
     m = render(tflite_build)
     base = yaml.safe_load(m.files["base/kustomization.yaml"])
     assert sorted(f"base/{r}" for r in base["resources"]) == sorted(
-        p for p in m.objects if p.startswith("base/"))
+        p for p in m.objects if p.startswith("base/")
+    )
     overlay = yaml.safe_load(m.overlay["kustomization.yaml"])
     assert overlay["resources"] == ["../../base"]
     namespaces = {obj["metadata"].get("namespace") for obj in m.objects.values()} - {None}
@@ -429,5 +576,5 @@ def test_the_kustomizations_name_only_files_that_exist(tflite_build):
         assert generator["namespace"] in namespaces
         for entry in generator["files"]:
             key, _, path = entry.partition("=")
-            assert path == f"secrets/{key}", entry     # listed in secrets/README.md
+            assert path == f"secrets/{key}", entry  # listed in secrets/README.md
             assert f"`{key}`" in m.overlay["secrets/README.md"], key

@@ -15,8 +15,9 @@ def _value(text: str, name: str) -> float:
 
 
 def test_memory_in_use_ratio_follows_meminfo(monkeypatch):
-    monkeypatch.setattr(metrics, "_meminfo", lambda: {"MemTotal": 2 << 30,
-                                                      "MemAvailable": 512 << 20})
+    monkeypatch.setattr(
+        metrics, "_meminfo", lambda: {"MemTotal": 2 << 30, "MemAvailable": 512 << 20}
+    )
     text = Metrics().render(queue_depth=3, in_flight=1, models=["m"])
     assert _value(text, "model_server_memory_in_use_bytes") == (2 << 30) - (512 << 20)
     assert _value(text, "model_server_memory_in_use_ratio") == 0.75
@@ -35,30 +36,37 @@ def test_latency_histogram_the_adapter_rule_reads():
     m.observe("m", "grpc", "ok", 0.003)
     m.observe("m", "grpc", "ok", 0.2)
     text = m.render(queue_depth=0, in_flight=0, models=["m"])
-    assert 'model_server_request_duration_seconds_bucket{model="m",protocol="grpc",le="0.005"} 1' \
+    assert (
+        'model_server_request_duration_seconds_bucket{model="m",protocol="grpc",le="0.005"} 1'
         in text
-    assert 'model_server_request_duration_seconds_bucket{model="m",protocol="grpc",le="+Inf"} 2' \
+    )
+    assert (
+        'model_server_request_duration_seconds_bucket{model="m",protocol="grpc",le="+Inf"} 2'
         in text
+    )
 
 
 def test_every_adapter_rule_reads_a_series_the_server_exports_and_feeds_the_hpa(monkeypatch):
     """The prometheus-adapter rules, the HPA's metric names and the server's /metrics agree."""
     from enclave_build.builder.k8s.autoscaling import LATENCY, MEMORY, QUEUE, adapter_rules
 
-    monkeypatch.setattr(metrics, "_meminfo", lambda: {"MemTotal": 2 << 30,
-                                                      "MemAvailable": 1 << 30})
+    monkeypatch.setattr(metrics, "_meminfo", lambda: {"MemTotal": 2 << 30, "MemAvailable": 1 << 30})
     m = Metrics()
     m.observe("m", "rest", "ok", 0.01)
-    exported = {line.split("{")[0].split(" ")[0]
-                for line in m.render(queue_depth=1, in_flight=0, models=["m"]).splitlines()
-                if line and not line.startswith("#")}
+    exported = {
+        line.split("{")[0].split(" ")[0]
+        for line in m.render(queue_depth=1, in_flight=0, models=["m"]).splitlines()
+        if line and not line.startswith("#")
+    }
     names = set()
     for rule in adapter_rules()["rules"]:
         series = rule["seriesQuery"].split("{")[0]
         assert series in exported, series
         assert re.fullmatch(rule["name"]["matches"], series)
-        assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"},
-                                                  "pod": {"resource": "pod"}}
+        assert rule["resources"]["overrides"] == {
+            "namespace": {"resource": "namespace"},
+            "pod": {"resource": "pod"},
+        }
         for placeholder in ("<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"):
             assert placeholder in rule["metricsQuery"], (series, placeholder)
         names.add(rule["name"]["as"])

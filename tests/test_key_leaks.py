@@ -23,7 +23,7 @@ from enclave_build.plugin import ArtifactFile
 
 from .conftest import onnx_bytes, run_cli, write_spec
 
-PROJECT_SPEC = '''[service]
+PROJECT_SPEC = """[service]
 name = "ov"
 framework = "openvino"
 
@@ -44,13 +44,13 @@ keys_dir = "keys"
 
 [signing]
 key = "key.pem"
-'''
+"""
 
 
 def _pem_key() -> bytes:
     return ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _project(root: Path, signing_key: Path, spec: str = PROJECT_SPEC) -> Path:
@@ -61,8 +61,9 @@ def _project(root: Path, signing_key: Path, spec: str = PROJECT_SPEC) -> Path:
     (root / "private").mkdir()
     (root / "private" / "other.onnx").write_bytes(onnx_bytes(b"owner" * 100))
     (root / "tls").mkdir()
-    (root / "tls" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nCA\n"
-                                         "-----END CERTIFICATE-----\n")
+    (root / "tls" / "ca.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"
+    )
     (root / "tls" / "server.key").write_bytes(_pem_key())
     (root / "pki").mkdir()
     (root / "pki" / "root-ca.key").write_bytes(_pem_key())
@@ -71,18 +72,30 @@ def _project(root: Path, signing_key: Path, spec: str = PROJECT_SPEC) -> Path:
 
 
 def _build(directory: Path, standin_root: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   *extra, cwd=directory)
+    return run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "out",
+        *extra,
+        cwd=directory,
+    )
 
 
 def _layers(out: Path) -> bytes:
     blobs = out / "oci" / "blobs" / "sha256"
-    return b"".join(gzip.decompress(p.read_bytes()) for p in blobs.iterdir()
-                    if p.read_bytes()[:2] == b"\x1f\x8b")
+    return b"".join(
+        gzip.decompress(p.read_bytes())
+        for p in blobs.iterdir()
+        if p.read_bytes()[:2] == b"\x1f\x8b"
+    )
 
 
 def test_the_project_directory_as_model_is_refused_before_anything_is_written(
-        tmp_path, standin_root, signing_key):
+    tmp_path, standin_root, signing_key
+):
     """Was: the build shipped keys/owner-key.key (made by this very build), key.pem,
     tls/server.key and pki/root-ca.key in clear in a layer."""
     project = tmp_path / "project"
@@ -91,10 +104,12 @@ def test_the_project_directory_as_model_is_refused_before_anything_is_written(
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert f"spec.toml:7: models[0].path: {project.resolve()} contains" in err
-    assert f"contains the wrap keys' directory (secrets.keys_dir: {project.resolve() / 'keys'}, " \
+    assert (
+        f"contains the wrap keys' directory (secrets.keys_dir: {project.resolve() / 'keys'}, "
         "holding this build's owner-key.key)" in err
+    )
     assert not (project / "out").exists()
-    assert not (project / "keys").exists()    # the wrap key was never written
+    assert not (project / "keys").exists()  # the wrap key was never written
 
 
 def test_a_model_file_beside_the_keys_builds_and_ships_no_key(tmp_path, standin_root, signing_key):
@@ -106,20 +121,32 @@ def test_a_model_file_beside_the_keys_builds_and_ships_no_key(tmp_path, standin_
     assert proc.returncode == 0, proc.stderr.decode()
     layers = _layers(project / "out")
     assert b"face.onnx" in layers
-    for secret in [(project / "keys" / "owner-key.key").read_bytes(),
-                   (project / "key.pem").read_bytes()[40:80],
-                   (project / "tls" / "server.key").read_bytes()[40:80]]:
+    for secret in [
+        (project / "keys" / "owner-key.key").read_bytes(),
+        (project / "key.pem").read_bytes()[40:80],
+        (project / "tls" / "server.key").read_bytes()[40:80],
+    ]:
         assert secret not in layers
 
 
-@pytest.mark.parametrize("spec_change,message", [
-    # a model directory that holds the signing key (keys_dir elsewhere)
-    (('keys_dir = "keys"', 'keys_dir = "../keys"'), "contains the enclave signing key (signing.key: "),
-    # a model inside keys_dir
-    (('path = "."', 'path = "keys/face.onnx"'), "is inside the wrap keys' directory (secrets.keys_dir: "),
-])
-def test_model_paths_that_hold_or_sit_in_secret_places(tmp_path, standin_root, signing_key,
-                                                       spec_change, message):
+@pytest.mark.parametrize(
+    "spec_change,message",
+    [
+        # a model directory that holds the signing key (keys_dir elsewhere)
+        (
+            ('keys_dir = "keys"', 'keys_dir = "../keys"'),
+            "contains the enclave signing key (signing.key: ",
+        ),
+        # a model inside keys_dir
+        (
+            ('path = "."', 'path = "keys/face.onnx"'),
+            "is inside the wrap keys' directory (secrets.keys_dir: ",
+        ),
+    ],
+)
+def test_model_paths_that_hold_or_sit_in_secret_places(
+    tmp_path, standin_root, signing_key, spec_change, message
+):
     project = tmp_path / "project"
     _project(project, signing_key, PROJECT_SPEC.replace(*spec_change))
     (project / "keys").mkdir(exist_ok=True)
@@ -130,52 +157,61 @@ def test_model_paths_that_hold_or_sit_in_secret_places(tmp_path, standin_root, s
     assert not (project / "out").exists()
 
 
-def test_model_directory_holding_the_tls_material_is_refused(tmp_path, standin_root,
-                                                             signing_key):
+def test_model_directory_holding_the_tls_material_is_refused(tmp_path, standin_root, signing_key):
     project = tmp_path / "project"
-    spec = PROJECT_SPEC.replace('keys_dir = "keys"', 'keys_dir = "../keys"').replace(
-        'key = "key.pem"', 'key = "../key.pem"') + '\n[tls]\ncert = "tls/ca.pem"\nkey = "tls/server.key"\n'
+    spec = (
+        PROJECT_SPEC.replace('keys_dir = "keys"', 'keys_dir = "../keys"').replace(
+            'key = "key.pem"', 'key = "../key.pem"'
+        )
+        + '\n[tls]\ncert = "tls/ca.pem"\nkey = "tls/server.key"\n'
+    )
     _project(project, signing_key, spec.replace('path = "."', 'path = "tls"'))
     shutil.copy(signing_key, tmp_path / "key.pem")
     (project / "tls" / "m.onnx").write_bytes(onnx_bytes())
     proc = _build(project, standin_root)
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
-    assert f"models[0].path: {project.resolve() / 'tls'} is the directory of the [tls] key " \
+    assert (
+        f"models[0].path: {project.resolve() / 'tls'} is the directory of the [tls] key "
         "(tls.key: " in err
+    )
 
 
 def _clean_project(tmp_path: Path, signing_key: Path) -> Path:
     """A project whose model directory holds only the model (keys elsewhere)."""
     project = tmp_path / "project"
     spec = PROJECT_SPEC.replace('path = "."', 'path = "model"').replace(
-        'keys_dir = "keys"', 'keys_dir = "../keys"')
+        'keys_dir = "keys"', 'keys_dir = "../keys"'
+    )
     _project(project, signing_key, spec)
     (project / "model").mkdir()
     (project / "model" / "face.onnx").write_bytes(onnx_bytes(bytes(300)))
     return project
 
 
-def test_a_private_key_file_in_a_model_directory_is_refused(tmp_path, standin_root,
-                                                            signing_key):
+def test_a_private_key_file_in_a_model_directory_is_refused(tmp_path, standin_root, signing_key):
     project = _clean_project(tmp_path, signing_key)
     shutil.copy(project / "tls" / "server.key", project / "model" / "notes.txt")
     proc = _build(project, standin_root)
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert "models[0].path: " in err
-    assert f"{project.resolve() / 'model' / 'notes.txt'}: a PEM private key (PRIVATE KEY) at " \
-           "byte 0" in err
+    assert (
+        f"{project.resolve() / 'model' / 'notes.txt'}: a PEM private key (PRIVATE KEY) at "
+        "byte 0" in err
+    )
 
 
 def test_der_key_deep_in_a_large_clear_model_is_refused(tmp_path, standin_root, signing_key):
     """Past the small-file check: the streaming scan of what ships in clear finds it."""
     project = _clean_project(tmp_path, signing_key)
     der = ec.generate_private_key(ec.SECP384R1()).private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption())
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
     weights = bytearray(os.urandom(6 << 20))
-    weights[5_000_000:5_000_000 + len(der)] = der
+    weights[5_000_000 : 5_000_000 + len(der)] = der
     (project / "model" / "weights.bin").write_bytes(bytes(weights))
     proc = _build(project, standin_root)
     err = proc.stderr.decode()
@@ -183,33 +219,49 @@ def test_der_key_deep_in_a_large_clear_model_is_refused(tmp_path, standin_root, 
     assert "weights.bin: a SEC1 EC private key (DER) at byte 5000000" in err
 
 
-def test_a_wrap_key_of_this_build_inside_a_clear_model_is_refused(tmp_path, standin_root,
-                                                                  signing_key):
+def test_a_wrap_key_of_this_build_inside_a_clear_model_is_refused(
+    tmp_path, standin_root, signing_key
+):
     project = _clean_project(tmp_path, signing_key)
-    assert _build(project, standin_root).returncode == 0    # makes ../keys/owner-key.key
+    assert _build(project, standin_root).returncode == 0  # makes ../keys/owner-key.key
     key = (tmp_path / "keys" / "owner-key.key").read_bytes()
     (project / "model" / "weights.bin").write_bytes(os.urandom(3 << 20) + key + bytes(5))
     proc = _build(project, standin_root)
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
-    assert f"weights.bin: wrap key 'owner-key' of this build (its 16 raw bytes) at byte " \
-           f"{3 << 20}" in err
+    assert (
+        f"weights.bin: wrap key 'owner-key' of this build (its 16 raw bytes) at byte "
+        f"{3 << 20}" in err
+    )
     assert key.hex() not in err
 
 
 def test_an_occlum_spec_is_checked_before_its_container_runs(tmp_path, signing_key):
     """Same refusal on the Occlum path, before any Docker engine is asked for."""
     project = tmp_path / "project"
-    spec = PROJECT_SPEC.replace('framework = "openvino"', 'framework = "openvino"\n'
-                                'libos = "occlum"') + \
-        '\n[occlum]\nserver_measurements = ["sm.json"]\n'
+    spec = (
+        PROJECT_SPEC.replace('framework = "openvino"', 'framework = "openvino"\nlibos = "occlum"')
+        + '\n[occlum]\nserver_measurements = ["sm.json"]\n'
+    )
     _project(project, signing_key, spec)
     (project / "sm.json").write_text(
         '{"service": "s", "framework": "secret-server", "libos": "gramine", "mr_enclave": "'
-        + "5e" * 32 + '", "mr_signer": "' + "a1" * 32 + '", "isv_prod_id": 1, "isv_svn": 1, '
-        '"debug": false, "image": {"ref": null, "digest": null}}')
-    proc = run_cli("build", "spec.toml", "--base", "dir:/nonexistent", "--output", "out",
-                   cwd=project, env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+        + "5e" * 32
+        + '", "mr_signer": "'
+        + "a1" * 32
+        + '", "isv_prod_id": 1, "isv_svn": 1, '
+        '"debug": false, "image": {"ref": null, "digest": null}}'
+    )
+    proc = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        "dir:/nonexistent",
+        "--output",
+        "out",
+        cwd=project,
+        env={"DOCKER_HOST": "unix:///nonexistent.sock"},
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert "models[0].path" in err and "secrets.keys_dir" in err
@@ -219,16 +271,25 @@ def test_an_occlum_spec_is_checked_before_its_container_runs(tmp_path, signing_k
 
 
 ENCRYPTED_SPEC = PROJECT_SPEC.replace('path = "."', 'path = "model"').replace(
-    'keys_dir = "keys"', 'keys_dir = "../keys"')
+    'keys_dir = "keys"', 'keys_dir = "../keys"'
+)
 
 
 def test_a_failed_build_leaves_no_wrap_key_and_the_next_one_says_it_made_it(
-        tmp_path, standin_root, signing_key):
+    tmp_path, standin_root, signing_key
+):
     """Was: the key was written when the build started, so a build that failed left it, and
     the next (successful) one never printed that it must be kept."""
     project = _clean_project(tmp_path, signing_key)
-    failed = run_cli("build", "spec.toml", "--base", f"dir:{tmp_path / 'no-such-base'}",
-                     "--output", "out", cwd=project)
+    failed = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{tmp_path / 'no-such-base'}",
+        "--output",
+        "out",
+        cwd=project,
+    )
     assert failed.returncode != 0
     assert not (tmp_path / "keys").exists()
     ok = _build(project, standin_root)
@@ -246,7 +307,7 @@ def test_persist_refuses_a_key_made_meanwhile(tmp_path):
     path = tmp_path / "keys" / "k.key"
     keys = WrapKeys({"k": b"a" * 16}, {"k": path}, {"k": b"a" * 16})
     path.parent.mkdir()
-    path.write_bytes(b"b" * 16)          # another build won the race
+    path.write_bytes(b"b" * 16)  # another build won the race
     with pytest.raises(EnclaveBuildError, match="another build created this wrap key"):
         keys.persist()
     assert path.read_bytes() == b"b" * 16
@@ -259,7 +320,7 @@ def test_persist_refuses_a_key_made_meanwhile(tmp_path):
 def test_scan_plan_names_the_image_path_of_a_plugin_file(tmp_path):
     from enclave_build.builder.build import load, make_plan
 
-    project = _clean_project(tmp_path, Path(__file__))   # key.pem: any file, never read here
+    project = _clean_project(tmp_path, Path(__file__))  # key.pem: any file, never read here
     spec, registry = load(project / "spec.toml")
     plan = make_plan(spec, registry)
     plan.files.append(PlanFile(None, "/etc/extra.pem", FileKind.TRUSTED, data=_pem_key()))
@@ -267,9 +328,10 @@ def test_scan_plan_names_the_image_path_of_a_plugin_file(tmp_path):
         scan_plan(spec, plan, KeyScanner())
     assert "/etc/extra.pem: a PEM private key (PRIVATE KEY) at byte 0" in str(info.value)
     assert info.value.exit_code == 2
-    plan.files[-1] = PlanFile(None, "/enclave/secrets/extra.pem", FileKind.ENCRYPTED,
-                              key_name="k", data=_pem_key())
-    scan_plan(spec, plan, KeyScanner())   # encrypted: ships as ciphertext
+    plan.files[-1] = PlanFile(
+        None, "/enclave/secrets/extra.pem", FileKind.ENCRYPTED, key_name="k", data=_pem_key()
+    )
+    scan_plan(spec, plan, KeyScanner())  # encrypted: ships as ciphertext
 
 
 def test_scan_artifacts_skips_ciphertext_and_what_the_plan_scan_saw(tmp_path):
@@ -280,8 +342,9 @@ def test_scan_artifacts_skips_ciphertext_and_what_the_plan_scan_saw(tmp_path):
     with pytest.raises(KeyMaterialError, match=r"instance.bin: wrap key 'svc-key'"):
         scan_artifacts([ArtifactFile("/enclave/image/0", source=leaking)], scanner)
     scan_artifacts([ArtifactFile("/models/m", source=leaking, ciphertext=True)], scanner)
-    scan_artifacts([ArtifactFile("/enclave/image/0", source=leaking)], scanner,
-                   seen={leaking.resolve()})
+    scan_artifacts(
+        [ArtifactFile("/enclave/image/0", source=leaking)], scanner, seen={leaking.resolve()}
+    )
 
 
 def test_clean_verdicts_are_cached_per_fingerprint(tmp_path):
@@ -290,16 +353,21 @@ def test_clean_verdicts_are_cached_per_fingerprint(tmp_path):
     key = os.urandom(16)
     model.write_bytes(os.urandom(1000) + key)
     plan_item = [ArtifactFile("/m", source=model)]
-    scan_artifacts(plan_item, KeyScanner({"a": os.urandom(16)}), cache)   # clean: remembered
-    assert cache.clean_files([(str(model.resolve()), model.stat())],
-                             KeyScanner({"a": os.urandom(16)}).fingerprint()) == set()
-    with pytest.raises(KeyMaterialError):   # another key: scanned again, and found
+    scan_artifacts(plan_item, KeyScanner({"a": os.urandom(16)}), cache)  # clean: remembered
+    assert (
+        cache.clean_files(
+            [(str(model.resolve()), model.stat())], KeyScanner({"a": os.urandom(16)}).fingerprint()
+        )
+        == set()
+    )
+    with pytest.raises(KeyMaterialError):  # another key: scanned again, and found
         scan_artifacts(plan_item, KeyScanner({"b": key}), cache)
     cache.close()
 
 
-def test_non_utf8_file_name_in_a_model_directory_is_a_spec_error(tmp_path, standin_root,
-                                                                 signing_key):
+def test_non_utf8_file_name_in_a_model_directory_is_a_spec_error(
+    tmp_path, standin_root, signing_key
+):
     """Was: a UnicodeEncodeError traceback from the hash cache."""
     project = _clean_project(tmp_path, signing_key)
     (project / "model" / os.fsdecode(b"vocab-\xff.txt")).write_bytes(b"words")
@@ -322,11 +390,10 @@ def test_hash_cache_stores_non_utf8_paths(tmp_path):
     cache.close()
 
 
-def test_non_utf8_name_in_the_base_is_named_not_a_traceback(tmp_path, standin_root,
-                                                           signing_key):
+def test_non_utf8_name_in_the_base_is_named_not_a_traceback(tmp_path, standin_root, signing_key):
     """A trusted directory of the base holding a file whose name is not UTF-8."""
-    from enclave_build.builder.errors import EnclaveBuildError
     from enclave_build.builder.build import build
+    from enclave_build.builder.errors import EnclaveBuildError
 
     root = tmp_path / "rootfs"
     shutil.copytree(standin_root, root, symlinks=True)
@@ -334,10 +401,16 @@ def test_non_utf8_name_in_the_base_is_named_not_a_traceback(tmp_path, standin_ro
     (runtime / os.fsdecode(b"lib-\xff.so")).write_bytes(b"\x7fELF")
     project = _clean_project(tmp_path, signing_key)
     project.joinpath("spec.toml").write_text(
-        (project / "spec.toml").read_text().replace('key = "owner-key"\n', "")
-        .replace('path = "private/other.onnx"', 'path = "private/other.onnx"\nencrypt = false'))
-    with pytest.raises(EnclaveBuildError, match=r"lib-\\udcff.so'?: a trusted file whose name "
-                                                "is not UTF-8"):
+        (project / "spec.toml")
+        .read_text()
+        .replace('key = "owner-key"\n', "")
+        .replace('path = "private/other.onnx"', 'path = "private/other.onnx"\nencrypt = false')
+    )
+    with pytest.raises(
+        EnclaveBuildError,
+        match=r"lib-\\udcff.so'?: a trusted file whose name "
+        "is not UTF-8",
+    ):
         build(project / "spec.toml", base=f"dir:{root}")
 
 
@@ -345,17 +418,29 @@ def test_a_build_failing_after_writing_its_key_says_so(tmp_path, standin_root, s
     """--load fails (no Docker engine) after the image was assembled and its new key written:
     the key stays (what was made may need it) and the build names it."""
     project = _clean_project(tmp_path, signing_key)
-    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   "--load", cwd=project, env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    proc = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "out",
+        "--load",
+        cwd=project,
+        env={"DOCKER_HOST": "unix:///nonexistent.sock"},
+    )
     assert proc.returncode != 0
     key_file = tmp_path / "keys" / "owner-key.key"
     assert key_file.exists()
-    assert f"warning: generated wrap key {key_file} (mode 0600) before the build failed: keep " \
-           "it".encode() in proc.stderr
+    assert (
+        f"warning: generated wrap key {key_file} (mode 0600) before the build failed: keep "
+        "it".encode()
+        in proc.stderr
+    )
     assert not (project / "out").exists()
 
 
-IR_SPEC = '''[service]
+IR_SPEC = """[service]
 name = "ir"
 framework = "openvino"
 
@@ -371,7 +456,7 @@ keys_dir = "../keys"
 
 [signing]
 key = "key.pem"
-'''
+"""
 
 
 def _ir_project(tmp_path: Path, signing_key: Path, encrypt: bool) -> Path:
@@ -385,8 +470,9 @@ def _ir_project(tmp_path: Path, signing_key: Path, encrypt: bool) -> Path:
 
 
 @pytest.mark.parametrize("encrypt", [True, False])
-def test_ir_weights_that_are_a_symbolic_link_are_refused(tmp_path, standin_root, signing_key,
-                                                         encrypt):
+def test_ir_weights_that_are_a_symbolic_link_are_refused(
+    tmp_path, standin_root, signing_key, encrypt
+):
     """X.xml brings X.bin along; a link there used to ship its target (the signing key inside
     the encrypted model, readable by whoever holds the model's key; /etc/passwd in clear)."""
     project = _ir_project(tmp_path, signing_key, encrypt)
@@ -399,8 +485,7 @@ def test_ir_weights_that_are_a_symbolic_link_are_refused(tmp_path, standin_root,
     assert not (project / "out").exists()
 
 
-def test_a_key_as_the_weights_of_an_encrypted_model_is_refused(tmp_path, standin_root,
-                                                                signing_key):
+def test_a_key_as_the_weights_of_an_encrypted_model_is_refused(tmp_path, standin_root, signing_key):
     """Encrypted models are scanned too (before encryption): whoever holds the model's key
     could read a private key that shipped inside it."""
     project = _ir_project(tmp_path, signing_key, True)
@@ -417,9 +502,16 @@ def test_scan_plan_covers_labels_environment_and_command_line(tmp_path):
     from enclave_build.builder.plan import EnclaveResources, ServicePlan
 
     for where in ("label", "env", "argv"):
-        plan = ServicePlan(service="s", framework="f", libos="gramine", base_image="b",
-                           image_tag="s:latest", entrypoint="/bin/x", argv=["/bin/x"],
-                           enclave=EnclaveResources(size=1 << 30, max_threads=8))
+        plan = ServicePlan(
+            service="s",
+            framework="f",
+            libos="gramine",
+            base_image="b",
+            image_tag="s:latest",
+            entrypoint="/bin/x",
+            argv=["/bin/x"],
+            enclave=EnclaveResources(size=1 << 30, max_threads=8),
+        )
         key = _pem_key().decode()
         if where == "label":
             plan.labels["org.example.key"] = key

@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from enclave_build.builder.gramine.manifest_schema import REMOVED, ManifestSchemaError, check_manifest
+from enclave_build.builder.gramine.manifest_schema import (
+    REMOVED,
+    ManifestSchemaError,
+    check_manifest,
+)
 from enclave_build.plugin import SERVER_PYTHONPATH
 
 from .conftest import tflite_bytes, write_spec
@@ -20,7 +24,7 @@ from .conftest import tflite_bytes, write_spec
 GOLDEN = Path(__file__).parent / "golden"
 
 SPECS = {
-    "tfserving": '''[service]
+    "tfserving": """[service]
 name = "tfs"
 framework = "tfserving"
 
@@ -35,8 +39,8 @@ max_threads = 64
 
 [signing]
 key = "key.pem"
-''',
-    "tflite": '''[service]
+""",
+    "tflite": """[service]
 name = "lite"
 framework = "tflite"
 
@@ -47,8 +51,8 @@ encrypt = false
 
 [signing]
 key = "key.pem"
-''',
-    "openvino": '''[service]
+""",
+    "openvino": """[service]
 name = "ov"
 framework = "openvino"
 
@@ -63,8 +67,8 @@ isv_svn = 2
 
 [signing]
 key = "key.pem"
-''',
-    "ovms": '''[service]
+""",
+    "ovms": """[service]
 name = "ov"
 framework = "openvino"
 
@@ -82,7 +86,7 @@ key = "key.pem"
 
 [openvino]
 mode = "ovms"
-''',
+""",
 }
 
 
@@ -110,8 +114,11 @@ def golden_view(manifest: bytes) -> bytes:
     """The manifest without the entries of our own server code, whose bytes change with every
     edit of model_server/ (those are checked against the installed files instead)."""
     data = tomllib.loads(manifest.decode())
-    data["sgx"]["trusted_files"] = [tf for tf in data["sgx"]["trusted_files"]
-                                    if not tf["uri"].startswith(f"file:{SERVER_PYTHONPATH}/")]
+    data["sgx"]["trusted_files"] = [
+        tf
+        for tf in data["sgx"]["trusted_files"]
+        if not tf["uri"].startswith(f"file:{SERVER_PYTHONPATH}/")
+    ]
     return tomli_w.dumps(data).encode()
 
 
@@ -134,9 +141,12 @@ def test_golden_manifest(framework, tmp_path, standin_root, signing_key):
 
 
 def _minimal() -> dict:
-    return {"libos": {"entrypoint": "/app"},
-            "loader": {"entrypoint": {"uri": "file:/libsysdb.so", "sha256": "0" * 64}},
-            "fs": {"mounts": []}, "sgx": {"enclave_size": "1G"}}
+    return {
+        "libos": {"entrypoint": "/app"},
+        "loader": {"entrypoint": {"uri": "file:/libsysdb.so", "sha256": "0" * 64}},
+        "fs": {"mounts": []},
+        "sgx": {"enclave_size": "1G"},
+    }
 
 
 def test_minimal_manifest_passes():
@@ -185,8 +195,8 @@ def test_unknown_keys_and_bad_values_rejected():
 def test_manifest_values_come_from_the_spec(tmp_path, standin_root, signing_key):
     data = tomllib.loads(build_manifest("ovms", tmp_path, standin_root, signing_key).decode())
     assert data["sgx"]["isvprodid"] == 3 and data["sgx"]["isvsvn"] == 2
-    assert data["sgx"]["enclave_size"] == "8G"          # framework default
-    assert data["sgx"]["max_threads"] == 128            # framework default
+    assert data["sgx"]["enclave_size"] == "8G"  # framework default
+    assert data["sgx"]["max_threads"] == 128  # framework default
     assert data["sgx"]["debug"] is False
     uris = [tf["uri"] for tf in data["sgx"]["trusted_files"]]
     assert "file:/models/face/1/model.xml" in uris and "file:/models/face/1/model.bin" in uris
@@ -205,15 +215,22 @@ def test_tfserving_several_models_get_a_trusted_model_config(tmp_path, standin_r
 
     _model_files(tmp_path)
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
-    text = SPECS["tfserving"].replace('[enclave]', '[[models]]\nname = "second"\npath = '
-                                      '"saved_model"\nencrypt = false\nversion = 2\n\n[enclave]')
+    text = SPECS["tfserving"].replace(
+        "[enclave]",
+        '[[models]]\nname = "second"\npath = '
+        '"saved_model"\nencrypt = false\nversion = 2\n\n[enclave]',
+    )
     result = build(write_spec(tmp_path, text), base=f"dir:{standin_root}")
     data = tomllib.loads(result.artifacts.manifest.decode())
     assert "--model_config_file=/enclave/tfserving-models.config" in data["loader"]["argv"]
-    entry = next(tf for tf in data["sgx"]["trusted_files"]
-                 if tf["uri"] == "file:/enclave/tfserving-models.config")
+    entry = next(
+        tf
+        for tf in data["sgx"]["trusted_files"]
+        if tf["uri"] == "file:/enclave/tfserving-models.config"
+    )
     config = next(f for f in result.artifacts.files if f.dest == "/enclave/tfserving-models.config")
     import hashlib
+
     assert entry["sha256"] == hashlib.sha256(config.data).hexdigest()
     assert b'name: "second"' in config.data
     uris = [tf["uri"] for tf in data["sgx"]["trusted_files"]]
@@ -229,20 +246,26 @@ def _build_text(tmp_path, standin_root, signing_key, text):
 
 
 def _second_model(text: str) -> str:
-    return text.replace("[enclave]", '[[models]]\nname = "second"\npath = "ir"\nencrypt = false\n'
-                                      'version = 2\n\n[enclave]', 1)
+    return text.replace(
+        "[enclave]",
+        '[[models]]\nname = "second"\npath = "ir"\nencrypt = false\nversion = 2\n\n[enclave]',
+        1,
+    )
 
 
 @pytest.mark.parametrize("framework", sorted(SPECS))
-def test_every_manifest_has_tmpfs_sigterm_stack_and_home(framework, tmp_path, standin_root,
-                                                         signing_key):
+def test_every_manifest_has_tmpfs_sigterm_stack_and_home(
+    framework, tmp_path, standin_root, signing_key
+):
     data = tomllib.loads(build_manifest(framework, tmp_path, standin_root, signing_key).decode())
     assert {"path": "/tmp", "type": "tmpfs"} in data["fs"]["mounts"]
     assert data["sys"]["enable_sigterm_injection"] is True
     assert data["sys"]["stack"]["size"] == "8M"
     assert data["loader"]["env"]["HOME"] == "/tmp"
     assert data["fs"]["mounts"][0] == {
-        "path": "/lib", "uri": "file:/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc"}
+        "path": "/lib",
+        "uri": "file:/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc",
+    }
 
 
 @pytest.mark.parametrize("framework", ["tflite", "openvino"])
@@ -254,27 +277,45 @@ def test_python_server_manifest(framework, tmp_path, standin_root, signing_key):
     result = _build_text(tmp_path, standin_root, signing_key, SPECS[framework])
     data = tomllib.loads(result.artifacts.manifest.decode())
     env = data["loader"]["env"]
-    assert data["loader"]["argv"] == ["/usr/bin/python3.11", "-m", "enclave_build.model_server",
-                                      "--config", "/enclave/model-server.json"]
+    assert data["loader"]["argv"] == [
+        "/usr/bin/python3.11",
+        "-m",
+        "enclave_build.model_server",
+        "--config",
+        "/enclave/model-server.json",
+    ]
     assert env["ENCLAVE_BUILD_SIMULATED_QUOTER"] == {"passthrough": True}
     assert env["PYTHONPATH"] == SERVER_PYTHONPATH and "LD_PRELOAD" not in env
     trusted = {tf["uri"]: tf["sha256"] for tf in data["sgx"]["trusted_files"]}
     from enclave_build import model_server
+
     package = Path(model_server.__file__).parent
     shipped = sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
     assert shipped
     for path in shipped:
-        uri = (f"file:{SERVER_PYTHONPATH}/enclave_build/model_server/"
-               f"{path.relative_to(package).as_posix()}")
+        uri = (
+            f"file:{SERVER_PYTHONPATH}/enclave_build/model_server/"
+            f"{path.relative_to(package).as_posix()}"
+        )
         assert trusted[uri] == hashlib.sha256(path.read_bytes()).hexdigest(), uri
     # the enclave runtime ships whole, under the one namespace
-    for module in ("__init__.py", "attestation/__init__.py", "attestation/ratls.py",
-                   "attestation/protected_files.py"):
+    for module in (
+        "__init__.py",
+        "attestation/__init__.py",
+        "attestation/ratls.py",
+        "attestation/protected_files.py",
+    ):
         assert f"file:{SERVER_PYTHONPATH}/enclave_build/{module}" in trusted, module
-    assert not any(uri.startswith((f"file:{SERVER_PYTHONPATH}/model_server/",
-                                   f"file:{SERVER_PYTHONPATH}/attestation/",
-                                   f"file:{SERVER_PYTHONPATH}/enclave_build/builder/"))
-                   for uri in trusted)
+    assert not any(
+        uri.startswith(
+            (
+                f"file:{SERVER_PYTHONPATH}/model_server/",
+                f"file:{SERVER_PYTHONPATH}/attestation/",
+                f"file:{SERVER_PYTHONPATH}/enclave_build/builder/",
+            )
+        )
+        for uri in trusted
+    )
     config = next(f for f in result.artifacts.files if f.dest == "/enclave/model-server.json")
     assert trusted["file:/enclave/model-server.json"] == hashlib.sha256(config.data).hexdigest()
     parsed = parse_config(json.loads(config.data))
@@ -286,8 +327,12 @@ def test_loader_env_tables_follow_gramine_syntax():
     manifest = _minimal()
     manifest["loader"]["env"] = {"A": "x", "B": {"value": "y"}, "C": {"passthrough": True}}
     check_manifest(manifest)
-    manifest["loader"]["env"] = {"D": {"passthrough": False}, "E": {"value": 1},
-                                 "F": {"value": "a", "passthrough": True}, "G": {"from": "x"}}
+    manifest["loader"]["env"] = {
+        "D": {"passthrough": False},
+        "E": {"value": 1},
+        "F": {"value": "a", "passthrough": True},
+        "G": {"from": "x"},
+    }
     with pytest.raises(ManifestSchemaError) as info:
         check_manifest(manifest)
     text = str(info.value)
@@ -304,20 +349,27 @@ def test_ovms_several_models_get_a_trusted_config_json(tmp_path, standin_root, s
     assert argv[argv.index("--config_path") + 1] == "/enclave/ovms-config.json"
     assert "--model_name" not in argv
     config = next(f for f in result.artifacts.files if f.dest == "/enclave/ovms-config.json")
-    entry = next(tf for tf in data["sgx"]["trusted_files"]
-                 if tf["uri"] == "file:/enclave/ovms-config.json")
+    entry = next(
+        tf for tf in data["sgx"]["trusted_files"] if tf["uri"] == "file:/enclave/ovms-config.json"
+    )
     assert entry["sha256"] == hashlib.sha256(config.data).hexdigest()
     check_golden("ovms-config.json", config.data)
-    assert json.loads(config.data) == {"model_config_list": [
-        {"config": {"name": "face", "base_path": "/models/face", "target_device": "CPU"}},
-        {"config": {"name": "second", "base_path": "/models/second", "target_device": "CPU"}}]}
+    assert json.loads(config.data) == {
+        "model_config_list": [
+            {"config": {"name": "face", "base_path": "/models/face", "target_device": "CPU"}},
+            {"config": {"name": "second", "base_path": "/models/second", "target_device": "CPU"}},
+        ]
+    }
     uris = [tf["uri"] for tf in data["sgx"]["trusted_files"]]
     assert "file:/models/second/2/model.xml" in uris
 
 
 def test_tfserving_model_config_golden(tmp_path, standin_root, signing_key):
-    text = SPECS["tfserving"].replace('[enclave]', '[[models]]\nname = "second"\npath = '
-                                      '"saved_model"\nencrypt = false\nversion = 2\n\n[enclave]')
+    text = SPECS["tfserving"].replace(
+        "[enclave]",
+        '[[models]]\nname = "second"\npath = '
+        '"saved_model"\nencrypt = false\nversion = 2\n\n[enclave]',
+    )
     result = _build_text(tmp_path, standin_root, signing_key, text)
     config = next(f for f in result.artifacts.files if f.dest == "/enclave/tfserving-models.config")
     check_golden("tfserving-models.config", config.data)
@@ -325,15 +377,19 @@ def test_tfserving_model_config_golden(tmp_path, standin_root, signing_key):
 
 @pytest.mark.parametrize("framework", ["tfserving", "ovms"])
 def test_binary_frameworks_trust_the_elf_closure_not_whole_directories(
-        framework, tmp_path, standin_root, signing_key):
+    framework, tmp_path, standin_root, signing_key
+):
     data = tomllib.loads(build_manifest(framework, tmp_path, standin_root, signing_key).decode())
     uris = {tf["uri"] for tf in data["sgx"]["trusted_files"]}
     arch = "file:/usr/lib/x86_64-linux-gnu"
     assert {f"{arch}/libstdc++.so.6", f"{arch}/libgcc_s.so.1"} <= uris
-    assert f"{arch}/libunused.so.1" not in uris       # in the directory, needed by nothing
+    assert f"{arch}/libunused.so.1" not in uris  # in the directory, needed by nothing
     assert not any(u.startswith("file:/usr/lib/python3") for u in uris)
     if framework == "ovms":
-        assert {f"{arch}/libssl.so.3", f"{arch}/libcrypto.so.3",    # via libovms_shared.so
-                "file:/ovms/lib/libopenvino_intel_cpu_plugin.so"} <= uris
+        assert {
+            f"{arch}/libssl.so.3",
+            f"{arch}/libcrypto.so.3",  # via libovms_shared.so
+            "file:/ovms/lib/libopenvino_intel_cpu_plugin.so",
+        } <= uris
     else:
         assert f"{arch}/libz.so.1" in uris

@@ -8,8 +8,13 @@ import struct
 
 import pytest
 
-from enclave_build.builder.gramine.measure import (EnclaveAttributes, MeasureError, PalImage,
-                                     measure_enclave, parse_size)
+from enclave_build.builder.gramine.measure import (
+    EnclaveAttributes,
+    MeasureError,
+    PalImage,
+    measure_enclave,
+    parse_size,
+)
 from enclave_build.builder.gramine.offsets import Offsets, OffsetsError
 from enclave_build.builder.standin import _OFFSETS, standin_elf
 
@@ -20,21 +25,26 @@ PAGE = 4096
 def _reference(manifest: bytes, attrs: EnclaveAttributes, pal: PalImage) -> bytes:
     """Slow, obvious implementation: one Python iteration per page and per 256-byte chunk."""
     h = hashlib.sha256()
-    h.update(struct.pack("<8sLQ44s", b"ECREATE", OFFS.SSA_FRAME_SIZE // PAGE,
-                         attrs.enclave_size, b""))
+    h.update(
+        struct.pack("<8sLQ44s", b"ECREATE", OFFS.SSA_FRAME_SIZE // PAGE, attrs.enclave_size, b"")
+    )
 
     def page(addr, flags, content, measured):
         h.update(struct.pack("<8sQQ40s", b"EADD", addr, flags, b""))
         if measured:
             for i in range(0, PAGE, 256):
                 h.update(struct.pack("<8sQ48s", b"EEXTEND", addr + i, b""))
-                h.update(content[i:i + 256])
+                h.update(content[i : i + 256])
 
-    up = lambda n: (n + PAGE - 1) // PAGE * PAGE  # noqa: E731
+    up = lambda n: (n + PAGE - 1) // PAGE * PAGE
     t = attrs.max_threads
     mem = manifest + b"\0"
-    sizes = [("manifest", up(len(mem)), 0x201), ("ssa", t * 0x8000, 0x203),
-             ("tcs", t * 0x1000, 0x100), ("tls", t * 0x1000, 0x203)]
+    sizes = [
+        ("manifest", up(len(mem)), 0x201),
+        ("ssa", t * 0x8000, 0x203),
+        ("tcs", t * 0x1000, 0x100),
+        ("tls", t * 0x1000, 0x203),
+    ]
     sizes += [("stack", 0x40000, 0x203)] * t + [("sig", 0x10000, 0x203)] * t
     span = max(up(s.vaddr + s.memsz) for s in pal.segments)
     sizes.append(("pal", span, 0x200))
@@ -56,29 +66,42 @@ def _reference(manifest: bytes, attrs: EnclaveAttributes, pal: PalImage) -> byte
         struct.pack_into("<Q", tcs, i * 0x1000 + 0x38, addr["tls"] + 0x1000 * i)
         struct.pack_into("<L", tcs, i * 0x1000 + 0x40, 0xFFF)
         struct.pack_into("<L", tcs, i * 0x1000 + 0x44, 0xFFF)
-        for off, val in ((0x0, addr["tls"] + 0x1000 * i), (0x8, 0xBADBADBADBAD),
-                         (0x110, attrs.enclave_size), (0x118, addr["tcs"] + 0x1000 * i),
-                         (0x120, stacks[i] + 0x40000), (0x130, sigs[i]), (0x138, sigs[i] + 0x10000),
-                         (0x148, ssa), (0x150, ssa + 0x4000 - 0xB8), (0x1A0, len(mem)),
-                         (0x1A8, 0x10000), (0x1B0, pal_addr)):
+        for off, val in (
+            (0x0, addr["tls"] + 0x1000 * i),
+            (0x8, 0xBADBADBADBAD),
+            (0x110, attrs.enclave_size),
+            (0x118, addr["tcs"] + 0x1000 * i),
+            (0x120, stacks[i] + 0x40000),
+            (0x130, sigs[i]),
+            (0x138, sigs[i] + 0x10000),
+            (0x148, ssa),
+            (0x150, ssa + 0x4000 - 0xB8),
+            (0x1A0, len(mem)),
+            (0x1A8, 0x10000),
+            (0x1B0, pal_addr),
+        ):
             struct.pack_into("<Q", tls, i * 0x1000 + off, val)
     content = {"manifest": mem, "tcs": bytes(tcs), "tls": bytes(tls)}
     for name, a, size, flags in placed:
         if name == "pal":
             for seg in pal.segments:
-                fl = 0x200 | (1 if seg.flags & 4 else 0) | (2 if seg.flags & 2 else 0) | \
-                    (4 if seg.flags & 1 else 0)
+                fl = (
+                    0x200
+                    | (1 if seg.flags & 4 else 0)
+                    | (2 if seg.flags & 2 else 0)
+                    | (4 if seg.flags & 1 else 0)
+                )
                 start = (a + seg.vaddr) // PAGE * PAGE
                 end = up(a + seg.vaddr + seg.memsz)
                 image = bytearray(end - start)
                 lead = seg.offset % PAGE
-                image[lead:lead + seg.filesz] = pal.data[seg.offset:seg.offset + seg.filesz]
+                image[lead : lead + seg.filesz] = pal.data[seg.offset : seg.offset + seg.filesz]
                 for p in range(start, end, PAGE):
-                    page(p, fl, bytes(image[p - start:p - start + PAGE]), True)
+                    page(p, fl, bytes(image[p - start : p - start + PAGE]), True)
             continue
         data = content.get(name, b"").ljust(size, b"\0")
         for p in range(a, a + size, PAGE):
-            page(p, flags, data[p - a:p - a + PAGE], True)
+            page(p, flags, data[p - a : p - a + PAGE], True)
     if not attrs.edmm_enable:
         for p in range(0x10000, pal_addr, PAGE):
             page(p, 0x207, b"", False)
@@ -118,8 +141,10 @@ def test_not_an_elf_is_refused():
         PalImage.from_bytes(b"#!/bin/sh\n" * 100, "libpal.so")
 
 
-@pytest.mark.parametrize("text,value", [("256M", 256 << 20), ("4G", 4 << 30), ("64K", 65536),
-                                        ("0x1000", 4096), ("1024", 1024)])
+@pytest.mark.parametrize(
+    "text,value",
+    [("256M", 256 << 20), ("4G", 4 << 30), ("64K", 65536), ("0x1000", 4096), ("1024", 1024)],
+)
 def test_parse_size(text, value):
     assert parse_size(text) == value
 

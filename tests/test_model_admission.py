@@ -18,8 +18,11 @@ from enclave_build.model_server.config import ConfigError, Limits, ModelConfig, 
 from enclave_build.model_server.core import Engine, LoadedModel, ServeError
 from tests.ms_backends import NO_SOURCE
 
-BASE: dict[str, Any] = {"version": 1, "service": "s",
-        "models": [{"name": "m", "backend": "tflite", "path": "/m.tflite"}]}
+BASE: dict[str, Any] = {
+    "version": 1,
+    "service": "s",
+    "models": [{"name": "m", "backend": "tflite", "path": "/m.tflite"}],
+}
 
 
 # ---------------------------------------------------------------- configuration
@@ -28,26 +31,34 @@ BASE: dict[str, Any] = {"version": 1, "service": "s",
 def test_config_grpc_connection_limits_and_model_queue():
     c = parse_config(BASE)
     assert c.limits.max_grpc_connections == 1024 and c.limits.max_streams_per_connection == 32
-    assert c.models[0].max_queue is None                   # derived from the server's limits
-    c = parse_config(dict(BASE, limits={"max_grpc_connections": 8,
-                                        "max_streams_per_connection": 2},
-                          models=[dict(BASE["models"][0], max_queue=0)]))
+    assert c.models[0].max_queue is None  # derived from the server's limits
+    c = parse_config(
+        dict(
+            BASE,
+            limits={"max_grpc_connections": 8, "max_streams_per_connection": 2},
+            models=[dict(BASE["models"][0], max_queue=0)],
+        )
+    )
     assert c.limits.max_grpc_connections == 8 and c.limits.max_streams_per_connection == 2
     assert c.models[0].max_queue == 0
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"limits": {"max_grpc_connections": 0}}, "limits.max_grpc_connections"),
-    ({"limits": {"max_streams_per_connection": True}}, "limits.max_streams_per_connection"),
-    ({"models": [dict(BASE["models"][0], max_queue=-1)]}, r"models\[0\].max_queue"),
-    ({"models": [dict(BASE["models"][0], max_queue="4")]}, r"models\[0\].max_queue"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"limits": {"max_grpc_connections": 0}}, "limits.max_grpc_connections"),
+        ({"limits": {"max_streams_per_connection": True}}, "limits.max_streams_per_connection"),
+        ({"models": [dict(BASE["models"][0], max_queue=-1)]}, r"models\[0\].max_queue"),
+        ({"models": [dict(BASE["models"][0], max_queue="4")]}, r"models\[0\].max_queue"),
+    ],
+)
 def test_config_errors_name_the_limit(change, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(dict(BASE, **change))
 
 
 # ---------------------------------------------------------------- per-model queues
+
 
 class GatedBackend(Backend):
     """Echoes its input once the test opens the gate (a slow model held still)."""
@@ -68,8 +79,9 @@ class GatedBackend(Backend):
 
 def gated_model(name: str, instances: int = 1, max_queue: int | None = None) -> LoadedModel:
     GatedBackend.gates[name] = threading.Event()
-    mc = ModelConfig(name, "1", f"{__name__}:GatedBackend", "/none", instances=instances,
-                     max_queue=max_queue)
+    mc = ModelConfig(
+        name, "1", f"{__name__}:GatedBackend", "/none", instances=instances, max_queue=max_queue
+    )
     return LoadedModel(mc, [GatedBackend(mc, NO_SOURCE) for _ in range(instances)])
 
 
@@ -83,6 +95,7 @@ def _infer_in_thread(engine: Engine, model: LoadedModel, outcomes: list) -> thre
             outcomes.append("ok")
         except ServeError as exc:
             outcomes.append(exc)
+
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
@@ -97,8 +110,9 @@ def _wait_for(condition, what: str) -> None:
 
 def test_queues_are_per_model_by_default_shares_of_the_server_queue():
     slow, idle, big = gated_model("slow"), gated_model("idle"), gated_model("big", instances=2)
-    engine = Engine({m.name: m for m in (slow, idle, big)},
-                    Limits(max_concurrent_requests=8, max_queue=20))
+    engine = Engine(
+        {m.name: m for m in (slow, idle, big)}, Limits(max_concurrent_requests=8, max_queue=20)
+    )
     # max_queue shared in proportion to instances (1:1:2), rounded down
     assert (slow.pool.max_queue, idle.pool.max_queue, big.pool.max_queue) == (5, 5, 10)
     explicit = gated_model("explicit", max_queue=0)
@@ -113,8 +127,7 @@ def test_a_slow_models_backlog_does_not_hold_back_another_model():
     once): a request to another model of the same server still runs at once. Server-wide
     admission used to queue it behind the slow model's backlog."""
     slow, idle = gated_model("slow"), gated_model("idle")
-    engine = Engine({"slow": slow, "idle": idle},
-                    Limits(max_concurrent_requests=2, max_queue=4))
+    engine = Engine({"slow": slow, "idle": idle}, Limits(max_concurrent_requests=2, max_queue=4))
     outcomes: list = []
     threads = [_infer_in_thread(engine, slow, outcomes) for _ in range(8)]
     # 1 running + its queue (2 of the server's 4) waiting; the other 5 refused at once
@@ -126,7 +139,7 @@ def test_a_slow_models_backlog_does_not_hold_back_another_model():
     mine: list = []
     other = _infer_in_thread(engine, idle, mine)
     other.join(15)
-    assert mine == ["ok"], mine                  # answered while the slow model is still held
+    assert mine == ["ok"], mine  # answered while the slow model is still held
     assert slow.pool.waiting == 2
     GatedBackend.gates["slow"].set()
     for t in threads:
@@ -165,11 +178,12 @@ def test_handler_thread_share_bounds_grpc_waiters_per_model():
     assert all("gRPC calls queued" in e.message for e in outcomes)
 
     async def rest_side():
-        task = asyncio.ensure_future(engine.infer(a, {"x": X}))   # still allowed to wait
+        task = asyncio.ensure_future(engine.infer(a, {"x": X}))  # still allowed to wait
         while a.pool.waiting < 3:
             await asyncio.sleep(0.001)
         GatedBackend.gates["a"].set()
         return await asyncio.wait_for(task, 15)
+
     assert asyncio.run(rest_side())["y"].tolist() == (X * 2).tolist()
     for t in threads:
         t.join(15)
@@ -195,14 +209,15 @@ def test_stop_admitting_fails_queued_requests_and_lets_running_ones_finish():
         with pytest.raises(ServeError, match="drain_seconds") as info:
             await task
         return info.value
+
     error = asyncio.run(queued_task())
     assert error.kind == ServeError.UNAVAILABLE
     _wait_for(lambda: len(outcomes) == 2, "the queued threads answered")
     assert all(isinstance(o, ServeError) and "drain_seconds" in o.message for o in outcomes)
     assert engine.counters.cut_off == 3
-    with pytest.raises(ServeError, match="drain_seconds"):        # nothing new starts
+    with pytest.raises(ServeError, match="drain_seconds"):  # nothing new starts
         engine.infer_sync(slow, {"x": X})
-    GatedBackend.gates["slow"].set()                              # the running one finishes
+    GatedBackend.gates["slow"].set()  # the running one finishes
     for t in threads:
         t.join(15)
     assert outcomes[-1] == "ok" and engine.admission.in_flight == 0 and slow.pool.idle == 1

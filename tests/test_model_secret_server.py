@@ -39,8 +39,16 @@ KEY = "faces-key"
 PORTS = (se.free_port(), se.free_port())
 
 
-def _model_spec(directory: Path, server_build, server_port: int, *, pin: str,
-                measurements: Path, keys_dir: Path, signing_key: Path) -> Path:
+def _model_spec(
+    directory: Path,
+    server_build,
+    server_port: int,
+    *,
+    pin: str,
+    measurements: Path,
+    keys_dir: Path,
+    signing_key: Path,
+) -> Path:
     directory.mkdir(parents=True)
     pki = server_build["pki"]
     spec = directory / "spec.toml"
@@ -63,8 +71,8 @@ isv_svn = 3
 server = "127.0.0.1:{server_port}"
 server_measurements = ["{measurements}"]
 server_pin = "{pin}"
-server_root_ca = "{pki / 'root.pem'}"
-server_collateral = "{pki / 'collateral.json'}"
+server_root_ca = "{pki / "root.pem"}"
+server_collateral = "{pki / "collateral.json"}"
 keys_dir = "{keys_dir}"
 
 [signing]
@@ -91,14 +99,23 @@ def _mr_enclave(out: Path) -> str:
 @pytest.fixture(scope="module")
 def chain(served, signing_key, tmp_path_factory):  # noqa: F811
     work = tmp_path_factory.mktemp("model-secret-server")
-    base = served["work"] / "rootfs"          # stand-in base + the secret server's runtimes
+    base = served["work"] / "rootfs"  # stand-in base + the secret server's runtimes
     keys_dir = work / "wrap-keys"
     port = se.free_port()
     older = served["out"] / "measurements.json"
     # 2. the model, trusting the secret server's signer (any build of it names that).
-    model_out, model_log = _build(_model_spec(work / "model", served, port, pin="mr_signer",
-                                              measurements=older, keys_dir=keys_dir,
-                                              signing_key=signing_key), base)
+    model_out, model_log = _build(
+        _model_spec(
+            work / "model",
+            served,
+            port,
+            pin="mr_signer",
+            measurements=older,
+            keys_dir=keys_dir,
+            signing_key=signing_key,
+        ),
+        base,
+    )
     # 3. the secret server whose measured policy names the model's build.
     server_dir = work / "server"
     server_dir.mkdir()
@@ -112,8 +129,8 @@ framework = "secret-server"
 port = {port}
 policies = ["{model_out}"]
 owners = ["{owner_cert}"]
-root_ca = "{pki / 'root.pem'}"
-collateral = "{pki / 'collateral.json'}"
+root_ca = "{pki / "root.pem"}"
+collateral = "{pki / "collateral.json"}"
 
 [signing]
 key = "key.pem"
@@ -125,23 +142,46 @@ key = "key.pem"
     try:
         if output.wait_for(SERVING, 60) is None:
             raise AssertionError(f"the secret server did not start:\n{output.text}")
-        yield SimpleNamespace(work=work, base=base, port=port, keys_dir=keys_dir, older=older,
-                              model_out=model_out, model_log=model_log,
-                              server_out=server_out, server=process, pki=pki,
-                              owner=(owner_cert, owner_key), signing_key=signing_key,
-                              served=served)
+        yield SimpleNamespace(
+            work=work,
+            base=base,
+            port=port,
+            keys_dir=keys_dir,
+            older=older,
+            model_out=model_out,
+            model_log=model_log,
+            server_out=server_out,
+            server=process,
+            pki=pki,
+            owner=(owner_cert, owner_key),
+            signing_key=signing_key,
+            served=served,
+        )
     finally:
         process.stop()
 
 
 def _upload(chain) -> None:
     cert, key = chain.owner
-    proc = run_cli("secrets", "upload", f"127.0.0.1:{chain.port}",
-                   "--measurements", str(chain.server_out / "measurements.json"),
-                   "--collateral", str(chain.pki / "collateral.json"),
-                   "--allow-synthetic-root", str(chain.pki / "root.pem"),
-                   "--owner-cert", str(cert), "--owner-key", str(key),
-                   "--name", KEY, "--file", str(chain.keys_dir / f"{KEY}.key"))
+    proc = run_cli(
+        "secrets",
+        "upload",
+        f"127.0.0.1:{chain.port}",
+        "--measurements",
+        str(chain.server_out / "measurements.json"),
+        "--collateral",
+        str(chain.pki / "collateral.json"),
+        "--allow-synthetic-root",
+        str(chain.pki / "root.pem"),
+        "--owner-cert",
+        str(cert),
+        "--owner-key",
+        str(key),
+        "--name",
+        KEY,
+        "--file",
+        str(chain.keys_dir / f"{KEY}.key"),
+    )
     assert proc.returncode == 0, proc.stderr.decode()
 
 
@@ -154,14 +194,18 @@ def test_model_trusts_the_server_by_signer_only(chain):
     server = json.loads((chain.server_out / "measurements.json").read_text())
     identity = config["keys"]["server_identity"]
     assert "ca" not in config["keys"] and identity["pin"] == "mr_signer"
-    assert identity["builds"] == [{"mr_signer": server["mr_signer"], "isv_prod_id": 0,
-                                   "isv_svn": 0, "debug": False}]
+    assert identity["builds"] == [
+        {"mr_signer": server["mr_signer"], "isv_prod_id": 0, "isv_svn": 0, "debug": False}
+    ]
     assert identity["root_ca"] == "/enclave/secret-server-trust/root.pem"
     assert identity["collateral"] == "/enclave/secret-server-trust/collateral.json"
     manifest = next(root.glob("enclave/*.manifest.sgx")).read_text()
-    for path in ("/enclave/secret-server-trust/root.pem",
-                 "/enclave/secret-server-trust/collateral.json",
-                 "/enclave/model-server.json", "/attestation/verify.py"):
+    for path in (
+        "/enclave/secret-server-trust/root.pem",
+        "/enclave/secret-server-trust/collateral.json",
+        "/enclave/model-server.json",
+        "/attestation/verify.py",
+    ):
         assert path in manifest, path
     assert re.search(r"dist-packages/dcap_qvl/__init__\.py", manifest)
     assert "server_root_ca" in chain.model_log, chain.model_log
@@ -171,11 +215,18 @@ def test_model_trusts_the_server_by_signer_only(chain):
 def test_model_mrenclave_does_not_depend_on_which_server_build_it_names(chain):
     """The fixed point that breaks the cycle: the model built against the NEW server's
     measurements is the same enclave as the one built against the older build's."""
-    again, _ = _build(_model_spec(chain.work / "model-again", chain.served, chain.port,
-                                  pin="mr_signer",
-                                  measurements=chain.server_out / "measurements.json",
-                                  keys_dir=chain.keys_dir, signing_key=chain.signing_key),
-                      chain.base)
+    again, _ = _build(
+        _model_spec(
+            chain.work / "model-again",
+            chain.served,
+            chain.port,
+            pin="mr_signer",
+            measurements=chain.server_out / "measurements.json",
+            keys_dir=chain.keys_dir,
+            signing_key=chain.signing_key,
+        ),
+        chain.base,
+    )
     assert _mr_enclave(again) == _mr_enclave(chain.model_out)
     assert _mr_enclave(chain.server_out) != json.loads(chain.older.read_text())["mr_enclave"]
 
@@ -192,19 +243,32 @@ def test_model_attests_the_server_fetches_its_key_and_serves(chain):
     assert "NOT Intel's SGX root" in run.output.text
     # The secret server released the key to the model's attested identity.
     model = _mr_enclave(chain.model_out)
-    decisions = [json.loads(line) for line in chain.server.output.lines
-                 if line.startswith("{") and '"decision"' in line]
-    assert any(d.get("decision") == "allow" and d.get("secret") == KEY
-               and d.get("mr_enclave") == model for d in decisions), chain.server.output.text
+    decisions = [
+        json.loads(line)
+        for line in chain.server.output.lines
+        if line.startswith("{") and '"decision"' in line
+    ]
+    assert any(
+        d.get("decision") == "allow" and d.get("secret") == KEY and d.get("mr_enclave") == model
+        for d in decisions
+    ), chain.server.output.text
 
 
 def test_model_pinned_to_another_server_build_refuses_and_never_serves(chain):
     older = json.loads(chain.older.read_text())["mr_enclave"]
     current = _mr_enclave(chain.server_out)
-    bad, _ = _build(_model_spec(chain.work / "model-pinned", chain.served, chain.port,
-                                pin="mr_enclave", measurements=chain.older,
-                                keys_dir=chain.keys_dir, signing_key=chain.signing_key),
-                    chain.base)
+    bad, _ = _build(
+        _model_spec(
+            chain.work / "model-pinned",
+            chain.served,
+            chain.port,
+            pin="mr_enclave",
+            measurements=chain.older,
+            keys_dir=chain.keys_dir,
+            signing_key=chain.signing_key,
+        ),
+        chain.base,
+    )
     run, served_model = se.start_run(bad, SimpleNamespace(pki_dir=chain.pki), timeout=60)
     code = run.proc.wait(30)
     run.stop()

@@ -13,11 +13,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from enclave_build.model_server import datatypes, protocol as pb
-from enclave_build.model_server.backends import (Backend, BackendError, TensorSpec, from_numpy_dtype,
-                                   load_backend_class, to_numpy_dtype)
-from enclave_build.model_server.config import ConfigError, Limits, ModelConfig, parse_config
+from enclave_build.model_server import datatypes
+from enclave_build.model_server import protocol as pb
 from enclave_build.model_server.admission import InstancePool
+from enclave_build.model_server.backends import (
+    Backend,
+    BackendError,
+    TensorSpec,
+    from_numpy_dtype,
+    load_backend_class,
+    to_numpy_dtype,
+)
+from enclave_build.model_server.config import ConfigError, Limits, ModelConfig, parse_config
 from enclave_build.model_server.core import LoadedModel, ServeError
 from enclave_build.model_server.metrics import Metrics
 from enclave_build.model_server.rest import decode_infer, encode_infer
@@ -67,8 +74,7 @@ def test_infer_request_round_trips_through_tritonclient_messages():
     r.raw_input_contents.append(b"\x00" * 8)
     ours = pb.ModelInferRequest.FromString(r.SerializeToString())
     # Map fields have no defined order on the wire: compare deterministic serializations.
-    assert (ours.SerializeToString(deterministic=True)
-            == r.SerializeToString(deterministic=True))
+    assert ours.SerializeToString(deterministic=True) == r.SerializeToString(deterministic=True)
     assert ours.inputs[0].parameters["binary_data_size"].int64_param == 8
     assert list(ours.inputs[0].contents.fp32_contents) == [1.5, -2.0]
     assert ours.parameters["priority"].uint64_param == 3
@@ -84,22 +90,37 @@ def test_infer_request_round_trips_through_tritonclient_messages():
 def test_service_declares_the_six_rpcs():
     svc = pb.POOL.FindServiceByName("inference.GRPCInferenceService")
     assert sorted(m.name for m in svc.methods) == sorted(
-        ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-         "ModelInfer"])
+        ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"]
+    )
 
 
 # ---------------------------------------------------------------- datatypes
 
 
-@pytest.mark.parametrize("dt", ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
-                                "INT32", "INT64", "FP16", "FP32", "FP64"])
+@pytest.mark.parametrize(
+    "dt",
+    [
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "FP32",
+        "FP64",
+    ],
+)
 def test_raw_round_trip_is_zero_copy(dt):
     a = (np.arange(12) % 2 == 0) if dt == "BOOL" else np.arange(12).astype(to_numpy_dtype(dt))
     raw = datatypes.to_raw(a.reshape(3, 4))
     back = datatypes.from_raw(raw, dt, [3, 4])
     assert from_numpy_dtype(back.dtype) == dt
     assert np.array_equal(back.reshape(-1), a)
-    assert not back.flags.owndata          # a view over the request bytes, not a copy
+    assert not back.flags.owndata  # a view over the request bytes, not a copy
 
 
 def test_raw_size_mismatch_is_a_tensor_error():
@@ -132,8 +153,11 @@ def test_tensor_spec_accepts():
 
 # ---------------------------------------------------------------- config
 
-BASE: dict[str, Any] = {"version": 1, "service": "s",
-        "models": [{"name": "m", "backend": "tflite", "path": "/m.tflite"}]}
+BASE: dict[str, Any] = {
+    "version": 1,
+    "service": "s",
+    "models": [{"name": "m", "backend": "tflite", "path": "/m.tflite"}],
+}
 
 
 def test_config_defaults_and_limits():
@@ -142,16 +166,24 @@ def test_config_defaults_and_limits():
     assert c.grpc.port == 8001 and c.rest.port == 8000 and c.models[0].instances == 1
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"version": 2}, "version must be 1"),
-    ({"grcp": {}}, "unknown key"),
-    ({"limits": {"max_queue": -1}}, "limits.max_queue"),
-    ({"limits": {"max_reqest_bytes": 5}}, "unknown key"),
-    ({"grpc": {"host": "x", "port": 70000}}, "grpc.port: 70000 is out of range; allowed: 0 to "
-                                             "65535"),
-    ({"models": [{"name": "m", "path": "/x"}]}, r"models\[0\].backend: required key is missing"),
-    ({"models": [BASE["models"][0], BASE["models"][0]]}, "unique"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"version": 2}, "version must be 1"),
+        ({"grcp": {}}, "unknown key"),
+        ({"limits": {"max_queue": -1}}, "limits.max_queue"),
+        ({"limits": {"max_reqest_bytes": 5}}, "unknown key"),
+        (
+            {"grpc": {"host": "x", "port": 70000}},
+            "grpc.port: 70000 is out of range; allowed: 0 to 65535",
+        ),
+        (
+            {"models": [{"name": "m", "path": "/x"}]},
+            r"models\[0\].backend: required key is missing",
+        ),
+        ({"models": [BASE["models"][0], BASE["models"][0]]}, "unique"),
+    ],
+)
 def test_config_errors(change, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(dict(BASE, **change))
@@ -206,10 +238,20 @@ def test_model_validation_messages():
 def test_rest_binary_request_and_response_layout():
     m = _echo_model()
     x = np.array([[1, 2], [3, 4]], dtype=np.float32)
-    head = json.dumps({"id": "7", "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2],
-                                             "parameters": {"binary_data_size": 16}}],
-                       "outputs": [{"name": "y", "parameters": {"binary_data": True}},
-                                   {"name": "n"}]}).encode()
+    head = json.dumps(
+        {
+            "id": "7",
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [2, 2],
+                    "parameters": {"binary_data_size": 16},
+                }
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "n"}],
+        }
+    ).encode()
     req, arrays, outputs = decode_infer(m, head + x.tobytes(), len(head))
     assert np.array_equal(arrays["x"], x) and outputs == [("y", True), ("n", False)]
     body, ctype, extra = encode_infer(m, req, EchoBackend.infer(None, arrays), outputs)
@@ -223,29 +265,47 @@ def test_rest_binary_request_and_response_layout():
 
 def test_rest_json_request_and_binary_output_default():
     m = _echo_model()
-    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2],
-                                   "data": [[0.5, 1.5]]}],
-                       "parameters": {"binary_data_output": True}}).encode()
+    body = json.dumps(
+        {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [[0.5, 1.5]]}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     _req, arrays, outputs = decode_infer(m, body, None)
     assert arrays["x"].tolist() == [[0.5, 1.5]] and outputs == [("y", True), ("n", True)]
 
 
-_BIN_HEAD = (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], '
-             b'"parameters": {"binary_data_size": 8}}]}')
+_BIN_HEAD = (
+    b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], '
+    b'"parameters": {"binary_data_size": 8}}]}'
+)
 
 
-@pytest.mark.parametrize("body, header_len, message", [
-    (b"{not json", None, "not JSON"),
-    (b"[1, 2]", None, "JSON object"),
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2]}]}', None, "neither data"),
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1]}]}', None,
-     "needs 2 elements"),
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": ["a", "b"]}]}',
-     None, "does not convert"),
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], '
-     b'"parameters": {"binary_data_size": 8}}]}', 200, "does not fit a body"),
-    (_BIN_HEAD + b"\0" * 12, len(_BIN_HEAD), "4 binary bytes after"),
-])
+@pytest.mark.parametrize(
+    "body, header_len, message",
+    [
+        (b"{not json", None, "not JSON"),
+        (b"[1, 2]", None, "JSON object"),
+        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2]}]}', None, "neither data"),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1]}]}',
+            None,
+            "needs 2 elements",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": ["a", "b"]}]}',
+            None,
+            "does not convert",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], '
+            b'"parameters": {"binary_data_size": 8}}]}',
+            200,
+            "does not fit a body",
+        ),
+        (_BIN_HEAD + b"\0" * 12, len(_BIN_HEAD), "4 binary bytes after"),
+    ],
+)
 def test_rest_bad_requests(body, header_len, message):
     with pytest.raises(ServeError, match=message) as info:
         decode_infer(_echo_model(), body, header_len)
@@ -264,14 +324,15 @@ def test_pool_bounds_running_and_queued_requests():
         await asyncio.sleep(0)
         assert pool.waiting == 1 and not waiter.done()
         with pytest.raises(ServeError, match=r"model 'm' is busy.*max_queue is 1") as info:
-            await pool.acquire()                     # 2 running + 1 queued: refused
+            await pool.acquire()  # 2 running + 1 queued: refused
         assert info.value.kind == ServeError.UNAVAILABLE
-        pool.release("a")                            # handed straight to the waiter
+        pool.release("a")  # handed straight to the waiter
         assert await asyncio.wait_for(waiter, 10) == "a"
         assert pool.idle == 0 and pool.waiting == 0
         pool.release("a")
         pool.release("b")
         assert pool.idle == 2
+
     asyncio.run(scenario())
 
 
@@ -285,6 +346,7 @@ def test_cancelled_waiter_leaves_no_instance_behind():
         await asyncio.sleep(0)
         pool.release("a")
         assert pool.idle == 1 and pool.waiting == 0
+
     asyncio.run(scenario())
 
 
@@ -296,14 +358,15 @@ def test_pool_hands_instances_between_threads_and_tasks():
 
     async def scenario():
         pool = InstancePool("m", ["i"], max_queue=2)
-        await pool.acquire()                             # a REST request holds the instance
+        await pool.acquire()  # a REST request holds the instance
         got = threading.Event()
 
         def handler_thread():
-            item = pool.acquire_sync()                   # queued behind it
+            item = pool.acquire_sync()  # queued behind it
             got.set()
             time.sleep(0.05)
-            pool.release(item)                           # hands over to the task below
+            pool.release(item)  # hands over to the task below
+
         t = threading.Thread(target=handler_thread)
         t.start()
         while pool.waiting < 1:
@@ -312,14 +375,15 @@ def test_pool_hands_instances_between_threads_and_tasks():
         while pool.waiting < 2:
             await asyncio.sleep(0.001)
         with pytest.raises(ServeError) as info:
-            await pool.acquire()                         # 1 running + 2 queued: refused
+            await pool.acquire()  # 1 running + 2 queued: refused
         assert info.value.kind == ServeError.UNAVAILABLE
         pool.release("i")
-        assert await asyncio.wait_for(task, 10) == "i"   # woken from the thread
+        assert await asyncio.wait_for(task, 10) == "i"  # woken from the thread
         assert got.is_set() and pool.idle == 0 and pool.waiting == 0
         t.join(10)
         pool.release("i")
         assert pool.idle == 1
+
     asyncio.run(scenario())
 
 
@@ -342,6 +406,7 @@ def test_infer_sync_shares_the_pool_with_async_requests():
 
     async def tasks():
         return [await engine.infer(m, {"x": x}) for _ in range(50)]
+
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
         t.start()
@@ -357,8 +422,10 @@ def test_infer_sync_shares_the_pool_with_async_requests():
 
 # ---------------------------------------------------------------- metrics
 
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-z_]+="(?:[^"\\]|\\.)*",?)*\})? '
-                    r'(-?[0-9.e+-]+|\+Inf|NaN)$')
+SAMPLE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-z_]+="(?:[^"\\]|\\.)*",?)*\})? '
+    r"(-?[0-9.e+-]+|\+Inf|NaN)$"
+)
 
 
 def parse_prometheus(text: str) -> dict[str, list[tuple[str, float]]]:
@@ -388,10 +455,14 @@ def test_metrics_text_parses_and_histogram_is_cumulative():
         m.observe("fd", "grpc", "ok", s)
     m.observe('we"ird\\', "rest", "invalid", 0.01)
     samples = parse_prometheus(m.render(queue_depth=3, in_flight=1, models=["fd"]))
-    buckets = [v for labels, v in samples["model_server_request_duration_seconds_bucket"]
-               if 'model="fd"' in labels]
+    buckets = [
+        v
+        for labels, v in samples["model_server_request_duration_seconds_bucket"]
+        if 'model="fd"' in labels
+    ]
     assert buckets == sorted(buckets) and buckets[0] == 1 and buckets[-1] == 5
     assert dict(samples["model_server_queue_depth"])[""] == 3
     assert ('{model="fd",protocol="grpc",status="ok"}', 5.0) in samples[
-        "model_server_requests_total"]
+        "model_server_requests_total"
+    ]
     assert samples["model_server_process_resident_bytes"][0][1] > 1 << 20

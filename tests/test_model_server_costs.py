@@ -36,12 +36,21 @@ ADVERSARIAL_JSON = {
     "one-key objects": b"[" + b'{"a":1},' * 50_000 + b'{"a":1}]',
     "nulls": b"[" + b"null," * 100_000 + b"null]",
     "spaces in a string": b'["' + b" " * 300_000 + b'"]',
-    "non-BMP": b'["' + b"a" * 200_000 + "\U0001F600".encode() + b'"]',
+    "non-BMP": b'["' + b"a" * 200_000 + "\U0001f600".encode() + b'"]',
     "non-BMP keys": b'{"\xf0\x9f\x98\x80' + b"a" * 50_000 + b'":1}',
     "escapes": b'["' + b"\\ud83d\\ude00" * 20_000 + b'"]',
-    "a request": json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 20000],
-                                         "data": np.random.default_rng(1).random(20000)
-                                         .astype(np.float32).tolist()}]}).encode(),
+    "a request": json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [1, 20000],
+                    "data": np.random.default_rng(1).random(20000).astype(np.float32).tolist(),
+                }
+            ]
+        }
+    ).encode(),
 }
 
 
@@ -80,11 +89,19 @@ def test_json_cost_of_a_float_tensor_is_near_what_it_takes():
 # ---------------------------------------------------------------- numbers in JSON
 
 
-@pytest.mark.parametrize("data, what", [
-    ([None, 1], "null"), ([True, 1.0], "a boolean"), ([1.5, False], "a boolean"),
-    (["1e39", 1], "the string '1e39'"), ([" NaN", 1], "the string ' NaN'"),
-    (["nan", 1], "the string 'nan'"), ([[1], [None]], "null"), ([{"a": 1}, 2], "an object"),
-])
+@pytest.mark.parametrize(
+    "data, what",
+    [
+        ([None, 1], "null"),
+        ([True, 1.0], "a boolean"),
+        ([1.5, False], "a boolean"),
+        (["1e39", 1], "the string '1e39'"),
+        ([" NaN", 1], "the string ' NaN'"),
+        (["nan", 1], "the string 'nan'"),
+        ([[1], [None]], "null"),
+        ([{"a": 1}, 2], "an object"),
+    ],
+)
 def test_json_numbers_refuse_null_booleans_and_other_strings(data, what):
     """null used to become NaN, true 1.0, and numpy parsed any numeric-looking string."""
     with pytest.raises(TensorError, match=f"does not convert to FP32: it holds {what}"):
@@ -140,6 +157,7 @@ def _ld(number: int, payload: bytes) -> bytes:
             n >>= 7
             if not n:
                 return bytes(out)
+
     return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
@@ -148,18 +166,21 @@ def test_parse_cost_counts_elements_not_bytes():
     n = 100_000
     empties = _ld(1, b"m") + _ld(5, _ld(1, b"s") + _ld(2, b"BYTES") + _ld(5, b"B\x00" * n))
     raw = _ld(1, b"m") + _ld(7, bytes(2 * n))
-    assert parse_cost(empties) >= 32 * n              # (16-byte views, doubling as they grow)
+    assert parse_cost(empties) >= 32 * n  # (16-byte views, doubling as they grow)
     assert parse_cost(raw) < 100
-    packed = _ld(1, b"m") + _ld(5, _ld(5, _ld(3, b"\x01" * n)))      # int64_contents, packed
+    packed = _ld(1, b"m") + _ld(5, _ld(5, _ld(3, b"\x01" * n)))  # int64_contents, packed
     assert parse_cost(packed) >= 8 * n
 
 
-@pytest.mark.parametrize("message, error", [
-    (_ld(1, b"m") + b"2\x00" * (MAX_FIELDS + 1), f"more than {MAX_FIELDS} fields"),
-    (_ld(1, b"m" * (MAX_NAME + 1)), "model_name is longer"),
-    (_ld(5, _ld(3, b"\x01" * 400)), "more than 32 dimensions"),
-    (_ld(5, b"\x0a\x05ab"), "truncated"),
-])
+@pytest.mark.parametrize(
+    "message, error",
+    [
+        (_ld(1, b"m") + b"2\x00" * (MAX_FIELDS + 1), f"more than {MAX_FIELDS} fields"),
+        (_ld(1, b"m" * (MAX_NAME + 1)), "model_name is longer"),
+        (_ld(5, _ld(3, b"\x01" * 400)), "more than 32 dimensions"),
+        (_ld(5, b"\x0a\x05ab"), "truncated"),
+    ],
+)
 def test_parse_cost_refuses_what_no_client_sends(message, error):
     with pytest.raises(ServeError, match=error) as info:
         parse_cost(message)
@@ -192,9 +213,9 @@ def test_hold_grows_shrinks_and_releases():
 
 def test_answer_cost_and_max_response_bytes():
     y = np.zeros((1000, 2), np.float32)
-    assert answer_cost({"y": y}, [("y", True)], 8000) == 8000          # copied into the answer
-    assert answer_cost({"y": y.T}, [("y", True)], 8000) == 16000       # made contiguous first
-    assert answer_cost({"y": y}, [("y", False)], 8000) > 100 * 2000    # JSON: objects, text
+    assert answer_cost({"y": y}, [("y", True)], 8000) == 8000  # copied into the answer
+    assert answer_cost({"y": y.T}, [("y", True)], 8000) == 16000  # made contiguous first
+    assert answer_cost({"y": y}, [("y", False)], 8000) > 100 * 2000  # JSON: objects, text
     with pytest.raises(ServeError, match=r"limits\.max_response_bytes 7999") as info:
         answer_cost({"y": y}, [("y", True)], 7999)
     assert info.value.kind == ServeError.TOO_LARGE
@@ -223,16 +244,16 @@ def test_gate_reserves_the_largest_message_and_hands_it_over():
     that the request gets the room's bytes."""
     budget = ByteBudget(400)
     gate = ReceiveGate(budget, 100, grace=1, max_waiting=2)
-    holders = [gate.enter(lambda: None, "c1") for _ in range(3)]      # share: 300
+    holders = [gate.enter(lambda: None, "c1") for _ in range(3)]  # share: 300
     assert all(holders) and budget.used == 300 and gate.receiving == 300
-    assert gate.hand_over(holders[0], 30) == 30                  # now the request's
-    gate.leave(holders[0])                                       # (nothing more to give back)
+    assert gate.hand_over(holders[0], 30) == 30  # now the request's
+    gate.leave(holders[0])  # (nothing more to give back)
     assert budget.used == 330 and gate.receiving == 200 and gate.keeping == 100
     assert gate.hand_over(holders[1], 30) == 30
-    assert gate.hand_over(holders[2], 30) == 100                 # two rooms kept already
+    assert gate.hand_over(holders[2], 30) == 100  # two rooms kept already
     assert gate.kept == 2 and gate.receiving == 0 and budget.used == 360
-    budget.release(30 + 30 + 100)                                # the requests end
-    again = gate.enter(lambda: None, "c1")                       # a kept room: no new bytes
+    budget.release(30 + 30 + 100)  # the requests end
+    again = gate.enter(lambda: None, "c1")  # a kept room: no new bytes
     assert again is not None and budget.used == 200 and gate.kept == 1
     gate.leave(again)
     assert budget.used == 100 and gate.holders == 0 and gate.receiving == 0
@@ -243,7 +264,7 @@ def test_gate_waiters_get_room_newest_first_and_old_holders_are_evicted():
     for `grace` seconds while someone waits; the newest waiter gets the room first."""
     clock = _Clock()
     budget = ByteBudget(300)
-    gate = ReceiveGate(budget, 100, grace=0.5, max_waiting=4, clock=clock)   # share: 200
+    gate = ReceiveGate(budget, 100, grace=0.5, max_waiting=4, clock=clock)  # share: 200
     cancelled = []
     stalled = gate.enter(lambda: cancelled.append("stalled"))
     assert stalled is not None and budget.used == 100
@@ -253,6 +274,7 @@ def test_gate_waiters_get_room_newest_first_and_old_holders_are_evicted():
 
     def wait(name: str) -> None:
         got[name] = gate.enter(lambda: cancelled.append(name))
+
     first_waiter = threading.Thread(target=wait, args=("older",))
     first_waiter.start()
     _until(lambda: gate.waiting == 1)
@@ -260,12 +282,12 @@ def test_gate_waiters_get_room_newest_first_and_old_holders_are_evicted():
     newest.start()
     _until(lambda: gate.waiting == 2)
     assert not cancelled
-    gate.leave(second)                                  # room for one: the newest waiter
+    gate.leave(second)  # room for one: the newest waiter
     newest.join(5)
     assert got["newer"] is not None and "older" not in got
-    clock.now += 1.0                                    # `stalled` has held room for 1 s
-    _until(lambda: cancelled == ["stalled"])            # ... so the older waiter evicts it
-    gate.leave(stalled)                                 # (its call ends: room given back)
+    clock.now += 1.0  # `stalled` has held room for 1 s
+    _until(lambda: cancelled == ["stalled"])  # ... so the older waiter evicts it
+    gate.leave(stalled)  # (its call ends: room given back)
     first_waiter.join(5)
     assert got["older"] is not None
     for holder in (got["older"], got["newer"]):
@@ -284,14 +306,14 @@ def test_gate_waiting_room_drops_the_longest_waiter_and_wait_ends():
     t2 = threading.Thread(target=lambda: got.setdefault("new", gate.enter(lambda: None)))
     t2.start()
     t.join(5)
-    assert got["old"] is None                           # dropped for the newer one
+    assert got["old"] is None  # dropped for the newer one
     gate.leave(holder)
     t2.join(5)
     assert got["new"] is not None
     gate.leave(got["new"])
     short = ReceiveGate(ByteBudget(100), 100, grace=0.05, max_waiting=1)
     short.enter(lambda: None)
-    assert short.enter(lambda: None) is None            # no room within the grace
+    assert short.enter(lambda: None) is None  # no room within the grace
 
 
 class _Calls:
@@ -307,6 +329,7 @@ class _Calls:
     def enter(self, name: str, peer: str) -> None:
         def run() -> None:
             self.got[name] = self.gate.enter(lambda: self.cancelled.append(name), peer)
+
         self.threads[name] = threading.Thread(target=run, daemon=True)
         self.threads[name].start()
 
@@ -322,18 +345,18 @@ def test_a_connection_holding_more_rooms_loses_its_newest_call_at_once():
     even though a newer call of the first connection waits too."""
     clock = _Clock()
     budget = ByteBudget(400)
-    gate = ReceiveGate(budget, 100, grace=30, max_waiting=8, clock=clock)      # 3 rooms
+    gate = ReceiveGate(budget, 100, grace=30, max_waiting=8, clock=clock)  # 3 rooms
     calls = _Calls(gate)
     for name in ("a1", "a2", "a3"):
         calls.enter(name, "ipv4:127.0.0.1:1000")
         calls.holder(name)
         clock.now += 0.1
-    clock.now += 0.3                                       # a3 has held its room for MIN_HOLD
+    clock.now += 0.3  # a3 has held its room for MIN_HOLD
     calls.enter("b", "ipv4:127.0.0.1:2000")
     _until(lambda: calls.cancelled == ["a3"])
-    calls.enter("a4", "ipv4:127.0.0.1:1000")               # newer, but of the connection holding
-    _until(lambda: gate.waiting == 2)                      # ... two rooms already
-    gate.leave(calls.got["a3"])                            # the cancelled call ends
+    calls.enter("a4", "ipv4:127.0.0.1:1000")  # newer, but of the connection holding
+    _until(lambda: gate.waiting == 2)  # ... two rooms already
+    gate.leave(calls.got["a3"])  # the cancelled call ends
     assert calls.holder("b").peer == "ipv4:127.0.0.1:2000"
     assert gate.waiting == 1 and calls.cancelled == ["a3"] and budget.used == 300
     for name in ("a1", "a2", "b"):
@@ -357,7 +380,7 @@ def test_connections_holding_one_room_each_take_turns():
         clock.now += 0.5
     calls.enter("b", "ipv4:127.0.0.1:2000")
     _until(lambda: gate.waiting == 1)
-    clock.now = 100.0 + 3.05                               # a0 has held its room 3.05 s
+    clock.now = 100.0 + 3.05  # a0 has held its room 3.05 s
     _until(lambda: calls.cancelled == ["a0"])
     gate.leave(calls.got["a0"])
     assert calls.holder("b") is not None and budget.used == 300
@@ -377,20 +400,20 @@ def test_a_connection_keeps_the_room_its_message_arrived_in():
     calls = _Calls(gate)
     calls.enter("other", "ipv4:127.0.0.1:3000")
     _until(lambda: gate.waiting == 1)
-    budget.release(10)                                     # (the first request ends)
-    budget.reserve(100)                                    # other requests take what is left
+    budget.release(10)  # (the first request ends)
+    budget.reserve(100)  # other requests take what is left
     second = gate.enter(lambda: None, "ipv4:127.0.0.1:2000")
     assert second is not None and second.bytes == 100 and gate.kept == 0
-    assert gate.hand_over(second, 10) == 100               # no bytes besides: nothing kept
+    assert gate.hand_over(second, 10) == 100  # no bytes besides: nothing kept
     assert gate.kept == 0 and budget.used == 300
     budget.release(100 + 100)
-    assert calls.holder("other") is not None               # the free room
+    assert calls.holder("other") is not None  # the free room
     gate.leave(calls.got["other"])
     third = gate.enter(lambda: None, "ipv4:127.0.0.1:2000")
     assert gate.hand_over(third, 10) == 10 and gate.kept == 1
     calls.enter("later", "ipv4:127.0.0.1:3000")
     _until(lambda: gate.waiting == 1)
-    clock.now += 1.5                                       # the kept room lapses
+    clock.now += 1.5  # the kept room lapses
     assert calls.holder("later") is not None
     gate.leave(calls.got["later"])
     gate.leave(stalled)
@@ -431,12 +454,12 @@ def test_a_busy_connection_waits_then_receives_one_call_at_a_time():
     clock.now += 0.6
     first = calls.holder("b1")
     assert first is not None
-    calls.enter("b2", busy)                                # one at a time
+    calls.enter("b2", busy)  # one at a time
     _until(lambda: gate.waiting == 1)
     gate.leave(first)
     assert calls.holder("b2") is not None
     gate.leave(calls.got["b2"])
-    gate.busy(busy)                                        # refused again: twice the wait
+    gate.busy(busy)  # refused again: twice the wait
     calls.enter("b3", busy)
     _until(lambda: gate.waiting == 1)
     clock.now += 0.6
@@ -446,7 +469,7 @@ def test_a_busy_connection_waits_then_receives_one_call_at_a_time():
     assert gate.waiting == 1
     clock.now += 0.5
     gate.leave(calls.holder("b3"))
-    clock.now += 2.1                                       # grace over: no limit
+    clock.now += 2.1  # grace over: no limit
     assert gate.enter(lambda: None, busy) is not None and gate.holders == 3
 
 
@@ -457,27 +480,28 @@ def test_a_call_held_back_one_at_a_time_waits_without_spinning():
     import time
 
     clock = _Clock()
-    gate = ReceiveGate(ByteBudget(400), 100, grace=30, max_waiting=8, clock=clock,
-                       busy_wait=0.5)
+    gate = ReceiveGate(ByteBudget(400), 100, grace=30, max_waiting=8, clock=clock, busy_wait=0.5)
     busy = "ipv4:127.0.0.1:1000"
     gate.busy(busy)
-    clock.now += 0.6                                       # the wait is over: one at a time
+    clock.now += 0.6  # the wait is over: one at a time
     first = gate.enter(lambda: None, busy)
     turns = [0]
 
-    def active() -> bool:                                  # asked once per turn of the loop
+    def active() -> bool:  # asked once per turn of the loop
         turns[0] += 1
         return True
+
     got = {}
-    t = threading.Thread(target=lambda: got.setdefault("second", gate.enter(
-        lambda: None, busy, active)), daemon=True)
+    t = threading.Thread(
+        target=lambda: got.setdefault("second", gate.enter(lambda: None, busy, active)), daemon=True
+    )
     t.start()
     try:
         _until(lambda: gate.waiting == 1)
-        time.sleep(1.0)                                    # (counts loop turns, times nothing)
+        time.sleep(1.0)  # (counts loop turns, times nothing)
         assert turns[0] < 20, f"{turns[0]} turns of the wait loop in a second"
     finally:
-        gate.leave(first)                                  # (its room: the waiter ends)
+        gate.leave(first)  # (its room: the waiter ends)
         t.join(5)
     assert got["second"] is not None
 
@@ -487,11 +511,14 @@ def test_a_waiting_call_whose_client_went_away_leaves_the_waiting_room():
     holder = gate.enter(lambda: None, "ipv4:127.0.0.1:1000")
     running = [True]
     got = {}
-    t = threading.Thread(target=lambda: got.setdefault("waiter", gate.enter(
-        lambda: None, "ipv4:127.0.0.1:2000", lambda: running[0])))
+    t = threading.Thread(
+        target=lambda: got.setdefault(
+            "waiter", gate.enter(lambda: None, "ipv4:127.0.0.1:2000", lambda: running[0])
+        )
+    )
     t.start()
     _until(lambda: gate.waiting == 1)
-    running[0] = False                                     # the client cancels its call
+    running[0] = False  # the client cancels its call
     t.join(5)
     assert got["waiter"] is None and gate.waiting == 0
     gate.leave(holder)
@@ -499,6 +526,7 @@ def test_a_waiting_call_whose_client_went_away_leaves_the_waiting_room():
 
 def _until(condition, timeout: float = 5.0) -> None:
     import time
+
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "not reached"
@@ -520,13 +548,14 @@ def test_decode_pool_serves_models_in_turn_and_close_cancels_queued_jobs():
             gate.wait(5)
         order.append(name)
         return name
+
     first = pool.submit("a", job, "a1")
-    _until(lambda: pool.queued == 0)                    # a1 runs (and blocks)
+    _until(lambda: pool.queued == 0)  # a1 runs (and blocks)
     a2, a3 = pool.submit("a", job, "a2"), pool.submit("a", job, "a3")
     b1 = pool.submit("b", job, "b1")
     gate.set()
     assert [f.result(5) for f in (first, b1, a2, a3)] == ["a1", "b1", "a2", "a3"]
-    assert order == ["a1", "b1", "a2", "a3"]           # b1 before a's backlog
+    assert order == ["a1", "b1", "a2", "a3"]  # b1 before a's backlog
     gate.clear()
     blocker = pool.submit("a", job, "a1")
     _until(lambda: pool.queued == 0)
@@ -561,14 +590,15 @@ def test_a_crowded_waiting_room_drops_the_crowding_connections_waiters():
         t = threading.Thread(target=lambda: got.setdefault(name, gate.enter(lambda: None, peer)))
         t.start()
         return t
+
     crowd = [enter("a1", "ipv4:10.0.0.1:1")]
     _until(lambda: gate.waiting == 1)
     crowd.append(enter("a2", "ipv4:10.0.0.1:1"))
     _until(lambda: gate.waiting == 2)
-    other = enter("b", "ipv4:10.0.0.1:2")              # the room is full: a1 is dropped
+    other = enter("b", "ipv4:10.0.0.1:2")  # the room is full: a1 is dropped
     crowd[0].join(5)
     assert got["a1"] is None and gate.waiting == 2
-    gate.leave(first)                                  # room: the newest waiter, b
+    gate.leave(first)  # room: the newest waiter, b
     other.join(5)
     assert got["b"] is not None and "a2" not in got
     gate.leave(got["b"])
@@ -616,7 +646,8 @@ def test_large_blocks_freed_on_many_threads_go_back_to_the_system():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _BLOCKS, "set"], capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out[0] == "True"                      # glibc took the setting
+    out = subprocess.run(
+        [sys.executable, "-c", _BLOCKS, "set"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == "True"  # glibc took the setting
     assert int(out[1]) < 16, f"{out[1]} MiB kept"

@@ -10,11 +10,17 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from enclave_build.model_server.datatypes import (MAX_RANK, TensorError, TensorTooLarge, from_list, from_raw,
-                                    to_list)
+from enclave_build.model_server.datatypes import (
+    MAX_RANK,
+    TensorError,
+    TensorTooLarge,
+    from_list,
+    from_raw,
+    to_list,
+)
 from tests.ms_backends import NO_SOURCE
 
-HUGE = 100_000_000          # elements: 800 MB of object pointers if allocated from the shape
+HUGE = 100_000_000  # elements: 800 MB of object pointers if allocated from the shape
 
 
 def _peak_bytes(fn) -> tuple[int, TensorError]:
@@ -72,12 +78,15 @@ def test_numeric_list_shape_is_checked_against_the_elements():
 
 
 @pytest.mark.parametrize("datatype", ["FP32", "BYTES", "UINT8"])
-@pytest.mark.parametrize("shape, message", [
-    ([0, 1 << 63], "too large"),             # no elements, but no array numpy can describe
-    ([1 << 40, 1 << 40, 0], "too large"),
-    ([1] * 100, "dimensions"),               # numpy allows at most 64
-    ([2, -1], "negative"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ([0, 1 << 63], "too large"),  # no elements, but no array numpy can describe
+        ([1 << 40, 1 << 40, 0], "too large"),
+        ([1] * 100, "dimensions"),  # numpy allows at most 64
+        ([2, -1], "negative"),
+    ],
+)
 def test_impossible_shapes_are_client_errors(datatype, shape, message):
     with pytest.raises(TensorError, match=message):
         from_raw(b"", datatype, shape)
@@ -87,13 +96,13 @@ def test_impossible_shapes_are_client_errors(datatype, shape, message):
 
 def test_max_bytes_refuses_a_shape_no_request_could_carry():
     with pytest.raises(TensorTooLarge, match=r"limits.max_request_bytes"):
-        from_raw(b"", "FP32", [1 << 20], max_bytes=1 << 20)      # 4 MiB of FP32
+        from_raw(b"", "FP32", [1 << 20], max_bytes=1 << 20)  # 4 MiB of FP32
     with pytest.raises(TensorTooLarge, match="needs at least 4000"):
-        from_raw(b"", "BYTES", [1000], max_bytes=1000)           # 4 bytes per element
+        from_raw(b"", "BYTES", [1000], max_bytes=1000)  # 4 bytes per element
     with pytest.raises(TensorTooLarge):
         from_list([1], "INT64", [1000], max_bytes=1000)
     assert from_raw(b"\0" * 16, "FP32", [4], max_bytes=16).shape == (4,)
-    assert isinstance(TensorTooLarge("x"), TensorError)          # callers catching 400 still do
+    assert isinstance(TensorTooLarge("x"), TensorError)  # callers catching 400 still do
 
 
 def test_raw_bytes_elements_round_trip():
@@ -131,9 +140,9 @@ def test_non_finite_floats_are_json_strings_and_read_back():
     arr = np.array([1.5, np.nan, np.inf, -np.inf], np.float32)
     data = to_list(arr)
     assert data[0] == 1.5 and data[1:] == ["NaN", "Infinity", "-Infinity"]
-    json.dumps(data, allow_nan=False)                       # strictly valid JSON
+    json.dumps(data, allow_nan=False)  # strictly valid JSON
     back = from_list(data, "FP32", [4])
     assert back[0] == 1.5 and np.isnan(back[1]) and back[2] == np.inf and back[3] == -np.inf
     # what tritonclient.http's as_numpy does with a JSON output
     assert np.isnan(np.array(data, dtype=np.float32)[1])
-    assert to_list(np.array([1.0, 2.0])) == [1.0, 2.0]      # finite: plain numbers
+    assert to_list(np.array([1.0, 2.0])) == [1.0, 2.0]  # finite: plain numbers

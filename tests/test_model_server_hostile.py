@@ -5,19 +5,19 @@ small protocol rules (JSON depth, FP32 range, header/URL size, gRPC contents).""
 from __future__ import annotations
 
 import json
-
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from enclave_build.model_server.backends import Backend, InferenceError, TensorSpec
+from enclave_build.model_server.backends import InferenceError
 from enclave_build.model_server.config import ConfigError, Limits, ModelConfig, parse_config
 from enclave_build.model_server.core import ByteBudget, Engine, LoadedModel, ServeError
 from enclave_build.model_server.datatypes import TensorError, from_list
 from enclave_build.model_server.metrics import Metrics
 from enclave_build.model_server.rest import decode_infer
+from tests.ms_backends import NO_SOURCE
 
 from . import models as test_models
 from .rest_env import INFER as _INFER
@@ -26,7 +26,6 @@ from .rest_env import post_request as _post
 from .rest_env import read_all as _read_all
 from .rest_env import wait_until as _wait_until
 from .test_model_server import BASE, EchoBackend, _echo_model
-from tests.ms_backends import NO_SOURCE
 
 # as the server compiles it: f32 (not bfloat16 on CPUs with bf16 units), one thread
 F32_ONE_THREAD = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
@@ -59,15 +58,16 @@ def test_openvino_never_returns_an_earlier_requests_outputs():
         with pytest.raises(InferenceError, match=r"too small|shape"):
             backend.infer({"x": x})
     for shape in [(1, 3, 0, 0), (0, 3, 48, 192)]:
-        with pytest.raises(ServeError, match="zero-sized") as info:        # refused generically
+        with pytest.raises(ServeError, match="zero-sized") as info:  # refused generically
             model.check_input("x", "FP32", list(shape))
         assert info.value.kind == ServeError.INVALID
-        with pytest.raises(InferenceError, match="zero-sized"):            # and by the backend
+        with pytest.raises(InferenceError, match="zero-sized"):  # and by the backend
             backend.infer({"x": np.zeros(shape, np.float32)})
     import openvino as ov
+
     x = rng.standard_normal((1, 3, 48, 192)).astype(np.float32)
     want = ov.Core().compile_model(str(path), "CPU", F32_ONE_THREAD)(x)[0]
-    got = backend.infer({"x": x})[out]                    # the instance still serves correctly
+    got = backend.infer({"x": x})[out]  # the instance still serves correctly
     assert got.shape == (1, 2) and np.array_equal(got, want)
 
 
@@ -116,12 +116,26 @@ class _FakeInterpreter:
         self.allocated = list(self.shape)
 
     def get_input_details(self):
-        return [{"name": "x", "index": 0, "shape": np.array([1, 2]), "dtype": np.float32,
-                 "shape_signature": np.array([-1, 2])}]
+        return [
+            {
+                "name": "x",
+                "index": 0,
+                "shape": np.array([1, 2]),
+                "dtype": np.float32,
+                "shape_signature": np.array([-1, 2]),
+            }
+        ]
 
     def get_output_details(self):
-        return [{"name": "y", "index": 1, "shape": np.array([1, 2]), "dtype": np.float32,
-                 "shape_signature": np.array([-1, 2])}]
+        return [
+            {
+                "name": "y",
+                "index": 1,
+                "shape": np.array([1, 2]),
+                "dtype": np.float32,
+                "shape_signature": np.array([-1, 2]),
+            }
+        ]
 
     def resize_tensor_input(self, index, shape):
         self.calls.append("resize")
@@ -162,7 +176,7 @@ def test_fp32_out_of_range_is_refused_not_inf():
     with pytest.raises(TensorError, match="out of range for FP32"):
         from_list([1.0, 1e39], "FP32", [2])
     assert from_list([1e39], "FP64", [1]).tolist() == [1e39]
-    assert np.isinf(from_list([float("inf")], "FP32", [1])).all()     # explicit inf stays
+    assert np.isinf(from_list([float("inf")], "FP32", [1])).all()  # explicit inf stays
 
 
 def test_deep_json_and_non_integer_binary_size_are_client_errors():
@@ -170,8 +184,10 @@ def test_deep_json_and_non_integer_binary_size_are_client_errors():
     with pytest.raises(ServeError, match="nested too deeply") as info:
         decode_infer(_echo_model(), deep, None)
     assert info.value.kind == ServeError.INVALID
-    head = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], ' \
-           b'"parameters": {"binary_data_size": "x"}}]}'
+    head = (
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], '
+        b'"parameters": {"binary_data_size": "x"}}]}'
+    )
     with pytest.raises(ServeError, match="binary_data_size 'x' is not an integer"):
         decode_infer(_echo_model(), head + b"\0" * 8, len(head))
 
@@ -193,8 +209,11 @@ def test_config_buffer_connection_and_timeout_limits():
     c = parse_config(dict(BASE, limits={"max_request_bytes": 1000}))
     assert c.limits.max_buffered_bytes == 4000 and c.limits.max_connections == 256
     assert c.limits.header_timeout == 10 and c.limits.idle_timeout == 30
-    c = parse_config(dict(BASE, limits={"max_request_bytes": 1000, "max_buffered_bytes": 10,
-                                        "idle_timeout": 0.5}))
+    c = parse_config(
+        dict(
+            BASE, limits={"max_request_bytes": 1000, "max_buffered_bytes": 10, "idle_timeout": 0.5}
+        )
+    )
     assert c.limits.max_buffered_bytes == 1000 and c.limits.idle_timeout == 0.5
     with pytest.raises(ConfigError, match=r"limits.header_timeout"):
         parse_config(dict(BASE, limits={"header_timeout": 0}))
@@ -255,7 +274,7 @@ def test_grpc_message_refused_when_the_buffer_budget_is_used_up():
     raw = req.SerializeToString()
     assert pb.ModelInferResponse.FromString(svc.model_infer(iter([raw]), _Ctx())).outputs
     assert engine.budget.used == 0
-    engine.budget.reserve(900)                             # held by other requests
+    engine.budget.reserve(900)  # held by other requests
     with pytest.raises(RuntimeError) as info:
         svc.model_infer(iter([raw]), _Ctx())
     assert info.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -282,8 +301,9 @@ def test_grpc_connection_refused_for_the_budget_waits_before_its_next_room():
             return self.now
 
     clock = Clock()
-    engine = Engine({"echo": _echo_model()},
-                    Limits(max_request_bytes=1000, max_buffered_bytes=4000))
+    engine = Engine(
+        {"echo": _echo_model()}, Limits(max_request_bytes=1000, max_buffered_bytes=4000)
+    )
     gate = ReceiveGate(engine.budget, 1000, grace=5, max_waiting=4, clock=clock, busy_wait=0.5)
     svc = GRPCService(engine, Metrics(), "t", gate=gate)
     good = pb.ModelInferRequest(model_name="echo")
@@ -291,14 +311,17 @@ def test_grpc_connection_refused_for_the_budget_waits_before_its_next_room():
     good.raw_input_contents.append(np.ones(2, np.float32).tobytes())
     bad = pb.ModelInferRequest()
     bad.CopyFrom(good)
-    for _ in range(20):                          # parsing them would hold more than 4000 bytes
+    for _ in range(20):  # parsing them would hold more than 4000 bytes
         bad.outputs.add(name="y")
     with pytest.raises(RuntimeError) as info:
         svc.model_infer(iter([bad.SerializeToString()]), _Ctx())
     assert info.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     answers = {}
-    later = threading.Thread(target=lambda: answers.setdefault(
-        "same", svc.model_infer(iter([good.SerializeToString()]), _Ctx())))
+    later = threading.Thread(
+        target=lambda: answers.setdefault(
+            "same", svc.model_infer(iter([good.SerializeToString()]), _Ctx())
+        )
+    )
     later.start()
     _wait_until(lambda: gate.waiting == 1, "the connection's next call waits")
     other = svc.model_infer(iter([good.SerializeToString()]), _Ctx("ipv4:127.0.0.1:2"))
@@ -335,20 +358,21 @@ def test_rest_request_smuggling_is_refused_and_the_connection_closed(rest):
     for name, headers in cases.items():
         answer = rest.exchange(_post(_INFER + smuggled, headers))
         status = answer.split(b" ", 2)[1]
-        assert status == (b"400" if name in ("duplicate", "conflicting", "plus sign")
-                          else b"411"), (name, answer)
-        assert answer.count(b"HTTP/1.1 ") == 1, (name, answer)     # nothing parsed after it
+        assert status == (
+            b"400" if name in ("duplicate", "conflicting", "plus sign") else b"411"
+        ), (name, answer)
+        assert answer.count(b"HTTP/1.1 ") == 1, (name, answer)  # nothing parsed after it
         assert b"Connection: close" in answer, name
 
 
 def test_rest_header_body_and_idle_deadlines(rest):
     t0 = time.monotonic()
     with rest.connect() as idle, rest.connect() as partial, rest.connect() as body:
-        partial.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\n")          # never ends its headers
-        body.sendall(_post(b"{", "Content-Length: 100\r\n"))       # never ends its body
+        partial.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\n")  # never ends its headers
+        body.sendall(_post(b"{", "Content-Length: 100\r\n"))  # never ends its body
         assert _read_all(partial).startswith(b"HTTP/1.1 408")
         assert _read_all(body).startswith(b"HTTP/1.1 408")
-        assert _read_all(idle) == b""                                 # closed silently
+        assert _read_all(idle) == b""  # closed silently
     assert time.monotonic() - t0 < 4
     # a slowloris dribbling header lines is answered at the header deadline too
     with rest.connect() as s:
@@ -363,11 +387,12 @@ def test_rest_header_body_and_idle_deadlines(rest):
                     time.sleep(0.1)
             except OSError:
                 pass
+
         t = threading.Thread(target=dribble)
         t.start()
         try:
             assert s.recv(100).startswith(b"HTTP/1.1 408")
-            assert time.monotonic() - t0 < 4   # 0.5 s for the whole block, not per line
+            assert time.monotonic() - t0 < 4  # 0.5 s for the whole block, not per line
         finally:
             stop.set()
             t.join(5)
@@ -386,7 +411,7 @@ def test_rest_connection_cap_closes_the_longest_idle_connection():
         _wait_until(lambda: srv.rest.open_connections == 2, "the server holds both connections")
         answer = srv.exchange(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200"), answer
-        assert _read_all(a) == b""                       # the oldest idle one was closed
+        assert _read_all(a) == b""  # the oldest idle one was closed
         b.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert _read_all(b).startswith(b"HTTP/1.1 200")  # the younger one still serves
         a.close()
@@ -399,9 +424,19 @@ def _binary_body(size: int) -> tuple[bytes, str]:
     """A binary-tensor inference body of exactly *size* bytes for the echo model (x: N x 2
     zeros; only the small output "n" asked for), and its Inference-Header-Content-Length."""
     n = (size - 200) // 8
-    head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [n, 2],
-                                   "parameters": {"binary_data_size": 8 * n}}],
-                       "outputs": [{"name": "n", "parameters": {"binary_data": True}}]}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [n, 2],
+                    "parameters": {"binary_data_size": 8 * n},
+                }
+            ],
+            "outputs": [{"name": "n", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     head += b" " * (size - 8 * n - len(head))
     return head + bytes(8 * n), f"Inference-Header-Content-Length: {len(head)}\r\n"
 
@@ -411,18 +446,18 @@ def test_rest_buffer_budget_across_connections():
     KiB received bytes, a second 64 KiB body does not fit and is refused with 503; once the
     first is done, there is room again."""
     size = 64 << 10
-    srv = RestInThread(max_request_bytes=size, max_buffered_bytes=100 << 10, body_timeout=5,
-                       body_stall_timeout=5)
+    srv = RestInThread(
+        max_request_bytes=size, max_buffered_bytes=100 << 10, body_timeout=5, body_stall_timeout=5
+    )
     try:
         body, binary = _binary_body(size)
         length = f"Content-Length: {size}\r\n"
         with srv.connect() as holder:
-            holder.sendall(_post(body[:60 << 10], length + binary))
-            _wait_until(lambda: srv.rest.budget.used >= 60 << 10,
-                        "the first body's bytes reserved")
+            holder.sendall(_post(body[: 60 << 10], length + binary))
+            _wait_until(lambda: srv.rest.budget.used >= 60 << 10, "the first body's bytes reserved")
             answer = srv.exchange(_post(body, length + binary))
             assert answer.startswith(b"HTTP/1.1 503") and b"max_buffered_bytes" in answer
-            holder.sendall(body[60 << 10:])
+            holder.sendall(body[60 << 10 :])
             assert holder.recv(100).startswith(b"HTTP/1.1 200")
         answer = srv.exchange(_post(body, length + "Connection: close\r\n" + binary))
         assert answer.startswith(b"HTTP/1.1 200"), answer
@@ -432,8 +467,7 @@ def test_rest_buffer_budget_across_connections():
 
 
 def test_rest_oversize_header_and_url_are_answered_not_reset(rest):
-    answer = rest.exchange(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 2_000_000 +
-                           b"\r\n\r\n")
+    answer = rest.exchange(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 2_000_000 + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 431")
     answer = rest.exchange(b"GET /" + b"a" * 1_000_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 414")
@@ -446,8 +480,7 @@ def test_rest_deep_json_is_a_400(rest):
     # (a budget that holds what parsing 100,000 lists could take, so the parser is reached)
     srv = RestInThread(max_request_bytes=1 << 20, max_buffered_bytes=16 << 20)
     try:
-        answer = srv.exchange(_post(deep, f"Content-Length: {len(deep)}\r\n"
-                                          "Connection: close\r\n"))
+        answer = srv.exchange(_post(deep, f"Content-Length: {len(deep)}\r\nConnection: close\r\n"))
     finally:
         srv.close()
     assert answer.startswith(b"HTTP/1.1 400") and b"nested too deeply" in answer

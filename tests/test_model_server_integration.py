@@ -37,7 +37,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 READY = re.compile(r"model_server: serving (?:grpc (\S+))? ?(?:rest (\S+))?")
 FD_SHAPE = (1, 128, 128, 3)
-LIMIT = 1 << 20          # max_request_bytes of the servers here (the fd input is 196 KiB)
+LIMIT = 1 << 20  # max_request_bytes of the servers here (the fd input is 196 KiB)
 
 # as the server compiles it: f32 (not bfloat16 on CPUs with bf16 units), one thread
 F32_ONE_THREAD = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
@@ -49,8 +49,11 @@ class Server:
         self.config_path.write_text(json.dumps(config))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "enclave_build.model_server", "--config", str(self.config_path)],
-            stderr=subprocess.PIPE, text=True, cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        )
         self.lines: list[str] = []
         self.ready = threading.Event()
         self.grpc: str | None = None
@@ -66,7 +69,7 @@ class Server:
                 self.ready.set()
         self.ready.set()
 
-    def wait_ready(self, timeout: float = 30) -> "Server":
+    def wait_ready(self, timeout: float = 30) -> Server:
         assert self.ready.wait(timeout), "".join(self.lines)
         assert self.grpc or self.rest, "server exited:\n" + "".join(self.lines)
         return self
@@ -86,12 +89,22 @@ class Server:
 
 
 def config(models: list[dict], **extra) -> dict:
-    return {"version": 1, "service": "test",
-            "grpc": {"host": "127.0.0.1", "port": 0}, "rest": {"host": "127.0.0.1", "port": 0},
-            # (the budget holds a JSON request of LIMIT bytes: parsed, it takes ~4x that)
-            "limits": {"max_request_bytes": LIMIT, "max_buffered_bytes": 16 * LIMIT,
-                       "max_concurrent_requests": 16, "max_queue": 64},
-            "drain_seconds": 10, "models": models, **extra}
+    return {
+        "version": 1,
+        "service": "test",
+        "grpc": {"host": "127.0.0.1", "port": 0},
+        "rest": {"host": "127.0.0.1", "port": 0},
+        # (the budget holds a JSON request of LIMIT bytes: parsed, it takes ~4x that)
+        "limits": {
+            "max_request_bytes": LIMIT,
+            "max_buffered_bytes": 16 * LIMIT,
+            "max_concurrent_requests": 16,
+            "max_queue": 64,
+        },
+        "drain_seconds": 10,
+        "models": models,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +130,16 @@ def image() -> np.ndarray:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, fd_model, cls_model):
     """One server, three models: LiteRT and OpenVINO on the same .tflite, OpenVINO on ONNX."""
-    s = Server(tmp_path_factory.mktemp("ms"), config([
-        {"name": "fd", "backend": "tflite", "path": str(fd_model), "instances": 2},
-        {"name": "fd_ov", "version": "3", "backend": "openvino", "path": str(fd_model)},
-        {"name": "cls", "backend": "openvino", "path": str(cls_model)},
-    ])).wait_ready()
+    s = Server(
+        tmp_path_factory.mktemp("ms"),
+        config(
+            [
+                {"name": "fd", "backend": "tflite", "path": str(fd_model), "instances": 2},
+                {"name": "fd_ov", "version": "3", "backend": "openvino", "path": str(fd_model)},
+                {"name": "cls", "backend": "openvino", "path": str(cls_model)},
+            ]
+        ),
+    ).wait_ready()
     yield s
     assert s.stop() == 0, s.stderr
 
@@ -185,9 +203,16 @@ def test_tflite_grpc_and_http_equal_direct_litert(server, fd_model, image):
     want = litert_direct(fd_model, image)
     got_grpc = grpc_infer(server.grpc, "fd", image)
     got_bin = http_infer(server.rest, "fd", image)
-    got_json = http_infer(server.rest, "fd", image, binary=False, outputs=[
-        thttp.InferRequestedOutput("regressors", binary_data=False),
-        thttp.InferRequestedOutput("classificators", binary_data=True)])
+    got_json = http_infer(
+        server.rest,
+        "fd",
+        image,
+        binary=False,
+        outputs=[
+            thttp.InferRequestedOutput("regressors", binary_data=False),
+            thttp.InferRequestedOutput("classificators", binary_data=True),
+        ],
+    )
     for name, ref in want.items():
         assert ref.shape in [(1, 896, 16), (1, 896, 1)]
         for got in (got_grpc, got_bin, got_json):
@@ -212,7 +237,7 @@ def test_openvino_onnx_dynamic_batch(server, cls_model):
     got = grpc_infer(server.grpc, "cls", x, name="x").as_numpy("save_infer_model/scale_0.tmp_1")
     (want,) = openvino_direct(cls_model, x)
     assert got.shape == (3, 2) and np.array_equal(got, want)
-    np.testing.assert_allclose(got.sum(axis=1), 1, atol=1e-5)      # softmax rows
+    np.testing.assert_allclose(got.sum(axis=1), 1, atol=1e-5)  # softmax rows
 
 
 def test_openvino_outputs_never_reach_another_client(server, cls_model):
@@ -233,8 +258,12 @@ def test_openvino_outputs_never_reach_another_client(server, cls_model):
         with pytest.raises(InferenceServerException) as info:
             infer(np.zeros(shape, np.float32))
         assert info.value.status() == "400", (shape, info.value)
-    assert _grpc_code(lambda: grpc_infer(server.grpc, "cls", np.zeros((1, 3, 8, 8), np.float32),
-                                         name="x")) == "StatusCode.INVALID_ARGUMENT"
+    assert (
+        _grpc_code(
+            lambda: grpc_infer(server.grpc, "cls", np.zeros((1, 3, 8, 8), np.float32), name="x")
+        )
+        == "StatusCode.INVALID_ARGUMENT"
+    )
     x = rng.standard_normal((2, 3, 48, 192)).astype(np.float32)
     (want,) = openvino_direct(cls_model, x)
     assert np.array_equal(infer(x), want)
@@ -249,10 +278,10 @@ def test_typed_grpc_contents(server, fd_model, image):
     t.contents.fp32_contents.extend(image.reshape(-1).tolist())
     channel = grpc.insecure_channel(server.grpc)
     raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
-        req.SerializeToString(), timeout=10)
+        req.SerializeToString(), timeout=10
+    )
     resp = pb.ModelInferResponse.FromString(raw)
-    assert resp.id == "typed" and [o.name for o in resp.outputs] == ["regressors",
-                                                                      "classificators"]
+    assert resp.id == "typed" and [o.name for o in resp.outputs] == ["regressors", "classificators"]
     got = np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(1, 896, 16)
     assert np.array_equal(got, litert_direct(fd_model, image)["regressors"])
 
@@ -267,7 +296,8 @@ def test_metadata_and_health(server):
     meta = g.get_model_metadata("fd", as_json=True)
     assert meta["platform"] == "tensorflowlite"
     assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
-        ("input", "FP32", ["1", "128", "128", "3"])]
+        ("input", "FP32", ["1", "128", "128", "3"])
+    ]
     hmeta = h.get_model_metadata("cls")
     assert hmeta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]
     assert h.get_server_metadata()["extensions"] == ["binary_tensor_data"]
@@ -286,15 +316,19 @@ def _grpc_code(fn) -> str:
 def test_grpc_bad_requests_keep_the_server_serving(server, image):
     a = server.grpc
     assert _grpc_code(lambda: grpc_infer(a, "nope", image)) == "StatusCode.NOT_FOUND"
-    assert _grpc_code(lambda: grpc_infer(a, "fd", image.astype(np.float64), datatype="FP64")) \
+    assert (
+        _grpc_code(lambda: grpc_infer(a, "fd", image.astype(np.float64), datatype="FP64"))
         == "StatusCode.INVALID_ARGUMENT"
-    assert _grpc_code(lambda: grpc_infer(a, "fd", image[:, :64, :64])) == \
-        "StatusCode.INVALID_ARGUMENT"
-    assert _grpc_code(lambda: grpc_infer(a, "fd", image, name="pixels")) == \
-        "StatusCode.INVALID_ARGUMENT"
-    assert _grpc_code(lambda: grpc_infer(a, "fd_ov", image, version="9")) == \
-        "StatusCode.NOT_FOUND"
-    big = np.zeros((1, 1100, 256, 1), np.float32)                       # 1.1 MiB > LIMIT
+    )
+    assert (
+        _grpc_code(lambda: grpc_infer(a, "fd", image[:, :64, :64])) == "StatusCode.INVALID_ARGUMENT"
+    )
+    assert (
+        _grpc_code(lambda: grpc_infer(a, "fd", image, name="pixels"))
+        == "StatusCode.INVALID_ARGUMENT"
+    )
+    assert _grpc_code(lambda: grpc_infer(a, "fd_ov", image, version="9")) == "StatusCode.NOT_FOUND"
+    big = np.zeros((1, 1100, 256, 1), np.float32)  # 1.1 MiB > LIMIT
     assert _grpc_code(lambda: grpc_infer(a, "fd", big)) == "StatusCode.RESOURCE_EXHAUSTED"
 
     channel = grpc.insecure_channel(a)
@@ -303,9 +337,10 @@ def test_grpc_bad_requests_keep_the_server_serving(server, image):
         infer(b"\xff\xff\xff\xff garbage", timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     from enclave_build.model_server import protocol as pb
+
     req = pb.ModelInferRequest(model_name="fd")
     req.inputs.add(name="input", datatype="FP32", shape=FD_SHAPE)
-    req.raw_input_contents.append(b"\0" * 100)                          # wrong byte count
+    req.raw_input_contents.append(b"\0" * 100)  # wrong byte count
     with pytest.raises(grpc.RpcError) as info:
         infer(req.SerializeToString(), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -319,9 +354,18 @@ def test_rest_bad_requests_keep_the_server_serving(server, image):
     pixels = image.tobytes()
 
     def binary_request(datatype="FP32", shape=FD_SHAPE, data=pixels):
-        head = json.dumps({"inputs": [{"name": "input", "datatype": datatype,
-                                       "shape": list(shape),
-                                       "parameters": {"binary_data_size": len(data)}}]}).encode()
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "datatype": datatype,
+                        "shape": list(shape),
+                        "parameters": {"binary_data_size": len(data)},
+                    }
+                ]
+            }
+        ).encode()
         return head + data, {"Inference-Header-Content-Length": str(len(head))}
 
     good, hdr = binary_request()
@@ -329,14 +373,16 @@ def test_rest_bad_requests_keep_the_server_serving(server, image):
     assert status == 404 and b"unknown model" in body
     status, body = post(a, "/v2/models/fd/infer", *binary_request(datatype="INT32"))
     assert status == 400 and b"datatype 'INT32'" in body
-    status, body = post(a, "/v2/models/fd/infer", *binary_request(
-        shape=(1, 128, 64, 3), data=image.tobytes()[: image.nbytes // 2]))
+    status, body = post(
+        a,
+        "/v2/models/fd/infer",
+        *binary_request(shape=(1, 128, 64, 3), data=image.tobytes()[: image.nbytes // 2]),
+    )
     assert status == 400 and b"shape [1, 128, 64, 3]" in body
     status, body = post(a, "/v2/models/fd/infer", *binary_request(data=image.tobytes()[:-4]))
     assert status == 400 and b"needs 196608 bytes" in body
     assert post(a, "/v2/models/fd/infer", b"{garbage")[0] == 400
-    assert post(a, "/v2/models/fd/infer", good, {"Inference-Header-Content-Length": "-5"})[0] \
-        == 400
+    assert post(a, "/v2/models/fd/infer", good, {"Inference-Header-Content-Length": "-5"})[0] == 400
     assert post(a, "/v2/models/fd/infer", good[:-4], hdr)[0] == 400
     status, body = post(a, "/v2/models/fd/infer", b"\0" * (LIMIT + 1))
     assert status == 413 and b"max_request_bytes" in body
@@ -347,6 +393,7 @@ def test_rest_bad_requests_keep_the_server_serving(server, image):
         http_infer(a, "fd", image, outputs=[thttp.InferRequestedOutput("nope")])
     # garbage straight on the socket: the connection is answered 400 and closed
     import socket
+
     host, port = a.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
@@ -367,7 +414,8 @@ def test_metrics_count_requests_and_parse(server, image):
 
     def total(samples, model, protocol, status):
         return dict(samples.get("model_server_requests_total", [])).get(
-            f'{{model="{model}",protocol="{protocol}",status="{status}"}}', 0)
+            f'{{model="{model}",protocol="{protocol}",status="{status}"}}', 0
+        )
 
     status, before = get(server.rest, "/metrics")
     assert status == 200
@@ -393,11 +441,15 @@ def test_metrics_count_requests_and_parse(server, image):
 def test_concurrency_and_queue_bounds(tmp_path, cls_model):
     """max_concurrent_requests 1 and max_queue 1: a burst of 12 slow requests gets some refused
     with UNAVAILABLE / 503 at once, the rest answered; the server then serves normally."""
-    s = Server(tmp_path, config(
-        [{"name": "cls", "backend": "openvino", "path": str(cls_model)}],
-        limits={"max_request_bytes": 8 << 20, "max_concurrent_requests": 1, "max_queue": 1}))
+    s = Server(
+        tmp_path,
+        config(
+            [{"name": "cls", "backend": "openvino", "path": str(cls_model)}],
+            limits={"max_request_bytes": 8 << 20, "max_concurrent_requests": 1, "max_queue": 1},
+        ),
+    )
     s.wait_ready()
-    x = np.random.default_rng(2).random((24, 3, 48, 192), dtype=np.float32)   # ~20 ms each
+    x = np.random.default_rng(2).random((24, 3, 48, 192), dtype=np.float32)  # ~20 ms each
 
     def one(i):
         try:
@@ -411,6 +463,7 @@ def test_concurrency_and_queue_bounds(tmp_path, cls_model):
             return "ok"
         except InferenceServerException as exc:
             return str(exc.status())
+
     with ThreadPoolExecutor(12) as pool:
         outcomes = list(pool.map(one, range(12)))
     assert outcomes.count("ok") >= 2, outcomes
@@ -424,23 +477,31 @@ def test_concurrency_and_queue_bounds(tmp_path, cls_model):
 
 
 def _cert(subject: str, issuer_key, issuer_name, key, ca: bool, san: bool = False):
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(name)
-         .issuer_name(issuer_name or name).public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=5))
-         .not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    now = datetime.datetime.now(datetime.UTC)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if san:
-        b = b.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
+        b = b.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
     return b.sign(issuer_key, hashes.SHA256())
 
 
@@ -453,9 +514,11 @@ def pki(tmp_path_factory):
 
     def write(name, obj):
         if hasattr(obj, "private_bytes"):
-            data = obj.private_bytes(serialization.Encoding.PEM,
-                                     serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption())
+            data = obj.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
         else:
             data = obj.public_bytes(serialization.Encoding.PEM)
         (d / name).write_bytes(data)
@@ -463,12 +526,17 @@ def pki(tmp_path_factory):
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert("test CA", ca_key, None, ca_key, True)
-    srv_key, cli_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
-        ec.SECP256R1())
-    files = {"ca": write("ca.pem", ca), "srv_key": write("srv.key", srv_key),
-             "srv": write("srv.pem", _cert("server", ca_key, ca.subject, srv_key, False, True)),
-             "cli_key": write("cli.key", cli_key),
-             "cli": write("cli.pem", _cert("client", ca_key, ca.subject, cli_key, False))}
+    srv_key, cli_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    files = {
+        "ca": write("ca.pem", ca),
+        "srv_key": write("srv.key", srv_key),
+        "srv": write("srv.pem", _cert("server", ca_key, ca.subject, srv_key, False, True)),
+        "cli_key": write("cli.key", cli_key),
+        "cli": write("cli.pem", _cert("client", ca_key, ca.subject, cli_key, False)),
+    }
     other_key = ec.generate_private_key(ec.SECP256R1())
     files["other_key"] = write("other.key", other_key)
     files["other"] = write("other.pem", _cert("stranger", other_key, None, other_key, False))
@@ -476,23 +544,31 @@ def pki(tmp_path_factory):
 
 
 def test_mutual_tls_on_both_listeners(tmp_path, fd_model, pki, image):
-    s = Server(tmp_path, config(
-        [{"name": "fd", "backend": "tflite", "path": str(fd_model)}],
-        tls={"cert": str(pki["srv"]), "key": str(pki["srv_key"]),
-             "client_ca": str(pki["ca"])})).wait_ready()
+    s = Server(
+        tmp_path,
+        config(
+            [{"name": "fd", "backend": "tflite", "path": str(fd_model)}],
+            tls={"cert": str(pki["srv"]), "key": str(pki["srv_key"]), "client_ca": str(pki["ca"])},
+        ),
+    ).wait_ready()
     try:
         assert "(TLS)" in s.stderr
-        rd = lambda k: pki[k].read_bytes()  # noqa: E731
+        rd = lambda k: pki[k].read_bytes()
         ok = tgrpc.InferenceServerClient(
-            s.grpc, ssl=True, root_certificates=str(pki["ca"]), private_key=str(pki["cli_key"]),
-            certificate_chain=str(pki["cli"]))
+            s.grpc,
+            ssl=True,
+            root_certificates=str(pki["ca"]),
+            private_key=str(pki["cli_key"]),
+            certificate_chain=str(pki["cli"]),
+        )
         inp = tgrpc.InferInput("input", list(FD_SHAPE), "FP32")
         inp.set_data_from_numpy(image)
         want = litert_direct(fd_model, image)["regressors"]
         assert np.array_equal(ok.infer("fd", [inp]).as_numpy("regressors"), want)
         for key, cert in ((None, None), ("other_key", "other")):
             creds = grpc.ssl_channel_credentials(
-                rd("ca"), rd(key) if key else None, rd(cert) if cert else None)
+                rd("ca"), rd(key) if key else None, rd(cert) if cert else None
+            )
             ch = grpc.secure_channel(s.grpc, creds)
             with pytest.raises(grpc.RpcError) as info:
                 ch.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=5)
@@ -524,14 +600,24 @@ def test_mutual_tls_on_both_listeners(tmp_path, fd_model, pki, image):
 def _run(tmp_path, cfg, env=None) -> subprocess.CompletedProcess:
     path = tmp_path / "c.json"
     path.write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
-    return subprocess.run([sys.executable, "-m", "enclave_build.model_server", "--config", str(path)],
-                          capture_output=True, text=True, cwd=REPO, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "enclave_build.model_server", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
 
 
 def test_help_and_bad_configs_exit_2(tmp_path, fd_model):
-    out = subprocess.run([sys.executable, "-m", "enclave_build.model_server", "--help"], capture_output=True,
-                         text=True, cwd=REPO, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "enclave_build.model_server", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert out.returncode == 0 and "--config" in out.stdout and "Exit codes" in out.stdout
     model = {"name": "fd", "backend": "tflite", "path": str(fd_model)}
     for cfg, message in [
@@ -544,17 +630,28 @@ def test_help_and_bad_configs_exit_2(tmp_path, fd_model):
         proc = _run(tmp_path, cfg)
         assert proc.returncode == 2, (cfg, proc.stderr)
         assert message in proc.stderr and "serving" not in proc.stderr.replace("not serving", "")
-    missing = subprocess.run([sys.executable, "-m", "enclave_build.model_server", "--config", "/no/such.json"],
-                             capture_output=True, text=True, cwd=REPO, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "enclave_build.model_server", "--config", "/no/such.json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 
 
 def test_key_fetch_failure_exits_3_and_never_serves(tmp_path, fd_model):
     model = {"name": "fd", "backend": "tflite", "path": str(fd_model)}
-    keys = {"server": "127.0.0.1:1", "ca": str(tmp_path / "ca.pem"), "names": ["k"],
-            "timeout_seconds": 2}
-    for cfg in (config([dict(model, key="k")], keys=keys),        # the key server refuses
-                config([dict(model, key="other")])):              # a key nobody fetched
+    keys = {
+        "server": "127.0.0.1:1",
+        "ca": str(tmp_path / "ca.pem"),
+        "names": ["k"],
+        "timeout_seconds": 2,
+    }
+    for cfg in (
+        config([dict(model, key="k")], keys=keys),  # the key server refuses
+        config([dict(model, key="other")]),
+    ):  # a key nobody fetched
         proc = _run(tmp_path, cfg, env={"ENCLAVE_BUILD_SIMULATED_QUOTER": ""})
         assert proc.returncode == 3, proc.stderr
         assert "not serving" in proc.stderr and "model_server: serving" not in proc.stderr
@@ -577,17 +674,20 @@ def test_listener_in_use_exits_1(tmp_path, fd_model):
 
 
 def test_sigterm_under_load_answers_every_accepted_request(tmp_path, fd_model, image):
-    s = Server(tmp_path, config(
-        [{"name": "fd", "backend": "tflite", "path": str(fd_model), "instances": 2}],
-        drain_seconds=10)).wait_ready()
+    s = Server(
+        tmp_path,
+        config(
+            [{"name": "fd", "backend": "tflite", "path": str(fd_model), "instances": 2}],
+            drain_seconds=10,
+        ),
+    ).wait_ready()
     stop = threading.Event()
     ok = [0] * 6
     errors: list[str] = []
 
     def load(i):
         try:
-            client = (tgrpc if i % 2 else thttp).InferenceServerClient(
-                s.grpc if i % 2 else s.rest)
+            client = (tgrpc if i % 2 else thttp).InferenceServerClient(s.grpc if i % 2 else s.rest)
             mod = tgrpc if i % 2 else thttp
             while not stop.is_set():
                 inp = mod.InferInput("input", list(FD_SHAPE), "FP32")
@@ -600,7 +700,7 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path, fd_model, i
     threads = [threading.Thread(target=load, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 30   # load first (however busy the machine is), then SIGTERM
+    deadline = time.monotonic() + 30  # load first (however busy the machine is), then SIGTERM
     while sum(ok) <= 50 and time.monotonic() < deadline and not errors:
         time.sleep(0.05)
     t0 = time.monotonic()
@@ -611,16 +711,17 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path, fd_model, i
     for t in threads:
         t.join(30)
     s.ready.wait(5)
-    m = re.search(r"stopped: (\d+) inference requests admitted, (\d+) answered \((\d+) ok\)",
-                  s.stderr)
+    m = re.search(
+        r"stopped: (\d+) inference requests admitted, (\d+) answered \((\d+) ok\)", s.stderr
+    )
     assert rc == 0 and m, s.stderr
     assert re.search(r"0 unanswered; \d+ refused before admission", s.stderr), s.stderr
     accepted, answered, served_ok = map(int, m.groups())
-    assert sum(ok) > 50                                   # there was load
-    assert accepted == answered == served_ok              # nothing dropped or failed inside
-    assert served_ok == sum(ok), (ok, errors, s.stderr)   # every answer reached its client
+    assert sum(ok) > 50  # there was load
+    assert accepted == answered == served_ok  # nothing dropped or failed inside
+    assert served_ok == sum(ok), (ok, errors, s.stderr)  # every answer reached its client
     # bounded by drain_seconds (10). Usually ~0.3 s, but about 1 run in 100 on a loaded
     # machine grpcio's server.stop(grace) waits out the whole grace although every request
     # was answered (checked above); that wait is not what this test is about
     assert elapsed < 10 + 5
-    assert len(errors) == 6                               # every client was refused afterwards
+    assert len(errors) == 6  # every client was refused afterwards

@@ -28,12 +28,12 @@ REPO = Path(__file__).resolve().parent.parent
 def test_handler_pool_starts_threads_only_when_none_is_idle():
     pool = HandlerPool(8)
     assert pool.submit(lambda: 1).result(10) == 1
-    for _ in range(20):                     # one at a time: the same thread serves them all
+    for _ in range(20):  # one at a time: the same thread serves them all
         pool.submit(lambda: None).result(10)
     assert pool.threads == 1
     gate = threading.Event()
-    held = [pool.submit(gate.wait, 10) for _ in range(3)]   # three blocked calls: three threads
-    assert pool.submit(lambda: 2).result(10) == 2           # a fourth thread, not a wait
+    held = [pool.submit(gate.wait, 10) for _ in range(3)]  # three blocked calls: three threads
+    assert pool.submit(lambda: 2).result(10) == 2  # a fourth thread, not a wait
     assert pool.threads == 4
     gate.set()
     assert all(f.result(10) for f in held)
@@ -63,12 +63,15 @@ def test_handler_pool_capacity_shrinks_when_a_thread_cannot_start():
     def scarce(**kwargs):
         thread = threading.Thread(**kwargs)
         if len(started) == 2:
+
             class Refused(threading.Thread):
                 def start(self):
                     raise RuntimeError("can't start new thread")
+
             return Refused(**kwargs)
         started.append(thread)
         return thread
+
     told = []
     pool = HandlerPool(8, on_capacity=told.append, thread_factory=scarce)
     gate = threading.Event()
@@ -88,7 +91,9 @@ def test_handler_pool_without_any_thread_raises():
         class Refused(threading.Thread):
             def start(self):
                 raise RuntimeError("can't start new thread")
+
         return Refused(**kwargs)
+
     pool = HandlerPool(4, thread_factory=none)
     with pytest.raises(RuntimeError, match="can't start"):
         pool.submit(lambda: None)
@@ -107,7 +112,7 @@ def test_watchdog_fires_late_deadlines_in_order_and_never_disarmed_ones():
         assert dog.disarm(dropped) is True
         assert done.wait(10)
         assert fired == ["a", "c"]
-        assert kept.fired and dog.disarm(kept) is False     # too late: it ran
+        assert kept.fired and dog.disarm(kept) is False  # too late: it ran
     finally:
         dog.stop()
 
@@ -122,6 +127,7 @@ def test_watchdog_lets_go_of_a_disarmed_action():
     class Call:
         def cancel(self):
             pass
+
     dog = Watchdog(60)
     try:
         call = Call()
@@ -160,9 +166,17 @@ def test_control_pool_threads_exist_before_any_call():
 
 
 def test_grpc_options_carry_the_limits():
-    opts = dict(server_options(Limits(max_request_bytes=1000, max_grpc_connections=7,
-                                      max_streams_per_connection=3, header_timeout=1.5,
-                                      idle_timeout=20)))
+    opts = dict(
+        server_options(
+            Limits(
+                max_request_bytes=1000,
+                max_grpc_connections=7,
+                max_streams_per_connection=3,
+                header_timeout=1.5,
+                idle_timeout=20,
+            )
+        )
+    )
     assert opts["grpc.max_receive_message_length"] == 1000
     assert opts["grpc.max_allowed_incoming_connections"] == 7
     assert opts["grpc.max_concurrent_streams"] == 3
@@ -174,11 +188,15 @@ def test_grpc_options_carry_the_limits():
 
 
 def test_fds_needed_counts_connections_model_files_and_the_servers_own():
-    models = [ModelConfig("a", "1", "tflite", "/a", instances=2),
-              ModelConfig("b", "1", "openvino", "/b")]
+    models = [
+        ModelConfig("a", "1", "tflite", "/a", instances=2),
+        ModelConfig("b", "1", "openvino", "/b"),
+    ]
     assert fds_needed(Limits(), models) == 256 + 1024 + 2 * 3 + OWN_FDS
-    assert fds_needed(Limits(max_connections=10, max_grpc_connections=20), models,
-                      rest=False) == 20 + 6 + OWN_FDS
+    assert (
+        fds_needed(Limits(max_connections=10, max_grpc_connections=20), models, rest=False)
+        == 20 + 6 + OWN_FDS
+    )
 
 
 def test_fit_open_files_raises_the_soft_limit_or_lowers_the_caps():
@@ -201,8 +219,9 @@ config, message = fit_open_files(parse_config(base))
 print(config.limits.max_connections, config.limits.max_grpc_connections, config_fds(config))
 print(message)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
     assert out[0].split() == ["20", "30", "None", str(20 + 30 + 2 + OWN_FDS)]
     rest, grpc, needed = map(int, out[1].split())
     # in proportion to the defaults (256 REST, 1024 gRPC)
@@ -211,6 +230,12 @@ print(message)
 
 
 def test_config_fds_leaves_out_a_listener_that_is_off():
-    c = parse_config({"version": 1, "service": "s", "grpc": None,
-                      "models": [{"name": "m", "backend": "tflite", "path": "/m"}]})
+    c = parse_config(
+        {
+            "version": 1,
+            "service": "s",
+            "grpc": None,
+            "models": [{"name": "m", "backend": "tflite", "path": "/m"}],
+        }
+    )
     assert config_fds(c) == 256 + 2 + OWN_FDS

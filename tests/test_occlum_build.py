@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 MODEL = tflite_bytes(b"SECRET-WEIGHTS-" * 4000)
 
-SPEC = '''[service]
+SPEC = """[service]
 name = "face-detect"
 framework = "tflite"
 libos = "occlum"
@@ -65,7 +65,7 @@ server_measurements = ["secret-server.json"]
 
 [signing]
 {signing}
-'''
+"""
 
 
 class Recorder:
@@ -107,15 +107,34 @@ def runtime_base(tmp_path_factory) -> Path:
     return make_runtime_base(tmp_path_factory.mktemp("occlum-runtime") / "rootfs")
 
 
-def _project(directory: Path, base: Path, signing_key: Path | None, *, encrypt: bool = True,
-             public_key: Path | None = None) -> Path:
+def _project(
+    directory: Path,
+    base: Path,
+    signing_key: Path | None,
+    *,
+    encrypt: bool = True,
+    public_key: Path | None = None,
+) -> Path:
     directory.mkdir(parents=True)
     (directory / "model.tflite").write_bytes(MODEL)
-    (directory / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
-    (directory / "secret-server.json").write_text(json.dumps({
-        "service": "kms", "framework": "secret-server", "libos": "gramine",
-        "mr_enclave": "ab" * 32, "mr_signer": "cd" * 32, "isv_prod_id": 1, "isv_svn": 1,
-        "debug": False, "image": {"ref": None, "digest": None}}))
+    (directory / "ca.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"
+    )
+    (directory / "secret-server.json").write_text(
+        json.dumps(
+            {
+                "service": "kms",
+                "framework": "secret-server",
+                "libos": "gramine",
+                "mr_enclave": "ab" * 32,
+                "mr_signer": "cd" * 32,
+                "isv_prod_id": 1,
+                "isv_svn": 1,
+                "debug": False,
+                "image": {"ref": None, "digest": None},
+            }
+        )
+    )
     if public_key is not None:
         shutil.copy(public_key, directory / "public.pem")
         signing = 'public_key = "public.pem"'
@@ -124,8 +143,9 @@ def _project(directory: Path, base: Path, signing_key: Path | None, *, encrypt: 
         shutil.copy(signing_key, directory / "key.pem")
         os.chmod(directory / "key.pem", 0o600)
         signing = 'key = "key.pem"'
-    return write_spec(directory, SPEC.format(encrypt="true" if encrypt else "false", base=base,
-                                             signing=signing))
+    return write_spec(
+        directory, SPEC.format(encrypt="true" if encrypt else "false", base=base, signing=signing)
+    )
 
 
 def _layers(output: Path) -> list[bytes]:
@@ -169,9 +189,12 @@ def _secret_needles(signing_key: Path) -> dict[str, bytes]:
     key = serialization.load_pem_private_key(pem, None)
     d = key.private_numbers().d
     body = [line for line in pem.splitlines() if line and not line.startswith(b"-----")]
-    return {"PEM line": body[3], "private exponent (BE)": d.to_bytes(384, "big")[:48],
-            "private exponent (LE)": d.to_bytes(384, "little")[:48],
-            "prime p": key.private_numbers().p.to_bytes(192, "big")[:48]}
+    return {
+        "PEM line": body[3],
+        "private exponent (BE)": d.to_bytes(384, "big")[:48],
+        "private exponent (LE)": d.to_bytes(384, "little")[:48],
+        "prime p": key.private_numbers().p.to_bytes(192, "big")[:48],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +229,16 @@ def encrypted_build(toolchain, runtime_base, signing_key, tmp_path_factory):
         result = pipeline.build(spec, output=root / "out", progress=progress)
     finally:
         container.run_job = original
-    return {"result": result, "out": root / "out", "progress": progress, "jobs": jobs,
-            "leaks": leaks, "needles": needles, "root": root, "spec": spec}
+    return {
+        "result": result,
+        "out": root / "out",
+        "progress": progress,
+        "jobs": jobs,
+        "leaks": leaks,
+        "needles": needles,
+        "root": root,
+        "spec": spec,
+    }
 
 
 def test_tflite_occlum_build_end_to_end(encrypted_build, signing_key):
@@ -216,10 +247,16 @@ def test_tflite_occlum_build_end_to_end(encrypted_build, signing_key):
     out = encrypted_build["out"]
     measurements = json.loads((out / "measurements.json").read_text())
     assert measurements["libos"] == "occlum" and measurements["framework"] == "tflite"
-    assert (measurements["isv_prod_id"], measurements["isv_svn"], measurements["debug"]) == \
-        (7, 3, False)
-    modulus = serialization.load_pem_private_key(signing_key.read_bytes(), None) \
-        .private_numbers().public_numbers.n
+    assert (measurements["isv_prod_id"], measurements["isv_svn"], measurements["debug"]) == (
+        7,
+        3,
+        False,
+    )
+    modulus = (
+        serialization.load_pem_private_key(signing_key.read_bytes(), None)
+        .private_numbers()
+        .public_numbers.n
+    )
     assert measurements["mr_signer"] == hashlib.sha256(modulus.to_bytes(384, "little")).hexdigest()
     assert measurements["image"]["digest"].startswith("sha256:")
 
@@ -227,15 +264,16 @@ def test_tflite_occlum_build_end_to_end(encrypted_build, signing_key):
     assert measurements["mr_enclave"] in policy and 'name = "face-detect-key"' in policy
     # Occlum's init asks for the image key as "image_key", in its text form; the model key raw.
     from enclave_build.contract.policy_fragment import PolicyFragment
+
     rules = {r.name: r for r in PolicyFragment.load(out).secrets}
     assert rules["face-detect-key@image_key"].requested_as == "image_key"
     assert rules["face-detect-key@image_key"].encoding == "hex-dashes"
-    assert rules["face-detect-key"].encoding == "raw"       # the default: not written
+    assert rules["face-detect-key"].encoding == "raw"  # the default: not written
     assert rules["face-detect-key"].file == rules["face-detect-key@image_key"].file
 
     files = _image_files(out)
     signed = files["/enclave/build/lib/libocclum-libos.signed.so"]
-    sigstruct = signed[-1808:]   # the stand-in catsig appends the SIGSTRUCT
+    sigstruct = signed[-1808:]  # the stand-in catsig appends the SIGSTRUCT
     assert sigstruct[0x3C0:0x3E0].hex() == measurements["mr_enclave"]
     assert int.from_bytes(sigstruct[0x80:0x200], "little") == modulus
     occlum_json = json.loads(files["/enclave/Occlum.json"])
@@ -243,8 +281,10 @@ def test_tflite_occlum_build_end_to_end(encrypted_build, signing_key):
     # Occlum takes the command line from the host: the measured launcher is the only entry.
     assert occlum_json["entry_points"] == ["/opt/enclave-build/occlum/launch.py"]
     # Symbolic links of the package became the files they reach.
-    assert files["/enclave/build/lib/libocclum-pal.so.0"] == \
-        files["/enclave/build/lib/libocclum-pal.so.0.31.0"]
+    assert (
+        files["/enclave/build/lib/libocclum-pal.so.0"]
+        == files["/enclave/build/lib/libocclum-pal.so.0.31.0"]
+    )
     assert files["/enclave/build/bin/occlum-run"].startswith(b"#!/bin/sh\necho 'stand-in")
     assert not any(p.startswith("/enclave/run/") for p in files)
     # Occlum writes its status file and run/ at start: /enclave belongs to the runtime user.
@@ -252,10 +292,14 @@ def test_tflite_occlum_build_end_to_end(encrypted_build, signing_key):
     assert owners["/enclave"] == owners["/enclave/.__occlum_status"] == (10001, 10001)
     assert owners["/enclave/build/lib/libocclum-libos.signed.so"] == (0, 0)
 
-    index = json.loads(next(d for d in _layers(out) if b'"mediaType"' in d
-                            and b'"config"' in d and b'"layers"' in d))
-    config = json.loads((out / "oci/blobs" / index["config"]["digest"].replace(":", "/"))
-                        .read_bytes())
+    index = json.loads(
+        next(
+            d for d in _layers(out) if b'"mediaType"' in d and b'"config"' in d and b'"layers"' in d
+        )
+    )
+    config = json.loads(
+        (out / "oci/blobs" / index["config"]["digest"].replace(":", "/")).read_bytes()
+    )
     entry = config["config"]["Entrypoint"]
     assert entry[:2] == ["/bin/sh", "-c"] and "/opt/occlum/build/bin/occlum run" in entry[2]
     assert entry[4:] == ["/opt/enclave-build/occlum/launch.py"]
@@ -266,12 +310,18 @@ def test_tflite_occlum_build_end_to_end(encrypted_build, signing_key):
 def test_progress_and_container_output_are_shown(encrypted_build):
     progress = encrypted_build["progress"]
     stages = [s for s in progress.stages if s.startswith("occlum: ")]
-    assert stages == ["occlum: occlum new", "occlum: configure", "occlum: copy_bom",
-                      "occlum: occlum build", "occlum: occlum print", "occlum: occlum package"]
+    assert stages == [
+        "occlum: occlum new",
+        "occlum: configure",
+        "occlum: copy_bom",
+        "occlum: occlum build",
+        "occlum: occlum print",
+        "occlum: occlum package",
+    ]
     text = "\n".join(progress.lines)
     assert "occlum | Built the Occlum image and enclave successfully" in text
     assert "occlum | Enclave sign-tool: /eb/config/sign-tool" in text
-    assert "occlum | Enclave sign-key: /dev/null" in text   # no key in the container
+    assert "occlum | Enclave sign-key: /dev/null" in text  # no key in the container
     assert not any(line.startswith("occlum | @@enclave-build") for line in progress.lines)
 
 
@@ -303,8 +353,9 @@ def test_signing_key_never_in_a_layer_nor_in_the_container(encrypted_build):
     assert all(b.host.name != "key.pem" for b in encrypted_build["jobs"][0].binds)
 
 
-def test_clear_model_builds_an_integrity_only_image_without_init_ra(toolchain, runtime_base,
-                                                                    signing_key, tmp_path):
+def test_clear_model_builds_an_integrity_only_image_without_init_ra(
+    toolchain, runtime_base, signing_key, tmp_path
+):
     """The negative of the test above: without encryption the model IS in the image's SEFS
     stand-in in clear (so that check can fail), no --image-key, plain `occlum new`."""
     from enclave_build.builder import build as pipeline
@@ -322,7 +373,8 @@ def test_clear_model_builds_an_integrity_only_image_without_init_ra(toolchain, r
 
 
 def test_failing_step_names_it_quotes_its_output_and_writes_nothing(
-        toolchain, runtime_base, signing_key, tmp_path, monkeypatch):
+    toolchain, runtime_base, signing_key, tmp_path, monkeypatch
+):
     """A staged model that changed after planning: copy_bom's hash check fails in the
     container; the error names the step and its last lines; no output directory appears."""
     from enclave_build.builder import build as pipeline
@@ -358,8 +410,11 @@ def test_two_step_external_signing(toolchain, runtime_base, signing_key, tmp_pat
 
     private = serialization.load_pem_private_key(signing_key.read_bytes(), None)
     public = tmp_path / "public.pem"
-    public.write_bytes(private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     spec = _project(tmp_path / "project", runtime_base, None, public_key=public)
 
     first = run_cli("build", str(spec), "--output", str(tmp_path / "out"))
@@ -374,31 +429,41 @@ def test_two_step_external_signing(toolchain, runtime_base, signing_key, tmp_pat
     other = bytearray(data)
     other[200] ^= 1  # a different MRENCLAVE
     wrong.write_bytes(private.sign(bytes(other), padding.PKCS1v15(), hashes.SHA256()))
-    refused = run_cli("build", str(spec), "--output", str(tmp_path / "out"), "--signature",
-                      str(wrong))
+    refused = run_cli(
+        "build", str(spec), "--output", str(tmp_path / "out"), "--signature", str(wrong)
+    )
     assert refused.returncode != 0
     assert "signature does not match" in refused.stderr.decode()
     assert not (tmp_path / "out").exists()
 
     signature = tmp_path / "enclave.sig"
     signature.write_bytes(private.sign(data, padding.PKCS1v15(), hashes.SHA256()))
-    second = run_cli("build", str(spec), "--output", str(tmp_path / "out"), "--signature",
-                     str(signature))
+    second = run_cli(
+        "build", str(spec), "--output", str(tmp_path / "out"), "--signature", str(signature)
+    )
     assert second.returncode == 0, second.stderr.decode()
     measurements = json.loads((tmp_path / "out" / "measurements.json").read_text())
     assert measurements["mr_enclave"] == data[188:220].hex()
-    assert measurements["mr_signer"] == hashlib.sha256(
-        private.public_key().public_numbers().n.to_bytes(384, "little")).hexdigest()
+    assert (
+        measurements["mr_signer"]
+        == hashlib.sha256(
+            private.public_key().public_numbers().n.to_bytes(384, "little")
+        ).hexdigest()
+    )
     err = second.stderr.decode()
-    assert "occlum: occlum package: 1 step in" in err     # a progress line per step
+    assert "occlum: occlum package: 1 step in" in err  # a progress line per step
     assert "occlum | The package occlum_instance.tar.gz is generated successfully" in err
 
 
 def test_no_docker_engine_says_what_to_run(runtime_base, signing_key, tmp_path):
     spec = _project(tmp_path / "project", runtime_base, signing_key)
-    proc = run_cli("build", str(spec), "--output", str(tmp_path / "out"),
-                   env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock",
-                        "ENCLAVE_BUILD_OCCLUM_IMAGE": ""})
+    proc = run_cli(
+        "build",
+        str(spec),
+        "--output",
+        str(tmp_path / "out"),
+        env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "ENCLAVE_BUILD_OCCLUM_IMAGE": ""},
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert "need a Docker engine, and none is reachable" in err
@@ -416,13 +481,15 @@ def test_a_gramine_base_is_refused_for_occlum(signing_key, tmp_path, standin_roo
     assert "occlum/occlum:0.31.0-rt-ubuntu20.04" in err and "base build occlum-python" in err
 
 
-def test_the_refusal_names_the_base_actually_read(runtime_base, signing_key, tmp_path,
-                                                  standin_root):
+def test_the_refusal_names_the_base_actually_read(
+    runtime_base, signing_key, tmp_path, standin_root
+):
     """`--base` overrides [image] base: the refusal names the base that was read, not the
     spec's; a runtime base without the framework's program says so, naming image.base."""
     spec = _project(tmp_path / "project", runtime_base, signing_key)
-    proc = run_cli("build", str(spec), "--output", str(tmp_path / "out"),
-                   "--base", f"dir:{standin_root}")
+    proc = run_cli(
+        "build", str(spec), "--output", str(tmp_path / "out"), "--base", f"dir:{standin_root}"
+    )
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert f"the base image dir:{standin_root} has no /opt/occlum/build/bin/occlum" in err
@@ -433,8 +500,7 @@ def test_the_refusal_names_the_base_actually_read(runtime_base, signing_key, tmp
     python = next(p for p in (bare / "usr/bin").glob("python3*") if not p.is_symlink())
     for path in (bare / "usr/bin").glob("python3*"):
         path.unlink()
-    proc = run_cli("build", str(spec), "--output", str(tmp_path / "out"), "--base",
-                   f"dir:{bare}")
+    proc = run_cli("build", str(spec), "--output", str(tmp_path / "out"), "--base", f"dir:{bare}")
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert "image.base: the base image" in err and f"has no /usr/bin/{python.name}" in err
@@ -451,8 +517,9 @@ def test_inspect_and_run_say_plainly_they_do_not_handle_occlum_builds(encrypted_
     assert inspected.returncode == 1
     report = json.loads(inspected.stdout)
     assert report["agrees"] is False and report["labels"]["libos"] == "occlum"
-    assert report["problems"] == [p for p in report["problems"]
-                                  if "libos = 'occlum'" in p and "Gramine's SIGSTRUCT" in p]
+    assert report["problems"] == [
+        p for p in report["problems"] if "libos = 'occlum'" in p and "Gramine's SIGSTRUCT" in p
+    ]
     assert len(report["problems"]) == 1
     ran = run_cli("run", str(out), "--simulate")
     err = ran.stderr.decode()

@@ -23,20 +23,26 @@ from enclave_build.builder.occlum.init_ra import image_key_text
 from enclave_build.builder.occlum.launcher import LAUNCHER
 from enclave_build.builder.occlum.render import KEYS_DIR, OcclumConfigError, OcclumOptions, render
 from enclave_build.builder.occlum.spec_section import OcclumPlanOptions, plan_options
-from enclave_build.plugin import SERVER_CONFIG, SERVER_PYTHONPATH
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError, load_spec
+from enclave_build.plugin import SERVER_CONFIG, SERVER_PYTHONPATH
+
 from .conftest import tflite_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "occlum"
 FRAMEWORKS = ("openvino", "tflite", "tfserving")
-SERVER = {"service": "secrets", "framework": "secret-server", "libos": "gramine",
-          "mr_enclave": "5e" * 32, "mr_signer": "a1" * 32, "isv_prod_id": 9, "isv_svn": 3,
-          "debug": False, "image": {"ref": None, "digest": None}}
-
-
-
+SERVER = {
+    "service": "secrets",
+    "framework": "secret-server",
+    "libos": "gramine",
+    "mr_enclave": "5e" * 32,
+    "mr_signer": "a1" * 32,
+    "isv_prod_id": 9,
+    "isv_svn": 3,
+    "debug": False,
+    "image": {"ref": None, "digest": None},
+}
 
 
 def _models(root: Path) -> None:
@@ -60,8 +66,8 @@ def example_spec(framework: str, root: Path, extra: str = "") -> Path:
     if not (root / "examples" / "models").exists():
         _models(root / "examples")
     text = (REPO / "examples" / framework / "spec.toml").read_text()
-    text = re.sub(r'(?m)^libos = .*\n', "", text)
-    text = re.sub(r'(?m)^(framework = .*)$', r'\1\nlibos = "occlum"', text, count=1)
+    text = re.sub(r"(?m)^libos = .*\n", "", text)
+    text = re.sub(r"(?m)^(framework = .*)$", r'\1\nlibos = "occlum"', text, count=1)
     text += '\n[occlum]\nserver_measurements = ["../../server-measurements.json"]\n' + extra
     directory = root / "examples" / framework
     directory.mkdir(parents=True, exist_ok=True)
@@ -70,7 +76,9 @@ def example_spec(framework: str, root: Path, extra: str = "") -> Path:
 
 
 def plan_of(spec_path: Path, plugin_registry):
-    spec = load_spec(spec_path, plugin_registry.framework_sections(), plugin_registry.libos_sections())
+    spec = load_spec(
+        spec_path, plugin_registry.framework_sections(), plugin_registry.libos_sections()
+    )
     return make_plan(spec, plugin_registry)
 
 
@@ -96,8 +104,7 @@ def bom_view(bom: dict) -> dict:
     """The bom without our own server's code (its hashes change with every edit of
     model_server/; checked against the installed files instead)."""
     view = copy.deepcopy(bom)
-    view["targets"] = [t for t in view["targets"]
-                       if not t["target"].startswith(SERVER_PYTHONPATH)]
+    view["targets"] = [t for t in view["targets"] if not t["target"].startswith(SERVER_PYTHONPATH)]
     return view
 
 
@@ -166,7 +173,9 @@ def test_bom_copies_what_the_plan_lists(tmp_path, plugin_registry, standin_root)
 
 
 def test_clear_text_service_needs_no_init_ra(tmp_path, plugin_registry, standin_root):
-    spec = write_spec(tmp_path, '''[service]
+    spec = write_spec(
+        tmp_path,
+        """[service]
 name = "lite"
 framework = "tflite"
 libos = "occlum"
@@ -181,7 +190,8 @@ key = "../keys/enclave-key.pem"
 
 [occlum.hostfs]
 "/host/data" = "/var/lib/data"
-''')
+""",
+    )
     config = render(plan_of(spec, plugin_registry), OcclumOptions(rootfs=RootFS(standin_root)))
     assert config.init_ra_conf is None and config.image_key is None and config.kms_keys == ()
     mounts = json.loads(config.occlum_json)["mount"]
@@ -193,7 +203,7 @@ def test_occlum_needs_no_secret_server_ca(tmp_path, plugin_registry, standin_roo
     """Occlum's init verifies the secret server by its quote ([occlum] server_measurements),
     never against a CA: [secrets] ca is not required there (it still is for Gramine)."""
     spec = example_spec("tflite", tmp_path)
-    spec.write_text(re.sub(r'(?m)^ca = .*\n', "", spec.read_text()))
+    spec.write_text(re.sub(r"(?m)^ca = .*\n", "", spec.read_text()))
     plan = plan_of(spec, plugin_registry)
     assert plan.secrets.ca_cert is None
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
@@ -201,8 +211,9 @@ def test_occlum_needs_no_secret_server_ca(tmp_path, plugin_registry, standin_roo
     server = next(f for f in plan.image_files() if f.dest == SERVER_CONFIG)
     keys = json.loads(server.data)["keys"]
     assert keys["source"] == "files" and "ca" not in keys
-    spec.write_text(spec.read_text().replace('libos = "occlum"', 'libos = "gramine"')
-                    .split("\n[occlum]")[0])
+    spec.write_text(
+        spec.read_text().replace('libos = "occlum"', 'libos = "gramine"').split("\n[occlum]")[0]
+    )
     with pytest.raises(SpecError, match=r"secrets\.ca: required with secrets\.server"):
         plan_of(spec, plugin_registry)
 
@@ -214,28 +225,42 @@ def test_no_hostfs_unless_asked(tmp_path, plugin_registry, standin_root):
 
 
 def test_edmm_sizes(tmp_path, plugin_registry, standin_root):
-    spec = example_spec("tflite", tmp_path, 'kernel_heap = "16M"\nkernel_heap_max = "64MB"\n'
-                        'user_space_init = "128M"\ninit_threads = 8\n')
+    spec = example_spec(
+        "tflite",
+        tmp_path,
+        'kernel_heap = "16M"\nkernel_heap_max = "64MB"\n'
+        'user_space_init = "128M"\ninit_threads = 8\n',
+    )
     text = spec.read_text().replace("max_threads = 32", "max_threads = 32\nedmm = true")
     spec.write_text(text)
-    rl = json.loads(render(plan_of(spec, plugin_registry),
-                           OcclumOptions(rootfs=RootFS(standin_root))).occlum_json)
+    rl = json.loads(
+        render(
+            plan_of(spec, plugin_registry), OcclumOptions(rootfs=RootFS(standin_root))
+        ).occlum_json
+    )
     assert rl["feature"]["enable_edmm"] is True
     rl = rl["resource_limits"]
-    assert rl == {"max_num_of_threads": 32, "kernel_space_heap_size": "16MB",
-                  "kernel_space_stack_size": "1MB", "kernel_space_heap_max_size": "64MB",
-                  "user_space_size": "128MB", "user_space_max_size": f"{2048 - 64 - 32}MB",
-                  "init_num_of_threads": 8}
+    assert rl == {
+        "max_num_of_threads": 32,
+        "kernel_space_heap_size": "16MB",
+        "kernel_space_stack_size": "1MB",
+        "kernel_space_heap_max_size": "64MB",
+        "user_space_size": "128MB",
+        "user_space_max_size": f"{2048 - 64 - 32}MB",
+        "init_num_of_threads": 8,
+    }
 
 
 def test_image_key_text():
     assert image_key_text(bytes(range(16))) == (
-        b"00-01-02-03-04-05-06-07-08-09-0a-0b-0c-0d-0e-0f\n")
+        b"00-01-02-03-04-05-06-07-08-09-0a-0b-0c-0d-0e-0f\n"
+    )
     with pytest.raises(ValueError):
         image_key_text(b"short")
 
 
 # --- refusals that name the spec key ---------------------------------------------------------
+
 
 def _render_error(spec: Path, plugin_registry, standin_root, mutate=None) -> str:
     plan = plan_of(spec, plugin_registry)
@@ -263,6 +288,7 @@ def test_zero_threads_names_max_threads(tmp_path, plugin_registry, standin_root)
 
     def zero(plan):
         plan.enclave.max_threads = 0
+
     message = _render_error(spec, plugin_registry, standin_root, zero)
     assert f"spec.toml:{_line(spec, 'max_threads')}: enclave.max_threads:" in message
 
@@ -272,22 +298,29 @@ def _with_occlum(plan, **changes):
     plan.libos_options = OcclumPlanOptions(**{**base.__dict__, **changes})
 
 
-@pytest.mark.parametrize("changes, key, needle", [
-    ({"hostfs": (("/proc", "/srv"),)}, "occlum.hostfs./proc", "mounted by Occlum itself"),
-    ({"hostfs": (("/tmp", "/srv"),)}, "occlum.hostfs./tmp", "mounted twice"),
-    ({"hostfs": (("/data", ""),)}, "occlum.hostfs./data", "needs a source"),
-    ({"io_uring": 17}, "occlum.io_uring", "out of range"),
-    ({"amx": 3}, "occlum.amx", "out of range"),
-    ({"kernel_stack": 0}, "occlum.kernel_stack", "is zero"),
-    ({"server_identities": ()}, "occlum.server_measurements", "mutual RA-TLS"),
-])
-def test_plan_values_occlum_refuses_name_their_key(changes, key, needle, tmp_path, plugin_registry,
-                                                   standin_root):
+@pytest.mark.parametrize(
+    "changes, key, needle",
+    [
+        ({"hostfs": (("/proc", "/srv"),)}, "occlum.hostfs./proc", "mounted by Occlum itself"),
+        ({"hostfs": (("/tmp", "/srv"),)}, "occlum.hostfs./tmp", "mounted twice"),
+        ({"hostfs": (("/data", ""),)}, "occlum.hostfs./data", "needs a source"),
+        ({"io_uring": 17}, "occlum.io_uring", "out of range"),
+        ({"amx": 3}, "occlum.amx", "out of range"),
+        ({"kernel_stack": 0}, "occlum.kernel_stack", "is zero"),
+        ({"server_identities": ()}, "occlum.server_measurements", "mutual RA-TLS"),
+    ],
+)
+def test_plan_values_occlum_refuses_name_their_key(
+    changes, key, needle, tmp_path, plugin_registry, standin_root
+):
     spec = example_spec("tflite", tmp_path)
-    message = _render_error(spec, plugin_registry, standin_root, lambda p: _with_occlum(p, **changes))
+    message = _render_error(
+        spec, plugin_registry, standin_root, lambda p: _with_occlum(p, **changes)
+    )
     assert f": {key}:" in message and needle in message
-    assert message.startswith(str(spec.relative_to(Path.cwd())) if spec.is_relative_to(Path.cwd())
-                              else str(spec))
+    assert message.startswith(
+        str(spec.relative_to(Path.cwd())) if spec.is_relative_to(Path.cwd()) else str(spec)
+    )
 
 
 def test_env_measured_and_untrusted_names_framework(tmp_path, plugin_registry, standin_root):
@@ -295,28 +328,32 @@ def test_env_measured_and_untrusted_names_framework(tmp_path, plugin_registry, s
 
     def clash(plan):
         plan.env["ENCLAVE_BUILD_SIMULATED_QUOTER"] = "1"
+
     message = _render_error(spec, plugin_registry, standin_root, clash)
     assert ": service.framework:" in message and "measured and taken from the host" in message
 
 
 def test_key_named_image_key_refused(tmp_path, plugin_registry, standin_root):
     spec = example_spec("tflite", tmp_path)
-    spec.write_text(spec.read_text().replace('encrypt = true', 'encrypt = true\nkey = "image_key"'))
+    spec.write_text(spec.read_text().replace("encrypt = true", 'encrypt = true\nkey = "image_key"'))
     message = _render_error(spec, plugin_registry, standin_root)
     assert "image_key" in message and "models" in message
 
 
-@pytest.mark.parametrize("extra, key, needle", [
-    ('kernel_heap = "32Q"\n', "occlum.kernel_heap", "not a size"),
-    ('kernel_heap = "0M"\n', "occlum.kernel_heap", "not zero"),
-    ('kernel_heap_max = "64M"\n', "occlum.kernel_heap_max", "only with enclave.edmm"),
-    ('init_threads = 4\n', "occlum.init_threads", "only with enclave.edmm"),
-    ('family_id = "12"\n', "occlum.family_id", "hex digits"),
-    ('io_uring = 17\n', "occlum.io_uring", "out of range"),
-    ('[occlum.hostfs]\n"data" = "/srv"\n', "occlum.hostfs.data", "absolute path"),
-    ('[occlum.hostfs]\n"/a/../b" = "/srv"\n', "occlum.hostfs./a/../b", "absolute path"),
-    ('[occlum.hostfs]\n"/data" = ""\n', "occlum.hostfs./data", "needs its source"),
-])
+@pytest.mark.parametrize(
+    "extra, key, needle",
+    [
+        ('kernel_heap = "32Q"\n', "occlum.kernel_heap", "not a size"),
+        ('kernel_heap = "0M"\n', "occlum.kernel_heap", "not zero"),
+        ('kernel_heap_max = "64M"\n', "occlum.kernel_heap_max", "only with enclave.edmm"),
+        ("init_threads = 4\n", "occlum.init_threads", "only with enclave.edmm"),
+        ('family_id = "12"\n', "occlum.family_id", "hex digits"),
+        ("io_uring = 17\n", "occlum.io_uring", "out of range"),
+        ('[occlum.hostfs]\n"data" = "/srv"\n', "occlum.hostfs.data", "absolute path"),
+        ('[occlum.hostfs]\n"/a/../b" = "/srv"\n', "occlum.hostfs./a/../b", "absolute path"),
+        ('[occlum.hostfs]\n"/data" = ""\n', "occlum.hostfs./data", "needs its source"),
+    ],
+)
 def test_spec_refusals_name_their_key(extra, key, needle, tmp_path, plugin_registry):
     spec = example_spec("tflite", tmp_path, extra)
     with pytest.raises(SpecError) as info:
@@ -344,24 +381,53 @@ def test_occlum_section_needs_occlum_libos(tmp_path, plugin_registry):
 
 # --- every Occlum.json rule, on a valid document ---------------------------------------------
 
+
 def _valid_occlum_json() -> dict:
     return {
-        "resource_limits": {"max_num_of_threads": 32, "kernel_space_heap_size": "32MB",
-                            "kernel_space_stack_size": "1MB", "user_space_size": "300MB"},
-        "process": {"default_stack_size": "4MB", "default_heap_size": "32MB",
-                    "default_mmap_size": "100MB"},
+        "resource_limits": {
+            "max_num_of_threads": 32,
+            "kernel_space_heap_size": "32MB",
+            "kernel_space_stack_size": "1MB",
+            "user_space_size": "300MB",
+        },
+        "process": {
+            "default_stack_size": "4MB",
+            "default_heap_size": "32MB",
+            "default_mmap_size": "100MB",
+        },
         "entry_points": ["/bin"],
         "env": {"default": ["OCCLUM=yes"], "untrusted": ["EXAMPLE"]},
-        "metadata": {"product_id": 0, "version_number": 0, "debuggable": False,
-                     "enable_kss": False, "family_id": {"high": "0x0", "low": "0x0"},
-                     "ext_prod_id": {"high": "0x0", "low": "0x0"}},
-        "feature": {"amx": 0, "pkru": 0, "io_uring": 0, "enable_edmm": False,
-                    "enable_posix_shm": False},
+        "metadata": {
+            "product_id": 0,
+            "version_number": 0,
+            "debuggable": False,
+            "enable_kss": False,
+            "family_id": {"high": "0x0", "low": "0x0"},
+            "ext_prod_id": {"high": "0x0", "low": "0x0"},
+        },
+        "feature": {
+            "amx": 0,
+            "pkru": 0,
+            "io_uring": 0,
+            "enable_edmm": False,
+            "enable_posix_shm": False,
+        },
         "mount": [
-            {"target": "/", "type": "unionfs", "options": {"layers": [
-                {"target": "/", "type": "sefs", "source": "./build/mount/__ROOT",
-                 "options": {"MAC": ""}},
-                {"target": "/", "type": "sefs", "source": "./run/mount/__ROOT"}]}},
+            {
+                "target": "/",
+                "type": "unionfs",
+                "options": {
+                    "layers": [
+                        {
+                            "target": "/",
+                            "type": "sefs",
+                            "source": "./build/mount/__ROOT",
+                            "options": {"MAC": ""},
+                        },
+                        {"target": "/", "type": "sefs", "source": "./run/mount/__ROOT"},
+                    ]
+                },
+            },
             {"target": "/host", "type": "hostfs", "source": "."},
         ],
     }
@@ -400,12 +466,20 @@ OCCLUM_JSON_RULES = [
     (f"{R}.kernel_space_stack_size", "MB", f"{R}.kernel_space_stack_size", "No number"),
     (f"{R}.kernel_space_stack_size", "-1MB", f"{R}.kernel_space_stack_size", "No number"),
     (f"{R}.user_space_size", "0MB", f"{R}.user_space_size", "zero"),
-    (f"{R}.kernel_space_stack_size", "1025KB", f"{R}.kernel_space_stack_size",
-     "not a multiple of 4KB"),
+    (
+        f"{R}.kernel_space_stack_size",
+        "1025KB",
+        f"{R}.kernel_space_stack_size",
+        "not a multiple of 4KB",
+    ),
     (f"{R}.user_space_size", "300001KB", f"{R}.user_space_size", "not a multiple of 4KB"),
     (f"{R}.user_space_size", "99999999999TB", f"{R}.user_space_size", "64 bits"),
-    (f"{R}.kernel_space_heap_max_size", "16MB", f"{R}.kernel_space_heap_size",
-     "exceeds kernel_space_heap_max_size"),
+    (
+        f"{R}.kernel_space_heap_max_size",
+        "16MB",
+        f"{R}.kernel_space_heap_size",
+        "exceeds kernel_space_heap_max_size",
+    ),
     (f"{R}.user_space_max_size", "100MB", f"{R}.user_space_size", "exceeds user_space_max_size"),
     (f"{R}.marshal_buffer_size", "1MB", f"{R}.marshal_buffer_size", "unknown field"),
     ("process.default_stack_size", "4 M", "process.default_stack_size", "No unit"),
@@ -413,7 +487,7 @@ OCCLUM_JSON_RULES = [
     ("entry_points", [], "entry_points", "empty"),
     ("entry_points", "/bin", "entry_points", "expected an array of strings"),
     ("entry_points", ["bin"], "entry_points[0]", "not an absolute path"),
-    ("entry_points", ["/bin/../root"], "entry_points[0]", "contains \"..\""),
+    ("entry_points", ["/bin/../root"], "entry_points[0]", 'contains ".."'),
     ("env.default", ["OCCLUM"], "env.default[0]", "not NAME=VALUE"),
     ("env.default", ["1X=a"], "env.default[0]", "not an environment variable name"),
     ("env.default", ["A=1", "A=2"], "env.default[1]", "set twice"),
@@ -427,8 +501,12 @@ OCCLUM_JSON_RULES = [
     ("metadata.version_number", -1, "metadata.version_number", "out of range"),
     ("metadata.debuggable", "false", "metadata.debuggable", "true or false"),
     ("metadata.family_id", {"high": "0x0"}, "metadata.family_id.low", "missing field"),
-    ("metadata.ext_prod_id.low", "0x12345678123456789", "metadata.ext_prod_id.low",
-     "64-bit hex id"),
+    (
+        "metadata.ext_prod_id.low",
+        "0x12345678123456789",
+        "metadata.ext_prod_id.low",
+        "64-bit hex id",
+    ),
     ("metadata.family_id.high", "zz", "metadata.family_id.high", "64-bit hex id"),
     ("feature.amx", 3, "feature.amx", "out of range"),
     ("feature.pkru", -1, "feature.pkru", "out of range"),
@@ -445,23 +523,43 @@ OCCLUM_JSON_RULES = [
     ("mount[1].target", "/dev", "mount[1].target", "mounted by Occlum itself"),
     ("mount[1]", {"target": "/", "type": "ramfs"}, "mount[1].target", "mounted twice"),
     ("mount[1].options", {"layers": []}, "mount[1].options.layers", "unionfs mount only"),
-    ("mount[1]", {"target": "/c", "type": "sefs", "source": "./c",
-                  "options": {"temporary": True, "MAC": ""}},
-     "mount[1].options.temporary", "cannot be temporary"),
+    (
+        "mount[1]",
+        {
+            "target": "/c",
+            "type": "sefs",
+            "source": "./c",
+            "options": {"temporary": True, "MAC": ""},
+        },
+        "mount[1].options.temporary",
+        "cannot be temporary",
+    ),
     ("mount[1]", {"target": "/c", "type": "sefs"}, "mount[1].source", "needs a source"),
-    ("mount[1]", {"target": "/c", "type": "sefs", "source": "./c",
-                  "options": {"cache_size": "100KB"}}, "mount[1].options.cache_size",
-     "at least"),
-    ("mount[1]", {"target": "/c", "type": "sefs", "source": "./c",
-                  "options": {"cache_size": "196609B"}}, "mount[1].options.cache_size",
-     "multiple of"),
-    ("mount[1]", {"target": "/c", "type": "sefs", "source": "./c",
-                  "options": {"cache_size": "64MB"}}, "mount[1].options.cache_size",
-     "kernel heap maximum"),
-    ("mount[1]", {"target": "/e", "type": "ext2"}, "mount[1].options.disk_size",
-     "needs disk_size"),
-    ("mount[1]", {"target": "/e", "type": "ext2", "options": {"disk_size": "4GB"}},
-     "mount[1].options.disk_size", "minimum 5GB"),
+    (
+        "mount[1]",
+        {"target": "/c", "type": "sefs", "source": "./c", "options": {"cache_size": "100KB"}},
+        "mount[1].options.cache_size",
+        "at least",
+    ),
+    (
+        "mount[1]",
+        {"target": "/c", "type": "sefs", "source": "./c", "options": {"cache_size": "196609B"}},
+        "mount[1].options.cache_size",
+        "multiple of",
+    ),
+    (
+        "mount[1]",
+        {"target": "/c", "type": "sefs", "source": "./c", "options": {"cache_size": "64MB"}},
+        "mount[1].options.cache_size",
+        "kernel heap maximum",
+    ),
+    ("mount[1]", {"target": "/e", "type": "ext2"}, "mount[1].options.disk_size", "needs disk_size"),
+    (
+        "mount[1]",
+        {"target": "/e", "type": "ext2", "options": {"disk_size": "4GB"}},
+        "mount[1].options.disk_size",
+        "minimum 5GB",
+    ),
     ("mount[0].type", "sefs", "mount[0].source", "needs a source"),
     ("mount[0].target", "/root", "mount", "no root unionfs"),
     (LAYERS, [{"target": "/", "type": "sefs", "source": "./a"}], LAYERS, "two sefs layers"),
@@ -475,8 +573,9 @@ OCCLUM_JSON_RULES = [
 def test_valid_occlum_json_passes():
     rules.check_occlum_json(_valid_occlum_json())
     doc = _valid_occlum_json()
-    doc["resource_limits"].update(init_num_of_threads=2, kernel_space_heap_max_size="40MB",
-                                  user_space_max_size="600MB")
+    doc["resource_limits"].update(
+        init_num_of_threads=2, kernel_space_heap_max_size="40MB", user_space_max_size="600MB"
+    )
     doc["mount"].append({"target": "/e", "type": "ext2", "options": {"disk_size": "10GB"}})
     rules.check_occlum_json(doc)
 
@@ -491,11 +590,13 @@ def _refused(check, doc: dict, path, value, reported: str, words: str) -> rules.
     return info.value
 
 
-@pytest.mark.parametrize("path, value, reported, words", OCCLUM_JSON_RULES,
-                         ids=[f"{r[0]}={r[1]!r}"[:60] for r in OCCLUM_JSON_RULES])
+@pytest.mark.parametrize(
+    "path, value, reported, words",
+    OCCLUM_JSON_RULES,
+    ids=[f"{r[0]}={r[1]!r}"[:60] for r in OCCLUM_JSON_RULES],
+)
 def test_occlum_json_rule(path, value, reported, words):
-    refusal = _refused(rules.check_occlum_json, _valid_occlum_json(), path, value, reported,
-                       words)
+    refusal = _refused(rules.check_occlum_json, _valid_occlum_json(), path, value, reported, words)
     assert refusal.document == "Occlum.json"
 
 
@@ -508,20 +609,39 @@ def test_memory_size_parser_matches_occlum():
         with pytest.raises(ValueError):
             rules.parse_memory_size(bad)
     assert [rules.format_size(n) for n in (32 << 20, 1536, 3 << 30, 0)] == [
-        "32MB", "1536B", "3GB", "0B"]
+        "32MB",
+        "1536B",
+        "3GB",
+        "0B",
+    ]
 
 
 # --- init_ra_conf.json rules -----------------------------------------------------------------
 
+
 def _valid_init_ra() -> dict:
-    return {"kms_server": "localhost:50051",
-            "kms_keys": [{"key": "demo_key", "path": "/etc/demo_key"}],
-            "ra_config": {"verify_mr_enclave": "on", "verify_mr_signer": "on",
-                          "verify_isv_prod_id": "on", "verify_isv_svn": "on",
-                          "verify_config_svn": "off", "verify_enclave_debuggable": "on",
-                          "sgx_mrs": [{"mr_enclave": "ab" * 32, "mr_signer": "cd" * 32,
-                                       "isv_prod_id": 0, "isv_svn": 0, "config_svn": 0,
-                                       "debuggable": False}]}}
+    return {
+        "kms_server": "localhost:50051",
+        "kms_keys": [{"key": "demo_key", "path": "/etc/demo_key"}],
+        "ra_config": {
+            "verify_mr_enclave": "on",
+            "verify_mr_signer": "on",
+            "verify_isv_prod_id": "on",
+            "verify_isv_svn": "on",
+            "verify_config_svn": "off",
+            "verify_enclave_debuggable": "on",
+            "sgx_mrs": [
+                {
+                    "mr_enclave": "ab" * 32,
+                    "mr_signer": "cd" * 32,
+                    "isv_prod_id": 0,
+                    "isv_svn": 0,
+                    "config_svn": 0,
+                    "debuggable": False,
+                }
+            ],
+        },
+    }
 
 
 MRS = "ra_config.sgx_mrs"
@@ -532,15 +652,27 @@ INIT_RA_RULES = [
     ("kms_server", "h:0", "kms_server", "not HOST:PORT"),
     ("kms_keys", {}, "kms_keys", "expected an array"),
     ("kms_keys[0]", {"key": "a"}, "kms_keys[0].path", "missing field"),
-    ("kms_keys[0]", {"key": "a", "path": "/a", "service": "x"}, "kms_keys[0].service",
-     "unknown field"),
+    (
+        "kms_keys[0]",
+        {"key": "a", "path": "/a", "service": "x"},
+        "kms_keys[0].service",
+        "unknown field",
+    ),
     ("kms_keys[0].key", "", "kms_keys[0].key", "empty"),
     ("kms_keys[0].key", "a\0b", "kms_keys[0].key", "NUL"),
     ("kms_keys[0].key", "image_key", "kms_keys[0].key", "image key"),
-    ("kms_keys", [{"key": "a", "path": "/a"}, {"key": "a", "path": "/b"}], "kms_keys[1].key",
-     "fetched twice"),
-    ("kms_keys", [{"key": "a", "path": "/a"}, {"key": "b", "path": "/a"}], "kms_keys[1].path",
-     "written twice"),
+    (
+        "kms_keys",
+        [{"key": "a", "path": "/a"}, {"key": "a", "path": "/b"}],
+        "kms_keys[1].key",
+        "fetched twice",
+    ),
+    (
+        "kms_keys",
+        [{"key": "a", "path": "/a"}, {"key": "b", "path": "/a"}],
+        "kms_keys[1].path",
+        "written twice",
+    ),
     ("kms_keys[0].path", "etc/key", "kms_keys[0].path", "not an absolute path"),
     ("kms_keys[0].path", "/etc/", "kms_keys[0].path", "directory"),
     ("ra_config.verify_mr_signer", "yes", "ra_config.verify_mr_signer", "neither"),
@@ -556,8 +688,11 @@ INIT_RA_RULES = [
 ]
 
 
-@pytest.mark.parametrize("path, value, reported, words", INIT_RA_RULES,
-                         ids=[f"{r[0]}={r[1]!r}"[:60] for r in INIT_RA_RULES])
+@pytest.mark.parametrize(
+    "path, value, reported, words",
+    INIT_RA_RULES,
+    ids=[f"{r[0]}={r[1]!r}"[:60] for r in INIT_RA_RULES],
+)
 def test_init_ra_rule(path, value, reported, words):
     rules.check_init_ra_conf(_valid_init_ra())
     _refused(rules.check_init_ra_conf, _valid_init_ra(), path, value, reported, words)
@@ -572,11 +707,22 @@ def test_mr_enclave_may_be_blank_when_not_verified():
 
 # --- copy_bom rules --------------------------------------------------------------------------
 
+
 def _valid_bom() -> dict:
-    return {"targets": [{"target": "/", "mkdirs": ["tmp"]},
-                        {"target": "/bin", "copy": [{"from": "/eb/stage/bin", "files": [
-                            {"name": "app", "hash": "A" * 64, "autodep": False},
-                            "other"]}]}]}
+    return {
+        "targets": [
+            {"target": "/", "mkdirs": ["tmp"]},
+            {
+                "target": "/bin",
+                "copy": [
+                    {
+                        "from": "/eb/stage/bin",
+                        "files": [{"name": "app", "hash": "A" * 64, "autodep": False}, "other"],
+                    }
+                ],
+            },
+        ]
+    }
 
 
 BOM_RULES = [
@@ -589,24 +735,44 @@ BOM_RULES = [
     ("targets[0].extra", [], "targets[0].extra", "unknown field"),
     ("targets[1].copy[0]", {}, "targets[1].copy[0]", "cannot be empty"),
     ("targets[1].copy[0].from", "/eb/${X}", "targets[1].copy[0].from", "environment variable"),
-    ("targets[1].copy[0].files[0].hash", "a" * 64, "targets[1].copy[0].files[0].hash",
-     "upper-case"),
-    ("targets[1].copy[0].files[0].name", "/etc/shadow", "targets[1].copy[0].files[0].name",
-     "is absolute"),
+    (
+        "targets[1].copy[0].files[0].hash",
+        "a" * 64,
+        "targets[1].copy[0].files[0].hash",
+        "upper-case",
+    ),
+    (
+        "targets[1].copy[0].files[0].name",
+        "/etc/shadow",
+        "targets[1].copy[0].files[0].name",
+        "is absolute",
+    ),
     ("targets[1].copy[0].files[1]", "/etc/shadow", "targets[1].copy[0].files[1]", "is absolute"),
-    ("targets[1].copy[0].files[0].rename", "a/b", "targets[1].copy[0].files[0].rename",
-     "not a file name"),
-    ("targets[1].copy[0].files[0].autodep", "no", "targets[1].copy[0].files[0].autodep",
-     "true or false"),
-    ("targets[1].copy[0].files[0].mode", 420, "targets[1].copy[0].files[0].mode",
-     "unknown field"),
-    ("targets[0].createlinks", [{"src": "a"}], "targets[0].createlinks[0].linkname",
-     "missing field"),
+    (
+        "targets[1].copy[0].files[0].rename",
+        "a/b",
+        "targets[1].copy[0].files[0].rename",
+        "not a file name",
+    ),
+    (
+        "targets[1].copy[0].files[0].autodep",
+        "no",
+        "targets[1].copy[0].files[0].autodep",
+        "true or false",
+    ),
+    ("targets[1].copy[0].files[0].mode", 420, "targets[1].copy[0].files[0].mode", "unknown field"),
+    (
+        "targets[0].createlinks",
+        [{"src": "a"}],
+        "targets[0].createlinks[0].linkname",
+        "missing field",
+    ),
 ]
 
 
-@pytest.mark.parametrize("path, value, reported, words", BOM_RULES,
-                         ids=[f"{r[0]}={r[1]!r}"[:60] for r in BOM_RULES])
+@pytest.mark.parametrize(
+    "path, value, reported, words", BOM_RULES, ids=[f"{r[0]}={r[1]!r}"[:60] for r in BOM_RULES]
+)
 def test_bom_rule(path, value, reported, words):
     rules.check_bom(_valid_bom())
     _refused(rules.check_bom, _valid_bom(), path, value, reported, words)

@@ -27,11 +27,10 @@ import pytest
 from enclave_build.attestation.config import ConfigError, load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
 from enclave_build.attestation.policy import Policy, PolicyError
-from enclave_build.contract.secrets_config import SecretRule, hex_dashes
+from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
 from enclave_build.attestation.server import SecretServer, startup_warnings
 from enclave_build.attestation.server.decide import AccessPolicy, ByName, ByServerName, decide
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
-from enclave_build.attestation.quote_source import SIMULATED_QUOTER_ENV
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
 from enclave_build.attestation.verify import TcbPolicy
 from enclave_build.builder.build import load_wrap_keys, make_plan, policy_fragment
@@ -39,12 +38,14 @@ from enclave_build.builder.occlum import backend
 from enclave_build.builder.occlum.configure import releases
 from enclave_build.builder.occlum.render import KEYS_DIR, OcclumOptions, render
 from enclave_build.builder.plan import KeyDelivery
-from enclave_build.plugin import SERVER_CONFIG
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError, load_spec
 from enclave_build.contract.identity import EnclaveIdentity
-from enclave_build.model_server.config import ROOT_ENV, ConfigError as ServerConfigError, parse_config
+from enclave_build.contract.secrets_config import SecretRule, hex_dashes
+from enclave_build.model_server.config import ROOT_ENV, parse_config
+from enclave_build.model_server.config import ConfigError as ServerConfigError
 from enclave_build.model_server.keys import KeyFetchError, prepare_keys
+from enclave_build.plugin import SERVER_CONFIG
 
 from .attest_env import MR_SIGNER, identity, verified_evidence
 from .conftest import run_cli
@@ -57,7 +58,9 @@ def _server_config(plan) -> dict | None:
 
 
 def _load(spec_path: Path, plugin_registry):
-    spec = load_spec(spec_path, plugin_registry.framework_sections(), plugin_registry.libos_sections())
+    spec = load_spec(
+        spec_path, plugin_registry.framework_sections(), plugin_registry.libos_sections()
+    )
     return spec, make_plan(spec, plugin_registry)
 
 
@@ -81,14 +84,15 @@ def test_occlum_plan_reads_keys_from_init_files(tmp_path, plugin_registry, stand
     conf = json.loads(config.init_ra_conf)
     assert {"key": "face-detect-key", "path": f"{KEYS_DIR}/face-detect-key"} in conf["kms_keys"]
     assert [(r.key, r.request, r.encoding) for r in releases(config.kms_keys)] == [
-        ("face-detect-key", "image_key", "hex-dashes"), ("face-detect-key", "face-detect-key",
-                                                         "raw")]
+        ("face-detect-key", "image_key", "hex-dashes"),
+        ("face-detect-key", "face-detect-key", "raw"),
+    ]
 
 
 def test_gramine_plan_of_the_same_spec_is_unchanged(tmp_path, plugin_registry):
     spec_path = example_spec("tflite", tmp_path)
     text = spec_path.read_text().replace('libos = "occlum"', 'libos = "gramine"')
-    text = text[:text.index("\n[occlum]")] + "\n"
+    text = text[: text.index("\n[occlum]")] + "\n"
     spec_path.write_text(text)
     _, plan = _load(spec_path, plugin_registry)
     assert plan.secrets.delivery is KeyDelivery.IN_ENCLAVE
@@ -102,7 +106,7 @@ def test_encrypt_image_provisions_the_image_key(tmp_path, plugin_registry, stand
     spec_path.write_text(spec_path.read_text().replace("encrypt = true", "encrypt = false"))
     spec, plan = _load(spec_path, plugin_registry)
     assert [k.name for k in plan.secrets.keys] == ["face-detect-key"]
-    assert _server_config(plan)["keys"] is None   # the server needs no key; init does
+    assert _server_config(plan)["keys"] is None  # the server needs no key; init does
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     assert config.image_key == "face-detect-key"
     keys, _files, created = load_wrap_keys(spec, plan, tmp_path / "out")
@@ -121,31 +125,39 @@ def image_root(tmp_path, monkeypatch):
 
 
 def _files_keys(*names):
-    return parse_config({"version": 1, "models": [], "keys": {
-        "source": "files", "directory": KEYS_DIR, "names": list(names)}}).keys
+    return parse_config(
+        {
+            "version": 1,
+            "models": [],
+            "keys": {"source": "files", "directory": KEYS_DIR, "names": list(names)},
+        }
+    ).keys
 
 
 def test_model_server_reads_keys_from_files(image_root):
     keys_dir = image_root / KEYS_DIR.lstrip("/")
     (keys_dir / "a").write_bytes(os.urandom(16))
-    (keys_dir / "b").write_bytes(os.urandom(16) + b"\0\0")   # as Occlum's init writes it
+    (keys_dir / "b").write_bytes(os.urandom(16) + b"\0\0")  # as Occlum's init writes it
     model = image_root / "models" / "m.tflite"
     model.parent.mkdir()
     model.write_bytes(b"TFL3")
     ring = prepare_keys(_files_keys("a", "b"))
     assert ring.mode == "libos" and ring.names == ("a", "b")
-    assert ring.open("/models/m.tflite", "b").read_bytes() == b"TFL3"   # opened as it is
+    assert ring.open("/models/m.tflite", "b").read_bytes() == b"TFL3"  # opened as it is
     with pytest.raises(KeyFetchError, match="'c', which was not fetched"):
         ring.open("/models/m.tflite", "c")
 
 
-@pytest.mark.parametrize("content, needle", [
-    (None, "cannot read /run/enclave-build/keys/k"),
-    (b"x" * 15, "holds 15 bytes"),
-    (b"x" * 17, "holds 17 bytes"),
-    (b"x" * 16 + b"\0x", "holds 18 bytes"),
-    (b"x" * 40, "holds 19+ bytes"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (None, "cannot read /run/enclave-build/keys/k"),
+        (b"x" * 15, "holds 15 bytes"),
+        (b"x" * 17, "holds 17 bytes"),
+        (b"x" * 16 + b"\0x", "holds 18 bytes"),
+        (b"x" * 40, "holds 19+ bytes"),
+    ],
+)
 def test_model_server_refuses_bad_key_files(image_root, content, needle):
     if content is not None:
         (image_root / KEYS_DIR.lstrip("/") / "k").write_bytes(content)
@@ -153,16 +165,23 @@ def test_model_server_refuses_bad_key_files(image_root, content, needle):
         prepare_keys(_files_keys("k"))
 
 
-@pytest.mark.parametrize("keys, needle", [
-    ({"source": "sealed", "names": ["k"]}, "keys.source: 'sealed' is not allowed; allowed"),
-    ({"source": "files", "directory": "keys", "names": ["k"]},
-     "keys.directory: 'keys' is not allowed; allowed: the absolute image path"),
-    ({"source": "files", "names": ["k"]}, "keys.directory: expected the absolute image path"),
-    ({"source": "files", "directory": "/k", "names": ["k"], "server": "x:1"},
-     "keys.server: not with source \"files\""),
-    ({"names": ["k"], "ca": "/ca.pem"}, "keys.server: required"),
-    ({"source": "files", "directory": "/k", "names": "k"}, "keys.names: expected"),
-])
+@pytest.mark.parametrize(
+    "keys, needle",
+    [
+        ({"source": "sealed", "names": ["k"]}, "keys.source: 'sealed' is not allowed; allowed"),
+        (
+            {"source": "files", "directory": "keys", "names": ["k"]},
+            "keys.directory: 'keys' is not allowed; allowed: the absolute image path",
+        ),
+        ({"source": "files", "names": ["k"]}, "keys.directory: expected the absolute image path"),
+        (
+            {"source": "files", "directory": "/k", "names": ["k"], "server": "x:1"},
+            'keys.server: not with source "files"',
+        ),
+        ({"names": ["k"], "ca": "/ca.pem"}, "keys.server: required"),
+        ({"source": "files", "directory": "/k", "names": "k"}, "keys.names: expected"),
+    ],
+)
 def test_model_server_key_config_errors(keys, needle):
     with pytest.raises(ServerConfigError, match=re.escape(needle)):
         parse_config({"version": 1, "models": [], "keys": keys})
@@ -172,29 +191,37 @@ def test_model_server_key_config_errors(keys, needle):
 
 
 def test_build_image_from_spec_and_environment(tmp_path, plugin_registry, monkeypatch):
-    spec_path = example_spec("tflite", tmp_path, 'build_image = "registry.example.com/occ:0.31.0"\n')
+    spec_path = example_spec(
+        "tflite", tmp_path, 'build_image = "registry.example.com/occ:0.31.0"\n'
+    )
     _, plan = _load(spec_path, plugin_registry)
     monkeypatch.delenv(backend.BUILD_IMAGE_ENV, raising=False)
     assert backend.build_image(plan) == "registry.example.com/occ:0.31.0"
     monkeypatch.setenv(backend.BUILD_IMAGE_ENV, "mine/occlum:1")
-    assert backend.build_image(plan) == "mine/occlum:1"      # the operator's override wins
+    assert backend.build_image(plan) == "mine/occlum:1"  # the operator's override wins
     monkeypatch.delenv(backend.BUILD_IMAGE_ENV)
     plan.libos_options = None
     assert backend.build_image(plan) == backend.DEFAULT_BUILD_IMAGE
 
 
-@pytest.mark.parametrize("value, needle", [
-    ('"Occlum Image"', "invalid repository name"),
-    ('"docker-daemon:occlum/occlum:0.31.0"', "is not an image reference"),
-    ('"occlum/occlum@sha256:12"', "digest must be sha256"),
-    ("31", "expected"),
-])
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ('"Occlum Image"', "invalid repository name"),
+        ('"docker-daemon:occlum/occlum:0.31.0"', "is not an image reference"),
+        ('"occlum/occlum@sha256:12"', "digest must be sha256"),
+        ("31", "expected"),
+    ],
+)
 def test_build_image_refusals_name_the_key(value, needle, tmp_path, plugin_registry):
     spec_path = example_spec("tflite", tmp_path, f"build_image = {value}\n")
     with pytest.raises(SpecError) as info:
         load_spec(spec_path, plugin_registry.framework_sections(), plugin_registry.libos_sections())
-    line = next(i for i, text in enumerate(spec_path.read_text().splitlines(), 1)
-                if text.startswith("build_image"))
+    line = next(
+        i
+        for i, text in enumerate(spec_path.read_text().splitlines(), 1)
+        if text.startswith("build_image")
+    )
     message = str(info.value)
     assert f":{line}: occlum.build_image" in message and needle in message, message
 
@@ -203,17 +230,30 @@ def test_build_image_refusals_name_the_key(value, needle, tmp_path, plugin_regis
 
 
 def _measurements(service: str, mr_enclave: bytes) -> Measurements:
-    return Measurements(service, "tflite", "occlum",
-                        EnclaveIdentity(mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False),
-                        ImageRef(f"{service}:1", None))
+    return Measurements(
+        service,
+        "tflite",
+        "occlum",
+        EnclaveIdentity(mr_enclave.hex(), MR_SIGNER.hex(), 1, 1, False),
+        ImageRef(f"{service}:1", None),
+    )
 
 
 def test_image_key_rules_per_service(tmp_path):
     for service in ("face", "ocr"):
         (tmp_path / f"{service}.json").write_text(
-            _measurements(service, identity(service)).to_json())
-    rules = [SecretRule(f"{s}-key@image_key", tmp_path / f"{s}.key", (s,),
-                        encoding="hex-dashes", requested_as="image_key") for s in ("face", "ocr")]
+            _measurements(service, identity(service)).to_json()
+        )
+    rules = [
+        SecretRule(
+            f"{s}-key@image_key",
+            tmp_path / f"{s}.key",
+            (s,),
+            encoding="hex-dashes",
+            requested_as="image_key",
+        )
+        for s in ("face", "ocr")
+    ]
     rules.append(SecretRule("face-key", tmp_path / "face.key", ("face",)))
     policy = Policy.build(["*.json"], rules, tmp_path)
     access = AccessPolicy(policy, TcbPolicy())
@@ -223,15 +263,19 @@ def test_image_key_rules_per_service(tmp_path):
     assert decide(ocr, ByName("image_key"), access).secret.name == "ocr-key@image_key"
     assert decide(ocr, ByName("face-key"), access).secret is None
     stranger = verified_evidence(identity("x").hex(), MR_SIGNER.hex(), 1, 1)
-    assert "no secret asked for as 'image_key'" in decide(stranger, ByName("image_key"),
-                                                          access).reason
+    assert (
+        "no secret asked for as 'image_key'" in decide(stranger, ByName("image_key"), access).reason
+    )
     # Gramine's secret_prov exchange sees only the raw secret asked for by its own name.
     assert decide(face, ByServerName(b"localhost"), access).secret.name == "face-key"
     assert decide(ocr, ByServerName(b"localhost"), access).secret is None
     assert policy.knows("image_key") and not policy.knows("other")
     with pytest.raises(PolicyError, match="requested_as 'face-key' is the name of a secret"):
-        Policy.build(["*.json"], rules + [SecretRule("y", tmp_path / "y", ("face",),
-                                                     requested_as="face-key")], tmp_path)
+        Policy.build(
+            ["*.json"],
+            rules + [SecretRule("y", tmp_path / "y", ("face",), requested_as="face-key")],
+            tmp_path,
+        )
     with pytest.raises(PolicyError, match="encoding must be one of"):
         Policy.build(["*.json"], [SecretRule("y", None, ("face",), encoding="b64")], tmp_path)
     assert SecretRule("k", None, ()).encode(b"\x01" * 16) == b"\x01" * 16
@@ -240,13 +284,18 @@ def test_image_key_rules_per_service(tmp_path):
         rules[0].encode(b"abc")
 
 
-@pytest.mark.parametrize("extra, needle", [
-    ('encoding = "base64"', "secrets[0].encoding: 'base64' is not allowed; allowed: raw, "
-                            "hex-dashes"),
-    ("encoding = 1", "secrets[0].encoding: expected a string"),
-    ('requested_as = ""', "secrets[0].requested_as: empty"),
-    ('file = "short.key"\nencoding = "hex-dashes"', "needs a 16-byte key"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (
+            'encoding = "base64"',
+            "secrets[0].encoding: 'base64' is not allowed; allowed: raw, hex-dashes",
+        ),
+        ("encoding = 1", "secrets[0].encoding: expected a string"),
+        ('requested_as = ""', "secrets[0].requested_as: empty"),
+        ('file = "short.key"\nencoding = "hex-dashes"', "needs a 16-byte key"),
+    ],
+)
 def test_secrets_toml_encoding_errors_name_file_and_key(tmp_path, extra, needle):
     pki = SyntheticPKI()
     (tmp_path / "collateral.json").write_text(pki.collateral_json())
@@ -256,10 +305,12 @@ def test_secrets_toml_encoding_errors_name_file_and_key(tmp_path, extra, needle)
     (tmp_path / "short.key").write_bytes(os.urandom(5))
     file_line = "" if "file =" in extra else 'file = "k.key"\n'
     path = tmp_path / "secrets.toml"
-    path.write_text(f'measurements = ["m.json"]\n[server]\nlisten = "127.0.0.1:0"\n'
-                    f'cert = "server.crt"\nkey = "server.key"\n[attestation]\n'
-                    f'collateral = "collateral.json"\n[[secrets]]\nname = "k"\n{file_line}'
-                    f'allow = ["face"]\n{extra}\n')
+    path.write_text(
+        f'measurements = ["m.json"]\n[server]\nlisten = "127.0.0.1:0"\n'
+        f'cert = "server.crt"\nkey = "server.key"\n[attestation]\n'
+        f'collateral = "collateral.json"\n[[secrets]]\nname = "k"\n{file_line}'
+        f'allow = ["face"]\n{extra}\n'
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(path) in str(info.value) and needle in str(info.value), info.value
@@ -285,11 +336,16 @@ def occlum_client_decode(text: str) -> bytes:
         else:
             continue
         if len(block) == 4:
-            out += bytes([(block[0] << 2 | block[1] >> 4) & 0xFF,
-                          (block[1] << 4 | block[2] >> 2) & 0xFF, (block[2] << 6 | block[3]) & 0xFF])
+            out += bytes(
+                [
+                    (block[0] << 2 | block[1] >> 4) & 0xFF,
+                    (block[1] << 4 | block[2] >> 2) & 0xFF,
+                    (block[2] << 6 | block[3]) & 0xFF,
+                ]
+            )
             block = []
     assert len(out) <= guessed, "Occlum's client would write past its buffer"
-    return bytes(out[:guessed - 1])
+    return bytes(out[: guessed - 1])
 
 
 def init_image_key(received: bytes) -> bytes:
@@ -300,8 +356,9 @@ def init_image_key(received: bytes) -> bytes:
 
 
 @pytest.mark.integration
-def test_occlum_build_policy_to_grsecret_client(tmp_path, plugin_registry, standin_root, ratls_stubs,
-                                                monkeypatch):
+def test_occlum_build_policy_to_grsecret_client(
+    tmp_path, plugin_registry, standin_root, ratls_stubs, monkeypatch
+):
     # 1. An Occlum build's outputs: measurements.json and secrets-policy.toml (as _finish writes
     #    them, from the backend's releases), wrap keys created 0600 in keys_dir.
     spec_path = example_spec("tflite", tmp_path)
@@ -324,10 +381,25 @@ def test_occlum_build_policy_to_grsecret_client(tmp_path, plugin_registry, stand
     (server_dir / "collateral.json").write_text(pki.collateral_json())
     (server_dir / "root.pem").write_bytes(pki.root_pem)
     _, cert, key = tls_ca_and_server(server_dir)
-    proc = run_cli("secrets", "config", str(out), "--cert", str(cert), "--key", str(key),
-                   "--listen", "127.0.0.1:0", "--root-ca", str(server_dir / "root.pem"),
-                   "--collateral", str(server_dir / "collateral.json"),
-                   "--grsecret-listen", "127.0.0.1:0", "--out", str(server_dir / "secrets.toml"))
+    proc = run_cli(
+        "secrets",
+        "config",
+        str(out),
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+        "--listen",
+        "127.0.0.1:0",
+        "--root-ca",
+        str(server_dir / "root.pem"),
+        "--collateral",
+        str(server_dir / "collateral.json"),
+        "--grsecret-listen",
+        "127.0.0.1:0",
+        "--out",
+        str(server_dir / "secrets.toml"),
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     loaded = load_config(server_dir / "secrets.toml")
     assert loaded.grsecret is not None and loaded.grsecret.port == 0
@@ -364,7 +436,7 @@ def test_occlum_build_policy_to_grsecret_client(tmp_path, plugin_registry, stand
             server.shutdown()
     wrap = wrap_keys["face-detect-key"]
     assert image_key == hex_dashes(wrap) and init_image_key(image_key) == wrap
-    assert model_key == wrap + b"\0\0"       # what init writes to KEYS_DIR/face-detect-key
+    assert model_key == wrap + b"\0\0"  # what init writes to KEYS_DIR/face-detect-key
 
     # 5. The model server, configured as the Occlum plan says, accepts what init wrote.
     root = tmp_path / "image"
@@ -377,8 +449,8 @@ def test_occlum_build_policy_to_grsecret_client(tmp_path, plugin_registry, stand
 
 def _cert(pki, mr_enclave):
     from enclave_build.attestation.ratls import create_certificate
-    return create_certificate("cczoo", lambda rd: pki.quote(mr_enclave, MR_SIGNER, rd, 1, 1,
-                                                            False))
+
+    return create_certificate("cczoo", lambda rd: pki.quote(mr_enclave, MR_SIGNER, rd, 1, 1, False))
 
 
 def _ask(client, name: str) -> bytes:
@@ -391,8 +463,8 @@ def test_two_occlum_services_share_one_secret_server(tmp_path):
     and a hex-dashes rule, never two raw names; without --grsecret-listen a warning."""
     import warnings as _warnings
 
-    from enclave_build.plugin import SecretRelease
     from enclave_build.builder.secrets_config import SecretsConfigError, ServerSide, compose_config
+    from enclave_build.plugin import SecretRelease
 
     fragments = []
     for service in ("face", "ocr"):
@@ -404,16 +476,26 @@ def test_two_occlum_services_share_one_secret_server(tmp_path):
         m = _measurements(service, identity(service))
         (out / "measurements.json").write_text(m.to_json())
         plan = type("Plan", (), {"service": service, "mounts": []})()
-        text = policy_fragment(plan, m, {f"{service}-key": key}, out, (
-            SecretRelease(f"{service}-key", "image_key", "hex-dashes"),
-            SecretRelease(f"{service}-key", f"{service}-key", "raw")))
+        text = policy_fragment(
+            plan,
+            m,
+            {f"{service}-key": key},
+            out,
+            (
+                SecretRelease(f"{service}-key", "image_key", "hex-dashes"),
+                SecretRelease(f"{service}-key", f"{service}-key", "raw"),
+            ),
+        )
         (out / "secrets-policy.toml").write_text(text)
         fragments.append(out)
     tls_ca_and_server(tmp_path)
-    SyntheticPKI().save(tmp_path / "pki")   # collateral that chains to the root trusted
-    side = dict(cert=tmp_path / "server.crt", key=tmp_path / "server.key",
-                collateral=tmp_path / "pki" / "collateral.json",
-                root_ca=str(tmp_path / "pki" / "root.pem"))
+    SyntheticPKI().save(tmp_path / "pki")  # collateral that chains to the root trusted
+    side = dict(
+        cert=tmp_path / "server.crt",
+        key=tmp_path / "server.key",
+        collateral=tmp_path / "pki" / "collateral.json",
+        root_ca=str(tmp_path / "pki" / "root.pem"),
+    )
     config = compose_config(fragments, ServerSide(**side, grsecret_listen="0.0.0.0:50051")).config
     assert config.to_dict()["grsecret"] == {"listen": "0.0.0.0:50051"}
     names = sorted(r.name for r in config.secrets)

@@ -4,7 +4,6 @@ with INTERNAL / 500; now it is refused at start-up naming the tensor."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -35,8 +34,11 @@ def _backend(path):
 
 
 def test_a_string_tensor_model_is_refused_at_start_naming_the_tensor(tmp_path):
-    with pytest.raises(BackendError, match=r"model m: input 'text' has element type string.*"
-                                           r"BYTES"):
+    with pytest.raises(
+        BackendError,
+        match=r"model m: input 'text' has element type string.*"
+        r"BYTES",
+    ):
         _backend(_identity(tmp_path, ov.Type.string, "text"))
 
 
@@ -65,13 +67,25 @@ def test_the_server_refuses_to_serve_a_string_model(tmp_path):
     repo = Path(__file__).resolve().parent.parent
     path = _identity(tmp_path, ov.Type.string, "text")
     config = tmp_path / "server.json"
-    config.write_text(json.dumps({
-        "version": 1, "service": "s", "grpc": {"host": "127.0.0.1", "port": 0},
-        "rest": {"host": "127.0.0.1", "port": 0},
-        "models": [{"name": "m", "backend": "openvino", "path": str(path)}]}))
-    done = subprocess.run([sys.executable, "-m", "enclave_build.model_server", "--config", str(config)],
-                          cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
-                          capture_output=True, text=True, timeout=120)
+    config.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "service": "s",
+                "grpc": {"host": "127.0.0.1", "port": 0},
+                "rest": {"host": "127.0.0.1", "port": 0},
+                "models": [{"name": "m", "backend": "openvino", "path": str(path)}],
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "enclave_build.model_server", "--config", str(config)],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "input 'text' has element type string" in done.stderr
     assert "serving" not in done.stderr

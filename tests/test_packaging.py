@@ -33,10 +33,14 @@ def test_the_package_list_matches_the_directories_on_disk():
                 continue
             parts = init.parent.relative_to(root).parts
             on_disk.add(".".join((name, *parts)))
-        for data_dir in root.rglob("*"):    # data-only directories with importable names
+        for data_dir in root.rglob("*"):  # data-only directories with importable names
             parts = data_dir.relative_to(root).parts
-            if data_dir.is_dir() and all(p.isidentifier() for p in parts) and \
-                    "__pycache__" not in parts and not (data_dir / "__init__.py").exists():
+            if (
+                data_dir.is_dir()
+                and all(p.isidentifier() for p in parts)
+                and "__pycache__" not in parts
+                and not (data_dir / "__init__.py").exists()
+            ):
                 on_disk.add(".".join((name, *parts)))
     assert sorted(SETUPTOOLS["packages"]) == sorted(on_disk)
 
@@ -46,15 +50,30 @@ def test_one_version_for_the_cli_the_model_server_and_the_distribution():
 
     assert builder.__version__ == model_server.__version__ == enclave_build.__version__
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {
-        "attr": "enclave_build.__version__"}
+        "attr": "enclave_build.__version__"
+    }
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """enclave-build's wheel, built from this checkout."""
     wheels = tmp_path_factory.mktemp("wheels")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(wheels), str(REPO)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (built,) = wheels.glob("enclave_build-*.whl")
     return built
 
@@ -66,50 +85,76 @@ def test_the_wheel_installs_one_top_level_name(tmp_path, wheel):
     subpackages, and the console script runs."""
     with zipfile.ZipFile(wheel) as archive:
         tops = {name.split("/")[0] for name in archive.namelist()}
-        top_level = archive.read(next(n for n in archive.namelist()
-                                      if n.endswith(".dist-info/top_level.txt"))).decode()
+        top_level = archive.read(
+            next(n for n in archive.namelist() if n.endswith(".dist-info/top_level.txt"))
+        ).decode()
     assert {t for t in tops if not t.endswith(".dist-info")} == {"enclave_build"}
     assert top_level.split() == ["enclave_build"]
     env = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env)
     python = env / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                    str(env / "site"), str(wheel)], check=True, capture_output=True)
-    installed = sorted(p.name for p in (env / "site").iterdir()
-                       if not p.name.endswith(".dist-info") and p.name != "bin")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(env / "site"),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    installed = sorted(
+        p.name
+        for p in (env / "site").iterdir()
+        if not p.name.endswith(".dist-info") and p.name != "bin"
+    )
     assert installed == ["enclave_build"]
     # the installed wheel first, then this environment's dependencies -- added as a plain path,
     # so its .pth files (the checkout's editable install) are not read
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); sys.path.append(sys.argv[2]); "
-            "import enclave_build, enclave_build.builder.cli, enclave_build.model_server.server, "
-            "enclave_build.plugin, "
-            "enclave_build.attestation.server, enclave_build.plugins.tflite; "
-            "print(enclave_build.__version__, enclave_build.__file__)")
-    out = subprocess.run([str(python), "-I", "-c", code, str(env / "site"),
-                          sysconfig.get_paths()["purelib"]], cwd=tmp_path,
-                         capture_output=True, text=True)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); sys.path.append(sys.argv[2]); "
+        "import enclave_build, enclave_build.builder.cli, enclave_build.model_server.server, "
+        "enclave_build.plugin, "
+        "enclave_build.attestation.server, enclave_build.plugins.tflite; "
+        "print(enclave_build.__version__, enclave_build.__file__)"
+    )
+    out = subprocess.run(
+        [str(python), "-I", "-c", code, str(env / "site"), sysconfig.get_paths()["purelib"]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     version, location = out.stdout.split()
     assert version == enclave_build.__version__
     assert Path(location).is_relative_to(env / "site")
     templates = env / "site" / "enclave_build" / "builder" / "gramine" / "templates"
     assert (templates / "manifest.toml.j2").is_file()
-    assert (env / "site" / "enclave_build" / "base_images" / "gramine-python" /
-            "requirements.txt").is_file()
+    assert (
+        env / "site" / "enclave_build" / "base_images" / "gramine-python" / "requirements.txt"
+    ).is_file()
 
 
 #: Runs enclave-build's command line with the wheel's installation first on the path and this
 #: environment's dependencies after it (a plain path: the checkout's editable install is not
 #: read), and says where enclave_build came from.
-CLI = ("import sys; site, deps = sys.argv[1:3]; sys.path.insert(0, site); sys.path.append(deps); "
-       "sys.argv = ['enclave-build', *sys.argv[3:]]; import enclave_build; "
-       "print('from', enclave_build.__file__, file=sys.stderr); "
-       "from enclave_build.builder.cli import main; main()")
+CLI = (
+    "import sys; site, deps = sys.argv[1:3]; sys.path.insert(0, site); sys.path.append(deps); "
+    "sys.argv = ['enclave-build', *sys.argv[3:]]; import enclave_build; "
+    "print('from', enclave_build.__file__, file=sys.stderr); "
+    "from enclave_build.builder.cli import main; main()"
+)
 
 
 @pytest.mark.integration
 def test_a_third_party_plugin_written_against_the_stable_api_builds_from_the_wheel(
-        tmp_path, wheel, signing_key):
+    tmp_path, wheel, signing_key
+):
     """tests/thirdparty_plugin imports only enclave_build.plugin: installed with the wheel
     (pip, into one target directory), it is listed, adds its command group, and builds an image
     on the stand-in base."""
@@ -120,16 +165,35 @@ def test_a_third_party_plugin_written_against_the_stable_api_builds_from_the_whe
     site = tmp_path / "site"
     source = tmp_path / "plugin-src"
     shutil.copytree(REPO / "tests" / "thirdparty_plugin", source)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--target", str(site), str(wheel), str(source)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(wheel),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     venv.EnvBuilder(with_pip=False).create(tmp_path / "venv")
     python = tmp_path / "venv" / "bin" / "python"
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(python), "-I", "-c", CLI, str(site),
-                               sysconfig.get_paths()["purelib"], *args], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [str(python), "-I", "-c", CLI, str(site), sysconfig.get_paths()["purelib"], *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     listing = cli("plugins")
     assert listing.returncode == 0, listing.stderr
@@ -140,16 +204,20 @@ def test_a_third_party_plugin_written_against_the_stable_api_builds_from_the_whe
     base = cli("base", "standin", str(tmp_path / "standin"))
     assert base.returncode == 0, base.stderr
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
-    (tmp_path / "spec.toml").write_text('[service]\nname = "echo"\nframework = "echo"\n\n'
-                                        '[signing]\nkey = "key.pem"\n\n'
-                                        '[echo]\ngreeting = "from a wheel"\n')
-    built = cli("build", "spec.toml", "--base", f"dir:{tmp_path / 'standin'}", "--output",
-                "out", "--json")
+    (tmp_path / "spec.toml").write_text(
+        '[service]\nname = "echo"\nframework = "echo"\n\n'
+        '[signing]\nkey = "key.pem"\n\n'
+        '[echo]\ngreeting = "from a wheel"\n'
+    )
+    built = cli(
+        "build", "spec.toml", "--base", f"dir:{tmp_path / 'standin'}", "--output", "out", "--json"
+    )
     assert built.returncode == 0, built.stderr
     measurements = json.loads(built.stdout)
     assert measurements["framework"] == "echo" and len(measurements["mr_enclave"]) == 64
     assert json.loads((tmp_path / "out" / "measurements.json").read_text()) == measurements
-    manifest = tomllib.loads((image_rootfs(tmp_path / "out") / "enclave/echo.manifest.sgx")
-                             .read_text())
+    manifest = tomllib.loads(
+        (image_rootfs(tmp_path / "out") / "enclave/echo.manifest.sgx").read_text()
+    )
     assert manifest["loader"]["env"]["ECHO_GREETING"] == "from a wheel"
     assert manifest["loader"]["env"]["ECHO_CONFIGURED_BY"] == "echo-plugin"

@@ -19,10 +19,6 @@ from .fixtures import SLOW
 pytestmark = pytest.mark.integration
 
 
-
-
-
-
 def test_collateral_from_pccs_verifies_and_is_cached(pccs, tmp_path):
     url, pki, hits = pccs
     me = hashlib.sha256(b"e").digest()
@@ -32,9 +28,9 @@ def test_collateral_from_pccs_verifies_and_is_cached(pccs, tmp_path):
     assert verify_quote(quote, text, root_ca_der=pki.root_der).mr_enclave == me.hex()
     fetched = len(hits)
     assert fetched >= 4
-    assert source.for_quote(pki.quote(me, bytes(32))) == text    # memory cache
+    assert source.for_quote(pki.quote(me, bytes(32))) == text  # memory cache
     assert len(hits) == fetched
-    again = PccsCollateral(url, cache_dir=tmp_path)               # disk cache, new process
+    again = PccsCollateral(url, cache_dir=tmp_path)  # disk cache, new process
     assert again.for_quote(quote) == text and len(hits) == fetched
     assert len(list(tmp_path.glob("*.json"))) == 1
 
@@ -53,7 +49,7 @@ def test_a_stalled_pccs_is_given_up_at_the_deadline(pccs, tmp_path, monkeypatch)
     started = time.monotonic()
     with pytest.raises(CollateralError, match=r"within 0.5 s"):
         source.for_quote(pki.quote(bytes(32), bytes(32)))
-    assert time.monotonic() - started < 3.5   # the 0.5 s, not the 6 s stall
+    assert time.monotonic() - started < 3.5  # the 0.5 s, not the 6 s stall
 
 
 def test_concurrent_requests_for_one_platform_fetch_once(pccs, tmp_path, monkeypatch):
@@ -62,8 +58,9 @@ def test_concurrent_requests_for_one_platform_fetch_once(pccs, tmp_path, monkeyp
     source = PccsCollateral(url, cache_dir=tmp_path)
     quote = pki.quote(bytes(32), bytes(32))
     results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(source.for_quote(quote)))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(source.for_quote(quote))) for _ in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -82,14 +79,17 @@ def test_secret_server_with_pccs_url(pccs, tmp_path, monkeypatch):
     url, pki, hits = pccs
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     env = make_env(tmp_path / "env", pki=pki)
-    env.config.write_text(env.config.read_text().replace('collateral = "collateral.json"',
-                                                         f'pccs_url = "{url}"'))
+    env.config.write_text(
+        env.config.read_text().replace('collateral = "collateral.json"', f'pccs_url = "{url}"')
+    )
     server = SecretServer(load_config(env.config))
     host, port = server.start()
     try:
         for _ in range(3):
-            assert fetch_secret(host, port, env.ca, *env.enclave_cert("face"),
-                                server_name="localhost") == env.secrets["face"]
+            assert (
+                fetch_secret(host, port, env.ca, *env.enclave_cert("face"), server_name="localhost")
+                == env.secrets["face"]
+            )
         assert hits.count("/sgx/certification/v4/tcb") == 1  # fetched once, then cached
     finally:
         server.shutdown()
@@ -100,10 +100,10 @@ def test_memory_only_collateral_reads_and_writes_no_disk(pccs, tmp_path):
     memory, nothing written to nor read from the cache directory."""
     url, pki, hits = pccs
     quote = pki.quote(hashlib.sha256(b"e").digest(), hashlib.sha256(b"s").digest())
-    PccsCollateral(url, cache_dir=tmp_path).for_quote(quote)      # a disk copy a host left
+    PccsCollateral(url, cache_dir=tmp_path).for_quote(quote)  # a disk copy a host left
     fetched = len(hits)
     source = PccsCollateral(url, cache_dir=tmp_path / "private", disk=False)
     text = source.for_quote(quote)
-    assert len(hits) == 2 * fetched                   # the host's copy was not read back
-    assert source.for_quote(quote) == text and len(hits) == 2 * fetched   # memory
+    assert len(hits) == 2 * fetched  # the host's copy was not read back
+    assert source.for_quote(quote) == text and len(hits) == 2 * fetched  # memory
     assert not (tmp_path / "private").exists()

@@ -17,9 +17,13 @@ import pytest
 
 import enclave_build
 from enclave_build.builder.errors import EnclaveBuildError
+from enclave_build.builder.plugins import (
+    DEFAULT_PLUGINS,
+    ENTRY_POINT_GROUP,
+    PluginError,
+    PluginRegistry,
+)
 from enclave_build.plugin import Framework, hookimpl
-from enclave_build.builder.plugins import (DEFAULT_PLUGINS, ENTRY_POINT_GROUP, PluginError,
-                                          PluginRegistry)
 
 from .conftest import image_rootfs, model_files, run_cli, tflite_bytes, write_spec
 
@@ -32,8 +36,12 @@ def test_builtins_are_registered_from_the_module_list():
     # (a third-party plugin may be installed too: README installs the onnxruntime example's)
     builtin = [info for info in names.values() if info.source == "enclave-build"]
     assert {info.name for info in builtin} == {name for name, _ in DEFAULT_PLUGINS}
-    assert {fw for info in builtin for fw in info.frameworks} == \
-        {"tfserving", "tflite", "openvino", "secret-server"}
+    assert {fw for info in builtin for fw in info.frameworks} == {
+        "tfserving",
+        "tflite",
+        "openvino",
+        "secret-server",
+    }
     assert {name for info in builtin for name in info.libos} == {"gramine", "occlum"}
     assert set(registry.libos) == {"gramine", "occlum"}
     assert names["tfserving"].source == "enclave-build"
@@ -43,8 +51,11 @@ def test_builtins_are_registered_from_the_module_list():
     # ... and not through entry points: the group holds third-party plugins only
     import importlib.metadata
 
-    assert not [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-                if ep.value.startswith("enclave_build.")]
+    assert not [
+        ep
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        if ep.value.startswith("enclave_build.")
+    ]
 
 
 def test_plugins_command_lists_name_version_source_hooks():
@@ -60,6 +71,7 @@ def test_plugins_command_lists_name_version_source_hooks():
 def test_duplicate_framework_names_are_refused():
     """Two plugins offering one name: neither is used, a build that needs it fails naming both,
     and everything else keeps working."""
+
     class Dup:
         @hookimpl
         def enclave_build_frameworks(self):
@@ -70,7 +82,8 @@ def test_duplicate_framework_names_are_refused():
         registry.framework("tflite")
     assert "tflite" not in registry.frameworks and "openvino" in registry.frameworks
     assert [f.error for f in registry.failures] == [
-        "both provide the framework 'tflite': neither is used"]
+        "both provide the framework 'tflite': neither is used"
+    ]
 
 
 class _EntryPoint:
@@ -85,8 +98,9 @@ def _failing_import():
 
 
 def test_a_plugin_that_fails_to_import_is_recorded_and_hides_nothing():
-    registry = PluginRegistry(entry_points=[
-        _EntryPoint("broken", "broken_plugin", _failing_import)])
+    registry = PluginRegistry(
+        entry_points=[_EntryPoint("broken", "broken_plugin", _failing_import)]
+    )
     (failure,) = registry.failures
     assert failure.name == "broken"
     assert failure.error == "failed to load: ModuleNotFoundError: No module named 'onnxruntime'"
@@ -120,36 +134,42 @@ def test_a_plugin_whose_hook_raises_is_dropped_with_all_its_hooks():
     assert errors == [
         "failed in enclave_build_frameworks: RuntimeError: cannot read my settings",
         "failed in enclave_build_libos: TypeError: returned 'not a LibOS' where a LibOS was "
-        "expected"]
+        "expected",
+    ]
     assert not registry.pm.hook.enclave_build_configure.get_hookimpls() or all(
-        impl.plugin_name != "Raises" for impl in registry.pm.hook.enclave_build_configure
-        .get_hookimpls())
+        impl.plugin_name != "Raises"
+        for impl in registry.pm.hook.enclave_build_configure.get_hookimpls()
+    )
     assert set(registry.libos) == {"gramine", "occlum"}
     assert "tflite" in registry.frameworks
 
 
-def test_a_build_that_needs_a_broken_plugin_fails_naming_it(tmp_path, standin_root,
-                                                            signing_key):
+def test_a_build_that_needs_a_broken_plugin_fails_naming_it(tmp_path, standin_root, signing_key):
     from enclave_build.builder.build import build
     from enclave_build.builder.spec import SpecError
 
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
-    spec = write_spec(tmp_path, '[service]\nname = "echo"\nframework = "echo"\n\n'
-                                '[signing]\nkey = "key.pem"\n')
-    registry = PluginRegistry(entry_points=[_EntryPoint("echo", "echo_framework",
-                                                        _failing_import)])
+    spec = write_spec(
+        tmp_path, '[service]\nname = "echo"\nframework = "echo"\n\n[signing]\nkey = "key.pem"\n'
+    )
+    registry = PluginRegistry(entry_points=[_EntryPoint("echo", "echo_framework", _failing_import)])
     with pytest.raises(SpecError) as info:
         build(spec, base=f"dir:{standin_root}", registry=registry)
     assert info.value.exit_code == 2
     message = str(info.value)
     assert "service.framework: 'echo' is not an installed framework" in message
-    assert "echo (echo_framework): failed to load: ModuleNotFoundError: No module named " \
+    assert (
+        "echo (echo_framework): failed to load: ModuleNotFoundError: No module named "
         "'onnxruntime'" in message
+    )
     # the other frameworks build as before, with the broken plugin still installed
     (tmp_path / "m.tflite").write_bytes(tflite_bytes())
-    spec = write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n'
-                                '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
-                                '[signing]\nkey = "key.pem"\n')
+    spec = write_spec(
+        tmp_path,
+        '[service]\nname = "x"\nframework = "tflite"\n'
+        '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
+        '[signing]\nkey = "key.pem"\n',
+    )
     assert build(spec, base=f"dir:{standin_root}", registry=registry).measurements is not None
 
 
@@ -158,14 +178,17 @@ def _broken_site(tmp_path: Path) -> Path:
     site = tmp_path / "broken-site"
     info = site / "enclave_build_broken-1.0.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: enclave-build-broken\n"
-                                   "Version: 1.0\n")
-    (info / "entry_points.txt").write_text("[enclave_build]\nbroken = no_such_module_here\n"
-                                           "commands = raising_commands\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: enclave-build-broken\nVersion: 1.0\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[enclave_build]\nbroken = no_such_module_here\ncommands = raising_commands\n"
+    )
     (site / "raising_commands.py").write_text(
         "from enclave_build.plugin import hookimpl\n\n"
         "@hookimpl\ndef enclave_build_register_commands(cli):\n"
-        "    raise RuntimeError('no room for my commands')\n")
+        "    raise RuntimeError('no room for my commands')\n"
+    )
     return site
 
 
@@ -176,11 +199,15 @@ def test_the_cli_lists_a_broken_plugin_and_warns_about_it_elsewhere(tmp_path):
     assert listing.returncode == 1
     text = listing.stdout.decode()
     assert "broken BROKEN  (enclave-build-broken: no_such_module_here)" in text
-    assert "error:    failed to load: ModuleNotFoundError: No module named " \
+    assert (
+        "error:    failed to load: ModuleNotFoundError: No module named "
         "'no_such_module_here'" in text
+    )
     assert "tflite 0.3.0  (enclave-build)" in text
-    assert "commands BROKEN  (enclave-build-broken)\n    error:    failed in " \
+    assert (
+        "commands BROKEN  (enclave-build-broken)\n    error:    failed in "
         "enclave_build_register_commands: RuntimeError: no room for my commands" in text
+    )
     as_json = {p["name"]: p for p in json.loads(run_cli("plugins", "--json", env=env).stdout)}
     assert as_json["broken"]["error"].startswith("failed to load: ModuleNotFoundError")
     assert as_json["tflite"]["error"] is None
@@ -191,7 +218,8 @@ def test_the_cli_lists_a_broken_plugin_and_warns_about_it_elsewhere(tmp_path):
         "ModuleNotFoundError: No module named 'no_such_module_here' (see `enclave-build "
         "plugins`)",
         "warning: commands (enclave-build-broken): failed in enclave_build_register_commands: "
-        "RuntimeError: no room for my commands (see `enclave-build plugins`)"]
+        "RuntimeError: no room for my commands (see `enclave-build plugins`)",
+    ]
     # the builtin command groups are all there
     assert run_cli("k8s", "--help", env=env).returncode == 0
 
@@ -206,16 +234,20 @@ def test_configure_hook_can_stop_a_build(tmp_path, standin_root, signing_key):
 
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     (tmp_path / "m.tflite").write_bytes(tflite_bytes())
-    spec = write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n'
-                                '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
-                                '[signing]\nkey = "key.pem"\n')
+    spec = write_spec(
+        tmp_path,
+        '[service]\nname = "x"\nframework = "tflite"\n'
+        '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
+        '[signing]\nkey = "key.pem"\n',
+    )
     with pytest.raises(EnclaveBuildError, match="debug builds are not allowed here"):
         build(spec, base=f"dir:{standin_root}", registry=PluginRegistry(extra_plugins=[Refuse()]))
 
 
 @pytest.mark.parametrize("name", ["LD_PRELOAD", "PYTHONPATH", "GLIBC_TUNABLES", "OPENSSL_CONF"])
-def test_a_plugin_cannot_pass_loader_variables_through_from_the_host(tmp_path, standin_root,
-                                                                      signing_key, name):
+def test_a_plugin_cannot_pass_loader_variables_through_from_the_host(
+    tmp_path, standin_root, signing_key, name
+):
     """A passthrough of a variable that changes what the enclave loads would make the
     measurement say nothing about what runs: refused, naming it."""
     from enclave_build.builder.build import build
@@ -228,12 +260,16 @@ def test_a_plugin_cannot_pass_loader_variables_through_from_the_host(tmp_path, s
 
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     (tmp_path / "m.tflite").write_bytes(tflite_bytes())
-    spec = write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n'
-                                '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
-                                '[signing]\nkey = "key.pem"\n')
+    spec = write_spec(
+        tmp_path,
+        '[service]\nname = "x"\nframework = "tflite"\n'
+        '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
+        '[signing]\nkey = "key.pem"\n',
+    )
     with pytest.raises(EnclaveBuildError, match=f"{name} would be passed through from the host"):
-        build(spec, base=f"dir:{standin_root}",
-              registry=PluginRegistry(extra_plugins=[Passthrough()]))
+        build(
+            spec, base=f"dir:{standin_root}", registry=PluginRegistry(extra_plugins=[Passthrough()])
+        )
 
 
 @pytest.fixture(scope="module")
@@ -244,35 +280,66 @@ def installed_plugin(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
     source = tmp_path_factory.mktemp("src") / "plugin"
     shutil.copytree(THIRD_PARTY, source)  # setuptools writes build/ next to the sources
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(source)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return target
 
 
 @pytest.mark.integration
-def test_third_party_plugin_is_listed_and_builds(installed_plugin, tmp_path, standin_root,
-                                                 signing_key):
+def test_third_party_plugin_is_listed_and_builds(
+    installed_plugin, tmp_path, standin_root, signing_key
+):
     env = {"PYTHONPATH": str(installed_plugin)}
     listing = run_cli("plugins", env=env)
     assert listing.returncode == 0, listing.stderr
     assert "echo 0.3.0  (enclave-build-echo-plugin)" in listing.stdout.decode()
-    assert "enclave_build_configure, enclave_build_frameworks, " \
+    assert (
+        "enclave_build_configure, enclave_build_frameworks, "
         "enclave_build_register_commands" in listing.stdout.decode()
+    )
     # its command group (enclave_build_register_commands), beside the builtin ones
     greet = run_cli("echo", "greet", "world", env=env)
     assert (greet.returncode, greet.stdout) == (0, b"hello, world\n"), greet.stderr
     assert b"  echo " in run_cli("--help", env=env).stdout
 
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
-    write_spec(tmp_path, '[service]\nname = "echo"\nframework = "echo"\n\n'
-                         '[signing]\nkey = "key.pem"\n\n[echo]\ngreeting = "hi there"\n')
-    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   "--json", cwd=tmp_path, env=env)
+    write_spec(
+        tmp_path,
+        '[service]\nname = "echo"\nframework = "echo"\n\n'
+        '[signing]\nkey = "key.pem"\n\n[echo]\ngreeting = "hi there"\n',
+    )
+    proc = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "out",
+        "--json",
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     measurements = json.loads(proc.stdout)
     assert measurements["framework"] == "echo"
-    manifest = tomllib.loads((image_rootfs(tmp_path / "out") / "enclave/echo.manifest.sgx").read_text())
+    manifest = tomllib.loads(
+        (image_rootfs(tmp_path / "out") / "enclave/echo.manifest.sgx").read_text()
+    )
     assert manifest["loader"]["env"]["ECHO_GREETING"] == "hi there"
     assert manifest["loader"]["env"]["ECHO_CONFIGURED_BY"] == "echo-plugin"
     assert manifest["loader"]["argv"][-2:] == ["--port", "7007"]
@@ -292,7 +359,9 @@ def _keys_project(tmp_path: Path, signing_key: Path, framework: str, extra: str 
     a, b = model_files(tmp_path, framework)
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
     (tmp_path / "ca.pem").write_text(CA)
-    return write_spec(tmp_path, f'''[service]
+    return write_spec(
+        tmp_path,
+        f'''[service]
 name = "multi"
 framework = "{framework}"
 
@@ -312,7 +381,8 @@ keys_dir = "keys"
 
 [signing]
 key = "key.pem"
-{extra}''')
+{extra}''',
+    )
 
 
 def test_python_server_serves_models_with_several_keys(tmp_path, standin_root, signing_key):
@@ -328,25 +398,38 @@ def test_python_server_serves_models_with_several_keys(tmp_path, standin_root, s
     env = manifest["loader"]["env"]
     assert "LD_PRELOAD" not in env and "SECRET_PROVISION_SET_KEY" not in env
     assert manifest["sgx"]["remote_attestation"] == "dcap"
-    config = json.loads(next(f.data for f in result.artifacts.files
-                             if f.dest == "/enclave/model-server.json"))
-    assert config["keys"] == {"server": "secrets.example.com:4433",
-                              "ca": "/enclave/secret-server-ca.pem",
-                              "names": ["multi-key", "owner-b"], "timeout_seconds": 10,
-                              "evidence": "tcg-dice"}
+    config = json.loads(
+        next(f.data for f in result.artifacts.files if f.dest == "/enclave/model-server.json")
+    )
+    assert config["keys"] == {
+        "server": "secrets.example.com:4433",
+        "ca": "/enclave/secret-server-ca.pem",
+        "names": ["multi-key", "owner-b"],
+        "timeout_seconds": 10,
+        "evidence": "tcg-dice",
+    }
     assert [(m["name"], m["key"], m["path"]) for m in config["models"]] == [
-        ("a", "multi-key", "/models/a/1/a.tflite"), ("b", "owner-b", "/models/b/1/b.tflite")]
+        ("a", "multi-key", "/models/a/1/a.tflite"),
+        ("b", "owner-b", "/models/b/1/b.tflite"),
+    ]
     policy = tomllib.loads((tmp_path / "out/secrets-policy.toml").read_text())
     assert [(s["name"], Path(s["file"]).name) for s in policy["secrets"]] == [
-        ("multi-key", "multi-key.key"), ("owner-b", "owner-b.key")]
+        ("multi-key", "multi-key.key"),
+        ("owner-b", "owner-b.key"),
+    ]
     assert "# owner-b: decrypts /models/b/1" in (tmp_path / "out/secrets-policy.toml").read_text()
 
 
-@pytest.mark.parametrize("framework,extra,what", [
-    ("tfserving", "", "tfserving"),
-    ("openvino", '\n[openvino]\nmode = "ovms"\n', 'openvino (mode "ovms")')])
-def test_binary_frameworks_allow_one_key_with_a_located_error(tmp_path, monkeypatch, standin_root,
-                                                              signing_key, framework, extra, what):
+@pytest.mark.parametrize(
+    "framework,extra,what",
+    [
+        ("tfserving", "", "tfserving"),
+        ("openvino", '\n[openvino]\nmode = "ovms"\n', 'openvino (mode "ovms")'),
+    ],
+)
+def test_binary_frameworks_allow_one_key_with_a_located_error(
+    tmp_path, monkeypatch, standin_root, signing_key, framework, extra, what
+):
     from enclave_build.builder.build import build
     from enclave_build.builder.spec import SpecError
 
@@ -359,7 +442,8 @@ def test_binary_frameworks_allow_one_key_with_a_located_error(tmp_path, monkeypa
         f"spec.toml:12: models[1].key: all encrypted models must use the same key ('multi-key') "
         f"with framework {what}: Gramine's provisioning constructor gives the enclave exactly "
         "one key per start; serve models with different keys from separate services, or with a "
-        'framework whose server fetches its own keys (tflite, openvino mode "python")']
+        'framework whose server fetches its own keys (tflite, openvino mode "python")'
+    ]
 
 
 def _layer_members(output: Path) -> dict[str, tarfile.TarInfo]:
@@ -389,11 +473,12 @@ def test_encrypted_files_belong_to_the_runtime_user(tmp_path, standin_root, sign
         assert (members[directory].uid, members[directory].mode & 0o700) == (10001, 0o700)
     assert (members["models"].uid, members["models/a"].uid) == (0, 0)
     config = members["enclave/model-server.json"]
-    assert (config.uid, config.mode) == (0, 0o644)            # trusted files stay root's
+    assert (config.uid, config.mode) == (0, 0o644)  # trusted files stay root's
     # Deterministic: the same build gives the same layers.
     build(spec, base=f"dir:{standin_root}", output=tmp_path / "again")
-    assert (tmp_path / "out/oci/index.json").read_bytes() == \
-        (tmp_path / "again/oci/index.json").read_bytes()
+    assert (tmp_path / "out/oci/index.json").read_bytes() == (
+        tmp_path / "again/oci/index.json"
+    ).read_bytes()
 
 
 def test_runtime_user_names_resolve_through_the_base_passwd(standin_root):
@@ -410,8 +495,9 @@ def test_runtime_user_names_resolve_through_the_base_passwd(standin_root):
         runtime_owner("nobody-here", rootfs)
 
 
-def test_a_third_party_backend_plugin_uses_python_server_plan(tmp_path, monkeypatch,
-                                                              standin_root, signing_key):
+def test_a_third_party_backend_plugin_uses_python_server_plan(
+    tmp_path, monkeypatch, standin_root, signing_key
+):
     """Only the public API: a framework plugin adding a backend to our server, the backend's
     code found through its entry point and shipped, its runtime trusted from the base."""
     from enclave_build.builder.build import build
@@ -424,12 +510,18 @@ def test_a_third_party_backend_plugin_uses_python_server_plan(tmp_path, monkeypa
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: eb-fake-backend\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
-        "[enclave_model_server.backends]\nfake = eb_fake_backend:Backend\n")
+        "[enclave_model_server.backends]\nfake = eb_fake_backend:Backend\n"
+    )
     monkeypatch.syspath_prepend(str(site))
 
-    framework = Framework("fakefw", "a third-party framework", f"dir:{standin_root}",
-                          plan=lambda spec: python_server_plan(
-                              spec, framework, backend="fake", packages=["unused-runtime"]))
+    framework = Framework(
+        "fakefw",
+        "a third-party framework",
+        f"dir:{standin_root}",
+        plan=lambda spec: python_server_plan(
+            spec, framework, backend="fake", packages=["unused-runtime"]
+        ),
+    )
 
     class Plugin:
         @hookimpl
@@ -438,9 +530,12 @@ def test_a_third_party_backend_plugin_uses_python_server_plan(tmp_path, monkeypa
 
     (tmp_path / "m.onnx").write_bytes(b"ONNX")
     shutil.copy(signing_key, tmp_path / "key.pem")  # keeps mode 0600
-    spec = write_spec(tmp_path, '[service]\nname = "fake"\nframework = "fakefw"\n\n'
-                                '[[models]]\nname = "m"\npath = "m.onnx"\nencrypt = false\n\n'
-                                '[signing]\nkey = "key.pem"\n')
+    spec = write_spec(
+        tmp_path,
+        '[service]\nname = "fake"\nframework = "fakefw"\n\n'
+        '[[models]]\nname = "m"\npath = "m.onnx"\nencrypt = false\n\n'
+        '[signing]\nkey = "key.pem"\n',
+    )
     result = build(spec, registry=PluginRegistry(extra_plugins=[Plugin()]))
     manifest = tomllib.loads(result.artifacts.manifest.decode())
     uris = {tf["uri"] for tf in manifest["sgx"]["trusted_files"]}
@@ -448,19 +543,24 @@ def test_a_third_party_backend_plugin_uses_python_server_plan(tmp_path, monkeypa
     assert "file:/usr/local/lib/python3.11/dist-packages/unused/__init__.py" in uris
     entry = next(f for f in result.artifacts.files if f.dest.endswith("entry_points.txt"))
     assert entry.data == b"[enclave_model_server.backends]\nfake = eb_fake_backend:Backend\n"
-    config = json.loads(next(f.data for f in result.artifacts.files
-                             if f.dest == "/enclave/model-server.json"))
+    config = json.loads(
+        next(f.data for f in result.artifacts.files if f.dest == "/enclave/model-server.json")
+    )
     assert config["models"][0]["backend"] == "fake"
 
-    bad = Framework("badfw", "unknown backend", f"dir:{standin_root}",
-                    plan=lambda spec: python_server_plan(spec, bad, backend="no-such-runtime"))
+    bad = Framework(
+        "badfw",
+        "unknown backend",
+        f"dir:{standin_root}",
+        plan=lambda spec: python_server_plan(spec, bad, backend="no-such-runtime"),
+    )
     with pytest.raises(EnclaveBuildError, match="no model-server backend named 'no-such-runtime'"):
         bad.plan(result.spec)
 
 
 # --------------------------------------------------------------------------- python-server spec checks
 
-_SERVER_SPEC = '''[service]
+_SERVER_SPEC = """[service]
 name = "svc"
 framework = "{framework}"
 
@@ -474,68 +574,106 @@ encrypt = false
 
 [signing]
 key = "key.pem"
-'''
+"""
 
 
-def _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, framework: str,
-                       section: str, enclave: str = ""):
+def _server_spec_error(
+    tmp_path,
+    monkeypatch,
+    standin_root,
+    signing_key,
+    framework: str,
+    section: str,
+    enclave: str = "",
+):
     from enclave_build.builder.build import build
     from enclave_build.builder.spec import SpecError
 
     (tmp_path / "m.tflite").write_bytes(tflite_bytes(bytes(60)))
     shutil.copy(signing_key, tmp_path / "key.pem")
-    write_spec(tmp_path, _SERVER_SPEC.format(framework=framework, section=section,
-                                             enclave=enclave))
+    write_spec(tmp_path, _SERVER_SPEC.format(framework=framework, section=section, enclave=enclave))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SpecError) as info:
         build("spec.toml", base=f"dir:{standin_root}", output=tmp_path / "out")
     assert info.value.exit_code == 2
-    assert not (tmp_path / "out").exists()      # nothing built, nothing signed
+    assert not (tmp_path / "out").exists()  # nothing built, nothing signed
     return info.value.lines()
 
 
 @pytest.mark.parametrize("framework", ["tflite", "openvino"])
 def test_python_server_same_grpc_and_rest_port_is_a_located_spec_error(
-        tmp_path, monkeypatch, standin_root, signing_key, framework):
-    lines = _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, framework,
-                               "grpc_port = 8000\nrest_port = 8000")
-    assert lines == [f"spec.toml:12: {framework}.rest_port: the REST port equals grpc_port "
-                     "(8000): the gRPC and REST servers need two different ports"]
+    tmp_path, monkeypatch, standin_root, signing_key, framework
+):
+    lines = _server_spec_error(
+        tmp_path,
+        monkeypatch,
+        standin_root,
+        signing_key,
+        framework,
+        "grpc_port = 8000\nrest_port = 8000",
+    )
+    assert lines == [
+        f"spec.toml:12: {framework}.rest_port: the REST port equals grpc_port "
+        "(8000): the gRPC and REST servers need two different ports"
+    ]
 
 
 def test_python_server_needing_more_threads_than_max_threads_is_a_located_spec_error(
-        tmp_path, monkeypatch, standin_root, signing_key):
-    lines = _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, "tflite",
-                               "instances = 4\nthreads = 4",
-                               enclave="\n[enclave]\nmax_threads = 16\n")
-    assert lines == ["spec.toml:11: enclave.max_threads: the enclave needs at least 24 threads "
-                     "(1 model(s) x 4 instance(s) x 4 thread(s) + 8 of the model server's own) "
-                     "but [enclave] max_threads is 16: raise [enclave] max_threads to 24 or "
-                     "more, or lower [tflite] instances or threads"]
+    tmp_path, monkeypatch, standin_root, signing_key
+):
+    lines = _server_spec_error(
+        tmp_path,
+        monkeypatch,
+        standin_root,
+        signing_key,
+        "tflite",
+        "instances = 4\nthreads = 4",
+        enclave="\n[enclave]\nmax_threads = 16\n",
+    )
+    assert lines == [
+        "spec.toml:11: enclave.max_threads: the enclave needs at least 24 threads "
+        "(1 model(s) x 4 instance(s) x 4 thread(s) + 8 of the model server's own) "
+        "but [enclave] max_threads is 16: raise [enclave] max_threads to 24 or "
+        "more, or lower [tflite] instances or threads"
+    ]
 
 
 def test_python_server_threads_over_the_framework_default_point_at_instances(
-        tmp_path, monkeypatch, standin_root, signing_key):
-    lines = _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, "tflite",
-                               "instances = 8\nthreads = 4")       # default max_threads 32
-    assert lines[0].startswith("spec.toml:11: tflite.instances: the enclave needs at least 40 "
-                               "threads")
+    tmp_path, monkeypatch, standin_root, signing_key
+):
+    lines = _server_spec_error(
+        tmp_path, monkeypatch, standin_root, signing_key, "tflite", "instances = 8\nthreads = 4"
+    )  # default max_threads 32
+    assert lines[0].startswith(
+        "spec.toml:11: tflite.instances: the enclave needs at least 40 threads"
+    )
 
 
 def test_openvino_extra_args_in_python_mode_is_a_located_spec_error_exit_2(
-        tmp_path, monkeypatch, standin_root, signing_key):
-    lines = _server_spec_error(tmp_path, monkeypatch, standin_root, signing_key, "openvino",
-                               'extra_args = ["--log_level", "DEBUG"]')
-    assert lines == ['spec.toml:11: openvino.extra_args: only for mode = "ovms" (the python '
-                     "mode's server takes no ovms flags): remove extra_args or set mode = "
-                     '"ovms"']
-    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out2",
-                   cwd=tmp_path)
+    tmp_path, monkeypatch, standin_root, signing_key
+):
+    lines = _server_spec_error(
+        tmp_path,
+        monkeypatch,
+        standin_root,
+        signing_key,
+        "openvino",
+        'extra_args = ["--log_level", "DEBUG"]',
+    )
+    assert lines == [
+        'spec.toml:11: openvino.extra_args: only for mode = "ovms" (the python '
+        "mode's server takes no ovms flags): remove extra_args or set mode = "
+        '"ovms"'
+    ]
+    proc = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out2", cwd=tmp_path
+    )
     assert proc.returncode == 2, proc.stderr
     assert b"error: spec.toml:11: openvino.extra_args: only for mode" in proc.stderr
 
 
 # --------------------------------------------------------------------------- libOS sections
+
 
 def test_a_libos_backend_declares_its_own_spec_section(tmp_path, monkeypatch, signing_key):
     """Validated by the spec engine like every section (file, line, key), allowed only with
@@ -544,37 +682,60 @@ def test_a_libos_backend_declares_its_own_spec_section(tmp_path, monkeypatch, si
     from enclave_build.builder.spec import SpecError
     from enclave_build.plugin import Field, LibOS, Section
 
-    section = Section("toylibos", "a toy libOS", (
-        Field("heap", "size", "heap size", default="64M"),), owner="toylibos")
+    section = Section(
+        "toylibos",
+        "a toy libOS",
+        (Field("heap", "size", "heap size", default="64M"),),
+        owner="toylibos",
+    )
 
     class Toy:
         @hookimpl
         def enclave_build_libos(self):
-            return [LibOS("toylibos", "a toy", build=lambda plan, rootfs, options: None,
-                          section=section)]
+            return [
+                LibOS(
+                    "toylibos", "a toy", build=lambda plan, rootfs, options: None, section=section
+                )
+            ]
 
     registry = PluginRegistry(extra_plugins=[Toy()])
     shutil.copy(signing_key, tmp_path / "key.pem")
     (tmp_path / "m.tflite").write_bytes(tflite_bytes())
-    common = ('[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n'
-              '[signing]\nkey = "key.pem"\n')
+    common = (
+        '[[models]]\nname = "m"\npath = "m.tflite"\nencrypt = false\n[signing]\nkey = "key.pem"\n'
+    )
     monkeypatch.chdir(tmp_path)
-    write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\nlibos = "toylibos"\n'
-                         + common + '[toylibos]\nheap = "128M"\n')
+    write_spec(
+        tmp_path,
+        '[service]\nname = "x"\nframework = "tflite"\nlibos = "toylibos"\n'
+        + common
+        + '[toylibos]\nheap = "128M"\n',
+    )
     spec, _ = load("spec.toml", registry)
     assert spec.section("toylibos") == {"heap": 128 << 20}
     assert make_plan(spec, registry).libos_options == {"heap": 128 << 20}
 
-    write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\n' + common
-               + '[toylibos]\nheap = "3M"\nheep = 1\n')
+    write_spec(
+        tmp_path,
+        '[service]\nname = "x"\nframework = "tflite"\n'
+        + common
+        + '[toylibos]\nheap = "3M"\nheep = 1\n',
+    )
     with pytest.raises(SpecError) as info:
         load("spec.toml", registry)
-    assert info.value.lines() == ['spec.toml:10: toylibos: [toylibos] applies only to '
-                                  'service.libos = "toylibos" (this spec\'s libos is '
-                                  "'gramine')"]
-    write_spec(tmp_path, '[service]\nname = "x"\nframework = "tflite"\nlibos = "toylibos"\n'
-               + common + '[toylibos]\nheap = "3M"\n')
+    assert info.value.lines() == [
+        "spec.toml:10: toylibos: [toylibos] applies only to "
+        'service.libos = "toylibos" (this spec\'s libos is '
+        "'gramine')"
+    ]
+    write_spec(
+        tmp_path,
+        '[service]\nname = "x"\nframework = "tflite"\nlibos = "toylibos"\n'
+        + common
+        + '[toylibos]\nheap = "3M"\n',
+    )
     with pytest.raises(SpecError) as info:
         load("spec.toml", registry)
-    assert info.value.lines()[0].startswith("spec.toml:12: toylibos.heap: '3M' is not a power "
-                                            "of two")
+    assert info.value.lines()[0].startswith(
+        "spec.toml:12: toylibos.heap: '3M' is not a power of two"
+    )

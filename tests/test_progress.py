@@ -6,15 +6,15 @@ import os
 import re
 import shutil
 import signal
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from .conftest import run_cli, tflite_bytes, write_spec
 
-SPEC = '''[service]
+SPEC = """[service]
 name = "face"
 framework = "tflite"
 
@@ -25,11 +25,13 @@ encrypt = false
 
 [signing]
 key = "key.pem"
-'''
+"""
 
 MODEL_SIZE = 300_000
-STAGE = re.compile(r"^(?P<what>[a-z][^:]*): (?P<value>[0-9.]+) (?P<unit>B|kB|MB|GB)"
-                   r" in (?P<secs>[0-9]+\.[0-9]) s$")
+STAGE = re.compile(
+    r"^(?P<what>[a-z][^:]*): (?P<value>[0-9.]+) (?P<unit>B|kB|MB|GB)"
+    r" in (?P<secs>[0-9]+\.[0-9]) s$"
+)
 UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
 
 
@@ -43,19 +45,22 @@ def _stages(stderr: bytes) -> dict[str, float]:
     return found
 
 
-def test_build_prints_one_plain_line_per_stage_when_not_a_terminal(tmp_path, standin_root,
-                                                                   signing_key):
+def test_build_prints_one_plain_line_per_stage_when_not_a_terminal(
+    tmp_path, standin_root, signing_key
+):
     (tmp_path / "model.tflite").write_bytes(tflite_bytes(bytes(range(250)) * (MODEL_SIZE // 250)))
     shutil.copy(signing_key, tmp_path / "key.pem")
     write_spec(tmp_path, SPEC)
-    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   cwd=tmp_path)  # stdout and stderr are pipes
+    proc = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out", cwd=tmp_path
+    )  # stdout and stderr are pipes
     assert proc.returncode == 0, proc.stderr.decode()
     for stream in (proc.stdout, proc.stderr):
         assert b"\x1b" not in stream and b"\r" not in stream, stream
     stages = _stages(proc.stderr)
-    assert set(stages) >= {"reading base directory", "hashing trusted files", "writing layers"}, \
+    assert set(stages) >= {"reading base directory", "hashing trusted files", "writing layers"}, (
         proc.stderr.decode()
+    )
     # The model is a trusted file and goes into a layer; the stand-in base is well under 10 MB.
     # A bare size (not "X of Y") means the stage ended exactly at its total.
     for what in ("hashing trusted files", "writing layers"):  # (the base: only its own files)
@@ -66,16 +71,25 @@ def test_build_prints_one_plain_line_per_stage_when_not_a_terminal(tmp_path, sta
     assert closing and not any(" of " in line for line in closing)
     assert proc.stdout.decode().startswith("service      face")
 
-    quiet = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                    "--quiet", cwd=tmp_path)
+    quiet = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "out",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert quiet.returncode == 0 and quiet.stderr == b"" and quiet.stdout == b"", quiet
 
 
 def test_pf_encrypt_prints_its_stage_line(tmp_path):
     (tmp_path / "m.bin").write_bytes(b"x" * 1_500_000)
     assert run_cli("pf", "keygen", "--out", "k.key", cwd=tmp_path).returncode == 0
-    proc = run_cli("pf", "encrypt", "--wrap-key", "k.key", "--input", "m.bin", "--output",
-                   "m.pf", cwd=tmp_path)
+    proc = run_cli(
+        "pf", "encrypt", "--wrap-key", "k.key", "--input", "m.bin", "--output", "m.pf", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert _stages(proc.stderr) == {"encrypting": 1.5e6}, proc.stderr.decode()
 
@@ -83,8 +97,14 @@ def test_pf_encrypt_prints_its_stage_line(tmp_path):
 def test_stage_lines_units_and_unfinished_stages(capsys):
     from enclave_build.builder.cli.output import RichProgress, human_size
 
-    assert [human_size(n, "bytes") for n in (0, 999, 1000, 151_300, 999_960, 2_500_000_000)] \
-        == ["0 B", "999 B", "1.0 kB", "151.3 kB", "1.0 MB", "2.5 GB"]
+    assert [human_size(n, "bytes") for n in (0, 999, 1000, 151_300, 999_960, 2_500_000_000)] == [
+        "0 B",
+        "999 B",
+        "1.0 kB",
+        "151.3 kB",
+        "1.0 MB",
+        "2.5 GB",
+    ]
     assert human_size(12, "files") == "12 files"
     with RichProgress(True, terminal=False) as progress:
         done = progress.task("copying", 10, unit="files")
@@ -92,8 +112,10 @@ def test_stage_lines_units_and_unfinished_stages(capsys):
         done(4)
         done(6)
         open_ended(2048)
-    assert capsys.readouterr().err.splitlines() == ["copying: 10 files in 0.0 s",
-                                                    "reading: 2.0 kB in 0.0 s"]
+    assert capsys.readouterr().err.splitlines() == [
+        "copying: 10 files in 0.0 s",
+        "reading: 2.0 kB in 0.0 s",
+    ]
     try:
         with RichProgress(True, terminal=False) as progress:
             progress.task("pulling x\x1b[2J", 100)(40)
@@ -113,7 +135,7 @@ def test_running_stages_print_a_line_every_interval(capsys):
     now = [100.0]
     lines = StageLines(interval=5.0, clock=lambda: now[0])
     advance = lines.task("writing layers", 4_000_000_000, "bytes")
-    for _ in range(8):                   # 500 MB per 2 s: a line at 6 s and at 12 s
+    for _ in range(8):  # 500 MB per 2 s: a line at 6 s and at 12 s
         now[0] += 2.0
         advance(500_000_000)
     files = lines.task("copying", None, "files")
@@ -156,23 +178,43 @@ def _big_model(path, size):
 
 
 @pytest.mark.integration
-def test_long_stages_report_while_they_run_and_ctrl_c_leaves_nothing(tmp_path, standin_root,
-                                                                    signing_key):
+def test_long_stages_report_while_they_run_and_ctrl_c_leaves_nothing(
+    tmp_path, standin_root, signing_key
+):
     """A big model: the scan and the layer writing print running lines (bytes of total, rate);
     SIGINT during the layer writing exits 130 with one line, and leaves no output directory,
     no temporary directory, no half-written blob and no wrap key."""
     _big_model(tmp_path / "model.tflite", 160_000_000)
     shutil.copy(signing_key, tmp_path / "key.pem")
     write_spec(tmp_path, SPEC)
-    env = {**os.environ, "ENCLAVE_BUILD_PROGRESS_INTERVAL": "0.05",
-           "XDG_CACHE_HOME": str(tmp_path / "cache"), "TMPDIR": str(tmp_path / "tmp")}
+    env = {
+        **os.environ,
+        "ENCLAVE_BUILD_PROGRESS_INTERVAL": "0.05",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
     (tmp_path / "tmp").mkdir()
-    running = re.compile(r"^writing layers: [0-9.]+ [kMG]?B of [0-9.]+ MB \([0-9]+ %\), "
-                         r"[0-9.]+ [kMG]?B/s$")
-    proc = subprocess.Popen([sys.executable, "-m", "enclave_build", "build", "spec.toml",
-                             "--base", f"dir:{standin_root}", "--output", "out"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    running = re.compile(
+        r"^writing layers: [0-9.]+ [kMG]?B of [0-9.]+ MB \([0-9]+ %\), "
+        r"[0-9.]+ [kMG]?B/s$"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "enclave_build",
+            "build",
+            "spec.toml",
+            "--base",
+            f"dir:{standin_root}",
+            "--output",
+            "out",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     seen: list[str] = []
     try:
         assert proc.stderr is not None
@@ -192,8 +234,13 @@ def test_long_stages_report_while_they_run_and_ctrl_c_leaves_nothing(tmp_path, s
     assert any(line.startswith("scanning for key material: ") for line in seen), text
     # Nothing half-written: no output (nor its temporary sibling), no staging directory, no
     # partial blob in the cache, no wrap key (this spec has none to make), no layer record.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "key.pem", "model.tflite",
-                                                          "spec.toml", "tmp"], text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cache",
+        "key.pem",
+        "model.tflite",
+        "spec.toml",
+        "tmp",
+    ], text
     assert list((tmp_path / "tmp").iterdir()) == []
     blobs = tmp_path / "cache" / "enclave-build" / "blobs"
     assert not [p for p in blobs.rglob(".incoming-*")]
@@ -204,12 +251,27 @@ def test_a_big_clear_model_is_built_with_running_lines(tmp_path, standin_root, s
     _big_model(tmp_path / "model.tflite", 60_000_000)
     shutil.copy(signing_key, tmp_path / "key.pem")
     write_spec(tmp_path, SPEC)
-    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   cwd=tmp_path, env={"ENCLAVE_BUILD_PROGRESS_INTERVAL": "0.01"})
+    proc = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "out",
+        cwd=tmp_path,
+        env={"ENCLAVE_BUILD_PROGRESS_INTERVAL": "0.01"},
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     text = proc.stderr.decode()
-    percents = [int(p) for p in re.findall(r"^writing layers: [0-9.]+ [kM]?B of [0-9.]+ MB "
-                                           r"\(([0-9]+) %\), [0-9.]+ [kMG]?B/s$", text, re.M)]
+    percents = [
+        int(p)
+        for p in re.findall(
+            r"^writing layers: [0-9.]+ [kM]?B of [0-9.]+ MB "
+            r"\(([0-9]+) %\), [0-9.]+ [kMG]?B/s$",
+            text,
+            re.M,
+        )
+    ]
     # The model's own bytes advance the stage as they are written, not when the file is done.
     assert [p for p in percents if 5 <= p <= 95], text
     assert _stages(proc.stderr)["writing layers"] >= 60e6
@@ -240,5 +302,5 @@ def test_hashing_and_blob_copies_advance_chunk_by_chunk(tmp_path):
         assert target.read(digest) == big.read_bytes()
         assert sum(copies) == big.stat().st_size and len(copies) == 4
         linked: list[int] = []
-        store.copy_into(BlobStore(tmp_path / "out"), digest, linked.append)   # a hard link
+        store.copy_into(BlobStore(tmp_path / "out"), digest, linked.append)  # a hard link
         assert linked == [big.stat().st_size]

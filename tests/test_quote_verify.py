@@ -11,12 +11,17 @@ import pytest
 
 from enclave_build.attestation.quote import Quote
 from enclave_build.attestation.synthetic import SyntheticPKI
-from enclave_build.attestation.verify import (QuoteRejected, TcbPolicy, VerifierConfigError, load_collateral,
-                                verify_quote)
+from enclave_build.attestation.verify import (
+    QuoteRejected,
+    TcbPolicy,
+    VerifierConfigError,
+    load_collateral,
+    verify_quote,
+)
 
 from .conftest import run_cli, vectors_dir
 
-AT = dt.datetime(2025, 6, 25, tzinfo=dt.timezone.utc)
+AT = dt.datetime(2025, 6, 25, tzinfo=dt.UTC)
 REAL_STATUS = "ConfigurationAndSWHardeningNeeded"
 RELAXED = TcbPolicy(frozenset({"UpToDate", REAL_STATUS}))
 
@@ -24,8 +29,11 @@ RELAXED = TcbPolicy(frozenset({"UpToDate", REAL_STATUS}))
 @pytest.fixture(scope="module")
 def real():
     directory = vectors_dir("quote")
-    return ((directory / "sgx_quote").read_bytes(),
-            load_collateral(directory / "sgx_quote_collateral.json"), directory)
+    return (
+        (directory / "sgx_quote").read_bytes(),
+        load_collateral(directory / "sgx_quote_collateral.json"),
+        directory,
+    )
 
 
 def test_real_quote_verifies_with_expected_fields(real):
@@ -39,8 +47,11 @@ def test_real_quote_verifies_with_expected_fields(real):
 
 def test_strict_default_refuses_the_real_quotes_tcb_status(real):
     quote, collateral, _ = real
-    with pytest.raises(QuoteRejected, match=f"TCB status {REAL_STATUS} is not allowed "
-                                            r"\(allowed: UpToDate\); advisories INTEL-SA-00289"):
+    with pytest.raises(
+        QuoteRejected,
+        match=f"TCB status {REAL_STATUS} is not allowed "
+        r"\(allowed: UpToDate\); advisories INTEL-SA-00289",
+    ):
         verify_quote(quote, collateral, now=AT)
 
 
@@ -56,14 +67,20 @@ def test_every_flipped_byte_of_the_real_quote_is_refused(real):
 def test_real_quote_outside_the_collateral_window_is_refused(real):
     quote, collateral, _ = real
     with pytest.raises(QuoteRejected, match="TCBInfo expired"):
-        verify_quote(quote, collateral, now=dt.datetime(2025, 8, 1, tzinfo=dt.timezone.utc),
-                     policy=RELAXED)
+        verify_quote(quote, collateral, now=dt.datetime(2025, 8, 1, tzinfo=dt.UTC), policy=RELAXED)
 
 
 def test_quote_verify_command(real):
     _, _, directory = real
-    args = ["quote", "verify", str(directory / "sgx_quote"), "--collateral",
-            str(directory / "sgx_quote_collateral.json"), "--at", "2025-06-25T00:00:00Z"]
+    args = [
+        "quote",
+        "verify",
+        str(directory / "sgx_quote"),
+        "--collateral",
+        str(directory / "sgx_quote_collateral.json"),
+        "--at",
+        "2025-06-25T00:00:00Z",
+    ]
     refused = run_cli(*args, "--json")
     assert refused.returncode == 1
     assert json.loads(refused.stdout)["verified"] is False
@@ -105,8 +122,7 @@ def test_tampered_synthetic_quote_is_refused(pki):
 
 def test_debug_enclave_is_refused_and_allowance_cannot_be_honoured(pki):
     with pytest.raises(QuoteRejected, match="DEBUG enclave: refused"):
-        verify_quote(pki.quote(ME, MS, debug=True), pki.collateral_json(),
-                     root_ca_der=pki.root_der)
+        verify_quote(pki.quote(ME, MS, debug=True), pki.collateral_json(), root_ca_der=pki.root_der)
     with pytest.raises(VerifierConfigError, match="cannot honour that allowance"):
         TcbPolicy(allow_debug=True)
 
@@ -120,8 +136,12 @@ def test_provision_key_enclave_is_refused(pki):
 def test_expired_collateral_is_refused(pki):
     # CRLs and TCB info share the validity window; whichever is checked first says "expired".
     with pytest.raises(QuoteRejected, match=r"(?i)expired"):
-        verify_quote(pki.quote(ME, MS), pki.collateral_json(), root_ca_der=pki.root_der,
-                     now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=60))
+        verify_quote(
+            pki.quote(ME, MS),
+            pki.collateral_json(),
+            root_ca_der=pki.root_der,
+            now=dt.datetime.now(dt.UTC) + dt.timedelta(days=60),
+        )
 
 
 def test_revoked_pck_is_refused():
@@ -136,14 +156,28 @@ def test_out_of_date_tcb_needs_explicit_allowance():
     with pytest.raises(QuoteRejected, match="TCB status OutOfDate is not allowed"):
         verify_quote(quote, collateral, root_ca_der=pki.root_der)
     allowed = TcbPolicy(frozenset({"UpToDate", "OutOfDate"}))
-    assert verify_quote(quote, collateral, root_ca_der=pki.root_der, policy=allowed).status == \
-        "OutOfDate"
+    assert (
+        verify_quote(quote, collateral, root_ca_der=pki.root_der, policy=allowed).status
+        == "OutOfDate"
+    )
     with pytest.raises(QuoteRejected, match="advisory INTEL-SA-00615 is denied"):
-        verify_quote(quote, collateral, root_ca_der=pki.root_der, policy=TcbPolicy(
-            frozenset({"OutOfDate"}), denied_advisories=frozenset({"INTEL-SA-00615"})))
+        verify_quote(
+            quote,
+            collateral,
+            root_ca_der=pki.root_der,
+            policy=TcbPolicy(
+                frozenset({"OutOfDate"}), denied_advisories=frozenset({"INTEL-SA-00615"})
+            ),
+        )
     with pytest.raises(QuoteRejected, match="not in the allowed advisories"):
-        verify_quote(quote, collateral, root_ca_der=pki.root_der, policy=TcbPolicy(
-            frozenset({"OutOfDate"}), allowed_advisories=frozenset({"INTEL-SA-00289"})))
+        verify_quote(
+            quote,
+            collateral,
+            root_ca_der=pki.root_der,
+            policy=TcbPolicy(
+                frozenset({"OutOfDate"}), allowed_advisories=frozenset({"INTEL-SA-00289"})
+            ),
+        )
     assert allowed.relaxations() == ["TCB status OutOfDate allowed"]
 
 

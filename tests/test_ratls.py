@@ -10,8 +10,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from enclave_build.attestation.ratls import (DICE_OID, DICE_TAG, FORMATS, EvidenceError, create_certificate,
-                               extract_evidence)
+from enclave_build.attestation.ratls import (
+    DICE_OID,
+    DICE_TAG,
+    FORMATS,
+    EvidenceError,
+    create_certificate,
+    extract_evidence,
+)
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.attestation.verify import verify_quote
 
@@ -28,8 +34,10 @@ def test_each_format_binds_and_verifies(pki, fmt):
     cert, key = create_certificate(fmt, lambda rd: pki.quote(ME, MS, rd))
     evidence = extract_evidence(cert)
     assert evidence.format == fmt
-    assert verify_quote(evidence.quote, pki.collateral_json(),
-                        root_ca_der=pki.root_der).mr_enclave == ME.hex()
+    assert (
+        verify_quote(evidence.quote, pki.collateral_json(), root_ca_der=pki.root_der).mr_enclave
+        == ME.hex()
+    )
     expected_key = rsa.RSAPrivateKey if fmt == "cczoo" else ec.EllipticCurvePrivateKey
     assert isinstance(key, expected_key)
     if fmt != "cczoo":
@@ -50,7 +58,7 @@ def test_quote_for_another_key_is_not_bound(pki, fmt):
     stolen = extract_evidence(donor).quote
     if fmt == "tcg-dice":
         value = donor.extensions.get_extension_for_oid(DICE_OID).value.value
-        make = lambda rd: stolen  # noqa: E731
+        make = lambda rd: stolen
         thief, _ = create_certificate(fmt, make)
         with pytest.raises(EvidenceError, match="does not bind the TCG DICE claims"):
             extract_evidence(thief)
@@ -63,14 +71,21 @@ def test_quote_for_another_key_is_not_bound(pki, fmt):
 
 def _cert_with(oid: x509.ObjectIdentifier, value: bytes) -> x509.Certificate:
     import datetime as dt
+
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "RATLS")])
-    now = dt.datetime.now(dt.timezone.utc)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.UnrecognizedExtension(oid, value), False)
-            .sign(key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.UnrecognizedExtension(oid, value), False)
+        .sign(key, hashes.SHA256())
+    )
 
 
 def test_invalid_dice_evidence_is_refused_without_fallback(pki):
@@ -79,8 +94,12 @@ def test_invalid_dice_evidence_is_refused_without_fallback(pki):
     with pytest.raises(EvidenceError, match="not CBOR tag 60000"):
         extract_evidence(_cert_with(DICE_OID, cbor2.dumps([b"x", b"y"])))
     with pytest.raises(EvidenceError, match="lack a valid pubkey-hash"):
-        extract_evidence(_cert_with(DICE_OID, cbor2.dumps(cbor2.CBORTag(
-            DICE_TAG, [b"quote", cbor2.dumps({"other": 1})]))))
+        extract_evidence(
+            _cert_with(
+                DICE_OID,
+                cbor2.dumps(cbor2.CBORTag(DICE_TAG, [b"quote", cbor2.dumps({"other": 1})])),
+            )
+        )
     assert extract_evidence(good).format == "gramine-legacy"
 
 

@@ -21,7 +21,7 @@ from enclave_build.builder.image.rootfs_cache import KEEP_ENV, LAST_USED
 from enclave_build.builder.image.unpack import chain_id, unpacked_rootfs
 
 REPO = Path(__file__).resolve().parents[1]
-OLD = time.time() - 10_000          # last uses set explicitly, well in the past, in order
+OLD = time.time() - 10_000  # last uses set explicitly, well in the past, in order
 
 
 def layer_bytes(i: int) -> bytes:
@@ -67,8 +67,9 @@ class Cache:
 
     def get(self, i: int) -> Path:
         layers = self.layers(i)
-        rootfs = unpacked_rootfs(self.store, layers, [layers[0].digest], self.dir, f"image {i}",
-                                 log=self.lines.append)
+        rootfs = unpacked_rootfs(
+            self.store, layers, [layers[0].digest], self.dir, f"image {i}", log=self.lines.append
+        )
         assert (rootfs.root / "etc/id").read_text() == f"image {i}\n"
         return self.dir / self.name(i)
 
@@ -90,9 +91,9 @@ def test_newest_n_are_kept_and_older_ones_removed(tmp_path, held, monkeypatch) -
     cache = Cache(tmp_path)
     cache.fill(held, 5)
     assert cache.present(*range(5)) == list(range(5))
-    assert cache.lines == []                                   # quiet while nothing is removed
+    assert cache.lines == []  # quiet while nothing is removed
     monkeypatch.setenv(KEEP_ENV, "3")
-    cache.get(5)                                               # new: prune to 3
+    cache.get(5)  # new: prune to 3
     assert cache.present(*range(6)) == [3, 4, 5]
     assert len(cache.lines) == 1
     assert "removed 3 least recently used unpacked images" in cache.lines[0]
@@ -111,25 +112,35 @@ def test_an_entry_held_by_another_process_is_not_removed(tmp_path, held, monkeyp
     cache.fill(held, 2)
     layer = cache.layers(0)[0]
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys\n"
-         "from pathlib import Path\n"
-         "from enclave_build.builder.image.oci import OCI_LAYER, BlobStore, Descriptor\n"
-         "from enclave_build.builder.image.unpack import unpacked_rootfs\n"
-         "d = Descriptor(OCI_LAYER, sys.argv[2], int(sys.argv[3]))\n"
-         "r = unpacked_rootfs(BlobStore(Path(sys.argv[1])), [d], [], Path(sys.argv[4]), 'x')\n"
-         "print(r.root, flush=True)\n"
-         "sys.stdin.read()\n",
-         str(cache.store.root), layer.digest, str(layer.size), str(cache.dir)],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from enclave_build.builder.image.oci import OCI_LAYER, BlobStore, Descriptor\n"
+            "from enclave_build.builder.image.unpack import unpacked_rootfs\n"
+            "d = Descriptor(OCI_LAYER, sys.argv[2], int(sys.argv[3]))\n"
+            "r = unpacked_rootfs(BlobStore(Path(sys.argv[1])), [d], [], Path(sys.argv[4]), 'x')\n"
+            "print(r.root, flush=True)\n"
+            "sys.stdin.read()\n",
+            str(cache.store.root),
+            layer.digest,
+            str(layer.size),
+            str(cache.dir),
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        line = holder.stdout.readline()                        # the holder has its tree
+        line = holder.stdout.readline()  # the holder has its tree
         assert line.strip() == str(cache.dir / cache.name(0) / "rootfs"), holder.stderr.read()
-        cache.set_last_use(0, OLD - 1)      # its hit refreshed it: make it the oldest again
+        cache.set_last_use(0, OLD - 1)  # its hit refreshed it: make it the oldest again
         monkeypatch.setenv(KEEP_ENV, "1")
         cache.get(2)
-        assert cache.present(0, 1, 2) == [0, 2]                # 1 removed, 0 only skipped
+        assert cache.present(0, 1, 2) == [0, 2]  # 1 removed, 0 only skipped
         assert "removed 1 least recently used unpacked image " in cache.lines[-1]
         holder.stdin.close()
         assert holder.wait(timeout=60) == 0
@@ -140,7 +151,7 @@ def test_an_entry_held_by_another_process_is_not_removed(tmp_path, held, monkeyp
         for stream in (holder.stdin, holder.stdout, holder.stderr):
             stream.close()
     exit_process(held)
-    cache.get(3)                        # the holder has exited: now 0 goes like any other
+    cache.get(3)  # the holder has exited: now 0 goes like any other
     assert cache.present(0, 1, 2, 3) == [3]
 
 
@@ -148,7 +159,7 @@ def test_a_hit_refreshes_the_last_use(tmp_path, held, monkeypatch) -> None:
     cache = Cache(tmp_path)
     cache.fill(held, 3)
     before = (cache.dir / cache.name(0) / LAST_USED).stat().st_mtime
-    cache.get(0)                                               # a hit: no unpacking, no pruning
+    cache.get(0)  # a hit: no unpacking, no pruning
     assert (cache.dir / cache.name(0) / LAST_USED).stat().st_mtime > before
     assert cache.lines == []
     exit_process(held)
@@ -169,16 +180,16 @@ def test_stale_work_dirs_and_trash_are_removed_nothing_outside(tmp_path, held) -
     (stale / "rootfs/etc/big").write_bytes(b"x" * 100_000)
     for path in (stale / "rootfs/etc", stale / "rootfs", stale):
         os.utime(path, (two_days_ago, two_days_ago))
-    fresh = cache.dir / ".unpack-fresh"                        # an unpack under way elsewhere
+    fresh = cache.dir / ".unpack-fresh"  # an unpack under way elsewhere
     (fresh / "rootfs").mkdir(parents=True)
     trash = cache.dir / ".trash-leftover"
     (trash / "rootfs").mkdir(parents=True)
     (trash / "rootfs/file").write_text("half deleted")
-    (cache.dir / ".trash-link").symlink_to(outside)            # symlinks: never followed
-    (cache.dir / ("e" * 64)).symlink_to(outside)               # not a real entry dir
+    (cache.dir / ".trash-link").symlink_to(outside)  # symlinks: never followed
+    (cache.dir / ("e" * 64)).symlink_to(outside)  # not a real entry dir
     os.utime(cache.dir / ("e" * 64), (two_days_ago, two_days_ago), follow_symlinks=False)
     (cache.dir / ".unpack-file").write_text("not a dir")
-    orphan = cache.dir / f"{'f' * 64}.lock"                    # a failed unpack's lock file
+    orphan = cache.dir / f"{'f' * 64}.lock"  # a failed unpack's lock file
     orphan.write_text("")
 
     cache.get(0)
@@ -192,16 +203,18 @@ def test_stale_work_dirs_and_trash_are_removed_nothing_outside(tmp_path, held) -
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "many"])
-def test_a_bad_keep_value_is_reported_and_the_default_used(tmp_path, held, monkeypatch,
-                                                           value) -> None:
+def test_a_bad_keep_value_is_reported_and_the_default_used(
+    tmp_path, held, monkeypatch, value
+) -> None:
     cache = Cache(tmp_path)
-    cache.fill(held, 9)                                        # all held while made
+    cache.fill(held, 9)  # all held while made
     assert cache.present(*range(9)) == list(range(9))
     monkeypatch.setenv(KEEP_ENV, value)
     cache.get(9)
-    assert cache.present(*range(10)) == list(range(2, 10))     # the default 8
-    assert any(KEEP_ENV in line and repr(value) in line and "default 8" in line
-               for line in cache.lines)
+    assert cache.present(*range(10)) == list(range(2, 10))  # the default 8
+    assert any(
+        KEEP_ENV in line and repr(value) in line and "default 8" in line for line in cache.lines
+    )
 
 
 def test_the_env_override_keeps_more(tmp_path, held, monkeypatch) -> None:

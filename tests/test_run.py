@@ -13,10 +13,17 @@ from pathlib import Path
 import pytest
 
 from enclave_build.builder.build import build
-from enclave_build.plugin import Framework, base_plan, hookimpl
 from enclave_build.builder.plugins import PluginRegistry
-from enclave_build.builder.run import BANNER, CannotSimulate, RunError, RunOptions, open_build, run_build
+from enclave_build.builder.run import (
+    BANNER,
+    CannotSimulate,
+    RunError,
+    RunOptions,
+    open_build,
+    run_build,
+)
 from enclave_build.builder.run.runner import QUOTER_ENV, ROOT_ENV, choose_mode, process_command
+from enclave_build.plugin import Framework, base_plan, hookimpl
 
 from .conftest import run_cli, write_spec
 
@@ -45,15 +52,23 @@ class ProbePlugin:
         self.python = python
 
     def _plan(self, spec):
-        plan = base_plan(spec, self.framework, entrypoint=self.python,
-                         argv=[self.python, "-c", PROBE],
-                         trusted=[self.python, "/usr/lib/python3.11/",
-                                  "/usr/lib/x86_64-linux-gnu/libz.so.1",
-                                  "/usr/lib/x86_64-linux-gnu/libexpat.so.1"],
-                         user="10001")
+        plan = base_plan(
+            spec,
+            self.framework,
+            entrypoint=self.python,
+            argv=[self.python, "-c", PROBE],
+            trusted=[
+                self.python,
+                "/usr/lib/python3.11/",
+                "/usr/lib/x86_64-linux-gnu/libz.so.1",
+                "/usr/lib/x86_64-linux-gnu/libexpat.so.1",
+            ],
+            user="10001",
+        )
         if hasattr(plan, "env_passthrough"):
-            plan.env_passthrough[:] = sorted({*plan.env_passthrough, QUOTER_ENV, "PROBE_EXTRA",
-                                              "PROBE_EXIT"})
+            plan.env_passthrough[:] = sorted(
+                {*plan.env_passthrough, QUOTER_ENV, "PROBE_EXTRA", "PROBE_EXIT"}
+            )
         return plan
 
     def _binary_plan(self, spec):
@@ -62,13 +77,25 @@ class ProbePlugin:
 
     @property
     def framework(self) -> Framework:
-        return Framework("probe", "quoter probe (tests)", "example/none:1", self._plan,
-                         default_enclave_size=1 << 30, default_max_threads=8)
+        return Framework(
+            "probe",
+            "quoter probe (tests)",
+            "example/none:1",
+            self._plan,
+            default_enclave_size=1 << 30,
+            default_max_threads=8,
+        )
 
     @property
     def binary(self) -> Framework:
-        return Framework("probe-binary", "a binary framework (tests)", "example/none:1",
-                         self._binary_plan, default_enclave_size=1 << 30, default_max_threads=8)
+        return Framework(
+            "probe-binary",
+            "a binary framework (tests)",
+            "example/none:1",
+            self._binary_plan,
+            default_enclave_size=1 << 30,
+            default_max_threads=8,
+        )
 
     @hookimpl
     def enclave_build_frameworks(self):
@@ -79,10 +106,16 @@ def _build(tmp_path: Path, base: Path, signing_key: Path, framework: str = "prob
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(signing_key, project / "key.pem")
-    spec = write_spec(project, f'[service]\nname = "probe"\nframework = "{framework}"\n\n'
-                               '[signing]\nkey = "key.pem"\n')
-    build(spec, output=tmp_path / "out", base=f"dir:{base}",
-          registry=PluginRegistry(extra_plugins=[ProbePlugin()]))
+    spec = write_spec(
+        project,
+        f'[service]\nname = "probe"\nframework = "{framework}"\n\n[signing]\nkey = "key.pem"\n',
+    )
+    build(
+        spec,
+        output=tmp_path / "out",
+        base=f"dir:{base}",
+        registry=PluginRegistry(extra_plugins=[ProbePlugin()]),
+    )
     return tmp_path / "out"
 
 
@@ -94,9 +127,15 @@ def _run(out: Path, **kw) -> tuple[int, str, list[str]]:
     def started(process):
         captured["process"] = process
 
-    options = RunOptions(pki=kw.pop("pki", None), env=kw.pop("env", {}),
-                         mode=kw.pop("mode", "auto"), stdout=result,
-                         stderr=subprocess.STDOUT, log=lines.append, started=started)
+    options = RunOptions(
+        pki=kw.pop("pki", None),
+        env=kw.pop("env", {}),
+        mode=kw.pop("mode", "auto"),
+        stdout=result,
+        stderr=subprocess.STDOUT,
+        log=lines.append,
+        started=started,
+    )
     # Read output after the fact: the probe writes little, far below a pipe's buffer.
     code = run_build(out, options)
     output = captured["process"].stdout.read().decode()
@@ -128,7 +167,10 @@ def test_cli_errors(tmp_path: Path) -> None:
     bad_env = run_cli("run", str(tmp_path), "--simulate", "--env", "NOEQUALS")
     assert bad_env.returncode == 2 and b"expected NAME=VALUE" in bad_env.stderr
     helped = run_cli("run", "--help")
-    assert helped.returncode == 0 and b'"$(command -v enclave-build)" run out --simulate' in helped.stdout
+    assert (
+        helped.returncode == 0
+        and b'"$(command -v enclave-build)" run out --simulate' in helped.stdout
+    )
 
 
 # --------------------------------------------------------------------------- stand-in base
@@ -147,16 +189,14 @@ def test_binary_framework_without_real_base_exits_2(tmp_path, standin_root, sign
     assert b"enclave-build base gramine ROOTFS" in proc.stderr
 
 
-def test_forcing_gramine_direct_on_a_standin_image_is_refused(tmp_path, standin_root,
-                                                              signing_key):
+def test_forcing_gramine_direct_on_a_standin_image_is_refused(tmp_path, standin_root, signing_key):
     out = _build(tmp_path, standin_root, signing_key)
     build_, root = open_build(out)
     with pytest.raises(CannotSimulate, match="no real Gramine"):
         choose_mode(build_, root, "gramine-direct")
 
 
-def test_plain_process_command_maps_the_image_under_the_root(tmp_path, standin_root,
-                                                             signing_key):
+def test_plain_process_command_maps_the_image_under_the_root(tmp_path, standin_root, signing_key):
     out = _build(tmp_path, standin_root, signing_key)
     build_, root = open_build(out)
     assert choose_mode(build_, root) == "process"
@@ -166,22 +206,24 @@ def test_plain_process_command_maps_the_image_under_the_root(tmp_path, standin_r
     # The probe's manifest sets no PYTHONPATH, so the process gets none (not even the host's),
     # as in the enclave.
     assert "PYTHONPATH" not in env
-    assert "LD_LIBRARY_PATH" not in env or env["LD_LIBRARY_PATH"] == os.environ.get("LD_LIBRARY_PATH")
+    assert "LD_LIBRARY_PATH" not in env or env["LD_LIBRARY_PATH"] == os.environ.get(
+        "LD_LIBRARY_PATH"
+    )
 
 
 def test_plain_process_run_gets_quotes_and_exit_code(tmp_path, standin_root, signing_key):
     out = _build(tmp_path, standin_root, signing_key)
-    code, output, log = _run(out, env={"PROBE_EXTRA": "x1", "PROBE_EXIT": "5"},
-                             pki=None)
+    code, output, log = _run(out, env={"PROBE_EXTRA": "x1", "PROBE_EXIT": "5"}, pki=None)
     assert code == 5, output
     assert BANNER in log
     assert "probe quote=True extra=x1 root=" in output
     root = output.split("root=")[1].strip()
-    assert root.startswith("/") and not Path(root).exists()   # the private root is gone
+    assert root.startswith("/") and not Path(root).exists()  # the private root is gone
 
 
-def test_tampered_measurements_json_is_refused_naming_both_values(tmp_path, standin_root,
-                                                                 signing_key):
+def test_tampered_measurements_json_is_refused_naming_both_values(
+    tmp_path, standin_root, signing_key
+):
     out = _build(tmp_path, standin_root, signing_key)
     path = out / "measurements.json"
     data = json.loads(path.read_text())
@@ -191,14 +233,15 @@ def test_tampered_measurements_json_is_refused_naming_both_values(tmp_path, stan
     with pytest.raises(RunError) as info:
         open_build(out)
     assert info.value.exit_code == 1
-    assert f"measurements.json mr_enclave = '{'0' * 64}', but the SIGSTRUCT says '{real}'" \
-        in str(info.value)
+    assert f"measurements.json mr_enclave = '{'0' * 64}', but the SIGSTRUCT says '{real}'" in str(
+        info.value
+    )
     proc = run_cli("run", str(out), "--simulate")
     assert proc.returncode == 1, proc.stderr.decode()
     stderr = proc.stderr.decode()
     assert "the image is not what its identity says" in stderr and "not starting" in stderr
     assert "0" * 64 in stderr and real in stderr
-    assert "SIMULATION" not in stderr            # refused before the quoter started
+    assert "SIMULATION" not in stderr  # refused before the quoter started
 
 
 def test_measurements_json_of_another_build_is_refused(tmp_path, standin_root, signing_key):
@@ -208,10 +251,17 @@ def test_measurements_json_of_another_build_is_refused(tmp_path, standin_root, s
     project = tmp_path / "b" / "project"
     project.mkdir()
     shutil.copy(signing_key, project / "key.pem")
-    spec = write_spec(project, '[service]\nname = "probe"\nframework = "probe"\n\n'
-                               '[enclave]\nisv_svn = 9\n\n[signing]\nkey = "key.pem"\n')
-    build(spec, output=tmp_path / "b" / "out", base=f"dir:{standin_root}",
-          registry=PluginRegistry(extra_plugins=[ProbePlugin()]))
+    spec = write_spec(
+        project,
+        '[service]\nname = "probe"\nframework = "probe"\n\n'
+        '[enclave]\nisv_svn = 9\n\n[signing]\nkey = "key.pem"\n',
+    )
+    build(
+        spec,
+        output=tmp_path / "b" / "out",
+        base=f"dir:{standin_root}",
+        registry=PluginRegistry(extra_plugins=[ProbePlugin()]),
+    )
     second = tmp_path / "b" / "out"
     other = json.loads((second / "measurements.json").read_text())
     own = json.loads((first / "measurements.json").read_text())
@@ -220,8 +270,10 @@ def test_measurements_json_of_another_build_is_refused(tmp_path, standin_root, s
     proc = run_cli("run", str(first), "--simulate")
     assert proc.returncode == 1, proc.stderr.decode()
     stderr = proc.stderr.decode()
-    assert (f"measurements.json mr_enclave = '{other['mr_enclave']}', but the SIGSTRUCT says "
-            f"'{own['mr_enclave']}'") in stderr
+    assert (
+        f"measurements.json mr_enclave = '{other['mr_enclave']}', but the SIGSTRUCT says "
+        f"'{own['mr_enclave']}'"
+    ) in stderr
     assert "measurements.json isv_svn = 9, but the SIGSTRUCT says 0" in stderr
     assert "measurements.json names image" in stderr
 
@@ -252,6 +304,7 @@ def test_gramine_direct_run_as_image_user(tmp_path, gramine_base_dir, signing_ke
 def _tar_layer(members: list[tuple[str, str, int, int, int]]) -> bytes:
     import io
     import tarfile
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, kind, uid, gid, mode in members:
@@ -268,17 +321,24 @@ def test_layer_owners_and_modes_are_restored_in_the_private_root(tmp_path: Path)
 
     store = BlobStore(tmp_path / "blobs")
     layers = []
-    for members in ([("models", "dir", 10001, 0, 0o750), ("models/m.bin", "file", 10001, 0, 0o600),
-                     ("etc", "dir", 0, 0, 0o755), ("etc/x", "file", 0, 0, 0o200),
-                     ("etc/keep", "file", 0, 0, 0o644)],
-                    [("etc/.wh.x", "file", 0, 0, 0o644)]):
+    for members in (
+        [
+            ("models", "dir", 10001, 0, 0o750),
+            ("models/m.bin", "file", 10001, 0, 0o600),
+            ("etc", "dir", 0, 0, 0o755),
+            ("etc/x", "file", 0, 0, 0o200),
+            ("etc/keep", "file", 0, 0, 0o644),
+        ],
+        [("etc/.wh.x", "file", 0, 0, 0o644)],
+    ):
         data = _tar_layer(members)
         layers.append(Descriptor(OCI_LAYER, store.put_bytes(data), len(data)))
-    image = Image(store, {"rootfs": {"diff_ids": []}}, Descriptor(OCI_CONFIG, "sha256:" + "0" * 64,
-                                                                  0), layers)
+    image = Image(
+        store, {"rootfs": {"diff_ids": []}}, Descriptor(OCI_CONFIG, "sha256:" + "0" * 64, 0), layers
+    )
     entries = image_ownership(image, tmp_path / "cache")
     assert entries == [("models", 10001, 0, 0o750, True), ("models/m.bin", 10001, 0, 0o600, False)]
-    assert image_ownership(image, tmp_path / "cache") == entries          # from the cache now
+    assert image_ownership(image, tmp_path / "cache") == entries  # from the cache now
     lower = tmp_path / "lower"
     (lower / "models").mkdir(parents=True)
     (lower / "models/m.bin").write_bytes(b"x")
@@ -290,5 +350,5 @@ def test_layer_owners_and_modes_are_restored_in_the_private_root(tmp_path: Path)
         if os.geteuid() == 0:
             assert (st.st_uid, st.st_gid) == (10001, 0)
         (root / "new").write_text("private")
-    assert not (lower / "new").exists()                       # the lower tree is untouched
+    assert not (lower / "new").exists()  # the lower tree is untouched
     assert (lower / "models/m.bin").stat().st_mode & 0o777 == 0o644

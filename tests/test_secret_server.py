@@ -14,7 +14,6 @@ import ssl
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -55,7 +54,7 @@ def _mark(env) -> int:
 def _denial_since(env, since: int) -> dict:
     """The one 'deny' line after the first *since* lines, once the server has written it (a
     refused client has the refusal a moment before the server writes the line)."""
-    has_deny = lambda records: any(r.get("decision") == "deny" for r in records)  # noqa: E731
+    has_deny = lambda records: any(r.get("decision") == "deny" for r in records)
     denied = [r for r in _audit(env, since, has_deny) if r.get("decision") == "deny"]
     assert len(denied) == 1, denied
     return denied[0]
@@ -63,7 +62,7 @@ def _denial_since(env, since: int) -> dict:
 
 def _reason_since(env, since: int, text: str) -> list[dict]:
     """The lines after the first *since* whose reason contains *text*, once there is one."""
-    matching = lambda r: text in r.get("reason", "")  # noqa: E731
+    matching = lambda r: text in r.get("reason", "")
     return [r for r in _audit(env, since, lambda rs: any(map(matching, rs))) if matching(r)]
 
 
@@ -93,9 +92,13 @@ def _raw_tls(server, env, cert_key, version=None):
     cert, key = cert_key
     directory = env.directory
     (directory / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "k.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    (directory / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     ctx = ssl.create_default_context(cafile=str(env.ca))
     ctx.load_cert_chain(directory / "c.pem", directory / "k.pem")
     if version:
@@ -129,8 +132,10 @@ def test_exact_wire_bytes(server, env, version, fmt):
     assert len(REQUEST) == 35 and REQUEST == b"SECRET_PROVISION_RA_TLS_REQUEST_V1\x00"
     assert len(RESPONSE) == 37 and RESPONSE == b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\x00"
     with _raw_tls(server, env, env.enclave_cert("face", fmt), version) as tls:
-        assert tls.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2",
-                                 ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
+        assert (
+            tls.version()
+            == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
+        )
         tls.sendall(REQUEST)
         data = _read_all(tls)  # ends with close_notify (a bare TCP close would raise here)
     assert data == RESPONSE + (16).to_bytes(4, "big") + env.secrets["face"]
@@ -142,13 +147,18 @@ def test_signer_matching_accepts_a_newer_svn_of_the_same_product(server, env):
 
 
 def test_denied_wrong_mr_enclave(server, env):
-    _refused(server, env, env.enclave_cert("face", mr_enclave=os.urandom(32)),
-             "no secret is released to this enclave identity")
+    _refused(
+        server,
+        env,
+        env.enclave_cert("face", mr_enclave=os.urandom(32)),
+        "no secret is released to this enclave identity",
+    )
 
 
 def test_denied_wrong_mr_signer(server, env):
-    _refused(server, env, env.enclave_cert("ocr", mr_signer=os.urandom(32)),
-             "no secret is released")
+    _refused(
+        server, env, env.enclave_cert("ocr", mr_signer=os.urandom(32)), "no secret is released"
+    )
 
 
 def test_denied_wrong_prod_id(server, env):
@@ -168,13 +178,18 @@ def test_denied_tampered_quote(server, env):
         quote = bytearray(env.pki.quote(identity("face"), MR_SIGNER, report_data, 1, 2))
         quote[48 + 16] ^= 1  # MISCSELECT: signed, not part of the key binding
         return bytes(quote)
+
     _refused(server, env, create_certificate("tcg-dice", tampered), "signature is invalid")
 
 
 def test_denied_pubkey_not_bound(server, env):
     foreign = env.pki.quote(identity("face"), MR_SIGNER, os.urandom(64), 1, 2)
-    _refused(server, env, create_certificate("gramine-legacy", lambda rd: foreign),
-             "does not bind the certificate's public key")
+    _refused(
+        server,
+        env,
+        create_certificate("gramine-legacy", lambda rd: foreign),
+        "does not bind the certificate's public key",
+    )
 
 
 def test_denied_wrong_root(server, env):
@@ -220,8 +235,9 @@ def test_denied_slow_client(server, env):
 def test_denied_no_client_certificate(server, env):
     ctx = ssl.create_default_context(cafile=str(env.ca))
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        with ctx.wrap_socket(socket.create_connection(server.address, timeout=10),
-                             server_hostname="localhost") as tls:
+        with ctx.wrap_socket(
+            socket.create_connection(server.address, timeout=10), server_hostname="localhost"
+        ) as tls:
             tls.sendall(REQUEST)
             tls.recv(100)
 
@@ -241,23 +257,29 @@ def _separate(tmp_path, env_kwargs, cert_for, reason, now=None):
 
 
 def test_denied_expired_collateral(tmp_path):
-    later = lambda: dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=90)  # noqa: E731
+    later = lambda: dt.datetime.now(dt.UTC) + dt.timedelta(days=90)
     _separate(tmp_path, {}, lambda e: e.enclave_cert("face"), "xpired", now=later)
 
 
 def test_denied_revoked_pck(tmp_path):
-    _separate(tmp_path, {"pki": SyntheticPKI(revoke_pck=True)}, lambda e: e.enclave_cert("face"),
-              "evoked")
+    _separate(
+        tmp_path, {"pki": SyntheticPKI(revoke_pck=True)}, lambda e: e.enclave_cert("face"), "evoked"
+    )
 
 
 def test_denied_out_of_date_tcb(tmp_path):
-    _separate(tmp_path, {"pki": SyntheticPKI(tcb_status="OutOfDate")},
-              lambda e: e.enclave_cert("face"), "TCB status OutOfDate is not allowed")
+    _separate(
+        tmp_path,
+        {"pki": SyntheticPKI(tcb_status="OutOfDate")},
+        lambda e: e.enclave_cert("face"),
+        "TCB status OutOfDate is not allowed",
+    )
 
 
 def test_out_of_date_tcb_allowed_by_name_with_a_warning(tmp_path):
-    env = make_env(tmp_path, statuses=("UpToDate", "OutOfDate"),
-                   pki=SyntheticPKI(tcb_status="OutOfDate"))
+    env = make_env(
+        tmp_path, statuses=("UpToDate", "OutOfDate"), pki=SyntheticPKI(tcb_status="OutOfDate")
+    )
     config = load_config(env.config)
     assert any("TCB status OutOfDate allowed" in w for w in startup_warnings(config))
     srv = SecretServer(config)
@@ -346,27 +368,37 @@ def test_audit_log_never_contains_secret_bytes(server, env):
             assert form not in text
     records = _audit(env)
     allowed = [r for r in records if r.get("decision") == "allow"]
-    assert allowed and {"peer", "evidence", "mr_enclave", "tcb_status", "secret", "reason"} <= \
-        set(allowed[-1])
+    assert allowed and {"peer", "evidence", "mr_enclave", "tcb_status", "secret", "reason"} <= set(
+        allowed[-1]
+    )
 
 
 def test_config_errors_name_file_and_key(tmp_path):
     env = make_env(tmp_path)
     text = env.config.read_text()
-    env.config.write_text(text.replace('measurements = ["builds/*/measurements.json"]\n', "")
-                          .replace("allowed_tcb_statuses", 'measurements = ["x"]\nallowed_tcb_statuses'))
+    env.config.write_text(
+        text.replace('measurements = ["builds/*/measurements.json"]\n', "").replace(
+            "allowed_tcb_statuses", 'measurements = ["x"]\nallowed_tcb_statuses'
+        )
+    )
     with pytest.raises(ConfigError, match=r"attestation.measurements: unknown key.*top-level key"):
         load_config(env.config)
     env.config.write_text(text.replace('"UpToDate"', '"Fine"'))
-    with pytest.raises(ConfigError, match=re.escape(f"{env.config}:") + r"\d+: attestation\."
-                                          r"allowed_tcb_statuses\[0\]: 'Fine' is not allowed"):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(f"{env.config}:") + r"\d+: attestation\."
+        r"allowed_tcb_statuses\[0\]: 'Fine' is not allowed",
+    ):
         load_config(env.config)
 
 
 def test_serve_command_runs_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
     env = make_env(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "enclave_build", "secrets", "serve", "--config",
-                             str(env.config)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enclave_build", "secrets", "serve", "--config", str(env.config)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = []
         while True:
@@ -378,8 +410,10 @@ def test_serve_command_runs_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
         assert any("SYNTHETIC TEST root CA" in text for text in lines)  # warned on start
         host, port = line.split()[-1].rsplit(":", 1)
         cert_key = env.enclave_cert("face")
-        assert fetch_secret(host, int(port), env.ca, *cert_key, server_name="localhost") == \
-            env.secrets["face"]
+        assert (
+            fetch_secret(host, int(port), env.ca, *cert_key, server_name="localhost")
+            == env.secrets["face"]
+        )
         env.config.write_text(env.config.read_text().replace('allow = ["face"]', 'allow = ["ocr"]'))
         proc.send_signal(signal.SIGHUP)
         assert proc.stderr.readline().strip() == "configuration reloaded"
@@ -407,7 +441,7 @@ def test_worker_processes_serve_reload_and_stop(tmp_path):
         assert len(pids) == 2
         for _ in range(12):
             assert _fetch(srv, env, env.enclave_cert("face")) == env.secrets["face"]
-        allowed = lambda records: [r for r in records if r.get("decision") == "allow"]  # noqa: E731
+        allowed = lambda records: [r for r in records if r.get("decision") == "allow"]
         served = allowed(_audit(env, until=lambda records: len(allowed(records)) >= 12))
         assert len(served) == 12
         original = env.config.read_text()
@@ -415,20 +449,20 @@ def test_worker_processes_serve_reload_and_stop(tmp_path):
         srv.reload()
         reloads = [r for r in _audit(env) if r.get("event") == "reload"]
         assert sorted(r["pid"] for r in reloads) == pids
-        for _ in range(6):   # whichever worker takes it, the new policy applies
+        for _ in range(6):  # whichever worker takes it, the new policy applies
             with pytest.raises(ProvisioningError):
                 _fetch(srv, env, env.enclave_cert("face"))
         env.config.write_text(original.replace("[server]", "[server]\nbogus = 1"))
         with pytest.raises(ConfigError):
-            srv.reload()   # refused before any worker is told
+            srv.reload()  # refused before any worker is told
         assert len([r for r in _audit(env) if r.get("event") == "reload"]) == 2
     finally:
         srv.shutdown()
     for pid in pids:
         with pytest.raises(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)   # reaped
+            os.waitpid(pid, os.WNOHANG)  # reaped
     lines = (env.directory / "audit.jsonl").read_text().splitlines()
-    assert all(json.loads(line) for line in lines)   # whole lines only
+    assert all(json.loads(line) for line in lines)  # whole lines only
     assert json.loads(lines[-1])["event"] == "stop"
 
 
@@ -440,8 +474,10 @@ def test_a_worker_that_dies_is_replaced(tmp_path):
         victim = srv.worker_pids[0]
         os.kill(victim, signal.SIGKILL)
         # dead (a zombie, not yet reaped: supervise() reaps it), however long the kernel took
-        _wait_until(lambda: os.waitid(os.P_PID, victim, os.WEXITED | os.WNOHANG | os.WNOWAIT),
-                    f"worker {victim} killed")
+        _wait_until(
+            lambda: os.waitid(os.P_PID, victim, os.WEXITED | os.WNOHANG | os.WNOWAIT),
+            f"worker {victim} killed",
+        )
         replaced = srv.supervise()
         assert len(replaced) == 1 and victim not in srv.worker_pids and len(srv.worker_pids) == 2
         for _ in range(6):
@@ -453,8 +489,11 @@ def test_a_worker_that_dies_is_replaced(tmp_path):
 
 def test_serve_command_with_worker_processes_reloads_and_stops_all(tmp_path):
     env = make_env(tmp_path, processes=2)
-    proc = subprocess.Popen([sys.executable, "-m", "enclave_build", "secrets", "serve", "--config",
-                             str(env.config)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enclave_build", "secrets", "serve", "--config", str(env.config)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         while True:
             line = proc.stderr.readline()
@@ -465,19 +504,22 @@ def test_serve_command_with_worker_processes_reloads_and_stops_all(tmp_path):
         start = [r for r in _audit(env) if r.get("event") == "start"][-1]
         assert start["processes"] == 2 and len(start["pids"]) == 2
         cert_key = env.enclave_cert("face")
-        assert fetch_secret(host, int(port), env.ca, *cert_key, server_name="localhost") == \
-            env.secrets["face"]
+        assert (
+            fetch_secret(host, int(port), env.ca, *cert_key, server_name="localhost")
+            == env.secrets["face"]
+        )
         env.config.write_text(env.config.read_text().replace('allow = ["face"]', 'allow = ["ocr"]'))
         proc.send_signal(signal.SIGHUP)
         assert proc.stderr.readline().strip() == "configuration reloaded"
-        assert sorted(r["pid"] for r in _audit(env) if r.get("event") == "reload") == \
-            sorted(start["pids"])
+        assert sorted(r["pid"] for r in _audit(env) if r.get("event") == "reload") == sorted(
+            start["pids"]
+        )
         for _ in range(4):
             with pytest.raises(ProvisioningError):
                 fetch_secret(host, int(port), env.ca, *cert_key, server_name="localhost")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-        for pid in start["pids"]:   # the workers are gone too
+        for pid in start["pids"]:  # the workers are gone too
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
     finally:

@@ -26,18 +26,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from hyperframe.frame import (AltSvcFrame, DataFrame, HeadersFrame, PingFrame, SettingsFrame,
-                              WindowUpdateFrame)
+from hyperframe.frame import (
+    AltSvcFrame,
+    DataFrame,
+    HeadersFrame,
+    PingFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 from enclave_build.attestation import grsecret, upload, wire
 from enclave_build.attestation.attest_client import AttestationRefused, Expectation, open_attested
 from enclave_build.attestation.collateral import FileCollateral
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.secrets_config import hex_dashes
 from enclave_build.attestation.quote import Quote, assemble_quote
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.attestation.verify import QuoteRejected, verify_quote
 from enclave_build.contract.identity import EnclaveIdentity
+from enclave_build.contract.secrets_config import hex_dashes
 from enclave_build.model_server import keys
 from enclave_build.model_server.config import ServerTrustConfig
 from enclave_build.model_server.server_attest import ServerRefused, ServerVerifier
@@ -50,12 +56,13 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # --------------------------------------------------------------------------- hostile servers
 
+
 class _Hostile:
     """A TCP server on 127.0.0.1 that handles one connection with *behave(sock)* on a thread
     of its own; whatever it does ends after *give_up* seconds (so a client without the fix
     fails its test instead of hanging it)."""
 
-    def __init__(self, behave, give_up: float = 8.0):  # noqa: ANN001
+    def __init__(self, behave, give_up: float = 8.0):
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.behave, self.give_up = behave, give_up
@@ -95,7 +102,7 @@ def _dripping_handshake(sock: socket.socket, until: float) -> None:
     _drip(sock, b"\x16\x03\x03\x40\x00" + b"\x02" * 0x4000, until)
 
 
-def _tls_server(env, answer):  # noqa: ANN001, ANN202
+def _tls_server(env, answer):
     """A behaviour: an ordinary TLS server (the env's CA-signed certificate for 127.0.0.1) that
     reads the secret_prov request and then runs *answer(tls, until)*."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -105,6 +112,7 @@ def _tls_server(env, answer):  # noqa: ANN001, ANN202
         with ctx.wrap_socket(sock, server_side=True) as tls:
             wire.recv_exact(tls, len(wire.REQUEST))
             answer(tls, until)
+
     return behave
 
 
@@ -112,7 +120,10 @@ def _tls_server(env, answer):  # noqa: ANN001, ANN202
 def env(tmp_path_factory):
     directory = tmp_path_factory.mktemp("hostile2")
     owner = write_owner(directory)
-    built = make_env(directory / "env", timeout=4.0, extra=f'''
+    built = make_env(
+        directory / "env",
+        timeout=4.0,
+        extra=f'''
 [[secrets]]
 name = "up-key"
 allow = ["face"]
@@ -125,13 +136,14 @@ requested_as = "image_key"
 encoding = "hex-dashes"
 
 [upload]
-owners = ["{directory / 'owner.crt'}"]
+owners = ["{directory / "owner.crt"}"]
 
 [grsecret]
 listen = "127.0.0.1:0"
 idle = 1.0
 max_requests = 4
-''')
+''',
+    )
     built.owner = owner
     return built
 
@@ -144,10 +156,16 @@ def server(env):
 
 def _call(encoder: hpack.Encoder, stream: int, name: str) -> bytes:
     headers = HeadersFrame(stream)
-    headers.data = encoder.encode([(":method", "POST"), (":scheme", "https"),
-                                   (":authority", "localhost"),
-                                   (":path", grsecret.METHOD_PATH),
-                                   ("content-type", "application/grpc"), ("te", "trailers")])
+    headers.data = encoder.encode(
+        [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", grsecret.METHOD_PATH),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
     headers.flags.add("END_HEADERS")
     data = DataFrame(stream)
     data.data = grsecret.frame(grsecret.SecretRequest(name=name).SerializeToString())
@@ -156,6 +174,7 @@ def _call(encoder: hpack.Encoder, stream: int, name: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- GrSecret floods
+
 
 def _ping_ack() -> bytes:
     frame = PingFrame(0)
@@ -182,14 +201,19 @@ def _window_update_on_closed_stream() -> bytes:
     return frame.serialize()
 
 
-FLOODS = {"PING ACK": _ping_ack, "SETTINGS ACK": _settings_ack, "ALTSVC": _altsvc,
-          "WINDOW_UPDATE on a closed stream": _window_update_on_closed_stream}
+FLOODS = {
+    "PING ACK": _ping_ack,
+    "SETTINGS ACK": _settings_ack,
+    "ALTSVC": _altsvc,
+    "WINDOW_UPDATE on a closed stream": _window_update_on_closed_stream,
+}
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", list(FLOODS))
-def test_frames_h2_swallows_without_an_event_count_towards_the_flood_limit(server, env,
-                                                                           tmp_path, kind):
+def test_frames_h2_swallows_without_an_event_count_towards_the_flood_limit(
+    server, env, tmp_path, kind
+):
     """h2 turns these frames into no event its caller counted (or none at all): before, 3000 of
     them went by and the connection ended only by the idle timer or the deadline."""
     since = _mark(env)
@@ -200,7 +224,7 @@ def test_frames_h2_swallows_without_an_event_count_towards_the_flood_limit(serve
             for _ in range(30):
                 tls.sendall(FLOODS[kind]() * 100)
         except OSError:
-            pass   # cut off
+            pass  # cut off
         _drain(tls, 6.0)
     lines = _audit(env, since, 2)
     assert [r["decision"] for r in lines] == ["allow", "deny"], lines
@@ -210,16 +234,22 @@ def test_frames_h2_swallows_without_an_event_count_towards_the_flood_limit(serve
 
 @pytest.mark.integration
 def test_a_request_dribbled_in_one_byte_data_frames_counts_towards_the_flood_limit(
-        server, env, tmp_path):
+    server, env, tmp_path
+):
     """DATA with payload on an open call carried the call however small: 4,000 one-byte
     frames stay under the 4 KiB request limit and held the connection to its deadline."""
     since = _mark(env)
     encoder = hpack.Encoder()
     headers = HeadersFrame(1)
-    headers.data = encoder.encode([(":method", "POST"), (":scheme", "https"),
-                                   (":authority", "localhost"),
-                                   (":path", grsecret.METHOD_PATH),
-                                   ("content-type", "application/grpc")])
+    headers.data = encoder.encode(
+        [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", grsecret.METHOD_PATH),
+            ("content-type", "application/grpc"),
+        ]
+    )
     headers.flags.add("END_HEADERS")
     byte = DataFrame(1)
     byte.data = b"\x00"
@@ -244,8 +274,13 @@ def test_an_ordinary_client_stays_within_the_frame_budget(server, env, tmp_path)
     update = WindowUpdateFrame(0)
     update.window_increment = 65535
     with _h2_tls(server, env, tmp_path) as tls:
-        tls.sendall(PREFACE + SettingsFrame(0).serialize() + _settings_ack()
-                    + update.serialize() + PingFrame(0).serialize())
+        tls.sendall(
+            PREFACE
+            + SettingsFrame(0).serialize()
+            + _settings_ack()
+            + update.serialize()
+            + PingFrame(0).serialize()
+        )
         for stream in (1, 3, 5, 7):
             tls.sendall(_call(encoder, stream, "face-key") + update.serialize())
         _drain(tls, 6.0)
@@ -255,28 +290,40 @@ def test_an_ordinary_client_stays_within_the_frame_budget(server, env, tmp_path)
 
 # --------------------------------------------------------------------------- long PCK chains
 
+
 def _quote_with_chain(pki: SyntheticPKI, links: int, chained: bool = True) -> bytes:
     """A quote whose embedded PCK chain is *links* certificates ending in a root nobody
     trusts: each signed by the next and the last self-signed, or (not *chained*) each signed
     by a key of its own that no certificate holds."""
     base = pki.quote(identity("face"), MR_SIGNER)
     parsed = Quote.parse(base)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     keys_ = [ec.generate_private_key(ec.SECP256R1()) for _ in range(links)]
     strangers = [ec.generate_private_key(ec.SECP256R1()) for _ in range(links)]
     certs = []
     for index in range(links):
         issuer = min(index + 1, links - 1)
-        name = lambda i: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"c{i}")])  # noqa: E731
-        certs.append(x509.CertificateBuilder().subject_name(name(index))
-                     .issuer_name(name(issuer)).public_key(keys_[index].public_key())
-                     .serial_number(index + 1).not_valid_before(now)
-                     .not_valid_after(now + dt.timedelta(days=1))
-                     .sign((keys_ if chained else strangers)[issuer], hashes.SHA256()))
+        name = lambda i: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"c{i}")])
+        certs.append(
+            x509.CertificateBuilder()
+            .subject_name(name(index))
+            .issuer_name(name(issuer))
+            .public_key(keys_[index].public_key())
+            .serial_number(index + 1)
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1))
+            .sign((keys_ if chained else strangers)[issuer], hashes.SHA256())
+        )
     pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs) + b"\0"
-    return assemble_quote(base[:432], parsed.signature, parsed.attestation_key,
-                          parsed.qe_report_raw, parsed.qe_report_signature, parsed.qe_auth_data,
-                          pem)
+    return assemble_quote(
+        base[:432],
+        parsed.signature,
+        parsed.attestation_key,
+        parsed.qe_report_raw,
+        parsed.qe_report_signature,
+        parsed.qe_auth_data,
+        pem,
+    )
 
 
 def test_a_long_embedded_pck_chain_is_refused_before_its_signatures_are_checked(env):
@@ -284,14 +331,21 @@ def test_a_long_embedded_pck_chain_is_refused_before_its_signatures_are_checked(
     for a certificate message): 150 chained P-521 certificates cost the server ~200 ms of CPU
     (60 times a real quote) before the root comparison refused them. A PCK chain is 3
     certificates (PCK, PCK CA, root); the root is now compared first."""
-    with pytest.raises(QuoteRejected, match=r"PCK certificate chain has 40 certificates; a PCK "
-                                            r"chain has at most 3"):
-        verify_quote(_quote_with_chain(env.pki, 40), env.pki.collateral_json(),
-                     root_ca_der=env.pki.root_der)
+    with pytest.raises(
+        QuoteRejected,
+        match=r"PCK certificate chain has 40 certificates; a PCK "
+        r"chain has at most 3",
+    ):
+        verify_quote(
+            _quote_with_chain(env.pki, 40), env.pki.collateral_json(), root_ca_der=env.pki.root_der
+        )
     # A foreign root is refused as such, before (bad) signatures are even looked at.
     with pytest.raises(QuoteRejected, match="ends in another root than the trusted one"):
-        verify_quote(_quote_with_chain(env.pki, 3, chained=False), env.pki.collateral_json(),
-                     root_ca_der=env.pki.root_der)
+        verify_quote(
+            _quote_with_chain(env.pki, 3, chained=False),
+            env.pki.collateral_json(),
+            root_ca_der=env.pki.root_der,
+        )
     # Without a trusted root given (Intel's, inside dcap-qvl) the signatures still decide.
     with pytest.raises(QuoteRejected, match="embedded PCK chain does not verify"):
         verify_quote(_quote_with_chain(env.pki, 3, chained=False), env.pki.collateral_json())
@@ -299,10 +353,12 @@ def test_a_long_embedded_pck_chain_is_refused_before_its_signatures_are_checked(
 
 # --------------------------------------------------------------------------- enclave-build attest
 
+
 def _expectation(env) -> Expectation:
     build = Measurements.load(env.directory / "builds" / "face" / "measurements.json")
-    return Expectation((("face.json", build),), FileCollateral(env.directory / "collateral.json"),
-                       env.pki.root_der)
+    return Expectation(
+        (("face.json", build),), FileCollateral(env.directory / "collateral.json"), env.pki.root_der
+    )
 
 
 @pytest.mark.integration
@@ -312,10 +368,13 @@ def test_attest_gives_up_on_a_handshake_dripped_a_byte_at_a_time(env):
     hostile = _Hostile(_dripping_handshake)
     try:
         started = time.monotonic()
-        with pytest.raises(AttestationRefused, match=rf"TLS handshake with 127\.0\.0\.1:"
-                                                     rf"{hostile.port} failed: .*timed out"):
+        with pytest.raises(
+            AttestationRefused,
+            match=rf"TLS handshake with 127\.0\.0\.1:"
+            rf"{hostile.port} failed: .*timed out",
+        ):
             open_attested("127.0.0.1", hostile.port, _expectation(env), timeout=0.5)
-        assert time.monotonic() - started < 4.0   # not the hostile server's 8 s
+        assert time.monotonic() - started < 4.0  # not the hostile server's 8 s
     finally:
         hostile.close()
 
@@ -326,10 +385,14 @@ def test_attest_names_the_peer_when_it_resets_mid_handshake(env):
         sock.recv(65536)
         sock.sendall(b"\x16\x03\x03\x00\x30" + b"\x02" * 10)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
     hostile = _Hostile(reset)
     try:
-        with pytest.raises(AttestationRefused, match=rf"TLS handshake with 127\.0\.0\.1:"
-                                                     rf"{hostile.port} failed"):
+        with pytest.raises(
+            AttestationRefused,
+            match=rf"TLS handshake with 127\.0\.0\.1:"
+            rf"{hostile.port} failed",
+        ):
             open_attested("127.0.0.1", hostile.port, _expectation(env), timeout=5)
     finally:
         hostile.close()
@@ -337,7 +400,8 @@ def test_attest_names_the_peer_when_it_resets_mid_handshake(env):
 
 # --------------------------------------------------------------------- the model server's key fetch
 
-def _make_quote(env):  # noqa: ANN001, ANN202
+
+def _make_quote(env):
     return lambda rd: env.pki.quote(identity("face"), MR_SIGNER, rd, 1, 2)
 
 
@@ -347,11 +411,15 @@ def test_key_fetch_gives_up_on_a_handshake_dripped_a_byte_at_a_time(env):
     hostile = _Hostile(_dripping_handshake)
     try:
         started = time.monotonic()
-        with pytest.raises(keys.KeyFetchError, match=rf"secret server 127\.0\.0\.1:"
-                                                     rf"{hostile.port}: no answer for key "
-                                                     r"face-key within 0\.5 s"):
-            keys.fetch_key("face-key", f"127.0.0.1:{hostile.port}", env.ca, _make_quote(env),
-                           timeout=0.5)
+        with pytest.raises(
+            keys.KeyFetchError,
+            match=rf"secret server 127\.0\.0\.1:"
+            rf"{hostile.port}: no answer for key "
+            r"face-key within 0\.5 s",
+        ):
+            keys.fetch_key(
+                "face-key", f"127.0.0.1:{hostile.port}", env.ca, _make_quote(env), timeout=0.5
+            )
         assert time.monotonic() - started < 4.0
     finally:
         hostile.close()
@@ -364,9 +432,10 @@ def test_key_fetch_gives_up_on_an_answer_dripped_a_byte_at_a_time(env):
     try:
         started = time.monotonic()
         with pytest.raises(keys.KeyFetchError, match=r"no answer for key face-key within 0\.5 s"):
-            keys.fetch_key("face-key", f"127.0.0.1:{hostile.port}", env.ca, _make_quote(env),
-                           timeout=0.5)
-        assert time.monotonic() - started < 4.0   # 57 bytes at 0.1 s each would be 5.7 s
+            keys.fetch_key(
+                "face-key", f"127.0.0.1:{hostile.port}", env.ca, _make_quote(env), timeout=0.5
+            )
+        assert time.monotonic() - started < 4.0  # 57 bytes at 0.1 s each would be 5.7 s
     finally:
         hostile.close()
 
@@ -375,17 +444,23 @@ def test_key_fetch_gives_up_on_an_answer_dripped_a_byte_at_a_time(env):
 def test_key_fetch_refuses_an_announced_key_of_the_wrong_size_without_waiting_for_it(env):
     """A server that announces a 60 KB "key" and then holds the connection: refused at the
     header (a wrap key is 16 bytes), not after waiting out the timeout for the body."""
-    def hold(tls, until):  # noqa: ANN001
+
+    def hold(tls, until):
         tls.sendall(wire.RESPONSE + (60000).to_bytes(4, "big"))
         while time.monotonic() < until:
             time.sleep(0.05)
+
     hostile = _Hostile(_tls_server(env, hold))
     try:
-        with pytest.raises(keys.KeyFetchError, match=rf"secret server 127\.0\.0\.1:"
-                                                     rf"{hostile.port}: key face-key is 60000 "
-                                                     r"bytes; a wrap key must be exactly 16"):
-            keys.fetch_key("face-key", f"127.0.0.1:{hostile.port}", env.ca, _make_quote(env),
-                           timeout=6)
+        with pytest.raises(
+            keys.KeyFetchError,
+            match=rf"secret server 127\.0\.0\.1:"
+            rf"{hostile.port}: key face-key is 60000 "
+            r"bytes; a wrap key must be exactly 16",
+        ):
+            keys.fetch_key(
+                "face-key", f"127.0.0.1:{hostile.port}", env.ca, _make_quote(env), timeout=6
+            )
     finally:
         hostile.close()
 
@@ -398,21 +473,33 @@ SERVER_SIGNER = "5a" * 32
 def _server_cert(pki: SyntheticPKI, debug: bool = False) -> bytes:
     from enclave_build.attestation.ratls import server_certificate
 
-    pem, _ = server_certificate("dice", lambda rd: pki.quote(
-        bytes.fromhex("c3" * 32), bytes.fromhex(SERVER_SIGNER), rd, 5, 2, debug))
+    pem, _ = server_certificate(
+        "dice",
+        lambda rd: pki.quote(
+            bytes.fromhex("c3" * 32), bytes.fromhex(SERVER_SIGNER), rd, 5, 2, debug
+        ),
+    )
     return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
 
 
 def _verifier(tmp_path, pki: SyntheticPKI, statuses=("UpToDate",)) -> ServerVerifier:
     (tmp_path / "root.pem").write_bytes(pki.root_pem)
     (tmp_path / "collateral.json").write_text(pki.collateral_json())
-    return ServerVerifier(ServerTrustConfig(
-        "mr_signer", (EnclaveIdentity(None, SERVER_SIGNER, 5, 2),), str(tmp_path / "root.pem"),
-        str(tmp_path / "collateral.json"), None, statuses))
+    return ServerVerifier(
+        ServerTrustConfig(
+            "mr_signer",
+            (EnclaveIdentity(None, SERVER_SIGNER, 5, 2),),
+            str(tmp_path / "root.pem"),
+            str(tmp_path / "collateral.json"),
+            None,
+            statuses,
+        )
+    )
 
 
 def test_model_enclave_refuses_an_out_of_date_or_debug_server_unless_allowed_and_warns(
-        tmp_path, capsys):
+    tmp_path, capsys
+):
     stale = SyntheticPKI(tcb_status="OutOfDate")
     strict = _verifier(tmp_path, stale)
     with pytest.raises(ServerRefused, match="TCB status OutOfDate is not allowed"):
@@ -437,11 +524,18 @@ def test_the_build_warns_when_the_model_accepts_a_server_with_a_relaxed_tcb():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        warn_if_relaxed(ServerTrust((), "mr_signer", None, None, "https://pccs/",
-                                    ("UpToDate",)))
+        warn_if_relaxed(ServerTrust((), "mr_signer", None, None, "https://pccs/", ("UpToDate",)))
         assert caught == []
-        warn_if_relaxed(ServerTrust((), "mr_signer", None, None, "https://pccs/",
-                                    ("UpToDate", "SWHardeningNeeded", "OutOfDate")))
+        warn_if_relaxed(
+            ServerTrust(
+                (),
+                "mr_signer",
+                None,
+                None,
+                "https://pccs/",
+                ("UpToDate", "SWHardeningNeeded", "OutOfDate"),
+            )
+        )
     (warning,) = caught
     assert issubclass(warning.category, RelaxedServerTcbWarning)
     assert "server_allowed_tcb_statuses" in str(warning.message)
@@ -450,20 +544,31 @@ def test_the_build_warns_when_the_model_accepts_a_server_with_a_relaxed_tcb():
 
 # ----------------------------------------------------------------------- secrets stay out of logs
 
+
 def _forms(secret: bytes) -> list[str]:
     """Every way a 16-byte key could be written into a text log."""
     import json
 
-    return [secret.hex(), secret.hex().upper(), base64.b64encode(secret).decode(),
-            hex_dashes(secret).decode().strip(), json.dumps(secret.decode("latin-1"))[1:-1]]
+    return [
+        secret.hex(),
+        secret.hex().upper(),
+        base64.b64encode(secret).decode(),
+        hex_dashes(secret).decode().strip(),
+        json.dumps(secret.decode("latin-1"))[1:-1],
+    ]
 
 
 @pytest.mark.integration
 def test_no_secret_reaches_the_audit_log_in_any_encoding(server, env, tmp_path):
     encoder = hpack.Encoder()
     with _h2_tls(server, env, tmp_path) as tls:
-        tls.sendall(PREFACE + SettingsFrame(0).serialize() + _call(encoder, 1, "face-key")
-                    + _call(encoder, 3, "image_key") + _call(encoder, 5, "up-key"))
+        tls.sendall(
+            PREFACE
+            + SettingsFrame(0).serialize()
+            + _call(encoder, 1, "face-key")
+            + _call(encoder, 3, "image_key")
+            + _call(encoder, 5, "up-key")
+        )
         received = _drain(tls, 3.0)
     # the image key went out as Occlum's init reads it (sanity: the forms are the right ones)
     assert base64.b64encode(hex_dashes(env.secrets["face"])) in received
@@ -472,11 +577,16 @@ def test_no_secret_reaches_the_audit_log_in_any_encoding(server, env, tmp_path):
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     ctx.load_cert_chain(*env.owner)
     with ctx.wrap_socket(socket.create_connection(server.address, timeout=5)) as owner:
-        assert "stored 1 key(s): up-key" in upload.upload_keys(owner, [("up-key", uploaded)],
-                                                               timeout=5)
+        assert "stored 1 key(s): up-key" in upload.upload_keys(
+            owner, [("up-key", uploaded)], timeout=5
+        )
     # secret_prov, as the model server asks (SNI = the key's name)
-    assert keys.fetch_key("face-key", f"127.0.0.1:{server.address[1]}", env.ca,
-                          _make_quote(env), timeout=5) == env.secrets["face"]
+    assert (
+        keys.fetch_key(
+            "face-key", f"127.0.0.1:{server.address[1]}", env.ca, _make_quote(env), timeout=5
+        )
+        == env.secrets["face"]
+    )
     settled_audit(env.directory / "audit.jsonl")
     text = (env.directory / "audit.jsonl").read_text()
     for secret in (env.secrets["face"], env.secrets["ocr"], uploaded):
@@ -487,6 +597,7 @@ def test_no_secret_reaches_the_audit_log_in_any_encoding(server, env, tmp_path):
 
 # --------------------------------------------------------------------------- secrets upload
 
+
 @pytest.mark.integration
 def test_upload_refuses_a_name_the_protocol_cannot_carry_before_connecting(env, tmp_path):
     """A --name over 255 bytes used to pass every check, attest the server, and then end in a
@@ -494,16 +605,35 @@ def test_upload_refuses_a_name_the_protocol_cannot_carry_before_connecting(env, 
     from .conftest import run_cli
 
     m = tmp_path / "server.json"
-    m.write_text(Measurements("keys", "secret-server", "gramine",
-                              EnclaveIdentity(identity("keys").hex(), MR_SIGNER.hex(), 0, 0, False),
-                              ImageRef(None, None)).to_json())
+    m.write_text(
+        Measurements(
+            "keys",
+            "secret-server",
+            "gramine",
+            EnclaveIdentity(identity("keys").hex(), MR_SIGNER.hex(), 0, 0, False),
+            ImageRef(None, None),
+        ).to_json()
+    )
     key = tmp_path / "k"
     key.write_bytes(os.urandom(16))
     os.chmod(key, 0o600)
-    proc = run_cli("secrets", "upload", "127.0.0.1:1", "--measurements", str(m),
-                   "--collateral", str(env.directory / "collateral.json"),
-                   "--owner-cert", str(env.owner[0]), "--owner-key", str(env.owner[1]),
-                   "--name", "k" * 300, "--file", str(key))
+    proc = run_cli(
+        "secrets",
+        "upload",
+        "127.0.0.1:1",
+        "--measurements",
+        str(m),
+        "--collateral",
+        str(env.directory / "collateral.json"),
+        "--owner-cert",
+        str(env.owner[0]),
+        "--owner-key",
+        str(env.owner[1]),
+        "--name",
+        "k" * 300,
+        "--file",
+        str(key),
+    )
     assert proc.returncode == 2, proc.stderr
     assert b"--name: secret name 'kkk" in proc.stderr and b"1..255 bytes" in proc.stderr
     assert b"Traceback" not in proc.stderr and b"cannot connect" not in proc.stderr
@@ -511,14 +641,19 @@ def test_upload_refuses_a_name_the_protocol_cannot_carry_before_connecting(env, 
 
 # --------------------------------------------------------------------------- attest: TCB, DEBUG
 
+
 class _RaTlsEndpoint:
     """A TLS server on 127.0.0.1 presenting *cert* (an RA-TLS certificate) to every client."""
 
-    def __init__(self, tmp_path, cert, key):  # noqa: ANN001
+    def __init__(self, tmp_path, cert, key):
         (tmp_path / "ep.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (tmp_path / "ep.key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        (tmp_path / "ep.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(tmp_path / "ep.crt", tmp_path / "ep.key")
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -556,15 +691,28 @@ def test_attest_refuses_out_of_date_and_debug_servers_unless_allowed_and_warns(t
     stale = SyntheticPKI(tcb_status="OutOfDate")
     (tmp_path / "collateral.json").write_text(stale.collateral_json())
     (tmp_path / "root.pem").write_bytes(stale.root_pem)
-    (tmp_path / "m.json").write_text(Measurements(
-        "face", "tflite", "gramine",
-        EnclaveIdentity(identity("face").hex(), MR_SIGNER.hex(), 1, 2, False),
-        ImageRef(None, None)).to_json())
-    args = ("--measurements", str(tmp_path / "m.json"), "--collateral",
-            str(tmp_path / "collateral.json"), "--allow-synthetic-root", str(tmp_path / "root.pem"))
+    (tmp_path / "m.json").write_text(
+        Measurements(
+            "face",
+            "tflite",
+            "gramine",
+            EnclaveIdentity(identity("face").hex(), MR_SIGNER.hex(), 1, 2, False),
+            ImageRef(None, None),
+        ).to_json()
+    )
+    args = (
+        "--measurements",
+        str(tmp_path / "m.json"),
+        "--collateral",
+        str(tmp_path / "collateral.json"),
+        "--allow-synthetic-root",
+        str(tmp_path / "root.pem"),
+    )
     for debug in (False, True):
-        cert, key = create_certificate("tcg-dice", lambda rd, debug=debug: stale.quote(
-            identity("face"), MR_SIGNER, rd, 1, 2, debug))
+        cert, key = create_certificate(
+            "tcg-dice",
+            lambda rd, debug=debug: stale.quote(identity("face"), MR_SIGNER, rd, 1, 2, debug),
+        )
         endpoint = _RaTlsEndpoint(tmp_path, cert, key)
         try:
             where = f"127.0.0.1:{endpoint.port}"
@@ -578,7 +726,7 @@ def test_attest_refuses_out_of_date_and_debug_servers_unless_allowed_and_warns(t
         assert strict.returncode == 1, strict.stderr
         assert f"error: {where} not attested: ".encode() in strict.stderr
         assert b"warning: accepting TCB status OutOfDate" in relaxed.stderr
-        if debug:   # no flag allows a DEBUG enclave
+        if debug:  # no flag allows a DEBUG enclave
             assert b"DEBUG enclave: refused" in strict.stderr + relaxed.stderr
             assert relaxed.returncode == 1, relaxed.stderr
         else:

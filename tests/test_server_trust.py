@@ -20,17 +20,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.attestation.ratls import server_certificate
 from enclave_build.attestation.synthetic import SyntheticPKI
 from enclave_build.builder.build import load, make_plan
-from enclave_build.plugin import SERVER_CONFIG
-from enclave_build.builder.server_trust import (TRUST_COLLATERAL, TRUST_ROOT, RelaxedServerTcbWarning,
-                                  SyntheticServerRootWarning)
+from enclave_build.builder.server_trust import (
+    TRUST_COLLATERAL,
+    TRUST_ROOT,
+    RelaxedServerTcbWarning,
+    SyntheticServerRootWarning,
+)
 from enclave_build.builder.spec import SpecError
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.model_server.config import ConfigError, ServerTrustConfig, parse_config
 from enclave_build.model_server.server_attest import ServerRefused, ServerVerifier
+from enclave_build.plugin import SERVER_CONFIG
 
 from .conftest import tflite_bytes
 
@@ -46,11 +49,18 @@ def pki(tmp_path_factory) -> tuple[SyntheticPKI, Path]:
     return made, directory
 
 
-def _measurements(path: Path, *, framework="secret-server", debug=False, mr_enclave=SERVER_ENCLAVE,
-                  svn=2) -> Path:
-    path.write_text(Measurements("keys", framework, "gramine",
-                                 EnclaveIdentity(mr_enclave, SIGNER, 5, svn, debug),
-                                 ImageRef("keys:1", None)).to_json())
+def _measurements(
+    path: Path, *, framework="secret-server", debug=False, mr_enclave=SERVER_ENCLAVE, svn=2
+) -> Path:
+    path.write_text(
+        Measurements(
+            "keys",
+            framework,
+            "gramine",
+            EnclaveIdentity(mr_enclave, SIGNER, 5, svn, debug),
+            ImageRef("keys:1", None),
+        ).to_json()
+    )
     return path
 
 
@@ -87,9 +97,11 @@ key = "key.pem"
 
 def _trust(tmp_path: Path, pki_dir: Path, **extra: str) -> str:
     _measurements(tmp_path / "server.json")
-    lines = {"server_measurements": '["server.json"]',
-             "server_root_ca": f'"{pki_dir / "root.pem"}"',
-             "server_collateral": f'"{pki_dir / "collateral.json"}"'}
+    lines = {
+        "server_measurements": '["server.json"]',
+        "server_root_ca": f'"{pki_dir / "root.pem"}"',
+        "server_collateral": f'"{pki_dir / "collateral.json"}"',
+    }
     lines.update(extra)
     return "".join(f"{k} = {v}\n" for k, v in lines.items() if v is not None)
 
@@ -106,9 +118,11 @@ def _errors(spec: Path) -> list[str]:
 def test_ca_and_server_measurements_are_exclusive(tmp_path, pki):
     (tmp_path / "ca.pem").write_bytes(pki[0].root_pem)
     spec = _spec(tmp_path, 'ca = "ca.pem"\n' + _trust(tmp_path, pki[1]))
-    assert _errors(spec) == [f"{spec}:18: secrets.server_measurements: give either ca (the "
-                             "secret server has a CA-signed certificate) or server_measurements "
-                             "(it is an attested enclave with an RA-TLS certificate), not both"]
+    assert _errors(spec) == [
+        f"{spec}:18: secrets.server_measurements: give either ca (the "
+        "secret server has a CA-signed certificate) or server_measurements "
+        "(it is an attested enclave with an RA-TLS certificate), not both"
+    ]
 
 
 def test_neither_ca_nor_server_measurements(tmp_path):
@@ -116,41 +130,68 @@ def test_neither_ca_nor_server_measurements(tmp_path):
     assert any("secrets.ca: required with secrets.server" in e for e in _errors(spec))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"framework": "tflite"}, "is not a secret server; name the measurements.json of a "
-                              "framework = \"secret-server\" build"),
-    ({"debug": True}, "is a DEBUG enclave"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"framework": "tflite"},
+            "is not a secret server; name the measurements.json of a "
+            'framework = "secret-server" build',
+        ),
+        ({"debug": True}, "is a DEBUG enclave"),
+    ],
+)
 def test_server_measurements_must_be_a_non_debug_secret_server(tmp_path, pki, kwargs, message):
     spec = _spec(tmp_path, _trust(tmp_path, pki[1]))
     _measurements(tmp_path / "server.json", **kwargs)
     errors = _errors(spec)
     assert len(errors) == 1 and errors[0].startswith(
-        f"{spec}:17: secrets.server_measurements[0]: {tmp_path / 'server.json'}: "), errors
+        f"{spec}:17: secrets.server_measurements[0]: {tmp_path / 'server.json'}: "
+    ), errors
     assert message in errors[0]
 
 
 def test_missing_measurements_file(tmp_path, pki):
     spec = _spec(tmp_path, _trust(tmp_path, pki[1], server_measurements='["nope.json"]'))
     (error,) = _errors(spec)
-    assert error.startswith(f"{spec}:17: secrets.server_measurements[0]: "
-                            f"{tmp_path / 'nope.json'}: not a usable measurements.json")
+    assert error.startswith(
+        f"{spec}:17: secrets.server_measurements[0]: "
+        f"{tmp_path / 'nope.json'}: not a usable measurements.json"
+    )
 
 
-@pytest.mark.parametrize("extra, key, message", [
-    ({"server_collateral": None}, "secrets.server_collateral",
-     "give exactly one of server_collateral (a file, measured) and server_pccs_url"),
-    ({"server_pccs_url": '"https://pccs.example:8081/sgx/certification/v4/"'},
-     "secrets.server_collateral", "give exactly one of server_collateral"),
-    ({"server_pccs_url": '"pccs.example"', "server_collateral": None},
-     "secrets.server_pccs_url", "'pccs.example' is not allowed; allowed: an http(s) URL"),
-    ({"server_pin": '"mr_sign"'}, "secrets.server_pin",
-     "'mr_sign' is not allowed; did you mean 'mr_signer'? allowed: mr_enclave, mr_signer"),
-    ({"server_root_ca": '"missing.pem"'}, "secrets.server_root_ca", "cannot read"),
-    ({"server_root_ca": '"server.json"'}, "secrets.server_root_ca", "not a PEM certificate"),
-    ({"server_allowed_tcb_statuses": '["UpToDate", "Fine"]'},
-     "secrets.server_allowed_tcb_statuses[1]", "'Fine'; allowed: UpToDate, SWHardeningNeeded"),
-])
+@pytest.mark.parametrize(
+    "extra, key, message",
+    [
+        (
+            {"server_collateral": None},
+            "secrets.server_collateral",
+            "give exactly one of server_collateral (a file, measured) and server_pccs_url",
+        ),
+        (
+            {"server_pccs_url": '"https://pccs.example:8081/sgx/certification/v4/"'},
+            "secrets.server_collateral",
+            "give exactly one of server_collateral",
+        ),
+        (
+            {"server_pccs_url": '"pccs.example"', "server_collateral": None},
+            "secrets.server_pccs_url",
+            "'pccs.example' is not allowed; allowed: an http(s) URL",
+        ),
+        (
+            {"server_pin": '"mr_sign"'},
+            "secrets.server_pin",
+            "'mr_sign' is not allowed; did you mean 'mr_signer'? allowed: mr_enclave, mr_signer",
+        ),
+        ({"server_root_ca": '"missing.pem"'}, "secrets.server_root_ca", "cannot read"),
+        ({"server_root_ca": '"server.json"'}, "secrets.server_root_ca", "not a PEM certificate"),
+        (
+            {"server_allowed_tcb_statuses": '["UpToDate", "Fine"]'},
+            "secrets.server_allowed_tcb_statuses[1]",
+            "'Fine'; allowed: UpToDate, SWHardeningNeeded",
+        ),
+    ],
+)
 def test_server_trust_key_errors(tmp_path, pki, extra, key, message):
     spec = _spec(tmp_path, _trust(tmp_path, pki[1], **extra))
     errors = _errors(spec)
@@ -161,17 +202,22 @@ def test_server_trust_key_errors(tmp_path, pki, extra, key, message):
 def test_server_keys_only_with_server_measurements(tmp_path, pki):
     (tmp_path / "ca.pem").write_bytes(pki[0].root_pem)
     spec = _spec(tmp_path, 'ca = "ca.pem"\nserver_pin = "mr_signer"\n')
-    assert _errors(spec) == [f"{spec}:18: secrets.server_pin: only with "
-                             "secrets.server_measurements (an attested secret server)"]
+    assert _errors(spec) == [
+        f"{spec}:18: secrets.server_pin: only with "
+        "secrets.server_measurements (an attested secret server)"
+    ]
 
 
 def test_occlum_uses_its_own_server_measurements(tmp_path, pki):
     spec = _spec(tmp_path, _trust(tmp_path, pki[1]))
-    spec.write_text(spec.read_text().replace('framework = "tflite"',
-                                             'framework = "tflite"\nlibos = "occlum"'))
-    assert any("secrets.server_measurements: on Occlum the libOS's init fetches the keys and "
-               "verifies the server itself: use [occlum] server_measurements" in e
-               for e in _errors(spec))
+    spec.write_text(
+        spec.read_text().replace('framework = "tflite"', 'framework = "tflite"\nlibos = "occlum"')
+    )
+    assert any(
+        "secrets.server_measurements: on Occlum the libOS's init fetches the keys and "
+        "verifies the server itself: use [occlum] server_measurements" in e
+        for e in _errors(spec)
+    )
 
 
 def test_constructor_frameworks_are_refused(tmp_path, pki):
@@ -180,8 +226,11 @@ def test_constructor_frameworks_are_refused(tmp_path, pki):
     (tmp_path / "model.tflite").mkdir()
     (tmp_path / "model.tflite" / "saved_model.pb").write_bytes(b"\x08\x01")
     loaded, registry = load(spec)
-    with pytest.raises(SpecError, match=r"secrets.server_measurements: framework 'tfserving' "
-                                        r"gets its keys from Gramine's provisioning constructor"):
+    with pytest.raises(
+        SpecError,
+        match=r"secrets.server_measurements: framework 'tfserving' "
+        r"gets its keys from Gramine's provisioning constructor",
+    ):
         make_plan(loaded, registry)
 
 
@@ -199,7 +248,7 @@ def _plan_config(spec: Path):
 
 def test_plan_ships_the_expected_identity_and_trusted_inputs(tmp_path, pki):
     spec = _spec(tmp_path, _trust(tmp_path, pki[1], server_pin='"mr_signer"'))
-    _measurements(tmp_path / "later.json", mr_enclave="d4" * 32)   # same signer, later build
+    _measurements(tmp_path / "later.json", mr_enclave="d4" * 32)  # same signer, later build
     spec.write_text(spec.read_text().replace('["server.json"]', '["server.json", "later.json"]'))
     plan, config, caught = _plan_config(spec)
     keys = config["keys"]
@@ -207,8 +256,11 @@ def test_plan_ships_the_expected_identity_and_trusted_inputs(tmp_path, pki):
     assert keys["server_identity"] == {
         "pin": "mr_signer",
         "builds": [{"mr_signer": SIGNER, "isv_prod_id": 5, "isv_svn": 2, "debug": False}],
-        "root_ca": TRUST_ROOT, "collateral": TRUST_COLLATERAL, "pccs_url": None,
-        "allowed_tcb_statuses": ["UpToDate"]}
+        "root_ca": TRUST_ROOT,
+        "collateral": TRUST_COLLATERAL,
+        "pccs_url": None,
+        "allowed_tcb_statuses": ["UpToDate"],
+    }
     trusted = {f.dest: f.source for f in plan.files if f.kind.name == "TRUSTED"}
     assert trusted[TRUST_ROOT] == pki[1] / "root.pem"
     assert trusted[TRUST_COLLATERAL] == pki[1] / "collateral.json"
@@ -217,15 +269,29 @@ def test_plan_ships_the_expected_identity_and_trusted_inputs(tmp_path, pki):
     assert [w for w in caught if issubclass(w.category, SyntheticServerRootWarning)]
     # Parsed by the model server as it will be inside the enclave.
     parsed = parse_config(config).keys.server_identity
-    assert parsed == ServerTrustConfig("mr_signer", (EnclaveIdentity(None, SIGNER, 5, 2),), TRUST_ROOT,
-                                       TRUST_COLLATERAL, None, ("UpToDate",))
+    assert parsed == ServerTrustConfig(
+        "mr_signer",
+        (EnclaveIdentity(None, SIGNER, 5, 2),),
+        TRUST_ROOT,
+        TRUST_COLLATERAL,
+        None,
+        ("UpToDate",),
+    )
 
 
 def test_mr_enclave_pin_with_intel_root_and_pccs(tmp_path, pki):
     url = "https://pccs.example:8081/sgx/certification/v4/"
-    spec = _spec(tmp_path, _trust(tmp_path, pki[1], server_root_ca=None, server_collateral=None,
-                                  server_pccs_url=f'"{url}"',
-                                  server_allowed_tcb_statuses='["UpToDate", "SWHardeningNeeded"]'))
+    spec = _spec(
+        tmp_path,
+        _trust(
+            tmp_path,
+            pki[1],
+            server_root_ca=None,
+            server_collateral=None,
+            server_pccs_url=f'"{url}"',
+            server_allowed_tcb_statuses='["UpToDate", "SWHardeningNeeded"]',
+        ),
+    )
     plan, config, caught = _plan_config(spec)
     identity = config["keys"]["server_identity"]
     assert identity["pin"] == "mr_enclave" and identity["root_ca"] == "intel"
@@ -248,37 +314,69 @@ def test_ca_mode_is_unchanged(tmp_path, pki):
 
 # --------------------------------------------------------------------------- config parser
 
+
 def _keys_config(identity: dict) -> dict:
-    return {"version": 1, "models": [], "keys": {"server": "h:1", "names": ["k"],
-                                                 "server_identity": identity}}
+    return {
+        "version": 1,
+        "models": [],
+        "keys": {"server": "h:1", "names": ["k"], "server_identity": identity},
+    }
 
 
-GOOD_IDENTITY = {"pin": "mr_signer", "builds": [{"mr_signer": SIGNER, "isv_prod_id": 1,
-                                                  "isv_svn": 0, "debug": False}],
-                 "root_ca": "intel", "collateral": None, "pccs_url": "https://pccs:8081/",
-                 "allowed_tcb_statuses": ["UpToDate"]}
+GOOD_IDENTITY = {
+    "pin": "mr_signer",
+    "builds": [{"mr_signer": SIGNER, "isv_prod_id": 1, "isv_svn": 0, "debug": False}],
+    "root_ca": "intel",
+    "collateral": None,
+    "pccs_url": "https://pccs:8081/",
+    "allowed_tcb_statuses": ["UpToDate"],
+}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"pin": "any"}, "server_identity.pin: 'any'"),
-    ({"builds": []}, "server_identity.builds: expected a non-empty array"),
-    ({"builds": [{"mr_signer": SIGNER, "isv_prod_id": 1, "isv_svn": 0,
-                  "mr_enclave": SERVER_ENCLAVE}]}, 'mr_enclave: not with pin "mr_signer"'),
-    ({"pin": "mr_enclave"}, "mr_enclave: expected 64 lower-case hex digits"),
-    ({"builds": [{"mr_signer": SIGNER, "isv_prod_id": 1, "isv_svn": 0, "debug": True}]},
-     "debug: must be false"),
-    ({"builds": [{"mr_signer": "x", "isv_prod_id": 1, "isv_svn": 0}]},
-     "builds[0].mr_signer: 'x' is not allowed; allowed: 64 lower-case hex digits"),
-    ({"builds": [{"mr_signer": SIGNER, "isv_prod_id": 70000, "isv_svn": 0}]},
-     "isv_prod_id: 70000 is out of range; allowed: 0 to 65535"),
-    ({"collateral": "/c.json"}, "give exactly one of collateral and pccs_url"),
-    ({"root_ca": "root.pem"}, "root_ca: 'root.pem' is not allowed; allowed: \"intel\" or the "
-                              "absolute image path"),
-    ({"allowed_tcb_statuses": ["Good"]}, "allowed_tcb_statuses[0]: 'Good' is not allowed; "
-                                         "allowed: UpToDate, "),
-    ({"allowed_tcb_statuses": []}, "allowed_tcb_statuses: expected a non-empty array"),
-    ({"extra": 1}, "server_identity.extra: unknown key"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"pin": "any"}, "server_identity.pin: 'any'"),
+        ({"builds": []}, "server_identity.builds: expected a non-empty array"),
+        (
+            {
+                "builds": [
+                    {
+                        "mr_signer": SIGNER,
+                        "isv_prod_id": 1,
+                        "isv_svn": 0,
+                        "mr_enclave": SERVER_ENCLAVE,
+                    }
+                ]
+            },
+            'mr_enclave: not with pin "mr_signer"',
+        ),
+        ({"pin": "mr_enclave"}, "mr_enclave: expected 64 lower-case hex digits"),
+        (
+            {"builds": [{"mr_signer": SIGNER, "isv_prod_id": 1, "isv_svn": 0, "debug": True}]},
+            "debug: must be false",
+        ),
+        (
+            {"builds": [{"mr_signer": "x", "isv_prod_id": 1, "isv_svn": 0}]},
+            "builds[0].mr_signer: 'x' is not allowed; allowed: 64 lower-case hex digits",
+        ),
+        (
+            {"builds": [{"mr_signer": SIGNER, "isv_prod_id": 70000, "isv_svn": 0}]},
+            "isv_prod_id: 70000 is out of range; allowed: 0 to 65535",
+        ),
+        ({"collateral": "/c.json"}, "give exactly one of collateral and pccs_url"),
+        (
+            {"root_ca": "root.pem"},
+            "root_ca: 'root.pem' is not allowed; allowed: \"intel\" or the absolute image path",
+        ),
+        (
+            {"allowed_tcb_statuses": ["Good"]},
+            "allowed_tcb_statuses[0]: 'Good' is not allowed; allowed: UpToDate, ",
+        ),
+        ({"allowed_tcb_statuses": []}, "allowed_tcb_statuses: expected a non-empty array"),
+        ({"extra": 1}, "server_identity.extra: unknown key"),
+    ],
+)
 def test_config_refuses_bad_server_identity(change, message):
     with pytest.raises(ConfigError, match=None) as info:
         parse_config(_keys_config({**GOOD_IDENTITY, **change}))
@@ -295,18 +393,33 @@ def test_config_refuses_ca_next_to_server_identity():
 # --------------------------------------------------------------------------- verifier
 
 
-def _server_cert(pki: SyntheticPKI, *, mr_enclave=SERVER_ENCLAVE, signer=SIGNER, prod=5,
-                 svn=2) -> bytes:
-    pem, _ = server_certificate("dice", lambda rd: pki.quote(
-        bytes.fromhex(mr_enclave), bytes.fromhex(signer), rd, prod, svn))
+def _server_cert(
+    pki: SyntheticPKI, *, mr_enclave=SERVER_ENCLAVE, signer=SIGNER, prod=5, svn=2
+) -> bytes:
+    pem, _ = server_certificate(
+        "dice",
+        lambda rd: pki.quote(bytes.fromhex(mr_enclave), bytes.fromhex(signer), rd, prod, svn),
+    )
     return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
 
 
-def _verifier(pki_dir: Path, pin: str, builds: tuple[EnclaveIdentity, ...], root=True,
-              root_pem: Path | None = None) -> ServerVerifier:
-    return ServerVerifier(ServerTrustConfig(
-        pin, builds, str(root_pem or pki_dir / "root.pem") if root else None,
-        str(pki_dir / "collateral.json"), None, ("UpToDate",)))
+def _verifier(
+    pki_dir: Path,
+    pin: str,
+    builds: tuple[EnclaveIdentity, ...],
+    root=True,
+    root_pem: Path | None = None,
+) -> ServerVerifier:
+    return ServerVerifier(
+        ServerTrustConfig(
+            pin,
+            builds,
+            str(root_pem or pki_dir / "root.pem") if root else None,
+            str(pki_dir / "collateral.json"),
+            None,
+            ("UpToDate",),
+        )
+    )
 
 
 def test_verifier_signer_pin_accepts_later_builds_and_refuses_rollback(pki):
@@ -318,15 +431,15 @@ def test_verifier_signer_pin_accepts_later_builds_and_refuses_rollback(pki):
         verifier.check(_server_cert(made, svn=1), "s:1")
     with pytest.raises(ServerRefused, match="isv_prod_id expected 5, server has 6"):
         verifier.check(_server_cert(made, prod=6), "s:1")
-    with pytest.raises(ServerRefused, match=f"mr_signer expected {SIGNER}, server has "
-                                            f"{'6b' * 32}"):
+    with pytest.raises(ServerRefused, match=f"mr_signer expected {SIGNER}, server has {'6b' * 32}"):
         verifier.check(_server_cert(made, signer="6b" * 32), "s:1")
 
 
 def test_verifier_enclave_pin_names_every_differing_field(pki):
     made, directory = pki
-    verifier = _verifier(directory, "mr_enclave",
-                         (EnclaveIdentity(SERVER_ENCLAVE, SIGNER, 5, 2, False),))
+    verifier = _verifier(
+        directory, "mr_enclave", (EnclaveIdentity(SERVER_ENCLAVE, SIGNER, 5, 2, False),)
+    )
     assert verifier.check(_server_cert(made), "s:1").mr_enclave == SERVER_ENCLAVE
     with pytest.raises(ServerRefused) as info:
         verifier.check(_server_cert(made, mr_enclave="e5" * 32, svn=3), "s:1")
@@ -352,40 +465,61 @@ def test_verifier_with_intel_root_refuses_synthetic_quotes(pki):
 def test_verifier_refuses_an_ordinary_certificate(pki):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keys.example.com")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     verifier = _verifier(pki[1], "mr_signer", (EnclaveIdentity(None, SIGNER, 5, 2),))
     with pytest.raises(ServerRefused, match="not a secret server running in an enclave"):
         verifier.check(cert.public_bytes(serialization.Encoding.DER), "s:1")
 
 
-@pytest.mark.integration   # a local HTTP server / a subprocess
+@pytest.mark.integration  # a local HTTP server / a subprocess
 def test_verifier_fetches_collateral_from_a_pccs_once(pccs, tmp_path):
     """The in-enclave PCCS path (attestation.collateral's client, a private cache)."""
     url, made, hits = pccs
-    (tmp_path / "root.pem").write_bytes(made.root_pem)   # the stand-in PCCS's synthetic PKI
-    verifier = ServerVerifier(ServerTrustConfig("mr_signer", (EnclaveIdentity(None, SIGNER, 5, 2),),
-                                                str(tmp_path / "root.pem"), None, url,
-                                                ("UpToDate",)))
+    (tmp_path / "root.pem").write_bytes(made.root_pem)  # the stand-in PCCS's synthetic PKI
+    verifier = ServerVerifier(
+        ServerTrustConfig(
+            "mr_signer",
+            (EnclaveIdentity(None, SIGNER, 5, 2),),
+            str(tmp_path / "root.pem"),
+            None,
+            url,
+            ("UpToDate",),
+        )
+    )
     assert verifier.check(_server_cert(made), "s:1").mr_signer == SIGNER
     fetched = len(hits)
     assert fetched >= 4
     verifier.check(_server_cert(made, mr_enclave="e5" * 32), "s:1")
-    assert len(hits) == fetched      # one fetch per process
+    assert len(hits) == fetched  # one fetch per process
 
 
-@pytest.mark.integration   # a local HTTP server / a subprocess
+@pytest.mark.integration  # a local HTTP server / a subprocess
 def test_verifier_modules_import_no_builder_and_no_pyopenssl():
     """What the model server imports to verify a server runs in the image: no builder, no
     pyOpenSSL (dcap-qvl and cryptography come from the base)."""
-    code = ("import sys, enclave_build.model_server.keys, enclave_build.model_server.server_attest, "
-            "enclave_build.attestation.collateral, enclave_build.attestation.verify, "
-            "enclave_build.attestation.ratls; print(sorted({m for m in sys.modules "
-            "if m.startswith('enclave_build.builder') or m.split('.')[0] == 'OpenSSL'}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).parent.parent)
+    code = (
+        "import sys, enclave_build.model_server.keys, enclave_build.model_server.server_attest, "
+        "enclave_build.attestation.collateral, enclave_build.attestation.verify, "
+        "enclave_build.attestation.ratls; print(sorted({m for m in sys.modules "
+        "if m.startswith('enclave_build.builder') or m.split('.')[0] == 'OpenSSL'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -398,21 +532,33 @@ def test_signer_pin_refuses_a_server_with_the_models_own_signer_and_product_id(t
     key = serialization.load_pem_private_key((tmp_path / "key.pem").read_bytes(), None)
     own = hashlib.sha256(key.public_key().public_numbers().n.to_bytes(384, "little")).hexdigest()
     spec = _spec(tmp_path, _trust(tmp_path, pki[1], server_pin='"mr_signer"'))
-    (tmp_path / "server.json").write_text(Measurements(
-        "keys", "secret-server", "gramine", EnclaveIdentity(SERVER_ENCLAVE, own, 5, 0, False),
-        ImageRef(None, None)).to_json())
+    (tmp_path / "server.json").write_text(
+        Measurements(
+            "keys",
+            "secret-server",
+            "gramine",
+            EnclaveIdentity(SERVER_ENCLAVE, own, 5, 0, False),
+            ImageRef(None, None),
+        ).to_json()
+    )
     loaded, registry = load(spec)
-    plan_ok = make_plan(loaded, registry)          # product ids differ (model 0, server 5)
+    plan_ok = make_plan(loaded, registry)  # product ids differ (model 0, server 5)
     assert plan_ok.secrets.server_trust.identities[0].mr_signer == own
-    spec.write_text(spec.read_text().replace("max_threads = 16", "max_threads = 16\n"
-                                                                  "isv_prod_id = 5"))
+    spec.write_text(
+        spec.read_text().replace("max_threads = 16", "max_threads = 16\nisv_prod_id = 5")
+    )
     loaded, registry = load(spec)
-    with pytest.raises(SpecError, match=r"secrets.server_measurements\[0\]: that secret server "
-                                        r"has this enclave's own MRSIGNER and isv_prod_id \(5\)"):
+    with pytest.raises(
+        SpecError,
+        match=r"secrets.server_measurements\[0\]: that secret server "
+        r"has this enclave's own MRSIGNER and isv_prod_id \(5\)",
+    ):
         make_plan(loaded, registry)
 
 
 def test_a_string_instead_of_an_array_is_one_error(tmp_path, pki):
     spec = _spec(tmp_path, _trust(tmp_path, pki[1], server_measurements='"server.json"'))
-    assert _errors(spec) == [f"{spec}:17: secrets.server_measurements: expected an array of "
-                             "strings, got string 'server.json'"]
+    assert _errors(spec) == [
+        f"{spec}:17: secrets.server_measurements: expected an array of "
+        "strings, got string 'server.json'"
+    ]

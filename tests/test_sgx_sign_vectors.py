@@ -27,15 +27,28 @@ def _meta(vectors, case):
 def test_cli_sign_matches_gramine_byte_for_byte(sign_vectors, tmp_path, case):
     meta = _meta(sign_vectors, case)
     out = tmp_path / f"{case}.sig"
-    proc = run_cli("gramine", "sign", "--manifest", str(sign_vectors / f"{case}.manifest.sgx"),
-                   "--libpal", str(sign_vectors / meta["libpal"]),
-                   "--offsets", str(sign_vectors / "_graminelibos_offsets.py"),
-                   "--key", str(sign_vectors / "test-enclave-key.pem"),
-                   "--date", meta["date"], "--sigfile", str(out), "--json")
+    proc = run_cli(
+        "gramine",
+        "sign",
+        "--manifest",
+        str(sign_vectors / f"{case}.manifest.sgx"),
+        "--libpal",
+        str(sign_vectors / meta["libpal"]),
+        "--offsets",
+        str(sign_vectors / "_graminelibos_offsets.py"),
+        "--key",
+        str(sign_vectors / "test-enclave-key.pem"),
+        "--date",
+        meta["date"],
+        "--sigfile",
+        str(out),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert out.read_bytes() == (sign_vectors / f"{case}.sig").read_bytes()
-    assert json.loads(proc.stdout) == {k: meta[k] for k in
-                                       ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn")}
+    assert json.loads(proc.stdout) == {
+        k: meta[k] for k in ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn")
+    }
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -90,17 +103,30 @@ def test_other_libpal_changes_mrenclave(sign_vectors):
 
 def test_manifest_without_hashes_is_refused(sign_vectors, tmp_path):
     text = (sign_vectors / "s1.manifest.sgx").read_text()
-    text = text.replace('sha256 = "762f891243fbf4ac23698261a10e9f49a0226bed54c2a985e90e2f5df35c835c"\n', "")
+    text = text.replace(
+        'sha256 = "762f891243fbf4ac23698261a10e9f49a0226bed54c2a985e90e2f5df35c835c"\n', ""
+    )
     path = tmp_path / "app.manifest.sgx"
     path.write_text(text)
-    proc = run_cli("gramine", "sign", "--manifest", str(path),
-                   "--libpal", str(sign_vectors / "fakepal_a.so"),
-                   "--offsets", str(sign_vectors / "_graminelibos_offsets.py"),
-                   "--key", str(sign_vectors / "test-enclave-key.pem"),
-                   "--sigfile", str(tmp_path / "out.sig"))
+    proc = run_cli(
+        "gramine",
+        "sign",
+        "--manifest",
+        str(path),
+        "--libpal",
+        str(sign_vectors / "fakepal_a.so"),
+        "--offsets",
+        str(sign_vectors / "_graminelibos_offsets.py"),
+        "--key",
+        str(sign_vectors / "test-enclave-key.pem"),
+        "--sigfile",
+        str(tmp_path / "out.sig"),
+    )
     assert proc.returncode == 1
-    assert (f"error: {path}: sgx.trusted_files[0] ('file:app.bin') has no sha256: the manifest is "
-            "not final").encode() in proc.stderr
+    assert (
+        f"error: {path}: sgx.trusted_files[0] ('file:app.bin') has no sha256: the manifest is "
+        "not final"
+    ).encode() in proc.stderr
     assert not (tmp_path / "out.sig").exists()
 
 
@@ -112,9 +138,13 @@ def test_string_loader_entrypoint_is_refused(sign_vectors):
     text = text.replace("[libos]", '[loader]\nentrypoint = "file:libsysdb.so"\n\n[libos]')
     offs = Offsets.load(sign_vectors / "_graminelibos_offsets.py")
     with pytest.raises(ManifestNotFinalError, match="must be a table"):
-        sign_manifest(text.encode(), PalImage.load(sign_vectors / "fakepal_a.so"), offs,
-                      PemSigner.from_file(sign_vectors / "test-enclave-key.pem"),
-                      SigDate(0, 0, 0))
+        sign_manifest(
+            text.encode(),
+            PalImage.load(sign_vectors / "fakepal_a.so"),
+            offs,
+            PemSigner.from_file(sign_vectors / "test-enclave-key.pem"),
+            SigDate(0, 0, 0),
+        )
 
 
 @pytest.mark.integration
@@ -123,31 +153,79 @@ def test_two_step_external_signing_with_openssl_matches_gramine(sign_vectors, tm
     """Step one writes the bytes to sign; openssl (standing in for an HSM) signs them with the
     private key the build never sees; step two assembles a SIGSTRUCT identical to Gramine's."""
     meta = _meta(sign_vectors, "s2")
-    common = ["gramine", "sign", "--manifest", str(sign_vectors / "s2.manifest.sgx"),
-              "--libpal", str(sign_vectors / meta["libpal"]),
-              "--offsets", str(sign_vectors / "_graminelibos_offsets.py"), "--date", meta["date"]]
+    common = [
+        "gramine",
+        "sign",
+        "--manifest",
+        str(sign_vectors / "s2.manifest.sgx"),
+        "--libpal",
+        str(sign_vectors / meta["libpal"]),
+        "--offsets",
+        str(sign_vectors / "_graminelibos_offsets.py"),
+        "--date",
+        meta["date"],
+    ]
     tbs = tmp_path / "sigstruct.tbs"
     step1 = run_cli(*common, "--tbs-out", str(tbs))
     assert step1.returncode == 0, step1.stderr.decode()
     assert tbs.stat().st_size == 256
     key = sign_vectors / "test-enclave-key.pem"
-    subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key), "-out",
-                    str(tmp_path / "sig.bin"), str(tbs)], check=True)
-    subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out",
-                    str(tmp_path / "pub.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "dgst",
+            "-sha256",
+            "-sign",
+            str(key),
+            "-out",
+            str(tmp_path / "sig.bin"),
+            str(tbs),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(tmp_path / "pub.pem")],
+        check=True,
+        capture_output=True,
+    )
     out = tmp_path / "s2.sig"
-    step2 = run_cli(*common, "--public-key", str(tmp_path / "pub.pem"), "--signature",
-                    str(tmp_path / "sig.bin"), "--sigfile", str(out))
+    step2 = run_cli(
+        *common,
+        "--public-key",
+        str(tmp_path / "pub.pem"),
+        "--signature",
+        str(tmp_path / "sig.bin"),
+        "--sigfile",
+        str(out),
+    )
     assert step2.returncode == 0, step2.stderr.decode()
     assert out.read_bytes() == (sign_vectors / "s2.sig").read_bytes()
 
     # A signature over other bytes is refused, and nothing is written.
     (tmp_path / "other.tbs").write_bytes(b"x" * 256)
-    subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key), "-out",
-                    str(tmp_path / "bad.bin"), str(tmp_path / "other.tbs")], check=True)
+    subprocess.run(
+        [
+            "openssl",
+            "dgst",
+            "-sha256",
+            "-sign",
+            str(key),
+            "-out",
+            str(tmp_path / "bad.bin"),
+            str(tmp_path / "other.tbs"),
+        ],
+        check=True,
+    )
     bad_out = tmp_path / "bad.sig"
-    step2b = run_cli(*common, "--public-key", str(tmp_path / "pub.pem"), "--signature",
-                     str(tmp_path / "bad.bin"), "--sigfile", str(bad_out))
+    step2b = run_cli(
+        *common,
+        "--public-key",
+        str(tmp_path / "pub.pem"),
+        "--signature",
+        str(tmp_path / "bad.bin"),
+        "--sigfile",
+        str(bad_out),
+    )
     assert step2b.returncode == 1
     assert b"the signature does not match the data to sign" in step2b.stderr
     assert not bad_out.exists()

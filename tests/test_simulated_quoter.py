@@ -15,8 +15,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from enclave_build.attestation.measurements import ImageRef, Measurements
-from enclave_build.attestation.simulated_quoter import (QuoterError, SimulatedQuoter, WARNING,
-                                          request_quote)
+from enclave_build.attestation.simulated_quoter import (
+    WARNING,
+    QuoterError,
+    SimulatedQuoter,
+    request_quote,
+)
 from enclave_build.attestation.synthetic import PKIError, SyntheticPKI
 from enclave_build.attestation.verify import QuoteRejected, verify_quote
 from enclave_build.contract.identity import EnclaveIdentity
@@ -25,10 +29,15 @@ from .conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
-MEASURED = Measurements("face", "tflite", "gramine",
-                        EnclaveIdentity(hashlib.sha256(b"me").hexdigest(),
-                                        hashlib.sha256(b"ms").hexdigest(), 3, 7, False),
-                        ImageRef(None, None))
+MEASURED = Measurements(
+    "face",
+    "tflite",
+    "gramine",
+    EnclaveIdentity(
+        hashlib.sha256(b"me").hexdigest(), hashlib.sha256(b"ms").hexdigest(), 3, 7, False
+    ),
+    ImageRef(None, None),
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +74,16 @@ def test_quote_is_for_the_measured_identity_and_the_given_report_data(pki, quote
     report_data = os.urandom(64)
     quote = request_quote(quoter.env_value, report_data)
     verified = verify_quote(quote, pki.collateral_json(), root_ca_der=pki.root_der)
-    assert (verified.mr_enclave, verified.mr_signer, verified.isv_prod_id, verified.isv_svn,
-            verified.debug) == (MEASURED.mr_enclave, MEASURED.mr_signer, 3, 7, False)
+    assert (
+        verified.mr_enclave,
+        verified.mr_signer,
+        verified.isv_prod_id,
+        verified.isv_svn,
+        verified.debug,
+    ) == (MEASURED.mr_enclave, MEASURED.mr_signer, 3, 7, False)
     assert verified.report_data == report_data
     _wait_for(lambda: quoter.served == 1)
-    with pytest.raises(QuoteRejected):   # nothing that trusts another root accepts it
+    with pytest.raises(QuoteRejected):  # nothing that trusts another root accepts it
         verify_quote(quote, pki.collateral_json(), root_ca_der=SyntheticPKI().root_der)
 
 
@@ -90,7 +104,7 @@ def test_short_read_gets_no_answer(quoter):
         assert _closed_without_answer(sock)
     _wait_for(lambda: quoter.rejected == 1)
     assert quoter.served == 0
-    request_quote(quoter.env_value, bytes(64))   # still serving
+    request_quote(quoter.env_value, bytes(64))  # still serving
 
 
 def test_too_many_bytes_get_no_answer(quoter):
@@ -103,7 +117,7 @@ def test_too_many_bytes_get_no_answer(quoter):
 
 def test_silent_client_is_cut_off_at_the_deadline(quoter):
     with socket.create_connection(quoter.address) as sock:
-        assert _closed_without_answer(sock)   # the quoter's 2 s deadline, not ours (10 s)
+        assert _closed_without_answer(sock)  # the quoter's 2 s deadline, not ours (10 s)
     _wait_for(lambda: quoter.rejected == 1)
 
 
@@ -141,7 +155,7 @@ def test_stop_is_clean(pki):
 def test_warns_that_it_is_not_an_enclave(pki, capsys, tmp_path):
     path = tmp_path / "measurements.json"
     path.write_text(MEASURED.to_json())
-    with SimulatedQuoter(pki, path) as q:       # a measurements.json path works too
+    with SimulatedQuoter(pki, path) as q:  # a measurements.json path works too
         assert q.address[0] == "127.0.0.1"
     err = capsys.readouterr().err
     assert WARNING in err and "NOT an enclave" in err and MEASURED.mr_enclave in err
@@ -168,12 +182,14 @@ def test_pki_save_and_load_round_trip(tmp_path):
     loaded = SyntheticPKI.load(tmp_path / "pki")
     assert loaded.root_pem == pki.root_pem and loaded.not_after == pki.not_after
     # A quote of the loaded PKI verifies with the files as a secret server reads them.
-    root_der = x509.load_pem_x509_certificate((tmp_path / "pki/root.pem").read_bytes()) \
-        .public_bytes(serialization.Encoding.DER)
+    root_der = x509.load_pem_x509_certificate(
+        (tmp_path / "pki/root.pem").read_bytes()
+    ).public_bytes(serialization.Encoding.DER)
     with SimulatedQuoter(loaded, MEASURED, warn=False) as q:
         quote = request_quote(q.env_value, bytes(range(64)))
-    verified = verify_quote(quote, (tmp_path / "pki/collateral.json").read_text(),
-                            root_ca_der=root_der)
+    verified = verify_quote(
+        quote, (tmp_path / "pki/collateral.json").read_text(), root_ca_der=root_der
+    )
     assert verified.mr_enclave == MEASURED.mr_enclave
 
 

@@ -24,18 +24,20 @@ def test_the_two_sides_name_the_same_variable():
 
 
 @pytest.mark.parametrize("simulated", [True, False])
-def test_wildcards_become_loopback_only_in_a_plain_process_simulation(tmp_path, monkeypatch,
-                                                                      simulated):
+def test_wildcards_become_loopback_only_in_a_plain_process_simulation(
+    tmp_path, monkeypatch, simulated
+):
     monkeypatch.setenv(server_config.LISTEN_ENV, "127.0.0.1")
     if simulated:
         monkeypatch.setenv(server_config.ROOT_ENV, "/")
     else:
         monkeypatch.delenv(server_config.ROOT_ENV, raising=False)
-    path = _config(tmp_path, grpc={"host": "0.0.0.0", "port": 9001},
-                   rest={"host": "10.1.2.3", "port": 9002})
-    loaded = server_config.load_config(path)   # ROOT_ENV=/ maps image paths to themselves
+    path = _config(
+        tmp_path, grpc={"host": "0.0.0.0", "port": 9001}, rest={"host": "10.1.2.3", "port": 9002}
+    )
+    loaded = server_config.load_config(path)  # ROOT_ENV=/ maps image paths to themselves
     assert loaded.grpc.host == ("127.0.0.1" if simulated else "0.0.0.0")
-    assert loaded.rest.host == "10.1.2.3"          # an explicit address is left alone
+    assert loaded.rest.host == "10.1.2.3"  # an explicit address is left alone
     defaults = server_config.load_config(_config(tmp_path))
     assert defaults.grpc.host == defaults.rest.host == ("127.0.0.1" if simulated else "0.0.0.0")
 
@@ -56,6 +58,7 @@ listen = "0.0.0.0:4434"
 
 def _launcher():
     from enclave_build.plugins.secret_server import launcher
+
     return launcher
 
 
@@ -65,8 +68,9 @@ def test_secret_server_launcher_names_the_runners_variables():
 
 
 @pytest.mark.parametrize("simulated", [True, False])
-def test_secret_server_serves_loopback_only_in_a_plain_process_simulation(tmp_path, monkeypatch,
-                                                                          simulated):
+def test_secret_server_serves_loopback_only_in_a_plain_process_simulation(
+    tmp_path, monkeypatch, simulated
+):
     import tomllib
 
     launcher = _launcher()
@@ -78,7 +82,7 @@ def test_secret_server_serves_loopback_only_in_a_plain_process_simulation(tmp_pa
     config = tmp_path / "secrets.toml"
     config.write_text(SECRETS_TOML)
     served = launcher.simulation_config(str(config))
-    assert config.read_text() == SECRETS_TOML            # the measured file is never changed
+    assert config.read_text() == SECRETS_TOML  # the measured file is never changed
     data = tomllib.loads(open(served).read())
     if simulated:
         assert served != str(config) and os.path.dirname(served) == str(tmp_path)
@@ -96,9 +100,12 @@ def test_secret_server_explicit_address_kept_and_odd_layout_refused(tmp_path, mo
     monkeypatch.setenv(runner.LISTEN_ENV, "127.0.0.1")
     monkeypatch.setenv(runner.ROOT_ENV, str(tmp_path))
     config = tmp_path / "secrets.toml"
-    config.write_text(SECRETS_TOML.replace("0.0.0.0:4433", "10.1.2.3:4433").replace(
-        '[grsecret]\nlisten = "0.0.0.0:4434"\n', ""))
-    assert launcher.simulation_config(str(config)) == str(config)   # nothing to restrict
+    config.write_text(
+        SECRETS_TOML.replace("0.0.0.0:4433", "10.1.2.3:4433").replace(
+            '[grsecret]\nlisten = "0.0.0.0:4434"\n', ""
+        )
+    )
+    assert launcher.simulation_config(str(config)) == str(config)  # nothing to restrict
     # a wildcard the line rewrite cannot reach (inline table): refused, never served on it
     config.write_text('measurements = []\nserver = { listen = "0.0.0.0:4433" }\n')
     with pytest.raises(launcher.SimulationConfigError, match="--listen-all"):

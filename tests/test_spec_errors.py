@@ -33,17 +33,20 @@ def test_bad_spec_error_text(tmp_path, monkeypatch, signing_key, case_id, text, 
     assert info.value.exit_code == 2
 
 
-@pytest.mark.parametrize("case_id", ["size-not-power-of-two", "unknown-key-typo",
-                                     "model-file-missing"])
+@pytest.mark.parametrize(
+    "case_id", ["size-not-power-of-two", "unknown-key-typo", "model-file-missing"]
+)
 def test_cli_exits_2_and_writes_nothing(tmp_path, signing_key, standin_root, case_id):
     text, expected = next((t, e) for c, t, e in CASES if c == case_id)
     _prepare(tmp_path, text, signing_key)
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   cwd=tmp_path)
+    proc = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out", cwd=tmp_path
+    )
     assert proc.returncode == 2
-    assert proc.stderr.decode().splitlines() == [f"error: {line.format(dir=tmp_path)}"
-                                                 for line in expected]
+    assert proc.stderr.decode().splitlines() == [
+        f"error: {line.format(dir=tmp_path)}" for line in expected
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
@@ -63,10 +66,20 @@ def test_cli_refuses_a_tag_that_is_no_image_name(tmp_path, signing_key, standin_
     OCI index as given, and only `--push` refused it."""
     _prepare(tmp_path, GOOD.replace("max_threads = 8", "max_threads = 16"), signing_key)
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = run_cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                   "--tag", "Face:1", cwd=tmp_path)
+    proc = run_cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "out",
+        "--tag",
+        "Face:1",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert proc.stderr.decode().splitlines() == [
         "error: --tag: image reference 'Face:1': invalid repository name 'library/Face' "
-        "(lower-case letters, digits, '.', '_', '-', '/')"]
+        "(lower-case letters, digits, '.', '_', '-', '/')"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == before

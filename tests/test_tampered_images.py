@@ -27,12 +27,12 @@ from enclave_build.builder.build import build
 from enclave_build.builder.gramine.measure import PalImage
 from enclave_build.builder.image.inspect import inspect_image
 from enclave_build.builder.image.verify import EnclaveVerification
-from enclave_build.plugin import Framework, base_plan, hookimpl
 from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.run import RunError, open_build
 from enclave_build.builder.run.gramine_direct import prepare_manifest
 from enclave_build.builder.run.view import ViewError, populate
+from enclave_build.plugin import Framework, base_plan, hookimpl
 
 from .conftest import tflite_bytes, write_spec
 from .tamper import append, replace_text, tamper
@@ -67,18 +67,32 @@ class Probe:
     @staticmethod
     def _plan(spec):
         python = "/usr/bin/python3.11"
-        plan = base_plan(spec, Probe.framework(), entrypoint=python, argv=[python, "-c", PROBE],
-                         trusted=[python, "/usr/lib/python3.11/",
-                                  "/usr/lib/x86_64-linux-gnu/libz.so.1",
-                                  "/usr/lib/x86_64-linux-gnu/libexpat.so.1"],
-                         user="10001")
+        plan = base_plan(
+            spec,
+            Probe.framework(),
+            entrypoint=python,
+            argv=[python, "-c", PROBE],
+            trusted=[
+                python,
+                "/usr/lib/python3.11/",
+                "/usr/lib/x86_64-linux-gnu/libz.so.1",
+                "/usr/lib/x86_64-linux-gnu/libexpat.so.1",
+            ],
+            user="10001",
+        )
         plan.env_passthrough.append("ENCLAVE_BUILD_SIMULATED_QUOTER")
         return plan
 
     @staticmethod
     def framework() -> Framework:
-        return Framework("tamper-probe", "quote probe (tests)", "example/none:1", Probe._plan,
-                         default_enclave_size=1 << 30, default_max_threads=8)
+        return Framework(
+            "tamper-probe",
+            "quote probe (tests)",
+            "example/none:1",
+            Probe._plan,
+            default_enclave_size=1 << 30,
+            default_max_threads=8,
+        )
 
     @hookimpl
     def enclave_build_frameworks(self):
@@ -89,10 +103,16 @@ def _probe_build(directory: Path, base: Path, signing_key: Path) -> Path:
     project = directory / "project"
     project.mkdir(parents=True)
     shutil.copy(signing_key, project / "key.pem")
-    spec = write_spec(project, '[service]\nname = "probe"\nframework = "tamper-probe"\n\n'
-                               '[signing]\nkey = "key.pem"\n')
-    build(spec, output=directory / "out", base=f"dir:{base}",
-          registry=PluginRegistry(extra_plugins=[Probe()]))
+    spec = write_spec(
+        project,
+        '[service]\nname = "probe"\nframework = "tamper-probe"\n\n[signing]\nkey = "key.pem"\n',
+    )
+    build(
+        spec,
+        output=directory / "out",
+        base=f"dir:{base}",
+        registry=PluginRegistry(extra_plugins=[Probe()]),
+    )
     return directory / "out"
 
 
@@ -107,11 +127,22 @@ def server_out(tmp_path_factory, standin_root, signing_key) -> Path:
     directory = tmp_path_factory.mktemp("server")
     (directory / "model.tflite").write_bytes(tflite_bytes(bytes(range(256)) * 8))
     shutil.copy(signing_key, directory / "key.pem")
-    write_spec(directory, '[service]\nname = "face"\nframework = "tflite"\n\n[[models]]\n'
-                          'name = "face"\npath = "model.tflite"\nencrypt = false\n\n'
-                          '[signing]\nkey = "key.pem"\n')
-    proc = _cli("build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
-                "--quiet", cwd=directory)
+    write_spec(
+        directory,
+        '[service]\nname = "face"\nframework = "tflite"\n\n[[models]]\n'
+        'name = "face"\npath = "model.tflite"\nencrypt = false\n\n'
+        '[signing]\nkey = "key.pem"\n',
+    )
+    proc = _cli(
+        "build",
+        "spec.toml",
+        "--base",
+        f"dir:{standin_root}",
+        "--output",
+        "out",
+        "--quiet",
+        cwd=directory,
+    )
     assert proc.returncode == 0, proc.stderr
     return directory / "out"
 
@@ -122,10 +153,14 @@ def _copy(out: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def _cli(*args: str, cwd: Path | None = None, timeout: float = 120
-         ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "enclave_build", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=timeout)
+def _cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "enclave_build", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def assert_refused(out: Path, *expected: str, mode: str = "process") -> None:
@@ -133,7 +168,7 @@ def assert_refused(out: Path, *expected: str, mode: str = "process") -> None:
     `inspect` says the image does not agree, with the same reasons."""
     digest = json.loads((out / "measurements.json").read_text())["image"]["digest"]
     layout = json.loads((out / "oci" / "index.json").read_text())["manifests"][0]["digest"]
-    assert digest == layout        # re-pointed: the old digest check is satisfied
+    assert digest == layout  # re-pointed: the old digest check is satisfied
 
     ran = _cli("run", str(out), "--simulate", "--mode", mode)
     output = ran.stdout + ran.stderr
@@ -150,7 +185,7 @@ def assert_refused(out: Path, *expected: str, mode: str = "process") -> None:
         assert text in inspected.stderr, inspected.stderr
     report = json.loads(_cli("inspect", str(out), "--json").stdout)
     assert report["agrees"] is False
-    assert "measurements.json" not in " ".join(report["problems"])   # it still agrees
+    assert "measurements.json" not in " ".join(report["problems"])  # it still agrees
 
 
 # ------------------------------------------------------------------------ tampered images
@@ -159,22 +194,31 @@ def assert_refused(out: Path, *expected: str, mode: str = "process") -> None:
 def test_edited_manifest_argv_is_refused(probe_out, tmp_path):
     out = _copy(probe_out, tmp_path)
     signed = json.loads((out / "measurements.json").read_text())["mr_enclave"]
-    tamper(out, {"/enclave/probe.manifest.sgx":
-                 replace_text("import os, socket, sys", TAMPERED.strip())})
-    assert_refused(out, f"MRENCLAVE re-derived from /enclave/probe.manifest.sgx and {LIBPAL} is ",
-                   f"but /enclave/probe.sig was signed for {signed}: the manifest or libpal.so "
-                   "is not what was signed")
+    tamper(
+        out,
+        {"/enclave/probe.manifest.sgx": replace_text("import os, socket, sys", TAMPERED.strip())},
+    )
+    assert_refused(
+        out,
+        f"MRENCLAVE re-derived from /enclave/probe.manifest.sgx and {LIBPAL} is ",
+        f"but /enclave/probe.sig was signed for {signed}: the manifest or libpal.so "
+        "is not what was signed",
+    )
 
 
 def test_code_appended_to_the_server_is_refused(server_out, tmp_path):
     out = _copy(server_out, tmp_path)
     tamper(out, {f"{SERVER}/enclave_build/model_server/server.py": append("\n" + TAMPERED)})
-    assert_refused(out, f"trusted file {SERVER}/enclave_build/model_server/server.py (sgx.trusted_files[",
-                   "was changed: the image holds content with sha256 ")
+    assert_refused(
+        out,
+        f"trusted file {SERVER}/enclave_build/model_server/server.py (sgx.trusted_files[",
+        "was changed: the image holds content with sha256 ",
+    )
 
 
-@pytest.mark.parametrize("path", ["/usr/lib/x86_64-linux-gnu/libz.so.1", LIBOS],
-                         ids=["trusted-library", "libos"])
+@pytest.mark.parametrize(
+    "path", ["/usr/lib/x86_64-linux-gnu/libz.so.1", LIBOS], ids=["trusted-library", "libos"]
+)
 def test_swapped_trusted_library_is_refused(probe_out, tmp_path, path):
     out = _copy(probe_out, tmp_path)
     tamper(out, {path: b"\x7fELF swapped library"})
@@ -185,9 +229,9 @@ def test_swapped_trusted_library_is_refused(probe_out, tmp_path, path):
 def test_swapped_libpal_is_refused(probe_out, tmp_path):
     """libpal.so is not a trusted file: it is measured into MRENCLAVE itself."""
     out = _copy(probe_out, tmp_path)
-    tamper(out, {LIBPAL: append("\0")})   # one more byte: segments unchanged, file differs
+    tamper(out, {LIBPAL: append("\0")})  # one more byte: segments unchanged, file differs
     inspection = inspect_image(str(out))
-    assert inspection.agrees, inspection.problems   # what EINIT measures did not change
+    assert inspection.agrees, inspection.problems  # what EINIT measures did not change
     tamper(out, {LIBPAL: _patch_loaded_byte})
     assert_refused(out, f"MRENCLAVE re-derived from /enclave/probe.manifest.sgx and {LIBPAL} is ")
 
@@ -197,26 +241,36 @@ def _patch_loaded_byte(data: bytes) -> bytes:
     pal = PalImage.from_bytes(data)
     segment = next(s for s in pal.segments if s.filesz > 64)
     at = segment.offset + segment.filesz // 2
-    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
 
 
-@pytest.mark.parametrize("name,content", [
-    ("zz-tampered.pth", "import os; os._exit(42)\n"),
-    ("sitecustomize.py", TAMPERED),
-], ids=["pth", "sitecustomize"])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("zz-tampered.pth", "import os; os._exit(42)\n"),
+        ("sitecustomize.py", TAMPERED),
+    ],
+    ids=["pth", "sitecustomize"],
+)
 def test_extra_file_on_the_server_path_is_refused(server_out, tmp_path, name, content):
     out = _copy(server_out, tmp_path)
     tamper(out, {f"{SERVER}/{name}": content.encode()})
-    assert_refused(out, f"{SERVER}/{name}: on the manifest's PYTHONPATH ({SERVER}) but not a "
-                        "trusted file")
+    assert_refused(
+        out, f"{SERVER}/{name}: on the manifest's PYTHONPATH ({SERVER}) but not a trusted file"
+    )
 
 
-@pytest.mark.parametrize("path,edit", [
-    ("/enclave/model-server.json", replace_text('"version": 1', '"version": 42')),
-    ("/models/face/1/model.tflite", lambda data: b"TFL3 another model"),
-], ids=["server-config", "model"])
-def test_trusted_data_swapped_with_image_digest_repointed_is_refused(server_out, tmp_path, path,
-                                                                      edit):
+@pytest.mark.parametrize(
+    "path,edit",
+    [
+        ("/enclave/model-server.json", replace_text('"version": 1', '"version": 42')),
+        ("/models/face/1/model.tflite", lambda data: b"TFL3 another model"),
+    ],
+    ids=["server-config", "model"],
+)
+def test_trusted_data_swapped_with_image_digest_repointed_is_refused(
+    server_out, tmp_path, path, edit
+):
     out = _copy(server_out, tmp_path)
     tamper(out, {path: edit})
     assert_refused(out, f"trusted file {path} (sgx.trusted_files[", "was changed")
@@ -236,7 +290,8 @@ def test_untampered_images_agree(probe_out, server_out):
 
 
 def test_plain_process_quotes_the_rederived_identity_and_sees_only_trusted_files(
-        probe_out, tmp_path):
+    probe_out, tmp_path
+):
     """A module planted in the start directory (sys.path[0] of `python -c`) is not trusted:
     the enclave could not open it, and the plain process does not find it either. The quote
     carries the MRENCLAVE re-derived from the image."""
@@ -267,17 +322,27 @@ def test_view_holds_only_what_the_enclave_may_open(tmp_path):
     (image / "models/m/a.bin").write_bytes(b"PF")
     (image / "lib").mkdir()
     (image / "lib/real.so").write_bytes(b"ELF")
-    os.symlink("/lib/real.so", image / "app/link.so")          # absolute: inside the image
+    os.symlink("/lib/real.so", image / "app/link.so")  # absolute: inside the image
     os.symlink(str(tmp_path / "host-secret"), image / "app/out")  # untrusted link out
     (tmp_path / "host-secret").write_text("host\n")
     rootfs = RootFS(image)
-    manifest = {"sgx": {"allowed_files": ["file:/etc/hosts"]},
-                "fs": {"start_dir": "/app", "mounts": [
-                    {"type": "encrypted", "path": "/models/m", "uri": "file:/models/m"},
-                    {"type": "tmpfs", "path": "/tmp"}]}}
+    manifest = {
+        "sgx": {"allowed_files": ["file:/etc/hosts"]},
+        "fs": {
+            "start_dir": "/app",
+            "mounts": [
+                {"type": "encrypted", "path": "/models/m", "uri": "file:/models/m"},
+                {"type": "tmpfs", "path": "/tmp"},
+            ],
+        },
+    }
     verification = EnclaveVerification(
-        "/enclave/x", rootfs, manifest, None,
-        {"/app/pkg/mod.py": image / "app/pkg/mod.py", "/app/link.so": image / "lib/real.so"})
+        "/enclave/x",
+        rootfs,
+        manifest,
+        None,
+        {"/app/pkg/mod.py": image / "app/pkg/mod.py", "/app/link.so": image / "lib/real.so"},
+    )
     view = tmp_path / "view"
     view.mkdir()
     assert populate(view, verification) == 4
@@ -308,7 +373,7 @@ def test_gramine_direct_manifest_copy_stays_inside_the_root(tmp_path):
 
     (root / "srv").mkdir()
     (root / "srv/other.sgx").write_text("inside the image")
-    os.symlink("/srv/other.sgx", root / "enclave/linked.manifest.sgx")   # absolute, in-image
+    os.symlink("/srv/other.sgx", root / "enclave/linked.manifest.sgx")  # absolute, in-image
     assert prepare_manifest(root, "/enclave/linked").read_text() == "inside the image"
 
 
@@ -325,13 +390,18 @@ def test_open_build_refuses_before_anything_runs(probe_out, tmp_path):
 
 
 @pytest.mark.integration
-def test_gramine_direct_refuses_an_edited_manifest(tmp_path, gramine_base_dir,
-                                                   signing_key):
+def test_gramine_direct_refuses_an_edited_manifest(tmp_path, gramine_base_dir, signing_key):
     if os.geteuid() != 0:
         pytest.skip("gramine-direct needs root")
     out = _probe_build(tmp_path, gramine_base_dir, signing_key)
     signed = json.loads((out / "measurements.json").read_text())["mr_enclave"]
-    tamper(out, {"/enclave/probe.manifest.sgx":
-                 replace_text("import os, socket, sys", TAMPERED.strip())})
-    assert_refused(out, f"MRENCLAVE re-derived from /enclave/probe.manifest.sgx and {LIBPAL} is ",
-                   f"but /enclave/probe.sig was signed for {signed}", mode="auto")
+    tamper(
+        out,
+        {"/enclave/probe.manifest.sgx": replace_text("import os, socket, sys", TAMPERED.strip())},
+    )
+    assert_refused(
+        out,
+        f"MRENCLAVE re-derived from /enclave/probe.manifest.sgx and {LIBPAL} is ",
+        f"but /enclave/probe.sig was signed for {signed}",
+        mode="auto",
+    )

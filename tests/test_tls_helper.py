@@ -21,8 +21,9 @@ from .conftest import run_cli
 def _sans(cert: Path) -> tuple[list[str], list[str]]:
     parsed = x509.load_pem_x509_certificate(cert.read_bytes())
     san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return san.get_values_for_type(x509.DNSName), \
-        [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return san.get_values_for_type(x509.DNSName), [
+        str(ip) for ip in san.get_values_for_type(x509.IPAddress)
+    ]
 
 
 def _handshake(ca: Path, cert: Path, key: Path, server_name: str) -> str:
@@ -52,18 +53,27 @@ def _handshake(ca: Path, cert: Path, key: Path, server_name: str) -> str:
     finally:
         thread.join(10)
         listener.close()
-    assert version is not None   # the handshake completed
+    assert version is not None  # the handshake completed
     return version
 
 
 def test_cli_writes_ca_certificate_and_private_key_for_all_hosts(tmp_path):
     out = tmp_path / "tls"
-    proc = run_cli("secrets", "tls", str(out), "--host", "secrets.example.com", "--host",
-                   "localhost", "--host", "127.0.0.1")
+    proc = run_cli(
+        "secrets",
+        "tls",
+        str(out),
+        "--host",
+        "secrets.example.com",
+        "--host",
+        "localhost",
+        "--host",
+        "127.0.0.1",
+    )
     assert proc.returncode == 0, proc.stderr
     ca, cert, key = out / "ca.pem", out / "server.crt", out / "server.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert not (out / "ca.key").exists()                      # the CA key is not kept
+    assert not (out / "ca.key").exists()  # the CA key is not kept
     assert _sans(cert) == (["secrets.example.com", "localhost"], ["127.0.0.1"])
     for name in ("localhost", "127.0.0.1"):
         assert _handshake(ca, cert, key, name).startswith("TLSv1")
@@ -84,17 +94,28 @@ def test_its_output_is_accepted_by_secrets_config(tmp_path):
     SyntheticPKI().save(tmp_path / "pki")
     _key(tmp_path / "k.key")
     build = _build(tmp_path, "alpha", {"k": str(tmp_path / "k.key")})
-    proc = run_cli("secrets", "config", str(build), "--cert", str(tmp_path / "tls/server.crt"),
-                   "--key", str(tmp_path / "tls/server.key"), "--root-ca",
-                   str(tmp_path / "pki/root.pem"), "--collateral",
-                   str(tmp_path / "pki/collateral.json"), "--out", str(tmp_path / "s.toml"))
+    proc = run_cli(
+        "secrets",
+        "config",
+        str(build),
+        "--cert",
+        str(tmp_path / "tls/server.crt"),
+        "--key",
+        str(tmp_path / "tls/server.key"),
+        "--root-ca",
+        str(tmp_path / "pki/root.pem"),
+        "--collateral",
+        str(tmp_path / "pki/collateral.json"),
+        "--out",
+        str(tmp_path / "s.toml"),
+    )
     assert proc.returncode == 0, proc.stderr
     from enclave_build.attestation.config import load_config
     from enclave_build.attestation.server.identity import ServerIdentity
     from enclave_build.attestation.server.tls import secret_prov_context
 
     config = load_config(tmp_path / "s.toml")
-    secret_prov_context(config, ServerIdentity.make(config))   # the server can use them
+    secret_prov_context(config, ServerIdentity.make(config))  # the server can use them
 
 
 def test_existing_files_and_bad_names_are_refused_with_exit_2(tmp_path):
@@ -109,8 +130,10 @@ def test_existing_files_and_bad_names_are_refused_with_exit_2(tmp_path):
     assert forced.returncode == 0, forced.stderr
     assert _sans(out / "server.crt") == (["b.example"], [])
     bad = run_cli("secrets", "tls", str(tmp_path / "x"), "--host", "not a name")
-    assert bad.returncode == 2 and b"--host 'not a name': not a DNS name or an IP address" \
-        in bad.stderr
+    assert (
+        bad.returncode == 2
+        and b"--host 'not a name': not a DNS name or an IP address" in bad.stderr
+    )
     missing = run_cli("secrets", "tls", str(tmp_path / "y"))
     assert missing.returncode == 2 and b"--host" in missing.stderr
 

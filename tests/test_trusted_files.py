@@ -35,8 +35,11 @@ def root(tmp_path):
 def test_directory_expansion_is_sorted_recursive_and_skips_symlinked_dirs(root):
     files = expand(["file:/usr/lib/app/"], root)
     assert [f.uri for f in files] == [
-        "file:/usr/lib/app/a.so", "file:/usr/lib/app/b.so", "file:/usr/lib/app/link.so",
-        "file:/usr/lib/app/sub/c.so"]
+        "file:/usr/lib/app/a.so",
+        "file:/usr/lib/app/b.so",
+        "file:/usr/lib/app/link.so",
+        "file:/usr/lib/app/sub/c.so",
+    ]
     assert files[2].inner == "/usr/lib/app/a.so"
 
 
@@ -51,16 +54,27 @@ def test_escaping_with_dotdot_stays_in_the_root(root):
     assert root.resolve("/../../etc/passwd") == "/etc/passwd"
 
 
-@pytest.mark.parametrize("uri,message", [
-    ("file:/usr/lib/missing.so", "trusted file 'file:/usr/lib/missing.so': /usr/lib/missing.so "
-                                 "does not exist in the image"),
-    ("file:/usr/lib/app", "trusted file 'file:/usr/lib/app' is a directory: write it with a "
-                          "trailing '/'"),
-    ("file:/etc/passwd/", "trusted file 'file:/etc/passwd/' ends with '/' but is not a directory"),
-    ("file:relative", "'file:relative': trusted files need absolute paths inside the image"),
-    ("http://x/y", "'http://x/y': only file: URIs can be trusted files"),
-    ("file:/loop1", "symbolic link loop"),
-])
+@pytest.mark.parametrize(
+    "uri,message",
+    [
+        (
+            "file:/usr/lib/missing.so",
+            "trusted file 'file:/usr/lib/missing.so': /usr/lib/missing.so "
+            "does not exist in the image",
+        ),
+        (
+            "file:/usr/lib/app",
+            "trusted file 'file:/usr/lib/app' is a directory: write it with a trailing '/'",
+        ),
+        (
+            "file:/etc/passwd/",
+            "trusted file 'file:/etc/passwd/' ends with '/' but is not a directory",
+        ),
+        ("file:relative", "'file:relative': trusted files need absolute paths inside the image"),
+        ("http://x/y", "'http://x/y': only file: URIs can be trusted files"),
+        ("file:/loop1", "symbolic link loop"),
+    ],
+)
 def test_bad_trusted_entries_have_clear_errors(root, uri, message):
     with pytest.raises(TrustedFileError, match=None) as info:
         expand([uri], root)
@@ -80,7 +94,9 @@ def test_unreadable_file_is_an_error_even_as_root(root, monkeypatch):
     from enclave_build.builder.gramine import trusted_files
 
     monkeypatch.setattr(trusted_files.os, "access", lambda path, mode: False)
-    with pytest.raises(TrustedFileError, match="trusted file 'file:/etc/passwd': permission denied"):
+    with pytest.raises(
+        TrustedFileError, match="trusted file 'file:/etc/passwd': permission denied"
+    ):
         expand(["file:/etc/passwd"], root)
 
 

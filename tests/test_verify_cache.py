@@ -20,11 +20,11 @@ from enclave_build.attestation.verify import QuoteRejected, VerificationCache, v
 
 from .attest_env import MR_SIGNER, Platform, identity
 
-SIG = SIGNED_LEN + 4             # ISV signature (64 bytes)
-KEY = SIG + 64                   # attestation key (64 bytes)
-QE_REPORT = KEY + 64             # QE report (384 bytes)
-QE_SIG = QE_REPORT + 384         # QE report signature (64 bytes)
-QE_AUTH = QE_SIG + 64 + 2        # QE authentication data
+SIG = SIGNED_LEN + 4  # ISV signature (64 bytes)
+KEY = SIG + 64  # attestation key (64 bytes)
+QE_REPORT = KEY + 64  # QE report (384 bytes)
+QE_SIG = QE_REPORT + 384  # QE report signature (64 bytes)
+QE_AUTH = QE_SIG + 64 + 2  # QE authentication data
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _warm(setup):
     verify_quote(first, collateral, root_ca_der=pki.root_der, cache=cache)
     second = platform.quote(identity("ocr"), MR_SIGNER, os.urandom(64), 2, 2)
     assert verify_quote(second, collateral, root_ca_der=pki.root_der, cache=cache).isv_prod_id == 2
-    assert (cache.misses, cache.hits, len(cache)) == (1, 1, 1)   # the second was a hit
+    assert (cache.misses, cache.hits, len(cache)) == (1, 1, 1)  # the second was a hit
     return cache
 
 
@@ -58,23 +58,26 @@ def _verdict(raw: bytes, collateral: str, root: bytes, cache=None, now=None) -> 
     return f"accepted {verified.status} {verified.mr_enclave} {verified.report_data.hex()}"
 
 
-@pytest.mark.parametrize("where, offset", [
-    ("ISV report: attributes", HEADER_LEN + 48),
-    ("ISV report: MRENCLAVE", HEADER_LEN + 64),
-    ("ISV report: MRSIGNER", HEADER_LEN + 128),
-    ("ISV report: ISV_SVN", HEADER_LEN + 258),
-    ("ISV report: report data", HEADER_LEN + 320),
-    ("ISV report: reserved bytes", HEADER_LEN + 20),
-    ("ISV signature: r", SIG + 3),
-    ("ISV signature: s", SIG + 40),
-    ("attestation key", KEY + 5),
-    ("QE report", QE_REPORT + 100),
-    ("QE report data", QE_REPORT + 320),
-    ("QE report signature", QE_SIG + 10),
-    ("QE auth data", QE_AUTH + 1),
-    ("header: QE SVN", 8),
-    ("header: user data", 40),
-])
+@pytest.mark.parametrize(
+    "where, offset",
+    [
+        ("ISV report: attributes", HEADER_LEN + 48),
+        ("ISV report: MRENCLAVE", HEADER_LEN + 64),
+        ("ISV report: MRSIGNER", HEADER_LEN + 128),
+        ("ISV report: ISV_SVN", HEADER_LEN + 258),
+        ("ISV report: report data", HEADER_LEN + 320),
+        ("ISV report: reserved bytes", HEADER_LEN + 20),
+        ("ISV signature: r", SIG + 3),
+        ("ISV signature: s", SIG + 40),
+        ("attestation key", KEY + 5),
+        ("QE report", QE_REPORT + 100),
+        ("QE report data", QE_REPORT + 320),
+        ("QE report signature", QE_SIG + 10),
+        ("QE auth data", QE_AUTH + 1),
+        ("header: QE SVN", 8),
+        ("header: user data", 40),
+    ],
+)
 def test_a_tampered_quote_is_refused_on_a_warm_cache(setup, where, offset):
     pki, platform, collateral = setup
     cache = _warm(setup)
@@ -84,9 +87,9 @@ def test_a_tampered_quote_is_refused_on_a_warm_cache(setup, where, offset):
     bad = _flip(good, offset)
     with pytest.raises(QuoteRejected):
         verify_quote(bad, collateral, root_ca_der=pki.root_der, cache=cache)
-    with pytest.raises(QuoteRejected):   # ... as dcap-qvl itself refuses it
+    with pytest.raises(QuoteRejected):  # ... as dcap-qvl itself refuses it
         verify_quote(bad, collateral, root_ca_der=pki.root_der)
-    assert len(cache) == 1   # refusals are never cached
+    assert len(cache) == 1  # refusals are never cached
 
 
 def test_a_tampered_pck_chain_is_refused_on_a_warm_cache(setup):
@@ -122,7 +125,7 @@ def test_random_flips_get_the_same_verdict_with_and_without_the_cache(setup):
         cached = _verdict(bad, collateral, pki.root_der, cache)
         plain = _verdict(bad, collateral, pki.root_der)
         assert cached.split(":")[0] == plain.split(":")[0], (offset, cached, plain)
-        if cached.startswith("accepted"):   # a flip dcap-qvl ignores (unsigned padding)
+        if cached.startswith("accepted"):  # a flip dcap-qvl ignores (unsigned padding)
             assert cached == plain
 
 
@@ -140,7 +143,7 @@ def test_another_collateral_or_root_is_verified_afresh(setup):
         pki.revoke_pck = False
     with pytest.raises(QuoteRejected, match="evoked"):
         verify_quote(quote, revoked, root_ca_der=pki.root_der, cache=cache)
-    assert cache.misses == 3 and len(cache) == 1   # the warm-up, then one each
+    assert cache.misses == 3 and len(cache) == 1  # the warm-up, then one each
 
 
 def test_entries_end_at_the_collateral_expiry(setup):
@@ -155,13 +158,12 @@ def test_entries_end_at_the_collateral_expiry(setup):
     # exactly at the expiry second: not from the cache either (dcap-qvl decides)
     hits = cache.hits
     try:
-        verify_quote(quote, collateral, root_ca_der=pki.root_der, cache=cache,
-                     now=pki.not_after)
+        verify_quote(quote, collateral, root_ca_der=pki.root_der, cache=cache, now=pki.not_after)
     except QuoteRejected:
         pass
     assert cache.hits == hits
     # before the moment it was verified at: not from the cache
-    before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     verify_quote(quote, collateral, root_ca_der=pki.root_der, cache=cache, now=before)
     assert cache.hits == hits
 
@@ -170,13 +172,19 @@ def test_an_earlier_crl_next_update_bounds_the_entry(setup):
     """A CRL that must be refreshed sooner than the TCB info ends the entry then, even though
     dcap-qvl still accepts the collateral."""
     pki, platform, _ = setup
-    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
-    crl = (x509.CertificateRevocationListBuilder().issuer_name(pki.pck_ca.subject)
-           .last_update(pki.not_before).next_update(soon)
-           .add_extension(x509.CRLNumber(2), False)
-           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-               pki.pck_ca.public_key()), False)
-           .sign(pki.pck_ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.pck_ca.subject)
+        .last_update(pki.not_before)
+        .next_update(soon)
+        .add_extension(x509.CRLNumber(2), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.pck_ca.public_key()), False
+        )
+        .sign(pki.pck_ca_key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
     data = json.loads(pki.collateral_json())
     data["pck_crl"] = crl.hex()
     collateral = json.dumps(data)
@@ -191,7 +199,7 @@ def test_an_earlier_crl_next_update_bounds_the_entry(setup):
 
 def test_unreadable_collateral_dates_mean_no_caching(setup):
     pki, platform, collateral = setup
-    cache = VerificationCache(facts=lambda text: None)   # as if its dates could not be read
+    cache = VerificationCache(facts=lambda text: None)  # as if its dates could not be read
     quote = platform.quote(identity("face"), MR_SIGNER, bytes(64), 1, 2)
     for _ in range(2):
         verify_quote(quote, collateral, root_ca_der=pki.root_der, cache=cache)
@@ -201,7 +209,11 @@ def test_unreadable_collateral_dates_mean_no_caching(setup):
 def test_the_cache_is_bounded(setup):
     pki, _, collateral = setup
     cache = VerificationCache(max_entries=4)
-    for _ in range(10):   # every SyntheticPKI quote has its own QE report signature
-        verify_quote(pki.quote(identity("face"), MR_SIGNER, bytes(64), 1, 2), collateral,
-                     root_ca_der=pki.root_der, cache=cache)
+    for _ in range(10):  # every SyntheticPKI quote has its own QE report signature
+        verify_quote(
+            pki.quote(identity("face"), MR_SIGNER, bytes(64), 1, 2),
+            collateral,
+            root_ca_der=pki.root_der,
+            cache=cache,
+        )
     assert len(cache) <= 4

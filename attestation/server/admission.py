@@ -20,13 +20,14 @@ import heapq
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from OpenSSL import SSL
 
 from enclave_build.contract.secrets_config import ServerSettings
+
 from ..upload import UploadStore
 from .audit import AuditLog, ConnectionEvent
 from .protocol import SecretProtocol, Session
@@ -38,15 +39,16 @@ from .tls import describe
 class Limits:
     """``[server]``'s connection limits (per process)."""
 
-    max_connections: int             # at once
-    max_connections_per_peer: int    # at once from one address
-    workers: int                     # threads serving connections
-    timeout: float                   # seconds from accept to close
+    max_connections: int  # at once
+    max_connections_per_peer: int  # at once from one address
+    workers: int  # threads serving connections
+    timeout: float  # seconds from accept to close
 
     @classmethod
-    def of(cls, server: ServerSettings) -> "Limits":
-        return cls(server.max_connections, server.max_connections_per_peer, server.workers,
-                   server.timeout)
+    def of(cls, server: ServerSettings) -> Limits:
+        return cls(
+            server.max_connections, server.max_connections_per_peer, server.workers, server.timeout
+        )
 
 
 def peer_text(peer: tuple) -> str:
@@ -58,8 +60,13 @@ def peer_text(peer: tuple) -> str:
 class Admission:
     """Admits, serves and releases one process's connections."""
 
-    def __init__(self, limits: Limits, audit: AuditLog, state: Callable[[], ServerState],
-                 uploads: UploadStore):
+    def __init__(
+        self,
+        limits: Limits,
+        audit: AuditLog,
+        state: Callable[[], ServerState],
+        uploads: UploadStore,
+    ):
         self.limits = limits
         self._audit = audit
         self._state = state
@@ -70,7 +77,8 @@ class Admission:
         self._peer_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             max_workers=min(limits.workers, limits.max_connections),
-            thread_name_prefix="secret-conn")
+            thread_name_prefix="secret-conn",
+        )
         self._watchdog = Watchdog()
 
     # ------------------------------------------------------------------ what is in use
@@ -102,15 +110,19 @@ class Admission:
                 self._free -= 1
         if count >= limits.max_connections_per_peer:
             self._slots.release()
-            self._refuse_now(sock, peer, "too many concurrent connections from this peer "
-                                         "(max_connections_per_peer = "
-                                         f"{limits.max_connections_per_peer})")
+            self._refuse_now(
+                sock,
+                peer,
+                "too many concurrent connections from this peer "
+                "(max_connections_per_peer = "
+                f"{limits.max_connections_per_peer})",
+            )
             return
         deadline = time.monotonic() + limits.timeout
         ticket = self._watchdog.watch(sock, limits.timeout)
         try:
             self._pool.submit(self._serve, sock, peer, ticket, deadline, protocol)
-        except RuntimeError:   # shutting down
+        except RuntimeError:  # shutting down
             self._watchdog.forget(ticket)
             sock.close()
             self._release(address)
@@ -140,8 +152,14 @@ class Admission:
 
     # ------------------------------------------------------------------ one connection
 
-    def _serve(self, sock: socket.socket, peer: tuple, ticket: int, deadline: float,
-               protocol: SecretProtocol) -> None:
+    def _serve(
+        self,
+        sock: socket.socket,
+        peer: tuple,
+        ticket: int,
+        deadline: float,
+        protocol: SecretProtocol,
+    ) -> None:
         state = self._state()
         event = ConnectionEvent(peer_text(peer))
         conn: SSL.Connection | None = None
@@ -166,11 +184,12 @@ class Admission:
             if not event.decided:
                 event.deny(f"connection failed: {describe(exc)}")
         except Exception as exc:  # noqa: BLE001 - whatever happens, the refusal is audited
-            event.deny(f"internal error handling the connection: {type(exc).__name__}: "
-                       f"{str(exc)[:300]}")
+            event.deny(
+                f"internal error handling the connection: {type(exc).__name__}: {str(exc)[:300]}"
+            )
         finally:
             self._watchdog.forget(ticket)
-            if not event.decided:   # cannot happen; never leave a line without one
+            if not event.decided:  # cannot happen; never leave a line without one
                 event.deny("connection ended without a decision")
             # The line is written before the connection is closed. (GrSecret wrote one per
             # call.)

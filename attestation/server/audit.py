@@ -14,8 +14,8 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..verify import VerifiedQuote
 
@@ -34,9 +34,15 @@ class AttestedIdentity:
     advisories: tuple[str, ...]
 
     @classmethod
-    def of(cls, quote: VerifiedQuote) -> "AttestedIdentity":
-        return cls(quote.mr_enclave, quote.mr_signer, quote.isv_prod_id, quote.isv_svn,
-                   quote.status, tuple(quote.advisory_ids))
+    def of(cls, quote: VerifiedQuote) -> AttestedIdentity:
+        return cls(
+            quote.mr_enclave,
+            quote.mr_signer,
+            quote.isv_prod_id,
+            quote.isv_svn,
+            quote.status,
+            tuple(quote.advisory_ids),
+        )
 
 
 @dataclass
@@ -44,17 +50,17 @@ class ConnectionEvent:
     """One connection's audit line (GrSecret: one per call, :meth:`for_call`)."""
 
     peer: str
-    protocol: str | None = None          # "grsecret"; None on the secret_prov listener
-    tls: str | None = None               # the negotiated TLS version
-    event: str | None = None             # "upload": an owner's key upload
-    owner: str | None = None             # the uploading owner's certificate fingerprint
-    evidence: str | None = None          # the RA-TLS evidence format
+    protocol: str | None = None  # "grsecret"; None on the secret_prov listener
+    tls: str | None = None  # the negotiated TLS version
+    event: str | None = None  # "upload": an owner's key upload
+    owner: str | None = None  # the uploading owner's certificate fingerprint
+    evidence: str | None = None  # the RA-TLS evidence format
     identity: AttestedIdentity | None = None
-    secrets: tuple[str, ...] | None = None   # names in an upload
-    secret: str | None = None            # the secret asked for / released
-    decision: str | None = None          # ALLOW | DENY | IDENTITY_ONLY
+    secrets: tuple[str, ...] | None = None  # names in an upload
+    secret: str | None = None  # the secret asked for / released
+    decision: str | None = None  # ALLOW | DENY | IDENTITY_ONLY
     reason: str | None = None
-    grpc_status: str | None = None       # GrSecret calls: the status answered
+    grpc_status: str | None = None  # GrSecret calls: the status answered
 
     def deny(self, reason: str) -> None:
         self.decision, self.reason = DENY, reason
@@ -66,12 +72,24 @@ class ConnectionEvent:
     def decided(self) -> bool:
         return self.decision is not None
 
-    def for_call(self, secret: str, allowed: bool, reason: str,
-                 grpc_status: str) -> "ConnectionEvent":
+    def for_call(
+        self, secret: str, allowed: bool, reason: str, grpc_status: str
+    ) -> ConnectionEvent:
         """A GrSecret call's line: this connection's facts, then the call's."""
-        return ConnectionEvent(self.peer, self.protocol, self.tls, self.event, self.owner,
-                               self.evidence, self.identity, self.secrets, secret,
-                               ALLOW if allowed else DENY, reason, grpc_status)
+        return ConnectionEvent(
+            self.peer,
+            self.protocol,
+            self.tls,
+            self.event,
+            self.owner,
+            self.evidence,
+            self.identity,
+            self.secrets,
+            secret,
+            ALLOW if allowed else DENY,
+            reason,
+            grpc_status,
+        )
 
     def fields(self) -> dict:
         out: dict = {"peer": self.peer}
@@ -81,9 +99,14 @@ class ConnectionEvent:
                 out[name] = value
         if self.identity is not None:
             i = self.identity
-            out.update(mr_enclave=i.mr_enclave, mr_signer=i.mr_signer,
-                       isv_prod_id=i.isv_prod_id, isv_svn=i.isv_svn, tcb_status=i.tcb_status,
-                       advisories=list(i.advisories))
+            out.update(
+                mr_enclave=i.mr_enclave,
+                mr_signer=i.mr_signer,
+                isv_prod_id=i.isv_prod_id,
+                isv_svn=i.isv_svn,
+                tcb_status=i.tcb_status,
+                advisories=list(i.advisories),
+            )
         if self.secrets is not None:
             out["secrets"] = list(self.secrets)
         for name in ("secret", "decision", "reason", "grpc_status"):
@@ -95,11 +118,11 @@ class ConnectionEvent:
 
 @dataclass(frozen=True)
 class Started:
-    listen: str                      # HOST:PORT of the secret_prov listener
-    grsecret: str | None             # HOST:PORT of the GrSecret listener, if any
+    listen: str  # HOST:PORT of the secret_prov listener
+    grsecret: str | None  # HOST:PORT of the GrSecret listener, if any
     processes: int
-    pid: int | None = None           # one process: its pid
-    pids: tuple[int, ...] | None = None   # worker processes: theirs
+    pid: int | None = None  # one process: its pid
+    pids: tuple[int, ...] | None = None  # worker processes: theirs
 
     def fields(self) -> dict:
         out: dict = {"event": "start", "listen": self.listen}
@@ -121,8 +144,13 @@ class Reloaded:
     pid: int
 
     def fields(self) -> dict:
-        return {"event": "reload", "measurements": self.measurements, "secrets": self.secrets,
-                "cert": self.cert, "pid": self.pid}
+        return {
+            "event": "reload",
+            "measurements": self.measurements,
+            "secrets": self.secrets,
+            "cert": self.cert,
+            "pid": self.pid,
+        }
 
 
 @dataclass(frozen=True)
@@ -146,7 +174,7 @@ AuditEvent = ConnectionEvent | Started | Reloaded | WorkerExited | Stopped
 
 
 def _utc_now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 class AuditLog:
@@ -160,13 +188,12 @@ class AuditLog:
         self._own = target is not None and target != "-"
         self._fd: int | None = None
         if target is not None and self._own:
-            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                               0o666)
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         else:
             try:
                 self._fd = sys.stderr.fileno()
             except (AttributeError, OSError, ValueError):
-                self._fd = None   # a stderr without a descriptor (captured): write through it
+                self._fd = None  # a stderr without a descriptor (captured): write through it
 
     def line(self, event: AuditEvent) -> bytes:
         """The bytes :meth:`write` appends for *event*."""
@@ -181,7 +208,7 @@ class AuditLog:
             return
         try:
             written = os.write(self._fd, line)
-            while written < len(line):   # only on a full disk or a signal: finish the line
+            while written < len(line):  # only on a full disk or a signal: finish the line
                 written += os.write(self._fd, line[written:])
         except OSError as exc:
             print(f"secret server: cannot write the audit log: {exc}", file=sys.stderr)

@@ -30,9 +30,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from ..occlum_ra import PeerIdentity, RaConfig
 from enclave_build.contract.secrets_config import SecretRule
 
+from ..occlum_ra import PeerIdentity, RaConfig
 from ..policy import Identity, Policy, is_mr_enclave
 from ..verify import TcbPolicy, VerifiedQuote
 
@@ -41,9 +41,9 @@ from ..verify import TcbPolicy, VerifiedQuote
 class Evidence:
     """A client's RA-TLS evidence whose quote verified cryptographically."""
 
-    format: str              # "tcg-dice" | "gramine-legacy" | "cczoo" (attestation.ratls)
+    format: str  # "tcg-dice" | "gramine-legacy" | "cczoo" (attestation.ratls)
     quote: VerifiedQuote
-    config_svn: int = 0      # CONFIGSVN of the report (Occlum's client_ra_config compares it)
+    config_svn: int = 0  # CONFIGSVN of the report (Occlum's client_ra_config compares it)
 
     @property
     def identity(self) -> Identity:
@@ -53,8 +53,9 @@ class Evidence:
     @property
     def peer(self) -> PeerIdentity:
         q = self.quote
-        return PeerIdentity(q.mr_enclave, q.mr_signer, q.isv_prod_id, q.isv_svn,
-                            self.config_svn, q.debug)
+        return PeerIdentity(
+            q.mr_enclave, q.mr_signer, q.isv_prod_id, q.isv_svn, self.config_svn, q.debug
+        )
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ class Unverified:
     """A client whose evidence could not be verified, and why."""
 
     reason: str
-    format: str | None = None      # the evidence format, when the evidence could be read
-    no_collateral: bool = False    # the quote could not be checked: no collateral for it
+    format: str | None = None  # the evidence format, when the evidence could be read
+    no_collateral: bool = False  # the quote could not be checked: no collateral for it
 
 
 ClientEvidence = Evidence | Unverified
@@ -90,9 +91,9 @@ RequestedSecret = ByServerName | ByName
 class AccessPolicy:
     """What one listener releases to whom."""
 
-    secrets: Policy                          # measurements and [[secrets]] rules
-    tcb: TcbPolicy                           # [attestation]: TCB status, advisories, DEBUG
-    client_filter: RaConfig | None = None    # [grsecret] client_ra_config (GrSecret only)
+    secrets: Policy  # measurements and [[secrets]] rules
+    tcb: TcbPolicy  # [attestation]: TCB status, advisories, DEBUG
+    client_filter: RaConfig | None = None  # [grsecret] client_ra_config (GrSecret only)
 
     def __post_init__(self) -> None:
         # secrets.toml's [attestation] holds the contract's TcbPolicy: the verifier's judges
@@ -102,13 +103,13 @@ class AccessPolicy:
 class Refusal(enum.Enum):
     """The step at which a client was refused."""
 
-    EVIDENCE = "evidence"               # no usable evidence, or the quote does not verify
-    NO_COLLATERAL = "no-collateral"     # no collateral to verify the quote with
-    QUOTE_POLICY = "quote-policy"       # TCB status, advisories, attributes, DEBUG
-    CLIENT_FILTER = "client-filter"     # Occlum's client_ra_config
+    EVIDENCE = "evidence"  # no usable evidence, or the quote does not verify
+    NO_COLLATERAL = "no-collateral"  # no collateral to verify the quote with
+    QUOTE_POLICY = "quote-policy"  # TCB status, advisories, attributes, DEBUG
+    CLIENT_FILTER = "client-filter"  # Occlum's client_ra_config
     BAD_SERVER_NAME = "bad-server-name"  # the TLS server name is not UTF-8
-    UNKNOWN_SECRET = "unknown-secret"   # a GrSecret name that is no secret's
-    NOT_RELEASED = "not-released"       # attested; the policy releases no (single) secret
+    UNKNOWN_SECRET = "unknown-secret"  # a GrSecret name that is no secret's
+    NOT_RELEASED = "not-released"  # attested; the policy releases no (single) secret
 
 
 #: Refusals made before the quote was accepted: the client's identity is not established.
@@ -117,10 +118,10 @@ UNATTESTED = frozenset({Refusal.EVIDENCE, Refusal.NO_COLLATERAL, Refusal.QUOTE_P
 
 @dataclass(frozen=True)
 class Decision:
-    secret: SecretRule | None        # what to release; None: nothing
-    reason: str                      # for the audit line and the client
-    refusal: Refusal | None = None   # None exactly when a secret is released
-    service: str | None = None       # the service the secret was released through
+    secret: SecretRule | None  # what to release; None: nothing
+    reason: str  # for the audit line and the client
+    refusal: Refusal | None = None  # None exactly when a secret is released
+    service: str | None = None  # the service the secret was released through
 
     @property
     def allowed(self) -> bool:
@@ -143,8 +144,9 @@ def _released(rule: SecretRule, via: str, reason: str) -> Decision:
 def check_client(evidence: ClientEvidence, policy: AccessPolicy) -> Decision | None:
     """Steps 1-3: the refusal of this client whatever it asks for, or None."""
     if isinstance(evidence, Unverified):
-        return _refused(Refusal.NO_COLLATERAL if evidence.no_collateral else Refusal.EVIDENCE,
-                        evidence.reason)
+        return _refused(
+            Refusal.NO_COLLATERAL if evidence.no_collateral else Refusal.EVIDENCE, evidence.reason
+        )
     reason = policy.tcb.refusal(evidence.quote)
     if reason is not None:
         return _refused(Refusal.QUOTE_POLICY, reason)
@@ -155,8 +157,7 @@ def check_client(evidence: ClientEvidence, policy: AccessPolicy) -> Decision | N
     return None
 
 
-def decide(evidence: ClientEvidence, requested: RequestedSecret,
-           policy: AccessPolicy) -> Decision:
+def decide(evidence: ClientEvidence, requested: RequestedSecret, policy: AccessPolicy) -> Decision:
     """The secret *requested* by the client with *evidence* receives under *policy*, or why
     none (see the module docstring)."""
     refused = check_client(evidence, policy)
@@ -166,10 +167,9 @@ def decide(evidence: ClientEvidence, requested: RequestedSecret,
     if isinstance(requested, ByName):
         return _by_name(policy.secrets, evidence.identity, requested.name)
     try:
-        server_name = (requested.server_name.decode() if requested.server_name else None)
+        server_name = requested.server_name.decode() if requested.server_name else None
     except UnicodeDecodeError:
-        return _refused(Refusal.BAD_SERVER_NAME,
-                        "the TLS server name (SNI) is not valid UTF-8")
+        return _refused(Refusal.BAD_SERVER_NAME, "the TLS server name (SNI) is not valid UTF-8")
     return _by_server_name(policy.secrets, evidence.identity, server_name)
 
 
@@ -179,17 +179,22 @@ def _by_server_name(policy: Policy, who: Identity, server_name: str | None) -> D
     if named:
         via = policy.admits(named[0], who)
         if via is None:
-            return _refused(Refusal.NOT_RELEASED, f"secret {named[0].name!r} (the TLS server "
-                                                  "name) is not released to this enclave "
-                                                  "identity")
+            return _refused(
+                Refusal.NOT_RELEASED,
+                f"secret {named[0].name!r} (the TLS server "
+                "name) is not released to this enclave "
+                "identity",
+            )
         return _released(named[0], via, f"allowed via {via} (named by the TLS server name)")
     candidates = [(rule, via) for rule in rules if (via := policy.admits(rule, who)) is not None]
     if not candidates:
         return _refused(Refusal.NOT_RELEASED, "no secret is released to this enclave identity")
     if len(candidates) > 1:
         names = ", ".join(sorted(rule.name for rule, _ in candidates))
-        return _refused(Refusal.NOT_RELEASED, f"several secrets ({names}) match and the TLS "
-                                              f"server name {server_name!r} selects none")
+        return _refused(
+            Refusal.NOT_RELEASED,
+            f"several secrets ({names}) match and the TLS server name {server_name!r} selects none",
+        )
     rule, via = candidates[0]
     return _released(rule, via, f"allowed via {via}")
 
@@ -201,17 +206,27 @@ def _by_name(policy: Policy, who: Identity, name: str) -> Decision:
     if named:
         via = policy.admits(named[0], who)
         if via is None:
-            return _refused(Refusal.NOT_RELEASED, f"secret {name!r} is not released to this "
-                                                  "enclave identity")
+            return _refused(
+                Refusal.NOT_RELEASED, f"secret {name!r} is not released to this enclave identity"
+            )
         return _released(named[0], via, f"allowed via {via}")
-    candidates = [(rule, via) for rule in policy.secrets if rule.requested_as == name
-                  if (via := policy.admits(rule, who)) is not None]
+    candidates = [
+        (rule, via)
+        for rule in policy.secrets
+        if rule.requested_as == name
+        if (via := policy.admits(rule, who)) is not None
+    ]
     if not candidates:
-        return _refused(Refusal.NOT_RELEASED, f"no secret asked for as {name!r} is released "
-                                              "to this enclave identity")
+        return _refused(
+            Refusal.NOT_RELEASED,
+            f"no secret asked for as {name!r} is released to this enclave identity",
+        )
     if len(candidates) > 1:
         names = ", ".join(sorted(rule.name for rule, _ in candidates))
-        return _refused(Refusal.NOT_RELEASED, f"several secrets ({names}) are asked for as "
-                                              f"{name!r} and released to this enclave identity")
+        return _refused(
+            Refusal.NOT_RELEASED,
+            f"several secrets ({names}) are asked for as "
+            f"{name!r} and released to this enclave identity",
+        )
     rule, via = candidates[0]
     return _released(rule, via, f"allowed via {via} (secret {rule.name!r})")

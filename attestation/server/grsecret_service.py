@@ -47,11 +47,10 @@ class GrSecretService:
     def converse(self, session: Session) -> None:
         conn, state, event = session.conn, session.state, session.event
         if conn.get_alpn_proto_negotiated() != grsecret.ALPN:
-            event.deny("the client did not negotiate HTTP/2 (ALPN h2): GrSecret is a gRPC "
-                       "service")
+            event.deny("the client did not negotiate HTTP/2 (ALPN h2): GrSecret is a gRPC service")
             return
         evidence = state.verifier.verify(conn.get_peer_certificate(), session.seconds_left())
-        refused = check_client(evidence, state.grsecret)   # whatever the client asks for
+        refused = check_client(evidence, state.grsecret)  # whatever the client asks for
         session.note_client(evidence, refused is None or refused.attested)
 
         def handle(name: str) -> RpcOutcome:
@@ -62,27 +61,41 @@ class GrSecretService:
             rule = decision.secret
             secret = read_secret(rule, session.uploads)
             if isinstance(secret, Unavailable):
-                return RpcOutcome(Status.UNAVAILABLE if secret.not_uploaded else Status.INTERNAL,
-                                  secret.reason)
+                return RpcOutcome(
+                    Status.UNAVAILABLE if secret.not_uploaded else Status.INTERNAL, secret.reason
+                )
             try:
-                secret = rule.encode(secret)   # e.g. Occlum's image-key text (hex-dashes)
+                secret = rule.encode(secret)  # e.g. Occlum's image-key text (hex-dashes)
             except ValueError as exc:
                 return RpcOutcome(Status.INTERNAL, f"secret {rule.name!r}: {exc}")
             return RpcOutcome(Status.OK, decision.reason, secret)
 
         def audit(name: str, outcome: RpcOutcome) -> None:
-            session.audit.write(event.for_call(
-                name, outcome.code == Status.OK, outcome.message,
-                Status.NAMES.get(outcome.code, str(outcome.code))))
+            session.audit.write(
+                event.for_call(
+                    name,
+                    outcome.code == Status.OK,
+                    outcome.message,
+                    Status.NAMES.get(outcome.code, str(outcome.code)),
+                )
+            )
 
         settings = state.config.grsecret
-        assert settings is not None   # this listener exists only with [grsecret]
-        summary = grsecret.serve(conn, handle, deadline=session.deadline, idle=settings.idle,
-                                 max_requests=settings.max_requests, on_answer=audit)
+        assert settings is not None  # this listener exists only with [grsecret]
+        summary = grsecret.serve(
+            conn,
+            handle,
+            deadline=session.deadline,
+            idle=settings.idle,
+            max_requests=settings.max_requests,
+            on_answer=audit,
+        )
         if summary.requests and summary.clean:
-            session.audited = True   # one line per call, nothing else to say
-        elif summary.requests:   # calls audited above; how the connection ended is news too
+            session.audited = True  # one line per call, nothing else to say
+        elif summary.requests:  # calls audited above; how the connection ended is news too
             event.deny(f"connection ended after {summary.requests} call(s): {summary.end}")
         else:
-            event.deny((refused.reason if refused is not None else "no GetSecret call")
-                       + f" ({summary.end})")
+            event.deny(
+                (refused.reason if refused is not None else "no GetSecret call")
+                + f" ({summary.end})"
+            )

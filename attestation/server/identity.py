@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from enclave_build.contract.secrets_config import SecretsConfig
+
 from ..errors import AttestationError
 from ..quote_source import QuoteSource, QuoteSourceError, discover
 from ..ratls import server_certificate
@@ -29,12 +30,11 @@ class IdentityError(AttestationError, RuntimeError):
 
 @dataclass(frozen=True)
 class ServerIdentity:
-    dice: tuple[bytes, bytes] | None = None      # (cert_pem, key_pem) for the secret_prov port
-    occlum: tuple[bytes, bytes] | None = None    # (cert_pem, key_pem) for the GrSecret port
+    dice: tuple[bytes, bytes] | None = None  # (cert_pem, key_pem) for the secret_prov port
+    occlum: tuple[bytes, bytes] | None = None  # (cert_pem, key_pem) for the GrSecret port
 
     @classmethod
-    def make(cls, config: SecretsConfig, quote_source: QuoteSource | None = None
-             ) -> "ServerIdentity":
+    def make(cls, config: SecretsConfig, quote_source: QuoteSource | None = None) -> ServerIdentity:
         wants_dice = config.server.identity == "ratls"
         wants_occlum = config.grsecret is not None
         if not (wants_dice or wants_occlum):
@@ -44,13 +44,15 @@ class ServerIdentity:
             dice = server_certificate("dice", source) if wants_dice else None
             occlum = server_certificate("occlum", source) if wants_occlum else None
         except QuoteSourceError as exc:
-            why = ("server.identity = \"ratls\"" if wants_dice else "[grsecret]")
-            raise IdentityError(f"{config.path}: {why} needs an RA-TLS certificate: "
-                                f"{exc}") from None
+            why = 'server.identity = "ratls"' if wants_dice else "[grsecret]"
+            raise IdentityError(
+                f"{config.path}: {why} needs an RA-TLS certificate: {exc}"
+            ) from None
         return cls(dice, occlum)
 
     def matches(self, config: SecretsConfig) -> bool:
         """Whether *config* needs exactly the certificates this identity has (a reload cannot
         add or drop one: the server would have to attest anew)."""
-        return ((self.dice is not None) == (config.server.identity == "ratls")
-                and (self.occlum is not None) == (config.grsecret is not None))
+        return (self.dice is not None) == (config.server.identity == "ratls") and (
+            self.occlum is not None
+        ) == (config.grsecret is not None)

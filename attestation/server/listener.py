@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .admission import Admission
 from .protocol import SecretProtocol
@@ -42,14 +42,20 @@ def no_delay(sock: socket.socket) -> None:
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
-        pass   # not a TCP socket (e.g. a test's socketpair)
+        pass  # not a TCP socket (e.g. a test's socketpair)
 
 
 class Listener:
     """Accepts from one listening socket on a thread of its own until *stopping* is set."""
 
-    def __init__(self, sock: socket.socket, protocol: SecretProtocol, admission: Admission,
-                 stopping: threading.Event, name: str):
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: SecretProtocol,
+        admission: Admission,
+        stopping: threading.Event,
+        name: str,
+    ):
         self._sock = sock
         self._protocol = protocol
         self._admission = admission
@@ -66,12 +72,12 @@ class Listener:
         while not self._stopping.is_set():
             try:
                 sock, peer = self._sock.accept()
-            except (socket.timeout, TimeoutError, BlockingIOError, InterruptedError):
+            except (TimeoutError, BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 if self._stopping.is_set():
                     return
-                time.sleep(0.05)   # e.g. out of file descriptors: retry, never die
+                time.sleep(0.05)  # e.g. out of file descriptors: retry, never die
                 continue
             no_delay(sock)
             self._admission.admit(sock, peer, self._protocol)

@@ -27,12 +27,12 @@ class Session:
     """One connection after its TLS handshake."""
 
     conn: SSL.Connection
-    state: ServerState            # as it was when the connection started
-    event: ConnectionEvent        # its audit line
-    deadline: float               # time.monotonic() by which the connection is cut
+    state: ServerState  # as it was when the connection started
+    event: ConnectionEvent  # its audit line
+    deadline: float  # time.monotonic() by which the connection is cut
     audit: AuditLog
-    uploads: UploadStore          # keys owners uploaded ([upload]); this process's memory
-    audited: bool = False         # the protocol wrote the connection's lines itself
+    uploads: UploadStore  # keys owners uploaded ([upload]); this process's memory
+    audited: bool = False  # the protocol wrote the connection's lines itself
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())

@@ -6,8 +6,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cryptography import x509
 
@@ -25,22 +25,28 @@ def startup_warnings(config: SecretsConfig) -> list[str]:
     root = config.attestation.root_ca
     if root is not None:
         der = load_root_der(root)
-        assert der is not None   # *root* is a path
+        assert der is not None  # *root* is a path
         subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
         kind = "SYNTHETIC TEST root" if "SYNTHETIC TEST" in subject else "non-Intel root"
-        warnings.append(f"WARNING: trusting a {kind} CA ({subject}) from {root}: quotes it "
-                        "vouches for are NOT backed by Intel; for tests and simulation only")
+        warnings.append(
+            f"WARNING: trusting a {kind} CA ({subject}) from {root}: quotes it "
+            "vouches for are NOT backed by Intel; for tests and simulation only"
+        )
     if config.attestation.collateral is not None:
         problem = _collateral_problem(config)
         if problem:
-            warnings.append(f"WARNING: [attestation] collateral {config.attestation.collateral} "
-                            f"does not chain to root_ca: {problem}; every quote will be "
-                            "refused until it does")
+            warnings.append(
+                f"WARNING: [attestation] collateral {config.attestation.collateral} "
+                f"does not chain to root_ca: {problem}; every quote will be "
+                "refused until it does"
+            )
     for relaxed in config.attestation.tcb.relaxations():
         warnings.append(f"WARNING: {relaxed}: enclaves on such platforms receive secrets")
     if config.server.max_tls == "1.3":
-        warnings.append("note: TLS 1.3 enabled; set [server] max_tls = \"1.2\" for Gramine 1.8 "
-                        "clients (mbedTLS 3.6.0 cannot handle TLS 1.3 session tickets)")
+        warnings.append(
+            'note: TLS 1.3 enabled; set [server] max_tls = "1.2" for Gramine 1.8 '
+            "clients (mbedTLS 3.6.0 cannot handle TLS 1.3 session tickets)"
+        )
     if config.grsecret is not None:
         warnings.extend(_grsecret_warnings(config))
     return warnings
@@ -61,10 +67,12 @@ def _collateral_problem(config: SecretsConfig) -> str | None:
 def _grsecret_warnings(config: SecretsConfig) -> list[str]:
     warnings = []
     grpc = config.grsecret
-    assert grpc is not None   # called with [grsecret] only
+    assert grpc is not None  # called with [grsecret] only
     if grpc.client_ra_config is not None and RaConfig.load(grpc.client_ra_config).checks_nothing:
-        warnings.append(f"note: {grpc.client_ra_config}: every verify_* flag is \"off\"; "
-                        "GrSecret clients are filtered by the [[secrets]] policy alone")
+        warnings.append(
+            f'note: {grpc.client_ra_config}: every verify_* flag is "off"; '
+            "GrSecret clients are filtered by the [[secrets]] policy alone"
+        )
     for rule in config.secrets:
         if rule.file is None:
             continue
@@ -72,7 +80,8 @@ def _grsecret_warnings(config: SecretsConfig) -> list[str]:
         if size % 3:
             warnings.append(
                 f"note: secret {rule.name!r} is {size} bytes, not a multiple of 3: Occlum's "
-                f"GrSecret client appends {3 - size % 3} NUL byte(s) when it decodes it")
+                f"GrSecret client appends {3 - size % 3} NUL byte(s) when it decodes it"
+            )
     return warnings
 
 

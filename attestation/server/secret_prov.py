@@ -38,10 +38,10 @@ from .state import ServerState
 class SecretProv:
     """The secret_prov listener's protocol."""
 
-    audit_name = None   # (its lines predate the field)
+    audit_name = None  # (its lines predate the field)
 
     def __init__(self, ratls_identity: bool):
-        self._ratls_identity = ratls_identity   # the server presents its own RA-TLS certificate
+        self._ratls_identity = ratls_identity  # the server presents its own RA-TLS certificate
 
     def context(self, state: ServerState) -> SSL.Context:
         return state.secret_prov_context
@@ -49,8 +49,10 @@ class SecretProv:
     def handshake_failed(self, event: ConnectionEvent, reason: str) -> None:
         if self._ratls_identity and "did not return a certificate" in reason:
             event.decision = IDENTITY_ONLY
-            event.reason = ("the client read this server's RA-TLS certificate without "
-                            "presenting one (enclave-build attest); nothing was requested")
+            event.reason = (
+                "the client read this server's RA-TLS certificate without "
+                "presenting one (enclave-build attest); nothing was requested"
+            )
             return
         event.deny(f"TLS handshake failed: {reason}")
 
@@ -76,14 +78,13 @@ class SecretProv:
             event.deny(f"request longer than {len(REQUEST)} bytes")
             return
         if request != REQUEST:
-            event.deny(f"malformed request ({len(request)} bytes, not "
-                       f"{REQUEST[:-1].decode()!r})")
+            event.deny(f"malformed request ({len(request)} bytes, not {REQUEST[:-1].decode()!r})")
             return
         secret = read_secret(rule, session.uploads)
         if isinstance(secret, Unavailable):
             event.deny(secret.reason)
             if secret.not_uploaded:
-                conn.sendall(refusal(secret.reason))   # the request was read already
+                conn.sendall(refusal(secret.reason))  # the request was read already
             return
         conn.sendall(RESPONSE + len(secret).to_bytes(4, "big") + secret)
         event.allow(decision.reason)
@@ -96,9 +97,14 @@ def _serve_upload(session: Session, der: bytes) -> None:
     settings = state.config.upload
     # load_config reads the owners' certificates into the server's own UploadSettings
     assert isinstance(settings, upload.UploadSettings)
-    outcome = upload.serve_upload(lambda n: read_exact(conn, n), conn.sendall, der,
-                                  settings, session.uploads,
-                                  [r.name for r in state.config.secrets if r.file is None])
+    outcome = upload.serve_upload(
+        lambda n: read_exact(conn, n),
+        conn.sendall,
+        der,
+        settings,
+        session.uploads,
+        [r.name for r in state.config.secrets if r.file is None],
+    )
     event.secrets = outcome.secrets
     if outcome.allowed:
         event.allow(outcome.reason)
@@ -124,7 +130,7 @@ def read_exact(conn: SSL.Connection, size: int) -> bytes:
             chunk = conn.recv(size - len(data))
         except SSL.ZeroReturnError:
             break
-        except SSL.SysCallError as exc:   # closed without close_notify, or reset: short read
+        except SSL.SysCallError as exc:  # closed without close_notify, or reset: short read
             if exc.args and exc.args[0] in (-1, errno.ECONNRESET):
                 break
             raise

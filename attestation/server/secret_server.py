@@ -7,8 +7,8 @@ import datetime as _dt
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from OpenSSL import SSL
 
@@ -20,7 +20,7 @@ from .admission import Admission, Limits, peer_text
 from .audit import AuditLog, Reloaded, Started, Stopped
 from .grsecret_service import GrSecretService
 from .identity import IdentityError, ServerIdentity
-from .listener import ListenFactory, Listener, listen_tcp
+from .listener import Listener, ListenFactory, listen_tcp
 from .protocol import SecretProtocol
 from .secret_prov import SecretProv
 from .state import ServerState, VerifierFactory
@@ -37,16 +37,19 @@ class SecretServer:
     client verifier of a configuration (default: :meth:`ClientVerifier.for_config`);
     *listen* makes the listening sockets (default: :func:`listen_tcp`)."""
 
-    def __init__(self, config: SecretsConfig, *,
-                 now: Callable[[], _dt.datetime] | None = None,
-                 verifier_for: VerifierFactory | None = None,
-                 listen: ListenFactory = listen_tcp):
+    def __init__(
+        self,
+        config: SecretsConfig,
+        *,
+        now: Callable[[], _dt.datetime] | None = None,
+        verifier_for: VerifierFactory | None = None,
+        listen: ListenFactory = listen_tcp,
+    ):
         clock = now or utc_now
-        self._verifier_for = verifier_for or (
-            lambda cfg: ClientVerifier.for_config(cfg, clock))
+        self._verifier_for = verifier_for or (lambda cfg: ClientVerifier.for_config(cfg, clock))
         self._listen = listen
         self.audit = AuditLog(config.server.audit_log)
-        try:   # the server's own RA-TLS certificates (if configured): once per start
+        try:  # the server's own RA-TLS certificates (if configured): once per start
             self._identity = ServerIdentity.make(config)
         except IdentityError as exc:
             self.audit.close()
@@ -56,7 +59,7 @@ class SecretServer:
         except BaseException:
             self.audit.close()
             raise
-        self.uploads = UploadStore()   # keys owners uploaded ([upload]); memory only
+        self.uploads = UploadStore()  # keys owners uploaded ([upload]); memory only
         # the reader always sets it (the cores the server may use when secrets.toml does not)
         assert config.server.processes is not None
         self.processes: int = config.server.processes
@@ -65,7 +68,7 @@ class SecretServer:
         # (listening socket, its protocol, its acceptor thread's name)
         self._sockets: list[tuple[socket.socket, SecretProtocol, str]] = []
         self._workers = Workers(self._worker_main, self.audit)
-        self._admission: Admission | None = None   # set while this process serves
+        self._admission: Admission | None = None  # set while this process serves
         self._listeners: list[Listener] = []
         self._stopping = threading.Event()
 
@@ -89,20 +92,31 @@ class SecretServer:
         raises."""
         config = load_config(path or self._state.config.path)
         if not self._identity.matches(config) or _address(config.grsecret) != _address(
-                self._state.config.grsecret):
-            raise ServerError(f"{config.path}: server.identity and [grsecret] (its presence and "
-                              "listen address) cannot change on reload: restart the server")
+            self._state.config.grsecret
+        ):
+            raise ServerError(
+                f"{config.path}: server.identity and [grsecret] (its presence and "
+                "listen address) cannot change on reload: restart the server"
+            )
         try:
             state = ServerState.load(config, self._identity, self._verifier_for)
         except SSL.Error as exc:
-            raise ServerError(f"{config.server.cert} / {config.server.key}: cannot use the TLS "
-                              f"certificate and key: {describe(exc)}") from None
-        self._state = state   # new connections use it; those in flight finish as they are
+            raise ServerError(
+                f"{config.server.cert} / {config.server.key}: cannot use the TLS "
+                f"certificate and key: {describe(exc)}"
+            ) from None
+        self._state = state  # new connections use it; those in flight finish as they are
         if self._workers.running:
             self._workers.reload(str(config.path))
             return
-        self.audit.write(Reloaded(len(state.policy.measurements), len(state.policy.secrets),
-                                  str(config.server.cert), os.getpid()))
+        self.audit.write(
+            Reloaded(
+                len(state.policy.measurements),
+                len(state.policy.secrets),
+                str(config.server.cert),
+                os.getpid(),
+            )
+        )
 
     # ------------------------------------------------------------------ serving
 
@@ -112,22 +126,27 @@ class SecretServer:
         try:
             listener = self._listen(server.host, server.port)
         except OSError as exc:
-            raise ServerError(f"{config.path}: server.listen: cannot listen on "
-                              f"{peer_text((server.host, server.port))}: "
-                              f"{exc.strerror or exc}") from None
+            raise ServerError(
+                f"{config.path}: server.listen: cannot listen on "
+                f"{peer_text((server.host, server.port))}: "
+                f"{exc.strerror or exc}"
+            ) from None
         self.address = listener.getsockname()[:2]
-        self._sockets.append((listener, SecretProv(self._identity.dice is not None),
-                              "secret-accept"))
+        self._sockets.append(
+            (listener, SecretProv(self._identity.dice is not None), "secret-accept")
+        )
         grpc = config.grsecret
         grsecret = None
-        if grpc is not None:   # a port of its own, shared by the worker processes like the other
+        if grpc is not None:  # a port of its own, shared by the worker processes like the other
             try:
                 grpc_listener = self._listen(grpc.host, grpc.port)
             except OSError as exc:
                 listener.close()
-                raise ServerError(f"{config.path}: grsecret.listen: cannot listen on "
-                                  f"{peer_text((grpc.host, grpc.port))}: "
-                                  f"{exc.strerror or exc}") from None
+                raise ServerError(
+                    f"{config.path}: grsecret.listen: cannot listen on "
+                    f"{peer_text((grpc.host, grpc.port))}: "
+                    f"{exc.strerror or exc}"
+                ) from None
             self.grsecret_address = grpc_listener.getsockname()[:2]
             self._sockets.append((grpc_listener, GrSecretService(), "grsecret-accept"))
             grsecret = f"{self.grsecret_address[0]}:{self.grsecret_address[1]}"
@@ -169,10 +188,13 @@ class SecretServer:
 
     def _start_serving(self) -> None:
         """This process's connection machinery: limits, worker threads, watchdog, acceptors."""
-        self._admission = Admission(Limits.of(self._state.config.server), self.audit,
-                                    lambda: self._state, self.uploads)
-        self._listeners = [Listener(sock, protocol, self._admission, self._stopping, name)
-                           for sock, protocol, name in self._sockets]
+        self._admission = Admission(
+            Limits.of(self._state.config.server), self.audit, lambda: self._state, self.uploads
+        )
+        self._listeners = [
+            Listener(sock, protocol, self._admission, self._stopping, name)
+            for sock, protocol, name in self._sockets
+        ]
         for listener in self._listeners:
             listener.start()
 

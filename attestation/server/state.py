@@ -4,12 +4,13 @@ A connection takes the state current when it starts and keeps it to its end."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from OpenSSL import SSL
 
 from enclave_build.contract.secrets_config import SecretsConfig
+
 from ..occlum_ra import RaConfig
 from ..policy import Policy
 from ..verify import TcbPolicy
@@ -26,24 +27,35 @@ class ServerState:
     config: SecretsConfig
     policy: Policy
     verifier: Verifier
-    secret_prov: AccessPolicy                 # Gramine's secret_prov listener
-    grsecret: AccessPolicy                    # Occlum's GrSecret listener (client_ra_config)
+    secret_prov: AccessPolicy  # Gramine's secret_prov listener
+    grsecret: AccessPolicy  # Occlum's GrSecret listener (client_ra_config)
     secret_prov_context: SSL.Context
-    grsecret_context: SSL.Context | None      # None without [grsecret]
+    grsecret_context: SSL.Context | None  # None without [grsecret]
 
     @classmethod
-    def load(cls, config: SecretsConfig, identity: ServerIdentity,
-             verifier_for: VerifierFactory = ClientVerifier.for_config) -> "ServerState":
+    def load(
+        cls,
+        config: SecretsConfig,
+        identity: ServerIdentity,
+        verifier_for: VerifierFactory = ClientVerifier.for_config,
+    ) -> ServerState:
         """Build everything from *config*; PolicyError, RaConfigError, VerifierConfigError
         and SSL.Error (the TLS certificate and key) say what is wrong with it."""
-        policy = Policy.build(list(config.measurements), list(config.secrets),
-                              config.path.parent)
+        policy = Policy.build(list(config.measurements), list(config.secrets), config.path.parent)
         grpc = config.grsecret
-        client_filter = (RaConfig.load(grpc.client_ra_config)
-                         if grpc is not None and grpc.client_ra_config else None)
+        client_filter = (
+            RaConfig.load(grpc.client_ra_config)
+            if grpc is not None and grpc.client_ra_config
+            else None
+        )
         verifier = verifier_for(config)
-        tcb = TcbPolicy.of(config.attestation.tcb)   # as this verifier applies it
-        return cls(config, policy, verifier, AccessPolicy(policy, tcb),
-                   AccessPolicy(policy, tcb, client_filter),
-                   secret_prov_context(config, identity),
-                   grsecret_context(config, identity) if grpc is not None else None)
+        tcb = TcbPolicy.of(config.attestation.tcb)  # as this verifier applies it
+        return cls(
+            config,
+            policy,
+            verifier,
+            AccessPolicy(policy, tcb),
+            AccessPolicy(policy, tcb, client_filter),
+            secret_prov_context(config, identity),
+            grsecret_context(config, identity) if grpc is not None else None,
+        )

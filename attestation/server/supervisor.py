@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import AttestationError
 from .audit import AuditLog, WorkerExited
@@ -41,7 +41,7 @@ class Workers:
     def __init__(self, worker_main: Callable[[socket.socket], int], audit: AuditLog):
         self._main = worker_main
         self._audit = audit
-        self._children: dict[int, socket.socket] = {}   # pid -> control channel
+        self._children: dict[int, socket.socket] = {}  # pid -> control channel
         self._stopping = False
 
     @property
@@ -65,7 +65,7 @@ class Workers:
     def _spawn(self) -> int:
         parent_end, child_end = socket.socketpair()
         pid = os.fork()
-        if pid == 0:   # the worker: never returns
+        if pid == 0:  # the worker: never returns
             status = 1
             try:
                 parent_end.close()
@@ -75,6 +75,7 @@ class Workers:
                 status = self._main(child_end)
             except BaseException:  # noqa: BLE001 - a worker must never run its parent's code
                 import traceback
+
                 traceback.print_exc()
             finally:
                 os._exit(status)
@@ -110,8 +111,7 @@ class Workers:
             if done == 0:
                 continue
             self._children.pop(pid).close()
-            self._audit.write(WorkerExited(pid, os.waitstatus_to_exitcode(status)
-                                           if status else 0))
+            self._audit.write(WorkerExited(pid, os.waitstatus_to_exitcode(status) if status else 0))
             new = self._spawn()
             if read_line(self._children[new], ANSWER_SECONDS) == "ready":
                 replaced.append(new)
@@ -143,8 +143,12 @@ class Workers:
         self._children.clear()
 
 
-def run_worker(control: socket.socket, start: Callable[[], None], stop: Callable[[], None],
-               reload: Callable[[str | None], None]) -> int:
+def run_worker(
+    control: socket.socket,
+    start: Callable[[], None],
+    stop: Callable[[], None],
+    reload: Callable[[str | None], None],
+) -> int:
     """A worker process's life: serve (*start*), obey the supervisor's commands and signals
     (SIGHUP: *reload*; SIGTERM, SIGINT or the supervisor gone: *stop*), exit status 0."""
     stopping, hup = threading.Event(), threading.Event()
@@ -152,7 +156,8 @@ def run_worker(control: socket.socket, start: Callable[[], None], stop: Callable
     signal.signal(signal.SIGINT, lambda s, f: stopping.set())
     signal.signal(signal.SIGHUP, lambda s, f: hup.set())
     import gc
-    gc.freeze()   # what the parent built is long-lived: keep the collector off it
+
+    gc.freeze()  # what the parent built is long-lived: keep the collector off it
     start()
     control.sendall(b"ready\n")
     buffer = b""
@@ -162,8 +167,10 @@ def run_worker(control: socket.socket, start: Callable[[], None], stop: Callable
             try:
                 reload(None)
             except Exception as exc:  # noqa: BLE001 - keep serving with the old policy
-                print(f"worker {os.getpid()}: reload failed, keeping the previous policy: "
-                      f"{exc}", file=sys.stderr)
+                print(
+                    f"worker {os.getpid()}: reload failed, keeping the previous policy: {exc}",
+                    file=sys.stderr,
+                )
         try:
             ready, _, _ = select.select([control], [], [], 0.2)
         except InterruptedError:
@@ -172,7 +179,7 @@ def run_worker(control: socket.socket, start: Callable[[], None], stop: Callable
             continue
         chunk = control.recv(4096)
         if not chunk:
-            break   # the supervisor is gone: stop too
+            break  # the supervisor is gone: stop too
         buffer += chunk
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
@@ -182,8 +189,9 @@ def run_worker(control: socket.socket, start: Callable[[], None], stop: Callable
                     reload(argument or None)
                     control.sendall(b"ok\n")
                 except Exception as exc:  # noqa: BLE001 - reported to the supervisor
-                    control.sendall(f"{type(exc).__name__}: {exc}".replace("\n", " ")
-                                    .encode()[:2000] + b"\n")
+                    control.sendall(
+                        f"{type(exc).__name__}: {exc}".replace("\n", " ").encode()[:2000] + b"\n"
+                    )
             elif command == "stop":
                 stopping.set()
     stop()

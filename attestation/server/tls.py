@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from enclave_build.contract.secrets_config import SecretsConfig
+
 from ..grsecret import ALPN
 from ..ratls import RaTlsKey
 from .identity import IdentityError, ServerIdentity
@@ -25,9 +26,10 @@ def secret_prov_context(config: SecretsConfig, identity: ServerIdentity) -> SSL.
     ``identity = "ratls"``, the server's TCG DICE RA-TLS certificate); TLS 1.3 unless
     ``max_tls = "1.2"``; a client certificate is required. Raises SSL.Error when the
     certificate and key cannot be used."""
-    ctx = _base_context(SSL.TLS1_2_VERSION if config.server.max_tls == "1.2"
-                        else SSL.TLS1_3_VERSION)
-    if identity.dice is not None:   # identity = "ratls": our own TCG DICE certificate
+    ctx = _base_context(
+        SSL.TLS1_2_VERSION if config.server.max_tls == "1.2" else SSL.TLS1_3_VERSION
+    )
+    if identity.dice is not None:  # identity = "ratls": our own TCG DICE certificate
         use_pem(ctx, identity.dice)
     else:
         ctx.use_certificate_chain_file(str(config.server.cert))
@@ -58,7 +60,7 @@ def use_pem(ctx: SSL.Context, pair: tuple[bytes, bytes]) -> None:
     cert_pem, key_pem = pair
     ctx.use_certificate(x509.load_pem_x509_certificate(cert_pem))
     key = serialization.load_pem_private_key(key_pem, None)
-    assert isinstance(key, RaTlsKey)   # made by ratls.server_certificate
+    assert isinstance(key, RaTlsKey)  # made by ratls.server_certificate
     ctx.use_privatekey(key)
     ctx.check_privatekey()
 
@@ -80,9 +82,9 @@ def _base_context(max_version: int) -> SSL.Context:
     return ctx
 
 
-def _accept_any(conn, cert, errno, depth, ok) -> bool:  # noqa: ANN001
+def _accept_any(conn, cert, errno, depth, ok) -> bool:
     return True
 
 
-def _select_h2(conn: SSL.Connection, offered: list[bytes]):  # noqa: ANN202
+def _select_h2(conn: SSL.Connection, offered: list[bytes]):
     return ALPN if ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS

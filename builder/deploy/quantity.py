@@ -52,6 +52,20 @@ def format_size(size: int) -> str:
     return Size(size).gigabytes_text()
 
 
-__all__ = ["cpu_millis", "memory_bytes", "bytes_quantity", "format_cpu", "format_mebibytes",
-           "format_size", "CPU_DOC", "CPU_PATTERN", "MEMORY_DOC", "MEMORY_PATTERN",
-           "QUANTITY_MAX", "BYTES_QUANTITY_DOC", "SizeError", "MI", "GI"]
+__all__ = [
+    "cpu_millis",
+    "memory_bytes",
+    "bytes_quantity",
+    "format_cpu",
+    "format_mebibytes",
+    "format_size",
+    "CPU_DOC",
+    "CPU_PATTERN",
+    "MEMORY_DOC",
+    "MEMORY_PATTERN",
+    "QUANTITY_MAX",
+    "BYTES_QUANTITY_DOC",
+    "SizeError",
+    "MI",
+    "GI",
+]

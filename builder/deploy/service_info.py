@@ -8,17 +8,22 @@ definition, one writer, one reader); :class:`ServiceInfo` here is that type read
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from enclave_build.contract import service_info as contract
+from enclave_build.contract.deploy import DeploySpec
 from enclave_build.contract.schema import Problem
-from enclave_build.contract.service_info import (EnclaveInfo, Health, MetricsEndpoint, RunAs,
-                                                 ServicePort)
+from enclave_build.contract.service_info import (
+    EnclaveInfo,
+    Health,
+    MetricsEndpoint,
+    RunAs,
+    ServicePort,
+)
 
 from ..errors import EnclaveBuildError
 from ..plan import KeyDelivery, MountType, ServicePlan
-from enclave_build.contract.deploy import DeploySpec
-
 from .settings import LIBOS, check_deploy
 
 
@@ -34,14 +39,18 @@ def _builder_checks(values: Mapping[str, Any], problems: list[Problem]) -> None:
     deploy = values.get("deploy")
     if isinstance(deploy, dict):
         given = {k: v for k, v in deploy.items() if v is not None}
-        check_deploy(DeploySpec.from_values(given).to_dict(), values.get("enclave") or {},
-                     problems)
+        check_deploy(DeploySpec.from_values(given).to_dict(), values.get("enclave") or {}, problems)
     libos = values.get("libos")
     margin = (deploy or {}).get("epc_margin") if isinstance(deploy, dict) else None
     if isinstance(libos, str) and libos not in LIBOS and margin is None:
-        problems.append(Problem(("libos",), f"{libos!r}: no EPC margin known for it (known: "
-                                            f"{', '.join(LIBOS)}); set [deploy] epc_margin in "
-                                            "the spec and rebuild"))
+        problems.append(
+            Problem(
+                ("libos",),
+                f"{libos!r}: no EPC margin known for it (known: "
+                f"{', '.join(LIBOS)}); set [deploy] epc_margin in "
+                "the spec and rebuild",
+            )
+        )
 
 
 class ServiceInfo(contract.ServiceInfo):
@@ -54,8 +63,9 @@ class ServiceInfo(contract.ServiceInfo):
         _builder_checks(values, problems)
 
 
-def service_info(plan: ServicePlan, deploy: DeploySpec, run_as: tuple[int, int], *,
-                 tls: bool) -> ServiceInfo:
+def service_info(
+    plan: ServicePlan, deploy: DeploySpec, run_as: tuple[int, int], *, tls: bool
+) -> ServiceInfo:
     """Describe *plan* for deployment. For enclave-build's model server the health, metrics,
     ports and drain come from its own (measured) configuration file in the plan."""
     ports = tuple(ServicePort(p.name, p.number, p.protocol, p.spec_key) for p in plan.ports)
@@ -71,23 +81,45 @@ def service_info(plan: ServicePlan, deploy: DeploySpec, run_as: tuple[int, int],
         tls = config.tls is not None
     else:
         if not ports:
-            raise EnclaveBuildError(f"service {plan.service!r} listens on no port: nothing to "
-                                    "probe or expose")
+            raise EnclaveBuildError(
+                f"service {plan.service!r} listens on no port: nothing to probe or expose"
+            )
         grpc = next((p.name for p in ports if p.name == "grpc"), ports[0].name)
         health = Health("tcp", grpc)
-    writable = tuple(sorted({(m.uri or "file:" + m.path).removeprefix("file:")
-                             for m in plan.mounts if m.type is MountType.ENCRYPTED}))
+    writable = tuple(
+        sorted(
+            {
+                (m.uri or "file:" + m.path).removeprefix("file:")
+                for m in plan.mounts
+                if m.type is MountType.ENCRYPTED
+            }
+        )
+    )
     secrets = plan.secrets
     return ServiceInfo(
-        service=plan.service, framework=plan.framework, libos=plan.libos,
+        service=plan.service,
+        framework=plan.framework,
+        libos=plan.libos,
         enclave=EnclaveInfo(plan.enclave.size, plan.enclave.max_threads, plan.enclave.edmm),
-        ports=ports, health=health, run_as=RunAs(*run_as), metrics=metrics,
-        drain_seconds=drain, writable_paths=writable,
+        ports=ports,
+        health=health,
+        run_as=RunAs(*run_as),
+        metrics=metrics,
+        drain_seconds=drain,
+        writable_paths=writable,
         keys=tuple(k.name for k in secrets.keys) if secrets else (),
         secret_server=secrets.server if secrets and secrets.keys else None,
         # Occlum's init fetches every key over mutual RA-TLS: the server must quote too.
-        secret_server_enclave=bool(secrets and secrets.keys and (
-            secrets.server_trust is not None or plan.libos == "occlum"
-            or secrets.delivery is KeyDelivery.LIBOS_FILES)),
+        secret_server_enclave=bool(
+            secrets
+            and secrets.keys
+            and (
+                secrets.server_trust is not None
+                or plan.libos == "occlum"
+                or secrets.delivery is KeyDelivery.LIBOS_FILES
+            )
+        ),
         ra_tls_identity=plan.needs_quote_device,
-        tls=tls, deploy=deploy)
+        tls=tls,
+        deploy=deploy,
+    )

@@ -8,8 +8,9 @@ Per-environment changes (replicas, hosts) belong in a kustomize overlay, not a r
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from enclave_build.contract.deploy import CPU_DOC, DEPLOY, DeploySpec
 from enclave_build.contract.schema import Problem, validate_table
@@ -23,9 +24,11 @@ LIBOS = ("gramine", "occlum")
 
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
 _SUBDOMAIN = re.compile(r"^(?=.{1,253}\Z)" + _DNS_NAME + r"\Z")
-_DIGEST_DOC = ("an image reference pinned by digest, REGISTRY/NAME@sha256:<64 hex> (Kubernetes "
-               "must run the image that was reviewed; `skopeo inspect docker://REF` or `docker "
-               "buildx imagetools inspect REF` prints the digest)")
+_DIGEST_DOC = (
+    "an image reference pinned by digest, REGISTRY/NAME@sha256:<64 hex> (Kubernetes "
+    "must run the image that was reviewed; `skopeo inspect docker://REF` or `docker "
+    "buildx imagetools inspect REF` prints the digest)"
+)
 
 
 def label_key_problem(key: str) -> str | None:
@@ -34,15 +37,19 @@ def label_key_problem(key: str) -> str | None:
     if "/" in key and not _SUBDOMAIN.match(prefix):
         return f"label key {key!r}: the prefix before '/' must be a DNS subdomain"
     if not _LABEL_NAME.match(name):
-        return (f"label key {key!r}: the name must be 1 to 63 letters, digits, '-', '_' or '.', "
-                "starting and ending with a letter or digit")
+        return (
+            f"label key {key!r}: the name must be 1 to 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
     return None
 
 
 def label_value_problem(value: str) -> str | None:
     if value and not _LABEL_NAME.match(value):
-        return (f"label value {value!r}: at most 63 letters, digits, '-', '_' or '.', starting "
-                "and ending with a letter or digit (or empty)")
+        return (
+            f"label value {value!r}: at most 63 letters, digits, '-', '_' or '.', starting "
+            "and ending with a letter or digit (or empty)"
+        )
     return None
 
 
@@ -61,8 +68,9 @@ def image_problem(ref: str) -> str | None:
     return None
 
 
-def check_deploy(values: Mapping[str, Any], enclave: Mapping[str, Any],
-                 problems: list[Problem]) -> None:
+def check_deploy(
+    values: Mapping[str, Any], enclave: Mapping[str, Any], problems: list[Problem]
+) -> None:
     """Cross-key checks of ``[deploy]`` (each key's own type and pattern are checked already)."""
     bad = {p.path for p in problems}
 
@@ -74,43 +82,80 @@ def check_deploy(values: Mapping[str, Any], enclave: Mapping[str, Any],
             problems.append(Problem(("deploy", key), problem))
     host = values["ingress_host"] if ok("ingress_host") else ""
     if len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
-        problems.append(Problem(("deploy", "ingress_host"), "too long; allowed: a DNS name of at "
-                                "most 253 characters, each label at most 63"))
+        problems.append(
+            Problem(
+                ("deploy", "ingress_host"),
+                "too long; allowed: a DNS name of at most 253 characters, each label at most 63",
+            )
+        )
     if ok("node_selector"):
         for key, value in values["node_selector"].items():
             problem = label_key_problem(key) or label_value_problem(value)
             if problem:
                 problems.append(Problem(("deploy", "node_selector", key), problem))
     if ok("cpu") and cpu_millis(values["cpu"]) == 0:
-        problems.append(Problem(("deploy", "cpu"), f"{values['cpu']!r} is no CPU at all; "
-                                f"allowed: {CPU_DOC}, more than 0"))
+        problems.append(
+            Problem(
+                ("deploy", "cpu"),
+                f"{values['cpu']!r} is no CPU at all; allowed: {CPU_DOC}, more than 0",
+            )
+        )
     threads = enclave.get("max_threads")
     if ok("cpu") and isinstance(threads, int) and cpu_millis(values["cpu"]) > threads * 1000:
-        problems.append(Problem(("deploy", "cpu"),
-                                f"{values['cpu']!r} is more than [enclave] max_threads "
-                                f"({threads}): the enclave cannot use it; allowed: at most "
-                                f"{threads}"))
+        problems.append(
+            Problem(
+                ("deploy", "cpu"),
+                f"{values['cpu']!r} is more than [enclave] max_threads "
+                f"({threads}): the enclave cannot use it; allowed: at most "
+                f"{threads}",
+            )
+        )
 
     if ok("max_replicas") and ok("replicas") and values["max_replicas"] < values["replicas"]:
-        problems.append(Problem(("deploy", "max_replicas"),
-                                f"{values['max_replicas']} is less than replicas "
-                                f"({values['replicas']}), the autoscaler's minimum"))
-    if ok("cpu_limit") and ok("cpu") and cpu_millis(values["cpu_limit"]) < cpu_millis(values["cpu"]):
-        problems.append(Problem(("deploy", "cpu_limit"),
-                                f"{values['cpu_limit']!r} is less than the request cpu = "
-                                f"{values['cpu']!r}"))
-    if ok("cpu_limit") and isinstance(threads, int) and \
-            cpu_millis(values["cpu_limit"]) > threads * 1000:
-        problems.append(Problem(("deploy", "cpu_limit"),
-                                f"{values['cpu_limit']!r} is more than [enclave] max_threads "
-                                f"({threads}): the enclave never runs more threads at once, so "
-                                "the extra CPU could never be used; allowed: at most "
-                                f"{threads}"))
-    if ok("memory_limit") and ok("memory") and \
-            memory_bytes(values["memory_limit"]) < memory_bytes(values["memory"]):
-        problems.append(Problem(("deploy", "memory_limit"),
-                                f"{values['memory_limit']!r} is less than the request memory = "
-                                f"{values['memory']!r}"))
+        problems.append(
+            Problem(
+                ("deploy", "max_replicas"),
+                f"{values['max_replicas']} is less than replicas "
+                f"({values['replicas']}), the autoscaler's minimum",
+            )
+        )
+    if (
+        ok("cpu_limit")
+        and ok("cpu")
+        and cpu_millis(values["cpu_limit"]) < cpu_millis(values["cpu"])
+    ):
+        problems.append(
+            Problem(
+                ("deploy", "cpu_limit"),
+                f"{values['cpu_limit']!r} is less than the request cpu = {values['cpu']!r}",
+            )
+        )
+    if (
+        ok("cpu_limit")
+        and isinstance(threads, int)
+        and cpu_millis(values["cpu_limit"]) > threads * 1000
+    ):
+        problems.append(
+            Problem(
+                ("deploy", "cpu_limit"),
+                f"{values['cpu_limit']!r} is more than [enclave] max_threads "
+                f"({threads}): the enclave never runs more threads at once, so "
+                "the extra CPU could never be used; allowed: at most "
+                f"{threads}",
+            )
+        )
+    if (
+        ok("memory_limit")
+        and ok("memory")
+        and memory_bytes(values["memory_limit"]) < memory_bytes(values["memory"])
+    ):
+        problems.append(
+            Problem(
+                ("deploy", "memory_limit"),
+                f"{values['memory_limit']!r} is less than the request memory = "
+                f"{values['memory']!r}",
+            )
+        )
 
 
 def validate_deploy(values: Any, enclave: Mapping[str, Any], source: str) -> DeploySpec:

@@ -18,17 +18,18 @@ address before anything is started.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from enclave_build.contract.names import SECRETS_FILE
 
 from ..errors import EnclaveBuildError, UsageError
-from ..secrets_config import ServerSide, compose_config, write_config as write_secrets_config
+from ..secrets_config import ServerSide, compose_config
+from ..secrets_config import write_config as write_secrets_config
 
 PKI_DIR = "pki"
 #: A kept PKI with less validity than this left is replaced.
@@ -42,9 +43,11 @@ class DevSecretsError(EnclaveBuildError):
     """The local secret server cannot be prepared."""
 
 
-def ensure_pki(directory: Path, log: Callable[[str], None],
-               now: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.timezone.utc)
-               ) -> Path:
+def ensure_pki(
+    directory: Path,
+    log: Callable[[str], None],
+    now: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.UTC),
+) -> Path:
     """The synthetic PKI in *directory* (made if missing or about to expire); its path."""
     from enclave_build.attestation.synthetic import PKIError, SyntheticPKI
 
@@ -55,8 +58,10 @@ def ensure_pki(directory: Path, log: Callable[[str], None],
             raise DevSecretsError(f"{exc} (remove {directory} to make a new one)") from None
         if pki.not_after - now() > PKI_MARGIN:
             return directory
-        log(f"dev: the synthetic PKI in {directory} expires {pki.not_after:%Y-%m-%d}: making a "
-            "new one")
+        log(
+            f"dev: the synthetic PKI in {directory} expires {pki.not_after:%Y-%m-%d}: making a "
+            "new one"
+        )
     try:
         SyntheticPKI(now=now(), days=PKI_DAYS).save(directory, overwrite=True)
     except PKIError as exc:
@@ -71,7 +76,7 @@ class ServerAddress:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "ServerAddress":
+    def parse(cls, text: str) -> ServerAddress:
         host, _, port = text.rpartition(":")
         return cls(host.strip("[]"), int(port))
 
@@ -96,8 +101,10 @@ SERVER_TLS_NAMES = (("server.crt", "server.key"), ("secret-server.crt", "secret-
 def server_tls(ca: Path | None) -> tuple[Path, Path]:
     """The secret server's certificate and key next to the spec's [secrets] ca."""
     if ca is None:
-        raise UsageError("the spec has no [secrets] ca: `dev` starts a secret server only for "
-                         "a spec whose enclave checks its server against a CA")
+        raise UsageError(
+            "the spec has no [secrets] ca: `dev` starts a secret server only for "
+            "a spec whose enclave checks its server against a CA"
+        )
     for cert_name, key_name in SERVER_TLS_NAMES:
         cert, key = ca.parent / cert_name, ca.parent / key_name
         if cert.is_file() and key.is_file():
@@ -105,21 +112,32 @@ def server_tls(ca: Path | None) -> tuple[Path, Path]:
     cert, key = ca.parent / "server.crt", ca.parent / "server.key"
     missing = [str(p) for p in (cert, key) if not p.is_file()]
     if missing:
-        raise UsageError(f"{', '.join(missing)}: not found; the local secret server needs the "
-                         f"certificate and key issued by {ca} (`enclave-build secrets tls "
-                         f"{ca.parent} --host HOST --force` makes all three; rebuild afterwards: "
-                         "the CA is measured)")
+        raise UsageError(
+            f"{', '.join(missing)}: not found; the local secret server needs the "
+            f"certificate and key issued by {ca} (`enclave-build secrets tls "
+            f"{ca.parent} --host HOST --force` makes all three; rebuild afterwards: "
+            "the CA is measured)"
+        )
     return cert, key
 
 
-def write_config(state: Path, build_dir: Path, address: ServerAddress, cert: Path, key: Path,
-                 pki: Path) -> Path:
+def write_config(
+    state: Path, build_dir: Path, address: ServerAddress, cert: Path, key: Path, pki: Path
+) -> Path:
     """``STATE/secrets.toml`` serving *build_dir*'s keys on *address* (replaced each time:
     the policy follows the build)."""
-    composed = compose_config([build_dir.resolve()], ServerSide(
-        cert=cert, key=key, listen=address.listen(), root_ca=str((pki / "root.pem").resolve()),
-        collateral=(pki / "collateral.json").resolve(), audit_log="-",
-        extra_server={"processes": 1, "workers": 16}))
+    composed = compose_config(
+        [build_dir.resolve()],
+        ServerSide(
+            cert=cert,
+            key=key,
+            listen=address.listen(),
+            root_ca=str((pki / "root.pem").resolve()),
+            collateral=(pki / "collateral.json").resolve(),
+            audit_log="-",
+            extra_server={"processes": 1, "workers": 16},
+        ),
+    )
     return write_secrets_config(state / SECRETS_FILE, composed, force=True, log=None)
 
 
@@ -135,7 +153,7 @@ class Probe:
 def probe(address: ServerAddress, ca: Path | None, timeout: float = 3.0) -> Probe:
     try:
         raw = socket.create_connection((address.host, address.port), timeout=timeout)
-    except (ConnectionRefusedError, socket.timeout, TimeoutError):
+    except (ConnectionRefusedError, TimeoutError):
         return Probe("free")
     except OSError as exc:
         return Probe("free", str(exc.strerror or exc))
@@ -147,14 +165,25 @@ def probe(address: ServerAddress, ca: Path | None, timeout: float = 3.0) -> Prob
             with context.wrap_socket(raw, server_hostname=address.host) as tls:
                 cert: dict[str, Any] = tls.getpeercert() or {}
                 subject = {key: value for rdn in cert.get("subject", ()) for key, value in rdn}
-                return Probe("secret-server", f"TLS certificate {subject.get('commonName', '?')}"
-                             f" issued under {ca}")
+                return Probe(
+                    "secret-server",
+                    f"TLS certificate {subject.get('commonName', '?')} issued under {ca}",
+                )
         except ssl.SSLCertVerificationError as exc:
-            return Probe("other", f"its TLS certificate is not one {ca} vouches for "
-                         f"({exc.verify_message})")
+            return Probe(
+                "other", f"its TLS certificate is not one {ca} vouches for ({exc.verify_message})"
+            )
         except (ssl.SSLError, OSError) as exc:
             return Probe("other", f"not a TLS server ({exc})")
 
 
-__all__ = ["ensure_pki", "write_config", "server_tls", "probe", "Probe", "ServerAddress",
-           "DevSecretsError", "PKI_DIR"]
+__all__ = [
+    "ensure_pki",
+    "write_config",
+    "server_tls",
+    "probe",
+    "Probe",
+    "ServerAddress",
+    "DevSecretsError",
+    "PKI_DIR",
+]

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 #: Lines of each process's output kept for an error message.
 TAIL_LINES = 25
@@ -41,15 +41,21 @@ class ManagedProcess:
     env: Mapping[str, str] | None = None
     watch: Callable[[str], None] | None = None
     process: subprocess.Popen | None = field(default=None, init=False)
-    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES),
-                                    init=False)
+    tail: collections.deque = field(
+        default_factory=lambda: collections.deque(maxlen=TAIL_LINES), init=False
+    )
     _reader: threading.Thread | None = field(default=None, init=False)
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            list(self.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=dict(self.env) if self.env is not None else None,
-            start_new_session=True, preexec_fn=_die_with_parent)
+            list(self.argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(self.env) if self.env is not None else None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         self._reader = threading.Thread(target=self._pump, name=f"{self.name}-log", daemon=True)
         self._reader.start()
 
@@ -97,7 +103,7 @@ class ManagedProcess:
     def signal(self, signum: int) -> None:
         if self.running():
             try:
-                self.process.send_signal(signum)   # type: ignore[union-attr]
+                self.process.send_signal(signum)  # type: ignore[union-attr]
             except ProcessLookupError:
                 pass
 
@@ -132,9 +138,13 @@ class ManagedProcess:
         return self.process.returncode
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1,
-               clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> bool:
+def wait_until(
+    condition: Callable[[], bool],
+    timeout: float,
+    interval: float = 0.1,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
     """Poll *condition* until it is true (True) or *timeout* seconds passed (False)."""
     deadline = clock() + timeout
     while True:

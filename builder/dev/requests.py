@@ -21,9 +21,10 @@ import hashlib
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,10 +33,18 @@ from ..errors import EnclaveBuildError, UsageError
 #: KServe v2 datatype -> numpy dtype (little-endian), the numeric types a request can carry
 #: as JSON.
 DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype("?"), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"), "INT8": np.dtype("i1"),
-    "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
 }
 _BY_KIND = {dtype.str.lstrip("<>|="): name for name, dtype in DTYPES.items()}
 #: Largest request :func:`generated_request` makes (elements): a metadata shape is the model's
@@ -72,7 +81,7 @@ class ModelMetadata:
     outputs: tuple[TensorSpec, ...]
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "model metadata") -> "ModelMetadata":
+    def from_json(cls, data: Any, where: str = "model metadata") -> ModelMetadata:
         """Parse the answer of ``GET /v2/models/NAME``; RequestError naming what is wrong."""
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             raise RequestError(f"{where}: not a KServe v2 model metadata object")
@@ -83,19 +92,25 @@ class ModelMetadata:
                 raise RequestError(f"{where}: {key!r} is not a list")
             out = []
             for index, item in enumerate(items):
-                if not (isinstance(item, dict) and isinstance(item.get("name"), str)
-                        and isinstance(item.get("datatype"), str)
-                        and isinstance(item.get("shape"), list)
-                        and all(isinstance(d, int) and not isinstance(d, bool)
-                                for d in item["shape"])):
-                    raise RequestError(f"{where}: {key}[{index}] is not {{name, datatype, "
-                                       "shape}")
+                if not (
+                    isinstance(item, dict)
+                    and isinstance(item.get("name"), str)
+                    and isinstance(item.get("datatype"), str)
+                    and isinstance(item.get("shape"), list)
+                    and all(isinstance(d, int) and not isinstance(d, bool) for d in item["shape"])
+                ):
+                    raise RequestError(f"{where}: {key}[{index}] is not {{name, datatype, shape}}")
                 out.append(TensorSpec(item["name"], item["datatype"], tuple(item["shape"])))
             return tuple(out)
 
         versions = data.get("versions") or []
-        return cls(data["name"], tuple(str(v) for v in versions), str(data.get("platform", "")),
-                   tensors("inputs"), tensors("outputs"))
+        return cls(
+            data["name"],
+            tuple(str(v) for v in versions),
+            str(data.get("platform", "")),
+            tensors("inputs"),
+            tensors("outputs"),
+        )
 
 
 @dataclass(frozen=True)
@@ -105,13 +120,22 @@ class InferRequest:
     inputs: tuple[tuple[str, str, np.ndarray], ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"inputs": [{"name": name, "datatype": datatype, "shape": list(array.shape),
-                            "data": array.reshape(-1).tolist()}
-                           for name, datatype, array in self.inputs]}
+        return {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(array.shape),
+                    "data": array.reshape(-1).tolist(),
+                }
+                for name, datatype, array in self.inputs
+            ]
+        }
 
     def describe(self) -> str:
-        return ", ".join(f"{name} {datatype}{list(array.shape)}"
-                         for name, datatype, array in self.inputs)
+        return ", ".join(
+            f"{name} {datatype}{list(array.shape)}" for name, datatype, array in self.inputs
+        )
 
 
 @dataclass(frozen=True)
@@ -124,21 +148,26 @@ class InferResult:
 
 # --------------------------------------------------------------------------- requests
 
+
 def generated_request(metadata: ModelMetadata) -> InferRequest:
     """Zeros for every input of *metadata* (variable dimensions as 1)."""
     inputs = []
     for spec in metadata.inputs:
         dtype = DTYPES.get(spec.datatype)
         if dtype is None:
-            raise UsageError(f"model {metadata.name!r}: input {spec.name!r} has datatype "
-                             f"{spec.datatype}, for which no request is generated; give one "
-                             "with --input FILE")
+            raise UsageError(
+                f"model {metadata.name!r}: input {spec.name!r} has datatype "
+                f"{spec.datatype}, for which no request is generated; give one "
+                "with --input FILE"
+            )
         shape = spec.concrete_shape()
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if count > MAX_GENERATED_ELEMENTS:
-            raise UsageError(f"model {metadata.name!r}: input {spec.name!r} of shape "
-                             f"{list(shape)} is too large to generate ({count} elements); give "
-                             "a request with --input FILE")
+            raise UsageError(
+                f"model {metadata.name!r}: input {spec.name!r} of shape "
+                f"{list(shape)} is too large to generate ({count} elements); give "
+                "a request with --input FILE"
+            )
         inputs.append((spec.name, spec.datatype, np.zeros(shape, dtype)))
     return InferRequest(tuple(inputs))
 
@@ -146,8 +175,10 @@ def generated_request(metadata: ModelMetadata) -> InferRequest:
 def _datatype_of(array: np.ndarray, where: str) -> str:
     name = _BY_KIND.get(array.dtype.str.lstrip("<>|="))
     if name is None:
-        raise UsageError(f"{where}: numpy dtype {array.dtype} has no KServe v2 datatype "
-                         f"(supported: {', '.join(DTYPES)})")
+        raise UsageError(
+            f"{where}: numpy dtype {array.dtype} has no KServe v2 datatype "
+            f"(supported: {', '.join(DTYPES)})"
+        )
     return name
 
 
@@ -159,9 +190,11 @@ def read_input(path: Path, metadata: ModelMetadata) -> InferRequest:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
             if len(metadata.inputs) != 1:
-                raise UsageError(f"{path}: a .npy file is one array, but model "
-                                 f"{metadata.name!r} has {len(metadata.inputs)} inputs; give "
-                                 "a .npz (arrays by input name) or JSON")
+                raise UsageError(
+                    f"{path}: a .npy file is one array, but model "
+                    f"{metadata.name!r} has {len(metadata.inputs)} inputs; give "
+                    "a .npz (arrays by input name) or JSON"
+                )
             name = metadata.inputs[0].name
             return InferRequest(((name, _datatype_of(array, str(path)), array),))
         if suffix == ".npz":
@@ -169,14 +202,20 @@ def read_input(path: Path, metadata: ModelMetadata) -> InferRequest:
                 known = {s.name for s in metadata.inputs}
                 unknown = sorted(set(archive.files) - known)
                 if unknown:
-                    raise UsageError(f"{path}: arrays {unknown} are not inputs of model "
-                                     f"{metadata.name!r} ({sorted(known)})")
-                return InferRequest(tuple((name, _datatype_of(archive[name], f"{path}: {name}"),
-                                           archive[name]) for name in archive.files))
+                    raise UsageError(
+                        f"{path}: arrays {unknown} are not inputs of model "
+                        f"{metadata.name!r} ({sorted(known)})"
+                    )
+                return InferRequest(
+                    tuple(
+                        (name, _datatype_of(archive[name], f"{path}: {name}"), archive[name])
+                        for name in archive.files
+                    )
+                )
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:   # a malformed .npy/.npz, or one holding objects
+    except ValueError as exc:  # a malformed .npy/.npz, or one holding objects
         raise UsageError(f"{path}: not a numpy array file: {exc}") from None
     return _json_request(path, text, metadata)
 
@@ -185,8 +224,10 @@ def _json_request(path: Path, text: str, metadata: ModelMetadata) -> InferReques
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise UsageError(f"{path}: not JSON ({exc}); --input takes KServe v2 JSON "
-                         '({"inputs": [{"name", "datatype", "shape", "data"}]}), .npy or .npz') from None
+        raise UsageError(
+            f"{path}: not JSON ({exc}); --input takes KServe v2 JSON "
+            '({"inputs": [{"name", "datatype", "shape", "data"}]}), .npy or .npz'
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("inputs"), list):
         raise UsageError(f'{path}: expected a KServe v2 request, {{"inputs": [...]}}')
     inputs = []
@@ -200,22 +241,24 @@ def _json_request(path: Path, text: str, metadata: ModelMetadata) -> InferReques
         spec = next((s for s in metadata.inputs if s.name == name), None)
         datatype = item.get("datatype") or (spec.datatype if spec else None)
         if not isinstance(name, str):
-            raise UsageError(f"{where}: no \"name\" (inputs of model {metadata.name!r}: "
-                             f"{[s.name for s in metadata.inputs]})")
+            raise UsageError(
+                f'{where}: no "name" (inputs of model {metadata.name!r}: '
+                f"{[s.name for s in metadata.inputs]})"
+            )
         if datatype not in DTYPES:
-            raise UsageError(f"{where}: datatype {datatype!r} is not one of "
-                             f"{', '.join(DTYPES)}")
+            raise UsageError(f"{where}: datatype {datatype!r} is not one of {', '.join(DTYPES)}")
         shape = item.get("shape", list(spec.concrete_shape()) if spec else None)
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise UsageError(f"{where}: \"shape\" must be a list of dimensions")
+            raise UsageError(f'{where}: "shape" must be a list of dimensions')
         try:
             array = np.asarray(item.get("data"), dtype=DTYPES[datatype]).reshape(-1)
         except (TypeError, ValueError) as exc:
-            raise UsageError(f"{where}: \"data\" is not a list of {datatype} values: {exc}") from None
+            raise UsageError(f'{where}: "data" is not a list of {datatype} values: {exc}') from None
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if array.size != count:
-            raise UsageError(f"{where}: \"data\" holds {array.size} values, shape {shape} "
-                             f"needs {count}")
+            raise UsageError(
+                f'{where}: "data" holds {array.size} values, shape {shape} needs {count}'
+            )
         inputs.append((name, datatype, array.reshape(shape)))
     return InferRequest(tuple(inputs))
 
@@ -231,9 +274,11 @@ def output_digest(outputs: Sequence[tuple[str, str, np.ndarray]]) -> str:
 
 # --------------------------------------------------------------------------- HTTP
 
+
 def _get_json(url: str, timeout: float, body: bytes | None = None) -> Any:
-    request = urllib.request.Request(url, data=body, headers={
-        "Content-Type": "application/json"} if body is not None else {})
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"} if body is not None else {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             raw = answer.read(MAX_RESPONSE_BYTES + 1)
@@ -255,27 +300,41 @@ def fetch_metadata(base_url: str, model: str, timeout: float = 10.0) -> ModelMet
     return ModelMetadata.from_json(_get_json(url, timeout), url)
 
 
-def infer(base_url: str, model: str, request: InferRequest,
-          timeout: float = 60.0) -> InferResult:
+def infer(base_url: str, model: str, request: InferRequest, timeout: float = 60.0) -> InferResult:
     """One inference over REST (JSON); RequestError naming the URL and the server's answer."""
     url = f"{base_url}/v2/models/{model}/infer"
     answer = _get_json(url, timeout, json.dumps(request.to_json()).encode())
     if not isinstance(answer, dict) or not isinstance(answer.get("outputs"), list):
-        raise RequestError(f"{url}: the answer has no \"outputs\" list")
+        raise RequestError(f'{url}: the answer has no "outputs" list')
     outputs = []
     for index, item in enumerate(answer["outputs"]):
-        if not (isinstance(item, dict) and isinstance(item.get("name"), str)
-                and item.get("datatype") in DTYPES and isinstance(item.get("shape"), list)):
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("name"), str)
+            and item.get("datatype") in DTYPES
+            and isinstance(item.get("shape"), list)
+        ):
             raise RequestError(f"{url}: outputs[{index}] is not a numeric KServe v2 tensor")
         try:
             array = np.asarray(item.get("data"), dtype=DTYPES[item["datatype"]]).reshape(
-                item["shape"])
+                item["shape"]
+            )
         except (TypeError, ValueError) as exc:
             raise RequestError(f"{url}: outputs[{index}] ({item['name']}): {exc}") from None
         outputs.append((item["name"], item["datatype"], array))
     return InferResult(tuple(outputs))
 
 
-__all__ = ["TensorSpec", "ModelMetadata", "InferRequest", "InferResult", "RequestError",
-           "generated_request", "read_input", "output_digest", "fetch_metadata", "infer",
-           "DTYPES"]
+__all__ = [
+    "TensorSpec",
+    "ModelMetadata",
+    "InferRequest",
+    "InferResult",
+    "RequestError",
+    "generated_request",
+    "read_input",
+    "output_digest",
+    "fetch_metadata",
+    "infer",
+    "DTYPES",
+]

@@ -37,9 +37,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from enclave_build.contract.names import SERVICE_FILE
 from enclave_build.contract.service_info import ServiceInfo
@@ -51,8 +51,15 @@ from ..spec import Spec
 from ..spec_file import spec_file
 from . import local_secrets, snippets
 from .processes import ManagedProcess, wait_until
-from .requests import (InferRequest, ModelMetadata, RequestError, fetch_metadata,
-                       generated_request, infer, read_input)
+from .requests import (
+    InferRequest,
+    ModelMetadata,
+    RequestError,
+    fetch_metadata,
+    generated_request,
+    infer,
+    read_input,
+)
 
 #: The run's line naming its mode (builder.run.runner logs "run: SERVICE (...), mode MODE, ...").
 _MODE_LINE = re.compile(r"^run: .*, mode (gramine-direct|process), ")
@@ -67,15 +74,15 @@ class DevError(EnclaveBuildError):
 
 @dataclass
 class DevOptions:
-    output: Path | None = None        # default: out/ next to the spec
-    base: str | None = None           # --base for the build (overrides [image] base)
-    rebuild: bool = False             # build even if up to date
-    once: bool = False                # one request, then stop
-    input: Path | None = None         # the request of `once` (JSON, .npy, .npz)
-    model: str | None = None          # the model `once` asks (default: the first)
-    mode: str = "auto"                # run --mode
-    timeout: float = 300.0            # seconds until the model server is ready
-    pki: Path | None = None           # synthetic PKI (default: .enclave-build/pki)
+    output: Path | None = None  # default: out/ next to the spec
+    base: str | None = None  # --base for the build (overrides [image] base)
+    rebuild: bool = False  # build even if up to date
+    once: bool = False  # one request, then stop
+    input: Path | None = None  # the request of `once` (JSON, .npy, .npz)
+    model: str | None = None  # the model `once` asks (default: the first)
+    mode: str = "auto"  # run --mode
+    timeout: float = 300.0  # seconds until the model server is ready
+    pki: Path | None = None  # synthetic PKI (default: .enclave-build/pki)
 
 
 @dataclass
@@ -86,7 +93,7 @@ class Served:
     rest_url: str | None
     grpc_address: str | None
     mode: str | None
-    secret_server: str | None          # address, None when no keys are fetched
+    secret_server: str | None  # address, None when no keys are fetched
     secret_server_started: bool
     models: list[ModelMetadata] = field(default_factory=list)
 
@@ -109,9 +116,14 @@ class DevSession:
 
     *log* receives progress notes and the prefixed log lines (stderr)."""
 
-    def __init__(self, spec: str | Path, options: DevOptions | None = None, *,
-                 log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
-                 python: str = sys.executable):
+    def __init__(
+        self,
+        spec: str | Path,
+        options: DevOptions | None = None,
+        *,
+        log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+        python: str = sys.executable,
+    ):
         self.options = options or DevOptions()
         self.spec_path = spec_file(spec)
         self.log = log
@@ -127,7 +139,7 @@ class DevSession:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> "DevSession":
+    def __enter__(self) -> DevSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -171,24 +183,36 @@ class DevSession:
         else:
             why = "--rebuild" if state.up_to_date else state.reason
             self._emit(f"dev: building {self.spec_path} -> {output} ({why})")
-            result = build(self.spec_path, output=output, base=self.options.base,
-                           registry=registry, progress=progress or NullProgress())
+            result = build(
+                self.spec_path,
+                output=output,
+                base=self.options.base,
+                registry=registry,
+                progress=progress or NullProgress(),
+            )
             for path in result.generated_keys:
-                self._emit(f"dev: generated wrap key {path} (mode 0600): keep it, the secret "
-                           "server needs it and it cannot be recovered")
+                self._emit(
+                    f"dev: generated wrap key {path} (mode 0600): keep it, the secret "
+                    "server needs it and it cannot be recovered"
+                )
             if result.measurements is not None:
-                self._emit(f"dev: built {result.measurements.service}, mr_enclave "
-                           f"{result.measurements.mr_enclave}")
+                self._emit(
+                    f"dev: built {result.measurements.service}, mr_enclave "
+                    f"{result.measurements.mr_enclave}"
+                )
         service_file = output / SERVICE_FILE
         if not service_file.is_file():
-            raise UsageError(f"{output}: the service listens on no port (no {SERVICE_FILE}); "
-                             "`dev` serves model servers")
+            raise UsageError(
+                f"{output}: the service listens on no port (no {SERVICE_FILE}); "
+                "`dev` serves model servers"
+            )
         self.spec = spec
         self._prepared = (spec, output, ServiceInfo.load(service_file))
         return self._prepared
 
-    def secret_server_plan(self, spec: Spec, output: Path,
-                           info: ServiceInfo) -> tuple[local_secrets.ServerAddress, bool]:
+    def secret_server_plan(
+        self, spec: Spec, output: Path, info: ServiceInfo
+    ) -> tuple[local_secrets.ServerAddress, bool]:
         """Where the enclave gets its keys and whether dev starts the server there (False: one
         already answers); UsageError / DevError when neither can work. Starts nothing."""
         assert info.secret_server is not None
@@ -196,32 +220,40 @@ class DevSession:
         ca = spec.secrets.ca
         found = local_secrets.probe(address, ca)
         if found.kind == "secret-server":
-            self._emit(f"dev: a secret server already answers at {address} ({found.detail}): "
-                       f"using it, not starting one. It must trust the synthetic PKI in "
-                       f"{self.pki} and serve this build's keys (`enclave-build secrets config "
-                       f"{output} --root-ca {self.pki / 'root.pem'} --collateral "
-                       f"{self.pki / 'collateral.json'} ...`)")
+            self._emit(
+                f"dev: a secret server already answers at {address} ({found.detail}): "
+                f"using it, not starting one. It must trust the synthetic PKI in "
+                f"{self.pki} and serve this build's keys (`enclave-build secrets config "
+                f"{output} --root-ca {self.pki / 'root.pem'} --collateral "
+                f"{self.pki / 'collateral.json'} ...`)"
+            )
             return address, False
         if found.kind == "other":
-            raise DevError(f"{address} (the secret server the enclave was built to dial) is in "
-                           f"use: {found.detail}. Stop what listens there, or build with "
-                           "another [secrets] server")
+            raise DevError(
+                f"{address} (the secret server the enclave was built to dial) is in "
+                f"use: {found.detail}. Stop what listens there, or build with "
+                "another [secrets] server"
+            )
         if info.secret_server_enclave:
-            raise UsageError(f"{output}: the enclave accepts only an attested secret-server "
-                             f"enclave at {address}, and none answers; start it first (`dev` "
-                             "starts the plain secret server only)")
+            raise UsageError(
+                f"{output}: the enclave accepts only an attested secret-server "
+                f"enclave at {address}, and none answers; start it first (`dev` "
+                "starts the plain secret server only)"
+            )
         if not address.local:
             raise UsageError(
                 f"the enclave was built to get its keys from the secret server at {address} "
                 f"(measured into it), which does not answer here; `dev` starts a secret server "
                 "only at a loopback address. Make that address reachable (e.g. a port-forward "
-                "and a hosts entry), or use a spec with [secrets] server = \"localhost:4433\" "
-                "for local runs")
-        local_secrets.server_tls(ca)   # named now if missing, before anything starts
+                'and a hosts entry), or use a spec with [secrets] server = "localhost:4433" '
+                "for local runs"
+            )
+        local_secrets.server_tls(ca)  # named now if missing, before anything starts
         return address, True
 
-    def start_secret_server(self, spec: Spec, output: Path,
-                            address: local_secrets.ServerAddress) -> None:
+    def start_secret_server(
+        self, spec: Spec, output: Path, address: local_secrets.ServerAddress
+    ) -> None:
         """Start the secret server at *address* for *output*'s keys and wait until it serves;
         DevError with its log tail if it does not."""
         ca = spec.secrets.ca
@@ -235,17 +267,25 @@ class DevSession:
                 self._ready_server.set()
 
         self.secret_server = ManagedProcess(
-            "secret-server", [self.python, "-m", "enclave_build", "secrets", "serve",
-                              "--config", str(config)], self._emit, watch=watch)
+            "secret-server",
+            [self.python, "-m", "enclave_build", "secrets", "serve", "--config", str(config)],
+            self._emit,
+            watch=watch,
+        )
         self.secret_server.start()
-        ready = wait_until(lambda: self._ready_server.is_set()
-                           or not self.secret_server.running(),   # type: ignore[union-attr]
-                           SECRET_SERVER_START_SECONDS)
+        ready = wait_until(
+            lambda: self._ready_server.is_set() or not self.secret_server.running(),  # type: ignore[union-attr]
+            SECRET_SERVER_START_SECONDS,
+        )
         if not self._ready_server.is_set():
-            state_text = (self.secret_server.describe_exit() if ready else
-                          f"not serving after {SECRET_SERVER_START_SECONDS:g} s")
-            raise DevError(f"the secret server did not start ({state_text}):\n"
-                           + self.secret_server.log_tail())
+            state_text = (
+                self.secret_server.describe_exit()
+                if ready
+                else f"not serving after {SECRET_SERVER_START_SECONDS:g} s"
+            )
+            raise DevError(
+                f"the secret server did not start ({state_text}):\n" + self.secret_server.log_tail()
+            )
 
     def start_enclave(self, output: Path) -> None:
         def watch(line: str) -> None:
@@ -254,10 +294,22 @@ class DevSession:
                 self.mode = found.group(1)
                 self._emit("dev: " + mode_note(self.mode))
 
-        argv = [self.python, "-m", "enclave_build", "run", str(output), "--simulate",
-                "--pki", str(self.pki), "--mode", self.options.mode]
-        self._emit(f"dev: starting the enclave: enclave-build run {output} --simulate (it "
-                   "checks the image against its signature first)")
+        argv = [
+            self.python,
+            "-m",
+            "enclave_build",
+            "run",
+            str(output),
+            "--simulate",
+            "--pki",
+            str(self.pki),
+            "--mode",
+            self.options.mode,
+        ]
+        self._emit(
+            f"dev: starting the enclave: enclave-build run {output} --simulate (it "
+            "checks the image against its signature first)"
+        )
         self.enclave = ManagedProcess("enclave", argv, self._emit, watch=watch)
         self.enclave.start()
 
@@ -283,23 +335,30 @@ class DevSession:
             if ready():
                 return True
             now = time.monotonic()
-            if now - noted[0] >= NOTE_SECONDS:   # long work shows progress
+            if now - noted[0] >= NOTE_SECONDS:  # long work shows progress
                 noted[0] = now
-                self._emit(f"dev: waiting for {service} to be ready ({now - started:.0f} s; "
-                           f"--timeout {self.options.timeout:g})")
+                self._emit(
+                    f"dev: waiting for {service} to be ready ({now - started:.0f} s; "
+                    f"--timeout {self.options.timeout:g})"
+                )
             return False
 
         if not wait_until(ready_or_note, self.options.timeout, interval=0.25):
-            raise DevError(f"{service} was not ready after {self.options.timeout:g} s "
-                           "(--timeout):\n" + self._tails())
+            raise DevError(
+                f"{service} was not ready after {self.options.timeout:g} s "
+                "(--timeout):\n" + self._tails()
+            )
 
     def _check_alive(self, service: str) -> None:
         if self.enclave is not None and not self.enclave.running():
-            raise DevError(f"the enclave ended before it was ready "
-                           f"({self.enclave.describe_exit()}):\n" + self._tails())
+            raise DevError(
+                f"the enclave ended before it was ready "
+                f"({self.enclave.describe_exit()}):\n" + self._tails()
+            )
         if self.secret_server is not None and not self.secret_server.running():
-            raise DevError(f"the secret server ended ({self.secret_server.describe_exit()}):\n"
-                           + self._tails())
+            raise DevError(
+                f"the secret server ended ({self.secret_server.describe_exit()}):\n" + self._tails()
+            )
 
     def _tails(self) -> str:
         parts = [p.log_tail() for p in (self.secret_server, self.enclave) if p is not None]
@@ -322,9 +381,11 @@ class DevSession:
     def start(self) -> Served:
         """Steps 1 to 4 and the models' metadata (see the module doc)."""
         spec, output, info = self.prepare()
-        self._pki = (self.options.pki.resolve() if self.options.pki else
-                     local_secrets.ensure_pki(project_state(spec) / local_secrets.PKI_DIR,
-                                              self._emit))
+        self._pki = (
+            self.options.pki.resolve()
+            if self.options.pki
+            else local_secrets.ensure_pki(project_state(spec) / local_secrets.PKI_DIR, self._emit)
+        )
         address, start = (None, False)
         if info.keys:
             address, start = self.secret_server_plan(spec, output, info)
@@ -333,8 +394,14 @@ class DevSession:
             self.start_secret_server(spec, output, address)
         self.start_enclave(output)
         self.wait_ready(info, info.service)
-        served = Served(info.service, rest_url(info), grpc_address(info), self.mode,
-                        str(address) if address is not None else None, start)
+        served = Served(
+            info.service,
+            rest_url(info),
+            grpc_address(info),
+            self.mode,
+            str(address) if address is not None else None,
+            start,
+        )
         if served.rest_url is not None and info.health.kind == "kserve-v2":
             for model in spec.models:
                 try:
@@ -349,20 +416,23 @@ class DevSession:
             for process in (self.enclave, self.secret_server):
                 if process is not None and not process.running():
                     what = "the enclave" if process is self.enclave else "the secret server"
-                    raise DevError(f"{what} ended ({process.describe_exit()}):\n"
-                                   + self._tails())
+                    raise DevError(f"{what} ended ({process.describe_exit()}):\n" + self._tails())
             time.sleep(0.5)
 
     def once(self, served: Served) -> OnceResult:
         """One request (``--input`` or generated from the metadata) to one model."""
         if served.rest_url is None or not served.models:
-            raise UsageError(f"{served.service}: `dev --once` needs a KServe v2 model server "
-                             "(tflite, openvino in python mode, or a plugin's)")
+            raise UsageError(
+                f"{served.service}: `dev --once` needs a KServe v2 model server "
+                "(tflite, openvino in python mode, or a plugin's)"
+            )
         name = self.options.model or served.models[0].name
         metadata = next((m for m in served.models if m.name == name), None)
         if metadata is None:
-            raise UsageError(f"--model {name!r}: no such model (served: "
-                             f"{', '.join(m.name for m in served.models)})")
+            raise UsageError(
+                f"--model {name!r}: no such model (served: "
+                f"{', '.join(m.name for m in served.models)})"
+            )
         if self.options.input is not None:
             request, generated = read_input(self.options.input, metadata), False
         else:
@@ -376,12 +446,17 @@ class DevSession:
 
 # --------------------------------------------------------------------------- helpers
 
+
 def mode_note(mode: str) -> str:
     if mode == "gramine-direct":
-        return ("the enclave runs under gramine-direct: the real Gramine LibOS in a chroot of "
-                "the image, without SGX")
-    return ("the enclave runs as a plain process with this machine's Python (no LibOS: "
-            "gramine-direct needs a base with a real Gramine, and root)")
+        return (
+            "the enclave runs under gramine-direct: the real Gramine LibOS in a chroot of "
+            "the image, without SGX"
+        )
+    return (
+        "the enclave runs as a plain process with this machine's Python (no LibOS: "
+        "gramine-direct needs a base with a real Gramine, and root)"
+    )
 
 
 def rest_url(info: ServiceInfo) -> str | None:
@@ -418,9 +493,11 @@ def check_ports_free(info: ServiceInfo) -> None:
                     raise
                 busy.append(f"{port.number} ({port.name})")
     if busy:
-        raise DevError(f"port {', '.join(busy)} in use on 127.0.0.1: the service "
-                       f"{info.service} listens there. Stop what holds it (e.g. `ss -ltnp "
-                       "'sport = :PORT'` names it), or set other ports in the spec")
+        raise DevError(
+            f"port {', '.join(busy)} in use on 127.0.0.1: the service "
+            f"{info.service} listens there. Stop what holds it (e.g. `ss -ltnp "
+            "'sport = :PORT'` names it), or set other ports in the spec"
+        )
 
 
 def write_request(state: Path, model: ModelMetadata) -> Path:
@@ -442,9 +519,15 @@ def summary(served: Served, state: Path) -> list[str]:
     if served.grpc_address:
         lines.append(f"  gRPC (KServe v2)   {served.grpc_address}")
     if served.secret_server:
-        lines.append(f"  secret server      {served.secret_server} ("
-                     + ("started by dev" if served.secret_server_started else
-                        "already running; not started by dev") + ")")
+        lines.append(
+            f"  secret server      {served.secret_server} ("
+            + (
+                "started by dev"
+                if served.secret_server_started
+                else "already running; not started by dev"
+            )
+            + ")"
+        )
     for model in served.models:
         inputs = ", ".join(f"{s.name} {s.datatype}{list(s.shape)}" for s in model.inputs)
         outputs = ", ".join(f"{s.name} {s.datatype}{list(s.shape)}" for s in model.outputs)
@@ -456,12 +539,16 @@ def summary(served: Served, state: Path) -> list[str]:
             except UsageError as exc:
                 lines.append(f"  (no request made from the metadata: {exc})")
             else:
-                lines += [f"  a request (zeros, from the metadata: {body}):",
-                          "    " + snippets.curl_infer(served.rest_url, model.name, body)]
+                lines += [
+                    f"  a request (zeros, from the metadata: {body}):",
+                    "    " + snippets.curl_infer(served.rest_url, model.name, body),
+                ]
         if served.grpc_address:
             lines += ["  Python over gRPC (pip install 'tritonclient[grpc]'):"]
-            lines += ["    " + line if line else "" for line in
-                      snippets.tritonclient_snippet(served.grpc_address, model).splitlines()]
+            lines += [
+                "    " + line if line else ""
+                for line in snippets.tritonclient_snippet(served.grpc_address, model).splitlines()
+            ]
     lines += ["", "Ctrl-C stops the enclave and the secret server."]
     return lines
 
@@ -475,5 +562,16 @@ def once_lines(result: OnceResult) -> list[str]:
     return lines
 
 
-__all__ = ["DevSession", "DevOptions", "DevError", "Served", "OnceResult", "summary",
-           "once_lines", "check_ports_free", "mode_note", "write_request", "project_state"]
+__all__ = [
+    "DevSession",
+    "DevOptions",
+    "DevError",
+    "Served",
+    "OnceResult",
+    "summary",
+    "once_lines",
+    "check_ports_free",
+    "mode_note",
+    "write_request",
+    "project_state",
+]

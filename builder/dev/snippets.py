@@ -20,8 +20,10 @@ def curl_metadata(rest_url: str, model: str) -> str:
 
 def curl_infer(rest_url: str, model: str, body: Path) -> str:
     """A curl command POSTing the JSON request in *body*."""
-    return ("curl -s -H 'Content-Type: application/json' --data-binary "
-            f"{shlex.quote('@' + str(body))} {shlex.quote(f'{rest_url}/v2/models/{model}/infer')}")
+    return (
+        "curl -s -H 'Content-Type: application/json' --data-binary "
+        f"{shlex.quote('@' + str(body))} {shlex.quote(f'{rest_url}/v2/models/{model}/infer')}"
+    )
 
 
 def tritonclient_snippet(grpc_address: str, metadata: ModelMetadata) -> str:

@@ -14,23 +14,32 @@ import hashlib
 import posixpath
 import stat
 import tomllib
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import jinja2
 import tomli_w
 
 from enclave_build.contract.size import Size
+from enclave_build.plugin import (
+    SECRET_SERVER_CA,
+    ArtifactFile,
+    BuildOptions,
+    EnclaveIdentity,
+    FileKind,
+    KeyDelivery,
+    LibOSArtifacts,
+    PendingSignature,
+    PlanFile,
+    ServicePlan,
+)
 
+from ..elf import LoaderView, closure, read_deps
 from ..errors import EnclaveBuildError, UsageError
 from ..hashing import HashCache, hash_files
-from ..elf import LoaderView, closure, read_deps
 from ..model_files import regular_files
-from enclave_build.plugin import (SECRET_SERVER_CA, ArtifactFile, BuildOptions, EnclaveIdentity,
-                                  FileKind, KeyDelivery, LibOSArtifacts, PendingSignature,
-                                  PlanFile, ServicePlan)
-
 from ..plan import host_may_set
 from ..python_closure import python_closure
 from ..rootfs import RootFS
@@ -62,7 +71,10 @@ def _toml(value: Any) -> str:
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("enclave_build.builder.gramine", "templates"),
-        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
     env.filters["toml"] = _toml
     return env
 
@@ -87,9 +99,13 @@ DEFAULT_HOME = "/tmp"
 ARCH_LIBDIR = "/lib/x86_64-linux-gnu"
 
 
-def render_manifest(plan: ServicePlan, runtime: GramineRuntime, log_level: str = "error",
-                    extra_trusted: list[str] | None = None,
-                    arch_libdir: bool = False) -> dict[str, Any]:
+def render_manifest(
+    plan: ServicePlan,
+    runtime: GramineRuntime,
+    log_level: str = "error",
+    extra_trusted: list[str] | None = None,
+    arch_libdir: bool = False,
+) -> dict[str, Any]:
     """The manifest as a dict, with trusted files not yet expanded or hashed.
 
     *extra_trusted* are image paths resolved against the base before rendering (the Python
@@ -109,28 +125,43 @@ def render_manifest(plan: ServicePlan, runtime: GramineRuntime, log_level: str =
     values = {"HOME": DEFAULT_HOME, **plan.env, **provisioning_env(plan)}
     unsafe = sorted(n for n in set(plan.env_passthrough) if not host_may_set(n))
     if unsafe:
-        raise ManifestRenderError(f"environment variable(s) {', '.join(unsafe)} would be "
-                                  "passed through from the host, but each changes what the "
-                                  "enclave loads (set it as a measured value instead)")
+        raise ManifestRenderError(
+            f"environment variable(s) {', '.join(unsafe)} would be "
+            "passed through from the host, but each changes what the "
+            "enclave loads (set it as a measured value instead)"
+        )
     clash = sorted(set(values) & set(plan.env_passthrough))
     if clash:
-        raise ManifestRenderError(f"environment variable(s) {', '.join(clash)} both set and "
-                                  "passed through from the host")
+        raise ManifestRenderError(
+            f"environment variable(s) {', '.join(clash)} both set and passed through from the host"
+        )
     env = sorted((k, v) for k, v in values.items() if k != "LD_LIBRARY_PATH")
-    mounts = [{"path": m.path, "type": m.type.value, "uri": m.uri, "key_name": m.key_name}
-              for m in plan.mounts]
+    mounts = [
+        {"path": m.path, "type": m.type.value, "uri": m.uri, "key_name": m.key_name}
+        for m in plan.mounts
+    ]
     try:
-        text = _environment().get_template(TEMPLATE).render(
-            plan=plan, runtime=runtime, log_level=log_level, env=env, mounts=mounts,
-            passthrough=sorted(set(plan.env_passthrough)),
-            ld_library_path=_library_path(plan, arch_libdir),
-            arch_libdir=ARCH_LIBDIR if arch_libdir else "",
-            tmpfs_tmp=not any(m.path.rstrip("/") == "/tmp" for m in plan.mounts),
-            stack_size=size_text(plan.enclave.stack_size),
-            enclave_size=size_text(plan.enclave.size),
-            remote_attestation="dcap" if plan.secrets else "none",
-            provisioning=bool(plan.secrets and plan.secrets.keys),
-            trusted=list(dict.fromkeys(trusted)), allowed=list(dict.fromkeys(allowed)))
+        text = (
+            _environment()
+            .get_template(TEMPLATE)
+            .render(
+                plan=plan,
+                runtime=runtime,
+                log_level=log_level,
+                env=env,
+                mounts=mounts,
+                passthrough=sorted(set(plan.env_passthrough)),
+                ld_library_path=_library_path(plan, arch_libdir),
+                arch_libdir=ARCH_LIBDIR if arch_libdir else "",
+                tmpfs_tmp=not any(m.path.rstrip("/") == "/tmp" for m in plan.mounts),
+                stack_size=size_text(plan.enclave.stack_size),
+                enclave_size=size_text(plan.enclave.size),
+                remote_attestation="dcap" if plan.secrets else "none",
+                provisioning=bool(plan.secrets and plan.secrets.keys),
+                trusted=list(dict.fromkeys(trusted)),
+                allowed=list(dict.fromkeys(allowed)),
+            )
+        )
     except jinja2.TemplateError as exc:
         raise ManifestRenderError(f"manifest template: {exc}") from exc
     try:
@@ -152,8 +183,12 @@ def has_arch_libdir(rootfs: RootFS) -> bool:
     """True when /lib is a real directory holding x86_64-linux-gnu (no merged /usr)."""
     st = rootfs.lstat("/lib")
     arch = rootfs.lstat(ARCH_LIBDIR)
-    return st is not None and stat.S_ISDIR(st.st_mode) and arch is not None and \
-        stat.S_ISDIR(arch.st_mode)
+    return (
+        st is not None
+        and stat.S_ISDIR(st.st_mode)
+        and arch is not None
+        and stat.S_ISDIR(arch.st_mode)
+    )
 
 
 PROVISION_LIBRARY = "libsecret_prov_attest.so"
@@ -171,7 +206,8 @@ def provisioning_env(plan: ServicePlan) -> dict[str, str]:
         names = ", ".join(k.name for k in plan.secrets.keys)
         raise ManifestRenderError(
             f"the plan needs several provisioned keys ({names}), but Gramine's provisioning "
-            "constructor installs exactly one key per enclave start: use one key per service")
+            "constructor installs exactly one key per enclave start: use one key per service"
+        )
     if plan.secrets.ca_cert is None:
         raise ManifestRenderError("secret provisioning needs the secret server's CA ([secrets] ca)")
     preload = plan.env.get("LD_PRELOAD")
@@ -202,10 +238,12 @@ def _expand_plan_file(item: PlanFile, uri_path: str) -> list[tuple[str, Path | b
         return [(f"file:{uri_path}", item.data)]
     assert item.source is not None
     if item.dest.endswith("/"):
-        base = item.source / uri_path[len(item.dest):]
+        base = item.source / uri_path[len(item.dest) :]
         if base.is_dir():
-            return [(f"file:{item.dest}{p.relative_to(item.source).as_posix()}", p)
-                    for p in regular_files(base)]
+            return [
+                (f"file:{item.dest}{p.relative_to(item.source).as_posix()}", p)
+                for p in regular_files(base)
+            ]
         return [(f"file:{uri_path}", base)]
     return [(f"file:{uri_path}", item.source)]
 
@@ -213,16 +251,24 @@ def _expand_plan_file(item: PlanFile, uri_path: str) -> list[tuple[str, Path | b
 def loader_view(manifest: dict[str, Any], rootfs: RootFS) -> LoaderView:
     """The enclave's dynamic-loader view of the image, from the manifest's mounts and
     LD_LIBRARY_PATH (Gramine's glibc at /lib first)."""
-    mounts = {m["path"]: m["uri"][len("file:"):] for m in manifest["fs"]["mounts"]
-              if m.get("type", "chroot") == "chroot" and m.get("uri", "").startswith("file:")}
+    mounts = {
+        m["path"]: m["uri"][len("file:") :]
+        for m in manifest["fs"]["mounts"]
+        if m.get("type", "chroot") == "chroot" and m.get("uri", "").startswith("file:")
+    }
     path = manifest["loader"].get("env", {}).get("LD_LIBRARY_PATH", "")
     if isinstance(path, dict):
         path = path.get("value", "")
     return LoaderView(rootfs, mounts, tuple(p for p in path.split(":") if p.startswith("/")))
 
 
-def elf_closure_uris(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootFS,
-                     image_files: list[str], plan_files: dict[str, Path]) -> list[str]:
+def elf_closure_uris(
+    manifest: dict[str, Any],
+    plan: ServicePlan,
+    rootfs: RootFS,
+    image_files: list[str],
+    plan_files: dict[str, Path],
+) -> list[str]:
     """file: URIs of the libraries the trusted ELF files need that are not trusted yet.
 
     The entrypoint's closure is strict (a missing library is an error naming it); libraries
@@ -243,19 +289,28 @@ def elf_closure_uris(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootFS
     return list(dict.fromkeys(out))
 
 
-def finalize_manifest(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootFS,
-                      cache: HashCache | None = None,
-                      progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
-                      ) -> bytes:
+def finalize_manifest(
+    manifest: dict[str, Any],
+    plan: ServicePlan,
+    rootfs: RootFS,
+    cache: HashCache | None = None,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+) -> bytes:
     """Expand and hash every trusted file, the ELF closure of the trusted ELF files and the
     LibOS entrypoint; return the final bytes."""
     added = _plan_sources(plan)
     from_plan: list[tuple[str, Path | bytes]] = []
     from_image: list[str] = []
     for uri in manifest["sgx"]["trusted_files"]:
-        path = uri[len("file:"):]
-        owner = next((f for f in added if f.dest == path or
-                      (f.dest.endswith("/") and path.startswith(f.dest))), None)
+        path = uri[len("file:") :]
+        owner = next(
+            (
+                f
+                for f in added
+                if f.dest == path or (f.dest.endswith("/") and path.startswith(f.dest))
+            ),
+            None,
+        )
         if owner is not None:
             from_plan.extend(_expand_plan_file(owner, path))
         else:
@@ -267,12 +322,18 @@ def finalize_manifest(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootF
         if isinstance(content, Path) and not content.is_file():
             raise trusted_files.TrustedFileError(f"{content}: added by the plan but not found")
         entries[uri] = content  # what the plan adds replaces the base image's file
-    plan_elves = {uri[len("file:"):]: c for uri, c in from_plan if isinstance(c, Path)
-                  and not c.name.endswith((".py", ".pyc", ".json", ".txt"))}
-    extra = elf_closure_uris(manifest, plan, rootfs,
-                             [f.uri[len("file:"):] for f in image_files
-                              if f.uri[len("file:"):] not in plan_elves],
-                             plan_elves)
+    plan_elves = {
+        uri[len("file:") :]: c
+        for uri, c in from_plan
+        if isinstance(c, Path) and not c.name.endswith((".py", ".pyc", ".json", ".txt"))
+    }
+    extra = elf_closure_uris(
+        manifest,
+        plan,
+        rootfs,
+        [f.uri[len("file:") :] for f in image_files if f.uri[len("file:") :] not in plan_elves],
+        plan_elves,
+    )
     extra = [uri for uri in extra if uri not in entries]
     for item in trusted_files.expand(extra, rootfs):
         entries.setdefault(item.uri, rootfs.host_path(item.inner))
@@ -286,7 +347,8 @@ def finalize_manifest(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootF
     digests: dict[Any, str] = dict(hash_files(paths, cache=cache, progress=advance))
     manifest["sgx"]["trusted_files"] = [
         {"uri": uri, "sha256": digests[c] if isinstance(c, Path) else hashlib.sha256(c).hexdigest()}
-        for uri, c in entries.items()]
+        for uri, c in entries.items()
+    ]
     manifest["loader"]["entrypoint"]["sha256"] = digests[libos_host]
     for uri in entries:
         try:
@@ -294,7 +356,8 @@ def finalize_manifest(manifest: dict[str, Any], plan: ServicePlan, rootfs: RootF
         except UnicodeEncodeError:
             raise trusted_files.TrustedFileError(
                 f"{uri!a}: a trusted file whose name is not UTF-8; the Gramine manifest (TOML) "
-                "cannot name it: rename it, or leave it out of the image") from None
+                "cannot name it: rename it, or leave it out of the image"
+            ) from None
     return tomli_w.dumps(manifest).encode("utf-8")
 
 
@@ -304,8 +367,9 @@ def _encrypted_items(item: PlanFile) -> list[tuple[str, Path | bytes]]:
     assert item.source is not None
     if item.source.is_dir():
         base = item.dest.rstrip("/") + "/"
-        return [(base + p.relative_to(item.source).as_posix(), p)
-                for p in regular_files(item.source)]
+        return [
+            (base + p.relative_to(item.source).as_posix(), p) for p in regular_files(item.source)
+        ]
     return [(item.dest, item.source)]
 
 
@@ -315,8 +379,12 @@ def encrypt_plan_files(plan: ServicePlan, options: BuildOptions) -> list[Artifac
     The embedded path is the file's normalized absolute path in the image: the enclave opens it
     there through its encrypted mount (mount uri = mount path), and Gramine checks the two match.
     """
-    todo = [(item, dest, content) for item in plan.image_files() if item.kind is FileKind.ENCRYPTED
-            for dest, content in _encrypted_items(item)]
+    todo = [
+        (item, dest, content)
+        for item in plan.image_files()
+        if item.kind is FileKind.ENCRYPTED
+        for dest, content in _encrypted_items(item)
+    ]
     if not todo:
         return []
     if options.staging is None:
@@ -332,15 +400,20 @@ def encrypt_plan_files(plan: ServicePlan, options: BuildOptions) -> list[Artifac
         staged = options.staging / "encrypted" / embedded.lstrip("/")
         staged.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
-            protected_files.encrypt_bytes(key, content, staged, embedded,
-                                          reproducible=options.reproducible)
+            protected_files.encrypt_bytes(
+                key, content, staged, embedded, reproducible=options.reproducible
+            )
             advance(len(content))
         else:
-            protected_files.encrypt_file(key, content, staged, embedded,
-                                         reproducible=options.reproducible, progress=advance)
+            protected_files.encrypt_file(
+                key, content, staged, embedded, reproducible=options.reproducible, progress=advance
+            )
         # Gramine opens an encrypted file's host file read-write: the runtime user must own it.
-        out.append(ArtifactFile(embedded, source=staged, mode=item.mode | 0o600, writable=True,
-                                ciphertext=True))
+        out.append(
+            ArtifactFile(
+                embedded, source=staged, mode=item.mode | 0o600, writable=True, ciphertext=True
+            )
+        )
     return out
 
 
@@ -363,28 +436,42 @@ def _too_small(plan: ServicePlan, exc: EnclaveTooSmall) -> UsageError:
     naming [enclave] size, its line and the smallest size that fits."""
     where = plan.origin.locate("enclave.size") if plan.origin is not None else "enclave.size"
     size = _size_text(plan.enclave.size)
-    return UsageError(f"{where}: {size!r} is too small for {exc.threads} threads, the manifest "
-                      f"and libpal; allowed: a power of two of at least "
-                      f"{_size_text(exc.needed)!r} (or fewer [enclave] max_threads)")
+    return UsageError(
+        f"{where}: {size!r} is too small for {exc.threads} threads, the manifest "
+        f"and libpal; allowed: a power of two of at least "
+        f"{_size_text(exc.needed)!r} (or fewer [enclave] max_threads)"
+    )
 
 
 def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArtifacts:
     runtime = discover(rootfs)
-    if plan.secrets and plan.secrets.keys and \
-            plan.secrets.delivery is KeyDelivery.CONSTRUCTOR and not rootfs.exists(
-            posixpath.join(runtime.runtimedir, PROVISION_LIBRARY)):
+    if (
+        plan.secrets
+        and plan.secrets.keys
+        and plan.secrets.delivery is KeyDelivery.CONSTRUCTOR
+        and not rootfs.exists(posixpath.join(runtime.runtimedir, PROVISION_LIBRARY))
+    ):
         raise EnclaveBuildError(
             f"the base image's Gramine has no {runtime.runtimedir}/{PROVISION_LIBRARY}, which "
-            "encrypted models need to receive their key (install Gramine's SGX build with RA-TLS)")
+            "encrypted models need to receive their key (install Gramine's SGX build with RA-TLS)"
+        )
     if not rootfs.exists(plan.entrypoint):
-        raise EnclaveBuildError(f"entrypoint {plan.entrypoint} not found in the base image ({rootfs})")
-    manifest = render_manifest(plan, runtime, options.log_level, resolve_trusted(plan, rootfs),
-                               arch_libdir=has_arch_libdir(rootfs))
+        raise EnclaveBuildError(
+            f"entrypoint {plan.entrypoint} not found in the base image ({rootfs})"
+        )
+    manifest = render_manifest(
+        plan,
+        runtime,
+        options.log_level,
+        resolve_trusted(plan, rootfs),
+        arch_libdir=has_arch_libdir(rootfs),
+    )
     # BuildOptions holds these as object (the plugin API names no Gramine type)
     hash_cache = cast("HashCache | None", options.hash_cache)
     final = finalize_manifest(manifest, plan, rootfs, hash_cache, options.progress.task)
-    offs = Offsets.parse(rootfs.read_bytes(runtime.offsets).decode("utf-8", "replace"),
-                         runtime.offsets)
+    offs = Offsets.parse(
+        rootfs.read_bytes(runtime.offsets).decode("utf-8", "replace"), runtime.offsets
+    )
     pal = PalImage.from_bytes(rootfs.read_bytes(runtime.libpal), runtime.libpal)
     date = SigDate.parse(options.sig_date)
 
@@ -397,15 +484,31 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
     try:
         if options.signer is None:
             mr_enclave, tbs = signing_data_for(final, pal, offs, date, manifest_path(plan))
-            return LibOSArtifacts("gramine", tuple(files), entrypoint, None,
-                                  PendingSignature(mr_enclave.hex(), tbs), manifest=final)
+            return LibOSArtifacts(
+                "gramine",
+                tuple(files),
+                entrypoint,
+                None,
+                PendingSignature(mr_enclave.hex(), tbs),
+                manifest=final,
+            )
         signer = cast(Signer, options.signer)
         signed = sign_manifest(final, pal, offs, signer, date, manifest_path(plan))
     except EnclaveTooSmall as exc:
         raise _too_small(plan, exc) from None
     files.append(ArtifactFile(sigstruct_path(plan), data=signed.sigstruct_bytes))
-    identity = EnclaveIdentity(signed.mr_enclave.hex(), signed.mr_signer.hex(),
-                               signed.sigstruct.body.isv_prod_id, signed.sigstruct.body.isv_svn,
-                               plan.enclave.debug)
-    return LibOSArtifacts("gramine", tuple(files), entrypoint, identity,
-                          manifest=final, sigstruct=signed.sigstruct_bytes)
+    identity = EnclaveIdentity(
+        signed.mr_enclave.hex(),
+        signed.mr_signer.hex(),
+        signed.sigstruct.body.isv_prod_id,
+        signed.sigstruct.body.isv_svn,
+        plan.enclave.debug,
+    )
+    return LibOSArtifacts(
+        "gramine",
+        tuple(files),
+        entrypoint,
+        identity,
+        manifest=final,
+        sigstruct=signed.sigstruct_bytes,
+    )

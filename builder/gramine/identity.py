@@ -19,15 +19,25 @@ from ..errors import EnclaveBuildError
 from .measure import PalImage, measure_enclave
 from .offsets import Offsets
 from .sign import parse_final_manifest
-from .sigstruct import (ARCH_LAYOUT, Sigstruct, SigstructBody, body_from_manifest,
-                        enclave_attributes, summarize)
+from .sigstruct import (
+    ARCH_LAYOUT,
+    Sigstruct,
+    SigstructBody,
+    body_from_manifest,
+    enclave_attributes,
+    summarize,
+)
 
 #: SIGSTRUCT fields a manifest determines, with the manifest key each comes from.
 _BODY_FIELDS = (
-    ("isv_prod_id", "sgx.isvprodid"), ("isv_svn", "sgx.isvsvn"),
-    ("attribute_flags", "sgx.debug"), ("attribute_flags_mask", "Gramine's constant mask"),
-    ("attribute_xfrm", "sgx.cpu_features"), ("attribute_xfrm_mask", "sgx.cpu_features"),
-    ("misc_select", "sgx.use_exinfo"), ("misc_mask", "Gramine's constant mask"),
+    ("isv_prod_id", "sgx.isvprodid"),
+    ("isv_svn", "sgx.isvsvn"),
+    ("attribute_flags", "sgx.debug"),
+    ("attribute_flags_mask", "Gramine's constant mask"),
+    ("attribute_xfrm", "sgx.cpu_features"),
+    ("attribute_xfrm_mask", "sgx.cpu_features"),
+    ("misc_select", "sgx.use_exinfo"),
+    ("misc_mask", "Gramine's constant mask"),
 )
 
 
@@ -48,9 +58,16 @@ class IdentityCheck:
         return not self.problems
 
 
-def check_identity(manifest: bytes, pal: PalImage, offs: Offsets, sigstruct: bytes, *,
-                   manifest_source: str = "manifest", pal_source: str = "libpal.so",
-                   sigstruct_source: str = "SIGSTRUCT") -> IdentityCheck:
+def check_identity(
+    manifest: bytes,
+    pal: PalImage,
+    offs: Offsets,
+    sigstruct: bytes,
+    *,
+    manifest_source: str = "manifest",
+    pal_source: str = "libpal.so",
+    sigstruct_source: str = "SIGSTRUCT",
+) -> IdentityCheck:
     """Measure *manifest* (its exact bytes) with *pal* and *offs* and compare the result, and
     the fields the manifest implies, with the SIGSTRUCT in *sigstruct*."""
     sig, info, problems = read_sigstruct(sigstruct, sigstruct_source)
@@ -59,8 +76,10 @@ def check_identity(manifest: bytes, pal: PalImage, offs: Offsets, sigstruct: byt
     nul = manifest.find(b"\0")
     if nul >= 0:
         # Gramine reads the measured manifest only up to its first NUL.
-        problems.append(f"{manifest_source}: a NUL byte at offset {nul}; Gramine would read "
-                        "only the bytes before it, so it is not a manifest that can be checked")
+        problems.append(
+            f"{manifest_source}: a NUL byte at offset {nul}; Gramine would read "
+            "only the bytes before it, so it is not a manifest that can be checked"
+        )
         return IdentityCheck(None, info, tuple(problems))
     data = None
     try:
@@ -75,13 +94,15 @@ def check_identity(manifest: bytes, pal: PalImage, offs: Offsets, sigstruct: byt
         problems.append(
             f"MRENCLAVE re-derived from {manifest_source} and {pal_source} is "
             f"{mr_enclave.hex()}, but {sigstruct_source} was signed for "
-            f"{sig.body.enclave_hash.hex()}: the manifest or libpal.so is not what was signed")
+            f"{sig.body.enclave_hash.hex()}: the manifest or libpal.so is not what was signed"
+        )
     problems += body_differences(implied, sig.body, manifest_source)
     return IdentityCheck(mr_enclave.hex(), info, tuple(problems), data)
 
 
-def read_sigstruct(sigstruct: bytes, source: str = "SIGSTRUCT"
-                   ) -> tuple[Sigstruct | None, dict[str, Any] | None, list[str]]:
+def read_sigstruct(
+    sigstruct: bytes, source: str = "SIGSTRUCT"
+) -> tuple[Sigstruct | None, dict[str, Any] | None, list[str]]:
     """Parse a SIGSTRUCT and check its signature: (the SIGSTRUCT, its
     :func:`~.sigstruct.summarize`, problems); the first two are None if it cannot be parsed."""
     try:
@@ -95,15 +116,18 @@ def read_sigstruct(sigstruct: bytes, source: str = "SIGSTRUCT"
     return sig, info, problems
 
 
-def body_differences(implied: SigstructBody, signed: SigstructBody,
-                     manifest_source: str = "manifest") -> list[str]:
+def body_differences(
+    implied: SigstructBody, signed: SigstructBody, manifest_source: str = "manifest"
+) -> list[str]:
     """The SIGSTRUCT fields that differ from what the manifest implies (date not compared)."""
     out = []
     for name, key in _BODY_FIELDS:
         want, got = getattr(implied, name), getattr(signed, name)
         if want != got:
-            out.append(f"the SIGSTRUCT's {name} is {got:#x}, but {manifest_source} ({key}) "
-                       f"implies {want:#x}")
+            out.append(
+                f"the SIGSTRUCT's {name} is {got:#x}, but {manifest_source} ({key}) "
+                f"implies {want:#x}"
+            )
     return out
 
 

@@ -56,36 +56,60 @@ _FS_MOUNT = {"path": STR, "uri": STR, "type": STR, "key_name": STR, "enable_reco
 
 #: The Gramine 1.9 manifest key tree. A dict is a table; a list holds the element schema.
 SCHEMA: dict[str, Any] = {
-    "fs": {"mounts": [_FS_MOUNT], "root": {k: v for k, v in _FS_MOUNT.items() if k != "path"},
-           "start_dir": STR, "insecure__keys": {"*": STR}},
+    "fs": {
+        "mounts": [_FS_MOUNT],
+        "root": {k: v for k, v in _FS_MOUNT.items() if k != "path"},
+        "start_dir": STR,
+        "insecure__keys": {"*": STR},
+    },
     "libos": {"entrypoint": STR, "check_invalid_pointers": BOOL},
     "loader": {
         "entrypoint": {"uri": STR, "sha256": STR},
-        "argv": [STR], "argv_src_file": STR, "env": {"*": ANY}, "env_src_file": STR,
-        "gid": INT, "uid": INT, "insecure__use_cmdline_argv": BOOL,
-        "insecure__use_host_env": BOOL, "insecure__disable_aslr": BOOL, "log_file": STR,
+        "argv": [STR],
+        "argv_src_file": STR,
+        "env": {"*": ANY},
+        "env_src_file": STR,
+        "gid": INT,
+        "uid": INT,
+        "insecure__use_cmdline_argv": BOOL,
+        "insecure__use_host_env": BOOL,
+        "insecure__disable_aslr": BOOL,
+        "log_file": STR,
         "log_level": STR,
     },
     "sgx": {
         "allowed_files": [STR],
         "cpu_features": {"avx": STR, "avx512": STR, "amx": STR, "mpx": STR, "pkru": STR},
-        "debug": BOOL, "edmm_enable": BOOL, "enable_stats": BOOL, "enclave_size": SIZE,
-        "file_check_policy": STR, "insecure__allow_memfaults_without_exinfo": BOOL,
-        "insecure__rpc_thread_num": INT, "isvprodid": INT, "isvsvn": INT, "max_threads": INT,
+        "debug": BOOL,
+        "edmm_enable": BOOL,
+        "enable_stats": BOOL,
+        "enclave_size": SIZE,
+        "file_check_policy": STR,
+        "insecure__allow_memfaults_without_exinfo": BOOL,
+        "insecure__rpc_thread_num": INT,
+        "isvprodid": INT,
+        "isvsvn": INT,
+        "max_threads": INT,
         "preheat_enclave": BOOL,
         "profile": {"enable": STR, "mode": STR, "with_stack": BOOL, "frequency": INT},
         "remote_attestation": STR,
         "seal_key": {"flags_mask": STR, "xfrm_mask": STR, "misc_mask": STR},
-        "trusted_files": [ANY], "use_exinfo": BOOL, "vtune_profile": BOOL,
+        "trusted_files": [ANY],
+        "use_exinfo": BOOL,
+        "vtune_profile": BOOL,
     },
     "sys": {
         "allowed_ioctls": [{"request_code": INT, "struct": STR}],
-        "brk": {"max_size": SIZE}, "disallow_subprocesses": BOOL,
-        "enable_extra_runtime_domain_names_conf": BOOL, "enable_sigterm_injection": BOOL,
-        "experimental__enable_flock": BOOL, "insecure__allow_eventfd": BOOL,
+        "brk": {"max_size": SIZE},
+        "disallow_subprocesses": BOOL,
+        "enable_extra_runtime_domain_names_conf": BOOL,
+        "enable_sigterm_injection": BOOL,
+        "experimental__enable_flock": BOOL,
+        "insecure__allow_eventfd": BOOL,
         "ioctl_structs": {"*": ANY},
         "debug__mock_syscalls": [{"name": STR, "return": INT}],
-        "stack": {"size": SIZE}, "fds": {"limit": INT},
+        "stack": {"size": SIZE},
+        "fds": {"limit": INT},
     },
 }
 
@@ -122,8 +146,10 @@ def check_manifest(manifest: dict[str, Any]) -> None:
             problems.append(f"{required}: required key is missing")
     entry = manifest.get("loader", {}).get("entrypoint")
     if isinstance(entry, str):
-        problems.append("loader.entrypoint: a string is no longer accepted (Gramine 1.9): "
-                        "use a table {uri, sha256}")
+        problems.append(
+            "loader.entrypoint: a string is no longer accepted (Gramine 1.9): "
+            "use a table {uri, sha256}"
+        )
     attestation = manifest.get("sgx", {}).get("remote_attestation")
     if isinstance(attestation, bool):
         problems.append('sgx.remote_attestation: booleans were removed: use "none" or "dcap"')
@@ -141,8 +167,9 @@ def check_manifest(manifest: dict[str, Any]) -> None:
             if mount.get("type", "chroot") != "tmpfs" and "uri" not in mount:
                 problems.append(f"fs.mounts[{index}].uri: required key is missing")
     if problems:
-        raise ManifestSchemaError("manifest rejected by the Gramine 1.9 schema:\n  "
-                                  + "\n  ".join(problems))
+        raise ManifestSchemaError(
+            "manifest rejected by the Gramine 1.9 schema:\n  " + "\n  ".join(problems)
+        )
 
 
 def _env_problems(name: str, value: Any) -> list[str]:

@@ -81,8 +81,9 @@ def parse_size(value: str | int) -> int:
     try:
         return int(Size.parse(value, GRAMINE_SIZE))
     except SizeError:
-        raise MeasureError(f"invalid size {value!r}: expected e.g. '256M', '4G' or "
-                           "'0x10000000'") from None
+        raise MeasureError(
+            f"invalid size {value!r}: expected e.g. '256M', '4G' or '0x10000000'"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class PalImage:
     entry: int
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "libpal.so") -> "PalImage":
+    def from_bytes(cls, data: bytes, source: str = "libpal.so") -> PalImage:
         try:
             elf = ELFFile(io.BytesIO(data))
             segments = tuple(
@@ -122,7 +123,7 @@ class PalImage:
         return cls(data, segments, entry)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PalImage":
+    def load(cls, path: str | Path) -> PalImage:
         path = Path(path)
         try:
             data = path.read_bytes()
@@ -179,17 +180,25 @@ def _layout(attrs: EnclaveAttributes, manifest: bytes, pal: PalImage, offs: Offs
         raise MeasureError("libpal.so must be position-independent (lowest PT_LOAD vaddr 0)")
 
     areas = [
-        _Area("manifest", _round_up(len(manifest_mem), page), PAGEINFO_R | PAGEINFO_REG,
-              manifest_mem),
-        _Area("ssa", threads * offs.SSA_FRAME_SIZE * offs.SSA_FRAME_NUM,
-              PAGEINFO_R | PAGEINFO_W | PAGEINFO_REG),
+        _Area(
+            "manifest", _round_up(len(manifest_mem), page), PAGEINFO_R | PAGEINFO_REG, manifest_mem
+        ),
+        _Area(
+            "ssa",
+            threads * offs.SSA_FRAME_SIZE * offs.SSA_FRAME_NUM,
+            PAGEINFO_R | PAGEINFO_W | PAGEINFO_REG,
+        ),
         _Area("tcs", threads * offs.TCS_SIZE, PAGEINFO_TCS),
         _Area("tls", threads * page, PAGEINFO_R | PAGEINFO_W | PAGEINFO_REG),
     ]
-    areas += [_Area("stack", offs.ENCLAVE_STACK_SIZE, PAGEINFO_R | PAGEINFO_W | PAGEINFO_REG)
-              for _ in range(threads)]
-    areas += [_Area("sig_stack", offs.ENCLAVE_SIG_STACK_SIZE,
-                    PAGEINFO_R | PAGEINFO_W | PAGEINFO_REG) for _ in range(threads)]
+    areas += [
+        _Area("stack", offs.ENCLAVE_STACK_SIZE, PAGEINFO_R | PAGEINFO_W | PAGEINFO_REG)
+        for _ in range(threads)
+    ]
+    areas += [
+        _Area("sig_stack", offs.ENCLAVE_SIG_STACK_SIZE, PAGEINFO_R | PAGEINFO_W | PAGEINFO_REG)
+        for _ in range(threads)
+    ]
     areas.append(_Area("pal", hi - lo, PAGEINFO_REG))
 
     top = base + attrs.enclave_size
@@ -202,7 +211,9 @@ def _layout(attrs: EnclaveAttributes, manifest: bytes, pal: PalImage, offs: Offs
             raise EnclaveTooSmall(
                 f"sgx.enclave_size {attrs.enclave_size:#x} is too small for {threads} threads, "
                 f"the manifest and libpal; use a larger power of two (at least {needed:#x})",
-                needed, threads)
+                needed,
+                threads,
+            )
         top = area.addr
     pal_area = areas[-1]
 
@@ -210,14 +221,27 @@ def _layout(attrs: EnclaveAttributes, manifest: bytes, pal: PalImage, offs: Offs
 
     if not attrs.edmm_enable and pal_area.addr > heap_min:
         # Heap: added so the enclave can use it, but its (zero) content is not measured.
-        areas.append(_Area("free", pal_area.addr - heap_min,
-                           PAGEINFO_R | PAGEINFO_W | PAGEINFO_X | PAGEINFO_REG,
-                           measure=False, addr=heap_min))
+        areas.append(
+            _Area(
+                "free",
+                pal_area.addr - heap_min,
+                PAGEINFO_R | PAGEINFO_W | PAGEINFO_X | PAGEINFO_REG,
+                measure=False,
+                addr=heap_min,
+            )
+        )
     return _Layout(areas, pal_area.addr, pal_area.addr - lo, heap_min)
 
 
-def _fill_tcs_and_tls(areas: list[_Area], attrs: EnclaveAttributes, manifest_mem_size: int,
-                      pal: PalImage, pal_addr: int, heap_min: int, offs: Offsets) -> None:
+def _fill_tcs_and_tls(
+    areas: list[_Area],
+    attrs: EnclaveAttributes,
+    manifest_mem_size: int,
+    pal: PalImage,
+    pal_addr: int,
+    heap_min: int,
+    offs: Offsets,
+) -> None:
     page = offs.PAGESIZE
     base = offs.DEFAULT_ENCLAVE_BASE
     by_desc = {a.desc: a for a in areas if a.desc not in ("stack", "sig_stack")}
@@ -229,7 +253,7 @@ def _fill_tcs_and_tls(areas: list[_Area], attrs: EnclaveAttributes, manifest_mem
     tls_data = np.zeros(tls.size, dtype=np.uint8)
 
     def put(buf: np.ndarray, offset: int, value: int, width: int) -> None:
-        buf[offset:offset + width] = np.frombuffer(value.to_bytes(width, "little"), np.uint8)
+        buf[offset : offset + width] = np.frombuffer(value.to_bytes(width, "little"), np.uint8)
 
     for t in range(attrs.max_threads):
         ssa_addr = ssa.addr + offs.SSA_FRAME_SIZE * offs.SSA_FRAME_NUM * t
@@ -315,14 +339,15 @@ class _MeasurementStream:
         headers[:, :, 0] = _TAG_EEXTEND
         within = np.arange(_EXTENDS_PER_PAGE, dtype=np.uint64) * np.uint64(_CHUNK)
         as_bytes = stream.view(np.uint8)[:, _RECORD:].reshape(
-            chunk, _EXTENDS_PER_PAGE, _RECORD + _CHUNK)
+            chunk, _EXTENDS_PER_PAGE, _RECORD + _CHUNK
+        )
         done = 0
         while done < npages:
             n = min(npages - done, chunk)
             page_offsets = self._arange[:n] + np.uint64(offset + done * self.page)
             stream[:n, 1] = page_offsets
             headers[:n, :, 1] = page_offsets[:, None] + within[None, :]
-            as_bytes[:n, :, _RECORD:] = pages[done:done + n]
+            as_bytes[:n, :, _RECORD:] = pages[done : done + n]
             self.hash.update(stream[:n].data.cast("B"))
             done += n
 
@@ -330,12 +355,13 @@ class _MeasurementStream:
 def _area_pages(area: _Area, page: int) -> np.ndarray:
     buf = np.zeros(area.size, dtype=np.uint8)
     if area.content:
-        buf[:len(area.content)] = np.frombuffer(area.content, np.uint8)
+        buf[: len(area.content)] = np.frombuffer(area.content, np.uint8)
     return buf
 
 
-def _measure_pal(stream: _MeasurementStream, pal: PalImage, pal_base: int, area_flags: int,
-                 page: int) -> None:
+def _measure_pal(
+    stream: _MeasurementStream, pal: PalImage, pal_base: int, area_flags: int, page: int
+) -> None:
     """Each PT_LOAD segment page by page; pages shared by two segments are added twice."""
     data = np.frombuffer(pal.data, np.uint8)
     for seg in pal.segments:
@@ -352,12 +378,13 @@ def _measure_pal(stream: _MeasurementStream, pal: PalImage, pal_base: int, area_
         buf = np.zeros(mem_size, dtype=np.uint8)
         lead = seg.offset - file_start
         length = min(seg.filesz, mem_size - lead)
-        buf[lead:lead + length] = data[seg.offset:seg.offset + length]
+        buf[lead : lead + length] = data[seg.offset : seg.offset + length]
         stream.add_measured(mem_start, buf, flags)
 
 
-def measure_enclave(manifest: bytes, attrs: EnclaveAttributes, pal: PalImage,
-                    offs: Offsets) -> bytes:
+def measure_enclave(
+    manifest: bytes, attrs: EnclaveAttributes, pal: PalImage, offs: Offsets
+) -> bytes:
     """Return MRENCLAVE (32 bytes) for *manifest* (exact bytes, without the trailing NUL)."""
     if attrs.enclave_size <= 0 or attrs.enclave_size & (attrs.enclave_size - 1):
         raise MeasureError(f"sgx.enclave_size {attrs.enclave_size:#x} is not a power of two")

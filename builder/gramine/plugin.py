@@ -9,5 +9,10 @@ from enclave_build.plugin import LibOS, hookimpl
 def enclave_build_libos():
     from . import backend
 
-    return [LibOS(name="gramine", description="Gramine 1.9 (manifest, trusted files, SIGSTRUCT)",
-                  build=backend.build)]
+    return [
+        LibOS(
+            name="gramine",
+            description="Gramine 1.9 (manifest, trusted files, SIGSTRUCT)",
+            build=backend.build,
+        )
+    ]

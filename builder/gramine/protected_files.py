@@ -10,7 +10,8 @@ the attestation error (code catching either keeps working).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from enclave_build.attestation import protected_files as _impl
 
@@ -33,6 +34,7 @@ def _mapped(function: _F) -> _F:
             raise
         except _impl.PFError as exc:
             raise PFError(str(exc)) from exc.__cause__
+
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps *function*'s signature
 
 

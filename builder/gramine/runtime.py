@@ -17,14 +17,21 @@ from ..errors import EnclaveBuildError
 from ..rootfs import RootFS, RootFSError
 
 _LIB_ROOTS = ("/usr/lib", "/usr/local/lib", "/usr/lib64", "/usr/local/lib64")
-_PKGLIBDIRS = ("/usr/lib/x86_64-linux-gnu/gramine", "/usr/local/lib/x86_64-linux-gnu/gramine",
-               "/usr/lib64/gramine", "/usr/local/lib64/gramine", "/usr/lib/gramine",
-               "/usr/local/lib/gramine")
+_PKGLIBDIRS = (
+    "/usr/lib/x86_64-linux-gnu/gramine",
+    "/usr/local/lib/x86_64-linux-gnu/gramine",
+    "/usr/lib64/gramine",
+    "/usr/local/lib64/gramine",
+    "/usr/lib/gramine",
+    "/usr/local/lib/gramine",
+)
 SUPPORTED_VERSIONS = ("1.9",)
-WORKING_BASES = ("gramineproject/gramine:1.9-noble or 1.9-jammy (or any image with the gramine 1.9 "
-                 "Debian/RPM package installed)", "the bases in base_images/ (`enclave-build "
-                 "base build`)", "a root filesystem from `enclave-build base gramine ROOTFS` "
-                 "(as root; --base dir:ROOTFS)")
+WORKING_BASES = (
+    "gramineproject/gramine:1.9-noble or 1.9-jammy (or any image with the gramine 1.9 "
+    "Debian/RPM package installed)",
+    "the bases in base_images/ (`enclave-build base build`)",
+    "a root filesystem from `enclave-build base gramine ROOTFS` (as root; --base dir:ROOTFS)",
+)
 
 
 class GramineNotFoundError(EnclaveBuildError):
@@ -35,10 +42,10 @@ class GramineNotFoundError(EnclaveBuildError):
 class GramineRuntime:
     version: str
     pkglibdir: str
-    libos: str          # .../libsysdb.so
-    libpal: str         # .../sgx/libpal.so
-    runtimedir: str     # .../runtime/glibc
-    offsets: str        # .../_graminelibos_offsets.py
+    libos: str  # .../libsysdb.so
+    libpal: str  # .../sgx/libpal.so
+    runtimedir: str  # .../runtime/glibc
+    offsets: str  # .../_graminelibos_offsets.py
 
 
 def _python_dirs(rootfs: RootFS) -> list[str]:
@@ -80,8 +87,11 @@ def discover(rootfs: RootFS) -> GramineRuntime:
                     return _finish(rootfs, "unknown", pkglibdir, offsets)
     raise GramineNotFoundError(
         f"no Gramine installation found in the base image ({rootfs}).\n"
-        "Searched:\n  " + "\n  ".join(searched or ["(no python3 library directories)"]) +
-        "\nBases that work: " + "; ".join(WORKING_BASES))
+        "Searched:\n  "
+        + "\n  ".join(searched or ["(no python3 library directories)"])
+        + "\nBases that work: "
+        + "; ".join(WORKING_BASES)
+    )
 
 
 def _assignment(text: str, name: str) -> str | None:
@@ -98,14 +108,15 @@ def _finish(rootfs: RootFS, version: str, pkglibdir: str, offsets: str) -> Grami
         runtimedir=posixpath.join(pkglibdir, "runtime", "glibc"),
         offsets=offsets,
     )
-    missing = [p for p in (runtime.libos, runtime.libpal, runtime.offsets)
-               if not rootfs.exists(p)]
+    missing = [p for p in (runtime.libos, runtime.libpal, runtime.offsets) if not rootfs.exists(p)]
     if missing:
         raise GramineNotFoundError(
             f"Gramine {version} in {rootfs} is incomplete (is the SGX build installed?): "
-            f"missing {', '.join(missing)}")
+            f"missing {', '.join(missing)}"
+        )
     if version not in SUPPORTED_VERSIONS and version != "unknown":
         raise GramineNotFoundError(
             f"the base image has Gramine {version}; enclave-build renders manifests for Gramine "
-            f"{', '.join(SUPPORTED_VERSIONS)}. Bases that work: " + "; ".join(WORKING_BASES))
+            f"{', '.join(SUPPORTED_VERSIONS)}. Bases that work: " + "; ".join(WORKING_BASES)
+        )
     return runtime

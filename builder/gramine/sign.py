@@ -14,8 +14,8 @@ from typing import Any
 from ..errors import EnclaveBuildError, UsageError
 from .measure import PalImage, measure_enclave
 from .offsets import Offsets
-from .sigstruct import SigDate, Sigstruct, body_from_manifest, enclave_attributes
 from .signer import DetachedSigner, PemSigner, Signer
+from .sigstruct import SigDate, Sigstruct, body_from_manifest, enclave_attributes
 
 
 class ManifestNotFinalError(EnclaveBuildError):
@@ -53,11 +53,13 @@ def parse_final_manifest(manifest: bytes, source: str = "manifest") -> dict[str,
     entry = data.get("loader", {}).get("entrypoint")
     if not isinstance(entry, dict):
         raise ManifestNotFinalError(
-            f"{source}: loader.entrypoint must be a table {{uri, sha256}} (Gramine 1.9)")
+            f"{source}: loader.entrypoint must be a table {{uri, sha256}} (Gramine 1.9)"
+        )
     if "sha256" not in entry:
         raise ManifestNotFinalError(
             f"{source}: loader.entrypoint has no sha256; render the final manifest first "
-            "(`enclave-build build`), or add the hash")
+            "(`enclave-build build`), or add the hash"
+        )
     sgx = data.get("sgx", {})
     if not isinstance(sgx, dict):
         raise ManifestNotFinalError(f"{source}: [sgx] must be a table")
@@ -66,15 +68,23 @@ def parse_final_manifest(manifest: bytes, source: str = "manifest") -> dict[str,
         if not isinstance(tf, dict) or "sha256" not in tf:
             raise ManifestNotFinalError(
                 f"{source}: sgx.trusted_files[{index}] ({uri!r}) has no sha256: the manifest is not "
-                "final; render it with `enclave-build build` so every trusted file is hashed")
+                "final; render it with `enclave-build build` so every trusted file is hashed"
+            )
         if str(uri).endswith("/"):
             raise ManifestNotFinalError(
-                f"{source}: sgx.trusted_files[{index}] ({uri!r}) is a directory: expand it first")
+                f"{source}: sgx.trusted_files[{index}] ({uri!r}) is a directory: expand it first"
+            )
     return data
 
 
-def sign_manifest(manifest: bytes, pal: PalImage, offs: Offsets, signer: Signer,
-                  date: SigDate, source: str = "manifest") -> SignedEnclave:
+def sign_manifest(
+    manifest: bytes,
+    pal: PalImage,
+    offs: Offsets,
+    signer: Signer,
+    date: SigDate,
+    source: str = "manifest",
+) -> SignedEnclave:
     """Measure *manifest* (its exact bytes) and return the signed SIGSTRUCT."""
     mr_enclave, unsigned = _unsigned(manifest, pal, offs, date, source)
     sig = signer.sign(unsigned.signing_data(offs))
@@ -82,15 +92,17 @@ def sign_manifest(manifest: bytes, pal: PalImage, offs: Offsets, signer: Signer,
     return SignedEnclave(mr_enclave, signed, signed.to_bytes(offs))
 
 
-def signing_data_for(manifest: bytes, pal: PalImage, offs: Offsets, date: SigDate,
-                     source: str = "manifest") -> tuple[bytes, bytes]:
+def signing_data_for(
+    manifest: bytes, pal: PalImage, offs: Offsets, date: SigDate, source: str = "manifest"
+) -> tuple[bytes, bytes]:
     """(MRENCLAVE, the 256 bytes to sign): step one of the detached-signature flow."""
     mr_enclave, unsigned = _unsigned(manifest, pal, offs, date, source)
     return mr_enclave, unsigned.signing_data(offs)
 
 
-def _unsigned(manifest: bytes, pal: PalImage, offs: Offsets, date: SigDate,
-              source: str) -> tuple[bytes, Sigstruct]:
+def _unsigned(
+    manifest: bytes, pal: PalImage, offs: Offsets, date: SigDate, source: str
+) -> tuple[bytes, Sigstruct]:
     """MRENCLAVE of the final *manifest* and its SIGSTRUCT before signing."""
     sgx = parse_final_manifest(manifest, source).get("sgx", {})
     mr_enclave = measure_enclave(manifest, enclave_attributes(sgx), pal, offs)
@@ -108,20 +120,27 @@ class SignFileResult:
     tbs_size: int = 0
 
 
-def sign_manifest_file(manifest: Path, libpal: Path, offsets: Path, *, key: Path | None = None,
-                       passphrase: bytes | None = None, public_key: Path | None = None,
-                       signature: Path | None = None, tbs_out: Path | None = None,
-                       date: str | None = None, sigfile: Path | None = None) -> SignFileResult:
+def sign_manifest_file(
+    manifest: Path,
+    libpal: Path,
+    offsets: Path,
+    *,
+    key: Path | None = None,
+    passphrase: bytes | None = None,
+    public_key: Path | None = None,
+    signature: Path | None = None,
+    tbs_out: Path | None = None,
+    date: str | None = None,
+    sigfile: Path | None = None,
+) -> SignFileResult:
     """`gramine-sgx-sign` on files: measure *manifest* with Gramine's *libpal* and *offsets*
     and write its SIGSTRUCT to *sigfile* (atomically), signed with one of: the PEM *key*; a
     detached *signature* over the bytes to sign with the signer's *public_key*; or, with
     *tbs_out*, write the 256 bytes to sign there and stop (external signing, step one).
     *date* is YYYY-MM-DD or 0000-00-00 (default: today)."""
-    modes = [key is not None, public_key is not None or signature is not None,
-             tbs_out is not None]
+    modes = [key is not None, public_key is not None or signature is not None, tbs_out is not None]
     if sum(modes) != 1:
-        raise UsageError("give exactly one of --key, --public-key with --signature, "
-                         "or --tbs-out")
+        raise UsageError("give exactly one of --key, --public-key with --signature, or --tbs-out")
     if tbs_out is None and sigfile is None:
         raise UsageError("--sigfile is required (where to write the SIGSTRUCT)")
     if key is None and tbs_out is None and (public_key is None or signature is None):

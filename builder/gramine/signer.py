@@ -49,7 +49,9 @@ def _check_public_key(key: object, source: str) -> rsa.RSAPublicKey:
     if not isinstance(key, rsa.RSAPublicKey):
         raise SignerError(f"{source}: expected an RSA key, found {type(key).__name__}")
     if key.key_size != KEY_BITS:
-        raise SignerError(f"{source}: SGX needs a {KEY_BITS}-bit RSA key, this one has {key.key_size}")
+        raise SignerError(
+            f"{source}: SGX needs a {KEY_BITS}-bit RSA key, this one has {key.key_size}"
+        )
     exponent = key.public_numbers().e
     if exponent != PUBLIC_EXPONENT:
         raise SignerError(f"{source}: SGX needs public exponent 3, this key has {exponent}")
@@ -64,7 +66,7 @@ class PemSigner:
         self._key = private_key
 
     @classmethod
-    def from_file(cls, path: str | Path, passphrase: bytes | None = None) -> "PemSigner":
+    def from_file(cls, path: str | Path, passphrase: bytes | None = None) -> PemSigner:
         path = Path(path)
         try:
             pem = path.read_bytes()
@@ -75,10 +77,14 @@ class PemSigner:
         except TypeError as exc:
             if passphrase is None:
                 raise SignerError(f"{path}: the key is encrypted: give its passphrase") from exc
-            raise SignerError(f"{path}: the key is not encrypted, but a passphrase was given") from exc
+            raise SignerError(
+                f"{path}: the key is not encrypted, but a passphrase was given"
+            ) from exc
         except ValueError as exc:
             hint = "wrong passphrase, or " if passphrase is not None else ""
-            raise SignerError(f"{path}: cannot load the signing key ({hint}not a PEM private key)") from exc
+            raise SignerError(
+                f"{path}: cannot load the signing key ({hint}not a PEM private key)"
+            ) from exc
         if not isinstance(key, rsa.RSAPrivateKey):
             raise SignerError(f"{path}: expected an RSA private key, found {type(key).__name__}")
         signer = cls(key, str(path))
@@ -98,12 +104,13 @@ class DetachedSigner:
         if len(signature) != KEY_BITS // 8:
             raise SignerError(
                 f"{source}: {len(signature)} bytes; an RSA-3072 signature is {KEY_BITS // 8} bytes "
-                "(raw, big-endian, as `openssl dgst -sha256 -sign` writes it)")
+                "(raw, big-endian, as `openssl dgst -sha256 -sign` writes it)"
+            )
         self._signature = signature
         self._source = source
 
     @classmethod
-    def from_files(cls, public_key: str | Path, signature: str | Path) -> "DetachedSigner":
+    def from_files(cls, public_key: str | Path, signature: str | Path) -> DetachedSigner:
         public_key, signature = Path(public_key), Path(signature)
         try:
             pem = public_key.read_bytes()
@@ -137,13 +144,15 @@ def check_key_permissions(path: Path) -> None:
         raise SignerError(f"{path}: cannot read signing key: {exc.strerror}") from exc
     if not mode & 0o077:
         return
-    who = " and ".join(w for w, bits in (("its group", 0o070), ("other users", 0o007))
-                       if mode & bits)
-    problem = (f"{path}: the signing key is accessible to {who} (mode {mode:04o}); whoever reads "
-               f"it can sign enclaves as you. Fix: chmod 600 {path}")
+    who = " and ".join(
+        w for w, bits in (("its group", 0o070), ("other users", 0o007)) if mode & bits
+    )
+    problem = (
+        f"{path}: the signing key is accessible to {who} (mode {mode:04o}); whoever reads "
+        f"it can sign enclaves as you. Fix: chmod 600 {path}"
+    )
     if os.environ.get(ALLOW_OPEN_KEY_ENV) == "1":
-        warnings.warn(f"{problem} (used anyway: {ALLOW_OPEN_KEY_ENV}=1)", UserWarning,
-                      stacklevel=3)
+        warnings.warn(f"{problem} (used anyway: {ALLOW_OPEN_KEY_ENV}=1)", UserWarning, stacklevel=3)
         return
     raise SignerError(f"{problem}\n(or set {ALLOW_OPEN_KEY_ENV}=1 to use it anyway)")
 
@@ -156,13 +165,19 @@ def write_new_key(path: str | Path, passphrase: bytes | None = None) -> rsa.RSAP
     """Create a new SGX signing key at *path* (mode 0600); refuses to overwrite."""
     path = Path(path)
     if passphrase is not None and not passphrase:
-        raise SignerError(f"{path}: empty passphrase: refusing to write the key unencrypted "
-                          "(give a passphrase, or none at all for an unencrypted key)")
+        raise SignerError(
+            f"{path}: empty passphrase: refusing to write the key unencrypted "
+            "(give a passphrase, or none at all for an unencrypted key)"
+        )
     key = generate_key()
-    encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
-                  else serialization.NoEncryption())
-    pem = key.private_bytes(serialization.Encoding.PEM,
-                            serialization.PrivateFormat.TraditionalOpenSSL, encryption)
+    encryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, encryption
+    )
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -175,5 +190,6 @@ def write_new_key(path: str | Path, passphrase: bytes | None = None) -> rsa.RSAP
 
 
 def public_key_pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

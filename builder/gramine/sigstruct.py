@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from enclave_build.contract.identity import mr_signer_of
 
@@ -29,10 +30,15 @@ RSA_KEY_BYTES = 384
 DEFAULT_MAX_THREADS = 4
 DEFAULT_ENCLAVE_SIZE_NO_EDMM = "256M"
 DEFAULT_ENCLAVE_SIZE_WITH_EDMM = "1024G"
-_CPU_FEATURE_DEFAULTS = {"avx": "unspecified", "avx512": "unspecified", "amx": "unspecified",
-                         "mpx": "disabled", "pkru": "disabled"}
+_CPU_FEATURE_DEFAULTS = {
+    "avx": "unspecified",
+    "avx512": "unspecified",
+    "amx": "unspecified",
+    "mpx": "disabled",
+    "pkru": "disabled",
+}
 _OPTIONAL_FEATURES = ("avx", "avx512", "amx")  # may be "unspecified"
-_HARDENING_FEATURES = ("mpx", "pkru")          # must be "disabled" or "required"
+_HARDENING_FEATURES = ("mpx", "pkru")  # must be "disabled" or "required"
 
 
 class SigstructError(EnclaveBuildError):
@@ -46,12 +52,14 @@ class SigDate:
     day: int
 
     @classmethod
-    def parse(cls, text: str) -> "SigDate":
+    def parse(cls, text: str) -> SigDate:
         """``YYYY-MM-DD`` (a real calendar date) or ``0000-00-00``."""
         if text == "0000-00-00":
             return cls(0, 0, 0)
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            raise SigstructError(f"invalid SIGSTRUCT date {text!r}: expected YYYY-MM-DD or 0000-00-00")
+            raise SigstructError(
+                f"invalid SIGSTRUCT date {text!r}: expected YYYY-MM-DD or 0000-00-00"
+            )
         try:
             day = _dt.date.fromisoformat(text)
         except ValueError as exc:
@@ -59,7 +67,7 @@ class SigDate:
         return cls(day.year, day.month, day.day)
 
     @classmethod
-    def today(cls) -> "SigDate":
+    def today(cls) -> SigDate:
         day = _dt.date.today()
         return cls(day.year, day.month, day.day)
 
@@ -106,8 +114,9 @@ def enclave_attributes(sgx: Mapping[str, Any]) -> EnclaveAttributes:
     return EnclaveAttributes(parse_size(sgx.get("enclave_size", default_size)), threads, edmm)
 
 
-def body_from_manifest(sgx: Mapping[str, Any], mr_enclave: bytes, date: SigDate,
-                       offs: Offsets) -> SigstructBody:
+def body_from_manifest(
+    sgx: Mapping[str, Any], mr_enclave: bytes, date: SigDate, offs: Offsets
+) -> SigstructBody:
     """The SIGSTRUCT fields a manifest's ``[sgx]`` table implies."""
     flags = offs.SGX_FLAGS_MODE64BIT
     if sgx.get("debug") is True:
@@ -116,8 +125,13 @@ def body_from_manifest(sgx: Mapping[str, Any], mr_enclave: bytes, date: SigDate,
 
     xfrm, mask = offs.SGX_XFRM_LEGACY, offs.SGX_XFRM_MASK_CONST
     features = {**_CPU_FEATURE_DEFAULTS, **sgx.get("cpu_features", {})}
-    bits = {"avx": offs.SGX_XFRM_AVX, "avx512": offs.SGX_XFRM_AVX512, "amx": offs.SGX_XFRM_AMX,
-            "mpx": offs.SGX_XFRM_MPX, "pkru": offs.SGX_XFRM_PKRU}
+    bits = {
+        "avx": offs.SGX_XFRM_AVX,
+        "avx512": offs.SGX_XFRM_AVX512,
+        "amx": offs.SGX_XFRM_AMX,
+        "mpx": offs.SGX_XFRM_MPX,
+        "pkru": offs.SGX_XFRM_PKRU,
+    }
     # Order matters: AVX512's bits include AVX's, so "avx = disabled, avx512 = required" keeps AVX.
     for name in _OPTIONAL_FEATURES + _HARDENING_FEATURES:
         value = features[name]
@@ -128,8 +142,11 @@ def body_from_manifest(sgx: Mapping[str, Any], mr_enclave: bytes, date: SigDate,
             xfrm &= ~bits[name]
             mask |= bits[name]
         elif value != "unspecified" or name in _HARDENING_FEATURES:
-            allowed = "'required' or 'disabled'" if name in _HARDENING_FEATURES else \
-                "'unspecified', 'required' or 'disabled'"
+            allowed = (
+                "'required' or 'disabled'"
+                if name in _HARDENING_FEATURES
+                else "'unspecified', 'required' or 'disabled'"
+            )
             raise SigstructError(f"sgx.cpu_features.{name} = {value!r}: expected {allowed}")
 
     for key in ("isvprodid", "isvsvn"):
@@ -168,53 +185,65 @@ class Sigstruct:
     def to_bytes(self, offs: Offsets) -> bytes:
         b = self.body
         buf = bytearray(offs.SGX_ARCH_SIGSTRUCT_SIZE)
-        buf[offs.SGX_ARCH_SIGSTRUCT_HEADER:offs.SGX_ARCH_SIGSTRUCT_HEADER + 16] = HEADER
+        buf[offs.SGX_ARCH_SIGSTRUCT_HEADER : offs.SGX_ARCH_SIGSTRUCT_HEADER + 16] = HEADER
         struct.pack_into("<L", buf, offs.SGX_ARCH_SIGSTRUCT_VENDOR, b.vendor)
         date = offs.SGX_ARCH_SIGSTRUCT_DATE
         struct.pack_into("<BBH", buf, date, _bcd(b.date.day), _bcd(b.date.month), _bcd(b.date.year))
-        buf[offs.SGX_ARCH_SIGSTRUCT_HEADER2:offs.SGX_ARCH_SIGSTRUCT_HEADER2 + 16] = HEADER2
+        buf[offs.SGX_ARCH_SIGSTRUCT_HEADER2 : offs.SGX_ARCH_SIGSTRUCT_HEADER2 + 16] = HEADER2
         struct.pack_into("<L", buf, offs.SGX_ARCH_SIGSTRUCT_SWDEFINED, b.swdefined)
         struct.pack_into("<L", buf, offs.SGX_ARCH_SIGSTRUCT_MISC_SELECT, b.misc_select)
         struct.pack_into("<L", buf, offs.SGX_ARCH_SIGSTRUCT_MISC_MASK, b.misc_mask)
-        struct.pack_into("<QQ", buf, offs.SGX_ARCH_SIGSTRUCT_ATTRIBUTES,
-                         b.attribute_flags, b.attribute_xfrm)
-        struct.pack_into("<QQ", buf, offs.SGX_ARCH_SIGSTRUCT_ATTRIBUTE_MASK,
-                         b.attribute_flags_mask, b.attribute_xfrm_mask)
+        struct.pack_into(
+            "<QQ", buf, offs.SGX_ARCH_SIGSTRUCT_ATTRIBUTES, b.attribute_flags, b.attribute_xfrm
+        )
+        struct.pack_into(
+            "<QQ",
+            buf,
+            offs.SGX_ARCH_SIGSTRUCT_ATTRIBUTE_MASK,
+            b.attribute_flags_mask,
+            b.attribute_xfrm_mask,
+        )
         h = offs.SGX_ARCH_SIGSTRUCT_ENCLAVE_HASH
-        buf[h:h + 32] = b.enclave_hash
+        buf[h : h + 32] = b.enclave_hash
         struct.pack_into("<H", buf, offs.SGX_ARCH_SIGSTRUCT_ISV_PROD_ID, b.isv_prod_id)
         struct.pack_into("<H", buf, offs.SGX_ARCH_SIGSTRUCT_ISV_SVN, b.isv_svn)
         if self.modulus:
             q1, q2 = _q1_q2(self.signature, self.modulus)
-            for field, value in ((offs.SGX_ARCH_SIGSTRUCT_MODULUS, self.modulus),
-                                 (offs.SGX_ARCH_SIGSTRUCT_SIGNATURE, self.signature),
-                                 (offs.SGX_ARCH_SIGSTRUCT_Q1, q1),
-                                 (offs.SGX_ARCH_SIGSTRUCT_Q2, q2)):
-                buf[field:field + RSA_KEY_BYTES] = value.to_bytes(RSA_KEY_BYTES, "little")
+            for field, value in (
+                (offs.SGX_ARCH_SIGSTRUCT_MODULUS, self.modulus),
+                (offs.SGX_ARCH_SIGSTRUCT_SIGNATURE, self.signature),
+                (offs.SGX_ARCH_SIGSTRUCT_Q1, q1),
+                (offs.SGX_ARCH_SIGSTRUCT_Q2, q2),
+            ):
+                buf[field : field + RSA_KEY_BYTES] = value.to_bytes(RSA_KEY_BYTES, "little")
             struct.pack_into("<L", buf, offs.SGX_ARCH_SIGSTRUCT_EXPONENT, self.exponent)
         return bytes(buf)
 
     @classmethod
-    def from_bytes(cls, data: bytes, offs: Offsets, source: str = "SIGSTRUCT") -> "Sigstruct":
+    def from_bytes(cls, data: bytes, offs: Offsets, source: str = "SIGSTRUCT") -> Sigstruct:
         if len(data) != offs.SGX_ARCH_SIGSTRUCT_SIZE:
             raise SigstructError(
-                f"{source}: {len(data)} bytes; a SIGSTRUCT is {offs.SGX_ARCH_SIGSTRUCT_SIZE}")
-        if data[offs.SGX_ARCH_SIGSTRUCT_HEADER:offs.SGX_ARCH_SIGSTRUCT_HEADER + 16] != HEADER or \
-                data[offs.SGX_ARCH_SIGSTRUCT_HEADER2:offs.SGX_ARCH_SIGSTRUCT_HEADER2 + 16] != HEADER2:
+                f"{source}: {len(data)} bytes; a SIGSTRUCT is {offs.SGX_ARCH_SIGSTRUCT_SIZE}"
+            )
+        if (
+            data[offs.SGX_ARCH_SIGSTRUCT_HEADER : offs.SGX_ARCH_SIGSTRUCT_HEADER + 16] != HEADER
+            or data[offs.SGX_ARCH_SIGSTRUCT_HEADER2 : offs.SGX_ARCH_SIGSTRUCT_HEADER2 + 16]
+            != HEADER2
+        ):
             raise SigstructError(f"{source}: not a SIGSTRUCT (header mismatch)")
 
         def u(fmt: str, off: int) -> Any:
             return struct.unpack_from(fmt, data, off)
 
         def big(off: int) -> int:
-            return int.from_bytes(data[off:off + RSA_KEY_BYTES], "little")
+            return int.from_bytes(data[off : off + RSA_KEY_BYTES], "little")
 
         day, month, year = u("<BBH", offs.SGX_ARCH_SIGSTRUCT_DATE)
         flags, xfrm = u("<QQ", offs.SGX_ARCH_SIGSTRUCT_ATTRIBUTES)
         flags_mask, xfrm_mask = u("<QQ", offs.SGX_ARCH_SIGSTRUCT_ATTRIBUTE_MASK)
         h = offs.SGX_ARCH_SIGSTRUCT_ENCLAVE_HASH
         body = SigstructBody(
-            enclave_hash=bytes(data[h:h + 32]),
+            enclave_hash=bytes(data[h : h + 32]),
             date=SigDate(_unbcd(year), _unbcd(month), _unbcd(day)),
             isv_prod_id=u("<H", offs.SGX_ARCH_SIGSTRUCT_ISV_PROD_ID)[0],
             isv_svn=u("<H", offs.SGX_ARCH_SIGSTRUCT_ISV_SVN)[0],
@@ -227,9 +256,13 @@ class Sigstruct:
             vendor=u("<L", offs.SGX_ARCH_SIGSTRUCT_VENDOR)[0],
             swdefined=u("<L", offs.SGX_ARCH_SIGSTRUCT_SWDEFINED)[0],
         )
-        return cls(body, big(offs.SGX_ARCH_SIGSTRUCT_MODULUS),
-                   big(offs.SGX_ARCH_SIGSTRUCT_SIGNATURE),
-                   u("<L", offs.SGX_ARCH_SIGSTRUCT_EXPONENT)[0], bytes(data))
+        return cls(
+            body,
+            big(offs.SGX_ARCH_SIGSTRUCT_MODULUS),
+            big(offs.SGX_ARCH_SIGSTRUCT_SIGNATURE),
+            u("<L", offs.SGX_ARCH_SIGSTRUCT_EXPONENT)[0],
+            bytes(data),
+        )
 
     # ----------------------------------------------------------------------- signing
 
@@ -237,9 +270,11 @@ class Sigstruct:
         """The 256 bytes an RSA signer signs (PKCS#1 v1.5 over SHA-256)."""
         raw = self.to_bytes(offs)
         misc = offs.SGX_ARCH_SIGSTRUCT_MISC_SELECT
-        return raw[:128] + raw[misc:misc + 128]
+        return raw[:128] + raw[misc : misc + 128]
 
-    def with_signature(self, modulus: int, signature: int, exponent: int = RSA_EXPONENT) -> "Sigstruct":
+    def with_signature(
+        self, modulus: int, signature: int, exponent: int = RSA_EXPONENT
+    ) -> Sigstruct:
         if exponent != RSA_EXPONENT:
             raise SigstructError(f"SGX requires RSA public exponent 3, got {exponent}")
         if modulus.bit_length() != RSA_KEY_BYTES * 8:
@@ -252,7 +287,7 @@ class Sigstruct:
         if self.raw is None:
             return self.signing_data(offs)
         misc = offs.SGX_ARCH_SIGSTRUCT_MISC_SELECT
-        return self.raw[:128] + self.raw[misc:misc + 128]
+        return self.raw[:128] + self.raw[misc : misc + 128]
 
     def signature_problem(self, offs: Offsets) -> str | None:
         """Why EINIT would refuse this SIGSTRUCT's signature, or None if it verifies: exponent
@@ -272,15 +307,21 @@ class Sigstruct:
 
         try:
             key = rsa.RSAPublicNumbers(self.exponent, self.modulus).public_key()
-            key.verify(self.signature.to_bytes(RSA_KEY_BYTES, "big"), self.signed_bytes(offs),
-                       padding.PKCS1v15(), hashes.SHA256())
+            key.verify(
+                self.signature.to_bytes(RSA_KEY_BYTES, "big"),
+                self.signed_bytes(offs),
+                padding.PKCS1v15(),
+                hashes.SHA256(),
+            )
         except (InvalidSignature, ValueError):
             return "the RSA signature does not verify over the signed bytes"
         if self.raw is not None:
             q1, q2 = _q1_q2(self.signature, self.modulus)
-            for name, off, want in (("Q1", offs.SGX_ARCH_SIGSTRUCT_Q1, q1),
-                                    ("Q2", offs.SGX_ARCH_SIGSTRUCT_Q2, q2)):
-                if int.from_bytes(self.raw[off:off + RSA_KEY_BYTES], "little") != want:
+            for name, off, want in (
+                ("Q1", offs.SGX_ARCH_SIGSTRUCT_Q1, q1),
+                ("Q2", offs.SGX_ARCH_SIGSTRUCT_Q2, q2),
+            ):
+                if int.from_bytes(self.raw[off : off + RSA_KEY_BYTES], "little") != want:
                     return f"{name} does not match the signature and modulus (EINIT would fail)"
         return None
 
@@ -306,18 +347,32 @@ def _q1_q2(signature: int, modulus: int) -> tuple[int, int]:
 
 #: SIGSTRUCT field offsets and attribute bits fixed by the SGX architecture (Intel SDM Vol. 3D,
 #: "Enclave Signature Structure"); used to read a SIGSTRUCT when no offsets file is at hand.
-ARCH_LAYOUT = Offsets({
-    "SGX_ARCH_SIGSTRUCT_HEADER": 0, "SGX_ARCH_SIGSTRUCT_VENDOR": 16,
-    "SGX_ARCH_SIGSTRUCT_DATE": 20, "SGX_ARCH_SIGSTRUCT_HEADER2": 24,
-    "SGX_ARCH_SIGSTRUCT_SWDEFINED": 40, "SGX_ARCH_SIGSTRUCT_MODULUS": 128,
-    "SGX_ARCH_SIGSTRUCT_EXPONENT": 512, "SGX_ARCH_SIGSTRUCT_SIGNATURE": 516,
-    "SGX_ARCH_SIGSTRUCT_MISC_SELECT": 900, "SGX_ARCH_SIGSTRUCT_MISC_MASK": 904,
-    "SGX_ARCH_SIGSTRUCT_ATTRIBUTES": 928, "SGX_ARCH_SIGSTRUCT_ATTRIBUTE_MASK": 944,
-    "SGX_ARCH_SIGSTRUCT_ENCLAVE_HASH": 960, "SGX_ARCH_SIGSTRUCT_ISV_PROD_ID": 1024,
-    "SGX_ARCH_SIGSTRUCT_ISV_SVN": 1026, "SGX_ARCH_SIGSTRUCT_Q1": 1040,
-    "SGX_ARCH_SIGSTRUCT_Q2": 1424, "SGX_ARCH_SIGSTRUCT_SIZE": 1808,
-    "SGX_FLAGS_DEBUG": 0x2, "SGX_FLAGS_MODE64BIT": 0x4, "SGX_MISCSELECT_EXINFO": 0x1,
-}, "SGX architecture (Intel SDM)")
+ARCH_LAYOUT = Offsets(
+    {
+        "SGX_ARCH_SIGSTRUCT_HEADER": 0,
+        "SGX_ARCH_SIGSTRUCT_VENDOR": 16,
+        "SGX_ARCH_SIGSTRUCT_DATE": 20,
+        "SGX_ARCH_SIGSTRUCT_HEADER2": 24,
+        "SGX_ARCH_SIGSTRUCT_SWDEFINED": 40,
+        "SGX_ARCH_SIGSTRUCT_MODULUS": 128,
+        "SGX_ARCH_SIGSTRUCT_EXPONENT": 512,
+        "SGX_ARCH_SIGSTRUCT_SIGNATURE": 516,
+        "SGX_ARCH_SIGSTRUCT_MISC_SELECT": 900,
+        "SGX_ARCH_SIGSTRUCT_MISC_MASK": 904,
+        "SGX_ARCH_SIGSTRUCT_ATTRIBUTES": 928,
+        "SGX_ARCH_SIGSTRUCT_ATTRIBUTE_MASK": 944,
+        "SGX_ARCH_SIGSTRUCT_ENCLAVE_HASH": 960,
+        "SGX_ARCH_SIGSTRUCT_ISV_PROD_ID": 1024,
+        "SGX_ARCH_SIGSTRUCT_ISV_SVN": 1026,
+        "SGX_ARCH_SIGSTRUCT_Q1": 1040,
+        "SGX_ARCH_SIGSTRUCT_Q2": 1424,
+        "SGX_ARCH_SIGSTRUCT_SIZE": 1808,
+        "SGX_FLAGS_DEBUG": 0x2,
+        "SGX_FLAGS_MODE64BIT": 0x4,
+        "SGX_MISCSELECT_EXINFO": 0x1,
+    },
+    "SGX architecture (Intel SDM)",
+)
 
 
 def summarize(sig: Sigstruct, layout: Offsets = ARCH_LAYOUT) -> dict[str, Any]:
@@ -325,8 +380,11 @@ def summarize(sig: Sigstruct, layout: Offsets = ARCH_LAYOUT) -> dict[str, Any]:
     ``signature_problem`` (why it does not verify, or None). The stable JSON of `gramine
     sigstruct --json` and of the ``sigstruct`` object of `inspect --json`."""
     problem = sig.signature_problem(layout)
-    return {**describe(sig, layout), "signature_valid": problem is None,
-            "signature_problem": problem}
+    return {
+        **describe(sig, layout),
+        "signature_valid": problem is None,
+        "signature_problem": problem,
+    }
 
 
 def describe(sig: Sigstruct, layout: Offsets = ARCH_LAYOUT) -> dict[str, Any]:

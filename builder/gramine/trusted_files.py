@@ -23,15 +23,15 @@ class TrustedFileError(EnclaveBuildError):
 
 @dataclass(frozen=True)
 class TrustedFile:
-    uri: str          # "file:/abs/path" as written into the manifest
-    inner: str        # resolved path inside the root
+    uri: str  # "file:/abs/path" as written into the manifest
+    inner: str  # resolved path inside the root
     size: int
 
 
 def _uri_path(uri: str) -> str:
     if not uri.startswith("file:"):
         raise TrustedFileError(f"{uri!r}: only file: URIs can be trusted files")
-    path = uri[len("file:"):]
+    path = uri[len("file:") :]
     if not path.startswith("/"):
         raise TrustedFileError(f"{uri!r}: trusted files need absolute paths inside the image")
     return path
@@ -49,7 +49,8 @@ def expand(uris: list[str], rootfs: RootFS) -> list[TrustedFile]:
         st = rootfs.lstat(resolved)
         if st is None:
             raise TrustedFileError(
-                f"trusted file {uri!r}: {path} does not exist in the image ({rootfs})")
+                f"trusted file {uri!r}: {path} does not exist in the image ({rootfs})"
+            )
         if uri.endswith("/"):
             if not stat.S_ISDIR(st.st_mode):
                 raise TrustedFileError(f"trusted file {uri!r} ends with '/' but is not a directory")
@@ -58,7 +59,8 @@ def expand(uris: list[str], rootfs: RootFS) -> list[TrustedFile]:
         else:
             if stat.S_ISDIR(st.st_mode):
                 raise TrustedFileError(
-                    f"trusted file {uri!r} is a directory: write it with a trailing '/'")
+                    f"trusted file {uri!r} is a directory: write it with a trailing '/'"
+                )
             if not stat.S_ISREG(st.st_mode):
                 raise TrustedFileError(f"trusted file {uri!r} is not a regular file")
             if not os.access(rootfs.host_path(resolved), os.R_OK):

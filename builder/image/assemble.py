@@ -16,19 +16,28 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import posixpath
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from enclave_build.attestation.measurements import Measurements
 
 from ..errors import EnclaveBuildError
 from ..hashing import HashCache
 from ..plan import ServicePlan
-from ..rootfs import RootFS, RootFSError
 from ..plugin_types import ArtifactFile, LibOSArtifacts
+from ..rootfs import RootFS, RootFSError
 from .layers import LayerEntry, source_date_epoch, write_layer
-from .oci import (OCI_CONFIG, TO_OCI, BlobStore, Descriptor, Image, ImageError, canonical_json,
-                  oci_manifest)
+from .oci import (
+    OCI_CONFIG,
+    TO_OCI,
+    BlobStore,
+    Descriptor,
+    Image,
+    ImageError,
+    canonical_json,
+    oci_manifest,
+)
 
 LABEL_PREFIX = "org.enclave-build."
 ENCLAVE_DIR = "/enclave/"
@@ -74,16 +83,19 @@ def runtime_owner(user: str | None, rootfs: RootFS | None) -> tuple[int, int]:
     elif entry is not None:
         uid = int(entry[2])
     else:
-        raise UserError(f"the image runs as user {name!r}, which is not in /etc/passwd of the "
-                        f"base image ({rootfs}); set a numeric User or add the user")
+        raise UserError(
+            f"the image runs as user {name!r}, which is not in /etc/passwd of the "
+            f"base image ({rootfs}); set a numeric User or add the user"
+        )
     if group:
         if group.isdigit():
             return uid, int(group)
-        row = next((r for r in _table(rootfs, "/etc/group") if len(r) >= 3 and r[0] == group),
-                   None)
+        row = next((r for r in _table(rootfs, "/etc/group") if len(r) >= 3 and r[0] == group), None)
         if row is None:
-            raise UserError(f"the image runs as group {group!r}, which is not in /etc/group of "
-                            f"the base image ({rootfs})")
+            raise UserError(
+                f"the image runs as group {group!r}, which is not in /etc/group of "
+                f"the base image ({rootfs})"
+            )
         return uid, int(row[2])
     return uid, int(entry[3]) if entry is not None else 0
 
@@ -114,34 +126,60 @@ def _entries(files: list[ArtifactFile], owner: tuple[int, int] = (0, 0)) -> list
         elif item.source is not None:
             out.append(LayerEntry(dest, "file", mode, source=Path(item.source), uid=uid, gid=gid))
     explicit = {e.path for e in out}
-    out = [LayerEntry(e.path, e.kind, e.mode, uid=owner[0], gid=owner[1])
-           if e.kind == "dir" and e.path in owned_dirs else e for e in out]
-    out += [LayerEntry(d, "dir", 0o755, uid=owner[0], gid=owner[1])
-            for d in sorted(owned_dirs - explicit) if d != "/"]
+    out = [
+        LayerEntry(e.path, e.kind, e.mode, uid=owner[0], gid=owner[1])
+        if e.kind == "dir" and e.path in owned_dirs
+        else e
+        for e in out
+    ]
+    out += [
+        LayerEntry(d, "dir", 0o755, uid=owner[0], gid=owner[1])
+        for d in sorted(owned_dirs - explicit)
+        if d != "/"
+    ]
     return out
 
 
 def _created() -> str:
-    moment = _dt.datetime.fromtimestamp(source_date_epoch(), _dt.timezone.utc)
+    moment = _dt.datetime.fromtimestamp(source_date_epoch(), _dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def assemble(base: Image, plan: ServicePlan, artifacts: LibOSArtifacts,
-             measurements: Measurements, store: BlobStore, hash_cache: HashCache | None = None,
-             progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
-             rootfs: RootFS | None = None) -> Image:
+def assemble(
+    base: Image,
+    plan: ServicePlan,
+    artifacts: LibOSArtifacts,
+    measurements: Measurements,
+    store: BlobStore,
+    hash_cache: HashCache | None = None,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    rootfs: RootFS | None = None,
+) -> Image:
     """The service image: base layers + service files + enclave files. *rootfs* (the base's)
     resolves the runtime user's name to the owner of the files it must open read-write."""
     base_user = (base.config.get("config") or {}).get("User") or None
     owner = runtime_owner(plan.user if plan.user and plan.user != "root" else base_user, rootfs)
-    enclave_files = [f for f in artifacts.files if f.dest.startswith(ENCLAVE_DIR)
-                     and f.data is not None and not f.dest.startswith(ENCLAVE_DIR + "secrets/")]
+    enclave_files = [
+        f
+        for f in artifacts.files
+        if f.dest.startswith(ENCLAVE_DIR)
+        and f.data is not None
+        and not f.dest.startswith(ENCLAVE_DIR + "secrets/")
+    ]
     service_files = [f for f in artifacts.files if f not in enclave_files]
-    groups = [(what, group) for what, group in (
-        ("service files (models, encrypted files, configs)", _entries(service_files, owner)),
-        ("enclave manifest and SIGSTRUCT", _entries(enclave_files))) if group]
-    total = sum(e.source.stat().st_size if e.source else len(e.data or b"")
-                for _, group in groups for e in group)
+    groups = [
+        (what, group)
+        for what, group in (
+            ("service files (models, encrypted files, configs)", _entries(service_files, owner)),
+            ("enclave manifest and SIGSTRUCT", _entries(enclave_files)),
+        )
+        if group
+    ]
+    total = sum(
+        e.source.stat().st_size if e.source else len(e.data or b"")
+        for _, group in groups
+        for e in group
+    )
     advance = progress("writing layers", total) if progress else None
     added = [write_layer(group, store, hash_cache, advance) for _, group in groups]
 
@@ -151,7 +189,9 @@ def assemble(base: Image, plan: ServicePlan, artifacts: LibOSArtifacts,
     layers = []
     for desc in base.layers:
         if desc.media_type not in TO_OCI:
-            raise ImageError(f"base layer {desc.digest} has unsupported media type {desc.media_type}")
+            raise ImageError(
+                f"base layer {desc.digest} has unsupported media type {desc.media_type}"
+            )
         layers.append(Descriptor(TO_OCI[desc.media_type], desc.digest, desc.size))
 
     config = copy.deepcopy(base.config)
@@ -175,11 +215,18 @@ def assemble(base: Image, plan: ServicePlan, artifacts: LibOSArtifacts,
     labels.update(identity_labels(measurements))
     runtime["Labels"] = labels
     config["config"] = runtime
-    config["rootfs"] = {"type": "layers",
-                        "diff_ids": list(base.diff_ids) + [blob.diff_id for blob in added]}
+    config["rootfs"] = {
+        "type": "layers",
+        "diff_ids": list(base.diff_ids) + [blob.diff_id for blob in added],
+    }
     config["history"] = list(config.get("history") or []) + [
-        {"created": created, "created_by": f"enclave-build: {what}",
-         "comment": f"enclave-build {plan.libos} {plan.framework}"} for what, _ in groups]
+        {
+            "created": created,
+            "created_by": f"enclave-build: {what}",
+            "comment": f"enclave-build {plan.libos} {plan.framework}",
+        }
+        for what, _ in groups
+    ]
 
     raw = canonical_json(config)
     config_desc = Descriptor(OCI_CONFIG, store.put_bytes(raw), len(raw))

@@ -43,10 +43,10 @@ import re
 import stat
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from enclave_build.contract.size import HUMAN_SIZE, Size
 
@@ -79,8 +79,7 @@ def parse_days(text: str) -> float:
     except ValueError:
         days = -1.0
     if not days >= 0 or days == float("inf"):
-        raise ValueError(f"{text!r} is not a number of days (0 or more, e.g. \"30\" or "
-                         "\"0.5\")")
+        raise ValueError(f'{text!r} is not a number of days (0 or more, e.g. "30" or "0.5")')
     return days
 
 
@@ -90,7 +89,7 @@ class Limits:
     max_age_days: float = DEFAULT_MAX_AGE_DAYS
 
     @classmethod
-    def from_env(cls, log: Callable[[str], None] = report) -> "Limits":
+    def from_env(cls, log: Callable[[str], None] = report) -> Limits:
         """The limits from the environment; a bad value is reported and the default used."""
         size, age = DEFAULT_MAX_SIZE, DEFAULT_MAX_AGE_DAYS
         raw = os.environ.get(MAX_SIZE_ENV, "").strip()
@@ -111,19 +110,19 @@ class Limits:
 @dataclass(frozen=True)
 class BlobInfo:
     digest: str
-    size: int           # bytes on disk
-    last_used: float    # seconds since the epoch (the file's mtime)
-    shared: bool        # hard-linked into an output or another layout: never pruned
+    size: int  # bytes on disk
+    last_used: float  # seconds since the epoch (the file's mtime)
+    shared: bool  # hard-linked into an output or another layout: never pruned
 
 
 @dataclass(frozen=True)
 class PruneResult:
     removed: tuple[BlobInfo, ...] = ()
     freed: int = 0
-    kept: int = 0                # blobs left
-    kept_bytes: int = 0          # their size, shared ones included
-    records_removed: int = 0     # layer records whose blob was gone
-    in_use: bool = False         # another process was using the cache: nothing was done
+    kept: int = 0  # blobs left
+    kept_bytes: int = 0  # their size, shared ones included
+    records_removed: int = 0  # layer records whose blob was gone
+    in_use: bool = False  # another process was using the cache: nothing was done
 
 
 class CacheInUse(EnclaveBuildError):
@@ -163,7 +162,7 @@ class BlobCache:
             self.root.mkdir(parents=True, exist_ok=True)
             return os.open(self.root / LOCK, _LOCK_FLAGS, 0o600)
         except OSError:
-            return None   # a read-only cache: nothing prunes it either
+            return None  # a read-only cache: nothing prunes it either
 
     @contextmanager
     def in_use(self) -> Iterator[None]:
@@ -174,9 +173,9 @@ class BlobCache:
             return
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH)   # waits only while a prune runs
+                fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a prune runs
             except OSError:
-                pass                             # no flock here: nothing can prune safely
+                pass  # no flock here: nothing can prune safely
             yield
         finally:
             os.close(fd)
@@ -206,13 +205,18 @@ class BlobCache:
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                out.append(BlobInfo(f"sha256:{name}", _disk_size(st), st.st_mtime,
-                                    st.st_nlink > 1))
+                out.append(BlobInfo(f"sha256:{name}", _disk_size(st), st.st_mtime, st.st_nlink > 1))
         out.sort(key=lambda b: (-b.last_used, b.digest))
         return out
 
-    def prune(self, limits: Limits, keep: Iterable[str] = (), *, everything: bool = False,
-              log: Callable[[str], None] | None = None) -> PruneResult:
+    def prune(
+        self,
+        limits: Limits,
+        keep: Iterable[str] = (),
+        *,
+        everything: bool = False,
+        log: Callable[[str], None] | None = None,
+    ) -> PruneResult:
         """Apply *limits* to the blobs only the cache holds, never touching *keep*;
         *everything*: remove every blob, shared ones too (``cache clean``). Does nothing
         (``in_use``) while another process holds the cache."""
@@ -228,15 +232,16 @@ class BlobCache:
         finally:
             os.close(fd)
         if log is not None and (result.removed or result.records_removed):
-            log(f"blob cache: removed {len(result.removed)} blob"
+            log(
+                f"blob cache: removed {len(result.removed)} blob"
                 f"{'s' if len(result.removed) != 1 else ''} from {self.directory} "
                 f"({human(result.freed)} freed, {human(result.kept_bytes)} kept; at most "
                 f"{human(limits.max_size)} and {limits.max_age_days:g} days, set "
-                f"{MAX_SIZE_ENV} / {MAX_AGE_ENV} to change)")
+                f"{MAX_SIZE_ENV} / {MAX_AGE_ENV} to change)"
+            )
         return result
 
-    def _prune_locked(self, limits: Limits, keep: frozenset[str],
-                      everything: bool) -> PruneResult:
+    def _prune_locked(self, limits: Limits, keep: frozenset[str], everything: bool) -> PruneResult:
         now = self.clock()
         blobs = self.blobs()
         if everything:
@@ -245,9 +250,10 @@ class BlobCache:
             own = [b for b in blobs if not b.shared and b.digest not in keep]
             cutoff = now - limits.max_age_days * _DAY
             doomed = [b for b in own if b.last_used < cutoff]
-            rest = [b for b in own if b.last_used >= cutoff]     # most recent first
-            total = sum(b.size for b in rest) + sum(b.size for b in blobs
-                                                    if b.digest in keep and not b.shared)
+            rest = [b for b in own if b.last_used >= cutoff]  # most recent first
+            total = sum(b.size for b in rest) + sum(
+                b.size for b in blobs if b.digest in keep and not b.shared
+            )
             while rest and total > limits.max_size:
                 oldest = rest.pop()
                 doomed.append(oldest)
@@ -264,8 +270,13 @@ class BlobCache:
         records = self._remove_orphan_records(store)
         gone = {b.digest for b in removed}
         left = [b for b in blobs if b.digest not in gone]
-        return PruneResult(tuple(removed), sum(b.size for b in removed), len(left),
-                           sum(b.size for b in left), records)
+        return PruneResult(
+            tuple(removed),
+            sum(b.size for b in removed),
+            len(left),
+            sum(b.size for b in left),
+            records,
+        )
 
     def _remove_stale_temps(self, now: float) -> None:
         """``.incoming-*`` / ``.link-*`` files of processes killed while writing a blob."""
@@ -301,8 +312,12 @@ class BlobCache:
             path = records / name
             try:
                 digest = json.loads(path.read_text()).get("digest")
-                if isinstance(digest, str) and _HEX.fullmatch(digest[7:]) and \
-                        digest.startswith("sha256:") and store.has(digest):
+                if (
+                    isinstance(digest, str)
+                    and _HEX.fullmatch(digest[7:])
+                    and digest.startswith("sha256:")
+                    and store.has(digest)
+                ):
                     continue
                 os.unlink(path)
                 removed += 1

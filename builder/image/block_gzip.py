@@ -52,15 +52,16 @@ def is_incompressible(block: bytes, level: int = LEVEL, dictionary: bytes = b"")
         samples = [block]
     else:
         step = (len(block) - SAMPLE) // (SAMPLES - 1)
-        samples = [block[i * step:i * step + SAMPLE] for i in range(SAMPLES)]
+        samples = [block[i * step : i * step + SAMPLE] for i in range(SAMPLES)]
     size = sum(len(s) for s in samples)
     if size == 0:
         return False
     packed = 0
     for index, sample in enumerate(samples):
         if index == 0 and dictionary:
-            packer = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY,
-                                      dictionary)
+            packer = zlib.compressobj(
+                level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, dictionary
+            )
             packed += len(packer.compress(sample)) + len(packer.flush())
         else:
             packed += len(zlib.compress(sample, level))
@@ -71,8 +72,9 @@ def deflate_block(block: bytes, dictionary: bytes, last: bool, level: int = LEVE
     """*block* as raw deflate, ending in a sync flush (or, *last*, the end of the stream)."""
     chosen = 0 if block and is_incompressible(block, level, dictionary) else level
     if dictionary:
-        packer = zlib.compressobj(chosen, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY,
-                                  dictionary)
+        packer = zlib.compressobj(
+            chosen, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, dictionary
+        )
     else:
         packer = zlib.compressobj(chosen, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
     return packer.compress(block) + packer.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
@@ -102,7 +104,7 @@ class BlockGzipWriter:
         if self._closed:
             raise ValueError("write to a closed BlockGzipWriter")
         if not self._buffer and len(data) == BLOCK and isinstance(data, bytes):
-            self._submit(data, last=False)   # a whole block as it comes: no copy
+            self._submit(data, last=False)  # a whole block as it comes: no copy
             return BLOCK
         self._buffer += data
         while len(self._buffer) >= BLOCK:
@@ -137,24 +139,24 @@ class BlockGzipWriter:
     def _submit(self, block: bytes, last: bool) -> None:
         self._crc = zlib.crc32(block, self._crc)
         self._size += len(block)
-        self._pending.append(self._pool.submit(deflate_block, block, self._previous, last,
-                                               self.level))
-        self._previous = block[-WINDOW:] if len(block) >= WINDOW else \
-            (self._previous + block)[-WINDOW:]
+        self._pending.append(
+            self._pool.submit(deflate_block, block, self._previous, last, self.level)
+        )
+        self._previous = (
+            block[-WINDOW:] if len(block) >= WINDOW else (self._previous + block)[-WINDOW:]
+        )
         # Keep every worker busy, and at most two blocks per worker in memory.
-        while self._pending and (len(self._pending) > 2 * self.workers or
-                                 self._pending[0].done()):
+        while self._pending and (len(self._pending) > 2 * self.workers or self._pending[0].done()):
             self.target.write(self._pending.popleft().result())
 
-    def __enter__(self) -> "BlockGzipWriter":
+    def __enter__(self) -> BlockGzipWriter:
         return self
 
-    def __exit__(self, kind, value, traceback) -> None:  # noqa: ANN001
+    def __exit__(self, kind, value, traceback) -> None:
         if kind is None:
             self.close()
         else:
             self.abort()
 
 
-__all__ = ["BlockGzipWriter", "deflate_block", "is_incompressible", "BLOCK", "LEVEL",
-           "STORE_RATIO"]
+__all__ = ["BlockGzipWriter", "deflate_block", "is_incompressible", "BLOCK", "LEVEL", "STORE_RATIO"]

@@ -10,9 +10,10 @@ import posixpath
 import re
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from enclave_build.contract.measurements import Measurements
 from enclave_build.contract.names import MEASUREMENTS_FILE
@@ -44,14 +45,15 @@ def read_file(image: Image, path: str) -> bytes | None:
                         if name == want and member.isfile():
                             data = tar.extractfile(member)
                             return data.read() if data else None
-                        if name in (posixpath.join(parent, WHITEOUT + posixpath.basename(want)),
-                                    posixpath.join(parent, OPAQUE)):
+                        if name in (
+                            posixpath.join(parent, WHITEOUT + posixpath.basename(want)),
+                            posixpath.join(parent, OPAQUE),
+                        ):
                             hidden = True
                     if hidden:
                         return None
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-            raise ImageError(f"{image.source}: layer {layer.digest}: cannot read: {exc}") \
-                from None
+            raise ImageError(f"{image.source}: layer {layer.digest}: cannot read: {exc}") from None
     return None
 
 
@@ -80,6 +82,7 @@ def open_image(text: str) -> tuple[Image, Measurements | None]:
     if source.transport == "docker-archive":
         return read_docker_archive(Path(source.location), store, text), None
     from .sources import open_base
+
     return open_base(text).image, None
 
 
@@ -93,9 +96,11 @@ def _build_dir_hint(text: str) -> str | None:
     if not parent.is_dir():
         return None
     try:
-        builds = [entry.name for entry in parent.iterdir()
-                  if entry.is_dir() and ((entry / "oci").is_dir()
-                                         or (entry / "oci-layout").is_file())]
+        builds = [
+            entry.name
+            for entry in parent.iterdir()
+            if entry.is_dir() and ((entry / "oci").is_dir() or (entry / "oci-layout").is_file())
+        ]
     except OSError:
         return None
     close = difflib.get_close_matches(path.name, builds, n=1, cutoff=0.6)
@@ -121,20 +126,26 @@ class Inspection:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {"image": self.image, "digest": self.digest, "labels": self.labels,
-                "sigstruct": self.sigstruct,
-                "rederived": self.verification.to_json() if self.verification else None,
-                "agrees": self.agrees, "problems": self.problems}
+        return {
+            "image": self.image,
+            "digest": self.digest,
+            "labels": self.labels,
+            "sigstruct": self.sigstruct,
+            "rederived": self.verification.to_json() if self.verification else None,
+            "agrees": self.agrees,
+            "problems": self.problems,
+        }
 
 
-def inspect_image(text: str, hash_cache: HashCache | None = None,
-                  log: Callable[[str], None] | None = None) -> Inspection:
+def inspect_image(
+    text: str, hash_cache: HashCache | None = None, log: Callable[[str], None] | None = None
+) -> Inspection:
     """Read IMAGE's identity back and check it: labels, SIGSTRUCT, measurements.json (for a
     build directory), and the image's own files -- MRENCLAVE re-derived from its manifest and
     libpal.so, every trusted file's hash, nothing untrusted on the server's PYTHONPATH
     (:mod:`builder.image.verify`). The image is unpacked into the cache to do so (*log*: where
     cache pruning reports)."""
-    with BlobCache(cache_root()).in_use():     # no prune removes a blob while it is read
+    with BlobCache(cache_root()).in_use():  # no prune removes a blob while it is read
         image, measurements = open_image(text)
         return inspect_opened(text, image, measurements, hash_cache, log)
 
@@ -143,10 +154,14 @@ def enclave_app(image: Image, service: str) -> str:
     """The enclave an image runs, ``/enclave/SERVICE``: the argument of its ``gramine-*``
     entrypoint, else the service's default place. Inspect, extract and run all use this one."""
     entrypoint = (image.config.get("config") or {}).get("Entrypoint") or []
-    if len(entrypoint) == 2 and isinstance(entrypoint[0], str) and \
-            posixpath.basename(entrypoint[0]).startswith("gramine") and \
-            isinstance(entrypoint[1], str) and entrypoint[1].startswith("/") and \
-            ".." not in entrypoint[1].split("/"):
+    if (
+        len(entrypoint) == 2
+        and isinstance(entrypoint[0], str)
+        and posixpath.basename(entrypoint[0]).startswith("gramine")
+        and isinstance(entrypoint[1], str)
+        and entrypoint[1].startswith("/")
+        and ".." not in entrypoint[1].split("/")
+    ):
         return posixpath.normpath(entrypoint[1])
     return f"/enclave/{service}"
 
@@ -157,12 +172,17 @@ def _enclave_paths(image: Image, service: str) -> tuple[str, str]:
     return f"{stem}.manifest.sgx", f"{stem}.sig"
 
 
-def inspect_opened(text: str, image: Image, measurements: Measurements | None,
-                   hash_cache: HashCache | None = None,
-                   log: Callable[[str], None] | None = None) -> Inspection:
+def inspect_opened(
+    text: str,
+    image: Image,
+    measurements: Measurements | None,
+    hash_cache: HashCache | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Inspection:
     """:func:`inspect_image` of an image already opened (with :func:`open_image`)."""
-    labels = {k[len(LABEL_PREFIX):]: v for k, v in image.labels.items()
-              if k.startswith(LABEL_PREFIX)}
+    labels = {
+        k[len(LABEL_PREFIX) :]: v for k, v in image.labels.items() if k.startswith(LABEL_PREFIX)
+    }
     result = Inspection(text, image.manifest_digest, labels, None)
     service = labels.get("service")
     if not service or "mr_enclave" not in labels:
@@ -171,14 +191,17 @@ def inspect_opened(text: str, image: Image, measurements: Measurements | None,
     if labels.get("libos", "gramine") != "gramine":
         # Occlum: the SIGSTRUCT is in the SGX SDK metadata of the signed LibOS
         # (/enclave/build/lib/libocclum-libos.signed.so), which is not read here.
-        result.problems.append(f"built with libos = {labels['libos']!r}: inspect reads "
-                               "Gramine's SIGSTRUCT only, so its identity cannot be checked "
-                               "here (the build compared `occlum print mrenclave|mrsigner` "
-                               "with what it signed)")
+        result.problems.append(
+            f"built with libos = {labels['libos']!r}: inspect reads "
+            "Gramine's SIGSTRUCT only, so its identity cannot be checked "
+            "here (the build compared `occlum print mrenclave|mrsigner` "
+            "with what it signed)"
+        )
         return result
     try:
-        rootfs = unpacked_rootfs(image.store, image.layers, image.diff_ids,
-                                 cache_root() / "rootfs", text, log=log)
+        rootfs = unpacked_rootfs(
+            image.store, image.layers, image.diff_ids, cache_root() / "rootfs", text, log=log
+        )
     except ImageError as exc:
         result.problems.append(f"cannot unpack the image to check its files: {exc}")
         return result
@@ -193,24 +216,36 @@ def inspect_opened(text: str, image: Image, measurements: Measurements | None,
     info = verification.identity.sigstruct if verification.identity else None
     result.sigstruct = info
     if info is not None:
-        expected = {"mr_enclave": info["mr_enclave"], "mr_signer": info["mr_signer"],
-                    "isv_prod_id": str(info["isv_prod_id"]), "isv_svn": str(info["isv_svn"]),
-                    "debug": "true" if info["debug"] else "false"}
+        expected = {
+            "mr_enclave": info["mr_enclave"],
+            "mr_signer": info["mr_signer"],
+            "isv_prod_id": str(info["isv_prod_id"]),
+            "isv_svn": str(info["isv_svn"]),
+            "debug": "true" if info["debug"] else "false",
+        }
         for key, value in expected.items():
             if labels.get(key) != value:
-                result.problems.append(f"label {LABEL_PREFIX}{key} = {labels.get(key)!r}, but "
-                                       f"the SIGSTRUCT says {value!r}")
+                result.problems.append(
+                    f"label {LABEL_PREFIX}{key} = {labels.get(key)!r}, but "
+                    f"the SIGSTRUCT says {value!r}"
+                )
         if measurements is not None:
             for key in ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn", "debug"):
                 got = getattr(measurements, key)
                 want = info[key]
                 if got != want:
-                    result.problems.append(f"measurements.json {key} = {got!r}, but the "
-                                           f"SIGSTRUCT says {want!r}")
-    if measurements is not None and measurements.image.digest and \
-            measurements.image.digest != image.manifest_digest:
-        result.problems.append(f"measurements.json names image {measurements.image.digest}, "
-                               f"the layout holds {image.manifest_digest}")
+                    result.problems.append(
+                        f"measurements.json {key} = {got!r}, but the SIGSTRUCT says {want!r}"
+                    )
+    if (
+        measurements is not None
+        and measurements.image.digest
+        and measurements.image.digest != image.manifest_digest
+    ):
+        result.problems.append(
+            f"measurements.json names image {measurements.image.digest}, "
+            f"the layout holds {image.manifest_digest}"
+        )
     result.problems += verification.problems
     return result
 
@@ -239,8 +274,10 @@ def extract_image(text: str, directory: str | Path) -> Extraction:
     labels = {k: v for k, v in image.labels.items() if k.startswith(LABEL_PREFIX)}
     service = result.labels.get("service", "")
     if not service or "mr_enclave" not in result.labels:
-        raise EnclaveBuildError(f"{text}: no enclave-build labels: not an image built by "
-                                "enclave-build, nothing to extract")
+        raise EnclaveBuildError(
+            f"{text}: no enclave-build labels: not an image built by "
+            "enclave-build, nothing to extract"
+        )
     # The label comes from the image: only a service name (a DNS label) names our files.
     stem = service if re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", service) else "enclave"
     manifest_path, sig_path = _enclave_paths(image, service)
@@ -254,17 +291,32 @@ def extract_image(text: str, directory: str | Path) -> Extraction:
     if measurements is not None and (build_dir / MEASUREMENTS_FILE).is_file():
         files.append((MEASUREMENTS_FILE, (build_dir / MEASUREMENTS_FILE).read_bytes()))
     else:
-        files.append(("labels.json", (json.dumps(
-            {"image": text, "digest": image.manifest_digest, "labels": labels},
-            indent=2, sort_keys=True) + "\n").encode()))
+        files.append(
+            (
+                "labels.json",
+                (
+                    json.dumps(
+                        {"image": text, "digest": image.manifest_digest, "labels": labels},
+                        indent=2,
+                        sort_keys=True,
+                    )
+                    + "\n"
+                ).encode(),
+            )
+        )
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise UsageError(f"{target}: exists and is not a directory")
-    existing = [str(target / name) for name, _ in files
-                if (target / name).exists() or (target / name).is_symlink()]
+    existing = [
+        str(target / name)
+        for name, _ in files
+        if (target / name).exists() or (target / name).is_symlink()
+    ]
     if existing:
-        raise UsageError(f"{', '.join(existing)}: already exist{'s' if len(existing) == 1 else ''}"
-                         "; not overwriting (extract into an empty directory)")
+        raise UsageError(
+            f"{', '.join(existing)}: already exist{'s' if len(existing) == 1 else ''}"
+            "; not overwriting (extract into an empty directory)"
+        )
     try:
         target.mkdir(parents=True, exist_ok=True)
         written = []
@@ -280,5 +332,13 @@ def extract_image(text: str, directory: str | Path) -> Extraction:
     return Extraction(result, written)
 
 
-__all__ = ["inspect_image", "inspect_opened", "enclave_app", "extract_image", "read_file",
-           "open_image", "Inspection", "Extraction"]
+__all__ = [
+    "inspect_image",
+    "inspect_opened",
+    "enclave_app",
+    "extract_image",
+    "read_file",
+    "open_image",
+    "Inspection",
+    "Extraction",
+]

@@ -18,9 +18,10 @@ import json
 import os
 import stat
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from ..hashing import HashCache, hash_files
 from . import block_gzip
@@ -44,8 +45,8 @@ class LayerEntry:
     """One path in a layer. Exactly one of *source* (host file), *data* or *link* for files and
     symlinks; directories have none."""
 
-    path: str                 # absolute path in the image
-    kind: str                 # "file", "dir" or "symlink"
+    path: str  # absolute path in the image
+    kind: str  # "file", "dir" or "symlink"
     mode: int = 0o644
     source: Path | None = None
     data: bytes | None = None
@@ -94,21 +95,30 @@ def _with_parents(entries: list[LayerEntry]) -> list[LayerEntry]:
 def _cache_key(entries: list[LayerEntry], hash_cache: HashCache | None) -> str:
     files = [e.source for e in entries if e.kind == "file" and e.source is not None]
     digests = hash_files(files, cache=hash_cache) if files else {}
-    h = hashlib.sha256(f"v2 block-gzip{GZIP_LEVEL} store{block_gzip.STORE_RATIO} "
-                       f"epoch{source_date_epoch()}\n".encode())
+    h = hashlib.sha256(
+        f"v2 block-gzip{GZIP_LEVEL} store{block_gzip.STORE_RATIO} "
+        f"epoch{source_date_epoch()}\n".encode()
+    )
     for e in entries:
-        content = (digests[e.source] if e.source is not None
-                   else hashlib.sha256(e.data).hexdigest() if e.data is not None
-                   else e.link or "")
+        content = (
+            digests[e.source]
+            if e.source is not None
+            else hashlib.sha256(e.data).hexdigest()
+            if e.data is not None
+            else e.link or ""
+        )
         owner = [e.uid, e.gid] if (e.uid or e.gid) else []
         h.update(json.dumps([e.path, e.kind, e.mode, content, *owner]).encode() + b"\n")
     return h.hexdigest()
 
 
-def write_layer(entries: list[LayerEntry], store: BlobStore,
-                hash_cache: HashCache | None = None,
-                progress: Callable[[int], None] | None = None,
-                cache_dir: Path | None = None) -> LayerBlob:
+def write_layer(
+    entries: list[LayerEntry],
+    store: BlobStore,
+    hash_cache: HashCache | None = None,
+    progress: Callable[[int], None] | None = None,
+    cache_dir: Path | None = None,
+) -> LayerBlob:
     """Write (or reuse) the gzip layer holding *entries*."""
     entries = _with_parents(entries)
     index = (cache_dir or store.root.parent) / "layers"
@@ -118,10 +128,13 @@ def write_layer(entries: list[LayerEntry], store: BlobStore,
         data = json.loads(record.read_text())
         if store.has(data["digest"]):
             if progress:
-                progress(sum(e.source.stat().st_size for e in entries if e.source) +
-                         sum(len(e.data) for e in entries if e.data))
-            return LayerBlob(Descriptor(OCI_LAYER_GZIP, data["digest"], data["size"]),
-                             data["diff_id"])
+                progress(
+                    sum(e.source.stat().st_size for e in entries if e.source)
+                    + sum(len(e.data) for e in entries if e.data)
+                )
+            return LayerBlob(
+                Descriptor(OCI_LAYER_GZIP, data["digest"], data["size"]), data["diff_id"]
+            )
 
     epoch = source_date_epoch()
     writer = store.writer()
@@ -130,8 +143,13 @@ def write_layer(entries: list[LayerEntry], store: BlobStore,
         diff = _DiffHash(gz)
         # a write-only file object (tarfile's stream mode only calls write() and close());
         # copybufsize is TarFile's, which typeshed's overloads of open() leave out
-        with tarfile.open(fileobj=diff, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
-                          bufsize=COPY_BUFFER, copybufsize=COPY_BUFFER) as tar:
+        with tarfile.open(
+            fileobj=diff,
+            mode="w|",
+            format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+            bufsize=COPY_BUFFER,
+            copybufsize=COPY_BUFFER,
+        ) as tar:
             for entry in entries:
                 info = tarfile.TarInfo(entry.path.lstrip("/"))
                 info.mtime = epoch

@@ -11,9 +11,10 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ..errors import EnclaveBuildError
 
@@ -30,9 +31,15 @@ DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 
 #: Docker media types and their OCI equivalents (same bytes).
-TO_OCI = {DOCKER_LAYER_GZIP: OCI_LAYER_GZIP, DOCKER_LAYER: OCI_LAYER, DOCKER_CONFIG: OCI_CONFIG,
-          OCI_LAYER_GZIP: OCI_LAYER_GZIP, OCI_LAYER: OCI_LAYER, OCI_CONFIG: OCI_CONFIG,
-          OCI_LAYER_ZSTD: OCI_LAYER_ZSTD}
+TO_OCI = {
+    DOCKER_LAYER_GZIP: OCI_LAYER_GZIP,
+    DOCKER_LAYER: OCI_LAYER,
+    DOCKER_CONFIG: OCI_CONFIG,
+    OCI_LAYER_GZIP: OCI_LAYER_GZIP,
+    OCI_LAYER: OCI_LAYER,
+    OCI_CONFIG: OCI_CONFIG,
+    OCI_LAYER_ZSTD: OCI_LAYER_ZSTD,
+}
 
 _CHUNK = 1 << 20
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -48,10 +55,12 @@ def check_digest(digest: Any, where: str = "digest") -> str:
     Every digest that comes from outside (registry answers, layouts, indexes, archives) passes
     here before it names a file, so a digest can never be a path."""
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-        shown = digest if isinstance(digest, str) and len(digest) <= 100 else \
-            f"{str(digest)[:100]}..."
-        raise ImageError(f"{where}: invalid digest {shown!r} (expected sha256: and 64 lower-case "
-                         "hex digits)")
+        shown = (
+            digest if isinstance(digest, str) and len(digest) <= 100 else f"{str(digest)[:100]}..."
+        )
+        raise ImageError(
+            f"{where}: invalid digest {shown!r} (expected sha256: and 64 lower-case hex digits)"
+        )
     return digest
 
 
@@ -66,18 +75,20 @@ def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     return data
 
 
-def parse_manifest(data: dict[str, Any], what: str) -> tuple["Descriptor", list["Descriptor"]]:
+def parse_manifest(data: dict[str, Any], what: str) -> tuple[Descriptor, list[Descriptor]]:
     """(config, layers) of an image manifest (OCI or Docker v2 schema 2)."""
     if data.get("schemaVersion") != 2 or not isinstance(data.get("config"), dict):
         raise ImageError(f"{what}: unsupported manifest (need schemaVersion 2 with a config)")
     layers = data.get("layers", [])
     if not isinstance(layers, list):
         raise ImageError(f"{what}: manifest layers must be a list")
-    return (Descriptor.from_json(data["config"], f"{what} config"),
-            [Descriptor.from_json(layer, f"{what} layer {i}") for i, layer in enumerate(layers)])
+    return (
+        Descriptor.from_json(data["config"], f"{what} config"),
+        [Descriptor.from_json(layer, f"{what} layer {i}") for i, layer in enumerate(layers)],
+    )
 
 
-def parse_index(data: dict[str, Any], what: str) -> list["Descriptor"]:
+def parse_index(data: dict[str, Any], what: str) -> list[Descriptor]:
     """The manifests an image index (or Docker manifest list) names."""
     manifests = data.get("manifests", [])
     if not isinstance(manifests, list):
@@ -100,8 +111,9 @@ def parse_config(raw: bytes, what: str) -> dict[str, Any]:
     if inner is not None and not isinstance(inner, dict):
         raise ImageError(f"{what}: config must be an object")
     labels = (inner or {}).get("Labels")
-    if labels is not None and (not isinstance(labels, dict) or
-                               not all(isinstance(v, str) for v in labels.values())):
+    if labels is not None and (
+        not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values())
+    ):
         raise ImageError(f"{what}: config.Labels must map names to strings")
     return config
 
@@ -120,11 +132,14 @@ class Descriptor:
     digest: str
     size: int
     annotations: dict[str, str] | None = None
-    platform: dict[str, Any] | None = None   # index entries only
+    platform: dict[str, Any] | None = None  # index entries only
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
-                               "size": self.size}
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         if self.platform:
@@ -132,7 +147,7 @@ class Descriptor:
         return out
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "descriptor") -> "Descriptor":
+    def from_json(cls, data: Any, where: str = "descriptor") -> Descriptor:
         """A descriptor from untrusted JSON: digest, size, media type and the optional maps are
         checked for shape; :class:`ImageError` names *where* it came from otherwise."""
         if not isinstance(data, dict):
@@ -143,13 +158,14 @@ class Descriptor:
             raise ImageError(f"{where}: malformed descriptor (mediaType missing or not a string)")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ImageError(f"{where}: malformed descriptor (size {size!r})")
-        if annotations is not None and (not isinstance(annotations, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())):
+        if annotations is not None and (
+            not isinstance(annotations, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())
+        ):
             raise ImageError(f"{where}: malformed descriptor (annotations)")
         if platform is not None and not isinstance(platform, dict):
             raise ImageError(f"{where}: malformed descriptor (platform)")
-        return cls(media_type, check_digest(data.get("digest"), where), size, annotations,
-                   platform)
+        return cls(media_type, check_digest(data.get("digest"), where), size, annotations, platform)
 
 
 class _Hashing:
@@ -201,8 +217,12 @@ class BlobStore:
             self._commit(lambda out: out.write(data), digest)
         return digest
 
-    def put_stream(self, stream: Readable, expected: str | None = None,
-                   progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    def put_stream(
+        self,
+        stream: Readable,
+        expected: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[str, int]:
         """Copy *stream* in; verify it against *expected* if given. Returns (digest, size)."""
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
         try:
@@ -214,8 +234,10 @@ class BlobStore:
                         progress(len(chunk))
             digest = "sha256:" + hashing.hash.hexdigest()
             if expected is not None and digest != expected:
-                raise ImageError(f"blob content does not match its digest: expected {expected}, "
-                                 f"got {digest} (corrupted download or tampered registry)")
+                raise ImageError(
+                    f"blob content does not match its digest: expected {expected}, "
+                    f"got {digest} (corrupted download or tampered registry)"
+                )
             os.replace(tmp, self.path(digest))
             return digest, hashing.size
         except BaseException:
@@ -223,7 +245,7 @@ class BlobStore:
                 os.unlink(tmp)
             raise
 
-    def writer(self) -> "BlobWriter":
+    def writer(self) -> BlobWriter:
         return BlobWriter(self)
 
     def _commit(self, write: Callable[[BinaryIO], Any], digest: str) -> None:
@@ -237,8 +259,9 @@ class BlobStore:
                 os.unlink(tmp)
             raise
 
-    def copy_into(self, other: "BlobStore", digest: str,
-                  progress: Callable[[int], None] | None = None) -> None:
+    def copy_into(
+        self, other: BlobStore, digest: str, progress: Callable[[int], None] | None = None
+    ) -> None:
         """Make *digest* available in *other* (hard link when possible, else a copy that
         reports each chunk to *progress*; a link reports the blob's size at once)."""
         source, target = self.path(digest), other.path(digest)
@@ -317,9 +340,11 @@ class Image:
 
 
 def oci_manifest(config: Descriptor, layers: list[Descriptor]) -> bytes:
-    return canonical_json({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config.to_json(),
-        "layers": [layer.to_json() for layer in layers],
-    })
+    return canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config.to_json(),
+            "layers": [layer.to_json() for layer in layers],
+        }
+    )

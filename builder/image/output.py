@@ -6,8 +6,9 @@ import json
 import os
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from .oci import OCI_MANIFEST, BlobStore, Descriptor, Image, ImageError, canonical_json
 from .reference import RegistryRef, parse_registry_ref
@@ -16,8 +17,9 @@ from .registry import RegistryClient
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
-def write_oci_layout(image: Image, directory: Path, tag: str | None,
-                     progress: "ProgressTask | None" = None) -> Descriptor:
+def write_oci_layout(
+    image: Image, directory: Path, tag: str | None, progress: ProgressTask | None = None
+) -> Descriptor:
     """Write *image* as an OCI image layout in *directory* (created; must be new or empty).
     Blobs are hard-linked from the image's store, copied where they cannot be (another
     filesystem): *progress* shows that as the stage "writing the output"."""
@@ -29,12 +31,19 @@ def write_oci_layout(image: Image, directory: Path, tag: str | None,
     for desc in blobs:
         image.store.copy_into(store, desc.digest, advance)
     digest = store.put_bytes(image.manifest_bytes)
-    desc = Descriptor(OCI_MANIFEST, digest, len(image.manifest_bytes),
-                      {REF_NAME: tag} if tag else None)
+    desc = Descriptor(
+        OCI_MANIFEST, digest, len(image.manifest_bytes), {REF_NAME: tag} if tag else None
+    )
     (directory / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": "1.0.0"}))
-    (directory / "index.json").write_bytes(canonical_json(
-        {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-         "manifests": [desc.to_json()]}))
+    (directory / "index.json").write_bytes(
+        canonical_json(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [desc.to_json()],
+            }
+        )
+    )
     return desc
 
 
@@ -43,24 +52,31 @@ ProgressTask = Callable[[str, "int | None"], Callable[[int], None]]
 _COPY = 1 << 20
 
 
-def docker_archive(image: Image, tag: str | None, out: Path,
-                   progress: ProgressTask | None = None) -> None:
+def docker_archive(
+    image: Image, tag: str | None, out: Path, progress: ProgressTask | None = None
+) -> None:
     """A tar `docker load` understands (Docker >= 20.10): manifest.json naming the config and the
     (gzip) layer blobs, next to an OCI layout of the same image for newer engines."""
     with tempfile.TemporaryDirectory(prefix="enclave-build-load-") as tmp:
         root = Path(tmp)
         write_oci_layout(image, root, tag)
         hexes = [d.digest.split(":", 1)[1] for d in image.layers]
-        manifest = [{
-            "Config": f"blobs/sha256/{image.config_descriptor.digest.split(':', 1)[1]}",
-            "RepoTags": [tag] if tag else [],
-            "Layers": [f"blobs/sha256/{h}" for h in hexes],
-        }]
+        manifest = [
+            {
+                "Config": f"blobs/sha256/{image.config_descriptor.digest.split(':', 1)[1]}",
+                "RepoTags": [tag] if tag else [],
+                "Layers": [f"blobs/sha256/{h}" for h in hexes],
+            }
+        ]
         (root / "manifest.json").write_text(json.dumps(manifest))
         paths = sorted(root.rglob("*"))
-        advance = progress("writing the docker archive",
-                           sum(p.stat().st_size for p in paths if p.is_file())) \
-            if progress else None
+        advance = (
+            progress(
+                "writing the docker archive", sum(p.stat().st_size for p in paths if p.is_file())
+            )
+            if progress
+            else None
+        )
         # copybufsize is TarFile's, which typeshed's overloads of open() leave out
         with tarfile.open(out, "w", copybufsize=_COPY) as tar:  # type: ignore[call-overload]
             for path in paths:
@@ -76,8 +92,9 @@ class _Counted:
     """A file read in chunks; each one advances the progress. Iterable and sized too, so
     HTTP clients stream it with a Content-Length."""
 
-    def __init__(self, handle: BinaryIO, advance: Callable[[int], None] | None,
-                 size: int | None = None):
+    def __init__(
+        self, handle: BinaryIO, advance: Callable[[int], None] | None, size: int | None = None
+    ):
         self.handle = handle
         self.advance = advance
         self.size = size
@@ -111,8 +128,10 @@ def load_into_docker(image: Image, tag: str | None, progress: ProgressTask | Non
             with open(archive, "rb") as handle:
                 loaded = client.images.load(_Counted(handle, advance, size))
         except DockerException as exc:
-            raise ImageError(f"docker load failed: {exc} (is the Docker engine running, and is "
-                             "DOCKER_HOST right?)") from None
+            raise ImageError(
+                f"docker load failed: {exc} (is the Docker engine running, and is "
+                "DOCKER_HOST right?)"
+            ) from None
     if not loaded:
         raise ImageError("docker load reported no image")
     image_id = loaded[0].id
@@ -121,8 +140,11 @@ def load_into_docker(image: Image, tag: str | None, progress: ProgressTask | Non
     return image_id
 
 
-def push(image: Image, target: str,
-         progress: Callable[[str, int | None], Callable[[int], None]] | None = None) -> str:
+def push(
+    image: Image,
+    target: str,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+) -> str:
     """Push to *target* (registry reference with a tag); returns ``repo@sha256:...``."""
     ref = parse_registry_ref(target)
     digest = RegistryClient(ref.host).push(ref, image, progress)

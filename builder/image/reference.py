@@ -44,8 +44,8 @@ class RegistryRef:
 
 @dataclass(frozen=True)
 class ImageSource:
-    transport: str          # "docker", "docker-daemon", "oci", "oci-archive", "docker-archive", "dir"
-    location: str           # registry ref text, daemon name, path
+    transport: str  # "docker", "docker-daemon", "oci", "oci-archive", "docker-archive", "dir"
+    location: str  # registry ref text, daemon name, path
     tag: str | None = None  # for oci / oci-archive
     registry: RegistryRef | None = None
 
@@ -80,11 +80,14 @@ def parse_registry_ref(text: str) -> RegistryRef:
     if host == "docker.io":
         host = DOCKER_HUB
     if not _HOST.fullmatch(host):
-        raise UsageError(f"image reference {original!r}: invalid registry host {host!r} "
-                         "(HOST or HOST:PORT)")
+        raise UsageError(
+            f"image reference {original!r}: invalid registry host {host!r} (HOST or HOST:PORT)"
+        )
     if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", path):
-        raise UsageError(f"image reference {original!r}: invalid repository name {path!r} "
-                         "(lower-case letters, digits, '.', '_', '-', '/')")
+        raise UsageError(
+            f"image reference {original!r}: invalid repository name {path!r} "
+            "(lower-case letters, digits, '.', '_', '-', '/')"
+        )
     if tag is None and digest is None:
         tag = "latest"
     return RegistryRef(host, path, tag, digest)
@@ -98,13 +101,13 @@ def parse_source(text: str) -> ImageSource:
         return ImageSource("docker", text[9:], registry=parse_registry_ref(text[9:]))
     for transport in ("docker-daemon", "docker-archive", "dir"):
         if text.startswith(transport + ":"):
-            location = text[len(transport) + 1:]
+            location = text[len(transport) + 1 :]
             if not location:
                 raise UsageError(f"{text!r}: {transport}: needs a name or path")
             return ImageSource(transport, location)
     for transport in ("oci-archive", "oci"):
         if text.startswith(transport + ":"):
-            location, tag = text[len(transport) + 1:], None
+            location, tag = text[len(transport) + 1 :], None
             if ":" in location.rsplit("/", 1)[-1]:
                 location, tag = location.rsplit(":", 1)
             if not location:
@@ -122,10 +125,15 @@ def _refuse_non_registry(text: str) -> None:
     """A registry reference is what is left; refuse what clearly is not one."""
     valid = ", ".join(TRANSPORTS)
     if text.startswith(("/", "./", "../", "~")) or text in (".", "..") or _is_dir(text):
-        hint = f"oci:{text}" if _is_dir(text) and os.path.exists(
-            os.path.join(text, "oci-layout")) else f"dir:{text}"
-        raise UsageError(f"image reference {text!r} looks like a path, not a registry image; "
-                         f"did you mean {hint}? (transports: {valid})")
+        hint = (
+            f"oci:{text}"
+            if _is_dir(text) and os.path.exists(os.path.join(text, "oci-layout"))
+            else f"dir:{text}"
+        )
+        raise UsageError(
+            f"image reference {text!r} looks like a path, not a registry image; "
+            f"did you mean {hint}? (transports: {valid})"
+        )
     match = _SCHEME.fullmatch(text)
     if match is None:
         return
@@ -134,9 +142,15 @@ def _refuse_non_registry(text: str) -> None:
         return  # HOST:PORT/NAME
     name = scheme.lower()
     ratio = {t: difflib.SequenceMatcher(None, name, t).ratio() for t in _TRANSPORT_NAMES}
-    mistyped = sorted((t for t in _TRANSPORT_NAMES if (t != "docker" or rest.startswith("//"))
-                       and (ratio[t] >= 0.75 or sorted(name) == sorted(t))),
-                      key=lambda t: (sorted(name) != sorted(t), -ratio[t]))
+    mistyped = sorted(
+        (
+            t
+            for t in _TRANSPORT_NAMES
+            if (t != "docker" or rest.startswith("//"))
+            and (ratio[t] >= 0.75 or sorted(name) == sorted(t))
+        ),
+        key=lambda t: (sorted(name) != sorted(t), -ratio[t]),
+    )
     registry_name = False
     if not rest.startswith("//"):
         try:
@@ -150,8 +164,10 @@ def _refuse_non_registry(text: str) -> None:
     nearest = mistyped or difflib.get_close_matches(name, _TRANSPORT_NAMES, n=1, cutoff=0.5)
     hint = f"did you mean {TRANSPORTS[_TRANSPORT_NAMES.index(nearest[0])]}? " if nearest else ""
     why = f" (for the registry image of that name write docker://{text})" if registry_name else ""
-    raise UsageError(f"image reference {text!r}: unknown transport {scheme + ':'!r}; {hint}"
-                     f"valid transports: {valid}, or a registry image [HOST/]NAME[:TAG]{why}")
+    raise UsageError(
+        f"image reference {text!r}: unknown transport {scheme + ':'!r}; {hint}"
+        f"valid transports: {valid}, or a registry image [HOST/]NAME[:TAG]{why}"
+    )
 
 
 def _is_dir(text: str) -> bool:

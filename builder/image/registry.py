@@ -25,23 +25,37 @@ import ipaddress
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from .oci import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, BlobStore, Descriptor,
-                  Image, ImageError, check_digest, parse_config, parse_index, parse_json_object,
-                  parse_manifest, sha256_digest)
+from .oci import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    BlobStore,
+    Descriptor,
+    Image,
+    ImageError,
+    check_digest,
+    parse_config,
+    parse_index,
+    parse_json_object,
+    parse_manifest,
+    sha256_digest,
+)
 from .reference import DOCKER_HUB, RegistryRef
 
 _ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 _RETRIES = 4
 _TIMEOUT = (10, 300)
 _HUB_TOKEN_HOST = "auth.docker.io"
-_DEFAULT_TOKEN_LIFETIME = 60   # seconds, when the token answer names none (distribution spec)
-_EXPIRY_MARGIN = 5             # refresh this long before a token expires
+_DEFAULT_TOKEN_LIFETIME = 60  # seconds, when the token answer names none (distribution spec)
+_EXPIRY_MARGIN = 5  # refresh this long before a token expires
 _MAX_MANIFEST = 4 << 20
 
 
@@ -57,7 +71,7 @@ class RegistryAuthError(RegistryError):
 class Credentials:
     username: str = ""
     password: str = ""
-    identity_token: str = ""   # an OAuth2 refresh token (`docker login` to some registries)
+    identity_token: str = ""  # an OAuth2 refresh token (`docker login` to some registries)
 
 
 def credentials(host: str) -> Credentials | None:
@@ -68,7 +82,7 @@ def credentials(host: str) -> Credentials | None:
     try:
         config = docker.auth.load_config()
         if host in (DOCKER_HUB, "docker.io", "index.docker.io"):
-            entry = config.resolve_authconfig(None)   # Hub: "https://index.docker.io/v1/"
+            entry = config.resolve_authconfig(None)  # Hub: "https://index.docker.io/v1/"
         else:
             entry = None
             for key in (host, f"https://{host}", f"http://{host}"):
@@ -76,8 +90,9 @@ def credentials(host: str) -> Credentials | None:
                 if entry:
                     break
     except (DockerException, binascii.Error, ValueError, OSError) as exc:
-        raise RegistryAuthError(f"Docker config: cannot read the credentials for {host}: {exc}") \
-            from None
+        raise RegistryAuthError(
+            f"Docker config: cannot read the credentials for {host}: {exc}"
+        ) from None
     if not entry:
         return None
     token = entry.get("IdentityToken") or entry.get("identitytoken")
@@ -92,7 +107,7 @@ def credentials(host: str) -> Credentials | None:
 
 def _hostname(netloc: str) -> str:
     if netloc.startswith("["):
-        return netloc[1:netloc.index("]")] if "]" in netloc else netloc
+        return netloc[1 : netloc.index("]")] if "]" in netloc else netloc
     return netloc.rsplit(":", 1)[0]
 
 
@@ -108,14 +123,16 @@ def _loopback(netloc: str) -> bool:
 
 def _plain_http(host: str) -> bool:
     name = _hostname(host)
-    insecure = {h.strip() for h in os.environ.get("ENCLAVE_BUILD_INSECURE_REGISTRIES", "").split(",")}
+    insecure = {
+        h.strip() for h in os.environ.get("ENCLAVE_BUILD_INSECURE_REGISTRIES", "").split(",")
+    }
     return host in insecure or name in insecure or _loopback(host)
 
 
 @dataclass
 class _Token:
     header: str
-    expires: float            # time.monotonic() after which it is fetched again
+    expires: float  # time.monotonic() after which it is fetched again
     challenge: dict[str, str] = field(default_factory=dict)
 
 
@@ -132,8 +149,9 @@ class RegistryClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _request(self, method: str, url: str, repository: str, scope: str,
-                 **kwargs: Any) -> requests.Response:
+    def _request(
+        self, method: str, url: str, repository: str, scope: str, **kwargs: Any
+    ) -> requests.Response:
         headers = dict(kwargs.pop("headers", {}))
         delay = 0.5
         refreshed = False
@@ -142,11 +160,12 @@ class RegistryClient:
             if token is not None:
                 headers["Authorization"] = token.header
             rewind = getattr(kwargs.get("data"), "seek", None)
-            if rewind is not None:   # a file body: sent again from its start on a retry
+            if rewind is not None:  # a file body: sent again from its start on a retry
                 rewind(0)
             try:
-                response = self.session.request(method, url, headers=headers,
-                                                timeout=_TIMEOUT, **kwargs)
+                response = self.session.request(
+                    method, url, headers=headers, timeout=_TIMEOUT, **kwargs
+                )
             except requests.ConnectionError as exc:
                 if attempt >= _RETRIES - 1:
                     raise RegistryError(f"cannot reach registry {self.host}: {exc}") from None
@@ -164,14 +183,18 @@ class RegistryClient:
                 raise RegistryAuthError(
                     f"registry {self.host} refused the credentials for {repository} "
                     f"(run `docker login {self.host}`; credentials are read from the Docker "
-                    "config)")
+                    "config)"
+                )
             if response.status_code == 403:
-                raise RegistryAuthError(f"registry {self.host}: access to {repository} denied "
-                                        f"({scope.split(':')[-1]})")
+                raise RegistryAuthError(
+                    f"registry {self.host}: access to {repository} denied ({scope.split(':')[-1]})"
+                )
             if response.status_code == 429 or response.status_code >= 500:
                 if attempt >= _RETRIES - 1:
-                    raise RegistryError(f"registry {self.host}: {method} {url} failed with "
-                                        f"HTTP {response.status_code} after {_RETRIES} tries")
+                    raise RegistryError(
+                        f"registry {self.host}: {method} {url} failed with "
+                        f"HTTP {response.status_code} after {_RETRIES} tries"
+                    )
                 time.sleep(delay)
                 delay *= 2
                 continue
@@ -185,8 +208,9 @@ class RegistryClient:
             return token
         del self._token[scope]
         if token.challenge:
-            self._fetch_token(token.challenge, scope.split(":")[1] if ":" in scope else scope,
-                              scope)
+            self._fetch_token(
+                token.challenge, scope.split(":")[1] if ":" in scope else scope, scope
+            )
             return self._token.get(scope)
         return None
 
@@ -194,18 +218,23 @@ class RegistryClient:
         challenge = response.headers.get("WWW-Authenticate", "")
         if challenge.lower().startswith("basic"):
             if self.base.startswith("http://") and not _loopback(self.api_host):
-                raise RegistryAuthError(f"registry {self.host} asks for a password over plain "
-                                        "http: credentials are only sent over https")
+                raise RegistryAuthError(
+                    f"registry {self.host} asks for a password over plain "
+                    "http: credentials are only sent over https"
+                )
             creds = credentials(self.host)
             if creds is None or not creds.username:
-                raise RegistryAuthError(f"registry {self.host} needs credentials for "
-                                        f"{repository}: run `docker login {self.host}`")
+                raise RegistryAuthError(
+                    f"registry {self.host} needs credentials for "
+                    f"{repository}: run `docker login {self.host}`"
+                )
             token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
             self._token[scope] = _Token(f"Basic {token}", float("inf"))
             return
         if not challenge.lower().startswith("bearer"):
-            raise RegistryAuthError(f"registry {self.host}: unsupported auth challenge "
-                                    f"{challenge[:200]!r}")
+            raise RegistryAuthError(
+                f"registry {self.host}: unsupported auth challenge {challenge[:200]!r}"
+            )
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         if "realm" not in params:
             raise RegistryAuthError(f"registry {self.host}: bearer challenge without a realm")
@@ -218,8 +247,9 @@ class RegistryClient:
         if parts.scheme == "http" and not _loopback(netloc):
             return None, f"token realm {realm} is plain http"
         if parts.scheme not in ("http", "https") or not netloc:
-            raise RegistryAuthError(f"registry {self.host}: token realm {realm!r} is not an "
-                                    "http(s) URL")
+            raise RegistryAuthError(
+                f"registry {self.host}: token realm {realm!r} is not an http(s) URL"
+            )
         # Same host name, any port: a registry and its token service on another port of the same
         # machine are one operator.
         same = _hostname(netloc) == _hostname(self.api_host.lower())
@@ -238,22 +268,30 @@ class RegistryClient:
         try:
             if creds is not None and creds.identity_token:
                 answer = self.session.post(
-                    realm, data={**query, "grant_type": "refresh_token", "client_id":
-                                 "enclave-build", "refresh_token": creds.identity_token},
-                    timeout=_TIMEOUT)
+                    realm,
+                    data={
+                        **query,
+                        "grant_type": "refresh_token",
+                        "client_id": "enclave-build",
+                        "refresh_token": creds.identity_token,
+                    },
+                    timeout=_TIMEOUT,
+                )
             else:
                 auth = (creds.username, creds.password) if creds is not None else None
-                answer = self.session.get(realm, params=query, auth=auth,
-                                          timeout=_TIMEOUT)
+                answer = self.session.get(realm, params=query, auth=auth, timeout=_TIMEOUT)
         except requests.RequestException as exc:
             raise RegistryAuthError(f"registry {self.host}: token request failed: {exc}") from None
         if answer.status_code in (401, 403):
             why = f"; credentials were not sent because the {withheld}" if withheld else ""
-            raise RegistryAuthError(f"registry {self.host} refused the credentials for "
-                                    f"{repository} (run `docker login {self.host}`){why}")
+            raise RegistryAuthError(
+                f"registry {self.host} refused the credentials for "
+                f"{repository} (run `docker login {self.host}`){why}"
+            )
         if answer.status_code != 200:
-            raise RegistryAuthError(f"registry {self.host}: token request answered "
-                                    f"HTTP {answer.status_code}")
+            raise RegistryAuthError(
+                f"registry {self.host}: token request answered HTTP {answer.status_code}"
+            )
         try:
             data = answer.json()
         except ValueError:
@@ -278,15 +316,25 @@ class RegistryClient:
 
     # ------------------------------------------------------------------ pull
 
-    def pull(self, ref: RegistryRef, store: BlobStore,
-             progress: Callable[[str, int | None], Callable[[int], None]] | None = None) -> Image:
+    def pull(
+        self,
+        ref: RegistryRef,
+        store: BlobStore,
+        progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    ) -> Image:
         scope = f"repository:{ref.repository}:pull"
         manifest_bytes, media_type = self._get_manifest(ref, ref.reference, scope)
         data = parse_json_object(manifest_bytes, f"{ref}: manifest")
         if media_type in (OCI_INDEX, DOCKER_LIST) or "manifests" in data:
-            chosen = next((m for m in parse_index(data, f"{ref}: index")
-                           if (m.platform or {}).get("os") == "linux"
-                           and (m.platform or {}).get("architecture") == "amd64"), None)
+            chosen = next(
+                (
+                    m
+                    for m in parse_index(data, f"{ref}: index")
+                    if (m.platform or {}).get("os") == "linux"
+                    and (m.platform or {}).get("architecture") == "amd64"
+                ),
+                None,
+            )
             if chosen is None:
                 raise RegistryError(f"{ref}: no linux/amd64 image in the index")
             manifest_bytes, media_type = self._get_manifest(ref, chosen.digest, scope)
@@ -298,8 +346,13 @@ class RegistryClient:
         advance = progress(f"pulling {ref}", total) if progress else None
         for desc in [config_desc, *layers]:
             if not store.has(desc.digest):
-                self._get_blob(ref.repository, desc.digest, store, scope,
-                               advance if desc is not config_desc else None)
+                self._get_blob(
+                    ref.repository,
+                    desc.digest,
+                    store,
+                    scope,
+                    advance if desc is not config_desc else None,
+                )
         config = parse_config(store.read(config_desc.digest), f"{ref}: config")
         return Image(store, config, config_desc, layers, manifest_bytes, f"docker://{ref}")
 
@@ -316,8 +369,14 @@ class RegistryClient:
             raise RegistryError(f"{ref}: manifest does not match digest {reference}")
         return body, response.headers.get("Content-Type", "").split(";")[0]
 
-    def _get_blob(self, repository: str, digest: str, store: BlobStore, scope: str,
-                  advance: Callable[[int], None] | None) -> None:
+    def _get_blob(
+        self,
+        repository: str,
+        digest: str,
+        store: BlobStore,
+        scope: str,
+        advance: Callable[[int], None] | None,
+    ) -> None:
         url = f"{self.base}/{repository}/blobs/{digest}"
         response = self._request("GET", url, repository, scope, stream=True)
         self._check(response, f"blob {digest} of {repository}")
@@ -326,9 +385,12 @@ class RegistryClient:
 
     # ------------------------------------------------------------------ push
 
-    def push(self, ref: RegistryRef, image: Image,
-             progress: Callable[[str, int | None], Callable[[int], None]] | None = None
-             ) -> str:
+    def push(
+        self,
+        ref: RegistryRef,
+        image: Image,
+        progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    ) -> str:
         """Push blobs and the manifest; returns the manifest digest."""
         assert image.manifest_bytes is not None
         scope = f"repository:{ref.repository}:pull,push"
@@ -338,11 +400,17 @@ class RegistryClient:
         for desc in missing:
             self._put_blob(ref.repository, desc, image.store, scope, advance)
         url = f"{self.base}/{ref.repository}/manifests/{ref.tag or image.manifest_digest}"
-        response = self._request("PUT", url, ref.repository, scope, data=image.manifest_bytes,
-                                 headers={"Content-Type": OCI_MANIFEST})
+        response = self._request(
+            "PUT",
+            url,
+            ref.repository,
+            scope,
+            data=image.manifest_bytes,
+            headers={"Content-Type": OCI_MANIFEST},
+        )
         self._check(response, f"pushing the manifest of {ref}")
         digest = image.manifest_digest
-        assert digest is not None   # the manifest was just sent
+        assert digest is not None  # the manifest was just sent
         answered = response.headers.get("Docker-Content-Digest")
         if answered:
             check_digest(answered, f"{ref}: Docker-Content-Digest answered by the registry")
@@ -351,12 +419,19 @@ class RegistryClient:
         return digest
 
     def _has_blob(self, repository: str, digest: str, scope: str) -> bool:
-        response = self._request("HEAD", f"{self.base}/{repository}/blobs/{digest}", repository,
-                                 scope)
+        response = self._request(
+            "HEAD", f"{self.base}/{repository}/blobs/{digest}", repository, scope
+        )
         return response.status_code == 200
 
-    def _put_blob(self, repository: str, desc: Descriptor, store: BlobStore, scope: str,
-                  advance: Callable[[int], None] | None) -> None:
+    def _put_blob(
+        self,
+        repository: str,
+        desc: Descriptor,
+        store: BlobStore,
+        scope: str,
+        advance: Callable[[int], None] | None,
+    ) -> None:
         start = self._request("POST", f"{self.base}/{repository}/blobs/uploads/", repository, scope)
         self._check(start, f"starting the upload of {desc.digest}")
         location = start.headers["Location"]
@@ -365,10 +440,17 @@ class RegistryClient:
         separator = "&" if "?" in location else "?"
         with open(store.path(desc.digest), "rb") as handle:
             body = _Counting(handle, advance)
-            done = self._request("PUT", f"{location}{separator}digest={desc.digest}", repository,
-                                 scope, data=body,
-                                 headers={"Content-Type": "application/octet-stream",
-                                          "Content-Length": str(desc.size)})
+            done = self._request(
+                "PUT",
+                f"{location}{separator}digest={desc.digest}",
+                repository,
+                scope,
+                data=body,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(desc.size),
+                },
+            )
         self._check(done, f"uploading {desc.digest}")
 
 

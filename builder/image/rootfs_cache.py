@@ -25,17 +25,17 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 COMPLETE = ".enclave-build-complete"
 LAST_USED = ".enclave-build-last-used"
 KEEP_ENV = "ENCLAVE_BUILD_ROOTFS_CACHE_KEEP"
 DEFAULT_KEEP = 8
-STALE_WORK_SECONDS = 24 * 3600          # an .unpack-* work dir this old belongs to a dead process
+STALE_WORK_SECONDS = 24 * 3600  # an .unpack-* work dir this old belongs to a dead process
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}")
-PRUNE_LOCK = ".prune.lock"             # held (exclusively, never waited for) while pruning
+PRUNE_LOCK = ".prune.lock"  # held (exclusively, never waited for) while pruning
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Lock-file path -> descriptor holding LOCK_SH on it. Never closed: the shared lock must last as
@@ -73,24 +73,25 @@ def hold(cache_dir: Path, name: str) -> bool:
             except OSError:
                 return False
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH)   # waits only while a pruner renames the entry
+                fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a pruner renames the entry
                 if _same_file(fd, path):
                     _held[path] = fd
                     return True
-            except OSError:        # no flock on this file system: pruners cannot lock it either
+            except OSError:  # no flock on this file system: pruners cannot lock it either
                 os.close(fd)
                 return False
             except BaseException:
                 os.close(fd)
                 raise
-            os.close(fd)   # the entry was pruned meanwhile: lock the new lock file
+            os.close(fd)  # the entry was pruned meanwhile: lock the new lock file
 
 
 def touch(entry: Path) -> None:
     """Record a use of *entry* (best effort: a read-only cache is still usable)."""
     try:
-        fd = os.open(entry / LAST_USED, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+        fd = os.open(
+            entry / LAST_USED, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
     except OSError:
         return
     try:
@@ -122,8 +123,10 @@ def cache_keep(log: Callable[[str], None] = report) -> int:
         keep = 0
     if keep >= 1:
         return keep
-    log(f"{KEEP_ENV}={raw!r}: not a whole number >= 1; keeping the default {DEFAULT_KEEP} "
-        "most recently used unpacked images")
+    log(
+        f"{KEEP_ENV}={raw!r}: not a whole number >= 1; keeping the default {DEFAULT_KEEP} "
+        "most recently used unpacked images"
+    )
     return DEFAULT_KEEP
 
 
@@ -188,18 +191,18 @@ def _remove_entry(cache_dir: Path, name: str, seen_last_use: int) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            return None                          # in use (or locks unsupported): keep it
+            return None  # in use (or locks unsupported): keep it
         if not _same_file(fd, lock):
-            return None                          # another pruner removed it meanwhile
+            return None  # another pruner removed it meanwhile
         entry = cache_dir / name
         if not _is_real_dir(entry):
-            os.unlink(lock)                      # the entry is gone: so is its lock file
+            os.unlink(lock)  # the entry is gone: so is its lock file
             return None
         if _last_used(entry) != seen_last_use:
-            return None                          # used since we looked: it is recent now
+            return None  # used since we looked: it is recent now
         trash = cache_dir / f".trash-{name[:24]}-{secrets.token_hex(4)}"
         os.rename(entry, trash)
-        os.unlink(lock)                          # while locked: waiters see it and start over
+        os.unlink(lock)  # while locked: waiters see it and start over
     except OSError:
         if trash is None or not trash.exists():
             return None
@@ -230,8 +233,8 @@ class RootfsEntry:
     """An unpacked root filesystem of the cache."""
 
     chain_id: str
-    size: int            # bytes on disk
-    last_used: float     # seconds since the epoch
+    size: int  # bytes on disk
+    last_used: float  # seconds since the epoch
 
 
 def list_entries(cache_dir: Path) -> list[RootfsEntry]:
@@ -240,14 +243,21 @@ def list_entries(cache_dir: Path) -> list[RootfsEntry]:
         names = os.listdir(cache_dir)
     except OSError:
         return []
-    out = [RootfsEntry(name, _tree_size(cache_dir / name), _last_used(cache_dir / name) / 1e9)
-           for name in names if _ENTRY_NAME.fullmatch(name) and _is_real_dir(cache_dir / name)]
+    out = [
+        RootfsEntry(name, _tree_size(cache_dir / name), _last_used(cache_dir / name) / 1e9)
+        for name in names
+        if _ENTRY_NAME.fullmatch(name) and _is_real_dir(cache_dir / name)
+    ]
     out.sort(key=lambda e: (-e.last_used, e.chain_id))
     return out
 
 
-def prune_cache(cache_dir: Path, current: str | None = None,
-                log: Callable[[str], None] = report, keep: int | None = None) -> int:
+def prune_cache(
+    cache_dir: Path,
+    current: str | None = None,
+    log: Callable[[str], None] = report,
+    keep: int | None = None,
+) -> int:
     """Keep the :func:`cache_keep` (or *keep*, 0 for none) most recently used entries of
     *cache_dir* (the entry *current* always), removing older ones nobody holds, plus leftover
     ``.trash-*`` and stale ``.unpack-*`` directories. Logs one line if it freed anything;
@@ -261,7 +271,7 @@ def prune_cache(cache_dir: Path, current: str | None = None,
         try:
             fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            return 0          # another process is pruning this cache right now
+            return 0  # another process is pruning this cache right now
         return _prune_locked(cache_dir, current, keep, log)
     finally:
         os.close(guard)
@@ -274,8 +284,9 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def _prune_locked(cache_dir: Path, current: str | None, keep: int,
-                  log: Callable[[str], None]) -> int:
+def _prune_locked(
+    cache_dir: Path, current: str | None, keep: int, log: Callable[[str], None]
+) -> int:
     try:
         names = set(os.listdir(cache_dir))
     except OSError:
@@ -292,7 +303,7 @@ def _prune_locked(cache_dir: Path, current: str | None, keep: int,
                 _remove_orphan_lock(cache_dir, name)
             continue
         if not _is_real_dir(path):
-            continue                               # files, symlinks: never ours to remove
+            continue  # files, symlinks: never ours to remove
         if name.startswith(".trash-"):
             # every pruner holds PRUNE_LOCK until its trash is gone: this one is a leftover
             freed += _delete(path)
@@ -307,7 +318,7 @@ def _prune_locked(cache_dir: Path, current: str | None, keep: int,
         elif _ENTRY_NAME.fullmatch(name) and name != current:
             entries.append((_last_used(path), name))
     entries.sort(reverse=True)
-    for last_use, name in entries[max(keep - (current is not None), 0):]:
+    for last_use, name in entries[max(keep - (current is not None), 0) :]:
         size = _remove_entry(cache_dir, name, last_use)
         if size is not None:
             freed += size
@@ -315,10 +326,13 @@ def _prune_locked(cache_dir: Path, current: str | None, keep: int,
     if removed or leftovers:
         what = []
         if removed:
-            what.append(f"{removed} least recently used unpacked image"
-                        f"{'s' if removed != 1 else ''}")
+            what.append(
+                f"{removed} least recently used unpacked image{'s' if removed != 1 else ''}"
+            )
         if leftovers:
             what.append(f"{leftovers} leftover work director{'ies' if leftovers != 1 else 'y'}")
-        log(f"rootfs cache: removed {' and '.join(what)} from {cache_dir} ({_human(freed)} "
-            f"freed; keeping the {keep} most recently used, set {KEEP_ENV} to change)")
+        log(
+            f"rootfs cache: removed {' and '.join(what)} from {cache_dir} ({_human(freed)} "
+            f"freed; keeping the {keep} most recently used, set {KEEP_ENV} to change)"
+        )
     return freed

@@ -10,18 +10,32 @@ from __future__ import annotations
 import json
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..cache import cache_root
 from ..errors import UsageError
 from ..hashing import HashCache
 from ..rootfs import RootFS
 from .layers import LayerEntry, directory_entries, write_layer
-from .oci import (DOCKER_LIST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_LAYER_GZIP, BlobStore,
-                  Descriptor, Image, ImageError, canonical_json, parse_config, parse_index,
-                  parse_json_object, parse_manifest, sha256_digest)
+from .oci import (
+    DOCKER_LIST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    BlobStore,
+    Descriptor,
+    Image,
+    ImageError,
+    canonical_json,
+    parse_config,
+    parse_index,
+    parse_json_object,
+    parse_manifest,
+    sha256_digest,
+)
 from .reference import ImageSource, parse_source
 from .registry import RegistryClient
 from .unpack import unpacked_rootfs
@@ -38,16 +52,21 @@ class BaseImage:
     source: ImageSource
 
 
-def open_base(text: str, progress: ProgressTask | None = None,
-              cache: Path | None = None, hash_cache: HashCache | None = None) -> BaseImage:
+def open_base(
+    text: str,
+    progress: ProgressTask | None = None,
+    cache: Path | None = None,
+    hash_cache: HashCache | None = None,
+) -> BaseImage:
     source = parse_source(text)
     cache = cache or cache_root()
     store = BlobStore(cache / "blobs")
     if source.transport == "dir":
         root = Path(source.location).resolve()
         rootfs = RootFS(root, text)
-        return BaseImage(_image_from_directory(root, store, text, hash_cache, progress), rootfs,
-                         source)
+        return BaseImage(
+            _image_from_directory(root, store, text, hash_cache, progress), rootfs, source
+        )
     if source.transport == "docker":
         assert source.registry is not None
         image = RegistryClient(source.registry.host).pull(source.registry, store, progress)
@@ -61,23 +80,36 @@ def open_base(text: str, progress: ProgressTask | None = None,
         image = _read_daemon(source.location, store, text)
     else:  # pragma: no cover - parse_source only returns the above
         raise UsageError(f"unsupported transport {source.transport}")
-    advance = progress("unpacking base image", sum(d.size for d in image.layers)) \
-        if progress else None
+    advance = (
+        progress("unpacking base image", sum(d.size for d in image.layers)) if progress else None
+    )
     rootfs = unpacked_rootfs(store, image.layers, image.diff_ids, cache / "rootfs", text, advance)
     return BaseImage(image, rootfs, source)
 
 
-def _image_from_directory(root: Path, store: BlobStore, text: str,
-                          hash_cache: HashCache | None = None,
-                          progress: ProgressTask | None = None) -> Image:
+def _image_from_directory(
+    root: Path,
+    store: BlobStore,
+    text: str,
+    hash_cache: HashCache | None = None,
+    progress: ProgressTask | None = None,
+) -> Image:
     """A one-layer image of *root* (deterministic: same tree, same digests)."""
     entries = directory_entries(root)
-    advance = progress("reading base directory", sum(
-        e.source.stat().st_size for e in entries if e.source) + sum(
-        len(e.data) for e in entries if e.data)) if progress else None
+    advance = (
+        progress(
+            "reading base directory",
+            sum(e.source.stat().st_size for e in entries if e.source)
+            + sum(len(e.data) for e in entries if e.data),
+        )
+        if progress
+        else None
+    )
     layer = write_layer(entries, store, hash_cache, progress=advance)
     config = {
-        "architecture": "amd64", "os": "linux", "config": {},
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
         # Never the directory's path: the same tree elsewhere must give the same digest.
         "history": [{"created_by": "enclave-build: root filesystem from a dir: base"}],
@@ -89,8 +121,11 @@ def _image_from_directory(root: Path, store: BlobStore, text: str,
 
 def _pick_manifest(manifests: list[Descriptor], tag: str | None, source: str) -> Descriptor:
     if tag is not None:
-        manifests = [m for m in manifests
-                     if (m.annotations or {}).get("org.opencontainers.image.ref.name") == tag]
+        manifests = [
+            m
+            for m in manifests
+            if (m.annotations or {}).get("org.opencontainers.image.ref.name") == tag
+        ]
         if not manifests:
             raise ImageError(f"{source}: no image tagged {tag!r} in the layout")
     if not manifests:
@@ -115,19 +150,23 @@ def read_oci_layout(directory: Path, tag: str | None, store: BlobStore, source: 
         layout = parse_json_object((directory / "oci-layout").read_bytes(), f"{source}: oci-layout")
         index = parse_json_object((directory / "index.json").read_bytes(), f"{source}: index.json")
     except FileNotFoundError as exc:
-        raise ImageError(f"{source}: not an OCI image layout (missing {Path(exc.filename).name})") \
-            from None
+        raise ImageError(
+            f"{source}: not an OCI image layout (missing {Path(exc.filename).name})"
+        ) from None
     except OSError as exc:
         raise ImageError(f"{source}: cannot read the layout: {exc.strerror or exc}") from None
     if layout.get("imageLayoutVersion") != "1.0.0":
-        raise ImageError(f"{source}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')!r}")
+        raise ImageError(
+            f"{source}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')!r}"
+        )
     local = BlobStore(directory / "blobs")
     chosen = _pick_manifest(parse_index(index, f"{source}: index.json"), tag, source)
     manifest_bytes = _read_verified(local, chosen.digest, source, "manifest")
     manifest = parse_json_object(manifest_bytes, f"{source}: manifest {chosen.digest}")
     if chosen.media_type in (OCI_INDEX, DOCKER_LIST) or "manifests" in manifest:
-        nested = _pick_manifest(parse_index(manifest, f"{source}: index {chosen.digest}"), None,
-                                source)
+        nested = _pick_manifest(
+            parse_index(manifest, f"{source}: index {chosen.digest}"), None, source
+        )
         manifest_bytes = _read_verified(local, nested.digest, source, "manifest")
         manifest = parse_json_object(manifest_bytes, f"{source}: manifest {nested.digest}")
     config_desc, layers = parse_manifest(manifest, f"{source}: manifest")
@@ -169,8 +208,9 @@ def read_docker_archive(path: Path, store: BlobStore, source: str) -> Image:
         try:
             entries = json.loads((top / "manifest.json").read_bytes())
         except (OSError, ValueError, RecursionError):
-            raise ImageError(f"{source}: not a docker-archive (no readable manifest.json)") \
-                from None
+            raise ImageError(
+                f"{source}: not a docker-archive (no readable manifest.json)"
+            ) from None
         if not isinstance(entries, list):
             raise ImageError(f"{source}: manifest.json is not a list of images")
         if len(entries) != 1:
@@ -188,8 +228,9 @@ def read_docker_archive(path: Path, store: BlobStore, source: str) -> Image:
                 digest, size = store.put_stream(handle)
             layers.append(Descriptor(OCI_LAYER_GZIP if gzipped else OCI_LAYER, digest, size))
     config = parse_config(store.read(config_digest), f"{source}: config")
-    return Image(store, config, Descriptor(OCI_CONFIG, config_digest, config_size), layers, None,
-                 source)
+    return Image(
+        store, config, Descriptor(OCI_CONFIG, config_digest, config_size), layers, None, source
+    )
 
 
 def _read_daemon(name: str, store: BlobStore, source: str) -> Image:
@@ -206,19 +247,29 @@ def _read_daemon(name: str, store: BlobStore, source: str) -> Image:
             return read_docker_archive(Path(tmp.name), store, source)
     except ImageNotFound:
         recipe = _recipe_named(name)
-        make = (f"make it with `enclave-build base build {recipe}` (base_images/{recipe})"
-                if recipe else f"`docker pull {name}` or `docker build -t {name} ...` first")
-        raise ImageError(f"{source}: the Docker engine has no image {name!r}; {make}, or build "
-                         "without it on an unpacked root filesystem: --base dir:ROOTFS") from None
+        make = (
+            f"make it with `enclave-build base build {recipe}` (base_images/{recipe})"
+            if recipe
+            else f"`docker pull {name}` or `docker build -t {name} ...` first"
+        )
+        raise ImageError(
+            f"{source}: the Docker engine has no image {name!r}; {make}, or build "
+            "without it on an unpacked root filesystem: --base dir:ROOTFS"
+        ) from None
     except DockerException as exc:
         recipe = _recipe_named(name)
-        later = (f"; with an engine running, `enclave-build base build {recipe}` makes this "
-                 "base" if recipe else "")
-        raise ImageError(f"{source}: cannot talk to the Docker engine ({exc}); is it running, "
-                         "and is DOCKER_HOST right? Without an engine, build on an unpacked "
-                         "root filesystem with --base dir:ROOTFS (`enclave-build base gramine "
-                         "ROOTFS` makes a real Gramine one; `enclave-build base standin DIR` a stand-in), or "
-                         f"pull from a registry with --base docker://HOST/NAME:TAG{later}") from None
+        later = (
+            f"; with an engine running, `enclave-build base build {recipe}` makes this base"
+            if recipe
+            else ""
+        )
+        raise ImageError(
+            f"{source}: cannot talk to the Docker engine ({exc}); is it running, "
+            "and is DOCKER_HOST right? Without an engine, build on an unpacked "
+            "root filesystem with --base dir:ROOTFS (`enclave-build base gramine "
+            "ROOTFS` makes a real Gramine one; `enclave-build base standin DIR` a stand-in), or "
+            f"pull from a registry with --base docker://HOST/NAME:TAG{later}"
+        ) from None
 
 
 def _recipe_named(name: str) -> str | None:
@@ -245,5 +296,11 @@ def copy_blobs(image: Image, target: BlobStore) -> None:
         image.store.copy_into(target, desc.digest)
 
 
-__all__ = ["BaseImage", "open_base", "read_oci_layout", "read_docker_archive", "copy_blobs",
-           "LayerEntry"]
+__all__ = [
+    "BaseImage",
+    "open_base",
+    "read_oci_layout",
+    "read_docker_archive",
+    "copy_blobs",
+    "LayerEntry",
+]

@@ -19,11 +19,12 @@ import stat
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from ..rootfs import RootFS
-from .oci import BlobStore, Descriptor, ImageError, OCI_LAYER_ZSTD
+from .oci import OCI_LAYER_ZSTD, BlobStore, Descriptor, ImageError
 from .rootfs_cache import COMPLETE, hold, prune_cache, report, touch
 
 WHITEOUT = ".wh."
@@ -48,10 +49,13 @@ def open_layer(handle: BinaryIO) -> BinaryIO:
     handle.seek(0)
     if magic[:2] == b"\x1f\x8b":
         import gzip
+
         return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]  # reads as a BinaryIO
     if magic == b"\x28\xb5\x2f\xfd":
-        raise ImageError("zstd-compressed layers are not supported; use gzip or uncompressed "
-                         "layers (e.g. `docker buildx build --output compression=gzip`)")
+        raise ImageError(
+            "zstd-compressed layers are not supported; use gzip or uncompressed "
+            "layers (e.g. `docker buildx build --output compression=gzip`)"
+        )
     return handle
 
 
@@ -80,7 +84,7 @@ class _LayerApplier:
     def __init__(self, root: Path, source: str = "layer"):
         self.root = root
         self.source = source
-        self.added: set[str] = set()   # paths this layer created (whiteouts don't remove them)
+        self.added: set[str] = set()  # paths this layer created (whiteouts don't remove them)
         self._root_fd = os.open(root, _DIR_FLAGS)
 
     def close(self) -> None:
@@ -102,7 +106,7 @@ class _LayerApplier:
                 part = stack.pop()
                 if part in ("", "."):
                     continue
-                if part == "..":   # only from a symlink target: never above the root
+                if part == "..":  # only from a symlink target: never above the root
                     if len(fds) > 1:
                         os.close(fds.pop())
                     continue
@@ -125,8 +129,9 @@ class _LayerApplier:
                     stack.extend(reversed(target.split("/")))
                     continue
                 if not stat.S_ISDIR(st.st_mode):
-                    raise self._fail(member, f"a parent path component ({part!r}) is not a "
-                                     "directory")
+                    raise self._fail(
+                        member, f"a parent path component ({part!r}) is not a directory"
+                    )
                 fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))
             result = fds.pop()
             return result
@@ -173,7 +178,7 @@ class _LayerApplier:
             # in the cache would hand its device to whoever can read the cache. The path is
             # still taken by this layer (a lower layer's file there does not show through).
             dev_fd = self._open_dir(parts[:-1], member.name, create=True)
-            assert dev_fd is not None   # create=True makes the directories
+            assert dev_fd is not None  # create=True makes the directories
             try:
                 self._remove(base, dev_fd)
             finally:
@@ -200,7 +205,7 @@ class _LayerApplier:
             finally:
                 os.close(directory)
             return
-        hidden = base[len(WHITEOUT):]
+        hidden = base[len(WHITEOUT) :]
         if hidden in ("", ".", ".."):
             raise self._fail(name, f"whiteout names {hidden!r}, not an entry")
         if hidden.startswith(WHITEOUT):
@@ -214,9 +219,8 @@ class _LayerApplier:
         finally:
             os.close(directory)
 
-    def _entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile, parent: int,
-               base: str) -> None:
-        mode = member.mode & 0o777   # set-id and sticky bits dropped
+    def _entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile, parent: int, base: str) -> None:
+        mode = member.mode & 0o777  # set-id and sticky bits dropped
         if member.isdir():
             try:
                 st = os.lstat(base, dir_fd=parent)
@@ -238,8 +242,9 @@ class _LayerApplier:
                 return
             src_dir, src_name = source
             try:
-                os.link(src_name, base, src_dir_fd=src_dir, dst_dir_fd=parent,
-                        follow_symlinks=False)
+                os.link(
+                    src_name, base, src_dir_fd=src_dir, dst_dir_fd=parent, follow_symlinks=False
+                )
             except OSError:
                 self._copy(src_dir, src_name, parent, base)
             finally:
@@ -251,8 +256,12 @@ class _LayerApplier:
         elif member.isfile():
             extracted = tar.extractfile(member)
             assert extracted is not None
-            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                         os.O_CLOEXEC, 0o600, dir_fd=parent)
+            fd = os.open(
+                base,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=parent,
+            )
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(extracted, out, 1 << 20)
                 os.fchmod(out.fileno(), mode | 0o400)
@@ -277,8 +286,7 @@ class _LayerApplier:
             st = os.lstat(parts[-1], dir_fd=directory)
         except FileNotFoundError:
             os.close(directory)
-            raise self._fail(member.name, f"hard link target {target!r} does not exist") \
-                from None
+            raise self._fail(member.name, f"hard link target {target!r} does not exist") from None
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
             os.close(directory)
             raise self._fail(member.name, f"hard link target {target!r} is not a file")
@@ -292,8 +300,12 @@ class _LayerApplier:
             return
         src = os.open(src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
         with os.fdopen(src, "rb") as inp:
-            dst = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                          os.O_CLOEXEC, 0o600, dir_fd=dst_dir)
+            dst = os.open(
+                dst_name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dst_dir,
+            )
             with os.fdopen(dst, "wb") as out:
                 shutil.copyfileobj(inp, out, 1 << 20)
                 os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
@@ -347,10 +359,15 @@ def chain_id(layers: list[Descriptor]) -> str:
     return h.hexdigest()
 
 
-def unpacked_rootfs(store: BlobStore, layers: list[Descriptor], diff_ids: list[str],
-                    cache_dir: Path, description: str,
-                    progress: Callable[[int], None] | None = None,
-                    log: Callable[[str], None] | None = None) -> RootFS:
+def unpacked_rootfs(
+    store: BlobStore,
+    layers: list[Descriptor],
+    diff_ids: list[str],
+    cache_dir: Path,
+    description: str,
+    progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RootFS:
     """The image's root filesystem, unpacked (once) under *cache_dir*, layers verified against
     the config's diff_ids. The entry stays locked against pruning while this process lives;
     making a new one prunes the cache (see the module docstring), reporting through *log*
@@ -362,8 +379,8 @@ def unpacked_rootfs(store: BlobStore, layers: list[Descriptor], diff_ids: list[s
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError:
-        pass   # an existing read-only cache can still be read; unpacking reports the error
-    hold(cache_dir, name)     # before looking: a pruner cannot take the entry from now on
+        pass  # an existing read-only cache can still be read; unpacking reports the error
+    hold(cache_dir, name)  # before looking: a pruner cannot take the entry from now on
     if (target / COMPLETE).exists():
         touch(target)
         return RootFS(target / "rootfs", description)
@@ -373,14 +390,21 @@ def unpacked_rootfs(store: BlobStore, layers: list[Descriptor], diff_ids: list[s
         root.mkdir()
         for index, layer in enumerate(layers):
             if layer.media_type == OCI_LAYER_ZSTD:
-                raise ImageError(f"{description}: layer {layer.digest} is zstd-compressed; "
-                                 "only gzip and plain tar layers are supported")
+                raise ImageError(
+                    f"{description}: layer {layer.digest} is zstd-compressed; "
+                    "only gzip and plain tar layers are supported"
+                )
             with open(store.path(layer.digest), "rb") as handle:
-                diff_id = apply_layer(root, _Advancing(handle, progress),  # type: ignore[arg-type]
-                                      f"{description} layer {index}")
+                diff_id = apply_layer(
+                    root,
+                    _Advancing(handle, progress),  # type: ignore[arg-type]
+                    f"{description} layer {index}",
+                )
             if diff_ids and diff_id != diff_ids[index]:
-                raise ImageError(f"{description}: layer {index} ({layer.digest}) uncompresses to "
-                                 f"{diff_id}, but the config says {diff_ids[index]}")
+                raise ImageError(
+                    f"{description}: layer {index} ({layer.digest}) uncompresses to "
+                    f"{diff_id}, but the config says {diff_ids[index]}"
+                )
         (work / COMPLETE).write_text(description + "\n")
         touch(work)
         created = True
@@ -390,8 +414,10 @@ def unpacked_rootfs(store: BlobStore, layers: list[Descriptor], diff_ids: list[s
             shutil.rmtree(work, ignore_errors=True)
             created = False
             if not (target / COMPLETE).exists():
-                raise ImageError(f"{target}: exists but is not a complete unpacked image; "
-                                 "remove it and try again") from None
+                raise ImageError(
+                    f"{target}: exists but is not a complete unpacked image; "
+                    "remove it and try again"
+                ) from None
             touch(target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -400,5 +426,5 @@ def unpacked_rootfs(store: BlobStore, layers: list[Descriptor], diff_ids: list[s
         try:
             prune_cache(cache_dir, name, log or report)
         except OSError:
-            pass   # pruning is housekeeping: never fails the build or run that needed the tree
+            pass  # pruning is housekeeping: never fails the build or run that needed the tree
     return RootFS(target / "rootfs", description)

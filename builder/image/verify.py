@@ -65,13 +65,16 @@ class EnclaveVerification:
 
     def to_json(self) -> dict[str, Any]:
         """What `inspect --json` reports under ``rederived``."""
-        return {"app": self.app,
-                "mr_enclave": self.identity.mr_enclave if self.identity else None,
-                "trusted_files_checked": len(self.trusted)}
+        return {
+            "app": self.app,
+            "mr_enclave": self.identity.mr_enclave if self.identity else None,
+            "trusted_files_checked": len(self.trusted),
+        }
 
 
-def verify_enclave(rootfs: RootFS, app: str, hash_cache: HashCache | None = None
-                   ) -> EnclaveVerification:
+def verify_enclave(
+    rootfs: RootFS, app: str, hash_cache: HashCache | None = None
+) -> EnclaveVerification:
     """Verify the enclave *app* of the unpacked image *rootfs* (see the module docstring)."""
     result = EnclaveVerification(app, rootfs)
     manifest_path, sig_path = f"{app}.manifest.sgx", f"{app}.sig"
@@ -81,13 +84,19 @@ def verify_enclave(rootfs: RootFS, app: str, hash_cache: HashCache | None = None
     if sig_bytes is None:
         return result
     if manifest_bytes is None or pal is None or offs is None:
-        _sig, info, problems = read_sigstruct(sig_bytes, sig_path)   # still report what it says
+        _sig, info, problems = read_sigstruct(sig_bytes, sig_path)  # still report what it says
         result.identity = IdentityCheck(None, info, tuple(problems))
         result.problems += problems
         return result
-    result.identity = check_identity(manifest_bytes, pal, offs, sig_bytes,
-                                     manifest_source=manifest_path, pal_source=pal_path,
-                                     sigstruct_source=sig_path)
+    result.identity = check_identity(
+        manifest_bytes,
+        pal,
+        offs,
+        sig_bytes,
+        manifest_source=manifest_path,
+        pal_source=pal_path,
+        sigstruct_source=sig_path,
+    )
     result.problems += result.identity.problems
     result.manifest = result.identity.manifest
     if result.manifest is None:
@@ -104,21 +113,21 @@ def verify_enclave(rootfs: RootFS, app: str, hash_cache: HashCache | None = None
 # --------------------------------------------------------------------------------- reading
 
 
-def _gramine(rootfs: RootFS, problems: list[str]
-             ) -> tuple[PalImage | None, Offsets | None, str]:
+def _gramine(rootfs: RootFS, problems: list[str]) -> tuple[PalImage | None, Offsets | None, str]:
     """The libpal.so and layout constants of the image's own Gramine (found as the build
     found them)."""
     try:
         runtime = discover(rootfs)
-        offs = Offsets.parse(_must_read(rootfs, runtime.offsets).decode("utf-8"),
-                             runtime.offsets)
-        return PalImage.from_bytes(_must_read(rootfs, runtime.libpal), runtime.libpal), offs, \
-            runtime.libpal
+        offs = Offsets.parse(_must_read(rootfs, runtime.offsets).decode("utf-8"), runtime.offsets)
+        return (
+            PalImage.from_bytes(_must_read(rootfs, runtime.libpal), runtime.libpal),
+            offs,
+            runtime.libpal,
+        )
     except EnclaveBuildError as exc:
         problems.append(f"cannot re-derive MRENCLAVE: the image's Gramine is unusable: {exc}")
     except UnicodeDecodeError:
-        problems.append("cannot re-derive MRENCLAVE: the image's Gramine offsets file is not "
-                        "text")
+        problems.append("cannot re-derive MRENCLAVE: the image's Gramine offsets file is not text")
     return None, None, "libpal.so"
 
 
@@ -138,8 +147,10 @@ def _must_read(rootfs: RootFS, path: str) -> bytes:
     if not stat.S_ISREG(st.st_mode):
         raise RootFSError(f"{path}: not a regular file")
     if st.st_size > MAX_ENCLAVE_FILE:
-        raise RootFSError(f"{path}: {st.st_size} bytes, more than any enclave file this size "
-                          f"can be ({MAX_ENCLAVE_FILE})")
+        raise RootFSError(
+            f"{path}: {st.st_size} bytes, more than any enclave file this size "
+            f"can be ({MAX_ENCLAVE_FILE})"
+        )
     return rootfs.read_bytes(resolved)
 
 
@@ -147,7 +158,7 @@ def _image_path(uri: Any) -> str | None:
     """The absolute, normalized image path of a ``file:`` URI (None if it is not one)."""
     if not isinstance(uri, str) or not uri.startswith("file:"):
         return None
-    path = uri[len("file:"):]
+    path = uri[len("file:") :]
     if not path.startswith("/") or ".." in path.split("/"):
         return None
     return posixpath.normpath(path) + ("/" if path.endswith("/") and path != "/" else "")
@@ -169,8 +180,9 @@ class _Resolver:
         if directory is None:
             directory = self.directories[parent] = self.rootfs.resolve(parent)
         candidate = posixpath.join(directory, name)
-        if name in (".", "..") or os.path.islink(os.path.join(self.rootfs.root,
-                                                              candidate.lstrip("/"))):
+        if name in (".", "..") or os.path.islink(
+            os.path.join(self.rootfs.root, candidate.lstrip("/"))
+        ):
             return self.rootfs.resolve(candidate)
         return candidate
 
@@ -184,13 +196,14 @@ def _listed(problems: list[str], items: list[str], what: str) -> None:
 # --------------------------------------------------------------------------- trusted files
 
 
-def _trusted_entries(manifest: dict[str, Any], problems: list[str]
-                     ) -> list[tuple[str, str, str]]:
+def _trusted_entries(manifest: dict[str, Any], problems: list[str]) -> list[tuple[str, str, str]]:
     """(image path, expected sha256, what) for the LibOS and every trusted file."""
     entries: list[tuple[str, str, str]] = []
     loader = table if isinstance(table := manifest.get("loader"), dict) else {}
     sgx = table if isinstance(table := manifest.get("sgx"), dict) else {}
-    candidates: list[tuple[Any, str]] = [(loader.get("entrypoint"), "loader.entrypoint (the LibOS)")]
+    candidates: list[tuple[Any, str]] = [
+        (loader.get("entrypoint"), "loader.entrypoint (the LibOS)")
+    ]
     listed = sgx.get("trusted_files", [])
     if not isinstance(listed, list):
         problems.append("the manifest's sgx.trusted_files is not a list")
@@ -243,8 +256,10 @@ def _check_trusted_files(result: EnclaveVerification, hash_cache: HashCache | No
             continue
         got = digests[found]
         if got != want:
-            problems.append(f"trusted file {path} ({what}) was changed: the image holds content "
-                            f"with sha256 {got}, the signed manifest lists {want}")
+            problems.append(
+                f"trusted file {path} ({what}) was changed: the image holds content "
+                f"with sha256 {got}, the signed manifest lists {want}"
+            )
         else:
             result.trusted[path] = found
     _listed(result.problems, problems, "trusted-file problems")
@@ -274,7 +289,7 @@ def _allowed(manifest: dict[str, Any]) -> tuple[set[str], tuple[str, ...]]:
             prefixes.append(path)
         else:
             exact.add(path)
-            prefixes.append(path + "/")   # an allowed directory may be written without the '/'
+            prefixes.append(path + "/")  # an allowed directory may be written without the '/'
     return exact, tuple(prefixes)
 
 
@@ -296,7 +311,7 @@ def _check_import_path(result: EnclaveVerification) -> None:
             continue
         host = rootfs.host_path(resolved)
         if not host.is_dir() or host.is_symlink():
-            continue   # nothing there to import
+            continue  # nothing there to import
         for dirpath, dirnames, filenames in os.walk(host):
             dirnames.sort()
             relative = os.path.relpath(dirpath, host)
@@ -306,10 +321,12 @@ def _check_import_path(result: EnclaveVerification) -> None:
                 path = posixpath.join(inner, name)
                 if path in trusted or path in exact or path.startswith(prefixes):
                     continue
-                problems.append(f"{path}: on the manifest's PYTHONPATH ({directory}) but not a "
-                                "trusted file; the build puts only trusted files there, so it "
-                                "was added to the image afterwards (Gramine would refuse to "
-                                "open it; a plain Python process could load it)")
+                problems.append(
+                    f"{path}: on the manifest's PYTHONPATH ({directory}) but not a "
+                    "trusted file; the build puts only trusted files there, so it "
+                    "was added to the image afterwards (Gramine would refuse to "
+                    "open it; a plain Python process could load it)"
+                )
     _listed(result.problems, problems, "untrusted files on the PYTHONPATH")
 
 

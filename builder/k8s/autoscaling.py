@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .deployment import labels, metadata
 from ..deploy.service_info import ServiceInfo
+from .deployment import labels, metadata
 
 QUEUE = "model_server_queue_depth"
 LATENCY = "model_server_request_latency_p95_seconds"
@@ -41,9 +41,13 @@ def wanted(info: ServiceInfo) -> bool:
 
 
 def _pods(metric: str, average: str) -> Obj:
-    return {"type": "Pods", "pods": {"metric": {"name": metric},
-                                     "target": {"type": "AverageValue",
-                                                "averageValue": average}}}
+    return {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": metric},
+            "target": {"type": "AverageValue", "averageValue": average},
+        },
+    }
 
 
 def hpa(info: ServiceInfo) -> Obj | None:
@@ -51,29 +55,43 @@ def hpa(info: ServiceInfo) -> Obj | None:
         return None
     d = info.deploy
     return {
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
         "metadata": metadata(info, info.service, "model-server"),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                               "name": info.service},
-            "minReplicas": d.replicas, "maxReplicas": d.max_replicas,
-            "metrics": [_pods(QUEUE, str(d.target_queue_depth)),
-                        _pods(LATENCY, f"{d.target_latency_ms}m"),
-                        _pods(MEMORY, f"{d.target_memory_percent * 10}m")],
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": info.service},
+            "minReplicas": d.replicas,
+            "maxReplicas": d.max_replicas,
+            "metrics": [
+                _pods(QUEUE, str(d.target_queue_depth)),
+                _pods(LATENCY, f"{d.target_latency_ms}m"),
+                _pods(MEMORY, f"{d.target_memory_percent * 10}m"),
+            ],
             "behavior": {
-                "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
-                            "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}]},
-                "scaleDown": {"stabilizationWindowSeconds": 300, "selectPolicy": "Min",
-                              "policies": [{"type": "Pods", "value": 1,
-                                            "periodSeconds": 120}]}}}}
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "selectPolicy": "Max",
+                    "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}],
+                },
+                "scaleDown": {
+                    "stabilizationWindowSeconds": 300,
+                    "selectPolicy": "Min",
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}],
+                },
+            },
+        },
+    }
 
 
 def _rule(series: str, name: str, query: str) -> Obj:
-    return {"seriesQuery": f'{series}{{namespace!="",pod!=""}}',
-            "resources": {"overrides": {"namespace": {"resource": "namespace"},
-                                        "pod": {"resource": "pod"}}},
-            "name": {"matches": f"^{series}$", "as": name},
-            "metricsQuery": query}
+    return {
+        "seriesQuery": f'{series}{{namespace!="",pod!=""}}',
+        "resources": {
+            "overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+        },
+        "name": {"matches": f"^{series}$", "as": name},
+        "metricsQuery": query,
+    }
 
 
 #: p95 over two minutes; a pod that served nothing in that window has no quantile
@@ -81,20 +99,24 @@ def _rule(series: str, name: str, query: str) -> Obj:
 #: branch reports 0 for it. Without that the HPA gets NaN (older prometheus-adapters turn it
 #: into -9223372036854775808m) or no value for an idle pod, and a metric it cannot read stops
 #: it from ever scaling down.
-LATENCY_QUERY = ("histogram_quantile(0.95, sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) "
-                 "by (le, <<.GroupBy>>)) >= 0 or "
-                 "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>) * 0")
+LATENCY_QUERY = (
+    "histogram_quantile(0.95, sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) "
+    "by (le, <<.GroupBy>>)) >= 0 or "
+    "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>) * 0"
+)
 
 
 def adapter_rules() -> Obj:
     """prometheus-adapter's ``rules`` (its config.yaml). Prometheus must scrape the pods
     (their prometheus.io/* annotations) with ``namespace`` and ``pod`` labels, as the usual
     kubernetes-pods scrape job does."""
-    return {"rules": [
-        _rule(QUEUE, QUEUE, "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"),
-        _rule("model_server_request_duration_seconds_bucket", LATENCY, LATENCY_QUERY),
-        _rule(MEMORY, MEMORY, "max(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"),
-    ]}
+    return {
+        "rules": [
+            _rule(QUEUE, QUEUE, "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"),
+            _rule("model_server_request_duration_seconds_bucket", LATENCY, LATENCY_QUERY),
+            _rule(MEMORY, MEMORY, "max(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"),
+        ]
+    }
 
 
 def adapter_helm_values() -> Obj:

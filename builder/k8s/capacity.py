@@ -33,9 +33,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from ..errors import UsageError
 from ..deploy.quantity import MI
 from ..deploy.settings import LIBOS
+from ..errors import UsageError
 
 #: Gramine: SECS + the kernel's version-array pages per enclave.
 GRAMINE_MARGIN = 1 * MI
@@ -47,7 +47,6 @@ OCCLUM_PER_THREAD = 1 * MI
 AESMD_EPC = 8 * MI
 #: The Intel SGX device plugin's default -enclave-limit and -provision-limit.
 DEFAULT_DEVICE_LIMIT = 20
-
 
 
 def quotes_in_process(libos: str) -> bool:
@@ -62,8 +61,10 @@ def libos_margin(libos: str, max_threads: int) -> int:
         return GRAMINE_MARGIN
     if libos == "occlum":
         return OCCLUM_FIXED_MARGIN + max_threads * OCCLUM_PER_THREAD
-    raise UsageError(f"no EPC margin known for libOS {libos!r}; allowed: {', '.join(LIBOS)} "
-                     "(or set [deploy] epc_margin)")
+    raise UsageError(
+        f"no EPC margin known for libOS {libos!r}; allowed: {', '.join(LIBOS)} "
+        "(or set [deploy] epc_margin)"
+    )
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class EpcRequest:
 
     enclave_size: int
     margin: int
-    sidecar: int          # the aesmd sidecar's own request (0 when the pod does not attest)
+    sidecar: int  # the aesmd sidecar's own request (0 when the pod does not attest)
     #: the quoting enclaves the enclave container loads itself (Occlum pods that attest)
     in_process_quoting: int = 0
 
@@ -86,15 +87,19 @@ class EpcRequest:
         return self.enclave_container + self.sidecar
 
 
-def epc_request(enclave_size: int, libos: str, max_threads: int, *, attests: bool,
-                margin: int | None = None) -> EpcRequest:
+def epc_request(
+    enclave_size: int, libos: str, max_threads: int, *, attests: bool, margin: int | None = None
+) -> EpcRequest:
     if enclave_size <= 0:
         raise UsageError(f"enclave size must be positive, got {enclave_size}")
     quoting = AESMD_EPC if attests else 0
     in_process = quotes_in_process(libos)
-    return EpcRequest(enclave_size, libos_margin(libos, max_threads) if margin is None
-                      else margin, 0 if in_process else quoting,
-                      quoting if in_process else 0)
+    return EpcRequest(
+        enclave_size,
+        libos_margin(libos, max_threads) if margin is None else margin,
+        0 if in_process else quoting,
+        quoting if in_process else 0,
+    )
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ class CapacityPlan:
     enclave_size: int
     margin: int
     sidecar_epc: int
-    quoting_epc: int      # QE3 + PCE in the enclave container (Occlum); 0 with a sidecar
+    quoting_epc: int  # QE3 + PCE in the enclave container (Occlum); 0 with a sidecar
     epc_per_pod: int
     epc_per_node: int
     nodes: int
@@ -111,7 +116,7 @@ class CapacityPlan:
     enclave_limit: int
     replicas_per_node: int
     replicas: int
-    limited_by: str       # "epc" or "enclave-limit"
+    limited_by: str  # "epc" or "enclave-limit"
     epc_unused_per_node: int
 
     def to_json(self) -> dict:
@@ -122,21 +127,36 @@ class CapacityPlan:
         if self.replicas_per_node:
             return None
         if self.epc_per_pod > self.epc_per_node:
-            quoting = (f" + quoting enclaves {self.quoting_epc}" if self.quoting_epc else
-                       f" + aesmd {self.sidecar_epc}")
-            return (f"no replica fits: one needs {self.epc_per_pod} bytes of EPC (enclave "
-                    f"{self.enclave_size} + margin {self.margin}{quoting}) "
-                    f"but a node has {self.epc_per_node}; use a smaller [enclave] size "
-                    "(with EDMM the enclave still reserves its whole size) or nodes with "
-                    "more EPC")
-        return (f"no replica fits: a pod opens /dev/sgx_enclave from "
-                f"{self.enclave_devices_per_pod} containers but the device plugin allows "
-                f"{self.enclave_limit} per node (-enclave-limit)")
+            quoting = (
+                f" + quoting enclaves {self.quoting_epc}"
+                if self.quoting_epc
+                else f" + aesmd {self.sidecar_epc}"
+            )
+            return (
+                f"no replica fits: one needs {self.epc_per_pod} bytes of EPC (enclave "
+                f"{self.enclave_size} + margin {self.margin}{quoting}) "
+                f"but a node has {self.epc_per_node}; use a smaller [enclave] size "
+                "(with EDMM the enclave still reserves its whole size) or nodes with "
+                "more EPC"
+            )
+        return (
+            f"no replica fits: a pod opens /dev/sgx_enclave from "
+            f"{self.enclave_devices_per_pod} containers but the device plugin allows "
+            f"{self.enclave_limit} per node (-enclave-limit)"
+        )
 
 
-def plan_capacity(enclave_size: int, epc_per_node: int, nodes: int, *, libos: str = "gramine",
-                  max_threads: int = 64, attests: bool = True, margin: int | None = None,
-                  enclave_limit: int = DEFAULT_DEVICE_LIMIT) -> CapacityPlan:
+def plan_capacity(
+    enclave_size: int,
+    epc_per_node: int,
+    nodes: int,
+    *,
+    libos: str = "gramine",
+    max_threads: int = 64,
+    attests: bool = True,
+    margin: int | None = None,
+    enclave_limit: int = DEFAULT_DEVICE_LIMIT,
+) -> CapacityPlan:
     """Replicas that fit per node and in the cluster: by EPC, and by the device plugin's limit
     on containers per node that may open /dev/sgx_enclave (an aesmd sidecar is one more; an
     Occlum pod quotes in its one container, which also takes one of the node's
@@ -153,10 +173,18 @@ def plan_capacity(enclave_size: int, epc_per_node: int, nodes: int, *, libos: st
     by_devices = enclave_limit // devices
     per_node = min(by_epc, by_devices)
     return CapacityPlan(
-        libos=libos, enclave_size=enclave_size, margin=request.margin,
-        sidecar_epc=request.sidecar, quoting_epc=request.in_process_quoting,
-        epc_per_pod=request.per_pod, epc_per_node=epc_per_node,
-        nodes=nodes, enclave_devices_per_pod=devices, enclave_limit=enclave_limit,
-        replicas_per_node=per_node, replicas=per_node * nodes,
+        libos=libos,
+        enclave_size=enclave_size,
+        margin=request.margin,
+        sidecar_epc=request.sidecar,
+        quoting_epc=request.in_process_quoting,
+        epc_per_pod=request.per_pod,
+        epc_per_node=epc_per_node,
+        nodes=nodes,
+        enclave_devices_per_pod=devices,
+        enclave_limit=enclave_limit,
+        replicas_per_node=per_node,
+        replicas=per_node * nodes,
         limited_by="epc" if by_epc <= by_devices else "enclave-limit",
-        epc_unused_per_node=epc_per_node - per_node * request.per_pod)
+        epc_unused_per_node=epc_per_node - per_node * request.per_pod,
+    )

@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
+from ..deploy.quantity import format_mebibytes, format_size
 from . import autoscaling, deployment, secret_server
 from .capacity import plan_capacity
 from .inputs import BuildOutput, K8sError
-from ..deploy.quantity import format_mebibytes, format_size
 
 MARKER = ".enclave-build-k8s"
 OVERLAY = "overlays/production"
@@ -62,13 +62,19 @@ class _Dumper(yaml.SafeDumper):
 
 _AMBIGUOUS = "tag:enclave-build,2024:ambiguous"
 for _pattern, _first in (
-        # booleans and nulls of YAML 1.1 (go-yaml v2) and 1.2
-        (r"^(?:[yYnN]|[Yy]es|YES|[Nn]o|NO|[Tt]rue|TRUE|[Ff]alse|FALSE|[Oo]n|ON|[Oo]ff|OFF"
-         r"|[Nn]ull|NULL|~)$", list("yYnNtTfFoO~")),
-        # anything a YAML 1.1 or 1.2 reader, or Go's strconv, may take for a number
-        (r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$"
-         r"|^[-+]?0[bBoOxX][0-9a-fA-F_]+$|^[-+]?\.(?:inf|Inf|INF|nan|NaN|NAN)$",
-         list("-+.0123456789"))):
+    # booleans and nulls of YAML 1.1 (go-yaml v2) and 1.2
+    (
+        r"^(?:[yYnN]|[Yy]es|YES|[Nn]o|NO|[Tt]rue|TRUE|[Ff]alse|FALSE|[Oo]n|ON|[Oo]ff|OFF"
+        r"|[Nn]ull|NULL|~)$",
+        list("yYnNtTfFoO~"),
+    ),
+    # anything a YAML 1.1 or 1.2 reader, or Go's strconv, may take for a number
+    (
+        r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$"
+        r"|^[-+]?0[bBoOxX][0-9a-fA-F_]+$|^[-+]?\.(?:inf|Inf|INF|nan|NaN|NAN)$",
+        list("-+.0123456789"),
+    ),
+):
     _Dumper.add_implicit_resolver(_AMBIGUOUS, re.compile(_pattern), _first)
 
 
@@ -81,8 +87,14 @@ _Dumper.add_representer(str, _str)
 
 
 def dump(obj: Any) -> str:
-    return yaml.dump(obj, Dumper=_Dumper, sort_keys=True, default_flow_style=False,
-                     width=100, allow_unicode=False)
+    return yaml.dump(
+        obj,
+        Dumper=_Dumper,
+        sort_keys=True,
+        default_flow_style=False,
+        width=100,
+        allow_unicode=False,
+    )
 
 
 @dataclass
@@ -90,9 +102,9 @@ class Manifests:
     """Every generated file (relative path -> text) and the Kubernetes objects among them."""
 
     files: dict[str, str] = field(default_factory=dict)
-    objects: dict[str, Obj] = field(default_factory=dict)   # path -> object
+    objects: dict[str, Obj] = field(default_factory=dict)  # path -> object
     notes: list[str] = field(default_factory=list)
-    overlay: dict[str, str] = field(default_factory=dict)   # files of overlays/production
+    overlay: dict[str, str] = field(default_factory=dict)  # files of overlays/production
 
     def add(self, path: str, obj: Obj, header: str) -> None:
         self.objects[path] = obj
@@ -101,10 +113,15 @@ class Manifests:
 
 _NEEDED_TO_ATTEST = {
     "pccs_url": ("--pccs-url", "the PCCS the quoting enclave and the secret server use"),
-    "aesmd_image": ("--aesmd-image", "the aesmd sidecar that quotes for the enclave (Intel's "
-                    "SGX PSW with the DCAP quote provider, running as a non-root user)"),
-    "secret_server_image": ("--secret-server-image", "an image with enclave-build installed, "
-                            "running `enclave-build secrets serve`"),
+    "aesmd_image": (
+        "--aesmd-image",
+        "the aesmd sidecar that quotes for the enclave (Intel's "
+        "SGX PSW with the DCAP quote provider, running as a non-root user)",
+    ),
+    "secret_server_image": (
+        "--secret-server-image",
+        "an image with enclave-build installed, running `enclave-build secrets serve`",
+    ),
 }
 
 
@@ -120,7 +137,8 @@ def check_supported(build: BuildOutput) -> None:
             "Service would not be interchangeable and a restarted pod would hold no keys. Run "
             "it on an SGX host as the manual shows (How-to: An attested secret server, "
             "docs/how-to/attested-secret-server.md); `k8s` deploys the model enclaves that trust it (their pods dial its "
-            "[secrets] server address)")
+            "[secrets] server address)"
+        )
 
 
 def check_settings(build: BuildOutput) -> None:
@@ -128,33 +146,42 @@ def check_settings(build: BuildOutput) -> None:
     info = build.service
     if not deployment.attests(info):
         return
-    needed = [key for key in _NEEDED_TO_ATTEST
-              if (key != "secret_server_image" or deployment.deploys_secret_server(info))
-              and (key != "aesmd_image" or not deployment.quotes_in_enclave_container(info))]
-    missing = [(key, *_NEEDED_TO_ATTEST[key]) for key in needed
-               if not getattr(info.deploy, key)]
+    needed = [
+        key
+        for key in _NEEDED_TO_ATTEST
+        if (key != "secret_server_image" or deployment.deploys_secret_server(info))
+        and (key != "aesmd_image" or not deployment.quotes_in_enclave_container(info))
+    ]
+    missing = [(key, *_NEEDED_TO_ATTEST[key]) for key in needed if not getattr(info.deploy, key)]
     if missing:
         lines = "".join(f"\n  [deploy] {key} (or {flag}): {what}" for key, flag, what in missing)
-        where = ("from an in-cluster secret server" if deployment.deploys_secret_server(info)
-                 else f"from the secret-server enclave at {info.secret_server}")
-        raise K8sError(f"{build.directory}/service.json: the service fetches keys "
-                       f"({', '.join(info.keys)}) {where}; set in the spec and rebuild, or "
-                       f"pass:{lines}")
+        where = (
+            "from an in-cluster secret server"
+            if deployment.deploys_secret_server(info)
+            else f"from the secret-server enclave at {info.secret_server}"
+        )
+        raise K8sError(
+            f"{build.directory}/service.json: the service fetches keys "
+            f"({', '.join(info.keys)}) {where}; set in the spec and rebuild, or "
+            f"pass:{lines}"
+        )
 
 
 def external_secret_server_note(build: BuildOutput) -> str:
     info = build.service
-    return (f"no in-cluster secret server: the enclave accepts its secret server only as an "
-            f"attested enclave (its quote is checked, not a CA-signed certificate), and the "
-            f"secret server `k8s` deploys is a plain process; run the secret-server enclave "
-            f"build (framework secret-server) on an SGX host and make {info.secret_server} "
-            f"reach it from the pods (measured into the enclave)")
+    return (
+        f"no in-cluster secret server: the enclave accepts its secret server only as an "
+        f"attested enclave (its quote is checked, not a CA-signed certificate), and the "
+        f"secret server `k8s` deploys is a plain process; run the secret-server enclave "
+        f"build (framework secret-server) on an SGX host and make {info.secret_server} "
+        f"reach it from the pods (measured into the enclave)"
+    )
 
 
 def generate(build: BuildOutput) -> Manifests:
     info = build.service
     check_supported(build)
-    secret_server.check_address(build)   # a rebuild, before the settings a rebuild can add
+    secret_server.check_address(build)  # a rebuild, before the settings a rebuild can add
     check_settings(build)
     # Names first: each object below would otherwise fail on its own, later.
     deployment.check_object_name(info.service, f"{build.directory}/service.json: service")
@@ -166,40 +193,52 @@ def generate(build: BuildOutput) -> Manifests:
     out.add("base/namespace.yaml", deployment.namespace_object(info), header)
     out.add(f"{ms}/deployment.yaml", deployment.model_server_deployment(build), header)
     out.add(f"{ms}/service.yaml", deployment.model_server_service(info), header)
-    out.add(f"{ms}/pdb.yaml", deployment.disruption_budget(info, info.service, "model-server"),
-            header)
+    out.add(
+        f"{ms}/pdb.yaml", deployment.disruption_budget(info, info.service, "model-server"), header
+    )
     if deployment.attests(info):
         out.add(f"{ms}/qcnl-configmap.yaml", deployment.qcnl_configmap(build), header)
     ingress = deployment.ingress(info)
     if ingress is not None:
         out.add(f"{ms}/ingress.yaml", ingress, header)
-        out.notes.append(f"the Ingress for {info.deploy.ingress_host} passes TLS through to "
-                         "the enclave: ingress-nginx must run with --enable-ssl-passthrough "
-                         "(without it the annotation is ignored and clients reach nginx, not "
-                         "the enclave), and the enclave's [tls] certificate must name "
-                         f"{info.deploy.ingress_host}")
+        out.notes.append(
+            f"the Ingress for {info.deploy.ingress_host} passes TLS through to "
+            "the enclave: ingress-nginx must run with --enable-ssl-passthrough "
+            "(without it the annotation is ignored and clients reach nginx, not "
+            "the enclave), and the enclave's [tls] certificate must name "
+            f"{info.deploy.ingress_host}"
+        )
     hpa = autoscaling.hpa(info)
     if hpa is not None:
         out.add(f"{ms}/hpa.yaml", hpa, header)
         out.files["monitoring/prometheus-adapter-rules.yaml"] = header + dump(
-            autoscaling.adapter_rules())
-        out.files["monitoring/prometheus-adapter-values.yaml"] = header + (
-            "# Values for the prometheus-community/prometheus-adapter Helm chart (the same rules "
-            "as\n# prometheus-adapter-rules.yaml); set prometheus.url to your Prometheus.\n"
-        ) + dump(autoscaling.adapter_helm_values())
+            autoscaling.adapter_rules()
+        )
+        out.files["monitoring/prometheus-adapter-values.yaml"] = (
+            header
+            + (
+                "# Values for the prometheus-community/prometheus-adapter Helm chart (the same rules "
+                "as\n# prometheus-adapter-rules.yaml); set prometheus.url to your Prometheus.\n"
+            )
+            + dump(autoscaling.adapter_helm_values())
+        )
     elif info.deploy.max_replicas is not None and info.deploy.max_replicas > info.deploy.replicas:
-        out.notes.append(f"no HorizontalPodAutoscaler: {info.framework}'s server exports none of "
-                         "the model server's metrics (queue depth, latency, enclave memory), and "
-                         "CPU alone is the wrong signal for an enclave; scale by hand or export "
-                         "metrics")
+        out.notes.append(
+            f"no HorizontalPodAutoscaler: {info.framework}'s server exports none of "
+            "the model server's metrics (queue depth, latency, enclave memory), and "
+            "CPU alone is the wrong signal for an enclave; scale by hand or export "
+            "metrics"
+        )
     if deployment.attests(info) and not deployment.deploys_secret_server(info):
         out.notes.append(external_secret_server_note(build))
     if deployment.quotes_in_enclave_container(info):
-        out.notes.append(f"{info.libos} quotes in the enclave container (its runtime loads "
-                         "Intel's quoting enclaves itself): that container gets "
-                         "sgx.intel.com/provision and the quote provider's configuration, and "
-                         "the pod no aesmd sidecar" + ("; [deploy] aesmd_image is not used"
-                                                       if info.deploy.aesmd_image else ""))
+        out.notes.append(
+            f"{info.libos} quotes in the enclave container (its runtime loads "
+            "Intel's quoting enclaves itself): that container gets "
+            "sgx.intel.com/provision and the quote provider's configuration, and "
+            "the pod no aesmd sidecar"
+            + ("; [deploy] aesmd_image is not used" if info.deploy.aesmd_image else "")
+        )
     if deployment.deploys_secret_server(info):
         ss = "base/secret-server"
         toml_text = secret_server.secrets_toml(build)
@@ -212,17 +251,25 @@ def generate(build: BuildOutput) -> Manifests:
         if note:
             out.notes.append(note)
     registry = build.image.split("/", 1)[0]
-    if secret_server.is_loopback(registry.rpartition(":")[0] if registry.count(":") == 1
-                                 or registry.startswith("[") else registry):
-        out.notes.append(f"the image is in a loopback registry ({registry}): each node pulls "
-                         "from its own loopback, so copy it to a registry the nodes reach "
-                         "(keeping the digest) and pass --image")
+    if secret_server.is_loopback(
+        registry.rpartition(":")[0]
+        if registry.count(":") == 1 or registry.startswith("[")
+        else registry
+    ):
+        out.notes.append(
+            f"the image is in a loopback registry ({registry}): each node pulls "
+            "from its own loopback, so copy it to a registry the nodes reach "
+            "(keeping the digest) and pass --image"
+        )
     if deployment.read_only_root(info) is False and info.deploy.read_only_root:
-        out.notes.append(f"root filesystem left writable: {info.libos} keeps run-time state in "
-                         "its instance directory")
-    resources = sorted(p[len("base/"):] for p in out.objects if p.startswith("base/"))
+        out.notes.append(
+            f"root filesystem left writable: {info.libos} keeps run-time state in "
+            "its instance directory"
+        )
+    resources = sorted(p[len("base/") :] for p in out.objects if p.startswith("base/"))
     out.files["base/kustomization.yaml"] = header + dump(
-        {"apiVersion": KUSTOMIZE_API, "kind": "Kustomization", "resources": resources})
+        {"apiVersion": KUSTOMIZE_API, "kind": "Kustomization", "resources": resources}
+    )
     out.overlay = _overlay(build)
     out.files["README.md"] = _readme(build, out)
     return out
@@ -230,21 +277,30 @@ def generate(build: BuildOutput) -> Manifests:
 
 def _overlay(build: BuildOutput) -> dict[str, str]:
     info = build.service
-    kustomization: Obj = {"apiVersion": KUSTOMIZE_API, "kind": "Kustomization",
-                          "resources": ["../../base"]}
+    kustomization: Obj = {
+        "apiVersion": KUSTOMIZE_API,
+        "kind": "Kustomization",
+        "resources": ["../../base"],
+    }
     files: dict[str, str] = {}
-    head = ("# The production overlay: written once by `enclave-build k8s`, then yours (patch "
-            "replicas, hosts,\n# resources here). Secrets are generated from files in "
-            "secrets/, which never enter git.\n")
+    head = (
+        "# The production overlay: written once by `enclave-build k8s`, then yours (patch "
+        "replicas, hosts,\n# resources here). Secrets are generated from files in "
+        "secrets/, which never enter git.\n"
+    )
     if deployment.deploys_secret_server(info):
         n = secret_server.names(build)
         keys = secret_server.key_files(build)
         host = (info.secret_server or "").rpartition(":")[0]
         kustomization["secretGenerator"] = [
-            {"name": n.tls, "namespace": n.namespace, "type": "kubernetes.io/tls",
-             "files": ["tls.crt=secrets/tls.crt", "tls.key=secrets/tls.key"]},
-            {"name": n.keys, "namespace": n.namespace,
-             "files": [f"{k}=secrets/{k}" for k in keys]}]
+            {
+                "name": n.tls,
+                "namespace": n.namespace,
+                "type": "kubernetes.io/tls",
+                "files": ["tls.crt=secrets/tls.crt", "tls.key=secrets/tls.key"],
+            },
+            {"name": n.keys, "namespace": n.namespace, "files": [f"{k}=secrets/{k}" for k in keys]},
+        ]
         files["secrets/.gitignore"] = "*\n!.gitignore\n!README.md\n"
         files["secrets/README.md"] = (
             f"# Secret-server material for {info.service}\n\n"
@@ -252,11 +308,16 @@ def _overlay(build: BuildOutput) -> dict[str, str]:
             "them):\n\n"
             "- `tls.crt`, `tls.key`: the secret server's TLS certificate and key, signed by "
             f"the CA in the spec's [secrets] ca, for the host the enclave was built to dial, "
-            f"`{host}`" + ("" if n.matches_build else f" (made to resolve to `{n.fqdn()}`)") +
-            ". `enclave-build secrets tls DIR --host NAME` makes `server.crt` and `server.key`:"
+            f"`{host}`"
+            + ("" if n.matches_build else f" (made to resolve to `{n.fqdn()}`)")
+            + ". `enclave-build secrets tls DIR --host NAME` makes `server.crt` and `server.key`:"
             " copy them here as `tls.crt` and `tls.key`.\n"
-            + "".join(f"- `{k}`: the 16-byte wrap key from the build machine's keys_dir "
-                      f"(`cp KEYS_DIR/{k} .`, mode 0600).\n" for k in keys))
+            + "".join(
+                f"- `{k}`: the 16-byte wrap key from the build machine's keys_dir "
+                f"(`cp KEYS_DIR/{k} .`, mode 0600).\n"
+                for k in keys
+            )
+        )
     files["kustomization.yaml"] = head + dump(kustomization)
     return files
 
@@ -264,19 +325,30 @@ def _overlay(build: BuildOutput) -> dict[str, str]:
 def _readme(build: BuildOutput, out: Manifests) -> str:
     info = build.service
     epc = deployment.epc_for(info)
-    capacity = plan_capacity(info.enclave.size, 64 << 30, 1, libos=info.libos,
-                             max_threads=info.enclave.max_threads,
-                             attests=deployment.attests(info), margin=epc.margin)
+    capacity = plan_capacity(
+        info.enclave.size,
+        64 << 30,
+        1,
+        libos=info.libos,
+        max_threads=info.enclave.max_threads,
+        attests=deployment.attests(info),
+        margin=epc.margin,
+    )
     lines = [
         f"# {info.service} on Kubernetes (generated by `enclave-build k8s`)",
         "",
         f"- image: `{build.image}` (mr_enclave `{build.measurements.mr_enclave}`)",
         f"- EPC per replica: `{format_mebibytes(epc.enclave_container)}` for the enclave "
         f"({format_size(info.enclave.size)} + {format_mebibytes(epc.margin)} {info.libos} "
-        f"margin" + (f" + {format_mebibytes(epc.in_process_quoting)} for the quoting "
-                     "enclaves Occlum's runtime loads itself" if epc.in_process_quoting else "")
-        + ")" + (f" + `{format_mebibytes(epc.sidecar)}` for the aesmd sidecar"
-                 if epc.sidecar else ""),
+        f"margin"
+        + (
+            f" + {format_mebibytes(epc.in_process_quoting)} for the quoting "
+            "enclaves Occlum's runtime loads itself"
+            if epc.in_process_quoting
+            else ""
+        )
+        + ")"
+        + (f" + `{format_mebibytes(epc.sidecar)}` for the aesmd sidecar" if epc.sidecar else ""),
         f"- a node with 64 GiB of EPC fits {capacity.replicas_per_node} replicas "
         f"(limited by {capacity.limited_by}); `enclave-build plan-capacity BUILD_DIR "
         "--epc-per-node SIZE --nodes N` for your cluster",
@@ -287,9 +359,12 @@ def _readme(build: BuildOutput, out: Manifests) -> str:
     ]
     if deployment.deploys_secret_server(info):
         lines.append(f"# first put the files listed in {OVERLAY}/secrets/README.md there")
-    lines += [f"kubectl apply -k {OVERLAY}",
-              f"kubectl -n {deployment.namespace(info)} rollout status deployment/{info.service}",
-              "```", ""]
+    lines += [
+        f"kubectl apply -k {OVERLAY}",
+        f"kubectl -n {deployment.namespace(info)} rollout status deployment/{info.service}",
+        "```",
+        "",
+    ]
     if out.notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in out.notes] + [""]
     return "\n".join(lines)
@@ -303,11 +378,12 @@ def write(manifests: Manifests, target: str | Path) -> list[str]:
         if not target.is_dir():
             raise K8sError(f"{target}: exists and is not a directory")
         if any(target.iterdir()) and not (target / MARKER).exists():
-            raise K8sError(f"{target}: exists and was not written by `enclave-build k8s`; "
-                           "choose an empty or new directory")
+            raise K8sError(
+                f"{target}: exists and was not written by `enclave-build k8s`; "
+                "choose an empty or new directory"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-",
-                                    dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         for rel, text in manifests.files.items():
             path = staging / rel
@@ -325,10 +401,13 @@ def write(manifests: Manifests, target: str | Path) -> list[str]:
             return notes
         existing = target / OVERLAY / "kustomization.yaml"
         if existing.exists() and existing.read_text() != manifests.overlay["kustomization.yaml"]:
-            notes.append(f"{existing} was left as it is (yours to edit); the one generated now "
-                         f"differs: compare with {target / OVERLAY}/kustomization.yaml.generated")
+            notes.append(
+                f"{existing} was left as it is (yours to edit); the one generated now "
+                f"differs: compare with {target / OVERLAY}/kustomization.yaml.generated"
+            )
             (target / OVERLAY / "kustomization.yaml.generated").write_text(
-                manifests.overlay["kustomization.yaml"])
+                manifests.overlay["kustomization.yaml"]
+            )
         for rel in ("base", "monitoring", "README.md", MARKER):
             _swap(staging / rel, target / rel)
         if not (target / OVERLAY).exists():

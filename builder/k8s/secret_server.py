@@ -28,12 +28,20 @@ from typing import Any
 
 from enclave_build.contract.names import SECRETS_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment
-from enclave_build.contract.secrets_config import (AttestationSettings, SecretsConfig,
-                                                   ServerSettings)
+from enclave_build.contract.secrets_config import AttestationSettings, SecretsConfig, ServerSettings
 
 from ..secrets_config import SecretsConfigError, check_allow, read_fragment
-from .deployment import (ANNOTATION, check_object_name, disruption_budget, labels, metadata,
-                         namespace, pod_context, restricted_context, selector)
+from .deployment import (
+    ANNOTATION,
+    check_object_name,
+    disruption_budget,
+    labels,
+    metadata,
+    namespace,
+    pod_context,
+    restricted_context,
+    selector,
+)
 from .inputs import BuildOutput, K8sError
 
 PORT = 4433
@@ -49,10 +57,10 @@ Obj = dict[str, Any]
 
 @dataclass(frozen=True)
 class SecretServerNames:
-    service: str           # the Service (and Deployment) name
+    service: str  # the Service (and Deployment) name
     namespace: str
-    port: int              # the Service port the enclave dials
-    matches_build: bool    # HOST is this Service's cluster name
+    port: int  # the Service port the enclave dials
+    matches_build: bool  # HOST is this Service's cluster name
 
     @property
     def config(self) -> str:
@@ -75,18 +83,27 @@ def names(build: BuildOutput) -> SecretServerNames:
     ns = namespace(info)
     host, _, port = (info.secret_server or f"{info.service}-secrets:{PORT}").rpartition(":")
     parts = host.split(".")
-    if len(parts) >= 3 and parts[2] == "svc" and (len(parts) == 3 or
-                                                   parts[3:] == ["cluster", "local"]):
+    if (
+        len(parts) >= 3
+        and parts[2] == "svc"
+        and (len(parts) == 3 or parts[3:] == ["cluster", "local"])
+    ):
         if parts[1] != ns:
-            raise K8sError(f"the enclave was built to reach the secret server at {host} (in "
-                           f"namespace {parts[1]!r}) but [deploy] namespace is {ns!r}; set "
-                           f"[deploy] namespace = {parts[1]!r} or rebuild with [secrets] server "
-                           f"in namespace {ns!r}")
-        check_object_name(parts[0], f"{build.directory}/service.json: secret_server {host}: "
-                                    "the Service name")
+            raise K8sError(
+                f"the enclave was built to reach the secret server at {host} (in "
+                f"namespace {parts[1]!r}) but [deploy] namespace is {ns!r}; set "
+                f"[deploy] namespace = {parts[1]!r} or rebuild with [secrets] server "
+                f"in namespace {ns!r}"
+            )
+        check_object_name(
+            parts[0], f"{build.directory}/service.json: secret_server {host}: the Service name"
+        )
         return SecretServerNames(parts[0], ns, int(port), True)
-    name = check_object_name(f"{info.service}-secrets", "the secret server's Service name "
-                             "(the service's name + '-secrets'; shorten [service] name)")
+    name = check_object_name(
+        f"{info.service}-secrets",
+        "the secret server's Service name "
+        "(the service's name + '-secrets'; shorten [service] name)",
+    )
     return SecretServerNames(name, ns, int(port), False)
 
 
@@ -122,23 +139,28 @@ def check_address(build: BuildOutput) -> None:
     n = names(build)
     target = f"{n.fqdn()}:{n.port}"
     if info.secret_server_enclave:
-        where = ("the secret-server enclave's address as the pods reach it (e.g. its Service "
-                 f"name, {n.fqdn()} if it runs in namespace {n.namespace!r})")
+        where = (
+            "the secret-server enclave's address as the pods reach it (e.g. its Service "
+            f"name, {n.fqdn()} if it runs in namespace {n.namespace!r})"
+        )
         cert = ""
     else:
         where = f"the Service this command deploys for it, {n.fqdn()}"
-        cert = (f"\n  enclave-build secrets tls TLS_DIR --host {n.fqdn()}   # its certificate; "
-                "set [secrets] ca = \"TLS_DIR/ca.pem\"")
+        cert = (
+            f"\n  enclave-build secrets tls TLS_DIR --host {n.fqdn()}   # its certificate; "
+            'set [secrets] ca = "TLS_DIR/ca.pem"'
+        )
     raise K8sError(
         f"{build.directory}/service.json: secret_server: the enclave was built to fetch its "
         f"keys ({', '.join(info.keys)}) from {info.secret_server}, a loopback address measured "
         f"into it; inside a pod that is the pod itself, so the model server would never get "
         f"its keys and never become ready. Rebuild it to dial {where}:\n"
-        f"  [secrets] server = \"{target}\"   # in the spec{cert}\n"
+        f'  [secrets] server = "{target}"   # in the spec{cert}\n'
         f"  enclave-build build SPEC --push --tag REGISTRY/NAME:TAG\n"
         f"  enclave-build k8s BUILD_DIR --output DIR\n"
         f"(`enclave-build init --k8s {n.namespace}` writes a spec that measures that name from "
-        "the start)")
+        "the start)"
+    )
 
 
 def address_note(build: BuildOutput) -> str | None:
@@ -147,11 +169,15 @@ def address_note(build: BuildOutput) -> str | None:
     n = names(build)
     if n.matches_build or not build.service.keys:
         return None
-    rebuild = (f"rebuild with [secrets] server = \"{n.fqdn()}:{n.port}\" (and a certificate "
-               "for that name: `enclave-build secrets tls DIR --host ...`)")
-    return (f"the enclave dials the secret server at {build.service.secret_server} (measured "
-            f"into it), not at the Service {n.fqdn()}:{n.port}; make that name resolve to the "
-            f"Service (DNS), or {rebuild}")
+    rebuild = (
+        f'rebuild with [secrets] server = "{n.fqdn()}:{n.port}" (and a certificate '
+        "for that name: `enclave-build secrets tls DIR --host ...`)"
+    )
+    return (
+        f"the enclave dials the secret server at {build.service.secret_server} (measured "
+        f"into it), not at the Service {n.fqdn()}:{n.port}; make that name resolve to the "
+        f"Service (DNS), or {rebuild}"
+    )
 
 
 def _policy(build: BuildOutput) -> PolicyFragment:
@@ -176,34 +202,50 @@ def secrets_toml(build: BuildOutput) -> str:
             check_allow(fragment.path, rule.name, rule.allow, {build.measurements.service})
         except SecretsConfigError as exc:
             raise K8sError(str(exc)) from None
-        rules.append(dataclasses.replace(rule, file=Path(os.path.relpath(
-            f"{KEYS_DIR}/{rule.name}.key", CONFIG_DIR))))
+        rules.append(
+            dataclasses.replace(
+                rule, file=Path(os.path.relpath(f"{KEYS_DIR}/{rule.name}.key", CONFIG_DIR))
+            )
+        )
     missing = sorted(set(info.keys) - {r.name for r in rules})
     if missing:
-        raise K8sError(f"{fragment.path}: releases no secret named {', '.join(missing)}, but "
-                       f"the service fetches it (service.json keys): files of two builds?")
+        raise K8sError(
+            f"{fragment.path}: releases no secret named {', '.join(missing)}, but "
+            f"the service fetches it (service.json keys): files of two builds?"
+        )
     if not info.deploy.pccs_url:
-        raise K8sError(f"{build.directory}/service.json: the secret server verifies quotes "
-                       "against collateral from a PCCS: set [deploy] pccs_url in the spec and "
-                       "rebuild, or pass --pccs-url")
+        raise K8sError(
+            f"{build.directory}/service.json: the secret server verifies quotes "
+            "against collateral from a PCCS: set [deploy] pccs_url in the spec and "
+            "rebuild, or pass --pccs-url"
+        )
     config = SecretsConfig(
         Path(CONFIG_DIR) / SECRETS_FILE,
-        ServerSettings("0.0.0.0", PORT, Path(os.path.relpath(f"{TLS_DIR}/tls.crt", CONFIG_DIR)),
-                       Path(os.path.relpath(f"{TLS_DIR}/tls.key", CONFIG_DIR)), audit_log="-",
-                       processes=PROCESSES),
+        ServerSettings(
+            "0.0.0.0",
+            PORT,
+            Path(os.path.relpath(f"{TLS_DIR}/tls.crt", CONFIG_DIR)),
+            Path(os.path.relpath(f"{TLS_DIR}/tls.key", CONFIG_DIR)),
+            audit_log="-",
+            processes=PROCESSES,
+        ),
         AttestationSettings(None, None, info.deploy.pccs_url),
-        (measurements_file,), tuple(rules))
+        (measurements_file,),
+        tuple(rules),
+    )
     text = config.to_toml(
         "secrets.toml of the in-cluster secret server, written by `enclave-build k8s` from the "
         "build's\nsecrets-policy.toml. Paths are relative to this file "
         f"({CONFIG_DIR}); key files and the TLS\ncertificate are mounted from Secrets the "
-        "operator supplies.")
+        "operator supplies."
+    )
     _check_loads(text, measurements_file, build.measurements_text, [r.name for r in rules])
     return text
 
 
-def _check_loads(text: str, measurements_file: str, measurements: str,
-                 key_names: list[str]) -> None:
+def _check_loads(
+    text: str, measurements_file: str, measurements: str, key_names: list[str]
+) -> None:
     """Load *text* with the secret server's own loader and policy, laid out as in the pod
     (placeholder key and certificate files in a private temporary tree)."""
     from enclave_build.attestation.config import ConfigError, load_config
@@ -232,10 +274,15 @@ def _check_loads(text: str, measurements_file: str, measurements: str,
 
 def config_map(build: BuildOutput, toml_text: str) -> Obj:
     n = names(build)
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": metadata(build.service, n.config, COMPONENT),
-            "data": {SECRETS_FILE: toml_text,
-                     f"{build.service.service}.measurements.json": build.measurements_text}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(build.service, n.config, COMPONENT),
+        "data": {
+            SECRETS_FILE: toml_text,
+            f"{build.service.service}.measurements.json": build.measurements_text,
+        },
+    }
 
 
 def deployment(build: BuildOutput, toml_text: str) -> Obj:
@@ -243,21 +290,32 @@ def deployment(build: BuildOutput, toml_text: str) -> Obj:
     n = names(build)
     image = info.deploy.secret_server_image
     if not image:
-        raise K8sError(f"{build.directory}/service.json: the service fetches keys, so a secret "
-                       "server is deployed; set [deploy] secret_server_image in the spec (an "
-                       "image with enclave-build installed) and rebuild, or pass "
-                       "--secret-server-image")
+        raise K8sError(
+            f"{build.directory}/service.json: the service fetches keys, so a secret "
+            "server is deployed; set [deploy] secret_server_image in the spec (an "
+            "image with enclave-build installed) and rebuild, or pass "
+            "--secret-server-image"
+        )
     # Pods restart when the configuration changes (the server also reloads on SIGHUP).
     digest = hashlib.sha256((toml_text + build.measurements_text).encode()).hexdigest()
     probe = {"tcpSocket": {"port": "ra-tls"}}
     container = {
-        "name": "secret-server", "image": image, "imagePullPolicy": "IfNotPresent",
-        "command": ["enclave-build", "secrets", "serve", "--config",
-                    f"{CONFIG_DIR}/{SECRETS_FILE}"],
+        "name": "secret-server",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [
+            "enclave-build",
+            "secrets",
+            "serve",
+            "--config",
+            f"{CONFIG_DIR}/{SECRETS_FILE}",
+        ],
         "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
         "ports": [{"name": "ra-tls", "containerPort": PORT, "protocol": "TCP"}],
-        "resources": {"requests": {"cpu": "250m", "memory": "128Mi"},
-                      "limits": {"cpu": str(PROCESSES), "memory": "512Mi"}},
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "128Mi"},
+            "limits": {"cpu": str(PROCESSES), "memory": "512Mi"},
+        },
         "securityContext": restricted_context(USER, USER),
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
@@ -265,55 +323,83 @@ def deployment(build: BuildOutput, toml_text: str) -> Obj:
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
             {"name": "keys", "mountPath": KEYS_DIR, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"}],
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
     }
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": metadata(info, n.service, COMPONENT),
         "spec": {
             "replicas": info.deploy.secret_server_replicas,
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": selector(info, COMPONENT)},
             "template": {
-                "metadata": {"labels": labels(info, COMPONENT),
-                             "annotations": {f"{ANNOTATION}/config-sha256": digest}},
+                "metadata": {
+                    "labels": labels(info, COMPONENT),
+                    "annotations": {f"{ANNOTATION}/config-sha256": digest},
+                },
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     # Secret files are root-owned; fsGroup lets the server's group read them.
                     "securityContext": pod_context(USER, USER, fs_group=USER),
                     "terminationGracePeriodSeconds": 30,
-                    "topologySpreadConstraints": [{
-                        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                        "whenUnsatisfiable": "ScheduleAnyway",
-                        "labelSelector": {"matchLabels": selector(info, COMPONENT)}}],
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": selector(info, COMPONENT)},
+                        }
+                    ],
                     "containers": [container],
                     "volumes": [
                         {"name": "config", "configMap": {"name": n.config}},
                         {"name": "tls", "secret": {"secretName": n.tls, "defaultMode": 0o440}},
                         {"name": "keys", "secret": {"secretName": n.keys, "defaultMode": 0o440}},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]}}}}
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                    ],
+                },
+            },
+        },
+    }
 
 
 def service(build: BuildOutput) -> Obj:
     n = names(build)
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": metadata(build.service, n.service, COMPONENT),
-            "spec": {"type": "ClusterIP", "selector": selector(build.service, COMPONENT),
-                     "ports": [{"name": "ra-tls", "port": n.port, "targetPort": "ra-tls",
-                                "protocol": "TCP"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(build.service, n.service, COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(build.service, COMPONENT),
+            "ports": [
+                {"name": "ra-tls", "port": n.port, "targetPort": "ra-tls", "protocol": "TCP"}
+            ],
+        },
+    }
 
 
 def network_policy(build: BuildOutput) -> Obj:
     info = build.service
     n = names(build)
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": metadata(info, n.service, COMPONENT),
-            "spec": {"podSelector": {"matchLabels": selector(info, COMPONENT)},
-                     "policyTypes": ["Ingress"],
-                     "ingress": [{"from": [{"podSelector": {
-                         "matchLabels": selector(info, "model-server")}}],
-                         "ports": [{"port": "ra-tls", "protocol": "TCP"}]}]}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(info, n.service, COMPONENT),
+        "spec": {
+            "podSelector": {"matchLabels": selector(info, COMPONENT)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": selector(info, "model-server")}}],
+                    "ports": [{"port": "ra-tls", "protocol": "TCP"}],
+                }
+            ],
+        },
+    }
 
 
 def pdb(build: BuildOutput) -> Obj:

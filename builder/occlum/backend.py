@@ -87,14 +87,21 @@ import shlex
 import shutil
 import stat
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from enclave_build.contract.identity import mr_signer_of
 from enclave_build.contract.names import OCCLUM_IMAGE_ENV
-from enclave_build.plugin import (ArtifactFile, BuildOptions, EnclaveIdentity, LibOSArtifacts,
-                                  PendingSignature, ServicePlan)
+from enclave_build.plugin import (
+    ArtifactFile,
+    BuildOptions,
+    EnclaveIdentity,
+    LibOSArtifacts,
+    PendingSignature,
+    ServicePlan,
+)
 
 from ..errors import EnclaveBuildError
 from ..rootfs import RootFS, RootFSError
@@ -114,9 +121,9 @@ STAGE = "/eb/stage"
 CONFIG = "/eb/config"
 SECRETS = "/eb/secrets"
 WORK = "/eb/work"
-INSTANCE = "instance"                  # the instance directory under WORK
-PACKAGE = "occlum_instance"            # `occlum package NAME` -> NAME.tar.gz, top dir NAME/
-ENCLAVE_DIR = "/enclave"               # where the instance lives in the runtime image
+INSTANCE = "instance"  # the instance directory under WORK
+PACKAGE = "occlum_instance"  # `occlum package NAME` -> NAME.tar.gz, top dir NAME/
+ENCLAVE_DIR = "/enclave"  # where the instance lives in the runtime image
 OCCLUM = "/opt/occlum/build/bin/occlum"  # in the runtime base (occlum-runtime package)
 SIGNED_ENCLAVE = "build/lib/libocclum-libos.signed.so"
 #: How long the sign tool waits for the builder's answer, in seconds.
@@ -171,13 +178,21 @@ esac
 """
 
 
-def driver_script(*, init_ra: bool, build_flags: list[str], debug: bool,
-                  has_init_ra_conf: bool) -> str:
+def driver_script(
+    *, init_ra: bool, build_flags: list[str], debug: bool, has_init_ra_conf: bool
+) -> str:
     """The bash script the container runs: one ``step`` line before each step."""
     q = shlex.join
     new = ["occlum", "new", INSTANCE] + (["--init-ra", "grpc_ratls"] if init_ra else [])
-    bom = ["copy_bom", "-f", f"{CONFIG}/bom.yaml", "--root", "image",
-           "--include-dir", "/opt/occlum/etc/template"]
+    bom = [
+        "copy_bom",
+        "-f",
+        f"{CONFIG}/bom.yaml",
+        "--root",
+        "image",
+        "--include-dir",
+        "/opt/occlum/etc/template",
+    ]
     build = ["occlum", "build", "--sign-tool", f"{CONFIG}/sign-tool"] + build_flags
     package = ["occlum", "package"] + (["--debug"] if debug else []) + [PACKAGE]
     lines = [
@@ -185,7 +200,8 @@ def driver_script(*, init_ra: bool, build_flags: list[str], debug: bool,
         'step() { printf "@@enclave-build step %s\\n" "$1"; }',
         'if [ -n "${EB_OWNER:-}" ]; then trap \'chown -R "$EB_OWNER" /eb/work || true\' EXIT; fi',
         f"cd {WORK}",
-        "step 'occlum new'", q(new),
+        "step 'occlum new'",
+        q(new),
         f"cd {INSTANCE}",
         "step 'configure'",
         f"cp {CONFIG}/Occlum.json Occlum.json",
@@ -193,13 +209,16 @@ def driver_script(*, init_ra: bool, build_flags: list[str], debug: bool,
     if has_init_ra_conf:
         lines.append(f"cp {CONFIG}/init_ra_conf.json init_ra_conf.json")
     lines += [
-        "step 'copy_bom'", q(bom),
-        "step 'occlum build'", q(build),
+        "step 'copy_bom'",
+        q(bom),
+        "step 'occlum build'",
+        q(build),
         f'if [ ! -f {SIGNED_ENCLAVE} ]; then printf "@@enclave-build pending\\n"; exit 0; fi',
         "step 'occlum print'",
         f"occlum print mrenclave > {WORK}/mrenclave",
         f"occlum print mrsigner > {WORK}/mrsigner",
-        "step 'occlum package'", q(package),
+        "step 'occlum package'",
+        q(package),
         "",
     ]
     return "\n".join(lines)
@@ -207,12 +226,12 @@ def driver_script(*, init_ra: bool, build_flags: list[str], debug: bool,
 
 # --- signing exchange ------------------------------------------------------------------------
 
-SIGNING_DATA_SIZE = 256   # SIGSTRUCT header (0x000-0x080) + body (0x384-0x404)
+SIGNING_DATA_SIZE = 256  # SIGSTRUCT header (0x000-0x080) + body (0x384-0x404)
 _BODY = 128
-_ATTRIBUTES = _BODY + 0x1C      # SIGSTRUCT 0x3A0
-_ENCLAVE_HASH = _BODY + 0x3C    # SIGSTRUCT 0x3C0
-_ISV_PROD_ID = _BODY + 0x7C     # SIGSTRUCT 0x400
-_ISV_SVN = _BODY + 0x7E         # SIGSTRUCT 0x402
+_ATTRIBUTES = _BODY + 0x1C  # SIGSTRUCT 0x3A0
+_ENCLAVE_HASH = _BODY + 0x3C  # SIGSTRUCT 0x3C0
+_ISV_PROD_ID = _BODY + 0x7C  # SIGSTRUCT 0x400
+_ISV_SVN = _BODY + 0x7E  # SIGSTRUCT 0x402
 _FLAG_DEBUG = 0x2
 
 
@@ -227,16 +246,21 @@ class SigningData:
     debug: bool
 
     @classmethod
-    def parse(cls, raw: bytes) -> "SigningData":
+    def parse(cls, raw: bytes) -> SigningData:
         if len(raw) != SIGNING_DATA_SIZE:
-            raise OcclumBuildError(f"sgx_sign gendata wrote {len(raw)} bytes to sign; the SGX "
-                                   f"signing data is {SIGNING_DATA_SIZE} (SIGSTRUCT header and "
-                                   "body)")
-        flags = int.from_bytes(raw[_ATTRIBUTES:_ATTRIBUTES + 8], "little")
-        return cls(raw, raw[_ENCLAVE_HASH:_ENCLAVE_HASH + 32].hex(),
-                   int.from_bytes(raw[_ISV_PROD_ID:_ISV_PROD_ID + 2], "little"),
-                   int.from_bytes(raw[_ISV_SVN:_ISV_SVN + 2], "little"),
-                   bool(flags & _FLAG_DEBUG))
+            raise OcclumBuildError(
+                f"sgx_sign gendata wrote {len(raw)} bytes to sign; the SGX "
+                f"signing data is {SIGNING_DATA_SIZE} (SIGSTRUCT header and "
+                "body)"
+            )
+        flags = int.from_bytes(raw[_ATTRIBUTES : _ATTRIBUTES + 8], "little")
+        return cls(
+            raw,
+            raw[_ENCLAVE_HASH : _ENCLAVE_HASH + 32].hex(),
+            int.from_bytes(raw[_ISV_PROD_ID : _ISV_PROD_ID + 2], "little"),
+            int.from_bytes(raw[_ISV_SVN : _ISV_SVN + 2], "little"),
+            bool(flags & _FLAG_DEBUG),
+        )
 
 
 @dataclass
@@ -282,11 +306,13 @@ def _public_pem(modulus: int, exponent: int) -> bytes:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.RSAPublicNumbers(exponent, modulus).public_key()
-    return key.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 # --- inputs ----------------------------------------------------------------------------------
+
 
 def build_image(plan: ServicePlan) -> str:
     """The Occlum toolchain image: $ENCLAVE_BUILD_OCCLUM_IMAGE (the operator's override), else
@@ -303,18 +329,21 @@ def check_runtime_base(plan: ServicePlan, rootfs: RootFS) -> None:
     if missing:
         raise OcclumBuildError(
             f"{where}: the base image {rootfs} has no {' or '.join(missing)}: with "
-            f"libos = \"occlum\" the image is assembled on it and runs `occlum run`, so it must "
+            f'libos = "occlum" the image is assembled on it and runs `occlum run`, so it must '
             f"be an Occlum runtime base with your runtimes, e.g. FROM {RUNTIME_BASE_EXAMPLE} "
             "plus the framework's interpreter and packages (a framework's default base is a "
             "Gramine one; for enclave-build's Python model server: `enclave-build base build "
-            f"occlum-python`, then [image] base = \"docker-daemon:{PYTHON_RUNTIME_BASE}\")")
+            f'occlum-python`, then [image] base = "docker-daemon:{PYTHON_RUNTIME_BASE}")'
+        )
     if not rootfs.exists(plan.entrypoint):
-        raise OcclumBuildError(f"{where}: the base image {rootfs} has no {plan.entrypoint}, "
-                               f"the {plan.framework} service's program; copy_bom takes it "
-                               "from there, so the Occlum runtime base must hold the "
-                               "framework's runtimes too (an Occlum runtime image alone has "
-                               "none; for enclave-build's Python model server: "
-                               "`enclave-build base build occlum-python`)")
+        raise OcclumBuildError(
+            f"{where}: the base image {rootfs} has no {plan.entrypoint}, "
+            f"the {plan.framework} service's program; copy_bom takes it "
+            "from there, so the Occlum runtime base must hold the "
+            "framework's runtimes too (an Occlum runtime image alone has "
+            "none; for enclave-build's Python model server: "
+            "`enclave-build base build occlum-python`)"
+        )
 
 
 def stage_plan_files(plan: ServicePlan, stage: Path, generated: tuple[Any, ...] = ()) -> None:
@@ -342,6 +371,7 @@ def stage_plan_files(plan: ServicePlan, stage: Path, generated: tuple[Any, ...] 
 
 # --- outputs ---------------------------------------------------------------------------------
 
+
 def read_measurement(path: Path, what: str) -> str:
     try:
         text = path.read_text(encoding="ascii", errors="replace").strip().lower()
@@ -364,8 +394,9 @@ def package_files(package: Path, unpack: Path, rootfs: RootFS) -> list[ArtifactF
     try:
         archive = tarfile.open(package, "r:gz")
     except (OSError, tarfile.TarError) as exc:
-        raise OcclumBuildError(f"`occlum package` made no readable {package.name} ({exc})") \
-            from None
+        raise OcclumBuildError(
+            f"`occlum package` made no readable {package.name} ({exc})"
+        ) from None
     with archive:
         for member in archive:
             name = posixpath.normpath(member.name)
@@ -373,7 +404,7 @@ def package_files(package: Path, unpack: Path, rootfs: RootFS) -> list[ArtifactF
                 continue
             if not name.startswith(top) or ".." in name.split("/"):
                 raise OcclumBuildError(f"{package.name}: {member.name!r} is outside {top}")
-            rel = name[len(top):]
+            rel = name[len(top) :]
             if rel == "run" or rel.startswith("run/"):
                 continue
             if member.isdir():
@@ -389,11 +420,16 @@ def package_files(package: Path, unpack: Path, rootfs: RootFS) -> list[ArtifactF
                     shutil.copyfileobj(source, out)
                 regular[rel] = (target, member.mode & 0o755 | 0o400)
             else:
-                raise OcclumBuildError(f"{package.name}: {member.name!r} is neither a file, a "
-                                       "directory nor a symbolic link")
-    files = [ArtifactFile(f"{ENCLAVE_DIR}/{rel}", source=path, mode=mode,
-                          writable=rel == ".__occlum_status")
-             for rel, (path, mode) in sorted(regular.items())]
+                raise OcclumBuildError(
+                    f"{package.name}: {member.name!r} is neither a file, a "
+                    "directory nor a symbolic link"
+                )
+    files = [
+        ArtifactFile(
+            f"{ENCLAVE_DIR}/{rel}", source=path, mode=mode, writable=rel == ".__occlum_status"
+        )
+        for rel, (path, mode) in sorted(regular.items())
+    ]
     for rel, link in sorted(links.items()):
         path, mode = _resolve_link(rel, link, regular, links, rootfs, package.name)
         files.append(ArtifactFile(f"{ENCLAVE_DIR}/{rel}", source=path, mode=mode))
@@ -402,8 +438,14 @@ def package_files(package: Path, unpack: Path, rootfs: RootFS) -> list[ArtifactF
     return files
 
 
-def _resolve_link(rel: str, link: str, regular: dict[str, tuple[Path, int]],
-                  links: dict[str, str], rootfs: RootFS, what: str) -> tuple[Path, int]:
+def _resolve_link(
+    rel: str,
+    link: str,
+    regular: dict[str, tuple[Path, int]],
+    links: dict[str, str],
+    rootfs: RootFS,
+    what: str,
+) -> tuple[Path, int]:
     seen = {rel}
     current, target = rel, link
     while True:
@@ -416,7 +458,8 @@ def _resolve_link(rel: str, link: str, regular: dict[str, tuple[Path, int]],
             if st is None or not stat.S_ISREG(st.st_mode):
                 raise OcclumBuildError(
                     f"{what}: {rel} links to {target}, which the runtime base ({rootfs}) does "
-                    f"not have: use an Occlum runtime base (e.g. FROM {RUNTIME_BASE_EXAMPLE})")
+                    f"not have: use an Occlum runtime base (e.g. FROM {RUNTIME_BASE_EXAMPLE})"
+                )
             return rootfs.host_path(inner), stat.S_IMODE(st.st_mode) & 0o755 | 0o400
         joined = posixpath.normpath(posixpath.join(posixpath.dirname(current), target))
         if joined.startswith("../") or joined == "..":
@@ -430,8 +473,9 @@ def _resolve_link(rel: str, link: str, regular: dict[str, tuple[Path, int]],
         raise OcclumBuildError(f"{what}: {rel} links to {link}, which is not in the package")
 
 
-def entrypoint(plan: ServicePlan, entry_points: tuple[str, ...],
-               program: str | None = None) -> tuple[str, ...]:
+def entrypoint(
+    plan: ServicePlan, entry_points: tuple[str, ...], program: str | None = None
+) -> tuple[str, ...]:
     """``occlum run PROGRAM ARGS`` from the instance directory (the image's working directory,
     /enclave), after creating the run/ directories Occlum writes at start. PROGRAM and ARGS
     are positional parameters of the fixed script, never part of it. *program*: the
@@ -439,23 +483,28 @@ def entrypoint(plan: ServicePlan, entry_points: tuple[str, ...],
     gets no arguments); default the plan's entrypoint with the plan's arguments."""
     args = list(plan.argv[1:]) if program in (None, plan.entrypoint) else []
     program = program or plan.entrypoint
-    if entry_points and not any(program == p or program.startswith(p.rstrip("/") + "/")
-                                for p in entry_points):
-        raise OcclumBuildError(f"the entrypoint {program} is under none of Occlum.json's "
-                               f"entry_points ({', '.join(entry_points)})")
-    script = ('mkdir -p run/mount/__ROOT run/initfs/__ROOT && '
-              f'exec {OCCLUM} run "$@"')
+    if entry_points and not any(
+        program == p or program.startswith(p.rstrip("/") + "/") for p in entry_points
+    ):
+        raise OcclumBuildError(
+            f"the entrypoint {program} is under none of Occlum.json's "
+            f"entry_points ({', '.join(entry_points)})"
+        )
+    script = f'mkdir -p run/mount/__ROOT run/initfs/__ROOT && exec {OCCLUM} run "$@"'
     return ("/bin/sh", "-c", script, "occlum-run", program, *args)
 
 
 # --- the backend -----------------------------------------------------------------------------
 
+
 def _hint(image: str, plan: ServicePlan) -> str:
     spec = plan.origin.source if plan.origin else "spec.toml"
-    return (f"  docker pull {image}\n  enclave-build build {spec}   # again, with the options "
-            "you gave\n"
-            f"(another Occlum 0.31 toolchain image: [occlum] build_image, or "
-            f"{BUILD_IMAGE_ENV}=IMAGE)")
+    return (
+        f"  docker pull {image}\n  enclave-build build {spec}   # again, with the options "
+        "you gave\n"
+        f"(another Occlum 0.31 toolchain image: [occlum] build_image, or "
+        f"{BUILD_IMAGE_ENV}=IMAGE)"
+    )
 
 
 def _line_sink(progress: Any) -> Callable[[str], None]:
@@ -479,8 +528,12 @@ def _stages(progress: Any) -> Callable[[str], None]:
             current.pop()(1)
         if step:
             description = f"occlum: {step}"
-            current.append(progress.task(description, 1, unit="step") if counts_steps
-                           else progress.task(description, 1))
+            current.append(
+                progress.task(description, 1, unit="step")
+                if counts_steps
+                else progress.task(description, 1)
+            )
+
     return start
 
 
@@ -488,14 +541,14 @@ def _stages(progress: Any) -> Callable[[str], None]:
 class Workspace:
     """The private directories of one build (under the pipeline's staging directory, 0700)."""
 
-    stage: Path      # -> STAGE: the plan's files by destination
-    config: Path     # -> CONFIG: Occlum.json, bom.yaml, init_ra_conf.json, our scripts
-    secrets: Path    # -> SECRETS: the image key (bound only when the image is encrypted)
-    work: Path       # -> WORK (read-write): the instance, the package, the signing exchange
-    package: Path    # the package unpacked (host only)
+    stage: Path  # -> STAGE: the plan's files by destination
+    config: Path  # -> CONFIG: Occlum.json, bom.yaml, init_ra_conf.json, our scripts
+    secrets: Path  # -> SECRETS: the image key (bound only when the image is encrypted)
+    work: Path  # -> WORK (read-write): the instance, the package, the signing exchange
+    package: Path  # the package unpacked (host only)
 
     @classmethod
-    def create(cls, top: Path) -> "Workspace":
+    def create(cls, top: Path) -> Workspace:
         paths = {name: top / name for name in ("stage", "config", "secrets", "work", "package")}
         for path in paths.values():
             path.mkdir(parents=True, mode=0o700)
@@ -504,11 +557,15 @@ class Workspace:
 
 
 def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArtifacts:
-    from .render import ROOTFS as RENDER_ROOTFS, STAGE as RENDER_STAGE, OcclumOptions, render
+    from .render import ROOTFS as RENDER_ROOTFS
+    from .render import STAGE as RENDER_STAGE
+    from .render import OcclumOptions, render
 
     if (RENDER_ROOTFS, RENDER_STAGE) != (ROOTFS, STAGE):
-        raise OcclumBuildError(f"internal: the renderer expects {RENDER_ROOTFS} and "
-                               f"{RENDER_STAGE}, the container binds {ROOTFS} and {STAGE}")
+        raise OcclumBuildError(
+            f"internal: the renderer expects {RENDER_ROOTFS} and "
+            f"{RENDER_STAGE}, the container binds {ROOTFS} and {STAGE}"
+        )
     if options.staging is None:
         raise OcclumBuildError("internal: the Occlum backend needs a staging directory")
     check_runtime_base(plan, rootfs)
@@ -523,15 +580,22 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
     container.ensure_image(client, image, hint, options.progress.task)
     exchange = SignExchange(space.work / "sign", options.signer)
     stage = _stages(options.progress)
-    outcome = container.run_job(client, job, _line_sink(options.progress), exchange.handle,
-                                on_step=stage)
+    outcome = container.run_job(
+        client, job, _line_sink(options.progress), exchange.handle, on_step=stage
+    )
     container.raise_for_outcome(outcome, image)
     stage("")
     return collect(plan, config, rootfs, space, exchange, outcome)
 
 
-def prepare_job(plan: ServicePlan, config: Any, rootfs: RootFS, space: Workspace, image: str,
-                wrap_keys: dict[str, bytes]) -> container.ContainerJob:
+def prepare_job(
+    plan: ServicePlan,
+    config: Any,
+    rootfs: RootFS,
+    space: Workspace,
+    image: str,
+    wrap_keys: dict[str, bytes],
+) -> container.ContainerJob:
     """Write the configuration, scripts and (when encrypting) the image key; the job to run."""
     from .init_ra import image_key_text
 
@@ -540,8 +604,9 @@ def prepare_job(plan: ServicePlan, config: Any, rootfs: RootFS, space: Workspace
     if config.image_key is not None:
         key = wrap_keys.get(config.image_key)
         if key is None or len(key) != 16:
-            raise OcclumBuildError(f"no 16-byte wrap key {config.image_key!r} was loaded for "
-                                   "the image")
+            raise OcclumBuildError(
+                f"no 16-byte wrap key {config.image_key!r} was loaded for the image"
+            )
         fd = os.open(space.secrets / "image_key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(image_key_text(key))
@@ -554,68 +619,97 @@ def prepare_job(plan: ServicePlan, config: Any, rootfs: RootFS, space: Workspace
     (conf / "bom.yaml").write_bytes(config.bom_yaml)
     if config.init_ra_conf is not None:
         (conf / "init_ra_conf.json").write_bytes(config.init_ra_conf)
-    (conf / "driver.sh").write_text(driver_script(
-        init_ra=config.init_ra_conf is not None, build_flags=build_flags,
-        debug=plan.enclave.debug, has_init_ra_conf=config.init_ra_conf is not None))
+    (conf / "driver.sh").write_text(
+        driver_script(
+            init_ra=config.init_ra_conf is not None,
+            build_flags=build_flags,
+            debug=plan.enclave.debug,
+            has_init_ra_conf=config.init_ra_conf is not None,
+        )
+    )
     (conf / "sign-tool").write_text(SIGN_TOOL)
     for name in os.listdir(conf):
         os.chmod(conf / name, 0o755 if name in ("driver.sh", "sign-tool") else 0o644)
     os.chmod(conf, 0o755)
 
-    binds = [container.Bind(rootfs.root, ROOTFS), container.Bind(space.stage, STAGE),
-             container.Bind(conf, CONFIG), container.Bind(space.work, WORK, read_only=False)]
+    binds = [
+        container.Bind(rootfs.root, ROOTFS),
+        container.Bind(space.stage, STAGE),
+        container.Bind(conf, CONFIG),
+        container.Bind(space.work, WORK, read_only=False),
+    ]
     if config.image_key is not None:
         binds.append(container.Bind(space.secrets, SECRETS))
     env = {"EB_SIGN_TIMEOUT": str(SIGN_TIMEOUT)}
     if os.getuid() != 0:  # files the container's root makes must stay removable by us
         env["EB_OWNER"] = f"{os.getuid()}:{os.getgid()}"
-    return container.ContainerJob(image, ("/bin/bash", f"{CONFIG}/driver.sh"), tuple(binds),
-                                  env, working_dir=WORK)
+    return container.ContainerJob(
+        image, ("/bin/bash", f"{CONFIG}/driver.sh"), tuple(binds), env, working_dir=WORK
+    )
 
 
-def collect(plan: ServicePlan, config: Any, rootfs: RootFS, space: Workspace,
-            exchange: SignExchange, outcome: container.JobOutcome) -> LibOSArtifacts:
+def collect(
+    plan: ServicePlan,
+    config: Any,
+    rootfs: RootFS,
+    space: Workspace,
+    exchange: SignExchange,
+    outcome: container.JobOutcome,
+) -> LibOSArtifacts:
     """The artifacts of a finished container run: checked measurements and the package's
     files, or the pending signature of external signing's step one."""
     if exchange.data is None:
-        raise OcclumBuildError("`occlum build` never asked to sign the enclave (was the "
-                               "--sign-tool ignored?)")
+        raise OcclumBuildError(
+            "`occlum build` never asked to sign the enclave (was the --sign-tool ignored?)"
+        )
     data = exchange.data
     _check_signed_body(plan, data)
     if exchange.pending:
         if ("pending", "") not in outcome.events:
             raise OcclumBuildError("the enclave was left unsigned, but the build went on")
-        return LibOSArtifacts("occlum", (), (), None,
-                              PendingSignature(data.mr_enclave, data.raw),
-                              manifest=config.occlum_json)
+        return LibOSArtifacts(
+            "occlum",
+            (),
+            (),
+            None,
+            PendingSignature(data.mr_enclave, data.raw),
+            manifest=config.occlum_json,
+        )
     mr_enclave = read_measurement(space.work / "mrenclave", "mrenclave")
     mr_signer = read_measurement(space.work / "mrsigner", "mrsigner")
     if mr_enclave != data.mr_enclave:
-        raise OcclumBuildError(f"`occlum print mrenclave` says {mr_enclave}, but the enclave "
-                               f"signed was {data.mr_enclave}")
+        raise OcclumBuildError(
+            f"`occlum print mrenclave` says {mr_enclave}, but the enclave "
+            f"signed was {data.mr_enclave}"
+        )
     if mr_signer != exchange.mr_signer:
-        raise OcclumBuildError(f"`occlum print mrsigner` says {mr_signer}, but the enclave was "
-                               f"signed by {exchange.mr_signer}")
+        raise OcclumBuildError(
+            f"`occlum print mrsigner` says {mr_signer}, but the enclave was "
+            f"signed by {exchange.mr_signer}"
+        )
     files = package_files(space.work / INSTANCE / f"{PACKAGE}.tar.gz", space.package, rootfs)
-    identity = EnclaveIdentity(mr_enclave, mr_signer, data.isv_prod_id, data.isv_svn,
-                               data.debug)
+    identity = EnclaveIdentity(mr_enclave, mr_signer, data.isv_prod_id, data.isv_svn, data.debug)
     from .configure import releases
 
-    return LibOSArtifacts("occlum", tuple(files), entrypoint(plan, tuple(config.entry_points),
-                                                         config.program or None),
-                          identity, manifest=config.occlum_json,
-                          releases=releases(config.kms_keys))
+    return LibOSArtifacts(
+        "occlum",
+        tuple(files),
+        entrypoint(plan, tuple(config.entry_points), config.program or None),
+        identity,
+        manifest=config.occlum_json,
+        releases=releases(config.kms_keys),
+    )
 
 
 def _check_signed_body(plan: ServicePlan, data: SigningData) -> None:
     problems = []
     if data.isv_prod_id != plan.enclave.isv_prod_id:
-        problems.append(f"ISV_PROD_ID {data.isv_prod_id} (the plan has "
-                        f"{plan.enclave.isv_prod_id})")
+        problems.append(f"ISV_PROD_ID {data.isv_prod_id} (the plan has {plan.enclave.isv_prod_id})")
     if data.isv_svn != plan.enclave.isv_svn:
         problems.append(f"ISV_SVN {data.isv_svn} (the plan has {plan.enclave.isv_svn})")
     if data.debug != plan.enclave.debug:
         problems.append(f"DEBUG {data.debug} (the plan has {plan.enclave.debug})")
     if problems:
-        raise OcclumBuildError("the enclave Occlum built is not the one planned: "
-                               + "; ".join(problems))
+        raise OcclumBuildError(
+            "the enclave Occlum built is not the one planned: " + "; ".join(problems)
+        )

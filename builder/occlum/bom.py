@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..elf import LoaderView, closure
 from ..errors import EnclaveBuildError
@@ -41,8 +41,14 @@ from ..rootfs import RootFS, RootFSError
 from .occlum_json import FRAMEWORK_KEY, OCCLUM_GLIBC_LIB, OcclumConfigError, locate
 
 #: Occlum's glibc replaces these; `occlum new` copies the first four into the image.
-GLIBC_CORE = ("ld-linux-x86-64.so.2", "libc.so.6", "libpthread.so.0", "libm.so.6",
-              "libdl.so.2", "librt.so.1")
+GLIBC_CORE = (
+    "ld-linux-x86-64.so.2",
+    "libc.so.6",
+    "libpthread.so.0",
+    "libm.so.6",
+    "libdl.so.2",
+    "librt.so.1",
+)
 GLIBC_FROM_CONTAINER = ("libdl.so.2", "librt.so.1")
 #: Written by Occlum at start (fs_ops/mount.rs write_host_file).
 OCCLUM_WRITES = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
@@ -92,8 +98,11 @@ def _check_name(plan: ServicePlan, dest: str, source: Path | None) -> None:
             problem = "has a '$', which copy_bom expands as an environment variable"
     if problem:
         what = f"{str(source)!r} (image path {dest!r})" if source is not None else repr(dest)
-        raise OcclumConfigError(locate(plan, "models"), f"{what}: the name {problem}; Occlum's "
-                                "copy_bom cannot copy it as named: rename the file")
+        raise OcclumConfigError(
+            locate(plan, "models"),
+            f"{what}: the name {problem}; Occlum's "
+            "copy_bom cannot copy it as named: rename the file",
+        )
 
 
 def staged_files(plan: ServicePlan) -> list[StagedFile]:
@@ -107,9 +116,12 @@ def staged_files(plan: ServicePlan) -> list[StagedFile]:
         _check_name(plan, dest, source)
         if dest in seen:
             first = seen[dest] or "generated content"
-            raise OcclumConfigError(locate(plan, "models"), f"{dest} is added twice (from "
-                                    f"{first} and from {source or 'generated content'}); each "
-                                    "image path can hold one file")
+            raise OcclumConfigError(
+                locate(plan, "models"),
+                f"{dest} is added twice (from "
+                f"{first} and from {source or 'generated content'}); each "
+                "image path can hold one file",
+            )
         seen[dest] = source
         out.append(StagedFile(dest, source, data, mode, sha256_of(data, source)))
 
@@ -159,24 +171,32 @@ def _expand(rootfs: RootFS, paths: Iterable[str], strict: bool, plan: ServicePla
         st = rootfs.stat(inner)
         if st is None:
             if strict:
-                raise OcclumConfigError(locate(plan, FRAMEWORK_KEY), f"{inner} is not in the base "
-                                      f"image ({rootfs})")
+                raise OcclumConfigError(
+                    locate(plan, FRAMEWORK_KEY), f"{inner} is not in the base image ({rootfs})"
+                )
             continue
         if stat.S_ISDIR(st.st_mode):
             out += _walk(rootfs, inner)
         elif stat.S_ISREG(st.st_mode):
             out.append(inner)
         elif strict:  # a FIFO or device node would block copy_bom (and the ELF reader)
-            raise OcclumConfigError(locate(plan, FRAMEWORK_KEY), f"{inner} in the base image "
-                                    f"({rootfs}) is not a regular file or directory "
-                                    f"({_kind(st.st_mode)}); only files can be copied into "
-                                    "the enclave image")
+            raise OcclumConfigError(
+                locate(plan, FRAMEWORK_KEY),
+                f"{inner} in the base image "
+                f"({rootfs}) is not a regular file or directory "
+                f"({_kind(st.st_mode)}); only files can be copied into "
+                "the enclave image",
+            )
     return out
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return f"mode {mode:o}"
@@ -187,8 +207,10 @@ def rootfs_files(plan: ServicePlan, rootfs: RootFS | None, skip: set[str]) -> li
     needs_rootfs = plan.python is not None or plan.trusted_if_present
     if rootfs is None:
         if needs_rootfs:
-            raise BomError("the Occlum bom of this plan needs the base image's root filesystem "
-                           "(a Python closure or paths trusted when present)")
+            raise BomError(
+                "the Occlum bom of this plan needs the base image's root filesystem "
+                "(a Python closure or paths trusted when present)"
+            )
         files = [plan.entrypoint] + [p for p in plan.trusted]
         return list(dict.fromkeys(p for p in files if p not in skip))
     files = _expand(rootfs, [plan.entrypoint] + plan.trusted, True, plan)
@@ -196,23 +218,31 @@ def rootfs_files(plan: ServicePlan, rootfs: RootFS | None, skip: set[str]) -> li
         files += python_closure(plan.python, rootfs).files
     files += _expand(rootfs, plan.trusted_if_present, False, plan)
     files += _expand(rootfs, [p for p in plan.allowed if p not in OCCLUM_WRITES], False, plan)
-    library_path = tuple(p for p in plan.env.get("LD_LIBRARY_PATH", "").split(":")
-                         if p.startswith("/"))
+    library_path = tuple(
+        p for p in plan.env.get("LD_LIBRARY_PATH", "").split(":") if p.startswith("/")
+    )
     view = LoaderView(rootfs, {}, library_path)
     entry = closure([plan.entrypoint], view)
     for name, needer in entry.missing:
         if name not in GLIBC_CORE:  # glibc comes from Occlum, not from the base
-            raise OcclumConfigError(locate(plan, FRAMEWORK_KEY),
-                                    f"{needer} needs {name}, which is not in the base image "
-                                    f"({rootfs}); searched: "
-                                    + ", ".join(library_path + view.default_dirs))
+            raise OcclumConfigError(
+                locate(plan, FRAMEWORK_KEY),
+                f"{needer} needs {name}, which is not in the base image "
+                f"({rootfs}); searched: " + ", ".join(library_path + view.default_dirs),
+            )
     rest = closure(files, view)
     files += list(entry.libraries) + list(rest.libraries)
     return list(dict.fromkeys(p for p in files if p not in skip))
 
 
-def bom(plan: ServicePlan, rootfs: RootFS | None, stage: str, rootfs_dir: str,
-        mount_targets: list[str], extra: Iterable[StagedFile] = ()) -> dict[str, Any]:
+def bom(
+    plan: ServicePlan,
+    rootfs: RootFS | None,
+    stage: str,
+    rootfs_dir: str,
+    mount_targets: list[str],
+    extra: Iterable[StagedFile] = (),
+) -> dict[str, Any]:
     """The copy_bom document (a dict in copy_bom's ``Bom`` shape). *extra*: files the renderer
     generates (the launcher), staged and copied like the plan's."""
     groups: dict[tuple[str, str], list[Any]] = {}
@@ -222,8 +252,11 @@ def bom(plan: ServicePlan, rootfs: RootFS | None, stage: str, rootfs_dir: str,
 
     staged = plan_files(plan) + [(f.dest, f.sha256) for f in extra]
     for dest, digest in staged:
-        add(posixpath.dirname(dest), stage + posixpath.dirname(dest),
-            {"name": posixpath.basename(dest), "hash": digest, "autodep": False})
+        add(
+            posixpath.dirname(dest),
+            stage + posixpath.dirname(dest),
+            {"name": posixpath.basename(dest), "hash": digest, "autodep": False},
+        )
     glibc_needed: set[str] = set()
     for path in rootfs_files(plan, rootfs, {d for d, _ in staged}):
         name = posixpath.basename(path)
@@ -244,14 +277,14 @@ def bom(plan: ServicePlan, rootfs: RootFS | None, stage: str, rootfs_dir: str,
     mkdirs = sorted({t.lstrip("/") for t in mount_targets if t.strip("/")})
     if mkdirs:
         targets.append({"target": "/", "mkdirs": mkdirs})
-    for (target, source_dir) in sorted(groups):
-        files = sorted(groups[(target, source_dir)], key=lambda e: (e.get("rename") or e["name"]))
-        targets.append({"target": target or "/",
-                        "copy": [{"from": source_dir, "files": files}]})
+    for target, source_dir in sorted(groups):
+        files = sorted(groups[(target, source_dir)], key=lambda e: e.get("rename") or e["name"])
+        targets.append({"target": target or "/", "copy": [{"from": source_dir, "files": files}]})
     return {"targets": targets}
 
 
 # --- YAML ------------------------------------------------------------------------------------
+
 
 def _scalar(value: Any) -> str:
     if isinstance(value, bool):
@@ -279,7 +312,7 @@ def _emit(value: Any, indent: int, lines: list[str]) -> None:
             if isinstance(item, dict) and item:
                 sub: list[str] = []
                 _emit(item, indent + 2, sub)
-                sub[0] = f"{pad}- " + sub[0][indent + 2:]
+                sub[0] = f"{pad}- " + sub[0][indent + 2 :]
                 lines += sub
             elif isinstance(item, list):
                 raise BomError("nested lists are not used in a bom")

@@ -26,8 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from enclave_build.plugin import (FileKind, ProvisionedKey, SecretRelease, ServicePlan,
-                                  deliver_keys_as_files)
+from enclave_build.plugin import (
+    FileKind,
+    ProvisionedKey,
+    SecretRelease,
+    ServicePlan,
+    deliver_keys_as_files,
+)
 
 from .init_ra import KmsKey
 from .occlum_json import KEYS_DIR, OcclumConfigError
@@ -51,16 +56,22 @@ def configure_plan(plan: ServicePlan) -> None:
         return
     if plan.needs_quote_device:
         where = plan.origin.locate("service.libos") if plan.origin else "service.libos"
-        raise OcclumConfigError(where, f"framework {plan.framework!r} makes its own SGX quotes "
-                                "through Gramine's /dev/attestation, which Occlum does not "
-                                "have: build it with libos = \"gramine\" (Occlum services "
-                                "fetch their keys from it over GrSecret)")
+        raise OcclumConfigError(
+            where,
+            f"framework {plan.framework!r} makes its own SGX quotes "
+            "through Gramine's /dev/attestation, which Occlum does not "
+            'have: build it with libos = "gramine" (Occlum services '
+            "fetch their keys from it over GrSecret)",
+        )
     deliver_keys_as_files(plan, KEYS_DIR)
     if plan.python is not None:
         plan.env["PYTHONNOUSERSITE"] = "1"
     name = image_key_name(plan)
-    if name is not None and plan.secrets is not None \
-            and all(k.name != name for k in plan.secrets.keys):
+    if (
+        name is not None
+        and plan.secrets is not None
+        and all(k.name != name for k in plan.secrets.keys)
+    ):
         plan.secrets.keys.append(ProvisionedKey(name))
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import collections
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import EnclaveBuildError
 
@@ -71,9 +72,9 @@ class ContainerJob:
 
 @dataclass
 class JobOutcome:
-    steps: list[str]                  # the steps started, in order
-    events: list[tuple[str, str]]     # (event, argument) lines other than steps
-    tail: tuple[str, ...]             # the last output lines
+    steps: list[str]  # the steps started, in order
+    events: list[tuple[str, str]]  # (event, argument) lines other than steps
+    tail: tuple[str, ...]  # the last output lines
     exit_code: int
 
 
@@ -90,13 +91,17 @@ def connect(hint: str) -> Any:
         raise EngineUnavailable(
             f"Occlum builds run Occlum's own tools in its container, so they need a Docker "
             f"engine, and none is reachable ({_short(exc)}). Start one (or set DOCKER_HOST to "
-            f"it), then:\n{hint}") from None
+            f"it), then:\n{hint}"
+        ) from None
     return client
 
 
-def ensure_image(client: Any, ref: str, hint: str,
-                 progress: Callable[[str, int | None], Callable[[int], None]] | None = None
-                 ) -> None:
+def ensure_image(
+    client: Any,
+    ref: str,
+    hint: str,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+) -> None:
     """Make sure the engine has *ref*, pulling it when missing (as ``docker run`` would)."""
     from docker.errors import DockerException, ImageNotFound
 
@@ -106,8 +111,7 @@ def ensure_image(client: Any, ref: str, hint: str,
     except ImageNotFound:
         pass
     except DockerException as exc:
-        raise EngineUnavailable(f"cannot ask the Docker engine for {ref} ({_short(exc)})") \
-            from None
+        raise EngineUnavailable(f"cannot ask the Docker engine for {ref} ({_short(exc)})") from None
     advance = progress(f"pulling {ref}", None) if progress else None
     try:
         client.images.pull(ref)  # NAME:TAG or NAME@sha256:... (the SDK splits it)
@@ -116,28 +120,44 @@ def ensure_image(client: Any, ref: str, hint: str,
     except DockerException as exc:
         raise EngineUnavailable(
             f"the Docker engine has no image {ref} and cannot pull it ({_short(exc)}). "
-            f"Make it available, then:\n{hint}") from None
+            f"Make it available, then:\n{hint}"
+        ) from None
 
 
-def run_job(client: Any, job: ContainerJob, on_line: Callable[[str], None],
-            on_event: Callable[[str, str], None],
-            on_step: Callable[[str], None] | None = None) -> JobOutcome:
+def run_job(
+    client: Any,
+    job: ContainerJob,
+    on_line: Callable[[str], None],
+    on_event: Callable[[str, str], None],
+    on_step: Callable[[str], None] | None = None,
+) -> JobOutcome:
     """Run *job* to its end; returns the outcome (the caller decides what a non-zero exit
     means, see :func:`raise_for_outcome`). *on_line* gets output lines, *on_step* step names,
     *on_event* the other messages (it may block: the script waits for its answer)."""
     from docker.errors import DockerException
 
-    volumes = {str(b.host): {"bind": b.target, "mode": "ro" if b.read_only else "rw"}
-               for b in job.binds}
+    volumes = {
+        str(b.host): {"bind": b.target, "mode": "ro" if b.read_only else "rw"} for b in job.binds
+    }
     try:
         container = client.containers.create(
-            job.image, command=list(job.command[1:]), entrypoint=[job.command[0]],
-            volumes=volumes, environment=dict(job.environment), working_dir=job.working_dir,
-            user=job.user, network_disabled=True, detach=True, tty=False, stdin_open=False,
-            labels={"org.enclave-build.role": "occlum-build"})
+            job.image,
+            command=list(job.command[1:]),
+            entrypoint=[job.command[0]],
+            volumes=volumes,
+            environment=dict(job.environment),
+            working_dir=job.working_dir,
+            user=job.user,
+            network_disabled=True,
+            detach=True,
+            tty=False,
+            stdin_open=False,
+            labels={"org.enclave-build.role": "occlum-build"},
+        )
     except DockerException as exc:
-        raise EngineUnavailable(f"cannot create the build container from {job.image} "
-                                f"({_short(exc)})") from None
+        raise EngineUnavailable(
+            f"cannot create the build container from {job.image} ({_short(exc)})"
+        ) from None
     steps: list[str] = []
     events: list[tuple[str, str]] = []
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -145,7 +165,7 @@ def run_job(client: Any, job: ContainerJob, on_line: Callable[[str], None],
     def handle(raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         if line.startswith(MARK):
-            event, _, arg = line[len(MARK):].partition(" ")
+            event, _, arg = line[len(MARK) :].partition(" ")
             if event == "step":
                 steps.append(arg)
                 tail.clear()
@@ -187,9 +207,13 @@ def raise_for_outcome(outcome: JobOutcome, image: str) -> None:
         return
     step = outcome.steps[-1] if outcome.steps else "start-up"
     quoted = "\n".join(f"  | {line}" for line in outcome.tail) or "  | (no output)"
-    raise StepFailed(f"Occlum build step '{step}' failed (exit code {outcome.exit_code}) in "
-                     f"the build container ({image}); its last output:\n{quoted}",
-                     step, outcome.exit_code, outcome.tail)
+    raise StepFailed(
+        f"Occlum build step '{step}' failed (exit code {outcome.exit_code}) in "
+        f"the build container ({image}); its last output:\n{quoted}",
+        step,
+        outcome.exit_code,
+        outcome.tail,
+    )
 
 
 def _short(exc: BaseException) -> str:

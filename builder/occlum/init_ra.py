@@ -35,18 +35,18 @@ from typing import Any
 from enclave_build.contract.secrets_config import hex_dashes
 
 from ..plan import ServicePlan
-from .spec_section import OcclumPlanOptions
 from .rules import IMAGE_KEY_SECRET
+from .spec_section import OcclumPlanOptions
 
 
 @dataclass(frozen=True)
 class KmsKey:
     """One secret Occlum's init fetches at start."""
 
-    secret: str          # the name init asks the server for (GetSecret name)
-    wrap_key: str        # which of the plan's keys (keys_dir/NAME) the server answers with
-    path: str | None     # where init writes it in the enclave; None: the image key (in memory)
-    encoding: str        # "raw" (the 16 key bytes) or "hex-dashes" (init's image-key text)
+    secret: str  # the name init asks the server for (GetSecret name)
+    wrap_key: str  # which of the plan's keys (keys_dir/NAME) the server answers with
+    path: str | None  # where init writes it in the enclave; None: the image key (in memory)
+    encoding: str  # "raw" (the 16 key bytes) or "hex-dashes" (init's image-key text)
 
 
 def image_key_text(key: bytes) -> bytes:
@@ -64,18 +64,29 @@ def ra_config(opts: OcclumPlanOptions) -> dict[str, Any]:
         "verify_isv_svn": "on",
         "verify_config_svn": "off",
         "verify_enclave_debuggable": "on",
-        "sgx_mrs": [{"mr_enclave": s.mr_enclave, "mr_signer": s.mr_signer,
-                     "isv_prod_id": s.isv_prod_id, "isv_svn": s.isv_svn, "config_svn": 0,
-                     "debuggable": s.debug} for s in opts.server_identities],
+        "sgx_mrs": [
+            {
+                "mr_enclave": s.mr_enclave,
+                "mr_signer": s.mr_signer,
+                "isv_prod_id": s.isv_prod_id,
+                "isv_svn": s.isv_svn,
+                "config_svn": 0,
+                "debuggable": s.debug,
+            }
+            for s in opts.server_identities
+        ],
     }
 
 
-def init_ra_conf(plan: ServicePlan, opts: OcclumPlanOptions,
-                 keys: tuple[KmsKey, ...]) -> dict[str, Any]:
+def init_ra_conf(
+    plan: ServicePlan, opts: OcclumPlanOptions, keys: tuple[KmsKey, ...]
+) -> dict[str, Any]:
     assert plan.secrets is not None
-    return {"kms_server": plan.secrets.server,
-            "kms_keys": [{"key": k.secret, "path": k.path} for k in keys if k.path is not None],
-            "ra_config": ra_config(opts)}
+    return {
+        "kms_server": plan.secrets.server,
+        "kms_keys": [{"key": k.secret, "path": k.path} for k in keys if k.path is not None],
+        "ra_config": ra_config(opts),
+    }
 
 
 def kms_keys(plan: ServicePlan, image_key: str | None, keys_dir: str) -> tuple[KmsKey, ...]:

@@ -44,36 +44,48 @@ def python_launcher(plan: ServicePlan) -> StagedFile | None:
     argv = list(plan.argv)
     shebang = f"#!{plan.entrypoint}\n"
     if len(shebang.encode()) > SHEBANG_MAX or any(c in plan.entrypoint for c in " \t\n"):
-        raise OcclumConfigError(locate(plan, FRAMEWORK_KEY), f"the interpreter path "
-                                f"{plan.entrypoint!r} cannot be a script's first line for "
-                                f"Occlum (at most {SHEBANG_MAX - 3} bytes, no spaces)")
+        raise OcclumConfigError(
+            locate(plan, FRAMEWORK_KEY),
+            f"the interpreter path "
+            f"{plan.entrypoint!r} cannot be a script's first line for "
+            f"Occlum (at most {SHEBANG_MAX - 3} bytes, no spaces)",
+        )
     if len(argv) >= 3 and argv[1] == "-m":
         module, args = argv[2], argv[3:]
-        body = (f"ARGS = {_literal(args)}\n"
-                f"MODULE = {module!r}\n"
-                "sys.argv = [MODULE] + ARGS  # runpy puts the module's path in argv[0]\n"
-                "# Not the working directory, which `python -m` would put first: Occlum starts\n"
-                "# processes in \"/\", where a hostfs mount could hold a module of the same\n"
-                "# name as one the server imports. The module comes from PYTHONPATH (measured).\n"
-                "del sys.path[0]  # this launcher's directory\n"
-                "runpy.run_module(MODULE, run_name='__main__', alter_sys=True)\n")
+        body = (
+            f"ARGS = {_literal(args)}\n"
+            f"MODULE = {module!r}\n"
+            "sys.argv = [MODULE] + ARGS  # runpy puts the module's path in argv[0]\n"
+            "# Not the working directory, which `python -m` would put first: Occlum starts\n"
+            '# processes in "/", where a hostfs mount could hold a module of the same\n'
+            "# name as one the server imports. The module comes from PYTHONPATH (measured).\n"
+            "del sys.path[0]  # this launcher's directory\n"
+            "runpy.run_module(MODULE, run_name='__main__', alter_sys=True)\n"
+        )
     elif len(argv) >= 2 and posixpath.isabs(argv[1]):
         script, args = argv[1], argv[2:]
-        body = (f"ARGS = {_literal(args)}\n"
-                f"SCRIPT = {script!r}\n"
-                "sys.argv = [SCRIPT] + ARGS\n"
-                "sys.path[0] = os.path.dirname(SCRIPT)  # as `python SCRIPT` does\n"
-                "runpy.run_path(SCRIPT, run_name='__main__')\n")
+        body = (
+            f"ARGS = {_literal(args)}\n"
+            f"SCRIPT = {script!r}\n"
+            "sys.argv = [SCRIPT] + ARGS\n"
+            "sys.path[0] = os.path.dirname(SCRIPT)  # as `python SCRIPT` does\n"
+            "runpy.run_path(SCRIPT, run_name='__main__')\n"
+        )
     else:
-        raise OcclumConfigError(locate(plan, FRAMEWORK_KEY), f"the command line {argv!r} "
-                                "cannot be fixed for Occlum (which takes the command line from "
-                                "the host): a Python service must run `INTERPRETER -m MODULE "
-                                "ARGS` or `INTERPRETER /SCRIPT ARGS`, without interpreter "
-                                "options (use environment variables such as PYTHONUNBUFFERED)")
-    text = (shebang +
-            "# Written by enclave-build (builder/occlum/launcher.py). Occlum takes the command\n"
-            "# line from the host, so this measured script is the enclave's only entry point:\n"
-            "# it runs the planned command and ignores the arguments the host passes.\n"
-            "import os\nimport runpy\nimport sys\n\n" + body)
+        raise OcclumConfigError(
+            locate(plan, FRAMEWORK_KEY),
+            f"the command line {argv!r} "
+            "cannot be fixed for Occlum (which takes the command line from "
+            "the host): a Python service must run `INTERPRETER -m MODULE "
+            "ARGS` or `INTERPRETER /SCRIPT ARGS`, without interpreter "
+            "options (use environment variables such as PYTHONUNBUFFERED)",
+        )
+    text = (
+        shebang
+        + "# Written by enclave-build (builder/occlum/launcher.py). Occlum takes the command\n"
+        "# line from the host, so this measured script is the enclave's only entry point:\n"
+        "# it runs the planned command and ignores the arguments the host passes.\n"
+        "import os\nimport runpy\nimport sys\n\n" + body
+    )
     data = text.encode()
     return StagedFile(LAUNCHER, None, data, 0o755, sha256_of(data))

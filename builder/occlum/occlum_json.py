@@ -35,8 +35,8 @@ from typing import Any
 
 from ..errors import UsageError
 from ..plan import MountType, ServicePlan
-from .spec_section import OcclumPlanOptions
 from .rules import format_size
+from .spec_section import OcclumPlanOptions
 
 #: Where `occlum new` puts Occlum's glibc in the image (tools/occlum, cmd_new).
 OCCLUM_GLIBC_LIB = "/opt/occlum/glibc/lib"
@@ -84,37 +84,56 @@ def _resource_limits(plan: ServicePlan, opts: OcclumPlanOptions, out: Rendered) 
         raise _fail(plan, "enclave.max_threads", f"{threads}: Occlum needs at least one thread")
     heap_max = opts.kernel_heap_max or opts.kernel_heap
     if opts.kernel_heap > heap_max:
-        raise _fail(plan, "occlum.kernel_heap", f"{format_size(opts.kernel_heap)} exceeds "
-                    f"occlum.kernel_heap_max {format_size(heap_max)}")
+        raise _fail(
+            plan,
+            "occlum.kernel_heap",
+            f"{format_size(opts.kernel_heap)} exceeds "
+            f"occlum.kernel_heap_max {format_size(heap_max)}",
+        )
     kernel = heap_max + threads * opts.kernel_stack
     user_max = enclave.size - kernel
     if user_max < MIN_USER_SPACE:
-        raise _fail(plan, "enclave.size", f"{format_size(enclave.size)} leaves "
-                    f"{format_size(max(user_max, 0))} for the user space after the LibOS "
-                    f"kernel's {format_size(kernel)} (heap {format_size(heap_max)} + "
-                    f"{threads} threads x {format_size(opts.kernel_stack)} stack); at least "
-                    f"{format_size(MIN_USER_SPACE)} is needed: raise [enclave] size or lower "
-                    "occlum.kernel_heap, occlum.kernel_stack or enclave.max_threads")
+        raise _fail(
+            plan,
+            "enclave.size",
+            f"{format_size(enclave.size)} leaves "
+            f"{format_size(max(user_max, 0))} for the user space after the LibOS "
+            f"kernel's {format_size(kernel)} (heap {format_size(heap_max)} + "
+            f"{threads} threads x {format_size(opts.kernel_stack)} stack); at least "
+            f"{format_size(MIN_USER_SPACE)} is needed: raise [enclave] size or lower "
+            "occlum.kernel_heap, occlum.kernel_stack or enclave.max_threads",
+        )
     rl: dict[str, Any] = {
         "max_num_of_threads": threads,
         "kernel_space_heap_size": format_size(opts.kernel_heap),
         "kernel_space_stack_size": format_size(opts.kernel_stack),
     }
-    out.origins.update({"resource_limits.max_num_of_threads": "enclave.max_threads",
-                        "resource_limits.kernel_space_heap_size": "occlum.kernel_heap",
-                        "resource_limits.kernel_space_stack_size": "occlum.kernel_stack",
-                        "resource_limits.kernel_space_heap_max_size": "occlum.kernel_heap_max",
-                        "resource_limits.user_space_max_size": "enclave.size",
-                        "resource_limits.init_num_of_threads": "occlum.init_threads"})
+    out.origins.update(
+        {
+            "resource_limits.max_num_of_threads": "enclave.max_threads",
+            "resource_limits.kernel_space_heap_size": "occlum.kernel_heap",
+            "resource_limits.kernel_space_stack_size": "occlum.kernel_stack",
+            "resource_limits.kernel_space_heap_max_size": "occlum.kernel_heap_max",
+            "resource_limits.user_space_max_size": "enclave.size",
+            "resource_limits.init_num_of_threads": "occlum.init_threads",
+        }
+    )
     if enclave.edmm:
         init = opts.user_space_init or min(DEFAULT_USER_SPACE_INIT, user_max)
         if init > user_max:
-            raise _fail(plan, "occlum.user_space_init", f"{format_size(init)} exceeds the user "
-                        f"space maximum {format_size(user_max)} ([enclave] size minus the "
-                        "kernel's share)")
+            raise _fail(
+                plan,
+                "occlum.user_space_init",
+                f"{format_size(init)} exceeds the user "
+                f"space maximum {format_size(user_max)} ([enclave] size minus the "
+                "kernel's share)",
+            )
         if opts.init_threads is not None and opts.init_threads > threads:
-            raise _fail(plan, "occlum.init_threads", f"{opts.init_threads} exceeds "
-                        f"enclave.max_threads {threads}")
+            raise _fail(
+                plan,
+                "occlum.init_threads",
+                f"{opts.init_threads} exceeds enclave.max_threads {threads}",
+            )
         rl["kernel_space_heap_max_size"] = format_size(heap_max)
         rl["user_space_size"] = format_size(init)
         rl["user_space_max_size"] = format_size(user_max)
@@ -132,25 +151,40 @@ def _env(plan: ServicePlan, out: Rendered) -> dict:
     values.setdefault("HOME", "/tmp")
     path = values.get("LD_LIBRARY_PATH", "")
     values["LD_LIBRARY_PATH"] = ":".join(
-        [OCCLUM_GLIBC_LIB] + [p for p in path.split(":") if p and p != OCCLUM_GLIBC_LIB])
+        [OCCLUM_GLIBC_LIB] + [p for p in path.split(":") if p and p != OCCLUM_GLIBC_LIB]
+    )
     clash = sorted(set(values) & set(plan.env_passthrough))
     if clash:
-        raise _fail(plan, FRAMEWORK_KEY, f"environment variable(s) {', '.join(clash)} both "
-                    "measured and taken from the host")
+        raise _fail(
+            plan,
+            FRAMEWORK_KEY,
+            f"environment variable(s) {', '.join(clash)} both measured and taken from the host",
+        )
     out.origins["env"] = FRAMEWORK_KEY
-    return {"default": [f"{k}={v}" for k, v in sorted(values.items())],
-            "untrusted": sorted(set(plan.env_passthrough))}
+    return {
+        "default": [f"{k}={v}" for k, v in sorted(values.items())],
+        "untrusted": sorted(set(plan.env_passthrough)),
+    }
 
 
 def _mounts(plan: ServicePlan, opts: OcclumPlanOptions, keys: bool, out: Rendered) -> list:
-    mounts: list[dict[str, Any]] = [{
-        "target": "/", "type": "unionfs",
-        "options": {"layers": [
-            {"target": "/", "type": "sefs", "source": "./build/mount/__ROOT",
-             "options": {"MAC": ""}},
-            {"target": "/", "type": "sefs", "source": "./run/mount/__ROOT"},
-        ]},
-    }]
+    mounts: list[dict[str, Any]] = [
+        {
+            "target": "/",
+            "type": "unionfs",
+            "options": {
+                "layers": [
+                    {
+                        "target": "/",
+                        "type": "sefs",
+                        "source": "./build/mount/__ROOT",
+                        "options": {"MAC": ""},
+                    },
+                    {"target": "/", "type": "sefs", "source": "./run/mount/__ROOT"},
+                ]
+            },
+        }
+    ]
     out.origins["mount[0]"] = FRAMEWORK_KEY
 
     def add(entry: dict[str, Any], origin: str) -> None:
@@ -164,9 +198,13 @@ def _mounts(plan: ServicePlan, opts: OcclumPlanOptions, keys: bool, out: Rendere
             add({"target": path, "type": "ramfs"}, FRAMEWORK_KEY)
         elif mount.type is MountType.CHROOT:
             if (mount.uri or "") != f"file:{path}":
-                raise _fail(plan, FRAMEWORK_KEY, f"plan mount {index} shows image directory "
-                            f"{mount.uri} at {path}; Occlum's root is the image itself, so "
-                            "files must be placed where the enclave opens them")
+                raise _fail(
+                    plan,
+                    FRAMEWORK_KEY,
+                    f"plan mount {index} shows image directory "
+                    f"{mount.uri} at {path}; Occlum's root is the image itself, so "
+                    "files must be placed where the enclave opens them",
+                )
         # ENCRYPTED: the files are in the encrypted SEFS image; nothing to mount.
     if not any(m["target"] == "/tmp" for m in mounts):
         add({"target": "/tmp", "type": "ramfs"}, FRAMEWORK_KEY)
@@ -177,8 +215,9 @@ def _mounts(plan: ServicePlan, opts: OcclumPlanOptions, keys: bool, out: Rendere
     return mounts
 
 
-def occlum_json(plan: ServicePlan, opts: OcclumPlanOptions, *, keys: bool,
-                entry_point: str | None = None) -> Rendered:
+def occlum_json(
+    plan: ServicePlan, opts: OcclumPlanOptions, *, keys: bool, entry_point: str | None = None
+) -> Rendered:
     """The Occlum.json document for *plan* (*keys*: init writes fetched keys to KEYS_DIR;
     *entry_point*: the only program `occlum run` may start, default the plan's entrypoint)."""
     out = Rendered({})
@@ -187,33 +226,47 @@ def occlum_json(plan: ServicePlan, opts: OcclumPlanOptions, *, keys: bool,
     out.origins["process.default_stack_size"] = FRAMEWORK_KEY
     out.origins["process.default_heap_size"] = "occlum.process_heap"
     out.origins["process.default_mmap_size"] = "occlum.process_mmap"
-    out.origins.update({"metadata.product_id": "enclave.isv_prod_id",
-                        "metadata.version_number": "enclave.isv_svn",
-                        "metadata.debuggable": "enclave.debug",
-                        "metadata.disable_log": "enclave.debug",
-                        "metadata.enable_kss": "occlum.enable_kss",
-                        "metadata.family_id": "occlum.family_id",
-                        "metadata.ext_prod_id": "occlum.ext_prod_id",
-                        "feature.amx": "occlum.amx", "feature.pkru": "occlum.pkru",
-                        "feature.io_uring": "occlum.io_uring",
-                        "feature.enable_edmm": "enclave.edmm",
-                        "feature.enable_posix_shm": "occlum.posix_shm"})
+    out.origins.update(
+        {
+            "metadata.product_id": "enclave.isv_prod_id",
+            "metadata.version_number": "enclave.isv_svn",
+            "metadata.debuggable": "enclave.debug",
+            "metadata.disable_log": "enclave.debug",
+            "metadata.enable_kss": "occlum.enable_kss",
+            "metadata.family_id": "occlum.family_id",
+            "metadata.ext_prod_id": "occlum.ext_prod_id",
+            "feature.amx": "occlum.amx",
+            "feature.pkru": "occlum.pkru",
+            "feature.io_uring": "occlum.io_uring",
+            "feature.enable_edmm": "enclave.edmm",
+            "feature.enable_posix_shm": "occlum.posix_shm",
+        }
+    )
     out.doc = {
         "resource_limits": _resource_limits(plan, opts, out),
-        "process": {"default_stack_size": format_size(plan.enclave.stack_size),
-                    "default_heap_size": format_size(opts.process_heap),
-                    "default_mmap_size": format_size(opts.process_mmap)},
+        "process": {
+            "default_stack_size": format_size(plan.enclave.stack_size),
+            "default_heap_size": format_size(opts.process_heap),
+            "default_mmap_size": format_size(opts.process_mmap),
+        },
         "entry_points": [entry],
         "env": _env(plan, out),
-        "metadata": {"product_id": plan.enclave.isv_prod_id,
-                     "version_number": plan.enclave.isv_svn,
-                     "debuggable": plan.enclave.debug,
-                     "disable_log": not plan.enclave.debug,
-                     "enable_kss": opts.enable_kss,
-                     "family_id": _id_halves(opts.family_id),
-                     "ext_prod_id": _id_halves(opts.ext_prod_id)},
-        "feature": {"amx": opts.amx, "pkru": opts.pkru, "io_uring": opts.io_uring,
-                    "enable_edmm": plan.enclave.edmm, "enable_posix_shm": opts.posix_shm},
+        "metadata": {
+            "product_id": plan.enclave.isv_prod_id,
+            "version_number": plan.enclave.isv_svn,
+            "debuggable": plan.enclave.debug,
+            "disable_log": not plan.enclave.debug,
+            "enable_kss": opts.enable_kss,
+            "family_id": _id_halves(opts.family_id),
+            "ext_prod_id": _id_halves(opts.ext_prod_id),
+        },
+        "feature": {
+            "amx": opts.amx,
+            "pkru": opts.pkru,
+            "io_uring": opts.io_uring,
+            "enable_edmm": plan.enclave.edmm,
+            "enable_posix_shm": opts.posix_shm,
+        },
         "mount": _mounts(plan, opts, keys, out),
     }
     return out

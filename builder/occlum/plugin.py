@@ -14,14 +14,19 @@ from . import spec_section
 def enclave_build_libos():
     from . import backend
 
-    return [LibOS(name="occlum",
-                  description="Occlum 0.31 (Occlum.json, copy_bom, occlum build/package in "
-                              "Occlum's container; needs a Docker engine)",
-                  build=backend.build, section=spec_section.SECTION,
-                  options=spec_section.options,
-                  # Occlum's init fetches the keys and verifies the server by its quote
-                  # ([occlum] server_measurements): no [secrets] ca.
-                  secrets_ca=False)]
+    return [
+        LibOS(
+            name="occlum",
+            description="Occlum 0.31 (Occlum.json, copy_bom, occlum build/package in "
+            "Occlum's container; needs a Docker engine)",
+            build=backend.build,
+            section=spec_section.SECTION,
+            options=spec_section.options,
+            # Occlum's init fetches the keys and verifies the server by its quote
+            # ([occlum] server_measurements): no [secrets] ca.
+            secrets_ca=False,
+        )
+    ]
 
 
 @hookimpl

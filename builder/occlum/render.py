@@ -26,21 +26,35 @@ from typing import Any
 
 from ..errors import EnclaveBuildError
 from ..plan import KeyDelivery, ServicePlan
-from .spec_section import OcclumPlanOptions, plan_options
 from ..rootfs import RootFS
 from . import rules
 from .bom import StagedFile, bom, to_yaml
 from .configure import image_key_name
 from .init_ra import KmsKey, init_ra_conf, kms_keys
 from .launcher import python_launcher
-from .occlum_json import (FRAMEWORK_KEY, KEYS_DIR, OCCLUM_GLIBC_LIB, OcclumConfigError, locate,
-                          occlum_json)
+from .occlum_json import (
+    FRAMEWORK_KEY,
+    KEYS_DIR,
+    OCCLUM_GLIBC_LIB,
+    OcclumConfigError,
+    locate,
+    occlum_json,
+)
+from .spec_section import OcclumPlanOptions, plan_options
 
-ROOTFS = "/eb/rootfs"   # where the build container sees the base image's root filesystem (read-only)
-STAGE = "/eb/stage"     # where it sees the files the plan generates/adds (plan.files), laid out by their dest path
+ROOTFS = "/eb/rootfs"  # where the build container sees the base image's root filesystem (read-only)
+STAGE = "/eb/stage"  # where it sees the files the plan generates/adds (plan.files), laid out by their dest path
 
-__all__ = ["ROOTFS", "STAGE", "KEYS_DIR", "OcclumConfig", "OcclumOptions", "OcclumConfigError",
-           "KmsKey", "render"]
+__all__ = [
+    "ROOTFS",
+    "STAGE",
+    "KEYS_DIR",
+    "OcclumConfig",
+    "OcclumOptions",
+    "OcclumConfigError",
+    "KmsKey",
+    "render",
+]
 
 
 @dataclass(frozen=True)
@@ -56,8 +70,8 @@ class OcclumOptions:
 
 @dataclass(frozen=True)
 class OcclumConfig:
-    occlum_json: bytes          # Occlum.json for the instance directory
-    bom_yaml: bytes             # copy_bom YAML: plan files from STAGE, the runtime from ROOTFS
+    occlum_json: bytes  # Occlum.json for the instance directory
+    bom_yaml: bytes  # copy_bom YAML: plan files from STAGE, the runtime from ROOTFS
     init_ra_conf: bytes | None  # None when init fetches nothing (no keys, clear image)
     entry_points: tuple[str, ...]
     kms_keys: tuple[KmsKey, ...]  # what init fetches (the image key first, if any)
@@ -83,11 +97,13 @@ def _spec_key(origins: dict[str, str], path: str, default: str) -> str:
     return default
 
 
-def _refuse(plan: ServicePlan, exc: rules.OcclumRuleError, origins: dict[str, str],
-            default: str) -> OcclumConfigError:
+def _refuse(
+    plan: ServicePlan, exc: rules.OcclumRuleError, origins: dict[str, str], default: str
+) -> OcclumConfigError:
     key = _spec_key(origins, exc.path, default)
-    return OcclumConfigError(locate(plan, key), f"{exc.document} {exc.path or '(top)'}: "
-                                                f"{exc.reason}")
+    return OcclumConfigError(
+        locate(plan, key), f"{exc.document} {exc.path or '(top)'}: {exc.reason}"
+    )
 
 
 #: Directories a hostfs mount may never cover, besides every file the bom copies and every
@@ -120,7 +136,7 @@ def python_import_dirs(plan: ServicePlan) -> list[str]:
     dirs = [p for p in plan.env.get("PYTHONPATH", "").split(":") if p.startswith("/")]
     argv = list(plan.argv)
     if len(argv) >= 2 and argv[1] != "-m" and posixpath.isabs(argv[1]):
-        dirs.append(posixpath.dirname(argv[1]))      # a script's directory comes first
+        dirs.append(posixpath.dirname(argv[1]))  # a script's directory comes first
     if plan.python is not None:
         dirs += [plan.python.stdlib, *plan.python.site_dirs]
     homes = {plan.env.get("HOME", "/tmp"), "/tmp", "/root"}
@@ -131,21 +147,29 @@ def python_import_dirs(plan: ServicePlan) -> list[str]:
 def _python_path_hit(plan: ServicePlan, target: str) -> str | None:
     """The import-path directory a hostfs mount at *target* would cover or sit inside."""
     for directory in python_import_dirs(plan):
-        if target == directory or target.startswith(directory + "/") or \
-                directory.startswith(target.rstrip("/") + "/"):
+        if (
+            target == directory
+            or target.startswith(directory + "/")
+            or directory.startswith(target.rstrip("/") + "/")
+        ):
             return directory
     match = _PYTHON_LIB.match(target)
     if match is not None:
         return match.group(0)
-    for example in ("/usr/lib/python3", "/usr/local/lib/python3", "/usr/lib64/python3",
-                    "/usr/local/lib64/python3"):
+    for example in (
+        "/usr/lib/python3",
+        "/usr/local/lib/python3",
+        "/usr/lib64/python3",
+        "/usr/local/lib64/python3",
+    ):
         if example.startswith(target.rstrip("/") + "/"):
             return posixpath.dirname(example) + "/python*"
     return None
 
 
-def _check_hostfs(plan: ServicePlan, opts: OcclumPlanOptions, mounts: list[dict[str, Any]],
-                  image_paths: list[str]) -> None:
+def _check_hostfs(
+    plan: ServicePlan, opts: OcclumPlanOptions, mounts: list[dict[str, Any]], image_paths: list[str]
+) -> None:
     """A hostfs mount shows a host directory in place of whatever the image has there, and it
     is mounted after the others: one over a measured file (the program, its libraries, a model)
     would let the host choose what runs, one over (or inside) the key ramfs would make
@@ -161,8 +185,14 @@ def _check_hostfs(plan: ServicePlan, opts: OcclumPlanOptions, mounts: list[dict[
         if target.startswith(KEYS_DIR + "/"):
             hit = KEYS_DIR
         else:
-            hit = next((p for p in sorted(covered)
-                        if p == target or p.startswith(target.rstrip("/") + "/")), None)
+            hit = next(
+                (
+                    p
+                    for p in sorted(covered)
+                    if p == target or p.startswith(target.rstrip("/") + "/")
+                ),
+                None,
+            )
         if hit is None:
             python_dir = _python_path_hit(plan, target)
             if python_dir is None:
@@ -172,14 +202,21 @@ def _check_hostfs(plan: ServicePlan, opts: OcclumPlanOptions, mounts: list[dict[
                 f"a hostfs mount at {target} would reach {python_dir}, on Python's import "
                 "path: a .pth file or module the host writes there would run in the enclave "
                 "before the measured launcher; allowed: a directory the image does not use, "
-                "e.g. \"/host/data\"")
-        what = ("the ramfs Occlum's init writes the fetched keys to (they would land on the "
-                "host's disk)" if hit == KEYS_DIR else
-                f"the {hit} mount" if hit in others else
-                f"{hit} of the measured image (the host would choose its content)")
-        raise OcclumConfigError(locate(plan, f"occlum.hostfs.{target}"),
-                                f"a hostfs mount at {target} would cover {what}; allowed: a "
-                                "directory the image does not use, e.g. \"/host/data\"")
+                'e.g. "/host/data"',
+            )
+        what = (
+            "the ramfs Occlum's init writes the fetched keys to (they would land on the "
+            "host's disk)"
+            if hit == KEYS_DIR
+            else f"the {hit} mount"
+            if hit in others
+            else f"{hit} of the measured image (the host would choose its content)"
+        )
+        raise OcclumConfigError(
+            locate(plan, f"occlum.hostfs.{target}"),
+            f"a hostfs mount at {target} would cover {what}; allowed: a "
+            'directory the image does not use, e.g. "/host/data"',
+        )
 
 
 def _dumps(doc: Any) -> bytes:
@@ -189,9 +226,10 @@ def _dumps(doc: Any) -> bytes:
 def _image_key(plan: ServicePlan, opts: OcclumPlanOptions) -> str | None:
     name = image_key_name(plan)
     if name is not None and plan.secrets is None:
-        raise OcclumConfigError(locate(plan, "occlum.encrypt_image"),
-                                "an encrypted image needs its key from a secret server at "
-                                "start: set [secrets] server")
+        raise OcclumConfigError(
+            locate(plan, "occlum.encrypt_image"),
+            "an encrypted image needs its key from a secret server at start: set [secrets] server",
+        )
     return name
 
 
@@ -201,15 +239,20 @@ def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumCon
     options = options or OcclumOptions()
     opts = plan_options(plan)
     if plan.secrets is not None and plan.secrets.delivery is KeyDelivery.IN_ENCLAVE:
-        raise EnclaveBuildError("internal: the plan was not configured for Occlum (its "
-                                "enclave_build_configure hook, builder.occlum.configure, did "
-                                "not run): build plans with builder.build.make_plan")
+        raise EnclaveBuildError(
+            "internal: the plan was not configured for Occlum (its "
+            "enclave_build_configure hook, builder.occlum.configure, did "
+            "not run): build plans with builder.build.make_plan"
+        )
     image_key = _image_key(plan, opts)
     keys = kms_keys(plan, image_key, KEYS_DIR)
     if image_key is not None and rules.IMAGE_KEY_SECRET in {k.secret for k in keys[1:]}:
-        raise OcclumConfigError(locate(plan, "models"), f"a key may not be named "
-                                f"{rules.IMAGE_KEY_SECRET!r}: Occlum's init uses that name for "
-                                "the image key")
+        raise OcclumConfigError(
+            locate(plan, "models"),
+            f"a key may not be named "
+            f"{rules.IMAGE_KEY_SECRET!r}: Occlum's init uses that name for "
+            "the image key",
+        )
 
     launcher = python_launcher(plan)
     program = launcher.dest if launcher is not None else plan.entrypoint
@@ -222,17 +265,23 @@ def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumCon
     conf = None
     if keys:
         if plan.secrets is None:
-            raise OcclumConfigError(locate(plan, "secrets.server"), "required: Occlum's init "
-                                    "fetches the keys from a secret server")
+            raise OcclumConfigError(
+                locate(plan, "secrets.server"),
+                "required: Occlum's init fetches the keys from a secret server",
+            )
         if not opts.server_identities:
             raise OcclumConfigError(
                 locate(plan, "occlum.server_measurements"),
                 "required when the enclave fetches keys: Occlum's init verifies the secret "
                 "server's own enclave (mutual RA-TLS), so give the measurements.json of the "
-                "secret-server enclave build")
+                "secret-server enclave build",
+            )
         doc = init_ra_conf(plan, opts, keys)
-        origins = {"kms_server": "secrets.server", "kms_keys": "models",
-                   "ra_config": "occlum.server_measurements"}
+        origins = {
+            "kms_server": "secrets.server",
+            "kms_keys": "models",
+            "ra_config": "occlum.server_measurements",
+        }
         try:
             rules.check_init_ra_conf(doc)
         except rules.OcclumRuleError as exc:
@@ -241,17 +290,28 @@ def render(plan: ServicePlan, options: OcclumOptions | None = None) -> OcclumCon
 
     generated = (launcher,) if launcher is not None else ()
     if launcher is not None and any(f.dest == launcher.dest for f in plan.image_files()):
-        raise OcclumConfigError(locate(plan, FRAMEWORK_KEY), f"{launcher.dest} is where the "
-                                "Occlum backend puts its launcher; the plan adds a file there")
-    bom_doc = bom(plan, options.rootfs, options.stage.rstrip("/"),
-                  options.rootfs_dir.rstrip("/"), rendered.mount_targets, generated)
+        raise OcclumConfigError(
+            locate(plan, FRAMEWORK_KEY),
+            f"{launcher.dest} is where the "
+            "Occlum backend puts its launcher; the plan adds a file there",
+        )
+    bom_doc = bom(
+        plan,
+        options.rootfs,
+        options.stage.rstrip("/"),
+        options.rootfs_dir.rstrip("/"),
+        rendered.mount_targets,
+        generated,
+    )
     try:
         rules.check_bom(bom_doc)
     except rules.OcclumRuleError as exc:
         raise _refuse(plan, exc, {}, FRAMEWORK_KEY) from None
     _check_hostfs(plan, opts, rendered.doc["mount"], _bom_paths(bom_doc))
-    header = (f"copy_bom for {plan.service} (written by enclave-build; "
-              f"plan files from {options.stage}, the runtime from {options.rootfs_dir})")
+    header = (
+        f"copy_bom for {plan.service} (written by enclave-build; "
+        f"plan files from {options.stage}, the runtime from {options.rootfs_dir})"
+    )
     return OcclumConfig(
         occlum_json=_dumps(rendered.doc),
         bom_yaml=to_yaml(bom_doc, header),

@@ -7,5 +7,12 @@ from __future__ import annotations
 from .create import BaseRecipe, GramineArchive, check, default_requirements, make_gramine_base
 from .gramine_apt import GramineRepository, KeyringError
 
-__all__ = ["BaseRecipe", "GramineArchive", "GramineRepository", "KeyringError", "check",
-           "default_requirements", "make_gramine_base"]
+__all__ = [
+    "BaseRecipe",
+    "GramineArchive",
+    "GramineRepository",
+    "KeyringError",
+    "check",
+    "default_requirements",
+    "make_gramine_base",
+]

@@ -32,9 +32,9 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..errors import EnclaveBuildError, UsageError
 from . import commands, tools
@@ -55,9 +55,9 @@ class BaseRecipe:
     target: Path
     gramine: GramineArchive | GramineRepository = field(default_factory=GramineRepository)
     requirements: tuple[Path, ...] = ()
-    keyring: Path | None = None        # repository route: a trusted local copy of the key
+    keyring: Path | None = None  # repository route: a trusted local copy of the key
     mirror: str = commands.DEBIAN_MIRROR
-    python: str = sys.executable       # runs pip (downloads wheels for the base's CPython)
+    python: str = sys.executable  # runs pip (downloads wheels for the base's CPython)
 
 
 def default_requirements() -> tuple[Path, ...]:
@@ -67,13 +67,16 @@ def default_requirements() -> tuple[Path, ...]:
     return (BASES["gramine-python"].directory / "requirements.txt",)
 
 
-def check(recipe: BaseRecipe, euid: int | None = None,
-          which: Callable[[str], str | None] = shutil.which) -> None:
+def check(
+    recipe: BaseRecipe, euid: int | None = None, which: Callable[[str], str | None] = shutil.which
+) -> None:
     """What makes the recipe impossible here, as a usage error (before anything is made)."""
     if (os.geteuid() if euid is None else euid) != 0:
-        raise UsageError("enclave-build base gramine needs root (mmdebstrap and chroot): run "
-                         "it with sudo, e.g. sudo \"$(command -v enclave-build)\" base gramine "
-                         f"{recipe.target}")
+        raise UsageError(
+            "enclave-build base gramine needs root (mmdebstrap and chroot): run "
+            'it with sudo, e.g. sudo "$(command -v enclave-build)" base gramine '
+            f"{recipe.target}"
+        )
     if which("mmdebstrap") is None:
         raise UsageError("mmdebstrap is not installed: apt-get install mmdebstrap")
     target = recipe.target
@@ -101,17 +104,20 @@ def make_gramine_base(recipe: BaseRecipe, log: Log, heartbeat: float = 10.0) -> 
             keyring = recipe.gramine.fetch_keyring(recipe.keyring)
         _make(recipe, root, work, keyring, log, heartbeat)
         if target.is_dir():
-            target.rmdir()                       # the empty directory check() allowed
+            target.rmdir()  # the empty directory check() allowed
         os.rename(root, target)
     finally:
         tools.remove_tree(work)
-    log(f"base gramine: done in {time.monotonic() - started:.0f} s: {target} (use it as "
-        f"--base dir:{target})")
+    log(
+        f"base gramine: done in {time.monotonic() - started:.0f} s: {target} (use it as "
+        f"--base dir:{target})"
+    )
     return target
 
 
-def _make(recipe: BaseRecipe, root: Path, work: Path, keyring: bytes | None, log: Log,
-          heartbeat: float) -> None:
+def _make(
+    recipe: BaseRecipe, root: Path, work: Path, keyring: bytes | None, log: Log, heartbeat: float
+) -> None:
     steps = 5 if isinstance(recipe.gramine, GramineArchive) else 4
     count = iter(range(1, steps + 1))
 
@@ -127,18 +133,25 @@ def _make(recipe: BaseRecipe, root: Path, work: Path, keyring: bytes | None, log
             path = apt_files / inner.lstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-        step(f"Debian 12 (minbase) from {recipe.mirror}, then Gramine {repository.version} "
-             f"from {repository.url} (mmdebstrap)")
+        step(
+            f"Debian 12 (minbase) from {recipe.mirror}, then Gramine {repository.version} "
+            f"from {repository.url} (mmdebstrap)"
+        )
     else:
         step(f"Debian 12 (minbase) from {recipe.mirror} (mmdebstrap)")
-    tools.run(commands.mmdebstrap(root, recipe.mirror, repository, apt_files),
-              "mmdebstrap", log, heartbeat)
+    tools.run(
+        commands.mmdebstrap(root, recipe.mirror, repository, apt_files),
+        "mmdebstrap",
+        log,
+        heartbeat,
+    )
     if isinstance(recipe.gramine, GramineArchive):
         step(f"Gramine from {recipe.gramine.path}")
         extract_archive(recipe.gramine.path, root)
     if not (root / "usr/bin/gramine-direct").is_file():
-        raise EnclaveBuildError("Gramine was not installed: no usr/bin/gramine-direct in the "
-                                "new root")
+        raise EnclaveBuildError(
+            "Gramine was not installed: no usr/bin/gramine-direct in the new root"
+        )
     requirements = list(recipe.requirements or default_requirements())
     step(f"Python runtimes into {commands.SITE} ({', '.join(str(p) for p in requirements)})")
     tools.run(commands.pip_install(recipe.python, root, requirements), "pip", log, heartbeat)
@@ -173,8 +186,9 @@ def extract_archive(archive: Path, root: Path) -> None:
                 if not name.strip("/."):
                     continue
                 if not (member.isfile() or member.isdir() or member.issym()):
-                    raise EnclaveBuildError(f"{archive}: {member.name}: not a file, directory "
-                                            "or symbolic link")
+                    raise EnclaveBuildError(
+                        f"{archive}: {member.name}: not a file, directory or symbolic link"
+                    )
                 if (root / name).is_dir() and member.isdir():
                     continue
                 members.append(member)
@@ -196,7 +210,7 @@ def move_console_scripts(root: Path) -> None:
             continue
         data = script.read_bytes()
         if data.startswith(b"#!") and b"python" in data.split(b"\n", 1)[0]:
-            data = f"#!/usr/bin/python{commands.PYVER}".encode() + data[data.index(b"\n"):]
+            data = f"#!/usr/bin/python{commands.PYVER}".encode() + data[data.index(b"\n") :]
         (dest / script.name).write_bytes(data)
         (dest / script.name).chmod(0o755)
     shutil.rmtree(scripts)
@@ -217,5 +231,12 @@ def tidy(target: Path) -> None:
             pass
 
 
-__all__ = ["BaseRecipe", "GramineArchive", "GramineRepository", "make_gramine_base", "check",
-           "default_requirements", "extract_archive"]
+__all__ = [
+    "BaseRecipe",
+    "GramineArchive",
+    "GramineRepository",
+    "make_gramine_base",
+    "check",
+    "default_requirements",
+    "extract_archive",
+]

@@ -61,14 +61,15 @@ class GramineRepository:
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("https://", "http://")):
-            raise UsageError(f"--repository {self.url!r}: an http(s):// URL of an apt "
-                             "repository")
+            raise UsageError(f"--repository {self.url!r}: an http(s):// URL of an apt repository")
         if any(c.isspace() for c in self.url + self.suite + self.component):
             raise UsageError(f"--repository {self.url!r}: no spaces allowed")
         for fpr in self.fingerprints:
             if len(fpr) != 40 or any(c not in "0123456789ABCDEF" for c in fpr):
-                raise UsageError(f"--key-fingerprint {fpr!r}: 40 upper-case hex digits "
-                                 "(a version 4 OpenPGP fingerprint, spaces removed)")
+                raise UsageError(
+                    f"--key-fingerprint {fpr!r}: 40 upper-case hex digits "
+                    "(a version 4 OpenPGP fingerprint, spaces removed)"
+                )
 
     @property
     def host(self) -> str:
@@ -78,22 +79,26 @@ class GramineRepository:
         """The one-line sources.list entry (deb822 would do too; the one-line form is what
         Gramine documents)."""
         url = self.url if self.url.endswith("/") else self.url + "/"
-        return (f"# Gramine {self.version}, from Gramine's package repository (written by "
-                "enclave-build base gramine)\n"
-                f"deb [arch=amd64 signed-by={KEYRING_PATH}] {url} {self.suite} "
-                f"{self.component}\n")
+        return (
+            f"# Gramine {self.version}, from Gramine's package repository (written by "
+            "enclave-build base gramine)\n"
+            f"deb [arch=amd64 signed-by={KEYRING_PATH}] {url} {self.suite} "
+            f"{self.component}\n"
+        )
 
     def preferences(self) -> str:
         """apt pins: gramine at exactly this version; nothing else from this origin unless
         asked for by name."""
-        return (f"# written by enclave-build base gramine\n"
-                f"Package: {PACKAGE}\n"
-                f"Pin: version {self.version}\n"
-                f"Pin-Priority: 1001\n"
-                f"\n"
-                f"Package: *\n"
-                f"Pin: origin {self.host}\n"
-                f"Pin-Priority: 100\n")
+        return (
+            f"# written by enclave-build base gramine\n"
+            f"Package: {PACKAGE}\n"
+            f"Pin: version {self.version}\n"
+            f"Pin-Priority: 1001\n"
+            f"\n"
+            f"Package: *\n"
+            f"Pin: origin {self.host}\n"
+            f"Pin-Priority: 100\n"
+        )
 
     def install_spec(self) -> str:
         """What apt-get install is given."""
@@ -102,9 +107,11 @@ class GramineRepository:
     def apt_files(self, keyring: bytes) -> dict[str, bytes]:
         """Path in the root filesystem -> content, for a keyring already checked with
         :meth:`check_keyring`."""
-        return {KEYRING_PATH: keyring,
-                SOURCES_PATH: self.sources_list().encode(),
-                PREFERENCES_PATH: self.preferences().encode()}
+        return {
+            KEYRING_PATH: keyring,
+            SOURCES_PATH: self.sources_list().encode(),
+            PREFERENCES_PATH: self.preferences().encode(),
+        }
 
     def check_keyring(self, data: bytes, where: str) -> bytes:
         """*data* (binary or armored) as a binary keyring, if its primary keys are exactly
@@ -119,7 +126,8 @@ class GramineRepository:
             raise KeyringError(
                 f"{where}: holds the key {', '.join(spaced(f) for f in unexpected)}, not "
                 f"the pinned {' or '.join(spaced(f) for f in self.fingerprints)}; refusing "
-                "to trust it (a mirror that re-signs: pass its key's --key-fingerprint)")
+                "to trust it (a mirror that re-signs: pass its key's --key-fingerprint)"
+            )
         return binary
 
     def fetch_keyring(self, local: Path | None = None) -> bytes:
@@ -135,16 +143,27 @@ class GramineRepository:
             raise UsageError("--key-fingerprint: pass that key itself with --keyring FILE")
         request = urllib.request.Request(url, headers={"User-Agent": "enclave-build"})
         try:
-            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
                 data = response.read(2 << 20)
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise EnclaveBuildError(
                 f"cannot download Gramine's signing key from {url}: {reason}; without "
                 "internet access use a local Gramine archive (--archive) or a verified copy "
-                "of the key (--keyring FILE)") from None
+                "of the key (--keyring FILE)"
+            ) from None
         return self.check_keyring(data, url)
 
 
-__all__ = ["GramineRepository", "KeyringError", "REPOSITORY", "SUITE", "KEYRING_URL",
-           "FINGERPRINTS", "KEYRING_PATH", "SOURCES_PATH", "PREFERENCES_PATH", "VERSION"]
+__all__ = [
+    "GramineRepository",
+    "KeyringError",
+    "REPOSITORY",
+    "SUITE",
+    "KEYRING_URL",
+    "FINGERPRINTS",
+    "KEYRING_PATH",
+    "SOURCES_PATH",
+    "PREFERENCES_PATH",
+    "VERSION",
+]

@@ -23,8 +23,11 @@ PUBLIC_KEY = 6
 #: Keyrings larger than this are refused before parsing (an apt repository key is < 10 KiB).
 MAX_KEYRING = 1 << 20
 
-_ARMOR = re.compile(rb"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PGP PUBLIC KEY "
-                    rb"BLOCK-----", re.S)
+_ARMOR = re.compile(
+    rb"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PGP PUBLIC KEY "
+    rb"BLOCK-----",
+    re.S,
+)
 
 
 class OpenPGPError(EnclaveBuildError):
@@ -40,18 +43,20 @@ class Packet:
 def dearmor(data: bytes) -> bytes:
     """The binary packets of *data*: itself when binary, decoded when ASCII-armored."""
     if len(data) > MAX_KEYRING:
-        raise OpenPGPError(f"{len(data)} bytes: larger than any signing keyring "
-                           f"({MAX_KEYRING} at most)")
+        raise OpenPGPError(
+            f"{len(data)} bytes: larger than any signing keyring ({MAX_KEYRING} at most)"
+        )
     match = _ARMOR.search(data)
     if match is None:
         if data.lstrip().startswith(b"-----BEGIN"):
             raise OpenPGPError("ASCII armor, but not a PGP PUBLIC KEY BLOCK")
         return data
     lines = match.group(1).replace(b"\r", b"").split(b"\n")
-    if b"" in lines:                     # armor headers end at the first empty line
-        lines = lines[lines.index(b"") + 1:]
-    body = b"".join(line.strip() for line in lines
-                    if line.strip() and not line.startswith(b"="))   # "=XXXX": the CRC-24
+    if b"" in lines:  # armor headers end at the first empty line
+        lines = lines[lines.index(b"") + 1 :]
+    body = b"".join(
+        line.strip() for line in lines if line.strip() and not line.startswith(b"=")
+    )  # "=XXXX": the CRC-24
     try:
         return base64.b64decode(body, validate=True)
     except binascii.Error as exc:
@@ -67,7 +72,7 @@ def packets(data: bytes) -> list[Packet]:
         head = data[i]
         if not head & 0x80:
             raise OpenPGPError(f"offset {i}: not an OpenPGP packet (byte {head:#04x})")
-        if head & 0x40:                                   # new format
+        if head & 0x40:  # new format
             tag = head & 0x3F
             if i + 1 >= len(data):
                 raise OpenPGPError(f"offset {i}: truncated packet header")
@@ -79,19 +84,20 @@ def packets(data: bytes) -> list[Packet]:
                     raise OpenPGPError(f"offset {i}: truncated packet header")
                 length, start = ((first - 192) << 8) + data[i + 2] + 192, i + 3
             elif first == 255:
-                length, start = int.from_bytes(data[i + 2:i + 6], "big"), i + 6
+                length, start = int.from_bytes(data[i + 2 : i + 6], "big"), i + 6
             else:
                 raise OpenPGPError(f"offset {i}: partial body length in a keyring")
-        else:                                             # old format
+        else:  # old format
             tag, kind = (head >> 2) & 0x0F, head & 0x03
             if kind == 3:
                 raise OpenPGPError(f"offset {i}: indeterminate length in a keyring")
             width = 1 << kind
-            length, start = int.from_bytes(data[i + 1:i + 1 + width], "big"), i + 1 + width
+            length, start = int.from_bytes(data[i + 1 : i + 1 + width], "big"), i + 1 + width
         end = start + length
         if end > len(data):
-            raise OpenPGPError(f"offset {i}: packet of {length} bytes runs past the end "
-                               f"({len(data)} bytes)")
+            raise OpenPGPError(
+                f"offset {i}: packet of {length} bytes runs past the end ({len(data)} bytes)"
+            )
         out.append(Packet(tag, data[start:end]))
         i = end
     return out
@@ -118,8 +124,7 @@ def primary_fingerprints(keyring: bytes) -> list[str]:
 
 def spaced(fpr: str) -> str:
     """``EA3C 2D62 ...``: how fingerprints are printed for people."""
-    return " ".join(fpr[i:i + 4] for i in range(0, len(fpr), 4))
+    return " ".join(fpr[i : i + 4] for i in range(0, len(fpr), 4))
 
 
-__all__ = ["OpenPGPError", "dearmor", "packets", "fingerprint", "primary_fingerprints",
-           "spaced"]
+__all__ = ["OpenPGPError", "dearmor", "packets", "fingerprint", "primary_fingerprints", "spaced"]

@@ -11,8 +11,8 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import EnclaveBuildError
 
@@ -25,16 +25,27 @@ class ToolError(EnclaveBuildError):
     """A tool making the base failed (the message has the end of its output)."""
 
 
-def run(args: list[str], what: str, log: Log, heartbeat: float = 10.0,
-        env: dict[str, str] | None = None, clock: Callable[[], float] = time.monotonic,
-        show_output: bool = True) -> None:
+def run(
+    args: list[str],
+    what: str,
+    log: Log,
+    heartbeat: float = 10.0,
+    env: dict[str, str] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    show_output: bool = True,
+) -> None:
     """Run *args*; each output line goes to *log* (indented; only kept for the error message
     when not *show_output*), and after *heartbeat* seconds without a line shown, a line says
     the step still runs. A non-zero exit raises ToolError naming
     *what* with the last lines; an interrupt stops the tool before it propagates."""
     try:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
     except OSError as exc:
         raise ToolError(f"{what}: cannot run {args[0]}: {exc.strerror or exc}") from None
     lines: queue.Queue[bytes | None] = queue.Queue()
@@ -58,8 +69,10 @@ def run(args: list[str], what: str, log: Log, heartbeat: float = 10.0,
             if raw is None:
                 break
             if raw:
-                text = "".join(c if c.isprintable() else "?" for c in
-                               raw.decode("utf-8", "replace").rstrip("\r\n"))
+                text = "".join(
+                    c if c.isprintable() else "?"
+                    for c in raw.decode("utf-8", "replace").rstrip("\r\n")
+                )
                 tail = (tail + [text])[-_TAIL:]
                 if show_output:
                     log(f"  | {text}")
@@ -100,7 +113,7 @@ def mounts_below(path: Path) -> list[str]:
         fields = line.split(" ")
         if len(fields) < 5:
             continue
-        point = fields[4].encode().decode("unicode_escape")    # octal escapes: \040 ...
+        point = fields[4].encode().decode("unicode_escape")  # octal escapes: \040 ...
         if point == top or point.startswith(top.rstrip("/") + "/"):
             found.append(point)
     return sorted(found, key=len, reverse=True)
@@ -118,8 +131,10 @@ def remove_tree(path: Path) -> None:
             libc.umount2(os.fsencode(point), _MNT_DETACH)
         remaining = mounts_below(path)
     if remaining:
-        raise EnclaveBuildError(f"{path}: left in place, because {remaining[0]} is still "
-                                "mounted below it; unmount it and remove the directory")
+        raise EnclaveBuildError(
+            f"{path}: left in place, because {remaining[0]} is still "
+            "mounted below it; unmount it and remove the directory"
+        )
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -5,8 +5,14 @@ SIMULATION ONLY: nothing is attested. See :mod:`builder.run.runner` (the run),
 :mod:`builder.run.rootfs` (a private root per run).
 """
 
-from .runner import (BANNER, CannotSimulate, RunError, RunOptions, open_build, parse_env,
-                     run_build)
+from .runner import BANNER, CannotSimulate, RunError, RunOptions, open_build, parse_env, run_build
 
-__all__ = ["run_build", "RunOptions", "RunError", "CannotSimulate", "open_build", "parse_env",
-           "BANNER"]
+__all__ = [
+    "run_build",
+    "RunOptions",
+    "RunError",
+    "CannotSimulate",
+    "open_build",
+    "parse_env",
+    "BANNER",
+]

@@ -26,9 +26,10 @@ import shlex
 import shutil
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Mapping, Sequence
+from typing import IO, Any
 
 from ..errors import EnclaveBuildError
 from ..rootfs import RootFS, RootFSError
@@ -38,8 +39,11 @@ GRAMINE_DIRECT = "/usr/bin/gramine-direct"
 DIRECT_LOADER = "/usr/lib/x86_64-linux-gnu/gramine/direct/loader"
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # (inside the root, host source, read-only, recursive)
-BIND_MOUNTS = (("/proc", "/proc", True, False), ("/dev", "/dev", False, True),
-               ("/sys", "/sys", True, False))
+BIND_MOUNTS = (
+    ("/proc", "/proc", True, False),
+    ("/dev", "/dev", False, True),
+    ("/sys", "/sys", True, False),
+)
 
 
 class LaunchError(EnclaveBuildError):
@@ -57,7 +61,7 @@ class DirectLaunch:
     uid: int = 0
     gid: int = 0
     env: Mapping[str, str] = field(default_factory=dict)
-    args: Sequence[str] = ()     # passed on only if the manifest allows command-line argv
+    args: Sequence[str] = ()  # passed on only if the manifest allows command-line argv
 
 
 def has_gramine_direct(root: Path) -> bool:
@@ -89,8 +93,7 @@ def resolve_user(root: Path, user: str | None) -> tuple[int, int]:
     if group:
         if group.isdigit():
             return uid, int(group)
-        found = next((e for e in _table(root / "etc/group") if e[0] == group and len(e) > 2),
-                     None)
+        found = next((e for e in _table(root / "etc/group") if e[0] == group and len(e) > 2), None)
         if found is None:
             raise LaunchError(f"image user {user!r}: no group {group!r} in the image's /etc/group")
         return uid, int(found[2])
@@ -123,8 +126,9 @@ def prepare_manifest(root: Path, app: str) -> Path:
     except RootFSError as exc:
         if plain.is_file() and not plain.is_symlink():
             return plain
-        raise LaunchError(f"the image has no manifest for {app} (expected "
-                          f"{app}.manifest.sgx): {exc}") from None
+        raise LaunchError(
+            f"the image has no manifest for {app} (expected {app}.manifest.sgx): {exc}"
+        ) from None
     tmp = directory / f".{name}.manifest.tmp-{os.getpid()}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
@@ -136,8 +140,9 @@ def prepare_manifest(root: Path, app: str) -> Path:
             os.unlink(tmp)
         except OSError:
             pass
-        raise LaunchError(f"{app}.manifest: cannot write it next to {app}.manifest.sgx: "
-                          f"{exc.strerror or exc}") from None
+        raise LaunchError(
+            f"{app}.manifest: cannot write it next to {app}.manifest.sgx: {exc.strerror or exc}"
+        ) from None
     return plain
 
 
@@ -150,24 +155,46 @@ def command(launch: DirectLaunch) -> list[str]:
         steps.append(f"mount {'--rbind' if recursive else '--bind'} {source} {target}")
         if read_only:
             steps.append(f"mount -o remount,bind,ro {target}")
-    chroot = ["chroot", f"--userspec={launch.uid}:{launch.gid}", f"--groups={launch.gid}", root,
-              GRAMINE_DIRECT, launch.app, *launch.args]
+    chroot = [
+        "chroot",
+        f"--userspec={launch.uid}:{launch.gid}",
+        f"--groups={launch.gid}",
+        root,
+        GRAMINE_DIRECT,
+        launch.app,
+        *launch.args,
+    ]
     steps.append("exec " + shlex.join(chroot))
     env = [f"{k}={v}" for k, v in sorted({"PATH": HOST_PATH, **launch.env}.items())]
-    return ["unshare", "--mount", "--propagation", "private", "--", "env", "-i", *env,
-            "/bin/sh", "-c", "; ".join(steps)]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "env",
+        "-i",
+        *env,
+        "/bin/sh",
+        "-c",
+        "; ".join(steps),
+    ]
 
 
 def check(launch: DirectLaunch) -> None:
     root = Path(launch.root)
     if os.geteuid() != 0:
-        raise LaunchError("gramine-direct runs need root (chroot and bind mounts); run as root, "
-                          "or use a plain-process simulation")
+        raise LaunchError(
+            "gramine-direct runs need root (chroot and bind mounts); run as root, "
+            "or use a plain-process simulation"
+        )
     if not root.is_dir():
         raise LaunchError(f"{root}: no such root filesystem directory")
     if not has_gramine_direct(root):
-        raise LaunchError(f"{root}: no Gramine in this root filesystem ({GRAMINE_DIRECT} and "
-                          f"{DIRECT_LOADER} are needed; a stand-in base has neither)")
+        raise LaunchError(
+            f"{root}: no Gramine in this root filesystem ({GRAMINE_DIRECT} and "
+            f"{DIRECT_LOADER} are needed; a stand-in base has neither)"
+        )
     for tool in ("unshare", "mount", "chroot", "env"):
         if shutil.which(tool) is None:
             raise LaunchError(f"{tool!r} not found on the host (util-linux / coreutils)")
@@ -188,8 +215,9 @@ def start(launch: DirectLaunch, **popen: Any) -> subprocess.Popen:
     return subprocess.Popen(command(launch), **popen)
 
 
-def wait_forwarding(process: subprocess.Popen,
-                    signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
+def wait_forwarding(
+    process: subprocess.Popen, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)
+) -> int:
     """Wait for *process*; SIGTERM/SIGINT sent to us become SIGTERM to it (a second one:
     SIGKILL). Returns its exit code (128 + N if a signal N ended it)."""
     received: list[int] = []
@@ -219,17 +247,29 @@ def wait_forwarding(process: subprocess.Popen,
     return 128 - code if code < 0 else code
 
 
-def run(launch: DirectLaunch, stdout: IO[Any] | int | None = None,
-        stderr: IO[Any] | int | None = None) -> int:
+def run(
+    launch: DirectLaunch, stdout: IO[Any] | int | None = None, stderr: IO[Any] | int | None = None
+) -> int:
     """Run to completion, streaming output (inherited, unless given), forwarding SIGTERM."""
     return wait_forwarding(start(launch, stdout=stdout, stderr=stderr))
 
 
 def _is_main_thread() -> bool:
     import threading
+
     return threading.current_thread() is threading.main_thread()
 
 
-__all__ = ["DirectLaunch", "LaunchError", "has_gramine_direct", "resolve_user",
-           "prepare_manifest", "command", "start", "run", "wait_forwarding",
-           "GRAMINE_DIRECT", "DIRECT_LOADER"]
+__all__ = [
+    "DirectLaunch",
+    "LaunchError",
+    "has_gramine_direct",
+    "resolve_user",
+    "prepare_manifest",
+    "command",
+    "start",
+    "run",
+    "wait_forwarding",
+    "GRAMINE_DIRECT",
+    "DIRECT_LOADER",
+]

@@ -17,8 +17,7 @@ from enclave_build.contract.names import SERVER_CONFIG, SERVICE_FILE
 from enclave_build.contract.server_config import ConfigError, Listener, ServerConfig
 from enclave_build.contract.service_info import ServiceInfo, ServiceInfoError
 from enclave_build.model_server.backends import BackendError, load_backend_class
-from enclave_build.model_server.preflight import (listen_problem, port_failure,
-                                                  runtime_failures)
+from enclave_build.model_server.preflight import listen_problem, port_failure, runtime_failures
 
 #: How run names a service.json port in its message (by the port's name).
 _KINDS = {"grpc": "gRPC", "http": "REST", "ratls": "RA-TLS", "grsecret": "GrSecret"}
@@ -50,25 +49,26 @@ def _port_problems(build_dir: Path, host: str) -> list[str]:
     try:
         info = ServiceInfo.load(build_dir / SERVICE_FILE)
     except ServiceInfoError:
-        return []     # no service.json (a service without ports, or an older build)
+        return []  # no service.json (a service without ports, or an older build)
     problems = []
     for port in info.ports:
         reason = listen_problem(host, port.number)
         if reason is not None:
             listener = Listener(host, port.number, port.spec_key)
-            problems.append(port_failure(_KINDS.get(port.name, port.name), listener,
-                                         reason).message)
+            problems.append(
+                port_failure(_KINDS.get(port.name, port.name), listener, reason).message
+            )
     return problems
 
 
 def _server_config(root: Path) -> ServerConfig | None:
     path = root / SERVER_CONFIG.lstrip("/")
     if not path.is_file():
-        return None   # not enclave-build's model server
+        return None  # not enclave-build's model server
     try:
         return ServerConfig.load(path, SERVER_CONFIG)
     except ConfigError:
-        return None   # the server reports it itself, with its line
+        return None  # the server reports it itself, with its line
 
 
 class _Unknown:

@@ -21,9 +21,9 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..cache import cache_root
 from ..image.oci import Image
@@ -44,8 +44,8 @@ def _layer_record(image: Image, digest: str, cache: Path) -> dict:
             return record
     except (OSError, ValueError):
         pass
-    entries: list[list] = []      # [path, uid, gid, mode, is_dir], in tar order
-    whiteouts: list[str] = []     # removed paths; "DIR/" + OPAQUE for opaque directories
+    entries: list[list] = []  # [path, uid, gid, mode, is_dir], in tar order
+    whiteouts: list[str] = []  # removed paths; "DIR/" + OPAQUE for opaque directories
     with open(image.store.path(digest), "rb") as handle:
         with tarfile.open(fileobj=open_layer(handle), mode="r|") as tar:
             for member in tar:
@@ -56,10 +56,11 @@ def _layer_record(image: Image, digest: str, cache: Path) -> dict:
                 if base == OPAQUE or base.startswith(WHITEOUT):
                     whiteouts.append(rel)
                 elif member.isdir() or member.isfile():
-                    entries.append([rel, member.uid, member.gid, member.mode & 0o777,
-                                    member.isdir()])
+                    entries.append(
+                        [rel, member.uid, member.gid, member.mode & 0o777, member.isdir()]
+                    )
                 else:
-                    entries.append([rel, -1, -1, 0, False])   # symlinks etc.: nothing to restore
+                    entries.append([rel, -1, -1, 0, False])  # symlinks etc.: nothing to restore
     record = {"format": _FORMAT, "entries": entries, "whiteouts": whiteouts}
     cache.mkdir(parents=True, exist_ok=True)
     tmp = key.with_suffix(f".tmp{os.getpid()}")
@@ -83,7 +84,7 @@ def image_ownership(image: Image, cache: Path | None = None) -> list[Entry]:
                 for path in [p for p in final if p.startswith(prefix) and p not in added]:
                     del final[path]
             else:
-                gone = posixpath.join(parent, base[len(WHITEOUT):])
+                gone = posixpath.join(parent, base[len(WHITEOUT) :])
                 for path in [p for p in final if p == gone or p.startswith(gone + "/")]:
                     del final[path]
         for rel, uid, gid, mode, is_dir in record["entries"]:
@@ -129,8 +130,11 @@ def _overlay(lower: Path, work: Path) -> Path | None:
     for name in ("upper", "work", "root"):
         (work / name).mkdir()
     options = f"lowerdir={lower},upperdir={work / 'upper'},workdir={work / 'work'}"
-    result = subprocess.run(["mount", "-t", "overlay", "enclave-build-run", "-o", options,
-                             str(merged)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "overlay", "enclave-build-run", "-o", options, str(merged)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         for name in ("upper", "work", "root"):
             shutil.rmtree(work / name, ignore_errors=True)

@@ -39,10 +39,11 @@ import posixpath
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any
 
 from enclave_build.attestation.measurements import Measurements, MeasurementsError
 from enclave_build.contract.identity import EnclaveIdentity
@@ -59,9 +60,11 @@ from .gramine_direct import DirectLaunch, resolve_user, wait_forwarding
 from .rootfs import apply_ownership, image_ownership, private_root
 from .view import enclave_view
 
-BANNER = ("SIMULATION: not an SGX enclave; nothing here is attested. Quotes come from a "
-          "simulated quoter signed by a SYNTHETIC test PKI; a secret server accepts them only "
-          "if configured to trust that PKI's root. Never use this for real secrets.")
+BANNER = (
+    "SIMULATION: not an SGX enclave; nothing here is attested. Quotes come from a "
+    "simulated quoter signed by a SYNTHETIC test PKI; a secret server accepts them only "
+    "if configured to trust that PKI's root. Never use this for real secrets."
+)
 _PYTHON = re.compile(r"python(3(\.\d+)?)?")
 
 
@@ -75,13 +78,13 @@ class CannotSimulate(UsageError):
 
 @dataclass
 class RunOptions:
-    pki: Path | None = None            # synthetic PKI directory (default: in the cache)
+    pki: Path | None = None  # synthetic PKI directory (default: in the cache)
     env: Mapping[str, str] = field(default_factory=dict)
-    mode: str = "auto"                 # "auto", "gramine-direct" or "process"
+    mode: str = "auto"  # "auto", "gramine-direct" or "process"
     stdout: IO[Any] | int | None = None
     stderr: IO[Any] | int | None = None
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
-    started: Callable[[subprocess.Popen], None] | None = None   # called with the process
+    started: Callable[[subprocess.Popen], None] | None = None  # called with the process
     #: plain process: serve on the image's wildcard addresses instead of 127.0.0.1
     listen_all: bool = False
 
@@ -91,10 +94,10 @@ class Build:
     directory: Path
     image: Image
     measurements: Measurements
-    app: str                   # /enclave/SERVICE
-    manifest: dict[str, Any]   # the parsed SERVICE.manifest.sgx
-    user: str | None           # the image config's User
-    ownership: list[Any]       # builder.run.rootfs entries to restore
+    app: str  # /enclave/SERVICE
+    manifest: dict[str, Any]  # the parsed SERVICE.manifest.sgx
+    user: str | None  # the image config's User
+    ownership: list[Any]  # builder.run.rootfs entries to restore
     #: the image's files checked against its SIGSTRUCT (they agree, or there is no Build)
     verification: EnclaveVerification
 
@@ -104,14 +107,27 @@ class Build:
         image's manifest and libpal.so measured here; signer, ISV ids and debug from its
         verified SIGSTRUCT), not read from measurements.json."""
         identity = self.verification.identity
-        if identity is None or not identity.agrees or identity.mr_enclave is None or \
-                identity.sigstruct is None:
-            raise RunError(f"{self.directory}: the image's identity was not verified; no "
-                           "quotes are made for it")
+        if (
+            identity is None
+            or not identity.agrees
+            or identity.mr_enclave is None
+            or identity.sigstruct is None
+        ):
+            raise RunError(
+                f"{self.directory}: the image's identity was not verified; no "
+                "quotes are made for it"
+            )
         sig = identity.sigstruct
-        return dataclasses.replace(self.measurements, identity=EnclaveIdentity(
-            identity.mr_enclave, sig["mr_signer"], sig["isv_prod_id"], sig["isv_svn"],
-            sig["debug"]))
+        return dataclasses.replace(
+            self.measurements,
+            identity=EnclaveIdentity(
+                identity.mr_enclave,
+                sig["mr_signer"],
+                sig["isv_prod_id"],
+                sig["isv_svn"],
+                sig["debug"],
+            ),
+        )
 
 
 def parse_env(items: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -124,29 +140,37 @@ def parse_env(items: tuple[str, ...] | list[str]) -> dict[str, str]:
     return env
 
 
-def open_build(directory: str | Path, log: Callable[[str], None] | None = None
-               ) -> tuple[Build, Path]:
+def open_build(
+    directory: str | Path, log: Callable[[str], None] | None = None
+) -> tuple[Build, Path]:
     """Check BUILD_DIR's outputs, read the image, and verify it (as `inspect` does; RunError
     naming every disagreement); returns the build and the cached unpacked root filesystem
     (*log*: where cache pruning reports; default stderr)."""
     directory = Path(directory)
     if not directory.exists():
-        raise RunError(f"{directory}: no such build directory (give the --output directory of "
-                       "`enclave-build build`)")
+        raise RunError(
+            f"{directory}: no such build directory (give the --output directory of "
+            "`enclave-build build`)"
+        )
     if not directory.is_dir():
-        raise RunError(f"{directory}: not a directory (give the --output directory of "
-                       "`enclave-build build`)")
+        raise RunError(
+            f"{directory}: not a directory (give the --output directory of `enclave-build build`)"
+        )
     if not (directory / "oci").is_dir():
-        raise RunError(f"{directory / 'oci'}: no OCI image layout; is {directory} the output "
-                       "directory of `enclave-build build`?")
+        raise RunError(
+            f"{directory / 'oci'}: no OCI image layout; is {directory} the output "
+            "directory of `enclave-build build`?"
+        )
     if not (directory / MEASUREMENTS_FILE).is_file():
-        raise RunError(f"{directory / MEASUREMENTS_FILE}: not found; the simulated quoter "
-                       "needs the build's identity")
-    with BlobCache(cache_root()).in_use():     # no prune removes a blob while it is read
+        raise RunError(
+            f"{directory / MEASUREMENTS_FILE}: not found; the simulated quoter "
+            "needs the build's identity"
+        )
+    with BlobCache(cache_root()).in_use():  # no prune removes a blob while it is read
         return _open_verified(directory, log)
 
 
-def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple["Build", Path]:
+def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple[Build, Path]:
     from ..image.inspect import inspect_opened, open_image
 
     try:
@@ -155,11 +179,13 @@ def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple[
         raise RunError(f"{directory / MEASUREMENTS_FILE}: {exc}") from None
     assert measurements is not None
     if measurements.libos != "gramine":
-        raise RunError(f"{directory}: built with libos = {measurements.libos!r}; `run "
-                       "--simulate` runs Gramine builds only (there is no Occlum runtime "
-                       "here). Run an Occlum "
-                       "image with its own runtime on an SGX machine: docker run --device "
-                       "/dev/sgx_enclave --device /dev/sgx_provision IMAGE")
+        raise RunError(
+            f"{directory}: built with libos = {measurements.libos!r}; `run "
+            "--simulate` runs Gramine builds only (there is no Occlum runtime "
+            "here). Run an Occlum "
+            "image with its own runtime on an SGX machine: docker run --device "
+            "/dev/sgx_enclave --device /dev/sgx_provision IMAGE"
+        )
     # Reading the layers' owners and unpacking both decompress every layer: do them together.
     with ThreadPoolExecutor(1) as pool:
         ownership = pool.submit(image_ownership, image)
@@ -167,13 +193,23 @@ def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple[
         owners = ownership.result()
     verification = result.verification
     if not result.agrees or verification is None or verification.manifest is None:
-        raise RunError(f"{directory}: the image is not what its identity says "
-                       "(measurements.json, labels, SIGSTRUCT and the image's own manifest, "
-                       "libpal.so and trusted files must agree); not starting (run `enclave-build "
-                       "inspect` on it, or rebuild):\n  - " + "\n  - ".join(result.problems))
+        raise RunError(
+            f"{directory}: the image is not what its identity says "
+            "(measurements.json, labels, SIGSTRUCT and the image's own manifest, "
+            "libpal.so and trusted files must agree); not starting (run `enclave-build "
+            "inspect` on it, or rebuild):\n  - " + "\n  - ".join(result.problems)
+        )
     config = image.config.get("config") or {}
-    build = Build(directory, image, measurements, verification.app, verification.manifest,
-                  config.get("User") or None, owners, verification)
+    build = Build(
+        directory,
+        image,
+        measurements,
+        verification.app,
+        verification.manifest,
+        config.get("User") or None,
+        owners,
+        verification,
+    )
     return build, verification.rootfs.root
 
 
@@ -182,22 +218,28 @@ def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
     real = gramine_direct.has_gramine_direct(root)
     if requested == "gramine-direct" or (requested == "auto" and real and os.geteuid() == 0):
         if not real:
-            raise CannotSimulate(f"{build.directory}: the image has no real Gramine "
-                                 f"({gramine_direct.DIRECT_LOADER}); it was built on a stand-in "
-                                 "base. Rebuild with a real base, e.g. --base dir:ROOTFS from "
-                                 "`enclave-build base gramine ROOTFS` (root)")
+            raise CannotSimulate(
+                f"{build.directory}: the image has no real Gramine "
+                f"({gramine_direct.DIRECT_LOADER}); it was built on a stand-in "
+                "base. Rebuild with a real base, e.g. --base dir:ROOTFS from "
+                "`enclave-build base gramine ROOTFS` (root)"
+            )
         if os.geteuid() != 0:
             raise CannotSimulate("gramine-direct runs need root (chroot and bind mounts)")
         return "gramine-direct"
     entry = str(build.manifest.get("libos", {}).get("entrypoint", ""))
     if not _PYTHON.fullmatch(entry.rsplit("/", 1)[-1]):
-        why = ("the image has no real Gramine (built on a stand-in base)" if not real
-               else "gramine-direct needs root")
+        why = (
+            "the image has no real Gramine (built on a stand-in base)"
+            if not real
+            else "gramine-direct needs root"
+        )
         raise CannotSimulate(
             f"{build.measurements.framework!r} runs a binary ({entry}), not our Python model "
             f"server, so it cannot run as a plain process here, and {why}. Simulate it under "
             "gramine-direct: build on a real Gramine base (`enclave-build base gramine ROOTFS` as "
-            "root, then --base dir:ROOTFS) and run as root.")
+            "root, then --base dir:ROOTFS) and run as root."
+        )
     return "process"
 
 
@@ -205,9 +247,9 @@ def _loader_env(manifest: dict[str, Any]) -> dict[str, Any]:
     return dict((manifest.get("loader") or {}).get("env") or {})
 
 
-def process_command(build: Build, root: Path, env: Mapping[str, str]) -> tuple[list[str],
-                                                                                dict[str, str],
-                                                                                Path]:
+def process_command(
+    build: Build, root: Path, env: Mapping[str, str]
+) -> tuple[list[str], dict[str, str], Path]:
     """argv, environment and cwd of a plain-process run of the manifest's Python argv in
     *root* (the run's view of the image): the manifest's PYTHONPATH, mapped under *root*, is
     the only one (none if the manifest sets none, as in the enclave)."""
@@ -219,8 +261,13 @@ def process_command(build: Build, root: Path, env: Mapping[str, str]) -> tuple[l
     out_env.pop("PYTHONPATH", None)
     for name, value in manifest_env.items():
         # plain values only; LD_LIBRARY_PATH names Gramine's C library, not the host's
-        if isinstance(value, str) and name not in ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH",
-                                                   "HOME", "PATH"):
+        if isinstance(value, str) and name not in (
+            "LD_LIBRARY_PATH",
+            "LD_PRELOAD",
+            "PYTHONPATH",
+            "HOME",
+            "PATH",
+        ):
             out_env[name] = value
     out_env.update(env)
     out_env[ROOT_ENV] = str(root)
@@ -253,15 +300,18 @@ def _pki(directory: Path | None, log: Callable[[str], None]):
             return SyntheticPKI.load(default), default
         pki = SyntheticPKI()
         pki.save(default)
-        log(f"run: created a synthetic test PKI in {default} (a secret server must set "
-            f"root_ca = \"{default / 'root.pem'}\" to accept its quotes)")
+        log(
+            f"run: created a synthetic test PKI in {default} (a secret server must set "
+            f'root_ca = "{default / "root.pem"}" to accept its quotes)'
+        )
         return pki, default
     except PKIError as exc:
         raise RunError(str(exc)) from None
 
 
-def _check_encrypted_files(build: Build, root: Path, uid: int, gid: int,
-                           log: Callable[[str], None]) -> None:
+def _check_encrypted_files(
+    build: Build, root: Path, uid: int, gid: int, log: Callable[[str], None]
+) -> None:
     """Warn about encrypted-mount files the runtime user cannot open read-write (Gramine opens
     them O_RDWR; the run will fail on them, as it would in a real container)."""
     if uid == 0:
@@ -272,18 +322,28 @@ def _check_encrypted_files(build: Build, root: Path, uid: int, gid: int,
             continue
         uri = str(mount.get("uri", ""))
         host = root / uri.removeprefix("file:").lstrip("/")
-        paths = [host] if host.is_file() else [p for p in host.rglob("*") if p.is_file()] \
-            if host.is_dir() else []
+        paths = (
+            [host]
+            if host.is_file()
+            else [p for p in host.rglob("*") if p.is_file()]
+            if host.is_dir()
+            else []
+        )
         for path in paths:
             st = path.stat()
-            ok = (st.st_uid == uid and st.st_mode & 0o600 == 0o600) or \
-                 (st.st_gid == gid and st.st_mode & 0o060 == 0o060) or st.st_mode & 0o006 == 0o006
+            ok = (
+                (st.st_uid == uid and st.st_mode & 0o600 == 0o600)
+                or (st.st_gid == gid and st.st_mode & 0o060 == 0o060)
+                or st.st_mode & 0o006 == 0o006
+            )
             if not ok:
                 bad.append(f"/{path.relative_to(root)}")
     if bad:
-        log(f"run: warning: the image user ({uid}:{gid}) cannot open these encrypted files "
+        log(
+            f"run: warning: the image user ({uid}:{gid}) cannot open these encrypted files "
             f"read-write, and Gramine opens them read-write: {', '.join(bad[:5])}"
-            f"{' ...' if len(bad) > 5 else ''}")
+            f"{' ...' if len(bad) > 5 else ''}"
+        )
 
 
 def secret_server_hint(directory: Path, timeout: float = 1.0) -> str | None:
@@ -309,11 +369,13 @@ def secret_server_hint(directory: Path, timeout: float = 1.0) -> str | None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
     project = directory.resolve().parent
-    return (f"run: nothing answers at {info.secret_server} ({reason}), the secret server "
-            f"this enclave gets its keys {', '.join(info.keys)} from. Start one (`enclave-build "
-            "secrets config "
-            f"{directory} ... --out secrets.toml`, then `enclave-build secrets serve --config "
-            f"secrets.toml`), or let `enclave-build dev {project}` start it and the run")
+    return (
+        f"run: nothing answers at {info.secret_server} ({reason}), the secret server "
+        f"this enclave gets its keys {', '.join(info.keys)} from. Start one (`enclave-build "
+        "secrets config "
+        f"{directory} ... --out secrets.toml`, then `enclave-build secrets serve --config "
+        f"secrets.toml`), or let `enclave-build dev {project}` start it and the run"
+    )
 
 
 def check_before_start(build: Build, root: Path, mode: str, listen_all: bool = False) -> None:
@@ -357,33 +419,48 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
             raise RunError(str(exc)) from None
         try:
             env = {**options.env, QUOTER_ENV: f"{host}:{port}"}
-            log(f"run: {build.measurements.service} ({build.measurements.framework}), mode "
+            log(
+                f"run: {build.measurements.service} ({build.measurements.framework}), mode "
                 f"{mode}, mr_enclave {quoted.mr_enclave} (re-derived from the image's manifest "
                 f"and libpal.so; {len(build.verification.trusted)} trusted files checked), "
-                f"quoter {host}:{port}, PKI {pki_dir}")
+                f"quoter {host}:{port}, PKI {pki_dir}"
+            )
             if mode == "gramine-direct":
                 declared = _loader_env(build.manifest)
                 for name in options.env:
                     value = declared.get(name)
                     if not (isinstance(value, dict) and value.get("passthrough")):
-                        log(f"run: warning: the manifest does not pass {name} through "
+                        log(
+                            f"run: warning: the manifest does not pass {name} through "
                             f"(loader.env.{name} = {{ passthrough = true }}); the enclave will "
-                            "not see it")
+                            "not see it"
+                        )
                 _check_encrypted_files(build, root, uid, gid, log)
-                process = gramine_direct.start(DirectLaunch(root, build.app, uid, gid, env),
-                                               stdout=options.stdout, stderr=options.stderr)
+                process = gramine_direct.start(
+                    DirectLaunch(root, build.app, uid, gid, env),
+                    stdout=options.stdout,
+                    stderr=options.stderr,
+                )
             else:
                 argv, full_env, cwd = process_command(build, root, env)
                 if not options.listen_all:
                     full_env[LISTEN_ENV] = "127.0.0.1"
-                    log(f"run: plain process: {build.measurements.service} listens on 127.0.0.1 "
-                        "only (--listen-all for the image's addresses)")
-                process = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=options.stdout,
-                                           stderr=options.stderr, start_new_session=True)
+                    log(
+                        f"run: plain process: {build.measurements.service} listens on 127.0.0.1 "
+                        "only (--listen-all for the image's addresses)"
+                    )
+                process = subprocess.Popen(
+                    argv,
+                    env=full_env,
+                    cwd=cwd,
+                    stdout=options.stdout,
+                    stderr=options.stderr,
+                    start_new_session=True,
+                )
             if options.started is not None:
                 options.started(process)
             code = wait_forwarding(process)
-            if code not in (0, 128 + 2, 128 + 15):   # not a clean stop, nor SIGINT/SIGTERM
+            if code not in (0, 128 + 2, 128 + 15):  # not a clean stop, nor SIGINT/SIGTERM
                 hint = secret_server_hint(Path(directory))
                 if hint:
                     log(hint)
@@ -392,6 +469,18 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
             quoter.stop()
 
 
-__all__ = ["run_build", "RunOptions", "RunError", "CannotSimulate", "open_build", "choose_mode",
-           "check_before_start", "process_command", "parse_env", "BANNER", "QUOTER_ENV",
-           "ROOT_ENV", "LISTEN_ENV"]
+__all__ = [
+    "run_build",
+    "RunOptions",
+    "RunError",
+    "CannotSimulate",
+    "open_build",
+    "choose_mode",
+    "check_before_start",
+    "process_command",
+    "parse_env",
+    "BANNER",
+    "QUOTER_ENV",
+    "ROOT_ENV",
+    "LISTEN_ENV",
+]

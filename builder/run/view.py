@@ -24,9 +24,10 @@ import posixpath
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import EnclaveBuildError
 from ..image.verify import EnclaveVerification
@@ -41,7 +42,7 @@ def _image_path(value: Any) -> str | None:
     """A normalized absolute image path from a path or ``file:`` URI (None if not one)."""
     if not isinstance(value, str):
         return None
-    path = value[len("file:"):] if value.startswith("file:") else value
+    path = value[len("file:") :] if value.startswith("file:") else value
     if not path.startswith("/") or ".." in path.split("/"):
         return None
     return posixpath.normpath(path)
@@ -63,10 +64,11 @@ def _copy(source: Path, target: Path, image_path: str) -> bool:
         executable = os.stat(source).st_mode & 0o111
         os.chmod(dest, 0o755 if executable else 0o644)
     except (FileExistsError, NotADirectoryError):
-        return False   # a file where the other path needs a directory (or the reverse)
+        return False  # a file where the other path needs a directory (or the reverse)
     except OSError as exc:
-        raise ViewError(f"{image_path}: cannot copy it into the run's root: "
-                        f"{exc.strerror or exc}") from None
+        raise ViewError(
+            f"{image_path}: cannot copy it into the run's root: {exc.strerror or exc}"
+        ) from None
     return True
 
 
@@ -135,8 +137,9 @@ def populate(target: Path, verification: EnclaveVerification) -> int:
 
 
 @contextmanager
-def enclave_view(verification: EnclaveVerification,
-                 prefix: str = "enclave-build-run-") -> Iterator[Path]:
+def enclave_view(
+    verification: EnclaveVerification, prefix: str = "enclave-build-run-"
+) -> Iterator[Path]:
     """A fresh root with only the files the enclave may open (see the module docstring);
     removed afterwards."""
     work = Path(tempfile.mkdtemp(prefix=prefix))

@@ -100,9 +100,18 @@ if TYPE_CHECKING:
     from ..keys import ModelSource
 
 __all__ = [
-    "Backend", "TensorSpec", "Runtime", "SERVE_EXTRA", "InferenceError", "BackendError",
-    "ENTRY_POINT_GROUP", "BUILTINS",
-    "DATATYPES", "to_numpy_dtype", "from_numpy_dtype", "load_backend_class",
+    "Backend",
+    "TensorSpec",
+    "Runtime",
+    "SERVE_EXTRA",
+    "InferenceError",
+    "BackendError",
+    "ENTRY_POINT_GROUP",
+    "BUILTINS",
+    "DATATYPES",
+    "to_numpy_dtype",
+    "from_numpy_dtype",
+    "load_backend_class",
 ]
 
 ENTRY_POINT_GROUP = "enclave_model_server.backends"
@@ -126,13 +135,15 @@ class BackendError(ModelServerError, RuntimeError):
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    datatype: str                                   # KServe v2 name: "FP32", "INT64", "BYTES", ...
+    datatype: str  # KServe v2 name: "FP32", "INT64", "BYTES", ...
     shape: list[int] = field(default_factory=list)  # -1 marks a dynamic dimension
 
     def __post_init__(self) -> None:
         if self.datatype not in DATATYPES:
-            raise BackendError(f"tensor {self.name!r}: datatype {self.datatype!r} is not one of "
-                               f"{', '.join(DATATYPES)}")
+            raise BackendError(
+                f"tensor {self.name!r}: datatype {self.datatype!r} is not one of "
+                f"{', '.join(DATATYPES)}"
+            )
         object.__setattr__(self, "shape", [int(d) for d in self.shape])
 
     @property
@@ -142,7 +153,8 @@ class TensorSpec:
     def accepts(self, shape: list[int] | tuple[int, ...]) -> bool:
         """Whether a concrete shape fits this spec (same rank, fixed dimensions equal)."""
         return len(shape) == len(self.shape) and all(
-            want < 0 or want == got for want, got in zip(self.shape, shape, strict=True))
+            want < 0 or want == got for want, got in zip(self.shape, shape, strict=True)
+        )
 
     def as_dict(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -156,7 +168,7 @@ class Backend(abc.ABC):
     #: The Python modules the backend imports at run time (checked before keys are fetched).
     runtimes: ClassVar[tuple[Runtime, ...]] = ()
 
-    def __init__(self, model: "ModelConfig", source: "ModelSource") -> None:
+    def __init__(self, model: ModelConfig, source: ModelSource) -> None:
         self.model = model
         self.source = source
 
@@ -187,7 +199,7 @@ def _import_target(target: str):
     except ImportError as exc:
         raise BackendError(f"backend {target}: cannot import {module_name} ({exc})") from None
     obj = module
-    for part in (attr.split(".") if attr else []):
+    for part in attr.split(".") if attr else []:
         try:
             obj = getattr(obj, part)
         except AttributeError:
@@ -206,8 +218,10 @@ def load_backend_class(name: str) -> type:
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not found:
         known = sorted(set(BUILTINS) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
-        raise BackendError(f"no backend named {name!r}; installed: {', '.join(known)} "
-                           f"(entry-point group {ENTRY_POINT_GROUP})")
+        raise BackendError(
+            f"no backend named {name!r}; installed: {', '.join(known)} "
+            f"(entry-point group {ENTRY_POINT_GROUP})"
+        )
     try:
         return found[0].load()
     except Exception as exc:  # noqa: BLE001 - a broken plugin must name itself

@@ -36,27 +36,48 @@ import sys
 
 import numpy as np
 
-from . import (SERVE_EXTRA, Backend, BackendError, InferenceError, Runtime, TensorSpec,
-               from_numpy_dtype)
+from . import (
+    SERVE_EXTRA,
+    Backend,
+    BackendError,
+    InferenceError,
+    Runtime,
+    TensorSpec,
+    from_numpy_dtype,
+)
 
 _OPTIONS = {"device", "config", "check_batch"}
 #: OpenVINO element types served, each equal to a numpy dtype (and so to a KServe datatype).
-SERVED_TYPES = ("f32", "f16", "f64", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64",
-                "boolean")
+SERVED_TYPES = (
+    "f32",
+    "f16",
+    "f64",
+    "i8",
+    "i16",
+    "i32",
+    "i64",
+    "u8",
+    "u16",
+    "u32",
+    "u64",
+    "boolean",
+)
 
 
 def _spec(port, fallback: str, model: str, kind: str) -> TensorSpec:
     try:
         name = port.get_any_name()
-    except RuntimeError:          # an unnamed port
+    except RuntimeError:  # an unnamed port
         name = fallback
     element = port.get_element_type()
     type_name = element.get_type_name()
     if type_name not in SERVED_TYPES:
-        raise BackendError(f"model {model}: {kind} {name!r} has element type {type_name}, "
-                           "which the openvino backend does not serve (string tensors, i.e. "
-                           "KServe BYTES, bf16 and packed types cannot be passed as arrays); "
-                           f"served: {', '.join(SERVED_TYPES)}")
+        raise BackendError(
+            f"model {model}: {kind} {name!r} has element type {type_name}, "
+            "which the openvino backend does not serve (string tensors, i.e. "
+            "KServe BYTES, bf16 and packed types cannot be passed as arrays); "
+            f"served: {', '.join(SERVED_TYPES)}"
+        )
     shape = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
     return TensorSpec(name, from_numpy_dtype(element.to_dtype()), shape)
 
@@ -76,22 +97,27 @@ class OpenVINOBackend(Backend):
         super().__init__(model, source)
         unknown = set(model.options) - _OPTIONS
         if unknown:
-            raise BackendError(f"model {model.name}: unknown openvino option(s) "
-                               f"{', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_OPTIONS))}")
+            raise BackendError(
+                f"model {model.name}: unknown openvino option(s) "
+                f"{', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_OPTIONS))}"
+            )
         try:
             _block_telemetry()
             import openvino as ov
         except ImportError:
-            raise BackendError("the openvino backend needs the openvino runtime (pip install "
-                               "openvino)") from None
+            raise BackendError(
+                "the openvino backend needs the openvino runtime (pip install openvino)"
+            ) from None
         self._ov = ov
         self._core = ov.Core()
         self._device = model.options.get("device", "CPU")
         # f32 unless the model's options say otherwise: on CPUs with bf16 units (AVX512_BF16,
         # AMX) OpenVINO's CPU plugin otherwise computes in bfloat16, and the answers then differ
         # from the model's by far more than rounding (seen: 1.8 on face-detection regressors).
-        self._config = {"INFERENCE_NUM_THREADS": max(1, model.threads),
-                        "INFERENCE_PRECISION_HINT": "f32"}
+        self._config = {
+            "INFERENCE_NUM_THREADS": max(1, model.threads),
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
         self._config.update(model.options.get("config") or {})
         self._check_batch = bool(model.options.get("check_batch", True))
         self._ov_model = self._core.read_model(str(source.path))
@@ -99,10 +125,13 @@ class OpenVINOBackend(Backend):
         # one request per instance: creating and dropping requests per call makes OpenVINO's
         # CPU plugin crash or answer wrongly after some dynamic shapes
         self._request = self._compiled.create_infer_request()
-        self._inputs = [_spec(p, f"input_{i}", model.name, "input")
-                        for i, p in enumerate(self._compiled.inputs)]
-        self._outputs = [_spec(p, f"output_{i}", model.name, "output")
-                         for i, p in enumerate(self._compiled.outputs)]
+        self._inputs = [
+            _spec(p, f"input_{i}", model.name, "input") for i, p in enumerate(self._compiled.inputs)
+        ]
+        self._outputs = [
+            _spec(p, f"output_{i}", model.name, "output")
+            for i, p in enumerate(self._compiled.outputs)
+        ]
         self._batched_in = [i for i, s in enumerate(self._inputs) if s.shape[:1] == [-1]]
         self._batched_out = [i for i, s in enumerate(self._outputs) if s.shape[:1] == [-1]]
 
@@ -129,8 +158,9 @@ class OpenVINOBackend(Backend):
         # or an empty shape for a dynamic output), never an earlier request's result
         for i, (port, spec) in enumerate(zip(self._compiled.outputs, self._outputs, strict=True)):
             shape = [0] * len(spec.shape) if -1 in spec.shape else spec.shape
-            request.set_output_tensor(i, ov.Tensor(np.zeros(shape, port.get_element_type()
-                                                            .to_dtype())))
+            request.set_output_tensor(
+                i, ov.Tensor(np.zeros(shape, port.get_element_type().to_dtype()))
+            )
         feed = {i: inputs[spec.name] for i, spec in enumerate(self._inputs)}
         # share_inputs: new input tensors over the request's bytes (no copy); the outputs are
         # copied out, the placeholders above are dropped at the next call
@@ -144,23 +174,31 @@ class OpenVINOBackend(Backend):
             batch = sizes.pop() if len(sizes) == 1 else None
         for i, (spec, arr) in enumerate(zip(self._outputs, outs, strict=True)):
             if -1 in spec.shape and arr.shape == (0,) * len(spec.shape):
-                return (f"the runtime produced no output {spec.name!r} for input shape(s) "
-                        f"{', '.join(str(list(a.shape)) for a in inputs.values())} (is the "
-                        "input too small for this model?)")
+                return (
+                    f"the runtime produced no output {spec.name!r} for input shape(s) "
+                    f"{', '.join(str(list(a.shape)) for a in inputs.values())} (is the "
+                    "input too small for this model?)"
+                )
             if not spec.accepts(arr.shape):
-                return (f"output {spec.name!r} has shape {list(arr.shape)}, the model declares "
-                        f"{spec.shape}")
+                return (
+                    f"output {spec.name!r} has shape {list(arr.shape)}, the model declares "
+                    f"{spec.shape}"
+                )
             if batch is not None and i in self._batched_out and arr.shape[0] != batch:
-                return (f"output {spec.name!r} has shape {list(arr.shape)} for a batch of "
-                        f"{batch} (is the input too small for this model?)")
+                return (
+                    f"output {spec.name!r} has shape {list(arr.shape)} for a batch of "
+                    f"{batch} (is the input too small for this model?)"
+                )
         return None
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for spec in self._inputs:
             if 0 in inputs[spec.name].shape:
-                raise InferenceError(f"input {spec.name!r}: shape "
-                                     f"{list(inputs[spec.name].shape)} has a zero-sized "
-                                     "dimension")
+                raise InferenceError(
+                    f"input {spec.name!r}: shape "
+                    f"{list(inputs[spec.name].shape)} has a zero-sized "
+                    "dimension"
+                )
         outs = self._run(inputs)
         problem = self._mismatch(inputs, outs)
         if problem is not None:

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import (SERVE_EXTRA, Backend, BackendError, InferenceError, Runtime, TensorSpec,
-               from_numpy_dtype)
+from . import (
+    SERVE_EXTRA,
+    Backend,
+    BackendError,
+    InferenceError,
+    Runtime,
+    TensorSpec,
+    from_numpy_dtype,
+)
 
 #: Ops of TFLite resource variables: a model with them keeps state between invocations.
 _VARIABLE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")
@@ -22,8 +29,9 @@ def _interpreter_class():
         try:
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
-            raise BackendError("the tflite backend needs ai-edge-litert (or tflite-runtime); "
-                               "neither is installed") from None
+            raise BackendError(
+                "the tflite backend needs ai-edge-litert (or tflite-runtime); neither is installed"
+            ) from None
     return Interpreter
 
 
@@ -34,14 +42,18 @@ class TFLiteBackend(Backend):
     def __init__(self, model, source) -> None:
         super().__init__(model, source)
         if model.options:
-            raise BackendError(f"model {model.name}: the tflite backend takes no options "
-                               f"(got {', '.join(sorted(model.options))})")
+            raise BackendError(
+                f"model {model.name}: the tflite backend takes no options "
+                f"(got {', '.join(sorted(model.options))})"
+            )
         Interpreter = _interpreter_class()
         self._it = Interpreter(model_path=str(source.path), num_threads=max(1, model.threads))
         self._it.allocate_tensors()
         self._in = self._it.get_input_details()
         self._out = self._it.get_output_details()
-        self._shapes: dict[str, tuple[int, ...] | None] = {d["name"]: tuple(int(x) for x in d["shape"]) for d in self._in}
+        self._shapes: dict[str, tuple[int, ...] | None] = {
+            d["name"]: tuple(int(x) for x in d["shape"]) for d in self._in
+        }
 
     def state(self) -> str | None:
         """Resource variables (their ops, as the interpreter lists them) and variable tensors
@@ -49,7 +61,7 @@ class TFLiteBackend(Backend):
         found = []
         try:
             ops = {d.get("op_name") for d in self._it._get_ops_details()}
-        except (AttributeError, TypeError, ValueError):   # an interpreter without that listing
+        except (AttributeError, TypeError, ValueError):  # an interpreter without that listing
             ops = set()
         used = sorted(op for op in _VARIABLE_OPS if op in ops)
         if used:
@@ -72,15 +84,17 @@ class TFLiteBackend(Backend):
         it = self._it
         for d in self._in:
             if 0 in inputs[d["name"]].shape:
-                raise InferenceError(f"input {d['name']!r}: shape "
-                                     f"{list(inputs[d['name']].shape)} has a zero-sized "
-                                     "dimension")
+                raise InferenceError(
+                    f"input {d['name']!r}: shape "
+                    f"{list(inputs[d['name']].shape)} has a zero-sized "
+                    "dimension"
+                )
         try:
             resized = False
             for d in self._in:
                 arr = inputs[d["name"]]
                 if arr.shape != self._shapes[d["name"]]:
-                    self._shapes[d["name"]] = None     # unknown until allocate_tensors succeeds
+                    self._shapes[d["name"]] = None  # unknown until allocate_tensors succeeds
                     it.resize_tensor_input(d["index"], list(arr.shape))
                     resized = True
             if resized:

@@ -32,15 +32,34 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from enclave_build.plugin import (PYTHON, SERVER_PYTHONPATH, Field, FileKind, Framework, Port,
-                                  PythonRuntime, Section, ServicePlan, Spec, base_plan, hookimpl,
-                                  refuse_model_server_keys, ship_python_package, spec_error)
 from enclave_build.contract.names import POLICY_FILE, SECRETS_FILE, SIMULATED_QUOTER_ENV
 from enclave_build.contract.policy_fragment import PolicyFragment, PolicyFragmentError
-from enclave_build.contract.secrets_config import (AttestationSettings, GrSecretSettings,
-                                                   SecretRule, SecretsConfig, ServerSettings,
-                                                   UploadSettings)
+from enclave_build.contract.secrets_config import (
+    AttestationSettings,
+    GrSecretSettings,
+    SecretRule,
+    SecretsConfig,
+    ServerSettings,
+    UploadSettings,
+)
 from enclave_build.contract.tcb import TCB_STATUSES, TcbPolicy
+from enclave_build.plugin import (
+    PYTHON,
+    SERVER_PYTHONPATH,
+    Field,
+    FileKind,
+    Framework,
+    Port,
+    PythonRuntime,
+    Section,
+    ServicePlan,
+    Spec,
+    base_plan,
+    hookimpl,
+    refuse_model_server_keys,
+    ship_python_package,
+    spec_error,
+)
 
 #: Where the server's configuration and policy live in the image (all trusted).
 CONFIG_DIR = "/enclave/secret-server"
@@ -51,25 +70,58 @@ DISTRIBUTIONS = ("pyOpenSSL", "cryptography", "dcap-qvl", "cbor2")
 #: ... and of its GrSecret gRPC service (HTTP/2 framing, protobuf messages), when served.
 GRSECRET_DISTRIBUTIONS = ("h2", "protobuf")
 
-SECTION = Section("secret-server", "the secret server in an enclave: whom it serves, who uploads", (
-    Field("port", "int", "TCP port of the RA-TLS listener (secret_prov, attest, upload)",
-          default=4433, minimum=1, maximum=65535),
-    Field("grsecret_port", "int", "TCP port of Occlum's ratls.GrSecret/GetSecret gRPC service "
-          "(mutual RA-TLS, for Occlum enclaves' init); unset = not served",
-          minimum=1, maximum=65535),
-    Field("policies", "list[str]", "build directories (or their secrets-policy.toml) of the model "
-          "enclaves it releases keys to", required=True),
-    Field("owners", "list[str]", "PEM certificates of the key owners allowed to upload keys "
-          "(pinned; measured)", required=True),
-    Field("root_ca", "str", '"intel", or a PEM root CA file (a synthetic test root for '
-          "simulation only)", default="intel"),
-    Field("collateral", "path", "offline collateral (measured: expires, then rebuild) ..."),
-    Field("pccs_url", "str", "... or the PCCS the server fetches collateral from"),
-    Field("allowed_tcb_statuses", "list[str]", "TCB statuses of model enclaves' platforms to "
-          "accept", default=["UpToDate"]),
-    Field("max_tls", "str", "highest TLS version", default="1.3", choices=("1.2", "1.3")),
-    Field("workers", "int", "threads handling connections", default=16, minimum=1, maximum=256),
-), owner="secret-server")
+SECTION = Section(
+    "secret-server",
+    "the secret server in an enclave: whom it serves, who uploads",
+    (
+        Field(
+            "port",
+            "int",
+            "TCP port of the RA-TLS listener (secret_prov, attest, upload)",
+            default=4433,
+            minimum=1,
+            maximum=65535,
+        ),
+        Field(
+            "grsecret_port",
+            "int",
+            "TCP port of Occlum's ratls.GrSecret/GetSecret gRPC service "
+            "(mutual RA-TLS, for Occlum enclaves' init); unset = not served",
+            minimum=1,
+            maximum=65535,
+        ),
+        Field(
+            "policies",
+            "list[str]",
+            "build directories (or their secrets-policy.toml) of the model "
+            "enclaves it releases keys to",
+            required=True,
+        ),
+        Field(
+            "owners",
+            "list[str]",
+            "PEM certificates of the key owners allowed to upload keys (pinned; measured)",
+            required=True,
+        ),
+        Field(
+            "root_ca",
+            "str",
+            '"intel", or a PEM root CA file (a synthetic test root for simulation only)',
+            default="intel",
+        ),
+        Field("collateral", "path", "offline collateral (measured: expires, then rebuild) ..."),
+        Field("pccs_url", "str", "... or the PCCS the server fetches collateral from"),
+        Field(
+            "allowed_tcb_statuses",
+            "list[str]",
+            "TCB statuses of model enclaves' platforms to accept",
+            default=["UpToDate"],
+        ),
+        Field("max_tls", "str", "highest TLS version", default="1.3", choices=("1.2", "1.3")),
+        Field("workers", "int", "threads handling connections", default=16, minimum=1, maximum=256),
+    ),
+    owner="secret-server",
+)
 
 
 class SyntheticRootWarning(UserWarning):
@@ -92,15 +144,20 @@ def _fragments(spec: Spec, policies: list[str]) -> tuple[list[Path], list[Secret
             fragment = PolicyFragment.load(path)
         except PolicyFragmentError as exc:
             if "not found" in str(exc):
-                raise spec_error(spec, where, f"{exc.source}: not found (a build with encrypted "
-                                              f"content writes {POLICY_FILE} into its output "
-                                              "directory)") from None
+                raise spec_error(
+                    spec,
+                    where,
+                    f"{exc.source}: not found (a build with encrypted "
+                    f"content writes {POLICY_FILE} into its output "
+                    "directory)",
+                ) from None
             raise spec_error(spec, where, f"cannot read the policy fragment: {exc}") from None
         for item in fragment.measurements:
             file = Path(item)
             if not file.is_file():
-                raise spec_error(spec, where, f"{fragment.path}: measurements file {file} not "
-                                              "found")
+                raise spec_error(
+                    spec, where, f"{fragment.path}: measurements file {file} not found"
+                )
             if file not in measurements:
                 measurements.append(file)
         for rule in fragment.secrets:
@@ -110,19 +167,25 @@ def _fragments(spec: Spec, policies: list[str]) -> tuple[list[Path], list[Secret
             if known is None:
                 rules[entry.name] = entry
             elif dataclasses.replace(known, allow=()) != dataclasses.replace(entry, allow=()):
-                raise spec_error(spec, where, f"{fragment.path}: secret {entry.name!r} has "
-                                              "match, encoding or requested_as other than in "
-                                              "an earlier policy")
+                raise spec_error(
+                    spec,
+                    where,
+                    f"{fragment.path}: secret {entry.name!r} has "
+                    "match, encoding or requested_as other than in "
+                    "an earlier policy",
+                )
             else:
                 rules[entry.name] = dataclasses.replace(
-                    known, allow=tuple(dict.fromkeys(known.allow + entry.allow)))
+                    known, allow=tuple(dict.fromkeys(known.allow + entry.allow))
+                )
     if not rules:
-        raise spec_error(spec, ("secret-server", "policies"),
-                         "the policies release no secret: nothing to serve")
+        raise spec_error(
+            spec, ("secret-server", "policies"), "the policies release no secret: nothing to serve"
+        )
     return measurements, list(rules.values())
 
 
-def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], SecretsConfig]:  # noqa: ANN001
+def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], SecretsConfig]:
     """Files under CONFIG_DIR (relative name -> bytes) and the secrets.toml (its paths relative
     to CONFIG_DIR)."""
     files: dict[str, bytes] = {}
@@ -138,34 +201,51 @@ def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], SecretsConfig]:  
         try:
             files[f"owners/{index:02d}.pem"] = path.read_bytes()
         except OSError as exc:
-            raise spec_error(spec, ("secret-server", "owners", index),
-                             f"{path}: cannot read the owner certificate: {exc.strerror}") from None
+            raise spec_error(
+                spec,
+                ("secret-server", "owners", index),
+                f"{path}: cannot read the owner certificate: {exc.strerror}",
+            ) from None
         owners.append(Path(f"owners/{index:02d}.pem"))
     if not owners:
-        raise spec_error(spec, ("secret-server", "owners"),
-                         "name at least one owner certificate: nobody could upload a key")
+        raise spec_error(
+            spec,
+            ("secret-server", "owners"),
+            "name at least one owner certificate: nobody could upload a key",
+        )
     statuses = list(opts["allowed_tcb_statuses"])
     for status in statuses:
         if status not in TCB_STATUSES:
-            raise spec_error(spec, ("secret-server", "allowed_tcb_statuses"),
-                             f"{status!r}; allowed: {', '.join(TCB_STATUSES)}")
+            raise spec_error(
+                spec,
+                ("secret-server", "allowed_tcb_statuses"),
+                f"{status!r}; allowed: {', '.join(TCB_STATUSES)}",
+            )
     root_ca = None
     if opts["root_ca"] != "intel":
         path = _resolve(spec, opts["root_ca"])
         try:
             files["root.pem"] = path.read_bytes()
         except OSError as exc:
-            raise spec_error(spec, ("secret-server", "root_ca"),
-                             f"{path}: cannot read: {exc.strerror}") from None
+            raise spec_error(
+                spec, ("secret-server", "root_ca"), f"{path}: cannot read: {exc.strerror}"
+            ) from None
         root_ca = Path("root.pem")
         # As for a model's [secrets] server_root_ca: said at build time, not only at each start.
-        warnings.warn(f"[secret-server] root_ca = {str(path)!r}: the server will release keys to "
-                      "enclaves whose quotes chain to this root instead of Intel's SGX root CA. "
-                      "That is for simulation with a synthetic test PKI only; production builds "
-                      'use root_ca = "intel"', SyntheticRootWarning, stacklevel=2)
+        warnings.warn(
+            f"[secret-server] root_ca = {str(path)!r}: the server will release keys to "
+            "enclaves whose quotes chain to this root instead of Intel's SGX root CA. "
+            "That is for simulation with a synthetic test PKI only; production builds "
+            'use root_ca = "intel"',
+            SyntheticRootWarning,
+            stacklevel=2,
+        )
     if (opts.get("collateral") is None) == (opts.get("pccs_url") is None):
-        raise spec_error(spec, ("secret-server",), "give exactly one of collateral (a file, "
-                                                   "measured) and pccs_url")
+        raise spec_error(
+            spec,
+            ("secret-server",),
+            "give exactly one of collateral (a file, measured) and pccs_url",
+        )
     collateral = None
     if opts.get("collateral") is not None:
         files["collateral.json"] = Path(opts["collateral"]).read_bytes()
@@ -173,19 +253,38 @@ def _server_files(spec: Spec, opts) -> tuple[dict[str, bytes], SecretsConfig]:  
     grsecret = None
     if opts.get("grsecret_port") is not None:
         if opts["grsecret_port"] == opts["port"]:
-            raise spec_error(spec, ("secret-server", "grsecret_port"),
-                             f"{opts['grsecret_port']} is also secret-server.port; GrSecret "
-                             "needs a port of its own")
+            raise spec_error(
+                spec,
+                ("secret-server", "grsecret_port"),
+                f"{opts['grsecret_port']} is also secret-server.port; GrSecret "
+                "needs a port of its own",
+            )
         grsecret = GrSecretSettings("0.0.0.0", opts["grsecret_port"])
     config = SecretsConfig(
         Path(CONFIG),
-        ServerSettings("0.0.0.0", opts["port"], None, None, max_connections=256,
-                       workers=opts["workers"], max_tls=opts["max_tls"], audit_log="-",
-                       processes=1, identity="ratls"),
-        AttestationSettings(root_ca, collateral,
-                            None if collateral is not None else opts["pccs_url"],
-                            TcbPolicy(frozenset(statuses))),
-        tuple(names), tuple(rules), UploadSettings(tuple(owners)), grsecret)
+        ServerSettings(
+            "0.0.0.0",
+            opts["port"],
+            None,
+            None,
+            max_connections=256,
+            workers=opts["workers"],
+            max_tls=opts["max_tls"],
+            audit_log="-",
+            processes=1,
+            identity="ratls",
+        ),
+        AttestationSettings(
+            root_ca,
+            collateral,
+            None if collateral is not None else opts["pccs_url"],
+            TcbPolicy(frozenset(statuses)),
+        ),
+        tuple(names),
+        tuple(rules),
+        UploadSettings(tuple(owners)),
+        grsecret,
+    )
     return files, config
 
 
@@ -194,8 +293,9 @@ def _check_config(files: dict[str, bytes], config: SecretsConfig, spec: Spec) ->
     from enclave_build.attestation.config import ConfigError, load_config
     from enclave_build.attestation.policy import Policy, PolicyError
 
-    text = config.to_toml("The secret server's configuration (measured), written by "
-                          "enclave-build.").encode()
+    text = config.to_toml(
+        "The secret server's configuration (measured), written by enclave-build."
+    ).encode()
     with tempfile.TemporaryDirectory(prefix="secret-server-") as tmp:
         for name, data in files.items():
             target = Path(tmp) / name
@@ -207,8 +307,11 @@ def _check_config(files: dict[str, bytes], config: SecretsConfig, spec: Spec) ->
             Policy.build(list(loaded.measurements), list(loaded.secrets), loaded.path.parent)
         except (ConfigError, PolicyError) as exc:
             message = str(exc).replace(str(Path(tmp).resolve()) + os.sep, "").replace(tmp, "")
-            raise spec_error(spec, ("secret-server",), f"the secret server's configuration "
-                                                       f"would not load: {message}") from None
+            raise spec_error(
+                spec,
+                ("secret-server",),
+                f"the secret server's configuration would not load: {message}",
+            ) from None
     return text
 
 
@@ -218,38 +321,63 @@ def plan(spec: Spec) -> ServicePlan:
     files, config = _server_files(spec, opts)
     secrets_toml = _check_config(files, config, spec)
     plan = base_plan(
-        spec, FRAMEWORK, entrypoint=PYTHON,
+        spec,
+        FRAMEWORK,
+        entrypoint=PYTHON,
         argv=[PYTHON, "-m", LAUNCHER, "--config", CONFIG],
-        env={"PYTHONPATH": SERVER_PYTHONPATH, "PYTHONDONTWRITEBYTECODE": "1",
-             "PYTHONUNBUFFERED": "1", "HOME": "/tmp",
-             "LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu"},
-        ports=[Port(opts["port"], "ratls", spec_key="secret-server.port")], user="10001")
+        env={
+            "PYTHONPATH": SERVER_PYTHONPATH,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "HOME": "/tmp",
+            "LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu",
+        },
+        ports=[Port(opts["port"], "ratls", spec_key="secret-server.port")],
+        user="10001",
+    )
     distributions = list(DISTRIBUTIONS)
     if config.grsecret is not None:
-        plan.ports.append(Port(opts["grsecret_port"], "grsecret",
-                               spec_key="secret-server.grsecret_port"))
+        plan.ports.append(
+            Port(opts["grsecret_port"], "grsecret", spec_key="secret-server.grsecret_port")
+        )
         distributions += GRSECRET_DISTRIBUTIONS
     # Simulation only: where quotes come from when there is no quote device. It decides nothing
     # about trust: a quote from it verifies only against a synthetic root.
     plan.env_passthrough.append(SIMULATED_QUOTER_ENV)
     plan.needs_quote_device = True  # its RA-TLS identity: quotes from /dev/attestation
     plan.allowed.append("/etc/resolv.conf")
-    plan.add_file(None, "/etc/hosts", FileKind.ALLOWED,
-                  data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-    plan.trusted_if_present += ["/etc/nsswitch.conf", "/etc/ld.so.cache", "/etc/passwd",
-                                "/etc/group", "/etc/ssl/openssl.cnf", "/usr/lib/ssl/openssl.cnf",
-                                "/etc/host.conf", "/etc/gai.conf", "/etc/localtime"]
+    plan.add_file(
+        None,
+        "/etc/hosts",
+        FileKind.ALLOWED,
+        data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    )
+    plan.trusted_if_present += [
+        "/etc/nsswitch.conf",
+        "/etc/ld.so.cache",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/ssl/openssl.cnf",
+        "/usr/lib/ssl/openssl.cnf",
+        "/etc/host.conf",
+        "/etc/gai.conf",
+        "/etc/localtime",
+    ]
     # the server and the contract types it reads its configuration with
     ship_python_package(plan, "enclave_build.attestation")
     ship_python_package(plan, "enclave_build.contract")
-    plan.add_file(Path(__file__).with_name("launcher.py"),
-                  f"{SERVER_PYTHONPATH}/{LAUNCHER}.py", FileKind.TRUSTED)
+    plan.add_file(
+        Path(__file__).with_name("launcher.py"),
+        f"{SERVER_PYTHONPATH}/{LAUNCHER}.py",
+        FileKind.TRUSTED,
+    )
     for name, data in sorted(files.items()):
         plan.add_file(None, f"{CONFIG_DIR}/{name}", FileKind.TRUSTED, data=data)
     plan.add_file(None, CONFIG, FileKind.TRUSTED, data=secrets_toml)
     plan.python = PythonRuntime(distributions=distributions, modules=["_cffi_backend"])
     plan.labels["org.enclave-build.secret-server.secrets"] = ",".join(
-        sorted(r.name for r in config.secrets))
+        sorted(r.name for r in config.secrets)
+    )
     return plan
 
 
@@ -269,5 +397,12 @@ def enclave_build_frameworks():
     return [FRAMEWORK]
 
 
-__all__ = ["FRAMEWORK", "SECTION", "CONFIG", "CONFIG_DIR", "LAUNCHER", "SyntheticRootWarning",
-           "plan"]
+__all__ = [
+    "FRAMEWORK",
+    "SECTION",
+    "CONFIG",
+    "CONFIG_DIR",
+    "LAUNCHER",
+    "SyntheticRootWarning",
+    "plan",
+]

@@ -44,7 +44,8 @@ def simulation_config(path: str) -> str:
     except ValueError:
         raise SimulationConfigError(
             f"{path}: cannot restrict its listen addresses to {override} for the simulation "
-            "(run with --listen-all to serve on the configured addresses)") from None
+            "(run with --listen-all to serve on the configured addresses)"
+        ) from None
     if rewritten == text:
         return path
     copy = os.path.join(os.path.dirname(path), SIMULATION_CONFIG)
@@ -54,8 +55,9 @@ def simulation_config(path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="enclave_secret_server",
-                                     description="enclave-build's secret server in an enclave")
+    parser = argparse.ArgumentParser(
+        prog="enclave_secret_server", description="enclave-build's secret server in an enclave"
+    )
     parser.add_argument("--config", required=True, help="secrets.toml (an image path)")
     args = parser.parse_args(argv)
     path = args.config
@@ -69,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         path = simulation_config(path)
-        serve(path, ready=lambda address: print(
-            f"secret server: serving on {address[0]}:{address[1]}", file=sys.stderr, flush=True))
+        serve(
+            path,
+            ready=lambda address: print(
+                f"secret server: serving on {address[0]}:{address[1]}", file=sys.stderr, flush=True
+            ),
+        )
     except (ConfigError, PolicyError, ServerError, OSError, ValueError, RuntimeError) as exc:
         print(f"secret server: error: {exc}", file=sys.stderr, flush=True)
         return 1

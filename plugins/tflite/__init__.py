@@ -12,34 +12,73 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enclave_build.plugin import (Field, Framework, ModelCheck, ModelSpec, Section, ServicePlan,
-                                  Spec, hookimpl, python_server_plan, spec_error, tflite_problem,
-                                  tflite_state)
+from enclave_build.plugin import (
+    Field,
+    Framework,
+    ModelCheck,
+    ModelSpec,
+    Section,
+    ServicePlan,
+    Spec,
+    hookimpl,
+    python_server_plan,
+    spec_error,
+    tflite_problem,
+    tflite_state,
+)
 
 #: What this framework serves (for the error about a model it does not).
-ACCEPTS = ("a TFLite model: one FlatBuffer file (.tflite) with the identifier TFL3 at bytes "
-           "4..8; convert SavedModel or Keras models with the TFLite converter")
+ACCEPTS = (
+    "a TFLite model: one FlatBuffer file (.tflite) with the identifier TFL3 at bytes "
+    "4..8; convert SavedModel or Keras models with the TFLite converter"
+)
 
-SECTION = Section("tflite", "TFLite model server options", (
-    Field("grpc_port", "int", "gRPC port (KServe v2)", default=8001, minimum=1, maximum=65535),
-    Field("rest_port", "int", "REST port (KServe v2)", default=8000, minimum=1, maximum=65535),
-    Field("threads", "int", "interpreter threads per model instance", default=1, minimum=1,
-          maximum=256),
-    Field("instances", "int", "interpreter instances per model (concurrent requests served)",
-          default=2, minimum=1, maximum=256),
-), owner="tflite")
+SECTION = Section(
+    "tflite",
+    "TFLite model server options",
+    (
+        Field("grpc_port", "int", "gRPC port (KServe v2)", default=8001, minimum=1, maximum=65535),
+        Field("rest_port", "int", "REST port (KServe v2)", default=8000, minimum=1, maximum=65535),
+        Field(
+            "threads",
+            "int",
+            "interpreter threads per model instance",
+            default=1,
+            minimum=1,
+            maximum=256,
+        ),
+        Field(
+            "instances",
+            "int",
+            "interpreter instances per model (concurrent requests served)",
+            default=2,
+            minimum=1,
+            maximum=256,
+        ),
+    ),
+    owner="tflite",
+)
 
 
 def plan(spec: Spec) -> ServicePlan:
     opts = spec.section("tflite")
     for index, model in enumerate(spec.models):
-        if Path(model.path).is_dir():   # LiteRT opens one flatbuffer file, never a directory
-            raise spec_error(spec, ("models", index, "path"),
-                             f"{model.path} is a directory; the tflite framework serves one "
-                             ".tflite file per model: name that file as path")
-    return python_server_plan(spec, FRAMEWORK, backend="tflite",
-                              grpc_port=opts["grpc_port"], rest_port=opts["rest_port"],
-                              instances=opts["instances"], threads=opts["threads"])
+        if Path(model.path).is_dir():  # LiteRT opens one flatbuffer file, never a directory
+            raise spec_error(
+                spec,
+                ("models", index, "path"),
+                f"{model.path} is a directory; the tflite framework serves one "
+                ".tflite file per model: name that file as path",
+            )
+    return python_server_plan(
+        spec,
+        FRAMEWORK,
+        backend="tflite",
+        grpc_port=opts["grpc_port"],
+        rest_port=opts["rest_port"],
+        instances=opts["instances"],
+        threads=opts["threads"],
+    )
 
 
 FRAMEWORK = Framework(
@@ -64,7 +103,10 @@ def enclave_build_check_model(framework: str, model: ModelSpec, spec: Spec) -> M
     if framework != FRAMEWORK.name:
         return None
     if Path(model.path).is_dir():
-        return ModelCheck(ACCEPTS, "it is a directory; the tflite framework serves one .tflite "
-                                   "file per model: name that file as path")
+        return ModelCheck(
+            ACCEPTS,
+            "it is a directory; the tflite framework serves one .tflite "
+            "file per model: name that file as path",
+        )
     problem = tflite_problem(model.path)
     return ModelCheck(ACCEPTS, problem, None if problem else tflite_state(model.path))

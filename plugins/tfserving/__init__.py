@@ -11,32 +11,69 @@ from __future__ import annotations
 
 import json
 
-from enclave_build.plugin import (MODEL_ROOT, Field, FileKind, Framework, ModelCheck, ModelSpec,
-                                  Port, Section, Spec, ServicePlan, add_model, add_secret_file,
-                                  base_plan, hookimpl, refuse_model_server_keys, require_models,
-                                  require_one_key, saved_model_problem)
+from enclave_build.plugin import (
+    MODEL_ROOT,
+    Field,
+    FileKind,
+    Framework,
+    ModelCheck,
+    ModelSpec,
+    Port,
+    Section,
+    ServicePlan,
+    Spec,
+    add_model,
+    add_secret_file,
+    base_plan,
+    hookimpl,
+    refuse_model_server_keys,
+    require_models,
+    require_one_key,
+    saved_model_problem,
+)
 
 BINARY = "/usr/bin/tensorflow_model_server"
 CONFIG_DEST = "/enclave/tfserving-models.config"
 #: What this framework serves (for the error about a model it does not).
-ACCEPTS = ("a TensorFlow SavedModel: the directory of one version, holding saved_model.pb (or "
-           "saved_model.pbtxt) and variables/, shipped as /models/NAME/VERSION/ (TFLite, ONNX "
-           "or OpenVINO files: use framework tflite or openvino)")
+ACCEPTS = (
+    "a TensorFlow SavedModel: the directory of one version, holding saved_model.pb (or "
+    "saved_model.pbtxt) and variables/, shipped as /models/NAME/VERSION/ (TFLite, ONNX "
+    "or OpenVINO files: use framework tflite or openvino)"
+)
 
-SECTION = Section("tfserving", "TensorFlow Serving options", (
-    Field("grpc_port", "int", "gRPC port (PredictionService)", default=8500, minimum=1,
-          maximum=65535),
-    Field("rest_port", "int", "REST port (/v1/models/NAME:predict)", default=8501, minimum=1,
-          maximum=65535),
-    Field("enable_batching", "bool", "server-side request batching", default=False),
-    Field("extra_args", "list[str]", "more tensorflow_model_server flags", default=[]),
-), owner="tfserving")
+SECTION = Section(
+    "tfserving",
+    "TensorFlow Serving options",
+    (
+        Field(
+            "grpc_port",
+            "int",
+            "gRPC port (PredictionService)",
+            default=8500,
+            minimum=1,
+            maximum=65535,
+        ),
+        Field(
+            "rest_port",
+            "int",
+            "REST port (/v1/models/NAME:predict)",
+            default=8501,
+            minimum=1,
+            maximum=65535,
+        ),
+        Field("enable_batching", "bool", "server-side request batching", default=False),
+        Field("extra_args", "list[str]", "more tensorflow_model_server flags", default=[]),
+    ),
+    owner="tfserving",
+)
 
 
 def model_config(spec: Spec) -> str:
     entries = "".join(
         f'  config {{\n    name: "{m.name}"\n    base_path: "{MODEL_ROOT}/{m.name}"\n'
-        f'    model_platform: "tensorflow"\n  }}\n' for m in spec.models)
+        f'    model_platform: "tensorflow"\n  }}\n'
+        for m in spec.models
+    )
     return f"model_config_list {{\n{entries}}}\n"
 
 
@@ -45,8 +82,10 @@ def _ssl_config(spec: Spec) -> bytes:
     assert spec.tls is not None
     cert = spec.tls.cert.read_text()
     key = spec.tls.key.read_text()
-    return (f"server_key: {json.dumps(key)}\nserver_cert: {json.dumps(cert)}\n"
-            'custom_ca: ""\nclient_verify: false\n').encode()
+    return (
+        f"server_key: {json.dumps(key)}\nserver_cert: {json.dumps(cert)}\n"
+        'custom_ca: ""\nclient_verify: false\n'
+    ).encode()
 
 
 def plan(spec: Spec) -> ServicePlan:
@@ -58,18 +97,27 @@ def plan(spec: Spec) -> ServicePlan:
     if opts["enable_batching"]:
         argv.append("--enable_batching=true")
     result = base_plan(
-        spec, FRAMEWORK, entrypoint=BINARY, argv=argv,
+        spec,
+        FRAMEWORK,
+        entrypoint=BINARY,
+        argv=argv,
         env={"LD_LIBRARY_PATH": "/lib:/usr/lib/x86_64-linux-gnu", "HOME": "/tmp"},
         trusted=[BINARY],
-        ports=[Port(opts["grpc_port"], "grpc", spec_key="tfserving.grpc_port"),
-               Port(opts["rest_port"], "http", spec_key="tfserving.rest_port")])
+        ports=[
+            Port(opts["grpc_port"], "grpc", spec_key="tfserving.grpc_port"),
+            Port(opts["rest_port"], "http", spec_key="tfserving.rest_port"),
+        ],
+    )
     result.trusted_if_present += ["/etc/ld.so.cache", "/etc/nsswitch.conf"]
     result.allowed += ["/etc/hosts", "/etc/resolv.conf"]
     for model in spec.models:
         add_model(result, spec, model, f"{MODEL_ROOT}/{model.name}/{model.version}")
     if len(spec.models) == 1:
         model = spec.models[0]
-        result.argv += [f"--model_name={model.name}", f"--model_base_path={MODEL_ROOT}/{model.name}"]
+        result.argv += [
+            f"--model_name={model.name}",
+            f"--model_base_path={MODEL_ROOT}/{model.name}",
+        ]
     elif spec.models:
         result.add_file(None, CONFIG_DEST, FileKind.TRUSTED, data=model_config(spec).encode())
         result.argv.append(f"--model_config_file={CONFIG_DEST}")

@@ -27,8 +27,14 @@ TAG = "enclave-build-test/occlum-standin:0.31.0"
 PROGRAMS = ("bash", "cp", "mkdir", "chown", "sleep")
 STANDIN_DIR = "/opt/standin"
 #: Stand-ins of Occlum's glibc (/opt/occlum/glibc/lib in the real image).
-GLIBC = ("ld-linux-x86-64.so.2", "libc.so.6", "libpthread.so.0", "libm.so.6", "libdl.so.2",
-         "librt.so.1")
+GLIBC = (
+    "ld-linux-x86-64.so.2",
+    "libc.so.6",
+    "libpthread.so.0",
+    "libm.so.6",
+    "libdl.so.2",
+    "librt.so.1",
+)
 PROBE = """
 import sys
 sys.path[:0] = [{standin!r}, {yaml_parent!r}]
@@ -90,12 +96,15 @@ def make_context(context: Path) -> Path:
     root.mkdir(parents=True)
     python = os.path.realpath(sys.executable)
     yaml_parent = str(Path(yaml.__file__).resolve().parent.parent)
-    probe = subprocess.run([python, "-S", "-c", PROBE.format(standin=str(HERE),
-                                                           yaml_parent=yaml_parent)],
-                           capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [python, "-S", "-c", PROBE.format(standin=str(HERE), yaml_parent=yaml_parent)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     files = [p for p in probe.stdout.splitlines() if p and not p.startswith(str(HERE))]
     stdlib = os.path.dirname(os.__file__)
-    files.append(os.path.join(stdlib, "os.py"))            # the interpreter's prefix landmark
+    files.append(os.path.join(stdlib, "os.py"))  # the interpreter's prefix landmark
     files += [str(p) for p in Path(stdlib, "encodings").glob("*.py")]
     programs = [python] + [shutil.which(p) or f"/usr/bin/{p}" for p in PROGRAMS]
     for path in programs + files:
@@ -114,12 +123,19 @@ def make_context(context: Path) -> Path:
     (root / "tmp").mkdir(mode=0o1777, exist_ok=True)
 
     _write(root, f"{STANDIN_DIR}/standin.py", (HERE / "standin.py").read_bytes())
-    for tool, where in (("occlum", "/opt/occlum/build/bin/occlum"),
-                        ("copy_bom", "/opt/occlum/build/bin/copy_bom"),
-                        ("sgx_sign", "/opt/occlum/sgxsdk-tools/bin/x64/sgx_sign")):
-        _write(root, where, f"#!/bin/bash\n# enclave-build test stand-in (NOT {tool})\n"
-                            f"PYTHONPATH={yaml_parent} exec {python} -S -B "
-                            f"{STANDIN_DIR}/standin.py {tool} \"$@\"\n", 0o755)
+    for tool, where in (
+        ("occlum", "/opt/occlum/build/bin/occlum"),
+        ("copy_bom", "/opt/occlum/build/bin/copy_bom"),
+        ("sgx_sign", "/opt/occlum/sgxsdk-tools/bin/x64/sgx_sign"),
+    ):
+        _write(
+            root,
+            where,
+            f"#!/bin/bash\n# enclave-build test stand-in (NOT {tool})\n"
+            f"PYTHONPATH={yaml_parent} exec {python} -S -B "
+            f'{STANDIN_DIR}/standin.py {tool} "$@"\n',
+            0o755,
+        )
     for lib in GLIBC:
         _write(root, f"/opt/occlum/glibc/lib/{lib}", f"stand-in of Occlum's glibc {lib}\n", 0o755)
     for template in (HERE / "template").iterdir():
@@ -129,7 +145,8 @@ def make_context(context: Path) -> Path:
         "ENV PATH=/opt/occlum/build/bin:/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8\n"
         'LABEL org.opencontainers.image.description="enclave-build test stand-in of the '
         'Occlum 0.31 toolchain (NOT Occlum)"\n'
-        "WORKDIR /root\n")
+        "WORKDIR /root\n"
+    )
     (root / "root").mkdir(exist_ok=True)
     return context
 
@@ -148,8 +165,12 @@ def make_runtime_base(root: Path) -> Path:
 
     make_standin_rootfs(root)
     for name in ("occlum", "occlum-run", "occlum_exec_client", "occlum_exec_server"):
-        _write(root, f"/opt/occlum/build/bin/{name}",
-               f"#!/bin/sh\necho 'stand-in {name}: no Occlum runtime here' >&2\nexit 1\n", 0o755)
+        _write(
+            root,
+            f"/opt/occlum/build/bin/{name}",
+            f"#!/bin/sh\necho 'stand-in {name}: no Occlum runtime here' >&2\nexit 1\n",
+            0o755,
+        )
     _write(root, "/usr/bin/sh", "stand-in /bin/sh\n", 0o755)
     if not os.path.lexists(root / "bin"):
         os.symlink("usr/bin", root / "bin")

@@ -45,8 +45,11 @@ VERSION = "0.31.0"
 #: the toolchain's own tree.
 SOURCE_ROOTS = ("/eb/rootfs/", "/eb/stage/", f"{OCCLUM_DIR}/")
 SIGNED = "build/lib/libocclum-libos.signed.so"
-INIT_KINDS = {"grpc_ratls": b"stand-in init_grpc_ratls\n", "aecs": b"stand-in init_aecs\n",
-              "": b"stand-in init\n"}
+INIT_KINDS = {
+    "grpc_ratls": b"stand-in init_grpc_ratls\n",
+    "aecs": b"stand-in init_aecs\n",
+    "": b"stand-in init\n",
+}
 SIGSTRUCT_MARK = b"\nSTAND-IN-SIGSTRUCT\n"
 
 
@@ -60,15 +63,21 @@ def say(tool: str, text: str) -> None:
 
 # --- occlum ----------------------------------------------------------------------------------
 
+
 def occlum(args: list[str]) -> None:
     if not args:
         raise Fail("Error: no sub-command is given")
     command, rest = args[0], args[1:]
-    handlers = {"new": occlum_new, "build": occlum_build, "print": occlum_print,
-                "package": occlum_package}
+    handlers = {
+        "new": occlum_new,
+        "build": occlum_build,
+        "print": occlum_print,
+        "package": occlum_package,
+    }
     if command not in handlers:
-        raise Fail(f"Error: unknown sub-command {command} (the stand-in has: "
-                   f"{', '.join(handlers)})")
+        raise Fail(
+            f"Error: unknown sub-command {command} (the stand-in has: {', '.join(handlers)})"
+        )
     handlers[command](rest)
 
 
@@ -82,15 +91,31 @@ def occlum_new(args: list[str]) -> None:
         raise Fail(f"Error: unexpected arguments {args[3:]}")
     if rest:
         if rest[0] != "--init-ra" or len(rest) != 2 or not rest[1]:
-            raise Fail("Error: Empty init-ra option provided" if rest[0] == "--init-ra"
-                       else f"Error: unknown option {rest[0]}")
+            raise Fail(
+                "Error: Empty init-ra option provided"
+                if rest[0] == "--init-ra"
+                else f"Error: unknown option {rest[0]}"
+            )
         init_ra = rest[1]
         if init_ra not in ("grpc_ratls", "aecs"):
             raise Fail(f"Error: --init-ra must be grpc_ratls or aecs, not {init_ra!r}")
     if os.path.lexists(path):
         raise Fail(f'Error: destination "{path}" already exists')
-    for sub in ("bin", "lib", "lib64", "root", "host", "tmp", "dev", "proc", "etc", "sbin",
-                "ext2", "opt/occlum/glibc/lib", "opt/occlum/glibc/etc"):
+    for sub in (
+        "bin",
+        "lib",
+        "lib64",
+        "root",
+        "host",
+        "tmp",
+        "dev",
+        "proc",
+        "etc",
+        "sbin",
+        "ext2",
+        "opt/occlum/glibc/lib",
+        "opt/occlum/glibc/etc",
+    ):
         os.makedirs(os.path.join(path, "image", sub))
     write(os.path.join(path, "image/etc/hosts"), b"127.0.0.1   localhost\n")
     glibc = f"{OCCLUM_DIR}/glibc/lib"
@@ -105,8 +130,7 @@ def occlum_new(args: list[str]) -> None:
     os.chmod(os.path.join(path, "Occlum.json"), 0o644)
     if init_ra == "grpc_ratls":
         say("occlum", "Generate initfs with GRPC RATLS KMS client")
-        shutil.copyfile(f"{TEMPLATE}/init_grpc_ratls.json",
-                        os.path.join(path, "init_ra_conf.json"))
+        shutil.copyfile(f"{TEMPLATE}/init_grpc_ratls.json", os.path.join(path, "init_ra_conf.json"))
     write(os.path.join(path, ".__occlum_status"), b"initialized\n")
     print(f"{path} initialized as an Occlum instance", flush=True)
 
@@ -114,8 +138,10 @@ def occlum_new(args: list[str]) -> None:
 def _instance() -> str:
     here = os.getcwd()
     if not os.path.isfile(os.path.join(here, ".__occlum_status")):
-        raise Fail('Error: the current working directory is not initialized as an Occlum '
-                   'instance. Need to run "occlum init" first.')
+        raise Fail(
+            "Error: the current working directory is not initialized as an Occlum "
+            'instance. Need to run "occlum init" first.'
+        )
     return here
 
 
@@ -175,15 +201,22 @@ def occlum_build(args: list[str]) -> None:
     ra_conf_path = os.path.join(instance, "init_ra_conf.json")
     if kind == "grpc_ratls":
         if not os.path.isfile(ra_conf_path):
-            raise Fail("the instance's init is init_grpc_ratls, but init_ra_conf.json is "
-                       "missing (stand-in check)")
+            raise Fail(
+                "the instance's init is init_grpc_ratls, but init_ra_conf.json is "
+                "missing (stand-in check)"
+            )
         ra_conf = _check_init_ra_conf(ra_conf_path)
-        say("occlum", f"init_ra_conf.json: kms_server {ra_conf['kms_server']}, "
-                      f"{len(ra_conf['kms_keys'])} key(s)")
+        say(
+            "occlum",
+            f"init_ra_conf.json: kms_server {ra_conf['kms_server']}, "
+            f"{len(ra_conf['kms_keys'])} key(s)",
+        )
         shutil.copyfile(ra_conf_path, os.path.join(instance, "initfs/etc/init_ra_conf.json"))
     if key is not None and kind != "grpc_ratls" and not buildin_key:
-        raise Fail("the image is encrypted, but the init cannot fetch its key: use "
-                   "`occlum new --init-ra grpc_ratls` (stand-in check)")
+        raise Fail(
+            "the image is encrypted, but the init cannot fetch its key: use "
+            "`occlum new --init-ra grpc_ratls` (stand-in check)"
+        )
 
     build = os.path.join(instance, "build")
     if os.path.isdir(build):
@@ -200,38 +233,55 @@ def occlum_build(args: list[str]) -> None:
         remove(os.path.join(instance, "initfs/etc/image_key"))
 
     print("Building new image...", flush=True)
-    user_mac, count = _zip_tree(os.path.join(instance, "image"),
-                                os.path.join(build, "mount"), key)
+    user_mac, count = _zip_tree(os.path.join(instance, "image"), os.path.join(build, "mount"), key)
     say("occlum", f"image: {count} entries, {image_type}, MAC {user_mac}")
     print("Building the initfs...", flush=True)
     init_mac, _ = _zip_tree(os.path.join(instance, "initfs"), os.path.join(build, "initfs"), None)
 
     enclave_xml = _enclave_xml(config)
     write(os.path.join(build, "Enclave.xml"), enclave_xml)
-    sys_conf = json.dumps({"user_json": config, "user_fs_mac": user_mac,
-                           "init_fs_mac": init_mac}, sort_keys=True).encode()
+    sys_conf = json.dumps(
+        {"user_json": config, "user_fs_mac": user_mac, "init_fs_mac": init_mac}, sort_keys=True
+    ).encode()
     write(os.path.join(build, ".Occlum_sys.json"), sys_conf)
     protected = b"STAND-IN protected\n" + sys_conf
     write(os.path.join(build, ".Occlum_sys.json.protected"), protected)
     print("Building libOS...", flush=True)
     libos = f"libocclum-libos.so.{VERSION}"
-    write(os.path.join(build, "lib", libos),
-          b"STAND-IN libocclum-libos " + VERSION.encode() + b"\nbuiltin_config "
-          + hashlib.sha256(protected).hexdigest().encode() + b"\n" + _filler("libos", 8192), 0o755)
+    write(
+        os.path.join(build, "lib", libos),
+        b"STAND-IN libocclum-libos "
+        + VERSION.encode()
+        + b"\nbuiltin_config "
+        + hashlib.sha256(protected).hexdigest().encode()
+        + b"\n"
+        + _filler("libos", 8192),
+        0o755,
+    )
     os.symlink(libos, os.path.join(build, "lib/libocclum-libos.so.0"))
     os.symlink("libocclum-libos.so.0", os.path.join(build, "lib/libocclum-libos.so"))
     pal = f"libocclum-pal.so.{VERSION}"
-    write(os.path.join(build, "lib", pal), b"STAND-IN libocclum-pal\n" + _filler("pal", 4096),
-          0o755)
+    write(
+        os.path.join(build, "lib", pal), b"STAND-IN libocclum-pal\n" + _filler("pal", 4096), 0o755
+    )
     os.symlink(pal, os.path.join(build, "lib/libocclum-pal.so.0"))
     os.symlink("libocclum-pal.so.0", os.path.join(build, "lib/libocclum-pal.so"))
     for name in ("occlum_exec_client", "occlum_exec_server", "occlum-run"):
         os.symlink(f"{OCCLUM_DIR}/build/bin/{name}", os.path.join(build, "bin", name))
 
     print("Signing the enclave...", flush=True)
-    command = [sign_tool, "sign", "-key", sign_key, "-config", f"{build}/Enclave.xml",
-               "-enclave", f"{build}/lib/libocclum-libos.so.0", "-out", f"{build}/lib/"
-               "libocclum-libos.signed.so"]
+    command = [
+        sign_tool,
+        "sign",
+        "-key",
+        sign_key,
+        "-config",
+        f"{build}/Enclave.xml",
+        "-enclave",
+        f"{build}/lib/libocclum-libos.so.0",
+        "-out",
+        f"{build}/lib/libocclum-libos.signed.so",
+    ]
     env = {**os.environ, "SGX_SDK": SGX_SDK}
     result = subprocess.run(command, env=env)
     if result.returncode != 0:
@@ -247,18 +297,28 @@ def occlum_build(args: list[str]) -> None:
 def _check_image_key(path: str) -> bytes:
     st = os.stat(path)
     if st.st_mode & 0o077:
-        raise Fail(f"{path}: the image key is readable by other users (mode "
-                   f"{stat.S_IMODE(st.st_mode):04o}; stand-in check)")
+        raise Fail(
+            f"{path}: the image key is readable by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}; stand-in check)"
+        )
     text = read(path).decode("ascii", "replace").strip()
     parts = text.split("-")
     if len(parts) != 16 or not all(re.fullmatch(r"[0-9a-fA-F]{2}", p) for p in parts):
-        raise Fail(f"{path}: not an image key in `occlum gen-image-key` form "
-                   "(16 hex bytes joined by '-')")
+        raise Fail(
+            f"{path}: not an image key in `occlum gen-image-key` form (16 hex bytes joined by '-')"
+        )
     return bytes(int(p, 16) for p in parts)
 
 
-REQUIRED = {"resource_limits": dict, "process": dict, "entry_points": list, "env": dict,
-            "metadata": dict, "feature": dict, "mount": list}
+REQUIRED = {
+    "resource_limits": dict,
+    "process": dict,
+    "entry_points": list,
+    "env": dict,
+    "metadata": dict,
+    "feature": dict,
+    "mount": list,
+}
 
 
 def _check_occlum_json(path: str) -> dict:
@@ -275,11 +335,15 @@ def _check_occlum_json(path: str) -> dict:
     if unknown:
         raise Fail(f"{path}: unknown field(s) {', '.join(unknown)}")
     meta = config["metadata"]
-    typed: tuple[tuple[str, type], ...] = (("product_id", int), ("version_number", int),
-                                           ("debuggable", bool))
+    typed: tuple[tuple[str, type], ...] = (
+        ("product_id", int),
+        ("version_number", int),
+        ("debuggable", bool),
+    )
     for key, expected in typed:
-        if not isinstance(meta.get(key), expected) or \
-                (expected is int and isinstance(meta[key], bool)):
+        if not isinstance(meta.get(key), expected) or (
+            expected is int and isinstance(meta[key], bool)
+        ):
             raise Fail(f"{path}: metadata.{key} must be a {expected.__name__}")
     limits = config["resource_limits"]
     if not isinstance(limits.get("max_num_of_threads"), int):
@@ -297,21 +361,31 @@ def _check_init_ra_conf(path: str) -> dict:
         conf = json.loads(read(path))
     except ValueError as exc:
         raise Fail(f"{path}: not JSON ({exc})") from None
-    if not isinstance(conf, dict) or not isinstance(conf.get("kms_server"), str) \
-            or not isinstance(conf.get("kms_keys"), list) \
-            or not isinstance(conf.get("ra_config"), dict):
+    if (
+        not isinstance(conf, dict)
+        or not isinstance(conf.get("kms_server"), str)
+        or not isinstance(conf.get("kms_keys"), list)
+        or not isinstance(conf.get("ra_config"), dict)
+    ):
         raise Fail(f"{path}: needs kms_server (string), kms_keys (list), ra_config (object)")
     if conf["kms_server"] == "localhost:50051" and any(
-            k.get("key") == "demo_key" for k in conf["kms_keys"] if isinstance(k, dict)):
+        k.get("key") == "demo_key" for k in conf["kms_keys"] if isinstance(k, dict)
+    ):
         raise Fail(f"{path}: still Occlum's template (demo_key at localhost:50051)")
     for item in conf["kms_keys"]:
         if not isinstance(item, dict) or set(item) != {"key", "path"}:
             raise Fail(f"{path}: each kms_keys entry is {{key, path}}")
     ra = conf["ra_config"]
-    for flag in ("verify_mr_enclave", "verify_mr_signer", "verify_isv_prod_id",
-                 "verify_isv_svn", "verify_config_svn", "verify_enclave_debuggable"):
+    for flag in (
+        "verify_mr_enclave",
+        "verify_mr_signer",
+        "verify_isv_prod_id",
+        "verify_isv_svn",
+        "verify_config_svn",
+        "verify_enclave_debuggable",
+    ):
         if ra.get(flag) not in ("on", "off"):
-            raise Fail(f"{path}: ra_config.{flag} must be \"on\" or \"off\"")
+            raise Fail(f'{path}: ra_config.{flag} must be "on" or "off"')
     if not isinstance(ra.get("sgx_mrs"), list):
         raise Fail(f"{path}: ra_config.sgx_mrs must be a list")
     return conf
@@ -320,10 +394,13 @@ def _check_init_ra_conf(path: str) -> dict:
 def _enclave_xml(config: dict) -> bytes:
     meta = config["metadata"]
     limits = config["resource_limits"]
-    fields = [("ProdID", meta["product_id"]), ("ISVSVN", meta["version_number"]),
-              ("TCSNum", limits["max_num_of_threads"]),
-              ("DisableDebug", 0 if meta["debuggable"] else 1),
-              ("EnableKSS", 1 if meta.get("enable_kss") else 0)]
+    fields = [
+        ("ProdID", meta["product_id"]),
+        ("ISVSVN", meta["version_number"]),
+        ("TCSNum", limits["max_num_of_threads"]),
+        ("DisableDebug", 0 if meta["debuggable"] else 1),
+        ("EnableKSS", 1 if meta.get("enable_kss") else 0),
+    ]
     body = "".join(f"    <{k}>{v}</{k}>\n" for k, v in fields)
     return f"<EnclaveConfiguration>\n{body}</EnclaveConfiguration>\n".encode()
 
@@ -356,7 +433,9 @@ def _zip_tree(source: str, target: str, key: bytes | None) -> tuple[str, int]:
             elif stat.S_ISREG(st.st_mode):
                 data = read(path)
                 if key is not None:
-                    data = bytes(a ^ b for a, b in zip(data, _keystream(key, rel, len(data)), strict=True))
+                    data = bytes(
+                        a ^ b for a, b in zip(data, _keystream(key, rel, len(data)), strict=True)
+                    )
                 entry["offset"], entry["size"] = len(blobs), len(data)
                 blobs += data
             else:
@@ -364,7 +443,9 @@ def _zip_tree(source: str, target: str, key: bytes | None) -> tuple[str, int]:
             entries.append(entry)
     index = json.dumps(entries, sort_keys=True).encode()
     if key is not None:
-        index = bytes(a ^ b for a, b in zip(index, _keystream(key, "\0index", len(index)), strict=True))
+        index = bytes(
+            a ^ b for a, b in zip(index, _keystream(key, "\0index", len(index)), strict=True)
+        )
     image = b"STAND-IN SEFS 1\n" + len(index).to_bytes(8, "little") + index + bytes(blobs)
     os.makedirs(os.path.join(target, "__ROOT"))
     write(os.path.join(target, "__ROOT/metadata"), image)
@@ -402,8 +483,10 @@ def occlum_print(args: list[str]) -> None:
 def occlum_package(args: list[str]) -> None:
     instance = _instance()
     if not os.path.isdir(os.path.join(instance, "run/mount/__ROOT")):
-        raise Fail('Error: the Occlum image and enclave are not built yet. Need to run '
-                   '"occlum build" first.')
+        raise Fail(
+            "Error: the Occlum image and enclave are not built yet. Need to run "
+            '"occlum build" first.'
+        )
     debug = False
     base = os.path.basename(instance)
     name = f"{base}.tar.gz"
@@ -415,18 +498,34 @@ def occlum_package(args: list[str]) -> None:
     if not name.endswith(".tar.gz"):
         name += ".tar.gz"
     if "/" in name:
-        raise Fail(f"{name}: `occlum package` makes the package in the instance directory; "
-                   "give a plain name")
+        raise Fail(
+            f"{name}: `occlum package` makes the package in the instance directory; "
+            "give a plain name"
+        )
     config = json.loads(read(os.path.join(instance, "Occlum.json")))
     if config["metadata"]["debuggable"] and not debug:
-        raise Fail('Warning: current Occlum instance is configured as "debuggable".\n'
-                   'Or, use "occlum package --debug" to support debug mode package')
-    top = name[:-len(".tar.gz")]
-    members = ["Occlum.json", "build/bin", SIGNED, "build/initfs", "build/mount",
-               "build/.Occlum_sys.json.protected", "initfs", "run", ".__occlum_status",
-               ".sgx_mode"]
-    members += sorted(f"build/lib/{n}" for n in os.listdir(os.path.join(instance, "build/lib"))
-                      if n.startswith("libocclum-pal.so"))
+        raise Fail(
+            'Warning: current Occlum instance is configured as "debuggable".\n'
+            'Or, use "occlum package --debug" to support debug mode package'
+        )
+    top = name[: -len(".tar.gz")]
+    members = [
+        "Occlum.json",
+        "build/bin",
+        SIGNED,
+        "build/initfs",
+        "build/mount",
+        "build/.Occlum_sys.json.protected",
+        "initfs",
+        "run",
+        ".__occlum_status",
+        ".sgx_mode",
+    ]
+    members += sorted(
+        f"build/lib/{n}"
+        for n in os.listdir(os.path.join(instance, "build/lib"))
+        if n.startswith("libocclum-pal.so")
+    )
     target = os.path.join(instance, name)
     remove(target)
     with tarfile.open(target, "w:gz") as tar:
@@ -454,8 +553,7 @@ def copy_bom(args: list[str]) -> None:
         option = args[0]
         if option in ("-f", "--file", "--root", "-i", "--include-dir"):
             if len(args) < 2:
-                raise Fail(f"error: The argument '{option}' requires a value but none was "
-                           "supplied")
+                raise Fail(f"error: The argument '{option}' requires a value but none was supplied")
             if option in ("-f", "--file"):
                 bom_file = args[1]
             elif option == "--root":
@@ -477,8 +575,11 @@ def copy_bom(args: list[str]) -> None:
         excludes = bom.get("excludes") or []
         for target in bom.get("targets") or []:
             copied += _apply_target(path, target, root, excludes, dry_run)
-    say("copy_bom", f"{copied} files from {len(boms)} bom file(s) into {root} "
-                    "(ELF dependencies are not resolved by the stand-in)")
+    say(
+        "copy_bom",
+        f"{copied} files from {len(boms)} bom file(s) into {root} "
+        "(ELF dependencies are not resolved by the stand-in)",
+    )
 
 
 def _load_boms(path: str, include_dirs: list[str], chain: list[str]) -> list[tuple[str, dict]]:
@@ -496,8 +597,10 @@ def _load_boms(path: str, include_dirs: list[str], chain: list[str]) -> list[tup
     _only(path, "bom", bom, BOM_KEYS)
     out: list[tuple[str, dict]] = []
     for name in bom.get("includes") or []:
-        found = next((os.path.join(d, name) for d in include_dirs
-                      if os.path.isfile(os.path.join(d, name))), None)
+        found = next(
+            (os.path.join(d, name) for d in include_dirs if os.path.isfile(os.path.join(d, name))),
+            None,
+        )
         if found is None:
             raise Fail(f"{path}: included bom {name!r} not found in {include_dirs}")
         out += _load_boms(found, include_dirs, chain + [path])
@@ -510,8 +613,10 @@ def _only(path: str, where: str, value: object, keys: set[str]) -> None:
         raise Fail(f"{path}: {where} must be a mapping")
     unknown = sorted(set(value) - keys)
     if unknown:
-        raise Fail(f"{path}: {where}: unknown key(s) {', '.join(unknown)}; allowed: "
-                   f"{', '.join(sorted(keys))}")
+        raise Fail(
+            f"{path}: {where}: unknown key(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(sorted(keys))}"
+        )
 
 
 def _source(path: str, base: str | None, name: str) -> str:
@@ -519,8 +624,10 @@ def _source(path: str, base: str | None, name: str) -> str:
     if not full.startswith("/"):
         raise Fail(f"{path}: source {name!r} is not absolute (and has no `from`)")
     if not any((full + "/").startswith(r) for r in SOURCE_ROOTS):
-        raise Fail(f"{path}: source {full} is outside {', '.join(SOURCE_ROOTS)} (the base "
-                   "root filesystem, the plan's files, the toolchain)")
+        raise Fail(
+            f"{path}: source {full} is outside {', '.join(SOURCE_ROOTS)} (the base "
+            "root filesystem, the plan's files, the toolchain)"
+        )
     if not os.path.lexists(full):
         raise Fail(f"{path}: source {full} does not exist")
     return full
@@ -543,8 +650,9 @@ def _apply_target(path: str, target: dict, root: str, excludes: list[str], dry: 
             full = _source(path, base, item)
             if not os.path.isdir(full):
                 raise Fail(f"{path}: dirs entry {full} is not a directory")
-            into = dest_dir if item.endswith("/") else os.path.join(dest_dir,
-                                                                    os.path.basename(full))
+            into = (
+                dest_dir if item.endswith("/") else os.path.join(dest_dir, os.path.basename(full))
+            )
             if not dry:
                 count += _copy_dir(full, into, excludes)
         for item in source.get("files") or []:
@@ -597,6 +705,7 @@ def _copy_dir(source: str, target: str, excludes: list[str]) -> int:
 
 # --- sgx_sign --------------------------------------------------------------------------------
 
+
 def sgx_sign(args: list[str]) -> None:
     if not args:
         raise Fail("Usage: sgx_sign <command> <options>")
@@ -610,8 +719,10 @@ def sgx_sign(args: list[str]) -> None:
         _catsig(options)
         print("Succeed.", flush=True)
     elif command == "sign":
-        raise Fail("the stand-in sgx_sign does not sign with a private key; enclave-build "
-                   "signs through --sign-tool (gendata, then catsig)")
+        raise Fail(
+            "the stand-in sgx_sign does not sign with a private key; enclave-build "
+            "signs through --sign-tool (gendata, then catsig)"
+        )
     else:
         raise Fail(f"sgx_sign: unknown command {command}")
 
@@ -646,10 +757,17 @@ def _xml_values(path: str) -> dict[str, int]:
 def _signing_data(enclave_path: str, config_path: str) -> bytes:
     enclave = read(enclave_path)
     values = _xml_values(config_path)
-    mr_enclave = hashlib.sha256(b"stand-in MRENCLAVE\0" + enclave + json.dumps(
-        values, sort_keys=True).encode()).digest()
-    header = bytes.fromhex("06000000e10000000000010000000000") + bytes(4) + bytes(4) \
-        + bytes.fromhex("01010000600000006000000001000000") + bytes(4) + bytes(84)
+    mr_enclave = hashlib.sha256(
+        b"stand-in MRENCLAVE\0" + enclave + json.dumps(values, sort_keys=True).encode()
+    ).digest()
+    header = (
+        bytes.fromhex("06000000e10000000000010000000000")
+        + bytes(4)
+        + bytes(4)
+        + bytes.fromhex("01010000600000006000000001000000")
+        + bytes(4)
+        + bytes(84)
+    )
     flags = 0x4 | (0 if values.get("DisableDebug", 1) else 0x2)  # MODE64BIT, DEBUG
     body = bytearray(128)
     body[0x1C:0x24] = flags.to_bytes(8, "little")
@@ -667,9 +785,9 @@ def _der(data: bytes, pos: int) -> tuple[int, bytes, int]:
     pos += 2
     if length & 0x80:
         size = length & 0x7F
-        length = int.from_bytes(data[pos:pos + size], "big")
+        length = int.from_bytes(data[pos : pos + size], "big")
         pos += size
-    return tag, data[pos:pos + length], pos + length
+    return tag, data[pos : pos + length], pos + length
 
 
 def _public_key(path: str) -> tuple[int, int]:
@@ -679,8 +797,8 @@ def _public_key(path: str) -> tuple[int, int]:
         raise Fail(f"{path}: not a PEM public key")
     der = base64.b64decode("".join(match.group(1).split()))
     _, spki, _ = _der(der, 0)
-    _, _, pos = _der(spki, 0)                  # AlgorithmIdentifier
-    _, bits, _ = _der(spki, pos)               # BIT STRING
+    _, _, pos = _der(spki, 0)  # AlgorithmIdentifier
+    _, bits, _ = _der(spki, pos)  # BIT STRING
     _, seq, _ = _der(bits[1:], 0)
     _, n, pos = _der(seq, 0)
     _, e, _ = _der(seq, pos)
@@ -702,8 +820,13 @@ def _catsig(options: dict[str, str]) -> None:
         raise Fail(f"sgx_sign catsig: the signature has {len(raw)} bytes, not 384")
     s = int.from_bytes(raw, "big")
     digest = hashlib.sha256(data).digest()
-    expected = b"\x00\x01" + b"\xff" * (384 - 3 - len(SHA256_PREFIX) - 32) + b"\x00" \
-        + SHA256_PREFIX + digest
+    expected = (
+        b"\x00\x01"
+        + b"\xff" * (384 - 3 - len(SHA256_PREFIX) - 32)
+        + b"\x00"
+        + SHA256_PREFIX
+        + digest
+    )
     if pow(s, e, n).to_bytes(384, "big") != expected:
         raise Fail("sgx_sign catsig: the signature does not verify against the data and key")
     q1 = s * s // n
@@ -720,6 +843,7 @@ def _catsig(options: dict[str, str]) -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
 
 def read(path: str) -> bytes:
     with open(path, "rb") as handle:

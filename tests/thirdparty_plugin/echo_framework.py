@@ -2,25 +2,40 @@
 
 from enclave_build.plugin import Field, Framework, Port, Section, base_plan, hookimpl
 
-SECTION = Section("echo", "echo service options", (
-    Field("port", "int", "TCP port", default=7007, minimum=1, maximum=65535),
-    Field("greeting", "str", "what to say first", default="hello"),
-), owner="echo")
+SECTION = Section(
+    "echo",
+    "echo service options",
+    (
+        Field("port", "int", "TCP port", default=7007, minimum=1, maximum=65535),
+        Field("greeting", "str", "what to say first", default="hello"),
+    ),
+    owner="echo",
+)
 
 
 def plan(spec):
     opts = spec.section("echo")
-    result = base_plan(spec, FRAMEWORK, entrypoint="/usr/bin/python3",
-                       argv=["/usr/bin/python3", "-m", "echo", "--port", str(opts["port"])],
-                       env={"ECHO_GREETING": opts["greeting"]},
-                       trusted=["/usr/bin/python3", "/usr/lib/python3/"],
-                       ports=[Port(opts["port"], "echo")])
+    result = base_plan(
+        spec,
+        FRAMEWORK,
+        entrypoint="/usr/bin/python3",
+        argv=["/usr/bin/python3", "-m", "echo", "--port", str(opts["port"])],
+        env={"ECHO_GREETING": opts["greeting"]},
+        trusted=["/usr/bin/python3", "/usr/lib/python3/"],
+        ports=[Port(opts["port"], "echo")],
+    )
     return result
 
 
-FRAMEWORK = Framework(name="echo", description="echo service (third-party example)",
-                      default_base="example/echo-base:1", plan=plan, section=SECTION,
-                      default_enclave_size=1 << 30, default_max_threads=8)
+FRAMEWORK = Framework(
+    name="echo",
+    description="echo service (third-party example)",
+    default_base="example/echo-base:1",
+    plan=plan,
+    section=SECTION,
+    default_enclave_size=1 << 30,
+    default_max_threads=8,
+)
 
 
 @hookimpl

@@ -12,15 +12,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from enclave_build.model_server.backends import (Backend, BackendError, InferenceError, Runtime,
-                                                 TensorSpec)
+from enclave_build.model_server.backends import (
+    Backend,
+    BackendError,
+    InferenceError,
+    Runtime,
+    TensorSpec,
+)
 
 #: ONNX Runtime's type names -> KServe v2 datatypes.
 _TYPES = {
-    "tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
-    "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(bool)": "BOOL",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(float16)": "FP16",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(bool)": "BOOL",
 }
 _LEVELS = ("disabled", "basic", "extended", "all")
 
@@ -41,21 +54,31 @@ class OnnxRuntimeBackend(Backend):
 
         unknown = set(model.options) - {"graph_optimization"}
         if unknown:
-            raise BackendError(f"model {model.name}: unknown onnxruntime option(s) "
-                               f"{', '.join(sorted(unknown))}; allowed: graph_optimization")
+            raise BackendError(
+                f"model {model.name}: unknown onnxruntime option(s) "
+                f"{', '.join(sorted(unknown))}; allowed: graph_optimization"
+            )
         level = model.options.get("graph_optimization", "all")
         if level not in _LEVELS:
-            raise BackendError(f"model {model.name}: graph_optimization {level!r} is not one of "
-                               f"{', '.join(_LEVELS)}")
+            raise BackendError(
+                f"model {model.name}: graph_optimization {level!r} is not one of "
+                f"{', '.join(_LEVELS)}"
+            )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = max(1, model.threads)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = getattr(
             onnxruntime.GraphOptimizationLevel,
-            {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-             "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}[level])
+            {
+                "disabled": "ORT_DISABLE_ALL",
+                "basic": "ORT_ENABLE_BASIC",
+                "extended": "ORT_ENABLE_EXTENDED",
+                "all": "ORT_ENABLE_ALL",
+            }[level],
+        )
         self._session = onnxruntime.InferenceSession(
-            source.read_bytes(), options, providers=["CPUExecutionProvider"])
+            source.read_bytes(), options, providers=["CPUExecutionProvider"]
+        )
         self._inputs = [self._spec(i) for i in self._session.get_inputs()]
         self._outputs = [self._spec(o) for o in self._session.get_outputs()]
 

@@ -9,30 +9,62 @@ trusts ONNX Runtime's files from the base image.
 
 from __future__ import annotations
 
-from enclave_build.plugin import (Field, Framework, ModelCheck, ModelSpec, Section, ServicePlan,
-                                  Spec, hookimpl, onnx_problem, python_server_plan)
+from enclave_build.plugin import (
+    Field,
+    Framework,
+    ModelCheck,
+    ModelSpec,
+    Section,
+    ServicePlan,
+    Spec,
+    hookimpl,
+    onnx_problem,
+    python_server_plan,
+)
 
 BACKEND = "onnxruntime"
 GRAPH_OPTIMIZATION = ("disabled", "basic", "extended", "all")
 
-SECTION = Section("onnxruntime", "ONNX Runtime model server options", (
-    Field("grpc_port", "int", "gRPC port (KServe v2)", default=8001, minimum=1, maximum=65535),
-    Field("rest_port", "int", "REST port (KServe v2)", default=8000, minimum=1, maximum=65535),
-    Field("threads", "int", "intra-op threads per session", default=1, minimum=1, maximum=256),
-    Field("instances", "int", "sessions per model (concurrent requests served)", default=2,
-          minimum=1, maximum=256),
-    Field("graph_optimization", "str", "ONNX Runtime graph optimization level", default="all",
-          choices=GRAPH_OPTIMIZATION),
-), owner="onnxruntime")
+SECTION = Section(
+    "onnxruntime",
+    "ONNX Runtime model server options",
+    (
+        Field("grpc_port", "int", "gRPC port (KServe v2)", default=8001, minimum=1, maximum=65535),
+        Field("rest_port", "int", "REST port (KServe v2)", default=8000, minimum=1, maximum=65535),
+        Field("threads", "int", "intra-op threads per session", default=1, minimum=1, maximum=256),
+        Field(
+            "instances",
+            "int",
+            "sessions per model (concurrent requests served)",
+            default=2,
+            minimum=1,
+            maximum=256,
+        ),
+        Field(
+            "graph_optimization",
+            "str",
+            "ONNX Runtime graph optimization level",
+            default="all",
+            choices=GRAPH_OPTIMIZATION,
+        ),
+    ),
+    owner="onnxruntime",
+)
 
 
 def plan(spec: Spec) -> ServicePlan:
     opts = spec.section("onnxruntime")
     return python_server_plan(
-        spec, FRAMEWORK, backend=BACKEND, packages=["onnxruntime"],
-        grpc_port=opts["grpc_port"], rest_port=opts["rest_port"],
-        instances=opts["instances"], threads=opts["threads"],
-        options={"graph_optimization": opts["graph_optimization"]})
+        spec,
+        FRAMEWORK,
+        backend=BACKEND,
+        packages=["onnxruntime"],
+        grpc_port=opts["grpc_port"],
+        rest_port=opts["rest_port"],
+        instances=opts["instances"],
+        threads=opts["threads"],
+        options={"graph_optimization": opts["graph_optimization"]},
+    )
 
 
 FRAMEWORK = Framework(
