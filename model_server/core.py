@@ -23,7 +23,7 @@ from .admission import Admission, InstancePool
 from .backends import Backend, TensorSpec, load_backend_class
 from .config import Limits, ModelConfig
 from .datatypes import TensorError
-from .errors import ServeError
+from .errors import BudgetShort, ServeError
 
 __all__ = [
     "Admission",
@@ -236,13 +236,13 @@ class ByteBudget:
         """:meth:`try_reserve` or a ServeError: TOO_LARGE when *n* could never fit, else
         UNAVAILABLE."""
         if n > self.limit:
-            raise ServeError(
+            raise BudgetShort(
                 ServeError.TOO_LARGE,
                 f"{what}: {n} bytes, more than the server "
                 f"holds for all requests (limits.max_buffered_bytes {self.limit})",
             )
         if not self.try_reserve(n):
-            raise ServeError(
+            raise BudgetShort(
                 ServeError.UNAVAILABLE,
                 f"server busy: {self.used} request bytes "
                 f"held, no room for {n} more ({what}; limits.max_buffered_bytes "
@@ -273,7 +273,7 @@ class Hold:
         if n <= 0:
             return
         if self.held + n > self.budget.limit:
-            raise ServeError(
+            raise BudgetShort(
                 ServeError.TOO_LARGE,
                 f"{what}: the request would hold "
                 f"{self.held + n} bytes, more than the server holds for all "

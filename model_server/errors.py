@@ -23,3 +23,8 @@ class ServeError(ModelServerError):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+
+class BudgetShort(ServeError):
+    """The byte budget (``limits.max_buffered_bytes``) has no room for what a request needs:
+    UNAVAILABLE (server busy), or TOO_LARGE when it never could."""

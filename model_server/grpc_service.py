@@ -18,13 +18,14 @@ Hostile clients:
   :class:`~model_server.handler_pool.HandlerPool` sized for every request admission may hold.
 * ModelInfer is registered as a client-streaming method: its handler starts before the request
   message has arrived (a unary handler's thread would wait inside grpc, out of reach). It first
-  reserves room for the largest message in the byte budget (:mod:`.receive_gate`: grpc buffers
-  a whole message once asked for it), then asks for the message with a deadline of
-  ``limits.body_timeout``, and cancels the call if none has arrived by then (or if it has been
-  receiving for ``limits.first_byte_timeout`` while another call waits for room), which frees
-  the thread. A call that finds no room within that time is refused (RESOURCE_EXHAUSTED), so
-  calls without a message hold a few threads, never all of them. The client sees CANCELLED; the
-  log says which limit.
+  takes a room for the largest message in the byte budget (:mod:`.receive_gate`: grpc buffers
+  a whole message once asked for it; rooms are shared fairly between connections), then asks
+  for the message with a deadline of ``limits.body_timeout``, and cancels the call if none has
+  arrived by then (or when the gate gives its room to a call of another connection), which
+  frees the thread. A call that finds no room within twice ``limits.first_byte_timeout`` is
+  refused (RESOURCE_EXHAUSTED), so calls without a message hold a few threads, never all of
+  them. The client sees CANCELLED; the log says which limit. A request refused for lack of room
+  in the budget after its message arrived makes its connection wait before its next room.
 * Before the message is parsed, what parsing it allocates is reserved (:mod:`.pb_cost`), then
   what decoding its inputs allocates (typed contents are read with numpy, an object per element
   only for BYTES), then its answer (at most ``limits.max_response_bytes``); the request holds
@@ -63,6 +64,7 @@ from .datatypes import (
     raw_view,
     to_numpy_dtype,
 )
+from .errors import BudgetShort
 from .handler_pool import HandlerPool
 from .metrics import UNKNOWN_MODEL, Metrics
 from .pb_cost import parse_cost
@@ -278,7 +280,8 @@ class GRPCService:
 
     def model_infer(self, requests, context) -> bytes:
         engine = self.engine
-        holder = self.gate.enter(context.cancel, context.peer())  # room, before the message
+        # room, before the message
+        holder = self.gate.enter(context.cancel, context.peer(), context.is_active)
         if holder is None:
             engine.counters.add("refused")
             self.metrics.observe(UNKNOWN_MODEL, "grpc", ServeError.UNAVAILABLE, 0.0)
@@ -292,7 +295,7 @@ class GRPCService:
         hold = Hold(engine.budget)
         try:
             raw = self._receive(requests, context, holder)
-            hold.held = self.gate.hand_over(holder)  # now held by this request
+            hold.held = self.gate.hand_over(holder, len(raw))  # now held by this request
         finally:
             self.gate.leave(holder)
         try:
@@ -329,6 +332,8 @@ class GRPCService:
         except ServeError as exc:
             if not admitted:
                 engine.counters.add("refused")
+            if isinstance(exc, BudgetShort):
+                self.gate.busy(context.peer())  # its next call: later (see ReceiveGate.busy)
             self.metrics.observe(label, "grpc", exc.kind, time.perf_counter() - t0)
             self._fail(context, exc)
         except Exception as exc:  # noqa: BLE001 - answer, log, keep serving

@@ -630,6 +630,116 @@ def test_message_less_streams_over_many_connections_leave_threads_free(tmp_path)
         assert server.stop() == 0, server.stderr
 
 
+# ---------------------------------------------------------------- fair rooms between connections
+
+
+#: Limits for the fairness tests: 8 MiB messages, a 32 MiB budget (three rooms of 8 MiB for
+#: messages being received), and a body_timeout far beyond every bound below.
+FAIR_LIMITS = {"max_request_bytes": 8 * MIB, "max_buffered_bytes": 32 * MIB, "body_timeout": 120}
+
+
+def _legitimate_calls(server: ServerProcess, count: int, timeout: float) -> list[str]:
+    """*count* small ModelInfer calls one after the other on one channel, each with a
+    deadline of *timeout* seconds: 'ok' or the status each ended with."""
+    channel, stub = server.stub()
+    raw = _request("m", X)
+    try:
+        return [_call(stub, raw, timeout=timeout) for _ in range(count)]
+    finally:
+        channel.close()
+
+
+def _message_less_streams(server: ServerProcess, connections: int, streams: int):
+    """*connections* HTTP/2 connections, each with *streams* ModelInfer streams that never send
+    their message."""
+    conns = [H2Connection(server.grpc) for _ in range(connections)]
+    for conn in conns:
+        for stream in range(1, 2 * streams, 2):
+            conn.open_stream(stream)
+    return conns
+
+
+def test_one_connection_with_many_stalled_streams_does_not_starve_another(tmp_path):
+    """One connection opens 32 ModelInfer streams (HEADERS, no DATA) and keeps them open; a
+    client on another connection then makes 20 calls, each with a deadline of a quarter of
+    first_byte_timeout (20 s): all are answered. Before: the stalled streams held every room
+    for the message, each given back only after first_byte_timeout and then to the stalled
+    connection's newer streams, so a call waited about 20 s (the original defect: every other
+    client refused for as long as the attacker kept its connection)."""
+    server = ServerProcess(
+        tmp_path, [sleep_model("m", 0)], {**FAIR_LIMITS, "first_byte_timeout": 20}
+    )
+    attackers = _message_less_streams(server, 1, 32)
+    try:
+        time.sleep(0.5)  # (not a synchronisation: lets the server start the streams)
+        outcomes = _legitimate_calls(server, 20, timeout=5)
+        assert outcomes == ["ok"] * 20, outcomes
+    finally:
+        for conn in attackers:
+            conn.close()
+        assert server.stop() == 0, server.stderr
+
+
+def test_many_connections_of_stalled_streams_do_not_starve_another(tmp_path):
+    """Eight connections of eight message-less streams each: a client on another connection
+    makes 20 calls, each with a deadline of first_byte_timeout (6 s), and all are answered:
+    a stalled call holds its room for its turn (here 6 s x 3 rooms / 9 connections), and the
+    client's connection then keeps its room between calls. Before: each call waited for a
+    stalled call to reach first_byte_timeout, while the stalled connections' newer streams took
+    every room given back."""
+    server = ServerProcess(
+        tmp_path, [sleep_model("m", 0)], {**FAIR_LIMITS, "first_byte_timeout": 6}
+    )
+    attackers = _message_less_streams(server, 8, 8)
+    try:
+        time.sleep(0.5)  # (not a synchronisation: lets the server start the streams)
+        outcomes = _legitimate_calls(server, 20, timeout=6)
+        assert outcomes == ["ok"] * 20, outcomes
+    finally:
+        for conn in attackers:
+            conn.close()
+        assert server.stop() == 0, server.stderr
+
+
+def test_partial_messages_over_many_connections_do_not_starve_another(tmp_path):
+    """Eight connections each send all but the last 4 KiB of an 8 MiB message and stop (what a
+    slow large upload looks like): a client on another connection makes 20 calls, each with a
+    deadline of first_byte_timeout (6 s), and all are answered, while the server's memory stays
+    within the budget. Before: the partial messages held the rooms until first_byte_timeout,
+    then their connections' next messages took them back."""
+    server = ServerProcess(
+        tmp_path, [sleep_model("m", 0)], {**FAIR_LIMITS, "first_byte_timeout": 6}
+    )
+    stop = threading.Event()
+
+    def upload() -> None:
+        while not stop.is_set():
+            conn = H2Connection(server.grpc)
+            try:
+                conn.open_stream(1)
+                conn.send_partial([1], 8 * MIB - 1024, 8 * MIB - 4096, 10)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    before = server.reset_peak()
+    uploads = [threading.Thread(target=upload, daemon=True) for _ in range(8)]
+    for t in uploads:
+        t.start()
+    try:
+        time.sleep(1.0)  # (not a synchronisation: lets the uploads take the rooms)
+        outcomes = _legitimate_calls(server, 20, timeout=6)
+        assert outcomes == ["ok"] * 20, outcomes
+        grown = server.status("VmHWM") - before
+        assert grown < 48 * 1024, f"peak resident memory grew by {grown} KiB"
+    finally:
+        stop.set()
+        for t in uploads:
+            t.join(15)
+        assert server.stop() == 0, server.stderr
+
+
 def test_rest_bodies_that_stopped_arriving_make_room_for_grpc(tmp_path):
     """REST bodies that have stopped arriving held the whole byte budget, and a gRPC call (its
     message checked against the budget once received) was refused RESOURCE_EXHAUSTED. Now a

@@ -238,18 +238,25 @@ def test_receive_share_leaves_rest_one_largest_request():
 
 
 def test_gate_reserves_the_largest_message_and_hands_it_over():
+    """A call reserves a room (the largest message) before receiving. Once its message has
+    arrived, the request gets bytes of its own (the message's size) and its connection keeps
+    the room, bytes reserved, for its next call; at most all rooms but one are kept, beyond
+    that the request gets the room's bytes."""
     budget = ByteBudget(400)
     gate = ReceiveGate(budget, 100, grace=1, max_waiting=2)
-    holders = [gate.enter(lambda: None) for _ in range(3)]  # share: 300
+    holders = [gate.enter(lambda: None, "c1") for _ in range(3)]  # share: 300
     assert all(holders) and budget.used == 300 and gate.receiving == 300
-    assert gate.hand_over(holders[0]) == 100  # now the request's
+    assert gate.hand_over(holders[0], 30) == 30  # now the request's
     gate.leave(holders[0])  # (nothing more to give back)
-    assert budget.used == 300 and gate.receiving == 200
-    gate.leave(holders[1])
-    assert budget.used == 200 and gate.receiving == 100
-    budget.release(100)
-    gate.leave(holders[2])
-    assert budget.used == 0 and gate.holders == 0
+    assert budget.used == 330 and gate.receiving == 200 and gate.keeping == 100
+    assert gate.hand_over(holders[1], 30) == 30
+    assert gate.hand_over(holders[2], 30) == 100  # two rooms kept already
+    assert gate.kept == 2 and gate.receiving == 0 and budget.used == 360
+    budget.release(30 + 30 + 100)  # the requests end
+    again = gate.enter(lambda: None, "c1")  # a kept room: no new bytes
+    assert again is not None and budget.used == 200 and gate.kept == 1
+    gate.leave(again)
+    assert budget.used == 100 and gate.holders == 0 and gate.receiving == 0
 
 
 def test_gate_waiters_get_room_newest_first_and_old_holders_are_evicted():
@@ -307,6 +314,214 @@ def test_gate_waiting_room_drops_the_longest_waiter_and_wait_ends():
     short = ReceiveGate(ByteBudget(100), 100, grace=0.05, max_waiting=1)
     short.enter(lambda: None)
     assert short.enter(lambda: None) is None  # no room within the grace
+
+
+class _Calls:
+    """Calls entering a gate from threads: what each got (a holder or None), and which were
+    cancelled to make room."""
+
+    def __init__(self, gate: ReceiveGate) -> None:
+        self.gate = gate
+        self.got: dict[str, object] = {}
+        self.cancelled: list[str] = []
+        self.threads: dict[str, threading.Thread] = {}
+
+    def enter(self, name: str, peer: str) -> None:
+        def run() -> None:
+            self.got[name] = self.gate.enter(lambda: self.cancelled.append(name), peer)
+
+        self.threads[name] = threading.Thread(target=run, daemon=True)
+        self.threads[name].start()
+
+    def holder(self, name: str):
+        self.threads[name].join(5)
+        assert name in self.got, f"{name} is still waiting"
+        return self.got[name]
+
+
+def test_a_connection_holding_more_rooms_loses_its_newest_call_at_once():
+    """One connection holds all three rooms with calls whose messages do not come; a call from
+    another connection cancels the newest of them at once (not after grace), and gets its room
+    even though a newer call of the first connection waits too."""
+    clock = _Clock()
+    budget = ByteBudget(400)
+    gate = ReceiveGate(budget, 100, grace=30, max_waiting=8, clock=clock)  # 3 rooms
+    calls = _Calls(gate)
+    for name in ("a1", "a2", "a3"):
+        calls.enter(name, "ipv4:127.0.0.1:1000")
+        calls.holder(name)
+        clock.now += 0.1
+    clock.now += 0.3  # a3 has held its room for MIN_HOLD
+    calls.enter("b", "ipv4:127.0.0.1:2000")
+    _until(lambda: calls.cancelled == ["a3"])
+    calls.enter("a4", "ipv4:127.0.0.1:1000")  # newer, but of the connection holding
+    _until(lambda: gate.waiting == 2)  # ... two rooms already
+    gate.leave(calls.got["a3"])  # the cancelled call ends
+    assert calls.holder("b").peer == "ipv4:127.0.0.1:2000"
+    assert gate.waiting == 1 and calls.cancelled == ["a3"] and budget.used == 300
+    for name in ("a1", "a2", "b"):
+        gate.leave(calls.got[name])
+    assert calls.holder("a4") is not None
+    gate.leave(calls.got["a4"])
+    assert budget.used == 0 and gate.holders == 0
+
+
+def test_connections_holding_one_room_each_take_turns():
+    """Three connections hold a room each, their messages never coming; a fourth connection's
+    call does not wait for grace (4 s here): the call receiving the longest is cancelled after
+    its turn, grace x 3 rooms / 4 connections contending = 3 s."""
+    clock = _Clock()
+    budget = ByteBudget(400)
+    gate = ReceiveGate(budget, 100, grace=4, max_waiting=8, clock=clock)
+    calls = _Calls(gate)
+    for i in range(3):
+        calls.enter(f"a{i}", f"ipv4:127.0.0.1:{1000 + i}")
+        calls.holder(f"a{i}")
+        clock.now += 0.5
+    calls.enter("b", "ipv4:127.0.0.1:2000")
+    _until(lambda: gate.waiting == 1)
+    clock.now = 100.0 + 3.05  # a0 has held its room 3.05 s
+    _until(lambda: calls.cancelled == ["a0"])
+    gate.leave(calls.got["a0"])
+    assert calls.holder("b") is not None and budget.used == 300
+
+
+def test_a_connection_keeps_the_room_its_message_arrived_in():
+    """A call whose message arrived leaves its room, bytes reserved, to its connection's next
+    call: that call has it at once although a call of another connection waits, and what other
+    requests hold in the budget cannot take it. Unused, the kept room goes to the waiting call
+    after KEEP seconds."""
+    clock = _Clock()
+    budget = ByteBudget(300)
+    gate = ReceiveGate(budget, 100, grace=1, max_waiting=8, clock=clock, keep=1.0)  # 2 rooms
+    stalled = gate.enter(lambda: None, "ipv4:127.0.0.1:1000")
+    first = gate.enter(lambda: None, "ipv4:127.0.0.1:2000")
+    assert gate.hand_over(first, 10) == 10 and gate.kept == 1 and budget.used == 210
+    calls = _Calls(gate)
+    calls.enter("other", "ipv4:127.0.0.1:3000")
+    _until(lambda: gate.waiting == 1)
+    budget.release(10)  # (the first request ends)
+    budget.reserve(100)  # other requests take what is left
+    second = gate.enter(lambda: None, "ipv4:127.0.0.1:2000")
+    assert second is not None and second.bytes == 100 and gate.kept == 0
+    assert gate.hand_over(second, 10) == 100  # no bytes besides: nothing kept
+    assert gate.kept == 0 and budget.used == 300
+    budget.release(100 + 100)
+    assert calls.holder("other") is not None  # the free room
+    gate.leave(calls.got["other"])
+    third = gate.enter(lambda: None, "ipv4:127.0.0.1:2000")
+    assert gate.hand_over(third, 10) == 10 and gate.kept == 1
+    calls.enter("later", "ipv4:127.0.0.1:3000")
+    _until(lambda: gate.waiting == 1)
+    clock.now += 1.5  # the kept room lapses
+    assert calls.holder("later") is not None
+    gate.leave(calls.got["later"])
+    gate.leave(stalled)
+    budget.release(10)
+    assert budget.used == 0 and gate.kept == 0 and gate.keeping == 0
+
+
+def test_kept_rooms_go_to_a_connection_holding_two_fewer():
+    """A connection keeping two rooms and receiving in the third gives a kept room at once to
+    the call of a connection holding none."""
+    budget = ByteBudget(400)
+    gate = ReceiveGate(budget, 100, grace=30, max_waiting=8)
+    rich = [gate.enter(lambda: None, "ipv4:127.0.0.1:1000") for _ in range(3)]
+    for holder in rich[:2]:
+        gate.hand_over(holder, 0)
+    assert gate.kept == 2 and gate.holders == 1
+    other = gate.enter(lambda: None, "ipv4:127.0.0.1:2000")
+    assert other is not None and gate.kept == 1 and budget.used == 300
+
+
+def test_a_busy_connection_waits_then_receives_one_call_at_a_time():
+    """A connection whose request the budget could not take gets no room for BUSY_WAIT seconds
+    (its kept rooms go back), then one room at a time for grace seconds; refused again, it
+    waits twice as long. Other connections are served meanwhile."""
+    clock = _Clock()
+    budget = ByteBudget(400)
+    gate = ReceiveGate(budget, 100, grace=2, max_waiting=8, clock=clock, busy_wait=0.5)
+    busy = "ipv4:127.0.0.1:1000"
+    gate.hand_over(gate.enter(lambda: None, busy), 0)
+    assert gate.kept == 1
+    gate.busy(busy)
+    assert gate.kept == 0 and budget.used == 0
+    calls = _Calls(gate)
+    calls.enter("b1", busy)
+    _until(lambda: gate.waiting == 1)
+    other = gate.enter(lambda: None, "ipv4:127.0.0.1:2000")  # not held back
+    assert other is not None
+    clock.now += 0.6
+    first = calls.holder("b1")
+    assert first is not None
+    calls.enter("b2", busy)  # one at a time
+    _until(lambda: gate.waiting == 1)
+    gate.leave(first)
+    assert calls.holder("b2") is not None
+    gate.leave(calls.got["b2"])
+    gate.busy(busy)  # refused again: twice the wait
+    calls.enter("b3", busy)
+    _until(lambda: gate.waiting == 1)
+    clock.now += 0.6
+    # another connection's call takes the free room under the gate's lock: b3 could have had
+    # one then, had its wait not doubled
+    assert gate.enter(lambda: None, "ipv4:127.0.0.1:3000") is not None
+    assert gate.waiting == 1
+    clock.now += 0.5
+    gate.leave(calls.holder("b3"))
+    clock.now += 2.1  # grace over: no limit
+    assert gate.enter(lambda: None, busy) is not None and gate.holders == 3
+
+
+def test_a_call_held_back_one_at_a_time_waits_without_spinning():
+    """A busy connection's call waiting for its connection's other call (one at a time) sleeps
+    until a room is freed: its wait loop turns a few times a second, not thousands (it once
+    turned without sleeping, taking the gate's lock from every other call)."""
+    import time
+
+    clock = _Clock()
+    gate = ReceiveGate(ByteBudget(400), 100, grace=30, max_waiting=8, clock=clock, busy_wait=0.5)
+    busy = "ipv4:127.0.0.1:1000"
+    gate.busy(busy)
+    clock.now += 0.6  # the wait is over: one at a time
+    first = gate.enter(lambda: None, busy)
+    turns = [0]
+
+    def active() -> bool:  # asked once per turn of the loop
+        turns[0] += 1
+        return True
+
+    got = {}
+    t = threading.Thread(
+        target=lambda: got.setdefault("second", gate.enter(lambda: None, busy, active)), daemon=True
+    )
+    t.start()
+    try:
+        _until(lambda: gate.waiting == 1)
+        time.sleep(1.0)  # (counts loop turns, times nothing)
+        assert turns[0] < 20, f"{turns[0]} turns of the wait loop in a second"
+    finally:
+        gate.leave(first)  # (its room: the waiter ends)
+        t.join(5)
+    assert got["second"] is not None
+
+
+def test_a_waiting_call_whose_client_went_away_leaves_the_waiting_room():
+    gate = ReceiveGate(ByteBudget(100), 100, grace=30, max_waiting=2)
+    holder = gate.enter(lambda: None, "ipv4:127.0.0.1:1000")
+    running = [True]
+    got = {}
+    t = threading.Thread(
+        target=lambda: got.setdefault(
+            "waiter", gate.enter(lambda: None, "ipv4:127.0.0.1:2000", lambda: running[0])
+        )
+    )
+    t.start()
+    _until(lambda: gate.waiting == 1)
+    running[0] = False  # the client cancels its call
+    t.join(5)
+    assert got["waiter"] is None and gate.waiting == 0
+    gate.leave(holder)
 
 
 def _until(condition, timeout: float = 5.0) -> None:

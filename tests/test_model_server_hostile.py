@@ -238,6 +238,9 @@ def test_byte_budget():
 
 
 class _Ctx:
+    def __init__(self, peer: str = "ipv4:127.0.0.1:1") -> None:
+        self._peer = peer
+
     def abort(self, code, details):
         raise RuntimeError(code, details)
 
@@ -245,7 +248,10 @@ class _Ctx:
         raise AssertionError("not cancelled in these tests")
 
     def peer(self):
-        return "ipv4:127.0.0.1:1"
+        return self._peer
+
+    def is_active(self):
+        return True
 
 
 def test_grpc_message_refused_when_the_buffer_budget_is_used_up():
@@ -274,6 +280,56 @@ def test_grpc_message_refused_when_the_buffer_budget_is_used_up():
     assert info.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "limits.max_buffered_bytes" in info.value.args[1]
     assert engine.counters.refused == 1 and engine.budget.used == 900
+    engine.close()
+
+
+def test_grpc_connection_refused_for_the_budget_waits_before_its_next_room():
+    """A request the byte budget cannot take once its message has arrived (here parsing it
+    would hold more than the whole budget) is refused, and its connection's next call gets a
+    room only after BUSY_WAIT seconds, so a client sending what the server cannot take does
+    not have it receive message after message; another connection is served meanwhile."""
+    import grpc
+
+    from enclave_build.model_server import protocol as pb
+    from enclave_build.model_server.grpc_service import GRPCService
+    from enclave_build.model_server.receive_gate import ReceiveGate
+
+    class Clock:
+        now = 100.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    engine = Engine(
+        {"echo": _echo_model()}, Limits(max_request_bytes=1000, max_buffered_bytes=4000)
+    )
+    gate = ReceiveGate(engine.budget, 1000, grace=5, max_waiting=4, clock=clock, busy_wait=0.5)
+    svc = GRPCService(engine, Metrics(), "t", gate=gate)
+    good = pb.ModelInferRequest(model_name="echo")
+    good.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+    good.raw_input_contents.append(np.ones(2, np.float32).tobytes())
+    bad = pb.ModelInferRequest()
+    bad.CopyFrom(good)
+    for _ in range(20):  # parsing them would hold more than 4000 bytes
+        bad.outputs.add(name="y")
+    with pytest.raises(RuntimeError) as info:
+        svc.model_infer(iter([bad.SerializeToString()]), _Ctx())
+    assert info.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    answers = {}
+    later = threading.Thread(
+        target=lambda: answers.setdefault(
+            "same", svc.model_infer(iter([good.SerializeToString()]), _Ctx())
+        )
+    )
+    later.start()
+    _wait_until(lambda: gate.waiting == 1, "the connection's next call waits")
+    other = svc.model_infer(iter([good.SerializeToString()]), _Ctx("ipv4:127.0.0.1:2"))
+    assert pb.ModelInferResponse.FromString(other).outputs
+    assert gate.waiting == 1 and "same" not in answers
+    clock.now += 0.6
+    later.join(5)
+    assert pb.ModelInferResponse.FromString(answers["same"]).outputs
     engine.close()
 
 
