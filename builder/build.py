@@ -147,16 +147,6 @@ def prepare_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None) -> Wra
     return result
 
 
-def load_wrap_keys(
-    spec: Spec, plan: ServicePlan, output: Path | None
-) -> tuple[dict[str, bytes], dict[str, Path], list[Path]]:
-    """Read (or create, mode 0600, at once) the wrap key of every key the plan provisions:
-    (bytes by name, file by name, files created)."""
-    keys = prepare_wrap_keys(spec, plan, output)
-    created = keys.persist()
-    return keys.keys, keys.files, created
-
-
 class GeneratedKeyWarning(UserWarning):
     """A build that failed had already written a new wrap key (e.g. after pushing the image)."""
 

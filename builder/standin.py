@@ -320,20 +320,6 @@ def _pyc(hash_based: bool) -> bytes:
     )
 
 
-def standin_distribution(
-    root: str | Path,
-    name: str,
-    version: str,
-    files: dict[str, bytes],
-    requires: tuple[str, ...] = (),
-    site: str | None = None,
-) -> None:
-    """Add a stand-in installed Python distribution to a stand-in rootfs (for plugins' tests):
-    *files* (paths relative to site-packages) plus a .dist-info with METADATA and RECORD, in
-    the base images' site directory unless *site* names another."""
-    _dist(Path(root), site or PY_LOCAL, name, version, files, requires)
-
-
 def _dist(
     root: Path,
     site: str,
