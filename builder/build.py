@@ -20,8 +20,10 @@ from enclave_build.contract.measurements import ImageRef, Measurements
 from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment
 from enclave_build.contract.secrets_config import SecretRule
+from enclave_build.contract.standin_base import StandInBase
 
 from . import build_stamp
+from .base_kind import standin_base
 from .cache import cache_root
 from .deploy.service_info import ServiceInfo, service_info
 from .dir_swap import recover_output, replace_dir
@@ -74,6 +76,9 @@ class BuildResult:
     key_files: dict[str, Path] | None = None  # key name -> wrap key file (never its bytes)
     image: Image | None = None  # the built image (blobs in the build cache)
     pushed: str | None = None  # NAME@sha256:... when pushed
+    #: The base's stand-in marker when it is a stand-in (the image measures and signs, but
+    #: does not boot); None for a real base.
+    standin_base: StandInBase | None = None
 
 
 @dataclass
@@ -453,7 +458,16 @@ def _finish(
             progress.task,
         )
     return BuildResult(
-        spec, plan, artifacts, measurements, out, tuple(created), key_files, built, pushed
+        spec,
+        plan,
+        artifacts,
+        measurements,
+        out,
+        tuple(created),
+        key_files,
+        built,
+        pushed,
+        standin_base(rootfs) if rootfs is not None else None,
     )
 
 
