@@ -1,7 +1,6 @@
-"""Builds fed hostile or careless input (issue 9, defects 5-7 and 9): crashes become errors,
-outputs carry no host path or time, the output swap is atomic and recovers, open keys are
-refused, and the CLI's `gramine sign` and `secrets serve` go through the library and the common
-error mapping."""
+"""Builds fed hostile or careless input: crashes become errors, outputs carry no host path or
+time, the output swap is atomic and recovers, open keys are refused, and the CLI's `gramine
+sign` and `secrets serve` go through the library and the common error mapping."""
 
 from __future__ import annotations
 
