@@ -35,7 +35,7 @@ PKGLIBDIR = "/usr/lib/x86_64-linux-gnu/gramine"
 PYDIR = "/usr/lib/python3/dist-packages"
 
 # Gramine 1.9's x86-64 layout constants (the values its build writes to _graminelibos_offsets.py).
-_OFFSETS = {
+GRAMINE_OFFSETS = {
     "SGX_FLAGS_DEBUG": 0x2,
     "SGX_FLAGS_MODE64BIT": 0x4,
     "SGX_XFRM_LEGACY": 0x3,
@@ -216,7 +216,7 @@ def make_standin_rootfs(root: str | Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     _write(root, STANDIN_MARKER, StandInBase(GRAMINE_VERSION).to_json().encode())
     offsets = "# DO NOT MODIFY. THIS FILE WAS AUTO-GENERATED.\n\n" + "".join(
-        f"{name} = {value:#x}\n" for name, value in _OFFSETS.items()
+        f"{name} = {value:#x}\n" for name, value in GRAMINE_OFFSETS.items()
     )
     _write(root, f"{PYDIR}/_graminelibos_offsets.py", offsets.encode())
     _write(

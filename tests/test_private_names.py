@@ -1,5 +1,5 @@
-"""Private names stay private: no module of the distribution imports another module's
-underscore names, and no test replaces one (tests give the code a root, a clock or a factory
+"""Private names stay private: no module of the distribution, test or benchmark imports
+another module's underscore names, and no test replaces one (tests give the code a root, a clock or a factory
 through its parameters instead). Read from the source with ``ast``."""
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ def _python_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def private_imports(path: Path) -> list[str]:
-    """``from X import _name`` statements of *path* (aliases of whole modules are fine)."""
+def private_imports(path: Path, only: str | None = None) -> list[str]:
+    """``from X import _name`` statements of *path* (aliases of whole modules are fine); with
+    *only*, those of modules under that package."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            if only is not None and not (node.module or "").startswith(only):
+                continue
             for alias in node.names:
                 if _private(alias.name):
                     found.append(f"{_shown(path)}:{node.lineno}: imports {alias.name}")
@@ -60,6 +63,14 @@ def test_no_module_imports_another_modules_private_names():
     for directory in PACKAGE_DIRS.values():
         for path in _python_files(REPO / directory):
             problems += private_imports(path)
+    assert problems == []
+
+
+def test_tests_and_benchmarks_import_no_private_names_of_enclave_build():
+    problems = []
+    for root in (TESTS, REPO / "benchmarks"):
+        for path in _python_files(root):
+            problems += private_imports(path, only="enclave_build")
     assert problems == []
 
 
