@@ -1,6 +1,6 @@
 """Private names stay private: no module of the distribution, test or benchmark imports
-another module's underscore names, and no test replaces one (tests give the code a root, a clock or a factory
-through its parameters instead). Read from the source with ``ast``."""
+another module's underscore names, and no test replaces one (tests give the code a root, a
+clock or a factory through its parameters instead). Read from the source with ``ast``."""
 
 from __future__ import annotations
 
