@@ -126,7 +126,9 @@ def test_warm_cache_rehashes_nothing_and_edits_are_noticed(tmp_path, monkeypatch
 
     calls = []
     real = hashing.sha256_file
-    monkeypatch.setattr(hashing, "sha256_file", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(
+        hashing, "sha256_file", lambda p, progress=None: calls.append(p) or real(p, progress)
+    )
     assert hash_files(files, cache=HashCache(tmp_path / "cache.sqlite")) == first
     assert calls == []
 
@@ -143,7 +145,9 @@ def test_unchanged_rebuild_rehashes_nothing(tmp_path, standin_root, signing_key,
     first = build_manifest("tflite", tmp_path / "a", standin_root, signing_key)
     calls = []
     real = hashing.sha256_file
-    monkeypatch.setattr(hashing, "sha256_file", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(
+        hashing, "sha256_file", lambda p, progress=None: calls.append(p) or real(p, progress)
+    )
     (tmp_path / "b").mkdir()
     # Same model content in another directory: new paths, so those are hashed; the base is not.
     second = build_manifest("tflite", tmp_path / "b", standin_root, signing_key)
