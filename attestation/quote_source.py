@@ -10,9 +10,10 @@ A *quote source* is a callable ``report_data (64 bytes) -> quote``. :func:`disco
   loud warning; only a peer that trusts the synthetic root accepts its quotes;
 * neither: :class:`QuoteSourceError`. A real quote device always wins over the variable.
 
-The same rules as the in-enclave key fetcher (:mod:`model_server.keys`); this copy serves the
-secret server's own RA-TLS identity (:func:`attestation.ratls.server_certificate`). Standard
-library and :mod:`attestation.wire` only, so it runs inside an enclave image as is.
+The one implementation: the secret server's own RA-TLS identity
+(:func:`attestation.ratls.server_certificate`) and the model server's in-enclave key fetch
+(:mod:`model_server.keys`, which names its purpose in the errors) both use it. Standard library
+and :mod:`attestation.wire` only, so it runs inside an enclave image as is.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from enclave_build.contract.names import SIMULATED_QUOTER_ENV
@@ -89,37 +90,45 @@ def simulated_source(address: str, timeout: float = 10.0) -> QuoteSource:
 
 
 def discover(
-    timeout: float = 10.0, *, root: Path | None = None, environ: dict[str, str] | None = None
+    timeout: float = 10.0,
+    *,
+    root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    purpose: str = "make an RA-TLS identity",
 ) -> QuoteSource:
-    """The quote source of this process (see the module docstring)."""
+    """The quote source of this process (see the module docstring). *root* is where Gramine's
+    attestation pseudo-files are, *environ* the environment to read (this process's by
+    default); *purpose* says in the error what the quote was for."""
     root = ATTESTATION_ROOT if root is None else root
     env = os.environ if environ is None else environ
     device = device_source(root)
     simulated = env.get(SIMULATED_QUOTER_ENV)
     if device is not None:
         if simulated:
-            print(
+            _warn(
                 f"warning: {SIMULATED_QUOTER_ENV} is set but this process has a real quote "
-                f"device ({root}/quote): ignoring the simulated quoter",
-                file=sys.stderr,
+                f"device ({root}/quote): ignoring the simulated quoter"
             )
         return device
     if simulated:
-        print(
+        _warn(
             "WARNING: SIMULATED ATTESTATION: quotes come from the simulated quoter at "
             f"{simulated} ({SIMULATED_QUOTER_ENV}), signed by a synthetic test PKI. This "
-            "process is NOT running in an enclave.",
-            file=sys.stderr,
+            "process is NOT running in an enclave; what it is trusted with (keys it receives) "
+            "is only as safe as this machine."
         )
         return simulated_source(simulated, timeout)
     where = (
-        f"{root} has no DCAP quote device"
+        f"{root} has no DCAP quote device (gramine-direct provides only keys/)"
         if root.exists()
         else f"{root} does not exist (not running under Gramine)"
     )
     raise QuoteSourceError(
-        f"cannot make an RA-TLS identity: {where}, and "
-        f"{SIMULATED_QUOTER_ENV} is not set. Run in an SGX enclave, or for a "
-        f"simulation start a simulated quoter and set "
-        f"{SIMULATED_QUOTER_ENV}=HOST:PORT."
+        f"cannot {purpose}: {where}, and {SIMULATED_QUOTER_ENV} is not set. Run in an SGX "
+        "enclave, or for a simulation start a simulated quoter and set "
+        f"{SIMULATED_QUOTER_ENV}=HOST:PORT (enclave-build run --simulate does both)."
     )
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ from enclave_build.builder.gramine.measure import (
     parse_size,
 )
 from enclave_build.builder.gramine.offsets import Offsets
-from enclave_build.builder.standin import _OFFSETS, standin_elf
+from enclave_build.builder.standin import GRAMINE_OFFSETS, standin_elf
 
 
 def stream_bytes(size: int, threads: int, manifest_len: int, pal: PalImage) -> int:
@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     size = parse_size(args.size)
-    offs = Offsets(dict(_OFFSETS))
+    offs = Offsets(dict(GRAMINE_OFFSETS))
     pal = PalImage.from_bytes(standin_elf("bench-pal", 0x200000, 0x20000, 0x100000))
     manifest = b'[libos]\nentrypoint = "/app"\n' * 100
     attrs = EnclaveAttributes(size, args.threads, False)

@@ -6,10 +6,7 @@ This is the Python API behind ``enclave-build build``; the CLI only parses argum
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
-import platform
 import shutil
 import tempfile
 import warnings
@@ -23,10 +20,13 @@ from enclave_build.contract.measurements import ImageRef, Measurements
 from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment
 from enclave_build.contract.secrets_config import SecretRule
+from enclave_build.contract.standin_base import StandInBase
 
 from . import build_stamp
+from .base_kind import standin_base
 from .cache import cache_root
 from .deploy.service_info import ServiceInfo, service_info
+from .dir_swap import recover_output, replace_dir
 from .errors import EnclaveBuildError, UsageError
 from .gramine.protected_files import read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
@@ -76,6 +76,9 @@ class BuildResult:
     key_files: dict[str, Path] | None = None  # key name -> wrap key file (never its bytes)
     image: Image | None = None  # the built image (blobs in the build cache)
     pushed: str | None = None  # NAME@sha256:... when pushed
+    #: The base's stand-in marker when it is a stand-in (the image measures and signs, but
+    #: does not boot); None for a real base.
+    standin_base: StandInBase | None = None
 
 
 @dataclass
@@ -145,16 +148,6 @@ def prepare_wrap_keys(spec: Spec, plan: ServicePlan, output: Path | None) -> Wra
             result.keys[item.name] = result.new[item.name] = os.urandom(WRAP_KEY_SIZE)
         result.files[item.name] = path
     return result
-
-
-def load_wrap_keys(
-    spec: Spec, plan: ServicePlan, output: Path | None
-) -> tuple[dict[str, bytes], dict[str, Path], list[Path]]:
-    """Read (or create, mode 0600, at once) the wrap key of every key the plan provisions:
-    (bytes by name, file by name, files created)."""
-    keys = prepare_wrap_keys(spec, plan, output)
-    created = keys.persist()
-    return keys.keys, keys.files, created
 
 
 class GeneratedKeyWarning(UserWarning):
@@ -465,7 +458,16 @@ def _finish(
             progress.task,
         )
     return BuildResult(
-        spec, plan, artifacts, measurements, out, tuple(created), key_files, built, pushed
+        spec,
+        plan,
+        artifacts,
+        measurements,
+        out,
+        tuple(created),
+        key_files,
+        built,
+        pushed,
+        standin_base(rootfs) if rootfs is not None else None,
     )
 
 
@@ -583,87 +585,10 @@ def write_output(
         if service is not None:
             (staging / SERVICE_FILE).write_text(service.to_json())
         os.chmod(staging, 0o755)
-        _replace_dir(staging, out)
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Put the directory *new* at *out*, replacing what is there; at every instant *out* is the
-    old or the new output (an exchange), or, where the filesystem cannot exchange, the old one
-    is parked as ``.NAME.old-PID`` for the moment between two renames and
-    :func:`recover_output` puts it back if the build dies there."""
-    if not os.path.lexists(out):
-        os.rename(new, out)
-        return
-    if _exchange(new, out):
-        shutil.rmtree(new, ignore_errors=True)  # now the old output (a leftover: tidied later)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.rename(out, old)
-    os.rename(new, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap the paths *a* and *b* (Linux >= 3.15 renameat2 RENAME_EXCHANGE).
-    False where the kernel, libc or filesystem cannot; other failures raise OSError."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return False
-    args = (
-        ctypes.c_int(_AT_FDCWD),
-        os.fsencode(a),
-        ctypes.c_int(_AT_FDCWD),
-        os.fsencode(b),
-        ctypes.c_uint(_RENAME_EXCHANGE),
-    )
-    if hasattr(libc, "renameat2"):  # glibc >= 2.28
-        result = libc.renameat2(*args)
-    elif platform.machine() in _SYS_RENAMEAT2 and hasattr(libc, "syscall"):
-        result = libc.syscall(ctypes.c_long(_SYS_RENAMEAT2[platform.machine()]), *args)
-    else:
-        return False
-    if result == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-        return False
-    raise OSError(code, os.strerror(code), str(a), None, str(b))
-
-
-def recover_output(out: Path) -> None:
-    """Undo what a build killed while replacing *out* left: an output parked as
-    ``.NAME.old-PID`` (its build is gone) goes back to *out* if *out* is missing, else it is
-    removed. Parked outputs of builds still running are left alone."""
-    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
-        try:
-            pid = int(old.name.rsplit(".old-", 1)[1])
-        except ValueError:
-            continue
-        if pid != os.getpid() and _alive(pid):
-            continue
-        if not os.path.lexists(out):
-            os.rename(old, out)
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_pending(artifacts: LibOSArtifacts, target: Path) -> Path:

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from enclave_build.contract.standin_base import StandInBase
+
     from .gramine.runtime import GramineRuntime
 
 SCHEMA_VERSION = 1
@@ -93,6 +95,15 @@ class Report:
             "counts": self.counts(),
             "checks": [c.to_json() for c in self.checks],
         }
+
+
+@dataclass(frozen=True)
+class BaseGramine:
+    """What :meth:`Probes.gramine_in_base` finds in a base."""
+
+    runtime: GramineRuntime
+    direct: bool  # a real gramine-direct (launcher and loader)
+    standin: StandInBase | None  # the stand-in's marker, if the base is one
 
 
 class Probes:
@@ -178,8 +189,10 @@ class Probes:
         mod = importlib.import_module(module)
         return str(getattr(mod, "__version__", "?"))
 
-    def gramine_in_base(self, ref: str) -> tuple[GramineRuntime, bool]:
-        """(the Gramine found in base *ref*, whether it has a real gramine-direct)."""
+    def gramine_in_base(self, ref: str) -> BaseGramine:
+        """The Gramine found in base *ref*, whether it has a real gramine-direct, and whether
+        the base is a stand-in."""
+        from .base_kind import standin_base
         from .errors import UsageError
         from .gramine.runtime import discover
         from .image.reference import parse_source
@@ -198,7 +211,9 @@ class Probes:
             rootfs = open_base(ref).rootfs
         from .run.gramine_direct import has_gramine_direct
 
-        return discover(rootfs), has_gramine_direct(Path(rootfs.root))
+        return BaseGramine(
+            discover(rootfs), has_gramine_direct(Path(rootfs.root)), standin_base(rootfs)
+        )
 
 
 # --------------------------------------------------------------------------- checks
@@ -427,7 +442,7 @@ def _gramine_base(p: Probes, ref: str) -> Check:
 
     title = f"Gramine in {ref}"
     try:
-        runtime, direct = p.gramine_in_base(ref)
+        found_base = p.gramine_in_base(ref)
     except EnclaveBuildError as exc:
         return Check(
             "gramine.base",
@@ -436,16 +451,26 @@ def _gramine_base(p: Probes, ref: str) -> Check:
             str(exc),
             "use a base with Gramine 1.9: " + REAL_BASE_ROUTES,
         )
+    runtime = found_base.runtime
     found = f"Gramine {runtime.version}, libpal {runtime.libpal}, offsets {runtime.offsets}"
-    if not direct:
+    if found_base.standin is not None:
         return Check(
             "gramine.base",
             title,
             WARN,
-            f"{found}; but no real gramine-direct in it "
-            "(a stand-in base?): builds measure and sign, nothing boots, `run "
-            "--simulate` can only use process mode",
+            f"{found}; a STAND-IN base (`enclave-build base standin`: placeholder binaries in "
+            "Gramine's layout): builds measure and sign, nothing boots, `run --simulate` can "
+            "only use process mode",
             "for a base that boots: " + REAL_BASE_ROUTES,
+        )
+    if not found_base.direct:
+        return Check(
+            "gramine.base",
+            title,
+            WARN,
+            f"{found}; but no real gramine-direct in it: builds measure and sign, `run "
+            "--simulate` can only use process mode",
+            "for a base that runs under gramine-direct: " + REAL_BASE_ROUTES,
         )
     return Check("gramine.base", title, OK, found)
 

@@ -46,7 +46,7 @@ from enclave_build.contract.size import Size
 
 from .errors import UsageError
 from .plugin_types import Framework
-from .spec import _HOSTPORT, _MODEL_NAME, _NAME, _NAME_DOC, ENCLAVE
+from .spec import DNS_LABEL, DNS_LABEL_DOC, ENCLAVE, HOSTPORT, MODEL_NAME
 from .spec_file import SPEC_NAME
 
 DEFAULT_FRAMEWORK = "tflite"
@@ -140,18 +140,20 @@ def choose_framework(name: str, frameworks: Mapping[str, Framework]) -> Framewor
 def service_name(directory: Path, name: str | None) -> str:
     """*name*, or the directory's name when it is a valid service name (a DNS label)."""
     if name is not None:
-        if not re.fullmatch(_NAME, name):
-            raise UsageError(f"--name {name!r} is not a valid service name; allowed: {_NAME_DOC}")
+        if not re.fullmatch(DNS_LABEL, name):
+            raise UsageError(
+                f"--name {name!r} is not a valid service name; allowed: {DNS_LABEL_DOC}"
+            )
         return name
     derived = directory.resolve().name
-    if re.fullmatch(_NAME, derived):
+    if re.fullmatch(DNS_LABEL, derived):
         return derived
     suggestion = (
         re.sub(r"[^a-z0-9-]+", "-", derived.lower()).strip("-")[:63].strip("-") or "my-service"
     )
     raise UsageError(
         f"{directory}: the directory name {derived!r} is not a valid service name "
-        f"({_NAME_DOC}); name the service with --name, e.g. --name {suggestion}"
+        f"({DNS_LABEL_DOC}); name the service with --name, e.g. --name {suggestion}"
     )
 
 
@@ -161,17 +163,17 @@ def model_name(path: Path) -> str:
     stem = path.name if path.is_dir() else path.stem
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
     name = re.sub(r"^[^A-Za-z0-9]+", "", name)[:128]
-    return name if re.fullmatch(_MODEL_NAME, name) else "model"
+    return name if re.fullmatch(MODEL_NAME, name) else "model"
 
 
 def k8s_secret_server(service: str, namespace: str) -> str:
     """The in-cluster secret-server address for *service* in *namespace*: the Service that
     `enclave-build k8s` generates (builder.k8s.secret_server: SERVICE-secrets in the
     namespace) by its cluster name, so the measured address is right from the first build."""
-    if not re.fullmatch(_NAME, namespace):
-        raise UsageError(f"--k8s {namespace!r} is not a valid namespace; allowed: {_NAME_DOC}")
+    if not re.fullmatch(DNS_LABEL, namespace):
+        raise UsageError(f"--k8s {namespace!r} is not a valid namespace; allowed: {DNS_LABEL_DOC}")
     name = f"{service}-secrets"
-    if not re.fullmatch(_NAME, name):
+    if not re.fullmatch(DNS_LABEL, name):
         raise UsageError(
             f"--k8s: the secret server's Service {name!r} would be longer than "
             "63 characters; shorten the service name (--name)"
@@ -500,7 +502,7 @@ def _resolve_options(
             )
         return address
     address = secret_server or DEFAULT_SECRET_SERVER
-    if not re.fullmatch(_HOSTPORT, address):
+    if not re.fullmatch(HOSTPORT, address):
         raise UsageError(
             f'--secret-server {address!r} is not HOST:PORT (e.g. "secrets.example.com:4433")'
         )

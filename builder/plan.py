@@ -136,7 +136,8 @@ class KeyDelivery(enum.Enum):
     IN_ENCLAVE = "in-enclave"
     #: The libOS fetches every key before the program starts and leaves each in a file
     #: (Occlum's init over mutual RA-TLS, ``ratls.GrSecret``); the program reads them there.
-    #: A libOS backend switches IN_ENCLAVE plans to it (see builder.occlum.model_server).
+    #: A libOS backend switches IN_ENCLAVE plans to it (see
+    #: :func:`builder.python_server.deliver_keys_as_files`).
     LIBOS_FILES = "libos-files"
 
 

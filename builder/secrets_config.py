@@ -297,22 +297,6 @@ def _merge(
     return measurements, list(secrets.values()), sources
 
 
-def merge_fragments(
-    paths: list[Path], *, allow_readable_keys: bool = False, allow_keys_outside: bool = False
-) -> tuple[list[str], list[SecretRule]]:
-    """All measurements (absolute, in order, once each) and all [[secrets]] rules; the same
-    secret named twice must be the same rule.
-
-    Refused (naming the fragment): wrongly typed keys (exit code 2), measurements files that do
-    not parse, key files that are missing, not regular files, not 16 bytes, or open to
-    group/others (only warned with *allow_readable_keys*), one key file under two secret names,
-    key files outside the fragment's own keys directory or owned by another user (only warned
-    with *allow_keys_outside*), and allow entries that are neither a 64-hex MRENCLAVE nor a
-    merged measurement's service (including ``allow = []``)."""
-    measurements, secrets, _ = _merge(paths, allow_readable_keys, allow_keys_outside)
-    return measurements, secrets
-
-
 def compose_config(
     policies: list[Path],
     server: ServerSide,

@@ -25,11 +25,11 @@ from .deploy.settings import check_deploy
 from .errors import UsageError
 from .plan import ServerTrust
 
-_NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
-_NAME_DOC = "lower-case letters, digits and '-', at most 63 characters (a DNS label)"
-_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+DNS_LABEL_DOC = "lower-case letters, digits and '-', at most 63 characters (a DNS label)"
+MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 _MODEL_NAME_DOC = "letters, digits, '_', '.' and '-', starting with a letter or digit"
-_HOSTPORT = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}"
+HOSTPORT = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}"
 _KEY_NAME = r"[A-Za-z0-9_-]{1,64}"
 
 SERVICE = Section(
@@ -41,8 +41,8 @@ SERVICE = Section(
             "str",
             "the service's name, used for image and key names",
             required=True,
-            pattern=_NAME,
-            pattern_doc=_NAME_DOC,
+            pattern=DNS_LABEL,
+            pattern_doc=DNS_LABEL_DOC,
         ),
         Field("framework", "str", "the serving framework plugin, e.g. tfserving", required=True),
         Field("libos", "str", "the library OS that runs the enclave", default="gramine"),
@@ -59,7 +59,7 @@ MODELS = Section(
             "str",
             "the model's name as clients address it",
             required=True,
-            pattern=_MODEL_NAME,
+            pattern=MODEL_NAME,
             pattern_doc=_MODEL_NAME_DOC,
         ),
         Field("path", "path", "a model file or directory on the build machine", required=True),
@@ -178,7 +178,7 @@ SECRETS = Section(
             "server",
             "str",
             "secret server HOST:PORT",
-            pattern=_HOSTPORT,
+            pattern=HOSTPORT,
             pattern_doc='"HOST:PORT", e.g. "secrets.example.com:4433"',
         ),
         Field("ca", "path", "PEM CA certificate that signed the secret server's TLS certificate"),

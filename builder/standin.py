@@ -10,6 +10,10 @@ would compute for the same files, but the enclave would not run: real users buil
 base (``enclave-build build SPEC --base docker://gramineproject/gramine:v1.9`` or a base from
 ``base_images/``).
 
+The tree carries the stand-in marker (:mod:`enclave_build.contract.standin_base`), which is
+how the rest of enclave-build tells it (and every image built on it) from a real base: nothing
+else imports this module but the commands that write a stand-in.
+
 The tree is deterministic: the same call writes the same bytes.
 """
 
@@ -20,11 +24,18 @@ import os
 import struct
 from pathlib import Path
 
+from enclave_build.contract.names import STANDIN_MARKER
+from enclave_build.contract.standin_base import StandInBase
+
+from .errors import UsageError
+
+#: The Gramine release whose layout the stand-in imitates.
+GRAMINE_VERSION = "1.9"
 PKGLIBDIR = "/usr/lib/x86_64-linux-gnu/gramine"
 PYDIR = "/usr/lib/python3/dist-packages"
 
 # Gramine 1.9's x86-64 layout constants (the values its build writes to _graminelibos_offsets.py).
-_OFFSETS = {
+GRAMINE_OFFSETS = {
     "SGX_FLAGS_DEBUG": 0x2,
     "SGX_FLAGS_MODE64BIT": 0x4,
     "SGX_XFRM_LEGACY": 0x3,
@@ -203,8 +214,9 @@ def make_standin_rootfs(root: str | Path) -> Path:
     """Write the stand-in tree under *root* (created if needed); returns *root*."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    _write(root, STANDIN_MARKER, StandInBase(GRAMINE_VERSION).to_json().encode())
     offsets = "# DO NOT MODIFY. THIS FILE WAS AUTO-GENERATED.\n\n" + "".join(
-        f"{name} = {value:#x}\n" for name, value in _OFFSETS.items()
+        f"{name} = {value:#x}\n" for name, value in GRAMINE_OFFSETS.items()
     )
     _write(root, f"{PYDIR}/_graminelibos_offsets.py", offsets.encode())
     _write(
@@ -212,7 +224,7 @@ def make_standin_rootfs(root: str | Path) -> Path:
         f"{PYDIR}/graminelibos/__init__.py",
         (
             f"'''stand-in of Gramine's Python package (enclave-build demo)'''\n"
-            f"__version__ = '1.9'\n_CONFIG_PKGLIBDIR = '{PKGLIBDIR}'\n"
+            f"__version__ = '{GRAMINE_VERSION}'\n_CONFIG_PKGLIBDIR = '{PKGLIBDIR}'\n"
         ).encode(),
     )
     _write(root, f"{PKGLIBDIR}/sgx/libpal.so", standin_elf("libpal"), 0o755)
@@ -318,20 +330,6 @@ def _pyc(hash_based: bool) -> bytes:
         + bytes(8)
         + b"stand-in code object"
     )
-
-
-def standin_distribution(
-    root: str | Path,
-    name: str,
-    version: str,
-    files: dict[str, bytes],
-    requires: tuple[str, ...] = (),
-    site: str | None = None,
-) -> None:
-    """Add a stand-in installed Python distribution to a stand-in rootfs (for plugins' tests):
-    *files* (paths relative to site-packages) plus a .dist-info with METADATA and RECORD, in
-    the base images' site directory unless *site* names another."""
-    _dist(Path(root), site or PY_LOCAL, name, version, files, requires)
 
 
 def _dist(
@@ -582,17 +580,22 @@ STANDIN_RUNTIMES: dict[str, tuple[tuple[str, str, dict[str, bytes], tuple[str, .
 
 
 def add_standin_runtimes(root: str | Path, names: tuple[str, ...] | list[str]) -> Path:
-    """Add the :data:`STANDIN_RUNTIMES` *names* to the stand-in rootfs at *root*."""
+    """Add the :data:`STANDIN_RUNTIMES` *names* to the stand-in rootfs at *root* (and to its
+    marker's list of runtimes)."""
     root = Path(root)
     unknown = sorted(set(names) - set(STANDIN_RUNTIMES))
     if unknown:
-        from .errors import UsageError
-
         raise UsageError(
             f"no stand-in runtimes {', '.join(unknown)}; "
             f"known: {', '.join(sorted(STANDIN_RUNTIMES))}"
         )
+    marker = root / STANDIN_MARKER.lstrip("/")
+    if not marker.is_file():
+        raise UsageError(f"{root}: not a stand-in base (no {STANDIN_MARKER}); make one first")
+    mark = StandInBase.parse(marker.read_text(), str(marker))
     for name in names:
         for dist, version, files, requires in STANDIN_RUNTIMES[name]:
             _dist(root, PY_LOCAL, dist, version, files, requires)
+    added = tuple(sorted(set(mark.runtimes) | set(names)))
+    _write(root, STANDIN_MARKER, StandInBase(mark.gramine, added).to_json().encode())
     return root

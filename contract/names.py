@@ -23,6 +23,8 @@ SECRETS_DIR = "/enclave/secrets"
 MODEL_ROOT = "/models"
 #: The secret server's CA certificate in the image (trusted).
 SECRET_SERVER_CA = "/enclave/secret-server-ca.pem"
+#: The marker of a stand-in base (:mod:`.standin_base`), in the base and every image built on it.
+STANDIN_MARKER = "/usr/share/enclave-build/stand-in-base.json"
 
 # --- environment variables ---------------------------------------------------------------------
 #: Plain-process simulation: the host directory the image is unpacked in; the programs map
@@ -49,6 +51,7 @@ __all__ = [
     "SECRETS_DIR",
     "MODEL_ROOT",
     "SECRET_SERVER_CA",
+    "STANDIN_MARKER",
     "ROOT_ENV",
     "LISTEN_ENV",
     "SIMULATED_QUOTER_ENV",

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 TENSORFLOW = "tensorflow-cpu==2.21.0"
@@ -93,7 +94,7 @@ def _run_with_lines(argv: list[str], what: str, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive(lock: Path, what: str):
+def _exclusive(lock: Path, what: str, say: Callable[[str], None] = _say):
     """Hold an flock on *lock* (made if missing): two runs on one machine (a CI job next to a
     user's, two test sessions) must not install or make into the same directory at once,
     nor remove what the other is still writing."""
@@ -102,19 +103,24 @@ def _exclusive(lock: Path, what: str):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            _say(f"waiting for another process that is {what} (lock {lock})")
+            say(f"waiting for another process that is {what} (lock {lock})")
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 
-def ensure_venv() -> Path:
-    """The virtual environment with the pinned TensorFlow (created on first use)."""
+#: Runs a command (argv, what it does, timeout in seconds), passing on its progress lines.
+Run = Callable[[list[str], str, float], None]
+
+
+def ensure_venv(*, run: Run = _run_with_lines, say: Callable[[str], None] = _say) -> Path:
+    """The virtual environment with the pinned TensorFlow (created on first use). *run* runs
+    the venv and pip commands, *say* prints progress (both replaceable, e.g. by tests)."""
     venv = venv_dir()
-    with _exclusive(venv.parent / f"{venv.name}.lock", f"installing into {venv}"):
-        return _ensure_venv_locked(venv)
+    with _exclusive(venv.parent / f"{venv.name}.lock", f"installing into {venv}", say):
+        return _ensure_venv_locked(venv, run, say)
 
 
-def _ensure_venv_locked(venv: Path) -> Path:
+def _ensure_venv_locked(venv: Path, run: Run, say: Callable[[str], None]) -> Path:
     ready = venv / ".enclave-build-ready"
     # What was installed: the pin and the constraints' digest (a changed pin means a new venv).
     stamp = (
@@ -124,12 +130,12 @@ def _ensure_venv_locked(venv: Path) -> Path:
     )
     if ready.is_file() and ready.read_text() == stamp and _venv_python(venv).exists():
         return venv
-    _say(f"first use: installing {TENSORFLOW} into {venv}: {DOWNLOAD}, once")
+    say(f"first use: installing {TENSORFLOW} into {venv}: {DOWNLOAD}, once")
     if venv.exists():
         shutil.rmtree(venv)  # a half-made environment from an interrupted run
     venv.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    _run_with_lines([sys.executable, "-m", "venv", str(venv)], "creating the venv", 300)
+    run([sys.executable, "-m", "venv", str(venv)], "creating the venv", 300)
     pip = [
         str(_venv_python(venv)),
         "-m",
@@ -143,9 +149,9 @@ def _ensure_venv_locked(venv: Path) -> Path:
     ]
     if CONSTRAINTS.is_file():
         pip += ["-c", str(CONSTRAINTS)]
-    _run_with_lines(pip + [TENSORFLOW], f"pip install {TENSORFLOW}", 1800)
+    run(pip + [TENSORFLOW], f"pip install {TENSORFLOW}", 1800)
     ready.write_text(stamp)
-    _say(f"installed {TENSORFLOW} in {time.monotonic() - start:.0f} s")
+    say(f"installed {TENSORFLOW} in {time.monotonic() - start:.0f} s")
     return venv
 
 

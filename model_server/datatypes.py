@@ -204,11 +204,6 @@ def from_raw(
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def to_raw(array: np.ndarray) -> bytes:
-    """Raw little-endian bytes of an array (one copy for numeric types)."""
-    return bytes(raw_view(array))
-
-
 def raw_view(array: np.ndarray) -> bytes | memoryview:
     """The raw little-endian bytes of an array, without a copy where it is already so (a
     contiguous little-endian numeric array); for writing it out (``b"".join`` copies once)."""

@@ -24,15 +24,10 @@ that certificate and :class:`model_server.server_attest.ServerVerifier` checks i
 identity right after it, before the request is sent; a server that fails is refused like a
 refused key (:class:`KeyFetchError`, exit 3) and nothing is sent to it.
 
-Where quotes come from:
-
-* the Gramine quote device (SGX): ``/dev/attestation/attestation_type`` reads ``dcap``; the
-  report data is written to ``/dev/attestation/user_report_data`` and the quote read from
-  ``/dev/attestation/quote``;
-* otherwise (``gramine-direct``, a plain process) a SIMULATED quoter named by
-  ``ENCLAVE_BUILD_SIMULATED_QUOTER=HOST:PORT`` (see :mod:`attestation.simulated_quoter`), with a
-  loud warning; a secret server accepts such quotes only if it trusts the synthetic root;
-* neither: :class:`KeyFetchError`. A real quote device always wins over the variable.
+Quotes come from :func:`attestation.quote_source.discover`: the Gramine quote device, or (in
+``gramine-direct`` or a plain process) a SIMULATED quoter named by
+``ENCLAVE_BUILD_SIMULATED_QUOTER=HOST:PORT``, which a secret server accepts only if it trusts
+the synthetic root; neither is a :class:`KeyFetchError`.
 
 This module runs inside the image: standard library, ``cryptography`` (Debian 12's 38.x) and
 the pure ``attestation`` modules only.
@@ -50,7 +45,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,17 +53,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from enclave_build.attestation import protected_files, wire
+from enclave_build.attestation.quote_source import (
+    ATTESTATION_ROOT,
+    QuoteSource,
+    QuoteSourceError,
+    discover,
+)
 from enclave_build.attestation.ratls import FORMATS, RaTlsKey, create_certificate
-from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 
 from .config import KeysConfig, host_path
 from .errors import ModelServerError
 from .server_attest import ServerRefused, ServerVerifier
-
-REPORT_DATA_SIZE = 64
-
-#: Where Gramine's attestation pseudo-files are (:func:`prepare_keys` takes another root).
-ATTESTATION_ROOT = Path("/dev/attestation")
 
 
 class KeyFetchError(ModelServerError, RuntimeError):
@@ -89,37 +83,22 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------- quote sources
-
-QuoteSource = Callable[[bytes], bytes]  # report_data (64 bytes) -> quote
+# --------------------------------------------------------------------------- quote source
 
 
-def _device_quote_source(root: Path) -> QuoteSource | None:
-    """Gramine's quote device, if this is an SGX enclave with DCAP attestation."""
+def quote_source(timeout: float = 10.0, *, root: Path = ATTESTATION_ROOT) -> QuoteSource:
+    """The attestation source of this process (:func:`attestation.quote_source.discover`);
+    *root* is where Gramine's attestation pseudo-files are. Its failures are KeyFetchErrors."""
     try:
-        kind = (root / "attestation_type").read_text().strip()
-    except OSError:
-        return None
-    if kind != "dcap":
-        return None
-    lock = threading.Lock()
+        source = discover(timeout, root=root, purpose="attest to fetch keys")
+    except QuoteSourceError as exc:
+        raise KeyFetchError(str(exc)) from None
 
     def make_quote(report_data: bytes) -> bytes:
-        with lock:  # the device holds one report data at a time
-            try:
-                with open(root / "user_report_data", "wb", buffering=0) as out:
-                    out.write(report_data)
-                with open(root / "quote", "rb") as src:
-                    quote = src.read(wire.MAX_QUOTE + 1)
-            except OSError as exc:
-                raise KeyFetchError(
-                    f"the Gramine quote device ({root}) failed: {exc.strerror or exc}"
-                ) from None
-        if not quote or len(quote) > wire.MAX_QUOTE:
-            raise KeyFetchError(
-                f"the Gramine quote device ({root}) returned a {len(quote)}-byte quote"
-            )
-        return quote
+        try:
+            return source(report_data)
+        except QuoteSourceError as exc:
+            raise KeyFetchError(str(exc)) from None
 
     return make_quote
 
@@ -130,54 +109,6 @@ def _parse_address(value: str, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise KeyFetchError(f"{what} {value!r} is not HOST:PORT")
     return host, int(port)
-
-
-def _simulated_quote_source(address: str, timeout: float) -> QuoteSource:
-    host, port = _parse_address(address, SIMULATED_QUOTER_ENV)
-
-    def make_quote(report_data: bytes) -> bytes:
-        where = f"simulated quoter {host}:{port}"
-        try:
-            return wire.request_quote(host, port, report_data, timeout)
-        except wire.QuoteAnswerError as exc:
-            raise KeyFetchError(f"{where} {exc}") from None
-        except OSError as exc:
-            raise KeyFetchError(f"{where} ({SIMULATED_QUOTER_ENV}): {exc}") from None
-
-    return make_quote
-
-
-def quote_source(timeout: float = 10.0, *, root: Path = ATTESTATION_ROOT) -> QuoteSource:
-    """The attestation source of this process (see the module docstring); *root* is where
-    Gramine's attestation pseudo-files are."""
-    device = _device_quote_source(root)
-    simulated = os.environ.get(SIMULATED_QUOTER_ENV)
-    if device is not None:
-        if simulated:
-            _warn(
-                f"warning: {SIMULATED_QUOTER_ENV} is set but this process has a real quote "
-                f"device ({root}/quote): ignoring the simulated quoter"
-            )
-        return device
-    if simulated:
-        _warn(
-            "WARNING: SIMULATED ATTESTATION: quotes come from the simulated quoter at "
-            f"{simulated} ({SIMULATED_QUOTER_ENV}), signed by a synthetic test PKI. This "
-            "process is NOT running in an enclave; keys it receives are only as safe as this "
-            "machine."
-        )
-        return _simulated_quote_source(simulated, timeout)
-    where = (
-        f"{root} has no DCAP quote device (gramine-direct provides only keys/)"
-        if root.exists()
-        else f"{root} does not exist (not running under Gramine)"
-    )
-    raise KeyFetchError(
-        f"cannot attest to fetch keys: {where}, and {SIMULATED_QUOTER_ENV} is "
-        "not set. Run in an SGX enclave, or for a simulation start a simulated "
-        f"quoter and set {SIMULATED_QUOTER_ENV}=HOST:PORT (enclave-build run "
-        "--simulate does both)."
-    )
 
 
 # --------------------------------------------------------------------------- TLS

@@ -21,6 +21,7 @@ import bisect
 import os
 import threading
 from collections import defaultdict
+from pathlib import Path
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNKNOWN_MODEL = "_unknown"
@@ -34,9 +35,13 @@ def _labels(**kw: str) -> str:
     return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in kw.items()) + "}"
 
 
-def _statm() -> dict[str, int]:
+#: Where the kernel's process and memory files are (a test gives its own directory).
+PROC = Path("/proc")
+
+
+def _statm(proc: Path) -> dict[str, int]:
     try:
-        with open("/proc/self/statm") as f:
+        with open(proc / "self" / "statm") as f:
             size, resident = (int(x) for x in f.read().split()[:2])
         page = os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
@@ -44,10 +49,10 @@ def _statm() -> dict[str, int]:
     return {"virtual": size * page, "resident": resident * page}
 
 
-def _meminfo() -> dict[str, int]:
+def _meminfo(proc: Path) -> dict[str, int]:
     out = {}
     try:
-        with open("/proc/meminfo") as f:
+        with open(proc / "meminfo") as f:
             for line in f:
                 key, _, rest = line.partition(":")
                 if key in ("MemTotal", "MemAvailable", "MemFree"):
@@ -58,7 +63,9 @@ def _meminfo() -> dict[str, int]:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, proc: Path = PROC) -> None:
+        """*proc*: where ``meminfo`` and ``self/statm`` are read (the kernel's /proc)."""
+        self.proc = proc
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self.hist: dict[tuple[str, str], list] = {}
         self._lock = threading.Lock()  # gRPC handler threads and the event loop observe
@@ -118,7 +125,7 @@ class Metrics:
             "# TYPE model_server_model_ready gauge",
         ]
         lines += [f"model_server_model_ready{_labels(model=m)} 1" for m in models]
-        statm = _statm()
+        statm = _statm(self.proc)
         if statm:
             lines += [
                 "# HELP model_server_process_resident_bytes Resident memory of the server process.",
@@ -128,7 +135,7 @@ class Metrics:
                 "# TYPE model_server_process_virtual_bytes gauge",
                 f"model_server_process_virtual_bytes {statm['virtual']}",
             ]
-        mem = _meminfo()
+        mem = _meminfo(self.proc)
         if "MemTotal" in mem:
             avail = mem.get("MemAvailable", mem.get("MemFree"))
             lines += [

@@ -36,7 +36,7 @@ _SCALARS = {
 # message name -> fields (name, number, type, label); type is a scalar name, a message name
 # (".inference.X" is added), or "map:Value" for map<string, Value>. label: "" | "repeated" |
 # "oneof:NAME". Nested messages are written "Outer.Inner".
-_MESSAGES: dict[str, list[tuple[str, int, str, str]]] = {
+MESSAGES: dict[str, list[tuple[str, int, str, str]]] = {
     "ServerLiveRequest": [],
     "ServerLiveResponse": [("live", 1, "bool", "")],
     "ServerReadyRequest": [],
@@ -181,13 +181,13 @@ def file_descriptor_proto() -> descriptor_pb2.FileDescriptorProto:
     """The protocol as a FileDescriptorProto (also used by the tests to compare wire layouts)."""
     fdp = descriptor_pb2.FileDescriptorProto(name=FILE_NAME, package=PACKAGE, syntax="proto3")
     protos: dict[str, descriptor_pb2.DescriptorProto] = {}
-    for name in sorted(_MESSAGES, key=lambda n: n.count(".")):
+    for name in sorted(MESSAGES, key=lambda n: n.count(".")):
         outer, _, inner = name.rpartition(".")
         if outer:
             protos[name] = protos[outer].nested_type.add(name=inner)
         else:
             protos[name] = fdp.message_type.add(name=name)
-    for name, fields in _MESSAGES.items():
+    for name, fields in MESSAGES.items():
         _fill(protos[name], f"{PACKAGE}.{name}", fields)
     service = fdp.service.add(name=SERVICE)
     for rpc, (req, resp) in RPCS.items():
@@ -201,7 +201,7 @@ def _build():
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(file_descriptor_proto().SerializeToString())
     classes = {}
-    for name in _MESSAGES:
+    for name in MESSAGES:
         desc = pool.FindMessageTypeByName(f"{PACKAGE}.{name}")
         classes[name] = message_factory.GetMessageClass(desc)
     return pool, classes
@@ -223,8 +223,3 @@ ModelInferRequest = _CLASSES["ModelInferRequest"]
 ModelInferResponse = _CLASSES["ModelInferResponse"]
 InferParameter = _CLASSES["InferParameter"]
 InferTensorContents = _CLASSES["InferTensorContents"]
-
-
-def message_class(name: str):
-    """The class of a protocol message by its short name (e.g. ``ModelInferRequest``)."""
-    return _CLASSES[name]

@@ -118,11 +118,6 @@ class RESTServer:
     def open_connections(self) -> int:
         return len(self.http.connections)
 
-    @property
-    def connection_cap(self) -> int:
-        """max_connections as served (lowered to what the file-descriptor limit allows)."""
-        return self.http.cap
-
     async def start(self, host: str, port: int, ssl_context=None) -> int:
         return await self.http.start(host, port, ssl_context)
 

@@ -170,3 +170,18 @@ def test_occlum_python_base_matches_occlums_glibc_and_the_gramine_runtimes():
 
     assert BASES["occlum-python"].tag == PYTHON_RUNTIME_BASE
     assert PYTHON == "/usr/bin/python3.11" and "ARG PYTHON_VERSION=3.11" in text
+
+
+def test_every_file_a_base_dockerfile_copies_is_in_its_directory():
+    from enclave_build.base_images import BASES
+
+    for recipe in BASES.values():
+        text = (recipe.directory / "Dockerfile").read_text()
+        for line in re.findall(r"^(?:COPY|ADD)\s+(.+)$", text, flags=re.M):
+            if "--from=" in line:  # from another stage or image, not the build context
+                continue
+            words = [w for w in line.split() if not w.startswith("--")]
+            for source in words[:-1]:
+                if recipe.needs_wheel and source == "*.whl":
+                    continue  # `base build NAME --wheel FILE` adds it to the context
+                assert (recipe.directory / source).exists(), (recipe.name, source)

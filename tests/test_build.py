@@ -163,6 +163,8 @@ def test_headline_command_writes_the_default_output(tmp_path, standin_root, sign
     assert json.loads((out / "measurements.json").read_text())["service"] == "face"
     assert (out / "oci" / "index.json").is_file()
     assert f"output       {out}" in proc.stdout.decode()
+    # built on the stand-in: the summary says so, from the marker the stand-in carries
+    assert "base         a STAND-IN (`enclave-build base standin`)" in proc.stdout.decode()
     assert not list(elsewhere.iterdir())
 
 

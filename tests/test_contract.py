@@ -498,3 +498,30 @@ def test_a_measurements_json_is_one_enclave_identity():
         False,
     )
     assert m.identity == EnclaveIdentity(HEX, "cd" * 32, 1, 2, False)
+
+
+def test_the_standin_marker_reads_back_and_names_its_problems(tmp_path):
+    from enclave_build.builder.base_kind import MAX_MARKER, standin_base
+    from enclave_build.builder.rootfs import RootFS
+    from enclave_build.contract.names import STANDIN_MARKER
+    from enclave_build.contract.standin_base import StandInBase, StandInBaseError
+
+    mark = StandInBase("1.9", ("onnxruntime", "secret-server"))
+    assert StandInBase.parse(mark.to_json()) == mark
+    bad = '{\n  "kind": "gramine",\n  "gramine": 19\n}\n'
+    with pytest.raises(StandInBaseError) as info:
+        StandInBase.parse(bad, "base/marker.json")
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("base/marker.json:2: kind: ")
+    assert lines[1].startswith("base/marker.json:3: gramine: ")
+    # read from a root filesystem: absent (a real base), present, or not a marker at all
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    assert standin_base(RootFS(root)) is None
+    marker = root / STANDIN_MARKER.lstrip("/")
+    marker.parent.mkdir(parents=True)
+    marker.write_text(mark.to_json())
+    assert standin_base(RootFS(root)) == mark
+    marker.write_bytes(b" " * (MAX_MARKER + 1))
+    with pytest.raises(StandInBaseError, match=f"{STANDIN_MARKER}: 4097 bytes, not a stand-in"):
+        standin_base(RootFS(root))

@@ -415,7 +415,7 @@ def test_errors_end_dev_with_the_reason_and_nothing_left_running(project):
     early = dev("--mode", "gramine-direct")
     assert early.returncode == 1
     assert "error: the enclave ended before it was ready (exit status 2)" in early.stderr
-    assert "error:   enclave | " in early.stderr and "no real Gramine" in early.stderr
+    assert "error:   enclave | " in early.stderr and "STAND-IN base" in early.stderr
     _nothing_left(project)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 
 import pytest
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 from enclave_build.builder import doctor
 from enclave_build.builder.cli import main
 from enclave_build.builder.doctor import MISSING, OK, WARN, Probes, diagnose
+from enclave_build.contract.names import STANDIN_MARKER
 
 IDS = [
     "docker.engine",
@@ -218,11 +220,19 @@ def test_gramine_in_a_base(standin_root, tmp_path):
     probes = Bare()
     probes.gramine_in_base = real.gramine_in_base  # the real discovery, on the stand-in
     check = _by_id(diagnose(f"dir:{standin_root}", probes))["gramine.base"]
-    # The stand-in has Gramine's layout but no gramine-direct: found, with a warning.
+    # The stand-in has Gramine's layout and says it is one: found, with a warning.
     assert check.status == WARN and "Gramine 1.9" in check.detail
+    assert "a STAND-IN base (`enclave-build base standin`" in check.detail
     assert "/usr/lib/x86_64-linux-gnu/gramine/sgx/libpal.so" in check.detail
     assert "enclave-build base gramine ROOTFS" in check.fix and "--archive" in check.fix
     assert "enclave-build base build gramine" in check.fix
+    # Without its marker the same tree is only a base that lacks gramine-direct.
+    plain = tmp_path / "plain"
+    shutil.copytree(standin_root, plain, symlinks=True)
+    (plain / STANDIN_MARKER.lstrip("/")).unlink()
+    lacking = _by_id(diagnose(f"dir:{plain}", probes))["gramine.base"]
+    assert lacking.status == WARN and "no real gramine-direct" in lacking.detail
+    assert "stand-in" not in lacking.detail.lower()
     missing = _by_id(diagnose(f"dir:{tmp_path / 'nothing'}", probes))["gramine.base"]
     assert missing.status == MISSING and "not found" in missing.detail and missing.fix
     (tmp_path / "empty").mkdir()

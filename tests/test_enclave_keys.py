@@ -24,6 +24,7 @@ from enclave_build.attestation.simulated_quoter import SimulatedQuoter
 from enclave_build.attestation.synthetic import tls_ca_and_server
 from enclave_build.builder.errors import EnclaveBuildError
 from enclave_build.builder.gramine import protected_files as builder_pf
+from enclave_build.contract.names import SIMULATED_QUOTER_ENV
 from enclave_build.model_server import keys
 from enclave_build.model_server.config import KeysConfig
 
@@ -31,7 +32,7 @@ from .attest_env import audit_mark, make_env, settled_audit, verified_evidence
 
 pytestmark = pytest.mark.integration
 
-ENV = keys.SIMULATED_QUOTER_ENV
+ENV = SIMULATED_QUOTER_ENV
 EXTRA = '\n[[secrets]]\nname = "face-model-2"\nfile = "face2.key"\nallow = ["face"]\n'
 
 

@@ -207,19 +207,14 @@ def test_a_second_run_waits_for_the_tensorflow_install_instead_of_removing_it(
         installing.set()
         assert waiting.wait(30), "the second run did not wait for the first one's install"
 
-    said = half_plus_two._say
-
     def say(message):
         if message.startswith("waiting for another process"):
             waiting.set()
-        said(message)
 
-    monkeypatch.setattr(half_plus_two, "_run_with_lines", fake_run)
-    monkeypatch.setattr(half_plus_two, "_say", say)
     results: dict[str, Path] = {}
 
     def run(name):
-        results[name] = half_plus_two.ensure_venv()
+        results[name] = half_plus_two.ensure_venv(run=fake_run, say=say)
 
     first = threading.Thread(target=run, args=("first",))
     first.start()

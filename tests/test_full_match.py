@@ -81,7 +81,11 @@ def test_occlum_ra_config_measurement():
 
 
 def test_secrets_config_allow_entry(tmp_path):
-    from enclave_build.builder.secrets_config import SecretsConfigError, merge_fragments
+    from enclave_build.builder.secrets_config import (
+        SecretsConfigError,
+        ServerSide,
+        compose_config,
+    )
 
     (tmp_path / "measurements.json").write_text(json.dumps(MEASUREMENTS))
     key = tmp_path / "k.key"
@@ -93,4 +97,4 @@ def test_secrets_config_allow_entry(tmp_path):
         f'allow = ["{HEX}\\n"]\n'
     )
     with pytest.raises(SecretsConfigError, match="neither a 64-hex MRENCLAVE"):
-        merge_fragments([tmp_path])
+        compose_config([tmp_path], ServerSide(cert=tmp_path / "tls.crt", key=tmp_path / "tls.key"))

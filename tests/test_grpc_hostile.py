@@ -2,7 +2,7 @@
 127.0.0.1 with the real server process (``python -m enclave_build.model_server``): raw HTTP/2 streams that
 never send their message, connection floods, idle connections against a small descriptor
 limit, one model's backlog next to another model, and SIGTERM with a queue longer than the
-drain. Each test failed before the fix it guards (issue 17, items 4, 5, 6 and 12)."""
+drain. Each test failed before the fix it guards."""
 
 from __future__ import annotations
 

@@ -67,6 +67,17 @@ def test_every_command_has_a_description_and_an_example(path):
     assert not long, f"{path}: help lines longer than 120 columns: {long}"
 
 
+#: Files only a clone of the repository has: an installed enclave-build's help never sends a
+#: user to them (the commands and the manual say the same).
+CHECKOUT_ONLY = ("scripts/", "demo.sh", ".venv", "constraints.txt")
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS))
+def test_no_help_names_a_file_only_a_clone_has(path):
+    text = _help(path)
+    assert [name for name in CHECKOUT_ONLY if name in text] == [], path
+
+
 @pytest.mark.parametrize("path", sorted(COMMANDS))
 def test_every_option_is_explained(path):
     command = COMMANDS[path]

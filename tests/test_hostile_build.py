@@ -1,7 +1,6 @@
-"""Builds fed hostile or careless input (issue 9, defects 5-7 and 9): crashes become errors,
-outputs carry no host path or time, the output swap is atomic and recovers, open keys are
-refused, and the CLI's `gramine sign` and `secrets serve` go through the library and the common
-error mapping."""
+"""Builds fed hostile or careless input: crashes become errors, outputs carry no host path or
+time, the output swap is atomic and recovers, open keys are refused, and the CLI's `gramine
+sign` and `secrets serve` go through the library and the common error mapping."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from enclave_build.builder import build as build_module
+from enclave_build.builder.dir_swap import exchange_paths, recover_output, replace_dir
 from enclave_build.builder.errors import EnclaveBuildError, UsageError
 from enclave_build.builder.gramine.signer import PemSigner, SignerError
 from enclave_build.builder.image.reference import parse_source
@@ -303,14 +303,14 @@ def test_crash_between_the_steps_of_the_swap_leaves_an_output(tmp_path, monkeypa
     monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(_Crash()))
     new = _output(tmp_path, ".out.tmp-1-x", "new")
     with pytest.raises(_Crash):
-        build_module._replace_dir(new, out)
+        replace_dir(new, out)
     assert (out / "measurements.json").read_text() in ("old", "new")
 
 
 def test_exchange_swaps_in_one_step(tmp_path):
     out = _output(tmp_path, "out", "old")
     new = _output(tmp_path, ".out.tmp-1-x", "new")
-    if not build_module._exchange(new, out):
+    if not exchange_paths(new, out):
         pytest.skip("this filesystem cannot exchange (renameat2 RENAME_EXCHANGE)")
     assert (out / "measurements.json").read_text() == "new"
     assert (new / "measurements.json").read_text() == "old"
@@ -321,7 +321,6 @@ def test_a_parked_output_is_put_back_by_the_next_build(
 ):
     """Without exchange support the old output is parked as .out.old-PID between two renames;
     a build that dies there leaves it, and the next run restores it (or drops it if OUT exists)."""
-    monkeypatch.setattr(build_module, "_exchange", lambda a, b: False)
     out = _output(tmp_path, "out", "old")
     real_rename = os.rename
 
@@ -332,18 +331,18 @@ def test_a_parked_output_is_put_back_by_the_next_build(
 
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(_Crash):
-        build_module._replace_dir(_output(tmp_path, ".out.tmp-1-x", "new"), out)
+        replace_dir(_output(tmp_path, ".out.tmp-1-x", "new"), out, exchange=lambda a, b: False)
     monkeypatch.setattr(os, "rename", real_rename)
     parked = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.old-")]
     assert not out.exists() and parked == [f".out.old-{os.getpid()}"]
     # As a dead build's leftover:
     os.rename(tmp_path / parked[0], tmp_path / ".out.old-999999999")
-    build_module.recover_output(out)
+    recover_output(out)
     assert (out / "measurements.json").read_text() == "old"
     # With OUT present, a leftover is only removed; a live build's is left alone.
     _output(tmp_path, ".out.old-999999998", "stale")
     _output(tmp_path, f".out.old-{os.getppid()}", "busy")
-    build_module.recover_output(out)
+    recover_output(out)
     assert (out / "measurements.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.old-")) == [
         f".out.old-{os.getppid()}"

@@ -32,7 +32,11 @@ Rules besides the layers:
   onnxruntime example) reach the plugin API only through ``enclave_build.plugin``;
 * ``enclave_build.contract`` imports nothing of the project but its own modules: it ships into
   every image that runs enclave-build's code;
-* ``enclave_build.plugin`` holds re-exports only: no function or class of its own.
+* ``enclave_build.plugin`` holds re-exports only: no function or class of its own;
+* the stand-in base (``builder.standin``) is a user command's writer, not part of the build:
+  only the commands that write one (``base standin``, ``init --base standin``) import it, and
+  nothing else reaches it through them; the rest tells a stand-in by its marker
+  (``contract.standin_base``).
 """
 
 from __future__ import annotations
@@ -326,3 +330,40 @@ def test_the_stable_api_module_is_re_exports_only():
     assert sorted(api.__all__) == sorted(set(api.__all__))
     for name in api.__all__:
         assert getattr(api, name) is not None, name
+
+
+#: The stand-in base's writer, and the only modules that may import it: the commands that
+#: write a stand-in (`enclave-build base standin DIR`, `enclave-build init --base standin`).
+STANDIN = "enclave_build.builder.standin"
+STANDIN_WRITERS = {"enclave_build.builder.cli.base", "enclave_build.builder.init"}
+
+
+def _reaches(module: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        for target in GRAPH.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_only_the_commands_that_write_a_standin_import_it():
+    importers = {module for module, targets in GRAPH.items() if STANDIN in targets}
+    assert importers <= STANDIN_WRITERS, sorted(importers - STANDIN_WRITERS)
+    assert importers, "no module writes the stand-in any more: update STANDIN_WRITERS"
+
+
+def test_the_build_path_never_reaches_the_standin():
+    """Not even through another module: the build, plans, images, the libOS backends, runs,
+    doctor, dev and k8s know a stand-in only by its marker."""
+    above = ("enclave_build.builder.cli", "enclave_build.__main__")
+    reaching = sorted(
+        module
+        for module in GRAPH
+        if module not in STANDIN_WRITERS | {STANDIN}
+        and not module.startswith(above)
+        and STANDIN in _reaches(module)
+    )
+    assert reaching == []

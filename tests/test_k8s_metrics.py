@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from enclave_build.model_server import metrics
 from enclave_build.model_server.metrics import Metrics
+
+
+def _proc(tmp_path: Path, meminfo: dict[str, int] | None) -> Path:
+    """A stand-in /proc holding a meminfo with *meminfo* (bytes; written in kB as the kernel
+    does), or none at all."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    if meminfo is not None:
+        (proc / "meminfo").write_text(
+            "".join(f"{key}:  {value // 1024} kB\n" for key, value in meminfo.items())
+            + "Buffers:  1024 kB\n"
+        )
+    return proc
 
 
 def _value(text: str, name: str) -> float:
@@ -14,20 +27,17 @@ def _value(text: str, name: str) -> float:
     return float(match.group(1))
 
 
-def test_memory_in_use_ratio_follows_meminfo(monkeypatch):
-    monkeypatch.setattr(
-        metrics, "_meminfo", lambda: {"MemTotal": 2 << 30, "MemAvailable": 512 << 20}
-    )
-    text = Metrics().render(queue_depth=3, in_flight=1, models=["m"])
+def test_memory_in_use_ratio_follows_meminfo(tmp_path):
+    proc = _proc(tmp_path, {"MemTotal": 2 << 30, "MemAvailable": 512 << 20})
+    text = Metrics(proc).render(queue_depth=3, in_flight=1, models=["m"])
     assert _value(text, "model_server_memory_in_use_bytes") == (2 << 30) - (512 << 20)
     assert _value(text, "model_server_memory_in_use_ratio") == 0.75
     assert "# TYPE model_server_memory_in_use_ratio gauge" in text
     assert _value(text, "model_server_queue_depth") == 3
 
 
-def test_no_ratio_without_meminfo(monkeypatch):
-    monkeypatch.setattr(metrics, "_meminfo", lambda: {})
-    text = Metrics().render(queue_depth=0, in_flight=0, models=[])
+def test_no_ratio_without_meminfo(tmp_path):
+    text = Metrics(_proc(tmp_path, None)).render(queue_depth=0, in_flight=0, models=[])
     assert "model_server_memory_in_use_ratio" not in text
 
 
@@ -46,12 +56,11 @@ def test_latency_histogram_the_adapter_rule_reads():
     )
 
 
-def test_every_adapter_rule_reads_a_series_the_server_exports_and_feeds_the_hpa(monkeypatch):
+def test_every_adapter_rule_reads_a_series_the_server_exports_and_feeds_the_hpa(tmp_path):
     """The prometheus-adapter rules, the HPA's metric names and the server's /metrics agree."""
     from enclave_build.builder.k8s.autoscaling import LATENCY, MEMORY, QUEUE, adapter_rules
 
-    monkeypatch.setattr(metrics, "_meminfo", lambda: {"MemTotal": 2 << 30, "MemAvailable": 1 << 30})
-    m = Metrics()
+    m = Metrics(_proc(tmp_path, {"MemTotal": 2 << 30, "MemAvailable": 1 << 30}))
     m.observe("m", "rest", "ok", 0.01)
     exported = {
         line.split("{")[0].split(" ")[0]

@@ -16,9 +16,9 @@ from enclave_build.builder.gramine.measure import (
     parse_size,
 )
 from enclave_build.builder.gramine.offsets import Offsets, OffsetsError
-from enclave_build.builder.standin import _OFFSETS, standin_elf
+from enclave_build.builder.standin import GRAMINE_OFFSETS, standin_elf
 
-OFFS = Offsets(dict(_OFFSETS))
+OFFS = Offsets(dict(GRAMINE_OFFSETS))
 PAGE = 4096
 
 
@@ -151,7 +151,7 @@ def test_parse_size(text, value):
 
 def test_offsets_are_parsed_as_data_never_executed(tmp_path):
     marker = tmp_path / "executed"
-    text = "".join(f"{k} = {v:#x}\n" for k, v in _OFFSETS.items())
+    text = "".join(f"{k} = {v:#x}\n" for k, v in GRAMINE_OFFSETS.items())
     evil = text + f"import os; os.system('touch {marker}')\n"
     with pytest.raises(OffsetsError, match=r":\d+: expected a 'NAME = 0xHEX' line"):
         Offsets.parse(evil, "evil.py")

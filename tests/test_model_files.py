@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from enclave_build.builder.gramine.backend import _encrypted_items, _expand_plan_file
+from enclave_build.builder.gramine.backend import encrypted_items, expand_plan_file
 from enclave_build.builder.model_files import SkippedModelFile, regular_files
 from enclave_build.builder.plan import FileKind, PlanFile
 
@@ -45,14 +45,14 @@ def test_only_the_directorys_own_regular_files(model_dir):
 def test_gramine_trusts_and_encrypts_no_link_target(model_dir):
     item = PlanFile(model_dir, "/models/m/", FileKind.ENCRYPTED, key_name="k")
     with pytest.warns(SkippedModelFile):
-        encrypted = _encrypted_items(item)
+        encrypted = encrypted_items(item)
     assert sorted(dest for dest, _ in encrypted) == [
         "/models/m/saved_model.pb",
         "/models/m/variables/variables.index",
     ]
     trusted_item = PlanFile(model_dir, "/models/m/", FileKind.TRUSTED)
     with pytest.warns(SkippedModelFile):
-        trusted = _expand_plan_file(trusted_item, "/models/m/")
+        trusted = expand_plan_file(trusted_item, "/models/m/")
     assert sorted(uri for uri, _ in trusted) == [
         "file:/models/m/saved_model.pb",
         "file:/models/m/variables/variables.index",

@@ -153,18 +153,25 @@ class _FakeInterpreter:
         return np.array(self.result)
 
 
-def test_tflite_backend_reallocates_after_a_failed_resize(monkeypatch):
+def test_tflite_backend_reallocates_after_a_failed_resize():
     from enclave_build.model_server.backends import tflite
 
-    monkeypatch.setattr(tflite, "_interpreter_class", lambda: _FakeInterpreter)
-    b = tflite.TFLiteBackend(ModelConfig("t", "1", "tflite", "/none"), _Src("/none"))
+    made: list[_FakeInterpreter] = []
+
+    def interpreter(**kwargs):
+        made.append(_FakeInterpreter(**kwargs))
+        return made[-1]
+
+    b = tflite.TFLiteBackend(
+        ModelConfig("t", "1", "tflite", "/none"), _Src("/none"), interpreter=interpreter
+    )
     x3 = np.ones((3, 2), np.float32)
     _FakeInterpreter.fail_next_allocate = True
     with pytest.raises(RuntimeError):
         b.infer({"x": x3})
     # the same shape again: resized and allocated again, not invoked on stale tensors
     assert b.infer({"x": x3})["y"].tolist() == (x3 * 2).tolist()
-    assert b._it.calls[-2:] == ["resize", "allocate"]
+    assert made[0].calls[-2:] == ["resize", "allocate"]
     with pytest.raises(InferenceError, match="zero-sized"):
         b.infer({"x": np.ones((0, 2), np.float32)})
 

@@ -33,7 +33,7 @@ from enclave_build.attestation.server.decide import AccessPolicy, ByName, ByServ
 from enclave_build.attestation.simulated_quoter import SimulatedQuoter
 from enclave_build.attestation.synthetic import SyntheticPKI, tls_ca_and_server
 from enclave_build.attestation.verify import TcbPolicy
-from enclave_build.builder.build import load_wrap_keys, make_plan, policy_fragment
+from enclave_build.builder.build import make_plan, policy_fragment, prepare_wrap_keys
 from enclave_build.builder.occlum import backend
 from enclave_build.builder.occlum.configure import releases
 from enclave_build.builder.occlum.render import KEYS_DIR, OcclumOptions, render
@@ -109,8 +109,9 @@ def test_encrypt_image_provisions_the_image_key(tmp_path, plugin_registry, stand
     assert _server_config(plan)["keys"] is None  # the server needs no key; init does
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     assert config.image_key == "face-detect-key"
-    keys, _files, created = load_wrap_keys(spec, plan, tmp_path / "out")
-    assert set(keys) == {"face-detect-key"} and created
+    wrap = prepare_wrap_keys(spec, plan, tmp_path / "out")
+    created = wrap.persist()
+    assert set(wrap.keys) == {"face-detect-key"} and created
 
 
 # --------------------------------------------------------------------------- the model server
@@ -366,7 +367,9 @@ def test_occlum_build_policy_to_grsecret_client(
     config = render(plan, OcclumOptions(rootfs=RootFS(standin_root)))
     out = tmp_path / "out"
     out.mkdir()
-    wrap_keys, key_files, _ = load_wrap_keys(spec, plan, out)
+    wrap = prepare_wrap_keys(spec, plan, out)
+    wrap.persist()
+    wrap_keys, key_files = wrap.keys, wrap.files
     mine = identity("face-detect-occlum")
     measurements = _measurements("face-detect", mine)
     (out / "measurements.json").write_text(measurements.to_json())

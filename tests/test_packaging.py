@@ -4,6 +4,7 @@ base_images/), and one version."""
 
 from __future__ import annotations
 
+import glob
 import subprocess
 import sys
 import sysconfig
@@ -221,3 +222,63 @@ def test_a_third_party_plugin_written_against_the_stable_api_builds_from_the_whe
     )
     assert manifest["loader"]["env"]["ECHO_GREETING"] == "from a wheel"
     assert manifest["loader"]["env"]["ECHO_CONFIGURED_BY"] == "echo-plugin"
+
+
+PACKAGES = ("builder", "attestation", "plugins", "base_images", "model_server")
+
+
+def _package_of(path: Path) -> tuple[str, Path]:
+    """(dotted package name as installed, under enclave_build; package directory) of the nearest
+    package pyproject.toml lists that holds *path*."""
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    directory = path.parent
+    while True:
+        name = ".".join(("enclave_build",) + directory.relative_to(REPO).parts)
+        if name in listed:
+            return name, directory
+        directory = directory.parent
+
+
+def test_every_data_file_of_a_package_is_installed():
+    """`pip install .` / `pipx install .` copies only .py files and package-data: a data file
+    outside it works in the checkout and breaks an installed enclave-build (base_images'
+    requirements.txt, which `base build gramine-python` COPYs, once was)."""
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    missing = []
+    for top in PACKAGES:
+        for path in sorted((REPO / top).rglob("*")):
+            if (
+                not path.is_file()
+                or path.suffix in (".py", ".pyc")
+                or "__pycache__" in path.parts
+                or ".egg-info" in str(path)
+            ):
+                continue
+            name, directory = _package_of(path)
+            shipped = {
+                Path(directory, match).resolve()
+                for pattern in package_data.get(name, []) + package_data.get("*", [])
+                for match in glob.glob(pattern, root_dir=directory)
+            }
+            if path.resolve() not in shipped:
+                missing.append(str(path.relative_to(REPO)))
+    assert not missing, f"not in [tool.setuptools.package-data], so not installed: {missing}"
+
+
+def test_installing_prints_no_setuptools_warning(monkeypatch):
+    """setuptools reads pyproject.toml the way `pip install .` has it do, and warns about
+    nothing (a `license = { text = ... }` table printed a deprecation block per build step)."""
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    monkeypatch.chdir(REPO)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_configuration(Distribution(), str(REPO / "pyproject.toml"))
+    assert [f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught] == []

@@ -47,23 +47,25 @@ class FakeSession:
         return self.answers.pop(0)
 
 
-@pytest.fixture(autouse=True)
-def _no_sleep(monkeypatch):
-    monkeypatch.setattr(reg.time, "sleep", lambda s: None)
+def _client(host: str, session=None, **kwargs) -> reg.RegistryClient:
+    """A client that does not wait between retries."""
+    if session is not None:
+        kwargs["session"] = session
+    return reg.RegistryClient(host, sleep=lambda seconds: None, **kwargs)
 
 
 def test_5xx_and_connection_errors_are_retried():
     session = FakeSession(
         [requests.ConnectionError("reset"), FakeResponse(503), FakeResponse(200, body=b"ok")]
     )
-    client = reg.RegistryClient("127.0.0.1:5000", session)
+    client = _client("127.0.0.1:5000", session)
     response = client._request("GET", f"{client.base}/x/manifests/1", "x", "repository:x:pull")
     assert response.status_code == 200 and len(session.calls) == 3
 
 
 def test_persistent_failure_gives_up_with_a_clear_error():
     session = FakeSession([FakeResponse(502)] * 4)
-    client = reg.RegistryClient("127.0.0.1:5000", session)
+    client = _client("127.0.0.1:5000", session)
     with pytest.raises(reg.RegistryError, match=r"failed with HTTP 502 after 4 tries"):
         client._request("GET", f"{client.base}/x/manifests/1", "x", "repository:x:pull")
 
@@ -86,7 +88,7 @@ def test_bearer_challenge_uses_docker_config_credentials(tmp_path, monkeypatch):
             FakeResponse(200, body=b"manifest"),
         ]
     )
-    client = reg.RegistryClient("registry.example.com", session)
+    client = _client("registry.example.com", session)
     assert client.base.startswith("https://")  # not loopback: TLS
     client._request(
         "GET", f"{client.base}/team/app/manifests/1", "team/app", "repository:team/app:pull"
@@ -101,11 +103,11 @@ def test_bearer_challenge_uses_docker_config_credentials(tmp_path, monkeypatch):
 
 
 def test_plain_http_only_for_loopback(monkeypatch):
-    assert reg.RegistryClient("127.0.0.1:5000").base.startswith("http://")
-    assert reg.RegistryClient("localhost:5000").base.startswith("http://")
-    assert reg.RegistryClient("10.0.0.5:5000").base.startswith("https://")
+    assert _client("127.0.0.1:5000").base.startswith("http://")
+    assert _client("localhost:5000").base.startswith("http://")
+    assert _client("10.0.0.5:5000").base.startswith("https://")
     monkeypatch.setenv("ENCLAVE_BUILD_INSECURE_REGISTRIES", "10.0.0.5:5000")
-    assert reg.RegistryClient("10.0.0.5:5000").base.startswith("http://")
+    assert _client("10.0.0.5:5000").base.startswith("http://")
 
 
 @pytest.mark.parametrize(
@@ -176,7 +178,7 @@ def _token_request(realm: str, host: str = "registry.example.com") -> dict:
             FakeResponse(200, body=b"ok"),
         ]
     )
-    client = reg.RegistryClient(host, session)  # type: ignore[arg-type]  # a recording stand-in
+    client = _client(host, session)  # a recording stand-in
     client._request(
         "GET", f"{client.base}/team/app/manifests/1", "team/app", "repository:team/app:pull"
     )
@@ -220,7 +222,7 @@ def test_refused_token_request_says_why_credentials_were_withheld(tmp_path, monk
     _docker_config(tmp_path, monkeypatch, {"registry.example.com": ("ci", "pw")})
     challenge = {"WWW-Authenticate": 'Bearer realm="http://registry.example.com/t"'}
     session = FakeSession([FakeResponse(401, challenge), FakeResponse(401)])
-    client = reg.RegistryClient("registry.example.com", session)
+    client = _client("registry.example.com", session)
     with pytest.raises(
         reg.RegistryAuthError, match=r"not sent because the token realm .* plain http"
     ):
@@ -231,7 +233,7 @@ def test_basic_credentials_are_not_sent_over_plain_http_to_a_remote_registry(tmp
     _docker_config(tmp_path, monkeypatch, {"10.0.0.5:5000": ("ci", "pw")})
     monkeypatch.setenv("ENCLAVE_BUILD_INSECURE_REGISTRIES", "10.0.0.5:5000")
     session = FakeSession([FakeResponse(401, {"WWW-Authenticate": 'Basic realm="r"'})])
-    client = reg.RegistryClient("10.0.0.5:5000", session)
+    client = _client("10.0.0.5:5000", session)
     with pytest.raises(reg.RegistryAuthError, match="only sent over https"):
         client._request("GET", f"{client.base}/a/manifests/1", "a", "repository:a:pull")
     assert len(session.calls) == 1
@@ -250,7 +252,7 @@ def test_an_expired_token_is_fetched_again_on_401(tmp_path, monkeypatch):
             FakeResponse(200, body=b"second"),
         ]
     )
-    client = reg.RegistryClient("registry.example.com", session)
+    client = _client("registry.example.com", session)
     url = f"{client.base}/a/manifests/1"
     assert client._request("GET", url, "a", "repository:a:pull").content == b"first"
     assert client._request("GET", url, "a", "repository:a:pull").content == b"second"
@@ -261,7 +263,6 @@ def test_an_expired_token_is_fetched_again_on_401(tmp_path, monkeypatch):
 def test_a_token_is_refreshed_before_it_expires(tmp_path, monkeypatch):
     _docker_config(tmp_path, monkeypatch, {"registry.example.com": ("ci", "pw")})
     clock = [1000.0]
-    monkeypatch.setattr(reg.time, "monotonic", lambda: clock[0])
     challenge = {"WWW-Authenticate": 'Bearer realm="https://registry.example.com/token"'}
     session = FakeSession(
         [
@@ -272,7 +273,7 @@ def test_a_token_is_refreshed_before_it_expires(tmp_path, monkeypatch):
             FakeResponse(200, body=b"second"),
         ]
     )
-    client = reg.RegistryClient("registry.example.com", session)
+    client = _client("registry.example.com", session, clock=lambda: clock[0])
     url = f"{client.base}/a/manifests/1"
     client._request("GET", url, "a", "repository:a:pull")
     clock[0] += 120
@@ -315,7 +316,7 @@ def test_identity_token_is_exchanged_with_oauth(tmp_path, monkeypatch):
             FakeResponse(200, body=b"ok"),
         ]
     )
-    client = reg.RegistryClient("registry.example.com", session)
+    client = _client("registry.example.com", session)
     client._request("GET", f"{client.base}/a/manifests/1", "a", "repository:a:pull")
     assert session.calls[1][0] == "OAUTH"
     assert session.calls[1][2]["data"]["refresh_token"] == "REFRESH"

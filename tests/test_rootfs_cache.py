@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from enclave_build.builder.image import rootfs_cache
 from enclave_build.builder.image.oci import OCI_LAYER, BlobStore, Descriptor
-from enclave_build.builder.image.rootfs_cache import KEEP_ENV, LAST_USED
+from enclave_build.builder.image.rootfs_cache import KEEP_ENV, LAST_USED, EntryLocks
 from enclave_build.builder.image.unpack import chain_id, unpacked_rootfs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,23 +36,21 @@ def layer_bytes(i: int) -> bytes:
 @pytest.fixture
 def held(monkeypatch):
     """This test's table of held entry locks (so the session's own entries are not involved);
-    closed at the end, as a process's locks are when it exits."""
-    table: dict[str, int] = {}
-    monkeypatch.setattr(rootfs_cache, "_held", table)
+    released at the end, as a process's locks are when it exits."""
+    table = EntryLocks()
     monkeypatch.delenv(KEEP_ENV, raising=False)
     yield table
-    exit_process(table)
+    table.release()
 
 
-def exit_process(table: dict[str, int]) -> None:
-    """Release the entries this process holds, as if the build that used them had exited."""
-    for fd in table.values():
-        os.close(fd)
-    table.clear()
+def exit_process(table: EntryLocks) -> None:
+    """Release the entries this table holds, as if the build that used them had exited."""
+    table.release()
 
 
 class Cache:
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, locks: EntryLocks):
+        self.locks = locks
         self.store = BlobStore(tmp_path / "blobs")
         self.dir = tmp_path / "cache" / "rootfs"
         self.lines: list[str] = []
@@ -68,7 +65,13 @@ class Cache:
     def get(self, i: int) -> Path:
         layers = self.layers(i)
         rootfs = unpacked_rootfs(
-            self.store, layers, [layers[0].digest], self.dir, f"image {i}", log=self.lines.append
+            self.store,
+            layers,
+            [layers[0].digest],
+            self.dir,
+            f"image {i}",
+            log=self.lines.append,
+            locks=self.locks,
         )
         assert (rootfs.root / "etc/id").read_text() == f"image {i}\n"
         return self.dir / self.name(i)
@@ -79,17 +82,17 @@ class Cache:
     def present(self, *indexes: int) -> list[int]:
         return [i for i in indexes if (self.dir / self.name(i) / "rootfs/etc/id").is_file()]
 
-    def fill(self, held: dict[str, int], count: int) -> None:
+    def fill(self, count: int) -> None:
         """Entries 0..count-1, used in that order long ago, held by nobody."""
         for i in range(count):
             self.get(i)
             self.set_last_use(i, OLD + i)
-        exit_process(held)
+        exit_process(self.locks)
 
 
 def test_newest_n_are_kept_and_older_ones_removed(tmp_path, held, monkeypatch) -> None:
-    cache = Cache(tmp_path)
-    cache.fill(held, 5)
+    cache = Cache(tmp_path, held)
+    cache.fill(5)
     assert cache.present(*range(5)) == list(range(5))
     assert cache.lines == []  # quiet while nothing is removed
     monkeypatch.setenv(KEEP_ENV, "3")
@@ -108,8 +111,8 @@ def test_newest_n_are_kept_and_older_ones_removed(tmp_path, held, monkeypatch) -
 
 
 def test_an_entry_held_by_another_process_is_not_removed(tmp_path, held, monkeypatch) -> None:
-    cache = Cache(tmp_path)
-    cache.fill(held, 2)
+    cache = Cache(tmp_path, held)
+    cache.fill(2)
     layer = cache.layers(0)[0]
     holder = subprocess.Popen(
         [
@@ -156,8 +159,8 @@ def test_an_entry_held_by_another_process_is_not_removed(tmp_path, held, monkeyp
 
 
 def test_a_hit_refreshes_the_last_use(tmp_path, held, monkeypatch) -> None:
-    cache = Cache(tmp_path)
-    cache.fill(held, 3)
+    cache = Cache(tmp_path, held)
+    cache.fill(3)
     before = (cache.dir / cache.name(0) / LAST_USED).stat().st_mtime
     cache.get(0)  # a hit: no unpacking, no pruning
     assert (cache.dir / cache.name(0) / LAST_USED).stat().st_mtime > before
@@ -169,7 +172,7 @@ def test_a_hit_refreshes_the_last_use(tmp_path, held, monkeypatch) -> None:
 
 
 def test_stale_work_dirs_and_trash_are_removed_nothing_outside(tmp_path, held) -> None:
-    cache = Cache(tmp_path)
+    cache = Cache(tmp_path, held)
     cache.dir.mkdir(parents=True)
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -206,8 +209,8 @@ def test_stale_work_dirs_and_trash_are_removed_nothing_outside(tmp_path, held) -
 def test_a_bad_keep_value_is_reported_and_the_default_used(
     tmp_path, held, monkeypatch, value
 ) -> None:
-    cache = Cache(tmp_path)
-    cache.fill(held, 9)  # all held while made
+    cache = Cache(tmp_path, held)
+    cache.fill(9)  # all held while made
     assert cache.present(*range(9)) == list(range(9))
     monkeypatch.setenv(KEEP_ENV, value)
     cache.get(9)
@@ -219,8 +222,8 @@ def test_a_bad_keep_value_is_reported_and_the_default_used(
 
 def test_the_env_override_keeps_more(tmp_path, held, monkeypatch) -> None:
     monkeypatch.setenv(KEEP_ENV, "12")
-    cache = Cache(tmp_path)
-    cache.fill(held, 11)
+    cache = Cache(tmp_path, held)
+    cache.fill(11)
     cache.get(11)
     assert cache.present(*range(12)) == list(range(12))
     assert cache.lines == []

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from enclave_build.builder.base_kind import standin_base
 from enclave_build.builder.build import build
 from enclave_build.builder.plugins import PluginRegistry
+from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.run import (
     BANNER,
     CannotSimulate,
@@ -23,6 +25,8 @@ from enclave_build.builder.run import (
     run_build,
 )
 from enclave_build.builder.run.runner import QUOTER_ENV, ROOT_ENV, choose_mode, process_command
+from enclave_build.contract.names import STANDIN_MARKER
+from enclave_build.contract.standin_base import StandInBase
 from enclave_build.plugin import Framework, base_plan, hookimpl
 
 from .conftest import run_cli, write_spec
@@ -192,8 +196,23 @@ def test_binary_framework_without_real_base_exits_2(tmp_path, standin_root, sign
 def test_forcing_gramine_direct_on_a_standin_image_is_refused(tmp_path, standin_root, signing_key):
     out = _build(tmp_path, standin_root, signing_key)
     build_, root = open_build(out)
-    with pytest.raises(CannotSimulate, match="no real Gramine"):
+    assert standin_base(RootFS(root)) == StandInBase("1.9")  # the base's marker, in the image
+    with pytest.raises(CannotSimulate, match=r"built on a STAND-IN base \(`enclave-build base"):
         choose_mode(build_, root, "gramine-direct")
+
+
+def test_a_base_without_gramine_direct_is_not_called_a_standin(tmp_path, standin_root, signing_key):
+    """Only the stand-in's marker makes an image a stand-in's; a base that merely lacks
+    gramine-direct is named for what it lacks."""
+    plain = tmp_path / "plain-base"
+    shutil.copytree(standin_root, plain, symlinks=True)
+    (plain / STANDIN_MARKER.lstrip("/")).unlink()
+    out = _build(tmp_path, plain, signing_key)
+    build_, root = open_build(out)
+    assert standin_base(RootFS(root)) is None
+    with pytest.raises(CannotSimulate, match="no real Gramine") as info:
+        choose_mode(build_, root, "gramine-direct")
+    assert "stand-in" not in str(info.value).lower()
 
 
 def test_plain_process_command_maps_the_image_under_the_root(tmp_path, standin_root, signing_key):

@@ -118,7 +118,7 @@ def _tls_server(env, answer):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("hostile2")
+    directory = tmp_path_factory.mktemp("hostile-tls")
     owner = write_owner(directory)
     built = make_env(
         directory / "env",

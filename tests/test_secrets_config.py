@@ -16,7 +16,6 @@ from enclave_build.builder.secrets_config import (
     SecretsConfigError,
     ServerSide,
     compose_config,
-    merge_fragments,
     write_config,
 )
 
@@ -102,12 +101,12 @@ def test_conflicting_rules_and_bad_fragments_are_refused(tmp_path, server_side):
     a = _build(tmp_path, "alpha", {"k": str(one)})
     b = _build(tmp_path, "beta", {"k": str(two)})
     with pytest.raises(SecretsConfigError, match="secret 'k' differs"):
-        merge_fragments([a, b])
+        compose_config([a, b], server_side)
     with pytest.raises(UsageError, match="no such policy fragment"):
-        merge_fragments([tmp_path / "nothing-here"])
+        compose_config([tmp_path / "nothing-here"], server_side)
     (tmp_path / "bad.toml").write_text("[server]\nlisten = 1\n")
     with pytest.raises(SecretsConfigError, match="not part of a policy fragment"):
-        merge_fragments([tmp_path / "bad.toml"])
+        compose_config([tmp_path / "bad.toml"], server_side)
 
 
 def test_invalid_result_is_never_written(tmp_path, server_side):

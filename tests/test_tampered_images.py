@@ -1,4 +1,4 @@
-"""Tampered images: `run --simulate` refuses them and `inspect` reports them (issue 17 item 7).
+"""Tampered images: `run --simulate` refuses them and `inspect` reports them.
 
 Each image here is built, then changed as an attacker who can write the build directory would
 (tests/tamper.py): files changed or added in the layers, every digest fixed up, and

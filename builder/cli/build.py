@@ -115,6 +115,11 @@ def build(
             f"{', DEBUG' if measurements.debug else ''}"
         )
         click.echo(f"image        {measurements.image.ref} ({measurements.image.digest})")
+        if result.standin_base is not None:
+            click.echo(
+                "base         a STAND-IN (`enclave-build base standin`): measured and signed, "
+                "but it does not boot; for a real base: enclave-build base gramine ROOTFS"
+            )
         if result.output:
             click.echo(f"output       {result.output}")
             click.echo(

@@ -325,11 +325,6 @@ class Sigstruct:
                     return f"{name} does not match the signature and modulus (EINIT would fail)"
         return None
 
-    def verify_signature(self, offs: Offsets) -> bool:
-        """True if the SIGSTRUCT would pass EINIT's signature checks (see
-        :meth:`signature_problem`)."""
-        return self.signature_problem(offs) is None
-
     @property
     def mr_signer(self) -> bytes:
         if not self.modulus:

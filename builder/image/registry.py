@@ -140,6 +140,9 @@ class _Token:
 class RegistryClient:
     host: str
     session: requests.Session = field(default_factory=requests.Session)
+    #: Waits between retries (seconds) and tells when a token expires; tests give their own.
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         scheme = "http" if _plain_http(self.host) else "https"
@@ -169,7 +172,7 @@ class RegistryClient:
             except requests.ConnectionError as exc:
                 if attempt >= _RETRIES - 1:
                     raise RegistryError(f"cannot reach registry {self.host}: {exc}") from None
-                time.sleep(delay)
+                self.sleep(delay)
                 delay *= 2
                 continue
             if response.status_code == 401 and (token is None or not refreshed):
@@ -195,7 +198,7 @@ class RegistryClient:
                         f"registry {self.host}: {method} {url} failed with "
                         f"HTTP {response.status_code} after {_RETRIES} tries"
                     )
-                time.sleep(delay)
+                self.sleep(delay)
                 delay *= 2
                 continue
             return response
@@ -204,7 +207,7 @@ class RegistryClient:
     def _valid_token(self, scope: str) -> _Token | None:
         """The token for *scope*, fetched again first if it is about to expire."""
         token = self._token.get(scope)
-        if token is None or time.monotonic() < token.expires:
+        if token is None or self.clock() < token.expires:
             return token
         del self._token[scope]
         if token.challenge:
@@ -304,7 +307,7 @@ class RegistryClient:
         lifetime = data.get("expires_in", _DEFAULT_TOKEN_LIFETIME)
         if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
             lifetime = _DEFAULT_TOKEN_LIFETIME
-        expires = time.monotonic() + max(float(lifetime) - _EXPIRY_MARGIN, 1.0)
+        expires = self.clock() + max(float(lifetime) - _EXPIRY_MARGIN, 1.0)
         self._token[scope] = _Token(f"Bearer {token}", expires, dict(params))
 
     @staticmethod

@@ -38,11 +38,6 @@ _ENTRY_NAME = re.compile(r"[0-9a-f]{64}")
 PRUNE_LOCK = ".prune.lock"  # held (exclusively, never waited for) while pruning
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
-# Lock-file path -> descriptor holding LOCK_SH on it. Never closed: the shared lock must last as
-# long as the process may read the tree (a build's base, a run's overlay lower directory).
-_held: dict[str, int] = {}
-_held_guard = threading.Lock()
-
 
 def report(line: str) -> None:
     """The default log: one line on stderr."""
@@ -60,30 +55,51 @@ def _same_file(fd: int, path: str) -> bool:
     return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
 
 
-def hold(cache_dir: Path, name: str) -> bool:
-    """Take (once per process) a shared lock on the entry *name*, kept until the process exits;
-    False if the lock file cannot be made (a read-only cache: used unlocked)."""
-    path = str(cache_dir / f"{name}.lock")
-    with _held_guard:
-        if path in _held:
-            return True
-        while True:
-            try:
-                fd = os.open(path, _LOCK_FLAGS, 0o600)
-            except OSError:
-                return False
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a pruner renames the entry
-                if _same_file(fd, path):
-                    _held[path] = fd
-                    return True
-            except OSError:  # no flock on this file system: pruners cannot lock it either
+class EntryLocks:
+    """The shared locks a process holds on cache entries (lock-file path -> descriptor with
+    LOCK_SH). :data:`PROCESS_LOCKS`, the process's own, is never released: the lock must last
+    as long as the process may read the tree (a build's base, a run's overlay lower directory).
+    Another table (a test's) stands for another holder and is released by :meth:`release`."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+        self._guard = threading.Lock()
+
+    def hold(self, cache_dir: Path, name: str) -> bool:
+        """Take (once per table) a shared lock on the entry *name*, kept until released; False
+        if the lock file cannot be made (a read-only cache: used unlocked)."""
+        path = str(cache_dir / f"{name}.lock")
+        with self._guard:
+            if path in self._held:
+                return True
+            while True:
+                try:
+                    fd = os.open(path, _LOCK_FLAGS, 0o600)
+                except OSError:
+                    return False
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a pruner renames the entry
+                    if _same_file(fd, path):
+                        self._held[path] = fd
+                        return True
+                except OSError:  # no flock on this file system: pruners cannot lock it either
+                    os.close(fd)
+                    return False
+                except BaseException:
+                    os.close(fd)
+                    raise
+                os.close(fd)  # the entry was pruned meanwhile: lock the new lock file
+
+    def release(self) -> None:
+        """Give up every lock of this table, as the holder's exit would."""
+        with self._guard:
+            for fd in self._held.values():
                 os.close(fd)
-                return False
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)  # the entry was pruned meanwhile: lock the new lock file
+            self._held.clear()
+
+
+#: This process's locks on the entries it uses.
+PROCESS_LOCKS = EntryLocks()
 
 
 def touch(entry: Path) -> None:

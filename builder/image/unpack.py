@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from ..rootfs import RootFS
 from .oci import OCI_LAYER_ZSTD, BlobStore, Descriptor, ImageError
-from .rootfs_cache import COMPLETE, hold, prune_cache, report, touch
+from .rootfs_cache import COMPLETE, PROCESS_LOCKS, EntryLocks, prune_cache, report, touch
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -367,11 +367,12 @@ def unpacked_rootfs(
     description: str,
     progress: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    locks: EntryLocks = PROCESS_LOCKS,
 ) -> RootFS:
     """The image's root filesystem, unpacked (once) under *cache_dir*, layers verified against
-    the config's diff_ids. The entry stays locked against pruning while this process lives;
-    making a new one prunes the cache (see the module docstring), reporting through *log*
-    (default: stderr)."""
+    the config's diff_ids. The entry stays locked against pruning in *locks* (this process's,
+    held while it lives); making a new one prunes the cache (see the module docstring),
+    reporting through *log* (default: stderr)."""
     if diff_ids and len(diff_ids) != len(layers):
         raise ImageError(f"{description}: {len(layers)} layers but {len(diff_ids)} diff_ids")
     name = chain_id(layers)
@@ -380,7 +381,7 @@ def unpacked_rootfs(
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError:
         pass  # an existing read-only cache can still be read; unpacking reports the error
-    hold(cache_dir, name)  # before looking: a pruner cannot take the entry from now on
+    locks.hold(cache_dir, name)  # before looking: a pruner cannot take the entry from now on
     if (target / COMPLETE).exists():
         touch(target)
         return RootFS(target / "rootfs", description)

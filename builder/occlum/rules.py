@@ -26,7 +26,6 @@ from ..plan import HOST_FORBIDDEN_ENV, HOST_FORBIDDEN_ENV_PREFIXES
 
 U32_MAX = (1 << 32) - 1
 U16_MAX = (1 << 16) - 1
-USIZE_MAX = (1 << 64) - 1
 #: gen_internal_conf / config.rs ``parse_memory_size``: the unit table, tried in this order with
 #: ``ends_with`` (so "B" alone means bytes and "32M" has no unit).
 UNITS = (("KB", 1 << 10), ("MB", 1 << 20), ("GB", 1 << 30), ("TB", 1 << 40), ("B", 1))
@@ -40,10 +39,8 @@ RESERVED_TARGETS = ("/proc", "/dev")
 CACHE_PAGE_SIZE = 0x1000
 MIN_CACHE_SIZE = 48 * CACHE_PAGE_SIZE
 MIN_DISK_SIZE = 5 << 30
-#: gen_internal_conf ``DefaultConfig``: what an EDMM build uses at least.
+#: gen_internal_conf ``DefaultConfig``: the kernel heap an EDMM build uses at least.
 EDMM_KERNEL_HEAP_MAX = 1 << 30
-EDMM_USER_SPACE_MAX = 16 << 30
-EDMM_TCS_INIT = 16
 #: The SGX SDK's sgx_sign (CMetadata::check_xml_parameter) needs StackMaxSize, the Heap*Size
 #: and ReservedMem*Size of Enclave.xml, which gen_internal_conf takes from resource_limits, to
 #: be multiples of the page size.

@@ -50,11 +50,13 @@ from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.names import LISTEN_ENV, MEASUREMENTS_FILE, ROOT_ENV
 from enclave_build.contract.names import SIMULATED_QUOTER_ENV as QUOTER_ENV
 
+from ..base_kind import standin_base
 from ..cache import cache_root
 from ..errors import EnclaveBuildError, UsageError
 from ..image.blob_cache import BlobCache
 from ..image.oci import Image
 from ..image.verify import EnclaveVerification, python_path
+from ..rootfs import RootFS
 from . import gramine_direct
 from .gramine_direct import DirectLaunch, resolve_user, wait_forwarding
 from .rootfs import apply_ownership, image_ownership, private_root
@@ -216,24 +218,26 @@ def _open_verified(directory: Path, log: Callable[[str], None] | None) -> tuple[
 def choose_mode(build: Build, root: Path, requested: str = "auto") -> str:
     """'gramine-direct' or 'process', or CannotSimulate saying why neither works."""
     real = gramine_direct.has_gramine_direct(root)
+    if not real:
+        standin = standin_base(RootFS(root, str(build.directory)))
+        missing = (
+            "the image was built on a STAND-IN base (`enclave-build base standin`: "
+            "placeholder binaries, no Gramine to run)"
+            if standin is not None
+            else f"the image has no real Gramine ({gramine_direct.DIRECT_LOADER})"
+        )
     if requested == "gramine-direct" or (requested == "auto" and real and os.geteuid() == 0):
         if not real:
             raise CannotSimulate(
-                f"{build.directory}: the image has no real Gramine "
-                f"({gramine_direct.DIRECT_LOADER}); it was built on a stand-in "
-                "base. Rebuild with a real base, e.g. --base dir:ROOTFS from "
-                "`enclave-build base gramine ROOTFS` (root)"
+                f"{build.directory}: {missing}. Rebuild with a real base, e.g. --base "
+                "dir:ROOTFS from `enclave-build base gramine ROOTFS` (root)"
             )
         if os.geteuid() != 0:
             raise CannotSimulate("gramine-direct runs need root (chroot and bind mounts)")
         return "gramine-direct"
     entry = str(build.manifest.get("libos", {}).get("entrypoint", ""))
     if not _PYTHON.fullmatch(entry.rsplit("/", 1)[-1]):
-        why = (
-            "the image has no real Gramine (built on a stand-in base)"
-            if not real
-            else "gramine-direct needs root"
-        )
+        why = missing if not real else "gramine-direct needs root"
         raise CannotSimulate(
             f"{build.measurements.framework!r} runs a binary ({entry}), not our Python model "
             f"server, so it cannot run as a plain process here, and {why}. Simulate it under "

@@ -6,6 +6,9 @@ Options (``models[].options``): none yet; unknown options are refused so typos d
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from . import (
@@ -39,15 +42,17 @@ class TFLiteBackend(Backend):
     platform = "tensorflowlite"
     runtimes = (Runtime(("ai_edge_litert", "tflite_runtime"), SERVE_EXTRA),)
 
-    def __init__(self, model, source) -> None:
+    def __init__(self, model, source, *, interpreter: Callable[..., Any] | None = None) -> None:
+        """*interpreter* makes the TFLite interpreter (``model_path=``, ``num_threads=``):
+        ai-edge-litert's, or tflite-runtime's, unless given."""
         super().__init__(model, source)
         if model.options:
             raise BackendError(
                 f"model {model.name}: the tflite backend takes no options "
                 f"(got {', '.join(sorted(model.options))})"
             )
-        Interpreter = _interpreter_class()
-        self._it = Interpreter(model_path=str(source.path), num_threads=max(1, model.threads))
+        make = interpreter if interpreter is not None else _interpreter_class()
+        self._it = make(model_path=str(source.path), num_threads=max(1, model.threads))
         self._it.allocate_tensors()
         self._in = self._it.get_input_details()
         self._out = self._it.get_output_details()

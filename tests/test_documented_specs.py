@@ -1,4 +1,4 @@
-"""Specs a user might write that the docs call valid (or invalid), checked as a grader would.
+"""Specs a user might write that the docs call valid (or invalid), built as a user would.
 
 Found by building such specs on the real Gramine base and booting them with gramine-direct:
 

@@ -1,11 +1,14 @@
 """scripts/test.sh runs ruff (lint and format) and mypy before any test, and a failing check
-stops the run with one line naming the check and the command that fixes it.
+stops the run with one line naming the check and the command that fixes it; its last lines say
+what did not run on this machine and why, and it keeps pytest's exit code.
 
-Each case runs the real script on a copy of the repository (sharing this checkout's .venv) with
-one flaw put in, and collects a single test file: the checks decide the outcome."""
+Each check case runs the real script on a copy of the repository (sharing this checkout's .venv)
+with one flaw put in, and collects a single test file: the checks decide the outcome. The
+last-line cases run it on a sample test file, with `id` and `dpkg-query` stubbed."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -113,3 +116,77 @@ def test_the_checks_pass_on_this_checkout():
             command, cwd=REPO, env=env, text=True, capture_output=True, timeout=600
         )
         assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout}{done.stderr}"
+
+
+# --- what did not run is in its last lines -----------------------------------------------
+
+
+def _venv_is_current() -> bool:
+    """scripts/venv.sh reinstalls when pyproject.toml or constraints.txt changed; running the
+    wrapper then would take minutes, so these tests need the stamp it leaves."""
+    digest = hashlib.sha256(
+        (REPO / "pyproject.toml").read_bytes() + (REPO / "constraints.txt").read_bytes()
+    ).hexdigest()[:16]
+    return (REPO / ".venv" / f".installed-{digest}").exists()
+
+
+def _wrapper(tmp_path: Path, tests: str, installed: bool) -> subprocess.CompletedProcess:
+    """Run scripts/test.sh on *tests* as a non-root user would (stub `id`), with dpkg saying
+    every system package is installed or none is (stub `dpkg-query`): nothing is installed."""
+    if not _venv_is_current():
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail("CI=true: .venv is not up to date (source scripts/venv.sh)")
+        pytest.skip(
+            ".venv is not up to date with pyproject.toml/constraints.txt "
+            "(source scripts/venv.sh): the wrapper would reinstall it first"
+        )
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "id").write_text("#!/bin/sh\necho 1000\n")
+    (stubs / "dpkg-query").write_text(
+        "#!/bin/sh\n" + ("printf 'install ok installed'\n" if installed else "exit 1\n")
+    )
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    sample = tmp_path / "test_sample.py"
+    sample.write_text(tests)
+    env = {**os.environ, "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        ["bash", str(REPO / "scripts/test.sh"), "-q", "-p", "no:cacheprovider", str(sample)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.integration
+def test_wrapper_ends_with_what_did_not_run_and_why(tmp_path):
+    proc = _wrapper(
+        tmp_path,
+        "import pytest\n\ndef test_ok():\n    pass\n\n"
+        "def test_needs_moon():\n    pytest.skip('needs the moon')\n",
+        False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = proc.stdout.rstrip().splitlines()[-4:]
+    assert last[0] == "scripts/test.sh: 1 test(s) did not run on this machine:"
+    assert last[1].split(None, 1) == ["1", "needs the moon"]
+    assert last[2].startswith("scripts/test.sh: system packages not installed (needs root): ")
+    assert "docker.io" in last[2] and "sudo apt-get install" in last[2]
+    assert last[3] == "1 passed, 0 failed, 1 skipped"
+
+
+@pytest.mark.integration
+def test_wrapper_says_so_when_everything_ran_and_keeps_pytests_exit_code(tmp_path):
+    proc = _wrapper(tmp_path, "def test_ok():\n    pass\n", True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.rstrip().splitlines()[-2:] == [
+        "scripts/test.sh: every selected test ran on this machine (none skipped)",
+        "1 passed, 0 failed, 0 skipped",
+    ]
+    (tmp_path / "f").mkdir()
+    failing = _wrapper(tmp_path / "f", "def test_bad():\n    assert False\n", True)
+    assert failing.returncode == 1
+    assert failing.stdout.rstrip().splitlines()[-1] == "0 passed, 1 failed, 0 skipped"

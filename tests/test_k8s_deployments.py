@@ -1,8 +1,8 @@
-"""`enclave-build k8s` against issue 12's own text, where the other k8s tests left a sentence
-unchecked: the disruption budget and rollout strategy with one replica, the autoscaler's latency
-metric for idle pods, secret servers the generator cannot deploy (an enclave that accepts only
-an attested secret server, Occlum's init, the secret-server framework's own build), and the
-capacity plan that follows the build's enclave size."""
+"""What `enclave-build k8s` deploys, case by case: the disruption budget and rollout strategy
+with one replica, the autoscaler's latency metric for idle pods, secret servers the generator
+cannot deploy (an enclave that accepts only an attested secret server, Occlum's init, the
+secret-server framework's own build), and the capacity plan that follows the build's enclave
+size."""
 
 from __future__ import annotations
 
