@@ -269,6 +269,9 @@ class Connection(asyncio.Protocol):
         if state == _BODY:
             self._body(data)
         elif state == _IDLE:
+            if self.pending:  # earlier pipelined bytes go first (_resume_pending is due)
+                self._hold(data)
+                return
             if data[:1] in (b"\r", b"\n"):  # empty lines between requests are allowed
                 data = data.lstrip(b"\r\n")
                 if not data:
@@ -278,10 +281,7 @@ class Connection(asyncio.Protocol):
         elif state == _HEAD:
             self._header(data)
         elif state in (_BUSY, _FLUSH):
-            self.pending += data
-            if len(self.pending) > PENDING_LIMIT and not self.reading_paused:
-                self.reading_paused = True
-                self.transport.pause_reading()
+            self._hold(data)
         elif state == _DISCARD:
             self._discard(data)
         elif state == _LINGER:
@@ -292,6 +292,14 @@ class Connection(asyncio.Protocol):
             # the handshake is done (TLS delivers nothing before) but start_tls has not
             # returned yet: kept for when it has
             self.pending += data
+
+    def _hold(self, data) -> None:
+        """Keep pipelined bytes for later; past PENDING_LIMIT nothing more is read until
+        they have been served (so a client that never reads its answers holds a bounded amount)."""
+        self.pending += data
+        if len(self.pending) > PENDING_LIMIT and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.peer_eof = True
@@ -635,7 +643,7 @@ class Connection(asyncio.Protocol):
         self.state = _BUSY
         self.deadline = 0.0
         if rest:
-            self.pending += rest
+            self._hold(rest)
         if answer is not None:
             self._respond(answer)
             return
@@ -688,7 +696,7 @@ class Connection(asyncio.Protocol):
         self.server.idle[self] = None
         self._arm(self.loop.time() + self.limits.idle_timeout)
         self.server.notify()
-        if self.reading_paused:
+        if self.reading_paused and len(self.pending) <= PENDING_LIMIT:
             self.reading_paused = False
             self.transport.resume_reading()
         if self.pending:

@@ -5,6 +5,7 @@ a SIGTERM drain with a queue, and JSON that must stay valid with NaN outputs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -171,6 +172,68 @@ def test_health_is_answered_when_idle_connections_fill_the_cap():
     finally:
         for s in idle:
             s.close()
+        srv.close()
+
+
+def _held_by_connections(srv: RestInThread) -> int:
+    """Bytes the server holds for its connections: pipelined requests not yet served and
+    answers not yet sent (read on the server's loop)."""
+
+    async def held() -> int:
+        return sum(
+            len(c.pending) + c.transport.get_write_buffer_size() for c in srv.rest.http.connections
+        )
+
+    return asyncio.run_coroutine_threadsafe(held(), srv.loop).result(5)
+
+
+def test_pipelining_without_reading_the_answers_holds_a_bounded_amount():
+    """A client pipelining infer requests with a tiny receive buffer and never reading its
+    answers used to have the server buffer everything it sent (tens of MiB a second per
+    connection); now the server stops reading such a connection once its pipelined bytes pass a
+    small cap, stops serving it while its answers cannot be written, closes it when they stay
+    unread for idle_timeout, and serves other clients meanwhile."""
+    srv = RestInThread(idle_timeout=3, header_timeout=30, body_timeout=30)
+    one = _post(_INFER, f"Content-Length: {len(_INFER)}\r\n")
+    blob = one * ((1 << 20) // len(one))
+    stop = threading.Event()
+    attacker = socket.socket()
+    attacker.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    attacker.connect(("127.0.0.1", srv.port))
+    attacker.settimeout(0.2)
+    closed = threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            try:
+                attacker.send(blob)
+            except TimeoutError:
+                continue
+            except OSError:
+                closed.set()
+                return
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        most = 0
+        for _ in range(20):
+            time.sleep(0.1)
+            most = max(most, _held_by_connections(srv))
+            assert most <= 1 << 20, f"the server holds {most} bytes for one connection"
+        # another client is served meanwhile
+        assert _status(srv.exchange(HEALTH)) == 200
+        answer = srv.exchange(
+            _post(_INFER, f"Content-Length: {len(_INFER)}\r\nConnection: close\r\n")
+        )
+        assert _status(answer) == 200, answer
+        # answers left unread for idle_timeout: the connection is dropped
+        _wait_until(lambda: srv.rest.open_connections == 0, "the unread connection closed")
+        assert _held_by_connections(srv) == 0
+    finally:
+        stop.set()
+        flooder.join(5)
+        attacker.close()
         srv.close()
 
 
