@@ -41,6 +41,7 @@ from .image.sources import open_base
 from .key_scan import KeyScanner
 from .leak_guard import check_model_paths, scan_artifacts, scan_plan
 from .model_check import check_models, warn_stateful
+from .output_dir import Protected, build_output_problem, check_replaceable
 from .plan import ServicePlan
 from .plugin_types import (
     BuildOptions,
@@ -312,6 +313,8 @@ def _build(
         recover_output(out)
         tidy_stale_temps(out.parent, out.name)
     spec, registry = load(spec_path, registry)
+    if out is not None:  # before anything is read or written: nothing of the user's is lost
+        check_output_dir(spec, out, Path(output) if output else out)
     plan = make_plan(spec, registry)
     if image.tag:
         try:
@@ -403,6 +406,37 @@ def _build(
         if own_cache:
             cache.close()
     return result
+
+
+def output_inputs(spec: Spec) -> list[Protected]:
+    """What of *spec*'s inputs a build output directory must not be or contain."""
+    items = [Protected("the spec's directory", spec.directory)]
+    for index, model in enumerate(spec.models):
+        items.append(Protected(f"models[{index}].path", model.path, inside_too=model.path.is_dir()))
+    items.append(Protected("[secrets] keys_dir", spec.secrets.keys_dir))
+    named = [
+        ("[secrets] ca", spec.secrets.ca),
+        ("[tls] cert", spec.tls.cert if spec.tls else None),
+        ("[tls] key", spec.tls.key if spec.tls else None),
+        ("[signing] key", spec.signing.key),
+        ("[signing] public_key", spec.signing.public_key),
+        ("[signing] signature", spec.signing.signature),
+    ]
+    items += [Protected(what, path) for what, path in named if path is not None]
+    return items
+
+
+def check_output_dir(spec: Spec, out: Path, given: Path | None = None) -> None:
+    """Refuse (UsageError, exit 2) an output directory the build must not replace: one that
+    is or contains an input of *spec*, or holds anything but an earlier build output
+    (builder.output_dir). *given*: the directory as the user wrote it, for the message."""
+    check_replaceable(
+        given or out,
+        option="--output",
+        written_by="`enclave-build build`",
+        problem=build_output_problem,
+        protected=output_inputs(spec),
+    )
 
 
 def _check_push_target(tag: str) -> None:

@@ -35,8 +35,11 @@ signature needed (the bytes to sign were written next to the spec).
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
     help="Write DIR/oci (an OCI image layout), DIR/measurements.json and, with "
-    "encrypted content, DIR/secrets-policy.toml. Atomic. Default: out/ next to "
-    "the spec.",
+    "encrypted content, DIR/secrets-policy.toml. Atomic: DIR is replaced as a whole, so it "
+    "must be new, empty or an earlier build output (measurements.json and oci/, besides them "
+    "only secrets-policy.toml and service.json), and must not be or contain the spec's "
+    "directory, a model, keys_dir or the CA, TLS and signing files; anything else is "
+    "refused (exit 2), never emptied. Default: out/ next to the spec.",
 )
 @click.option(
     "--base",

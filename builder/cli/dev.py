@@ -54,7 +54,8 @@ or the enclave ends early; 130 after Ctrl-C (or SIGTERM). SIMULATION: nothing is
     "--output",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
-    help="The build output directory (default: out/ next to the spec).",
+    help="The build output directory (default: out/ next to the spec); as `build "
+    "--output`: new, empty or an earlier build output, else refused (exit 2).",
 )
 @click.option(
     "--base",
