@@ -471,7 +471,7 @@ def test_model_names_come_from_the_file_stem_in_the_spec_grammar(tmp_path, file,
 
 def test_init_names_the_model_and_force_refreshes_it(tmp_path):
     model = tmp_path / "Wake Word.tflite"
-    model.write_bytes(b"TFL3 one")
+    model.write_bytes(tflite_bytes(b"one"))
     result = init_project(tmp_path / "p", model=model)
     spec = tomllib.loads(result.spec.read_text())
     assert spec["models"][0] == {
@@ -479,13 +479,13 @@ def test_init_names_the_model_and_force_refreshes_it(tmp_path):
         "path": "models/Wake Word.tflite",
         "encrypt": True,
     }
-    model.write_bytes(b"TFL3 two")
+    model.write_bytes(tflite_bytes(b"two"))
     with pytest.raises(UsageError, match="already exist"):
         init_project(tmp_path / "p", model=model)
     key = result.key.read_bytes()
     ca = (tmp_path / "p/tls/ca.pem").read_bytes()
     again = init_project(tmp_path / "p", model=model, force=True)
-    assert (tmp_path / "p/models/Wake Word.tflite").read_bytes() == b"TFL3 two"
+    assert (tmp_path / "p/models/Wake Word.tflite").read_bytes() == tflite_bytes(b"two")
     assert again.key.read_bytes() == key and (tmp_path / "p/tls/ca.pem").read_bytes() == ca
     ignored = (tmp_path / "p/.gitignore").read_text().splitlines()
     assert {"keys/", "tls/server.key", ".enclave-build/"} <= set(ignored)
