@@ -401,7 +401,8 @@ def _standin_command(framework: Framework, target: str) -> str:
     return f"enclave-build base standin {target}" + (f" --runtimes {runtimes}" if runtimes else "")
 
 
-def _base_step(d: str, framework: Framework) -> Step:
+def _base_step(d: str, framework: Framework, options: tuple[str, ...] = ()) -> Step:
+    again = "".join(f" {shlex.quote(word)}" for word in options)
     return Step(
         f"A base to build on. The spec uses the framework's default, "
         f"{framework.default_base}, which `enclave-build base build` makes with a "
@@ -410,7 +411,7 @@ def _base_step(d: str, framework: Framework) -> Step:
         "caches). For local runs without either, a stand-in in the project (it "
         "measures and signs; `dev` then runs the server as a plain process, nothing "
         "boots under Gramine)",
-        f"enclave-build init --force --base standin {d}",
+        f"enclave-build init --force --base standin{again} {d}",
     )
 
 
@@ -421,9 +422,13 @@ def next_steps(
     model_copied: bool = False,
     base: str | None = None,
     namespace: str | None = None,
+    init_options: tuple[str, ...] | None = (),
 ) -> list[Step]:
     """What to run next; with *model_copied* (``init --model``) the model step is left out,
-    with *base* the base step; *namespace* (``init --k8s``): deploy instead of `dev`."""
+    with *base* the base step; *namespace* (``init --k8s``): deploy instead of `dev`.
+    *init_options*: the options of this init that shaped the spec (``--name``, ``--k8s``,
+    ``--secret-server``), repeated in the base step's ``init --force`` so that it writes the
+    same spec with a base; None leaves the base step out (the spec is the user's now)."""
     d = shlex.quote(str(directory))
     if framework.name in _NO_MODELS:
         standin = _standin_command(framework, "ROOTFS")
@@ -465,8 +470,8 @@ def next_steps(
             )
         ]
     )
-    if base is None:
-        steps.append(_base_step(d, framework))
+    if base is None and init_options is not None:
+        steps.append(_base_step(d, framework, init_options))
     if namespace is not None:
         return [
             *steps,
@@ -592,6 +597,7 @@ def init_project(
     if framework is not None or not checks_model:
         chosen = choose_framework(framework or DEFAULT_FRAMEWORK, frameworks)
     service = service_name(directory, name)
+    given_server = secret_server is not None
     secret_server = _resolve_options(service, secret_server, k8s)
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory}: exists and is not a directory")
@@ -683,6 +689,11 @@ def init_project(
             model_copied=model_path is not None,
             base=spec_base,
             namespace=k8s,
+            init_options=(
+                *(("--name", name) if name is not None else ()),
+                *(("--k8s", k8s) if k8s is not None else ()),
+                *(("--secret-server", secret_server) if k8s is None and given_server else ()),
+            ),
         ),
         name_of_model if model_path else None,
         spec_base,
@@ -847,7 +858,7 @@ def replace_model(
         current,
         str(service.get("name", directory.name)),
         server,
-        next_steps(directory, chosen, server, True, base, namespace),
+        next_steps(directory, chosen, server, True, base, namespace, init_options=None),
         name,
         base,
         False,

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import shutil
 import socket
 import ssl
 import sys
@@ -593,6 +594,39 @@ def test_build_prints_the_dev_step(tmp_path, standin_root):
     assert proc.stdout.decode().rstrip().endswith("enclave-build dev proj")
 
 
+def test_the_printed_dev_step_serves_what_was_built_with_base_and_output(
+    tmp_path, standin_root, monkeypatch
+):
+    """`build DIR --base dir:ROOTFS --output OUT` prints a `dev` command with the same --base
+    and --output: run as printed (its arguments through dev's own parser), it finds the build
+    up to date instead of rebuilding on the spec's default base."""
+    import shlex
+
+    from enclave_build.builder.cli.dev import dev as dev_command
+    from enclave_build.builder.dev import DevOptions, DevSession
+
+    _project(tmp_path, standin_root)
+    spec = tmp_path / "proj/spec.toml"
+    spec.write_text(spec.read_text().replace(f'base = "dir:{standin_root}"\n', ""))
+    rootfs = tmp_path / "rootfs"
+    shutil.copytree(standin_root, rootfs, symlinks=True)
+    proc = run_cli("build", "proj", "--base", "dir:rootfs", "--output", "built", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    printed = proc.stdout.decode().rstrip().splitlines()[-1].strip()
+    assert printed == "enclave-build dev proj --base dir:rootfs --output built"
+    words = shlex.split(printed)
+    params = dev_command.make_context("dev", words[2:]).params
+    monkeypatch.chdir(tmp_path)
+    notes: list[str] = []
+    session = DevSession(
+        params["spec"],
+        DevOptions(output=params["output"], base=params["base"]),
+        log=notes.append,
+    )
+    session.prepare()
+    assert notes == [f"dev: {(tmp_path / 'built').resolve()} is up to date"], notes
+
+
 # --------------------------------------------------------------------------- example models
 
 
@@ -709,3 +743,44 @@ def test_dev_reports_a_spec_error_with_file_line_and_key(tmp_path):
     )
     usage = run_cli("dev", "p", "--input", str(tmp_path / "p/spec.toml"), cwd=tmp_path)
     assert usage.returncode == 2 and "--input and --model go with --once" in usage.stderr.decode()
+
+
+def test_runs_hint_names_a_dev_command_that_serves_this_build(tmp_path):
+    """After a run that found no secret server: the `dev` command it names is the project's,
+    with --output when the build is not the project's out/ (else dev would build elsewhere)."""
+    from enclave_build.builder.run.runner import secret_server_hint
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    info = ServiceInfo(
+        "svc",
+        "tflite",
+        "gramine",
+        EnclaveInfo(1 << 30, 8),
+        (ServicePort("http", 1),),
+        Health("tcp", "http"),
+        RunAs(10001, 0),
+        keys=("svc-key",),
+        secret_server=f"127.0.0.1:{port}",
+    )
+    project = tmp_path / "proj"
+    for build_dir in (project / "out", project / "built", tmp_path / "elsewhere"):
+        build_dir.mkdir(parents=True)
+        (build_dir / "service.json").write_text(info.to_json())
+    (project / "spec.toml").write_text("")
+    hints = {
+        name: secret_server_hint(directory)
+        for name, directory in [
+            ("out", project / "out"),
+            ("built", project / "built"),
+            ("elsewhere", tmp_path / "elsewhere"),
+        ]
+    }
+    assert f"`enclave-build dev {project}` start it" in str(hints["out"])
+    assert f"`enclave-build dev {project} --output {project / 'built'}` start it" in str(
+        hints["built"]
+    )
+    assert f"`enclave-build dev SPEC --output {tmp_path / 'elsewhere'}` start it" in str(
+        hints["elsewhere"]
+    )

@@ -157,7 +157,10 @@ def test_cli_prints_every_next_step_to_dev(tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
     assert "enclave-build init --force --model YOUR_MODEL svc" in out
-    assert "enclave-build init --force --base standin svc" in out
+    base_step = (
+        "enclave-build init --force --base standin --secret-server secrets.example.com:4433 svc"
+    )
+    assert base_step in out
     assert "enclave-build build svc\n" in out and "enclave-build dev svc\n" in out
     for checkout_only in ("scripts/", "examples/", ".venv", "docs/"):
         assert checkout_only not in out, checkout_only
@@ -491,3 +494,35 @@ def test_force_without_a_model_keeps_the_framework(tmp_path):
     data = tomllib.loads((tmp_path / "p/spec.toml").read_text())
     assert data["service"]["framework"] == "openvino"
     assert data["models"][0]["path"] == "models/face.xml"
+
+
+def test_the_printed_init_steps_keep_what_this_init_chose(tmp_path):
+    """The base step (`init --force --base standin ...`) repeats the options that shaped the
+    spec: run as printed it keeps the service name, the in-cluster secret server and the
+    namespace of `init --k8s` (and the framework)."""
+    (tmp_path / "face.xml").write_text("<net/>")
+    (tmp_path / "face.bin").write_bytes(bytes(8))
+    proc = run_cli(
+        "init",
+        "--model",
+        "face.xml",
+        "--k8s",
+        "vision",
+        "--name",
+        "face",
+        "p",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    before = tomllib.loads((tmp_path / "p/spec.toml").read_text())
+    (step,) = [
+        s["command"] for s in json.loads(proc.stdout)["next_steps"] if "--base" in s["command"]
+    ]
+    assert step == "enclave-build init --force --base standin --name face --k8s vision p"
+    again = run_cli(*step.split()[1:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr.decode()
+    after = tomllib.loads((tmp_path / "p/spec.toml").read_text())
+    assert after["image"]["base"] == "dir:.enclave-build/standin"
+    for key in ("service", "secrets", "deploy", "models"):
+        assert after[key] == before[key], key

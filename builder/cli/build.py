@@ -122,18 +122,23 @@ def build(
             click.echo(f"output       {result.output}")
             click.echo(
                 f"\nNext: serve it here (a local secret server, `run --simulate`, a "
-                f"test request):\n  {dev_command(spec, output)}"
+                f"test request):\n  {dev_command(spec, output, base)}"
             )
     if result.pushed and not as_json:
         click.echo(result.pushed)
 
 
-def dev_command(spec: Path, output: Path) -> str:
-    """The `enclave-build dev` command line for this spec and output directory."""
+def dev_command(spec: Path, output: Path, base: str | None = None) -> str:
+    """The `enclave-build dev` command line that serves what this build wrote: the same spec,
+    output directory and --base (dev rebuilds when its inputs differ from the build's, so
+    every option that changes the build is repeated; paths as given, from the same
+    directory)."""
     import shlex
 
     project = spec.parent if spec.name == "spec.toml" else spec
     words = ["enclave-build", "dev", str(project)]
+    if base is not None:
+        words += ["--base", base]
     if output.resolve() != (spec.parent / "out").resolve():
         words += ["--output", str(output)]
     return shlex.join(words)

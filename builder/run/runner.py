@@ -368,13 +368,19 @@ def secret_server_hint(directory: Path, timeout: float = 1.0) -> str | None:
             return None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
+    import shlex
+
     project = directory.resolve().parent
+    words = ["enclave-build", "dev", str(project if (project / "spec.toml").is_file() else "SPEC")]
+    if directory.resolve() != project / "out" or words[2] == "SPEC":
+        words += ["--output", str(directory)]
     return (
         f"run: nothing answers at {info.secret_server} ({reason}), the secret server "
         f"this enclave gets its keys {', '.join(info.keys)} from. Start one (`enclave-build "
         "secrets config "
         f"{directory} ... --out secrets.toml`, then `enclave-build secrets serve --config "
-        f"secrets.toml`), or let `enclave-build dev {project}` start it and the run"
+        f"secrets.toml`), or let `{shlex.join(words)}` start it and the run (with the "
+        "--base the build had, if any)"
     )
 
 
