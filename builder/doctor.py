@@ -20,7 +20,8 @@ JSON (``doctor --json``, schema 1)::
 Check ids, in this order: ``docker.engine``, ``registry.credentials``, ``sgx.enclave_device``,
 ``sgx.provision_device``, ``sgx.aesmd``, ``sgx.pccs``, ``gramine.base`` (only with
 ``base``), ``realbase.mmdebstrap``, ``realbase.gramine_archive``, ``runtime.ai_edge_litert``,
-``runtime.openvino``, ``runtime.grpc``. New checks may be added; ids and keys do not change.
+``runtime.openvino``, ``runtime.grpc``, ``runtime.httptools``. New checks may be added; ids
+and keys do not change.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from enclave_build.model_server.runtimes import (
+    install_command,
+    serve_install_command,
+    serve_requirements,
+)
 
 if TYPE_CHECKING:
     from .gramine.runtime import GramineRuntime
@@ -528,6 +535,13 @@ _RUNTIMES = (
         "gRPC: the model server's KServe v2 gRPC listener in process mode",
         (),
     ),
+    (
+        "runtime.httptools",
+        "httptools",
+        "httptools",
+        "httptools: the model server's KServe v2 REST listener in process mode",
+        (),
+    ),
 )
 
 
@@ -546,15 +560,22 @@ def _runtime(
             return Check(check_id, title, OK, f"{other} {version} instead ({use})")
         except Exception:  # noqa: BLE001
             continue
+    serve = serve_requirements()
+    pinned = [r for r in serve or () if _distribution(r) == _distribution(package)] or [package]
     return Check(
         check_id,
         title,
         MISSING,
         f"cannot import {module} in {sys.executable}: {reason} ({use})",
-        f"{sys.executable} -m pip install {package} (or all of "
-        "them: pip install 'enclave-build[serve]', or pipx inject enclave-build "
-        f"{package})",
+        f"{install_command(pinned)} (all the runtimes of enclave-build's `serve` extra: "
+        f"{serve_install_command(serve)})",
     )
+
+
+def _distribution(requirement: str) -> str:
+    """A requirement's distribution name, normalised (``ai_edge-LiteRT>=1`` -> ai-edge-litert)."""
+    name = re.match(r"[A-Za-z0-9._-]+", requirement)
+    return re.sub(r"[-_.]+", "-", name.group(0)).lower() if name else requirement
 
 
 def diagnose(base: str | None = None, probes: Probes | None = None) -> Report:
