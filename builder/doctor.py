@@ -56,8 +56,10 @@ AESMD_SOCKET = "/var/run/aesmd/aesm.socket"
 QCNL_CONF = "/etc/sgx_default_qcnl.conf"
 PCCS_TIMEOUT = 5.0
 DOCKER_TIMEOUT = 5
-REPO = Path(__file__).resolve().parent.parent
-GRAMINE_ARCHIVE = REPO.parent / "shared" / "gramine" / "gramine-1.9-debian12-x86_64.tar.gz"
+#: Where a checkout keeps a local Gramine 1.9 build, relative to the checkout's parent (the
+#: development layout); an installed enclave-build has no checkout, and looks only at
+#: $GRAMINE_ARCHIVE.
+CHECKOUT_ARCHIVE = Path("shared") / "gramine" / "gramine-1.9-debian12-x86_64.tar.gz"
 _NO_ENGINE = (
     "or build without an engine: --base dir:ROOTFS, oci:DIR, oci-archive:FILE or "
     "docker://REGISTRY/NAME:TAG"
@@ -104,6 +106,14 @@ class Report:
 
 class Probes:
     """How the checks look at the machine (replaced in tests)."""
+
+    def checkout(self) -> Path | None:
+        """The checkout enclave-build runs from (its pyproject.toml beside builder/), None
+        for an installed copy (site-packages, pipx)."""
+        root = Path(__file__).resolve().parent.parent
+        if (root / "pyproject.toml").is_file() and (root / "builder" / "doctor.py").is_file():
+            return root
+        return None
 
     def env(self, name: str) -> str | None:
         return os.environ.get(name)
@@ -490,7 +500,24 @@ def _mmdebstrap(p: Probes) -> Check:
 
 def _gramine_archive(p: Probes) -> Check:
     title = "Gramine 1.9 archive (optional: base gramine --archive)"
-    archive = p.env("GRAMINE_ARCHIVE") or str(GRAMINE_ARCHIVE)
+    checkout = p.checkout()
+    archive = p.env("GRAMINE_ARCHIVE") or (
+        str(checkout.parent / CHECKOUT_ARCHIVE) if checkout is not None else None
+    )
+    if archive is None:
+        return Check(
+            "realbase.gramine_archive",
+            title,
+            WARN,
+            "none given ($GRAMINE_ARCHIVE is not set); `enclave-build base gramine ROOTFS` "
+            "installs Gramine 1.9 from packages.gramineproject.io instead (needs that host "
+            "reachable)",
+            "nothing to do where packages.gramineproject.io is reachable: `enclave-build base "
+            "gramine ROOTFS` (root) makes a real base; otherwise a Gramine 1.9 build in Debian "
+            "package layout for `base gramine ROOTFS --archive FILE` (or $GRAMINE_ARCHIVE), or "
+            "a published base (docker://...); for builds only, the stand-in (`enclave-build "
+            "base standin DIR`)",
+        )
     if p.path_kind(archive) == "file":
         return Check(
             "realbase.gramine_archive",

@@ -63,7 +63,11 @@ class Bare(Probes):
         self.http_result: object = 200
         self.config: tuple = (None, {})
         self.root = 1000
+        self.checkout_dir = None  # an installed enclave-build (no checkout)
         self.__dict__.update(overrides)
+
+    def checkout(self):
+        return self.checkout_dir
 
     def env(self, name):
         return self.env_vars.get(name)
@@ -367,4 +371,20 @@ def test_doctor_names_the_serve_extras_distributions_for_this_install(tmp_path, 
     assert serve_line.startswith(head)
     assert {_name(w.strip("'")) for w in serve_line[len(head) :].rstrip(")").split()} == (
         SERVE_DISTRIBUTIONS
+    )
+
+
+def test_the_gramine_archive_is_looked_for_beside_a_checkout_only():
+    """Installed (pipx, site-packages), doctor looks at $GRAMINE_ARCHIVE only and says how to
+    get a base; a checkout also looks beside it (../shared/gramine/)."""
+    from pathlib import Path
+
+    installed = _by_id(diagnose(probes=Bare()))["realbase.gramine_archive"]
+    assert installed.status == WARN
+    assert installed.detail.startswith("none given ($GRAMINE_ARCHIVE is not set)")
+    assert "shared/gramine" not in installed.detail + installed.fix
+    assert "`enclave-build base gramine ROOTFS` (root) makes a real base" in installed.fix
+    checkout = _by_id(diagnose(probes=Bare(checkout_dir=Path("/src/enclave-build"))))
+    assert checkout["realbase.gramine_archive"].detail.startswith(
+        "/src/shared/gramine/gramine-1.9-debian12-x86_64.tar.gz not found"
     )
