@@ -170,16 +170,22 @@ Examples:
     "overwrites.",
 )
 def inspect(image: str, as_json: bool, extract_dir: Path | None) -> None:
-    """Read the enclave identity back from IMAGE (a reference, or a build output directory)
-    and check that its labels, SIGSTRUCT (and measurements.json) agree, and that the image's
+    """Read the enclave identity back from IMAGE (a reference, a build output directory, or a
+    project directory whose build is in out/) and check that its labels, SIGSTRUCT (and measurements.json) agree, and that the image's
     own files are what the SIGSTRUCT vouches for: MRENCLAVE re-derived from its manifest and
     libpal.so, every trusted file's hash, nothing untrusted on the server's PYTHONPATH (the
     image is unpacked into the cache for this). Exit 1 if not (files asked for with --extract
     are written all the same)."""
+    from ..build_dir import build_output
     from ..image.inspect import extract_image, inspect_image
 
     written: list[Path] = []
     with errors():
+        if Path(image).is_dir() and not (Path(image) / "oci-layout").is_file():
+            # a build output, or a project directory (its out/); not a bare OCI layout
+            image = str(
+                build_output(image, measurements=False, log=lambda line: click.echo(line, err=True))
+            )
         if extract_dir is not None:
             extraction = extract_image(image, extract_dir)
             result, written = extraction.inspection, extraction.written
@@ -278,7 +284,8 @@ def run(
     mode: str,
     listen_all: bool,
 ) -> None:
-    """Run the image built into BUILD_DIR here, as a SIMULATION (no SGX).
+    """Run the image built into BUILD_DIR here, as a SIMULATION (no SGX). BUILD_DIR is a
+    build output, or a project directory whose build is in out/ (exit 2 for anything else).
 
     Unpacks BUILD_DIR/oci into a private root, starts a simulated quoter for the build's
     measurements.json and runs the service: under gramine-direct (the real LibOS in a chroot of
