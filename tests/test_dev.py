@@ -440,16 +440,23 @@ def test_ports_in_use_are_named():
         "tflite",
         "gramine",
         EnclaveInfo(1 << 30, 8),
-        (ServicePort("grpc", free), ServicePort("http", busy)),
+        (
+            ServicePort("grpc", free, spec_key="tflite.grpc_port"),
+            ServicePort("http", busy, spec_key="tflite.rest_port"),
+        ),
         Health("kserve-v2", "http"),
         RunAs(10001, 0),
     )
     try:
-        with pytest.raises(DevError, match=rf"port {busy} \(http\) in use on 127.0.0.1"):
+        with pytest.raises(DevError, match=rf"port {busy} \(http\) in use on 127.0.0.1") as held:
             check_ports_free(info)
     finally:
         holder.close()
     check_ports_free(info)
+    # the real port to look up, and the key that sets it (no placeholders)
+    assert f"`ss -ltnp 'sport = :{busy}'` names it" in str(held.value)
+    assert "PORT" not in str(held.value)
+    assert "set another port in the spec ([tflite] rest_port) and rebuild" in str(held.value)
 
 
 # --------------------------------------------------------------------------- init, build DIR

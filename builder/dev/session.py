@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from enclave_build.contract.names import SERVICE_FILE
-from enclave_build.contract.service_info import ServiceInfo
+from enclave_build.contract.service_info import ServiceInfo, ServicePort
+from enclave_build.model_server.preflight import spec_key_text
 
 from .. import build_stamp
 from ..errors import EnclaveBuildError, UsageError
@@ -481,8 +482,9 @@ def _connects(host: str, port: int) -> bool:
 
 
 def check_ports_free(info: ServiceInfo) -> None:
-    """DevError naming each port of the service that something else holds."""
-    busy = []
+    """DevError naming each port of the service that something else holds, the command that
+    shows who holds it, and the spec key that sets it."""
+    busy: list[ServicePort] = []
     for port in info.ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -491,12 +493,20 @@ def check_ports_free(info: ServiceInfo) -> None:
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
                     raise
-                busy.append(f"{port.number} ({port.name})")
+                busy.append(port)
     if busy:
+        keys = [spec_key_text(p.spec_key) for p in busy if p.spec_key]
+        where = (
+            f"set another port in the spec ({', '.join(keys)}) and rebuild (the port is "
+            "measured: the enclave's identity changes)"
+            if keys
+            else "set other ports in the spec and rebuild"
+        )
+        filters = " or ".join(f"sport = :{p.number}" for p in busy)
         raise DevError(
-            f"port {', '.join(busy)} in use on 127.0.0.1: the service "
-            f"{info.service} listens there. Stop what holds it (e.g. `ss -ltnp "
-            "'sport = :PORT'` names it), or set other ports in the spec"
+            f"port {', '.join(f'{p.number} ({p.name})' for p in busy)} in use on 127.0.0.1: "
+            f"the service {info.service} listens there. Stop what holds "
+            f"{'it' if len(busy) == 1 else 'them'} (`ss -ltnp '{filters}'` names it), or {where}"
         )
 
 
