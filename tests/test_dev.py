@@ -87,6 +87,11 @@ def test_a_build_records_its_inputs_and_each_change_is_named(tmp_path, standin_r
     assert _state(project).reason == "the spec changed"
     build(project / "spec.toml", output=project / "out")
     assert _state(project).up_to_date
+    # a spec change that changes a generated file (model-server.json): still the spec only
+    spec.write_text(spec.read_text().replace("\nthreads = 1\n", "\nthreads = 2\n"))
+    assert _state(project).reason == "the spec changed"
+    build(project / "spec.toml", output=project / "out")
+    assert _state(project).up_to_date
 
     assert _state(project, base=f"dir:{standin_root}/.").reason == "the base changed"
     (project / "keys/proj-key.key").unlink()
