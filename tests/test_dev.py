@@ -796,3 +796,44 @@ def test_runs_hint_names_a_dev_command_that_serves_this_build(tmp_path):
     assert f"`enclave-build dev SPEC --output {tmp_path / 'elsewhere'}` start it" in str(
         hints["elsewhere"]
     )
+
+
+def test_a_process_that_fails_is_summed_up_by_one_line_not_its_log_again():
+    """The log of a process dev started is streamed as it comes; when it ends early the error
+    does not print that log again: only its first error line (e.g. the model that cannot be
+    loaded), last."""
+    from enclave_build.builder.dev import DevSession
+    from enclave_build.builder.dev.processes import is_error_line
+
+    streamed: list[str] = []
+    session = DevSession.__new__(DevSession)  # only the processes matter here
+    session.secret_server = None
+    session.enclave = ManagedProcess(
+        "enclave",
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "for n in range(20): print(f'run: step {n}')\n"
+            "print('WARNING: SIMULATED ATTESTATION')\n"
+            "print('model_server: cannot load the models: ValueError: bad model')\n"
+            "print('Traceback (most recent call last):')\n"
+            "print('  File \"x.py\", line 1, in load_error')\n"
+            "print('run: the service ended')\n"
+            "sys.exit(1)\n",
+        ],
+        streamed.append,
+    )
+    session.enclave.start()
+    session.enclave.process.wait(30)
+    with pytest.raises(DevError) as ended:
+        session._check_alive("svc")
+    message = str(ended.value)
+    assert len(streamed) == 25 and "enclave | run: step 0" in streamed
+    assert "step" not in message  # the streamed log is not repeated
+    assert message.splitlines()[-1] == (
+        "  enclave | model_server: cannot load the models: ValueError: bad model"
+    )
+    assert message.startswith("the enclave ended before it was ready (exit status 1)")
+    assert is_error_line("error: not started: ...") and is_error_line("ValueError: x")
+    assert not is_error_line("WARNING: cannot verify") and not is_error_line("  File x, in f")

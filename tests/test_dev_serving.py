@@ -418,6 +418,10 @@ def test_errors_end_dev_with_the_reason_and_nothing_left_running(project):
     assert early.returncode == 1
     assert "error: the enclave ended before it was ready (exit status 2)" in early.stderr
     assert "error:   enclave | " in early.stderr and "no real Gramine" in early.stderr
+    # its log was streamed; the error is not that log again, but its first error line, last
+    lines = early.stderr.rstrip().splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[-2:]
+    assert lines[-1].startswith("error:   enclave | error: ") and "no real Gramine" in lines[-1]
     _nothing_left(project)
 
 
