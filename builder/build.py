@@ -339,6 +339,7 @@ def _build(
         )
     backend = registry.libos_backend(plan.libos)
     progress = progress or NullProgress()
+    check_base_keyword(base, spec)
     parse_source(base or plan.base_image)  # a bad reference fails before anything is written
     tidy_stale_temps(Path(tempfile.gettempdir()), "enclave-build")
     signer = make_signer(spec, Path(signature) if signature else None)
@@ -436,6 +437,30 @@ def check_output_dir(spec: Spec, out: Path, given: Path | None = None) -> None:
         written_by="`enclave-build build`",
         problem=build_output_problem,
         protected=output_inputs(spec),
+    )
+
+
+#: What `init --base standin` writes into a project (builder.init): the word is init's only.
+STANDIN_KEYWORD = "standin"
+PROJECT_STANDIN = f"{build_stamp.STATE_DIR}/standin"
+
+
+def check_base_keyword(base: str | None, spec: Spec) -> None:
+    """Refuse ``--base standin`` at once (UsageError, exit 2): a keyword of `init --base`, which
+    a build would look up as Docker Hub's ``library/standin``; the message gives the spelling
+    that works here."""
+    if base != STANDIN_KEYWORD:
+        return
+    found = spec.directory / PROJECT_STANDIN
+    how = (
+        f"this project has one: --base dir:{found}"
+        if (found / "usr").is_dir()
+        else "`enclave-build base standin DIR` makes one, then --base dir:DIR"
+    )
+    raise UsageError(
+        f"--base {base}: `standin` is a keyword of `enclave-build init --base` only; --base "
+        f"here takes an image reference (this one would be Docker Hub's library/standin). For a "
+        f"stand-in base, {how}"
     )
 
 

@@ -235,6 +235,31 @@ def test_build_never_empties_a_directory_it_did_not_write(tmp_path, standin_root
     assert "never emptied" in run_cli("build", "--help").stdout.decode()
 
 
+def test_base_standin_is_refused_at_once_with_the_spelling_that_works(tmp_path):
+    """`standin` is a keyword of `init --base`; given to build or dev it is refused at once
+    (exit 2, nothing looked up on Docker Hub) with the --base that works here."""
+    model = tmp_path / "m.tflite"
+    model.write_bytes(tflite_bytes(bytes(range(256)) * 4))
+    assert run_cli("init", "--model", str(model), "plain", cwd=tmp_path).returncode == 0
+    assert (
+        run_cli(
+            "init", "--model", str(model), "--base", "standin", "local", cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    for command in ("build", "dev"):
+        proc = run_cli(command, "plain", "--base", "standin", cwd=tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2, err
+        assert "--base standin: `standin` is a keyword of `enclave-build init --base` only" in err
+        assert "`enclave-build base standin DIR` makes one, then --base dir:DIR" in err
+        assert "registry" not in err and "docker.io" not in err
+        proc = run_cli(command, "local", "--base", "standin", cwd=tmp_path)
+        project_standin = (tmp_path / "local/.enclave-build/standin").resolve()
+        assert f"this project has one: --base dir:{project_standin}" in proc.stderr.decode()
+    assert not (tmp_path / "plain/out").exists() and not (tmp_path / "local/out").exists()
+
+
 def test_base_without_gramine_is_a_clear_error(tmp_path, signing_key):
     _project(tmp_path, signing_key)
     empty = tmp_path / "empty-root"

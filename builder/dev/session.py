@@ -167,12 +167,13 @@ class DevSession:
         service.json). :meth:`start` does it if it was not done."""
         if self._prepared is not None:
             return self._prepared
-        from ..build import build, load, make_plan
+        from ..build import build, check_base_keyword, load, make_plan
         from ..hashing import HashCache
         from ..plugins import PluginRegistry
 
         registry = PluginRegistry()
         spec, registry = load(self.spec_path, registry)
+        check_base_keyword(self.options.base, spec)  # before anything is built or started
         output = (self.options.output or spec.directory / "out").resolve()
         plan = make_plan(spec, registry)
         cache = HashCache()
