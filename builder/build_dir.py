@@ -19,32 +19,39 @@ DEFAULT_OUTPUT = "out"
 _GIVE = "give the --output directory of `enclave-build build`, or the project directory"
 
 
-def is_build_output(directory: Path, *, measurements: bool = True) -> bool:
-    """Whether *directory* holds a build: ``oci/`` (and ``measurements.json``)."""
-    return (directory / "oci").is_dir() and (
-        not measurements or (directory / MEASUREMENTS_FILE).is_file()
-    )
+#: What a command reads of a build output, by default (``run``): the image and its identity.
+IMAGE_AND_IDENTITY = ("oci", MEASUREMENTS_FILE)
+
+
+def _present(directory: Path, name: str) -> bool:
+    """``oci/`` is a directory, every other part of a build output a file."""
+    return (directory / name).is_dir() if name == "oci" else (directory / name).is_file()
+
+
+def is_build_output(directory: Path, needs: tuple[str, ...] = IMAGE_AND_IDENTITY) -> bool:
+    """Whether *directory* holds what a command *needs* of a build."""
+    return all(_present(directory, name) for name in needs)
 
 
 def build_output(
     path: str | Path,
     *,
-    measurements: bool = True,
+    needs: tuple[str, ...] = IMAGE_AND_IDENTITY,
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """The build output *path* names: *path* itself, or for a project directory its
-    ``out/`` (said through *log*). *measurements* False accepts a build output without
-    measurements.json (``inspect`` reads the image alone). UsageError otherwise."""
+    ``out/`` (said through *log*). *needs*: what the command reads of it (``oci``,
+    ``measurements.json``, ``service.json``). UsageError otherwise."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such build directory ({_GIVE})")
     if not path.is_dir():
         raise UsageError(f"{path}: not a directory ({_GIVE})")
-    if is_build_output(path, measurements=measurements):
+    if is_build_output(path, needs):
         return path
-    if (path / SPEC_NAME).is_file() and not (path / "oci").exists():
+    if (path / SPEC_NAME).is_file() and not (path / MEASUREMENTS_FILE).exists():
         output = path / DEFAULT_OUTPUT
-        if is_build_output(output, measurements=measurements):
+        if is_build_output(output, needs):
             if log is not None:
                 log(f"{path} is a project directory: reading its build output {output}")
             return output
@@ -53,15 +60,16 @@ def build_output(
             f"`enclave-build build {path}` writes one there (for a build written elsewhere, "
             "give its --output directory)"
         )
-    if not (path / "oci").is_dir():
+    if "oci" in needs and not (path / "oci").is_dir():
         raise UsageError(
             f"{path / 'oci'}: no OCI image layout; is {path} the output directory of "
             f"`enclave-build build`? ({_GIVE})"
         )
+    missing = next(name for name in needs if not _present(path, name))
     raise UsageError(
-        f"{path / MEASUREMENTS_FILE}: not found; {path} is not a complete build output (the "
-        "build's identity is missing: build again)"
+        f"{path / missing}: not found; is {path} the output directory of `enclave-build "
+        f"build`? ({_GIVE})"
     )
 
 
-__all__ = ["build_output", "is_build_output", "DEFAULT_OUTPUT"]
+__all__ = ["build_output", "is_build_output", "DEFAULT_OUTPUT", "IMAGE_AND_IDENTITY"]

@@ -384,7 +384,7 @@ def test_errors_end_dev_with_the_reason_and_nothing_left_running(project):
     assert busy.returncode == 1, busy.stderr
     assert f"error: port {project['rest']} (http) in use on 127.0.0.1" in busy.stderr
     assert f"`ss -ltnp 'sport = :{project['rest']}'` names it" in busy.stderr
-    assert "set another port in the spec ([tflite] rest_port) and rebuild" in busy.stderr
+    assert "set another port in the spec ([openvino] rest_port) and rebuild" in busy.stderr
     _nothing_left(project)
 
     # something that is not a secret server at the secret server's address

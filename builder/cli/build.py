@@ -184,7 +184,7 @@ def inspect(image: str, as_json: bool, extract_dir: Path | None) -> None:
         if Path(image).is_dir() and not (Path(image) / "oci-layout").is_file():
             # a build output, or a project directory (its out/); not a bare OCI layout
             image = str(
-                build_output(image, measurements=False, log=lambda line: click.echo(line, err=True))
+                build_output(image, needs=("oci",), log=lambda line: click.echo(line, err=True))
             )
         if extract_dir is not None:
             extraction = extract_image(image, extract_dir)

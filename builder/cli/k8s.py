@@ -134,11 +134,15 @@ def k8s(
     every capability dropped and seccomp RuntimeDefault. Probes use the model server's
     /v2/health/{live,ready}; the startup probe allows for creating an enclave of that size.
     """
+    from enclave_build.contract.names import MEASUREMENTS_FILE
+
     from ..build_dir import build_output
     from ..k8s.generate import Overrides, generate_k8s
 
     with errors():
-        build_dir = build_output(build_dir, log=lambda line: click.echo(line, err=True))
+        build_dir = build_output(
+            build_dir, needs=(MEASUREMENTS_FILE,), log=lambda line: click.echo(line, err=True)
+        )
         manifests, notes = generate_k8s(
             build_dir,
             output,
@@ -261,7 +265,9 @@ def plan_capacity(
     with errors():
         attests, margin = not no_attestation, None
         if build_dir is not None:
-            build_dir = build_output(build_dir, log=lambda line: click.echo(line, err=True))
+            build_dir = build_output(
+                build_dir, needs=(SERVICE_FILE,), log=lambda line: click.echo(line, err=True)
+            )
             info = ServiceInfo.load(build_dir / SERVICE_FILE)
             enclave_size = enclave_size or info.enclave.size
             libos = libos or info.libos
