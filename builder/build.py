@@ -41,6 +41,7 @@ from .image.sources import open_base
 from .key_scan import KeyScanner
 from .leak_guard import check_model_paths, scan_artifacts, scan_plan
 from .model_check import check_models, warn_stateful
+from .output_dir import Protected, build_output_problem, check_replaceable
 from .plan import ServicePlan
 from .plugin_types import (
     BuildOptions,
@@ -305,6 +306,8 @@ def _build(
         recover_output(out)
         tidy_stale_temps(out.parent, out.name)
     spec, registry = load(spec_path, registry)
+    if out is not None:  # before anything is read or written: nothing of the user's is lost
+        check_output_dir(spec, out, Path(output) if output else out)
     plan = make_plan(spec, registry)
     if image.tag:
         try:
@@ -329,6 +332,7 @@ def _build(
         )
     backend = registry.libos_backend(plan.libos)
     progress = progress or NullProgress()
+    check_base_keyword(base, spec)
     parse_source(base or plan.base_image)  # a bad reference fails before anything is written
     tidy_stale_temps(Path(tempfile.gettempdir()), "enclave-build")
     signer = make_signer(spec, Path(signature) if signature else None)
@@ -396,6 +400,61 @@ def _build(
         if own_cache:
             cache.close()
     return result
+
+
+def output_inputs(spec: Spec) -> list[Protected]:
+    """What of *spec*'s inputs a build output directory must not be or contain."""
+    items = [Protected("the spec's directory", spec.directory)]
+    for index, model in enumerate(spec.models):
+        items.append(Protected(f"models[{index}].path", model.path, inside_too=model.path.is_dir()))
+    items.append(Protected("[secrets] keys_dir", spec.secrets.keys_dir))
+    named = [
+        ("[secrets] ca", spec.secrets.ca),
+        ("[tls] cert", spec.tls.cert if spec.tls else None),
+        ("[tls] key", spec.tls.key if spec.tls else None),
+        ("[signing] key", spec.signing.key),
+        ("[signing] public_key", spec.signing.public_key),
+        ("[signing] signature", spec.signing.signature),
+    ]
+    items += [Protected(what, path) for what, path in named if path is not None]
+    return items
+
+
+def check_output_dir(spec: Spec, out: Path, given: Path | None = None) -> None:
+    """Refuse (UsageError, exit 2) an output directory the build must not replace: one that
+    is or contains an input of *spec*, or holds anything but an earlier build output
+    (builder.output_dir). *given*: the directory as the user wrote it, for the message."""
+    check_replaceable(
+        given or out,
+        option="--output",
+        written_by="`enclave-build build`",
+        problem=build_output_problem,
+        protected=output_inputs(spec),
+    )
+
+
+#: What `init --base standin` writes into a project (builder.init): the word is init's only.
+STANDIN_KEYWORD = "standin"
+PROJECT_STANDIN = f"{build_stamp.STATE_DIR}/standin"
+
+
+def check_base_keyword(base: str | None, spec: Spec) -> None:
+    """Refuse ``--base standin`` at once (UsageError, exit 2): a keyword of `init --base`, which
+    a build would look up as Docker Hub's ``library/standin``; the message gives the spelling
+    that works here."""
+    if base != STANDIN_KEYWORD:
+        return
+    found = spec.directory / PROJECT_STANDIN
+    how = (
+        f"this project has one: --base dir:{found}"
+        if (found / "usr").is_dir()
+        else "`enclave-build base standin DIR` makes one, then --base dir:DIR"
+    )
+    raise UsageError(
+        f"--base {base}: `standin` is a keyword of `enclave-build init --base` only; --base "
+        f"here takes an image reference (this one would be Docker Hub's library/standin). For a "
+        f"stand-in base, {how}"
+    )
 
 
 def _check_push_target(tag: str) -> None:

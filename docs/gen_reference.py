@@ -1014,6 +1014,14 @@ def page_outputs() -> str:
         "`enclave-build build SPEC` writes its output directory (`--output`, default `out/` "
         "next to the spec) atomically: a failed build leaves the previous output as it "
         "was. Keys never go into it.\n\n",
+        "The directory is replaced as a whole, so a build writes it only when it is new, "
+        "empty or an earlier build output: `measurements.json` and `oci/` (with its "
+        "`oci-layout`), besides them only the other files below. A directory holding anything "
+        "else, or one that is or contains the spec's directory, a model, `[secrets] "
+        "keys_dir` or the CA, TLS and signing files, is refused (exit 2, naming it and why) "
+        "and left as it is; `enclave-build dev` builds the same way. `enclave-build k8s "
+        "--output` follows the same rule for what it writes (a marker file, "
+        "`.enclave-build-k8s`, recognises its output).\n\n",
     ]
     files = output_files()
     out.append(table(["file", "what it is"], [[code(f.name), cell(f.what)] for f in files]))

@@ -7,8 +7,9 @@ Python environment) fetched it for nothing and reported the real problem late, i
 library's words (a gRPC C++ log line). So :func:`preflight` runs first, and says in one line
 what is wrong and what to change:
 
-* a missing runtime names the module and the install line (``pip install
-  'enclave-build[serve]'`` for the server and the builtin backends, a backend's own
+* a missing runtime names the module and the install line (the distributions of
+  enclave-build's ``serve`` extra for the server and the builtin backends,
+  :func:`~model_server.runtimes.serve_install_command`; a backend's own
   :attr:`~model_server.backends.Backend.runtimes` for plugins);
 * a port in use names the spec key that set it (``[tflite] grpc_port``, carried in
   model-server.json): the port is measured into the enclave, so another port is a rebuild.
@@ -164,7 +165,7 @@ def runtime_failures(
         failures.append(
             Failure(
                 f"{who} needs the Python module {runtime.describe()}, which is "
-                f"not installed where the server runs: {runtime.install}",
+                f"not installed where the server runs: {runtime.install_command()}",
                 MISSING_RUNTIME,
             )
         )

@@ -184,6 +184,84 @@ def test_failed_build_keeps_previous_output(tmp_path, standin_root, signing_key)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.relative_to(root).parts[0] == "cache"  # the tests' own cache
+    }
+
+
+def test_build_never_empties_a_directory_it_did_not_write(tmp_path, standin_root):
+    """`--output DIR` replaces DIR as a whole: a directory holding the user's files (the
+    model, the CA, notes) or the project itself is refused (exit 2, naming it and why) and left
+    as it was; a new or empty directory, or an earlier build output, is written."""
+    model = tmp_path / "m.tflite"
+    model.write_bytes(tflite_bytes(bytes(range(256)) * 4))
+    init = run_cli(
+        "init", "--model", str(model), "--base", f"dir:{standin_root}", "wipe", cwd=tmp_path
+    )
+    assert init.returncode == 0, init.stderr.decode()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    refused = [
+        ("wipe/models", "it contains models[0].path"),
+        ("wipe/tls", "it contains [secrets] ca"),
+        ("wipe", "it is the spec's directory"),
+        (".", "it contains the spec's directory"),
+        ("wipe/keys", "it is [secrets] keys_dir"),
+        ("notes", "not replacing this directory: it holds notes.txt, which no build output holds"),
+    ]
+    for output, why in refused:
+        proc = run_cli("build", "-q", "wipe", "--output", output, cwd=tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2, (output, err)
+        assert f"error: --output {output}: {why}" in err, err
+    dev = run_cli("dev", "wipe", "--output", "wipe/models", cwd=tmp_path)  # builds the same way
+    assert dev.returncode == 2 and "it contains models[0].path" in dev.stderr.decode()
+    assert _tree(tmp_path) == before  # nothing removed, nothing written (not even a wrap key)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for _ in range(2):  # new/empty, then an earlier build output: replaced
+        proc = run_cli("build", "-q", "wipe", "--output", "empty", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr.decode()
+    assert (empty / "measurements.json").is_file() and (empty / "oci" / "oci-layout").is_file()
+    (empty / "deploy").mkdir()  # something of the user's in an earlier output
+    proc = run_cli("build", "-q", "wipe", "--output", "empty", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--output empty: not replacing this directory: it holds deploy" in proc.stderr.decode()
+    assert (empty / "deploy").is_dir()
+    assert "never emptied" in run_cli("build", "--help").stdout.decode()
+
+
+def test_base_standin_is_refused_at_once_with_the_spelling_that_works(tmp_path):
+    """`standin` is a keyword of `init --base`; given to build or dev it is refused at once
+    (exit 2, nothing looked up on Docker Hub) with the --base that works here."""
+    model = tmp_path / "m.tflite"
+    model.write_bytes(tflite_bytes(bytes(range(256)) * 4))
+    assert run_cli("init", "--model", str(model), "plain", cwd=tmp_path).returncode == 0
+    assert (
+        run_cli(
+            "init", "--model", str(model), "--base", "standin", "local", cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    for command in ("build", "dev"):
+        proc = run_cli(command, "plain", "--base", "standin", cwd=tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2, err
+        assert "--base standin: `standin` is a keyword of `enclave-build init --base` only" in err
+        assert "`enclave-build base standin DIR` makes one, then --base dir:DIR" in err
+        assert "registry" not in err and "docker.io" not in err
+        proc = run_cli(command, "local", "--base", "standin", cwd=tmp_path)
+        project_standin = (tmp_path / "local/.enclave-build/standin").resolve()
+        assert f"this project has one: --base dir:{project_standin}" in proc.stderr.decode()
+    assert not (tmp_path / "plain/out").exists() and not (tmp_path / "local/out").exists()
+
+
 def test_base_without_gramine_is_a_clear_error(tmp_path, signing_key):
     _project(tmp_path, signing_key)
     empty = tmp_path / "empty-root"

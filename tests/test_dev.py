@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import shutil
 import socket
 import ssl
 import sys
@@ -83,6 +84,11 @@ def test_a_build_records_its_inputs_and_each_change_is_named(tmp_path, standin_r
 
     spec = project / "spec.toml"
     spec.write_text(spec.read_text().replace("isv_svn = 0", "isv_svn = 1"))
+    assert _state(project).reason == "the spec changed"
+    build(project / "spec.toml", output=project / "out")
+    assert _state(project).up_to_date
+    # a spec change that changes a generated file (model-server.json): still the spec only
+    spec.write_text(spec.read_text().replace("\nthreads = 1\n", "\nthreads = 2\n"))
     assert _state(project).reason == "the spec changed"
     build(project / "spec.toml", output=project / "out")
     assert _state(project).up_to_date
@@ -439,16 +445,23 @@ def test_ports_in_use_are_named():
         "tflite",
         "gramine",
         EnclaveInfo(1 << 30, 8),
-        (ServicePort("grpc", free), ServicePort("http", busy)),
+        (
+            ServicePort("grpc", free, spec_key="tflite.grpc_port"),
+            ServicePort("http", busy, spec_key="tflite.rest_port"),
+        ),
         Health("kserve-v2", "http"),
         RunAs(10001, 0),
     )
     try:
-        with pytest.raises(DevError, match=rf"port {busy} \(http\) in use on 127.0.0.1"):
+        with pytest.raises(DevError, match=rf"port {busy} \(http\) in use on 127.0.0.1") as held:
             check_ports_free(info)
     finally:
         holder.close()
     check_ports_free(info)
+    # the real port to look up, and the key that sets it (no placeholders)
+    assert f"`ss -ltnp 'sport = :{busy}'` names it" in str(held.value)
+    assert "PORT" not in str(held.value)
+    assert "set another port in the spec ([tflite] rest_port) and rebuild" in str(held.value)
 
 
 # --------------------------------------------------------------------------- init, build DIR
@@ -471,7 +484,7 @@ def test_model_names_come_from_the_file_stem_in_the_spec_grammar(tmp_path, file,
 
 def test_init_names_the_model_and_force_refreshes_it(tmp_path):
     model = tmp_path / "Wake Word.tflite"
-    model.write_bytes(b"TFL3 one")
+    model.write_bytes(tflite_bytes(b"one"))
     result = init_project(tmp_path / "p", model=model)
     spec = tomllib.loads(result.spec.read_text())
     assert spec["models"][0] == {
@@ -479,13 +492,13 @@ def test_init_names_the_model_and_force_refreshes_it(tmp_path):
         "path": "models/Wake Word.tflite",
         "encrypt": True,
     }
-    model.write_bytes(b"TFL3 two")
+    model.write_bytes(tflite_bytes(b"two"))
     with pytest.raises(UsageError, match="already exist"):
         init_project(tmp_path / "p", model=model)
     key = result.key.read_bytes()
     ca = (tmp_path / "p/tls/ca.pem").read_bytes()
     again = init_project(tmp_path / "p", model=model, force=True)
-    assert (tmp_path / "p/models/Wake Word.tflite").read_bytes() == b"TFL3 two"
+    assert (tmp_path / "p/models/Wake Word.tflite").read_bytes() == tflite_bytes(b"two")
     assert again.key.read_bytes() == key and (tmp_path / "p/tls/ca.pem").read_bytes() == ca
     ignored = (tmp_path / "p/.gitignore").read_text().splitlines()
     assert {"keys/", "tls/server.key", ".enclave-build/"} <= set(ignored)
@@ -591,6 +604,39 @@ def test_build_prints_the_dev_step(tmp_path, standin_root):
     proc = run_cli("build", "proj", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().rstrip().endswith("enclave-build dev proj")
+
+
+def test_the_printed_dev_step_serves_what_was_built_with_base_and_output(
+    tmp_path, standin_root, monkeypatch
+):
+    """`build DIR --base dir:ROOTFS --output OUT` prints a `dev` command with the same --base
+    and --output: run as printed (its arguments through dev's own parser), it finds the build
+    up to date instead of rebuilding on the spec's default base."""
+    import shlex
+
+    from enclave_build.builder.cli.dev import dev as dev_command
+    from enclave_build.builder.dev import DevOptions, DevSession
+
+    _project(tmp_path, standin_root)
+    spec = tmp_path / "proj/spec.toml"
+    spec.write_text(spec.read_text().replace(f'base = "dir:{standin_root}"\n', ""))
+    rootfs = tmp_path / "rootfs"
+    shutil.copytree(standin_root, rootfs, symlinks=True)
+    proc = run_cli("build", "proj", "--base", "dir:rootfs", "--output", "built", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    printed = proc.stdout.decode().rstrip().splitlines()[-1].strip()
+    assert printed == "enclave-build dev proj --base dir:rootfs --output built"
+    words = shlex.split(printed)
+    params = dev_command.make_context("dev", words[2:]).params
+    monkeypatch.chdir(tmp_path)
+    notes: list[str] = []
+    session = DevSession(
+        params["spec"],
+        DevOptions(output=params["output"], base=params["base"]),
+        log=notes.append,
+    )
+    session.prepare()
+    assert notes == [f"dev: {(tmp_path / 'built').resolve()} is up to date"], notes
 
 
 # --------------------------------------------------------------------------- example models
@@ -709,3 +755,85 @@ def test_dev_reports_a_spec_error_with_file_line_and_key(tmp_path):
     )
     usage = run_cli("dev", "p", "--input", str(tmp_path / "p/spec.toml"), cwd=tmp_path)
     assert usage.returncode == 2 and "--input and --model go with --once" in usage.stderr.decode()
+
+
+def test_runs_hint_names_a_dev_command_that_serves_this_build(tmp_path):
+    """After a run that found no secret server: the `dev` command it names is the project's,
+    with --output when the build is not the project's out/ (else dev would build elsewhere)."""
+    from enclave_build.builder.run.runner import secret_server_hint
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    info = ServiceInfo(
+        "svc",
+        "tflite",
+        "gramine",
+        EnclaveInfo(1 << 30, 8),
+        (ServicePort("http", 1),),
+        Health("tcp", "http"),
+        RunAs(10001, 0),
+        keys=("svc-key",),
+        secret_server=f"127.0.0.1:{port}",
+    )
+    project = tmp_path / "proj"
+    for build_dir in (project / "out", project / "built", tmp_path / "elsewhere"):
+        build_dir.mkdir(parents=True)
+        (build_dir / "service.json").write_text(info.to_json())
+    (project / "spec.toml").write_text("")
+    hints = {
+        name: secret_server_hint(directory)
+        for name, directory in [
+            ("out", project / "out"),
+            ("built", project / "built"),
+            ("elsewhere", tmp_path / "elsewhere"),
+        ]
+    }
+    assert f"`enclave-build dev {project}` start it" in str(hints["out"])
+    assert f"`enclave-build dev {project} --output {project / 'built'}` start it" in str(
+        hints["built"]
+    )
+    assert f"`enclave-build dev SPEC --output {tmp_path / 'elsewhere'}` start it" in str(
+        hints["elsewhere"]
+    )
+
+
+def test_a_process_that_fails_is_summed_up_by_one_line_not_its_log_again():
+    """The log of a process dev started is streamed as it comes; when it ends early the error
+    does not print that log again: only its first error line (e.g. the model that cannot be
+    loaded), last."""
+    from enclave_build.builder.dev import DevSession
+    from enclave_build.builder.dev.processes import is_error_line
+
+    streamed: list[str] = []
+    session = DevSession.__new__(DevSession)  # only the processes matter here
+    session.secret_server = None
+    session.enclave = ManagedProcess(
+        "enclave",
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "for n in range(20): print(f'run: step {n}')\n"
+            "print('WARNING: SIMULATED ATTESTATION')\n"
+            "print('model_server: cannot load the models: ValueError: bad model')\n"
+            "print('Traceback (most recent call last):')\n"
+            "print('  File \"x.py\", line 1, in load_error')\n"
+            "print('run: the service ended')\n"
+            "sys.exit(1)\n",
+        ],
+        streamed.append,
+    )
+    session.enclave.start()
+    session.enclave.process.wait(30)
+    with pytest.raises(DevError) as ended:
+        session._check_alive("svc")
+    message = str(ended.value)
+    assert len(streamed) == 25 and "enclave | run: step 0" in streamed
+    assert "step" not in message  # the streamed log is not repeated
+    assert message.splitlines()[-1] == (
+        "  enclave | model_server: cannot load the models: ValueError: bad model"
+    )
+    assert message.startswith("the enclave ended before it was ready (exit status 1)")
+    assert is_error_line("error: not started: ...") and is_error_line("ValueError: x")
+    assert not is_error_line("WARNING: cannot verify") and not is_error_line("  File x, in f")

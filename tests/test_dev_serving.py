@@ -383,6 +383,8 @@ def test_errors_end_dev_with_the_reason_and_nothing_left_running(project):
         holder.close()
     assert busy.returncode == 1, busy.stderr
     assert f"error: port {project['rest']} (http) in use on 127.0.0.1" in busy.stderr
+    assert f"`ss -ltnp 'sport = :{project['rest']}'` names it" in busy.stderr
+    assert "set another port in the spec ([openvino] rest_port) and rebuild" in busy.stderr
     _nothing_left(project)
 
     # something that is not a secret server at the secret server's address
@@ -416,6 +418,10 @@ def test_errors_end_dev_with_the_reason_and_nothing_left_running(project):
     assert early.returncode == 1
     assert "error: the enclave ended before it was ready (exit status 2)" in early.stderr
     assert "error:   enclave | " in early.stderr and "STAND-IN base" in early.stderr
+    # its log was streamed; the error is not that log again, but its first error line, last
+    lines = early.stderr.rstrip().splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[-2:]
+    assert lines[-1].startswith("error:   enclave | error: ") and "STAND-IN base" in lines[-1]
     _nothing_left(project)
 
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import ssl
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import venv
 
 import pytest
 from click.testing import CliRunner
@@ -13,6 +19,9 @@ from enclave_build.builder import doctor
 from enclave_build.builder.cli import main
 from enclave_build.builder.doctor import MISSING, OK, WARN, Probes, diagnose
 from enclave_build.contract.names import STANDIN_MARKER
+from enclave_build.model_server.runtimes import serve_install_command, serve_requirements
+
+from .conftest import REPO
 
 IDS = [
     "docker.engine",
@@ -26,7 +35,21 @@ IDS = [
     "runtime.ai_edge_litert",
     "runtime.openvino",
     "runtime.grpc",
+    "runtime.httptools",
 ]
+
+
+#: The distributions of pyproject.toml's `serve` extra (what the install lines must name).
+SERVE_DISTRIBUTIONS = {
+    re.match(r"[A-Za-z0-9._-]+", r).group(0).lower()
+    for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["serve"]
+}
+
+
+def _name(requirement: str) -> str:
+    return re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower()
 
 
 class Bare(Probes):
@@ -42,7 +65,11 @@ class Bare(Probes):
         self.http_result: object = 200
         self.config: tuple = (None, {})
         self.root = 1000
+        self.checkout_dir = None  # an installed enclave-build (no checkout)
         self.__dict__.update(overrides)
+
+    def checkout(self):
+        return self.checkout_dir
 
     def env(self, name):
         return self.env_vars.get(name)
@@ -104,8 +131,15 @@ def test_a_bare_machine_gets_a_fix_for_everything_and_nothing_is_contacted():
     assert "--base dir:" in checks["docker.engine"].fix
     assert "5.11" in checks["sgx.enclave_device"].fix and "DCAP" in checks["sgx.enclave_device"].fix
     assert "not configured" in checks["sgx.pccs"].detail
-    assert "pip install ai-edge-litert" in checks["runtime.ai_edge_litert"].fix
-    assert "pip install 'enclave-build[serve]'" in checks["runtime.openvino"].fix
+    # enclave-build is not on PyPI: the fix names the serve extra's own distributions
+    serve = serve_requirements()
+    assert serve is not None and {_name(r) for r in serve} == SERVE_DISTRIBUTIONS
+    litert = next(r for r in serve if _name(r) == "ai-edge-litert")
+    assert f"-m pip install '{litert}'" in checks["runtime.ai_edge_litert"].fix
+    assert serve_install_command(serve) in checks["runtime.openvino"].fix
+    assert "httptools" in checks["runtime.httptools"].detail
+    for check in report.checks:
+        assert "enclave-build[serve]" not in str(check.fix), check.id
     for check in report.checks:  # an installed enclave-build has no checkout's files
         for checkout_only in ("scripts/", "constraints.txt", "examples/", "demo.sh"):
             assert checkout_only not in f"{check.detail} {check.fix}", (check.id, checkout_only)
@@ -151,7 +185,12 @@ def test_a_complete_sgx_machine():
                 "credsStore": None,
             },
         ),
-        modules={"ai_edge_litert": "2.3.0", "openvino": "2026.4", "grpc": "1.85"},
+        modules={
+            "ai_edge_litert": "2.3.0",
+            "openvino": "2026.4",
+            "grpc": "1.85",
+            "httptools": "0.9.0",
+        },
         root=0,
     )
     report = diagnose(probes=probes)
@@ -290,3 +329,72 @@ def test_help_has_an_example():
     for command in (["doctor"], ["init"]):
         result = CliRunner().invoke(main, [*command, "--help"])
         assert result.exit_code == 0 and "Example" in result.output
+
+
+def _hiding_env(tmp_path, modules: tuple[str, ...]) -> dict[str, str]:
+    """Environment for a Python whose import system does not find *modules*."""
+    site = tmp_path / "hide"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        f"import sys\nHIDDEN = {set(modules)!r}\n\n\n"
+        "class _NotInstalled:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in HIDDEN:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "        return None\n\n\n"
+        "sys.meta_path.insert(0, _NotInstalled())\n"
+    )
+    return {"PYTHONPATH": str(site)}
+
+
+@pytest.mark.parametrize("pipx", [False, True])
+def test_doctor_names_the_serve_extras_distributions_for_this_install(tmp_path, pipx):
+    """`enclave-build doctor` where a runtime is missing (httptools, which the REST listener
+    needs): the fix installs the serve extra's own distributions (read from the installed
+    metadata) with this Python's pip, or with `pipx inject` when enclave-build runs from a pipx
+    environment; never `pip install 'enclave-build[serve]'` (no such package on PyPI)."""
+    import os
+
+    python = sys.executable
+    if pipx:  # a pipx-style environment (.../pipx/venvs/enclave-build) seeing this install
+        env_dir = tmp_path / "pipx" / "venvs" / "enclave-build"
+        venv.EnvBuilder(with_pip=False).create(env_dir)
+        (next(env_dir.glob("lib/python*/site-packages")) / "this-install.pth").write_text(
+            f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
+        )
+        python = str(env_dir / "bin" / "python")
+    proc = subprocess.run(
+        [python, "-m", "enclave_build", "doctor", "--json"],
+        env={**os.environ, **_hiding_env(tmp_path, ("httptools",))},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    check = {c["id"]: c for c in json.loads(proc.stdout)["checks"]}["runtime.httptools"]
+    assert check["status"] == MISSING and "REST listener" in check["detail"]
+    fix = check["fix"]
+    head = "pipx inject enclave-build " if pipx else f"{python} -m pip install "
+    assert fix.startswith(head + "'httptools"), fix
+    assert "enclave-build[serve]" not in fix
+    serve_line = fix.split("`serve` extra: ", 1)[1]
+    assert serve_line.startswith(head)
+    assert {_name(w.strip("'")) for w in serve_line[len(head) :].rstrip(")").split()} == (
+        SERVE_DISTRIBUTIONS
+    )
+
+
+def test_the_gramine_archive_is_looked_for_beside_a_checkout_only():
+    """Installed (pipx, site-packages), doctor looks at $GRAMINE_ARCHIVE only and says how to
+    get a base; a checkout also looks beside it (../shared/gramine/)."""
+    from pathlib import Path
+
+    installed = _by_id(diagnose(probes=Bare()))["realbase.gramine_archive"]
+    assert installed.status == WARN
+    assert installed.detail.startswith("none given ($GRAMINE_ARCHIVE is not set)")
+    assert "shared/gramine" not in installed.detail + installed.fix
+    assert "`enclave-build base gramine ROOTFS` (root) makes a real base" in installed.fix
+    checkout = _by_id(diagnose(probes=Bare(checkout_dir=Path("/src/enclave-build"))))
+    assert checkout["realbase.gramine_archive"].detail.startswith(
+        "/src/shared/gramine/gramine-1.9-debian12-x86_64.tar.gz not found"
+    )

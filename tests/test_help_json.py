@@ -72,6 +72,7 @@ SCHEMAS = {
         "model",
         "base",
         "tls_created",
+        "spec_edited",
         "next_steps",
     },
     "enclave-build doctor": {"schema", "ok", "counts", "checks"},

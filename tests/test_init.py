@@ -23,7 +23,7 @@ from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.builder.spec import SpecError, load_spec
 from enclave_build.contract.schema import Field, Section
 
-from .conftest import run_cli, tflite_bytes
+from .conftest import onnx_bytes, run_cli, saved_model_dir, tflite_bytes
 
 BUILTIN = ("tflite", "tfserving", "openvino")
 
@@ -157,7 +157,10 @@ def test_cli_prints_every_next_step_to_dev(tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
     assert "enclave-build init --force --model YOUR_MODEL svc" in out
-    assert "enclave-build init --force --base standin svc" in out
+    base_step = (
+        "enclave-build init --force --base standin --secret-server secrets.example.com:4433 svc"
+    )
+    assert base_step in out
     assert "enclave-build build svc\n" in out and "enclave-build dev svc\n" in out
     for checkout_only in ("scripts/", "examples/", ".venv", "docs/"):
         assert checkout_only not in out, checkout_only
@@ -186,6 +189,7 @@ def test_cli_prints_every_next_step_to_dev(tmp_path):
         "model",
         "base",
         "tls_created",
+        "spec_edited",
         "next_steps",
     }
     assert info["tls_created"] is True and info["model"] is None and info["base"] is None
@@ -322,7 +326,7 @@ def test_init_model_copies_it_and_the_printed_commands_build_it(tmp_path):
 
 def test_init_model_refusals_write_nothing(tmp_path):
     model = tmp_path / "m.tflite"
-    model.write_bytes(b"TFL3")
+    model.write_bytes(tflite_bytes())
     with pytest.raises(UsageError, match="serves no models"):
         init_project(tmp_path / "srv", framework="secret-server", model=model)
     assert not (tmp_path / "srv").exists()
@@ -358,3 +362,167 @@ def test_init_secret_server_writes_its_own_spec_and_steps(tmp_path):
     assert any(
         "secret-server.policies: required key is missing" in line for line in missing.value.lines()
     ), missing.value.lines()
+
+
+def _written(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_init_picks_the_framework_that_serves_the_model_and_refuses_one_that_cannot(tmp_path):
+    """Without --framework, init takes the framework from the model (and says which); a named
+    framework that cannot serve it, or a file that is no model, is exit 2 with nothing
+    written."""
+    (tmp_path / "silero_vad.onnx").write_bytes(onnx_bytes(bytes(64)))
+    (tmp_path / "face.xml").write_text('<net name="face"><layers/></net>')
+    (tmp_path / "face.bin").write_bytes(bytes(16))
+    (tmp_path / "wake.tflite").write_bytes(tflite_bytes(bytes(64)))
+    saved_model_dir(tmp_path / "saved" / "1")
+    for model, framework in [
+        ("silero_vad.onnx", "openvino"),
+        ("face.xml", "openvino"),
+        ("wake.tflite", "tflite"),
+        ("saved/1", "tfserving"),
+    ]:
+        project = f"p-{framework}-{Path(model).stem}".replace("_", "-")
+        proc = run_cli("init", "--model", model, project, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert f"framework {framework}: chosen for {Path(model).name}" in proc.stderr.decode()
+        assert f"framework {framework}, model" in proc.stdout.decode()
+        spec = tomllib.loads((tmp_path / project / "spec.toml").read_text())
+        assert spec["service"]["framework"] == framework, model
+        load_spec(tmp_path / project / "spec.toml", _sections())  # a spec that validates
+
+    wrong = run_cli(
+        "init", "--framework", "tflite", "--model", "silero_vad.onnx", "nope", cwd=tmp_path
+    )
+    assert wrong.returncode == 2
+    err = wrong.stderr.decode()
+    assert "--model silero_vad.onnx: framework tflite does not serve it" in err
+    assert "Frameworks that serve it: openvino (--framework openvino" in err
+    assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize(
+    "name, content, says",
+    [
+        ("fake.xml", b"<net/>", "its weights fake.bin are not next to it"),
+        ("notes.tflite", b"these are my notes, not a model\n" * 4, "not a TFLite model"),
+        ("readme.onnx", b"hello\n", "no installed framework serves it"),
+        ("notes.txt", b"hello\n", "no installed framework serves it"),
+    ],
+)
+def test_init_refuses_what_is_not_a_model_before_writing_anything(tmp_path, name, content, says):
+    (tmp_path / name).write_bytes(content)
+    proc = run_cli("init", "--model", name, "p", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout.decode()
+    assert f"error: --model {name}: " in proc.stderr.decode() and says in proc.stderr.decode()
+    assert not (tmp_path / "p").exists()
+
+
+def test_force_model_replaces_only_the_model(tmp_path):
+    """`init --force --model NEW DIR` on a project: the new copy, models[0] path and name set in
+    place (the user's edits and comments stay), the old copy gone, keys and tls/ untouched; a
+    model the project's framework cannot serve (or another option) is refused, nothing
+    written."""
+    (tmp_path / "old_model.tflite").write_bytes(tflite_bytes(bytes(64)))
+    (tmp_path / "new_model.tflite").write_bytes(tflite_bytes(bytes(range(128))))
+    (tmp_path / "vad.onnx").write_bytes(onnx_bytes(bytes(64)))
+    base = "dir:/srv/gramine-base"
+    first = run_cli("init", "--model", "old_model.tflite", "--base", base, "p", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr.decode()
+    project = tmp_path / "p"
+    spec = project / "spec.toml"
+    text = spec.read_text()
+    text = text.replace('size = "2G"', 'size = "1G"  # mine: the model is small')
+    text = text.replace('# tag = "p:latest"', 'tag = "registry.example.com/p:7"')
+    spec.write_text(text + "# my own note\n")
+    kept = {k: v for k, v in _written(project).items() if k.startswith(("keys/", "tls/"))}
+
+    proc = run_cli("init", "--force", "--model", "new_model.tflite", "p", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "updated p/spec.toml" in proc.stdout.decode()
+    assert "removed p/models/old_model.tflite" in proc.stderr.decode()
+    assert sorted(p.name for p in (project / "models").iterdir()) == ["new_model.tflite"]
+    edited = spec.read_text()
+    assert (
+        edited
+        == text.replace('name = "old_model"', 'name = "new_model"').replace(
+            '"models/old_model.tflite"', '"models/new_model.tflite"'
+        )
+        + "# my own note\n"
+    )
+    data = tomllib.loads(edited)
+    assert data["enclave"]["size"] == "1G" and data["image"] == {
+        "base": base,
+        "tag": "registry.example.com/p:7",
+    }
+    assert {k: v for k, v in _written(project).items() if k.startswith(("keys/", "tls/"))} == kept
+
+    before = _written(project)
+    other = run_cli("init", "--force", "--model", "vad.onnx", "p", cwd=tmp_path)
+    assert other.returncode == 2
+    err = other.stderr.decode()
+    assert "is framework tflite, which does not serve it" in err
+    assert "Framework openvino serves it: run `enclave-build init --model vad.onnx NEW_DIR`" in err
+    for refused in (
+        ["--framework", "openvino", "--model", "new_model.tflite"],
+        ["--model", "new_model.tflite", "--base", "standin"],
+    ):
+        proc = run_cli("init", "--force", *refused, "p", cwd=tmp_path)
+        assert proc.returncode == 2, refused
+    assert _written(project) == before
+    # a name the user chose is kept; only the path follows the model
+    spec.write_text(edited.replace('name = "new_model"', 'name = "detector"'))
+    assert (
+        run_cli("init", "--force", "--model", "old_model.tflite", "p", cwd=tmp_path).returncode == 0
+    )
+    model = tomllib.loads(spec.read_text())["models"][0]
+    assert (model["name"], model["path"]) == ("detector", "models/old_model.tflite")
+
+
+def test_force_without_a_model_keeps_the_framework(tmp_path):
+    """The printed step `init --force --base standin DIR` keeps an openvino project openvino."""
+    (tmp_path / "face.xml").write_text("<net/>")
+    (tmp_path / "face.bin").write_bytes(bytes(8))
+    assert run_cli("init", "--model", "face.xml", "p", cwd=tmp_path).returncode == 0
+    again = run_cli("init", "--force", "--base", "dir:/srv/base", "p", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr.decode()
+    data = tomllib.loads((tmp_path / "p/spec.toml").read_text())
+    assert data["service"]["framework"] == "openvino"
+    assert data["models"][0]["path"] == "models/face.xml"
+
+
+def test_the_printed_init_steps_keep_what_this_init_chose(tmp_path):
+    """The base step (`init --force --base standin ...`) repeats the options that shaped the
+    spec: run as printed it keeps the service name, the in-cluster secret server and the
+    namespace of `init --k8s` (and the framework)."""
+    (tmp_path / "face.xml").write_text("<net/>")
+    (tmp_path / "face.bin").write_bytes(bytes(8))
+    proc = run_cli(
+        "init",
+        "--model",
+        "face.xml",
+        "--k8s",
+        "vision",
+        "--name",
+        "face",
+        "p",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    before = tomllib.loads((tmp_path / "p/spec.toml").read_text())
+    (step,) = [
+        s["command"] for s in json.loads(proc.stdout)["next_steps"] if "--base" in s["command"]
+    ]
+    assert step == "enclave-build init --force --base standin --name face --k8s vision p"
+    again = run_cli(*step.split()[1:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr.decode()
+    after = tomllib.loads((tmp_path / "p/spec.toml").read_text())
+    assert after["image"]["base"] == "dir:.enclave-build/standin"
+    for key in ("service", "secrets", "deploy", "models"):
+        assert after[key] == before[key], key

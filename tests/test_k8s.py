@@ -35,7 +35,7 @@ from enclave_build.builder.spec import SpecError
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.names import SERVICE_FILE
 
-from .conftest import tflite_bytes
+from .conftest import run_cli, tflite_bytes
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -667,3 +667,53 @@ def test_k8s_cli_exits_2_for_a_loopback_secret_server(tmp_path):
         in result.stderr
     )
     assert not target.exists()
+
+
+def test_inspect_run_and_k8s_take_the_project_directory(tmp_path, standin_root):
+    """`inspect DIR`, `run DIR --simulate` and `k8s DIR -o X` take the project directory that
+    `build` and `dev` take (its build in out/), saying so; a project without a build, or a
+    directory that is neither, is exit 2 for all three, naming what to run or give."""
+    model = tmp_path / "face.tflite"
+    model.write_bytes(tflite_bytes(bytes(range(256)) * 4))
+    assert run_cli("init", "--model", str(model), "proj", cwd=tmp_path).returncode == 0
+    for command in (
+        ["inspect", "proj"],
+        ["run", "proj", "--simulate"],
+        ["k8s", "proj", "-o", "deploy"],
+        ["plan-capacity", "proj", "--epc-per-node", "64G"],
+    ):
+        proc = run_cli(*command, cwd=tmp_path)
+        assert proc.returncode == 2, (command, proc.stderr.decode())
+        assert (
+            "proj is a project directory (spec.toml), and proj/out holds no build: "
+            "`enclave-build build proj` writes one there" in proc.stderr.decode()
+        ), command
+    (tmp_path / "other").mkdir()
+    for command in (
+        ["inspect", "other"],
+        ["run", "other", "--simulate"],
+        ["k8s", "other", "-o", "deploy"],
+        ["run", "missing", "--simulate"],
+        ["k8s", "missing", "-o", "deploy"],
+    ):
+        proc = run_cli(*command, cwd=tmp_path)
+        assert proc.returncode == 2, (command, proc.stderr.decode())
+        assert "give the --output directory of `enclave-build build`" in proc.stderr.decode()
+    assert not (tmp_path / "deploy").exists()
+
+    built = run_cli("build", "-q", "proj", "--base", f"dir:{standin_root}", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr.decode()
+    note = "proj is a project directory: reading its build output proj/out"
+    inspected = run_cli("inspect", "proj", cwd=tmp_path)
+    assert inspected.returncode == 0, inspected.stderr.decode()
+    assert (
+        note in inspected.stderr.decode() and "agrees           true" in inspected.stdout.decode()
+    )
+    capacity = run_cli("plan-capacity", "proj", "--epc-per-node", "64G", "--json", cwd=tmp_path)
+    assert capacity.returncode == 0 and note in capacity.stderr.decode()
+    # k8s reads the build (and refuses it for its own reason: not pushed)
+    deploy = run_cli("k8s", "proj", "-o", "deploy", cwd=tmp_path)
+    assert note in deploy.stderr.decode() and "push it first" in deploy.stderr.decode()
+    # run reads and checks the build (then cannot boot a stand-in under gramine-direct)
+    ran = run_cli("run", "proj", "--simulate", "--mode", "gramine-direct", cwd=tmp_path)
+    assert note in ran.stderr.decode() and "the image has no real Gramine" in ran.stderr.decode()

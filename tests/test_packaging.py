@@ -5,6 +5,7 @@ base_images/), and one version."""
 from __future__ import annotations
 
 import glob
+import os
 import subprocess
 import sys
 import sysconfig
@@ -150,6 +151,57 @@ CLI = (
     "print('from', enclave_build.__file__, file=sys.stderr); "
     "from enclave_build.builder.cli import main; main()"
 )
+
+
+@pytest.mark.integration
+def test_doctor_from_the_wheel_looks_for_no_checkout_file(tmp_path, wheel):
+    """Installed from the wheel (as pipx does), doctor resolves no path of a checkout inside
+    site-packages: without $GRAMINE_ARCHIVE it says none was given and how to get a base."""
+    import json
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "venv")
+    env = {k: v for k, v in os.environ.items() if k != "GRAMINE_ARCHIVE"}
+    proc = subprocess.run(
+        [
+            str(tmp_path / "venv" / "bin" / "python"),
+            "-I",
+            "-c",
+            CLI,
+            str(site),
+            sysconfig.get_paths()["purelib"],
+            "doctor",
+            "--json",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"from {site / 'enclave_build' / '__init__.py'}" in proc.stderr
+    checks = {c["id"]: c for c in json.loads(proc.stdout)["checks"]}
+    archive = checks["realbase.gramine_archive"]
+    assert "site" not in archive["detail"] and "shared/gramine" not in archive["detail"]
+    assert archive["detail"].startswith("none given ($GRAMINE_ARCHIVE is not set)")
+    assert "enclave-build base gramine ROOTFS" in archive["fix"]
 
 
 @pytest.mark.integration

@@ -14,6 +14,7 @@ import pytest
 
 from enclave_build.builder.base_kind import standin_base
 from enclave_build.builder.build import build
+from enclave_build.builder.errors import UsageError
 from enclave_build.builder.plugins import PluginRegistry
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.run import (
@@ -150,21 +151,21 @@ def _run(out: Path, **kw) -> tuple[int, str, list[str]]:
 
 
 def test_missing_build_dir_is_named(tmp_path: Path) -> None:
-    with pytest.raises(RunError, match=f"{tmp_path / 'nope'}: no such build directory"):
+    with pytest.raises(UsageError, match=f"{tmp_path / 'nope'}: no such build directory"):
         open_build(tmp_path / "nope")
 
 
 def test_missing_oci_and_measurements_are_named(tmp_path: Path) -> None:
-    with pytest.raises(RunError, match=f"{tmp_path / 'oci'}: no OCI image layout"):
+    with pytest.raises(UsageError, match=f"{tmp_path / 'oci'}: no OCI image layout"):
         open_build(tmp_path)
     (tmp_path / "oci").mkdir()
-    with pytest.raises(RunError, match=f"{tmp_path / 'measurements.json'}: not found"):
+    with pytest.raises(UsageError, match=f"{tmp_path / 'measurements.json'}: not found"):
         open_build(tmp_path)
 
 
 def test_cli_errors(tmp_path: Path) -> None:
     missing = run_cli("run", str(tmp_path / "nope"), "--simulate")
-    assert missing.returncode == 1
+    assert missing.returncode == 2  # a usage problem (docs/reference/exit-codes.md)
     assert f"error: {tmp_path / 'nope'}: no such build directory" in missing.stderr.decode()
     no_simulate = run_cli("run", str(tmp_path))
     assert no_simulate.returncode == 2 and b"pass --simulate" in no_simulate.stderr

@@ -35,8 +35,11 @@ signature needed (the bytes to sign were written next to the spec).
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
     help="Write DIR/oci (an OCI image layout), DIR/measurements.json and, with "
-    "encrypted content, DIR/secrets-policy.toml. Atomic. Default: out/ next to "
-    "the spec.",
+    "encrypted content, DIR/secrets-policy.toml. Atomic: DIR is replaced as a whole, so it "
+    "must be new, empty or an earlier build output (measurements.json and oci/, besides them "
+    "only secrets-policy.toml and service.json), and must not be or contain the spec's "
+    "directory, a model, keys_dir or the CA, TLS and signing files; anything else is "
+    "refused (exit 2), never emptied. Default: out/ next to the spec.",
 )
 @click.option(
     "--base",
@@ -124,18 +127,23 @@ def build(
             click.echo(f"output       {result.output}")
             click.echo(
                 f"\nNext: serve it here (a local secret server, `run --simulate`, a "
-                f"test request):\n  {dev_command(spec, output)}"
+                f"test request):\n  {dev_command(spec, output, base)}"
             )
     if result.pushed and not as_json:
         click.echo(result.pushed)
 
 
-def dev_command(spec: Path, output: Path) -> str:
-    """The `enclave-build dev` command line for this spec and output directory."""
+def dev_command(spec: Path, output: Path, base: str | None = None) -> str:
+    """The `enclave-build dev` command line that serves what this build wrote: the same spec,
+    output directory and --base (dev rebuilds when its inputs differ from the build's, so
+    every option that changes the build is repeated; paths as given, from the same
+    directory)."""
     import shlex
 
     project = spec.parent if spec.name == "spec.toml" else spec
     words = ["enclave-build", "dev", str(project)]
+    if base is not None:
+        words += ["--base", base]
     if output.resolve() != (spec.parent / "out").resolve():
         words += ["--output", str(output)]
     return shlex.join(words)
@@ -167,16 +175,22 @@ Examples:
     "overwrites.",
 )
 def inspect(image: str, as_json: bool, extract_dir: Path | None) -> None:
-    """Read the enclave identity back from IMAGE (a reference, or a build output directory)
-    and check that its labels, SIGSTRUCT (and measurements.json) agree, and that the image's
+    """Read the enclave identity back from IMAGE (a reference, a build output directory, or a
+    project directory whose build is in out/) and check that its labels, SIGSTRUCT (and measurements.json) agree, and that the image's
     own files are what the SIGSTRUCT vouches for: MRENCLAVE re-derived from its manifest and
     libpal.so, every trusted file's hash, nothing untrusted on the server's PYTHONPATH (the
     image is unpacked into the cache for this). Exit 1 if not (files asked for with --extract
     are written all the same)."""
+    from ..build_dir import build_output
     from ..image.inspect import extract_image, inspect_image
 
     written: list[Path] = []
     with errors():
+        if Path(image).is_dir() and not (Path(image) / "oci-layout").is_file():
+            # a build output, or a project directory (its out/); not a bare OCI layout
+            image = str(
+                build_output(image, needs=("oci",), log=lambda line: click.echo(line, err=True))
+            )
         if extract_dir is not None:
             extraction = extract_image(image, extract_dir)
             result, written = extraction.inspection, extraction.written
@@ -275,7 +289,8 @@ def run(
     mode: str,
     listen_all: bool,
 ) -> None:
-    """Run the image built into BUILD_DIR here, as a SIMULATION (no SGX).
+    """Run the image built into BUILD_DIR here, as a SIMULATION (no SGX). BUILD_DIR is a
+    build output, or a project directory whose build is in out/ (exit 2 for anything else).
 
     Unpacks BUILD_DIR/oci into a private root, starts a simulated quoter for the build's
     measurements.json and runs the service: under gramine-direct (the real LibOS in a chroot of

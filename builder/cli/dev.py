@@ -43,8 +43,9 @@ input name; else zeros from the metadata), prints each output's datatype and sha
 SHA-256 digest of the outputs (name, datatype, shape, bytes), stops everything, exits 0
 (1 if anything failed).
 \b
-Ends with exit 1 and the log tails when a port is in use, the secret server does not start
-or the enclave ends early; 130 after Ctrl-C (or SIGTERM). SIMULATION: nothing is attested.
+Ends with exit 1 when a port is in use, the secret server does not start or the enclave ends
+early: its log was streamed above, and the error's last line is the first error line of what
+failed. 130 after Ctrl-C (or SIGTERM). SIMULATION: nothing is attested.
 """,
 )
 @click.argument(
@@ -54,7 +55,8 @@ or the enclave ends early; 130 after Ctrl-C (or SIGTERM). SIMULATION: nothing is
     "--output",
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
-    help="The build output directory (default: out/ next to the spec).",
+    help="The build output directory (default: out/ next to the spec); as `build "
+    "--output`: new, empty or an earlier build output, else refused (exit 2).",
 )
 @click.option(
     "--base",

@@ -76,7 +76,7 @@ Exit codes: 0 written, 2 the build output cannot be deployed as it is (the messa
 to change), 1 anything else.
 """,
 )
-@click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option(
     "--output",
     "-o",
@@ -118,7 +118,8 @@ def k8s(
 ) -> None:
     """Generate Kubernetes manifests (a kustomize base and overlay) for BUILD_DIR.
 
-    BUILD_DIR is a build output (`enclave-build build SPEC --output DIR`): measurements.json
+    BUILD_DIR is a build output (`enclave-build build SPEC --output DIR`), or a project
+    directory whose build is in out/ (exit 2 for anything else): measurements.json
     names the image, which the Deployment references by digest (a build that was not pushed
     is refused: push it first, or pass --image); service.json carries the enclave size,
     threads, ports, health endpoints, drain and the spec's [deploy] settings;
@@ -133,9 +134,15 @@ def k8s(
     every capability dropped and seccomp RuntimeDefault. Probes use the model server's
     /v2/health/{live,ready}; the startup probe allows for creating an enclave of that size.
     """
+    from enclave_build.contract.names import MEASUREMENTS_FILE
+
+    from ..build_dir import build_output
     from ..k8s.generate import Overrides, generate_k8s
 
     with errors():
+        build_dir = build_output(
+            build_dir, needs=(MEASUREMENTS_FILE,), log=lambda line: click.echo(line, err=True)
+        )
         manifests, notes = generate_k8s(
             build_dir,
             output,
@@ -181,9 +188,7 @@ Exit codes: 0 at least one replica fits per node, 2 none does (the plan is still
 then why) or bad arguments.
 """,
 )
-@click.argument(
-    "build_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@click.argument("build_dir", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--enclave-size",
     type=Size(),
@@ -252,6 +257,7 @@ def plan_capacity(
     """
     from enclave_build.contract.names import SERVICE_FILE
 
+    from ..build_dir import build_output
     from ..deploy.quantity import memory_bytes
     from ..deploy.service_info import ServiceInfo
     from ..k8s.capacity import plan_capacity as plan
@@ -259,6 +265,9 @@ def plan_capacity(
     with errors():
         attests, margin = not no_attestation, None
         if build_dir is not None:
+            build_dir = build_output(
+                build_dir, needs=(SERVICE_FILE,), log=lambda line: click.echo(line, err=True)
+            )
             info = ServiceInfo.load(build_dir / SERVICE_FILE)
             enclave_size = enclave_size or info.enclave.size
             libos = libos or info.libos

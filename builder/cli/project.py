@@ -43,8 +43,10 @@ OpenVINO IR), onnxruntime (a text-direction classifier; needs the onnxruntime pl
     default=None,
     metavar="NAME",
     shell_complete=_complete_framework,
-    help="An installed framework (`enclave-build plugins`): tflite (default), "
-    "tfserving, openvino, secret-server, ...",
+    help="An installed framework (`enclave-build plugins`): tflite, tfserving, openvino, "
+    "secret-server, ... Default: with --model, the one that serves it (.tflite: tflite; "
+    ".onnx, .xml with its .bin: openvino; a SavedModel directory: tfserving), said on "
+    "stderr; else tflite. A framework that cannot serve --model is refused (exit 2).",
 )
 @click.option(
     "--model",
@@ -52,7 +54,10 @@ OpenVINO IR), onnxruntime (a text-direction classifier; needs the onnxruntime pl
     metavar="PATH",
     help="Copy this model file or directory into DIRECTORY/models/ and name it in "
     "[[models]] (path, and name: the file's stem); an OpenVINO .xml brings its "
-    ".bin. With --force it replaces the copy there.",
+    ".bin. Checked first by the framework's model check (exit 2, nothing written, if "
+    "it is not a model the framework serves). With --force on an existing project it "
+    "replaces the model only: the new copy, models[0] path (and name, if it was the old "
+    "file's stem) set in spec.toml in place, the old copy removed; keys and tls/ kept.",
 )
 @click.option(
     "--example",
@@ -91,8 +96,9 @@ OpenVINO IR), onnxruntime (a text-direction classifier; needs the onnxruntime pl
 @click.option(
     "--force",
     is_flag=True,
-    help="Replace an existing spec.toml and, with --model "
-    "or --example, the model (the signing key and tls/ are kept, never replaced).",
+    help="With --model: replace the project's model (see --model). Else replace an "
+    "existing spec.toml (its framework kept unless --framework) and, with --example, the "
+    "model. The signing key and tls/ are kept, never replaced.",
 )
 @click.option(
     "--json",
@@ -100,7 +106,7 @@ OpenVINO IR), onnxruntime (a text-direction classifier; needs the onnxruntime pl
     is_flag=True,
     help="Print as JSON: directory, spec, key, "
     "key_created, framework, service, secret_server, model, base, tls_created, "
-    "next_steps ({what, command}).",
+    "spec_edited, next_steps ({what, command}).",
 )
 def init_command(
     directory: Path,
@@ -122,8 +128,8 @@ def init_command(
     DIRECTORY/tls/: the secret server's CA (ca.pem, built into the image) and that server's
     certificate and key (server.key mode 0600) for the [secrets] server host. Prints every
     next step, to `enclave-build dev`. Never overwrites a file (exit 2 naming it; --force
-    replaces spec.toml and the model). Framework secret-server (the secret server as an
-    enclave) gets a spec without models and its own next steps.
+    replaces spec.toml, or with --model only the model). Framework secret-server (the
+    secret server as an enclave) gets a spec without models and its own next steps.
     """
     from ..init import init_project
 
@@ -147,8 +153,10 @@ def init_command(
         print_json(result.to_json())
         return
     click.echo(
-        f"wrote {result.spec} (service {result.service}, framework {result.framework}"
+        f"{'updated' if result.spec_edited else 'wrote'} {result.spec} (service "
+        f"{result.service}, framework {result.framework}"
         + (f", model {result.model}" if result.model else "")
+        + (": only [[models]] path and name changed" if result.spec_edited else "")
         + ")"
     )
     click.echo(

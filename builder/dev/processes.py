@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -18,6 +19,17 @@ from dataclasses import dataclass, field
 
 #: Lines of each process's output kept for an error message.
 TAIL_LINES = 25
+#: A line that reports an error (``error: ...``, ``model_server: cannot load ...``, an
+#: exception's last line ``ValueError: ...``); not a traceback's header or frames.
+_ERROR_LINE = re.compile(r"(?i)^error\b|\b(cannot|failed|fatal)\b|\w*Error: ")
+_NOT_ERROR = re.compile(r"^(\s|Traceback \(most recent call last\)|WARNING\b)")
+
+
+def is_error_line(line: str) -> bool:
+    """Whether a line of a process's output reports an error (see :data:`_ERROR_LINE`)."""
+    return bool(line.strip()) and not _NOT_ERROR.match(line) and bool(_ERROR_LINE.search(line))
+
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -45,6 +57,8 @@ class ManagedProcess:
         default_factory=lambda: collections.deque(maxlen=TAIL_LINES), init=False
     )
     _reader: threading.Thread | None = field(default=None, init=False)
+    #: The first line of its output that reports an error (:func:`is_error_line`), if any.
+    first_error: str | None = field(default=None, init=False)
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -65,6 +79,8 @@ class ManagedProcess:
         for raw in iter(self.process.stdout.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             self.tail.append(line)
+            if self.first_error is None and is_error_line(line):
+                self.first_error = line
             if self.watch is not None:
                 self.watch(line)
             self.emit(prefix + line)
@@ -94,6 +110,17 @@ class ManagedProcess:
         if not lines:
             return f"({self.name} printed nothing)"
         return "\n".join(f"  {self.name} | {line}" for line in lines)
+
+    def key_line(self) -> str:
+        """The one line of its output that says most about a failure: the first that reports
+        an error, else the last non-empty one; prefixed ``  NAME | `` as streamed."""
+        self.flush()
+        line = self.first_error
+        if line is None:
+            line = next((t for t in reversed(self.tail) if t.strip()), None)
+        if line is None:
+            return f"  ({self.name} printed nothing)"
+        return f"  {self.name} | {line}"
 
     def flush(self, timeout: float = 2.0) -> None:
         """Wait (a little) until the output of an ended process has been read."""
@@ -155,4 +182,4 @@ def wait_until(
         sleep(interval)
 
 
-__all__ = ["ManagedProcess", "wait_until", "TAIL_LINES"]
+__all__ = ["ManagedProcess", "wait_until", "is_error_line", "TAIL_LINES"]

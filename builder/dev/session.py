@@ -15,7 +15,8 @@ any error or Ctrl-C):
    real Gramine and we are root, else a plain process; the run says which and so does
    ``dev``), after checking that the service's ports are free;
 4. **readiness**: the model server's ``/v2/health/ready``, while both processes are watched (one
-   that ends early ends ``dev`` with its log tail);
+   that ends early ends ``dev``, the error naming its first error line: the log itself was
+   streamed already);
 5. **what to send**: the endpoints, and per model its metadata as served, a request body made
    from it (``.enclave-build/requests/MODEL.json``), a curl line and a tritonclient snippet;
    with ``once``, one request and its outputs' shapes and digest instead.
@@ -42,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from enclave_build.contract.names import SERVICE_FILE
-from enclave_build.contract.service_info import ServiceInfo
+from enclave_build.contract.service_info import ServiceInfo, ServicePort
+from enclave_build.model_server.preflight import spec_key_text
 
 from .. import build_stamp
 from ..errors import EnclaveBuildError, UsageError
@@ -69,7 +71,8 @@ NOTE_SECONDS = 10.0
 
 
 class DevError(EnclaveBuildError):
-    """The local loop could not start or stopped early (the message has the log tail)."""
+    """The local loop could not start or stopped early (the message ends with the first error
+    line of what failed)."""
 
 
 @dataclass
@@ -164,12 +167,13 @@ class DevSession:
         service.json). :meth:`start` does it if it was not done."""
         if self._prepared is not None:
             return self._prepared
-        from ..build import build, load, make_plan
+        from ..build import build, check_base_keyword, load, make_plan
         from ..hashing import HashCache
         from ..plugins import PluginRegistry
 
         registry = PluginRegistry()
         spec, registry = load(self.spec_path, registry)
+        check_base_keyword(self.options.base, spec)  # before anything is built or started
         output = (self.options.output or spec.directory / "out").resolve()
         plan = make_plan(spec, registry)
         cache = HashCache()
@@ -255,7 +259,7 @@ class DevSession:
         self, spec: Spec, output: Path, address: local_secrets.ServerAddress
     ) -> None:
         """Start the secret server at *address* for *output*'s keys and wait until it serves;
-        DevError with its log tail if it does not."""
+        DevError with its first error line if it does not."""
         ca = spec.secrets.ca
         cert, key = local_secrets.server_tls(ca)
         state = project_state(spec)
@@ -284,7 +288,8 @@ class DevSession:
                 else f"not serving after {SECRET_SERVER_START_SECONDS:g} s"
             )
             raise DevError(
-                f"the secret server did not start ({state_text}):\n" + self.secret_server.log_tail()
+                f"the secret server did not start ({state_text})"
+                + self._log_pointer(self.secret_server)
             )
 
     def start_enclave(self, output: Path) -> None:
@@ -346,23 +351,34 @@ class DevSession:
         if not wait_until(ready_or_note, self.options.timeout, interval=0.25):
             raise DevError(
                 f"{service} was not ready after {self.options.timeout:g} s "
-                "(--timeout):\n" + self._tails()
+                "(--timeout)" + self._log_pointer()
             )
 
     def _check_alive(self, service: str) -> None:
         if self.enclave is not None and not self.enclave.running():
             raise DevError(
                 f"the enclave ended before it was ready "
-                f"({self.enclave.describe_exit()}):\n" + self._tails()
+                f"({self.enclave.describe_exit()})" + self._log_pointer(self.enclave)
             )
         if self.secret_server is not None and not self.secret_server.running():
             raise DevError(
-                f"the secret server ended ({self.secret_server.describe_exit()}):\n" + self._tails()
+                f"the secret server ended ({self.secret_server.describe_exit()})"
+                + self._log_pointer(self.secret_server)
             )
 
-    def _tails(self) -> str:
-        parts = [p.log_tail() for p in (self.secret_server, self.enclave) if p is not None]
-        return "\n".join(parts)
+    def _log_pointer(self, process: ManagedProcess | None = None) -> str:
+        """How a DevError ends: the processes' output was streamed above (with prefixes), so
+        it is not repeated; only the one line that says most, last -- the first error line of
+        *process* (else of the enclave, else of the secret server), or *process*'s last
+        line."""
+        order = [p for p in (process, self.enclave, self.secret_server) if p is not None]
+        if not order:
+            return ""
+        for candidate in order:
+            candidate.flush()
+        chosen = next((p for p in order if p.first_error is not None), order[0])
+        what = "the first error" if chosen.first_error is not None else "the last line"
+        return f"; its output is above, {what} in it:\n{chosen.key_line()}"
 
     @staticmethod
     def health_url(info: ServiceInfo) -> str | None:
@@ -407,7 +423,7 @@ class DevSession:
                 try:
                     served.models.append(fetch_metadata(served.rest_url, model.name))
                 except RequestError as exc:
-                    raise DevError(f"model {model.name!r}: {exc}\n" + self._tails()) from None
+                    raise DevError(f"model {model.name!r}: {exc}" + self._log_pointer()) from None
         return served
 
     def wait(self) -> None:
@@ -416,7 +432,9 @@ class DevSession:
             for process in (self.enclave, self.secret_server):
                 if process is not None and not process.running():
                     what = "the enclave" if process is self.enclave else "the secret server"
-                    raise DevError(f"{what} ended ({process.describe_exit()}):\n" + self._tails())
+                    raise DevError(
+                        f"{what} ended ({process.describe_exit()})" + self._log_pointer(process)
+                    )
             time.sleep(0.5)
 
     def once(self, served: Served) -> OnceResult:
@@ -440,7 +458,7 @@ class DevSession:
         try:
             result = infer(served.rest_url, metadata.name, request)
         except RequestError as exc:
-            raise DevError(f"the request failed: {exc}\n" + self._tails()) from None
+            raise DevError(f"the request failed: {exc}" + self._log_pointer()) from None
         return OnceResult(metadata.name, request, generated, result.outputs, result.digest())
 
 
@@ -481,8 +499,9 @@ def _connects(host: str, port: int) -> bool:
 
 
 def check_ports_free(info: ServiceInfo) -> None:
-    """DevError naming each port of the service that something else holds."""
-    busy = []
+    """DevError naming each port of the service that something else holds, the command that
+    shows who holds it, and the spec key that sets it."""
+    busy: list[ServicePort] = []
     for port in info.ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -491,12 +510,20 @@ def check_ports_free(info: ServiceInfo) -> None:
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
                     raise
-                busy.append(f"{port.number} ({port.name})")
+                busy.append(port)
     if busy:
+        keys = [spec_key_text(p.spec_key) for p in busy if p.spec_key]
+        where = (
+            f"set another port in the spec ({', '.join(keys)}) and rebuild (the port is "
+            "measured: the enclave's identity changes)"
+            if keys
+            else "set other ports in the spec and rebuild"
+        )
+        filters = " or ".join(f"sport = :{p.number}" for p in busy)
         raise DevError(
-            f"port {', '.join(busy)} in use on 127.0.0.1: the service "
-            f"{info.service} listens there. Stop what holds it (e.g. `ss -ltnp "
-            "'sport = :PORT'` names it), or set other ports in the spec"
+            f"port {', '.join(f'{p.number} ({p.name})' for p in busy)} in use on 127.0.0.1: "
+            f"the service {info.service} listens there. Stop what holds "
+            f"{'it' if len(busy) == 1 else 'them'} (`ss -ltnp '{filters}'` names it), or {where}"
         )
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from ..deploy.quantity import format_mebibytes, format_size
+from ..output_dir import check_replaceable
 from . import autoscaling, deployment, secret_server
 from .capacity import plan_capacity
 from .inputs import BuildOutput, K8sError
@@ -374,14 +375,13 @@ def write(manifests: Manifests, target: str | Path) -> list[str]:
     """Write *manifests* under *target*; returns notes (an existing overlay left alone)."""
     target = Path(target)
     notes: list[str] = []
-    if target.exists():
-        if not target.is_dir():
-            raise K8sError(f"{target}: exists and is not a directory")
-        if any(target.iterdir()) and not (target / MARKER).exists():
-            raise K8sError(
-                f"{target}: exists and was not written by `enclave-build k8s`; "
-                "choose an empty or new directory"
-            )
+    check_replaceable(
+        target,
+        option="--output",
+        written_by="`enclave-build k8s`",
+        problem=_not_ours,
+        error=K8sError,
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
@@ -416,6 +416,12 @@ def write(manifests: Manifests, target: str | Path) -> list[str]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return notes
+
+
+def _not_ours(target: Path) -> str | None:
+    if (target / MARKER).exists():
+        return None
+    return "it was not written by `enclave-build k8s`"
 
 
 def _swap(new: Path, old: Path) -> None:

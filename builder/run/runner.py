@@ -51,6 +51,7 @@ from enclave_build.contract.names import LISTEN_ENV, MEASUREMENTS_FILE, ROOT_ENV
 from enclave_build.contract.names import SIMULATED_QUOTER_ENV as QUOTER_ENV
 
 from ..base_kind import standin_base
+from ..build_dir import build_output
 from ..cache import cache_root
 from ..errors import EnclaveBuildError, UsageError
 from ..image.blob_cache import BlobCache
@@ -145,29 +146,13 @@ def parse_env(items: tuple[str, ...] | list[str]) -> dict[str, str]:
 def open_build(
     directory: str | Path, log: Callable[[str], None] | None = None
 ) -> tuple[Build, Path]:
-    """Check BUILD_DIR's outputs, read the image, and verify it (as `inspect` does; RunError
-    naming every disagreement); returns the build and the cached unpacked root filesystem
-    (*log*: where cache pruning reports; default stderr)."""
-    directory = Path(directory)
-    if not directory.exists():
-        raise RunError(
-            f"{directory}: no such build directory (give the --output directory of "
-            "`enclave-build build`)"
-        )
-    if not directory.is_dir():
-        raise RunError(
-            f"{directory}: not a directory (give the --output directory of `enclave-build build`)"
-        )
-    if not (directory / "oci").is_dir():
-        raise RunError(
-            f"{directory / 'oci'}: no OCI image layout; is {directory} the output "
-            "directory of `enclave-build build`?"
-        )
-    if not (directory / MEASUREMENTS_FILE).is_file():
-        raise RunError(
-            f"{directory / MEASUREMENTS_FILE}: not found; the simulated quoter "
-            "needs the build's identity"
-        )
+    """Check BUILD_DIR's outputs (a project directory: its build in out/; UsageError when it
+    holds no build), read the image, and verify it (as `inspect` does; RunError naming every
+    disagreement); returns the build and the cached unpacked root filesystem (*log*: where
+    cache pruning and the project note report; default stderr)."""
+    # A build output, or a project directory with its build in out/ (UsageError, exit 2,
+    # for anything else).
+    directory = build_output(directory, log=log)
     with BlobCache(cache_root()).in_use():  # no prune removes a blob while it is read
         return _open_verified(directory, log)
 
@@ -372,13 +357,19 @@ def secret_server_hint(directory: Path, timeout: float = 1.0) -> str | None:
             return None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
+    import shlex
+
     project = directory.resolve().parent
+    words = ["enclave-build", "dev", str(project if (project / "spec.toml").is_file() else "SPEC")]
+    if directory.resolve() != project / "out" or words[2] == "SPEC":
+        words += ["--output", str(directory)]
     return (
         f"run: nothing answers at {info.secret_server} ({reason}), the secret server "
         f"this enclave gets its keys {', '.join(info.keys)} from. Start one (`enclave-build "
         "secrets config "
         f"{directory} ... --out secrets.toml`, then `enclave-build secrets serve --config "
-        f"secrets.toml`), or let `enclave-build dev {project}` start it and the run"
+        f"secrets.toml`), or let `{shlex.join(words)}` start it and the run (with the "
+        "--base the build had, if any)"
     )
 
 
@@ -465,7 +456,7 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
                 options.started(process)
             code = wait_forwarding(process)
             if code not in (0, 128 + 2, 128 + 15):  # not a clean stop, nor SIGINT/SIGTERM
-                hint = secret_server_hint(Path(directory))
+                hint = secret_server_hint(build.directory)
                 if hint:
                     log(hint)
             return code

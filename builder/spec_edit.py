@@ -1,0 +1,87 @@
+"""Editing a spec.toml in place: a few keys of one ``[[models]]`` table set to new string values,
+every other byte of the file (comments, order, other keys) as it was.
+
+A line edit, checked: the key must be on a line of its own in that table (``path = "..."``, as
+``enclave-build init`` writes it, a comment after the value is kept), and the edited file must
+parse to the same data but for the keys set. A spec written another way is refused with a
+:class:`~builder.errors.UsageError` saying to edit it by hand; nothing is written here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+_MODELS_HEADER = re.compile(r"^\s*\[\[\s*models\s*\]\]\s*(#.*)?$")
+_HEADER = re.compile(r"^\s*\[")
+#: KEY = "basic string" or 'literal string', then an optional comment.
+_STRING_VALUE = r"""(?P<value>"(?:[^"\\]|\\.)*"|'[^']*')(?P<rest>\s*(?:#.*)?)$"""
+
+
+def _key_line(key: str) -> re.Pattern[str]:
+    return re.compile(rf"^(?P<head>\s*{re.escape(key)}\s*=\s*){_STRING_VALUE}")
+
+
+def set_model_keys(
+    text: str, values: Mapping[str, str], *, index: int = 0, source: str | Path = "spec.toml"
+) -> str:
+    """*text* with the string keys *values* of its ``[[models]]`` table number *index* set
+    (see the module doc). UsageError naming *source* when the file cannot be edited so."""
+    try:
+        before = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{source}: invalid TOML: {exc}") from None
+    lines = text.splitlines(keepends=True)
+    table = -1
+    inside = False
+    found: dict[str, int] = {}
+    for number, line in enumerate(lines):
+        if _MODELS_HEADER.match(line):
+            table += 1
+            inside = table == index
+            continue
+        if _HEADER.match(line):
+            inside = False
+            continue
+        if not inside:
+            continue
+        for key in values:
+            if key not in found and _key_line(key).match(line.rstrip("\r\n")):
+                found[key] = number
+    missing = [k for k in values if k not in found]
+    if missing:
+        raise UsageError(
+            f'{source}: no line `{missing[0]} = "..."` in [[models]] number {index + 1}; '
+            f"set models[{index}].{missing[0]} by hand"
+        )
+    for key, number in found.items():
+        line = lines[number]
+        body = line.rstrip("\r\n")
+        ending = line[len(body) :]
+        match = _key_line(key).match(body)
+        assert match is not None  # found above
+        lines[number] = (
+            f"{match['head']}{json.dumps(values[key], ensure_ascii=False)}{match['rest']}{ending}"
+        )
+    edited = "".join(lines)
+    expected: dict[str, Any] = {**before, "models": [dict(m) for m in before.get("models", [])]}
+    try:
+        expected["models"][index].update(values)
+        after = tomllib.loads(edited)
+    except (IndexError, AttributeError, tomllib.TOMLDecodeError):
+        after = None
+    if after != expected:
+        raise UsageError(
+            f"{source}: cannot set models[{index}] {', '.join(values)} in place (the file is "
+            "written in a way this edit does not handle); set them by hand"
+        )
+    return edited
+
+
+__all__ = ["set_model_keys"]
