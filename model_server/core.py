@@ -209,6 +209,7 @@ class ByteBudget:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._reclaimers: list[Callable[[], None]] = []
+        self._shedders: list[Callable[[int], int]] = []
 
     def on_release(self, listener: Callable[[], None]) -> None:
         """Call *listener* (quick, from any thread, outside the budget's lock) after bytes go
@@ -225,12 +226,36 @@ class ByteBudget:
         for reclaimer in self._reclaimers:
             reclaimer()
 
-    def try_reserve(self, n: int) -> bool:
+    def on_short(self, shedder: Callable[[int], int]) -> None:
+        """Call *shedder* (quick, from any thread, outside the budget's lock) when a reservation
+        is refused, with the bytes missing: it gives up room it holds only as a convenience and
+        returns how many bytes it gave up (they go back to the budget)."""
+        self._shedders.append(shedder)
+
+    def try_reserve(self, n: int, shed: bool = True) -> bool:
+        """Reserve *n* bytes if the budget has them (after the shedders gave back what they
+        could, when *shed*)."""
         with self._lock:
-            if n > self.limit - self.used:
-                return False
-            self.used += n
-            return True
+            if n <= self.limit - self.used:
+                self.used += n
+                return True
+            short = n - (self.limit - self.used)
+        if not shed or n > self.limit:
+            return False
+        freed = 0
+        for shedder in self._shedders:
+            got = shedder(short)
+            with self._lock:
+                self.used -= got
+                freed += got
+                if n <= self.limit - self.used:
+                    self.used += n
+                    return True
+                short = n - (self.limit - self.used)
+        if freed:
+            for listener in self._listeners:
+                listener()
+        return False
 
     def reserve(self, n: int, what: str = "request bytes") -> None:
         """:meth:`try_reserve` or a ServeError: TOO_LARGE when *n* could never fit, else

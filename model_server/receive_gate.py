@@ -38,9 +38,11 @@ room to the waiting call of the connection holding the fewest, newest first.
 for its next call for :data:`KEEP` seconds (the request gets bytes of its own for the message;
 without them, it takes the room's and nothing is kept). A client whose messages arrive at once
 so keeps being served at once, instead of competing for each call with streams that never send
-theirs, and what other requests hold in the budget cannot take its room. At most all rooms but
+theirs. At most all rooms but
 one are kept, and a connection holding two or more rooms more than the claimant's gives its
-kept rooms to the claimant first.
+kept rooms to the claimant first. A kept room never makes a request be refused: when the byte
+budget refuses a reservation elsewhere (``ByteBudget.on_short``), kept rooms go back to it,
+lapsed ones first, then the oldest.
 
 **Busy connections.** When a request was refused for lack of room in the byte budget after its
 message arrived (:meth:`ReceiveGate.busy`), its connection's calls get no room for
@@ -158,6 +160,7 @@ class ReceiveGate:
         self._busy: dict[str, tuple[float, float, float]] = {}
         self._lock = threading.Lock()
         budget.on_release(self._room_changed)
+        budget.on_short(self._shed)
 
     @property
     def holders(self) -> int:
@@ -222,7 +225,7 @@ class ReceiveGate:
                 not holder.evicted
                 and holder.peer not in self._busy
                 and len(self._kept) < self.rooms - 1
-                and self.budget.try_reserve(need)
+                and self.budget.try_reserve(need, shed=False)
             ):
                 self._kept.append(_Kept(holder.peer, now + self.keep, size))
                 self.keeping += size
@@ -356,7 +359,7 @@ class ReceiveGate:
 
     def _reserve(self, peer: str, now: float) -> Holder | None:
         """A holder for *peer* in a room counted free, if the budget has its bytes."""
-        if not self.budget.try_reserve(self.slot):
+        if not self.budget.try_reserve(self.slot, shed=False):
             return None
         holder = Holder(now, _nothing, self.slot, peer)
         self._holders.append(holder)
@@ -562,6 +565,19 @@ class ReceiveGate:
             why,
         )
         return holder.cancel
+
+    def _shed(self, short: int) -> int:
+        """The budget refused *short* bytes elsewhere (any thread, not under our lock): kept
+        rooms go, expired ones first, then the oldest, until that much is freed; returns the
+        bytes they held (now the budget's)."""
+        with self._lock:
+            freed = self._expire(self.clock())
+            while freed < short and self._kept:
+                kept = min(self._kept, key=lambda k: k.until)
+                self._kept.remove(kept)
+                self.keeping -= kept.bytes
+                freed += kept.bytes
+            return freed
 
     def _room_changed(self) -> None:
         """Called after bytes go back to the budget (any thread): room for the waiters."""

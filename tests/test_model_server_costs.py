@@ -421,6 +421,27 @@ def test_a_connection_keeps_the_room_its_message_arrived_in():
     assert budget.used == 0 and gate.kept == 0 and gate.keeping == 0
 
 
+def test_the_budget_takes_kept_rooms_back_when_it_refuses_a_reservation():
+    """A reservation the budget cannot make otherwise (REST, say, while no gRPC call comes)
+    frees kept rooms: lapsed ones first, then the oldest, only as many as it needs."""
+    clock = _Clock()
+    budget = ByteBudget(400)
+    gate = ReceiveGate(budget, 100, grace=30, max_waiting=8, clock=clock, keep=1.0)
+    gate.hand_over(gate.enter(lambda: None, "ipv4:127.0.0.1:1000"), 0)
+    clock.now += 0.5
+    gate.hand_over(gate.enter(lambda: None, "ipv4:127.0.0.1:2000"), 0)
+    clock.now += 0.7  # the first kept room has lapsed, the second not
+    assert gate.kept == 2 and budget.used == 200
+    assert budget.try_reserve(300)
+    assert gate.kept == 1 and gate.keeping == 100 and budget.used == 400
+    budget.release(300)
+    assert budget.try_reserve(350)  # the kept room still in its time goes too
+    assert gate.kept == 0 and gate.keeping == 0 and budget.used == 350
+    assert not budget.try_reserve(100)  # nothing left to take back
+    budget.release(350)
+    assert budget.used == 0
+
+
 def test_kept_rooms_go_to_a_connection_holding_two_fewer():
     """A connection keeping two rooms and receiving in the third gives a kept room at once to
     the call of a connection holding none."""
