@@ -716,4 +716,4 @@ def test_inspect_run_and_k8s_take_the_project_directory(tmp_path, standin_root):
     assert note in deploy.stderr.decode() and "push it first" in deploy.stderr.decode()
     # run reads and checks the build (then cannot boot a stand-in under gramine-direct)
     ran = run_cli("run", "proj", "--simulate", "--mode", "gramine-direct", cwd=tmp_path)
-    assert note in ran.stderr.decode() and "the image has no real Gramine" in ran.stderr.decode()
+    assert note in ran.stderr.decode() and "STAND-IN base" in ran.stderr.decode()

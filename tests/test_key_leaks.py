@@ -78,7 +78,7 @@ def _build(directory: Path, standin_root: Path, *extra: str) -> subprocess.Compl
         "--base",
         f"dir:{standin_root}",
         "--output",
-        "out",
+        "../out",  # beside the project: an output inside a model directory is refused first
         *extra,
         cwd=directory,
     )
@@ -108,7 +108,7 @@ def test_the_project_directory_as_model_is_refused_before_anything_is_written(
         f"contains the wrap keys' directory (secrets.keys_dir: {project.resolve() / 'keys'}, "
         "holding this build's owner-key.key)" in err
     )
-    assert not (project / "out").exists()
+    assert not (project.parent / "out").exists()
     assert not (project / "keys").exists()  # the wrap key was never written
 
 
@@ -119,7 +119,7 @@ def test_a_model_file_beside_the_keys_builds_and_ships_no_key(tmp_path, standin_
     _project(project, signing_key, PROJECT_SPEC.replace('path = "."', 'path = "face.onnx"'))
     proc = _build(project, standin_root)
     assert proc.returncode == 0, proc.stderr.decode()
-    layers = _layers(project / "out")
+    layers = _layers(project.parent / "out")
     assert b"face.onnx" in layers
     for secret in [
         (project / "keys" / "owner-key.key").read_bytes(),
@@ -154,7 +154,7 @@ def test_model_paths_that_hold_or_sit_in_secret_places(
     proc = _build(project, standin_root)
     assert proc.returncode == 2, proc.stderr.decode()
     assert "models[0].path" in proc.stderr.decode() and message in proc.stderr.decode()
-    assert not (project / "out").exists()
+    assert not (project.parent / "out").exists()
 
 
 def test_model_directory_holding_the_tls_material_is_refused(tmp_path, standin_root, signing_key):
@@ -258,7 +258,7 @@ def test_an_occlum_spec_is_checked_before_its_container_runs(tmp_path, signing_k
         "--base",
         "dir:/nonexistent",
         "--output",
-        "out",
+        "../out",
         cwd=project,
         env={"DOCKER_HOST": "unix:///nonexistent.sock"},
     )
@@ -437,7 +437,7 @@ def test_a_build_failing_after_writing_its_key_says_so(tmp_path, standin_root, s
         "it".encode()
         in proc.stderr
     )
-    assert not (project / "out").exists()
+    assert not (project.parent / "out").exists()
 
 
 IR_SPEC = """[service]
@@ -482,7 +482,7 @@ def test_ir_weights_that_are_a_symbolic_link_are_refused(
     assert proc.returncode == 2, err
     assert "spec.toml:7: models[0].path: " in err
     assert "the weights face.bin of the IR graph face.xml are a symbolic link" in err
-    assert not (project / "out").exists()
+    assert not (project.parent / "out").exists()
 
 
 def test_a_key_as_the_weights_of_an_encrypted_model_is_refused(tmp_path, standin_root, signing_key):
@@ -494,7 +494,7 @@ def test_a_key_as_the_weights_of_an_encrypted_model_is_refused(tmp_path, standin
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert "models[0].path: " in err and "face.bin: a PEM private key" in err
-    assert not (project / "out").exists()
+    assert not (project.parent / "out").exists()
 
 
 def test_scan_plan_covers_labels_environment_and_command_line(tmp_path):
