@@ -25,6 +25,9 @@ pytestmark = pytest.mark.integration
 def _copy(tmp_path: Path) -> Path:
     if not (REPO / ".venv" / "bin" / "python").exists():
         pytest.skip("needs the repository's .venv (scripts/venv.sh makes it)")
+    # a stale .venv would be reinstalled by the copy's scripts/venv.sh, editable from the copy:
+    # this checkout's .venv would then import the deleted copy
+    _need_current_venv()
     copy = tmp_path / "repo"
     shutil.copytree(
         REPO,
@@ -130,16 +133,20 @@ def _venv_is_current() -> bool:
     return (REPO / ".venv" / f".installed-{digest}").exists()
 
 
-def _wrapper(tmp_path: Path, tests: str, installed: bool) -> subprocess.CompletedProcess:
-    """Run scripts/test.sh on *tests* as a non-root user would (stub `id`), with dpkg saying
-    every system package is installed or none is (stub `dpkg-query`): nothing is installed."""
+def _need_current_venv() -> None:
     if not _venv_is_current():
         if os.environ.get("CI", "").lower() in ("true", "1"):
             pytest.fail("CI=true: .venv is not up to date (source scripts/venv.sh)")
         pytest.skip(
             ".venv is not up to date with pyproject.toml/constraints.txt "
-            "(source scripts/venv.sh): the wrapper would reinstall it first"
+            "(source scripts/venv.sh): the script would reinstall it first"
         )
+
+
+def _wrapper(tmp_path: Path, tests: str, installed: bool) -> subprocess.CompletedProcess:
+    """Run scripts/test.sh on *tests* as a non-root user would (stub `id`), with dpkg saying
+    every system package is installed or none is (stub `dpkg-query`): nothing is installed."""
+    _need_current_venv()
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     (stubs / "id").write_text("#!/bin/sh\necho 1000\n")
