@@ -51,6 +51,13 @@ Attacks (each reproduces a defect a hostile-input pass found):
   their message (once held every gRPC call slot, health included);
 * ``message-less-streams``: the same over 12 connections of 32 streams (held every handler
   thread: a legitimate call waited 19 s);
+* ``kept-rooms``: two connections each sending a tiny valid message every 0.6 s, so the rooms
+  a connection may keep for its next call stay kept, and a third holding the last room with 32
+  message-less streams (gRPC was served 4 times in 5 s);
+* ``churning-streams``: 40 connections opening 8 message-less streams each, closed and
+  reopened every second (a full waiting room dropped legitimate calls: RESOURCE_EXHAUSTED);
+* ``pipeline-no-read``: two REST connections pipelining requests without reading an answer
+  (everything they sent was buffered; then other clients' p99 grew 54x);
 * ``idle-connections``: 256 idle REST and 900 idle gRPC connections (HTTP/2 preface sent, so
   grpc keeps them until idle_timeout; once filled REST's connection cap and ran the process out
   of file descriptors);
@@ -729,6 +736,83 @@ def attack_message_less_streams(a: Attack) -> None:
     _stream_holders(a, 12, 32)
 
 
+def attack_kept_rooms(a: Attack) -> None:
+    """Two connections each sending one tiny valid ModelInfer every 0.6 s (under the second a
+    connection keeps the room its last message arrived in), so both rooms that may be kept stay
+    kept, and a third connection holding the last room with message-less streams."""
+    import grpc
+
+    from enclave_build.model_server import protocol as pb
+
+    req = pb.ModelInferRequest(model_name="fast")
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+    req.raw_input_contents.append(X.tobytes())
+    raw = req.SerializeToString()
+
+    def keeper(n: int) -> None:
+        # (a distinct channel argument: a connection of its own, not a shared subchannel)
+        channel = grpc.insecure_channel(a.grpc, options=[("bench.keeper", n)])
+        stub = channel.unary_unary(f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
+        while not a.stop.wait(0.6):
+            try:
+                stub(raw, timeout=30)
+            except grpc.RpcError:
+                pass
+        channel.close()
+
+    for n in range(2):
+        threading.Thread(target=keeper, args=(n,), daemon=True).start()
+    time.sleep(1.0)
+    _stream_holders(a, 1, 32)
+
+
+def attack_churning_streams(a: Attack) -> None:
+    """40 connections each opening 8 ModelInfer streams that never send a message, closing
+    after a second and opening again: the waiting room sees a steady flow of new calls."""
+    from tests.h2_client import H2Connection
+
+    def churn() -> None:
+        while not a.stop.is_set():
+            try:
+                conn = H2Connection(a.grpc)
+                for stream in range(1, 16, 2):
+                    conn.open_stream(stream)
+                conn.read_frames(1.0)
+                conn.close()
+            except OSError:
+                time.sleep(0.1)
+
+    _threads(40, churn)
+    time.sleep(0.5)
+    a.ready.set()
+    a.stop.wait()
+
+
+def attack_pipeline_no_read(a: Attack) -> None:
+    """Two REST connections pipelining infer requests as fast as they can with a tiny receive
+    buffer, never reading an answer."""
+    one = _rest_request("fast", FAST_JSON)
+    blob = one * ((1 << 20) // len(one))
+
+    def flood() -> None:
+        while not a.stop.is_set():
+            try:
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.connect(a.rest)
+                s.settimeout(0.2)
+                while not a.stop.is_set():
+                    try:
+                        s.send(blob)
+                    except TimeoutError:
+                        continue
+            except OSError:
+                time.sleep(0.05)
+
+    _threads(2, flood)
+    a.stop.wait()
+
+
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
@@ -837,6 +921,9 @@ ATTACKS = {
     "trickled-bodies-at-cap": attack_trickled_bodies_at_cap,
     "stalled-streams": attack_stalled_streams,
     "message-less-streams": attack_message_less_streams,
+    "kept-rooms": attack_kept_rooms,
+    "churning-streams": attack_churning_streams,
+    "pipeline-no-read": attack_pipeline_no_read,
     "idle-connections": attack_idle_connections,
     "idle-over-grpc-cap": attack_idle_over_grpc_cap,
     "slow-model-flood": attack_slow_model_flood,
@@ -861,6 +948,8 @@ SIGNALS_READY = {
     "trickled-bodies-at-cap",
     "stalled-streams",
     "message-less-streams",
+    "kept-rooms",
+    "churning-streams",
     "idle-connections",
     "idle-over-grpc-cap",
     "tls-handshake-stall",

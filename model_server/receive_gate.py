@@ -44,6 +44,19 @@ kept rooms to the claimant first. A kept room never makes a request be refused: 
 budget refuses a reservation elsewhere (``ByteBudget.on_short``), kept rooms go back to it,
 lapsed ones first, then the oldest.
 
+**Prompt connections.** A connection whose last message arrived within :data:`MIN_HOLD` of its
+call getting a room is *prompt* (for ``grace`` seconds, or until one of its calls is cancelled,
+ends without its message after holding a room that long, or is refused as busy). A waiting call
+of a prompt connection holding no room takes a room another connection keeps at once: kept
+rooms are for clients that send their messages at once, and two such clients share them by
+turns instead of one keeping them from the other (two connections sending a tiny message every
+0.6 s would otherwise keep two of three rooms for good, and a third holding the last with
+streams that never send their message would leave everyone else waiting). A connection that has
+not yet sent a message promptly (a fresh one, or one whose calls stall) cannot take a kept
+room this way, so uploads that stop halfway do not take the room of a client that sends at
+once. When the waiting room is full, waiters of connections that are not prompt are dropped
+first.
+
 **Busy connections.** When a request was refused for lack of room in the byte budget after its
 message arrived (:meth:`ReceiveGate.busy`), its connection's calls get no room for
 :data:`BUSY_WAIT` seconds (twice as long each time it is refused again soon after, up to
@@ -53,7 +66,8 @@ other client needs.
 
 At most ``max_waiting`` calls wait (a handler thread each), each for at most twice ``grace``;
 when the waiting room is full, a new call drops the longest waiter of the connection with the
-most calls waiting (itself, if that is its own connection). When it is the byte budget that is
+most calls waiting (itself, if that is its own connection), of the connections that are not
+prompt if any wait. When it is the byte budget that is
 short (REST bodies hold it), a waiter says so (``ByteBudget.press``): REST then refuses a body
 that has stopped arriving, as it does for its own requests.
 """
@@ -80,6 +94,8 @@ MIN_HOLD = 0.25
 #: before its next call gets a room ("server busy" means later, not at once); for ``grace``
 #: seconds more its calls receive one at a time.
 BUSY_WAIT = 0.5
+#: Connections remembered as prompt before the stale ones are forgotten.
+PROMPT_PRUNE = 256
 
 
 def receive_share(budget: int, slot: int) -> int:
@@ -158,6 +174,8 @@ class ReceiveGate:
         self._waiting_of: dict[str, int] = {}  # connection -> its calls waiting
         # connection -> (until when its calls get no room, until when one at a time, the wait)
         self._busy: dict[str, tuple[float, float, float]] = {}
+        # connection -> when its last message arrived promptly (see "Prompt connections")
+        self._prompt: dict[str, float] = {}
         self._lock = threading.Lock()
         budget.on_release(self._room_changed)
         budget.on_short(self._shed)
@@ -215,6 +233,10 @@ class ReceiveGate:
             size, holder.bytes = holder.bytes, 0
             now = self.clock()
             freed = self._expire(now)
+            if not holder.evicted and now - holder.since <= self.min_hold:
+                self._prompt[holder.peer] = now
+            else:
+                self._prompt.pop(holder.peer, None)
             heir = holder.heir
             held = size
             if heir is not None and heir in self._waiters:
@@ -248,6 +270,7 @@ class ReceiveGate:
             last = self._busy.get(peer)
             wait = self.busy_wait if last is None else min(self.grace, 2 * last[2])
             self._busy[peer] = (now + wait, now + wait + self.grace, wait)
+            self._prompt.pop(peer, None)
             for kept in [k for k in self._kept if k.peer == peer]:
                 self._kept.remove(kept)
                 self.keeping -= kept.bytes
@@ -265,6 +288,8 @@ class ReceiveGate:
             self._holders.remove(holder)
             self.receiving -= holder.bytes
             size, holder.bytes = holder.bytes, 0
+            if holder.evicted or self.clock() - holder.since > self.min_hold:
+                self._prompt.pop(holder.peer, None)
             heir = holder.heir
             if heir is not None and heir in self._waiters:
                 successor = Holder(self.clock(), _nothing, size, heir.peer)
@@ -332,8 +357,11 @@ class ReceiveGate:
         """A new waiter; when the waiting room is full, the longest waiter of the connection
         with the most waiting is dropped first."""
         if len(self._waiters) >= self.max_waiting:
-            crowd = max(self._waiting_of, key=self._waiting_of.__getitem__)
-            if self._waiting_of.get(peer, 0) >= self._waiting_of[crowd]:
+            now = self.clock()
+            counts = self._waiting_of
+            pool = [p for p in counts if not self._is_prompt(p, now)] or list(counts)
+            crowd = max(pool, key=counts.__getitem__)
+            if peer in pool and counts[peer] >= counts[crowd]:
                 crowd = peer  # its own connection crowds the room
             oldest = next(w for w in self._waiters if w.peer == crowd)
             self._waiters.remove(oldest)
@@ -388,6 +416,8 @@ class ReceiveGate:
         bytes, for the caller to release once out of the lock."""
         if self._busy and any(t[1] <= now for t in self._busy.values()):
             self._busy = {p: t for p, t in self._busy.items() if t[1] > now}
+        if len(self._prompt) > PROMPT_PRUNE:
+            self._prompt = {p: t for p, t in self._prompt.items() if now - t <= self.grace}
         if not self._kept or all(k.until > now for k in self._kept):
             return 0
         gone = [k for k in self._kept if k.until <= now]
@@ -428,6 +458,31 @@ class ReceiveGate:
         busy = self._busy.get(peer)
         return busy is None or (now >= busy[0] and not held.get(peer, 0))
 
+    def _is_prompt(self, peer: str, now: float) -> bool:
+        """Whether *peer*'s last message arrived promptly, within ``grace`` seconds."""
+        since = self._prompt.get(peer)
+        return since is not None and now - since <= self.grace
+
+    def _lend_kept(self, now: float) -> None:
+        """Kept rooms of other connections to the waiting calls of prompt connections holding
+        no room, newest first; the room comes from the connection holding the most (then the
+        one kept the longest)."""
+        for waiter in reversed(self._waiters[:]):
+            if not self._kept:
+                return
+            if waiter.owed or not self._is_prompt(waiter.peer, now):
+                continue
+            held = self._holdings()
+            if held.get(waiter.peer, 0) or not self._may_take(waiter.peer, now, held):
+                continue
+            kept = max(
+                (k for k in self._kept if k.peer != waiter.peer),
+                key=lambda k: (held[k.peer], -k.until),
+                default=None,
+            )
+            if kept is not None:
+                self._give(waiter, self._from_kept(kept, waiter.peer, waiter.cancel, now))
+
     def _claimant(self, held: dict[str, int], now: float) -> _Waiter | None:
         """The waiter rooms are taken for first: of the connection holding the fewest, the
         newest."""
@@ -442,7 +497,7 @@ class ReceiveGate:
     def _grant(self, now: float) -> None:
         """Rooms to waiters: a connection's kept rooms to its own calls, then free rooms to the
         calls they were freed for, then to the calls of the connections holding the fewest,
-        newest first."""
+        newest first, then kept rooms to calls of prompt connections holding none."""
         if not self._waiters:
             return
         self._rebalance(now)
@@ -459,7 +514,7 @@ class ReceiveGate:
                 if w.owed or self._may_take(w.peer, now, held)
             ]
             if not ready:
-                return
+                break
             best = min(
                 ready,
                 key=lambda i: (not self._waiters[i].owed, held.get(self._waiters[i].peer, 0), -i),
@@ -467,8 +522,10 @@ class ReceiveGate:
             waiter = self._waiters[best]
             holder = self._reserve(waiter.peer, now)
             if holder is None:
-                return  # the budget is short
+                break  # the budget is short
             self._give(waiter, holder)
+        if self._kept and self._waiters:
+            self._lend_kept(now)
 
     def _rebalance(self, now: float) -> None:
         """Kept rooms of a connection holding two or more rooms more than the claimant's go to

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import threading
+import time
 import tracemalloc
 
 import numpy as np
@@ -453,6 +454,105 @@ def test_kept_rooms_go_to_a_connection_holding_two_fewer():
     assert gate.kept == 2 and gate.holders == 1
     other = gate.enter(lambda: None, "ipv4:127.0.0.1:2000")
     assert other is not None and gate.kept == 1 and budget.used == 300
+
+
+def _prompt(gate: ReceiveGate, budget: ByteBudget, peer: str) -> None:
+    """A call of *peer* whose message arrives at once, so large that no room is kept: its
+    connection is prompt and holds nothing."""
+    held = gate.hand_over(gate.enter(lambda: None, peer), budget.limit)
+    assert held == gate.slot and gate.kept == 0
+    budget.release(held)
+
+
+LEGIT, KEEPER_A, KEEPER_B, STALLER = (f"ipv4:127.0.0.1:{n}" for n in (1000, 2000, 3000, 4000))
+
+
+def _kept_and_stalled(clock: _Clock) -> tuple[ByteBudget, ReceiveGate]:
+    """Three rooms: two kept by connections whose messages arrive at once, the third held by a
+    call whose message never comes."""
+    budget = ByteBudget(400)
+    gate = ReceiveGate(budget, 100, grace=30, max_waiting=2, clock=clock, keep=1.0)
+    for keeper in (KEEPER_A, KEEPER_B):
+        assert gate.hand_over(gate.enter(lambda: None, keeper), 0) == 0
+    assert gate.enter(lambda: None, STALLER) is not None
+    assert gate.kept == 2 and gate.holders == 1
+    return budget, gate
+
+
+def test_two_connections_keeping_rooms_do_not_keep_a_prompt_client_waiting():
+    """Two connections each sending a tiny message now and then keep both rooms that may be
+    kept, and a third holds the last with a call whose message never comes: a call of a
+    connection whose messages arrive at once takes a kept room at once (before, it waited for
+    the stalled call's turn to end, call after call), and the keepers take turns with it."""
+    clock = _Clock()
+    budget = ByteBudget(400)
+    gate = ReceiveGate(budget, 100, grace=30, max_waiting=2, clock=clock, keep=1.0)
+    _prompt(gate, budget, LEGIT)
+    for keeper in (KEEPER_A, KEEPER_B):
+        assert gate.hand_over(gate.enter(lambda: None, keeper), 0) == 0
+    assert gate.enter(lambda: None, STALLER) is not None
+    calls = _Calls(gate)
+    calls.enter("legit", LEGIT)
+    mine = calls.holder("legit")
+    assert mine is not None and gate.kept == 1 and not calls.cancelled
+    assert gate.hand_over(mine, 0) == 0 and gate.kept == 2  # it keeps the room in turn
+    calls.enter("keeper", KEEPER_A)  # a keeper's next call takes a kept room back
+    assert calls.holder("keeper") is not None and gate.kept == 1
+
+
+def test_a_connection_not_yet_prompt_does_not_take_a_kept_room():
+    """A fresh connection (or one whose call held its room without its message) waits for the
+    rules of the waiting room instead of taking a room a prompt client keeps: uploads that stop
+    halfway would otherwise take it call after call."""
+    clock = _Clock()
+    _budget, gate = _kept_and_stalled(clock)
+    calls = _Calls(gate)
+    calls.enter("fresh", LEGIT)
+    _until(lambda: gate.waiting == 1)
+    time.sleep(0.3)  # (the gate looks again at least every PRESS_EVERY)
+    assert gate.waiting == 1 and gate.kept == 2 and "fresh" not in calls.got
+    # a call of a prompt connection that then held a room past MIN_HOLD without its message
+    slow = ReceiveGate(ByteBudget(400), 100, grace=30, max_waiting=2, clock=clock, keep=1.0)
+    _prompt(slow, slow.budget, LEGIT)
+    stalled = slow.enter(lambda: None, LEGIT)
+    clock.now += 0.5
+    slow.leave(stalled)
+    for keeper in (KEEPER_A, KEEPER_B):
+        slow.hand_over(slow.enter(lambda: None, keeper), 0)
+    slow.enter(lambda: None, STALLER)
+    later = _Calls(slow)
+    later.enter("again", LEGIT)
+    _until(lambda: slow.waiting == 1)
+    time.sleep(0.3)
+    assert slow.waiting == 1 and slow.kept == 2
+    clock.now += 31  # (the waiters' deadlines pass: let their threads end)
+    for c in (calls, later):
+        for t in c.threads.values():
+            t.join(5)
+
+
+def test_a_full_waiting_room_drops_a_waiter_of_a_connection_not_prompt_first():
+    """Streams that never send their message, from many connections, fill the waiting room:
+    a new call drops one of theirs, not the waiting call of a client whose messages arrive at
+    once (before: the first connection with the most waiting, which could be that client)."""
+    clock = _Clock()
+    budget = ByteBudget(400)
+    gate = ReceiveGate(budget, 100, grace=30, max_waiting=2, clock=clock, keep=1.0)
+    _prompt(gate, budget, LEGIT)
+    holders = [gate.enter(lambda: None, STALLER) for _ in range(3)]
+    assert all(holders) and gate.kept == 0
+    calls = _Calls(gate)
+    calls.enter("legit", LEGIT)
+    _until(lambda: gate.waiting == 1)
+    calls.enter("x", "ipv4:127.0.0.1:5000")
+    _until(lambda: gate.waiting == 2)
+    calls.enter("y", "ipv4:127.0.0.1:6000")  # full: x is dropped, not legit
+    assert calls.holder("x") is None
+    assert "legit" not in calls.got and gate.waiting == 2
+    gate.leave(holders[0])
+    # (the room goes to a waiter of the connection holding fewest, newest first: y, then legit)
+    gate.leave(holders[1])
+    assert calls.holder("legit") is not None and calls.holder("y") is not None
 
 
 def test_a_busy_connection_waits_then_receives_one_call_at_a_time():
