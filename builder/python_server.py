@@ -21,6 +21,7 @@ from enclave_build.contract.names import (
     SECRET_SERVER_CA,
     SERVER_CONFIG,
     SERVER_PYTHONPATH,
+    SIMULATED_QUOTER_ENV,
 )
 from enclave_build.contract.server_config import (
     KeysConfig,
@@ -93,6 +94,39 @@ def _source_files(root: Path) -> list[Path]:
         for p in root.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith((".pyc", ".pyo"))
     )
+
+
+#: Files a Python server in the image reads when present: name service, the dynamic loader's
+#: cache, users and groups, OpenSSL's configuration, the resolver's options and the time zone.
+PYTHON_SYSTEM_FILES = (
+    "/etc/nsswitch.conf",
+    "/etc/ld.so.cache",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/ssl/openssl.cnf",
+    # The LibOS checks the path a program opens, not a symlink's target: OpenSSL reads its
+    # config through OPENSSLDIR's link.
+    "/usr/lib/ssl/openssl.cnf",
+    # glibc: the resolver's options (resolving `localhost`) and the time zone (localtime(),
+    # e.g. for log timestamps).
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/localtime",
+)
+#: The image's /etc/hosts (a minimal base has none).
+ETC_HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+def add_python_system_files(plan: ServicePlan, *, extra_trusted: Sequence[str] = ()) -> None:
+    """What a Python server needs from the system besides its code: :data:`PYTHON_SYSTEM_FILES`
+    (and *extra_trusted*) trusted when the base has them, ``/etc/resolv.conf`` allowed, an
+    ``/etc/hosts`` of the image's own (Docker and Kubernetes replace /etc/hosts at run time, so
+    it cannot be a trusted file), and the simulated quoter's variable passed through (simulation
+    only: a quote from it verifies only against a synthetic root)."""
+    plan.env_passthrough.append(SIMULATED_QUOTER_ENV)
+    plan.allowed.append("/etc/resolv.conf")
+    plan.add_file(None, "/etc/hosts", FileKind.ALLOWED, data=ETC_HOSTS)
+    plan.trusted_if_present += [*PYTHON_SYSTEM_FILES, *extra_trusted]
 
 
 def ship_python_package(
@@ -337,34 +371,12 @@ def python_server_plan(
     )
     if python is not None:
         plan.argv[0] = python.interpreter
-    plan.env_passthrough.append("ENCLAVE_BUILD_SIMULATED_QUOTER")
-    plan.allowed.append("/etc/resolv.conf")
-    # Docker and Kubernetes replace /etc/hosts at run time, so it cannot be a trusted file; the
-    # image carries one (a minimal base has none) so that `localhost` resolves everywhere.
-    plan.add_file(
-        None,
-        "/etc/hosts",
-        FileKind.ALLOWED,
-        data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    add_python_system_files(
+        plan,
+        # Debian's cryptography 38 insists on OpenSSL's legacy provider, which libcrypto
+        # dlopens (no DT_NEEDED names it).
+        extra_trusted=("/usr/lib/x86_64-linux-gnu/ossl-modules/legacy.so",),
     )
-    plan.trusted_if_present += [
-        "/etc/nsswitch.conf",
-        "/etc/ld.so.cache",
-        "/etc/passwd",
-        "/etc/group",
-        "/etc/ssl/openssl.cnf",
-        # The LibOS checks the path a program opens, not a symlink's
-        # target: OpenSSL reads its config through OPENSSLDIR's link.
-        "/usr/lib/ssl/openssl.cnf",
-        # glibc: the resolver's options (resolving `localhost`) and
-        # the time zone (localtime(), e.g. for log timestamps).
-        "/etc/host.conf",
-        "/etc/gai.conf",
-        "/etc/localtime",
-        # Debian's cryptography 38 insists on OpenSSL's legacy provider,
-        # which libcrypto dlopens (no DT_NEEDED names it).
-        "/usr/lib/x86_64-linux-gnu/ossl-modules/legacy.so",
-    ]
 
     entry_points: dict[str, str] = {}
     ep = _backend_entry_point(backend)

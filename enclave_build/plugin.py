@@ -48,8 +48,8 @@ What is here:
 * building plans: :func:`base_plan`, :func:`add_model`, :func:`add_secret_file`, key names,
   :func:`require_models`, :func:`require_one_key`, :func:`refuse_model_server_keys`;
 * plans that run enclave-build's model server: :func:`python_server_plan`,
-  :func:`server_config`, :func:`ship_python_package`, :func:`deliver_keys_as_files` and the
-  paths they use. The server's configuration (model-server.json) is the plan's typed
+  :func:`server_config`, :func:`ship_python_package`, :func:`add_python_system_files`,
+  :func:`deliver_keys_as_files` and the paths they use. The server's configuration (model-server.json) is the plan's typed
   ``server_config``, an :class:`enclave_build.contract.server_config.ServerConfig`: adjust it
   with ``dataclasses.replace``; :func:`server_config` also takes its models and ``tls`` as
   dicts of their fields;
@@ -113,6 +113,7 @@ from .builder.plugin_types import (
 )
 from .builder.python_server import (
     BACKEND_ENTRY_POINTS,
+    add_python_system_files,
     deliver_keys_as_files,
     python_server_plan,
     server_config,
@@ -192,6 +193,7 @@ __all__ = [
     "python_server_plan",
     "server_config",
     "ship_python_package",
+    "add_python_system_files",
     "deliver_keys_as_files",
     "PYTHON",
     "SERVER_PYTHONPATH",

@@ -32,7 +32,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from enclave_build.contract.names import POLICY_FILE, SECRETS_FILE, SIMULATED_QUOTER_ENV
+from enclave_build.contract.names import POLICY_FILE, SECRETS_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment, PolicyFragmentError
 from enclave_build.contract.secrets_config import (
     AttestationSettings,
@@ -54,6 +54,7 @@ from enclave_build.plugin import (
     Section,
     ServicePlan,
     Spec,
+    add_python_system_files,
     base_plan,
     hookimpl,
     refuse_model_server_keys,
@@ -341,28 +342,8 @@ def plan(spec: Spec) -> ServicePlan:
             Port(opts["grsecret_port"], "grsecret", spec_key="secret-server.grsecret_port")
         )
         distributions += GRSECRET_DISTRIBUTIONS
-    # Simulation only: where quotes come from when there is no quote device. It decides nothing
-    # about trust: a quote from it verifies only against a synthetic root.
-    plan.env_passthrough.append(SIMULATED_QUOTER_ENV)
     plan.needs_quote_device = True  # its RA-TLS identity: quotes from /dev/attestation
-    plan.allowed.append("/etc/resolv.conf")
-    plan.add_file(
-        None,
-        "/etc/hosts",
-        FileKind.ALLOWED,
-        data=b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-    )
-    plan.trusted_if_present += [
-        "/etc/nsswitch.conf",
-        "/etc/ld.so.cache",
-        "/etc/passwd",
-        "/etc/group",
-        "/etc/ssl/openssl.cnf",
-        "/usr/lib/ssl/openssl.cnf",
-        "/etc/host.conf",
-        "/etc/gai.conf",
-        "/etc/localtime",
-    ]
+    add_python_system_files(plan)
     # the server and the contract types it reads its configuration with
     ship_python_package(plan, "enclave_build.attestation")
     ship_python_package(plan, "enclave_build.contract")
