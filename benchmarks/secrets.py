@@ -19,6 +19,25 @@ Goals (printed): <= 1.0 ms server CPU per attested connection, >= 2x the "before
 attested/s, 0 failures at 1000 concurrent.
 
     python benchmarks/secrets.py [--requests 1500] [--levels 1,50,500,1000] [--pin]
+
+**Before/after** (``--baseline-root DIR``): instead of the three servers above, the same server
+(``--compare``: "after", the default server, or "before", one process without the cache) from
+another checkout ("before") and from this one ("after"), each in a process of its own
+(benchmarks/secret_server_proc.py, the checkout's code first on its path), both up for the whole
+run. At each level the same client load (the same processes, certificates and request counts)
+runs on "before" then "after", ``--rounds`` times (pooled), so drift in the machine's load hits
+both. It prints attested/s, p50 and p99 of both with the after/before ratios, server CPU per
+connection of both, and a verdict: "no regression" when "after"'s server CPU per connection is
+within 10 % (``--tolerance``) or 0.03 ms of "before"'s, its attested/s at every level at least
+90 % of "before"'s and it has no more failures; otherwise "REGRESSION" saying what (and the exit
+status is 1). The baseline may have either layout: the namespaced one (``enclave_build.attestation``)
+or the older one with top-level packages (``attestation``, the checkout itself on the path); both
+read the same secrets.toml and measurement files, and run with this checkout's virtual
+environment. For example, against the commit before the code moved under ``enclave_build``::
+
+    git worktree add --detach ../base 35263d6
+    python benchmarks/secrets.py --baseline-root ../base --levels 1,50,500 --rounds 3
+    python benchmarks/secrets.py --baseline-root ../base --levels 1,50 --requests 200
 """
 
 from __future__ import annotations
@@ -26,17 +45,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import os
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "scripts"))
 
 from cryptography.hazmat.primitives import serialization
+from package_tree import checkout_prefix, checkout_tree
 
 from enclave_build.attestation.config import load_config
 from enclave_build.attestation.measurements import ImageRef, Measurements
@@ -71,9 +96,15 @@ SERVERS = {
 }
 
 
-def write_config(directory: Path, allow: list[str], processes: int | None, cache: bool) -> Path:
+def write_config(
+    directory: Path, allow: list[str], processes: int | None, cache: bool, label: str = ""
+) -> Path:
+    """secrets.toml for the benchmark; the same file for either layout of a checkout (the
+    top-level layout's attestation/config.py reads these keys too). *label* names the file and
+    its audit log apart from another server's in the same directory."""
     allow_list = ", ".join(f'"{a}"' for a in allow)
-    path = directory / f"secrets-{processes}-{cache}.toml"
+    name = f"{label}-" if label else ""
+    path = directory / f"secrets-{name}{processes}-{cache}.toml"
     path.write_text(f"""measurements = ["builds/*.json"]
 
 [server]
@@ -83,7 +114,7 @@ key = "server.key"
 max_connections = 1100
 max_connections_per_peer = 1100
 timeout = 60
-audit_log = "audit.jsonl"
+audit_log = "{name}audit.jsonl"
 {f"processes = {processes}" if processes else ""}
 
 [attestation]
@@ -263,16 +294,7 @@ def run(
             elapsed, latencies, failures = drive(
                 address, ca, clients, level, total, client_processes, pin
             )
-            latencies.sort()
-            if latencies:
-                results[level] = (
-                    len(latencies) / elapsed,
-                    statistics.median(latencies) * 1000,
-                    latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
-                    failures,
-                )
-            else:
-                results[level] = (0.0, float("nan"), float("nan"), failures)
+            results[level] = summary(latencies, elapsed, failures)
             served += len(latencies)
     finally:
         stop.set()
@@ -280,6 +302,202 @@ def run(
         process.join(60)
     results["cpu_ms"] = cpu / max(served, 1) * 1000
     return results
+
+
+class CheckoutServer:
+    """A checkout's secret server (either layout) in a process of its own
+    (benchmarks/secret_server_proc.py), serving *config* until :meth:`stop`."""
+
+    def __init__(self, root: Path, workdir: Path, label: str, config: Path, pin: bool):
+        self.tree = checkout_tree(root, workdir / f"root-{label}", "attestation")
+        self.label = label
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "secret_server_proc.py"),
+                self.tree.prefix,
+                str(config),
+                *(["--pin"] if pin else []),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=self.tree.path,
+            env={**os.environ, "PYTHONPATH": str(self.tree.path)},
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None  # pipes
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(30)
+            raise SystemExit(f"{label} secret server ({root}) did not start")
+        started = json.loads(line)
+        self.address = tuple(started["address"])
+        self.processes: int = started["processes"]
+        self.module: str = started["module"]
+
+    def stop(self) -> float:
+        """Shut the server down; its CPU seconds (every process) over its life."""
+        assert self.proc.stdout is not None and self.proc.stdin is not None  # pipes
+        self.proc.stdin.close()
+        line = self.proc.stdout.readline()
+        self.proc.wait(60)
+        if not line:
+            raise SystemExit(f"{self.label} secret server exited with {self.proc.returncode}")
+        return float(json.loads(line)["cpu"])
+
+
+SIDES = ("before", "after")
+
+
+def run_before_after(
+    kind: str,
+    roots: dict[str, Path],
+    directory: Path,
+    ca,
+    allow,
+    clients,
+    levels,
+    requests,
+    pin: bool,
+    client_processes: int,
+    rounds: int,
+) -> dict[str, dict]:
+    """The server *kind* from both checkouts, up together; at each level the same load on
+    "before" then "after", *rounds* times (pooled)."""
+    _, processes, cache = SERVERS[kind]
+    servers: dict[str, CheckoutServer] = {}
+    try:
+        for side in SIDES:
+            config = write_config(directory, allow, processes, cache, side)
+            servers[side] = CheckoutServer(roots[side], directory, side, config, pin)
+            tree = servers[side].tree
+            print(
+                f"{side}: {tree.checkout} ({tree.layout} layout), server from "
+                f"{servers[side].module}, {servers[side].processes} process(es)",
+                flush=True,
+            )
+        results: dict[str, dict] = {side: {"processes": servers[side].processes} for side in SIDES}
+        served = dict.fromkeys(SIDES, 0)
+        for level in levels:
+            total = max(requests, level)
+            pooled: dict[str, tuple[list[float], float, int]] = {
+                side: ([], 0.0, 0) for side in SIDES
+            }
+            for _ in range(rounds):
+                for side in SIDES:
+                    elapsed, latencies, failures = drive(
+                        servers[side].address, ca, clients, level, total, client_processes, pin
+                    )
+                    lat, spent, failed = pooled[side]
+                    pooled[side] = (lat + latencies, spent + elapsed, failed + failures)
+            for side in SIDES:
+                latencies, elapsed, failures = pooled[side]
+                results[side][level] = summary(latencies, elapsed, failures)
+                served[side] += len(latencies)
+    finally:
+        cpu = {side: server.stop() for side, server in servers.items()}
+    for side in SIDES:
+        results[side]["cpu_ms"] = cpu[side] / max(served[side], 1) * 1000
+    return results
+
+
+def summary(latencies: list[float], elapsed: float, failures: int) -> tuple:
+    """(attested/s, p50 ms, p99 ms, failures) of one level."""
+    if not latencies:
+        return (0.0, float("nan"), float("nan"), failures)
+    latencies = sorted(latencies)
+    return (
+        len(latencies) / elapsed,
+        statistics.median(latencies) * 1000,
+        latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
+        failures,
+    )
+
+
+#: Before/after verdict: "after" may be this much worse (relative) than "before" ...
+TOLERANCE = 0.10
+#: ... or, for server CPU per connection, this many ms, whichever is larger.
+CPU_SLACK_MS = 0.03
+
+
+def verdict(results: dict[str, dict], levels, tolerance: float) -> tuple[bool, list[str]]:
+    """Whether "after" did not regress against "before", and what did: server CPU per
+    connection within *tolerance* or CPU_SLACK_MS, attested/s at each level at least
+    (1 - *tolerance*) of before's, no more failures at any level."""
+    before, after = results["before"], results["after"]
+    problems = []
+    if after["cpu_ms"] > before["cpu_ms"] + max(before["cpu_ms"] * tolerance, CPU_SLACK_MS):
+        problems.append(
+            f"server CPU per connection {after['cpu_ms']:.2f} ms vs {before['cpu_ms']:.2f} ms"
+        )
+    for level in levels:
+        if after[level][0] < before[level][0] * (1 - tolerance):
+            problems.append(
+                f"{after[level][0]:.0f} vs {before[level][0]:.0f} attested/s at {level} clients"
+            )
+        if after[level][3] > before[level][3]:
+            problems.append(f"{after[level][3]} vs {before[level][3]} failures at {level} clients")
+    return not problems, problems
+
+
+def print_before_after(results: dict[str, dict], levels, kind: str, tolerance: float) -> bool:
+    before, after = results["before"], results["after"]
+    print(
+        f"{'clients':>8} | {'before /s':>10} {'p50 ms':>7} {'p99 ms':>7} {'fail':>4} | "
+        f"{'after /s':>10} {'p50 ms':>7} {'p99 ms':>7} {'fail':>4} | {'/s ratio':>8} "
+        f"{'p50 ratio':>9}"
+    )
+    for level in levels:
+        b, a = before[level], after[level]
+        print(
+            f"{level:>8} | {b[0]:>10.0f} {b[1]:>7.1f} {b[2]:>7.1f} {b[3]:>4} | "
+            f"{a[0]:>10.0f} {a[1]:>7.1f} {a[2]:>7.1f} {a[3]:>4} | "
+            f"{a[0] / b[0] if b[0] else float('nan'):>8.2f} {a[1] / b[1]:>9.2f}"
+        )
+    for side in SIDES:
+        r = results[side]
+        print(
+            f"{side:>8}: {r['processes']} server process(es), server CPU per connection "
+            f"{r['cpu_ms']:.2f} ms"
+        )
+    print(f"server CPU per connection after/before: {after['cpu_ms'] / before['cpu_ms']:.2f}")
+    ok, problems = verdict(results, levels, tolerance)
+    rule = (
+        f"server CPU per connection within {tolerance:.0%} or {CPU_SLACK_MS} ms of before, "
+        f"attested/s at least {1 - tolerance:.0%} of before at every level, no more failures"
+    )
+    if ok:
+        print(f"verdict ({kind} server): no regression ({rule})")
+    else:
+        print(f"verdict ({kind} server): REGRESSION ({'; '.join(problems)}); rule: {rule}")
+    return ok
+
+
+def before_after(args, levels) -> bool:
+    """The --baseline-root run; True when "after" did not regress."""
+    roots = {"before": args.baseline_root, "after": REPO}
+    with tempfile.TemporaryDirectory(prefix="eb-bench-secrets-") as tmp:
+        ca, allow, clients = setup(Path(tmp))
+        results = run_before_after(
+            args.compare,
+            roots,
+            Path(tmp),
+            ca,
+            allow,
+            clients,
+            levels,
+            args.requests,
+            args.pin,
+            args.client_processes,
+            args.rounds,
+        )
+    print(
+        f"{os.cpu_count()} cores; {args.client_processes} client process(es); the "
+        f"{args.compare!r} server of {roots['before']} (before) and {roots['after']} (after), "
+        f"{args.rounds} interleaved round(s) per level"
+        + ("; pinned: server on core 0, clients on core 1" if args.pin else "")
+    )
+    return print_before_after(results, levels, args.compare, args.tolerance)
 
 
 def main() -> None:
@@ -307,8 +525,42 @@ def main() -> None:
         action="store_true",
         help="server on core 0 only, clients on core 1 only: per-core capacity",
     )
+    parser.add_argument(
+        "--baseline-root",
+        type=Path,
+        help="compare with this checkout's secret server ('before'; either layout): the "
+        "--compare server from it and from this checkout, interleaved per level, with ratios "
+        "and a verdict",
+    )
+    parser.add_argument(
+        "--compare",
+        default="after",
+        choices=["before", "after"],
+        help="with --baseline-root: the server run from both checkouts (default: after, "
+        "the default server)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --baseline-root: before/after pairs per level (pooled)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        help=f"with --baseline-root: relative slack of the verdict (default {TOLERANCE})",
+    )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    if args.baseline_root is not None:
+        if args.rounds < 1:
+            parser.error("--rounds: at least 1")
+        try:  # the layout, checked before minutes of load
+            checkout_prefix(args.baseline_root.resolve(), "attestation")
+        except ValueError as exc:
+            parser.error(f"--baseline-root: {exc}")
+        sys.exit(0 if before_after(args, levels) else 1)
     kinds = [k for k in args.servers.split(",") if k]
     unknown = sorted(set(kinds) - set(SERVERS))
     if unknown:

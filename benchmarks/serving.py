@@ -26,7 +26,26 @@ instance on one core, and the clients' cost no longer steals inference time.
 Goal from the issue: p50 overhead <= 0.3 ms and throughput >= 90 % of direct on 2 cores.
 
     .venv/bin/python benchmarks/serving.py [--seconds 5] [--concurrency 1 8] [--pin]
-        [--server-root DIR]   # serve from another checkout's model_server (before/after)
+        [--server-root DIR]   # serve from another checkout's model server
+
+**Before/after** (``--baseline-root DIR``): the model server of another checkout ("before")
+and of ``--server-root`` (this one by default: "after") are both started for each concurrency,
+and every server row (grpc, grpc-lean, rest, rest-lean) runs on "before" then on "after" with
+the same clients, ``--rounds`` times, so drift in the machine's load hits both sides. A table
+then gives each side's p50, server CPU per request (the median over rounds) and req/s, with the
+after/before ratios, and a verdict: "no regression" when, on every row, "after"'s server CPU per
+request is within 10 % (``--tolerance``) or 0.03 ms of "before"'s and its p50 within 10 % or
+0.05 ms; otherwise "REGRESSION" naming the rows (and the exit status is 1). A ratio marked ``!``
+is out of tolerance. Either checkout may have either layout: the namespaced one (pyproject maps
+``enclave_build.model_server``: laid as the installed package's shape and run as ``python -m
+enclave_build.model_server``) or the older one with top-level packages (run as ``python -m
+model_server`` with the checkout on ``PYTHONPATH``); both read the same configuration file.
+Both run with this checkout's virtual environment. For example, against the commit before the
+code moved under ``enclave_build``::
+
+    git worktree add --detach ../base 35263d6
+    .venv/bin/python benchmarks/serving.py --baseline-root ../base --rounds 3
+    .venv/bin/python benchmarks/serving.py --baseline-root ../base --seconds 1 --concurrency 1
 """
 
 from __future__ import annotations
@@ -54,7 +73,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "scripts"))
 
-from package_tree import run_root
+from package_tree import checkout_prefix, checkout_tree
 
 
 def _client(*args) -> None:
@@ -272,43 +291,56 @@ def run_load(
     return row
 
 
+def server_config(model: Path, instances: int) -> dict:
+    """The model server's configuration file, for either layout: the top-level layout's
+    ``model_server/config.py`` reads version 1 with these same keys (limits left out take each
+    checkout's own defaults), and ``"tflite"`` is a builtin backend in both, so each checkout
+    serves with its own backend class."""
+    limits = {"max_request_bytes": 8 << 20, "max_concurrent_requests": 64, "max_queue": 256}
+    return {
+        "version": 1,
+        "service": "bench",
+        "grpc": {"host": "127.0.0.1", "port": 0},
+        "rest": {"host": "127.0.0.1", "port": 0},
+        "limits": limits,
+        "drain_seconds": 5,
+        "metrics": True,
+        "models": [
+            {
+                "name": "fd",
+                "backend": "tflite",
+                "path": str(model),
+                "instances": instances,
+                "threads": 1,
+            }
+        ],
+    }
+
+
 class ServerProc:
+    """One model server process running *root*'s code (either layout), on free ports."""
+
     def __init__(
-        self, model: Path, instances: int, workdir: Path, pin: list[int] | None, root: Path = REPO
+        self,
+        model: Path,
+        instances: int,
+        workdir: Path,
+        pin: list[int] | None,
+        root: Path = REPO,
+        label: str = "after",
     ):
-        cfg = {
-            "version": 1,
-            "service": "bench",
-            "grpc": {"host": "127.0.0.1", "port": 0},
-            "rest": {"host": "127.0.0.1", "port": 0},
-            "limits": {
-                "max_request_bytes": 8 << 20,
-                "max_concurrent_requests": 64,
-                "max_queue": 256,
-            },
-            "drain_seconds": 5,
-            "metrics": True,
-            "models": [
-                {
-                    "name": "fd",
-                    "backend": "tflite",
-                    "path": str(model),
-                    "instances": instances,
-                    "threads": 1,
-                }
-            ],
-        }
-        path = workdir / f"bench-{instances}.json"
-        path.write_text(json.dumps(cfg))
-        # run from a tree of the checkout's enclave_build (from the checkout itself, Python would
-        # import only its top-level package and take the subpackages from the installed one)
-        code = run_root(root, workdir / f"root-{instances}")
+        # the checkout's own packages first on the path (for the namespaced layout a tree of
+        # links: from the checkout itself Python would import only its top-level package and
+        # take the subpackages from the installed one)
+        self.tree = checkout_tree(root, workdir / f"root-{label}-{instances}", "model_server")
+        path = workdir / f"bench-{label}-{instances}.json"
+        path.write_text(json.dumps(server_config(model, instances)))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enclave_build.model_server", "--config", str(path)],
+            [sys.executable, "-m", self.tree.module("model_server"), "--config", str(path)],
             stderr=subprocess.PIPE,
             text=True,
-            cwd=code,
-            env={**os.environ, "PYTHONPATH": str(code)},
+            cwd=self.tree.path,
+            env={**os.environ, "PYTHONPATH": str(self.tree.path)},
         )
         if pin:
             os.sched_setaffinity(self.proc.pid, pin)
@@ -322,7 +354,7 @@ class ServerProc:
                 self.grpc, self.rest = m.groups()
                 break
         else:
-            raise SystemExit("server did not start:\n" + "".join(self.lines))
+            raise SystemExit(f"{label} server ({root}) did not start:\n" + "".join(self.lines))
         threading.Thread(target=lambda: self.lines.extend(stderr), daemon=True).start()
 
     def stop(self) -> None:
@@ -334,10 +366,21 @@ GOAL_P50_MS = 0.3
 GOAL_THROUGHPUT = 0.9
 
 
+#: Before/after verdict: "after" may cost this much more (relative) than "before" ...
+TOLERANCE = 0.10
+#: ... or this much in absolute terms (ms), whichever is larger: server CPU per request, p50.
+CPU_SLACK_MS = 0.03
+P50_SLACK_MS = 0.05
+
+
 def run_pass(args, model: Path, cores: int, pinned: bool, tmp: Path) -> list[dict]:
-    """direct, then every protocol and client kind, for each concurrency."""
+    """direct, then every protocol and client kind, for each concurrency. With a baseline, each
+    server row runs on the baseline's server ("before") then this one's ("after"), ``rounds``
+    times, both servers up for the whole concurrency level."""
     server_core = [0] if pinned else None
     load_core = [1] if pinned else None
+    sides = ("before", "after") if args.baseline_root else ("after",)
+    roots = {"before": args.baseline_root, "after": args.server_root}
     rows = []
     for c in args.concurrency:
         # pinned: the direct interpreters get the server's core, the server one instance there
@@ -346,34 +389,57 @@ def run_pass(args, model: Path, cores: int, pinned: bool, tmp: Path) -> list[dic
         direct["cpu_ms"] = direct["client_cpu_ms"]
         rows.append(direct)
         instances = args.instances or (1 if pinned else min(c, cores))
-        server = ServerProc(model, instances, tmp, server_core, args.server_root)
+        servers: dict[str, ServerProc] = {}
         try:
+            for side in sides:
+                servers[side] = ServerProc(model, instances, tmp, server_core, roots[side], side)
+                tree = servers[side].tree
+                print(
+                    f"{side}: {tree.checkout} ({tree.layout} layout): "
+                    f"PYTHONPATH={tree.path} python -m {tree.module('model_server')}, "
+                    f"{instances} instance(s)",
+                    flush=True,
+                )
             for proto in args.protocols:
                 for lean in (False, True) if args.lean else (False,):
                     kind = proto + ("-lean" if lean else "")
-                    addr = server.grpc if proto == "grpc" else server.rest
-                    r = run_load(
-                        kind, c, addr, model, args.seconds, args.warmup, load_core, server.proc.pid
-                    )
-                    r["instances"] = instances
-                    r["pinned"] = pinned
-                    r["p50_overhead_ms"] = r["p50_ms"] - direct["p50_ms"]
-                    r["throughput_ratio"] = r["per_s"] / direct["per_s"]
-                    r["server_extra_cpu_ms"] = r["server_cpu_ms"] - direct["cpu_ms"]
-                    r["goal_met"] = (
-                        r["p50_overhead_ms"] <= GOAL_P50_MS
-                        and r["throughput_ratio"] >= GOAL_THROUGHPUT
-                    )
-                    rows.append(r)
+                    for round_ in range(args.rounds if args.baseline_root else 1):
+                        for side in sides:
+                            server = servers[side]
+                            addr = server.grpc if proto == "grpc" else server.rest
+                            r = run_load(
+                                kind,
+                                c,
+                                addr,
+                                model,
+                                args.seconds,
+                                args.warmup,
+                                load_core,
+                                server.proc.pid,
+                            )
+                            r["side"] = side
+                            r["round"] = round_
+                            r["layout"] = server.tree.layout
+                            r["instances"] = instances
+                            r["pinned"] = pinned
+                            r["p50_overhead_ms"] = r["p50_ms"] - direct["p50_ms"]
+                            r["throughput_ratio"] = r["per_s"] / direct["per_s"]
+                            r["server_extra_cpu_ms"] = r["server_cpu_ms"] - direct["cpu_ms"]
+                            r["goal_met"] = (
+                                r["p50_overhead_ms"] <= GOAL_P50_MS
+                                and r["throughput_ratio"] >= GOAL_THROUGHPUT
+                            )
+                            rows.append(r)
         finally:
-            server.stop()
+            for server in servers.values():
+                server.stop()
     return rows
 
 
 def print_table(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
     print(
-        f"{'load':10} {'C':>2} {'inst':>4} {'n':>6} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'load':10} {'side':6} {'C':>2} {'inst':>4} {'n':>6} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'req/s':>7} {'p50 +ms':>7} {'thr/dir':>7} {'cli CPU':>7} {'srv CPU':>7} "
         f"{'srv +CPU':>8}  goal"
     )
@@ -387,9 +453,92 @@ def print_table(rows: list[dict], title: str) -> None:
         else:
             extra = f"{'':7} {'':7} {'':7} {r['cpu_ms']:7.3f} {'':8}  (inference CPU/req)"
         print(
-            f"{r['kind']:10} {r['concurrency']:>2} {r.get('instances', ''):>4} {r['n']:>6} "
+            f"{r['kind']:10} {r.get('side', ''):6} {r['concurrency']:>2} "
+            f"{r.get('instances', ''):>4} {r['n']:>6} "
             f"{r['p50_ms']:7.3f} {r['p99_ms']:7.3f} {r['per_s']:7.1f} {extra}"
         )
+
+
+def within(after: float, before: float, tolerance: float, slack: float) -> bool:
+    """*after* is no worse than *before* beyond *tolerance* (relative) or *slack* (absolute)."""
+    return after <= before + max(before * tolerance, slack)
+
+
+def compare(rows: list[dict], tolerance: float) -> list[dict]:
+    """One comparison per server row (load, concurrency): the median over rounds of each side's
+    p50, req/s and server CPU per request, the after/before ratios and whether "after" is within
+    the tolerance of "before" on server CPU per request and on p50."""
+    groups: dict[tuple[str, int], dict[str, list[dict]]] = {}
+    for r in rows:
+        if "side" in r:
+            groups.setdefault((r["kind"], r["concurrency"]), {}).setdefault(r["side"], []).append(r)
+    out = []
+    for (kind, c), sides in groups.items():
+        if set(sides) != {"before", "after"}:
+            continue
+        m = {
+            side: {
+                key: float(np.median([r[key] for r in runs]))
+                for key in ("p50_ms", "per_s", "server_cpu_ms")
+            }
+            for side, runs in sides.items()
+        }
+        before, after = m["before"], m["after"]
+        cpu_ok = within(after["server_cpu_ms"], before["server_cpu_ms"], tolerance, CPU_SLACK_MS)
+        p50_ok = within(after["p50_ms"], before["p50_ms"], tolerance, P50_SLACK_MS)
+        out.append(
+            {
+                "kind": kind,
+                "concurrency": c,
+                "before": before,
+                "after": after,
+                "cpu_ratio": after["server_cpu_ms"] / before["server_cpu_ms"],
+                "p50_ratio": after["p50_ms"] / before["p50_ms"],
+                "cpu_ok": cpu_ok,
+                "p50_ok": p50_ok,
+            }
+        )
+    return out
+
+
+def print_comparison(comparison: list[dict], title: str, tolerance: float) -> bool:
+    """The before/after table and its verdict line; True when nothing regressed."""
+    print(f"\n{title}")
+    print(
+        f"{'load':10} {'C':>2} | {'p50 before':>10} {'after':>7} {'ratio':>6} | "
+        f"{'srv CPU before':>14} {'after':>7} {'ratio':>6} | {'req/s before':>12} {'after':>7}"
+    )
+    for x in comparison:
+        b, a = x["before"], x["after"]
+        print(
+            f"{x['kind']:10} {x['concurrency']:>2} | {b['p50_ms']:10.3f} {a['p50_ms']:7.3f} "
+            f"{x['p50_ratio']:6.2f}{' ' if x['p50_ok'] else '!'}| "
+            f"{b['server_cpu_ms']:14.3f} {a['server_cpu_ms']:7.3f} "
+            f"{x['cpu_ratio']:6.2f}{' ' if x['cpu_ok'] else '!'}| "
+            f"{b['per_s']:12.1f} {a['per_s']:7.1f}"
+        )
+    bad = [x for x in comparison if not (x["cpu_ok"] and x["p50_ok"])]
+    rule = (
+        f"server CPU/request and p50 each within {tolerance:.0%} or {CPU_SLACK_MS} ms "
+        f"(CPU) / {P50_SLACK_MS} ms (p50) of before"
+    )
+    if bad:
+        print(
+            "verdict: REGRESSION ("
+            + ", ".join(
+                f"{x['kind']} C={x['concurrency']}: "
+                + " and ".join(
+                    what
+                    for what, ok in (("server CPU", x["cpu_ok"]), ("p50", x["p50_ok"]))
+                    if not ok
+                )
+                for x in bad
+            )
+            + f"); rule: {rule}"
+        )
+    else:
+        print(f"verdict: no regression ({rule})")
+    return not bad
 
 
 def main() -> None:
@@ -419,10 +568,39 @@ def main() -> None:
         "--server-root",
         type=Path,
         default=REPO,
-        help="directory whose model_server package is served (default: this repo)",
+        help="checkout whose model server is served as 'after' (default: this repo)",
+    )
+    ap.add_argument(
+        "--baseline-root",
+        type=Path,
+        help="also serve this checkout's model server ('before'; either layout), each server "
+        "row on both, interleaved, and print after/before ratios with a verdict",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --baseline-root: before/after pairs per row (medians are compared)",
+    )
+    ap.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        help=f"with --baseline-root: relative slack of the verdict (default {TOLERANCE})",
     )
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds: at least 1")
+    for option, root in (
+        ("--server-root", args.server_root),
+        ("--baseline-root", args.baseline_root),
+    ):
+        if root is not None:
+            try:  # the layout, checked before minutes of load
+                checkout_prefix(root.resolve(), "model_server")
+            except ValueError as exc:
+                ap.error(f"{option}: {exc}")
 
     from tests.models import face_detection_tflite
 
@@ -432,7 +610,9 @@ def main() -> None:
         raise SystemExit("--pin needs two cores")
     print(
         f"model {model.name}, {cores} cores, {args.seconds:g} s per run, LiteRT 1 thread per "
-        f"interpreter, server from {args.server_root}; load average "
+        f"interpreter, server from {args.server_root}"
+        + (f", baseline ('before') from {args.baseline_root}" if args.baseline_root else "")
+        + "; load average "
         + " ".join(f"{x:.2f}" for x in os.getloadavg())
         + " (other work on the machine "
         "skews every number; compare rows of one run only)"
@@ -462,13 +642,26 @@ def main() -> None:
             if "throughput_ratio" in r:
                 print(
                     f"  {'pinned' if pinned else 'unpinned':8} {r['kind']:10} "
-                    f"C={r['concurrency']}: +{r['p50_overhead_ms']:.3f} ms p50, "
+                    + (f"{r['side']:6} " if args.baseline_root else "")
+                    + f"C={r['concurrency']}: +{r['p50_overhead_ms']:.3f} ms p50, "
                     f"{r['throughput_ratio']:.0%} of direct throughput, server "
                     f"+{r['server_extra_cpu_ms']:.2f} ms CPU/request -> "
                     f"{'met' if r['goal_met'] else 'NOT met'}"
                 )
+    ok = True
+    if args.baseline_root:
+        for pinned, rows in all_rows:
+            ok &= print_comparison(
+                compare(rows, args.tolerance),
+                f"before ({args.baseline_root}) vs after ({args.server_root}), "
+                + ("pinned" if pinned else "unpinned")
+                + f", median of {args.rounds} interleaved round(s)",
+                args.tolerance,
+            )
     if args.json:
         print(json.dumps([r for _, rows in all_rows for r in rows], indent=1))
+    if not ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
