@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +203,22 @@ def test_refusals_are_counted_per_model_and_start_at_zero():
     assert "# TYPE model_server_client_refusals_total counter" in text
     assert 'model="open"' not in text.split("model_server_model_ready")[0]
     assert "model_server_client_refusals_total" not in Metrics().render(0, 0, ["open"])
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_the_documented_openssl_recipe_gives_the_pin(tmp_path):
+    """docs/how-to/serving.md computes a sha256: pin with openssl; it must be ours."""
+    from cryptography.hazmat.primitives import serialization
+
+    cert, digest = _cert("alice")
+    (tmp_path / "client.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    recipe = (
+        "openssl x509 -in client.pem -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum"
+    )
+    docs = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "serving.md"
+    assert recipe in docs.read_text()
+    out = subprocess.run(
+        recipe, shell=True, cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split()[0] == digest
+    assert identity_of_pem(cert.public_bytes(serialization.Encoding.PEM)).spki_sha256 == digest
