@@ -43,6 +43,7 @@ from .leak_guard import check_model_paths, scan_artifacts, scan_plan
 from .model_check import check_models, warn_stateful
 from .output_dir import Protected, build_output_problem, check_replaceable
 from .plan import ServicePlan
+from .planning import require_enforced
 from .plugin_types import (
     BuildOptions,
     LibOSArtifacts,
@@ -181,6 +182,7 @@ def make_plan(spec: Spec, registry: PluginRegistry) -> ServicePlan:
             f"framework {framework.name!r} returned {type(plan).__name__}, not a ServicePlan"
         )
     registry.pm.hook.enclave_build_configure(spec=spec, plan=plan)
+    require_enforced(spec, plan, framework.name)
     instances = (
         f"[{framework.section.name}] instances"
         if framework.section is not None
@@ -412,6 +414,7 @@ def output_inputs(spec: Spec) -> list[Protected]:
         ("[secrets] ca", spec.secrets.ca),
         ("[tls] cert", spec.tls.cert if spec.tls else None),
         ("[tls] key", spec.tls.key if spec.tls else None),
+        ("[tls] client_ca", spec.tls.client_ca if spec.tls else None),
         ("[signing] key", spec.signing.key),
         ("[signing] public_key", spec.signing.public_key),
         ("[signing] signature", spec.signing.signature),

@@ -316,9 +316,36 @@ def add_secret_file(
     return dest
 
 
+def require_enforced(spec: Spec, plan: ServicePlan, framework: str) -> None:
+    """A located spec error when *plan* (the framework's, plugins' hooks applied) does not
+    hand the spec's client lists and client CA to enclave-build's model server: a list nobody
+    enforces must not build."""
+    config = plan.server_config
+    served = {m.name: m.clients for m in config.models} if config is not None else {}
+    for index, model in enumerate(spec.models):
+        if model.clients is not None and served.get(model.name) != model.clients:
+            raise spec_error(
+                spec,
+                ("models", index, "clients"),
+                f"framework {framework} does not hand this list to enclave-build's model "
+                "server, so nothing would enforce it: remove it, or use a framework that "
+                'runs enclave-build\'s model server (tflite, openvino mode "python")',
+            )
+    wants_ca = spec.tls is not None and spec.tls.client_ca is not None
+    if wants_ca and (config is None or config.tls is None or not config.tls.client_ca):
+        raise spec_error(
+            spec,
+            ("tls", "client_ca"),
+            f"framework {framework} does not configure mutual TLS with it: remove it, or "
+            "use a framework that runs enclave-build's model server (tflite, openvino mode "
+            '"python")',
+        )
+
+
 def refuse_model_server_keys(spec: Spec, framework: str) -> None:
     """For frameworks that run their own server binary: a located spec error for the keys only
-    enclave-build's model server reads (``[[models]] max_queue``, ``[limits]``)."""
+    enclave-build's model server reads (``[[models]] max_queue`` and ``clients``, ``[limits]``,
+    ``[tls] client_ca``)."""
     if spec.limits is not None:
         raise spec_error(
             spec,
@@ -336,3 +363,19 @@ def refuse_model_server_keys(spec: Spec, framework: str) -> None:
                 f'openvino mode "python"); framework {framework} runs its own '
                 "server, which queues by its own settings: remove it",
             )
+        if model.clients is not None:
+            raise spec_error(
+                spec,
+                ("models", index, "clients"),
+                f"clients applies to enclave-build's model server (tflite, openvino mode "
+                f'"python"), which checks them per request; framework {framework} runs its '
+                "own server, which cannot: remove it (or use a framework that runs "
+                "enclave-build's model server)",
+            )
+    if spec.tls is not None and spec.tls.client_ca is not None:
+        raise spec_error(
+            spec,
+            ("tls", "client_ca"),
+            f"client_ca (mutual TLS) applies to enclave-build's model server (tflite, "
+            f'openvino mode "python"); framework {framework} runs its own server: remove it',
+        )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from enclave_build.contract.names import (
+    CLIENT_CA,
     MODEL_ROOT,
     PYTHON,
     SECRET_SERVER_CA,
@@ -426,13 +427,17 @@ def python_server_plan(
                 threads=threads,
                 options=dict(options or {}),
                 max_queue=model.max_queue,
+                clients=model.clients,
             )
         )
     tls = None
     if spec.tls is not None:
         cert = add_secret_file(plan, spec, "tls.crt", source=spec.tls.cert)
         key = add_secret_file(plan, spec, "tls.key", source=spec.tls.key)
-        tls = TLSConfig(cert, key, default_key_name(spec), None)
+        client_ca = None
+        if spec.tls.client_ca is not None:  # public, and who may connect: measured
+            client_ca = plan.add_file(spec.tls.client_ca, CLIENT_CA, FileKind.TRUSTED).dest
+        tls = TLSConfig(cert, key, default_key_name(spec), client_ca)
     config = server_config(spec, plan, entries, grpc_port=grpc_port, rest_port=rest_port, tls=tls)
     plan.server_config = config
     plan.enclave.max_open_files = server_open_files(config)

@@ -20,7 +20,7 @@ from enclave_build.contract.deploy import DEPLOY, DeploySpec
 from enclave_build.contract.locate import KeyLocator
 from enclave_build.contract.schema import Field, Problem, Section, did_you_mean, validate_section
 
-from . import server_trust
+from . import server_trust, spec_clients
 from .deploy.settings import check_deploy
 from .errors import UsageError
 from .plan import ServerTrust
@@ -84,6 +84,15 @@ MODELS = Section(
             "instances)",
             minimum=0,
             maximum=65536,
+        ),
+        Field(
+            "clients",
+            "list[str]",
+            "enclave-build's model server: the only clients that may use this model, after "
+            'mutual TLS ([tls] client_ca): "sha256:HEX" (SHA-256 of the client certificate\'s '
+            'DER SubjectPublicKeyInfo) or "CN=NAME" (its subject\'s common name); others get '
+            "403 / PERMISSION_DENIED (unset: every client TLS accepts)",
+            min_items=1,
         ),
     ),
     array=True,
@@ -200,6 +209,13 @@ TLS = Section(
     (
         Field("cert", "path", "PEM certificate (chain) the model server presents", required=True),
         Field("key", "path", "PEM private key of that certificate", required=True),
+        Field(
+            "client_ca",
+            "path",
+            "PEM CA certificate(s) clients' certificates must chain to: mutual TLS, a client "
+            "without such a certificate is refused during the handshake (ships as a trusted, "
+            "measured file; enclave-build's model server)",
+        ),
     ),
 )
 
@@ -390,6 +406,9 @@ class ModelSpec:
     version: int
     key: str | None
     max_queue: int | None = None  # enclave-build's model server only
+    #: The only clients that may use the model, as written (contract.client_access entries);
+    #: None: every client the TLS layer accepts. enclave-build's model server only.
+    clients: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -434,6 +453,7 @@ class SecretsSpec:
 class TLSSpec:
     cert: Path
     key: Path
+    client_ca: Path | None = None  # mutual TLS: the CA bundle client certificates chain to
 
 
 @dataclass(frozen=True)
@@ -622,6 +642,7 @@ def spec_from_dict(
             seen.setdefault(name, index)
 
     _check_signing(signing, problems)
+    spec_clients.check(models, values["tls"], "tls" in data, problems)
     backend = backends.get(libos) if isinstance(libos, str) else None
     _check_secrets(
         values["secrets"],
@@ -683,7 +704,15 @@ def spec_from_dict(
         path=path,
         service=ServiceSpec(service["name"], service["framework"], service["libos"]),
         models=tuple(
-            ModelSpec(m["name"], m["path"], m["encrypt"], m["version"], m["key"], m["max_queue"])
+            ModelSpec(
+                m["name"],
+                m["path"],
+                m["encrypt"],
+                m["version"],
+                m["key"],
+                m["max_queue"],
+                tuple(m["clients"]) if m["clients"] is not None else None,
+            )
             for m in models
         ),
         enclave=EnclaveSpec(
@@ -704,7 +733,9 @@ def spec_from_dict(
             signing["date"],
         ),
         secrets=SecretsSpec(secrets["server"], secrets["ca"], secrets["keys_dir"], trust),
-        tls=TLSSpec(values["tls"]["cert"], values["tls"]["key"]) if "tls" in data else None,
+        tls=TLSSpec(values["tls"]["cert"], values["tls"]["key"], values["tls"]["client_ca"])
+        if "tls" in data
+        else None,
         build=BuildSpec(values["build"]["reproducible"]),
         libos_options=libos_options,
         deploy=DeploySpec.from_values(values["deploy"]),

@@ -23,6 +23,8 @@ SECRETS_DIR = "/enclave/secrets"
 MODEL_ROOT = "/models"
 #: The secret server's CA certificate in the image (trusted).
 SECRET_SERVER_CA = "/enclave/secret-server-ca.pem"
+#: The model server's client CA bundle in the image ([tls] client_ca; trusted).
+CLIENT_CA = "/enclave/client-ca.pem"
 #: The marker of a stand-in base (:mod:`.standin_base`), in the base and every image built on it.
 STANDIN_MARKER = "/usr/share/enclave-build/stand-in-base.json"
 
@@ -51,6 +53,7 @@ __all__ = [
     "SECRETS_DIR",
     "MODEL_ROOT",
     "SECRET_SERVER_CA",
+    "CLIENT_CA",
     "STANDIN_MARKER",
     "ROOT_ENV",
     "LISTEN_ENV",

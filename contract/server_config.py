@@ -12,7 +12,7 @@ inside the image::
      "tls": {"cert", "key", "key_name", "client_ca"} | null,
      "limits": {"max_request_bytes": 67108864, ...}, "drain_seconds": 20, "metrics": true,
      "models": [{"name", "version", "backend", "path", "key", "instances", "threads",
-                 "options", "max_queue"?}],
+                 "options", "max_queue"?, "clients"?}],
      "keys": {"server", "ca" | "server_identity", "names", "timeout_seconds", "evidence"}
            | {"source": "files", "directory", "names"} | null}
 """
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .client_access import ClientEntryError, ClientRule, parse_client
 from .errors import ContractError
 from .files import Locator, NoLocator, parse_json, raise_problems, read_text
 from .identity import HEX64, HEX64_DOC, PINS, U16_MAX, EnclaveIdentity
@@ -146,6 +147,14 @@ MODEL = Section(
             nullable=True,
             minimum=0,
             expect="an integer >= 0",
+        ),
+        Field(
+            "clients",
+            "list[str]",
+            'the only clients that may use the model: "sha256:HEX" (SHA-256 of the client '
+            'certificate\'s DER SubjectPublicKeyInfo) or "CN=NAME" (subject common name), '
+            "after mutual TLS (absent: every client TLS accepted)",
+            min_items=1,
         ),
     ),
 )
@@ -414,6 +423,13 @@ class ModelConfig:
     threads: int = 1  # runtime threads per instance
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific
     max_queue: int | None = None  # requests waiting for an instance; None: share of limits
+    #: The only clients that may use the model (client_access entries, as written); None:
+    #: every client the TLS layer accepted.
+    clients: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.clients is not None:
+            object.__setattr__(self, "clients", tuple(self.clients))
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -428,6 +444,8 @@ class ModelConfig:
         }
         if self.max_queue is not None:
             out["max_queue"] = self.max_queue
+        if self.clients is not None:
+            out["clients"] = list(self.clients)
         return out
 
 
@@ -566,7 +584,10 @@ class ServerConfig:
         raise_problems(problems, source, locator, ConfigError)
         return cls(
             service=v["service"],
-            models=tuple(ModelConfig(**m) for m in v["models"]),
+            models=tuple(
+                ModelConfig(**{k: val for k, val in m.items() if k != "clients" or val})
+                for m in v["models"]
+            ),
             grpc=_listener(v["grpc"]) if "grpc" in data else Listener("0.0.0.0", 8001),
             rest=_listener(v["rest"]) if "rest" in data else Listener("0.0.0.0", 8000),
             tls=TLSConfig(**v["tls"]) if v["tls"] is not None else None,
@@ -642,6 +663,7 @@ def _check(data: dict[str, Any], v: dict[str, Any], problems: list[Problem]) -> 
                 )
             )
         seen.setdefault(name, index)
+        _check_clients(model, index, v, problems)
     keys, written = v.get("keys"), data.get("keys")
     if (
         isinstance(keys, dict)
@@ -649,6 +671,35 @@ def _check(data: dict[str, Any], v: dict[str, Any], problems: list[Problem]) -> 
         and not bad(problems, ("keys", "source"))
     ):
         _check_keys(keys, written, problems)
+
+
+def _check_clients(
+    model: dict[str, Any], index: int, v: dict[str, Any], problems: list[Problem]
+) -> None:
+    """A model's clients: each entry well formed, named once, and checked by mutual TLS."""
+    clients = model.get("clients")
+    if not clients:
+        return
+    where = ("models", index, "clients")
+    seen: set[ClientRule] = set()
+    for position, entry in enumerate(clients):
+        try:
+            rule = parse_client(entry)
+        except ClientEntryError as exc:
+            problems.append(Problem(where + (position,), str(exc)))
+            continue
+        if rule in seen:
+            problems.append(Problem(where + (position,), f"{entry!r} is listed twice"))
+        seen.add(rule)
+    tls = v.get("tls")
+    if not (isinstance(tls, dict) and tls.get("client_ca")) and not bad(problems, ("tls",)):
+        problems.append(
+            Problem(
+                where,
+                "needs mutual TLS: set tls.client_ca (the CA bundle client certificates "
+                "must chain to); without it no client presents a certificate",
+            )
+        )
 
 
 def _check_keys(keys: dict[str, Any], written: dict[str, Any], problems: list[Problem]) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from .admission import Admission, InstancePool
 from .backends import Backend, TensorSpec, load_backend_class
+from .client_access import ClientAccess
 from .config import Limits, ModelConfig
 from .datatypes import TensorError
 from .errors import BudgetShort, ServeError
@@ -367,6 +368,8 @@ class Engine:
         self.ready = True
         self.counters = Counters()
         self.budget = ByteBudget(limits.max_buffered_bytes)
+        #: Models restricted to named clients (models[].clients), checked by REST and gRPC.
+        self.access = ClientAccess.of(m.config for m in models.values())
 
     def share_handler_threads(self, threads: int) -> None:
         """gRPC requests wait in handler threads, and there are *threads* of those: each model

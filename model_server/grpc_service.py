@@ -10,6 +10,10 @@ thread hand-off (grpc's poller to the handler) instead of poller -> event loop -
 thread -> event loop. Admission and the per-model queues are the ones REST shares
 (:class:`~model_server.core.Engine`, thread-safe).
 
+A model restricted to named clients (``models[].clients``, :mod:`.client_access`) answers any
+other client PERMISSION_DENIED for ModelInfer (after its message arrived: the model is named in
+it) and ModelMetadata; ModelReady stays open.
+
 Hostile clients:
 
 * Two sets of threads. Health and metadata calls (ServerLive, ServerReady, ModelReady,
@@ -51,6 +55,7 @@ from google.protobuf.message import DecodeError
 
 from . import __version__
 from . import protocol as pb
+from .client_access import Forbidden, grpc_identity
 from .config import Limits
 from .core import Engine, Hold, LoadedModel, ServeError, log
 from .costs import answer_cost, bytes_tensor_cost
@@ -205,6 +210,7 @@ class GRPCService:
             max_waiting=max(1, threads // 8),
         )
         self._watchdog: Watchdog | None = None
+        metrics.track_refusals(engine.access.restricted, ("grpc",))
 
     def start(self) -> None:
         """Start the deadline thread (before the server takes calls)."""
@@ -244,6 +250,18 @@ class GRPCService:
     def _fail(self, context, exc: ServeError):
         context.abort(CODES[exc.kind], exc.message)  # raises
 
+    def _allow(self, model: LoadedModel, context) -> None:
+        """Forbidden (counted) when *model* is restricted to named clients and the caller is
+        not one of them."""
+        try:
+            self.engine.access.check(model.name, lambda: grpc_identity(context))
+        except Forbidden:
+            self.metrics.refuse(model.name, "grpc")
+            raise
+
+    def _deny(self, context, exc: Forbidden):
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))  # raises
+
     def server_live(self, raw: bytes, context) -> bytes:
         return _LIVE
 
@@ -269,8 +287,11 @@ class GRPCService:
         try:
             req = _parse(pb.ModelMetadataRequest, raw)
             m = self.engine.model(req.name, req.version)
+            self._allow(m, context)
         except ServeError as exc:
             self._fail(context, exc)
+        except Forbidden as exc:
+            self._deny(context, exc)
         resp = pb.ModelMetadataResponse(name=m.name, versions=[m.version], platform=m.platform)
         for spec in m.inputs:
             resp.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
@@ -313,6 +334,7 @@ class GRPCService:
             req = _parse(pb.ModelInferRequest, raw)
             model = engine.model(req.model_name, req.model_version)
             label = model.name
+            self._allow(model, context)
             hold.grow(decode_cost(req), "decoding the inputs")
             arrays, outputs = decode_request(model, req)
             engine.counters.add("accepted")
@@ -336,6 +358,9 @@ class GRPCService:
                 self.gate.busy(context.peer())  # its next call: later (see ReceiveGate.busy)
             self.metrics.observe(label, "grpc", exc.kind, time.perf_counter() - t0)
             self._fail(context, exc)
+        except Forbidden as exc:
+            engine.counters.add("refused")
+            self._deny(context, exc)
         except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
             log.exception("gRPC ModelInfer failed")
             if not admitted:

@@ -115,6 +115,8 @@ class Request:
     #: Not yet running on an interpreter: if the client goes away, the request is cancelled and
     #: its place in the queue given back. The application clears it once the request runs.
     interruptible: bool = True
+    #: The client's certificate (DER) when mutual TLS verified one; None otherwise.
+    peer_cert: bytes | None = None
 
     def mark_running(self) -> None:
         """The request got its interpreter: it runs to its end whatever happens."""
@@ -196,6 +198,7 @@ class Connection(asyncio.Protocol):
         self.refusing = False  # lingering after a refusal (reading and dropping)
         self.discard_answer: Response | None = None  # after dropping the body (None: serve)
         self.handshake: asyncio.Task | None = None
+        self.peer_cert: bytes | None = None  # the client's certificate (DER), mutual TLS
         # header parsing (httptools callbacks)
         self._url = b""
         self._headers: dict[str, str] = {}
@@ -259,6 +262,9 @@ class Connection(asyncio.Protocol):
             return
         self.server.handshaking.pop(self, None)
         self.transport = transport
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.peer_cert = ssl_object.getpeercert(binary_form=True)
         self.state = _IDLE
         self._arm(self.loop.time() + min(self.limits.first_byte_timeout, self.limits.idle_timeout))
         if self.pending:
@@ -498,6 +504,7 @@ class Connection(asyncio.Protocol):
             _target(self._url),
             headers,
             keep and not self.server.draining and not self.restricted,
+            peer_cert=self.peer_cert,
         )
 
     # httptools callbacks

@@ -5,6 +5,9 @@
   requests for a model that is not served count under ``model="_unknown"`` (bounded labels).
 * ``model_server_request_duration_seconds{model,protocol}``: histogram, from request parsed to
   response ready.
+* ``model_server_client_refusals_total{model,protocol}``: requests refused because the model
+  is restricted to named clients (``models[].clients``) and the client is not one of them
+  (REST 403, gRPC PERMISSION_DENIED); a restricted model's series start at 0.
 * ``model_server_queue_depth``: requests waiting for admission or for an interpreter;
   ``model_server_requests_in_flight``.
 * Memory: ``model_server_process_resident_bytes`` / ``model_server_process_virtual_bytes``
@@ -25,6 +28,7 @@ from pathlib import Path
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNKNOWN_MODEL = "_unknown"
+PROTOCOLS = ("grpc", "rest")
 
 
 def _escape(value: str) -> str:
@@ -69,6 +73,19 @@ class Metrics:
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self.hist: dict[tuple[str, str], list] = {}
         self._lock = threading.Lock()  # gRPC handler threads and the event loop observe
+        self.refusals: dict[tuple[str, str], int] = {}
+
+    def track_refusals(self, models: list[str], protocols: tuple[str, ...] = PROTOCOLS) -> None:
+        """Start the refusal counters of the restricted *models* at 0."""
+        with self._lock:
+            for model in models:
+                for protocol in protocols:
+                    self.refusals.setdefault((model, protocol), 0)
+
+    def refuse(self, model: str, protocol: str) -> None:
+        """A request for *model* refused: the client is not among its clients."""
+        with self._lock:
+            self.refusals[(model, protocol)] = self.refusals.get((model, protocol), 0) + 1
 
     def observe(self, model: str, protocol: str, status: str, seconds: float) -> None:
         with self._lock:
@@ -88,6 +105,7 @@ class Metrics:
         with self._lock:
             requests = sorted(self.requests.items())
             hist = sorted((k, (list(v[0]), v[1], v[2])) for k, v in self.hist.items())
+            refusals = sorted(self.refusals.items())
         for (model, protocol, status), n in requests:
             lines.append(
                 f"model_server_requests_total"
@@ -114,6 +132,16 @@ class Metrics:
                 "model_server_request_duration_seconds_count"
                 f"{_labels(model=model, protocol=protocol)} {n}"
             )
+        if refusals:
+            lines += [
+                "# HELP model_server_client_refusals_total Requests refused because the client "
+                "is not among the model's clients.",
+                "# TYPE model_server_client_refusals_total counter",
+            ]
+            lines += [
+                f"model_server_client_refusals_total{_labels(model=model, protocol=protocol)} {n}"
+                for (model, protocol), n in refusals
+            ]
         lines += [
             "# HELP model_server_queue_depth Requests waiting for admission or an interpreter.",
             "# TYPE model_server_queue_depth gauge",

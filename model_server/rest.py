@@ -11,7 +11,9 @@ JSON outputs) runs in a :class:`~.decode_pool.DecodePool` (per model, in turn), 
 event loop. The JSON part of a request is at most ``limits.max_json_bytes`` (checked before the
 body is read); what parsing, decoding and answering will allocate is reserved in the byte budget
 before it is done. A body for an unknown model is read and dropped (nothing reserved) and
-answered 404.
+answered 404. A model restricted to named clients (``models[].clients``, see
+:mod:`.client_access`) answers 403 to any other client, for inference (its body read and
+dropped, nothing reserved) and metadata; its readiness stays open.
 
 Hostile clients (:mod:`.http11`): strict framing (a POST needs one decimal ``Content-Length``:
 411 without, 400 for a duplicate or anything but digits; ``Transfer-Encoding`` is refused with
@@ -35,6 +37,7 @@ import time
 from urllib.parse import unquote
 
 from . import __version__
+from .client_access import Forbidden, identity_of_der
 from .config import Limits
 from .core import ByteBudget, Engine, Hold, LoadedModel, ServeError
 from .costs import answer_cost, json_cost
@@ -109,6 +112,7 @@ class RESTServer:
         )
         self._decoder: DecodePool | None = None
         self._decoding: set[asyncio.Future] = set()  # requests being decoded (not admitted)
+        metrics.track_refusals(engine.access.restricted, ("rest",))
 
     @property
     def draining(self) -> bool:
@@ -158,7 +162,11 @@ class RESTServer:
         if route is None:
             return False
         try:
-            self.engine.model(*route)
+            model = self.engine.model(*route)
+            refusal = self._forbidden(model, request)
+            if refusal is not None:
+                self.engine.counters.add("refused")
+                return refusal  # the body is read and dropped, nothing reserved
             hl = request.headers.get("inference-header-content-length")
             encoding = request.headers.get("content-encoding", "").lower()
             if encoding in ("", "identity"):
@@ -168,6 +176,17 @@ class RESTServer:
             self.refused(request.target, STATUS[exc.kind])
             return error_response(STATUS[exc.kind], exc.message)
         return True
+
+    def _forbidden(self, model: LoadedModel, request: Request) -> Response | None:
+        """403 (counted) when *model* is restricted to named clients and this client is not
+        one of them; None when it may use the model."""
+        cert = request.peer_cert
+        try:
+            self.engine.access.check(model.name, lambda: identity_of_der(cert) if cert else None)
+        except Forbidden as exc:
+            self.metrics.refuse(model.name, "rest")
+            return error_response(403, str(exc))
+        return None
 
     def _check_json(self, json_len: int) -> None:
         limit = self.limits.max_json_bytes
@@ -227,6 +246,9 @@ class RESTServer:
                     version, tail = tail[1], tail[2:]
                 model = engine.model(name, version)
                 if tail == []:
+                    refusal = self._forbidden(model, request)
+                    if refusal is not None:
+                        return refusal
                     return _json(
                         200,
                         {
@@ -288,6 +310,10 @@ class RESTServer:
         try:
             model = engine.model(name, version)
             label = model.name
+            refusal = self._forbidden(model, request)
+            if refusal is not None:
+                engine.counters.add("refused")
+                return refusal
             body = request.body
             encoding = headers.get("content-encoding", "").lower()
             if encoding not in ("", "identity"):

@@ -151,7 +151,8 @@ async def serve(config: ServerConfig, engine: Engine, tls: TLSMaterial | None) -
         _say(
             f"stopped: {c.accepted} inference requests admitted, {c.answered} answered "
             f"({c.ok} ok), {c.accepted - c.answered} unanswered; {c.refused} refused before "
-            "admission (malformed, too large, unknown model or server busy)"
+            "admission (malformed, too large, unknown model, server busy or a client "
+            "the model does not allow)"
             + (
                 f"; {c.cut_off} still queued at the drain deadline, answered UNAVAILABLE"
                 if c.cut_off
