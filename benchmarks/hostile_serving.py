@@ -752,7 +752,7 @@ def attack_kept_rooms(a: Attack) -> None:
     def keeper(n: int) -> None:
         # (a distinct channel argument: a connection of its own, not a shared subchannel)
         channel = grpc.insecure_channel(a.grpc, options=[("bench.keeper", n)])
-        stub = channel.unary_unary(f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
+        stub: Any = channel.unary_unary(f"/{pb.SERVICE_FULL_NAME}/ModelInfer")
         while not a.stop.wait(0.6):
             try:
                 stub(raw, timeout=30)

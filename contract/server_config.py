@@ -432,7 +432,7 @@ class ModelConfig:
             object.__setattr__(self, "clients", tuple(self.clients))
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
             "backend": self.backend,

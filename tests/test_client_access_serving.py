@@ -110,7 +110,7 @@ def server(tmp_path_factory, pki):
     weights.write_bytes(b"unused")
 
     def model(name: str, clients: list[str] | None) -> dict:
-        entry = {"name": name, "backend": SLEEP, "path": str(weights)}
+        entry: dict[str, object] = {"name": name, "backend": SLEEP, "path": str(weights)}
         if clients is not None:
             entry["clients"] = clients
         return entry

@@ -19,7 +19,7 @@ from enclave_build.model_server.costs import answer_cost, json_cost
 from enclave_build.model_server.datatypes import TensorError, from_list, from_repeated
 from enclave_build.model_server.decode_pool import DecodePool
 from enclave_build.model_server.pb_cost import MAX_FIELDS, MAX_NAME, parse_cost
-from enclave_build.model_server.receive_gate import ReceiveGate, receive_share
+from enclave_build.model_server.receive_gate import Holder, ReceiveGate, receive_share
 
 # ---------------------------------------------------------------- JSON
 
@@ -456,10 +456,16 @@ def test_kept_rooms_go_to_a_connection_holding_two_fewer():
     assert other is not None and gate.kept == 1 and budget.used == 300
 
 
+def _entered(gate: ReceiveGate, peer: str) -> Holder:
+    holder = gate.enter(lambda: None, peer)
+    assert holder is not None
+    return holder
+
+
 def _prompt(gate: ReceiveGate, budget: ByteBudget, peer: str) -> None:
     """A call of *peer* whose message arrives at once, so large that no room is kept: its
     connection is prompt and holds nothing."""
-    held = gate.hand_over(gate.enter(lambda: None, peer), budget.limit)
+    held = gate.hand_over(_entered(gate, peer), budget.limit)
     assert held == gate.slot and gate.kept == 0
     budget.release(held)
 
@@ -473,7 +479,7 @@ def _kept_and_stalled(clock: _Clock) -> tuple[ByteBudget, ReceiveGate]:
     budget = ByteBudget(400)
     gate = ReceiveGate(budget, 100, grace=30, max_waiting=2, clock=clock, keep=1.0)
     for keeper in (KEEPER_A, KEEPER_B):
-        assert gate.hand_over(gate.enter(lambda: None, keeper), 0) == 0
+        assert gate.hand_over(_entered(gate, keeper), 0) == 0
     assert gate.enter(lambda: None, STALLER) is not None
     assert gate.kept == 2 and gate.holders == 1
     return budget, gate
