@@ -19,7 +19,7 @@ from enclave_build.attestation.protected_files import KEY_SIZE as WRAP_KEY_SIZE
 from enclave_build.contract.measurements import ImageRef, Measurements
 from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment
-from enclave_build.contract.provenance import PROVENANCE_FILE
+from enclave_build.contract.provenance import PROVENANCE_FILE, DsseEnvelope
 from enclave_build.contract.sbom import SBOM_FILE
 from enclave_build.contract.secrets_config import SecretRule
 from enclave_build.contract.standin_base import StandInBase
@@ -34,6 +34,7 @@ from .gramine.protected_files import read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache, default_cache_path
 from .image.assemble import assemble, runtime_owner
+from .image.attach import attach_provenance
 from .image.blob_cache import BlobCache, Limits
 from .image.blob_cache import report as blob_cache_report
 from .image.oci import BlobStore, Image
@@ -54,6 +55,7 @@ from .plugin_types import (
     SecretRelease,
 )
 from .plugins import PluginRegistry
+from .provenance import make_provenance, sign_provenance
 from .rootfs import RootFS
 from .spec import Spec, load_spec
 
@@ -82,6 +84,10 @@ class BuildResult:
     #: The base's stand-in marker when it is a stand-in (the image measures and signs, but
     #: does not boot); None for a real base.
     standin_base: StandInBase | None = None
+    #: The signed provenance ([provenance] key), also in the output as provenance.dsse.json.
+    provenance: DsseEnvelope | None = None
+    #: Where --push attached the provenance (the cosign tag and the referrer), when it did.
+    attached: tuple[str, ...] = ()
 
 
 @dataclass
@@ -333,6 +339,11 @@ def _build(
             stacklevel=2,
         )
     backend = registry.libos_backend(plan.libos)
+    if spec.provenance is not None and plan.libos != "gramine":
+        raise UsageError(
+            f"{spec.path}: [provenance]: signed provenance needs the SBOM that Gramine builds "
+            f"make; the {plan.libos} backend makes none yet (remove [provenance])"
+        )
     progress = progress or NullProgress()
     check_base_keyword(base, spec)
     parse_source(base or plan.base_image)  # a bad reference fails before anything is written
@@ -383,6 +394,7 @@ def _build(
             progress,
             image,
             base_image.rootfs,
+            base or plan.base_image,
         )
         # Inside the try: staged files (encrypted models) still exist while hooks run.
         registry.pm.hook.enclave_build_finished(result=result)
@@ -417,6 +429,7 @@ def output_inputs(spec: Spec) -> list[Protected]:
         ("[signing] key", spec.signing.key),
         ("[signing] public_key", spec.signing.public_key),
         ("[signing] signature", spec.signing.signature),
+        ("[provenance] key", spec.provenance.key if spec.provenance else None),
     ]
     items += [Protected(what, path) for what, path in named if path is not None]
     return items
@@ -479,6 +492,7 @@ def _finish(
     progress: Progress,
     options: ImageOptions,
     rootfs: RootFS | None = None,
+    base_ref: str = "",
 ) -> BuildResult:
     identity = artifacts.identity
     assert identity is not None
@@ -503,6 +517,13 @@ def _finish(
     measurements = replace(
         measurements, image=ImageRef(pushed or plan.image_tag, built.manifest_digest)
     )
+    envelope = None
+    attached: tuple[str, ...] = ()
+    if spec.provenance is not None:
+        statement = make_provenance(spec, plan, artifacts, measurements, built, base, base_ref)
+        envelope = sign_provenance(statement, spec.provenance.key)
+        if pushed is not None:
+            attached = attach_provenance(pushed, built, envelope, progress.task)
     policy = (
         policy_fragment(plan, measurements, key_files, out, artifacts.releases)
         if key_files
@@ -518,6 +539,7 @@ def _finish(
             deploy_info(spec, plan, base, rootfs),
             progress.task,
             artifacts.sbom,
+            envelope.to_json() if envelope is not None else None,
         )
     return BuildResult(
         spec,
@@ -530,6 +552,8 @@ def _finish(
         built,
         pushed,
         standin_base(rootfs) if rootfs is not None else None,
+        envelope,
+        attached,
     )
 
 

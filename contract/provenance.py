@@ -36,7 +36,8 @@ The statement::
            {"name": "base", "uri": "<base reference>", "digest": {"sha256": <manifest digest>},
             "annotations": {"kind": "base"}},
            {"name": "<model file path in the enclave>", "digest": {"sha256": <plaintext>},
-            "annotations": {"kind": "model", "model": NAME, "version": "N"}}, ...,
+            "annotations": {"kind": "model", "model": NAME, "version": "N",
+                            "encrypted_sha256": <the protected file in the image, if encrypted>}},
            {"name": "enclave-build", "uri": "pkg:pypi/enclave-build@V",
             "annotations": {"kind": "enclave-build", "version": V}}]},
        "runDetails": {"builder": {"id": "https://enclave-build.dev/builder/cli",
@@ -187,6 +188,7 @@ class ModelDigest:
     version: str
     path: str  # the model file's path in the enclave
     sha256: str  # of the plaintext
+    encrypted_sha256: str | None = None  # of the protected file the image holds, if encrypted
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,12 @@ class Provenance:
             {
                 "name": m.path,
                 "digest": {"sha256": m.sha256},
-                "annotations": {"kind": "model", "model": m.name, "version": m.version},
+                "annotations": {
+                    "kind": "model",
+                    "model": m.name,
+                    "version": m.version,
+                    **({"encrypted_sha256": m.encrypted_sha256} if m.encrypted_sha256 else {}),
+                },
             }
             for m in self.models
         ]
@@ -366,6 +373,7 @@ class Provenance:
                         get(dep, "annotations", "version"),
                         get(dep, "name"),
                         get(dep, "digest", "sha256"),
+                        dep["annotations"].get("encrypted_sha256"),
                     )
                 )
         if spec is None:
