@@ -28,7 +28,7 @@ from enclave_build.contract.sbom import SBOM_PATH, Sbom
 from .errors import EnclaveBuildError, UsageError
 from .gramine.sigstruct import ARCH_LAYOUT, Sigstruct
 from .image.inspect import enclave_app, read_file
-from .image.oci import Image
+from .image.oci import Image, oci_manifest, sha256_digest
 from .plan import ServicePlan
 from .plugin_types import LibOSArtifacts
 from .provenance_key import load_private_key, sign_envelope, verify_envelope
@@ -54,6 +54,14 @@ def _sha256(data: bytes) -> str:
 def _file_sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _base_digest(base: Image) -> str:
+    """The base image's manifest digest; for a base read from a directory (which has no
+    manifest), the digest of the OCI manifest of the layer the build made of it."""
+    if base.manifest_digest is not None:
+        return base.manifest_digest
+    return sha256_digest(oci_manifest(base.config_descriptor, list(base.layers)))
 
 
 def make_provenance(
@@ -99,7 +107,7 @@ def make_provenance(
         sbom=Digested(SBOM_PATH, _sha256(artifacts.sbom)),
         spec=Digested(spec.path.name, _sha256(spec.path.read_bytes())),
         base_ref=base_ref,
-        base_digest=base.manifest_digest or "",
+        base_digest=_base_digest(base),
         models=models,
         enclave_build_version=__version__,
     )

@@ -89,14 +89,18 @@ def sign_envelope(
 
 
 def verify_envelope(envelope: DsseEnvelope, key: ec.EllipticCurvePublicKey) -> None:
-    """Raise EnclaveBuildError unless a signature of *envelope* verifies with *key*."""
+    """Raise EnclaveBuildError unless a signature of *envelope* made with *key* (its keyid
+    names the key) verifies."""
+    wanted = key_id(key)
     for signature in envelope.signatures:
+        if signature.keyid != wanted:
+            continue
         try:
             key.verify(signature.sig, envelope.pae(), ec.ECDSA(hashes.SHA256()))
             return
         except InvalidSignature:
             continue
     raise EnclaveBuildError(
-        f"no signature of the envelope verifies with the key {key_id(key)[:16]}… "
-        f"({len(envelope.signatures)} signature(s) checked)"
+        f"no signature of the envelope verifies with the key {wanted} "
+        f"(keyids present: {', '.join(s.keyid or '(none)' for s in envelope.signatures)})"
     )

@@ -149,9 +149,12 @@ class DsseEnvelope:
 
 def _b64(text: str, fail: Any, *key: str | int) -> bytes:
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         raise fail("not base64", *key) from None
+    if base64.b64encode(raw).decode("ascii") != text:  # one text per value: no spare bits set
+        raise fail("not canonical base64", *key)
+    return raw
 
 
 @dataclass(frozen=True)
