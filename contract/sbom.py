@@ -6,35 +6,43 @@ manifest, hence MRENCLAVE, binds its SHA-256. :meth:`Sbom.parse` / :meth:`Sbom.l
 one reader (standard library only): they read the conventions below back into typed objects.
 Any valid SPDX 2.3 tool reads the file too; the conventions only add meaning to SPDX ids.
 
+An abridged SBOM::
+
+    {"spdxVersion": "SPDX-2.3", "SPDXID": "SPDXRef-DOCUMENT", "name": "enclave SERVICE", ...,
+     "packages": [{"SPDXID": "SPDXRef-Enclave", "name": "SERVICE", ...},
+                  {"SPDXID": "SPDXRef-Python-1", "name": "numpy", "versionInfo": "2.4.0", ...}],
+     "files": [{"SPDXID": "SPDXRef-File-1", "fileName": "./lib/libc.so.6",
+                "checksums": [{"algorithm": "SHA1", ...}, {"algorithm": "SHA256", ...}],
+                "comment": "image path: /usr/lib/x86_64-linux-gnu/gramine/runtime/glibc/libc.so.6"}],
+     "relationships": [{"spdxElementId": "SPDXRef-Python-1", "relationshipType": "CONTAINS",
+                        "relatedSpdxElement": "SPDXRef-File-7"}, ...]}
+
 Conventions (all in an ordinary SPDX 2.3 JSON document):
 
-* Every **trusted file** of the enclave is a ``files`` entry with id ``SPDXRef-File-<n>``;
-  ``fileName`` is ``"." + the path as the enclave sees it`` (``./usr/lib/libfoo.so``), its
-  ``checksums`` hold ``SHA1`` and ``SHA256`` (the SHA-256 the manifest holds), and its
-  ``comment`` is ``"image path: /PATH"`` — where the file lies in the image (the manifest's
-  ``file:`` URI), which differs from the enclave path under a LibOS mount (Gramine's ``/lib``).
-* **Packages**, by id prefix:
-
-  - ``SPDXRef-Python-<n>``: a Python distribution (name, ``versionInfo``, ``licenseDeclared`` an
-    SPDX expression or ``NOASSERTION``; the metadata's licence text, when it is no SPDX
-    expression, in ``licenseComments`` as ``"METADATA: <text>"``), purl ``pkg:pypi/...``;
-  - ``SPDXRef-Deb-<n>``: a Debian package owning base files (from the base's dpkg database),
-    purl ``pkg:deb/debian/...``;
-  - ``SPDXRef-EnclaveBuild``: enclave-build's own code shipped into the image;
-  - ``SPDXRef-LibOS``: the LibOS (``name`` ``gramine``, its version); it CONTAINS the file
-    ``SPDXRef-LibPAL`` (libpal.so, measured into the enclave; its ``fileName`` is its image path);
-  - ``SPDXRef-Model-<n>``: a model (``name``, ``versionInfo`` = the model version). It CONTAINS
-    per model file a plaintext entry ``SPDXRef-ModelFile-<n>`` (checksums of the plaintext,
-    ``fileName`` its enclave path, ``comment`` MODEL_ENCRYPTED or MODEL_CLEAR) and, for an
-    encrypted file in a reproducible build (``[build] reproducible``), the file as stored in
-    the image, ``SPDXRef-ModelCipher-<n>`` (same ``fileName``, checksums of the ciphertext),
-    ``GENERATED_FROM`` the plaintext one. Without reproducible encryption the ciphertext
-    changes with every build and is left out (it would change MRENCLAVE); the provenance
-    records it (annotation ``encrypted_sha256``).
-  - ``SPDXRef-Enclave``: the enclave (name = the service); the document DESCRIBES it, and it
-    CONTAINS every package and every trusted file.
-
-* A file's **owning package** is the package (other than ``SPDXRef-Enclave``) whose
+* Every **trusted file** of the enclave is a ``files`` entry with id ``SPDXRef-File-<n>``:
+  ``fileName`` is ``"." + the path as the enclave sees it`` (``./lib/libc.so.6``), ``checksums``
+  hold ``SHA1`` and ``SHA256`` (the SHA-256 the manifest holds), and ``comment`` is
+  ``"image path: /PATH"``, where the file lies in the image (the manifest's ``file:`` URI; it
+  differs from the enclave path under a LibOS mount such as Gramine's ``/lib``).
+* ``SPDXRef-Python-<n>`` packages are Python distributions: name, ``versionInfo``,
+  ``licenseDeclared`` (an SPDX expression, else ``NOASSERTION`` with the metadata's licence
+  text in ``licenseComments`` as ``"METADATA: <text>"``), purl ``pkg:pypi/...``.
+* ``SPDXRef-Deb-<n>`` packages are the Debian packages owning base files (from the base's dpkg
+  database), purl ``pkg:deb/debian/...``; a base without a dpkg database has none.
+* ``SPDXRef-EnclaveBuild`` is enclave-build's own code shipped into the image.
+* ``SPDXRef-LibOS`` is the LibOS (name ``gramine``, its version); it CONTAINS the file
+  ``SPDXRef-LibPAL``, libpal.so (measured into the enclave; ``fileName`` is its image path).
+* ``SPDXRef-Model-<n>`` packages are the models (name, ``versionInfo`` = the model version).
+  Each CONTAINS one plaintext entry ``SPDXRef-ModelFile-<n>`` per model file (checksums of
+  the plaintext, ``fileName`` its enclave path, ``comment`` MODEL_ENCRYPTED or MODEL_CLEAR).
+* In a reproducible build (``[build] reproducible``) an encrypted model file also has the
+  entry ``SPDXRef-ModelCipher-<n>``: the protected file the image holds (same ``fileName``,
+  checksums of the ciphertext), ``GENERATED_FROM`` the plaintext entry. Without reproducible
+  encryption the ciphertext changes with every build, so it is left out (it would change
+  MRENCLAVE); the provenance records it (annotation ``encrypted_sha256``).
+* ``SPDXRef-Enclave`` is the enclave (name = the service): the document DESCRIBES it, and it
+  CONTAINS every package and every trusted file.
+* A file's **owning package** is the package other than ``SPDXRef-Enclave`` whose
   relationship ``CONTAINS`` names it.
 * The SBOM lists every trusted file but itself (its own hash is in the manifest).
 """
@@ -64,7 +72,7 @@ MODEL_CLEAR = "model file: shipped in clear"
 ENCLAVE_ID = "SPDXRef-Enclave"
 LIBOS_ID = "SPDXRef-LibOS"
 LIBPAL_ID = "SPDXRef-LibPAL"
-ENCLAVE_BUILD_ID = "SPDXRef-EnclaveBuild"
+OWN_CODE_ID = "SPDXRef-EnclaveBuild"
 FILE_PREFIX = "SPDXRef-File-"
 PYTHON_PREFIX = "SPDXRef-Python-"
 DEB_PREFIX = "SPDXRef-Deb-"
@@ -285,7 +293,7 @@ def _list(data: dict[str, Any], key: str, fail: Any) -> list[Any]:
 def _package_kind(spdx_id: str) -> str | None:
     if spdx_id == LIBOS_ID:
         return "libos"
-    if spdx_id == ENCLAVE_BUILD_ID:
+    if spdx_id == OWN_CODE_ID:
         return "enclave-build"
     for prefix, kind in ((PYTHON_PREFIX, "python"), (DEB_PREFIX, "deb"), (MODEL_PREFIX, "model")):
         if spdx_id.startswith(prefix):

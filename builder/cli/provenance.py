@@ -45,7 +45,12 @@ Examples:
     help="For a registry IMAGE: find the provenance through cosign's .att tag or the OCI "
     "referrers (the API, else the fallback tag).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print as JSON: holds, image, mr_enclave, checked, problems.",
+)
 def verify_provenance(target: str, key: Path, image: str | None, via: str, as_json: bool) -> None:
     """Check a build's signed provenance: its DSSE signature, that its subject is the image's
     manifest digest, that the image's SBOM and LibOS manifest have the recorded digests, and

@@ -223,7 +223,7 @@ def sbom_bytes(
     counters = {"python": 0, "deb": 0}
     for owner in sorted(set(owners.values()), key=lambda o: (o.kind, o.name, o.version)):
         if owner.kind == "enclave-build":
-            spdx_id = conv.ENCLAVE_BUILD_ID
+            spdx_id = conv.OWN_CODE_ID
         else:
             counters[owner.kind] += 1
             prefix = conv.PYTHON_PREFIX if owner.kind == "python" else conv.DEB_PREFIX
