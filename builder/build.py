@@ -19,6 +19,8 @@ from enclave_build.attestation.protected_files import KEY_SIZE as WRAP_KEY_SIZE
 from enclave_build.contract.measurements import ImageRef, Measurements
 from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment
+from enclave_build.contract.provenance import PROVENANCE_FILE, DsseEnvelope
+from enclave_build.contract.sbom import SBOM_FILE
 from enclave_build.contract.secrets_config import SecretRule
 from enclave_build.contract.standin_base import StandInBase
 
@@ -32,6 +34,7 @@ from .gramine.protected_files import read_wrap_key
 from .gramine.signer import DetachedSigner, PemSigner, Signer
 from .hashing import HashCache, default_cache_path
 from .image.assemble import assemble, runtime_owner
+from .image.attach import attach_provenance
 from .image.blob_cache import BlobCache, Limits
 from .image.blob_cache import report as blob_cache_report
 from .image.oci import BlobStore, Image
@@ -53,6 +56,7 @@ from .plugin_types import (
     SecretRelease,
 )
 from .plugins import PluginRegistry
+from .provenance import make_provenance, sign_provenance
 from .rootfs import RootFS
 from .spec import Spec, load_spec
 
@@ -81,6 +85,10 @@ class BuildResult:
     #: The base's stand-in marker when it is a stand-in (the image measures and signs, but
     #: does not boot); None for a real base.
     standin_base: StandInBase | None = None
+    #: The signed provenance ([provenance] key), also in the output as provenance.dsse.json.
+    provenance: DsseEnvelope | None = None
+    #: Where --push attached the provenance (the cosign tag and the referrer), when it did.
+    attached: tuple[str, ...] = ()
 
 
 @dataclass
@@ -333,6 +341,11 @@ def _build(
             stacklevel=2,
         )
     backend = registry.libos_backend(plan.libos)
+    if spec.provenance is not None and plan.libos != "gramine":
+        raise UsageError(
+            f"{spec.path}: [provenance]: signed provenance needs the SBOM that Gramine builds "
+            f"make; the {plan.libos} backend makes none yet (remove [provenance])"
+        )
     progress = progress or NullProgress()
     check_base_keyword(base, spec)
     parse_source(base or plan.base_image)  # a bad reference fails before anything is written
@@ -383,6 +396,7 @@ def _build(
             progress,
             image,
             base_image.rootfs,
+            base or plan.base_image,
         )
         # Inside the try: staged files (encrypted models) still exist while hooks run.
         registry.pm.hook.enclave_build_finished(result=result)
@@ -418,6 +432,7 @@ def output_inputs(spec: Spec) -> list[Protected]:
         ("[signing] key", spec.signing.key),
         ("[signing] public_key", spec.signing.public_key),
         ("[signing] signature", spec.signing.signature),
+        ("[provenance] key", spec.provenance.key if spec.provenance else None),
     ]
     items += [Protected(what, path) for what, path in named if path is not None]
     return items
@@ -480,6 +495,7 @@ def _finish(
     progress: Progress,
     options: ImageOptions,
     rootfs: RootFS | None = None,
+    base_ref: str = "",
 ) -> BuildResult:
     identity = artifacts.identity
     assert identity is not None
@@ -504,6 +520,13 @@ def _finish(
     measurements = replace(
         measurements, image=ImageRef(pushed or plan.image_tag, built.manifest_digest)
     )
+    envelope = None
+    attached: tuple[str, ...] = ()
+    if spec.provenance is not None:
+        statement = make_provenance(spec, plan, artifacts, measurements, built, base, base_ref)
+        envelope = sign_provenance(statement, spec.provenance.key)
+        if pushed is not None:
+            attached = attach_provenance(pushed, built, envelope, progress.task)
     policy = (
         policy_fragment(plan, measurements, key_files, out, artifacts.releases)
         if key_files
@@ -518,6 +541,8 @@ def _finish(
             policy,
             deploy_info(spec, plan, base, rootfs),
             progress.task,
+            artifacts.sbom,
+            envelope.to_json() if envelope is not None else None,
         )
     return BuildResult(
         spec,
@@ -530,6 +555,8 @@ def _finish(
         built,
         pushed,
         standin_base(rootfs) if rootfs is not None else None,
+        envelope,
+        attached,
     )
 
 
@@ -631,12 +658,15 @@ def write_output(
     policy: str | None = None,
     service: ServiceInfo | None = None,
     progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    sbom: bytes = b"",
+    provenance: str | None = None,
 ) -> None:
     """Write the output directory atomically: a sibling temp dir renamed into place.
 
     ``oci/`` is an OCI image layout of the built image; ``measurements.json`` its identity;
     ``secrets-policy.toml`` the secret server's fragment; ``service.json`` how it runs
-    (builder.deploy.service_info). Wrap keys never go here."""
+    (builder.deploy.service_info); ``sbom.spdx.json`` the enclave's SBOM (the same bytes as in
+    the image); ``provenance.dsse.json`` the signed provenance. Wrap keys never go here."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
@@ -646,6 +676,10 @@ def write_output(
             (staging / POLICY_FILE).write_text(policy)
         if service is not None:
             (staging / SERVICE_FILE).write_text(service.to_json())
+        if sbom:
+            (staging / SBOM_FILE).write_bytes(sbom)
+        if provenance is not None:
+            (staging / PROVENANCE_FILE).write_text(provenance)
         os.chmod(staging, 0o755)
         replace_dir(staging, out)
     except BaseException:

@@ -342,7 +342,32 @@ BUILD = Section(
     ),
 )
 
-CORE_SECTIONS = (SERVICE, MODELS, ENCLAVE, IMAGE, SIGNING, SECRETS, TLS, LIMITS, BUILD, DEPLOY)
+PROVENANCE = Section(
+    "provenance",
+    "signed build provenance (out/provenance.dsse.json); without this section none is written",
+    (
+        Field(
+            "key",
+            "path",
+            "ECDSA P-256 PEM private key (unencrypted, mode 0600) that signs the provenance",
+            required=True,
+        ),
+    ),
+)
+
+CORE_SECTIONS = (
+    SERVICE,
+    MODELS,
+    ENCLAVE,
+    IMAGE,
+    SIGNING,
+    SECRETS,
+    TLS,
+    LIMITS,
+    BUILD,
+    DEPLOY,
+    PROVENANCE,
+)
 
 
 @dataclass(frozen=True)
@@ -462,6 +487,11 @@ class BuildSpec:
 
 
 @dataclass(frozen=True)
+class ProvenanceSpec:
+    key: Path  # ECDSA P-256 PEM private key
+
+
+@dataclass(frozen=True)
 class Spec:
     """A validated spec.toml. ``plugin_sections`` holds the framework's and the libOS
     backend's own sections, validated against the schemas their plugins declared (keys the
@@ -484,6 +514,8 @@ class Spec:
     plugin_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: [limits] as written (keys the spec sets only; None when the section is absent).
     limits: Mapping[str, int] | None = None
+    #: [provenance]: who signs the build provenance; None: no provenance is written.
+    provenance: ProvenanceSpec | None = None
 
     @property
     def directory(self) -> Path:
@@ -643,6 +675,12 @@ def spec_from_dict(
 
     _check_signing(signing, problems)
     spec_clients.check(models, values["tls"], "tls" in data, problems)
+    if "provenance" in data and values["provenance"].get("key") is not None:
+        from .provenance_key import key_problem
+
+        problem = key_problem(values["provenance"]["key"])
+        if problem is not None:
+            problems.append(Problem(("provenance", "key"), problem))
     backend = backends.get(libos) if isinstance(libos, str) else None
     _check_secrets(
         values["secrets"],
@@ -745,6 +783,7 @@ def spec_from_dict(
             if "limits" in data
             else None
         ),
+        provenance=(ProvenanceSpec(values["provenance"]["key"]) if "provenance" in data else None),
     )
 
 

@@ -171,8 +171,10 @@ class OutputFile:
 
 
 def output_files() -> list[OutputFile]:
-    from enclave_build.contract import measurements, service_info
+    from enclave_build.contract import measurements, provenance, sbom, service_info
     from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
+    from enclave_build.contract.provenance import PROVENANCE_FILE
+    from enclave_build.contract.sbom import SBOM_FILE, SBOM_PATH
 
     return [
         OutputFile(
@@ -196,6 +198,19 @@ def output_files() -> list[OutputFile]:
             SERVICE_FILE,
             "only for a service with ports: how the service runs, read by `enclave-build k8s`",
             lambda: service_info.__doc__,
+        ),
+        OutputFile(
+            SBOM_FILE,
+            "the enclave's SBOM (SPDX 2.3 JSON), the same bytes the image holds as the "
+            f"trusted file `{SBOM_PATH}` (Gramine builds)",
+            lambda: sbom.__doc__,
+        ),
+        OutputFile(
+            PROVENANCE_FILE,
+            "only with `[provenance] key`: the signed build provenance (DSSE envelope of an "
+            "in-toto Statement with an SLSA Provenance v1 predicate); check it with "
+            "`enclave-build verify-provenance`",
+            lambda: provenance.__doc__,
         ),
         OutputFile(
             "SERVICE.sigstruct.tbs",

@@ -46,7 +46,7 @@ CASES = [
         GOOD + '\n[enclaev]\nsize = "1G"\n',
         [
             "spec.toml:17: enclaev: unknown section; did you mean 'enclave'? allowed: service, models, "
-            f"enclave, image, signing, secrets, tls, limits, build, deploy, occlum, {FRAMEWORKS}"
+            f"enclave, image, signing, secrets, tls, limits, build, deploy, provenance, occlum, {FRAMEWORKS}"
         ],
     ),
     (

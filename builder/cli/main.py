@@ -14,7 +14,7 @@ import click
 from enclave_build import __version__
 
 from ..plugins import PluginRegistry
-from . import base, build, cache, dev, pf, plugins, project, quote, secrets, signing
+from . import base, build, cache, dev, pf, plugins, project, provenance, quote, secrets, signing
 from .output import INTERRUPTED, exit_codes_help
 
 
@@ -100,6 +100,7 @@ for _command in (
     project.doctor,
     cache.cache,
     dev.dev,
+    provenance.verify_provenance,
 ):
     main.add_command(_command)
 

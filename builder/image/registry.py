@@ -456,6 +456,92 @@ class RegistryClient:
             )
         self._check(done, f"uploading {desc.digest}")
 
+    # ------------------------------------------------------------------ artifacts
+
+    def put_blob_bytes(self, repository: str, data: bytes) -> str:
+        """Upload a small blob (a config, an attestation) unless the registry has it; its
+        digest."""
+        digest = sha256_digest(data)
+        scope = f"repository:{repository}:pull,push"
+        if self._has_blob(repository, digest, scope):
+            return digest
+        start = self._request("POST", f"{self.base}/{repository}/blobs/uploads/", repository, scope)
+        self._check(start, f"starting the upload of {digest}")
+        location = start.headers["Location"]
+        if location.startswith("/"):
+            location = self.base.rsplit("/v2", 1)[0] + location
+        separator = "&" if "?" in location else "?"
+        done = self._request(
+            "PUT",
+            f"{location}{separator}digest={digest}",
+            repository,
+            scope,
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        self._check(done, f"uploading {digest}")
+        return digest
+
+    def put_manifest(
+        self, repository: str, reference: str, body: bytes, media_type: str
+    ) -> requests.Response:
+        """PUT a manifest (or index) under *reference* (a tag or its digest); the answer (its
+        headers say, e.g., whether the registry took a ``subject``: ``OCI-Subject``)."""
+        scope = f"repository:{repository}:pull,push"
+        response = self._request(
+            "PUT",
+            f"{self.base}/{repository}/manifests/{reference}",
+            repository,
+            scope,
+            data=body,
+            headers={"Content-Type": media_type},
+        )
+        self._check(response, f"pushing manifest {repository}:{reference}")
+        return response
+
+    def manifest_bytes(self, ref: RegistryRef, reference: str) -> tuple[bytes, str] | None:
+        """The manifest or index *reference* names in *ref*'s repository (bytes, media type);
+        None when there is none."""
+        try:
+            return self._get_manifest(ref, reference, f"repository:{ref.repository}:pull")
+        except RegistryError as exc:
+            if str(exc).endswith(": not found"):
+                return None
+            raise
+
+    def referrers(self, ref: RegistryRef, digest: str) -> bytes | None:
+        """The OCI 1.1 referrers index of *digest*; None when the registry has no referrers
+        API (then the referrers tag schema's fallback tag holds them)."""
+        check_digest(digest, f"{ref}: subject")
+        response = self._request(
+            "GET",
+            f"{self.base}/{ref.repository}/referrers/{digest}",
+            ref.repository,
+            f"repository:{ref.repository}:pull",
+            headers={"Accept": OCI_INDEX},
+        )
+        kind = response.headers.get("Content-Type", "").split(";")[0]
+        if response.status_code != 200 or kind != OCI_INDEX:
+            return None
+        if len(response.content) > _MAX_MANIFEST:
+            raise RegistryError(f"{ref}: referrers index of {len(response.content)} bytes")
+        return response.content
+
+    def blob_bytes(self, repository: str, digest: str, limit: int) -> bytes:
+        """A small blob's bytes, checked against *digest*; more than *limit* bytes is refused."""
+        check_digest(digest, f"{repository}: blob")
+        scope = f"repository:{repository}:pull"
+        response = self._request(
+            "GET", f"{self.base}/{repository}/blobs/{digest}", repository, scope, stream=True
+        )
+        self._check(response, f"blob {digest} of {repository}")
+        data = response.raw.read(limit + 1, decode_content=True)
+        if len(data) > limit:
+            raise RegistryError(f"{repository}: blob {digest} is larger than {limit} bytes")
+        if sha256_digest(data) != digest:
+            raise RegistryError(f"{repository}: blob {digest} does not match its digest")
+        return data
+
 
 class _Counting:
     """A file wrapper that reports upload progress."""
