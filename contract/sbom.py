@@ -228,7 +228,7 @@ class Sbom:
             return out
 
         def enclave_path(raw: dict[str, Any]) -> str:
-            name = raw["fileName"]
+            name = str(raw["fileName"])
             return name[1:] if name.startswith("./") else name
 
         files: list[SbomFile] = []

@@ -587,7 +587,7 @@ def model_files(plan: ServicePlan, encrypted: list[ArtifactFile]) -> tuple[Model
             parts = path[len(MODEL_ROOT) + 1 :].split("/")
             if len(parts) < 3:
                 continue  # a model configuration beside the models, not a model's file
-            encrypted = item.kind is FileKind.ENCRYPTED
-            cipher = staged.get(path) if encrypted else None
-            out.append(ModelFile(parts[0], parts[1], path, content, encrypted, cipher))
+            is_encrypted = item.kind is FileKind.ENCRYPTED
+            cipher = staged.get(path) if is_encrypted else None
+            out.append(ModelFile(parts[0], parts[1], path, content, is_encrypted, cipher))
     return tuple(out)

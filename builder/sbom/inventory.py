@@ -34,7 +34,7 @@ class Owner:
 def python_owners(rootfs: RootFS, paths: list[str]) -> dict[str, Owner]:
     """Image path -> the Python distribution whose RECORD lists it, for the *paths* that lie in
     a ``site-packages``/``dist-packages`` directory."""
-    site_dirs = sorted({_site_dir(p) for p in paths} - {None})  # type: ignore[arg-type]
+    site_dirs = sorted({d for p in paths if (d := _site_dir(p)) is not None})
     wanted = set(paths)
     owners: dict[str, Owner] = {}
     for site in site_dirs:

@@ -310,6 +310,7 @@ def sbom_bytes(
     for rel in rels:
         if (
             rel.relationship_type is RelationshipType.CONTAINS
+            and isinstance(rel.related_spdx_element_id, str)
             and rel.related_spdx_element_id in sha1_of
         ):
             contained.setdefault(rel.spdx_element_id, []).append(
