@@ -503,7 +503,7 @@ def _finish(
     )
     policy = (
         policy_fragment(plan, measurements, key_files, out, artifacts.releases)
-        if key_files
+        if key_files or certified_by_secret_server(plan)
         else None
     )
     if out is not None:
@@ -541,6 +541,13 @@ def deploy_info(
     base_user = (base.config.get("config") or {}).get("User") or None
     owner = runtime_owner(plan.user if plan.user and plan.user != "root" else base_user, rootfs)
     return service_info(plan, spec.deploy, owner, tls=spec.tls is not None)
+
+
+def certified_by_secret_server(plan: ServicePlan) -> bool:
+    """Whether the enclave asks the secret server for its serving certificate (``[tls] issuer =
+    "secret-server"``): the server must know its measurements even without a key to release."""
+    config = plan.server_config
+    return config is not None and config.tls is not None and config.tls.issuer == "secret-server"
 
 
 def policy_fragment(

@@ -8,7 +8,6 @@ clients that trust only what they should: tritonclient over TLS trusting only is
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -146,6 +145,7 @@ def test_secret_server_issues_the_serving_certificate(tmp_path, keys, standin_ro
         # The certificate: issued by the issuing CA, for the names of [tls] hosts, carrying the
         # quote (TCG DICE evidence binding its key) and the enclave identity.
         cert = x509.load_pem_x509_certificate(_pem(served.http))
+        spki = serving_cert.spki_der(cert.public_key())
         ca = x509.load_pem_x509_certificate(issuer_ca.read_bytes())
         assert serving_cert.verify_issued(cert, ca)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -185,9 +185,11 @@ def test_secret_server_issues_the_serving_certificate(tmp_path, keys, standin_ro
         assert b"mr_enclave" in wrong.stderr
 
         # The example client sends only after verifying; another build's identity: refused.
-        good = _example(served.http, keys, out / "measurements.json")
+        good = _example(served.http, keys, out / "measurements.json", "--model", "faces")
         assert good.returncode == 0, good.stderr
-        assert "verified" in good.stdout and "faces" in good.stdout
+        assert "verified" in good.stdout and "model faces ready: True" in good.stdout
+        pinned = _example(served.grpc, keys, out / "measurements.json", "--grpc")
+        assert pinned.returncode == 0, pinned.stderr  # gRPC pinned to the issued certificate
         bad = _example(served.http, keys, other / "measurements.json")
         assert bad.returncode == 1, bad.stderr
         assert "not sending" in bad.stderr
@@ -198,7 +200,7 @@ def test_secret_server_issues_the_serving_certificate(tmp_path, keys, standin_ro
     issued = [a for a in se.audit(config) if a.get("event") == "certificate"]
     assert issued and issued[0]["decision"] == "allow", issued
     assert issued[0]["mr_enclave"] == measured["mr_enclave"]
-    _assert_no_serving_key_anywhere(tmp_path, run.output.text)
+    _assert_no_serving_key_anywhere(tmp_path, run.output.text + server.output.text, spki)
 
 
 def test_a_build_not_in_the_policy_gets_no_certificate(tmp_path, keys, standin_root):
@@ -230,6 +232,7 @@ def test_self_signed_endpoint_attests_and_the_client_refuses_no_quote(tmp_path, 
         run, served = se.start_run(out, keys)
         assert served is not None, run.output.text
         cert = x509.load_pem_x509_certificate(_pem(served.http))
+        spki = serving_cert.spki_der(cert.public_key())
         assert cert.issuer == cert.subject
         ok = _attest(served.grpc, keys, out / "measurements.json")
         assert ok.returncode == 0, ok.stderr.decode()
@@ -242,19 +245,32 @@ def test_self_signed_endpoint_attests_and_the_client_refuses_no_quote(tmp_path, 
         assert run.stop() == 0, run.output.text
     finally:
         server.stop()
-    _assert_no_serving_key_anywhere(tmp_path, run.output.text)
+    _assert_no_serving_key_anywhere(tmp_path, run.output.text + server.output.text, spki)
 
 
-def _assert_no_serving_key_anywhere(tmp_path: Path, log: str) -> None:
-    """No unencrypted private key in any file the test tree holds (images unpacked, outputs,
-    logs) besides the keys the test itself made, nor in the run's output."""
-    assert "PRIVATE KEY-----" not in log
-    own = {"server.key", "issuer-ca.key", "enclave-key.pem"}
+_PEM_KEY = re.compile(
+    rb"-----BEGIN ((?:EC |ENCRYPTED )?PRIVATE KEY)-----(.+?)-----END \1-----", re.S
+)
+
+
+def _assert_no_serving_key_anywhere(tmp_path: Path, log: str, spki: bytes) -> None:
+    """The serving key (the one whose public key is *spki*) is in no file of the test tree
+    (build outputs, unpacked images, keys, audit logs) and not in the run's output: every
+    private key found anywhere is loaded and compared."""
+    from cryptography.hazmat.primitives import serialization
+
+    assert b"PRIVATE KEY-----" not in log.encode()
+    found = 0
     for path in tmp_path.rglob("*"):
-        if path.is_file() and path.name not in own and not path.is_symlink():
-            try:
-                data = path.read_bytes()
-            except OSError:
-                continue
-            assert b"BEGIN PRIVATE KEY" not in data and b"BEGIN EC PRIVATE KEY" not in data, path
-    assert not re.search(r"ENCRYPTED PRIVATE KEY", log)
+        if not path.is_file() or path.is_symlink():
+            continue
+        data = path.read_bytes().replace(b"\\n", b"\n")  # keys inside JSON strings too
+        for match in _PEM_KEY.finditer(data):
+            found += 1
+            assert match[1] != b"ENCRYPTED PRIVATE KEY", path  # the key's temporary form
+            key = serialization.load_pem_private_key(match[0], password=None)
+            public = key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            assert public != spki, f"the serving key is in {path}"
+    assert found >= 3  # the scan saw the test's own keys (secret server, issuing CA, signer)
