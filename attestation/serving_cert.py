@@ -260,6 +260,11 @@ def issue(
             "is copied into serving certificates)"
         ) from None
     assert isinstance(evidence, x509.UnrecognizedExtension)
+    if not ca_cert.not_valid_before_utc <= now < ca_cert.not_valid_after_utc:
+        raise ServingCertError(
+            f"the issuing CA is not valid now (valid {ca_cert.not_valid_before_utc:%Y-%m-%d} to "
+            f"{ca_cert.not_valid_after_utc:%Y-%m-%d}): renew it (`enclave-build secrets tls`)"
+        )
     not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
     first = names[0]
     cn = first.value if isinstance(first, x509.DNSName) else str(first.value)

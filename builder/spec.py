@@ -787,7 +787,7 @@ def _check_tls(tls: Mapping[str, Any], written: Any, problems: list[Problem]) ->
                 )
             )
     hosts = tls.get("hosts")
-    if not hosts and ("tls", "hosts") not in {p.path for p in problems}:
+    if not hosts and not any(p.path[:2] == ("tls", "hosts") for p in problems):
         problems.append(
             Problem(
                 ("tls", "hosts"),
@@ -858,7 +858,9 @@ def _check_secrets(
     by its quote, e.g. Occlum's init with ``[occlum] server_measurements``)."""
     encrypted = [i for i, m in enumerate(models) if m.get("encrypt")]
     tls = data.get("tls")
-    needs_key = encrypted or (isinstance(tls, dict) and tls_issuer(tls) != "self")
+    needs_key = encrypted or (
+        isinstance(tls, dict) and tls_issuer(tls) in TLS_ISSUERS and tls_issuer(tls) != "self"
+    )
     if (
         secrets_ca
         and secrets.get("server")
