@@ -34,6 +34,7 @@ import datetime as _dt
 import ipaddress
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -63,8 +64,9 @@ def serving_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def spki_der(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+def spki_der(key: Any) -> bytes:
+    """The DER SubjectPublicKeyInfo of a private or public key."""
+    public = key.public_key() if hasattr(key, "private_bytes") else key
     return public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -279,7 +281,7 @@ def issue(
         .add_extension(x509.UnrecognizedExtension(DICE_OID, evidence.value), critical=False)
         .add_extension(identity_extension(identity), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
             critical=False,
         )
     )

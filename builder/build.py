@@ -43,6 +43,7 @@ from .leak_guard import check_model_paths, scan_artifacts, scan_plan
 from .model_check import check_models, warn_stateful
 from .output_dir import Protected, build_output_problem, check_replaceable
 from .plan import ServicePlan
+from .planning import warn_tls_file
 from .plugin_types import (
     BuildOptions,
     LibOSArtifacts,
@@ -334,6 +335,7 @@ def _build(
     progress = progress or NullProgress()
     check_base_keyword(base, spec)
     parse_source(base or plan.base_image)  # a bad reference fails before anything is written
+    warn_tls_file(spec)  # [tls] issuer = "file": the serving key existed outside the enclave
     tidy_stale_temps(Path(tempfile.gettempdir()), "enclave-build")
     signer = make_signer(spec, Path(signature) if signature else None)
     wrap = prepare_wrap_keys(spec, plan, out)

@@ -200,7 +200,7 @@ def warn_tls_file(spec: Spec) -> None:
 
 def require_tls_file(spec: Spec, framework: str) -> None:
     """For servers that read their certificate and key from files (TF Serving): ``[tls]`` must
-    be issuer "file" (warned about); a located spec error otherwise."""
+    be issuer "file" (the build warns about it); a located spec error otherwise."""
     if spec.tls is None:
         return
     if spec.tls.issuer != "file":
@@ -211,7 +211,6 @@ def require_tls_file(spec: Spec, framework: str) -> None:
             f"its key inside the enclave; {framework} reads its certificate and key from files: "
             'give cert and key with issuer = "file", or serve with a Python-server framework',
         )
-    warn_tls_file(spec)
 
 
 def spec_error(spec: Spec, key: tuple, message: str) -> SpecError:

@@ -42,7 +42,6 @@ from .planning import (
     model_key_name,
     require_models,
     spec_error,
-    warn_tls_file,
 )
 from .plugin_types import Framework
 from .spec import Spec
@@ -421,7 +420,6 @@ def python_server_plan(
         )
     tls = None
     if spec.tls is not None and spec.tls.issuer == "file":
-        warn_tls_file(spec)  # the key existed outside the enclave
         assert spec.tls.cert is not None and spec.tls.key is not None
         cert = add_secret_file(plan, spec, "tls.crt", source=spec.tls.cert)
         key = add_secret_file(plan, spec, "tls.key", source=spec.tls.key)

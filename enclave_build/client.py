@@ -75,9 +75,12 @@ class EndpointPolicy:
     ) -> EndpointPolicy:
         if (collateral is None) == (pccs_url is None):
             raise ValueError("give exactly one of collateral (a file) and pccs_url")
-        source: CollateralSource = (
-            FileCollateral(Path(collateral)) if collateral is not None else PccsCollateral(pccs_url)
-        )
+        source: CollateralSource
+        if collateral is not None:
+            source = FileCollateral(Path(collateral))
+        else:
+            assert pccs_url is not None
+            source = PccsCollateral(pccs_url)
         return cls(
             tuple((str(p), Measurements.load(p)) for p in measurements),
             source,

@@ -47,7 +47,7 @@ What is here:
   :func:`saved_model_problem`, :func:`tflite_state`, :func:`openvino_ir_state`;
 * building plans: :func:`base_plan`, :func:`add_model`, :func:`add_secret_file`, key names,
   :func:`require_models`, :func:`require_one_key`, :func:`refuse_model_server_keys`,
-  :func:`require_tls_file` and :func:`warn_tls_file` (``[tls] issuer``);
+  :func:`require_tls_file` (``[tls] issuer`` "file" for servers that read files);
 * plans that run enclave-build's model server: :func:`python_server_plan`,
   :func:`server_config`, :func:`ship_python_package`, :func:`deliver_keys_as_files` and the
   paths they use. The server's configuration (model-server.json) is the plan's typed
@@ -101,7 +101,6 @@ from .builder.planning import (
     require_tls_file,
     service_key_name,
     spec_error,
-    warn_tls_file,
 )
 from .builder.plugin_types import (
     SECRET_ENCODINGS,
@@ -189,7 +188,6 @@ __all__ = [
     "require_one_key",
     "refuse_model_server_keys",
     "require_tls_file",
-    "warn_tls_file",
     "MODEL_ROOT",
     "SECRETS_DIR",
     "SECRET_SERVER_CA",

@@ -269,3 +269,41 @@ def test_the_key_reaches_ssl_only_encrypted(pki, tmp_path, monkeypatch):
     serving.load_into(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     assert seen and seen[0].startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_secrets_tls_writes_the_issuing_ca(tmp_path):
+    import json
+    import stat
+
+    from .conftest import run_cli
+
+    proc = run_cli("secrets", "tls", str(tmp_path / "tls"), "--host", "secrets.example", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout)
+    ca = x509.load_pem_x509_certificate(open(out["issuer_ca"], "rb").read())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert stat.S_IMODE((tmp_path / "tls" / "issuer-ca.key").stat().st_mode) == 0o600
+    again = run_cli("secrets", "tls", str(tmp_path / "tls"), "--host", "secrets.example")
+    assert again.returncode == 2 and b"issuer-ca" in again.stderr
+
+
+def test_issuer_settings_round_trip(tmp_path):
+    from enclave_build.attestation.server.issuer import Issuer, IssuerError
+    from enclave_build.builder.secrets_config import write_issuing_ca
+    from enclave_build.contract.secrets_config import IssuerSettings, SecretsConfig
+
+    cert, key = write_issuing_ca(tmp_path)
+    text = (
+        f'[server]\nlisten = "127.0.0.1:0"\ncert = "{cert}"\nkey = "{key}"\n'
+        f'[attestation]\ncollateral = "{cert}"\n[issuer]\ncert = "{cert}"\nkey = "{key}"\n'
+        "lifetime = 3600\n"
+    )
+    config = SecretsConfig.parse(text, tmp_path / "secrets.toml")
+    assert config.issuer == IssuerSettings(cert, key, 3600)
+    assert Issuer.load(config.issuer).lifetime == _dt.timedelta(hours=1)
+    other, _ = write_issuing_ca(tmp_path / "other")
+    with pytest.raises(IssuerError, match="is not the key of the CA certificate"):
+        Issuer.load(IssuerSettings(other, key))
