@@ -230,6 +230,17 @@ OCCLUM_SUBJECT = x509.Name(
 )
 
 
+def dice_evidence(spki: bytes, make_quote: QuoteMaker) -> bytes:
+    """The value of a TCG DICE tagged-evidence extension (:data:`DICE_OID`) for the DER
+    SubjectPublicKeyInfo *spki*: CBOR tag 60000 over ``[quote, claims]``, the claims'
+    ``pubkey-hash`` the SHA-256 of *spki* and the quote's report_data[0:32] the SHA-256 of the
+    claims, as Gramine's RA-TLS makes it."""
+    entry = cbor2.dumps([SHA256_ALG, hashlib.sha256(spki).digest()])
+    claims = cbor2.dumps({"pubkey-hash": entry})
+    quote = make_quote(hashlib.sha256(claims).digest() + bytes(32))
+    return cbor2.dumps(cbor2.CBORTag(DICE_TAG, [quote, claims]))
+
+
 def create_certificate(
     fmt: str,
     make_quote: QuoteMaker,
@@ -253,10 +264,7 @@ def create_certificate(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     if fmt == "tcg-dice":
-        entry = cbor2.dumps([SHA256_ALG, hashlib.sha256(spki).digest()])
-        claims = cbor2.dumps({"pubkey-hash": entry})
-        quote = make_quote(hashlib.sha256(claims).digest() + bytes(32))
-        value, oid = cbor2.dumps(cbor2.CBORTag(DICE_TAG, [quote, claims])), DICE_OID
+        value, oid = dice_evidence(spki, make_quote), DICE_OID
     else:
         value = make_quote(hashlib.sha256(spki).digest() + bytes(32))
         oid = LEGACY_OID if fmt == "gramine-legacy" else CCZOO_OID

@@ -13,6 +13,17 @@ After the TLS handshake (the enclave presents a self-signed RA-TLS certificate):
 
 Which secret is wanted is not in the request: the server chooses from the attested identity and
 the TLS server name (SNI), which enclave-build's in-enclave client sets to the key name.
+
+A second request type (an enclave-build extension, on a connection of its own whose TLS server
+name is :data:`CERT_SERVER_NAME`, so Gramine's clients and servers never meet it) asks for the
+serving certificate of the enclave's endpoint:
+
+* client -> server: :data:`CERT_REQUEST` (35 bytes, the length of :data:`REQUEST`, so a server
+  reading a request reads exactly one of them), a 4-byte big-endian length and a DER PKCS#10
+  certificate signing request (at most :data:`MAX_CSR` bytes). The CSR's public key must be the
+  key of the RA-TLS certificate the client presented on this connection: the quote binds it.
+* server -> client: :data:`RESPONSE` with the PEM certificate chain (issued certificate first,
+  then the issuing CA) as the secret, or :data:`REFUSAL` with the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +36,10 @@ from .errors import AttestationError
 REQUEST = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"
 RESPONSE = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"
 REFUSAL = b"SECRET_PROVISION_RA_TLS_REJECTED_V1:\0"
+CERT_REQUEST = b"ENCLAVE_BUILD_SERVING_CERT_CSR_V1\0\0"
+#: The TLS server name (SNI) an enclave sends on the connection that asks for its certificate.
+CERT_SERVER_NAME = "enclave-build-serving-certificate"
+MAX_CSR = 16 * 1024  # a CSR's announced length above this is a protocol error
 LENGTH_BYTES = 4
 HEADER_LEN = len(RESPONSE) + LENGTH_BYTES  # what a client reads first, either way
 MAX_SECRET = 64 * 1024  # larger lengths are a protocol error
@@ -37,6 +52,14 @@ REPORT_DATA_SIZE = 64
 MAX_QUOTE = 64 * 1024
 
 assert len(REQUEST) == 35 and len(RESPONSE) == 37 and len(REFUSAL) == len(RESPONSE)
+assert len(CERT_REQUEST) == len(REQUEST)
+
+
+def cert_request(csr_der: bytes) -> bytes:
+    """The bytes an enclave sends to ask for a serving certificate for *csr_der*."""
+    if not 0 < len(csr_der) <= MAX_CSR:
+        raise ValueError(f"a CSR is 1..{MAX_CSR} bytes, not {len(csr_der)}")
+    return CERT_REQUEST + len(csr_der).to_bytes(LENGTH_BYTES, "big") + csr_der
 
 
 def refusal(reason: str) -> bytes:

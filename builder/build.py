@@ -46,7 +46,7 @@ from .leak_guard import check_model_paths, scan_artifacts, scan_plan
 from .model_check import check_models, warn_stateful
 from .output_dir import Protected, build_output_problem, check_replaceable
 from .plan import ServicePlan
-from .planning import require_enforced
+from .planning import require_enforced, warn_tls_file
 from .plugin_types import (
     BuildOptions,
     LibOSArtifacts,
@@ -349,6 +349,7 @@ def _build(
     progress = progress or NullProgress()
     check_base_keyword(base, spec)
     parse_source(base or plan.base_image)  # a bad reference fails before anything is written
+    warn_tls_file(spec)  # [tls] issuer = "file": the serving key existed outside the enclave
     tidy_stale_temps(Path(tempfile.gettempdir()), "enclave-build")
     signer = make_signer(spec, Path(signature) if signature else None)
     wrap = prepare_wrap_keys(spec, plan, out)
@@ -529,7 +530,7 @@ def _finish(
             attached = attach_provenance(pushed, built, envelope, progress.task)
     policy = (
         policy_fragment(plan, measurements, key_files, out, artifacts.releases)
-        if key_files
+        if key_files or certified_by_secret_server(plan)
         else None
     )
     if out is not None:
@@ -571,6 +572,13 @@ def deploy_info(
     base_user = (base.config.get("config") or {}).get("User") or None
     owner = runtime_owner(plan.user if plan.user and plan.user != "root" else base_user, rootfs)
     return service_info(plan, spec.deploy, owner, tls=spec.tls is not None)
+
+
+def certified_by_secret_server(plan: ServicePlan) -> bool:
+    """Whether the enclave asks the secret server for its serving certificate (``[tls] issuer =
+    "secret-server"``): the server must know its measurements even without a key to release."""
+    config = plan.server_config
+    return config is not None and config.tls is not None and config.tls.issuer == "secret-server"
 
 
 def policy_fragment(

@@ -87,6 +87,8 @@ def secret_places(spec: Spec) -> list[SecretPlace]:
         )
     if spec.tls is not None:
         for key, path in (("tls.key", spec.tls.key), ("tls.cert", spec.tls.cert)):
+            if path is None:  # a key made inside the enclave: nothing on disk to guard
+                continue
             places.append(
                 SecretPlace(
                     key, f"the directory of the [tls] {key[4:]}", _resolve(path).parent, False

@@ -7,6 +7,7 @@ Plugins import these from :mod:`enclave_build.plugin`, the stable API.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from enclave_build.contract.identity import mr_signer_of
@@ -181,6 +182,35 @@ def service_key_name(spec: Spec) -> str:
     """
     named = [m.key for m in spec.models if m.encrypt and m.key]
     return named[0] if named else default_key_name(spec)
+
+
+def warn_tls_file(spec: Spec) -> None:
+    """The warning of ``[tls] issuer = "file"``: the serving key was made outside the enclave."""
+    if spec.tls is None or spec.tls.issuer != "file":
+        return
+    warnings.warn(
+        f'{spec.path}: [tls] issuer = "file": the serving certificate\'s private key '
+        f"({spec.tls.key}) existed outside the enclave, so a client cannot tell this enclave "
+        'from whoever else holds that key; prefer issuer = "secret-server" (a key made in '
+        'the enclave, certified by the secret server after attestation) or "self"',
+        UserWarning,
+        stacklevel=2,
+    )
+
+
+def require_tls_file(spec: Spec, framework: str) -> None:
+    """For servers that read their certificate and key from files (TF Serving): ``[tls]`` must
+    be issuer "file" (the build warns about it); a located spec error otherwise."""
+    if spec.tls is None:
+        return
+    if spec.tls.issuer != "file":
+        raise spec_error(
+            spec,
+            ("tls", "issuer"),
+            f'issuer = "{spec.tls.issuer}" needs enclave-build\'s own model server, which makes '
+            f"its key inside the enclave; {framework} reads its certificate and key from files: "
+            'give cert and key with issuer = "file", or serve with a Python-server framework',
+        )
 
 
 def spec_error(spec: Spec, key: tuple, message: str) -> SpecError:

@@ -207,7 +207,9 @@ def server_config(
     dicts of their fields. Put it on the plan as ``plan.server_config``; the build writes it
     into the image."""
     keys = None
-    if plan.secrets is not None and plan.secrets.keys:
+    tls_config = tls if isinstance(tls, TLSConfig) or tls is None else TLSConfig(**tls)
+    certified = tls_config is not None and tls_config.issuer == "secret-server"
+    if plan.secrets is not None and (plan.secrets.keys or certified):
         trust = plan.secrets.server_trust
         keys = KeysConfig(
             plan.secrets.server,
@@ -223,7 +225,7 @@ def server_config(
         models=tuple(m if isinstance(m, ModelConfig) else ModelConfig(**m) for m in models),
         grpc=Listener("0.0.0.0", grpc_port, _spec_key(plan, grpc_port)),
         rest=Listener("0.0.0.0", rest_port, _spec_key(plan, rest_port)),
-        tls=(tls if isinstance(tls, TLSConfig) or tls is None else TLSConfig(**tls)),
+        tls=tls_config,
         limits=_server_limits(spec, limits),
         drain_seconds=(spec.limits or {}).get("drain_seconds", 20),
         metrics=True,
@@ -431,13 +433,19 @@ def python_server_plan(
             )
         )
     tls = None
-    if spec.tls is not None:
+    if spec.tls is not None and spec.tls.issuer == "file":
+        assert spec.tls.cert is not None and spec.tls.key is not None
         cert = add_secret_file(plan, spec, "tls.crt", source=spec.tls.cert)
         key = add_secret_file(plan, spec, "tls.key", source=spec.tls.key)
         client_ca = None
         if spec.tls.client_ca is not None:  # public, and who may connect: measured
             client_ca = plan.add_file(spec.tls.client_ca, CLIENT_CA, FileKind.TRUSTED).dest
         tls = TLSConfig(cert, key, default_key_name(spec), client_ca)
+    elif spec.tls is not None:
+        client_ca = None
+        if spec.tls.client_ca is not None:
+            client_ca = plan.add_file(spec.tls.client_ca, CLIENT_CA, FileKind.TRUSTED).dest
+        tls = TLSConfig(None, None, None, client_ca, spec.tls.issuer, spec.tls.hosts)
     config = server_config(spec, plan, entries, grpc_port=grpc_port, rest_port=rest_port, tls=tls)
     plan.server_config = config
     plan.enclave.max_open_files = server_open_files(config)

@@ -41,12 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from enclave_build.contract.measurements import Measurements, MeasurementsError
-from enclave_build.contract.names import POLICY_FILE, SECRETS_FILE
+from enclave_build.contract.names import ISSUER_CA_CERT, ISSUER_CA_KEY, POLICY_FILE, SECRETS_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment, PolicyFragmentError
 from enclave_build.contract.secrets_config import (
     KEY_SIZE,
     AttestationSettings,
     GrSecretSettings,
+    IssuerSettings,
     SecretRule,
     SecretsConfig,
     ServerSettings,
@@ -75,6 +76,11 @@ class ServerSide:
     extra_server: dict[str, Any] = field(default_factory=dict)
     #: HOST:PORT of Occlum's GrSecret service ([grsecret] listen); None: not served
     grsecret_listen: str | None = None
+    #: directory of issuer-ca.pem / issuer-ca.key (`secrets tls` writes them): the [issuer] that
+    #: certifies attested enclaves' serving keys; None: no certificates issued
+    issuer_ca: Path | None = None
+    #: seconds an issued serving certificate is valid ([issuer] lifetime)
+    issuer_lifetime: int = 86400
 
 
 class FragmentError(SecretsConfigError):
@@ -307,8 +313,20 @@ def compose_config(
     """The secrets.toml of a secret server serving the builds of *policies* (absolute paths;
     its ``path`` is set where :func:`write_config` writes it)."""
     measurements, secrets, sources = _merge(policies, allow_readable_keys, allow_keys_outside)
-    if not secrets:
+    if not secrets and server.issuer_ca is None:
         raise UsageError("the policy fragments release no secret: nothing to serve")
+    issuer = None
+    if server.issuer_ca is not None:
+        directory = server.issuer_ca.resolve()
+        issuer = IssuerSettings(
+            directory / ISSUER_CA_CERT, directory / ISSUER_CA_KEY, server.issuer_lifetime
+        )
+        for path in (issuer.cert, issuer.key):
+            if not path.is_file():
+                raise UsageError(
+                    f"--issuer-ca {server.issuer_ca}: {path.name} not found (`enclave-build "
+                    "secrets tls DIR` writes issuer-ca.pem and issuer-ca.key)"
+                )
     try:
         host, port = split_listen(server.listen)
         grsecret = None
@@ -346,6 +364,7 @@ def compose_config(
         tuple(measurements),
         tuple(secrets),
         grsecret=grsecret,
+        issuer=issuer,
     )
     return ComposedConfig(config, tuple(sources))
 
@@ -443,3 +462,28 @@ def write_config(
         for source in composed.sources:
             log(f"key file {source.file} (secret {source.secret!r}) from {source.fragment}")
     return target
+
+
+def write_issuing_ca(directory: Path, *, days: int = 365) -> tuple[Path, Path]:
+    """Write a new issuing CA for serving certificates to *directory*: issuer-ca.pem and
+    issuer-ca.key (mode 0600), replacing what is there. Returns both paths."""
+    from cryptography.hazmat.primitives import serialization
+
+    from enclave_build.attestation.serving_cert import issuing_ca
+
+    cert, key = issuing_ca(days=days)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / ISSUER_CA_CERT, directory / ISSUER_CA_KEY
+    if key_path.exists():
+        key_path.unlink()
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path

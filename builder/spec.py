@@ -203,12 +203,30 @@ SECRETS = Section(
     + server_trust.FIELDS,
 )  # server_measurements & co.: an attested secret server (instead of ca)
 
+#: Who issues the served endpoint's certificate (model-server.json ``tls.issuer``).
+TLS_ISSUERS = ("secret-server", "self", "file")
+
 TLS = Section(
     "tls",
-    "TLS for the served endpoint (certificate and key ship encrypted)",
+    "TLS for the served endpoint",
     (
-        Field("cert", "path", "PEM certificate (chain) the model server presents", required=True),
-        Field("key", "path", "PEM private key of that certificate", required=True),
+        Field(
+            "issuer",
+            "str",
+            '"secret-server" (default): a key made in the enclave, certified by the secret '
+            'server after attestation; "self": a self-signed RA-TLS certificate; "file": '
+            "cert and key (ship encrypted; the default when they are given)",
+            choices=TLS_ISSUERS,
+        ),
+        Field(
+            "hosts",
+            "list[str]",
+            "DNS names and IP addresses the certificate names (issuers secret-server, self)",
+            item_pattern=r"[^\s/@]+",
+            item_doc="a DNS name or an IP address",
+        ),
+        Field("cert", "path", 'PEM certificate (chain) the model server presents (issuer "file")'),
+        Field("key", "path", 'PEM private key of that certificate (issuer "file")'),
         Field(
             "client_ca",
             "path",
@@ -476,9 +494,15 @@ class SecretsSpec:
 
 @dataclass(frozen=True)
 class TLSSpec:
-    cert: Path
-    key: Path
-    client_ca: Path | None = None  # mutual TLS: the CA bundle client certificates chain to
+    """``[tls]``: *issuer* "file" serves *cert*/*key*; "secret-server" and "self" make the key in
+    the enclave and name *hosts* in the certificate. *client_ca*: mutual TLS, the CA bundle
+    client certificates chain to."""
+
+    cert: Path | None
+    key: Path | None
+    issuer: str = "file"
+    hosts: tuple[str, ...] = ()
+    client_ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -675,6 +699,7 @@ def spec_from_dict(
 
     _check_signing(signing, problems)
     spec_clients.check(models, values["tls"], "tls" in data, problems)
+    _check_tls(values["tls"], data.get("tls"), problems)
     if "provenance" in data and values["provenance"].get("key") is not None:
         from .provenance_key import key_problem
 
@@ -771,9 +796,7 @@ def spec_from_dict(
             signing["date"],
         ),
         secrets=SecretsSpec(secrets["server"], secrets["ca"], secrets["keys_dir"], trust),
-        tls=TLSSpec(values["tls"]["cert"], values["tls"]["key"], values["tls"]["client_ca"])
-        if "tls" in data
-        else None,
+        tls=_tls_spec(values["tls"]) if "tls" in data else None,
         build=BuildSpec(values["build"]["reproducible"]),
         libos_options=libos_options,
         deploy=DeploySpec.from_values(values["deploy"]),
@@ -784,6 +807,91 @@ def spec_from_dict(
             else None
         ),
         provenance=(ProvenanceSpec(values["provenance"]["key"]) if "provenance" in data else None),
+    )
+
+
+def tls_issuer(tls: Mapping[str, Any]) -> str:
+    """The issuer a ``[tls]`` table means: as written, else "file" when it names a certificate
+    or key (specs written before issuers existed), else "secret-server"."""
+    issuer = tls.get("issuer")
+    if isinstance(issuer, str):
+        return issuer
+    return "file" if tls.get("cert") is not None or tls.get("key") is not None else "secret-server"
+
+
+def _tls_spec(values: Mapping[str, Any]) -> TLSSpec:
+    return TLSSpec(
+        values["cert"],
+        values["key"],
+        tls_issuer(values),
+        tuple(values["hosts"] or ()),
+        values["client_ca"],
+    )
+
+
+def _check_tls(tls: Mapping[str, Any], written: Any, problems: list[Problem]) -> None:
+    """What [tls] needs for its issuer (see :func:`tls_issuer`)."""
+    if not isinstance(written, dict) or ("tls", "issuer") in {p.path for p in problems}:
+        return
+    issuer = tls_issuer(tls)
+    if issuer == "file":
+        for name in ("cert", "key"):
+            if name not in written:
+                problems.append(
+                    Problem(
+                        ("tls", name),
+                        'required with issuer = "file" (or let the enclave make its key: '
+                        'issuer = "secret-server" and hosts = [...])',
+                    )
+                )
+        if "hosts" in written:
+            problems.append(
+                Problem(
+                    ("tls", "hosts"),
+                    'not with issuer = "file": the certificate file names its hosts',
+                )
+            )
+        return
+    for name in ("cert", "key"):
+        if name in written:
+            problems.append(
+                Problem(
+                    ("tls", name),
+                    f'not with issuer = "{issuer}": the key pair is made inside the enclave '
+                    '(issuer = "file" serves a provisioned certificate and key)',
+                )
+            )
+    hosts = tls.get("hosts")
+    if not hosts and not any(p.path[:2] == ("tls", "hosts") for p in problems):
+        problems.append(
+            Problem(
+                ("tls", "hosts"),
+                f'required with issuer = "{issuer}": the DNS names and IP addresses clients '
+                'connect to, e.g. hosts = ["models.example.com", "10.0.0.5"]',
+            )
+        )
+    for index, host in enumerate(hosts or []):
+        if not _host_ok(host):
+            problems.append(
+                Problem(("tls", "hosts", index), f"{host!r} is not a DNS name or an IP address")
+            )
+
+
+def _host_ok(host: str) -> bool:
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    return bool(
+        re.fullmatch(
+            r"(?=.{1,253}\Z)(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+            r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?",
+            host,
+        )
     )
 
 
@@ -824,7 +932,10 @@ def _check_secrets(
     enclave checks the server against ``[secrets] ca`` (not where the libOS verifies the server
     by its quote, e.g. Occlum's init with ``[occlum] server_measurements``)."""
     encrypted = [i for i, m in enumerate(models) if m.get("encrypt")]
-    needs_key = encrypted or "tls" in data
+    tls = data.get("tls")
+    needs_key = encrypted or (
+        isinstance(tls, dict) and tls_issuer(tls) in TLS_ISSUERS and tls_issuer(tls) != "self"
+    )
     if (
         secrets_ca
         and secrets.get("server")
@@ -855,14 +966,21 @@ def _check_secrets(
         and ("secrets", "server") not in {p.path for p in problems}
     ):
         where = ("models", encrypted[0], "encrypt") if encrypted else ("tls",)
-        what = "encrypted models need" if encrypted else "[tls] material ships encrypted and needs"
-        problems.append(
-            Problem(
-                where,
-                f"{what} a key from the secret server at start-up: set "
-                "[secrets] server and ca (or encrypt = false)",
+        if encrypted or (isinstance(tls, dict) and tls_issuer(tls) == "file"):
+            what = (
+                "encrypted models need" if encrypted else "[tls] material ships encrypted and needs"
             )
-        )
+            message = (
+                f"{what} a key from the secret server at start-up: set "
+                "[secrets] server and ca (or encrypt = false)"
+            )
+        else:
+            message = (
+                '[tls] issuer = "secret-server": the enclave gets its serving certificate '
+                "from the secret server at start-up: set [secrets] server and ca (or "
+                'issuer = "self" for a self-signed RA-TLS certificate)'
+            )
+        problems.append(Problem(where, message))
 
 
 def _check_signing(signing: dict[str, Any], problems: list[Problem]) -> None:

@@ -42,6 +42,12 @@ SIMULATED_QUOTER_ENV = "ENCLAVE_BUILD_SIMULATED_QUOTER"
 #: The Occlum toolchain image `occlum build` runs in (the operator's override).
 OCCLUM_IMAGE_ENV = "ENCLAVE_BUILD_OCCLUM_IMAGE"
 
+#: What `enclave-build secrets tls DIR` writes for the secret server's [issuer]: the issuing CA
+#: of serving certificates (clients trust the certificate) and its private key.
+ISSUER_CA_CERT = "issuer-ca.pem"
+ISSUER_CA_KEY = "issuer-ca.key"
+
+
 __all__ = [
     "MEASUREMENTS_FILE",
     "SERVICE_FILE",
@@ -57,6 +63,8 @@ __all__ = [
     "STANDIN_MARKER",
     "ROOT_ENV",
     "LISTEN_ENV",
+    "ISSUER_CA_CERT",
+    "ISSUER_CA_KEY",
     "SIMULATED_QUOTER_ENV",
     "OCCLUM_IMAGE_ENV",
 ]

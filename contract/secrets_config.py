@@ -33,6 +33,12 @@
                                      # [[secrets]] rule without `file` is then an uploaded key
                                      # (needs processes = 1: keys stay in that process's memory)
 
+    [issuer]                         # optional: serving certificates for attested enclaves
+    cert = "issuer-ca.pem"           # the issuing CA clients trust (`secrets tls` writes it)
+    key = "issuer-ca.key"
+    lifetime = 86400                 # seconds an issued certificate is valid (renewed by the
+                                     # enclave at two thirds of it)
+
     [[secrets]]
     name = "face-detect-key"
     file = "keys/face-detect-key.key"
@@ -240,6 +246,22 @@ UPLOAD = Section(
         ),
     ),
 )
+ISSUER = Section(
+    "issuer",
+    "the CA that certifies attested enclaves' serving keys",
+    (
+        Field("cert", "str", "PEM certificate of the issuing CA", required=True),
+        Field("key", "str", "its PEM private key", required=True),
+        Field(
+            "lifetime",
+            "int",
+            "seconds an issued certificate is valid",
+            default=86400,
+            minimum=300,
+            maximum=90 * 86400,
+        ),
+    ),
+)
 GRSECRET = Section(
     "grsecret",
     "Occlum's ratls.GrSecret/GetSecret service",
@@ -270,6 +292,7 @@ SCHEMA = Section(
             "secrets", "list[table]", "the secrets and whom they go to", default=[], section=RULE
         ),
         Field("grsecret", "table", "Occlum's GrSecret service", section=GRSECRET),
+        Field("issuer", "table", "serving certificates for attested enclaves", section=ISSUER),
     ),
 )
 
@@ -414,6 +437,22 @@ class UploadSettings:
         return {"owners": [str(p) for p in self.owners]}
 
 
+@dataclass(frozen=True)
+class IssuerSettings:
+    """``[issuer]``: the CA whose certificates the secret server issues to attested enclaves
+    for their serving keys (attestation.server.issuer), and how long each is valid."""
+
+    cert: Path
+    key: Path
+    lifetime: int = 86400  # seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cert": str(self.cert), "key": str(self.key)}
+        if self.lifetime != ISSUER.field("lifetime").default:
+            out["lifetime"] = self.lifetime
+        return out
+
+
 def _changed(obj: Any, section: Section, names: tuple[str, ...]) -> dict[str, Any]:
     """The attributes *names* of *obj* whose values differ from *section*'s defaults."""
     return {n: getattr(obj, n) for n in names if getattr(obj, n) != section.field(n).default}
@@ -438,6 +477,8 @@ class SecretsConfig:
     upload: UploadSettings | None = None
     #: ``[grsecret]``: Occlum's ratls.GrSecret/GetSecret service (attestation.grsecret)
     grsecret: GrSecretSettings | None = None
+    #: ``[issuer]``: serving certificates for attested enclaves (attestation.server.issuer)
+    issuer: IssuerSettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -450,6 +491,8 @@ class SecretsConfig:
         out["secrets"] = [rule.to_dict() for rule in self.secrets]
         if self.grsecret is not None:
             out["grsecret"] = self.grsecret.to_dict()
+        if self.issuer is not None:
+            out["issuer"] = self.issuer.to_dict()
         return out
 
     def to_toml(self, header: str = "") -> str:
@@ -719,8 +762,17 @@ def _build(
                     f"port {gport} is also server.listen's; GrSecret needs a port of its own",
                 )
             )
+    issuer = None
+    if v["issuer"] is not None and "issuer" in data:
+        i = v["issuer"]
+        if i.get("cert") is not None and i.get("key") is not None:
+            issuer = IssuerSettings(base / i["cert"], base / i["key"], i.get("lifetime") or 86400)
+            _exists(issuer.cert, ("issuer", "cert"), problems)
+            _exists(issuer.key, ("issuer", "key"), problems)
     measurements = tuple(v["measurements"] or ())
-    return SecretsConfig(path, server, attestation, measurements, tuple(rules), upload, grsecret)
+    return SecretsConfig(
+        path, server, attestation, measurements, tuple(rules), upload, grsecret, issuer
+    )
 
 
 __all__ = [
@@ -730,6 +782,7 @@ __all__ = [
     "AttestationSettings",
     "GrSecretSettings",
     "UploadSettings",
+    "IssuerSettings",
     "SecretRule",
     "ENCODINGS",
     "KEY_SIZE",
@@ -740,6 +793,7 @@ __all__ = [
     "ATTESTATION",
     "UPLOAD",
     "GRSECRET",
+    "ISSUER",
     "SCHEMA",
     "hex_dashes",
     "available_cores",

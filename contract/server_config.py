@@ -9,7 +9,8 @@ inside the image::
     {"version": 1, "service": "face-detect",
      "grpc": {"host": "0.0.0.0", "port": 8001, "spec_key"?: "tflite.grpc_port"} | null,
      "rest": {...} | null,
-     "tls": {"cert", "key", "key_name", "client_ca"} | null,
+     "tls": {"issuer"?: "file" | "secret-server" | "self", "hosts"?: [...],
+             "cert"?, "key"?, "key_name", "client_ca"} | null,
      "limits": {"max_request_bytes": 67108864, ...}, "drain_seconds": 20, "metrics": true,
      "models": [{"name", "version", "backend", "path", "key", "instances", "threads",
                  "options", "max_queue"?, "clients"?}],
@@ -38,6 +39,10 @@ CONFIG_VERSION = 1
 KEY_SOURCES = ("ra-tls", "files")
 #: How ``keys.server_identity`` pins the secret server's enclave (see identity.PINS).
 SERVER_PINS = PINS
+#: Who issues the serving certificate (model-server.json ``tls.issuer``): the build's files
+#: (``cert``/``key``, provisioned encrypted), the secret server (a certificate for a key made in
+#: the enclave, after attestation), or the enclave itself (a self-signed RA-TLS certificate).
+TLS_ISSUERS = ("file", "secret-server", "self")
 
 
 class ConfigError(ContractError):
@@ -83,8 +88,33 @@ TLS = Section(
     "tls",
     "TLS of both listeners",
     (
-        Field("cert", "str", "image path of the PEM certificate (may be encrypted)", required=True),
-        Field("key", "str", "image path of the PEM key (may be encrypted)", required=True),
+        Field(
+            "issuer",
+            "str",
+            "who issues the serving certificate",
+            default="file",
+            choices=TLS_ISSUERS,
+        ),
+        Field(
+            "hosts",
+            "list[str]",
+            "DNS names and IP addresses the certificate names (issuers secret-server, self)",
+            default=[],
+            item_pattern=r".+",
+            item_doc="a DNS name or an IP address",
+        ),
+        Field(
+            "cert",
+            "str",
+            'image path of the PEM certificate (may be encrypted; issuer "file")',
+            nullable=True,
+        ),
+        Field(
+            "key",
+            "str",
+            'image path of the PEM key (may be encrypted; issuer "file")',
+            nullable=True,
+        ),
         Field(
             "key_name", "str", "wrap key of the encrypted mount holding cert and key", nullable=True
         ),
@@ -318,10 +348,30 @@ class Listener:
 
 @dataclass(frozen=True)
 class TLSConfig:
-    cert: str  # image path of the PEM certificate (may be encrypted)
-    key: str  # image path of the PEM key (may be encrypted)
+    """``tls``: issuer ``"file"`` serves *cert*/*key* (provisioned, encrypted with *key_name*);
+    ``"secret-server"`` and ``"self"`` make the key pair in the enclave at start and name
+    *hosts* in the certificate (see :data:`TLS_ISSUERS`)."""
+
+    cert: str | None  # image path of the PEM certificate (may be encrypted; issuer "file")
+    key: str | None  # image path of the PEM key (may be encrypted; issuer "file")
     key_name: str | None = None  # wrap key of the encrypted mount holding cert and key
     client_ca: str | None = None  # image path of a CA bundle: mutual TLS when set
+    issuer: str = "file"  # one of TLS_ISSUERS
+    hosts: tuple[str, ...] = ()  # DNS names / IP addresses of the certificate's SANs
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "cert": self.cert,
+            "key": self.key,
+            "key_name": self.key_name,
+            "client_ca": self.client_ca,
+        }
+        # (written only when set: files of earlier builds, hence their MRENCLAVE, stay as they were)
+        if self.issuer != "file":
+            out["issuer"] = self.issuer
+        if self.hosts:
+            out["hosts"] = list(self.hosts)
+        return out
 
 
 @dataclass(frozen=True)
@@ -553,14 +603,7 @@ class ServerConfig:
             "service": self.service,
             "grpc": listener(self.grpc),
             "rest": listener(self.rest),
-            "tls": None
-            if tls is None
-            else {
-                "cert": tls.cert,
-                "key": tls.key,
-                "key_name": tls.key_name,
-                "client_ca": tls.client_ca,
-            },
+            "tls": None if tls is None else tls.to_dict(),
             "limits": self.limits.to_dict(),
             "drain_seconds": self.drain_seconds,
             "metrics": self.metrics,
@@ -590,7 +633,7 @@ class ServerConfig:
             ),
             grpc=_listener(v["grpc"]) if "grpc" in data else Listener("0.0.0.0", 8001),
             rest=_listener(v["rest"]) if "rest" in data else Listener("0.0.0.0", 8000),
-            tls=TLSConfig(**v["tls"]) if v["tls"] is not None else None,
+            tls=_tls(v["tls"]) if v["tls"] is not None else None,
             limits=Limits.of({k: val for k, val in v["limits"].items() if k in data["limits"]})
             if isinstance(data.get("limits"), dict)
             else Limits.of({}),
@@ -615,6 +658,12 @@ class ServerConfig:
 
 def _listener(values: dict[str, Any] | None) -> Listener | None:
     return None if values is None else Listener(values["host"], values["port"], values["spec_key"])
+
+
+def _tls(v: dict[str, Any]) -> TLSConfig:
+    return TLSConfig(
+        v["cert"], v["key"], v["key_name"], v["client_ca"], v["issuer"], tuple(v["hosts"])
+    )
 
 
 def _keys(v: dict[str, Any]) -> KeysConfig:
@@ -664,6 +713,9 @@ def _check(data: dict[str, Any], v: dict[str, Any], problems: list[Problem]) -> 
             )
         seen.setdefault(name, index)
         _check_clients(model, index, v, problems)
+    tls, tls_written = v.get("tls"), data.get("tls")
+    if isinstance(tls, dict) and isinstance(tls_written, dict):
+        _check_tls(tls, tls_written, isinstance(v.get("keys"), dict), problems)
     keys, written = v.get("keys"), data.get("keys")
     if (
         isinstance(keys, dict)
@@ -698,6 +750,35 @@ def _check_clients(
                 where,
                 "needs mutual TLS: set tls.client_ca (the CA bundle client certificates "
                 "must chain to); without it no client presents a certificate",
+            )
+        )
+
+
+def _check_tls(
+    tls: dict[str, Any], written: dict[str, Any], has_keys: bool, problems: list[Problem]
+) -> None:
+    if bad(problems, ("tls", "issuer")):
+        return
+    issuer = tls["issuer"]
+    for name in ("cert", "key"):
+        given = written.get(name) is not None
+        if issuer == "file" and not given:
+            problems.append(Problem(("tls", name), 'required (a string) with issuer "file"'))
+        if issuer != "file" and given:
+            problems.append(
+                Problem(
+                    ("tls", name),
+                    f'not with issuer "{issuer}": the key pair is made in the enclave',
+                )
+            )
+    if issuer != "file" and not tls["hosts"] and not bad(problems, ("tls", "hosts")):
+        problems.append(Problem(("tls", "hosts"), f'at least one name with issuer "{issuer}"'))
+    if issuer == "secret-server" and not has_keys:
+        problems.append(
+            Problem(
+                ("tls", "issuer"),
+                'issuer "secret-server" needs "keys" (the secret server to ask and how to '
+                "check it)",
             )
         )
 
@@ -779,6 +860,7 @@ __all__ = [
     "ConfigError",
     "KEY_SOURCES",
     "SERVER_PINS",
+    "TLS_ISSUERS",
     "CONFIG_VERSION",
     "SCHEMA",
 ]

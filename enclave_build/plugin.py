@@ -46,7 +46,8 @@ What is here:
   checks :func:`tflite_problem`, :func:`onnx_problem`, :func:`openvino_ir_problem`,
   :func:`saved_model_problem`, :func:`tflite_state`, :func:`openvino_ir_state`;
 * building plans: :func:`base_plan`, :func:`add_model`, :func:`add_secret_file`, key names,
-  :func:`require_models`, :func:`require_one_key`, :func:`refuse_model_server_keys`;
+  :func:`require_models`, :func:`require_one_key`, :func:`refuse_model_server_keys`,
+  :func:`require_tls_file` (``[tls] issuer`` "file" for servers that read files);
 * plans that run enclave-build's model server: :func:`python_server_plan`,
   :func:`server_config`, :func:`ship_python_package`, :func:`add_python_system_files`,
   :func:`deliver_keys_as_files` and the paths they use. The server's configuration (model-server.json) is the plan's typed
@@ -97,6 +98,7 @@ from .builder.planning import (
     refuse_model_server_keys,
     require_models,
     require_one_key,
+    require_tls_file,
     service_key_name,
     spec_error,
 )
@@ -186,6 +188,7 @@ __all__ = [
     "require_models",
     "require_one_key",
     "refuse_model_server_keys",
+    "require_tls_file",
     "MODEL_ROOT",
     "SECRETS_DIR",
     "SECRET_SERVER_CA",

@@ -196,26 +196,57 @@ def fetch_key(
     """One RA-TLS connection to *server* asking (by SNI) for key *name*: its 16 bytes. The
     server is checked against *ca_file*, or (exactly one of the two) by *verifier* (an
     attested secret server, see :mod:`model_server.server_attest`)."""
+    if evidence not in FORMATS:
+        raise KeyFetchError(f"keys.evidence {evidence!r} is not one of {', '.join(FORMATS)}")
+    cert, key = create_certificate(evidence, make_quote)
+    return exchange(
+        server,
+        ca_file,
+        verifier,
+        cert,
+        key,
+        server_name=name,
+        request=wire.REQUEST,
+        what=f"key {name}",
+        expect_size=wire.WRAP_KEY_SIZE,
+        timeout=timeout,
+    )
+
+
+def exchange(
+    server: str,
+    ca_file: Path | None,
+    verifier: ServerVerifier | None,
+    cert: x509.Certificate,
+    key: RaTlsKey,
+    *,
+    server_name: str,
+    request: bytes,
+    what: str,
+    expect_size: int | None,
+    timeout: float,
+) -> bytes:
+    """One attested exchange with the secret server at *server*: connect presenting the RA-TLS
+    *cert* (for *key*), check the server (against *ca_file*, or by *verifier*: exactly one),
+    send *request* with the TLS server name *server_name*, and return what it releases (of
+    exactly *expect_size* bytes, if given). Every failure is a KeyFetchError naming *what*."""
     if (ca_file is None) == (verifier is None):
         raise KeyFetchError(
             "internal: a secret server is checked against a CA or by its quote (exactly one)"
         )
     host, port = _parse_address(server, "keys.server")
     peer = f"{host}:{port}"
-    if evidence not in FORMATS:
-        raise KeyFetchError(f"keys.evidence {evidence!r} is not one of {', '.join(FORMATS)}")
-    cert, key = create_certificate(evidence, make_quote)
     with tempfile.TemporaryDirectory(prefix="enclave-keys-") as tmp:
         context = _client_context(ca_file, cert, key, Path(tmp))
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise KeyFetchError(
-            f"cannot reach the secret server {peer} for key {name}: {exc.strerror or exc}"
+            f"cannot reach the secret server {peer} for {what}: {exc.strerror or exc}"
         ) from None
     try:
         try:
-            tls = context.wrap_socket(raw, server_hostname=name)
+            tls = context.wrap_socket(raw, server_hostname=server_name)
         except ssl.SSLCertVerificationError as exc:
             raise KeyFetchError(
                 f"secret server {peer}: its certificate does not verify against "
@@ -231,7 +262,7 @@ def fetch_key(
                 except ServerRefused as exc:
                     raise KeyFetchError(
                         f"secret server {peer} is refused: {exc}. Nothing was "
-                        f"sent to it (key {name} not asked for)"
+                        f"sent to it ({what} not asked for)"
                     ) from None
             elif der is None or not _hostname_matches(x509.load_der_x509_certificate(der), host):
                 raise KeyFetchError(
@@ -241,44 +272,44 @@ def fetch_key(
             # The whole answer within *timeout*: a server dripping it a byte at a time would
             # otherwise hold the start of the enclave for timeout seconds per byte.
             answer_by = time.monotonic() + timeout
-            tls.sendall(wire.REQUEST)
+            tls.sendall(request)
             header = wire.recv_exact(tls, wire.HEADER_LEN, answer_by)
             if len(header) < wire.HEADER_LEN:
                 raise KeyFetchError(
-                    f"secret server {peer} refused key {name}: it closed the "
+                    f"secret server {peer} refused {what}: it closed the "
                     "connection without a reason (see its audit log)"
                 )
             try:
                 released, size = wire.parse_header(header)
             except ValueError as exc:
                 raise KeyFetchError(
-                    f"secret server {peer}: protocol error for key {name}: {exc}"
+                    f"secret server {peer}: protocol error for {what}: {exc}"
                 ) from None
-            if released and size != wire.WRAP_KEY_SIZE:  # refused before reading it
-                raise KeyFetchError(
-                    f"secret server {peer}: key {name} is {size} bytes; a wrap "
-                    f"key must be exactly {wire.WRAP_KEY_SIZE}"
+            if released and expect_size is not None and size != expect_size:
+                raise KeyFetchError(  # refused before reading it
+                    f"secret server {peer}: {what} is {size} bytes; a wrap "
+                    f"key must be exactly {expect_size}"
                 )
             body = wire.recv_exact(tls, size, answer_by)
             if not released:
                 reason = body.decode("utf-8", "replace") or "no reason given"
-                raise KeyFetchError(f"secret server {peer} refused key {name}: {reason}")
+                raise KeyFetchError(f"secret server {peer} refused {what}: {reason}")
             if len(body) != size:
                 raise KeyFetchError(
-                    f"secret server {peer}: key {name} truncated ({len(body)} of {size} bytes)"
+                    f"secret server {peer}: {what} truncated ({len(body)} of {size} bytes)"
                 )
             return body
     except ssl.SSLError as exc:
         raise KeyFetchError(
-            f"secret server {peer}: TLS failed for key {name}: {exc.reason or exc}"
+            f"secret server {peer}: TLS failed for {what}: {exc.reason or exc}"
         ) from None
     except TimeoutError:
         raise KeyFetchError(
-            f"secret server {peer}: no answer for key {name} within {timeout:g} s"
+            f"secret server {peer}: no answer for {what} within {timeout:g} s"
         ) from None
     except OSError as exc:
         raise KeyFetchError(
-            f"secret server {peer}: connection failed for key {name}: {exc.strerror or exc}"
+            f"secret server {peer}: connection failed for {what}: {exc.strerror or exc}"
         ) from None
     finally:
         raw.close()
@@ -447,12 +478,47 @@ def read_key_files(config: KeysConfig) -> KeyRing:
     return KeyRing({name: b"" for name in config.names}, "libos")
 
 
+@dataclass(frozen=True)
+class SecretServerLink:
+    """How this process reaches and checks its secret server (``keys`` of the configuration):
+    its address, its CA (or the verifier of its quote), this process's quote source."""
+
+    server: str
+    ca_file: Path | None
+    verifier: ServerVerifier | None
+    make_quote: QuoteSource
+    timeout: float
+
+    @classmethod
+    def of(
+        cls, config: KeysConfig, *, attestation_root: Path = ATTESTATION_ROOT
+    ) -> SecretServerLink:
+        """The link of *config* (``source = "ra-tls"``); announces what a quote-verified server
+        is trusted with. KeyFetchError when it cannot be set up."""
+        make_quote = quote_source(config.timeout_seconds, root=attestation_root)
+        verifier = None
+        ca_file: Path | None = None
+        if config.server_identity is not None:
+            try:
+                verifier = ServerVerifier(config.server_identity, config.timeout_seconds)
+            except ServerRefused as exc:
+                raise KeyFetchError(f"secret server {config.server}: {exc}") from None
+            verifier.announce()
+        else:
+            ca_file = host_path(config.ca)
+        return cls(config.server, ca_file, verifier, make_quote, config.timeout_seconds)
+
+
 def prepare_keys(
-    config: KeysConfig | None, *, attestation_root: Path = ATTESTATION_ROOT
+    config: KeysConfig | None,
+    *,
+    attestation_root: Path = ATTESTATION_ROOT,
+    link: SecretServerLink | None = None,
 ) -> KeyRing:
     """Fetch and install every key of *config* (nothing to do for None or no names); with
     ``source = "files"`` read them where the libOS put them (:func:`read_key_files`).
-    *attestation_root* is where Gramine's attestation pseudo-files are (quote, keys/)."""
+    *attestation_root* is where Gramine's attestation pseudo-files are (quote, keys/); *link*
+    the secret server's, when the caller made it already."""
     if config is None or not config.names:
         return KeyRing()
     if len(set(config.names)) != len(config.names):
@@ -461,29 +527,19 @@ def prepare_keys(
         return read_key_files(config)
     root = attestation_root
     in_gramine = (root / "keys").is_dir()
-    make_quote = quote_source(config.timeout_seconds, root=root)
-    verifier = None
-    ca_file: Path | None = None
-    if config.server_identity is not None:
-        try:
-            verifier = ServerVerifier(config.server_identity, config.timeout_seconds)
-        except ServerRefused as exc:
-            raise KeyFetchError(f"secret server {config.server}: {exc}") from None
-        verifier.announce()
-    else:
-        ca_file = host_path(config.ca)
+    link = link or SecretServerLink.of(config, attestation_root=root)
     keys: dict[str, bytes] = {}
     for name in config.names:
         if not name or "/" in name or name in (".", ".."):
             raise KeyFetchError(f"keys.names: {name!r} is not a valid key name")
         key = fetch_key(
             name,
-            config.server,
-            ca_file,
-            make_quote,
-            timeout=config.timeout_seconds,
+            link.server,
+            link.ca_file,
+            link.make_quote,
+            timeout=link.timeout,
             evidence=config.evidence,
-            verifier=verifier,
+            verifier=link.verifier,
         )
         if in_gramine:
             _install(root, name, key)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import os
 import signal
@@ -35,7 +36,7 @@ from .allocator import return_large_blocks
 from .backends import BackendError
 from .config import ConfigError, ServerConfig, load_config
 from .core import Engine, load_models
-from .keys import KeyFetchError, KeyRing, prepare_keys
+from .keys import KeyFetchError, KeyRing, SecretServerLink, prepare_keys
 from .metrics import Metrics
 from .preflight import port_failure, preflight
 from .resources import fit_open_files
@@ -43,6 +44,7 @@ from .resources import fit_open_files
 if TYPE_CHECKING:
     from .grpc_service import GRPCServer
     from .rest import RESTServer
+    from .serving_tls import ServingCertificate
 
 log = logging.getLogger("model_server")
 PREFIX = "model_server:"
@@ -60,34 +62,86 @@ def _address(host: str, port: int) -> str:
 
 
 class TLSMaterial:
-    def __init__(self, config: ServerConfig, keyring: KeyRing) -> None:
+    """The listeners' TLS: the provisioned files (``tls.issuer`` "file"), or a key made here
+    whose certificate the secret server issues or the enclave signs itself
+    (:class:`model_server.serving_tls.ServingCertificate`, renewed in the background)."""
+
+    def __init__(
+        self, config: ServerConfig, keyring: KeyRing, serving: ServingCertificate | None = None
+    ) -> None:
         tls = config.tls
         assert tls is not None  # made for a configuration with [tls] only
-        cert = keyring.open(tls.cert, tls.key_name)
-        key = keyring.open(tls.key, tls.key_name)
-        self.cert_path, self.key_path = cert.path, key.path
-        self.cert_pem, self.key_pem = cert.read_bytes(), key.read_bytes()
+        self.serving = serving
+        self.cert_path = self.key_path = None
+        self.cert_pem = self.key_pem = b""
+        if serving is None:
+            assert tls.cert is not None and tls.key is not None
+            cert = keyring.open(tls.cert, tls.key_name)
+            key = keyring.open(tls.key, tls.key_name)
+            self.cert_path, self.key_path = cert.path, key.path
+            self.cert_pem, self.key_pem = cert.read_bytes(), key.read_bytes()
         self.ca_path = self.ca_pem = None
         if tls.client_ca:
             ca = keyring.open(tls.client_ca, None)
             self.ca_path, self.ca_pem = ca.path, ca.read_bytes()
+        self._current: ssl.SSLContext | None = None
 
     def grpc_credentials(self):
         import grpc
 
-        return grpc.ssl_server_credentials(
-            [(self.key_pem, self.cert_pem)],
-            root_certificates=self.ca_pem,
-            require_client_auth=self.ca_pem is not None,
+        if self.serving is None:
+            return grpc.ssl_server_credentials(
+                [(self.key_pem, self.cert_pem)],
+                root_certificates=self.ca_pem,
+                require_client_auth=self.ca_pem is not None,
+            )
+        serving = self.serving
+        seen = [serving.version]
+
+        def configuration():
+            return grpc.ssl_server_certificate_configuration(
+                [(serving.key_pem(), serving.chain_pem)], root_certificates=self.ca_pem
+            )
+
+        def fetch():  # called for each new connection: the renewed certificate, if any
+            if serving.version == seen[0]:
+                return None
+            seen[0] = serving.version
+            return configuration()
+
+        return grpc.dynamic_ssl_server_credentials(
+            configuration(), fetch, require_client_authentication=self.ca_pem is not None
         )
 
-    def ssl_context(self) -> ssl.SSLContext:
+    def _context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(self.cert_path), str(self.key_path))
+        if self.serving is None:
+            ctx.load_cert_chain(str(self.cert_path), str(self.key_path))
+        else:
+            self.serving.load_into(ctx)
         if self.ca_path is not None:
             ctx.load_verify_locations(cafile=str(self.ca_path))
             ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = self._context()
+        if self.serving is not None:
+            # A renewed certificate reaches new connections through the SNI callback, which
+            # OpenSSL calls in every handshake (with or without a server name).
+            self._current = ctx
+
+            def renewed() -> None:
+                self._current = self._context()
+
+            def choose(sslobj, _name, _ctx) -> None:
+                current = self._current
+                if current is not None and current is not ctx:
+                    sslobj.context = current
+
+            self.serving.on_renewal(renewed)
+            ctx.sni_callback = choose
         return ctx
 
 
@@ -216,6 +270,25 @@ def state_warnings(models: dict) -> list[str]:
     return out
 
 
+def _serving_certificate(config: ServerConfig, link: SecretServerLink | None) -> ServingCertificate:
+    """The in-enclave serving key and its first certificate (KeyFetchError when refused)."""
+    from .keys import quote_source
+    from .serving_tls import ServingCertificate, not_after
+
+    tls = config.tls
+    assert tls is not None
+    make_quote = link.make_quote if link is not None else quote_source()
+    serving = ServingCertificate(tls.issuer, tls.hosts, make_quote, link)
+    cert = serving.certificate
+    who = "issued by the secret server" if tls.issuer == "secret-server" else "self-signed"
+    _say(
+        f"serving certificate for {', '.join(tls.hosts)} {who}, key made in this enclave "
+        f"(SPKI sha256 {hashlib.sha256(serving.spki_der).hexdigest()}, valid until "
+        f"{not_after(cert).isoformat(timespec='seconds')})"
+    )
+    return serving
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m enclave_build.model_server",
@@ -261,15 +334,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         for failure in failures:
             _say(f"not starting (no key was fetched): {failure.message}")
         return max(f.exit_code for f in failures)
+    serving = None
     try:
-        keyring = prepare_keys(config.keys)
+        link = None
+        if config.keys is not None and config.keys.source == "ra-tls":
+            link = SecretServerLink.of(config.keys)
+        keyring = prepare_keys(config.keys, link=link)
+        if config.tls is not None and config.tls.issuer != "file":
+            serving = _serving_certificate(config, link)
     except KeyFetchError as exc:
         _say(f"cannot fetch keys, not serving: {exc}")
         return 3
     engine = None
     try:
         try:
-            tls = TLSMaterial(config, keyring) if config.tls else None
+            tls = TLSMaterial(config, keyring, serving) if config.tls else None
             if tls is not None:
                 tls.ssl_context()  # fail now on a bad certificate/key, not per client
             models = load_models(config.models, lambda mc: keyring.open(mc.path, mc.key))
@@ -291,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if lowered:
             _say(f"warning: {lowered}")
         engine = Engine(models, config.limits)
+        if serving is not None:
+            serving.start_renewal()
         code = asyncio.run(serve(config, engine, tls))
         if engine.busy():
             # An inference still running past drain_seconds + FINISH_SECONDS cannot be
@@ -306,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             os._exit(code)
         return code
     finally:
+        if serving is not None:
+            serving.stop()
         if engine is not None:
             engine.close()
         keyring.close()

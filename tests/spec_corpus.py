@@ -301,3 +301,46 @@ CASES += [
         ],
     ),
 ]
+
+CASES += [
+    (
+        "tls-secret-server-without-hosts",
+        GOOD + '\n[secrets]\nserver = "s.example.com:4433"\nca = "key.pem"\n\n[tls]\n'
+        'issuer = "secret-server"\n',
+        [
+            'spec.toml:21: tls.hosts: required with issuer = "secret-server": the DNS names '
+            'and IP addresses clients connect to, e.g. hosts = ["models.example.com", '
+            '"10.0.0.5"]'
+        ],
+    ),
+    (
+        "tls-default-issuer-needs-a-secret-server",
+        GOOD + '\n[tls]\nhosts = ["models.example.com"]\n',
+        [
+            'spec.toml:17: tls: [tls] issuer = "secret-server": the enclave gets its serving '
+            "certificate from the secret server at start-up: set [secrets] server and ca (or "
+            'issuer = "self" for a self-signed RA-TLS certificate)'
+        ],
+    ),
+    (
+        "tls-self-with-a-key-file",
+        GOOD + '\n[tls]\nissuer = "self"\nhosts = ["10.0.0.5"]\nkey = "key.pem"\n',
+        [
+            'spec.toml:20: tls.key: not with issuer = "self": the key pair is made inside the '
+            'enclave (issuer = "file" serves a provisioned certificate and key)'
+        ],
+    ),
+    (
+        "tls-bad-host",
+        GOOD + '\n[tls]\nissuer = "self"\nhosts = ["models example"]\n',
+        [
+            "spec.toml:19: tls.hosts[0]: 'models example' is not allowed; allowed: a DNS name "
+            "or an IP address"
+        ],
+    ),
+    (
+        "tls-unknown-issuer",
+        GOOD + '\n[tls]\nissuer = "ca"\nhosts = ["a.example"]\n',
+        ["spec.toml:18: tls.issuer: 'ca' is not allowed; allowed: secret-server, self, file"],
+    ),
+]

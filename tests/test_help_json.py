@@ -76,7 +76,16 @@ SCHEMAS = {
         "next_steps",
     },
     "enclave-build doctor": {"schema", "ok", "counts", "checks"},
-    "enclave-build secrets tls": {"ca", "cert", "key", "hosts", "days", "server"},
+    "enclave-build secrets tls": {
+        "ca",
+        "cert",
+        "key",
+        "issuer_ca",
+        "issuer_key",
+        "hosts",
+        "days",
+        "server",
+    },
     "enclave-build secrets simulate-pki": {"written", "root_ca", "collateral", "synthetic"},
     "enclave-build secrets config": {"written", "secrets", "measurements", "keys"},
     "enclave-build quote verify": {

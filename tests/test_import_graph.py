@@ -9,7 +9,8 @@ The layers, lowest first (a module may import its own layer and the ones below i
     1  foundation      enclave_build (the version)
     2  attestation     enclave_build.attestation: RA-TLS, quotes, policy, the secret server
     3  model server    enclave_build.model_server: the KServe v2 server in the enclave (uses
-                       attestation to fetch its keys)
+                       attestation to fetch its keys); enclave_build.client: clients verifying
+                       an enclave's endpoint before sending to it
     4  builder core    errors, spec and its sections (server_trust, deploy), plan,
                        plugin_types, rootfs, hashing, elf, python_closure, the Gramine
                        libraries (measure, sigstruct, sign, signer, protected files, ...),
@@ -58,6 +59,7 @@ LAYERS: dict[str, int] = {
     "enclave_build": 1,
     "enclave_build.contract": 0,
     "enclave_build.attestation": 2,
+    "enclave_build.client": 3,
     "enclave_build.model_server": 3,
     "enclave_build.base_images": 4,
     "enclave_build.builder": 4,

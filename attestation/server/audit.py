@@ -61,6 +61,7 @@ class ConnectionEvent:
     decision: str | None = None  # ALLOW | DENY | IDENTITY_ONLY
     reason: str | None = None
     grpc_status: str | None = None  # GrSecret calls: the status answered
+    certificate: str | None = None  # SHA-256 of a serving certificate issued (DER)
 
     def deny(self, reason: str) -> None:
         self.decision, self.reason = DENY, reason
@@ -109,7 +110,7 @@ class ConnectionEvent:
             )
         if self.secrets is not None:
             out["secrets"] = list(self.secrets)
-        for name in ("secret", "decision", "reason", "grpc_status"):
+        for name in ("secret", "certificate", "decision", "reason", "grpc_status"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value

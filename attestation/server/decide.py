@@ -23,6 +23,11 @@ The steps, in order (the first that refuses decides):
      name take part;
    * GrSecret: the name must be a secret's name or a ``requested_as``; a secret's own name
      releases that secret, a ``requested_as`` the one rule of that name this enclave is allowed.
+
+:func:`decide_certificate` decides whether an enclave gets a serving certificate from the
+issuing CA (``[issuer]``): steps 1 and 2, then the enclave must be one the policy serves — a
+build in the measurements files (its whole identity equal: MRENCLAVE, MRSIGNER, ISV ids, DEBUG)
+or an identity some secret is released to (which covers ``match = "signer"`` rules).
 """
 
 from __future__ import annotations
@@ -155,6 +160,47 @@ def check_client(evidence: ClientEvidence, policy: AccessPolicy) -> Decision | N
         if mismatch is not None:
             return _refused(Refusal.CLIENT_FILTER, f"client_ra_config: {mismatch}")
     return None
+
+
+@dataclass(frozen=True)
+class CertificateDecision:
+    """Whether an enclave receives a serving certificate, and why (or why not)."""
+
+    allowed: bool
+    reason: str
+    refusal: Refusal | None = None
+    service: str | None = None  # the measured service (or the secret's allow entry) admitting it
+
+    @property
+    def attested(self) -> bool:
+        return self.refusal not in UNATTESTED
+
+
+def decide_certificate(evidence: ClientEvidence, policy: AccessPolicy) -> CertificateDecision:
+    """Whether the client with *evidence* may have its serving key certified under *policy*."""
+    refused = check_client(evidence, policy)
+    if refused is not None:
+        assert refused.refusal is not None
+        return CertificateDecision(False, refused.reason, refused.refusal)
+    assert isinstance(evidence, Evidence)
+    who = evidence.identity
+    for m in policy.secrets.measurements:
+        if m.identity == who:
+            return CertificateDecision(
+                True, f"certified: build of {m.service!r} in the measurements", None, m.service
+            )
+    for rule in policy.secrets.secrets:
+        via = policy.secrets.admits(rule, who)
+        if via is not None:
+            return CertificateDecision(
+                True, f"certified: secret {rule.name!r} is released to it via {via}", None, via
+            )
+    return CertificateDecision(
+        False,
+        "no serving certificate: this enclave identity is neither a build in the "
+        "measurements nor released any secret",
+        Refusal.NOT_RELEASED,
+    )
 
 
 def decide(evidence: ClientEvidence, requested: RequestedSecret, policy: AccessPolicy) -> Decision:

@@ -13,6 +13,10 @@ After the TLS handshake:
    answers with :data:`attestation.wire.REFUSAL` and the reason (the audit line's text), so the
    enclave can say why it was refused.
 
+An enclave asking for its serving certificate names :data:`~attestation.server.issuer.
+CERT_SERVER_NAME` as the TLS server name: after step 2's verification the connection is
+:func:`~attestation.server.issuer.serve_certificate`'s.
+
 On a server with an RA-TLS identity, a client that only read the server's certificate
 (``enclave-build attest``: no client certificate, nothing asked for) is audited as
 ``identity-only``, not as a refused enclave.
@@ -30,9 +34,11 @@ from .. import upload
 from ..wire import REQUEST, RESPONSE, refusal
 from .audit import IDENTITY_ONLY, ConnectionEvent
 from .decide import ByServerName, decide
+from .issuer import CERT_SERVER_NAME, serve_certificate
 from .protocol import Session
 from .secret_source import Unavailable, read_secret
 from .state import ServerState
+from .verifier import utc_now
 
 
 class SecretProv:
@@ -65,6 +71,9 @@ class SecretProv:
                 _serve_upload(session, der)
                 return
         evidence = state.verifier.verify(conn.get_peer_certificate(), session.seconds_left())
+        if conn.get_servername() == CERT_SERVER_NAME.encode():
+            serve_certificate(session, evidence, lambda n: read_exact(conn, n), utc_now)
+            return
         decision = decide(evidence, ByServerName(conn.get_servername()), state.secret_prov)
         session.note_client(evidence, decision.attested)
         if decision.secret is None:

@@ -16,6 +16,7 @@ from ..policy import Policy
 from ..verify import TcbPolicy
 from .decide import AccessPolicy
 from .identity import ServerIdentity
+from .issuer import Issuer
 from .tls import grsecret_context, secret_prov_context
 from .verifier import ClientVerifier, Verifier
 
@@ -31,6 +32,7 @@ class ServerState:
     grsecret: AccessPolicy  # Occlum's GrSecret listener (client_ra_config)
     secret_prov_context: SSL.Context
     grsecret_context: SSL.Context | None  # None without [grsecret]
+    issuer: Issuer | None = None  # [issuer]: serving certificates for attested enclaves
 
     @classmethod
     def load(
@@ -40,7 +42,8 @@ class ServerState:
         verifier_for: VerifierFactory = ClientVerifier.for_config,
     ) -> ServerState:
         """Build everything from *config*; PolicyError, RaConfigError, VerifierConfigError
-        and SSL.Error (the TLS certificate and key) say what is wrong with it."""
+        IssuerError (``[issuer]``) and SSL.Error (the TLS certificate and key) say what is
+        wrong with it."""
         policy = Policy.build(list(config.measurements), list(config.secrets), config.path.parent)
         grpc = config.grsecret
         client_filter = (
@@ -58,4 +61,5 @@ class ServerState:
             AccessPolicy(policy, tcb, client_filter),
             secret_prov_context(config, identity),
             grsecret_context(config, identity) if grpc is not None else None,
+            Issuer.load(config.issuer) if config.issuer is not None else None,
         )

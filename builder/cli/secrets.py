@@ -127,6 +127,23 @@ An Occlum build (its init asks over GrSecret; run the server in an enclave of it
     help="Audit log (JSON lines; relative to the config file; '-' = stderr).",
 )
 @click.option(
+    "--issuer-ca",
+    "issuer_ca",
+    metavar="DIR",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Issue serving certificates to attested enclaves ([tls] issuer = "
+    '"secret-server") with the CA in DIR/issuer-ca.pem and DIR/issuer-ca.key '
+    "(`secrets tls DIR` writes them; clients trust issuer-ca.pem).",
+)
+@click.option(
+    "--issuer-lifetime",
+    default=86400,
+    show_default=True,
+    type=click.IntRange(300, 90 * 86400),
+    metavar="SECONDS",
+    help="How long an issued serving certificate is valid (the enclave renews it at two thirds).",
+)
+@click.option(
     "--grsecret-listen",
     metavar="HOST:PORT",
     help="Also serve Occlum's ratls.GrSecret/GetSecret (mutual RA-TLS) there "
@@ -164,6 +181,8 @@ def secrets_config(
     collateral: Path | None,
     pccs_url: str | None,
     audit_log: str,
+    issuer_ca: Path | None,
+    issuer_lifetime: int,
     grsecret_listen: str | None,
     out: Path,
     force: bool,
@@ -193,6 +212,8 @@ def secrets_config(
                 pccs_url=pccs_url,
                 audit_log=audit_log,
                 grsecret_listen=grsecret_listen,
+                issuer_ca=issuer_ca,
+                issuer_lifetime=issuer_lifetime,
             ),
             allow_keys_outside=allow_keys_outside,
         )
@@ -325,12 +346,17 @@ The same with openssl (keep ca.key offline, or delete it):
     type=click.IntRange(1, 65535),
     help="The secret server's port (only for the printed spec lines).",
 )
-@click.option("--force", is_flag=True, help="Replace ca.pem, server.crt, server.key in DIRECTORY.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace ca.pem, server.crt, server.key, issuer-ca.pem, issuer-ca.key in DIRECTORY.",
+)
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
-    help="Print as JSON: ca, cert, key, hosts, days, server (the [secrets] server value).",
+    help="Print as JSON: ca, cert, key, issuer_ca, issuer_key, hosts, days, server (the "
+    "[secrets] server value).",
 )
 def secrets_tls(
     directory: Path, hosts: tuple[str, ...], days: int, port: int, force: bool, as_json: bool
@@ -343,11 +369,19 @@ def secrets_tls(
     kept: nothing else can be issued under it; when server.crt expires, run this again and
     rebuild the services with the new ca.pem. For production, prefer a certificate from your
     organisation's own PKI (see the openssl equivalent below to do it by hand).
+
+    DIRECTORY/issuer-ca.pem and issuer-ca.key (mode 0600) are a second CA, kept: with
+    `secrets config --issuer-ca DIRECTORY` the secret server signs short-lived serving
+    certificates with it for the enclaves its policy accepts ([tls] issuer = "secret-server");
+    the services' clients trust issuer-ca.pem.
     """
     import ipaddress
     import re as _re
 
     from enclave_build.attestation.synthetic import tls_ca_and_server
+    from enclave_build.contract.names import ISSUER_CA_CERT, ISSUER_CA_KEY
+
+    from ..secrets_config import write_issuing_ca
 
     with errors():
         for host in hosts:
@@ -363,7 +397,12 @@ def secrets_tls(
                 host,
             ):
                 raise UsageError(f"--host {host!r}: not a DNS name or an IP address")
+        issuer_paths = (directory / ISSUER_CA_CERT, directory / ISSUER_CA_KEY)
         try:
+            if not force:
+                for path in issuer_paths:
+                    if path.exists():
+                        raise FileExistsError(f"{path} exists")
             ca, cert, key = tls_ca_and_server(
                 directory,
                 list(hosts),
@@ -371,13 +410,16 @@ def secrets_tls(
                 ca_name="enclave-build secret-server CA",
                 overwrite=force,
             )
+            issuer_cert, issuer_key = write_issuing_ca(directory, days=days)
         except FileExistsError as exc:
             raise UsageError(
-                f"{exc} (use --force to replace ca.pem, server.crt and server.key)"
+                f"{exc} (use --force to replace ca.pem, server.crt, server.key, "
+                "issuer-ca.pem and issuer-ca.key)"
             ) from None
         except OSError as exc:
             raise EnclaveBuildError(f"{directory}: cannot write: {exc}") from None
     ca, cert, key = ca.resolve(), cert.resolve(), key.resolve()
+    issuer_cert, issuer_key = issuer_cert.resolve(), issuer_key.resolve()
     first = hosts[0] if ":" not in hosts[0] else f"[{hosts[0].strip('[]')}]"
     if as_json:
         print_json(
@@ -385,6 +427,8 @@ def secrets_tls(
                 "ca": str(ca),
                 "cert": str(cert),
                 "key": str(key),
+                "issuer_ca": str(issuer_cert),
+                "issuer_key": str(issuer_key),
                 "hosts": list(hosts),
                 "days": days,
                 "server": f"{first}:{port}",
@@ -394,11 +438,16 @@ def secrets_tls(
     click.echo(f"wrote {ca} (the CA the enclaves trust)")
     click.echo(f"wrote {cert} (for {', '.join(hosts)}; valid {days} days)")
     click.echo(f"wrote {key} (private key, mode 0600)")
+    click.echo(
+        f"wrote {issuer_cert} (the CA of the services' serving certificates: their clients "
+        "trust it)"
+    )
+    click.echo(f"wrote {issuer_key} (its private key, mode 0600: the secret server's)")
     click.echo(f'\nIn each service\'s spec:\n\n[secrets]\nserver = "{first}:{port}"\nca = "{ca}"\n')
     click.echo(
         "For the secret server:\n\n"
         f"  enclave-build secrets config BUILD_DIR... --cert {cert} --key {key} "
-        f"--listen 0.0.0.0:{port} ...\n"
+        f"--issuer-ca {issuer_cert.parent} --listen 0.0.0.0:{port} ...\n"
     )
     click.echo(
         "Note: a CA of its own for the secret server only. In production prefer a "

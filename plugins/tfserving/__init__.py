@@ -29,6 +29,7 @@ from enclave_build.plugin import (
     refuse_model_server_keys,
     require_models,
     require_one_key,
+    require_tls_file,
     saved_model_problem,
 )
 
@@ -79,7 +80,7 @@ def model_config(spec: Spec) -> str:
 
 def _ssl_config(spec: Spec) -> bytes:
     """TF Serving's --ssl_config_file (an SSLConfig text proto with the PEMs inline)."""
-    assert spec.tls is not None
+    assert spec.tls is not None and spec.tls.cert is not None and spec.tls.key is not None
     cert = spec.tls.cert.read_text()
     key = spec.tls.key.read_text()
     return (
@@ -93,6 +94,7 @@ def plan(spec: Spec) -> ServicePlan:
     require_models(spec, "tfserving")
     require_one_key(spec, "tfserving")
     refuse_model_server_keys(spec, "tfserving")
+    require_tls_file(spec, "TF Serving")
     argv = [BINARY, f"--port={opts['grpc_port']}", f"--rest_api_port={opts['rest_port']}"]
     if opts["enable_batching"]:
         argv.append("--enable_batching=true")
