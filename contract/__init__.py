@@ -12,6 +12,10 @@ measurements.json      :class:`.measurements.Measurements`        ``to_json`` / 
 service.json           :class:`.service_info.ServiceInfo`         ``to_json`` / ``load``
 secrets-policy.toml    :class:`.policy_fragment.PolicyFragment`   ``to_toml`` / ``load``
 secrets.toml           :class:`.secrets_config.SecretsConfig`     ``to_toml`` / ``load``
+sbom.spdx.json         :class:`.sbom.Sbom` (SPDX 2.3)              builder.sbom / ``load``
+provenance.dsse.json   :class:`.provenance.DsseEnvelope`,          ``to_json`` / ``load``
+                       :class:`.provenance.Provenance`             ``statement_bytes`` /
+                                                                  ``from_statement``
 =====================  =========================================  ============================
 
 Also here: the one :class:`.identity.EnclaveIdentity` (and MRSIGNER's computation), the names
