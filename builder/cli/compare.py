@@ -1,9 +1,10 @@
 """``enclave-build diff``: whether two builds have the same enclave identity and image, and
-if not, exactly why."""
+if not, exactly why; ``verify-build``: rebuild what a provenance describes and check that."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -57,4 +58,91 @@ def diff(a: str, b: str, as_json: bool, quiet: bool) -> None:
         for line in render(result):
             click.echo(line)
     if not result.identical:
+        sys.exit(FAILURE)
+
+
+@click.command(
+    "verify-build",
+    epilog="""\b
+Examples:
+  enclave-build verify-build out/provenance.dsse.json --spec spec.toml
+  enclave-build verify-build provenance.dsse.json --spec spec.toml \\
+      --image docker://registry.example.com/face@sha256:... --json
+\b
+Exit codes: 0 the rebuild is the same enclave and image; 1 it is not, or an input is not
+the one the provenance names; 2 usage (no such file, a rebuild that cannot be reproduced).
+""",
+)
+@click.argument("provenance", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--spec",
+    "spec",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The spec.toml the provenance names (its SHA-256 must match), with its models "
+    "and, for encrypted models, the wrap keys in its [secrets] keys_dir.",
+)
+@click.option(
+    "--base",
+    metavar="REF",
+    help="Read the base from REF instead of the reference the provenance names (a mirror); "
+    "its digest must still be the provenance's.",
+)
+@click.option(
+    "--image",
+    metavar="REF",
+    help="The published image to compare a differing rebuild with (default: the build "
+    "output the provenance lies in, else the provenance's own statement).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print as JSON: holds, provenance (mr_enclave, image_digest), mismatches (input, "
+    "expected, found), rebuilt (mr_enclave, image_digest) and diff (as `diff --json`).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+def verify_build(
+    provenance: Path,
+    spec: Path,
+    base: str | None,
+    image: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Rebuild what PROVENANCE (provenance.dsse.json) describes from SPEC in a clean temporary
+    directory, and confirm the same MRENCLAVE and image digest. First the inputs: the spec's
+    SHA-256, each model file's SHA-256, the base's digest and the enclave-build version must be
+    the ones the provenance names (any that is not is named, and nothing is built). A rebuild
+    that differs prints the `diff` against the published image. Encrypted models reproduce only
+    with [build] reproducible = true and the original wrap keys. The signature is not checked
+    here: `verify-provenance` does that."""
+    from ..compare.text import render
+    from ..verify_build import verify_build as run
+
+    def log(line: str) -> None:
+        click.echo(line, err=True)
+
+    with errors(), RichProgress(not quiet and not as_json) as progress:
+        result = run(provenance, spec, base=base, image=image, progress=progress, log=log)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        expected = result.provenance
+        for mismatch in result.mismatches:
+            click.echo(f"input differs: {mismatch.describe()}")
+        if result.rebuilt is not None:
+            click.echo(
+                f"mr_enclave  rebuilt {result.rebuilt.mr_enclave}, provenance "
+                f"{expected.identity.mr_enclave}"
+            )
+            click.echo(
+                f"image       rebuilt {result.rebuilt.image_digest}, provenance "
+                f"{expected.image_digest}"
+            )
+        if result.diff is not None:
+            for line in render(result.diff):
+                click.echo(line)
+        click.echo("holds" if result.holds else "does not hold")
+    if not result.holds:
         sys.exit(FAILURE)

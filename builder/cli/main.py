@@ -89,6 +89,7 @@ for _command in (
     build.build,
     build.inspect,
     compare.diff,
+    compare.verify_build,
     build.run,
     plugins.plugins,
     signing.keygen,

@@ -33,12 +33,15 @@ def value_changes(
     a: Mapping[str, Any] | None,
     b: Mapping[str, Any] | None,
     spec_keys: Callable[[str], str | None] = lambda key: None,
+    common_only: bool = False,
 ) -> tuple[ValueChange, ...]:
-    """Every key of *a* and *b* whose value differs (nothing when either is None)."""
+    """Every key of *a* and *b* whose value differs (nothing when either is None); with
+    *common_only* only the keys both have."""
     if a is None or b is None:
         return ()
     out = []
-    for key in sorted(set(a) | set(b)):
+    keys = set(a) & set(b) if common_only else set(a) | set(b)
+    for key in sorted(keys):
         if key in a and key in b:
             if a[key] != b[key]:
                 out.append(ValueChange(key, "changed", a[key], b[key], spec_keys(key)))
@@ -135,7 +138,9 @@ def diff_facts(
 ) -> BuildDiff:
     """Every difference between *a* and *b* at the level both sides have."""
     notes = list(a.notes) + list(b.notes)
-    if (a.manifest is None) != (b.manifest is None) and a.side.kind != "provenance":
+    # a provenance records fewer SIGSTRUCT fields (no date) than an image holds
+    partial = "provenance" in (a.side.kind, b.side.kind)
+    if (a.manifest is None) != (b.manifest is None) and not partial:
         notes.append("only one side has a Gramine manifest: manifests not compared")
     return BuildDiff(
         a.side,
@@ -144,7 +149,7 @@ def diff_facts(
         manifest=value_changes(a.manifest, b.manifest, spec_key),
         trusted_files=trusted_changes(a, b),
         libos=value_changes(a.libos, b.libos),
-        sigstruct=value_changes(a.sigstruct, b.sigstruct, SIGSTRUCT_SPEC_KEYS.get),
+        sigstruct=value_changes(a.sigstruct, b.sigstruct, SIGSTRUCT_SPEC_KEYS.get, partial),
         occlum_config=value_changes(a.occlum_config, b.occlum_config),
         image_config=value_changes(a.image_config, b.image_config),
         image_files=file_changes(a, b, cache, progress),

@@ -20,9 +20,12 @@ import posixpath
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from enclave_build.contract.measurements import Measurements
+from enclave_build.contract.provenance import PROVENANCE_FILE, DsseEnvelope, Provenance
+from enclave_build.contract.sbom import SBOM_FILE, SBOM_PATH, Sbom, SbomError
 
 from ..errors import EnclaveBuildError
 from ..gramine.identity import read_sigstruct
@@ -224,8 +227,10 @@ def image_facts(
     image: Image,
     rootfs: RootFS,
     measurements: Measurements | None,
+    directory: Path | None = None,
 ) -> BuildFacts:
-    """The facts of an image (unpacked at *rootfs*); *measurements*: a build output's."""
+    """The facts of an image (unpacked at *rootfs*); *measurements* and *directory*: a build
+    output's (its SBOM and provenance are read when it has them)."""
     labels = image.labels
     libos = measurements.libos if measurements else labels.get(LABEL_PREFIX + "libos")
     service = measurements.service if measurements else labels.get(LABEL_PREFIX + "service")
@@ -256,6 +261,10 @@ def image_facts(
         _occlum(facts, rootfs)
     else:
         _gramine(facts, image, rootfs, service)
+    facts.packages = _owners(_sbom(directory, rootfs, facts.notes, source))
+    if directory is not None and (directory / PROVENANCE_FILE).is_file():
+        provenance = load_provenance(directory / PROVENANCE_FILE)
+        facts.inputs = provenance_inputs(provenance)
     facts.identity["mr_signer"] = facts.side.mr_signer  # MRENCLAVE is what is explained
     return facts
 
@@ -320,6 +329,97 @@ def _occlum(facts: BuildFacts, rootfs: RootFS) -> None:
     facts.own_files = frozenset({OCCLUM_JSON})
 
 
+def _sbom(directory: Path | None, rootfs: RootFS, notes: list[str], source: str) -> Sbom | None:
+    """The side's SBOM: the build output's, else the one the image ships (None without)."""
+    try:
+        if directory is not None and (directory / SBOM_FILE).is_file():
+            return Sbom.load(directory / SBOM_FILE)
+        try:
+            text = read_small(rootfs, SBOM_PATH)
+        except RootFSError:
+            return None
+        return Sbom.parse(text.decode("utf-8", "replace"), SBOM_PATH)
+    except SbomError as exc:
+        notes.append(
+            f"{source}: its SBOM cannot be read, so no file is named with its package: {exc}"
+        )
+        return None
+
+
+def _owners(sbom: Sbom | None) -> dict[str, str]:
+    """Image path -> "NAME VERSION" of the package that owns the file; models' files (clear
+    and encrypted) -> "model NAME VERSION"."""
+    if sbom is None:
+        return {}
+    owners = {}
+    for item in sbom.files:
+        if item.package is not None:
+            owners[item.image_path] = " ".join(
+                p for p in (item.package.name, item.package.version) if p
+            )
+    for model in sbom.models:
+        for model_file in model.files:
+            owners.setdefault(model_file.path, f"model {model.name} {model.version}")
+    return owners
+
+
+def load_provenance(path: Path) -> Provenance:
+    """The statement of the provenance file at *path* (its signature is not checked here:
+    that is `verify-provenance`'s)."""
+    envelope = DsseEnvelope.load(path)
+    return Provenance.from_statement(envelope.payload, str(path))
+
+
+def provenance_inputs(provenance: Provenance) -> dict[str, Any]:
+    """The build inputs a provenance names, by name: the spec, the base, each model file, the
+    enclave-build version, and the digests of the manifest and SBOM it recorded."""
+    inputs: dict[str, Any] = {
+        f"spec {provenance.spec.path}": provenance.spec.sha256,
+        "base": f"{provenance.base_ref}@{provenance.base_digest}",
+        "enclave-build": provenance.enclave_build_version,
+        f"manifest {provenance.manifest.path}": provenance.manifest.sha256,
+        f"sbom {provenance.sbom.path}": provenance.sbom.sha256,
+    }
+    for model in provenance.models:
+        inputs[f"model {model.name} {model.version} {model.path}"] = model.sha256
+    return inputs
+
+
+def provenance_facts(source: str, provenance: Provenance) -> BuildFacts:
+    """What a provenance file says: the identity, the SIGSTRUCT fields it records, the image
+    digest and the inputs (no manifest, files or image to compare)."""
+    identity = provenance.identity
+    attributes = provenance.attributes.to_dict()
+    facts = BuildFacts(
+        Side(
+            source,
+            "provenance",
+            provenance.libos,
+            identity.mr_enclave,
+            identity.mr_signer,
+            provenance.image_digest,
+        ),
+        identity={
+            "service": provenance.service,
+            "framework": provenance.framework,
+            "libos": provenance.libos,
+            "mr_signer": identity.mr_signer,
+        },
+        sigstruct={
+            "isv_prod_id": identity.isv_prod_id,
+            "isv_svn": identity.isv_svn,
+            "debug": identity.debug,
+            **{f"attributes.{key}": value for key, value in attributes.items()},
+        },
+        inputs=provenance_inputs(provenance),
+    )
+    facts.notes.append(
+        f"{source}: a provenance file records the identity, the image digest and the build "
+        "inputs, not the manifest or the files: compared at that level"
+    )
+    return facts
+
+
 def _with_identity(side: Side, mr_enclave: str, mr_signer: str | None) -> Side:
     from dataclasses import replace
 
@@ -334,6 +434,9 @@ __all__ = [
     "BuildFacts",
     "TrustedFile",
     "image_facts",
+    "provenance_facts",
+    "provenance_inputs",
+    "load_provenance",
     "flatten",
     "enclave_paths",
     "trusted_files",

@@ -1,7 +1,7 @@
 """What ``enclave-build diff A B`` compares, from how it is named: a build output directory, a
 project directory (its ``out/``), an OCI image layout, or an image reference with a transport
 (``docker://HOST/NAME@sha256:...``, ``oci:DIR[:TAG]``, ``docker-archive:FILE``) or a registry
-host (``HOST[:PORT]/NAME...``). Anything else is a :class:`~builder.errors.UsageError` (exit
+host (``HOST[:PORT]/NAME...``), or a provenance file (``provenance.dsse.json``). Anything else is a :class:`~builder.errors.UsageError` (exit
 2) saying "no such ..." and what to give instead."""
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from ..image.inspect import open_image
 from ..image.reference import parse_source
 from ..image.unpack import unpacked_rootfs
 from .diff import diff_facts
-from .facts import BuildFacts, image_facts
+from .facts import BuildFacts, image_facts, load_provenance, provenance_facts
 from .result import BuildDiff
 
 ProgressTask = Callable[[str, "int | None"], Callable[[int], None]]
 _GIVE = (
-    "give a build output directory, a project directory, an OCI image layout, or an image "
-    "reference such as docker://HOST/NAME@sha256:... or oci:DIR"
+    "give a build output directory, a project directory, an OCI image layout, an image "
+    "reference such as docker://HOST/NAME@sha256:... or oci:DIR, or a provenance file"
 )
 _TRANSPORTS = ("docker://", "oci:", "oci-archive:", "docker-archive:", "docker-daemon:")
 
@@ -39,9 +39,12 @@ def _registry_like(text: str) -> bool:
 
 
 def locate(text: str, log: Callable[[str], None] | None = None) -> tuple[str, str]:
-    """(what open_image reads, the kind: ``build output`` or ``image``) for the argument
-    *text*; UsageError when it names nothing that exists."""
+    """(what to read, the kind: ``build output``, ``image`` or ``provenance`` -- a ``.json``
+    file, ``provenance.dsse.json``) for the argument *text*; UsageError when it names nothing
+    that exists."""
     path = Path(text)
+    if path.is_file() and path.name.endswith(".json"):
+        return text, "provenance"
     if path.is_dir():
         if (path / "oci-layout").is_file():
             return text, "image"
@@ -65,7 +68,10 @@ def open_facts(
     progress: ProgressTask | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BuildFacts:
-    """The facts of the image *text* names (unpacked into the cache, as `inspect` does)."""
+    """The facts of what *text* names: a provenance file's statement, or an image (unpacked
+    into the cache, as `inspect` does)."""
+    if kind == "provenance":
+        return provenance_facts(text, load_provenance(Path(text)))
     image, measurements = open_image(text)
     advance = (
         progress(f"unpacking {text}", sum(layer.size for layer in image.layers))
@@ -81,7 +87,8 @@ def open_facts(
         progress=advance,
         log=log,
     )
-    return image_facts(text, kind, image, rootfs, measurements)
+    directory = Path(text) if kind == "build output" else None
+    return image_facts(text, kind, image, rootfs, measurements, directory)
 
 
 def diff_builds(
