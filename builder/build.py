@@ -19,6 +19,8 @@ from enclave_build.attestation.protected_files import KEY_SIZE as WRAP_KEY_SIZE
 from enclave_build.contract.measurements import ImageRef, Measurements
 from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
 from enclave_build.contract.policy_fragment import PolicyFragment
+from enclave_build.contract.provenance import PROVENANCE_FILE
+from enclave_build.contract.sbom import SBOM_FILE
 from enclave_build.contract.secrets_config import SecretRule
 from enclave_build.contract.standin_base import StandInBase
 
@@ -515,6 +517,7 @@ def _finish(
             policy,
             deploy_info(spec, plan, base, rootfs),
             progress.task,
+            artifacts.sbom,
         )
     return BuildResult(
         spec,
@@ -628,12 +631,15 @@ def write_output(
     policy: str | None = None,
     service: ServiceInfo | None = None,
     progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    sbom: bytes = b"",
+    provenance: str | None = None,
 ) -> None:
     """Write the output directory atomically: a sibling temp dir renamed into place.
 
     ``oci/`` is an OCI image layout of the built image; ``measurements.json`` its identity;
     ``secrets-policy.toml`` the secret server's fragment; ``service.json`` how it runs
-    (builder.deploy.service_info). Wrap keys never go here."""
+    (builder.deploy.service_info); ``sbom.spdx.json`` the enclave's SBOM (the same bytes as in
+    the image); ``provenance.dsse.json`` the signed provenance. Wrap keys never go here."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
@@ -643,6 +649,10 @@ def write_output(
             (staging / POLICY_FILE).write_text(policy)
         if service is not None:
             (staging / SERVICE_FILE).write_text(service.to_json())
+        if sbom:
+            (staging / SBOM_FILE).write_bytes(sbom)
+        if provenance is not None:
+            (staging / PROVENANCE_FILE).write_text(provenance)
         os.chmod(staging, 0o755)
         replace_dir(staging, out)
     except BaseException:

@@ -24,11 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enclave_build.contract.names import MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE
+from enclave_build.contract.provenance import PROVENANCE_FILE
+from enclave_build.contract.sbom import SBOM_FILE
 
 from .errors import EnclaveBuildError, UsageError
 
 #: Every name a build output directory holds (builder.build.write_output).
-BUILD_OUTPUT_NAMES = frozenset({"oci", MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE})
+BUILD_OUTPUT_NAMES = frozenset(
+    {"oci", MEASUREMENTS_FILE, POLICY_FILE, SERVICE_FILE, SBOM_FILE, PROVENANCE_FILE}
+)
 #: How many foreign entries a refusal names.
 _NAMED = 3
 

@@ -110,6 +110,9 @@ class LibOSArtifacts:
     #: What the enclave asks the secret server for; empty: each provisioned key, raw, under its
     #: own name (Gramine). Occlum's init also asks for ``image_key`` (see builder.occlum).
     releases: tuple[SecretRelease, ...] = ()
+    #: The enclave's SBOM (SPDX 2.3 JSON, enclave_build.contract.sbom), shipped in the image as
+    #: a trusted file; empty when the backend makes none.
+    sbom: bytes = b""
 
 
 @dataclass(frozen=True)

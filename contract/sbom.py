@@ -25,9 +25,12 @@ Conventions (all in an ordinary SPDX 2.3 JSON document):
     ``SPDXRef-LibPAL`` (libpal.so, measured into the enclave; its ``fileName`` is its image path);
   - ``SPDXRef-Model-<n>``: a model (``name``, ``versionInfo`` = the model version). It CONTAINS
     per model file a plaintext entry ``SPDXRef-ModelFile-<n>`` (checksums of the plaintext,
-    ``fileName`` its enclave path) and the encrypted file as stored in the image,
-    ``SPDXRef-ModelCipher-<n>`` (same ``fileName``, checksums of the ciphertext), which is
-    ``GENERATED_FROM`` the plaintext one; a model shipped in clear has no cipher entry.
+    ``fileName`` its enclave path, ``comment`` MODEL_ENCRYPTED or MODEL_CLEAR) and, for an
+    encrypted file in a reproducible build (``[build] reproducible``), the file as stored in
+    the image, ``SPDXRef-ModelCipher-<n>`` (same ``fileName``, checksums of the ciphertext),
+    ``GENERATED_FROM`` the plaintext one. Without reproducible encryption the ciphertext
+    changes with every build and is left out (it would change MRENCLAVE); the provenance
+    records it (annotation ``encrypted_sha256``).
   - ``SPDXRef-Enclave``: the enclave (name = the service); the document DESCRIBES it, and it
     CONTAINS every package and every trusted file.
 
@@ -54,6 +57,9 @@ SBOM_PATH = "/enclave/sbom.spdx.json"
 SPDX_VERSION = "SPDX-2.3"
 IMAGE_PATH_PREFIX = "image path: "
 LICENSE_PREFIX = "METADATA: "
+#: The comment of a model file's plaintext entry: shipped encrypted, or in clear.
+MODEL_ENCRYPTED = "model file: plaintext of a file the image holds encrypted"
+MODEL_CLEAR = "model file: shipped in clear"
 
 ENCLAVE_ID = "SPDXRef-Enclave"
 LIBOS_ID = "SPDXRef-LibOS"
@@ -99,7 +105,8 @@ class SbomFile:
 class SbomModelFile:
     path: str  # in the enclave
     sha256: str  # of the plaintext
-    encrypted_sha256: str | None  # of the file in the image; None when shipped in clear
+    encrypted: bool  # the image holds it encrypted
+    encrypted_sha256: str | None  # of the file in the image, when the SBOM lists it
 
 
 @dataclass(frozen=True)
@@ -250,6 +257,7 @@ class Sbom:
                     SbomModelFile(
                         enclave_path(plain),
                         digests(plain).get("SHA256", ""),
+                        plain.get("comment") != MODEL_CLEAR,
                         digests(cipher).get("SHA256") if cipher is not None else None,
                     )
                 )

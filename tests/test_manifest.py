@@ -17,6 +17,7 @@ from enclave_build.builder.gramine.manifest_schema import (
     ManifestSchemaError,
     check_manifest,
 )
+from enclave_build.contract.sbom import SBOM_PATH
 from enclave_build.plugin import SERVER_PYTHONPATH
 
 from .conftest import tflite_bytes, write_spec
@@ -112,12 +113,14 @@ def build_manifest(framework: str, tmp_path: Path, standin_root: Path, signing_k
 
 def golden_view(manifest: bytes) -> bytes:
     """The manifest without the entries of our own server code, whose bytes change with every
-    edit of model_server/ (those are checked against the installed files instead)."""
+    edit of model_server/ (those are checked against the installed files instead), and of the
+    SBOM, which lists them (tests/test_sbom.py checks it against the manifest)."""
     data = tomllib.loads(manifest.decode())
     data["sgx"]["trusted_files"] = [
         tf
         for tf in data["sgx"]["trusted_files"]
         if not tf["uri"].startswith(f"file:{SERVER_PYTHONPATH}/")
+        and tf["uri"] != f"file:{SBOM_PATH}"
     ]
     return tomli_w.dumps(data).encode()
 

@@ -22,6 +22,8 @@ from typing import Any, cast
 import jinja2
 import tomli_w
 
+from enclave_build.contract.names import MODEL_ROOT
+from enclave_build.contract.sbom import SBOM_PATH
 from enclave_build.contract.size import Size
 from enclave_build.plugin import (
     SECRET_SERVER_CA,
@@ -43,6 +45,7 @@ from ..model_files import regular_files
 from ..plan import host_may_set
 from ..python_closure import python_closure
 from ..rootfs import RootFS
+from ..sbom import LibOSInfo, ModelFile, SbomInputs, TrustedFile, sbom_bytes
 from . import protected_files, trusted_files
 from .manifest_schema import check_manifest
 from .measure import EnclaveTooSmall, PalImage
@@ -295,9 +298,11 @@ def finalize_manifest(
     rootfs: RootFS,
     cache: HashCache | None = None,
     progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    sbom: Callable[[tuple[TrustedFile, ...]], bytes] | None = None,
 ) -> bytes:
     """Expand and hash every trusted file, the ELF closure of the trusted ELF files and the
-    LibOS entrypoint; return the final bytes."""
+    LibOS entrypoint; return the final bytes. *sbom* makes the SBOM's bytes from the trusted
+    files; they become a trusted file too (``SBOM_PATH``)."""
     added = _plan_sources(plan)
     from_plan: list[tuple[str, Path | bytes]] = []
     from_image: list[str] = []
@@ -345,11 +350,6 @@ def finalize_manifest(
     total = sum(p.stat().st_size for p in paths)
     advance = progress("hashing trusted files", total) if progress else None
     digests: dict[Any, str] = dict(hash_files(paths, cache=cache, progress=advance))
-    manifest["sgx"]["trusted_files"] = [
-        {"uri": uri, "sha256": digests[c] if isinstance(c, Path) else hashlib.sha256(c).hexdigest()}
-        for uri, c in entries.items()
-    ]
-    manifest["loader"]["entrypoint"]["sha256"] = digests[libos_host]
     for uri in entries:
         try:
             uri.encode("utf-8")
@@ -358,7 +358,49 @@ def finalize_manifest(
                 f"{uri!a}: a trusted file whose name is not UTF-8; the Gramine manifest (TOML) "
                 "cannot name it: rename it, or leave it out of the image"
             ) from None
+
+    def sha256(content: Path | bytes) -> str:
+        return (
+            digests[content] if isinstance(content, Path) else hashlib.sha256(content).hexdigest()
+        )
+
+    if sbom is not None:
+        # The SBOM lists every trusted file with the digest the manifest holds, and is one
+        # itself: the manifest (hence MRENCLAVE) binds its hash.
+        mounts = enclave_mounts(manifest)
+        listed = tuple(
+            TrustedFile(
+                enclave_view(mounts, uri[len("file:") :]), uri[len("file:") :], sha256(c), c
+            )
+            for uri, c in entries.items()
+        )
+        entries[f"file:{SBOM_PATH}"] = sbom(listed)
+    manifest["sgx"]["trusted_files"] = [
+        {"uri": uri, "sha256": sha256(c)} for uri, c in entries.items()
+    ]
+    manifest["loader"]["entrypoint"]["sha256"] = digests[libos_host]
     return tomli_w.dumps(manifest).encode("utf-8")
+
+
+def enclave_mounts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """(image directory, enclave path) of the manifest's chroot mounts and root, longest first."""
+    pairs = [("/", "/")]
+    for m in manifest["fs"]["mounts"]:
+        uri = m.get("uri", "")
+        if m.get("type", "chroot") == "chroot" and uri.startswith("file:"):
+            pairs.append((uri[len("file:") :], m["path"]))
+    return sorted(pairs, key=lambda p: len(p[0]), reverse=True)
+
+
+def enclave_view(mounts: list[tuple[str, str]], image_path: str) -> str:
+    """Where the enclave sees the image file *image_path* (through the longest mount holding it)."""
+    for source, target in mounts:
+        if image_path == source:
+            return target
+        prefix = source.rstrip("/") + "/"
+        if image_path.startswith(prefix):
+            return posixpath.join(target, image_path[len(prefix) :])
+    return image_path
 
 
 def encrypted_items(item: PlanFile) -> list[tuple[str, Path | bytes]]:
@@ -468,17 +510,27 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
     )
     # BuildOptions holds these as object (the plugin API names no Gramine type)
     hash_cache = cast("HashCache | None", options.hash_cache)
-    final = finalize_manifest(manifest, plan, rootfs, hash_cache, options.progress.task)
+    encrypted = encrypt_plan_files(plan, options)
+    libos = LibOSInfo("gramine", runtime.version, runtime.libpal, rootfs.host_path(runtime.libpal))
+    made: list[bytes] = []
+
+    def sbom(trusted: tuple[TrustedFile, ...]) -> bytes:
+        models = model_files(plan, encrypted if options.reproducible else [])
+        inputs = SbomInputs(plan.service, trusted, models, libos, rootfs)
+        made.append(sbom_bytes(inputs, options.progress.task))
+        return made[-1]
+
+    final = finalize_manifest(manifest, plan, rootfs, hash_cache, options.progress.task, sbom)
     offs = Offsets.parse(
         rootfs.read_bytes(runtime.offsets).decode("utf-8", "replace"), runtime.offsets
     )
     pal = PalImage.from_bytes(rootfs.read_bytes(runtime.libpal), runtime.libpal)
     date = SigDate.parse(options.sig_date)
 
-    files = [ArtifactFile(manifest_path(plan), data=final)]
+    files = [ArtifactFile(manifest_path(plan), data=final), ArtifactFile(SBOM_PATH, data=made[0])]
     for item in _plan_sources(plan):
         files.append(ArtifactFile(item.dest, data=item.data, source=item.source, mode=item.mode))
-    files += encrypt_plan_files(plan, options)
+    files += encrypted
     entrypoint = ("gramine-sgx", posixpath.join(ENCLAVE_DIR, plan.service))
 
     try:
@@ -491,6 +543,7 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
                 None,
                 PendingSignature(mr_enclave.hex(), tbs),
                 manifest=final,
+                sbom=made[0],
             )
         signer = cast(Signer, options.signer)
         signed = sign_manifest(final, pal, offs, signer, date, manifest_path(plan))
@@ -511,4 +564,30 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
         identity,
         manifest=final,
         sigstruct=signed.sigstruct_bytes,
+        sbom=made[0],
     )
+
+
+def model_files(plan: ServicePlan, encrypted: list[ArtifactFile]) -> tuple[ModelFile, ...]:
+    """The model files the plan ships (under MODEL_ROOT/NAME/VERSION/), each with its plaintext
+    and, when encrypted, the protected file the build made of it."""
+    staged = {f.dest: f.source for f in encrypted}
+    out: list[ModelFile] = []
+    for item in plan.image_files():
+        if not item.dest.startswith(MODEL_ROOT + "/"):
+            continue
+        if item.kind is FileKind.ENCRYPTED:
+            pairs = encrypted_items(item)
+        elif item.kind is FileKind.TRUSTED:
+            pairs = [(uri[len("file:") :], c) for uri, c in expand_plan_file(item, item.dest)]
+        else:
+            continue
+        for dest, content in pairs:
+            path = posixpath.normpath(dest)
+            parts = path[len(MODEL_ROOT) + 1 :].split("/")
+            if len(parts) < 3:
+                continue  # a model configuration beside the models, not a model's file
+            encrypted = item.kind is FileKind.ENCRYPTED
+            cipher = staged.get(path) if encrypted else None
+            out.append(ModelFile(parts[0], parts[1], path, content, encrypted, cipher))
+    return tuple(out)
