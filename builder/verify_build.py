@@ -43,6 +43,7 @@ from .compare.sides import locate, open_facts
 from .errors import UsageError
 from .hashing import HashCache
 from .image.blob_cache import BlobCache
+from .image.oci import Image, oci_manifest, sha256_digest
 from .image.sources import open_base
 from .model_digests import model_files
 from .plan import FileKind
@@ -162,11 +163,19 @@ def check_inputs(
             )
         )
     with BlobCache(cache_root()).in_use():
-        base_digest = open_base(base, progress.task, hash_cache=cache).image.manifest_digest
+        base_digest = base_manifest_digest(open_base(base, progress.task, hash_cache=cache).image)
     if base_digest != provenance.base_digest:
         found.append(InputMismatch(f"base {base}", provenance.base_digest, base_digest))
     _check_reproducible(spec, plan)
     return found
+
+
+def base_manifest_digest(base: Image) -> str:
+    """The digest a provenance records for a base: its manifest's; for a base read from a
+    directory (which has none), that of the OCI manifest of the layer the build makes of it."""
+    if base.manifest_digest is not None:
+        return base.manifest_digest
+    return sha256_digest(oci_manifest(base.config_descriptor, list(base.layers)))
 
 
 def _check_reproducible(spec: Any, plan: Any) -> None:

@@ -164,7 +164,9 @@ def test_every_mapped_manifest_key_holds_its_spec_keys_value(tmp_path, standin_r
         + '\n[signing]\nkey = "key.pem"\n',
     )
     with pytest.warns(UserWarning):  # a DEBUG enclave
-        manifest = tomllib.loads(build(spec, base=f"dir:{standin_root}").artifacts.manifest.decode())
+        manifest = tomllib.loads(
+            build(spec, base=f"dir:{standin_root}").artifacts.manifest.decode()
+        )
     flat = flatten(manifest)
     for manifest_key, spec_name in MANIFEST_TO_SPEC.items():
         assert flat[manifest_key] == values[spec_name][1], manifest_key
@@ -275,6 +277,9 @@ def test_a_changed_model_is_named_with_both_hashes(builds):
     assert item["path"] == "/models/face/1/model.tflite" and item["change"] == "changed"
     assert item["a_sha256"] == hashlib.sha256(tflite_bytes(b"model" * 200)).hexdigest()
     assert item["b_sha256"] == hashlib.sha256(tflite_bytes(b"other" * 200)).hexdigest()
+    assert item["a_package"] == item["b_package"] == "model face 1"  # from the SBOM
+    # the SBOM lists the model's digest, so it differs too: named as following from it
+    assert any("/enclave/sbom.spdx.json" in note for note in data["notes"])
     _only(data, "trusted_files")
 
 
@@ -293,10 +298,15 @@ def test_a_changed_base_file_is_named_by_its_enclave_path(builds):
 
 @pytest.mark.integration
 def test_an_encrypted_model_differs_outside_the_measurement(builds):
+    """An encrypted model is not measured: its file differs outside the measurement, and
+    MRENCLAVE differs only through the SBOM (a trusted file) that records its digests."""
     data = _json(builds["enc-a"], builds["enc-b"])
-    assert data["mr_enclave_equal"] is True and data["image_equal"] is False
-    assert [i["path"] for i in data["image_files"]] == ["/models/face/1/model.tflite"]
-    _only(data, "image_files")
+    assert data["image_equal"] is False
+    [item] = data["image_files"]
+    assert item["path"] == "/models/face/1/model.tflite"
+    assert item["a_package"] == item["b_package"] == "model face 1"
+    assert [i["path"] for i in data["trusted_files"]] == ["/enclave/sbom.spdx.json"]
+    _only(data, "image_files", "trusted_files")
 
 
 @pytest.mark.integration

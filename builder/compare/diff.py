@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from enclave_build.contract.sbom import SBOM_PATH
+
 from ..gramine.spec_keys import spec_key
 from ..hashing import HashCache
 from .facts import BuildFacts
@@ -140,15 +142,26 @@ def diff_facts(
     notes = list(a.notes) + list(b.notes)
     # a provenance records fewer SIGSTRUCT fields (no date) than an image holds
     partial = "provenance" in (a.side.kind, b.side.kind)
+    trusted = trusted_changes(a, b)
+    manifest = value_changes(a.manifest, b.manifest, spec_key)
+    libos = value_changes(a.libos, b.libos)
+    sbom = [item for item in trusted if item.image_path == SBOM_PATH]
+    if sbom and (len(trusted) > 1 or manifest or libos):
+        # the SBOM lists every trusted file with its digest: it changes with any of them
+        trusted = tuple(item for item in trusted if item.image_path != SBOM_PATH)
+        notes.append(
+            f"the SBOM ({SBOM_PATH}, a trusted file) differs too: it follows from the "
+            "differences above"
+        )
     if (a.manifest is None) != (b.manifest is None) and not partial:
         notes.append("only one side has a Gramine manifest: manifests not compared")
     return BuildDiff(
         a.side,
         b.side,
         identity=value_changes(a.identity, b.identity, IDENTITY_SPEC_KEYS.get),
-        manifest=value_changes(a.manifest, b.manifest, spec_key),
-        trusted_files=trusted_changes(a, b),
-        libos=value_changes(a.libos, b.libos),
+        manifest=manifest,
+        trusted_files=trusted,
+        libos=libos,
         sigstruct=value_changes(a.sigstruct, b.sigstruct, SIGSTRUCT_SPEC_KEYS.get, partial),
         occlum_config=value_changes(a.occlum_config, b.occlum_config),
         image_config=value_changes(a.image_config, b.image_config),
