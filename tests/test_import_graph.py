@@ -22,7 +22,8 @@ The layers, lowest first (a module may import its own layer and the ones below i
     7  build           build (spec -> plan -> artifacts -> image -> outputs), leak_guard,
                        model_check (models against their framework, through the plugins)
     8  around builds   k8s (generates deployments from build outputs), run (simulation), init,
-                       doctor, standin, dev (build if stale, secret server, run, requests)
+                       doctor, standin, dev (build if stale, secret server, run, requests),
+                       verify_build (rebuild what a provenance describes)
     9  cli             enclave_build.builder.cli, enclave_build.__main__
 
 Rules besides the layers:
@@ -82,6 +83,7 @@ LAYERS: dict[str, int] = {
     "enclave_build.builder.doctor": 8,
     "enclave_build.builder.standin": 8,
     "enclave_build.builder.dev": 8,
+    "enclave_build.builder.verify_build": 8,
     "enclave_build.builder.cli": 9,
     "enclave_build.__main__": 9,
 }

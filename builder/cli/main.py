@@ -14,7 +14,20 @@ import click
 from enclave_build import __version__
 
 from ..plugins import PluginRegistry
-from . import base, build, cache, dev, pf, plugins, project, provenance, quote, secrets, signing
+from . import (
+    base,
+    build,
+    cache,
+    compare,
+    dev,
+    pf,
+    plugins,
+    project,
+    provenance,
+    quote,
+    secrets,
+    signing,
+)
 from .output import INTERRUPTED, exit_codes_help
 
 
@@ -88,6 +101,8 @@ main.help = f"{inspect.cleandoc(main.help or '')}\n\n{exit_codes_help()}"
 for _command in (
     build.build,
     build.inspect,
+    compare.diff,
+    compare.verify_build,
     build.run,
     plugins.plugins,
     signing.keygen,
