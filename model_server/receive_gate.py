@@ -46,7 +46,8 @@ lapsed ones first, then the oldest.
 
 **Prompt connections.** A connection whose last message arrived within :data:`MIN_HOLD` of its
 call getting a room is *prompt* (for ``grace`` seconds, or until one of its calls is cancelled,
-ends without its message after holding a room that long, or is refused as busy). A waiting call
+ends without its message after holding a room that long, or is refused as busy), and while it
+has no more calls waiting than there are rooms. A waiting call
 of a prompt connection holding no room takes a room another connection keeps at once: kept
 rooms are for clients that send their messages at once, and two such clients share them by
 turns instead of one keeping them from the other (two connections sending a tiny message every
@@ -54,8 +55,7 @@ turns instead of one keeping them from the other (two connections sending a tiny
 streams that never send their message would leave everyone else waiting). A connection that has
 not yet sent a message promptly (a fresh one, or one whose calls stall) cannot take a kept
 room this way, so uploads that stop halfway do not take the room of a client that sends at
-once. When the waiting room is full, waiters of connections that are not prompt are dropped
-first.
+once.
 
 **Busy connections.** When a request was refused for lack of room in the byte budget after its
 message arrived (:meth:`ReceiveGate.busy`), its connection's calls get no room for
@@ -66,8 +66,8 @@ other client needs.
 
 At most ``max_waiting`` calls wait (a handler thread each), each for at most twice ``grace``;
 when the waiting room is full, a new call drops the longest waiter of the connection with the
-most calls waiting (itself, if that is its own connection), of the connections that are not
-prompt if any wait. When it is the byte budget that is
+most calls waiting (itself, if that is its own connection), of one that is not prompt when
+counts are equal. When it is the byte budget that is
 short (REST bodies hold it), a waiter says so (``ByteBudget.press``): REST then refuses a body
 that has stopped arriving, as it does for its own requests.
 """
@@ -359,9 +359,12 @@ class ReceiveGate:
         if len(self._waiters) >= self.max_waiting:
             now = self.clock()
             counts = self._waiting_of
-            pool = [p for p in counts if not self._is_prompt(p, now)] or list(counts)
-            crowd = max(pool, key=counts.__getitem__)
-            if peer in pool and counts[peer] >= counts[crowd]:
+
+            def crowding(p: str) -> tuple[int, bool]:
+                return counts[p], not self._is_prompt(p, now)
+
+            crowd = max(counts, key=crowding)
+            if peer in counts and crowding(peer) >= crowding(crowd):
                 crowd = peer  # its own connection crowds the room
             oldest = next(w for w in self._waiters if w.peer == crowd)
             self._waiters.remove(oldest)
@@ -459,9 +462,15 @@ class ReceiveGate:
         return busy is None or (now >= busy[0] and not held.get(peer, 0))
 
     def _is_prompt(self, peer: str, now: float) -> bool:
-        """Whether *peer*'s last message arrived promptly, within ``grace`` seconds."""
+        """Whether *peer*'s last message arrived promptly, within ``grace`` seconds, and it has
+        no more calls waiting than there are rooms (streams waiting beyond what it could use
+        are not what a prompt client opens)."""
         since = self._prompt.get(peer)
-        return since is not None and now - since <= self.grace
+        return (
+            since is not None
+            and now - since <= self.grace
+            and self._waiting_of.get(peer, 0) <= self.rooms
+        )
 
     def _lend_kept(self, now: float) -> None:
         """Kept rooms of other connections to the waiting calls of prompt connections holding

@@ -561,6 +561,32 @@ def test_a_full_waiting_room_drops_a_waiter_of_a_connection_not_prompt_first():
     assert calls.holder("legit") is not None and calls.holder("y") is not None
 
 
+def test_a_prompt_connection_with_many_waiters_is_dropped_before_a_fresh_client():
+    """A connection that sent one message at once and then opened many streams that never send
+    theirs crowds the waiting room: a new call drops one of its waiters, not the single waiting
+    call of a fresh connection (before: only connections that were not prompt lost waiters)."""
+    clock = _Clock()
+    budget = ByteBudget(400)
+    gate = ReceiveGate(budget, 100, grace=30, max_waiting=6, clock=clock, keep=1.0)  # 3 rooms
+    _prompt(gate, budget, STALLER)
+    holders = [_entered(gate, STALLER) for _ in range(3)]
+    calls = _Calls(gate)
+    calls.enter("fresh", LEGIT)
+    _until(lambda: gate.waiting == 1)
+    for n in range(5):
+        calls.enter(f"s{n}", STALLER)
+        _until(lambda n=n: gate.waiting == 2 + n)
+    calls.enter("other", "ipv4:127.0.0.1:5000")  # full: the staller's oldest waiter goes
+    assert calls.holder("s0") is None
+    assert "fresh" not in calls.got and gate.waiting == 6
+    for holder in holders:
+        gate.leave(holder)
+    assert calls.holder("fresh") is not None
+    clock.now += 61  # (the rest give up: let their threads end)
+    for t in calls.threads.values():
+        t.join(5)
+
+
 def test_a_busy_connection_waits_then_receives_one_call_at_a_time():
     """A connection whose request the budget could not take gets no room for BUSY_WAIT seconds
     (its kept rooms go back), then one room at a time for grace seconds; refused again, it
