@@ -25,6 +25,7 @@ from .client_access import ClientAccess
 from .config import Limits, ModelConfig
 from .datatypes import TensorError
 from .errors import BudgetShort, ServeError
+from .unsent import UnsentAnswers
 
 __all__ = [
     "Admission",
@@ -368,6 +369,8 @@ class Engine:
         self.ready = True
         self.counters = Counters()
         self.budget = ByteBudget(limits.max_buffered_bytes)
+        #: Answers written but not yet read by their clients (their bytes stay in the budget).
+        self.unsent = UnsentAnswers(self.budget)
         #: Models restricted to named clients (models[].clients), checked by REST and gRPC.
         self.access = ClientAccess.of(m.config for m in models.values())
 

@@ -320,9 +320,18 @@ class GRPCService:
         finally:
             self.gate.leave(holder)
         try:
-            return self._infer(raw, hold, context)
-        finally:
+            answer = self._infer(raw, hold, context)
+        except BaseException:
             hold.release()
+            raise
+        # the answer's bytes stay held until grpc has sent it (the call ends): a client that
+        # does not read (a zero flow-control window) cannot keep it in memory beyond the budget
+        if hold.held > len(answer):
+            hold.set(len(answer), "the answer")
+        unsent = engine.unsent.keep(hold, context.cancel)
+        if unsent is not None and not context.add_callback(lambda: engine.unsent.sent(unsent)):
+            engine.unsent.sent(unsent)  # (the call has already ended)
+        return answer
 
     def _infer(self, raw: bytes, hold: Hold, context) -> bytes:
         t0 = time.perf_counter()

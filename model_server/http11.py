@@ -42,7 +42,8 @@ from typing import Any, Protocol
 import httptools
 
 from .config import Limits
-from .core import ByteBudget
+from .core import ByteBudget, Hold
+from .unsent import Unsent, UnsentAnswers
 
 log = logging.getLogger("model_server")
 
@@ -55,6 +56,9 @@ HEADROOM = 8  # connections past max_connections, for health checks only
 SLOW_BODY_SECONDS = 1.0  # a body silent this long may be refused to make room
 HANDSHAKES = 32  # TLS handshakes at once (each holds asyncio's 256 KiB buffer)
 PENDING_LIMIT = 64 << 10  # pipelined bytes buffered while a request is served
+#: Answers larger than this are written after their head, not joined to it (a copy of a large
+#: body would double what it holds while it is written).
+SEPARATE_BODY = 256 << 10
 DISCARD_FACTOR = 4  # oversize bodies up to this many times the limit are read and dropped
 _SINGLE = frozenset(
     ("content-length", "transfer-encoding", "inference-header-content-length", "content-encoding")
@@ -129,6 +133,9 @@ class Response:
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] | None = None
+    #: The bytes the answer holds in the budget: they stay held until it is sent (see
+    #: :mod:`.unsent`); None: nothing held.
+    hold: Hold | None = None
 
 
 def error_response(status: int, message: str) -> Response:
@@ -190,6 +197,7 @@ class Connection(asyncio.Protocol):
         self.body: bytearray | None = None  # a body arriving in pieces
         self.need = 0  # body bytes still to come
         self.reserved = 0  # body bytes reserved in the budget
+        self.unsent: Unsent | None = None  # an answer's bytes held until it is sent
         self.body_start = 0.0
         self.window_start = 0.0  # the current body_stall_timeout window ...
         self.window_bytes = 0  # ... and the body bytes received in it
@@ -317,6 +325,9 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        if self.unsent is not None:  # (the answer is (almost) all sent)
+            self.server.unsent.sent(self.unsent)
+            self.unsent = None
         if self.state == _FLUSH:
             self._next()
 
@@ -328,6 +339,9 @@ class Connection(asyncio.Protocol):
         if self.handshake is not None:
             self.handshake.cancel()
         self._release()
+        if self.unsent is not None:
+            self.server.unsent.sent(self.unsent)
+            self.unsent = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -668,6 +682,10 @@ class Connection(asyncio.Protocol):
     def _done(self, task: asyncio.Task) -> None:
         self.task = None
         if self.state == _CLOSED:
+            if not task.cancelled() and task.exception() is None:
+                answer = task.result()
+                if answer.hold is not None:  # (never to be written)
+                    answer.hold.release()
             return
         if task.cancelled():
             resp = error_response(503, self.server.cut_message)
@@ -688,6 +706,8 @@ class Connection(asyncio.Protocol):
         self._release()
         self.req = None
         self._write(resp, keep)
+        if resp.hold is not None:
+            self._keep_unsent(resp.hold)
         if not keep:
             self._close()
             return
@@ -696,6 +716,29 @@ class Connection(asyncio.Protocol):
             self._arm(self.loop.time() + self.limits.idle_timeout)
             return
         self._next()
+
+    def _keep_unsent(self, hold: Hold) -> None:
+        """The answer just written holds *hold*: its bytes stay held while it waits in the
+        write buffer (writing paused), else go back now (what is left, under the buffer's high
+        water mark, is sent without the client's help)."""
+        if not self.writing_paused or self.state == _CLOSED:
+            hold.release()
+            return
+        self.unsent = self.server.unsent.keep(hold, self._drop_unsent)
+
+    def _drop_unsent(self) -> None:
+        """The budget took back the bytes of this connection's unsent answer (any thread): the
+        connection goes, and the answer with it."""
+        try:
+            self.loop.call_soon_threadsafe(self._abort_unread)
+        except RuntimeError:  # (the loop is closed)
+            pass
+
+    def _abort_unread(self) -> None:
+        self.unsent = None  # (its bytes are the budget's again)
+        if self.state != _CLOSED:
+            log.info("REST: closing a connection whose answer was not read (the budget needs room)")
+            self.transport.abort()
 
     def _next(self) -> None:
         """Ready for the connection's next request."""
@@ -734,6 +777,10 @@ class Connection(asyncio.Protocol):
         if not keep:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
+        if len(body) > SEPARATE_BODY:  # (no copy of a large body joined to its head)
+            self.transport.write(b"".join(parts))
+            self.transport.write(body)
+            return
         parts.append(body)
         self.transport.write(b"".join(parts))  # one send: a copy is cheaper than a syscall
 
@@ -892,10 +939,17 @@ def _oversize_head(buf) -> tuple[int, str]:
 class HTTPServer:
     """The listener and its connections: admission at the cap, eviction, drain."""
 
-    def __init__(self, app: Application, limits: HTTPLimits, budget: ByteBudget) -> None:
+    def __init__(
+        self,
+        app: Application,
+        limits: HTTPLimits,
+        budget: ByteBudget,
+        unsent: UnsentAnswers | None = None,
+    ) -> None:
         self.app = app
         self.limits = limits
         self.budget = budget
+        self.unsent = unsent or UnsentAnswers(budget)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connections: dict[Connection, None] = {}
         self.idle: dict[Connection, None] = {}  # waiting for a request, longest first

@@ -108,7 +108,10 @@ class RESTServer:
             self.limits.max_buffered_bytes
         )
         self.http = HTTPServer(
-            self, HTTPLimits.from_limits(self.limits, max_request_bytes), self.budget
+            self,
+            HTTPLimits.from_limits(self.limits, max_request_bytes),
+            self.budget,
+            getattr(engine, "unsent", None),
         )
         self._decoder: DecodePool | None = None
         self._decoding: set[asyncio.Future] = set()  # requests being decoded (not admitted)
@@ -346,6 +349,10 @@ class RESTServer:
                     out, ctype, extra = encode_infer(model, req, result, outputs)
             finally:
                 engine.counters.add("answered")
+            # the answer's bytes go with it, held until it is sent (see Connection._keep_unsent)
+            if hold.held > len(out):
+                hold.set(len(out), "the answer")
+            answer_hold, hold = Hold(self.budget, hold.held), Hold(self.budget)
         except ServeError as exc:
             if not admitted:
                 engine.counters.add("refused")
@@ -367,7 +374,7 @@ class RESTServer:
             hold.release()
         engine.counters.add("ok")
         self.metrics.observe(label, "rest", "ok", time.perf_counter() - t0)
-        return Response(200, out, ctype, extra)
+        return Response(200, out, ctype, extra, answer_hold)
 
 
 def _infer_route(request: Request) -> tuple[str, str] | None:
