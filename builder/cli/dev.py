@@ -99,6 +99,12 @@ failed. 130 after Ctrl-C (or SIGTERM). SIMULATION: nothing is attested.
     "DIR/.enclave-build/pki, made once); for a secret server of your own that "
     "trusts another one.",
 )
+@click.option(
+    "--enforce-limits",
+    is_flag=True,
+    help="Hold the enclave to its own sgx.max_threads and sgx.enclave_size under "
+    "gramine-direct (as `run --enforce-limits`).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No build progress bars.")
 def dev(
     spec: Path,
@@ -111,6 +117,7 @@ def dev(
     mode: str,
     timeout: float,
     pki: Path | None,
+    enforce_limits: bool,
     quiet: bool,
 ) -> None:
     """Serve SPEC (a spec.toml, or a project directory; default: .) here, in one command:
@@ -137,6 +144,7 @@ def dev(
                 mode=mode,
                 timeout=timeout,
                 pki=pki,
+                enforce_limits=enforce_limits,
             )
             session = DevSession(spec, options, log=echo_err)
             with session:

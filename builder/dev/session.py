@@ -52,7 +52,7 @@ from ..plugin_types import NullProgress, Progress
 from ..spec import Spec
 from ..spec_file import spec_file
 from . import local_secrets, snippets
-from .processes import ManagedProcess, wait_until
+from .processes import EXPLAINED, ManagedProcess, wait_until
 from .requests import (
     InferRequest,
     ModelMetadata,
@@ -84,6 +84,8 @@ class DevOptions:
     input: Path | None = None  # the request of `once` (JSON, .npy, .npz)
     model: str | None = None  # the model `once` asks (default: the first)
     mode: str = "auto"  # run --mode
+    enforce_limits: bool = False  # run --enforce-limits
+    observe: Path | None = None  # run --observe DIR
     timeout: float = 300.0  # seconds until the model server is ready
     pki: Path | None = None  # synthetic PKI (default: .enclave-build/pki)
 
@@ -311,6 +313,10 @@ class DevSession:
             "--mode",
             self.options.mode,
         ]
+        if self.options.enforce_limits:
+            argv.append("--enforce-limits")
+        if self.options.observe is not None:
+            argv += ["--observe", str(self.options.observe)]
         self._emit(
             f"dev: starting the enclave: enclave-build run {output} --simulate (it "
             "checks the image against its signature first)"
@@ -377,7 +383,13 @@ class DevSession:
         for candidate in order:
             candidate.flush()
         chosen = next((p for p in order if p.first_error is not None), order[0])
-        what = "the first error" if chosen.first_error is not None else "the last line"
+        what = (
+            "what the run explained"
+            if any(EXPLAINED in t for t in chosen.tail)
+            else "the first error"
+            if chosen.first_error is not None
+            else "the last line"
+        )
         return f"; its output is above, {what} in it:\n{chosen.key_line()}"
 
     @staticmethod
