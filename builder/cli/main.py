@@ -100,6 +100,7 @@ for _command in (
     project.doctor,
     cache.cache,
     dev.dev,
+    dev.profile,
 ):
     main.add_command(_command)
 

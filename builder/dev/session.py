@@ -141,6 +141,9 @@ class DevSession:
         self._pki: Path | None = None
         self.spec: Spec | None = None
         self._lock = threading.Lock()
+        #: time.monotonic() when the enclave's run started, and when it answered ready
+        self.enclave_started: float | None = None
+        self.ready_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -322,6 +325,7 @@ class DevSession:
             "checks the image against its signature first)"
         )
         self.enclave = ManagedProcess("enclave", argv, self._emit, watch=watch)
+        self.enclave_started = time.monotonic()
         self.enclave.start()
 
     def wait_ready(self, info: ServiceInfo, service: str) -> None:
@@ -359,6 +363,7 @@ class DevSession:
                 f"{service} was not ready after {self.options.timeout:g} s "
                 "(--timeout)" + self._log_pointer()
             )
+        self.ready_at = time.monotonic()
 
     def _check_alive(self, service: str) -> None:
         if self.enclave is not None and not self.enclave.running():

@@ -317,7 +317,48 @@ def opened_paths(strace_text: str) -> set[str]:
     return found
 
 
+# --------------------------------------------------------------------------- trusted files
+
+TRUSTED_FILE = "trusted.json"
+_MERGED = ("/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/")
+
+
+def package_owners(root: Path) -> dict[str, str]:
+    """Image path -> the Debian package that installed it, from the image's
+    ``/var/lib/dpkg/info/*.list`` (``/lib/...`` also as ``/usr/lib/...``: merged /usr)."""
+    owners: dict[str, str] = {}
+    info = root / "var/lib/dpkg/info"
+    try:
+        lists = sorted(info.glob("*.list"))
+    except OSError:
+        return owners
+    for listing in lists:
+        package = listing.name[: -len(".list")].split(":", 1)[0]
+        try:
+            text = listing.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if not line.startswith("/"):
+                continue
+            owners.setdefault(line, package)
+            if line.startswith(_MERGED):
+                owners.setdefault("/usr" + line, package)
+    return owners
+
+
+def write_trusted(directory: Path, trusted: list[str], root: Path) -> None:
+    """``trusted.json``: every trusted file (image path) with its Debian package (None when
+    no package installed it: the service's own files, pip-installed ones)."""
+    owners = package_owners(root)
+    data = {"schema": SCHEMA, "trusted": {p: owners.get(p) for p in sorted(trusted)}}
+    (directory / TRUSTED_FILE).write_text(json.dumps(data, indent=0) + "\n")
+
+
 __all__ = [
+    "package_owners",
+    "write_trusted",
+    "TRUSTED_FILE",
     "Observation",
     "ObserveError",
     "PidsCgroup",

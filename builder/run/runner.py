@@ -70,6 +70,7 @@ from .observe import (
     PidsCgroup,
     Sampler,
     strace_available,
+    write_trusted,
 )
 from .rootfs import apply_ownership, image_ownership, private_root
 from .view import enclave_view
@@ -531,6 +532,8 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
                         )
                 _check_encrypted_files(build, root, uid, gid, log)
                 cgroup, trace = _observation_setup(options, limits, log)
+                if options.observe is not None:
+                    write_trusted(options.observe, list(build.verification.trusted), root)
                 process = gramine_direct.start(
                     DirectLaunch(
                         root,
