@@ -3,6 +3,7 @@ KServe v2 REST (builder.dev.requests), with each request's latency."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ class LoadResult:
         if not self.latencies_ms:
             return None
         ordered = sorted(self.latencies_ms)
-        index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
+        index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
         return ordered[index]
 
     def to_json(self) -> dict:
