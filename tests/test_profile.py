@@ -185,4 +185,4 @@ def test_profile_sizes_the_enclave_and_the_recommendation_serves(project):
     served = _cli(project, "dev", "face", "--once", "-q", "--enforce-limits")
     assert served.returncode == 0, served.stderr[-3000:]
     assert f"sgx.max_threads = {rec['max_threads']}" in served.stderr
-    assert re.search(r"^digest [0-9a-f]{64}$", served.stdout, re.M)
+    assert re.search(r"^digest sha256:[0-9a-f]{64}$", served.stdout, re.M)
