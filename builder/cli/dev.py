@@ -247,7 +247,13 @@ as a plain process: time to ready and latency are measured, memory, threads and 
     help="Seconds to wait for the model server to be ready.",
 )
 @click.option("--write", is_flag=True, help="Apply size and max_threads to the spec.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report as JSON: schema, service, mode, spec, time_to_ready_s, memory, "
+    "threads, requests, trusted_files, recommendation, cannot_see, written.",
+)
 def profile(
     spec: Path,
     output: Path | None,

@@ -203,7 +203,8 @@ and something is missing. JSON schema (stable): {"schema": 1, "ok": BOOL, "count
     "log_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Explain the failures in this enclave log (Gramine's output, e.g. `docker logs` of "
-    "an SGX container): what happened, the spec key to change and by how much.",
+    "an SGX container): what happened, the spec key to change and by how much. With --json: "
+    "schema, log, recognised, explanations (kind, what, key, change, value, paths, lines).",
 )
 @click.option(
     "--spec",
