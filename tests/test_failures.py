@@ -36,7 +36,9 @@ def test_sizes():
 
 def test_enforced_thread_limit_is_explained_as_threads():
     """Real log: the pids limit (sgx.max_threads = 10) refused the LibOS's clones."""
-    (found,) = explain(_lines("threads-enforced.log"), Limits(2 << 30, 10, None, True), 134, None, 21)
+    (found,) = explain(
+        _lines("threads-enforced.log"), Limits(2 << 30, 10, None, True), 134, None, 21
+    )
     assert found.kind == "threads"
     assert found.key == "[enclave] max_threads"
     assert found.value == 20
