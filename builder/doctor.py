@@ -664,3 +664,38 @@ def _first_line(exc: object) -> str:
 
 
 __all__ = ["diagnose", "Report", "Check", "Probes", "pccs_url", "SCHEMA_VERSION"]
+
+
+#: The most of a log ``doctor --log`` reads (its end: a failure is logged last).
+MAX_LOG_BYTES = 64 << 20
+
+
+def explain_log(log_file: Path, spec_path: Path | None = None) -> list[Any]:
+    """The failures :func:`builder.run.failures.explain` recognises in *log_file* (its last
+    :data:`MAX_LOG_BYTES`), sized with the ``[enclave]`` table of *spec_path* if given
+    (UsageError naming the file when it is not TOML)."""
+    import tomllib
+
+    from .errors import UsageError
+    from .run.failures import Limits, explain, parse_size
+
+    limits = Limits()
+    if spec_path is not None:
+        try:
+            data = tomllib.loads(spec_path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"{spec_path}: cannot read the spec: {exc}") from None
+        enclave = data.get("enclave") if isinstance(data.get("enclave"), dict) else {}
+        threads = enclave.get("max_threads")
+        limits = Limits(
+            parse_size(enclave.get("size")),
+            threads if isinstance(threads, int) and not isinstance(threads, bool) else None,
+        )
+    try:
+        with open(log_file, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - MAX_LOG_BYTES))
+            text = handle.read().decode(errors="replace")
+    except OSError as exc:
+        raise UsageError(f"{log_file}: cannot read it: {exc.strerror or exc}") from None
+    return explain(text.splitlines(), limits)

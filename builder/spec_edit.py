@@ -84,4 +84,70 @@ def set_model_keys(
     return edited
 
 
-__all__ = ["set_model_keys"]
+_TABLE_HEADER = r"^\s*\[\s*{name}\s*\]\s*(#.*)?$"
+#: KEY = a string, integer or boolean value, then an optional comment.
+_ANY_VALUE = (
+    r"""(?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|[+-]?\d[\d_]*|true|false)(?P<rest>\s*(?:#.*)?)$"""
+)
+
+
+def set_table_keys(
+    text: str,
+    table: str,
+    values: Mapping[str, str | int],
+    comment: str,
+    *,
+    source: str | Path = "spec.toml",
+) -> str:
+    """*text* with keys of the plain table ``[TABLE]`` set to *values* (strings or integers),
+    each edited line preceded by ``# COMMENT (was OLD)``; a key the table lacks is added
+    after its header, a missing table at the end. Every other byte stays; the result must
+    parse to the same data but for those keys (UsageError naming *source* otherwise)."""
+    try:
+        before = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{source}: invalid TOML: {exc}") from None
+    header = re.compile(_TABLE_HEADER.format(name=re.escape(table)))
+    lines = text.splitlines(keepends=True)
+    newline = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
+    start = next((i for i, line in enumerate(lines) if header.match(line.rstrip("\r\n"))), None)
+    if start is None:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += newline
+        lines += [newline, f"[{table}]{newline}"]
+        start = len(lines) - 1
+    end = next((i for i in range(start + 1, len(lines)) if _HEADER.match(lines[i])), len(lines))
+    inserts: list[str] = []
+    for key, value in values.items():
+        rendered = json.dumps(value, ensure_ascii=False)
+        pattern = re.compile(rf"^(?P<head>\s*{re.escape(key)}\s*=\s*){_ANY_VALUE}")
+        number = next(
+            (i for i in range(start + 1, end) if pattern.match(lines[i].rstrip("\r\n"))), None
+        )
+        if number is None:
+            inserts += [f"# {comment}{newline}", f"{key} = {rendered}{newline}"]
+            continue
+        body = lines[number].rstrip("\r\n")
+        match = pattern.match(body)
+        assert match is not None
+        indent = re.match(r"\s*", body)[0]  # type: ignore[index]
+        lines[number] = (
+            f"{indent}# {comment} (was {match['value']}){newline}"
+            f"{match['head']}{rendered}{match['rest']}{lines[number][len(body) :]}"
+        )
+    lines[start + 1 : start + 1] = inserts
+    edited = "".join(lines)
+    expected = {**before, table: {**(before.get(table) or {}), **values}}
+    try:
+        after = tomllib.loads(edited)
+    except tomllib.TOMLDecodeError:
+        after = None
+    if after != expected:
+        raise UsageError(
+            f"{source}: cannot set [{table}] {', '.join(values)} in place (the file is written "
+            "in a way this edit does not handle); set them by hand"
+        )
+    return edited
+
+
+__all__ = ["set_model_keys", "set_table_keys"]

@@ -281,6 +281,20 @@ Example:
     "from the network) instead of 127.0.0.1. (Under gramine-direct the measured "
     "configuration decides.)",
 )
+@click.option(
+    "--enforce-limits",
+    is_flag=True,
+    help="gramine-direct: hold the service to the enclave's own limits, as SGX does "
+    "(sgx.max_threads as a pids cgroup limit, sgx.enclave_size as its address-space "
+    "limit); a spec too small for the load then fails here, explained.",
+)
+@click.option(
+    "--observe",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Write what the run used into DIR: observation.json (peak threads, peak memory) "
+    "and, with strace installed, the files it opened (what `profile` reads).",
+)
 def run(
     build_dir: Path,
     simulate: bool,
@@ -288,6 +302,8 @@ def run(
     env_items: tuple[str, ...],
     mode: str,
     listen_all: bool,
+    enforce_limits: bool,
+    observe: Path | None,
 ) -> None:
     """Run the image built into BUILD_DIR here, as a SIMULATION (no SGX). BUILD_DIR is a
     build output, or a project directory whose build is in out/ (exit 2 for anything else).
@@ -297,7 +313,9 @@ def run(
     the image, as the image's user) when the image holds a real Gramine and you are root,
     otherwise as a plain process with this Python (Python-server frameworks only; binary
     frameworks such as tfserving exit with status 2). SIGINT/SIGTERM are forwarded; the exit
-    status is the service's.
+    status is the service's. When the service fails, the Gramine failures its log shows
+    (out of memory, no free thread, a refused file, a missing library, a stack overflow) are
+    explained with the spec key to change and by how much.
     """
     from ..run import RunOptions, parse_env, run_build
 
@@ -314,6 +332,8 @@ def run(
             mode=mode,
             log=lambda line: click.echo(line, err=True),
             listen_all=listen_all,
+            enforce_limits=enforce_limits,
+            observe=observe.resolve() if observe is not None else None,
         )
         code = run_build(build_dir, options)
     sys.exit(code)

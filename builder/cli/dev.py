@@ -99,6 +99,12 @@ failed. 130 after Ctrl-C (or SIGTERM). SIMULATION: nothing is attested.
     "DIR/.enclave-build/pki, made once); for a secret server of your own that "
     "trusts another one.",
 )
+@click.option(
+    "--enforce-limits",
+    is_flag=True,
+    help="Hold the enclave to its own sgx.max_threads and sgx.enclave_size under "
+    "gramine-direct (as `run --enforce-limits`).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No build progress bars.")
 def dev(
     spec: Path,
@@ -111,6 +117,7 @@ def dev(
     mode: str,
     timeout: float,
     pki: Path | None,
+    enforce_limits: bool,
     quiet: bool,
 ) -> None:
     """Serve SPEC (a spec.toml, or a project directory; default: .) here, in one command:
@@ -137,6 +144,7 @@ def dev(
                 mode=mode,
                 timeout=timeout,
                 pki=pki,
+                enforce_limits=enforce_limits,
             )
             session = DevSession(spec, options, log=echo_err)
             with session:
@@ -165,3 +173,130 @@ def dev(
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+@click.command(
+    "profile",
+    epilog="""\b
+Examples:
+  enclave-build profile my-model                          # 100 requests per model, 4 at once
+  enclave-build profile my-model --requests 500 --concurrency 16 --json
+  enclave-build profile my-model --write && enclave-build build my-model
+\b
+Serves the project as `dev` does (build if stale, a local secret server, `run --simulate
+--observe`), sends --requests inference requests per model at --concurrency (--input FILE, or
+zeros from each model's metadata), stops it, and reports: time to ready; peak memory (the
+direct-mode loader's VmPeak, the address space sgx.enclave_size must hold, and VmHWM,
+resident); peak threads (exact, from a pids cgroup) against sgx.max_threads; latency p50/p99
+per model; the trusted files opened (strace) against those trusted, the unused ones by Debian
+package; refused files (logged at [enclave] log_level "warning" or above). Then recommends
+[enclave] size (next power of two above the peak + 25%), max_threads (peak + 4), EDMM, and
+the EPC request `k8s` would make. --write puts size and max_threads into the spec, each line
+under a comment saying what was measured and the old value; rebuild to apply.
+\b
+Under gramine-direct only (a real Gramine base, as root). On a stand-in base the service runs
+as a plain process: time to ready and latency are measured, memory, threads and files are not
+(the report says so). SIMULATION: direct mode enforces neither size nor threads; `run
+--enforce-limits` holds a run to them.
+""",
+)
+@click.argument(
+    "spec", metavar="[SPEC|DIR]", required=False, default=".", type=click.Path(path_type=Path)
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The build output directory (default: out/ next to the spec).",
+)
+@click.option("--base", metavar="REF", help="Base image for the build (as `dev --base`).")
+@click.option(
+    "--requests",
+    "requests",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Inference requests per model.",
+)
+@click.option(
+    "--concurrency",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Requests in flight at once.",
+)
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The request (KServe v2 JSON, .npy or .npz; one model: with --model if several).",
+)
+@click.option("--model", metavar="NAME", help="Profile only this model.")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "gramine-direct", "process"]),
+    default="auto",
+    show_default=True,
+    help="How the enclave runs (as `run --mode`).",
+)
+@click.option(
+    "--timeout",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Seconds to wait for the model server to be ready.",
+)
+@click.option("--write", is_flag=True, help="Apply size and max_threads to the spec.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report as JSON: schema, service, mode, spec, time_to_ready_s, memory, "
+    "threads, requests, trusted_files, recommendation, cannot_see, written.",
+)
+def profile(
+    spec: Path,
+    output: Path | None,
+    base: str | None,
+    requests: int,
+    concurrency: int,
+    input_file: Path | None,
+    model: str | None,
+    mode: str,
+    timeout: float,
+    write: bool,
+    as_json: bool,
+) -> None:
+    """Measure what the enclave of SPEC (a spec.toml or project directory) needs under load
+    and recommend [enclave] size, max_threads and the trusted-file trim."""
+    from ..dev import DevError
+    from ..dev.profile import ProfileOptions
+    from ..dev.profile import profile as run_profile
+    from .output import print_json
+
+    options = ProfileOptions(
+        output=output,
+        base=base,
+        requests=requests,
+        concurrency=concurrency,
+        input=input_file,
+        model=model,
+        mode=mode,
+        timeout=timeout,
+        write=write,
+    )
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with errors({OSError: DevError}):
+            try:
+                report = run_profile(spec, options, lambda line: click.echo(line, err=True))
+            except KeyboardInterrupt:
+                click.echo("profile: interrupted; everything it started is stopped", err=True)
+                sys.exit(INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        for line in report.lines():
+            click.echo(line)

@@ -116,6 +116,7 @@ for _command in (
     cache.cache,
     dev.dev,
     provenance.verify_provenance,
+    dev.profile,
 ):
     main.add_command(_command)
 

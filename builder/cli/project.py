@@ -180,6 +180,10 @@ def init_command(
 Examples:
   enclave-build doctor
   enclave-build doctor --base dir:/srv/gramine-base --json
+  enclave-build doctor --log enclave.log --spec spec.toml   # explain a failed enclave's log
+\b
+With --log: only the log is read (no machine checks). Exit 0 when a failure is recognised and
+explained, 1 when none is (the log's last lines are then worth reading yourself).
 \b
 Statuses: ok, missing (with a fix), warn (works partly; with a fix). Exit 0 unless --strict
 and something is missing. JSON schema (stable): {"schema": 1, "ok": BOOL, "counts": {"ok": N,
@@ -194,13 +198,42 @@ and something is missing. JSON schema (stable): {"schema": 1, "ok": BOOL, "count
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--strict", is_flag=True, help="Exit 1 if any check is missing.")
-def doctor(base: str | None, as_json: bool, strict: bool) -> None:
+@click.option(
+    "--log",
+    "log_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Explain the failures in this enclave log (Gramine's output, e.g. `docker logs` of "
+    "an SGX container): what happened, the spec key to change and by how much. With --json: "
+    "schema, log, recognised, explanations (kind, what, key, change, value, paths, lines).",
+)
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="--log: the spec the enclave was built from ([enclave] size and max_threads make "
+    "the suggested values exact).",
+)
+def doctor(
+    base: str | None,
+    as_json: bool,
+    strict: bool,
+    log_file: Path | None,
+    spec_path: Path | None,
+) -> None:
     """Report what this machine can do: Docker engine, registry credentials, SGX devices,
     aesmd, PCCS, Gramine in a base, what a local real base needs, and the Python runtimes of
     `run --simulate`, each with a fix for what is missing. Contacts nothing that is not
-    configured."""
+    configured. With --log FILE: explain an enclave's failure from its log instead."""
     from ..doctor import diagnose
 
+    if log_file is not None:
+        _explain_log(log_file, spec_path, as_json)
+        return
+    if spec_path is not None:
+        with errors():
+            from ..errors import UsageError
+
+            raise UsageError("--spec goes with --log")
     with errors():
         report = diagnose(base)
     if as_json:
@@ -215,3 +248,31 @@ def doctor(base: str | None, as_json: bool, strict: bool) -> None:
         click.echo(f"\n{counts['ok']} ok, {counts['missing']} missing, {counts['warn']} warn")
     if strict and not report.ok:
         sys.exit(1)
+
+
+def _explain_log(log_file: Path, spec_path: Path | None, as_json: bool) -> None:
+    from ..doctor import explain_log
+
+    with errors():
+        explained = explain_log(log_file, spec_path)
+    if as_json:
+        print_json(
+            {
+                "schema": 1,
+                "log": str(log_file),
+                "recognised": bool(explained),
+                "explanations": [e.to_json() for e in explained],
+            }
+        )
+    elif explained:
+        from ..run.failures import report_lines
+
+        click.echo(f"{log_file}: {len(explained)} failure(s) recognised")
+        for line in report_lines(explained):
+            click.echo(line)
+    else:
+        click.echo(
+            f"{log_file}: no failure this version recognises (out of memory, no free thread, "
+            "a refused file, a missing library, a stack overflow); read its last lines"
+        )
+    sys.exit(0 if explained else 1)

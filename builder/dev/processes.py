@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..run.failures import EXPLAINED
+
 #: Lines of each process's output kept for an error message.
 TAIL_LINES = 25
 #: A line that reports an error (``error: ...``, ``model_server: cannot load ...``, an
@@ -112,9 +114,16 @@ class ManagedProcess:
         return "\n".join(f"  {self.name} | {line}" for line in lines)
 
     def key_line(self) -> str:
-        """The one line of its output that says most about a failure: the first that reports
-        an error, else the last non-empty one; prefixed ``  NAME | `` as streamed."""
+        """The one line of its output that says most about a failure: the run's explanation
+        of it (``run: ...`` lines after :data:`EXPLAINED`) if it gave one, else the first line
+        that reports an error, else the last non-empty one; prefixed ``  NAME | `` as
+        streamed."""
         self.flush()
+        lines = list(self.tail)
+        marks = [i for i, text in enumerate(lines) if EXPLAINED in text]
+        if marks:
+            explained = [t for t in lines[marks[-1] :] if t.startswith("run: ")]
+            return "\n".join(f"  {self.name} | {t}" for t in explained)
         line = self.first_error
         if line is None:
             line = next((t for t in reversed(self.tail) if t.strip()), None)

@@ -52,7 +52,7 @@ from ..plugin_types import NullProgress, Progress
 from ..spec import Spec
 from ..spec_file import spec_file
 from . import local_secrets, snippets
-from .processes import ManagedProcess, wait_until
+from .processes import EXPLAINED, ManagedProcess, wait_until
 from .requests import (
     InferRequest,
     ModelMetadata,
@@ -84,6 +84,8 @@ class DevOptions:
     input: Path | None = None  # the request of `once` (JSON, .npy, .npz)
     model: str | None = None  # the model `once` asks (default: the first)
     mode: str = "auto"  # run --mode
+    enforce_limits: bool = False  # run --enforce-limits
+    observe: Path | None = None  # run --observe DIR
     timeout: float = 300.0  # seconds until the model server is ready
     pki: Path | None = None  # synthetic PKI (default: .enclave-build/pki)
 
@@ -139,6 +141,9 @@ class DevSession:
         self._pki: Path | None = None
         self.spec: Spec | None = None
         self._lock = threading.Lock()
+        #: time.monotonic() when the enclave's run started, and when it answered ready
+        self.enclave_started: float | None = None
+        self.ready_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -311,11 +316,16 @@ class DevSession:
             "--mode",
             self.options.mode,
         ]
+        if self.options.enforce_limits:
+            argv.append("--enforce-limits")
+        if self.options.observe is not None:
+            argv += ["--observe", str(self.options.observe)]
         self._emit(
             f"dev: starting the enclave: enclave-build run {output} --simulate (it "
             "checks the image against its signature first)"
         )
         self.enclave = ManagedProcess("enclave", argv, self._emit, watch=watch)
+        self.enclave_started = time.monotonic()
         self.enclave.start()
 
     def wait_ready(self, info: ServiceInfo, service: str) -> None:
@@ -353,6 +363,7 @@ class DevSession:
                 f"{service} was not ready after {self.options.timeout:g} s "
                 "(--timeout)" + self._log_pointer()
             )
+        self.ready_at = time.monotonic()
 
     def _check_alive(self, service: str) -> None:
         if self.enclave is not None and not self.enclave.running():
@@ -377,7 +388,13 @@ class DevSession:
         for candidate in order:
             candidate.flush()
         chosen = next((p for p in order if p.first_error is not None), order[0])
-        what = "the first error" if chosen.first_error is not None else "the last line"
+        what = (
+            "what the run explained"
+            if any(EXPLAINED in t for t in chosen.tail)
+            else "the first error"
+            if chosen.first_error is not None
+            else "the last line"
+        )
         return f"; its output is above, {what} in it:\n{chosen.key_line()}"
 
     @staticmethod

@@ -62,6 +62,12 @@ class DirectLaunch:
     gid: int = 0
     env: Mapping[str, str] = field(default_factory=dict)
     args: Sequence[str] = ()  # passed on only if the manifest allows command-line argv
+    #: a cgroup directory (pids) the launch joins before anything starts
+    cgroup: Path | None = None
+    #: RLIMIT_AS of the loader (bytes): the enclave's address space, sgx.enclave_size
+    address_space: int | None = None
+    #: strace the launch's successful opens into this file (builder.run.observe)
+    trace_opens: Path | None = None
 
 
 def has_gramine_direct(root: Path) -> bool:
@@ -150,12 +156,17 @@ def command(launch: DirectLaunch) -> list[str]:
     """The host command line: private mount namespace, bind mounts, chroot, gramine-direct."""
     root = str(Path(launch.root).resolve())
     steps = ["set -e"]
+    if launch.cgroup is not None:
+        # joined first: every task of the launch (the loader's threads) is counted and limited
+        steps.append(f"echo $$ > {shlex.quote(str(launch.cgroup / 'cgroup.procs'))}")
     for inner, source, read_only, recursive in BIND_MOUNTS:
         target = shlex.quote(root + inner)
         steps.append(f"mount {'--rbind' if recursive else '--bind'} {source} {target}")
         if read_only:
             steps.append(f"mount -o remount,bind,ro {target}")
+    limit = ["prlimit", f"--as={launch.address_space}", "--"] if launch.address_space else []
     chroot = [
+        *limit,
         "chroot",
         f"--userspec={launch.uid}:{launch.gid}",
         f"--groups={launch.gid}",
@@ -166,7 +177,13 @@ def command(launch: DirectLaunch) -> list[str]:
     ]
     steps.append("exec " + shlex.join(chroot))
     env = [f"{k}={v}" for k, v in sorted({"PATH": HOST_PATH, **launch.env}.items())]
+    trace: list[str] = []
+    if launch.trace_opens is not None:
+        from .observe import strace_prefix
+
+        trace = strace_prefix(launch.trace_opens)
     return [
+        *trace,
         "unshare",
         "--mount",
         "--propagation",
@@ -195,7 +212,10 @@ def check(launch: DirectLaunch) -> None:
             f"{root}: no Gramine in this root filesystem ({GRAMINE_DIRECT} and "
             f"{DIRECT_LOADER} are needed; a stand-in base has neither)"
         )
-    for tool in ("unshare", "mount", "chroot", "env"):
+    tools = ["unshare", "mount", "chroot", "env"]
+    tools += ["prlimit"] if launch.address_space else []
+    tools += ["strace"] if launch.trace_opens is not None else []
+    for tool in tools:
         if shutil.which(tool) is None:
             raise LaunchError(f"{tool!r} not found on the host (util-linux / coreutils)")
     for inner, _source, _ro, _rec in BIND_MOUNTS:
@@ -216,16 +236,23 @@ def start(launch: DirectLaunch, **popen: Any) -> subprocess.Popen:
 
 
 def wait_forwarding(
-    process: subprocess.Popen, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)
+    process: subprocess.Popen,
+    signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+    group: bool = False,
 ) -> int:
     """Wait for *process*; SIGTERM/SIGINT sent to us become SIGTERM to it (a second one:
-    SIGKILL). Returns its exit code (128 + N if a signal N ended it)."""
+    SIGKILL); *group*: to its whole process group (it leads one: a tracer that ignores them
+    in front of the loader). Returns its exit code (128 + N if a signal N ended it)."""
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
         received.append(signum)
+        sig = signal.SIGKILL if len(received) > 1 else signal.SIGTERM
         try:
-            process.send_signal(signal.SIGKILL if len(received) > 1 else signal.SIGTERM)
+            if group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
         except ProcessLookupError:
             pass
 

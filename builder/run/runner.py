@@ -39,6 +39,8 @@ import posixpath
 import re
 import subprocess
 import sys
+import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,7 +61,17 @@ from ..image.oci import Image
 from ..image.verify import EnclaveVerification, python_path
 from ..rootfs import RootFS
 from . import gramine_direct
+from .failures import EXPLAINED, Limits, explain, report_lines
 from .gramine_direct import DirectLaunch, resolve_user, wait_forwarding
+from .observe import (
+    OPENS_FILE,
+    Observation,
+    ObserveError,
+    PidsCgroup,
+    Sampler,
+    strace_available,
+    write_trusted,
+)
 from .rootfs import apply_ownership, image_ownership, private_root
 from .view import enclave_view
 
@@ -90,6 +102,11 @@ class RunOptions:
     started: Callable[[subprocess.Popen], None] | None = None  # called with the process
     #: plain process: serve on the image's wildcard addresses instead of 127.0.0.1
     listen_all: bool = False
+    #: gramine-direct: hold the service to the enclave's own limits (sgx.max_threads as a pids
+    #: cgroup limit, sgx.enclave_size as its address-space limit), as SGX would
+    enforce_limits: bool = False
+    #: write what the run used (builder.run.observe) into this directory
+    observe: Path | None = None
 
 
 @dataclass
@@ -388,6 +405,84 @@ def check_before_start(build: Build, root: Path, mode: str, listen_all: bool = F
         raise RunError("not started: " + "\nnot started: ".join(checks.ports))
 
 
+#: Lines of the service's output kept for explaining a failure.
+WATCH_LINES = 4000
+
+
+class OutputWatch:
+    """The service's stdout and stderr passed through to where they would have gone (this
+    process's own, by default) while the last :data:`WATCH_LINES` lines are kept for
+    :func:`builder.run.failures.explain`. Destinations given as files or descriptors are
+    passed to the process as they are (nothing kept)."""
+
+    def __init__(self, stdout: IO[Any] | int | None, stderr: IO[Any] | int | None):
+        self.targets = (stdout, stderr)
+        self.lines: deque[str] = deque(maxlen=WATCH_LINES)
+        self.threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def streams(self) -> tuple[Any, Any]:
+        return tuple(subprocess.PIPE if t is None else t for t in self.targets)  # type: ignore[return-value]
+
+    def attach(self, process: subprocess.Popen) -> None:
+        pipes = ((process.stdout, sys.stdout), (process.stderr, sys.stderr))
+        for (pipe, target), given in zip(pipes, self.targets, strict=True):
+            if pipe is None or given is not None:  # the caller's own destination
+                continue
+            thread = threading.Thread(target=self._pump, args=(pipe, target), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _pump(self, pipe: IO[bytes], target: IO[str]) -> None:
+        out = getattr(target, "buffer", None)
+        for raw in iter(pipe.readline, b""):
+            try:
+                if out is not None:
+                    out.write(raw)
+                    out.flush()
+                else:
+                    target.write(raw.decode(errors="replace"))
+                    target.flush()
+            except (OSError, ValueError):
+                pass
+            with self._lock:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+        pipe.close()
+
+    def join(self, timeout: float = 10.0) -> None:
+        for thread in self.threads:
+            thread.join(timeout)
+
+
+def _observation_setup(
+    options: RunOptions, limits: Limits, log: Callable[[str], None]
+) -> tuple[PidsCgroup | None, Path | None]:
+    """The pids cgroup (for --enforce-limits or --observe) and the strace output (--observe)
+    of a gramine-direct launch. Enforcing needs the cgroup (RunError without one); observing
+    falls back to sampling /proc without it, and to no file list without strace."""
+    cgroup = None
+    if options.enforce_limits or options.observe is not None:
+        try:
+            cgroup = PidsCgroup(limits.max_threads if options.enforce_limits else None)
+        except ObserveError as exc:
+            if options.enforce_limits:
+                raise RunError(f"--enforce-limits: {exc}") from None
+            log(f"run: {exc}; threads are sampled from /proc instead (may miss short-lived ones)")
+    if options.enforce_limits:
+        log(
+            f"run: enforcing the enclave's limits: sgx.max_threads = {limits.max_threads} "
+            f"(pids cgroup), sgx.enclave_size = {limits.enclave_size} bytes (address space)"
+        )
+    trace = None
+    if options.observe is not None:
+        options.observe.mkdir(parents=True, exist_ok=True)
+        if strace_available():
+            trace = options.observe / OPENS_FILE
+        else:
+            log("run: strace is not installed: the files the service opens are not recorded")
+    return cgroup, trace
+
+
 def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
     """Run the build in BUILD_DIR (simulation); returns the service's exit code."""
     from enclave_build.attestation.simulated_quoter import QuoterError, SimulatedQuoter
@@ -412,6 +507,11 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
             host, port = quoter.start()
         except QuoterError as exc:
             raise RunError(str(exc)) from None
+        limits = Limits.from_manifest(build.manifest, options.enforce_limits)
+        watch = OutputWatch(options.stdout, options.stderr)
+        out_stream, err_stream = watch.streams()
+        cgroup: PidsCgroup | None = None
+        trace: Path | None = None
         try:
             env = {**options.env, QUOTER_ENV: f"{host}:{port}"}
             log(
@@ -431,10 +531,22 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
                             "not see it"
                         )
                 _check_encrypted_files(build, root, uid, gid, log)
+                cgroup, trace = _observation_setup(options, limits, log)
+                if options.observe is not None:
+                    write_trusted(options.observe, list(build.verification.trusted), root)
                 process = gramine_direct.start(
-                    DirectLaunch(root, build.app, uid, gid, env),
-                    stdout=options.stdout,
-                    stderr=options.stderr,
+                    DirectLaunch(
+                        root,
+                        build.app,
+                        uid,
+                        gid,
+                        env,
+                        cgroup=cgroup.path if cgroup is not None else None,
+                        address_space=limits.enclave_size if options.enforce_limits else None,
+                        trace_opens=trace,
+                    ),
+                    stdout=out_stream,
+                    stderr=err_stream,
                 )
             else:
                 argv, full_env, cwd = process_command(build, root, env)
@@ -444,24 +556,59 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
                         f"run: plain process: {build.measurements.service} listens on 127.0.0.1 "
                         "only (--listen-all for the image's addresses)"
                     )
+                if options.enforce_limits:
+                    log(
+                        "run: warning: --enforce-limits applies under gramine-direct only; a "
+                        "plain process is held to no enclave limit"
+                    )
                 process = subprocess.Popen(
                     argv,
                     env=full_env,
                     cwd=cwd,
-                    stdout=options.stdout,
-                    stderr=options.stderr,
+                    stdout=out_stream,
+                    stderr=err_stream,
                     start_new_session=True,
                 )
+            watch.attach(process)
             if options.started is not None:
                 options.started(process)
-            code = wait_forwarding(process)
+            observation = Observation(
+                mode,
+                max_threads=limits.max_threads,
+                enclave_size=limits.enclave_size,
+                enforced=options.enforce_limits and mode == "gramine-direct",
+                opens_file=str(trace) if trace is not None else None,
+            )
+            sampler = (
+                Sampler(process.pid, observation, cgroup, options.observe).start()
+                if options.observe is not None or cgroup is not None
+                else None
+            )
+            code = wait_forwarding(process, group=trace is not None)
+            watch.join()
+            if sampler is not None:
+                observation.exit_code = code
+                sampler.stop()
             if code not in (0, 128 + 2, 128 + 15):  # not a clean stop, nor SIGINT/SIGTERM
+                refused = cgroup.refused() if cgroup is not None else None
+                explained = explain(
+                    watch.lines,
+                    limits if mode == "gramine-direct" else Limits(),
+                    code,
+                    threads_refused=refused,
+                )
+                if explained:
+                    log(f"run: the service exited with status {code}; {EXPLAINED}")
+                    for line in report_lines(explained, "run: "):
+                        log(line)
                 hint = secret_server_hint(build.directory)
                 if hint:
                     log(hint)
             return code
         finally:
             quoter.stop()
+            if cgroup is not None:
+                cgroup.close()
 
 
 __all__ = [
