@@ -685,7 +685,9 @@ def explain_log(log_file: Path, spec_path: Path | None = None) -> list[Any]:
             data = tomllib.loads(spec_path.read_text())
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise UsageError(f"{spec_path}: cannot read the spec: {exc}") from None
-        enclave = data.get("enclave") if isinstance(data.get("enclave"), dict) else {}
+        enclave = data.get("enclave")
+        if not isinstance(enclave, dict):
+            enclave = {}
         threads = enclave.get("max_threads")
         limits = Limits(
             parse_size(enclave.get("size")),

@@ -328,8 +328,8 @@ def profile(
             observe_parent,
             enclave_lines,
         )
-        if options.write and report.recommendation.size and report.recommendation.max_threads:
-            rec = report.recommendation
+        rec = report.recommendation
+        if options.write and observation is not None and rec.size and rec.max_threads:
             text = spec_obj.path.read_text()
             stamp = datetime.date.today().isoformat()
             comment = (

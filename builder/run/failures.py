@@ -47,6 +47,11 @@ THREAD_MARGIN = 4
 MAX_PATHS = 10
 
 
+def _table(value: Any) -> dict[str, Any]:
+    """*value* when it is a TOML table, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 @dataclass(frozen=True)
 class Limits:
     """The enclave's limits as its manifest sets them (None: unknown)."""
@@ -59,9 +64,8 @@ class Limits:
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], enforced: bool = False) -> Limits:
-        sgx = manifest.get("sgx") if isinstance(manifest.get("sgx"), dict) else {}
-        sys_ = manifest.get("sys") if isinstance(manifest.get("sys"), dict) else {}
-        stack = sys_.get("stack") if isinstance(sys_.get("stack"), dict) else {}
+        sgx = _table(manifest.get("sgx"))
+        stack = _table(_table(manifest.get("sys")).get("stack"))
         threads = sgx.get("max_threads")
         return cls(
             parse_size(sgx.get("enclave_size")),
