@@ -130,6 +130,8 @@ MAX_REQUEST = LIMITS["max_request_bytes"]
 BUDGET_MIB = 4 * MAX_REQUEST / (1 << 20)
 #: The goal for peak RSS growth: the byte budget.
 GOAL_RSS_MIB = BUDGET_MIB
+#: Extra arguments of the model server (e.g. --log-level INFO when looking into a row).
+EXTRA_ARGS: list[str] = []
 
 
 class Server:
@@ -179,7 +181,14 @@ class Server:
         path.write_text(json.dumps(config))
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enclave_build.model_server", "--config", str(path)],
+            [
+                sys.executable,
+                "-m",
+                "enclave_build.model_server",
+                "--config",
+                str(path),
+                *EXTRA_ARGS,
+            ],
             cwd=REPO,
             env=env,
             stderr=subprocess.PIPE,
@@ -1155,6 +1164,14 @@ KNOWN_LIMITS = {
     "idle-over-grpc-cap": "known limit: grpc cannot close an idle connection to make room for "
     "a new one, so new gRPC channels are refused while the attacker holds "
     "max_grpc_connections; put a per-client connection limit in front",
+    "churning-streams-fast": "known limit: 12,800 new streams a second are more than grpc's "
+    "Python server accepts calls; grpc core cancels new streams (legitimate ones too) while "
+    "its queue of calls not yet accepted is full; put a per-client stream rate limit in front",
+    "grpc-typed-flood": "known limit: grpc's own copies of a large message (received, and an "
+    "answer being sent) are outside the byte budget; bounded, not by the budget alone",
+    "unread-grpc-answers": "known limit: answers not read keep their bytes in the budget and "
+    "are cancelled when it needs room, but grpc's copies of large messages are outside it "
+    "(bounded: the same with 6 connections as with 2)",
 }
 
 

@@ -301,6 +301,8 @@ class GRPCService:
 
     def model_infer(self, requests, context) -> bytes:
         engine = self.engine
+        if not context.is_active():  # its client went away while the call queued: no room
+            return b""
         # room, before the message
         holder = self.gate.enter(context.cancel, context.peer(), context.is_active)
         if holder is None:

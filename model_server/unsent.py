@@ -17,6 +17,7 @@ client reads slowly is dropped only while others need its room.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .core import ByteBudget, Hold
+
+log = logging.getLogger("model_server")
 
 #: Seconds an unsent answer keeps its bytes before the budget may take them back (a client
 #: reading its answer has it well within this).
@@ -107,8 +110,12 @@ class UnsentAnswers:
                     break
                 del self._waiting[entry]
                 freed += entry.bytes
-                entry.bytes = 0
                 dropped.append(entry)
         for entry in dropped:
+            log.info(
+                "dropping an answer not read for %.1f s (%d bytes): the byte budget needs room",
+                now - entry.since,
+                entry.bytes,
+            )
             entry.drop()
         return freed
