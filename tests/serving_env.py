@@ -242,6 +242,29 @@ def start_run(
     return process, Served(process, f"{host(match[1])}:{match[2]}", f"{host(match[3])}:{match[4]}")
 
 
+def verifier_args(keys: Keys, measurements: Path) -> list[str]:
+    """The options of `attest` and of the example client for the test's synthetic PKI."""
+    return [
+        "--measurements",
+        str(measurements),
+        "--collateral",
+        str(keys.pki_dir / "collateral.json"),
+        "--allow-synthetic-root",
+        str(keys.pki_dir / "root.pem"),
+    ]
+
+
+def attest(address: str, keys: Keys, measurements: Path) -> subprocess.CompletedProcess:
+    """`enclave-build attest ADDRESS --measurements M --json`, trusting the test's synthetic PKI."""
+    return subprocess.run(
+        [sys.executable, "-m", "enclave_build", "attest", address]
+        + verifier_args(keys, measurements)
+        + ["--json"],
+        capture_output=True,
+        timeout=300,
+    )
+
+
 # --------------------------------------------------------------------------- asking the service
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -87,32 +87,13 @@ def _pem(address: str) -> bytes:
     return ssl.get_server_certificate((host, int(port))).encode()
 
 
-def _attest(address: str, keys: se.Keys, measurements: Path) -> subprocess.CompletedProcess:
-    return run_cli(
-        "attest",
-        address,
-        "--measurements",
-        str(measurements),
-        "--collateral",
-        str(keys.pki_dir / "collateral.json"),
-        "--allow-synthetic-root",
-        str(keys.pki_dir / "root.pem"),
-        "--json",
-    )
-
-
 def _example(address: str, keys: se.Keys, measurements: Path, *extra: str):
     return subprocess.run(
         [
             sys.executable,
             str(EXAMPLE_CLIENT),
             address,
-            "--measurements",
-            str(measurements),
-            "--collateral",
-            str(keys.pki_dir / "collateral.json"),
-            "--allow-synthetic-root",
-            str(keys.pki_dir / "root.pem"),
+            *se.verifier_args(keys, measurements),
             *extra,
         ],
         capture_output=True,
@@ -177,10 +158,10 @@ def test_secret_server_issues_the_serving_certificate(tmp_path, keys, standin_ro
         assert h.is_model_ready("faces")
 
         # attest on the model endpoint: the right measurements pass, another build's do not.
-        ok = _attest(served.http, keys, out / "measurements.json")
+        ok = se.attest(served.http, keys, out / "measurements.json")
         assert ok.returncode == 0, ok.stderr.decode()
         assert json.loads(ok.stdout)["attested"] is True
-        wrong = _attest(served.grpc, keys, other / "measurements.json")
+        wrong = se.attest(served.grpc, keys, other / "measurements.json")
         assert wrong.returncode == 1, wrong.stderr.decode()
         assert b"mr_enclave" in wrong.stderr
 
@@ -234,7 +215,7 @@ def test_self_signed_endpoint_attests_and_the_client_refuses_no_quote(tmp_path, 
         cert = x509.load_pem_x509_certificate(_pem(served.http))
         spki = serving_cert.spki_der(cert.public_key())
         assert cert.issuer == cert.subject
-        ok = _attest(served.grpc, keys, out / "measurements.json")
+        ok = se.attest(served.grpc, keys, out / "measurements.json")
         assert ok.returncode == 0, ok.stderr.decode()
         good = _example(served.grpc, keys, out / "measurements.json", "--grpc")
         assert good.returncode == 0, good.stderr

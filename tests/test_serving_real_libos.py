@@ -40,7 +40,6 @@ import pytest
 from enclave_build.builder.secrets_config import write_issuing_ca
 
 from . import serving_env as se
-from .conftest import run_cli
 from .models import face_detection_tflite
 
 pytestmark = pytest.mark.integration
@@ -250,20 +249,6 @@ def _assert_gramine_direct(run: se.Process) -> None:
     )
 
 
-def _attest(address: str, keys: se.Keys, measurements: Path):
-    return run_cli(
-        "attest",
-        address,
-        "--measurements",
-        str(measurements),
-        "--collateral",
-        str(keys.pki_dir / "collateral.json"),
-        "--allow-synthetic-root",
-        str(keys.pki_dir / "root.pem"),
-        "--json",
-    )
-
-
 def _assert_attested_endpoint(served: se.Served, keys: se.Keys, out: Path, tmp: Path) -> None:
     """The endpoint's certificate was issued by the issuing CA for the spec's hosts and carries
     the quote; `enclave-build attest` accepts the build's measurements and refuses others."""
@@ -282,12 +267,12 @@ def _assert_attested_endpoint(served: se.Served, keys: se.Keys, out: Path, tmp: 
     identity = serving_cert.read_identity(cert)
     assert identity is not None and identity.mr_enclave == measured["mr_enclave"]
     for address in (served.http, served.grpc):
-        ok = _attest(address, keys, out / "measurements.json")
+        ok = se.attest(address, keys, out / "measurements.json")
         assert ok.returncode == 0, ok.stderr.decode()
         assert json.loads(ok.stdout)["attested"] is True
     other = tmp / "other-measurements.json"
     other.write_text(json.dumps({**measured, "mr_enclave": "ab" * 32}))
-    wrong = _attest(served.grpc, keys, other)
+    wrong = se.attest(served.grpc, keys, other)
     assert wrong.returncode == 1, wrong.stderr.decode()
     assert b"mr_enclave" in wrong.stderr
 

@@ -61,7 +61,7 @@ def write_provenance(out: Path, spec: Path, base: str, result) -> Path:
     SLSA v1), made with the contract types as the build's own writer makes it."""
     from enclave_build.builder.gramine.identity import read_sigstruct
     from enclave_build.builder.image.sources import open_base
-    from enclave_build.builder.verify_build import base_manifest_digest
+    from enclave_build.builder.provenance import base_digest_of
 
     files = image_rootfs(out)
     manifest = (files / "enclave/face.manifest.sgx").read_bytes()
@@ -92,7 +92,7 @@ def write_provenance(out: Path, spec: Path, base: str, result) -> Path:
         ),
         spec=Digested("spec.toml", hashlib.sha256(spec.read_bytes()).hexdigest()),
         base_ref=base,
-        base_digest=base_manifest_digest(open_base(base).image),
+        base_digest=base_digest_of(open_base(base).image),
         models=(
             ModelDigest(
                 "face", "1", "/models/face/1/model.tflite", hashlib.sha256(MODEL).hexdigest()
