@@ -255,3 +255,63 @@ def _assert_no_serving_key_anywhere(tmp_path: Path, log: str, spki: bytes) -> No
             )
             assert public != spki, f"the serving key is in {path}"
     assert found >= 3  # the scan saw the test's own keys (secret server, issuing CA, signer)
+
+
+def test_the_issued_certificate_is_renewed_by_the_live_secret_server(tmp_path, keys, standin_root):
+    """A policy lifetime of a few seconds: the enclave asks again two thirds of the way to
+    expiry; the served certificate changes, is issued again for the same key, and stays valid
+    (clients trusting issuer-ca.pem keep being served)."""
+    import datetime as _dt
+    import time
+
+    import tritonclient.http as httpclient
+
+    out, _ = _build(
+        tmp_path,
+        keys,
+        standin_root,
+        "renewing",
+        '[tls]\nissuer = "secret-server"\nhosts = ["127.0.0.1"]\n',
+        encrypt=False,
+    )
+    config = _config(keys, [out], issuer_lifetime=20)
+    server = se.start_secret_server(config)
+    try:
+        run, served = se.start_run(out, keys)
+        assert served is not None, run.output.text
+        first = x509.load_pem_x509_certificate(_pem(served.http))
+        lifetime = first.not_valid_after_utc - _dt.datetime.now(_dt.UTC)
+        assert lifetime <= _dt.timedelta(seconds=20)
+        renewed = re.compile(r"model_server: renewed the serving certificate")
+        assert run.output.wait_for(renewed, 60) is not None, run.output.text
+        second = x509.load_pem_x509_certificate(_pem(served.http))
+        # ... and once more: renewal goes on (it is not a one-off at start)
+        deadline = time.monotonic() + 60
+        while run.output.text.count("renewed the serving certificate") < 2:
+            assert time.monotonic() < deadline, run.output.text
+            time.sleep(0.5)
+        third = x509.load_pem_x509_certificate(_pem(served.http))
+        ca = x509.load_pem_x509_certificate((keys.directory / "issuer-ca.pem").read_bytes())
+        spki = serving_cert.spki_der(first.public_key())
+        for cert in (second, third):
+            assert cert.serial_number != first.serial_number
+            assert serving_cert.verify_issued(cert, ca)
+            assert serving_cert.spki_der(cert.public_key()) == spki  # the same key
+            assert cert.not_valid_after_utc > first.not_valid_after_utc
+        assert third.serial_number != second.serial_number
+        # past the first certificate's expiry, a client trusting only the CA is still served
+        wait = (first.not_valid_after_utc - _dt.datetime.now(_dt.UTC)).total_seconds()
+        time.sleep(max(0.0, wait) + 1)
+        h = httpclient.InferenceServerClient(
+            served.http,
+            ssl=True,
+            ssl_options={"ca_certs": str(keys.directory / "issuer-ca.pem")},
+            insecure=False,
+        )
+        assert h.is_model_ready("faces")
+        assert run.stop() == 0, run.output.text
+    finally:
+        server.stop()
+    issued = [a for a in se.audit(config) if a.get("event") == "certificate"]
+    assert len(issued) >= 3 and all(a["decision"] == "allow" for a in issued), issued
+    assert "cannot renew" not in run.output.text
