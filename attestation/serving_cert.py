@@ -24,7 +24,8 @@ UUID arc 2.25 (ITU-T X.667, no registration needed) and its value is a DER UTF8S
 the JSON of the enclave identity (mr_enclave, mr_signer, isv_prod_id, isv_svn, debug).
 
 Runs inside the image too (the enclave makes its key, CSR and self-signed certificate):
-``cryptography`` 38 or later, standard library otherwise.
+standard library and ``cryptography`` (the bases install 50.x; the enclave's side also works with
+Debian 12's python3-cryptography 38, which cannot represent :data:`IDENTITY_OID`).
 """
 
 from __future__ import annotations
@@ -47,8 +48,22 @@ from enclave_build.contract.identity import EnclaveIdentity
 from .errors import AttestationError
 from .ratls import DICE_OID, QuoteMaker, dice_evidence
 
-#: The enclave identity of an issued serving certificate (JSON in a DER UTF8String).
-IDENTITY_OID = x509.ObjectIdentifier("2.25.222521398991411296400498293397320035771")
+#: The enclave identity of an issued serving certificate (JSON in a DER UTF8String), dotted.
+IDENTITY_OID_DOTTED = "2.25.222521398991411296400498293397320035771"
+
+
+def _identity_oid() -> x509.ObjectIdentifier | None:
+    """The identity extension's OID; None under a ``cryptography`` that cannot represent a
+    128-bit arc (Debian 12's 38), where only the enclave's side of this module is usable (its
+    key, CSR and self-signed certificate), not the issuing or reading of the extension."""
+    try:
+        return x509.ObjectIdentifier(IDENTITY_OID_DOTTED)
+    except ValueError:
+        return None
+
+
+#: The enclave identity of an issued serving certificate (None: see :func:`_identity_oid`).
+IDENTITY_OID = _identity_oid()
 #: Most names one certificate may carry (a CSR asking for more is refused).
 MAX_HOSTS = 32
 #: How far back a certificate's validity starts (clocks of clients differ a little).
@@ -158,6 +173,12 @@ def csr(key: ec.EllipticCurvePrivateKey, hosts: Sequence[str]) -> bytes:
 # --------------------------------------------------------------------------- the issuing side
 
 
+def _crypto_version() -> str:
+    import cryptography
+
+    return cryptography.__version__
+
+
 def _der_utf8(text: str) -> bytes:
     data = text.encode()
     size = len(data)
@@ -170,6 +191,11 @@ def _der_utf8(text: str) -> bytes:
 
 
 def identity_extension(identity: EnclaveIdentity) -> x509.UnrecognizedExtension:
+    if IDENTITY_OID is None:
+        raise ServingCertError(
+            f"cryptography {_crypto_version()} cannot write the identity extension's OID "
+            f"{IDENTITY_OID_DOTTED}; the base images install cryptography 50"
+        )
     text = json.dumps(dataclasses.asdict(identity), sort_keys=True, separators=(",", ":"))
     return x509.UnrecognizedExtension(IDENTITY_OID, _der_utf8(text))
 
@@ -177,6 +203,8 @@ def identity_extension(identity: EnclaveIdentity) -> x509.UnrecognizedExtension:
 def read_identity(cert: x509.Certificate) -> EnclaveIdentity | None:
     """The identity extension of an issued certificate, or None when it has none (or it does
     not parse). Informative only: the quote is what proves the identity."""
+    if IDENTITY_OID is None:
+        return None
     try:
         ext = cert.extensions.get_extension_for_oid(IDENTITY_OID).value
     except (x509.ExtensionNotFound, ValueError):
@@ -331,6 +359,7 @@ def verify_issued(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
 
 __all__ = [
     "IDENTITY_OID",
+    "IDENTITY_OID_DOTTED",
     "MAX_HOSTS",
     "ServingCertError",
     "serving_key",

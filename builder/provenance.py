@@ -56,9 +56,10 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _base_digest(base: Image) -> str:
-    """The base image's manifest digest; for a base read from a directory (which has no
-    manifest), the digest of the OCI manifest of the layer the build made of it."""
+def base_digest_of(base: Image) -> str:
+    """The digest a provenance records for a base (and ``verify-build`` checks a base against):
+    the base image's manifest digest; for a base read from a directory (which has no manifest),
+    the digest of the OCI manifest of the layer the build made of it."""
     if base.manifest_digest is not None:
         return base.manifest_digest
     return sha256_digest(oci_manifest(base.config_descriptor, list(base.layers)))
@@ -107,7 +108,7 @@ def make_provenance(
         sbom=Digested(SBOM_PATH, _sha256(artifacts.sbom)),
         spec=Digested(spec.path.name, _sha256(spec.path.read_bytes())),
         base_ref=base_ref,
-        base_digest=_base_digest(base),
+        base_digest=base_digest_of(base),
         models=models,
         enclave_build_version=__version__,
     )

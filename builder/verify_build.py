@@ -43,12 +43,12 @@ from .compare.sides import locate, open_facts
 from .errors import UsageError
 from .hashing import HashCache
 from .image.blob_cache import BlobCache
-from .image.oci import Image, oci_manifest, sha256_digest
 from .image.sources import open_base
-from .model_digests import model_files
+from .model_digests import model_digests
 from .plan import FileKind
 from .plugin_types import NullProgress, Progress
 from .plugins import PluginRegistry
+from .provenance import base_digest_of
 
 
 @dataclass(frozen=True)
@@ -144,14 +144,14 @@ def check_inputs(
         )
     spec, registry = load(spec_path, registry)
     plan = make_plan(spec, registry)
-    given = {f.path: f for f in model_files(spec, plan, cache)}
+    given = {f.path: f for f in model_digests(plan, cache)}
     named = {m.path: m for m in provenance.models}
     for path in sorted(set(given) | set(named)):
         mine, theirs = given.get(path), named.get(path)
         if mine is not None and theirs is not None and mine.sha256 == theirs.sha256:
             continue
         label = (
-            f"model {mine.model} {path} ({mine.source})"
+            f"model {mine.model} {path}" + (f" ({mine.source})" if mine.source else "")
             if mine is not None
             else f"model {theirs.name} {path}"  # type: ignore[union-attr]  # one is set
         )
@@ -163,19 +163,11 @@ def check_inputs(
             )
         )
     with BlobCache(cache_root()).in_use():
-        base_digest = base_manifest_digest(open_base(base, progress.task, hash_cache=cache).image)
+        base_digest = base_digest_of(open_base(base, progress.task, hash_cache=cache).image)
     if base_digest != provenance.base_digest:
         found.append(InputMismatch(f"base {base}", provenance.base_digest, base_digest))
     _check_reproducible(spec, plan)
     return found
-
-
-def base_manifest_digest(base: Image) -> str:
-    """The digest a provenance records for a base: its manifest's; for a base read from a
-    directory (which has none), that of the OCI manifest of the layer the build makes of it."""
-    if base.manifest_digest is not None:
-        return base.manifest_digest
-    return sha256_digest(oci_manifest(base.config_descriptor, list(base.layers)))
 
 
 def _check_reproducible(spec: Any, plan: Any) -> None:

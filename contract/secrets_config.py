@@ -37,7 +37,7 @@
     cert = "issuer-ca.pem"           # the issuing CA clients trust (`secrets tls` writes it)
     key = "issuer-ca.key"
     lifetime = 86400                 # seconds an issued certificate is valid (renewed by the
-                                     # enclave at two thirds of it)
+                                     # enclave two thirds of the way to expiry)
 
     [[secrets]]
     name = "face-detect-key"
@@ -246,6 +246,10 @@ UPLOAD = Section(
         ),
     ),
 )
+#: Bounds of ``[issuer] lifetime`` (seconds an issued serving certificate is valid).
+ISSUER_MIN_LIFETIME = 10
+ISSUER_MAX_LIFETIME = 90 * 86400
+
 ISSUER = Section(
     "issuer",
     "the CA that certifies attested enclaves' serving keys",
@@ -257,8 +261,8 @@ ISSUER = Section(
             "int",
             "seconds an issued certificate is valid",
             default=86400,
-            minimum=300,
-            maximum=90 * 86400,
+            minimum=ISSUER_MIN_LIFETIME,
+            maximum=ISSUER_MAX_LIFETIME,
         ),
     ),
 )
@@ -794,6 +798,8 @@ __all__ = [
     "UPLOAD",
     "GRSECRET",
     "ISSUER",
+    "ISSUER_MIN_LIFETIME",
+    "ISSUER_MAX_LIFETIME",
     "SCHEMA",
     "hex_dashes",
     "available_cores",

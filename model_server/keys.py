@@ -29,7 +29,7 @@ Quotes come from :func:`attestation.quote_source.discover`: the Gramine quote de
 ``ENCLAVE_BUILD_SIMULATED_QUOTER=HOST:PORT``, which a secret server accepts only if it trusts
 the synthetic root; neither is a :class:`KeyFetchError`.
 
-This module runs inside the image: standard library, ``cryptography`` (Debian 12's 38.x) and
+This module runs inside the image: standard library, ``cryptography`` (38 or later) and
 the pure ``attestation`` modules only.
 """
 

@@ -16,7 +16,7 @@ in its own memory. It is never written anywhere in clear: gRPC takes it as bytes
   server's reason: at start the server does not serve (exit 3).
 
 :class:`ServingCertificate` renews the certificate (same key, fresh quote) in a background
-thread at two thirds of its lifetime; a failed renewal is retried every
+thread two thirds of the way to its expiry; a failed renewal is retried every
 :data:`RETRY_SECONDS` (or sooner near expiry) and reported on stderr. New connections get the
 new certificate: gRPC through its dynamic credentials, REST through the context's SNI callback.
 """
@@ -69,13 +69,6 @@ def not_after(cert: x509.Certificate) -> _dt.datetime:
     return value
 
 
-def _not_before(cert: x509.Certificate) -> _dt.datetime:
-    value = getattr(cert, "not_valid_before_utc", None)
-    if value is None:
-        value = cert.not_valid_before.replace(tzinfo=_dt.UTC)
-    return value
-
-
 class ServingCertificate:
     """The serving key (made here, never exported) and its current certificate chain."""
 
@@ -103,6 +96,7 @@ class ServingCertificate:
         self._stop = threading.Event()
         self.version = 0
         self.chain_pem = b""
+        self._obtained = now()
         self.renew()
 
     # ------------------------------------------------------------------ the certificate
@@ -154,18 +148,22 @@ class ServingCertificate:
 
     def renew(self) -> None:
         """Obtain a fresh certificate for the same key (KeyFetchError when refused)."""
+        obtained = self._now()
         chain = self._obtain()
         with self._lock:
             self.chain_pem = chain
+            self._obtained = obtained
             self.version += 1
             listeners = list(self._listeners)
         for listener in listeners:
             listener()
 
     def renew_at(self) -> _dt.datetime:
-        """When the current certificate is to be renewed: two thirds into its validity."""
-        cert = self.certificate
-        start, end = _not_before(cert), not_after(cert)
+        """When the current certificate is to be renewed: two thirds of the way from when it
+        was asked for to its expiry (not from its validity start, which issuers backdate a few
+        minutes for clients' clocks: a lifetime shorter than that would renew at once)."""
+        end = not_after(self.certificate)
+        start = min(self._obtained, end)
         return start + (end - start) * 2 / 3
 
     def on_renewal(self, listener: Callable[[], None]) -> None:

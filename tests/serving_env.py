@@ -130,11 +130,18 @@ def write_spec(
 
 
 def secret_server_config(
-    keys: Keys, builds: list[Path], *, allow_override: str | None = None, name: str = "secrets.toml"
+    keys: Keys,
+    builds: list[Path],
+    *,
+    allow_override: str | None = None,
+    name: str = "secrets.toml",
+    issuer_ca: bool = False,
 ) -> Path:
     """secrets.toml from the builds' policy fragments (`enclave-build secrets config`'s code),
     trusting the test's synthetic PKI. *allow_override* (a TOML array) replaces every rule's
-    allow list, to make a policy that admits some other enclave."""
+    allow list, to make a policy that admits some other enclave. *issuer_ca*: the server issues
+    serving certificates with the issuing CA in ``keys.directory`` (``secrets config
+    --issuer-ca``)."""
     from enclave_build.builder.secrets_config import ServerSide, compose_config, write_config
 
     config = compose_config(
@@ -146,6 +153,7 @@ def secret_server_config(
             root_ca=str(keys.pki_dir / "root.pem"),
             collateral=keys.pki_dir / "collateral.json",
             audit_log=str(keys.directory / (name + ".audit.jsonl")),
+            issuer_ca=keys.directory if issuer_ca else None,
         ),
     )
     if allow_override is not None:
@@ -234,6 +242,29 @@ def start_run(
     return process, Served(process, f"{host(match[1])}:{match[2]}", f"{host(match[3])}:{match[4]}")
 
 
+def verifier_args(keys: Keys, measurements: Path) -> list[str]:
+    """The options of `attest` and of the example client for the test's synthetic PKI."""
+    return [
+        "--measurements",
+        str(measurements),
+        "--collateral",
+        str(keys.pki_dir / "collateral.json"),
+        "--allow-synthetic-root",
+        str(keys.pki_dir / "root.pem"),
+    ]
+
+
+def attest(address: str, keys: Keys, measurements: Path) -> subprocess.CompletedProcess:
+    """`enclave-build attest ADDRESS --measurements M --json`, trusting the test's synthetic PKI."""
+    return subprocess.run(
+        [sys.executable, "-m", "enclave_build", "attest", address]
+        + verifier_args(keys, measurements)
+        + ["--json"],
+        capture_output=True,
+        timeout=300,
+    )
+
+
 # --------------------------------------------------------------------------- asking the service
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -262,13 +293,24 @@ def litert(model: Path, tensor: np.ndarray, threads: int = 1) -> dict[str, np.nd
     return {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}
 
 
-def clients(served: Served):
+def clients(served: Served, ca: Path | None = None):
+    """tritonclient gRPC and HTTP clients of *served*; with *ca*, over TLS trusting only that
+    CA (gRPC by the name ``localhost``, HTTP by the IP address: the certificate must name both)."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
+    if ca is None:
+        return (
+            grpcclient.InferenceServerClient(served.grpc),
+            httpclient.InferenceServerClient(served.http),
+        )
     return (
-        grpcclient.InferenceServerClient(served.grpc),
-        httpclient.InferenceServerClient(served.http),
+        grpcclient.InferenceServerClient(
+            served.grpc.replace("127.0.0.1", "localhost"), ssl=True, root_certificates=str(ca)
+        ),
+        httpclient.InferenceServerClient(
+            served.http, ssl=True, ssl_options={"ca_certs": str(ca)}, insecure=False
+        ),
     )
 
 
@@ -279,12 +321,14 @@ def infer_both(
     tensor: np.ndarray,
     outputs: list[str],
     datatype: str = "FP32",
+    ca: Path | None = None,
 ) -> tuple[dict, dict]:
-    """The same request over gRPC and over HTTP (binary tensors), with tritonclient."""
+    """The same request over gRPC and over HTTP (binary tensors), with tritonclient (over TLS
+    trusting only *ca* when given)."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    g, h = clients(served)
+    g, h = clients(served, ca)
     gi = grpcclient.InferInput(name, list(tensor.shape), datatype)
     gi.set_data_from_numpy(tensor)
     gr = g.infer(model, [gi], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
@@ -299,13 +343,16 @@ def infer_both(
 FACE_OUTPUTS = ["regressors", "classificators"]
 
 
-def assert_face_models_match(served: Served, model_file: Path, names: list[str]) -> np.ndarray:
+def assert_face_models_match(
+    served: Served, model_file: Path, names: list[str], ca: Path | None = None
+) -> np.ndarray:
     """Each served face-detection model answers over gRPC and HTTP exactly as LiteRT does
-    directly on the same input; returns that input for further requests."""
+    directly on the same input (over TLS trusting only *ca* when given); returns that input for
+    further requests."""
     tensor = face_input()
     expected = litert(model_file, tensor)
     for name in names:
-        by_grpc, by_http = infer_both(served, name, "input", tensor, FACE_OUTPUTS)
+        by_grpc, by_http = infer_both(served, name, "input", tensor, FACE_OUTPUTS, ca=ca)
         for o in FACE_OUTPUTS:
             assert np.array_equal(by_grpc[o], expected[o]), (name, o, "grpc")
             assert np.array_equal(by_http[o], expected[o]), (name, o, "http")

@@ -87,32 +87,13 @@ def _pem(address: str) -> bytes:
     return ssl.get_server_certificate((host, int(port))).encode()
 
 
-def _attest(address: str, keys: se.Keys, measurements: Path) -> subprocess.CompletedProcess:
-    return run_cli(
-        "attest",
-        address,
-        "--measurements",
-        str(measurements),
-        "--collateral",
-        str(keys.pki_dir / "collateral.json"),
-        "--allow-synthetic-root",
-        str(keys.pki_dir / "root.pem"),
-        "--json",
-    )
-
-
 def _example(address: str, keys: se.Keys, measurements: Path, *extra: str):
     return subprocess.run(
         [
             sys.executable,
             str(EXAMPLE_CLIENT),
             address,
-            "--measurements",
-            str(measurements),
-            "--collateral",
-            str(keys.pki_dir / "collateral.json"),
-            "--allow-synthetic-root",
-            str(keys.pki_dir / "root.pem"),
+            *se.verifier_args(keys, measurements),
             *extra,
         ],
         capture_output=True,
@@ -177,10 +158,10 @@ def test_secret_server_issues_the_serving_certificate(tmp_path, keys, standin_ro
         assert h.is_model_ready("faces")
 
         # attest on the model endpoint: the right measurements pass, another build's do not.
-        ok = _attest(served.http, keys, out / "measurements.json")
+        ok = se.attest(served.http, keys, out / "measurements.json")
         assert ok.returncode == 0, ok.stderr.decode()
         assert json.loads(ok.stdout)["attested"] is True
-        wrong = _attest(served.grpc, keys, other / "measurements.json")
+        wrong = se.attest(served.grpc, keys, other / "measurements.json")
         assert wrong.returncode == 1, wrong.stderr.decode()
         assert b"mr_enclave" in wrong.stderr
 
@@ -234,7 +215,7 @@ def test_self_signed_endpoint_attests_and_the_client_refuses_no_quote(tmp_path, 
         cert = x509.load_pem_x509_certificate(_pem(served.http))
         spki = serving_cert.spki_der(cert.public_key())
         assert cert.issuer == cert.subject
-        ok = _attest(served.grpc, keys, out / "measurements.json")
+        ok = se.attest(served.grpc, keys, out / "measurements.json")
         assert ok.returncode == 0, ok.stderr.decode()
         good = _example(served.grpc, keys, out / "measurements.json", "--grpc")
         assert good.returncode == 0, good.stderr
@@ -274,3 +255,63 @@ def _assert_no_serving_key_anywhere(tmp_path: Path, log: str, spki: bytes) -> No
             )
             assert public != spki, f"the serving key is in {path}"
     assert found >= 3  # the scan saw the test's own keys (secret server, issuing CA, signer)
+
+
+def test_the_issued_certificate_is_renewed_by_the_live_secret_server(tmp_path, keys, standin_root):
+    """A policy lifetime of a few seconds: the enclave asks again two thirds of the way to
+    expiry; the served certificate changes, is issued again for the same key, and stays valid
+    (clients trusting issuer-ca.pem keep being served)."""
+    import datetime as _dt
+    import time
+
+    import tritonclient.http as httpclient
+
+    out, _ = _build(
+        tmp_path,
+        keys,
+        standin_root,
+        "renewing",
+        '[tls]\nissuer = "secret-server"\nhosts = ["127.0.0.1"]\n',
+        encrypt=False,
+    )
+    config = _config(keys, [out], issuer_lifetime=20)
+    server = se.start_secret_server(config)
+    try:
+        run, served = se.start_run(out, keys)
+        assert served is not None, run.output.text
+        first = x509.load_pem_x509_certificate(_pem(served.http))
+        lifetime = first.not_valid_after_utc - _dt.datetime.now(_dt.UTC)
+        assert lifetime <= _dt.timedelta(seconds=20)
+        renewed = re.compile(r"model_server: renewed the serving certificate")
+        assert run.output.wait_for(renewed, 60) is not None, run.output.text
+        second = x509.load_pem_x509_certificate(_pem(served.http))
+        # ... and once more: renewal goes on (it is not a one-off at start)
+        deadline = time.monotonic() + 60
+        while run.output.text.count("renewed the serving certificate") < 2:
+            assert time.monotonic() < deadline, run.output.text
+            time.sleep(0.5)
+        third = x509.load_pem_x509_certificate(_pem(served.http))
+        ca = x509.load_pem_x509_certificate((keys.directory / "issuer-ca.pem").read_bytes())
+        spki = serving_cert.spki_der(first.public_key())
+        for cert in (second, third):
+            assert cert.serial_number != first.serial_number
+            assert serving_cert.verify_issued(cert, ca)
+            assert serving_cert.spki_der(cert.public_key()) == spki  # the same key
+            assert cert.not_valid_after_utc > first.not_valid_after_utc
+        assert third.serial_number != second.serial_number
+        # past the first certificate's expiry, a client trusting only the CA is still served
+        wait = (first.not_valid_after_utc - _dt.datetime.now(_dt.UTC)).total_seconds()
+        time.sleep(max(0.0, wait) + 1)
+        h = httpclient.InferenceServerClient(
+            served.http,
+            ssl=True,
+            ssl_options={"ca_certs": str(keys.directory / "issuer-ca.pem")},
+            insecure=False,
+        )
+        assert h.is_model_ready("faces")
+        assert run.stop() == 0, run.output.text
+    finally:
+        server.stop()
+    issued = [a for a in se.audit(config) if a.get("event") == "certificate"]
+    assert len(issued) >= 3 and all(a["decision"] == "allow" for a in issued), issued
+    assert "cannot renew" not in run.output.text

@@ -9,6 +9,7 @@ import shutil
 import tomllib
 from pathlib import Path
 
+import pytest
 import tomli_w
 
 from enclave_build.builder.gramine import protected_files as pf
@@ -82,6 +83,14 @@ def test_encrypted_build_end_to_end(tmp_path, standin_root, signing_key):
     key_file = tmp_path / "keys" / "tfs-secure-key.key"
     assert f"generated wrap key {key_file} (mode 0600)".encode() in proc.stderr
     assert key_file.stat().st_mode & 0o777 == 0o600
+    # [tls] with cert and key is issuer "file": the build says what that means, once.
+    warning = (
+        f'{tmp_path / "project/spec.toml"}: [tls] issuer = "file": the serving certificate\'s '
+        f"private key ({tmp_path / 'project/tls.key'}) existed outside the enclave, so a client "
+        "cannot tell this enclave from whoever else holds that key; prefer issuer = "
+        '"secret-server"'
+    )
+    assert proc.stderr.decode().count(warning) == 1, proc.stderr.decode()
     key = key_file.read_bytes()
     rootfs = image_rootfs(tmp_path / "out")
 
@@ -242,6 +251,26 @@ def test_golden_manifest_with_encrypted_mounts_and_provisioning(
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_bytes(manifest)
     assert manifest.decode() == golden.read_text()
+
+
+@pytest.mark.parametrize("issuer", ["secret-server", "self"])
+def test_tf_serving_refuses_an_issuer_that_makes_the_key_in_the_enclave(
+    tmp_path, standin_root, signing_key, issuer
+):
+    spec = SPEC.replace(
+        '[tls]\ncert = "tls.crt"\nkey = "tls.key"\n',
+        f'[tls]\nissuer = "{issuer}"\nhosts = ["localhost"]\n',
+    )
+    _project(tmp_path, signing_key, spec)
+    proc = _build(tmp_path, standin_root)
+    line = spec.splitlines().index(f'issuer = "{issuer}"') + 1
+    assert proc.returncode == 2, proc.stderr.decode()
+    assert (
+        f'error: spec.toml:{line}: tls.issuer: issuer = "{issuer}" needs enclave-build\'s own '
+        "model server, which makes its key inside the enclave; TF Serving reads its certificate "
+        'and key from files: give cert and key with issuer = "file"'
+    ) in proc.stderr.decode()
+    assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 def test_openvino_with_tls_is_refused_clearly(tmp_path, standin_root, signing_key):

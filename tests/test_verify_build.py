@@ -1,5 +1,6 @@
 """`enclave-build verify-build PROVENANCE --spec SPEC` on a published build of the stand-in base
-(an encrypted model, reproducible mode): the rebuild holds; a changed model is named before
+(an encrypted model, reproducible mode, the provenance the build itself signs with its
+``[provenance] key``): the rebuild holds; a changed model is named before
 anything is built; an input the provenance does not digest (the secret server's CA, a trusted
 file) makes the rebuild differ, and the diff names it. The published build is made once."""
 
@@ -11,23 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from enclave_build import __version__
-from enclave_build.contract.identity import EnclaveIdentity
-from enclave_build.contract.provenance import (
-    PAYLOAD_TYPE,
-    PROVENANCE_FILE,
-    Digested,
-    DsseEnvelope,
-    DsseSignature,
-    ModelDigest,
-    Provenance,
-    SgxAttributes,
-)
+from enclave_build.contract.provenance import PROVENANCE_FILE
 
-from .conftest import image_rootfs, run_cli, tflite_bytes, write_spec
+from .conftest import run_cli, tflite_bytes, write_spec
 
 SPEC = """[service]
 name = "face"
@@ -51,78 +41,32 @@ keys_dir = "../keys"
 
 [build]
 reproducible = true
+
+[provenance]
+key = "../provenance.pem"
 """
 CA = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"
 MODEL = tflite_bytes(b"published model " * 40)
 
 
-def write_provenance(out: Path, spec: Path, base: str, result) -> Path:
-    """A signed provenance of the build *result* written to *out* (DSSE, in-toto Statement v1,
-    SLSA v1), made with the contract types as the build's own writer makes it."""
-    from enclave_build.builder.gramine.identity import read_sigstruct
-    from enclave_build.builder.image.sources import open_base
-    from enclave_build.builder.verify_build import base_manifest_digest
-
-    files = image_rootfs(out)
-    manifest = (files / "enclave/face.manifest.sgx").read_bytes()
-    _sig, info, problems = read_sigstruct((files / "enclave/face.sig").read_bytes())
-    assert info is not None and not problems
-    attributes = info["attributes"]
-    statement = Provenance(
-        image_name=result.plan.image_tag,
-        image_digest=result.measurements.image.digest,
-        service="face",
-        framework="tflite",
-        libos="gramine",
-        image_tag=result.plan.image_tag,
-        reproducible=True,
-        identity=EnclaveIdentity(
-            info["mr_enclave"], info["mr_signer"], info["isv_prod_id"], info["isv_svn"]
-        ),
-        attributes=SgxAttributes(
-            *(
-                int(attributes[k], 16)
-                for k in ("flags", "xfrm", "flags_mask", "xfrm_mask", "misc_select", "misc_mask")
-            )
-        ),
-        manifest=Digested("/enclave/face.manifest.sgx", hashlib.sha256(manifest).hexdigest()),
-        sbom=Digested(
-            "/enclave/sbom.spdx.json",
-            hashlib.sha256((files / "enclave/sbom.spdx.json").read_bytes()).hexdigest(),
-        ),
-        spec=Digested("spec.toml", hashlib.sha256(spec.read_bytes()).hexdigest()),
-        base_ref=base,
-        base_digest=base_manifest_digest(open_base(base).image),
-        models=(
-            ModelDigest(
-                "face", "1", "/models/face/1/model.tflite", hashlib.sha256(MODEL).hexdigest()
-            ),
-        ),
-        enclave_build_version=__version__,
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    payload = statement.statement_bytes()
-    unsigned = DsseEnvelope(PAYLOAD_TYPE, payload, ())
-    signature = key.sign(unsigned.pae(), ec.ECDSA(hashes.SHA256()))
-    envelope = DsseEnvelope(
-        PAYLOAD_TYPE, payload, (DsseSignature(hashlib.sha256(spki).hexdigest(), signature),)
-    )
-    path = out / PROVENANCE_FILE
-    path.write_text(envelope.to_json())
-    return path
-
-
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, standin_root, signing_key):
-    """(top directory, the project, its provenance): project/ (spec, model, CA), keys/ beside
-    it, the build output project/out with its provenance."""
+    """(top directory, the project, its provenance): project/ (spec, model, CA), keys/ and the
+    provenance key beside it, the build output project/out with the provenance the build
+    itself wrote and signed."""
     from enclave_build.builder.build import build
 
     top = tmp_path_factory.mktemp("published")
     shutil.copy(signing_key, top / "key.pem")
+    provenance_key = ec.generate_private_key(ec.SECP256R1())
+    (top / "provenance.pem").write_bytes(
+        provenance_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (top / "provenance.pem").chmod(0o600)
     project = top / "project"
     project.mkdir()
     (project / "model.tflite").write_bytes(MODEL)
@@ -131,8 +75,9 @@ def published(tmp_path_factory, standin_root, signing_key):
     base = f"dir:{standin_root}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(top / "cache"))
-        result = build(spec, base=base, output=project / "out")
-        provenance = write_provenance(project / "out", spec, base, result)
+        build(spec, base=base, output=project / "out")
+    provenance = project / "out" / PROVENANCE_FILE
+    assert provenance.is_file(), "the build wrote no provenance"
     return top, project, provenance
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from enclave_build.contract.secrets_config import ISSUER_MAX_LIFETIME, ISSUER_MIN_LIFETIME
+
 from ..errors import EnclaveBuildError, UsageError
 from .output import errors, print_json
 
@@ -139,9 +141,10 @@ An Occlum build (its init asks over GrSecret; run the server in an enclave of it
     "--issuer-lifetime",
     default=86400,
     show_default=True,
-    type=click.IntRange(300, 90 * 86400),
+    type=click.IntRange(ISSUER_MIN_LIFETIME, ISSUER_MAX_LIFETIME),
     metavar="SECONDS",
-    help="How long an issued serving certificate is valid (the enclave renews it at two thirds).",
+    help="How long an issued serving certificate is valid (the enclave renews it two thirds of "
+    "the way to expiry).",
 )
 @click.option(
     "--grsecret-listen",

@@ -22,7 +22,6 @@ from typing import Any, cast
 import jinja2
 import tomli_w
 
-from enclave_build.contract.names import MODEL_ROOT
 from enclave_build.contract.sbom import SBOM_PATH
 from enclave_build.contract.size import Size
 from enclave_build.plugin import (
@@ -41,7 +40,8 @@ from enclave_build.plugin import (
 from ..elf import LoaderView, closure, read_deps
 from ..errors import EnclaveBuildError, UsageError
 from ..hashing import HashCache, hash_files
-from ..model_files import regular_files
+from ..model_digests import plan_model_files
+from ..model_files import plan_file_contents, regular_files
 from ..plan import host_may_set
 from ..python_closure import python_closure
 from ..rootfs import RootFS
@@ -404,15 +404,7 @@ def enclave_view(mounts: list[tuple[str, str]], image_path: str) -> str:
 
 
 def encrypted_items(item: PlanFile) -> list[tuple[str, Path | bytes]]:
-    if item.data is not None:
-        return [(item.dest, item.data)]
-    assert item.source is not None
-    if item.source.is_dir():
-        base = item.dest.rstrip("/") + "/"
-        return [
-            (base + p.relative_to(item.source).as_posix(), p) for p in regular_files(item.source)
-        ]
-    return [(item.dest, item.source)]
+    return plan_file_contents(item)
 
 
 def encrypt_plan_files(plan: ServicePlan, options: BuildOptions) -> list[ArtifactFile]:
@@ -569,25 +561,17 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
 
 
 def model_files(plan: ServicePlan, encrypted: list[ArtifactFile]) -> tuple[ModelFile, ...]:
-    """The model files the plan ships (under MODEL_ROOT/NAME/VERSION/), each with its plaintext
-    and, when encrypted, the protected file the build made of it."""
+    """The model files the plan ships (:func:`builder.model_digests.plan_model_files`), each
+    with its plaintext and, when encrypted, the protected file the build made of it."""
     staged = {f.dest: f.source for f in encrypted}
-    out: list[ModelFile] = []
-    for item in plan.image_files():
-        if not item.dest.startswith(MODEL_ROOT + "/"):
-            continue
-        if item.kind is FileKind.ENCRYPTED:
-            pairs = encrypted_items(item)
-        elif item.kind is FileKind.TRUSTED:
-            pairs = [(uri[len("file:") :], c) for uri, c in expand_plan_file(item, item.dest)]
-        else:
-            continue
-        for dest, content in pairs:
-            path = posixpath.normpath(dest)
-            parts = path[len(MODEL_ROOT) + 1 :].split("/")
-            if len(parts) < 3:
-                continue  # a model configuration beside the models, not a model's file
-            is_encrypted = item.kind is FileKind.ENCRYPTED
-            cipher = staged.get(path) if is_encrypted else None
-            out.append(ModelFile(parts[0], parts[1], path, content, is_encrypted, cipher))
-    return tuple(out)
+    return tuple(
+        ModelFile(
+            f.model,
+            f.version,
+            f.path,
+            f.content,
+            f.encrypted,
+            staged.get(f.path) if f.encrypted else None,
+        )
+        for f in plan_model_files(plan)
+    )
