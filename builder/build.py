@@ -176,6 +176,7 @@ def load(
         registry.libos_sections(),
         missing_note=registry.failure_note(),
         private_keys=private_keys,
+        tls_refusals=registry.tls_refusals(),
     )
     return spec, registry
 

@@ -596,6 +596,7 @@ def load_spec(
     *,
     missing_note: str = "",
     private_keys: bool = True,
+    tls_refusals: Mapping[str, str] | None = None,
 ) -> Spec:
     """Read and validate *path*.
 
@@ -605,7 +606,8 @@ def load_spec(
     error for a framework or libOS that is not installed (the plugins that failed to load).
     *private_keys* False: the key files of ``[signing]`` and ``[provenance]`` need not exist
     and are not read (a rebuild that verifies a published build, whose checker holds no
-    private key).
+    private key). *tls_refusals*: framework name -> why ``[tls]`` does not apply to it (a
+    ``[tls]`` section is then a problem with that message, its keys not checked further).
     """
     path = Path(path)
     source = str(path)
@@ -629,7 +631,17 @@ def load_spec(
         source,
         missing_note=missing_note,
         private_keys=private_keys,
+        tls_refusals=tls_refusals,
     )
+
+
+def _tls_refusal(data: Mapping[str, Any], refusals: Mapping[str, str]) -> str | None:
+    """Why ``[tls]`` does not apply to the spec's framework (None: it applies)."""
+    service = data.get("service")
+    framework = service.get("framework") if isinstance(service, dict) else None
+    if not isinstance(framework, str):
+        return None
+    return refusals.get(framework)
 
 
 def _line_from_message(message: str) -> int | None:
@@ -647,6 +659,7 @@ def spec_from_dict(
     *,
     missing_note: str = "",
     private_keys: bool = True,
+    tls_refusals: Mapping[str, str] | None = None,
 ) -> Spec:
     base_dir = path.parent
     problems: list[Problem] = []
@@ -673,6 +686,10 @@ def spec_from_dict(
                 )
             )
 
+    refusal = _tls_refusal(data, tls_refusals or {})
+    if refusal is not None and "tls" in data:  # one problem; its keys would only mislead
+        problems.append(Problem(("tls",), refusal))
+        data = {key: value for key, value in data.items() if key != "tls"}
     sections = CORE_SECTIONS if private_keys else KEYLESS_SECTIONS
     values = {s.name: validate_section(s, data.get(s.name), base_dir, problems) for s in sections}
     service, models, signing = values["service"], values["models"], values["signing"]
@@ -714,7 +731,13 @@ def spec_from_dict(
             seen.setdefault(name, index)
 
     _check_signing(signing, problems)
-    spec_clients.check(models, values["tls"], "tls" in data, problems)
+    spec_clients.check(
+        models,
+        values["tls"],
+        "tls" in data,
+        problems,
+        no_tls=framework if refusal is not None and isinstance(framework, str) else None,
+    )
     _check_tls(values["tls"], data.get("tls"), problems)
     if private_keys and "provenance" in data and values["provenance"].get("key") is not None:
         from .provenance_key import key_problem
