@@ -58,10 +58,10 @@ def read_published(image: str, service: str) -> PublishedSigstruct:
             f"{image}: the image has no SIGSTRUCT {path} to put into the rebuild (is it the "
             "image the provenance describes?)"
         )
-    sig, _info, problems = read_sigstruct(raw, f"{image} {path}")
+    sig, _info, problems = read_sigstruct(raw, f"{path} in {image}")
     if sig is None:
         raise UsageError(f"{image}: {problems[0]}")
-    return PublishedSigstruct(f"{image} {path}", sig, problems[0] if problems else None)
+    return PublishedSigstruct(f"{path} in {image}", sig, problems[0] if problems else None)
 
 
 class PublishedSigner:

@@ -86,7 +86,7 @@ def _published(publisher, body: SigstructBody, tamper: bool = False) -> Publishe
         raw[ARCH_LAYOUT.SGX_ARCH_SIGSTRUCT_SIGNATURE + 7] ^= 0x01
     parsed = Sigstruct.from_bytes(bytes(raw), ARCH_LAYOUT, "published")
     return PublishedSigstruct(
-        "out/ /enclave/face.sig", parsed, parsed.signature_problem(ARCH_LAYOUT)
+        "/enclave/face.sig in out", parsed, parsed.signature_problem(ARCH_LAYOUT)
     )
 
 
@@ -111,7 +111,7 @@ def test_another_mrenclave_gets_a_throwaway_signature(publisher):
     signature = signer.sign(Sigstruct(other).signing_data(ARCH_LAYOUT))
     assert not signer.used
     assert signer.mismatch == (
-        f"the rebuild measures MRENCLAVE {other.enclave_hash.hex()}, out/ /enclave/face.sig "
+        f"the rebuild measures MRENCLAVE {other.enclave_hash.hex()}, /enclave/face.sig in out "
         f"signs {published.mr_enclave}"
     )
     assert signature.modulus != published.sigstruct.modulus
