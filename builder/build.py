@@ -165,14 +165,18 @@ class GeneratedKeyWarning(UserWarning):
 
 
 def load(
-    spec_path: str | Path, registry: PluginRegistry | None = None
+    spec_path: str | Path, registry: PluginRegistry | None = None, *, private_keys: bool = True
 ) -> tuple[Spec, PluginRegistry]:
+    """The spec at *spec_path*; *private_keys* False: the key files of ``[signing]`` and
+    ``[provenance]`` need not exist (see :func:`builder.spec.load_spec`)."""
     registry = registry or PluginRegistry()
     spec = load_spec(
         spec_path,
         registry.framework_sections(),
         registry.libos_sections(),
         missing_note=registry.failure_note(),
+        private_keys=private_keys,
+        tls_refusals=registry.tls_refusals(),
     )
     return spec, registry
 
@@ -223,6 +227,16 @@ def make_signer(spec: Spec, signature: Path | None = None) -> Signer | None:
 
 
 @dataclass(frozen=True)
+class Rebuild:
+    """A build that re-creates a published one to check it (``verify-build``): the spec is
+    loaded without its private keys (the files ``[signing]`` and ``[provenance]`` name need
+    not exist), no provenance is signed, and *signer*, when given, signs the SIGSTRUCT instead
+    of the spec's ``[signing]`` (builder.published_sigstruct)."""
+
+    signer: Signer | None = None
+
+
+@dataclass(frozen=True)
 class ImageOptions:
     """Where the built image goes besides the build cache."""
 
@@ -241,10 +255,12 @@ def build(
     progress: Progress | None = None,
     hash_cache: HashCache | None = None,
     image: ImageOptions = ImageOptions(),
+    rebuild: Rebuild | None = None,
 ) -> BuildResult:
     """Build the spec at *spec_path*; then bound the blob cache (builder.image.blob_cache),
     keeping what this build made. A build that writes an output directory records its inputs
-    (builder.build_stamp), so that `enclave-build dev` can tell whether it is up to date."""
+    (builder.build_stamp), so that `enclave-build dev` can tell whether it is up to date.
+    *rebuild*: a rebuild that checks a published build (:class:`Rebuild`)."""
     blobs = BlobCache(cache_root())
     registry = registry or PluginRegistry()
     inputs = planned_inputs(spec_path, base, registry) if output is not None else None
@@ -261,6 +277,7 @@ def build(
             hash_cache=hash_cache,
             image=image,
             hold_cache=lambda: held.enter_context(blobs.in_use()),
+            rebuild=rebuild,
         )
     keep = _image_digests(result.image) if result.image is not None else []
     blobs.prune(Limits.from_env(), keep, log=blob_cache_report)
@@ -310,12 +327,15 @@ def _build(
     hash_cache: HashCache | None,
     image: ImageOptions,
     hold_cache: Callable[[], None],
+    rebuild: Rebuild | None = None,
 ) -> BuildResult:
     out = Path(output).resolve() if output else None
     if out is not None:  # what a build killed earlier left (even if this one fails)
         recover_output(out)
         tidy_stale_temps(out.parent, out.name)
-    spec, registry = load(spec_path, registry)
+    spec, registry = load(spec_path, registry, private_keys=rebuild is None)
+    if rebuild is not None:  # a rebuild signs no provenance (its key need not be here)
+        spec = replace(spec, provenance=None)
     if out is not None:  # before anything is read or written: nothing of the user's is lost
         check_output_dir(spec, out, Path(output) if output else out)
     plan = make_plan(spec, registry)
@@ -351,7 +371,11 @@ def _build(
     parse_source(base or plan.base_image)  # a bad reference fails before anything is written
     warn_tls_file(spec)  # [tls] issuer = "file": the serving key existed outside the enclave
     tidy_stale_temps(Path(tempfile.gettempdir()), "enclave-build")
-    signer = make_signer(spec, Path(signature) if signature else None)
+    signer = (
+        rebuild.signer
+        if rebuild is not None and rebuild.signer is not None
+        else make_signer(spec, Path(signature) if signature else None)
+    )
     wrap = prepare_wrap_keys(spec, plan, out)
     own_cache = hash_cache is None
     cache = hash_cache or HashCache()

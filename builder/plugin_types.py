@@ -31,6 +31,9 @@ class Framework:
     section: Section | None = None
     default_enclave_size: int = 4 << 30
     default_max_threads: int = 64
+    #: Why ``[tls]`` does not apply to this framework's server (its TLS identity is its own):
+    #: a spec with ``[tls]`` is then a located spec error with this message. None: it applies.
+    tls_refusal: str | None = None
 
 
 class Progress(Protocol):

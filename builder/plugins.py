@@ -238,6 +238,11 @@ class PluginRegistry:
     def framework_sections(self) -> dict[str, Section | None]:
         return {name: fw.section for name, fw in self.frameworks.items()}
 
+    def tls_refusals(self) -> dict[str, str]:
+        """Framework name -> why ``[tls]`` does not apply to it (frameworks it applies to are
+        left out)."""
+        return {name: fw.tls_refusal for name, fw in self.frameworks.items() if fw.tls_refusal}
+
     def libos_sections(self) -> dict[str, LibOSSection]:
         return {name: backend.spec_section() for name, backend in self.libos.items()}
 

@@ -12,7 +12,7 @@ import difflib
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -388,6 +388,17 @@ CORE_SECTIONS = (
 )
 
 
+def _keyless(section: Section) -> Section:
+    """*section* with no path of it required to exist (its files are private keys)."""
+    fields = tuple(replace(f, must_exist=False) if f.kind == "path" else f for f in section.fields)
+    return replace(section, fields=fields)
+
+
+#: The core sections for a spec loaded without its private keys (``load_spec(...,
+#: private_keys=False)``): the files ``[signing]`` and ``[provenance]`` name need not exist.
+KEYLESS_SECTIONS = tuple(_keyless(s) if s in (SIGNING, PROVENANCE) else s for s in CORE_SECTIONS)
+
+
 @dataclass(frozen=True)
 class SectionContext:
     """What a plugin's section check may read besides its own section's values: the spec's
@@ -584,6 +595,8 @@ def load_spec(
     libos_names: Mapping[str, LibOSSection] | Sequence[str] = ("gramine",),
     *,
     missing_note: str = "",
+    private_keys: bool = True,
+    tls_refusals: Mapping[str, str] | None = None,
 ) -> Spec:
     """Read and validate *path*.
 
@@ -591,6 +604,10 @@ def load_spec(
     None); *libos_names* are the installed libOS backends: names, or each name mapped to what
     the backend declares about specs (:class:`LibOSSection`). *missing_note* is added to the
     error for a framework or libOS that is not installed (the plugins that failed to load).
+    *private_keys* False: the key files of ``[signing]`` and ``[provenance]`` need not exist
+    and are not read (a rebuild that verifies a published build, whose checker holds no
+    private key). *tls_refusals*: framework name -> why ``[tls]`` does not apply to it (a
+    ``[tls]`` section is then a problem with that message, its keys not checked further).
     """
     path = Path(path)
     source = str(path)
@@ -613,7 +630,18 @@ def load_spec(
         KeyLocator(text),
         source,
         missing_note=missing_note,
+        private_keys=private_keys,
+        tls_refusals=tls_refusals,
     )
+
+
+def _tls_refusal(data: Mapping[str, Any], refusals: Mapping[str, str]) -> str | None:
+    """Why ``[tls]`` does not apply to the spec's framework (None: it applies)."""
+    service = data.get("service")
+    framework = service.get("framework") if isinstance(service, dict) else None
+    if not isinstance(framework, str):
+        return None
+    return refusals.get(framework)
 
 
 def _line_from_message(message: str) -> int | None:
@@ -630,6 +658,8 @@ def spec_from_dict(
     source: str | None = None,
     *,
     missing_note: str = "",
+    private_keys: bool = True,
+    tls_refusals: Mapping[str, str] | None = None,
 ) -> Spec:
     base_dir = path.parent
     problems: list[Problem] = []
@@ -656,9 +686,12 @@ def spec_from_dict(
                 )
             )
 
-    values = {
-        s.name: validate_section(s, data.get(s.name), base_dir, problems) for s in CORE_SECTIONS
-    }
+    refusal = _tls_refusal(data, tls_refusals or {})
+    if refusal is not None and "tls" in data:  # one problem; its keys would only mislead
+        problems.append(Problem(("tls",), refusal))
+        data = {key: value for key, value in data.items() if key != "tls"}
+    sections = CORE_SECTIONS if private_keys else KEYLESS_SECTIONS
+    values = {s.name: validate_section(s, data.get(s.name), base_dir, problems) for s in sections}
     service, models, signing = values["service"], values["models"], values["signing"]
     libos = service.get("libos")
     backend_values = _libos_section(libos, libos_sections, data, base_dir, problems)
@@ -698,9 +731,15 @@ def spec_from_dict(
             seen.setdefault(name, index)
 
     _check_signing(signing, problems)
-    spec_clients.check(models, values["tls"], "tls" in data, problems)
+    spec_clients.check(
+        models,
+        values["tls"],
+        "tls" in data,
+        problems,
+        no_tls=framework if refusal is not None and isinstance(framework, str) else None,
+    )
     _check_tls(values["tls"], data.get("tls"), problems)
-    if "provenance" in data and values["provenance"].get("key") is not None:
+    if private_keys and "provenance" in data and values["provenance"].get("key") is not None:
         from .provenance_key import key_problem
 
         problem = key_problem(values["provenance"]["key"])

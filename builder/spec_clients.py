@@ -29,8 +29,10 @@ def check(
     tls: dict[str, Any],
     tls_written: bool,
     problems: list[Problem],
+    no_tls: str | None = None,
 ) -> None:
-    """Located problems of each model's ``clients`` and of ``[tls] client_ca``."""
+    """Located problems of each model's ``clients`` and of ``[tls] client_ca``. *no_tls*: the
+    framework whose server ``[tls]`` does not apply to (its lists could never be enforced)."""
     ca = tls.get("client_ca") if tls_written else None
     if isinstance(ca, Path) and not bad(problems, ("tls", "client_ca")):
         _check_ca_file(ca, problems)
@@ -49,7 +51,16 @@ def check(
             if rule in seen:
                 problems.append(Problem(where + (position,), f"{entry!r} is listed twice"))
             seen.add(rule)
-        if not tls_written:
+        if no_tls is not None:
+            problems.append(
+                Problem(
+                    where,
+                    "clients are enforced by enclave-build's model server after mutual TLS "
+                    f"([tls] client_ca); framework {no_tls} runs a server of its own, which "
+                    "[tls] does not configure and which cannot enforce them: remove it",
+                )
+            )
+        elif not tls_written:
             problems.append(
                 Problem(
                     where,

@@ -1,20 +1,29 @@
 """``enclave-build verify-build PROVENANCE --spec SPEC``: rebuild what a provenance describes
-and confirm that the same enclave and image come out.
+and confirm that the same enclave and image come out, without any private key of the publisher.
 
 1. **The inputs first.** The spec file's SHA-256, the plaintext SHA-256 of every model file
    (by its path in the enclave), the base image's manifest digest and the enclave-build version
    must be the ones the provenance's resolved dependencies name; any that is not is named (with
-   both values) and nothing is built.
+   both values) and nothing is built. The spec is loaded without its private keys: the files
+   its ``[signing]`` and ``[provenance]`` name need not exist, and are not read.
 2. **A clean rebuild**: the spec is built on the provenance's base (or ``--base``, which must
    have the same digest) into a fresh temporary directory, with a fresh file-digest cache; blobs
    and unpacked images are shared with the machine's cache, which holds them by content digest.
    The build writes nothing into the project: no output, no build stamp, no new wrap key (the
    wrap keys of encrypted models must exist, and ``[build] reproducible`` must be on, or the
-   encrypted files could never be byte-identical: both are usage errors).
+   encrypted files could never be byte-identical: both are usage errors), and signs no
+   provenance. The SIGSTRUCT: with the spec's enclave signing key at hand, signed with it; else
+   the published image's SIGSTRUCT is put in (builder.published_sigstruct) when its RSA
+   signature verifies and it signs exactly what the rebuild measures, so the image digest can
+   match with no key at all.
 3. **The comparison**: MRENCLAVE and the image manifest digest against the provenance's. When
-   either differs, the published image (``--image``, else the build output the provenance lies
-   in, else the provenance's own statement) is compared with the rebuild by
-   :mod:`builder.compare` and the difference returned.
+   either differs, the published image is compared with the rebuild by :mod:`builder.compare`
+   and the difference returned.
+
+The published image (where the SIGSTRUCT comes from, and what a differing rebuild is compared
+with) is ``--image``, else the build output the provenance lies in, else the pushed image the
+provenance's subject names (``NAME@sha256:...``); a differing rebuild with none of these is
+compared with the provenance's own statement.
 
 The provenance's signature is not checked here (``verify-provenance`` does that).
 """
@@ -33,11 +42,11 @@ from enclave_build import __version__
 from enclave_build.contract.names import MEASUREMENTS_FILE
 from enclave_build.contract.provenance import Provenance
 
+from .build import Rebuild, load, make_plan, write_output
 from .build import build as run_build
-from .build import load, make_plan, write_output
 from .cache import cache_root
 from .compare.diff import diff_facts
-from .compare.facts import load_provenance, provenance_facts
+from .compare.facts import BuildFacts, load_provenance, provenance_facts
 from .compare.result import BuildDiff
 from .compare.sides import locate, open_facts
 from .errors import UsageError
@@ -49,6 +58,7 @@ from .plan import FileKind
 from .plugin_types import NullProgress, Progress
 from .plugins import PluginRegistry
 from .provenance import base_digest_of
+from .published_sigstruct import PublishedSigner, read_published
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,8 @@ class VerifyBuildResult:
     mismatches: list[InputMismatch] = field(default_factory=list)
     rebuilt: Rebuilt | None = None
     diff: BuildDiff | None = None
+    #: How the rebuilt SIGSTRUCT was signed (a sentence; None before the rebuild).
+    signature: str | None = None
 
     @property
     def holds(self) -> bool:
@@ -104,6 +116,7 @@ class VerifyBuildResult:
                 if self.rebuilt
                 else None
             ),
+            "signature": self.signature,
             "diff": self.diff.to_json() if self.diff else None,
         }
 
@@ -142,7 +155,7 @@ def check_inputs(
                 __version__,
             )
         )
-    spec, registry = load(spec_path, registry)
+    spec, registry = load(spec_path, registry, private_keys=False)
     plan = make_plan(spec, registry)
     given = {f.path: f for f in model_digests(plan, cache)}
     named = {m.path: m for m in provenance.models}
@@ -193,14 +206,52 @@ def _check_reproducible(spec: Any, plan: Any) -> None:
             )
 
 
-def _published(provenance_path: Path, image: str | None) -> str | None:
-    """What to compare the rebuild with: *image*, else the build output the provenance lies in."""
+def published_image(provenance_path: Path, provenance: Provenance, image: str | None) -> str | None:
+    """The published image: *image*, else the build output the provenance lies in, else the
+    pushed image its subject names (``NAME@sha256:...``); None when there is none of these."""
     if image is not None:
         return image
     directory = provenance_path.resolve().parent
     if (directory / "oci").is_dir() and (directory / MEASUREMENTS_FILE).is_file():
         return str(directory)
+    if "@sha256:" in provenance.image_name:  # written by a build that pushed it
+        return f"docker://{provenance.image_name}"
     return None
+
+
+def rebuild_signer(
+    spec_path: Path, registry: PluginRegistry, provenance: Provenance, published: str | None
+) -> PublishedSigner | None:
+    """None when the spec's enclave signing key is here (the rebuild signs with it, as the
+    build did); else the signer that puts in *published*'s SIGSTRUCT."""
+    spec, _ = load(spec_path, registry, private_keys=False)
+    key = spec.signing.key
+    if key is not None and key.is_file():
+        return None
+    if published is None:
+        raise UsageError(
+            f"{spec_path}: the enclave signing key is not here "
+            f"({key or 'external signing'}), so the rebuild needs the published SIGSTRUCT: "
+            "give the published image with --image, or keep the provenance in its build output "
+            "directory (the provenance names no pushed image)"
+        )
+    with BlobCache(cache_root()).in_use():
+        return PublishedSigner(read_published(published, provenance.service))
+
+
+def _describe_signature(signer: PublishedSigner | None) -> str:
+    if signer is None:
+        return "signed with the spec's enclave signing key"
+    published = signer.published
+    if signer.used:
+        return (
+            f"the published SIGSTRUCT ({published.source}, MRSIGNER {published.mr_signer}): "
+            "its RSA signature verifies and it signs the rebuilt MRENCLAVE"
+        )
+    return (
+        f"signed with a throwaway key, not the published SIGSTRUCT: {signer.mismatch}; "
+        "signers are not compared"
+    )
 
 
 def verify_build(
@@ -223,6 +274,7 @@ def verify_build(
     base = base or provenance.base_ref
     if image is not None:
         locate(image)  # a usage error before anything is built
+    published = published_image(provenance_path, provenance, image)
     work = Path(tempfile.mkdtemp(prefix="enclave-build-verify-"))
     cache = HashCache(work / "digests.sqlite")
     try:
@@ -230,11 +282,18 @@ def verify_build(
         result.mismatches = check_inputs(provenance, spec_path, base, registry, progress, cache)
         if result.mismatches:
             return result
+        signer = rebuild_signer(spec_path, registry, provenance, published)
         built = run_build(
-            spec_path, base=base, registry=registry, progress=progress, hash_cache=cache
+            spec_path,
+            base=base,
+            registry=registry,
+            progress=progress,
+            hash_cache=cache,
+            rebuild=Rebuild(signer),
         )
         assert built.measurements is not None and built.image is not None
         result.rebuilt = Rebuilt(built.measurements.mr_enclave, built.image.manifest_digest)
+        result.signature = _describe_signature(signer)
         if result.holds:
             return result
         out = work / "rebuild"
@@ -247,12 +306,13 @@ def verify_build(
         )
         rebuilt = open_facts(str(out), "build output", progress.task, log)
         rebuilt.side = replace(rebuilt.side, source="the rebuild")
-        published = _published(provenance_path, image)
         if published is not None:
             where, kind = locate(published, log)
             left = open_facts(where, kind, progress.task, log)
         else:
             left = provenance_facts(str(provenance_path), provenance)
+        if signer is not None and not signer.used:
+            _without_signer(left, rebuilt, signer)
         result.diff = diff_facts(left, rebuilt, cache, progress.task)
         return result
     finally:
@@ -260,4 +320,23 @@ def verify_build(
         shutil.rmtree(work, ignore_errors=True)
 
 
-__all__ = ["verify_build", "VerifyBuildResult", "InputMismatch", "Rebuilt", "check_inputs"]
+def _without_signer(published: BuildFacts, rebuilt: BuildFacts, signer: PublishedSigner) -> None:
+    """A rebuild signed with a throwaway key: its signer says nothing about the inputs, so it
+    is left out of the comparison (with a note saying why)."""
+    rebuilt.side = replace(rebuilt.side, mr_signer=None)
+    published.identity.pop("mr_signer", None)
+    rebuilt.identity.pop("mr_signer", None)
+    rebuilt.notes.append(
+        f"the rebuild is signed with a throwaway key ({signer.mismatch}): signers not compared"
+    )
+
+
+__all__ = [
+    "verify_build",
+    "VerifyBuildResult",
+    "InputMismatch",
+    "Rebuilt",
+    "check_inputs",
+    "published_image",
+    "rebuild_signer",
+]

@@ -156,6 +156,103 @@ def test_an_undigested_input_that_changed_fails_with_the_diff(published):
     assert [f["path"] for f in data["diff"]["trusted_files"]] == ["/enclave/secret-server-ca.pem"]
 
 
+def _keyless(published, tmp_path: Path) -> tuple[Path, Path]:
+    """What a third party holds: the project (spec, model, CA), the wrap keys and the published
+    output, copied to a fresh directory with neither the provenance key nor the enclave signing
+    key (only the signing key's public half). (the copied project, its provenance)"""
+    top, project, _ = published
+    fresh = tmp_path / "third-party"
+    copy = fresh / "project"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns(".enclave-build"))
+    shutil.copytree(top / "keys", fresh / "keys")
+    key = serialization.load_pem_private_key((top / "key.pem").read_bytes(), None)
+    (fresh / "key.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    assert not (fresh / "key.pem").exists() and not (fresh / "provenance.pem").exists()
+    return copy, copy / "out" / PROVENANCE_FILE
+
+
+@pytest.mark.integration
+def test_the_published_build_is_reproduced_without_any_private_key(published, tmp_path):
+    """No [provenance] key, no enclave signing key: the published SIGSTRUCT goes into the
+    rebuild, and MRENCLAVE and the image digest are the published ones."""
+    _, _, original = published
+    project, provenance = _keyless(published, tmp_path)
+    expected = json.loads(
+        (original.parent / "measurements.json").read_text()
+    )  # the published identity
+    code, out, err = _verify(provenance, project / "spec.toml", "--json")
+    assert code == 0, out + err
+    data = json.loads(out)
+    assert data["holds"] is True and data["mismatches"] == [] and data["diff"] is None
+    assert data["rebuilt"]["mr_enclave"] == data["provenance"]["mr_enclave"]
+    assert data["rebuilt"]["image_digest"] == data["provenance"]["image_digest"]
+    assert data["rebuilt"]["mr_enclave"] == expected["mr_enclave"]
+    assert data["signature"].startswith("the published SIGSTRUCT (")
+    assert "its RSA signature verifies and it signs the rebuilt MRENCLAVE" in data["signature"]
+    code, out, err = _verify(provenance, project / "spec.toml")
+    assert code == 0, out + err
+    assert "sigstruct   the published SIGSTRUCT" in out
+    assert out.splitlines()[-1] == "holds"
+    # still nothing of the keys appeared, and nothing was written into the project
+    assert not (tmp_path / "third-party" / "key.pem").exists()
+    assert not (tmp_path / "third-party" / "provenance.pem").exists()
+    assert sorted(p.name for p in project.iterdir()) == [
+        "ca.pem",
+        "model.tflite",
+        "out",
+        "spec.toml",
+    ]
+
+
+@pytest.mark.integration
+def test_without_keys_a_changed_input_fails_with_the_diff(published, tmp_path):
+    """Keyless, an input the provenance does not digest changed: the published SIGSTRUCT does
+    not sign the rebuild, which is signed with a throwaway key only to be compared; the diff
+    names the file and not the signer."""
+    project, provenance = _keyless(published, tmp_path)
+    (project / "ca.pem").write_text(CA.replace("CA", "ANOTHER CA"))
+    code, out, err = _verify(provenance, project / "spec.toml")
+    assert code == 1, out + err
+    assert "mr_enclave  DIFFERS" in out
+    assert "~ /enclave/secret-server-ca.pem" in out
+    assert "sigstruct   signed with a throwaway key, not the published SIGSTRUCT" in out
+    assert "signing.key" not in out  # the signer is not reported as a cause
+    assert out.splitlines()[-1] == "does not hold"
+    code, out, _ = _verify(provenance, project / "spec.toml", "--json")
+    data = json.loads(out)
+    assert code == 1 and data["holds"] is False
+    assert [f["path"] for f in data["diff"]["trusted_files"]] == ["/enclave/secret-server-ca.pem"]
+    assert data["diff"]["identity"] == []
+
+
+@pytest.mark.integration
+def test_without_keys_a_changed_model_is_named(published, tmp_path):
+    project, provenance = _keyless(published, tmp_path)
+    (project / "model.tflite").write_bytes(tflite_bytes(b"another model " * 40))
+    code, out, err = _verify(provenance, project / "spec.toml")
+    assert code == 1, out + err
+    assert "input differs: model face /models/face/1/model.tflite" in out
+
+
+@pytest.mark.integration
+def test_without_the_signing_key_a_published_image_is_needed(published, tmp_path):
+    """Keyless, with the provenance taken out of its build output (and a subject that was
+    never pushed): no SIGSTRUCT to put in, a usage error saying what to give; --image gives
+    it."""
+    project, provenance = _keyless(published, tmp_path)
+    alone = tmp_path / "provenance.dsse.json"
+    shutil.copy(provenance, alone)
+    code, out, err = _verify(alone, project / "spec.toml")
+    assert code == 2, out + err
+    assert "the enclave signing key is not here" in err and "--image" in err, err
+    code, out, err = _verify(alone, project / "spec.toml", "--image", str(project / "out"))
+    assert code == 0, out + err
+
+
 @pytest.mark.integration
 def test_usage_errors(published, tmp_path):
     _, project, provenance = published

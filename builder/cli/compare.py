@@ -91,15 +91,17 @@ the one the provenance names; 2 usage (no such file, a rebuild that cannot be re
 @click.option(
     "--image",
     metavar="REF",
-    help="The published image to compare a differing rebuild with (default: the build "
-    "output the provenance lies in, else the provenance's own statement).",
+    help="The published image: its SIGSTRUCT goes into the rebuild when the signing key is "
+    "not here, and a differing rebuild is compared with it (default: the build output the "
+    "provenance lies in, else the pushed image its subject names).",
 )
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
     help="Print as JSON: holds, provenance (mr_enclave, image_digest), mismatches (input, "
-    "expected, found), rebuilt (mr_enclave, image_digest) and diff (as `diff --json`).",
+    "expected, found), rebuilt (mr_enclave, image_digest), signature (how the rebuilt "
+    "SIGSTRUCT was signed) and diff (as `diff --json`).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def verify_build(
@@ -113,9 +115,12 @@ def verify_build(
     """Rebuild what PROVENANCE (provenance.dsse.json) describes from SPEC in a clean temporary
     directory, and confirm the same MRENCLAVE and image digest. First the inputs: the spec's
     SHA-256, each model file's SHA-256, the base's digest and the enclave-build version must be
-    the ones the provenance names (any that is not is named, and nothing is built). A rebuild
-    that differs prints the `diff` against the published image. Encrypted models reproduce only
-    with [build] reproducible = true and the original wrap keys. The signature is not checked
+    the ones the provenance names (any that is not is named, and nothing is built). No private
+    key is needed: the [provenance] key is not read (the rebuild signs no provenance), and
+    without the [signing] key the published image's SIGSTRUCT is put into the rebuild once its
+    RSA signature verifies and it signs the rebuilt MRENCLAVE. A rebuild that differs prints
+    the `diff` against the published image. Encrypted models reproduce only with [build]
+    reproducible = true and the original wrap keys. The provenance's signature is not checked
     here: `verify-provenance` does that."""
     from ..compare.text import render
     from ..verify_build import verify_build as run
@@ -140,6 +145,7 @@ def verify_build(
                 f"image       rebuilt {result.rebuilt.image_digest}, provenance "
                 f"{expected.image_digest}"
             )
+            click.echo(f"sigstruct   {result.signature}")
         if result.diff is not None:
             for line in render(result.diff):
                 click.echo(line)

@@ -318,6 +318,14 @@ def _check_config(files: dict[str, bytes], config: SecretsConfig, spec: Spec) ->
 
 def plan(spec: Spec) -> ServicePlan:
     refuse_model_server_keys(spec, "secret-server")
+    if spec.models:
+        raise spec_error(
+            spec,
+            ("models",),
+            "the secret server serves no models (it releases keys to the model enclaves that "
+            "[secret-server] policies name), so [[models]] would be ignored: remove it, and "
+            "build each model server from a spec of its own",
+        )
     opts = spec.section("secret-server")
     files, config = _server_files(spec, opts)
     secrets_toml = _check_config(files, config, spec)
@@ -370,6 +378,12 @@ FRAMEWORK = Framework(
     section=SECTION,
     default_enclave_size=1 << 30,
     default_max_threads=32,
+    tls_refusal=(
+        "the secret server's own TLS identity is set by [secret-server]: at start it makes a "
+        "key pair in the enclave and an RA-TLS certificate whose quote binds it (clients "
+        "check it with `enclave-build attest`); [tls] configures enclave-build's model "
+        "server only, and would be ignored here: remove the section"
+    ),
 )
 
 
