@@ -101,10 +101,13 @@ def test_doctor_log_names_the_trim_entry_from_the_spec(tmp_path):
 
 # --------------------------------------------------------------------------- the build
 
+#: the server's own attestation-server modules are files the plan adds on the PYTHONPATH
+SERVER_DIR = "/opt/enclave-build/python/enclave_build/attestation/server/"
 TRIMMED = SPEC.replace(
     "isv_svn = 9",
     'isv_svn = 9\ntrim = [\n  "/usr/lib/python3.11/unittest/",\n'
-    '  "/usr/lib/x86_64-linux-gnu/libssl.so.3",\n  "/etc/nsswitch.conf",\n]',
+    '  "/usr/lib/x86_64-linux-gnu/libssl.so.3",\n  "/etc/nsswitch.conf",\n'
+    f'  "{SERVER_DIR}",\n]',
 )
 
 
@@ -133,11 +136,20 @@ def test_build_leaves_trimmed_files_out_but_keeps_needed_libraries(
     # _ssl's extension module is kept and links libssl: the library stays trusted
     assert "/usr/lib/x86_64-linux-gnu/libssl.so.3" in after
     assert trimmed.mr_enclave != full.mr_enclave  # the trusted list is measured
+    # a file the plan adds and the trim leaves out is not shipped (an untrusted file on the
+    # PYTHONPATH would fail the image's verification), the base's own files stay in the image
+    assert any(p.startswith(SERVER_DIR) for p in before)
+    assert not any(p.startswith(SERVER_DIR) for p in after)
+    assert not (image_rootfs(tmp_path / "b/out") / SERVER_DIR.lstrip("/")).exists()
+    assert (image_rootfs(tmp_path / "b/out") / "etc/nsswitch.conf").exists()
+    verified = run_cli("inspect", str(tmp_path / "b/out"))
+    assert verified.returncode == 0, verified.stderr.decode()[-2000:]
     info = json.loads((tmp_path / "b/out/service.json").read_text())
     assert info["trim"] == [
         "/usr/lib/python3.11/unittest/",
         "/usr/lib/x86_64-linux-gnu/libssl.so.3",
         "/etc/nsswitch.conf",
+        SERVER_DIR,
     ]
     sbom = json.loads((image_rootfs(tmp_path / "b/out") / "enclave/sbom.spdx.json").read_text())
     assert "/etc/nsswitch.conf" not in json.dumps(sbom)

@@ -431,6 +431,33 @@ def apply_trim(
     return {uri: c for uri, c in entries.items() if uri not in removed or uri in needed}
 
 
+def shipped_plan_files(plan: ServicePlan, final: bytes) -> list[ArtifactFile]:
+    """The files the plan adds in clear text, as image files: without those ``[enclave]
+    trim`` left out of the trusted files *final* holds (an untrusted file the build ships
+    where the program imports from would look added afterwards: builder.image.verify)."""
+    out: list[ArtifactFile] = []
+    if not plan.enclave.trim:
+        for item in _plan_sources(plan):
+            out.append(ArtifactFile(item.dest, data=item.data, source=item.source, mode=item.mode))
+        return out
+    kept = {e["uri"] for e in tomllib.loads(final.decode("utf-8"))["sgx"]["trusted_files"]}
+    for item in _plan_sources(plan):
+        if item.kind is not FileKind.TRUSTED:  # allowed files are never trimmed
+            out.append(ArtifactFile(item.dest, data=item.data, source=item.source, mode=item.mode))
+            continue
+        whole = item.data is not None or item.source is None or not item.source.is_dir()
+        if whole:
+            if f"file:{item.dest}" in kept:
+                out.append(
+                    ArtifactFile(item.dest, data=item.data, source=item.source, mode=item.mode)
+                )
+            continue
+        for uri, content in expand_plan_file(item, item.dest):
+            if uri in kept and isinstance(content, Path):
+                out.append(ArtifactFile(uri[len("file:") :], source=content, mode=item.mode))
+    return out
+
+
 def enclave_mounts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     """(image directory, enclave path) of the manifest's chroot mounts and root, longest first."""
     pairs = [("/", "/")]
@@ -577,8 +604,7 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
     date = SigDate.parse(options.sig_date)
 
     files = [ArtifactFile(manifest_path(plan), data=final), ArtifactFile(SBOM_PATH, data=made[0])]
-    for item in _plan_sources(plan):
-        files.append(ArtifactFile(item.dest, data=item.data, source=item.source, mode=item.mode))
+    files += shipped_plan_files(plan, final)
     files += encrypted
     entrypoint = ("gramine-sgx", posixpath.join(ENCLAVE_DIR, plan.service))
 
