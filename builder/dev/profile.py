@@ -20,9 +20,11 @@ and the report says:
 
 The recommendation: ``[enclave] size`` = the next power of two at or above the peak virtual
 memory plus :data:`SIZE_MARGIN`; ``max_threads`` = the peak plus
-:data:`~builder.run.failures.THREAD_MARGIN`; EDMM; and the EPC request ``k8s`` would then make.
-``--write`` puts size and threads into the spec (builder.spec_edit), each edited line under a
-comment with the measured figure and the old value. A plain-process run (a stand-in base, or
+:data:`~builder.run.failures.THREAD_MARGIN`; EDMM; ``[enclave] trim`` (builder.trim: the spec's
+entries plus the trusted files never opened, wholly unused directories as one entry; the SBOM
+never); and the EPC request ``k8s`` would then make. ``--write`` puts size, threads and the trim
+into the spec (builder.spec_edit), each edited key under a comment with the measured figure and
+the old value. A plain-process run (a stand-in base, or
 not root) has no LibOS: memory, threads and files are not measured, and the report says so.
 """
 
