@@ -678,8 +678,10 @@ def explain_log(log_file: Path, spec_path: Path | None = None) -> list[Any]:
 
     from .errors import UsageError
     from .run.failures import Limits, explain, parse_size
+    from .trim import Trim
 
     limits = Limits()
+    trim = Trim()
     if spec_path is not None:
         try:
             data = tomllib.loads(spec_path.read_text())
@@ -693,6 +695,9 @@ def explain_log(log_file: Path, spec_path: Path | None = None) -> list[Any]:
             parse_size(enclave.get("size")),
             threads if isinstance(threads, int) and not isinstance(threads, bool) else None,
         )
+        entries = enclave.get("trim")
+        if isinstance(entries, list):
+            trim = Trim.of(e for e in entries if isinstance(e, str))
     try:
         with open(log_file, "rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -700,4 +705,4 @@ def explain_log(log_file: Path, spec_path: Path | None = None) -> list[Any]:
             text = handle.read().decode(errors="replace")
     except OSError as exc:
         raise UsageError(f"{log_file}: cannot read it: {exc.strerror or exc}") from None
-    return explain(text.splitlines(), limits)
+    return explain(text.splitlines(), limits, trim=trim)

@@ -116,6 +116,8 @@ class EnclaveResources:
     #: File descriptors the program may hold open (Gramine ``sys.fds.limit``); None: the
     #: libOS default (Gramine's is 900).
     max_open_files: int | None = None
+    #: Image paths left out of the trusted files ([enclave] trim; builder.trim), as written.
+    trim: tuple[str, ...] = ()
 
 
 @dataclass

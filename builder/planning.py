@@ -72,6 +72,7 @@ def base_plan(
             debug=enclave.debug,
             isv_prod_id=enclave.isv_prod_id,
             isv_svn=enclave.isv_svn,
+            trim=enclave.trim,
         ),
         env=dict(env or {}),
         user=user,

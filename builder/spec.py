@@ -24,6 +24,7 @@ from . import server_trust, spec_clients
 from .deploy.settings import check_deploy
 from .errors import UsageError
 from .plan import ServerTrust
+from .trim import ENTRY_DOC, ENTRY_PATTERN, entry_problem
 
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 DNS_LABEL_DOC = "lower-case letters, digits and '-', at most 63 characters (a DNS label)"
@@ -134,6 +135,16 @@ ENCLAVE = Section(
             "also reports files the manifest does not trust",
             default="error",
             choices=("none", "error", "warning", "debug", "trace", "all"),
+        ),
+        Field(
+            "trim",
+            "list[str]",
+            "Gramine: image paths left out of the trusted files (measured): a file, a "
+            "directory ending in '/', or a glob (*, ?, [...], ** for any depth); the LibOS "
+            "refuses to open them. `enclave-build profile --write` writes the files a run never "
+            "opened",
+            item_pattern=ENTRY_PATTERN,
+            item_doc=ENTRY_DOC,
         ),
     ),
 )
@@ -474,6 +485,8 @@ class EnclaveSpec:
     isv_prod_id: int
     isv_svn: int
     log_level: str = "error"  # Gramine loader.log_level (part of the measured manifest)
+    #: [enclave] trim: image paths left out of the trusted files (builder.trim), as written
+    trim: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -769,6 +782,7 @@ def spec_from_dict(
     if backend is not None and backend.options is not None and backend_values is not None:
         libos_options = backend.options(backend_values, SectionContext(base_dir, values), problems)
     check_deploy(values["deploy"], values["enclave"], problems)
+    _check_trim(values["enclave"].get("trim"), libos, problems)
     if isinstance(values["image"].get("tag"), str):  # a name `--push`/`--load` can use
         from .image.reference import parse_registry_ref
 
@@ -825,6 +839,7 @@ def spec_from_dict(
             enclave["isv_prod_id"],
             enclave["isv_svn"],
             enclave["log_level"],
+            tuple(enclave["trim"] or ()),
         ),
         image=ImageSpec(local_base(image["base"], path.parent), image["tag"]),
         signing=SigningSpec(
@@ -847,6 +862,25 @@ def spec_from_dict(
         ),
         provenance=(ProvenanceSpec(values["provenance"]["key"]) if "provenance" in data else None),
     )
+
+
+def _check_trim(trim: Any, libos: Any, problems: list[Problem]) -> None:
+    """[enclave] trim: well-formed entries, and a libOS with per-file trust (Gramine)."""
+    if not isinstance(trim, list) or not trim:
+        return
+    if isinstance(libos, str) and libos != "gramine":
+        problems.append(
+            Problem(
+                ("enclave", "trim"),
+                f"service.libos {libos!r} has no per-file trusted list to trim (Gramine only); "
+                "remove [enclave] trim",
+            )
+        )
+        return
+    for index, entry in enumerate(trim):
+        problem = entry_problem(entry) if isinstance(entry, str) else None
+        if problem is not None:
+            problems.append(Problem(("enclave", "trim", index), problem))
 
 
 def tls_issuer(tls: Mapping[str, Any]) -> str:

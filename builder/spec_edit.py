@@ -150,4 +150,74 @@ def set_table_keys(
     return edited
 
 
-__all__ = ["set_model_keys", "set_table_keys"]
+def _value_end(lines: list[str], number: int, key: str) -> int | None:
+    """The line after the value of ``KEY = ...`` starting at line *number* (a value can span
+    lines: a multi-line array); None when no prefix of the lines parses as that key."""
+    for end in range(number + 1, len(lines) + 1):
+        try:
+            tomllib.loads("".join(lines[number:end]))
+        except tomllib.TOMLDecodeError:
+            continue
+        return end
+    return None
+
+
+def set_table_list(
+    text: str,
+    table: str,
+    key: str,
+    items: list[str],
+    comment: str,
+    *,
+    source: str | Path = "spec.toml",
+) -> str:
+    """*text* with ``[TABLE] KEY`` set to the array of strings *items*, written one per line
+    under ``# COMMENT (was N entries)`` (the old value may span lines); a missing key is added
+    after the table's header, a missing table at the end. Every other byte stays; UsageError
+    naming *source* when the result would not parse to the same data but for that key."""
+    try:
+        before = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{source}: invalid TOML: {exc}") from None
+    header = re.compile(_TABLE_HEADER.format(name=re.escape(table)))
+    lines = text.splitlines(keepends=True)
+    newline = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
+    start = next((i for i, line in enumerate(lines) if header.match(line.rstrip("\r\n"))), None)
+    if start is None:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += newline
+        lines += [newline, f"[{table}]{newline}"]
+        start = len(lines) - 1
+    end = next((i for i in range(start + 1, len(lines)) if _HEADER.match(lines[i])), len(lines))
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    number = next((i for i in range(start + 1, end) if pattern.match(lines[i])), None)
+    body = "".join(f"    {json.dumps(item, ensure_ascii=False)},{newline}" for item in items)
+    rendered = f"{key} = [{newline}{body}]{newline}" if items else f"{key} = []{newline}"
+    old = (before.get(table) or {}).get(key)
+    was = f" (was {len(old)} entries)" if isinstance(old, list) else ""
+    block = [f"# {comment}{was}{newline}", rendered]
+    if number is None:
+        lines[start + 1 : start + 1] = block
+    else:
+        stop = _value_end(lines, number, key)
+        if stop is None or stop > end:
+            raise UsageError(
+                f"{source}: cannot set [{table}] {key} in place (its value is written in a way "
+                "this edit does not handle); set it by hand"
+            )
+        lines[number:stop] = block
+    edited = "".join(lines)
+    expected = {**before, table: {**(before.get(table) or {}), key: list(items)}}
+    try:
+        after = tomllib.loads(edited)
+    except tomllib.TOMLDecodeError:
+        after = None
+    if after != expected:
+        raise UsageError(
+            f"{source}: cannot set [{table}] {key} in place (the file is written in a way this "
+            "edit does not handle); set it by hand"
+        )
+    return edited
+
+
+__all__ = ["set_model_keys", "set_table_keys", "set_table_list"]

@@ -16,7 +16,7 @@ secret. ``enclave-build k8s`` reads only the build output directory::
      "drain_seconds": 20.0 | null, "run_as": {"user": 10001, "group": 0},
      "writable_paths": ["/models/face_detection"], "keys": ["face-detect-key"],
      "secret_server": "localhost:4433" | null, "secret_server_enclave": false,
-     "ra_tls_identity": false, "tls": false, "deploy": {...}}
+     "ra_tls_identity": false, "tls": false, "deploy": {...}, "trim": ["/usr/lib/x/"]}
 
 ``secret_server_enclave``: the enclave accepts its secret server only as an attested enclave
 (``[secrets] server_measurements``, or Occlum's init over mutual RA-TLS), not by a CA-signed
@@ -265,6 +265,15 @@ SCHEMA = Section(
         ),
         Field("tls", "bool", "the service speaks TLS", default=False, nullable=True),
         Field(
+            "trim",
+            "list[str]",
+            "the spec's [enclave] trim: image paths left out of the trusted files",
+            default=[],
+            nullable=True,
+            item_pattern=ABS_PATH,
+            item_doc="an absolute path or glob",
+        ),
+        Field(
             "deploy", "table", "the spec's [deploy] settings", section=DEPLOY_JSON, nullable=True
         ),
     ),
@@ -340,6 +349,8 @@ class ServiceInfo:
     ra_tls_identity: bool = False
     tls: bool = False
     deploy: DeploySpec = field(default_factory=DeploySpec)
+    #: [enclave] trim as written: image paths left out of the trusted files
+    trim: tuple[str, ...] = ()
     version: int = FORMAT_VERSION
 
     def port(self, name: str) -> ServicePort:
@@ -393,6 +404,7 @@ class ServiceInfo:
             ra_tls_identity=bool(v["ra_tls_identity"]),
             tls=bool(v["tls"]),
             deploy=DeploySpec.from_values(v["deploy"] or {}),
+            trim=tuple(v["trim"] or ()),
         )
 
     @classmethod

@@ -717,3 +717,88 @@ def test_inspect_run_and_k8s_take_the_project_directory(tmp_path, standin_root):
     # run reads and checks the build (then cannot boot a stand-in under gramine-direct)
     ran = run_cli("run", "proj", "--simulate", "--mode", "gramine-direct", cwd=tmp_path)
     assert note in ran.stderr.decode() and "STAND-IN base" in ran.stderr.decode()
+
+
+def _profile_report(path: Path, service: str, size: int, threads: int) -> Path:
+    """A report as `enclave-build profile --json` prints it (its recommendation part)."""
+    path.write_text(
+        json.dumps(
+            {
+                "schema": 1,
+                "service": service,
+                "mode": "gramine-direct",
+                "memory": {"peak_virtual_bytes": size // 2},
+                "recommendation": {"size_bytes": size, "max_threads": threads},
+            }
+        )
+    )
+    return path
+
+
+def _epc(manifests: Manifests) -> str:
+    return manifests.objects["base/model-server/deployment.yaml"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]["resources"]["requests"]["sgx.intel.com/epc"]
+
+
+def test_k8s_sizes_the_epc_request_from_a_profile(tmp_path):
+    edmm = make_build(
+        tmp_path / "e",
+        "tflite",
+        size="8G",
+        replace={"max_threads = 32": "max_threads = 32\nedmm = true"},
+    )
+    report = _profile_report(tmp_path / "p.json", "face-detect", 1 << 30, 20)
+    assert _epc(render(edmm)) == "8193Mi"
+    measured = render(edmm, Overrides(profile=report))
+    assert _epc(measured) == "1025Mi"  # the recommendation + the Gramine margin
+    assert any("EPC sized from" in n for n in measured.notes)
+    # without EDMM the whole enclave is committed at start: the request stays, with a note
+    plain = render(make_build(tmp_path / "n", "tflite", size="8G"), Overrides(profile=report))
+    assert _epc(plain) == "8193Mi"
+    assert any("the EPC request stays 8G" in n for n in plain.notes)
+    # a build smaller than the run needed, or another service's profile: exit 2
+    big = _profile_report(tmp_path / "big.json", "face-detect", 16 << 30, 20)
+    with pytest.raises(K8sError, match="would run out"):
+        render(edmm, Overrides(profile=big))
+    other = _profile_report(tmp_path / "o.json", "other", 1 << 30, 20)
+    with pytest.raises(K8sError, match="a profile of 'other'"):
+        render(edmm, Overrides(profile=other))
+    # the CLI
+    result = CliRunner().invoke(
+        main, ["k8s", str(edmm), "-o", str(tmp_path / "d"), "--profile", str(report), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    deployment = yaml.safe_load((tmp_path / "d/base/model-server/deployment.yaml").read_text())
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["sgx.intel.com/epc"] == "1025Mi"
+    assert resources["limits"]["sgx.intel.com/epc"] == "1025Mi"
+    result = CliRunner().invoke(
+        main, ["k8s", str(edmm), "-o", str(tmp_path / "f"), "--profile", str(tmp_path / "nope")]
+    )
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_plan_capacity_takes_a_profile(tmp_path):
+    report = _profile_report(tmp_path / "p.json", "face-detect", 1 << 30, 20)
+    runner = CliRunner()
+    args = ["plan-capacity", "--epc-per-node", "64Gi", "--nodes", "1", "--json"]
+    result = runner.invoke(main, [*args, "--profile", str(report)])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output[result.output.index("{") :])
+    assert plan["enclave_size"] == 1 << 30
+    edmm = make_build(
+        tmp_path / "e",
+        "tflite",
+        size="8G",
+        replace={"max_threads = 32": "max_threads = 32\nedmm = true"},
+    )
+    result = runner.invoke(main, [*args, str(edmm), "--profile", str(report)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{") :])["enclave_size"] == 1 << 30
+    without = runner.invoke(main, [*args, str(edmm)])
+    assert json.loads(without.output)["enclave_size"] == 8 << 30
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": 1, "service": "x", "recommendation": {"size_bytes": null}}')
+    result = runner.invoke(main, [*args, "--profile", str(bad)])
+    assert result.exit_code == 2 and "gramine-direct" in result.output

@@ -3,7 +3,9 @@ recommendation, the strace and dpkg readers, latency percentiles (fast); and, on
 Gramine base under gramine-direct (integration, one project shared by the steps), the whole
 loop: a spec with too few threads fails under `--enforce-limits` with the explained error,
 `profile --write` measures it (oversized memory, 8G, gets a smaller size; threads get the
-measured peak), and the rebuilt service serves under the same enforced limits."""
+measured peak, and the trusted files never opened are written as [enclave] trim), and the
+rebuilt service -- fewer trusted files -- serves the same answer under the same enforced
+limits."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from enclave_build.builder.dev.profile import MIN_SIZE, recommend
 from enclave_build.builder.errors import UsageError
 from enclave_build.builder.run.observe import Observation, opened_paths, package_owners
 from enclave_build.builder.spec_edit import set_table_keys
+from enclave_build.builder.trim import Trim
 
 from .dev_env import free_ports, set_ports
 
@@ -144,9 +147,22 @@ def _cli(project, *args: str, timeout: float = 900) -> subprocess.CompletedProce
     )
 
 
+TRUSTED_COUNT = re.compile(r"(\d+) trusted files checked")
+DIGEST = re.compile(r"^digest (sha256:[0-9a-f]{64})$", re.M)
+
+
 @pytest.mark.integration
 def test_profile_sizes_the_enclave_and_the_recommendation_serves(project):
     _, spec, _ = project
+    # 0. as written (limits not enforced: direct mode holds it to none): the answer and the
+    # number of trusted files before the trim
+    plain = _cli(project, "dev", "face", "--once", "-q")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    answer = DIGEST.search(plain.stdout)
+    count = TRUSTED_COUNT.search(plain.stderr)
+    assert answer and count, plain.stderr[-3000:]
+    trusted_before = int(count[1])
+
     # 1. too few threads, held to them: fails, explained with the key and a number
     failed = _cli(project, "dev", "face", "--once", "-q", "--enforce-limits")
     assert failed.returncode == 1, failed.stderr[-3000:]
@@ -176,13 +192,36 @@ def test_profile_sizes_the_enclave_and_the_recommendation_serves(project):
     trim = {p for paths in files["unused_by_package"].values() for p in paths}
     assert trim and not trim & opened  # nothing a request path opened is a trim candidate
     assert "/opt/enclave-build/python/enclave_build/model_server/__main__.py" in opened
+    assert files["trusted"] == trusted_before
     assert report["written"] is True
     enclave = tomllib.loads(spec.read_text())["enclave"]
     assert enclave["max_threads"] == rec["max_threads"] and enclave["size"] == rec["size"]
     assert "enclave-build profile" in spec.read_text()
+    # the trim: entries for exactly the files never opened, none matching an opened file
+    assert enclave["trim"] == rec["trim"] and rec["trim"]
+    entries = Trim.of(enclave["trim"])
+    assert not [p for p in opened if entries.match(p)]
+    assert all(entries.match(p) for p in trim)
+    assert "never opened" in spec.read_text()
 
     # 3. rebuilt with the recommendation, held to it: serves
     served = _cli(project, "dev", "face", "--once", "-q", "--enforce-limits")
     assert served.returncode == 0, served.stderr[-3000:]
     assert f"sgx.max_threads = {rec['max_threads']}" in served.stderr
-    assert re.search(r"^digest sha256:[0-9a-f]{64}$", served.stdout, re.M)
+    # ... with the trim applied: the same answer from fewer trusted files
+    trimmed_answer = DIGEST.search(served.stdout)
+    assert trimmed_answer and trimmed_answer[1] == answer[1], served.stdout
+    count = TRUSTED_COUNT.search(served.stderr)
+    assert count, served.stderr[-3000:]
+    trusted_after = int(count[1])
+    assert trusted_after < trusted_before
+    # the build keeps only the libraries kept ELF files need: at most those come back
+    assert trusted_after <= trusted_before - len(trim) + len(trim & _elf_files(trim)), (
+        trusted_before,
+        trusted_after,
+        len(trim),
+    )
+
+
+def _elf_files(paths: set[str]) -> set[str]:
+    return {p for p in paths if ".so" in p.rsplit("/", 1)[-1]}

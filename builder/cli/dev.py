@@ -190,9 +190,11 @@ direct-mode loader's VmPeak, the address space sgx.enclave_size must hold, and V
 resident); peak threads (exact, from a pids cgroup) against sgx.max_threads; latency p50/p99
 per model; the trusted files opened (strace) against those trusted, the unused ones by Debian
 package; refused files (logged at [enclave] log_level "warning" or above). Then recommends
-[enclave] size (next power of two above the peak + 25%), max_threads (peak + 4), EDMM, and
-the EPC request `k8s` would make. --write puts size and max_threads into the spec, each line
-under a comment saying what was measured and the old value; rebuild to apply.
+[enclave] size (next power of two above the peak + 25%), max_threads (peak + 4), EDMM, the
+trim (the trusted files never opened; a directory wholly unused as one DIR/ entry), and the EPC
+request `k8s` would make. --write puts size, max_threads and trim into the spec, each key under
+a comment saying what was measured and the old value; rebuild to apply. `k8s --profile` and
+`plan-capacity --profile` read the --json report.
 \b
 Under gramine-direct only (a real Gramine base, as root). On a stand-in base the service runs
 as a plain process: time to ready and latency are measured, memory, threads and files are not
@@ -246,7 +248,7 @@ as a plain process: time to ready and latency are measured, memory, threads and 
     type=click.FloatRange(1, 3600),
     help="Seconds to wait for the model server to be ready.",
 )
-@click.option("--write", is_flag=True, help="Apply size and max_threads to the spec.")
+@click.option("--write", is_flag=True, help="Apply size, max_threads and the trim to the spec.")
 @click.option(
     "--json",
     "as_json",

@@ -104,6 +104,13 @@ to change), 1 anything else.
     "for test clusters only, with a warning.",
 )
 @click.option(
+    "--profile",
+    "profile_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A report of `enclave-build profile --json`: size the EPC request from the measured "
+    "recommendation (with EDMM; without it the build's whole size stays, with a note).",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print as JSON: output, files (relative paths), notes."
 )
 def k8s(
@@ -114,6 +121,7 @@ def k8s(
     secret_server_image: str | None,
     pccs_url: str | None,
     allow_debug: bool,
+    profile_file: Path | None,
     as_json: bool,
 ) -> None:
     """Generate Kubernetes manifests (a kustomize base and overlay) for BUILD_DIR.
@@ -152,6 +160,7 @@ def k8s(
                 secret_server_image=secret_server_image,
                 pccs_url=pccs_url,
                 allow_debug=allow_debug,
+                profile=profile_file,
             ),
         )
     files = sorted(manifests.files) + sorted(f"overlays/production/{p}" for p in manifests.overlay)
@@ -224,6 +233,13 @@ then why) or bad arguments.
     "sidecar or quoting enclaves (services that fetch no keys; default: the build's).",
 )
 @click.option(
+    "--profile",
+    "profile_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A report of `enclave-build profile --json`: plan with its recommended size and "
+    "threads (with a BUILD_DIR: what `k8s --profile` would request).",
+)
+@click.option(
     "--enclave-limit",
     type=click.IntRange(min=1),
     default=20,
@@ -248,12 +264,14 @@ def plan_capacity(
     libos: str | None,
     max_threads: int | None,
     no_attestation: bool,
+    profile_file: Path | None,
     enclave_limit: int,
     as_json: bool,
 ) -> None:
     """How many replicas fit per SGX node and in the cluster, by EPC and device limits.
 
-    Give the enclave size (and libOS) or a BUILD_DIR to take them from its service.json.
+    Give the enclave size (and libOS), a BUILD_DIR to take them from its service.json, or a
+    --profile report to plan with its recommendation.
     """
     from enclave_build.contract.names import SERVICE_FILE
 
@@ -261,22 +279,37 @@ def plan_capacity(
     from ..deploy.quantity import memory_bytes
     from ..deploy.service_info import ServiceInfo
     from ..k8s.capacity import plan_capacity as plan
+    from ..k8s.measured import MeasuredProfile, profiled_enclave
 
     with errors():
         attests, margin = not no_attestation, None
+        measured = MeasuredProfile.load(profile_file) if profile_file is not None else None
         if build_dir is not None:
             build_dir = build_output(
                 build_dir, needs=(SERVICE_FILE,), log=lambda line: click.echo(line, err=True)
             )
             info = ServiceInfo.load(build_dir / SERVICE_FILE)
-            enclave_size = enclave_size or info.enclave.size
+            enclave = info.enclave
+            if measured is not None:
+                enclave, note = profiled_enclave(info.service, enclave, measured)
+                click.echo(f"note: {note}", err=True)
+            enclave_size = enclave_size or enclave.size
             libos = libos or info.libos
-            max_threads = max_threads or info.enclave.max_threads
+            max_threads = max_threads or enclave.max_threads
             attests = attests and bool(info.keys)
             if info.deploy.epc_margin:
                 margin = memory_bytes(info.deploy.epc_margin)
+        elif measured is not None:
+            enclave_size = enclave_size or measured.size
+            max_threads = max_threads or measured.max_threads
+            click.echo(
+                f"note: planned with the size and threads {measured.path} recommends "
+                f"({measured.size >> 20} MiB, {measured.max_threads}); apply them "
+                "(`enclave-build profile --write`, rebuild) before deploying",
+                err=True,
+            )
         if enclave_size is None:
-            raise UsageError("give --enclave-size SIZE or a BUILD_DIR")
+            raise UsageError("give --enclave-size SIZE, a BUILD_DIR or --profile FILE")
         result = plan(
             enclave_size,
             epc_per_node,

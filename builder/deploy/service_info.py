@@ -122,4 +122,5 @@ def service_info(
         ra_tls_identity=plan.needs_quote_device,
         tls=tls,
         deploy=deploy,
+        trim=plan.enclave.trim,
     )

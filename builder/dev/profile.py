@@ -20,9 +20,11 @@ and the report says:
 
 The recommendation: ``[enclave] size`` = the next power of two at or above the peak virtual
 memory plus :data:`SIZE_MARGIN`; ``max_threads`` = the peak plus
-:data:`~builder.run.failures.THREAD_MARGIN`; EDMM; and the EPC request ``k8s`` would then make.
-``--write`` puts size and threads into the spec (builder.spec_edit), each edited line under a
-comment with the measured figure and the old value. A plain-process run (a stand-in base, or
+:data:`~builder.run.failures.THREAD_MARGIN`; EDMM; ``[enclave] trim`` (builder.trim: the spec's
+entries plus the trusted files never opened, wholly unused directories as one entry; the SBOM
+never); and the EPC request ``k8s`` would then make. ``--write`` puts size, threads and the trim
+into the spec (builder.spec_edit), each edited key under a comment with the measured figure and
+the old value. A plain-process run (a stand-in base, or
 not root) has no LibOS: memory, threads and files are not measured, and the report says so.
 """
 
@@ -37,9 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from enclave_build.contract.sbom import SBOM_PATH
+
 from ..errors import UsageError
 from ..run.failures import THREAD_MARGIN, Limits, explain, next_power_of_two, size_text
 from ..run.observe import TRUSTED_FILE, Observation, opened_paths
+from ..trim import Trim, compress
 from .load import LoadResult, drive
 from .requests import generated_request, read_input
 from .session import DevOptions, DevSession, project_state
@@ -71,6 +76,9 @@ class Recommendation:
     edmm: str
     epc_request: int | None  # bytes of sgx.intel.com/epc for the enclave container
     notes: list[str] = field(default_factory=list)
+    #: [enclave] trim: the spec's entries, then entries for the trusted files this run never
+    #: opened (builder.trim.compress); None: the files were not observed
+    trim: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +87,7 @@ class Recommendation:
             "max_threads": self.max_threads,
             "edmm": self.edmm,
             "epc_request_bytes": self.epc_request,
+            "trim": self.trim,
             "notes": self.notes,
         }
 
@@ -184,12 +193,18 @@ class ProfileReport:
         if rec.max_threads:
             out.append(f"  [enclave] max_threads = {rec.max_threads}")
         out.append(f"  EDMM: {rec.edmm}")
+        if rec.trim is not None:
+            out.append(
+                f"  [enclave] trim = {len(rec.trim)} entries (the spec's and the files never "
+                "opened; --json lists them)"
+            )
         if rec.epc_request:
             out.append(f"  k8s EPC request (sgx.intel.com/epc): {_mib(rec.epc_request)}")
         out += [f"  {note}" for note in rec.notes]
         out += [f"not measured: {what}" for what in self.cannot_see]
         if self.written:
-            out.append(f"wrote [enclave] size and max_threads into {self.spec} (rebuild to apply)")
+            what = "size, max_threads and trim" if rec.trim is not None else "size and max_threads"
+            out.append(f"wrote [enclave] {what} into {self.spec} (rebuild to apply)")
         return out
 
 
@@ -238,12 +253,32 @@ def recommend(obs: Observation | None, libos: str = "gramine") -> Recommendation
     return Recommendation(size, threads, edmm, epc, notes)
 
 
+#: Trusted files never trimmed: the enclave's SBOM (its hash is measured: it says what the
+#: enclave holds, and a reader verifies it against the manifest).
+NEVER_TRIMMED = frozenset({SBOM_PATH})
+
+
 def _unused_by_package(trusted: dict[str, str | None], opened: set[str]) -> dict[str, list[str]]:
     unused: dict[str, list[str]] = {}
     for path, package in trusted.items():
-        if path not in opened:
+        if path not in opened and path not in NEVER_TRIMMED:
             unused.setdefault(package or "(no package)", []).append(path)
     return unused
+
+
+def trim_entries(
+    current: tuple[str, ...], trusted: dict[str, str | None], unused: dict[str, list[str]]
+) -> list[str]:
+    """``[enclave] trim`` after this run: the spec's entries, then entries for the trusted files
+    never opened (a directory all of whose trusted files went unused as one ``DIR/`` entry;
+    files an entry of the spec already matches are not listed again). Only files the LibOS
+    never looked up are unused: Gramine hashes a trusted file at its first lookup (a ``stat``
+    too), so strace sees it opened. The build keeps every library a kept ELF file needs,
+    whatever the trim says."""
+    existing = Trim.of(current)
+    fresh = [p for paths in unused.values() for p in paths if existing.match(p) is None]
+    added = [e for e in compress(fresh, trusted) if e not in current]
+    return list(current) + added
 
 
 def profile(
@@ -253,7 +288,7 @@ def profile(
 ) -> ProfileReport:
     """Serve, load, measure and recommend (the module doc); the report (written into the spec
     with ``options.write``)."""
-    from ..spec_edit import set_table_keys
+    from ..spec_edit import set_table_keys, set_table_list
 
     enclave_lines: list[str] = []
 
@@ -343,6 +378,18 @@ def profile(
                 comment,
                 source=spec_obj.path,
             )
+            if rec.trim is not None and report.opened is not None:
+                unused = sum(len(v) for v in report.unused.values())
+                edited = set_table_list(
+                    edited,
+                    "enclave",
+                    "trim",
+                    rec.trim,
+                    f"enclave-build profile {stamp}: {unused} of {report.trusted} trusted files "
+                    f"never opened in {sum(x.requests for x in loads)} requests at "
+                    f"{options.concurrency} concurrent; a file left out is refused at run time",
+                    source=spec_obj.path,
+                )
             tmp = spec_obj.path.with_name(f".{spec_obj.path.name}.profile-tmp")
             tmp.write_text(edited)
             tmp.replace(spec_obj.path)
@@ -392,6 +439,10 @@ def _report(
     for explanation in explain(enclave_lines, limits):
         if explanation.kind in ("file-refused", "file-create"):
             refused += list(explanation.paths)
+    recommendation = recommend(observation, "gramine")
+    unused = _unused_by_package(trusted, opened) if opened is not None else {}
+    if opened is not None and trusted:
+        recommendation.trim = trim_entries(spec.enclave.trim, trusted, unused)
     return ProfileReport(
         service=service,
         mode=mode,
@@ -401,10 +452,10 @@ def _report(
         loads=loads,
         trusted=len(trusted) if trusted else None,
         opened=sorted(p for p in trusted if p in opened) if opened is not None else None,
-        unused=_unused_by_package(trusted, opened) if opened is not None else {},
+        unused=unused,
         refused=refused,
         log_level=spec.enclave.log_level,
-        recommendation=recommend(observation, "gramine"),
+        recommendation=recommendation,
         cannot_see=cannot,
     )
 

@@ -46,6 +46,7 @@ from ..plan import host_may_set
 from ..python_closure import python_closure
 from ..rootfs import RootFS
 from ..sbom import LibOSInfo, ModelFile, SbomInputs, TrustedFile, sbom_bytes
+from ..trim import Trim
 from . import protected_files, trusted_files
 from .manifest_schema import check_manifest
 from .measure import EnclaveTooSmall, PalImage
@@ -342,6 +343,8 @@ def finalize_manifest(
     extra = [uri for uri in extra if uri not in entries]
     for item in trusted_files.expand(extra, rootfs):
         entries.setdefault(item.uri, rootfs.host_path(item.inner))
+    if plan.enclave.trim:
+        entries = apply_trim(entries, manifest, plan, rootfs, plan_elves)
     libos_host = rootfs.host_path(rootfs.resolve(manifest["loader"]["entrypoint"]["uri"][5:]))
 
     # Several URIs can name one host file (a link and its target, the LibOS entrypoint): hash
@@ -380,6 +383,79 @@ def finalize_manifest(
     ]
     manifest["loader"]["entrypoint"]["sha256"] = digests[libos_host]
     return tomli_w.dumps(manifest).encode("utf-8")
+
+
+def apply_trim(
+    entries: dict[str, Path | bytes],
+    manifest: dict[str, Any],
+    plan: ServicePlan,
+    rootfs: RootFS,
+    plan_elves: dict[str, Path],
+) -> dict[str, Path | bytes]:
+    """*entries* without the trusted files ``[enclave] trim`` leaves out (builder.trim), but
+    with every library a kept ELF file needs. A trim that would leave out the program's
+    entrypoint, or has an entry matching no trusted file, is a spec error naming the entry."""
+    trim = Trim.of(plan.enclave.trim)
+    where = plan.origin.locate("enclave.trim") if plan.origin is not None else "enclave.trim"
+    matched: set[str] = set()
+    removed: set[str] = set()
+    for uri in entries:
+        entry = trim.match(uri[len("file:") :])
+        if entry is not None:
+            matched.add(entry.text)
+            removed.add(uri)
+    program = trim.match(plan.entrypoint)
+    if program is not None:
+        raise UsageError(
+            f"{where}: {program.text!r} leaves out the program itself ({plan.entrypoint}); "
+            "remove that entry"
+        )
+    unmatched = [e.text for e in trim.entries if e.text not in matched]
+    if unmatched:
+        raise UsageError(
+            f"{where}: {unmatched[0]!r} matches no trusted file of this build"
+            + (f" (nor do {len(unmatched) - 1} more entries)" if len(unmatched) > 1 else "")
+            + "; remove it (the base image changed? `enclave-build profile --write` writes "
+            "the trim again)"
+        )
+    kept = [uri[len("file:") :] for uri in entries if uri not in removed]
+    needed = set(
+        elf_closure_uris(
+            manifest,
+            plan,
+            rootfs,
+            [p for p in kept if p not in plan_elves],
+            {p: c for p, c in plan_elves.items() if f"file:{p}" not in removed},
+        )
+    )
+    return {uri: c for uri, c in entries.items() if uri not in removed or uri in needed}
+
+
+def shipped_plan_files(plan: ServicePlan, final: bytes) -> list[ArtifactFile]:
+    """The files the plan adds in clear text, as image files: without those ``[enclave]
+    trim`` left out of the trusted files *final* holds (an untrusted file the build ships
+    where the program imports from would look added afterwards: builder.image.verify)."""
+    out: list[ArtifactFile] = []
+    if not plan.enclave.trim:
+        for item in _plan_sources(plan):
+            out.append(ArtifactFile(item.dest, data=item.data, source=item.source, mode=item.mode))
+        return out
+    kept = {e["uri"] for e in tomllib.loads(final.decode("utf-8"))["sgx"]["trusted_files"]}
+    for item in _plan_sources(plan):
+        if item.kind is not FileKind.TRUSTED:  # allowed files are never trimmed
+            out.append(ArtifactFile(item.dest, data=item.data, source=item.source, mode=item.mode))
+            continue
+        whole = item.data is not None or item.source is None or not item.source.is_dir()
+        if whole:
+            if f"file:{item.dest}" in kept:
+                out.append(
+                    ArtifactFile(item.dest, data=item.data, source=item.source, mode=item.mode)
+                )
+            continue
+        for uri, content in expand_plan_file(item, item.dest):
+            if uri in kept and isinstance(content, Path):
+                out.append(ArtifactFile(uri[len("file:") :], source=content, mode=item.mode))
+    return out
 
 
 def enclave_mounts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
@@ -520,8 +596,7 @@ def build(plan: ServicePlan, rootfs: RootFS, options: BuildOptions) -> LibOSArti
     date = SigDate.parse(options.sig_date)
 
     files = [ArtifactFile(manifest_path(plan), data=final), ArtifactFile(SBOM_PATH, data=made[0])]
-    for item in _plan_sources(plan):
-        files.append(ArtifactFile(item.dest, data=item.data, source=item.source, mode=item.mode))
+    files += shipped_plan_files(plan, final)
     files += encrypted
     entrypoint = ("gramine-sgx", posixpath.join(ENCLAVE_DIR, plan.service))
 

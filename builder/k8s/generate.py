@@ -22,6 +22,8 @@ class Overrides:
     secret_server_image: str | None = None
     pccs_url: str | None = None
     allow_debug: bool = False  # deploy a DEBUG enclave (test clusters only)
+    #: a `profile --json` report: size the EPC request from it (builder.k8s.measured)
+    profile: Path | None = None
 
 
 def render(build_dir: str | Path, overrides: Overrides = Overrides()) -> Manifests:
@@ -49,7 +51,22 @@ def render(build_dir: str | Path, overrides: Overrides = Overrides()) -> Manifes
             ) from None
         service = replace(build.service, deploy=replace(build.service.deploy, **changes))
         build = replace(build, service=service)
+    note = None
+    if overrides.profile is not None:
+        from .measured import MeasuredProfile, profiled_enclave
+
+        try:
+            enclave, note = profiled_enclave(
+                build.service.service,
+                build.service.enclave,
+                MeasuredProfile.load(overrides.profile),
+            )
+        except UsageError as exc:
+            raise K8sError(str(exc)) from None
+        build = replace(build, service=replace(build.service, enclave=enclave))
     manifests = generate(build)
+    if note is not None:
+        manifests.notes.append(note)
     if build.measurements.debug:
         manifests.notes.insert(
             0,

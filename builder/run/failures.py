@@ -19,7 +19,9 @@ recognises, most specific first. It knows:
 - **refused files**: "Disallowing access to file 'P'; file is not allowed." and "Disallowing
   creating file 'P'; file is not trusted or allowed." (``libos/src/fs/chroot/fs.c``; logged at
   ``log_level = "warning"`` and above), a trusted file whose hash does not match, a write to a
-  trusted file;
+  trusted file; a refused file that ``[enclave] trim`` left out is explained as the trim entry
+  to remove (Gramine names only the file's base name: the entries that can match it are
+  listed, with the image path when the image's root filesystem is at hand);
 - **missing libraries**: "error while loading shared libraries: L" and Python's
   ``ImportError: L: cannot open shared object file``;
 - **stack overflow**: a SIGSEGV exit (139) or "Segmentation fault" with nothing else
@@ -34,10 +36,14 @@ measured peak plus a margin when ``enclave-build profile`` measured one).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from ..trim import Trim
 
 #: How ``run`` introduces its explanation of a failed service (``dev`` looks for it).
 EXPLAINED = "what the log shows:"
@@ -192,6 +198,8 @@ def explain(
     exit_code: int | None = None,
     peak_threads: int | None = None,
     threads_refused: int | None = None,
+    trim: Trim | None = None,
+    root: Path | None = None,
 ) -> list[Explanation]:
     """Every failure :mod:`this module <builder.run.failures>` recognises in *lines*, most
     specific first (threads, memory, files, libraries, killed, stack). *exit_code*: the
@@ -277,6 +285,11 @@ def explain(
         )
     if "memory" in hits:
         out.append(_memory(limits, shown("memory")))
+    if "file-refused" in hits and trim:
+        untrimmed = _trimmed(_paths(refused), trim, root, hits["file-refused"], out)
+        refused = list(untrimmed)
+        if not refused:
+            del hits["file-refused"]
     if "file-refused" in hits:
         paths = _paths(refused)
         out.append(
@@ -329,6 +342,10 @@ def explain(
                 shown("trusted-write"),
             )
         )
+    if "library" in hits and trim:
+        libraries = list(_trimmed(_paths(libraries), trim, root, hits["library"], out))
+        if not libraries:
+            del hits["library"]
     if "library" in hits:
         libs = _paths(libraries)
         out.append(
@@ -364,6 +381,50 @@ def explain(
             )
         )
     return out
+
+
+def _trimmed(
+    names: tuple[str, ...],
+    trim: Trim,
+    root: Path | None,
+    lines: list[str],
+    out: list[Explanation],
+) -> tuple[str, ...]:
+    """Append the explanation of the refused *names* that ``[enclave] trim`` left out; return
+    the others."""
+    entries: dict[str, list[str]] = {}
+    trimmed: list[str] = []
+    others: list[str] = []
+    certain = True
+    for name in names:
+        suspects = trim.suspects(name, root)
+        if not suspects:
+            others.append(name)
+            continue
+        trimmed.append(name)
+        for entry, path in suspects:
+            certain = certain and path is not None
+            entries.setdefault(entry.text, []).append(path or f"a file named {name}")
+    if trimmed:
+        shown = tuple(_trim(x) for x in lines if any(n in x for n in trimmed))[:3]
+        removals = "; ".join(
+            f"remove {json.dumps(entry)} (it leaves out {_list(tuple(paths))})"
+            for entry, paths in list(entries.items())[:MAX_PATHS]
+        )
+        out.append(
+            Explanation(
+                "file-trimmed",
+                f"the LibOS refused {len(trimmed)} file(s) that [enclave] trim "
+                f"{'left' if certain else 'may have left'} out of the trusted files: "
+                f"{_list(tuple(trimmed))}.",
+                "[enclave] trim",
+                f"{removals}; rebuild (`enclave-build profile` under the traffic that opens "
+                "them writes a trim without them)",
+                shown,
+                paths=tuple(p for paths in entries.values() for p in paths),
+            )
+        )
+    return tuple(others)
 
 
 def _memory(limits: Limits, lines: tuple[str, ...]) -> Explanation:

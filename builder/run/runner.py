@@ -60,6 +60,7 @@ from ..image.blob_cache import BlobCache
 from ..image.oci import Image
 from ..image.verify import EnclaveVerification, python_path
 from ..rootfs import RootFS
+from ..trim import Trim
 from . import gramine_direct
 from .failures import EXPLAINED, Limits, explain, report_lines
 from .gramine_direct import DirectLaunch, resolve_user, wait_forwarding
@@ -352,6 +353,17 @@ def _check_encrypted_files(
         )
 
 
+def build_trim(directory: Path) -> Trim:
+    """The build's ``[enclave] trim`` (service.json; none for a build that predates it)."""
+    from enclave_build.contract.names import SERVICE_FILE
+    from enclave_build.contract.service_info import ServiceInfo
+
+    try:
+        return Trim.of(ServiceInfo.load(directory / SERVICE_FILE).trim)
+    except Exception:  # noqa: BLE001 - an older build: no trim to explain
+        return Trim()
+
+
 def secret_server_hint(directory: Path, timeout: float = 1.0) -> str | None:
     """After a failed run: a hint when nothing answers at the secret server the build fetches
     its keys from (service.json) -- the enclave stopped at start-up with "cannot reach the
@@ -596,6 +608,8 @@ def run_build(directory: str | Path, options: RunOptions | None = None) -> int:
                     limits if mode == "gramine-direct" else Limits(),
                     code,
                     threads_refused=refused,
+                    trim=build_trim(build.directory),
+                    root=root if mode == "gramine-direct" else None,
                 )
                 if explained:
                     log(f"run: the service exited with status {code}; {EXPLAINED}")
