@@ -54,7 +54,7 @@ CASES = [
         replace("max_threads = 8", "max_thread = 8"),
         [
             "spec.toml:12: enclave.max_thread: unknown key; did you mean 'max_threads'? allowed: size, "
-            "max_threads, edmm, debug, isv_prod_id, isv_svn, log_level"
+            "max_threads, edmm, debug, isv_prod_id, isv_svn, log_level, trim"
         ],
     ),
     (
@@ -62,7 +62,7 @@ CASES = [
         replace("max_threads = 8", "max_threads = 8\nturbo = true"),
         [
             "spec.toml:13: enclave.turbo: unknown key; allowed: size, max_threads, edmm, debug, "
-            "isv_prod_id, isv_svn, log_level"
+            "isv_prod_id, isv_svn, log_level, trim"
         ],
     ),
     (
