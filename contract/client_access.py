@@ -21,6 +21,8 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from .errors import ContractError
+
 #: The entry kinds, as written before the value.
 PIN_PREFIX = "sha256:"
 NAME_PREFIX = "CN="
@@ -52,7 +54,7 @@ class ClientIdentity:
     common_names: tuple[str, ...]
 
 
-class ClientEntryError(ValueError):
+class ClientEntryError(ContractError):
     """An entry that is not ``sha256:HEX`` or ``CN=NAME``; the message says why."""
 
 

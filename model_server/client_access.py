@@ -24,12 +24,13 @@ from cryptography.x509.oid import NameOID
 from enclave_build.contract.client_access import ClientIdentity, ClientRule, allows, parse_clients
 
 from .config import ModelConfig
+from .errors import ModelServerError
 
 #: Client certificates whose identity is remembered (each connection's is looked up per request).
 CACHED_IDENTITIES = 256
 
 
-class Forbidden(Exception):
+class Forbidden(ModelServerError):
     """The client may not use the model; the message says so without naming who may."""
 
 

@@ -203,7 +203,7 @@ def test_json_on_commands_that_print_structured_data(tmp_path):
     tls = run_cli("secrets", "tls", str(tmp_path / "tls"), "--host", "10.0.0.5", "--json")
     assert tls.returncode == 0, tls.stderr.decode()
     info = json.loads(tls.stdout)
-    assert set(info) == {"ca", "cert", "key", "hosts", "days", "server"}
+    assert set(info) == {"ca", "cert", "key", "hosts", "days", "server", "issuer_ca", "issuer_key"}
     assert info["server"] == "10.0.0.5:4433" and Path(info["key"]).is_file()
 
     pki = run_cli("secrets", "simulate-pki", str(tmp_path / "pki"), "--json")

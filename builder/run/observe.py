@@ -36,13 +36,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import EnclaveBuildError
+
 SAMPLE_SECONDS = 0.2
 OBSERVATION_FILE = "observation.json"
 OPENS_FILE = "opens.strace"
 SCHEMA = 1
 
 
-class ObserveError(RuntimeError):
+class ObserveError(EnclaveBuildError):
     """The run cannot be observed or limited as asked (the message says why)."""
 
 
