@@ -557,3 +557,70 @@ def test_run_without_a_secret_server_says_how_to_start_one(project):
     )
     assert f"enclave-build dev {project['dir'].resolve()}" in last
     _nothing_left(project)
+
+
+# --------------------------------------------------------------------------- [tls]
+
+
+def _init_standin_project(work: Path, name: str, env: dict) -> dict:
+    """`init` with the tiny model on the stand-in base, its ports set to free ones."""
+    model = make_ir_model(work)
+    secret_port, grpc, rest = free_ports(3)
+    proc = subprocess.run(
+        [
+            ENCLAVE_BUILD,
+            "init",
+            "--framework",
+            "openvino",
+            "--model",
+            str(model),
+            "--base",
+            "standin",
+            "--secret-server",
+            f"localhost:{secret_port}",
+            name,
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    set_ports(work / name / "spec.toml", "openvino", grpc, rest)
+    return {"dir": work / name, "secret_port": secret_port, "grpc": grpc, "rest": rest}
+
+
+@pytest.mark.parametrize("issuer", ["secret-server", "self"])
+def test_dev_once_serves_a_tls_project(tmp_path, issuer):
+    """An `init` project with [tls] (the default issuer, and "self"): dev configures its
+    secret server to issue the serving certificate, probes readiness over TLS trusting what
+    the issuer allows, and sends the --once request over TLS."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    made = _init_standin_project(tmp_path, "tp", env)
+    spec = made["dir"] / "spec.toml"
+    spec.write_text(
+        spec.read_text() + f'\n[tls]\nissuer = "{issuer}"\nhosts = ["models.example.test"]\n'
+    )
+    once = subprocess.run(
+        [ENCLAVE_BUILD, "dev", "tp", "--once"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEV_SECONDS,
+    )
+    assert once.returncode == 0, once.stdout + once.stderr[-4000:]
+    assert once.stdout.splitlines() == [
+        "model tiny: request x FP32[1, 4] (generated from the metadata: zeros)",
+        "  output y  FP32[1, 4]",
+        f"digest {expected_digest()}",
+    ]
+    if issuer == "secret-server":
+        issuer_ca = made["dir"] / "tls/issuer-ca.pem"
+        assert f"--cacert {issuer_ca.resolve()}" in once.stderr
+        assert 'event = "certificate"' in once.stderr or "certificate" in once.stderr
+    else:
+        assert "verified the enclave's RA-TLS certificate" in once.stderr
+    assert "TLS handshake failed" not in once.stderr
+    assert processes_mentioning(str(tmp_path)) == []
+    assert all(port_free(made[k]) for k in ("secret_port", "grpc", "rest"))
