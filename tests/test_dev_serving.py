@@ -359,7 +359,10 @@ def test_a_secret_server_already_running_is_used_not_started(project):
         assert server.poll() is None, "dev stopped a secret server it did not start"
     finally:
         server.terminate()
-        server.communicate(timeout=30)
+        _, audit = server.communicate(timeout=30)
+    # dev's look at who answers is no refused request in that server's audit
+    assert '"decision": "deny"' not in audit, audit
+    assert "without presenting one" in audit
 
 
 def test_errors_end_dev_with_the_reason_and_nothing_left_running(project):
