@@ -593,17 +593,26 @@ def _init_standin_project(work: Path, name: str, env: dict) -> dict:
     return {"dir": work / name, "secret_port": secret_port, "grpc": grpc, "rest": rest}
 
 
-@pytest.mark.parametrize("issuer", ["secret-server", "self"])
+@pytest.mark.parametrize("issuer", ["secret-server", "self", "file"])
 def test_dev_once_serves_a_tls_project(tmp_path, issuer):
-    """An `init` project with [tls] (the default issuer, and "self"): dev configures its
+    """An `init` project with [tls] (the default issuer, "self" and "file"): dev configures its
     secret server to issue the serving certificate, probes readiness over TLS trusting what
     the issuer allows, and sends the --once request over TLS."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     made = _init_standin_project(tmp_path, "tp", env)
     spec = made["dir"] / "spec.toml"
-    spec.write_text(
-        spec.read_text() + f'\n[tls]\nissuer = "{issuer}"\nhosts = ["models.example.test"]\n'
-    )
+    tls = f'\n[tls]\nissuer = "{issuer}"\nhosts = ["models.example.test"]\n'
+    if issuer == "file":
+        serving = subprocess.run(
+            [ENCLAVE_BUILD, "secrets", "tls", "tp/serving", "--host", "models.example.test"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert serving.returncode == 0, serving.stderr
+        tls = '\n[tls]\nissuer = "file"\ncert = "serving/server.crt"\nkey = "serving/server.key"\n'
+    spec.write_text(spec.read_text() + tls)
     once = subprocess.run(
         [ENCLAVE_BUILD, "dev", "tp", "--once"],
         cwd=tmp_path,
@@ -622,8 +631,34 @@ def test_dev_once_serves_a_tls_project(tmp_path, issuer):
         issuer_ca = made["dir"] / "tls/issuer-ca.pem"
         assert f"--cacert {issuer_ca.resolve()}" in once.stderr
         assert 'event = "certificate"' in once.stderr or "certificate" in once.stderr
-    else:
+    elif issuer == "self":
         assert "verified the enclave's RA-TLS certificate" in once.stderr
+    else:
+        assert "pinning the certificate the spec ships" in once.stderr
     assert "TLS handshake failed" not in once.stderr
     assert processes_mentioning(str(tmp_path)) == []
     assert all(port_free(made[k]) for k in ("secret_port", "grpc", "rest"))
+
+
+def test_dev_once_refuses_a_mutual_tls_project_before_starting_anything(tmp_path):
+    """[tls] client_ca: dev has no client certificate, so `--once` is refused up front (exit 2,
+    saying why), not after a readiness timeout."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    made = _init_standin_project(tmp_path, "mt", env)
+    spec = made["dir"] / "spec.toml"
+    spec.write_text(
+        spec.read_text()
+        + '\n[tls]\nissuer = "self"\nhosts = ["127.0.0.1"]\nclient_ca = "tls/ca.pem"\n'
+    )
+    once = subprocess.run(
+        [ENCLAVE_BUILD, "dev", "mt", "--once"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEV_SECONDS,
+    )
+    assert once.returncode == 2, once.stdout + once.stderr[-4000:]
+    assert "`dev --once` cannot ask a model server with mutual TLS" in once.stderr
+    assert "secret-server | " not in once.stderr and "enclave | " not in once.stderr
+    assert processes_mentioning(str(tmp_path)) == []

@@ -152,6 +152,8 @@ class DevSession:
         self.serving_trust: ServingTrust | None = None
         self._issuer_dir: Path | None = None
         self._last_tls_error: str | None = None
+        #: the model server requires client certificates ([tls] client_ca): dev has none
+        self._mutual = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -346,7 +348,7 @@ class DevSession:
 
         def ready() -> bool:
             self._check_alive(service)
-            if url is None:
+            if url is None or self._mutual:
                 return _connects("127.0.0.1", port)
             if self.serving_trust is not None and not _connects("127.0.0.1", port):
                 return False  # not listening yet: nothing to verify
@@ -465,6 +467,19 @@ class DevSession:
             self._issuer_dir = local_secrets.ensure_issuer_ca(
                 spec.secrets.ca, project_state(spec), self._emit
             )
+        if tls is not None and tls.client_ca is not None:
+            if self.options.once:
+                raise UsageError(
+                    f"{info.service}: `dev --once` cannot ask a model server with mutual TLS "
+                    f"([tls] client_ca = {tls.client_ca}): dev has no client certificate. Run "
+                    "`dev` and ask with a client certificate of that CA (curl --cert ... --key "
+                    "...)"
+                )
+            self._mutual = True
+            self._emit(
+                "dev: the model server requires client certificates ([tls] client_ca): dev "
+                "has none, so it waits until the port accepts connections and asks nothing"
+            )
         if tls is not None:
             self.serving_trust = ServingTrust(tls, output, self.pki, self._issuer_dir)
             if issued and self._issuer_dir is None:
@@ -494,7 +509,7 @@ class DevSession:
             served.tls_lines = self.serving_trust.client_lines(names.get("http"))
             for line in served.tls_lines:
                 self._emit("dev: " + line.strip())
-        if served.rest_url is not None and info.health.kind == "kserve-v2":
+        if served.rest_url is not None and info.health.kind == "kserve-v2" and not self._mutual:
             for model in spec.models:
                 try:
                     served.models.append(
