@@ -919,3 +919,7 @@ def test_devs_client_trusts_what_the_issuer_allows_and_nothing_else(tmp_path, is
         ) in lines
     else:
         assert f"the certificate {cert}" in lines
+    url, options = trust.curl(8000)
+    anchor = issuer_dir / "issuer-ca.pem" if issuer == "secret-server" else cert
+    assert url == "https://models.example.test:8000"
+    assert options == f"--cacert {anchor} --resolve models.example.test:8000:127.0.0.1"

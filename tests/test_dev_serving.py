@@ -662,3 +662,58 @@ def test_dev_once_refuses_a_mutual_tls_project_before_starting_anything(tmp_path
     assert "`dev --once` cannot ask a model server with mutual TLS" in once.stderr
     assert "secret-server | " not in once.stderr and "enclave | " not in once.stderr
     assert processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("issuer", ["secret-server", "self"])
+def test_dev_prints_tls_client_lines_that_work_as_printed(tmp_path, issuer):
+    """dev (interactive) on a [tls] project: the printed curl line (trusting the issuing CA, or
+    the verified key pin) and the gRPC snippet (trusting the same) answer as printed."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    made = _init_standin_project(tmp_path, "tp", env)
+    spec = made["dir"] / "spec.toml"
+    spec.write_text(
+        spec.read_text() + f'\n[tls]\nissuer = "{issuer}"\nhosts = ["models.example.test"]\n'
+    )
+    log = tmp_path / "dev.err"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [ENCLAVE_BUILD, "dev", "tp"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        out = _read_until(proc.stdout, "Ctrl-C stops", proc, DEV_SECONDS)
+        assert f"  REST (KServe v2)   https://127.0.0.1:{made['rest']}" in out
+        curl = next(
+            line.strip()
+            for line in out
+            if line.strip().startswith("curl -s -")
+            and "/v2/models/tiny" in line
+            and "--data-binary" not in line
+        )
+        if issuer == "secret-server":
+            assert "--cacert " in curl and "--resolve models.example.test:" in curl
+        else:
+            assert "-k --pinnedpubkey sha256//" in curl
+        answered = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
+        assert answered.returncode == 0, answered.stderr
+        assert json.loads(answered.stdout)["name"] == "tiny"
+        start = out.index("  Python over gRPC (pip install 'tritonclient[grpc]'):") + 1
+        snippet = "\n".join(
+            line[4:] for line in out[start:] if line.startswith("    ") or line == ""
+        )
+        snippet = snippet.split("\n\nCtrl-C")[0]
+        ran = subprocess.run(
+            [sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60
+        )
+        assert ran.returncode == 0, snippet + "\n" + ran.stderr
+        assert ran.stdout == "y (1, 4)\n"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, log.read_text()[-3000:]
+    assert processes_mentioning(str(tmp_path)) == []

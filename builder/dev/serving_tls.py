@@ -65,7 +65,12 @@ class ServingTrust:
         """The client context for the model server at 127.0.0.1:*port* (for ``"self"`` it
         verifies the endpoint the first time: ServingTrustError if it does not verify)."""
         if self.tls.issuer == "secret-server":
-            assert self.issuer_ca is not None
+            if self.issuer_ca is None or not self.issuer_ca.is_file():
+                raise ServingTrustError(
+                    f"no issuing CA to check the serving certificate with ({self.issuer_ca or 'none'}"
+                    " not found): the secret server that issues it keeps issuer-ca.pem; put it "
+                    "next to [secrets] ca"
+                )
             context = _context(self.check_hostname)
             context.load_verify_locations(cafile=str(self.issuer_ca))
             return context
@@ -107,6 +112,56 @@ class ServingTrust:
             "verifying the enclave's RA-TLS certificate as `enclave-build attest` does "
             f"(the SYNTHETIC PKI in {self.pki}), then pinning it"
         )
+
+    def curl(self, rest_port: int) -> tuple[str, str]:
+        """(base URL, curl options) of the REST endpoint for a user's curl: the certificate's
+        first host resolved to 127.0.0.1 and the issuing CA ("secret-server"), the shipped
+        certificate ("file"), or the verified key pin ("self")."""
+        import shlex
+
+        if self.tls.issuer == "self":
+            pin = self.verified_pin or "sha256//VERIFIED_KEY_PIN"
+            return f"https://127.0.0.1:{rest_port}", f"-k --pinnedpubkey {shlex.quote(pin)}"
+        host = self.tls.hosts[0] if self.tls.hosts else "127.0.0.1"
+        anchor = self.issuer_ca if self.tls.issuer == "secret-server" else self.tls.cert
+        options = f"--cacert {shlex.quote(str(anchor))}"
+        if host in LOOPBACK_NAMES:
+            return f"https://127.0.0.1:{rest_port}", options
+        url_host = f"[{host}]" if ":" in host else host
+        resolve = f"{url_host}:{rest_port}:127.0.0.1"
+        return f"https://{url_host}:{rest_port}", f"{options} --resolve {shlex.quote(resolve)}"
+
+    def grpc_client_lines(self, grpc_address: str) -> list[str]:
+        """Python lines making a tritonclient gRPC ``client`` that trusts the endpoint as dev
+        does: the issuing CA or the shipped certificate as its root, the certificate's first
+        host as the TLS name; for "self", verified first (enclave_build.client), then pinned."""
+        if self.tls.issuer == "self":
+            host, _, port = grpc_address.rpartition(":")
+            return [
+                "from enclave_build.client import EndpointPolicy, verify_endpoint",
+                "",
+                "policy = EndpointPolicy.from_files(",
+                f"    [{str(self.output / MEASUREMENTS_FILE)!r}],",
+                f"    collateral={str(self.pki / 'collateral.json')!r},",
+                f"    allow_synthetic_root={str(self.pki / 'root.pem')!r},  # SIMULATION only",
+                ")",
+                f"enclave = verify_endpoint({host!r}, {int(port)}, policy)",
+                "client = grpcclient.InferenceServerClient(",
+                f"    {grpc_address!r}, **enclave.tritonclient_grpc_options()",
+                ")",
+            ]
+        anchor = self.issuer_ca if self.tls.issuer == "secret-server" else self.tls.cert
+        host = self.tls.hosts[0] if self.tls.hosts else "127.0.0.1"
+        override = (
+            ""
+            if host in LOOPBACK_NAMES
+            else f", channel_args=[('grpc.ssl_target_name_override', {host!r})]"
+        )
+        return [
+            "client = grpcclient.InferenceServerClient(",
+            f"    {grpc_address!r}, ssl=True, root_certificates={str(anchor)!r}{override}",
+            ")",
+        ]
 
     def client_lines(self, rest_port: int | None) -> list[str]:
         """What a client of the service trusts, with a curl line for the health endpoint."""

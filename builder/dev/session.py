@@ -105,6 +105,11 @@ class Served:
     models: list[ModelMetadata] = field(default_factory=list)
     #: for a TLS service: what its clients trust, and how (curl, tritonclient)
     tls_lines: list[str] = field(default_factory=list)
+    #: for a TLS service: the REST URL and curl options a user's curl reaches it with
+    curl_url: str | None = None
+    curl_options: str = ""
+    #: for a TLS service: the Python lines making a tritonclient gRPC client that trusts it
+    grpc_client_lines: list[str] | None = None
 
 
 @dataclass
@@ -507,6 +512,10 @@ class DevSession:
         if self.serving_trust is not None:
             names = {p.name: p.number for p in info.ports}
             served.tls_lines = self.serving_trust.client_lines(names.get("http"))
+            if "http" in names:
+                served.curl_url, served.curl_options = self.serving_trust.curl(names["http"])
+            if served.grpc_address is not None:
+                served.grpc_client_lines = self.serving_trust.grpc_client_lines(served.grpc_address)
             for line in served.tls_lines:
                 self._emit("dev: " + line.strip())
         if served.rest_url is not None and info.health.kind == "kserve-v2" and not self._mutual:
@@ -654,7 +663,11 @@ def summary(served: Served, state: Path) -> list[str]:
         outputs = ", ".join(f"{s.name} {s.datatype}{list(s.shape)}" for s in model.outputs)
         lines += ["", f"model {model.name}: inputs {inputs}; outputs {outputs}"]
         if served.rest_url:
-            lines += ["  metadata:", "    " + snippets.curl_metadata(served.rest_url, model.name)]
+            curl_url = served.curl_url or served.rest_url
+            lines += [
+                "  metadata:",
+                "    " + snippets.curl_metadata(curl_url, model.name, served.curl_options),
+            ]
             try:
                 body = write_request(state, model)
             except UsageError as exc:
@@ -662,13 +675,15 @@ def summary(served: Served, state: Path) -> list[str]:
             else:
                 lines += [
                     f"  a request (zeros, from the metadata: {body}):",
-                    "    " + snippets.curl_infer(served.rest_url, model.name, body),
+                    "    " + snippets.curl_infer(curl_url, model.name, body, served.curl_options),
                 ]
         if served.grpc_address:
             lines += ["  Python over gRPC (pip install 'tritonclient[grpc]'):"]
             lines += [
                 "    " + line if line else ""
-                for line in snippets.tritonclient_snippet(served.grpc_address, model).splitlines()
+                for line in snippets.tritonclient_snippet(
+                    served.grpc_address, model, served.grpc_client_lines
+                ).splitlines()
             ]
     lines += ["", "Ctrl-C stops the enclave and the secret server."]
     return lines
