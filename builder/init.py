@@ -71,6 +71,7 @@ TLS_DAYS = 365
 GITIGNORE = """# written by `enclave-build init`: never in version control
 keys/
 tls/server.key
+tls/issuer-ca.key
 out/
 .enclave-build/
 """
@@ -916,10 +917,18 @@ def _make_standin(target: Path, framework: Framework) -> None:
 
 def _make_tls(directory: Path, secret_server: str) -> bool:
     """DIR/tls/ca.pem, server.crt and server.key for the secret server's host, unless ca.pem
-    exists (True if written). The CA's private key is not kept."""
+    exists (True if written). The CA's private key is not kept. Also the issuing CA of serving
+    certificates ([tls] issuer = "secret-server"), issuer-ca.pem and issuer-ca.key, when
+    missing (they are not measured: adding them changes no build)."""
     from enclave_build.attestation.synthetic import tls_ca_and_server
+    from enclave_build.contract.names import ISSUER_CA_CERT, ISSUER_CA_KEY
+
+    from .secrets_config import write_issuing_ca
 
     tls = directory / Path(CA_PATH).parent
+    if not (tls / ISSUER_CA_CERT).exists() and not (tls / ISSUER_CA_KEY).exists():
+        tls.mkdir(exist_ok=True)
+        write_issuing_ca(tls, days=TLS_DAYS)
     if (tls / "ca.pem").exists():
         return False
     host = secret_server.rpartition(":")[0].strip("[]")

@@ -143,25 +143,54 @@ class VerifiedEnclave:
         names = [str(n.value) for n in san if isinstance(n, (x509.DNSName, x509.IPAddress))]
         return self.host if self.host in names or not names else names[0]
 
-    def ssl_context(self) -> ssl.SSLContext:
+    def ssl_context(
+        self, client_cert: str | Path | None = None, client_key: str | Path | None = None
+    ) -> ssl.SSLContext:
         """A client context whose only trust anchor is the verified certificate (a partial
-        chain: an issued certificate is trusted without its CA, and nothing else is)."""
+        chain: an issued certificate is trusted without its CA, and nothing else is). With
+        *client_cert* (PEM, the certificate and any chain) and *client_key* (PEM; may be left
+        out when it is in *client_cert*), the client presents that certificate: for an
+        endpoint with mutual TLS (``[tls] client_ca``)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_verify_locations(cadata=self.certificate_pem.decode())
         context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         context.check_hostname = self.server_name == self.host
+        if client_cert is not None:
+            context.load_cert_chain(
+                str(client_cert), str(client_key) if client_key is not None else None
+            )
+        elif client_key is not None:
+            raise ValueError("client_key without client_cert")
         return context
 
-    def tritonclient_http_options(self) -> dict[str, Any]:
+    def tritonclient_http_options(
+        self, client_cert: str | Path | None = None, client_key: str | Path | None = None
+    ) -> dict[str, Any]:
         """Keyword arguments for ``tritonclient.http.InferenceServerClient``: TLS with the pinned
-        context."""
-        return {"ssl": True, "ssl_context_factory": self.ssl_context, "insecure": False}
+        context; presenting *client_cert* / *client_key* for mutual TLS (see
+        :meth:`ssl_context`)."""
+        self.ssl_context(client_cert, client_key)  # a bad certificate or key fails here
 
-    def grpc_credentials(self):
+        def factory() -> ssl.SSLContext:
+            return self.ssl_context(client_cert, client_key)
+
+        return {"ssl": True, "ssl_context_factory": factory, "insecure": False}
+
+    def grpc_credentials(
+        self, client_cert: str | Path | None = None, client_key: str | Path | None = None
+    ):
+        """gRPC channel credentials: the verified certificate as the only root; with
+        *client_cert* and *client_key* (PEM files, both needed) the client's for mutual TLS."""
         import grpc
 
-        return grpc.ssl_channel_credentials(root_certificates=self.certificate_pem)
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("gRPC needs both client_cert and client_key (PEM files)")
+        chain = Path(client_cert).read_bytes() if client_cert is not None else None
+        key = Path(client_key).read_bytes() if client_key is not None else None
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.certificate_pem, private_key=key, certificate_chain=chain
+        )
 
     def grpc_channel_options(self) -> list[tuple[str, str]]:
         """gRPC channel arguments: the name the certificate is checked against, when the address
@@ -170,12 +199,15 @@ class VerifiedEnclave:
             return []
         return [("grpc.ssl_target_name_override", self.server_name)]
 
-    def tritonclient_grpc_options(self) -> dict[str, Any]:
+    def tritonclient_grpc_options(
+        self, client_cert: str | Path | None = None, client_key: str | Path | None = None
+    ) -> dict[str, Any]:
         """Keyword arguments for ``tritonclient.grpc.InferenceServerClient``: the verified
-        certificate as its only root (see :meth:`grpc_channel_options`)."""
+        certificate as its only root (see :meth:`grpc_channel_options`); presenting
+        *client_cert* / *client_key* (PEM files) for mutual TLS."""
         return {
             "ssl": True,
-            "creds": self.grpc_credentials(),
+            "creds": self.grpc_credentials(client_cert, client_key),
             "channel_args": self.grpc_channel_options() or None,
         }
 

@@ -315,3 +315,58 @@ def test_the_issued_certificate_is_renewed_by_the_live_secret_server(tmp_path, k
     issued = [a for a in se.audit(config) if a.get("event") == "certificate"]
     assert len(issued) >= 3 and all(a["decision"] == "allow" for a in issued), issued
     assert "cannot renew" not in run.output.text
+
+
+def test_the_example_client_verifies_then_presents_its_certificate_to_a_mutual_tls_endpoint(
+    tmp_path, keys, standin_root
+):
+    """Verify-then-pin against [tls] client_ca: with --cert/--key the example answers (REST and
+    gRPC); without, or with the gRPC port and no --grpc, it exits 1 with one line saying why
+    (no traceback)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from .test_client_access_serving import make_cert
+
+    ca_key, client_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = make_cert("clients CA", ca_key, ca=True)
+    client = make_cert("alice", client_key, issuer=ca, issuer_key=ca_key)
+    pem = serialization.Encoding.PEM
+    (tmp_path / "clients-ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp_path / "alice.crt").write_bytes(client.public_bytes(pem))
+    (tmp_path / "alice.key").write_bytes(
+        client_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    out, _ = _build(
+        tmp_path,
+        keys,
+        standin_root,
+        "mutual",
+        '[tls]\nissuer = "self"\nhosts = ["127.0.0.1"]\n'
+        f'client_ca = "{tmp_path / "clients-ca.pem"}"\n',
+    )
+    server = se.start_secret_server(_config(keys, [out]))
+    try:
+        run, served = se.start_run(out, keys)
+        assert served is not None, run.output.text
+        measurements = out / "measurements.json"
+        mine = ("--cert", str(tmp_path / "alice.crt"), "--key", str(tmp_path / "alice.key"))
+        for address, extra in ((served.http, ()), (served.grpc, ("--grpc",))):
+            good = _example(address, keys, measurements, *extra, *mine)
+            assert good.returncode == 0, good.stderr
+            assert "ready: True" in good.stdout
+            bare = _example(address, keys, measurements, *extra)
+            assert bare.returncode == 1, bare.stdout + bare.stderr
+            assert "Traceback" not in bare.stderr and "needs --cert and --key" in bare.stderr
+            assert bare.stdout.startswith("verified ")
+        wrong = _example(served.grpc, keys, measurements, *mine)
+        assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+        assert "is a gRPC endpoint (HTTP/2): add --grpc" in wrong.stderr
+        assert run.stop() == 0, run.output.text
+    finally:
+        server.stop()

@@ -837,3 +837,89 @@ def test_a_process_that_fails_is_summed_up_by_one_line_not_its_log_again():
     assert message.startswith("the enclave ended before it was ready (exit status 1)")
     assert is_error_line("error: not started: ...") and is_error_line("ValueError: x")
     assert not is_error_line("WARNING: cannot verify") and not is_error_line("  File x, in f")
+
+
+def test_the_issuing_ca_is_the_projects_or_made_once_in_the_state_directory(tmp_path):
+    from enclave_build.builder.secrets_config import write_issuing_ca
+
+    notes: list[str] = []
+    state = tmp_path / ".enclave-build"
+    ca = tmp_path / "tls/ca.pem"
+    made = local_secrets.ensure_issuer_ca(ca, state, notes.append)
+    assert made == (state / "issuer").resolve() and len(notes) == 1
+    first = (made / "issuer-ca.pem").read_bytes()
+    again = local_secrets.ensure_issuer_ca(ca, state, notes.append)
+    assert again == made and (made / "issuer-ca.pem").read_bytes() == first and len(notes) == 1
+    write_issuing_ca(tmp_path / "tls")  # the project's own (init writes it) comes first
+    assert local_secrets.ensure_issuer_ca(ca, state, notes.append) == (tmp_path / "tls").resolve()
+
+
+def _tls_server_once(cert: Path, key: Path) -> tuple[int, threading.Thread]:
+    """A TLS server on 127.0.0.1 that completes one handshake with *cert*."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        with listener:
+            for _ in range(1):
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    try:
+                        context.wrap_socket(conn, server_side=True).close()
+                    except (ssl.SSLError, OSError):
+                        pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+def _handshake(port: int, context: ssl.SSLContext) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        context.wrap_socket(raw, server_hostname="127.0.0.1").close()
+
+
+@pytest.mark.parametrize("issuer", ["secret-server", "file"])
+def test_devs_client_trusts_what_the_issuer_allows_and_nothing_else(tmp_path, issuer):
+    """ "secret-server": the issuing CA (the certificate names [tls] hosts, dev connects to
+    127.0.0.1: the chain is checked, not the name); "file": the shipped certificate, pinned."""
+    from enclave_build.attestation.synthetic import tls_ca_and_server
+    from enclave_build.builder.dev.serving_tls import ServingTrust
+    from enclave_build.builder.spec import TLSSpec
+
+    ca, cert, key = tls_ca_and_server(tmp_path / "good", ["models.example.test"])
+    _, other_cert, other_key = tls_ca_and_server(tmp_path / "other", ["models.example.test"])
+    issuer_dir = tmp_path / "issuer"
+    issuer_dir.mkdir()
+    shutil.copy(ca, issuer_dir / "issuer-ca.pem")
+    tls = TLSSpec(
+        cert=cert if issuer == "file" else None,
+        key=key if issuer == "file" else None,
+        issuer=issuer,
+        hosts=("models.example.test",),
+    )
+    trust = ServingTrust(tls, tmp_path / "out", tmp_path / "pki", issuer_dir)
+    port, thread = _tls_server_once(cert, key)
+    _handshake(port, trust.context(port))
+    thread.join(1)
+    port, thread = _tls_server_once(other_cert, other_key)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(port, trust.context(port))
+    thread.join(1)
+    lines = "\n".join(trust.client_lines(8000))
+    if issuer == "secret-server":
+        assert (
+            f"curl --cacert {issuer_dir / 'issuer-ca.pem'} --resolve models.example.test:8000:"
+            "127.0.0.1 https://models.example.test:8000/v2/health/ready"
+        ) in lines
+    else:
+        assert f"the certificate {cert}" in lines
+    url, options = trust.curl(8000)
+    anchor = issuer_dir / "issuer-ca.pem" if issuer == "secret-server" else cert
+    assert url == "https://models.example.test:8000"
+    assert options == f"--cacert {anchor} --resolve models.example.test:8000:127.0.0.1"

@@ -359,7 +359,10 @@ def test_a_secret_server_already_running_is_used_not_started(project):
         assert server.poll() is None, "dev stopped a secret server it did not start"
     finally:
         server.terminate()
-        server.communicate(timeout=30)
+        _, audit = server.communicate(timeout=30)
+    # dev's look at who answers is no refused request in that server's audit
+    assert '"decision": "deny"' not in audit, audit
+    assert "without presenting one" in audit
 
 
 def test_errors_end_dev_with_the_reason_and_nothing_left_running(project):
@@ -557,3 +560,160 @@ def test_run_without_a_secret_server_says_how_to_start_one(project):
     )
     assert f"enclave-build dev {project['dir'].resolve()}" in last
     _nothing_left(project)
+
+
+# --------------------------------------------------------------------------- [tls]
+
+
+def _init_standin_project(work: Path, name: str, env: dict) -> dict:
+    """`init` with the tiny model on the stand-in base, its ports set to free ones."""
+    model = make_ir_model(work)
+    secret_port, grpc, rest = free_ports(3)
+    proc = subprocess.run(
+        [
+            ENCLAVE_BUILD,
+            "init",
+            "--framework",
+            "openvino",
+            "--model",
+            str(model),
+            "--base",
+            "standin",
+            "--secret-server",
+            f"localhost:{secret_port}",
+            name,
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    set_ports(work / name / "spec.toml", "openvino", grpc, rest)
+    return {"dir": work / name, "secret_port": secret_port, "grpc": grpc, "rest": rest}
+
+
+@pytest.mark.parametrize("issuer", ["secret-server", "self", "file"])
+def test_dev_once_serves_a_tls_project(tmp_path, issuer):
+    """An `init` project with [tls] (the default issuer, "self" and "file"): dev configures its
+    secret server to issue the serving certificate, probes readiness over TLS trusting what
+    the issuer allows, and sends the --once request over TLS."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    made = _init_standin_project(tmp_path, "tp", env)
+    spec = made["dir"] / "spec.toml"
+    tls = f'\n[tls]\nissuer = "{issuer}"\nhosts = ["models.example.test"]\n'
+    if issuer == "file":
+        serving = subprocess.run(
+            [ENCLAVE_BUILD, "secrets", "tls", "tp/serving", "--host", "models.example.test"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert serving.returncode == 0, serving.stderr
+        tls = '\n[tls]\nissuer = "file"\ncert = "serving/server.crt"\nkey = "serving/server.key"\n'
+    spec.write_text(spec.read_text() + tls)
+    once = subprocess.run(
+        [ENCLAVE_BUILD, "dev", "tp", "--once"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEV_SECONDS,
+    )
+    assert once.returncode == 0, once.stdout + once.stderr[-4000:]
+    assert once.stdout.splitlines() == [
+        "model tiny: request x FP32[1, 4] (generated from the metadata: zeros)",
+        "  output y  FP32[1, 4]",
+        f"digest {expected_digest()}",
+    ]
+    if issuer == "secret-server":
+        issuer_ca = made["dir"] / "tls/issuer-ca.pem"
+        assert f"--cacert {issuer_ca.resolve()}" in once.stderr
+        assert 'event = "certificate"' in once.stderr or "certificate" in once.stderr
+    elif issuer == "self":
+        assert "verified the enclave's RA-TLS certificate" in once.stderr
+    else:
+        assert "pinning the certificate the spec ships" in once.stderr
+    assert "TLS handshake failed" not in once.stderr
+    assert processes_mentioning(str(tmp_path)) == []
+    assert all(port_free(made[k]) for k in ("secret_port", "grpc", "rest"))
+
+
+def test_dev_once_refuses_a_mutual_tls_project_before_starting_anything(tmp_path):
+    """[tls] client_ca: dev has no client certificate, so `--once` is refused up front (exit 2,
+    saying why), not after a readiness timeout."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    made = _init_standin_project(tmp_path, "mt", env)
+    spec = made["dir"] / "spec.toml"
+    spec.write_text(
+        spec.read_text()
+        + '\n[tls]\nissuer = "self"\nhosts = ["127.0.0.1"]\nclient_ca = "tls/ca.pem"\n'
+    )
+    once = subprocess.run(
+        [ENCLAVE_BUILD, "dev", "mt", "--once"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEV_SECONDS,
+    )
+    assert once.returncode == 2, once.stdout + once.stderr[-4000:]
+    assert "`dev --once` cannot ask a model server with mutual TLS" in once.stderr
+    assert "secret-server | " not in once.stderr and "enclave | " not in once.stderr
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("issuer", ["secret-server", "self"])
+def test_dev_prints_tls_client_lines_that_work_as_printed(tmp_path, issuer):
+    """dev (interactive) on a [tls] project: the printed curl line (trusting the issuing CA, or
+    the verified key pin) and the gRPC snippet (trusting the same) answer as printed."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    made = _init_standin_project(tmp_path, "tp", env)
+    spec = made["dir"] / "spec.toml"
+    spec.write_text(
+        spec.read_text() + f'\n[tls]\nissuer = "{issuer}"\nhosts = ["models.example.test"]\n'
+    )
+    log = tmp_path / "dev.err"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [ENCLAVE_BUILD, "dev", "tp"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        out = _read_until(proc.stdout, "Ctrl-C stops", proc, DEV_SECONDS)
+        assert f"  REST (KServe v2)   https://127.0.0.1:{made['rest']}" in out
+        curl = next(
+            line.strip()
+            for line in out
+            if line.strip().startswith("curl -s -")
+            and "/v2/models/tiny" in line
+            and "--data-binary" not in line
+        )
+        if issuer == "secret-server":
+            assert "--cacert " in curl and "--resolve models.example.test:" in curl
+        else:
+            assert "-k --pinnedpubkey sha256//" in curl
+        answered = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
+        assert answered.returncode == 0, answered.stderr
+        assert json.loads(answered.stdout)["name"] == "tiny"
+        start = out.index("  Python over gRPC (pip install 'tritonclient[grpc]'):") + 1
+        snippet = "\n".join(
+            line[4:] for line in out[start:] if line.startswith("    ") or line == ""
+        )
+        snippet = snippet.split("\n\nCtrl-C")[0]
+        ran = subprocess.run(
+            [sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60
+        )
+        assert ran.returncode == 0, snippet + "\n" + ran.stderr
+        assert ran.stdout == "y (1, 4)\n"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, log.read_text()[-3000:]
+    assert processes_mentioning(str(tmp_path)) == []

@@ -193,6 +193,9 @@ def test_cli_prints_every_next_step_to_dev(tmp_path):
         "next_steps",
     }
     assert info["tls_created"] is True and info["model"] is None and info["base"] is None
+    tls = tmp_path / info["directory"] / "tls"
+    assert (tls / "issuer-ca.pem").is_file() and (tls / "issuer-ca.key").stat().st_mode & 0o077 == 0
+    assert "tls/issuer-ca.key" in (tmp_path / info["directory"] / ".gitignore").read_text()
 
 
 def test_render_section_of_a_third_party_schema_is_valid_toml():

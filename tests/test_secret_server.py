@@ -242,6 +242,22 @@ def test_denied_no_client_certificate(server, env):
             tls.recv(100)
 
 
+def test_a_client_without_a_certificate_is_recorded_as_reading_the_identity(server, env):
+    """A client that presents no certificate (a reachability check) asked nothing: its audit
+    line says so, it is not a refused request."""
+    since = _mark(env)
+    ctx = ssl.create_default_context(cafile=str(env.ca))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with ctx.wrap_socket(
+            socket.create_connection(server.address, timeout=10), server_hostname="localhost"
+        ) as tls:
+            tls.sendall(REQUEST)
+            tls.recv(100)
+    (line,) = _reason_since(env, since, "without presenting one")
+    assert line["decision"] == "identity-only" and "nothing was requested" in line["reason"]
+    assert not [r for r in _audit(env, since) if r.get("decision") == "deny"]
+
+
 def _separate(tmp_path, env_kwargs, cert_for, reason, now=None):
     env = make_env(tmp_path, **env_kwargs)
     srv = SecretServer(load_config(env.config), now=now)

@@ -291,6 +291,31 @@ def test_secrets_tls_writes_the_issuing_ca(tmp_path):
     assert again.returncode == 2 and b"issuer-ca" in again.stderr
 
 
+def test_secrets_tls_adds_only_the_issuing_ca_to_an_init_tls_directory(tmp_path):
+    """An `init` project made before issuing CAs has tls/ca.pem, server.crt, server.key and
+    no issuer-ca.*: `secrets tls` writes only those two and keeps the measured CA."""
+    import json
+
+    from enclave_build.attestation.synthetic import tls_ca_and_server
+
+    from .conftest import run_cli
+
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    tls_ca_and_server(tls, ["localhost"], days=30, ca_name="test CA", overwrite=True)
+    before = {n: (tls / n).read_bytes() for n in ("ca.pem", "server.crt", "server.key")}
+    proc = run_cli("secrets", "tls", str(tls), "--host", "localhost", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout)
+    assert out["kept"] == ["ca.pem", "server.crt", "server.key"]
+    assert {n: (tls / n).read_bytes() for n in before} == before
+    ca = x509.load_pem_x509_certificate((tls / "issuer-ca.pem").read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert out["issuer_ca"] == str((tls / "issuer-ca.pem").resolve())
+    text = run_cli("secrets", "tls", str(tls), "--host", "localhost")  # all there now
+    assert text.returncode == 2 and b"--force" in text.stderr
+
+
 def test_issuer_settings_round_trip(tmp_path):
     from enclave_build.attestation.server.issuer import Issuer, IssuerError
     from enclave_build.builder.secrets_config import write_issuing_ca

@@ -53,11 +53,17 @@ class SecretProv:
         return state.secret_prov_context
 
     def handshake_failed(self, event: ConnectionEvent, reason: str) -> None:
-        if self._ratls_identity and "did not return a certificate" in reason:
+        if "did not return a certificate" in reason:
+            # Nothing can be asked without a client certificate: a client that only reads
+            # this server's certificate (`enclave-build attest`, `dev`'s check of who
+            # answers) is recorded as such, not as a refused request.
             event.decision = IDENTITY_ONLY
             event.reason = (
                 "the client read this server's RA-TLS certificate without "
                 "presenting one (enclave-build attest); nothing was requested"
+                if self._ratls_identity
+                else "the client read this server's certificate without presenting one "
+                "(a reachability check); nothing was requested"
             )
             return
         event.deny(f"TLS handshake failed: {reason}")

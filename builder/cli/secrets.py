@@ -305,6 +305,30 @@ def secrets_simulate_pki(directory: Path, days: int, force: bool, as_json: bool)
     )
 
 
+def _report_issuer_only(directory: Path, cert: Path, key: Path, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            {
+                "issuer_ca": str(cert),
+                "issuer_key": str(key),
+                "kept": ["ca.pem", "server.crt", "server.key"],
+            }
+        )
+        return
+    click.echo(
+        f"kept {directory.resolve()}/ca.pem, server.crt, server.key (the secret server's CA is "
+        "built into the services: --force replaces it, and every service must be rebuilt)"
+    )
+    click.echo(
+        f"wrote {cert} (the CA of the services' serving certificates: their clients trust it)"
+    )
+    click.echo(f"wrote {key} (its private key, mode 0600: the secret server's)")
+    click.echo(
+        "\nFor the secret server:\n\n"
+        f"  enclave-build secrets config BUILD_DIR... --issuer-ca {cert.parent} ...\n"
+    )
+
+
 @secrets.command(
     "tls",
     epilog="""\b
@@ -376,7 +400,9 @@ def secrets_tls(
     DIRECTORY/issuer-ca.pem and issuer-ca.key (mode 0600) are a second CA, kept: with
     `secrets config --issuer-ca DIRECTORY` the secret server signs short-lived serving
     certificates with it for the enclaves its policy accepts ([tls] issuer = "secret-server");
-    the services' clients trust issuer-ca.pem.
+    the services' clients trust issuer-ca.pem. When DIRECTORY already holds ca.pem, server.crt
+    and server.key but no issuing CA, only issuer-ca.pem and issuer-ca.key are written (the
+    rest is kept: replacing ca.pem changes every service's MRENCLAVE).
     """
     import ipaddress
     import re as _re
@@ -401,6 +427,20 @@ def secrets_tls(
             ):
                 raise UsageError(f"--host {host!r}: not a DNS name or an IP address")
         issuer_paths = (directory / ISSUER_CA_CERT, directory / ISSUER_CA_KEY)
+        server_paths = (directory / "ca.pem", directory / "server.crt", directory / "server.key")
+        if (
+            not force
+            and all(p.is_file() for p in server_paths)
+            and not any(p.exists() for p in issuer_paths)
+        ):
+            # A DIRECTORY made before issuing CAs (or by hand): add only the issuing CA. The
+            # secret server's CA is measured into every service; replacing it is --force.
+            try:
+                issuer_cert, issuer_key = write_issuing_ca(directory, days=days)
+            except OSError as exc:
+                raise EnclaveBuildError(f"{directory}: cannot write: {exc}") from None
+            _report_issuer_only(directory, issuer_cert.resolve(), issuer_key.resolve(), as_json)
+            return
         try:
             if not force:
                 for path in issuer_paths:

@@ -9,7 +9,11 @@ address before anything is started.
   secrets config`` composes it, checked by the server's own loader), listening on the address
   the enclave was built to dial, with the certificate and key next to the spec's ``[secrets]
   ca`` (``tls/server.crt``, ``tls/server.key``, as ``init`` writes them), one process, audit
-  lines on the server's stderr;
+  lines on the server's stderr; with the issuing CA of :func:`ensure_issuer_ca` as its
+  ``[issuer]`` when the build's ``[tls] issuer`` is ``"secret-server"``;
+* :func:`ensure_issuer_ca` -- the CA the secret server issues serving certificates with: the
+  project's own ``issuer-ca.pem`` / ``.key`` next to ``[secrets] ca`` (``init`` and ``secrets
+  tls`` write them), else one made once in ``.enclave-build/issuer`` and reused after;
 * :func:`probe` -- what answers at the build's secret-server address: nothing (dev starts its
   own), a TLS server whose certificate the spec's CA vouches for (a secret server already
   running: dev uses it), or something else (an error naming it).
@@ -121,14 +125,51 @@ def server_tls(ca: Path | None) -> tuple[Path, Path]:
     return cert, key
 
 
+#: Where dev keeps an issuing CA of its own (under .enclave-build/) when [secrets] ca has none
+#: next to it.
+ISSUER_DIR = "issuer"
+
+
+def ensure_issuer_ca(ca: Path | None, state: Path, log: Callable[[str], None]) -> Path:
+    """The directory of the issuing CA (issuer-ca.pem, issuer-ca.key) the local secret server
+    signs serving certificates with: next to *ca* if both files are there, else
+    ``STATE/issuer`` (made once, reused after)."""
+    from enclave_build.contract.names import ISSUER_CA_CERT, ISSUER_CA_KEY
+
+    from ..secrets_config import write_issuing_ca
+
+    candidates = ([ca.parent] if ca is not None else []) + [state / ISSUER_DIR]
+    for directory in candidates:
+        if (directory / ISSUER_CA_CERT).is_file() and (directory / ISSUER_CA_KEY).is_file():
+            return directory.resolve()
+    directory = state / ISSUER_DIR
+    try:
+        write_issuing_ca(directory, days=PKI_DAYS)
+    except OSError as exc:
+        raise DevSecretsError(f"{directory}: cannot write the issuing CA: {exc}") from None
+    log(
+        f"dev: made an issuing CA for serving certificates in {directory} (clients of the "
+        f"service trust {directory / ISSUER_CA_CERT})"
+    )
+    return directory.resolve()
+
+
 def write_config(
-    state: Path, build_dir: Path, address: ServerAddress, cert: Path, key: Path, pki: Path
+    state: Path,
+    build_dir: Path,
+    address: ServerAddress,
+    cert: Path,
+    key: Path,
+    pki: Path,
+    issuer_ca: Path | None = None,
 ) -> Path:
     """``STATE/secrets.toml`` serving *build_dir*'s keys on *address* (replaced each time:
-    the policy follows the build)."""
+    the policy follows the build); issuing serving certificates with the CA in *issuer_ca*
+    (a directory) if given."""
     composed = compose_config(
         [build_dir.resolve()],
         ServerSide(
+            issuer_ca=issuer_ca,
             cert=cert,
             key=key,
             listen=address.listen(),
@@ -179,6 +220,8 @@ def probe(address: ServerAddress, ca: Path | None, timeout: float = 3.0) -> Prob
 
 __all__ = [
     "ensure_pki",
+    "ensure_issuer_ca",
+    "ISSUER_DIR",
     "write_config",
     "server_tls",
     "probe",

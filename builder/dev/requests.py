@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -275,12 +276,14 @@ def output_digest(outputs: Sequence[tuple[str, str, np.ndarray]]) -> str:
 # --------------------------------------------------------------------------- HTTP
 
 
-def _get_json(url: str, timeout: float, body: bytes | None = None) -> Any:
+def _get_json(
+    url: str, timeout: float, body: bytes | None = None, context: ssl.SSLContext | None = None
+) -> Any:
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"} if body is not None else {}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as answer:
             raw = answer.read(MAX_RESPONSE_BYTES + 1)
     except urllib.error.HTTPError as exc:
         detail = exc.read(4096).decode("utf-8", "replace").strip()
@@ -295,15 +298,24 @@ def _get_json(url: str, timeout: float, body: bytes | None = None) -> Any:
         raise RequestError(f"{url}: the answer is not JSON") from None
 
 
-def fetch_metadata(base_url: str, model: str, timeout: float = 10.0) -> ModelMetadata:
+def fetch_metadata(
+    base_url: str, model: str, timeout: float = 10.0, context: ssl.SSLContext | None = None
+) -> ModelMetadata:
+    """The model's metadata; over TLS with *context* for an https *base_url*."""
     url = f"{base_url}/v2/models/{model}"
-    return ModelMetadata.from_json(_get_json(url, timeout), url)
+    return ModelMetadata.from_json(_get_json(url, timeout, context=context), url)
 
 
-def infer(base_url: str, model: str, request: InferRequest, timeout: float = 60.0) -> InferResult:
+def infer(
+    base_url: str,
+    model: str,
+    request: InferRequest,
+    timeout: float = 60.0,
+    context: ssl.SSLContext | None = None,
+) -> InferResult:
     """One inference over REST (JSON); RequestError naming the URL and the server's answer."""
     url = f"{base_url}/v2/models/{model}/infer"
-    answer = _get_json(url, timeout, json.dumps(request.to_json()).encode())
+    answer = _get_json(url, timeout, json.dumps(request.to_json()).encode(), context)
     if not isinstance(answer, dict) or not isinstance(answer.get("outputs"), list):
         raise RequestError(f'{url}: the answer has no "outputs" list')
     outputs = []

@@ -33,6 +33,7 @@ import errno
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -62,6 +63,7 @@ from .requests import (
     infer,
     read_input,
 )
+from .serving_tls import ServingTrust, ServingTrustError
 
 #: The run's line naming its mode (builder.run.runner logs "run: SERVICE (...), mode MODE, ...").
 _MODE_LINE = re.compile(r"^run: .*, mode (gramine-direct|process), ")
@@ -101,6 +103,13 @@ class Served:
     secret_server: str | None  # address, None when no keys are fetched
     secret_server_started: bool
     models: list[ModelMetadata] = field(default_factory=list)
+    #: for a TLS service: what its clients trust, and how (curl, tritonclient)
+    tls_lines: list[str] = field(default_factory=list)
+    #: for a TLS service: the REST URL and curl options a user's curl reaches it with
+    curl_url: str | None = None
+    curl_options: str = ""
+    #: for a TLS service: the Python lines making a tritonclient gRPC client that trusts it
+    grpc_client_lines: list[str] | None = None
 
 
 @dataclass
@@ -144,6 +153,12 @@ class DevSession:
         #: time.monotonic() when the enclave's run started, and when it answered ready
         self.enclave_started: float | None = None
         self.ready_at: float | None = None
+        #: how dev's requests trust the model server, for a build with [tls]
+        self.serving_trust: ServingTrust | None = None
+        self._issuer_dir: Path | None = None
+        self._last_tls_error: str | None = None
+        #: the model server requires client certificates ([tls] client_ca): dev has none
+        self._mutual = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -268,7 +283,9 @@ class DevSession:
         ca = spec.secrets.ca
         cert, key = local_secrets.server_tls(ca)
         state = project_state(spec)
-        config = local_secrets.write_config(state, output, address, cert, key, self.pki)
+        config = local_secrets.write_config(
+            state, output, address, cert, key, self.pki, issuer_ca=self._issuer_dir
+        )
         self._emit(f"dev: starting the secret server on {address} ({config})")
 
         def watch(line: str) -> None:
@@ -332,15 +349,28 @@ class DevSession:
         """Until the model server answers its readiness probe; DevError if a process ends or
         the time is up."""
         url = self.health_url(info)
+        port = info.port(info.health.port).number
 
         def ready() -> bool:
             self._check_alive(service)
-            if url is None:
-                return _connects("127.0.0.1", info.port(info.health.port).number)
+            if url is None or self._mutual:
+                return _connects("127.0.0.1", port)
+            if self.serving_trust is not None and not _connects("127.0.0.1", port):
+                return False  # not listening yet: nothing to verify
             try:
-                with urllib.request.urlopen(url, timeout=2) as answer:
+                context = self._client_context(port)
+            except ServingTrustError as exc:
+                raise DevError(str(exc) + self._log_pointer()) from None
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=context) as answer:
                     return answer.status == 200
-            except (urllib.error.URLError, OSError):
+            except ssl.SSLCertVerificationError as exc:
+                self._last_tls_error = str(exc)
+                return False
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", None)
+                if isinstance(reason, ssl.SSLCertVerificationError):
+                    self._last_tls_error = reason.verify_message or str(reason)
                 return False
 
         started = time.monotonic()
@@ -359,11 +389,25 @@ class DevSession:
             return False
 
         if not wait_until(ready_or_note, self.options.timeout, interval=0.25):
+            tls_note = (
+                f"; its TLS certificate did not verify ({self.serving_trust.describe()}): "
+                f"{self._last_tls_error}"
+                if self.serving_trust is not None and self._last_tls_error
+                else ""
+            )
             raise DevError(
                 f"{service} was not ready after {self.options.timeout:g} s "
-                "(--timeout)" + self._log_pointer()
+                "(--timeout)" + tls_note + self._log_pointer()
             )
         self.ready_at = time.monotonic()
+
+    def _client_context(self, port: int | None = None) -> ssl.SSLContext | None:
+        """The TLS context of dev's requests to the model server (None: plain HTTP)."""
+        if self.serving_trust is None:
+            return None
+        assert self._prepared is not None
+        info = self._prepared[2]
+        return self.serving_trust.context(port or info.port(info.health.port).number)
 
     def _check_alive(self, service: str) -> None:
         if self.enclave is not None and not self.enclave.running():
@@ -401,7 +445,7 @@ class DevSession:
     def health_url(info: ServiceInfo) -> str | None:
         if info.health.kind != "kserve-v2" or not info.health.ready:
             return None
-        scheme = "https" if info.health.scheme == "HTTPS" else "http"
+        scheme = "https" if info.health.scheme == "HTTPS" or info.tls else "http"
         return f"{scheme}://127.0.0.1:{info.port(info.health.port).number}{info.health.ready}"
 
     @property
@@ -419,9 +463,39 @@ class DevSession:
             if self.options.pki
             else local_secrets.ensure_pki(project_state(spec) / local_secrets.PKI_DIR, self._emit)
         )
+        tls = spec.tls if info.tls else None
+        issued = tls is not None and tls.issuer == "secret-server"
         address, start = (None, False)
-        if info.keys:
+        if info.keys or (issued and info.secret_server):
             address, start = self.secret_server_plan(spec, output, info)
+        if issued and start:
+            self._issuer_dir = local_secrets.ensure_issuer_ca(
+                spec.secrets.ca, project_state(spec), self._emit
+            )
+        if tls is not None and tls.client_ca is not None:
+            if self.options.once:
+                raise UsageError(
+                    f"{info.service}: `dev --once` cannot ask a model server with mutual TLS "
+                    f"([tls] client_ca = {tls.client_ca}): dev has no client certificate. Run "
+                    "`dev` and ask with a client certificate of that CA (curl --cert ... --key "
+                    "...)"
+                )
+            self._mutual = True
+            self._emit(
+                "dev: the model server requires client certificates ([tls] client_ca): dev "
+                "has none, so it waits until the port accepts connections and asks nothing"
+            )
+        if tls is not None:
+            self.serving_trust = ServingTrust(tls, output, self.pki, self._issuer_dir)
+            if issued and self._issuer_dir is None:
+                self._emit(
+                    "dev: the serving certificate comes from the secret server already running "
+                    f"at {address}: dev's requests trust it only if it issues with an issuing CA "
+                    "next to [secrets] ca (issuer-ca.pem)"
+                )
+                ca = spec.secrets.ca
+                self.serving_trust.issuer_dir = ca.parent.resolve() if ca is not None else None
+            self._emit(f"dev: the model server serves TLS; {self.serving_trust.describe()}")
         check_ports_free(info)
         if address is not None and start:
             self.start_secret_server(spec, output, address)
@@ -435,10 +509,21 @@ class DevSession:
             str(address) if address is not None else None,
             start,
         )
-        if served.rest_url is not None and info.health.kind == "kserve-v2":
+        if self.serving_trust is not None:
+            names = {p.name: p.number for p in info.ports}
+            served.tls_lines = self.serving_trust.client_lines(names.get("http"))
+            if "http" in names:
+                served.curl_url, served.curl_options = self.serving_trust.curl(names["http"])
+            if served.grpc_address is not None:
+                served.grpc_client_lines = self.serving_trust.grpc_client_lines(served.grpc_address)
+            for line in served.tls_lines:
+                self._emit("dev: " + line.strip())
+        if served.rest_url is not None and info.health.kind == "kserve-v2" and not self._mutual:
             for model in spec.models:
                 try:
-                    served.models.append(fetch_metadata(served.rest_url, model.name))
+                    served.models.append(
+                        fetch_metadata(served.rest_url, model.name, context=self._client_context())
+                    )
                 except RequestError as exc:
                     raise DevError(f"model {model.name!r}: {exc}" + self._log_pointer()) from None
         return served
@@ -473,7 +558,7 @@ class DevSession:
         else:
             request, generated = generated_request(metadata), True
         try:
-            result = infer(served.rest_url, metadata.name, request)
+            result = infer(served.rest_url, metadata.name, request, context=self._client_context())
         except RequestError as exc:
             raise DevError(f"the request failed: {exc}" + self._log_pointer()) from None
         return OnceResult(metadata.name, request, generated, result.outputs, result.digest())
@@ -562,6 +647,7 @@ def summary(served: Served, state: Path) -> list[str]:
         lines.append(f"  REST (KServe v2)   {served.rest_url}")
     if served.grpc_address:
         lines.append(f"  gRPC (KServe v2)   {served.grpc_address}")
+    lines += served.tls_lines
     if served.secret_server:
         lines.append(
             f"  secret server      {served.secret_server} ("
@@ -577,7 +663,11 @@ def summary(served: Served, state: Path) -> list[str]:
         outputs = ", ".join(f"{s.name} {s.datatype}{list(s.shape)}" for s in model.outputs)
         lines += ["", f"model {model.name}: inputs {inputs}; outputs {outputs}"]
         if served.rest_url:
-            lines += ["  metadata:", "    " + snippets.curl_metadata(served.rest_url, model.name)]
+            curl_url = served.curl_url or served.rest_url
+            lines += [
+                "  metadata:",
+                "    " + snippets.curl_metadata(curl_url, model.name, served.curl_options),
+            ]
             try:
                 body = write_request(state, model)
             except UsageError as exc:
@@ -585,13 +675,15 @@ def summary(served: Served, state: Path) -> list[str]:
             else:
                 lines += [
                     f"  a request (zeros, from the metadata: {body}):",
-                    "    " + snippets.curl_infer(served.rest_url, model.name, body),
+                    "    " + snippets.curl_infer(curl_url, model.name, body, served.curl_options),
                 ]
         if served.grpc_address:
             lines += ["  Python over gRPC (pip install 'tritonclient[grpc]'):"]
             lines += [
                 "    " + line if line else ""
-                for line in snippets.tritonclient_snippet(served.grpc_address, model).splitlines()
+                for line in snippets.tritonclient_snippet(
+                    served.grpc_address, model, served.grpc_client_lines
+                ).splitlines()
             ]
     lines += ["", "Ctrl-C stops the enclave and the secret server."]
     return lines

@@ -14,26 +14,33 @@ from .requests import DTYPES, ModelMetadata
 _NUMPY_NAMES = {name: dtype.name for name, dtype in DTYPES.items()}
 
 
-def curl_metadata(rest_url: str, model: str) -> str:
-    return f"curl -s {shlex.quote(f'{rest_url}/v2/models/{model}')}"
+def curl_metadata(rest_url: str, model: str, tls_options: str = "") -> str:
+    """A curl command reading the model's metadata; *tls_options* (already quoted): how curl
+    trusts a TLS endpoint."""
+    options = f"{tls_options} " if tls_options else ""
+    return f"curl -s {options}{shlex.quote(f'{rest_url}/v2/models/{model}')}"
 
 
-def curl_infer(rest_url: str, model: str, body: Path) -> str:
+def curl_infer(rest_url: str, model: str, body: Path, tls_options: str = "") -> str:
     """A curl command POSTing the JSON request in *body*."""
+    options = f"{tls_options} " if tls_options else ""
     return (
-        "curl -s -H 'Content-Type: application/json' --data-binary "
+        f"curl -s {options}-H 'Content-Type: application/json' --data-binary "
         f"{shlex.quote('@' + str(body))} {shlex.quote(f'{rest_url}/v2/models/{model}/infer')}"
     )
 
 
-def tritonclient_snippet(grpc_address: str, metadata: ModelMetadata) -> str:
+def tritonclient_snippet(
+    grpc_address: str, metadata: ModelMetadata, client_lines: list[str] | None = None
+) -> str:
     """Python that sends zeros of each input's shape over gRPC and prints the outputs' shapes
-    (``pip install 'tritonclient[grpc]'``)."""
+    (``pip install 'tritonclient[grpc]'``). *client_lines*: the lines that make ``client``
+    (for a TLS endpoint: how it is trusted), instead of a plain connection."""
     lines = [
         "import numpy as np",
         "import tritonclient.grpc as grpcclient",
         "",
-        f"client = grpcclient.InferenceServerClient({grpc_address!r})",
+        *(client_lines or [f"client = grpcclient.InferenceServerClient({grpc_address!r})"]),
         "inputs = []",
     ]
     for spec in metadata.inputs:

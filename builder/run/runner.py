@@ -381,11 +381,24 @@ def secret_server_hint(directory: Path, timeout: float = 1.0) -> str | None:
     if not info.keys or not info.secret_server:
         return None
     host, _, port = info.secret_server.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return None
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
+    host = host.strip("[]")
+    if host in ("localhost", "127.0.0.1", "::1"):
+        # Whether something listens, without connecting to it (a connection that says
+        # nothing would be a refused client in the secret server's audit log).
+        family = socket.AF_INET6 if host == "::1" else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("::1" if host == "::1" else "127.0.0.1", int(port)))
+            except OSError:
+                return None  # in use: something listens there
+        reason = "Connection refused"
+    else:
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout):
+                return None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
     import shlex
 
     project = directory.resolve().parent
