@@ -229,6 +229,38 @@ def test_an_unreachable_registry_is_an_error_not_a_verdict(tmp_path):
     assert b"does NOT hold" not in proc.stdout
 
 
+def test_diff_of_two_provenance_files_says_why_mr_enclave_differs(
+    built, tmp_path, standin_root, signing_key
+):
+    other = tmp_path / "other"
+    _project(other, signing_key, SPEC.replace("isv_svn = 9", "isv_svn = 9\nmax_threads = 64"))
+    assert _build(other, standin_root).returncode == 0
+    proc = run_cli(
+        "diff", str(built / "out" / PROVENANCE_FILE), str(other / "out" / PROVENANCE_FILE),
+        "--quiet",
+    )  # fmt: skip
+    out = proc.stdout.decode()
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert "~ manifest /enclave/" in out
+    assert "no measured input compared here does" not in out
+    assert "MRENCLAVE differs, as does the digest of the manifest /enclave/" in out
+    assert "diff the build outputs or images" in out
+
+
+def test_a_provenance_key_open_to_others_says_what_it_signs(tmp_path, standin_root, signing_key):
+    _project(tmp_path, signing_key)
+    (tmp_path / "provenance.key").chmod(0o644)
+    proc = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
+        cwd=tmp_path, env={"ENCLAVE_BUILD_ALLOW_OPEN_KEY": ""},
+    )  # fmt: skip
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "provenance.key:" in err and "can sign provenance statements as you" in err
+    assert "sign enclaves" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_key_that_is_no_p256_key_is_a_located_spec_error(tmp_path, standin_root, signing_key):
     _project(tmp_path, signing_key, SPEC.replace('key = "provenance.key"', 'key = "key.pem"'))
     proc = _build(tmp_path, standin_root)
