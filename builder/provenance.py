@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from .errors import EnclaveBuildError, UsageError
 from .gramine.sigstruct import ARCH_LAYOUT, Sigstruct
 from .image.inspect import enclave_app, read_file
 from .image.oci import Image, oci_manifest, sha256_digest
+from .image.reference import TRANSPORTS, names_registry_host
 from .plan import ServicePlan
 from .plugin_types import LibOSArtifacts
 from .provenance_key import load_private_key, sign_envelope, verify_envelope
@@ -242,6 +244,16 @@ def verify_provenance(
     key = load_public_key(public_key)
     path = Path(target)
     envelopes: list[tuple[str, bytes]] = []
+    if image is not None and not Path(image).exists():
+        _check_not_local(image, "--image")
+    if not (path.is_file() or path.is_dir()):
+        _check_not_local(target, "IMAGE|FILE")
+        if target.startswith(TRANSPORTS) and not target.startswith("docker://"):
+            raise UsageError(
+                f"{target}: verify-provenance finds the provenance of an image only in a "
+                f"registry ({_GIVE}); for another image, give its provenance file with "
+                f"--image {target}"
+            )
     if path.is_file() or path.is_dir():
         directory = path if path.is_dir() else path.parent
         file = path / PROVENANCE_FILE if path.is_dir() else path
@@ -281,3 +293,27 @@ def verify_provenance(
         if last.holds:
             return last
     return last
+
+
+_GIVE = (
+    "give a provenance file, a build output directory, or a registry image as "
+    "HOST/NAME@sha256:... or docker://NAME@sha256:..."
+)
+
+
+def _check_not_local(text: str, role: str) -> None:
+    """*text* names no existing file or directory: a UsageError unless it reads as an image
+    reference (a transport, or a registry host). A bare word is not taken for a Docker Hub
+    name, and a path that does not exist is named as one."""
+    if text.startswith(TRANSPORTS):
+        return
+    if os.path.lexists(text):
+        raise UsageError(f"{text}: not a file or a directory ({role}; {_GIVE})")
+    if text.startswith(("/", "./", "../", "~")) or text.endswith("/") or text in (".", ".."):
+        raise UsageError(f"{text}: no such file or directory ({role})")
+    if names_registry_host(text):
+        return
+    raise UsageError(
+        f"no such file, build output or image: {text} ({role}; {_GIVE}; for a Docker Hub "
+        f"image write docker://{text})"
+    )

@@ -53,7 +53,7 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
             key.curve.name if isinstance(key, ec.EllipticCurvePrivateKey) else type(key).__name__
         )
         raise ProvenanceKeyError(f"{path}: an ECDSA P-256 key is required, found {found}")
-    check_key_permissions(path)
+    check_key_permissions(path, signs="provenance statements")
     return key
 
 

@@ -228,6 +228,7 @@ TLS = Section(
             'server after attestation; "self": a self-signed RA-TLS certificate; "file": '
             "cert and key (ship encrypted; the default when they are given)",
             choices=TLS_ISSUERS,
+            default_doc='"secret-server" ("file" when cert or key is given)',
         ),
         Field(
             "hosts",
@@ -752,6 +753,16 @@ def spec_from_dict(
         no_tls=framework if refusal is not None and isinstance(framework, str) else None,
     )
     _check_tls(values["tls"], data.get("tls"), problems)
+    if (
+        private_keys
+        and values["signing"].get("key") is not None
+        and ("signing", "key") not in {p.path for p in problems}
+    ):
+        from .gramine.signer import signing_key_problem
+
+        problem = signing_key_problem(values["signing"]["key"])
+        if problem is not None:
+            problems.append(Problem(("signing", "key"), problem))
     if private_keys and "provenance" in data and values["provenance"].get("key") is not None:
         from .provenance_key import key_problem
 

@@ -51,7 +51,8 @@ class Field:
     *above* excludes its bound: "more than"); *min_items* bounds arrays. *item_pattern* /
     *item_choices* check each string of a ``list[str]``. *expect* replaces the kind's
     description in type errors ("expected EXPECT, got ..."), *item_expect* a ``list[str]``
-    element's ("a string").
+    element's ("a string"). *default_doc* says what an absent key means when that depends on
+    other keys (the reference shows it as the default).
     """
 
     name: str
@@ -75,6 +76,7 @@ class Field:
     item_choices: tuple[str, ...] = ()
     expect: str = ""
     item_expect: str = ""
+    default_doc: str = ""  # the default in words when it depends on other keys (for the reference)
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:

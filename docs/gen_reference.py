@@ -538,7 +538,7 @@ def _default(f: Any) -> str:
     if f.required:
         return "required"
     if f.default is None:
-        return "—"
+        return getattr(f, "default_doc", "") or "—"
     return toml_value(f.default)
 
 

@@ -7,6 +7,7 @@ it) a missing vectors directory FAILS, so conformance can never pass by not runn
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -75,6 +76,21 @@ def signing_key(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("keys") / "enclave-key.pem"
     write_new_key(path)
     return path
+
+
+@functools.cache
+def sgx_key_pem() -> bytes:
+    """One RSA-3072 (e = 3) private key in PEM, for specs whose [signing] key is loaded (and
+    checked) but never signs with."""
+    from cryptography.hazmat.primitives import serialization
+
+    from enclave_build.builder.gramine.signer import generate_key
+
+    return generate_key().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -92,6 +92,18 @@ def test_upload_argument_errors(tmp_path):
     assert nothing.returncode == 2 and b"exactly one of --collateral" in nothing.stderr
 
 
+def test_a_measurements_file_that_is_not_one_is_a_usage_error(tmp_path):
+    """A spec (or anything not a measurements.json) given as --measurements is exit 2 naming
+    the file, not exit 1 like a server that is not attested."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[service]\nname = "face"\n')
+    m = _measurements(tmp_path / "m.json")
+    proc = run_cli("attest", "127.0.0.1:1", "--measurements", str(spec), "--collateral", str(m))
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert f"--measurements: {spec}:1: not JSON" in err
+
+
 def test_upload_to_a_server_without_ratls_identity_is_refused(tmp_path):
     """An ordinary secret server (CA-signed certificate, not in an enclave): the client refuses
     before sending a byte; the server's audit shows no upload."""

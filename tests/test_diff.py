@@ -310,6 +310,18 @@ def test_an_encrypted_model_differs_outside_the_measurement(builds):
 
 
 @pytest.mark.integration
+def test_differing_encrypted_models_get_the_reproducible_hint(builds):
+    data = _json(builds["enc-a"], builds["enc-b"])
+    assert any("[build] reproducible = true" in note for note in data["notes"]), data["notes"]
+    code, out, _ = _diff(builds["enc-a"], builds["enc-b"])
+    assert code == 1
+    assert "note: encrypted model files differ" in out and "reproducible = true" in out
+    # clear models are measured: no such hint
+    _, out, _ = _diff(builds["ref"], builds["model"])
+    assert "reproducible" not in out
+
+
+@pytest.mark.integration
 def test_usage_errors_exit_2_saying_no_such(builds, tmp_path):
     code, _, err = _diff(tmp_path / "nowhere", builds["ref"])
     assert code == 2 and "nowhere: no such build" in err, err

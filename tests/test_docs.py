@@ -288,3 +288,14 @@ def test_pages_carry_no_development_notes():
 
 def _links(page: Path) -> list[str]:
     return re.findall(r"\]\(([^)\s]+)\)", page.read_text())
+
+
+def test_spec_reference_gives_the_tls_issuer_default():
+    """[tls] issuer has no fixed default (it follows cert/key): the reference says what it is."""
+    from enclave_build.builder.spec import tls_issuer
+
+    assert tls_issuer({}) == "secret-server" and tls_issuer({"cert": "c"}) == "file"
+    text = (Path(__file__).parents[1] / "docs/reference/spec.md").read_text()
+    [row] = [line for line in text.splitlines() if line.startswith("| `issuer` |")]
+    default = row.split(" | ")[2]
+    assert default == '"secret-server" ("file" when cert or key is given)', row

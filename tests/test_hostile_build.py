@@ -18,7 +18,7 @@ from enclave_build.builder.errors import EnclaveBuildError, UsageError
 from enclave_build.builder.gramine.signer import PemSigner, SignerError
 from enclave_build.builder.image.reference import parse_source
 
-from .conftest import image_rootfs, run_cli, write_spec
+from .conftest import image_rootfs, run_cli, sgx_key_pem, write_spec
 
 ALLOW_OPEN_KEY_ENV = "ENCLAVE_BUILD_ALLOW_OPEN_KEY"
 
@@ -88,8 +88,9 @@ def test_omitted_keys_dir_defaults_to_keys_beside_the_spec(tmp_path):
     from enclave_build.builder.spec import load_spec
 
     spec_path = write_spec(tmp_path, ENCRYPTED_SPEC)
-    for name in ("saved_model", "ca.pem", "tls.crt", "tls.key", "key.pem"):
+    for name in ("saved_model", "ca.pem", "tls.crt", "tls.key"):
         (tmp_path / name).touch()
+    (tmp_path / "key.pem").write_bytes(sgx_key_pem())
     spec = load_spec(spec_path, {"tfserving": None})
     assert spec.secrets.keys_dir == tmp_path.resolve() / "keys"
     assert isinstance(spec.secrets.keys_dir, Path)

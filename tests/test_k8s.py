@@ -35,7 +35,7 @@ from enclave_build.builder.spec import SpecError
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.names import SERVICE_FILE
 
-from .conftest import run_cli, tflite_bytes
+from .conftest import run_cli, sgx_key_pem, tflite_bytes
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -108,8 +108,9 @@ def make_build(
     _model_files(base / "models", example)
     keys = base / "keys"
     keys.mkdir(exist_ok=True)
-    for name in ("demo-ca.pem", "enclave-key.pem", "tls.crt", "tls.key"):
+    for name in ("demo-ca.pem", "tls.crt", "tls.key"):
         (keys / name).write_text("placeholder\n")
+    (keys / "enclave-key.pem").write_bytes(sgx_key_pem())
     spec, registry = load(spec_dir / "spec.toml")
     plan = make_plan(spec, registry)
     out = spec_dir / "out"

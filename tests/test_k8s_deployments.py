@@ -28,6 +28,7 @@ from enclave_build.builder.k8s.generate import render
 from enclave_build.builder.k8s.inputs import K8sError
 from enclave_build.contract.identity import EnclaveIdentity
 from enclave_build.contract.names import SERVICE_FILE
+from tests.conftest import sgx_key_pem
 from tests.test_k8s import DEPLOY, DIGEST, K8S_VERSIONS, make_build, walk
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -253,7 +254,7 @@ def test_the_secret_server_frameworks_own_build_is_refused_clearly(tmp_path):
     model = make_build(tmp_path / "model", "tflite")
     project = tmp_path / "keys"
     project.mkdir()
-    (project / "key.pem").write_text("placeholder\n")
+    (project / "key.pem").write_bytes(sgx_key_pem())
     spec_path = project / "spec.toml"
     spec_path.write_text(f'''[service]
 name = "keys"

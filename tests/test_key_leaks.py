@@ -317,10 +317,10 @@ def test_persist_refuses_a_key_made_meanwhile(tmp_path):
 # ------------------------------------------------------------------ plan and artifact scans
 
 
-def test_scan_plan_names_the_image_path_of_a_plugin_file(tmp_path):
+def test_scan_plan_names_the_image_path_of_a_plugin_file(tmp_path, signing_key):
     from enclave_build.builder.build import load, make_plan
 
-    project = _clean_project(tmp_path, Path(__file__))  # key.pem: any file, never read here
+    project = _clean_project(tmp_path, signing_key)  # key.pem: checked at load, never signs
     spec, registry = load(project / "spec.toml")
     plan = make_plan(spec, registry)
     plan.files.append(PlanFile(None, "/etc/extra.pem", FileKind.TRUSTED, data=_pem_key()))

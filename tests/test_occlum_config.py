@@ -27,7 +27,7 @@ from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError, load_spec
 from enclave_build.plugin import SERVER_CONFIG, SERVER_PYTHONPATH
 
-from .conftest import tflite_bytes
+from .conftest import sgx_key_pem, tflite_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "occlum"
@@ -57,7 +57,7 @@ def _models(root: Path) -> None:
     keys = root / "keys"
     keys.mkdir()
     (keys / "demo-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
-    (keys / "enclave-key.pem").write_text("placeholder: render never reads the signing key\n")
+    (keys / "enclave-key.pem").write_bytes(sgx_key_pem())  # checked, never signed with
     (root.parent / "server-measurements.json").write_text(json.dumps(SERVER))
 
 

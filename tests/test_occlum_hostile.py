@@ -29,7 +29,7 @@ from enclave_build.builder.occlum.spec_section import DebugServerWarning
 from enclave_build.builder.rootfs import RootFS
 from enclave_build.builder.spec import SpecError
 
-from .conftest import saved_model_dir, tflite_bytes
+from .conftest import saved_model_dir, sgx_key_pem, tflite_bytes
 from .test_occlum_config import SERVER, _valid_occlum_json, example_spec, plan_of, write_spec
 
 # tfserving: a framework whose model is a directory (a SavedModel), so the directory's
@@ -479,7 +479,7 @@ def test_secret_server_on_occlum_is_refused_naming_libos(tmp_path, plugin_regist
     _owner_cert(tmp_path / "owner.crt")
     (tmp_path / "root.pem").write_text("placeholder root\n")
     (tmp_path / "collateral.json").write_text("{}\n")
-    (tmp_path / "key.pem").write_text("placeholder\n")
+    (tmp_path / "key.pem").write_bytes(sgx_key_pem())
     spec = tmp_path / "spec.toml"
     spec.write_text("""[service]
 name = "secret-server"

@@ -1,6 +1,6 @@
 """Signed build provenance: written by a build with [provenance] key, verified by the in-toto
-library (not our code) and by `enclave-build verify-provenance`, refused when any byte of the
-envelope changes, and found attached to an image pushed to a real registry."""
+library (not our code) and by `enclave-build verify-provenance`, refused when any signed byte
+(payload type, payload, signature) changes, still valid when only its JSON layout does, and found attached to an image pushed to a real registry."""
 
 from __future__ import annotations
 
@@ -162,6 +162,103 @@ def test_a_flipped_byte_anywhere_fails(built):
         except ProvenanceError:
             continue
         assert not check_provenance(envelope, key, image).holds, f"byte {at} flipped still holds"
+
+
+def test_reformatted_envelope_still_verifies_a_changed_payload_does_not(built, tmp_path):
+    # What docs/how-to/verify-a-build.md says is signed: PAE(payloadType, payload), not the JSON.
+    envelope = json.loads((built / "out" / PROVENANCE_FILE).read_text())
+    reformatted = tmp_path / "reformatted.json"
+    reformatted.write_text(json.dumps(dict(reversed(envelope.items())), indent=7) + "\n\n")
+    key = str(built / "provenance.pub")
+    image = str(built / "out")
+    proc = run_cli("verify-provenance", str(reformatted), "--image", image, "--key", key)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    payload = base64.b64decode(envelope["payload"])
+    changed = tmp_path / "changed.json"
+    changed.write_text(
+        json.dumps(envelope | {"payload": base64.b64encode(payload + b" ").decode()})
+    )
+    proc = run_cli("verify-provenance", str(changed), "--image", image, "--key", key)
+    assert proc.returncode == 1 and b"does NOT hold" in proc.stdout
+    doc = (Path(__file__).parents[1] / "docs/how-to/verify-a-build.md").read_text()
+    assert "Any changed byte of\nthe envelope" not in doc
+    assert "re-formatting the file (whitespace, key order) leaves\nit valid" in doc
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("nosuch", "no such file, build output or image: nosuch"),
+        ("nosuch:1.0", "no such file, build output or image: nosuch:1.0"),
+        ("nosuch/", "nosuch/: no such file or directory"),
+        ("./nosuch", "./nosuch: no such file or directory"),
+        ("/nonexistent/out", "/nonexistent/out: no such file or directory"),
+        ("oci:nosuch", "only in a registry"),
+    ],
+)
+def test_a_target_that_names_nothing_is_a_usage_error(tmp_path, target, message):
+    key = _keys(tmp_path)
+    proc = run_cli("verify-provenance", target, "--key", str(key), cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert message in err
+    assert "registry-1.docker.io" not in err and "dir:" not in err
+
+
+def test_a_missing_image_option_is_a_usage_error(built):
+    proc = run_cli(
+        "verify-provenance", f"out/{PROVENANCE_FILE}", "--image", "nosuch", "--key",
+        "provenance.pub", cwd=built,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "no such file, build output or image: nosuch (--image" in proc.stderr.decode()
+
+
+def test_an_unreachable_registry_is_an_error_not_a_verdict(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    key = _keys(tmp_path)
+    proc = run_cli(
+        "verify-provenance", f"127.0.0.1:{port}/face@sha256:{'0' * 64}", "--key", str(key)
+    )
+    assert proc.returncode == 1
+    assert f"cannot reach registry 127.0.0.1:{port}" in proc.stderr.decode()
+    assert b"does NOT hold" not in proc.stdout
+
+
+def test_diff_of_two_provenance_files_says_why_mr_enclave_differs(
+    built, tmp_path, standin_root, signing_key
+):
+    other = tmp_path / "other"
+    _project(other, signing_key, SPEC.replace("isv_svn = 9", "isv_svn = 9\nmax_threads = 64"))
+    assert _build(other, standin_root).returncode == 0
+    proc = run_cli(
+        "diff", str(built / "out" / PROVENANCE_FILE), str(other / "out" / PROVENANCE_FILE),
+        "--quiet",
+    )  # fmt: skip
+    out = proc.stdout.decode()
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert "~ manifest /enclave/" in out
+    assert "no measured input compared here does" not in out
+    assert "MRENCLAVE differs, as does the digest of the manifest /enclave/" in out
+    assert "diff the build outputs or images" in out
+
+
+def test_a_provenance_key_open_to_others_says_what_it_signs(tmp_path, standin_root, signing_key):
+    _project(tmp_path, signing_key)
+    (tmp_path / "provenance.key").chmod(0o644)
+    proc = run_cli(
+        "build", "spec.toml", "--base", f"dir:{standin_root}", "--output", "out",
+        cwd=tmp_path, env={"ENCLAVE_BUILD_ALLOW_OPEN_KEY": ""},
+    )  # fmt: skip
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "provenance.key:" in err and "can sign provenance statements as you" in err
+    assert "sign enclaves" not in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_key_that_is_no_p256_key_is_a_located_spec_error(tmp_path, standin_root, signing_key):

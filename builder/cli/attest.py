@@ -123,8 +123,8 @@ def _expectation(
     root = synthetic_root or legacy_root
     try:
         builds = tuple((str(p), Measurements.load(p)) for p in measurement_files)
-    except MeasurementsError as exc:
-        raise EnclaveBuildError(str(exc)) from None
+    except MeasurementsError as exc:  # a file given on the command line that cannot be used
+        raise UsageError(f"--measurements: {exc}") from None
     not_servers = [
         f"{src} ({b.framework})"
         for src, b in builds

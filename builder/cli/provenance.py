@@ -14,8 +14,9 @@ from .output import errors, print_json
     "verify-provenance",
     epilog="""\b
 Exit status: 0 when the provenance holds; 1 when it does not (bad signature, another image,
-an SBOM or identity that differs); 2 for a usage problem (a missing file, a key that is no
-ECDSA P-256 public key).
+an SBOM or identity that differs), or when it cannot be checked (a registry that cannot be
+reached: an error line says so, as for every command); 2 for a usage problem (no such file,
+build output or image, a key that is no ECDSA P-256 public key).
 
 \b
 Examples:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from enclave_build.contract.names import MODEL_ROOT
 from enclave_build.contract.sbom import SBOM_PATH
 
 from ..gramine.spec_keys import spec_key
@@ -132,6 +133,15 @@ def _shown(entry: Any) -> str | None:
     return entry.kind
 
 
+def _is_model_file(item: FileChange) -> bool:
+    """A file of a model outside the measurement: an encrypted model's (clear ones are
+    trusted files)."""
+    return any(
+        owner is not None and owner.startswith("model ")
+        for owner in (item.a_package, item.b_package)
+    ) or (item.image_path or item.path).startswith(MODEL_ROOT + "/")
+
+
 def diff_facts(
     a: BuildFacts,
     b: BuildFacts,
@@ -155,6 +165,13 @@ def diff_facts(
         )
     if (a.manifest is None) != (b.manifest is None) and not partial:
         notes.append("only one side has a Gramine manifest: manifests not compared")
+    image_files = file_changes(a, b, cache, progress)
+    if any(_is_model_file(item) for item in image_files):
+        notes.append(
+            "encrypted model files differ: encrypting the same model twice gives other bytes "
+            "(fresh nonces) unless both builds set [build] reproducible = true, which makes the "
+            "same model under the same wrap key encrypt to the same file"
+        )
     return BuildDiff(
         a.side,
         b.side,
@@ -165,7 +182,7 @@ def diff_facts(
         sigstruct=value_changes(a.sigstruct, b.sigstruct, SIGSTRUCT_SPEC_KEYS.get, partial),
         occlum_config=value_changes(a.occlum_config, b.occlum_config),
         image_config=value_changes(a.image_config, b.image_config),
-        image_files=file_changes(a, b, cache, progress),
+        image_files=image_files,
         inputs=value_changes(a.inputs, b.inputs),
         notes=tuple(notes),
     )

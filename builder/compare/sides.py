@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..hashing import HashCache
 from ..image.blob_cache import BlobCache
 from ..image.inspect import open_image
-from ..image.reference import parse_source
+from ..image.reference import names_registry_host, parse_source
 from ..image.unpack import unpacked_rootfs
 from .diff import diff_facts
 from .facts import BuildFacts, image_facts, load_provenance, provenance_facts
@@ -29,13 +29,6 @@ _GIVE = (
     "reference such as docker://HOST/NAME@sha256:... or oci:DIR, or a provenance file"
 )
 _TRANSPORTS = ("docker://", "oci:", "oci-archive:", "docker-archive:", "docker-daemon:")
-
-
-def _registry_like(text: str) -> bool:
-    """A reference that names its registry host (``HOST.DOMAIN/...``, ``HOST:PORT/...``,
-    ``localhost/...``): one that cannot be a mistyped local path."""
-    head, slash, _ = text.partition("/")
-    return bool(slash) and ("." in head or ":" in head or head == "localhost")
 
 
 def locate(text: str, log: Callable[[str], None] | None = None) -> tuple[str, str]:
@@ -55,7 +48,7 @@ def locate(text: str, log: Callable[[str], None] | None = None) -> tuple[str, st
             if not Path(source.location).exists():
                 raise UsageError(f"{text}: no such image layout or archive ({source.location})")
         return text, "image"
-    if _registry_like(text) and not os.path.lexists(text):
+    if names_registry_host(text) and not os.path.lexists(text):
         return text, "image"
     if os.path.lexists(text):
         raise UsageError(f"{text}: not a build output or an image ({_GIVE})")

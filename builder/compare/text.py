@@ -78,6 +78,22 @@ def _identity_line(what: str, equal: bool | None, a: str | None, b: str | None) 
     return f"{what:<11} DIFFERS: a {a}, b {b}"
 
 
+def _unexplained_mr_enclave(diff: BuildDiff) -> str:
+    """Why MRENCLAVE differs though no measured input compared here does."""
+    if "provenance" not in (diff.a.kind, diff.b.kind):
+        return "MRENCLAVE differs, but no measured input compared here does: see the notes"
+    manifests = [item.key for item in diff.inputs if item.key.startswith("manifest ")]
+    recorded = (
+        f"as does the digest of the {manifests[0]} it is measured from (above)"
+        if manifests
+        else "though the inputs a provenance records do not show why"
+    )
+    return (
+        f"MRENCLAVE differs, {recorded}; a provenance file holds digests, not the manifest or "
+        "the files: diff the build outputs or images to see which measured input differs"
+    )
+
+
 def render(diff: BuildDiff) -> list[str]:
     if diff.identical:
         return [
@@ -104,7 +120,7 @@ def render(diff: BuildDiff) -> list[str]:
     if diff.mr_enclave_equal is False and not (
         diff.manifest or diff.trusted_files or diff.libos or diff.occlum_config
     ):
-        lines.append("MRENCLAVE differs, but no measured input compared here does: see the notes")
+        lines.append(_unexplained_mr_enclave(diff))
     lines += [f"note: {note}" for note in diff.notes]
     return lines
 

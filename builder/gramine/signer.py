@@ -27,6 +27,7 @@ from ..errors import EnclaveBuildError
 KEY_BITS = 3072
 PUBLIC_EXPONENT = 3
 ALLOW_OPEN_KEY_ENV = "ENCLAVE_BUILD_ALLOW_OPEN_KEY"
+EXPECTED = f"expected an RSA-{KEY_BITS} private key with public exponent {PUBLIC_EXPONENT} (as SGX requires)"
 
 
 class SignerError(EnclaveBuildError):
@@ -86,7 +87,7 @@ class PemSigner:
                 f"{path}: cannot load the signing key ({hint}not a PEM private key)"
             ) from exc
         if not isinstance(key, rsa.RSAPrivateKey):
-            raise SignerError(f"{path}: expected an RSA private key, found {type(key).__name__}")
+            raise SignerError(f"{path}: {EXPECTED}, found {type(key).__name__}")
         signer = cls(key, str(path))
         check_key_permissions(path)
         return signer
@@ -134,9 +135,41 @@ class DetachedSigner:
         return Signature(self._key.public_numbers().n, int.from_bytes(self._signature, "big"))
 
 
-def check_key_permissions(path: Path) -> None:
+def signing_key_problem(path: Path) -> str | None:
+    """Why the file at *path* is no usable local SGX signing key (None: it is one), as far as
+    can be told before signing: an encrypted key's type is checked when it is opened with its
+    passphrase, and the file's permissions (:func:`check_key_permissions`) when it signs."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        return f"{path}: cannot read the signing key: {exc.strerror}"
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        key = None  # encrypted
+    except ValueError:
+        if b"-----BEGIN CERTIFICATE-----" in pem:
+            found = "a certificate"
+        elif b"-----BEGIN PUBLIC KEY-----" in pem or b"-----BEGIN RSA PUBLIC KEY-----" in pem:
+            found = "a public key (for external signing, set signing.public_key instead)"
+        elif b"-----BEGIN " in pem:
+            found = "a PEM file holding no private key this tool can read"
+        else:
+            found = "a file that is not PEM"
+        return f"{path}: {EXPECTED}, found {found} (make one: enclave-build keygen --out FILE)"
+    if key is not None:
+        if not isinstance(key, rsa.RSAPrivateKey):
+            return f"{path}: {EXPECTED}, found {type(key).__name__}"
+        try:
+            _check_public_key(key.public_key(), str(path))
+        except SignerError as exc:
+            return str(exc)
+    return None
+
+
+def check_key_permissions(path: Path, signs: str = "enclaves") -> None:
     """Refuse a private key file that users other than its owner can read (or write): whoever
-    can read it can sign enclaves with this identity. ``ENCLAVE_BUILD_ALLOW_OPEN_KEY=1``
+    can read it can sign *signs* with this identity. ``ENCLAVE_BUILD_ALLOW_OPEN_KEY=1``
     accepts it with a warning."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -149,7 +182,7 @@ def check_key_permissions(path: Path) -> None:
     )
     problem = (
         f"{path}: the signing key is accessible to {who} (mode {mode:04o}); whoever reads "
-        f"it can sign enclaves as you. Fix: chmod 600 {path}"
+        f"it can sign {signs} as you. Fix: chmod 600 {path}"
     )
     if os.environ.get(ALLOW_OPEN_KEY_ENV) == "1":
         warnings.warn(f"{problem} (used anyway: {ALLOW_OPEN_KEY_ENV}=1)", UserWarning, stacklevel=3)

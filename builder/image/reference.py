@@ -56,6 +56,13 @@ class ImageSource:
         return f"{self.transport}:{self.location}{suffix}"
 
 
+def names_registry_host(text: str) -> bool:
+    """Whether *text* is a reference that names its registry host (``HOST.DOMAIN/...``,
+    ``HOST:PORT/...``, ``localhost/...``): one that cannot be a mistyped local path."""
+    head, slash, rest = text.partition("/")
+    return bool(slash and rest) and ("." in head or ":" in head or head == "localhost")
+
+
 def parse_registry_ref(text: str) -> RegistryRef:
     """``[host[:port]/]path[:tag][@sha256:...]`` with Docker's defaults (docker.io, library/)."""
     original = text
