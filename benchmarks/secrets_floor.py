@@ -55,7 +55,7 @@ GOAL_LEVEL = 1000
 _HZ = os.sysconf("SC_CLK_TCK")
 
 
-def _floor_context(directory: Path) -> SSL.Context:
+def floor_context(directory: Path) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
@@ -67,8 +67,8 @@ def _floor_context(directory: Path) -> SSL.Context:
     return ctx
 
 
-def _serve_floor(directory: Path, addresses) -> None:
-    ctx = _floor_context(directory)
+def serve_floor(directory: Path, addresses) -> None:
+    ctx = floor_context(directory)
     secret = (directory / "model.key").read_bytes()
     answer = RESPONSE + struct.pack(">I", len(secret)) + secret
     listener = socket.socket()
@@ -95,7 +95,7 @@ def _serve_floor(directory: Path, addresses) -> None:
             sock.close()
 
 
-def _serve_ours(config: Path, trust_everyone: bool, addresses) -> None:
+def serve_ours(config: Path, trust_everyone: bool, addresses) -> None:
     server = SecretServer(
         load_config(config), verifier_for=TrustEveryone if trust_everyone else None
     )
@@ -143,11 +143,11 @@ def main() -> None:
         for side in sides:
             queue = mp.Queue()
             if side == "floor":
-                procs[side] = mp.Process(target=_serve_floor, args=(directory, queue), daemon=True)
+                procs[side] = mp.Process(target=serve_floor, args=(directory, queue), daemon=True)
             else:
                 config = write_config(directory, allow, None, True, side)
                 procs[side] = mp.Process(
-                    target=_serve_ours, args=(config, side == "tls-only", queue), daemon=True
+                    target=serve_ours, args=(config, side == "tls-only", queue), daemon=True
                 )
             procs[side].start()
             addresses[side] = tuple(queue.get(timeout=60))

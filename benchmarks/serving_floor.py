@@ -67,7 +67,7 @@ NOOP = "benchmarks.noop_backend:NoopBackend"
 # ------------------------------------------------------------------------------ REST floor
 
 
-def _floor_answer(request: dict, body: memoryview) -> tuple[bytes, list]:
+def floor_answer(request: dict, body: memoryview) -> tuple[bytes, list]:
     """The KServe v2 binary-tensor answer of the no-op model to *request* (its JSON part
     parsed) whose binary part is *body*."""
     (inp,) = request["inputs"]
@@ -130,7 +130,7 @@ class FloorHTTP(asyncio.Protocol):
         body = self.body
         hl = int(self.headers[b"inference-header-content-length"])
         self.headers = {}
-        head, blobs = _floor_answer(json.loads(bytes(body[:hl])), body[hl:])
+        head, blobs = floor_answer(json.loads(bytes(body[:hl])), body[hl:])
         length = len(head) + sum(len(b) for b in blobs)
         self.transport.writelines(
             [
@@ -143,7 +143,7 @@ class FloorHTTP(asyncio.Protocol):
         )
 
 
-def _serve_rest_floor(ports) -> None:
+def serve_rest_floor(ports) -> None:
     async def main() -> None:
         server = await asyncio.get_running_loop().create_server(FloorHTTP, "127.0.0.1", 0)
         ports.put(server.sockets[0].getsockname()[1])
@@ -155,7 +155,7 @@ def _serve_rest_floor(ports) -> None:
 # ------------------------------------------------------------------------------ gRPC floor
 
 
-def _serve_grpc_floor(ports, streaming: bool = False) -> None:
+def serve_grpc_floor(ports, streaming: bool = False) -> None:
     import threading
 
     import grpc
@@ -202,8 +202,8 @@ def _serve_grpc_floor(ports, streaming: bool = False) -> None:
     threading.Event().wait()
 
 
-def _serve_grpc_stream_floor(ports) -> None:
-    _serve_grpc_floor(ports, streaming=True)
+def serve_grpc_stream_floor(ports) -> None:
+    serve_grpc_floor(ports, streaming=True)
 
 
 class FloorProc:
@@ -232,9 +232,9 @@ class FloorProc:
 def versus_floor(args, tmp: Path) -> list[dict]:
     """Per protocol and concurrency: floor and ours, interleaved, ``rounds`` times."""
     floors = {
-        "rest": _serve_rest_floor,
-        "grpc": _serve_grpc_floor,
-        "grpc-stream": _serve_grpc_stream_floor,
+        "rest": serve_rest_floor,
+        "grpc": serve_grpc_floor,
+        "grpc-stream": serve_grpc_stream_floor,
     }
     out = []
     ours = ServerProc(
