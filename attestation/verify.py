@@ -396,6 +396,17 @@ class VerificationCache:
             return None
         return outcome
 
+    def valid_until(
+        self, raw: bytes, collateral_json: str, root_der: bytes | None, seconds: int
+    ) -> int | None:
+        """The first second (Unix time) at which the cached verification of the quote *raw*
+        with this collateral and root may no longer be reused, or None when none is cached."""
+        facts = self._facts(collateral_json)
+        if facts is None:
+            return None
+        outcome = self.lookup(VerificationCache.key(raw, facts, root_der), seconds)
+        return None if outcome is None else outcome.valid_until
+
     def store(self, key: bytes, outcome: CachedOutcome) -> None:
         with self._lock:
             if key not in self._entries and len(self._entries) >= self.max_entries:

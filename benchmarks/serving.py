@@ -291,7 +291,7 @@ def run_load(
     return row
 
 
-def server_config(model: Path, instances: int) -> dict:
+def server_config(model: Path, instances: int, backend: str = "tflite") -> dict:
     """The model server's configuration file, for either layout: the top-level layout's
     ``model_server/config.py`` reads version 1 with these same keys (limits left out take each
     checkout's own defaults), and ``"tflite"`` is a builtin backend in both, so each checkout
@@ -308,7 +308,7 @@ def server_config(model: Path, instances: int) -> dict:
         "models": [
             {
                 "name": "fd",
-                "backend": "tflite",
+                "backend": backend,
                 "path": str(model),
                 "instances": instances,
                 "threads": 1,
@@ -328,13 +328,14 @@ class ServerProc:
         pin: list[int] | None,
         root: Path = REPO,
         label: str = "after",
+        backend: str = "tflite",
     ):
         # the checkout's own packages first on the path (for the namespaced layout a tree of
         # links: from the checkout itself Python would import only its top-level package and
         # take the subpackages from the installed one)
         self.tree = checkout_tree(root, workdir / f"root-{label}-{instances}", "model_server")
         path = workdir / f"bench-{label}-{instances}.json"
-        path.write_text(json.dumps(server_config(model, instances)))
+        path.write_text(json.dumps(server_config(model, instances, backend)))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.tree.module("model_server"), "--config", str(path)],
             stderr=subprocess.PIPE,

@@ -26,7 +26,7 @@
     allowed_advisories = ["INTEL-SA-00615"]   # optional allow-list
     denied_advisories = []
     allow_debug = false
-    verification_cache = true        # reuse per-platform verification (see attestation.verify)
+    verification_cache = true        # reuse per-platform and per-certificate verification
 
     [upload]                         # optional: keys handed over at run time by their owners
     owners = ["owner.crt"]           # pinned owner certificates (attestation.upload); a
@@ -227,7 +227,12 @@ ATTESTATION = Section(
         Field("allowed_advisories", "list[str]", "an allow-list of advisories (default: any)"),
         Field("denied_advisories", "list[str]", "advisories never accepted", default=[]),
         Field("allow_debug", "bool", "accept DEBUG enclaves (the verifier cannot)", default=False),
-        Field("verification_cache", "bool", "reuse per-platform verification", default=True),
+        Field(
+            "verification_cache",
+            "bool",
+            "reuse per-platform verification, and what a client certificate proved while it holds",
+            default=True,
+        ),
     ),
 )
 UPLOAD = Section(

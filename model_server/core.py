@@ -10,11 +10,9 @@ Interpreter instances are handed over FIFO under a lock to either kind of waiter
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +23,7 @@ from .client_access import ClientAccess
 from .config import Limits, ModelConfig
 from .datatypes import TensorError
 from .errors import BudgetShort, ServeError
+from .handler_pool import HandlerPool
 from .unsent import UnsentAnswers
 
 __all__ = [
@@ -165,7 +164,7 @@ class LoadedModel:
 
     async def run(
         self,
-        executor: ThreadPoolExecutor,
+        executor: HandlerPool,
         arrays: dict[str, np.ndarray],
         started: Callable[[], None] | None = None,
     ) -> dict[str, np.ndarray]:
@@ -175,9 +174,7 @@ class LoadedModel:
         try:
             if started is not None:
                 started()
-            result = await asyncio.get_running_loop().run_in_executor(
-                executor, instance.infer, arrays
-            )
+            result = await executor.run(instance.infer, arrays)
         finally:
             self.pool.release(instance)
         return self.check_result(result)
@@ -365,7 +362,7 @@ class Engine:
         for m in models.values():
             m.pool.max_queue = shares[m.name] if m.config.max_queue is None else m.config.max_queue
         workers = sum(m.pool.size for m in models.values()) or 1
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
+        self.executor = HandlerPool(workers, thread_name_prefix="infer")
         self.ready = True
         self.counters = Counters()
         self.budget = ByteBudget(limits.max_buffered_bytes)

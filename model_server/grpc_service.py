@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -103,11 +104,12 @@ def _typed_contents(tensor, datatype: str, shape: list[int]):
     return getattr(tensor.contents, field)
 
 
-def decode_cost(req) -> int:
+def decode_cost(req, raw: Sequence[bytes | memoryview] | None = None) -> int:
     """What decoding a parsed request's inputs allocates: typed contents become arrays (BYTES:
     an object per element), raw BYTES tensors an object per element; raw numeric tensors are
-    views (nothing)."""
-    raw = req.raw_input_contents
+    views (nothing). *raw*: the request's ``raw_input_contents`` (default: read from *req*)."""
+    if raw is None:
+        raw = req.raw_input_contents
     cost = 0
     for i, tensor in enumerate(req.inputs):
         datatype = tensor.datatype
@@ -127,8 +129,14 @@ def decode_cost(req) -> int:
     return cost
 
 
-def decode_request(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], list[str]]:
-    raw = req.raw_input_contents
+def decode_request(
+    model: LoadedModel, req, raw: Sequence[bytes | memoryview] | None = None
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The request's input arrays and requested outputs. *raw*: its ``raw_input_contents``,
+    by default read from *req* (a copy of each); views of the message's bytes
+    (:func:`raw_inputs`) make the arrays views of the message, without a copy."""
+    if raw is None:
+        raw = req.raw_input_contents
     if raw and any(t.HasField("contents") for t in req.inputs):
         raise ServeError(
             ServeError.INVALID,
@@ -156,6 +164,16 @@ def decode_request(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], list
     except TensorError as exc:
         raise ServeError(ServeError.INVALID, str(exc)) from None
     return arrays, outputs
+
+
+def raw_inputs(req, message: bytes, spans: list[tuple[int, int]]) -> Sequence[bytes | memoryview]:
+    """The parsed *req*'s ``raw_input_contents`` as read-only views of *message* (its wire
+    bytes) at *spans* (from :func:`~model_server.pb_cost.parse_cost`); the parsed elements
+    themselves should the walk and the parser ever disagree on their number."""
+    if len(spans) != len(req.raw_input_contents):
+        return req.raw_input_contents
+    view = memoryview(message)
+    return [view[start:end] for start, end in spans]
 
 
 #: ModelInferResponse.raw_output_contents (field 6, length-delimited): its key byte.
@@ -341,13 +359,15 @@ class GRPCService:
         engine = self.engine
         admitted = False
         try:
-            hold.set(len(raw) + parse_cost(raw), "parsing the request")
+            spans: list[tuple[int, int]] = []
+            hold.set(len(raw) + parse_cost(raw, spans), "parsing the request")
             req = _parse(pb.ModelInferRequest, raw)
             model = engine.model(req.model_name, req.model_version)
             label = model.name
             self._allow(model, context)
-            hold.grow(decode_cost(req), "decoding the inputs")
-            arrays, outputs = decode_request(model, req)
+            contents = raw_inputs(req, raw, spans)  # the tensors stay in the message's bytes
+            hold.grow(decode_cost(req, contents), "decoding the inputs")
+            arrays, outputs = decode_request(model, req, contents)
             engine.counters.add("accepted")
             admitted = True
             try:

@@ -1,5 +1,8 @@
-"""The threads grpc runs inference calls in: a :class:`concurrent.futures.Executor` that
-starts a thread only when no started one is idle, up to ``max_workers``, and runs calls FIFO.
+"""Threads for inference: a :class:`concurrent.futures.Executor` that starts a thread only
+when no started one is idle, up to ``max_workers``, and runs calls FIFO. grpc runs its calls in
+one; REST hands each inference to one from the event loop with :meth:`HandlerPool.run`, which
+settles the awaiting asyncio future directly (one hand-off each way, no concurrent Future
+chained to it).
 
 Where threads are scarce (an enclave has ``sgx.max_threads``), a thread that cannot be started
 is not an error: the pool's capacity becomes the threads it has (``on_capacity`` is told, once,
@@ -12,12 +15,14 @@ started for it, or (at capacity) the next thread to finish.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from typing import Any
 
 log = logging.getLogger("model_server")
 
@@ -47,6 +52,18 @@ class HandlerPool(Executor):
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         future: Future = Future()
+        self._enqueue(future, fn, args, kwargs)
+        return future
+
+    async def run(self, fn, /, *args) -> Any:
+        """``fn(*args)`` in one of the threads, awaited from the running event loop (cancelling
+        the await before the call has started skips it)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._enqueue(_LoopResult(loop, future), fn, args, {})
+        return await future
+
+    def _enqueue(self, future, fn, args, kwargs) -> None:
         reduced = None
         with self._lock:
             if self._shutdown:
@@ -77,7 +94,6 @@ class HandlerPool(Executor):
             self._queue.put((future, fn, args, kwargs))
         if reduced is not None and self._on_capacity is not None:
             self._on_capacity(reduced)
-        return future
 
     def _run(self) -> None:
         get, lock = self._queue.get, self._lock
@@ -132,3 +148,39 @@ class HandlerPool(Executor):
         for thread in threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in threads)
+
+
+class _LoopResult:
+    """The outcome of a call for an event loop: settles its asyncio future from the worker
+    thread through ``call_soon_threadsafe`` (the part of a Future that ``_run`` uses)."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
+        self.loop = loop
+        self.future = future
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return not self.future.done()  # cancelled while it waited: skipped
+
+    def set_result(self, result) -> None:
+        self._post(_settle, result)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._post(_settle_exception, exc)
+
+    def _post(self, settle, value) -> None:
+        try:
+            self.loop.call_soon_threadsafe(settle, self.future, value)
+        except RuntimeError:  # the loop has closed: nobody awaits the result
+            pass
+
+
+def _settle(future: asyncio.Future, result) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _settle_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

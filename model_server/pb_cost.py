@@ -105,9 +105,11 @@ def _name(start: int, end: int, what: str) -> None:
         raise ServeError(ServeError.INVALID, f"{what} is longer than {MAX_NAME} bytes")
 
 
-def parse_cost(raw: bytes) -> int:
+def parse_cost(raw: bytes, raw_inputs: list[tuple[int, int]] | None = None) -> int:
     """Upper bound of the bytes ``ModelInferRequest.FromString(raw)`` allocates beyond *raw*,
-    or ServeError (INVALID) for a request no client sends."""
+    or ServeError (INVALID) for a request no client sends. With *raw_inputs*, the (start, end)
+    of each ``raw_input_contents`` element in *raw* is appended to it, in order (what the
+    parsed message's elements are: ``raw[start:end]``), so the tensors can be read in place."""
     walk = _Walk()
     cost = 0
     for number, wire, start, end in walk.fields(raw, 0, len(raw), "the request"):
@@ -115,6 +117,8 @@ def parse_cost(raw: bytes) -> int:
             continue
         if number == 7:  # raw_input_contents: a view each
             cost += VIEW
+            if raw_inputs is not None:
+                raw_inputs.append((start, end))
         elif number == 5:  # inputs
             cost += MESSAGE + _tensor(walk, raw, start, end)
         elif number == 6:  # outputs: name, parameters

@@ -804,3 +804,37 @@ def test_large_blocks_freed_on_many_threads_go_back_to_the_system():
     ).stdout.split()
     assert out[0] == "True"  # glibc took the setting
     assert int(out[1]) < 16, f"{out[1]} MiB kept"
+
+
+def test_grpc_raw_inputs_are_read_in_place_from_the_message():
+    """The tensors of raw_input_contents are views of the message's bytes (no copy per input):
+    each span the walk records is the element the parser reads."""
+    from enclave_build.model_server.config import ModelConfig
+    from enclave_build.model_server.core import LoadedModel
+    from enclave_build.model_server.grpc_service import decode_request, raw_inputs
+    from tests.ms_backends import NO_SOURCE
+    from tests.sleep_backend import SleepBackend
+
+    x = np.arange(50_000, dtype=np.float32)
+    r = pb.ModelInferRequest(model_name="m", id="a")
+    r.inputs.add(name="x", datatype="FP32", shape=[x.size])
+    r.raw_input_contents.append(x.tobytes())
+    r.outputs.add(name="y")
+    message = r.SerializeToString()
+
+    spans: list[tuple[int, int]] = []
+    parse_cost(message, spans)
+    req = pb.ModelInferRequest.FromString(message)
+    assert [message[s:e] for s, e in spans] == list(req.raw_input_contents)
+
+    mc = ModelConfig("m", "1", "tests.sleep_backend:SleepBackend", "/none")
+    model = LoadedModel(mc, [SleepBackend(mc, NO_SOURCE)])
+    arrays, outputs = decode_request(model, req, raw_inputs(req, message, spans))
+    assert outputs == ["y"] and np.array_equal(arrays["x"], x)
+    assert not arrays["x"].flags.writeable
+    start = np.frombuffer(message, np.uint8).__array_interface__["data"][0]
+    address = arrays["x"].__array_interface__["data"][0]
+    assert start <= address < start + len(message)  # inside the message: not a copy
+
+    # spans the parser does not agree with (never from a real walk): its own elements
+    assert raw_inputs(req, message, []) is req.raw_input_contents

@@ -40,6 +40,43 @@ def test_handler_pool_starts_threads_only_when_none_is_idle():
     pool.shutdown()
 
 
+def test_handler_pool_runs_calls_for_the_event_loop():
+    """REST's inference hand-off: the call runs in a pool thread (never the loop's), its result
+    or exception comes back to the awaiting task, and a call cancelled while it waits for a
+    thread is skipped."""
+    import asyncio
+
+    pool = HandlerPool(1)
+    ran: list[str] = []
+
+    def where(tag: str) -> str:
+        ran.append(tag)
+        return threading.current_thread().name
+
+    def fail() -> None:
+        raise ValueError("bad input")
+
+    async def main() -> None:
+        loop_thread = threading.current_thread().name
+        assert await pool.run(where, "a") not in (loop_thread, "")
+        with pytest.raises(ValueError, match="bad input"):
+            await pool.run(fail)
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(pool.run(gate.wait, 10))
+        waiting = asyncio.ensure_future(pool.run(where, "cancelled"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # still queued behind the blocked call
+        gate.set()
+        assert await blocker is True
+        assert await pool.run(where, "b")
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(main())
+    assert ran == ["a", "b"] and pool.threads == 1
+    pool.shutdown()
+
+
 def test_handler_pool_runs_calls_fifo_at_capacity():
     pool = HandlerPool(1)
     gate, order = threading.Event(), []
