@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from enclave_build.contract.client_access import ClientEntryError, ClientRule, parse_client
+from enclave_build.contract.client_access import client_list_problems
 from enclave_build.contract.schema import Problem, bad
 
 _NEEDS_CA = (
@@ -41,16 +41,7 @@ def check(
         if not clients:
             continue
         where = ("models", index, "clients")
-        seen: set[ClientRule] = set()
-        for position, entry in enumerate(clients):
-            try:
-                rule = parse_client(entry)
-            except ClientEntryError as exc:
-                problems.append(Problem(where + (position,), str(exc)))
-                continue
-            if rule in seen:
-                problems.append(Problem(where + (position,), f"{entry!r} is listed twice"))
-            seen.add(rule)
+        problems += client_list_problems(clients, where)
         if no_tls is not None:
             problems.append(
                 Problem(

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import ContractError
+from .schema import Problem
 
 #: The entry kinds, as written before the value.
 PIN_PREFIX = "sha256:"
@@ -125,3 +126,20 @@ __all__ = [
     "NAME_PREFIX",
     "ENTRY_DOC",
 ]
+
+
+def client_list_problems(clients: list[str], where: tuple[str | int, ...]) -> list[Problem]:
+    """What is wrong with a ``clients`` list at *where*: entries that are not well formed, and
+    entries listed twice."""
+    problems: list[Problem] = []
+    seen: set[ClientRule] = set()
+    for position, entry in enumerate(clients):
+        try:
+            rule = parse_client(entry)
+        except ClientEntryError as exc:
+            problems.append(Problem((*where, position), str(exc)))
+            continue
+        if rule in seen:
+            problems.append(Problem((*where, position), f"{entry!r} is listed twice"))
+        seen.add(rule)
+    return problems

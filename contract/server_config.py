@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .client_access import ClientEntryError, ClientRule, parse_client
+from .client_access import client_list_problems
 from .errors import ContractError
 from .files import Locator, NoLocator, parse_json, raise_problems, read_text
 from .identity import HEX64, HEX64_DOC, PINS, U16_MAX, EnclaveIdentity
@@ -733,16 +733,7 @@ def _check_clients(
     if not clients:
         return
     where = ("models", index, "clients")
-    seen: set[ClientRule] = set()
-    for position, entry in enumerate(clients):
-        try:
-            rule = parse_client(entry)
-        except ClientEntryError as exc:
-            problems.append(Problem(where + (position,), str(exc)))
-            continue
-        if rule in seen:
-            problems.append(Problem(where + (position,), f"{entry!r} is listed twice"))
-        seen.add(rule)
+    problems += client_list_problems(clients, where)
     tls = v.get("tls")
     if not (isinstance(tls, dict) and tls.get("client_ca")) and not bad(problems, ("tls",)):
         problems.append(
