@@ -91,18 +91,11 @@ _ANY_VALUE = (
 )
 
 
-def set_table_keys(
-    text: str,
-    table: str,
-    values: Mapping[str, str | int],
-    comment: str,
-    *,
-    source: str | Path = "spec.toml",
-) -> str:
-    """*text* with keys of the plain table ``[TABLE]`` set to *values* (strings or integers),
-    each edited line preceded by ``# COMMENT (was OLD)``; a key the table lacks is added
-    after its header, a missing table at the end. Every other byte stays; the result must
-    parse to the same data but for those keys (UsageError naming *source* otherwise)."""
+def _table_lines(
+    text: str, table: str, source: str | Path
+) -> tuple[dict[str, Any], list[str], str, int, int]:
+    """(the parsed spec, its lines, its newline, the line of ``[TABLE]``'s header, the line
+    after the table), the header appended when the table is missing."""
     try:
         before = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -117,6 +110,40 @@ def set_table_keys(
         lines += [newline, f"[{table}]{newline}"]
         start = len(lines) - 1
     end = next((i for i in range(start + 1, len(lines)) if _HEADER.match(lines[i])), len(lines))
+    return before, lines, newline, start, end
+
+
+def _checked(
+    lines: list[str], expected: dict[str, Any], what: str, pronoun: str, source: str | Path
+) -> str:
+    """The edited text, when it parses to *expected*; else UsageError saying to set *what* by
+    hand."""
+    edited = "".join(lines)
+    try:
+        after = tomllib.loads(edited)
+    except tomllib.TOMLDecodeError:
+        after = None
+    if after != expected:
+        raise UsageError(
+            f"{source}: cannot set {what} in place (the file is written in a way this edit "
+            f"does not handle); set {pronoun} by hand"
+        )
+    return edited
+
+
+def set_table_keys(
+    text: str,
+    table: str,
+    values: Mapping[str, str | int],
+    comment: str,
+    *,
+    source: str | Path = "spec.toml",
+) -> str:
+    """*text* with keys of the plain table ``[TABLE]`` set to *values* (strings or integers),
+    each edited line preceded by ``# COMMENT (was OLD)``; a key the table lacks is added
+    after its header, a missing table at the end. Every other byte stays; the result must
+    parse to the same data but for those keys (UsageError naming *source* otherwise)."""
+    before, lines, newline, start, end = _table_lines(text, table, source)
     inserts: list[str] = []
     for key, value in values.items():
         rendered = json.dumps(value, ensure_ascii=False)
@@ -136,18 +163,8 @@ def set_table_keys(
             f"{match['head']}{rendered}{match['rest']}{lines[number][len(body) :]}"
         )
     lines[start + 1 : start + 1] = inserts
-    edited = "".join(lines)
     expected = {**before, table: {**(before.get(table) or {}), **values}}
-    try:
-        after = tomllib.loads(edited)
-    except tomllib.TOMLDecodeError:
-        after = None
-    if after != expected:
-        raise UsageError(
-            f"{source}: cannot set [{table}] {', '.join(values)} in place (the file is written "
-            "in a way this edit does not handle); set them by hand"
-        )
-    return edited
+    return _checked(lines, expected, f"[{table}] {', '.join(values)}", "them", source)
 
 
 def _value_end(lines: list[str], number: int, key: str) -> int | None:
@@ -175,20 +192,7 @@ def set_table_list(
     under ``# COMMENT (was N entries)`` (the old value may span lines); a missing key is added
     after the table's header, a missing table at the end. Every other byte stays; UsageError
     naming *source* when the result would not parse to the same data but for that key."""
-    try:
-        before = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{source}: invalid TOML: {exc}") from None
-    header = re.compile(_TABLE_HEADER.format(name=re.escape(table)))
-    lines = text.splitlines(keepends=True)
-    newline = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
-    start = next((i for i, line in enumerate(lines) if header.match(line.rstrip("\r\n"))), None)
-    if start is None:
-        if lines and not lines[-1].endswith("\n"):
-            lines[-1] += newline
-        lines += [newline, f"[{table}]{newline}"]
-        start = len(lines) - 1
-    end = next((i for i in range(start + 1, len(lines)) if _HEADER.match(lines[i])), len(lines))
+    before, lines, newline, start, end = _table_lines(text, table, source)
     pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
     number = next((i for i in range(start + 1, end) if pattern.match(lines[i])), None)
     body = "".join(f"    {json.dumps(item, ensure_ascii=False)},{newline}" for item in items)
@@ -206,18 +210,8 @@ def set_table_list(
                 "this edit does not handle); set it by hand"
             )
         lines[number:stop] = block
-    edited = "".join(lines)
     expected = {**before, table: {**(before.get(table) or {}), key: list(items)}}
-    try:
-        after = tomllib.loads(edited)
-    except tomllib.TOMLDecodeError:
-        after = None
-    if after != expected:
-        raise UsageError(
-            f"{source}: cannot set [{table}] {key} in place (the file is written in a way this "
-            "edit does not handle); set it by hand"
-        )
-    return edited
+    return _checked(lines, expected, f"[{table}] {key}", "it", source)
 
 
 __all__ = ["set_model_keys", "set_table_keys", "set_table_list"]
