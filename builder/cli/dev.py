@@ -11,6 +11,22 @@ import click
 
 from .output import INTERRUPTED, RichProgress, errors
 
+#: Options `dev` and `profile` share.
+_mode_option = click.option(
+    "--mode",
+    type=click.Choice(["auto", "gramine-direct", "process"]),
+    default="auto",
+    show_default=True,
+    help="How the enclave runs (as `run --mode`).",
+)
+_timeout_option = click.option(
+    "--timeout",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Seconds to wait for the model server to be ready.",
+)
+
 
 @click.command(
     "dev",
@@ -78,20 +94,8 @@ failed. 130 after Ctrl-C (or SIGTERM). SIMULATION: nothing is attested.
 @click.option(
     "--model", metavar="NAME", help="--once: the model to ask (default: the first [[models]])."
 )
-@click.option(
-    "--mode",
-    type=click.Choice(["auto", "gramine-direct", "process"]),
-    default="auto",
-    show_default=True,
-    help="How the enclave runs (as `run --mode`).",
-)
-@click.option(
-    "--timeout",
-    default=300.0,
-    show_default=True,
-    type=click.FloatRange(1, 3600),
-    help="Seconds to wait for the model server to be ready.",
-)
+@_mode_option
+@_timeout_option
 @click.option(
     "--pki",
     type=click.Path(file_okay=False, path_type=Path),
@@ -234,20 +238,8 @@ as a plain process: time to ready and latency are measured, memory, threads and 
     help="The request (KServe v2 JSON, .npy or .npz; one model: with --model if several).",
 )
 @click.option("--model", metavar="NAME", help="Profile only this model.")
-@click.option(
-    "--mode",
-    type=click.Choice(["auto", "gramine-direct", "process"]),
-    default="auto",
-    show_default=True,
-    help="How the enclave runs (as `run --mode`).",
-)
-@click.option(
-    "--timeout",
-    default=300.0,
-    show_default=True,
-    type=click.FloatRange(1, 3600),
-    help="Seconds to wait for the model server to be ready.",
-)
+@_mode_option
+@_timeout_option
 @click.option("--write", is_flag=True, help="Apply size, max_threads and the trim to the spec.")
 @click.option(
     "--json",
